@@ -1,0 +1,1 @@
+"""One package per subsystem; actors talk only through messages and never import each other."""

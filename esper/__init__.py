@@ -1,0 +1,26 @@
+"""Esper: morphogenetic training on an asyncio actor runtime. Exposes ``start`` and ``__version__`` lazily."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from esper.run import start as start
+
+__all__ = ["__version__", "start"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy on purpose: importing esper.runtime must never pull in actors or torch.
+    if name == "start":
+        from esper.run import start
+
+        return start
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("esper-morphogenesis")
+        except PackageNotFoundError:
+            return "0.0.0+unknown"
+    raise AttributeError(f"module 'esper' has no attribute {name!r}")

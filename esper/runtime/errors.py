@@ -1,0 +1,85 @@
+"""The one exception tree: everything Esper raises on its own account derives from EsperError.
+
+EsperError
+├── ActorError
+│   ├── ActorStopped              a tell or ask reached an actor that has stopped (or stopped while the ask waited)
+│   └── MessageTypeError          a message outside an actor's inbox union was refused at the sender (also TypeError)
+├── MailboxError
+│   ├── MailboxFull               send_nowait found the mailbox at capacity
+│   └── MailboxClosed             send/send_nowait after close(), or a sender still waiting when close() ran
+├── SupervisionError
+│   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window; escalated to the parent
+│   └── ShutdownDeadlineExceeded  a child did not stop within its shutdown deadline and was cancelled
+├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
+├── LaneClosed                    work was submitted to a lane that has been closed
+├── BusError
+│   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
+│   └── BusClosed                 publish/consume after the bus was closed
+└── ConfigError                   a configuration file or override is invalid (also ValueError); one-line message
+"""
+
+from __future__ import annotations
+
+
+class EsperError(Exception):
+    """Root of every exception Esper raises on its own account."""
+
+
+class ActorError(EsperError):
+    """Something went wrong delivering to or running an actor."""
+
+
+class ActorStopped(ActorError):
+    """Raised by tell/ask when the target actor has stopped, and to every ask still pending when it stops."""
+
+
+class MessageTypeError(ActorError, TypeError):
+    """Raised at the sender when a message is not one of the target actor's inbox types."""
+
+
+class MailboxError(EsperError):
+    """A mailbox operation could not be carried out."""
+
+
+class MailboxFull(MailboxError):
+    """Raised by send_nowait when the mailbox is at capacity."""
+
+
+class MailboxClosed(MailboxError):
+    """Raised by send/send_nowait on a closed mailbox, and to senders still waiting when it closes."""
+
+
+class SupervisionError(EsperError):
+    """A supervisor could not keep its children running as specified."""
+
+
+class RestartIntensityExceeded(SupervisionError):
+    """A child failed more often than its restart intensity allows; the supervisor gives up and escalates."""
+
+
+class ShutdownDeadlineExceeded(SupervisionError):
+    """A child did not finish stopping within its deadline and was cancelled."""
+
+
+class BreakerOpen(EsperError):
+    """Raised when a circuit breaker refuses a call (open, or half-open with its probe already in flight)."""
+
+
+class LaneClosed(EsperError):
+    """Raised when work is submitted to a lane after close()."""
+
+
+class BusError(EsperError):
+    """An Oona bus operation could not be carried out."""
+
+
+class UnknownTopic(BusError, ValueError):
+    """Raised when publish or subscribe names a topic the bus was not created with."""
+
+
+class BusClosed(BusError):
+    """Raised by publish or consume after the bus has been closed."""
+
+
+class ConfigError(EsperError, ValueError):
+    """Raised for an invalid configuration; the message is one line naming the file, the field path and the problem."""

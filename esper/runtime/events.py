@@ -1,0 +1,41 @@
+"""Where the runtime reports what happened: a typed event sink, with a null sink and a recording sink."""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar, final
+
+from schemas.base import Message
+
+E = TypeVar("E", bound=Message)
+
+
+class EventSink(Protocol):
+    """Receives typed runtime events (ChildFailed, BreakerTransition, EmergencySignal, ...).
+
+    emit() is called on the event loop thread and must not block; a sink that does I/O buffers or hands off.
+    """
+
+    def emit(self, event: Message) -> None: ...
+
+
+@final
+class NullSink:
+    """Discards every event; the default where nobody is listening."""
+
+    def emit(self, event: Message) -> None:
+        return None
+
+
+@final
+class RecordingSink:
+    """Keeps every event in order; for tests and for in-process observers that poll."""
+
+    def __init__(self) -> None:
+        self.events: list[Message] = []
+
+    def emit(self, event: Message) -> None:
+        self.events.append(event)
+
+    def of_type(self, kind: type[E]) -> list[E]:
+        """The recorded events of one type, in order."""
+        return [event for event in self.events if isinstance(event, kind)]

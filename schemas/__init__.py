@@ -1,0 +1,1 @@
+"""Leyline: the contracts. msgspec Structs and enums for every message and for the config; no torch, no asyncio."""

@@ -1,0 +1,80 @@
+"""Records and events of the actor kernel: mailbox statistics, actor state snapshots, supervision and breaker events."""
+
+from __future__ import annotations
+
+from schemas.base import Message, Record
+from schemas.enums import ActorStatus, BreakerState, EmergencyLevel
+
+
+class MailboxStatistics(Record, frozen=True):
+    """A mailbox at one instant. Returned by Mailbox.statistics(), which never blocks."""
+
+    capacity: int
+    depth: int
+    sent: int
+    received: int
+    dropped: int
+    waiting_senders: int
+    closed: bool
+
+
+class ActorState(Record, frozen=True):
+    """One actor's state as the snapshot and the ``actor_state`` log event show it."""
+
+    actor: str
+    status: ActorStatus
+    mailbox_depth: int
+    mailbox_capacity: int
+    handled: int
+    failed: int
+    restarts: int
+    breaker: BreakerState | None = None
+    last_latency_ms: float | None = None
+
+
+class ChildFailed(Message, frozen=True):
+    """A supervised child stopped with an exception; its supervisor decides what happens next."""
+
+    supervisor: str
+    child: str
+    error_type: str
+    error: str
+
+
+class ChildRestarted(Message, frozen=True):
+    """A supervisor restarted a child after a failure (the restart count includes this one)."""
+
+    supervisor: str
+    child: str
+    restarts: int
+    backoff_s: float
+
+
+class SupervisorEscalated(Message, frozen=True):
+    """A supervisor exceeded its restart intensity, stopped its children and handed the failure to its parent."""
+
+    supervisor: str
+    child: str
+    restarts: int
+    window_s: float
+
+
+class BreakerTransition(Message, frozen=True):
+    """A circuit breaker changed state (forced transitions included)."""
+
+    breaker: str
+    from_state: BreakerState
+    to_state: BreakerState
+    reason: str
+    at_s: float
+
+
+class EmergencySignal(Message, frozen=True):
+    """The emergency level changed; broadcast on the emergency lane."""
+
+    level: EmergencyLevel
+    previous: EmergencyLevel
+    reason: str
+    origin: str
+    monotonic_time_ms: float
+    run_id: str
