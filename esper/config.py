@@ -1,0 +1,361 @@
+"""Load, override and dump the run configuration (TOML -> schemas.config.RunConfig), with one-line errors.
+
+Every failure raises ConfigError whose message is one line: the source (a file name, or the ``--set`` argument), the
+dotted field path and the problem, e.g. ``config.toml: tamiyo.decision_budget_ms: expected a number > 0, got -5``.
+The caller (esper.run) prints it and exits with status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import msgspec
+import msgspec.inspect as mi
+
+from esper.runtime.errors import ConfigError
+from schemas.config import RunConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+TomlValue: TypeAlias = (
+    str
+    | int
+    | float
+    | bool
+    | datetime.datetime
+    | datetime.date
+    | datetime.time
+    | list["TomlValue"]
+    | dict[str, "TomlValue"]
+)
+"""Any value a TOML document can hold."""
+
+_PATH_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TOML_ERROR = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column \d+|end of document)\)$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML config file (or start from the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Blocks on file I/O: call it before the event loop starts, or from a thread.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid TOML, names an unknown section or key, or holds
+            a value of the wrong type or out of range; or an override is malformed or invalid.
+    """
+    if path is None:
+        return apply_overrides(RunConfig(), overrides)
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"{source}: file not found") from err
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source}: invalid TOML: not UTF-8 text (byte {err.start})") from err
+    return apply_overrides(parse_config(text, source), overrides)
+
+
+def parse_config(text: str, source: str = "<string>") -> RunConfig:
+    """Decode TOML text into a RunConfig; ``source`` names the text in error messages.
+
+    Raises:
+        ConfigError: invalid TOML, an unknown section or key, or a value of the wrong type or out of range.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: {_describe_toml_error(err, text)}") from err
+    return _validate(data, source)
+
+
+def parse_override(text: str) -> tuple[str, TomlValue]:
+    """Split ``section.key=value`` into the dotted key and the value parsed as a TOML value.
+
+    A value that is not valid TOML is taken as a bare string, so ``tamiyo.policy=gnn`` sets the string "gnn" and
+    ``tolaria.epochs=abc`` later fails validation naming "abc".
+
+    Raises:
+        ConfigError: there is no ``=`` or the key is not a dotted name.
+    """
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep:
+        raise ConfigError(f"--set {text}: expected section.key=value")
+    if not _DOTTED_KEY.fullmatch(key):
+        raise ConfigError(f"--set {text}: {key!r} is not a dotted key such as tolaria.epochs")
+    if not raw or "\n" in raw or "\r" in raw:
+        return key, raw
+    try:
+        value: TomlValue = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+    return key, value
+
+
+def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
+    """Return ``config`` with each ``section.key=value`` override applied in order; the result is validated.
+
+    Errors name the override as ``<source> <override>``, e.g. ``--set tolaria.epochs=abc: tolaria.epochs: ...``.
+
+    Raises:
+        ConfigError: an override is malformed, names an unknown section or key, or sets an invalid value.
+    """
+    if not overrides:
+        return config
+    data = _to_table(config)
+    applied: list[tuple[str, str]] = []
+    for text in overrides:
+        label = f"{source} {text}"
+        key, value = parse_override(text)
+        *parents, leaf = key.split(".")
+        table = data
+        for depth, segment in enumerate(parents):
+            child = table.setdefault(segment, {})
+            if not isinstance(child, dict):
+                dotted = ".".join(parents[: depth + 1])
+                raise ConfigError(f"{label}: {dotted}: not a table, cannot set {key}")
+            table = child
+        table[leaf] = value
+        _check_keys(data, _RUN_CONFIG_INFO, (), label)
+        applied.append((key, label))
+    try:
+        return msgspec.convert(data, RunConfig)
+    except msgspec.ValidationError as err:
+        # Values are checked once all overrides are in, so cross-field rules do not depend on their order; the error
+        # is charged to the last override that touched the failing field or its table.
+        message = str(err)
+        failing = _dotted(_error_segments(message))
+        label = next(
+            (label for key, label in reversed(applied) if _touches(key, failing)),
+            f"{source} {' '.join(overrides)}",
+        )
+        raise ConfigError(_translate(message, data, label)) from err
+
+
+def dump_config(config: RunConfig) -> str:
+    """Render the resolved config as TOML text; None values are omitted (TOML has no null) and reload as None."""
+    lines: list[str] = []
+    _emit_table(lines, (), _without_none(_to_table(config)))
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------- validation and error translation
+
+
+def _run_config_info() -> mi.StructType:
+    info = mi.type_info(RunConfig)
+    assert isinstance(info, mi.StructType)
+    return info
+
+
+_RUN_CONFIG_INFO = _run_config_info()
+
+
+def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
+    _check_keys(data, _RUN_CONFIG_INFO, (), source)
+    try:
+        return msgspec.convert(data, RunConfig)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_translate(str(err), data, source)) from err
+
+
+def _check_keys(table: dict[str, TomlValue], info: mi.StructType, path: tuple[str, ...], source: str) -> None:
+    """Refuse unknown keys before msgspec sees them, so the message can list the known ones."""
+    fields = {f.encode_name: f.type for f in info.fields}
+    for key, value in table.items():
+        dotted = ".".join((*path, key))
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            if not path and isinstance(value, dict):
+                sections = [name for name, t in fields.items() if isinstance(t, mi.StructType)]
+                raise ConfigError(f"{source}: {dotted}: unknown section ({hint}known: {', '.join(sections)})")
+            raise ConfigError(f"{source}: {dotted}: unknown key ({hint}known keys: {', '.join(fields)})")
+        field_type = fields[key]
+        if isinstance(field_type, mi.StructType) and isinstance(value, dict):
+            _check_keys(value, field_type, (*path, key), source)
+
+
+def _translate(message: str, data: dict[str, TomlValue], source: str) -> str:
+    """Turn msgspec's "Expected `float`, got `str` - at `$.a.b`" into "source: a.b: expected a number, got "x"."""
+    text = message.partition(" - at `$")[0]
+    segments = _error_segments(message)
+    dotted = _dotted(segments) or "<top level>"
+    if not (text.startswith("Expected") or text.startswith("Invalid enum value")):
+        return f"{source}: {dotted}: {text}"
+    expected = _describe(_type_at(_RUN_CONFIG_INFO, segments))
+    found, value = _value_at(data, segments)
+    got = _format_value(value) if found else "nothing"
+    return f"{source}: {dotted}: expected {expected}, got {got}"
+
+
+def _error_segments(message: str) -> list[str | int]:
+    where = message.partition(" - at `$")[2].rstrip("`")
+    return [name if name else int(index) for name, index in _PATH_SEGMENT.findall(where)]
+
+
+def _dotted(segments: list[str | int]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in segments).lstrip(".")
+
+
+def _touches(key: str, failing: str) -> bool:
+    """Whether setting ``key`` can explain an error at ``failing`` (the field itself, an item, or its table)."""
+    return key == failing or failing.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{failing}.")
+
+
+def _type_at(info: mi.Type, segments: list[str | int]) -> mi.Type:
+    for segment in segments:
+        info = _strip_none(info)
+        if isinstance(info, mi.StructType) and isinstance(segment, str):
+            info = next(f.type for f in info.fields if f.encode_name == segment)
+        elif isinstance(info, mi.ListType | mi.VarTupleType) and isinstance(segment, int):
+            info = info.item_type
+        elif isinstance(info, mi.DictType):
+            info = info.value_type
+        else:
+            return mi.AnyType()
+    return info
+
+
+def _strip_none(info: mi.Type) -> mi.Type:
+    if isinstance(info, mi.UnionType):
+        members = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(members) == 1:
+            return members[0]
+    return info
+
+
+def _value_at(data: TomlValue, segments: list[str | int]) -> tuple[bool, TomlValue]:
+    value = data
+    for segment in segments:
+        if isinstance(segment, str) and isinstance(value, dict) and segment in value:
+            value = value[segment]
+        elif isinstance(segment, int) and isinstance(value, list) and segment < len(value):
+            value = value[segment]
+        else:
+            return False, ""
+    return True, value
+
+
+def _describe(info: mi.Type) -> str:
+    """Phrase a type and its constraints the way a user reads them: "an integer >= 1", 'one of "a", "b"'."""
+    if isinstance(info, mi.UnionType):
+        return " or ".join(_describe(t) for t in info.types if not isinstance(t, mi.NoneType))
+    if isinstance(info, mi.BoolType):
+        return "true or false"
+    if isinstance(info, mi.IntType):
+        return _with_bounds("an integer", info.ge, info.gt, info.le, info.lt)
+    if isinstance(info, mi.FloatType):
+        return _with_bounds("a number", info.ge, info.gt, info.le, info.lt)
+    if isinstance(info, mi.StrType):
+        if info.pattern is not None:
+            return f"a string matching {info.pattern}"
+        return "a non-empty string" if info.min_length else "a string"
+    if isinstance(info, mi.LiteralType):
+        return "one of " + ", ".join(_format_value(v) for v in info.values if v is not None)
+    if isinstance(info, mi.ListType | mi.VarTupleType):
+        return f"an array of {_plural(info.item_type)}"
+    if isinstance(info, mi.StructType | mi.DictType):
+        return "a table"
+    return "a valid value"
+
+
+def _with_bounds(noun: str, ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    if ge is not None and le is not None:
+        return f"{noun} between {_number(ge)} and {_number(le)}"
+    bounds = [f"{op} {_number(v)}" for op, v in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if v is not None]
+    return " ".join([noun, " and ".join(bounds)]) if bounds else noun
+
+
+def _plural(info: mi.Type) -> str:
+    nouns = {mi.IntType: "integers", mi.FloatType: "numbers", mi.StrType: "strings", mi.BoolType: "booleans"}
+    return nouns.get(type(info), "values")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# ---------------------------------------------------------------- TOML rendering
+
+
+def _describe_toml_error(err: tomllib.TOMLDecodeError, text: str) -> str:
+    match = _TOML_ERROR.match(str(err))
+    if match is None:
+        return f"invalid TOML: {err}"
+    line = match["line"] or str(text.count("\n") + 1)
+    return f"invalid TOML at line {line}: {match['msg']}"
+
+
+def _to_table(config: RunConfig) -> dict[str, TomlValue]:
+    """The config as plain TOML data: msgspec.to_builtins keeps tuples, TOML arrays are lists."""
+
+    def plain(value: object) -> TomlValue:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value  # type: ignore[return-value]  # to_builtins yields only TOML scalars here (and None)
+
+    table = plain(msgspec.to_builtins(config))
+    assert isinstance(table, dict)
+    return table
+
+
+def _without_none(table: dict[str, TomlValue]) -> dict[str, TomlValue]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None}
+
+
+def _emit_table(lines: list[str], path: tuple[str, ...], table: dict[str, TomlValue]) -> None:
+    if path:
+        lines.extend(("", f"[{'.'.join(_format_key(p) for p in path)}]"))
+    for key, value in table.items():
+        if not isinstance(value, dict):
+            lines.append(f"{_format_key(key)} = {_format_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _emit_table(lines, (*path, key), value)
+
+
+def _format_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _format_string(key)
+
+
+def _format_value(value: TomlValue) -> str:
+    """A value as TOML writes it (also how error messages show the offending value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _format_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_format_key(k)} = {_format_value(v)}" for k, v in value.items()) + "}"
+    return value.isoformat()
+
+
+def _format_string(value: str) -> str:
+    # json.dumps escapes are valid TOML basic-string escapes, but it leaves DEL raw and TOML forbids it.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

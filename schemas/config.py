@@ -1,0 +1,299 @@
+"""The run configuration: one frozen section per subsystem, every key defaulted (REFERENCE.md section 1 budgets).
+
+An empty TOML file is a valid config. Optional keys always default to None, because TOML has no null: a dump omits
+them and a reload restores None. esper.config loads, overrides and dumps these Structs; actors receive their section
+(or plain values from it) from the composition root and never read files themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
+
+from schemas.base import ConfigSection
+from schemas.constraints import NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat
+
+Device = Literal["auto", "cpu", "cuda"]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Fraction = Annotated[float, Meta(gt=0.0, lt=1.0)]
+HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")]
+"""A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
+
+
+class BreakerConfig(ConfigSection, frozen=True):
+    """A circuit breaker: opens after ``failure_threshold`` consecutive failures, stays open ``open_s`` seconds,
+    then admits ``half_open_probes`` probes; ``success_threshold`` successes close it."""
+
+    failure_threshold: PosInt = 3
+    open_s: PosFloat = 30.0
+    half_open_probes: PosInt = 1
+    success_threshold: PosInt = 2
+
+
+class TolariaConfig(ConfigSection, frozen=True):
+    """Training: data, host model, optimizer, step loop, budgets, snapshots and checkpoints."""
+
+    epochs: PosInt = 10
+    seed: NonNegInt = 0
+    dataset: Literal["mnist1d", "digits", "npz"] = "mnist1d"
+    dataset_samples: PosInt = 4000
+    npz_path: str | None = None
+    validation_fraction: Fraction = 0.2
+    batch_size: PosInt = 128
+    lr: PosFloat = 1e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: NonNegFloat = 0.9
+    weight_decay: NonNegFloat = 0.0
+    host_model: HostModel = "cnn1d"
+    device: Device = "auto"
+    command_lag_steps: NonNegInt = 8
+    state_every_steps: NonNegInt = 8
+    decision_deadline_ms: PosFloat = 1000.0
+    epoch_hook_target_ms: PosFloat = 18.0
+    epoch_hook_budget_ms: PosFloat = 50.0
+    epoch_budget_ms: PosFloat | None = None
+    failed_epochs_to_halt: PosInt = 3
+    snapshot_memory_cap_mb: NonNegFloat = 32.0
+    rollback_fast_target_ms: PosFloat = 500.0
+    rollback_full_deadline_s: PosFloat = 12.0
+    checkpoint_every_epochs: NonNegInt = 1
+    checkpoint_keep_last: PosInt = 3
+    compile: bool = False
+    amp: bool = False
+    num_threads: PosInt | None = None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset == "npz" and self.npz_path is None:
+            raise ValueError('dataset = "npz" needs npz_path')
+
+
+class KasminaConfig(ConfigSection, frozen=True):
+    """Seed slots: where they go, the lifecycle timers (steps or epochs, never seconds), gates and isolation."""
+
+    slot_targets: tuple[str, ...] = ()
+    max_active_seeds: PosInt = 4
+    embargo_epochs: NonNegInt = 2
+    stage_min_dwell_steps: NonNegInt = 20
+    probation_epochs: PosInt = 2
+    blend_ramp_steps: PosInt = 20
+    blend_temperature: PosFloat = 2.0
+    confidence_k: PosFloat = 4.0
+    confidence_tau: float = 0.2
+    alpha_hysteresis: UnitFloat = 0.02
+    g2_window_steps: PosInt = 20
+    g2_max_loss_variance: PosFloat = 1.0
+    g2_max_gradient_norm: PosFloat = 100.0
+    g4_min_improvement: float = 0.0
+    g4_max_step_latency_growth: NonNegFloat = 0.15
+    seed_memory_budget_mb: PosFloat | None = None
+    isolation_probe_every_steps: PosInt = 10
+    isolation_alert_violations: PosInt = 3
+    isolation_alert_window_s: PosFloat = 300.0
+    prefetch_timeout_ms: PosFloat = 2000.0
+    allow_fallback_kernel: bool = False
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+
+class TamiyoConfig(ConfigSection, frozen=True):
+    """The controller: which policy, its deadline, risk thresholds, conservative mode and field reports."""
+
+    policy: Literal["heuristic", "gnn", "every_k"] = "heuristic"
+    decision_budget_ms: PosFloat = 45.0
+    decision_p95_target_ms: PosFloat = 5.0
+    metadata_budget_ms: PosFloat = 20.0
+    deadline_fallback: Literal["heuristic", "no_op"] = "heuristic"
+    device: Device = "auto"
+    gnn_checkpoint: str | None = None
+    compile: bool = False
+    every_k_epochs: PosInt = 3
+    germinate_cooldown_epochs: NonNegInt = 2
+    plateau_patience_epochs: PosInt = 2
+    plateau_min_delta: NonNegFloat = 1e-3
+    cull_after_epochs: PosInt = 4
+    policy_risk_critical: UnitFloat = 0.98
+    policy_risk_elevated: UnitFloat = 0.85
+    blueprint_risk_veto: UnitFloat = 0.8
+    blueprint_risk_downgrade: UnitFloat = 0.5
+    loss_spike_veto: PosFloat = 0.15
+    loss_spike_warn: PosFloat = 0.075
+    hook_latency_veto_ms: PosFloat = 50.0
+    step_latency_veto_ms: PosFloat = 120.0
+    conservative_exit_clean_epochs: PosInt = 2
+    max_layer_nodes: PosInt = 4
+    max_activation_nodes: PosInt = 2
+    max_parameter_nodes: PosInt = 2
+    normaliser_alpha: UnitFloat = 0.1
+    field_report_window_epochs: PosInt = 3
+    field_report_retention_s: PosFloat = 86400.0
+    field_report_publish_retries: NonNegInt = 3
+    field_report_backoff_s: PosFloat = 1.0
+    policy_rollback_decisions: PosInt = 20
+    inference_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    metadata_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss_spike_warn > self.loss_spike_veto:
+            raise ValueError(f"loss_spike_warn ({self.loss_spike_warn}) must not exceed loss_spike_veto")
+        if self.policy_risk_elevated > self.policy_risk_critical:
+            raise ValueError(f"policy_risk_elevated ({self.policy_risk_elevated}) must not exceed policy_risk_critical")
+        if self.blueprint_risk_downgrade > self.blueprint_risk_veto:
+            raise ValueError(
+                f"blueprint_risk_downgrade ({self.blueprint_risk_downgrade}) must not exceed blueprint_risk_veto"
+            )
+
+
+class UrzaConfig(ConfigSection, frozen=True):
+    """The artifact store (shared by runs) and its ready-module cache."""
+
+    root: str = ".esper/urza"
+    ready_cache_modules: PosInt = 32
+    fetch_budget_ms: PosFloat = 10.0
+    catalog_records_cache: PosInt = 128
+
+
+class TezzeretConfig(ConfigSection, frozen=True):
+    """Ahead-of-time compilation of blueprints on the io lane."""
+
+    compile_at_start: bool = True
+    torch_compile: bool = False
+    compile_timeout_s: PosFloat = 60.0
+    eager_fallback: bool = True
+    max_retries: NonNegInt = 1
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+
+class KarnConfig(ConfigSection, frozen=True):
+    """The blueprint catalogue: which blueprints may be offered."""
+
+    allow_high_risk: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+class OonaConfig(ConfigSection, frozen=True):
+    """The bus: backend, delivery, backpressure and the emergency lane."""
+
+    backend: Literal["inproc", "redis"] = "inproc"
+    redis_url: str = "redis://localhost:6379/0"
+    stream_prefix: str = "esper"
+    topic_capacity: PosInt = 8192
+    claim_idle_s: PosFloat = 60.0
+    claim_batch: PosInt = 50
+    dead_letter_attempts: PosInt = 5
+    message_ttl_s: PosFloat = 900.0
+    emergency_rate_per_min: PosInt = 120
+    queue_depth_high: PosInt = 4000
+    queue_depth_recovery: NonNegInt = 1000
+    max_payload_bytes: PosInt = 262144
+    publish_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    consume_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def __post_init__(self) -> None:
+        if self.queue_depth_recovery >= self.queue_depth_high:
+            raise ValueError(
+                f"queue_depth_recovery ({self.queue_depth_recovery}) must be below "
+                f"queue_depth_high ({self.queue_depth_high})"
+            )
+
+
+class NissaConfig(ConfigSection, frozen=True):
+    """Observability: metrics, alerts, SLO burn, Prometheus exposition and the run report files."""
+
+    prometheus_port: Port | None = None
+    prometheus_host: str = "127.0.0.1"
+    metrics_csv: str = "metrics.csv"
+    summary_json: str = "summary.json"
+    report_png: bool = True
+    alert_eval_interval_s: PosFloat = 30.0
+    slo_window_days: PosFloat = 30.0
+    slo_burn_threshold: UnitFloat = 0.4
+    seed_event_queue: PosInt = 64
+
+
+class SimicConfig(ConfigSection, frozen=True):
+    """Offline learning: replay of field reports, PPO on the deployed GNN, validation and signed updates."""
+
+    enabled: bool = True
+    lr: PosFloat = 1e-4
+    grad_clip: PosFloat = 0.5
+    gamma: UnitFloat = 0.99
+    gae_lambda: UnitFloat = 0.95
+    clip_ratio: PosFloat = 0.2
+    entropy_coef: NonNegFloat = 0.01
+    value_coef: NonNegFloat = 0.5
+    ppo_epochs: PosInt = 4
+    batch_size: PosInt = 64
+    replay_capacity: PosInt = 4096
+    min_reports_to_train: PosInt = 32
+    reward_lambda_size: NonNegFloat = 0.1
+    reward_lambda_critical: NonNegFloat = 1.0
+    min_average_reward: float = 0.0
+    max_policy_loss: PosFloat = 5.0
+    max_value_loss: PosFloat = 50.0
+    max_param_loss: PosFloat = 5.0
+    min_entropy: float = 0.0
+    shadow_decisions: NonNegInt = 20
+    device: Device = "auto"
+
+
+class SecurityConfig(ConfigSection, frozen=True):
+    """Signing and replay protection for commands, envelopes, kernel messages and policy updates."""
+
+    secret_env: str = "ESPER_LEYLINE_SECRET"
+    key_id: str = "default"
+    command_freshness_s: PosFloat = 60.0
+    future_skew_s: NonNegFloat = 5.0
+    nonce_ttl_s: PosFloat = 300.0
+    nonce_ledger_size: PosInt = 4096
+    nonce_purge_interval_s: PosFloat = 30.0
+    kernel_freshness_s: PosFloat = 60.0
+
+    def __post_init__(self) -> None:
+        if self.nonce_ttl_s <= self.command_freshness_s + self.future_skew_s:
+            raise ValueError(
+                f"nonce_ttl_s ({self.nonce_ttl_s}) must exceed command_freshness_s + future_skew_s "
+                f"({self.command_freshness_s + self.future_skew_s}), or a replay slips in after eviction"
+            )
+
+
+class WeatherlightConfig(ConfigSection, frozen=True):
+    """The root supervisor: restart intensity and backoff, shutdown deadline, mailbox sizes, state snapshots."""
+
+    restart_max: PosInt = 5
+    restart_window_s: PosFloat = 30.0
+    restart_backoff_initial_s: NonNegFloat = 0.1
+    restart_backoff_max_s: NonNegFloat = 5.0
+    shutdown_deadline_s: PosFloat = 5.0
+    mailbox_capacity: PosInt = 1024
+    require_secret: bool = True
+
+
+class LoggingConfig(ConfigSection, frozen=True):
+    """The structlog pipeline: console output, the events.jsonl file and the actor-state interval."""
+
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    console: bool = True
+    json_file: str = "events.jsonl"
+    state_interval_s: PosFloat = 5.0
+    dead_letters_logged: NonNegInt = 10
+
+
+class RunConfig(ConfigSection, frozen=True):
+    """The whole run: top-level keys plus one table per subsystem."""
+
+    run_id: str | None = None
+    runs_dir: str = "runs"
+    tolaria: TolariaConfig = field(default_factory=TolariaConfig)
+    kasmina: KasminaConfig = field(default_factory=KasminaConfig)
+    tamiyo: TamiyoConfig = field(default_factory=TamiyoConfig)
+    urza: UrzaConfig = field(default_factory=UrzaConfig)
+    tezzeret: TezzeretConfig = field(default_factory=TezzeretConfig)
+    karn: KarnConfig = field(default_factory=KarnConfig)
+    oona: OonaConfig = field(default_factory=OonaConfig)
+    nissa: NissaConfig = field(default_factory=NissaConfig)
+    simic: SimicConfig = field(default_factory=SimicConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    weatherlight: WeatherlightConfig = field(default_factory=WeatherlightConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

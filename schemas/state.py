@@ -1,0 +1,119 @@
+"""Training-state contracts: seed states, gate results and the SystemStatePacket Tolaria sends Tamiyo."""
+
+from __future__ import annotations
+
+from msgspec import field
+
+from schemas.base import Message, Record
+from schemas.constraints import NonNegFloat, NonNegInt, PosInt, UnitFloat
+from schemas.domain_enums import BlendMode
+from schemas.enums import EmergencyLevel, SeedLifecycleGate, SeedLifecycleStage
+
+
+class GateResult(Message, frozen=True):
+    """One evaluation of a lifecycle gate for one seed, at an optimizer step.
+
+    ``reason`` is a short snake_case word (``embargoed``, ``fallback``, ``fossilize``, ...); ``attributes`` carries the
+    evidence the gate looked at (loss variance, latency in ms, ...), by name.
+    """
+
+    gate: SeedLifecycleGate
+    passed: bool
+    reason: str
+    seed_id: str
+    slot: str
+    step: NonNegInt
+    attributes: dict[str, float] = field(default_factory=dict)
+
+
+class SeedState(Message, frozen=True):
+    """One slot as Kasmina reports it; a DORMANT slot has no seed_id and no blueprint.
+
+    Alpha counters are in optimizer steps since BLENDING began; ``embargo_until_epoch`` is the first epoch at which
+    the slot may germinate again. ``risk_tolerance`` is how much risk the slot still admits, in [0, 1].
+    """
+
+    slot: str
+    stage: SeedLifecycleStage
+    layer_depth: NonNegInt
+    seed_id: str | None = None
+    blueprint_id: str | None = None
+    artifact_sha256: str | None = None
+    alpha: UnitFloat = 0.0
+    alpha_steps: NonNegInt = 0
+    alpha_total_steps: NonNegInt = 0
+    alpha_temperature: NonNegFloat = 0.0
+    blend_mode: BlendMode | None = None
+    blend_allowed: bool = False
+    risk_tolerance: UnitFloat = 1.0
+    gradient_norm: float | None = None
+    learning_rate: float | None = None
+    age_epochs: NonNegInt = 0
+    age_steps: NonNegInt = 0
+    risk_score: UnitFloat = 0.0
+    isolation_violations: NonNegInt = 0
+    embargo_until_epoch: NonNegInt | None = None
+    parameter_count: NonNegInt = 0
+    paused: bool = False
+    used_fallback: bool = False
+    last_gate: GateResult | None = None
+
+
+class StepTimings(Record, frozen=True):
+    """Where the time of recent optimizer steps went, in milliseconds (means over the reporting interval)."""
+
+    data_wait_ms: NonNegFloat
+    host_to_device_ms: NonNegFloat
+    forward_ms: NonNegFloat
+    backward_ms: NonNegFloat
+    optimizer_ms: NonNegFloat
+    step_ms: NonNegFloat
+
+
+class LayerSummary(Record, frozen=True):
+    """A host layer as the policy graph sees it (one ``layer`` node)."""
+
+    name: str
+    depth: NonNegInt
+    layer_type: str
+    parameter_count: NonNegInt
+    activation: str | None = None
+    dropout: UnitFloat = 0.0
+    weight_norm: float | None = None
+    gradient_norm: float | None = None
+    latency_ms: NonNegFloat | None = None
+
+
+class SystemStatePacket(Message, frozen=True):
+    """Tolaria's view of training at ``global_step``: sent at epoch end and every K steps; Tamiyo decides on it.
+
+    Losses and accuracies are means over the reporting interval. ``loss_delta`` is the change of validation loss since
+    the previous validation (None before the second one). Gradient norms are L2 norms keyed by layer name and seed id.
+    """
+
+    run_id: str
+    epoch: NonNegInt
+    epochs_total: PosInt
+    global_step: NonNegInt
+    epoch_progress: UnitFloat
+    issued_at: float
+    training_loss: float
+    training_accuracy: UnitFloat
+    timings: StepTimings
+    host_parameters: NonNegInt
+    seed_parameters: NonNegInt
+    samples_per_s: NonNegFloat
+    hook_latency_ms: NonNegFloat
+    validation_loss: float | None = None
+    validation_accuracy: UnitFloat | None = None
+    loss_delta: float | None = None
+    gradient_norm: float | None = None
+    layer_gradient_norms: dict[str, float] = field(default_factory=dict)
+    seed_gradient_norms: dict[str, float] = field(default_factory=dict)
+    layers: tuple[LayerSummary, ...] = ()
+    seed_states: tuple[SeedState, ...] = ()
+    isolation_violations: NonNegInt = 0
+    emergency_level: EmergencyLevel = EmergencyLevel.L1_NOTICE
+    learning_rate: float | None = None
+    gpu_memory_bytes: NonNegInt | None = None
+    gpu_memory_peak_bytes: NonNegInt | None = None

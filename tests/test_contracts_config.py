@@ -1,0 +1,368 @@
+"""The config loader: defaults, one-line errors for every kind of bad config, overrides, and dump/load round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import msgspec.inspect as mi
+import pytest
+
+from esper.config import apply_overrides, dump_config, load_config, parse_config, parse_override
+from esper.runtime.errors import ConfigError
+from schemas.config import BreakerConfig, RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_an_empty_file_gives_the_resolved_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ""))
+    assert config == RunConfig()
+    assert config.run_id is None
+    assert (config.tolaria.epochs, config.tolaria.seed, config.tolaria.dataset) == (10, 0, "mnist1d")
+    assert config.tolaria.host_model == "cnn1d"
+    assert config.tolaria.device == "auto"
+    assert config.tolaria.command_lag_steps == 8
+    assert config.tolaria.compile is False
+    assert config.tolaria.epoch_hook_budget_ms == 50.0
+    assert config.tolaria.epoch_budget_ms is None
+    assert config.tolaria.snapshot_memory_cap_mb == 32.0
+    assert config.tolaria.rollback_full_deadline_s == 12.0
+    assert config.tamiyo.policy == "heuristic"
+    assert config.tamiyo.decision_budget_ms == 45.0
+    assert config.tamiyo.metadata_budget_ms == 20.0
+    assert (config.tamiyo.loss_spike_veto, config.tamiyo.loss_spike_warn) == (0.15, 0.075)
+    assert (config.tamiyo.max_layer_nodes, config.tamiyo.max_activation_nodes, config.tamiyo.max_parameter_nodes) == (
+        4,
+        2,
+        2,
+    )
+    assert config.tamiyo.field_report_window_epochs == 3
+    assert config.kasmina.embargo_epochs == 2
+    assert (config.kasmina.blend_ramp_steps, config.kasmina.blend_temperature) == (20, 2.0)
+    assert (config.kasmina.confidence_k, config.kasmina.confidence_tau) == (4.0, 0.2)
+    assert config.kasmina.breaker == BreakerConfig(
+        failure_threshold=3, open_s=30.0, half_open_probes=1, success_threshold=2
+    )
+    assert config.urza.root == ".esper/urza"
+    assert (config.urza.ready_cache_modules, config.urza.fetch_budget_ms) == (32, 10.0)
+    oona = config.oona
+    assert oona.backend == "inproc"
+    assert (oona.claim_idle_s, oona.claim_batch, oona.dead_letter_attempts, oona.message_ttl_s) == (60.0, 50, 5, 900.0)
+    assert (oona.emergency_rate_per_min, oona.queue_depth_high, oona.queue_depth_recovery) == (120, 4000, 1000)
+    security = config.security
+    assert (security.command_freshness_s, security.future_skew_s, security.nonce_ttl_s) == (60.0, 5.0, 300.0)
+    assert security.nonce_ledger_size == 4096
+    assert config.nissa.prometheus_port is None
+    simic = config.simic
+    assert (simic.lr, simic.grad_clip, simic.gamma, simic.gae_lambda) == (1e-4, 0.5, 0.99, 0.95)
+    assert (simic.entropy_coef, simic.value_coef, simic.clip_ratio) == (0.01, 0.5, 0.2)
+    weatherlight = config.weatherlight
+    assert (weatherlight.restart_max, weatherlight.restart_window_s, weatherlight.shutdown_deadline_s) == (5, 30.0, 5.0)
+    assert (config.logging.level, config.logging.console, config.logging.json_file) == ("info", True, "events.jsonl")
+
+
+def test_no_path_means_defaults() -> None:
+    assert load_config(None) == RunConfig()
+
+
+def test_the_key_names_other_tools_rely_on_exist() -> None:
+    config = RunConfig()
+    pinned = {
+        ("tolaria", "epochs"),
+        ("tolaria", "seed"),
+        ("tamiyo", "policy"),
+        ("tamiyo", "decision_budget_ms"),
+        ("urza", "root"),
+        ("nissa", "prometheus_port"),
+        ("oona", "backend"),
+    }
+    for section, key in pinned:
+        assert hasattr(getattr(config, section), key), f"{section}.{key}"
+    sections = {f.name for f in msgspec.structs.fields(RunConfig)}
+    assert {"tolaria", "kasmina", "tamiyo", "urza", "tezzeret", "karn", "oona", "nissa", "simic"} <= sections
+    assert {"weatherlight", "logging", "security", "run_id"} <= sections
+
+
+def test_optional_keys_default_to_none_so_a_dump_without_them_round_trips() -> None:
+    def walk(info: mi.StructType, path: str) -> None:
+        for f in info.fields:
+            if isinstance(f.type, mi.StructType):
+                walk(f.type, f"{path}{f.name}.")
+            elif isinstance(f.type, mi.UnionType) and any(isinstance(t, mi.NoneType) for t in f.type.types):
+                assert f.default is None, f"{path}{f.name} is optional but defaults to {f.default!r}"
+
+    root = mi.type_info(RunConfig)
+    assert isinstance(root, mi.StructType)
+    walk(root, "")
+
+
+def test_the_shipped_config_toml_loads() -> None:
+    config = load_config(REPO_ROOT / "config.toml")
+    assert config.tamiyo.policy == "heuristic"
+    assert config.urza.root == ".esper/urza"
+    assert config.nissa.prometheus_port is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[tamiyo]\ndecision_budget_ms = "fast"\n',
+            'config.toml: tamiyo.decision_budget_ms: expected a number > 0, got "fast"',
+        ),
+        (
+            "[tamiyo]\ndecision_budget_ms = -5\n",
+            "config.toml: tamiyo.decision_budget_ms: expected a number > 0, got -5",
+        ),
+        ("[tolaria]\nepochs = 2.5\n", "config.toml: tolaria.epochs: expected an integer >= 1, got 2.5"),
+        ("[tolaria]\ncompile = 1\n", "config.toml: tolaria.compile: expected true or false, got 1"),
+        (
+            '[tamiyo]\npolicy = "greedy"\n',
+            'config.toml: tamiyo.policy: expected one of "every_k", "gnn", "heuristic", got "greedy"',
+        ),
+        (
+            "[nissa]\nprometheus_port = 70000\n",
+            "config.toml: nissa.prometheus_port: expected an integer between 1 and 65535, got 70000",
+        ),
+        (
+            "[tolaria]\nvalidation_fraction = 1.0\n",
+            "config.toml: tolaria.validation_fraction: expected a number > 0 and < 1, got 1.0",
+        ),
+        ('[kasmina]\nslot_targets = ["a", 3]\n', "config.toml: kasmina.slot_targets[1]: expected a string, got 3"),
+        ('[karn]\ninclude = "bp1"\n', 'config.toml: karn.include: expected an array of strings, got "bp1"'),
+        ("tolaria = 3\n", "config.toml: tolaria: expected a table, got 3"),
+        (
+            "[tamiyo.inference_breaker]\nopen_s = 0\n",
+            "config.toml: tamiyo.inference_breaker.open_s: expected a number > 0, got 0",
+        ),
+        (
+            "[oona]\nqueue_depth_recovery = 5000\n",
+            "config.toml: oona: queue_depth_recovery (5000) must be below queue_depth_high (4000)",
+        ),
+        ('[tolaria]\ndataset = "npz"\n', 'config.toml: tolaria: dataset = "npz" needs npz_path'),
+    ],
+)
+def test_a_wrong_value_names_file_field_expectation_and_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config("config.toml")
+    assert str(info.value) == message
+
+
+def test_an_unknown_key_is_refused_with_a_suggestion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "[tamiyo]\ndecison_budget_ms = 10\n")
+    with pytest.raises(ConfigError) as info:
+        load_config("config.toml")
+    message = str(info.value)
+    assert message.startswith(
+        "config.toml: tamiyo.decison_budget_ms: unknown key (did you mean decision_budget_ms? known keys: policy, "
+    )
+    assert "\n" not in message
+
+
+def test_an_unknown_section_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, '[tamyo]\npolicy = "gnn"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config("config.toml")
+    assert str(info.value) == (
+        "config.toml: tamyo: unknown section (did you mean tamiyo? known: tolaria, kasmina, tamiyo, urza, tezzeret, "
+        "karn, oona, nissa, simic, security, weatherlight, logging)"
+    )
+
+
+def test_an_unknown_top_level_key_lists_the_top_level_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "colour = 1\n")
+    with pytest.raises(
+        ConfigError, match=r"^config\.toml: colour: unknown key \(known keys: run_id, runs_dir, tolaria"
+    ):
+        load_config("config.toml")
+
+
+def test_an_unknown_nested_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "[kasmina.breaker]\nfailures = 3\n")
+    with pytest.raises(ConfigError, match=r"^config\.toml: kasmina\.breaker\.failures: unknown key \("):
+        load_config("config.toml")
+
+
+def test_a_missing_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("missing.toml")
+    assert str(info.value) == "missing.toml: file not found"
+
+
+def test_a_directory_is_not_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf.d").mkdir()
+    with pytest.raises(ConfigError, match=r"^conf\.d: cannot read: "):
+        load_config("conf.d")
+
+
+def test_invalid_toml_names_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "[tolaria]\nepochs = 3\nseed = = 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config("config.toml")
+    assert str(info.value) == "config.toml: invalid TOML at line 3: Invalid value"
+
+
+def test_non_utf8_is_invalid_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.toml").write_bytes(b'run_id = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"^config\.toml: invalid TOML: not UTF-8 text"):
+        load_config("config.toml")
+
+
+def test_config_error_is_a_value_error_with_the_cause_kept(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected an integer") as info:
+        parse_config("[tolaria]\nepochs = 0\n", "config.toml")
+    assert isinstance(info.value, ConfigError)
+    assert isinstance(info.value.__cause__, msgspec.ValidationError)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("tolaria.epochs=3", "tolaria.epochs", 3),
+        ("tamiyo.policy=gnn", "tamiyo.policy", "gnn"),
+        ('tamiyo.policy="gnn"', "tamiyo.policy", "gnn"),
+        ("tolaria.lr=3e-4", "tolaria.lr", 3e-4),
+        ("tolaria.compile=true", "tolaria.compile", True),
+        ("kasmina.slot_targets=['Conv1d', \"features.3\"]", "kasmina.slot_targets", ["Conv1d", "features.3"]),
+        (" nissa.prometheus_port = 9100 ", "nissa.prometheus_port", 9100),
+        ("run_id=", "run_id", ""),
+        ("urza.root=/tmp/urza store", "urza.root", "/tmp/urza store"),
+    ],
+)
+def test_override_values_are_parsed_as_toml(override: str, key: str, value: object) -> None:
+    assert parse_override(override) == (key, value)
+
+
+def test_overrides_of_every_type_apply(tmp_path: Path) -> None:
+    config = load_config(
+        _write(tmp_path, "[tolaria]\nepochs = 20\n"),
+        [
+            "tolaria.epochs=3",
+            "tamiyo.policy=gnn",
+            "tolaria.lr=0.01",
+            "tolaria.compile=true",
+            "nissa.prometheus_port=9100",
+            'kasmina.slot_targets=["Conv1d", "Linear"]',
+            "tamiyo.inference_breaker.open_s=5",
+            "run_id=demo",
+            "oona.backend=redis",
+        ],
+    )
+    assert config.tolaria.epochs == 3
+    assert config.tamiyo.policy == "gnn"
+    assert config.tolaria.lr == 0.01
+    assert config.tolaria.compile is True
+    assert config.nissa.prometheus_port == 9100
+    assert config.kasmina.slot_targets == ("Conv1d", "Linear")
+    assert config.tamiyo.inference_breaker.open_s == 5.0
+    assert config.run_id == "demo"
+    assert config.oona.backend == "redis"
+
+
+def test_later_overrides_win_and_the_input_is_untouched() -> None:
+    base = RunConfig()
+    changed = apply_overrides(base, ["tolaria.epochs=3", "tolaria.epochs=4"])
+    assert changed.tolaria.epochs == 4
+    assert base.tolaria.epochs == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tolaria.epochs=abc", '--set tolaria.epochs=abc: tolaria.epochs: expected an integer >= 1, got "abc"'),
+        ("tolaria.epochs=0", "--set tolaria.epochs=0: tolaria.epochs: expected an integer >= 1, got 0"),
+        ("tolaria.epochs", "--set tolaria.epochs: expected section.key=value"),
+        ("9lives=1", "--set 9lives=1: '9lives' is not a dotted key such as tolaria.epochs"),
+        ("run_id.x=1", "--set run_id.x=1: run_id: not a table, cannot set run_id.x"),
+        ("tolaria.dataset=npz", '--set tolaria.dataset=npz: tolaria: dataset = "npz" needs npz_path'),
+        (
+            "oona.backend=kafka",
+            '--set oona.backend=kafka: oona.backend: expected one of "inproc", "redis", got "kafka"',
+        ),
+    ],
+)
+def test_a_bad_override_names_itself(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert str(info.value) == message
+
+
+def test_cross_field_rules_do_not_depend_on_override_order() -> None:
+    for order in (["tolaria.dataset=npz", "tolaria.npz_path=d.npz"], ["tolaria.npz_path=d.npz", "tolaria.dataset=npz"]):
+        config = apply_overrides(RunConfig(), order)
+        assert (config.tolaria.dataset, config.tolaria.npz_path) == ("npz", "d.npz")
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["tolaria.epochs=2", "oona.queue_depth_recovery=5000", "tamiyo.policy=gnn"])
+    assert str(info.value).startswith("--set oona.queue_depth_recovery=5000: oona: queue_depth_recovery (5000) must")
+
+
+def test_an_override_of_an_unknown_key_or_section_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^--set tolaria\.epcohs=1: tolaria\.epcohs: unknown key \(did you mean epochs\?"
+    ):
+        apply_overrides(RunConfig(), ["tolaria.epcohs=1"])
+    with pytest.raises(ConfigError, match=r"^--set tamyo\.policy=gnn: tamyo: unknown section \(did you mean tamiyo\?"):
+        apply_overrides(RunConfig(), ["tamyo.policy=gnn"])
+
+
+def test_the_override_source_label_is_configurable() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^ESPER_SET tolaria\.seed=-1: tolaria\.seed: expected an integer >= 0, got -1$"
+    ):
+        apply_overrides(RunConfig(), ["tolaria.seed=-1"], source="ESPER_SET")
+
+
+def test_dump_then_load_gives_the_same_config(tmp_path: Path) -> None:
+    configs = [
+        RunConfig(),
+        load_config(
+            None,
+            [
+                "run_id=run-7",
+                "tolaria.epochs=3",
+                "tolaria.dataset=npz",
+                'tolaria.npz_path="data/x \\"quoted\\" \\\\ ok.npz"',
+                "tolaria.epoch_budget_ms=250",
+                "tamiyo.policy=every_k",
+                "tamiyo.gnn_checkpoint=ckpt/policy.safetensors",
+                "nissa.prometheus_port=9100",
+                'kasmina.slot_targets=["Conv1d", "blocks.0.mlp", "ünïcode\\ttab"]',
+                "tolaria.lr=1e-5",
+                "kasmina.g4_min_improvement=-0.5",
+            ],
+        ),
+    ]
+    for config in configs:
+        text = dump_config(config)
+        assert parse_config(text, "dumped.toml") == config
+        path = _write(tmp_path, text, "resolved.toml")
+        assert load_config(path) == config
+    assert "prometheus_port" not in dump_config(RunConfig())
+    assert "prometheus_port = 9100" in dump_config(configs[1])
+
+
+def test_dump_is_toml_with_one_table_per_section() -> None:
+    text = dump_config(RunConfig())
+    assert text.startswith('runs_dir = "runs"\n\n[tolaria]\nepochs = 10\n')
+    assert "\n[kasmina.breaker]\nfailure_threshold = 3\n" in text
+    assert "null" not in text
+    assert text.endswith("\n")
