@@ -1,0 +1,314 @@
+"""Structured logging: one structlog pipeline writing JSON lines to the run's events.jsonl and a readable console.
+
+Every line of events.jsonl is one JSON object that carries at least ``timestamp`` (ISO 8601, UTC, ``Z`` suffix),
+``level`` (debug, info, warning, error, critical), ``event`` (a snake_case name) and, when bound, ``actor``, ``run_id``
+and ``step``; the event's own key/value pairs follow. ``python -m esper.tail`` reads this format.
+
+Writes are synchronous and flushed per line so a tail sees them at once; they go to the OS page cache (no fsync),
+which keeps an event in the few-microsecond range. Any thread may log; lines never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import threading
+from typing import IO, TYPE_CHECKING, Final, Literal, TextIO, final
+
+import msgspec
+import structlog
+
+from schemas.base import Message, Record
+from schemas.enums import BreakerState, EmergencyLevel
+from schemas.runtime import (
+    ActorState,
+    BreakerTransition,
+    ChildFailed,
+    EmergencySignal,
+    SupervisorEscalated,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+LEVEL_NUMBERS: Final[dict[LogLevel, int]] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+"""Numeric rank of each level, the same numbers as the stdlib's logging module."""
+
+RESERVED_KEYS: Final = frozenset({"timestamp", "level", "event"})
+"""Keys the pipeline owns; a message field with one of these names is logged as ``msg_<name>``."""
+
+_LEADING_KEYS: Final = ("timestamp", "level", "event", "actor", "run_id", "step")
+
+# Values structlog callers pass that msgspec cannot encode (exceptions, arbitrary objects) are written as str().
+_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+
+
+def parse_level(level: str, *, parameter: str = "level") -> LogLevel:
+    """The LogLevel named by ``level`` (case-insensitive; ``warn`` means warning).
+
+    Raises:
+        ValueError: the name is not a level; the message names ``parameter``.
+    """
+    name = level.strip().lower()
+    if name == "warn":
+        name = "warning"
+    for known in LEVEL_NUMBERS:
+        if known == name:
+            return known
+    raise ValueError(f"{parameter} must be one of {', '.join(LEVEL_NUMBERS)}, got {level!r}")
+
+
+@final
+class _JsonLineWriter:
+    """A processor that appends each event dict to a file as one JSON line, flushed, and passes the dict on."""
+
+    def __init__(self, stream: IO[bytes], min_level: int) -> None:
+        self._stream = stream
+        self._min_level = min_level
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        level = event_dict.get("level", "info")
+        if LEVEL_NUMBERS.get(level, LEVEL_NUMBERS["info"]) < self._min_level:
+            return event_dict
+        ordered: dict[str, object] = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
+        for key, value in event_dict.items():
+            if key not in ordered:
+                ordered[key] = value
+        if "exc_info" in ordered:
+            # Format on a copy: the console renderer formats exc_info itself and warns if someone already has.
+            ordered = dict(structlog.processors.format_exc_info(logger, method_name, ordered))
+        line = _ENCODER.encode(ordered) + b"\n"
+        with self._lock:
+            if not self._closed:
+                self._stream.write(line)
+                self._stream.flush()
+        return event_dict
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._stream.close()
+
+
+@final
+class _ConsoleGate:
+    """A processor that drops events below the console's level when the file takes lower ones."""
+
+    def __init__(self, min_level: int) -> None:
+        self._min_level = min_level
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if LEVEL_NUMBERS.get(event_dict.get("level", "info"), LEVEL_NUMBERS["info"]) < self._min_level:
+            raise structlog.DropEvent
+        return event_dict
+
+
+@final
+class LoggingHandle:
+    """What configure_logging() set up: the JSON file (if any). close() flushes and closes it.
+
+    After close() events still reach the console but are no longer written to the file. close() is idempotent.
+    """
+
+    def __init__(self, json_path: Path | None, writer: _JsonLineWriter | None) -> None:
+        self.json_path = json_path
+        self._writer = writer
+
+    def close(self) -> None:
+        """Close the JSON file; later events skip it. Safe to call twice."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> LoggingHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def configure_logging(
+    run_dir: Path | None,
+    *,
+    level: str = "info",
+    console: bool = True,
+    json_file: str = "events.jsonl",
+    console_level: str | None = None,
+    console_stream: TextIO | None = None,
+    colors: bool | None = None,
+    cache_loggers: bool = False,
+) -> LoggingHandle:
+    """Configure structlog for the whole process; call once at start-up (tests call reset_logging() afterwards).
+
+    Args:
+        run_dir: directory for the JSON lines file (created if missing); None logs to the console only.
+        level: minimum level for the JSON file, and for the console unless ``console_level`` is given.
+        console: whether to render events readably on ``console_stream``.
+        json_file: the JSON lines file's name inside ``run_dir``; appended to if it exists.
+        console_level: minimum level for the console (may be above or below ``level``); defaults to ``level``.
+        console_stream: where the console goes; defaults to sys.stderr as it is when this is called.
+        colors: colour the console; defaults to whether ``console_stream`` is a TTY.
+        cache_loggers: let each logger keep the pipeline it first used (faster per event); off by default because a
+            cached logger ignores a later configure_logging(), which tests and re-configuration rely on.
+
+    Returns:
+        The handle whose close() closes the file.
+
+    Raises:
+        ValueError: ``level`` or ``console_level`` is not a level name.
+        OSError: the run directory or the file cannot be created.
+    """
+    file_level = LEVEL_NUMBERS[parse_level(level)]
+    screen_level = LEVEL_NUMBERS[parse_level(console_level, parameter="console_level")] if console_level else file_level
+    stream = console_stream if console_stream is not None else sys.stderr
+
+    writer: _JsonLineWriter | None = None
+    json_path: Path | None = None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        json_path = run_dir / json_file
+        writer = _JsonLineWriter(json_path.open("ab"), file_level)
+
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if writer is not None:
+        processors.append(writer)
+    levels = [rank for rank, used in ((file_level, writer is not None), (screen_level, console)) if used]
+    # Calls below every output's level are no-ops; with no output at all only critical events are built, then dropped.
+    floor = min(levels, default=LEVEL_NUMBERS["critical"])
+    logger_factory: structlog.WriteLoggerFactory | structlog.ReturnLoggerFactory
+    if console:
+        if screen_level > floor:
+            processors.append(_ConsoleGate(screen_level))
+        use_colors = colors if colors is not None else stream.isatty()
+        # Plain tracebacks: the rich formatter prints local variables, and a run's secrets must never reach a log.
+        processors.append(
+            structlog.dev.ConsoleRenderer(colors=use_colors, exception_formatter=structlog.dev.plain_traceback)
+        )
+        logger_factory = structlog.WriteLoggerFactory(file=stream)
+    else:
+        # Nothing to render: hand the dict to a logger that returns it, cheaper than raising DropEvent per event.
+        logger_factory = structlog.ReturnLoggerFactory()
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(floor),
+        logger_factory=logger_factory,
+        cache_logger_on_first_use=cache_loggers,
+    )
+    return LoggingHandle(json_path, writer)
+
+
+def reset_logging() -> None:
+    """Forget the configuration and every bound contextvar; for tests, so they share no logging state."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def get_logger() -> FilteringBoundLogger:
+    """A logger using the current configuration (resolved on each call, so reconfiguring takes effect)."""
+    logger: FilteringBoundLogger = structlog.get_logger()
+    return logger
+
+
+def _context_items(actor: str | None, run_id: str | None, step: int | None) -> dict[str, str | int]:
+    items: dict[str, str | int] = {}
+    if actor is not None:
+        items["actor"] = actor
+    if run_id is not None:
+        items["run_id"] = run_id
+    if step is not None:
+        items["step"] = step
+    return items
+
+
+def bind_log_context(*, actor: str | None = None, run_id: str | None = None, step: int | None = None) -> None:
+    """Bind actor / run_id / step for every later event in this context (an asyncio task copies it at creation)."""
+    structlog.contextvars.bind_contextvars(**_context_items(actor, run_id, step))
+
+
+@contextlib.contextmanager
+def log_context(*, actor: str | None = None, run_id: str | None = None, step: int | None = None) -> Iterator[None]:
+    """Bind actor / run_id / step inside a with block, restoring the previous values after it."""
+    with structlog.contextvars.bound_contextvars(**_context_items(actor, run_id, step)):
+        yield
+
+
+_CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def event_name(kind: type[Message] | type[Record]) -> str:
+    """The log event name of a message type: its class name in snake_case (ChildFailed -> child_failed)."""
+    return _CAMEL_BOUNDARY.sub("_", kind.__name__).lower()
+
+
+_EMERGENCY_LEVELS: Final[dict[EmergencyLevel, LogLevel]] = {
+    EmergencyLevel.L1_NOTICE: "info",
+    EmergencyLevel.L2_ELEVATED: "warning",
+    EmergencyLevel.L3_CONSERVATIVE: "error",
+    EmergencyLevel.L4_HALT: "critical",
+}
+
+
+def event_level(event: Message | Record) -> LogLevel:
+    """The level a typed event is logged at: failures warn, escalations are errors, L4 is critical, the rest info."""
+    match event:
+        case ChildFailed():
+            return "warning"
+        case SupervisorEscalated():
+            return "error"
+        case BreakerTransition(to_state=BreakerState.OPEN):
+            return "warning"
+        case EmergencySignal(level=emergency):
+            return _EMERGENCY_LEVELS.get(emergency, "warning")
+        case _:
+            return "info"
+
+
+def event_fields(event: Message | Record) -> dict[str, object]:
+    """The event's fields as plain JSON values, minus the type tag, with reserved names written as ``msg_<name>``."""
+    raw = msgspec.to_builtins(event)
+    if not isinstance(raw, dict):  # pragma: no cover - a Struct always becomes a dict
+        raise TypeError(f"event {type(event).__name__} did not convert to a mapping")
+    fields: dict[str, object] = {}
+    for key, value in raw.items():
+        if isinstance(event, Message) and key == "type":
+            continue
+        fields[f"msg_{key}" if key in RESERVED_KEYS else str(key)] = value
+    return fields
+
+
+def log_actor_state(logger: FilteringBoundLogger, state: ActorState) -> None:
+    """Log one ``actor_state`` event: actor, status, mailbox_depth, mailbox_capacity, handled, failed, restarts,
+    breaker (null when the actor has none), last_latency_ms (null before its first message). The tail's --state
+    reads exactly these fields; ``actor`` names the actor described, overriding any bound actor."""
+    logger.info("actor_state", **event_fields(state))
+
+
+@final
+class StructlogSink:
+    """An EventSink that logs every typed event as one structured line named after its type.
+
+    emit() runs on the caller's thread (normally the event loop) and does a flushed, un-synced file write; it never
+    waits on anything else. ActorState records are accepted too and logged as ``actor_state``.
+    """
+
+    def __init__(self, logger: FilteringBoundLogger | None = None) -> None:
+        self._logger = logger if logger is not None else get_logger()
+
+    def emit(self, event: Message | Record) -> None:
+        if isinstance(event, ActorState):
+            log_actor_state(self._logger, event)
+            return
+        self._logger.log(LEVEL_NUMBERS[event_level(event)], event_name(type(event)), **event_fields(event))

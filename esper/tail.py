@@ -1,0 +1,196 @@
+"""``python -m esper.tail EVENTS.jsonl``: a readable tail of a run's structured log, with filters and a state table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, final
+
+from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
+from esper.runtime.clock import MonotonicClock
+from esper.tail_follow import LineReader, follow_lines, read_lines_once
+from esper.tail_render import EventFilter, TailSession
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+EXIT_OK = 0
+EXIT_UNREADABLE = 2
+_CLEAR_SCREEN = "\x1b[H\x1b[J"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TailOptions:
+    """What the command line asked for, already validated."""
+
+    path: Path
+    follow: bool = False
+    actor: str | None = None
+    min_level: LogLevel | None = None
+    state: bool = False
+    color: bool = False
+    poll_interval_s: float = 0.25
+
+
+def _write(out: TextIO, lines: Sequence[str]) -> None:
+    if lines:
+        out.write("".join(f"{line}\n" for line in lines))
+        out.flush()
+
+
+def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
+    # On a terminal the table redraws in place; in a pipe or file each version follows the last.
+    in_place = refresh and out.isatty()
+    prefix = _CLEAR_SCREEN if in_place else ""
+    suffix = "\n" if refresh and not in_place else ""
+    out.write(f"{prefix}{session.render_state()}\n{suffix}")
+    out.flush()
+
+
+async def run_tail(
+    options: TailOptions, session: TailSession, out: TextIO, *, poll: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until cancelled.
+
+    ``session`` keeps the counts, so a caller that cancels this (Ctrl-C) can still report them. ``poll`` replaces the
+    wait between looks at a growing file (default: sleep ``options.poll_interval_s``).
+
+    Raises:
+        FileNotFoundError: the file does not exist and ``follow`` is off.
+        OSError: the file cannot be read.
+    """
+    async with LineReader(options.path) as reader:
+        if not options.follow:
+            async for batch in read_lines_once(reader):
+                _write(out, session.feed(batch))
+            if options.state:
+                _show_state(session, out, refresh=False)
+            return
+        clock = MonotonicClock()
+        wait = poll if poll is not None else (lambda: clock.sleep(options.poll_interval_s))
+        shown_version = -1
+        if options.state:
+            _show_state(session, out, refresh=True)
+            shown_version = session.version
+        try:
+            async for batch in follow_lines(reader, poll=wait):
+                _write(out, session.feed(batch))
+                if options.state and session.version != shown_version:
+                    _show_state(session, out, refresh=True)
+                    shown_version = session.version
+        finally:
+            # A line still unterminated when following stops never completed: it counts as malformed.
+            if reader.take_pending() is not None:
+                session.malformed += 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m esper.tail",
+        description=(
+            "Show an Esper run's structured log (events.jsonl) readably: time, level, actor, event, key=value pairs. "
+            "Lines that are not valid events are counted and skipped; the count is reported on stderr at the end."
+        ),
+        epilog="Exit status: 0 on success (also after Ctrl-C with --follow), 2 if the file cannot be read.",
+    )
+    parser.add_argument(
+        "path", type=Path, help="the events.jsonl file, or a run directory that holds one (runs/<run-id>)"
+    )
+    parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep reading as the file grows, waiting for it to appear and reopening it if truncated or replaced; "
+        "stop with Ctrl-C",
+    )
+    parser.add_argument("--actor", metavar="NAME", help="show only events whose actor is NAME (exact match)")
+    parser.add_argument(
+        "--level",
+        metavar="LEVEL",
+        type=str.lower,
+        choices=list(LEVEL_NUMBERS),
+        help="show only events at LEVEL or above: " + ", ".join(LEVEL_NUMBERS),
+    )
+    parser.add_argument(
+        "--state",
+        action="store_true",
+        help="instead of events, show a table of each actor's latest actor_state (mailbox depth, messages handled, "
+        "restarts, breaker, last handling latency); with --follow it is redrawn as states arrive; --actor limits "
+        "the rows, --level does not apply",
+    )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the output: auto (default) colours only when stdout is a terminal",
+    )
+    parser.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=float,
+        default=0.25,
+        help="with --follow, how long to wait between looks at the file (default 0.25)",
+    )
+    return parser
+
+
+def options_from_args(args: argparse.Namespace, *, stdout_is_tty: bool) -> TailOptions:
+    """Turn parsed arguments into TailOptions; a directory path means its events.jsonl."""
+    path: Path = args.path
+    if path.is_dir():
+        path = path / "events.jsonl"
+    color = {"always": True, "never": False}.get(args.color, stdout_is_tty)
+    return TailOptions(
+        path=path,
+        follow=args.follow,
+        actor=args.actor,
+        min_level=parse_level(args.level) if args.level is not None else None,
+        state=args.state,
+        color=color,
+        poll_interval_s=args.interval,
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the tail; returns the exit status. ``out`` / ``err`` default to sys.stdout / sys.stderr."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error(f"--interval must be > 0, got {args.interval}")
+    options = options_from_args(args, stdout_is_tty=out.isatty())
+    session = TailSession(
+        event_filter=EventFilter(actor=options.actor, min_level=options.min_level),
+        state=options.state,
+        color=options.color,
+    )
+    status = EXIT_OK
+    try:
+        asyncio.run(run_tail(options, session, out))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends; the summary below still runs.
+    except FileNotFoundError:
+        err.write(f"esper.tail: no such file: {options.path}\n")
+        status = EXIT_UNREADABLE
+    except BrokenPipeError:
+        # The reader went away (| head); point stdout at devnull so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        return EXIT_OK
+    except OSError as error:
+        err.write(f"esper.tail: cannot read {options.path}: {error.strerror or error}\n")
+        status = EXIT_UNREADABLE
+    summary = session.summary()
+    if summary is not None:
+        err.write(f"{summary}\n")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Reading a growing log file from coroutines: complete lines only, across late creation, truncation and rotation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import aiofiles
+import aiofiles.os
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+    from types import TracebackType
+
+    from aiofiles.threadpool.binary import AsyncBufferedReader
+
+
+@final
+class LineReader:
+    """Reads the complete lines of a file that may not exist yet, may grow, and may be truncated or replaced.
+
+    A line is complete once its newline has been read; the bytes after the last newline wait in ``pending`` until the
+    rest arrives. When the file is truncated (shorter than what was read) or replaced (the path names another file),
+    the pending bytes are handed out as a final line of the old content and reading restarts at the new file's start.
+    Truncation followed by regrowth past the old size before the next read is not detectable, as with ``tail -F``.
+
+    File I/O runs on aiofiles' worker threads, so the event loop never blocks. Event-loop only; not thread-safe.
+    """
+
+    def __init__(self, path: Path, *, chunk_bytes: int = 1 << 20) -> None:
+        if chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
+        self.path = path
+        self._chunk_bytes = chunk_bytes
+        self._file: AsyncBufferedReader | None = None
+        self._identity: tuple[int, int] | None = None
+        self._position = 0
+        self._pending = b""
+        self.truncations = 0
+        self.reopens = 0
+        self.at_end = False
+        """Whether the last read_available() reached the end of the file (or found no file)."""
+
+    @property
+    def opened(self) -> bool:
+        return self._file is not None
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes read after the last newline: a line still being written."""
+        return self._pending
+
+    def take_pending(self) -> str | None:
+        """Hand out the pending partial line (at the end of reading) and forget it; None if there is none."""
+        pending, self._pending = self._pending, b""
+        return _decode(pending) if pending else None
+
+    async def read_available(self, *, missing_ok: bool = True) -> list[str]:
+        """The complete lines written since the last call (at most about ``chunk_bytes`` of them); [] if none.
+
+        Args:
+            missing_ok: when the file does not exist yet, return [] (True) or raise FileNotFoundError (False).
+
+        Raises:
+            OSError: the file cannot be opened or read (FileNotFoundError only when ``missing_ok`` is False).
+
+        Cancellation: a cancel while a read is in flight loses that chunk; stop using the reader afterwards.
+        """
+        lines: list[str] = []
+        self.at_end = True
+        if self._file is None:
+            if not await self._open(missing_ok=missing_ok):
+                return lines
+        else:
+            lines.extend(await self._follow_path())
+        file = self._file
+        if file is None:  # replaced by a path that vanished again before it could be opened
+            return lines
+        data = await file.read(self._chunk_bytes)
+        self._position += len(data)
+        self.at_end = len(data) < self._chunk_bytes
+        lines.extend(self._split(data))
+        return lines
+
+    async def aclose(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            await file.close()
+
+    async def __aenter__(self) -> LineReader:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _open(self, *, missing_ok: bool) -> bool:
+        try:
+            file = await aiofiles.open(self.path, "rb")
+        except FileNotFoundError:
+            if missing_ok:
+                return False
+            raise
+        stat = await aiofiles.os.stat(file.fileno())
+        self._file, self._identity, self._position = file, (stat.st_dev, stat.st_ino), 0
+        return True
+
+    async def _follow_path(self) -> list[str]:
+        """Notice truncation or replacement of the path; returns the old file's last lines when it was replaced."""
+        assert self._file is not None
+        try:
+            stat: os.stat_result | None = await aiofiles.os.stat(self.path)
+        except FileNotFoundError:
+            stat = None  # removed: keep the old handle until a new file appears at the path
+        if stat is None:
+            return []
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            # Replaced (rotated): finish the old file, then start the new one from its first byte.
+            lines: list[str] = []
+            while data := await self._file.read(self._chunk_bytes):
+                lines.extend(self._split(data))
+            lines.extend(self._flush_pending())
+            await self.aclose()
+            self.reopens += 1
+            await self._open(missing_ok=True)
+            return lines
+        if stat.st_size < self._position:
+            self.truncations += 1
+            await self._file.seek(0)
+            self._position = 0
+            return self._flush_pending()
+        return []
+
+    def _flush_pending(self) -> list[str]:
+        pending = self.take_pending()
+        return [] if pending is None else [pending]
+
+    def _split(self, data: bytes) -> list[str]:
+        if not data:
+            return []
+        parts = (self._pending + data).split(b"\n")
+        self._pending = parts.pop()
+        return [_decode(part) for part in parts]
+
+
+def _decode(raw: bytes) -> str:
+    # Invalid UTF-8 becomes U+FFFD rather than an error: the parser then counts the line as malformed or shows it.
+    return raw.decode("utf-8", errors="replace").removesuffix("\r")
+
+
+async def follow_lines(reader: LineReader, *, poll: Callable[[], Awaitable[None]]) -> AsyncIterator[list[str]]:
+    """Yield batches of complete lines forever, awaiting ``poll()`` whenever the file has nothing new.
+
+    ``poll`` is the wait between looks: ``lambda: clock.sleep(0.25)`` in the tool, an event a test sets in tests.
+    The reader stays the caller's, so after the loop ends (a cancel, a break) the caller can take its pending line.
+
+    Raises:
+        OSError: from the reader, when the file exists but cannot be read.
+    """
+    while True:
+        lines = await reader.read_available()
+        if lines:
+            yield lines
+        elif reader.at_end:
+            await poll()
+
+
+async def read_lines_once(reader: LineReader) -> AsyncIterator[list[str]]:
+    """Yield the file's lines in batches up to its current end, the final unterminated line included.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError: it cannot be read.
+    """
+    lines = await reader.read_available(missing_ok=False)
+    while True:
+        if lines:
+            yield lines
+        if reader.at_end:
+            break
+        lines = await reader.read_available()
+    last = reader.take_pending()
+    if last is not None:
+        yield [last]

@@ -1,0 +1,254 @@
+"""The log tail's pure part: parse events.jsonl lines, filter them, render them, and keep each actor's latest state.
+
+Nothing here does I/O; esper.tail_follow reads the file and esper.tail wires both to the command line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, final
+
+import msgspec
+
+from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
+from schemas.enums import ActorStatus, BreakerState
+from schemas.runtime import ActorState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+_RESET: Final = "\x1b[0m"
+_DIM: Final = "\x1b[2m"
+_BOLD: Final = "\x1b[1m"
+_CYAN: Final = "\x1b[36m"
+_LEVEL_COLORS: Final[dict[LogLevel, str]] = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;41;97m",
+}
+_ALERT: Final = "\x1b[31m"
+_BARE_VALUE: Final = re.compile(r"[\w.:/@+\-]+")
+_ACTOR_STATE_FIELDS: Final = frozenset(ActorState.__struct_fields__)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One parsed line of events.jsonl. ``fields`` holds every key but timestamp, level, event and actor, in order."""
+
+    timestamp: str
+    level: LogLevel
+    event: str
+    actor: str | None
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+def parse_line(line: str) -> LogEvent | None:
+    """The event on one line, or None when the line is malformed.
+
+    Malformed: not JSON, not a JSON object, ``timestamp`` / ``level`` / ``event`` missing or not strings, an unknown
+    level, or an ``actor`` that is neither a string nor null.
+    """
+    try:
+        raw = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    timestamp, level_name, event, actor = raw.get("timestamp"), raw.get("level"), raw.get("event"), raw.get("actor")
+    if not (isinstance(timestamp, str) and isinstance(level_name, str) and isinstance(event, str)):
+        return None
+    if actor is not None and not isinstance(actor, str):
+        return None
+    try:
+        level = parse_level(level_name)
+    except ValueError:
+        return None
+    rest = {key: value for key, value in raw.items() if key not in ("timestamp", "level", "event", "actor")}
+    return LogEvent(timestamp=timestamp, level=level, event=event, actor=actor, fields=rest)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to show: one actor (exact name) and a minimum level; None means no restriction."""
+
+    actor: str | None = None
+    min_level: LogLevel | None = None
+
+    def accepts(self, event: LogEvent) -> bool:
+        if self.actor is not None and event.actor != self.actor:
+            return False
+        return self.min_level is None or LEVEL_NUMBERS[event.level] >= LEVEL_NUMBERS[self.min_level]
+
+
+def short_time(timestamp: str) -> str:
+    """``2025-01-02T03:04:05.678901Z`` as ``2025-01-02 03:04:05.678``; anything else unchanged."""
+    if len(timestamp) >= 19 and timestamp[10] == "T":
+        return f"{timestamp[:10]} {timestamp[11:23].rstrip('Z')}"
+    return timestamp
+
+
+def format_value(value: object) -> str:
+    """A value as the tail shows it: simple strings bare, other strings quoted, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value if _BARE_VALUE.fullmatch(value) else msgspec.json.encode(value).decode()
+    return msgspec.json.encode(value).decode()
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"{code}{text}{_RESET}" if color else text
+
+
+def render_event(event: LogEvent, *, color: bool = False) -> str:
+    """One event as a line: time, level, actor (``-`` if none), event, then key=value pairs in file order.
+
+    A multi-line ``exception`` field follows on indented lines. No trailing newline.
+    """
+    parts = [
+        _paint(short_time(event.timestamp), _DIM, color),
+        _paint(f"{event.level:<8}", _LEVEL_COLORS[event.level], color),
+        _paint(f"{event.actor or '-':<12}", _CYAN, color),
+        _paint(event.event, _BOLD, color),
+    ]
+    trailer = ""
+    for key, value in event.fields.items():
+        if key == "exception" and isinstance(value, str):
+            trailer = "".join(f"\n    {line}" for line in value.splitlines())
+            continue
+        parts.append(f"{_paint(key, _DIM, color)}={format_value(value)}")
+    return " ".join(parts) + trailer
+
+
+def parse_actor_state(event: LogEvent) -> ActorState | None:
+    """The ActorState an ``actor_state`` event carries, or None if its fields do not make one."""
+    if event.actor is None:
+        return None
+    payload = {key: value for key, value in event.fields.items() if key in _ACTOR_STATE_FIELDS}
+    payload["actor"] = event.actor
+    try:
+        return msgspec.convert(payload, ActorState)
+    except msgspec.ValidationError:
+        return None
+
+
+@final
+class ActorStateTable:
+    """The latest ``actor_state`` of every actor (latest line wins), rendered as a table sorted by actor name."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[ActorState, str]] = {}
+
+    def update(self, state: ActorState, timestamp: str) -> None:
+        self._rows[state.actor] = (state, timestamp)
+
+    def latest(self, actor: str) -> ActorState | None:
+        row = self._rows.get(actor)
+        return row[0] if row is not None else None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def render(self, *, malformed: int = 0, color: bool = False) -> str:
+        """The table with a footer counting actors and skipped malformed lines. No trailing newline."""
+        header = ("actor", "status", "mailbox", "handled", "failed", "restarts", "breaker", "latency_ms", "updated")
+        rows: list[tuple[str, ...]] = []
+        alerts: list[set[int]] = []
+        for name in sorted(self._rows):
+            state, timestamp = self._rows[name]
+            latency = "-" if state.last_latency_ms is None else f"{state.last_latency_ms:.2f}"
+            rows.append(
+                (
+                    state.actor,
+                    state.status.value,
+                    f"{state.mailbox_depth}/{state.mailbox_capacity}",
+                    str(state.handled),
+                    str(state.failed),
+                    str(state.restarts),
+                    "-" if state.breaker is None else state.breaker.value,
+                    latency,
+                    short_time(timestamp)[11:] or timestamp,
+                )
+            )
+            alert = set()
+            if state.status is ActorStatus.FAILED:
+                alert.add(1)
+            if state.breaker is BreakerState.OPEN:
+                alert.add(6)
+            alerts.append(alert)
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        numeric = {2, 3, 4, 5, 7}
+
+        def line(cells: tuple[str, ...], alert: set[int]) -> str:
+            out = []
+            for i, cell in enumerate(cells):
+                padded = cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+                out.append(_paint(padded, _ALERT, color) if i in alert else padded)
+            return "  ".join(out).rstrip()
+
+        lines = [_paint(line(header, set()), _BOLD, color) if color else line(header, set())]
+        lines.extend(line(row, alert) for row, alert in zip(rows, alerts, strict=True))
+        if not rows:
+            lines.append("(no actor_state events yet)")
+        noun = "actor" if len(rows) == 1 else "actors"
+        lines.append(f"{len(rows)} {noun}, {malformed} malformed {'line' if malformed == 1 else 'lines'} skipped")
+        return "\n".join(lines)
+
+
+@final
+class TailSession:
+    """Turns lines into output: rendered events, or (state mode) an updated table; counts malformed lines.
+
+    In state mode only ``actor_state`` events matter and --actor limits the rows; --level does not apply, since
+    states are logged at info. An ``actor_state`` line whose fields do not make an ActorState counts as malformed.
+    """
+
+    def __init__(self, *, event_filter: EventFilter, state: bool = False, color: bool = False) -> None:
+        self.event_filter = event_filter
+        self.state_mode = state
+        self.color = color
+        self.table = ActorStateTable()
+        self.malformed = 0
+        self.shown = 0
+        self.version = 0
+        """Bumped whenever something the state view shows (a row or the malformed count) changes."""
+
+    def feed(self, lines: Iterable[str]) -> list[str]:
+        """Take lines (without newlines); return the rendered events to show (always empty in state mode)."""
+        shown: list[str] = []
+        for text in lines:
+            event = parse_line(text)
+            if event is None:
+                self.malformed += 1
+                self.version += 1
+                continue
+            if self.state_mode:
+                self._observe_state(event)
+            elif self.event_filter.accepts(event):
+                shown.append(render_event(event, color=self.color))
+        self.shown += len(shown)
+        return shown
+
+    def _observe_state(self, event: LogEvent) -> None:
+        if event.event != "actor_state":
+            return
+        state = parse_actor_state(event)
+        if state is None:
+            self.malformed += 1
+            self.version += 1
+            return
+        if self.event_filter.actor is None or state.actor == self.event_filter.actor:
+            self.table.update(state, event.timestamp)
+            self.version += 1
+
+    def render_state(self) -> str:
+        return self.table.render(malformed=self.malformed, color=self.color)
+
+    def summary(self) -> str | None:
+        """The end-of-run line for stderr, or None when nothing was skipped."""
+        if self.malformed == 0:
+            return None
+        return f"esper.tail: {self.malformed} malformed {'line' if self.malformed == 1 else 'lines'} skipped"

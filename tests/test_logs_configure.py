@@ -1,0 +1,167 @@
+"""configure_logging: one JSON object per flushed line with the required keys, contextvars, levels, console, close."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from esper.logs import (
+    LoggingHandle,
+    bind_log_context,
+    configure_logging,
+    get_logger,
+    log_context,
+    parse_level,
+    reset_logging,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
+
+
+@pytest.fixture
+def console() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def handle(tmp_path: Path, console: io.StringIO) -> Iterator[LoggingHandle]:
+    logging = configure_logging(tmp_path / "run", level="debug", console_level="warning", console_stream=console)
+    try:
+        yield logging
+    finally:
+        logging.close()
+        reset_logging()
+
+
+def read_lines(handle: LoggingHandle) -> list[dict[str, object]]:
+    assert handle.json_path is not None
+    lines = handle.json_path.read_text().splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert all(isinstance(obj, dict) for obj in objects)
+    return objects
+
+
+def test_every_line_is_one_object_with_timestamp_level_event(handle: LoggingHandle) -> None:
+    log = get_logger()
+    log.info("first", x=1)
+    log.debug("second", path=handle.json_path)  # a value msgspec cannot encode is written as str()
+    log.warning("third", items=[1, 2], nested={"a": None})
+    lines = read_lines(handle)  # read before close(): every line is already flushed
+    assert [line["event"] for line in lines] == ["first", "second", "third"]
+    assert [line["level"] for line in lines] == ["info", "debug", "warning"]
+    for line in lines:
+        assert isinstance(line["timestamp"], str)
+        assert ISO_UTC.fullmatch(line["timestamp"])
+        assert list(line)[:3] == ["timestamp", "level", "event"]
+    assert lines[1]["path"] == str(handle.json_path)
+    assert lines[2]["items"] == [1, 2]
+    assert lines[2]["nested"] == {"a": None}
+
+
+def test_context_is_bound_through_contextvars(handle: LoggingHandle) -> None:
+    log = get_logger()
+    bind_log_context(run_id="run-7")
+    with log_context(actor="tolaria", step=12):
+        log.info("inside")
+        log.info("explicit_actor_wins", actor="kasmina")
+    log.info("outside")
+    inside, explicit, outside = read_lines(handle)
+    assert (inside["actor"], inside["run_id"], inside["step"]) == ("tolaria", "run-7", 12)
+    assert list(inside)[:6] == ["timestamp", "level", "event", "actor", "run_id", "step"]
+    assert explicit["actor"] == "kasmina"
+    assert "actor" not in outside
+    assert outside["run_id"] == "run-7"
+
+
+def test_exceptions_are_written_as_text(handle: LoggingHandle) -> None:
+    log = get_logger()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed")
+    (line,) = read_lines(handle)
+    assert line["level"] == "error"
+    assert isinstance(line["exception"], str)
+    assert "RuntimeError: boom" in line["exception"]
+    assert "exc_info" not in line
+
+
+def test_console_has_its_own_level(handle: LoggingHandle, console: io.StringIO) -> None:
+    log = get_logger()
+    log.info("quiet_on_console")
+    log.error("loud_on_console", actor="urza")
+    text = console.getvalue()
+    assert "loud_on_console" in text
+    assert "urza" in text
+    assert "quiet_on_console" not in text
+    assert "\x1b[" not in text  # a StringIO is not a terminal: no colour
+    assert [line["event"] for line in read_lines(handle)] == ["quiet_on_console", "loud_on_console"]
+
+
+def test_level_filters_the_file_too(tmp_path: Path) -> None:
+    logging = configure_logging(tmp_path, level="warning", console=False)
+    try:
+        log = get_logger()
+        log.info("dropped")
+        log.warning("kept")
+        log.critical("kept_too")
+        assert [line["event"] for line in read_lines(logging)] == ["kept", "kept_too"]
+    finally:
+        logging.close()
+        reset_logging()
+
+
+def test_close_stops_file_writes_and_is_idempotent(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logging = configure_logging(tmp_path, console_stream=console, json_file="custom.jsonl")
+    try:
+        assert logging.json_path == tmp_path / "custom.jsonl"
+        get_logger().info("before")
+        logging.close()
+        logging.close()
+        get_logger().info("after")
+        assert [line["event"] for line in read_lines(logging)] == ["before"]
+        assert "after" in console.getvalue()
+    finally:
+        reset_logging()
+
+
+def test_without_run_dir_only_the_console_is_written(console: io.StringIO) -> None:
+    logging = configure_logging(None, console_stream=console)
+    try:
+        assert logging.json_path is None
+        get_logger().info("console_only", k="v")
+        assert "console_only" in console.getvalue()
+    finally:
+        logging.close()
+        reset_logging()
+
+
+def test_bad_level_names_the_parameter(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="level must be one of"):
+        configure_logging(tmp_path, level="loud")
+    with pytest.raises(ValueError, match="console_level must be one of"):
+        configure_logging(tmp_path, console_level="verbose")
+    assert parse_level("WARN") == "warning"
+    assert parse_level(" Error ") == "error"
+
+
+def test_console_may_show_more_than_the_file(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logging = configure_logging(tmp_path, level="warning", console_level="debug", console_stream=console)
+    try:
+        get_logger().debug("console_only_detail")
+        get_logger().error("both")
+        assert "console_only_detail" in console.getvalue()
+        assert [line["event"] for line in read_lines(logging)] == ["both"]
+    finally:
+        logging.close()
+        reset_logging()
