@@ -1,0 +1,208 @@
+"""Lanes: ordered work on one dedicated thread, never abandoned on cancel, dropped only if not started."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from esper.runtime.errors import LaneClosed
+from esper.runtime.lanes import Lane, Lanes, resolve_device
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+
+
+class Gate:
+    """A lane job that reports (to the loop) that it started, then blocks its thread until released."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.started = asyncio.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+
+    def __call__(self, value: int) -> int:
+        self.loop.call_soon_threadsafe(self.started.set)
+        if not self.release.wait(timeout=5):  # a safety net for a broken test, never the expected path
+            raise TimeoutError("gate was never released")
+        self.finished.set()
+        return value
+
+
+async def yield_a_few() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_jobs_run_in_order_on_one_dedicated_thread() -> None:
+    order: list[tuple[int, int]] = []
+
+    def job(index: int) -> int:
+        order.append((index, threading.get_ident()))
+        return index * index
+
+    async with Lane("train", "cpu") as lane, asyncio.timeout(5), asyncio.TaskGroup() as group:
+        tasks = [group.create_task(lane.run(job, index)) for index in range(20)]
+    assert [task.result() for task in tasks] == [index * index for index in range(20)]
+    assert [index for index, _ in order] == list(range(20))
+    idents = {ident for _, ident in order}
+    assert idents == {lane.thread_id}
+    assert lane.thread_id != threading.get_ident()
+    assert lane.statistics().completed == 20
+
+
+async def test_exceptions_propagate_to_the_caller_and_the_lane_carries_on() -> None:
+    def fail(message: str) -> int:
+        raise ValueError(message)
+
+    async with Lane("io", "cpu") as lane, asyncio.timeout(5):
+        with pytest.raises(ValueError, match="broken blob"):
+            await lane.run(fail, "broken blob")
+        assert await lane.run(len, "abc") == 3
+        stats = lane.statistics()
+    assert (stats.completed, stats.failed) == (1, 1)
+
+
+async def test_a_started_job_outlives_its_cancelled_caller_and_the_next_call_waits() -> None:
+    gate = Gate()
+    ran: list[str] = []
+
+    def after() -> str:
+        ran.append("after")
+        return "after"
+
+    async with Lane("train", "cpu") as lane, asyncio.timeout(5), asyncio.TaskGroup() as group:
+        first = group.create_task(lane.run(gate, 1))
+        await gate.started.wait()
+        first.cancel()
+        second = group.create_task(lane.run(after))
+        await yield_a_few()
+        assert not first.done(), "the cancelled caller must wait for its running job"
+        assert not gate.finished.is_set()
+        assert ran == []
+        first.cancel()  # a second cancel does not cut the wait short either
+        await yield_a_few()
+        assert not first.done()
+        gate.release.set()
+        assert await second == "after"
+        assert gate.finished.is_set()
+    assert first.cancelled()
+    assert lane.statistics().completed == 2
+
+
+async def test_a_job_not_yet_started_is_dropped_when_its_caller_is_cancelled() -> None:
+    gate = Gate()
+    ran: list[str] = []
+
+    def dropped() -> None:
+        ran.append("dropped")
+
+    async with Lane("policy", "cpu") as lane, asyncio.timeout(5), asyncio.TaskGroup() as group:
+        holder = group.create_task(lane.run(gate, 1))
+        await gate.started.wait()
+        waiting = group.create_task(lane.run(dropped))
+        await yield_a_few()
+        assert lane.statistics().queued == 1
+        waiting.cancel()
+        await yield_a_few()
+        assert waiting.cancelled(), "a job that never started is dropped at once"
+        gate.release.set()
+        assert await holder == 1
+        assert await lane.run(len, "barrier") == 7
+    assert ran == []
+    stats = lane.statistics()
+    assert (stats.dropped, stats.completed, stats.queued) == (1, 2, 0)
+
+
+async def test_a_closed_lane_refuses_work() -> None:
+    lane = Lane("io", "cpu")
+    assert await lane.run(len, "x") == 1
+    lane.close()
+    with pytest.raises(LaneClosed, match="lane 'io' is closed"):
+        await lane.run(len, "x")
+    async with asyncio.timeout(5):
+        await lane.wait_closed()
+    assert lane.statistics().closed
+
+
+async def test_close_lets_queued_jobs_finish() -> None:
+    gate = Gate()
+    lane = Lane("io", "cpu")
+    async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+        holder = group.create_task(lane.run(gate, 1))
+        queued = group.create_task(lane.run(len, "ab"))
+        await gate.started.wait()
+        lane.close()
+        gate.release.set()
+        await lane.wait_closed()
+    assert (holder.result(), queued.result()) == (1, 2)
+
+
+async def test_a_never_used_lane_closes_without_a_thread() -> None:
+    lane = Lane("io", "cpu")
+    async with asyncio.timeout(5):
+        await lane.aclose()
+    assert lane.thread_id is None
+
+
+async def test_the_thread_budget_applies_on_the_lane_thread_only() -> None:
+    before = torch.get_num_threads()
+    async with Lane("policy", "cpu", num_threads=1) as lane, asyncio.timeout(5):
+        assert await lane.run(torch.get_num_threads) == 1
+    assert torch.get_num_threads() == before
+
+
+async def test_lanes_builds_train_policy_and_io_on_cpu() -> None:
+    async with Lanes("cpu", num_threads={"io": 2}) as lanes, asyncio.timeout(5):
+        assert lanes.device == torch.device("cpu")
+        assert [lane.name for lane in (lanes.train, lanes.policy, lanes.io)] == ["train", "policy", "io"]
+        assert lanes["io"].num_threads == 2
+        assert lanes.policy.num_threads == 1
+        assert all(lane.stream is None for lane in (lanes.train, lanes.policy, lanes.io))
+        total = await lanes.train.run(lambda: torch.ones(3).sum().item())
+        assert total == 3.0
+        await lanes.policy.run(len, "warm")
+        assert lanes.train.thread_id != lanes.policy.thread_id
+    assert [stats.closed for stats in lanes.statistics()] == [True, True, True]
+
+
+def test_lanes_refuses_an_unknown_lane_name() -> None:
+    with pytest.raises(ValueError, match="unknown lane 'gpu'"):
+        Lanes("cpu", num_threads={"gpu": 1})  # type: ignore[dict-item]  # proving the runtime check
+
+
+@needs_no_cuda
+def test_device_resolution_without_cuda() -> None:
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="needs CUDA, which torch reports as not available"):
+        resolve_device("cuda:0")
+
+
+def test_device_resolution_refuses_other_devices() -> None:
+    with pytest.raises(ValueError, match="got 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="got 'meta'"):
+        resolve_device("meta")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_cuda_lane_runs_on_its_own_stream_and_returns_finished_work() -> None:
+    async with Lanes("cuda") as lanes, asyncio.timeout(30):
+        lane = lanes.train
+        assert lane.stream is not None
+
+        def work() -> tuple[bool, torch.Tensor]:
+            on_lane_stream = torch.cuda.current_stream() == lane.stream
+            x = torch.randn(512, 512, device=lanes.device)
+            return on_lane_stream, x @ x
+
+        on_lane_stream, product = await lane.run(work)
+        assert on_lane_stream
+        assert lane.stream.query(), "the lane's stream must be idle when run() returns"
+        assert product.shape == (512, 512)
+        assert lanes.policy.stream is not None
+        assert lanes.policy.stream != lane.stream
