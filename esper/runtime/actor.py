@@ -1,0 +1,241 @@
+"""The actor base class: hooks, the message loop, the failure rules and the state snapshot."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import msgspec
+
+from esper.runtime.errors import ActorStopped
+from schemas.enums import ActorStatus, BreakerState
+from schemas.runtime import ActorState
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from esper.runtime.mailbox import Mailbox, Reply
+    from esper.runtime.ref import ActorRef, DeadLetters
+
+M_contra = TypeVar("M_contra", bound=msgspec.Struct, contravariant=True)
+
+DEFAULT_CAPACITY = 1024
+
+
+class Actor(Generic[M_contra]):
+    """Base of every actor. Subclass it once (subclasses are ``@final``) and override the hooks.
+
+    ``handle`` matches over the inbox union and ends in ``assert_never``. Every hook runs as a coroutine on the event
+    loop that runs the actor system, inside the task the supervisor holds for this incarnation; none may block (put
+    blocking or GPU work on a lane).
+
+    Failure rules:
+        - an exception while answering an ask goes back to the asker; the actor keeps running;
+        - an exception while handling a tell crashes the actor: on_stop runs, then the supervisor decides (restart
+          with a fresh instance from the child spec's factory, or stop);
+        - when the actor stops, the ask it was answering fails with ActorStopped; queued asks fail once the
+          supervisor closes the mailbox for good (a restart keeps them queued for the next incarnation).
+
+    handled / failed / last latency count this incarnation only; restarts are counted by the supervisor.
+    """
+
+    def __init__(self, *, inbox: tuple[type[M_contra], ...], capacity: int = DEFAULT_CAPACITY) -> None:
+        """Args:
+        inbox: the members of the inbox union; a message of any other type is refused at the sender.
+        capacity: mailbox capacity (> 0), used when the supervisor first creates the mailbox.
+        """
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        if not inbox:
+            raise ValueError("inbox must name at least one message type")
+        self._inbox = inbox
+        self._capacity = capacity
+        self._name = ""
+        self._mailbox: Mailbox[M_contra] | None = None
+        self._ref: ActorRef[M_contra] | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._status = ActorStatus.STARTING
+        self._restarts = 0
+        self._handled = 0
+        self._failed = 0
+        self._last_latency_s: float | None = None
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ hooks
+
+    async def on_start(self) -> None:
+        """Run once per incarnation before the first message. Keep it short: siblings start after it returns.
+
+        Raises: any exception counts as a crash; the supervisor decides (on_stop does not run).
+        """
+
+    async def handle(self, msg: M_contra) -> object | None:
+        """Handle one message; the return value is the reply to an ask (ignored for a tell).
+
+        Raises: for an ask, the exception goes to the asker; for a tell, the actor crashes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override handle()")
+
+    async def on_stop(self) -> None:
+        """Run once when the incarnation stops: after a requested stop, or after a crash in handle.
+
+        Not run when on_start failed or when the task was cancelled (a stop past its shutdown deadline).
+        Raises: after a graceful stop, the exception is reported as this child's failure; after a crash it is
+        added as a note to the crash.
+        """
+
+    def breaker_state(self) -> BreakerState | None:
+        """The state of this actor's circuit breaker, if it has one; override to report it in state()."""
+        return None
+
+    # ------------------------------------------------------------------ public view
+
+    @property
+    def name(self) -> str:
+        """The path the supervisor gave this actor (empty until it is started)."""
+        return self._name
+
+    @property
+    def inbox(self) -> tuple[type[M_contra], ...]:
+        return self._inbox
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def ref(self) -> ActorRef[M_contra]:
+        """This actor's own ref (to hand to others as a reply-to address).
+
+        Raises:
+            RuntimeError: the actor has not been started by a supervisor.
+        """
+        if self._ref is None:
+            raise RuntimeError(f"actor {type(self).__name__} has no ref until a supervisor starts it")
+        return self._ref
+
+    def request_stop(self) -> None:
+        """Stop normally after the message being handled (a normal exit: transient and temporary children stay
+        stopped, permanent ones are restarted). Messages still queued wait for the next incarnation, or fail with
+        ActorStopped if there is none. Call it from a hook, on the event loop.
+        """
+        self._request_stop()
+
+    def state(self) -> ActorState:
+        """A snapshot of this incarnation; never blocks."""
+        mailbox = self._mailbox
+        latency = self._last_latency_s
+        return ActorState(
+            actor=self._name,
+            status=self._status,
+            mailbox_depth=len(mailbox) if mailbox is not None else 0,
+            mailbox_capacity=mailbox.capacity if mailbox is not None else self._capacity,
+            handled=self._handled,
+            failed=self._failed,
+            restarts=self._restarts,
+            breaker=self.breaker_state(),
+            last_latency_ms=None if latency is None else latency * 1e3,
+        )
+
+    # ------------------------------------------------------------------ kernel side (called by the supervisor)
+
+    def _bind(
+        self,
+        name: str,
+        mailbox: Mailbox[M_contra],
+        ref: ActorRef[M_contra],
+        dead_letters: DeadLetters,
+        restarts: int,
+    ) -> None:
+        self._name = name
+        self._mailbox = mailbox
+        self._ref = ref
+        self._dead_letters = dead_letters
+        self._restarts = restarts
+
+    def _request_stop(self) -> None:
+        """Ask the loop to stop after the message it is handling; queued messages stay in the mailbox."""
+        self._stop_requested = True
+        if self._mailbox is not None:
+            self._mailbox.interrupt()
+
+    async def _run(self, started: asyncio.Event) -> None:
+        """Run this incarnation: on_start, the message loop, on_stop. Returns on a graceful stop; raises on a crash.
+
+        Runs on the event loop in the task the supervisor created for it. Cancellation propagates at once (on_stop
+        is skipped) and fails the ask being answered with ActorStopped.
+        """
+        mailbox = self._mailbox
+        dead_letters = self._dead_letters
+        assert mailbox is not None, "actor run before _bind"
+        assert dead_letters is not None, "actor run before _bind"
+        name = self._name
+        self._status = ActorStatus.STARTING
+        await self.on_start()
+        self._status = ActorStatus.RUNNING
+        started.set()
+        items = mailbox._items
+        handle = self.handle
+        perf_counter = time.perf_counter
+        reply: Reply | None = None
+        try:
+            while not self._stop_requested:
+                if not items:
+                    if mailbox._closed:
+                        break
+                    await mailbox.wait_nonempty()
+                    continue
+                # Inlined receive_nowait(): this loop is the hot path of every actor.
+                msg, reply = items.popleft()
+                mailbox._received += 1
+                if mailbox._putters:
+                    mailbox._wake_putter()
+                started_s = perf_counter()
+                if reply is None:
+                    await handle(msg)
+                elif reply.done():
+                    # The asker gave up (cancelled or past its deadline) before we got to it.
+                    dead_letters.record(name, msg, "asker gave up before delivery")
+                    reply = None
+                    continue
+                else:
+                    try:
+                        result = await handle(msg)
+                    except Exception as err:  # noqa: BLE001  # the failure rule: a failed ask goes back to the asker
+                        self._failed += 1
+                        if reply.done():
+                            dead_letters.record(name, msg, "failed reply after the asker gave up")
+                        else:
+                            reply.set_exception(err)
+                    else:
+                        if reply.done():
+                            dead_letters.record(name, msg, "late reply")
+                        else:
+                            reply.set_result(result)
+                    reply = None
+                self._last_latency_s = perf_counter() - started_s
+                self._handled += 1
+        except Exception as err:
+            self._failed += 1
+            self._status = ActorStatus.FAILED
+            self._fail_reply(reply)
+            try:
+                await self.on_stop()
+            except Exception as stop_err:  # noqa: BLE001  # the crash is what the supervisor must see; keep both
+                err.add_note(f"on_stop also failed: {type(stop_err).__name__}: {stop_err}")
+            raise
+        except BaseException:
+            self._status = ActorStatus.STOPPED
+            self._fail_reply(reply)
+            raise
+        self._status = ActorStatus.STOPPING
+        try:
+            await self.on_stop()
+        except BaseException:
+            self._status = ActorStatus.FAILED
+            raise
+        self._status = ActorStatus.STOPPED
+
+    def _fail_reply(self, reply: Reply | None) -> None:
+        if reply is not None and not reply.done():
+            reply.set_exception(ActorStopped(f"actor {self._name} stopped while answering an ask"))

@@ -1,0 +1,420 @@
+"""Supervisors: child specs, restart strategies, restart intensity with backoff, escalation, ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Never, final
+
+import msgspec
+import structlog
+
+from esper.runtime.errors import ActorStopped, RestartIntensityExceeded
+from esper.runtime.mailbox import Mailbox
+from esper.runtime.ref import ActorRef, DeadLetters
+from schemas.enums import ActorStatus
+from schemas.runtime import ActorState, ChildFailed, ChildRestarted, SupervisorEscalated
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from esper.runtime.actor import Actor
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+
+RestartType = Literal["permanent", "transient", "temporary"]
+"""permanent: always restarted; transient: restarted only after a failure; temporary: never restarted."""
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+"""Which children restart when one fails: only it; all; it and every child started after it (Erlang semantics)."""
+
+_log = structlog.get_logger("esper.runtime")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """How a supervisor builds, restarts and stops one child.
+
+    Attributes:
+        name: unique among its siblings; no ``/`` (paths are ``parent/child``).
+        factory: builds a fresh incarnation (an Actor or a nested Supervisor) at every (re)start.
+        restart: see RestartType.
+        shutdown_deadline_s: how long a stop may take before the child's task is cancelled (math.inf: no limit).
+    """
+
+    name: str
+    factory: Callable[[], Actor[Never] | Supervisor]
+    _: KW_ONLY
+    restart: RestartType = "permanent"
+    shutdown_deadline_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"child name must be non-empty and contain no '/', got {self.name!r}")
+        if self.restart not in ("permanent", "transient", "temporary"):
+            raise ValueError(f"restart must be permanent, transient or temporary, got {self.restart!r}")
+        if not self.shutdown_deadline_s > 0:
+            raise ValueError(f"shutdown_deadline_s must be > 0, got {self.shutdown_deadline_s}")
+
+
+@final
+@dataclass(slots=True)
+class Runtime:
+    """What the ActorSystem hands down its tree: the clock, the event sink, dead letters and the ref registry.
+
+    Mailboxes and refs are kept here by path, so a ref stays valid across restarts of the actor or of any
+    supervisor above it.
+    """
+
+    clock: Clock
+    sink: EventSink
+    dead_letters: DeadLetters
+    mailboxes: dict[str, Mailbox[Any]] = field(default_factory=dict)
+    refs: dict[str, ActorRef[Any]] = field(default_factory=dict)
+    actor_types: dict[str, type[Actor[Any]]] = field(default_factory=dict)
+
+
+@final
+class _Child:
+    """The supervisor's record of one child across its incarnations."""
+
+    __slots__ = (
+        "done",
+        "incarnation",
+        "index",
+        "instance",
+        "last_error",
+        "mailbox",
+        "path",
+        "restarts",
+        "spec",
+        "status",
+        "task",
+    )
+
+    def __init__(self, spec: ChildSpec, path: str, index: int) -> None:
+        self.spec = spec
+        self.path = path
+        self.index = index
+        self.instance: Actor[Never] | Supervisor | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.mailbox: Mailbox[Any] | None = None
+        self.incarnation = 0
+        self.restarts = 0
+        self.status = ActorStatus.STARTING
+        self.done = False
+        self.last_error: Exception | None = None
+
+
+@final
+class Supervisor:
+    """Runs children in a TaskGroup, restarts them by strategy, escalates when restarts come too fast.
+
+    Restart intensity: more than max_restarts restarts within window_s seconds (read from the injected clock) and
+    the supervisor stops every child (reverse start order), emits SupervisorEscalated and fails with
+    RestartIntensityExceeded, which its parent treats as this child's failure. The k-th restart in the window waits
+    ``min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`` on the clock first.
+
+    The supervisor stops normally when asked to, or when none of its children is left running. Event-loop only;
+    everything runs in the task that runs the supervisor (its parent's child task, or the ActorSystem's task).
+    """
+
+    def __init__(
+        self,
+        children: Sequence[ChildSpec],
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 5,
+        window_s: float = 30.0,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        name: str = "root",
+    ) -> None:
+        names = [spec.name for spec in children]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"child names must be unique, repeated: {', '.join(duplicates)}")
+        if strategy not in ("one_for_one", "one_for_all", "rest_for_one"):
+            raise ValueError(f"strategy must be one_for_one, one_for_all or rest_for_one, got {strategy!r}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if backoff_initial_s < 0 or backoff_max_s < backoff_initial_s:
+            raise ValueError(f"need 0 <= backoff_initial_s <= backoff_max_s, got {backoff_initial_s}, {backoff_max_s}")
+        self._specs = tuple(children)
+        self._strategy = strategy
+        self._max_restarts = max_restarts
+        self._window_s = window_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._name = name
+        self._prefix = ""
+        self._children: list[_Child] = []
+        self._restart_times: deque[float] = deque()
+        self._exits: deque[tuple[_Child, int, Exception | None]] = deque()
+        self._wakeup = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._stop_requested = False
+        self._rt: Runtime | None = None
+        self._tg: asyncio.TaskGroup | None = None
+
+    @property
+    def name(self) -> str:
+        """``root`` for the root, else the supervisor's path in the tree."""
+        return self._name
+
+    def snapshot(self) -> list[ActorState]:
+        """Every actor and nested supervisor below this one, in start order; never blocks.
+
+        A nested supervisor appears with an empty mailbox (capacity 0) and its own restart count.
+        """
+        states: list[ActorState] = []
+        for child in self._children:
+            instance = child.instance
+            status = child.status if child.task is None else None
+            if isinstance(instance, Supervisor):
+                states.append(
+                    ActorState(
+                        actor=child.path,
+                        status=child.status,
+                        mailbox_depth=0,
+                        mailbox_capacity=0,
+                        handled=0,
+                        failed=0,
+                        restarts=child.restarts,
+                    )
+                )
+                states.extend(instance.snapshot())
+            elif instance is not None:
+                state = instance.state()
+                states.append(msgspec.structs.replace(state, status=status or state.status, restarts=child.restarts))
+        return states
+
+    # ------------------------------------------------------------------ run (called by the parent or the system)
+
+    def _request_stop(self) -> None:
+        """Ask for an ordered shutdown: children stop in reverse start order, then the supervisor returns."""
+        self._stop_requested = True
+        self._stop_event.set()
+        self._wakeup.set()
+
+    async def _run(self, rt: Runtime, started: asyncio.Event, name: str = "root", prefix: str = "") -> None:
+        """Start the children in order, supervise them until stopped, then shut them down in reverse order.
+
+        Raises:
+            RestartIntensityExceeded: restarts came too fast; every child has been stopped already.
+        """
+        self._rt = rt
+        self._name = name
+        self._prefix = prefix
+        self._children = [_Child(spec, prefix + spec.name, i) for i, spec in enumerate(self._specs)]
+        escalation: RestartIntensityExceeded | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                escalation = await self._supervise(started)
+        finally:
+            # Whatever ended us (stop, escalation, cancellation), no child runs any more: fail what is queued.
+            for child in self._children:
+                self._close_for_good(child)
+        if escalation is not None:
+            raise escalation
+
+    async def _supervise(self, started: asyncio.Event) -> RestartIntensityExceeded | None:
+        for child in self._children:
+            await self._start_child(child)
+        started.set()
+        while not self._stop_requested:
+            if not self._exits:
+                if all(child.done for child in self._children):
+                    break
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            child, incarnation, error = self._exits.popleft()
+            if child.task is None or child.incarnation != incarnation:
+                continue  # an exit we caused ourselves (a stop), already accounted for
+            escalation = await self._on_exit(child, error)
+            if escalation is not None:
+                return escalation
+        await self._stop_children(list(reversed(self._children)), for_good=True)
+        return None
+
+    async def _start_child(self, child: _Child) -> None:
+        rt, tg = self._rt, self._tg
+        assert rt is not None
+        assert tg is not None
+        instance = child.spec.factory()
+        child.incarnation += 1
+        child.instance = instance
+        child.last_error = None
+        child.status = ActorStatus.STARTING
+        if not isinstance(instance, Supervisor):
+            mailbox = rt.mailboxes.get(child.path)
+            if mailbox is None:
+                mailbox = Mailbox[Any](instance.capacity, instance.inbox)
+                rt.mailboxes[child.path] = mailbox
+                rt.refs[child.path] = ActorRef(child.path, mailbox, rt.dead_letters)
+            mailbox.reopen()
+            rt.actor_types[child.path] = type(instance)
+            child.mailbox = mailbox
+            instance._bind(child.path, mailbox, rt.refs[child.path], rt.dead_letters, child.restarts)
+        started = asyncio.Event()
+        child.task = tg.create_task(self._child_main(child, child.incarnation, instance, started), name=child.path)
+        await started.wait()
+        if child.task is not None and not child.task.done():
+            child.status = ActorStatus.RUNNING
+
+    async def _child_main(
+        self, child: _Child, incarnation: int, instance: Actor[Never] | Supervisor, started: asyncio.Event
+    ) -> None:
+        """The child wrapper: the one place that catches Exception broadly and turns it into a ChildFailed."""
+        error: Exception | None = None
+        try:
+            if isinstance(instance, Supervisor):
+                assert self._rt is not None
+                await instance._run(self._rt, started, name=child.path, prefix=child.path + "/")
+            else:
+                await instance._run(started)
+        except Exception as err:  # noqa: BLE001  # the one broad catch: every failure becomes a ChildFailed
+            error = err
+            child.last_error = err
+        finally:
+            started.set()
+        self._exits.append((child, incarnation, error))
+        self._wakeup.set()
+
+    def _emit_failed(self, child: _Child, error: Exception) -> None:
+        assert self._rt is not None
+        event = ChildFailed(supervisor=self._name, child=child.path, error_type=type(error).__name__, error=str(error))
+        _log.warning(
+            "child_failed", supervisor=self._name, child=child.path, error_type=event.error_type, error=event.error
+        )
+        self._rt.sink.emit(event)
+
+    async def _on_exit(self, child: _Child, error: Exception | None) -> RestartIntensityExceeded | None:
+        rt = self._rt
+        assert rt is not None
+        child.task = None
+        if error is not None:
+            self._emit_failed(child, error)
+        restart = child.spec.restart == "permanent" or (child.spec.restart == "transient" and error is not None)
+        if not restart:
+            child.status = ActorStatus.FAILED if error is not None else ActorStatus.STOPPED
+            self._close_for_good(child)
+            return None
+        now = rt.clock.now()
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] <= now - self._window_s:
+            self._restart_times.popleft()
+        recent = len(self._restart_times)
+        if recent > self._max_restarts:
+            rt.sink.emit(
+                SupervisorEscalated(supervisor=self._name, child=child.path, restarts=recent, window_s=self._window_s)
+            )
+            _log.error("supervisor_escalated", supervisor=self._name, child=child.path, restarts=recent)
+            child.status = ActorStatus.FAILED
+            self._close_for_good(child)
+            await self._stop_children(list(reversed(self._children)), for_good=True)
+            escalation = RestartIntensityExceeded(
+                f"supervisor {self._name}: {recent} restarts within {self._window_s} s "
+                f"(max {self._max_restarts}); last failure in {child.path}"
+            )
+            escalation.__cause__ = error
+            return escalation
+        backoff_s = min(self._backoff_initial_s * 2 ** (recent - 1), self._backoff_max_s)
+        if self._strategy == "one_for_one":
+            group = [child]
+        elif self._strategy == "one_for_all":
+            group = [c for c in self._children if not c.done]
+        else:
+            group = [c for c in self._children if c.index >= child.index and not c.done]
+        siblings = [c for c in group if c is not child]
+        await self._stop_children(list(reversed(siblings)), for_good=False)
+        for sibling in siblings:
+            if sibling.spec.restart == "temporary":
+                sibling.status = ActorStatus.STOPPED
+                self._close_for_good(sibling)
+        group = [c for c in group if not c.done]
+        for member in group:
+            member.status = ActorStatus.RESTARTING
+        if backoff_s > 0 and not await self._sleep_unless_stopped(backoff_s):
+            return None
+        for member in group:
+            member.restarts += 1
+            await self._start_child(member)
+            rt.sink.emit(
+                ChildRestarted(supervisor=self._name, child=member.path, restarts=member.restarts, backoff_s=backoff_s)
+            )
+        return None
+
+    async def _sleep_unless_stopped(self, delay_s: float) -> bool:
+        """Wait delay_s on the clock; False if a stop was requested first."""
+        assert self._rt is not None
+        async with asyncio.TaskGroup() as tg:
+            timer = tg.create_task(self._rt.clock.sleep(delay_s))
+            stopper = tg.create_task(self._stop_event.wait())
+            await asyncio.wait((timer, stopper), return_when=asyncio.FIRST_COMPLETED)
+            timer.cancel()
+            stopper.cancel()
+        return not self._stop_requested
+
+    async def _stop_children(self, children: list[_Child], *, for_good: bool) -> None:
+        """Stop each child in the order given, each within its shutdown deadline (then cancelled)."""
+        for child in children:
+            task, instance = child.task, child.instance
+            if task is not None and instance is not None:
+                child.status = ActorStatus.STOPPING
+                instance._request_stop()
+                deadline_s = child.spec.shutdown_deadline_s
+                if not await self._wait_task(task, deadline_s):
+                    self._emit_deadline_exceeded(child, deadline_s)
+                    task.cancel()
+                    await asyncio.wait((task,))
+                child.task = None
+                if child.last_error is not None:
+                    self._emit_failed(child, child.last_error)
+                child.status = ActorStatus.STOPPED
+            if for_good:
+                self._close_for_good(child)
+
+    def _emit_deadline_exceeded(self, child: _Child, deadline_s: float) -> None:
+        assert self._rt is not None
+        message = f"child {child.path} did not stop within {deadline_s} s; cancelled"
+        _log.error("shutdown_deadline_exceeded", supervisor=self._name, child=child.path, deadline_s=deadline_s)
+        self._rt.sink.emit(
+            ChildFailed(supervisor=self._name, child=child.path, error_type="ShutdownDeadlineExceeded", error=message)
+        )
+
+    async def _wait_task(self, task: asyncio.Task[None], deadline_s: float) -> bool:
+        """Wait for task to finish within deadline_s on the clock; True if it finished."""
+        assert self._rt is not None
+        if task.done():
+            return True
+        if math.isinf(deadline_s):
+            await asyncio.wait((task,))
+            return True
+        async with asyncio.TaskGroup() as tg:
+            timer = tg.create_task(self._rt.clock.sleep(deadline_s))
+            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+            timer.cancel()
+        return task.done()
+
+    def _close_for_good(self, child: _Child) -> None:
+        """The child will not run again under this supervisor: close its mailbox and fail what is queued."""
+        child.done = True
+        if child.status not in (ActorStatus.FAILED, ActorStatus.STOPPED):
+            child.status = ActorStatus.STOPPED
+        mailbox = child.mailbox
+        if mailbox is None or mailbox.closed:
+            return
+        assert self._rt is not None
+        mailbox.close()
+        for msg, reply in mailbox.drain():
+            self._rt.dead_letters.record(child.path, msg, "actor stopped with the message queued")
+            if reply is not None and not reply.done():
+                reply.set_exception(ActorStopped(f"actor {child.path} stopped before answering {type(msg).__name__}"))

@@ -1,0 +1,240 @@
+"""Supervisor: strategies, restart types, restart intensity and escalation, backoff on the clock, ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from esper.runtime.errors import ActorStopped, RestartIntensityExceeded
+from esper.runtime.supervisor import ChildSpec, RestartType, Strategy, Supervisor
+from esper.runtime.system import ActorSystem
+from schemas.enums import ActorStatus
+from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated
+from tests.test_kernel_support import Crash, Get, Inc, ObservedClock, Probe, Recorder, StopSelf
+
+if TYPE_CHECKING:
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+
+
+def probe_spec(recorder: Recorder, name: str, restart: RestartType = "permanent", **kw: bool) -> ChildSpec:
+    return ChildSpec(name, lambda: Probe(recorder, name, **kw), restart=restart)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected_counts", "expected_restarts"),
+    [
+        ("one_for_one", [1, 0, 3], [0, 1, 0]),
+        ("one_for_all", [0, 0, 0], [1, 1, 1]),
+        ("rest_for_one", [1, 0, 0], [0, 1, 1]),
+    ],
+)
+async def test_strategy_restarts_the_right_children_with_fresh_state(
+    clock: ManualClock,
+    sink: RecordingSink,
+    strategy: Strategy,
+    expected_counts: list[int],
+    expected_restarts: list[int],
+) -> None:
+    recorder = Recorder()
+    specs = [probe_spec(recorder, name) for name in ("a", "b", "c")]
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor(specs, strategy=strategy, backoff_initial_s=0.0))
+    refs = [system.ref(name, Probe) for name in ("a", "b", "c")]
+    for by, ref in enumerate(refs, start=1):
+        await ref.tell(Inc(by=by))
+    await refs[1].tell(Crash())
+    # Ask the crashing child first: its reply comes from the new incarnation, so every restart has happened.
+    crashed = await refs[1].ask(Get(), int)
+    counts = [await refs[0].ask(Get(), int), crashed, await refs[2].ask(Get(), int)]
+    assert counts == expected_counts
+    assert [state.restarts for state in system.snapshot()] == expected_restarts
+    await system.stop()
+    restarted = sorted(event.child for event in sink.of_type(ChildRestarted))
+    assert restarted == [name for name, n in zip("abc", expected_restarts, strict=True) if n]
+    [failed] = sink.of_type(ChildFailed)
+    assert failed.child == "b"
+
+
+async def test_one_for_all_stops_siblings_in_reverse_order_then_starts_in_order(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    recorder = Recorder()
+    specs = [probe_spec(recorder, name) for name in ("a", "b", "c")]
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor(specs, strategy="one_for_all", backoff_initial_s=0.0))
+    await system.ref("b", Probe).tell(Crash())
+    assert await system.ref("b", Probe).ask(Get(), int) == 0
+    assert await system.ref("c", Probe).ask(Get(), int) == 0
+    assert recorder.log[3:] == ["stop b", "stop c", "stop a", "start a", "start b", "start c"]
+    await system.stop()
+
+
+@pytest.mark.parametrize(
+    ("restart", "crash", "restarted"),
+    [
+        ("permanent", False, True),
+        ("permanent", True, True),
+        ("transient", False, False),
+        ("transient", True, True),
+        ("temporary", False, False),
+        ("temporary", True, False),
+    ],
+)
+async def test_restart_types(
+    clock: ManualClock, sink: RecordingSink, restart: RestartType, crash: bool, restarted: bool
+) -> None:
+    recorder = Recorder()
+    system = ActorSystem(clock=clock, sink=sink)
+    # A permanent sibling keeps the supervisor alive when the child under test stays down.
+    specs = [probe_spec(recorder, "x", restart), probe_spec(recorder, "keeper")]
+    await system.start(Supervisor(specs, backoff_initial_s=0.0))
+    ref = system.ref("x", Probe)
+    await ref.tell(Inc(by=5))
+    await ref.tell(Crash() if crash else StopSelf())
+    if restarted:
+        assert await ref.ask(Get(), int) == 0
+        assert system.snapshot()[0].restarts == 1
+    else:
+        with pytest.raises(ActorStopped):
+            await ref.ask(Get(), int)
+        state = system.snapshot()[0]
+        assert state.restarts == 0
+        assert state.status == (ActorStatus.FAILED if crash else ActorStatus.STOPPED)
+    assert len(sink.of_type(ChildFailed)) == int(crash)
+    await system.stop()
+
+
+async def test_intensity_exceeded_escalates_to_system_wait(clock: ManualClock, sink: RecordingSink) -> None:
+    recorder = Recorder()
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([probe_spec(recorder, "a")], max_restarts=2, window_s=30.0, backoff_initial_s=0.0))
+    ref = system.ref("a", Probe)
+    for _ in range(2):
+        await ref.tell(Crash())
+        assert await ref.ask(Get(), int) == 0
+    await ref.tell(Crash())
+    with pytest.raises(ActorStopped):
+        await ref.ask(Get(), int)
+    with pytest.raises(RestartIntensityExceeded, match=re.escape("3 restarts within 30.0 s")):
+        await system.wait()
+    [escalated] = sink.of_type(SupervisorEscalated)
+    assert (escalated.supervisor, escalated.child, escalated.restarts) == ("root", "a", 3)
+    assert not system.running
+    await system.stop()  # idempotent after the root gave up
+
+
+async def test_restarts_outside_the_window_do_not_count(clock: ManualClock, sink: RecordingSink) -> None:
+    recorder = Recorder()
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([probe_spec(recorder, "a")], max_restarts=2, window_s=30.0, backoff_initial_s=0.0))
+    ref = system.ref("a", Probe)
+    for round_ in range(3):
+        for _ in range(2):
+            await ref.tell(Crash())
+            assert await ref.ask(Get(), int) == 0
+        clock.advance(31.0 if round_ < 2 else 0.0)
+    assert system.snapshot()[0].restarts == 6
+    assert sink.of_type(SupervisorEscalated) == []
+    await system.stop()
+
+
+async def test_nested_escalation_is_the_parents_child_failure(clock: ManualClock, sink: RecordingSink) -> None:
+    recorder = Recorder()
+    inner = ChildSpec(
+        "sub",
+        lambda: Supervisor([probe_spec(recorder, "worker")], max_restarts=1, backoff_initial_s=0.0),
+    )
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([inner, probe_spec(recorder, "other")], backoff_initial_s=0.0))
+    worker = system.ref("sub/worker", Probe)
+    other = system.ref("other", Probe)
+    await other.tell(Inc(by=9))
+    await worker.tell(Crash())
+    assert await worker.ask(Get(), int) == 0
+    await worker.tell(Crash())
+    await recorder.wait_until(lambda: recorder.count("start worker") == 3)
+    assert await worker.ask(Get(), int) == 0  # the ref survived the restart of its supervisor
+    assert await other.ask(Get(), int) == 9  # one_for_one at the root: the sibling was untouched
+    [escalated] = sink.of_type(SupervisorEscalated)
+    assert (escalated.supervisor, escalated.child) == ("sub", "sub/worker")
+    assert [(e.supervisor, e.child, e.error_type) for e in sink.of_type(ChildFailed)] == [
+        ("sub", "sub/worker", "RuntimeError"),
+        ("sub", "sub/worker", "RuntimeError"),
+        ("root", "sub", "RestartIntensityExceeded"),
+    ]
+    states = {state.actor: state for state in system.snapshot()}
+    assert states["sub"].restarts == 1
+    assert states["sub/worker"].restarts == 0  # a fresh subtree
+    await system.stop()
+
+
+async def test_backoff_waits_on_the_clock_and_grows(sink: RecordingSink) -> None:
+    recorder = Recorder()
+    clock = ObservedClock(recorder)
+    system = ActorSystem(clock=clock, sink=sink)
+    root = Supervisor([probe_spec(recorder, "a")], backoff_initial_s=1.0, backoff_max_s=3.0, max_restarts=10)
+    await system.start(root)
+    ref = system.ref("a", Probe)
+    for expected in (1.0, 2.0, 3.0):
+        await ref.tell(Crash())
+        await recorder.wait_until(lambda e=expected: clock.requested[-1:] == [e])  # type: ignore[misc]
+        starts = recorder.count("start a")
+        assert system.snapshot()[0].status == ActorStatus.RESTARTING
+        clock.advance(expected - 0.5)
+        assert clock.sleepers == 1  # not yet
+        clock.advance(0.5)
+        assert await ref.ask(Get(), int) == 0
+        assert recorder.count("start a") == starts + 1
+    assert [event.backoff_s for event in sink.of_type(ChildRestarted)] == [1.0, 2.0, 3.0]
+    await system.stop()
+
+
+async def test_stop_during_backoff_shuts_down(sink: RecordingSink) -> None:
+    recorder = Recorder()
+    clock = ObservedClock(recorder)
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([probe_spec(recorder, "a")], backoff_initial_s=10.0, backoff_max_s=10.0))
+    await system.ref("a", Probe).tell(Crash())
+    await recorder.wait_until(lambda: clock.requested == [10.0])
+    async with asyncio.timeout(1):
+        await system.stop()
+    await system.wait()
+    assert recorder.count("start a") == 1
+
+
+async def test_ordered_shutdown_cancels_a_hung_child_and_carries_on(sink: RecordingSink) -> None:
+    recorder = Recorder()
+    clock = ObservedClock(recorder)
+    specs = [
+        probe_spec(recorder, "a"),
+        ChildSpec("b", lambda: Probe(recorder, "b", hang_on_stop=True), shutdown_deadline_s=2.0),
+        probe_spec(recorder, "c"),
+    ]
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor(specs))
+    assert recorder.log == ["start a", "start b", "start c"]
+    async with asyncio.timeout(1), asyncio.TaskGroup() as tg:
+        stopper = tg.create_task(system.stop())
+        await recorder.wait_until(lambda: "stop b" in recorder.log and 2.0 in clock.requested)
+        assert "stop a" not in recorder.log
+        clock.advance(2.0)
+        await stopper
+    assert recorder.log[3:] == ["stop c", "stop b", "stop a"]
+    [failed] = sink.of_type(ChildFailed)
+    assert (failed.child, failed.error_type) == ("b", "ShutdownDeadlineExceeded")
+    assert [state.status for state in system.snapshot()] == [ActorStatus.STOPPED] * 3
+    await system.wait()
+
+
+async def test_supervisor_rejects_bad_specs() -> None:
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="unique"):
+        Supervisor([probe_spec(recorder, "a"), probe_spec(recorder, "a")])
+    with pytest.raises(ValueError, match="'/'"):
+        probe_spec(recorder, "a/b")
+    with pytest.raises(ValueError, match="shutdown_deadline_s"):
+        ChildSpec("a", lambda: Probe(recorder, "a"), shutdown_deadline_s=0.0)
