@@ -53,6 +53,7 @@ from schemas.kernels import (
     SlotSignature,
 )
 from schemas.reports import FieldReport, MitigationAction, PolicyUpdate, ValidationReport
+from schemas.run import RunSummary
 from schemas.runtime import (
     ActorState,
     BreakerTransition,
@@ -376,6 +377,27 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         origin="tolaria",
         monotonic_time_ms=12500.0,
         run_id="run-20250101-000000",
+    ),
+    RunSummary: RunSummary(
+        run_id="20261122-014500-3f9a",
+        run_dir="runs/20261122-014500-3f9a",
+        status="completed",
+        started_at="2026-11-22T01:45:00.000000Z",
+        duration_s=12.5,
+        exit_code=0,
+        dead_letters=0,
+        actors=(
+            ActorState(
+                actor="oona",
+                status=ActorStatus.STOPPED,
+                mailbox_depth=0,
+                mailbox_capacity=2,
+                handled=3,
+                failed=0,
+                restarts=0,
+            ),
+        ),
+        error=None,
     ),
 }
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, TypeVarTuple
 
 import msgspec
 
@@ -12,12 +13,14 @@ from schemas.enums import ActorStatus, BreakerState
 from schemas.runtime import ActorState
 
 if TYPE_CHECKING:
-    import asyncio
+    from collections.abc import Awaitable, Callable
 
     from esper.runtime.mailbox import Mailbox, Reply
     from esper.runtime.ref import ActorRef, DeadLetters
 
 M_contra = TypeVar("M_contra", bound=msgspec.Struct, contravariant=True)
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_CAPACITY = 1024
 
@@ -60,6 +63,7 @@ class Actor(Generic[M_contra]):
         self._failed = 0
         self._last_latency_s: float | None = None
         self._stop_requested = False
+        self._stopping = asyncio.Event()
 
     # ------------------------------------------------------------------ hooks
 
@@ -121,6 +125,29 @@ class Actor(Generic[M_contra]):
         """
         self._request_stop()
 
+    @property
+    def stopping(self) -> bool:
+        """True once a stop has been requested for this incarnation."""
+        return self._stop_requested
+
+    async def until_stopping(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T | None:
+        """Await ``fn(*args)`` unless a stop is requested first; then cancel it and return None.
+
+        For handlers that wait on something other than the mailbox (a timer, a bus receive), so a graceful stop does
+        not have to wait for the shutdown deadline. Event loop only. Cancelling the caller cancels the work.
+        """
+        if self._stop_requested:
+            return None
+        async with asyncio.TaskGroup() as tg:
+            work = tg.create_task(_call(fn, *args))
+            stop = tg.create_task(self._stopping.wait())
+            await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                stop.cancel()
+            else:
+                work.cancel()
+        return None if work.cancelled() else work.result()
+
     def state(self) -> ActorState:
         """A snapshot of this incarnation; never blocks."""
         mailbox = self._mailbox
@@ -156,6 +183,7 @@ class Actor(Generic[M_contra]):
     def _request_stop(self) -> None:
         """Ask the loop to stop after the message it is handling; queued messages stay in the mailbox."""
         self._stop_requested = True
+        self._stopping.set()
         if self._mailbox is not None:
             self._mailbox.interrupt()
 
@@ -239,3 +267,7 @@ class Actor(Generic[M_contra]):
     def _fail_reply(self, reply: Reply | None) -> None:
         if reply is not None and not reply.done():
             reply.set_exception(ActorStopped(f"actor {self._name} stopped while answering an ask"))
+
+
+async def _call(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    return await fn(*args)

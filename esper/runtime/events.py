@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar, final
 
-from schemas.base import Message
+from schemas.base import Message, Record
 
-E = TypeVar("E", bound=Message)
+E = TypeVar("E", bound=Message | Record)
 
 
 class EventSink(Protocol):
-    """Receives typed runtime events (ChildFailed, BreakerTransition, EmergencySignal, ...).
+    """Receives typed runtime events (ChildFailed, BreakerTransition, EmergencySignal, ActorState records, ...).
 
     emit() is called on the event loop thread and must not block; a sink that does I/O buffers or hands off.
     """
 
-    def emit(self, event: Message) -> None: ...
+    def emit(self, event: Message | Record) -> None: ...
 
 
 @final
 class NullSink:
     """Discards every event; the default where nobody is listening."""
 
-    def emit(self, event: Message) -> None:
+    def emit(self, event: Message | Record) -> None:
         return None
 
 
@@ -31,9 +31,9 @@ class RecordingSink:
     """Keeps every event in order; for tests and for in-process observers that poll."""
 
     def __init__(self) -> None:
-        self.events: list[Message] = []
+        self.events: list[Message | Record] = []
 
-    def emit(self, event: Message) -> None:
+    def emit(self, event: Message | Record) -> None:
         self.events.append(event)
 
     def of_type(self, kind: type[E]) -> list[E]:

@@ -1,0 +1,176 @@
+"""A running Esper system as a user holds it: snapshot, event stream, wait and stop, and the run's summary."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, final
+
+import anyio
+import msgspec
+import structlog
+
+from esper.logs import log_actor_state
+from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.errors import RestartIntensityExceeded
+from schemas.base import Message, Record
+from schemas.run import RunStatus, RunSummary
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from esper.logs import LoggingHandle
+    from esper.runtime.events import EventSink
+    from esper.runtime.system import ActorSystem
+    from schemas.config import RunConfig
+    from schemas.runtime import ActorState
+
+_log = structlog.get_logger("esper.session")
+
+
+@final
+class EventHub:
+    """Fans typed events out to subscribers, each through its own bounded anyio memory stream.
+
+    emit() never blocks: a subscriber whose buffer is full misses the event, which is counted in ``dropped``.
+    Event loop only.
+    """
+
+    def __init__(self, buffer_size: int = 1024) -> None:
+        self._buffer_size = buffer_size
+        self._subscribers: list[MemoryObjectSendStream[Message | Record]] = []
+        self._closed = False
+        self.dropped = 0
+
+    def emit(self, event: Message | Record) -> None:
+        for stream in list(self._subscribers):
+            try:
+                stream.send_nowait(event)
+            except anyio.WouldBlock:
+                self.dropped += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.remove(stream)
+
+    async def subscribe(self) -> AsyncIterator[Message | Record]:
+        """Every event emitted from now on, until close()."""
+        send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size)
+        if self._closed:
+            send.close()
+        else:
+            self._subscribers.append(send)
+        async with receive:
+            async for event in receive:
+                yield event
+
+    def close(self) -> None:
+        """End every subscription (after the events already buffered)."""
+        self._closed = True
+        for stream in self._subscribers:
+            stream.close()
+        self._subscribers.clear()
+
+
+@final
+class FanoutSink:
+    """An EventSink that forwards each event to several sinks in order."""
+
+    def __init__(self, *sinks: EventSink) -> None:
+        self._sinks = sinks
+
+    def emit(self, event: Message | Record) -> None:
+        for sink in self._sinks:
+            sink.emit(event)
+
+
+@final
+class EsperSystem:
+    """The handle ``esper.start()`` returns. Event-loop only; nothing here blocks the loop or calls asyncio.run."""
+
+    def __init__(
+        self,
+        *,
+        config: RunConfig,
+        run_id: str,
+        run_dir: Path,
+        actors: ActorSystem,
+        hub: EventHub,
+        logging: LoggingHandle,
+        started_at: str,
+    ) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self._actors = actors
+        self._hub = hub
+        self._logging = logging
+        self._started_at = started_at
+        self._started_s = time.monotonic()
+        self._summary: RunSummary | None = None
+        self._stopped = False
+        self._stop_status: RunStatus = "stopped"
+
+    def snapshot(self) -> list[ActorState]:
+        """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
+        return self._actors.snapshot()
+
+    def events(self) -> AsyncIterator[Message | Record]:
+        """Typed events from now until the run ends: supervision, breaker and emergency events, actor states.
+
+        A consumer that falls more than 1024 events behind misses events rather than slowing the run.
+        """
+        return self._hub.subscribe()
+
+    async def wait(self) -> RunSummary:
+        """Wait for the run to end and return its summary (also written to summary.json). Idempotent.
+
+        A failed run (the root supervisor gave up) returns a summary with status "failed" and exit_code 1.
+        """
+        if self._summary is not None:
+            return self._summary
+        status: RunStatus = "completed"
+        error: str | None = None
+        try:
+            await self._actors.wait()
+        except RestartIntensityExceeded as err:
+            status, error = "failed", f"{type(err).__name__}: {err}"
+        if self._stopped:
+            status = self._stop_status if status != "failed" else status
+        return await self._finish(status, error)
+
+    async def stop(self, *, status: RunStatus = "stopped") -> RunSummary:
+        """Stop the run in order (actors stop in reverse start order within their deadlines) and return its summary."""
+        if self._summary is not None:
+            return self._summary
+        self._stop_status = status
+        self._stopped = True
+        await self._actors.stop()
+        return await self.wait()
+
+    async def _finish(self, status: RunStatus, error: str | None) -> RunSummary:
+        if self._summary is not None:
+            return self._summary
+        actors = tuple(self._actors.snapshot())
+        for state in actors:
+            log_actor_state(_log, state)
+        summary = RunSummary(
+            run_id=self.run_id,
+            run_dir=str(self.run_dir),
+            status=status,
+            started_at=self._started_at,
+            duration_s=round(time.monotonic() - self._started_s, 3),
+            exit_code=1 if status == "failed" else 0,
+            dead_letters=self._actors.dead_letters,
+            actors=actors,
+            error=error,
+        )
+        self._summary = summary
+        path = self.run_dir / self.config.nissa.summary_json
+        await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+        _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
+        self._hub.close()
+        with contextlib.suppress(OSError):
+            self._logging.close()
+        return summary
