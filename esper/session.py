@@ -117,7 +117,8 @@ class EsperSystem:
         return self._actors.snapshot()
 
     def events(self) -> AsyncIterator[Message | Record]:
-        """Typed events from now until the run ends: supervision, breaker and emergency events, actor states.
+        """Typed events from now until the run ends: supervision, breaker and emergency events, actor states; the
+        last event is the RunSummary.
 
         A consumer that falls more than 1024 events behind misses events rather than slowing the run.
         """
@@ -155,6 +156,7 @@ class EsperSystem:
         actors = tuple(self._actors.snapshot())
         for state in actors:
             log_actor_state(_log, state)
+            self._hub.emit(state)
         summary = RunSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
@@ -170,6 +172,7 @@ class EsperSystem:
         path = self.run_dir / self.config.nissa.summary_json
         await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
+        self._hub.emit(summary)
         self._hub.close()
         with contextlib.suppress(OSError):
             self._logging.close()

@@ -1,11 +1,17 @@
-"""Shared fixtures: a manual clock and a recording event sink, fresh for every test."""
+"""Shared fixtures: a manual clock and a recording event sink, fresh for every test; logging reset after each."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
+from esper.logs import reset_logging
 from esper.runtime.clock import ManualClock
 from esper.runtime.events import RecordingSink
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture
@@ -16,3 +22,10 @@ def clock() -> ManualClock:
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    # structlog's configuration is process-wide; a test that configures it must not leak into the next.
+    yield
+    reset_logging()

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.runtime.errors import ActorStopped, MailboxFull, MessageTypeError
-from esper.runtime.ref import ReplyTypeError
+from esper.runtime.errors import ActorStopped, MailboxFull, MessageTypeError, ReplyTypeError
 from esper.runtime.supervisor import ChildSpec, RestartType, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.enums import ActorStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, final
 
-from esper.runtime.errors import BreakerOpen, EsperError
+from esper.runtime.errors import BreakerOpen, ProbeDeadlineExceeded
 from schemas.base import Record
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
@@ -26,13 +26,6 @@ PROBE_DEADLINE_EXCEEDED = "probe_deadline_exceeded"
 _CLOSED = BreakerState.CLOSED
 _OPEN = BreakerState.OPEN
 _HALF_OPEN = BreakerState.HALF_OPEN
-
-
-class ProbeDeadlineExceeded(EsperError, TimeoutError):
-    """Raised by CircuitBreaker.call when its half-open probe outlived the breaker's probe deadline.
-
-    The probe was cancelled and the breaker reopened. Also a TimeoutError, since it is a deadline overrun.
-    """
 
 
 class BreakerStatistics(Record, frozen=True):

@@ -3,6 +3,7 @@
 EsperError
 ├── ActorError
 │   ├── ActorStopped              a tell or ask reached an actor that has stopped (or stopped while the ask waited)
+│   ├── ReplyTypeError            an ask's reply was not of the type the asker named (also TypeError)
 │   └── MessageTypeError          a message outside an actor's inbox union was refused at the sender (also TypeError)
 ├── MailboxError
 │   ├── MailboxFull               send_nowait found the mailbox at capacity
@@ -11,6 +12,7 @@ EsperError
 │   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window; escalated to the parent
 │   └── ShutdownDeadlineExceeded  a child did not stop within its shutdown deadline and was cancelled
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
+├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
 ├── LaneClosed                    work was submitted to a lane that has been closed
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
@@ -31,6 +33,10 @@ class ActorError(EsperError):
 
 class ActorStopped(ActorError):
     """Raised by tell/ask when the target actor has stopped, and to every ask still pending when it stops."""
+
+
+class ReplyTypeError(ActorError, TypeError):
+    """Raised by ask() when the handler's reply is not an instance of the reply_type the asker named."""
 
 
 class MessageTypeError(ActorError, TypeError):
@@ -63,6 +69,13 @@ class ShutdownDeadlineExceeded(SupervisionError):
 
 class BreakerOpen(EsperError):
     """Raised when a circuit breaker refuses a call (open, or half-open with its probe already in flight)."""
+
+
+class ProbeDeadlineExceeded(EsperError, TimeoutError):
+    """Raised by CircuitBreaker.call when its half-open probe outlived the breaker's probe deadline.
+
+    The probe was cancelled and the breaker reopened. Also a TimeoutError, since it is a deadline overrun.
+    """
 
 
 class LaneClosed(EsperError):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, final
 import msgspec
 import structlog
 
-from esper.runtime.errors import ActorError, ActorStopped, MailboxClosed
+from esper.runtime.errors import ActorStopped, MailboxClosed, ReplyTypeError
 
 if TYPE_CHECKING:
     from esper.runtime.mailbox import Mailbox, Reply
@@ -17,10 +17,6 @@ M_contra = TypeVar("M_contra", bound=msgspec.Struct, contravariant=True)
 R = TypeVar("R")
 
 _log = structlog.get_logger("esper.runtime")
-
-
-class ReplyTypeError(ActorError, TypeError):
-    """Raised by ask() when the handler's reply is not an instance of the reply_type the asker named."""
 
 
 @final

@@ -1,0 +1,28 @@
+"""The layering of ARCHITECTURE.md holds: the import-linter contracts in pyproject.toml are all kept."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_are_kept() -> None:
+    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint_imports is not None, "import-linter is a dev dependency"
+    result = subprocess.run(
+        [lint_imports, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_importing_the_runtime_and_schemas_pulls_in_no_torch() -> None:
+    code = (
+        "import sys, esper, esper.runtime.system, esper.runtime.bus_inproc, esper.runtime.breaker, schemas.config;"
+        "assert 'torch' not in sys.modules, 'torch imported'; assert 'actors' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

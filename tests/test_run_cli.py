@@ -1,0 +1,137 @@
+"""python -m esper.run: --help, --set, --run-dir, and every bad-config class exiting 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper.run import EXIT_CONFIG_ERROR, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ESPER_LEYLINE_SECRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "esper.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_shipped_config_runs_and_writes_the_run_directory(tmp_path: Path) -> None:
+    result = run_cli(str(REPO / "config.toml"), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.toml", "events.jsonl", "summary.json"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert {a["actor"] for a in summary["actors"]} == {"oona", "weatherlight"}
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("run_started") < names.index("run_finished")
+    assert {e["actor"] for e in events if e["event"] == "actor_started"} == {"oona", "weatherlight"}
+    assert "completed" in result.stdout
+
+
+def test_default_run_dir_is_under_runs_with_the_run_id(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('run_id = "abc"\n')
+    result = run_cli("c.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "abc" / "summary.json").is_file()
+
+
+def test_set_overrides_reach_the_resolved_config(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("")
+    code = main(
+        [
+            str(tmp_path / "c.toml"),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "tolaria.epochs=3",
+            "--set",
+            "tamiyo.policy=gnn",
+            "--set",
+            "logging.console=false",
+        ]
+    )
+    assert code == 0
+    resolved = (tmp_path / "r" / "config.toml").read_text()
+    assert "epochs = 3" in resolved
+    assert 'policy = "gnn"' in resolved
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("config", "--set", "SECTION.KEY=VALUE", "--run-dir"):
+        assert option in text
+
+
+BAD_CONFIGS = [
+    pytest.param("[tamyo]\npolicy = 'gnn'\n", "c.toml: tamyo: unknown section", id="unknown-section"),
+    pytest.param(
+        "[tamiyo]\ndecison_budget_ms = 4\n", "c.toml: tamiyo.decison_budget_ms: unknown key", id="unknown-key"
+    ),
+    pytest.param(
+        '[tamiyo]\ndecision_budget_ms = "fast"\n',
+        'c.toml: tamiyo.decision_budget_ms: expected a number > 0, got "fast"',
+        id="wrong-type",
+    ),
+    pytest.param(
+        "[tamiyo]\ndecision_budget_ms = -5\n",
+        "c.toml: tamiyo.decision_budget_ms: expected a number > 0, got -5",
+        id="out-of-range",
+    ),
+    pytest.param("[tamiyo\n", "c.toml: invalid TOML at line 1", id="unreadable-toml"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+def test_bad_config_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    (tmp_path / "c.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["c.toml", "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(message)
+    assert not (tmp_path / "r").exists(), "nothing is written for a bad config"
+
+
+def test_missing_file_and_bad_override_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "missing.toml")]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == f"{tmp_path / 'missing.toml'}: file not found\n"
+    (tmp_path / "c.toml").write_text("")
+    assert main([str(tmp_path / "c.toml"), "--set", "tolaria.epochs=abc"]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == '--set tolaria.epochs=abc: tolaria.epochs: expected an integer >= 1, got "abc"\n'
+
+
+def test_bad_config_as_a_subprocess_prints_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[tamiyo]\ndecision_budget_ms = "fast"\n')
+    result = run_cli("c.toml", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert result.stderr == 'c.toml: tamiyo.decision_budget_ms: expected a number > 0, got "fast"\n'
+    assert result.stdout == ""
+
+
+def test_required_secret_missing_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.toml").write_text("[weatherlight]\nrequire_secret = true\n")
+    env_name = "ESPER_TEST_SECRET_THAT_IS_NOT_SET"
+    assert env_name not in os.environ
+    overrides = ["--set", f'security.secret_env="{env_name}"']
+    assert main([str(tmp_path / "c.toml"), *overrides]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == (f"weatherlight.require_secret: the environment variable {env_name} is not set\n")

@@ -1,0 +1,116 @@
+"""esper.start() inside an already running loop: snapshot, events, stop, wait; the summary and run files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+import esper
+from esper.logs import reset_logging
+from esper.session import EsperSystem, EventHub
+from schemas.config import RunConfig
+from schemas.enums import ActorStatus
+from schemas.run import RunSummary
+from schemas.runtime import ActorState, ChildFailed
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from schemas.base import Message, Record
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    reset_logging()
+
+
+def quiet_config(tmp_path: Path) -> RunConfig:
+    config = msgspec.convert({"logging": {"console": False}, "runs_dir": str(tmp_path / "runs")}, RunConfig)
+    assert isinstance(config, RunConfig)
+    return config
+
+
+async def test_start_returns_inside_the_running_loop_and_stops(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    assert isinstance(system, EsperSystem)
+    assert asyncio.get_running_loop() is loop
+    states = {state.actor: state for state in system.snapshot()}
+    assert set(states) == {"oona", "weatherlight"}
+    assert all(state.status is ActorStatus.RUNNING for state in states.values())
+    summary = await system.stop()
+    assert summary.status == "stopped"
+    assert summary.exit_code == 0
+    assert {state.status for state in summary.actors} == {ActorStatus.STOPPED}
+    assert await system.wait() is summary, "wait after stop returns the same summary"
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["status"] == "stopped"
+    assert (tmp_path / "run" / "config.toml").is_file()
+
+
+async def test_start_accepts_a_path_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[logging]\nconsole = false\n')
+    system = await esper.start(path, overrides=['run_id="nb"', "tolaria.epochs=2"])
+    try:
+        assert system.run_id == "nb"
+        assert system.run_dir == tmp_path / "runs" / "nb"
+        assert system.config.tolaria.epochs == 2
+    finally:
+        await system.stop()
+
+
+async def test_events_stream_until_the_run_ends(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    seen: list[Message | Record] = []
+
+    async def collect() -> None:
+        async for event in system.events():
+            seen.append(event)
+
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        collector = tg.create_task(collect())
+        await asyncio.sleep(0)  # let the collector subscribe before the stop emits
+        await system.stop()
+        await collector
+    final_states = [event for event in seen if isinstance(event, ActorState)]
+    assert {state.actor for state in final_states} == {"oona", "weatherlight"}
+    assert all(state.status is ActorStatus.STOPPED for state in final_states)
+    assert isinstance(seen[-1], RunSummary)
+    assert seen[-1].status == "stopped"
+
+
+async def test_events_after_the_run_ended_is_empty(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    await system.stop()
+    assert [event async for event in system.events()] == []
+
+
+async def test_event_hub_fans_out_drops_when_full_and_ends_on_close() -> None:
+    hub = EventHub(buffer_size=2)
+    first = hub.subscribe()
+    second = hub.subscribe()
+    event = ChildFailed(supervisor="s", child="c", error_type="E", error="x")
+
+    async def next_event(stream: AsyncIterator[Message | Record]) -> Message | Record:
+        return await anext(stream)
+
+    async with asyncio.TaskGroup() as tg:
+        # Async generators subscribe on their first iteration; start both before emitting.
+        got_first = tg.create_task(next_event(first))
+        got_second = tg.create_task(next_event(second))
+        await asyncio.sleep(0)
+        hub.emit(event)
+    assert got_first.result() == event
+    assert got_second.result() == event
+    for _ in range(5):
+        hub.emit(event)
+    assert hub.dropped == 6  # each subscriber buffers 2 of the 5
+    hub.close()
+    assert [e async for e in first] == [event, event]
+    assert [e async for e in second] == [event, event]
