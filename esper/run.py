@@ -28,6 +28,7 @@ from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
+from esper.runtime.gpu import GpuTelemetry
 from esper.runtime.system import ActorSystem
 from esper.session import EsperSystem, EventHub, FanoutSink
 from schemas.config import RunConfig
@@ -144,6 +145,10 @@ async def start(
         raise
     for state in actors.snapshot():
         _log.info("actor_started", actor=state.actor, status=state.status.value)
+    # NVML calls block; on a machine without a GPU this logs "no GPU" once and carries on.
+    gpu = await anyio.to_thread.run_sync(GpuTelemetry().read)
+    for device in gpu.devices:
+        _log.info("gpu_device", index=device.index, name=device.name, memory_total_bytes=device.memory_total_bytes)
     _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()))
     return EsperSystem(
         config=resolved,
