@@ -1,0 +1,131 @@
+"""The user's own data set: an .npz file of x_train, y_train, x_test, y_test, validated with one-line errors."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, final
+
+import numpy as np
+import numpy.typing as npt
+
+ARRAY_NAMES: Final = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DatasetError(ValueError):
+    """Raised when a data set file cannot be used: missing, not an .npz archive, or holding malformed arrays.
+
+    The message is one line naming the file and what is wrong with it. It is a ValueError because the file is
+    user input; it lives here because esper.nn may not import esper.runtime.errors.
+    """
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NpzArrays:
+    """Validated arrays of an .npz data set, still in numpy.
+
+    ``x_*`` are float32 ``[samples, *features]`` with every value finite; ``y_*`` are int64 ``[samples]`` with every
+    label >= 0. Both splits share one feature shape and neither is empty.
+    """
+
+    x_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    x_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
+
+
+def load_npz(path: str | Path) -> NpzArrays:
+    """Load and validate an .npz data set without ever unpickling (``allow_pickle=False``).
+
+    Runs on the calling thread and reads the whole file: call it off the event loop (the ``io`` lane).
+    Integer features are converted to float32 as they are, without rescaling.
+
+    Raises:
+        DatasetError: the file is missing or unreadable, is not an .npz archive, lacks one of ``x_train``,
+            ``y_train``, ``x_test``, ``y_test``, or holds arrays that are empty, non-numeric, of mismatched lengths
+            or feature shapes, with non-integer or negative labels, or with NaN/inf features.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"npz data set {file}: file not found")
+    try:
+        handle = file.open("rb")
+    except OSError as err:
+        raise DatasetError(f"npz data set {file}: cannot open ({_one_line(err)})") from err
+    # np.load is handed our own handle because it leaks the one it opens when the archive is corrupt.
+    with handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DatasetError(f"npz data set {file}: not a readable .npz archive ({_one_line(err)})") from err
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetError(f"npz data set {file}: not an .npz archive (it holds a single .npy array)")
+        with archive:
+            arrays = _read_arrays(file, archive)
+    x_train = _features(file, "x_train", arrays["x_train"])
+    x_test = _features(file, "x_test", arrays["x_test"])
+    y_train = _labels(file, "y_train", arrays["y_train"], x_train.shape[0])
+    y_test = _labels(file, "y_test", arrays["y_test"], x_test.shape[0])
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DatasetError(
+            f"npz data set {file}: x_train has feature shape {x_train.shape[1:]} but x_test has {x_test.shape[1:]}"
+        )
+    return NpzArrays(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def _read_arrays(file: Path, archive: np.lib.npyio.NpzFile) -> dict[str, npt.NDArray[np.generic]]:
+    present = sorted(archive.files)
+    arrays: dict[str, npt.NDArray[np.generic]] = {}
+    for name in ARRAY_NAMES:
+        if name not in archive.files:
+            raise DatasetError(
+                f"npz data set {file}: missing array {name!r} (arrays present: {', '.join(present) or 'none'})"
+            )
+        try:
+            arrays[name] = archive[name]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            # allow_pickle=False makes object arrays fail here, which is what we want.
+            raise DatasetError(f"npz data set {file}: cannot read array {name!r} ({_one_line(err)})") from err
+    return arrays
+
+
+def _features(file: Path, name: str, array: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    if array.dtype.kind not in "biuf":
+        raise DatasetError(f"npz data set {file}: {name} has non-numeric dtype {array.dtype}")
+    if array.ndim < 2:
+        raise DatasetError(f"npz data set {file}: {name} must have shape [samples, features...], got {array.shape}")
+    if array.size == 0:
+        raise DatasetError(f"npz data set {file}: {name} is empty (shape {array.shape})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DatasetError(f"npz data set {file}: {name} contains NaN or inf values")
+    # Wider floats beyond float32's range would turn into inf on conversion.
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > np.finfo(np.float32).max:
+        raise DatasetError(f"npz data set {file}: {name} has values too large for float32")
+    return array.astype(np.float32)
+
+
+def _labels(file: Path, name: str, array: npt.NDArray[np.generic], rows: int) -> npt.NDArray[np.int64]:
+    if array.dtype.kind not in "biuf":
+        raise DatasetError(f"npz data set {file}: {name} has non-numeric dtype {array.dtype}")
+    if array.dtype.kind not in "iu":
+        raise DatasetError(f"npz data set {file}: {name} labels must be integers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DatasetError(f"npz data set {file}: {name} must have shape [samples], got {array.shape}")
+    if array.size == 0:
+        raise DatasetError(f"npz data set {file}: {name} is empty (shape {array.shape})")
+    x_name = "x" + name[1:]
+    if array.shape[0] != rows:
+        raise DatasetError(f"npz data set {file}: {x_name} has {rows} samples but {name} has {array.shape[0]}")
+    if array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
+        raise DatasetError(f"npz data set {file}: {name} has labels too large for int64 (max {array.max()})")
+    labels = array.astype(np.int64)
+    if labels.min() < 0:
+        raise DatasetError(f"npz data set {file}: {name} has negative labels (min {labels.min()})")
+    return labels
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

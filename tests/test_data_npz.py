@@ -1,0 +1,205 @@
+"""The user's .npz data set: a round trip, and a one-line DatasetError for every kind of malformed file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from esper.nn.data import DatasetError, load_dataset
+from esper.nn.data_npz import load_npz
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+Arrays = dict[str, npt.NDArray[np.generic]]
+
+
+def _good() -> Arrays:
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.integers(0, 255, size=(30, 2, 3), dtype=np.uint8),
+        "y_train": np.tile(np.array([0, 2, 5], dtype=np.int32), 10),
+        "x_test": rng.integers(0, 255, size=(6, 2, 3), dtype=np.uint8),
+        "y_test": np.array([0, 2, 5, 0, 2, 5], dtype=np.int32),
+    }
+
+
+def _save(path: Path, arrays: Arrays) -> Path:
+    with path.open("wb") as file:
+        np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub wants ArrayLike values; these are arrays
+    return path
+
+
+def test_npz_round_trip_keeps_values_and_converts_dtypes(tmp_path: Path) -> None:
+    arrays = _good()
+    path = _save(tmp_path / "mine.npz", arrays)
+    data = load_dataset("npz", npz_path=path, validation_fraction=0.2, layout="native")
+    assert data.name == "npz"
+    assert data.num_classes == 6
+    assert data.input_shape == (2, 3)
+    assert (data.train.num_samples, data.val.num_samples, data.test.num_samples) == (24, 6, 6)
+    assert data.train.x.dtype == torch.float32
+    assert data.train.y.dtype == torch.int64
+    assert torch.equal(data.test.x, torch.from_numpy(arrays["x_test"].astype(np.float32)))
+    assert torch.equal(data.test.y, torch.from_numpy(arrays["y_test"].astype(np.int64)))
+    # train and val together are exactly the file's training rows.
+    merged = torch.cat([data.train.x, data.val.x]).reshape(30, -1).tolist()
+    expected = arrays["x_train"].astype(np.float32).reshape(30, -1).tolist()
+    assert sorted(merged) == sorted(expected)
+    assert data.val.y.bincount(minlength=6).tolist() == [2, 0, 2, 0, 0, 2]
+
+
+def test_npz_flat_layout_flattens_features(tmp_path: Path) -> None:
+    path = _save(tmp_path / "mine.npz", _good())
+    data = load_dataset("npz", npz_path=str(path))
+    assert data.input_shape == (6,)
+    assert data.test.x.shape == (6, 6)
+
+
+def test_load_npz_accepts_a_str_path_and_validates(tmp_path: Path) -> None:
+    path = _save(tmp_path / "mine.npz", _good())
+    arrays = load_npz(str(path))
+    assert arrays.x_train.dtype == np.float32
+    assert arrays.y_test.dtype == np.int64
+
+
+def _without(name: str) -> Callable[[Arrays], Arrays]:
+    def change(arrays: Arrays) -> Arrays:
+        del arrays[name]
+        return arrays
+
+    return change
+
+
+def _replace(name: str, value: npt.NDArray[np.generic]) -> Callable[[Arrays], Arrays]:
+    def change(arrays: Arrays) -> Arrays:
+        arrays[name] = value
+        return arrays
+
+    return change
+
+
+def _nan_at(name: str, value: float) -> Callable[[Arrays], Arrays]:
+    def change(arrays: Arrays) -> Arrays:
+        x = arrays[name].astype(np.float64)
+        x[1, 0, 2] = value
+        arrays[name] = x
+        return arrays
+
+    return change
+
+
+MALFORMED: list[tuple[str, Callable[[Arrays], Arrays], str]] = [
+    ("missing_array", _without("x_test"), "missing array 'x_test' (arrays present: x_train, y_test, y_train)"),
+    ("missing_labels", _without("y_train"), "missing array 'y_train' (arrays present: x_test, x_train, y_test)"),
+    ("length_mismatch", _replace("y_train", np.zeros(29, dtype=np.int64)), "x_train has 30 samples but y_train has 29"),
+    ("string_features", _replace("x_test", np.full((6, 2, 3), "a")), "x_test has non-numeric dtype <U1"),
+    (
+        "complex_features",
+        _replace("x_train", np.zeros((30, 2, 3), np.complex64)),
+        "x_train has non-numeric dtype complex64",
+    ),
+    ("string_labels", _replace("y_test", np.full(6, "a")), "y_test has non-numeric dtype <U1"),
+    ("float_labels", _replace("y_train", np.zeros(30)), "y_train labels must be integers, got dtype float64"),
+    ("bool_labels", _replace("y_test", np.zeros(6, dtype=bool)), "y_test labels must be integers, got dtype bool"),
+    ("negative_labels", _replace("y_test", np.array([0, 1, -1, 2, 3, 4])), "y_test has negative labels (min -1)"),
+    ("2d_labels", _replace("y_test", np.zeros((6, 1), np.int64)), "y_test must have shape [samples], got (6, 1)"),
+    (
+        "1d_features",
+        _replace("x_test", np.zeros(6, np.float32)),
+        "x_test must have shape [samples, features...], got (6,)",
+    ),
+    (
+        "feature_shapes_differ",
+        _replace("x_test", np.zeros((6, 3, 2), np.float32)),
+        "x_train has feature shape (2, 3) but x_test has (3, 2)",
+    ),
+    ("empty_features", _replace("x_train", np.zeros((0, 2, 3), np.float32)), "x_train is empty (shape (0, 2, 3))"),
+    ("empty_labels", _replace("y_test", np.zeros(0, np.int64)), "y_test is empty (shape (0,))"),
+    ("nan", _nan_at("x_train", float("nan")), "x_train contains NaN or inf values"),
+    ("inf", _nan_at("x_test", float("-inf")), "x_test contains NaN or inf values"),
+    (
+        "float32_overflow",
+        _replace("x_test", np.full((6, 2, 3), 1e300)),
+        "x_test has values too large for float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "message"), MALFORMED, ids=[case for case, _, _ in MALFORMED])
+def test_malformed_npz_raises_one_line_error_naming_file_and_fault(
+    tmp_path: Path, case: str, change: Callable[[Arrays], Arrays], message: str
+) -> None:
+    path = _save(tmp_path / f"{case}.npz", change(_good()))
+    with pytest.raises(DatasetError) as info:
+        load_dataset("npz", npz_path=path)
+    assert str(info.value) == f"npz data set {path}: {message}"
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.npz"
+    with pytest.raises(DatasetError) as info:
+        load_dataset("npz", npz_path=path)
+    assert str(info.value) == f"npz data set {path}: file not found"
+
+
+def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as info:
+        load_npz(tmp_path)
+    assert str(info.value) == f"npz data set {tmp_path}: file not found"
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "cause"),
+    [
+        ("text", b"x_train,y_train\n1,2\n", "ValueError: "),
+        ("empty", b"", "EOFError: "),
+        ("truncated_zip", b"PK\x03\x04" + b"\x00" * 40, "BadZipFile: "),
+    ],
+)
+def test_not_an_npz_archive(tmp_path: Path, case: str, content: bytes, cause: str) -> None:
+    path = tmp_path / f"{case}.npz"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("npz", npz_path=path)
+    text = str(info.value)
+    assert text.startswith(f"npz data set {path}: not a readable .npz archive ({cause}")
+    assert "\n" not in text
+    assert info.value.__cause__ is not None
+
+
+def test_a_pickle_is_refused_without_being_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "pickle.npz"
+    # A pickle whose loading would raise if it ever ran: GLOBAL of a name that cannot be found.
+    path.write_bytes(b"\x80\x04c__no_such_module__\nboom\n)R.")
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    assert str(info.value).startswith(
+        f"npz data set {path}: not a readable .npz archive (ValueError: This file contains pickled"
+    )
+
+
+def test_a_single_npy_array_is_not_an_npz(tmp_path: Path) -> None:
+    path = tmp_path / "array.npz"
+    with path.open("wb") as file:
+        np.save(file, np.zeros((3, 2), np.float32))
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    assert str(info.value) == f"npz data set {path}: not an .npz archive (it holds a single .npy array)"
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
+    arrays = _good()
+    arrays["x_train"] = np.array([{"a": 1}] * 30, dtype=object)
+    path = _save(tmp_path / "objects.npz", arrays)
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    text = str(info.value)
+    assert text.startswith(f"npz data set {path}: cannot read array 'x_train' (ValueError: Object arrays cannot be")
+    assert "\n" not in text
