@@ -1,0 +1,194 @@
+"""Benchmark seed slots: dormant-slot overhead, graft stall and incubation cost. Prints ONE JSON line.
+
+    python scripts/bench_slots.py [--steps N] [--threads T]
+
+- ``dormant_overhead_pct``: one training step (zero_grad, forward, cross-entropy, backward, SGD-momentum step) of
+  the same model object with a dormant slot after every block vs the original modules (the blocks' classes toggled
+  between the slotted and the original class), arms alternated step by step in one process, median of N steps
+  each, as the median over adjacent pairs of ``slotted / plain - 1``, in percent. Target <= 0.5.
+  ``dormant_control_pct`` repeats it with both arms plain: the noise floor of the machine during the run.
+- ``graft_stall_ms_p99``: ``slot.attach(seed) + add_seed_group(...)`` for a prepared seed. Target <= 1 ms.
+- ``incubation_cost_ratio``: ``(median step with one seed - median step with the slot dormant) / median of the
+  seed's own forward+backward on a tensor of the slot's activation shape``, for TRAINING and BLENDING (alpha 0.5),
+  all three alternated. Target <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from esper.nn import SlotMode, find_slots, wrap
+from esper.nn.hosts import CNN1dHost, CNN2dHost
+from esper.nn.optim_migration import add_seed_group, remove_seed_group
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], float]:
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        torch.autograd.backward(loss)
+        opt.step()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def _host(name: str) -> tuple[nn.Module, tuple[str, ...], Tensor, Tensor]:
+    if name == "cnn1d":
+        h1 = CNN1dHost()
+        return h1, h1.slot_targets, torch.randn(64, 40), torch.randint(0, 10, (64,))
+    h2 = CNN2dHost()
+    return h2, h2.slot_targets, torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+
+
+def dormant_overhead_pct(name: str, steps: int, control: bool = False) -> float:
+    """Median over adjacent step pairs of ``slotted / plain - 1``, in percent; ``control`` times plain vs plain."""
+    torch.manual_seed(0)
+    model, targets, x, y = _host(name)
+    wrap(model, targets)
+    # Toggle the very same modules between their original class and the slotted one: same tensors, same memory,
+    # no class created while timing. (wrap/unwrap per step would time fresh classes' cold attribute caches.)
+    hosts = [model.get_submodule(n) for n in find_slots(model)]
+    swaps = [(m, type(m).__mro__[1], type(m)) for m in hosts]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = _step_fn(model, opt, x, y)
+
+    def set_slotted(on: bool) -> None:
+        for module, base, slotted in swaps:
+            module.__class__ = slotted if on and not control else base
+
+    for i in range(20):
+        set_slotted(i % 2 == 0)
+        step()
+    ratios: list[float] = []
+    for i in range(steps):
+        # Adjacent pairs cancel the drift of a shared machine; alternating the order cancels cache warmth.
+        timed: dict[bool, float] = {}
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            set_slotted(on)
+            timed[on] = step()
+        ratios.append(timed[True] / timed[False])
+    set_slotted(True)
+    return (statistics.median(ratios) - 1.0) * 100.0
+
+
+def _seed_for(name: str) -> nn.Module:
+    if name == "cnn1d":
+        return nn.Sequential(nn.Conv1d(12, 12, 5, padding=2), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+
+
+def graft_stall_ms_p99(trials: int) -> float:
+    torch.manual_seed(0)
+    model, targets, _, _ = _host("cnn1d")
+    wrap(model, targets)
+    slot = find_slots(model)["blocks.1"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    seed = _seed_for("cnn1d")
+    times: list[float] = []
+    for i in range(trials):
+        t0 = time.perf_counter()
+        slot.attach(seed, SlotMode.TRAINING, seed_id=f"s{i}")
+        add_seed_group(opt, f"s{i}", seed.parameters(), lr=0.01)
+        times.append((time.perf_counter() - t0) * 1e3)
+        slot.detach()
+        remove_seed_group(opt, f"s{i}")
+    times.sort()
+    return times[min(len(times) - 1, int(0.99 * len(times)))]
+
+
+def incubation_cost_ratio(name: str, steps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model, targets, x, y = _host(name)
+    wrap(model, targets)
+    slot = find_slots(model)["blocks.1"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    seed = _seed_for(name)
+    # The group stays: in the dormant arm the seed has no grads, so the optimizer skips it.
+    add_seed_group(opt, "s", seed.parameters(), lr=0.01)
+    step = _step_fn(model, opt, x, y)
+    with torch.no_grad():
+        first, second = model.get_submodule("blocks.0"), model.get_submodule("blocks.1")
+        act = second(first(x.unsqueeze(1) if x.dim() == 2 else x))
+    grad = torch.randn_like(act)
+
+    def seed_alone() -> float:
+        t0 = time.perf_counter()
+        for p in seed.parameters():
+            p.grad = None
+        torch.autograd.backward(seed(act), grad)
+        return time.perf_counter() - t0
+
+    def in_mode(mode: SlotMode) -> float:
+        slot.attach(seed, mode, seed_id="s")
+        if mode is SlotMode.BLENDING:
+            for _ in range(10):
+                slot.advance_alpha()
+        elapsed = step()
+        slot.detach()
+        return elapsed
+
+    for _ in range(10):
+        step()
+        in_mode(SlotMode.TRAINING)
+        seed_alone()
+    arms: dict[str, list[float]] = {"dormant": [], "training": [], "blending": [], "alone": []}
+    runners: dict[str, Callable[[], float]] = {
+        "dormant": step,
+        "training": lambda: in_mode(SlotMode.TRAINING),
+        "blending": lambda: in_mode(SlotMode.BLENDING),
+        "alone": seed_alone,
+    }
+    order = list(runners)
+    for i in range(steps):
+        for key in order[i % 4 :] + order[: i % 4]:
+            arms[key].append(runners[key]())
+    med = {k: statistics.median(v) for k, v in arms.items()}
+    return {
+        "training": (med["training"] - med["dormant"]) / med["alone"],
+        "blending": (med["blending"] - med["dormant"]) / med["alone"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per arm (>= 30)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, fixed for every arm")
+    args = parser.parse_args()
+    steps = max(30, args.steps)
+    torch.set_num_threads(args.threads)
+    result = {
+        "dormant_overhead_pct": {
+            "cnn1d": round(dormant_overhead_pct("cnn1d", steps), 3),
+            "cnn2d_32": round(dormant_overhead_pct("cnn2d_32", max(30, steps // 4)), 3),
+        },
+        # The same measurement with both arms plain: the noise floor of this machine right now.
+        "dormant_control_pct": {
+            "cnn1d": round(dormant_overhead_pct("cnn1d", steps, control=True), 3),
+            "cnn2d_32": round(dormant_overhead_pct("cnn2d_32", max(30, steps // 4), control=True), 3),
+        },
+        "graft_stall_ms_p99": round(graft_stall_ms_p99(200), 4),
+        "incubation_cost_ratio": {
+            "cnn1d": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn1d", steps).items()},
+            "cnn2d_32": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn2d_32", max(30, steps // 4)).items()},
+        },
+        "targets": {"dormant_overhead_pct": 0.5, "graft_stall_ms_p99": 1.0, "incubation_cost_ratio": 1.2},
+        "threads": args.threads,
+        "steps": steps,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

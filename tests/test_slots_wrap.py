@@ -1,0 +1,179 @@
+"""wrap / find_slots / unwrap: dormant slots are bitwise invisible, names stay stable, bad targets are refused."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from esper.nn import SeedSlot, SlotMode, find_slots, unwrap, wrap
+from esper.nn.hosts import CNN1dHost, CNN2dHost, ConvBlock1d, MLPHost
+from esper.nn.wrap import SLOT_ATTR, slot_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _transformer() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.1, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+
+
+CASES: list[tuple[str, Callable[[], nn.Module], list[type[nn.Module] | str], Callable[[], Tensor]]] = [
+    ("cnn1d", CNN1dHost, [ConvBlock1d], lambda: torch.randn(8, 40)),
+    ("cnn2d", CNN2dHost, ["blocks.0", "blocks.1", "blocks.2", "blocks.3"], lambda: torch.randn(4, 3, 32, 32)),
+    ("mlp", MLPHost, ["blocks.0", "blocks.1", "blocks.2"], lambda: torch.randn(8, 40)),
+    ("transformer", _transformer, [nn.TransformerEncoderLayer], lambda: torch.randn(2, 5, 16)),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "targets", "make_input"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_dormant_slots_are_bitwise_identity(
+    name: str,
+    build: Callable[[], nn.Module],
+    targets: list[type[nn.Module] | str],
+    make_input: Callable[[], Tensor],
+    train: bool,
+) -> None:
+    """Seeded: outputs, gradients and BatchNorm statistics of a dormantly wrapped model equal the plain model's."""
+    torch.manual_seed(0)
+    plain = build()
+    wrapped = wrap(copy.deepcopy(plain), targets)
+    assert len(find_slots(wrapped)) >= 3
+    plain.train(train)
+    wrapped.train(train)
+    x = make_input()
+    for _ in range(2):
+        torch.manual_seed(1)
+        y_plain = plain(x)
+        torch.manual_seed(1)
+        y_wrapped = wrapped(x)
+        assert torch.equal(y_plain, y_wrapped)
+        y_plain.square().sum().backward()
+        y_wrapped.square().sum().backward()
+    for (n1, p1), (n2, p2) in zip(plain.named_parameters(), wrapped.named_parameters(), strict=True):
+        assert n1 == n2
+        assert p1.grad is not None
+        assert p2.grad is not None
+        assert torch.equal(p1.grad, p2.grad), n1
+    wrapped_buffers = dict(wrapped.named_buffers())
+    for n, b in plain.named_buffers():
+        assert torch.equal(b, wrapped_buffers[n]), n
+
+
+def test_wrap_keeps_parameter_names_and_adds_only_slot_extra_state() -> None:
+    host = CNN1dHost()
+    before = list(host.state_dict())
+    wrap(host, host.slot_targets)
+    after = list(host.state_dict())
+    extra = [k for k in after if k not in before]
+    assert [k for k in after if k in before] == before
+    assert extra == [f"{slot_path(t)}._extra_state" for t in host.slot_targets]
+    assert isinstance(host.blocks[0], ConvBlock1d)
+
+
+def test_state_dict_round_trip_restores_slot_control_state() -> None:
+    torch.manual_seed(0)
+    host = wrap(MLPHost(), "blocks.1")
+    slot = find_slots(host)["blocks.1"]
+    slot.attach(nn.Linear(64, 64), SlotMode.BLENDING, seed_id="s1")
+    for _ in range(7):
+        slot.advance_alpha()
+    state = host.state_dict()
+    assert "blocks.1.esper_slot.seed.weight" in state
+    clone = wrap(MLPHost(), "blocks.1")
+    clone_slot = find_slots(clone)["blocks.1"]
+    clone_slot.attach(nn.Linear(64, 64), SlotMode.TRAINING, seed_id="s1")
+    clone.load_state_dict(state)
+    assert clone_slot.mode is SlotMode.BLENDING
+    assert clone_slot.alpha_steps == 7
+    assert clone_slot.alpha_value == slot.alpha_value
+    assert torch.equal(clone_slot.alpha, slot.alpha)
+    x = torch.randn(3, 40)
+    assert torch.equal(clone(x), host(x))
+
+
+def test_loading_a_live_slot_without_its_seed_is_refused() -> None:
+    host = wrap(MLPHost(), "blocks.0")
+    find_slots(host)["blocks.0"].attach(nn.Linear(64, 64), seed_id="s1")
+    state = host.state_dict()
+    fresh = wrap(MLPHost(), "blocks.0")
+    with pytest.raises(ValueError, match="replay the graft log"):
+        fresh.load_state_dict(state, strict=False)
+
+
+def test_wrap_names_every_target_that_matches_nothing() -> None:
+    with pytest.raises(ValueError, match=r"'blocks\.9', Conv2d match no submodule of MLPHost"):
+        wrap(MLPHost(), ["blocks.0", "blocks.9", nn.Conv2d])
+
+
+def test_wrap_refuses_bad_targets() -> None:
+    host = wrap(MLPHost(), "blocks.0")
+    with pytest.raises(ValueError, match="already has a slot"):
+        wrap(host, "blocks.0")
+    with pytest.raises(ValueError, match="has no forward"):
+        wrap(MLPHost(), "blocks")
+    with pytest.raises(TypeError, match="targets"):
+        wrap(MLPHost(), [3])  # type: ignore[list-item]  # the wrong type is the point
+    with pytest.raises(ValueError, match="at least one"):
+        wrap(MLPHost(), [])
+
+
+def test_find_slots_in_forward_order_and_never_inside_slots() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.ReLU()), nn.Linear(8, 3))
+    wrap(model, [nn.Linear, "2"])
+    slots = find_slots(model)
+    assert list(slots) == ["0", "2.0", "2", "3"]
+    assert all(model.get_submodule(slot_path(k)) is s for k, s in slots.items())
+    assert [s.host_name for s in slots.values()] == list(slots)
+    # A seed that itself contains a Linear is not a wrap candidate.
+    slots["0"].attach(nn.Linear(8, 8), seed_id="a")
+    with pytest.raises(ValueError, match="already has a slot"):
+        wrap(model, nn.Linear)
+
+
+def test_slot_acts_on_the_first_element_of_a_tuple_output() -> None:
+    class TupleBlock(nn.Module):
+        """Shaped like a Hugging Face GPT-2 block: returns (hidden, present)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.fc(x), x.sum(-1)
+
+    torch.manual_seed(0)
+    block = wrap(TupleBlock(), "")
+    x = torch.randn(2, 6)
+    dormant = block(x)
+    slot = find_slots(block)[""]
+    seed = nn.Linear(6, 6)
+    slot.attach(seed, SlotMode.FULL)
+    hidden, present = block(x)
+    assert torch.equal(present, dormant[1])
+    assert torch.equal(hidden, seed(dormant[0]))
+
+
+def test_unwrap_restores_classes_and_refuses_live_slots() -> None:
+    host = wrap(CNN1dHost(), ConvBlock1d)
+    assert type(host.blocks[0]) is not ConvBlock1d
+    find_slots(host)["blocks.0"].attach(nn.Identity(), seed_id="a")
+    with pytest.raises(ValueError, match="not dormant"):
+        unwrap(host)
+    find_slots(host)["blocks.0"].detach()
+    unwrap(host)
+    assert type(host.blocks[0]) is ConvBlock1d
+    assert not find_slots(host)
+    assert all(SLOT_ATTR not in k for k in host.state_dict())
+
+
+def test_sequential_target_gets_the_slot_as_its_last_element() -> None:
+    host = wrap(MLPHost(), "blocks.2")
+    block = host.blocks[2]
+    assert type(block) is nn.Sequential
+    assert isinstance(block[-1], SeedSlot)
