@@ -13,9 +13,8 @@ from esper.runtime.breaker import (
     PROBE_DEADLINE_EXCEEDED,
     BreakerStatistics,
     CircuitBreaker,
-    ProbeDeadlineExceeded,
 )
-from esper.runtime.errors import BreakerOpen
+from esper.runtime.errors import BreakerOpen, ProbeDeadlineExceeded
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
 
