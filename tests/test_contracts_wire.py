@@ -19,6 +19,7 @@ import pytest
 
 import schemas
 from schemas.base import ConfigSection, Message, Record
+from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome, SeedOp
 from schemas.control import AdaptationCommand, BlendConfig, CommandResult, CommandSecurity
 from schemas.domain_enums import (
     BlendMode,
@@ -176,7 +177,33 @@ VALIDATION = ValidationReport(
     passed=True,
 )
 
+ATTACH = SeedOp(
+    kind="attach",
+    slot="features.3",
+    seed_id="seed-7",
+    stage=SeedLifecycleStage.TRAINING,
+    handle="seed-7-1",
+    blueprint_id="BP005",
+    artifact_sha256=SHA_A,
+    blend=BLEND,
+    learning_rate=0.001,
+    reason="germinate",
+)
+
 EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
+    SeedOp: ATTACH,
+    OpOutcome: OpOutcome(kind="attach", slot="features.3", seed_id="seed-7", applied=True),
+    Decision: Decision(run_id="run-1", decided_on_step=1192, command=None, policy="heuristic", decision_ms=1.5),
+    BoundaryPlan: BoundaryPlan(run_id="run-1", decided_on_step=1192, effect_step=1200, ops=(ATTACH,)),
+    BoundaryApplied: BoundaryApplied(
+        run_id="run-1",
+        decided_on_step=1192,
+        effect_step=1200,
+        applied_step=1200,
+        outcomes=(OpOutcome(kind="attach", slot="features.3", seed_id="seed-7", applied=True),),
+        stall_ms=0.0,
+        seed_parameters={"seed-7": 1234},
+    ),
     BlendConfig: BLEND,
     CommandSecurity: SECURITY,
     AdaptationCommand: AdaptationCommand(

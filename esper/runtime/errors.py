@@ -14,6 +14,7 @@ EsperError
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
 ├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
 ├── LaneClosed                    work was submitted to a lane that has been closed
+├── HandoffMissing                a handle was taken from the handoff store twice, or never put (also KeyError)
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
 │   └── BusClosed                 publish/consume after the bus was closed
@@ -80,6 +81,10 @@ class ProbeDeadlineExceeded(EsperError, TimeoutError):
 
 class LaneClosed(EsperError):
     """Raised when work is submitted to a lane after close()."""
+
+
+class HandoffMissing(EsperError, KeyError):
+    """Raised by Handoff.take() for a handle that was never put, already taken, or discarded."""
 
 
 class BusError(EsperError):
