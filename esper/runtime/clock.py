@@ -33,6 +33,18 @@ class MonotonicClock:
 
 
 @final
+class WallClock:
+    """Wall time (Unix seconds, time.time()): for timestamps compared across processes, such as a command's
+    issued_at checked by a verifier in another process. May jump; never use it for durations."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, delay_s: float) -> None:
+        await asyncio.sleep(max(0.0, delay_s))
+
+
+@final
 class ManualClock:
     """A clock that moves only when a test calls advance(); sleepers wake in deadline order.
 

@@ -1,0 +1,1 @@
+"""Tamiyo, the strategic controller: policies, risk engine, conservative mode, command signing and field reports."""

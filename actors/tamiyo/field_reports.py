@@ -1,0 +1,236 @@
+"""The field-report write-ahead log: checksummed frames appended from coroutines, read back with recovery.
+
+Frame layout (all integers big-endian)::
+
+    magic   4 bytes  b"\\xe5FR1", a sync marker that lets a reader find the next frame after damage
+    length  4 bytes  payload length in bytes (at most MAX_PAYLOAD_BYTES)
+    crc32   4 bytes  zlib.crc32 over the length bytes and the payload, so a damaged length is caught too
+    payload          msgspec msgpack encoding of one FieldReport
+
+Recovery rule, applied by ``scan_frames`` from the start of the file:
+  - a frame whose magic, length and CRC check out and whose payload decodes is a record;
+  - a frame that is damaged (bad magic, impossible length, CRC mismatch, undecodable payload) is counted as
+    corrupt, and reading resumes at the next offset holding the magic whose frame checks out; a CRC-checked
+    frame is never accepted by accident at a magic that happens to sit inside a payload;
+  - bytes after the last good frame that form no good frame are a torn tail (a write cut short by a crash):
+    counted once and ignored. ``FieldReportWal.open`` truncates them so later appends follow the good frames.
+So one damaged record costs only itself; records before and after it survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import zlib
+from typing import TYPE_CHECKING, final
+
+import aiofiles
+import msgspec
+
+from schemas.base import Record
+from schemas.reports import FieldReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+MAGIC = b"\xe5FR1"
+HEADER = struct.Struct(">4sII")
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+WAL_FILENAME = "field_reports.wal"
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(FieldReport)
+
+
+def encode_frame(report: FieldReport) -> bytes:
+    """One frame (header plus payload) for ``report``."""
+    payload = _ENCODER.encode(report)
+    length = struct.pack(">I", len(payload))
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(length + payload)) + payload
+
+
+class WalScan(Record, frozen=True):
+    """What a scan of a WAL found.
+
+    Attributes:
+        reports: the good records, in file order.
+        corrupt: damaged frames skipped in the middle of the file.
+        torn: 1 if the file ends in a partial frame (a crash mid-write), else 0.
+        good_end: offset just past the last good frame; a torn tail starts there.
+        size_bytes: the file size scanned.
+    """
+
+    reports: tuple[FieldReport, ...]
+    corrupt: int
+    torn: int
+    good_end: int
+    size_bytes: int
+
+
+def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
+    """Try the frame at ``offset``: (report or None, end offset, whether the frame runs past the end of data)."""
+    end_header = offset + HEADER.size
+    if end_header > len(data):
+        return None, len(data), data[offset : offset + len(MAGIC)] == MAGIC[: len(data) - offset]
+    magic, length, crc = HEADER.unpack_from(data, offset)
+    if magic != MAGIC or length > MAX_PAYLOAD_BYTES:
+        return None, offset, False
+    end = end_header + length
+    if end > len(data):
+        return None, len(data), True
+    if zlib.crc32(data[offset + 4 : offset + 8] + data[end_header:end]) != crc:
+        return None, end, False
+    try:
+        return _DECODER.decode(data[end_header:end]), end, False
+    except msgspec.DecodeError:
+        return None, end, False
+
+
+def scan_frames(data: bytes) -> WalScan:
+    """Read every good record out of a WAL's bytes, skipping damage by the rule in the module docstring. Pure."""
+    reports: list[FieldReport] = []
+    corrupt = 0
+    torn = 0
+    offset = 0
+    good_end = 0
+    while offset < len(data):
+        report, end, truncated = _frame_at(data, offset)
+        if report is not None:
+            reports.append(report)
+            offset = good_end = end
+            continue
+        # Damage at ``offset``: look for the next frame that checks out. If there is none, what is left is a torn
+        # tail when it looks like the start of a frame cut short, and a corrupt frame otherwise.
+        resume = _next_good_frame(data, offset + 1)
+        if resume is None:
+            if truncated:
+                torn = 1
+            else:
+                corrupt += 1
+            break
+        corrupt += 1
+        offset = resume
+    return WalScan(reports=tuple(reports), corrupt=corrupt, torn=torn, good_end=good_end, size_bytes=len(data))
+
+
+def _next_good_frame(data: bytes, start: int) -> int | None:
+    position = data.find(MAGIC, start)
+    while position != -1:
+        report, _, _ = _frame_at(data, position)
+        if report is not None:
+            return position
+        position = data.find(MAGIC, position + 1)
+    return None
+
+
+async def read_field_reports(path: Path) -> WalScan:
+    """Read and scan a WAL file; a missing file is an empty log. Reads through aiofiles' thread pool."""
+    try:
+        async with aiofiles.open(path, "rb") as file:
+            data = await file.read()
+    except FileNotFoundError:
+        data = b""
+    return scan_frames(data)
+
+
+class WalStatistics(Record, frozen=True):
+    """A FieldReportWal at one instant; never blocks, never changes state."""
+
+    path: str
+    appended: int
+    bytes_written: int
+    recovered_reports: int
+    recovered_corrupt: int
+    truncated_torn_bytes: int
+
+
+@final
+class FieldReportWal:
+    """An append-only, checksummed log of FieldReports (``runs/<run-id>/field_reports.wal``).
+
+    ``await open()`` scans what is already there (returning it), cuts a torn tail off, and opens the file for
+    appending. ``await append(report)`` writes one frame, flushes, and fsyncs before returning, so a report whose
+    append returned survives a crash. Appends are serialised by a lock, so concurrent coroutines never interleave
+    frames. File work runs on aiofiles' thread pool (the fsync on asyncio's default executor); the event loop never
+    blocks. Cancelling an append after its write was handed to the thread may still leave the frame on disk (a
+    complete frame, or a torn tail that the next open() removes); a retry may then write it twice, which readers
+    deduplicate by report_id.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        """Args: path: the WAL file; fsync: whether each append waits for the disk (tests may turn it off)."""
+        self._path = path
+        self._fsync = fsync
+        self._file: AsyncBufferedIOBase | None = None
+        self._lock = asyncio.Lock()
+        self._appended = 0
+        self._bytes_written = 0
+        self._recovered = WalScan(reports=(), corrupt=0, torn=0, good_end=0, size_bytes=0)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def open(self) -> WalScan:
+        """Recover the existing log and open it for appending; returns what the scan found.
+
+        Raises:
+            RuntimeError: the WAL is already open.
+            OSError: the directory is missing or not writable.
+        """
+        if self._file is not None:
+            raise RuntimeError(f"field-report WAL {self._path} is already open")
+        scan = await read_field_reports(self._path)
+        if scan.torn:
+            # Drop the partial frame so the next good frame follows the last good one directly.
+            await asyncio.to_thread(os.truncate, self._path, scan.good_end)
+        self._recovered = scan
+        self._file = await aiofiles.open(self._path, "ab")
+        return scan
+
+    async def append(self, report: FieldReport) -> None:
+        """Append one report durably (write, flush, fsync).
+
+        Raises:
+            RuntimeError: the WAL is not open.
+            OSError: the write or fsync failed; the file may end in a torn frame, removed by the next open().
+        """
+        await self.append_many((report,))
+
+    async def append_many(self, reports: Iterable[FieldReport]) -> None:
+        """Append several reports with one flush and one fsync; same errors as append()."""
+        encoded = [encode_frame(report) for report in reports]
+        if not encoded:
+            return
+        frames = b"".join(encoded)
+        async with self._lock:
+            file = self._file
+            if file is None:
+                raise RuntimeError(f"field-report WAL {self._path} is not open")
+            await file.write(frames)
+            await file.flush()
+            if self._fsync:
+                await asyncio.to_thread(os.fsync, file.fileno())
+            self._appended += len(encoded)
+            self._bytes_written += len(frames)
+
+    async def close(self) -> None:
+        """Flush and close the file; closing twice is harmless."""
+        async with self._lock:
+            file, self._file = self._file, None
+            if file is not None:
+                await file.close()
+
+    def statistics(self) -> WalStatistics:
+        return WalStatistics(
+            path=str(self._path),
+            appended=self._appended,
+            bytes_written=self._bytes_written,
+            recovered_reports=len(self._recovered.reports),
+            recovered_corrupt=self._recovered.corrupt,
+            truncated_torn_bytes=self._recovered.size_bytes - self._recovered.good_end if self._recovered.torn else 0,
+        )

@@ -1,0 +1,340 @@
+"""The heuristic policies: plateau- or cadence-triggered growth with cull and fossilize rules, and plain every-K.
+
+Both are deterministic and auditable: the same state and observation give the same decision, every Decision names
+its rule in ``reason``, and the whole state exports to a Record for checkpoints. They act once per epoch, on the
+first packet of an epoch that carries a validation loss; other packets (mid-epoch, repeats) give NO_OP and leave the
+state alone. A decision counts as taken when it is returned: a germination later vetoed by the risk engine still
+starts the cooldown, so a vetoed policy does not retry every epoch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import msgspec
+
+from actors.tamiyo.policy import NO_OP, Decision
+from schemas.base import Record
+from schemas.control import BlendConfig
+from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
+from schemas.enums import SeedLifecycleStage
+
+if TYPE_CHECKING:
+    from actors.tamiyo.policy import BlueprintCandidate, Observation
+    from schemas.config import TamiyoConfig
+    from schemas.state import SeedState
+
+_COST_RANK = {CostTier.LOW: 0, CostTier.MEDIUM: 1, CostTier.HIGH: 2}
+
+
+class HeuristicConfig(Record, frozen=True):
+    """Knobs of the heuristic policy; epochs count validation epochs.
+
+    Attributes:
+        plateau_patience_epochs / plateau_min_delta: a plateau is this many epochs in a row without the validation
+            loss dropping more than min_delta below its best.
+        germinate_every_k_epochs: also germinate when this many epochs passed since the last germination (or the
+            first epoch seen); None: plateau only.
+        germinate_cooldown_epochs: at least this many epochs between two germinations.
+        cull_after_epochs / cull_max_contribution: cull a live seed whose measured contribution was <= the maximum
+            for this many measured epochs in a row.
+        fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose
+            contribution stayed > the minimum for this many measured probation epochs in a row.
+        max_live_seeds: at most this many seeds in GERMINATED..PROBATIONARY.
+        max_added_parameters: the packet's seed_parameters plus the new blueprint's size must stay within this.
+        max_blueprint_risk: only blueprints with risk below this (the risk engine downgrades from 0.5).
+        allowed_cost_tiers / allow_high_risk_tier: which blueprints are acceptable at all.
+        blend: the BlendConfig sent with a germination.
+    """
+
+    plateau_patience_epochs: int = 2
+    plateau_min_delta: float = 1e-3
+    germinate_every_k_epochs: int | None = None
+    germinate_cooldown_epochs: int = 2
+    cull_after_epochs: int = 4
+    cull_max_contribution: float = 0.0
+    fossilize_hold_epochs: int = 2
+    fossilize_min_benefit: float = 0.0
+    max_live_seeds: int = 4
+    max_added_parameters: int | None = None
+    max_blueprint_risk: float = 0.5
+    allowed_cost_tiers: tuple[CostTier, ...] = (CostTier.LOW, CostTier.MEDIUM, CostTier.HIGH)
+    allow_high_risk_tier: bool = False
+    blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: TamiyoConfig,
+        *,
+        max_live_seeds: int = 4,
+        max_added_parameters: int | None = None,
+        probation_epochs: int = 2,
+        periodic: bool = False,
+    ) -> HeuristicConfig:
+        """From TamiyoConfig plus the budgets other sections own (Kasmina's max_active_seeds, probation_epochs)."""
+        return cls(
+            plateau_patience_epochs=config.plateau_patience_epochs,
+            plateau_min_delta=config.plateau_min_delta,
+            germinate_every_k_epochs=config.every_k_epochs if periodic else None,
+            germinate_cooldown_epochs=config.germinate_cooldown_epochs,
+            cull_after_epochs=config.cull_after_epochs,
+            fossilize_hold_epochs=probation_epochs,
+            max_live_seeds=max_live_seeds,
+            max_added_parameters=max_added_parameters,
+            max_blueprint_risk=config.blueprint_risk_downgrade,
+        )
+
+
+class HeuristicState(Record, frozen=True):
+    """Everything the heuristic remembers between decisions; a checkpoint stores it and import_state() restores it."""
+
+    first_epoch: int | None = None
+    last_epoch: int | None = None
+    best_validation_loss: float | None = None
+    epochs_without_improvement: int = 0
+    last_germination_epoch: int | None = None
+    weak_epochs: dict[str, int] = msgspec.field(default_factory=dict)
+    benefit_epochs: dict[str, int] = msgspec.field(default_factory=dict)
+    decisions: int = 0
+
+
+def _new_epoch(observation: Observation, last_epoch: int | None) -> bool:
+    packet = observation.packet
+    return packet.validation_loss is not None and (last_epoch is None or packet.epoch > last_epoch)
+
+
+def _fits_budget(observation: Observation, candidate: BlueprintCandidate, limit: int | None) -> bool:
+    return limit is None or observation.packet.seed_parameters + candidate.parameter_count <= limit
+
+
+@final
+class HeuristicPolicy:
+    """Grow on a plateau (or every K epochs), cull what does not help, fossilize what held; see HeuristicConfig.
+
+    Per epoch it returns at most one action, in this order of precedence: CULL (the seed weak longest, then the
+    lowest contribution, then seed id), FOSSILIZE (PROBATIONARY seeds whose benefit held and whose last gate did
+    not fail, by seed id), GERMINATE (into the most constrained free, non-embargoed slot, ties by slot name, with
+    the cheapest acceptable blueprint: cost tier, then size, then risk, then id), else NO_OP. Event-loop thread;
+    never raises for a well-formed observation.
+    """
+
+    def __init__(
+        self,
+        config: HeuristicConfig | None = None,
+        *,
+        version: str = "heuristic-1",
+        state: HeuristicState | None = None,
+    ) -> None:
+        self._config = config if config is not None else HeuristicConfig()
+        self._version = version
+        self._state = state if state is not None else HeuristicState()
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def export_state(self) -> HeuristicState:
+        return self._state
+
+    def import_state(self, state: HeuristicState) -> None:
+        self._state = state
+
+    def decide(self, observation: Observation) -> Decision:
+        if not _new_epoch(observation, self._state.last_epoch):
+            return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
+        self._observe(observation)
+        decision = self._cull(observation) or self._fossilize(observation) or self._germinate(observation)
+        if decision is None:
+            decision = msgspec.structs.replace(NO_OP, reason="steady")
+        self._state = msgspec.structs.replace(self._state, decisions=self._state.decisions + 1)
+        return decision
+
+    def _observe(self, observation: Observation) -> None:
+        cfg, state = self._config, self._state
+        loss = observation.packet.validation_loss
+        assert loss is not None  # _new_epoch checked it
+        best, stalled = state.best_validation_loss, state.epochs_without_improvement
+        if best is None or loss < best - cfg.plateau_min_delta:
+            best, stalled = loss, 0
+        else:
+            stalled += 1
+        weak: dict[str, int] = {}
+        benefit: dict[str, int] = {}
+        for seed in observation.live_seeds():
+            seed_id = seed.seed_id
+            if seed_id is None:
+                continue
+            contribution = observation.seed_contributions.get(seed_id)
+            weak[seed_id] = state.weak_epochs.get(seed_id, 0)
+            if seed.stage is SeedLifecycleStage.PROBATIONARY:
+                benefit[seed_id] = state.benefit_epochs.get(seed_id, 0)
+            if contribution is None:
+                continue
+            weak[seed_id] = weak[seed_id] + 1 if contribution <= cfg.cull_max_contribution else 0
+            if seed_id in benefit:
+                benefit[seed_id] = benefit[seed_id] + 1 if contribution > cfg.fossilize_min_benefit else 0
+        self._state = msgspec.structs.replace(
+            state,
+            first_epoch=observation.epoch if state.first_epoch is None else state.first_epoch,
+            last_epoch=observation.epoch,
+            best_validation_loss=best,
+            epochs_without_improvement=stalled,
+            weak_epochs=weak,
+            benefit_epochs=benefit,
+        )
+
+    def _cull(self, observation: Observation) -> Decision | None:
+        weak = self._state.weak_epochs
+        due = [
+            seed
+            for seed in observation.live_seeds()
+            if weak.get(seed.seed_id or "", 0) >= self._config.cull_after_epochs
+        ]
+        if not due:
+            return None
+        contributions = observation.seed_contributions
+
+        def rank(seed: SeedState) -> tuple[int, float, str]:
+            seed_id = seed.seed_id or ""
+            return (-weak[seed_id], contributions.get(seed_id, 0.0), seed_id)
+
+        victim = min(due, key=rank)
+        return Decision(
+            action=PolicyAction.CULL, target_slot=victim.slot, target_seed_id=victim.seed_id, reason="no_benefit"
+        )
+
+    def _fossilize(self, observation: Observation) -> Decision | None:
+        held = self._state.benefit_epochs
+        for seed in observation.live_seeds():
+            seed_id = seed.seed_id
+            if seed.stage is not SeedLifecycleStage.PROBATIONARY or seed_id is None:
+                continue
+            if seed.last_gate is not None and not seed.last_gate.passed:
+                continue
+            if held.get(seed_id, 0) >= self._config.fossilize_hold_epochs:
+                return Decision(
+                    action=PolicyAction.FOSSILIZE, target_slot=seed.slot, target_seed_id=seed_id, reason="benefit_held"
+                )
+        return None
+
+    def _germinate(self, observation: Observation) -> Decision | None:
+        cfg, state, epoch = self._config, self._state, observation.epoch
+        trigger = self._trigger(epoch)
+        if trigger is None:
+            return None
+        last = state.last_germination_epoch
+        if last is not None and epoch - last < cfg.germinate_cooldown_epochs:
+            return msgspec.structs.replace(NO_OP, reason="cooldown")
+        if len(observation.live_seeds()) >= cfg.max_live_seeds:
+            return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        free = observation.free_slots()
+        if not free:
+            return msgspec.structs.replace(NO_OP, reason="no_free_slot")
+        acceptable = [bp for bp in observation.blueprints if self._acceptable(bp)]
+        affordable = [bp for bp in acceptable if _fits_budget(observation, bp, cfg.max_added_parameters)]
+        if not affordable:
+            return msgspec.structs.replace(NO_OP, reason="parameter_budget" if acceptable else "no_blueprint")
+        blueprint = min(
+            affordable, key=lambda bp: (_COST_RANK[bp.cost_tier], bp.parameter_count, bp.risk, bp.blueprint_id)
+        )
+        slot = min(free, key=lambda s: (-observation.constraint(s.slot), s.slot))
+        self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
+        return Decision(
+            action=PolicyAction.GERMINATE,
+            target_slot=slot.slot,
+            blueprint_id=blueprint.blueprint_id,
+            blend=cfg.blend,
+            reason=trigger,
+        )
+
+    def _trigger(self, epoch: int) -> str | None:
+        cfg, state = self._config, self._state
+        if state.epochs_without_improvement >= cfg.plateau_patience_epochs:
+            return "plateau"
+        k = cfg.germinate_every_k_epochs
+        if k is not None:
+            since = state.last_germination_epoch if state.last_germination_epoch is not None else state.first_epoch
+            if since is not None and epoch - since >= k:
+                return "every_k"
+        return None
+
+    def _acceptable(self, blueprint: BlueprintCandidate) -> bool:
+        cfg = self._config
+        if blueprint.quarantine_only or blueprint.risk >= cfg.max_blueprint_risk:
+            return False
+        if blueprint.tier is BlueprintTier.HIGH_RISK and not cfg.allow_high_risk_tier:
+            return False
+        return blueprint.cost_tier in cfg.allowed_cost_tiers
+
+
+class EveryKConfig(Record, frozen=True):
+    """Knobs of the every-K policy: cadence in epochs, budgets and the BlendConfig sent with a germination."""
+
+    every_k_epochs: int = 3
+    max_live_seeds: int = 4
+    max_added_parameters: int | None = None
+    blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+
+
+class EveryKState(Record, frozen=True):
+    """What the every-K policy remembers: epochs seen, the last graft, and which blueprint comes next."""
+
+    first_epoch: int | None = None
+    last_epoch: int | None = None
+    last_germination_epoch: int | None = None
+    next_blueprint: int = 0
+
+
+@final
+class EveryKPolicy:
+    """Graft the next blueprint (cycling through the candidates in the order given) into the first free slot (by
+    name) every K epochs, within the seed and parameter budgets; never culls or fossilizes. A baseline for growth
+    schedules. If a graft is impossible when due, it tries again at the next epoch.
+    """
+
+    def __init__(
+        self, config: EveryKConfig | None = None, *, version: str = "every-k-1", state: EveryKState | None = None
+    ) -> None:
+        self._config = config if config is not None else EveryKConfig()
+        self._version = version
+        self._state = state if state is not None else EveryKState()
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def export_state(self) -> EveryKState:
+        return self._state
+
+    def import_state(self, state: EveryKState) -> None:
+        self._state = state
+
+    def decide(self, observation: Observation) -> Decision:
+        state, cfg, epoch = self._state, self._config, observation.epoch
+        if not _new_epoch(observation, state.last_epoch):
+            return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
+        first = epoch if state.first_epoch is None else state.first_epoch
+        self._state = state = msgspec.structs.replace(state, first_epoch=first, last_epoch=epoch)
+        since = state.last_germination_epoch if state.last_germination_epoch is not None else first
+        if epoch - since < cfg.every_k_epochs:
+            return msgspec.structs.replace(NO_OP, reason="not_due")
+        if len(observation.live_seeds()) >= cfg.max_live_seeds:
+            return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        free = observation.free_slots()
+        candidates = observation.blueprints
+        if not free or not candidates:
+            return msgspec.structs.replace(NO_OP, reason="no_free_slot" if not free else "no_blueprint")
+        blueprint = candidates[state.next_blueprint % len(candidates)]
+        if not _fits_budget(observation, blueprint, cfg.max_added_parameters):
+            return msgspec.structs.replace(NO_OP, reason="parameter_budget")
+        self._state = msgspec.structs.replace(
+            state, last_germination_epoch=epoch, next_blueprint=(state.next_blueprint + 1) % len(candidates)
+        )
+        return Decision(
+            action=PolicyAction.GERMINATE,
+            target_slot=free[0].slot,
+            blueprint_id=blueprint.blueprint_id,
+            blend=cfg.blend,
+            reason="every_k",
+        )

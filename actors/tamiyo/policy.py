@@ -1,0 +1,197 @@
+"""What every Tamiyo policy sees and says: the Observation, the Decision, and the Policy protocol."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from schemas.base import Record
+from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
+from schemas.domain_enums import BlueprintTier, CommandKind, CostTier, PolicyAction
+from schemas.enums import MessagePriority, SeedLifecycleStage
+from schemas.state import SeedState, SystemStatePacket
+
+LIVE_STAGES = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+    }
+)
+"""Stages of a seed that is still being judged: it counts against the live-seed budget and may be culled."""
+
+_ACTION_KIND = {
+    PolicyAction.GERMINATE: CommandKind.GERMINATE,
+    PolicyAction.CULL: CommandKind.CULL,
+    PolicyAction.FOSSILIZE: CommandKind.FOSSILIZE,
+    PolicyAction.PAUSE: CommandKind.PAUSE,
+    PolicyAction.RESUME: CommandKind.RESUME,
+    PolicyAction.LR_TWEAK: CommandKind.OPTIMIZER,
+}
+
+
+class SlotFacts(Record, frozen=True):
+    """What the policy knows about one slot beyond its SeedState.
+
+    Attributes:
+        slot: the slot name (as in SeedState.slot).
+        constraint: how much the host is straining at this point (e.g. activation saturation or the gradient norm of
+            the layer the slot follows); larger means a seed there is more likely to help. Unitless, >= 0.
+        embargoed: an embargo known to the caller that the SeedState does not show.
+    """
+
+    slot: str
+    constraint: float = 0.0
+    embargoed: bool = False
+
+
+class BlueprintCandidate(Record, frozen=True):
+    """A blueprint the policy may graft, as Karn describes it; ``parameter_count`` is its estimated size."""
+
+    blueprint_id: str
+    cost_tier: CostTier = CostTier.LOW
+    risk: float = 0.0
+    parameter_count: int = 0
+    tier: BlueprintTier = BlueprintTier.SAFE
+    quarantine_only: bool = False
+
+
+class Observation(Record, frozen=True):
+    """One decision's input: Tolaria's packet plus slot facts, blueprint candidates and per-seed contributions.
+
+    ``seed_contributions`` maps a seed id to its measured benefit over the last epoch, in validation-loss units
+    (positive: the model is better with the seed); a seed without a measurement is absent.
+    """
+
+    packet: SystemStatePacket
+    slots: tuple[SlotFacts, ...] = ()
+    blueprints: tuple[BlueprintCandidate, ...] = ()
+    seed_contributions: dict[str, float] = msgspec.field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return self.packet.epoch
+
+    @property
+    def seeds(self) -> tuple[SeedState, ...]:
+        return self.packet.seed_states
+
+    def slot_embargoed(self, state: SeedState) -> bool:
+        """Whether the slot of ``state`` may not germinate at this epoch."""
+        if state.stage is SeedLifecycleStage.EMBARGOED:
+            return True
+        if state.embargo_until_epoch is not None and self.epoch < state.embargo_until_epoch:
+            return True
+        return any(facts.slot == state.slot and facts.embargoed for facts in self.slots)
+
+    def free_slots(self) -> tuple[SeedState, ...]:
+        """DORMANT, non-embargoed slots, in slot-name order."""
+        free = (s for s in self.seeds if s.stage is SeedLifecycleStage.DORMANT and not self.slot_embargoed(s))
+        return tuple(sorted(free, key=lambda s: s.slot))
+
+    def live_seeds(self) -> tuple[SeedState, ...]:
+        """Seeds in GERMINATED to PROBATIONARY, in slot-name order."""
+        return tuple(sorted((s for s in self.seeds if s.stage in LIVE_STAGES), key=lambda s: s.slot))
+
+    def constraint(self, slot: str) -> float:
+        """The slot's constraint score: from its SlotFacts, else the packet's gradient norm for that name, else 0."""
+        for facts in self.slots:
+            if facts.slot == slot:
+                return facts.constraint
+        return self.packet.layer_gradient_norms.get(slot, 0.0)
+
+
+class Decision(Record, frozen=True):
+    """What a policy chose, before the risk engine; NO_OP is the default.
+
+    ``policy_risk`` is the policy's probability that the action is high-risk (the GNN's risk head, P(high-risk
+    classes), not its confidence); the heuristic reports 0. ``reason`` is a short snake_case word for audit.
+    """
+
+    action: PolicyAction = PolicyAction.NO_OP
+    target_slot: str | None = None
+    target_seed_id: str | None = None
+    blueprint_id: str | None = None
+    blend: BlendConfig | None = None
+    initial_alpha: float | None = None
+    lr_delta: float | None = None
+    policy_risk: float = 0.0
+    reason: str = "no_op"
+    log_prob: float | None = None
+    value_estimate: float | None = None
+
+    @property
+    def command_kind(self) -> CommandKind | None:
+        """The command this decision becomes; None for NO_OP, which is only reported."""
+        return _ACTION_KIND.get(self.action)
+
+    @property
+    def is_growth(self) -> bool:
+        """GERMINATE, FOSSILIZE, RESUME, or an lr increase: what conservative mode blocks."""
+        if self.action is PolicyAction.LR_TWEAK:
+            return self.lr_delta is not None and self.lr_delta > 0
+        return self.action in (PolicyAction.GERMINATE, PolicyAction.FOSSILIZE, PolicyAction.RESUME)
+
+    @property
+    def is_protective(self) -> bool:
+        """CULL or PAUSE: actions that shed risk, which no risk rule vetoes."""
+        return self.action in (PolicyAction.CULL, PolicyAction.PAUSE)
+
+
+NO_OP = Decision()
+
+
+def build_command(
+    decision: Decision,
+    *,
+    command_id: str,
+    issued_at: float,
+    training_run_id: str,
+    decision_step: int,
+    policy_version: str,
+    reason: str,
+    priority: MessagePriority = MessagePriority.NORMAL,
+) -> AdaptationCommand | None:
+    """The unsigned command for ``decision`` (None for NO_OP); pass it to esper.runtime.signing.sign_command.
+
+    ``command_id`` doubles as the nonce; ``reason`` is the risk engine's risk_reason (``policy`` when it let the
+    decision through) and ``priority`` its verdict's priority.
+    """
+    kind = decision.command_kind
+    if kind is None:
+        return None
+    return AdaptationCommand(
+        command_id=command_id,
+        issued_at=issued_at,
+        training_run_id=training_run_id,
+        kind=kind,
+        decision_step=decision_step,
+        policy_version=policy_version,
+        security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=issued_at),
+        target_slot=decision.target_slot,
+        target_seed_id=decision.target_seed_id,
+        blueprint_id=decision.blueprint_id,
+        blend=decision.blend,
+        initial_alpha=decision.initial_alpha,
+        lr_delta=decision.lr_delta,
+        reason=reason,
+        priority=priority,
+    )
+
+
+class Policy(Protocol):
+    """A decision maker over observations; the heuristic, every-K and GNN policies all implement it.
+
+    ``decide`` runs on the event loop (heuristics) or a policy lane (the GNN); it must be deterministic given the
+    policy's state and the observation, and must not raise for a well-formed observation.
+    """
+
+    @property
+    def version(self) -> str:
+        """Reported as the policy version in commands and field reports."""
+        ...
+
+    def decide(self, observation: Observation) -> Decision: ...

@@ -1,0 +1,180 @@
+"""The field-report WAL: round trip, torn tail, corrupt middle record, reopen after a crash, concurrent appends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from actors.tamiyo.field_reports import (
+    HEADER,
+    MAGIC,
+    WAL_FILENAME,
+    FieldReportWal,
+    encode_frame,
+    read_field_reports,
+    scan_frames,
+)
+from schemas.domain_enums import FieldReportOutcome, PolicyAction
+from schemas.reports import FieldReport, MitigationAction
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def report(i: int) -> FieldReport:
+    return FieldReport(
+        report_id=f"fr-cmd{i}-{i}+3",
+        command_id=f"cmd{i}",
+        training_run_id="run-1",
+        outcome=FieldReportOutcome.NEUTRAL if i % 2 else FieldReportOutcome.SUCCESS,
+        observation_window_epochs=3,
+        start_epoch=i,
+        issued_at=100.0 + i,
+        tamiyo_policy_version="heuristic-1",
+        action=PolicyAction.NO_OP if i % 3 else PolicyAction.GERMINATE,
+        seed_id=f"seed-{i}" if i % 3 == 0 else None,
+        metrics={"loss_delta_sum": -0.01 * i, "hook_latency_ms_max": 3.5},
+        follow_up_actions=(MitigationAction(action_type="conservative_mode", rationale="spike"),) if i == 4 else (),
+        notes="x" * (i % 7),
+        log_prob=-0.5,
+    )
+
+
+async def write(path: Path, reports: list[FieldReport]) -> None:
+    wal = FieldReportWal(path, fsync=False)
+    await wal.open()
+    for r in reports:
+        await wal.append(r)
+    await wal.close()
+
+
+async def test_round_trip_of_many_reports(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(200)]
+    wal = FieldReportWal(path)
+    scan = await wal.open()
+    assert scan.reports == ()
+    await wal.append_many(reports[:150])
+    for r in reports[150:]:
+        await wal.append(r)
+    await wal.close()
+    assert wal.statistics().appended == 200
+    scan = await read_field_reports(path)
+    assert scan.reports == tuple(reports)
+    assert (scan.corrupt, scan.torn) == (0, 0)
+    assert scan.good_end == scan.size_bytes == path.stat().st_size
+
+
+async def test_missing_file_reads_as_empty(tmp_path: Path) -> None:
+    scan = await read_field_reports(tmp_path / "absent.wal")
+    assert (scan.reports, scan.corrupt, scan.torn) == ((), 0, 0)
+
+
+async def test_torn_tail_keeps_every_earlier_record(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(10)]
+    await write(path, reports)
+    data = path.read_bytes()
+    last = len(encode_frame(reports[-1]))
+    for cut in (1, 3, HEADER.size, HEADER.size + 5, last - 1):
+        scan = scan_frames(data[: len(data) - last + cut])
+        assert scan.reports == tuple(reports[:-1]), cut
+        assert (scan.torn, scan.corrupt) == (1, 0), cut
+        assert scan.good_end == len(data) - last
+
+
+async def test_flipped_byte_in_the_middle_skips_only_that_record(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(9)]
+    await write(path, reports)
+    data = bytearray(path.read_bytes())
+    frame_sizes = [len(encode_frame(r)) for r in reports]
+    start = sum(frame_sizes[:4])
+    for position in (start + 1, start + 5, start + 9, start + HEADER.size + 7, start + frame_sizes[4] - 1):
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF
+        scan = scan_frames(bytes(damaged))
+        assert scan.reports == tuple(reports[:4] + reports[5:]), position
+        assert (scan.corrupt, scan.torn) == (1, 0), position
+
+
+async def test_a_huge_damaged_length_does_not_hide_later_records(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(5)]
+    await write(path, reports)
+    data = bytearray(path.read_bytes())
+    start = len(encode_frame(reports[0]))
+    data[start + 4 : start + 8] = (1_000_000).to_bytes(4, "big")
+    scan = scan_frames(bytes(data))
+    assert scan.reports == (reports[0], *reports[2:])
+    assert (scan.corrupt, scan.torn) == (1, 0)
+
+
+def test_magic_inside_a_payload_is_not_taken_for_a_frame() -> None:
+    tricky = FieldReport(
+        report_id="fr-x-0+3",
+        command_id="x",
+        training_run_id="run-1",
+        outcome=FieldReportOutcome.NEUTRAL,
+        observation_window_epochs=3,
+        start_epoch=0,
+        issued_at=1.0,
+        tamiyo_policy_version="h",
+        action=PolicyAction.NO_OP,
+        notes=(MAGIC + b"\x00\x00\x00\x01\x00\x00\x00\x00").decode("latin-1"),
+    )
+    frames = [encode_frame(report(0)), encode_frame(tricky), encode_frame(report(1))]
+    damaged = bytearray(b"".join(frames))
+    damaged[len(frames[0]) + 2] ^= 0x01  # break the tricky frame's own magic
+    scan = scan_frames(bytes(damaged))
+    assert scan.reports == (report(0), report(1))
+    assert scan.corrupt == 1
+
+
+async def test_reopen_after_a_torn_tail_truncates_and_appends_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(6)]
+    await write(path, reports)
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        file.truncate(size - 7)
+    wal = FieldReportWal(path, fsync=False)
+    scan = await wal.open()
+    assert scan.reports == tuple(reports[:-1])
+    assert scan.torn == 1
+    assert wal.statistics().truncated_torn_bytes == len(encode_frame(reports[-1])) - 7
+    await wal.append(report(100))
+    await wal.append(report(101))
+    await wal.close()
+    scan = await read_field_reports(path)
+    assert scan.reports == (*reports[:-1], report(100), report(101))
+    assert (scan.corrupt, scan.torn) == (0, 0)
+
+
+async def test_appends_after_a_corrupt_tail_frame_stay_readable(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    await write(path, [report(0), report(1)])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # a complete last frame with a bad checksum: corrupt, not torn
+    path.write_bytes(bytes(data))
+    wal = FieldReportWal(path, fsync=False)
+    scan = await wal.open()
+    assert (scan.reports, scan.corrupt, scan.torn) == ((report(0),), 1, 0)
+    await wal.append(report(2))
+    await wal.close()
+    scan = await read_field_reports(path)
+    assert scan.reports == (report(0), report(2))
+    assert scan.corrupt == 1
+
+
+async def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / WAL_FILENAME
+    wal = FieldReportWal(path, fsync=False)
+    await wal.open()
+    async with asyncio.TaskGroup() as group:
+        for i in range(40):
+            group.create_task(wal.append(report(i)))
+    await wal.close()
+    scan = await read_field_reports(path)
+    assert sorted(r.start_epoch for r in scan.reports) == list(range(40))
+    assert scan.corrupt == 0

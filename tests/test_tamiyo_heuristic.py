@@ -1,0 +1,313 @@
+"""The heuristic and every-K policies on crafted epoch sequences: growth triggers, cull, fossilize, budgets, state."""
+
+from __future__ import annotations
+
+import msgspec
+
+from actors.tamiyo.heuristic import (
+    EveryKConfig,
+    EveryKPolicy,
+    EveryKState,
+    HeuristicConfig,
+    HeuristicPolicy,
+    HeuristicState,
+)
+from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, Policy, SlotFacts
+from schemas.config import TamiyoConfig
+from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
+from schemas.enums import SeedLifecycleGate, SeedLifecycleStage
+from schemas.state import GateResult, SeedState, StepTimings, SystemStatePacket
+
+TIMINGS = StepTimings(
+    data_wait_ms=1.0, host_to_device_ms=0.0, forward_ms=2.0, backward_ms=3.0, optimizer_ms=1.0, step_ms=7.0
+)
+BLUEPRINTS = (
+    BlueprintCandidate(blueprint_id="bp-wide", cost_tier=CostTier.MEDIUM, parameter_count=500),
+    BlueprintCandidate(blueprint_id="bp-small", cost_tier=CostTier.LOW, parameter_count=100, risk=0.1),
+    BlueprintCandidate(blueprint_id="bp-tiny", cost_tier=CostTier.LOW, parameter_count=100, risk=0.1),
+)
+SLOTS = ("s0", "s1", "s2")
+
+
+def dormant(slot: str, *, embargo_until_epoch: int | None = None) -> SeedState:
+    return SeedState(
+        slot=slot,
+        stage=SeedLifecycleStage.DORMANT,
+        layer_depth=SLOTS.index(slot),
+        embargo_until_epoch=embargo_until_epoch,
+    )
+
+
+def seed(slot: str, seed_id: str, stage: SeedLifecycleStage, **fields: object) -> SeedState:
+    state = SeedState(slot=slot, stage=stage, layer_depth=SLOTS.index(slot), seed_id=seed_id, blueprint_id="bp-small")
+    return msgspec.structs.replace(state, **fields)
+
+
+def observe(
+    epoch: int,
+    loss: float | None,
+    seeds: tuple[SeedState, ...] | None = None,
+    *,
+    contributions: dict[str, float] | None = None,
+    constraints: dict[str, float] | None = None,
+    seed_parameters: int = 0,
+    blueprints: tuple[BlueprintCandidate, ...] = BLUEPRINTS,
+) -> Observation:
+    packet = SystemStatePacket(
+        run_id="run-1",
+        epoch=epoch,
+        epochs_total=50,
+        global_step=epoch * 10,
+        epoch_progress=1.0,
+        issued_at=float(epoch),
+        training_loss=1.0,
+        training_accuracy=0.5,
+        timings=TIMINGS,
+        host_parameters=10_000,
+        seed_parameters=seed_parameters,
+        samples_per_s=1000.0,
+        hook_latency_ms=1.0,
+        validation_loss=loss,
+        seed_states=seeds if seeds is not None else tuple(dormant(s) for s in SLOTS),
+    )
+    slots = tuple(SlotFacts(slot=name, constraint=value) for name, value in (constraints or {}).items())
+    return Observation(packet=packet, slots=slots, blueprints=blueprints, seed_contributions=contributions or {})
+
+
+def run(policy: Policy, observations: list[Observation]) -> list[Decision]:
+    return [policy.decide(o) for o in observations]
+
+
+def actions(decisions: list[Decision]) -> list[PolicyAction]:
+    return [d.action for d in decisions]
+
+
+NOOP, GERM, CULL, FOSS = PolicyAction.NO_OP, PolicyAction.GERMINATE, PolicyAction.CULL, PolicyAction.FOSSILIZE
+
+
+def test_plateau_germinates_into_the_most_constrained_slot_with_the_cheapest_blueprint() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=2, plateau_min_delta=0.01))
+    constraints = {"s0": 0.2, "s1": 3.0, "s2": 1.0}
+    losses = [1.0, 0.9, 0.895, 0.893]
+    decisions = run(policy, [observe(e, loss, constraints=constraints) for e, loss in enumerate(losses)])
+    assert actions(decisions) == [NOOP, NOOP, NOOP, GERM]
+    germ = decisions[-1]
+    assert (germ.target_slot, germ.blueprint_id, germ.reason) == ("s1", "bp-small", "plateau")
+    assert germ.blend is not None
+
+
+def test_steady_improvement_is_no_op() -> None:
+    policy = HeuristicPolicy()
+    decisions = run(policy, [observe(e, 1.0 - 0.05 * e) for e in range(8)])
+    assert actions(decisions) == [NOOP] * 8
+    assert {d.reason for d in decisions} == {"steady"}
+
+
+def test_mid_epoch_and_repeated_packets_change_nothing() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    assert policy.decide(observe(0, 1.0)).action is NOOP
+    before = policy.export_state()
+    assert policy.decide(observe(1, None)).reason == "not_epoch_end"
+    assert policy.decide(observe(0, 5.0)).reason == "not_epoch_end"
+    assert policy.export_state() == before
+    assert policy.decide(observe(1, 1.0)).action is GERM
+
+
+def test_constraint_ties_break_by_slot_name_and_gradient_norms_are_the_fallback() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    policy.decide(observe(0, 1.0))
+    assert policy.decide(observe(1, 1.0)).target_slot == "s0"
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    policy.decide(observe(0, 1.0))
+    obs = observe(1, 1.0)
+    obs = msgspec.structs.replace(
+        obs, packet=msgspec.structs.replace(obs.packet, layer_gradient_norms={"s2": 5.0, "s1": 1.0})
+    )
+    assert policy.decide(obs).target_slot == "s2"
+
+
+def test_embargo_is_honoured() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    constraints = {"s0": 9.0, "s1": 5.0, "s2": 1.0}
+    seeds = (
+        dormant("s0", embargo_until_epoch=5),
+        SeedState(slot="s1", stage=SeedLifecycleStage.EMBARGOED, layer_depth=1),
+        dormant("s2"),
+    )
+    policy.decide(observe(0, 1.0, seeds, constraints=constraints))
+    assert policy.decide(observe(1, 1.0, seeds, constraints=constraints)).target_slot == "s2"
+    # An embargo the caller knows of through SlotFacts counts too; with every slot embargoed nothing grows.
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    blocked = msgspec.structs.replace(observe(0, 1.0, seeds), slots=(SlotFacts(slot="s2", embargoed=True),))
+    policy.decide(blocked)
+    blocked = msgspec.structs.replace(observe(1, 1.0, seeds), slots=(SlotFacts(slot="s2", embargoed=True),))
+    assert policy.decide(blocked).reason == "no_free_slot"
+    # Once the embargo epoch arrives the slot is free again.
+    later = (dormant("s0", embargo_until_epoch=5), dormant("s1"), dormant("s2"))
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    policy.decide(observe(4, 1.0, later, constraints=constraints))
+    assert policy.decide(observe(5, 1.0, later, constraints=constraints)).target_slot == "s0"
+
+
+def test_cooldown_spaces_germinations() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, germinate_cooldown_epochs=3))
+    decisions = run(policy, [observe(e, 1.0) for e in range(8)])
+    assert actions(decisions) == [NOOP, GERM, NOOP, NOOP, GERM, NOOP, NOOP, GERM]
+    assert [d.reason for d in decisions[2:4]] == ["cooldown", "cooldown"]
+
+
+def test_every_k_in_the_heuristic() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, germinate_every_k_epochs=3))
+    decisions = run(policy, [observe(e, 1.0 - 0.1 * e) for e in range(10)])
+    assert actions(decisions) == [NOOP, NOOP, NOOP, GERM, NOOP, NOOP, GERM, NOOP, NOOP, GERM]
+    assert decisions[3].reason == "every_k"
+
+
+def test_seed_budget_is_honoured() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, max_live_seeds=2))
+    seeds = (
+        seed("s0", "a", SeedLifecycleStage.TRAINING),
+        seed("s1", "b", SeedLifecycleStage.BLENDING),
+        dormant("s2"),
+    )
+    policy.decide(observe(0, 1.0, seeds))
+    assert policy.decide(observe(1, 1.0, seeds)).reason == "seed_budget"
+    # A fossilized seed no longer counts as live.
+    seeds = (seeds[0], seed("s1", "b", SeedLifecycleStage.FOSSILIZED), dormant("s2"))
+    decision = policy.decide(observe(2, 1.0, seeds))
+    assert (decision.action, decision.target_slot) == (GERM, "s2")
+
+
+def test_parameter_budget_is_honoured() -> None:
+    config = HeuristicConfig(plateau_patience_epochs=1, max_added_parameters=1000)
+    policy = HeuristicPolicy(config)
+    policy.decide(observe(0, 1.0, seed_parameters=950))
+    assert policy.decide(observe(1, 1.0, seed_parameters=950)).reason == "parameter_budget"
+    # With room for the small blueprints only, the cheap one is chosen.
+    policy = HeuristicPolicy(config)
+    policy.decide(observe(0, 1.0, seed_parameters=900))
+    assert policy.decide(observe(1, 1.0, seed_parameters=900)).blueprint_id == "bp-small"
+    # When only the expensive tier fits, it is used.
+    only_wide = (BlueprintCandidate(blueprint_id="bp-wide", cost_tier=CostTier.HIGH, parameter_count=50),)
+    policy = HeuristicPolicy(config)
+    policy.decide(observe(0, 1.0, seed_parameters=900, blueprints=only_wide))
+    assert policy.decide(observe(1, 1.0, seed_parameters=900, blueprints=only_wide)).blueprint_id == "bp-wide"
+
+
+def test_risky_quarantined_and_high_risk_blueprints_are_skipped() -> None:
+    candidates = (
+        BlueprintCandidate(blueprint_id="a-risky", risk=0.5),
+        BlueprintCandidate(blueprint_id="b-quarantine", quarantine_only=True),
+        BlueprintCandidate(blueprint_id="c-tier", tier=BlueprintTier.HIGH_RISK),
+        BlueprintCandidate(blueprint_id="d-ok", cost_tier=CostTier.HIGH, parameter_count=10_000),
+    )
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    policy.decide(observe(0, 1.0, blueprints=candidates))
+    assert policy.decide(observe(1, 1.0, blueprints=candidates)).blueprint_id == "d-ok"
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1))
+    policy.decide(observe(0, 1.0, blueprints=candidates[:3]))
+    assert policy.decide(observe(1, 1.0, blueprints=candidates[:3])).reason == "no_blueprint"
+
+
+def test_non_contributing_seed_is_culled_after_n_epochs_not_before() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, cull_after_epochs=3))
+    seeds = (seed("s0", "weak", SeedLifecycleStage.BLENDING), seed("s1", "good", SeedLifecycleStage.BLENDING))
+    contributions = {"weak": -0.01, "good": 0.05}
+    losses = [1.0 - 0.1 * e for e in range(4)]
+    decisions = run(policy, [observe(e, loss, seeds, contributions=contributions) for e, loss in enumerate(losses)])
+    assert actions(decisions) == [NOOP, NOOP, CULL, CULL]
+    assert (decisions[2].target_seed_id, decisions[2].target_slot, decisions[2].reason) == ("weak", "s0", "no_benefit")
+
+
+def test_a_good_epoch_or_a_missing_measurement_does_not_finish_a_cull() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, cull_after_epochs=2))
+    seeds = (seed("s0", "x", SeedLifecycleStage.TRAINING),)
+    series: list[dict[str, float]] = [{"x": 0.0}, {"x": 0.02}, {"x": 0.0}, {}, {"x": -0.1}]
+    decisions = run(policy, [observe(e, 1.0 - 0.1 * e, seeds, contributions=c) for e, c in enumerate(series)])
+    assert actions(decisions) == [NOOP, NOOP, NOOP, NOOP, CULL]
+
+
+def test_probationary_seed_whose_benefit_held_is_fossilized() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=2))
+    blending = (seed("s0", "x", SeedLifecycleStage.BLENDING),)
+    probation = (seed("s0", "x", SeedLifecycleStage.PROBATIONARY),)
+    gains = {"x": 0.03}
+    obs = [
+        observe(0, 1.0, blending, contributions=gains),
+        observe(1, 0.9, probation, contributions=gains),
+        observe(2, 0.8, probation, contributions=gains),
+    ]
+    decisions = run(policy, obs)
+    assert actions(decisions) == [NOOP, NOOP, FOSS]
+    assert (decisions[2].target_seed_id, decisions[2].reason) == ("x", "benefit_held")
+
+
+def test_no_fossilize_when_benefit_lapsed_or_last_gate_failed() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=2))
+    probation = (seed("s0", "x", SeedLifecycleStage.PROBATIONARY),)
+    series = [{"x": 0.03}, {"x": -0.01}, {"x": 0.03}, {"x": 0.03}]
+    decisions = run(policy, [observe(e, 1.0 - 0.1 * e, probation, contributions=c) for e, c in enumerate(series)])
+    assert actions(decisions) == [NOOP, NOOP, NOOP, FOSS]
+    failed_gate = GateResult(
+        gate=SeedLifecycleGate.G4_SYSTEM_IMPACT, passed=False, reason="latency", seed_id="x", slot="s0", step=1
+    )
+    gated = (seed("s0", "x", SeedLifecycleStage.PROBATIONARY, last_gate=failed_gate),)
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=1))
+    assert policy.decide(observe(0, 1.0, gated, contributions={"x": 0.03})).action is NOOP
+
+
+def test_cull_takes_precedence_over_growth() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, cull_after_epochs=1))
+    seeds = (seed("s0", "x", SeedLifecycleStage.BLENDING), dormant("s1"), dormant("s2"))
+    policy.decide(observe(0, 1.0, seeds, contributions={"x": 0.03}))
+    assert policy.decide(observe(1, 1.0, seeds, contributions={"x": 0.0})).action is CULL
+
+
+def test_state_export_import_round_trip_gives_identical_decisions() -> None:
+    config = HeuristicConfig(plateau_patience_epochs=2, cull_after_epochs=2, germinate_every_k_epochs=4)
+    seeds = (seed("s0", "x", SeedLifecycleStage.BLENDING), dormant("s1"), dormant("s2"))
+    history = [observe(e, 1.0 - 0.001 * e, seeds, contributions={"x": 0.01}) for e in range(3)]
+    future = [observe(e, 1.0 - 0.001 * e, seeds, contributions={"x": 0.0 if e % 2 else 0.01}) for e in range(3, 12)]
+    original = HeuristicPolicy(config)
+    run(original, history)
+    encoded = msgspec.msgpack.encode(original.export_state())
+    restored = HeuristicPolicy(config, state=msgspec.msgpack.decode(encoded, type=HeuristicState))
+    assert restored.export_state() == original.export_state()
+    assert run(restored, future) == run(original, future)
+    assert original.export_state().decisions == 12
+
+
+def test_from_config_reads_the_tamiyo_section() -> None:
+    config = HeuristicConfig.from_config(TamiyoConfig(), max_live_seeds=3, periodic=True)
+    assert (config.plateau_patience_epochs, config.germinate_cooldown_epochs, config.cull_after_epochs) == (2, 2, 4)
+    assert (config.germinate_every_k_epochs, config.max_live_seeds, config.max_blueprint_risk) == (3, 3, 0.5)
+
+
+def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    seeds = [dormant(s) for s in SLOTS]
+    decisions: list[Decision] = []
+    for epoch in range(7):
+        decision = policy.decide(observe(epoch, 1.0, tuple(seeds)))
+        decisions.append(decision)
+        if decision.action is GERM:
+            index = SLOTS.index(decision.target_slot or "")
+            seeds[index] = seed(SLOTS[index], f"seed-{epoch}", SeedLifecycleStage.GERMINATED)
+    assert actions(decisions) == [NOOP, NOOP, GERM, NOOP, GERM, NOOP, GERM]
+    assert [d.target_slot for d in decisions if d.action is GERM] == ["s0", "s1", "s2"]
+    assert [d.blueprint_id for d in decisions if d.action is GERM] == ["bp-wide", "bp-small", "bp-tiny"]
+    # No free slot left: it waits and tries again each epoch.
+    assert policy.decide(observe(8, 1.0, tuple(seeds))).reason == "no_free_slot"
+    assert policy.decide(observe(9, 1.0, tuple(seeds))).reason == "no_free_slot"
+
+
+def test_every_k_policy_budgets_and_state_round_trip() -> None:
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=1, max_added_parameters=550))
+    one_live = (seed("s0", "x", SeedLifecycleStage.TRAINING), dormant("s1"), dormant("s2"))
+    policy.decide(observe(0, 1.0))
+    assert policy.decide(observe(1, 1.0, one_live)).reason == "seed_budget"
+    assert policy.decide(observe(2, 1.0, seed_parameters=100)).reason == "parameter_budget"
+    assert policy.decide(observe(3, 1.0, seed_parameters=0)).blueprint_id == "bp-wide"
+    state = msgspec.json.decode(msgspec.json.encode(policy.export_state()), type=EveryKState)
+    twin = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=1, max_added_parameters=550), state=state)
+    assert twin.decide(observe(4, 1.0)) == policy.decide(observe(4, 1.0))
