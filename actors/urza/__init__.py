@@ -1,0 +1,1 @@
+"""Urza: the artifact store (content-addressed blobs, SQLite catalogue) and the ready-module cache."""

@@ -1,0 +1,554 @@
+"""Urza's store: content-addressed artifact blobs plus a SQLite catalogue, SHA-256 verified before every decode.
+
+On-disk layout under ``root`` (config ``urza.root``, default ``.esper/urza/``, shared by runs and processes)::
+
+    catalog.sqlite         WAL-mode catalogue: tables ``artifacts`` and ``blueprints`` (schema below)
+    blobs/<sha256>         one artifact blob each (see actors.urza.artifact), named by the SHA-256 of its bytes
+    blobs/.tmp-<pid>-*     a blob being written; renamed into place once complete and fsynced
+    quarantine/<sha256>    blobs that failed verification, moved aside for inspection
+
+Crash safety: a blob is written to a temp file in ``blobs/``, fsynced, renamed onto its final name and the directory
+fsynced, so a final name only ever holds a complete blob; the catalogue row is inserted after the rename, so a row
+always names a blob that was complete (an orphan blob without a row is harmless: the next put of it adds the row).
+Temp files left by dead processes are removed when a store opens.
+
+Concurrency: several processes and threads may use one root. Each write is one short ``BEGIN IMMEDIATE`` transaction
+(busy_timeout waits for the lock), rows are keyed by content so a repeated put is a no-op, and no lock is held while
+a blob is read, hashed or written. Every method here blocks (disk, fsync, SQLite): call them on a lane (``io``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, final
+
+import msgspec
+
+from actors.urza.artifact import (
+    ArtifactCorrupt,
+    ArtifactFailed,
+    ArtifactFormatError,
+    ArtifactMetadata,
+    ArtifactNotFound,
+    ArtifactQuarantined,
+    BlobMissing,
+    BlobUnreadable,
+    BlueprintUnavailable,
+    decode_artifact,
+    sha256_hex,
+)
+from schemas.base import Record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+
+    import torch
+
+ArtifactStatus = Literal["ready", "quarantined", "failed"]
+BlueprintState = Literal["ok", "failed", "quarantined"]
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-")
+_SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS artifacts (
+        sha256 TEXT PRIMARY KEY,
+        blueprint_id TEXT NOT NULL,
+        signature_key TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        metadata TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('ready', 'quarantined', 'failed')),
+        reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS artifacts_by_slot ON artifacts (blueprint_id, signature_key, status, created_at)",
+    """CREATE TABLE IF NOT EXISTS blueprints (
+        blueprint_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ('ok', 'failed', 'quarantined')),
+        reason TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL)""",
+)
+_COLUMNS = "sha256, blueprint_id, signature_key, size_bytes, metadata, status, reason, created_at, updated_at"
+_PUT_ATTEMPTS = 3
+
+
+class ArtifactEntry(Record, frozen=True):
+    """One catalogue row: an artifact's address, status and metadata. Times are wall-clock seconds (epoch)."""
+
+    sha256: str
+    blueprint_id: str
+    signature_key: str
+    size_bytes: int
+    status: ArtifactStatus
+    reason: str
+    created_at: float
+    updated_at: float
+    metadata: ArtifactMetadata
+
+
+class BlueprintStatus(Record, frozen=True):
+    """A blueprint's standing in the catalogue; ``failed`` or ``quarantined`` stops all its artifacts being served."""
+
+    blueprint_id: str
+    state: BlueprintState
+    reason: str
+    updated_at: float
+
+
+class StoreStatistics(Record, frozen=True):
+    """Counters of one store object (this process only). Returned by statistics(), which never blocks on I/O.
+
+    ``puts_new`` counts puts that inserted a row or repaired a quarantined one; the rest found it already there.
+    """
+
+    puts: int
+    puts_new: int
+    loads: int
+    integrity_failures: int
+    temp_files_removed: int
+
+
+class IntegrityReport(Record, frozen=True):
+    """What check_integrity() found: rows checked, and artifact ids whose blob is missing or corrupt."""
+
+    checked: int
+    ok: int
+    missing: tuple[str, ...]
+    corrupt: tuple[str, ...]
+    orphan_blobs: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoadedArtifact:
+    """A verified artifact: its catalogue entry and its CPU tensors (state dict)."""
+
+    entry: ArtifactEntry
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def metadata(self) -> ArtifactMetadata:
+        return self.entry.metadata
+
+
+def check_sha(artifact: str) -> str:
+    """Return ``artifact`` if it is 64 lower-case hex characters (it becomes a file name: no path tricks).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not _SHA_RE.match(artifact):
+        raise ValueError(f"artifact id must be a SHA-256 as 64 lower-case hex characters, got {artifact!r}")
+    return artifact
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_metadata_decoder = msgspec.json.Decoder(ArtifactMetadata)
+
+
+@final
+class UrzaStore:
+    """A content-addressed artifact store with a SQLite catalogue. Blocking throughout: use it from a lane.
+
+    Thread-safe (one connection behind a lock held only for single SQL statements or transactions, never across
+    blob I/O) and safe to share a root with other processes.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        now: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+        before_publish: Callable[[Path], None] | None = None,
+    ) -> None:
+        """Open (creating if needed) the store at ``root`` and remove temp files left by dead processes.
+
+        Args:
+            root: the store directory (config ``urza.root``).
+            now: wall clock for the rows' created/updated times, in seconds.
+            busy_timeout_ms: how long a statement waits for another process's write lock.
+            before_publish: test hook, called with the fsynced temp file of a blob just before it is renamed.
+
+        Raises:
+            OSError: the root cannot be created; sqlite3.Error: the catalogue cannot be opened.
+        """
+        self._root = root
+        self._blobs = root / "blobs"
+        self._quarantine = root / "quarantine"
+        self._now = now
+        self._before_publish = before_publish
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._quarantine.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._puts = 0
+        self._puts_new = 0
+        self._loads = 0
+        self._integrity_failures = 0
+        self._conn = sqlite3.connect(
+            root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+        )
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        with self._write() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._temp_files_removed = self._remove_dead_temp_files()
+
+    # ------------------------------------------------------------------ paths and lifecycle
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def catalog_path(self) -> Path:
+        return self._root / "catalog.sqlite"
+
+    def blob_path(self, artifact: str) -> Path:
+        """``<root>/blobs/<sha256>``. Raises ValueError if ``artifact`` is not a SHA-256 hex digest."""
+        return self._blobs / check_sha(artifact)
+
+    def quarantine_path(self, artifact: str) -> Path:
+        """``<root>/quarantine/<sha256>``. Raises ValueError if ``artifact`` is not a SHA-256 hex digest."""
+        return self._quarantine / check_sha(artifact)
+
+    def close(self) -> None:
+        """Close the catalogue connection; idempotent."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> UrzaStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def statistics(self) -> StoreStatistics:
+        """This object's counters; takes the connection lock only for the copy."""
+        with self._lock:
+            return StoreStatistics(
+                puts=self._puts,
+                puts_new=self._puts_new,
+                loads=self._loads,
+                integrity_failures=self._integrity_failures,
+                temp_files_removed=self._temp_files_removed,
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, blob: bytes) -> ArtifactEntry:
+        """Store an artifact blob and catalogue it as ready; returns its entry. Idempotent: putting the same bytes
+        again writes nothing new (and repairs the blob if the row had been quarantined for a bad copy).
+
+        The blob is decoded (metadata and safetensors) before anything is written, so the store never holds an
+        artifact that cannot be loaded. An artifact marked failed stays failed.
+
+        Raises:
+            ArtifactFormatError: the bytes are not a valid artifact.
+            OSError: the blob could not be written (nothing is catalogued then).
+        """
+        sha = sha256_hex(blob)
+        metadata = decode_artifact(blob, name=sha).metadata
+        meta_json = msgspec.json.encode(metadata).decode()
+        for _ in range(_PUT_ATTEMPTS):
+            self._ensure_blob(sha, blob)
+            stamp = self._now()
+            with self._write() as conn:
+                # A concurrent quarantine may have moved the blob away since we wrote it; write it again then,
+                # so a ready row never names a missing blob.
+                if not self.blob_path(sha).exists():
+                    continue
+                cursor = conn.execute(
+                    f"INSERT INTO artifacts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'ready', '', ?, ?) "
+                    "ON CONFLICT (sha256) DO UPDATE SET status = 'ready', reason = '', "
+                    "updated_at = excluded.updated_at "
+                    "WHERE artifacts.status = 'quarantined'",
+                    (sha, metadata.blueprint_id, metadata.signature_key, len(blob), meta_json, stamp, stamp),
+                )
+                inserted = cursor.rowcount > 0
+            with self._lock:
+                self._puts += 1
+                self._puts_new += int(inserted)
+            entry = self.entry(sha)
+            assert entry is not None  # rows are never deleted
+            return entry
+        raise BlobUnreadable(sha, f"artifact {sha}: blob {self.blob_path(sha)} kept vanishing while being stored")
+
+    def _ensure_blob(self, sha: str, blob: bytes) -> None:
+        final_path = self.blob_path(sha)
+        with contextlib.suppress(FileNotFoundError):
+            if sha256_hex(final_path.read_bytes()) == sha:
+                return
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=self._blobs)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if self._before_publish is not None:
+                self._before_publish(tmp)
+            os.replace(tmp, final_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self._blobs)
+
+    def mark_failed(self, artifact: str, reason: str) -> None:
+        """Mark an artifact failed (its module did not validate, say); loads then raise ArtifactFailed.
+
+        Raises:
+            ArtifactNotFound: no row for the artifact.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE artifacts SET status = 'failed', reason = ?, updated_at = ? WHERE sha256 = ?",
+                (reason, self._now(), check_sha(artifact)),
+            )
+            if cursor.rowcount == 0:
+                raise ArtifactNotFound(artifact, f"artifact {artifact} is not in the catalogue {self.catalog_path}")
+
+    def set_blueprint_status(self, blueprint_id: str, state: BlueprintState, reason: str = "") -> None:
+        """Record a blueprint's standing (Karn's quarantine, Tezzeret's failed compile, or ``ok`` to clear it)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO blueprints (blueprint_id, state, reason, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (blueprint_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
+                "updated_at = excluded.updated_at",
+                (blueprint_id, state, reason, self._now()),
+            )
+
+    # ------------------------------------------------------------------ reading the catalogue
+
+    def entry(self, artifact: str) -> ArtifactEntry | None:
+        """The catalogue row of an artifact, or None."""
+        rows = self._select(f"SELECT {_COLUMNS} FROM artifacts WHERE sha256 = ?", (check_sha(artifact),))
+        return rows[0] if rows else None
+
+    def entries(self, blueprint_id: str | None = None) -> tuple[ArtifactEntry, ...]:
+        """Every catalogue row (of one blueprint if given), oldest first."""
+        if blueprint_id is None:
+            return self._select(f"SELECT {_COLUMNS} FROM artifacts ORDER BY created_at, rowid", ())
+        return self._select(
+            f"SELECT {_COLUMNS} FROM artifacts WHERE blueprint_id = ? ORDER BY created_at, rowid", (blueprint_id,)
+        )
+
+    def blueprint_status(self, blueprint_id: str) -> BlueprintStatus | None:
+        """A blueprint's recorded standing, or None if nothing was ever recorded for it."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT blueprint_id, state, reason, updated_at FROM blueprints WHERE blueprint_id = ?", (blueprint_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return BlueprintStatus(blueprint_id=row[0], state=row[1], reason=row[2], updated_at=row[3])
+
+    def resolve(self, blueprint_id: str, signature_key: str | None = None) -> ArtifactEntry:
+        """The newest ready artifact of a blueprint (for one slot signature if given).
+
+        Raises:
+            BlueprintUnavailable: the blueprint is marked failed or quarantined.
+            ArtifactNotFound: it has no ready artifact (for that signature).
+        """
+        status = self.blueprint_status(blueprint_id)
+        if status is not None and status.state != "ok":
+            raise BlueprintUnavailable(
+                blueprint_id, f"blueprint {blueprint_id!r} is {status.state} in {self.catalog_path}: {status.reason}"
+            )
+        query = f"SELECT {_COLUMNS} FROM artifacts WHERE blueprint_id = ? AND status = 'ready'"
+        args: tuple[str, ...] = (blueprint_id,)
+        if signature_key is not None:
+            query += " AND signature_key = ?"
+            args += (signature_key,)
+        rows = self._select(query + " ORDER BY created_at DESC, rowid DESC LIMIT 1", args)
+        if not rows:
+            slot = "" if signature_key is None else f" for signature {signature_key!r}"
+            raise ArtifactNotFound(
+                blueprint_id, f"blueprint {blueprint_id!r} has no ready artifact{slot} in {self.catalog_path}"
+            )
+        return rows[0]
+
+    def _select(self, query: str, args: tuple[str, ...]) -> tuple[ArtifactEntry, ...]:
+        with self._lock:
+            rows = self._conn.execute(query, args).fetchall()
+        return tuple(self._entry_from_row(row) for row in rows)
+
+    @staticmethod
+    def _entry_from_row(row: tuple[str, str, str, int, str, ArtifactStatus, str, float, float]) -> ArtifactEntry:
+        sha, blueprint_id, signature_key, size_bytes, meta_json, status, reason, created_at, updated_at = row
+        try:
+            metadata = _metadata_decoder.decode(meta_json)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise ArtifactFormatError(sha, f"artifact {sha}: catalogue metadata does not decode: {err}") from err
+        return ArtifactEntry(
+            sha256=sha,
+            blueprint_id=blueprint_id,
+            signature_key=signature_key,
+            size_bytes=size_bytes,
+            status=status,
+            reason=reason,
+            created_at=created_at,
+            updated_at=updated_at,
+            metadata=metadata,
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, artifact: str) -> LoadedArtifact:
+        """Read an artifact's blob, verify its size and SHA-256, and only then decode it.
+
+        A blob that fails verification is moved to ``<root>/quarantine/<sha256>`` and its row marked quarantined
+        before ArtifactCorrupt is raised; nothing from it is decoded.
+
+        Raises:
+            ValueError: ``artifact`` is not a SHA-256 hex digest.
+            ArtifactNotFound: no catalogue row. ArtifactQuarantined / ArtifactFailed: the row says so.
+            BlobMissing: the row exists but the blob file does not. BlobUnreadable: reading it failed.
+            ArtifactCorrupt: size or SHA-256 mismatch (quarantined now).
+            ArtifactFormatError: the verified bytes do not decode (the row is marked failed).
+        """
+        entry = self.entry(artifact)
+        path = self.blob_path(artifact)
+        if entry is None:
+            raise ArtifactNotFound(artifact, f"artifact {artifact} is not in the catalogue {self.catalog_path}")
+        if entry.status == "quarantined":
+            raise ArtifactQuarantined(
+                artifact, f"artifact {artifact} of {entry.blueprint_id!r} is quarantined ({entry.reason}) at {path}"
+            )
+        if entry.status == "failed":
+            raise ArtifactFailed(artifact, f"artifact {artifact} of {entry.blueprint_id!r} is failed: {entry.reason}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as err:
+            raise BlobMissing(
+                artifact, f"artifact {artifact} of {entry.blueprint_id!r} is catalogued but its blob {path} is missing"
+            ) from err
+        except OSError as err:
+            raise BlobUnreadable(artifact, f"artifact {artifact}: cannot read blob {path}: {err}") from err
+        why = ""
+        if len(data) < entry.size_bytes:
+            why = f"truncated: {len(data)} of {entry.size_bytes} bytes"
+        elif len(data) != entry.size_bytes:
+            why = f"size {len(data)} bytes, catalogued {entry.size_bytes}"
+        elif sha256_hex(data) != artifact:
+            why = "sha256 mismatch"
+        if why:
+            moved_to = self._quarantine_blob(artifact, why)
+            raise ArtifactCorrupt(
+                artifact,
+                f"artifact {artifact} of {entry.blueprint_id!r}: blob {path} failed verification ({why}); "
+                f"quarantined to {moved_to}",
+                blueprint_id=entry.blueprint_id,
+                quarantine_path=moved_to,
+                why=why,
+            )
+        try:
+            decoded = decode_artifact(data, name=artifact)
+        except ArtifactFormatError as err:
+            self.mark_failed(artifact, f"does not decode: {err.detail}")
+            raise
+        with self._lock:
+            self._loads += 1
+        return LoadedArtifact(entry=entry, tensors=decoded.tensors)
+
+    def _quarantine_blob(self, artifact: str, why: str) -> Path:
+        source = self.blob_path(artifact)
+        dest = self.quarantine_path(artifact)
+        with self._write() as conn:
+            # Inside the write transaction, so a concurrent put either sees the blob gone and rewrites it, or
+            # committed before us and its good copy is quarantined with a row that says so: never ready and missing.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(source, dest)
+                _fsync_dir(self._blobs)
+            conn.execute(
+                "UPDATE artifacts SET status = 'quarantined', reason = ?, updated_at = ? WHERE sha256 = ?",
+                (why, self._now(), artifact),
+            )
+            self._integrity_failures += 1
+        return dest
+
+    def check_integrity(self, *, quarantine: bool = False) -> IntegrityReport:
+        """Verify the blob of every ready row (exists, right size and SHA-256) and list blobs with no row.
+
+        Reads every blob: seconds for a large store. With ``quarantine`` the corrupt ones are quarantined as a load
+        would; otherwise nothing changes.
+        """
+        entries = [e for e in self.entries() if e.status == "ready"]
+        missing: list[str] = []
+        corrupt: list[str] = []
+        for entry in entries:
+            try:
+                data = self.blob_path(entry.sha256).read_bytes()
+            except FileNotFoundError:
+                missing.append(entry.sha256)
+                continue
+            if len(data) != entry.size_bytes or sha256_hex(data) != entry.sha256:
+                corrupt.append(entry.sha256)
+                if quarantine:
+                    self._quarantine_blob(entry.sha256, "failed integrity check")
+        known = {e.sha256 for e in self.entries()}
+        orphans = sorted(p.name for p in self._blobs.iterdir() if _SHA_RE.match(p.name) and p.name not in known)
+        return IntegrityReport(
+            checked=len(entries),
+            ok=len(entries) - len(missing) - len(corrupt),
+            missing=tuple(missing),
+            corrupt=tuple(corrupt),
+            orphan_blobs=tuple(orphans),
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _remove_dead_temp_files(self) -> int:
+        removed = 0
+        for path in self._blobs.iterdir():
+            match = _TMP_RE.match(path.name)
+            if match is None or _pid_alive(int(match.group(1))):
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed

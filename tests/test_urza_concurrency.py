@@ -1,0 +1,93 @@
+"""Urza across processes: concurrent writers leave the store consistent; a writer killed mid-write tears no blob."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actors.urza.store import UrzaStore
+from tests.test_urza_artifact import linear_blob
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Barrier, Event
+
+PUTS_PER_WORKER = 20
+SHARED = 10  # the first puts of each worker are the same artifacts in both, the rest are its own
+SPAWN = multiprocessing.get_context("spawn")
+JOIN_S = 60.0  # bounds on waits for child processes: a broken test fails, a working one never waits this long
+
+
+def _put_many(root: str, worker: int, start: Barrier) -> None:
+    store = UrzaStore(Path(root))
+    blobs = [linear_blob(blueprint_id="bp-shared", seed=i) for i in range(SHARED)]
+    blobs += [linear_blob(blueprint_id=f"bp-worker{worker}", seed=i) for i in range(PUTS_PER_WORKER - SHARED)]
+    if worker % 2:
+        blobs.reverse()  # meet the other worker in the middle rather than in lockstep
+    start.wait(JOIN_S)
+    for blob in blobs:
+        store.put(blob)
+    store.close()
+
+
+def _write_and_hang(root: str, paused: Event) -> None:
+    def pause(_tmp: Path) -> None:
+        paused.set()
+        threading.Event().wait()  # blocks until the parent kills this process
+
+    UrzaStore(Path(root), before_publish=pause).put(linear_blob(in_features=512, out_features=512))
+
+
+def test_two_processes_putting_concurrently_leave_the_store_consistent(tmp_path: Path) -> None:
+    start = SPAWN.Barrier(2)
+    workers = [SPAWN.Process(target=_put_many, args=(str(tmp_path), w, start)) for w in range(2)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(JOIN_S)
+    assert [proc.exitcode for proc in workers] == [0, 0]
+
+    with UrzaStore(tmp_path) as store:
+        entries = store.entries()
+        assert len(entries) == SHARED + 2 * (PUTS_PER_WORKER - SHARED)
+        assert {e.status for e in entries} == {"ready"}
+        assert len(store.entries("bp-shared")) == SHARED
+        report = store.check_integrity()
+        assert report.clean
+        assert report.ok == len(entries)
+        assert report.orphan_blobs == ()
+        for entry in entries:
+            assert store.load(entry.sha256).metadata.blueprint_id == entry.blueprint_id
+        assert sorted(os.listdir(tmp_path / "blobs")) == sorted(e.sha256 for e in entries)
+
+
+def test_a_writer_killed_mid_write_leaves_no_partial_blob(tmp_path: Path) -> None:
+    paused = SPAWN.Event()
+    proc = SPAWN.Process(target=_write_and_hang, args=(str(tmp_path), paused))
+    proc.start()
+    try:
+        assert paused.wait(JOIN_S), "the writer never reached the rename"
+        temps = [p for p in (tmp_path / "blobs").iterdir() if p.name.startswith(f".tmp-{proc.pid}-")]
+        assert len(temps) == 1
+        assert temps[0].stat().st_size > 1_000_000  # the whole blob was written, only the rename is missing
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(JOIN_S)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(JOIN_S)
+    assert proc.exitcode == -signal.SIGKILL
+
+    names = os.listdir(tmp_path / "blobs")
+    assert all(name.startswith(".tmp-") for name in names)  # nothing under a final (SHA-256) name
+    with UrzaStore(tmp_path) as store:
+        assert store.statistics().temp_files_removed == 1
+        assert os.listdir(tmp_path / "blobs") == []
+        assert store.entries() == ()
+        sha = store.put(linear_blob()).sha256
+        assert store.load(sha).metadata.blueprint_id == "bp-linear"
+        assert store.check_integrity().clean
