@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
@@ -17,13 +19,16 @@ from esper.runtime.bus import (
     handle_each,
 )
 from esper.runtime.bus_inproc import InProcessBus
+from esper.runtime.bus_redis import RedisBus, schema_message_types
 from esper.runtime.errors import BusClosed, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Iterable
+
+    from redis.asyncio import Redis
 
     from esper.runtime.clock import ManualClock
 
@@ -38,26 +43,62 @@ class MakeBus(Protocol):
     def __call__(self, *, limits: BusLimits | None = None, topics: Iterable[Topic] = ALL_TOPICS) -> Bus: ...
 
 
-def _inprocess(clock: ManualClock, limits: BusLimits | None, topics: Iterable[Topic]) -> Bus:
-    return InProcessBus(clock, topics=topics, limits=limits)
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-BACKENDS = [pytest.param(_inprocess, id="inprocess")]
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+async def connect_redis() -> Redis:
+    """A client for the test server at 127.0.0.1:6379. Skips without one, except under CI (which starts it): fails."""
+    try:  # redis is an optional dependency that only the redis backend needs
+        import redis.asyncio
+        import redis.exceptions
+    except ModuleNotFoundError:
+        if under_ci():
+            raise
+        pytest.skip("the redis package is not installed (pip install redis)")
+    client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=False)
+    try:
+        await client.ping()
+    except redis.exceptions.ConnectionError as err:
+        await client.aclose()
+        if under_ci():
+            pytest.fail(f"no Redis server answers at {REDIS_URL} under CI: {err}")
+        pytest.skip(f"no Redis server answers at {REDIS_URL} (start one with .ci/redis)")
+    return client
+
+
+BACKENDS = [pytest.param("inprocess", id="inprocess"), pytest.param("redis", id="redis")]
 
 
 @pytest.fixture(params=BACKENDS)
 async def make_bus(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[MakeBus]:
-    backend: Callable[[ManualClock, BusLimits | None, Iterable[Topic]], Bus] = request.param
+    client = await connect_redis() if request.param == "redis" else None
+    prefix = f"esper-test-{uuid.uuid4().hex}"  # unique per test; purged below
     built: list[Bus] = []
 
     def make(*, limits: BusLimits | None = None, topics: Iterable[Topic] = ALL_TOPICS) -> Bus:
-        bus = backend(clock, limits, topics)
+        bus: Bus
+        if client is None:
+            bus = InProcessBus(clock, topics=topics, limits=limits)
+        else:
+            types: tuple[type[Message], ...] = (*schema_message_types(), Ping)
+            bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, message_types=types)
         built.append(bus)
         return bus
 
-    yield make
-    for bus in built:
-        await bus.close()
+    try:
+        yield make
+    finally:
+        for bus in built:
+            await bus.close()
+        if client is not None:
+            for bus in built[:1]:
+                assert isinstance(bus, RedisBus)
+                await bus.purge()
+            await client.aclose()
 
 
 def signal(origin: str, level: EmergencyLevel) -> EmergencySignal:
@@ -78,10 +119,17 @@ async def telemetry(bus: Bus, n: int, priority: MessagePriority = MessagePriorit
     return result.status
 
 
-async def settle() -> None:
-    """Let every runnable task reach its next await (a scheduling barrier, not a wait on time)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
+async def settle(bus: Bus) -> None:
+    """Let every runnable task reach its next await (a scheduling barrier, not a wait on time).
+
+    A networked backend's tasks are also waiting for replies, so for Redis this waits until none is in flight.
+    """
+    while True:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        if not isinstance(bus, RedisBus) or not bus.in_flight:
+            return
+        await bus.wait_idle()
 
 
 async def within(awaitable: Awaitable[T]) -> T:
@@ -160,7 +208,7 @@ async def test_command_publisher_waits_for_space_instead_of_dropping(make_bus: M
     assert shed.status is PublishStatus.DROPPED
     async with asyncio.TaskGroup() as tg:
         waiting = tg.create_task(command(bus, 3))
-        await settle()
+        await settle(bus)
         assert not waiting.done()
         assert bus.statistics().waiting_publishers == 1
         assert bus.statistics().of(Topic.NORMAL).depth == 3
@@ -227,9 +275,9 @@ async def test_unacked_message_is_redelivered_to_another_consumer_after_idle(
     first = await within(bus.receive(Topic.NORMAL, group="kasmina", consumer="k1"))
     async with asyncio.TaskGroup() as tg:
         second = tg.create_task(bus.receive(Topic.NORMAL, group="kasmina", consumer="k2"))
-        await settle()
+        await settle(bus)
         clock.advance(59.0)
-        await settle()
+        await settle(bus)
         assert not second.done()
         assert bus.statistics().of(Topic.NORMAL).pending == 1
         clock.advance(1.0)
@@ -313,7 +361,7 @@ async def test_housekeeping_trims_expired_messages_and_frees_space(make_bus: Mak
     await command(bus, 2)
     async with asyncio.TaskGroup() as tg:
         waiting = tg.create_task(command(bus, 3))
-        await settle()
+        await settle(bus)
         assert not waiting.done()
         clock.advance(5.5)
         assert await bus.trim_expired() == 1
@@ -376,7 +424,7 @@ async def test_close_wakes_waiting_consumers_and_publishers(make_bus: MakeBus) -
             receiver = tg.create_task(bus.receive(Topic.NORMAL, group="g", consumer="c1"))
             publisher = tg.create_task(command(bus, 2, Topic.POLICY))
             iterator = tg.create_task(iterate())
-            await settle()
+            await settle(bus)
             assert bus.statistics().waiting_receivers == 2
             assert bus.statistics().waiting_publishers == 1
             await bus.close()
@@ -399,7 +447,7 @@ async def test_cancelled_receive_leaves_the_bus_unchanged(make_bus: MakeBus) -> 
     bus = make_bus()
     async with asyncio.TaskGroup() as tg:
         waiting = tg.create_task(bus.receive(Topic.NORMAL, group="g", consumer="c1"))
-        await settle()
+        await settle(bus)
         waiting.cancel()
     await command(bus, 1)
     envelope = await within(bus.receive(Topic.NORMAL, group="g", consumer="c2"))

@@ -1,0 +1,566 @@
+"""The Redis Streams Oona backend: one stream per topic, consumer groups, every operation one atomic Lua script."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import inspect
+import pkgutil
+from typing import TYPE_CHECKING, Union, final
+
+import msgspec
+
+import schemas
+from esper.runtime.bus import (
+    ALL_TOPICS,
+    DROPPABLE_TYPES,
+    TOPIC_LANES,
+    BusLimits,
+    BusStatistics,
+    DeadLetterInfo,
+    Envelope,
+    PublishResult,
+    PublishStatus,
+    Topic,
+    TopicStatistics,
+    route,
+)
+from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
+from esper.runtime.errors import BusClosed, BusError, UnknownTopic
+from schemas.base import ConfigSection, Message
+from schemas.enums import BusMessageType, MessagePriority
+from schemas.runtime import EmergencySignal
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Sequence
+
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+    from esper.runtime.clock import Clock
+
+DEFAULT_MAX_PAYLOAD_BYTES = 262144
+
+
+class PayloadTooLarge(BusError, ValueError):
+    """Raised by RedisBus.publish when the encoded payload is larger than the bus's max_payload_bytes."""
+
+
+class ReplyError(BusError):
+    """Raised when a Redis reply does not have the shape the backend's scripts return (a bug or a foreign key)."""
+
+
+def schema_message_types() -> tuple[type[Message], ...]:
+    """Every concrete Message subclass defined in a module of the schemas package, sorted by name.
+
+    Imports the schemas modules (which have no side effects); call it once per bus, not per message.
+    """
+    found: dict[str, type[Message]] = {}
+    for info in pkgutil.iter_modules(schemas.__path__):
+        module = importlib.import_module(f"schemas.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if obj.__module__ != module.__name__ or obj is Message or not issubclass(obj, Message):
+                continue
+            if not issubclass(obj, ConfigSection):
+                found[obj.__name__] = obj
+    return tuple(found[name] for name in sorted(found))
+
+
+def _settle(future: asyncio.Future[None], _timer: asyncio.Task[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake(waiters: set[asyncio.Future[None]]) -> None:
+    for future in waiters:
+        if not future.done():
+            future.set_result(None)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    raise ReplyError(f"expected a bulk string in the Redis reply, got {type(value).__name__}")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes):
+        return int(value)
+    raise ReplyError(f"expected an integer in the Redis reply, got {type(value).__name__}")
+
+
+def _list(value: object) -> list[object]:
+    if isinstance(value, list):
+        return value
+    raise ReplyError(f"expected an array in the Redis reply, got {type(value).__name__}")
+
+
+@final
+class RedisBus:
+    """The Redis Streams Oona backend (implements esper.runtime.bus.Bus); see that Protocol for the contract.
+
+    Event-loop only. The bus owns no tasks and does not own ``client`` (the caller closes it; open_redis_bus() does
+    both). Several RedisBus objects, in one process or many, sharing a server and a ``prefix`` form one bus; they
+    must read comparable clocks (one host's monotonic clock, or wall time across hosts), since publish stamps, claim
+    deadlines, TTL and the emergency bucket all use the injected clock rather than Redis's own.
+
+    Waiting: a local publish, ack or trim wakes this object's waiters at once; work done by other processes is seen
+    by polling, backing off from ``poll_min_s`` to ``poll_max_s`` on the injected clock. A waiting receive also wakes
+    when the next pending message becomes claimable. statistics() returns the figures the last script of this object
+    reported for each topic (Redis counters are shared by the whole bus); fetch_statistics() reads them fresh.
+
+    Cancellation: a cancelled wait leaves the bus unchanged. A receive cancelled while its script is in flight may
+    have taken a message: it stays pending for that consumer and is claimed again after claim_idle_s (at least once).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        client: Redis,
+        *,
+        prefix: str,
+        topics: Iterable[Topic] = ALL_TOPICS,
+        limits: BusLimits | None = None,
+        message_types: Iterable[type[Message]] | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        poll_min_s: float = 0.002,
+        poll_max_s: float = 0.05,
+    ) -> None:
+        """Args:
+        clock: the time source for publish stamps, claim deadlines, TTL, the emergency bucket and polling.
+        client: a redis.asyncio.Redis made with decode_responses=False (payloads are binary).
+        prefix: the key prefix; every key of this bus starts with f"{prefix}:".
+        topics: the topics of this bus; the dead-letter topic is always added.
+        limits: depths, rates and timings; BusLimits() if None. Every process on the prefix should use the same.
+        message_types: the Message types payloads may have (decoding is closed over them);
+            schema_message_types() if None.
+        max_payload_bytes: the largest encoded payload publish accepts.
+        poll_min_s, poll_max_s: the backoff bounds of waits for other processes' work, in seconds.
+
+        Raises:
+            ValueError: an empty prefix, a client that decodes responses, or bad sizes or poll bounds.
+        """
+        if not prefix:
+            raise ValueError("prefix must be non-empty")
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("client must be made with decode_responses=False: payloads are binary")
+        if max_payload_bytes < 1 or not 0 < poll_min_s <= poll_max_s:
+            raise ValueError(
+                f"need max_payload_bytes >= 1 and 0 < poll_min_s <= poll_max_s, got "
+                f"{max_payload_bytes}, {poll_min_s}, {poll_max_s}"
+            )
+        self._clock = clock
+        self._client = client
+        self._prefix = prefix
+        self._limits = limits if limits is not None else BusLimits()
+        names = {*topics, Topic.DEAD_LETTER}
+        self._topics = frozenset(topic for topic in Topic if topic in names)
+        types = tuple(dict.fromkeys(message_types if message_types is not None else schema_message_types()))
+        if not types:
+            raise ValueError("message_types must name at least one Message type")
+        self._types = frozenset(types)
+        self._encoder = msgspec.msgpack.Encoder()
+        # The decoder is closed over the union, so a payload decodes back to its own schema by its type tag.
+        self._decoder = msgspec.msgpack.Decoder(Union[types])  # noqa: UP007 - a union built at runtime has no `|` form
+        self._max_payload_bytes = max_payload_bytes
+        self._poll_min_s = poll_min_s
+        self._poll_max_s = poll_max_s
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(source)
+            for name, source in (
+                ("publish", PUBLISH),
+                ("take", TAKE),
+                ("ack", ACK),
+                ("nack", NACK),
+                ("subscribe", SUBSCRIBE),
+                ("backlog", BACKLOG),
+                ("trim", TRIM),
+                ("stats", STATS),
+            )
+        }
+        self._header = [
+            prefix,
+            Topic.DEAD_LETTER.value,
+            "",  # the clock reading, filled per call
+            str(self._limits.depth_high),
+            str(self._limits.depth_recovery),
+            str(self._limits.capacity),
+            repr(self._limits.emergency_rate_per_min),
+            repr(self._limits.claim_idle_s),
+            str(self._limits.claim_batch),
+            str(self._limits.max_attempts),
+            repr(self._limits.ttl_s),
+            f"expired: older than ttl_s={self._limits.ttl_s}",
+        ]
+        self._stats: dict[Topic, TopicStatistics] = {topic: _zero(topic) for topic in self._topics}
+        self._closed = False
+        self._receivers: set[asyncio.Future[None]] = set()
+        self._publishers: set[asyncio.Future[None]] = set()
+        # Bumped on every local event that may unblock a waiter, so a script reply that raced the event is retried.
+        self._receive_epoch = 0
+        self._space_epoch = 0
+        self._in_flight = 0
+        self._idle: set[asyncio.Future[None]] = set()
+
+    @property
+    def topics(self) -> frozenset[Topic]:
+        return self._topics
+
+    @property
+    def limits(self) -> BusLimits:
+        return self._limits
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def in_flight(self) -> int:
+        """How many Redis round trips this object has started and not yet seen answered."""
+        return self._in_flight
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(
+        self,
+        topic: Topic,
+        payload: Message,
+        *,
+        message_type: BusMessageType,
+        priority: MessagePriority = MessagePriority.NORMAL,
+    ) -> PublishResult:
+        """See Bus.publish. Also raises TypeError for a Message type outside message_types, and PayloadTooLarge."""
+        if not isinstance(payload, Message):
+            raise TypeError(f"payload must be a schemas.base.Message, got {type(payload).__name__}")
+        if type(payload) not in self._types:
+            raise TypeError(f"payload type {type(payload).__name__} is not among this bus's message_types")
+        self._check_topic(topic)
+        target = route(topic, priority)
+        self._check_topic(target)
+        data = self._encoder.encode(payload)
+        if len(data) > self._max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{type(payload).__name__} payload is {len(data)} bytes, "
+                f"over max_payload_bytes={self._max_payload_bytes}"
+            )
+        signal = payload if isinstance(payload, EmergencySignal) and target is Topic.EMERGENCY else None
+        args = [
+            target.value,
+            str(int(message_type)),
+            str(int(priority)),
+            data,
+            "1" if message_type in DROPPABLE_TYPES else "0",
+            "" if signal is None else signal.origin,
+            "0" if signal is None else str(int(signal.level)),
+            "1" if target is Topic.EMERGENCY else "0",
+        ]
+        backoff_s = self._poll_min_s
+        while True:
+            self._check_open()
+            epoch = self._space_epoch
+            reply = _list(await self._run("publish", args))
+            self._store_stats(reply[2])
+            status = _text(reply[0])
+            if status != "wait":
+                if status == "published":
+                    self._receive_epoch += 1
+                    _wake(self._receivers)
+                message_id = None if reply[1] is None else _text(reply[1])
+                return PublishResult(status=PublishStatus(status), topic=target, message_id=message_id)
+            if self._space_epoch == epoch:
+                await self._wait(self._publishers, self._clock.now() + backoff_s)
+                backoff_s = min(backoff_s * 2, self._poll_max_s)
+
+    # ------------------------------------------------------------------ consume
+
+    async def subscribe(self, topics: Topic | Sequence[Topic], *, group: str) -> None:
+        ordered = self._ordered(topics)
+        if not group:
+            raise ValueError("group must be non-empty")
+        self._check_open()
+        self._store_stats(await self._run("subscribe", [group, *(topic.value for topic in ordered)]))
+
+    async def receive(self, topics: Topic | Sequence[Topic], *, group: str, consumer: str) -> Envelope[Message]:
+        ordered = self._ordered(topics)
+        if not group or not consumer:
+            raise ValueError(f"group and consumer must be non-empty, got {group!r}, {consumer!r}")
+        args = [group, consumer, *(topic.value for topic in ordered)]
+        backoff_s = self._poll_min_s
+        while True:
+            self._check_open()
+            epoch = self._receive_epoch
+            reply = _list(await self._run("take", args))
+            self._store_stats(reply[1])
+            if _int(reply[3]):
+                self._freed_space()
+            if reply[0] is not None:
+                # Other local receivers recompute when this delivery becomes claimable.
+                self._receive_epoch += 1
+                _wake(self._receivers)
+                return self._envelope(_list(reply[0]), group, consumer)
+            if self._receive_epoch != epoch:
+                continue
+            deadline_s = self._clock.now() + backoff_s
+            if reply[2] is not None:
+                deadline_s = min(deadline_s, float(_text(reply[2])))
+            await self._wait(self._receivers, deadline_s)
+            backoff_s = min(backoff_s * 2, self._poll_max_s)
+
+    async def consume(
+        self, topics: Topic | Sequence[Topic], *, group: str, consumer: str
+    ) -> AsyncIterator[Envelope[Message]]:
+        self._check_open()
+        while True:
+            try:
+                envelope = await self.receive(topics, group=group, consumer=consumer)
+            except BusClosed:
+                return
+            yield envelope
+
+    async def ack(self, envelope: Envelope[Message]) -> bool:
+        self._check_open()
+        group = self._group_of(envelope)
+        self._check_topic(envelope.topic)
+        reply = _list(await self._run("ack", [envelope.topic.value, group, envelope.message_id]))
+        self._store_stats(reply[1])
+        acked = _int(reply[0]) == 1
+        if acked:
+            self._freed_space()
+        return acked
+
+    async def nack(self, envelope: Envelope[Message], error: str) -> None:
+        self._check_open()
+        group = self._group_of(envelope)
+        self._check_topic(envelope.topic)
+        reply = _list(await self._run("nack", [envelope.topic.value, group, envelope.message_id, error]))
+        self._store_stats(reply[1])
+        if _int(reply[0]):
+            self._freed_space()
+            self._receive_epoch += 1
+            _wake(self._receivers)
+
+    async def backlog(self, topic: Topic, group: str) -> int:
+        self._check_topic(topic)
+        return _int(await self._run("backlog", [topic.value, group]))
+
+    async def trim_expired(self) -> int:
+        reply = _list(await self._run("trim", [topic.value for topic in self._topics]))
+        self._store_stats(reply[1])
+        trimmed = _int(reply[0])
+        if trimmed:
+            self._freed_space()
+        return trimmed
+
+    # ------------------------------------------------------------------ lifecycle and introspection
+
+    def statistics(self) -> BusStatistics:
+        """See Bus.statistics: each topic's figures as of this object's last script touching it."""
+        topics = tuple(self._stats[topic] for topic in Topic if topic in self._topics)
+        return BusStatistics(
+            closed=self._closed,
+            topics=topics,
+            waiting_publishers=len(self._publishers),
+            waiting_receivers=len(self._receivers),
+            published=sum(t.published for t in topics),
+            delivered=sum(t.delivered for t in topics),
+            acked=sum(t.acked for t in topics),
+            publish_dropped=sum(t.publish_dropped for t in topics),
+            dead_letter_total=sum(t.dead_letter_total for t in topics),
+            emergency_rate_dropped=sum(t.emergency_rate_dropped for t in topics),
+        )
+
+    async def fetch_statistics(self) -> BusStatistics:
+        """Read every topic's figures from Redis now (including other processes' work), then return statistics()."""
+        self._store_stats(await self._run("stats", [topic.value for topic in self._topics]))
+        return self.statistics()
+
+    async def wait_idle(self) -> None:
+        """Return once no Redis round trip started by this object is in flight (a barrier for tests and shutdown)."""
+        while self._in_flight:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.add(future)
+            try:
+                await future
+            finally:
+                self._idle.discard(future)
+
+    async def close(self) -> None:
+        """See Bus.close. Closes this object only: the streams stay on the server for other processes (purge())."""
+        self._closed = True
+        _wake(self._receivers)
+        _wake(self._publishers)
+
+    async def purge(self) -> int:
+        """Delete every key under this bus's prefix (allowed after close()); returns how many were deleted."""
+        pattern = "".join(f"[{ch}]" if ch in "*?[]\\" else ch for ch in self._prefix) + ":*"
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self._client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self._client.unlink(*batch)
+        return deleted
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _run(self, name: str, args: Sequence[str | bytes]) -> object:
+        self._in_flight += 1
+        try:
+            now = repr(float(self._clock.now()))
+            return await self._scripts[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                _wake(self._idle)
+
+    def _envelope(self, raw: list[object], group: str, consumer: str) -> Envelope[Message]:
+        topic, message_id, message_type, priority, published_at, data, attempts, last_error = raw[:8]
+        source, source_group, source_id, source_attempts = raw[8:12]
+        if not isinstance(data, bytes):
+            raise ReplyError(f"expected the payload as bytes, got {type(data).__name__}")
+        payload = self._decoder.decode(data)
+        if not isinstance(payload, Message):
+            raise ReplyError(f"payload of {_text(message_id)} decoded to {type(payload).__name__}, not a Message")
+        error = None if last_error is None else _text(last_error)
+        info = None
+        if source is not None and source_group is not None and source_id is not None and source_attempts is not None:
+            info = DeadLetterInfo(
+                topic=Topic(_text(source)),
+                group=_text(source_group),
+                message_id=_text(source_id),
+                attempts=_int(source_attempts),
+                reason=error or "",
+            )
+        return Envelope[Message](
+            message_id=_text(message_id),
+            topic=Topic(_text(topic)),
+            priority=MessagePriority(_int(priority)),
+            message_type=BusMessageType(_int(message_type)),
+            payload=payload,
+            published_at_s=float(_text(published_at)),
+            attempts=_int(attempts),
+            last_error=error,
+            group=group,
+            consumer=consumer,
+            dead_letter=info,
+        )
+
+    def _store_stats(self, raw: object) -> None:
+        for row in _list(raw):
+            fields = _list(row)
+            topic = Topic(_text(fields[0]))
+            if topic not in self._topics:
+                continue
+            depth, pending, groups, shedding, *counters = (_int(value) for value in fields[1:12])
+            published, delivered, acked, dropped, dead, rate_dropped, expired = counters
+            self._stats[topic] = TopicStatistics(
+                topic=topic,
+                depth=depth,
+                pending=pending,
+                groups=groups,
+                shedding=bool(shedding),
+                published=published,
+                delivered=delivered,
+                acked=acked,
+                publish_dropped=dropped,
+                dead_letter_total=dead,
+                emergency_rate_dropped=rate_dropped,
+                expired_trimmed=expired,
+            )
+
+    def _freed_space(self) -> None:
+        self._space_epoch += 1
+        _wake(self._publishers)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+
+    def _check_topic(self, topic: Topic) -> None:
+        if topic not in self._topics:
+            raise UnknownTopic(f"topic {topic!r} is not on this bus")
+
+    def _ordered(self, topics: Topic | Sequence[Topic]) -> list[Topic]:
+        names = [topics] if isinstance(topics, str) else list(dict.fromkeys(topics))
+        if not names:
+            raise ValueError("topics must name at least one topic")
+        for topic in names:
+            self._check_topic(topic)
+        return sorted(names, key=lambda topic: TOPIC_LANES[topic])
+
+    @staticmethod
+    def _group_of(envelope: Envelope[Message]) -> str:
+        if envelope.group is None:
+            raise ValueError(f"envelope {envelope.message_id} was never delivered, so it cannot be acked or nacked")
+        return envelope.group
+
+    async def _wait(self, waiters: set[asyncio.Future[None]], deadline_s: float) -> None:
+        """Wait until woken (local publish, delivery, space, close) or until the clock reaches deadline_s."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.add(future)
+        try:
+            async with asyncio.TaskGroup() as timers:
+                timer = timers.create_task(self._clock.sleep(max(0.0, deadline_s - self._clock.now())))
+                timer.add_done_callback(functools.partial(_settle, future))
+                try:
+                    await future
+                finally:
+                    timer.cancel()
+        finally:
+            waiters.discard(future)
+
+
+def _zero(topic: Topic) -> TopicStatistics:
+    return TopicStatistics(
+        topic=topic,
+        depth=0,
+        pending=0,
+        groups=0,
+        shedding=False,
+        published=0,
+        delivered=0,
+        acked=0,
+        publish_dropped=0,
+        dead_letter_total=0,
+        emergency_rate_dropped=0,
+        expired_trimmed=0,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_redis_bus(
+    url: str,
+    clock: Clock,
+    *,
+    prefix: str,
+    topics: Iterable[Topic] = ALL_TOPICS,
+    limits: BusLimits | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> AsyncIterator[RedisBus]:
+    """Connect to ``url`` (e.g. "redis://127.0.0.1:6379/0"), check the server answers, yield a RedisBus, then close
+    the bus and the client. Needs the optional ``redis`` dependency, imported here so the default install lacks it.
+
+    Raises:
+        ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
+        redis.exceptions.ConnectionError: the server does not answer.
+    """
+    # Imported here: redis is an optional dependency that only this backend needs.
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, decode_responses=False)
+    try:
+        await client.ping()
+        bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
+        try:
+            yield bus
+        finally:
+            await bus.close()
+    finally:
+        await client.aclose()

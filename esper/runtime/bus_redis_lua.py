@@ -1,0 +1,432 @@
+"""The Lua scripts of the Redis Streams Oona backend: each bus operation runs as one atomic script on the server.
+
+Every script starts with the shared prologue, which reads a fixed argument header (prefix, dead-letter topic, the
+caller's clock reading and the limits) and defines the helpers. Keys are derived from the prefix inside the scripts,
+so they suit a standalone Redis server (on a cluster, every key would need the same hash tag in the prefix).
+
+Keys, for prefix P, topic T, group G and consumer C:
+    P:T                   the stream; entry fields t (message type), p (priority), at (published_at_s as the
+                          caller's clock printed it), b (msgpack payload); dead letters add e (reason), dt, dg, dm, da
+                          (origin topic, group, message id, attempts)
+    P:T:groups            set of the topic's group names
+    P:T:stats             hash of counters, plus the shedding flag
+    P:T:origins           hash origin -> id of that origin's undelivered emergency signal (coalescing target)
+    P:T:over              hash b:<id>, p:<id>, l:<id>, o:<id>: the coalesced payload, priority, level and origin
+    P:T:g:G:idle          sorted set id -> claim-at time (last delivery + claim_idle_s, on the caller's clock)
+    P:T:g:G:err           hash id -> last handler error
+    P:T:g:G:done          set of retained ids this group acked or dead-lettered (an entry is deleted once every
+                          group has it here)
+    P:T:g:G:claimed:C     list of ids claimed for C in a batch but not yet handed to it
+    P:bucket              hash tokens, at: the emergency lane's token bucket
+
+Attempts are Redis delivery counts: XREADGROUP counts the first delivery, XCLAIM (without JUSTID) each hand-out of a
+claimed message; batch members are moved with XCLAIM JUSTID, which does not count, until they are handed out.
+Idleness is not Redis's idle time (wall clock) but the claim-at scores above, so an injected clock drives claims.
+"""
+
+from __future__ import annotations
+
+# ARGV[1..12] is the header every script shares; script-specific arguments start at ARGV[13].
+PROLOGUE = r"""
+local P = ARGV[1]
+local DL = ARGV[2]
+local NOW_S = ARGV[3]
+local NOW = tonumber(NOW_S)
+local DEPTH_HIGH = tonumber(ARGV[4])
+local DEPTH_RECOVERY = tonumber(ARGV[5])
+local CAPACITY = tonumber(ARGV[6])
+local RATE = tonumber(ARGV[7])
+local CLAIM_IDLE = tonumber(ARGV[8])
+local CLAIM_BATCH = tonumber(ARGV[9])
+local MAX_ATTEMPTS = tonumber(ARGV[10])
+local TTL = tonumber(ARGV[11])
+local EXPIRED_REASON = ARGV[12]
+local BURIED = 0
+
+local function skey(t) return P .. ':' .. t end
+local function gkey(t, g, what) return P .. ':' .. t .. ':g:' .. g .. ':' .. what end
+local function incr(t, name, n) redis.call('HINCRBY', skey(t) .. ':stats', name, n) end
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+local function groups_of(t) return redis.call('SMEMBERS', skey(t) .. ':groups') end
+local function depth(t) return redis.call('XLEN', skey(t)) end
+
+local function ensure_group(t, g)
+  if redis.call('SADD', skey(t) .. ':groups', g) == 1 then
+    -- pcall: a group left on the stream by an earlier bus with this prefix answers BUSYGROUP; it is kept as is.
+    redis.pcall('XGROUP', 'CREATE', skey(t), g, '0', 'MKSTREAM')
+  end
+end
+
+local function group_info(t)
+  local out = {}
+  if redis.call('EXISTS', skey(t)) == 0 then return out end
+  for _, raw in ipairs(redis.call('XINFO', 'GROUPS', skey(t))) do table.insert(out, fields_of(raw)) end
+  return out
+end
+
+local function pending_total(t)
+  local n = 0
+  for _, info in ipairs(group_info(t)) do n = n + info['pending'] end
+  return n
+end
+
+local function stats(t)
+  local info = group_info(t)
+  local pending = 0
+  for _, g in ipairs(info) do pending = pending + g['pending'] end
+  local c = fields_of(redis.call('HGETALL', skey(t) .. ':stats'))
+  local function n(name) return tonumber(c[name] or '0') end
+  return {t, depth(t), pending, redis.call('SCARD', skey(t) .. ':groups'), n('shedding'), n('published'),
+    n('delivered'), n('acked'), n('publish_dropped'), n('dead_letter_total'), n('emergency_rate_dropped'),
+    n('expired_trimmed')}
+end
+
+local function stats_of(topics)
+  local out, seen = {}, {}
+  for _, t in ipairs(topics) do
+    if not seen[t] then seen[t] = true; table.insert(out, stats(t)) end
+  end
+  if not seen[DL] then table.insert(out, stats(DL)) end
+  return out
+end
+
+local function pending_of(t, g, id)
+  local r = redis.call('XPENDING', skey(t), g, id, id, 1)
+  if #r == 0 then return nil, nil end
+  return r[1][4], r[1][2]
+end
+
+-- Everything kept about an entry except the entry itself.
+local function forget(t, id)
+  local S = skey(t)
+  for _, g in ipairs(groups_of(t)) do
+    redis.call('XACK', S, g, id)
+    redis.call('ZREM', gkey(t, g, 'idle'), id)
+    redis.call('HDEL', gkey(t, g, 'err'), id)
+    redis.call('SREM', gkey(t, g, 'done'), id)
+  end
+  local origin = redis.call('HGET', S .. ':over', 'o:' .. id)
+  if origin and redis.call('HGET', S .. ':origins', origin) == id then redis.call('HDEL', S .. ':origins', origin) end
+  redis.call('HDEL', S .. ':over', 'b:' .. id, 'p:' .. id, 'l:' .. id, 'o:' .. id)
+end
+
+local function remove(t, id)
+  forget(t, id)
+  redis.call('XDEL', skey(t), id)
+end
+
+local function done(t, g, id)
+  redis.call('SADD', gkey(t, g, 'done'), id)
+  for _, other in ipairs(groups_of(t)) do
+    if redis.call('SISMEMBER', gkey(t, other, 'done'), id) == 0 then return end
+  end
+  remove(t, id)
+end
+
+local function effective(t, id, f)
+  local over = skey(t) .. ':over'
+  return redis.call('HGET', over, 'b:' .. id) or f['b'], redis.call('HGET', over, 'p:' .. id) or f['p']
+end
+
+local function bury(t, g, id, f, attempts, reason)
+  local D = skey(DL)
+  if depth(DL) >= CAPACITY then
+    -- Dead letters never wait: the oldest one makes room.
+    local oldest = redis.call('XRANGE', D, '-', '+', 'COUNT', 1)
+    if #oldest > 0 then
+      remove(DL, oldest[1][1])
+      incr(DL, 'publish_dropped', 1)
+    end
+  end
+  local b, p = effective(t, id, f)
+  redis.call('XADD', D, 'MAXLEN', '~', CAPACITY, '*', 't', f['t'], 'p', p, 'at', NOW_S, 'b', b, 'e', reason,
+    'dt', t, 'dg', g, 'dm', id, 'da', attempts)
+  incr(DL, 'published', 1)
+end
+
+local function dead_letter(t, g, id, attempts, reason)
+  local entries = redis.call('XRANGE', skey(t), id, id)
+  redis.call('XACK', skey(t), g, id)
+  redis.call('ZREM', gkey(t, g, 'idle'), id)
+  redis.call('HDEL', gkey(t, g, 'err'), id)
+  incr(t, 'dead_letter_total', 1)
+  BURIED = BURIED + 1
+  -- Dead letters of the dead-letter topic are only counted, never re-published.
+  if #entries > 0 and t ~= DL then bury(t, g, id, fields_of(entries[1][2]), attempts, reason) end
+  done(t, g, id)
+end
+"""
+
+PUBLISH = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] topic, [14] message type, [15] priority, [16] payload, [17] droppable 0/1,
+-- [18] origin of an emergency signal ('' otherwise), [19] its level, [20] emergency topic 0/1
+local t = ARGV[13]
+local S = skey(t)
+local droppable = ARGV[17] == '1'
+local origin = ARGV[18]
+local emergency = ARGV[20] == '1'
+local function result(status, id) return {status, id or false, {stats(t)}} end
+
+local B = P .. ':bucket'
+local tokens = 0
+local over_rate = false
+if emergency then
+  local raw = redis.call('HMGET', B, 'tokens', 'at')
+  tokens = tonumber(raw[1]) or RATE
+  local at = tonumber(raw[2]) or NOW
+  tokens = math.min(RATE, tokens + (NOW - at) * RATE / 60.0)
+  redis.call('HSET', B, 'tokens', tokens, 'at', NOW_S)
+  over_rate = tokens < 1.0
+end
+
+if over_rate and origin ~= '' then
+  local current = redis.call('HGET', S .. ':origins', origin)
+  local entry = current and redis.call('XRANGE', S, current, current) or {}
+  if #entry > 0 then
+    incr(t, 'emergency_rate_dropped', 1)
+    local over = S .. ':over'
+    local held_level = tonumber(redis.call('HGET', over, 'l:' .. current) or '0')
+    if tonumber(ARGV[19]) > held_level then
+      local held_priority = tonumber(redis.call('HGET', over, 'p:' .. current) or fields_of(entry[1][2])['p'])
+      redis.call('HSET', over, 'b:' .. current, ARGV[16], 'l:' .. current, ARGV[19],
+        'p:' .. current, math.max(held_priority, tonumber(ARGV[15])))
+    end
+    return result('coalesced', current)
+  end
+  -- The first signal of an origin past the rate still goes through: signals never drop, and coalescing bounds
+  -- each origin to one undelivered signal while the lane is over its rate.
+elseif over_rate and droppable then
+  incr(t, 'emergency_rate_dropped', 1)
+  return result('dropped', nil)
+end
+
+if droppable then
+  local load = math.max(depth(t), pending_total(t))
+  local shedding = redis.call('HGET', S .. ':stats', 'shedding') == '1'
+  if shedding and load <= DEPTH_RECOVERY then
+    shedding = false
+  elseif (not shedding) and load >= DEPTH_HIGH then
+    shedding = true
+  end
+  redis.call('HSET', S .. ':stats', 'shedding', shedding and 1 or 0)
+  if shedding or depth(t) >= CAPACITY then
+    incr(t, 'publish_dropped', 1)
+    return result('dropped', nil)
+  end
+end
+if depth(t) >= CAPACITY then return result('wait', nil) end
+if emergency and not over_rate then redis.call('HSET', B, 'tokens', tokens - 1.0) end
+local id = redis.call('XADD', S, 'MAXLEN', '~', CAPACITY, '*', 't', ARGV[14], 'p', ARGV[15], 'at', NOW_S,
+  'b', ARGV[16])
+incr(t, 'published', 1)
+if origin ~= '' then
+  redis.call('HSET', S .. ':origins', origin, id)
+  redis.call('HSET', S .. ':over', 'l:' .. id, ARGV[19], 'o:' .. id, origin)
+end
+return result('published', id)
+"""
+)
+
+TAKE = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] group, [14] consumer, [15..] topics in drain order
+local g, c = ARGV[13], ARGV[14]
+local topics = {}
+for i = 15, #ARGV do table.insert(topics, ARGV[i]) end
+
+local function hand_out(t, id, f, attempts)
+  local S = skey(t)
+  redis.call('ZADD', gkey(t, g, 'idle'), NOW + CLAIM_IDLE, id)
+  local origin = redis.call('HGET', S .. ':over', 'o:' .. id)
+  -- A delivered signal no longer absorbs later ones.
+  if origin and redis.call('HGET', S .. ':origins', origin) == id then redis.call('HDEL', S .. ':origins', origin) end
+  incr(t, 'delivered', 1)
+  local b, p = effective(t, id, f)
+  local err = redis.call('HGET', gkey(t, g, 'err'), id) or f['e'] or false
+  return {t, id, f['t'], p, f['at'], b, attempts, err, f['dt'] or false, f['dg'] or false, f['dm'] or false,
+    f['da'] or false}
+end
+
+local function claim_next(t)
+  local S = skey(t)
+  local L = gkey(t, g, 'claimed:' .. c)
+  while true do
+    local id = redis.call('LPOP', L)
+    if not id then break end
+    local _, owner = pending_of(t, g, id)
+    if owner == c then
+      local got = redis.call('XCLAIM', S, g, c, 0, id)
+      if got[1] and got[1][2] then return id, got[1][2] end
+    end
+  end
+  local Z = gkey(t, g, 'idle')
+  local first = nil
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', NOW_S, 'LIMIT', 0, CLAIM_BATCH)) do
+    local count = pending_of(t, g, id)
+    if not count then
+      redis.call('ZREM', Z, id)
+    elseif count >= MAX_ATTEMPTS then
+      local err = redis.call('HGET', gkey(t, g, 'err'), id)
+      dead_letter(t, g, id, count, err or ('not acked after ' .. count .. ' deliveries'))
+    elseif first == nil then
+      first = id
+    else
+      redis.call('XCLAIM', S, g, c, 0, id, 'JUSTID')
+      redis.call('ZADD', Z, NOW + CLAIM_IDLE, id)
+      redis.call('RPUSH', L, id)
+    end
+  end
+  if first then
+    local got = redis.call('XCLAIM', S, g, c, 0, first)
+    if got[1] and got[1][2] then return first, got[1][2] end
+  end
+  return nil, nil
+end
+
+local function take_one(t)
+  while true do
+    local id, flat = claim_next(t)
+    if not id then
+      local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', 1, 'STREAMS', skey(t), '>')
+      if r and r[1] and #r[1][2] > 0 then
+        id = r[1][2][1][1]
+        flat = r[1][2][1][2]
+      end
+    end
+    if not id then return nil end
+    local f = fields_of(flat)
+    local count = pending_of(t, g, id)
+    if NOW - tonumber(f['at']) > TTL then
+      -- Read anyway after its TTL: dead-lettered unprocessed; this read was no delivery.
+      dead_letter(t, g, id, count - 1, EXPIRED_REASON)
+    else
+      return hand_out(t, id, f, count)
+    end
+  end
+end
+
+for _, t in ipairs(topics) do ensure_group(t, g) end
+local delivery = false
+for _, t in ipairs(topics) do
+  local d = take_one(t)
+  if d then
+    delivery = d
+    break
+  end
+end
+local next_at = false
+if not delivery then
+  for _, t in ipairs(topics) do
+    local first = redis.call('ZRANGE', gkey(t, g, 'idle'), 0, 0, 'WITHSCORES')
+    if #first > 0 and (not next_at or tonumber(first[2]) < tonumber(next_at)) then next_at = first[2] end
+  end
+end
+return {delivery, stats_of(topics), next_at, BURIED}
+"""
+)
+
+ACK = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] topic, [14] group, [15] message id
+local t, g, id = ARGV[13], ARGV[14], ARGV[15]
+if redis.call('SISMEMBER', skey(t) .. ':groups', g) == 0 or redis.call('XACK', skey(t), g, id) == 0 then
+  return {0, {stats(t)}}
+end
+incr(t, 'acked', 1)
+redis.call('ZREM', gkey(t, g, 'idle'), id)
+redis.call('HDEL', gkey(t, g, 'err'), id)
+done(t, g, id)
+return {1, {stats(t)}}
+"""
+)
+
+NACK = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] topic, [14] group, [15] message id, [16] error
+local t, g, id, err = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local count = nil
+if redis.call('SISMEMBER', skey(t) .. ':groups', g) == 1 then count = pending_of(t, g, id) end
+if count then
+  redis.call('HSET', gkey(t, g, 'err'), id, err)
+  if count >= MAX_ATTEMPTS then dead_letter(t, g, id, count, err) end
+end
+return {BURIED, stats_of({t})}
+"""
+)
+
+SUBSCRIBE = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] group, [14..] topics
+local topics = {}
+for i = 14, #ARGV do
+  table.insert(topics, ARGV[i])
+  ensure_group(ARGV[i], ARGV[13])
+end
+return stats_of(topics)
+"""
+)
+
+BACKLOG = (
+    PROLOGUE
+    + r"""
+-- ARGV[13] topic, [14] group
+local t, g = ARGV[13], ARGV[14]
+if redis.call('SISMEMBER', skey(t) .. ':groups', g) == 0 then return depth(t) end
+return depth(t) - redis.call('SCARD', gkey(t, g, 'done'))
+"""
+)
+
+TRIM = (
+    PROLOGUE
+    + r"""
+-- ARGV[13..] topics
+local topics = {}
+local total = 0
+for i = 13, #ARGV do
+  local t = ARGV[i]
+  table.insert(topics, t)
+  local S = skey(t)
+  local expired, keep, cursor = {}, nil, '-'
+  while not keep do
+    local batch = redis.call('XRANGE', S, cursor, '+', 'COUNT', 64)
+    if #batch == 0 then break end
+    for _, e in ipairs(batch) do
+      if NOW - tonumber(fields_of(e[2])['at']) > TTL then
+        table.insert(expired, e[1])
+      else
+        keep = e[1]
+        break
+      end
+    end
+    cursor = '(' .. batch[#batch][1]
+  end
+  if #expired > 0 then
+    for _, id in ipairs(expired) do forget(t, id) end
+    if keep then redis.call('XTRIM', S, 'MINID', keep) else redis.call('XTRIM', S, 'MAXLEN', 0) end
+    incr(t, 'expired_trimmed', #expired)
+    total = total + #expired
+  end
+end
+return {total, stats_of(topics)}
+"""
+)
+
+STATS = (
+    PROLOGUE
+    + r"""
+-- ARGV[13..] topics
+local topics = {}
+for i = 13, #ARGV do table.insert(topics, ARGV[i]) end
+return stats_of(topics)
+"""
+)
