@@ -44,7 +44,9 @@ async def run(pub: Bus, sub: Bus) -> dict[str, float]:
     async def consumer() -> None:
         for _ in range(N):
             env = await sub.receive(Topic.NORMAL, group="g", consumer="c")
-            deliver_s.append(time.perf_counter() - sent[int(env.payload.reason[1:])])
+            payload = env.payload
+            assert isinstance(payload, EmergencySignal)
+            deliver_s.append(time.perf_counter() - sent[int(payload.reason[1:])])
             await sub.ack(env)
 
     async with asyncio.TaskGroup() as tg:
@@ -90,4 +92,5 @@ async def main() -> None:
     )
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())
