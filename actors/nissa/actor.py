@@ -1,0 +1,209 @@
+"""The Nissa actor: ingests state packets, telemetry and lifecycle events; writes metrics.csv; raises alerts."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Final, assert_never, final
+
+from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
+from actors.nissa.csv_writer import MetricsCsvWriter
+from actors.nissa.metrics import MetricsAggregator
+from actors.nissa.prometheus import MetricsServer
+from esper.runtime.actor import Actor
+from schemas.boundary import BoundaryApplied
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import EmergencyLevel
+from schemas.nissa import AlertNotice, EvaluateAlerts, NissaSnapshot, QueryNissa, SeedStageChanged
+from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
+from schemas.state import SystemStatePacket
+from schemas.telemetry import TelemetryEvent, TelemetryPacket
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from actors.nissa.alerts import AlertRule, SloObjective
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from schemas.config import NissaConfig
+
+NissaMessage = (
+    SystemStatePacket
+    | TelemetryPacket
+    | BoundaryApplied
+    | SeedStageChanged
+    | EmergencySignal
+    | BreakerTransition
+    | ChildRestarted
+    | EvaluateAlerts
+    | QueryNissa
+)
+NISSA_INBOX: Final = (
+    SystemStatePacket,
+    TelemetryPacket,
+    BoundaryApplied,
+    SeedStageChanged,
+    EmergencySignal,
+    BreakerTransition,
+    ChildRestarted,
+    EvaluateAlerts,
+    QueryNissa,
+)
+"""What Nissa consumes: every state packet, telemetry, lifecycle and supervision events, the tick and the query."""
+
+ALERT_FIRED: Final = "alert_fired"
+ALERT_CLEARED: Final = "alert_cleared"
+
+
+@final
+class Nissa(Actor[NissaMessage]):
+    """Observability: metrics from everything it is told, one metrics.csv row per epoch end, alert rules, SLO burn,
+    health, and (when ``config.prometheus_port`` is set) the HTTP endpoint.
+
+    Alerts go to ``sink`` twice: as a TelemetryEvent (``alert_fired`` / ``alert_cleared``, WARNING at L2, INFO at L1)
+    and as an AlertNotice, the message the composition root may turn into an EmergencySignal; Nissa itself never
+    changes the emergency level. A QueryNissa ask returns a NissaSnapshot. A failure writing metrics.csv crashes the
+    actor (its supervisor restarts it; the file is resumed, not rewritten).
+    """
+
+    def __init__(
+        self,
+        config: NissaConfig,
+        run_dir: Path,
+        *,
+        clock: Clock,
+        sink: EventSink,
+        started_s: float,
+        rules: Sequence[AlertRule] = DEFAULT_RULES,
+        slos: Sequence[SloObjective] = DEFAULT_SLOS,
+        capacity: int = 1024,
+    ) -> None:
+        """Args:
+        config: the ``[nissa]`` section; ``prometheus_port`` 0 binds an ephemeral port (tests).
+        run_dir: the run directory (must exist); metrics.csv goes there.
+        clock: alert, SLO and wall-time arithmetic read it.
+        sink: where alerts go.
+        started_s: the clock time at which the run started (``wall_time_s`` of a row counts from it).
+        rules / slos: the alert table and SLOs (REFERENCE.md section 9 by default).
+        capacity: mailbox capacity.
+        """
+        super().__init__(inbox=NISSA_INBOX, capacity=capacity)
+        self._config = config
+        self._clock = clock
+        self._sink = sink
+        self._started_s = started_s
+        self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
+        self._metrics = MetricsAggregator()
+        self._alerts = AlertEvaluator(rules)
+        self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
+        self._emergency = EmergencyLevel.L1_NOTICE
+        self._server: MetricsServer | None = None
+
+    async def on_start(self) -> None:
+        self._metrics.last_epoch = await self._csv.open()
+        port = self._config.prometheus_port
+        if port is not None:
+            self._server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)
+            await self._server.start()
+
+    async def on_stop(self) -> None:
+        server, self._server = self._server, None
+        try:
+            if server is not None:
+                await server.close()
+        finally:
+            await self._csv.close()
+
+    async def handle(self, msg: NissaMessage) -> NissaSnapshot | None:
+        started = time.perf_counter()
+        now = self._clock.now()
+        metrics = self._metrics
+        changed: list[str]
+        match msg:
+            case SystemStatePacket():
+                self._emergency = msg.emergency_level
+                row, changed = metrics.observe_state(msg, wall_time_s=now - self._started_s)
+                if row is not None:
+                    await self._csv.append(row)
+            case TelemetryPacket():
+                changed = metrics.observe_telemetry(msg)
+            case BoundaryApplied():
+                changed = metrics.observe_boundary(msg)
+            case SeedStageChanged():
+                changed = metrics.observe_stage(msg)
+            case EmergencySignal():
+                self._emergency = msg.level
+                changed = metrics.observe_emergency(msg)
+            case BreakerTransition():
+                changed = metrics.observe_breaker(msg)
+            case ChildRestarted():
+                changed = metrics.observe_restart(msg)
+            case EvaluateAlerts():
+                self._raise(self._alerts.evaluate(now))
+                self._raise(self._slos.notices(now))
+                return None
+            case QueryNissa():
+                return self.snapshot(include_metrics=msg.include_metrics)
+            case _:
+                assert_never(msg)
+        metrics.registry.inc("nissa.messages_total", labels={"type": type(msg).__name__})
+        self._ingest(changed, now)
+        metrics.registry.set_gauge("nissa.ingest.latency_ms", (time.perf_counter() - started) * 1e3)
+        return None
+
+    def snapshot(self, *, include_metrics: bool = True) -> NissaSnapshot:
+        """Health, alerts, SLOs and (optionally) every metric sample, as of now. Event loop; never blocks."""
+        now = self._clock.now()
+        alerts = self._alerts.active()
+        slos = self._slos.statuses(now)
+        health = assess_health(
+            alerts=alerts, slos=slos, emergency_level=self._emergency, open_breakers=self._metrics.open_breakers()
+        )
+        server = self._server
+        return NissaSnapshot(
+            health=health,
+            alerts=alerts,
+            slos=slos,
+            metrics=self._metrics.registry.samples() if include_metrics else (),
+            epochs_written=self._csv.rows_written,
+            last_epoch=self._metrics.last_epoch,
+            final_figures=self._metrics.final_figures(),
+            endpoint=server.endpoint if server is not None else None,
+        )
+
+    def _ingest(self, changed: list[str], now: float) -> None:
+        registry = self._metrics.registry
+        watched: list[str] = []
+        for name in changed:
+            value = registry.value(name)
+            if value is None:
+                continue  # only labelled series changed; no rule reads those
+            if self._alerts.watches(name):
+                self._alerts.observe(name, value, now)
+                watched.append(name)
+            if self._slos.watches(name):
+                self._slos.observe(name, value, now)
+        if watched:
+            self._raise(self._alerts.evaluate(now, watched))
+        self._raise(self._slos.notices(now))
+
+    def _raise(self, notices: list[AlertNotice]) -> None:
+        for notice in notices:
+            severe = notice.level >= EmergencyLevel.L2_ELEVATED and notice.active
+            self._sink.emit(
+                TelemetryEvent(
+                    name=ALERT_FIRED if notice.active else ALERT_CLEARED,
+                    level=TelemetryLevel.WARNING if severe else TelemetryLevel.INFO,
+                    description=f"{notice.rule}: {notice.metric} {notice.condition} (value {notice.value:g})",
+                    attributes={
+                        "rule": notice.rule,
+                        "metric": notice.metric,
+                        "value": notice.value,
+                        "threshold": notice.threshold,
+                        "emergency_level": int(notice.level),
+                        "routes": ",".join(notice.routes),
+                    },
+                )
+            )
+            self._sink.emit(notice)
+        self._metrics.registry.set_gauge("nissa.alerts.active", len(self._alerts.active()))

@@ -1,0 +1,142 @@
+"""metrics.csv: one row per epoch end, appended and flushed per row with aiofiles; resumes an existing file.
+
+On open an existing file is checked: its header must be METRICS_COLUMNS, a torn last line (a crash mid-write) is cut
+off, and the last epoch written is returned so the caller does not write it again. Rows are then appended with no
+second header. Values: integers as written, floats by repr (round-trips exactly), None as an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import TYPE_CHECKING, final
+
+import aiofiles
+
+from actors.nissa.metrics import METRICS_COLUMNS
+from esper.runtime.errors import EsperError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiofiles.threadpool.text import AsyncTextIOWrapper
+
+    from actors.nissa.metrics import CellValue, EpochRow
+
+
+class MetricsFileError(EsperError, ValueError):
+    """Raised by MetricsCsvWriter.open() when an existing metrics file has a different header or an unreadable row."""
+
+
+def format_cell(value: CellValue) -> str:
+    """A CSV cell: empty for None, ``nan`` / ``inf`` / ``-inf`` for non-finite floats, else the exact literal."""
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def format_row(row: EpochRow) -> str:
+    """One CSV line (with its newline) in METRICS_COLUMNS order.
+
+    Raises:
+        ValueError: the row's columns are not METRICS_COLUMNS.
+    """
+    if tuple(row) != METRICS_COLUMNS:
+        raise ValueError(f"row columns {tuple(row)} differ from METRICS_COLUMNS")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(format_cell(row[column]) for column in METRICS_COLUMNS)
+    return buffer.getvalue()
+
+
+def header_line() -> str:
+    return ",".join(METRICS_COLUMNS) + "\n"
+
+
+def _last_epoch(path: Path, text: str) -> tuple[int | None, int]:
+    """(last epoch, row count) of an existing file's text; the header has been checked."""
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    if not rows:
+        return None, 0
+    try:
+        return int(rows[-1][0]), len(rows)
+    except (ValueError, IndexError) as err:
+        raise MetricsFileError(f"{path}: last row has no integer epoch: {rows[-1]!r}") from err
+
+
+@final
+class MetricsCsvWriter:
+    """Appends epoch rows to one file. Event-loop only; file I/O runs on aiofiles' worker threads.
+
+    Cancellation: a cancelled append may or may not have written its row (the thread finishes the write); the next
+    open() cuts a torn line, so the file never holds half a row after a restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: AsyncTextIOWrapper | None = None
+        self.rows_written = 0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def open(self) -> int | None:
+        """Open for appending, writing the header to a new or empty file; returns the last epoch already written.
+
+        Raises:
+            MetricsFileError: the existing file's header is not METRICS_COLUMNS, or its last row is unreadable.
+            OSError: the file cannot be read or created.
+        """
+        if self._file is not None:
+            raise RuntimeError(f"{self._path} is already open")
+        last_epoch: int | None = None
+        try:
+            async with aiofiles.open(self._path, encoding="utf-8", newline="") as existing:
+                text = await existing.read()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            if not text.endswith("\n"):
+                # A crash mid-write left half a row: drop it so the next row starts on its own line.
+                text = text[: text.rfind("\n") + 1]
+                async with aiofiles.open(self._path, "r+", encoding="utf-8", newline="") as torn:
+                    await torn.truncate(len(text.encode("utf-8")))
+            first = text.split("\n", 1)[0] + "\n" if text else ""
+            if text and first != header_line():
+                raise MetricsFileError(
+                    f"{self._path}: header {first.strip()!r} differs from the expected {header_line().strip()!r}"
+                )
+            if text:
+                last_epoch, self.rows_written = _last_epoch(self._path, text)
+        self._file = await aiofiles.open(self._path, "a", encoding="utf-8", newline="")
+        if not text:
+            await self._file.write(header_line())
+            await self._file.flush()
+        return last_epoch
+
+    async def append(self, row: EpochRow) -> None:
+        """Append one row and flush it to the OS.
+
+        Raises:
+            RuntimeError: open() has not been called (or close() has).
+            ValueError: the row's columns are not METRICS_COLUMNS.
+        """
+        if self._file is None:
+            raise RuntimeError(f"{self._path} is not open")
+        line = format_row(row)
+        await self._file.write(line)
+        await self._file.flush()
+        self.rows_written += 1
+
+    async def close(self) -> None:
+        """Close the file; safe to call twice."""
+        file, self._file = self._file, None
+        if file is not None:
+            await file.close()

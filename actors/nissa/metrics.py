@@ -1,0 +1,321 @@
+"""Pure metric aggregation: the metrics.csv row of an epoch end, and a registry of counters and gauges.
+
+Metric names are the dotted names of REFERENCE.md section 9 (``tolaria.training.loss``); the exposition turns them
+into Prometheus names. Nothing here does I/O or reads a clock: callers pass the time in.
+"""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, final
+
+from schemas.enums import BreakerState, SeedLifecycleStage
+from schemas.nissa import MetricKind, MetricSample
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from schemas.boundary import BoundaryApplied
+    from schemas.nissa import SeedStageChanged
+    from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
+    from schemas.state import SystemStatePacket
+    from schemas.telemetry import TelemetryPacket
+
+CellValue = float | int | None
+EpochRow = dict[str, CellValue]
+"""One metrics.csv row by column name (METRICS_COLUMNS order); None is an empty cell."""
+
+_COUNTED_STAGES: Final = tuple(stage for stage in SeedLifecycleStage if stage is not SeedLifecycleStage.UNKNOWN)
+ACTIVE_STAGES: Final = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+    }
+)
+"""Stages in which a seed is alive but not yet part of the host (``kasmina.seeds.active`` counts them)."""
+
+METRICS_COLUMNS: Final[tuple[str, ...]] = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "data_wait_ms",
+    "host_to_device_ms",
+    "forward_ms",
+    "backward_ms",
+    "optimizer_ms",
+    "step_ms",
+    "hook_latency_ms",
+    "samples_per_s",
+    "learning_rate",
+    "host_parameters",
+    "seed_parameters",
+    "seeds_active",
+    *(f"seeds_{stage.name.lower()}" for stage in _COUNTED_STAGES),
+    "isolation_violations",
+    "emergency_level",
+    "wall_time_s",
+)
+"""The metrics.csv header. test_loss / test_accuracy stay empty until the state packet carries test figures."""
+
+_BREAKER_VALUES: Final = MappingProxyType(
+    {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+)
+
+KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
+    {
+        "tolaria.training.loss": ("gauge", "Mean training loss over the last reporting interval."),
+        "tolaria.training.accuracy": ("gauge", "Mean training accuracy over the last reporting interval."),
+        "tolaria.training.latency_ms": ("gauge", "Mean optimizer step time in milliseconds."),
+        "tolaria.validation.loss": ("gauge", "Validation loss at the last epoch end."),
+        "tolaria.validation.accuracy": ("gauge", "Validation accuracy at the last epoch end."),
+        "tolaria.epoch_hook.latency_ms": ("gauge", "Epoch-boundary hook latency in milliseconds."),
+        "tolaria.epochs.total": ("counter", "Epoch ends observed."),
+        "tolaria.epoch": ("gauge", "Current epoch."),
+        "tolaria.global_step": ("gauge", "Current optimizer step."),
+        "tolaria.samples_per_s": ("gauge", "Training throughput in samples per second."),
+        "tolaria.parameters.host": ("gauge", "Host model parameter count."),
+        "tolaria.parameters.seed": ("gauge", "Parameters held by seeds."),
+        "tolaria.emergency.level": ("gauge", "Emergency level, 1 (notice) to 4 (halt)."),
+        "tolaria.emergency.halts_total": ("counter", "Emergency signals at L4 (halt)."),
+        "tolaria.boundary.stall_ms": ("gauge", "Time the last boundary plan kept training waiting, in ms."),
+        "tolaria.boundary.stalls_total": ("counter", "Boundary plans that arrived late (a counted stall)."),
+        "tolaria.boundary.ops_total": ("counter", "Seed ops applied at step boundaries, by kind and outcome."),
+        "kasmina.seeds.active": ("gauge", "Seeds alive and not yet fossilized."),
+        "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
+        "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),
+        "kasmina.seed.alpha": ("gauge", "Blend alpha of the seed in each slot."),
+        "kasmina.isolation.violations": ("gauge", "Gradient isolation violations reported so far."),
+        "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions, by target stage."),
+        "weatherlight.restarts_total": ("counter", "Actor restarts, by child."),
+        "runtime.breaker.state": ("gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+        "telemetry.events_total": ("counter", "Telemetry events received, by name and level."),
+        "nissa.ingest.latency_ms": ("gauge", "Time Nissa took to ingest the last message, in ms."),
+        "nissa.alerts.active": ("gauge", "Alerts firing now."),
+        "nissa.telemetry.dropped_total": ("counter", "Telemetry Nissa received but could not use."),
+        "nissa.messages_total": ("counter", "Messages ingested, by type."),
+    }
+)
+"""Kind and help text of every metric Nissa derives itself; metrics from telemetry packets default to gauges."""
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(labels: Mapping[str, str] | None) -> Labels:
+    return tuple(sorted(labels.items())) if labels else ()
+
+
+def epoch_row(packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow:
+    """The metrics.csv row of an epoch-end packet (one with validation figures); ``wall_time_s`` is run time so far.
+
+    Raises:
+        ValueError: the packet carries no validation figures (it is not an epoch end).
+    """
+    if packet.validation_loss is None:
+        raise ValueError(f"packet at step {packet.global_step} has no validation_loss: not an epoch end")
+    timings = packet.timings
+    row: EpochRow = {
+        "epoch": packet.epoch,
+        "step": packet.global_step,
+        "train_loss": packet.training_loss,
+        "train_accuracy": packet.training_accuracy,
+        "val_loss": packet.validation_loss,
+        "val_accuracy": packet.validation_accuracy,
+        "test_loss": None,
+        "test_accuracy": None,
+        "data_wait_ms": timings.data_wait_ms,
+        "host_to_device_ms": timings.host_to_device_ms,
+        "forward_ms": timings.forward_ms,
+        "backward_ms": timings.backward_ms,
+        "optimizer_ms": timings.optimizer_ms,
+        "step_ms": timings.step_ms,
+        "hook_latency_ms": packet.hook_latency_ms,
+        "samples_per_s": packet.samples_per_s,
+        "learning_rate": packet.learning_rate,
+        "host_parameters": packet.host_parameters,
+        "seed_parameters": packet.seed_parameters,
+        "seeds_active": sum(1 for seed in packet.seed_states if seed.stage in ACTIVE_STAGES),
+    }
+    for stage in _COUNTED_STAGES:
+        row[f"seeds_{stage.name.lower()}"] = sum(1 for seed in packet.seed_states if seed.stage is stage)
+    row["isolation_violations"] = packet.isolation_violations
+    row["emergency_level"] = int(packet.emergency_level)
+    row["wall_time_s"] = round(wall_time_s, 3)
+    assert tuple(row) == METRICS_COLUMNS, "epoch_row out of step with METRICS_COLUMNS"
+    return row
+
+
+@final
+class MetricsRegistry:
+    """Counters and gauges by (name, labels), each holding its latest value. Event-loop only; never blocks."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, Labels], float] = {}
+        self._kinds: dict[str, MetricKind] = {}
+        self._help: dict[str, str] = {}
+
+    def set_gauge(self, name: str, value: float, labels: Mapping[str, str] | None = None, *, help: str = "") -> None:
+        """Set a gauge to ``value``."""
+        self._declare(name, "gauge", help)
+        self._values[(name, _labels(labels))] = float(value)
+
+    def inc(self, name: str, amount: float = 1.0, labels: Mapping[str, str] | None = None) -> None:
+        """Add ``amount`` (>= 0) to a counter.
+
+        Raises:
+            ValueError: ``amount`` is negative (counters only go up).
+        """
+        if amount < 0:
+            raise ValueError(f"counter {name}: amount must be >= 0, got {amount}")
+        self._declare(name, "counter", "")
+        key = (name, _labels(labels))
+        self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """The current value of one series, or None if it was never set."""
+        return self._values.get((name, _labels(labels)))
+
+    def series(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of one metric as (labels, value)."""
+        return [(dict(labels), value) for (key, labels), value in self._values.items() if key == name]
+
+    def samples(self) -> tuple[MetricSample, ...]:
+        """Every series, sorted by name then labels."""
+        return tuple(
+            MetricSample(
+                name=name,
+                value=value,
+                kind=self._kinds[name],
+                help=self._help.get(name, ""),
+                labels=dict(labels),
+            )
+            for (name, labels), value in sorted(self._values.items())
+        )
+
+    def _declare(self, name: str, kind: MetricKind, help: str) -> None:
+        if name not in self._kinds:
+            known = KNOWN_METRICS.get(name)
+            self._kinds[name] = known[0] if known else kind
+            self._help[name] = help or (known[1] if known else "")
+
+
+@final
+class MetricsAggregator:
+    """Turns Nissa's inputs into registry updates and epoch rows. Each ``observe_*`` returns the metric names whose
+    value changed, so the caller evaluates only the alert rules on those metrics."""
+
+    def __init__(self, *, last_epoch: int | None = None) -> None:
+        """Args: last_epoch: the last epoch already in metrics.csv (after a restart); its row is not produced again."""
+        self.registry = MetricsRegistry()
+        self.last_epoch = last_epoch
+        self.last_row: EpochRow | None = None
+
+    def observe_state(self, packet: SystemStatePacket, *, wall_time_s: float) -> tuple[EpochRow | None, list[str]]:
+        """Update the gauges from a state packet; returns (the epoch row if this packet ends a new epoch, names)."""
+        reg = self.registry
+        timings = packet.timings
+        updates: dict[str, float] = {
+            "tolaria.training.loss": packet.training_loss,
+            "tolaria.training.accuracy": packet.training_accuracy,
+            "tolaria.training.latency_ms": timings.step_ms,
+            "tolaria.epoch_hook.latency_ms": packet.hook_latency_ms,
+            "tolaria.epoch": packet.epoch,
+            "tolaria.global_step": packet.global_step,
+            "tolaria.samples_per_s": packet.samples_per_s,
+            "tolaria.parameters.host": packet.host_parameters,
+            "tolaria.parameters.seed": packet.seed_parameters,
+            "tolaria.emergency.level": int(packet.emergency_level),
+            "kasmina.isolation.violations": packet.isolation_violations,
+            "kasmina.seeds.active": sum(1 for seed in packet.seed_states if seed.stage in ACTIVE_STAGES),
+        }
+        if packet.validation_loss is not None:
+            updates["tolaria.validation.loss"] = packet.validation_loss
+        if packet.validation_accuracy is not None:
+            updates["tolaria.validation.accuracy"] = packet.validation_accuracy
+        for name, value in updates.items():
+            reg.set_gauge(name, value)
+        for stage in _COUNTED_STAGES:
+            count = sum(1 for seed in packet.seed_states if seed.stage is stage)
+            reg.set_gauge("kasmina.seeds.by_stage", count, {"stage": stage.name.lower()})
+        for seed in packet.seed_states:
+            reg.set_gauge("kasmina.seed.stage", int(seed.stage), {"slot": seed.slot})
+            reg.set_gauge("kasmina.seed.alpha", seed.alpha, {"slot": seed.slot})
+        names = list(updates)
+        if packet.validation_loss is None or (self.last_epoch is not None and packet.epoch <= self.last_epoch):
+            return None, names
+        row = epoch_row(packet, wall_time_s=wall_time_s)
+        reg.inc("tolaria.epochs.total")
+        self.last_epoch = packet.epoch
+        self.last_row = row
+        return row, [*names, "tolaria.epochs.total"]
+
+    def observe_telemetry(self, packet: TelemetryPacket) -> list[str]:
+        """Gauges from the packet's metric points (attributes become labels); count its events by name and level."""
+        names: list[str] = []
+        for point in packet.metrics:
+            if not point.name:
+                self.registry.inc("nissa.telemetry.dropped_total", labels={"reason": "unnamed_metric"})
+                continue
+            self.registry.set_gauge(point.name, point.value, point.attributes, help=f"Reported by {packet.source}.")
+            names.append(point.name)
+        for event in packet.events:
+            self.registry.inc("telemetry.events_total", labels={"name": event.name, "level": event.level.name.lower()})
+        return names
+
+    def observe_stage(self, event: SeedStageChanged) -> list[str]:
+        self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": event.to_stage.name.lower()})
+        self.registry.set_gauge("kasmina.seed.stage", int(event.to_stage), {"slot": event.slot})
+        return ["kasmina.seed.transitions_total"]
+
+    def observe_boundary(self, applied: BoundaryApplied) -> list[str]:
+        reg = self.registry
+        reg.set_gauge("tolaria.boundary.stall_ms", applied.stall_ms)
+        if applied.stall_ms > 0:
+            reg.inc("tolaria.boundary.stalls_total")
+        for outcome in applied.outcomes:
+            reg.inc(
+                "tolaria.boundary.ops_total", labels={"kind": outcome.kind, "applied": str(outcome.applied).lower()}
+            )
+        return ["tolaria.boundary.stall_ms"]
+
+    def observe_emergency(self, signal: EmergencySignal) -> list[str]:
+        self.registry.set_gauge("tolaria.emergency.level", int(signal.level))
+        if signal.level >= 4:
+            self.registry.inc("tolaria.emergency.halts_total")
+        return ["tolaria.emergency.level"]
+
+    def observe_breaker(self, transition: BreakerTransition) -> list[str]:
+        value = _BREAKER_VALUES[transition.to_state]
+        self.registry.set_gauge("runtime.breaker.state", value, {"breaker": transition.breaker})
+        return ["runtime.breaker.state"]
+
+    def observe_restart(self, restarted: ChildRestarted) -> list[str]:
+        self.registry.inc("weatherlight.restarts_total", labels={"child": restarted.child})
+        return ["weatherlight.restarts_total"]
+
+    def open_breakers(self) -> list[str]:
+        """Names of the breakers whose last reported state is open."""
+        is_open = _BREAKER_VALUES[BreakerState.OPEN]
+        return [
+            labels["breaker"] for labels, value in self.registry.series("runtime.breaker.state") if value == is_open
+        ]
+
+    def final_figures(self) -> dict[str, float]:
+        """The last epoch row's losses and accuracies (finite ones only), for the run summary."""
+        row = self.last_row
+        if row is None:
+            return {}
+        figures: dict[str, float] = {}
+        for key in ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            value = row[key]
+            if value is not None and math.isfinite(value):
+                figures[key] = float(value)
+        return figures

@@ -1,0 +1,57 @@
+"""Nissa's child specs: the actor itself, and the ticker that asks it to evaluate its alert rules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from actors.nissa.actor import Nissa
+from esper.runtime.supervisor import ChildSpec
+from esper.runtime.ticker import Ticker
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from schemas.config import NissaConfig
+
+NISSA = "nissa"
+NISSA_TICK = "nissa-tick"
+
+
+def nissa_spec(
+    config: NissaConfig,
+    run_dir: Path,
+    *,
+    clock: Clock,
+    sink: EventSink,
+    shutdown_deadline_s: float = 5.0,
+    mailbox_capacity: int = 1024,
+) -> ChildSpec:
+    """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv``; row wall times count from
+    the clock time at which this spec was built (the run's start), so they survive restarts."""
+    started_s = clock.now()
+    return ChildSpec(
+        NISSA,
+        lambda: Nissa(config, run_dir, clock=clock, sink=sink, started_s=started_s, capacity=mailbox_capacity),
+        shutdown_deadline_s=shutdown_deadline_s,
+    )
+
+
+def nissa_tick_spec(
+    tick: Callable[[], Awaitable[None]],
+    config: NissaConfig,
+    *,
+    clock: Clock,
+    shutdown_deadline_s: float = 5.0,
+) -> ChildSpec:
+    """The ``nissa-tick`` child: calls ``tick`` every ``config.alert_eval_interval_s`` seconds of ``clock``.
+
+    ``tick`` is normally ``lambda: nissa_ref.tell(EvaluateAlerts())``; start this child after ``nissa``.
+    """
+    return ChildSpec(
+        NISSA_TICK,
+        lambda: Ticker(tick, interval_s=config.alert_eval_interval_s, clock=clock),
+        shutdown_deadline_s=shutdown_deadline_s,
+    )

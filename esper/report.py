@@ -1,0 +1,259 @@
+"""``python -m esper.report runs/<run-id>``: re-render report.png from metrics.csv and events.jsonl, print the summary.
+
+Reads only the run directory: metrics.csv (one row per epoch, written by Nissa), events.jsonl (lifecycle events are
+the lines named in schemas.nissa.SEED_STAGE_EVENT_NAMES, fields as its docstring says; a run without them still
+renders its curves) and, if present, summary.json. Exit status 0 on success; 2 with a one-line error when the
+directory or a required file is missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO, final
+
+from esper.report_plot import Curves, StageEvent, render_report_png
+from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.errors import EsperError
+from schemas.enums import SeedLifecycleStage
+from schemas.nissa import SEED_STAGE_EVENT_NAMES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_OK: Final = 0
+EXIT_UNREADABLE: Final = 2
+METRICS_CSV: Final = "metrics.csv"
+EVENTS_JSONL: Final = "events.jsonl"
+SUMMARY_JSON: Final = "summary.json"
+REPORT_PNG: Final = "report.png"
+
+
+class ReportInputError(EsperError, ValueError):
+    """Raised when a run directory, or a file the report needs in it, is missing or unreadable."""
+
+
+MetricsRow = dict[str, float | None]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunData:
+    """Everything the report reads from a run directory."""
+
+    run_dir: Path
+    rows: list[MetricsRow]
+    events: list[StageEvent]
+    summary: dict[str, object] | None
+
+
+def parse_stage(value: object) -> SeedLifecycleStage | None:
+    """A stage from its number or its name (any case); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        try:
+            return SeedLifecycleStage(value)
+        except ValueError:
+            return None
+    if isinstance(value, str):
+        try:
+            return SeedLifecycleStage[value.strip().upper()]
+        except KeyError:
+            return None
+    return None
+
+
+def _cell(value: str) -> float | None:
+    try:
+        return float(value) if value.strip() else None
+    except ValueError:
+        return None
+
+
+def read_metrics(path: Path) -> list[MetricsRow]:
+    """metrics.csv as rows of floats by column (empty or unparsable cells are None).
+
+    Raises:
+        ReportInputError: the file is missing or unreadable.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ReportInputError(f"no {path.name} in {path.parent}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportInputError(f"cannot read {path}: {err}") from err
+    return [{key: _cell(value or "") for key, value in row.items()} for row in csv.DictReader(text.splitlines())]
+
+
+def stage_event(entry: dict[str, object]) -> StageEvent | None:
+    """The lifecycle transition in one events.jsonl entry, or None if it is not one (or lacks a field)."""
+    if entry.get("event") not in SEED_STAGE_EVENT_NAMES:
+        return None
+    slot, step, to_stage = entry.get("slot"), entry.get("step"), parse_stage(entry.get("to_stage"))
+    if not isinstance(slot, str) or not isinstance(step, int) or isinstance(step, bool) or to_stage is None:
+        return None
+    seed_id, blueprint_id = entry.get("seed_id"), entry.get("blueprint_id")
+    return StageEvent(
+        step=step,
+        slot=slot,
+        to_stage=to_stage,
+        from_stage=parse_stage(entry.get("from_stage")),
+        seed_id=seed_id if isinstance(seed_id, str) else None,
+        blueprint_id=blueprint_id if isinstance(blueprint_id, str) else None,
+    )
+
+
+def read_stage_events(path: Path) -> list[StageEvent]:
+    """Every lifecycle transition in events.jsonl, in file order; lines that are not JSON objects are skipped.
+
+    Raises:
+        ReportInputError: the file is missing or unreadable.
+    """
+    events: list[StageEvent] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line of a crashed run
+                if isinstance(entry, dict) and (event := stage_event(entry)) is not None:
+                    events.append(event)
+    except FileNotFoundError as err:
+        raise ReportInputError(f"no {path.name} in {path.parent}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportInputError(f"cannot read {path}: {err}") from err
+    return events
+
+
+def read_summary(path: Path) -> dict[str, object] | None:
+    """summary.json as a mapping, or None when the run wrote none (it was killed).
+
+    Raises:
+        ReportInputError: the file exists but is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ReportInputError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ReportInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read a run directory.
+
+    Raises:
+        ReportInputError: the directory, metrics.csv or events.jsonl is missing or unreadable.
+    """
+    if not run_dir.is_dir():
+        raise ReportInputError(f"no such run directory: {run_dir}")
+    return RunData(
+        run_dir=run_dir,
+        rows=read_metrics(run_dir / METRICS_CSV),
+        events=read_stage_events(run_dir / EVENTS_JSONL),
+        summary=read_summary(run_dir / SUMMARY_JSON),
+    )
+
+
+def _column(rows: Sequence[MetricsRow], name: str) -> list[float]:
+    return [math.nan if (value := row.get(name)) is None else value for row in rows]
+
+
+def curves_from(rows: Sequence[MetricsRow]) -> Curves:
+    """The curves of metrics.csv, against the step of each epoch end, or the epoch if a row lacks its step."""
+    steps = _column(rows, "step")
+    use_steps = all(math.isfinite(step) for step in steps)
+    return Curves(
+        x=steps if use_steps else _column(rows, "epoch"),
+        train_loss=_column(rows, "train_loss"),
+        val_loss=_column(rows, "val_loss"),
+        train_accuracy=_column(rows, "train_accuracy"),
+        val_accuracy=_column(rows, "val_accuracy"),
+        x_label="step" if use_steps else "epoch",
+    )
+
+
+def render_report(data: RunData) -> Path:
+    """Write report.png into the run directory (atomically) and return its path. Blocking: a CLI or thread call."""
+    title = f"Esper run {data.run_dir.name}"
+    png = render_report_png(curves_from(data.rows), data.events, title=title)
+    path = data.run_dir / REPORT_PNG
+    atomic_write_bytes(path, png)
+    return path
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_lines(data: RunData) -> list[str]:
+    """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
+    lines: list[str] = []
+    summary = data.summary
+    if summary is None:
+        lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
+    else:
+        lines.append(
+            f"run {summary.get('run_id', data.run_dir.name)}: status {summary.get('status', '?')}, "
+            f"exit code {summary.get('exit_code', '?')}, {summary.get('duration_s', '?')} s, "
+            f"dead letters {summary.get('dead_letters', '?')}"
+        )
+        if summary.get("error"):
+            lines.append(f"error: {summary['error']}")
+    if data.rows:
+        last = data.rows[-1]
+        lines.append(
+            f"epochs {len(data.rows)} (last epoch {_fmt(last.get('epoch'), 0)}, step {_fmt(last.get('step'), 0)}): "
+            f"train loss {_fmt(last.get('train_loss'))} acc {_fmt(last.get('train_accuracy'))}, "
+            f"val loss {_fmt(last.get('val_loss'))} acc {_fmt(last.get('val_accuracy'))}"
+        )
+    else:
+        lines.append("no epoch rows in metrics.csv")
+    final: dict[str, SeedLifecycleStage] = {}
+    for event in data.events:
+        if event.seed_id is not None:  # slot-only events (embargo, reset) come after the seed's outcome
+            final[event.seed_id] = event.to_stage
+    if final:
+        counts: dict[str, int] = {}
+        for stage in final.values():
+            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+        lines.append(f"seeds {len(final)}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m esper.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the run directory (runs/<run-id>)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Render the report and print the summary; returns the exit status (``out`` / ``err``: stdout / stderr)."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        data = load_run(args.run_dir)
+        path = render_report(data)
+    except ReportInputError as error:
+        err.write(f"esper.report: {error}\n")
+        return EXIT_UNREADABLE
+    except OSError as error:
+        err.write(f"esper.report: cannot write {args.run_dir / REPORT_PNG}: {error.strerror or error}\n")
+        return EXIT_UNREADABLE
+    out.write("\n".join([*summary_lines(data), f"report: {path}"]) + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The Nissa actor in a real ActorSystem: rows per epoch end, alerts to the sink, snapshot asks, HTTP, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from actors.nissa.actor import ALERT_FIRED, Nissa
+from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
+from esper.runtime.events import NullSink
+from esper.runtime.supervisor import Supervisor
+from esper.runtime.system import ActorSystem
+from schemas.config import NissaConfig
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import EmergencyLevel, HealthStatus, SeedLifecycleStage
+from schemas.nissa import AlertNotice, EvaluateAlerts, NissaSnapshot, QueryNissa, SeedStageChanged
+from schemas.runtime import EmergencySignal
+from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
+from tests.nissa_packets import packet
+from tests.test_nissa_prometheus import http_get
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from actors.nissa.actor import NissaMessage
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+    from esper.runtime.ref import ActorRef
+
+
+async def _start(config: NissaConfig, run_dir: Path, clock: ManualClock, sink: RecordingSink) -> ActorSystem:
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(nissa_spec(config, run_dir, clock=clock, sink=sink))
+    return system
+
+
+async def _ask(ref: ActorRef[NissaMessage]) -> NissaSnapshot:
+    async with asyncio.timeout(5):
+        return await ref.ask(QueryNissa(), NissaSnapshot)
+
+
+def _epochs(path: Path) -> list[str]:
+    return [row["epoch"] for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines())]
+
+
+async def test_rows_alerts_and_snapshot(tmp_path: Path, clock: ManualClock, sink: RecordingSink) -> None:
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for step in (10, 20, 30):
+            clock.advance(1.0)
+            await ref.tell(packet(step, step_ms=25.0))  # three breaches of training_latency_high (> 18 ms, for 3)
+        await ref.tell(packet(32, epoch=0, val=0.9, step_ms=5.0))
+        await ref.tell(
+            SeedStageChanged(
+                slot="s1", from_stage=SeedLifecycleStage.DORMANT, to_stage=SeedLifecycleStage.GERMINATED, step=32
+            )
+        )
+        await ref.tell(
+            TelemetryPacket(
+                packet_id="p",
+                source="tamiyo",
+                issued_at=0.0,
+                metrics=(MetricPoint(name="tamiyo.gnn.feature_coverage", value=0.9),),
+                events=(TelemetryEvent(name="loss_spike", level=TelemetryLevel.WARNING),),
+            )
+        )
+        snapshot = await _ask(ref)
+        assert (snapshot.epochs_written, snapshot.last_epoch) == (1, 0)
+        assert snapshot.final_figures["val_loss"] == 0.9
+        assert snapshot.endpoint is None
+        assert _epochs(tmp_path / "metrics.csv") == ["0"]
+        # Fired on the third breach, cleared by the fourth packet (5 ms).
+        notices = sink.of_type(AlertNotice)
+        assert [(n.rule, n.active, n.at_s) for n in notices] == [
+            ("training_latency_high", True, 3.0),
+            ("training_latency_high", False, 3.0),
+        ]
+        fired = [e for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED]
+        assert fired[0].attributes["rule"] == "training_latency_high"
+        assert fired[0].attributes["emergency_level"] == 1
+        assert snapshot.health.status is HealthStatus.HEALTHY
+        names = {sample.name for sample in snapshot.metrics}
+        assert {"tolaria.training.loss", "kasmina.seed.transitions_total", "nissa.messages_total"} <= names
+        assert {"tamiyo.gnn.feature_coverage", "nissa.alerts.active", "nissa.ingest.latency_ms"} <= names
+
+        await ref.tell(
+            EmergencySignal(
+                level=EmergencyLevel.L4_HALT,
+                previous=EmergencyLevel.L3_CONSERVATIVE,
+                reason="rollback_failed",
+                origin="tolaria",
+                monotonic_time_ms=1.0,
+                run_id="run-1",
+            )
+        )
+        snapshot = await _ask(ref)
+        assert snapshot.health.status is HealthStatus.CRITICAL
+    finally:
+        await system.stop()
+
+
+async def test_a_tick_fires_rules_on_stale_values(tmp_path: Path, clock: ManualClock, sink: RecordingSink) -> None:
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(
+            TelemetryPacket(
+                packet_id="p",
+                source="oona",
+                issued_at=0.0,
+                metrics=(MetricPoint(name="oona.queue.depth", value=4500.0),),
+            )
+        )
+        clock.advance(30.0)
+        await ref.tell(EvaluateAlerts(seq=1))
+        snapshot = await _ask(ref)
+        assert [alert.rule for alert in snapshot.alerts] == ["oona_queue_depth"]
+        assert snapshot.health.status is HealthStatus.DEGRADED
+        assert [n.rule for n in sink.of_type(AlertNotice)] == ["oona_queue_depth"]
+    finally:
+        await system.stop()
+
+
+async def test_a_restarted_run_appends_to_metrics_csv(tmp_path: Path, clock: ManualClock, sink: RecordingSink) -> None:
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    ref = system.ref(NISSA, Nissa)
+    await ref.tell(packet(32, epoch=0, val=0.9))
+    await ref.tell(packet(64, epoch=1, val=0.8))
+    await _ask(ref)
+    await system.stop()
+
+    resumed = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = resumed.ref(NISSA, Nissa)
+        await ref.tell(packet(64, epoch=1, val=0.8))  # re-sent after the restart: not written twice
+        await ref.tell(packet(96, epoch=2, val=0.7))
+        snapshot = await _ask(ref)
+        assert (snapshot.epochs_written, snapshot.last_epoch) == (3, 2)
+    finally:
+        await resumed.stop()
+    text = (tmp_path / "metrics.csv").read_text(encoding="utf-8")
+    assert text.count("epoch,step,") == 1
+    assert _epochs(tmp_path / "metrics.csv") == ["0", "1", "2"]
+
+
+async def test_the_actor_serves_http_on_an_ephemeral_port(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    # Port 0 cannot come from a config file (ports are 1..65535 there); built directly it binds an ephemeral port.
+    system = await _start(NissaConfig(prometheus_port=0), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(packet(32, epoch=0, val=0.9))
+        snapshot = await _ask(ref)  # on_start has run (the server is bound) once an ask is answered
+        assert snapshot.endpoint is not None
+        host, port = snapshot.endpoint.rsplit(":", 1)
+        assert host == "127.0.0.1"
+        async with asyncio.timeout(5):
+            status, _, body = await http_get(int(port), "/metrics")
+            assert status == 200
+            assert "esper_tolaria_validation_loss 0.9" in body.decode().splitlines()
+            status, _, body = await http_get(int(port), "/healthz")
+            assert (status, json.loads(body)["status"]) == (200, "HEALTHY")
+            status, _, body = await http_get(int(port), "/metrics/summary")
+            summary = msgspec.json.decode(body)
+            assert [slo["name"] for slo in summary["slos"]] == [
+                "epoch_hook_latency",
+                "tamiyo_decision_latency",
+                "kernel_fetch_latency",
+            ]
+            assert summary["slos"][0]["samples"] == 1
+    finally:
+        await system.stop()
+
+
+async def test_the_tick_child_calls_its_function(clock: ManualClock) -> None:
+    ticked = asyncio.Event()
+
+    async def tick() -> None:
+        ticked.set()
+
+    system = ActorSystem(clock=clock, sink=NullSink())
+    await system.start(Supervisor([nissa_tick_spec(tick, NissaConfig(alert_eval_interval_s=30.0), clock=clock)]))
+    try:
+        async with asyncio.timeout(1):
+            await ticked.wait()
+    finally:
+        await system.stop()

@@ -1,0 +1,187 @@
+"""Alert rules fire after `for` consecutive breaches and clear when the condition stops; SLO burn; health levels."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.nissa.alerts import (
+    DEFAULT_RULES,
+    AlertEvaluator,
+    AlertRule,
+    SloObjective,
+    SloTracker,
+    assess_health,
+)
+from schemas.enums import EmergencyLevel, HealthStatus
+from schemas.nissa import ActiveAlert, SloStatus
+
+LATENCY = "tolaria.training.latency_ms"
+
+
+def _feed(evaluator: AlertEvaluator, metric: str, values: list[float]) -> list[list[tuple[str, bool]]]:
+    """Observe and evaluate each value in turn (one second apart); the notices of each evaluation."""
+    out = []
+    for index, value in enumerate(values):
+        evaluator.observe(metric, value, float(index))
+        out.append([(n.rule, n.active) for n in evaluator.evaluate(float(index), [metric])])
+    return out
+
+
+def test_the_default_table_is_the_reference_table() -> None:
+    table = {rule.name: (rule.metric, rule.condition, rule.for_count, rule.routes) for rule in DEFAULT_RULES}
+    assert table == {
+        "tamiyo_coverage_low": ("tamiyo.gnn.feature_coverage", "< 0.7", 3, ("slack",)),
+        "training_latency_high": (LATENCY, "> 18", 3, ("pagerduty", "slack")),
+        "kasmina_isolation_violation": ("kasmina.isolation.violations", ">= 3 within 300s", 1, ("pagerduty",)),
+        "oona_queue_depth": ("oona.queue.depth", "> 4000", 2, ("slack",)),
+        "tezzeret_compile_retry_high": ("tezzeret.compile.retry_count", "> 1", 1, ("email",)),
+    }
+
+
+def test_a_rule_fires_after_for_consecutive_breaches_and_clears_when_the_condition_stops() -> None:
+    evaluator = AlertEvaluator(DEFAULT_RULES)
+    fired = ("training_latency_high", True)
+    cleared = ("training_latency_high", False)
+    assert _feed(evaluator, LATENCY, [20, 20, 5, 20, 20, 20, 25, 10]) == [[], [], [], [], [], [fired], [], [cleared]]
+    assert evaluator.active() == ()
+
+
+def test_a_firing_rule_is_listed_with_its_value_and_since() -> None:
+    evaluator = AlertEvaluator(DEFAULT_RULES)
+    _feed(evaluator, LATENCY, [30, 30, 30, 40])
+    (alert,) = evaluator.active()
+    assert (alert.rule, alert.value, alert.since_s, alert.breaches, alert.level) == (
+        "training_latency_high",
+        40,
+        2.0,
+        4,
+        EmergencyLevel.L1_NOTICE,
+    )
+
+
+def test_a_tick_re_evaluates_the_latest_value() -> None:
+    evaluator = AlertEvaluator(DEFAULT_RULES)
+    evaluator.observe("oona.queue.depth", 5000, 0.0)
+    assert evaluator.evaluate(0.0) == []
+    (notice,) = evaluator.evaluate(30.0)  # the tick: the depth is still high, the second breach fires it
+    assert (notice.rule, notice.active, notice.value, notice.breaches) == ("oona_queue_depth", True, 5000, 2)
+    assert notice.routes == ("slack",)
+
+
+def test_rules_without_data_stay_silent_and_nan_never_breaches() -> None:
+    evaluator = AlertEvaluator(DEFAULT_RULES)
+    assert evaluator.evaluate(0.0) == []
+    assert _feed(evaluator, LATENCY, [float("nan")] * 4) == [[], [], [], []]
+
+
+def test_the_isolation_rule_counts_new_violations_within_five_minutes() -> None:
+    evaluator = AlertEvaluator(DEFAULT_RULES)
+    metric = "kasmina.isolation.violations"
+    rule = "kasmina_isolation_violation"
+    evaluator.observe(metric, 1, 0.0)
+    assert evaluator.evaluate(0.0, [metric]) == []
+    evaluator.observe(metric, 2, 100.0)
+    assert evaluator.evaluate(100.0, [metric]) == []
+    evaluator.observe(metric, 3, 200.0)  # three new within 300 s: fires at once (for 1), at L2
+    (notice,) = evaluator.evaluate(200.0, [metric])
+    assert (notice.rule, notice.active, notice.value, notice.level) == (rule, True, 3, EmergencyLevel.L2_ELEVATED)
+    # No new violations: once the first one is older than 300 s the count is 2 and the alert clears on a tick.
+    (cleared,) = evaluator.evaluate(301.0)
+    assert (cleared.rule, cleared.active, cleared.value) == (rule, False, 2)
+
+
+def test_rules_are_validated() -> None:
+    with pytest.raises(ValueError, match="for_count must be >= 1"):
+        AlertRule("r", "m", ">", 1.0, 0)
+    with pytest.raises(ValueError, match="level must be L1_NOTICE or L2_ELEVATED"):
+        AlertRule("r", "m", ">", 1.0, 1, level=EmergencyLevel.L3_CONSERVATIVE)
+    with pytest.raises(ValueError, match="rule names must be unique"):
+        AlertEvaluator([AlertRule("r", "m", ">", 1.0, 1), AlertRule("r", "n", ">", 1.0, 1)])
+
+
+def test_slo_burn_is_violations_over_samples_within_each_window() -> None:
+    tracker = SloTracker(
+        [SloObjective("hook", "hook_ms", 18.0)], window_s=1000.0, short_window_s=100.0, burn_threshold=0.4
+    )
+    # 10 samples at t = 0..9 with 3 violations: burn 0.3 in both windows.
+    for t, actual in enumerate([5, 25, 5, 5, 30, 5, 5, 18, 19, 5]):
+        tracker.observe("hook_ms", actual, float(t))
+    (status,) = tracker.statuses(9.0)
+    assert (status.samples, status.violations) == (10, 3)
+    assert status.burn == pytest.approx(0.3)
+    assert (status.short_samples, status.short_violations) == (10, 3)
+    assert not status.breached
+    # At t = 150 the short window has dropped them all; two new violations of two samples breach it.
+    tracker.observe("hook_ms", 50, 150.0)
+    tracker.observe("hook_ms", 60, 151.0)
+    (status,) = tracker.statuses(151.0)
+    assert (status.short_samples, status.short_violations, status.short_burn) == (2, 2, 1.0)
+    assert (status.samples, status.violations) == (12, 5)
+    assert status.burn == pytest.approx(5 / 12)
+    assert status.breached
+    (notice,) = tracker.notices(151.0)
+    assert (notice.rule, notice.active) == ("slo_hook", True)
+    assert tracker.notices(151.0) == []  # a notice per change, not per call
+    # Long after, both windows are empty: burn 0 and the breach clears.
+    (status,) = tracker.statuses(5000.0)
+    assert (status.samples, status.burn, status.breached) == (0, 0.0, False)
+    (notice,) = tracker.notices(5000.0)
+    assert notice.active is False
+
+
+def test_slo_windows_stay_bounded() -> None:
+    tracker = SloTracker([SloObjective("x", "m", 1.0)], max_samples=4)
+    for t, actual in enumerate([5, 5, 0, 0, 0, 0]):
+        tracker.observe("m", actual, float(t))
+    (status,) = tracker.statuses(6.0)
+    assert (status.samples, status.violations) == (4, 0)
+
+
+def _alert(level: EmergencyLevel) -> ActiveAlert:
+    return ActiveAlert(
+        rule="r", metric="m", condition="> 1", threshold=1.0, value=2.0, level=level, since_s=0.0, breaches=1
+    )
+
+
+def _slo(breached: bool) -> SloStatus:
+    return SloStatus(
+        name="hook",
+        metric="m",
+        objective=1.0,
+        window_s=1.0,
+        samples=1,
+        violations=1,
+        burn=1.0,
+        short_window_s=1.0,
+        short_samples=1,
+        short_violations=1,
+        short_burn=1.0,
+        breached=breached,
+    )
+
+
+@pytest.mark.parametrize(
+    ("alerts", "slos", "level", "breakers", "expected"),
+    [
+        ((), (), EmergencyLevel.L1_NOTICE, (), HealthStatus.HEALTHY),
+        ((), (_slo(False),), EmergencyLevel.L1_NOTICE, (), HealthStatus.HEALTHY),
+        ((_alert(EmergencyLevel.L1_NOTICE),), (), EmergencyLevel.L1_NOTICE, (), HealthStatus.DEGRADED),
+        ((), (_slo(True),), EmergencyLevel.L1_NOTICE, (), HealthStatus.DEGRADED),
+        ((), (), EmergencyLevel.L2_ELEVATED, (), HealthStatus.DEGRADED),
+        ((_alert(EmergencyLevel.L2_ELEVATED),), (), EmergencyLevel.L1_NOTICE, (), HealthStatus.UNHEALTHY),
+        ((), (), EmergencyLevel.L1_NOTICE, ("tamiyo",), HealthStatus.UNHEALTHY),
+        ((), (), EmergencyLevel.L3_CONSERVATIVE, (), HealthStatus.UNHEALTHY),
+        ((), (), EmergencyLevel.L4_HALT, (), HealthStatus.CRITICAL),
+    ],
+)
+def test_health_levels(
+    alerts: tuple[ActiveAlert, ...],
+    slos: tuple[SloStatus, ...],
+    level: EmergencyLevel,
+    breakers: tuple[str, ...],
+    expected: HealthStatus,
+) -> None:
+    report = assess_health(alerts=alerts, slos=slos, emergency_level=level, open_breakers=breakers)
+    assert report.status is expected
+    assert report.summary.startswith(expected.name)
+    assert report.indicators["emergency_level"] == level.name

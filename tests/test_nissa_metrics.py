@@ -1,0 +1,125 @@
+"""Metric aggregation: epoch rows only at epoch ends, registry counters and gauges, telemetry and lifecycle input."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
+from schemas.boundary import BoundaryApplied, OpOutcome
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
+from schemas.runtime import BreakerTransition, ChildRestarted
+from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
+from tests.nissa_packets import packet, seed
+
+
+def test_rows_come_only_from_epoch_ends_once_per_epoch() -> None:
+    aggregator = MetricsAggregator()
+    sequence = [
+        packet(10),
+        packet(20),
+        packet(32, epoch=0, val=0.9),
+        packet(40, epoch=1),
+        packet(64, epoch=1, val=0.8),
+        packet(64, epoch=1, val=0.8),  # a repeated epoch end (a re-sent packet) writes no second row
+        packet(70, epoch=2),
+    ]
+    rows = [row for p in sequence if (row := aggregator.observe_state(p, wall_time_s=float(p.global_step))[0])]
+    assert [(row["epoch"], row["step"], row["val_loss"]) for row in rows] == [(0, 32, 0.9), (1, 64, 0.8)]
+    assert aggregator.registry.value("tolaria.epochs.total") == 2.0
+    assert aggregator.last_epoch == 1
+    assert aggregator.final_figures()["val_loss"] == 0.8
+
+
+def test_a_resumed_aggregator_skips_epochs_already_written() -> None:
+    aggregator = MetricsAggregator(last_epoch=3)
+    assert aggregator.observe_state(packet(128, epoch=3, val=0.5), wall_time_s=1.0)[0] is None
+    row, _ = aggregator.observe_state(packet(160, epoch=4, val=0.4), wall_time_s=2.0)
+    assert row is not None
+    assert row["epoch"] == 4
+
+
+def test_epoch_row_has_every_column_and_counts_seeds_per_stage() -> None:
+    seeds = (
+        seed("a", SeedLifecycleStage.TRAINING),
+        seed("b", SeedLifecycleStage.BLENDING),
+        seed("c", SeedLifecycleStage.FOSSILIZED),
+        seed("d", SeedLifecycleStage.DORMANT),
+    )
+    row = epoch_row(packet(100, epoch=2, val=0.7, seeds=seeds, level=EmergencyLevel.L2_ELEVATED), wall_time_s=12.3456)
+    assert tuple(row) == METRICS_COLUMNS
+    assert row["seeds_active"] == 2
+    assert (row["seeds_training"], row["seeds_blending"], row["seeds_fossilized"], row["seeds_dormant"]) == (1, 1, 1, 1)
+    assert row["seeds_culled"] == 0
+    assert row["emergency_level"] == 2
+    assert row["wall_time_s"] == 12.346
+    assert row["test_loss"] is None
+    assert row["step_ms"] == 7.75
+    assert row["seed_parameters"] == 256
+
+
+def test_epoch_row_refuses_a_packet_without_validation() -> None:
+    with pytest.raises(ValueError, match="no validation_loss"):
+        epoch_row(packet(5), wall_time_s=0.0)
+
+
+def test_registry_counters_only_go_up_and_samples_are_sorted_with_help() -> None:
+    registry = MetricsRegistry()
+    registry.inc("nissa.messages_total", labels={"type": "B"})
+    registry.inc("nissa.messages_total", 2, labels={"type": "A"})
+    registry.set_gauge("tolaria.training.loss", 0.5)
+    with pytest.raises(ValueError, match="amount must be >= 0"):
+        registry.inc("nissa.messages_total", -1)
+    samples = registry.samples()
+    assert [(s.name, s.labels, s.value, s.kind) for s in samples] == [
+        ("nissa.messages_total", {"type": "A"}, 2.0, "counter"),
+        ("nissa.messages_total", {"type": "B"}, 1.0, "counter"),
+        ("tolaria.training.loss", {}, 0.5, "gauge"),
+    ]
+    assert samples[2].help.startswith("Mean training loss")
+
+
+def test_telemetry_lifecycle_boundary_breaker_and_restart_inputs_update_the_registry() -> None:
+    aggregator = MetricsAggregator()
+    telemetry = TelemetryPacket(
+        packet_id="p1",
+        source="tamiyo",
+        issued_at=1.0,
+        metrics=(MetricPoint(name="tamiyo.gnn.feature_coverage", value=0.5, attributes={"policy": "gnn"}),),
+        events=(TelemetryEvent(name="loss_spike", level=TelemetryLevel.WARNING),),
+    )
+    assert aggregator.observe_telemetry(telemetry) == ["tamiyo.gnn.feature_coverage"]
+    registry = aggregator.registry
+    assert registry.value("tamiyo.gnn.feature_coverage", {"policy": "gnn"}) == 0.5
+    assert registry.value("telemetry.events_total", {"name": "loss_spike", "level": "warning"}) == 1.0
+
+    aggregator.observe_stage(
+        SeedStageChanged(
+            slot="s1", from_stage=SeedLifecycleStage.TRAINING, to_stage=SeedLifecycleStage.BLENDING, step=40
+        )
+    )
+    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "blending"}) == 1.0
+    assert registry.value("kasmina.seed.stage", {"slot": "s1"}) == 4.0
+
+    aggregator.observe_boundary(
+        BoundaryApplied(
+            run_id="r",
+            decided_on_step=8,
+            effect_step=10,
+            applied_step=10,
+            stall_ms=2.5,
+            outcomes=(OpOutcome(kind="attach", slot="s1", seed_id="x", applied=True),),
+        )
+    )
+    assert registry.value("tolaria.boundary.stalls_total") == 1.0
+    assert registry.value("tolaria.boundary.ops_total", {"kind": "attach", "applied": "true"}) == 1.0
+
+    aggregator.observe_breaker(
+        BreakerTransition(
+            breaker="tamiyo.inference", from_state=BreakerState.CLOSED, to_state=BreakerState.OPEN, reason="x", at_s=1
+        )
+    )
+    assert aggregator.open_breakers() == ["tamiyo.inference"]
+    aggregator.observe_restart(ChildRestarted(supervisor="weatherlight", child="tamiyo", restarts=1, backoff_s=0.1))
+    assert registry.value("weatherlight.restarts_total", {"child": "tamiyo"}) == 1.0

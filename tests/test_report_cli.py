@@ -1,0 +1,62 @@
+"""``python -m esper.report``: exit 0 with the summary and report.png; exit 2 with one line for missing inputs."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from esper.report import EXIT_OK, EXIT_UNREADABLE, main
+from tests.report_fixtures import write_run
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = main(argv, out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_a_complete_run_exits_0_and_writes_report_png(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-1")
+    status, out, err = _run([str(run)])
+    assert (status, err) == (EXIT_OK, "")
+    assert out.splitlines()[0].startswith("run run-1: status completed")
+    assert out.splitlines()[-1] == f"report: {run / 'report.png'}"
+    assert (run / "report.png").stat().st_size > 0
+
+
+def test_a_missing_directory_exits_2_with_one_line(tmp_path: Path) -> None:
+    status, out, err = _run([str(tmp_path / "nope")])
+    assert (status, out) == (EXIT_UNREADABLE, "")
+    assert err == f"esper.report: no such run directory: {tmp_path / 'nope'}\n"
+
+
+def test_a_missing_metrics_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-2")
+    (run / "metrics.csv").unlink()
+    status, _, err = _run([str(run)])
+    assert status == EXIT_UNREADABLE
+    assert err == f"esper.report: no metrics.csv in {run}\n"
+    assert not (run / "report.png").exists()
+
+
+def test_the_module_runs_as_a_program(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-3", lifecycle=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "esper.report", str(run)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "report: " in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "esper.report", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1

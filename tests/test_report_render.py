@@ -1,0 +1,113 @@
+"""report.png renders from a run directory alone: curves, lifecycle markers and the seed timeline; lanes and events."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+import pytest
+
+from esper.report import (
+    ReportInputError,
+    load_run,
+    parse_stage,
+    read_stage_events,
+    render_report,
+    stage_event,
+    summary_lines,
+)
+from esper.report_plot import StageEvent, seed_lanes
+from schemas.enums import SeedLifecycleStage as Stage
+from tests.report_fixtures import TRANSITIONS, write_run
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_a_run_with_seeds_renders_a_png(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-a")
+    path = render_report(load_run(run))
+    assert path == run / "report.png"
+    data = path.read_bytes()
+    assert _png_size(data) == (1200, 1000)
+    assert len(data) > 20_000  # curves, markers and lanes, not a blank canvas
+
+
+def test_a_run_without_seeds_still_renders_its_curves(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-b", lifecycle=False, summary=False)
+    data = load_run(run)
+    assert data.events == []
+    assert data.summary is None
+    assert _png_size(render_report(data).read_bytes()) == (1200, 1000)
+
+
+def test_an_empty_metrics_file_renders(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-c", epochs=0)
+    assert load_run(run).rows == []
+    assert render_report(load_run(run)).is_file()
+
+
+def test_lifecycle_events_are_read_from_events_jsonl_in_either_stage_form(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-d")
+    events = read_stage_events(run / "events.jsonl")
+    assert len(events) == len(TRANSITIONS)
+    assert events[0] == StageEvent(
+        step=300,
+        slot="features.1",
+        to_stage=Stage.GERMINATED,
+        from_stage=Stage.DORMANT,
+        seed_id="seed-1",
+        blueprint_id="BP001",
+    )
+    numeric = {"event": "seed_stage_changed", "slot": "s", "step": 7, "to_stage": 4, "from_stage": 3}
+    assert stage_event(numeric) == StageEvent(step=7, slot="s", to_stage=Stage.BLENDING, from_stage=Stage.TRAINING)
+    assert stage_event({"event": "seed_stage", "slot": "s", "step": "7", "to_stage": 4}) is None
+    assert stage_event({"event": "gate_event", "slot": "s", "step": 7, "to_stage": 4}) is None
+    assert (parse_stage("blending"), parse_stage(99), parse_stage(True), parse_stage(None)) == (
+        Stage.BLENDING,
+        None,
+        None,
+        None,
+    )
+
+
+def test_lanes_follow_each_seed_and_slot_only_events_join_the_slots_latest_seed() -> None:
+    events = [
+        StageEvent(step=10, slot="a", to_stage=Stage.GERMINATED, seed_id="s1", blueprint_id="BP1"),
+        StageEvent(step=20, slot="a", to_stage=Stage.CULLED, seed_id="s1"),
+        StageEvent(step=25, slot="a", to_stage=Stage.EMBARGOED),
+        StageEvent(step=40, slot="a", to_stage=Stage.DORMANT),
+        StageEvent(step=50, slot="a", to_stage=Stage.GERMINATED, seed_id="s2"),
+    ]
+    lanes = seed_lanes(events, end_step=60)
+    assert list(lanes) == ["a · s1 (BP1)", "a · s2"]
+    assert [(s.stage, s.start, s.end) for s in lanes["a · s1 (BP1)"]] == [
+        (Stage.GERMINATED, 10, 20),
+        (Stage.CULLED, 20, 25),
+        (Stage.EMBARGOED, 25, 40),
+    ]
+    assert [(s.stage, s.start, s.end) for s in lanes["a · s2"]] == [(Stage.GERMINATED, 50, 60)]
+
+
+def test_the_summary_names_status_final_figures_and_seed_outcomes(tmp_path: Path) -> None:
+    lines = summary_lines(load_run(write_run(tmp_path / "run-e")))
+    assert lines[0] == "run run-e: status completed, exit code 0, 45.0 s, dead letters 0"
+    assert lines[1].startswith("epochs 18 (last epoch 17, step 1800): train loss 0.3059")
+    assert lines[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"
+
+
+def test_missing_inputs_raise_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportInputError, match="no such run directory"):
+        load_run(tmp_path / "absent")
+    run = write_run(tmp_path / "run-f")
+    (run / "events.jsonl").unlink()
+    with pytest.raises(ReportInputError, match=r"no events\.jsonl in"):
+        load_run(run)
