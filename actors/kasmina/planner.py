@@ -1,0 +1,638 @@
+# Stays whole past 600 lines: evidence, commands and transitions of one boundary share the same seed bookkeeping.
+"""The boundary planner: one state packet plus its decision in, lifecycle boundary run, one BoundaryPlan out.
+
+Synchronous and deterministic: given the same packets, decisions, receipts and validation reports in the same order,
+it takes the same transitions at the same steps and writes the same plans. It never awaits; the actor around it
+verifies signatures, awaits seed preparation on the io lane between ``begin`` and ``finish``, and sends the plan.
+Runs on the Kasmina actor's event loop; not thread-safe. Events go to the injected sink, which never blocks.
+
+Timeline of one seed (s = the step of the GERMINATE's packet, lag = TolariaConfig.command_lag_steps):
+boundary s: G0 passes, DORMANT -> GERMINATED, the module is prepared and plan s carries ``attach`` (slot mode
+TRAINING) effective at s + lag. The receipt of that attach is the G1 evidence; at the first boundary after the
+attach took effect G1 passes and the lifecycle records GERMINATED -> TRAINING (no op: the slot already trains).
+Later boundaries: TRAINING -> BLENDING (``set_stage`` with the blend config), -> SHADOWING, -> PROBATIONARY
+(``set_stage``), -> FOSSILIZED (``fossilize``); a cull from any live stage is a ``detach``.
+
+Receipts (BoundaryApplied) and validation reports are applied at the first boundary after the step they describe
+(receipts: applied_step < packet step; validation: report step <= packet step), never when they happen to arrive,
+so thread timing never moves a transition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, final
+
+from actors.kasmina.admission import SECURITY_REASONS, blend_problem, blueprint_facts, checked_params, g0_reject_reason
+from actors.kasmina.evidence import (
+    AttachmentEvidence,
+    GerminationRequest,
+    ResetEvidence,
+    StepEvidence,
+    ValidationEvidence,
+)
+from actors.kasmina.gates import GateVerdict
+from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecycle
+from actors.kasmina.preparation import PreparationRequest, derive_build_seed
+from actors.kasmina.seeds import SeedEntry, gate_result, isolation_breaker, seed_state
+from schemas.boundary import BoundaryPlan, SeedOp
+from schemas.control import AdaptationCommand, CommandResult
+from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
+from schemas.enums import BreakerState
+from schemas.enums import SeedLifecycleStage as Stage
+from schemas.telemetry import TelemetryEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from actors.kasmina.lifecycle import BoundaryReport, LifecycleSettings, SlotRecord
+    from actors.kasmina.preparation import PreparedSeed
+    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from schemas.boundary import BoundaryApplied
+    from schemas.config import BreakerConfig
+    from schemas.kasmina import PrefetchSeed, SeedValidationReport
+    from schemas.state import SeedState, SystemStatePacket
+
+_CRITICAL_GATE_REASONS = ("fallback", "latency_over_budget", "interface_mismatch")
+_SET_STAGE = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
+
+
+@final
+@dataclass
+class Draft:
+    """A plan being assembled: ops in order, with attach placeholders (seed ids) until preparation is done."""
+
+    step: int
+    epoch: int
+    ops: list[SeedOp | str] = field(default_factory=list)
+    results: list[CommandResult] = field(default_factory=list)
+    preparations: list[PreparationRequest] = field(default_factory=list)
+
+
+@final
+class BoundaryPlanner:
+    """Owns the SeedLifecycle, each seed's bookkeeping and isolation breaker, and the parameter-ownership map."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        run_seed: int,
+        slots: Mapping[str, SlotShape],
+        settings: LifecycleSettings,
+        lag_steps: int,
+        describe: Callable[[str], BlueprintDescriptor | None],
+        clock: Clock,
+        sink: EventSink,
+        breaker: BreakerConfig,
+        approved_blueprints: frozenset[str] = frozenset(),
+    ) -> None:
+        """Raises: ValueError: no slots, a negative lag, or a slot name repeated or empty."""
+        if not slots:
+            raise ValueError("slots must name at least one seed slot")
+        if lag_steps < 0:
+            raise ValueError(f"lag_steps must be >= 0, got {lag_steps}")
+        self._run_id = run_id
+        self._run_seed = run_seed
+        self._shapes = dict(slots)
+        self._depth = {name: i for i, name in enumerate(slots)}
+        # Boot at step -1 so that a packet at step 0 is a boundary after it.
+        self._lifecycle = SeedLifecycle(tuple(slots), settings, step=-1, epoch=0)
+        self._lag = lag_steps
+        self._describe = describe
+        self._clock = clock
+        self._sink = sink
+        self._breaker = breaker
+        self._approved = approved_blueprints
+        self._seeds: dict[str, SeedEntry] = {}
+        self._pending: dict[str, SeedEntry] = {}
+        self._owners: dict[str, str] = {}
+        self._receipts: list[BoundaryApplied] = []
+        self._validation: list[SeedValidationReport] = []
+        self._last_step: int | None = None
+        self._reported_epoch: int | None = None
+        self.boundaries = 0
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.isolation_culls = 0
+        self.illegal_transitions = 0
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def lag_steps(self) -> int:
+        return self._lag
+
+    @property
+    def last_step(self) -> int | None:
+        """The step of the last boundary planned, or None before the first."""
+        return self._last_step
+
+    def seed_states(self) -> tuple[SeedState, ...]:
+        return tuple(self._seed_state(rec) for rec in self._lifecycle.records())
+
+    def owner_of(self, parameter: str) -> str | None:
+        """The seed id (or ``"host"`` after fossilization) owning a qualified parameter name, from receipts."""
+        return self._owners.get(parameter)
+
+    def slot_of(self, seed_id: str) -> str | None:
+        for rec in self._lifecycle.records():
+            if rec.seed_id == seed_id:
+                return rec.slot
+        pending = [s.slot for s in self._pending.values() if s.seed_id == seed_id]
+        return pending[0] if pending else None
+
+    # ------------------------------------------------------------ inputs between boundaries
+
+    def record_receipt(self, receipt: BoundaryApplied) -> None:
+        """Keep Tolaria's receipt until the first boundary after its applied step."""
+        self._receipts.append(receipt)
+
+    def record_validation(self, report: SeedValidationReport) -> None:
+        """Keep a validation report until the boundary of its step."""
+        self._validation.append(report)
+
+    def prefetch_request(self, msg: PrefetchSeed) -> PreparationRequest | str:
+        """The preparation a prefetch asks for, or one line saying why it cannot be prepared."""
+        shape = self._shapes.get(msg.slot)
+        if shape is None:
+            return f"unknown slot {msg.slot!r}"
+        checked = checked_params(self._describe(msg.blueprint_id), msg.blueprint_id, shape, msg.blueprint_params)
+        if isinstance(checked, str):
+            return checked
+        return self._request(msg.seed_id, msg.slot, msg.blueprint_id, shape, checked)
+
+    # ------------------------------------------------------------ the boundary
+
+    def begin(
+        self, packet: SystemStatePacket, command: AdaptationCommand | None, security: CommandRejectReason | None
+    ) -> Draft:
+        """Run the boundary of ``packet``: evidence, the command (already verified: ``security`` is the verifier's
+        verdict), the lifecycle transitions; returns the draft plan and the modules it still needs.
+
+        Raises:
+            ValueError: the packet's step is not after the last boundary (the caller drops such packets first).
+            TransitionOrderError: the packet's epoch went backwards.
+        """
+        step, epoch = packet.global_step, packet.epoch
+        if self._last_step is not None and step <= self._last_step:
+            raise ValueError(f"packet step {step} is not after the last boundary {self._last_step}")
+        draft = Draft(step=step, epoch=epoch)
+        self._apply_receipts(step)
+        self._apply_validation(step)
+        self._report_resets()
+        self._apply_packet(packet)
+        command_ops: list[SeedOp] = []
+        if command is not None:
+            result, command_ops = self._apply_command(command, security, step, epoch)
+            draft.results.append(result)
+            self._sink.emit(result)
+        report = self._lifecycle.step_boundary(step, epoch)
+        self._last_step = step
+        self.boundaries += 1
+        self._judged(report)
+        changed = self._transition_ops(report, draft)
+        draft.ops.extend(command_ops)
+        if self._reported_epoch != epoch:
+            self._reported_epoch = epoch
+            changed = {rec.slot for rec in self._lifecycle.records()}
+        for rec in self._lifecycle.records():
+            if rec.slot in changed:
+                self._sink.emit(self._seed_state(rec))
+        return draft
+
+    def prepared(self, prepared: PreparedSeed) -> None:
+        """Record a module ready in the handoff store for a seed of the current draft."""
+        self._seeds[prepared.seed_id].prepared = prepared
+        self._seeds[prepared.seed_id].parameter_count = prepared.parameter_count
+
+    def preparation_failed(self, seed_id: str, detail: str) -> None:
+        """A seed's module could not be prepared: G1 fails with ``fetch_error``; the seed is culled next boundary."""
+        seed = self._seeds[seed_id]
+        self._event(
+            "preparation_failed",
+            TelemetryLevel.ERROR,
+            f"seed {seed_id} in slot {seed.slot}: {detail}",
+            slot=seed.slot,
+            seed_id=seed_id,
+        )
+        self._cull(seed.slot, "G1_GRADIENT_HEALTH:fetch_error")
+
+    def finish(self, draft: Draft) -> BoundaryPlan:
+        """The plan of a draft: attach placeholders become attach ops for the seeds that were prepared."""
+        ops: list[SeedOp] = []
+        for op in draft.ops:
+            if isinstance(op, SeedOp):
+                ops.append(op)
+                continue
+            seed = self._seeds.get(op)
+            if seed is None or seed.prepared is None:
+                continue
+            seed.attach_sent = True
+            ops.append(
+                SeedOp(
+                    kind="attach",
+                    slot=seed.slot,
+                    seed_id=seed.seed_id,
+                    stage=Stage.TRAINING,
+                    handle=seed.prepared.handle,
+                    blueprint_id=seed.blueprint_id,
+                    blend=seed.blend,
+                    reason="germinate",
+                )
+            )
+        return BoundaryPlan(
+            run_id=self._run_id,
+            decided_on_step=draft.step,
+            effect_step=draft.step + self._lag,
+            ops=tuple(ops),
+            command_results=tuple(draft.results),
+        )
+
+    # ------------------------------------------------------------ evidence
+
+    def _apply_receipts(self, step: int) -> None:
+        due = [r for r in self._receipts if r.applied_step < step]
+        self._receipts = [r for r in self._receipts if r.applied_step >= step]
+        for receipt in due:
+            for seed_id, count in receipt.seed_parameters.items():
+                if seed_id in self._seeds:
+                    self._seeds[seed_id].parameter_count = count
+            for outcome in receipt.outcomes:
+                seed = self._seeds.get(outcome.seed_id) if outcome.seed_id is not None else None
+                if seed is None:
+                    continue
+                if not outcome.applied:
+                    self._op_failed(seed, outcome.kind, outcome.error or "no reason given")
+                elif outcome.kind == "attach":
+                    self._attached(seed)
+                elif outcome.kind == "detach":
+                    seed.detached = True
+                    for name in [n for n, owner in self._owners.items() if owner == seed.seed_id]:
+                        del self._owners[name]
+                elif outcome.kind == "fossilize":
+                    for name in [n for n, owner in self._owners.items() if owner == seed.seed_id]:
+                        self._owners[name] = "host"
+
+    def _attached(self, seed: SeedEntry) -> None:
+        seed.attached = True
+        prepared = seed.prepared
+        assert prepared is not None  # an attach op is only written for a prepared seed
+        for name in prepared.param_names:
+            self._owners[f"{seed.slot}.seed.{name}"] = seed.seed_id
+        self._lifecycle.record_attachment(
+            seed.slot,
+            AttachmentEvidence(
+                seed_id=seed.seed_id,
+                # Built-in blueprints are built by a known builder from Karn's spec: nothing to verify yet.
+                artifact_verified=True,
+                fallback=False,
+                interface_matches=prepared.interface_ok,
+                probe_seed_grad_norm=prepared.probe_grad_norm,
+                # The preparation probe runs the seed alone; Tolaria's isolation probe reports leaks per packet.
+                probe_host_grad_max_abs=0.0,
+                isolation_breaker=seed.breaker.state,
+                params_in_optimizer=True,
+            ),
+        )
+
+    def _op_failed(self, seed: SeedEntry, kind: str, error: str) -> None:
+        self._event(
+            "seed_op_failed",
+            TelemetryLevel.ERROR,
+            f"{kind} of seed {seed.seed_id} in slot {seed.slot} failed: {error}",
+            slot=seed.slot,
+            seed_id=seed.seed_id,
+            op=kind,
+        )
+        if kind == "attach":
+            seed.attach_sent = False
+            self._cull(seed.slot, "G1_GRADIENT_HEALTH:attach_failed")
+
+    def _apply_validation(self, step: int) -> None:
+        due = [r for r in self._validation if r.step <= step]
+        self._validation = [r for r in self._validation if r.step > step]
+        for report in due:
+            for entry in report.seeds:
+                seed = self._seeds.get(entry.seed_id)
+                if seed is None:
+                    continue
+                for without, with_seed in zip(entry.loss_without_seed, entry.loss_with_seed, strict=True):
+                    evidence = ValidationEvidence(
+                        seed_id=entry.seed_id, step=report.step, loss_without_seed=without, loss_with_seed=with_seed
+                    )
+                    self._lifecycle.record_validation(seed.slot, evidence)
+
+    def _report_resets(self) -> None:
+        for rec in self._lifecycle.records():
+            if rec.stage is not Stage.RESETTING:
+                continue
+            seed = self._seeds.get(rec.seed_id) if rec.seed_id is not None else None
+            held = seed is not None and seed.attach_sent and not seed.detached
+            self._lifecycle.record_reset(
+                rec.slot,
+                ResetEvidence(
+                    kernel_attached=held,
+                    parameters_held=held,
+                    optimizer_state_held=held,
+                    prefetch_pending=False,
+                    cache_references=0,
+                ),
+            )
+
+    def _apply_packet(self, packet: SystemStatePacket) -> None:
+        for state in packet.seed_states:
+            seed = self._seeds.get(state.seed_id) if state.seed_id is not None else None
+            if seed is None:
+                continue
+            grad = state.gradient_norm
+            if grad is None:
+                grad = packet.seed_gradient_norms.get(seed.seed_id)
+            new_violations = max(0, state.isolation_violations - seed.violations_seen)
+            seed.violations_seen = max(seed.violations_seen, state.isolation_violations)
+            seed.alpha, seed.alpha_steps = state.alpha, state.alpha_steps
+            seed.gradient_norm, seed.learning_rate = grad, state.learning_rate
+            self._lifecycle.record_step_evidence(
+                seed.slot,
+                StepEvidence(
+                    seed_id=seed.seed_id,
+                    step=packet.global_step,
+                    seed_grad_norm=grad,
+                    seed_loss=packet.training_loss,
+                    alpha=state.alpha,
+                    isolation_violations=new_violations,
+                ),
+            )
+            for _ in range(new_violations):
+                seed.breaker.record_failure("isolation_violation")
+            stage = self._lifecycle.record(seed.slot).stage
+            if seed.breaker.state is BreakerState.OPEN and not seed.isolation_culled and stage in SEED_STAGES:
+                seed.isolation_culled = True
+                self.isolation_culls += 1
+                self._event(
+                    "isolation_breaker",
+                    TelemetryLevel.CRITICAL,
+                    f"seed {seed.seed_id} in slot {seed.slot}: isolation breaker open after "
+                    f"{seed.violations_seen} violations; culling",
+                    slot=seed.slot,
+                    seed_id=seed.seed_id,
+                    violations=seed.violations_seen,
+                )
+                self._cull(seed.slot, "isolation_breaker")
+
+    # ------------------------------------------------------------ commands
+
+    def _apply_command(
+        self, cmd: AdaptationCommand, security: CommandRejectReason | None, step: int, epoch: int
+    ) -> tuple[CommandResult, list[SeedOp]]:
+        if security is not None:
+            return self._reject(cmd, security, "failed verification"), []
+        kind = cmd.kind
+        if kind is CommandKind.OPTIMIZER:
+            assert cmd.lr_delta is not None  # the verifier refuses an OPTIMIZER without lr_delta (MISSING_FIELDS)
+            op = SeedOp(kind="scale_lr", lr_scale=1.0 + cmd.lr_delta, reason=cmd.reason)
+            return self._accept(cmd, step), [op]
+        if kind is CommandKind.GERMINATE:
+            return self._germinate(cmd, step, epoch), []
+        return self._seed_verb(cmd, step)
+
+    def _germinate(self, cmd: AdaptationCommand, step: int, epoch: int) -> CommandResult:
+        slot, blueprint_id, blend = cmd.target_slot, cmd.blueprint_id, cmd.blend
+        # The verifier refuses a GERMINATE without these (MISSING_FIELDS).
+        assert slot is not None
+        assert blueprint_id is not None
+        assert blend is not None
+        shape = self._shapes.get(slot)
+        if shape is None:
+            return self._reject(cmd, CommandRejectReason.UNKNOWN_SLOT, f"no slot {slot!r}")
+        problem = blend_problem(blend, shape)
+        if problem is not None:
+            return self._reject(cmd, CommandRejectReason.INVALID_BLEND_CONFIG, problem)
+        descriptor = self._describe(blueprint_id)
+        params: Mapping[str, float] = cmd.blueprint_params
+        if descriptor is not None:
+            checked = checked_params(self._describe(blueprint_id), blueprint_id, shape, cmd.blueprint_params)
+            if isinstance(checked, str):
+                reason = CommandRejectReason.PARAMETER_OUT_OF_BOUNDS
+                if not descriptor.fits(shape.kind):
+                    reason = CommandRejectReason.UNKNOWN_BLUEPRINT
+                return self._reject(cmd, reason, checked)
+            params = checked
+        seed_id = cmd.target_seed_id or f"seed-{slot}-{step}"
+        request = GerminationRequest(
+            seed_id=seed_id,
+            blueprint=blueprint_facts(blueprint_id, descriptor, shape, params),
+            parameters=dict(params),
+            approval_recorded=blueprint_id in self._approved,
+        )
+        outcome = self._lifecycle.germinate(slot, request, epoch=epoch)
+        if not outcome.passed:
+            return self._reject(cmd, g0_reject_reason(outcome.reason), f"G0: {outcome.reason}", slot=slot)
+        self._pending[slot] = SeedEntry(
+            seed_id=seed_id,
+            slot=slot,
+            blueprint_id=blueprint_id,
+            blend=blend,
+            request=self._request(seed_id, slot, blueprint_id, shape, params),
+            breaker=isolation_breaker(seed_id, clock=self._clock, sink=self._sink, config=self._breaker),
+            germinated_step=step,
+            germinated_epoch=epoch,
+        )
+        return self._accept(cmd, step, slot=slot, seed_id=seed_id)
+
+    def _seed_verb(self, cmd: AdaptationCommand, step: int) -> tuple[CommandResult, list[SeedOp]]:
+        seed_id = cmd.target_seed_id
+        assert seed_id is not None  # the verifier refuses a seed verb without target_seed_id (MISSING_FIELDS)
+        if cmd.target_slot is not None and cmd.target_slot not in self._shapes:
+            return self._reject(cmd, CommandRejectReason.UNKNOWN_SLOT, f"no slot {cmd.target_slot!r}"), []
+        slot = self.slot_of(seed_id)
+        if slot is None:
+            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, f"no seed {seed_id!r}"), []
+        if cmd.target_slot is not None and cmd.target_slot != slot:
+            detail = f"seed {seed_id!r} lives in slot {slot!r}, not {cmd.target_slot!r}"
+            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, detail, slot=cmd.target_slot), []
+        foreign = [n for n, owner in self._owners.items() if owner == seed_id and not n.startswith(f"{slot}.")]
+        if foreign:
+            detail = f"seed {seed_id!r} owns {foreign[0]!r} outside slot {slot!r}"
+            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, detail, slot=slot), []
+        kind = cmd.kind
+        if kind is CommandKind.CANCEL and slot in self._pending and self._pending[slot].seed_id == seed_id:
+            self._lifecycle.cancel_germination(slot)
+            del self._pending[slot]
+            return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
+        try:
+            if kind in (CommandKind.CULL, CommandKind.CANCEL):
+                self._lifecycle.cull(slot, f"{kind.value}:{cmd.reason}")
+                return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
+            if kind is CommandKind.FOSSILIZE:
+                self._lifecycle.request_fossilize(slot)
+                return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
+        except IllegalTransition as err:
+            self._illegal(err)
+            return self._reject(cmd, CommandRejectReason.ILLEGAL_TRANSITION, str(err), slot=slot), []
+        seed = self._seeds.get(seed_id)
+        pause = kind is CommandKind.PAUSE
+        stage = self._lifecycle.record(slot).stage
+        if seed is None or not seed.attach_sent or stage not in SEED_STAGES or seed.paused == pause:
+            state = "paused" if seed is not None and seed.paused else "not paused"
+            detail = f"cannot {kind.value} seed {seed_id!r} ({stage.name}, {state})"
+            return self._reject(cmd, CommandRejectReason.ILLEGAL_TRANSITION, detail, slot=slot), []
+        seed.paused = pause
+        op = SeedOp(kind="pause" if pause else "resume", slot=slot, seed_id=seed_id, reason=cmd.reason)
+        return self._accept(cmd, step, slot=slot, seed_id=seed_id), [op]
+
+    def _accept(
+        self, cmd: AdaptationCommand, step: int, *, slot: str | None = None, seed_id: str | None = None
+    ) -> CommandResult:
+        self.accepted += 1
+        return CommandResult(
+            command_id=cmd.command_id,
+            kind=cmd.kind,
+            accepted=True,
+            applied_step=step + self._lag,
+            target_slot=slot,
+            seed_id=seed_id,
+        )
+
+    def _reject(
+        self, cmd: AdaptationCommand, reason: CommandRejectReason, detail: str, *, slot: str | None = None
+    ) -> CommandResult:
+        self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
+        if reason not in SECURITY_REASONS:
+            self._event(
+                "command_rejected",
+                TelemetryLevel.WARNING,
+                f"command {cmd.command_id} ({cmd.kind.value}) rejected: {reason.value}: {detail}",
+                reason=reason.value,
+                command_id=cmd.command_id,
+                kind=cmd.kind.value,
+            )
+        return CommandResult(
+            command_id=cmd.command_id,
+            kind=cmd.kind,
+            accepted=False,
+            reason=reason,
+            detail=detail,
+            target_slot=slot if slot is not None else cmd.target_slot,
+            seed_id=cmd.target_seed_id,
+        )
+
+    # ------------------------------------------------------------ transitions
+
+    def _judged(self, report: BoundaryReport) -> None:
+        for evaluation in report.evaluations:
+            outcome = evaluation.outcome
+            if outcome.verdict is GateVerdict.PENDING:
+                continue
+            result = gate_result(evaluation)
+            seed = self._seeds.get(evaluation.seed_id) if evaluation.seed_id is not None else None
+            if seed is not None:
+                seed.last_gate = result
+                if result.passed and result.gate.name == "G1_GRADIENT_HEALTH":
+                    seed.breaker.record_success()
+            self._sink.emit(result)
+            if not result.passed:
+                critical = result.reason.startswith("timeout") or result.reason in _CRITICAL_GATE_REASONS
+                self._event(
+                    "gate_failure",
+                    TelemetryLevel.CRITICAL if critical else TelemetryLevel.WARNING,
+                    f"{result.gate.name} failed for seed {result.seed_id} in slot {result.slot}: {result.reason}",
+                    gate=result.gate.name,
+                    reason=result.reason,
+                    slot=result.slot,
+                    seed_id=result.seed_id,
+                )
+
+    def _transition_ops(self, report: BoundaryReport, draft: Draft) -> set[str]:
+        changed: set[str] = set()
+        for entry in report.transitions:
+            changed.add(entry.slot)
+            self._event(
+                "seed_transition",
+                TelemetryLevel.INFO,
+                f"slot {entry.slot}: {entry.from_stage.name} -> {entry.to_stage.name} ({entry.reason})",
+                slot=entry.slot,
+                seed_id=entry.seed_id or "",
+                from_stage=entry.from_stage.name,
+                to_stage=entry.to_stage.name,
+                step=entry.step,
+                epoch=entry.epoch,
+                reason=entry.reason,
+            )
+            to, seed_id = entry.to_stage, entry.seed_id
+            if to is Stage.GERMINATED:
+                born = self._pending.pop(entry.slot)
+                self._seeds[born.seed_id] = born
+                draft.preparations.append(born.request)
+                draft.ops.append(born.seed_id)
+                continue
+            seed = self._seeds.get(seed_id) if seed_id is not None else None
+            if seed is None:
+                continue
+            if to in _SET_STAGE:
+                blend = seed.blend if to is Stage.BLENDING else None
+                draft.ops.append(
+                    SeedOp(
+                        kind="set_stage", slot=entry.slot, seed_id=seed_id, stage=to, blend=blend, reason=entry.reason
+                    )
+                )
+            elif to is Stage.FOSSILIZED:
+                draft.ops.append(SeedOp(kind="fossilize", slot=entry.slot, seed_id=seed_id, reason=entry.reason))
+            elif to is Stage.CULLED:
+                self._event(
+                    "seed_culled",
+                    TelemetryLevel.WARNING,
+                    f"seed {seed_id} in slot {entry.slot} culled from {entry.from_stage.name}: {entry.reason}",
+                    slot=entry.slot,
+                    seed_id=seed.seed_id,
+                    stage=entry.from_stage.name,
+                    reason=entry.reason,
+                )
+                if seed.attach_sent:
+                    draft.ops.append(SeedOp(kind="detach", slot=entry.slot, seed_id=seed_id, reason=entry.reason))
+            elif to is Stage.DORMANT:
+                del self._seeds[seed.seed_id]
+        return changed
+
+    # ------------------------------------------------------------ helpers
+
+    def _cull(self, slot: str, reason: str) -> None:
+        try:
+            self._lifecycle.cull(slot, reason)
+        except IllegalTransition as err:
+            self._illegal(err)
+
+    def _illegal(self, err: IllegalTransition) -> None:
+        self.illegal_transitions += 1
+        self._event(
+            "illegal_transition",
+            TelemetryLevel.ERROR,
+            str(err),
+            slot=err.slot,
+            from_stage=err.from_stage.name,
+            to_stage=err.to_stage.name,
+            reason=err.reason,
+        )
+
+    def _request(
+        self, seed_id: str, slot: str, blueprint_id: str, shape: SlotShape, params: Mapping[str, float]
+    ) -> PreparationRequest:
+        return PreparationRequest(
+            seed_id=seed_id,
+            slot=slot,
+            blueprint_id=blueprint_id,
+            slot_shape=shape,
+            params=tuple(sorted(params.items())),
+            build_seed=derive_build_seed(self._run_seed, seed_id),
+        )
+
+    def _seed_state(self, rec: SlotRecord) -> SeedState:
+        seed = self._seeds.get(rec.seed_id) if rec.seed_id is not None else None
+        epoch = self._reported_epoch if self._reported_epoch is not None else 0
+        evidence = self._lifecycle.evidence(rec.slot)
+        return seed_state(rec, seed, evidence, depth=self._depth[rec.slot], step=self._last_step, epoch=epoch)
+
+    def _event(self, name: str, level: TelemetryLevel, description: str, **attributes: str | int | float) -> None:
+        self._sink.emit(TelemetryEvent(name=name, level=level, description=description, attributes=dict(attributes)))

@@ -1,0 +1,153 @@
+"""The Kasmina child spec the composition root calls: every dependency is an argument, nothing is looked up."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+from actors.kasmina.actor import KasminaActor
+from actors.kasmina.gates import GateSettings
+from actors.kasmina.lifecycle import LifecycleSettings, StageDwell
+from actors.kasmina.planner import BoundaryPlanner
+from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
+from esper.runtime.ref import ActorRef
+from esper.runtime.signing import CommandVerifier
+from esper.runtime.supervisor import ChildSpec, RestartType
+from schemas.boundary import BoundaryPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch import nn
+
+    from actors.kasmina.preparation import SeedSource
+    from esper.nn.blueprints import SlotShape
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from esper.runtime.handoff import Handoff
+    from esper.runtime.lanes import Lane
+    from schemas.config import KasminaConfig, SecurityConfig
+
+PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]
+"""Where plans go: Tolaria's ``ref.tell`` (any ref whose inbox includes BoundaryPlan) or a test's queue ``put``."""
+
+
+def lifecycle_settings(config: KasminaConfig) -> LifecycleSettings:
+    """The lifecycle timers and gate thresholds of a KasminaConfig.
+
+    Evidence windows count state packets (one sample per packet, ``state_every_steps`` apart), not optimizer steps;
+    the TRAINING and PROBATIONARY dwells are ``stage_min_dwell_steps`` optimizer steps.
+    """
+    dwell = config.stage_min_dwell_steps
+    memory = config.seed_memory_budget_mb
+    gates = GateSettings(
+        max_seed_grad_norm=config.g2_max_gradient_norm,
+        stability_window_steps=config.g2_window_steps,
+        max_loss_variance=config.g2_max_loss_variance,
+        min_benefit=config.g4_min_improvement,
+        max_step_latency_growth=config.g4_max_step_latency_growth,
+        max_active_seeds=config.max_active_seeds,
+        seed_memory_budget_bytes=GateSettings().seed_memory_budget_bytes if memory is None else int(memory * 2**20),
+    )
+    return LifecycleSettings(
+        dwell=StageDwell(training=dwell, probationary=dwell, shadowing=min(StageDwell().shadowing, dwell)),
+        gates=gates,
+        embargo_epochs=config.embargo_epochs,
+    )
+
+
+def kasmina_spec(
+    *,
+    run_id: str,
+    run_seed: int,
+    slots: Mapping[str, SlotShape],
+    outlet: ActorRef[BoundaryPlan] | PlanOutlet,
+    handoff: Handoff[nn.Module],
+    io_lane: Lane,
+    clock: Clock,
+    sink: EventSink,
+    keys: Mapping[str, bytes],
+    config: KasminaConfig,
+    security: SecurityConfig,
+    lag_steps: int,
+    has_controller: bool = True,
+    source: SeedSource | None = None,
+    cache_capacity: int = DEFAULT_CACHE_CAPACITY,
+    lifecycle: LifecycleSettings | None = None,
+    approved_blueprints: frozenset[str] = frozenset(),
+    name: str = "kasmina",
+    mailbox_capacity: int = 1024,
+    restart: RestartType = "permanent",
+    shutdown_deadline_s: float = 5.0,
+) -> ChildSpec:
+    """The child spec of the Kasmina actor.
+
+    The ready-module cache and the command verifier's nonce ledger are built here, once, so they outlive restarts
+    (a restarted Kasmina must still refuse a replayed command); each incarnation gets a fresh planner.
+
+    Args:
+        run_id: the run; plans carry it and messages of other runs are refused.
+        run_seed: TolariaConfig.seed; with a seed id it fixes each seed module's initial weights.
+        slots: slot name (its qualified path in the host) -> SlotShape, in depth order (Tolaria's host).
+        outlet: Tolaria's ref or any coroutine function taking a BoundaryPlan.
+        handoff: where prepared modules wait for Tolaria's train lane.
+        io_lane: the lane that builds, copies and probes seed modules.
+        clock: the verifier's freshness and the isolation breakers read it.
+        sink: telemetry (command results, seed states, gate results, events).
+        keys: key id -> HMAC secret for command signatures.
+        config: lifecycle and budgets (see lifecycle_settings); ``lifecycle`` overrides the mapping.
+        security: freshness, skew, nonce TTL and ledger size of the verifier.
+        lag_steps: TolariaConfig.command_lag_steps; a plan decided on step s takes effect at s + lag_steps.
+        has_controller: False when no Tamiyo runs: every packet is a NO_OP decision.
+        source: where modules come from (default: the built-in blueprint catalogue).
+        cache_capacity: ready modules kept (REFERENCE.md section 1: 32).
+        approved_blueprints: blueprint ids whose ``approval_required`` is satisfied by a recorded approval.
+
+    Raises:
+        ValueError: no slots, a negative lag, a cache capacity < 1, or a security setting out of range.
+    """
+    if not slots:
+        raise ValueError("slots must name at least one seed slot")
+    if lag_steps < 0:
+        raise ValueError(f"lag_steps must be >= 0, got {lag_steps}")
+    seed_source = source if source is not None else CatalogueSource()
+    preparer = Preparer(seed_source, handoff, io_lane, cache=ModuleCache(cache_capacity))
+    verifier = CommandVerifier(
+        keys,
+        clock,
+        sink=sink,
+        name=name,
+        freshness_s=security.command_freshness_s,
+        future_skew_s=security.future_skew_s,
+        nonce_ttl_s=security.nonce_ttl_s,
+        ledger_size=security.nonce_ledger_size,
+    )
+    settings = lifecycle if lifecycle is not None else lifecycle_settings(config)
+    send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
+    slot_shapes = dict(slots)
+
+    def build() -> KasminaActor:
+        planner = BoundaryPlanner(
+            run_id=run_id,
+            run_seed=run_seed,
+            slots=slot_shapes,
+            settings=settings,
+            lag_steps=lag_steps,
+            describe=seed_source.describe,
+            clock=clock,
+            sink=sink,
+            breaker=config.breaker,
+            approved_blueprints=approved_blueprints,
+        )
+        return KasminaActor(
+            run_id=run_id,
+            planner=planner,
+            preparer=preparer,
+            verifier=verifier,
+            outlet=send,
+            sink=sink,
+            has_controller=has_controller,
+            capacity=mailbox_capacity,
+        )
+
+    return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)

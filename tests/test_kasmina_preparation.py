@@ -1,0 +1,176 @@
+"""Seed preparation off the training path: deterministic builds, the LRU ready cache (never shared), prefetch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import torch
+
+from actors.kasmina.preparation import (
+    CatalogueSource,
+    ModuleCache,
+    PreparationRequest,
+    Preparer,
+    cache_key,
+    derive_build_seed,
+)
+from esper.nn.blueprints import SlotShape
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import SeedLifecycleStage as Stage
+from schemas.kasmina import PrefetchSeed
+from schemas.telemetry import TelemetryEvent
+from tests._kasmina_harness import running_kasmina
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch import nn
+
+    from esper.nn.blueprints import BlueprintDescriptor
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+
+CONV = SlotShape("conv1d", 8)
+
+
+def request(seed_id: str, *, rank: float = 2.0) -> PreparationRequest:
+    return PreparationRequest(
+        seed_id=seed_id,
+        slot="a",
+        blueprint_id="BP002",
+        slot_shape=CONV,
+        params=(("rank", rank),),
+        build_seed=derive_build_seed(7, seed_id),
+    )
+
+
+def shares_storage(a: nn.Module, b: nn.Module) -> bool:
+    ptrs = {p.data_ptr() for p in a.parameters()}
+    return any(p.data_ptr() in ptrs for p in b.parameters())
+
+
+def same_values(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_build_seed_is_a_pure_function_of_run_seed_and_seed_id() -> None:
+    assert derive_build_seed(7, "s1") == derive_build_seed(7, "s1")
+    assert len({derive_build_seed(7, "s1"), derive_build_seed(7, "s2"), derive_build_seed(8, "s1")}) == 3
+    assert 0 <= derive_build_seed(7, "s1") < 2**63
+
+
+def test_cache_evicts_the_least_recently_used_and_hands_out_copies() -> None:
+    cache = ModuleCache(capacity=2)
+    source = CatalogueSource()
+    keys = [cache_key("BP002", CONV, {"rank": 2.0}, seed) for seed in (1, 2, 3)]
+    for key in keys[:2]:
+        cache.put(key, source.fetch("BP002", CONV, {"rank": 2.0}, key.seed))
+    first = cache.get(keys[0])
+    assert first is not None
+    cache.put(keys[2], source.fetch("BP002", CONV, {"rank": 2.0}, 3))
+    assert keys[0] in cache
+    assert keys[1] not in cache, "the least recently used entry goes first"
+    again = cache.get(keys[0])
+    assert again is not None
+    assert same_values(first, again)
+    assert not shares_storage(first, again), "two takers of one entry never share parameters"
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    third = cache.get(keys[0])
+    assert third is not None
+    assert same_values(third, again), "training one copy leaves the cached module pristine"
+    stats = cache.statistics()
+    assert (stats.size, stats.capacity, stats.hits, stats.misses, stats.evictions) == (2, 2, 3, 0, 1)
+    assert cache.get(keys[1]) is None
+    assert cache.statistics().misses == 1
+
+
+async def test_preparer_builds_deterministically_and_a_cache_hit_is_a_fresh_copy() -> None:
+    handoff: Handoff[nn.Module] = Handoff(capacity=4)
+    async with Lane("io") as lane:
+        preparer = Preparer(CatalogueSource(), handoff, lane, cache=ModuleCache(4))
+        cold = await preparer.prepare(request("s1"))
+        warm = await preparer.prepare(request("s1"))
+    assert (cold.cache_hit, warm.cache_hit) == (False, True)
+    assert cold.interface_ok, cold.probe_failures
+    assert cold.probe_grad_norm > 0.0
+    assert cold.parameter_count == sum(p.numel() for p in handoff.take(warm.handle).parameters())
+    one = handoff.take(cold.handle)
+    rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1"))
+    assert same_values(one, rebuilt), "a resume rebuilds the same initial weights"
+    assert all(p.grad is None for p in one.parameters()), "the probe leaves no gradients behind"
+    assert cold.param_names == tuple(name for name, _ in one.named_parameters())
+
+
+async def test_prefetch_warms_the_cache_for_the_germinate_that_follows(clock: ManualClock, sink: RecordingSink) -> None:
+    async with running_kasmina(clock, sink) as h:
+        prefetch = PrefetchSeed(
+            request_id="p1", blueprint_id="BP002", slot="a", seed_id="s1", blueprint_params={"rank": 2}
+        )
+        await h.ref.tell(prefetch)
+        await h.ref.tell(prefetch)  # a replay, dropped by request_id
+        stats = await h.statistics()
+        assert (stats.prefetches, stats.cache_size, stats.cache_hits) == (1, 1, 0)
+        plan = await h.boundary(1, h.germinate(rank=2))
+        stats = await h.statistics()
+        assert (stats.cache_hits, stats.cache_size, stats.preparations) == (1, 1, 1)
+        handle = plan.ops[0].handle
+        assert handle is not None
+        module = h.handoff.take(handle)
+        rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1"))
+        assert same_values(module, rebuilt)
+
+
+async def test_actor_cache_evicts_at_capacity_and_seeds_never_share(clock: ManualClock, sink: RecordingSink) -> None:
+    slots = {"a": CONV, "c": CONV}
+    async with running_kasmina(clock, sink, cache_capacity=1, slots=slots) as h:
+        for i, seed_id in enumerate(("s1", "s2")):
+            await h.ref.tell(PrefetchSeed(request_id=f"p{i}", blueprint_id="BP001", slot="a", seed_id=seed_id))
+        assert (await h.statistics()).cache_evictions == 1
+        one = await h.boundary(1, h.germinate(slot="a", seed_id="s2", blueprint_id="BP001"))
+        two = await h.boundary(2, h.germinate(slot="c", seed_id="s1", blueprint_id="BP001"))
+        handles = [p.ops[0].handle for p in (one, two)]
+        assert None not in handles
+        modules = [h.handoff.take(str(handle)) for handle in handles]
+        assert not shares_storage(modules[0], modules[1])
+        stats = await h.statistics()
+        assert (stats.cache_hits, stats.cache_misses) == (1, 1), "s2 was still cached, s1 had been evicted"
+
+
+async def test_prefetch_of_an_unknown_slot_or_blueprint_is_refused(clock: ManualClock, sink: RecordingSink) -> None:
+    async with running_kasmina(clock, sink) as h:
+        await h.ref.tell(PrefetchSeed(request_id="p1", blueprint_id="BP001", slot="zz", seed_id="s1"))
+        await h.ref.tell(PrefetchSeed(request_id="p2", blueprint_id="BP404", slot="a", seed_id="s1"))
+        assert (await h.statistics()).prefetches == 0
+        refused = [e for e in sink.of_type(TelemetryEvent) if e.name == "prefetch_rejected"]
+        assert len(refused) == 2
+
+
+@final
+class BrokenSource:
+    """Knows the catalogue but cannot deliver any module."""
+
+    def __init__(self) -> None:
+        self._inner = CatalogueSource()
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._inner.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+        raise ValueError(f"artifact for {blueprint_id} unreadable")
+
+
+async def test_a_failed_preparation_is_reported_and_culls_the_seed(clock: ManualClock, sink: RecordingSink) -> None:
+    async with running_kasmina(clock, sink, source=BrokenSource()) as h:
+        plan = await h.boundary(1, h.germinate(blueprint_id="BP001"))
+        assert plan.ops == ()
+        assert plan.command_results[0].accepted
+        failed = [e for e in sink.of_type(TelemetryEvent) if e.name == "preparation_failed"]
+        assert [e.level for e in failed] == [TelemetryLevel.ERROR]
+        assert "unreadable" in failed[0].description
+        after = await h.boundary(2)
+        assert after.ops == (), "nothing was attached, so nothing is detached"
+        assert (await h.stage("a")) is Stage.CULLED
+        assert (await h.statistics()).preparation_failures == 1
