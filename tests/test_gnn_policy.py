@@ -1,0 +1,335 @@
+"""Tests of the tamiyo_gnn_v1 policy network, decide() and the compile wrapper (esper.nn.policy_gnn)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch, HeteroData
+
+from esper.nn.policy_gnn import (
+    ACTION_NAMES,
+    ARCHITECTURE_VERSION,
+    HIGH_RISK_CLASSES,
+    NO_OP,
+    NUM_ACTIONS,
+    CompileFallback,
+    PolicyOutput,
+    TamiyoGNN,
+    TamiyoGNNConfig,
+    build_tamiyo_gnn,
+    decide,
+    maybe_compile,
+)
+from esper.nn.policy_graph import (
+    BlueprintInput,
+    GlobalInput,
+    GraphCaps,
+    GraphInputs,
+    GraphRegistries,
+    LayerInput,
+    PolicyGraphBuilder,
+    SeedInput,
+)
+
+SMALL = TamiyoGNNConfig(hidden=32, gat_hidden=16, heads=4)
+REGISTRIES = GraphRegistries.of(
+    blueprints=[f"bp{k}" for k in range(4)], layer_types=["linear", "conv2d"], activations=["relu", "gelu"]
+)
+ALL = [True] * NUM_ACTIONS
+
+
+def graph(n_seeds: int, n_layers: int = 4, *, n_blueprints: int = 3, max_layers: int = 4) -> HeteroData:
+    """A typical state: a few occupied slots among dormant ones, fully measured metrics."""
+    metrics = GlobalInput(
+        epoch=4,
+        epochs_total=20,
+        step=2000,
+        epoch_progress=0.3,
+        loss=0.7,
+        validation_loss=0.75,
+        training_loss=0.65,
+        gradient_norm=1.2,
+        samples_per_s=8000.0,
+        hook_latency_ms=2.0,
+    )
+    layers = tuple(
+        LayerInput(name=f"l{i}", depth=i, layer_type="linear", parameter_count=4096, activation="relu", latency_ms=0.1)
+        for i in range(n_layers)
+    )
+    seeds = tuple(
+        SeedInput(
+            slot=f"s{i}",
+            stage=3 if i % 3 == 0 else 1,
+            layer_depth=i % max(n_layers, 1),
+            occupied=i % 3 == 0,
+            blueprint_id="bp1" if i % 3 == 0 else None,
+            learning_rate=1e-3 if i % 3 == 0 else None,
+            risk_score=0.1,
+            age_epochs=2,
+        )
+        for i in range(n_seeds)
+    )
+    blueprints = tuple(
+        BlueprintInput(blueprint_id=f"bp{k}", risk=0.1 * k, tier=1, parameter_count=1000) for k in range(n_blueprints)
+    )
+    builder = PolicyGraphBuilder(REGISTRIES, caps=GraphCaps(max_layers=max_layers))
+    return builder.build(GraphInputs(metrics=metrics, layers=layers, seeds=seeds, blueprints=blueprints)).data
+
+
+def run(model: TamiyoGNN, data: HeteroData, *, reference: bool = False) -> PolicyOutput:
+    fn = model.forward_reference if reference else model
+    with torch.no_grad():
+        out: PolicyOutput = fn(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
+    return out
+
+
+@pytest.fixture
+def model() -> TamiyoGNN:
+    """The small policy, seeded (seed 0) so failures replay."""
+    return build_tamiyo_gnn(SMALL, seed=0)
+
+
+@pytest.mark.parametrize(("n_seeds", "n_layers"), [(0, 4), (3, 4), (5, 32), (8, 128)])
+def test_forward_output_shapes(model: TamiyoGNN, n_seeds: int, n_layers: int) -> None:
+    data = graph(n_seeds, n_layers, max_layers=128)
+    out = run(model, data)
+    assert out.action_logits.shape == (1, NUM_ACTIONS)
+    assert out.seed_scores.shape == (n_seeds,)
+    assert out.blueprint_scores.shape == (3,)
+    assert out.layer_scores.shape == (n_layers,)
+    assert out.blend_logits.shape == (1, 3)
+    assert out.schedule.shape == (1, 2)
+    assert out.ramp.shape == (1,)
+    assert out.params.shape == (1, 2)
+    assert out.value.shape == (1,)
+    assert out.risk_logits.shape == (1, 5)
+    assert out.risk_score.shape == (1,)
+    for t in out:
+        assert torch.isfinite(t).all()
+    start, end = out.schedule[0].tolist()
+    assert 0.0 <= start <= end <= 1.0
+    assert out.params.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "n_seeds"),
+    [(SMALL, 0), (SMALL, 6), (TamiyoGNNConfig(hidden=16, gat_hidden=16, heads=2), 4)],
+)
+def test_fused_forward_matches_the_pyg_reference(config: TamiyoGNNConfig, n_seeds: int) -> None:
+    """The fused path uses the HeteroConv weights and must compute what HeteroConv(SAGEConv / GATConv) computes."""
+    net = build_tamiyo_gnn(config, seed=1)
+    data = graph(n_seeds, 6, max_layers=6)
+    fused, reference = run(net, data), run(net, data, reference=True)
+    for name, a, b in zip(PolicyOutput._fields, fused, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fused_forward_trains(model: TamiyoGNN) -> None:
+    """With grad enabled the fused path reaches every parameter of the message-passing layers."""
+    model.train()
+    data = graph(4)
+    out = model(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
+    loss = sum(t.float().sum() for t in out)
+    assert isinstance(loss, torch.Tensor)
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+    missing = [n for n, p in model.named_parameters() if p.grad is None and ("sage" in n or "gat" in n)]
+    assert missing == []
+
+
+def test_batched_forward_matches_single_graphs(model: TamiyoGNN) -> None:
+    a, b = graph(2), graph(5, 3)
+    batch = Batch.from_data_list([a, b])
+    with torch.no_grad():
+        out = model(batch.x_dict, batch.edge_index_dict, batch.edge_attr_dict, batch.batch_dict)
+    single_a, single_b = run(model, a), run(model, b)
+    torch.testing.assert_close(out.action_logits, torch.cat([single_a.action_logits, single_b.action_logits]))
+    torch.testing.assert_close(out.seed_scores, torch.cat([single_a.seed_scores, single_b.seed_scores]))
+
+
+def test_untrained_policy_picks_no_op_on_a_typical_graph() -> None:
+    for config in (SMALL, TamiyoGNNConfig()):
+        net = build_tamiyo_gnn(config, seed=0)
+        for n_seeds in (0, 3, 16):
+            decision = decide(net, graph(n_seeds), ALL, device="cpu")
+            assert decision.action_index == NO_OP
+            assert decision.action == "NO_OP"
+
+
+def test_masked_action_is_never_chosen(model: TamiyoGNN) -> None:
+    data = graph(3)
+    only_cull = [name == "CULL" for name in ACTION_NAMES]
+    assert decide(model, data, only_cull, device="cpu").action == "CULL"
+    no_no_op = [name != "NO_OP" for name in ACTION_NAMES]
+    assert decide(model, data, no_no_op, device="cpu").action != "NO_OP"
+    gen = torch.Generator().manual_seed(5)
+    allowed = [name in ("PAUSE", "RESUME") for name in ACTION_NAMES]
+    seen = {decide(model, data, allowed, device="cpu", sample=True, generator=gen).action for _ in range(40)}
+    assert seen <= {"PAUSE", "RESUME"}
+    assert seen == {"PAUSE", "RESUME"}  # nearly uniform between the two, so 40 draws see both
+
+
+def test_target_masks_are_respected(model: TamiyoGNN) -> None:
+    data = graph(4)
+    decision = decide(
+        model, data, ALL, device="cpu", seed_mask=[False, False, True, False], blueprint_mask=[False, True, False]
+    )
+    assert decision.seed_index == 2
+    assert decision.blueprint_index == 1
+    none_allowed = decide(model, data, ALL, device="cpu", seed_mask=[False] * 4)
+    assert none_allowed.seed_index is None
+    assert decide(model, graph(0), ALL, device="cpu").seed_index is None
+
+
+def test_decide_rejects_bad_masks_and_training_mode(model: TamiyoGNN) -> None:
+    data = graph(2)
+    with pytest.raises(ValueError, match="no action"):
+        decide(model, data, [False] * NUM_ACTIONS, device="cpu")
+    with pytest.raises(ValueError, match="shape"):
+        decide(model, data, [True] * 3, device="cpu")
+    with pytest.raises(ValueError, match="seed_mask"):
+        decide(model, data, ALL, device="cpu", seed_mask=[True])
+    model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        decide(model, data, ALL, device="cpu")
+
+
+def test_decision_holds_plain_python_numbers(model: TamiyoGNN) -> None:
+    d = decide(model, graph(3), ALL, device="cpu")
+    assert type(d.action_index) is int
+    for value in (d.log_prob, d.value, d.risk_score, d.ramp, d.lr_delta, d.initial_alpha, *d.schedule):
+        assert type(value) is float
+    assert d.log_prob <= 0.0
+    assert 0.0 <= d.initial_alpha <= 1.0
+    assert -1.0 <= d.lr_delta <= 1.0
+    assert d.blend_method in (0, 1, 2)
+    assert type(d.seed_index) is int
+    assert type(d.layer_index) is int
+    assert type(d.blueprint_index) is int
+
+
+def test_log_prob_is_that_of_the_masked_distribution(model: TamiyoGNN) -> None:
+    data = graph(3)
+    mask = [name in ("NO_OP", "CULL") for name in ACTION_NAMES]
+    d = decide(model, data, mask, device="cpu")
+    logits = run(model, data).action_logits[0]
+    two = torch.log_softmax(logits[[0, 2]], dim=-1)
+    assert d.log_prob == pytest.approx(two[0 if d.action == "NO_OP" else 1].item(), rel=1e-5)
+
+
+def test_risk_score_is_probability_of_high_risk_classes_not_confidence(model: TamiyoGNN) -> None:
+    with torch.no_grad():
+        model.risk_head.bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.5, 0.2]))
+    data = graph(3)
+    out = run(model, data)
+    probs = torch.softmax(out.risk_logits, dim=-1)[0]
+    expected = probs[list(HIGH_RISK_CLASSES)].sum()
+    torch.testing.assert_close(out.risk_score[0], expected)
+    assert abs(out.risk_score[0].item() - probs.max().item()) > 0.3
+    assert decide(model, data, ALL, device="cpu").risk_score == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_state_dict_round_trip_gives_identical_outputs() -> None:
+    a, b = build_tamiyo_gnn(SMALL, seed=1), build_tamiyo_gnn(SMALL, seed=2)
+    data = graph(5)
+    with torch.inference_mode():
+        before = b(data.x_dict, data.edge_index_dict, data.edge_attr_dict)  # fills b's fused-weight cache
+    assert not torch.equal(before.action_logits, run(a, data).action_logits)
+    b.load_state_dict(a.state_dict())
+    with torch.inference_mode():
+        after = b(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
+    for x, y in zip(after, run(a, data), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_optimizer_step_refreshes_the_fused_weights(model: TamiyoGNN) -> None:
+    """The cached fused weights follow in-place parameter updates, so inference after a step uses the new weights."""
+    data = graph(3)
+    with torch.inference_mode():
+        before = model(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    out = model(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
+    sum(t.float().sum() for t in out).backward()
+    optimizer.step()
+    model.eval()
+    after, reference = run(model, data), run(model, data, reference=True)
+    assert not torch.equal(before.action_logits, after.action_logits)
+    torch.testing.assert_close(after.action_logits, reference.action_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_seed_is_deterministic() -> None:
+    a, b = build_tamiyo_gnn(SMALL, seed=7), build_tamiyo_gnn(SMALL, seed=7)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb
+        assert torch.equal(pa, pb)
+    data = graph(4)
+    mask = [name != "NO_OP" for name in ACTION_NAMES]
+    draws = []
+    for net in (a, b):
+        gen = torch.Generator().manual_seed(11)
+        draws.append([decide(net, data, mask, device="cpu", sample=True, generator=gen) for _ in range(5)])
+    assert draws[0] == draws[1]
+
+
+def test_build_with_seed_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    build_tamiyo_gnn(SMALL, seed=9)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_maybe_compile_is_eager_on_cpu(model: TamiyoGNN) -> None:
+    module, compiled = maybe_compile(model, "cpu")
+    assert module is model
+    assert compiled is False
+
+
+def test_compile_fallback_goes_eager_for_good_and_counts(model: TamiyoGNN) -> None:
+    import torch._dynamo.exc
+
+    calls = 0
+
+    def broken(*args: object) -> PolicyOutput:
+        nonlocal calls
+        calls += 1
+        raise torch._dynamo.exc.TorchDynamoException("backend exploded")
+
+    wrapper = CompileFallback(model, broken)
+    compiled_at_start = wrapper.compiled
+    data = graph(3)
+    first = decide(wrapper, data, ALL, device="cpu")
+    second = decide(wrapper, data, ALL, device="cpu")
+    assert first == second == decide(model, data, ALL, device="cpu")
+    assert calls == 1
+    assert wrapper.fallbacks == 1
+    assert (compiled_at_start, wrapper.compiled) == (True, False)
+    assert wrapper.last_error is not None
+    assert "backend exploded" in wrapper.last_error
+
+
+def test_compile_fallback_does_not_hide_other_errors(model: TamiyoGNN) -> None:
+    def broken(*args: object) -> PolicyOutput:
+        raise KeyError("not a compiler error")
+
+    wrapper = CompileFallback(model, broken)
+    with pytest.raises(KeyError):
+        decide(wrapper, graph(1), ALL, device="cpu")
+    assert wrapper.compiled
+
+
+def test_architecture_version_and_no_lazy_parameters(model: TamiyoGNN) -> None:
+    assert ARCHITECTURE_VERSION == "tamiyo_gnn_v1"
+    uninitialised = torch.nn.parameter.UninitializedParameter
+    assert not any(isinstance(p, uninitialised) for p in model.parameters())
+    assert not model.training
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decide_on_cuda_matches_cpu_action() -> None:
+    net = build_tamiyo_gnn(SMALL, seed=0)
+    data = graph(3)
+    cpu = decide(net, data, ALL, device="cpu")
+    gpu = decide(net.to("cuda"), data, ALL, device="cuda")
+    assert gpu.action_index == cpu.action_index
