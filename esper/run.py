@@ -20,6 +20,8 @@ import anyio
 import structlog
 
 from actors.oona.housekeeping import oona_spec
+from actors.tolaria.actor import TolariaCell, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.build import check_config
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.config import apply_overrides, dump_config, load_config
 from esper.logs import StructlogSink, configure_logging
@@ -29,6 +31,7 @@ from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.gpu import GpuTelemetry
+from esper.runtime.lanes import Lanes
 from esper.runtime.system import ActorSystem
 from esper.session import EsperSystem, EventHub, FanoutSink
 from schemas.config import RunConfig
@@ -69,11 +72,36 @@ def resolve_secret(config: RunConfig) -> bytes:
     return secrets.token_bytes(32)
 
 
-def build_tree(config: RunConfig, *, bus: Bus, clock: Clock, sink: EventSink, actors: ActorSystem) -> Supervisor:
-    """The run's supervision tree: the subsystems that exist, in start order, then the state reporter."""
+def build_tree(
+    config: RunConfig,
+    *,
+    bus: Bus,
+    clock: Clock,
+    sink: EventSink,
+    actors: ActorSystem,
+    tolaria: TolariaWiring | None = None,
+) -> Supervisor:
+    """The run's supervision tree: the subsystems that exist, in start order (Tolaria last), then the state reporter.
+
+    Tolaria is transient: when training ends it stops normally and stays stopped; a crash restarts it (it resumes).
+    Until Kasmina's actor is wired in, Tolaria runs alone: it expects no plans.
+    """
     deadline_s = config.weatherlight.shutdown_deadline_s
     children: list[ChildSpec] = [
         oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
+    ]
+    if tolaria is not None:
+        # Stopping Tolaria finishes the current step and writes a checkpoint, which may outlast a small deadline.
+        children.append(
+            tolaria_spec(
+                config.tolaria,
+                tolaria,
+                shutdown_deadline_s=max(deadline_s, 30.0),
+                max_restarts=config.weatherlight.restart_max,
+                window_s=config.weatherlight.restart_window_s,
+            )
+        )
+    children += [
         state_reporter(
             actors.snapshot,
             sink,
@@ -105,6 +133,7 @@ async def start(
     overrides: Sequence[str] | None = None,
     *,
     console: bool | None = None,
+    resume: str | Path | None = None,
 ) -> EsperSystem:
     """Start a run as tasks of the running event loop and return its handle; never calls asyncio.run.
 
@@ -113,17 +142,27 @@ async def start(
         run_dir: where the run writes its files; default ``<runs_dir>/<run-id>``.
         overrides: ``section.key=value`` strings applied on top of the config (as ``--set``).
         console: log readable lines to stderr; default from ``logging.console``.
+        resume: an earlier run's directory: it is reused (events appended) and training continues from its last
+            good checkpoint. Overrides ``run_dir``.
 
     Raises:
-        ConfigError: the config file or an override is invalid (one-line message naming file, field and value).
+        ConfigError: the config file or an override is invalid (one-line message naming file, field and value), or
+            the tolaria section names a host model or data file that cannot be used.
     """
     if isinstance(config, RunConfig):
         resolved = apply_overrides(config, overrides or ()) if overrides else config
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     resolve_secret(resolved)  # fail before anything is written; the key itself reaches actors in later issues
-    run_id = resolved.run_id or new_run_id()
-    directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
+    await anyio.to_thread.run_sync(check_config, resolved.tolaria)
+    if resume is not None:
+        directory = Path(resume)
+        if not (directory / "checkpoints").is_dir():
+            raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
+        run_id = resolved.run_id or directory.name
+    else:
+        run_id = resolved.run_id or new_run_id()
+        directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
     await anyio.to_thread.run_sync(_prepare_run_dir, directory, dump_config(resolved))
     logging = configure_logging(
         directory,
@@ -137,10 +176,24 @@ async def start(
     clock = MonotonicClock()
     bus = InProcessBus(clock, limits=_bus_limits(resolved))
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
-    _log.info("run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend)
+    _log.info(
+        "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
+    )
+    lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
+    cell: TolariaCell = new_cell(resolved.tolaria)
+    wiring = TolariaWiring(
+        run_id=run_id,
+        run_dir=directory,
+        lane=lanes.train,
+        cell=cell,
+        sink=sink,
+        resume=resume is not None,
+        slot_targets=resolved.kasmina.slot_targets,
+    )
     try:
-        await actors.start(build_tree(resolved, bus=bus, clock=clock, sink=sink, actors=actors))
+        await actors.start(build_tree(resolved, bus=bus, clock=clock, sink=sink, actors=actors, tolaria=wiring))
     except BaseException:
+        await lanes.aclose()
         logging.close()
         raise
     for state in actors.snapshot():
@@ -158,6 +211,8 @@ async def start(
         hub=hub,
         logging=logging,
         started_at=started_at,
+        training=cell,
+        resources=(lanes,),
     )
 
 
@@ -187,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the run directory for config.toml, events.jsonl and summary.json (default: runs/<run-id>)",
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last good checkpoint; the directory is reused, events appended",
+    )
     return parser
 
 
@@ -201,19 +263,27 @@ def format_summary(summary: RunSummary) -> str:
         f"{state.actor:<16}{state.status.value:<12}{state.handled:>9}{state.failed:>8}{state.restarts:>10}"
         for state in summary.actors
     ]
+    figures = summary.training
+    if figures is not None:
+        lines.append(
+            f"training: {figures.epochs} epochs, {figures.global_step} steps, "
+            f"{figures.host_parameters + figures.seed_parameters} parameters ({figures.seed_parameters} in seeds)"
+        )
+        for split, loss, acc in (
+            ("train", figures.train_loss, figures.train_accuracy),
+            ("val", figures.val_loss, figures.val_accuracy),
+            ("test", figures.test_loss, figures.test_accuracy),
+        ):
+            if loss is not None and acc is not None:
+                lines.append(f"  {split:<6} loss {loss:.4f}  accuracy {acc:.4f}")
     if summary.error:
         lines.append(f"error: {summary.error}")
     return "\n".join(lines) + "\n"
 
 
 async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:
-    """Wait for the run to end, or stop it gracefully once ``interrupted`` is set.
-
-    Until the trainer exists, a run has no work of its own: it starts the tree, logs it and stops cleanly.
-    """
-    if "tolaria" not in {state.actor for state in system.snapshot()}:
-        _log.info("run_has_no_trainer", detail="the trainer actor is not built yet; stopping after start-up")
-        return await system.stop(status="completed")
+    """Wait for the run to end (training finished), or stop it gracefully once ``interrupted`` is set: Tolaria
+    finishes its step and writes a checkpoint that ``--resume`` continues from."""
     async with asyncio.TaskGroup() as tg:
         finished = tg.create_task(system.wait())
         interrupt = tg.create_task(interrupted.wait())
@@ -224,8 +294,8 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
     return finished.result()
 
 
-async def _main_async(config: RunConfig, run_dir: Path | None) -> int:
-    system = await start(config, run_dir)
+async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | None = None) -> int:
+    system = await start(config, run_dir, resume=resume)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -251,7 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{err}\n")
         return EXIT_CONFIG_ERROR
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_main_async(config, args.run_dir))
+        try:
+            return asyncio.run(_main_async(config, args.run_dir, args.resume))
+        except ConfigError as err:
+            sys.stderr.write(f"{err}\n")
+            return EXIT_CONFIG_ERROR
     return EXIT_INTERRUPTED
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 import msgspec
@@ -14,7 +15,7 @@ from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import RestartIntensityExceeded
 from schemas.base import Message, Record
-from schemas.run import RunStatus, RunSummary
+from schemas.run import RunStatus, RunSummary, TrainingFigures
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,6 +30,21 @@ if TYPE_CHECKING:
     from schemas.runtime import ActorState
 
 _log = structlog.get_logger("esper.session")
+
+
+class TrainingWatch(Protocol):
+    """What the session needs of the trainer: its figures once training has ended (Tolaria's TolariaCell)."""
+
+    @property
+    def figures(self) -> TrainingFigures | None: ...
+
+    async def wait_finished(self) -> TrainingFigures: ...
+
+
+class Closable(Protocol):
+    """Something the session closes after the actors have stopped (the lanes)."""
+
+    async def aclose(self) -> None: ...
 
 
 @final
@@ -99,6 +115,8 @@ class EsperSystem:
         hub: EventHub,
         logging: LoggingHandle,
         started_at: str,
+        training: TrainingWatch | None = None,
+        resources: tuple[Closable, ...] = (),
     ) -> None:
         self.config = config
         self.run_id = run_id
@@ -111,6 +129,8 @@ class EsperSystem:
         self._summary: RunSummary | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
+        self._training = training
+        self._resources = resources
 
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
@@ -134,12 +154,38 @@ class EsperSystem:
         status: RunStatus = "completed"
         error: str | None = None
         try:
+            if self._training is not None and not self._stopped:
+                await self._wait_training()
             await self._actors.wait()
         except RestartIntensityExceeded as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
         if self._stopped:
             status = self._stop_status if status != "failed" else status
+        figures = self._training.figures if self._training is not None else None
+        if figures is not None and figures.halted and status != "failed":
+            status, error = "failed", f"emergency halt: {figures.halt_reason}"
         return await self._finish(status, error)
+
+    async def _wait_training(self) -> None:
+        """Wait until training ends (then stop the other actors in order) or the tree stops on its own."""
+        training = self._training
+        assert training is not None
+        async with asyncio.TaskGroup() as tg:
+            finished = tg.create_task(training.wait_finished())
+            tree = tg.create_task(self._tree_stopped())
+            await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
+            if not finished.done():
+                finished.cancel()
+            if not tree.done():
+                tree.cancel()
+        if finished.cancelled() or self._stopped:
+            return
+        await self._actors.stop()
+
+    async def _tree_stopped(self) -> None:
+        # wait() re-raises the root's failure afterwards; here it only ends the race.
+        with contextlib.suppress(RestartIntensityExceeded):
+            await self._actors.wait()
 
     async def stop(self, *, status: RunStatus = "stopped") -> RunSummary:
         """Stop the run in order (actors stop in reverse start order within their deadlines) and return its summary."""
@@ -157,6 +203,8 @@ class EsperSystem:
         for state in actors:
             log_actor_state(_log, state)
             self._hub.emit(state)
+        for resource in self._resources:
+            await resource.aclose()
         summary = RunSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
@@ -167,6 +215,7 @@ class EsperSystem:
             dead_letters=self._actors.dead_letters,
             actors=actors,
             error=error,
+            training=self._training.figures if self._training is not None else None,
         )
         self._summary = summary
         path = self.run_dir / self.config.nissa.summary_json

@@ -60,9 +60,16 @@ class TolariaConfig(ConfigSection, frozen=True):
     checkpoint_every_epochs: NonNegInt = 1
     checkpoint_keep_last: PosInt = 3
     compile: bool = False
+    # amp = true forces bf16 autocast on every device; "auto" precision is bf16 on CUDA and fp32 on the CPU.
     amp: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     num_threads: PosInt | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    nonfinite_window_steps: PosInt = 100
+    nonfinite_to_rollback: PosInt = 3
+    emergency_clean_dwell_epochs: PosInt = 2
+    drop_last: bool = False
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset == "npz" and self.npz_path is None:

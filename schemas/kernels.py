@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Literal
+
 from msgspec import field
 
 from schemas.base import Message, Record
@@ -19,19 +22,41 @@ class ParameterBounds(Record, frozen=True):
     min_value: float
     max_value: float
     default: float | None = None
+    integer: bool = False
 
     def __post_init__(self) -> None:
         if not self.min_value <= self.max_value:
             raise ValueError(f"min_value ({self.min_value}) must not exceed max_value ({self.max_value})")
         if self.default is not None and not self.min_value <= self.default <= self.max_value:
             raise ValueError(f"default {self.default} outside [{self.min_value}, {self.max_value}]")
+        if self.integer and self.default is not None and not float(self.default).is_integer():
+            raise ValueError(f"default {self.default} of an integer parameter is not an integer")
+
+
+SlotKind = Literal["conv1d", "conv2d", "flat", "sequence"]
+"""conv1d ``[batch, channels, length]``, conv2d ``[batch, channels, height, width]``, flat ``[batch, features]``,
+sequence ``[batch, seq, hidden]``; rank alone cannot tell conv1d from sequence."""
+
+SLOT_RANKS: MappingProxyType[SlotKind, int] = MappingProxyType({"conv1d": 3, "conv2d": 4, "flat": 2, "sequence": 3})
 
 
 class SlotSignature(Record, frozen=True):
-    """What a slot must look like for a blueprint to fit: tensor rank (batch included) and dtype."""
+    """What a slot must look like for a blueprint to fit: tensor rank (batch included), dtype, and optionally its kind
+    and the size of its feature axis (channels, features or hidden). A descriptor's signatures name a kind; a
+    concrete slot (an artifact's, a kernel request's) names kind and features too.
+
+    Raises:
+        ValueError: (on construction and decode) ``rank`` is not the rank of ``kind``.
+    """
 
     rank: PosInt
     dtype: TensorDtype = TensorDtype.FLOAT32
+    kind: SlotKind | None = None
+    features: PosInt | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and SLOT_RANKS.get(self.kind) != self.rank:
+            raise ValueError(f"slot kind {self.kind!r} has rank {SLOT_RANKS.get(self.kind)}, not {self.rank}")
 
 
 class BlueprintDescriptor(Message, frozen=True):
@@ -52,7 +77,10 @@ class BlueprintDescriptor(Message, frozen=True):
 
 
 class KernelRequest(Message, frozen=True):
-    """Ask for a ready, verified module for a blueprint now (the 10 ms fetch path); replied with KernelReady/Error."""
+    """Ask for a ready, verified module for a blueprint now (the 10 ms fetch path); replied with KernelReady/Error.
+
+    ``signature`` (kind and features set) picks the artifact for one concrete slot; None takes the newest of any slot.
+    """
 
     request_id: NonEmptyStr
     blueprint_id: NonEmptyStr
@@ -60,15 +88,20 @@ class KernelRequest(Message, frozen=True):
     issued_at: float
     seed_id: str | None = None
     slot: str | None = None
+    signature: SlotSignature | None = None
 
 
 class KernelPrefetchRequest(Message, frozen=True):
-    """Ask Urza to load and verify a blueprint's artifact off the critical path; replays are dropped by request_id."""
+    """Ask Urza to load and verify a blueprint's artifact off the critical path; replays are dropped by request_id.
+
+    ``signature`` (kind and features set) picks the artifact for one concrete slot; None takes the newest of any slot.
+    """
 
     request_id: NonEmptyStr
     blueprint_id: NonEmptyStr
     training_run_id: NonEmptyStr
     issued_at: float
+    signature: SlotSignature | None = None
 
 
 class KernelReady(Message, frozen=True):
@@ -110,3 +143,30 @@ class KernelCatalogUpdate(Message, frozen=True):
     prewarm_ms: NonNegFloat = 0.0
     eager_fallback: bool = False
     tags: tuple[str, ...] = ()
+
+
+class CompileRequest(Message, frozen=True):
+    """Ask Tezzeret to compile blueprints into Urza now; answered (to an ask) with CompileResult.
+
+    Empty ``blueprint_ids`` means every blueprint of the catalogue; empty ``signatures`` means the run's slots. Each
+    signature must name its kind and features.
+    """
+
+    request_id: NonEmptyStr
+    issued_at: float
+    blueprint_ids: tuple[str, ...] = ()
+    signatures: tuple[SlotSignature, ...] = ()
+
+
+class CompileResult(Message, frozen=True):
+    """What a compile pass did: artifacts stored (content addresses) and blueprints that failed, with the reason.
+
+    A failed blueprint is marked failed in Urza's catalogue; it is never replaced by another kernel.
+    """
+
+    request_id: str
+    issued_at: float
+    compiled: NonNegInt
+    failed: NonNegInt
+    artifacts: tuple[Sha256Hex, ...] = ()
+    failures: dict[str, str] = field(default_factory=dict)

@@ -12,6 +12,35 @@ RunStatus = Literal["completed", "stopped", "interrupted", "failed"]
 supervisor gave up."""
 
 
+class TrainingFigures(Record, frozen=True):
+    """What training achieved: the last epoch's figures, the held-out test figures and the control-plane counters.
+
+    Losses are mean cross-entropy; accuracies are fractions in [0, 1]. ``stalls`` counts boundaries at which the step
+    loop waited for a late plan, ``stall_ms`` their total duration; ``resumed_from_step`` is the step a resumed run
+    continued from (None for a fresh run).
+    """
+
+    epochs: int
+    global_step: int
+    host_parameters: int
+    seed_parameters: int
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    skipped_steps: int = 0
+    stalls: int = 0
+    stall_ms: float = 0.0
+    rollbacks: int = 0
+    emergency_level: int = 1
+    halted: bool = False
+    halt_reason: str | None = None
+    resumed_from_step: int | None = None
+    checkpoint: str | None = None
+
+
 class RunSummary(Record, frozen=True):
     """The final figures of a run; later issues add training figures as optional fields."""
 
@@ -24,3 +53,4 @@ class RunSummary(Record, frozen=True):
     dead_letters: int
     actors: tuple[ActorState, ...] = ()
     error: str | None = None
+    training: TrainingFigures | None = None

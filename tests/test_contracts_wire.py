@@ -43,8 +43,19 @@ from schemas.enums import (
     SeedLifecycleGate,
     SeedLifecycleStage,
 )
+from schemas.kasmina import (
+    GetKasminaStatistics,
+    GetSeedStates,
+    KasminaStatistics,
+    PrefetchSeed,
+    SeedStates,
+    SeedValidation,
+    SeedValidationReport,
+)
 from schemas.kernels import (
     BlueprintDescriptor,
+    CompileRequest,
+    CompileResult,
     KernelCatalogUpdate,
     KernelError,
     KernelPrefetchRequest,
@@ -53,8 +64,19 @@ from schemas.kernels import (
     ParameterBounds,
     SlotSignature,
 )
+from schemas.nissa import (
+    ActiveAlert,
+    AlertNotice,
+    EvaluateAlerts,
+    HealthReport,
+    MetricSample,
+    NissaSnapshot,
+    QueryNissa,
+    SeedStageChanged,
+    SloStatus,
+)
 from schemas.reports import FieldReport, MitigationAction, PolicyUpdate, ValidationReport
-from schemas.run import RunSummary
+from schemas.run import RunSummary, TrainingFigures
 from schemas.runtime import (
     ActorState,
     BreakerTransition,
@@ -65,6 +87,7 @@ from schemas.runtime import (
     SupervisorEscalated,
 )
 from schemas.state import GateResult, LayerSummary, SeedState, StepTimings, SystemStatePacket
+from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -161,7 +184,7 @@ SECURITY = CommandSecurity(
     signature=SHA_B, key_id="default", nonce=COMMAND_ID, issued_at=1700000000.25, freshness_window_s=60.0
 )
 BOUNDS = ParameterBounds(min_value=0.0, max_value=1.0, default=0.5)
-SIGNATURE = SlotSignature(rank=3, dtype=TensorDtype.FLOAT32)
+SIGNATURE = SlotSignature(rank=3, dtype=TensorDtype.FLOAT32, kind="conv1d", features=16)
 MITIGATION = MitigationAction(action_type="conservative_mode", rationale="loss spike after germination")
 VALIDATION = ValidationReport(
     held_out_reports=128,
@@ -188,6 +211,39 @@ ATTACH = SeedOp(
     blend=BLEND,
     learning_rate=0.001,
     reason="germinate",
+)
+
+ACTIVE_ALERT = ActiveAlert(
+    rule="training_latency_high",
+    metric="tolaria.training.latency_ms",
+    condition="> 18",
+    threshold=18.0,
+    value=25.5,
+    level=EmergencyLevel.L1_NOTICE,
+    since_s=120.0,
+    breaches=3,
+)
+SLO_STATUS = SloStatus(
+    name="epoch_hook_latency",
+    metric="tolaria.epoch_hook.latency_ms",
+    objective=18.0,
+    window_s=2592000.0,
+    samples=40,
+    violations=4,
+    burn=0.1,
+    short_window_s=86400.0,
+    short_samples=10,
+    short_violations=4,
+    short_burn=0.4,
+    breached=True,
+)
+HEALTH = HealthReport(
+    status=HealthStatus.DEGRADED,
+    summary="DEGRADED: emergency L1_NOTICE; 1 alert(s) firing: training_latency_high",
+    indicators={"alerts_active": "1", "emergency_level": "L1_NOTICE"},
+)
+METRIC_SAMPLE = MetricSample(
+    name="kasmina.seed.alpha", value=0.5, kind="gauge", help="Blend alpha.", labels={"slot": "features.3"}
 )
 
 EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
@@ -236,6 +292,64 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
     ),
     GateResult: GATE,
     SeedState: SEED,
+    GetSeedStates: GetSeedStates(slots=("features.3",)),
+    SeedStates: SeedStates(states=(SEED,), step=1200),
+    PrefetchSeed: PrefetchSeed(
+        request_id="prefetch-1",
+        blueprint_id="BP002",
+        slot="features.3",
+        seed_id="seed-7",
+        blueprint_params={"rank": 4.0},
+    ),
+    SeedValidation: SeedValidation(seed_id="seed-7", loss_without_seed=(0.75, 0.5), loss_with_seed=(0.625, 0.5)),
+    SeedValidationReport: SeedValidationReport(
+        run_id="run-1",
+        step=1200,
+        seeds=(SeedValidation(seed_id="seed-7", loss_without_seed=(0.75,), loss_with_seed=(0.625,)),),
+    ),
+    GetKasminaStatistics: GetKasminaStatistics(request_id="stats-1"),
+    KasminaStatistics: KasminaStatistics(
+        boundaries=150,
+        plans_sent=149,
+        pending_packets=1,
+        pending_decisions=0,
+        accepted=12,
+        request_id="stats-1",
+        rejected={"embargoed": 2, "bad_signature": 1},
+        preparations=6,
+        preparation_failures=1,
+        prefetches=3,
+        cache_hits=2,
+        cache_misses=4,
+        cache_evictions=0,
+        cache_size=4,
+        cache_capacity=32,
+        isolation_culls=1,
+        illegal_transitions=0,
+    ),
+    GetTamiyoStatistics: GetTamiyoStatistics(request_id="stats-2"),
+    GetTamiyoState: GetTamiyoState(request_id="state-1"),
+    TamiyoStatistics: TamiyoStatistics(
+        policy="gnn",
+        policy_version="gnn-0.0.0",
+        decisions=40,
+        inference_breaker=BreakerState.HALF_OPEN,
+        request_id="stats-2",
+        decisions_by_action={"no_op": 38, "germinate": 2},
+        fallbacks=4,
+        timeouts=3,
+        inference_failures=0,
+        inference_skipped=1,
+        vetoes=1,
+        downgrades=0,
+        breaker_opened=1,
+        conservative=True,
+        latency_window=40,
+        latency_p50_ms=1.5,
+        latency_p95_ms=4.25,
+        field_reports=36,
+        pending_outcomes=4,
+    ),
     StepTimings: TIMINGS,
     LayerSummary: LAYER,
     SystemStatePacket: SystemStatePacket(
@@ -302,6 +416,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         issued_at=1700000000.5,
         seed_id="seed-0001",
         slot="features.3",
+        signature=SIGNATURE,
     ),
     KernelPrefetchRequest: KernelPrefetchRequest(
         request_id="req-0001",
@@ -336,6 +451,20 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         prewarm_ms=12.25,
         eager_fallback=False,
         tags=("conv", "residual"),
+    ),
+    CompileRequest: CompileRequest(
+        request_id="compile-0001",
+        issued_at=1700000000.0,
+        blueprint_ids=("bp-conv-residual",),
+        signatures=(SIGNATURE,),
+    ),
+    CompileResult: CompileResult(
+        request_id="compile-0001",
+        issued_at=1700000001.5,
+        compiled=1,
+        failed=1,
+        artifacts=(SHA_A,),
+        failures={"bp-broken": "blueprint bp-broken on flat: output is not exactly zero at birth"},
     ),
     MitigationAction: MITIGATION,
     FieldReport: FieldReport(
@@ -425,6 +554,84 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
             ),
         ),
         error=None,
+        training=TrainingFigures(
+            epochs=10,
+            global_step=250,
+            host_parameters=2782,
+            seed_parameters=120,
+            train_loss=1.25,
+            train_accuracy=0.5,
+            val_loss=1.5,
+            val_accuracy=0.375,
+            test_loss=1.5,
+            test_accuracy=0.375,
+            skipped_steps=1,
+            stalls=2,
+            stall_ms=3.5,
+            rollbacks=0,
+            emergency_level=1,
+            halted=False,
+            resumed_from_step=120,
+            checkpoint="step-250.pt",
+        ),
+    ),
+    TrainingFigures: TrainingFigures(
+        epochs=10,
+        global_step=250,
+        host_parameters=2782,
+        seed_parameters=120,
+        train_loss=1.25,
+        train_accuracy=0.5,
+        val_loss=1.5,
+        val_accuracy=0.375,
+        test_loss=1.5,
+        test_accuracy=0.375,
+        skipped_steps=1,
+        stalls=2,
+        stall_ms=3.5,
+        rollbacks=0,
+        emergency_level=1,
+        halted=False,
+        resumed_from_step=120,
+        checkpoint="step-250.pt",
+    ),
+    SeedStageChanged: SeedStageChanged(
+        slot="features.3",
+        from_stage=SeedLifecycleStage.TRAINING,
+        to_stage=SeedLifecycleStage.BLENDING,
+        step=1200,
+        seed_id="seed-7",
+        blueprint_id="BP005",
+        epoch=4,
+        reason="g2_passed",
+    ),
+    EvaluateAlerts: EvaluateAlerts(seq=3),
+    QueryNissa: QueryNissa(include_metrics=False),
+    AlertNotice: AlertNotice(
+        rule="kasmina_isolation_violation",
+        metric="kasmina.isolation.violations",
+        condition=">= 3 within 300s",
+        threshold=3.0,
+        value=4.0,
+        active=True,
+        level=EmergencyLevel.L2_ELEVATED,
+        breaches=1,
+        at_s=301.5,
+        routes=("pagerduty",),
+    ),
+    ActiveAlert: ACTIVE_ALERT,
+    SloStatus: SLO_STATUS,
+    HealthReport: HEALTH,
+    MetricSample: METRIC_SAMPLE,
+    NissaSnapshot: NissaSnapshot(
+        health=HEALTH,
+        alerts=(ACTIVE_ALERT,),
+        slos=(SLO_STATUS,),
+        metrics=(METRIC_SAMPLE,),
+        epochs_written=5,
+        last_epoch=4,
+        final_figures={"val_loss": 0.25, "val_accuracy": 0.875},
+        endpoint="127.0.0.1:9100",
     ),
 }
 

@@ -24,13 +24,23 @@ if TYPE_CHECKING:
     from schemas.base import Message, Record
 
 
+ACTORS = {"oona", "tolaria", "tolaria/control", "tolaria/trainer", "weatherlight"}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:
     reset_logging()
 
 
 def quiet_config(tmp_path: Path) -> RunConfig:
-    config = msgspec.convert({"logging": {"console": False}, "runs_dir": str(tmp_path / "runs")}, RunConfig)
+    config = msgspec.convert(
+        {
+            "logging": {"console": False},
+            "runs_dir": str(tmp_path / "runs"),
+            "tolaria": {"epochs": 1, "dataset_samples": 500},
+        },
+        RunConfig,
+    )
     assert isinstance(config, RunConfig)
     return config
 
@@ -41,7 +51,7 @@ async def test_start_returns_inside_the_running_loop_and_stops(tmp_path: Path) -
     assert isinstance(system, EsperSystem)
     assert asyncio.get_running_loop() is loop
     states = {state.actor: state for state in system.snapshot()}
-    assert set(states) == {"oona", "weatherlight"}
+    assert set(states) == ACTORS
     assert all(state.status is ActorStatus.RUNNING for state in states.values())
     summary = await system.stop()
     assert summary.status == "stopped"
@@ -55,12 +65,12 @@ async def test_start_returns_inside_the_running_loop_and_stops(tmp_path: Path) -
 
 async def test_start_accepts_a_path_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[logging]\nconsole = false\n')
-    system = await esper.start(path, overrides=['run_id="nb"', "tolaria.epochs=2"])
+    path.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n')
+    system = await esper.start(path, overrides=['run_id="nb"', "tolaria.epochs=1"])
     try:
         assert system.run_id == "nb"
         assert system.run_dir == tmp_path / "runs" / "nb"
-        assert system.config.tolaria.epochs == 2
+        assert system.config.tolaria.epochs == 1
     finally:
         await system.stop()
 
@@ -79,7 +89,7 @@ async def test_events_stream_until_the_run_ends(tmp_path: Path) -> None:
         await system.stop()
         await collector
     final_states = [event for event in seen if isinstance(event, ActorState)]
-    assert {state.actor for state in final_states} == {"oona", "weatherlight"}
+    assert {state.actor for state in final_states} == ACTORS
     assert all(state.status is ActorStatus.STOPPED for state in final_states)
     assert isinstance(seen[-1], RunSummary)
     assert seen[-1].status == "stopped"

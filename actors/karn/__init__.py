@@ -1,0 +1,1 @@
+"""Karn: the blueprint catalogue as the contracts see it, with tiers, approvals, quarantine and deterministic picks."""

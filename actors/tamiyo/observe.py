@@ -1,0 +1,128 @@
+"""From Tolaria's SystemStatePacket and the blueprint catalogue to the Observation every Tamiyo policy reads.
+
+Slot facts, per SeedState of the packet:
+
+- ``constraint``: how hard the layer in front of the slot is straining, as the gradient norm of that layer (the
+  LayerSummary at the slot's ``layer_depth``, else ``layer_gradient_norms`` under the layer's or the slot's name)
+  divided by the mean over every layer the packet reports. So 1.0 is an average layer, > 1 a layer carrying more
+  gradient than most; 0 when the packet carries no gradient norms. Unitless, >= 0.
+- ``embargoed``: the slot's ``embargo_until_epoch`` is after the packet's epoch (or its stage is EMBARGOED).
+
+Seed contributions come from the last gate result Kasmina attached to a seed: its ``benefit_mean`` attribute (the
+counterfactual validation-loss contribution, positive when the seed helps), when the gate measured one.
+Pure functions; any thread.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from actors.tamiyo.policy import BlueprintCandidate, Observation, SlotFacts
+from schemas.enums import SeedLifecycleStage
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from schemas.state import SeedState, SystemStatePacket
+
+BENEFIT_ATTRIBUTE = "benefit_mean"
+
+
+def layer_gradient_norms(packet: SystemStatePacket) -> dict[int, float]:
+    """Finite gradient norms by layer depth: the LayerSummary's own, else ``layer_gradient_norms[name]``."""
+    by_depth: dict[int, float] = {}
+    for layer in sorted(packet.layers, key=lambda lay: (lay.depth, lay.name)):
+        norm = layer.gradient_norm
+        if norm is None:
+            norm = packet.layer_gradient_norms.get(layer.name)
+        if norm is not None and math.isfinite(norm) and layer.depth not in by_depth:
+            by_depth[layer.depth] = max(norm, 0.0)
+    return by_depth
+
+
+def slot_constraint(state: SeedState, packet: SystemStatePacket, by_depth: Mapping[int, float]) -> float:
+    """The slot's constraint score (see the module docstring)."""
+    norms = list(by_depth.values()) or [max(v, 0.0) for v in packet.layer_gradient_norms.values() if math.isfinite(v)]
+    mean = math.fsum(norms) / len(norms) if norms else 0.0
+    if mean <= 0.0:
+        return 0.0
+    norm = by_depth.get(state.layer_depth)
+    if norm is None:
+        norm = packet.layer_gradient_norms.get(state.slot)
+    if norm is None or not math.isfinite(norm):
+        return 0.0
+    return max(norm, 0.0) / mean
+
+
+def slot_embargoed(state: SeedState, epoch: int) -> bool:
+    """Whether the slot may not germinate at ``epoch``."""
+    if state.stage is SeedLifecycleStage.EMBARGOED:
+        return True
+    return state.embargo_until_epoch is not None and epoch < state.embargo_until_epoch
+
+
+def seed_contributions(packet: SystemStatePacket) -> dict[str, float]:
+    """Seed id -> measured benefit, from each seed's last gate result (absent when unmeasured)."""
+    out: dict[str, float] = {}
+    for state in packet.seed_states:
+        gate = state.last_gate
+        if state.seed_id is None or gate is None:
+            continue
+        benefit = gate.attributes.get(BENEFIT_ATTRIBUTE)
+        if benefit is not None and math.isfinite(benefit):
+            out[state.seed_id] = benefit
+    return out
+
+
+def build_observation(
+    packet: SystemStatePacket,
+    blueprints: Iterable[BlueprintCandidate],
+    *,
+    contributions: Mapping[str, float] | None = None,
+) -> Observation:
+    """The Observation of one packet: slot facts in slot order, the candidates as given, and seed contributions.
+
+    Args:
+        packet: Tolaria's packet.
+        blueprints: the candidate blueprints (Karn's catalogue facts), in the order the caller keeps them.
+        contributions: seed id -> benefit measured elsewhere; overrides what the gate results say.
+    """
+    by_depth = layer_gradient_norms(packet)
+    slots = tuple(
+        SlotFacts(
+            slot=state.slot,
+            constraint=slot_constraint(state, packet, by_depth),
+            embargoed=slot_embargoed(state, packet.epoch),
+        )
+        for state in sorted(packet.seed_states, key=lambda s: s.slot)
+    )
+    measured = seed_contributions(packet)
+    if contributions is not None:
+        measured.update(contributions)
+    return Observation(packet=packet, slots=slots, blueprints=tuple(blueprints), seed_contributions=measured)
+
+
+def has_candidate(observation: Observation) -> bool:
+    """Whether any decision but NO_OP is possible: a live seed, or a free slot with a blueprint to put in it."""
+    if observation.live_seeds():
+        return True
+    return bool(observation.free_slots()) and bool(observation.blueprints)
+
+
+def implicated_seed(observation: Observation) -> str | None:
+    """The seed a loss spike is blamed on: the youngest BLENDING seed, else the youngest live one; None if none."""
+    live = [s for s in observation.live_seeds() if s.seed_id is not None and not s.paused]
+    blending = [s for s in live if s.stage is SeedLifecycleStage.BLENDING]
+    pool = blending or live
+    if not pool:
+        return None
+    youngest = min(pool, key=lambda s: (s.age_steps, s.slot))
+    return youngest.seed_id
+
+
+def candidate(observation: Observation, blueprint_id: str | None) -> BlueprintCandidate | None:
+    """The candidate named ``blueprint_id``, if it is one."""
+    if blueprint_id is None:
+        return None
+    return next((bp for bp in observation.blueprints if bp.blueprint_id == blueprint_id), None)

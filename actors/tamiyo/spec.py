@@ -1,0 +1,200 @@
+"""The Tamiyo child spec the composition root calls: every dependency is an argument, nothing is looked up."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias, final
+
+from actors.tamiyo.actor import TamiyoActor, TamiyoState
+from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
+from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
+from actors.tamiyo.outcomes import OutcomeSettings
+from actors.tamiyo.risk import RiskThresholds
+from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_graph import GraphCaps
+from esper.runtime.ref import ActorRef
+from esper.runtime.supervisor import ChildSpec, RestartType
+from schemas.boundary import Decision
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from actors.tamiyo.policy import BlueprintCandidate, Policy
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from esper.runtime.lanes import Lane
+    from schemas.config import SecurityConfig, SimicConfig, TamiyoConfig
+
+DecisionOutlet: TypeAlias = Callable[[Decision], Awaitable[None]]
+"""Where decisions go: Kasmina's ``ref.tell`` (any ref whose inbox includes Decision) or a test's queue ``put``."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GnnSettings:
+    """How the GNN policy is built when ``tamiyo.policy = "gnn"``.
+
+    Attributes:
+        model: a loaded TamiyoGNN (e.g. a deployed checkpoint); None builds fresh weights from ``model_config`` and
+            ``seed`` (an untrained network, which favours NO_OP).
+        layer_types / activations: the categorical registries' names besides the blueprint ids (host layer types
+            and activation names), so the registries, and their checkpointed digests, are deterministic.
+        version: the policy version reported in commands and field reports.
+        max_ramp_steps / lr_delta_bound: scales of the ramp and lr-delta heads.
+    """
+
+    model: TamiyoGNN | None = None
+    model_config: TamiyoGNNConfig = field(default_factory=TamiyoGNNConfig)
+    seed: int = 0
+    layer_types: tuple[str, ...] = ()
+    activations: tuple[str, ...] = ()
+    version: str = "gnn-0.0.0"
+    max_ramp_steps: int = 100
+    lr_delta_bound: float = 0.1
+
+
+def tamiyo_spec(
+    *,
+    run_id: str,
+    config: TamiyoConfig,
+    security: SecurityConfig,
+    simic: SimicConfig,
+    signing_key: bytes,
+    key_id: str,
+    outlet: ActorRef[Decision] | DecisionOutlet,
+    policy_lane: Lane,
+    clock: Clock,
+    wall_clock: Clock,
+    sink: EventSink,
+    run_dir: Path,
+    blueprints: Sequence[BlueprintCandidate],
+    heuristic: HeuristicConfig | None = None,
+    gnn: GnnSettings | None = None,
+    policy: Policy | None = None,
+    state: TamiyoState | None = None,
+    fsync: bool = True,
+    name: str = "tamiyo",
+    mailbox_capacity: int = 1024,
+    restart: RestartType = "permanent",
+    shutdown_deadline_s: float = 5.0,
+) -> ChildSpec:
+    """The child spec of the Tamiyo actor.
+
+    The GNN (weights and digest) is built once, here; each incarnation gets fresh policy objects and a fresh WAL
+    handle, and starts from the state the previous incarnation left in the spec's cell (or from ``state``).
+
+    Args:
+        run_id: the run; packets of other runs are refused and command ids are derived from it.
+        config: the policy choice, deadline, fallback, risk thresholds, conservative mode, field-report window.
+        security: ``command_freshness_s`` goes into each command's security block.
+        simic: the reward lambdas (``reward_lambda_size``, ``reward_lambda_critical``).
+        signing_key / key_id: the run's HMAC key for command signatures (from the composition root).
+        outlet: Kasmina's ref, or any coroutine function taking a schemas.boundary.Decision.
+        policy_lane: the lane the configured policy decides on; its device is the GNN's device.
+        clock: monotonic time (deadlines, breaker, latencies); wall_clock: commands' issued_at (a WallClock).
+        sink: telemetry events; must not block.
+        run_dir: ``runs/<run-id>``; field reports go to ``field_reports.wal`` in it (the directory must exist).
+        blueprints: the candidate blueprints as plain data (Karn's descriptors reduced to BlueprintCandidate).
+        heuristic: the heuristic's knobs (default: from ``config``); also the fallback's.
+        gnn: how to build the GNN policy (default GnnSettings()).
+        policy: use this policy instead of building the configured one (a test double or a swapped-in policy);
+            it is reported under the name ``config.policy``.
+        state: a TamiyoState to resume from.
+        fsync: whether each WAL append waits for the disk.
+
+    Raises:
+        ValueError: ``tamiyo.gnn_checkpoint`` is set without a loaded model (checkpoint loading is not wired here).
+    """
+    candidates = tuple(blueprints)
+    heuristic_config = heuristic if heuristic is not None else HeuristicConfig.from_config(config)
+    send: DecisionOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
+    cell: list[TamiyoState] = [state] if state is not None else []
+    make_gnn = _gnn_factory(config, gnn, candidates, policy_lane) if config.policy == "gnn" and policy is None else None
+    outcomes = OutcomeSettings(
+        window_epochs=config.field_report_window_epochs,
+        lambda_size=simic.reward_lambda_size,
+        lambda_critical=simic.reward_lambda_critical,
+    )
+
+    def remember(exported: TamiyoState) -> None:
+        cell[:] = [exported]
+
+    def configured() -> Policy:
+        if policy is not None:
+            return policy
+        if make_gnn is not None:
+            return make_gnn()
+        if config.policy == "every_k":
+            return EveryKPolicy(
+                EveryKConfig(
+                    every_k_epochs=config.every_k_epochs,
+                    max_live_seeds=heuristic_config.max_live_seeds,
+                    max_added_parameters=heuristic_config.max_added_parameters,
+                    blend=heuristic_config.blend,
+                )
+            )
+        return HeuristicPolicy(heuristic_config)
+
+    def build() -> TamiyoActor:
+        return TamiyoActor(
+            run_id=run_id,
+            policy=configured(),
+            policy_name=config.policy,
+            fallback=HeuristicPolicy(heuristic_config),
+            lane=policy_lane,
+            clock=clock,
+            wall_clock=wall_clock,
+            sink=sink,
+            outlet=send,
+            signing_key=signing_key,
+            key_id=key_id,
+            blueprints=candidates,
+            decision_budget_ms=config.decision_budget_ms,
+            deadline_fallback=config.deadline_fallback,
+            breaker=config.inference_breaker,
+            risk=RiskThresholds.from_config(config),
+            conservative_exit_clean_epochs=config.conservative_exit_clean_epochs,
+            outcomes=outcomes,
+            wal=FieldReportWal(run_dir / WAL_FILENAME, fsync=fsync),
+            freshness_s=security.command_freshness_s,
+            state=cell[0] if cell else None,
+            on_stop_state=remember,
+            capacity=mailbox_capacity,
+        )
+
+    return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)
+
+
+def _gnn_factory(
+    config: TamiyoConfig, settings: GnnSettings | None, candidates: tuple[BlueprintCandidate, ...], lane: Lane
+) -> Callable[[], GnnPolicy]:
+    gnn = settings if settings is not None else GnnSettings()
+    if gnn.model is None and config.gnn_checkpoint is not None:
+        raise ValueError(
+            f"tamiyo.gnn_checkpoint = {config.gnn_checkpoint!r}: loading is not wired here; pass GnnSettings(model=...)"
+        )
+    model = (
+        gnn.model if gnn.model is not None else build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
+    )
+    model.eval()
+    digest = weights_sha256(model)
+    registries = registries_for((bp.blueprint_id for bp in candidates), gnn.layer_types, gnn.activations)
+    caps = GraphCaps(max_layers=config.max_layer_nodes)
+
+    def make() -> GnnPolicy:
+        return GnnPolicy(
+            model,
+            registries=registries,
+            weights_digest=digest,
+            device=lane.device,
+            caps=caps,
+            normaliser_alpha=config.normaliser_alpha,
+            version=gnn.version,
+            max_ramp_steps=gnn.max_ramp_steps,
+            lr_delta_bound=gnn.lr_delta_bound,
+        )
+
+    return make

@@ -1,0 +1,326 @@
+"""The Tolaria actors: a trainer that runs the step loop on the train lane, and a control actor that receives plans.
+
+Why two actors under one supervisor ("tolaria", one_for_all): the trainer's one message handler awaits the whole
+step loop on the lane, so it cannot also receive plans; the control actor can, and hands them to the lane thread
+through the PlanInbox (a threading.Condition). The lane thread never touches an asyncio object: packets, receipts
+and emergency events go back through ``loop.call_soon_threadsafe`` (LoopOutbox), which never blocks training.
+
+What survives a crash and restart of either actor lives in the TolariaCell (built once per run): the plan inbox,
+the fast snapshot and the finish signal. A restarted trainer resumes from the fast snapshot or the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, final
+
+import structlog
+
+from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
+from actors.tolaria.plans import PlanInbox
+from actors.tolaria.snapshots import SnapshotStore
+from esper.runtime.actor import Actor
+from esper.runtime.supervisor import ChildSpec, Supervisor
+from schemas.base import Message
+from schemas.boundary import BoundaryApplied, BoundaryPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from torch import nn
+
+    from esper.nn.data import DataSplits, TensorPair
+    from esper.runtime.events import EventSink
+    from esper.runtime.handoff import Handoff
+    from esper.runtime.lanes import Lane
+    from schemas.base import Record
+    from schemas.config import TolariaConfig
+    from schemas.run import TrainingFigures
+    from schemas.state import SystemStatePacket
+
+_log = structlog.get_logger("actors.tolaria")
+
+T = TypeVar("T")
+
+
+class StartTraining(Message, frozen=True):
+    """The trainer's own first message: run the step loop (once per incarnation)."""
+
+    incarnation: int
+
+
+class TrainingEnded(Message, frozen=True):
+    """From the trainer to the control actor: training is over, stop normally."""
+
+    status: str
+
+
+ControlMessage = BoundaryPlan | TrainingEnded
+
+
+@final
+@dataclass(slots=True)
+class TolariaCell:
+    """State shared by the Tolaria actors and kept across their restarts; built once per run on the event loop.
+
+    ``finished`` is set (event loop) when training ends for good: completed, stopped or halted.
+    """
+
+    inbox: PlanInbox
+    snapshots: SnapshotStore
+    incarnations: int = 0
+    result: LoopResult | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    last_loop: TrainingLoop | None = None
+
+    @property
+    def figures(self) -> TrainingFigures | None:
+        return None if self.result is None else self.result.figures
+
+    async def wait_finished(self) -> TrainingFigures:
+        """Wait until training has ended and return its figures. Event loop only."""
+        await self.finished.wait()
+        assert self.result is not None
+        return self.result.figures
+
+
+def new_cell(config: TolariaConfig, *, on_wait: Callable[[int, tuple[int, ...]], None] | None = None) -> TolariaCell:
+    """A fresh cell: an empty plan inbox and a snapshot store with the configured memory cap."""
+    return TolariaCell(
+        inbox=PlanInbox(on_wait=on_wait),
+        snapshots=SnapshotStore(int(config.snapshot_memory_cap_mb * 1024 * 1024)),
+    )
+
+
+@final
+class LoopOutbox:
+    """The lane thread's way out: each call schedules delivery on the event loop and returns at once.
+
+    Subscribers (e.g. ``ref.tell_nowait`` of Tamiyo and Kasmina) run on the event loop and must not block; one that
+    raises (a full mailbox) loses that packet, which is counted and logged, never retried: training does not wait.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        subscribers: Sequence[Callable[[SystemStatePacket], None]],
+        on_applied: Callable[[BoundaryApplied], None] | None,
+        sink: EventSink,
+    ) -> None:
+        self._loop = loop
+        self._subscribers = tuple(subscribers)
+        self._on_applied = on_applied
+        self._sink = sink
+        self.dropped = 0
+        self.packets = 0
+
+    def packet(self, packet: SystemStatePacket) -> None:
+        self._post(self._deliver_packet, packet)
+
+    def applied(self, receipt: BoundaryApplied) -> None:
+        if self._on_applied is not None:
+            self._post(self._on_applied, receipt)
+
+    def event(self, event: Message | Record) -> None:
+        self._post(self._sink.emit, event)
+
+    def _post(self, fn: Callable[[T], None], arg: T) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:
+            self.dropped += 1  # the loop has closed: nobody is left to read it
+
+    def _deliver_packet(self, packet: SystemStatePacket) -> None:
+        self.packets += 1
+        for subscriber in self._subscribers:
+            try:
+                subscriber(packet)
+            except Exception as err:  # noqa: BLE001  # a full subscriber loses the packet; training never waits
+                self.dropped += 1
+                _log.warning("state_packet_dropped", error=f"{type(err).__name__}: {err}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TolariaWiring:
+    """What the composition root hands Tolaria besides its config section.
+
+    Attributes:
+        run_id: the run's id.
+        run_dir: the run directory (checkpoints go to ``<run_dir>/checkpoints``); None: no checkpoints.
+        lane: the ``train`` lane.
+        cell: shared state across restarts (``new_cell``).
+        sink: emergency and breaker events.
+        handoff: where Kasmina leaves prepared seed modules.
+        subscribers: receive each SystemStatePacket on the event loop (Tamiyo, Kasmina).
+        expects_plans: a planner answers every packet with one BoundaryPlan.
+        on_applied: receives each BoundaryApplied receipt on the event loop (Kasmina).
+        resume: continue from the run directory's last checkpoint at the first start (``--resume``).
+        slot_targets: kasmina.slot_targets.
+        data: preloaded splits (tests); None loads them from the config on the lane.
+        batch_hook: a test hook applied to each batch.
+    """
+
+    run_id: str
+    run_dir: Path | None
+    lane: Lane
+    cell: TolariaCell
+    sink: EventSink
+    handoff: Handoff[nn.Module] | None = None
+    subscribers: tuple[Callable[[SystemStatePacket], None], ...] = ()
+    expects_plans: bool = False
+    on_applied: Callable[[BoundaryApplied], None] | None = None
+    resume: bool = False
+    slot_targets: tuple[str, ...] = ()
+    data: DataSplits | None = None
+    batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+
+
+@final
+class TolariaControl(Actor[ControlMessage]):
+    """Receives BoundaryPlans (from Kasmina) and hands them to the step loop; event loop only, never blocks."""
+
+    def __init__(self, cell: TolariaCell, capacity: int = 1024) -> None:
+        super().__init__(inbox=(BoundaryPlan, TrainingEnded), capacity=capacity)
+        self._cell = cell
+
+    async def handle(self, msg: ControlMessage) -> None:
+        match msg:
+            case BoundaryPlan():
+                if not self._cell.inbox.put(msg):
+                    _log.warning(
+                        "boundary_plan_dropped",
+                        decided_on_step=msg.decided_on_step,
+                        effect_step=msg.effect_step,
+                        detail="late (its deadline passed) or never expected",
+                    )
+            case TrainingEnded():
+                self.request_stop()
+
+
+@final
+class TolariaTrainer(Actor[StartTraining]):
+    """Runs the step loop on the train lane, once per incarnation; stops normally when training ends.
+
+    A stop request reaches the lane thread through the plan inbox: the loop finishes its step, writes a checkpoint
+    and returns, and only then does this actor stop (the lane never abandons started work). An exception from the
+    loop crashes this actor; the supervisor restarts both Tolaria actors and the new trainer resumes.
+    """
+
+    def __init__(self, config: TolariaConfig, wiring: TolariaWiring, control: Callable[[], TolariaControl | None]):
+        super().__init__(inbox=(StartTraining,), capacity=4)
+        self._config = config
+        self._wiring = wiring
+        self._control = control
+
+    async def on_start(self) -> None:
+        cell = self._wiring.cell
+        cell.incarnations += 1
+        self.ref.tell_nowait(StartTraining(incarnation=cell.incarnations))
+
+    async def handle(self, msg: StartTraining) -> None:
+        wiring = self._wiring
+        cell = wiring.cell
+        loop = asyncio.get_running_loop()
+        outbox = LoopOutbox(loop, subscribers=wiring.subscribers, on_applied=wiring.on_applied, sink=wiring.sink)
+        options = LoopOptions(
+            run_id=wiring.run_id,
+            checkpoint_dir=None if wiring.run_dir is None else Path(wiring.run_dir) / "checkpoints",
+            expects_plans=wiring.expects_plans,
+            resume=wiring.resume or msg.incarnation > 1,
+            slot_targets=wiring.slot_targets,
+            device=wiring.lane.device,
+            batch_hook=wiring.batch_hook,
+        )
+        cell.inbox.reset()
+        training = TrainingLoop(
+            self._config,
+            options,
+            inbox=cell.inbox,
+            outbox=outbox,
+            snapshots=cell.snapshots,
+            handoff=wiring.handoff,
+            data=wiring.data,
+        )
+        cell.last_loop = training
+        if msg.incarnation > 1:
+            _log.warning("tolaria_restarted", incarnation=msg.incarnation)
+        result = await self._run_until_done(training)
+        cell.result = result
+        cell.finished.set()
+        _log.info(
+            "training_finished",
+            status=result.status,
+            epochs=result.figures.epochs,
+            global_step=result.figures.global_step,
+            test_accuracy=result.figures.test_accuracy,
+            halt_reason=result.halt_reason,
+        )
+        control = self._control()
+        if control is not None and not control.stopping:
+            control.ref.tell_nowait(TrainingEnded(status=result.status))
+        self.request_stop()
+
+    async def _run_until_done(self, training: TrainingLoop) -> LoopResult:
+        inbox = self._wiring.cell.inbox
+        async with asyncio.TaskGroup() as tg:
+            job = tg.create_task(self._wiring.lane.run(training.run))
+            watcher = tg.create_task(self.until_stopping(asyncio.Event().wait))
+            try:
+                await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
+                if not job.done():
+                    # A stop was requested: the loop finishes its step, checkpoints and returns.
+                    inbox.request_stop("tolaria stopping")
+                    await asyncio.wait((job,))
+            except asyncio.CancelledError:
+                # Cancelled (a shutdown deadline): the lane waits out the job, so tell the job to end first.
+                inbox.request_stop("tolaria cancelled")
+                raise
+            watcher.cancel()
+        return job.result()
+
+
+def tolaria_spec(
+    config: TolariaConfig,
+    wiring: TolariaWiring,
+    *,
+    shutdown_deadline_s: float = 30.0,
+    max_restarts: int = 3,
+    window_s: float = 60.0,
+) -> ChildSpec:
+    """The "tolaria" subtree: a one_for_all supervisor over the control actor and the trainer, transient (a
+    finished training run stays finished; a crash restarts both, and the trainer resumes)."""
+
+    def build() -> Supervisor:
+        holder: list[TolariaControl] = []
+
+        def make_control() -> TolariaControl:
+            control = TolariaControl(wiring.cell)
+            holder[:] = [control]
+            return control
+
+        def current_control() -> TolariaControl | None:
+            return holder[0] if holder else None
+
+        return Supervisor(
+            [
+                ChildSpec("control", make_control, restart="transient", shutdown_deadline_s=shutdown_deadline_s),
+                ChildSpec(
+                    "trainer",
+                    lambda: TolariaTrainer(config, wiring, current_control),
+                    restart="transient",
+                    shutdown_deadline_s=shutdown_deadline_s,
+                ),
+            ],
+            strategy="one_for_all",
+            max_restarts=max_restarts,
+            window_s=window_s,
+            backoff_initial_s=0.0,
+            backoff_max_s=1.0,
+            name="tolaria",
+        )
+
+    return ChildSpec("tolaria", build, restart="transient", shutdown_deadline_s=shutdown_deadline_s * 2)

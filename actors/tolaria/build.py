@@ -1,0 +1,278 @@
+"""Config -> what Tolaria trains: seeded RNGs, the data splits, the wrapped host model, its optimizer and slot shapes.
+
+Everything here runs on the train lane thread (or, for ``check_config``, on any worker thread before the run starts):
+it builds tensors and may import the user's module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, final
+
+import numpy as np
+import torch
+from torch import nn
+
+from esper.nn.blueprints import SlotShape
+from esper.nn.data import DatasetError, load_dataset
+from esper.nn.data_batches import BatchPlan
+from esper.nn.data_npz import load_npz
+from esper.nn.hosts import CNN1dHost, MLPHost
+from esper.nn.optim_migration import GROUP_NAME_KEY
+from esper.nn.wrap import find_slots, wrap
+from esper.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from esper.nn.data import DataSplits, Layout
+    from esper.nn.slots import SeedSlot
+    from schemas.config import TolariaConfig
+
+HOST_GROUP = "host"
+PARAM_NAMES_KEY = "param_names"
+
+
+class TolariaConfigError(ConfigError):
+    """Raised when the tolaria section names something that cannot be used: a ``module:factory`` host model that
+    does not import, fails, or returns no nn.Module, or a data set file that is missing or malformed. One line,
+    naming the config key and value."""
+
+
+@final
+@dataclass(slots=True)
+class Trainee:
+    """The model being trained and everything that changes with its architecture. Lane-thread only.
+
+    ``slot_shapes`` maps each slot (by the name of the module it follows) to the activation it sees;
+    ``paused`` maps a paused slot to the mode it will resume in.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    slots: dict[str, SeedSlot]
+    slot_shapes: dict[str, SlotShape]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    host_parameters: int
+    paused: dict[str, str] = field(default_factory=dict)
+
+    def seed_parameters(self) -> dict[str, int]:
+        """Parameter elements of each attached seed, by seed id."""
+        out: dict[str, int] = {}
+        for slot in self.slots.values():
+            seed = slot.seed_module
+            if seed is not None and slot.seed_id is not None:
+                out[slot.seed_id] = sum(p.numel() for p in seed.parameters())
+        return out
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_precision(config: TolariaConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA under "auto", fp32 (None: no autocast) on the CPU unless asked."""
+    if config.amp or config.precision == "bf16":
+        return torch.bfloat16
+    if config.precision == "auto" and device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+def data_layout(config: TolariaConfig) -> Layout:
+    """Built-in hosts take flat features; a user model receives each data set's native sample shape."""
+    return "flat" if config.host_model in ("cnn1d", "mlp") else "native"
+
+
+def load_data(config: TolariaConfig) -> DataSplits:
+    """The configured data set, split into train / validation / test CPU tensors.
+
+    Raises:
+        TolariaConfigError: the npz file is missing or malformed (naming tolaria.npz_path).
+    """
+    try:
+        return load_dataset(
+            config.dataset,
+            samples=config.dataset_samples,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+            npz_path=config.npz_path if config.dataset == "npz" else None,
+            layout=data_layout(config),
+        )
+    except DatasetError as err:
+        raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
+    except ValueError as err:
+        raise TolariaConfigError(f"tolaria: data set {config.dataset!r}: {err}") from err
+
+
+def load_factory(spec: str) -> Callable[[], object]:
+    """Import ``package.module:factory`` and return the factory.
+
+    Raises:
+        TolariaConfigError: the module does not import or has no such callable.
+    """
+    module_name, _, attr = spec.partition(":")
+    who = f"tolaria.host_model = {spec!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any import failure is the user's config problem, reported in one line
+        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {type(err).__name__}: {err}") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]  # getattr on a user module; callable() checked above
+
+
+def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The unwrapped host model on the CPU.
+
+    Raises:
+        TolariaConfigError: a user factory fails or returns something other than an nn.Module.
+    """
+    if config.host_model == "cnn1d":
+        return CNN1dHost(length=math.prod(input_shape), num_classes=num_classes)
+    if config.host_model == "mlp":
+        return MLPHost(in_features=math.prod(input_shape), num_classes=num_classes)
+    factory = load_factory(config.host_model)
+    who = f"tolaria.host_model = {config.host_model!r}"
+    try:
+        model = factory()
+    except Exception as err:  # the user's factory failing is a config error, reported in one line
+        raise TolariaConfigError(f"{who}: the factory raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def check_config(config: TolariaConfig) -> None:
+    """Fail fast, before a run starts, on a host model or npz file that cannot be used. Blocking (file I/O).
+
+    Raises:
+        TolariaConfigError: naming the key and value.
+    """
+    if config.dataset == "npz" and config.npz_path is not None:
+        try:
+            load_npz(config.npz_path)
+        except DatasetError as err:
+            raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
+    if config.host_model not in ("cnn1d", "mlp"):
+        build_host(config, (1,), 2)  # a user factory takes no arguments, so the shapes are not needed
+
+
+def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
+    """The slot kind an activation of this rank (batch included) implies."""
+    if rank == 2:
+        return "flat"
+    if rank == 3:
+        return "conv1d"
+    if rank == 4:
+        return "conv2d"
+    raise ValueError(f"a slot activation of rank {rank} fits no slot kind")
+
+
+def measure_slot_shapes(model: nn.Module, names: Sequence[str], sample: torch.Tensor) -> dict[str, SlotShape]:
+    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape.
+
+    Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
+    """
+    shapes: dict[str, SlotShape] = {}
+    handles = []
+    for name in names:
+
+        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            tensor = out[0] if isinstance(out, tuple) else out
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+                shapes[name] = SlotShape(slot_kind(tensor.dim()), int(tensor.shape[1]))
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def build_trainee(
+    config: TolariaConfig,
+    splits: DataSplits,
+    slot_targets: Sequence[str],
+    device: torch.device,
+) -> Trainee:
+    """Seed the RNGs, build the host, wrap it at its slot targets, move it to ``device`` and build the optimizer.
+
+    ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
+
+    Raises:
+        TolariaConfigError: the host model cannot be built.
+        ValueError: a slot target matches nothing.
+    """
+    seed_everything(config.seed)
+    model = build_host(config, splits.input_shape, splits.num_classes)
+    host_parameters = sum(p.numel() for p in model.parameters())
+    own = getattr(model, "slot_targets", ())
+    targets = tuple(slot_targets) or (tuple(own) if isinstance(own, tuple | list) else ())
+    if targets:
+        wrap(model, list(targets))
+    slots = dict(find_slots(model))
+    sample = splits.train.x[: min(2, splits.train.num_samples)]
+    shapes = measure_slot_shapes(model, list(slots), sample)
+    channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it
+    model.train()
+    return Trainee(
+        model=model,
+        optimizer=build_optimizer(config, model, device),
+        slots=slots,
+        slot_shapes=shapes,
+        device=device,
+        autocast_dtype=resolve_precision(config, device),
+        channels_last=channels_last,
+        host_parameters=host_parameters,
+    )
+
+
+def build_optimizer(config: TolariaConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """One named host group (``name = "host"``, ``param_names``) with every trainable parameter.
+
+    foreach kernels on the CPU, fused ones on CUDA (Adam/AdamW) where torch has them.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    group: dict[str, object] = {
+        "params": [p for _, p in named],
+        GROUP_NAME_KEY: HOST_GROUP,
+        PARAM_NAMES_KEY: [n for n, _ in named],
+    }
+    fused = device.type == "cuda"
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            [group], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    if fused:
+        return kind([group], lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return kind([group], lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
+def batch_plan(config: TolariaConfig, splits: DataSplits) -> BatchPlan:
+    """The deterministic batch order of the training split."""
+    return BatchPlan(
+        dataset_size=splits.train.num_samples,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        drop_last=config.drop_last and splits.train.num_samples >= config.batch_size,
+    )

@@ -1,0 +1,268 @@
+"""The full rollback tier: checkpoint files, their manifest (SHA-256 and graft log), a writer thread, and resume.
+
+Layout of ``<run dir>/checkpoints/``:
+
+- ``step-<n>.pt``: ``torch.save`` of plain containers and tensors only (loadable with ``weights_only=True``):
+  ``schema_version``, ``global_step``, ``epoch``, ``batch_index``, ``model`` (state_dict with the slots' extra
+  state), ``optimizer`` (``{"groups": [...], "state": {param name: {...}}}``), ``rng``, ``graft_log`` (list of
+  dicts), ``paused``, ``counters``, ``pending_plans`` (JSON strings of plans received but not yet due).
+- ``manifest.json``: ``{"schema_version", "checkpoints": [{"file", "sha256", "size_bytes", "global_step", "epoch",
+  "batch_index"}...] (oldest first), "graft_log": [...]}``, rewritten atomically after each file.
+
+Every file is written atomically (temp file, fsync, rename, directory fsync). Only the last ``keep_last`` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+import msgspec
+import structlog
+import torch
+
+from actors.tolaria.boundary import GraftEvent
+from actors.tolaria.snapshots import TrainState
+from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+_log = structlog.get_logger("actors.tolaria")
+
+
+class CheckpointError(Exception):
+    """Raised when no usable checkpoint exists where one is required (every candidate missing or failing its
+    checksum), or a checkpoint's contents do not fit the model."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """One manifest entry."""
+
+    file: str
+    sha256: str
+    size_bytes: int
+    global_step: int
+    epoch: int
+    batch_index: int
+
+
+def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> bytes:
+    """Serialise a TrainState (without its seed modules) to ``torch.save`` bytes. Lane thread."""
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+        "batch_index": state.batch_index,
+        "model": state.model,
+        "optimizer": state.optimizer,
+        "rng": state.rng,
+        "graft_log": [msgspec.to_builtins(e) for e in state.graft_log],
+        "paused": state.paused,
+        "counters": state.counters,
+        "pending_plans": list(pending_plans),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
+    """Load checkpoint bytes with ``weights_only=True`` into a TrainState and the pending plans' JSON.
+
+    Raises:
+        CheckpointError: the contents are not a checkpoint of this schema version.
+    """
+    raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"not a schema-{SCHEMA_VERSION} checkpoint")
+    try:
+        state = TrainState(
+            global_step=int(raw["global_step"]),
+            epoch=int(raw["epoch"]),
+            batch_index=int(raw["batch_index"]),
+            model=dict(raw["model"]),
+            optimizer=dict(raw["optimizer"]),
+            rng=dict(raw["rng"]),
+            graft_log=msgspec.convert(raw["graft_log"], list[GraftEvent]),
+            paused=dict(raw["paused"]),
+            counters=dict(raw["counters"]),
+        )
+    except (KeyError, TypeError, msgspec.ValidationError) as err:
+        raise CheckpointError(f"malformed checkpoint: {err}") from err
+    return state, tuple(str(p) for p in raw.get("pending_plans", []))
+
+
+def read_manifest(directory: Path) -> list[CheckpointInfo]:
+    """The manifest's entries, oldest first; [] when there is none.
+
+    Raises:
+        CheckpointError: the manifest exists but cannot be parsed.
+    """
+    path = directory / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        raw = json.loads(path.read_text())
+        return [CheckpointInfo(**entry) for entry in raw["checkpoints"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable manifest: {err}") from err
+
+
+def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
+    """The newest checkpoint whose SHA-256 matches the manifest; a corrupt or truncated one is skipped with a
+    ``checkpoint_corrupt`` warning and the previous one is tried. None when the directory has no checkpoint.
+
+    Blocking (file I/O): lane thread or a worker thread.
+
+    Raises:
+        CheckpointError: checkpoints are listed but none is usable.
+    """
+    entries = read_manifest(directory)
+    for info in reversed(entries):
+        path = directory / info.file
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            _log.warning("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != info.sha256:
+            _log.warning(
+                "checkpoint_corrupt",
+                file=str(path),
+                error=f"sha256 {digest[:12]} does not match the manifest's {info.sha256[:12]}",
+                size_bytes=len(data),
+                expected_size_bytes=info.size_bytes,
+            )
+            continue
+        state, pending = decode_state(data)
+        return state, pending, info
+    if entries:
+        raise CheckpointError(f"{directory}: no checkpoint passes its checksum ({len(entries)} listed)")
+    return None
+
+
+@final
+class CheckpointWriter:
+    """Writes checkpoints on its own thread so the step loop never waits for the disk (atomic writes with fsync).
+
+    ``submit`` (lane thread) queues bytes already serialised; at most ``depth`` wait, after which submit blocks
+    (backpressure rather than unbounded memory). ``flush`` waits until everything queued is on disk; ``close``
+    flushes and ends the thread. A failed write is logged and re-raised by the next flush.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        keep_last: int,
+        depth: int = 2,
+        on_written: Callable[[CheckpointInfo], None] | None = None,
+    ) -> None:
+        self._directory = directory
+        self._keep_last = keep_last
+        self._queue: queue.Queue[tuple[int, int, int, bytes, list[object]] | None] = queue.Queue(maxsize=depth)
+        self._on_written = on_written
+        self._error: BaseException | None = None
+        self._entries: list[CheckpointInfo] | None = None
+        self._thread = threading.Thread(target=self._work, name="esper-tolaria-checkpoints", daemon=True)
+        self._thread.start()
+        self.written = 0
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def submit(self, state: TrainState, data: bytes) -> None:
+        """Queue a serialised checkpoint of ``state``; blocks only when ``depth`` writes are already waiting."""
+        log = [msgspec.to_builtins(e) for e in state.graft_log]
+        self._queue.put((state.global_step, state.epoch, state.batch_index, data, log))
+
+    def flush(self) -> None:
+        """Wait until every submitted checkpoint is written.
+
+        Raises:
+            OSError: a write failed.
+        """
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Flush, then end the writer thread."""
+        try:
+            self.flush()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._write(*item)
+            except BaseException as err:  # noqa: BLE001  # handed to the next flush(), which re-raises it
+                _log.error("checkpoint_write_failed", error=f"{type(err).__name__}: {err}")
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _write(self, step: int, epoch: int, batch_index: int, data: bytes, log: list[object]) -> None:
+        directory = self._directory
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._entries is None:
+            try:
+                self._entries = read_manifest(directory)
+            except CheckpointError:
+                self._entries = []
+        name = f"step-{step}.pt"
+        atomic_write_bytes(directory / name, data)
+        info = CheckpointInfo(
+            file=name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            global_step=step,
+            epoch=epoch,
+            batch_index=batch_index,
+        )
+        entries = [e for e in self._entries if e.file != name] + [info]
+        dropped = entries[: max(0, len(entries) - self._keep_last)]
+        entries = entries[len(dropped) :]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoints": [_info_dict(e) for e in entries],
+            "graft_log": log,
+        }
+        atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
+        self._entries = entries
+        for old in dropped:
+            (directory / old.file).unlink(missing_ok=True)
+        self.written += 1
+        if self._on_written is not None:
+            self._on_written(info)
+
+
+def _info_dict(info: CheckpointInfo) -> dict[str, object]:
+    return {
+        "file": info.file,
+        "sha256": info.sha256,
+        "size_bytes": info.size_bytes,
+        "global_step": info.global_step,
+        "epoch": info.epoch,
+        "batch_index": info.batch_index,
+    }

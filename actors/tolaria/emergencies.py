@@ -1,0 +1,160 @@
+"""Budgets and failures -> the emergency ladder: which epoch failed and why, and what the step loop must do about it.
+
+REFERENCE.md section 6. Lane-thread only: the ladder and the breaker are single-threaded, and their events reach the
+event loop through the sink the owner hands in (which forwards thread-safely).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+from esper.runtime.breaker import CircuitBreaker
+from esper.runtime.emergency import EmergencyLadder
+from schemas.enums import BreakerState, EmergencyLevel
+
+if TYPE_CHECKING:
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from schemas.config import TolariaConfig
+
+ORIGIN = "tolaria"
+
+
+class Action(enum.Enum):
+    """What the step loop does after a verdict."""
+
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"
+    HALT = "halt"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EpochVerdict:
+    """The judgement of one epoch end: failed or not, the first reason that applies, and the action."""
+
+    failed: bool
+    reason: str | None
+    action: Action
+
+
+@final
+class EmergencyPolicy:
+    """Turns budget breaches, missed decisions and non-finite steps into ladder escalations and loop actions.
+
+    - a non-finite loss or gradient: the step is skipped (L1 notice); ``nonfinite_to_rollback`` of them within
+      ``nonfinite_window_steps`` steps escalate to L3 and roll back to the fast snapshot;
+    - an epoch fails on the first of: breaker open, epoch budget, a missed decision (decision_timeout), hook budget;
+      a failure escalates to L2 (conservative mode), records a breaker failure (an open breaker means L3 and a
+      rollback) and grows the streak; ``failed_epochs_to_halt`` in a row mean L4 (checkpoint and halt);
+    - a clean epoch records a breaker success, resets the streak and counts towards de-escalation.
+    """
+
+    def __init__(self, config: TolariaConfig, *, run_id: str, clock: Clock, sink: EventSink) -> None:
+        self._config = config
+        self.ladder = EmergencyLadder(
+            run_id=run_id,
+            clock=clock,
+            sink=sink,
+            origin=ORIGIN,
+            clean_dwell_ticks=config.emergency_clean_dwell_epochs,
+        )
+        breaker = config.breaker
+        self.breaker = CircuitBreaker(
+            "tolaria.epochs",
+            clock=clock,
+            sink=sink,
+            failure_threshold=breaker.failure_threshold,
+            open_s=breaker.open_s,
+            success_threshold=breaker.success_threshold,
+        )
+        self._nonfinite: deque[int] = deque()
+        self.failed_epochs = 0
+        self.failed_streak = 0
+        self.skipped_steps = 0
+
+    @property
+    def level(self) -> EmergencyLevel:
+        return self.ladder.level
+
+    def nonfinite_step(self, step: int) -> Action:
+        """Count a skipped non-finite step at ``step``; ROLLBACK once enough fall within the window."""
+        self.skipped_steps += 1
+        self.ladder.escalate(EmergencyLevel.L1_NOTICE, f"non-finite loss or gradient at step {step}", ORIGIN)
+        window = self._nonfinite
+        window.append(step)
+        while window and window[0] <= step - self._config.nonfinite_window_steps:
+            window.popleft()
+        if len(window) >= self._config.nonfinite_to_rollback:
+            window.clear()
+            self.ladder.escalate(
+                EmergencyLevel.L3_CONSERVATIVE,
+                f"{self._config.nonfinite_to_rollback} non-finite steps within "
+                f"{self._config.nonfinite_window_steps} steps",
+                ORIGIN,
+            )
+            return Action.ROLLBACK
+        return Action.CONTINUE
+
+    def end_epoch(self, *, epoch_ms: float, hook_ms: float, missed_decisions: int) -> EpochVerdict:
+        """Judge an epoch end and escalate as REFERENCE.md section 6 prescribes."""
+        config = self._config
+        reason: str | None = None
+        if self.breaker.state is BreakerState.OPEN:
+            reason = "breaker_open"
+        elif config.epoch_budget_ms is not None and epoch_ms > config.epoch_budget_ms:
+            reason = "epoch_budget"
+        elif missed_decisions:
+            reason = "decision_timeout"
+        elif hook_ms > config.epoch_hook_budget_ms:
+            reason = "hook_budget"
+        if reason is None:
+            self.breaker.record_success()
+            self.failed_streak = 0
+            self.ladder.record_clean(1)
+            return EpochVerdict(False, None, Action.CONTINUE)
+        self.failed_epochs += 1
+        self.failed_streak += 1
+        self.breaker.record_failure(reason)
+        self.ladder.escalate(EmergencyLevel.L2_ELEVATED, f"failed epoch: {reason}", ORIGIN)
+        if self.failed_streak >= config.failed_epochs_to_halt:
+            self.ladder.escalate(
+                EmergencyLevel.L4_HALT, f"failed_epochs_streak: {self.failed_streak} failed epochs in a row", ORIGIN
+            )
+            return EpochVerdict(True, reason, Action.HALT)
+        if self.breaker.state is BreakerState.OPEN:
+            self.ladder.escalate(EmergencyLevel.L3_CONSERVATIVE, f"breaker_open after {reason}", ORIGIN)
+            return EpochVerdict(True, reason, Action.ROLLBACK)
+        return EpochVerdict(True, reason, Action.CONTINUE)
+
+    def restore_deadline_missed(self, restore_s: float) -> None:
+        """A full restore slower than its deadline means L4 (never train on a half-restored model)."""
+        self.ladder.escalate(
+            EmergencyLevel.L4_HALT,
+            f"deadline_exceeded: full restore took {restore_s:.3f}s, deadline {self._config.rollback_full_deadline_s}s",
+            ORIGIN,
+        )
+
+    def halt_now(self, reason: str) -> None:
+        self.ladder.escalate(EmergencyLevel.L4_HALT, reason, ORIGIN)
+
+    def counters(self) -> dict[str, float | int | str | None]:
+        """What a checkpoint keeps of the policy."""
+        return {
+            "emergency_level": int(self.ladder.level),
+            "failed_epochs": self.failed_epochs,
+            "failed_streak": self.failed_streak,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def restore(self, counters: dict[str, float | int | str | None]) -> None:
+        """Take the counters and level back from a checkpoint (the level is re-announced if above L1)."""
+        self.failed_epochs = int(counters.get("failed_epochs") or 0)
+        self.failed_streak = int(counters.get("failed_streak") or 0)
+        self.skipped_steps = int(counters.get("skipped_steps") or 0)
+        level = EmergencyLevel(int(counters.get("emergency_level") or 1))
+        if level > self.ladder.level:
+            self.ladder.escalate(level, "restored from a checkpoint", ORIGIN)

@@ -1,0 +1,672 @@
+"""The step loop: runs on the train lane thread from start (or resume) to the end of training, a stop or a halt.
+
+Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> host-to-device
+-> forward -> backward -> finite check -> optimizer step (or skip) -> alpha advance -> statistics -> state packet
+every K steps. Epoch end: validation -> packet -> snapshot and checkpoint (serialised here, written by the
+checkpoint thread) -> verdict (budgets, emergencies) -> the epoch's log line.
+
+Only the Outbox crosses back to the event loop, and it never blocks.
+"""
+
+from __future__ import annotations
+
+# Past 600 lines: the loop's phases share one position and one policy; splitting the epoch end out is the next step.
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, final
+
+import msgspec
+import structlog
+import torch
+import torch.nn.functional as F  # the conventional alias
+
+from actors.tolaria.boundary import BoundaryApplier, replay
+from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
+from actors.tolaria.checkpoints import CheckpointWriter, encode_state, load_latest
+from actors.tolaria.emergencies import Action, EmergencyPolicy
+from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into
+from actors.tolaria.telemetry import IntervalStats, build_packet
+from esper.nn.data_batches import iter_batches, to_device
+from esper.nn.slots import SlotMode
+from esper.runtime.clock import MonotonicClock
+from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome
+from schemas.enums import EmergencyLevel
+from schemas.run import TrainingFigures
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from torch import nn
+
+    from actors.tolaria.plans import PlanInbox
+    from esper.nn.data import DataSplits, TensorPair
+    from esper.runtime.handoff import Handoff
+    from schemas.base import Message, Record
+    from schemas.boundary import SeedOp
+    from schemas.config import TolariaConfig
+    from schemas.state import SystemStatePacket
+
+_log = structlog.get_logger("actors.tolaria")
+
+LoopStatus = Literal["completed", "stopped", "halted"]
+_EVAL_BATCH = 1024
+
+
+class Outbox(Protocol):
+    """Where the lane thread sends what the event loop must see; every method returns at once (any thread)."""
+
+    def packet(self, packet: SystemStatePacket) -> None: ...
+
+    def applied(self, receipt: BoundaryApplied) -> None: ...
+
+    def event(self, event: Message | Record) -> None: ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoopOptions:
+    """What the loop needs besides its config section.
+
+    Attributes:
+        run_id: copied into packets and receipts.
+        checkpoint_dir: where checkpoints go (None: no full tier, e.g. benchmarks).
+        expects_plans: a planner answers every packet with one BoundaryPlan (False: Tolaria alone).
+        resume: look for a checkpoint in checkpoint_dir before starting.
+        slot_targets: kasmina.slot_targets (empty: the host's own).
+        device: the lane's device.
+        batch_hook: a test hook applied to each batch, given the monotonic attempt count (survives rollbacks).
+    """
+
+    run_id: str
+    checkpoint_dir: Path | None
+    expects_plans: bool = False
+    resume: bool = False
+    slot_targets: tuple[str, ...] = ()
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoopResult:
+    """How the loop ended and what training achieved."""
+
+    status: LoopStatus
+    figures: TrainingFigures
+    halt_reason: str | None = None
+
+
+@final
+class _Position:
+    __slots__ = ("batch_index", "epoch", "global_step")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.batch_index = 0
+        self.global_step = 0
+
+
+@final
+class TrainingLoop:
+    """One incarnation's step loop. Build on any thread; call ``run()`` on the train lane thread, once."""
+
+    def __init__(
+        self,
+        config: TolariaConfig,
+        options: LoopOptions,
+        *,
+        inbox: PlanInbox,
+        outbox: Outbox,
+        snapshots: SnapshotStore,
+        handoff: Handoff[nn.Module] | None = None,
+        data: DataSplits | None = None,
+    ) -> None:
+        self._config = config
+        self._options = options
+        self._inbox = inbox
+        self._outbox = outbox
+        self._snapshots = snapshots
+        self._handoff = handoff
+        self._data = data
+        self._pos = _Position()
+        self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=_OutboxSink(outbox))
+        self._attempts = 0
+        self._rollbacks = 0
+        self._missed_this_epoch = 0
+        self._last_val_loss: float | None = None
+        self._resumed_from: int | None = None
+        self._last_checkpoint: str | None = None
+        self._epoch_figures: tuple[float, float, float, float] | None = None
+        self._hook_ms = 0.0
+        self.hook_ms_history: list[float] = []
+        self.restore_ms_history: list[tuple[str, float]] = []
+        self._trainee: Trainee | None = None
+        self._applier: BoundaryApplier | None = None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._compiled = False
+
+    # ------------------------------------------------------------------ public, lane thread
+
+    @property
+    def trainee(self) -> Trainee:
+        assert self._trainee is not None, "run() has not built the model yet"
+        return self._trainee
+
+    @property
+    def policy(self) -> EmergencyPolicy:
+        return self._policy
+
+    def run(self) -> LoopResult:
+        """Train to the end (or a stop or halt) and return the result. Blocking: lane thread only.
+
+        Raises: whatever breaks training (the actor crashes and its supervisor restarts it, which resumes).
+        """
+        config = self._config
+        data = self._data if self._data is not None else load_data(config)
+        self._data = data
+        plan = batch_plan(config, data)
+        self._build()
+        writer = None
+        if self._options.checkpoint_dir is not None:
+            writer = CheckpointWriter(
+                self._options.checkpoint_dir, keep_last=config.checkpoint_keep_last, on_written=_log_written
+            )
+        try:
+            self._restore_at_start()
+            status, reason = self._train(plan, writer)
+            figures = self._finish(status, reason, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        return LoopResult(status=status, figures=figures, halt_reason=reason)
+
+    # ------------------------------------------------------------------ building and restoring
+
+    def _build(self) -> None:
+        assert self._data is not None
+        trainee = build_trainee(self._config, self._data, self._options.slot_targets, self._options.device)
+        self._trainee = trainee
+        self._applier = BoundaryApplier(trainee)
+        self._forward = trainee.model
+        self._compiled = False
+        if self._config.compile:
+            try:
+                self._forward = torch.compile(trainee.model)
+                self._compiled = True
+            except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
+                self._compile_fallback(err)
+
+    def _compile_fallback(self, err: Exception) -> None:
+        _log.warning(
+            "tolaria.compile_runtime_fallback", error=f"{type(err).__name__}: {err}"[:300], detail="eager from now"
+        )
+        self._forward = self.trainee.model
+        self._compiled = False
+
+    def _restore_at_start(self) -> None:
+        """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint."""
+        snapshot = self._snapshots.latest
+        checkpoint = None
+        directory = self._options.checkpoint_dir
+        if directory is not None and self._options.resume:
+            started = time.perf_counter()
+            found = load_latest(directory) if directory.is_dir() else None
+            if found is not None:
+                checkpoint = (found, time.perf_counter() - started)
+        if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
+            self._restore(snapshot, tier="fast")
+        elif checkpoint is not None:
+            (state, pending, info), read_s = checkpoint
+            self._restore(state, tier="full", extra_s=read_s)
+            self._last_checkpoint = info.file
+            self._requeue(pending)
+        else:
+            return
+        self._resumed_from = self._pos.global_step
+
+    def _restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> None:
+        started = time.perf_counter()
+        self._build()
+        applier = self._applier
+        assert applier is not None
+        replay(applier, state.graft_log, state.seed_modules or None)
+        load_into(self.trainee, state)
+        self._pos.global_step = state.global_step
+        self._pos.epoch = state.epoch
+        self._pos.batch_index = state.batch_index
+        if counters:
+            # Resume or restart: the run's health counters continue. A rollback keeps the current ones instead,
+            # or every rollback would forget the failures that caused it.
+            saved = state.counters
+            self._policy.restore(saved)
+            value = saved.get("last_val_loss")
+            self._last_val_loss = float(value) if isinstance(value, int | float) else None
+            self._rollbacks = max(self._rollbacks, int(saved.get("rollbacks") or 0))
+        elapsed = time.perf_counter() - started + extra_s
+        self.restore_ms_history.append((tier, elapsed * 1e3))
+        _log.info(
+            "tolaria_restored",
+            tier=tier,
+            restore_ms=round(elapsed * 1e3, 3),
+            step=state.global_step,
+            epoch=state.epoch,
+            batch_index=state.batch_index,
+            seeds=len(state.seed_modules) if tier == "fast" else sum(1 for e in state.graft_log if e.kind == "attach"),
+        )
+        if tier == "full" and elapsed > self._config.rollback_full_deadline_s:
+            self._policy.restore_deadline_missed(elapsed)
+
+    def _requeue(self, pending: tuple[str, ...]) -> None:
+        # Plans received before the checkpoint but not yet due: expect and deliver them again, so they take effect
+        # at their effect step exactly as in the uninterrupted run.
+        for text in pending:
+            plan = msgspec.json.decode(text, type=BoundaryPlan)
+            if plan.effect_step >= self._pos.global_step:
+                self._inbox.expect(plan.decided_on_step, plan.effect_step)
+                self._inbox.put(plan)
+
+    def _counters(self) -> dict[str, float | int | str | None]:
+        return {
+            **self._policy.counters(),
+            "rollbacks": self._rollbacks,
+            "last_val_loss": self._last_val_loss,
+        }
+
+    def _capture(self, *, keep_modules: bool) -> TrainState:
+        applier = self._applier
+        assert applier is not None
+        pos = self._pos
+        return capture(
+            self.trainee,
+            global_step=pos.global_step,
+            epoch=pos.epoch,
+            batch_index=pos.batch_index,
+            graft_log=applier.log,
+            counters=self._counters(),
+            keep_modules=keep_modules,
+        )
+
+    def restore_checkpoint(self) -> bool:
+        """Full-tier restore from the last good checkpoint (rebuild, replay, load); False without one. Lane thread."""
+        directory = self._options.checkpoint_dir
+        started = time.perf_counter()
+        found = load_latest(directory) if directory is not None and directory.is_dir() else None
+        if found is None:
+            return False
+        self._restore(found[0], tier="full", extra_s=time.perf_counter() - started, counters=False)
+        return True
+
+    def rollback(self, reason: str) -> bool:
+        """Roll back to the fast snapshot (or the last checkpoint when the fast tier is off); False if neither.
+
+        Lane thread, between steps; expected plans are dropped (those decided after the snapshot are re-decided).
+        """
+        return self._rollback(reason)
+
+    def _rollback(self, reason: str) -> bool:
+        snapshot = self._snapshots.latest
+        self._inbox.reset()
+        if snapshot is not None:
+            self._restore(snapshot, tier="fast", counters=False)
+        else:
+            directory = self._options.checkpoint_dir
+            found = load_latest(directory) if directory is not None and directory.is_dir() else None
+            if found is None:
+                _log.error("tolaria_rollback_impossible", reason=reason)
+                return False
+            self._restore(found[0], tier="full", counters=False)
+        self._rollbacks += 1
+        _log.warning("tolaria_rolled_back", reason=reason, step=self._pos.global_step, rollbacks=self._rollbacks)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _train(self, plan: object, writer: CheckpointWriter | None) -> tuple[LoopStatus, str | None]:
+        from esper.nn.data_batches import BatchPlan
+
+        assert isinstance(plan, BatchPlan)
+        config = self._config
+        pos = self._pos
+        inbox = self._inbox
+        every = config.state_every_steps
+        num_batches = plan.num_batches
+        assert self._data is not None
+        train = self._data.train
+        while pos.epoch < config.epochs:
+            epoch_started = time.perf_counter()
+            stats = IntervalStats()
+            epoch_stats = IntervalStats()
+            self._missed_this_epoch = 0
+            batches: Iterator[tuple[int, TensorPair]] = iter_batches(train, plan, pos.epoch, pos.batch_index)
+            while True:
+                if inbox.has_due(pos.global_step):
+                    self._apply_due()
+                if inbox.stop_requested:
+                    return "stopped", inbox.stop_reason
+                t0 = time.perf_counter()
+                item = next(batches, None)
+                if item is None:
+                    break
+                index, batch = item
+                action = self._step(batch, t0, stats, epoch_stats)
+                pos.batch_index = index + 1
+                pos.global_step += 1
+                if action is Action.ROLLBACK:
+                    if not self._rollback("non-finite steps"):
+                        self._policy.halt_now("rollback impossible after non-finite steps")
+                        return "halted", "rollback impossible after non-finite steps"
+                    batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
+                    stats = IntervalStats()
+                    continue
+                if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
+                    self._send_packet(stats, epoch_progress=pos.batch_index / num_batches)
+                    stats = IntervalStats()
+            outcome = self._end_epoch(epoch_stats, stats, epoch_started, writer)
+            if outcome is not None:
+                return outcome
+        return "completed", None
+
+    def _step(self, batch: TensorPair, t0: float, stats: IntervalStats, epoch_stats: IntervalStats) -> Action:
+        trainee = self.trainee
+        hook = self._options.batch_hook
+        if hook is not None:
+            batch = hook(self._attempts, batch)
+        self._attempts += 1
+        t1 = time.perf_counter()
+        batch = to_device(batch, trainee.device)
+        x, y = batch.x, batch.y
+        if trainee.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t2 = time.perf_counter()
+        optimizer = trainee.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        out = self._run_forward(x)
+        loss = F.cross_entropy(out.float(), y)
+        t3 = time.perf_counter()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        t4 = time.perf_counter()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else loss.new_zeros(())
+        finite = bool(torch.isfinite(loss.detach() + total))
+        action = Action.CONTINUE
+        if finite:
+            optimizer.step()
+            for slot in trainee.slots.values():
+                if slot.mode is SlotMode.BLENDING:
+                    slot.advance_alpha()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            _log.warning("nonfinite_step_skipped", step=self._pos.global_step)
+            action = self._policy.nonfinite_step(self._pos.global_step)
+        t5 = time.perf_counter()
+        if finite:
+            correct = (out.detach().argmax(1) == y).sum()
+            size = int(y.shape[0])
+            for s in (stats, epoch_stats):
+                s.add(loss, correct, size)
+        for s in (stats, epoch_stats):
+            s.data_wait_s += t1 - t0
+            s.host_to_device_s += t2 - t1
+            s.forward_s += t3 - t2
+            s.backward_s += t4 - t3
+            s.optimizer_s += t5 - t4
+            s.step_s += t5 - t0
+        return action
+
+    def _run_forward(self, x: torch.Tensor) -> torch.Tensor:
+        forward = self._forward
+        assert forward is not None
+        dtype = self.trainee.autocast_dtype
+        try:
+            if dtype is None:
+                return forward(x)
+            with torch.autocast(device_type=self.trainee.device.type, dtype=dtype):
+                return forward(x)
+        except Exception as err:
+            if not self._compiled:
+                raise
+            self._compile_fallback(err)
+            return self._run_forward(x)
+
+    # ------------------------------------------------------------------ boundaries and packets
+
+    def _apply_due(self) -> None:
+        pos = self._pos
+        due = self._inbox.take_due(pos.global_step, self._config.decision_deadline_ms / 1e3)
+        if due.stall_s > 0:
+            _log.info("boundary_stall", step=pos.global_step, stall_ms=round(due.stall_s * 1e3, 3))
+        for plan in due.plans:
+            self._apply_plan(plan, due.stall_s)
+        if due.missed:
+            self._missed_this_epoch += len(due.missed)
+            _log.warning("plan_missed", step=pos.global_step, decided_on_steps=list(due.missed))
+
+    def _apply_plan(self, plan: BoundaryPlan, stall_s: float) -> None:
+        applier = self._applier
+        assert applier is not None
+        step = self._pos.global_step
+        level = self._policy.level
+        outcomes: list[OpOutcome] = []
+        for op in plan.ops:
+            if level >= EmergencyLevel.L3_CONSERVATIVE and op.kind != "detach":
+                outcomes.append(
+                    OpOutcome(
+                        kind=op.kind,
+                        slot=op.slot,
+                        seed_id=op.seed_id,
+                        applied=False,
+                        error="adaptation paused (emergency level L3 or above)",
+                    )
+                )
+                continue
+            outcomes.append(
+                applier.apply(
+                    op, step=step, take_module=self._take_module, conservative=level >= EmergencyLevel.L2_ELEVATED
+                )
+            )
+        receipt = BoundaryApplied(
+            run_id=plan.run_id,
+            decided_on_step=plan.decided_on_step,
+            effect_step=plan.effect_step,
+            applied_step=step,
+            outcomes=tuple(outcomes),
+            stall_ms=stall_s * 1e3,
+            seed_parameters=self.trainee.seed_parameters(),
+        )
+        self._outbox.applied(receipt)
+
+    def _take_module(self, op: SeedOp) -> nn.Module:
+        if self._handoff is None or op.handle is None:
+            raise ValueError(f"no prepared module for seed {op.seed_id!r} (handle {op.handle!r})")
+        return self._handoff.take(op.handle)
+
+    def _send_packet(
+        self,
+        stats: IntervalStats,
+        *,
+        epoch_progress: float,
+        validation: tuple[float, float] | None = None,
+        loss_delta: float | None = None,
+    ) -> None:
+        pos = self._pos
+        packet = build_packet(
+            self.trainee,
+            stats,
+            run_id=self._options.run_id,
+            epoch=pos.epoch,
+            epochs_total=self._config.epochs,
+            global_step=pos.global_step,
+            epoch_progress=epoch_progress,
+            hook_latency_ms=self._hook_ms,
+            emergency_level=self._policy.level,
+            validation=validation,
+            loss_delta=loss_delta,
+        )
+        if self._options.expects_plans:
+            # Registered before sending, so even an instant plan finds its expectation.
+            self._inbox.expect(pos.global_step, pos.global_step + self._config.command_lag_steps)
+        self._outbox.packet(packet)
+
+    # ------------------------------------------------------------------ epoch end
+
+    def evaluate(self, split: TensorPair) -> tuple[float, float]:
+        """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split."""
+        n = split.num_samples
+        if n == 0:
+            return float("nan"), 0.0
+        trainee = self.trainee
+        model = trainee.model
+        model.eval()
+        loss_sum = torch.zeros((), device=trainee.device)
+        correct = torch.zeros((), device=trainee.device, dtype=torch.int64)
+        try:
+            with torch.no_grad():
+                for start in range(0, n, _EVAL_BATCH):
+                    x = split.x[start : start + _EVAL_BATCH].to(trainee.device)
+                    y = split.y[start : start + _EVAL_BATCH].to(trainee.device)
+                    if trainee.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    dtype = trainee.autocast_dtype
+                    if dtype is None:
+                        out = model(x)
+                    else:
+                        with torch.autocast(device_type=trainee.device.type, dtype=dtype):
+                            out = model(x)
+                    loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+                    correct += (out.argmax(1) == y).sum()
+        finally:
+            model.train()
+        both = torch.stack((loss_sum.float(), correct.float())).tolist()
+        return both[0] / n, both[1] / n
+
+    def _end_epoch(
+        self,
+        epoch_stats: IntervalStats,
+        stats: IntervalStats,
+        epoch_started: float,
+        writer: CheckpointWriter | None,
+    ) -> tuple[LoopStatus, str | None] | None:
+        config = self._config
+        pos = self._pos
+        assert self._data is not None
+        val = self.evaluate(self._data.val) if self._data.val.num_samples else None
+        epoch_ms = (time.perf_counter() - epoch_started) * 1e3
+        hook_started = time.perf_counter()
+        finished_epoch = pos.epoch
+        loss_delta = None
+        if val is not None and self._last_val_loss is not None:
+            loss_delta = val[0] - self._last_val_loss
+        self._send_packet(stats, epoch_progress=1.0, validation=val, loss_delta=loss_delta)
+        if val is not None:
+            self._last_val_loss = val[0]
+        pos.epoch += 1
+        pos.batch_index = 0
+        last = pos.epoch >= config.epochs
+        state = self._capture(keep_modules=True) if self._snapshots.disabled_reason is None else None
+        due = writer is not None and not last and config.checkpoint_every_epochs > 0
+        due = due and pos.epoch % max(1, config.checkpoint_every_epochs) == 0
+        data: bytes | None = None
+        if due:
+            state = state if state is not None else self._capture(keep_modules=False)
+            data = encode_state(state, self._pending_json())
+        self._hook_ms = (time.perf_counter() - hook_started) * 1e3
+        self.hook_ms_history.append(self._hook_ms)
+        verdict = self._policy.end_epoch(
+            epoch_ms=epoch_ms, hook_ms=self._hook_ms, missed_decisions=self._missed_this_epoch
+        )
+        train_loss, train_acc = epoch_stats.means()
+        self._epoch_figures = (train_loss, train_acc, *(val if val is not None else (float("nan"), 0.0)))
+        fields = {
+            "epoch": finished_epoch + 1,
+            "epochs": config.epochs,
+            "step": pos.global_step,
+            "train_loss": round(train_loss, 4),
+            "train_acc": round(train_acc, 4),
+            "val_loss": None if val is None else round(val[0], 4),
+            "val_acc": None if val is None else round(val[1], 4),
+            "epoch_s": round(epoch_ms / 1e3, 3),
+            "hook_ms": round(self._hook_ms, 3),
+            "emergency_level": int(self._policy.level),
+        }
+        _log.info("epoch_end", **fields)
+        if verdict.failed:
+            _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
+        if verdict.action is Action.ROLLBACK:
+            if not self._rollback(f"failed epoch: {verdict.reason}"):
+                self._policy.halt_now("rollback impossible")
+                return "halted", "rollback impossible"
+            return None
+        if verdict.action is Action.HALT:
+            return "halted", verdict.reason
+        if state is not None and self._snapshots.disabled_reason is None:
+            if not self._snapshots.put(state):
+                _log.warning("snapshot_tier_disabled", reason=self._snapshots.disabled_reason)
+        if writer is not None and data is not None and state is not None:
+            writer.submit(state, data)
+        return None
+
+    def _pending_json(self) -> tuple[str, ...]:
+        return tuple(msgspec.json.encode(p).decode() for p in self._inbox.received_plans())
+
+    # ------------------------------------------------------------------ the end
+
+    def _finish(self, status: LoopStatus, reason: str | None, writer: CheckpointWriter | None) -> TrainingFigures:
+        if writer is not None:
+            state = self._capture(keep_modules=False)
+            writer.submit(state, encode_state(state, self._pending_json()))
+            writer.flush()
+            self._last_checkpoint = f"step-{state.global_step}.pt"
+        test = None
+        assert self._data is not None
+        if status == "completed" and self._data.test.num_samples:
+            test = self.evaluate(self._data.test)
+        trainee = self.trainee
+        stats = self._inbox.statistics()
+        figures = self._epoch_figures
+        return TrainingFigures(
+            epochs=self._pos.epoch,
+            global_step=self._pos.global_step,
+            host_parameters=trainee.host_parameters,
+            seed_parameters=sum(trainee.seed_parameters().values()),
+            train_loss=None if figures is None else _finite(figures[0]),
+            train_accuracy=None if figures is None else figures[1],
+            val_loss=None if figures is None else _finite(figures[2]),
+            val_accuracy=None if figures is None else figures[3],
+            test_loss=None if test is None else _finite(test[0]),
+            test_accuracy=None if test is None else test[1],
+            skipped_steps=self._policy.skipped_steps,
+            stalls=stats.stalls,
+            stall_ms=stats.stall_ms_total,
+            rollbacks=self._rollbacks,
+            emergency_level=int(self._policy.level),
+            halted=status == "halted",
+            halt_reason=reason if status == "halted" else None,
+            resumed_from_step=self._resumed_from,
+            checkpoint=self._last_checkpoint,
+        )
+
+
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _log_written(info: object) -> None:
+    file = getattr(info, "file", "?")
+    _log.info("checkpoint_written", file=file, step=getattr(info, "global_step", None))
+
+
+@final
+class _OutboxSink:
+    """An EventSink for the ladder and breaker on the lane thread: forwards to the outbox (thread-safe)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def emit(self, event: Message | Record) -> None:
+        self._outbox.event(event)
+
+
+def default_checkpoint_dir(run_dir: Path) -> Path:
+    """``<run dir>/checkpoints``."""
+    return Path(run_dir) / "checkpoints"

@@ -1,0 +1,254 @@
+"""Training state as both rollback tiers keep it, and the fast tier: an in-memory snapshot under a memory cap.
+
+A TrainState is everything the next step depends on: model weights with the slots' control state, optimizer state
+keyed by stable parameter names, every RNG, the data position, the graft log and Tolaria's own counters. Weights
+without lifecycle state are incoherent, so both are captured together. Lane-thread only.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, final
+
+import numpy as np
+import torch
+
+from actors.tolaria.build import PARAM_NAMES_KEY
+from esper.nn.wrap import slot_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from actors.tolaria.boundary import GraftEvent
+    from actors.tolaria.build import Trainee
+
+Counters = dict[str, float | int | str | None]
+
+
+@final
+@dataclass(slots=True)
+class TrainState:
+    """A consistent cut of training between two steps. Tensors are private copies (CPU or the model's device)."""
+
+    global_step: int
+    epoch: int
+    batch_index: int
+    model: dict[str, object]
+    optimizer: dict[str, object]
+    rng: dict[str, object]
+    graft_log: list[GraftEvent]
+    paused: dict[str, str]
+    counters: Counters
+    seed_modules: dict[str, nn.Module] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+def _clone(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    return value
+
+
+def _nbytes(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """The optimizer's state keyed by qualified parameter name (not position) plus each group's hyperparameters."""
+    raw = optimizer.state_dict()
+    names_by_index: dict[int, str] = {}
+    groups: list[dict[str, object]] = []
+    for group in raw["param_groups"]:
+        names = group.get(PARAM_NAMES_KEY)
+        if not isinstance(names, list) or len(names) != len(group["params"]):
+            raise ValueError("every optimizer group must carry param_names to be checkpointed by name")
+        for index, name in zip(group["params"], names, strict=True):
+            names_by_index[index] = name
+        groups.append({k: _clone(v) for k, v in group.items() if k != "params"})
+    state = {names_by_index[index]: _clone(value) for index, value in raw["state"].items()}
+    return {"groups": groups, "state": state}
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[str, object]) -> None:
+    """Load state saved by ``optimizer_state_by_name`` into an optimizer with the same named groups.
+
+    Raises:
+        ValueError: the groups or their parameter names differ (the graft log was not replayed first).
+    """
+    groups = saved["groups"]
+    state = saved["state"]
+    if not isinstance(groups, list) or not isinstance(state, dict):
+        raise ValueError("optimizer state: malformed")
+    current = optimizer.param_groups
+    if len(groups) != len(current):
+        raise ValueError(f"optimizer state: {len(groups)} saved groups, the optimizer has {len(current)}")
+    index_of: dict[str, int] = {}
+    param_groups: list[dict[str, object]] = []
+    next_index = 0
+    for saved_group, group in zip(groups, current, strict=True):
+        names = group.get(PARAM_NAMES_KEY)
+        if (
+            not isinstance(saved_group, dict)
+            or saved_group.get(PARAM_NAMES_KEY) != names
+            or not isinstance(names, list)
+        ):
+            raise ValueError(f"optimizer state: group {group.get('name')!r} has different parameters than saved")
+        indices = list(range(next_index, next_index + len(names)))
+        next_index += len(names)
+        index_of.update(zip(names, indices, strict=True))
+        param_groups.append({**_clone(saved_group), "params": indices})  # type: ignore[dict-item]
+    by_index = {index_of[name]: _clone(value) for name, value in state.items() if name in index_of}
+    optimizer.load_state_dict({"state": by_index, "param_groups": param_groups})
+
+
+def rng_state() -> dict[str, object]:
+    """Python's, NumPy's and torch's (CPU and CUDA) global RNG states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, object] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, object]) -> None:
+    """Restore what ``rng_state`` captured."""
+    python = state["python"]
+    random.setstate(_as_python_state(python))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        keys = numpy["keys"]
+        assert isinstance(keys, torch.Tensor)
+        np.random.set_state(
+            (str(numpy["kind"]), keys.numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"])
+        )
+    torch_state = state["torch"]
+    if isinstance(torch_state, torch.Tensor):
+        torch.set_rng_state(torch_state)
+    cuda = state.get("cuda")
+    if isinstance(cuda, list) and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_python_state(value: object) -> tuple[object, ...]:
+    # torch.load(weights_only=True) returns the tuple intact; a JSON round trip would give lists.
+    if isinstance(value, tuple | list):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    raise ValueError(f"python RNG state: expected a tuple, got {type(value).__name__}")
+
+
+def capture(
+    trainee: Trainee,
+    *,
+    global_step: int,
+    epoch: int,
+    batch_index: int,
+    graft_log: list[GraftEvent],
+    counters: Counters,
+    keep_modules: bool,
+) -> TrainState:
+    """Copy the training state between two steps.
+
+    A paused slot is recorded in the mode it resumes to (its extra state would otherwise claim DORMANT with a seed
+    attached); ``paused`` re-applies the pause after a restore. ``keep_modules`` deep-copies each seed module so the
+    fast tier can rebuild the architecture without the blueprint catalogue.
+    """
+    model_state = {k: _clone(v) for k, v in trainee.model.state_dict().items()}
+    for name, mode in trainee.paused.items():
+        key = f"{slot_path(name)}._extra_state"
+        extra = model_state.get(key)
+        if isinstance(extra, dict):
+            model_state[key] = {**extra, "mode": mode}
+    modules: dict[str, nn.Module] = {}
+    if keep_modules:
+        for slot in trainee.slots.values():
+            if slot.seed_module is not None and slot.seed_id is not None:
+                modules[slot.seed_id] = copy.deepcopy(slot.seed_module)
+    optimizer = optimizer_state_by_name(trainee.optimizer)
+    state = TrainState(
+        global_step=global_step,
+        epoch=epoch,
+        batch_index=batch_index,
+        model=model_state,
+        optimizer=optimizer,
+        rng=rng_state(),
+        graft_log=list(graft_log),
+        paused=dict(trainee.paused),
+        counters=dict(counters),
+        seed_modules=modules,
+    )
+    state.nbytes = _nbytes(model_state) + _nbytes(optimizer)
+    return state
+
+
+def load_into(trainee: Trainee, state: TrainState) -> None:
+    """Load weights, optimizer state and RNGs into a trainee whose architecture already matches (graft log
+    replayed), then re-apply pauses. The state's tensors are copied, so it can be loaded again later.
+
+    Raises:
+        RuntimeError / ValueError: the state does not fit the model (missing or unexpected keys, other groups).
+    """
+    from esper.nn.slots import SlotMode
+
+    trainee.model.load_state_dict({k: _clone(v) for k, v in state.model.items()}, strict=True)
+    load_optimizer_state_by_name(trainee.optimizer, state.optimizer)
+    set_rng_state(state.rng)
+    trainee.paused.clear()
+    for name, mode in state.paused.items():
+        slot = trainee.slots[name]
+        trainee.paused[name] = mode
+        slot.mode = SlotMode.DORMANT
+
+
+@final
+class SnapshotStore:
+    """The fast rollback tier: the latest TrainState kept in memory, if it fits under the cap.
+
+    One snapshot (the most recent epoch end) is enough for rollback to the last good epoch; an oversized snapshot
+    disables the tier for the rest of the run, and ``disabled_reason`` says why.
+    """
+
+    def __init__(self, cap_bytes: int) -> None:
+        self._cap_bytes = cap_bytes
+        self._latest: TrainState | None = None
+        self.disabled_reason: str | None = None if cap_bytes > 0 else "snapshot_memory_cap_mb is 0"
+        self.taken = 0
+
+    @property
+    def latest(self) -> TrainState | None:
+        return self._latest
+
+    def put(self, state: TrainState) -> bool:
+        """Keep ``state`` as the rollback target; False (and the tier disabled) if it exceeds the cap."""
+        if self.disabled_reason is not None:
+            return False
+        if state.nbytes > self._cap_bytes:
+            self.disabled_reason = f"snapshot of {state.nbytes} bytes exceeds the cap of {self._cap_bytes} bytes"
+            self._latest = None
+            return False
+        self._latest = state
+        self.taken += 1
+        return True

@@ -1,0 +1,113 @@
+"""The Tamiyo actor's decision path: one signed Decision per packet in order, risk vetoes, conservative mode, state."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from actors.tamiyo.actor import command_id_for
+from esper.runtime.clock import ManualClock
+from esper.runtime.signing import CommandVerifier
+from schemas.config import TamiyoConfig
+from schemas.domain_enums import CommandKind
+from schemas.telemetry import MetricPoint, TelemetryEvent
+from tests._tamiyo_harness import KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.runtime.events import RecordingSink
+
+
+async def test_one_decision_per_packet_in_packet_order_no_op_included(tmp_path: Path, sink: RecordingSink) -> None:
+    packets = plateau_run(epochs=5)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(packets)
+        stats = await h.stats()
+    assert [d.decided_on_step for d in decisions] == [p.global_step for p in packets]
+    assert all(d.run_id == RUN_ID and d.policy == "heuristic" for d in decisions)
+    assert sum(d.command is None for d in decisions) >= len(packets) - 2
+    assert stats.decisions == len(packets)
+    assert sum(stats.decisions_by_action.values()) == len(packets)
+    assert stats.latency_window == len(packets)
+    assert stats.latency_p50_ms == 0.0  # the manual clock did not move
+
+
+async def test_a_plateau_germinates_with_a_signed_command_that_verifies(tmp_path: Path, sink: RecordingSink) -> None:
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(plateau_run(epochs=4))
+        verifier = CommandVerifier({KEY_ID: KEY}, ManualClock(WALL_START_S))
+    commands = [d.command for d in decisions if d.command is not None]
+    assert len(commands) == 1
+    command = commands[0]
+    assert command.kind is CommandKind.GERMINATE
+    assert command.target_slot is not None
+    assert command.blueprint_id == "bp-small"
+    assert command.blend is not None
+    assert command.issued_at == WALL_START_S
+    assert command.security.key_id == KEY_ID
+    assert command.command_id == command_id_for(RUN_ID, command.decision_step)
+    assert uuid.UUID(command.command_id).version == 5
+    assert verifier.verify(command) is None
+    assert verifier.verify(command) is not None  # the nonce is now spent: a replay is refused
+
+
+async def test_a_risk_veto_shows_in_the_decision(tmp_path: Path, sink: RecordingSink) -> None:
+    flat = plateau_run(epochs=3)
+    # The germination epoch's packet reports a hook latency over the 50 ms budget: rule 7 vetoes the growth.
+    flat[-1] = packet(flat[-1].global_step, flat[-1].epoch, validation_loss=1.0, loss_delta=0.0, hook_latency_ms=80.0)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(flat)
+        stats = await h.stats()
+    last = decisions[-1]
+    assert last.command is None
+    assert last.risk_reason == "hook_budget"
+    assert stats.vetoes == 1
+    assert any(e.name == "hook_budget" for e in sink.of_type(TelemetryEvent))
+
+
+async def test_conservative_mode_entered_on_a_loss_spike_and_left_after_two_clean_epochs(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    async with TamiyoHarness(tmp_path, sink) as h:
+        await h.decide(packet(10, 0, validation_loss=1.0))
+        spike = await h.decide(packet(20, 1, validation_loss=1.3, loss_delta=0.3))
+        assert (await h.stats()).conservative
+        await h.decide(packet(30, 2, validation_loss=1.2, loss_delta=-0.1))
+        assert (await h.stats()).conservative, "one clean epoch is not enough"
+        await h.decide(packet(40, 3, validation_loss=1.1, loss_delta=-0.1))
+        assert not (await h.stats()).conservative
+    assert spike.risk_reason in ("policy", "loss_spike")
+    names = [e.name for e in sink.of_type(TelemetryEvent)]
+    assert names.count("conservative_entered") == 1
+    assert names.count("conservative_exited") == 1
+    assert names.index("loss_spike") < names.index("conservative_entered") < names.index("conservative_exited")
+    gauges = [m.value for m in sink.of_type(MetricPoint) if m.name == "tamiyo.conservative_mode"]
+    assert gauges == [0.0, 1.0, 1.0, 0.0]
+
+
+async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: RecordingSink) -> None:
+    packets = plateau_run(epochs=3)
+    # A spike at epoch 1 enters conservative mode; the plateau germination of epoch 2 is blocked (rule 2).
+    packets[-3] = packet(packets[-3].global_step, packets[-3].epoch, validation_loss=1.0, loss_delta=0.2)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(packets)
+    assert all(d.command is None for d in decisions)
+    assert decisions[-1].risk_reason == "pause_triggered"
+
+
+async def test_export_then_import_gives_identical_following_decisions(tmp_path: Path, sink: RecordingSink) -> None:
+    config = TamiyoConfig(plateau_patience_epochs=2, germinate_cooldown_epochs=1)
+    packets = plateau_run(epochs=9)
+    head, tail = packets[:7], packets[7:]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with TamiyoHarness(tmp_path / "a", sink, config=config) as uninterrupted:
+        await uninterrupted.run(head)
+        state = await uninterrupted.state()
+        expected = await uninterrupted.run(tail)
+    async with TamiyoHarness(tmp_path / "b", sink, config=config, state=state) as resumed:
+        assert await resumed.state() == state
+        got = await resumed.run(tail)
+    assert got == expected
+    assert any(d.command is not None for d in got), "the tail should contain a germination to be a real test"

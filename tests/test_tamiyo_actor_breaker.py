@@ -1,0 +1,106 @@
+"""The inference deadline and breaker: overruns fall back to the heuristic, 3 open the breaker, a probe closes it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from schemas.config import BreakerConfig, TamiyoConfig
+from schemas.enums import BreakerState
+from schemas.runtime import BreakerTransition
+from schemas.telemetry import TelemetryEvent
+from tests._tamiyo_harness import GatedPolicy, TamiyoHarness, packet
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.runtime.events import RecordingSink
+
+BUDGET_S = 0.045
+CONFIG = TamiyoConfig(
+    policy="gnn",
+    decision_budget_ms=BUDGET_S * 1e3,
+    inference_breaker=BreakerConfig(failure_threshold=3, open_s=30.0, success_threshold=2),
+)
+
+
+def fallback_reasons(sink: RecordingSink) -> list[object]:
+    return [e.attributes["reason"] for e in sink.of_type(TelemetryEvent) if e.name == "fallback_applied"]
+
+
+async def test_overruns_fall_back_open_the_breaker_and_a_probe_closes_it(tmp_path: Path, sink: RecordingSink) -> None:
+    stub = GatedPolicy(asyncio.get_running_loop())
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        for step in (1, 2, 3):
+            await h.ref.tell(packet(step, 0))
+            async with asyncio.timeout(5):
+                await stub.entered.wait()
+            stub.entered.clear()
+            h.clock.advance(BUDGET_S)  # the deadline passes while the policy is still blocked on the lane
+            decision = await h.next()
+            assert decision.decided_on_step == step
+            assert decision.policy == "heuristic (fallback)"
+            stub.gate.release()  # the late job finishes (it is never abandoned); its result is discarded
+        stats = await h.stats()
+        assert stats.inference_breaker is BreakerState.OPEN
+        assert stats.timeouts == 3
+        assert stats.fallbacks == 3
+
+        # Open: the heuristic decides without asking the policy.
+        calls = stub.calls
+        open_decision = await h.decide(packet(4, 0))
+        assert open_decision.policy == "heuristic (fallback)"
+        assert stub.calls == calls
+
+        # After the cool-down, half-open probes reach the policy again; two successes close the breaker.
+        stub.slow = False
+        h.clock.advance(30.0)
+        probe = await h.decide(packet(5, 0))
+        assert probe.policy == "gnn"
+        assert (await h.stats()).inference_breaker is BreakerState.HALF_OPEN
+        second = await h.decide(packet(6, 0))
+        assert second.policy == "gnn"
+        stats = await h.stats()
+    assert stats.inference_breaker is BreakerState.CLOSED
+    assert stats.breaker_opened == 1
+    assert fallback_reasons(sink) == ["timeout_inference"] * 3 + ["breaker_open"]
+    assert [e.name for e in sink.of_type(TelemetryEvent)].count("timeout_inference") == 3
+    states = [t.to_state for t in sink.of_type(BreakerTransition)]
+    assert states == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:
+    stub = GatedPolicy(asyncio.get_running_loop())
+    stub.slow = False
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        decision = await h.decide(packet(1, 0))
+        stats = await h.stats()
+    assert decision.policy == "gnn"
+    assert stats.fallbacks == 0
+    assert stats.timeouts == 0
+    assert stats.inference_breaker is BreakerState.CLOSED
+
+
+async def test_with_no_candidate_and_no_live_seed_inference_is_skipped(tmp_path: Path, sink: RecordingSink) -> None:
+    stub = GatedPolicy(asyncio.get_running_loop())
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        decision = await h.decide(packet(1, 0, seeds=()))
+        stats = await h.stats()
+    assert decision.command is None
+    assert stub.calls == 0
+    assert stats.inference_skipped == 1
+
+
+async def test_the_no_op_fallback_is_used_when_configured(tmp_path: Path, sink: RecordingSink) -> None:
+    stub = GatedPolicy(asyncio.get_running_loop())
+    config = TamiyoConfig(policy="gnn", deadline_fallback="no_op", decision_budget_ms=BUDGET_S * 1e3)
+    async with TamiyoHarness(tmp_path, sink, config=config, policy=stub) as h:
+        await h.ref.tell(packet(1, 0))
+        async with asyncio.timeout(5):
+            await stub.entered.wait()
+        h.clock.advance(BUDGET_S)
+        decision = await h.next()
+        stub.gate.release()
+        await h.stats()
+    assert decision.policy == "no_op (fallback)"
+    assert decision.command is None

@@ -1,0 +1,118 @@
+"""Field reports: every decision's window, outcome and reward, written to the WAL and read back with recovery."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from actors.tamiyo.actor import command_id_for
+from actors.tamiyo.field_reports import MAGIC, WAL_FILENAME, read_field_reports
+from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
+from schemas.config import SimicConfig, TamiyoConfig
+from schemas.domain_enums import FieldReportOutcome, PolicyAction
+from schemas.enums import EmergencyLevel
+from tests._tamiyo_harness import RUN_ID, TamiyoHarness, packet
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.runtime.events import RecordingSink
+
+WINDOW = 2
+LOSSES = (1.0, 0.9, 0.8, 0.85, 0.95)
+SEED_PARAMS = (0, 0, 100, 100, 100)
+
+
+async def test_reports_carry_outcomes_and_rewards_and_survive_a_torn_tail(tmp_path: Path, sink: RecordingSink) -> None:
+    config = TamiyoConfig(field_report_window_epochs=WINDOW, plateau_patience_epochs=10)
+    simic = SimicConfig(reward_lambda_size=0.5, reward_lambda_critical=1.0)
+    packets = [
+        packet(10 * (e + 1), e, validation_loss=loss, loss_delta=None if e == 0 else loss - LOSSES[e - 1],
+               seed_parameters=SEED_PARAMS[e])
+        for e, loss in enumerate(LOSSES)
+    ]  # fmt: skip
+    async with TamiyoHarness(tmp_path, sink, config=config, simic=simic) as h:
+        await h.run(packets)
+        stats = await h.stats()
+    assert stats.field_reports == len(LOSSES) - WINDOW
+    assert stats.pending_outcomes == WINDOW
+
+    path = tmp_path / WAL_FILENAME
+    scan = await read_field_reports(path)
+    reports = {r.start_epoch: r for r in scan.reports}
+    assert len(scan.reports) == len(LOSSES), "the stop aborted the open windows and reported them too"
+    for epoch in range(len(LOSSES) - WINDOW):
+        report = reports[epoch]
+        cid = command_id_for(RUN_ID, packets[epoch].global_step)
+        assert report.command_id == cid
+        assert report.report_id == f"fr-{cid}-{epoch}+{WINDOW}"
+        assert report.action is PolicyAction.NO_OP
+        delta = LOSSES[epoch + WINDOW] - LOSSES[epoch]
+        added = SEED_PARAMS[epoch + WINDOW] - SEED_PARAMS[epoch]
+        assert report.reward == pytest.approx(-delta - 0.5 * added / 10_000)
+        assert report.metrics["validation_loss_delta"] == pytest.approx(delta)
+        assert report.metrics["loss_delta_sum"] == pytest.approx(delta)
+        expected = FieldReportOutcome.SUCCESS if delta < 0 else FieldReportOutcome.REGRESSION
+        assert report.outcome is expected
+        assert report.issued_at > 0
+        assert report.tamiyo_policy_version == "heuristic-1"
+    for epoch in range(len(LOSSES) - WINDOW, len(LOSSES)):
+        assert reports[epoch].outcome is FieldReportOutcome.ABORTED
+        assert reports[epoch].reward is None
+
+    # A crash mid-append leaves a partial frame: readers skip it and keep every whole record.
+    with path.open("ab") as file:
+        file.write(MAGIC + b"\x00\x00\x01\x00partial")
+    torn = await read_field_reports(path)
+    assert torn.torn == 1
+    assert torn.reports == scan.reports
+
+
+def _window(step: int, epoch: int) -> OutcomeWindow:
+    return OutcomeWindow(
+        command_id=command_id_for(RUN_ID, step),
+        training_run_id=RUN_ID,
+        decided_on_step=step,
+        start_epoch=epoch,
+        issued_at=1.0,
+        policy_version="p",
+        action=PolicyAction.GERMINATE,
+        start_seed_parameters=0,
+        host_parameters=10_000,
+    )
+
+
+def test_a_critical_event_in_the_window_is_a_regression_with_its_penalty() -> None:
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=1, lambda_size=0.0, lambda_critical=1.0))
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(_window(10, 0))
+    (report,) = tracker.observe(
+        packet(20, 1, validation_loss=0.9, emergency=EmergencyLevel.L3_CONSERVATIVE), critical=False
+    )
+    assert report.outcome is FieldReportOutcome.REGRESSION
+    assert report.reward == pytest.approx(0.1 - 1.0)
+
+
+def test_mid_epoch_packets_do_not_count_towards_the_window() -> None:
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=1))
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(_window(10, 0))
+    assert tracker.observe(packet(15, 1), critical=False) == []
+    (report,) = tracker.observe(packet(20, 1, validation_loss=1.0), critical=False)
+    assert report.outcome is FieldReportOutcome.NEUTRAL
+    assert report.reward == pytest.approx(0.0)
+
+
+def test_a_rollback_aborts_every_open_window() -> None:
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=3))
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(_window(10, 0))
+    tracker.observe(packet(20, 1, validation_loss=0.9), critical=False)
+    tracker.open(_window(20, 1))
+    rolled_back = packet(15, 0)
+    assert tracker.is_rollback(rolled_back)
+    reports = tracker.abort_all("rollback")
+    assert [r.outcome for r in reports] == [FieldReportOutcome.ABORTED] * 2
+    assert all(r.reward is None and "rollback" in r.notes for r in reports)
+    assert tracker.pending == 0

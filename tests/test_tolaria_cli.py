@@ -1,0 +1,143 @@
+"""The whole run from the command line: kill -9 and SIGINT mid-run, then --resume, end bitwise where an uninterrupted
+run ends; a malformed npz file is a one-line error with exit status 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import torch
+
+from actors.tolaria.checkpoints import read_manifest
+from esper.run import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TINY_TOML = """
+[tolaria]
+epochs = 6
+dataset_samples = 1000
+batch_size = 50
+checkpoint_every_epochs = 1
+num_threads = 1
+[logging]
+state_interval_s = 60.0
+"""
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    directory = run_dir / "checkpoints"
+    newest = read_manifest(directory)[-1]
+    raw = torch.load(directory / newest.file, weights_only=True)
+    return {k: v for k, v in raw["model"].items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli")
+    (path / "tiny.toml").write_text(TINY_TOML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir: Path) -> dict[str, torch.Tensor]:
+    assert (
+        main([str(workdir / "tiny.toml"), "--run-dir", str(workdir / "straight"), "--set", "logging.console=false"])
+        == 0
+    )
+    return final_weights(workdir / "straight")
+
+
+def start_run(workdir: Path, run_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir)],
+        cwd=workdir,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str) -> None:
+    """Read the run's console until an event appears (a fact, not a duration)."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if needle in line:
+            return
+    raise AssertionError(f"the run ended before logging {needle!r}")
+
+
+def resume(workdir: Path, run_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--resume", str(run_dir)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tolaria_restored" in result.stderr
+
+
+def assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_mid_run_then_resume_ends_bitwise_equal(workdir: Path, uninterrupted: dict[str, torch.Tensor]) -> None:
+    run_dir = workdir / "killed"
+    process = start_run(workdir, run_dir)
+    try:
+        wait_for_line(process, "checkpoint_written")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = read_manifest(run_dir / "checkpoints")[-1].global_step
+    assert killed_at < 6 * 13, "the run was killed before it finished"
+    resume(workdir, run_dir)
+    assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+@pytest.mark.timeout(120)
+def test_sigint_checkpoints_exits_130_and_resume_ends_bitwise_equal(
+    workdir: Path, uninterrupted: dict[str, torch.Tensor]
+) -> None:
+    run_dir = workdir / "interrupted"
+    process = start_run(workdir, run_dir)
+    try:
+        wait_for_line(process, "epoch_end")
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        rest = process.stderr.read()
+    finally:
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == EXIT_INTERRUPTED, rest[-2000:]
+    summary = (run_dir / "summary.json").read_text()
+    assert '"interrupted"' in summary
+    resume(workdir, run_dir)
+    assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+def test_a_malformed_npz_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((4, 3), dtype=np.float32), y_train=np.zeros(5, dtype=np.int64))
+    (tmp_path / "c.toml").write_text(f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n')
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"tolaria.npz_path = '{bad}': ")
+    assert not (tmp_path / "r").exists()

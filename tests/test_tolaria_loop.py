@@ -1,0 +1,200 @@
+"""Tolaria's step loop on the calling thread: determinism, resume, checkpoints, emergencies, user models, SeedOps."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+
+from actors.tolaria.build import TolariaConfigError, build_host, load_data
+from actors.tolaria.checkpoints import MANIFEST, load_latest, read_manifest
+from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
+from actors.tolaria.plans import PlanInbox
+from actors.tolaria.snapshots import SnapshotStore
+from esper.nn.data import TensorPair
+from schemas.config import BreakerConfig, TolariaConfig
+from schemas.enums import EmergencyLevel
+from schemas.runtime import EmergencySignal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from esper.nn.data import DataSplits
+    from schemas.base import Message, Record
+    from schemas.boundary import BoundaryApplied
+    from schemas.state import SystemStatePacket
+
+TINY = {"epochs": 3, "dataset_samples": 1000, "batch_size": 50, "state_every_steps": 4}
+
+
+class Box:
+    """An Outbox that keeps everything (the loop runs on the test's thread)."""
+
+    def __init__(self) -> None:
+        self.packets: list[SystemStatePacket] = []
+        self.receipts: list[BoundaryApplied] = []
+        self.events: list[Message | Record] = []
+
+    def packet(self, packet: SystemStatePacket) -> None:
+        self.packets.append(packet)
+
+    def applied(self, receipt: BoundaryApplied) -> None:
+        self.receipts.append(receipt)
+
+    def event(self, event: Message | Record) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture(scope="module")
+def data() -> DataSplits:
+    return load_data(TolariaConfig(**TINY))  # type: ignore[arg-type]
+
+
+def config(**overrides: object) -> TolariaConfig:
+    return TolariaConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
+
+
+def make_loop(
+    cfg: TolariaConfig,
+    data: DataSplits,
+    directory: Path | None = None,
+    *,
+    resume: bool = False,
+    hook: Callable[[int, TensorPair], TensorPair] | None = None,
+    inbox: PlanInbox | None = None,
+    box: Box | None = None,
+) -> TrainingLoop:
+    return TrainingLoop(
+        cfg,
+        LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, batch_hook=hook),
+        inbox=inbox or PlanInbox(),
+        outbox=box or Box(),
+        snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),
+        data=data,
+    )
+
+
+def weights(loop: TrainingLoop) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in loop.trainee.model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_two_runs_of_one_config_end_with_bitwise_identical_weights(data: DataSplits) -> None:
+    first = make_loop(config(), data)
+    second = make_loop(config(), data)
+    assert first.run().status == "completed"
+    assert second.run().status == "completed"
+    assert_bitwise(weights(first), weights(second))
+
+
+def test_a_stopped_run_resumed_from_its_checkpoint_ends_bitwise_equal(data: DataSplits, tmp_path: Path) -> None:
+    straight = make_loop(config(), data, tmp_path / "a")
+    straight.run()
+    inbox = PlanInbox()
+
+    def stop_mid_epoch(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:  # in epoch 3 of 3 (13 batches an epoch)
+            inbox.request_stop("test")
+        return batch
+
+    first = make_loop(config(), data, tmp_path / "b", hook=stop_mid_epoch, inbox=inbox)
+    assert first.run().status == "stopped"
+    assert read_manifest(tmp_path / "b")[-1].global_step == 28
+    resumed = make_loop(config(), data, tmp_path / "b", resume=True)
+    result = resumed.run()
+    assert result.status == "completed"
+    assert result.figures.resumed_from_step == 28
+    assert_bitwise(weights(straight), weights(resumed))
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(data: DataSplits, tmp_path: Path) -> None:
+    make_loop(config(), data, tmp_path).run()
+    entries = read_manifest(tmp_path)
+    assert [e.global_step for e in entries] == [13, 26, 39]
+    newest = tmp_path / entries[-1].file
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    found = load_latest(tmp_path)
+    assert found is not None
+    assert found[2].global_step == 26
+    assert "graft_log" in (tmp_path / MANIFEST).read_text()
+
+
+def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(data: DataSplits) -> None:
+    def poison(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (20, 21, 22):
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    box = Box()
+    loop = make_loop(config(), data, hook=poison, box=box)
+    result = loop.run()
+    assert result.status == "completed"
+    assert result.figures.skipped_steps == 3
+    assert result.figures.rollbacks == 1
+    assert [tier for tier, _ in loop.restore_ms_history] == ["fast"]
+    levels = [e.level for e in box.events if isinstance(e, EmergencySignal)]
+    assert EmergencyLevel.L3_CONSERVATIVE in levels
+    assert all(torch.isfinite(w).all() for w in weights(loop).values())
+
+
+def test_an_epoch_budget_breach_is_l2_and_refuses_new_grafts(data: DataSplits) -> None:
+    box = Box()
+    loop = make_loop(config(epochs=2, epoch_budget_ms=1e-6, failed_epochs_to_halt=10), data, box=box)
+    result = loop.run()
+    assert result.status == "completed"
+    assert loop.policy.level >= EmergencyLevel.L2_ELEVATED
+    assert not loop.policy.ladder.growth_allowed
+    assert box.packets[-1].emergency_level >= EmergencyLevel.L2_ELEVATED
+
+
+def test_an_open_breaker_is_l3_and_rolls_back(data: DataSplits) -> None:
+    cfg = config(epoch_hook_budget_ms=1e-6, failed_epochs_to_halt=10, breaker=BreakerConfig(failure_threshold=2))
+    box = Box()
+    loop = make_loop(cfg, data, box=box)
+    result = loop.run()
+    assert result.figures.rollbacks >= 1
+    levels = [e.level for e in box.events if isinstance(e, EmergencySignal)]
+    assert EmergencyLevel.L3_CONSERVATIVE in levels
+
+
+def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, tmp_path: Path) -> None:
+    loop = make_loop(config(epoch_budget_ms=1e-6, failed_epochs_to_halt=2), data, tmp_path)
+    result: LoopResult = loop.run()
+    assert result.status == "halted"
+    assert result.figures.halted
+    assert result.halt_reason == "epoch_budget"
+    assert loop.policy.level is EmergencyLevel.L4_HALT
+    assert read_manifest(tmp_path)[-1].global_step == result.figures.global_step
+
+
+def test_a_user_model_from_module_factory_trains(data: DataSplits) -> None:
+    cfg = config(host_model="tests.tolaria_factories:tiny_mlp", epochs=1)
+    native = load_data(cfg)
+    loop = make_loop(cfg, native)
+    assert loop.run().status == "completed"
+    assert list(loop.trainee.slots) == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.tolaria_factories:not_a_module", "returned dict, not an nn.Module"),
+        ("tests.tolaria_factories:broken", "the factory raised RuntimeError: out of widgets"),
+        ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
+    ],
+)
+def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) -> None:
+    with pytest.raises(TolariaConfigError) as info:
+        build_host(config(host_model=spec), (40,), 10)
+    text = str(info.value)
+    assert text.startswith(f"tolaria.host_model = {spec!r}: ")
+    assert message in text
+    assert "\n" not in text

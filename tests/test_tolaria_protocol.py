@@ -1,0 +1,206 @@
+"""The step-boundary protocol through the real Tolaria actors: plans take effect at exactly effect_step, late plans
+stall the loop (counted) rather than shift, and SeedOps migrate optimizer groups as esper.nn.optim_migration says."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+
+from actors.tolaria.actor import TolariaControl, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.boundary import RECIPE_ATTR, BoundaryApplier
+from actors.tolaria.build import build_trainee, load_data
+from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
+from esper.nn.optim_migration import check_param_groups
+from esper.runtime.clock import MonotonicClock
+from esper.runtime.events import RecordingSink
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
+from esper.runtime.system import ActorSystem
+from schemas.boundary import BoundaryApplied, BoundaryPlan, SeedOp
+from schemas.config import TolariaConfig
+from schemas.enums import SeedLifecycleStage
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from torch import nn
+
+    from esper.nn.data import DataSplits
+    from schemas.state import SystemStatePacket
+
+TINY = {"epochs": 2, "dataset_samples": 1000, "batch_size": 50, "state_every_steps": 4, "command_lag_steps": 8}
+
+
+@pytest.fixture(scope="module")
+def data() -> DataSplits:
+    return load_data(TolariaConfig(**TINY))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def lane() -> AsyncIterator[Lane]:
+    async with Lane("train", "cpu", num_threads=1) as train:
+        yield train
+
+
+def seed_module(features: int = 12) -> nn.Module:
+    descriptor = next(d for d in default_catalogue() if d.family == "low_rank_adapter")
+    params = descriptor.defaults()
+    module = build_blueprint(descriptor, SlotShape("conv1d", features), params, seed=1, fill_defaults=True)
+    setattr(module, RECIPE_ATTR, params)
+    module.blueprint_id = descriptor.blueprint_id  # type: ignore[assignment]
+    return module
+
+
+class FakePlanner:
+    """Answers each packet with one plan (ops chosen by the test); holds back the plans named in ``hold`` until the
+    step loop is seen stalling on them."""
+
+    def __init__(self, system: ActorSystem, lag: int, handoff: Handoff[nn.Module], hold: set[int]) -> None:
+        self._system = system
+        self._lag = lag
+        self._handoff = handoff
+        self.hold = hold
+        self.held: list[BoundaryPlan] = []
+        self.packets: list[int] = []
+        self.ops: dict[int, tuple[SeedOp, ...]] = {}
+        self.stalled = asyncio.Event()
+        self.packets_at_stall: list[int] = []
+
+    def on_packet(self, packet: SystemStatePacket) -> None:
+        step = packet.global_step
+        self.packets.append(step)
+        plan = BoundaryPlan(run_id="t", decided_on_step=step, effect_step=step + self._lag, ops=self.ops.get(step, ()))
+        if step in self.hold:
+            self.held.append(plan)
+        else:
+            self._send(plan)
+
+    def on_wait(self) -> None:
+        # The step loop is blocked at an effect step: now (and only now) release what was held.
+        self.packets_at_stall = list(self.packets)
+        self.stalled.set()
+        for plan in self.held:
+            self._send(plan)
+        self.held.clear()
+        self.hold.clear()
+
+    def _send(self, plan: BoundaryPlan) -> None:
+        self._system.ref("tolaria/control", TolariaControl).tell_nowait(plan)
+
+
+async def run_tolaria(
+    data: DataSplits, lane: Lane, hold: set[int], ops: dict[int, tuple[SeedOp, ...]], handoff: Handoff[nn.Module]
+) -> tuple[FakePlanner, list[BoundaryApplied], TolariaConfig, int]:
+    config = TolariaConfig(**TINY)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    system = ActorSystem(clock=_clock(), sink=RecordingSink())
+    planner = FakePlanner(system, config.command_lag_steps, handoff, hold)
+    planner.ops = ops
+
+    def on_wait(_step: int, _missing: tuple[int, ...]) -> None:
+        loop.call_soon_threadsafe(planner.on_wait)
+
+    cell = new_cell(config, on_wait=on_wait)
+    receipts: list[BoundaryApplied] = []
+    wiring = TolariaWiring(
+        run_id="t",
+        run_dir=None,
+        lane=lane,
+        cell=cell,
+        sink=RecordingSink(),
+        handoff=handoff,
+        subscribers=(planner.on_packet,),
+        expects_plans=True,
+        on_applied=receipts.append,
+        data=data,
+    )
+    await system.start(tolaria_spec(config, wiring))
+    async with asyncio.timeout(60):
+        await cell.wait_finished()
+        await system.stop()
+    return planner, receipts, config, cell.inbox.statistics().stalls
+
+
+def _clock() -> MonotonicClock:
+    return MonotonicClock()
+
+
+async def test_plans_take_effect_at_exactly_their_effect_step_and_are_acknowledged(
+    data: DataSplits, lane: Lane
+) -> None:
+    handoff: Handoff[nn.Module] = Handoff()
+    first = handoff.put(seed_module())
+    ops: dict[int, tuple[SeedOp, ...]] = {
+        4: (SeedOp(kind="attach", slot="blocks.1", seed_id="s1", handle=first, blueprint_id="x"),),
+        12: (SeedOp(kind="set_stage", slot="blocks.1", stage=SeedLifecycleStage.BLENDING),),
+        16: (SeedOp(kind="fossilize", slot="blocks.1"),),
+    }
+    planner, receipts, _, _ = await run_tolaria(data, lane, set(), ops, handoff)
+    assert [r.decided_on_step for r in receipts] == [s for s in planner.packets if s + 8 <= receipts[-1].applied_step]
+    assert all(r.applied_step == r.effect_step == r.decided_on_step + 8 for r in receipts)
+    applied = {r.decided_on_step: r for r in receipts}
+    assert [o.applied for o in applied[4].outcomes] == [True]
+    assert applied[4].seed_parameters["s1"] > 0
+    assert [o.applied for o in applied[12].outcomes] == [True]
+    assert [o.applied for o in applied[16].outcomes] == [True]
+
+
+async def test_a_late_plan_stalls_the_loop_and_still_takes_effect_at_its_effect_step(
+    data: DataSplits, lane: Lane
+) -> None:
+    _planner, receipts, _, stalls = await run_tolaria(data, lane, {8}, {}, Handoff())
+    late = next(r for r in receipts if r.decided_on_step == 8)
+    assert late.applied_step == late.effect_step == 16
+    assert late.stall_ms > 0
+    assert stalls == 1
+    assert all(r.applied_step == r.effect_step for r in receipts)
+
+
+async def test_training_continues_while_the_controller_is_slow(data: DataSplits, lane: Lane) -> None:
+    # The planner answers nothing until the loop blocks at the first effect step (4 + 8 = 12).
+    planner, receipts, _, stalls = await run_tolaria(data, lane, {4, 8, 12}, {}, Handoff())
+    assert planner.stalled.is_set()
+    assert planner.packets_at_stall == [4, 8, 12], "steps kept advancing while the first decision was pending"
+    assert receipts[0].applied_step == 12
+    assert stalls == 1
+
+
+def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:
+    config = TolariaConfig(**TINY)  # type: ignore[arg-type]
+    trainee = build_trainee(config, data, (), torch.device("cpu"))
+    applier = BoundaryApplier(trainee)
+    modules = {"a": seed_module(), "b": seed_module()}
+
+    def take(op: SeedOp) -> nn.Module:
+        return modules[op.seed_id or ""]
+
+    def groups() -> list[str]:
+        return [str(g.get("name")) for g in trainee.optimizer.param_groups]
+
+    refused = applier.apply(
+        SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take, conservative=True
+    )
+    assert not refused.applied
+    assert "conservative" in (refused.error or "")
+    assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take).applied
+    assert applier.apply(SeedOp(kind="attach", slot="blocks.1", seed_id="b"), step=1, take_module=take).applied
+    assert groups() == ["host", "seed:a", "seed:b"]
+    seed_a = list(modules["a"].parameters())
+    x = data.train.x[:8]
+    trainee.model(x).sum().backward()
+    trainee.optimizer.step()
+    moments = {id(p): trainee.optimizer.state[p]["exp_avg"].clone() for p in seed_a}
+    assert applier.apply(SeedOp(kind="fossilize", slot="blocks.0"), step=2, take_module=take).applied
+    assert groups() == ["host", "seed:b"]
+    host = trainee.optimizer.param_groups[0]["params"]
+    assert all(any(p is q for q in host) for p in seed_a)
+    assert all(torch.equal(trainee.optimizer.state[p]["exp_avg"], moments[id(p)]) for p in seed_a)
+    seed_b = list(modules["b"].parameters())
+    assert applier.apply(SeedOp(kind="detach", slot="blocks.1"), step=3, take_module=take).applied
+    assert groups() == ["host"]
+    assert all(p not in trainee.optimizer.state for p in seed_b)
+    check_param_groups(trainee.optimizer, trainee.model.named_parameters())
+    assert [e.kind for e in applier.log] == ["attach", "attach", "fossilize", "detach"]

@@ -1,0 +1,22 @@
+"""Host-model factories that tests reference from config as ``tests.tolaria_factories:<name>``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def tiny_mlp() -> nn.Module:
+    """A user model for MNIST-1D's native ``[batch, 1, 40]`` samples; slots go after ``body``."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
+def not_a_module() -> object:
+    """A factory that returns the wrong kind of object."""
+    return {"layers": 3}
+
+
+def broken() -> nn.Module:
+    """A factory that fails."""
+    raise RuntimeError("out of widgets")
