@@ -1,0 +1,178 @@
+"""The gradient-isolation probe: does a seed's output put any gradient on host parameters? Plus a gradient sketch.
+
+Until a seed is fossilized, its output is computed from the detached slot input, so differentiating the seed's output
+with respect to every host parameter must give nothing (``None``) or exact zeros. The probe checks exactly that on
+one micro-batch (REFERENCE.md section 4): it runs a forward pass with a hook that keeps each non-dormant,
+non-fossilized slot's seed output, then asks autograd for the gradient of each seed output with respect to the host
+parameters. A non-zero gradient is a violation: the detach was lost, or the seed shares a host parameter.
+
+The sketch compares the directions of the host's and a seed's current gradients (their ``.grad`` after a normal
+backward) by projecting both into a fixed-size count sketch, so the cost does not grow with the parameter count and
+nothing is permuted. It is telemetry, not a verdict.
+
+Runs on the train lane between steps; it returns plain Python numbers (one host sync per probe, never per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+import torch
+from torch import Tensor, nn
+
+from esper.nn.slots import SeedSlot, SlotMode
+from esper.nn.wrap import find_slots
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+__all__ = ["GradientSketch", "IsolationResult", "gradient_sketch", "probe_isolation"]
+
+_PROBED_MODES = (SlotMode.TRAINING, SlotMode.BLENDING, SlotMode.FULL)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class IsolationResult:
+    """One slot's probe outcome.
+
+    Attributes:
+        slot: the slot's qualified host name.
+        seed_id: the attached seed's id (None if the slot carries none).
+        violations: host parameters that received a non-zero gradient from the seed's output.
+        max_abs_host_grad: the largest absolute such gradient entry (0.0 when isolated).
+        offenders: the names of the offending host parameters (at most 8).
+    """
+
+    slot: str
+    seed_id: str | None
+    violations: int
+    max_abs_host_grad: float
+    offenders: tuple[str, ...] = ()
+
+    @property
+    def isolated(self) -> bool:
+        return self.violations == 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class GradientSketch:
+    """Host and seed gradients compared through a count sketch: dot product, norms and cosine similarity."""
+
+    dot: float
+    host_norm: float
+    seed_norm: float
+
+    @property
+    def cosine(self) -> float:
+        denominator = self.host_norm * self.seed_norm
+        return 0.0 if denominator == 0.0 else self.dot / denominator
+
+
+def probe_isolation(
+    model: nn.Module,
+    run_forward: Callable[[], object],
+    *,
+    host_parameters: Sequence[tuple[str, Tensor]] | None = None,
+) -> list[IsolationResult]:
+    """Differentiate every live seed's output with respect to the host parameters on one forward pass.
+
+    Args:
+        model: the wrapped host (slots found with find_slots).
+        run_forward: runs one forward pass of ``model`` on a micro-batch (e.g. ``lambda: model(x[:8])``); its result
+            is ignored. It runs with gradients enabled; nothing is accumulated into ``.grad``.
+        host_parameters: (name, parameter) pairs owned by the host; default: every trainable parameter not inside a
+            live (non-fossilized) seed.
+
+    Returns:
+        One result per slot in TRAINING, BLENDING or FULL mode, in slot order.
+    """
+    slots = {name: slot for name, slot in find_slots(model).items() if slot.mode in _PROBED_MODES}
+    if not slots:
+        return []
+    outputs: dict[str, Tensor] = {}
+    handles = [_seed_module(slot).register_forward_hook(_keep_output(outputs, name)) for name, slot in slots.items()]
+    try:
+        with torch.enable_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    host = list(host_parameters) if host_parameters is not None else _host_parameters(model, slots.values())
+    names = [name for name, _ in host]
+    params = [param for _, param in host]
+    results: list[IsolationResult] = []
+    for name, slot in slots.items():
+        seed_out = outputs.get(name)
+        if seed_out is None or not seed_out.requires_grad or not params:
+            results.append(IsolationResult(slot=name, seed_id=slot.seed_id, violations=0, max_abs_host_grad=0.0))
+            continue
+        grads = torch.autograd.grad(seed_out.float().sum(), params, allow_unused=True, retain_graph=True)
+        leaks = [(n, g) for n, g in zip(names, grads, strict=True) if g is not None]
+        maxima = torch.stack([g.detach().abs().max() for _, g in leaks]) if leaks else None
+        peaks = maxima.tolist() if maxima is not None else []  # one sync per slot probed
+        offenders = tuple(n for (n, _), peak in zip(leaks, peaks, strict=True) if peak > 0.0)
+        results.append(
+            IsolationResult(
+                slot=name,
+                seed_id=slot.seed_id,
+                violations=len(offenders),
+                max_abs_host_grad=max(peaks, default=0.0),
+                offenders=offenders[:8],
+            )
+        )
+    return results
+
+
+def gradient_sketch(
+    host_grads: Iterable[Tensor | None],
+    seed_grads: Iterable[Tensor | None],
+    *,
+    size: int = 256,
+    seed: int = 0,
+) -> GradientSketch:
+    """Project two gradient sets into the same ``size``-bucket count sketch and compare them.
+
+    Element ``i`` of each flattened gradient set lands in a bucket with a random sign, both drawn from a private
+    generator seeded with ``seed`` (the global RNG is untouched); both sets use the same projection, so identical
+    gradients give cosine 1. The projection is fixed and its cost linear in the parameter count.
+    """
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    host = _sketch(host_grads, size, seed)
+    seed_vec = _sketch(seed_grads, size, seed)
+    values = torch.stack([host @ seed_vec, host.norm(), seed_vec.norm()]).tolist()
+    return GradientSketch(dot=values[0], host_norm=values[1], seed_norm=values[2])
+
+
+def _sketch(grads: Iterable[Tensor | None], size: int, seed: int) -> Tensor:
+    flat = [g.detach().reshape(-1).float() for g in grads if g is not None]
+    if not flat:
+        return torch.zeros(size)
+    vector = torch.cat([t.cpu() for t in flat])
+    generator = torch.Generator().manual_seed(seed)
+    buckets = torch.randint(0, size, (vector.numel(),), generator=generator)
+    signs = torch.randint(0, 2, (vector.numel(),), generator=generator).float() * 2 - 1
+    return torch.zeros(size).index_add_(0, buckets, vector * signs)
+
+
+def _keep_output(store: dict[str, Tensor], name: str) -> Callable[[nn.Module, object, object], None]:
+    def hook(module: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, Tensor):
+            store[name] = output
+
+    return hook
+
+
+def _seed_module(slot: SeedSlot) -> nn.Module:
+    seed = slot.seed_module
+    if seed is None:
+        raise ValueError(f"slot after {slot.host_name!r} is live but holds no seed")
+    return seed
+
+
+def _host_parameters(model: nn.Module, live: Iterable[SeedSlot]) -> list[tuple[str, Tensor]]:
+    seed_ids = {id(p) for slot in live for p in _seed_module(slot).parameters()}
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in seed_ids]
