@@ -291,3 +291,24 @@ def test_cache_arguments_are_checked(store: UrzaStore, clock: ManualClock, sink:
     with pytest.raises(ValueError, match="budget_ms"):
         ReadyCache(store, build_linear, lane.run, clock=clock, sink=sink, budget_ms=0.0)
     lane.close()
+
+
+async def test_warm_fetches_pop_spare_copies_and_refill_tops_the_pool_up(
+    store: UrzaStore, lane: Lane, clock: ManualClock, sink: RecordingSink
+) -> None:
+    sha = store.put(linear_blob()).sha256
+    cache = ReadyCache(store, build_linear, lane.run, clock=clock, sink=sink, spares=2)
+    modules = [(await cache.fetch(sha, "cpu")).module for _ in range(3)]
+    stats = cache.statistics()
+    assert (stats.spare_hits, stats.copies_on_fetch) == (2, 1), "two spares made at load, then a copy on the spot"
+    assert await cache.refill(sha, "cpu") == 2
+    assert await cache.refill(sha, "cpu") == 0, "a full pool makes nothing"
+    modules.append((await cache.fetch(sha, "cpu")).module)
+    assert cache.statistics().spare_hits == 3
+    pointers = [{p.data_ptr() for p in m.parameters()} for m in modules]
+    assert all(a.isdisjoint(b) for i, a in enumerate(pointers) for b in pointers[i + 1 :])
+    expected = linear_state(4, 3, seed=0)
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(tensor, expected[name])
+    assert await cache.refill("0" * 64, "cpu") == 0, "an artifact not in the cache is left alone"

@@ -1,9 +1,11 @@
 """Urza's ready-module cache: an LRU of verified, built modules per (artifact, device), with single-flight loads.
 
-A fetch hands out ``copy.deepcopy`` of the cached ready module, never the cached module itself: seeds are trained, so
-two fetches must never share a parameter, and the cached copy must stay exactly the verified weights. The copy is
-made on the event loop for CPU modules (seeds are small, a memcpy of KBs to MBs) and on the lane for CUDA modules, so
-the device copy is stream-synchronised before the module is handed over.
+A fetch hands out an independent copy of the cached ready module, never the cached module itself: seeds are trained,
+so two fetches must never share a parameter, and the cached copy must stay exactly the verified weights. Copies are
+made ahead of time: each entry keeps a small pool of spare copies (``spares``), so a warm fetch only pops one; the
+owner tops the pool up off the fetch path with ``refill()`` (the Urza actor does it by telling itself, after each
+fetch). With the pool empty, a fetch copies on the spot (counted in ``copies_on_fetch``): on the event loop for CPU
+modules, on the lane for CUDA modules so the device copy is stream-synchronised before the hand-over.
 
 Everything here runs on the event loop except the blocking load (blob read, SHA-256, safetensors decode, build,
 load_state_dict, move to device), which goes through the ``run_blocking`` callable the owner supplies (``Lane.run`` of
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
 import torch
+from torch import nn
 
 from actors.urza.artifact import ArtifactCorrupt, FetchBudgetExceeded, ModuleMismatch, UrzaError
 from schemas.base import Record
@@ -29,8 +32,6 @@ from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from torch import nn
 
     from actors.urza.artifact import ArtifactMetadata
     from actors.urza.store import ArtifactEntry, UrzaStore
@@ -70,6 +71,8 @@ class CacheStatistics(Record, frozen=True):
     integrity_failures: int
     over_budget: int
     prefetches: int
+    spare_hits: int = 0
+    copies_on_fetch: int = 0
 
 
 @final
@@ -98,6 +101,24 @@ class Fetched:
 class _Ready:
     module: nn.Module
     entry: ArtifactEntry
+    spares: collections.deque[nn.Module]
+
+
+def clone_module(module: nn.Module) -> nn.Module:
+    """An independent copy: the same module classes and attributes, every parameter and buffer cloned.
+
+    Several times cheaper than ``copy.deepcopy`` (no memo walk over every attribute), and enough for blueprint
+    modules, whose only tensors are parameters and buffers.
+    """
+    new = copy.copy(module)
+    new.__dict__ = module.__dict__.copy()
+    new._parameters = {
+        name: None if param is None else nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+        for name, param in module._parameters.items()
+    }
+    new._buffers = {name: None if buf is None else buf.clone() for name, buf in module._buffers.items()}
+    new._modules = {name: None if child is None else clone_module(child) for name, child in module._modules.items()}
+    return new
 
 
 _Key = tuple[str, str]
@@ -120,6 +141,7 @@ class ReadyCache:
         sink: EventSink,
         capacity: int = DEFAULT_CAPACITY,
         budget_ms: float = DEFAULT_BUDGET_MS,
+        spares: int = 2,
     ) -> None:
         """Build an empty cache.
 
@@ -133,10 +155,13 @@ class ReadyCache:
             sink: receives the ``urza_quarantine`` TelemetryEvent (CRITICAL) when a load finds a corrupt blob.
             capacity: modules kept (config ``urza.ready_cache_modules``), >= 1.
             budget_ms: fetch budget (config ``urza.fetch_budget_ms``), > 0.
+            spares: ready copies kept per entry so a warm fetch copies nothing, >= 0.
 
         Raises:
-            ValueError: capacity < 1 or budget_ms <= 0.
+            ValueError: capacity < 1, budget_ms <= 0 or spares < 0.
         """
+        if spares < 0:
+            raise ValueError(f"spares must be >= 0, got {spares}")
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if not budget_ms > 0:
@@ -159,6 +184,9 @@ class ReadyCache:
         self._integrity_failures = 0
         self._over_budget = 0
         self._prefetches = 0
+        self._spares = spares
+        self._spare_hits = 0
+        self._copies_on_fetch = 0
 
     @property
     def budget_ms(self) -> float:
@@ -179,6 +207,8 @@ class ReadyCache:
             integrity_failures=self._integrity_failures,
             over_budget=self._over_budget,
             prefetches=self._prefetches,
+            spare_hits=self._spare_hits,
+            copies_on_fetch=self._copies_on_fetch,
         )
 
     def cached(self, artifact: str, device: torch.device | str) -> bool:
@@ -214,11 +244,16 @@ class ReadyCache:
             self._hits += 1
         else:
             self._misses += 1
-        if target.type == "cpu":
-            module = copy.deepcopy(ready.module)
+        if ready.spares:
+            module = ready.spares.popleft()
+            self._spare_hits += 1
+        elif target.type == "cpu":
+            module = clone_module(ready.module)
+            self._copies_on_fetch += 1
         else:
             # Copy on the lane: its stream is synchronised before the copy is handed to another stream's user.
-            module = await self._run_blocking(functools.partial(copy.deepcopy, ready.module))
+            module = await self._run_blocking(functools.partial(clone_module, ready.module))
+            self._copies_on_fetch += 1
         latency_ms = (self._clock.now() - start) * 1000.0
         over = latency_ms > self._budget_ms
         if over:
@@ -230,6 +265,21 @@ class ReadyCache:
         return Fetched(
             module=module, entry=ready.entry, device=target, latency_ms=latency_ms, over_budget=over, cache_hit=hit
         )
+
+    async def refill(self, artifact: str, device: torch.device | str) -> int:
+        """Top the spare pool of (artifact, device) up to ``spares`` copies, on run_blocking; returns copies made.
+
+        Call it off the fetch path (after handing a module over). Does nothing for an entry not in the cache.
+        """
+        ready = self._entries.get((artifact, str(torch.device(device))))
+        if ready is None:
+            return 0
+        missing = self._spares - len(ready.spares)
+        if missing <= 0:
+            return 0
+        copies = await self._run_blocking(functools.partial(_clones, ready.module, missing))
+        ready.spares.extend(copies[: self._spares - len(ready.spares)])
+        return len(copies)
 
     async def prefetch(self, artifact: str, device: torch.device | str) -> ArtifactEntry:
         """Load and verify ``artifact`` into the cache for ``device`` if it is not there; returns its entry.
@@ -315,7 +365,9 @@ class ReadyCache:
                 artifact,
                 f"artifact {artifact}: built module has {count} parameters, artifact says {metadata.param_count}",
             )
-        return _Ready(module=module.to(device), entry=loaded.entry)
+        ready_module = module.to(device)
+        spares = collections.deque(_clones(ready_module, self._spares))
+        return _Ready(module=ready_module, entry=loaded.entry, spares=spares)
 
     def _report_quarantine(self, err: ArtifactCorrupt) -> None:
         self._integrity_failures += 1
@@ -333,6 +385,10 @@ class ReadyCache:
                 },
             )
         )
+
+
+def _clones(module: nn.Module, count: int) -> list[nn.Module]:
+    return [clone_module(module) for _ in range(count)]
 
 
 def kernel_reply(

@@ -15,13 +15,13 @@ independent). This module never imports actors.kasmina: the protocol is structur
 from __future__ import annotations
 
 import collections
-import copy
 import threading
 from types import MappingProxyType
 from typing import TYPE_CHECKING, final
 
 from actors.urza.artifact import ArtifactNotFound, ModuleMismatch
 from actors.urza.builders import build_from_metadata, signature_key
+from actors.urza.cache import clone_module
 from esper.nn.blueprints import default_catalogue, validate_params
 from schemas.base import Record
 
@@ -158,7 +158,7 @@ class UrzaSeedSource:
                 self._failures += 1
             self.refresh()
             raise
-        return copy.deepcopy(module)
+        return clone_module(module)
 
     def statistics(self) -> SeedSourceStatistics:
         """Counters and memo occupancy; never blocks on I/O."""
