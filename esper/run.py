@@ -14,16 +14,19 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
+import msgspec
 import structlog
 
 from actors.oona.housekeeping import oona_spec
-from actors.tolaria.actor import TolariaCell, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
 from actors.weatherlight.tree import build_root, state_reporter
+from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.config import apply_overrides, dump_config, load_config
+from esper.console import Console
 from esper.logs import StructlogSink, configure_logging
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.bus import BusLimits
@@ -34,6 +37,7 @@ from esper.runtime.gpu import GpuTelemetry
 from esper.runtime.lanes import Lanes
 from esper.runtime.system import ActorSystem
 from esper.session import EsperSystem, EventHub, FanoutSink
+from esper.wiring import RunHooks, RunTally
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -43,7 +47,8 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.supervisor import ChildSpec, Supervisor
-    from schemas.run import RunSummary
+    from schemas.enums import SeedLifecycleStage
+    from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 
 _log = structlog.get_logger("esper.run")
 
@@ -80,15 +85,18 @@ def build_tree(
     sink: EventSink,
     actors: ActorSystem,
     tolaria: TolariaWiring | None = None,
+    subsystems: Sequence[ChildSpec] = (),
 ) -> Supervisor:
-    """The run's supervision tree: the subsystems that exist, in start order (Tolaria last), then the state reporter.
+    """The run's supervision tree: oona, then ``subsystems`` (urza, nissa, tezzeret, kasmina, tamiyo in that order),
+    then Tolaria, then the state reporter.
 
     Tolaria is transient: when training ends it stops normally and stays stopped; a crash restarts it (it resumes).
-    Until Kasmina's actor is wired in, Tolaria runs alone: it expects no plans.
+    Without subsystems Tolaria runs alone and expects no plans.
     """
     deadline_s = config.weatherlight.shutdown_deadline_s
     children: list[ChildSpec] = [
         oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
+        *subsystems,
     ]
     if tolaria is not None:
         # Stopping Tolaria finishes the current step and writes a checkpoint, which may outlast a small deadline.
@@ -134,6 +142,8 @@ async def start(
     *,
     console: bool | None = None,
     resume: str | Path | None = None,
+    progress: TextIO | None = None,
+    hooks: RunHooks | None = None,
 ) -> EsperSystem:
     """Start a run as tasks of the running event loop and return its handle; never calls asyncio.run.
 
@@ -144,6 +154,8 @@ async def start(
         console: log readable lines to stderr; default from ``logging.console``.
         resume: an earlier run's directory: it is reused (events appended) and training continues from its last
             good checkpoint. Overrides ``run_dir``.
+        progress: where the progress bar and lifecycle lines go (the command line passes stderr); None: nowhere.
+        hooks: test hooks (fault injection, a wrapped seed source).
 
     Raises:
         ConfigError: the config file or an override is invalid (one-line message naming file, field and value), or
@@ -153,13 +165,14 @@ async def start(
         resolved = apply_overrides(config, overrides or ()) if overrides else config
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
-    resolve_secret(resolved)  # fail before anything is written; the key itself reaches actors in later issues
+    secret = resolve_secret(resolved)
     await anyio.to_thread.run_sync(check_config, resolved.tolaria)
     if resume is not None:
         directory = Path(resume)
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
-        run_id = resolved.run_id or directory.name
+        earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
+        run_id = resolved.run_id or earlier
     else:
         run_id = resolved.run_id or new_run_id()
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
@@ -169,10 +182,20 @@ async def start(
         level=resolved.logging.level,
         console=resolved.logging.console if console is None else console,
         json_file=resolved.logging.json_file,
+        # On a terminal the progress bar replaces the info lines; a pipe (CI, a supervisor) keeps the full log.
+        console_level="warning" if progress is not None and progress.isatty() else None,
     )
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     hub = EventHub()
-    sink = FanoutSink(StructlogSink(), hub)
+    tally = RunTally()
+    if resume is not None:
+        stages, epochs = await anyio.to_thread.run_sync(_earlier_tally, directory)
+        tally.preload(stages, epochs)
+    screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
+    sinks: list[EventSink] = [StructlogSink(), hub, tally]
+    if screen is not None:
+        sinks.append(screen)
+    sink = FanoutSink(*sinks)
     clock = MonotonicClock()
     bus = InProcessBus(clock, limits=_bus_limits(resolved))
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
@@ -180,20 +203,33 @@ async def start(
         "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
     )
     lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
-    cell: TolariaCell = new_cell(resolved.tolaria)
-    wiring = TolariaWiring(
-        run_id=run_id,
-        run_dir=directory,
-        lane=lanes.train,
-        cell=cell,
-        sink=sink,
-        resume=resume is not None,
-        slot_targets=resolved.kasmina.slot_targets,
-    )
     try:
-        await actors.start(build_tree(resolved, bus=bus, clock=clock, sink=sink, actors=actors, tolaria=wiring))
+        parts = await assemble(
+            resolved,
+            run_id=run_id,
+            run_dir=directory,
+            resume=resume is not None,
+            secret=secret,
+            lanes=lanes,
+            clock=clock,
+            sink=sink,
+            actors=actors,
+            tally=tally,
+            taps=(screen.on_packet,) if screen is not None else (),
+            hooks=hooks,
+        )
     except BaseException:
         await lanes.aclose()
+        logging.close()
+        raise
+    tree = build_tree(
+        resolved, bus=bus, clock=clock, sink=sink, actors=actors, tolaria=parts.tolaria, subsystems=parts.subsystems
+    )
+    try:
+        await actors.start(tree)
+    except BaseException:
+        await lanes.aclose()
+        await StoreCloser(parts.store).aclose()
         logging.close()
         raise
     for state in actors.snapshot():
@@ -203,6 +239,12 @@ async def start(
     for device in gpu.devices:
         _log.info("gpu_device", index=device.index, name=device.name, memory_total_bytes=device.memory_total_bytes)
     _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()))
+    cell = parts.cell
+    deadline_s = resolved.weatherlight.shutdown_deadline_s
+
+    def growth(figures: TrainingFigures | None) -> GrowthFigures:
+        return tally.figures(figures.seed_parameters if figures is not None else 0)
+
     return EsperSystem(
         config=resolved,
         run_id=run_id,
@@ -212,8 +254,53 @@ async def start(
         logging=logging,
         started_at=started_at,
         training=cell,
-        resources=(lanes,),
+        resources=(lanes, StoreCloser(parts.store)),
+        stop_training=lambda: cell.request_run_stop("run stopping"),
+        drain=lambda: drain_pipeline(actors, deadline_s),
+        growth=growth,
     )
+
+
+def _earlier_tally(
+    directory: Path,
+) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]]]:
+    from esper.report import ReportInputError, read_metrics, read_stage_events
+
+    try:
+        events = read_stage_events(directory / "events.jsonl")
+        rows = read_metrics(directory / "metrics.csv")
+    except ReportInputError:
+        return [], []
+    stages = [(e.seed_id, e.to_stage, e.step) for e in events if e.seed_id is not None]
+    epochs = [
+        (int(epoch) + 1, int(step), accuracy)
+        for row in rows
+        if (epoch := row.get("epoch")) is not None
+        and (step := row.get("step")) is not None
+        and (accuracy := row.get("val_accuracy")) is not None
+    ]
+    return stages, epochs
+
+
+def previous_run_id(directory: Path) -> str:
+    """The id of the run in ``directory`` (its summary.json, else its first ``run_starting`` event, else the
+    directory's name): a resumed run keeps it, so its own earlier messages are recognised. Blocking."""
+    try:
+        summary = msgspec.json.decode((directory / "summary.json").read_bytes(), type=dict[str, object])
+        if isinstance(summary.get("run_id"), str):
+            return str(summary["run_id"])
+    except (OSError, msgspec.DecodeError):
+        pass
+    try:
+        with (directory / "events.jsonl").open("rb") as lines:
+            for line in lines:
+                if b'"run_starting"' in line:
+                    found = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
+                    if isinstance(found, str):
+                        return found
+    except (OSError, msgspec.DecodeError):
+        pass
+    return directory.name
 
 
 def _prepare_run_dir(directory: Path, resolved_toml: str) -> None:
@@ -276,9 +363,39 @@ def format_summary(summary: RunSummary) -> str:
         ):
             if loss is not None and acc is not None:
                 lines.append(f"  {split:<6} loss {loss:.4f}  accuracy {acc:.4f}")
+    growth = summary.growth
+    if growth is not None:
+        lines += growth_lines(growth)
     if summary.error:
         lines.append(f"error: {summary.error}")
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def growth_lines(growth: GrowthFigures) -> list[str]:
+    """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
+    where = (
+        f"epoch {growth.baseline_epoch}, before the first germination"
+        if growth.baseline_source == "run"
+        else "no seed was grafted"
+    )
+    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or "none"
+    return [
+        f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
+        f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",
+        f"{'parameters added':<28}{growth.parameters_added}",
+        f"{'seeds by outcome':<28}{seeds}",
+        f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
+        f"({growth.decisions} decisions)",
+        f"{'emergency events':<28}{growth.emergency_events}",
+    ]
 
 
 async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:
@@ -295,7 +412,7 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
 
 
 async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | None = None) -> int:
-    system = await start(config, run_dir, resume=resume)
+    system = await start(config, run_dir, resume=resume, progress=sys.stderr)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,10 +15,10 @@ from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import RestartIntensityExceeded
 from schemas.base import Message, Record
-from schemas.run import RunStatus, RunSummary, TrainingFigures
+from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from anyio.streams.memory import MemoryObjectSendStream
@@ -117,7 +117,12 @@ class EsperSystem:
         started_at: str,
         training: TrainingWatch | None = None,
         resources: tuple[Closable, ...] = (),
+        stop_training: Callable[[], None] | None = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
+        growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
     ) -> None:
+        """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
+        handle what is queued before the actors stop; ``growth`` gives the summary's growth figures."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -131,6 +136,9 @@ class EsperSystem:
         self._stop_status: RunStatus = "stopped"
         self._training = training
         self._resources = resources
+        self._stop_training = stop_training
+        self._drain = drain
+        self._growth = growth
 
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
@@ -180,6 +188,8 @@ class EsperSystem:
                 tree.cancel()
         if finished.cancelled() or self._stopped:
             return
+        if self._drain is not None:
+            await self._drain()
         await self._actors.stop()
 
     async def _tree_stopped(self) -> None:
@@ -193,8 +203,31 @@ class EsperSystem:
             return self._summary
         self._stop_status = status
         self._stopped = True
+        training = self._training
+        if training is not None and self._stop_training is not None:
+            # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
+            self._stop_training()
+            async with asyncio.TaskGroup() as tg:
+                finished = tg.create_task(training.wait_finished())
+                tree = tg.create_task(self._tree_stopped())
+                await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
+                finished.cancel()
+                tree.cancel()
+            if self._drain is not None:
+                await self._drain()
         await self._actors.stop()
         return await self.wait()
+
+    async def _render_report(self) -> None:
+        from esper.report import ReportInputError, load_run, render_report  # matplotlib only when a report is due
+
+        def render() -> None:
+            render_report(load_run(self.run_dir))
+
+        try:
+            await anyio.to_thread.run_sync(render)
+        except (ReportInputError, OSError) as err:
+            _log.warning("report_not_rendered", error=f"{type(err).__name__}: {err}")
 
     async def _finish(self, status: RunStatus, error: str | None) -> RunSummary:
         if self._summary is not None:
@@ -205,6 +238,7 @@ class EsperSystem:
             self._hub.emit(state)
         for resource in self._resources:
             await resource.aclose()
+        figures = self._training.figures if self._training is not None else None
         summary = RunSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
@@ -215,11 +249,14 @@ class EsperSystem:
             dead_letters=self._actors.dead_letters,
             actors=actors,
             error=error,
-            training=self._training.figures if self._training is not None else None,
+            training=figures,
+            growth=self._growth(figures) if self._growth is not None else None,
         )
         self._summary = summary
         path = self.run_dir / self.config.nissa.summary_json
         await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+        if self.config.nissa.report_png:
+            await self._render_report()
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
         self._hub.emit(summary)
         self._hub.close()

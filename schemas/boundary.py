@@ -10,6 +10,10 @@ The pipeline, once per state packet (every K steps and at each epoch end):
 4. Tolaria applies the plan between steps when its step counter reaches effect_step (waiting for it there if it is
    late: a counted stall) and answers BoundaryApplied with the step at which it took effect.
 
+5. When Tolaria continues from a snapshot or checkpoint (a restart, a rollback or ``--resume``) it sends
+   TrainingRestored(step): Kasmina rebuilds its lifecycle as it stood at that boundary (from its journal) and sends
+   again the plans decided up to it that take effect after it, which Tolaria expects again.
+
 Because every packet yields exactly one plan and every plan takes effect at a step fixed in advance, the step at
 which anything changes never depends on thread timing: runs are reproducible and can be resumed exactly.
 """
@@ -90,3 +94,12 @@ class BoundaryApplied(Message, frozen=True):
     outcomes: tuple[OpOutcome, ...] = ()
     stall_ms: NonNegFloat = 0.0
     seed_parameters: dict[str, int] = field(default_factory=dict)
+
+
+class TrainingRestored(Message, frozen=True):
+    """Tolaria continues from the state it had after optimizer step ``step`` (``tier``: "fast" snapshot or "full"
+    checkpoint); it again expects the plans decided up to ``step`` that take effect after it."""
+
+    run_id: str
+    step: NonNegInt
+    tier: str = "full"

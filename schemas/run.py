@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msgspec import field
+
 from schemas.base import Record
 from schemas.runtime import ActorState
 
@@ -41,6 +43,27 @@ class TrainingFigures(Record, frozen=True):
     checkpoint: str | None = None
 
 
+class GrowthFigures(Record, frozen=True):
+    """What the controller did to the host and whether it paid off.
+
+    ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the first germination took
+    effect (``baseline_source`` "run"), or the final one when nothing was ever grafted ("host_only"). ``seeds`` counts
+    seeds by their last lifecycle stage (lower-case stage name); decision latencies are nearest-rank percentiles in
+    milliseconds over every Tamiyo decision; ``emergency_events`` counts EmergencySignal events.
+    """
+
+    baseline_val_accuracy: float | None = None
+    baseline_epoch: int | None = None
+    baseline_source: str = "run"
+    final_val_accuracy: float | None = None
+    parameters_added: int = 0
+    seeds: dict[str, int] = field(default_factory=dict)
+    decisions: int = 0
+    decision_p50_ms: float | None = None
+    decision_p95_ms: float | None = None
+    emergency_events: int = 0
+
+
 class RunSummary(Record, frozen=True):
     """The final figures of a run; later issues add training figures as optional fields."""
 
@@ -54,3 +77,4 @@ class RunSummary(Record, frozen=True):
     actors: tuple[ActorState, ...] = ()
     error: str | None = None
     training: TrainingFigures | None = None
+    growth: GrowthFigures | None = None

@@ -19,7 +19,7 @@ import pytest
 
 import schemas
 from schemas.base import ConfigSection, Message, Record
-from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome, SeedOp
+from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome, SeedOp, TrainingRestored
 from schemas.control import AdaptationCommand, BlendConfig, CommandResult, CommandSecurity
 from schemas.domain_enums import (
     BlendMode,
@@ -76,7 +76,7 @@ from schemas.nissa import (
     SloStatus,
 )
 from schemas.reports import FieldReport, MitigationAction, PolicyUpdate, ValidationReport
-from schemas.run import RunSummary, TrainingFigures
+from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 from schemas.runtime import (
     ActorState,
     BreakerTransition,
@@ -574,7 +574,32 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
             resumed_from_step=120,
             checkpoint="step-250.pt",
         ),
+        growth=GrowthFigures(
+            baseline_val_accuracy=0.875,
+            baseline_epoch=22,
+            baseline_source="run",
+            final_val_accuracy=0.9125,
+            parameters_added=48,
+            seeds={"culled": 3, "fossilized": 2},
+            decisions=250,
+            decision_p50_ms=0.5,
+            decision_p95_ms=5.25,
+            emergency_events=0,
+        ),
     ),
+    GrowthFigures: GrowthFigures(
+        baseline_val_accuracy=0.875,
+        baseline_epoch=22,
+        baseline_source="run",
+        final_val_accuracy=0.9125,
+        parameters_added=48,
+        seeds={"culled": 3, "fossilized": 2},
+        decisions=250,
+        decision_p50_ms=0.5,
+        decision_p95_ms=5.25,
+        emergency_events=0,
+    ),
+    TrainingRestored: TrainingRestored(run_id="run-20250101-000000", step=620, tier="full"),
     TrainingFigures: TrainingFigures(
         epochs=10,
         global_step=250,

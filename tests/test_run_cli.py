@@ -13,7 +13,19 @@ import pytest
 from esper.run import EXIT_CONFIG_ERROR, main
 
 REPO = Path(__file__).resolve().parent.parent
-ACTORS = {"oona", "tolaria", "tolaria/control", "tolaria/trainer", "weatherlight"}
+ACTORS = {
+    "oona",
+    "urza",
+    "nissa",
+    "nissa-tick",
+    "tezzeret",
+    "kasmina",
+    "tamiyo",
+    "tolaria",
+    "tolaria/control",
+    "tolaria/trainer",
+    "weatherlight",
+}
 # Runs in these tests train for real, so they train little: one epoch on 500 MNIST-1D samples.
 TINY = ("--set", "tolaria.epochs=1", "--set", "tolaria.dataset_samples=500")
 

@@ -24,7 +24,19 @@ if TYPE_CHECKING:
     from schemas.base import Message, Record
 
 
-ACTORS = {"oona", "tolaria", "tolaria/control", "tolaria/trainer", "weatherlight"}
+ACTORS = {
+    "oona",
+    "urza",
+    "nissa",
+    "nissa-tick",
+    "tezzeret",
+    "kasmina",
+    "tamiyo",
+    "tolaria",
+    "tolaria/control",
+    "tolaria/trainer",
+    "weatherlight",
+}
 
 
 @pytest.fixture(autouse=True)

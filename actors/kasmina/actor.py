@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, assert_never, final
 
+import anyio
+import msgspec
+
+from actors.kasmina.journal import BoundaryJournal, JournalBoundary, JournalReceipt, JournalValidation
 from esper.runtime.actor import Actor
 from esper.runtime.errors import EsperError
-from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision
+from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.kasmina import (
     GetKasminaStatistics,
@@ -25,7 +29,7 @@ from schemas.kasmina import (
     SeedStates,
     SeedValidationReport,
 )
-from schemas.state import SystemStatePacket
+from schemas.state import SeedState, SystemStatePacket
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
@@ -35,12 +39,14 @@ if TYPE_CHECKING:
     from actors.kasmina.preparation import Preparer
     from esper.runtime.events import EventSink
     from esper.runtime.signing import CommandVerifier
+    from schemas.base import Message, Record
 
 KasminaMessage = (
     SystemStatePacket
     | Decision
     | BoundaryApplied
     | SeedValidationReport
+    | TrainingRestored
     | PrefetchSeed
     | GetSeedStates
     | GetKasminaStatistics
@@ -52,6 +58,7 @@ KASMINA_INBOX: tuple[type[KasminaMessage], ...] = (
     Decision,
     BoundaryApplied,
     SeedValidationReport,
+    TrainingRestored,
     PrefetchSeed,
     GetSeedStates,
     GetKasminaStatistics,
@@ -63,40 +70,65 @@ _SEEN_PREFETCHES = 1024
 
 
 @final
+class MutableSink:
+    """An EventSink that forwards to ``sink`` unless ``muted`` (a journal replay must not report its past again)."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self.muted = False
+
+    def emit(self, event: Message | Record) -> None:
+        if not self.muted:
+            self._sink.emit(event)
+
+
+@final
 class KasminaActor(Actor[KasminaMessage]):
     """Seed slots' lifecycle, command verification and seed preparation for one run.
 
     Every hook runs on the event loop. A failure while handling a tell (a packet or decision of another run, more
-    pending packets than the mailbox holds, a planner invariant) crashes the actor and the supervisor decides; an
-    incarnation starts with empty slots (the planner is rebuilt by the spec's factory), so a restart mid-run loses
-    the seeds' lifecycle state: resume needs the graft log (not yet wired).
+    pending packets than the mailbox holds, a planner invariant) crashes the actor and the supervisor decides.
+    Every planner input goes to the BoundaryJournal (kept by the spec across incarnations): a new incarnation replays
+    it at start, and a TrainingRestored from Tolaria (a restart, rollback or resume) cuts it at the restored step,
+    replays it and sends again the plans decided up to that step that take effect after it.
     """
 
     def __init__(
         self,
         *,
         run_id: str,
-        planner: BoundaryPlanner,
+        planner: Callable[[EventSink], BoundaryPlanner],
         preparer: Preparer,
         verifier: CommandVerifier,
         outlet: Callable[[BoundaryPlan], Awaitable[None]],
         sink: EventSink,
         has_controller: bool = True,
+        journal: BoundaryJournal | None = None,
+        observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
         capacity: int = 1024,
     ) -> None:
         """Args:
         run_id: packets, decisions and receipts of any other run are refused (the actor crashes).
-        planner: the boundary planner of this incarnation.
+        planner: builds a fresh boundary planner that reports to the given sink.
         preparer: builds seed modules on the io lane and keeps the ready cache.
         verifier: checks each command's signature, nonce and freshness (and reports rejections at CRITICAL).
         outlet: sends a plan to Tolaria (ActorRef.tell or a test queue's put); awaited, in packet order.
         sink: telemetry events (never blocks).
         has_controller: False when no Tamiyo runs: every packet is planned as a NO_OP decision.
+        journal: the planner's inputs so far (shared across incarnations); None: a fresh, memory-only one.
+        observer: receives each packet, in step order, once every earlier packet has been planned, with the seed
+            states replaced by the lifecycle's view (stage, gates, embargo) as of that moment: the controller decides
+            on exactly what the lifecycle knew, whatever the thread timing. None: nobody observes.
         capacity: mailbox capacity; also the most packets or decisions kept waiting for their partner.
         """
         super().__init__(inbox=KASMINA_INBOX, capacity=capacity)
         self._run_id = run_id
-        self._planner = planner
+        self._make_planner = planner
+        self._planner_sink = MutableSink(sink)
+        self._planner = planner(self._planner_sink)
+        self._journal = journal if journal is not None else BoundaryJournal()
+        self._observer = observer
+        self._forwarded: int | None = None
         self._preparer = preparer
         self._verifier = verifier
         self._outlet = outlet
@@ -110,6 +142,16 @@ class KasminaActor(Actor[KasminaMessage]):
         self._preparations = 0
         self._preparation_failures = 0
         self._prefetches = 0
+        self._replays = 0
+
+    async def on_start(self) -> None:
+        journal = self._journal
+        if not journal.loaded:
+            await anyio.to_thread.run_sync(journal.load)
+        if len(journal):
+            # A new incarnation (or a resumed run) picks up where the journal ends; Tolaria's TrainingRestored, which
+            # follows when it restarts too, then cuts it back to the step it continues from.
+            await self._rebuild(None)
 
     async def handle(self, msg: KasminaMessage) -> SeedStates | KasminaStatistics | None:
         match msg:
@@ -117,6 +159,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 self._check_run(msg.run_id, "packet", msg.global_step)
                 if self._admit(msg.global_step, self._packets, "packet"):
                     self._packets[msg.global_step] = msg
+                    await self._forward()
                     await self._drain()
             case Decision():
                 self._check_run(msg.run_id, "decision", msg.decided_on_step)
@@ -126,9 +169,14 @@ class KasminaActor(Actor[KasminaMessage]):
             case BoundaryApplied():
                 self._check_run(msg.run_id, "receipt", msg.decided_on_step)
                 self._planner.record_receipt(msg)
+                await self._journal_add(JournalReceipt(receipt=msg))
             case SeedValidationReport():
                 self._check_run(msg.run_id, "validation report", msg.step)
                 self._planner.record_validation(msg)
+                await self._journal_add(JournalValidation(report=msg))
+            case TrainingRestored():
+                self._check_run(msg.run_id, "restore", msg.step)
+                await self._rebuild(msg.step)
             case PrefetchSeed():
                 await self._prefetch(msg)
             case GetSeedStates():
@@ -157,6 +205,7 @@ class KasminaActor(Actor[KasminaMessage]):
             packet = self._packets.pop(step)
             security = self._verifier.verify(command) if command is not None else None
             draft = self._planner.begin(packet, command, security)
+            failed: dict[str, str] = {}
             for request in draft.preparations:
                 # Awaited directly, not through until_stopping: a stop cannot abandon a job the lane has started
                 # anyway, and the shutdown deadline still cancels this wait.
@@ -164,12 +213,105 @@ class KasminaActor(Actor[KasminaMessage]):
                     prepared = await self._preparer.prepare(request)
                 except _PREPARATION_ERRORS as err:
                     self._preparation_failures += 1
-                    self._planner.preparation_failed(request.seed_id, f"{type(err).__name__}: {err}")
+                    failed[request.seed_id] = f"{type(err).__name__}: {err}"
+                    self._planner.preparation_failed(request.seed_id, failed[request.seed_id])
                     continue
                 self._preparations += 1
                 self._planner.prepared(prepared)
-            await self._outlet(self._planner.finish(draft))
+            plan = self._planner.finish(draft)
+            await self._journal_add(JournalBoundary(packet=packet, command=command, security=security, failed=failed))
+            await self._outlet(plan)
             self._plans_sent += 1
+            await self._forward()
+
+    async def _forward(self) -> None:
+        """Show the observer the lowest pending packet, once, when every earlier packet has been planned."""
+        if self._observer is None or not self._packets:
+            return
+        step = min(self._packets)
+        if self._forwarded is not None and step <= self._forwarded:
+            return
+        self._forwarded = step
+        packet = self._packets[step]
+        await self._observer(msgspec.structs.replace(packet, seed_states=self._merged(packet)))
+
+    def _merged(self, packet: SystemStatePacket) -> tuple[SeedState, ...]:
+        live = {s.slot: s for s in packet.seed_states}
+        out: list[SeedState] = []
+        for state in self._planner.seed_states():
+            fresh = live.get(state.slot)
+            if fresh is not None and fresh.seed_id is not None and fresh.seed_id == state.seed_id:
+                state = msgspec.structs.replace(
+                    state,
+                    alpha=fresh.alpha,
+                    alpha_steps=fresh.alpha_steps,
+                    gradient_norm=fresh.gradient_norm,
+                    learning_rate=fresh.learning_rate,
+                    parameter_count=fresh.parameter_count or state.parameter_count,
+                )
+            out.append(state)
+        return tuple(out)
+
+    async def _journal_add(self, entry: JournalBoundary | JournalReceipt | JournalValidation) -> None:
+        self._journal.append(entry)
+        if self._journal.path is not None:
+            await anyio.to_thread.run_sync(self._journal.write_pending)
+
+    async def _rebuild(self, cut: int | None) -> None:
+        """Replace the planner by one rebuilt from the journal up to boundary ``cut`` (None: all of it), reporting
+        nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again)."""
+        journal = self._journal
+        if cut is not None:
+            journal.cut(cut)
+            await anyio.to_thread.run_sync(journal.rewrite)
+        sink = MutableSink(self._planner_sink)
+        sink.muted = True
+        planner = self._make_planner(sink)
+        entries = journal.entries()
+        for entry in entries:
+            match entry:
+                case JournalReceipt():
+                    planner.record_receipt(entry.receipt)
+                case JournalValidation():
+                    planner.record_validation(entry.report)
+                case JournalBoundary():
+                    pass
+        in_flight: list[BoundaryPlan] = []
+        for entry in entries:
+            if not isinstance(entry, JournalBoundary):
+                continue
+            draft = planner.begin(entry.packet, entry.command, entry.security)
+            keep = cut is not None and draft.step + planner.lag_steps > cut
+            for request in draft.preparations:
+                detail = entry.failed.get(request.seed_id)
+                if detail is None:
+                    try:
+                        prepared = await self._preparer.prepare(request)
+                    except _PREPARATION_ERRORS as err:
+                        detail = f"on replay: {type(err).__name__}: {err}"
+                    else:
+                        planner.prepared(prepared)
+                        if not keep:
+                            self._preparer.discard(prepared.handle)
+                        continue
+                planner.preparation_failed(request.seed_id, detail)
+            plan = planner.finish(draft)
+            if keep:
+                in_flight.append(plan)
+        sink.muted = False
+        self._planner = planner
+        self._packets.clear()
+        self._decisions.clear()
+        self._forwarded = planner.last_step
+        self._replays += 1
+        self._event(
+            "kasmina_rebuilt",
+            TelemetryLevel.INFO,
+            f"lifecycle rebuilt from {len(entries)} journal entries up to step {planner.last_step}; "
+            f"{len(in_flight)} plans sent again",
+        )
+        for plan in in_flight:
+            await self._outlet(plan)
 
     def _admit(self, step: int, pending: dict[int, SystemStatePacket] | dict[int, Decision], what: str) -> bool:
         last = self._planner.last_step

@@ -40,6 +40,7 @@ from schemas.control import AdaptationCommand, CommandResult
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState
 from schemas.enums import SeedLifecycleStage as Stage
+from schemas.nissa import SeedStageChanged
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 _CRITICAL_GATE_REASONS = ("fallback", "latency_over_budget", "interface_mismatch")
 _SET_STAGE = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
+_AFTER_LIFE = frozenset({Stage.CULLED, Stage.EMBARGOED, Stage.RESETTING})
 
 
 @final
@@ -562,6 +564,7 @@ class BoundaryPlanner:
                 reason=entry.reason,
             )
             to, seed_id = entry.to_stage, entry.seed_id
+            self._stage_changed(entry.slot, entry.from_stage, to, seed_id, entry.step, entry.epoch, entry.reason)
             if to is Stage.GERMINATED:
                 born = self._pending.pop(entry.slot)
                 self._seeds[born.seed_id] = born
@@ -597,6 +600,26 @@ class BoundaryPlanner:
         return changed
 
     # ------------------------------------------------------------ helpers
+
+    def _stage_changed(
+        self, slot: str, from_stage: Stage, to: Stage, seed_id: str | None, step: int, epoch: int, reason: str
+    ) -> None:
+        """The lifecycle event of one transition (schemas.nissa's contract), stamped with the step at which the plan
+        of this boundary takes effect. A slot's clean-up after a cull carries no seed id: the seed's outcome stays
+        CULLED."""
+        seed = self._pending.get(slot) if to is Stage.GERMINATED else self._seeds.get(seed_id or "")
+        self._sink.emit(
+            SeedStageChanged(
+                slot=slot,
+                from_stage=from_stage,
+                to_stage=to,
+                step=step + self._lag,
+                seed_id=None if from_stage in _AFTER_LIFE else seed_id,
+                blueprint_id=seed.blueprint_id if seed is not None else None,
+                epoch=epoch,
+                reason=reason,
+            )
+        )
 
     def _cull(self, slot: str, reason: str) -> None:
         try:

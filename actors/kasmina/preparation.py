@@ -236,6 +236,10 @@ class Preparer:
         """
         return await self._lane.run(self._prepare_on_lane, request)
 
+    def discard(self, handle: str) -> bool:
+        """Drop a prepared module nobody will take (a journal replay re-prepares seeds already grafted)."""
+        return self._handoff.discard(handle)
+
     async def prefetch(self, request: PreparationRequest) -> bool:
         """Warm the cache for ``request``; True if it was already warm.
 

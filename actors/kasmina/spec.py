@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
+from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal
 from actors.kasmina.lifecycle import LifecycleSettings, StageDwell
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
@@ -17,6 +18,7 @@ from schemas.boundary import BoundaryPlan
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
     from torch import nn
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from esper.runtime.handoff import Handoff
     from esper.runtime.lanes import Lane
     from schemas.config import KasminaConfig, SecurityConfig
+    from schemas.state import SystemStatePacket
 
 PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]
 """Where plans go: Tolaria's ``ref.tell`` (any ref whose inbox includes BoundaryPlan) or a test's queue ``put``."""
@@ -75,6 +78,9 @@ def kasmina_spec(
     cache_capacity: int = DEFAULT_CACHE_CAPACITY,
     lifecycle: LifecycleSettings | None = None,
     approved_blueprints: frozenset[str] = frozenset(),
+    journal_dir: Path | None = None,
+    resume: bool = False,
+    observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
     name: str = "kasmina",
     mailbox_capacity: int = 1024,
     restart: RestartType = "permanent",
@@ -102,6 +108,10 @@ def kasmina_spec(
         source: where modules come from (default: the built-in blueprint catalogue).
         cache_capacity: ready modules kept (REFERENCE.md section 1: 32).
         approved_blueprints: blueprint ids whose ``approval_required`` is satisfied by a recorded approval.
+        journal_dir: where the boundary journal file lives (``<run dir>/checkpoints``), so ``--resume`` can rebuild
+            the lifecycle; None keeps the journal in memory (it still survives restarts within the run).
+        resume: read the journal file left by the run being resumed; False starts a fresh one.
+        observer: receives each packet with Kasmina's view of the seeds (Tamiyo's ``ref.tell``); see KasminaActor.
 
     Raises:
         ValueError: no slots, a negative lag, a cache capacity < 1, or a security setting out of range.
@@ -125,9 +135,10 @@ def kasmina_spec(
     settings = lifecycle if lifecycle is not None else lifecycle_settings(config)
     send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
     slot_shapes = dict(slots)
+    journal = BoundaryJournal(None if journal_dir is None else journal_dir / JOURNAL_FILENAME, fresh=not resume)
 
-    def build() -> KasminaActor:
-        planner = BoundaryPlanner(
+    def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
+        return BoundaryPlanner(
             run_id=run_id,
             run_seed=run_seed,
             slots=slot_shapes,
@@ -135,18 +146,22 @@ def kasmina_spec(
             lag_steps=lag_steps,
             describe=seed_source.describe,
             clock=clock,
-            sink=sink,
+            sink=planner_sink,
             breaker=config.breaker,
             approved_blueprints=approved_blueprints,
         )
+
+    def build() -> KasminaActor:
         return KasminaActor(
             run_id=run_id,
-            planner=planner,
+            planner=make_planner,
             preparer=preparer,
             verifier=verifier,
             outlet=send,
             sink=sink,
             has_controller=has_controller,
+            journal=journal,
+            observer=observer,
             capacity=mailbox_capacity,
         )
 

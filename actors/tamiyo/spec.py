@@ -75,6 +75,7 @@ def tamiyo_spec(
     gnn: GnnSettings | None = None,
     policy: Policy | None = None,
     state: TamiyoState | None = None,
+    on_state: Callable[[TamiyoState], None] | None = None,
     fsync: bool = True,
     name: str = "tamiyo",
     mailbox_capacity: int = 1024,
@@ -103,6 +104,8 @@ def tamiyo_spec(
         policy: use this policy instead of building the configured one (a test double or a swapped-in policy);
             it is reported under the name ``config.policy``.
         state: a TamiyoState to resume from.
+        on_state: receives the state each incarnation exports when it stops (event loop; e.g. to persist it for
+            ``--resume``); must not block for long.
         fsync: whether each WAL append waits for the disk.
 
     Raises:
@@ -121,6 +124,8 @@ def tamiyo_spec(
 
     def remember(exported: TamiyoState) -> None:
         cell[:] = [exported]
+        if on_state is not None:
+            on_state(exported)
 
     def configured() -> Policy:
         if policy is not None:

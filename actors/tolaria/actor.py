@@ -24,7 +24,8 @@ from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from schemas.base import Message
-from schemas.boundary import BoundaryApplied, BoundaryPlan
+from schemas.boundary import BoundaryApplied, BoundaryPlan, TrainingRestored
+from schemas.kasmina import SeedValidationReport
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -59,13 +60,17 @@ class TrainingEnded(Message, frozen=True):
 
 ControlMessage = BoundaryPlan | TrainingEnded
 
+PlannerNote = SeedValidationReport | TrainingRestored
+"""What the step loop tells the planner besides packets and receipts (in order with them)."""
+
 
 @final
 @dataclass(slots=True)
 class TolariaCell:
     """State shared by the Tolaria actors and kept across their restarts; built once per run on the event loop.
 
-    ``finished`` is set (event loop) when training ends for good: completed, stopped or halted.
+    ``finished`` is set (event loop) when training ends for good: completed, halted, or stopped because the run
+    asked (``request_run_stop``). A stop that only restarts Tolaria (its supervisor's) is not an end.
     """
 
     inbox: PlanInbox
@@ -74,6 +79,12 @@ class TolariaCell:
     result: LoopResult | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     last_loop: TrainingLoop | None = None
+    run_stop: str | None = None
+
+    def request_run_stop(self, reason: str) -> None:
+        """End training for good: the loop finishes its step, checkpoints and returns. Any thread."""
+        self.run_stop = reason
+        self.inbox.request_stop(reason)
 
     @property
     def figures(self) -> TrainingFigures | None:
@@ -109,11 +120,13 @@ class LoopOutbox:
         subscribers: Sequence[Callable[[SystemStatePacket], None]],
         on_applied: Callable[[BoundaryApplied], None] | None,
         sink: EventSink,
+        to_planner: Callable[[PlannerNote], None] | None = None,
     ) -> None:
         self._loop = loop
         self._subscribers = tuple(subscribers)
         self._on_applied = on_applied
         self._sink = sink
+        self._to_planner = to_planner
         self.dropped = 0
         self.packets = 0
 
@@ -125,6 +138,11 @@ class LoopOutbox:
             self._post(self._on_applied, receipt)
 
     def event(self, event: Message | Record) -> None:
+        # Validation evidence and restores are the planner's input (in order with packets); restores are logged too.
+        if isinstance(event, SeedValidationReport | TrainingRestored) and self._to_planner is not None:
+            self._post(self._to_planner, event)
+            if isinstance(event, SeedValidationReport):
+                return
         self._post(self._sink.emit, event)
 
     def _post(self, fn: Callable[[T], None], arg: T) -> None:
@@ -158,6 +176,8 @@ class TolariaWiring:
         subscribers: receive each SystemStatePacket on the event loop (Tamiyo, Kasmina).
         expects_plans: a planner answers every packet with one BoundaryPlan.
         on_applied: receives each BoundaryApplied receipt on the event loop (Kasmina).
+        to_planner: receives each SeedValidationReport and TrainingRestored on the event loop (Kasmina); None: the
+            reports are dropped and restores only logged.
         resume: continue from the run directory's last checkpoint at the first start (``--resume``).
         slot_targets: kasmina.slot_targets.
         data: preloaded splits (tests); None loads them from the config on the lane.
@@ -173,6 +193,7 @@ class TolariaWiring:
     subscribers: tuple[Callable[[SystemStatePacket], None], ...] = ()
     expects_plans: bool = False
     on_applied: Callable[[BoundaryApplied], None] | None = None
+    to_planner: Callable[[PlannerNote], None] | None = None
     resume: bool = False
     slot_targets: tuple[str, ...] = ()
     data: DataSplits | None = None
@@ -225,7 +246,13 @@ class TolariaTrainer(Actor[StartTraining]):
         wiring = self._wiring
         cell = wiring.cell
         loop = asyncio.get_running_loop()
-        outbox = LoopOutbox(loop, subscribers=wiring.subscribers, on_applied=wiring.on_applied, sink=wiring.sink)
+        outbox = LoopOutbox(
+            loop,
+            subscribers=wiring.subscribers,
+            on_applied=wiring.on_applied,
+            sink=wiring.sink,
+            to_planner=wiring.to_planner,
+        )
         options = LoopOptions(
             run_id=wiring.run_id,
             checkpoint_dir=None if wiring.run_dir is None else Path(wiring.run_dir) / "checkpoints",
@@ -236,6 +263,8 @@ class TolariaTrainer(Actor[StartTraining]):
             batch_hook=wiring.batch_hook,
         )
         cell.inbox.reset()
+        if cell.run_stop is None:
+            cell.inbox.clear_stop()
         training = TrainingLoop(
             self._config,
             options,
@@ -250,7 +279,8 @@ class TolariaTrainer(Actor[StartTraining]):
             _log.warning("tolaria_restarted", incarnation=msg.incarnation)
         result = await self._run_until_done(training)
         cell.result = result
-        cell.finished.set()
+        if result.status != "stopped" or cell.run_stop is not None:
+            cell.finished.set()
         _log.info(
             "training_finished",
             status=result.status,

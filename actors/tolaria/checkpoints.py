@@ -59,7 +59,10 @@ class CheckpointInfo:
 
 
 def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> bytes:
-    """Serialise a TrainState (without its seed modules) to ``torch.save`` bytes. Lane thread."""
+    """Serialise a TrainState (without its seed modules) to ``torch.save`` bytes.
+
+    Any thread: it only reads ``state``, whose tensors are private copies (the checkpoint writer calls it).
+    """
     payload = {
         "schema_version": SCHEMA_VERSION,
         "global_step": state.global_step,
@@ -156,9 +159,10 @@ def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], Checkpoin
 
 @final
 class CheckpointWriter:
-    """Writes checkpoints on its own thread so the step loop never waits for the disk (atomic writes with fsync).
+    """Serialises and writes checkpoints on its own thread, so the step loop waits neither for ``torch.save`` nor
+    for the disk (atomic writes with fsync).
 
-    ``submit`` (lane thread) queues bytes already serialised; at most ``depth`` wait, after which submit blocks
+    ``submit`` (lane thread) queues a captured TrainState; at most ``depth`` wait, after which submit blocks
     (backpressure rather than unbounded memory). ``flush`` waits until everything queued is on disk; ``close``
     flushes and ends the thread. A failed write is logged and re-raised by the next flush.
     """
@@ -173,7 +177,7 @@ class CheckpointWriter:
     ) -> None:
         self._directory = directory
         self._keep_last = keep_last
-        self._queue: queue.Queue[tuple[int, int, int, bytes, list[object]] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[TrainState, tuple[str, ...]] | None] = queue.Queue(maxsize=depth)
         self._on_written = on_written
         self._error: BaseException | None = None
         self._entries: list[CheckpointInfo] | None = None
@@ -185,10 +189,14 @@ class CheckpointWriter:
     def directory(self) -> Path:
         return self._directory
 
-    def submit(self, state: TrainState, data: bytes) -> None:
-        """Queue a serialised checkpoint of ``state``; blocks only when ``depth`` writes are already waiting."""
-        log = [msgspec.to_builtins(e) for e in state.graft_log]
-        self._queue.put((state.global_step, state.epoch, state.batch_index, data, log))
+    def submit(self, state: TrainState, pending_plans: tuple[str, ...] = ()) -> None:
+        """Queue a checkpoint of ``state`` with the JSON of the plans received but not yet due; lane thread.
+
+        Returns at once unless ``depth`` checkpoints are already waiting. The writer thread reads ``state`` later,
+        so nobody may change it after submitting (a captured TrainState holds private copies; the fast tier shares
+        it read-only).
+        """
+        self._queue.put((state, pending_plans))
 
     def flush(self) -> None:
         """Wait until every submitted checkpoint is written.
@@ -222,7 +230,10 @@ class CheckpointWriter:
             finally:
                 self._queue.task_done()
 
-    def _write(self, step: int, epoch: int, batch_index: int, data: bytes, log: list[object]) -> None:
+    def _write(self, state: TrainState, pending_plans: tuple[str, ...]) -> None:
+        data = encode_state(state, pending_plans)
+        log = [msgspec.to_builtins(e) for e in state.graft_log]
+        step, epoch, batch_index = state.global_step, state.epoch, state.batch_index
         directory = self._directory
         directory.mkdir(parents=True, exist_ok=True)
         if self._entries is None:

@@ -2,15 +2,15 @@
 
 Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> host-to-device
 -> forward -> backward -> finite check -> optimizer step (or skip) -> alpha advance -> statistics -> state packet
-every K steps. Epoch end: validation -> packet -> snapshot and checkpoint (serialised here, written by the
-checkpoint thread) -> verdict (budgets, emergencies) -> the epoch's log line.
+every K steps. Epoch end: validation -> packet -> snapshot (cloned tensors) -> verdict (budgets, emergencies) -> the
+epoch's log line -> the checkpoint, handed to the writer thread (serialised and written there).
 
-Only the Outbox crosses back to the event loop, and it never blocks.
+The hot path reads the device once per step (the finite check) and once per packet; nothing else allocates more
+than a list append. Only the Outbox crosses back to the event loop, and it never blocks.
 """
 
 from __future__ import annotations
 
-# Past 600 lines: the loop's phases share one position and one policy; splitting the epoch end out is the next step.
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +23,16 @@ import torch.nn.functional as F  # the conventional alias
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
-from actors.tolaria.checkpoints import CheckpointWriter, encode_state, load_latest
+from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
+from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
 from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into
-from actors.tolaria.telemetry import IntervalStats, build_packet
+from actors.tolaria.telemetry import IntervalStats, PacketBuilder
+from actors.tolaria.validation import seed_validation
 from esper.nn.data_batches import iter_batches, to_device
 from esper.nn.slots import SlotMode
 from esper.runtime.clock import MonotonicClock
-from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome
+from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
 from schemas.enums import EmergencyLevel
 from schemas.run import TrainingFigures
 
@@ -48,9 +50,9 @@ if TYPE_CHECKING:
     from schemas.state import SystemStatePacket
 
 _log = structlog.get_logger("actors.tolaria")
+_BLENDING = SlotMode.BLENDING
 
 LoopStatus = Literal["completed", "stopped", "halted"]
-_EVAL_BATCH = 1024
 
 
 class Outbox(Protocol):
@@ -139,12 +141,21 @@ class TrainingLoop:
         self._last_checkpoint: str | None = None
         self._epoch_figures: tuple[float, float, float, float] | None = None
         self._hook_ms = 0.0
+        # Measurements for benchmarks and tests (one float per epoch or restore; never read by the loop itself).
         self.hook_ms_history: list[float] = []
+        self.stall_ms_history: list[float] = []
+        self.epoch_train_s_history: list[float] = []
         self.restore_ms_history: list[tuple[str, float]] = []
         self._trainee: Trainee | None = None
         self._applier: BoundaryApplier | None = None
+        self._packets: PacketBuilder | None = None
+        self._finite: FiniteCheck | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled = False
+        # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
+        self._direct_forward = False
+        # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
+        self._move_batches = True
 
     # ------------------------------------------------------------------ public, lane thread
 
@@ -188,8 +199,13 @@ class TrainingLoop:
         trainee = build_trainee(self._config, self._data, self._options.slot_targets, self._options.device)
         self._trainee = trainee
         self._applier = BoundaryApplier(trainee)
+        self._packets = PacketBuilder(trainee)
+        self._finite = FiniteCheck(trainee.device)
         self._forward = trainee.model
         self._compiled = False
+        train = self._data.train
+        self._move_batches = train.x.device != trainee.device or train.y.device != trainee.device
+        self._direct_forward = trainee.autocast_dtype is None and not self._config.compile
         if self._config.compile:
             try:
                 self._forward = torch.compile(trainee.model)
@@ -203,6 +219,7 @@ class TrainingLoop:
         )
         self._forward = self.trainee.model
         self._compiled = False
+        self._direct_forward = self.trainee.autocast_dtype is None
 
     def _restore_at_start(self) -> None:
         """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint."""
@@ -216,14 +233,27 @@ class TrainingLoop:
                 checkpoint = (found, time.perf_counter() - started)
         if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
             self._restore(snapshot, tier="fast")
+            self._announce_restore(snapshot, "fast")
         elif checkpoint is not None:
             (state, pending, info), read_s = checkpoint
             self._restore(state, tier="full", extra_s=read_s)
             self._last_checkpoint = info.file
             self._requeue(pending)
+            self._announce_restore(state, "full")
         else:
             return
         self._resumed_from = self._pos.global_step
+
+    def _announce_restore(self, state: TrainState, tier: str) -> None:
+        # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
+        # TrainingRestored, sends them again): a restored run applies them at the same steps as the first one.
+        saved = state.counters.get("expected_plans")
+        if self._options.expects_plans and isinstance(saved, str):
+            have = {decided for decided, _ in self._inbox.pending()}
+            for decided, effect in msgspec.json.decode(saved, type=list[tuple[int, int]]):
+                if decided not in have and effect >= self._pos.global_step:
+                    self._inbox.expect(decided, effect)
+        self._outbox.event(TrainingRestored(run_id=self._options.run_id, step=self._pos.global_step, tier=tier))
 
     def _restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> None:
         started = time.perf_counter()
@@ -271,6 +301,7 @@ class TrainingLoop:
             **self._policy.counters(),
             "rollbacks": self._rollbacks,
             "last_val_loss": self._last_val_loss,
+            "expected_plans": msgspec.json.encode(self._inbox.pending()).decode(),
         }
 
     def _capture(self, *, keep_modules: bool) -> TrainState:
@@ -309,6 +340,7 @@ class TrainingLoop:
         self._inbox.reset()
         if snapshot is not None:
             self._restore(snapshot, tier="fast", counters=False)
+            self._announce_restore(snapshot, "fast")
         else:
             directory = self._options.checkpoint_dir
             found = load_latest(directory) if directory is not None and directory.is_dir() else None
@@ -316,6 +348,7 @@ class TrainingLoop:
                 _log.error("tolaria_rollback_impossible", reason=reason)
                 return False
             self._restore(found[0], tier="full", counters=False)
+            self._announce_restore(found[0], "full")
         self._rollbacks += 1
         _log.warning("tolaria_rolled_back", reason=reason, step=self._pos.global_step, rollbacks=self._rollbacks)
         return True
@@ -336,6 +369,7 @@ class TrainingLoop:
         while pos.epoch < config.epochs:
             epoch_started = time.perf_counter()
             stats = IntervalStats()
+            # The epoch's loss and hit sums: each interval's folded sums are added in when it ends (device ops).
             epoch_stats = IntervalStats()
             self._missed_this_epoch = 0
             batches: Iterator[tuple[int, TensorPair]] = iter_batches(train, plan, pos.epoch, pos.batch_index)
@@ -349,7 +383,7 @@ class TrainingLoop:
                 if item is None:
                     break
                 index, batch = item
-                action = self._step(batch, t0, stats, epoch_stats)
+                action = self._step(batch, t0, stats)
                 pos.batch_index = index + 1
                 pos.global_step += 1
                 if action is Action.ROLLBACK:
@@ -357,61 +391,65 @@ class TrainingLoop:
                         self._policy.halt_now("rollback impossible after non-finite steps")
                         return "halted", "rollback impossible after non-finite steps"
                     batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
+                    epoch_stats.add_sums(stats)
                     stats = IntervalStats()
                     continue
                 if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
+                    epoch_stats.add_sums(stats)
                     self._send_packet(stats, epoch_progress=pos.batch_index / num_batches)
                     stats = IntervalStats()
+            self.epoch_train_s_history.append(time.perf_counter() - epoch_started)
+            epoch_stats.add_sums(stats)
             outcome = self._end_epoch(epoch_stats, stats, epoch_started, writer)
             if outcome is not None:
                 return outcome
         return "completed", None
 
-    def _step(self, batch: TensorPair, t0: float, stats: IntervalStats, epoch_stats: IntervalStats) -> Action:
-        trainee = self.trainee
+    def _step(self, batch: TensorPair, t0: float, stats: IntervalStats) -> Action:
+        # The hot path: every line here runs once per step against caches the forward and backward just
+        # flushed, so it does only what a step needs (see BENCHMARKS.md, Tolaria).
+        trainee = self._trainee
+        check = self._finite
+        assert trainee is not None
+        assert check is not None
         hook = self._options.batch_hook
         if hook is not None:
             batch = hook(self._attempts, batch)
         self._attempts += 1
         t1 = time.perf_counter()
-        batch = to_device(batch, trainee.device)
+        if hook is not None or self._move_batches:
+            batch = to_device(batch, trainee.device)
         x, y = batch.x, batch.y
         if trainee.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = time.perf_counter()
         optimizer = trainee.optimizer
         optimizer.zero_grad(set_to_none=True)
-        out = self._run_forward(x)
+        out = trainee.model(x) if self._direct_forward else self._run_forward(x)
         loss = F.cross_entropy(out.float(), y)
         t3 = time.perf_counter()
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         t4 = time.perf_counter()
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        total = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else loss.new_zeros(())
-        finite = bool(torch.isfinite(loss.detach() + total))
-        action = Action.CONTINUE
-        if finite:
+        loss = loss.detach()
+        if check(loss, optimizer):
             optimizer.step()
             for slot in trainee.slots.values():
-                if slot.mode is SlotMode.BLENDING:
+                if slot.mode is _BLENDING:
                     slot.advance_alpha()
+            action = Action.CONTINUE
+            # Kept as device tensors; reduced every few steps and read only when a packet is built.
+            stats.add(loss, out.detach(), y, y.shape[0])
         else:
             optimizer.zero_grad(set_to_none=True)
             _log.warning("nonfinite_step_skipped", step=self._pos.global_step)
             action = self._policy.nonfinite_step(self._pos.global_step)
         t5 = time.perf_counter()
-        if finite:
-            correct = (out.detach().argmax(1) == y).sum()
-            size = int(y.shape[0])
-            for s in (stats, epoch_stats):
-                s.add(loss, correct, size)
-        for s in (stats, epoch_stats):
-            s.data_wait_s += t1 - t0
-            s.host_to_device_s += t2 - t1
-            s.forward_s += t3 - t2
-            s.backward_s += t4 - t3
-            s.optimizer_s += t5 - t4
-            s.step_s += t5 - t0
+        stats.data_wait_s += t1 - t0
+        stats.host_to_device_s += t2 - t1
+        stats.forward_s += t3 - t2
+        stats.backward_s += t4 - t3
+        stats.optimizer_s += t5 - t4
+        stats.step_s += t5 - t0
         return action
 
     def _run_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -490,8 +528,9 @@ class TrainingLoop:
         loss_delta: float | None = None,
     ) -> None:
         pos = self._pos
-        packet = build_packet(
-            self.trainee,
+        packets = self._packets
+        assert packets is not None
+        packet = packets.build(
             stats,
             run_id=self._options.run_id,
             epoch=pos.epoch,
@@ -512,33 +551,7 @@ class TrainingLoop:
 
     def evaluate(self, split: TensorPair) -> tuple[float, float]:
         """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split."""
-        n = split.num_samples
-        if n == 0:
-            return float("nan"), 0.0
-        trainee = self.trainee
-        model = trainee.model
-        model.eval()
-        loss_sum = torch.zeros((), device=trainee.device)
-        correct = torch.zeros((), device=trainee.device, dtype=torch.int64)
-        try:
-            with torch.no_grad():
-                for start in range(0, n, _EVAL_BATCH):
-                    x = split.x[start : start + _EVAL_BATCH].to(trainee.device)
-                    y = split.y[start : start + _EVAL_BATCH].to(trainee.device)
-                    if trainee.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    dtype = trainee.autocast_dtype
-                    if dtype is None:
-                        out = model(x)
-                    else:
-                        with torch.autocast(device_type=trainee.device.type, dtype=dtype):
-                            out = model(x)
-                    loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-                    correct += (out.argmax(1) == y).sum()
-        finally:
-            model.train()
-        both = torch.stack((loss_sum.float(), correct.float())).tolist()
-        return both[0] / n, both[1] / n
+        return evaluate(self.trainee, split)
 
     def _end_epoch(
         self,
@@ -547,11 +560,30 @@ class TrainingLoop:
         epoch_started: float,
         writer: CheckpointWriter | None,
     ) -> tuple[LoopStatus, str | None] | None:
+        assert self._data is not None
+        val = self.evaluate(self._data.val) if self._data.val.num_samples else None
+        # The planner's benefit evidence, ahead of the packet of the same step (the outbox keeps the order).
+        report = seed_validation(self.trainee, self._data.val, run_id=self._options.run_id, step=self._pos.global_step)
+        if report is not None:
+            self._outbox.event(report)
+        # The stall: everything the loop does at an epoch end besides the validation any loop would run.
+        started = time.perf_counter()
+        try:
+            return self._close_epoch(epoch_stats, stats, val, (started - epoch_started) * 1e3, writer)
+        finally:
+            self.stall_ms_history.append((time.perf_counter() - started) * 1e3)
+
+    def _close_epoch(
+        self,
+        epoch_stats: IntervalStats,
+        stats: IntervalStats,
+        val: tuple[float, float] | None,
+        epoch_ms: float,
+        writer: CheckpointWriter | None,
+    ) -> tuple[LoopStatus, str | None] | None:
         config = self._config
         pos = self._pos
         assert self._data is not None
-        val = self.evaluate(self._data.val) if self._data.val.num_samples else None
-        epoch_ms = (time.perf_counter() - epoch_started) * 1e3
         hook_started = time.perf_counter()
         finished_epoch = pos.epoch
         loss_delta = None
@@ -563,32 +595,31 @@ class TrainingLoop:
         pos.epoch += 1
         pos.batch_index = 0
         last = pos.epoch >= config.epochs
+        # One capture serves both tiers: its tensors are private copies that nobody changes afterwards, so the
+        # fast tier keeps it and the writer thread serialises it concurrently.
         state = self._capture(keep_modules=True) if self._snapshots.disabled_reason is None else None
         due = writer is not None and not last and config.checkpoint_every_epochs > 0
         due = due and pos.epoch % max(1, config.checkpoint_every_epochs) == 0
-        data: bytes | None = None
-        if due:
-            state = state if state is not None else self._capture(keep_modules=False)
-            data = encode_state(state, self._pending_json())
+        if due and state is None:
+            state = self._capture(keep_modules=False)
+        pending = self._pending_json() if due else ()
         self._hook_ms = (time.perf_counter() - hook_started) * 1e3
         self.hook_ms_history.append(self._hook_ms)
         verdict = self._policy.end_epoch(
             epoch_ms=epoch_ms, hook_ms=self._hook_ms, missed_decisions=self._missed_this_epoch
         )
-        train_loss, train_acc = epoch_stats.means()
-        self._epoch_figures = (train_loss, train_acc, *(val if val is not None else (float("nan"), 0.0)))
-        fields = {
-            "epoch": finished_epoch + 1,
-            "epochs": config.epochs,
-            "step": pos.global_step,
-            "train_loss": round(train_loss, 4),
-            "train_acc": round(train_acc, 4),
-            "val_loss": None if val is None else round(val[0], 4),
-            "val_acc": None if val is None else round(val[1], 4),
-            "epoch_s": round(epoch_ms / 1e3, 3),
-            "hook_ms": round(self._hook_ms, 3),
-            "emergency_level": int(self._policy.level),
-        }
+        train = epoch_stats.means()
+        self._epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
+        fields = epoch_fields(
+            epoch=finished_epoch + 1,
+            epochs=config.epochs,
+            step=pos.global_step,
+            train=train,
+            validation=val,
+            epoch_ms=epoch_ms,
+            hook_ms=self._hook_ms,
+            emergency_level=int(self._policy.level),
+        )
         _log.info("epoch_end", **fields)
         if verdict.failed:
             _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
@@ -602,8 +633,8 @@ class TrainingLoop:
         if state is not None and self._snapshots.disabled_reason is None:
             if not self._snapshots.put(state):
                 _log.warning("snapshot_tier_disabled", reason=self._snapshots.disabled_reason)
-        if writer is not None and data is not None and state is not None:
-            writer.submit(state, data)
+        if writer is not None and due and state is not None:
+            writer.submit(state, pending)
         return None
 
     def _pending_json(self) -> tuple[str, ...]:
@@ -614,7 +645,7 @@ class TrainingLoop:
     def _finish(self, status: LoopStatus, reason: str | None, writer: CheckpointWriter | None) -> TrainingFigures:
         if writer is not None:
             state = self._capture(keep_modules=False)
-            writer.submit(state, encode_state(state, self._pending_json()))
+            writer.submit(state, self._pending_json())
             writer.flush()
             self._last_checkpoint = f"step-{state.global_step}.pt"
         test = None

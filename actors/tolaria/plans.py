@@ -117,6 +117,12 @@ class PlanInbox:
                 self._state.stop_reason = reason
             self._cond.notify_all()
 
+    def clear_stop(self) -> None:
+        """Forget a stop request (a restarted trainer must not inherit the stop that ended its predecessor)."""
+        with self._cond:
+            self._state.stop_requested = False
+            self._state.stop_reason = ""
+
     def statistics(self) -> PlanInboxStatistics:
         """Counters and the current wait; never blocks for longer than a lock hand-off."""
         with self._cond:

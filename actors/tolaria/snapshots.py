@@ -57,18 +57,58 @@ def _clone(value: object) -> object:
     return value
 
 
-def _nbytes(value: object) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(v) for v in value)
-    return 0
+@final
+class _Copier:
+    """Clones nested containers of tensors and counts the tensor bytes it copied, in one pass."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+
+    def tensor(self, value: torch.Tensor) -> torch.Tensor:
+        self.nbytes += value.numel() * value.element_size()
+        return value.detach().clone()
+
+    def tree(self, value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            return self.tensor(value)
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.tree(v) for v in value)
+        return value
 
 
 def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, object]:
     """The optimizer's state keyed by qualified parameter name (not position) plus each group's hyperparameters."""
+    return _optimizer_state_by_name(optimizer, _Copier())
+
+
+def _optimizer_state_by_name(optimizer: torch.optim.Optimizer, copier: _Copier) -> dict[str, object]:
+    if optimizer._optimizer_state_dict_pre_hooks or optimizer._optimizer_state_dict_post_hooks:
+        return _optimizer_state_via_state_dict(optimizer, copier)
+    # Read the groups and per-parameter state directly: what Optimizer.state_dict() would return without hooks (the
+    # same state dicts, keyed here by name), minus its id bookkeeping, which dominated a snapshot's cost.
+    groups: list[dict[str, object]] = []
+    state: dict[str, object] = {}
+    per_param = optimizer.state
+    for group in optimizer.param_groups:
+        names = group.get(PARAM_NAMES_KEY)
+        params = group["params"]
+        if not isinstance(names, list) or len(names) != len(params):
+            raise ValueError("every optimizer group must carry param_names to be checkpointed by name")
+        groups.append({k: copier.tree(v) for k, v in group.items() if k != "params"})
+        for p, name in zip(params, names, strict=True):
+            saved = per_param.get(p)
+            if saved:
+                state[name] = {k: copier.tree(v) for k, v in saved.items()}
+    return {"groups": groups, "state": state}
+
+
+def _optimizer_state_via_state_dict(optimizer: torch.optim.Optimizer, copier: _Copier) -> dict[str, object]:
     raw = optimizer.state_dict()
     names_by_index: dict[int, str] = {}
     groups: list[dict[str, object]] = []
@@ -78,8 +118,8 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, objec
             raise ValueError("every optimizer group must carry param_names to be checkpointed by name")
         for index, name in zip(group["params"], names, strict=True):
             names_by_index[index] = name
-        groups.append({k: _clone(v) for k, v in group.items() if k != "params"})
-    state = {names_by_index[index]: _clone(value) for index, value in raw["state"].items()}
+        groups.append({k: copier.tree(v) for k, v in group.items() if k != "params"})
+    state = {names_by_index[index]: copier.tree(value) for index, value in raw["state"].items()}
     return {"groups": groups, "state": state}
 
 
@@ -176,7 +216,8 @@ def capture(
     attached); ``paused`` re-applies the pause after a restore. ``keep_modules`` deep-copies each seed module so the
     fast tier can rebuild the architecture without the blueprint catalogue.
     """
-    model_state = {k: _clone(v) for k, v in trainee.model.state_dict().items()}
+    copier = _Copier()
+    model_state = {k: copier.tree(v) for k, v in trainee.model.state_dict().items()}
     for name, mode in trainee.paused.items():
         key = f"{slot_path(name)}._extra_state"
         extra = model_state.get(key)
@@ -187,7 +228,7 @@ def capture(
         for slot in trainee.slots.values():
             if slot.seed_module is not None and slot.seed_id is not None:
                 modules[slot.seed_id] = copy.deepcopy(slot.seed_module)
-    optimizer = optimizer_state_by_name(trainee.optimizer)
+    optimizer = _optimizer_state_by_name(trainee.optimizer, copier)
     state = TrainState(
         global_step=global_step,
         epoch=epoch,
@@ -200,7 +241,7 @@ def capture(
         counters=dict(counters),
         seed_modules=modules,
     )
-    state.nbytes = _nbytes(model_state) + _nbytes(optimizer)
+    state.nbytes = copier.nbytes
     return state
 
 

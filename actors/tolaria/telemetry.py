@@ -1,13 +1,13 @@
 """Step statistics over a reporting interval and the SystemStatePacket assembled from them.
 
-Accumulation is cheap per step (a few float adds; the loss and correct counts stay on the device as tensors until
-the packet is built). Gradient norms are read once per packet from the last step's gradients. Lane-thread only.
+Accumulation is cheap per step (list appends and float adds; losses and hits stay on the device until the packet is
+built). Gradient norms are read once per packet from the last step's gradients, in the same device read as the
+interval's loss and accuracy. Lane-thread only.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
 import torch
@@ -29,36 +29,126 @@ _MODE_STAGES: dict[SlotMode, SeedLifecycleStage] = {
 }
 
 
+# Logits larger than this (elements) are reduced to a hit count at once instead of being kept until the next fold.
+_KEEP_LOGITS_MAX = 1 << 16
+# Steps kept before their losses and logits are reduced to two device scalars (bounds the memory held).
+_FOLD_EVERY = 32
+
+
 @final
-@dataclass(slots=True)
 class IntervalStats:
-    """Sums over the steps since the last packet (timings in seconds)."""
+    """Sums over the steps since the last packet (timings in seconds).
 
-    steps: int = 0
-    samples: int = 0
-    loss_sum: torch.Tensor | None = None
-    correct_sum: torch.Tensor | None = None
-    data_wait_s: float = 0.0
-    host_to_device_s: float = 0.0
-    forward_s: float = 0.0
-    backward_s: float = 0.0
-    optimizer_s: float = 0.0
-    step_s: float = 0.0
-    started_s: float = field(default_factory=time.perf_counter)
+    ``add`` costs a few list appends: it keeps the step's detached loss, logits and labels (device tensors), and
+    ``fold`` reduces them to two device scalars with a handful of fused ops every ``_FOLD_EVERY`` steps or when
+    read. Nothing here reads the device except ``means`` and the packet builder (one read each).
+    """
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, batch: int) -> None:
-        """Count one finished step of ``batch`` samples; ``loss`` is its mean loss, ``correct`` its hit count."""
+    __slots__ = (
+        "_correct",
+        "_labels",
+        "_logits",
+        "_losses",
+        "_sizes",
+        "backward_s",
+        "correct_sum",
+        "data_wait_s",
+        "forward_s",
+        "host_to_device_s",
+        "loss_sum",
+        "optimizer_s",
+        "samples",
+        "started_s",
+        "step_s",
+        "steps",
+    )
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.samples = 0
+        self.loss_sum: torch.Tensor | None = None
+        self.correct_sum: torch.Tensor | None = None
+        self.data_wait_s = 0.0
+        self.host_to_device_s = 0.0
+        self.forward_s = 0.0
+        self.backward_s = 0.0
+        self.optimizer_s = 0.0
+        self.step_s = 0.0
+        self.started_s = time.perf_counter()
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._logits: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._correct: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
+        """Count one finished step of ``batch`` samples.
+
+        Args:
+            loss: the step's mean loss (0-d, detached).
+            logits: ``[batch, classes, ...]`` (detached); a hit is ``argmax(1) == labels``.
+            labels: ``[batch, ...]`` class indices.
+            batch: samples in the step.
+        """
         self.steps += 1
         self.samples += batch
-        weighted = loss.detach() * batch
-        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self._losses.append(loss)
+        self._sizes.append(batch)
+        if logits.numel() > _KEEP_LOGITS_MAX:
+            self._correct.append((logits.argmax(1) == labels).sum())
+        else:
+            self._logits.append(logits)
+            self._labels.append(labels)
+        if len(self._losses) >= _FOLD_EVERY:
+            self.fold()
+
+    def add_sums(self, other: IntervalStats) -> None:
+        """Add another interval's folded loss and hit sums into this one (device ops only, no read)."""
+        other.fold()
+        self.steps += other.steps
+        self.samples += other.samples
+        if other.loss_sum is not None:
+            self.loss_sum = other.loss_sum if self.loss_sum is None else self.loss_sum + other.loss_sum
+        if other.correct_sum is not None:
+            self.correct_sum = other.correct_sum if self.correct_sum is None else self.correct_sum + other.correct_sum
+
+    def fold(self) -> None:
+        """Reduce the kept per-step tensors into ``loss_sum`` and ``correct_sum`` (device ops only, no read)."""
+        losses = self._losses
+        if not losses:
+            return
+        sizes = self._sizes
+        if sizes.count(sizes[0]) == len(sizes):
+            loss = torch.stack(losses).sum() * sizes[0]
+        else:  # the epoch's short final batch: weight each step by its own size
+            loss = torch.stack([value * size for value, size in zip(losses, sizes, strict=True)]).sum()
+        hits = list(self._correct)
+        if self._logits:
+            logits = self._logits[0] if len(self._logits) == 1 else torch.cat(self._logits)
+            labels = self._labels[0] if len(self._labels) == 1 else torch.cat(self._labels)
+            hits.append((logits.argmax(1) == labels).sum())
+        correct = hits[0] if len(hits) == 1 else torch.stack(hits).sum()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
+        losses.clear()
+        sizes.clear()
+        self._logits.clear()
+        self._labels.clear()
+        self._correct.clear()
+
+    def sum_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loss sum, hit count) as float32 device scalars after a fold; None for an empty interval."""
+        self.fold()
+        if self.samples == 0 or self.loss_sum is None or self.correct_sum is None:
+            return None
+        return self.loss_sum.float(), self.correct_sum.float()
 
     def means(self) -> tuple[float, float]:
         """(mean loss, accuracy) over the interval; one device read. (nan, 0.0) for an empty interval."""
-        if self.samples == 0 or self.loss_sum is None or self.correct_sum is None:
+        sums = self.sum_tensors()
+        if sums is None:
             return float("nan"), 0.0
-        both = torch.stack((self.loss_sum.float(), self.correct_sum.float())).tolist()
+        both = torch.stack(sums).tolist()
         return both[0] / self.samples, both[1] / self.samples
 
     def timings(self) -> StepTimings:
@@ -81,25 +171,118 @@ def layer_key(name: str, slot_names: tuple[str, ...]) -> str:
     return name.split(".", 1)[0]
 
 
-def gradient_norms(trainee: Trainee) -> tuple[float | None, dict[str, float], dict[str, float]]:
-    """(total, per layer, per seed) L2 norms of the current gradients; one device read for all of them."""
-    slot_names = tuple(trainee.slots)
-    keys: list[tuple[str, str | None]] = []
-    grads: list[torch.Tensor] = []
-    seed_prefixes = {
-        f"{name}.{SLOT_ATTR}.seed.": slot.seed_id
-        for name, slot in trainee.slots.items()
-        if slot.seed_id is not None and slot.mode is not SlotMode.FOSSILIZED
-    }
-    for name, p in trainee.model.named_parameters():
-        if p.grad is None:
-            continue
-        seed = next((sid for prefix, sid in seed_prefixes.items() if name.startswith(prefix)), None)
-        keys.append((layer_key(name, slot_names), seed))
-        grads.append(p.grad)
-    if not grads:
+_Layout = tuple[list[torch.nn.Parameter], list[tuple[str, str | None]], dict[str, int]]
+
+
+@final
+class PacketBuilder:
+    """Assembles the SystemStatePacket of one trainee; lane-thread only.
+
+    What depends only on the architecture (which parameter counts for which layer or seed, seed sizes) is computed
+    once and recomputed when a slot's seed or fossilized state or the optimizer's groups change. A packet reads the
+    device once: every gradient norm and the interval's sums come back in one ``tolist``.
+    """
+
+    def __init__(self, trainee: Trainee) -> None:
+        self._trainee = trainee
+        self._signature: tuple[object, ...] | None = None
+        self._layout: _Layout = ([], [], {})
+
+    def _current_layout(self) -> _Layout:
+        trainee = self._trainee
+        signature = (
+            len(trainee.optimizer.param_groups),
+            *((slot.seed_id, slot.mode is SlotMode.FOSSILIZED) for slot in trainee.slots.values()),
+        )
+        if signature == self._signature:
+            return self._layout
+        slot_names = tuple(trainee.slots)
+        seed_prefixes = {
+            f"{name}.{SLOT_ATTR}.seed.": slot.seed_id
+            for name, slot in trainee.slots.items()
+            if slot.seed_id is not None and slot.mode is not SlotMode.FOSSILIZED
+        }
+        params: list[torch.nn.Parameter] = []
+        keys: list[tuple[str, str | None]] = []
+        for name, p in trainee.model.named_parameters():
+            seed = next((sid for prefix, sid in seed_prefixes.items() if name.startswith(prefix)), None)
+            params.append(p)
+            keys.append((layer_key(name, slot_names), seed))
+        self._layout = (params, keys, trainee.seed_parameters())
+        self._signature = signature
+        return self._layout
+
+    def build(
+        self,
+        stats: IntervalStats,
+        *,
+        run_id: str,
+        epoch: int,
+        epochs_total: int,
+        global_step: int,
+        epoch_progress: float,
+        hook_latency_ms: float,
+        emergency_level: EmergencyLevel,
+        validation: tuple[float, float] | None = None,
+        loss_delta: float | None = None,
+    ) -> SystemStatePacket:
+        """The state packet of ``global_step`` from the interval's statistics and the model's current gradients."""
+        trainee = self._trainee
+        params, all_keys, seed_sizes = self._current_layout()
+        keys: list[tuple[str, str | None]] = []
+        grads: list[torch.Tensor] = []
+        for p, key in zip(params, all_keys, strict=True):
+            grad = p.grad
+            if grad is not None:
+                grads.append(grad)
+                keys.append(key)
+        parts: list[torch.Tensor] = list(torch._foreach_norm(grads)) if grads else []
+        sums = stats.sum_tensors()
+        if sums is not None:
+            parts.extend(sums)
+        values = torch.stack(parts).tolist() if parts else []
+        if sums is not None:
+            loss, accuracy = values[-2] / stats.samples, values[-1] / stats.samples
+        else:
+            loss, accuracy = float("nan"), 0.0
+        total, layers, seeds = _combine(keys, values[: len(keys)])
+        lrs = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(trainee.optimizer.param_groups)}
+        elapsed = max(1e-9, time.perf_counter() - stats.started_s)
+        memory, peak = gpu_memory(trainee.device)
+        return SystemStatePacket(
+            run_id=run_id,
+            epoch=epoch,
+            epochs_total=epochs_total,
+            global_step=global_step,
+            epoch_progress=min(1.0, max(0.0, epoch_progress)),
+            issued_at=time.time(),
+            training_loss=loss,
+            training_accuracy=min(1.0, max(0.0, accuracy)),
+            timings=stats.timings(),
+            host_parameters=trainee.host_parameters,
+            seed_parameters=sum(seed_sizes.values()),
+            samples_per_s=stats.samples / elapsed,
+            hook_latency_ms=max(0.0, hook_latency_ms),
+            validation_loss=None if validation is None else validation[0],
+            validation_accuracy=None if validation is None else min(1.0, max(0.0, validation[1])),
+            loss_delta=loss_delta,
+            gradient_norm=total,
+            layer_gradient_norms=layers,
+            seed_gradient_norms=seeds,
+            seed_states=seed_states(trainee, seeds, lrs, seed_sizes),
+            emergency_level=emergency_level,
+            learning_rate=lrs.get("host"),
+            gpu_memory_bytes=memory,
+            gpu_memory_peak_bytes=peak,
+        )
+
+
+def _combine(
+    keys: list[tuple[str, str | None]], norms: list[float]
+) -> tuple[float | None, dict[str, float], dict[str, float]]:
+    """(total, per layer, per seed) L2 norms from per-parameter norms."""
+    if not keys:
         return None, {}, {}
-    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)]).tolist()
     layer_sq: dict[str, float] = {}
     seed_sq: dict[str, float] = {}
     total = 0.0
@@ -113,10 +296,14 @@ def gradient_norms(trainee: Trainee) -> tuple[float | None, dict[str, float], di
     return total**0.5, {k: v**0.5 for k, v in layer_sq.items()}, {k: v**0.5 for k, v in seed_sq.items()}
 
 
-def seed_states(trainee: Trainee, seed_norms: dict[str, float], lrs: dict[str, float]) -> tuple[SeedState, ...]:
-    """Each slot as Tolaria sees it (the stage is the slot's mode; Kasmina owns the finer lifecycle)."""
+def seed_states(
+    trainee: Trainee, seed_norms: dict[str, float], lrs: dict[str, float], params: dict[str, int]
+) -> tuple[SeedState, ...]:
+    """Each slot as Tolaria sees it (the stage is the slot's mode; Kasmina owns the finer lifecycle).
+
+    ``params`` is the parameter count of each attached seed, by seed id.
+    """
     states: list[SeedState] = []
-    params = trainee.seed_parameters()
     for depth, (name, slot) in enumerate(trainee.slots.items()):
         paused = name in trainee.paused
         mode = SlotMode(trainee.paused[name]) if paused else slot.mode
@@ -145,52 +332,3 @@ def gpu_memory(device: torch.device) -> tuple[int | None, int | None]:
     if device.type != "cuda":
         return None, None
     return int(torch.cuda.memory_allocated(device)), int(torch.cuda.max_memory_allocated(device))
-
-
-def build_packet(
-    trainee: Trainee,
-    stats: IntervalStats,
-    *,
-    run_id: str,
-    epoch: int,
-    epochs_total: int,
-    global_step: int,
-    epoch_progress: float,
-    hook_latency_ms: float,
-    emergency_level: EmergencyLevel,
-    validation: tuple[float, float] | None = None,
-    loss_delta: float | None = None,
-) -> SystemStatePacket:
-    """The state packet of ``global_step`` from the interval's statistics and the model's current gradients."""
-    loss, accuracy = stats.means()
-    total, layers, seeds = gradient_norms(trainee)
-    lrs = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(trainee.optimizer.param_groups)}
-    elapsed = max(1e-9, time.perf_counter() - stats.started_s)
-    seed_params = sum(trainee.seed_parameters().values())
-    memory, peak = gpu_memory(trainee.device)
-    return SystemStatePacket(
-        run_id=run_id,
-        epoch=epoch,
-        epochs_total=epochs_total,
-        global_step=global_step,
-        epoch_progress=min(1.0, max(0.0, epoch_progress)),
-        issued_at=time.time(),
-        training_loss=loss,
-        training_accuracy=min(1.0, max(0.0, accuracy)),
-        timings=stats.timings(),
-        host_parameters=trainee.host_parameters,
-        seed_parameters=seed_params,
-        samples_per_s=stats.samples / elapsed,
-        hook_latency_ms=max(0.0, hook_latency_ms),
-        validation_loss=None if validation is None else validation[0],
-        validation_accuracy=None if validation is None else min(1.0, max(0.0, validation[1])),
-        loss_delta=loss_delta,
-        gradient_norm=total,
-        layer_gradient_norms=layers,
-        seed_gradient_norms=seeds,
-        seed_states=seed_states(trainee, seeds, lrs),
-        emergency_level=emergency_level,
-        learning_rate=lrs.get("host"),
-        gpu_memory_bytes=memory,
-        gpu_memory_peak_bytes=peak,
-    )

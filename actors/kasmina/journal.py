@@ -1,0 +1,157 @@
+"""Kasmina's boundary journal: every planner input in order, so the lifecycle can be rebuilt as of any boundary.
+
+The planner is deterministic in its inputs (see planner.py), so replaying the journal's boundaries (each packet with
+the command and the verifier's verdict it was planned with, and which preparations failed) together with the
+receipts and validation reports rebuilds the exact lifecycle, evidence windows and seed bookkeeping. That is how a
+restarted Kasmina, a Tolaria rollback and ``--resume`` get the seeds' state back: Tolaria's TrainingRestored names
+the step, the journal is cut there and replayed.
+
+The journal lives in memory and, when given a path, in a JSON-lines file beside the checkpoints (appended as it
+grows, rewritten when cut). File access blocks: call ``load``, ``write_pending`` and ``rewrite`` on a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import msgspec
+
+from esper.runtime.atomic_write import atomic_write_bytes
+from schemas.base import Message
+from schemas.boundary import BoundaryApplied
+from schemas.control import AdaptationCommand
+from schemas.domain_enums import CommandRejectReason
+from schemas.kasmina import SeedValidationReport
+from schemas.state import SystemStatePacket
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+JOURNAL_FILENAME = "kasmina_journal.jsonl"
+
+
+class JournalBoundary(Message, frozen=True):
+    """One planned boundary: its packet, the command and verdict it was planned with, the failed preparations."""
+
+    packet: SystemStatePacket
+    command: AdaptationCommand | None = None
+    security: CommandRejectReason | None = None
+    failed: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class JournalReceipt(Message, frozen=True):
+    """A receipt from Tolaria, as it arrived."""
+
+    receipt: BoundaryApplied
+
+
+class JournalValidation(Message, frozen=True):
+    """A validation report from Tolaria, as it arrived."""
+
+    report: SeedValidationReport
+
+
+JournalEntry = JournalBoundary | JournalReceipt | JournalValidation
+
+_decoder = msgspec.json.Decoder(JournalEntry)
+_encoder = msgspec.json.Encoder()
+
+
+def _step(entry: JournalEntry) -> int:
+    match entry:
+        case JournalBoundary():
+            return entry.packet.global_step
+        case JournalReceipt():
+            return entry.receipt.applied_step
+        case JournalValidation():
+            return entry.report.step
+
+
+@final
+class BoundaryJournal:
+    """The entries in arrival order, plus the lines not yet written to the file. Event loop for everything but the
+    file methods, which block (a worker thread); one writer at a time (the Kasmina actor)."""
+
+    def __init__(self, path: Path | None = None, *, fresh: bool = True) -> None:
+        """``fresh``: the file belongs to a new run, so ``load`` empties it instead of reading it."""
+        self._path = path
+        self._fresh = fresh
+        self._entries: list[JournalEntry] = []
+        self._unwritten: list[bytes] = []
+        self._loaded = path is None
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> tuple[JournalEntry, ...]:
+        return tuple(self._entries)
+
+    def append(self, entry: JournalEntry) -> None:
+        self._entries.append(entry)
+        if self._path is not None:
+            self._unwritten.append(_encoder.encode(entry) + b"\n")
+
+    def cut(self, step: int) -> int:
+        """Drop every entry describing a step after ``step`` (a boundary, a receipt's applied step, a report's
+        step); returns how many were dropped. The file is stale until ``rewrite``."""
+        kept = [entry for entry in self._entries if _step(entry) <= step]
+        dropped = len(self._entries) - len(kept)
+        self._entries = kept
+        self._unwritten.clear()
+        return dropped
+
+    def load(self) -> None:
+        """Read the file (once; a fresh journal empties it instead), keeping every whole line; a torn last line
+        (a crash mid-write) is dropped.
+
+        Blocking. Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
+        """
+        if self._loaded:
+            return
+        self._loaded = True
+        path = self._path
+        assert path is not None
+        if self._fresh:
+            if path.exists():
+                path.write_bytes(b"")
+            return
+        if not path.exists():
+            return
+        lines = path.read_bytes().split(b"\n")
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                self._entries.append(_decoder.decode(line))
+            except msgspec.DecodeError:
+                if index == len(lines) - 1:
+                    break
+                raise
+
+    def write_pending(self) -> None:
+        """Append the unwritten lines to the file. Blocking."""
+        if self._path is None or not self._unwritten:
+            return
+        data = b"".join(self._unwritten)
+        self._unwritten.clear()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.open("ab") as file:
+            # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
+            # then plans again (the torn line is dropped on load).
+            file.write(data)
+
+    def rewrite(self) -> None:
+        """Replace the file with the current entries (after ``cut``), atomically. Blocking."""
+        if self._path is None:
+            return
+        self._unwritten.clear()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._path, b"".join(_encoder.encode(e) + b"\n" for e in self._entries))

@@ -1,0 +1,111 @@
+"""The work the step loop does between two epochs: validation, the finite check it shares with every step, and
+the epoch's log record. Lane-thread only.
+
+What blocks the loop at an epoch end (the stall the benchmark reports) is kept to O(model size) copies: the packet
+reads the device once, the snapshot clones tensors, and the checkpoint is serialised and written on the writer
+thread (``CheckpointWriter``), never here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+import torch
+import torch.nn.functional as F  # the conventional alias
+
+if TYPE_CHECKING:
+    from actors.tolaria.build import Trainee
+    from esper.nn.data import TensorPair
+
+_EVAL_BATCH = 1024
+
+
+def evaluate(trainee: Trainee, split: TensorPair) -> tuple[float, float]:
+    """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split.
+
+    One device read for the whole split. The model is back in train mode afterwards, even if this raises.
+    """
+    n = split.num_samples
+    if n == 0:
+        return float("nan"), 0.0
+    model = trainee.model
+    model.eval()
+    loss_sum = torch.zeros((), device=trainee.device)
+    correct = torch.zeros((), device=trainee.device, dtype=torch.int64)
+    try:
+        with torch.no_grad():
+            for start in range(0, n, _EVAL_BATCH):
+                x = split.x[start : start + _EVAL_BATCH].to(trainee.device)
+                y = split.y[start : start + _EVAL_BATCH].to(trainee.device)
+                if trainee.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                dtype = trainee.autocast_dtype
+                if dtype is None:
+                    out = model(x)
+                else:
+                    with torch.autocast(device_type=trainee.device.type, dtype=dtype):
+                        out = model(x)
+                loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+                correct += (out.argmax(1) == y).sum()
+    finally:
+        model.train()
+    both = torch.stack((loss_sum.float(), correct.float())).tolist()
+    return both[0] / n, both[1] / n
+
+
+@final
+class FiniteCheck:
+    """Whether a step's loss and every gradient are finite: one fused kernel and one device read per step.
+
+    Uses the kernel GradScaler uses (``_amp_foreach_non_finite_check_and_unscale_``) with a scale of exactly 1.0,
+    which leaves every value bitwise unchanged; where that kernel is unavailable (a device or dtype it does not
+    support), it falls back to a foreach norm of the gradients. The read is a host sync on CUDA: skipping a
+    non-finite step needs the answer before ``optimizer.step()``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._found = torch.zeros(1, device=device)
+        self._one = torch.ones(1, device=device)
+        self._fused = True
+
+    def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+        """True when ``loss`` (0-d, detached) and every gradient of ``optimizer``'s parameters are finite."""
+        tensors = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        tensors.append(loss)
+        if self._fused:
+            found = self._found
+            found.zero_()
+            try:
+                torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._one)
+            except (RuntimeError, NotImplementedError):
+                self._fused = False
+            else:
+                return bool(found.item() == 0.0)
+        total = torch.nn.utils.get_total_norm(tensors, foreach=True)
+        return bool(torch.isfinite(total))
+
+
+def epoch_fields(
+    *,
+    epoch: int,
+    epochs: int,
+    step: int,
+    train: tuple[float, float],
+    validation: tuple[float, float] | None,
+    epoch_ms: float,
+    hook_ms: float,
+    emergency_level: int,
+) -> dict[str, object]:
+    """The ``epoch_end`` log record (``epoch`` counts from 1)."""
+    return {
+        "epoch": epoch,
+        "epochs": epochs,
+        "step": step,
+        "train_loss": round(train[0], 4),
+        "train_acc": round(train[1], 4),
+        "val_loss": None if validation is None else round(validation[0], 4),
+        "val_acc": None if validation is None else round(validation[1], 4),
+        "epoch_s": round(epoch_ms / 1e3, 3),
+        "hook_ms": round(hook_ms, 3),
+        "emergency_level": emergency_level,
+    }

@@ -1,0 +1,75 @@
+"""Counterfactual seed validation at an epoch end: the validation loss per batch with each judged seed and without it.
+
+Kasmina's G4 gate and Tamiyo's contribution figures read this evidence: a seed's benefit on a batch is the loss with
+its slot on the identity path minus the loss with the seed (positive when the seed helps). Lane thread only; eval
+mode and no_grad, so neither the weights, the BatchNorm statistics nor any RNG change, and the step-boundary timing
+stays deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F  # the conventional alias
+
+from esper.nn.slots import SlotMode
+from schemas.kasmina import SeedValidation, SeedValidationReport
+
+if TYPE_CHECKING:
+    from actors.tolaria.build import Trainee
+    from esper.nn.data import TensorPair
+
+VALIDATION_BATCHES = 16
+"""How many batches the validation split is cut into: each is one sample of a seed's contribution."""
+
+_JUDGED = (SlotMode.BLENDING, SlotMode.FULL)
+
+
+def seed_validation(
+    trainee: Trainee, split: TensorPair, *, run_id: str, step: int, batches: int = VALIDATION_BATCHES
+) -> SeedValidationReport | None:
+    """Per-batch validation losses of every blending or full seed, with it and with its slot on the identity path.
+
+    Returns None when no seed is being judged or the split is empty. Blocking: the train lane, between steps.
+    """
+    judged = [(name, slot) for name, slot in trainee.slots.items() if slot.seed_id is not None and slot.mode in _JUDGED]
+    n = split.num_samples
+    if not judged or n == 0:
+        return None
+    size = max(1, -(-n // max(1, batches)))
+    model = trainee.model
+    with_seed: list[torch.Tensor] = []
+    without: dict[str, list[torch.Tensor]] = {name: [] for name, _ in judged}
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, n, size):
+                x = split.x[start : start + size].to(trainee.device)
+                y = split.y[start : start + size].to(trainee.device)
+                with_seed.append(F.cross_entropy(model(x).float(), y))
+                for name, slot in judged:
+                    mode = slot.mode
+                    slot.mode = SlotMode.DORMANT  # the identity path for this forward only; restored below
+                    try:
+                        without[name].append(F.cross_entropy(model(x).float(), y))
+                    finally:
+                        slot.mode = mode
+    finally:
+        model.train()
+    # One device read for every figure.
+    values = torch.stack([*with_seed, *(t for name, _ in judged for t in without[name])]).tolist()
+    count = len(with_seed)
+    losses_with = tuple(values[:count])
+    seeds = []
+    for index, (_name, slot) in enumerate(judged):
+        offset = count * (index + 1)
+        assert slot.seed_id is not None
+        seeds.append(
+            SeedValidation(
+                seed_id=slot.seed_id,
+                loss_without_seed=tuple(values[offset : offset + count]),
+                loss_with_seed=losses_with,
+            )
+        )
+    return SeedValidationReport(run_id=run_id, step=step, seeds=tuple(seeds))

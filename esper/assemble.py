@@ -1,0 +1,319 @@
+"""Building a run's subsystems from its config: data and slot probe, Urza's store, Karn's candidates, the child specs.
+
+Only esper.run calls ``assemble``; the routes between the actors are in esper.wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+import anyio
+import msgspec
+import structlog
+
+from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
+from actors.kasmina.actor import KasminaActor
+from actors.kasmina.spec import kasmina_spec
+from actors.nissa.actor import Nissa
+from actors.nissa.spec import nissa_spec, nissa_tick_spec
+from actors.tamiyo.actor import TamiyoActor, TamiyoState
+from actors.tamiyo.heuristic import HeuristicConfig
+from actors.tamiyo.policy import BlueprintCandidate
+from actors.tamiyo.spec import tamiyo_spec
+from actors.tezzeret.spec import tezzeret_spec
+from actors.tolaria.actor import TolariaWiring, new_cell
+from actors.tolaria.build import build_trainee, load_data
+from actors.urza.publish import UrzaArtifactSink
+from actors.urza.seed_source import UrzaSeedSource
+from actors.urza.spec import urza_spec
+from actors.urza.store import UrzaStore
+from esper.nn.blueprints import build_blueprint, default_catalogue
+from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.clock import WallClock
+from esper.runtime.errors import EsperError
+from esper.runtime.handoff import Handoff
+from esper.session import FanoutSink
+from esper.wiring import NissaForward, Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
+from schemas.control import BlendConfig
+from schemas.domain_enums import BlendMode
+from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
+from schemas.nissa import EvaluateAlerts
+from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from torch import nn
+
+    from actors.tolaria.actor import TolariaCell
+    from esper.nn.blueprints import Catalogue, SlotShape
+    from esper.nn.data import DataSplits
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
+    from esper.runtime.lanes import Lanes
+    from esper.runtime.supervisor import ChildSpec
+    from esper.runtime.system import ActorSystem
+    from schemas.boundary import Decision
+    from schemas.config import RunConfig
+    from schemas.kernels import SlotKind
+    from schemas.state import SystemStatePacket
+
+_log = structlog.get_logger("esper.assemble")
+
+TAMIYO_STATE_FILE = "tamiyo_state.json"
+"""Tamiyo's exported state at the last stop, beside the checkpoints; ``--resume`` starts Tamiyo from it."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What the run learns once at start: the data, the host's slots and its parameter count."""
+
+    data: DataSplits
+    slots: dict[str, SlotShape]
+    host_parameters: int
+
+
+def probe(config: RunConfig, device: torch.device) -> Probe:
+    """Load the data and build the host once to read its slot shapes (the step loop reuses the data). Blocking."""
+    data = load_data(config.tolaria)
+    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
+    return Probe(data=data, slots=dict(trainee.slot_shapes), host_parameters=trainee.host_parameters)
+
+
+def candidates(
+    catalogue: Catalogue, karn: KarnCatalogue, policy: TierPolicy, slots: dict[str, SlotShape]
+) -> tuple[BlueprintCandidate, ...]:
+    """Karn's blueprints offered for the run's slot kinds, sized for the first slot of each kind. Blocking (builds)."""
+    first: dict[SlotKind, SlotShape] = {}
+    for shape in slots.values():
+        first.setdefault(shape.kind, shape)
+    out: dict[str, BlueprintCandidate] = {}
+    for kind, shape in first.items():
+        for descriptor in karn.offered(kind, policy):
+            if descriptor.blueprint_id in out:
+                continue
+            module: nn.Module = build_blueprint(catalogue.get(descriptor.blueprint_id), shape, {}, fill_defaults=True)
+            out[descriptor.blueprint_id] = BlueprintCandidate(
+                blueprint_id=descriptor.blueprint_id,
+                cost_tier=descriptor.cost_tier,
+                risk=descriptor.risk,
+                parameter_count=sum(p.numel() for p in module.parameters()),
+                tier=descriptor.tier,
+                quarantine_only=descriptor.quarantine_only,
+            )
+    return tuple(out.values())
+
+
+@final
+class StoreCloser:
+    """Closes Urza's store after the tree has stopped (a session resource)."""
+
+    def __init__(self, store: UrzaStore) -> None:
+        self._store = store
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._store.close)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """A run's parts, ready for the tree: the subsystem specs in start order and Tolaria's wiring."""
+
+    subsystems: tuple[ChildSpec, ...]
+    tolaria: TolariaWiring
+    cell: TolariaCell
+    tally: RunTally
+    routes: Routes
+    store: UrzaStore
+    host_parameters: int
+
+
+def _load_tamiyo_state(path: Path) -> TamiyoState | None:
+    if not path.exists():
+        return None
+    return msgspec.json.decode(path.read_bytes(), type=TamiyoState)
+
+
+async def assemble(
+    config: RunConfig,
+    *,
+    run_id: str,
+    run_dir: Path,
+    resume: bool,
+    secret: bytes,
+    lanes: Lanes,
+    clock: Clock,
+    sink: EventSink,
+    actors: ActorSystem,
+    tally: RunTally,
+    taps: tuple[Callable[[SystemStatePacket], None], ...] = (),
+    hooks: RunHooks | None = None,
+) -> Assembly:
+    """Build every subsystem of a run (blocking parts on worker threads) and the routes between them.
+
+    ``sink`` is the run's sink (events.jsonl, the session's events, the tally); Nissa gets the events it consumes.
+    ``taps`` see every packet first (the console).
+
+    Raises:
+        ConfigError: from building the host (the tolaria section names something unusable).
+        OSError / sqlite3.Error: Urza's store cannot be opened.
+    """
+    hooks = hooks or RunHooks()
+    loop = asyncio.get_running_loop()
+    checkpoints = run_dir / "checkpoints"
+    found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
+    store = await anyio.to_thread.run_sync(UrzaStore, Path(config.urza.root))
+    catalogue = default_catalogue()
+    standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
+    karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
+    offered = await anyio.to_thread.run_sync(
+        candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
+    )
+    urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
+    routes = Routes(actors, sink)
+    nissa_sink = FanoutSink(sink, NissaForward(routes, actors))
+    source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
+    seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source  # type: ignore[arg-type]
+    state = await anyio.to_thread.run_sync(_load_tamiyo_state, checkpoints / TAMIYO_STATE_FILE) if resume else None
+    kasmina = config.kasmina
+    heuristic = HeuristicConfig.from_config(
+        config.tamiyo, max_live_seeds=kasmina.max_active_seeds, probation_epochs=kasmina.probation_epochs
+    )
+    heuristic = msgspec.structs.replace(
+        heuristic,
+        # Karn's blueprints are zero at birth and meant to add to the host's activation: a residual blend keeps the
+        # host's function while alpha ramps (a convex one would replace it with a near-zero signal).
+        blend=BlendConfig(
+            mode=BlendMode.RESIDUAL, ramp_steps=kasmina.blend_ramp_steps, temperature=kasmina.blend_temperature
+        ),
+    )
+    deadline_s = config.weatherlight.shutdown_deadline_s
+    capacity = config.weatherlight.mailbox_capacity
+    handoff: Handoff[nn.Module] = Handoff()
+    # Commands carry wall-clock issue times (Tamiyo's WallClock): Kasmina's verifier must read the same clock.
+    wall = WallClock()
+    decisions = _DecisionTap(routes, tally)
+
+    def persist_tamiyo(exported: TamiyoState) -> None:
+        # At a stop only (a few KB): written here so the state and the checkpoint Tolaria just wrote go together.
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(checkpoints / TAMIYO_STATE_FILE, msgspec.json.encode(exported))
+
+    async def tick() -> None:
+        await routes._ref("nissa", Nissa).tell(EvaluateAlerts())
+
+    unique_shapes = list({(s.kind, s.features, str(s.dtype)): s for s in found.slots.values()}.values())
+    subsystems = (
+        urza_spec(
+            store=store, catalogue=catalogue, io_lane=lanes.io, clock=clock, sink=sink, config=config.urza,
+            shutdown_deadline_s=deadline_s, mailbox_capacity=capacity,
+        ),
+        nissa_spec(config.nissa, run_dir, clock=clock, sink=sink, shutdown_deadline_s=deadline_s),
+        nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
+        tezzeret_spec(
+            catalogue=catalogue, slots=unique_shapes, artifacts=UrzaArtifactSink(store), io_lane=lanes.io,
+            clock=clock, sink=sink, config=config.tezzeret, seed=config.tolaria.seed, shutdown_deadline_s=deadline_s,
+        ),
+        kasmina_spec(
+            run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
+            io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
+            config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
+            source=seed_source, journal_dir=checkpoints, resume=resume, observer=routes.observed,
+            mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
+        ),
+        tamiyo_spec(
+            run_id=run_id, config=config.tamiyo, security=config.security, simic=config.simic, signing_key=secret,
+            key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
+            wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
+            on_state=persist_tamiyo, mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
+        ),
+    )  # fmt: skip
+    subscribers = (
+        *taps,
+        tally.on_packet,
+        routes.packet_to_kasmina,
+        routes.packet_to_nissa,
+    )
+    if hooks.crash_tamiyo_at_step is not None:
+        subscribers = (*subscribers, _CrashTamiyo(routes, hooks.crash_tamiyo_at_step).on_packet)
+    cell = new_cell(config.tolaria)
+    wiring = TolariaWiring(
+        run_id=run_id,
+        run_dir=run_dir,
+        lane=lanes.train,
+        cell=cell,
+        sink=nissa_sink,
+        handoff=handoff,
+        subscribers=subscribers,
+        expects_plans=True,
+        on_applied=routes.applied,
+        to_planner=routes.to_planner,
+        resume=resume,
+        slot_targets=kasmina.slot_targets,
+        data=found.data,
+    )
+    _log.info(
+        "run_assembled",
+        slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
+        host_parameters=found.host_parameters,
+        blueprints=[c.blueprint_id for c in offered],
+        tamiyo_state="resumed" if state is not None else "fresh",
+    )
+    return Assembly(
+        subsystems=subsystems,
+        tolaria=wiring,
+        cell=cell,
+        tally=tally,
+        routes=routes,
+        store=store,
+        host_parameters=found.host_parameters,
+    )
+
+
+async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
+    """Let Tamiyo and then Kasmina handle everything queued (an ask after the tells is a barrier), so their state at
+    the stop matches the checkpoint Tolaria just wrote. Bounded by ``deadline_s``; an actor already gone is skipped."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            await actors.ref("tamiyo", TamiyoActor).ask(GetTamiyoStatistics(request_id="drain"), TamiyoStatistics)
+            await actors.ref("kasmina", KasminaActor).ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
+    except (EsperError, ValueError, TimeoutError) as err:
+        _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
+
+
+@final
+class _DecisionTap:
+    """Tamiyo's outlet: counts each decision's latency, then hands it to Kasmina."""
+
+    def __init__(self, routes: Routes, tally: RunTally) -> None:
+        self._routes = routes
+        self._tally = tally
+
+    async def send(self, decision: Decision) -> None:
+        self._tally.on_decision(decision)
+        await self._routes.decision(decision)
+
+
+@final
+class _CrashTamiyo:
+    """Test hook: tells Tamiyo one packet of another run once the run passes ``step`` (Tamiyo crashes on it)."""
+
+    def __init__(self, routes: Routes, step: int) -> None:
+        self._routes = routes
+        self._step = step
+        self._done = False
+
+    def on_packet(self, packet: SystemStatePacket) -> None:
+        if self._done or packet.global_step < self._step:
+            return
+        self._done = True
+        _log.warning("fault_injected", actor="tamiyo", step=packet.global_step)
+        with contextlib.suppress(EsperError):
+            self._routes.tamiyo_ref().tell_nowait(msgspec.structs.replace(packet, run_id="fault-injection"))

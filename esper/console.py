@@ -1,0 +1,95 @@
+"""The run as a person watches it on a terminal: a progress bar per epoch and one line per seed lifecycle event.
+
+Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
+the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts). Writes
+to a text stream and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only
+the finished bar of each epoch is written.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TextIO, final
+
+from schemas.enums import SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
+from schemas.runtime import ChildRestarted, EmergencySignal
+
+if TYPE_CHECKING:
+    from schemas.base import Message, Record
+    from schemas.state import SystemStatePacket
+
+BAR_WIDTH = 24
+
+_SHOWN = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+        SeedLifecycleStage.FOSSILIZED,
+        SeedLifecycleStage.CULLED,
+    }
+)
+"""Transitions of a seed's life; the slot's clean-up after a cull (embargo, reset) is not shown."""
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """``[#####-----]`` for a fraction in [0, 1] (clamped)."""
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def stage_line(event: SeedStageChanged) -> str:
+    """One line for a lifecycle change: step, stage, seed, slot, blueprint and the reason."""
+    stage = event.to_stage.name.lower()
+    seed = event.seed_id or "-"
+    blueprint = event.blueprint_id or "-"
+    reason = f" ({event.reason})" if event.reason else ""
+    return f"  step {event.step:>6}  {stage:<12} seed {seed} in slot {event.slot}, blueprint {blueprint}{reason}"
+
+
+@final
+class Console:
+    """Progress and lifecycle lines on ``stream``; see the module docstring. Event loop only."""
+
+    def __init__(self, stream: TextIO, *, epochs: int, interactive: bool | None = None) -> None:
+        self._stream = stream
+        self._epochs = epochs
+        self._interactive = stream.isatty() if interactive is None else interactive
+        self._drawn = False
+
+    def on_packet(self, packet: SystemStatePacket) -> None:
+        epoch = packet.epoch + 1
+        loss = f"loss {packet.training_loss:.4f}"
+        if packet.epoch_progress < 1.0:
+            if self._interactive:
+                bar = progress_bar(packet.epoch_progress)
+                self._stream.write(f"\repoch {epoch:>3}/{self._epochs} {bar} {loss}")
+                self._stream.flush()
+                self._drawn = True
+            return
+        figures = [loss]
+        if packet.validation_loss is not None:
+            figures.append(f"val loss {packet.validation_loss:.4f}")
+        if packet.validation_accuracy is not None:
+            figures.append(f"val acc {packet.validation_accuracy:.4f}")
+        figures.append(f"params +{packet.seed_parameters}")
+        self._line(f"epoch {epoch:>3}/{self._epochs} {progress_bar(1.0)} " + "  ".join(figures))
+
+    def emit(self, event: Message | Record) -> None:
+        match event:
+            case SeedStageChanged(to_stage=stage, seed_id=str()) if stage in _SHOWN:
+                self._line(stage_line(event))
+            case EmergencySignal(level=level, reason=reason):
+                self._line(f"  emergency {level.name}: {reason}")
+            case ChildRestarted(child=child):
+                self._line(f"  restarted {child}")
+            case _:
+                pass
+
+    def _line(self, text: str) -> None:
+        prefix = "\r\x1b[2K" if self._interactive and self._drawn else ""
+        self._drawn = False
+        self._stream.write(f"{prefix}{text}\n")
+        self._stream.flush()

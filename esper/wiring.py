@@ -1,0 +1,272 @@
+"""The composition root's glue: the run's subsystems as child specs, and the routes between them.
+
+Only esper.run imports this module. The step pipeline, per state packet of step s (schemas/boundary.py): Tolaria's
+packet goes to Kasmina and Nissa; Kasmina shows it to Tamiyo with its own view of the seeds (stages, gate results)
+once every earlier packet is planned; Tamiyo's Decision goes to Kasmina; Kasmina's BoundaryPlan to tolaria/control;
+Tolaria's BoundaryApplied back to Kasmina and Nissa; validation reports and restores from Tolaria to Kasmina.
+Kasmina's SeedStageChanged events go to the run's sink (events.jsonl) and to Nissa. Refs are resolved when a message
+is sent (the tree starts after the specs are built, and a restarted actor keeps its mailbox).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar, final
+
+import structlog
+
+from actors.kasmina.actor import KasminaActor
+from actors.nissa.actor import Nissa
+from actors.tamiyo.actor import TamiyoActor
+from actors.tolaria.actor import TolariaControl
+from actors.urza.artifact import ArtifactNotFound
+from esper.nn.blueprints import build_blueprint
+from esper.runtime.errors import ActorStopped, MailboxFull
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
+from schemas.run import GrowthFigures
+from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
+from schemas.telemetry import TelemetryEvent, TelemetryPacket
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Mapping
+
+    from torch import nn
+
+    from actors.urza.seed_source import UrzaSeedSource
+    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+    from esper.runtime.actor import Actor
+    from esper.runtime.events import EventSink
+    from esper.runtime.ref import ActorRef
+    from esper.runtime.system import ActorSystem
+    from schemas.base import Message, Record
+    from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
+    from schemas.kasmina import SeedValidationReport
+    from schemas.state import SystemStatePacket
+
+_log = structlog.get_logger("esper.wiring")
+
+M = TypeVar("M", bound="Message")
+
+NISSA_EVENTS = (SeedStageChanged, EmergencySignal, BreakerTransition, ChildRestarted, TelemetryPacket)
+"""The run-sink events Nissa also consumes."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunHooks:
+    """Test hooks of a run (none in production).
+
+    Attributes:
+        crash_tamiyo_at_step: once a packet of at least this step passes, Tamiyo is told a packet of another run,
+            which crashes it (its supervisor restarts it, and Tolaria, which continues from its last snapshot).
+        wrap_source: wraps the seed source Kasmina fetches modules from (e.g. to hand out a seed that cannot help).
+    """
+
+    crash_tamiyo_at_step: int | None = None
+    wrap_source: Callable[[SeedSourceLike], SeedSourceLike] | None = None
+
+
+class SeedSourceLike:
+    """Kasmina's SeedSource protocol, restated here so hooks can be typed without importing actors.kasmina."""
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:  # pragma: no cover - a protocol
+        raise NotImplementedError
+
+    def fetch(
+        self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int
+    ) -> nn.Module:  # pragma: no cover - a protocol
+        raise NotImplementedError
+
+
+@final
+class Routes:
+    """Late-bound sends between the actors of one run (every method runs on the event loop and never blocks).
+
+    A tell that finds the mailbox full or the actor stopped loses that message, which is counted in ``dropped``: the
+    pipeline then stalls Tolaria at the effect step up to its decision deadline, never forever.
+    """
+
+    def __init__(self, actors: ActorSystem, run_sink: EventSink) -> None:
+        self._actors = actors
+        self._sink = run_sink
+        self.dropped = 0
+
+    def _tell(self, path: str, actor_type: type[Actor[M]], msg: M) -> None:
+        try:
+            self._actors.ref(path, actor_type).tell_nowait(msg)
+        except (MailboxFull, ActorStopped, ValueError) as err:
+            self.dropped += 1
+            _log.warning("route_dropped", to=path, message=type(msg).__name__, error=f"{type(err).__name__}: {err}")
+
+    def _ref(self, path: str, actor_type: type[Actor[M]]) -> ActorRef[M]:
+        return self._actors.ref(path, actor_type)
+
+    # Tolaria -> others (Tamiyo sees each packet through Kasmina, with the lifecycle's view of the seeds)
+    def packet_to_kasmina(self, packet: SystemStatePacket) -> None:
+        self._tell("kasmina", KasminaActor, packet)
+
+    def packet_to_nissa(self, packet: SystemStatePacket) -> None:
+        self._tell("nissa", Nissa, packet)
+
+    def applied(self, receipt: BoundaryApplied) -> None:
+        self._tell("kasmina", KasminaActor, receipt)
+        self._tell("nissa", Nissa, receipt)
+
+    def to_planner(self, note: SeedValidationReport | TrainingRestored) -> None:
+        self._tell("kasmina", KasminaActor, note)
+
+    # Kasmina -> Tamiyo, Tamiyo -> Kasmina, Kasmina -> Tolaria: awaited tells (backpressure, in order)
+    async def observed(self, packet: SystemStatePacket) -> None:
+        await self._ref("tamiyo", TamiyoActor).tell(packet)
+
+    async def decision(self, decision: Decision) -> None:
+        await self._ref("kasmina", KasminaActor).tell(decision)
+
+    async def plan(self, plan: BoundaryPlan) -> None:
+        await self._ref("tolaria/control", TolariaControl).tell(plan)
+
+    def tamiyo_ref(self) -> ActorRef[SystemStatePacket]:
+        return self._ref("tamiyo", TamiyoActor)
+
+
+@final
+class NissaForward:
+    """An EventSink that tells Nissa the events it consumes (lifecycle, emergencies, breakers, restarts)."""
+
+    def __init__(self, routes: Routes, actors: ActorSystem) -> None:
+        self._routes = routes
+        self._actors = actors
+
+    def emit(self, event: Message | Record) -> None:
+        if isinstance(event, NISSA_EVENTS):
+            self._routes._tell("nissa", Nissa, event)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@final
+@dataclass
+class RunTally:
+    """What the summary table needs, gathered from the traffic: an EventSink plus packet and decision taps.
+
+    Event loop only.
+    """
+
+    epoch_val_accuracy: dict[int, float] = field(default_factory=dict)
+    epoch_step: dict[int, int] = field(default_factory=dict)
+    seed_stages: dict[str, SeedLifecycleStage] = field(default_factory=dict)
+    first_germination_step: int | None = None
+    decision_ms: list[float] = field(default_factory=list)
+    emergencies: int = 0
+
+    def emit(self, event: Message | Record) -> None:
+        match event:
+            case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
+                self.seed_stages[seed_id] = stage
+                if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
+                    self.first_germination_step = step
+            case EmergencySignal():
+                self.emergencies += 1
+            case _:
+                pass
+
+    def preload(self, stages: list[tuple[str, SeedLifecycleStage, int]], epochs: list[tuple[int, int, float]]) -> None:
+        """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order and
+        (epoch, step, validation accuracy) rows; the resumed run's own traffic then continues the tally."""
+        for seed_id, stage, step in stages:
+            self.seed_stages[seed_id] = stage
+            if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
+                self.first_germination_step = step
+        for epoch, step, accuracy in epochs:
+            self.epoch_val_accuracy[epoch] = accuracy
+            self.epoch_step[epoch] = step
+
+    def on_packet(self, packet: SystemStatePacket) -> None:
+        if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:
+            self.epoch_val_accuracy[packet.epoch + 1] = packet.validation_accuracy
+            self.epoch_step[packet.epoch + 1] = packet.global_step
+
+    def on_decision(self, decision: Decision) -> None:
+        self.decision_ms.append(decision.decision_ms)
+
+    def figures(self, seed_parameters: int) -> GrowthFigures:
+        """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
+        took effect (the host alone), or the final epoch when nothing was grafted."""
+        epochs = sorted(self.epoch_val_accuracy)
+        final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
+        baseline_epoch: int | None = None
+        source = "run"
+        if self.first_germination_step is None:
+            baseline_epoch, source = (epochs[-1] if epochs else None), "host_only"
+        else:
+            before = [e for e in epochs if self.epoch_step[e] < self.first_germination_step]
+            baseline_epoch = before[-1] if before else None
+        counts: dict[str, int] = {}
+        for stage in self.seed_stages.values():
+            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+        return GrowthFigures(
+            baseline_val_accuracy=None if baseline_epoch is None else self.epoch_val_accuracy[baseline_epoch],
+            baseline_epoch=baseline_epoch,
+            baseline_source=source,
+            final_val_accuracy=final,
+            parameters_added=seed_parameters,
+            seeds=counts,
+            decisions=len(self.decision_ms),
+            decision_p50_ms=_percentile(self.decision_ms, 0.50),
+            decision_p95_ms=_percentile(self.decision_ms, 0.95),
+            emergency_events=self.emergencies,
+        )
+
+
+@final
+class UrzaFirstSource:
+    """Kasmina's seed source for a run: Urza's verified artifact when Tezzeret has stored it, else the same blueprint
+    built from Karn's catalogue, reported as a ``kasmina.seed_built_from_catalogue`` WARNING event (never another
+    blueprint). Waiting is not an option: Tezzeret compiles on the same io lane this fetch runs on.
+
+    ``describe`` on the event loop; ``fetch`` on the io lane (blocking); ``notify`` must be thread-safe.
+    """
+
+    def __init__(self, urza: UrzaSeedSource, notify: Callable[[TelemetryEvent], None]) -> None:
+        self._urza = urza
+        self._notify = notify
+        self.built_from_catalogue = 0
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._urza.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+        try:
+            return self._urza.fetch(blueprint_id, slot_shape, params, seed)
+        except ArtifactNotFound as err:
+            self.built_from_catalogue += 1
+            self._notify(
+                TelemetryEvent(
+                    name="kasmina.seed_built_from_catalogue",
+                    level=TelemetryLevel.WARNING,
+                    description=f"blueprint {blueprint_id}: no compiled artifact yet ({err}); built from the catalogue",
+                    attributes={"blueprint_id": blueprint_id, "kind": slot_shape.kind, "features": slot_shape.features},
+                )
+            )
+            return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=seed)
+
+
+def threadsafe(loop: asyncio.AbstractEventLoop, sink: EventSink) -> Callable[[TelemetryEvent], None]:
+    """A callable any thread may use to emit to ``sink`` on ``loop``."""
+
+    def post(event: TelemetryEvent) -> None:
+        try:
+            loop.call_soon_threadsafe(sink.emit, event)
+        except RuntimeError:
+            pass  # the loop has closed: the run is over
+
+    return post

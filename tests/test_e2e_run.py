@@ -1,0 +1,189 @@
+"""End to end: the whole supervision tree on a tiny config, a crash and restart mid-run, and Ctrl-C then --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+import torch
+from torch import nn
+
+from esper.run import start
+from esper.wiring import RunHooks, SeedSourceLike
+from schemas.run import RunSummary
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+
+pytestmark = pytest.mark.timeout(120)
+
+RUN_FILES = ("config.toml", "events.jsonl", "metrics.csv", "field_reports.wal", "summary.json", "report.png")
+
+
+def tiny_config(tmp_path: Path, *, epochs: int = 14) -> Path:
+    """A few hundred steps: 16 steps an epoch, a plateau every epoch (min_delta is huge), short dwells."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        f"""
+[tolaria]
+epochs = {epochs}
+dataset_samples = 1600
+batch_size = 64
+lr = 0.003
+state_every_steps = 4
+command_lag_steps = 4
+
+[kasmina]
+stage_min_dwell_steps = 8
+g2_window_steps = 4
+blend_ramp_steps = 8
+probation_epochs = 1
+embargo_epochs = 1
+
+[tamiyo]
+plateau_patience_epochs = 1
+plateau_min_delta = 10.0
+germinate_cooldown_epochs = 1
+
+[urza]
+root = "{tmp_path / "urza"}"
+
+[logging]
+console = false
+state_interval_s = 60.0
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class _Inert(nn.Module):
+    """A seed that cannot help: its output ignores its only parameter, so the attach probe sees no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * 0 + self.weight.detach()
+
+
+class SecondSeedInert(SeedSourceLike):
+    """Hands out the real module for every fetch but the second, which gets an inert one (a deterministic cull)."""
+
+    def __init__(self, inner: SeedSourceLike) -> None:
+        self._inner = inner
+        self.fetches = 0
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._inner.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+        self.fetches += 1
+        if self.fetches == 2:
+            return _Inert()
+        return self._inner.fetch(blueprint_id, slot_shape, params, seed)
+
+
+def stage_events(run_dir: Path) -> list[dict[str, object]]:
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") in ("seed_stage", "seed_stage_changed")]
+
+
+async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_writes_every_file(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    system = await start(tiny_config(tmp_path), run_dir, hooks=RunHooks(wrap_source=SecondSeedInert))
+    summary = await system.wait()
+
+    assert summary.status == "completed", summary.error
+    assert summary.exit_code == 0
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), f"{name} missing"
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "manifest.json").is_file()
+    assert list(checkpoints.glob("step-*.pt"))
+    assert (checkpoints / "kasmina_journal.jsonl").stat().st_size > 0
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert on_disk.growth == summary.growth
+
+    stages = [(e["seed_id"], e["to_stage"]) for e in stage_events(run_dir) if e.get("seed_id")]
+    reached = {stage for _, stage in stages}
+    assert {2, 3, 4, 7, 8} <= reached, f"germinated, training, blending, fossilized and culled expected: {stages}"
+    growth = summary.growth
+    assert growth is not None
+    assert growth.seeds.get("fossilized", 0) >= 1
+    assert growth.seeds.get("culled", 0) >= 1
+    assert growth.parameters_added > 0
+    assert growth.baseline_val_accuracy is not None
+    assert growth.decisions > 0
+    assert growth.decision_p95_ms is not None
+    assert summary.training is not None
+    assert summary.training.epochs == 14
+    assert summary.training.seed_parameters == growth.parameters_added
+    assert {"urza", "nissa", "tezzeret", "kasmina", "tamiyo", "tolaria"} <= {a.actor for a in summary.actors}
+
+
+async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    system = await start(tiny_config(tmp_path, epochs=8), run_dir, hooks=RunHooks(crash_tamiyo_at_step=40))
+    summary = await system.wait()
+
+    assert summary.status == "completed", summary.error
+    restarts = {a.actor: a.restarts for a in summary.actors}
+    assert restarts["tamiyo"] >= 1
+    assert summary.training is not None
+    assert summary.training.epochs == 8
+    assert summary.training.global_step == 8 * 16
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"fault_injected"' in events
+    assert '"training_restored"' in events
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, epochs=10)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
+        assert first.stderr is not None
+        # Wait on a fact: the console's line for the end of epoch 3 (after its checkpoint was handed over).
+        for line in first.stderr:
+            if line.startswith("epoch   3/"):
+                break
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+    assert first.returncode == 130, out
+    interrupted = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert interrupted.status == "interrupted"
+    assert interrupted.training is not None
+    stopped_at = interrupted.training.global_step
+    assert 0 < stopped_at < 10 * 16
+    assert (run_dir / "checkpoints" / "tamiyo_state.json").is_file()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    assert summary.run_id == interrupted.run_id
+    assert summary.training is not None
+    assert summary.training.resumed_from_step == stopped_at
+    assert summary.training.global_step == 10 * 16
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"kasmina_rebuilt"' in events
