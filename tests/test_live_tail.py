@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-RUN = ("--set", "tolaria.epochs=3", "--set", "tolaria.dataset_samples=1000", "--set", "logging.state_interval_s=0.2")
+# Long enough (a few seconds) for several state reports 0.1 s apart while it trains.
+RUN = (
+    "--set",
+    "tolaria.epochs=40",
+    "--set",
+    "tolaria.dataset_samples=1000",
+    "--set",
+    "logging.state_interval_s=0.1",
+)
 # `python -m esper.tail`, except that Ctrl-C is restored first: a child can inherit SIGINT ignored (a background job).
 TAIL = (
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
