@@ -241,6 +241,8 @@ async def assemble(
         routes.packet_to_kasmina,
         routes.packet_to_nissa,
     )
+    if hooks.packet_tap is not None:
+        subscribers = (*subscribers, hooks.packet_tap)
     if hooks.crash_tamiyo_at_step is not None:
         subscribers = (*subscribers, _CrashTamiyo(routes, hooks.crash_tamiyo_at_step).on_packet)
     cell = new_cell(config.tolaria)

@@ -64,10 +64,13 @@ class RunHooks:
         crash_tamiyo_at_step: once a packet of at least this step passes, Tamiyo is told a packet of another run,
             which crashes it (its supervisor restarts it, and Tolaria, which continues from its last snapshot).
         wrap_source: wraps the seed source Kasmina fetches modules from (e.g. to hand out a seed that cannot help).
+        packet_tap: sees every SystemStatePacket on the event loop (benchmarks read the training loss per packet);
+            must not block.
     """
 
     crash_tamiyo_at_step: int | None = None
     wrap_source: Callable[[SeedSourceLike], SeedSourceLike] | None = None
+    packet_tap: Callable[[SystemStatePacket], None] | None = None
 
 
 class SeedSourceLike:

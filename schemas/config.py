@@ -19,6 +19,8 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Fraction = Annotated[float, Meta(gt=0.0, lt=1.0)]
 HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")]
 """A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
+InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
+"""``"<slot>=<blueprint id>"``: a seed of that blueprint (default parameters) in the slot after module ``<slot>``."""
 
 
 class BreakerConfig(ConfigSection, frozen=True):
@@ -70,10 +72,15 @@ class TolariaConfig(ConfigSection, frozen=True):
     emergency_clean_dwell_epochs: PosInt = 2
     drop_last: bool = False
     channels_last: bool = True
+    # Seeds present from step 0, fossilized (part of the host, in the host's optimizer group); static baselines.
+    initial_seeds: tuple[InitialSeed, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dataset == "npz" and self.npz_path is None:
             raise ValueError('dataset = "npz" needs npz_path')
+        slots = [spec.partition("=")[0] for spec in self.initial_seeds]
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"initial_seeds names a slot twice: {list(self.initial_seeds)}")
 
 
 class KasminaConfig(ConfigSection, frozen=True):

@@ -119,8 +119,9 @@ def blend_spec(blend: BlendConfig | None) -> tuple[BlendSpec, AlphaSchedule]:
     return spec, schedule
 
 
-def rebuild_seed(op: SeedOp, params: dict[str, float], shape: SlotShape | None) -> nn.Module:
-    """Rebuild a seed module from its blueprint for a replayed attach (weights are loaded afterwards).
+def rebuild_seed(op: SeedOp, params: dict[str, float], shape: SlotShape | None, *, seed: int = 0) -> nn.Module:
+    """Rebuild a seed module from its blueprint for a replayed attach (weights are loaded afterwards), or build an
+    initial seed (``seed`` fixes its initial weights).
 
     Raises:
         ValueError: the blueprint is unknown or does not fit the slot.
@@ -131,16 +132,19 @@ def rebuild_seed(op: SeedOp, params: dict[str, float], shape: SlotShape | None) 
     descriptor = next((d for d in catalogue if d.blueprint_id == op.blueprint_id), None)
     if descriptor is None:
         raise ValueError(f"cannot rebuild seed {op.seed_id!r}: blueprint {op.blueprint_id!r} is not in the catalogue")
-    return build_blueprint(descriptor, shape, params, seed=0, fill_defaults=True)
+    return build_blueprint(descriptor, shape, params, seed=seed, fill_defaults=True)
 
 
 @final
 class BoundaryApplier:
-    """Applies SeedOps to a Trainee and keeps the graft log. Lane-thread only."""
+    """Applies SeedOps to a Trainee and keeps the graft log. Lane-thread only.
+
+    ``log`` None starts the graft log with the trainee's initial grafts (``tolaria.initial_seeds``).
+    """
 
     def __init__(self, trainee: Trainee, log: list[GraftEvent] | None = None) -> None:
         self.trainee = trainee
-        self.log: list[GraftEvent] = list(log or ())
+        self.log: list[GraftEvent] = list(trainee.initial_grafts if log is None else log)
 
     def apply(
         self,
@@ -344,7 +348,10 @@ def replay(applier: BoundaryApplier, events: list[GraftEvent], modules: dict[str
         ValueError: an event cannot be replayed (it names the event).
     """
     shapes = applier.trainee.slot_shapes
+    initial = {e.seed_id for e in applier.trainee.initial_grafts}
     for event in events:
+        if event.kind == "attach" and event.seed_id in initial:
+            continue  # built with the trainee from the config (tolaria.initial_seeds) and already in the log
         op = event.as_op()
 
         def source(op: SeedOp, event: GraftEvent = event) -> nn.Module:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
 from esper.nn.blueprints import SlotShape
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
@@ -24,16 +25,23 @@ from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.wrap import find_slots, wrap
 from esper.runtime.errors import ConfigError
+from schemas.boundary import SeedOp
+from schemas.control import BlendConfig
+from schemas.domain_enums import BlendMode
+from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from actors.tolaria.boundary import GraftEvent
     from esper.nn.data import DataSplits, Layout
     from esper.nn.slots import SeedSlot
     from schemas.config import TolariaConfig
 
 HOST_GROUP = "host"
 PARAM_NAMES_KEY = "param_names"
+INITIAL_SEED_PREFIX = "initial-"
+"""Seed ids of ``tolaria.initial_seeds`` are this prefix plus the slot name."""
 
 
 class TolariaConfigError(ConfigError):
@@ -48,7 +56,8 @@ class Trainee:
     """The model being trained and everything that changes with its architecture. Lane-thread only.
 
     ``slot_shapes`` maps each slot (by the name of the module it follows) to the activation it sees;
-    ``paused`` maps a paused slot to the mode it will resume in.
+    ``paused`` maps a paused slot to the mode it will resume in; ``initial_grafts`` is the graft log of the seeds
+    ``tolaria.initial_seeds`` attached before step 0 (the start of every graft log of this trainee).
     """
 
     model: nn.Module
@@ -60,6 +69,7 @@ class Trainee:
     channels_last: bool
     host_parameters: int
     paused: dict[str, str] = field(default_factory=dict)
+    initial_grafts: list[GraftEvent] = field(default_factory=list)
 
     def seed_parameters(self) -> dict[str, int]:
         """Parameter elements of each attached seed, by seed id."""
@@ -234,7 +244,7 @@ def build_trainee(
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it
     model.train()
-    return Trainee(
+    trainee = Trainee(
         model=model,
         optimizer=build_optimizer(config, model, device),
         slots=slots,
@@ -244,6 +254,48 @@ def build_trainee(
         channels_last=channels_last,
         host_parameters=host_parameters,
     )
+    if config.initial_seeds:
+        attach_initial_seeds(config, trainee)
+    return trainee
+
+
+def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:
+    """Attach ``tolaria.initial_seeds`` before step 0: each a fossilized seed (residual, part of the host and of
+    the host's optimizer group), built from its blueprint with default parameters; their attach events become
+    ``trainee.initial_grafts``. Deterministic in ``tolaria.seed``; never touches torch's global RNG.
+
+    Raises:
+        TolariaConfigError: a spec names no slot of the host, a blueprint not in the catalogue, or one that does
+            not fit the slot.
+    """
+    applier = BoundaryApplier(trainee, [])
+    blend = BlendConfig(mode=BlendMode.RESIDUAL)
+    for index, spec in enumerate(config.initial_seeds):
+        slot, _, blueprint_id = spec.partition("=")
+        who = f"tolaria.initial_seeds[{index}] = {spec!r}"
+        shape = trainee.slot_shapes.get(slot)
+        if slot not in trainee.slots or shape is None:
+            raise TolariaConfigError(f"{who}: no slot after {slot!r} (slots: {', '.join(trainee.slots)})")
+        op = SeedOp(
+            kind="attach",
+            slot=slot,
+            seed_id=INITIAL_SEED_PREFIX + slot,
+            stage=SeedLifecycleStage.FOSSILIZED,
+            blueprint_id=blueprint_id,
+            blend=blend,
+            reason="initial_seed",
+        )
+
+        def build(op: SeedOp, shape: SlotShape = shape, index: int = index) -> nn.Module:
+            return rebuild_seed(op, {}, shape, seed=config.seed * 1000 + index)
+
+        try:
+            outcome = applier.apply(op, step=0, take_module=build)
+        except ValueError as err:
+            raise TolariaConfigError(f"{who}: {err}") from err
+        if not outcome.applied:
+            raise TolariaConfigError(f"{who}: {outcome.error}")
+    trainee.initial_grafts = list(applier.log)
 
 
 def build_optimizer(config: TolariaConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:

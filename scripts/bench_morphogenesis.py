@@ -1,0 +1,266 @@
+"""Benchmark: does growth help? Esper's controller against fixed and naive growth. ONE JSON line per data set.
+
+    python scripts/bench_morphogenesis.py [--seeds 3] [--epochs N] [--datasets mnist1d,digits]
+
+Every arm is a real run through ``esper.start`` (Tolaria's loop, the same host, data, epochs, optimizer and batch
+order; config.toml plus the overrides below; console off; a temporary run directory per run), run one after
+another (the machine has 2 cores; sequential runs keep wall times undistorted). Data sets:
+
+- mnist1d: ``tolaria.dataset_samples = 5000``, the package's standard 4000 train / 1000 test split (20 % of the
+  4000 held out for validation), host ``cnn1d`` (3 conv blocks of width 12, slots after each block).
+- digits: scikit-learn's 8x8 digits (seeded 80/20 train/test split, 20 % of train for validation), host ``mlp``
+  (3 Linear+ReLU blocks of 64, slots after each block).
+
+Arms (seeds 0..n-1 each; ``DEFAULT_BLUEPRINT`` is the blueprint the shipped heuristic grafts: the cheapest
+acceptable one, BP001 norm_scale, on both hosts):
+
+- host: the heuristic with germination disabled (``tamiyo.plateau_patience_epochs`` = 10**6).
+- static_full: the host plus a DEFAULT_BLUEPRINT seed in every slot from step 0 (``tolaria.initial_seeds``:
+  fossilized, trained with the host's optimizer group), germination disabled.
+- static_same: the (slot, blueprint) pairs the same seed's esper run fossilized, present from step 0.
+- every_k: ``tamiyo.policy = "every_k"``, only DEFAULT_BLUEPRINT (``karn.include``), K = ceil(epochs / (n + 1))
+  where n is the number of germinations the same seed's esper run made (so it grafts about as often).
+- naive: esper's controller without incubation or ramp: ``kasmina.stage_min_dwell_steps = 0``,
+  ``kasmina.g2_window_steps = 1`` (one packet of evidence), ``kasmina.blend_ramp_steps = 1`` (alpha reaches 1 in
+  one step). The lifecycle still passes through TRAINING for at least one packet interval (4 steps): no knob skips
+  it.
+- esper: the shipped defaults (heuristic controller).
+
+Figures per arm: test accuracy (mean, min, max over seeds), parameters added (seed parameters at the end, mean),
+wall time (mean seconds from ``esper.start`` to the summary) and, for grafting arms, ``max_loss_jump_pct``.
+
+max_loss_jump_pct: the training loss is read from Tolaria's state packets (``tolaria.state_every_steps`` = 4, the
+shipped cadence: a packet every 4 steps and at each epoch end, carrying the mean loss over its interval). Per-step
+packets are not used because Kasmina's evidence windows count packets, so the cadence changes the lifecycle of the
+growing arms. Grafts are read from the run's final checkpoint graft log: every ``attach`` and every ``set_stage``
+to BLENDING (the two moments a graft can change the function: with incubation the forward value changes only when
+alpha leaves 0). For a graft at step g, loss_g is the loss of the last packet at or before g (the mean over up to 4
+steps before it) and the jump is max over packets t in (g, g + 20] of (loss_t - loss_g) / loss_g * 100; the figure
+is the max over the run's grafts (0 when no packet rose), then the max over seeds. ``noise_floor_pct`` is the same
+statistic on the host arm's packets at the esper arm's graft steps (no graft there): mini-batch noise alone.
+
+Derived: gap_closed = (esper - host) / (static_full - host) in mean test accuracy; params_ratio = esper's mean
+added parameters / static_full's. Targets: gap_closed >= 0.75 with params_ratio <= 0.6; esper's accuracy >=
+every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import esper
+from actors.tolaria.checkpoints import load_latest
+from esper.wiring import RunHooks
+from schemas.enums import SeedLifecycleStage
+
+if TYPE_CHECKING:
+    from schemas.run import RunSummary
+    from schemas.state import SystemStatePacket
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+DEFAULT_BLUEPRINT = "BP001"
+SLOTS = ("blocks.0", "blocks.1", "blocks.2")
+JUMP_WINDOW_STEPS = 20
+NO_GERMINATION = "tamiyo.plateau_patience_epochs=1000000"
+DATASETS: dict[str, tuple[str, ...]] = {
+    "mnist1d": ("tolaria.dataset=mnist1d", "tolaria.dataset_samples=5000", "tolaria.host_model=cnn1d"),
+    "digits": ("tolaria.dataset=digits", "tolaria.host_model=mlp"),
+}
+ARMS = ("host", "static_full", "static_same", "every_k", "naive", "esper")
+
+
+@dataclass
+class RunResult:
+    """One run's figures."""
+
+    test_accuracy: float
+    parameters_added: int
+    wall_s: float
+    status: str
+    packets: list[tuple[int, float]]
+    grafts: list[tuple[int, str]]
+    fossilized: list[str]
+    germinations: int
+    overrides: list[str] = field(default_factory=list)
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ",".join(json.dumps(i) for i in items) + "]"
+
+
+async def _run(overrides: list[str], run_dir: Path) -> RunResult:
+    packets: list[tuple[int, float]] = []
+
+    def tap(packet: SystemStatePacket) -> None:
+        packets.append((packet.global_step, packet.training_loss))
+
+    started = time.perf_counter()
+    system = await esper.start(
+        CONFIG, run_dir=run_dir, overrides=overrides, console=False, hooks=RunHooks(packet_tap=tap)
+    )
+    summary: RunSummary = await system.wait()
+    wall_s = time.perf_counter() - started
+    training = summary.training
+    if training is None or training.test_accuracy is None:
+        raise RuntimeError(f"run {run_dir} ended {summary.status} without test figures: {summary.error}")
+    found = load_latest(run_dir / "checkpoints")
+    log = found[0].graft_log if found is not None else []
+    grafts: list[tuple[int, str]] = []
+    fossilized: list[str] = []
+    for event in log:
+        if event.kind == "attach" and not (event.seed_id or "").startswith("initial-"):
+            grafts.append((event.step, "attach"))
+        elif event.kind == "set_stage" and event.stage is SeedLifecycleStage.BLENDING:
+            grafts.append((event.step, "blend"))
+        if event.kind == "fossilize" or (event.kind == "set_stage" and event.stage is SeedLifecycleStage.FOSSILIZED):
+            attach = next(e for e in log if e.kind == "attach" and e.seed_id == event.seed_id)
+            fossilized.append(f"{attach.slot}={attach.blueprint_id}")
+    germinations = sum(1 for _, kind in grafts if kind == "attach")
+    return RunResult(
+        test_accuracy=training.test_accuracy,
+        parameters_added=training.seed_parameters,
+        wall_s=wall_s,
+        status=summary.status,
+        packets=packets,
+        grafts=grafts,
+        fossilized=sorted(set(fossilized)),
+        germinations=germinations,
+        overrides=overrides,
+    )
+
+
+def loss_jump_pct(packets: list[tuple[int, float]], graft_steps: list[int]) -> float:
+    """Max over grafts g of max over packets t in (g, g + 20] of (loss_t - loss_g) / loss_g * 100 (>= 0)."""
+    ordered = sorted(packets)
+    worst = 0.0
+    for g in graft_steps:
+        before = [loss for step, loss in ordered if step <= g and math.isfinite(loss)]
+        if not before or before[-1] <= 0:
+            continue
+        base = before[-1]
+        after = [loss for step, loss in ordered if g < step <= g + JUMP_WINDOW_STEPS and math.isfinite(loss)]
+        for loss in after:
+            worst = max(worst, (loss - base) / base * 100.0)
+    return worst
+
+
+def _arm_figures(runs: list[RunResult], grafting: bool) -> dict[str, object]:
+    accs = [r.test_accuracy for r in runs]
+    out: dict[str, object] = {
+        "test_accuracy_mean": round(statistics.fmean(accs), 4),
+        "test_accuracy_min": round(min(accs), 4),
+        "test_accuracy_max": round(max(accs), 4),
+        "test_accuracy_std": round(statistics.pstdev(accs), 4),
+        "parameters_added_mean": round(statistics.fmean(r.parameters_added for r in runs), 1),
+        "parameters_added": [r.parameters_added for r in runs],
+        "wall_s_mean": round(statistics.fmean(r.wall_s for r in runs), 2),
+    }
+    if grafting:
+        jumps = [loss_jump_pct(r.packets, [s for s, _ in r.grafts]) for r in runs]
+        attach = [loss_jump_pct(r.packets, [s for s, k in r.grafts if k == "attach"]) for r in runs]
+        out["max_loss_jump_pct"] = round(max(jumps), 2)
+        out["max_loss_jump_pct_per_seed"] = [round(j, 2) for j in jumps]
+        out["max_loss_jump_after_attach_pct"] = round(max(attach), 2)
+        out["grafts_per_seed"] = [r.germinations for r in runs]
+    return out
+
+
+def bench_dataset(name: str, seeds: int, epochs: int | None, root: Path) -> dict[str, object]:
+    """Run every arm for every seed on one data set and return its JSON record."""
+    base = [*DATASETS[name], "logging.console=false", "nissa.report_png=false", f"urza.root={root / 'urza'}"]
+    if epochs is not None:
+        base.append(f"tolaria.epochs={epochs}")
+    total_epochs = epochs if epochs is not None else 50  # config.toml's
+    results: dict[str, list[RunResult]] = {arm: [] for arm in ARMS}
+    every_k_by_seed: list[int] = []
+    noise: list[float] = []
+    started = time.perf_counter()
+    for seed in range(seeds):
+        common = [*base, f"tolaria.seed={seed}"]
+
+        def run(arm: str, extra: list[str], seed: int = seed, common: list[str] = common) -> RunResult:
+            result = asyncio.run(_run([*common, *extra], root / f"{name}-{arm}-{seed}"))
+            results[arm].append(result)
+            return result
+
+        grown = run("esper", [])
+        host = run("host", [NO_GERMINATION])
+        noise.append(loss_jump_pct(host.packets, [s for s, _ in grown.grafts]))
+        full = [f"{slot}={DEFAULT_BLUEPRINT}" for slot in SLOTS]
+        run("static_full", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(full)}"])
+        run("static_same", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(grown.fossilized)}"])
+        k = max(1, math.ceil(total_epochs / (grown.germinations + 1)))
+        every_k_by_seed.append(k)
+        run(
+            "every_k",
+            ["tamiyo.policy=every_k", f"tamiyo.every_k_epochs={k}", f"karn.include={_toml_list([DEFAULT_BLUEPRINT])}"],
+        )
+        run("naive", ["kasmina.stage_min_dwell_steps=0", "kasmina.g2_window_steps=1", "kasmina.blend_ramp_steps=1"])
+    arms = {arm: _arm_figures(runs, arm in ("every_k", "naive", "esper")) for arm, runs in results.items()}
+    arms["static_same"]["architectures"] = [r.overrides[-1].partition("=")[2] for r in results["static_same"]]
+    arms["every_k"]["k_epochs"] = every_k_by_seed
+    arms["esper"]["fossilized"] = [r.fossilized for r in results["esper"]]
+
+    def mean(arm: str, key: str) -> float:
+        value = arms[arm][key]
+        assert isinstance(value, float)
+        return value
+
+    host_acc, full_acc, esper_acc = (mean(a, "test_accuracy_mean") for a in ("host", "static_full", "esper"))
+    span = full_acc - host_acc
+    gap_closed = (esper_acc - host_acc) / span if span != 0 else None
+    full_params = mean("static_full", "parameters_added_mean")
+    params_ratio = mean("esper", "parameters_added_mean") / full_params if full_params else None
+    esper_jump = mean("esper", "max_loss_jump_pct")
+    naive_jump = mean("naive", "max_loss_jump_pct")
+    targets = {
+        "gap_closed_ge_0.75_with_params_ratio_le_0.6": gap_closed is not None
+        and params_ratio is not None
+        and span > 0
+        and gap_closed >= 0.75
+        and params_ratio <= 0.6,
+        "esper_acc_ge_every_k_with_no_more_params": esper_acc >= mean("every_k", "test_accuracy_mean")
+        and mean("esper", "parameters_added_mean") <= mean("every_k", "parameters_added_mean"),
+        "esper_max_loss_jump_le_2pct": esper_jump <= 2.0,
+        "naive_jump_above_esper": naive_jump > esper_jump,
+    }
+    return {
+        "benchmark": "morphogenesis",
+        "dataset": name,
+        "seeds": seeds,
+        "epochs": total_epochs,
+        "default_blueprint": DEFAULT_BLUEPRINT,
+        "arms": arms,
+        "gap_closed": None if gap_closed is None else round(gap_closed, 3),
+        "static_full_minus_host_acc": round(span, 4),
+        "params_ratio": None if params_ratio is None else round(params_ratio, 3),
+        "noise_floor_pct": round(max(noise), 2) if noise else None,
+        "targets_met": targets,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override config.toml's tolaria.epochs")
+    parser.add_argument("--datasets", default="mnist1d,digits")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="esper-bench-morpho-") as tmp:
+        for name in args.datasets.split(","):
+            print(json.dumps(bench_dataset(name, args.seeds, args.epochs, Path(tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
