@@ -175,11 +175,16 @@ def _arm_figures(runs: list[RunResult], grafting: bool) -> dict[str, object]:
     return out
 
 
-def bench_dataset(name: str, seeds: int, epochs: int | None, root: Path) -> dict[str, object]:
+def bench_dataset(
+    name: str, seeds: int, epochs: int | None, root: Path, blueprint: str = DEFAULT_BLUEPRINT
+) -> dict[str, object]:
     """Run every arm for every seed on one data set and return its JSON record."""
     base = [*DATASETS[name], "logging.console=false", "nissa.report_png=false", f"urza.root={root / 'urza'}"]
     if epochs is not None:
         base.append(f"tolaria.epochs={epochs}")
+    if blueprint != DEFAULT_BLUEPRINT:
+        # Another default blueprint: the only one Karn offers, so the heuristic grafts it too.
+        base.append(f"karn.include={_toml_list([blueprint])}")
     total_epochs = epochs if epochs is not None else 50  # config.toml's
     results: dict[str, list[RunResult]] = {arm: [] for arm in ARMS}
     every_k_by_seed: list[int] = []
@@ -196,14 +201,14 @@ def bench_dataset(name: str, seeds: int, epochs: int | None, root: Path) -> dict
         grown = run("esper", [])
         host = run("host", [NO_GERMINATION])
         noise.append(loss_jump_pct(host.packets, [s for s, _ in grown.grafts]))
-        full = [f"{slot}={DEFAULT_BLUEPRINT}" for slot in SLOTS]
+        full = [f"{slot}={blueprint}" for slot in SLOTS]
         run("static_full", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(full)}"])
         run("static_same", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(grown.fossilized)}"])
         k = max(1, math.ceil(total_epochs / (grown.germinations + 1)))
         every_k_by_seed.append(k)
         run(
             "every_k",
-            ["tamiyo.policy=every_k", f"tamiyo.every_k_epochs={k}", f"karn.include={_toml_list([DEFAULT_BLUEPRINT])}"],
+            ["tamiyo.policy=every_k", f"tamiyo.every_k_epochs={k}", f"karn.include={_toml_list([blueprint])}"],
         )
         run("naive", ["kasmina.stage_min_dwell_steps=0", "kasmina.g2_window_steps=1", "kasmina.blend_ramp_steps=1"])
     arms = {arm: _arm_figures(runs, arm in ("every_k", "naive", "esper")) for arm, runs in results.items()}
@@ -239,7 +244,7 @@ def bench_dataset(name: str, seeds: int, epochs: int | None, root: Path) -> dict
         "dataset": name,
         "seeds": seeds,
         "epochs": total_epochs,
-        "default_blueprint": DEFAULT_BLUEPRINT,
+        "default_blueprint": blueprint,
         "arms": arms,
         "gap_closed": None if gap_closed is None else round(gap_closed, 3),
         "static_full_minus_host_acc": round(span, 4),
@@ -256,10 +261,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override config.toml's tolaria.epochs")
     parser.add_argument("--datasets", default="mnist1d,digits")
+    parser.add_argument(
+        "--blueprint", default=DEFAULT_BLUEPRINT, help="the default blueprint (every arm grafts only this one)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="esper-bench-morpho-") as tmp:
         for name in args.datasets.split(","):
-            print(json.dumps(bench_dataset(name, args.seeds, args.epochs, Path(tmp))), flush=True)
+            result = bench_dataset(name, args.seeds, args.epochs, Path(tmp), args.blueprint)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
