@@ -11,6 +11,8 @@ than a list append. Only the Outbox crosses back to the event loop, and it never
 
 from __future__ import annotations
 
+# Past 600 lines: the phases share one position, one policy and the inbox; the stateless epoch-end work (validation,
+# the finite check, the log record) already lives in epoch_end.py, and the next split is the epoch end itself.
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +147,7 @@ class TrainingLoop:
         self.hook_ms_history: list[float] = []
         self.stall_ms_history: list[float] = []
         self.epoch_train_s_history: list[float] = []
+        self.epoch_train_cpu_s_history: list[float] = []
         self.restore_ms_history: list[tuple[str, float]] = []
         self._trainee: Trainee | None = None
         self._applier: BoundaryApplier | None = None
@@ -368,6 +371,7 @@ class TrainingLoop:
         train = self._data.train
         while pos.epoch < config.epochs:
             epoch_started = time.perf_counter()
+            epoch_cpu_started = time.thread_time()
             stats = IntervalStats()
             # The epoch's loss and hit sums: each interval's folded sums are added in when it ends (device ops).
             epoch_stats = IntervalStats()
@@ -399,6 +403,7 @@ class TrainingLoop:
                     self._send_packet(stats, epoch_progress=pos.batch_index / num_batches)
                     stats = IntervalStats()
             self.epoch_train_s_history.append(time.perf_counter() - epoch_started)
+            self.epoch_train_cpu_s_history.append(time.thread_time() - epoch_cpu_started)
             epoch_stats.add_sums(stats)
             outcome = self._end_epoch(epoch_stats, stats, epoch_started, writer)
             if outcome is not None:
