@@ -260,6 +260,7 @@ async def assemble(
         resume=resume,
         slot_targets=kasmina.slot_targets,
         data=found.data,
+        isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
     )
     _log.info(
         "run_assembled",

@@ -182,6 +182,7 @@ class TolariaWiring:
         slot_targets: kasmina.slot_targets.
         data: preloaded splits (tests); None loads them from the config on the lane.
         batch_hook: a test hook applied to each batch.
+        isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
     """
 
     run_id: str
@@ -198,6 +199,7 @@ class TolariaWiring:
     slot_targets: tuple[str, ...] = ()
     data: DataSplits | None = None
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+    isolation_probe_every_steps: int = 0
 
 
 @final
@@ -261,6 +263,7 @@ class TolariaTrainer(Actor[StartTraining]):
             slot_targets=wiring.slot_targets,
             device=wiring.lane.device,
             batch_hook=wiring.batch_hook,
+            isolation_probe_every_steps=wiring.isolation_probe_every_steps,
         )
         cell.inbox.reset()
         if cell.run_stop is None:

@@ -70,6 +70,7 @@ class Trainee:
     host_parameters: int
     paused: dict[str, str] = field(default_factory=dict)
     initial_grafts: list[GraftEvent] = field(default_factory=list)
+    isolation_violations: dict[str, int] = field(default_factory=dict)
 
     def seed_parameters(self) -> dict[str, int]:
         """Parameter elements of each attached seed, by seed id."""

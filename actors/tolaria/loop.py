@@ -28,6 +28,7 @@ from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
 from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
+from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
@@ -80,6 +81,7 @@ class LoopOptions:
         slot_targets: kasmina.slot_targets (empty: the host's own).
         device: the lane's device.
         batch_hook: a test hook applied to each batch, given the monotonic attempt count (survives rollbacks).
+        isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
     """
 
     run_id: str
@@ -89,6 +91,7 @@ class LoopOptions:
     slot_targets: tuple[str, ...] = ()
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+    isolation_probe_every_steps: int = 0
 
 
 @final
@@ -153,6 +156,7 @@ class TrainingLoop:
         self._applier: BoundaryApplier | None = None
         self._packets: PacketBuilder | None = None
         self._finite: FiniteCheck | None = None
+        self._isolation = IsolationMonitor(0, None)
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled = False
         # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
@@ -204,6 +208,10 @@ class TrainingLoop:
         self._applier = BoundaryApplier(trainee)
         self._packets = PacketBuilder(trainee)
         self._finite = FiniteCheck(trainee.device)
+        probe_split = self._data.val if self._data.val.num_samples else self._data.train
+        self._isolation = IsolationMonitor(
+            self._options.isolation_probe_every_steps, micro_batch(probe_split.x, trainee.device)
+        )
         self._forward = trainee.model
         self._compiled = False
         train = self._data.train
@@ -535,6 +543,8 @@ class TrainingLoop:
         pos = self._pos
         packets = self._packets
         assert packets is not None
+        assert self._trainee is not None
+        self._isolation.maybe_probe(self._trainee, pos.global_step, self._outbox.event)
         packet = packets.build(
             stats,
             run_id=self._options.run_id,

@@ -321,6 +321,7 @@ def seed_states(
                 gradient_norm=seed_norms.get(sid) if sid is not None else None,
                 learning_rate=lrs.get(f"seed:{sid}") if sid is not None else None,
                 parameter_count=params.get(sid, 0) if sid is not None else 0,
+                isolation_violations=trainee.isolation_violations.get(sid, 0) if sid is not None else 0,
                 paused=paused,
             )
         )

@@ -1,0 +1,131 @@
+"""Tolaria's isolation monitor: a leaking seed is counted in the packets and reported CRITICAL; probing a healthy seed
+changes nothing about training (bitwise)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from actors.tolaria.actor import TolariaCell, TolariaControl, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.boundary import RECIPE_ATTR
+from actors.tolaria.build import load_data
+from esper.runtime.clock import MonotonicClock
+from esper.runtime.events import RecordingSink
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
+from esper.runtime.system import ActorSystem
+from schemas.boundary import BoundaryPlan, SeedOp
+from schemas.config import TolariaConfig
+from schemas.telemetry import TelemetryEvent
+from tests.test_tolaria_protocol import TINY, seed_module
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from actors.tolaria.loop import TrainingLoop
+    from esper.nn.data import DataSplits
+    from schemas.state import SystemStatePacket
+
+
+class LeakySeed(nn.Module):
+    """Reads a host weight behind the slot's back (found through the running loop), so its output has a gradient
+    path into the host: exactly what the isolation probe must catch."""
+
+    def __init__(self, cell: TolariaCell) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(1))
+
+        # A function, not the cell: snapshots deep-copy seeds, and a function is copied by reference.
+        def find_loop() -> TrainingLoop | None:
+            return cell.last_loop
+
+        self._loop = find_loop
+
+    def forward(self, x: Tensor) -> Tensor:
+        loop = self._loop()
+        assert loop is not None
+        host_weight = next(p for n, p in loop.trainee.model.named_parameters() if "esper_slot" not in n)
+        out: Tensor = x * self.scale + 1e-6 * host_weight.sum()
+        return out
+
+
+@pytest.fixture(scope="module")
+def data() -> DataSplits:
+    return load_data(TolariaConfig(**TINY))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def lane() -> AsyncIterator[Lane]:
+    async with Lane("train", "cpu", num_threads=1) as train:
+        yield train
+
+
+async def train(
+    data: DataSplits, lane: Lane, make_seed: Callable[[TolariaCell], nn.Module], probe_every: int
+) -> tuple[list[SystemStatePacket], RecordingSink, dict[str, Tensor]]:
+    config = TolariaConfig(**TINY)  # type: ignore[arg-type]
+    system = ActorSystem(clock=MonotonicClock(), sink=RecordingSink())
+    cell = new_cell(config)
+    handoff: Handoff[nn.Module] = Handoff()
+    seed = make_seed(cell)
+    setattr(seed, RECIPE_ATTR, {})
+    handle = handoff.put(seed)
+    packets: list[SystemStatePacket] = []
+
+    def answer(packet: SystemStatePacket) -> None:
+        packets.append(packet)
+        step = packet.global_step
+        ops = (
+            (SeedOp(kind="attach", slot="blocks.1", seed_id="s1", handle=handle, blueprint_id="x"),)
+            if step == 4
+            else ()
+        )
+        plan = BoundaryPlan(run_id="t", decided_on_step=step, effect_step=step + 8, ops=ops)
+        system.ref("tolaria/control", TolariaControl).tell_nowait(plan)
+
+    sink = RecordingSink()
+    wiring = TolariaWiring(
+        run_id="t",
+        run_dir=None,
+        lane=lane,
+        cell=cell,
+        sink=sink,
+        handoff=handoff,
+        subscribers=(answer,),
+        expects_plans=True,
+        data=data,
+        isolation_probe_every_steps=probe_every,
+    )
+    await system.start(tolaria_spec(config, wiring))
+    async with asyncio.timeout(60):
+        await cell.wait_finished()
+        await system.stop()
+    loop = cell.last_loop
+    assert loop is not None
+    weights = {k: v.clone() for k, v in loop.trainee.model.state_dict().items() if isinstance(v, Tensor)}
+    return packets, sink, weights
+
+
+async def test_a_leaking_seed_is_counted_in_packets_and_reported_critical(data: DataSplits, lane: Lane) -> None:
+    packets, sink, _ = await train(data, lane, LeakySeed, probe_every=4)
+    counted = [s.isolation_violations for p in packets for s in p.seed_states if s.seed_id == "s1"]
+    assert counted, "the attached seed is reported"
+    assert counted == sorted(counted), "a running total"
+    assert counted[-1] > 0
+    events = [e for e in sink.events if isinstance(e, TelemetryEvent) and e.name == "isolation_violation"]
+    assert events
+    assert events[0].attributes["seed_id"] == "s1"
+    assert events[0].level.name == "CRITICAL"
+
+
+async def test_probing_a_healthy_seed_changes_nothing_about_training(data: DataSplits, lane: Lane) -> None:
+    with_probe, _, probed = await train(data, lane, lambda _cell: seed_module(), probe_every=1)
+    without, _, plain = await train(data, lane, lambda _cell: seed_module(), probe_every=0)
+    assert probed.keys() == plain.keys()
+    assert all(torch.equal(probed[k], plain[k]) for k in probed)
+    assert [p.training_loss for p in with_probe] == [p.training_loss for p in without]
+    assert all(s.isolation_violations == 0 for p in with_probe for s in p.seed_states)
