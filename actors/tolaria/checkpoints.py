@@ -29,6 +29,7 @@ import torch
 from actors.tolaria.boundary import GraftEvent
 from actors.tolaria.snapshots import TrainState
 from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
+from esper.runtime.errors import EsperError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +41,7 @@ MANIFEST = "manifest.json"
 _log = structlog.get_logger("actors.tolaria")
 
 
-class CheckpointError(Exception):
+class CheckpointError(EsperError):
     """Raised when no usable checkpoint exists where one is required (every candidate missing or failing its
     checksum), or a checkpoint's contents do not fit the model."""
 

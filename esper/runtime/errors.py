@@ -19,6 +19,17 @@ EsperError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
 │   └── BusClosed                 publish/consume after the bus was closed
 └── ConfigError                   a configuration file or override is invalid (also ValueError); one-line message
+
+Leaves that subsystems add next to their code (never a second root):
+- BusError: PayloadTooLarge, ReplyError (esper.runtime.bus_redis)
+- ConfigError: TolariaConfigError (actors.tolaria.build: a bad host factory or data file named in config)
+- EsperError: CheckpointError (actors.tolaria.checkpoints), LifecycleError > IllegalTransition, TransitionOrderError,
+  UnknownSlot (actors.kasmina.lifecycle), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
+  BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
+  FetchBudgetExceeded (actors.urza.artifact), MetricsFileError (actors.nissa.csv_writer), ReportInputError
+  (esper.report)
+esper.nn may not import this module (it is pure torch), so its misuse errors are plain ValueError subclasses:
+SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, DatasetError.
 """
 
 from __future__ import annotations
