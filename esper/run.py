@@ -14,13 +14,14 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, final
 
 import anyio
 import msgspec
 import structlog
 
 from actors.oona.housekeeping import oona_spec
+from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
 from actors.weatherlight.tree import build_root, state_reporter
@@ -31,10 +32,12 @@ from esper.logs import StructlogSink, configure_logging
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
+from esper.runtime.bus_redis import open_redis_bus
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.gpu import GpuTelemetry
 from esper.runtime.lanes import Lanes
+from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session import EsperSystem, EventHub, FanoutSink
 from esper.wiring import RunHooks, RunTally
@@ -46,7 +49,8 @@ if TYPE_CHECKING:
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
-    from esper.runtime.supervisor import ChildSpec, Supervisor
+    from esper.runtime.ref import ActorRef
+    from esper.runtime.supervisor import Supervisor
     from schemas.enums import SeedLifecycleStage
     from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 
@@ -96,6 +100,7 @@ def build_tree(
     deadline_s = config.weatherlight.shutdown_deadline_s
     children: list[ChildSpec] = [
         oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
+        ChildSpec(PUBLISHER, lambda: OonaPublisher(bus), shutdown_deadline_s=deadline_s),
         *subsystems,
     ]
     if tolaria is not None:
@@ -119,6 +124,49 @@ def build_tree(
         ),
     ]
     return build_root(children, config.weatherlight)
+
+
+@final
+class BusResource:
+    """Oona's bus for one run: in-process by default, Redis Streams with ``oona.backend = "redis"``; a session resource
+    closed after the actors have stopped."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self.bus: Bus | None = None
+
+    async def open(self, config: RunConfig, clock: Clock, limits: BusLimits) -> Bus:
+        """Open the configured backend.
+
+        Raises:
+            ConfigError: the Redis backend is configured but its package is missing or the server does not answer.
+        """
+        oona = config.oona
+        if oona.backend == "inproc":
+            self.bus = InProcessBus(clock, limits=limits)
+            return self.bus
+        try:
+            self.bus = await self._stack.enter_async_context(
+                open_redis_bus(
+                    oona.redis_url,
+                    clock,
+                    prefix=oona.stream_prefix,
+                    limits=limits,
+                    max_payload_bytes=oona.max_payload_bytes,
+                )
+            )
+        except ModuleNotFoundError as err:
+            raise ConfigError(
+                f"oona.backend: \"redis\" needs the redis package (pip install 'esper-morphogenesis[redis]'): {err}"
+            ) from err
+        except OSError as err:
+            raise ConfigError(f"oona.redis_url: {oona.redis_url} does not answer: {err}") from err
+        return self.bus
+
+    async def aclose(self) -> None:
+        if self.bus is not None and isinstance(self.bus, InProcessBus):
+            await self.bus.close()
+        await self._stack.aclose()
 
 
 def _bus_limits(config: RunConfig) -> BusLimits:
@@ -195,9 +243,20 @@ async def start(
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
     if screen is not None:
         sinks.append(screen)
-    sink = FanoutSink(*sinks)
     clock = MonotonicClock()
-    bus = InProcessBus(clock, limits=_bus_limits(resolved))
+    bus_resource = BusResource()
+    bus = await bus_resource.open(resolved, clock, _bus_limits(resolved))
+
+    def publisher() -> ActorRef[Published] | None:
+        # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.
+        try:
+            return actors.ref(PUBLISHER, OonaPublisher)
+        except ValueError:
+            return None
+
+    bus_sink = BusSink(publisher)
+    sinks.append(bus_sink)
+    sink = FanoutSink(*sinks)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
     _log.info(
         "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
@@ -215,11 +274,13 @@ async def start(
             sink=sink,
             actors=actors,
             tally=tally,
-            taps=(screen.on_packet,) if screen is not None else (),
+            # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
+            taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
             hooks=hooks,
         )
     except BaseException:
         await lanes.aclose()
+        await bus_resource.aclose()
         logging.close()
         raise
     tree = build_tree(
@@ -230,6 +291,7 @@ async def start(
     except BaseException:
         await lanes.aclose()
         await StoreCloser(parts.store).aclose()
+        await bus_resource.aclose()
         logging.close()
         raise
     for state in actors.snapshot():
@@ -254,7 +316,7 @@ async def start(
         logging=logging,
         started_at=started_at,
         training=cell,
-        resources=(lanes, StoreCloser(parts.store)),
+        resources=(lanes, StoreCloser(parts.store), bus_resource),
         stop_training=lambda: cell.request_run_stop("run stopping"),
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,

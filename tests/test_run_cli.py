@@ -15,6 +15,7 @@ from esper.run import EXIT_CONFIG_ERROR, main
 REPO = Path(__file__).resolve().parent.parent
 ACTORS = {
     "oona",
+    "oona-publisher",
     "urza",
     "nissa",
     "nissa-tick",

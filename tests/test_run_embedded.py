@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 ACTORS = {
     "oona",
+    "oona-publisher",
     "urza",
     "nissa",
     "nissa-tick",
