@@ -16,28 +16,13 @@ from schemas.config import RunConfig
 from schemas.enums import ActorStatus
 from schemas.run import RunSummary
 from schemas.runtime import ActorState, ChildFailed
+from tests.test_run_cli import ACTORS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from schemas.base import Message, Record
-
-
-ACTORS = {
-    "oona",
-    "oona-publisher",
-    "urza",
-    "nissa",
-    "nissa-tick",
-    "tezzeret",
-    "kasmina",
-    "tamiyo",
-    "tolaria",
-    "tolaria/control",
-    "tolaria/trainer",
-    "weatherlight",
-}
 
 
 @pytest.fixture(autouse=True)
