@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.tolaria.checkpoints import read_manifest
+from actors.tolaria.checkpoints import decode_state, read_manifest
 from esper.run import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ state_interval_s = 60.0
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     directory = run_dir / "checkpoints"
     newest = read_manifest(directory)[-1]
-    raw = torch.load(directory / newest.file, weights_only=True)
-    return {k: v for k, v in raw["model"].items() if isinstance(v, torch.Tensor)}
+    state, _ = decode_state((directory / newest.file).read_bytes())
+    return {k: v for k, v in state.model.items() if isinstance(v, torch.Tensor)}
 
 
 @pytest.fixture(scope="module")
