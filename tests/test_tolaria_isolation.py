@@ -129,3 +129,14 @@ async def test_probing_a_healthy_seed_changes_nothing_about_training(data: DataS
     assert all(torch.equal(probed[k], plain[k]) for k in probed)
     assert [p.training_loss for p in with_probe] == [p.training_loss for p in without]
     assert all(s.isolation_violations == 0 for p in with_probe for s in p.seed_states)
+
+
+async def test_each_probe_reports_the_gradient_overlap_sketch(data: DataSplits, lane: Lane) -> None:
+    _, sink, _ = await train(data, lane, lambda _cell: seed_module(), probe_every=4)
+    sketches = [e for e in sink.events if isinstance(e, TelemetryEvent) and e.name == "isolation_sketch"]
+    assert sketches, "a live seed is sketched at every probe"
+    for event in sketches:
+        assert event.attributes["seed_id"] == "s1"
+        cosine = event.attributes["cosine"]
+        assert isinstance(cosine, float)
+        assert -1.0 - 1e-6 <= cosine <= 1.0 + 1e-6

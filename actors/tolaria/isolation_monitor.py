@@ -4,7 +4,8 @@ Runs on the train lane at a state packet (never inside a step). The probe (esper
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
 statistic and accumulates nothing into ``.grad``: training is bitwise the same with the monitor on or off. Violations
 are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations``; Kasmina
-charges every increase to the seed's isolation breaker.
+charges every increase to the seed's isolation breaker. Each probe also reports the overlap of the last step's host
+and seed gradients (dot, norms, cosine through a fixed count sketch) as an ``isolation_sketch`` event.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, final
 
 import structlog
 
-from esper.nn.isolation import probe_isolation
+from esper.nn.isolation import gradient_sketch, probe_isolation
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
@@ -30,6 +31,7 @@ _log = structlog.get_logger("actors.tolaria")
 
 MICRO_BATCH = 8
 EVENT = "isolation_violation"
+SKETCH_EVENT = "isolation_sketch"
 
 
 @final
@@ -62,6 +64,32 @@ class IsolationMonitor:
         self.probes += 1
         for result in results:
             self._record(trainee, result, step, emit)
+            self._sketch(trainee, result, step, emit)
+
+    @staticmethod
+    def _sketch(trainee: Trainee, result: IsolationResult, step: int, emit: Callable[[Message | Record], None]) -> None:
+        # The last step's gradients, host against this seed, through one fixed count sketch (telemetry, no verdict).
+        seed = trainee.slots[result.slot].seed_module
+        if seed is None or result.seed_id is None:
+            return
+        seed_ids = {id(p) for p in seed.parameters()}
+        host = [p.grad for p in trainee.model.parameters() if id(p) not in seed_ids]
+        sketch = gradient_sketch(host, [p.grad for p in seed.parameters()])
+        emit(
+            TelemetryEvent(
+                name=SKETCH_EVENT,
+                level=TelemetryLevel.INFO,
+                attributes={
+                    "slot": result.slot,
+                    "seed_id": result.seed_id,
+                    "step": float(step),
+                    "dot": sketch.dot,
+                    "host_norm": sketch.host_norm,
+                    "seed_norm": sketch.seed_norm,
+                    "cosine": sketch.cosine,
+                },
+            )
+        )
 
     @staticmethod
     def _record(trainee: Trainee, result: IsolationResult, step: int, emit: Callable[[Message | Record], None]) -> None:
