@@ -12,6 +12,10 @@ import pytest
 
 from esper.run import EXIT_CONFIG_ERROR, main
 
+# real runs in subprocesses: a slow, loaded machine may need more than the default 30 s hang guard.
+pytestmark = pytest.mark.timeout(90)
+
+
 REPO = Path(__file__).resolve().parent.parent
 ACTORS = {
     "oona",

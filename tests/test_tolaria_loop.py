@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from schemas.boundary import BoundaryApplied
     from schemas.state import SystemStatePacket
 
+# real training runs: a slow, loaded machine may need more than the default 30 s hang guard.
+pytestmark = pytest.mark.timeout(90)
+
+
 TINY = {"epochs": 3, "dataset_samples": 1000, "batch_size": 50, "state_every_steps": 4}
 
 

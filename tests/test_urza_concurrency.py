@@ -9,11 +9,17 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from actors.urza.store import UrzaStore
 from tests.test_urza_artifact import linear_blob
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Barrier, Event
+
+# real processes (spawn start-up dominates): a slow, loaded machine may need more than the default 30 s hang guard.
+pytestmark = pytest.mark.timeout(90)
+
 
 PUTS_PER_WORKER = 20
 SHARED = 10  # the first puts of each worker are the same artifacts in both, the rest are its own
