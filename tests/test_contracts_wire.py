@@ -7,18 +7,14 @@ file tests/golden/<TypeName>.json. After an intended change of the wire format, 
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
-import pkgutil
 from pathlib import Path
 from typing import Union
 
 import msgspec
 import pytest
 
-import schemas
-from schemas.base import ConfigSection, Message, Record
+from schemas.base import Message, Record
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome, SeedOp, TrainingRestored
 from schemas.control import AdaptationCommand, BlendConfig, CommandResult, CommandSecurity
 from schemas.domain_enums import (
@@ -75,6 +71,7 @@ from schemas.nissa import (
     SeedStageChanged,
     SloStatus,
 )
+from schemas.registry import contract_types
 from schemas.reports import FieldReport, MitigationAction, PolicyUpdate, ValidationReport
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 from schemas.runtime import (
@@ -96,19 +93,6 @@ UPDATE_GOLDENS = os.environ.get("ESPER_UPDATE_GOLDENS") == "1"
 COMMAND_ID = "3f1c2a9e-8b7d-4c6e-9a5f-0d1e2f3a4b5c"
 SHA_A = "a" * 64
 SHA_B = "0123456789abcdef" * 4
-
-
-def _discover() -> list[type[Message] | type[Record]]:
-    """Every concrete Message/Record subclass defined in a module of the schemas package (config excluded)."""
-    found: dict[str, type[Message] | type[Record]] = {}
-    for info in pkgutil.iter_modules(schemas.__path__):
-        module = importlib.import_module(f"schemas.{info.name}")
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if obj.__module__ != module.__name__ or obj in (Message, Record) or issubclass(obj, ConfigSection):
-                continue
-            if issubclass(obj, Message | Record):
-                found[obj.__name__] = obj
-    return [found[name] for name in sorted(found)]
 
 
 BLEND = BlendConfig(
@@ -633,7 +617,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
     ),
 }
 
-ALL_TYPES = _discover()
+ALL_TYPES = list(contract_types())
 
 
 def _golden(cls: type) -> bytes:

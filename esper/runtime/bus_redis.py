@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
-import inspect
-import pkgutil
 from typing import TYPE_CHECKING, Union, final
 
 import msgspec
 
-import schemas
 from esper.runtime.bus import (
     ALL_TOPICS,
     DROPPABLE_TYPES,
@@ -29,8 +25,9 @@ from esper.runtime.bus import (
 )
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
 from esper.runtime.errors import BusClosed, BusError, UnknownTopic
-from schemas.base import ConfigSection, Message
+from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
+from schemas.registry import message_types
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
@@ -53,19 +50,8 @@ class ReplyError(BusError):
 
 
 def schema_message_types() -> tuple[type[Message], ...]:
-    """Every concrete Message subclass defined in a module of the schemas package, sorted by name.
-
-    Imports the schemas modules (which have no side effects); call it once per bus, not per message.
-    """
-    found: dict[str, type[Message]] = {}
-    for info in pkgutil.iter_modules(schemas.__path__):
-        module = importlib.import_module(f"schemas.{info.name}")
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if obj.__module__ != module.__name__ or obj is Message or not issubclass(obj, Message):
-                continue
-            if not issubclass(obj, ConfigSection):
-                found[obj.__name__] = obj
-    return tuple(found[name] for name in sorted(found))
+    """Every Message type of the schemas package: what a RedisBus decodes by default."""
+    return message_types()
 
 
 def _settle(future: asyncio.Future[None], _timer: asyncio.Task[None]) -> None:
