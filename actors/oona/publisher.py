@@ -8,6 +8,7 @@ topic. Telemetry may be shed by the bus under backpressure (counted there); a fu
 
 from __future__ import annotations
 
+import typing
 from typing import TYPE_CHECKING, Final, final
 
 import structlog
@@ -40,17 +41,7 @@ Published = (
     | SystemStatePacket
     | BoundaryApplied
 )
-PUBLISHED: Final = (
-    TelemetryEvent,
-    EmergencySignal,
-    BreakerTransition,
-    ChildFailed,
-    ChildRestarted,
-    SupervisorEscalated,
-    SeedStageChanged,
-    SystemStatePacket,
-    BoundaryApplied,
-)
+PUBLISHED: Final = typing.get_args(Published)
 PUBLISHER = "oona-publisher"
 
 _EMERGENCY_PRIORITY: Final = {
