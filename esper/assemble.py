@@ -178,7 +178,7 @@ async def assemble(
     )
     urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
     routes = Routes(actors, sink)
-    nissa_sink = FanoutSink(sink, NissaForward(routes, actors))
+    nissa_sink = FanoutSink(sink, NissaForward(routes))
     source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
     seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source  # type: ignore[arg-type]
     state = await anyio.to_thread.run_sync(_load_tamiyo_state, checkpoints / TAMIYO_STATE_FILE) if resume else None

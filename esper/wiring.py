@@ -10,7 +10,6 @@ is sent (the tree starts after the specs are built, and a restarted actor keeps 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, final
 
@@ -23,6 +22,7 @@ from actors.tolaria.actor import TolariaControl
 from actors.urza.artifact import ArtifactNotFound
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
+from esper.runtime.percentiles import nearest_rank
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
@@ -140,20 +140,12 @@ class Routes:
 class NissaForward:
     """An EventSink that tells Nissa the events it consumes (lifecycle, emergencies, breakers, restarts)."""
 
-    def __init__(self, routes: Routes, actors: ActorSystem) -> None:
+    def __init__(self, routes: Routes) -> None:
         self._routes = routes
-        self._actors = actors
 
     def emit(self, event: Message | Record) -> None:
         if isinstance(event, NISSA_EVENTS):
             self._routes._tell("nissa", Nissa, event)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 @final
@@ -216,6 +208,7 @@ class RunTally:
         counts: dict[str, int] = {}
         for stage in self.seed_stages.values():
             counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+        latencies = sorted(self.decision_ms)
         return GrowthFigures(
             baseline_val_accuracy=None if baseline_epoch is None else self.epoch_val_accuracy[baseline_epoch],
             baseline_epoch=baseline_epoch,
@@ -224,8 +217,8 @@ class RunTally:
             parameters_added=seed_parameters,
             seeds=counts,
             decisions=len(self.decision_ms),
-            decision_p50_ms=_percentile(self.decision_ms, 0.50),
-            decision_p95_ms=_percentile(self.decision_ms, 0.95),
+            decision_p50_ms=nearest_rank(latencies, 0.50),
+            decision_p95_ms=nearest_rank(latencies, 0.95),
             emergency_events=self.emergencies,
         )
 

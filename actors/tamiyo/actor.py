@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import uuid
 from typing import TYPE_CHECKING, Literal, assert_never, final
 
@@ -44,6 +43,7 @@ from actors.tamiyo.policy import NO_OP, build_command
 from actors.tamiyo.risk import RiskContext, RiskEffect, RiskThresholds, RiskVerdict, assess
 from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
+from esper.runtime.percentiles import nearest_rank
 from esper.runtime.signing import sign_command
 from schemas.base import Message, Record
 from schemas.boundary import Decision as WireDecision
@@ -373,8 +373,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
             breaker_opened=self._breaker.statistics().times_opened,
             conservative=self._conservative.active,
             latency_window=len(window),
-            latency_p50_ms=_nearest_rank(window, 0.50),
-            latency_p95_ms=_nearest_rank(window, 0.95),
+            latency_p50_ms=nearest_rank(window, 0.50),
+            latency_p95_ms=nearest_rank(window, 0.95),
             field_reports=c.field_reports,
             pending_outcomes=self._tracker.pending,
         )
@@ -597,10 +597,3 @@ class TamiyoActor(Actor[TamiyoMessage]):
 
 def _critical(verdict: RiskVerdict) -> bool:
     return any(event.level is TelemetryLevel.CRITICAL for event in verdict.events)
-
-
-def _nearest_rank(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
