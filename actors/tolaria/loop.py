@@ -25,6 +25,7 @@ import torch.nn.functional as F  # the conventional alias
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
+from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
@@ -134,6 +135,8 @@ class TrainingLoop:
         self._inbox = inbox
         self._outbox = outbox
         self._snapshots = snapshots
+        # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
+        self._capture_pool = CapturePool()
         self._handoff = handoff
         self._data = data
         self._pos = _Position()
@@ -327,6 +330,7 @@ class TrainingLoop:
             graft_log=applier.log,
             counters=self._counters(),
             keep_modules=keep_modules,
+            pool=self._capture_pool,
         )
 
     def restore_checkpoint(self) -> bool:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from actors.tolaria.boundary import GraftEvent
     from actors.tolaria.build import Trainee
+    from actors.tolaria.capture_pool import CapturePool
 
 Counters = dict[str, float | int | str | None]
 
@@ -44,6 +45,8 @@ class TrainState:
     counters: Counters
     seed_modules: dict[str, nn.Module] = field(default_factory=dict)
     nbytes: int = 0
+    # Keeps a CapturePool's buffers (which the tensors above view) out of reuse while this state lives.
+    lease: object = None
 
 
 def _clone(value: object) -> object:
@@ -59,28 +62,30 @@ def _clone(value: object) -> object:
 
 
 _LEAVES = frozenset({str, int, float, bool, type(None)})
-# Groups smaller than this are cloned tensor by tensor: a cat and its views cost more than a few clones.
+# Groups smaller than this are cloned tensor by tensor (without a pool): a cat and its views cost more than a few
+# clones.
 _FLATTEN_MIN = 8
+_Slot = tuple[dict[object, object] | list[object], object, torch.Tensor]
 
 
 @final
 class _Copier:
     """Copies nested dicts and lists of tensors into a few flat buffers, one per (dtype, device).
 
-    ``tree`` returns the containers with placeholders and records where each tensor goes; ``finish`` concatenates
-    each group into one new buffer and puts views of it in place. A snapshot then costs a few allocations instead
-    of one per tensor, and a checkpoint file holds a few flat tensors instead of dozens (less work on the checkpoint
-    writer thread). Tensors inside tuples (none in the default state) are cloned on their own.
+    ``tree`` returns the containers with placeholders and records where each tensor goes; ``finish`` copies each
+    group into one buffer and puts views of it in place. A snapshot then costs a few allocations (none with a
+    ``CapturePool`` whose layout still fits) instead of one per tensor, and a checkpoint file holds a few flat tensors
+    instead of dozens (less work on the checkpoint writer thread). Tensors inside tuples (none in the default state)
+    are cloned on their own.
     """
 
     __slots__ = ("_groups", "nbytes")
 
     def __init__(self) -> None:
         self.nbytes = 0
-        # (dtype, device) -> [(container, key, source)]
-        self._groups: dict[
-            tuple[torch.dtype, torch.device], list[tuple[dict[object, object] | list[object], object, torch.Tensor]]
-        ] = {}
+        # (dtype, device) -> [(container, key, source)]; sources are the live tensors themselves (their identity
+        # is what lets a pool reuse a layout).
+        self._groups: dict[tuple[torch.dtype, torch.device], list[_Slot]] = {}
 
     def tree(self, value: object) -> object:
         if type(value) in _LEAVES:
@@ -117,34 +122,46 @@ class _Copier:
             container[key] = self.tree(value)
 
     def _defer(self, container: dict[object, object] | list[object], key: object, tensor: torch.Tensor) -> None:
-        tensor = tensor.detach()
         self.nbytes += tensor.numel() * tensor.element_size()
         if isinstance(container, dict):
             container[key] = None
         self._groups.setdefault((tensor.dtype, tensor.device), []).append((container, key, tensor))
 
-    def finish(self) -> None:
-        """Copy every deferred tensor into its group's buffer and put the views into their containers."""
+    def finish(self, pool: CapturePool | None = None) -> object:
+        """Copy every deferred tensor into its group's buffer and put the views into their containers.
+
+        With a ``pool``, returns the lease the captured state must hold (its buffers are reused once it is gone).
+        """
+        if pool is not None:
+            views, lease = pool.views_for(self._groups)
+            with torch.no_grad():
+                for entries, targets in zip(self._groups.values(), views, strict=True):
+                    torch._foreach_copy_(targets, [source for _, _, source in entries])
+                    for (container, key, _), view in zip(entries, targets, strict=True):
+                        _place(container, key, view)
+            self._groups.clear()
+            return lease
         for entries in self._groups.values():
             if len(entries) < _FLATTEN_MIN:
                 for container, key, source in entries:
-                    if isinstance(container, list):
-                        assert isinstance(key, int)
-                        container[key] = source.clone()
-                    else:
-                        container[key] = source.clone()
+                    _place(container, key, source.detach().clone())
                 continue
-            sources = [source for _, _, source in entries]
+            sources = [source.detach() for _, _, source in entries]
             # One cat into a fresh buffer and views back into it, both single C++ calls (what DDP's bucketing uses).
             flat = _flatten_dense_tensors(sources)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             views = _unflatten_dense_tensors(flat, sources)  # type: ignore[no-untyped-call]  # as above
             for (container, key, _), view in zip(entries, views, strict=True):
-                if isinstance(container, list):
-                    assert isinstance(key, int)
-                    container[key] = view
-                else:
-                    container[key] = view
+                _place(container, key, view)
         self._groups.clear()
+        return None
+
+
+def _place(container: dict[object, object] | list[object], key: object, value: torch.Tensor) -> None:
+    if isinstance(container, list):
+        assert isinstance(key, int)
+        container[key] = value
+    else:
+        container[key] = value
 
 
 def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, object]:
@@ -280,16 +297,19 @@ def capture(
     graft_log: list[GraftEvent],
     counters: Counters,
     keep_modules: bool,
+    pool: CapturePool | None = None,
 ) -> TrainState:
     """Copy the training state between two steps.
 
     A paused slot is recorded in the mode it resumes to (its extra state would otherwise claim DORMANT with a seed
     attached); ``paused`` re-applies the pause after a restore. ``keep_modules`` deep-copies each seed module so the
-    fast tier can rebuild the architecture without the blueprint catalogue.
+    fast tier can rebuild the architecture without the blueprint catalogue. With a ``pool``, the tensors are views
+    into the pool's reused buffers, valid while the returned state lives: copy what must outlive it.
     """
     copier = _Copier()
     model_state: dict[str, object] = {}
-    for key, value in trainee.model.state_dict().items():
+    # keep_vars: the live tensors themselves, whose identity lets the pool recognise the layout.
+    for key, value in trainee.model.state_dict(keep_vars=True).items():
         copier.put(model_state, key, value)
     for name, mode in trainee.paused.items():
         key = f"{slot_path(name)}._extra_state"
@@ -302,7 +322,7 @@ def capture(
             if slot.seed_module is not None and slot.seed_id is not None:
                 modules[slot.seed_id] = copy.deepcopy(slot.seed_module)
     optimizer = _optimizer_state_by_name(trainee.optimizer, copier)
-    copier.finish()
+    lease = copier.finish(pool)
     state = TrainState(
         global_step=global_step,
         epoch=epoch,
@@ -314,6 +334,7 @@ def capture(
         paused=dict(trainee.paused),
         counters=dict(counters),
         seed_modules=modules,
+        lease=lease,
     )
     state.nbytes = copier.nbytes
     return state
