@@ -13,8 +13,10 @@ Method (prints ONE JSON line):
 - **overhead_pct** compares the steady-state cost of training: the median over epochs of the time from an epoch's
   start to the end of its last step (data, steps and, for Tolaria, its in-epoch packets and whatever the writer
   thread's serialisation of the previous checkpoint costs the loop through the GIL). The first epoch of every run
-  is warm-up and is dropped. Arms are interleaved run by run, alternating which goes first, so drift in machine load
-  hits both; ``overhead_paired_pct`` is the median of per-round ratios, a cross-check against such drift, and
+  is warm-up and is dropped. Arms are interleaved run by run, rotating which goes first, so drift in machine load
+  hits each; ``overhead_paired_pct`` is the median of per-round ratios, a cross-check against such drift.
+  ``control_pct`` / ``control_cpu_pct`` run the plain arm a second time in the same rotation and compare it with
+  the first: the noise floor of the machine during this run (an overhead below it cannot be told apart from zero).
   ``overhead_cpu_pct`` compares the training thread's CPU time (``time.thread_time``) per epoch, which time spent
   descheduled by other processes does not inflate (nor does waiting for the GIL, so it excludes the writer thread's
   share; the wall figure is the headline).
@@ -123,6 +125,7 @@ def main() -> None:
     config = TolariaConfig(epochs=args.epochs)
     data = load_data(config)
     plain: list[tuple[float, float]] = []
+    control: list[tuple[float, float]] = []
     tolaria: list[tuple[float, float]] = []
     paired: list[float] = []
     stalls: list[float] = []
@@ -130,13 +133,15 @@ def main() -> None:
         plain_arm(config, data)  # warm-up of both arms
         loop = tolaria_arm(config, data, Path(tmp) / "warm")
         for index in range(args.rounds):
-            # Alternate which arm goes first so drift in machine load hits both equally.
-            if index % 2:
-                plain_epochs = plain_arm(config, data)[1:]
-                loop = tolaria_arm(config, data, Path(tmp) / f"r{index}")
-            else:
-                loop = tolaria_arm(config, data, Path(tmp) / f"r{index}")
-                plain_epochs = plain_arm(config, data)[1:]
+            # Rotate the order of the three arms so drift in machine load hits each equally.
+            order = ("plain", "tolaria", "control")
+            for arm in order[index % 3 :] + order[: index % 3]:
+                if arm == "plain":
+                    plain_epochs = plain_arm(config, data)[1:]
+                elif arm == "control":
+                    control.extend(plain_arm(config, data)[1:])
+                else:
+                    loop = tolaria_arm(config, data, Path(tmp) / f"r{index}")
             tolaria_epochs = list(zip(loop.epoch_train_s_history, loop.epoch_train_cpu_s_history, strict=True))[1:]
             plain.extend(plain_epochs)
             tolaria.extend(tolaria_epochs)
@@ -173,6 +178,8 @@ def main() -> None:
         "overhead_pct": round((tolaria_s / plain_s - 1.0) * 100.0, 2),
         "overhead_paired_pct": round((statistics.median(paired) - 1.0) * 100.0, 2),
         "overhead_cpu_pct": round((tolaria_cpu_s / plain_cpu_s - 1.0) * 100.0, 2),
+        "control_pct": round((_median(control, 0) / plain_s - 1.0) * 100.0, 2),
+        "control_cpu_pct": round((_median(control, 1) / plain_cpu_s - 1.0) * 100.0, 2),
         "overhead_target_pct": 2.0,
         "epoch_boundary_stall_p50_ms": round(statistics.median(stalls), 3),
         "epoch_boundary_stall_p99_ms": round(p99(stalls), 3),
