@@ -4,8 +4,8 @@
 
 - ``dormant_overhead_pct``: one training step (zero_grad, forward, cross-entropy, backward, SGD-momentum step) of
   the host with a dormant slot after every block vs the same model unwrapped, arms alternated in blocks of steps in
-  one process, each step timed in this thread's CPU time, as the median over adjacent blocks of
-  ``slotted / plain - 1`` (block medians), in percent. Target <= 0.5.
+  one process, each step timed in this thread's CPU time, as the median over block quadruples of
+  ``slotted / plain - 1`` (block medians, ABBA quadruples), in percent. Target <= 0.5.
   ``dormant_control_pct`` repeats it with both arms plain: the noise floor of the machine during the run.
 - ``graft_stall_ms_p99``: ``slot.attach(seed) + add_seed_group(...)`` for a prepared seed. Target <= 1 ms.
 - ``incubation_cost_ratio``: ``(median step with one seed - median step with the slot dormant) / median of the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from typing import TYPE_CHECKING
@@ -55,14 +56,15 @@ def _host(name: str) -> tuple[nn.Module, tuple[str, ...], Tensor, Tensor]:
 
 
 def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: int = 40) -> float:
-    """Median over adjacent blocks of ``slotted / plain - 1`` (block medians), in percent; ``control``: plain vs plain.
+    """Median over ABBA block quadruples of ``slotted / plain - 1`` (block medians), in %; ``control``: plain vs plain.
 
     One model and one optimizer: slots are inserted (``wrap``) and removed (``unwrap``) between blocks of ``block``
     steps, so both arms use the very same tensors and memory. Two separate model objects (the previous method) carry
     their own allocation layout, which biased a same-vs-same control by up to 1 %. Reassigning classes deoptimises
     CPython's specialised attribute caches, so the first ``block // 8`` steps after each toggle are not counted.
     Each step is timed in this thread's CPU time (torch runs single-threaded, on this thread), so preemption by other
-    processes does not count. Blocks run in the order ABBA so that drift cancels within each pair of pairs.
+    processes does not count. Blocks run in the order ABBA; each quadruple's geometric-mean ratio cancels a linear
+    drift within it, and the figure is the median over quadruples.
     """
     torch.manual_seed(0)
     model, targets, x, y = _host(name)
@@ -70,7 +72,7 @@ def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: in
     for _ in range(20):
         step()
     skip = max(1, block // 8)
-    blocks = max(2, 2 * round(steps / block / 2))
+    blocks = max(4, 4 * round(steps / block / 4))
     medians: dict[bool, list[float]] = {True: [], False: []}
     for k in range(blocks):
         slotted = (k % 4) in (0, 3)
@@ -80,7 +82,9 @@ def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: in
         if slotted and not control:
             unwrap(model)
         medians[slotted].append(statistics.median(times))
-    ratios = [on / off for on, off in zip(medians[True], medians[False], strict=True)]
+    # Each ABBA quadruple gives one ratio, sqrt(A0 * A3 / (B1 * B2)), which cancels a linear drift within it.
+    on, off = medians[True], medians[False]
+    ratios = [math.sqrt((on[i] * on[i + 1]) / (off[i] * off[i + 1])) for i in range(0, len(on) - 1, 2)]
     return (statistics.median(ratios) - 1.0) * 100.0
 
 
