@@ -24,9 +24,11 @@ from actors.tamiyo.actor import TamiyoActor, TamiyoState
 from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import build_trainee, load_data
+from actors.tolaria.checkpoints import CheckpointError, latest_good_step
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
@@ -141,6 +143,17 @@ def _load_tamiyo_state(path: Path) -> TamiyoState | None:
     return msgspec.json.decode(path.read_bytes(), type=TamiyoState)
 
 
+def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, int | None]:
+    """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step)."""
+    try:
+        step = latest_good_step(checkpoints) if checkpoints.is_dir() else None
+    except CheckpointError:
+        step = None  # Tolaria reports it when it tries to resume
+    graceful = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
+    state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
+    return state, source, step
+
+
 async def assemble(
     config: RunConfig,
     *,
@@ -181,7 +194,21 @@ async def assemble(
     nissa_sink = FanoutSink(sink, NissaForward(routes))
     source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
     seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source  # type: ignore[arg-type]
-    state = await anyio.to_thread.run_sync(_load_tamiyo_state, checkpoints / TAMIYO_STATE_FILE) if resume else None
+    if resume:
+        state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
+    else:
+        # A fresh run in a reused directory must not resume later from another run's controller states.
+        await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
+        state, state_source, resume_step = None, "fresh", None
+    if resume_step is not None and (state is None or (state_source == "journal" and state.last_step != resume_step)):
+        # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
+        # died, or the file is gone): the resumed controller may decide differently from there on.
+        _log.warning(
+            "tamiyo_state_behind",
+            state_step=None if state is None else state.last_step,
+            checkpoint_step=resume_step,
+            source=state_source,
+        )
     kasmina = config.kasmina
     heuristic = HeuristicConfig.from_config(
         config.tamiyo, max_live_seeds=kasmina.max_active_seeds, probation_epochs=kasmina.probation_epochs
@@ -232,7 +259,8 @@ async def assemble(
             run_id=run_id, config=config.tamiyo, security=config.security, simic=config.simic, signing_key=secret,
             key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
             wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
-            on_state=persist_tamiyo, mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
+            on_state=persist_tamiyo, state_journal=checkpoints / STATE_JOURNAL_FILENAME, mailbox_capacity=capacity,
+            shutdown_deadline_s=deadline_s,
         ),
     )  # fmt: skip
     subscribers = (
@@ -267,7 +295,8 @@ async def assemble(
         slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
         host_parameters=found.host_parameters,
         blueprints=[c.blueprint_id for c in offered],
-        tamiyo_state="resumed" if state is not None else "fresh",
+        tamiyo_state=state_source,
+        tamiyo_state_step=None if state is None else state.last_step,
     )
     return Assembly(
         subsystems=subsystems,

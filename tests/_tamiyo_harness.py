@@ -124,6 +124,7 @@ class TamiyoHarness:
         gnn: GnnSettings | None = None,
         state: TamiyoState | None = None,
         simic: SimicConfig | None = None,
+        state_journal: Path | None = None,
     ) -> None:
         self.clock = ManualClock()
         self.wall = ManualClock(WALL_START_S)
@@ -149,6 +150,7 @@ class TamiyoHarness:
             gnn=gnn,
             policy=policy,
             state=state,
+            state_journal=state_journal,
             fsync=False,
         )
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
+from actors.tolaria.checkpoints import latest_good_step
 from esper.run import start
 from esper.wiring import RunHooks, SeedSourceLike
 from schemas.run import RunSummary
@@ -187,3 +189,43 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert summary.training.global_step == 10 * 16
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"kasmina_rebuilt"' in events
+
+
+def test_kill_9_then_resume_starts_tamiyo_from_its_journaled_state_at_the_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, epochs=8)
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
+        assert first.stderr is not None
+        for line in first.stderr:
+            if line.startswith("epoch   5/"):
+                break
+        first.kill()  # SIGKILL: no graceful stop, no tamiyo_state.json
+        first.communicate(timeout=60)
+    assert not (checkpoints / "tamiyo_state.json").exists()
+    step = latest_good_step(checkpoints)
+    assert step is not None
+    expected = state_at(checkpoints / STATE_JOURNAL_FILENAME, step)
+    assert expected is not None  # epochs 1-4 ended long before the kill
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.resumed_from_step == step
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assembled = [e for e in events if e.get("event") == "run_assembled"]
+    assert assembled[-1]["tamiyo_state"] == "journal"
+    assert assembled[-1]["tamiyo_state_step"] == expected.step
+    behind = [e for e in events if e.get("event") == "tamiyo_state_behind"]
+    assert bool(behind) == (expected.step != step)

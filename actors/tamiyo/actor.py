@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from actors.tamiyo.field_reports import FieldReportWal
     from actors.tamiyo.policy import BlueprintCandidate, Observation, Policy
     from actors.tamiyo.policy import Decision as PolicyDecision
+    from actors.tamiyo.state_journal import TamiyoStateJournal
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
@@ -168,6 +169,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         conservative_exit_clean_epochs: int = 2,
         outcomes: OutcomeSettings | None = None,
         wal: FieldReportWal | None = None,
+        state_journal: TamiyoStateJournal | None = None,
         freshness_s: float = 60.0,
         state: TamiyoState | None = None,
         on_stop_state: Callable[[TamiyoState], None] | None = None,
@@ -188,6 +190,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         breaker: the inference breaker's settings (TamiyoConfig.inference_breaker).
         risk: the risk engine's thresholds.
         outcomes: field-report window and reward lambdas; wal: where reports go (None: kept only in counters).
+        state_journal: receives the exported state after every epoch-end packet (exact resume after a crash).
         freshness_s: the freshness window written into each command's security block.
         state: a TamiyoState to start from (a resumed run or a restart).
         on_stop_state: receives the state when the incarnation stops (the spec's cell, for restarts).
@@ -231,6 +234,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._conservative_dirty = False
         self._tracker = OutcomeTracker(outcomes if outcomes is not None else OutcomeSettings())
         self._wal = wal
+        self._state_journal = state_journal
         self._freshness_s = freshness_s
         self._on_stop_state = on_stop_state
         self._counters = TamiyoCounters()
@@ -413,6 +417,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
         reports.extend(self._tracker.observe(packet, critical=_critical(verdict)))
         self._open_window(packet, choice, verdict, command_id)
         await self._append(reports)
+        if self._state_journal is not None and packet.validation_loss is not None:
+            # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
+            await self._state_journal.append(packet.global_step, self.export_state())
 
     async def _run_policy(self, observation: Observation) -> PolicyDecision | Exception:
         self._inflight = True

@@ -12,6 +12,7 @@ from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
+from actors.tamiyo.state_journal import TamiyoStateJournal
 from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import GraphCaps
 from esper.runtime.ref import ActorRef
@@ -76,6 +77,7 @@ def tamiyo_spec(
     policy: Policy | None = None,
     state: TamiyoState | None = None,
     on_state: Callable[[TamiyoState], None] | None = None,
+    state_journal: Path | None = None,
     fsync: bool = True,
     name: str = "tamiyo",
     mailbox_capacity: int = 1024,
@@ -106,6 +108,8 @@ def tamiyo_spec(
         state: a TamiyoState to resume from.
         on_state: receives the state each incarnation exports when it stops (event loop; e.g. to persist it for
             ``--resume``); must not block for long.
+        state_journal: where the state after every epoch-end packet is journaled (``TamiyoStateJournal``, so a
+            resume after a crash starts from the state at its checkpoint); None: not journaled.
         fsync: whether each WAL append waits for the disk.
 
     Raises:
@@ -164,6 +168,7 @@ def tamiyo_spec(
             conservative_exit_clean_epochs=config.conservative_exit_clean_epochs,
             outcomes=outcomes,
             wal=FieldReportWal(run_dir / WAL_FILENAME, fsync=fsync),
+            state_journal=TamiyoStateJournal(state_journal) if state_journal is not None else None,
             freshness_s=security.command_freshness_s,
             state=cell[0] if cell else None,
             on_stop_state=remember,

@@ -257,6 +257,26 @@ def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], Checkpoin
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
+    found = _newest_verified(directory)
+    if found is None:
+        return None
+    info, data = found
+    state, pending = decode_state(data)
+    return state, pending, info
+
+
+def latest_good_step(directory: Path) -> int | None:
+    """The global step of the checkpoint ``load_latest`` would resume from (verified the same way, not decoded);
+    None when the directory has no checkpoint. Blocking.
+
+    Raises:
+        CheckpointError: checkpoints are listed but none is usable.
+    """
+    found = _newest_verified(directory)
+    return None if found is None else found[0].global_step
+
+
+def _newest_verified(directory: Path) -> tuple[CheckpointInfo, bytes] | None:
     entries = read_manifest(directory)
     for info in reversed(entries):
         path = directory / info.file
@@ -275,8 +295,7 @@ def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], Checkpoin
                 expected_size_bytes=info.size_bytes,
             )
             continue
-        state, pending = decode_state(data)
-        return state, pending, info
+        return info, data
     if entries:
         raise CheckpointError(f"{directory}: no checkpoint passes its checksum ({len(entries)} listed)")
     return None

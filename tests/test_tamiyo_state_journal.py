@@ -1,0 +1,143 @@
+"""Tamiyo's state journal: one entry per epoch-end packet, torn lines skipped, compaction, and the resume choice."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from actors.tamiyo.actor import TamiyoCounters, TamiyoState
+from actors.tamiyo.heuristic import HeuristicState
+from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state_journal import TamiyoStateJournal, read_entries, resume_state, state_at
+from schemas.config import TamiyoConfig
+from tests._tamiyo_harness import TamiyoHarness, plateau_run
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.runtime.events import RecordingSink
+
+
+def _state(step: int, decisions: int = 0) -> TamiyoState:
+    return TamiyoState(
+        policy="heuristic",
+        policy_version="heuristic-1",
+        fallback=HeuristicState(),
+        outcomes=OutcomeState(),
+        counters=TamiyoCounters(decisions=decisions),
+        last_step=step,
+    )
+
+
+async def test_entries_round_trip_and_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "states.jsonl"
+    journal = TamiyoStateJournal(path)
+    for step in (10, 20, 30):
+        await journal.append(step, _state(step, decisions=step))
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:40])  # a write cut short by kill -9
+    entries, skipped = read_entries(path)
+    assert [e.step for e in entries] == [10, 20, 30]
+    assert entries[2].state == _state(30, decisions=30)
+    assert skipped == 1
+
+
+def test_a_damaged_line_costs_only_itself(tmp_path: Path) -> None:
+    path = tmp_path / "states.jsonl"
+
+    async def write() -> None:
+        journal = TamiyoStateJournal(path)
+        for step in (10, 20, 30):
+            await journal.append(step, _state(step))
+
+    anyio.run(write)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"decisions":0', b'"decisions":7')  # valid JSON, wrong checksum
+    path.write_bytes(b"".join(lines))
+    entries, skipped = read_entries(path)
+    assert [e.step for e in entries] == [10, 30]
+    assert skipped == 1
+
+
+async def test_the_file_is_compacted_to_the_newest_entries(tmp_path: Path) -> None:
+    path = tmp_path / "states.jsonl"
+    journal = TamiyoStateJournal(path, keep=3)
+    for step in range(1, 8):
+        await journal.append(step * 10, _state(step * 10))
+    entries, _ = read_entries(path)
+    assert [e.step for e in entries] == [40, 50, 60, 70]  # compacted to 3 at the 6th append, then one more
+    assert len(path.read_bytes().splitlines()) == 4
+
+
+async def test_state_at_picks_the_newest_entry_at_or_before_a_step_later_lines_winning_ties(tmp_path: Path) -> None:
+    path = tmp_path / "states.jsonl"
+    journal = TamiyoStateJournal(path)
+    await journal.append(10, _state(10, decisions=1))
+    await journal.append(20, _state(20, decisions=2))
+    await journal.append(20, _state(20, decisions=3))  # a resumed incarnation passing the same step again
+    await journal.append(30, _state(30, decisions=4))
+    at_25 = state_at(path, 25)
+    assert at_25 is not None
+    assert at_25.state.counters.decisions == 3
+    assert state_at(path, 9) is None
+    assert state_at(tmp_path / "missing.jsonl", 100) is None
+
+
+async def test_resume_state_prefers_the_newest_covering_state_and_the_graceful_one_on_a_tie(tmp_path: Path) -> None:
+    path = tmp_path / "states.jsonl"
+    journal = TamiyoStateJournal(path)
+    await journal.append(16, _state(16, decisions=1))
+    await journal.append(32, _state(32, decisions=2))
+    graceful = _state(24, decisions=9)
+    assert resume_state(graceful, path, None) == (None, "fresh")  # no checkpoint: training starts over
+    assert resume_state(graceful, path, 32) == (_state(32, decisions=2), "journal")
+    assert resume_state(graceful, path, 30) == (graceful, "graceful_stop")
+    assert resume_state(_state(32, decisions=9), path, 32) == (_state(32, decisions=9), "graceful_stop")
+    assert resume_state(_state(40), path, 32) == (_state(32, decisions=2), "journal")  # graceful is past the step
+    assert resume_state(None, tmp_path / "missing.jsonl", 32) == (None, "fresh")
+
+
+async def test_the_actor_journals_its_exported_state_after_each_epoch_end_packet(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    path = tmp_path / "checkpoints" / "states.jsonl"
+    config = TamiyoConfig(plateau_patience_epochs=2, germinate_cooldown_epochs=1)
+    packets = plateau_run(epochs=5)
+    async with TamiyoHarness(tmp_path, sink, config=config, state_journal=path) as h:
+        await h.run(packets)
+        final = await h.state()
+    entries, skipped = read_entries(path)
+    assert skipped == 0
+    epoch_ends = [p.global_step for p in packets if p.validation_loss is not None]
+    assert [e.step for e in entries] == epoch_ends  # mid-epoch packets are not journaled
+    assert entries[-1].state == final
+    assert all(e.state.last_step == e.step for e in entries)
+
+
+async def test_a_journaled_state_resumes_to_the_decisions_of_an_uninterrupted_run(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    config = TamiyoConfig(plateau_patience_epochs=2, germinate_cooldown_epochs=1)
+    packets = plateau_run(epochs=9)
+    cut = 8  # after the epoch-end packet of epoch 3: where a checkpoint would be
+    assert packets[cut - 1].validation_loss is not None
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = tmp_path / "a" / "states.jsonl"
+    async with TamiyoHarness(tmp_path / "a", sink, config=config, state_journal=path) as uninterrupted:
+        expected = await uninterrupted.run(packets)
+    # As after kill -9: only the journal is left; resume from the entry at the checkpoint's step.
+    state, source = resume_state(None, path, packets[cut - 1].global_step)
+    assert source == "journal"
+    assert state is not None
+    async with TamiyoHarness(tmp_path / "b", sink, config=config, state=state) as resumed:
+        got = await resumed.run(packets[cut:])
+    assert got == expected[cut:]
+    assert any(d.command is not None for d in got), "the tail should contain a germination to be a real test"
+
+
+def test_keep_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        TamiyoStateJournal(tmp_path / "x", keep=0)
