@@ -121,6 +121,9 @@ class TamiyoConfig(ConfigSection, frozen=True):
     device: Device = "auto"
     gnn_checkpoint: str | None = None
     compile: bool = False
+    # Where the GNN policy's inference runs: "process" (a worker process, so on a CPU it does not contend with
+    # training for the GIL), "thread" (the policy lane's thread), "auto" (process on a CPU lane, thread on CUDA).
+    policy_process: Literal["auto", "thread", "process"] = "auto"
     every_k_epochs: PosInt = 3
     germinate_cooldown_epochs: NonNegInt = 2
     plateau_patience_epochs: PosInt = 2

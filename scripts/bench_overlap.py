@@ -30,11 +30,15 @@ import torch
 from torch import nn
 
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.observe import build_observation
 from actors.tamiyo.policy import BlueprintCandidate
 from esper.nn.hosts import CNN1dHost
 from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_graph import GraphCaps
 from esper.runtime.lanes import Lane
+from schemas.config import TamiyoConfig
+from schemas.control import BlendConfig
 from schemas.domain_enums import CostTier
 from schemas.enums import SeedLifecycleStage
 from schemas.state import LayerSummary, SeedState, StepTimings, SystemStatePacket
@@ -66,17 +70,25 @@ def make_step() -> Callable[[], float]:
     return step
 
 
-def make_decision() -> Callable[[], float]:
+def make_decision(in_process: bool, threads: int) -> tuple[Callable[[], float], GnnPolicy | RemoteGnnPolicy]:
     model = build_tamiyo_gnn(TamiyoGNNConfig(), seed=0)
     blueprints = tuple(
         BlueprintCandidate(blueprint_id=f"bp{k}", cost_tier=CostTier.LOW, risk=0.1 * k, parameter_count=500 * (k + 1))
         for k in range(4)
     )
-    policy = GnnPolicy(
-        model,
-        registries=registries_for([bp.blueprint_id for bp in blueprints], ("conv1d",), ("relu",)),
-        weights_digest=weights_sha256(model),
+    ids = tuple(bp.blueprint_id for bp in blueprints)
+    local = GnnPolicy(
+        model, registries=registries_for(ids, ("conv1d",), ("relu",)), weights_digest=weights_sha256(model)
     )
+    policy: GnnPolicy | RemoteGnnPolicy = local
+    if in_process:
+        # What the Tamiyo actor builds for tamiyo.policy_process = "process" (the default on a CPU lane).
+        remote = RemoteGnnPolicy(
+            local, model, blueprint_ids=ids, layer_types=("conv1d",), activations=("relu",), caps=GraphCaps(),
+            normaliser_alpha=0.1, blend=BlendConfig(), max_ramp_steps=100, lr_delta_bound=0.1, num_threads=threads,
+        )  # fmt: skip
+        remote.wait_ready()
+        policy = remote
     layers = tuple(
         LayerSummary(name=f"blocks.{i}", depth=i, layer_type="conv1d", parameter_count=500, activation="relu",
                      gradient_norm=0.5, weight_norm=3.0, latency_ms=0.1)
@@ -116,7 +128,7 @@ def make_decision() -> Callable[[], float]:
         policy.decide(observation)
         return time.perf_counter() - start
 
-    return decision
+    return decision, policy
 
 
 async def repeat(lane: Lane, fn: Callable[[], float], count: int) -> list[float]:
@@ -137,10 +149,17 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--decisions", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--policy-process",
+        choices=("auto", "thread", "process"),
+        default=TamiyoConfig().policy_process,
+        help="tamiyo.policy_process (default: the shipped default; auto is process on this CPU)",
+    )
     args = parser.parse_args()
 
     step = make_step()
-    decision = make_decision()
+    in_process = args.policy_process != "thread"  # the lanes here are CPU lanes, where auto means process
+    decision, gnn = make_decision(in_process, args.policy_threads)
     steps_alone: list[float] = []
     decisions_alone: list[float] = []
     steps_overlap: list[float] = []
@@ -160,6 +179,8 @@ async def main() -> None:
                 steps_overlap += await repeat(train, step, args.steps)
                 stop.set()
             decisions_overlap += deciding.result()
+    if isinstance(gnn, RemoteGnnPolicy):
+        gnn.close()
 
     def median_ms(samples: list[float]) -> float:
         return statistics.median(samples) * 1e3
@@ -171,6 +192,7 @@ async def main() -> None:
             {
                 "bench": "overlap",
                 "torch_threads": {"train": args.train_threads, "policy": args.policy_threads},
+                "policy_process": "process" if in_process else "thread",
                 "cpu_count": os.cpu_count(),
                 "batch": BATCH,
                 "step_ms_alone_p50": round(median_ms(steps_alone), 3),

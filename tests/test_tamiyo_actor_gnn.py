@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 import torch
@@ -40,8 +40,11 @@ def small_policy(favour: PolicyAction | None = None) -> GnnPolicy:
     )
 
 
-async def test_the_gnn_policy_decides_end_to_end_with_a_log_prob(tmp_path: Path, sink: RecordingSink) -> None:
-    config = TamiyoConfig(policy="gnn")
+@pytest.mark.parametrize("where", ["process", "thread"])
+async def test_the_gnn_policy_decides_end_to_end_with_a_log_prob(
+    tmp_path: Path, sink: RecordingSink, where: Literal["process", "thread"]
+) -> None:
+    config = TamiyoConfig(policy="gnn", policy_process=where)
     async with TamiyoHarness(tmp_path, sink, config=config, gnn=SETTINGS) as h:
         decisions = await h.run(plateau_run(epochs=2))
         stats = await h.stats()

@@ -33,9 +33,11 @@ import uuid
 from typing import TYPE_CHECKING, Literal, assert_never, final
 
 import msgspec
+import structlog
 
 from actors.tamiyo.conservative import ConservativeMode
 from actors.tamiyo.gnn_policy import GnnPolicy, GnnPolicyState
+from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.heuristic import EveryKPolicy, EveryKState, HeuristicPolicy, HeuristicState
 from actors.tamiyo.observe import build_observation, candidate, has_candidate, implicated_seed
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeState, OutcomeTracker, OutcomeWindow
@@ -65,6 +67,8 @@ if TYPE_CHECKING:
     from esper.runtime.lanes import Lane
     from schemas.config import BreakerConfig
     from schemas.reports import FieldReport
+
+_log = structlog.get_logger("actors.tamiyo")
 
 TamiyoMessage = SystemStatePacket | GetTamiyoStatistics | GetTamiyoState
 """Tamiyo's inbox: Tolaria's state packets, the statistics query, and the state query (answered with TamiyoState)."""
@@ -247,6 +251,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
     # ------------------------------------------------------------------ hooks
 
     async def on_start(self) -> None:
+        if isinstance(self._policy, RemoteGnnPolicy):
+            # The worker builds its network (seconds); waiting here keeps that out of the first decision's deadline.
+            try:
+                await self._lane.run(self._policy.wait_ready)
+            except RuntimeError as err:
+                # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
+                _log.error("tamiyo_gnn_worker_failed", error=str(err))
         if self._wal is not None:
             await self._wal.open()
 
@@ -270,8 +281,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
         finally:
             if self._on_stop_state is not None:
                 self._on_stop_state(self.export_state())
-            if self._wal is not None:
-                await self._wal.close()
+            try:
+                if self._wal is not None:
+                    await self._wal.close()
+            finally:
+                if isinstance(self._policy, RemoteGnnPolicy):
+                    # Off the lane (it may be closing too); the policy's lock waits out a decision in flight.
+                    await asyncio.to_thread(self._policy.close)
 
     def breaker_state(self) -> BreakerState | None:
         return self._breaker.state
@@ -296,7 +312,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             counters=self._counters,
             heuristic=policy.export_state() if isinstance(policy, HeuristicPolicy) else None,
             every_k=policy.export_state() if isinstance(policy, EveryKPolicy) else None,
-            gnn=policy.export_state() if isinstance(policy, GnnPolicy) else None,
+            gnn=policy.export_state() if isinstance(policy, GnnPolicy | RemoteGnnPolicy) else None,
             conservative_active=stats.active,
             conservative_dirty=self._conservative_dirty,
             conservative_clean_epochs=stats.clean_epochs,
@@ -318,7 +334,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if state.policy != self._policy_name:
             raise ValueError(f"tamiyo state is for policy {state.policy!r}, this actor runs {self._policy_name!r}")
         policy = self._policy
-        if isinstance(policy, GnnPolicy) and state.gnn is not None:
+        if isinstance(policy, GnnPolicy | RemoteGnnPolicy) and state.gnn is not None:
             policy.import_state(state.gnn)
         elif isinstance(policy, HeuristicPolicy) and state.heuristic is not None:
             policy.import_state(state.heuristic)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias, final
 from actors.tamiyo.actor import TamiyoActor, TamiyoState
 from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
@@ -18,6 +19,7 @@ from esper.nn.policy_graph import GraphCaps
 from esper.runtime.ref import ActorRef
 from esper.runtime.supervisor import ChildSpec, RestartType
 from schemas.boundary import Decision
+from schemas.control import BlendConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -180,22 +182,28 @@ def tamiyo_spec(
 
 def _gnn_factory(
     config: TamiyoConfig, settings: GnnSettings | None, candidates: tuple[BlueprintCandidate, ...], lane: Lane
-) -> Callable[[], GnnPolicy]:
+) -> Callable[[], GnnPolicy | RemoteGnnPolicy]:
     gnn = settings if settings is not None else GnnSettings()
     if gnn.model is None and config.gnn_checkpoint is not None:
         raise ValueError(
             f"tamiyo.gnn_checkpoint = {config.gnn_checkpoint!r}: loading is not wired here; pass GnnSettings(model=...)"
         )
+    on_cpu = lane.device.type == "cpu"
+    if config.policy_process == "process" and not on_cpu:
+        raise ValueError(f"tamiyo.policy_process = 'process' needs a CPU policy lane, this one is on {lane.device}")
+    in_process = config.policy_process == "process" or (config.policy_process == "auto" and on_cpu)
     model = (
         gnn.model if gnn.model is not None else build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
     )
     model.eval()
     digest = weights_sha256(model)
-    registries = registries_for((bp.blueprint_id for bp in candidates), gnn.layer_types, gnn.activations)
+    blueprint_ids = tuple(bp.blueprint_id for bp in candidates)
+    registries = registries_for(blueprint_ids, gnn.layer_types, gnn.activations)
     caps = GraphCaps(max_layers=config.max_layer_nodes)
+    blend = BlendConfig()
 
-    def make() -> GnnPolicy:
-        return GnnPolicy(
+    def make() -> GnnPolicy | RemoteGnnPolicy:
+        local = GnnPolicy(
             model,
             registries=registries,
             weights_digest=digest,
@@ -203,8 +211,25 @@ def _gnn_factory(
             caps=caps,
             normaliser_alpha=config.normaliser_alpha,
             version=gnn.version,
+            blend=blend,
             max_ramp_steps=gnn.max_ramp_steps,
             lr_delta_bound=gnn.lr_delta_bound,
+        )
+        if not in_process:
+            return local
+        # A worker process per incarnation: on a CPU, inference on a thread would contend for the GIL with training.
+        return RemoteGnnPolicy(
+            local,
+            model,
+            blueprint_ids=blueprint_ids,
+            layer_types=tuple(gnn.layer_types),
+            activations=tuple(gnn.activations),
+            caps=caps,
+            normaliser_alpha=config.normaliser_alpha,
+            blend=blend,
+            max_ramp_steps=gnn.max_ramp_steps,
+            lr_delta_bound=gnn.lr_delta_bound,
+            num_threads=lane.num_threads,
         )
 
     return make

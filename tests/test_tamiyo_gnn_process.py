@@ -1,0 +1,127 @@
+"""RemoteGnnPolicy: the GNN's inference in a real worker process decides and evolves its state exactly as in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+
+from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+from actors.tamiyo.gnn_process import RemoteGnnPolicy
+from actors.tamiyo.observe import build_observation
+from esper.nn.policy_gnn import ACTION_NAMES, TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_graph import GraphCaps
+from schemas.control import BlendConfig
+from schemas.domain_enums import PolicyAction
+from schemas.enums import SeedLifecycleStage
+from schemas.state import SeedState
+from tests._tamiyo_harness import BLUEPRINTS, dormant, packet
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from actors.tamiyo.policy import Observation
+    from esper.nn.policy_gnn import TamiyoGNN
+
+pytestmark = pytest.mark.timeout(120)
+
+SMALL = TamiyoGNNConfig(hidden=16, gat_hidden=8, heads=2, dropout=0.0)
+IDS = tuple(bp.blueprint_id for bp in BLUEPRINTS)
+
+
+def _model(favour: PolicyAction | None = None) -> TamiyoGNN:
+    model = build_tamiyo_gnn(SMALL, seed=7)
+    if favour is not None:
+        with torch.no_grad():
+            model.action_head.bias[ACTION_NAMES.index(favour.name)] = 3.0
+    return model.eval()
+
+
+def _local(model: TamiyoGNN, digest: str | None = None) -> GnnPolicy:
+    return GnnPolicy(
+        model,
+        registries=registries_for(IDS, ("conv1d",), ("relu",)),
+        weights_digest=digest if digest is not None else weights_sha256(model),
+    )
+
+
+def _remote(model: TamiyoGNN, local: GnnPolicy) -> RemoteGnnPolicy:
+    return RemoteGnnPolicy(
+        local,
+        model,
+        blueprint_ids=IDS,
+        layer_types=("conv1d",),
+        activations=("relu",),
+        caps=GraphCaps(),
+        normaliser_alpha=0.1,
+        blend=BlendConfig(),
+        max_ramp_steps=100,
+        lr_delta_bound=0.1,
+        num_threads=1,
+    )
+
+
+def _observations() -> Iterator[Observation]:
+    for step in range(1, 9):
+        occupied = SeedState(
+            slot="s0", stage=SeedLifecycleStage.BLENDING, layer_depth=0, seed_id="seed-a", blueprint_id="bp-small"
+        )
+        seeds = (occupied, dormant("s1")) if step % 2 else (dormant("s0"), dormant("s1"))
+        yield build_observation(packet(step * 10, step, validation_loss=1.0 / step, seeds=seeds), BLUEPRINTS)
+
+
+def test_remote_decisions_and_states_equal_the_in_process_ones() -> None:
+    model = _model(PolicyAction.GERMINATE)
+    reference = _local(model)
+    remote = _remote(model, _local(model))
+    try:
+        remote.wait_ready()
+        assert remote.pid is not None
+        assert remote.pid != os.getpid()
+        for observation in _observations():
+            assert remote.decide(observation) == reference.decide(observation)
+            assert remote.export_state() == reference.export_state()
+        assert remote.export_state().decisions == 8
+        # A state imported in the parent is the one the worker decides from next.
+        restarted = _remote(model, _local(model))
+        try:
+            restarted.import_state(remote.export_state())
+            last = build_observation(packet(100, 10, validation_loss=0.05), BLUEPRINTS)
+            assert restarted.decide(last) == remote.decide(last)
+        finally:
+            restarted.close()
+    finally:
+        remote.close()
+    remote.close()  # idempotent
+
+
+def test_a_killed_worker_fails_the_decision_with_a_clear_error() -> None:
+    model = _model()
+    remote = _remote(model, _local(model))
+    try:
+        remote.wait_ready()
+        observation = next(_observations())
+        remote.decide(observation)
+        before = remote.export_state()
+        assert remote.pid is not None
+        os.kill(remote.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="died"):
+            remote.decide(observation)
+        assert remote.export_state() == before  # nothing but the decision in flight is lost
+    finally:
+        remote.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        remote.decide(next(_observations()))
+
+
+def test_weights_that_do_not_match_their_digest_are_refused_by_the_worker() -> None:
+    model = _model()
+    remote = _remote(model, _local(model, digest="0" * 64))
+    try:
+        with pytest.raises(RuntimeError, match="SHA-256"):
+            remote.wait_ready()
+    finally:
+        remote.close()
