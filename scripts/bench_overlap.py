@@ -1,13 +1,17 @@
 """Benchmark how Tamiyo's GNN decision on the policy lane and a training step on the train lane slow each other down.
 
 Usage: python scripts/bench_overlap.py [--train-threads 1] [--policy-threads 1] [--steps 300] [--rounds 3]
+                                      [--policy-process auto|thread|process]
 
 Training: the default MNIST-1D host (esper.nn.hosts.CNN1dHost, width 12), batch 128 of length-40 inputs (random
 tensors: the step's cost does not depend on the values), cross-entropy, Adam; one step is forward, backward and
 optimizer step, run on a ``train`` Lane. Decision: Tamiyo's GnnPolicy.decide (graph build + tamiyo_gnn_v1 at the
 reference sizes 256 -> 128, under inference mode) on an Observation of the same host (3 slots, 3 conv layers, 4
-blueprint candidates), run on a ``policy`` Lane. Each lane thread gets its own torch thread budget (defaults: train 1,
-policy 1, on this 2-core machine, so the two lanes own one core each).
+blueprint candidates), run on a ``policy`` Lane: by default as the Tamiyo actor runs it on a CPU
+(``tamiyo.policy_process`` = "auto": a RemoteGnnPolicy, whose lane job waits on a worker process), with
+``--policy-process thread`` in the lane's own thread (the baseline the worker process replaces). Each lane thread
+(and the worker) gets its own torch thread budget (defaults: train 1, policy 1, on this 2-core machine, so the two
+lanes own one core each).
 
 Phases, repeated ``--rounds`` times and interleaved (so background load hits all of them alike): steps alone,
 decisions alone, then both lanes busy at once (decisions back to back: the worst case; Tamiyo really decides once per
