@@ -151,6 +151,22 @@ async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(
     assert '"training_restored"' in events
 
 
+def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> RunSummary:
+    """``python -m esper.run CONFIG --resume RUN_DIR`` in a subprocess; it must complete. Returns its summary."""
+    resumed = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    return summary
+
+
 def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, epochs=10)
     run_dir = tmp_path / "run"
@@ -172,17 +188,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert 0 < stopped_at < 10 * 16
     assert (run_dir / "checkpoints" / "tamiyo_state.json").is_file()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
-    assert summary.status == "completed"
+    summary = resume_to_completion(config, run_dir, env)
     assert summary.run_id == interrupted.run_id
     assert summary.training is not None
     assert summary.training.resumed_from_step == stopped_at
@@ -210,17 +216,7 @@ def test_kill_9_then_resume_starts_tamiyo_from_its_journaled_state_at_the_checkp
     expected = state_at(checkpoints / STATE_JOURNAL_FILENAME, step)
     assert expected is not None  # epochs 1-4 ended long before the kill
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
-    assert summary.status == "completed"
+    summary = resume_to_completion(config, run_dir, env)
     assert summary.training is not None
     assert summary.training.resumed_from_step == step
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]

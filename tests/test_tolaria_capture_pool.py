@@ -1,4 +1,4 @@
-"""CapturePool: snapshot buffers reused only when nobody holds them and only while the state's layout is unchanged."""
+"""Snapshot captures: private copies that stay put, and pooled buffers reused only when free and the layout holds."""
 
 from __future__ import annotations
 
@@ -50,6 +50,23 @@ def _tensors(state: TrainState) -> dict[str, torch.Tensor]:
 def _storage(state: TrainState) -> int:
     first = next(v for v in state.model.values() if isinstance(v, torch.Tensor))
     return first.untyped_storage().data_ptr()
+
+
+def test_a_capture_equals_the_training_state_and_stays_put_while_training_goes_on() -> None:
+    trainee, step = _trainee()
+    state = _capture(trainee, None)
+    model_now = {k: v.clone() for k, v in trainee.model.state_dict().items() if isinstance(v, torch.Tensor)}
+    moments = {k: v.clone() for k, v in trainee.optimizer.state[next(trainee.model.parameters())].items()}
+    step()
+    for key, value in model_now.items():
+        saved = state.model[key]
+        assert isinstance(saved, torch.Tensor)
+        assert torch.equal(saved, value), key
+    first = next(iter(state.optimizer["state"].values()))  # type: ignore[attr-defined]  # a dict by construction
+    for key, value in moments.items():
+        assert torch.equal(first[key], value), key
+    expected = sum(v.numel() * v.element_size() for v in model_now.values())
+    assert state.nbytes > expected  # the model plus the optimizer's moments
 
 
 def test_a_pooled_capture_equals_an_unpooled_one_and_stays_put_while_training_goes_on() -> None:

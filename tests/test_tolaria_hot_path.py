@@ -1,15 +1,12 @@
-"""The trainer's hot-path pieces: deferred interval statistics, the fused finite check, and flat snapshot copies."""
+"""The trainer's hot-path pieces: deferred interval statistics and the fused finite check."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.epoch_end import FiniteCheck
-from actors.tolaria.snapshots import capture
 from actors.tolaria.telemetry import IntervalStats
-from schemas.config import TolariaConfig
 
 
 def test_interval_means_equal_the_per_step_reference_across_folds_and_a_short_last_batch() -> None:
@@ -56,30 +53,3 @@ def test_the_finite_check_catches_a_bad_gradient_under_a_finite_loss_and_changes
     weight.grad = torch.tensor([0.5, 0.0, 0.0])
     assert check(torch.tensor(2.0), optimizer)  # the flag was reset: one bad step does not stick
     assert not check(torch.tensor(float("nan")), optimizer)
-
-
-def test_a_capture_equals_the_training_state_and_stays_put_while_training_goes_on() -> None:
-    config = TolariaConfig(dataset_samples=200)
-    data = load_data(config)
-    trainee = build_trainee(config, data, (), torch.device("cpu"))
-    x, y = data.train.x[:32], data.train.y[:32]
-
-    def step() -> None:
-        trainee.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(trainee.model(x), y).backward()  # type: ignore[no-untyped-call]  # torch leaves it bare
-        trainee.optimizer.step()
-
-    step()
-    state = capture(trainee, global_step=1, epoch=0, batch_index=1, graft_log=[], counters={}, keep_modules=False)
-    model_now = {k: v.clone() for k, v in trainee.model.state_dict().items() if isinstance(v, torch.Tensor)}
-    moments = {k: v.clone() for k, v in trainee.optimizer.state[next(trainee.model.parameters())].items()}
-    step()
-    for key, value in model_now.items():
-        saved = state.model[key]
-        assert isinstance(saved, torch.Tensor)
-        assert torch.equal(saved, value), key
-    first = next(iter(state.optimizer["state"].values()))  # type: ignore[attr-defined]  # a dict by construction
-    for key, value in moments.items():
-        assert torch.equal(first[key], value), key
-    expected = sum(v.numel() * v.element_size() for v in model_now.values())
-    assert state.nbytes > expected  # the model plus the optimizer's moments
