@@ -12,16 +12,21 @@ export_state / import_state answer locally and exactly, and a worker that dies l
 flight (the actor counts it as a failed inference and falls back). The parent does no tensor work per decision: its
 lane thread only encodes the observation and waits.
 
-Wire: msgspec msgpack over a multiprocessing Pipe; the weights go across once, as safetensors bytes whose SHA-256 the
-worker checks against the digest before building the policy. Nothing is pickled but the pipe handle and those bytes
-at spawn.
+The worker is ``python -m actors.tamiyo.gnn_process`` (a fresh interpreter, so a user's unguarded script is never
+imported again, as multiprocessing's spawn would). Wire: length-prefixed msgspec msgpack frames on its stdin and
+stdout (its own prints go to stderr); the weights go across once, in the first frame, as safetensors bytes whose
+SHA-256 the worker checks against the digest before building the policy. Nothing is pickled.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import select
+import struct
+import subprocess
+import sys
 import threading
-from typing import TYPE_CHECKING, final
+from typing import IO, final
 
 import msgspec
 import torch
@@ -34,13 +39,33 @@ from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig
 from esper.nn.policy_graph import GraphCaps
 from schemas.control import BlendConfig
 
-if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-
 __all__ = ["RemoteGnnPolicy"]
 
 _READY_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
+_LENGTH = struct.Struct(">I")
+
+
+def _send(out: IO[bytes], payload: bytes) -> None:
+    out.write(_LENGTH.pack(len(payload)) + payload)
+    out.flush()
+
+
+def _recv(source: IO[bytes]) -> bytes:
+    """One length-prefixed frame. Raises EOFError: the other side closed (or died) before a whole frame."""
+    header = _read_exact(source, _LENGTH.size)
+    return _read_exact(source, _LENGTH.unpack(header)[0])
+
+
+def _read_exact(source: IO[bytes], size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = source.read(size)
+        if not chunk:
+            raise EOFError("pipe closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 class _Setup(msgspec.Struct, frozen=True):
@@ -101,10 +126,10 @@ def _build(setup: _Setup, model: TamiyoGNN) -> GnnPolicy:
     )
 
 
-def _serve(conn: Connection, raw_setup: bytes) -> None:
-    """The worker's main: build the policy from the setup, answer requests until Close or the pipe closes."""
+def _serve(source: IO[bytes], out: IO[bytes]) -> None:
+    """The worker's loop: build the policy from the first frame, answer requests until Close or end of input."""
     try:
-        setup = _SETUP.decode(raw_setup)
+        setup = _SETUP.decode(_recv(source))
         if setup.num_threads is not None:
             torch.set_num_threads(setup.num_threads)
         config = TamiyoGNNConfig(setup.hidden, setup.gat_hidden, setup.heads, setup.dropout)
@@ -115,12 +140,12 @@ def _serve(conn: Connection, raw_setup: bytes) -> None:
             raise ValueError("the weights received do not match their SHA-256 digest")
         policy = _build(setup, model)
     except Exception as err:  # noqa: BLE001  # any failure is reported to the parent, which raises it where it waits
-        conn.send_bytes(_ENCODE.encode(_Answer(error=f"{type(err).__name__}: {err}")))
+        _send(out, _ENCODE.encode(_Answer(error=f"{type(err).__name__}: {err}")))
         return
-    conn.send_bytes(_ENCODE.encode(_Answer(state=_ENCODE.encode(policy.export_state()))))
+    _send(out, _ENCODE.encode(_Answer(state=_ENCODE.encode(policy.export_state()))))
     while True:
         try:
-            request = _REQUEST.decode(conn.recv_bytes())
+            request = _REQUEST.decode(_recv(source))
         except EOFError:
             return
         if isinstance(request, _Close):
@@ -133,14 +158,21 @@ def _serve(conn: Connection, raw_setup: bytes) -> None:
             answer = _Answer(decision=decision, state=_ENCODE.encode(policy.export_state()))
         except Exception as err:  # noqa: BLE001  # one bad decision is the parent's failed inference, not the worker's end
             answer = _Answer(error=f"{type(err).__name__}: {err}")
-        conn.send_bytes(_ENCODE.encode(answer))
+        _send(out, _ENCODE.encode(answer))
+
+
+def _main() -> None:
+    # Frames own the real stdout; anything else printed in this process goes to stderr instead of corrupting them.
+    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    _serve(os.fdopen(0, "rb", buffering=0), frames)
 
 
 @final
 class RemoteGnnPolicy:
     """A Policy whose decide runs in a worker process; state and version as the local ``policy`` it mirrors.
 
-    Construction starts the worker (spawn) without waiting; ``wait_ready`` (the actor calls it on the policy lane at
+    Construction starts the worker process without waiting; ``wait_ready`` (the actor calls it on the policy lane at
     start) blocks until the worker has built its network; ``close`` stops it. decide blocks on the pipe, so call it
     from the policy lane, never the event loop.
     """
@@ -186,13 +218,16 @@ class RemoteGnnPolicy:
             lr_delta_bound=lr_delta_bound,
             num_threads=num_threads,
         )
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(child, _ENCODE.encode(setup)), name="esper-tamiyo-gnn", daemon=True
+        # A fresh interpreter running this module (not multiprocessing): nothing of the parent's __main__ is
+        # re-imported, so an unguarded user script that embeds Esper does not start itself again.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         )
-        self._process.start()
-        child.close()
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._to_worker: IO[bytes] = self._process.stdin
+        self._from_worker: IO[bytes] = self._process.stdout
+        self._setup = _ENCODE.encode(setup)
         self._lock = threading.Lock()
         self._ready = False
         self._closed = False
@@ -243,21 +278,30 @@ class RemoteGnnPolicy:
                 return
             self._closed = True
             try:
-                self._conn.send_bytes(_ENCODE.encode(_Close()))
+                _send(self._to_worker, _ENCODE.encode(_Close()))
             except (OSError, ValueError):
                 pass  # already gone
-            self._process.join(_CLOSE_TIMEOUT_S)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(_CLOSE_TIMEOUT_S)
-            self._conn.close()
+            try:
+                self._process.wait(_CLOSE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(_CLOSE_TIMEOUT_S)
+            self._to_worker.close()
+            self._from_worker.close()
 
     def _await_ready(self) -> None:
         if self._ready:
             return
         if self._closed:
             raise RuntimeError("tamiyo gnn worker: closed")
-        if not self._conn.poll(_READY_TIMEOUT_S):
+        if self._setup:
+            try:
+                _send(self._to_worker, self._setup)
+            except OSError as err:
+                raise RuntimeError(f"tamiyo gnn worker died before its setup ({err})") from err
+            self._setup = b""
+        ready, _, _ = select.select([self._from_worker], [], [], _READY_TIMEOUT_S)
+        if not ready:
             raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s")
         answer = self._receive()
         if not answer.state:
@@ -268,17 +312,24 @@ class RemoteGnnPolicy:
         if self._closed:
             raise RuntimeError("tamiyo gnn worker: closed")
         try:
-            self._conn.send_bytes(_ENCODE.encode(request))
+            _send(self._to_worker, _ENCODE.encode(request))
         except (OSError, ValueError) as err:
-            raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.exitcode}") from err
+            raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.poll()}") from err
         return self._receive()
 
     def _receive(self) -> _Answer:
         try:
-            answer = _ANSWER.decode(self._conn.recv_bytes())
+            answer = _ANSWER.decode(_recv(self._from_worker))
         except (EOFError, OSError) as err:
-            self._process.join(1.0)
-            raise RuntimeError(f"tamiyo gnn worker died (exit code {self._process.exitcode})") from err
+            try:
+                code = self._process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"tamiyo gnn worker died (exit code {code})") from err
         if answer.error is not None:
             raise RuntimeError(f"tamiyo gnn worker: {answer.error}")
         return answer
+
+
+if __name__ == "__main__":
+    _main()
