@@ -74,7 +74,7 @@ def make_step() -> Callable[[], float]:
     return step
 
 
-def make_decision(in_process: bool, threads: int) -> tuple[Callable[[], float], GnnPolicy | RemoteGnnPolicy]:
+def make_decision(in_worker: bool, threads: int) -> tuple[Callable[[], float], GnnPolicy | RemoteGnnPolicy]:
     model = build_tamiyo_gnn(TamiyoGNNConfig(), seed=0)
     blueprints = tuple(
         BlueprintCandidate(blueprint_id=f"bp{k}", cost_tier=CostTier.LOW, risk=0.1 * k, parameter_count=500 * (k + 1))
@@ -85,7 +85,7 @@ def make_decision(in_process: bool, threads: int) -> tuple[Callable[[], float], 
         model, registries=registries_for(ids, ("conv1d",), ("relu",)), weights_digest=weights_sha256(model)
     )
     policy: GnnPolicy | RemoteGnnPolicy = local
-    if in_process:
+    if in_worker:
         # What the Tamiyo actor builds for tamiyo.policy_process = "process" (the default on a CPU lane).
         remote = RemoteGnnPolicy(
             local, model, blueprint_ids=ids, layer_types=("conv1d",), activations=("relu",), caps=GraphCaps(),
@@ -162,8 +162,8 @@ async def main() -> None:
     args = parser.parse_args()
 
     step = make_step()
-    in_process = args.policy_process != "thread"  # the lanes here are CPU lanes, where auto means process
-    decision, gnn = make_decision(in_process, args.policy_threads)
+    in_worker = args.policy_process != "thread"  # the lanes here are CPU lanes, where auto means process
+    decision, gnn = make_decision(in_worker, args.policy_threads)
     steps_alone: list[float] = []
     decisions_alone: list[float] = []
     steps_overlap: list[float] = []
@@ -196,7 +196,7 @@ async def main() -> None:
             {
                 "bench": "overlap",
                 "torch_threads": {"train": args.train_threads, "policy": args.policy_threads},
-                "policy_process": "process" if in_process else "thread",
+                "policy_process": "process" if in_worker else "thread",
                 "cpu_count": os.cpu_count(),
                 "batch": BATCH,
                 "step_ms_alone_p50": round(median_ms(steps_alone), 3),

@@ -191,7 +191,7 @@ def _gnn_factory(
     on_cpu = lane.device.type == "cpu"
     if config.policy_process == "process" and not on_cpu:
         raise ValueError(f"tamiyo.policy_process = 'process' needs a CPU policy lane, this one is on {lane.device}")
-    in_process = config.policy_process == "process" or (config.policy_process == "auto" and on_cpu)
+    in_worker = config.policy_process == "process" or (config.policy_process == "auto" and on_cpu)
     model = (
         gnn.model if gnn.model is not None else build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
     )
@@ -215,7 +215,7 @@ def _gnn_factory(
             max_ramp_steps=gnn.max_ramp_steps,
             lr_delta_bound=gnn.lr_delta_bound,
         )
-        if not in_process:
+        if not in_worker:
             return local
         # A worker process per incarnation: on a CPU, inference on a thread would contend for the GIL with training.
         return RemoteGnnPolicy(
