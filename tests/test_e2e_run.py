@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
-from actors.tolaria.checkpoints import latest_good_step
+from actors.tolaria.checkpoints import latest_good_step, load_latest
 from esper.run import start
 from esper.wiring import RunHooks, SeedSourceLike
 from schemas.run import RunSummary
@@ -197,7 +197,9 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert '"kasmina_rebuilt"' in events
 
 
-def test_kill_9_then_resume_starts_tamiyo_from_its_journaled_state_at_the_checkpoint(tmp_path: Path) -> None:
+def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(tmp_path: Path) -> None:
+    """The whole system (controller, lifecycle, trainer) after kill -9 mid-run: Tamiyo starts from its journaled
+    state at the checkpoint, and the run ends with the same grafts at the same steps and bitwise-equal weights."""
     config = tiny_config(tmp_path, epochs=8)
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
@@ -225,3 +227,28 @@ def test_kill_9_then_resume_starts_tamiyo_from_its_journaled_state_at_the_checkp
     assert assembled[-1]["tamiyo_state_step"] == expected.step
     behind = [e for e in events if e.get("event") == "tamiyo_state_behind"]
     assert bool(behind) == (expected.step != step)
+
+    reference_dir = tmp_path / "uninterrupted"
+    uninterrupted = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(reference_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    resumed_state = load_latest(checkpoints)
+    reference_state = load_latest(reference_dir / "checkpoints")
+    assert resumed_state is not None
+    assert reference_state is not None
+    got, want = resumed_state[0], reference_state[0]
+    assert got.global_step == want.global_step == 8 * 16
+    assert [(e.kind, e.step) for e in got.graft_log] == [(e.kind, e.step) for e in want.graft_log]
+    assert any(e.kind == "attach" for e in want.graft_log), "the run should grow to be a real test"
+    assert got.model.keys() == want.model.keys()
+    for key, value in want.model.items():
+        if isinstance(value, torch.Tensor):
+            saved = got.model[key]
+            assert isinstance(saved, torch.Tensor)
+            assert torch.equal(saved, value), key
