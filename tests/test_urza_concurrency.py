@@ -39,6 +39,12 @@ def _put_many(root: str, worker: int, start: Barrier) -> None:
     store.close()
 
 
+def _open_fresh_stores(roots: list[str], start: Barrier) -> None:
+    for root in roots:
+        start.wait(JOIN_S)  # every process opens the same new catalog at the same moment
+        UrzaStore(Path(root)).close()
+
+
 def _write_and_hang(root: str, paused: Event) -> None:
     def pause(_tmp: Path) -> None:
         paused.set()
@@ -68,6 +74,21 @@ def test_two_processes_putting_concurrently_leave_the_store_consistent(tmp_path:
         for entry in entries:
             assert store.load(entry.sha256).metadata.blueprint_id == entry.blueprint_id
         assert sorted(os.listdir(tmp_path / "blobs")) == sorted(e.sha256 for e in entries)
+
+
+def test_processes_opening_a_new_catalog_at_once_all_succeed(tmp_path: Path) -> None:
+    # Switching a new catalog to WAL met "database is locked" without the busy handler (about 1 open in 30 here).
+    roots = [str(tmp_path / f"store-{i}") for i in range(12)]
+    start = SPAWN.Barrier(4)
+    workers = [SPAWN.Process(target=_open_fresh_stores, args=(roots, start)) for _ in range(4)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(JOIN_S)
+    assert [proc.exitcode for proc in workers] == [0, 0, 0, 0]
+    for root in roots:
+        with UrzaStore(Path(root)) as store:
+            assert store.check_integrity().clean
 
 
 def test_a_writer_killed_mid_write_leaves_no_partial_blob(tmp_path: Path) -> None:

@@ -176,6 +176,27 @@ def _pid_alive(pid: int) -> bool:
 _metadata_decoder = msgspec.json.Decoder(ArtifactMetadata)
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the catalog in WAL mode (persistent in the file), retrying while another process holds the lock.
+
+    SQLite does not call the busy handler for every lock a journal-mode change meets: two processes opening a new
+    catalog at once got "database is locked" at once (seen in CI). So the change is retried with a short backoff
+    until ``timeout_s``; a catalog already in WAL mode is left alone.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay_s)  # a retry backoff against another process, not a wait for a test
+            delay_s = min(delay_s * 2, 0.1)
+
+
 @final
 class UrzaStore:
     """A content-addressed artifact store with a SQLite catalogue. Blocking throughout: use it from a lane.
@@ -219,7 +240,7 @@ class UrzaStore:
             root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(self._conn, busy_timeout_ms / 1000)
         with self._write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
