@@ -74,6 +74,14 @@ class NullOutbox:
     def event(self, event: object) -> None: ...
 
 
+def textbook_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TensorPair) -> None:
+    """The plain arm's step: zero_grad, forward, cross-entropy, backward, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(batch.x).float(), batch.y)
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+    optimizer.step()
+
+
 def plain_arm(config: TolariaConfig, data: DataSplits) -> list[tuple[float, float]]:
     """The reference loop; returns each epoch's training (wall, thread CPU) seconds (validation between epochs is
     untimed)."""
@@ -87,10 +95,7 @@ def plain_arm(config: TolariaConfig, data: DataSplits) -> list[tuple[float, floa
         started = time.perf_counter()
         cpu_started = time.thread_time()
         for _, batch in iter_batches(data.train, plan, epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(batch.x).float(), batch.y)
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-            optimizer.step()
+            textbook_step(model, optimizer, batch)
         epochs.append((time.perf_counter() - started, time.thread_time() - cpu_started))
         model.eval()
         with torch.no_grad():
@@ -149,10 +154,7 @@ class _Interleaved:
             row[2] += wall - self._left[0]
             row[3] += cpu - self._left[1]
         _, own = next(self.batches)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(own.x).float(), own.y)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-        self.optimizer.step()
+        textbook_step(self.model, self.optimizer, own)
         wall_done, cpu_done = time.perf_counter(), time.thread_time()
         if index > 0:
             # The plain cycle over the same span: one fetch and one step.

@@ -151,17 +151,22 @@ async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(
     assert '"training_restored"' in events
 
 
-def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> RunSummary:
-    """``python -m esper.run CONFIG --resume RUN_DIR`` in a subprocess; it must complete. Returns its summary."""
-    resumed = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
+def run_esper(config: Path, env: dict[str, str], *args: str) -> None:
+    """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=90,
         check=False,
     )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> RunSummary:
+    """``--resume RUN_DIR`` in a subprocess; it must complete. Returns its summary."""
+    run_esper(config, env, "--resume", str(run_dir))
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.status == "completed"
     return summary
@@ -229,15 +234,7 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     assert bool(behind) == (expected.step != step)
 
     reference_dir = tmp_path / "uninterrupted"
-    uninterrupted = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(reference_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-        check=False,
-    )
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    run_esper(config, env, "--run-dir", str(reference_dir))
     resumed_state = load_latest(checkpoints)
     reference_state = load_latest(reference_dir / "checkpoints")
     assert resumed_state is not None

@@ -197,6 +197,7 @@ class RemoteGnnPolicy:
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("RemoteGnnPolicy: the worker process runs on the CPU; the model is elsewhere")
         self._local = policy
+        initial = policy.export_state()
         cfg = model.config
         setup = _Setup(
             hidden=cfg.hidden,
@@ -204,7 +205,7 @@ class RemoteGnnPolicy:
             heads=cfg.heads,
             dropout=cfg.dropout,
             weights=save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()}),
-            weights_digest=policy.export_state().weights_sha256,
+            weights_digest=initial.weights_sha256,
             blueprint_ids=blueprint_ids,
             layer_types=layer_types,
             activations=activations,
@@ -231,7 +232,7 @@ class RemoteGnnPolicy:
         self._lock = threading.Lock()
         self._ready = False
         self._closed = False
-        self._state_raw = _ENCODE.encode(policy.export_state())
+        self._state_raw = _ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
 
     @property
