@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import time
 from typing import TYPE_CHECKING
@@ -55,8 +56,11 @@ def _host(name: str) -> tuple[nn.Module, tuple[str, ...], Tensor, Tensor]:
     return h2, h2.slot_targets, torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
 
 
-def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: int = 40) -> float:
+def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: int = 40) -> dict[str, float]:
     """Median over ABBA block quadruples of ``slotted / plain - 1`` (block medians), in %; ``control``: plain vs plain.
+
+    Returns the median (``pct``), a 95 % bootstrap interval of that median (``ci95_lo``, ``ci95_hi``: 2000 resamples
+    of the quadruples, fixed seed) and the number of quadruples, so a run says how far it can be trusted.
 
     One model and one optimizer: slots are inserted (``wrap``) and removed (``unwrap``) between blocks of ``block``
     steps, so both arms use the very same tensors and memory. Two separate model objects (the previous method) carry
@@ -85,7 +89,15 @@ def dormant_overhead_pct(name: str, steps: int, control: bool = False, block: in
     # Each ABBA quadruple gives one ratio, sqrt(A0 * A3 / (B1 * B2)), which cancels a linear drift within it.
     on, off = medians[True], medians[False]
     ratios = [math.sqrt((on[i] * on[i + 1]) / (off[i] * off[i + 1])) for i in range(0, len(on) - 1, 2)]
-    return (statistics.median(ratios) - 1.0) * 100.0
+    lo, hi = _bootstrap_median_ci([(r - 1.0) * 100.0 for r in ratios])
+    return {"pct": (statistics.median(ratios) - 1.0) * 100.0, "ci95_lo": lo, "ci95_hi": hi, "quadruples": len(ratios)}
+
+
+def _bootstrap_median_ci(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of the median of ``values`` (deterministic: seeded)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def _seed_for(name: str) -> nn.Module:
@@ -166,6 +178,10 @@ def incubation_cost_ratio(name: str, steps: int) -> dict[str, float]:
     }
 
 
+def _rounded_ci(figure: dict[str, float]) -> list[float]:
+    return [round(figure["ci95_lo"], 3), round(figure["ci95_hi"], 3)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per arm (>= 30)")
@@ -173,16 +189,16 @@ def main() -> None:
     args = parser.parse_args()
     steps = max(30, args.steps)
     torch.set_num_threads(args.threads)
+    hosts = ("cnn1d", "cnn2d_32")
+    overhead = {name: dormant_overhead_pct(name, steps) for name in hosts}
+    control = {name: dormant_overhead_pct(name, steps, control=True) for name in hosts}
     result = {
-        "dormant_overhead_pct": {
-            "cnn1d": round(dormant_overhead_pct("cnn1d", steps), 3),
-            "cnn2d_32": round(dormant_overhead_pct("cnn2d_32", steps), 3),
-        },
+        "dormant_overhead_pct": {name: round(overhead[name]["pct"], 3) for name in hosts},
+        "dormant_overhead_ci95": {name: _rounded_ci(overhead[name]) for name in hosts},
         # The same measurement with both arms plain: the noise floor of this machine right now.
-        "dormant_control_pct": {
-            "cnn1d": round(dormant_overhead_pct("cnn1d", steps, control=True), 3),
-            "cnn2d_32": round(dormant_overhead_pct("cnn2d_32", steps, control=True), 3),
-        },
+        "dormant_control_pct": {name: round(control[name]["pct"], 3) for name in hosts},
+        "dormant_control_ci95": {name: _rounded_ci(control[name]) for name in hosts},
+        "quadruples": {name: int(overhead[name]["quadruples"]) for name in hosts},
         "graft_stall_ms_p99": round(graft_stall_ms_p99(200), 4),
         "incubation_cost_ratio": {
             "cnn1d": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn1d", steps).items()},

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from esper.nn import SlotMode, find_slots, wrap
 from esper.nn.hosts import CNN1dHost
-from esper.nn.isolation import gradient_sketch, probe_isolation
+from esper.nn.isolation import probe_isolation
 
 
 class TinySeed(nn.Module):
@@ -74,16 +74,3 @@ def test_dormant_and_fossilized_slots_are_not_probed() -> None:
     assert probe_isolation(model, lambda: model(torch.randn(2, 40))) == []
     plain = wrap(CNN1dHost(width=8), CNN1dHost(width=8).slot_targets)
     assert probe_isolation(plain, lambda: plain(torch.randn(2, 40))) == []
-
-
-def test_gradient_sketch_compares_directions() -> None:
-    g = [torch.randn(10, 10), torch.randn(7)]
-    same = gradient_sketch(g, [t.clone() for t in g])
-    assert abs(same.cosine - 1.0) < 1e-6
-    opposite = gradient_sketch(g, [-t for t in g])
-    assert abs(opposite.cosine + 1.0) < 1e-6
-    empty = gradient_sketch([None], g)
-    assert empty.cosine == 0.0
-    state = torch.get_rng_state()
-    gradient_sketch(g, g, size=16, seed=3)
-    assert torch.equal(state, torch.get_rng_state()), "the global RNG is untouched"

@@ -106,6 +106,7 @@ async def train(
         await system.stop()
     loop = cell.last_loop
     assert loop is not None
+    assert not any(p._backward_hooks for p in loop.trainee.model.parameters()), "sketch hooks live for one step only"
     weights = {k: v.clone() for k, v in loop.trainee.model.state_dict().items() if isinstance(v, Tensor)}
     return packets, sink, weights
 
@@ -131,12 +132,18 @@ async def test_probing_a_healthy_seed_changes_nothing_about_training(data: DataS
     assert all(s.isolation_violations == 0 for p in with_probe for s in p.seed_states)
 
 
-async def test_each_probe_reports_the_gradient_overlap_sketch(data: DataSplits, lane: Lane) -> None:
-    _, sink, _ = await train(data, lane, lambda _cell: seed_module(), probe_every=4)
+async def test_the_step_after_each_probe_is_sketched_by_backward_hooks(data: DataSplits, lane: Lane) -> None:
+    packets, sink, _ = await train(data, lane, lambda _cell: seed_module(), probe_every=4)
     sketches = [e for e in sink.events if isinstance(e, TelemetryEvent) and e.name == "isolation_sketch"]
-    assert sketches, "a live seed is sketched at every probe"
+    assert sketches, "a live seed is sketched after every probe"
+    packet_steps = {p.global_step for p in packets}
     for event in sketches:
         assert event.attributes["seed_id"] == "s1"
+        # The probe at the packet of step P schedules the step that starts at global step P.
+        assert int(event.attributes["step"]) in packet_steps
+        seed_norm = event.attributes["seed_norm"]
+        assert isinstance(seed_norm, float)
+        assert seed_norm > 0, "the straight-through gradient reached the seed in training"
         cosine = event.attributes["cosine"]
         assert isinstance(cosine, float)
         assert -1.0 - 1e-6 <= cosine <= 1.0 + 1e-6

@@ -4,17 +4,24 @@ Runs on the train lane at a state packet (never inside a step). The probe (esper
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
 statistic and accumulates nothing into ``.grad``: training is bitwise the same with the monitor on or off. Violations
 are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations``; Kasmina
-charges every increase to the seed's isolation breaker. Each probe also reports the overlap of the last step's host
-and seed gradients (dot, norms, cosine through a fixed count sketch) as an ``isolation_sketch`` event.
+charges every increase to the seed's isolation breaker.
+
+The overlap of host and seed gradients is measured inside training itself: after each probe the monitor schedules
+the next step (``sketch_step``); the loop arms backward hooks on the host and live-seed parameters for that one step
+(``arm``/``disarm``), the hooks fold the step's gradients into preallocated count-sketch buffers without reading the
+device, and the next packet reads them (one device read) into an ``isolation_sketch`` event per seed (dot, norms,
+cosine).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, final
 
 import structlog
 
-from esper.nn.isolation import gradient_sketch, probe_isolation
+from esper.nn.grad_sketch import GradientSketcher
+from esper.nn.isolation import host_parameters_of, live_seed_slots, probe_isolation
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
@@ -45,11 +52,33 @@ class IsolationMonitor:
         self._x = micro_batch
         self._last_probe_step: int | None = None
         self.probes = 0
+        self.sketch_step = -1  # the global step whose backward is sketched next (-1: none scheduled)
+        self._sketcher = GradientSketcher()
+        self._sketched: tuple[int, dict[str, str]] | None = None  # (step, slot -> seed id) awaiting a read
+
+    def arm(self, trainee: Trainee, step: int) -> None:
+        """Hook the host's and each live seed's parameters for the step about to run (called between steps)."""
+        self.sketch_step = -1
+        live = live_seed_slots(trainee.model)
+        seeds: dict[str, list[torch.Tensor]] = {}
+        for name, slot in live.items():
+            module = slot.seed_module
+            if module is not None:
+                seeds[name] = list(module.parameters())
+        if not seeds:
+            return
+        host = [param for _, param in host_parameters_of(trainee.model, live.values())]
+        self._sketcher.arm(host, seeds)
+        self._sketched = (step, {name: slot.seed_id for name, slot in live.items() if slot.seed_id is not None})
+
+    def disarm(self) -> None:
+        self._sketcher.disarm()
 
     def maybe_probe(self, trainee: Trainee, step: int, emit: Callable[[Message | Record], None]) -> None:
-        """Probe if the interval has passed since the last probe; record and report any violation."""
+        """Report a filled gradient sketch; probe if the interval has passed since the last probe."""
         if self._every == 0 or self._x is None:
             return
+        self._report_sketch(emit)
         if self._last_probe_step is not None and step - self._last_probe_step < self._every:
             return
         self._last_probe_step = step
@@ -64,32 +93,34 @@ class IsolationMonitor:
         self.probes += 1
         for result in results:
             self._record(trainee, result, step, emit)
-            self._sketch(trainee, result, step, emit)
+        if results:
+            self.sketch_step = step
 
-    @staticmethod
-    def _sketch(trainee: Trainee, result: IsolationResult, step: int, emit: Callable[[Message | Record], None]) -> None:
-        # The last step's gradients, host against this seed, through one fixed count sketch (telemetry, no verdict).
-        seed = trainee.slots[result.slot].seed_module
-        if seed is None or result.seed_id is None:
+    def _report_sketch(self, emit: Callable[[Message | Record], None]) -> None:
+        # Telemetry, no verdict: the sketched step's host gradient against each seed's, through one count sketch.
+        if self._sketched is None or self._sketcher.armed or not self._sketcher.filled:
             return
-        seed_ids = {id(p) for p in seed.parameters()}
-        host = [p.grad for p in trainee.model.parameters() if id(p) not in seed_ids]
-        sketch = gradient_sketch(host, [p.grad for p in seed.parameters()])
-        emit(
-            TelemetryEvent(
-                name=SKETCH_EVENT,
-                level=TelemetryLevel.INFO,
-                attributes={
-                    "slot": result.slot,
-                    "seed_id": result.seed_id,
-                    "step": float(step),
-                    "dot": sketch.dot,
-                    "host_norm": sketch.host_norm,
-                    "seed_norm": sketch.seed_norm,
-                    "cosine": sketch.cosine,
-                },
+        step, seed_ids = self._sketched
+        self._sketched = None
+        for slot, sketch in self._sketcher.read().items():
+            figures = (sketch.dot, sketch.host_norm, sketch.seed_norm)
+            if slot not in seed_ids or not all(math.isfinite(f) for f in figures):
+                continue  # a skipped non-finite step: nothing worth reporting
+            emit(
+                TelemetryEvent(
+                    name=SKETCH_EVENT,
+                    level=TelemetryLevel.INFO,
+                    attributes={
+                        "slot": slot,
+                        "seed_id": seed_ids[slot],
+                        "step": float(step),
+                        "dot": sketch.dot,
+                        "host_norm": sketch.host_norm,
+                        "seed_norm": sketch.seed_norm,
+                        "cosine": sketch.cosine,
+                    },
+                )
             )
-        )
 
     @staticmethod
     def _record(trainee: Trainee, result: IsolationResult, step: int, emit: Callable[[Message | Record], None]) -> None:

@@ -399,7 +399,12 @@ class TrainingLoop:
                 if item is None:
                     break
                 index, batch = item
+                sketched = pos.global_step == self._isolation.sketch_step
+                if sketched:
+                    self._isolation.arm(self.trainee, pos.global_step)
                 action = self._step(batch, t0, stats)
+                if sketched:
+                    self._isolation.disarm()
                 pos.batch_index = index + 1
                 pos.global_step += 1
                 if action is Action.ROLLBACK:

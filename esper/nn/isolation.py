@@ -1,4 +1,4 @@
-"""The gradient-isolation probe: does a seed's output put any gradient on host parameters? Plus a gradient sketch.
+"""The gradient-isolation probe: does a seed's output put any gradient on host parameters?
 
 Until a seed is fossilized, its output is computed from the detached slot input, so differentiating the seed's output
 with respect to every host parameter must give nothing (``None``) or exact zeros. The probe checks exactly that on
@@ -6,9 +6,7 @@ one micro-batch (REFERENCE.md section 4): it runs a forward pass with a hook tha
 non-fossilized slot's seed output, then asks autograd for the gradient of each seed output with respect to the host
 parameters. A non-zero gradient is a violation: the detach was lost, or the seed shares a host parameter.
 
-The sketch compares the directions of the host's and a seed's current gradients (their ``.grad`` after a normal
-backward) by projecting both into a fixed-size count sketch, so the cost does not grow with the parameter count and
-nothing is permuted. It is telemetry, not a verdict.
+The overlap of host and seed gradients during training is measured separately (esper.nn.grad_sketch).
 
 Runs on the train lane between steps; it returns plain Python numbers (one host sync per probe, never per step).
 """
@@ -27,7 +25,7 @@ from esper.nn.wrap import find_slots
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["GradientSketch", "IsolationResult", "gradient_sketch", "probe_isolation"]
+__all__ = ["IsolationResult", "host_parameters_of", "live_seed_slots", "probe_isolation"]
 
 _PROBED_MODES = (SlotMode.TRAINING, SlotMode.BLENDING, SlotMode.FULL)
 
@@ -56,21 +54,6 @@ class IsolationResult:
         return self.violations == 0
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class GradientSketch:
-    """Host and seed gradients compared through a count sketch: dot product, norms and cosine similarity."""
-
-    dot: float
-    host_norm: float
-    seed_norm: float
-
-    @property
-    def cosine(self) -> float:
-        denominator = self.host_norm * self.seed_norm
-        return 0.0 if denominator == 0.0 else self.dot / denominator
-
-
 def probe_isolation(
     model: nn.Module,
     run_forward: Callable[[], object],
@@ -89,7 +72,7 @@ def probe_isolation(
     Returns:
         One result per slot in TRAINING, BLENDING or FULL mode, in slot order.
     """
-    slots = {name: slot for name, slot in find_slots(model).items() if slot.mode in _PROBED_MODES}
+    slots = live_seed_slots(model)
     if not slots:
         return []
     outputs: dict[str, Tensor] = {}
@@ -100,7 +83,7 @@ def probe_isolation(
     finally:
         for handle in handles:
             handle.remove()
-    host = list(host_parameters) if host_parameters is not None else _host_parameters(model, slots.values())
+    host = list(host_parameters) if host_parameters is not None else host_parameters_of(model, slots.values())
     names = [name for name, _ in host]
     params = [param for _, param in host]
     results: list[IsolationResult] = []
@@ -126,38 +109,6 @@ def probe_isolation(
     return results
 
 
-def gradient_sketch(
-    host_grads: Iterable[Tensor | None],
-    seed_grads: Iterable[Tensor | None],
-    *,
-    size: int = 256,
-    seed: int = 0,
-) -> GradientSketch:
-    """Project two gradient sets into the same ``size``-bucket count sketch and compare them.
-
-    Element ``i`` of each flattened gradient set lands in a bucket with a random sign, both drawn from a private
-    generator seeded with ``seed`` (the global RNG is untouched); both sets use the same projection, so identical
-    gradients give cosine 1. The projection is fixed and its cost linear in the parameter count.
-    """
-    if size <= 0:
-        raise ValueError(f"size must be > 0, got {size}")
-    host = _sketch(host_grads, size, seed)
-    seed_vec = _sketch(seed_grads, size, seed)
-    values = torch.stack([host @ seed_vec, host.norm(), seed_vec.norm()]).tolist()
-    return GradientSketch(dot=values[0], host_norm=values[1], seed_norm=values[2])
-
-
-def _sketch(grads: Iterable[Tensor | None], size: int, seed: int) -> Tensor:
-    flat = [g.detach().reshape(-1).float() for g in grads if g is not None]
-    if not flat:
-        return torch.zeros(size)
-    vector = torch.cat([t.cpu() for t in flat])
-    generator = torch.Generator().manual_seed(seed)
-    buckets = torch.randint(0, size, (vector.numel(),), generator=generator)
-    signs = torch.randint(0, 2, (vector.numel(),), generator=generator).float() * 2 - 1
-    return torch.zeros(size).index_add_(0, buckets, vector * signs)
-
-
 def _keep_output(store: dict[str, Tensor], name: str) -> Callable[[nn.Module, object, object], None]:
     def hook(module: nn.Module, args: object, output: object) -> None:
         if isinstance(output, Tensor):
@@ -173,6 +124,12 @@ def _seed_module(slot: SeedSlot) -> nn.Module:
     return seed
 
 
-def _host_parameters(model: nn.Module, live: Iterable[SeedSlot]) -> list[tuple[str, Tensor]]:
+def live_seed_slots(model: nn.Module) -> dict[str, SeedSlot]:
+    """The slots whose seed is attached and not yet fossilized (TRAINING, BLENDING or FULL), in forward order."""
+    return {name: slot for name, slot in find_slots(model).items() if slot.mode in _PROBED_MODES}
+
+
+def host_parameters_of(model: nn.Module, live: Iterable[SeedSlot]) -> list[tuple[str, Tensor]]:
+    """Trainable (name, parameter) pairs of ``model`` outside every seed in ``live`` (fossilized seeds are host)."""
     seed_ids = {id(p) for slot in live for p in _seed_module(slot).parameters()}
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in seed_ids]
