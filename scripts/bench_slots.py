@@ -1,6 +1,6 @@
 """Benchmark seed slots: dormant-slot overhead, graft stall and incubation cost. Prints ONE JSON line.
 
-    python scripts/bench_slots.py [--steps N] [--threads T]
+    python scripts/bench_slots.py [--steps N] [--threads T] [--hosts cnn1d,cnn2d_32]
 
 - ``dormant_overhead_pct``: one training step (zero_grad, forward, cross-entropy, backward, SGD-momentum step) of
   the host with a dormant slot after every block vs the same model unwrapped, arms alternated in blocks of steps in
@@ -186,10 +186,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per arm (>= 30)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, fixed for every arm")
+    parser.add_argument("--hosts", default="cnn1d,cnn2d_32", help="comma-separated hosts for the dormant overhead")
     args = parser.parse_args()
     steps = max(30, args.steps)
     torch.set_num_threads(args.threads)
-    hosts = ("cnn1d", "cnn2d_32")
+    hosts = tuple(h for h in args.hosts.split(",") if h)
+    unknown = sorted(set(hosts) - {"cnn1d", "cnn2d_32"})
+    if unknown:
+        parser.error(f"--hosts: unknown host(s) {unknown}; choose from cnn1d, cnn2d_32")
     overhead = {name: dormant_overhead_pct(name, steps) for name in hosts}
     control = {name: dormant_overhead_pct(name, steps, control=True) for name in hosts}
     result = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import TYPE_CHECKING
 
 import pytest
@@ -177,3 +178,41 @@ def test_sequential_target_gets_the_slot_as_its_last_element() -> None:
     block = host.blocks[2]
     assert type(block) is nn.Sequential
     assert isinstance(block[-1], SeedSlot)
+
+
+def test_one_argument_forwards_keep_their_signature_and_others_take_anything() -> None:
+    class OneArg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, features: Tensor) -> Tensor:
+            out: Tensor = self.fc(features)
+            return out
+
+    class TwoArgs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+            out: Tensor = self.fc(x) * scale
+            return out
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    one = OneArg()
+    plain = one(x)
+    wrap(one, "")
+    assert list(inspect.signature(type(one).forward).parameters) == ["self", "features"]
+    assert torch.equal(one(x), plain)
+    assert torch.equal(one(features=x), plain), "a keyword call by the original name still works"
+    seed = nn.Linear(4, 4)
+    find_slots(one)[""].attach(seed, SlotMode.FULL)
+    assert torch.equal(one(features=x), seed(plain))
+
+    two = TwoArgs()
+    plain_two = two(x, scale=2.0)
+    wrap(two, "")
+    assert torch.equal(two(x, scale=2.0), plain_two)
+    assert torch.equal(two(x, 2.0), plain_two)

@@ -18,6 +18,8 @@ A dormant slot costs one Python branch on ``slot.mode`` (plus one function frame
 
 from __future__ import annotations
 
+import inspect
+import keyword
 from collections import OrderedDict
 from typing import TYPE_CHECKING, TypeVar
 
@@ -160,7 +162,13 @@ def _insert(module: nn.Module, slot: SeedSlot) -> None:
 
 def _slotted_class(base: type[nn.Module]) -> type[nn.Module]:
     base_forward: Callable[..., object] = base.forward
+    single = _single_input_name(base_forward)
+    forward = _forward_of_one(base_forward, single) if single is not None else _forward_of_any(base_forward)
+    forward.__doc__ = base_forward.__doc__
+    return type(f"Slotted{base.__name__}", (base,), {"forward": forward, "__module__": base.__module__})
 
+
+def _forward_of_any(base_forward: Callable[..., object]) -> Callable[..., object]:
     def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
         out = base_forward(self, *args, **kwargs)
         slot: SeedSlot = self.__dict__[_REF_ATTR]
@@ -168,8 +176,42 @@ def _slotted_class(base: type[nn.Module]) -> type[nn.Module]:
             return out
         return slot(out)  # type: ignore[type-var]  # the slot checks the output's type itself
 
-    forward.__doc__ = base_forward.__doc__
-    return type(f"Slotted{base.__name__}", (base,), {"forward": forward, "__module__": base.__module__})
+    return forward
+
+
+def _forward_of_one(base_forward: Callable[..., object], name: str) -> Callable[..., object]:
+    # A forward taking exactly one argument gets a wrapper with that very signature: packing ``*args, **kwargs``
+    # costs about 1 us a call here, several times the dormant branch itself (BENCHMARKS.md, dormant overhead). The
+    # argument keeps its name so a keyword call still works; ``name`` is a checked identifier.
+    source = (
+        f"def forward(self, {name}):\n"
+        f"    out = base_forward(self, {name})\n"
+        "    slot = self.__dict__[ref_attr]\n"
+        "    if slot.mode is dormant:\n"
+        "        return out\n"
+        "    return slot(out)\n"
+    )
+    namespace: dict[str, object] = {"base_forward": base_forward, "ref_attr": _REF_ATTR, "dormant": _DORMANT}
+    exec(source, namespace)  # fixed template; the one interpolated name passed str.isidentifier
+    forward = namespace["forward"]
+    assert callable(forward)
+    return forward
+
+
+def _single_input_name(forward: Callable[..., object]) -> str | None:
+    """The parameter name if ``forward(self, x)`` takes exactly one plain argument without a default, else None."""
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    if len(parameters) != 1:
+        return None
+    (parameter,) = parameters
+    plain = parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and parameter.default is inspect.Parameter.empty
+    name = parameter.name
+    if not plain or not name.isidentifier() or keyword.iskeyword(name) or name in {"self", "base_forward"}:
+        return None
+    return name
 
 
 _DORMANT = SlotMode.DORMANT
