@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from esper.nn.blending import AlphaSchedule, BlendMode, BlendSpec, ScheduleMethod, blend, straight_through
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = ["SeedSlot", "SlotMode", "SlotStateError"]
 
@@ -60,6 +60,7 @@ class SlotStateError(ValueError):
 
 
 _DORMANT = SlotMode.DORMANT
+_HOST_KEY = "_esper_host"
 
 
 @final
@@ -87,6 +88,24 @@ class SeedSlot(nn.Module):
         self._alpha_value = 0.0
         self.register_buffer("alpha", torch.zeros(()), persistent=False)
         self.register_buffer("channel_weights", torch.zeros(0), persistent=False)
+
+    def bind_host(self, host: nn.Module, switch: Callable[[nn.Module, bool], None]) -> None:
+        """Have ``switch(host, live)`` called whenever this slot goes from dormant to live or back (esper.nn.wrap).
+
+        Both are kept in the instance dict, not as submodules: the host is this slot's parent, and a deep copy of the
+        model maps the reference to the copied host.
+        """
+        self.__dict__[_HOST_KEY] = (host, switch)
+        switch(host, self.mode is not _DORMANT)
+
+    def unbind_host(self) -> None:
+        self.__dict__.pop(_HOST_KEY, None)
+
+    def _mode_changed(self) -> None:
+        bound = self.__dict__.get(_HOST_KEY)
+        if bound is not None:
+            host, switch = bound
+            switch(host, self.mode is not _DORMANT)
 
     def __call__(self, out: _Out) -> _Out:
         # Skips Module.__call__'s machinery for a dormant slot (it runs as a Sequential element after some hosts).
@@ -191,6 +210,7 @@ class SeedSlot(nn.Module):
         seed = self._modules.pop("seed")
         assert seed is not None
         self.mode = SlotMode.DORMANT
+        self._mode_changed()
         self.seed_id = None
         self.alpha_steps = 0
         self.blend_spec = BlendSpec()
@@ -231,6 +251,7 @@ class SeedSlot(nn.Module):
 
     def _enter(self, mode: SlotMode) -> None:
         self.mode = mode
+        self._mode_changed()
         if mode is SlotMode.TRAINING:
             self.alpha_steps = 0
             self._set_alpha(0.0)
@@ -323,6 +344,7 @@ class SeedSlot(nn.Module):
                 f"{'attached' if has_seed else 'not attached'}; replay the graft log before loading"
             )
         self.mode = mode
+        self._mode_changed()
         self.seed_id = seed_id if isinstance(seed_id, str) else None
         self.blend_spec = spec
         self.schedule = schedule

@@ -8,16 +8,19 @@ How a slot is inserted after a target module ``m`` (qualified name ``name``):
   plus one ``<name>.esper_slot._extra_state`` entry per slot (plus seed tensors once attached).
 - If ``m`` is a plain ``nn.Sequential`` (its forward not overridden), the slot is its last element and the Sequential
   itself calls it; ``len(m)`` and ``m[-1]`` therefore include the slot, and modules appended later run after it.
-- Otherwise ``m``'s class is swapped for a generated subclass (``Slotted<Class>``, the technique of
-  ``torch.nn.utils.parametrize``) whose ``forward`` calls the original ``forward`` and then, unless the slot is
-  dormant, the slot. ``isinstance(m, Class)`` still holds. A module with swapped class pickles only through its
-  ``state_dict`` (the generated class has no importable name); checkpoints use ``state_dict`` anyway.
+- Otherwise, while the slot holds a seed, ``m``'s class is swapped for a generated subclass (``Slotted<Class>``,
+  the technique of ``torch.nn.utils.parametrize``) whose ``forward`` calls the original ``forward`` and then the
+  slot; the slot swaps it in when a seed arrives (attach, or loading a live checkpoint) and back out when it leaves.
+  ``isinstance(m, Class)`` always holds. A module with swapped class pickles only through its ``state_dict`` (the
+  generated class has no importable name); checkpoints use ``state_dict`` anyway.
 
-A dormant slot costs one Python branch on ``slot.mode`` (plus one function frame): no tensor operation, no sync.
+So a dormant slot after such a module is never called at all (the module runs its own class's forward), and one in
+a Sequential costs one Python branch on ``slot.mode``: no tensor operation, no sync.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 from collections import OrderedDict
@@ -106,8 +109,9 @@ def unwrap(model: _M) -> _M:
     busy = [name for name, slot in slots.items() if slot.mode is not SlotMode.DORMANT]
     if busy:
         raise ValueError(f"unwrap: slots after {', '.join(repr(n) for n in busy)} are not dormant")
-    for name in slots:
+    for name, slot in slots.items():
         host = model.get_submodule(name)
+        slot.unbind_host()
         del host._modules[SLOT_ATTR]
         base = host.__dict__.pop(_BASE_ATTR, None)
         if isinstance(base, type):
@@ -153,13 +157,21 @@ def _insert(module: nn.Module, slot: SeedSlot) -> None:
         isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
     ):
         return
-    base = type(module)
     # Stored in __dict__ (not _modules) so the hot path is a plain instance-attribute read.
     module.__dict__[_REF_ATTR] = slot
-    module.__dict__[_BASE_ATTR] = base
-    module.__class__ = _slotted_class(base)
+    module.__dict__[_BASE_ATTR] = type(module)
+    slot.bind_host(module, _switch_class)
 
 
+def _switch_class(host: nn.Module, live: bool) -> None:
+    """The slot's callback: ``host`` runs ``Slotted<Class>`` while its slot is live and its own class otherwise."""
+    base = host.__dict__[_BASE_ATTR]
+    wanted = _slotted_class(base) if live else base
+    if host.__class__ is not wanted:
+        host.__class__ = wanted
+
+
+@functools.cache
 def _slotted_class(base: type[nn.Module]) -> type[nn.Module]:
     base_forward: Callable[..., object] = base.forward
     single = _single_input_name(base_forward)
