@@ -1,6 +1,6 @@
 """Benchmark seed slots: dormant-slot overhead, graft stall and incubation cost. Prints ONE JSON line.
 
-    python scripts/bench_slots.py [--steps N] [--threads T] [--hosts cnn1d,cnn2d_32]
+    python scripts/bench_slots.py [--steps N] [--threads T] [--hosts cnn1d,cnn2d_32] [--incubation-steps N]
 
 - ``dormant_overhead_pct``: one training step (zero_grad, forward, cross-entropy, backward, SGD-momentum step) of
   the host with a dormant slot after every block vs the same model unwrapped, arms alternated in blocks of steps in
@@ -186,10 +186,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per arm (>= 30)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, fixed for every arm")
+    parser.add_argument("--incubation-steps", type=int, default=None, help="steps for the incubation ratio (--steps)")
     parser.add_argument("--hosts", default="cnn1d,cnn2d_32", help="comma-separated hosts for the dormant overhead")
     args = parser.parse_args()
     steps = max(30, args.steps)
     torch.set_num_threads(args.threads)
+    incubation = max(30, args.incubation_steps if args.incubation_steps is not None else steps)
     hosts = tuple(h for h in args.hosts.split(",") if h)
     unknown = sorted(set(hosts) - {"cnn1d", "cnn2d_32"})
     if unknown:
@@ -205,8 +207,10 @@ def main() -> None:
         "quadruples": {name: int(overhead[name]["quadruples"]) for name in hosts},
         "graft_stall_ms_p99": round(graft_stall_ms_p99(200), 4),
         "incubation_cost_ratio": {
-            "cnn1d": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn1d", steps).items()},
-            "cnn2d_32": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn2d_32", max(30, steps // 4)).items()},
+            "cnn1d": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn1d", incubation).items()},
+            "cnn2d_32": {
+                k: round(v, 3) for k, v in incubation_cost_ratio("cnn2d_32", max(30, incubation // 4)).items()
+            },
         },
         "targets": {"dormant_overhead_pct": 0.5, "graft_stall_ms_p99": 1.0, "incubation_cost_ratio": 1.2},
         "threads": args.threads,
