@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from esper.nn.policy_gnn import NUM_ACTIONS, PolicyOutput, TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn, decide
+from esper.nn.policy_decide import decide
+from esper.nn.policy_gnn import NUM_ACTIONS, PolicyOutput, TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import (
     BlueprintInput,
     GlobalInput,

@@ -1,4 +1,4 @@
-"""Tests of the tamiyo_gnn_v1 policy network, decide() and the compile wrapper (esper.nn.policy_gnn)."""
+"""Tests of tamiyo_gnn_v1 (esper.nn.policy_gnn and policy_fused), decide() and the compile wrapper (policy_decide)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ import pytest
 import torch
 from torch_geometric.data import Batch, HeteroData
 
+from esper.nn.policy_decide import CompileFallback, decide, maybe_compile
 from esper.nn.policy_gnn import (
     ACTION_NAMES,
     ARCHITECTURE_VERSION,
     HIGH_RISK_CLASSES,
     NO_OP,
     NUM_ACTIONS,
-    CompileFallback,
     PolicyOutput,
     TamiyoGNN,
     TamiyoGNNConfig,
     build_tamiyo_gnn,
-    decide,
-    maybe_compile,
 )
 from esper.nn.policy_graph import (
     BlueprintInput,

@@ -1,0 +1,360 @@
+"""The fused forward of ``tamiyo_gnn_v1``: every relation of a layer computed in a few large tensor operations.
+
+``RelationLayout`` is the static bookkeeping of which relation enters and leaves which node type, ``GraphPlan`` one
+graph's edges flattened over all relations, ``FusedWeights`` the PyG modules' weights concatenated to match (rebuilt
+when a parameter changes), and ``sage_fused`` / ``gat_fused`` / ``heads_fused`` the layers. The maths is exactly
+``TamiyoGNN.forward_reference``'s (a parity test holds them together); no function here branches on tensor values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from esper.nn.policy_contract import (
+    BLEND_METHOD_NAMES,
+    HIGH_RISK_CLASSES,
+    NUM_ACTIONS,
+    RISK_CLASS_NAMES,
+    EdgeType,
+    PolicyOutput,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch_geometric.nn import HeteroConv
+
+    from esper.nn.policy_gnn import TamiyoGNN
+
+__all__ = ["FusedWeights", "GraphPlan", "RelationLayout", "gat_fused", "heads_fused", "ordered_unit_pair", "sage_fused"]
+
+
+def ordered_unit_pair(raw: Tensor) -> Tensor:
+    start = torch.sigmoid(raw[:, 0])
+    end = start + (1.0 - start) * torch.sigmoid(raw[:, 1])
+    return torch.stack([start, end], dim=-1)
+
+
+_SIZE_RANK = {"global": 0, "layer": 1, "blueprint": 2, "seed": 3}
+"""Expected node counts, smallest first: one global node, capped layers, a blueprint catalogue, one seed per slot."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelationLayout:
+    """Static relation bookkeeping for the fused path.
+
+    Linear maps commute with sums, so a relation can either project its source nodes and aggregate the projections
+    ("src" mode) or aggregate raw source features per destination and project those ("dst" mode). Each relation uses
+    the mode whose side is expected to hold fewer nodes, so seeds are rarely projected once per relation.
+    """
+
+    node_types: tuple[str, ...]
+    edge_types: tuple[EdgeType, ...]
+    in_rels: dict[str, tuple[int, ...]]  # every relation entering a type (softmax groups, degrees, relation mean)
+    out_rels: dict[str, tuple[int, ...]]  # every relation leaving a type (attention source terms)
+    src_rels: dict[str, tuple[int, ...]]  # src-mode relations, by source type
+    dst_rels: dict[str, tuple[int, ...]]  # dst-mode relations, by destination type
+    order: tuple[int, ...]  # relations in plan order: every src-mode relation first, then every dst-mode one
+
+    @classmethod
+    def of(cls, node_types: tuple[str, ...], edge_types: tuple[EdgeType, ...]) -> RelationLayout:
+        in_rels = {t: tuple(r for r, et in enumerate(edge_types) if et[2] == t) for t in node_types}
+        out_rels = {t: tuple(r for r, et in enumerate(edge_types) if et[0] == t) for t in node_types}
+        for t, rels in in_rels.items():
+            if not rels:
+                raise ValueError(f"node type {t!r} receives no relation, so message passing would drop it")
+        for et in edge_types:
+            if et[0] not in in_rels or et[2] not in in_rels:
+                raise ValueError(f"edge type {et} names a node type the network does not have")
+        rank = [(_SIZE_RANK.get(s, len(_SIZE_RANK)), _SIZE_RANK.get(d, len(_SIZE_RANK))) for s, _, d in edge_types]
+        src_mode = [a <= b for a, b in rank]
+        src_rels = {t: tuple(r for r in out_rels[t] if src_mode[r]) for t in node_types}
+        dst_rels = {t: tuple(r for r in in_rels[t] if not src_mode[r]) for t in node_types}
+        order = tuple(r for t in node_types for r in src_rels[t]) + tuple(r for t in node_types for r in dst_rels[t])
+        return cls(node_types, edge_types, in_rels, out_rels, src_rels, dst_rels, order)
+
+    @property
+    def n_src_mode(self) -> int:
+        return sum(len(rels) for rels in self.src_rels.values())
+
+
+def _offsets(
+    layout: RelationLayout, counts: Mapping[str, int], rels: Mapping[str, tuple[int, ...]]
+) -> tuple[dict[str, int], int]:
+    off, total = {}, 0
+    for t in layout.node_types:
+        off[t] = total
+        total += counts[t] * len(rels[t])
+    return off, total
+
+
+@dataclass(frozen=True, slots=True)
+class GraphPlan:
+    """One graph's edges flattened over all relations (in ``layout.order``) into row indices of the fused tables.
+
+    A row table keyed by (node of type t, relation r among ``rels[t]``) puts that pair at
+    ``offset_t + node * len(rels[t]) + position of r``, so a type's rows view as ``[N_t, len(rels[t]), ...]``. Edges
+    ``[:e_src]`` belong to src-mode relations, the rest to dst-mode ones.
+    """
+
+    counts: dict[str, int]
+    node_off: dict[str, int]
+    in_off: dict[str, int]
+    in_rows: int
+    dst_off: dict[str, int]
+    dst_rows: int
+    e_src: int
+    src_node: Tensor  # [E] index into all nodes (types concatenated in layout order)
+    dst_node: Tensor  # [E]
+    in_row: Tensor  # [E] (destination, relation) over every entering relation: softmax group and degree
+    out_row: Tensor  # [E] (source, relation) over every leaving relation: attention source term
+    mode_row: Tensor  # [E] src-mode edges: (source, relation) among src_rels; dst-mode: (dest, relation) in dst_rels
+    rel: Tensor  # [E]
+    attr: Tensor  # [E, 3]
+    edge_scale: Tensor  # [E, 1]: 1 / (degree of its (destination, relation) * relations entering the destination)
+    inv_k: Tensor  # [E, 1]: 1 / relations entering the destination
+
+    @classmethod
+    def of(
+        cls,
+        layout: RelationLayout,
+        h: Mapping[str, Tensor],
+        edge_index_dict: Mapping[EdgeType, Tensor],
+        edge_attr_dict: Mapping[EdgeType, Tensor],
+    ) -> GraphPlan:
+        counts = {t: h[t].shape[0] for t in layout.node_types}
+        node_off, _ = _offsets(layout, counts, {t: (0,) for t in layout.node_types})
+        in_off, in_rows = _offsets(layout, counts, layout.in_rels)
+        out_off, _ = _offsets(layout, counts, layout.out_rels)
+        src_off, _ = _offsets(layout, counts, layout.src_rels)
+        dst_off, dst_rows = _offsets(layout, counts, layout.dst_rels)
+        table: list[list[int]] = [[] for _ in range(10)]
+        for r in layout.order:
+            s, _, d = layout.edge_types[r]
+            src_mode = r in layout.src_rels[s]
+            mode_t, mode_rels, mode_off = (s, layout.src_rels, src_off) if src_mode else (d, layout.dst_rels, dst_off)
+            for column, value in enumerate((
+                node_off[s], node_off[d],
+                len(layout.in_rels[d]), in_off[d] + layout.in_rels[d].index(r),
+                len(layout.out_rels[s]), out_off[s] + layout.out_rels[s].index(r),
+                len(mode_rels[mode_t]), mode_off[mode_t] + mode_rels[mode_t].index(r),
+                int(src_mode), r,
+            )):  # fmt: skip
+                table[column].append(value)
+        device = h[layout.node_types[0]].device
+        dtype = h[layout.node_types[0]].dtype
+        indices = [edge_index_dict[layout.edge_types[r]] for r in layout.order]
+        sizes = [ei.shape[1] for ei in indices]
+        edges = torch.cat(indices, dim=1)
+        slot = torch.repeat_interleave(
+            torch.arange(len(indices), device=device), torch.tensor(sizes, device=device), output_size=edges.shape[1]
+        )
+        col = torch.tensor(table, dtype=torch.long, device=device)[:, slot]
+        src, dst = edges[0], edges[1]
+        in_row = dst * col[2] + col[3]
+        mode_node = torch.where(col[8].bool(), src, dst)
+        deg = torch.bincount(in_row, minlength=in_rows).clamp_(min=1).to(dtype)
+        return cls(
+            counts=counts,
+            node_off=node_off,
+            in_off=in_off,
+            in_rows=in_rows,
+            dst_off=dst_off,
+            dst_rows=dst_rows,
+            e_src=sum(sizes[: layout.n_src_mode]),
+            src_node=src + col[0],
+            dst_node=dst + col[1],
+            in_row=in_row,
+            out_row=src * col[4] + col[5],
+            mode_row=mode_node * col[6] + col[7],
+            rel=col[9],
+            attr=torch.cat([edge_attr_dict[layout.edge_types[r]] for r in layout.order]).to(dtype),
+            edge_scale=(deg[in_row] * col[2].to(dtype)).reciprocal().unsqueeze(-1),
+            inv_k=col[2].to(dtype).reciprocal().unsqueeze(-1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _SageWeights:
+    node_w: dict[str, Tensor]  # [H, H + k_s * H]: the mean root weight, then W_l of each src-mode relation leaving t
+    agg_w: dict[str, Tensor]  # [k_t * H, H]: W_l of each dst-mode relation entering t
+    bias: dict[str, Tensor]  # [H], the mean of the entering relations' biases
+
+
+@dataclass(frozen=True, slots=True)
+class _GatWeights:
+    # [d_in, k_out * heads + k_in * heads + k_src * heads * C] per type: projections folded with att_src (every
+    # leaving relation), folded with att_dst (every entering relation), then the projections of src-mode relations.
+    node_w: dict[str, Tensor]
+    agg_w: dict[str, Tensor]  # [k_t * heads * d_in, C]: projections of dst-mode relations entering t, / (heads * k)
+    edge: Tensor  # [3, R * heads]: lin_edge folded with att_edge
+    bias: dict[str, Tensor]  # [C], the mean of the entering relations' biases
+    out_channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class _HeadWeights:
+    graph_w: Tensor  # [H2, 24]: action 7, blend 3, schedule 2, ramp 1, params 2, value 1, risk 5, node-head contexts 3
+    graph_b: Tensor  # [24]
+    node_w: dict[str, Tensor]  # [H2, 1]: the node half of each node-scoring head
+
+
+_HEAD_SPLITS = (NUM_ACTIONS, len(BLEND_METHOD_NAMES), 2, 1, 2, 1, len(RISK_CLASS_NAMES), 1, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class FusedWeights:
+    sage: tuple[_SageWeights, ...]
+    gat: tuple[_GatWeights, ...]
+    heads: _HeadWeights
+
+    @classmethod
+    def of(cls, model: TamiyoGNN) -> FusedWeights:
+        lay = model._layout
+        k_in = [len(lay.in_rels[d]) for _, _, d in lay.edge_types]
+        sage = []
+        for hetero in model.sage:
+            convs = _relation_convs(hetero, lay.edge_types)
+            node_w, agg_w, bias = {}, {}, {}
+            for t in lay.node_types:
+                root = torch.stack([convs[r].lin_r.weight for r in lay.in_rels[t]]).mean(0)
+                node_w[t] = torch.cat([root, *(convs[r].lin_l.weight for r in lay.src_rels[t])]).t().contiguous()
+                if lay.dst_rels[t]:
+                    agg_w[t] = torch.cat([convs[r].lin_l.weight for r in lay.dst_rels[t]], dim=1).t().contiguous()
+                bias[t] = torch.stack([convs[r].lin_l.bias for r in lay.in_rels[t]]).mean(0)
+            sage.append(_SageWeights(node_w, agg_w, bias))
+        gat = []
+        for hetero in model.gat:
+            convs = _relation_convs(hetero, lay.edge_types)
+            heads, c = convs[0].heads, convs[0].out_channels
+            proj = [conv.lin.weight.view(heads, c, -1) for conv in convs]  # [heads, C, d_in]
+            a_src = [torch.einsum("hcd,hc->hd", p, conv.att_src[0]) for p, conv in zip(proj, convs, strict=True)]
+            a_dst = [torch.einsum("hcd,hc->hd", p, conv.att_dst[0]) for p, conv in zip(proj, convs, strict=True)]
+            node_w = {
+                t: torch.cat([
+                    *(a_src[r] for r in lay.out_rels[t]),
+                    *(a_dst[r] for r in lay.in_rels[t]),
+                    *(convs[r].lin.weight for r in lay.src_rels[t]),
+                ]).t().contiguous()
+                for t in lay.node_types
+            }  # fmt: skip
+            agg_w = {
+                t: torch.cat([proj[r].permute(0, 2, 1).reshape(-1, c) / (heads * k_in[r]) for r in rels])
+                for t, rels in lay.dst_rels.items()
+                if rels
+            }
+            edge = torch.cat(
+                [
+                    torch.einsum("hce,hc->eh", conv.lin_edge.weight.view(heads, c, -1), conv.att_edge[0])
+                    for conv in convs
+                ],
+                dim=1,
+            )
+            bias = {t: torch.stack([convs[r].bias for r in rels]).mean(0) for t, rels in lay.in_rels.items()}
+            gat.append(_GatWeights(node_w, agg_w, edge, bias, c))
+        return cls(tuple(sage), tuple(gat), _head_weights(model))
+
+
+def _head_weights(model: TamiyoGNN) -> _HeadWeights:
+    h2 = model.config.gat_hidden
+    graph_heads = (model.action_head, model.blend_head, model.schedule_head, model.ramp_head, model.param_head,
+                   model.value_head, model.risk_head)  # fmt: skip
+    node_heads = {"seed": model.seed_head, "blueprint": model.blueprint_head, "layer": model.layer_head}
+    weights: list[Tensor] = [*(head.weight for head in graph_heads)] + [
+        head.weight[:, h2:] for head in node_heads.values()
+    ]
+    biases: list[Tensor] = [*(head.bias for head in graph_heads), *(head.bias for head in node_heads.values())]
+    return _HeadWeights(
+        graph_w=torch.cat(weights).t().contiguous(),
+        graph_b=torch.cat(biases),
+        node_w={t: head.weight[:, :h2].t().contiguous() for t, head in node_heads.items()},
+    )
+
+
+def heads_fused(w: _HeadWeights, h: Mapping[str, Tensor], batch_dict: Mapping[str, Tensor] | None) -> PolicyOutput:
+    g = h["global"]
+    action, blend, schedule, ramp, params, value, risk, *ctx = torch.addmm(w.graph_b, g, w.graph_w).split_with_sizes(
+        list(_HEAD_SPLITS), dim=-1
+    )
+    scores = {}
+    for (t, node_w), c in zip(w.node_w.items(), ctx, strict=True):
+        per_node = c[batch_dict[t]] if batch_dict is not None else c[:1]
+        scores[t] = (h[t] @ node_w + per_node).squeeze(-1)
+    return PolicyOutput(
+        action_logits=action,
+        seed_scores=scores["seed"],
+        blueprint_scores=scores["blueprint"],
+        layer_scores=scores["layer"],
+        blend_logits=blend,
+        schedule=ordered_unit_pair(schedule),
+        ramp=torch.sigmoid(ramp).squeeze(-1),
+        params=torch.tanh(params),
+        value=value.squeeze(-1),
+        risk_logits=risk,
+        risk_score=torch.softmax(risk.float(), dim=-1)[:, list(HIGH_RISK_CLASSES)].sum(-1),
+    )
+
+
+def _relation_convs(hetero: HeteroConv, edge_types: tuple[EdgeType, ...]) -> list[Any]:
+    # PyG ships no types; the convs are SAGEConv / GATConv instances keyed by edge type.
+    return [hetero.convs[et] for et in edge_types]
+
+
+def _rows(table: Tensor, off: int, n: int, k: int) -> Tensor:
+    return table[off : off + n * k].reshape(n, -1)
+
+
+def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, h: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    x_all = torch.cat([h[t] for t in lay.node_types])
+    dim, e = x_all.shape[1], plan.e_src
+    y = {t: h[t] @ w.node_w[t] for t in lay.node_types}  # [N_t, H + k_src * H]: root term, src-mode projections
+    # Src mode: scatter the scaled projections of the sources onto their destination nodes.
+    proj = torch.cat([y[t][:, dim:].reshape(-1, dim) for t in lay.node_types])
+    acc = x_all.new_zeros(x_all.shape).index_add(0, plan.dst_node[:e], proj[plan.mode_row[:e]] * plan.edge_scale[:e])
+    # Dst mode: mean-aggregate raw source features per (destination, relation), then project per type.
+    agg = x_all.new_zeros(plan.dst_rows, dim).index_add(
+        0, plan.mode_row[e:], x_all[plan.src_node[e:]] * plan.edge_scale[e:]
+    )
+    out = {}
+    for t in lay.node_types:
+        n, off = plan.counts[t], plan.node_off[t]
+        o = y[t][:, :dim] + w.bias[t] + acc[off : off + n]
+        out[t] = o + _rows(agg, plan.dst_off[t], n, len(lay.dst_rels[t])) @ w.agg_w[t] if t in w.agg_w else o
+    return out
+
+
+def gat_fused(
+    w: _GatWeights, lay: RelationLayout, plan: GraphPlan, h: Mapping[str, Tensor], heads: int
+) -> dict[str, Tensor]:
+    c, e = w.out_channels, plan.e_src
+    x_all = torch.cat([h[t] for t in lay.node_types])
+    y = {t: h[t] @ w.node_w[t] for t in lay.node_types}
+    cut = {t: (len(lay.out_rels[t]) * heads, (len(lay.out_rels[t]) + len(lay.in_rels[t])) * heads) for t in y}
+    a_src = torch.cat([y[t][:, : cut[t][0]].reshape(-1, heads) for t in lay.node_types])
+    a_dst = torch.cat([y[t][:, cut[t][0] : cut[t][1]].reshape(-1, heads) for t in lay.node_types])
+    p = torch.cat([y[t][:, cut[t][1] :].reshape(-1, heads, c) for t in lay.node_types])
+    n_edges = plan.rel.shape[0]
+    a_edge = (plan.attr @ w.edge).view(n_edges, -1, heads)[torch.arange(n_edges, device=plan.rel.device), plan.rel]
+    alpha = torch.nn.functional.leaky_relu(a_src[plan.out_row] + a_dst[plan.in_row] + a_edge, 0.2)
+    # Softmax per (destination node, relation), as GATConv does per relation: shift by the detached group max.
+    index = plan.in_row.unsqueeze(-1).expand(-1, heads)
+    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce(0, index, alpha.detach(), "amax", include_self=False)
+    ex = (alpha - top[plan.in_row]).exp()
+    denom = alpha.new_zeros(plan.in_rows, heads).index_add(0, plan.in_row, ex) + 1e-16
+    alpha = ex / denom[plan.in_row]
+    # Src mode: weight the source projections by attention, average the heads, scatter onto destination nodes.
+    msg = torch.bmm(alpha[:e].unsqueeze(1), p[plan.mode_row[:e]]).squeeze(1) * (plan.inv_k[:e] / heads)
+    acc = x_all.new_zeros(x_all.shape[0], c).index_add(0, plan.dst_node[:e], msg)
+    # Dst mode: attention-weighted sums of raw source features per (destination, relation, head), then project.
+    z_msg = alpha[e:].unsqueeze(-1) * x_all[plan.src_node[e:]].unsqueeze(1)
+    z = x_all.new_zeros(plan.dst_rows, heads, x_all.shape[1]).index_add(0, plan.mode_row[e:], z_msg)
+    out = {}
+    for t in lay.node_types:
+        n, off = plan.counts[t], plan.node_off[t]
+        o = acc[off : off + n] + w.bias[t]
+        out[t] = o + _rows(z, plan.dst_off[t], n, len(lay.dst_rels[t])) @ w.agg_w[t] if t in w.agg_w else o
+    return out
