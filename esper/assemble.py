@@ -20,10 +20,11 @@ from actors.kasmina.actor import KasminaActor
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
-from actors.tamiyo.actor import TamiyoActor, TamiyoState
+from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
+from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell

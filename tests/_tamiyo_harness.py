@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
-from actors.tamiyo.actor import TamiyoActor, TamiyoState
+from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation
 from actors.tamiyo.spec import GnnSettings, tamiyo_spec
+from actors.tamiyo.state import TamiyoState
 from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
 from esper.runtime.system import ActorSystem

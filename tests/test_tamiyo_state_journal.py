@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from actors.tamiyo.actor import TamiyoCounters, TamiyoState
 from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import TamiyoStateJournal, read_entries, resume_state, state_at
 from schemas.config import TamiyoConfig
 from tests._tamiyo_harness import TamiyoHarness, plateau_run

@@ -36,18 +36,18 @@ import msgspec
 import structlog
 
 from actors.tamiyo.conservative import ConservativeMode
-from actors.tamiyo.gnn_policy import GnnPolicy, GnnPolicyState
+from actors.tamiyo.gnn_policy import GnnPolicy
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
-from actors.tamiyo.heuristic import EveryKPolicy, EveryKState, HeuristicPolicy, HeuristicState
+from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.observe import build_observation, candidate, has_candidate, implicated_seed
-from actors.tamiyo.outcomes import OutcomeSettings, OutcomeState, OutcomeTracker, OutcomeWindow
+from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
 from actors.tamiyo.policy import NO_OP, build_command
 from actors.tamiyo.risk import RiskContext, RiskEffect, RiskThresholds, RiskVerdict, assess
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.percentiles import nearest_rank
 from esper.runtime.signing import sign_command
-from schemas.base import Message, Record
 from schemas.boundary import Decision as WireDecision
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
+    from schemas.base import Message, Record
     from schemas.config import BreakerConfig
     from schemas.reports import FieldReport
 
@@ -83,44 +84,6 @@ LATENCY_WINDOW = 256
 def command_id_for(run_id: str, step: int) -> str:
     """The command id (and nonce) of the decision on step ``step`` of ``run_id``: a UUID5, reproducible on resume."""
     return str(uuid.uuid5(COMMAND_NAMESPACE, f"esper:{run_id}:{step}"))
-
-
-class TamiyoCounters(Record, frozen=True):
-    """Lifetime counters carried in the state, so statistics survive restarts and resumes."""
-
-    decisions: int = 0
-    by_action: dict[str, int] = msgspec.field(default_factory=dict)
-    fallbacks: int = 0
-    timeouts: int = 0
-    inference_failures: int = 0
-    inference_skipped: int = 0
-    vetoes: int = 0
-    downgrades: int = 0
-    field_reports: int = 0
-
-
-class TamiyoState(Record, frozen=True):
-    """Everything the controller needs to decide exactly as an uninterrupted run would (a checkpoint stores it).
-
-    The policies are argmax-deterministic, so there is no RNG state. Breaker timing is not portable across processes:
-    an OPEN or HALF_OPEN breaker is restored as freshly opened, a CLOSED one with its failure streak.
-    """
-
-    policy: str
-    policy_version: str
-    fallback: HeuristicState
-    outcomes: OutcomeState
-    counters: TamiyoCounters
-    heuristic: HeuristicState | None = None
-    every_k: EveryKState | None = None
-    gnn: GnnPolicyState | None = None
-    conservative_active: bool = False
-    conservative_dirty: bool = False
-    conservative_clean_epochs: int = 0
-    conservative_reason: str = ""
-    breaker_state: BreakerState = BreakerState.CLOSED
-    breaker_failures: int = 0
-    last_step: int | None = None
 
 
 @final

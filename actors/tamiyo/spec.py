@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias, final
 
-from actors.tamiyo.actor import TamiyoActor, TamiyoState
+from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from actors.tamiyo.policy import BlueprintCandidate, Policy
+    from actors.tamiyo.state import TamiyoState
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane

@@ -22,7 +22,7 @@ import aiofiles
 import anyio
 import msgspec
 
-from actors.tamiyo.actor import TamiyoState
+from actors.tamiyo.state import TamiyoState
 from esper.runtime.atomic_write import atomic_write_bytes
 from schemas.base import Record
 
