@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from esper.nn import SlotMode, find_slots, wrap
 from esper.nn.hosts import CNN1dHost
-from esper.nn.isolation import probe_isolation
+from esper.nn.isolation import MONITORED_MODES, host_parameters_of, live_seed_slots, probe_isolation
 
 
 class TinySeed(nn.Module):
@@ -74,3 +74,16 @@ def test_dormant_and_fossilized_slots_are_not_probed() -> None:
     assert probe_isolation(model, lambda: model(torch.randn(2, 40))) == []
     plain = wrap(CNN1dHost(width=8), CNN1dHost(width=8).slot_targets)
     assert probe_isolation(plain, lambda: plain(torch.randn(2, 40))) == []
+
+
+def test_the_monitor_modes_skip_a_full_seed_but_keep_it_out_of_the_host() -> None:
+    model, name = grown()
+    slot = find_slots(model)[name]
+    slot.set_mode(SlotMode.FULL)
+    x = torch.randn(4, 40)
+    assert probe_isolation(model, lambda: model(x), modes=MONITORED_MODES) == []
+    assert [r.slot for r in probe_isolation(model, lambda: model(x))] == [name], "the default probes every live seed"
+    seed = slot.seed_module
+    assert seed is not None
+    host = {id(p) for _, p in host_parameters_of(model, live_seed_slots(model).values())}
+    assert not any(id(p) in host for p in seed.parameters()), "a live seed's parameters are never host parameters"

@@ -1,4 +1,4 @@
-"""Tolaria's isolation monitor: every N steps, probe each live seed for gradient leaking into host parameters.
+"""Tolaria's isolation monitor: every N steps, probe each TRAINING or BLENDING seed for gradient leaking into the host.
 
 Runs on the train lane at a state packet (never inside a step). The probe (esper.nn.isolation) runs one forward pass on
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, final
 import structlog
 
 from esper.nn.grad_sketch import GradientSketcher
-from esper.nn.isolation import host_parameters_of, live_seed_slots, probe_isolation
+from esper.nn.isolation import MONITORED_MODES, host_parameters_of, live_seed_slots, probe_isolation
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
@@ -63,7 +63,7 @@ class IsolationMonitor:
         seeds: dict[str, list[torch.Tensor]] = {}
         for name, slot in live.items():
             module = slot.seed_module
-            if module is not None:
+            if module is not None and slot.mode in MONITORED_MODES:
                 seeds[name] = list(module.parameters())
         if not seeds:
             return
@@ -87,7 +87,7 @@ class IsolationMonitor:
         x = self._x
         model.eval()
         try:
-            results = probe_isolation(model, lambda: model(x))
+            results = probe_isolation(model, lambda: model(x), modes=MONITORED_MODES)
         finally:
             model.train(was_training)
         self.probes += 1

@@ -25,9 +25,18 @@ from esper.nn.wrap import find_slots
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["IsolationResult", "host_parameters_of", "live_seed_slots", "probe_isolation"]
+__all__ = [
+    "LIVE_MODES",
+    "MONITORED_MODES",
+    "IsolationResult",
+    "host_parameters_of",
+    "live_seed_slots",
+    "probe_isolation",
+]
 
-_PROBED_MODES = (SlotMode.TRAINING, SlotMode.BLENDING, SlotMode.FULL)
+LIVE_MODES = (SlotMode.TRAINING, SlotMode.BLENDING, SlotMode.FULL)
+MONITORED_MODES = (SlotMode.TRAINING, SlotMode.BLENDING)
+"""Where REFERENCE.md section 4 runs the isolation monitor: TRAINING and BLENDING only."""
 
 
 @final
@@ -59,6 +68,7 @@ def probe_isolation(
     run_forward: Callable[[], object],
     *,
     host_parameters: Sequence[tuple[str, Tensor]] | None = None,
+    modes: Iterable[SlotMode] = LIVE_MODES,
 ) -> list[IsolationResult]:
     """Differentiate every live seed's output with respect to the host parameters on one forward pass.
 
@@ -68,11 +78,14 @@ def probe_isolation(
             is ignored. It runs with gradients enabled; nothing is accumulated into ``.grad``.
         host_parameters: (name, parameter) pairs owned by the host; default: every trainable parameter not inside a
             live (non-fossilized) seed.
+        modes: which live slots to probe (Tolaria's monitor passes ``MONITORED_MODES``).
 
     Returns:
-        One result per slot in TRAINING, BLENDING or FULL mode, in slot order.
+        One result per probed slot, in slot order.
     """
-    slots = live_seed_slots(model)
+    live = live_seed_slots(model)
+    wanted = frozenset(modes)
+    slots = {name: slot for name, slot in live.items() if slot.mode in wanted}
     if not slots:
         return []
     outputs: dict[str, Tensor] = {}
@@ -83,7 +96,7 @@ def probe_isolation(
     finally:
         for handle in handles:
             handle.remove()
-    host = list(host_parameters) if host_parameters is not None else host_parameters_of(model, slots.values())
+    host = list(host_parameters) if host_parameters is not None else host_parameters_of(model, live.values())
     names = [name for name, _ in host]
     params = [param for _, param in host]
     results: list[IsolationResult] = []
@@ -126,7 +139,7 @@ def _seed_module(slot: SeedSlot) -> nn.Module:
 
 def live_seed_slots(model: nn.Module) -> dict[str, SeedSlot]:
     """The slots whose seed is attached and not yet fossilized (TRAINING, BLENDING or FULL), in forward order."""
-    return {name: slot for name, slot in find_slots(model).items() if slot.mode in _PROBED_MODES}
+    return {name: slot for name, slot in find_slots(model).items() if slot.mode in LIVE_MODES}
 
 
 def host_parameters_of(model: nn.Module, live: Iterable[SeedSlot]) -> list[tuple[str, Tensor]]:
