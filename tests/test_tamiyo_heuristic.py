@@ -96,6 +96,19 @@ def test_plateau_germinates_into_the_most_constrained_slot_with_the_cheapest_blu
     assert germ.blend is not None
 
 
+def test_no_germination_once_a_seed_could_not_be_kept_before_the_end() -> None:
+    # epochs_total is 50 and fossilization needs fossilize_hold_epochs (2) probation epochs after this one.
+    def plateau_at(last_epoch: int) -> Decision:
+        policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=2, plateau_min_delta=0.01))
+        start = last_epoch - 3
+        return run(policy, [observe(start + i, loss) for i, loss in enumerate([1.0, 0.9, 0.9, 0.9])])[-1]
+
+    assert plateau_at(46).action is GERM, "three epochs left: enough for a full probation"
+    late = plateau_at(47)
+    assert (late.action, late.reason) == (NOOP, "too_late")
+    assert plateau_at(49).reason == "too_late"
+
+
 def test_steady_improvement_is_no_op() -> None:
     policy = HeuristicPolicy()
     decisions = run(policy, [observe(e, 1.0 - 0.05 * e) for e in range(8)])

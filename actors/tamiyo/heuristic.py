@@ -39,7 +39,8 @@ class HeuristicConfig(Record, frozen=True):
         cull_after_epochs / cull_max_contribution: cull a live seed whose measured contribution was <= the maximum
             for this many measured epochs in a row.
         fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose
-            contribution stayed > the minimum for this many measured probation epochs in a row.
+            contribution stayed > the minimum for this many measured probation epochs in a row. No germination
+            once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
         max_live_seeds: at most this many seeds in GERMINATED..PROBATIONARY.
         max_added_parameters: the packet's seed_parameters plus the new blueprint's size must stay within this.
         max_blueprint_risk: only blueprints with risk below this (the risk engine downgrades from 0.5).
@@ -223,6 +224,10 @@ class HeuristicPolicy:
         trigger = self._trigger(epoch)
         if trigger is None:
             return None
+        # This policy fossilizes only after fossilize_hold_epochs measured probation epochs, so a seed grown with no
+        # more epochs than that left can never be kept: it would only spend compute and parameters.
+        if observation.packet.epochs_total - epoch - 1 <= cfg.fossilize_hold_epochs:
+            return msgspec.structs.replace(NO_OP, reason="too_late")
         last = state.last_germination_epoch
         if last is not None and epoch - last < cfg.germinate_cooldown_epochs:
             return msgspec.structs.replace(NO_OP, reason="cooldown")
