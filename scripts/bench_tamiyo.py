@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from esper.nn.policy_contract import NUM_ACTIONS, PolicyOutput
 from esper.nn.policy_decide import decide
-from esper.nn.policy_gnn import NUM_ACTIONS, PolicyOutput, TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import (
     BlueprintInput,
     GlobalInput,

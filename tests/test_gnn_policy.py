@@ -6,18 +6,16 @@ import pytest
 import torch
 from torch_geometric.data import Batch, HeteroData
 
-from esper.nn.policy_decide import CompileFallback, decide, maybe_compile
-from esper.nn.policy_gnn import (
+from esper.nn.policy_contract import (
     ACTION_NAMES,
     ARCHITECTURE_VERSION,
     HIGH_RISK_CLASSES,
     NO_OP,
     NUM_ACTIONS,
     PolicyOutput,
-    TamiyoGNN,
-    TamiyoGNNConfig,
-    build_tamiyo_gnn,
 )
+from esper.nn.policy_decide import CompileFallback, decide, maybe_compile
+from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import (
     BlueprintInput,
     GlobalInput,

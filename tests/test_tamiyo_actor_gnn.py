@@ -12,7 +12,8 @@ from actors.tamiyo.field_reports import WAL_FILENAME, read_field_reports
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.observe import build_observation
 from actors.tamiyo.spec import GnnSettings
-from esper.nn.policy_gnn import ACTION_NAMES, TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_contract import ACTION_NAMES
+from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import PolicyAction
 from schemas.enums import SeedLifecycleStage

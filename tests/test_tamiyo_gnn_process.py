@@ -12,7 +12,8 @@ import torch
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.observe import build_observation
-from esper.nn.policy_gnn import ACTION_NAMES, TamiyoGNNConfig, build_tamiyo_gnn
+from esper.nn.policy_contract import ACTION_NAMES
+from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import GraphCaps
 from schemas.control import BlendConfig
 from schemas.domain_enums import PolicyAction

@@ -28,8 +28,8 @@ import torch
 
 from actors.tamiyo.policy import LIVE_STAGES, NO_OP, Decision
 from esper.nn.normaliser import EwmaNormaliser
+from esper.nn.policy_contract import ACTION_NAMES, ARCHITECTURE_VERSION, NUM_ACTIONS
 from esper.nn.policy_decide import decide
-from esper.nn.policy_gnn import ACTION_NAMES, ARCHITECTURE_VERSION, NUM_ACTIONS
 from esper.nn.policy_graph import (
     BlueprintInput,
     GlobalInput,
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from torch_geometric.data import HeteroData
 
     from actors.tamiyo.policy import Observation
+    from esper.nn.policy_contract import PolicyModel
     from esper.nn.policy_decide import PolicyDecision
-    from esper.nn.policy_gnn import PolicyModel
     from schemas.state import SeedState
 
 _COST_CODE: Final = {CostTier.LOW: 0, CostTier.MEDIUM: 1, CostTier.HIGH: 2}

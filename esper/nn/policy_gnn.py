@@ -6,7 +6,7 @@ over relations), so the state dict is the reference one; ``forward_reference`` r
 default ``forward`` computes the same function with the relations fused into a few large tensor operations
 (esper.nn.policy_fused; about 2.5x faster on CPU at 32 slots); a parity test holds the two together. Neither
 branches on tensor values nor calls ``.item()``; ``decide`` (esper.nn.policy_decide) converts to Python numbers once.
-The action vocabulary and the output record live in esper.nn.policy_contract and are re-exported here.
+The action vocabulary and the output record live in esper.nn.policy_contract.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv, HeteroConv, SAGEConv
 
 from esper.nn.policy_contract import (
-    ACTION_NAMES,
-    ARCHITECTURE_VERSION,
     BLEND_METHOD_NAMES,
     HIGH_RISK_CLASSES,
     NO_OP,
     NUM_ACTIONS,
     RISK_CLASS_NAMES,
     EdgeType,
-    PolicyModel,
     PolicyOutput,
 )
 from esper.nn.policy_fused import (
@@ -44,21 +41,7 @@ from esper.nn.policy_graph import EDGE_DIM, EDGE_TYPES, NODE_FEATURES
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = [
-    "ACTION_NAMES",
-    "ARCHITECTURE_VERSION",
-    "BLEND_METHOD_NAMES",
-    "HIGH_RISK_CLASSES",
-    "NO_OP",
-    "NUM_ACTIONS",
-    "RISK_CLASS_NAMES",
-    "EdgeType",
-    "PolicyModel",
-    "PolicyOutput",
-    "TamiyoGNN",
-    "TamiyoGNNConfig",
-    "build_tamiyo_gnn",
-]
+__all__ = ["TamiyoGNN", "TamiyoGNNConfig", "build_tamiyo_gnn"]
 
 _NO_OP_BIAS = 2.0
 _HEAD_INIT_STD = 0.01
