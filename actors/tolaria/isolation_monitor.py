@@ -61,15 +61,17 @@ class IsolationMonitor:
         self.sketch_step = -1
         live = live_seed_slots(trainee.model)
         seeds: dict[str, list[torch.Tensor]] = {}
+        seed_ids: dict[str, str] = {}
         for name, slot in live.items():
             module = slot.seed_module
-            if module is not None and slot.mode in MONITORED_MODES:
+            if module is not None and slot.seed_id is not None and slot.mode in MONITORED_MODES:
                 seeds[name] = list(module.parameters())
+                seed_ids[name] = slot.seed_id
         if not seeds:
             return
         host = [param for _, param in host_parameters_of(trainee.model, live.values())]
         self._sketcher.arm(host, seeds)
-        self._sketched = (step, {name: slot.seed_id for name, slot in live.items() if slot.seed_id is not None})
+        self._sketched = (step, seed_ids)
 
     def disarm(self) -> None:
         self._sketcher.disarm()
@@ -104,7 +106,7 @@ class IsolationMonitor:
         self._sketched = None
         for slot, sketch in self._sketcher.read().items():
             figures = (sketch.dot, sketch.host_norm, sketch.seed_norm)
-            if slot not in seed_ids or not all(math.isfinite(f) for f in figures):
+            if not all(math.isfinite(f) for f in figures):
                 continue  # a skipped non-finite step: nothing worth reporting
             emit(
                 TelemetryEvent(

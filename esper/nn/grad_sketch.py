@@ -128,7 +128,6 @@ class GradientSketcher:
         self._host: Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._folds = 0
-        self.armed_steps = 0
 
     @property
     def armed(self) -> bool:
@@ -149,7 +148,6 @@ class GradientSketcher:
         self._hook_all(host, self._host)
         for key, params in seeds.items():
             self._hook_all(params, self._buffers[key])
-        self.armed_steps += 1
 
     def disarm(self) -> None:
         for handle in self._handles:

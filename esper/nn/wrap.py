@@ -182,28 +182,19 @@ def _slotted_class(base: type[nn.Module]) -> type[nn.Module]:
 
 def _forward_of_any(base_forward: Callable[..., object]) -> Callable[..., object]:
     def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
-        out = base_forward(self, *args, **kwargs)
         slot: SeedSlot = self.__dict__[_REF_ATTR]
-        if slot.mode is _DORMANT:
-            return out
-        return slot(out)  # type: ignore[type-var]  # the slot checks the output's type itself
+        return slot(base_forward(self, *args, **kwargs))  # type: ignore[type-var]  # the slot checks the type itself
 
     return forward
 
 
 def _forward_of_one(base_forward: Callable[..., object], name: str) -> Callable[..., object]:
     # A forward taking exactly one argument gets a wrapper with that very signature: packing ``*args, **kwargs``
-    # costs about 1 us a call here, several times the dormant branch itself (BENCHMARKS.md, dormant overhead). The
-    # argument keeps its name so a keyword call still works; ``name`` is a checked identifier.
-    source = (
-        f"def forward(self, {name}):\n"
-        f"    out = base_forward(self, {name})\n"
-        "    slot = self.__dict__[ref_attr]\n"
-        "    if slot.mode is dormant:\n"
-        "        return out\n"
-        "    return slot(out)\n"
-    )
-    namespace: dict[str, object] = {"base_forward": base_forward, "ref_attr": _REF_ATTR, "dormant": _DORMANT}
+    # costs about 1 us a call here (BENCHMARKS.md, dormant overhead), and the signature stays introspectable. The
+    # argument keeps its name so a keyword call still works; ``name`` is a checked identifier. The class is swapped in
+    # only while the slot is live, and a dormant slot's __call__ returns its input anyway, so there is no mode test.
+    source = f"def forward(self, {name}):\n    return self.__dict__[ref_attr](base_forward(self, {name}))\n"
+    namespace: dict[str, object] = {"base_forward": base_forward, "ref_attr": _REF_ATTR}
     exec(source, namespace)  # fixed template; the one interpolated name passed str.isidentifier
     forward = namespace["forward"]
     assert callable(forward)
@@ -224,6 +215,3 @@ def _single_input_name(forward: Callable[..., object]) -> str | None:
     if not plain or not name.isidentifier() or keyword.iskeyword(name) or name in {"self", "base_forward"}:
         return None
     return name
-
-
-_DORMANT = SlotMode.DORMANT
