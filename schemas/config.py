@@ -128,6 +128,8 @@ class TamiyoConfig(ConfigSection, frozen=True):
     germinate_cooldown_epochs: NonNegInt = 2
     plateau_patience_epochs: PosInt = 2
     plateau_min_delta: NonNegFloat = 1e-3
+    # Grow only into slots whose layer carries at least this multiple of the mean layer's gradient norm.
+    germinate_min_constraint: NonNegFloat = 1.0
     cull_after_epochs: PosInt = 4
     policy_risk_critical: UnitFloat = 0.98
     policy_risk_elevated: UnitFloat = 0.85

@@ -96,6 +96,23 @@ def test_plateau_germinates_into_the_most_constrained_slot_with_the_cheapest_blu
     assert germ.blend is not None
 
 
+def test_growth_goes_only_where_the_layer_strains_and_waits_while_none_does() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, germinate_min_constraint=1.0))
+    relaxed = {"s0": 0.6, "s1": 0.9, "s2": 0.8}
+    decisions = run(policy, [observe(e, 1.0, constraints=relaxed) for e in range(3)])
+    assert [d.reason for d in decisions] == ["steady", "no_strained_slot", "no_strained_slot"]
+    assert actions(decisions) == [NOOP] * 3
+    # The plateau is still pending: the first epoch a free slot strains, the seed goes there and only there.
+    strained = policy.decide(observe(3, 1.0, constraints={"s0": 0.6, "s1": 0.9, "s2": 1.0}))
+    assert (strained.action, strained.target_slot, strained.reason) == (GERM, "s2", "plateau")
+
+
+def test_the_strain_threshold_is_ignored_when_the_packet_carries_no_gradient_norms() -> None:
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, germinate_min_constraint=1.0))
+    decisions = run(policy, [observe(e, 1.0) for e in range(2)])
+    assert (decisions[-1].action, decisions[-1].target_slot) == (GERM, "s0")
+
+
 def test_no_germination_once_a_seed_could_not_be_kept_before_the_end() -> None:
     # epochs_total is 50 and fossilization needs fossilize_hold_epochs (2) probation epochs after this one.
     def plateau_at(last_epoch: int) -> Decision:

@@ -41,6 +41,9 @@ class HeuristicConfig(Record, frozen=True):
         fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose
             contribution stayed > the minimum for this many measured probation epochs in a row. No germination
             once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
+        germinate_min_constraint: germinate only into a slot whose constraint (its layer's gradient norm over the
+            mean layer's, see actors.tamiyo.observe) is at least this: growth goes where the network strains, and
+            stops when no free slot does. Ignored when the packet carries no gradient norms (every constraint 0).
         max_live_seeds: at most this many seeds in GERMINATED..PROBATIONARY.
         max_added_parameters: the packet's seed_parameters plus the new blueprint's size must stay within this.
         max_blueprint_risk: only blueprints with risk below this (the risk engine downgrades from 0.5).
@@ -52,6 +55,7 @@ class HeuristicConfig(Record, frozen=True):
     plateau_min_delta: float = 1e-3
     germinate_every_k_epochs: int | None = None
     germinate_cooldown_epochs: int = 2
+    germinate_min_constraint: float = 1.0
     cull_after_epochs: int = 4
     cull_max_contribution: float = 0.0
     fossilize_hold_epochs: int = 2
@@ -79,6 +83,7 @@ class HeuristicConfig(Record, frozen=True):
             plateau_min_delta=config.plateau_min_delta,
             germinate_every_k_epochs=config.every_k_epochs if periodic else None,
             germinate_cooldown_epochs=config.germinate_cooldown_epochs,
+            germinate_min_constraint=config.germinate_min_constraint,
             cull_after_epochs=config.cull_after_epochs,
             fossilize_hold_epochs=probation_epochs,
             max_live_seeds=max_live_seeds,
@@ -236,6 +241,10 @@ class HeuristicPolicy:
         free = observation.free_slots()
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
+        if any(facts.constraint > 0.0 for facts in observation.slots):
+            free = [s for s in free if observation.constraint(s.slot) >= cfg.germinate_min_constraint]
+            if not free:
+                return msgspec.structs.replace(NO_OP, reason="no_strained_slot")
         acceptable = [bp for bp in observation.blueprints if self._acceptable(bp)]
         affordable = [bp for bp in acceptable if _fits_budget(observation, bp, cfg.max_added_parameters)]
         if not affordable:
