@@ -39,9 +39,17 @@ steps before it) and the jump is max over packets t in (g, g + 20] of (loss_t - 
 is the max over the run's grafts (0 when no packet rose), then the max over seeds. ``noise_floor_pct`` is the same
 statistic on the host arm's packets at the esper arm's graft steps (no graft there): mini-batch noise alone.
 
+max_loss_jump_vs_host_pct: the same window, with each packet's loss taken relative to the host arm's packet of the
+same seed and step (the same batches: every arm keeps the batch order): ((loss_t - host_t) - (loss_g - host_g)) /
+loss_g * 100. Late in training a 4-step mean moves by tens of percent with the batches alone, which the plain
+statistic cannot tell from a graft's disruption; against the host the batches cancel. ``noise_floor_vs_host_pct``
+is it for static_full (present from step 0, so nothing is grafted) at esper's graft steps: the drift of two
+different models on the same batches.
+
 Derived: gap_closed = (esper - host) / (static_full - host) in mean test accuracy; params_ratio = esper's mean
 added parameters / static_full's. Targets: gap_closed >= 0.75 with params_ratio <= 0.6; esper's accuracy >=
-every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's.
+every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's (reported for both
+statistics).
 """
 
 from __future__ import annotations
@@ -139,22 +147,36 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
     )
 
 
-def loss_jump_pct(packets: list[tuple[int, float]], graft_steps: list[int]) -> float:
-    """Max over grafts g of max over packets t in (g, g + 20] of (loss_t - loss_g) / loss_g * 100 (>= 0)."""
-    ordered = sorted(packets)
+def loss_jump_pct(
+    packets: list[tuple[int, float]], graft_steps: list[int], reference: list[tuple[int, float]] | None = None
+) -> float:
+    """Max over grafts g of max over packets t in (g, g + 20] of (loss_t - loss_g) / loss_g * 100 (>= 0).
+
+    With ``reference`` (the host arm's packets of the same seed: the same batches at the same steps), each loss is
+    first taken relative to the host's on the same step: the rise is ((loss_t - host_t) - (loss_g - host_g)) /
+    loss_g, so the difficulty of the batches drops out and what is left is how the graft moved this arm against
+    the host. Steps the reference lacks are skipped.
+    """
+    arm = {step: loss for step, loss in sorted(packets) if math.isfinite(loss)}
+    host = {step: loss for step, loss in sorted(reference) if math.isfinite(loss)} if reference is not None else None
+    steps = [step for step in arm if host is None or step in host]
+
+    def excess(step: int) -> float:
+        return arm[step] - (host[step] if host is not None else 0.0)
+
     worst = 0.0
     for g in graft_steps:
-        before = [loss for step, loss in ordered if step <= g and math.isfinite(loss)]
-        if not before or before[-1] <= 0:
+        before = [step for step in steps if step <= g]
+        if not before or arm[before[-1]] <= 0:
             continue
-        base = before[-1]
-        after = [loss for step, loss in ordered if g < step <= g + JUMP_WINDOW_STEPS and math.isfinite(loss)]
-        for loss in after:
-            worst = max(worst, (loss - base) / base * 100.0)
+        base_step = before[-1]
+        for step in steps:
+            if g < step <= g + JUMP_WINDOW_STEPS:
+                worst = max(worst, (excess(step) - excess(base_step)) / arm[base_step] * 100.0)
     return worst
 
 
-def _arm_figures(runs: list[RunResult], grafting: bool) -> dict[str, object]:
+def _arm_figures(runs: list[RunResult], grafting: bool, hosts: list[RunResult]) -> dict[str, object]:
     accs = [r.test_accuracy for r in runs]
     out: dict[str, object] = {
         "test_accuracy_mean": round(statistics.fmean(accs), 4),
@@ -171,6 +193,11 @@ def _arm_figures(runs: list[RunResult], grafting: bool) -> dict[str, object]:
         out["max_loss_jump_pct"] = round(max(jumps), 2)
         out["max_loss_jump_pct_per_seed"] = [round(j, 2) for j in jumps]
         out["max_loss_jump_after_attach_pct"] = round(max(attach), 2)
+        matched = [
+            loss_jump_pct(r.packets, [s for s, _ in r.grafts], h.packets) for r, h in zip(runs, hosts, strict=True)
+        ]
+        out["max_loss_jump_vs_host_pct"] = round(max(matched), 2)
+        out["max_loss_jump_vs_host_pct_per_seed"] = [round(j, 2) for j in matched]
         out["grafts_per_seed"] = [r.germinations for r in runs]
     return out
 
@@ -189,6 +216,7 @@ def bench_dataset(
     results: dict[str, list[RunResult]] = {arm: [] for arm in ARMS}
     every_k_by_seed: list[int] = []
     noise: list[float] = []
+    noise_vs_host: list[float] = []
     started = time.perf_counter()
     for seed in range(seeds):
         common = [*base, f"tolaria.seed={seed}"]
@@ -202,7 +230,8 @@ def bench_dataset(
         host = run("host", [NO_GERMINATION])
         noise.append(loss_jump_pct(host.packets, [s for s, _ in grown.grafts]))
         full = [f"{slot}={blueprint}" for slot in SLOTS]
-        run("static_full", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(full)}"])
+        static = run("static_full", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(full)}"])
+        noise_vs_host.append(loss_jump_pct(static.packets, [s for s, _ in grown.grafts], host.packets))
         run("static_same", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(grown.fossilized)}"])
         k = max(1, math.ceil(total_epochs / (grown.germinations + 1)))
         every_k_by_seed.append(k)
@@ -211,7 +240,9 @@ def bench_dataset(
             ["tamiyo.policy=every_k", f"tamiyo.every_k_epochs={k}", f"karn.include={_toml_list([blueprint])}"],
         )
         run("naive", ["kasmina.stage_min_dwell_steps=0", "kasmina.g2_window_steps=1", "kasmina.blend_ramp_steps=1"])
-    arms = {arm: _arm_figures(runs, arm in ("every_k", "naive", "esper")) for arm, runs in results.items()}
+    arms = {
+        arm: _arm_figures(runs, arm in ("every_k", "naive", "esper"), results["host"]) for arm, runs in results.items()
+    }
     arms["static_same"]["architectures"] = [r.overrides[-1].partition("=")[2] for r in results["static_same"]]
     arms["every_k"]["k_epochs"] = every_k_by_seed
     arms["esper"]["fossilized"] = [r.fossilized for r in results["esper"]]
@@ -228,6 +259,8 @@ def bench_dataset(
     params_ratio = mean("esper", "parameters_added_mean") / full_params if full_params else None
     esper_jump = mean("esper", "max_loss_jump_pct")
     naive_jump = mean("naive", "max_loss_jump_pct")
+    esper_vs_host = mean("esper", "max_loss_jump_vs_host_pct")
+    naive_vs_host = mean("naive", "max_loss_jump_vs_host_pct")
     targets = {
         "gap_closed_ge_0.75_with_params_ratio_le_0.6": gap_closed is not None
         and params_ratio is not None
@@ -238,6 +271,8 @@ def bench_dataset(
         and mean("esper", "parameters_added_mean") <= mean("every_k", "parameters_added_mean"),
         "esper_max_loss_jump_le_2pct": esper_jump <= 2.0,
         "naive_jump_above_esper": naive_jump > esper_jump,
+        "esper_max_loss_jump_vs_host_le_2pct": esper_vs_host <= 2.0,
+        "naive_jump_vs_host_above_esper": naive_vs_host > esper_vs_host,
     }
     return {
         "benchmark": "morphogenesis",
@@ -250,6 +285,7 @@ def bench_dataset(
         "static_full_minus_host_acc": round(span, 4),
         "params_ratio": None if params_ratio is None else round(params_ratio, 3),
         "noise_floor_pct": round(max(noise), 2) if noise else None,
+        "noise_floor_vs_host_pct": round(max(noise_vs_host), 2) if noise_vs_host else None,
         "targets_met": targets,
         "wall_s": round(time.perf_counter() - started, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),

@@ -242,7 +242,7 @@ class HeuristicPolicy:
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
         if any(facts.constraint > 0.0 for facts in observation.slots):
-            free = [s for s in free if observation.constraint(s.slot) >= cfg.germinate_min_constraint]
+            free = tuple(s for s in free if observation.constraint(s.slot) >= cfg.germinate_min_constraint)
             if not free:
                 return msgspec.structs.replace(NO_OP, reason="no_strained_slot")
         acceptable = [bp for bp in observation.blueprints if self._acceptable(bp)]
