@@ -247,7 +247,9 @@ async def assemble(
         nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
         tezzeret_spec(
             catalogue=catalogue, slots=unique_shapes, artifacts=UrzaArtifactSink(store), io_lane=lanes.io,
-            clock=clock, sink=sink, config=config.tezzeret, seed=config.tolaria.seed, shutdown_deadline_s=deadline_s,
+            # The build seed is Tezzeret's fixed default, never the run's: runs share the store and fetch the newest
+            # artifact, so seed-dependent weights would make a run's seeds depend on which run compiled last.
+            clock=clock, sink=sink, config=config.tezzeret, shutdown_deadline_s=deadline_s,
         ),
         kasmina_spec(
             run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,

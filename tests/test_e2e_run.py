@@ -249,3 +249,31 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
             saved = got.model[key]
             assert isinstance(saved, torch.Tensor)
             assert torch.equal(saved, value), key
+
+
+def _final_weights(run_dir: Path) -> tuple[list[tuple[str, int]], dict[str, torch.Tensor]]:
+    found = load_latest(run_dir / "checkpoints")
+    assert found is not None
+    state = found[0]
+    tensors = {k: v for k, v in state.model.items() if isinstance(v, torch.Tensor)}
+    return [(e.kind, e.step) for e in state.graft_log], tensors
+
+
+async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared_store(tmp_path: Path) -> None:
+    """Runs share the artifact store (config.toml's urza.root). A run of seed 1 after a run of seed 2 must grow
+    the same seed modules, and so end with the same weights, as a run of seed 1 on a store only it has used."""
+    config = tiny_config(tmp_path, epochs=8)
+    finals = []
+    for seed, name in ((1, "first"), (2, "other"), (1, "again")):
+        # BP005's weights are random at birth (BP001, the heuristic's default pick, starts at zero whatever the seed).
+        overrides = [f"tolaria.seed={seed}", 'karn.include=["BP005"]']
+        system = await start(config, tmp_path / name, overrides=overrides)
+        summary = await system.wait()
+        assert summary.status == "completed", summary.error
+        finals.append(_final_weights(tmp_path / name))
+    (log, want), _, (log_again, got) = finals
+    assert any(kind == "attach" for kind, _ in log), "the run should grow to be a real test"
+    assert log_again == log
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
