@@ -106,6 +106,9 @@ class KasminaConfig(ConfigSection, frozen=True):
     isolation_alert_violations: PosInt = 3
     isolation_alert_window_s: PosFloat = 300.0
     prefetch_timeout_ms: PosFloat = 2000.0
+    # How long a seed preparation waits for an artifact not stored yet (a germination racing Tezzeret's start-up
+    # pass) before it fails; keep it below tolaria.decision_deadline_ms, or the trainer gives up on the plan first.
+    artifact_wait_ms: NonNegFloat = 500.0
     allow_fallback_kernel: bool = False
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, final
 
 import torch
@@ -14,9 +15,11 @@ from actors.kasmina.preparation import (
     cache_key,
     derive_build_seed,
 )
+from actors.urza.artifact import ArtifactNotFound
 from esper.nn.blueprints import SlotShape
 from esper.runtime.handoff import Handoff
 from esper.runtime.lanes import Lane
+from schemas.config import KasminaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.kasmina import PrefetchSeed
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from esper.nn.blueprints import BlueprintDescriptor
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
+    from schemas.boundary import BoundaryPlan
 
 CONV = SlotShape("conv1d", 8)
 
@@ -174,3 +178,64 @@ async def test_a_failed_preparation_is_reported_and_culls_the_seed(clock: Manual
         assert after.ops == (), "nothing was attached, so nothing is detached"
         assert (await h.stage("a")) is Stage.CULLED
         assert (await h.statistics()).preparation_failures == 1
+
+
+@final
+class LateSource:
+    """The catalogue's modules, but the first ``misses`` fetches find no artifact yet (Tezzeret still compiling)."""
+
+    def __init__(self, misses: int) -> None:
+        self._inner = CatalogueSource()
+        self.misses = misses
+        self.fetches = 0
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._inner.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+        self.fetches += 1
+        if self.fetches <= self.misses:
+            raise ArtifactNotFound(blueprint_id, f"no ready artifact for {blueprint_id} yet")
+        return self._inner.fetch(blueprint_id, slot_shape, params, seed)
+
+
+async def _advance_while_waiting(clock: ManualClock, waiting: asyncio.Task[BoundaryPlan], step_s: float) -> int:
+    """Advance the clock by ``step_s`` each time the preparation sleeps on it, until the plan is out; returns how
+    many sleeps there were."""
+    sleeps = 0
+    async with asyncio.timeout(5):
+        while not waiting.done():
+            if clock.sleepers:
+                clock.advance(step_s)
+                sleeps += 1
+            await asyncio.sleep(0)
+    return sleeps
+
+
+async def test_a_preparation_waits_for_an_artifact_still_being_compiled(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    source = LateSource(misses=2)
+    async with running_kasmina(clock, sink, source=source) as h:
+        waiting = asyncio.create_task(h.boundary(1, h.germinate(blueprint_id="BP001")))
+        sleeps = await _advance_while_waiting(clock, waiting, 0.1)
+        plan = waiting.result()
+        assert [op.kind for op in plan.ops] == ["attach"]
+        assert (sleeps, source.fetches) == (2, 3)
+        assert [e.name for e in sink.of_type(TelemetryEvent) if e.name == "artifact_wait"] == ["artifact_wait"]
+        assert (await h.statistics()).preparation_failures == 0
+
+
+async def test_an_artifact_that_never_comes_fails_the_preparation_after_the_wait(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    source = LateSource(misses=10**6)
+    async with running_kasmina(clock, sink, source=source) as h:
+        waiting = asyncio.create_task(h.boundary(1, h.germinate(blueprint_id="BP001")))
+        await _advance_while_waiting(clock, waiting, 0.1)
+        plan = waiting.result()
+        assert plan.ops == ()
+        failed = [e for e in sink.of_type(TelemetryEvent) if e.name == "preparation_failed"]
+        assert len(failed) == 1
+        assert "no ready artifact" in failed[0].description
+        assert clock.now() >= KasminaConfig().artifact_wait_ms / 1e3, "it gave up only once the wait was spent"

@@ -18,7 +18,7 @@ import msgspec
 
 from actors.kasmina.journal import BoundaryJournal, JournalBoundary, JournalReceipt, JournalValidation
 from esper.runtime.actor import Actor
-from esper.runtime.errors import EsperError
+from esper.runtime.errors import EsperError, NotYetAvailable
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.kasmina import (
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from actors.kasmina.planner import BoundaryPlanner
-    from actors.kasmina.preparation import Preparer
+    from actors.kasmina.preparation import PreparationRequest, PreparedSeed, Preparer
+    from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.signing import CommandVerifier
     from schemas.base import Message, Record
@@ -106,6 +107,8 @@ class KasminaActor(Actor[KasminaMessage]):
         journal: BoundaryJournal | None = None,
         observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
         capacity: int = 1024,
+        clock: Clock | None = None,
+        artifact_wait_s: float = 0.0,
     ) -> None:
         """Args:
         run_id: packets, decisions and receipts of any other run are refused (the actor crashes).
@@ -120,6 +123,8 @@ class KasminaActor(Actor[KasminaMessage]):
             states replaced by the lifecycle's view (stage, gates, embargo) as of that moment: the controller decides
             on exactly what the lifecycle knew, whatever the thread timing. None: nobody observes.
         capacity: mailbox capacity; also the most packets or decisions kept waiting for their partner.
+        clock / artifact_wait_s: a preparation whose module is NotYetAvailable (Tezzeret has not stored the
+            artifact yet) is retried on this clock for up to this long before it fails; None or 0: it fails at once.
         """
         super().__init__(inbox=KASMINA_INBOX, capacity=capacity)
         self._run_id = run_id
@@ -143,6 +148,9 @@ class KasminaActor(Actor[KasminaMessage]):
         self._preparation_failures = 0
         self._prefetches = 0
         self._replays = 0
+        self._clock = clock
+        self._artifact_wait_s = artifact_wait_s
+        self._artifact_waits = 0
 
     async def on_start(self) -> None:
         journal = self._journal
@@ -210,7 +218,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 # Awaited directly, not through until_stopping: a stop cannot abandon a job the lane has started
                 # anyway, and the shutdown deadline still cancels this wait.
                 try:
-                    prepared = await self._preparer.prepare(request)
+                    prepared = await self._prepare(request)
                 except _PREPARATION_ERRORS as err:
                     self._preparation_failures += 1
                     failed[request.seed_id] = f"{type(err).__name__}: {err}"
@@ -286,7 +294,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 detail = entry.failed.get(request.seed_id)
                 if detail is None:
                     try:
-                        prepared = await self._preparer.prepare(request)
+                        prepared = await self._prepare(request)
                     except _PREPARATION_ERRORS as err:
                         detail = f"on replay: {type(err).__name__}: {err}"
                     else:
@@ -366,6 +374,26 @@ class KasminaActor(Actor[KasminaMessage]):
             isolation_culls=planner.isolation_culls,
             illegal_transitions=planner.illegal_transitions,
         )
+
+    async def _prepare(self, request: PreparationRequest) -> PreparedSeed:
+        # A germination can race Tezzeret's start-up pass on a cold store. Waiting for the artifact (on the injected
+        # clock, bounded) keeps the outcome independent of that race: the seed grows as if the store had been warm.
+        clock, budget = self._clock, self._artifact_wait_s
+        started = clock.now() if clock is not None else 0.0
+        delay = 0.005
+        while True:
+            try:
+                prepared = await self._preparer.prepare(request)
+            except NotYetAvailable as err:
+                if clock is None or clock.now() - started >= budget:
+                    raise
+                self._artifact_waits += 1
+                if self._artifact_waits == 1 or self._artifact_waits % 100 == 0:
+                    self._event("artifact_wait", TelemetryLevel.WARNING, f"seed {request.seed_id} waits: {err}")
+                await clock.sleep(min(delay, budget - (clock.now() - started)))
+                delay *= 2
+                continue
+            return prepared
 
     def _event(self, name: str, level: TelemetryLevel, description: str) -> None:
         self._sink.emit(

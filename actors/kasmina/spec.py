@@ -163,6 +163,8 @@ def kasmina_spec(
             journal=journal,
             observer=observer,
             capacity=mailbox_capacity,
+            clock=clock,
+            artifact_wait_s=config.artifact_wait_ms / 1e3,
         )
 
     return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)

@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from esper.runtime.errors import EsperError
+from esper.runtime.errors import EsperError, NotYetAvailable
 from schemas.base import Record
 from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt, Sha256Hex
 from schemas.domain_enums import KernelErrorReason
@@ -99,8 +99,11 @@ class ArtifactFormatError(UrzaError, ValueError):
     """
 
 
-class ArtifactNotFound(UrzaError):
-    """Raised when the catalogue has no row for an artifact, or no ready artifact for a blueprint (not_found)."""
+class ArtifactNotFound(UrzaError, NotYetAvailable):
+    """Raised when the catalogue has no row for an artifact, or no ready artifact for a blueprint (not_found).
+
+    Also NotYetAvailable: Tezzeret may still be compiling it, so a caller may wait a little and ask again.
+    """
 
     reason = KernelErrorReason.NOT_FOUND
 

@@ -39,6 +39,10 @@ class EsperError(Exception):
     """Root of every exception Esper raises on its own account."""
 
 
+class NotYetAvailable(EsperError):
+    """Something another actor is still producing (an artifact Tezzeret has not stored yet): worth a short wait."""
+
+
 class ActorError(EsperError):
     """Something went wrong delivering to or running an actor."""
 
