@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from actors.tolaria.build import Trainee, build_trainee, load_data
 from actors.tolaria.capture_pool import CapturePool
-from actors.tolaria.snapshots import TrainState, capture
+from actors.tolaria.snapshots import TrainState, capture, reserve_capture
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
@@ -117,6 +117,34 @@ def test_a_changed_layout_is_noticed_and_never_copied_into_stale_buffers() -> No
     step()
     after = _capture(trainee, pool)
     assert (pool.reused, pool.allocated) == (0, 2)
+    for key, value in _tensors(after).items():
+        assert torch.equal(value, _tensors(_capture(trainee, None))[key]), key
+
+
+def test_reserved_sets_serve_the_next_captures_without_allocating_and_hold_their_values() -> None:
+    trainee, step = _trainee()
+    pool = CapturePool(max_sets=2)
+    assert reserve_capture(trainee, pool) == 2
+    assert reserve_capture(trainee, pool) == 0, "the layout holds and both sets are free: nothing more to allocate"
+    step()
+    first = _capture(trainee, pool)
+    step()
+    second = _capture(trainee, pool)
+    assert (pool.allocated, pool.reused) == (2, 2)
+    assert _storage(first) != _storage(second)
+    for key, value in _tensors(second).items():
+        assert torch.equal(value, _tensors(_capture(trainee, None))[key]), key
+
+
+def test_a_reservation_for_a_changed_layout_drops_the_old_sets() -> None:
+    trainee, step = _trainee()
+    pool = CapturePool(max_sets=1)
+    reserve_capture(trainee, pool)
+    trainee.optimizer.load_state_dict(copy.deepcopy(trainee.optimizer.state_dict()))
+    step()
+    assert reserve_capture(trainee, pool) == 1
+    after = _capture(trainee, pool)
+    assert (pool.allocated, pool.reused) == (2, 1)
     for key, value in _tensors(after).items():
         assert torch.equal(value, _tensors(_capture(trainee, None))[key]), key
 

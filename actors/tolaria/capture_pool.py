@@ -60,12 +60,7 @@ class CapturePool:
         self, groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]
     ) -> tuple[list[list[torch.Tensor]], _Lease]:
         """Target views, group by group and entry by entry, and the lease the captured state must keep."""
-        if not self._fits(groups):
-            self._layout = [
-                (key, [(weakref.ref(source), source.numel()) for _, _, source in entries])
-                for key, entries in groups.items()
-            ]
-            self._sets = []
+        self._adopt(groups)
         lease = _Lease()
         for index, (views, held) in enumerate(self._sets):
             if held() is None:
@@ -77,6 +72,28 @@ class CapturePool:
         if len(self._sets) < self._max_sets:
             self._sets.append((views, weakref.ref(lease)))
         return views, lease
+
+    def reserve(self, groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> int:
+        """Allocate every buffer set ``groups``' layout will need, free, ahead of the captures; returns how many.
+
+        The first capture after a layout change otherwise pays the allocation inside the epoch-boundary stall.
+        """
+        self._adopt(groups)
+        added = 0
+        while len(self._sets) < self._max_sets:
+            views = [_cut([source for _, _, source in entries]) for entries in groups.values()]
+            self._sets.append((views, weakref.ref(_Lease())))  # a reference to nothing: the set is free
+            self.allocated += 1
+            added += 1
+        return added
+
+    def _adopt(self, groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> None:
+        if not self._fits(groups):
+            self._layout = [
+                (key, [(weakref.ref(source), source.numel()) for _, _, source in entries])
+                for key, entries in groups.items()
+            ]
+            self._sets = []
 
     def _fits(self, groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> bool:
         layout = self._layout

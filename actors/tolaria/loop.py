@@ -30,7 +30,7 @@ from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
-from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into
+from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
 from esper.nn.data_batches import iter_batches, to_device
@@ -137,6 +137,9 @@ class TrainingLoop:
         self._snapshots = snapshots
         # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
         self._capture_pool = CapturePool()
+        # False until the pool holds buffers for the current layout: set after the first step once the optimizer's
+        # state exists (and again after a graft or restore), so the epoch end only copies.
+        self._pool_reserved = False
         self._handoff = handoff
         self._data = data
         self._pos = _Position()
@@ -276,6 +279,7 @@ class TrainingLoop:
         assert applier is not None
         replay(applier, state.graft_log, state.seed_modules or None)
         load_into(self.trainee, state)
+        self._pool_reserved = False
         self._pos.global_step = state.global_step
         self._pos.epoch = state.epoch
         self._pos.batch_index = state.batch_index
@@ -405,6 +409,9 @@ class TrainingLoop:
                 action = self._step(batch, t0, stats)
                 if sketched:
                     self._isolation.disarm()
+                if not self._pool_reserved:
+                    reserve_capture(self.trainee, self._capture_pool)
+                    self._pool_reserved = True
                 pos.batch_index = index + 1
                 pos.global_step += 1
                 if action is Action.ROLLBACK:
@@ -525,6 +532,8 @@ class TrainingLoop:
                     op, step=step, take_module=self._take_module, conservative=level >= EmergencyLevel.L2_ELEVATED
                 )
             )
+        if plan.ops:
+            self._pool_reserved = False
         receipt = BoundaryApplied(
             run_id=plan.run_id,
             decided_on_step=plan.decided_on_step,

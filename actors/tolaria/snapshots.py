@@ -127,6 +127,12 @@ class _Copier:
             container[key] = None
         self._groups.setdefault((tensor.dtype, tensor.device), []).append((container, key, tensor))
 
+    def reserve(self, pool: CapturePool) -> int:
+        """Let ``pool`` allocate buffer sets for the deferred tensors' layout; the copier is spent afterwards."""
+        added = pool.reserve(self._groups)
+        self._groups.clear()
+        return added
+
     def finish(self, pool: CapturePool | None = None) -> object:
         """Copy every deferred tensor into its group's buffer and put the views into their containers.
 
@@ -307,10 +313,7 @@ def capture(
     into the pool's reused buffers, valid while the returned state lives: copy what must outlive it.
     """
     copier = _Copier()
-    model_state: dict[str, object] = {}
-    # keep_vars: the live tensors themselves, whose identity lets the pool recognise the layout.
-    for key, value in trainee.model.state_dict(keep_vars=True).items():
-        copier.put(model_state, key, value)
+    model_state, optimizer = _walk(trainee, copier)
     for name, mode in trainee.paused.items():
         key = f"{slot_path(name)}._extra_state"
         extra = model_state.get(key)
@@ -321,7 +324,6 @@ def capture(
         for slot in trainee.slots.values():
             if slot.seed_module is not None and slot.seed_id is not None:
                 modules[slot.seed_id] = copy.deepcopy(slot.seed_module)
-    optimizer = _optimizer_state_by_name(trainee.optimizer, copier)
     lease = copier.finish(pool)
     state = TrainState(
         global_step=global_step,
@@ -338,6 +340,22 @@ def capture(
     )
     state.nbytes = copier.nbytes
     return state
+
+
+def reserve_capture(trainee: Trainee, pool: CapturePool) -> int:
+    """Have ``pool`` allocate the buffers the next captures of ``trainee`` will fill (see CapturePool.reserve), so
+    the epoch boundary does not pay for them; returns how many buffer sets were allocated. Copies nothing."""
+    copier = _Copier()
+    _walk(trainee, copier)
+    return copier.reserve(pool)
+
+
+def _walk(trainee: Trainee, copier: _Copier) -> tuple[dict[str, object], dict[str, object]]:
+    model_state: dict[str, object] = {}
+    # keep_vars: the live tensors themselves, whose identity lets the pool recognise the layout.
+    for key, value in trainee.model.state_dict(keep_vars=True).items():
+        copier.put(model_state, key, value)
+    return model_state, _optimizer_state_by_name(trainee.optimizer, copier)
 
 
 def load_into(trainee: Trainee, state: TrainState) -> None:
