@@ -18,7 +18,9 @@ A fossilized CONVEX slot is the plain composition ``seed(h)`` (the same value as
 Until FOSSILIZED the seed reads ``h.detach()``, so no seed gradient reaches host parameters; the host branch ``h``
 stays attached. What trains a seed while alpha = 0 (TRAINING) is the straight-through gradient of the task loss:
 ``d loss / d out`` reaches ``s`` unchanged through ``s - s.detach()``, exactly as if the seed's output replaced the
-host's, while the forward value and every host gradient stay those of the host alone.
+host's, while the forward value and every host gradient stay those of the host alone. The seed never sees its own
+effect on the loss, so the longer TRAINING lasts, the further its output drifts along that gradient; the blend then
+pays for the drift (BENCHMARKS.md, growth section: the loss rises against the host when alpha ramps).
 
 Control state (mode, seed id, alpha steps, blend spec, schedule) is plain CPU Python state and travels in the
 module's extra state. The only tensor is the ``alpha`` buffer (0-dim, non-persistent: its value is restored from the
