@@ -47,6 +47,10 @@ class TolariaConfig(ConfigSection, frozen=True):
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     momentum: NonNegFloat = 0.9
     weight_decay: NonNegFloat = 0.0
+    # A grafted seed's learning rate as a multiple of the host's (a command's explicit rate wins). While TRAINING a
+    # seed learns from the straight-through gradient without seeing its own effect, so a smaller step keeps it from
+    # drifting far before it is blended in.
+    seed_lr_scale: PosFloat = 0.3
     host_model: HostModel = "cnn1d"
     device: Device = "auto"
     command_lag_steps: NonNegInt = 8

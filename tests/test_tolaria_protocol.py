@@ -168,6 +168,22 @@ async def test_training_continues_while_the_controller_is_slow(data: DataSplits,
     assert stalls == 1
 
 
+def test_a_seed_learns_at_the_scaled_host_rate_unless_its_command_names_one(data: DataSplits) -> None:
+    config = TolariaConfig(**{**TINY, "seed_lr_scale": 0.25})  # type: ignore[arg-type]
+    trainee = build_trainee(config, data, (), torch.device("cpu"))
+    applier = BoundaryApplier(trainee)
+    modules = {"a": seed_module(), "b": seed_module()}
+
+    def take(op: SeedOp) -> nn.Module:
+        return modules[op.seed_id or ""]
+
+    assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take).applied
+    named = SeedOp(kind="attach", slot="blocks.1", seed_id="b", learning_rate=0.07)
+    assert applier.apply(named, step=1, take_module=take).applied
+    lr = {str(g.get("name")): g["lr"] for g in trainee.optimizer.param_groups}
+    assert lr == {"host": config.lr, "seed:a": config.lr * 0.25, "seed:b": 0.07}
+
+
 def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:
     config = TolariaConfig(**TINY)  # type: ignore[arg-type]
     trainee = build_trainee(config, data, (), torch.device("cpu"))

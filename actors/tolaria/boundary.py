@@ -280,7 +280,7 @@ class BoundaryApplier:
         prefix = slot_path(name) + ".seed."
         named = [(prefix + n, p) for n, p in module.named_parameters()]
         host = self._host_group()
-        lr = op.learning_rate if op.learning_rate is not None else _number(host["lr"])
+        lr = op.learning_rate if op.learning_rate is not None else _number(host["lr"]) * trainee.seed_lr_scale
         try:
             add_seed_group(
                 trainee.optimizer,

@@ -57,7 +57,8 @@ class Trainee:
 
     ``slot_shapes`` maps each slot (by the name of the module it follows) to the activation it sees;
     ``paused`` maps a paused slot to the mode it will resume in; ``initial_grafts`` is the graft log of the seeds
-    ``tolaria.initial_seeds`` attached before step 0 (the start of every graft log of this trainee).
+    ``tolaria.initial_seeds`` attached before step 0 (the start of every graft log of this trainee);
+    ``seed_lr_scale`` multiplies the host's learning rate for a grafted seed whose command names no rate.
     """
 
     model: nn.Module
@@ -71,6 +72,7 @@ class Trainee:
     paused: dict[str, str] = field(default_factory=dict)
     initial_grafts: list[GraftEvent] = field(default_factory=list)
     isolation_violations: dict[str, int] = field(default_factory=dict)
+    seed_lr_scale: float = 1.0
 
     def seed_parameters(self) -> dict[str, int]:
         """Parameter elements of each attached seed, by seed id."""
@@ -254,6 +256,7 @@ def build_trainee(
         autocast_dtype=resolve_precision(config, device),
         channels_last=channels_last,
         host_parameters=host_parameters,
+        seed_lr_scale=config.seed_lr_scale,
     )
     if config.initial_seeds:
         attach_initial_seeds(config, trainee)
