@@ -383,7 +383,7 @@ class KasminaActor(Actor[KasminaMessage]):
         delay = 0.005
         while True:
             try:
-                prepared = await self._preparer.prepare(request)
+                return await self._preparer.prepare(request)
             except NotYetAvailable as err:
                 if clock is None or clock.now() - started >= budget:
                     raise
@@ -392,8 +392,6 @@ class KasminaActor(Actor[KasminaMessage]):
                     self._event("artifact_wait", TelemetryLevel.WARNING, f"seed {request.seed_id} waits: {err}")
                 await clock.sleep(min(delay, budget - (clock.now() - started)))
                 delay *= 2
-                continue
-            return prepared
 
     def _event(self, name: str, level: TelemetryLevel, description: str) -> None:
         self._sink.emit(

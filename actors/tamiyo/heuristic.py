@@ -241,7 +241,7 @@ class HeuristicPolicy:
         free = observation.free_slots()
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
-        if any(facts.constraint > 0.0 for facts in observation.slots):
+        if any(observation.constraint(s.slot) > 0.0 for s in observation.seeds):
             free = tuple(s for s in free if observation.constraint(s.slot) >= cfg.germinate_min_constraint)
             if not free:
                 return msgspec.structs.replace(NO_OP, reason="no_strained_slot")

@@ -67,7 +67,7 @@ class CapturePool:
                 self._sets[index] = (views, weakref.ref(lease))
                 self.reused += 1
                 return views, lease
-        views = [_cut([source for _, _, source in entries]) for entries in groups.values()]
+        views = _new_set(groups)
         self.allocated += 1
         if len(self._sets) < self._max_sets:
             self._sets.append((views, weakref.ref(lease)))
@@ -81,8 +81,7 @@ class CapturePool:
         self._adopt(groups)
         added = 0
         while len(self._sets) < self._max_sets:
-            views = [_cut([source for _, _, source in entries]) for entries in groups.values()]
-            self._sets.append((views, weakref.ref(_Lease())))  # a reference to nothing: the set is free
+            self._sets.append((_new_set(groups), weakref.ref(_Lease())))  # a reference to nothing: the set is free
             self.allocated += 1
             added += 1
         return added
@@ -106,6 +105,10 @@ class CapturePool:
                 if ref() is not source or source.numel() != numel:
                     return False
         return True
+
+
+def _new_set(groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> list[list[torch.Tensor]]:
+    return [_cut([source for _, _, source in entries]) for entries in groups.values()]
 
 
 def _cut(sources: Sequence[torch.Tensor]) -> list[torch.Tensor]:
