@@ -52,6 +52,10 @@ class TolariaConfig(ConfigSection, frozen=True):
     # drifting before the blend; but a slower seed is also judged less useful and culled more often, and 0.3 lost
     # accuracy on the growth benchmark (BENCHMARKS.md), so the default leaves the rate alone.
     seed_lr_scale: PosFloat = 1.0
+    # The seed's rate while TRAINING (incubation) as a multiple of its own rate, restored when it leaves TRAINING. It
+    # calms the first blend (0.3: 1-4 % above the host instead of 10-19 %) but cost accuracy on the growth benchmark
+    # (BENCHMARKS.md), so by default incubation learns at the seed's full rate.
+    incubation_lr_scale: NonNegFloat = 1.0
     host_model: HostModel = "cnn1d"
     device: Device = "auto"
     command_lag_steps: NonNegInt = 8

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from actors.tolaria.actor import TolariaControl, TolariaWiring, new_cell, tolaria_spec
-from actors.tolaria.boundary import RECIPE_ATTR, BoundaryApplier
+from actors.tolaria.boundary import INCUBATION_LR_KEY, RECIPE_ATTR, BoundaryApplier
 from actors.tolaria.build import build_trainee, load_data
+from actors.tolaria.snapshots import load_optimizer_state_by_name, optimizer_state_by_name
 from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.nn.optim_migration import check_param_groups
 from esper.runtime.clock import MonotonicClock
@@ -182,6 +183,43 @@ def test_a_seed_learns_at_the_scaled_host_rate_unless_its_command_names_one(data
     assert applier.apply(named, step=1, take_module=take).applied
     lr = {str(g.get("name")): g["lr"] for g in trainee.optimizer.param_groups}
     assert lr == {"host": config.lr, "seed:a": config.lr * 0.25, "seed:b": 0.07}
+
+
+def test_an_incubating_seed_learns_at_the_incubation_rate_and_gets_its_own_back_when_it_blends(
+    data: DataSplits,
+) -> None:
+    config = TolariaConfig(**{**TINY, "incubation_lr_scale": 0.1})  # type: ignore[arg-type]
+    trainee = build_trainee(config, data, (), torch.device("cpu"))
+    applier = BoundaryApplier(trainee)
+    modules = {"a": seed_module(), "b": seed_module()}
+
+    def take(op: SeedOp) -> nn.Module:
+        return modules[op.seed_id or ""]
+
+    def rates() -> dict[str, float]:
+        return {str(g.get("name")): float(g["lr"]) for g in trainee.optimizer.param_groups}
+
+    assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take).applied
+    blending = SeedOp(kind="attach", slot="blocks.1", seed_id="b", stage=SeedLifecycleStage.BLENDING)
+    assert applier.apply(blending, step=1, take_module=take).applied
+    assert rates() == pytest.approx({"host": config.lr, "seed:a": config.lr * 0.1, "seed:b": config.lr})
+    # The optimizer state (what snapshots and checkpoints save) carries the rate to return to, scaled with the rest.
+    assert applier.apply(SeedOp(kind="scale_lr", lr_scale=0.5), step=2, take_module=take).applied
+    saved = optimizer_state_by_name(trainee.optimizer)
+    assert applier.apply(
+        SeedOp(kind="set_stage", slot="blocks.0", stage=SeedLifecycleStage.BLENDING), step=3, take_module=take
+    ).applied
+    assert rates() == pytest.approx({"host": config.lr * 0.5, "seed:a": config.lr * 0.5, "seed:b": config.lr * 0.5})
+    assert all(INCUBATION_LR_KEY not in g for g in trainee.optimizer.param_groups)
+    # A restore to the incubating state brings back both the low rate and the one to return to.
+    load_optimizer_state_by_name(trainee.optimizer, saved)
+    assert rates()["seed:a"] == pytest.approx(config.lr * 0.05)
+    assert applier.apply(
+        SeedOp(kind="set_stage", slot="blocks.0", stage=SeedLifecycleStage.PROBATIONARY), step=4, take_module=take
+    ).applied
+    assert rates()["seed:a"] == pytest.approx(config.lr * 0.5)
+    # The graft log records the seed's own rate, so a replay reapplies the incubation scale exactly once.
+    assert applier.log[0].learning_rate == pytest.approx(config.lr)
 
 
 def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:

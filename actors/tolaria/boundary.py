@@ -21,6 +21,7 @@ from esper.nn.optim_migration import (
     GROUP_NAME_KEY,
     add_seed_group,
     check_param_groups,
+    find_seed_group,
     fossilize_seed_group,
     remove_seed_group,
 )
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 RECIPE_ATTR = "esper_blueprint_params"
 """A seed module may carry its blueprint parameters under this attribute (a dict of floats) so the graft log can
 rebuild it on resume; SeedOp has no field for them yet."""
+
+INCUBATION_LR_KEY = "esper_lr_after_incubation"
+"""A seed group in TRAINING under ``tolaria.incubation_lr_scale`` keeps here the rate it returns to when it leaves
+TRAINING (saved with the optimizer state like any group key)."""
 
 _STAGE_MODES: dict[SeedLifecycleStage, SlotMode] = {
     SeedLifecycleStage.TRAINING: SlotMode.TRAINING,
@@ -195,6 +200,8 @@ class BoundaryApplier:
                 raise OpRefused(f"scale_lr: lr_scale must be > 0, got {op.lr_scale}")
             for group in optimizer.param_groups:
                 group["lr"] = group["lr"] * op.lr_scale
+                if INCUBATION_LR_KEY in group:
+                    group[INCUBATION_LR_KEY] = _number(group[INCUBATION_LR_KEY]) * op.lr_scale
             return GraftEvent(step=step, kind="scale_lr", lr_scale=op.lr_scale)
         name, slot = self._slot(op)
         if op.kind == "attach":
@@ -228,6 +235,7 @@ class BoundaryApplier:
                 slot.set_mode(_STAGE_MODES[op.stage])
             except ValueError as err:
                 raise OpRefused(f"set_stage: {err}") from err
+            self._incubation_rate(seed_id, incubating=slot.mode is SlotMode.TRAINING)
             return GraftEvent(kind="set_stage", stage=op.stage, **base)  # type: ignore[arg-type]
         if op.kind == "fossilize":
             return self._fossilize(step, name, slot, seed_id)
@@ -293,6 +301,7 @@ class BoundaryApplier:
         except ValueError as err:
             slot.detach()
             raise OpRefused(f"attach: {err}") from err
+        self._incubation_rate(op.seed_id, incubating=slot.mode is SlotMode.TRAINING)
         event = GraftEvent(
             step=step,
             kind="attach",
@@ -324,6 +333,19 @@ class BoundaryApplier:
         fossilize_seed_group(optimizer, seed_id, host_index)
         check_param_groups(optimizer, self.trainee.model.named_parameters())
         return GraftEvent(step=step, kind="fossilize", slot=name, seed_id=seed_id, stage=SeedLifecycleStage.FOSSILIZED)
+
+    def _incubation_rate(self, seed_id: str, *, incubating: bool) -> None:
+        """Scale a seed group's rate on entering TRAINING and restore it on leaving (no-op at scale 1)."""
+        scale = self.trainee.incubation_lr_scale
+        index = find_seed_group(self.trainee.optimizer, seed_id)
+        if index is None:
+            return
+        group = self.trainee.optimizer.param_groups[index]
+        if incubating and scale != 1.0 and INCUBATION_LR_KEY not in group:
+            group[INCUBATION_LR_KEY] = group["lr"]
+            group["lr"] = _number(group["lr"]) * scale
+        elif not incubating and INCUBATION_LR_KEY in group:
+            group["lr"] = group.pop(INCUBATION_LR_KEY)
 
     def _host_group(self) -> dict[str, object]:
         for group in self.trainee.optimizer.param_groups:

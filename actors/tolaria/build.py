@@ -58,7 +58,8 @@ class Trainee:
     ``slot_shapes`` maps each slot (by the name of the module it follows) to the activation it sees;
     ``paused`` maps a paused slot to the mode it will resume in; ``initial_grafts`` is the graft log of the seeds
     ``tolaria.initial_seeds`` attached before step 0 (the start of every graft log of this trainee);
-    ``seed_lr_scale`` multiplies the host's learning rate for a grafted seed whose command names no rate.
+    ``seed_lr_scale`` multiplies the host's learning rate for a grafted seed whose command names no rate;
+    ``incubation_lr_scale`` multiplies a seed's rate while it is in TRAINING.
     """
 
     model: nn.Module
@@ -73,6 +74,7 @@ class Trainee:
     initial_grafts: list[GraftEvent] = field(default_factory=list)
     isolation_violations: dict[str, int] = field(default_factory=dict)
     seed_lr_scale: float = 1.0
+    incubation_lr_scale: float = 1.0
 
     def seed_parameters(self) -> dict[str, int]:
         """Parameter elements of each attached seed, by seed id."""
@@ -257,6 +259,7 @@ def build_trainee(
         channels_last=channels_last,
         host_parameters=host_parameters,
         seed_lr_scale=config.seed_lr_scale,
+        incubation_lr_scale=config.incubation_lr_scale,
     )
     if config.initial_seeds:
         attach_initial_seeds(config, trainee)
