@@ -25,10 +25,11 @@ from schemas.config import TolariaConfig
 from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from torch import nn
 
+    from actors.tolaria.build import Trainee
     from esper.nn.data import DataSplits
     from schemas.state import SystemStatePacket
 
@@ -53,6 +54,19 @@ def seed_module(features: int = 12) -> nn.Module:
     setattr(module, RECIPE_ATTR, params)
     module.blueprint_id = descriptor.blueprint_id  # type: ignore[assignment]
     return module
+
+
+def two_seed_applier(
+    config: TolariaConfig, data: DataSplits
+) -> tuple[Trainee, BoundaryApplier, dict[str, nn.Module], Callable[[SeedOp], nn.Module]]:
+    """A trainee, its applier, and prepared seeds "a" and "b" handed out by seed id."""
+    trainee = build_trainee(config, data, (), torch.device("cpu"))
+    modules = {"a": seed_module(), "b": seed_module()}
+
+    def take(op: SeedOp) -> nn.Module:
+        return modules[op.seed_id or ""]
+
+    return trainee, BoundaryApplier(trainee), modules, take
 
 
 class FakePlanner:
@@ -171,12 +185,7 @@ async def test_training_continues_while_the_controller_is_slow(data: DataSplits,
 
 def test_a_seed_learns_at_the_scaled_host_rate_unless_its_command_names_one(data: DataSplits) -> None:
     config = TolariaConfig(**{**TINY, "seed_lr_scale": 0.25})  # type: ignore[arg-type]
-    trainee = build_trainee(config, data, (), torch.device("cpu"))
-    applier = BoundaryApplier(trainee)
-    modules = {"a": seed_module(), "b": seed_module()}
-
-    def take(op: SeedOp) -> nn.Module:
-        return modules[op.seed_id or ""]
+    trainee, applier, _, take = two_seed_applier(config, data)
 
     assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take).applied
     named = SeedOp(kind="attach", slot="blocks.1", seed_id="b", learning_rate=0.07)
@@ -189,12 +198,7 @@ def test_an_incubating_seed_learns_at_the_incubation_rate_and_gets_its_own_back_
     data: DataSplits,
 ) -> None:
     config = TolariaConfig(**{**TINY, "incubation_lr_scale": 0.1})  # type: ignore[arg-type]
-    trainee = build_trainee(config, data, (), torch.device("cpu"))
-    applier = BoundaryApplier(trainee)
-    modules = {"a": seed_module(), "b": seed_module()}
-
-    def take(op: SeedOp) -> nn.Module:
-        return modules[op.seed_id or ""]
+    trainee, applier, _, take = two_seed_applier(config, data)
 
     def rates() -> dict[str, float]:
         return {str(g.get("name")): float(g["lr"]) for g in trainee.optimizer.param_groups}
@@ -224,12 +228,7 @@ def test_an_incubating_seed_learns_at_the_incubation_rate_and_gets_its_own_back_
 
 def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:
     config = TolariaConfig(**TINY)  # type: ignore[arg-type]
-    trainee = build_trainee(config, data, (), torch.device("cpu"))
-    applier = BoundaryApplier(trainee)
-    modules = {"a": seed_module(), "b": seed_module()}
-
-    def take(op: SeedOp) -> nn.Module:
-        return modules[op.seed_id or ""]
+    trainee, applier, modules, take = two_seed_applier(config, data)
 
     def groups() -> list[str]:
         return [str(g.get("name")) for g in trainee.optimizer.param_groups]
