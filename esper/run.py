@@ -26,6 +26,7 @@ from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
+from esper.baseline import load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
 from esper.logs import StructlogSink, configure_logging
@@ -215,6 +216,7 @@ async def start(
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     secret = resolve_secret(resolved)
     await anyio.to_thread.run_sync(check_config, resolved.tolaria)
+    baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)
         if not (directory / "checkpoints").is_dir():
@@ -305,7 +307,7 @@ async def start(
     deadline_s = resolved.weatherlight.shutdown_deadline_s
 
     def growth(figures: TrainingFigures | None) -> GrowthFigures:
-        return tally.figures(figures.seed_parameters if figures is not None else 0)
+        return with_baseline(tally.figures(figures.seed_parameters if figures is not None else 0), baseline)
 
     return EsperSystem(
         config=resolved,
@@ -443,11 +445,10 @@ def _ms(value: float | None) -> str:
 
 def growth_lines(growth: GrowthFigures) -> list[str]:
     """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
-    where = (
-        f"epoch {growth.baseline_epoch}, before the first germination"
-        if growth.baseline_source == "run"
-        else "no seed was grafted"
-    )
+    where = {
+        "run": f"epoch {growth.baseline_epoch}, before the first germination",
+        "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
+    }.get(growth.baseline_source, "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or "none"
     return [
         f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",

@@ -96,7 +96,8 @@ class KasminaConfig(ConfigSection, frozen=True):
     """Seed slots: where they go, the lifecycle timers (steps or epochs, never seconds), gates and isolation."""
 
     slot_targets: tuple[str, ...] = ()
-    max_active_seeds: PosInt = 4
+    # 0 turns growth off: a host-only run, e.g. the baseline that nissa.baseline_run compares against.
+    max_active_seeds: NonNegInt = 4
     embargo_epochs: NonNegInt = 2
     stage_min_dwell_steps: NonNegInt = 20
     probation_epochs: PosInt = 2
@@ -237,6 +238,9 @@ class NissaConfig(ConfigSection, frozen=True):
     metrics_csv: str = "metrics.csv"
     summary_json: str = "summary.json"
     report_png: bool = True
+    # A finished host-only run's directory (same data, split, host and training): the summary then compares the final
+    # accuracy with that run's instead of with this run's last epoch before growth.
+    baseline_run: str | None = None
     alert_eval_interval_s: PosFloat = 30.0
     slo_window_days: PosFloat = 30.0
     slo_burn_threshold: UnitFloat = 0.4

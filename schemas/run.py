@@ -47,7 +47,9 @@ class GrowthFigures(Record, frozen=True):
     """What the controller did to the host and whether it paid off.
 
     ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the first germination took
-    effect (``baseline_source`` "run"), or the final one when nothing was ever grafted ("host_only"). ``seeds`` counts
+    effect (``baseline_source`` "run"), the final one when nothing was ever grafted ("host_only"), or the final one of
+    a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
+    its epochs in ``baseline_epoch``). ``seeds`` counts
     seeds by their last lifecycle stage (lower-case stage name); decision latencies are nearest-rank percentiles in
     milliseconds over every Tamiyo decision; ``emergency_events`` counts EmergencySignal events.
     """
@@ -55,6 +57,7 @@ class GrowthFigures(Record, frozen=True):
     baseline_val_accuracy: float | None = None
     baseline_epoch: int | None = None
     baseline_source: str = "run"
+    baseline_run: str | None = None
     final_val_accuracy: float | None = None
     parameters_added: int = 0
     seeds: dict[str, int] = field(default_factory=dict)

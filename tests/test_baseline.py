@@ -1,0 +1,142 @@
+"""A recorded host-only baseline (nissa.baseline_run): a real host-only run feeds a growing run's summary, and every
+way a baseline can be unusable is refused with one line naming the key, the run and the problem."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from esper.baseline import load_baseline, with_baseline
+from esper.config import dump_config, load_config
+from esper.run import format_summary, growth_lines, start
+from esper.runtime.errors import ConfigError
+from schemas.config import NissaConfig, RunConfig, TolariaConfig
+from schemas.run import GrowthFigures, RunSummary, TrainingFigures
+from tests.test_e2e_run import tiny_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def write_run(
+    directory: Path,
+    *,
+    tolaria: TolariaConfig | None = None,
+    status: str = "completed",
+    seeds: dict[str, int] | None = None,
+    val_accuracy: float | None = 0.875,
+    summary: bool = True,
+) -> Path:
+    """A finished run's directory as the runtime writes it: the resolved config.toml and summary.json."""
+    directory.mkdir(parents=True)
+    config = RunConfig(tolaria=tolaria or TolariaConfig())
+    (directory / "config.toml").write_text(dump_config(config), encoding="utf-8")
+    if summary:
+        record = RunSummary(
+            run_id="host-1",
+            run_dir=str(directory),
+            status=status,  # type: ignore[arg-type]
+            started_at="2026-12-05T00:00:00Z",
+            duration_s=1.0,
+            exit_code=0,
+            dead_letters=0,
+            training=TrainingFigures(
+                epochs=config.tolaria.epochs,
+                global_step=100,
+                host_parameters=2782,
+                seed_parameters=0,
+                val_accuracy=val_accuracy,
+            ),
+            growth=GrowthFigures(final_val_accuracy=val_accuracy, seeds=seeds or {}),
+        )
+        (directory / "summary.json").write_bytes(msgspec.json.encode(record))
+    return directory
+
+
+def comparing_with(directory: Path, tolaria: TolariaConfig | None = None) -> RunConfig:
+    return RunConfig(tolaria=tolaria or TolariaConfig(), nissa=NissaConfig(baseline_run=str(directory)))
+
+
+def test_no_baseline_configured_means_none() -> None:
+    assert load_baseline(RunConfig()) is None
+
+
+def test_a_host_only_run_of_the_same_training_is_read(tmp_path: Path) -> None:
+    baseline = load_baseline(comparing_with(write_run(tmp_path / "host")))
+    assert baseline is not None
+    assert (baseline.run_id, baseline.epochs, baseline.val_accuracy) == ("host-1", 10, 0.875)
+    growth = with_baseline(GrowthFigures(final_val_accuracy=0.9, baseline_val_accuracy=0.5, baseline_epoch=3), baseline)
+    assert (growth.baseline_val_accuracy, growth.baseline_epoch) == (0.875, 10)
+    assert (growth.baseline_source, growth.baseline_run) == ("recorded", "host-1")
+    assert "run host-1, host only, 10 epochs" in "\n".join(growth_lines(growth))
+
+
+@pytest.mark.parametrize(
+    ("make", "ours", "message"),
+    [
+        (lambda d: d, TolariaConfig(), "not a run directory"),
+        (lambda d: write_run(d, summary=False), TolariaConfig(), "no summary.json; the run has not finished"),
+        (lambda d: write_run(d, status="interrupted"), TolariaConfig(), "did not complete (status interrupted)"),
+        (lambda d: write_run(d, seeds={"fossilized": 2, "culled": 1}), TolariaConfig(), "grew 3 seeds"),
+        (lambda d: write_run(d, val_accuracy=None), TolariaConfig(), "no validation accuracy"),
+        (lambda d: write_run(d), TolariaConfig(epochs=30), "tolaria.epochs is 10 there and 30 here"),
+        (lambda d: write_run(d), TolariaConfig(seed=3), "tolaria.seed is 0 there and 3 here"),
+        (lambda d: write_run(d), TolariaConfig(dataset="digits"), "tolaria.dataset is 'mnist1d' there and 'digits'"),
+    ],
+)
+def test_an_unusable_baseline_is_refused_with_one_line_naming_it(
+    tmp_path: Path, make: object, ours: TolariaConfig, message: str
+) -> None:
+    directory = tmp_path / "host"
+    assert callable(make)
+    make(directory)
+    with pytest.raises(ConfigError) as raised:
+        load_baseline(comparing_with(directory, ours))
+    text = str(raised.value)
+    assert text.startswith(f"nissa.baseline_run: {directory}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_a_damaged_summary_is_refused(tmp_path: Path) -> None:
+    directory = write_run(tmp_path / "host")
+    (directory / "summary.json").write_bytes(b'{"run_id": "host-1", "status": ')
+    with pytest.raises(ConfigError, match=r"summary.json is not a run summary"):
+        load_baseline(comparing_with(directory))
+
+
+async def test_a_growing_run_compares_against_a_real_host_only_run(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, epochs=6)
+    host = await (await start(config, tmp_path / "host", overrides=["kasmina.max_active_seeds=0"])).wait()
+    assert host.status == "completed", host.error
+    assert host.growth is not None
+    assert host.growth.seeds == {}
+    assert host.growth.baseline_source == "host_only"
+    assert host.training is not None
+    assert host.training.val_accuracy is not None
+
+    grown = await (
+        await start(config, tmp_path / "grown", overrides=[f'nissa.baseline_run="{tmp_path / "host"}"'])
+    ).wait()
+    assert grown.status == "completed", grown.error
+    growth = grown.growth
+    assert growth is not None
+    assert growth.seeds, "the tiny config grows the host"
+    assert growth.baseline_source == "recorded"
+    assert growth.baseline_run == host.run_id
+    assert growth.baseline_val_accuracy == host.training.val_accuracy
+    assert growth.baseline_epoch == 6
+    assert f"run {host.run_id}, host only, 6 epochs" in format_summary(grown)
+    resolved = load_config(tmp_path / "grown" / "config.toml")
+    assert resolved.nissa.baseline_run == str(tmp_path / "host")
+
+
+async def test_a_run_with_an_unusable_baseline_does_not_start(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, epochs=6)
+    with pytest.raises(ConfigError, match=r"nissa.baseline_run: .*missing: not a run directory"):
+        await start(config, tmp_path / "run", overrides=[f'nissa.baseline_run="{tmp_path / "missing"}"'])
+    assert not (tmp_path / "run").exists()
