@@ -446,7 +446,8 @@ def _ms(value: float | None) -> str:
 def growth_lines(growth: GrowthFigures) -> list[str]:
     """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
     where = {
-        "run": f"epoch {growth.baseline_epoch}, before the first germination",
+        # An early epoch flatters growth; the hint names the fair comparison.
+        "run": f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly",
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
     }.get(growth.baseline_source, "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or "none"
