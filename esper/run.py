@@ -450,7 +450,7 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
         "run": f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly",
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
     }.get(growth.baseline_source, "no seed was grafted")
-    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or "none"
+    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
     return [
         f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
         f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",
@@ -460,6 +460,19 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
         f"({growth.decisions} decisions)",
         f"{'emergency events':<28}{growth.emergency_events}",
     ]
+
+
+# Reasons every run gives between epoch ends; they say nothing about why the host was not grown.
+_ROUTINE_NO_OPS = frozenset({"not_epoch_end", "not_due"})
+
+
+def _why_idle(growth: GrowthFigures) -> str:
+    reasons = sorted(
+        ((n, r) for r, n in growth.no_op_reasons.items() if r not in _ROUTINE_NO_OPS), key=lambda x: (-x[0], x[1])
+    )
+    if not reasons:
+        return ""
+    return " (the controller's reasons: " + ", ".join(f"{r} {n}" for n, r in reasons[:3]) + ")"
 
 
 async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:

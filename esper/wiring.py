@@ -161,6 +161,7 @@ class RunTally:
     seed_stages: dict[str, SeedLifecycleStage] = field(default_factory=dict)
     first_germination_step: int | None = None
     decision_ms: list[float] = field(default_factory=list)
+    no_op_reasons: dict[str, int] = field(default_factory=dict)
     emergencies: int = 0
 
     def emit(self, event: Message | Record) -> None:
@@ -192,6 +193,9 @@ class RunTally:
 
     def on_decision(self, decision: Decision) -> None:
         self.decision_ms.append(decision.decision_ms)
+        if decision.command is None:
+            reason = decision.reason or "no_op"
+            self.no_op_reasons[reason] = self.no_op_reasons.get(reason, 0) + 1
 
     def figures(self, seed_parameters: int) -> GrowthFigures:
         """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
@@ -216,6 +220,7 @@ class RunTally:
             final_val_accuracy=final,
             parameters_added=seed_parameters,
             seeds=counts,
+            no_op_reasons=dict(self.no_op_reasons),
             decisions=len(self.decision_ms),
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),

@@ -54,7 +54,11 @@ class SeedOp(Record, frozen=True):
 
 
 class Decision(Message, frozen=True):
-    """Tamiyo's one answer to the packet of ``decided_on_step``; ``command`` is None for NO_OP."""
+    """Tamiyo's one answer to the packet of ``decided_on_step``; ``command`` is None for NO_OP.
+
+    ``reason`` is the policy's own word for its choice (``plateau``, ``no_strained_slot``, ``cooldown`` ...), before
+    the risk engine; ``risk_reason`` is the risk engine's (``policy`` when it let the choice through).
+    """
 
     run_id: str
     decided_on_step: NonNegInt
@@ -62,6 +66,7 @@ class Decision(Message, frozen=True):
     policy: str = "heuristic"
     decision_ms: NonNegFloat = 0.0
     risk_reason: str = "policy"
+    reason: str = ""
 
 
 class BoundaryPlan(Message, frozen=True):

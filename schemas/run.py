@@ -50,7 +50,8 @@ class GrowthFigures(Record, frozen=True):
     effect (``baseline_source`` "run"), the final one when nothing was ever grafted ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
     its epochs in ``baseline_epoch``). ``seeds`` counts
-    seeds by their last lifecycle stage (lower-case stage name); decision latencies are nearest-rank percentiles in
+    seeds by their last lifecycle stage (lower-case stage name); ``no_op_reasons`` counts the controller's NO_OP
+    decisions by the policy's reason (why nothing was grown); decision latencies are nearest-rank percentiles in
     milliseconds over every Tamiyo decision; ``emergency_events`` counts EmergencySignal events.
     """
 
@@ -61,6 +62,7 @@ class GrowthFigures(Record, frozen=True):
     final_val_accuracy: float | None = None
     parameters_added: int = 0
     seeds: dict[str, int] = field(default_factory=dict)
+    no_op_reasons: dict[str, int] = field(default_factory=dict)
     decisions: int = 0
     decision_p50_ms: float | None = None
     decision_p95_ms: float | None = None

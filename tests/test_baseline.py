@@ -1,5 +1,6 @@
-"""A recorded host-only baseline (nissa.baseline_run): a real host-only run feeds a growing run's summary, and every
-way a baseline can be unusable is refused with one line naming the key, the run and the problem."""
+"""The summary's host-only comparison: a recorded baseline (nissa.baseline_run) from a real host-only run feeds a
+growing run's summary, every way a baseline can be unusable is refused with one line naming the key, the run and the
+problem, and a run that grew nothing says why."""
 
 from __future__ import annotations
 
@@ -75,6 +76,16 @@ def test_a_host_only_run_of_the_same_training_is_read(tmp_path: Path) -> None:
     assert "run host-1, host only, 10 epochs" in "\n".join(growth_lines(growth))
 
 
+def test_a_run_that_grew_nothing_names_the_controllers_reasons_but_not_the_routine_ones() -> None:
+    growth = GrowthFigures(no_op_reasons={"not_epoch_end": 400, "no_strained_slot": 30, "cooldown": 4, "plateau": 0})
+    line = next(line for line in growth_lines(growth) if line.startswith("seeds by outcome"))
+    assert line.endswith("none (the controller's reasons: no_strained_slot 30, cooldown 4, plateau 0)")
+    grown = GrowthFigures(seeds={"fossilized": 1}, no_op_reasons={"no_strained_slot": 30})
+    assert next(line for line in growth_lines(grown) if line.startswith("seeds by outcome")).endswith("fossilized 1")
+    idle = GrowthFigures(no_op_reasons={"not_epoch_end": 400})
+    assert next(line for line in growth_lines(idle) if line.startswith("seeds by outcome")).endswith("none")
+
+
 @pytest.mark.parametrize(
     ("make", "ours", "message"),
     [
@@ -116,6 +127,9 @@ async def test_a_growing_run_compares_against_a_real_host_only_run(tmp_path: Pat
     assert host.growth is not None
     assert host.growth.seeds == {}
     assert host.growth.baseline_source == "host_only"
+    # The summary says why nothing grew: the controller wanted to, but no seed may be live.
+    assert host.growth.no_op_reasons.get("seed_budget", 0) > 0
+    assert "none (the controller's reasons: seed_budget" in format_summary(host)
     assert host.training is not None
     assert host.training.val_accuracy is not None
 

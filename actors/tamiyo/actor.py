@@ -503,6 +503,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             policy=choice.label,
             decision_ms=decision_ms,
             risk_reason=verdict.risk_reason,
+            reason=choice.decision.reason,
         )
 
     def _record(self, packet: SystemStatePacket, verdict: RiskVerdict) -> None:
