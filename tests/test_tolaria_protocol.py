@@ -12,7 +12,8 @@ import torch
 from actors.tolaria.actor import TolariaControl, TolariaWiring, new_cell, tolaria_spec
 from actors.tolaria.boundary import INCUBATION_LR_KEY, RECIPE_ATTR, BoundaryApplier
 from actors.tolaria.build import build_trainee, load_data
-from actors.tolaria.snapshots import load_optimizer_state_by_name, optimizer_state_by_name
+from actors.tolaria.checkpoints import decode_state, encode_state
+from actors.tolaria.snapshots import capture, load_into
 from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.nn.optim_migration import check_param_groups
 from esper.runtime.clock import MonotonicClock
@@ -209,14 +210,17 @@ def test_an_incubating_seed_learns_at_the_incubation_rate_and_gets_its_own_back_
     assert rates() == pytest.approx({"host": config.lr, "seed:a": config.lr * 0.1, "seed:b": config.lr})
     # The optimizer state (what snapshots and checkpoints save) carries the rate to return to, scaled with the rest.
     assert applier.apply(SeedOp(kind="scale_lr", lr_scale=0.5), step=2, take_module=take).applied
-    saved = optimizer_state_by_name(trainee.optimizer)
+    captured = capture(
+        trainee, global_step=2, epoch=0, batch_index=2, graft_log=applier.log, counters={}, keep_modules=False
+    )
+    checkpoint, _ = decode_state(encode_state(captured))
     assert applier.apply(
         SeedOp(kind="set_stage", slot="blocks.0", stage=SeedLifecycleStage.BLENDING), step=3, take_module=take
     ).applied
     assert rates() == pytest.approx({"host": config.lr * 0.5, "seed:a": config.lr * 0.5, "seed:b": config.lr * 0.5})
     assert all(INCUBATION_LR_KEY not in g for g in trainee.optimizer.param_groups)
-    # A restore to the incubating state brings back both the low rate and the one to return to.
-    load_optimizer_state_by_name(trainee.optimizer, saved)
+    # A restore from that checkpoint brings back both the low rate and the one to return to.
+    load_into(trainee, checkpoint)
     assert rates()["seed:a"] == pytest.approx(config.lr * 0.05)
     assert applier.apply(
         SeedOp(kind="set_stage", slot="blocks.0", stage=SeedLifecycleStage.PROBATIONARY), step=4, take_module=take
