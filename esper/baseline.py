@@ -40,10 +40,9 @@ so the only difference left is growth."""
 
 
 class RecordedBaseline(Record, frozen=True):
-    """The host-only run a summary compares against: its id, directory, epochs and final validation accuracy."""
+    """The host-only run a summary compares against: its id, epochs and final validation accuracy."""
 
     run_id: str
-    run_dir: str
     epochs: int
     val_accuracy: float
 
@@ -87,9 +86,7 @@ def load_baseline(config: RunConfig) -> RecordedBaseline | None:
             f"{where}: the run grew {sum(growth.seeds.values())} seeds; a baseline must be host-only "
             "(run it with --set kasmina.max_active_seeds=0)"
         )
-    return RecordedBaseline(
-        run_id=summary.run_id, run_dir=str(directory), epochs=training.epochs, val_accuracy=training.val_accuracy
-    )
+    return RecordedBaseline(run_id=summary.run_id, epochs=training.epochs, val_accuracy=training.val_accuracy)
 
 
 def _check_same_training(where: str, theirs: TolariaConfig, ours: TolariaConfig) -> None:

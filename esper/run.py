@@ -468,11 +468,11 @@ _ROUTINE_NO_OPS = frozenset({"not_epoch_end", "not_due"})
 
 def _why_idle(growth: GrowthFigures) -> str:
     reasons = sorted(
-        ((n, r) for r, n in growth.no_op_reasons.items() if r not in _ROUTINE_NO_OPS), key=lambda x: (-x[0], x[1])
+        ((r, n) for r, n in growth.no_op_reasons.items() if r not in _ROUTINE_NO_OPS), key=lambda rn: (-rn[1], rn[0])
     )
     if not reasons:
         return ""
-    return " (the controller's reasons: " + ", ".join(f"{r} {n}" for n, r in reasons[:3]) + ")"
+    return " (the controller's reasons: " + ", ".join(f"{r} {n}" for r, n in reasons[:3]) + ")"
 
 
 async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:

@@ -49,10 +49,10 @@ class GrowthFigures(Record, frozen=True):
     ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the first germination took
     effect (``baseline_source`` "run"), the final one when nothing was ever grafted ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
-    its epochs in ``baseline_epoch``). ``seeds`` counts
-    seeds by their last lifecycle stage (lower-case stage name); ``no_op_reasons`` counts the controller's NO_OP
-    decisions by the policy's reason (why nothing was grown); decision latencies are nearest-rank percentiles in
-    milliseconds over every Tamiyo decision; ``emergency_events`` counts EmergencySignal events.
+    its epochs in ``baseline_epoch``). ``seeds`` counts seeds by their last lifecycle stage (lower-case stage name);
+    ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
+    latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision; ``emergency_events`` counts
+    EmergencySignal events.
     """
 
     baseline_val_accuracy: float | None = None
