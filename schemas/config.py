@@ -143,6 +143,8 @@ class TamiyoConfig(ConfigSection, frozen=True):
     plateau_min_delta: NonNegFloat = 1e-3
     # Grow only into slots whose layer carries at least this multiple of the mean layer's gradient norm.
     germinate_min_constraint: NonNegFloat = 1.0
+    # The heuristic grows the acceptable blueprint whose cost tier is nearest this one (ties to the cheaper tier).
+    blueprint_cost_tier: Literal["low", "medium", "high"] = "low"
     cull_after_epochs: PosInt = 4
     policy_risk_critical: UnitFloat = 0.98
     policy_risk_elevated: UnitFloat = 0.85

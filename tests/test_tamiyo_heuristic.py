@@ -224,6 +224,36 @@ def test_parameter_budget_is_honoured() -> None:
     assert policy.decide(observe(1, 1.0, seed_parameters=900, blueprints=only_wide)).blueprint_id == "bp-wide"
 
 
+def test_a_preferred_cost_tier_picks_the_nearest_tier_ties_going_to_the_cheaper() -> None:
+    def grown(preferred: CostTier, blueprints: tuple[BlueprintCandidate, ...] = BLUEPRINTS) -> str | None:
+        policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, preferred_cost_tier=preferred))
+        policy.decide(observe(0, 1.0, blueprints=blueprints))
+        return policy.decide(observe(1, 1.0, blueprints=blueprints)).blueprint_id
+
+    assert grown(CostTier.LOW) == "bp-small"
+    assert grown(CostTier.MEDIUM) == "bp-wide"
+    # No HIGH blueprint: MEDIUM is nearest.
+    assert grown(CostTier.HIGH) == "bp-wide"
+    # Preferring MEDIUM with only LOW and HIGH on offer: both are one tier away, the cheaper wins.
+    low_and_high = (
+        BlueprintCandidate(blueprint_id="bp-big", cost_tier=CostTier.HIGH, parameter_count=50),
+        BlueprintCandidate(blueprint_id="bp-small", cost_tier=CostTier.LOW, parameter_count=100),
+    )
+    assert grown(CostTier.MEDIUM, low_and_high) == "bp-small"
+    # The parameter budget still rules: when the preferred tier does not fit, the nearest affordable one is grown.
+    policy = HeuristicPolicy(
+        HeuristicConfig(plateau_patience_epochs=1, preferred_cost_tier=CostTier.MEDIUM, max_added_parameters=1000)
+    )
+    policy.decide(observe(0, 1.0, seed_parameters=800))
+    assert policy.decide(observe(1, 1.0, seed_parameters=800)).blueprint_id == "bp-small"
+
+
+def test_the_config_names_the_preferred_cost_tier() -> None:
+    assert HeuristicConfig.from_config(TamiyoConfig()).preferred_cost_tier is CostTier.LOW
+    config = TamiyoConfig(blueprint_cost_tier="medium")
+    assert HeuristicConfig.from_config(config).preferred_cost_tier is CostTier.MEDIUM
+
+
 def test_risky_quarantined_and_high_risk_blueprints_are_skipped() -> None:
     candidates = (
         BlueprintCandidate(blueprint_id="a-risky", risk=0.5),

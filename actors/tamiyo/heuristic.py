@@ -48,6 +48,9 @@ class HeuristicConfig(Record, frozen=True):
         max_added_parameters: the packet's seed_parameters plus the new blueprint's size must stay within this.
         max_blueprint_risk: only blueprints with risk below this (the risk engine downgrades from 0.5).
         allowed_cost_tiers / allow_high_risk_tier: which blueprints are acceptable at all.
+        preferred_cost_tier: among acceptable, affordable blueprints, grow one whose cost tier is nearest this
+            (ties to the cheaper tier), then the smallest, the least risky, by id. LOW grows the cheapest; MEDIUM
+            reaches for blueprints that add capacity (a plateau usually means the host lacks it).
         blend: the BlendConfig sent with a germination.
     """
 
@@ -65,6 +68,7 @@ class HeuristicConfig(Record, frozen=True):
     max_blueprint_risk: float = 0.5
     allowed_cost_tiers: tuple[CostTier, ...] = (CostTier.LOW, CostTier.MEDIUM, CostTier.HIGH)
     allow_high_risk_tier: bool = False
+    preferred_cost_tier: CostTier = CostTier.LOW
     blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
 
     @classmethod
@@ -89,6 +93,7 @@ class HeuristicConfig(Record, frozen=True):
             max_live_seeds=max_live_seeds,
             max_added_parameters=max_added_parameters,
             max_blueprint_risk=config.blueprint_risk_downgrade,
+            preferred_cost_tier=CostTier(config.blueprint_cost_tier),
         )
 
 
@@ -121,8 +126,8 @@ class HeuristicPolicy:
     Per epoch it returns at most one action, in this order of precedence: CULL (the seed weak longest, then the
     lowest contribution, then seed id), FOSSILIZE (PROBATIONARY seeds whose benefit held and whose last gate did
     not fail, by seed id), GERMINATE (into the most constrained free, non-embargoed slot, ties by slot name, with
-    the cheapest acceptable blueprint: cost tier, then size, then risk, then id), else NO_OP. Event-loop thread;
-    never raises for a well-formed observation.
+    the acceptable blueprint nearest the preferred cost tier, then the smallest, the least risky, by id), else
+    NO_OP. Event-loop thread; never raises for a well-formed observation.
     """
 
     def __init__(
@@ -249,8 +254,16 @@ class HeuristicPolicy:
         affordable = [bp for bp in acceptable if _fits_budget(observation, bp, cfg.max_added_parameters)]
         if not affordable:
             return msgspec.structs.replace(NO_OP, reason="parameter_budget" if acceptable else "no_blueprint")
+        preferred = _COST_RANK[cfg.preferred_cost_tier]
         blueprint = min(
-            affordable, key=lambda bp: (_COST_RANK[bp.cost_tier], bp.parameter_count, bp.risk, bp.blueprint_id)
+            affordable,
+            key=lambda bp: (
+                abs(_COST_RANK[bp.cost_tier] - preferred),
+                _COST_RANK[bp.cost_tier],
+                bp.parameter_count,
+                bp.risk,
+                bp.blueprint_id,
+            ),
         )
         slot = min(free, key=lambda s: (-observation.constraint(s.slot), s.slot))
         self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
