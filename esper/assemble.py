@@ -292,6 +292,7 @@ async def assemble(
         slot_targets=kasmina.slot_targets,
         data=found.data,
         isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
+        step_probe=hooks.step_probe,
     )
     _log.info(
         "run_assembled",

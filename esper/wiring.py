@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from actors.urza.seed_source import UrzaSeedSource
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+    from esper.nn.data import TensorPair
     from esper.runtime.actor import Actor
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
@@ -66,11 +67,14 @@ class RunHooks:
         wrap_source: wraps the seed source Kasmina fetches modules from (e.g. to hand out a seed that cannot help).
         packet_tap: sees every SystemStatePacket on the event loop (benchmarks read the training loss per packet);
             must not block.
+        step_probe: called on the train lane after each completed step with the global step, the model and that
+            step's batch (benchmarks measure the model on a fixed probe set); must leave the model as it found it.
     """
 
     crash_tamiyo_at_step: int | None = None
     wrap_source: Callable[[SeedSourceLike], SeedSourceLike] | None = None
     packet_tap: Callable[[SystemStatePacket], None] | None = None
+    step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
 
 
 class SeedSourceLike:

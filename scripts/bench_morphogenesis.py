@@ -11,14 +11,16 @@ another (the machine has 2 cores; sequential runs keep wall times undistorted). 
 - digits: scikit-learn's 8x8 digits (seeded 80/20 train/test split, 20 % of train for validation), host ``mlp``
   (3 Linear+ReLU blocks of 64, slots after each block).
 
-Arms (seeds 0..n-1 each; ``DEFAULT_BLUEPRINT`` is the blueprint the shipped heuristic grafts: the cheapest
-acceptable one, BP001 norm_scale, on both hosts):
+Arms (seeds 0..n-1 each; the "default blueprint" of a data set, ``DEFAULT_BLUEPRINTS``, is the one the shipped
+heuristic grafts on its host: config.toml's ``tamiyo.blueprint_cost_tier = "medium"`` makes it BP005 residual_conv
+on the cnn1d host's conv1d slots and BP007 gated_linear_unit on the mlp host's flat slots; the record lists the
+blueprints esper actually grafted, ``esper_blueprints``, so a mismatch shows):
 
 - host: the heuristic with germination disabled (``tamiyo.plateau_patience_epochs`` = 10**6).
-- static_full: the host plus a DEFAULT_BLUEPRINT seed in every slot from step 0 (``tolaria.initial_seeds``:
+- static_full: the host plus a default-blueprint seed in every slot from step 0 (``tolaria.initial_seeds``:
   fossilized, trained with the host's optimizer group), germination disabled.
 - static_same: the (slot, blueprint) pairs the same seed's esper run fossilized, present from step 0.
-- every_k: ``tamiyo.policy = "every_k"``, only DEFAULT_BLUEPRINT (``karn.include``), K = ceil(epochs / (n + 1))
+- every_k: ``tamiyo.policy = "every_k"``, only the default blueprint (``karn.include``), K = ceil(epochs / (n + 1))
   where n is the number of germinations the same seed's esper run made (so it grafts about as often).
 - naive: esper's controller without incubation or ramp: ``kasmina.stage_min_dwell_steps = 0``,
   ``kasmina.g2_window_steps = 1`` (one packet of evidence), ``kasmina.blend_ramp_steps = 1`` (alpha reaches 1 in
@@ -46,10 +48,19 @@ statistic cannot tell from a graft's disruption; against the host the batches ca
 is it for static_full (present from step 0, so nothing is grafted) at esper's graft steps: the drift of two
 different models on the same batches.
 
+probe_loss_jump_pct (and _vs_host_pct, with noise floors computed the same way): the same two statistics on a
+steadier loss. After every step the run's model is evaluated on a fixed probe set, the first two training batches
+of the run (256 samples; every arm of a seed trains on the same batches in the same order), in training mode (batch
+statistics, as the training loss) under no_grad, with every buffer and the RNG state put back afterwards so
+training is untouched (the host arm's figures match runs without the probe). The loss on the same samples removes
+the batch-to-batch noise of the packet statistics; what is left is how the model moved. For a graft applied at
+the boundary after step g, the base is the probe after step g (before the graft) and the window is steps g+1 ..
+g+20.
+
 Derived: gap_closed = (esper - host) / (static_full - host) in mean test accuracy; params_ratio = esper's mean
 added parameters / static_full's. Targets: gap_closed >= 0.75 with params_ratio <= 0.6; esper's accuracy >=
-every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's (reported for both
-statistics).
+every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's (reported for
+every statistic).
 """
 
 from __future__ import annotations
@@ -66,19 +77,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F  # the conventional alias
+from torch import nn
+
 import esper
 from actors.tolaria.checkpoints import load_latest
 from esper.wiring import RunHooks
 from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
+    from esper.nn.data import TensorPair
     from schemas.run import RunSummary
     from schemas.state import SystemStatePacket
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
-DEFAULT_BLUEPRINT = "BP001"
+DEFAULT_BLUEPRINTS = {"mnist1d": "BP005", "digits": "BP007"}
 SLOTS = ("blocks.0", "blocks.1", "blocks.2")
 JUMP_WINDOW_STEPS = 20
+PROBE_BATCHES = 2
 NO_GERMINATION = "tamiyo.plateau_patience_epochs=1000000"
 DATASETS: dict[str, tuple[str, ...]] = {
     "mnist1d": ("tolaria.dataset=mnist1d", "tolaria.dataset_samples=5000", "tolaria.host_model=cnn1d"),
@@ -99,7 +116,35 @@ class RunResult:
     grafts: list[tuple[int, str]]
     fossilized: list[str]
     germinations: int
+    blueprints: list[str]
+    probe: list[tuple[int, float]]
     overrides: list[str] = field(default_factory=list)
+
+
+class LossProbe:
+    """The model's training-mode loss on a fixed probe set after each step; leaves buffers and RNG as it found them."""
+
+    def __init__(self) -> None:
+        self._parts: list[TensorPair] = []
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.losses: dict[int, float] = {}
+
+    def __call__(self, step: int, model: nn.Module, batch: TensorPair) -> None:
+        if self._probe is None:
+            self._parts.append(batch)
+            if len(self._parts) < PROBE_BATCHES:
+                return
+            self._probe = (torch.cat([p.x for p in self._parts]), torch.cat([p.y for p in self._parts]))
+        x, y = self._probe
+        buffers = list(model.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        rng = torch.get_rng_state()
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x).float(), y)
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+        torch.set_rng_state(rng)
+        self.losses[step] = float(loss)
 
 
 def _toml_list(items: list[str]) -> str:
@@ -112,9 +157,10 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
     def tap(packet: SystemStatePacket) -> None:
         packets.append((packet.global_step, packet.training_loss))
 
+    probe = LossProbe()
     started = time.perf_counter()
     system = await esper.start(
-        CONFIG, run_dir=run_dir, overrides=overrides, console=False, hooks=RunHooks(packet_tap=tap)
+        CONFIG, run_dir=run_dir, overrides=overrides, console=False, hooks=RunHooks(packet_tap=tap, step_probe=probe)
     )
     summary: RunSummary = await system.wait()
     wall_s = time.perf_counter() - started
@@ -125,9 +171,11 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
     log = found[0].graft_log if found is not None else []
     grafts: list[tuple[int, str]] = []
     fossilized: list[str] = []
+    blueprints: set[str] = set()
     for event in log:
         if event.kind == "attach" and not (event.seed_id or "").startswith("initial-"):
             grafts.append((event.step, "attach"))
+            blueprints.add(event.blueprint_id or "?")
         elif event.kind == "set_stage" and event.stage is SeedLifecycleStage.BLENDING:
             grafts.append((event.step, "blend"))
         if event.kind == "fossilize" or (event.kind == "set_stage" and event.stage is SeedLifecycleStage.FOSSILIZED):
@@ -143,6 +191,8 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
         grafts=grafts,
         fossilized=sorted(set(fossilized)),
         germinations=germinations,
+        blueprints=sorted(blueprints),
+        probe=sorted(probe.losses.items()),
         overrides=overrides,
     )
 
@@ -198,18 +248,30 @@ def _arm_figures(runs: list[RunResult], grafting: bool, hosts: list[RunResult]) 
         ]
         out["max_loss_jump_vs_host_pct"] = round(max(matched), 2)
         out["max_loss_jump_vs_host_pct_per_seed"] = [round(j, 2) for j in matched]
+        probed = [loss_jump_pct(r.probe, [s for s, _ in r.grafts]) for r in runs]
+        out["probe_loss_jump_pct"] = round(max(probed), 2)
+        out["probe_loss_jump_pct_per_seed"] = [round(j, 2) for j in probed]
+        probed_attach = [loss_jump_pct(r.probe, [s for s, k in r.grafts if k == "attach"]) for r in runs]
+        out["probe_loss_jump_after_attach_pct"] = round(max(probed_attach), 2)
+        probed_vs_host = [
+            loss_jump_pct(r.probe, [s for s, _ in r.grafts], h.probe) for r, h in zip(runs, hosts, strict=True)
+        ]
+        out["probe_loss_jump_vs_host_pct"] = round(max(probed_vs_host), 2)
+        out["probe_loss_jump_vs_host_pct_per_seed"] = [round(j, 2) for j in probed_vs_host]
         out["grafts_per_seed"] = [r.germinations for r in runs]
     return out
 
 
 def bench_dataset(
-    name: str, seeds: int, epochs: int | None, root: Path, blueprint: str = DEFAULT_BLUEPRINT
+    name: str, seeds: int, epochs: int | None, root: Path, blueprint: str | None = None
 ) -> dict[str, object]:
     """Run every arm for every seed on one data set and return its JSON record."""
     base = [*DATASETS[name], "logging.console=false", "nissa.report_png=false", f"urza.root={root / 'urza'}"]
     if epochs is not None:
         base.append(f"tolaria.epochs={epochs}")
-    if blueprint != DEFAULT_BLUEPRINT:
+    if blueprint is None:
+        blueprint = DEFAULT_BLUEPRINTS[name]
+    else:
         # Another default blueprint: the only one Karn offers, so the heuristic grafts it too.
         base.append(f"karn.include={_toml_list([blueprint])}")
     total_epochs = epochs if epochs is not None else 50  # config.toml's
@@ -217,6 +279,8 @@ def bench_dataset(
     every_k_by_seed: list[int] = []
     noise: list[float] = []
     noise_vs_host: list[float] = []
+    probe_noise: list[float] = []
+    probe_noise_vs_host: list[float] = []
     started = time.perf_counter()
     for seed in range(seeds):
         common = [*base, f"tolaria.seed={seed}"]
@@ -229,9 +293,11 @@ def bench_dataset(
         grown = run("esper", [])
         host = run("host", [NO_GERMINATION])
         noise.append(loss_jump_pct(host.packets, [s for s, _ in grown.grafts]))
+        probe_noise.append(loss_jump_pct(host.probe, [s for s, _ in grown.grafts]))
         full = [f"{slot}={blueprint}" for slot in SLOTS]
         static = run("static_full", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(full)}"])
         noise_vs_host.append(loss_jump_pct(static.packets, [s for s, _ in grown.grafts], host.packets))
+        probe_noise_vs_host.append(loss_jump_pct(static.probe, [s for s, _ in grown.grafts], host.probe))
         run("static_same", [NO_GERMINATION, f"tolaria.initial_seeds={_toml_list(grown.fossilized)}"])
         k = max(1, math.ceil(total_epochs / (grown.germinations + 1)))
         every_k_by_seed.append(k)
@@ -246,6 +312,7 @@ def bench_dataset(
     arms["static_same"]["architectures"] = [r.overrides[-1].partition("=")[2] for r in results["static_same"]]
     arms["every_k"]["k_epochs"] = every_k_by_seed
     arms["esper"]["fossilized"] = [r.fossilized for r in results["esper"]]
+    esper_blueprints = sorted({b for r in results["esper"] for b in r.blueprints})
 
     def mean(arm: str, key: str) -> float:
         value = arms[arm][key]
@@ -273,6 +340,9 @@ def bench_dataset(
         "naive_jump_above_esper": naive_jump > esper_jump,
         "esper_max_loss_jump_vs_host_le_2pct": esper_vs_host <= 2.0,
         "naive_jump_vs_host_above_esper": naive_vs_host > esper_vs_host,
+        "esper_probe_loss_jump_le_2pct": mean("esper", "probe_loss_jump_pct") <= 2.0,
+        "naive_probe_jump_above_esper": mean("naive", "probe_loss_jump_pct") > mean("esper", "probe_loss_jump_pct"),
+        "esper_probe_loss_jump_vs_host_le_2pct": mean("esper", "probe_loss_jump_vs_host_pct") <= 2.0,
     }
     return {
         "benchmark": "morphogenesis",
@@ -280,12 +350,15 @@ def bench_dataset(
         "seeds": seeds,
         "epochs": total_epochs,
         "default_blueprint": blueprint,
+        "esper_blueprints": esper_blueprints,
         "arms": arms,
         "gap_closed": None if gap_closed is None else round(gap_closed, 3),
         "static_full_minus_host_acc": round(span, 4),
         "params_ratio": None if params_ratio is None else round(params_ratio, 3),
         "noise_floor_pct": round(max(noise), 2) if noise else None,
         "noise_floor_vs_host_pct": round(max(noise_vs_host), 2) if noise_vs_host else None,
+        "probe_noise_floor_pct": round(max(probe_noise), 2) if probe_noise else None,
+        "probe_noise_floor_vs_host_pct": round(max(probe_noise_vs_host), 2) if probe_noise_vs_host else None,
         "targets_met": targets,
         "wall_s": round(time.perf_counter() - started, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -298,7 +371,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override config.toml's tolaria.epochs")
     parser.add_argument("--datasets", default="mnist1d,digits")
     parser.add_argument(
-        "--blueprint", default=DEFAULT_BLUEPRINT, help="the default blueprint (every arm grafts only this one)"
+        "--blueprint", default=None, help="replace each data set's default blueprint (every arm grafts only this one)"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="esper-bench-morpho-") as tmp:

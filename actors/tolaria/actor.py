@@ -182,6 +182,7 @@ class TolariaWiring:
         slot_targets: kasmina.slot_targets.
         data: preloaded splits (tests); None loads them from the config on the lane.
         batch_hook: a test hook applied to each batch.
+        step_probe: a benchmark hook called after each completed step (see LoopOptions).
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
     """
 
@@ -199,6 +200,7 @@ class TolariaWiring:
     slot_targets: tuple[str, ...] = ()
     data: DataSplits | None = None
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+    step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
 
 
@@ -263,6 +265,7 @@ class TolariaTrainer(Actor[StartTraining]):
             slot_targets=wiring.slot_targets,
             device=wiring.lane.device,
             batch_hook=wiring.batch_hook,
+            step_probe=wiring.step_probe,
             isolation_probe_every_steps=wiring.isolation_probe_every_steps,
         )
         cell.inbox.reset()

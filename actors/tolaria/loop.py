@@ -82,6 +82,8 @@ class LoopOptions:
         slot_targets: kasmina.slot_targets (empty: the host's own).
         device: the lane's device.
         batch_hook: a test hook applied to each batch, given the monotonic attempt count (survives rollbacks).
+        step_probe: a benchmark hook called on the lane after each completed step with the global step, the model
+            and that step's batch; it must leave the model as it found it (buffers, modes, RNG).
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
     """
 
@@ -92,6 +94,7 @@ class LoopOptions:
     slot_targets: tuple[str, ...] = ()
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
+    step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
 
 
@@ -414,6 +417,8 @@ class TrainingLoop:
                     self._pool_reserved = True
                 pos.batch_index = index + 1
                 pos.global_step += 1
+                if self._options.step_probe is not None and action is Action.CONTINUE:
+                    self._options.step_probe(pos.global_step, self.trainee.model, batch)
                 if action is Action.ROLLBACK:
                     if not self._rollback("non-finite steps"):
                         self._policy.halt_now("rollback impossible after non-finite steps")
