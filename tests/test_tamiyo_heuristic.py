@@ -279,6 +279,25 @@ def test_non_contributing_seed_is_culled_after_n_epochs_not_before() -> None:
     assert (decisions[2].target_seed_id, decisions[2].target_slot, decisions[2].reason) == ("weak", "s0", "no_benefit")
 
 
+def test_a_paused_seed_is_culled_after_n_paused_epochs_though_nothing_measures_it() -> None:
+    # The risk engine paused the blending seed for a loss spike: its identity path contributes nothing and no gate
+    # result measures it, and this policy never resumes it, so it must not sit half-blended until a gate times out.
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, cull_after_epochs=3))
+    paused = (
+        seed("s0", "spiky", SeedLifecycleStage.BLENDING, paused=True),
+        seed("s1", "good", SeedLifecycleStage.BLENDING),
+    )
+    decisions = run(policy, [observe(e, 1.0 - 0.1 * e, paused, contributions={"good": 0.05}) for e in range(4)])
+    assert actions(decisions) == [NOOP, NOOP, CULL, CULL]
+    assert (decisions[2].target_seed_id, decisions[2].reason) == ("spiky", "paused")
+    # Resumed (by another policy or an operator) before that, it is not culled for the epochs it was paused alone.
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, cull_after_epochs=3))
+    resumed = (seed("s0", "spiky", SeedLifecycleStage.BLENDING),)
+    series = [paused[:1], paused[:1], resumed, resumed]
+    decisions = run(policy, [observe(e, 1.0 - 0.1 * e, seeds) for e, seeds in enumerate(series)])
+    assert actions(decisions) == [NOOP] * 4
+
+
 def test_a_good_epoch_or_a_missing_measurement_does_not_finish_a_cull() -> None:
     policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, cull_after_epochs=2))
     seeds = (seed("s0", "x", SeedLifecycleStage.TRAINING),)

@@ -16,6 +16,7 @@ from actors.tolaria.checkpoints import decode_state, encode_state
 from actors.tolaria.snapshots import capture, load_into
 from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.nn.optim_migration import check_param_groups
+from esper.nn.slots import SlotMode
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import RecordingSink
 from esper.runtime.handoff import Handoff
@@ -228,6 +229,32 @@ def test_an_incubating_seed_learns_at_the_incubation_rate_and_gets_its_own_back_
     assert rates()["seed:a"] == pytest.approx(config.lr * 0.5)
     # The graft log records the seed's own rate, so a replay reapplies the incubation scale exactly once.
     assert applier.log[0].learning_rate == pytest.approx(config.lr)
+
+
+def test_a_paused_seed_can_be_culled_but_not_moved_on_until_resumed(data: DataSplits) -> None:
+    config = TolariaConfig(**TINY)  # type: ignore[arg-type]
+    trainee, applier, _, take = two_seed_applier(config, data)
+    blending = SeedOp(kind="attach", slot="blocks.0", seed_id="a", stage=SeedLifecycleStage.BLENDING)
+    assert applier.apply(blending, step=1, take_module=take).applied
+    assert applier.apply(SeedOp(kind="pause", slot="blocks.0", seed_id="a"), step=2, take_module=take).applied
+    slot = trainee.slots["blocks.0"]
+    assert slot.mode is SlotMode.DORMANT  # the identity path
+    assert trainee.paused == {"blocks.0": SlotMode.BLENDING.value}
+    refused = applier.apply(
+        SeedOp(kind="set_stage", slot="blocks.0", stage=SeedLifecycleStage.SHADOWING), step=3, take_module=take
+    )
+    assert not refused.applied
+    assert refused.error == "set_stage: seed 'a' is paused; resume it first"
+    # A cull (the risk engine paused it, the policy gave up on it) removes it: module, optimizer group and pause.
+    assert applier.apply(SeedOp(kind="detach", slot="blocks.0", seed_id="a"), step=4, take_module=take).applied
+    assert slot.seed_module is None
+    assert slot.mode is SlotMode.DORMANT
+    assert trainee.paused == {}
+    assert [str(g.get("name")) for g in trainee.optimizer.param_groups] == ["host"]
+    assert not any(".seed." in name for name, _ in trainee.model.named_parameters())
+    assert [e.kind for e in applier.log] == ["attach", "pause", "detach"]
+    # The slot takes a new seed afterwards.
+    assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="b"), step=5, take_module=take).applied
 
 
 def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:

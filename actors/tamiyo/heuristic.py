@@ -37,7 +37,7 @@ class HeuristicConfig(Record, frozen=True):
             first epoch seen); None: plateau only.
         germinate_cooldown_epochs: at least this many epochs between two germinations.
         cull_after_epochs / cull_max_contribution: cull a live seed whose measured contribution was <= the maximum
-            for this many measured epochs in a row.
+            for this many measured epochs in a row; an epoch a seed spends paused counts as such an epoch.
         fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose
             contribution stayed > the minimum for this many measured probation epochs in a row. No germination
             once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
@@ -180,6 +180,12 @@ class HeuristicPolicy:
             weak[seed_id] = state.weak_epochs.get(seed_id, 0)
             if seed.stage is SeedLifecycleStage.PROBATIONARY:
                 benefit[seed_id] = state.benefit_epochs.get(seed_id, 0)
+            if seed.paused:
+                # A paused seed runs the identity path, so it contributes nothing, and this policy never resumes one
+                # (the risk engine paused it for a loss spike): each paused epoch is a weak one, so it is culled
+                # after cull_after_epochs instead of sitting half-blended until its gate times out.
+                weak[seed_id] += 1
+                continue
             if contribution is None:
                 continue
             weak[seed_id] = weak[seed_id] + 1 if contribution <= cfg.cull_max_contribution else 0
@@ -212,7 +218,10 @@ class HeuristicPolicy:
 
         victim = min(due, key=rank)
         return Decision(
-            action=PolicyAction.CULL, target_slot=victim.slot, target_seed_id=victim.seed_id, reason="no_benefit"
+            action=PolicyAction.CULL,
+            target_slot=victim.slot,
+            target_seed_id=victim.seed_id,
+            reason="paused" if victim.paused else "no_benefit",
         )
 
     def _fossilize(self, observation: Observation) -> Decision | None:

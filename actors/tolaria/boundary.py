@@ -224,6 +224,9 @@ class BoundaryApplier:
                 raise OpRefused(f"resume: seed {seed_id!r} is not paused")
             slot.mode = SlotMode(mode)
             return GraftEvent(kind="resume", **base)  # type: ignore[arg-type]
+        if op.kind == "detach" and name in trainee.paused:
+            # A cull takes a paused seed out as well (refusing it left the culled module in the model for good).
+            slot.mode = SlotMode(trainee.paused.pop(name))
         if name in trainee.paused:
             raise OpRefused(f"{op.kind}: seed {seed_id!r} is paused; resume it first")
         if op.kind == "set_stage":
