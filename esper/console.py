@@ -1,7 +1,8 @@
 """The run as a person watches it on a terminal: a progress bar per epoch and one line per seed lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
-the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts). Writes
+the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts, loss
+spikes, conservative mode, a seed operation the trainer refused). Writes
 to a text stream and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only
 the finished bar of each epoch is written.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO, final
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import ChildRestarted, EmergencySignal
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from schemas.base import Message, Record
@@ -33,6 +35,14 @@ _SHOWN = frozenset(
 )
 """Transitions of a seed's life; the slot's clean-up after a cull (embargo, reset) is not shown."""
 
+_SHOWN_EVENTS = {
+    "loss_spike": "loss spike",
+    "conservative_entered": "conservative",
+    "conservative_exited": "conservative",
+    "seed_op_failed": "op failed",
+}
+"""Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
+
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     """``[#####-----]`` for a fraction in [0, 1] (clamped)."""
@@ -47,6 +57,13 @@ def stage_line(event: SeedStageChanged) -> str:
     blueprint = event.blueprint_id or "-"
     reason = f" ({event.reason})" if event.reason else ""
     return f"  step {event.step:>6}  {stage:<12} seed {seed} in slot {event.slot}, blueprint {blueprint}{reason}"
+
+
+def event_line(event: TelemetryEvent, label: str) -> str:
+    """One line for a shown telemetry event: where (step or epoch, when it says), a label and its description."""
+    step, epoch = event.attributes.get("step"), event.attributes.get("epoch")
+    where = f"step {step:>6}  " if isinstance(step, int) else f"epoch {epoch:>5}  " if isinstance(epoch, int) else ""
+    return f"  {where}{label:<12} {event.description}"
 
 
 @final
@@ -85,6 +102,8 @@ class Console:
                 self._line(f"  emergency {level.name}: {reason}")
             case ChildRestarted(child=child):
                 self._line(f"  restarted {child}")
+            case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
+                self._line(event_line(event, _SHOWN_EVENTS[name]))
             case _:
                 pass
 

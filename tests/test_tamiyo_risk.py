@@ -229,3 +229,16 @@ def test_a_verdict_becomes_a_signed_command_that_verifies() -> None:
         reason="policy",
     )
     assert no_op is None
+    # A decision the risk engine let through carries the policy's own reason to Kasmina (and the console).
+    cull = Decision(action=PolicyAction.CULL, target_slot="s0", target_seed_id="a", reason="paused")
+    through = build_command(
+        cull,
+        command_id=command_id,
+        issued_at=10.0,
+        training_run_id="run-1",
+        decision_step=80,
+        policy_version="heuristic-1",
+        reason="policy",
+    )
+    assert through is not None
+    assert through.reason == "policy:paused"

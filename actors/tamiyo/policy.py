@@ -158,11 +158,14 @@ def build_command(
     """The unsigned command for ``decision`` (None for NO_OP); pass it to esper.runtime.signing.sign_command.
 
     ``command_id`` doubles as the nonce; ``reason`` is the risk engine's risk_reason (``policy`` when it let the
-    decision through) and ``priority`` its verdict's priority.
+    decision through, then followed by the policy's own reason: ``policy:paused``) and ``priority`` its verdict's
+    priority.
     """
     kind = decision.command_kind
     if kind is None:
         return None
+    if reason == "policy" and decision.reason:
+        reason = f"policy:{decision.reason}"
     return AdaptationCommand(
         command_id=command_id,
         issued_at=issued_at,

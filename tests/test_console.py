@@ -1,0 +1,76 @@
+"""The console a person watches: epoch bars, one line per lifecycle change, and the events that change the run."""
+
+from __future__ import annotations
+
+import io
+
+from esper.console import Console, progress_bar, stage_line
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
+from schemas.telemetry import TelemetryEvent
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    stream = io.StringIO()
+    return Console(stream, epochs=50, interactive=False), stream
+
+
+def test_the_progress_bar_fills_in_proportion_and_clamps() -> None:
+    assert progress_bar(0.5, width=10) == "[#####-----]"
+    assert progress_bar(-1.0, width=4) == "[----]"
+    assert progress_bar(2.0, width=4) == "[####]"
+
+
+def test_a_lifecycle_change_is_one_line_and_the_slot_clean_up_is_not_shown() -> None:
+    console, stream = _console()
+    culled = SeedStageChanged(
+        slot="blocks.1",
+        from_stage=SeedLifecycleStage.BLENDING,
+        to_stage=SeedLifecycleStage.CULLED,
+        step=288,
+        seed_id="seed-blocks.1-140",
+        blueprint_id="BP005",
+        reason="cull:policy:paused",
+    )
+    console.emit(culled)
+    console.emit(
+        SeedStageChanged(
+            slot="blocks.1", from_stage=SeedLifecycleStage.CULLED, to_stage=SeedLifecycleStage.EMBARGOED, step=288
+        )
+    )
+    line = "  step    288  culled       seed seed-blocks.1-140 in slot blocks.1, blueprint BP005 (cull:policy:paused)"
+    assert stage_line(culled) == line
+    assert stream.getvalue() == line + "\n"
+
+
+def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_events_are_not() -> None:
+    console, stream = _console()
+    shown = [
+        TelemetryEvent(
+            name="loss_spike",
+            level=TelemetryLevel.ERROR,
+            description="loss_delta 0.7981 > 0.15",
+            attributes={"step": 200, "epoch": 9, "rule": 6},
+        ),
+        TelemetryEvent(
+            name="conservative_entered",
+            level=TelemetryLevel.WARNING,
+            description="conservative mode entered: loss_spike",
+            attributes={"reason": "loss_spike", "epoch": 9},
+        ),
+        TelemetryEvent(
+            name="seed_op_failed",
+            level=TelemetryLevel.ERROR,
+            description="detach of seed s in slot blocks.1 failed: no slot",
+            attributes={"slot": "blocks.1"},
+        ),
+    ]
+    for event in shown:
+        console.emit(event)
+    console.emit(TelemetryEvent(name="kernel_attached", level=TelemetryLevel.INFO, attributes={"step": 3}))
+    assert stream.getvalue().splitlines() == [
+        "  step    200  loss spike   loss_delta 0.7981 > 0.15",
+        "  epoch     9  conservative conservative mode entered: loss_spike",
+        "  op failed    detach of seed s in slot blocks.1 failed: no slot",
+    ]
