@@ -9,7 +9,7 @@ from actors.tamiyo.risk import RiskContext, RiskEffect, RiskThresholds, assess
 from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier, sign_command
 from schemas.config import TamiyoConfig
-from schemas.control import BlendConfig
+from schemas.control import AdaptationCommand, BlendConfig
 from schemas.domain_enums import CommandKind, PolicyAction, TelemetryLevel
 from schemas.enums import MessagePriority
 
@@ -219,26 +219,20 @@ def test_a_verdict_becomes_a_signed_command_that_verifies() -> None:
     )
     signed = sign_command(cmd, b"secret", "main")
     assert CommandVerifier({"main": b"secret"}, ManualClock(start_s=12.0)).verify(signed) is None
-    no_op = build_command(
-        NO_OP,
-        command_id=command_id,
-        issued_at=10.0,
-        training_run_id="run-1",
-        decision_step=80,
-        policy_version="heuristic-1",
-        reason="policy",
-    )
-    assert no_op is None
+
+    def let_through(decision: Decision) -> AdaptationCommand | None:
+        return build_command(
+            decision,
+            command_id=command_id,
+            issued_at=10.0,
+            training_run_id="run-1",
+            decision_step=80,
+            policy_version="heuristic-1",
+            reason="policy",
+        )
+
+    assert let_through(NO_OP) is None
     # A decision the risk engine let through carries the policy's own reason to Kasmina (and the console).
-    cull = Decision(action=PolicyAction.CULL, target_slot="s0", target_seed_id="a", reason="paused")
-    through = build_command(
-        cull,
-        command_id=command_id,
-        issued_at=10.0,
-        training_run_id="run-1",
-        decision_step=80,
-        policy_version="heuristic-1",
-        reason="policy",
-    )
+    through = let_through(Decision(action=PolicyAction.CULL, target_slot="s0", target_seed_id="a", reason="paused"))
     assert through is not None
     assert through.reason == "policy:paused"
