@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actors.tolaria.actor import TolariaControl, TolariaWiring, new_cell, tolaria_spec
-from actors.tolaria.boundary import INCUBATION_LR_KEY, RECIPE_ATTR, BoundaryApplier
+from actors.tolaria.boundary import INCUBATION_LR_KEY, RECIPE_ATTR, BoundaryApplier, replay
 from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.checkpoints import decode_state, encode_state
 from actors.tolaria.snapshots import capture, load_into
@@ -253,6 +253,11 @@ def test_a_paused_seed_can_be_culled_but_not_moved_on_until_resumed(data: DataSp
     assert [str(g.get("name")) for g in trainee.optimizer.param_groups] == ["host"]
     assert not any(".seed." in name for name, _ in trainee.model.named_parameters())
     assert [e.kind for e in applier.log] == ["attach", "pause", "detach"]
+    # A resume replays that log onto a fresh trainee and ends in the same place.
+    fresh = build_trainee(config, data, (), torch.device("cpu"))
+    replay(BoundaryApplier(fresh), list(applier.log), {"a": seed_module()})
+    assert fresh.slots["blocks.0"].seed_module is None
+    assert fresh.paused == {}
     # The slot takes a new seed afterwards.
     assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="b"), step=5, take_module=take).applied
 
