@@ -2,9 +2,8 @@
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts, loss
-spikes, conservative mode, a seed operation the trainer refused). Writes
-to a text stream and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only
-the finished bar of each epoch is written.
+spikes, conservative mode, a seed operation the trainer refused). Writes to a text stream and never blocks for longer
+than a terminal write; on a TTY the bar redraws in place, elsewhere only the finished bar of each epoch is written.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ _SHOWN = frozenset(
 
 _SHOWN_EVENTS = {
     "loss_spike": "loss spike",
-    "conservative_entered": "conservative",
-    "conservative_exited": "conservative",
+    "conservative_entered": "",  # the description says it: "conservative mode entered: loss_spike"
+    "conservative_exited": "",
     "seed_op_failed": "op failed",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
@@ -63,7 +62,7 @@ def event_line(event: TelemetryEvent, label: str) -> str:
     """One line for a shown telemetry event: where (step or epoch, when it says), a label and its description."""
     step, epoch = event.attributes.get("step"), event.attributes.get("epoch")
     where = f"step {step:>6}  " if isinstance(step, int) else f"epoch {epoch:>5}  " if isinstance(epoch, int) else ""
-    return f"  {where}{label:<12} {event.description}"
+    return f"  {where}{label:<12} {event.description}" if label else f"  {where}{event.description}"
 
 
 @final

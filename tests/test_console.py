@@ -71,6 +71,6 @@ def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_ev
     console.emit(TelemetryEvent(name="kernel_attached", level=TelemetryLevel.INFO, attributes={"step": 3}))
     assert stream.getvalue().splitlines() == [
         "  step    200  loss spike   loss_delta 0.7981 > 0.15",
-        "  epoch     9  conservative conservative mode entered: loss_spike",
+        "  epoch     9  conservative mode entered: loss_spike",
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
     ]
