@@ -359,6 +359,7 @@ def bench_dataset(
         "noise_floor_vs_host_pct": round(max(noise_vs_host), 2) if noise_vs_host else None,
         "probe_noise_floor_pct": round(max(probe_noise), 2) if probe_noise else None,
         "probe_noise_floor_vs_host_pct": round(max(probe_noise_vs_host), 2) if probe_noise_vs_host else None,
+        "probe_noise_floor_pct_per_seed": [round(n, 2) for n in probe_noise],
         "targets_met": targets,
         "wall_s": round(time.perf_counter() - started, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
