@@ -12,6 +12,7 @@ from actors.tamiyo.heuristic import (
     HeuristicPolicy,
     HeuristicState,
 )
+from actors.tamiyo.observe import implicated_seed
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, Policy, SlotFacts
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
@@ -390,3 +391,23 @@ def test_every_k_policy_budgets_and_state_round_trip() -> None:
     state = msgspec.json.decode(msgspec.json.encode(policy.export_state()), type=EveryKState)
     twin = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=1, max_added_parameters=550), state=state)
     assert twin.decide(observe(4, 1.0)) == policy.decide(observe(4, 1.0))
+
+
+def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() -> None:
+    blending = SeedLifecycleStage.BLENDING
+
+    def blamed(*seeds: SeedState) -> str | None:
+        return implicated_seed(observe(3, 1.0, tuple(seeds)))
+
+    old = seed("s0", "old", blending, alpha=0.6, age_steps=40)
+    young = seed("s1", "young", blending, alpha=0.01, age_steps=12)
+    # The seed that has only just started its ramp cannot have moved the loss much: the older, further one is blamed.
+    assert blamed(old, young, dormant("s2")) == "old"
+    # Equal alpha: the youngest; a paused seed is never blamed again.
+    assert blamed(old, msgspec.structs.replace(young, alpha=0.6), dormant("s2")) == "young"
+    assert blamed(msgspec.structs.replace(old, paused=True), young, dormant("s2")) == "young"
+    # Nothing blending: the youngest live seed; nothing live: nobody.
+    training = seed("s0", "t", SeedLifecycleStage.TRAINING, age_steps=30)
+    probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, age_steps=90)
+    assert blamed(training, probation, dormant("s2")) == "t"
+    assert blamed(dormant("s0"), dormant("s1"), dormant("s2")) is None

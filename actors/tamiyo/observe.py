@@ -111,14 +111,19 @@ def has_candidate(observation: Observation) -> bool:
 
 
 def implicated_seed(observation: Observation) -> str | None:
-    """The seed a loss spike is blamed on: the youngest BLENDING seed, else the youngest live one; None if none."""
+    """The seed a loss spike is blamed on: the BLENDING seed furthest into its ramp (highest alpha, then the
+    youngest), else the youngest live one; None if none.
+
+    A blend changes the function in proportion to alpha, so a seed that has only just started blending (alpha near 0)
+    cannot have caused a spike that a seed further along could have.
+    """
     live = [s for s in observation.live_seeds() if s.seed_id is not None and not s.paused]
     blending = [s for s in live if s.stage is SeedLifecycleStage.BLENDING]
-    pool = blending or live
-    if not pool:
+    if blending:
+        return min(blending, key=lambda s: (-s.alpha, s.age_steps, s.slot)).seed_id
+    if not live:
         return None
-    youngest = min(pool, key=lambda s: (s.age_steps, s.slot))
-    return youngest.seed_id
+    return min(live, key=lambda s: (s.age_steps, s.slot)).seed_id
 
 
 def candidate(observation: Observation, blueprint_id: str | None) -> BlueprintCandidate | None:

@@ -92,7 +92,8 @@ class RiskContext(Record, frozen=True):
         metadata_deadline_missed: the Urza metadata lookup overran; None when no lookup was made.
         kasmina_apply_ms: Kasmina's latest apply/finalize latency, in milliseconds, if known.
         blueprint_risk / blueprint_quarantine_only: the proposed blueprint's catalogue risk and quarantine flag.
-        implicated_seed_id: the seed a loss spike is blamed on (e.g. the youngest blending seed); paused by rule 6.
+        implicated_seed_id: the seed a loss spike is blamed on (the blending seed furthest into its ramp); paused by
+            rule 6.
         fallback: the policy's best non-growth action, used when a GERMINATE is downgraded.
     """
 

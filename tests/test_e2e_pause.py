@@ -1,0 +1,91 @@
+"""A real run where a seed's blend spikes the validation loss: the risk engine pauses it, the heuristic culls it, and
+the culled module really leaves the model (it used to stay, refused as paused)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from actors.tolaria.checkpoints import load_latest
+from esper import start
+from esper.wiring import RunHooks, SeedSourceLike
+from tests.test_e2e_run import tiny_config
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+
+
+class _TurnsHarmful(nn.Module):
+    """A real seed (the inner blueprint module, its parameters and its zero output at birth, so every probe passes)
+    plus a term that wakes up once the optimizer has moved the inner ``shift``: blended, h + alpha * s then flips
+    the activation's sign as soon as alpha passes about 1/30, and the validation loss spikes. While incubating the
+    slot returns h, so nothing shows before the blend."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        shift = self.inner.get_parameter("shift")
+        armed = torch.tanh(1000.0 * shift.abs().sum())
+        out: torch.Tensor = self.inner(h) - 30.0 * armed * h
+        return out
+
+
+class FirstSeedTurnsHarmful(SeedSourceLike):
+    """The first seed fetched is wrapped in _TurnsHarmful; every later one is the real blueprint."""
+
+    def __init__(self, inner: SeedSourceLike) -> None:
+        self._inner = inner
+        self.fetches = 0
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._inner.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+        self.fetches += 1
+        module = self._inner.fetch(blueprint_id, slot_shape, params, seed)
+        return _TurnsHarmful(module) if self.fetches == 1 else module
+
+
+async def test_a_seed_paused_for_a_loss_spike_is_culled_and_leaves_the_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # A 40-step ramp keeps the seed BLENDING past the epoch end whose validation sees the spike.
+    overrides = ["kasmina.blend_ramp_steps=40", "tamiyo.cull_after_epochs=2"]
+    system = await start(
+        tiny_config(tmp_path, epochs=16),
+        run_dir,
+        overrides=overrides,
+        hooks=RunHooks(wrap_source=FirstSeedTurnsHarmful),
+    )
+    summary = await system.wait()
+    assert summary.status == "completed", summary.error
+
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    named = [e.get("name") for e in events if e.get("event") == "telemetry_event"]
+    assert "loss_spike" in named
+    assert "seed_op_failed" not in named
+    found = load_latest(run_dir / "checkpoints")
+    assert found is not None
+    log = found[0].graft_log
+    first = log[0]
+    assert first.kind == "attach"
+    harmful = [e.kind for e in log if e.seed_id == first.seed_id]
+    assert harmful == ["attach", "set_stage", "pause", "detach"], harmful
+    # Another seed was blending when the spike was measured, just started: the blame goes to the seed further along.
+    assert [e.seed_id for e in log if e.kind == "pause"] == [first.seed_id]
+    culls = [e for e in events if e.get("name") == "seed_culled"]
+    assert any(
+        e["attributes"]["seed_id"] == first.seed_id and e["attributes"]["reason"] == "cull:policy:paused" for e in culls
+    )
+    # Its module left with it: no parameter of the final model sits inside a _TurnsHarmful.
+    assert not any(".seed.inner." in key for key in found[0].model)
+    assert summary.training is not None
+    assert summary.growth is not None
+    assert summary.training.seed_parameters == summary.growth.parameters_added
