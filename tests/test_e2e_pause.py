@@ -12,13 +12,10 @@ from torch import nn
 from actors.tolaria.checkpoints import load_latest
 from esper import start
 from esper.wiring import RunHooks, SeedSourceLike
-from tests.test_e2e_run import tiny_config
+from tests.test_e2e_run import ReplaceNthFetch, tiny_config
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from pathlib import Path
-
-    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
 
 
 class _TurnsHarmful(nn.Module):
@@ -38,20 +35,9 @@ class _TurnsHarmful(nn.Module):
         return out
 
 
-class FirstSeedTurnsHarmful(SeedSourceLike):
+def first_seed_turns_harmful(inner: SeedSourceLike) -> SeedSourceLike:
     """The first seed fetched is wrapped in _TurnsHarmful; every later one is the real blueprint."""
-
-    def __init__(self, inner: SeedSourceLike) -> None:
-        self._inner = inner
-        self.fetches = 0
-
-    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
-        return self._inner.describe(blueprint_id)
-
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
-        self.fetches += 1
-        module = self._inner.fetch(blueprint_id, slot_shape, params, seed)
-        return _TurnsHarmful(module) if self.fetches == 1 else module
+    return ReplaceNthFetch(inner, 1, _TurnsHarmful)
 
 
 async def test_a_seed_paused_for_a_loss_spike_is_culled_and_leaves_the_model(tmp_path: Path) -> None:
@@ -62,7 +48,7 @@ async def test_a_seed_paused_for_a_loss_spike_is_culled_and_leaves_the_model(tmp
         tiny_config(tmp_path, epochs=16),
         run_dir,
         overrides=overrides,
-        hooks=RunHooks(wrap_source=FirstSeedTurnsHarmful),
+        hooks=RunHooks(wrap_source=first_seed_turns_harmful),
     )
     summary = await system.wait()
     assert summary.status == "completed", summary.error

@@ -21,7 +21,7 @@ from esper.wiring import RunHooks, SeedSourceLike
 from schemas.run import RunSummary
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
@@ -79,11 +79,13 @@ class _Inert(nn.Module):
         return h * 0 + self.weight.detach()
 
 
-class SecondSeedInert(SeedSourceLike):
-    """Hands out the real module for every fetch but the second, which gets an inert one (a deterministic cull)."""
+class ReplaceNthFetch(SeedSourceLike):
+    """Hands out the real module for every fetch but the ``nth`` (1-based), which ``replace`` turns into another."""
 
-    def __init__(self, inner: SeedSourceLike) -> None:
+    def __init__(self, inner: SeedSourceLike, nth: int, replace: Callable[[nn.Module], nn.Module]) -> None:
         self._inner = inner
+        self._nth = nth
+        self._replace = replace
         self.fetches = 0
 
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
@@ -91,9 +93,13 @@ class SecondSeedInert(SeedSourceLike):
 
     def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
         self.fetches += 1
-        if self.fetches == 2:
-            return _Inert()
-        return self._inner.fetch(blueprint_id, slot_shape, params, seed)
+        module = self._inner.fetch(blueprint_id, slot_shape, params, seed)
+        return self._replace(module) if self.fetches == self._nth else module
+
+
+def second_seed_inert(inner: SeedSourceLike) -> SeedSourceLike:
+    """The second seed fetched is inert (a deterministic cull)."""
+    return ReplaceNthFetch(inner, 2, lambda _: _Inert())
 
 
 def stage_events(run_dir: Path) -> list[dict[str, object]]:
@@ -103,7 +109,7 @@ def stage_events(run_dir: Path) -> list[dict[str, object]]:
 
 async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_writes_every_file(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    system = await start(tiny_config(tmp_path), run_dir, hooks=RunHooks(wrap_source=SecondSeedInert))
+    system = await start(tiny_config(tmp_path), run_dir, hooks=RunHooks(wrap_source=second_seed_inert))
     summary = await system.wait()
 
     assert summary.status == "completed", summary.error
