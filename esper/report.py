@@ -2,7 +2,8 @@
 
 Reads only the run directory: metrics.csv (one row per epoch, written by Nissa), events.jsonl (lifecycle events are
 the lines named in schemas.nissa.SEED_STAGE_EVENT_NAMES, fields as its docstring says; a run without them still
-renders its curves) and, if present, summary.json. Exit status 0 on success; 2 with a one-line error when the
+renders its curves; accepted pause and resume commands are its ``command_result`` lines) and, if present,
+summary.json. Exit status 0 on success; 2 with a one-line error when the
 directory or a required file is missing or unreadable.
 """
 
@@ -13,11 +14,11 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO, final
 
-from esper.report_plot import Curves, StageEvent, render_report_png
+from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import EsperError
 from schemas.enums import SeedLifecycleStage
@@ -50,6 +51,7 @@ class RunData:
     rows: list[MetricsRow]
     events: list[StageEvent]
     summary: dict[str, object] | None
+    pauses: list[PauseEvent] = field(default_factory=list)
 
 
 def parse_stage(value: object) -> SeedLifecycleStage | None:
@@ -109,13 +111,27 @@ def stage_event(entry: dict[str, object]) -> StageEvent | None:
     )
 
 
-def read_stage_events(path: Path) -> list[StageEvent]:
-    """Every lifecycle transition in events.jsonl, in file order; lines that are not JSON objects are skipped.
+def pause_event(entry: dict[str, object]) -> PauseEvent | None:
+    """The pause or resume an accepted command put into effect, from its ``command_result`` line; else None."""
+    if entry.get("event") != "command_result" or entry.get("accepted") is not True:
+        return None
+    kind, step, seed_id = entry.get("kind"), entry.get("applied_step"), entry.get("seed_id")
+    if kind not in ("pause", "resume") or not isinstance(step, int) or isinstance(step, bool):
+        return None
+    if not isinstance(seed_id, str):
+        return None
+    return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
+
+
+def read_run_events(path: Path) -> tuple[list[StageEvent], list[PauseEvent]]:
+    """Every lifecycle transition and every pause or resume in events.jsonl, in file order; lines that are not
+    JSON objects are skipped.
 
     Raises:
         ReportInputError: the file is missing or unreadable.
     """
     events: list[StageEvent] = []
+    pauses: list[PauseEvent] = []
     try:
         with path.open(encoding="utf-8") as lines:
             for line in lines:
@@ -123,13 +139,22 @@ def read_stage_events(path: Path) -> list[StageEvent]:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # a torn last line of a crashed run
-                if isinstance(entry, dict) and (event := stage_event(entry)) is not None:
+                if not isinstance(entry, dict):
+                    continue
+                if (event := stage_event(entry)) is not None:
                     events.append(event)
+                elif (pause := pause_event(entry)) is not None:
+                    pauses.append(pause)
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return events
+    return events, pauses
+
+
+def read_stage_events(path: Path) -> list[StageEvent]:
+    """Every lifecycle transition in events.jsonl, in file order (see read_run_events)."""
+    return read_run_events(path)[0]
 
 
 def read_summary(path: Path) -> dict[str, object] | None:
@@ -157,11 +182,10 @@ def load_run(run_dir: Path) -> RunData:
     """
     if not run_dir.is_dir():
         raise ReportInputError(f"no such run directory: {run_dir}")
+    rows = read_metrics(run_dir / METRICS_CSV)
+    events, pauses = read_run_events(run_dir / EVENTS_JSONL)
     return RunData(
-        run_dir=run_dir,
-        rows=read_metrics(run_dir / METRICS_CSV),
-        events=read_stage_events(run_dir / EVENTS_JSONL),
-        summary=read_summary(run_dir / SUMMARY_JSON),
+        run_dir=run_dir, rows=rows, events=events, summary=read_summary(run_dir / SUMMARY_JSON), pauses=pauses
     )
 
 
@@ -186,7 +210,7 @@ def curves_from(rows: Sequence[MetricsRow]) -> Curves:
 def render_report(data: RunData) -> Path:
     """Write report.png into the run directory (atomically) and return its path. Blocking: a CLI or thread call."""
     title = f"Esper run {data.run_dir.name}"
-    png = render_report_png(curves_from(data.rows), data.events, title=title)
+    png = render_report_png(curves_from(data.rows), data.events, title=title, pauses=data.pauses)
     path = data.run_dir / REPORT_PNG
     atomic_write_bytes(path, png)
     return path

@@ -1,7 +1,8 @@
 """Rendering of report.png with matplotlib's Agg backend (no display): curves, lifecycle markers, a seed timeline.
 
 Panels, sharing the step axis: losses (train, validation) with lifecycle markers and labels; accuracies with the
-same markers; one lane per seed with a coloured segment per lifecycle stage, and a legend of the stages shown.
+same markers; one lane per seed with a coloured segment per lifecycle stage, hatched where the seed was paused (a
+flag, not a stage), and a legend of the stages shown.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ MARKED_STAGES: Final[dict[Stage, tuple[str, str]]] = {
 """Transitions into these stages get a vertical marker on the curves (name, a colour dark enough for text),
 labelled with slot and blueprint."""
 
+_PAUSE_HATCH: Final = "////"
+_PAUSE_EDGE: Final = "#252525"
 _LABEL_ROWS: Final = 4
 _CHARS_PER_AXES_WIDTH: Final = 150.0
 """Roughly how many 7 pt characters fit across the curve panels at the figure's width; spaces labels apart."""
@@ -61,6 +64,16 @@ class StageEvent:
     from_stage: Stage | None = None
     seed_id: str | None = None
     blueprint_id: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PauseEvent:
+    """A seed paused (or resumed) at ``step``, as read back from events.jsonl."""
+
+    step: int
+    seed_id: str
+    resumed: bool = False
 
 
 @final
@@ -111,6 +124,33 @@ def seed_lanes(events: Sequence[StageEvent], end_step: float) -> dict[str, list[
     return result
 
 
+def paused_spans(
+    pauses: Sequence[PauseEvent], events: Sequence[StageEvent], end_step: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Per seed id, the (start, end) steps it spent paused: from a pause to its resume, else to the seed's next
+    lifecycle change (a cull), else to ``end_step``."""
+    changes: dict[str, list[int]] = {}
+    for event in events:
+        if event.seed_id is not None:
+            changes.setdefault(event.seed_id, []).append(event.step)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    ordered = sorted(pauses, key=lambda p: p.step)
+    for index, pause in enumerate(ordered):
+        if pause.resumed:
+            continue
+        resume = next((p.step for p in ordered[index + 1 :] if p.resumed and p.seed_id == pause.seed_id), None)
+        change = min((step for step in changes.get(pause.seed_id, []) if step > pause.step), default=None)
+        ends = [step for step in (resume, change) if step is not None]
+        end = float(min(ends)) if ends else max(end_step, float(pause.step))
+        spans.setdefault(pause.seed_id, []).append((float(pause.step), end))
+    return spans
+
+
+def _lane_seed(name: str) -> str:
+    # Lane names read "<slot> · <seed id> (<blueprint>)"; seed ids hold no spaces.
+    return name.partition(" · ")[2].split(" ", 1)[0]
+
+
 def _finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
@@ -148,7 +188,9 @@ def _draw_markers(ax: Axes, events: Sequence[StageEvent]) -> None:
         ax.axvline(event.step, color=MARKED_STAGES[event.to_stage][1], linestyle="--", linewidth=0.9, alpha=0.7)
 
 
-def render_report_png(curves: Curves, events: Sequence[StageEvent], *, title: str) -> bytes:
+def render_report_png(
+    curves: Curves, events: Sequence[StageEvent], *, title: str, pauses: Sequence[PauseEvent] = ()
+) -> bytes:
     """The report as PNG bytes. Pure CPU work (a few hundred ms); call it from a thread or a script, not a loop."""
     figure = Figure(figsize=(12, 10), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -201,11 +243,25 @@ def render_report_png(curves: Curves, events: Sequence[StageEvent], *, title: st
                     edgecolor="white",
                     linewidth=0.5,
                 )
+        spans = paused_spans(pauses, events, x_max)
+        for index, name in enumerate(names):
+            for start, end in spans.get(_lane_seed(name), []):
+                lane_ax.broken_barh(
+                    [(start, max(end - start, x_span * 0.004))],
+                    (index - 0.35, 0.7),
+                    facecolors="none",
+                    hatch=_PAUSE_HATCH,
+                    edgecolor=_PAUSE_EDGE,
+                    linewidth=0.0,
+                )
         lane_ax.set_yticks(range(len(names)), names, fontsize=8)
         lane_ax.set_ylim(len(names) - 0.5, -0.5)
         shown = sorted({segment.stage for segments in lanes.values() for segment in segments})
+        handles = [Patch(facecolor=STAGE_COLOURS[stage], label=stage.name.lower()) for stage in shown]
+        if any(spans.get(_lane_seed(name)) for name in names):
+            handles.append(Patch(facecolor="white", hatch=_PAUSE_HATCH, edgecolor=_PAUSE_EDGE, label="paused"))
         lane_ax.legend(
-            handles=[Patch(facecolor=STAGE_COLOURS[stage], label=stage.name.lower()) for stage in shown],
+            handles=handles,
             loc="upper left",
             bbox_to_anchor=(1.005, 1.0),
             fontsize=8,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import TYPE_CHECKING
 
@@ -11,12 +12,13 @@ from esper.report import (
     ReportInputError,
     load_run,
     parse_stage,
+    pause_event,
     read_stage_events,
     render_report,
     stage_event,
     summary_lines,
 )
-from esper.report_plot import StageEvent, seed_lanes
+from esper.report_plot import PauseEvent, StageEvent, paused_spans, seed_lanes
 from schemas.enums import SeedLifecycleStage as Stage
 from tests.report_fixtures import TRANSITIONS, write_run
 
@@ -111,3 +113,46 @@ def test_missing_inputs_raise_one_line_errors(tmp_path: Path) -> None:
     (run / "events.jsonl").unlink()
     with pytest.raises(ReportInputError, match=r"no events\.jsonl in"):
         load_run(run)
+
+
+def _command_result(kind: str, step: int, seed_id: str, *, accepted: bool = True) -> dict[str, object]:
+    return {"event": "command_result", "kind": kind, "accepted": accepted, "applied_step": step, "seed_id": seed_id}
+
+
+def test_accepted_pauses_and_resumes_are_read_and_everything_else_is_not() -> None:
+    assert pause_event(_command_result("pause", 208, "seed-2")) == PauseEvent(step=208, seed_id="seed-2")
+    assert pause_event(_command_result("resume", 300, "seed-2")) == PauseEvent(300, "seed-2", resumed=True)
+    assert pause_event(_command_result("pause", 208, "seed-2", accepted=False)) is None
+    assert pause_event(_command_result("cull", 208, "seed-2")) is None
+    assert pause_event({**_command_result("pause", 208, "seed-2"), "applied_step": True}) is None
+    assert pause_event({**_command_result("pause", 208, "seed-2"), "seed_id": None}) is None
+
+
+def test_a_pause_lasts_until_its_resume_else_the_seeds_next_change_else_the_end() -> None:
+    events = [
+        StageEvent(step=100, slot="a", to_stage=Stage.BLENDING, seed_id="s1"),
+        StageEvent(step=400, slot="a", to_stage=Stage.CULLED, seed_id="s1"),
+        StageEvent(step=100, slot="b", to_stage=Stage.BLENDING, seed_id="s2"),
+        StageEvent(step=100, slot="c", to_stage=Stage.TRAINING, seed_id="s3"),
+    ]
+    pauses = [
+        PauseEvent(150, "s1"),
+        PauseEvent(120, "s2"),
+        PauseEvent(180, "s2", resumed=True),
+        PauseEvent(250, "s2"),
+        PauseEvent(300, "s3"),
+    ]
+    assert paused_spans(pauses, events, end_step=1000) == {
+        "s1": [(150.0, 400.0)],
+        "s2": [(120.0, 180.0), (250.0, 1000.0)],
+        "s3": [(300.0, 1000.0)],
+    }
+
+
+def test_a_run_with_a_paused_seed_reads_the_pause_and_renders_it(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-p")
+    with (run / "events.jsonl").open("a", encoding="utf-8") as events:
+        events.write("\n" + json.dumps(_command_result("pause", 650, "seed-2")) + "\n")
+    data = load_run(run)
+    assert data.pauses == [PauseEvent(step=650, seed_id="seed-2")]
+    assert _png_size(render_report(data).read_bytes()) == (1200, 1000)
