@@ -57,6 +57,8 @@ the batch-to-batch noise of the packet statistics; what is left is how the model
 the boundary after step g, the base is the probe after step g (before the graft) and the window is steps g+1 ..
 g+20.
 
+When esper grafted nothing on any seed, the loss-jump targets are reported as null (nothing to judge).
+
 Derived: gap_closed = (esper - host) / (static_full - host) in mean test accuracy; params_ratio = esper's mean
 added parameters / static_full's. Targets: gap_closed >= 0.75 with params_ratio <= 0.6; esper's accuracy >=
 every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's (reported for
@@ -328,7 +330,7 @@ def bench_dataset(
     naive_jump = mean("naive", "max_loss_jump_pct")
     esper_vs_host = mean("esper", "max_loss_jump_vs_host_pct")
     naive_vs_host = mean("naive", "max_loss_jump_vs_host_pct")
-    targets = {
+    targets: dict[str, bool | None] = {
         "gap_closed_ge_0.75_with_params_ratio_le_0.6": gap_closed is not None
         and params_ratio is not None
         and span > 0
@@ -344,6 +346,9 @@ def bench_dataset(
         "naive_probe_jump_above_esper": mean("naive", "probe_loss_jump_pct") > mean("esper", "probe_loss_jump_pct"),
         "esper_probe_loss_jump_vs_host_le_2pct": mean("esper", "probe_loss_jump_vs_host_pct") <= 2.0,
     }
+    if not any(r.grafts for r in results["esper"]):
+        # Nothing was grafted, so there is no jump to judge: not met, not missed.
+        targets.update({key: None for key in targets if "jump" in key})
     return {
         "benchmark": "morphogenesis",
         "dataset": name,
