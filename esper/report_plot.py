@@ -99,9 +99,21 @@ class Segment:
     end: float
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    name: str
+    seed_id: str | None
+    segments: list[Segment]
+
+
 def seed_lanes(events: Sequence[StageEvent], end_step: float) -> dict[str, list[Segment]]:
     """Group transitions into one lane per seed (by seed id; a slot-only event joins the slot's latest seed) and
     turn them into stage segments; the last stage of each lane runs to ``end_step``."""
+    return {lane.name: lane.segments for lane in _lanes(events, end_step)}
+
+
+def _lanes(events: Sequence[StageEvent], end_step: float) -> list[_Lane]:
     lanes: dict[str, list[StageEvent]] = {}
     latest_by_slot: dict[str, str] = {}
     for event in sorted(events, key=lambda e: e.step):
@@ -111,7 +123,7 @@ def seed_lanes(events: Sequence[StageEvent], end_step: float) -> dict[str, list[
         else:
             key = latest_by_slot.get(event.slot, event.slot)
         lanes.setdefault(key, []).append(event)
-    result: dict[str, list[Segment]] = {}
+    result: list[_Lane] = []
     for key, lane in lanes.items():
         segments: list[Segment] = []
         for index, event in enumerate(lane):
@@ -120,7 +132,8 @@ def seed_lanes(events: Sequence[StageEvent], end_step: float) -> dict[str, list[
                 segments.append(Segment(event.to_stage, float(event.step), float(end)))
         if segments:
             blueprint = next((e.blueprint_id for e in lane if e.blueprint_id), None)
-            result[f"{key} ({blueprint})" if blueprint else key] = segments
+            seed_id = next((e.seed_id for e in lane if e.seed_id), None)
+            result.append(_Lane(f"{key} ({blueprint})" if blueprint else key, seed_id, segments))
     return result
 
 
@@ -144,11 +157,6 @@ def paused_spans(
         end = float(min(ends)) if ends else max(end_step, float(pause.step))
         spans.setdefault(pause.seed_id, []).append((float(pause.step), end))
     return spans
-
-
-def _lane_seed(name: str) -> str:
-    # Lane names read "<slot> · <seed id> (<blueprint>)"; seed ids hold no spaces.
-    return name.partition(" · ")[2].split(" ", 1)[0]
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -231,11 +239,12 @@ def render_report_png(
         acc_ax.legend(loc="lower right", fontsize=8)
     acc_ax.grid(alpha=0.3)
 
-    lanes = seed_lanes(events, x_max)
+    lanes = _lanes(events, x_max)
     if lanes:
-        names = list(lanes)
-        for index, name in enumerate(names):
-            for segment in lanes[name]:
+        spans = paused_spans(pauses, events, x_max)
+        any_paused = False
+        for index, lane in enumerate(lanes):
+            for segment in lane.segments:
                 lane_ax.broken_barh(
                     [(segment.start, max(segment.end - segment.start, x_span * 0.004))],
                     (index - 0.35, 0.7),
@@ -243,9 +252,8 @@ def render_report_png(
                     edgecolor="white",
                     linewidth=0.5,
                 )
-        spans = paused_spans(pauses, events, x_max)
-        for index, name in enumerate(names):
-            for start, end in spans.get(_lane_seed(name), []):
+            for start, end in spans.get(lane.seed_id or "", []):
+                any_paused = True
                 lane_ax.broken_barh(
                     [(start, max(end - start, x_span * 0.004))],
                     (index - 0.35, 0.7),
@@ -254,11 +262,12 @@ def render_report_png(
                     edgecolor=_PAUSE_EDGE,
                     linewidth=0.0,
                 )
+        names = [lane.name for lane in lanes]
         lane_ax.set_yticks(range(len(names)), names, fontsize=8)
         lane_ax.set_ylim(len(names) - 0.5, -0.5)
-        shown = sorted({segment.stage for segments in lanes.values() for segment in segments})
+        shown = sorted({segment.stage for lane in lanes for segment in lane.segments})
         handles = [Patch(facecolor=STAGE_COLOURS[stage], label=stage.name.lower()) for stage in shown]
-        if any(spans.get(_lane_seed(name)) for name in names):
+        if any_paused:
             handles.append(Patch(facecolor="white", hatch=_PAUSE_HATCH, edgecolor=_PAUSE_EDGE, label="paused"))
         lane_ax.legend(
             handles=handles,

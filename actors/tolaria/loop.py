@@ -385,6 +385,7 @@ class TrainingLoop:
         pos = self._pos
         inbox = self._inbox
         every = config.state_every_steps
+        probe = self._options.step_probe
         num_batches = plan.num_batches
         assert self._data is not None
         train = self._data.train
@@ -417,8 +418,8 @@ class TrainingLoop:
                     self._pool_reserved = True
                 pos.batch_index = index + 1
                 pos.global_step += 1
-                if self._options.step_probe is not None and action is Action.CONTINUE:
-                    self._options.step_probe(pos.global_step, self.trainee.model, batch)
+                if probe is not None and action is Action.CONTINUE:
+                    probe(pos.global_step, self.trainee.model, batch)
                 if action is Action.ROLLBACK:
                     if not self._rollback("non-finite steps"):
                         self._policy.halt_now("rollback impossible after non-finite steps")
