@@ -156,10 +156,9 @@ def main() -> None:
         iterations = args.iterations if slots <= 128 else max(args.iterations // 4, 20)
 
         def gnn_decision(inputs: GraphInputs = inputs, builder: PolicyGraphBuilder = builder) -> str:
-            return decide(model, builder.build(inputs).data, mask, device="cpu").action
+            return decide(model, builder.build(inputs), mask, device="cpu").action
 
-        data = builder.build(inputs).data
-        width = sum(data[t].x.numel() for t in data.node_types)
+        width = sum(x.numel() for x in builder.build(inputs).x_dict.values())
         mlp = nn.Sequential(
             nn.Linear(width, config.hidden),
             nn.GELU(),
@@ -171,9 +170,9 @@ def main() -> None:
         def mlp_decision(
             inputs: GraphInputs = inputs, builder: PolicyGraphBuilder = builder, mlp: nn.Module = mlp
         ) -> int:
-            graph = builder.build(inputs).data
+            graph = builder.build(inputs)
             with torch.inference_mode():
-                flat = torch.cat([graph[t].x.flatten() for t in graph.node_types])
+                flat = torch.cat([x.flatten() for x in graph.x_dict.values()])
                 return int(mlp(flat).argmax())
 
         key = str(slots)
@@ -183,7 +182,7 @@ def main() -> None:
         ratio[key] = round(latency[key]["p50"] / baseline[key]["p50"], 2)
 
         def reference_decision(inputs: GraphInputs = inputs, builder: PolicyGraphBuilder = builder) -> str:
-            return decide(reference_model, builder.build(inputs).data, mask, device="cpu").action
+            return decide(reference_model, builder.build(inputs), mask, device="cpu").action
 
         reference[key] = percentiles(measure(reference_decision, max(iterations // 4, 20), warmup=3))
 

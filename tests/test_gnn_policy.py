@@ -85,7 +85,7 @@ def model() -> TamiyoGNN:
     return build_tamiyo_gnn(SMALL, seed=0)
 
 
-@pytest.mark.parametrize(("n_seeds", "n_layers"), [(0, 4), (3, 4), (5, 32), (8, 128)])
+@pytest.mark.parametrize(("n_seeds", "n_layers"), [(0, 4), (3, 0), (3, 4), (5, 32), (8, 128)])
 def test_forward_output_shapes(model: TamiyoGNN, n_seeds: int, n_layers: int) -> None:
     data = graph(n_seeds, n_layers, max_layers=128)
     out = run(model, data)
@@ -108,16 +108,69 @@ def test_forward_output_shapes(model: TamiyoGNN, n_seeds: int, n_layers: int) ->
 
 
 @pytest.mark.parametrize(
-    ("config", "n_seeds"),
-    [(SMALL, 0), (SMALL, 6), (TamiyoGNNConfig(hidden=16, gat_hidden=16, heads=2), 4)],
+    ("config", "n_seeds", "n_layers"),
+    [(SMALL, 0, 6), (SMALL, 6, 6), (SMALL, 3, 0), (TamiyoGNNConfig(hidden=16, gat_hidden=16, heads=2), 4, 6)],
 )
-def test_fused_forward_matches_the_pyg_reference(config: TamiyoGNNConfig, n_seeds: int) -> None:
+def test_fused_forward_matches_the_pyg_reference(config: TamiyoGNNConfig, n_seeds: int, n_layers: int) -> None:
     """The fused path uses the HeteroConv weights and must compute what HeteroConv(SAGEConv / GATConv) computes."""
     net = build_tamiyo_gnn(config, seed=1)
-    data = graph(n_seeds, 6, max_layers=6)
+    data = graph(n_seeds, n_layers, max_layers=6)
     fused, reference = run(net, data), run(net, data, reference=True)
     for name, a, b in zip(PolicyOutput._fields, fused, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_cached_plan_serves_the_same_structure_with_new_edge_attributes(model: TamiyoGNN) -> None:
+    """Decisions on an unchanged structure reuse its plan, yet read each graph's own edge attributes and features."""
+    model.eval()
+    first, second = graph(4, 4), graph(4, 4)
+    et = ("global", "influences", "seed")
+    second[et].edge_attr = second[et].edge_attr + 0.5
+    second["seed"].x = second["seed"].x * 2.0
+    out_first = run(model, first)
+    hits = model._plans.hits
+    out_second = run(model, second)
+    assert model._plans.hits == hits + 1
+    fresh = build_tamiyo_gnn(SMALL, seed=0).eval()
+    fresh.load_state_dict(model.state_dict())
+    expected = run(fresh, second)  # a cold cache: the plan is built from this graph alone
+    assert fresh._plans.hits == 0
+    for name, a, b in zip(PolicyOutput._fields, out_second, expected, strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(out_first.action_logits, out_second.action_logits)
+
+
+def test_a_changed_structure_gets_its_own_plan(model: TamiyoGNN) -> None:
+    model.eval()
+    run(model, graph(4, 4))
+    misses = model._plans.misses
+    out = run(model, graph(5, 4))
+    assert model._plans.misses == misses + 1
+    assert out.seed_scores.shape == (5,)
+    torch.testing.assert_close(out.seed_scores, run(model, graph(5, 4), reference=True).seed_scores)
+
+
+def test_encoded_graph_and_its_heterodata_decide_alike(model: TamiyoGNN) -> None:
+    model.eval()
+    builder = PolicyGraphBuilder(REGISTRIES, caps=GraphCaps())
+    inputs = GraphInputs(
+        metrics=GlobalInput(epoch=1, epochs_total=4, step=10, epoch_progress=0.5, loss=0.9),
+        layers=(LayerInput(name="l0", depth=0, layer_type="linear", parameter_count=64, activation="relu"),),
+        seeds=(SeedInput(slot="s0", stage=1, layer_depth=0, occupied=False),),
+        blueprints=(BlueprintInput(blueprint_id="bp0", risk=0.1, tier=1, parameter_count=10),),
+    )
+    encoded = builder.build(inputs, update_normaliser=False)
+    data = encoded.data
+    assert isinstance(data, HeteroData)
+    for node_type, x in encoded.x_dict.items():
+        assert data[node_type].x is x
+    for edge_type, index in encoded.edge_index_dict.items():
+        assert data[edge_type].edge_index is index
+        assert data[edge_type].edge_attr is encoded.edge_attr_dict[edge_type]
+    assert decide(model, encoded, ALL, device="cpu") == decide(model, data, ALL, device="cpu")
+    moved = encoded.to("cpu")
+    assert moved.seed_slots == encoded.seed_slots
+    assert torch.equal(moved.x_dict["seed"], encoded.x_dict["seed"])
 
 
 def test_fused_forward_trains(model: TamiyoGNN) -> None:

@@ -49,11 +49,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from torch import nn
-    from torch_geometric.data import HeteroData
 
     from actors.tamiyo.policy import Observation
     from esper.nn.policy_contract import PolicyModel
     from esper.nn.policy_decide import PolicyDecision
+    from esper.nn.policy_graph import EncodedGraph
     from schemas.state import SeedState
 
 _COST_CODE: Final = {CostTier.LOW: 0, CostTier.MEDIUM: 1, CostTier.HIGH: 2}
@@ -269,20 +269,20 @@ class GnnPolicy:
                 continue
             mask[i] = bool(targets[action]) and (action is not PolicyAction.GERMINATE or any(blueprint_mask))
         union = frozenset().union(*targets.values())
-        out = self._infer(encoded.data, mask, [s in union for s in slots], blueprint_mask)
+        out = self._infer(encoded, mask, [s in union for s in slots], blueprint_mask)
         action = _ACTIONS[out.action_index]
         self._decisions += 1
         slot = slots[out.seed_index] if out.seed_index is not None else None
         if targets[action] and slot not in targets[action]:
             only = [i == out.action_index for i in range(NUM_ACTIONS)]
-            second = self._infer(encoded.data, only, [s in targets[action] for s in slots], blueprint_mask)
+            second = self._infer(encoded, only, [s in targets[action] for s in slots], blueprint_mask)
             slot = slots[second.seed_index] if second.seed_index is not None else None
         return self._decision(observation, out, action, slot, encoded.blueprint_ids)
 
     def _infer(
-        self, data: HeteroData, mask: list[bool], seed_mask: list[bool], blueprint_mask: list[bool]
+        self, graph: EncodedGraph, mask: list[bool], seed_mask: list[bool], blueprint_mask: list[bool]
     ) -> PolicyDecision:
-        return decide(self._model, data, mask, device=self._device, seed_mask=seed_mask, blueprint_mask=blueprint_mask)
+        return decide(self._model, graph, mask, device=self._device, seed_mask=seed_mask, blueprint_mask=blueprint_mask)
 
     def _decision(
         self,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch_geometric.data import HeteroData
 
     from esper.nn.policy_gnn import TamiyoGNN
+    from esper.nn.policy_graph import EncodedGraph
 
 __all__ = ["CompileFallback", "PolicyDecision", "decide", "maybe_compile"]
 
@@ -71,7 +72,7 @@ def _pick(scores: Tensor, mask: Tensor | None) -> Tensor:
 
 def decide(
     model: PolicyModel,
-    graph: HeteroData,
+    graph: EncodedGraph | HeteroData,
     mask: Sequence[bool] | Tensor,
     *,
     device: torch.device | str,
@@ -104,7 +105,7 @@ def decide(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         # HeteroData.to walks every store even when nothing moves, so skip it when the graph is already there.
-        data = graph if graph["global"].x.device == dev else graph.to(dev)
+        data = graph if graph.x_dict["global"].device == dev else graph.to(dev)
         out = model(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
         logits = out.action_logits[0].float().masked_fill(~action_mask, -math.inf)
         log_probs = torch.log_softmax(logits, dim=-1)

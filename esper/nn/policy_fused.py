@@ -1,15 +1,18 @@
 """The fused forward of ``tamiyo_gnn_v1``: every relation of a layer computed in a few large tensor operations.
 
 ``RelationLayout`` is the static bookkeeping of which relation enters and leaves which node type, ``GraphPlan`` one
-graph's edges flattened over all relations, ``FusedWeights`` the PyG modules' weights concatenated to match (rebuilt
-when a parameter changes), and ``sage_fused`` / ``gat_fused`` / ``heads_fused`` the layers. The maths is exactly
+graph's edges flattened over all relations (``PlanCache`` keeps the last few structures' plans), ``FusedWeights`` the
+PyG modules' weights concatenated to match (rebuilt when a parameter changes), and ``sage_fused`` / ``gat_fused`` /
+``heads_fused`` the layers, which take every node's features as one tensor (types concatenated). The maths is exactly
 ``TamiyoGNN.forward_reference``'s (a parity test holds them together); no function here branches on tensor values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, final
 
 import torch
 from torch import Tensor
@@ -24,13 +27,22 @@ from esper.nn.policy_contract import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from torch_geometric.nn import HeteroConv
 
     from esper.nn.policy_gnn import TamiyoGNN
 
-__all__ = ["FusedWeights", "GraphPlan", "RelationLayout", "gat_fused", "heads_fused", "ordered_unit_pair", "sage_fused"]
+__all__ = [
+    "FusedWeights",
+    "GraphPlan",
+    "PlanCache",
+    "RelationLayout",
+    "gat_fused",
+    "heads_fused",
+    "ordered_unit_pair",
+    "sage_fused",
+]
 
 
 def ordered_unit_pair(raw: Tensor) -> Tensor:
@@ -122,11 +134,14 @@ class GraphPlan:
     def of(
         cls,
         layout: RelationLayout,
-        h: Mapping[str, Tensor],
-        edge_index_dict: Mapping[EdgeType, Tensor],
-        edge_attr_dict: Mapping[EdgeType, Tensor],
+        counts: Mapping[str, int],
+        edges: Tensor,
+        sizes: Sequence[int],
+        attr: Tensor,
     ) -> GraphPlan:
-        counts = {t: h[t].shape[0] for t in layout.node_types}
+        """The plan of a graph whose edges, in ``layout.order``, are ``edges`` ``[2, E]`` (``sizes`` per relation) with
+        attributes ``attr`` ``[E, 3]`` in the dtype of the node features."""
+        counts = dict(counts)
         node_off, _ = _offsets(layout, counts, {t: (0,) for t in layout.node_types})
         in_off, in_rows = _offsets(layout, counts, layout.in_rels)
         out_off, _ = _offsets(layout, counts, layout.out_rels)
@@ -145,13 +160,9 @@ class GraphPlan:
                 int(src_mode), r,
             )):  # fmt: skip
                 table[column].append(value)
-        device = h[layout.node_types[0]].device
-        dtype = h[layout.node_types[0]].dtype
-        indices = [edge_index_dict[layout.edge_types[r]] for r in layout.order]
-        sizes = [ei.shape[1] for ei in indices]
-        edges = torch.cat(indices, dim=1)
+        device, dtype = edges.device, attr.dtype
         slot = torch.repeat_interleave(
-            torch.arange(len(indices), device=device), torch.tensor(sizes, device=device), output_size=edges.shape[1]
+            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device), output_size=edges.shape[1]
         )
         col = torch.tensor(table, dtype=torch.long, device=device)[:, slot]
         src, dst = edges[0], edges[1]
@@ -172,10 +183,66 @@ class GraphPlan:
             out_row=src * col[4] + col[5],
             mode_row=mode_node * col[6] + col[7],
             rel=col[9],
-            attr=torch.cat([edge_attr_dict[layout.edge_types[r]] for r in layout.order]).to(dtype),
+            attr=attr,
             edge_scale=(deg[in_row] * col[2].to(dtype)).reciprocal().unsqueeze(-1),
             inv_k=col[2].to(dtype).reciprocal().unsqueeze(-1),
         )
+
+    def views(self, x: Tensor, node_types: Sequence[str]) -> dict[str, Tensor]:
+        """Each node type's rows of ``x``, a tensor over all nodes (types concatenated in layout order)."""
+        return {t: x[self.node_off[t] : self.node_off[t] + self.counts[t]] for t in node_types}
+
+    def per_type_rows(self, values: Mapping[str, Tensor], node_types: Sequence[str]) -> Tensor:
+        """``values[t]`` (one row) repeated over the nodes of type ``t``, for every type: ``[N, D]``."""
+        return torch.cat([values[t].expand(self.counts[t], -1) for t in node_types])
+
+
+@final
+class PlanCache:
+    """The plans of the last few graph structures, so a decision on an unchanged structure (the usual case: slots,
+    layers and catalogue change far more slowly than decisions come) only gathers its edge attributes.
+
+    A structure is its node counts and the bytes of its edge indices. Tensors off the CPU are never cached (reading
+    their bytes would synchronise with the device). Not thread-safe: the model's one lane uses it.
+    """
+
+    __slots__ = ("_entries", "_size", "hits", "misses")
+
+    def __init__(self, size: int = 4) -> None:
+        self._entries: OrderedDict[tuple[object, ...], GraphPlan] = OrderedDict()
+        self._size = size
+        self.hits = 0
+        self.misses = 0
+
+    def plan(
+        self,
+        layout: RelationLayout,
+        counts: Mapping[str, int],
+        edge_index_dict: Mapping[EdgeType, Tensor],
+        edge_attr_dict: Mapping[EdgeType, Tensor],
+        dtype: torch.dtype,
+    ) -> GraphPlan:
+        indices = [edge_index_dict[layout.edge_types[r]] for r in layout.order]
+        edges = torch.cat(indices, dim=1)
+        attr = torch.cat([edge_attr_dict[layout.edge_types[r]] for r in layout.order]).to(dtype)
+        sizes = [ei.shape[1] for ei in indices]
+        if edges.device.type != "cpu":
+            self.misses += 1
+            return GraphPlan.of(layout, counts, edges, sizes, attr)
+        # A plan made under inference mode holds inference tensors, which autograd may not save: keyed apart.
+        inference = torch.is_inference_mode_enabled()
+        key = (tuple(counts[t] for t in layout.node_types), tuple(sizes), dtype, inference, edges.numpy().tobytes())
+        cached = self._entries.get(key)
+        if cached is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return replace(cached, attr=attr)
+        self.misses += 1
+        plan = GraphPlan.of(layout, counts, edges, sizes, attr)
+        self._entries[key] = plan
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,12 +372,14 @@ def _relation_convs(hetero: HeteroConv, edge_types: tuple[EdgeType, ...]) -> lis
 
 
 def _rows(table: Tensor, off: int, n: int, k: int) -> Tensor:
-    return table[off : off + n * k].reshape(n, -1)
+    # An explicit width, since a type with no nodes would leave -1 ambiguous.
+    return table[off : off + n * k].reshape(n, k * math.prod(table.shape[1:]))
 
 
-def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, h: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    x_all = torch.cat([h[t] for t in lay.node_types])
+def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tensor) -> Tensor:
+    """One hetero SAGE layer over ``x_all`` ``[N, H]`` (every node, types concatenated in layout order)."""
     dim, e = x_all.shape[1], plan.e_src
+    h = plan.views(x_all, lay.node_types)
     y = {t: h[t] @ w.node_w[t] for t in lay.node_types}  # [N_t, H + k_src * H]: root term, src-mode projections
     # Src mode: scatter the scaled projections of the sources onto their destination nodes.
     proj = torch.cat([y[t][:, dim:].reshape(-1, dim) for t in lay.node_types])
@@ -319,19 +388,18 @@ def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, h: Mapping
     agg = x_all.new_zeros(plan.dst_rows, dim).index_add(
         0, plan.mode_row[e:], x_all[plan.src_node[e:]] * plan.edge_scale[e:]
     )
-    out = {}
-    for t in lay.node_types:
+    root = torch.cat([y[t][:, :dim] for t in lay.node_types])
+    out = root + plan.per_type_rows(w.bias, lay.node_types) + acc
+    for t, agg_w in w.agg_w.items():
         n, off = plan.counts[t], plan.node_off[t]
-        o = y[t][:, :dim] + w.bias[t] + acc[off : off + n]
-        out[t] = o + _rows(agg, plan.dst_off[t], n, len(lay.dst_rels[t])) @ w.agg_w[t] if t in w.agg_w else o
+        out[off : off + n] += _rows(agg, plan.dst_off[t], n, len(lay.dst_rels[t])) @ agg_w
     return out
 
 
-def gat_fused(
-    w: _GatWeights, lay: RelationLayout, plan: GraphPlan, h: Mapping[str, Tensor], heads: int
-) -> dict[str, Tensor]:
+def gat_fused(w: _GatWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tensor, heads: int) -> Tensor:
+    """One hetero GAT layer over ``x_all`` ``[N, d_in]`` (all nodes, types in layout order) -> ``[N, C]``."""
     c, e = w.out_channels, plan.e_src
-    x_all = torch.cat([h[t] for t in lay.node_types])
+    h = plan.views(x_all, lay.node_types)
     y = {t: h[t] @ w.node_w[t] for t in lay.node_types}
     cut = {t: (len(lay.out_rels[t]) * heads, (len(lay.out_rels[t]) + len(lay.in_rels[t])) * heads) for t in y}
     a_src = torch.cat([y[t][:, : cut[t][0]].reshape(-1, heads) for t in lay.node_types])
@@ -352,9 +420,8 @@ def gat_fused(
     # Dst mode: attention-weighted sums of raw source features per (destination, relation, head), then project.
     z_msg = alpha[e:].unsqueeze(-1) * x_all[plan.src_node[e:]].unsqueeze(1)
     z = x_all.new_zeros(plan.dst_rows, heads, x_all.shape[1]).index_add(0, plan.mode_row[e:], z_msg)
-    out = {}
-    for t in lay.node_types:
+    out = acc + plan.per_type_rows(w.bias, lay.node_types)
+    for t, agg_w in w.agg_w.items():
         n, off = plan.counts[t], plan.node_off[t]
-        o = acc[off : off + n] + w.bias[t]
-        out[t] = o + _rows(z, plan.dst_off[t], n, len(lay.dst_rels[t])) @ w.agg_w[t] if t in w.agg_w else o
+        out[off : off + n] += _rows(z, plan.dst_off[t], n, len(lay.dst_rels[t])) @ agg_w
     return out

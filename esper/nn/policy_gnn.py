@@ -11,6 +11,7 @@ The action vocabulary and the output record live in esper.nn.policy_contract.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -29,7 +30,7 @@ from esper.nn.policy_contract import (
 )
 from esper.nn.policy_fused import (
     FusedWeights,
-    GraphPlan,
+    PlanCache,
     RelationLayout,
     gat_fused,
     heads_fused,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["TamiyoGNN", "TamiyoGNNConfig", "build_tamiyo_gnn"]
 
 _NO_OP_BIAS = 2.0
+# A parameter's in-place update counter; with its storage address, what the fused-weight cache is keyed on.
+_version = operator.attrgetter("_version")
 _HEAD_INIT_STD = 0.01
 
 
@@ -116,7 +119,8 @@ class TamiyoGNN(nn.Module):
         self.risk_head = nn.Linear(h2, len(RISK_CLASS_NAMES))
         self._init_heads()
         self._layout = RelationLayout.of(self.node_types, self.edge_types)
-        self._fused_cache: tuple[tuple[tuple[int, int], ...], FusedWeights] | None = None
+        self._fused_cache: tuple[tuple[tuple[int, ...], tuple[int, ...]], FusedWeights] | None = None
+        self._plans = PlanCache()
         self._param_list: tuple[nn.Parameter, ...] | None = None
 
     def _init_heads(self) -> None:
@@ -144,16 +148,19 @@ class TamiyoGNN(nn.Module):
         Raises:
             KeyError: a node type or edge type of the network is missing from the inputs.
         """
-        h = {t: self.encoders[t](x_dict[t]) for t in self.node_types}
-        plan = GraphPlan.of(self._layout, h, edge_index_dict, edge_attr_dict)
+        lay = self._layout
+        encoded = [self.encoders[t](x_dict[t]) for t in self.node_types]
+        counts = {t: x.shape[0] for t, x in zip(self.node_types, encoded, strict=True)}
+        plan = self._plans.plan(lay, counts, edge_index_dict, edge_attr_dict, encoded[0].dtype)
         fused = self._fused_weights()
+        # Every node type's rows in one tensor, so activations and residuals are one operation per layer.
+        x = torch.cat(encoded)
         for sage_w in fused.sage:
-            out = sage_fused(sage_w, self._layout, plan, h)
-            h = {t: self.drop(self.act(out[t]) + h[t]) for t in self.node_types}
+            x = self.drop(self.act(sage_fused(sage_w, lay, plan, x)) + x)
         for gat_w in fused.gat:
-            out = gat_fused(gat_w, self._layout, plan, h, self.config.heads)
-            h = {t: self.drop(self.act(out[t]) + h[t] if out[t].shape == h[t].shape else self.act(out[t])) for t in h}
-        return heads_fused(fused.heads, h, batch_dict)
+            out = gat_fused(gat_w, lay, plan, x, self.config.heads)
+            x = self.drop(self.act(out) + x) if out.shape == x.shape else self.act(out)
+        return heads_fused(fused.heads, plan.views(x, self.node_types), batch_dict)
 
     def forward_reference(
         self,
@@ -198,7 +205,8 @@ class TamiyoGNN(nn.Module):
             return FusedWeights.of(self)
         if self._param_list is None:
             self._param_list = tuple(self.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in self._param_list)
+        params = self._param_list
+        key = (tuple(map(Tensor.data_ptr, params)), tuple(map(_version, params)))
         if self._fused_cache is None or self._fused_cache[0] != key:
             self._fused_cache = (key, FusedWeights.of(self))
         return self._fused_cache[1]

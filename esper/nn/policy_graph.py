@@ -1,4 +1,4 @@
-"""Tamiyo's state graph: plain inputs -> typed HeteroData with presence bits, normalised numbers, no dangling edges.
+"""Tamiyo's state graph: plain inputs -> typed node and edge tensors with presence bits, no dangling edges.
 
 Node types and feature widths (REFERENCE.md section 5, "State graph"); every ``*_p`` column is a presence bit, and a
 missing value is 0 with its bit 0:
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
@@ -205,14 +205,40 @@ class GraphRegistries:
 class EncodedGraph:
     """A built graph plus the names behind its node indices (seed node i is slot ``seed_slots[i]``, and so on).
 
+    The tensors are plain dicts keyed as in a HeteroData (``x_dict``, ``edge_index_dict``, ``edge_attr_dict``), which is
+    what the policy reads; ``data`` assembles the HeteroData itself (PyG batching, inspection). A decision skips it:
+    filling and reading a HeteroData's stores costs about 0.2 ms, 4 % of a decision at 32 slots.
     ``feature_coverage`` is the fraction of optional numeric inputs that were present, in [0, 1].
     """
 
-    data: HeteroData
+    x_dict: dict[str, torch.Tensor]
+    edge_index_dict: dict[tuple[str, str, str], torch.Tensor]
+    edge_attr_dict: dict[tuple[str, str, str], torch.Tensor]
     seed_slots: tuple[str, ...]
     layer_names: tuple[str, ...]
     blueprint_ids: tuple[str, ...]
     feature_coverage: float
+
+    @property
+    def data(self) -> HeteroData:
+        """The graph as a PyG HeteroData (built on each access; it shares the tensors)."""
+        data = HeteroData()
+        for node_type, x in self.x_dict.items():
+            data[node_type].x = x
+        for edge_type, index in self.edge_index_dict.items():
+            store = data[edge_type]
+            store.edge_index = index
+            store.edge_attr = self.edge_attr_dict[edge_type]
+        return data
+
+    def to(self, device: torch.device | str) -> EncodedGraph:
+        """The same graph with every tensor on ``device``."""
+        return replace(
+            self,
+            x_dict={k: v.to(device) for k, v in self.x_dict.items()},
+            edge_index_dict={k: v.to(device) for k, v in self.edge_index_dict.items()},
+            edge_attr_dict={k: v.to(device) for k, v in self.edge_attr_dict.items()},
+        )
 
 
 class _Coverage:
@@ -261,17 +287,20 @@ class PolicyGraphBuilder:
         blueprints = self._cap_blueprints(inputs.blueprints, seeds)
         max_depth = max([1, *(lay.depth for lay in inputs.layers), *(s.layer_depth for s in seeds)])
 
-        data = HeteroData()
-        data["global"].x = self._global_x(inputs.metrics, len(seeds), cov, update_normaliser)
-        data["seed"].x = self._seed_x(seeds, max_depth, cov, update_normaliser)
-        data["blueprint"].x = self._blueprint_x(blueprints, cov, update_normaliser)
-        data["layer"].x = self._layer_x(layers, max_depth, cov, update_normaliser)
+        x_dict = {
+            "global": self._global_x(inputs.metrics, len(seeds), cov, update_normaliser),
+            "seed": self._seed_x(seeds, max_depth, cov, update_normaliser),
+            "blueprint": self._blueprint_x(blueprints, cov, update_normaliser),
+            "layer": self._layer_x(layers, max_depth, cov, update_normaliser),
+        }
         edges = _Edges()
         self._edges(edges, seeds, layers, blueprints, inputs.layer_edges, max_depth)
-        edges.store(data)
+        edge_index_dict, edge_attr_dict = edges.tensors()
         coverage = cov.present / cov.total if cov.total else 1.0
         return EncodedGraph(
-            data=data,
+            x_dict=x_dict,
+            edge_index_dict=edge_index_dict,
+            edge_attr_dict=edge_attr_dict,
             seed_slots=tuple(s.slot for s in seeds),
             layer_names=tuple(lay.name for lay in layers),
             blueprint_ids=tuple(b.blueprint_id for b in blueprints),
@@ -475,11 +504,18 @@ class _Edges:
         self.add((a_type, fwd, b_type), a, b, attr)
         self.add((b_type, rev, a_type), b, a, attr)
 
-    def store(self, data: HeteroData) -> None:
-        for et in EDGE_TYPES:
-            store = data[et]
-            store.edge_index = torch.from_numpy(np.array([self.src[et], self.dst[et]], dtype=np.int64).reshape(2, -1))
-            store.edge_attr = torch.from_numpy(np.array(self.attr[et], dtype=np.float32).reshape(-1, EDGE_DIM))
+    def tensors(
+        self,
+    ) -> tuple[dict[tuple[str, str, str], torch.Tensor], dict[tuple[str, str, str], torch.Tensor]]:
+        """(edge_index per relation ``[2, E]`` int64, edge_attr per relation ``[E, EDGE_DIM]`` float32)."""
+        index = {
+            et: torch.from_numpy(np.array([self.src[et], self.dst[et]], dtype=np.int64).reshape(2, -1))
+            for et in EDGE_TYPES
+        }
+        attr = {
+            et: torch.from_numpy(np.array(self.attr[et], dtype=np.float32).reshape(-1, EDGE_DIM)) for et in EDGE_TYPES
+        }
+        return index, attr
 
 
 def _matrix(rows: list[list[float]], width: int) -> torch.Tensor:
