@@ -229,6 +229,26 @@ def test_target_masks_are_respected(model: TamiyoGNN) -> None:
     assert decide(model, graph(0), ALL, device="cpu").seed_index is None
 
 
+def test_a_decision_reads_the_network_output(model: TamiyoGNN) -> None:
+    """decide's plain-Python masking and picking agree with the network's tensors."""
+    data = graph(5)
+    out = run(model, data)
+    d = decide(model, data, torch.ones(NUM_ACTIONS, dtype=torch.bool), device="cpu")
+    assert d.action_index == int(out.action_logits[0].argmax())
+    assert d.log_prob == pytest.approx(float(torch.log_softmax(out.action_logits[0], -1)[d.action_index]), rel=1e-5)
+    assert d.seed_index == int(out.seed_scores.argmax())
+    assert d.layer_index == int(out.layer_scores.argmax())
+    assert d.blueprint_index == int(out.blueprint_scores.argmax())
+    assert d.blend_method == int(out.blend_logits[0].argmax())
+    assert d.schedule == pytest.approx(tuple(out.schedule[0].tolist()))
+    assert (d.ramp, d.value, d.risk_score) == pytest.approx(
+        (out.ramp[0].item(), out.value[0].item(), out.risk_score[0].item())
+    )
+    assert (d.lr_delta, d.initial_alpha) == pytest.approx((out.params[0, 0].item(), (out.params[0, 1].item() + 1) / 2))
+    with pytest.raises(ValueError, match="seed_mask"):
+        decide(model, data, ALL, device="cpu", seed_mask=torch.ones(1, 5, dtype=torch.bool))
+
+
 def test_decide_rejects_bad_masks_and_training_mode(model: TamiyoGNN) -> None:
     data = graph(2)
     with pytest.raises(ValueError, match="no action"):

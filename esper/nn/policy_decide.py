@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, final
 import torch
 from torch import Tensor
 
-from esper.nn.policy_contract import ACTION_NAMES, NUM_ACTIONS, EdgeType, PolicyModel, PolicyOutput
+from esper.nn.policy_contract import ACTION_NAMES, BLEND_METHOD_NAMES, NUM_ACTIONS, EdgeType, PolicyModel, PolicyOutput
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -51,23 +51,29 @@ class PolicyDecision:
     initial_alpha: float
 
 
-def _bool_mask(mask: Sequence[bool] | Tensor | None, size: int, name: str, device: torch.device) -> Tensor | None:
+def _bools(mask: Sequence[bool] | Tensor | None, size: int, name: str) -> list[bool] | None:
     if mask is None:
         return None
-    t = torch.as_tensor(mask, dtype=torch.bool).to(device)
-    if t.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
-    return t
+    if isinstance(mask, Tensor) and mask.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {tuple(mask.shape)}")
+    values = [bool(v) for v in (mask.tolist() if isinstance(mask, Tensor) else mask)]
+    if len(values) != size:
+        raise ValueError(f"{name} must have shape ({size},), got ({len(values)},)")
+    return values
 
 
-def _pick(scores: Tensor, mask: Tensor | None) -> Tensor:
-    if scores.shape[0] == 0:
-        return torch.full((), -1.0, device=scores.device)
-    s = scores.float()
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
-    # An all-masked target set yields -1 rather than an arbitrary index.
-    return torch.where(torch.isfinite(s.max()), s.argmax().float(), torch.full((), -1.0, device=s.device))
+def _argmax(values: Sequence[float]) -> int:
+    """Index of the first largest value."""
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def _pick(scores: Sequence[float], mask: list[bool] | None) -> int | None:
+    """The best-scoring allowed node; None without nodes, with every node masked, or with a non-finite score."""
+    allowed = [s if mask is None or mask[i] else -math.inf for i, s in enumerate(scores)]
+    if not allowed or not all(not math.isnan(s) for s in allowed):
+        return None
+    best = _argmax(allowed)
+    return best if math.isfinite(allowed[best]) else None
 
 
 def decide(
@@ -86,7 +92,8 @@ def decide(
 
     Runs under ``torch.inference_mode`` with bf16 autocast on CUDA only. The action is the argmax (or, with
     ``sample``, a draw using ``generator``) over the logits with invalid actions set to -inf; a masked action is never
-    chosen. Targets are the argmax of their masked scores. One device-to-host copy at the end.
+    chosen. Targets are the argmax of their masked scores. One device-to-host copy; the masking and picking that
+    follow it are plain Python over a few dozen numbers (cheaper than as many small tensor operations).
 
     Args:
         mask: ``[NUM_ACTIONS]`` bool, True = allowed, in ``ACTION_NAMES`` order.
@@ -98,50 +105,57 @@ def decide(
     if model.training:
         raise ValueError("decide needs a model in eval mode (call .eval()); dropout would make decisions random")
     dev = torch.device(device)
-    action_mask = _bool_mask(mask, NUM_ACTIONS, "mask", dev)
+    action_mask = _bools(mask, NUM_ACTIONS, "mask")
     assert action_mask is not None
-    if not bool(action_mask.any()):
+    if not any(action_mask):
         raise ValueError("mask allows no action; NO_OP at least should be allowed")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         # HeteroData.to walks every store even when nothing moves, so skip it when the graph is already there.
         data = graph if graph.x_dict["global"].device == dev else graph.to(dev)
         out = model(data.x_dict, data.edge_index_dict, data.edge_attr_dict)
-        logits = out.action_logits[0].float().masked_fill(~action_mask, -math.inf)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if sample:
-            action = torch.multinomial(log_probs.exp(), 1, generator=generator)[0]
-        else:
-            action = log_probs.argmax()
         n_seed, n_layer, n_bp = out.seed_scores.shape[0], out.layer_scores.shape[0], out.blueprint_scores.shape[0]
-        packed = torch.cat([
-            torch.stack([action.float(), log_probs[action], out.value[0].float(), out.risk_score[0].float()]),
-            torch.stack([
-                _pick(out.seed_scores, _bool_mask(seed_mask, n_seed, "seed_mask", dev)),
-                _pick(out.layer_scores, _bool_mask(layer_mask, n_layer, "layer_mask", dev)),
-                _pick(out.blueprint_scores, _bool_mask(blueprint_mask, n_bp, "blueprint_mask", dev)),
-                out.blend_logits[0].float().argmax().float(),
-            ]),
-            out.schedule[0].float(),
-            out.ramp[:1].float(),
-            out.params[0].float(),
-        ])  # fmt: skip
-    v = packed.cpu().tolist()
-    a = int(v[0])
+        parts = [
+            out.action_logits[0],
+            out.seed_scores,
+            out.layer_scores,
+            out.blueprint_scores,
+            out.blend_logits[0],
+            out.schedule[0],
+            out.ramp[:1],
+            out.params[0],
+            out.value[:1],
+            out.risk_score[:1],
+        ]
+        if sample:
+            allowed = torch.tensor(action_mask, device=dev)
+            masked = out.action_logits[0].float().masked_fill(~allowed, -math.inf)
+            parts.append(torch.multinomial(torch.log_softmax(masked, dim=-1).exp(), 1, generator=generator))
+        v = torch.cat([p.float() for p in parts]).cpu().tolist()
+    logits = [x if ok else -math.inf for x, ok in zip(v[:NUM_ACTIONS], action_mask, strict=True)]
+    top = max(logits)
+    log_norm = top + math.log(sum(math.exp(x - top) for x in logits))
+    a = int(v[-1]) if sample else _argmax(logits)
+    seeds = NUM_ACTIONS
+    layers = seeds + n_seed
+    bps = layers + n_layer
+    rest = bps + n_bp
+    blend = v[rest : rest + len(BLEND_METHOD_NAMES)]
+    schedule_start, schedule_end, ramp, lr_delta, alpha_raw, value, risk = v[rest + len(blend) : rest + len(blend) + 7]
     return PolicyDecision(
         action_index=a,
         action=ACTION_NAMES[a],
-        log_prob=v[1],
-        value=v[2],
-        risk_score=v[3],
-        seed_index=None if v[4] < 0 else int(v[4]),
-        layer_index=None if v[5] < 0 else int(v[5]),
-        blueprint_index=None if v[6] < 0 else int(v[6]),
-        blend_method=int(v[7]),
-        schedule=(v[8], v[9]),
-        ramp=v[10],
-        lr_delta=v[11],
-        initial_alpha=(v[12] + 1.0) / 2.0,
+        log_prob=logits[a] - log_norm,
+        value=value,
+        risk_score=risk,
+        seed_index=_pick(v[seeds:layers], _bools(seed_mask, n_seed, "seed_mask")),
+        layer_index=_pick(v[layers:bps], _bools(layer_mask, n_layer, "layer_mask")),
+        blueprint_index=_pick(v[bps:rest], _bools(blueprint_mask, n_bp, "blueprint_mask")),
+        blend_method=_argmax(blend),
+        schedule=(schedule_start, schedule_end),
+        ramp=ramp,
+        lr_delta=lr_delta,
+        initial_alpha=(alpha_raw + 1.0) / 2.0,
     )
 
 
