@@ -26,3 +26,18 @@ def test_importing_the_runtime_and_schemas_pulls_in_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'; assert 'actors' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_composition_root_loads_pyg_only_for_a_gnn_policy() -> None:
+    """PyTorch Geometric costs seconds to import; a heuristic run (the default) never needs it."""
+    code = (
+        "import sys, esper.run, esper.assemble, actors.tamiyo.spec, actors.tamiyo.state;"
+        "assert 'torch_geometric' not in sys.modules, 'torch_geometric imported';"
+        "from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker;"
+        "from actors.tamiyo.gnn_process import RemoteGnnPolicy;"
+        "from actors.tamiyo.gnn_policy import GnnPolicy;"
+        "assert issubclass(GnnPolicy, GnnPolicyBase) and issubclass(RemoteGnnPolicy, GnnPolicyBase);"
+        "assert issubclass(RemoteGnnPolicy, PolicyWorker) and not issubclass(GnnPolicy, PolicyWorker);"
+        "assert 'torch_geometric' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -36,8 +36,7 @@ import msgspec
 import structlog
 
 from actors.tamiyo.conservative import ConservativeMode
-from actors.tamiyo.gnn_policy import GnnPolicy
-from actors.tamiyo.gnn_process import RemoteGnnPolicy
+from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker
 from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.observe import build_observation, candidate, has_candidate, implicated_seed
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
@@ -214,7 +213,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
     # ------------------------------------------------------------------ hooks
 
     async def on_start(self) -> None:
-        if isinstance(self._policy, RemoteGnnPolicy):
+        if isinstance(self._policy, PolicyWorker):
             # The worker builds its network (seconds); waiting here keeps that out of the first decision's deadline.
             try:
                 await self._lane.run(self._policy.wait_ready)
@@ -248,7 +247,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 if self._wal is not None:
                     await self._wal.close()
             finally:
-                if isinstance(self._policy, RemoteGnnPolicy):
+                if isinstance(self._policy, PolicyWorker):
                     # Off the lane (it may be closing too); the policy's lock waits out a decision in flight.
                     await asyncio.to_thread(self._policy.close)
 
@@ -275,7 +274,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             counters=self._counters,
             heuristic=policy.export_state() if isinstance(policy, HeuristicPolicy) else None,
             every_k=policy.export_state() if isinstance(policy, EveryKPolicy) else None,
-            gnn=policy.export_state() if isinstance(policy, GnnPolicy | RemoteGnnPolicy) else None,
+            gnn=policy.export_state() if isinstance(policy, GnnPolicyBase) else None,
             conservative_active=stats.active,
             conservative_dirty=self._conservative_dirty,
             conservative_clean_epochs=stats.clean_epochs,
@@ -297,7 +296,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if state.policy != self._policy_name:
             raise ValueError(f"tamiyo state is for policy {state.policy!r}, this actor runs {self._policy_name!r}")
         policy = self._policy
-        if isinstance(policy, GnnPolicy | RemoteGnnPolicy) and state.gnn is not None:
+        if isinstance(policy, GnnPolicyBase) and state.gnn is not None:
             policy.import_state(state.gnn)
         elif isinstance(policy, HeuristicPolicy) and state.heuristic is not None:
             policy.import_state(state.heuristic)

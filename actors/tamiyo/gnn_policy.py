@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, final
 import msgspec
 import torch
 
+from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState
 from actors.tamiyo.policy import LIVE_STAGES, NO_OP, Decision
 from esper.nn.normaliser import EwmaNormaliser
 from esper.nn.policy_contract import ACTION_NAMES, ARCHITECTURE_VERSION, NUM_ACTIONS
@@ -40,7 +41,6 @@ from esper.nn.policy_graph import (
     PolicyGraphBuilder,
     SeedInput,
 )
-from schemas.base import Record
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, CostTier, PolicyAction
 from schemas.enums import SeedLifecycleStage
@@ -60,20 +60,6 @@ _COST_CODE: Final = {CostTier.LOW: 0, CostTier.MEDIUM: 1, CostTier.HIGH: 2}
 _BLEND_MODES: Final = (BlendMode.CONVEX, BlendMode.RESIDUAL, None)
 _PAUSABLE: Final = frozenset({SeedLifecycleStage.TRAINING, SeedLifecycleStage.BLENDING})
 _ACTIONS: Final = tuple(PolicyAction[name] for name in ACTION_NAMES)
-
-
-class GnnPolicyState(Record, frozen=True):
-    """What a checkpoint keeps of the GNN policy besides its weights file: which weights and registries it was
-    deployed with (checked on import) and the EWMA normaliser's moments (``key -> (mean, var, count)``)."""
-
-    version: str
-    architecture_version: str
-    weights_sha256: str
-    registry_digests: dict[str, str]
-    normaliser_alpha: float
-    normaliser_eps: float
-    normaliser: dict[str, tuple[float, float, int]] = msgspec.field(default_factory=dict)
-    decisions: int = 0
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -169,7 +155,7 @@ def _targets(observation: Observation, action: PolicyAction) -> frozenset[str]:
 
 
 @final
-class GnnPolicy:
+class GnnPolicy(GnnPolicyBase):
     """A Policy over ``tamiyo_gnn_v1``; see the module docstring for masking and the mapping of its heads."""
 
     def __init__(

@@ -33,7 +33,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from actors.tamiyo.gnn_policy import GnnPolicy, GnnPolicyState, registries_for, weights_sha256
+from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyWorker
 from actors.tamiyo.policy import Decision, Observation
 from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig
 from esper.nn.policy_graph import GraphCaps
@@ -169,7 +170,7 @@ def _main() -> None:
 
 
 @final
-class RemoteGnnPolicy:
+class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     """A Policy whose decide runs in a worker process; state and version as the local ``policy`` it mirrors.
 
     Construction starts the worker process without waiting; ``wait_ready`` (the actor calls it on the policy lane at

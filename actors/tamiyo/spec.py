@@ -8,14 +8,11 @@ from typing import TYPE_CHECKING, TypeAlias, final
 
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
-from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
-from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state_journal import TamiyoStateJournal
-from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
-from esper.nn.policy_graph import GraphCaps
+from esper.nn.policy_contract import TamiyoGNNConfig
 from esper.runtime.ref import ActorRef
 from esper.runtime.supervisor import ChildSpec, RestartType
 from schemas.boundary import Decision
@@ -25,8 +22,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from actors.tamiyo.gnn_policy import GnnPolicy
+    from actors.tamiyo.gnn_process import RemoteGnnPolicy
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.state import TamiyoState
+    from esper.nn.policy_gnn import TamiyoGNN
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
@@ -184,6 +184,12 @@ def tamiyo_spec(
 def _gnn_factory(
     config: TamiyoConfig, settings: GnnSettings | None, candidates: tuple[BlueprintCandidate, ...], lane: Lane
 ) -> Callable[[], GnnPolicy | RemoteGnnPolicy]:
+    # Imported here, so a run with another policy never loads PyTorch Geometric.
+    from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
+    from actors.tamiyo.gnn_process import RemoteGnnPolicy
+    from esper.nn.policy_gnn import build_tamiyo_gnn
+    from esper.nn.policy_graph import GraphCaps
+
     gnn = settings if settings is not None else GnnSettings()
     if gnn.model is None and config.gnn_checkpoint is not None:
         raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.tamiyo.gnn_policy import GnnPolicyState
+from actors.tamiyo.gnn_state import GnnPolicyState
 from actors.tamiyo.heuristic import EveryKState, HeuristicState
 from actors.tamiyo.outcomes import OutcomeState
 from schemas.base import Record

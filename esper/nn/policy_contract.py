@@ -5,6 +5,7 @@ Kept apart from the network (esper.nn.policy_gnn) so the fused kernels and the d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ __all__ = [
     "EdgeType",
     "PolicyModel",
     "PolicyOutput",
+    "TamiyoGNNConfig",
 ]
 
 ARCHITECTURE_VERSION: Final = "tamiyo_gnn_v1"
@@ -67,3 +69,19 @@ class PolicyModel(Protocol):
         edge_attr_dict: Mapping[EdgeType, Tensor],
         batch_dict: Mapping[str, Tensor] | None = None,
     ) -> PolicyOutput: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TamiyoGNNConfig:
+    """Sizes of ``tamiyo_gnn_v1``; the defaults are the reference ones (256 -> 128, 4 heads, dropout 0.2)."""
+
+    hidden: int = 256
+    gat_hidden: int = 128
+    heads: int = 4
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.gat_hidden < 1 or self.heads < 1:
+            raise ValueError(f"TamiyoGNNConfig sizes must be >= 1, got {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TamiyoGNNConfig.dropout must be in [0, 1), got {self.dropout}")

@@ -12,7 +12,6 @@ The action vocabulary and the output record live in esper.nn.policy_contract.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
 import torch
@@ -27,6 +26,7 @@ from esper.nn.policy_contract import (
     RISK_CLASS_NAMES,
     EdgeType,
     PolicyOutput,
+    TamiyoGNNConfig,
 )
 from esper.nn.policy_fused import (
     FusedWeights,
@@ -48,22 +48,6 @@ _NO_OP_BIAS = 2.0
 # A parameter's in-place update counter; with its storage address, what the fused-weight cache is keyed on.
 _version = operator.attrgetter("_version")
 _HEAD_INIT_STD = 0.01
-
-
-@dataclass(frozen=True, slots=True)
-class TamiyoGNNConfig:
-    """Sizes of ``tamiyo_gnn_v1``; the defaults are the reference ones (256 -> 128, 4 heads, dropout 0.2)."""
-
-    hidden: int = 256
-    gat_hidden: int = 128
-    heads: int = 4
-    dropout: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.hidden < 1 or self.gat_hidden < 1 or self.heads < 1:
-            raise ValueError(f"TamiyoGNNConfig sizes must be >= 1, got {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TamiyoGNNConfig.dropout must be in [0, 1), got {self.dropout}")
 
 
 def _encoder(in_dim: int, hidden: int) -> nn.Sequential:
