@@ -81,6 +81,8 @@ class TolariaConfig(ConfigSection, frozen=True):
     emergency_clean_dwell_epochs: PosInt = 2
     drop_last: bool = False
     channels_last: bool = True
+    # Where generated data sets (MNIST-1D) are kept between runs; "" generates them on every load.
+    data_cache_dir: str = "~/.cache/esper"
     # Seeds present from step 0, fossilized (part of the host, in the host's optimizer group); static baselines.
     initial_seeds: tuple[InitialSeed, ...] = ()
 

@@ -10,6 +10,7 @@ import importlib
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, final
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
+from actors.tolaria.data_cache import NpzArrayCache
 from esper.nn.blueprints import SlotShape
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
@@ -121,6 +123,7 @@ def load_data(config: TolariaConfig) -> DataSplits:
             seed=config.seed,
             npz_path=config.npz_path if config.dataset == "npz" else None,
             layout=data_layout(config),
+            cache=NpzArrayCache(Path(config.data_cache_dir).expanduser()) if config.data_cache_dir else None,
         )
     except DatasetError as err:
         raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err

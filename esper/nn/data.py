@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Final, Literal, final, get_args
 
 import numpy as np
@@ -17,6 +19,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 DatasetName = Literal["mnist1d", "digits", "npz"]
+Arrays4 = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64]]
+"""x_train, y_train, x_test, y_test."""
+ArrayCache = Callable[[str, Callable[[], Arrays4]], Arrays4]
+"""``cache(key, generate)``: the arrays stored under ``key``, else ``generate()`` (then kept under ``key``)."""
 Layout = Literal["flat", "native"]
 
 MNIST1D_CLASSES: Final = 10
@@ -80,6 +86,7 @@ def load_dataset(
     seed: int = 0,
     npz_path: str | Path | None = None,
     layout: Layout = "flat",
+    cache: ArrayCache | None = None,
 ) -> DataSplits:
     """Load a data set by name and split it into train, validation and test.
 
@@ -100,6 +107,8 @@ def load_dataset(
         npz_path: the file for ``npz``; must be None for the other data sets.
         layout: ``"flat"`` gives ``x`` as ``[samples, features]``; ``"native"`` keeps each data set's own sample
             shape: mnist1d ``[1, 40]``, digits ``[1, 8, 8]``, npz as stored.
+        cache: where generated MNIST-1D arrays are kept between runs (generation takes a second or two); called
+            with a key naming the package version and arguments, and the function that generates the arrays.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -107,7 +116,9 @@ def load_dataset(
     """
     _check_arguments(name, samples, validation_fraction, seed, npz_path, layout)
     if name == "mnist1d":
-        x_train, y_train, x_test, y_test = _mnist1d(samples)
+        key = f"mnist1d-{package_version('mnist1d')}-n{samples}-seed{MNIST1D_SEED}-train{MNIST1D_TRAIN_FRACTION}"
+        generated = cache(key, lambda: _mnist1d(samples)) if cache is not None else _mnist1d(samples)
+        x_train, y_train, x_test, y_test = generated
     elif name == "digits":
         x_train, y_train, x_test, y_test = _digits(seed)
     else:
@@ -184,9 +195,6 @@ def _check_arguments(
         raise ValueError("npz_path is required when name is 'npz'")
     if name != "npz" and npz_path is not None:
         raise ValueError(f"npz_path is only for name 'npz', got it with name {name!r}")
-
-
-Arrays4 = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
 
 def _mnist1d(samples: int) -> Arrays4:

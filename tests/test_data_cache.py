@@ -1,0 +1,98 @@
+"""Generated data sets kept between runs (actors.tolaria.data_cache): hit, miss, corruption, unwritable directory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import structlog
+import torch
+
+from actors.tolaria.build import load_data
+from actors.tolaria.data_cache import NpzArrayCache
+from schemas.config import TolariaConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.nn.data import Arrays4
+
+
+def _arrays(offset: float = 0.0) -> Arrays4:
+    x = np.arange(12, dtype=np.float32).reshape(3, 1, 4) + np.float32(offset)
+    return x, np.array([0, 1, 2], dtype=np.int64), x[:2].copy(), np.array([1, 0], dtype=np.int64)
+
+
+class Generator:
+    def __init__(self, arrays: Arrays4) -> None:
+        self.arrays = arrays
+        self.calls = 0
+
+    def __call__(self) -> Arrays4:
+        self.calls += 1
+        return self.arrays
+
+
+def _equal(a: Arrays4, b: Arrays4) -> bool:
+    left: tuple[npt.NDArray[np.generic], ...] = a
+    right: tuple[npt.NDArray[np.generic], ...] = b
+    return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(left, right, strict=True))
+
+
+def test_the_first_load_generates_and_stores_the_next_reads_back(tmp_path: Path) -> None:
+    cache = NpzArrayCache(tmp_path / "cache")
+    generate = Generator(_arrays())
+    first = cache("k", generate)
+    assert generate.calls == 1
+    assert (tmp_path / "cache" / "k.npz").is_file()
+    second = NpzArrayCache(tmp_path / "cache")("k", generate)
+    assert generate.calls == 1
+    assert _equal(first, second)
+    assert _equal(second, _arrays())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_a_damaged_file_is_regenerated_and_replaced_with_a_warning(tmp_path: Path, damage: str) -> None:
+    cache = NpzArrayCache(tmp_path)
+    cache("k", Generator(_arrays()))
+    path = tmp_path / "k.npz"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        # A byte inside the first array's data: the zip container stays readable, the checksum does not match.
+        start = data.index(np.arange(12, dtype=np.float32).tobytes())
+        data[start + 5] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(b"not an npz file")
+    generate = Generator(_arrays(offset=0.0))
+    with structlog.testing.capture_logs() as logs:
+        again = NpzArrayCache(tmp_path)("k", generate)
+    assert generate.calls == 1
+    assert _equal(again, _arrays())
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["data_cache_corrupt"]
+    assert _equal(NpzArrayCache(tmp_path)("k", Generator(_arrays(offset=9.0))), _arrays())  # replaced, valid again
+
+
+def test_an_unwritable_directory_costs_only_the_cache(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    generate = Generator(_arrays())
+    with structlog.testing.capture_logs() as logs:
+        out = NpzArrayCache(blocker / "cache")("k", generate)
+    assert _equal(out, _arrays())
+    assert any(entry["event"] == "data_cache_unwritable" for entry in logs)
+
+
+def test_mnist1d_through_the_cache_equals_a_fresh_generation(tmp_path: Path) -> None:
+    cached_config = TolariaConfig(dataset_samples=500, data_cache_dir=str(tmp_path))
+    first, second = load_data(cached_config), load_data(cached_config)
+    fresh = load_data(TolariaConfig(dataset_samples=500, data_cache_dir=""))
+    assert len(list(tmp_path.glob("mnist1d-*-n500-*.npz"))) == 1
+    for split in ("train", "val", "test"):
+        for data in (first, second):
+            assert torch.equal(getattr(data, split).x, getattr(fresh, split).x)
+            assert torch.equal(getattr(data, split).y, getattr(fresh, split).y)
