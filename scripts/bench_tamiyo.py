@@ -1,10 +1,11 @@
-"""Benchmark Tamiyo's decision latency (graph build + GNN inference) on CPU; prints one JSON line.
+"""Benchmark Tamiyo's decision latency (graph build + GNN inference + risk engine) on CPU; prints one JSON line.
 
 Usage: python scripts/bench_tamiyo.py [--threads N] [--iterations N] [--slots 8,32,128,512]
 
-Each sample times PolicyGraphBuilder.build on prepared GraphInputs plus decide() with the default tamiyo_gnn_v1 sizes
-(256 -> 128). The baseline, run in the same process on the same inputs, builds the same graph and runs a 3-layer MLP
-over its flattened node features. ``reference_pyg_latency_ms`` times the same decision through the unfused PyG
+Each sample times PolicyGraphBuilder.build on prepared GraphInputs, decide() with the default tamiyo_gnn_v1 sizes
+(256 -> 128), and the risk engine's rule table (actors.tamiyo.risk.assess) on the proposed decision. The baseline,
+run in the same process on the same inputs, builds the same graph and runs a 3-layer MLP over its flattened node
+features (no risk engine). ``reference_pyg_latency_ms`` times the same decision through the unfused PyG
 modules (``TamiyoGNN.forward_reference``), the cost the fused forward removes. Targets (REFERENCE.md section 1):
 p95 <= 5 ms at 32 slots, <= 45 ms at 512.
 """
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from actors.tamiyo.policy import Decision
+from actors.tamiyo.risk import RiskContext, RiskThresholds, assess
 from esper.nn.policy_contract import NUM_ACTIONS, PolicyOutput
 from esper.nn.policy_decide import decide
 from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig, build_tamiyo_gnn
@@ -33,11 +36,15 @@ from esper.nn.policy_graph import (
     PolicyGraphBuilder,
     SeedInput,
 )
+from schemas.domain_enums import PolicyAction
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 TARGET_P95_MS = {"32": 5.0, "512": 45.0}
+RISK_THRESHOLDS = RiskThresholds()
+# A typical mid-run context: validation loss just improved, latencies measured, no violation.
+RISK_CONTEXT = RiskContext(loss_delta=-0.01, hook_latency_ms=4.2, step_latency_ms=2.5, blueprint_risk=0.1)
 N_BLUEPRINTS = 8
 
 
@@ -156,7 +163,18 @@ def main() -> None:
         iterations = args.iterations if slots <= 128 else max(args.iterations // 4, 20)
 
         def gnn_decision(inputs: GraphInputs = inputs, builder: PolicyGraphBuilder = builder) -> str:
-            return decide(model, builder.build(inputs), mask, device="cpu").action
+            out = decide(model, builder.build(inputs), mask, device="cpu")
+            # The risk engine judges what the network proposed, as Tamiyo's actor does before signing a command.
+            proposed = Decision(
+                action=PolicyAction[out.action],
+                target_slot=f"slot{out.seed_index}" if out.seed_index is not None else None,
+                blueprint_id=f"bp{out.blueprint_index}" if out.blueprint_index is not None else None,
+                policy_risk=out.risk_score,
+                log_prob=out.log_prob,
+                value_estimate=out.value,
+                reason=f"gnn_{out.action.lower()}",
+            )
+            return assess(proposed, RISK_CONTEXT, RISK_THRESHOLDS).decision.action.value
 
         width = sum(x.numel() for x in builder.build(inputs).x_dict.values())
         mlp = nn.Sequential(
