@@ -310,6 +310,24 @@ def test_state_dict_round_trip_gives_identical_outputs() -> None:
         assert torch.equal(x, y)
 
 
+def test_parameters_put_in_place_are_watched_anew() -> None:
+    """load_state_dict(assign=True) and a dtype change replace the Parameter objects; inference follows them."""
+    a, b = build_tamiyo_gnn(SMALL, seed=1).eval(), build_tamiyo_gnn(SMALL, seed=2).eval()
+    data = graph(5)
+    run(b, data)  # fills b's caches with its own weights
+    b.load_state_dict(a.state_dict(), assign=True)
+    for x, y in zip(run(b, data), run(a, data), strict=True):
+        assert torch.equal(x, y)
+    b.double()
+    x_dict = {k: v.double() for k, v in data.x_dict.items()}
+    attr = {k: v.double() for k, v in data.edge_attr_dict.items()}
+    with torch.no_grad():
+        out = b(x_dict, data.edge_index_dict, attr)
+        reference = b.forward_reference(x_dict, data.edge_index_dict, attr)
+    assert out.action_logits.dtype == torch.float64
+    torch.testing.assert_close(out.action_logits, reference.action_logits)
+
+
 def test_optimizer_step_refreshes_the_fused_weights(model: TamiyoGNN) -> None:
     """The cached fused weights follow in-place parameter updates, so inference after a step uses the new weights."""
     data = graph(3)

@@ -41,7 +41,7 @@ from esper.nn.policy_fused import (
 from esper.nn.policy_graph import EDGE_DIM, EDGE_TYPES, NODE_FEATURES
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["TamiyoGNN", "TamiyoGNNConfig", "build_tamiyo_gnn"]
 
@@ -53,6 +53,11 @@ _HEAD_INIT_STD = 0.01
 
 def _encoder(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.LayerNorm(hidden))
+
+
+def _forget_fused(module: nn.Module, _keys: object) -> None:
+    assert isinstance(module, TamiyoGNN)
+    module.forget_fused()
 
 
 def _encode(encoder: nn.Module, x: Tensor) -> Tensor:
@@ -117,6 +122,8 @@ class TamiyoGNN(nn.Module):
         self._fused_cache: tuple[tuple[tuple[int, ...], tuple[int, ...]], FusedWeights] | None = None
         self._plans = PlanCache()
         self._param_list: tuple[nn.Parameter, ...] | None = None
+        # load_state_dict(assign=True) puts new Parameter objects in place: forget the ones being watched.
+        self.register_load_state_dict_post_hook(_forget_fused)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
     def _init_heads(self) -> None:
         for head in (self.action_head, self.risk_head, self.value_head, self.param_head):
@@ -192,6 +199,17 @@ class TamiyoGNN(nn.Module):
             risk_logits=risk,
             risk_score=torch.softmax(risk.float(), dim=-1)[:, list(HIGH_RISK_CLASSES)].sum(-1),
         )
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> TamiyoGNN:
+        # .to(), .double() and friends may replace parameters (torch.__future__'s overwrite option).
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+        self.forget_fused()
+        return self
+
+    def forget_fused(self) -> None:
+        """Drop the fused weights and the list of watched parameters; the next inference rebuilds both."""
+        self._fused_cache = None
+        self._param_list = None
 
     def _fused_weights(self) -> FusedWeights:
         # Concatenated weights are rebuilt when any parameter changed (optimizer step, load, move); with grad enabled
