@@ -74,6 +74,18 @@ def _observations() -> Iterator[Observation]:
         yield build_observation(packet(step * 10, step, validation_loss=1.0 / step, seeds=seeds), BLUEPRINTS)
 
 
+def test_a_warm_up_changes_no_decision_and_no_state() -> None:
+    """warm_up (run at the actor's start) builds the fused weights on a throwaway graph and leaves the policy as is."""
+    model = _model(PolicyAction.GERMINATE)
+    cold, warm = _local(model), _local(model)
+    before = warm.export_state()
+    warm.warm_up()
+    assert warm.export_state() == before
+    for observation in _observations():
+        assert warm.decide(observation) == cold.decide(observation)
+    assert warm.export_state() == cold.export_state()
+
+
 def test_remote_decisions_and_states_equal_the_in_process_ones() -> None:
     model = _model(PolicyAction.GERMINATE)
     reference = _local(model)

@@ -213,10 +213,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
     # ------------------------------------------------------------------ hooks
 
     async def on_start(self) -> None:
-        if isinstance(self._policy, PolicyWorker):
-            # The worker builds its network (seconds); waiting here keeps that out of the first decision's deadline.
+        if isinstance(self._policy, GnnPolicyBase):
+            # A worker builds its network (seconds) and any GNN builds its fused weights on its first inference
+            # (tens of ms); doing both here keeps them out of the first decision's deadline.
             try:
-                await self._lane.run(self._policy.wait_ready)
+                await self._lane.run(self._policy.warm_up)
             except RuntimeError as err:
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
                 _log.error("tamiyo_gnn_worker_failed", error=str(err))

@@ -140,6 +140,7 @@ def _serve(source: IO[bytes], out: IO[bytes]) -> None:
         if weights_sha256(model) != setup.weights_digest:
             raise ValueError("the weights received do not match their SHA-256 digest")
         policy = _build(setup, model)
+        policy.warm_up()
     except Exception as err:  # noqa: BLE001  # any failure is reported to the parent, which raises it where it waits
         _send(out, _ENCODE.encode(_Answer(error=f"{type(err).__name__}: {err}")))
         return
@@ -258,9 +259,13 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._state_raw = _ENCODE.encode(state)
 
     def wait_ready(self) -> None:
-        """Block until the worker has built its network. Raises RuntimeError: it failed or died first."""
+        """Block until the worker has built and warmed up its network. Raises RuntimeError: it failed or died first."""
         with self._lock:
             self._await_ready()
+
+    def warm_up(self) -> None:
+        """The worker warms itself up before it reports ready, so this waits for that."""
+        self.wait_ready()
 
     def decide(self, observation: Observation) -> Decision:
         """One inference in the worker. Raises RuntimeError: the worker failed, died or is closed."""

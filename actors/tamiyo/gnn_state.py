@@ -33,6 +33,14 @@ class GnnPolicyBase(abc.ABC):
     """A GNN policy, local or in a worker process: its state travels in TamiyoState.gnn."""
 
     @abc.abstractmethod
+    def warm_up(self) -> None:
+        """Make the first decision as fast as the next ones (blocking: the policy lane); changes no state.
+
+        Raises:
+            RuntimeError: a worker failed to start.
+        """
+
+    @abc.abstractmethod
     def export_state(self) -> GnnPolicyState:
         """The state to checkpoint; not while a decision runs."""
 
