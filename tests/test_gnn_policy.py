@@ -249,6 +249,16 @@ def test_a_decision_reads_the_network_output(model: TamiyoGNN) -> None:
         decide(model, data, ALL, device="cpu", seed_mask=torch.ones(1, 5, dtype=torch.bool))
 
 
+def test_non_finite_logits_are_an_error_not_a_choice(model: TamiyoGNN) -> None:
+    data = graph(3)
+    with torch.no_grad():
+        model.action_head.bias[ACTION_NAMES.index("CULL")] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        decide(model, data, ALL, device="cpu")
+    only_no_op = [name == "NO_OP" for name in ACTION_NAMES]  # the broken logit is masked away: a decision again
+    assert decide(model, data, only_no_op, device="cpu").action == "NO_OP"
+
+
 def test_decide_rejects_bad_masks_and_training_mode(model: TamiyoGNN) -> None:
     data = graph(2)
     with pytest.raises(ValueError, match="no action"):

@@ -101,6 +101,7 @@ def decide(
 
     Raises:
         ValueError: the model is in training mode, a mask has the wrong shape, or every action is masked.
+        FloatingPointError: an allowed action's logit is NaN or infinite.
     """
     if model.training:
         raise ValueError("decide needs a model in eval mode (call .eval()); dropout would make decisions random")
@@ -133,6 +134,9 @@ def decide(
             parts.append(torch.multinomial(torch.log_softmax(masked, dim=-1).exp(), 1, generator=generator))
         v = torch.cat([p.float() for p in parts]).cpu().tolist()
     logits = [x if ok else -math.inf for x, ok in zip(v[:NUM_ACTIONS], action_mask, strict=True)]
+    if not all(math.isfinite(x) for x, ok in zip(logits, action_mask, strict=True) if ok):
+        # A broken network: no action can be said to be the most likely, so the caller falls back.
+        raise FloatingPointError(f"the policy's action logits are not finite: {v[:NUM_ACTIONS]}")
     top = max(logits)
     log_norm = top + math.log(sum(math.exp(x - top) for x in logits))
     a = int(v[-1]) if sample else _argmax(logits)
