@@ -232,8 +232,7 @@ async def start(
         level=resolved.logging.level,
         console=resolved.logging.console if console is None else console,
         json_file=resolved.logging.json_file,
-        # On a terminal the progress bar replaces the info lines; a pipe (CI, a supervisor) keeps the full log.
-        console_level="warning" if progress is not None and progress.isatty() else None,
+        console_level=_console_level(resolved.logging.console_level, progress),
     )
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     hub = EventHub()
@@ -344,6 +343,14 @@ def _earlier_tally(
         and (accuracy := row.get("val_accuracy")) is not None
     ]
     return stages, epochs
+
+
+def _console_level(configured: str, progress: TextIO | None) -> str | None:
+    """The stderr log level: as configured, or under "auto" warning when progress lines go there (they replace the
+    info lines, which stay in events.jsonl, on a terminal and on a pipe alike), else None (``logging.level``)."""
+    if configured != "auto":
+        return configured
+    return "warning" if progress is not None else None
 
 
 def previous_run_id(directory: Path) -> str:

@@ -316,6 +316,9 @@ class LoggingConfig(ConfigSection, frozen=True):
 
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     console: bool = True
+    # The lowest level logged to stderr; "auto": warning while progress lines are shown there (the command line, a
+    # terminal or a pipe: the events file holds every event), else ``level``.
+    console_level: Literal["auto", "debug", "info", "warning", "error", "critical"] = "auto"
     json_file: str = "events.jsonl"
     state_interval_s: PosFloat = 5.0
     dead_letters_logged: NonNegInt = 10

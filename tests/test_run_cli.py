@@ -63,6 +63,28 @@ def test_shipped_config_runs_and_writes_the_run_directory(tmp_path: Path) -> Non
     assert "completed" in result.stdout
 
 
+def test_piped_stderr_shows_progress_and_warnings_not_the_info_log(tmp_path: Path) -> None:
+    """On a pipe (CI, nohup, a scheduler) stderr carries the epoch and lifecycle lines; the info log is in
+    events.jsonl, and logging.console_level brings it to stderr on request."""
+    quiet = run_cli(str(REPO / "config.toml"), "--run-dir", str(tmp_path / "quiet"), *TINY, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "epoch   1/1" in quiet.stderr
+    assert "[info" not in quiet.stderr
+    assert '"run_started"' in (tmp_path / "quiet" / "events.jsonl").read_text()
+    loud = run_cli(
+        str(REPO / "config.toml"),
+        "--run-dir",
+        str(tmp_path / "loud"),
+        *TINY,
+        "--set",
+        'logging.console_level="info"',
+        cwd=tmp_path,
+    )
+    assert loud.returncode == 0, loud.stderr
+    assert "epoch   1/1" in loud.stderr
+    assert "run_started" in loud.stderr
+
+
 def test_default_run_dir_is_under_runs_with_the_run_id(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('run_id = "abc"\n')
     result = run_cli("c.toml", *TINY, cwd=tmp_path)
