@@ -232,7 +232,7 @@ async def start(
         level=resolved.logging.level,
         console=resolved.logging.console if console is None else console,
         json_file=resolved.logging.json_file,
-        console_level=_console_level(resolved.logging.console_level, progress),
+        console_level=_console_level(resolved.logging.console_level),
     )
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     hub = EventHub()
@@ -345,12 +345,11 @@ def _earlier_tally(
     return stages, epochs
 
 
-def _console_level(configured: str, progress: TextIO | None) -> str | None:
-    """The stderr log level: as configured, or under "auto" warning when progress lines go there (they replace the
-    info lines, which stay in events.jsonl, on a terminal and on a pipe alike), else None (``logging.level``)."""
-    if configured != "auto":
-        return configured
-    return "warning" if progress is not None else None
+def _console_level(configured: str) -> str:
+    """The stderr log level: as configured, or under "auto" warning. The info log stays in events.jsonl; on stderr
+    (a terminal, a pipe, a notebook's cell) it would bury the progress lines and warnings: hundreds of lines a
+    minute."""
+    return "warning" if configured == "auto" else configured
 
 
 def previous_run_id(directory: Path) -> str:

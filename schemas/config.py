@@ -316,8 +316,7 @@ class LoggingConfig(ConfigSection, frozen=True):
 
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     console: bool = True
-    # The lowest level logged to stderr; "auto": warning while progress lines are shown there (the command line, a
-    # terminal or a pipe: the events file holds every event), else ``level``.
+    # The lowest level logged to stderr; "auto" is warning (events.jsonl keeps every event at ``level``).
     console_level: Literal["auto", "debug", "info", "warning", "error", "critical"] = "auto"
     json_file: str = "events.jsonl"
     state_interval_s: PosFloat = 5.0

@@ -54,9 +54,13 @@ def uninterrupted(workdir: Path) -> dict[str, torch.Tensor]:
     return final_weights(workdir / "straight")
 
 
+# The info log on stderr too (on a pipe it is otherwise only in events.jsonl): the tests wait on its lines.
+INFO_ON_STDERR = ("--set", 'logging.console_level="info"')
+
+
 def start_run(workdir: Path, run_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *INFO_ON_STDERR],
         cwd=workdir,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -75,7 +79,7 @@ def wait_for_line(process: subprocess.Popen[str], needle: str) -> None:
 
 def resume(workdir: Path, run_dir: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--resume", str(run_dir)],
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--resume", str(run_dir), *INFO_ON_STDERR],
         cwd=workdir,
         capture_output=True,
         text=True,
