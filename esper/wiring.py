@@ -134,7 +134,19 @@ class Routes:
         await self._ref("kasmina", KasminaActor).tell(decision)
 
     async def plan(self, plan: BoundaryPlan) -> None:
-        await self._ref("tolaria/control", TolariaControl).tell(plan)
+        try:
+            await self._ref("tolaria/control", TolariaControl).tell(plan)
+        except ActorStopped as err:
+            # Training has ended, or Tolaria is between restarts: a restarted Tolaria's TrainingRestored makes Kasmina
+            # rebuild and send its in-flight plans again, so dropping this one loses nothing (and must not crash
+            # Kasmina, the sender).
+            self.dropped += 1
+            _log.info(
+                "boundary_plan_undelivered",
+                decided_on_step=plan.decided_on_step,
+                effect_step=plan.effect_step,
+                error=f"{type(err).__name__}: {err}",
+            )
 
     def tamiyo_ref(self) -> ActorRef[SystemStatePacket]:
         return self._ref("tamiyo", TamiyoActor)

@@ -178,6 +178,23 @@ def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> Ru
     return summary
 
 
+def test_resuming_a_completed_run_finishes_at_once_without_a_crash(tmp_path: Path) -> None:
+    """--resume of a run that already trained every epoch: nothing to train, and no actor fails on the way out (Kasmina
+    used to crash sending its rebuilt plans to a Tolaria that had already stopped)."""
+    config = tiny_config(tmp_path, epochs=2)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run_esper(config, env, "--run-dir", str(run_dir))
+    first = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert first.training is not None
+    summary = resume_to_completion(config, run_dir, env)
+    assert summary.training is not None
+    assert summary.training.global_step == first.training.global_step == 2 * 16
+    assert {a.actor: a.restarts for a in summary.actors if a.restarts} == {}
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not [e for e in events if e["event"] == "child_failed"]
+
+
 def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, epochs=10)
     run_dir = tmp_path / "run"
