@@ -54,15 +54,7 @@ class GnnPolicyBase(abc.ABC):
 
 
 class PolicyWorker(abc.ABC):
-    """A policy whose decisions run in a worker process the actor starts and stops."""
-
-    @abc.abstractmethod
-    def wait_ready(self) -> None:
-        """Block until the worker can decide.
-
-        Raises:
-            RuntimeError: the worker failed to start.
-        """
+    """A policy whose decisions run in a worker process; the actor stops it (``GnnPolicyBase.warm_up`` waits for it)."""
 
     @abc.abstractmethod
     def close(self) -> None:
