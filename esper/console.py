@@ -1,4 +1,4 @@
-"""The run as a person watches it on a terminal: a progress bar per epoch and one line per seed lifecycle event.
+"""The run as a person watches it on a terminal: a header, a progress bar per epoch, one line per lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts, loss
@@ -16,6 +16,8 @@ from schemas.runtime import ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from schemas.base import Message, Record
     from schemas.state import SystemStatePacket
 
@@ -74,6 +76,12 @@ class Console:
         self._epochs = epochs
         self._interactive = stream.isatty() if interactive is None else interactive
         self._drawn = False
+
+    def started(self, run_id: str, run_dir: Path, events_file: str, *, resume: bool) -> None:
+        """The header: which run, where its files go, and how to watch it from another shell."""
+        verb = "resuming" if resume else "run"
+        self._line(f"{verb} {run_id} in {run_dir}")
+        self._line(f"  watch it: python -m esper.tail {run_dir / events_file} --follow --state")
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         epoch = packet.epoch + 1

@@ -262,6 +262,8 @@ async def start(
     _log.info(
         "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
     )
+    if screen is not None:
+        screen.started(run_id, directory, resolved.logging.json_file, resume=resume is not None)
     lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     try:
         parts = await assemble(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from esper.console import Console, progress_bar, stage_line
 from schemas.domain_enums import TelemetryLevel
@@ -73,4 +74,16 @@ def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_ev
         "  step    200  loss spike   loss_delta 0.7981 > 0.15",
         "  epoch     9  conservative mode entered: loss_spike",
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
+    ]
+
+
+def test_the_header_names_the_run_and_how_to_watch_it() -> None:
+    console, stream = _console()
+    console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=False)
+    console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=True)
+    assert stream.getvalue().splitlines() == [
+        "run 20261205-1 in runs/20261205-1",
+        "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
+        "resuming 20261205-1 in runs/20261205-1",
+        "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
     ]
