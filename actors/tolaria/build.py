@@ -123,12 +123,21 @@ def load_data(config: TolariaConfig) -> DataSplits:
             seed=config.seed,
             npz_path=config.npz_path if config.dataset == "npz" else None,
             layout=data_layout(config),
-            cache=NpzArrayCache(Path(config.data_cache_dir).expanduser()) if config.data_cache_dir else None,
+            cache=_data_cache(config.data_cache_dir),
         )
     except DatasetError as err:
         raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
     except ValueError as err:
         raise TolariaConfigError(f"tolaria: data set {config.dataset!r}: {err}") from err
+
+
+def _data_cache(directory: str) -> NpzArrayCache | None:
+    if not directory:
+        return None
+    try:
+        return NpzArrayCache(Path(directory).expanduser())
+    except RuntimeError:  # "~" with no home directory to expand it to: generate instead of caching
+        return None
 
 
 def load_factory(spec: str) -> Callable[[], object]:
