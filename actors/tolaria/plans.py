@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from schemas.boundary import BoundaryPlan
 
 
+_RECENT_PLANS = 64
+
+
 class PlanInboxStatistics(Record, frozen=True):
     """The inbox at one instant; ``waiting_for`` is the effect step the lane thread is stalled on, if any."""
 
@@ -38,6 +41,7 @@ class PlanInboxStatistics(Record, frozen=True):
     stall_ms_total: float
     waiting_for: int | None
     stop_requested: bool
+    duplicates: int = 0
 
 
 @final
@@ -57,11 +61,15 @@ class DuePlans:
 class _State:
     expected: dict[int, int] = field(default_factory=dict)
     received: dict[int, BoundaryPlan] = field(default_factory=dict)
+    # The last applied plans by decision step: a resend of one of them (a resumed run's checkpoint and Kasmina's
+    # rebuilt journal both deliver the plans in flight) is recognised as a duplicate, not an unexpected plan.
+    applied_recently: dict[int, BoundaryPlan] = field(default_factory=dict)
     abandoned: set[int] = field(default_factory=set)
     received_total: int = 0
     applied: int = 0
     late: int = 0
     unexpected: int = 0
+    duplicates: int = 0
     missed: int = 0
     stalls: int = 0
     stall_s_total: float = 0.0
@@ -92,10 +100,17 @@ class PlanInbox:
     # ------------------------------------------------------------------ event-loop side
 
     def put(self, plan: BoundaryPlan) -> bool:
-        """Hand a plan to the lane thread; any thread. Returns False (and counts it) if the plan was dropped."""
+        """Hand a plan to the lane thread; any thread. Returns False (and counts it) if the plan was dropped.
+
+        The same plan delivered again (received and not yet applied, or among the last applied) is a counted
+        duplicate and returns True: delivery is idempotent.
+        """
         with self._cond:
             state = self._state
             step = plan.decided_on_step
+            if plan == state.received.get(step, state.applied_recently.get(step)):
+                state.duplicates += 1
+                return True
             if step in state.abandoned:
                 state.abandoned.discard(step)
                 state.late += 1
@@ -138,6 +153,7 @@ class PlanInbox:
                 stall_ms_total=s.stall_s_total * 1e3,
                 waiting_for=s.waiting_for,
                 stop_requested=s.stop_requested,
+                duplicates=s.duplicates,
             )
 
     # ------------------------------------------------------------------ lane-thread side
@@ -216,6 +232,9 @@ class PlanInbox:
                 if plan is not None:
                     plans.append(plan)
                     del s.expected[d]
+                    s.applied_recently[d] = plan
+                    if len(s.applied_recently) > _RECENT_PLANS:
+                        del s.applied_recently[next(iter(s.applied_recently))]
                 elif not stopped:
                     missed.append(d)
                     del s.expected[d]

@@ -1,0 +1,51 @@
+"""PlanInbox: expected plans are delivered, unexpected and late ones dropped, a resent identical plan is idempotent."""
+
+from __future__ import annotations
+
+from actors.tolaria.plans import PlanInbox
+from schemas.boundary import BoundaryPlan
+
+
+def _plan(decided: int, effect: int, run_id: str = "r") -> BoundaryPlan:
+    return BoundaryPlan(run_id=run_id, decided_on_step=decided, effect_step=effect)
+
+
+def test_an_expected_plan_is_delivered_and_applied_at_its_effect_step() -> None:
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    assert inbox.put(_plan(4, 8))
+    assert inbox.take_due(7, 0.0).plans == ()
+    assert inbox.take_due(8, 0.0).plans == (_plan(4, 8),)
+    stats = inbox.statistics()
+    assert (stats.received, stats.applied, stats.unexpected, stats.duplicates) == (1, 1, 0, 0)
+
+
+def test_a_plan_nobody_expected_or_for_another_effect_step_is_dropped() -> None:
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    assert not inbox.put(_plan(12, 16))
+    assert not inbox.put(_plan(4, 9))
+    assert inbox.statistics().unexpected == 2
+
+
+def test_the_same_plan_delivered_twice_is_a_duplicate_before_and_after_it_is_applied() -> None:
+    """A resumed run gets its plans in flight from its checkpoint and again from Kasmina's rebuilt journal."""
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    assert inbox.put(_plan(4, 8))
+    assert inbox.put(_plan(4, 8))  # before it applies
+    assert inbox.take_due(8, 0.0).plans == (_plan(4, 8),)
+    assert inbox.put(_plan(4, 8))  # after
+    assert inbox.take_due(8, 0.0).plans == ()  # applied once
+    assert not inbox.put(_plan(4, 8, run_id="other"))  # a different plan for that decision is not a duplicate
+    stats = inbox.statistics()
+    assert (stats.applied, stats.duplicates, stats.unexpected) == (1, 2, 1)
+
+
+def test_a_plan_after_its_deadline_was_given_up_is_late() -> None:
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    due = inbox.take_due(8, 0.0)
+    assert due.missed == (4,)
+    assert not inbox.put(_plan(4, 8))
+    assert inbox.statistics().late == 1
