@@ -24,6 +24,7 @@ from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
+from actors.tolaria.checkpoints import CheckpointError, latest_good
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import load_baseline, with_baseline
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("esper.run")
 
+EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -513,6 +515,23 @@ async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | No
     return summary.exit_code
 
 
+def already_trained(run_dir: Path, epochs: int) -> str | None:
+    """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
+    have nothing to do and would only rewrite the summary), else None. Blocking (reads and hashes the checkpoint).
+
+    Raises:
+        CheckpointError: checkpoints are listed but none passes its checksum.
+    """
+    checkpoints = run_dir / "checkpoints"
+    info = latest_good(checkpoints) if checkpoints.is_dir() else None
+    if info is None or info.epoch < epochs:
+        return None
+    return (
+        f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
+        f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. Exit status: 0 done, 1 the run failed, 2 bad config or usage, 130 interrupted."""
     args = build_parser().parse_args(argv)
@@ -522,6 +541,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         sys.stderr.write(f"{err}\n")
         return EXIT_CONFIG_ERROR
+    if args.resume is not None:
+        try:
+            finished = already_trained(args.resume, config.tolaria.epochs)
+        except CheckpointError as err:
+            sys.stderr.write(f"--resume {args.resume}: {err}\n")
+            return EXIT_CONFIG_ERROR
+        if finished is not None:
+            sys.stderr.write(f"{finished}\n")
+            return EXIT_OK
     with contextlib.suppress(KeyboardInterrupt):
         try:
             return asyncio.run(_main_async(config, args.run_dir, args.resume))

@@ -178,18 +178,32 @@ def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> Ru
     return summary
 
 
-def test_resuming_a_completed_run_finishes_at_once_without_a_crash(tmp_path: Path) -> None:
-    """--resume of a run that already trained every epoch: nothing to train, and no actor fails on the way out (Kasmina
-    used to crash sending its rebuilt plans to a Tolaria that had already stopped)."""
+def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Path) -> None:
+    """--resume of a run that trained every epoch touches nothing and says how to train further; with more epochs
+    it continues from the last checkpoint, and no actor fails on the way (Kasmina used to crash sending rebuilt plans
+    to a Tolaria that had already stopped)."""
     config = tiny_config(tmp_path, epochs=2)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_esper(config, env, "--run-dir", str(run_dir))
-    first = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
-    assert first.training is not None
-    summary = resume_to_completion(config, run_dir, env)
+    summary_bytes = (run_dir / "summary.json").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "already trained 2 of tolaria.epochs = 2 epochs" in done.stderr
+    assert "nothing to resume" in done.stderr
+    assert (run_dir / "summary.json").read_bytes() == summary_bytes
+    run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=3")
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
     assert summary.training is not None
-    assert summary.training.global_step == first.training.global_step == 2 * 16
+    assert (summary.training.resumed_from_step, summary.training.global_step) == (2 * 16, 3 * 16)
     assert {a.actor: a.restarts for a in summary.actors if a.restarts} == {}
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert not [e for e in events if e["event"] == "child_failed"]

@@ -272,8 +272,19 @@ def latest_good_step(directory: Path) -> int | None:
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
+    info = latest_good(directory)
+    return None if info is None else info.global_step
+
+
+def latest_good(directory: Path) -> CheckpointInfo | None:
+    """The manifest entry of the checkpoint ``load_latest`` would resume from (its SHA-256 checked, not decoded);
+    None when the directory has no checkpoint. Blocking.
+
+    Raises:
+        CheckpointError: checkpoints are listed but none is usable.
+    """
     found = _newest_verified(directory)
-    return None if found is None else found[0].global_step
+    return None if found is None else found[0]
 
 
 def _newest_verified(directory: Path) -> tuple[CheckpointInfo, bytes] | None:
