@@ -157,8 +157,8 @@ async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(
     assert '"training_restored"' in events
 
 
-def run_esper(config: Path, env: dict[str, str], *args: str) -> None:
-    """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0."""
+def run_esper(config: Path, env: dict[str, str], *args: str) -> str:
+    """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0. Returns its stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "esper.run", str(config), *args],
         capture_output=True,
@@ -168,6 +168,7 @@ def run_esper(config: Path, env: dict[str, str], *args: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
 
 
 def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> RunSummary:
@@ -187,17 +188,9 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_esper(config, env, "--run-dir", str(run_dir))
     summary_bytes = (run_dir / "summary.json").read_bytes()
-    done = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "already trained 2 of tolaria.epochs = 2 epochs" in done.stderr
-    assert "nothing to resume" in done.stderr
+    notice = run_esper(config, env, "--resume", str(run_dir))
+    assert "already trained 2 of tolaria.epochs = 2 epochs" in notice
+    assert "nothing to resume" in notice
     assert (run_dir / "summary.json").read_bytes() == summary_bytes
     run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=3")
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
