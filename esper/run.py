@@ -24,7 +24,7 @@ from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
-from actors.tolaria.checkpoints import CheckpointError, latest_good
+from actors.tolaria.checkpoints import CheckpointError, latest_good, read_manifest
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import load_baseline, with_baseline
@@ -517,13 +517,17 @@ async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | No
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:
     """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
-    have nothing to do and would only rewrite the summary), else None. Blocking (reads and hashes the checkpoint).
+    have nothing to do and would only rewrite the summary), else None. Blocking: reads the manifest, and hashes the
+    newest checkpoint only when the manifest says it is complete.
 
     Raises:
         CheckpointError: checkpoints are listed but none passes its checksum.
     """
     checkpoints = run_dir / "checkpoints"
-    info = latest_good(checkpoints) if checkpoints.is_dir() else None
+    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
+    if not listed or listed[-1].epoch < epochs:
+        return None  # without hashing anything: the resume verifies what it loads
+    info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
     return (
