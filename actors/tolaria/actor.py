@@ -216,15 +216,11 @@ class TolariaControl(Actor[ControlMessage]):
         match msg:
             case BoundaryPlan():
                 if not self._cell.inbox.put(msg):
-                    # After training has ended every plan is moot (a resumed finished run replays its last ones).
-                    log = _log.info if self._cell.finished.is_set() else _log.warning
-                    log(
+                    _log.warning(
                         "boundary_plan_dropped",
                         decided_on_step=msg.decided_on_step,
                         effect_step=msg.effect_step,
-                        detail="training has ended"
-                        if self._cell.finished.is_set()
-                        else "late (its deadline passed) or never expected",
+                        detail="late (its deadline passed) or never expected",
                     )
             case TrainingEnded():
                 self.request_stop()

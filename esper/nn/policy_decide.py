@@ -70,7 +70,7 @@ def _argmax(values: Sequence[float]) -> int:
 def _pick(scores: Sequence[float], mask: list[bool] | None) -> int | None:
     """The best-scoring allowed node; None without nodes, with every node masked, or with a non-finite score."""
     allowed = [s if mask is None or mask[i] else -math.inf for i, s in enumerate(scores)]
-    if not allowed or not all(not math.isnan(s) for s in allowed):
+    if not allowed or any(math.isnan(s) for s in allowed):
         return None
     best = _argmax(allowed)
     return best if math.isfinite(allowed[best]) else None
