@@ -338,6 +338,19 @@ def test_parameters_put_in_place_are_watched_anew() -> None:
     torch.testing.assert_close(out.action_logits, reference.action_logits)
 
 
+def test_a_change_through_data_needs_forget_fused() -> None:
+    """torch does not version changes made through ``param.data``, so such a change is followed by forget_fused."""
+    a, b = build_tamiyo_gnn(SMALL, seed=1).eval(), build_tamiyo_gnn(SMALL, seed=2).eval()
+    data = graph(5)
+    run(b, data)  # fills b's caches with its own weights
+    for target, source in zip(b.parameters(), a.parameters(), strict=True):
+        target.data.copy_(source.data)
+    assert not torch.equal(run(b, data).action_logits, run(a, data).action_logits)  # the fused copies are stale
+    b.forget_fused()
+    for x, y in zip(run(b, data), run(a, data), strict=True):
+        assert torch.equal(x, y)
+
+
 def test_optimizer_step_refreshes_the_fused_weights(model: TamiyoGNN) -> None:
     """The cached fused weights follow in-place parameter updates, so inference after a step uses the new weights."""
     data = graph(3)

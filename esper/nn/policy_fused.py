@@ -129,6 +129,15 @@ class GraphPlan:
     attr: Tensor  # [E, 3]
     edge_scale: Tensor  # [E, 1]: 1 / (degree of its (destination, relation) * relations entering the destination)
     inv_k: Tensor  # [E, 1]: 1 / relations entering the destination
+    edge_rel_row: Tensor  # [E]: edge * relations + its relation, a row of an [E * R, ...] per-relation table
+    # The src-mode ([:e_src]) and dst-mode ([e_src:]) parts the layers read, cut once per structure, not per layer.
+    src_dst_node: Tensor
+    src_mode_row: Tensor
+    src_scale: Tensor
+    src_inv_k: Tensor
+    dst_src_node: Tensor
+    dst_mode_row: Tensor
+    dst_scale: Tensor
 
     @classmethod
     def of(
@@ -169,6 +178,10 @@ class GraphPlan:
         in_row = dst * col[2] + col[3]
         mode_node = torch.where(col[8].bool(), src, dst)
         deg = torch.bincount(in_row, minlength=in_rows).clamp_(min=1).to(dtype)
+        e = sum(sizes[: layout.n_src_mode])
+        src_node, dst_node, mode_row = src + col[0], dst + col[1], mode_node * col[6] + col[7]
+        edge_scale = (deg[in_row] * col[2].to(dtype)).reciprocal().unsqueeze(-1)
+        inv_k = col[2].to(dtype).reciprocal().unsqueeze(-1)
         return cls(
             counts=counts,
             node_off=node_off,
@@ -176,16 +189,24 @@ class GraphPlan:
             in_rows=in_rows,
             dst_off=dst_off,
             dst_rows=dst_rows,
-            e_src=sum(sizes[: layout.n_src_mode]),
-            src_node=src + col[0],
-            dst_node=dst + col[1],
+            e_src=e,
+            src_node=src_node,
+            dst_node=dst_node,
             in_row=in_row,
             out_row=src * col[4] + col[5],
-            mode_row=mode_node * col[6] + col[7],
+            mode_row=mode_row,
             rel=col[9],
             attr=attr,
-            edge_scale=(deg[in_row] * col[2].to(dtype)).reciprocal().unsqueeze(-1),
-            inv_k=col[2].to(dtype).reciprocal().unsqueeze(-1),
+            edge_scale=edge_scale,
+            inv_k=inv_k,
+            edge_rel_row=torch.arange(edges.shape[1], device=device) * len(layout.edge_types) + col[9],
+            src_dst_node=dst_node[:e],
+            src_mode_row=mode_row[:e],
+            src_scale=edge_scale[:e],
+            src_inv_k=inv_k[:e],
+            dst_src_node=src_node[e:],
+            dst_mode_row=mode_row[e:],
+            dst_scale=edge_scale[e:],
         )
 
     def views(self, x: Tensor, node_types: Sequence[str]) -> dict[str, Tensor]:
@@ -378,15 +399,17 @@ def _rows(table: Tensor, off: int, n: int, k: int) -> Tensor:
 
 def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tensor) -> Tensor:
     """One hetero SAGE layer over ``x_all`` ``[N, H]`` (every node, types concatenated in layout order)."""
-    dim, e = x_all.shape[1], plan.e_src
+    dim = x_all.shape[1]
     h = plan.views(x_all, lay.node_types)
     y = {t: h[t] @ w.node_w[t] for t in lay.node_types}  # [N_t, H + k_src * H]: root term, src-mode projections
     # Src mode: scatter the scaled projections of the sources onto their destination nodes.
     proj = torch.cat([y[t][:, dim:].reshape(-1, dim) for t in lay.node_types])
-    acc = x_all.new_zeros(x_all.shape).index_add(0, plan.dst_node[:e], proj[plan.mode_row[:e]] * plan.edge_scale[:e])
+    acc = x_all.new_zeros(x_all.shape).index_add_(
+        0, plan.src_dst_node, proj.index_select(0, plan.src_mode_row) * plan.src_scale
+    )
     # Dst mode: mean-aggregate raw source features per (destination, relation), then project per type.
-    agg = x_all.new_zeros(plan.dst_rows, dim).index_add(
-        0, plan.mode_row[e:], x_all[plan.src_node[e:]] * plan.edge_scale[e:]
+    agg = x_all.new_zeros(plan.dst_rows, dim).index_add_(
+        0, plan.dst_mode_row, x_all.index_select(0, plan.dst_src_node) * plan.dst_scale
     )
     root = torch.cat([y[t][:, :dim] for t in lay.node_types])
     out = root + plan.per_type_rows(w.bias, lay.node_types) + acc
@@ -405,21 +428,22 @@ def gat_fused(w: _GatWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tenso
     a_src = torch.cat([y[t][:, : cut[t][0]].reshape(-1, heads) for t in lay.node_types])
     a_dst = torch.cat([y[t][:, cut[t][0] : cut[t][1]].reshape(-1, heads) for t in lay.node_types])
     p = torch.cat([y[t][:, cut[t][1] :].reshape(-1, heads, c) for t in lay.node_types])
-    n_edges = plan.rel.shape[0]
-    a_edge = (plan.attr @ w.edge).view(n_edges, -1, heads)[torch.arange(n_edges, device=plan.rel.device), plan.rel]
-    alpha = torch.nn.functional.leaky_relu(a_src[plan.out_row] + a_dst[plan.in_row] + a_edge, 0.2)
+    a_edge = (plan.attr @ w.edge).view(-1, heads).index_select(0, plan.edge_rel_row)
+    alpha = torch.nn.functional.leaky_relu(
+        a_src.index_select(0, plan.out_row) + a_dst.index_select(0, plan.in_row) + a_edge, 0.2
+    )
     # Softmax per (destination node, relation), as GATConv does per relation: shift by the detached group max.
     index = plan.in_row.unsqueeze(-1).expand(-1, heads)
-    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce(0, index, alpha.detach(), "amax", include_self=False)
-    ex = (alpha - top[plan.in_row]).exp()
-    denom = alpha.new_zeros(plan.in_rows, heads).index_add(0, plan.in_row, ex) + 1e-16
-    alpha = ex / denom[plan.in_row]
+    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce_(0, index, alpha.detach(), "amax", include_self=False)
+    ex = (alpha - top.index_select(0, plan.in_row)).exp()
+    denom = alpha.new_zeros(plan.in_rows, heads).index_add_(0, plan.in_row, ex) + 1e-16
+    alpha = ex / denom.index_select(0, plan.in_row)
     # Src mode: weight the source projections by attention, average the heads, scatter onto destination nodes.
-    msg = torch.bmm(alpha[:e].unsqueeze(1), p[plan.mode_row[:e]]).squeeze(1) * (plan.inv_k[:e] / heads)
-    acc = x_all.new_zeros(x_all.shape[0], c).index_add(0, plan.dst_node[:e], msg)
+    msg = torch.bmm(alpha[:e].unsqueeze(1), p.index_select(0, plan.src_mode_row)).squeeze(1) * (plan.src_inv_k / heads)
+    acc = x_all.new_zeros(x_all.shape[0], c).index_add_(0, plan.src_dst_node, msg)
     # Dst mode: attention-weighted sums of raw source features per (destination, relation, head), then project.
-    z_msg = alpha[e:].unsqueeze(-1) * x_all[plan.src_node[e:]].unsqueeze(1)
-    z = x_all.new_zeros(plan.dst_rows, heads, x_all.shape[1]).index_add(0, plan.mode_row[e:], z_msg)
+    z_msg = alpha[e:].unsqueeze(-1) * x_all.index_select(0, plan.dst_src_node).unsqueeze(1)
+    z = x_all.new_zeros(plan.dst_rows, heads, x_all.shape[1]).index_add_(0, plan.dst_mode_row, z_msg)
     out = acc + plan.per_type_rows(w.bias, lay.node_types)
     for t, agg_w in w.agg_w.items():
         n, off = plan.counts[t], plan.node_off[t]

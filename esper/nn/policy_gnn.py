@@ -207,7 +207,13 @@ class TamiyoGNN(nn.Module):
         return self
 
     def forget_fused(self) -> None:
-        """Drop the fused weights and the list of watched parameters; the next inference rebuilds both."""
+        """Drop the fused weights and the list of watched parameters; the next inference rebuilds both.
+
+        Inference notices every in-place change made to a parameter itself (an optimizer step, ``load_state_dict``,
+        ``copy_`` under ``no_grad``) by its version counter, but not one made through ``param.data`` (for example a
+        Polyak average written as ``p.data.mul_(tau)``): torch gives ``.data`` a version counter of its own. Call
+        this after such a change.
+        """
         self._fused_cache = None
         self._param_list = None
 

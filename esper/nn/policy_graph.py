@@ -441,48 +441,75 @@ class PolicyGraphBuilder:
         layer_edges: tuple[tuple[str, str], ...] | None,
         max_depth: int,
     ) -> None:
+        # Each relation's edges are listed in one pass (a relation's edge order is part of the sums' rounding).
         layer_at_depth: dict[int, int] = {}
         for i, lay in enumerate(layers):
             layer_at_depth.setdefault(lay.depth, i)
         layer_index = {lay.name: i for i, lay in enumerate(layers)}
+        e.pair(
+            "influences", "reports", "global", "seed", [0] * len(seeds), range(len(seeds)),
+            [(s.stage / MAX_STAGE, s.alpha, float(s.blend_allowed)) for s in seeds],
+        )  # fmt: skip
+        hosted = [(i, j) for i, s in enumerate(seeds) if (j := layer_at_depth.get(s.layer_depth)) is not None]
+        e.pair(
+            "monitors", "monitored_by", "seed", "layer", [i for i, _ in hosted], [j for _, j in hosted],
+            [(seeds[i].alpha, seeds[i].stage / MAX_STAGE, 1.0) for i, _ in hosted],
+        )  # fmt: skip
         seeded_layers: dict[int, set[str]] = {}
-        for i, s in enumerate(seeds):
-            attr = (s.stage / MAX_STAGE, s.alpha, float(s.blend_allowed))
-            e.pair("influences", "reports", "global", "seed", 0, i, attr)
-            j = layer_at_depth.get(s.layer_depth)
-            if j is not None:
-                e.pair("monitors", "monitored_by", "seed", "layer", i, j, (s.alpha, s.stage / MAX_STAGE, 1.0))
-                if s.blueprint_id is not None:
-                    seeded_layers.setdefault(j, set()).add(s.blueprint_id)
+        for i, j in hosted:
+            blueprint_id = seeds[i].blueprint_id
+            if blueprint_id is not None:
+                seeded_layers.setdefault(j, set()).add(blueprint_id)
         # Peers: a chain over slots sorted by depth keeps the relation O(seeds) at 512 slots.
         order = sorted(range(len(seeds)), key=lambda i: (seeds[i].layer_depth, i))
+        peer_src: list[int] = []
+        peer_dst: list[int] = []
+        peer_attr: list[tuple[float, float, float]] = []
         for a, c in itertools.pairwise(order):
             gap = abs(seeds[a].layer_depth - seeds[c].layer_depth)
             attr = (gap / max_depth, float(gap == 0), 1.0)
-            e.add(("seed", "peer", "seed"), a, c, attr)
-            e.add(("seed", "peer", "seed"), c, a, attr)
-        for k, b in enumerate(blueprints):
-            score = b.candidate_score if b.candidate_score is not None else 1.0 - b.risk
-            e.pair("annotates", "monitored_by", "global", "blueprint", 0, k, (b.risk, score, float(b.quarantine_only)))
-            for j, lay in enumerate(layers):
-                if b.layer_types and lay.layer_type not in b.layer_types:
-                    continue
-                used = float(b.blueprint_id in seeded_layers.get(j, ()))
-                e.pair("composes", "belongs_to", "blueprint", "layer", k, j, (used, b.risk, 1.0))
-        for j, lay in enumerate(layers):
-            e.pair(
-                "operates", "feedback", "global", "layer", 0, j, (lay.depth / max_depth, float(j in seeded_layers), 1.0)
-            )
+            peer_src += (a, c)
+            peer_dst += (c, a)
+            peer_attr += (attr, attr)
+        e.extend(("seed", "peer", "seed"), peer_src, peer_dst, peer_attr)
+        e.pair(
+            "annotates", "monitored_by", "global", "blueprint", [0] * len(blueprints), range(len(blueprints)),
+            [
+                (b.risk, b.candidate_score if b.candidate_score is not None else 1.0 - b.risk, float(b.quarantine_only))
+                for b in blueprints
+            ],
+        )  # fmt: skip
+        composed = [
+            (k, j)
+            for k, b in enumerate(blueprints)
+            for j, lay in enumerate(layers)
+            if not b.layer_types or lay.layer_type in b.layer_types
+        ]
+        e.pair(
+            "composes", "belongs_to", "blueprint", "layer", [k for k, _ in composed], [j for _, j in composed],
+            [
+                (float(blueprints[k].blueprint_id in seeded_layers.get(j, ())), blueprints[k].risk, 1.0)
+                for k, j in composed
+            ],
+        )  # fmt: skip
+        e.pair(
+            "operates", "feedback", "global", "layer", [0] * len(layers), range(len(layers)),
+            [(lay.depth / max_depth, float(j in seeded_layers), 1.0) for j, lay in enumerate(layers)],
+        )  # fmt: skip
         if layer_edges is None:
             pairs = [(layers[j - 1].name, layers[j].name) for j in range(1, len(layers))]
         else:
             pairs = list(layer_edges)
-        for src, dst in pairs:
-            a_i, b_i = layer_index.get(src), layer_index.get(dst)
-            if a_i is None or b_i is None:
-                continue  # an end was capped away: drop the edge rather than let it dangle
-            gap = abs(layers[b_i].depth - layers[a_i].depth)
-            e.add(("layer", "connects", "layer"), a_i, b_i, (gap / max_depth, 1.0, 0.0))
+        connects = [
+            (a_i, b_i)
+            for src, dst in pairs
+            # An end capped away drops the edge rather than let it dangle.
+            if (a_i := layer_index.get(src)) is not None and (b_i := layer_index.get(dst)) is not None
+        ]
+        e.extend(
+            ("layer", "connects", "layer"), [a for a, _ in connects], [b for _, b in connects],
+            [(abs(layers[b].depth - layers[a].depth) / max_depth, 1.0, 0.0) for a, b in connects],
+        )  # fmt: skip
 
 
 class _Edges:
@@ -493,16 +520,30 @@ class _Edges:
         self.dst: dict[tuple[str, str, str], list[int]] = {et: [] for et in EDGE_TYPES}
         self.attr: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {et: [] for et in EDGE_TYPES}
 
-    def add(self, et: tuple[str, str, str], a: int, b: int, attr: tuple[float, float, float]) -> None:
-        self.src[et].append(a)
-        self.dst[et].append(b)
-        self.attr[et].append(attr)
+    def extend(
+        self,
+        et: tuple[str, str, str],
+        src: Iterable[int],
+        dst: Iterable[int],
+        attr: Iterable[tuple[float, float, float]],
+    ) -> None:
+        self.src[et].extend(src)
+        self.dst[et].extend(dst)
+        self.attr[et].extend(attr)
 
     def pair(
-        self, fwd: str, rev: str, a_type: str, b_type: str, a: int, b: int, attr: tuple[float, float, float]
+        self,
+        fwd: str,
+        rev: str,
+        a_type: str,
+        b_type: str,
+        a: Sequence[int],
+        b: Sequence[int],
+        attr: Sequence[tuple[float, float, float]],
     ) -> None:
-        self.add((a_type, fwd, b_type), a, b, attr)
-        self.add((b_type, rev, a_type), b, a, attr)
+        """Edges ``a[i] -> b[i]`` of ``(a_type, fwd, b_type)`` and their reverses in ``(b_type, rev, a_type)``."""
+        self.extend((a_type, fwd, b_type), a, b, attr)
+        self.extend((b_type, rev, a_type), b, a, attr)
 
     def tensors(
         self,
