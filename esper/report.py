@@ -152,6 +152,38 @@ def read_run_events(path: Path) -> tuple[list[StageEvent], list[PauseEvent]]:
     return events, pauses
 
 
+def read_decisions(path: Path) -> list[tuple[int, float, str | None]]:
+    """Every controller decision in events.jsonl (its ``tamiyo_decision`` lines), in file order: (step, latency ms,
+    the NO_OP reason, or None when the decision issued a command). Malformed lines are skipped.
+
+    Raises:
+        ReportInputError: the file is missing or unreadable.
+    """
+    decisions: list[tuple[int, float, str | None]] = []
+    try:
+        with path.open("rb") as lines:
+            for line in lines:
+                if b'"tamiyo_decision"' not in line:
+                    continue  # most lines: skipped without parsing
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict) or entry.get("event") != "tamiyo_decision":
+                    continue
+                step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
+                if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
+                    continue
+                assert isinstance(ms, int | float)
+                no_op = reason if isinstance(reason, str) and reason else "no_op"
+                decisions.append((step, float(ms), None if command is True else no_op))
+    except FileNotFoundError as err:
+        raise ReportInputError(f"no {path.name} in {path.parent}") from err
+    except OSError as err:
+        raise ReportInputError(f"cannot read {path}: {err}") from err
+    return decisions
+
+
 def read_stage_events(path: Path) -> list[StageEvent]:
     """Every lifecycle transition in events.jsonl, in file order (see read_run_events)."""
     return read_run_events(path)[0]

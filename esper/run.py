@@ -240,8 +240,8 @@ async def start(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        stages, epochs = await anyio.to_thread.run_sync(_earlier_tally, directory)
-        tally.preload(stages, epochs)
+        stages, epochs, decisions = await anyio.to_thread.run_sync(_earlier_tally, directory)
+        tally.preload(stages, epochs, decisions)
     screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
     if screen is not None:
@@ -330,14 +330,17 @@ async def start(
 
 def _earlier_tally(
     directory: Path,
-) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]]]:
-    from esper.report import ReportInputError, read_metrics, read_stage_events
+) -> tuple[
+    list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[tuple[int, float, str | None]]
+]:
+    from esper.report import ReportInputError, read_decisions, read_metrics, read_stage_events
 
     try:
         events = read_stage_events(directory / "events.jsonl")
+        decisions = read_decisions(directory / "events.jsonl")
         rows = read_metrics(directory / "metrics.csv")
     except ReportInputError:
-        return [], []
+        return [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in events if e.seed_id is not None]
     epochs = [
         (int(epoch) + 1, int(step), accuracy)
@@ -346,7 +349,7 @@ def _earlier_tally(
         and (step := row.get("step")) is not None
         and (accuracy := row.get("val_accuracy")) is not None
     ]
-    return stages, epochs
+    return stages, epochs, decisions
 
 
 def _console_level(configured: str) -> str:

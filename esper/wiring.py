@@ -179,6 +179,10 @@ class RunTally:
     decision_ms: list[float] = field(default_factory=list)
     no_op_reasons: dict[str, int] = field(default_factory=dict)
     emergencies: int = 0
+    # A resumed run: the interrupted session's decisions (step, ms, NO_OP reason or None for a command), and the step
+    # of this session's first decision. Those at or after it were made again here, so they are not counted twice.
+    earlier_decisions: list[tuple[int, float, str | None]] = field(default_factory=list)
+    first_decision_step: int | None = None
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -191,9 +195,16 @@ class RunTally:
             case _:
                 pass
 
-    def preload(self, stages: list[tuple[str, SeedLifecycleStage, int]], epochs: list[tuple[int, int, float]]) -> None:
-        """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order and
-        (epoch, step, validation accuracy) rows; the resumed run's own traffic then continues the tally."""
+    def preload(
+        self,
+        stages: list[tuple[str, SeedLifecycleStage, int]],
+        epochs: list[tuple[int, int, float]],
+        decisions: list[tuple[int, float, str | None]] | None = None,
+    ) -> None:
+        """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
+        (epoch, step, validation accuracy) rows and (step, latency ms, NO_OP reason or None) decisions; the resumed
+        run's own traffic then continues the tally."""
+        self.earlier_decisions = list(decisions or ())
         for seed_id, stage, step in stages:
             self.seed_stages[seed_id] = stage
             if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
@@ -208,6 +219,8 @@ class RunTally:
             self.epoch_step[packet.epoch + 1] = packet.global_step
 
     def on_decision(self, decision: Decision) -> None:
+        if self.first_decision_step is None:
+            self.first_decision_step = decision.decided_on_step
         self.decision_ms.append(decision.decision_ms)
         if decision.command is None:
             reason = decision.reason or "no_op"
@@ -228,7 +241,13 @@ class RunTally:
         counts: dict[str, int] = {}
         for stage in self.seed_stages.values():
             counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
-        latencies = sorted(self.decision_ms)
+        cut = self.first_decision_step
+        earlier = [d for d in self.earlier_decisions if cut is None or d[0] < cut]
+        latencies = sorted([*self.decision_ms, *(ms for _, ms, _ in earlier)])
+        no_op_reasons = dict(self.no_op_reasons)
+        for _, _, reason in earlier:
+            if reason is not None:
+                no_op_reasons[reason] = no_op_reasons.get(reason, 0) + 1
         return GrowthFigures(
             baseline_val_accuracy=None if baseline_epoch is None else self.epoch_val_accuracy[baseline_epoch],
             baseline_epoch=baseline_epoch,
@@ -236,8 +255,8 @@ class RunTally:
             final_val_accuracy=final,
             parameters_added=seed_parameters,
             seeds=counts,
-            no_op_reasons=dict(self.no_op_reasons),
-            decisions=len(self.decision_ms),
+            no_op_reasons=no_op_reasons,
+            decisions=len(latencies),
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),
             emergency_events=self.emergencies,

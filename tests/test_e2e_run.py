@@ -279,6 +279,13 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
             saved = got.model[key]
             assert isinstance(saved, torch.Tensor)
             assert torch.equal(saved, value), key
+    # The summary counts every decision of the run once: the killed session's up to the checkpoint (from its
+    # tamiyo_decision lines), the resumed session's from there on.
+    reference = msgspec.json.decode((reference_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.growth is not None
+    assert reference.growth is not None
+    assert summary.growth.decisions == reference.growth.decisions
+    assert summary.growth.no_op_reasons == reference.growth.no_op_reasons
 
 
 def _final_weights(run_dir: Path) -> tuple[list[tuple[str, int]], dict[str, torch.Tensor]]:

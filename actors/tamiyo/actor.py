@@ -388,7 +388,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             command_id = command_id_for(self._run_id, packet.global_step)
             wire = self._wire(packet, choice, verdict, command_id, started_s)
             await self._outlet(wire)
-            self._record(packet, verdict)
+            self._record(packet, verdict, wire)
             # Leaving the group waits out a late job: started lane work is never abandoned, and it must end before
             # the next decision starts (at most one inference in flight). Its result is discarded.
         self._inflight = False
@@ -506,8 +506,20 @@ class TamiyoActor(Actor[TamiyoMessage]):
             reason=choice.decision.reason,
         )
 
-    def _record(self, packet: SystemStatePacket, verdict: RiskVerdict) -> None:
+    def _record(self, packet: SystemStatePacket, verdict: RiskVerdict, wire: WireDecision) -> None:
         action = verdict.decision.action.value
+        # One line per decision: the log tail shows what the controller does, and a resumed run's summary counts the
+        # interrupted session's decisions from it.
+        _log.info(
+            "tamiyo_decision",
+            step=packet.global_step,
+            action=action,
+            command=wire.command is not None,
+            policy=wire.policy,
+            reason=wire.reason,
+            risk_reason=wire.risk_reason,
+            decision_ms=round(wire.decision_ms, 3),
+        )
         by_action = dict(self._counters.by_action)
         by_action[action] = by_action.get(action, 0) + 1
         self._counters = msgspec.structs.replace(

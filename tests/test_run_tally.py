@@ -1,0 +1,56 @@
+"""The run's summary tally across a --resume: earlier decisions read from events.jsonl, counted once."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from esper.report import ReportInputError, read_decisions
+from esper.wiring import RunTally
+from schemas.boundary import Decision
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _decision(step: int, ms: float, reason: str = "plateau_wait") -> Decision:
+    return Decision(run_id="r", decided_on_step=step, decision_ms=ms, reason=reason)
+
+
+def test_earlier_decisions_count_until_the_step_this_session_decided_first() -> None:
+    tally = RunTally()
+    # The interrupted session decided at steps 4..16; its checkpoint was at step 8, so 12 and 16 are decided again.
+    tally.preload([], [], [(4, 1.0, "cooldown"), (8, 2.0, None), (12, 50.0, "cooldown"), (16, 60.0, "cooldown")])
+    tally.on_decision(_decision(12, 3.0))
+    tally.on_decision(_decision(16, 4.0))
+    figures = tally.figures(seed_parameters=0)
+    assert figures.decisions == 4
+    assert figures.decision_p95_ms == 4.0  # 50 and 60 ms were the killed session's, made again since
+    assert figures.no_op_reasons == {"cooldown": 1, "plateau_wait": 2}
+
+
+def test_without_a_decision_of_its_own_every_earlier_decision_counts() -> None:
+    tally = RunTally()
+    tally.preload([], [], [(4, 1.0, "cooldown"), (8, 2.0, None)])
+    figures = tally.figures(seed_parameters=0)
+    assert (figures.decisions, figures.decision_p50_ms) == (2, 1.0)
+    assert figures.no_op_reasons == {"cooldown": 1}
+
+
+def test_read_decisions_keeps_well_formed_decision_lines_only(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [
+        {"event": "tamiyo_decision", "step": 4, "decision_ms": 0.5, "command": False, "reason": "cooldown"},
+        {"event": "epoch_end", "step": 5},
+        {"event": "tamiyo_decision", "step": 8, "decision_ms": 1, "command": True, "reason": "plateau"},
+        {"event": "tamiyo_decision", "step": "9", "decision_ms": 1.0, "command": False},
+        {"event": "tamiyo_decision", "step": 10, "decision_ms": True, "command": False},
+        {"event": "tamiyo_decision", "step": 12, "decision_ms": 2.5, "command": False, "reason": ""},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + '\n{"event": "tamiyo_decision", "step": 1'  # torn tail
+    path.write_text(text, encoding="utf-8")
+    assert read_decisions(path) == [(4, 0.5, "cooldown"), (8, 1.0, None), (12, 2.5, "no_op")]
+    with pytest.raises(ReportInputError, match=r"no events\.jsonl"):
+        read_decisions(tmp_path / "missing" / "events.jsonl")
