@@ -512,6 +512,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         # interrupted session's decisions from it.
         _log.info(
             "tamiyo_decision",
+            actor=self.name,
             step=packet.global_step,
             action=action,
             command=wire.command is not None,
