@@ -217,7 +217,7 @@ async def start(
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     secret = resolve_secret(resolved)
-    await anyio.to_thread.run_sync(check_config, resolved.tolaria)
+    await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)

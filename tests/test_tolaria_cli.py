@@ -145,3 +145,31 @@ def test_a_malformed_npz_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     assert err.count("\n") == 1
     assert err.startswith(f"tolaria.npz_path = '{bad}': ")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "start", "needle"),
+    [
+        (
+            '[kasmina]\nslot_targets = ["nope"]\n',
+            "kasmina.slot_targets = ['nope']: ",
+            "'nope' match no submodule of CNN1dHost",
+        ),
+        (
+            '[tolaria]\nhost_model = "tests.tolaria_factories:slotless_mlp"\n',
+            "tolaria.host_model = 'tests.tolaria_factories:slotless_mlp': the model has no seed slot",
+            "set kasmina.slot_targets to the qualified names of the modules to grow after, or give the model a"
+            " slot_targets attribute; its layers include 1 (Linear), 3 (Linear)",
+        ),
+    ],
+)
+def test_slots_that_cannot_be_placed_are_one_line_and_exit_2_before_the_run_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, start: str, needle: str
+) -> None:
+    (tmp_path / "c.toml").write_text(settings)
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(start)
+    assert needle in err
+    assert not (tmp_path / "r").exists()

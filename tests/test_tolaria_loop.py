@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from actors.tolaria.build import TolariaConfigError, build_host, load_data
+from actors.tolaria.build import TolariaConfigError, build_host, build_trainee, load_data
 from actors.tolaria.checkpoints import MANIFEST, load_latest, read_manifest
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox
@@ -185,6 +185,12 @@ def test_a_user_model_from_module_factory_trains(data: DataSplits) -> None:
     loop = make_loop(cfg, native)
     assert loop.run().status == "completed"
     assert list(loop.trainee.slots) == ["1"]
+
+
+def test_a_slotless_user_model_grows_where_kasmina_slot_targets_say() -> None:
+    cfg = config(host_model="tests.tolaria_factories:slotless_mlp", epochs=1)
+    trainee = build_trainee(cfg, load_data(cfg), ("1", "3"), torch.device("cpu"))
+    assert list(trainee.slots) == ["1", "3"]
 
 
 @pytest.mark.parametrize(

@@ -20,3 +20,8 @@ def not_a_module() -> object:
 def broken() -> nn.Module:
     """A factory that fails."""
     raise RuntimeError("out of widgets")
+
+
+def slotless_mlp() -> nn.Module:
+    """A user model that names no slot targets: the run needs kasmina.slot_targets."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))

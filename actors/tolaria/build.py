@@ -179,8 +179,9 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     return model
 
 
-def check_config(config: TolariaConfig) -> None:
-    """Fail fast, before a run starts, on a host model or npz file that cannot be used. Blocking (file I/O).
+def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
+    """Fail fast, before a run starts, on a host model, slot targets or npz file that cannot be used. Blocking (file
+    I/O, builds the host once).
 
     Raises:
         TolariaConfigError: naming the key and value.
@@ -190,8 +191,8 @@ def check_config(config: TolariaConfig) -> None:
             load_npz(config.npz_path)
         except DatasetError as err:
             raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
-    if config.host_model not in ("cnn1d", "mlp"):
-        build_host(config, (1,), 2)  # a user factory takes no arguments, so the shapes are not needed
+    # Module names do not depend on the data's shapes (a user factory takes no arguments at all).
+    wrap_host(config, build_host(config, (40,), 10), slot_targets)
 
 
 def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
@@ -243,17 +244,13 @@ def build_trainee(
     ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
 
     Raises:
-        TolariaConfigError: the host model cannot be built.
-        ValueError: a slot target matches nothing.
+        TolariaConfigError: the host model cannot be built, a slot target matches nothing, or the model ends up with
+            no slot (naming the key to set and modules it could name).
     """
     seed_everything(config.seed)
     model = build_host(config, splits.input_shape, splits.num_classes)
     host_parameters = sum(p.numel() for p in model.parameters())
-    own = getattr(model, "slot_targets", ())
-    targets = tuple(slot_targets) or (tuple(own) if isinstance(own, tuple | list) else ())
-    if targets:
-        wrap(model, list(targets))
-    slots = dict(find_slots(model))
+    slots = wrap_host(config, model, slot_targets)
     sample = splits.train.x[: min(2, splits.train.num_samples)]
     shapes = measure_slot_shapes(model, list(slots), sample)
     channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -276,6 +273,41 @@ def build_trainee(
     if config.initial_seeds:
         attach_initial_seeds(config, trainee)
     return trainee
+
+
+def wrap_host(config: TolariaConfig, model: nn.Module, slot_targets: Sequence[str]) -> dict[str, SeedSlot]:
+    """Put the seed slots into ``model`` (at ``slot_targets`` when given, else at the model's own ``slot_targets``)
+    and return them by name.
+
+    Raises:
+        TolariaConfigError: a target matches nothing, or the model has no slot at all.
+    """
+    own = getattr(model, "slot_targets", ())
+    targets = tuple(slot_targets) or (tuple(own) if isinstance(own, tuple | list) else ())
+    if targets:
+        try:
+            wrap(model, list(targets))
+        except ValueError as err:
+            source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else "the model's slot_targets"
+            raise TolariaConfigError(f"{source}: {err}") from err
+    slots = dict(find_slots(model))
+    if not slots:
+        raise TolariaConfigError(_no_slots(config, model))
+    return slots
+
+
+def _no_slots(config: TolariaConfig, model: nn.Module) -> str:
+    layers = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if name and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    ]
+    hint = f"; its layers include {', '.join(layers[:6])}" if layers else ""
+    return (
+        f"tolaria.host_model = {config.host_model!r}: the model has no seed slot, so nothing could grow; set"
+        f" kasmina.slot_targets to the qualified names of the modules to grow after, or give the model a"
+        f" slot_targets attribute{hint}"
+    )
 
 
 def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:
