@@ -173,3 +173,14 @@ def test_slots_that_cannot_be_placed_are_one_line_and_exit_2_before_the_run_star
     assert err.startswith(start)
     assert needle in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.toml").write_text('[tolaria]\ndevice = "cuda"\n')
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tolaria.device = 'cuda': ")
+    assert "not available" in err
+    assert not (tmp_path / "r").exists()

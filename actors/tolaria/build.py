@@ -27,6 +27,7 @@ from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.wrap import find_slots, wrap
 from esper.runtime.errors import ConfigError
+from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
@@ -186,6 +187,11 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
     Raises:
         TolariaConfigError: naming the key and value.
     """
+    try:
+        resolve_device(config.device)
+    except ValueError as err:
+        hint = '"auto" picks CUDA when present'
+        raise TolariaConfigError(f"tolaria.device = {config.device!r}: {err} ({hint})") from err
     if config.dataset == "npz" and config.npz_path is not None:
         try:
             load_npz(config.npz_path)
