@@ -4,10 +4,10 @@ Method (prints ONE JSON line):
 
 - Both arms train the default MNIST-1D model in this process with ``torch.set_num_threads(1)``, on the same data
   tensors, batch order and seed. The plain arm is the textbook loop (zero_grad, forward, cross-entropy, backward,
-  AdamW step with foreach kernels) over ``iter_batches`` on the unwrapped host; it records no metrics. The Tolaria
-  arm is ``TrainingLoop.run()`` with no planner (no adaptation) but everything else on: slots wrapped in, the
-  finite check, statistics, a state packet every ``state_every_steps``, fast snapshots and a checkpoint every epoch
-  written by the writer thread.
+  AdamW step with fused kernels, as Tolaria builds it) over ``iter_batches`` on the unwrapped host; it records no
+  metrics. The Tolaria arm is ``TrainingLoop.run()`` with no planner (no adaptation) but everything else on: slots
+  wrapped in, the finite check, statistics, a state packet every ``state_every_steps``, fast snapshots and a
+  checkpoint every epoch written by the writer thread.
 - Setup belongs to neither arm: data generation, model build, the slot-shape probe, starting the writer thread and
   the final checkpoint flush happen outside the timed spans.
 - **overhead_pct** compares the steady-state cost of training: the median over epochs of the time from an epoch's
@@ -87,7 +87,7 @@ def plain_arm(config: TolariaConfig, data: DataSplits) -> list[tuple[float, floa
     untimed)."""
     seed_everything(config.seed)
     model = build_host(config, data.input_shape, data.num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     plan = batch_plan(config, data)
     model.train()
     epochs: list[tuple[float, float]] = []
@@ -126,7 +126,7 @@ class _Interleaved:
         seed_everything(config.seed)
         self.model = build_host(config, data.input_shape, data.num_classes)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
         self.model.train()
         # A copy of its own: gathering from the very tensor Tolaria just gathered from would find it warm in the
