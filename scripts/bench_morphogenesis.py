@@ -63,6 +63,11 @@ Derived: gap_closed = (esper - host) / (static_full - host) in mean test accurac
 added parameters / static_full's. Targets: gap_closed >= 0.75 with params_ratio <= 0.6; esper's accuracy >=
 every_k's with no more added parameters; esper's max_loss_jump_pct <= 2 with naive's above esper's (reported for
 every statistic).
+
+paired_differences (not a target; how far the noise reaches): for esper - every_k, esper - host and static_full -
+host, the mean over seeds of the per-seed difference in test accuracy (points) and its standard error (sample sd /
+sqrt(seeds)). Every arm of a seed shares data, split, initial host weights and batch order, so the per-seed
+difference is the fair comparison; a mean within about two standard errors of zero is not resolved.
 """
 
 from __future__ import annotations
@@ -228,6 +233,15 @@ def loss_jump_pct(
     return worst
 
 
+def paired_difference(a: list[RunResult], b: list[RunResult]) -> dict[str, float | None]:
+    """Mean and standard error over seeds of ``a``'s test accuracy minus ``b``'s, in points (None below 2 seeds)."""
+    diffs = [(x.test_accuracy - y.test_accuracy) * 100.0 for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        return {"mean_points": round(diffs[0], 3) if diffs else None, "se_points": None}
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"mean_points": round(statistics.fmean(diffs), 3), "se_points": round(se, 3)}
+
+
 def _arm_figures(runs: list[RunResult], grafting: bool, hosts: list[RunResult]) -> dict[str, object]:
     accs = [r.test_accuracy for r in runs]
     out: dict[str, object] = {
@@ -235,6 +249,7 @@ def _arm_figures(runs: list[RunResult], grafting: bool, hosts: list[RunResult]) 
         "test_accuracy_min": round(min(accs), 4),
         "test_accuracy_max": round(max(accs), 4),
         "test_accuracy_std": round(statistics.pstdev(accs), 4),
+        "test_accuracy_per_seed": [round(a, 4) for a in accs],
         "parameters_added_mean": round(statistics.fmean(r.parameters_added for r in runs), 1),
         "parameters_added": [r.parameters_added for r in runs],
         "wall_s_mean": round(statistics.fmean(r.wall_s for r in runs), 2),
@@ -360,6 +375,11 @@ def bench_dataset(
         "gap_closed": None if gap_closed is None else round(gap_closed, 3),
         "static_full_minus_host_acc": round(span, 4),
         "params_ratio": None if params_ratio is None else round(params_ratio, 3),
+        "paired_differences": {
+            "esper_minus_every_k": paired_difference(results["esper"], results["every_k"]),
+            "esper_minus_host": paired_difference(results["esper"], results["host"]),
+            "static_full_minus_host": paired_difference(results["static_full"], results["host"]),
+        },
         "noise_floor_pct": round(max(noise), 2) if noise else None,
         "noise_floor_vs_host_pct": round(max(noise_vs_host), 2) if noise_vs_host else None,
         "probe_noise_floor_pct": round(max(probe_noise), 2) if probe_noise else None,
