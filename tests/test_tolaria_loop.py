@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from actors.tolaria.build import TolariaConfigError, build_host, build_trainee, load_data
+from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoints import MANIFEST, load_latest, read_manifest
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox
@@ -185,6 +185,20 @@ def test_a_user_model_from_module_factory_trains(data: DataSplits) -> None:
     loop = make_loop(cfg, native)
     assert loop.run().status == "completed"
     assert list(loop.trainee.slots) == ["1"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_the_optimizer_runs_fused_kernels_on_the_cpu(optimizer: str) -> None:
+    cfg = config(optimizer=optimizer)
+    model = build_host(cfg, (40,), 10)
+    built = build_optimizer(cfg, model, torch.device("cpu"))
+    assert built.defaults["fused"] is True
+    assert not built.defaults["foreach"]
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 40)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+    before = [p.detach().clone() for p in model.parameters()]
+    built.step()  # torch checks on the first step that fused kernels exist for the parameters' device
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 
 
 def test_a_slotless_user_model_grows_where_kasmina_slot_targets_say() -> None:
