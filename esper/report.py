@@ -153,35 +153,55 @@ def read_run_events(path: Path) -> tuple[list[StageEvent], list[PauseEvent]]:
 
 
 def read_decisions(path: Path) -> list[tuple[int, float, str | None]]:
-    """Every controller decision in events.jsonl (its ``tamiyo_decision`` lines), in file order: (step, latency ms,
-    the NO_OP reason, or None when the decision issued a command). Malformed lines are skipped.
+    """The run's controller decisions from events.jsonl (its ``tamiyo_decision`` lines): (step, latency ms, the NO_OP
+    reason, or None when the decision issued a command), each counted once across resumed sessions. Malformed lines
+    are skipped.
+
+    A session begins at a ``run_starting`` line; a resumed session decides again from the step it resumed at, so
+    the earlier sessions' decisions at or after its first decision's step are dropped (the ones the run made again).
 
     Raises:
         ReportInputError: the file is missing or unreadable.
     """
-    decisions: list[tuple[int, float, str | None]] = []
+    kept: list[tuple[int, float, str | None]] = []
+    session: list[tuple[int, float, str | None]] = []
+
+    def close_session() -> None:
+        if session:
+            first = session[0][0]
+            kept[:] = [d for d in kept if d[0] < first]
+            kept.extend(session)
+            session.clear()
+
     try:
         with path.open("rb") as lines:
             for line in lines:
-                if b'"tamiyo_decision"' not in line:
+                starting = b'"run_starting"' in line
+                if not starting and b'"tamiyo_decision"' not in line:
                     continue  # most lines: skipped without parsing
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(entry, dict) or entry.get("event") != "tamiyo_decision":
+                if not isinstance(entry, dict):
+                    continue
+                if entry.get("event") == "run_starting":
+                    close_session()
+                    continue
+                if entry.get("event") != "tamiyo_decision":
                     continue
                 step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
                 if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
                     continue
                 assert isinstance(ms, int | float)
                 no_op = reason if isinstance(reason, str) and reason else "no_op"
-                decisions.append((step, float(ms), None if command is True else no_op))
+                session.append((step, float(ms), None if command is True else no_op))
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except OSError as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return decisions
+    close_session()
+    return kept
 
 
 def read_stage_events(path: Path) -> list[StageEvent]:

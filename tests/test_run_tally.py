@@ -54,3 +54,23 @@ def test_read_decisions_keeps_well_formed_decision_lines_only(tmp_path: Path) ->
     assert read_decisions(path) == [(4, 0.5, "cooldown"), (8, 1.0, None), (12, 2.5, "no_op")]
     with pytest.raises(ReportInputError, match=r"no events\.jsonl"):
         read_decisions(tmp_path / "missing" / "events.jsonl")
+
+
+def test_read_decisions_counts_each_decision_once_across_resumed_sessions(tmp_path: Path) -> None:
+    def decision(step: int, ms: float) -> dict[str, object]:
+        return {"event": "tamiyo_decision", "step": step, "decision_ms": ms, "command": False, "reason": "cooldown"}
+
+    lines = [
+        {"event": "run_starting"},
+        *(decision(step, 1.0) for step in (4, 8, 12, 16, 20)),  # killed after step 20; checkpoint at step 8
+        {"event": "run_starting"},
+        *(decision(step, 2.0) for step in (12, 16, 20, 24, 28)),  # killed again; checkpoint at step 20
+        {"event": "run_starting"},
+        *(decision(step, 3.0) for step in (24, 28, 32)),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    got = read_decisions(path)
+    assert [(step, ms) for step, ms, _ in got] == [
+        (4, 1.0), (8, 1.0), (12, 2.0), (16, 2.0), (20, 2.0), (24, 3.0), (28, 3.0), (32, 3.0)
+    ]  # fmt: skip
