@@ -21,7 +21,6 @@ the normaliser directly; bounded quantities (risk, alpha, fractions) are used as
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, final
@@ -31,6 +30,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from esper.nn.normaliser import CategoryRegistry, EwmaNormaliser
+from esper.nn.policy_edges import EDGE_DIM, EDGE_TYPES, MAX_STAGE, build_edges
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -60,27 +60,10 @@ GLOBAL_FEATURES: Final = 16
 SEED_FEATURES: Final = 14
 BLUEPRINT_FEATURES: Final = 14
 LAYER_FEATURES: Final = 14
-EDGE_DIM: Final = 3
-MAX_STAGE: Final = 11
-"""The highest seed lifecycle stage number (TERMINATED); stages are encoded as ``stage / MAX_STAGE``."""
 
 NODE_TYPES: Final = ("global", "seed", "blueprint", "layer")
 NODE_FEATURES: Final = {"global": GLOBAL_FEATURES, "seed": SEED_FEATURES, "blueprint": BLUEPRINT_FEATURES,
                         "layer": LAYER_FEATURES}  # fmt: skip
-EDGE_TYPES: Final = (
-    ("global", "influences", "seed"),
-    ("seed", "reports", "global"),
-    ("global", "annotates", "blueprint"),
-    ("blueprint", "monitored_by", "global"),
-    ("global", "operates", "layer"),
-    ("layer", "feedback", "global"),
-    ("seed", "peer", "seed"),
-    ("seed", "monitors", "layer"),
-    ("layer", "monitored_by", "seed"),
-    ("blueprint", "composes", "layer"),
-    ("layer", "belongs_to", "blueprint"),
-    ("layer", "connects", "layer"),
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,9 +276,7 @@ class PolicyGraphBuilder:
             "blueprint": self._blueprint_x(blueprints, cov, update_normaliser),
             "layer": self._layer_x(layers, max_depth, cov, update_normaliser),
         }
-        edges = _Edges()
-        self._edges(edges, seeds, layers, blueprints, inputs.layer_edges, max_depth)
-        edge_index_dict, edge_attr_dict = edges.tensors()
+        edge_index_dict, edge_attr_dict = build_edges(seeds, layers, blueprints, inputs.layer_edges, max_depth)
         coverage = cov.present / cov.total if cov.total else 1.0
         return EncodedGraph(
             x_dict=x_dict,
@@ -429,134 +410,6 @@ class PolicyGraphBuilder:
                 *wn_v, *gn_v,
             ])  # fmt: skip
         return _matrix(rows, LAYER_FEATURES)
-
-    # ------------------------------------------------------------------ relations
-
-    def _edges(
-        self,
-        e: _Edges,
-        seeds: tuple[SeedInput, ...],
-        layers: tuple[LayerInput, ...],
-        blueprints: tuple[BlueprintInput, ...],
-        layer_edges: tuple[tuple[str, str], ...] | None,
-        max_depth: int,
-    ) -> None:
-        # Each relation's edges are listed in one pass (a relation's edge order is part of the sums' rounding).
-        layer_at_depth: dict[int, int] = {}
-        for i, lay in enumerate(layers):
-            layer_at_depth.setdefault(lay.depth, i)
-        layer_index = {lay.name: i for i, lay in enumerate(layers)}
-        e.pair(
-            "influences", "reports", "global", "seed", [0] * len(seeds), range(len(seeds)),
-            [(s.stage / MAX_STAGE, s.alpha, float(s.blend_allowed)) for s in seeds],
-        )  # fmt: skip
-        hosted = [(i, j) for i, s in enumerate(seeds) if (j := layer_at_depth.get(s.layer_depth)) is not None]
-        e.pair(
-            "monitors", "monitored_by", "seed", "layer", [i for i, _ in hosted], [j for _, j in hosted],
-            [(seeds[i].alpha, seeds[i].stage / MAX_STAGE, 1.0) for i, _ in hosted],
-        )  # fmt: skip
-        seeded_layers: dict[int, set[str]] = {}
-        for i, j in hosted:
-            blueprint_id = seeds[i].blueprint_id
-            if blueprint_id is not None:
-                seeded_layers.setdefault(j, set()).add(blueprint_id)
-        # Peers: a chain over slots sorted by depth keeps the relation O(seeds) at 512 slots.
-        order = sorted(range(len(seeds)), key=lambda i: (seeds[i].layer_depth, i))
-        peer_src: list[int] = []
-        peer_dst: list[int] = []
-        peer_attr: list[tuple[float, float, float]] = []
-        for a, c in itertools.pairwise(order):
-            gap = abs(seeds[a].layer_depth - seeds[c].layer_depth)
-            attr = (gap / max_depth, float(gap == 0), 1.0)
-            peer_src += (a, c)
-            peer_dst += (c, a)
-            peer_attr += (attr, attr)
-        e.extend(("seed", "peer", "seed"), peer_src, peer_dst, peer_attr)
-        e.pair(
-            "annotates", "monitored_by", "global", "blueprint", [0] * len(blueprints), range(len(blueprints)),
-            [
-                (b.risk, b.candidate_score if b.candidate_score is not None else 1.0 - b.risk, float(b.quarantine_only))
-                for b in blueprints
-            ],
-        )  # fmt: skip
-        composed = [
-            (k, j)
-            for k, b in enumerate(blueprints)
-            for j, lay in enumerate(layers)
-            if not b.layer_types or lay.layer_type in b.layer_types
-        ]
-        e.pair(
-            "composes", "belongs_to", "blueprint", "layer", [k for k, _ in composed], [j for _, j in composed],
-            [
-                (float(blueprints[k].blueprint_id in seeded_layers.get(j, ())), blueprints[k].risk, 1.0)
-                for k, j in composed
-            ],
-        )  # fmt: skip
-        e.pair(
-            "operates", "feedback", "global", "layer", [0] * len(layers), range(len(layers)),
-            [(lay.depth / max_depth, float(j in seeded_layers), 1.0) for j, lay in enumerate(layers)],
-        )  # fmt: skip
-        if layer_edges is None:
-            pairs = [(layers[j - 1].name, layers[j].name) for j in range(1, len(layers))]
-        else:
-            pairs = list(layer_edges)
-        connects = [
-            (a_i, b_i)
-            for src, dst in pairs
-            # An end capped away drops the edge rather than let it dangle.
-            if (a_i := layer_index.get(src)) is not None and (b_i := layer_index.get(dst)) is not None
-        ]
-        e.extend(
-            ("layer", "connects", "layer"), [a for a, _ in connects], [b for _, b in connects],
-            [(abs(layers[b].depth - layers[a].depth) / max_depth, 1.0, 0.0) for a, b in connects],
-        )  # fmt: skip
-
-
-class _Edges:
-    __slots__ = ("attr", "dst", "src")
-
-    def __init__(self) -> None:
-        self.src: dict[tuple[str, str, str], list[int]] = {et: [] for et in EDGE_TYPES}
-        self.dst: dict[tuple[str, str, str], list[int]] = {et: [] for et in EDGE_TYPES}
-        self.attr: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {et: [] for et in EDGE_TYPES}
-
-    def extend(
-        self,
-        et: tuple[str, str, str],
-        src: Iterable[int],
-        dst: Iterable[int],
-        attr: Iterable[tuple[float, float, float]],
-    ) -> None:
-        self.src[et].extend(src)
-        self.dst[et].extend(dst)
-        self.attr[et].extend(attr)
-
-    def pair(
-        self,
-        fwd: str,
-        rev: str,
-        a_type: str,
-        b_type: str,
-        a: Sequence[int],
-        b: Sequence[int],
-        attr: Sequence[tuple[float, float, float]],
-    ) -> None:
-        """Edges ``a[i] -> b[i]`` of ``(a_type, fwd, b_type)`` and their reverses in ``(b_type, rev, a_type)``."""
-        self.extend((a_type, fwd, b_type), a, b, attr)
-        self.extend((b_type, rev, a_type), b, a, attr)
-
-    def tensors(
-        self,
-    ) -> tuple[dict[tuple[str, str, str], torch.Tensor], dict[tuple[str, str, str], torch.Tensor]]:
-        """(edge_index per relation ``[2, E]`` int64, edge_attr per relation ``[E, EDGE_DIM]`` float32)."""
-        index = {
-            et: torch.from_numpy(np.array([self.src[et], self.dst[et]], dtype=np.int64).reshape(2, -1))
-            for et in EDGE_TYPES
-        }
-        attr = {
-            et: torch.from_numpy(np.array(self.attr[et], dtype=np.float32).reshape(-1, EDGE_DIM)) for et in EDGE_TYPES
-        }
-        return index, attr
 
 
 def _matrix(rows: list[list[float]], width: int) -> torch.Tensor:
