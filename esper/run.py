@@ -294,6 +294,9 @@ async def start(
     try:
         await actors.start(tree)
     except BaseException:
+        # Ctrl-C while the tree starts cancels start(), which leaves the tree starting: stop it before its lanes
+        # close under it (the trainer would fail on a closed lane and be restarted, again and again).
+        await actors.stop()
         await lanes.aclose()
         await StoreCloser(parts.store).aclose()
         await bus_resource.aclose()

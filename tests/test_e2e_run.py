@@ -232,6 +232,61 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert '"kasmina_rebuilt"' in events
 
 
+def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole process group, the GNN worker included: the run still stops in order
+    (Tamiyo decides on what is queued, through its worker), with no traceback and no failed worker, and resumes."""
+    config = tiny_config(tmp_path, epochs=6)
+    config.write_text(config.read_text(encoding="utf-8").replace("[tamiyo]\n", '[tamiyo]\npolicy = "gnn"\n'))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
+    with subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as first:
+        assert first.stderr is not None
+        for line in first.stderr:
+            if line.startswith("epoch   2/"):
+                break
+        os.killpg(first.pid, signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, out + err
+    assert "Traceback" not in err
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"tamiyo_gnn_worker_failed"' not in events
+    assert '"child_failed"' not in events
+    assert (run_dir / "checkpoints" / "tamiyo_state.json").is_file()
+    summary = resume_to_completion(config, run_dir, env)
+    assert summary.training is not None
+    assert summary.training.global_step == 6 * 16
+
+
+def test_a_ctrl_c_while_the_actors_start_stops_them_before_their_lanes_close(tmp_path: Path) -> None:
+    """Ctrl-C while the tree starts (Tamiyo waits for its GNN worker, seconds): the tree is stopped before the
+    lanes close, so no actor fails on a closed lane and none is restarted."""
+    config = tiny_config(tmp_path, epochs=6)
+    config.write_text(config.read_text(encoding="utf-8").replace("[tamiyo]\n", '[tamiyo]\npolicy = "gnn"\n'))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [
+        *(sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)),
+        *("--set", "logging.console=true", "--set", "logging.console_level=info"),
+    ]
+    with subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as first:
+        assert first.stderr is not None
+        for line in first.stderr:
+            if "kernel_catalog_update" in line:  # tezzeret is up: the tree is starting, Tamiyo's worker loading
+                break
+        os.killpg(first.pid, signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, out + err
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"run_started"' not in events  # the signal came while the tree was starting
+    assert '"child_failed"' not in events
+    assert '"tolaria_restarted"' not in events
+
+
 def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(tmp_path: Path) -> None:
     """The whole system (controller, lifecycle, trainer) after kill -9 mid-run: Tamiyo starts from its journaled
     state at the checkpoint, and the run ends with the same grafts at the same steps and bitwise-equal weights."""

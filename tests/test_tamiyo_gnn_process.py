@@ -130,6 +130,20 @@ def test_a_killed_worker_fails_the_decision_with_a_clear_error() -> None:
         remote.decide(next(_observations()))
 
 
+def test_the_worker_outlives_a_ctrl_c_to_the_parents_process_group() -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group; the worker sits in a session of its own."""
+    model = _model()
+    remote = _remote(model, _local(model))
+    try:
+        remote.wait_ready()
+        assert remote.pid is not None
+        assert os.getsid(remote.pid) == remote.pid
+        assert os.getpgid(remote.pid) != os.getpgid(0)
+        remote.decide(next(_observations()))
+    finally:
+        remote.close()
+
+
 def test_weights_that_do_not_match_their_digest_are_refused_by_the_worker() -> None:
     model = _model()
     remote = _remote(model, _local(model, digest="0" * 64))

@@ -131,6 +131,9 @@ def _serve(source: IO[bytes], out: IO[bytes]) -> None:
     """The worker's loop: build the policy from the first frame, answer requests until Close or end of input."""
     try:
         setup = _SETUP.decode(_recv(source))
+    except EOFError:
+        return  # the parent went away before asking for anything
+    try:
         if setup.num_threads is not None:
             torch.set_num_threads(setup.num_threads)
         config = TamiyoGNNConfig(setup.hidden, setup.gat_hidden, setup.heads, setup.dropout)
@@ -222,9 +225,16 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             num_threads=num_threads,
         )
         # A fresh interpreter running this module (not multiprocessing): nothing of the parent's __main__ is
-        # re-imported, so an unguarded user script that embeds Esper does not start itself again.
+        # re-imported, so an unguarded user script that embeds Esper does not start itself again. Its own session:
+        # a terminal's Ctrl-C goes to the whole foreground process group, and the worker must outlive it while the
+        # run stops gracefully (Tamiyo still decides on the packets queued before the stop); it ends when told to,
+        # or at the end of its input when this process dies.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
