@@ -448,6 +448,8 @@ def format_summary(summary: RunSummary) -> str:
         lines += growth_lines(growth)
     if summary.error:
         lines.append(f"error: {summary.error}")
+    if summary.status == "interrupted":
+        lines.append(f"continue it with --resume {summary.run_dir}")
     return "\n".join(lines) + "\n"
 
 
@@ -507,17 +509,21 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
 async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | None = None) -> int:
     system = await start(config, run_dir, resume=resume, progress=sys.stderr)
     interrupted = asyncio.Event()
+
+    def interrupt() -> None:
+        if not interrupted.is_set():
+            sys.stderr.write("interrupted: finishing the step, writing a checkpoint, stopping the actors in order\n")
+        interrupted.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted.set)
+        loop.add_signal_handler(sig, interrupt)
     try:
         summary = await run_until_done(system, interrupted)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     sys.stdout.write(format_summary(summary))
-    if summary.status == "interrupted":
-        return EXIT_INTERRUPTED
     return summary.exit_code
 
 

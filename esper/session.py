@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from schemas.runtime import ActorState
 
 _log = structlog.get_logger("esper.session")
+# The exit status of ``python -m esper.run`` for a run that ended so: 1 failed, 130 interrupted (as after SIGINT).
+_EXIT_CODES: dict[str, int] = {"failed": 1, "interrupted": 130}
 
 
 class TrainingWatch(Protocol):
@@ -245,7 +247,7 @@ class EsperSystem:
             status=status,
             started_at=self._started_at,
             duration_s=round(time.monotonic() - self._started_s, 3),
-            exit_code=1 if status == "failed" else 0,
+            exit_code=_EXIT_CODES.get(status, 0),
             dead_letters=self._actors.dead_letters,
             actors=actors,
             error=error,

@@ -214,10 +214,15 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
             if line.startswith("epoch   3/"):
                 break
         first.send_signal(signal.SIGINT)
-        out, _ = first.communicate(timeout=60)
+        out, err = first.communicate(timeout=60)
     assert first.returncode == 130, out
+    assert "interrupted: finishing the step, writing a checkpoint" in err
+    assert "interrupted in " in out.splitlines()[0]
+    assert out.splitlines()[0].endswith("(exit 130)")
+    assert out.splitlines()[-1] == f"continue it with --resume {run_dir}"
     interrupted = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert interrupted.status == "interrupted"
+    assert interrupted.exit_code == 130
     assert interrupted.training is not None
     stopped_at = interrupted.training.global_step
     assert 0 < stopped_at < 10 * 16
