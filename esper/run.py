@@ -20,6 +20,7 @@ import anyio
 import msgspec
 import structlog
 
+from actors.nissa.prometheus import check_bindable
 from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
@@ -218,6 +219,8 @@ async def start(
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     secret = resolve_secret(resolved)
     await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+    if resolved.nissa.prometheus_port is not None:
+        await anyio.to_thread.run_sync(check_bindable, resolved.nissa.prometheus_host, resolved.nissa.prometheus_port)
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)

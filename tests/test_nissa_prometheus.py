@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
-from actors.nissa.prometheus import MetricsServer, escape_label_value, label_name, metric_name, render_exposition
+from actors.nissa.prometheus import (
+    MetricsServer,
+    check_bindable,
+    escape_label_value,
+    label_name,
+    metric_name,
+    render_exposition,
+)
+from esper.runtime.errors import ConfigError
 from schemas.enums import EmergencyLevel, HealthStatus
 from schemas.nissa import ActiveAlert, HealthReport, MetricSample, NissaSnapshot
 
@@ -157,3 +166,14 @@ def test_ports_are_validated_and_unstarted_servers_have_no_port() -> None:
         MetricsServer(lambda: _snapshot(HealthStatus.HEALTHY), port=70000)
     with pytest.raises(RuntimeError, match="no port until start"):
         _ = MetricsServer(lambda: _snapshot(HealthStatus.HEALTHY)).port
+
+
+def test_a_port_another_process_listens_on_is_a_one_line_config_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: "):
+            check_bindable("127.0.0.1", port)
+    check_bindable("127.0.0.1", port)  # free again: the check binds and lets go
+    check_bindable("127.0.0.1", 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -183,4 +184,17 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest
     assert err.count("\n") == 1
     assert err.startswith("tolaria.device = 'cuda': ")
     assert "not available" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        (tmp_path / "c.toml").write_text(f"[nissa]\nprometheus_port = {port}\n")
+        assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: ")
     assert not (tmp_path / "r").exists()

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import socket
 from typing import TYPE_CHECKING, Final, final
 
 import msgspec
 
+from esper.runtime.errors import ConfigError
 from schemas.enums import HealthStatus
 
 if TYPE_CHECKING:
@@ -229,3 +231,27 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
         if header in (b"\r\n", b"\n", b""):
             return parts[0], parts[1]
     return None
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Fail fast, before a run starts, when the metrics endpoint could not listen on ``host:port``. Blocking.
+
+    Binds and closes a socket as the server will (SO_REUSEADDR, as asyncio sets it), so a port another process
+    listens on fails here, in one line, instead of failing Nissa's start again and again. Port 0 (ephemeral) always
+    binds.
+
+    Raises:
+        ConfigError: naming nissa.prometheus_port and the error.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        raise ConfigError(
+            f"nissa.prometheus_port = {port}: cannot listen on {host}:{port}: {err.strerror or err}"
+        ) from err
