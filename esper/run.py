@@ -251,7 +251,11 @@ async def start(
         sinks.append(screen)
     clock = MonotonicClock()
     bus_resource = BusResource()
-    bus = await bus_resource.open(resolved, clock, _bus_limits(resolved))
+    try:
+        bus = await bus_resource.open(resolved, clock, _bus_limits(resolved))
+    except BaseException:
+        logging.close()
+        raise
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.

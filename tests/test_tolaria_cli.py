@@ -198,3 +198,17 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: py
     assert err.count("\n") == 1
     assert err.startswith(f"nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: ")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_redis_server_that_does_not_answer_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # nothing listens there once closed
+    url = f"redis://127.0.0.1:{port}/0"
+    (tmp_path / "c.toml").write_text(f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n')
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"oona.redis_url: {url} does not answer: ")

@@ -535,14 +535,18 @@ async def open_redis_bus(
 
     Raises:
         ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
-        redis.exceptions.ConnectionError: the server does not answer.
+        ConnectionError: the server does not answer (the builtin, an OSError; the client's own error is chained).
     """
     # Imported here: redis is an optional dependency that only this backend needs.
     import redis.asyncio
+    import redis.exceptions
 
     client = redis.asyncio.Redis.from_url(url, decode_responses=False)
     try:
-        await client.ping()
+        try:
+            await client.ping()
+        except redis.exceptions.ConnectionError as err:
+            raise ConnectionError(str(err)) from err
         bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
         try:
             yield bus
