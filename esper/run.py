@@ -32,6 +32,7 @@ from esper.baseline import load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
 from esper.logs import StructlogSink, configure_logging
+from esper.resume import check_resumable
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
@@ -226,6 +227,7 @@ async def start(
         directory = Path(resume)
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
+        await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
         run_id = resolved.run_id or earlier
     else:

@@ -1,0 +1,64 @@
+"""--resume refuses a config that would train a different run than the one in the directory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from esper.config import apply_overrides, dump_config
+from esper.resume import check_resumable
+from esper.run import EXIT_CONFIG_ERROR, main
+from esper.runtime.errors import ConfigError
+from schemas.config import RunConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _run_dir(tmp_path: Path, *overrides: str) -> Path:
+    directory = tmp_path / "run"
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "config.toml").write_text(dump_config(apply_overrides(RunConfig(), overrides)), encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ('tolaria.host_model="mlp"', "tolaria.host_model"),
+        ("tolaria.seed=7", "tolaria.seed"),
+        ("tolaria.lr=0.1", "tolaria.lr"),
+        ('kasmina.slot_targets=["blocks.0"]', "kasmina.slot_targets"),
+        ('tamiyo.policy="every_k"', "tamiyo.policy"),
+    ],
+)
+def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: str, key: str) -> None:
+    directory = _run_dir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^--resume {directory}: {key} is .* in the run and .* here; "):
+        check_resumable(directory, apply_overrides(RunConfig(), [override]))
+
+
+@pytest.mark.parametrize("override", ["tolaria.epochs=500", 'tolaria.device="cpu"', 'logging.level="debug"'])
+def test_training_further_and_other_settings_may_change(tmp_path: Path, override: str) -> None:
+    check_resumable(_run_dir(tmp_path), apply_overrides(RunConfig(), [override]))
+
+
+def test_a_run_directory_without_a_readable_config_is_not_checked(tmp_path: Path) -> None:
+    directory = _run_dir(tmp_path)
+    (directory / "config.toml").write_text("[tolaria\n", encoding="utf-8")
+    check_resumable(directory, apply_overrides(RunConfig(), ['tolaria.host_model="mlp"']))
+
+
+def test_the_cli_refuses_in_one_line_and_leaves_the_run_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = _run_dir(tmp_path)
+    before = (directory / "config.toml").read_bytes()
+    (tmp_path / "c.toml").write_text('[tolaria]\nhost_model = "mlp"\n', encoding="utf-8")
+    assert main([str(tmp_path / "c.toml"), "--resume", str(directory)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"--resume {directory}: tolaria.host_model is 'cnn1d' in the run and 'mlp' here")
+    assert (directory / "config.toml").read_bytes() == before
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoints", "config.toml"]
