@@ -37,7 +37,7 @@ from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
-from esper.runtime.errors import EsperError
+from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
 from esper.session import FanoutSink
 from esper.wiring import NissaForward, Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
@@ -145,11 +145,16 @@ def _load_tamiyo_state(path: Path) -> TamiyoState | None:
 
 
 def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, int | None]:
-    """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step)."""
+    """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step).
+
+    Raises:
+        ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from.
+    """
     try:
         step = latest_good_step(checkpoints) if checkpoints.is_dir() else None
-    except CheckpointError:
-        step = None  # Tolaria reports it when it tries to resume
+    except CheckpointError as err:
+        # Before any actor starts: otherwise the trainer fails to load, again at every restart.
+        raise ConfigError(f"--resume {checkpoints.parent}: {err}") from err
     graceful = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
     state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
     return state, source, step

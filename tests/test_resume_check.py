@@ -62,3 +62,28 @@ def test_the_cli_refuses_in_one_line_and_leaves_the_run_untouched(
     assert err.startswith(f"--resume {directory}: tolaria.host_model is 'cnn1d' in the run and 'mlp' here")
     assert (directory / "config.toml").read_bytes() == before
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoints", "config.toml"]
+
+
+def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[tolaria]\nepochs = 2\ndataset_samples = 600\n[urza]\nroot = "{tmp_path / "urza"}"\n'
+        "[logging]\nconsole = false\n",
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    for checkpoint in (run_dir / "checkpoints").glob("step-*.pt"):
+        checkpoint.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main([str(config), "--set", "tolaria.epochs=4", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    listed = len(list((run_dir / "checkpoints").glob("step-*.pt")))
+    assert err.endswith(
+        f"--resume {run_dir}: {run_dir / 'checkpoints'}: no checkpoint passes its checksum ({listed} listed)\n"
+    )
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"child_failed"' not in events
+    assert '"checkpoint_corrupt"' in events
