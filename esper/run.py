@@ -233,7 +233,10 @@ async def start(
     else:
         run_id = resolved.run_id or new_run_id()
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
-    await anyio.to_thread.run_sync(_prepare_run_dir, directory, dump_config(resolved))
+    try:
+        await anyio.to_thread.run_sync(_prepare_run_dir, directory, dump_config(resolved))
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     logging = configure_logging(
         directory,
         level=resolved.logging.level,

@@ -212,3 +212,16 @@ def test_a_redis_server_that_does_not_answer_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"oona.redis_url: {url} does not answer: ")
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "c.toml").write_text("")
+    run_dir = tmp_path / "file" / "run"
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"run directory {run_dir}: cannot write there: ")
+
