@@ -224,4 +224,3 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"run directory {run_dir}: cannot write there: ")
-
