@@ -191,7 +191,10 @@ async def assemble(
     store = await anyio.to_thread.run_sync(UrzaStore, Path(config.urza.root))
     catalogue = default_catalogue()
     standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
-    karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
+    try:
+        karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     offered = await anyio.to_thread.run_sync(
         candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
     )

@@ -224,3 +224,15 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"run directory {run_dir}: cannot write there: ")
+
+
+def test_an_unknown_blueprint_in_karn_include_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.toml").write_text(f'[karn]\ninclude = ["BP999"]\n[urza]\nroot = "{tmp_path / "urza"}"\n')
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(
+        "karn.include / karn.exclude name unknown blueprints ['BP999']; known: BP001"
+    )
+    assert "Traceback" not in err

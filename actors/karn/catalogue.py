@@ -184,7 +184,8 @@ class KarnCatalogue:
         """
         unknown = [b for b in (*include, *exclude) if b not in catalogue]
         if unknown:
-            raise ValueError(f"karn include/exclude name unknown blueprints {unknown}; known: {list(catalogue.ids)}")
+            known = ", ".join(catalogue.ids)
+            raise ValueError(f"karn.include / karn.exclude name unknown blueprints {unknown}; known: {known}")
         chosen = tuple(
             d for d in catalogue if (not include or d.blueprint_id in include) and d.blueprint_id not in exclude
         )
