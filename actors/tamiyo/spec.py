@@ -191,17 +191,23 @@ def _gnn_factory(
     from esper.nn.policy_graph import GraphCaps
 
     gnn = settings if settings is not None else GnnSettings()
+    version = gnn.version
+    loaded = None
     if gnn.model is None and config.gnn_checkpoint is not None:
-        raise ValueError(
-            f"tamiyo.gnn_checkpoint = {config.gnn_checkpoint!r}: loading is not wired here; pass GnnSettings(model=...)"
-        )
+        from actors.tamiyo.gnn_weights import load_gnn_weights
+
+        loaded, file_digest = load_gnn_weights(config.gnn_checkpoint, gnn.model_config)
+        version = f"file-{file_digest[:12]}"  # commands and field reports say which weights decided
     on_cpu = lane.device.type == "cpu"
     if config.policy_process == "process" and not on_cpu:
         raise ValueError(f"tamiyo.policy_process = 'process' needs a CPU policy lane, this one is on {lane.device}")
     in_worker = config.policy_process == "process" or (config.policy_process == "auto" and on_cpu)
-    model = (
-        gnn.model if gnn.model is not None else build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
-    )
+    if gnn.model is not None:
+        model = gnn.model
+    elif loaded is not None:
+        model = loaded.to(lane.device)
+    else:
+        model = build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
     model.eval()
     digest = weights_sha256(model)
     blueprint_ids = tuple(bp.blueprint_id for bp in candidates)
@@ -217,7 +223,7 @@ def _gnn_factory(
             device=lane.device,
             caps=caps,
             normaliser_alpha=config.normaliser_alpha,
-            version=gnn.version,
+            version=version,
             blend=blend,
             max_ramp_steps=gnn.max_ramp_steps,
             lr_delta_bound=gnn.lr_delta_bound,

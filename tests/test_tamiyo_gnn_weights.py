@@ -1,0 +1,73 @@
+"""tamiyo.gnn_checkpoint: a GNN policy decides with the weights of a safetensors file; bad files are one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import pytest
+from safetensors.torch import save_file
+
+from actors.tamiyo.gnn_policy import GnnPolicy, weights_sha256
+from actors.tamiyo.gnn_weights import load_gnn_weights
+from actors.tamiyo.spec import GnnSettings, _gnn_factory
+from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
+from esper.runtime.errors import ConfigError
+from esper.runtime.lanes import Lane
+from schemas.config import TamiyoConfig
+from tests._tamiyo_harness import BLUEPRINTS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SMALL = TamiyoGNNConfig(hidden=32, gat_hidden=16, heads=2)
+
+
+def _saved(path: Path, config: TamiyoGNNConfig, seed: int) -> str:
+    model = build_tamiyo_gnn(config, seed=seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return weights_sha256(model)
+
+
+def test_the_file_weights_are_the_networks(tmp_path: Path) -> None:
+    path = tmp_path / "policy.safetensors"
+    expected = _saved(path, SMALL, seed=3)
+    model, digest = load_gnn_weights(str(path), SMALL)
+    assert weights_sha256(model) == expected
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it: No such file or directory"),
+        (b"not safetensors", "not a safetensors file: "),
+        ("other sizes", "the weights do not fit tamiyo_gnn_v1 at these sizes: "),
+    ],
+)
+def test_a_file_that_cannot_serve_is_a_one_line_config_error(
+    tmp_path: Path, content: bytes | str | None, message: str
+) -> None:
+    path = tmp_path / "policy.safetensors"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        _saved(path, TamiyoGNNConfig(hidden=24, gat_hidden=8, heads=2), seed=1)
+    with pytest.raises(ConfigError) as info:
+        load_gnn_weights(str(path), SMALL)
+    text = str(info.value)
+    assert text.startswith(f"tamiyo.gnn_checkpoint = {str(path)!r}: {message}")
+    assert "\n" not in text
+
+
+async def test_the_policy_built_for_a_run_decides_with_the_file_weights(tmp_path: Path) -> None:
+    path = tmp_path / "policy.safetensors"
+    expected = _saved(path, SMALL, seed=9)
+    config = TamiyoConfig(policy="gnn", gnn_checkpoint=str(path), policy_process="thread")
+    async with Lane("policy", "cpu", num_threads=1) as lane:
+        policy = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)()
+    assert isinstance(policy, GnnPolicy)
+    state = policy.export_state()
+    assert state.weights_sha256 == expected
+    assert policy.version == f"file-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
