@@ -1,0 +1,105 @@
+"""Config that cannot run: one line on stderr naming the key, exit status 2, and (where it can be checked before the
+run starts) no run directory left behind."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import torch
+
+from esper.run import EXIT_CONFIG_ERROR, main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, run_dir: Path | None = None) -> str:
+    """Run ``python -m esper.run`` on ``toml`` in process; assert exit status 2 and return stderr."""
+    (tmp_path / "c.toml").write_text(toml)
+    target = run_dir if run_dir is not None else tmp_path / "r"
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(target)]) == EXIT_CONFIG_ERROR
+    return capsys.readouterr().err
+
+
+def one_line(err: str, start: str) -> None:
+    assert err.count("\n") == 1, err
+    assert err.startswith(start), err
+
+
+def test_a_malformed_npz_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((4, 3), dtype=np.float32), y_train=np.zeros(5, dtype=np.int64))
+    one_line(
+        refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n'), f"tolaria.npz_path = '{bad}': "
+    )
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "start", "needle"),
+    [
+        (
+            '[kasmina]\nslot_targets = ["nope"]\n',
+            "kasmina.slot_targets = ['nope']: ",
+            "'nope' match no submodule of CNN1dHost",
+        ),
+        (
+            '[tolaria]\nhost_model = "tests.tolaria_factories:slotless_mlp"\n',
+            "tolaria.host_model = 'tests.tolaria_factories:slotless_mlp': the model has no seed slot",
+            "set kasmina.slot_targets to the qualified names of the modules to grow after, or give the model a"
+            " slot_targets attribute; its layers include 1 (Linear), 3 (Linear)",
+        ),
+    ],
+)
+def test_slots_that_cannot_be_placed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, start: str, needle: str
+) -> None:
+    err = refused(tmp_path, capsys, settings)
+    one_line(err, start)
+    assert needle in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(tmp_path, capsys, '[tolaria]\ndevice = "cuda"\n')
+    one_line(err, "tolaria.device = 'cuda': ")
+    assert "not available" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_metrics_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        err = refused(tmp_path, capsys, f"[nissa]\nprometheus_port = {port}\n")
+    one_line(err, f"nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # nothing listens there once closed
+    url = f"redis://127.0.0.1:{port}/0"
+    err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n')
+    one_line(err, f"oona.redis_url: {url} does not answer: ")
+
+
+def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    run_dir = tmp_path / "file" / "run"
+    one_line(refused(tmp_path, capsys, "", run_dir), f"run directory {run_dir}: cannot write there: ")
+
+
+def test_an_unknown_blueprint_in_karn_include(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(tmp_path, capsys, f'[karn]\ninclude = ["BP999"]\n[urza]\nroot = "{tmp_path / "urza"}"\n')
+    # Checked while the run assembles: the header lines come first.
+    assert err.splitlines()[-1].startswith(
+        "karn.include / karn.exclude name unknown blueprints ['BP999']; known: BP001"
+    )
+    assert "Traceback" not in err
