@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
 
@@ -245,6 +246,7 @@ async def start(
         console_level=_console_level(resolved.logging.console_level),
     )
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    started_s = time.monotonic()  # the summary's duration covers assembly and start-up too, as the user waits
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
@@ -335,6 +337,7 @@ async def start(
         hub=hub,
         logging=logging,
         started_at=started_at,
+        started_s=started_s,
         training=cell,
         resources=(lanes, StoreCloser(parts.store), bus_resource),
         stop_training=lambda: cell.request_run_stop("run stopping"),

@@ -117,6 +117,7 @@ class EsperSystem:
         hub: EventHub,
         logging: LoggingHandle,
         started_at: str,
+        started_s: float | None = None,
         training: TrainingWatch | None = None,
         resources: tuple[Closable, ...] = (),
         stop_training: Callable[[], None] | None = None,
@@ -124,7 +125,8 @@ class EsperSystem:
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
-        handle what is queued before the actors stop; ``growth`` gives the summary's growth figures."""
+        handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
+        is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -132,7 +134,7 @@ class EsperSystem:
         self._hub = hub
         self._logging = logging
         self._started_at = started_at
-        self._started_s = time.monotonic()
+        self._started_s = time.monotonic() if started_s is None else started_s
         self._summary: RunSummary | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
