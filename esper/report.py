@@ -16,7 +16,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO, final
+from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.runtime.atomic_write import atomic_write_bytes
@@ -123,15 +123,49 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
-def read_run_events(path: Path) -> tuple[list[StageEvent], list[PauseEvent]]:
-    """Every lifecycle transition and every pause or resume in events.jsonl, in file order; lines that are not
-    JSON objects are skipped.
+Decision = tuple[int, float, str | None]
+"""A controller decision read back: (step, latency ms, the NO_OP reason, or None when it issued a command)."""
+
+
+class RunEvents(NamedTuple):
+    """What events.jsonl says about a run, in file order."""
+
+    stages: list[StageEvent]
+    pauses: list[PauseEvent]
+    decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
+
+
+def decision_entry(entry: dict[str, object]) -> Decision | None:
+    """The decision in one ``tamiyo_decision`` entry, or None if it is not one (or a field is malformed)."""
+    if entry.get("event") != "tamiyo_decision":
+        return None
+    step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
+    if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
+        return None
+    assert isinstance(ms, int | float)
+    no_op = reason if isinstance(reason, str) and reason else "no_op"
+    return step, float(ms), None if command is True else no_op
+
+
+def _supersede(kept: list[Decision], session: list[Decision]) -> list[Decision]:
+    # A resumed session decides again from the step it resumed at: the earlier ones from there on were made again.
+    return [d for d in kept if d[0] < session[0][0]] + session if session else kept
+
+
+def read_run_events(path: Path) -> RunEvents:
+    """Every lifecycle transition, pause or resume, and controller decision in events.jsonl, in one pass; lines that
+    are not JSON objects are skipped.
+
+    A session begins at a ``run_starting`` line. Decisions are counted once across resumed sessions: a session's
+    first decision drops the earlier sessions' decisions at or after its step (the ones the run made again).
 
     Raises:
         ReportInputError: the file is missing or unreadable.
     """
     events: list[StageEvent] = []
     pauses: list[PauseEvent] = []
+    decisions: list[Decision] = []
+    session: list[Decision] = []
     try:
         with path.open(encoding="utf-8") as lines:
             for line in lines:
@@ -145,68 +179,25 @@ def read_run_events(path: Path) -> tuple[list[StageEvent], list[PauseEvent]]:
                     events.append(event)
                 elif (pause := pause_event(entry)) is not None:
                     pauses.append(pause)
+                elif (decision := decision_entry(entry)) is not None:
+                    session.append(decision)
+                elif entry.get("event") == "run_starting":
+                    decisions, session = _supersede(decisions, session), []
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return events, pauses
+    return RunEvents(events, pauses, _supersede(decisions, session))
 
 
-def read_decisions(path: Path) -> list[tuple[int, float, str | None]]:
-    """The run's controller decisions from events.jsonl (its ``tamiyo_decision`` lines): (step, latency ms, the NO_OP
-    reason, or None when the decision issued a command), each counted once across resumed sessions. Malformed lines
-    are skipped.
-
-    A session begins at a ``run_starting`` line; a resumed session decides again from the step it resumed at, so
-    the earlier sessions' decisions at or after its first decision's step are dropped (the ones the run made again).
-
-    Raises:
-        ReportInputError: the file is missing or unreadable.
-    """
-    kept: list[tuple[int, float, str | None]] = []
-    session: list[tuple[int, float, str | None]] = []
-
-    def close_session() -> None:
-        if session:
-            first = session[0][0]
-            kept[:] = [d for d in kept if d[0] < first]
-            kept.extend(session)
-            session.clear()
-
-    try:
-        with path.open("rb") as lines:
-            for line in lines:
-                starting = b'"run_starting"' in line
-                if not starting and b'"tamiyo_decision"' not in line:
-                    continue  # most lines: skipped without parsing
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(entry, dict):
-                    continue
-                if entry.get("event") == "run_starting":
-                    close_session()
-                    continue
-                if entry.get("event") != "tamiyo_decision":
-                    continue
-                step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
-                if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
-                    continue
-                assert isinstance(ms, int | float)
-                no_op = reason if isinstance(reason, str) and reason else "no_op"
-                session.append((step, float(ms), None if command is True else no_op))
-    except FileNotFoundError as err:
-        raise ReportInputError(f"no {path.name} in {path.parent}") from err
-    except OSError as err:
-        raise ReportInputError(f"cannot read {path}: {err}") from err
-    close_session()
-    return kept
+def read_decisions(path: Path) -> list[Decision]:
+    """The run's controller decisions in events.jsonl, each once (see read_run_events)."""
+    return read_run_events(path).decisions
 
 
 def read_stage_events(path: Path) -> list[StageEvent]:
     """Every lifecycle transition in events.jsonl, in file order (see read_run_events)."""
-    return read_run_events(path)[0]
+    return read_run_events(path).stages
 
 
 def read_summary(path: Path) -> dict[str, object] | None:
@@ -235,9 +226,13 @@ def load_run(run_dir: Path) -> RunData:
     if not run_dir.is_dir():
         raise ReportInputError(f"no such run directory: {run_dir}")
     rows = read_metrics(run_dir / METRICS_CSV)
-    events, pauses = read_run_events(run_dir / EVENTS_JSONL)
+    found = read_run_events(run_dir / EVENTS_JSONL)
     return RunData(
-        run_dir=run_dir, rows=rows, events=events, summary=read_summary(run_dir / SUMMARY_JSON), pauses=pauses
+        run_dir=run_dir,
+        rows=rows,
+        events=found.stages,
+        summary=read_summary(run_dir / SUMMARY_JSON),
+        pauses=found.pauses,
     )
 
 

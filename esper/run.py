@@ -44,7 +44,7 @@ from esper.runtime.gpu import GpuTelemetry
 from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
-from esper.session import EsperSystem, EventHub, FanoutSink
+from esper.session import EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
 from esper.wiring import RunHooks, RunTally
 from schemas.config import RunConfig
 
@@ -63,7 +63,6 @@ _log = structlog.get_logger("esper.run")
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -351,15 +350,14 @@ def _earlier_tally(
 ) -> tuple[
     list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[tuple[int, float, str | None]]
 ]:
-    from esper.report import ReportInputError, read_decisions, read_metrics, read_stage_events
+    from esper.report import ReportInputError, read_metrics, read_run_events
 
     try:
-        events = read_stage_events(directory / "events.jsonl")
-        decisions = read_decisions(directory / "events.jsonl")
+        found = read_run_events(directory / "events.jsonl")
         rows = read_metrics(directory / "metrics.csv")
     except ReportInputError:
         return [], [], []
-    stages = [(e.seed_id, e.to_stage, e.step) for e in events if e.seed_id is not None]
+    stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     epochs = [
         (int(epoch) + 1, int(step), accuracy)
         for row in rows
@@ -367,7 +365,7 @@ def _earlier_tally(
         and (step := row.get("step")) is not None
         and (accuracy := row.get("val_accuracy")) is not None
     ]
-    return stages, epochs, decisions
+    return stages, epochs, found.decisions
 
 
 def _console_level(configured: str) -> str:

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from schemas.runtime import ActorState
 
 _log = structlog.get_logger("esper.session")
-# The exit status of ``python -m esper.run`` for a run that ended so: 1 failed, 130 interrupted (as after SIGINT).
-_EXIT_CODES: dict[str, int] = {"failed": 1, "interrupted": 130}
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+"""As after SIGINT; with EXIT_FAILED, the exit status of ``python -m esper.run`` for a run that ended so."""
+_EXIT_CODES: dict[str, int] = {"failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
 
 
 class TrainingWatch(Protocol):

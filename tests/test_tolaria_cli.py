@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from actors.tolaria.checkpoints import decode_state, read_manifest
-from esper.run import EXIT_INTERRUPTED, main
+from esper.run import main
+from esper.session import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
     from pathlib import Path
