@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
 import secrets
 import signal
@@ -29,12 +30,12 @@ from actors.tolaria.build import check_config
 from actors.tolaria.checkpoints import CheckpointError, latest_good, read_manifest
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
-from esper.baseline import load_baseline, with_baseline
+from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
 from esper.logs import StructlogSink, configure_logging
 from esper.resume import check_resumable
-from esper.runtime.atomic_write import atomic_write_text
+from esper.run_dir import RunDirLock, claim_run_dir, write_run_config
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import open_redis_bus
@@ -227,16 +228,40 @@ async def start(
         directory = Path(resume)
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
+        # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
-        earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
-        run_id = resolved.run_id or earlier
+        run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:
         run_id = resolved.run_id or new_run_id()
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
+    run_lock = await anyio.to_thread.run_sync(functools.partial(claim_run_dir, directory, resume=resume is not None))
     try:
-        await anyio.to_thread.run_sync(_prepare_run_dir, directory, dump_config(resolved))
-    except OSError as err:
-        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+        return await _start_claimed(
+            resolved, directory, run_id, run_lock,
+            baseline=baseline, secret=secret, resume=resume, progress=progress, hooks=hooks, console=console,
+        )  # fmt: skip
+    except BaseException:
+        run_lock.release()
+        raise
+
+
+async def _start_claimed(
+    resolved: RunConfig,
+    directory: Path,
+    run_id: str | None,
+    run_lock: RunDirLock,
+    *,
+    baseline: RecordedBaseline | None,
+    secret: bytes,
+    resume: str | Path | None,
+    progress: TextIO | None,
+    hooks: RunHooks | None,
+    console: bool | None,
+) -> EsperSystem:
+    if run_id is None:
+        earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
+        run_id = resolved.run_id or earlier
+    await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
     logging = configure_logging(
         directory,
         level=resolved.logging.level,
@@ -337,6 +362,7 @@ async def start(
         logging=logging,
         started_at=started_at,
         started_s=started_s,
+        run_lock=run_lock,
         training=cell,
         resources=(lanes, StoreCloser(parts.store), bus_resource),
         stop_training=lambda: cell.request_run_stop("run stopping"),
@@ -394,11 +420,6 @@ def previous_run_id(directory: Path) -> str:
     except (OSError, msgspec.DecodeError):
         pass
     return directory.name
-
-
-def _prepare_run_dir(directory: Path, resolved_toml: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(directory / "config.toml", resolved_toml)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from esper.logs import LoggingHandle
+    from esper.run_dir import RunDirLock
     from esper.runtime.events import EventSink
     from esper.runtime.system import ActorSystem
     from schemas.config import RunConfig
@@ -120,6 +121,7 @@ class EsperSystem:
         logging: LoggingHandle,
         started_at: str,
         started_s: float | None = None,
+        run_lock: RunDirLock | None = None,
         training: TrainingWatch | None = None,
         resources: tuple[Closable, ...] = (),
         stop_training: Callable[[], None] | None = None,
@@ -128,7 +130,8 @@ class EsperSystem:
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
-        is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now)."""
+        is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
+        run directory's claim, is released once the summary and report are written."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -145,6 +148,7 @@ class EsperSystem:
         self._stop_training = stop_training
         self._drain = drain
         self._growth = growth
+        self._run_lock = run_lock
 
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
@@ -238,6 +242,13 @@ class EsperSystem:
     async def _finish(self, status: RunStatus, error: str | None) -> RunSummary:
         if self._summary is not None:
             return self._summary
+        try:
+            return await self._write_summary(status, error)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+
+    async def _write_summary(self, status: RunStatus, error: str | None) -> RunSummary:
         actors = tuple(self._actors.snapshot())
         for state in actors:
             log_actor_state(_log, state)

@@ -1,0 +1,96 @@
+"""A run directory's claim: one process writes it at a time, and a new run never writes over an earlier run's files."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import TYPE_CHECKING, final
+
+from esper.runtime.atomic_write import atomic_write_text
+from esper.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+LOCK_NAME = "run.lock"
+# What a run leaves behind; a directory holding any of these is an earlier run's (its config.toml alone is not: a
+# run refused before it started writes only that).
+RUN_FILES = ("events.jsonl", "checkpoints", "metrics.csv", "summary.json", "field_reports.wal")
+
+
+@final
+class RunDirLock:
+    """An exclusive ``flock`` on ``<run dir>/run.lock``, held for the run's life.
+
+    The kernel drops the lock when its process dies, ``kill -9`` included, so a lock file left behind never blocks a
+    ``--resume``; the file's content (the holder's pid) only makes the refusal's message useful.
+    """
+
+    __slots__ = ("_fd", "path")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor drops it). Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
+    """Make ``directory`` if needed and lock it for this run. Blocking (a few system calls).
+
+    A new run (``resume`` False) refuses a directory that holds an earlier run's files: it would append to that
+    run's events and overwrite its checkpoints and metrics. A resumed run needs the directory's files and only the
+    lock.
+
+    Raises:
+        ConfigError: the directory cannot be made or written, another process's run holds it, or (for a new run) it
+            holds an earlier run.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(
+                f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
+                f" --resume {directory}"
+            ) from None
+        if not resume:
+            earlier = [name for name in RUN_FILES if (directory / name).exists()]
+            if earlier:
+                raise ConfigError(
+                    f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
+                    f" {directory}, or choose another --run-dir"
+                )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunDirLock(fd, directory / LOCK_NAME)
+
+
+def write_run_config(directory: Path, resolved_toml: str) -> None:
+    """The resolved configuration into the run directory, atomically. Blocking.
+
+    Raises:
+        ConfigError: the directory is not writable.
+    """
+    try:
+        atomic_write_text(directory / "config.toml", resolved_toml)
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err

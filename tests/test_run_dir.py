@@ -1,0 +1,133 @@
+"""A run directory's claim: one run writes it at a time, a new run never writes over an earlier one, the lock dies with
+its process, and the command line and ``esper.start`` refuse in one line without touching what is there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+import esper
+from esper.logs import reset_logging
+from esper.run import EXIT_CONFIG_ERROR, main
+from esper.run_dir import LOCK_NAME, claim_run_dir
+from esper.runtime.errors import ConfigError
+from tests.test_run_embedded import quiet_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    reset_logging()
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "run"
+    lock = claim_run_dir(directory, resume=False)
+    assert lock.held
+    assert (directory / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    in_use = rf"^run directory {directory}: another run is using it \(pid {os.getpid()}\)"
+    with pytest.raises(ConfigError, match=in_use):
+        claim_run_dir(directory, resume=True)
+    lock.release()
+    lock.release()  # idempotent
+    assert not lock.held
+    again = claim_run_dir(directory, resume=True)
+    again.release()
+
+
+def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
+    with pytest.raises(ConfigError) as refused:
+        claim_run_dir(tmp_path, resume=False)
+    assert str(refused.value) == (
+        f"run directory {tmp_path} already holds a run (events.jsonl, checkpoints): continue it with --resume"
+        f" {tmp_path}, or choose another --run-dir"
+    )
+    assert (tmp_path / "events.jsonl").read_text() == '{"event": "run_starting"}\n'
+    claim_run_dir(tmp_path, resume=True).release()  # the same directory is fine to resume
+
+
+def test_a_directory_with_only_a_refused_runs_config_or_other_files_is_usable(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    claim_run_dir(tmp_path, resume=False).release()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=rf"^run directory {tmp_path / 'file' / 'run'}: cannot write there: "):
+        claim_run_dir(tmp_path / "file" / "run", resume=False)
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from esper.run_dir import claim_run_dir
+lock = claim_run_dir(Path(sys.argv[1]), resume=False)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_lock_dies_with_its_process_even_by_kill_9(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"  # the barrier: the other process holds the lock now
+            with pytest.raises(ConfigError, match=rf"another run is using it \(pid {holder.pid}\)"):
+                claim_run_dir(tmp_path, resume=True)
+        finally:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.wait(timeout=30)
+    claim_run_dir(tmp_path, resume=True).release()
+
+
+def test_the_command_line_refuses_an_earlier_runs_directory_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "events.jsonl").write_text("earlier\n")
+    (run / "config.toml").write_text("# earlier\n")
+    (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\n")
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err == (
+        f"run directory {run} already holds a run (events.jsonl, checkpoints): continue it with --resume {run}, or"
+        " choose another --run-dir\n"
+    )
+    assert (run / "events.jsonl").read_text() == "earlier\n"
+    assert (run / "config.toml").read_text() == "# earlier\n"
+
+
+async def test_a_live_run_cannot_be_resumed_or_rerun_by_a_second_start(tmp_path: Path) -> None:
+    config = quiet_config(tmp_path)
+    run = tmp_path / "run"
+    assert (await (await esper.start(config, run_dir=run)).wait()).status == "completed"
+    reset_logging()
+    longer = ["tolaria.epochs=3"]
+    live = await esper.start(config, resume=run, overrides=longer)
+    try:
+        with pytest.raises(ConfigError, match=rf"^run directory {run}: another run is using it \(pid {os.getpid()}\)"):
+            await esper.start(config, resume=run, overrides=longer)
+        with pytest.raises(ConfigError, match=rf"^run directory {run}: another run is using it"):
+            await esper.start(config, run_dir=run)
+    finally:
+        assert (await live.stop()).status == "stopped"
+    reset_logging()
+    resumed = await esper.start(config, resume=run, overrides=longer)  # the claim ended with the run
+    summary = await resumed.wait()
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.epochs == 3
