@@ -66,13 +66,20 @@ def parse_level(level: str, *, parameter: str = "level") -> LogLevel:
 
 @final
 class _JsonLineWriter:
-    """A processor that appends each event dict to a file as one JSON line, flushed, and passes the dict on."""
+    """A processor that appends each event dict to a file as one JSON line, flushed, and passes the dict on.
 
-    def __init__(self, stream: IO[bytes], min_level: int) -> None:
+    A write that fails (a full disk) closes the file and says so once on ``notice``; the events after it still reach
+    the console. A logging call never raises into its caller: the supervisor logging a failure must not fail itself.
+    """
+
+    def __init__(self, stream: IO[bytes], min_level: int, path: Path, notice: TextIO) -> None:
         self._stream = stream
         self._min_level = min_level
         self._lock = threading.Lock()
         self._closed = False
+        self._path = path
+        self._notice = notice
+        self.failure: OSError | None = None
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         level = event_dict.get("level", "info")
@@ -88,15 +95,47 @@ class _JsonLineWriter:
         line = _ENCODER.encode(ordered) + b"\n"
         with self._lock:
             if not self._closed:
-                self._stream.write(line)
-                self._stream.flush()
+                try:
+                    self._stream.write(line)
+                    self._stream.flush()
+                except OSError as err:
+                    self._fail(err)
         return event_dict
+
+    def _fail(self, err: OSError) -> None:
+        self.failure, self._closed = err, True
+        with contextlib.suppress(OSError):  # closing flushes what is buffered, which fails the same way
+            self._stream.close()
+        with contextlib.suppress(OSError, ValueError):
+            self._notice.write(
+                f"{self._path}: cannot write the event log ({err.strerror or err}); later events reach the console"
+                " only\n"
+            )
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._stream.close()
+                try:
+                    self._stream.close()
+                except OSError as err:
+                    self._fail(err)
+
+
+def _open_for_lines(path: Path) -> IO[bytes]:
+    """``path`` opened to append lines; a torn last line (a crash or a full disk mid-write) is ended first, so the
+    next run's first event (a resume's ``run_starting``) is not glued to it and lost with it."""
+    stream = path.open("ab")
+    try:
+        if stream.tell() > 0:
+            with path.open("rb") as existing:
+                existing.seek(-1, 2)
+                if existing.read(1) != b"\n":
+                    stream.write(b"\n")
+    except BaseException:
+        stream.close()
+        raise
+    return stream
 
 
 @final
@@ -175,7 +214,7 @@ def configure_logging(
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file
-        writer = _JsonLineWriter(json_path.open("ab"), file_level)
+        writer = _JsonLineWriter(_open_for_lines(json_path), file_level, json_path, stream)
 
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -13,7 +13,7 @@ import structlog
 
 from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.errors import RestartIntensityExceeded
+from esper.runtime.errors import SupervisorGaveUp, UnrecoverableFailure
 from schemas.base import Message, Record
 from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
 
@@ -175,8 +175,10 @@ class EsperSystem:
             if self._training is not None and not self._stopped:
                 await self._wait_training()
             await self._actors.wait()
-        except RestartIntensityExceeded as err:
+        except SupervisorGaveUp as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
+            if isinstance(err, UnrecoverableFailure):
+                error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
         if self._stopped:
             status = self._stop_status if status != "failed" else status
         figures = self._training.figures if self._training is not None else None
@@ -204,7 +206,7 @@ class EsperSystem:
 
     async def _tree_stopped(self) -> None:
         # wait() re-raises the root's failure afterwards; here it only ends the race.
-        with contextlib.suppress(RestartIntensityExceeded):
+        with contextlib.suppress(SupervisorGaveUp):
             await self._actors.wait()
 
     async def stop(self, *, status: RunStatus = "stopped") -> RunSummary:
@@ -271,7 +273,10 @@ class EsperSystem:
         )
         self._summary = summary
         path = self.run_dir / self.config.nissa.summary_json
-        await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+        try:
+            await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+        except OSError as err:  # a full disk: the summary still reaches the caller and the console
+            _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
         if self.config.nissa.report_png:
             await self._render_report()
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)

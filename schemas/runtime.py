@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from schemas.base import Message, Record
 from schemas.enums import ActorStatus, BreakerState, EmergencyLevel
 
@@ -50,13 +52,19 @@ class ChildRestarted(Message, frozen=True):
     backoff_s: float
 
 
+EscalationReason = Literal["restart_intensity", "unrecoverable"]
+
+
 class SupervisorEscalated(Message, frozen=True):
-    """A supervisor exceeded its restart intensity, stopped its children and handed the failure to its parent."""
+    """A supervisor stopped its children and handed the failure to its parent: restarts came faster than its
+    intensity allows (``restart_intensity``), or a child failed in a way no restart fixes, such as a full disk
+    (``unrecoverable``: escalated at the first failure)."""
 
     supervisor: str
     child: str
     restarts: int
     window_s: float
+    reason: EscalationReason = "restart_intensity"
 
 
 class BreakerTransition(Message, frozen=True):

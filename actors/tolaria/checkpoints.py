@@ -319,7 +319,7 @@ class CheckpointWriter:
 
     ``submit`` (lane thread) queues a captured TrainState; at most ``depth`` wait, after which submit blocks
     (backpressure rather than unbounded memory). ``flush`` waits until everything queued is on disk; ``close``
-    flushes and ends the thread. A failed write is logged and re-raised by the next flush.
+    flushes and ends the thread. A failed write is logged and re-raised by the next submit or flush.
     """
 
     def __init__(
@@ -350,7 +350,14 @@ class CheckpointWriter:
         Returns at once unless ``depth`` checkpoints are already waiting. The writer thread reads ``state`` later,
         so nobody may change it after submitting (a captured TrainState holds private copies; the fast tier shares
         it read-only).
+
+        Raises:
+            OSError: an earlier write failed (the step loop learns it at its next checkpoint rather than at the end
+                of the run, and a full disk stops the run with its last good checkpoint).
         """
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         self._queue.put((state, pending_plans))
 
     def flush(self) -> None:

@@ -9,7 +9,9 @@ EsperError
 │   ├── MailboxFull               send_nowait found the mailbox at capacity
 │   └── MailboxClosed             send/send_nowait after close(), or a sender still waiting when close() ran
 ├── SupervisionError
-│   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window; escalated to the parent
+│   ├── SupervisorGaveUp          a supervisor stopped all its children and escalated to its parent
+│   │   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window
+│   │   └── UnrecoverableFailure      a child failed in a way no restart fixes (a full or read-only disk)
 │   └── ShutdownDeadlineExceeded  a child did not stop within its shutdown deadline and was cancelled
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
 ├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
@@ -33,6 +35,8 @@ SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, Dataset
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class EsperError(Exception):
@@ -75,8 +79,16 @@ class SupervisionError(EsperError):
     """A supervisor could not keep its children running as specified."""
 
 
-class RestartIntensityExceeded(SupervisionError):
+class SupervisorGaveUp(SupervisionError):
+    """A supervisor stopped every child and handed the failure to its parent, which treats it as that supervisor's."""
+
+
+class RestartIntensityExceeded(SupervisorGaveUp):
     """A child failed more often than its restart intensity allows; the supervisor gives up and escalates."""
+
+
+class UnrecoverableFailure(SupervisorGaveUp):
+    """A child failed in a way a restart cannot fix (see ``unrecoverable_cause``); escalated at the first failure."""
 
 
 class ShutdownDeadlineExceeded(SupervisionError):
@@ -116,3 +128,25 @@ class BusClosed(BusError):
 
 class ConfigError(EsperError, ValueError):
     """Raised for an invalid configuration; the message is one line naming the file, the field path and the problem."""
+
+
+# A full disk, a quota reached, a file system gone read-only: every restart would write and fail the same way.
+_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def unrecoverable_cause(error: BaseException) -> OSError | None:
+    """The OSError inside ``error`` (itself, a member of an exception group, or a cause) that no restart can fix, or
+    None."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _UNRECOVERABLE_ERRNOS:
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None

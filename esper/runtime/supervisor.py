@@ -11,11 +11,17 @@ from typing import TYPE_CHECKING, Any, Literal, Never, final
 import msgspec
 import structlog
 
-from esper.runtime.errors import ActorStopped, RestartIntensityExceeded
+from esper.runtime.errors import (
+    ActorStopped,
+    RestartIntensityExceeded,
+    SupervisorGaveUp,
+    UnrecoverableFailure,
+    unrecoverable_cause,
+)
 from esper.runtime.mailbox import Mailbox
 from esper.runtime.ref import ActorRef, DeadLetters
 from schemas.enums import ActorStatus
-from schemas.runtime import ActorState, ChildFailed, ChildRestarted, SupervisorEscalated
+from schemas.runtime import ActorState, ChildFailed, ChildRestarted, EscalationReason, SupervisorEscalated
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -116,7 +122,9 @@ class Supervisor:
     Restart intensity: more than max_restarts restarts within window_s seconds (read from the injected clock) and
     the supervisor stops every child (reverse start order), emits SupervisorEscalated and fails with
     RestartIntensityExceeded, which its parent treats as this child's failure. The k-th restart in the window waits
-    ``min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`` on the clock first.
+    ``min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`` on the clock first. A failure no restart can fix (a full
+    or read-only disk, ``unrecoverable_cause``) escalates the same way at once, as UnrecoverableFailure: restarting
+    an actor whose writes fail would only fail again, log more and lose the order of the shutdown.
 
     The supervisor stops normally when asked to, or when none of its children is left running. Event-loop only;
     everything runs in the task that runs the supervisor (its parent's child task, or the ActorSystem's task).
@@ -207,12 +215,13 @@ class Supervisor:
 
         Raises:
             RestartIntensityExceeded: restarts came too fast; every child has been stopped already.
+            UnrecoverableFailure: a child failed on a full or read-only disk; every child has been stopped already.
         """
         self._rt = rt
         self._name = name
         self._prefix = prefix
         self._children = [_Child(spec, prefix + spec.name, i) for i, spec in enumerate(self._specs)]
-        escalation: RestartIntensityExceeded | None = None
+        escalation: SupervisorGaveUp | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -224,7 +233,7 @@ class Supervisor:
         if escalation is not None:
             raise escalation
 
-    async def _supervise(self, started: asyncio.Event) -> RestartIntensityExceeded | None:
+    async def _supervise(self, started: asyncio.Event) -> SupervisorGaveUp | None:
         for child in self._children:
             await self._start_child(child)
         started.set()
@@ -289,14 +298,39 @@ class Supervisor:
         self._wakeup.set()
 
     def _emit_failed(self, child: _Child, error: Exception) -> None:
+        # The sink is the log's one channel for typed events (a run's logs them; logging here as well doubled them).
         assert self._rt is not None
-        event = ChildFailed(supervisor=self._name, child=child.path, error_type=type(error).__name__, error=str(error))
-        _log.warning(
-            "child_failed", supervisor=self._name, child=child.path, error_type=event.error_type, error=event.error
+        self._rt.sink.emit(
+            ChildFailed(supervisor=self._name, child=child.path, error_type=type(error).__name__, error=str(error))
         )
-        self._rt.sink.emit(event)
 
-    async def _on_exit(self, child: _Child, error: Exception | None) -> RestartIntensityExceeded | None:
+    def _unrecoverable(self, child: _Child, error: Exception, cause: OSError) -> UnrecoverableFailure:
+        if isinstance(error, UnrecoverableFailure):
+            return UnrecoverableFailure(str(error))  # a child supervisor's: its message already names the actor
+        where = f" ({cause.filename})" if cause.filename else ""
+        return UnrecoverableFailure(
+            f"{child.path} failed: {cause.strerror or cause}{where}; a restart cannot fix that, so every actor stopped"
+        )
+
+    async def _give_up(
+        self, child: _Child, error: Exception | None, escalation: SupervisorGaveUp, restarts: int
+    ) -> SupervisorGaveUp:
+        assert self._rt is not None
+        reason: EscalationReason = (
+            "unrecoverable" if isinstance(escalation, UnrecoverableFailure) else "restart_intensity"
+        )
+        self._rt.sink.emit(
+            SupervisorEscalated(
+                supervisor=self._name, child=child.path, restarts=restarts, window_s=self._window_s, reason=reason
+            )
+        )
+        child.status = ActorStatus.FAILED
+        self._close_for_good(child)
+        await self._stop_children(list(reversed(self._children)), for_good=True)
+        escalation.__cause__ = error
+        return escalation
+
+    async def _on_exit(self, child: _Child, error: Exception | None) -> SupervisorGaveUp | None:
         rt = self._rt
         assert rt is not None
         child.task = None
@@ -307,25 +341,19 @@ class Supervisor:
             child.status = ActorStatus.FAILED if error is not None else ActorStatus.STOPPED
             self._close_for_good(child)
             return None
+        if error is not None and (cause := unrecoverable_cause(error)) is not None:
+            return await self._give_up(child, error, self._unrecoverable(child, error, cause), len(self._restart_times))
         now = rt.clock.now()
         self._restart_times.append(now)
         while self._restart_times and self._restart_times[0] <= now - self._window_s:
             self._restart_times.popleft()
         recent = len(self._restart_times)
         if recent > self._max_restarts:
-            rt.sink.emit(
-                SupervisorEscalated(supervisor=self._name, child=child.path, restarts=recent, window_s=self._window_s)
-            )
-            _log.error("supervisor_escalated", supervisor=self._name, child=child.path, restarts=recent)
-            child.status = ActorStatus.FAILED
-            self._close_for_good(child)
-            await self._stop_children(list(reversed(self._children)), for_good=True)
             escalation = RestartIntensityExceeded(
                 f"supervisor {self._name}: {recent} restarts within {self._window_s} s "
                 f"(max {self._max_restarts}); last failure in {child.path}"
             )
-            escalation.__cause__ = error
-            return escalation
+            return await self._give_up(child, error, escalation, recent)
         backoff_s = min(self._backoff_initial_s * 2 ** (recent - 1), self._backoff_max_s)
         if self._strategy == "one_for_one":
             group = [child]

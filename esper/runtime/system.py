@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeVar, final
 import msgspec
 import structlog
 
-from esper.runtime.errors import RestartIntensityExceeded
+from esper.runtime.errors import SupervisorGaveUp
 from esper.runtime.ref import DeadLetters
 from esper.runtime.supervisor import ChildSpec, Runtime, Supervisor
 
@@ -67,7 +67,7 @@ class ActorSystem:
 
         Raises:
             RuntimeError: the system was started before.
-            RestartIntensityExceeded: the root gave up while starting.
+            SupervisorGaveUp: the root gave up while starting (RestartIntensityExceeded, UnrecoverableFailure).
         """
         if self._root is not None:
             raise RuntimeError("ActorSystem.start() may be called once")
@@ -110,7 +110,7 @@ class ActorSystem:
 
         Raises:
             RuntimeError: the system was never started.
-            RestartIntensityExceeded: the root supervisor gave up (every actor has been stopped).
+            SupervisorGaveUp: the root supervisor gave up (every actor has been stopped).
         """
         if self._task is None:
             raise RuntimeError("ActorSystem.wait() before start()")
@@ -125,7 +125,7 @@ class ActorSystem:
         if self._root is None or self._task is None:
             return
         self._root._request_stop()
-        with contextlib.suppress(RestartIntensityExceeded):
+        with contextlib.suppress(SupervisorGaveUp):
             await asyncio.shield(self._task)
 
     def _on_done(self, task: asyncio.Task[None]) -> None:

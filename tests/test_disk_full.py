@@ -1,0 +1,184 @@
+"""A full disk, on the real /dev/full: a supervisor escalates at once instead of restarting an actor whose writes
+will only fail again; the event log never raises into its caller and says once that it stopped; a torn last line is
+ended before new ones are appended; a failed checkpoint write stops the step loop at the next checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+import aiofiles
+import pytest
+import structlog
+
+from actors.tolaria.checkpoints import CheckpointWriter
+from esper.logs import configure_logging, reset_logging
+from esper.run import EXIT_OK, main
+from esper.runtime.actor import Actor
+from esper.runtime.errors import UnrecoverableFailure, unrecoverable_cause
+from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.system import ActorSystem
+from schemas.base import Message
+from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated
+from tests.test_kernel_support import Get, Probe, Recorder
+from tests.test_tolaria_checkpoint_format import sample_state
+
+if TYPE_CHECKING:
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+
+FULL = Path("/dev/full")
+pytestmark = pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full, whose writes fail with ENOSPC")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    reset_logging()
+
+
+def test_the_unrecoverable_cause_is_found_wherever_it_hides() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert unrecoverable_cause(full) is full
+    assert unrecoverable_cause(ExceptionGroup("task group", [ValueError("x"), full])) is full
+    wrapped = RuntimeError("escalated")
+    wrapped.__cause__ = ExceptionGroup("task group", [full])
+    assert unrecoverable_cause(wrapped) is full
+    read_only = OSError(errno.EROFS, "Read-only file system")
+    assert unrecoverable_cause(read_only) is read_only
+    assert unrecoverable_cause(OSError(errno.EACCES, "Permission denied")) is None  # a restart may find it fixed
+    assert unrecoverable_cause(RuntimeError("boom")) is None
+
+
+class WriteFull(Message, frozen=True):
+    pass
+
+
+@final
+class Writer(Actor[WriteFull]):
+    """Appends a line to /dev/full when told to: the write fails as on a full disk."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(inbox=(WriteFull,))
+        self.recorder = recorder
+
+    async def on_start(self) -> None:
+        self.recorder.record("start writer")
+
+    async def on_stop(self) -> None:
+        self.recorder.record("stop writer")
+
+    async def handle(self, msg: WriteFull) -> None:
+        async with aiofiles.open(FULL, "ab") as out:
+            await out.write(b"a line\n")
+            await out.flush()
+
+
+async def test_a_full_disk_escalates_at_the_first_failure_and_stops_every_actor_in_order(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    recorder = Recorder()
+    specs = [
+        ChildSpec("a", lambda: Probe(recorder, "a")),
+        ChildSpec("writer", lambda: Writer(recorder)),
+        ChildSpec("b", lambda: Probe(recorder, "b")),
+    ]
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor(specs, max_restarts=5, backoff_initial_s=0.0))
+    await system.ref("writer", Writer).tell(WriteFull())
+    with pytest.raises(UnrecoverableFailure) as gave_up:
+        await system.wait()
+    assert str(gave_up.value) == (
+        "writer failed: No space left on device; a restart cannot fix that, so every actor stopped"
+    )
+    assert sink.of_type(ChildRestarted) == []
+    [escalated] = sink.of_type(SupervisorEscalated)
+    assert (escalated.supervisor, escalated.child, escalated.reason, escalated.restarts) == (
+        "root",
+        "writer",
+        "unrecoverable",
+        0,
+    )
+    assert recorder.log[-2:] == ["stop b", "stop a"]  # the others stopped in reverse start order
+    assert recorder.count("start writer") == 1
+
+
+async def test_a_nested_supervisor_hands_the_full_disk_up_and_the_root_stops_at_once(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    recorder = Recorder()
+    inner = ChildSpec("sub", lambda: Supervisor([ChildSpec("writer", lambda: Writer(recorder))], max_restarts=5))
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([inner, ChildSpec("other", lambda: Probe(recorder, "other"))], max_restarts=5))
+    other = system.ref("other", Probe)
+    assert await other.ask(Get(), int) == 0
+    await system.ref("sub/writer", Writer).tell(WriteFull())
+    with pytest.raises(UnrecoverableFailure, match=r"^sub/writer failed: No space left on device; a restart cannot"):
+        await system.wait()
+    assert [(e.supervisor, e.child, e.error_type) for e in sink.of_type(ChildFailed)] == [
+        ("sub", "sub/writer", "OSError"),
+        ("root", "sub", "UnrecoverableFailure"),
+    ]
+    assert [(e.supervisor, e.reason) for e in sink.of_type(SupervisorEscalated)] == [
+        ("sub", "unrecoverable"),
+        ("root", "unrecoverable"),
+    ]
+    assert sink.of_type(ChildRestarted) == []
+    assert recorder.log[-1] == "stop other"
+
+
+def test_the_event_log_on_a_full_disk_never_raises_and_says_so_once(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logging = configure_logging(tmp_path, console_stream=console, colors=False, json_file=str(FULL))
+    log = structlog.get_logger("test")
+    log.warning("first_event")  # buffered, then flushed: the flush fails
+    log.warning("second_event")
+    log.error("third_event")
+    logging.close()
+    lines = console.getvalue().splitlines()
+    notices = [line for line in lines if "cannot write the event log" in line]
+    assert notices == [
+        f"{FULL}: cannot write the event log (No space left on device); later events reach the console only"
+    ]
+    assert [name for name in ("first_event", "second_event", "third_event") if any(name in x for x in lines)] == [
+        "first_event",
+        "second_event",
+        "third_event",
+    ]
+
+
+def test_a_torn_last_line_is_ended_before_new_events_are_appended(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_bytes(b'{"event": "before"}\n{"event": "torn", "fie')
+    logging = configure_logging(tmp_path, console=False)
+    structlog.get_logger("test").warning("run_starting")
+    logging.close()
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert lines[:2] == ['{"event": "before"}', '{"event": "torn", "fie']
+    assert json.loads(lines[2])["event"] == "run_starting"
+
+
+def test_a_failed_checkpoint_write_is_raised_by_the_next_submit(tmp_path: Path) -> None:
+    blocked = tmp_path / "checkpoints"
+    blocked.write_text("a file where the checkpoint directory should be")
+    writer = CheckpointWriter(blocked, keep_last=2)
+    try:
+        writer.submit(sample_state())
+        writer._queue.join()  # the barrier: the writer thread has failed the write
+        with pytest.raises(FileExistsError):
+            writer.submit(sample_state())
+        writer.flush()  # raised once: nothing more is pending
+    finally:
+        writer.close()
+
+
+def test_a_run_whose_event_log_fails_still_completes_with_one_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.toml").write_text(f'[logging]\njson_file = "{FULL}"\n[tolaria]\nepochs = 2\ndataset_samples = 500\n')
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run")]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert err.count("cannot write the event log") == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["training"]["epochs"]) == ("completed", 2)
