@@ -106,7 +106,11 @@ def build_tree(
     deadline_s = config.weatherlight.shutdown_deadline_s
     children: list[ChildSpec] = [
         oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
-        ChildSpec(PUBLISHER, lambda: OonaPublisher(bus), shutdown_deadline_s=deadline_s),
+        ChildSpec(
+            PUBLISHER,
+            lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=config.oona.publish_breaker),
+            shutdown_deadline_s=deadline_s,
+        ),
         *subsystems,
     ]
     if tolaria is not None:

@@ -36,7 +36,7 @@ async def test_the_publisher_routes_events_by_topic_and_priority(clock: ManualCl
     bus = InProcessBus(clock)
     await bus.subscribe([Topic.EMERGENCY, Topic.TELEMETRY], group="observer")
     system = ActorSystem(clock=clock, sink=RecordingSink())
-    await system.start(ChildSpec(PUBLISHER, lambda: OonaPublisher(bus)))
+    await system.start(ChildSpec(PUBLISHER, lambda: OonaPublisher(bus, clock=clock, sink=RecordingSink())))
     sink = BusSink(lambda: system.ref(PUBLISHER, OonaPublisher))
     signal = EmergencySignal(
         level=EmergencyLevel.L3_CONSERVATIVE,

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Final, final
 import structlog
 
 from esper.runtime.actor import Actor
+from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.bus import PublishStatus, Topic
-from esper.runtime.errors import ActorStopped, MailboxFull
+from esper.runtime.errors import ActorStopped, BusUnavailable, MailboxFull
 from schemas.boundary import BoundaryApplied
+from schemas.config import BreakerConfig
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, EmergencySignal, SupervisorEscalated
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from esper.runtime.bus import Bus
+    from esper.runtime.clock import Clock
+    from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from schemas.base import Message, Record
 
@@ -65,21 +69,71 @@ def route(event: Published) -> tuple[Topic, BusMessageType, MessagePriority]:
 
 @final
 class OonaPublisher(Actor[Published]):
-    """Publishes each event it is told on the bus; event loop only."""
+    """Publishes each event it is told on the bus; event loop only.
 
-    def __init__(self, bus: Bus, *, capacity: int = 1024) -> None:
+    The bus is for observers, so its server going away (Redis down) must not stop training: a publish the server does
+    not answer is a failure of the ``oona.publish`` breaker and the event is dropped (counted in ``unavailable``);
+    while the breaker is open events are dropped without trying, and after ``open_s`` a probe tries again. The
+    outage is logged once when it starts (``oona_bus_unavailable``) and once when publishing works again
+    (``oona_bus_restored``, with the count dropped).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        clock: Clock,
+        sink: EventSink,
+        breaker: BreakerConfig | None = None,
+        capacity: int = 1024,
+    ) -> None:
         super().__init__(inbox=PUBLISHED, capacity=capacity)
         self._bus = bus
+        cfg = breaker if breaker is not None else BreakerConfig()
+        self._breaker = CircuitBreaker(
+            "oona.publish",
+            clock=clock,
+            sink=sink,
+            failure_threshold=cfg.failure_threshold,
+            open_s=cfg.open_s,
+            success_threshold=cfg.success_threshold,
+        )
+        self._outage_dropped: int | None = None  # events dropped in the current outage; None while the bus answers
         self.published = 0
         self.dropped = 0
+        self.unavailable = 0
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
 
     async def handle(self, msg: Published) -> None:
+        if not self._breaker.allow():
+            self._drop_unavailable()
+            return
         topic, message_type, priority = route(msg)
-        result = await self._bus.publish(topic, msg, message_type=message_type, priority=priority)
+        try:
+            result = await self._bus.publish(topic, msg, message_type=message_type, priority=priority)
+        except BusUnavailable as err:
+            self._breaker.record_failure(type(err).__name__)
+            if self._outage_dropped is None:
+                self._outage_dropped = 0
+                _log.warning("oona_bus_unavailable", actor=PUBLISHER, error=str(err), dropping="until it answers")
+            self._drop_unavailable()
+            return
+        self._breaker.record_success()
+        if self._outage_dropped is not None:
+            _log.info("oona_bus_restored", actor=PUBLISHER, dropped=self._outage_dropped)
+            self._outage_dropped = None
         if result.status is PublishStatus.DROPPED:
             self.dropped += 1
         else:
             self.published += 1
+
+    def _drop_unavailable(self) -> None:
+        self.unavailable += 1
+        if self._outage_dropped is not None:
+            self._outage_dropped += 1
 
 
 @final

@@ -208,6 +208,7 @@ class Bus(Protocol):
         Raises:
             UnknownTopic: the topic (or the emergency topic it routes to) is not on this bus.
             BusClosed: the bus is closed, or closed while this publish waited.
+            BusUnavailable: the bus's server did not answer (never the in-process bus); a later publish may succeed.
             TypeError: payload is not a Message.
         """
         ...

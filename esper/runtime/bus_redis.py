@@ -24,7 +24,7 @@ from esper.runtime.bus import (
     route,
 )
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
-from esper.runtime.errors import BusClosed, BusError, UnknownTopic
+from esper.runtime.errors import BusClosed, BusError, BusUnavailable, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
 from schemas.registry import message_types
@@ -139,6 +139,10 @@ class RedisBus:
                 f"need max_payload_bytes >= 1 and 0 < poll_min_s <= poll_max_s, got "
                 f"{max_payload_bytes}, {poll_min_s}, {poll_max_s}"
             )
+        # Imported here: redis is an optional dependency, and a RedisBus exists only where it is installed.
+        import redis.exceptions
+
+        self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._clock = clock
         self._client = client
         self._prefix = prefix
@@ -401,6 +405,8 @@ class RedisBus:
         try:
             now = repr(float(self._clock.now()))
             return await self._scripts[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
+        except self._unreachable as err:
+            raise BusUnavailable(f"the Redis server did not answer: {err}") from err
         finally:
             self._in_flight -= 1
             if not self._in_flight:

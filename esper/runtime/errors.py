@@ -19,7 +19,8 @@ EsperError
 ├── HandoffMissing                a handle was taken from the handoff store twice, or never put (also KeyError)
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
-│   └── BusClosed                 publish/consume after the bus was closed
+│   ├── BusClosed                 publish/consume after the bus was closed
+│   └── BusUnavailable            the bus's server did not answer (Redis down or unreachable); may answer later
 └── ConfigError                   a configuration file or override is invalid (also ValueError); one-line message
 
 Leaves that subsystems add next to their code (never a second root):
@@ -124,6 +125,13 @@ class UnknownTopic(BusError, ValueError):
 
 class BusClosed(BusError):
     """Raised by publish or consume after the bus has been closed."""
+
+
+class BusUnavailable(BusError):
+    """Raised by a bus operation whose server did not answer (a Redis server down, restarting or unreachable).
+
+    Unlike BusClosed it is transient: the same call may succeed once the server is back.
+    """
 
 
 class ConfigError(EsperError, ValueError):
