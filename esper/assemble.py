@@ -19,6 +19,7 @@ from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
+from actors.nissa.alerts import alert_rules
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.heuristic import HeuristicConfig
@@ -251,7 +252,17 @@ async def assemble(
             store=store, catalogue=catalogue, io_lane=lanes.io, clock=clock, sink=sink, config=config.urza,
             shutdown_deadline_s=deadline_s, mailbox_capacity=capacity,
         ),
-        nissa_spec(config.nissa, run_dir, clock=clock, sink=sink, shutdown_deadline_s=deadline_s),
+        nissa_spec(
+            config.nissa,
+            run_dir,
+            clock=clock,
+            sink=sink,
+            shutdown_deadline_s=deadline_s,
+            rules=alert_rules(
+                isolation_violations=config.kasmina.isolation_alert_violations,
+                isolation_window_s=config.kasmina.isolation_alert_window_s,
+            ),
+        ),
         nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
         tezzeret_spec(
             catalogue=catalogue, slots=unique_shapes, artifacts=UrzaArtifactSink(store), io_lane=lanes.io,

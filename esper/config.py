@@ -20,10 +20,11 @@ import msgspec
 import msgspec.inspect as mi
 
 from esper.runtime.errors import ConfigError
-from schemas.config import RunConfig
+from schemas.base import ConfigSection
+from schemas.config import INERT_KEYS, RunConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 TomlValue: TypeAlias = (
     str
@@ -133,7 +134,7 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
         _check_keys(data, _RUN_CONFIG_INFO, (), label)
         applied.append((key, label))
     try:
-        return msgspec.convert(data, RunConfig)
+        config = msgspec.convert(data, RunConfig)
     except msgspec.ValidationError as err:
         # Values are checked once all overrides are in, so cross-field rules do not depend on their order; the error
         # is charged to the last override that touched the failing field or its table.
@@ -144,6 +145,10 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
             f"{source} {' '.join(overrides)}",
         )
         raise ConfigError(_translate(message, data, label)) from err
+    for dotted, setting, reason in inert_settings(config):
+        label = next((label for key, label in reversed(applied) if _touches(key, dotted)), source)
+        raise ConfigError(_inert_message(label, dotted, setting, reason))
+    return config
 
 
 def dump_config(config: RunConfig) -> str:
@@ -168,9 +173,31 @@ _RUN_CONFIG_INFO = _run_config_info()
 def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
     _check_keys(data, _RUN_CONFIG_INFO, (), source)
     try:
-        return msgspec.convert(data, RunConfig)
+        config = msgspec.convert(data, RunConfig)
     except msgspec.ValidationError as err:
         raise ConfigError(_translate(str(err), data, source)) from err
+    for dotted, value, reason in inert_settings(config):
+        raise ConfigError(_inert_message(source, dotted, value, reason))
+    return config
+
+
+def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:
+    """Each key of ``section`` (recursively) that INERT_KEYS lists and that differs from its default: its dotted
+    name, its value and why this version does not act on it."""
+    default = type(section)()
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        reason = INERT_KEYS.get((type(section), name))
+        if reason is not None:
+            if value != getattr(default, name):
+                yield ".".join((*path, name)), value, reason
+        elif isinstance(value, ConfigSection):
+            yield from inert_settings(value, (*path, name))
+
+
+def _inert_message(source: str, dotted: str, value: object, reason: str) -> str:
+    shown = "a table that differs from the defaults" if isinstance(value, ConfigSection) else repr(value)
+    return f"{source}: {dotted}: set to {shown}, but this version does not act on it ({reason}); remove it"
 
 
 def _check_keys(table: dict[str, TomlValue], info: mi.StructType, path: tuple[str, ...], source: str) -> None:

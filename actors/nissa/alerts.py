@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal, final
 
 from schemas.enums import EmergencyLevel, HealthStatus
@@ -91,6 +91,16 @@ DEFAULT_RULES: Final[tuple[AlertRule, ...]] = (
     AlertRule("tezzeret_compile_retry_high", "tezzeret.compile.retry_count", ">", 1.0, 1, ("email",)),
 )
 """The alert table of REFERENCE.md section 9."""
+
+
+def alert_rules(*, isolation_violations: int = 3, isolation_window_s: float = 300.0) -> tuple[AlertRule, ...]:
+    """DEFAULT_RULES with the isolation rule's threshold and window as configured (``kasmina.isolation_alert_*``)."""
+    return tuple(
+        replace(rule, threshold=float(isolation_violations), window_s=isolation_window_s)
+        if rule.name == "kasmina_isolation_violation"
+        else rule
+        for rule in DEFAULT_RULES
+    )
 
 
 @final

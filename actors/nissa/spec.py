@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actors.nissa.actor import Nissa
+from actors.nissa.alerts import DEFAULT_RULES
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
+    from actors.nissa.alerts import AlertRule
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import NissaConfig
@@ -28,13 +30,16 @@ def nissa_spec(
     sink: EventSink,
     shutdown_deadline_s: float = 5.0,
     mailbox_capacity: int = 1024,
+    rules: Sequence[AlertRule] = DEFAULT_RULES,
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv``; row wall times count from
     the clock time at which this spec was built (the run's start), so they survive restarts."""
     started_s = clock.now()
     return ChildSpec(
         NISSA,
-        lambda: Nissa(config, run_dir, clock=clock, sink=sink, started_s=started_s, capacity=mailbox_capacity),
+        lambda: Nissa(
+            config, run_dir, clock=clock, sink=sink, started_s=started_s, capacity=mailbox_capacity, rules=rules
+        ),
         shutdown_deadline_s=shutdown_deadline_s,
     )
 

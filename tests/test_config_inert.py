@@ -1,0 +1,102 @@
+"""Keys the schema carries but this version does not act on: listed with a reason, refused when set to anything but
+their default (a setting that silently does nothing misleads), and no other key goes unread by the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from actors.nissa.alerts import DEFAULT_RULES, alert_rules
+from esper.config import apply_overrides, dump_config, inert_settings, parse_config
+from esper.runtime.errors import ConfigError
+from schemas.base import ConfigSection
+from schemas.config import INERT_KEYS, RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sections(struct: type[ConfigSection]) -> set[type[ConfigSection]]:
+    found = {struct}
+    for field in msgspec.structs.fields(struct):
+        default = field.default_factory() if field.default_factory is not msgspec.NODEFAULT else field.default
+        if isinstance(default, ConfigSection):
+            found |= sections(type(default))
+    return found
+
+
+def code_text() -> str:
+    files = subprocess.run(
+        ["git", "ls-files", "esper/*.py", "actors/*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return "\n".join((ROOT / name).read_text() for name in files)
+
+
+def test_every_listed_key_exists_and_says_why() -> None:
+    for (section, name), reason in INERT_KEYS.items():
+        assert name in section.__struct_fields__, f"{section.__name__}.{name}"
+        assert reason
+        assert "\n" not in reason
+
+
+def test_no_key_goes_unread_unless_it_is_listed() -> None:
+    text = code_text()
+    unread = {
+        (section, name)
+        for section in sections(RunConfig)
+        for name in section.__struct_fields__
+        if not re.search(rf"\.{name}\b|\b{name}=", text)
+    }
+    assert unread <= set(INERT_KEYS), sorted(f"{s.__name__}.{n}" for s, n in unread - set(INERT_KEYS))
+
+
+def test_the_defaults_and_a_dumped_config_hold_no_inert_setting() -> None:
+    assert list(inert_settings(RunConfig())) == []
+    assert parse_config(dump_config(RunConfig()), "run/config.toml") == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[tamiyo]\nmax_activation_nodes = 5\n",
+            "c.toml: tamiyo.max_activation_nodes: set to 5, but this version does not act on it (the policy graph"
+            " has no activation nodes); remove it",
+        ),
+        (
+            "[oona.consume_breaker]\nopen_s = 3.0\n",
+            "c.toml: oona.consume_breaker: set to a table that differs from the defaults, but this version does not"
+            " act on it (a run publishes on the bus and consumes nothing from it); remove it",
+        ),
+        (
+            "[tolaria.breaker]\nhalf_open_probes = 2\n",
+            "c.toml: tolaria.breaker.half_open_probes: set to 2, but this version does not act on it (a breaker"
+            " admits one probe at a time); remove it",
+        ),
+    ],
+)
+def test_a_file_setting_an_inert_key_is_refused_in_one_line(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(toml, "c.toml")
+    assert str(refused.value) == message
+
+
+def test_an_override_setting_an_inert_key_is_charged_to_that_override() -> None:
+    with pytest.raises(ConfigError) as refused:
+        apply_overrides(RunConfig(), ["tolaria.epochs=3", "simic.enabled=true"])
+    assert str(refused.value).startswith(
+        "--set simic.enabled=true: simic.enabled: set to True, but this version does not act on it (Simic"
+    )
+    # The keys Simic's section lends to Tamiyo's rewards are live.
+    config = apply_overrides(RunConfig(), ["simic.reward_lambda_size=0.2"])
+    assert config.simic.reward_lambda_size == 0.2
+
+
+def test_the_isolation_alert_follows_its_kasmina_keys() -> None:
+    rules = alert_rules(isolation_violations=5, isolation_window_s=60.0)
+    [rule] = [r for r in rules if r.metric == "kasmina.isolation.violations"]
+    assert (rule.threshold, rule.window_s) == (5.0, 60.0)
+    assert alert_rules() == DEFAULT_RULES
