@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Final, Literal, TextIO, final
 import msgspec
 import structlog
 
+from esper.runtime.errors import EsperError
 from schemas.base import Message, Record
 from schemas.enums import BreakerState, EmergencyLevel
 from schemas.runtime import (
@@ -112,6 +113,14 @@ class _JsonLineWriter:
                 " only\n"
             )
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -204,10 +213,12 @@ def configure_logging(
     Raises:
         ValueError: ``level`` or ``console_level`` is not a level name.
         OSError: the run directory or the file cannot be created.
+        LogFileInUse: the current configuration still writes another run's event file (see check_log_file_free).
     """
     file_level = LEVEL_NUMBERS[parse_level(level)]
     screen_level = LEVEL_NUMBERS[parse_level(console_level, parameter="console_level")] if console_level else file_level
     stream = console_stream if console_stream is not None else sys.stderr
+    check_log_file_free()
 
     writer: _JsonLineWriter | None = None
     json_path: Path | None = None
@@ -247,6 +258,26 @@ def configure_logging(
         cache_logger_on_first_use=cache_loggers,
     )
     return LoggingHandle(json_path, writer)
+
+
+class LogFileInUse(EsperError):
+    """The process's logging still writes a run's event file: structlog's configuration is process-wide, so a second
+    run configured now would take that run's events into its own file."""
+
+
+def check_log_file_free() -> None:
+    """Raise LogFileInUse while the current configuration writes an event file that has not been closed (a run in
+    this process is still going: its handle closes the file when the run ends).
+
+    Raises:
+        LogFileInUse: naming the file.
+    """
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, _JsonLineWriter) and processor.is_open:
+            raise LogFileInUse(
+                f"another run in this process is still logging to {processor.path}; its events would mix with this"
+                " run's: stop it (await system.stop()) or wait for it (await system.wait()) first"
+            )
 
 
 def reset_logging() -> None:

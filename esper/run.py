@@ -33,9 +33,9 @@ from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
-from esper.logs import StructlogSink, configure_logging
+from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable
-from esper.run_dir import RunDirLock, claim_run_dir, write_run_config
+from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, write_run_config
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import open_redis_bus
@@ -218,7 +218,9 @@ async def start(
     Raises:
         ConfigError: the config file or an override is invalid (one-line message naming file, field and value), or
             the tolaria section names a host model or data file that cannot be used.
+        LogFileInUse: another run in this process is still going (logging is process-wide: their events would mix).
     """
+    check_log_file_free()  # before anything is read or made: a second live run in this process is refused
     if isinstance(config, RunConfig):
         resolved = apply_overrides(config, overrides or ()) if overrides else config
     else:
@@ -230,6 +232,7 @@ async def start(
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)
+        await anyio.to_thread.run_sync(check_not_in_use, directory)
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
@@ -597,7 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     if args.resume is not None:
         try:
+            check_not_in_use(args.resume)
             finished = already_trained(args.resume, config.tolaria.epochs)
+        except ConfigError as err:
+            sys.stderr.write(f"{err}\n")
+            return EXIT_CONFIG_ERROR
         except CheckpointError as err:
             sys.stderr.write(f"--resume {args.resume}: {err}\n")
             return EXIT_CONFIG_ERROR

@@ -60,15 +60,7 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            by = f" (pid {holder})" if holder.isdigit() else ""
-            raise ConfigError(
-                f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
-                f" --resume {directory}"
-            ) from None
+        _lock_or_refuse(fd, directory)
         if not resume:
             earlier = [name for name in RUN_FILES if (directory / name).exists()]
             if earlier:
@@ -82,6 +74,35 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
         os.close(fd)
         raise
     return RunDirLock(fd, directory / LOCK_NAME)
+
+
+def check_not_in_use(directory: Path) -> None:
+    """Refuse ``directory`` if another process's run holds it, creating nothing (a refused ``--resume`` must leave
+    the directory as it was). Blocking (a few system calls).
+
+    Raises:
+        ConfigError: another run is using the directory.
+    """
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: no run has ever held the directory (claim_run_dir reports what else is wrong)
+    try:
+        _lock_or_refuse(fd, directory)
+    finally:
+        os.close(fd)  # closing drops the probe's own lock at once
+
+
+def _lock_or_refuse(fd: int, directory: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(
+            f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
+            f" --resume {directory}"
+        ) from None
 
 
 def write_run_config(directory: Path, resolved_toml: str) -> None:

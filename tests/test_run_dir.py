@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import esper
 from esper.logs import reset_logging
 from esper.run import EXIT_CONFIG_ERROR, main
 from esper.run_dir import LOCK_NAME, claim_run_dir
 from esper.runtime.errors import ConfigError
-from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -110,23 +108,22 @@ def test_the_command_line_refuses_an_earlier_runs_directory_in_one_line(
     assert (run / "config.toml").read_text() == "# earlier\n"
 
 
-async def test_a_live_run_cannot_be_resumed_or_rerun_by_a_second_start(tmp_path: Path) -> None:
-    config = quiet_config(tmp_path)
+def test_a_live_run_in_another_process_cannot_be_resumed_or_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
-    assert (await (await esper.start(config, run_dir=run)).wait()).status == "completed"
-    reset_logging()
-    longer = ["tolaria.epochs=3"]
-    live = await esper.start(config, resume=run, overrides=longer)
-    try:
-        with pytest.raises(ConfigError, match=rf"^run directory {run}: another run is using it \(pid {os.getpid()}\)"):
-            await esper.start(config, resume=run, overrides=longer)
-        with pytest.raises(ConfigError, match=rf"^run directory {run}: another run is using it"):
-            await esper.start(config, run_dir=run)
-    finally:
-        assert (await live.stop()).status == "stopped"
-    reset_logging()
-    resumed = await esper.start(config, resume=run, overrides=longer)  # the claim ended with the run
-    summary = await resumed.wait()
-    assert summary.status == "completed"
-    assert summary.training is not None
-    assert summary.training.epochs == 3
+    (tmp_path / "c.toml").write_text("[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n")
+    command = [sys.executable, "-m", "esper.run", str(tmp_path / "c.toml"), "--run-dir", str(run)]
+    with subprocess.Popen([*command, "--set", "tolaria.epochs=500"], stderr=subprocess.PIPE, text=True) as live:
+        try:
+            assert live.stderr is not None
+            assert live.stderr.readline().startswith("run ")  # the barrier: printed once the directory is claimed
+            for args in (["--resume", str(run)], ["--run-dir", str(run)]):
+                assert main([str(tmp_path / "c.toml"), *args]) == EXIT_CONFIG_ERROR
+                assert capsys.readouterr().err == (
+                    f"run directory {run}: another run is using it (pid {live.pid}); let it finish or stop it (Ctrl-C),"
+                    f" then --resume {run}\n"
+                )
+        finally:
+            live.kill()
+            live.wait(timeout=30)

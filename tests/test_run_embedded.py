@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 import esper
-from esper.logs import reset_logging
+from esper.logs import LogFileInUse, reset_logging
 from esper.session import EsperSystem, EventHub
 from schemas.config import RunConfig
 from schemas.enums import ActorStatus
@@ -122,3 +122,20 @@ async def test_event_hub_fans_out_drops_when_full_and_ends_on_close() -> None:
     hub.close()
     assert [e async for e in first] == [event, event]
     assert [e async for e in second] == [event, event]
+
+
+async def test_a_second_run_in_the_process_waits_for_the_first_to_end(tmp_path: Path) -> None:
+    config = quiet_config(tmp_path)
+    first = await esper.start(config, run_dir=tmp_path / "first")
+    try:
+        # structlog's configuration is process-wide: a second live run would take the first one's events.
+        with pytest.raises(LogFileInUse, match=f"still logging to {tmp_path / 'first' / 'events.jsonl'}"):
+            await esper.start(config, run_dir=tmp_path / "second")
+        assert not (tmp_path / "second").exists()
+    finally:
+        await first.stop()
+    second = await esper.start(config, run_dir=tmp_path / "second")
+    assert (await second.wait()).status == "completed"
+    lines = (tmp_path / "first" / "events.jsonl").read_text().splitlines()
+    run_ids = {json.loads(line).get("run_id") for line in lines}
+    assert second.run_id not in run_ids
