@@ -35,7 +35,7 @@ from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable
-from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, write_run_config
+from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import open_redis_bus
@@ -309,6 +309,10 @@ async def _start_claimed(
     _log.info(
         "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
     )
+    if resume is not None:
+        swept = await anyio.to_thread.run_sync(sweep_partial_writes, directory)
+        if swept:
+            _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
         screen.started(run_id, directory, resolved.logging.json_file, resume=resume is not None)
     lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})

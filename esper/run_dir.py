@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from typing import TYPE_CHECKING, final
 
 from esper.runtime.atomic_write import atomic_write_text
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 LOCK_NAME = "run.lock"
+# esper.runtime.atomic_write's temp files: "." + the target's name + "." + mkstemp's eight characters + ".tmp".
+_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # What a run leaves behind; a directory holding any of these is an earlier run's (its config.toml alone is not: a
 # run refused before it started writes only that).
 RUN_FILES = ("events.jsonl", "checkpoints", "metrics.csv", "summary.json", "field_reports.wal")
@@ -74,6 +77,24 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
         os.close(fd)
         raise
     return RunDirLock(fd, directory / LOCK_NAME)
+
+
+def sweep_partial_writes(directory: Path) -> list[Path]:
+    """Delete the temp files an atomic write left in ``directory`` and its subdirectories when its process died
+    mid-write (``kill -9`` while a checkpoint was written): each is as large as what it was writing and nothing else
+    would ever remove it. Only the holder of the directory's claim may call this, since a live writer's temp file
+    looks the same. Blocking.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for folder in (directory, *(child for child in directory.iterdir() if child.is_dir())):
+        for path in folder.iterdir():
+            if _PARTIAL.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def check_not_in_use(directory: Path) -> None:

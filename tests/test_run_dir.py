@@ -7,17 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from esper.logs import reset_logging
 from esper.run import EXIT_CONFIG_ERROR, main
-from esper.run_dir import LOCK_NAME, claim_run_dir
+from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes
 from esper.runtime.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +125,18 @@ def test_a_live_run_in_another_process_cannot_be_resumed_or_rerun(
         finally:
             live.kill()
             live.wait(timeout=30)
+
+
+def test_a_resume_sweeps_the_temp_files_a_killed_write_left(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    fd, name = tempfile.mkstemp(prefix=".step-40.pt.", suffix=".tmp", dir=checkpoints)  # as atomic_write names them
+    os.close(fd)
+    left = Path(name)
+    (tmp_path / ".config.toml.ab_c1234.tmp").write_text("partial")
+    kept = [checkpoints / "step-20.pt", tmp_path / "notes.tmp", tmp_path / ".hidden.tmp"]
+    for path in kept:
+        path.write_text("mine")
+    assert sorted(sweep_partial_writes(tmp_path)) == sorted([left, tmp_path / ".config.toml.ab_c1234.tmp"])
+    assert not left.exists()
+    assert all(path.read_text() == "mine" for path in kept)
