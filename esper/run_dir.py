@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 LOCK_NAME = "run.lock"
 # esper.runtime.atomic_write's temp files: "." + the target's name + "." + mkstemp's eight characters + ".tmp".
 _PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-# What a run leaves behind; a directory holding any of these is an earlier run's (its config.toml alone is not: a
-# run refused before it started writes only that).
-RUN_FILES = ("events.jsonl", "checkpoints", "metrics.csv", "summary.json", "field_reports.wal")
+# What a run that got as far as its actors leaves behind; a directory holding any of these is an earlier run's. A
+# config.toml and an events.jsonl alone are not: an attempt refused at assembly (a user model that does not fit the
+# data) writes only those, and retrying into the same directory appends to its log and loses nothing.
+RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal")
 
 
 @final

@@ -103,3 +103,36 @@ def test_an_unknown_blueprint_in_karn_include(tmp_path: Path, capsys: pytest.Cap
         "karn.include / karn.exclude name unknown blueprints ['BP999']; known: BP001"
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("factory", "needle"),
+    [
+        (
+            "wrong_input_mlp",
+            "the model cannot take the mnist1d data set's samples of shape [1, 40]: RuntimeError: mat1 and mat2 shapes"
+            " cannot be multiplied (2x40 and 7x16)",
+        ),
+        (
+            "three_class_mlp",
+            "the model must return a [batch, 10] tensor of class scores for the mnist1d data set's samples of shape"
+            " [1, 40] (10 classes); it returned shape [2, 3] for a batch of 2",
+        ),
+    ],
+)
+def test_a_user_model_that_does_not_fit_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], factory: str, needle: str
+) -> None:
+    # Found at assembly, from one forward on two samples (it failed at the first step, in every restart after it).
+    settings = (
+        "[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n"
+        f'host_model = "tests.tolaria_factories:{factory}"\n'
+    )
+    err = refused(tmp_path, capsys, settings)
+    assert err.splitlines()[-1] == f"tolaria.host_model = 'tests.tolaria_factories:{factory}': {needle}"
+    # Nothing of a run was written: the same --run-dir takes the corrected config.
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    (tmp_path / "c.toml").write_text(
+        settings.replace(factory, "tiny_mlp").replace("dataset_samples", "epochs = 1\ndataset_samples")
+    )
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0

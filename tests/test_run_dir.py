@@ -43,15 +43,16 @@ def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp
     with pytest.raises(ConfigError) as refused:
         claim_run_dir(tmp_path, resume=False)
     assert str(refused.value) == (
-        f"run directory {tmp_path} already holds a run (events.jsonl, checkpoints): continue it with --resume"
+        f"run directory {tmp_path} already holds a run (checkpoints): continue it with --resume"
         f" {tmp_path}, or choose another --run-dir"
     )
     assert (tmp_path / "events.jsonl").read_text() == '{"event": "run_starting"}\n'
     claim_run_dir(tmp_path, resume=True).release()  # the same directory is fine to resume
 
 
-def test_a_directory_with_only_a_refused_runs_config_or_other_files_is_usable(tmp_path: Path) -> None:
+def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_is_usable(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("")
+    (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
     (tmp_path / "notes.txt").write_text("mine")
     claim_run_dir(tmp_path, resume=False).release()
     assert (tmp_path / "notes.txt").read_text() == "mine"
@@ -99,7 +100,7 @@ def test_the_command_line_refuses_an_earlier_runs_directory_in_one_line(
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert err == (
-        f"run directory {run} already holds a run (events.jsonl, checkpoints): continue it with --resume {run}, or"
+        f"run directory {run} already holds a run (checkpoints): continue it with --resume {run}, or"
         " choose another --run-dir\n"
     )
     assert (run / "events.jsonl").read_text() == "earlier\n"

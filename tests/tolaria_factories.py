@@ -25,3 +25,17 @@ def broken() -> nn.Module:
 def slotless_mlp() -> nn.Module:
     """A user model that names no slot targets: the run needs kasmina.slot_targets."""
     return nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def wrong_input_mlp() -> nn.Module:
+    """A user model built for 7 features, given MNIST-1D's 40."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
+def three_class_mlp() -> nn.Module:
+    """A user model scoring 3 classes, given MNIST-1D's 10."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

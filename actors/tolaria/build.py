@@ -212,8 +212,11 @@ def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
     raise ValueError(f"a slot activation of rank {rank} fits no slot kind")
 
 
-def measure_slot_shapes(model: nn.Module, names: Sequence[str], sample: torch.Tensor) -> dict[str, SlotShape]:
-    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape.
+def measure_slot_shapes(
+    model: nn.Module, names: Sequence[str], sample: torch.Tensor
+) -> tuple[dict[str, SlotShape], object]:
+    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape; also
+    return the model's output.
 
     Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
     """
@@ -231,11 +234,33 @@ def measure_slot_shapes(model: nn.Module, names: Sequence[str], sample: torch.Te
     model.eval()
     try:
         with torch.no_grad():
-            model(sample)
+            output = model(sample)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
+    return shapes, output
+
+
+def _fitting_shapes(
+    config: TolariaConfig, model: nn.Module, slots: Sequence[str], splits: DataSplits
+) -> dict[str, SlotShape]:
+    """The slots' shapes from one forward on two training samples, which also proves a user's model takes the data
+    and scores each of its classes (rather than failing at the first step and in every restart after it)."""
+    sample = splits.train.x[: min(2, splits.train.num_samples)]
+    source = f"tolaria.host_model = {config.host_model!r}"
+    data = f"the {config.dataset} data set's samples of shape {list(splits.input_shape)}"
+    try:
+        shapes, output = measure_slot_shapes(model, slots, sample)
+    except Exception as err:  # whatever a user's forward raises, told in one line
+        raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
+    expected = [len(sample), splits.num_classes]
+    if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
+        got = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+        raise TolariaConfigError(
+            f"{source}: the model must return a [batch, {splits.num_classes}] tensor of class scores for {data}"
+            f" ({splits.num_classes} classes); it returned {got} for a batch of {len(sample)}"
+        )
     return shapes
 
 
@@ -257,8 +282,7 @@ def build_trainee(
     model = build_host(config, splits.input_shape, splits.num_classes)
     host_parameters = sum(p.numel() for p in model.parameters())
     slots = wrap_host(config, model, slot_targets)
-    sample = splits.train.x[: min(2, splits.train.num_samples)]
-    shapes = measure_slot_shapes(model, list(slots), sample)
+    shapes = _fitting_shapes(config, model, list(slots), splits)
     channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device)
     if channels_last:
