@@ -1,4 +1,5 @@
-"""The run as a person watches it on a terminal: a header, a progress bar per epoch, one line per lifecycle event.
+"""The run as a person watches it on a terminal: a header, a progress bar per epoch (with the time elapsed and the
+time left), one line per lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts, loss
@@ -8,6 +9,7 @@ than a terminal write; on a TTY the bar redraws in place, elsewhere only the fin
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, TextIO, final
 
 from schemas.enums import SeedLifecycleStage
@@ -16,6 +18,7 @@ from schemas.runtime import ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from schemas.base import Message, Record
@@ -51,6 +54,14 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def clock_time(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def stage_line(event: SeedStageChanged) -> str:
     """One line for a lifecycle change: step, stage, seed, slot, blueprint and the reason."""
     stage = event.to_stage.name.lower()
@@ -71,11 +82,21 @@ def event_line(event: TelemetryEvent, label: str) -> str:
 class Console:
     """Progress and lifecycle lines on ``stream``; see the module docstring. Event loop only."""
 
-    def __init__(self, stream: TextIO, *, epochs: int, interactive: bool | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        epochs: int,
+        interactive: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stream = stream
         self._epochs = epochs
         self._interactive = stream.isatty() if interactive is None else interactive
         self._drawn = False
+        self._clock = clock
+        self._started_s = clock()
+        self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
 
     def started(self, run_id: str, run_dir: Path, events_file: str, *, resume: bool) -> None:
         """The header: which run, where its files go, and how to watch it from another shell."""
@@ -86,10 +107,11 @@ class Console:
     def on_packet(self, packet: SystemStatePacket) -> None:
         epoch = packet.epoch + 1
         loss = f"loss {packet.training_loss:.4f}"
+        timing = self._timing(packet.epoch + packet.epoch_progress)
         if packet.epoch_progress < 1.0:
             if self._interactive:
                 bar = progress_bar(packet.epoch_progress)
-                self._stream.write(f"\repoch {epoch:>3}/{self._epochs} {bar} {loss}")
+                self._stream.write(f"\repoch {epoch:>3}/{self._epochs} {bar} {loss}  {timing}")
                 self._stream.flush()
                 self._drawn = True
             return
@@ -99,7 +121,21 @@ class Console:
         if packet.validation_accuracy is not None:
             figures.append(f"val acc {packet.validation_accuracy:.4f}")
         figures.append(f"params +{packet.seed_parameters}")
+        figures.append(timing)
         self._line(f"epoch {epoch:>3}/{self._epochs} {progress_bar(1.0)} " + "  ".join(figures))
+
+    def _timing(self, done: float) -> str:
+        """``[elapsed<left]`` as Lightning and tqdm show it: time since the run started, and the epochs still to go
+        at this session's pace so far (measured from its first packet, so start-up and a resume's earlier epochs
+        do not skew it); ``?`` until there is a pace."""
+        now = self._clock()
+        if self._first is None:
+            self._first = (now, done)
+        first_s, first_done = self._first
+        left = "?"
+        if done > first_done and now > first_s:
+            left = clock_time((now - first_s) / (done - first_done) * max(0.0, self._epochs - done))
+        return f"[{clock_time(now - self._started_s)}<{left}]"
 
     def emit(self, event: Message | Record) -> None:
         match event:

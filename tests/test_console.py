@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from esper.console import Console, progress_bar, stage_line
+from esper.console import Console, clock_time, progress_bar, stage_line
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
 from schemas.telemetry import TelemetryEvent
+from tests.nissa_packets import packet
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -87,3 +88,19 @@ def test_the_header_names_the_run_and_how_to_watch_it() -> None:
         "resuming 20261205-1 in runs/20261205-1",
         "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
     ]
+
+
+def test_epoch_lines_show_the_time_elapsed_and_the_time_left_at_the_sessions_pace() -> None:
+    now = [100.0]
+    stream = io.StringIO()
+    console = Console(stream, epochs=10, interactive=False, clock=lambda: now[0])
+    now[0] = 104.0  # start-up: counts as elapsed, not in the pace
+    console.on_packet(packet(4, epoch=0))  # half-way through the first epoch: the pace's origin
+    now[0] = 106.0
+    console.on_packet(packet(8, epoch=0, val=0.9))  # half an epoch in 2 s: 9 epochs left take 36 s
+    now[0] = 3704.0
+    console.on_packet(packet(16, epoch=1, val=0.8))
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("params +0  [0:06<0:36]")
+    assert lines[1].endswith("[1:00:04<5:20:00]")  # 1.5 epochs in 3600 s: 8 epochs left take 19200 s
+    assert [clock_time(s) for s in (0.4, 59.6, 61, 3599, 3600)] == ["0:00", "1:00", "1:01", "59:59", "1:00:00"]
