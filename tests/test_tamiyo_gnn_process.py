@@ -111,19 +111,35 @@ def test_remote_decisions_and_states_equal_the_in_process_ones() -> None:
     remote.close()  # idempotent
 
 
-def test_a_killed_worker_fails_the_decision_with_a_clear_error() -> None:
-    model = _model()
+def test_a_killed_worker_fails_its_decision_then_is_restarted_and_decides_on_from_its_state() -> None:
+    model = _model(PolicyAction.GERMINATE)
+    reference = _local(model)
     remote = _remote(model, _local(model))
+    observations = list(_observations())
     try:
         remote.wait_ready()
-        observation = next(_observations())
-        remote.decide(observation)
+        for observation in observations[:3]:
+            assert remote.decide(observation) == reference.decide(observation)
         before = remote.export_state()
+        for kill in range(1, 4):
+            assert remote.pid is not None
+            os.kill(remote.pid, signal.SIGKILL)
+            with pytest.raises(RuntimeError, match="died"):
+                remote.decide(observations[3])
+            assert remote.export_state() == before  # nothing but the decision in flight is lost
+            remote.wait_ready()  # the barrier: the restarted worker has built its network
+            assert remote.restarts == kill
+        # The restarted worker decides exactly as the uninterrupted reference, from the state it last returned.
+        for observation in observations[3:]:
+            assert remote.decide(observation) == reference.decide(observation)
+            assert remote.export_state() == reference.export_state()
         assert remote.pid is not None
-        os.kill(remote.pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="died"):
-            remote.decide(observation)
-        assert remote.export_state() == before  # nothing but the decision in flight is lost
+        os.kill(remote.pid, signal.SIGKILL)  # a fourth death: a worker that keeps dying is left dead
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="died"):
+                remote.decide(observations[0])
+        with pytest.raises(RuntimeError, match="after 3 restarts; not restarted again"):
+            remote.decide(observations[0])
     finally:
         remote.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -29,6 +29,7 @@ import threading
 from typing import IO, final
 
 import msgspec
+import structlog
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -44,6 +45,7 @@ __all__ = ["RemoteGnnPolicy"]
 
 _READY_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
+_MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left dead: the fallback decides
 _LENGTH = struct.Struct(">I")
 
 
@@ -111,6 +113,7 @@ _ANSWER = msgspec.msgpack.Decoder(_Answer)
 _STATE = msgspec.msgpack.Decoder(GnnPolicyState)
 _SETUP = msgspec.msgpack.Decoder(_Setup)
 _ENCODE = msgspec.msgpack.Encoder()
+_log = structlog.get_logger("actors.tamiyo")
 
 
 def _build(setup: _Setup, model: TamiyoGNN) -> GnnPolicy:
@@ -173,6 +176,32 @@ def _main() -> None:
     _serve(os.fdopen(0, "rb", buffering=0), frames)
 
 
+def _send_quietly(out: IO[bytes], payload: bytes) -> None:
+    # A worker that dies while reading its setup is found dead by the next decide, which restarts it.
+    try:
+        _send(out, payload)
+    except (OSError, ValueError):
+        pass
+
+
+def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+    # A fresh interpreter running this module (not multiprocessing): nothing of the parent's __main__ is re-imported,
+    # so an unguarded user script that embeds Esper does not start itself again. Its own session: a terminal's Ctrl-C
+    # goes to the whole foreground process group, and the worker must outlive it while the run stops gracefully
+    # (Tamiyo still decides on the packets queued before the stop); it ends when told to, or at the end of its input
+    # when this process dies.
+    process = subprocess.Popen(
+        [sys.executable, "-m", __name__],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+        start_new_session=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    return process, process.stdin, process.stdout
+
+
 @final
 class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     """A Policy whose decide runs in a worker process; state and version as the local ``policy`` it mirrors.
@@ -224,28 +253,15 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             lr_delta_bound=lr_delta_bound,
             num_threads=num_threads,
         )
-        # A fresh interpreter running this module (not multiprocessing): nothing of the parent's __main__ is
-        # re-imported, so an unguarded user script that embeds Esper does not start itself again. Its own session:
-        # a terminal's Ctrl-C goes to the whole foreground process group, and the worker must outlive it while the
-        # run stops gracefully (Tamiyo still decides on the packets queued before the stop); it ends when told to,
-        # or at the end of its input when this process dies.
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            start_new_session=True,
-        )
-        assert self._process.stdin is not None
-        assert self._process.stdout is not None
-        self._to_worker: IO[bytes] = self._process.stdin
-        self._from_worker: IO[bytes] = self._process.stdout
-        self._setup = _ENCODE.encode(setup)
+        self._process, self._to_worker, self._from_worker = _spawn()
+        self._setup_message = _ENCODE.encode(setup)
+        self._setup = self._setup_message  # sent once per worker, at its first wait
         self._lock = threading.Lock()
         self._ready = False
         self._closed = False
         self._state_raw = _ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
+        self.restarts = 0
 
     @property
     def version(self) -> str:
@@ -269,8 +285,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._state_raw = _ENCODE.encode(state)
 
     def wait_ready(self) -> None:
-        """Block until the worker has built and warmed up its network. Raises RuntimeError: it failed or died first."""
+        """Block until the worker has built and warmed up its network (a dead one is restarted first, as decide
+        would). Raises RuntimeError: it failed or died first."""
         with self._lock:
+            if not self._closed and self._process.poll() is not None:
+                self._restart()
             self._await_ready()
 
     def warm_up(self) -> None:
@@ -278,9 +297,19 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self.wait_ready()
 
     def decide(self, observation: Observation) -> Decision:
-        """One inference in the worker. Raises RuntimeError: the worker failed, died or is closed."""
+        """One inference in the worker.
+
+        A worker found dead (killed, out of memory) is started again from the last state the parent holds, at most
+        ``_MAX_RESTARTS`` times a run; until the new one is ready each decide fails at once (the actor's fallback
+        decides) rather than hold the policy lane for its start-up.
+
+        Raises:
+            RuntimeError: the worker failed, died (or is restarting), or is closed.
+        """
         with self._lock:
-            self._await_ready()
+            if not self._closed and self._process.poll() is not None:
+                self._restart()
+            self._await_ready(0.0 if self.restarts else _READY_TIMEOUT_S)
             answer = self._call(_Decide(observation=observation, state=self._pending))
             assert answer.decision is not None
             assert answer.state
@@ -306,7 +335,27 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._to_worker.close()
             self._from_worker.close()
 
-    def _await_ready(self) -> None:
+    def _restart(self) -> None:
+        code = self._process.returncode
+        if self.restarts >= _MAX_RESTARTS:
+            raise RuntimeError(
+                f"tamiyo gnn worker died (exit code {code}) after {self.restarts} restarts; not restarted again"
+            )
+        self.restarts += 1
+        self._to_worker.close()
+        self._from_worker.close()
+        self._process, self._to_worker, self._from_worker = _spawn()
+        # The setup (the network's weights, megabytes) fills the pipe until the new worker has imported torch and
+        # reads it: sent from a thread of its own so that no decide waits for that start-up.
+        threading.Thread(
+            target=_send_quietly, args=(self._to_worker, self._setup_message), name="esper-gnn-setup", daemon=True
+        ).start()
+        self._setup = b""
+        self._ready = False
+        self._pending = _STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
+        _log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=code, restarts=self.restarts)
+
+    def _await_ready(self, timeout_s: float = _READY_TIMEOUT_S) -> None:
         if self._ready:
             return
         if self._closed:
@@ -317,8 +366,10 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             except OSError as err:
                 raise RuntimeError(f"tamiyo gnn worker died before its setup ({err})") from err
             self._setup = b""
-        ready, _, _ = select.select([self._from_worker], [], [], _READY_TIMEOUT_S)
+        ready, _, _ = select.select([self._from_worker], [], [], timeout_s)
         if not ready:
+            if timeout_s < _READY_TIMEOUT_S:
+                raise RuntimeError(f"tamiyo gnn worker died (restart {self.restarts} of {_MAX_RESTARTS} not ready yet)")
             raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s")
         answer = self._receive()
         if not answer.state:
