@@ -1,9 +1,12 @@
-"""What ``--resume`` checks before it touches a run directory: the config still trains the same run."""
+"""What ``--resume`` checks before it touches a run directory: the config still trains the same run, and the files
+that rebuild it are all there."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from actors.kasmina.journal import JOURNAL_FILENAME
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
@@ -43,3 +46,32 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
                 f"--resume {directory}: {dotted} is {theirs!r} in the run and {ours!r} here; a resume continues the"
                 " same training (drop that change, or start a new run)"
             )
+
+
+def check_resume_files(directory: Path) -> None:
+    """Refuse a resume that could only go wrong: checkpoints without their manifest cannot be verified (so training
+    would restart from step 0 against a controller and a seed lifecycle at their last step, and stall on plans that
+    never come), and without Kasmina's journal the seeds in the checkpoint have no lifecycle. A run stopped before
+    its first checkpoint passes (it starts over). Blocking (reads the manifest).
+
+    Raises:
+        ConfigError: one line naming the missing or unreadable file.
+    """
+    checkpoints = directory / "checkpoints"
+    try:
+        listed = read_manifest(checkpoints)
+    except CheckpointError as err:
+        raise ConfigError(f"--resume {directory}: {err}") from err
+    if not listed:
+        found = sorted(path.name for path in checkpoints.glob("step-*.pt"))
+        if not found:
+            return  # stopped before its first checkpoint: the resume starts it over from step 0
+        raise ConfigError(
+            f"--resume {directory}: checkpoints/{MANIFEST} is missing or lists no checkpoint ({', '.join(found)}"
+            " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
+        )
+    if not (checkpoints / JOURNAL_FILENAME).is_file():
+        raise ConfigError(
+            f"--resume {directory}: checkpoints/{JOURNAL_FILENAME} is missing, so the seeds' lifecycle cannot be"
+            " rebuilt; nothing to resume from"
+        )

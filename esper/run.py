@@ -34,7 +34,7 @@ from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
-from esper.resume import check_resumable
+from esper.resume import check_resumable, check_resume_files
 from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
@@ -236,6 +236,7 @@ async def start(
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
+        await anyio.to_thread.run_sync(check_resume_files, directory)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
 
 from esper.config import apply_overrides, dump_config
-from esper.resume import check_resumable
+from esper.resume import check_resumable, check_resume_files
 from esper.run import EXIT_CONFIG_ERROR, main
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
@@ -87,3 +88,33 @@ def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_sta
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"child_failed"' not in events
     assert '"checkpoint_corrupt"' in events
+
+
+def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touching_anything(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    check_resume_files(tmp_path)  # stopped before its first checkpoint: it starts over
+    (checkpoints / "step-200.pt").write_bytes(b"weights")
+    (checkpoints / "step-220.pt").write_bytes(b"weights")
+    with pytest.raises(ConfigError) as refused:
+        check_resume_files(tmp_path)
+    assert str(refused.value) == (
+        f"--resume {tmp_path}: checkpoints/manifest.json is missing or lists no checkpoint (step-200.pt, step-220.pt"
+        " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
+    )
+    (checkpoints / "manifest.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"manifest.json: unreadable manifest"):
+        check_resume_files(tmp_path)
+    info = {"file": "step-220.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 220, "epoch": 11}
+    info["batch_index"] = 0
+    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [info]}))
+    with pytest.raises(ConfigError, match=r"kasmina_journal.jsonl is missing, so the seeds' lifecycle cannot be"):
+        check_resume_files(tmp_path)
+    (checkpoints / "kasmina_journal.jsonl").write_text("")
+    check_resume_files(tmp_path)
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "kasmina_journal.jsonl",
+        "manifest.json",
+        "step-200.pt",
+        "step-220.pt",
+    ]
