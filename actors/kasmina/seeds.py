@@ -99,11 +99,4 @@ def seed_state(
 
 def isolation_breaker(seed_id: str, *, clock: Clock, sink: EventSink, config: BreakerConfig) -> CircuitBreaker:
     """The seed's isolation breaker ``kasmina.isolation.<seed_id>``: each violation a failure, a G1 pass a success."""
-    return CircuitBreaker(
-        f"kasmina.isolation.{seed_id}",
-        clock=clock,
-        sink=sink,
-        failure_threshold=config.failure_threshold,
-        open_s=config.open_s,
-        success_threshold=config.success_threshold,
-    )
+    return CircuitBreaker.configured(f"kasmina.isolation.{seed_id}", config, clock=clock, sink=sink)

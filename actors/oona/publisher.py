@@ -18,7 +18,6 @@ from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.bus import PublishStatus, Topic
 from esper.runtime.errors import ActorStopped, BusUnavailable, MailboxFull
 from schemas.boundary import BoundaryApplied
-from schemas.config import BreakerConfig
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, EmergencySignal, SupervisorEscalated
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from schemas.base import Message, Record
+    from schemas.config import BreakerConfig
 
 Published = (
     TelemetryEvent
@@ -89,15 +89,7 @@ class OonaPublisher(Actor[Published]):
     ) -> None:
         super().__init__(inbox=PUBLISHED, capacity=capacity)
         self._bus = bus
-        cfg = breaker if breaker is not None else BreakerConfig()
-        self._breaker = CircuitBreaker(
-            "oona.publish",
-            clock=clock,
-            sink=sink,
-            failure_threshold=cfg.failure_threshold,
-            open_s=cfg.open_s,
-            success_threshold=cfg.success_threshold,
-        )
+        self._breaker = CircuitBreaker.configured("oona.publish", breaker, clock=clock, sink=sink)
         self._outage_dropped: int | None = None  # events dropped in the current outage; None while the bus answers
         self.published = 0
         self.dropped = 0

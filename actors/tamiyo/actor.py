@@ -184,15 +184,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._blueprints = blueprints
         self._budget_s = decision_budget_ms / 1e3
         self._deadline_fallback = deadline_fallback
-        cfg = breaker
-        self._breaker = CircuitBreaker(
-            "tamiyo.inference",
-            clock=clock,
-            sink=sink,
-            failure_threshold=cfg.failure_threshold if cfg is not None else 3,
-            open_s=cfg.open_s if cfg is not None else 30.0,
-            success_threshold=cfg.success_threshold if cfg is not None else 2,
-        )
+        self._breaker = CircuitBreaker.configured("tamiyo.inference", breaker, clock=clock, sink=sink)
         self._risk = risk if risk is not None else RiskThresholds()
         self._muffle = _Muffle(sink)
         self._exit_clean_epochs = conservative_exit_clean_epochs

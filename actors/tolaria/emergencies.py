@@ -62,15 +62,7 @@ class EmergencyPolicy:
             origin=ORIGIN,
             clean_dwell_ticks=config.emergency_clean_dwell_epochs,
         )
-        breaker = config.breaker
-        self.breaker = CircuitBreaker(
-            "tolaria.epochs",
-            clock=clock,
-            sink=sink,
-            failure_threshold=breaker.failure_threshold,
-            open_s=breaker.open_s,
-            success_threshold=breaker.success_threshold,
-        )
+        self.breaker = CircuitBreaker.configured("tolaria.epochs", config.breaker, clock=clock, sink=sink)
         self._nonfinite: deque[int] = deque()
         self.failed_epochs = 0
         self.failed_streak = 0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, final
 
 from esper.runtime.errors import BreakerOpen, ProbeDeadlineExceeded
 from schemas.base import Record
+from schemas.config import BreakerConfig
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
 
@@ -139,6 +140,19 @@ class CircuitBreaker:
         self._successes = 0
         self._total_failures = 0
         self._times_opened = 0
+
+    @classmethod
+    def configured(cls, name: str, config: BreakerConfig | None, *, clock: Clock, sink: EventSink) -> CircuitBreaker:
+        """A breaker with a config section's thresholds (``[...breaker]`` tables); None: the defaults."""
+        cfg = config if config is not None else BreakerConfig()
+        return cls(
+            name,
+            clock=clock,
+            sink=sink,
+            failure_threshold=cfg.failure_threshold,
+            open_s=cfg.open_s,
+            success_threshold=cfg.success_threshold,
+        )
 
     # ------------------------------------------------------------------ queries
 
