@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import EsperError
+from schemas.boundary import FALLBACK_SUFFIX
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
 
@@ -123,8 +124,13 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
-Decision = tuple[int, float, str | None]
-"""A controller decision read back: (step, latency ms, the NO_OP reason, or None when it issued a command)."""
+class Decision(NamedTuple):
+    """A controller decision read back from its ``tamiyo_decision`` line."""
+
+    step: int
+    ms: float
+    no_op_reason: str | None  # None when it issued a command
+    fallback: bool = False  # made by the fallback (the GNN's breaker open, its worker failed or restarting)
 
 
 class RunEvents(NamedTuple):
@@ -144,7 +150,9 @@ def decision_entry(entry: dict[str, object]) -> Decision | None:
         return None
     assert isinstance(ms, int | float)
     no_op = reason if isinstance(reason, str) and reason else "no_op"
-    return step, float(ms), None if command is True else no_op
+    policy = entry.get("policy")
+    fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
+    return Decision(step, float(ms), None if command is True else no_op, fallback)
 
 
 def _supersede(kept: list[Decision], session: list[Decision]) -> list[Decision]:

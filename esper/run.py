@@ -52,6 +52,7 @@ from schemas.config import RunConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from esper.report import Decision as DecisionRecord
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -385,9 +386,7 @@ async def _start_claimed(
 
 def _earlier_tally(
     directory: Path,
-) -> tuple[
-    list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[tuple[int, float, str | None]]
-]:
+) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
     from esper.report import ReportInputError, read_metrics, read_run_events
 
     try:
@@ -521,13 +520,17 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
         f"{'parameters added':<28}{growth.parameters_added}",
         f"{'seeds by outcome':<28}{seeds}",
         f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
-        f"({growth.decisions} decisions)",
+        f"({growth.decisions} decisions{_fallback_share(growth)})",
         f"{'emergency events':<28}{growth.emergency_events}",
     ]
 
 
 # Reasons every run gives between epoch ends; they say nothing about why the host was not grown.
 _ROUTINE_NO_OPS = frozenset({"not_epoch_end", "not_due"})
+
+
+def _fallback_share(growth: GrowthFigures) -> str:
+    return f", {growth.fallback_decisions} by the fallback" if growth.fallback_decisions else ""
 
 
 def _why_idle(growth: GrowthFigures) -> str:

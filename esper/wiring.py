@@ -23,6 +23,7 @@ from actors.urza.artifact import ArtifactNotFound
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
+from schemas.boundary import FALLBACK_SUFFIX
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from actors.urza.seed_source import UrzaSeedSource
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.nn.data import TensorPair
+    from esper.report import Decision as DecisionRecord
     from esper.runtime.actor import Actor
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
@@ -181,7 +183,8 @@ class RunTally:
     emergencies: int = 0
     # A resumed run: the interrupted session's decisions (step, ms, NO_OP reason or None for a command), and the step
     # of this session's first decision. Those at or after it were made again here, so they are not counted twice.
-    earlier_decisions: list[tuple[int, float, str | None]] = field(default_factory=list)
+    earlier_decisions: list[DecisionRecord] = field(default_factory=list)
+    fallback_decisions: int = 0
     first_decision_step: int | None = None
 
     def emit(self, event: Message | Record) -> None:
@@ -199,11 +202,11 @@ class RunTally:
         self,
         stages: list[tuple[str, SeedLifecycleStage, int]],
         epochs: list[tuple[int, int, float]],
-        decisions: list[tuple[int, float, str | None]] | None = None,
+        decisions: list[DecisionRecord] | None = None,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
-        (epoch, step, validation accuracy) rows and (step, latency ms, NO_OP reason or None) decisions; the resumed
-        run's own traffic then continues the tally."""
+        (epoch, step, validation accuracy) rows and its decisions; the resumed run's own traffic then continues the
+        tally."""
         self.earlier_decisions = list(decisions or ())
         for seed_id, stage, step in stages:
             self.seed_stages[seed_id] = stage
@@ -222,6 +225,8 @@ class RunTally:
         if self.first_decision_step is None:
             self.first_decision_step = decision.decided_on_step
         self.decision_ms.append(decision.decision_ms)
+        if decision.policy.endswith(FALLBACK_SUFFIX):
+            self.fallback_decisions += 1
         if decision.command is None:
             reason = decision.reason or "no_op"
             self.no_op_reasons[reason] = self.no_op_reasons.get(reason, 0) + 1
@@ -243,11 +248,11 @@ class RunTally:
             counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
         cut = self.first_decision_step
         earlier = [d for d in self.earlier_decisions if cut is None or d[0] < cut]
-        latencies = sorted([*self.decision_ms, *(ms for _, ms, _ in earlier)])
+        latencies = sorted([*self.decision_ms, *(d.ms for d in earlier)])
         no_op_reasons = dict(self.no_op_reasons)
-        for _, _, reason in earlier:
-            if reason is not None:
-                no_op_reasons[reason] = no_op_reasons.get(reason, 0) + 1
+        for d in earlier:
+            if d.no_op_reason is not None:
+                no_op_reasons[d.no_op_reason] = no_op_reasons.get(d.no_op_reason, 0) + 1
         return GrowthFigures(
             baseline_val_accuracy=None if baseline_epoch is None else self.epoch_val_accuracy[baseline_epoch],
             baseline_epoch=baseline_epoch,
@@ -259,6 +264,7 @@ class RunTally:
             decisions=len(latencies),
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),
+            fallback_decisions=self.fallback_decisions + sum(d.fallback for d in earlier),
             emergency_events=self.emergencies,
         )
 

@@ -53,6 +53,10 @@ class SeedOp(Record, frozen=True):
     reason: str = ""
 
 
+FALLBACK_SUFFIX = " (fallback)"
+"""Ends ``Decision.policy`` when Tamiyo's fallback decided instead of its policy: ``"heuristic (fallback)"``."""
+
+
 class Decision(Message, frozen=True):
     """Tamiyo's one answer to the packet of ``decided_on_step``; ``command`` is None for NO_OP.
 

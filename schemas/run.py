@@ -51,8 +51,8 @@ class GrowthFigures(Record, frozen=True):
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
     its epochs in ``baseline_epoch``). ``seeds`` counts seeds by their last lifecycle stage (lower-case stage name);
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
-    latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision; ``emergency_events`` counts
-    EmergencySignal events.
+    latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
+    fallback made instead of the configured policy; ``emergency_events`` counts EmergencySignal events.
     """
 
     baseline_val_accuracy: float | None = None
@@ -66,6 +66,7 @@ class GrowthFigures(Record, frozen=True):
     decisions: int = 0
     decision_p50_ms: float | None = None
     decision_p95_ms: float | None = None
+    fallback_decisions: int = 0
     emergency_events: int = 0
 
 

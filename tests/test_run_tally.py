@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from esper.report import Decision as Read
 from esper.report import ReportInputError, read_decisions
 from esper.wiring import RunTally
 from schemas.boundary import Decision
@@ -15,14 +16,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _decision(step: int, ms: float, reason: str = "plateau_wait") -> Decision:
-    return Decision(run_id="r", decided_on_step=step, decision_ms=ms, reason=reason)
+def _decision(step: int, ms: float, reason: str = "plateau_wait", policy: str = "heuristic") -> Decision:
+    return Decision(run_id="r", decided_on_step=step, decision_ms=ms, reason=reason, policy=policy)
 
 
 def test_earlier_decisions_count_until_the_step_this_session_decided_first() -> None:
     tally = RunTally()
     # The interrupted session decided at steps 4..16; its checkpoint was at step 8, so 12 and 16 are decided again.
-    tally.preload([], [], [(4, 1.0, "cooldown"), (8, 2.0, None), (12, 50.0, "cooldown"), (16, 60.0, "cooldown")])
+    tally.preload(
+        [], [], [Read(4, 1.0, "cooldown"), Read(8, 2.0, None), Read(12, 50.0, "cooldown"), Read(16, 60.0, "cooldown")]
+    )
     tally.on_decision(_decision(12, 3.0))
     tally.on_decision(_decision(16, 4.0))
     figures = tally.figures(seed_parameters=0)
@@ -33,7 +36,7 @@ def test_earlier_decisions_count_until_the_step_this_session_decided_first() -> 
 
 def test_without_a_decision_of_its_own_every_earlier_decision_counts() -> None:
     tally = RunTally()
-    tally.preload([], [], [(4, 1.0, "cooldown"), (8, 2.0, None)])
+    tally.preload([], [], [Read(4, 1.0, "cooldown"), Read(8, 2.0, None)])
     figures = tally.figures(seed_parameters=0)
     assert (figures.decisions, figures.decision_p50_ms) == (2, 1.0)
     assert figures.no_op_reasons == {"cooldown": 1}
@@ -48,10 +51,16 @@ def test_read_decisions_keeps_well_formed_decision_lines_only(tmp_path: Path) ->
         {"event": "tamiyo_decision", "step": "9", "decision_ms": 1.0, "command": False},
         {"event": "tamiyo_decision", "step": 10, "decision_ms": True, "command": False},
         {"event": "tamiyo_decision", "step": 12, "decision_ms": 2.5, "command": False, "reason": ""},
+        {"event": "tamiyo_decision", "step": 16, "decision_ms": 0.4, "reason": "x", "policy": "heuristic (fallback)"},
     ]
     text = "\n".join(json.dumps(line) for line in lines) + '\n{"event": "tamiyo_decision", "step": 1'  # torn tail
     path.write_text(text, encoding="utf-8")
-    assert read_decisions(path) == [(4, 0.5, "cooldown"), (8, 1.0, None), (12, 2.5, "no_op")]
+    assert read_decisions(path) == [
+        Read(4, 0.5, "cooldown"),
+        Read(8, 1.0, None),
+        Read(12, 2.5, "no_op"),
+        Read(16, 0.4, "x", fallback=True),
+    ]
     with pytest.raises(ReportInputError, match=r"no events\.jsonl"):
         read_decisions(tmp_path / "missing" / "events.jsonl")
 
@@ -71,6 +80,16 @@ def test_read_decisions_counts_each_decision_once_across_resumed_sessions(tmp_pa
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     got = read_decisions(path)
-    assert [(step, ms) for step, ms, _ in got] == [
+    assert [(d.step, d.ms) for d in got] == [
         (4, 1.0), (8, 1.0), (12, 2.0), (16, 2.0), (20, 2.0), (24, 3.0), (28, 3.0), (32, 3.0)
     ]  # fmt: skip
+
+
+def test_decisions_the_fallback_made_are_counted_across_a_resume() -> None:
+    tally = RunTally()
+    tally.preload([], [], [Read(4, 1.0, "cooldown", fallback=True), Read(8, 2.0, None), Read(12, 3.0, "x", True)])
+    tally.on_decision(_decision(12, 3.0, policy="heuristic (fallback)"))  # made again: the earlier one drops out
+    tally.on_decision(_decision(16, 4.0, policy="gnn"))
+    tally.on_decision(_decision(20, 4.0, policy="no_op (fallback)"))
+    figures = tally.figures(seed_parameters=0)
+    assert (figures.decisions, figures.fallback_decisions) == (5, 3)

@@ -47,6 +47,7 @@ from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.percentiles import nearest_rank
 from esper.runtime.signing import sign_command
+from schemas.boundary import FALLBACK_SUFFIX
 from schemas.boundary import Decision as WireDecision
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
@@ -431,9 +432,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
     def _fall_back(self, observation: Observation, why: str, packet: SystemStatePacket) -> _Choice:
         self._count(fallbacks=1)
         if self._deadline_fallback == "heuristic":
-            decision, label = self._fallback.decide(observation), "heuristic (fallback)"
+            decision, label = self._fallback.decide(observation), f"heuristic{FALLBACK_SUFFIX}"
         else:
-            decision, label = msgspec.structs.replace(NO_OP, reason=f"fallback_{why}"), "no_op (fallback)"
+            decision, label = msgspec.structs.replace(NO_OP, reason=f"fallback_{why}"), f"no_op{FALLBACK_SUFFIX}"
         self._emit(
             "fallback_applied",
             TelemetryLevel.WARNING,
