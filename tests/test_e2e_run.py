@@ -362,8 +362,14 @@ async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared
     config = tiny_config(tmp_path, epochs=8)
     finals = []
     for seed, name in ((1, "first"), (2, "other"), (1, "again")):
-        # BP005's weights are random at birth (BP001, the cheapest pick, starts at zero whatever the seed).
-        overrides = [f"tolaria.seed={seed}", 'karn.include=["BP005"]']
+        # BP005's weights are random at birth (BP001, the cheapest pick, starts at zero whatever the seed). The first
+        # run meets a cold store: budgets far above any compile time keep a slow minute from failing its germination.
+        overrides = [
+            f"tolaria.seed={seed}",
+            'karn.include=["BP005"]',
+            "kasmina.artifact_wait_ms=20000",
+            "tolaria.decision_deadline_ms=30000",
+        ]
         system = await start(config, tmp_path / name, overrides=overrides)
         summary = await system.wait()
         assert summary.status == "completed", summary.error
