@@ -55,7 +55,8 @@ def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
 async def run_tail(
     options: TailOptions, session: TailSession, out: TextIO, *, poll: Callable[[], Awaitable[None]] | None = None
 ) -> None:
-    """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until cancelled.
+    """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until the run has finished (the file's
+    last line is its ``run_finished``) or it is cancelled.
 
     ``session`` keeps the counts, so a caller that cancels this (Ctrl-C) can still report them. ``poll`` replaces the
     wait between looks at a growing file (default: sleep ``options.poll_interval_s``).
@@ -83,6 +84,8 @@ async def run_tail(
                 if options.state and session.version != shown_version:
                     _show_state(session, out, refresh=True)
                     shown_version = session.version
+                if session.finished and reader.at_end:
+                    break  # the run has finished: following ends with it, as `docker logs -f` does
         finally:
             # A line still unterminated when following stops never completed: it counts as malformed.
             if reader.take_pending() is not None:
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow",
         action="store_true",
         help="keep reading as the file grows, waiting for it to appear and reopening it if truncated or replaced; "
-        "stop with Ctrl-C",
+        "stops once the run has finished (its run_finished line ends the file), or with Ctrl-C",
     )
     parser.add_argument("--actor", metavar="NAME", help="show only events whose actor is NAME (exact match)")
     parser.add_argument(

@@ -215,6 +215,8 @@ class TailSession:
         self.shown = 0
         self.version = 0
         """Bumped whenever something the state view shows (a row or the malformed count) changes."""
+        self.finished = False
+        """Whether the last event read is a ``run_finished`` (a resumed session's first line clears it again)."""
 
     def feed(self, lines: Iterable[str]) -> list[str]:
         """Take lines (without newlines); return the rendered events to show (always empty in state mode)."""
@@ -225,6 +227,7 @@ class TailSession:
                 self.malformed += 1
                 self.version += 1
                 continue
+            self.finished = event.event == "run_finished"
             if self.state_mode:
                 self._observe_state(event)
             elif self.event_filter.accepts(event):

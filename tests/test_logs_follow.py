@@ -194,3 +194,35 @@ async def test_run_tail_follow_state_redraws_when_a_new_state_arrives(tmp_path: 
     last = out.getvalue().split("\n\n")[-2].splitlines()
     assert last[1].split()[:4] == ["urza", "running", "0/8", "5"]
     assert last[-1] == "1 actor, 0 malformed lines skipped"
+
+
+async def test_following_ends_when_the_run_has_finished_and_not_at_a_resumed_sessions_old_end(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    # An interrupted session's run_finished, then a resumed session: following goes on past the first.
+    append(path, event_line("run_finished") + "\n" + event_line("run_starting") + "\n")
+    out = io.StringIO()
+    session = TailSession(event_filter=EventFilter())
+    poll = GatedPoll()
+    async with asyncio.timeout(1), asyncio.TaskGroup() as group:
+        tail = group.create_task(run_tail(TailOptions(path=path, follow=True), session, out, poll=poll))
+        await poll.idle.wait()  # the barrier: it read both lines and waits for more
+        assert not session.finished
+        append(path, event_line("epoch_end") + "\n" + event_line("run_finished") + "\n")
+        poll.release()
+        await tail  # returns by itself: the file's last line is the run's run_finished
+    assert [text.split()[4] for text in out.getvalue().splitlines()] == [
+        "run_finished",
+        "run_starting",
+        "epoch_end",
+        "run_finished",
+    ]
+
+
+async def test_following_a_finished_run_shows_it_and_returns(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    append(path, event_line("run_starting") + "\n" + event_line("run_finished") + "\n")
+    out = io.StringIO()
+    poll = GatedPoll()
+    async with asyncio.timeout(1):
+        await run_tail(TailOptions(path=path, follow=True), TailSession(event_filter=EventFilter()), out, poll=poll)
+    assert len(out.getvalue().splitlines()) == 2
