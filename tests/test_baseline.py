@@ -11,8 +11,9 @@ import pytest
 
 from esper.baseline import load_baseline, with_baseline
 from esper.config import dump_config, load_config
-from esper.run import format_summary, growth_lines, start
+from esper.run import start
 from esper.runtime.errors import ConfigError
+from esper.summary_table import format_summary, growth_lines
 from schemas.config import NissaConfig, RunConfig, TolariaConfig
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 from tests.test_e2e_run import tiny_config

@@ -1,0 +1,86 @@
+"""The end-of-run summary table the command line prints (the figures themselves are in summary.json)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas.run import GrowthFigures, RunSummary
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The end-of-run table shown on the console."""
+    lines = [
+        f"run {summary.run_id}: {summary.status} in {summary.duration_s:.2f} s (exit {summary.exit_code})",
+        f"run directory: {summary.run_dir}",
+        f"{'actor':<16}{'status':<12}{'handled':>9}{'failed':>8}{'restarts':>10}",
+    ]
+    lines += [
+        f"{state.actor:<16}{state.status.value:<12}{state.handled:>9}{state.failed:>8}{state.restarts:>10}"
+        for state in summary.actors
+    ]
+    figures = summary.training
+    if figures is not None:
+        lines.append(
+            f"training: {figures.epochs} epochs, {figures.global_step} steps, "
+            f"{figures.host_parameters + figures.seed_parameters} parameters ({figures.seed_parameters} in seeds)"
+        )
+        for split, loss, acc in (
+            ("train", figures.train_loss, figures.train_accuracy),
+            ("val", figures.val_loss, figures.val_accuracy),
+            ("test", figures.test_loss, figures.test_accuracy),
+        ):
+            if loss is not None and acc is not None:
+                lines.append(f"  {split:<6} loss {loss:.4f}  accuracy {acc:.4f}")
+    growth = summary.growth
+    if growth is not None:
+        lines += growth_lines(growth)
+    if summary.error:
+        lines.append(f"error: {summary.error}")
+    if summary.status == "interrupted":
+        lines.append(f"continue it with --resume {summary.run_dir}")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def growth_lines(growth: GrowthFigures) -> list[str]:
+    """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
+    where = {
+        # An early epoch flatters growth; the hint names the fair comparison.
+        "run": f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly",
+        "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
+    }.get(growth.baseline_source, "no seed was grafted")
+    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
+    return [
+        f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
+        f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",
+        f"{'parameters added':<28}{growth.parameters_added}",
+        f"{'seeds by outcome':<28}{seeds}",
+        f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
+        f"({growth.decisions} decisions{_fallback_share(growth)})",
+        f"{'emergency events':<28}{growth.emergency_events}",
+    ]
+
+
+# Reasons every run gives between epoch ends; they say nothing about why the host was not grown.
+_ROUTINE_NO_OPS = frozenset({"not_epoch_end", "not_due"})
+
+
+def _fallback_share(growth: GrowthFigures) -> str:
+    return f", {growth.fallback_decisions} by the fallback" if growth.fallback_decisions else ""
+
+
+def _why_idle(growth: GrowthFigures) -> str:
+    reasons = sorted(
+        ((r, n) for r, n in growth.no_op_reasons.items() if r not in _ROUTINE_NO_OPS), key=lambda rn: (-rn[1], rn[0])
+    )
+    if not reasons:
+        return ""
+    return " (the controller's reasons: " + ", ".join(f"{r} {n}" for r, n in reasons[:3]) + ")"
