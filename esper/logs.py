@@ -80,7 +80,6 @@ class _JsonLineWriter:
         self._closed = False
         self._path = path
         self._notice = notice
-        self.failure: OSError | None = None
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         level = event_dict.get("level", "info")
@@ -104,7 +103,7 @@ class _JsonLineWriter:
         return event_dict
 
     def _fail(self, err: OSError) -> None:
-        self.failure, self._closed = err, True
+        self._closed = True
         with contextlib.suppress(OSError):  # closing flushes what is buffered, which fails the same way
             self._stream.close()
         with contextlib.suppress(OSError, ValueError):

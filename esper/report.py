@@ -157,7 +157,7 @@ def decision_entry(entry: dict[str, object]) -> Decision | None:
 
 def _supersede(kept: list[Decision], session: list[Decision]) -> list[Decision]:
     # A resumed session decides again from the step it resumed at: the earlier ones from there on were made again.
-    return [d for d in kept if d[0] < session[0][0]] + session if session else kept
+    return [d for d in kept if d.step < session[0].step] + session if session else kept
 
 
 def read_run_events(path: Path) -> RunEvents:

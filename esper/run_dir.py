@@ -30,11 +30,10 @@ class RunDirLock:
     ``--resume``; the file's content (the holder's pid) only makes the refusal's message useful.
     """
 
-    __slots__ = ("_fd", "path")
+    __slots__ = ("_fd",)
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
-        self.path = path
 
     @property
     def held(self) -> bool:
@@ -77,7 +76,7 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
     except BaseException:
         os.close(fd)
         raise
-    return RunDirLock(fd, directory / LOCK_NAME)
+    return RunDirLock(fd)
 
 
 def sweep_partial_writes(directory: Path) -> list[Path]:

@@ -181,8 +181,8 @@ class RunTally:
     decision_ms: list[float] = field(default_factory=list)
     no_op_reasons: dict[str, int] = field(default_factory=dict)
     emergencies: int = 0
-    # A resumed run: the interrupted session's decisions (step, ms, NO_OP reason or None for a command), and the step
-    # of this session's first decision. Those at or after it were made again here, so they are not counted twice.
+    # A resumed run: the interrupted session's decisions (read back from its tamiyo_decision lines), and the step of
+    # this session's first decision. Those at or after it were made again here, so they are not counted twice.
     earlier_decisions: list[DecisionRecord] = field(default_factory=list)
     fallback_decisions: int = 0
     first_decision_step: int | None = None

@@ -95,10 +95,6 @@ class OonaPublisher(Actor[Published]):
         self.dropped = 0
         self.unavailable = 0
 
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return self._breaker
-
     async def handle(self, msg: Published) -> None:
         if not self._breaker.allow():
             self._drop_unavailable()

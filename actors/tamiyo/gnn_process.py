@@ -288,8 +288,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         """Block until the worker has built and warmed up its network (a dead one is restarted first, as decide
         would). Raises RuntimeError: it failed or died first."""
         with self._lock:
-            if not self._closed and self._process.poll() is not None:
-                self._restart()
+            self._restart_if_dead()
             self._await_ready()
 
     def warm_up(self) -> None:
@@ -307,8 +306,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             RuntimeError: the worker failed, died (or is restarting), or is closed.
         """
         with self._lock:
-            if not self._closed and self._process.poll() is not None:
-                self._restart()
+            self._restart_if_dead()
             self._await_ready(0.0 if self.restarts else _READY_TIMEOUT_S)
             answer = self._call(_Decide(observation=observation, state=self._pending))
             assert answer.decision is not None
@@ -335,7 +333,9 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._to_worker.close()
             self._from_worker.close()
 
-    def _restart(self) -> None:
+    def _restart_if_dead(self) -> None:
+        if self._closed or self._process.poll() is None:
+            return
         code = self._process.returncode
         if self.restarts >= _MAX_RESTARTS:
             raise RuntimeError(
@@ -368,7 +368,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._setup = b""
         ready, _, _ = select.select([self._from_worker], [], [], timeout_s)
         if not ready:
-            if timeout_s < _READY_TIMEOUT_S:
+            if timeout_s < _READY_TIMEOUT_S:  # decide's look at a restarted worker: the fallback decides meanwhile
                 raise RuntimeError(f"tamiyo gnn worker died (restart {self.restarts} of {_MAX_RESTARTS} not ready yet)")
             raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s")
         answer = self._receive()
