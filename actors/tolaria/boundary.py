@@ -7,6 +7,7 @@ every structural change ``check_param_groups`` proves that no parameter trains t
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, final
 
 import msgspec
@@ -366,8 +367,9 @@ def _number(value: object) -> float:
 def replay(applier: BoundaryApplier, events: list[GraftEvent], modules: dict[str, nn.Module] | None = None) -> None:
     """Re-apply a graft log to a freshly built trainee, in order.
 
-    Attach takes the seed module from ``modules`` (deep copies a fast snapshot keeps, by seed id) or rebuilds it from
-    its blueprint and recorded parameters; weights are loaded afterwards by the caller.
+    Attach takes a deep copy of the seed module in ``modules`` (the templates a fast snapshot keeps, by seed id, which
+    stay detached so the snapshot can be restored again) or rebuilds it from its blueprint and recorded parameters;
+    weights are loaded afterwards by the caller.
 
     Raises:
         ValueError: an event cannot be replayed (it names the event).
@@ -381,7 +383,7 @@ def replay(applier: BoundaryApplier, events: list[GraftEvent], modules: dict[str
 
         def source(op: SeedOp, event: GraftEvent = event) -> nn.Module:
             if modules is not None and op.seed_id in modules:
-                return modules[op.seed_id]
+                return copy.deepcopy(modules[op.seed_id])
             return rebuild_seed(op, dict(event.blueprint_params), shapes.get(event.slot or ""))
 
         outcome = applier.apply(op, step=event.step, take_module=source, blueprint_params=dict(event.blueprint_params))

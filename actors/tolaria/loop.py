@@ -30,7 +30,7 @@ from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
-from actors.tolaria.snapshots import SnapshotStore, TrainState, capture, load_into, reserve_capture
+from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
 from esper.nn.data_batches import iter_batches, to_device
@@ -140,6 +140,7 @@ class TrainingLoop:
         self._snapshots = snapshots
         # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
         self._capture_pool = CapturePool()
+        self._seed_templates = SeedTemplates()
         # False until the pool holds buffers for the current layout: set after the first step once the optimizer's
         # state exists (and again after a graft or restore), so the epoch end only copies.
         self._pool_reserved = False
@@ -338,6 +339,7 @@ class TrainingLoop:
             counters=self._counters(),
             keep_modules=keep_modules,
             pool=self._capture_pool,
+            templates=self._seed_templates,
         )
 
     def restore_checkpoint(self) -> bool:
