@@ -84,6 +84,9 @@ class IsolationMonitor:
         if self._last_probe_step is not None and step - self._last_probe_step < self._every:
             return
         self._last_probe_step = step
+        if not any(slot.mode in MONITORED_MODES for slot in trainee.slots.values()):
+            # Nothing to probe; skipping here saves two walks of the module tree (eval, train) per packet.
+            return
         model = trainee.model
         was_training = model.training
         x = self._x

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, final
+from typing import TYPE_CHECKING, Literal, final
 
 import msgspec
 import structlog
@@ -30,6 +30,7 @@ from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
+from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
@@ -51,22 +52,11 @@ if TYPE_CHECKING:
     from schemas.base import Message, Record
     from schemas.boundary import SeedOp
     from schemas.config import TolariaConfig
-    from schemas.state import SystemStatePacket
 
 _log = structlog.get_logger("actors.tolaria")
 _BLENDING = SlotMode.BLENDING
 
 LoopStatus = Literal["completed", "stopped", "halted"]
-
-
-class Outbox(Protocol):
-    """Where the lane thread sends what the event loop must see; every method returns at once (any thread)."""
-
-    def packet(self, packet: SystemStatePacket) -> None: ...
-
-    def applied(self, receipt: BoundaryApplied) -> None: ...
-
-    def event(self, event: Message | Record) -> None: ...
 
 
 @final
@@ -136,7 +126,7 @@ class TrainingLoop:
         self._config = config
         self._options = options
         self._inbox = inbox
-        self._outbox = outbox
+        self._outbox = HeldOutbox(outbox)
         self._snapshots = snapshots
         # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
         self._capture_pool = CapturePool()
@@ -147,7 +137,8 @@ class TrainingLoop:
         self._handoff = handoff
         self._data = data
         self._pos = _Position()
-        self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=_OutboxSink(outbox))
+        sink = _OutboxSink(self._outbox)
+        self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
         self._attempts = 0
         self._rollbacks = 0
         self._missed_this_epoch = 0
@@ -603,16 +594,22 @@ class TrainingLoop:
     ) -> tuple[LoopStatus, str | None] | None:
         assert self._data is not None
         val = self.evaluate(self._data.val) if self._data.val.num_samples else None
-        # The planner's benefit evidence, ahead of the packet of the same step (the outbox keeps the order).
-        report = seed_validation(self.trainee, self._data.val, run_id=self._options.run_id, step=self._pos.global_step)
-        if report is not None:
-            self._outbox.event(report)
-        # The stall: everything the loop does at an epoch end besides the validation any loop would run.
-        started = time.perf_counter()
+        # Everything the epoch end sends reaches the event loop when the lane thread is done (see HeldOutbox).
+        self._outbox.hold()
+        started: float | None = None
         try:
+            # The planner's benefit evidence, ahead of the packet of the same step (the outbox keeps the order).
+            step = self._pos.global_step
+            report = seed_validation(self.trainee, self._data.val, run_id=self._options.run_id, step=step)
+            if report is not None:
+                self._outbox.event(report)
+            # The stall: everything the loop does at an epoch end besides the validation any loop would run.
+            started = time.perf_counter()
             return self._close_epoch(epoch_stats, stats, val, (started - epoch_started) * 1e3, writer)
         finally:
-            self.stall_ms_history.append((time.perf_counter() - started) * 1e3)
+            self._outbox.release()
+            if started is not None:
+                self.stall_ms_history.append((time.perf_counter() - started) * 1e3)
 
     def _close_epoch(
         self,
