@@ -16,11 +16,31 @@ if TYPE_CHECKING:
 
     from schemas.config import RunConfig
 
+# What the lifecycle planner is built with: a resume replays Kasmina's journal through a planner with the new config's
+# settings, so another dwell or gate threshold rebuilds a different past (a blending seed replayed back into TRAINING)
+# than the one the checkpoint's model went through.
+PLANNER_KEYS: Final = (
+    "stage_min_dwell_steps",
+    "embargo_epochs",
+    "max_active_seeds",
+    "seed_memory_budget_mb",
+    "g2_window_steps",
+    "g2_max_loss_variance",
+    "g2_max_gradient_norm",
+    "g4_min_improvement",
+    "g4_max_step_latency_growth",
+    "breaker",
+)
+
 # Everything the checkpoint, the batch order and the controller's journal depend on. tolaria.epochs may grow (train
-# further); device, threads, logging and the like may change freely.
+# further); device, threads, logging, the controller's heuristics and the like may change freely. The command lag is
+# here because the plans in flight at the checkpoint were decided for the old one (under a new one, Tolaria waits
+# for a plan that the replay sends for another step, times out and enters conservative mode).
 SAME_RUN: Final = (
     *(f"tolaria.{key}" for key in SAME_TRAINING if key != "epochs"),
+    "tolaria.command_lag_steps",
     "kasmina.slot_targets",
+    *(f"kasmina.{key}" for key in PLANNER_KEYS),
     "tamiyo.policy",
 )
 

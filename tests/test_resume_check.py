@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
+from actors.kasmina.spec import lifecycle_settings
 from esper.config import apply_overrides, dump_config
-from esper.resume import check_resumable, check_resume_files
+from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import EXIT_CONFIG_ERROR, main
 from esper.runtime.errors import ConfigError
-from schemas.config import RunConfig
+from schemas.config import KasminaConfig, RunConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,6 +34,9 @@ def _run_dir(tmp_path: Path, *overrides: str) -> Path:
         ("tolaria.lr=0.1", "tolaria.lr"),
         ('kasmina.slot_targets=["blocks.0"]', "kasmina.slot_targets"),
         ('tamiyo.policy="every_k"', "tamiyo.policy"),
+        ("tolaria.command_lag_steps=4", "tolaria.command_lag_steps"),
+        ("kasmina.stage_min_dwell_steps=200", "kasmina.stage_min_dwell_steps"),
+        ("kasmina.breaker.failure_threshold=9", "kasmina.breaker"),
     ],
 )
 def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: str, key: str) -> None:
@@ -40,7 +45,10 @@ def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: st
         check_resumable(directory, apply_overrides(RunConfig(), [override]))
 
 
-@pytest.mark.parametrize("override", ["tolaria.epochs=500", 'tolaria.device="cpu"', 'logging.level="debug"'])
+@pytest.mark.parametrize(
+    "override",
+    ["tolaria.epochs=500", 'tolaria.device="cpu"', 'logging.level="debug"', "tamiyo.plateau_patience_epochs=5"],
+)
 def test_training_further_and_other_settings_may_change(tmp_path: Path, override: str) -> None:
     check_resumable(_run_dir(tmp_path), apply_overrides(RunConfig(), [override]))
 
@@ -118,3 +126,36 @@ def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touch
         "step-200.pt",
         "step-220.pt",
     ]
+
+
+# A value other than the default for each KasminaConfig key the lifecycle planner is built from.
+_PLANNER_CHANGES = {
+    "stage_min_dwell_steps": 200,
+    "embargo_epochs": 5,
+    "max_active_seeds": 1,
+    "seed_memory_budget_mb": 1.0,
+    "g2_window_steps": 3,
+    "g2_max_loss_variance": 0.5,
+    "g2_max_gradient_norm": 7.0,
+    "g4_min_improvement": 0.1,
+    "g4_max_step_latency_growth": 0.5,
+}
+
+
+def test_every_key_that_changes_the_lifecycle_planner_must_stay_the_same_on_resume() -> None:
+    base = KasminaConfig()
+    for key in base.__struct_fields__:
+        changed = _PLANNER_CHANGES.get(key)
+        if changed is None:
+            continue
+        settings = lifecycle_settings(msgspec.structs.replace(base, **{key: changed}))
+        assert settings != lifecycle_settings(base), f"kasmina.{key} does not reach the planner"
+        assert key in PLANNER_KEYS, f"kasmina.{key} changes the planner but a resume may change it"
+    # ... and nothing else among the kasmina keys changes the planner's settings.
+    others = [key for key in base.__struct_fields__ if key not in _PLANNER_CHANGES and key != "breaker"]
+    for key in others:
+        value = getattr(base, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        altered = msgspec.structs.replace(base, **{key: value + 1})
+        assert lifecycle_settings(altered) == lifecycle_settings(base), f"kasmina.{key} reaches the planner"
