@@ -320,6 +320,11 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     assembled = [e for e in events if e.get("event") == "run_assembled"]
     assert assembled[-1]["tamiyo_state"] == "journal"
     assert assembled[-1]["tamiyo_state_step"] == expected.step
+    # The lifecycle was rebuilt from the journal's planner views of the packets (no dormant slot's state in them).
+    journal = (checkpoints / "kasmina_journal.jsonl").read_text(encoding="utf-8").splitlines()
+    boundaries = [json.loads(line)["packet"] for line in journal if '"JournalBoundary"' in line]
+    assert boundaries
+    assert all(state["seed_id"] is not None for packet in boundaries for state in packet["seed_states"])
     behind = [e for e in events if e.get("event") == "tamiyo_state_behind"]
     assert bool(behind) == (expected.step != step)
 

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, assert_never, final
 import anyio
 import msgspec
 
-from actors.kasmina.journal import BoundaryJournal, JournalBoundary, JournalReceipt, JournalValidation
+from actors.kasmina.journal import (
+    BoundaryJournal,
+    JournalBoundary,
+    JournalReceipt,
+    JournalValidation,
+    planner_view,
+)
 from esper.runtime.actor import Actor
 from esper.runtime.errors import EsperError, NotYetAvailable
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
@@ -227,7 +233,8 @@ class KasminaActor(Actor[KasminaMessage]):
                 self._preparations += 1
                 self._planner.prepared(prepared)
             plan = self._planner.finish(draft)
-            await self._journal_add(JournalBoundary(packet=packet, command=command, security=security, failed=failed))
+            entry = JournalBoundary(packet=planner_view(packet), command=command, security=security, failed=failed)
+            await self._journal_add(entry)
             await self._outlet(plan)
             self._plans_sent += 1
             await self._forward()

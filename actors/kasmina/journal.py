@@ -22,7 +22,7 @@ from schemas.boundary import BoundaryApplied
 from schemas.control import AdaptationCommand
 from schemas.domain_enums import CommandRejectReason
 from schemas.kasmina import SeedValidationReport
-from schemas.state import SystemStatePacket
+from schemas.state import StepTimings, SystemStatePacket
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,6 +55,25 @@ JournalEntry = JournalBoundary | JournalReceipt | JournalValidation
 
 _decoder = msgspec.json.Decoder(JournalEntry)
 _encoder = msgspec.json.Encoder()
+
+
+_NO_TIMINGS = StepTimings(
+    data_wait_ms=0.0, host_to_device_ms=0.0, forward_ms=0.0, backward_ms=0.0, optimizer_ms=0.0, step_ms=0.0
+)
+
+
+def planner_view(packet: SystemStatePacket) -> SystemStatePacket:
+    """The packet with only what the planner reads of it (its step, epoch and training loss, the seed gradient norms
+    and the attached seeds' states; see BoundaryPlanner.begin): the journal keeps this, a third of a three-slot
+    packet's size and independent of how many slots stay dormant. Replaying it plans exactly as the full packet did.
+    """
+    return msgspec.structs.replace(
+        packet,
+        timings=_NO_TIMINGS,
+        layer_gradient_norms={},
+        layers=(),
+        seed_states=tuple(state for state in packet.seed_states if state.seed_id is not None),
+    )
 
 
 def _step(entry: JournalEntry) -> int:
