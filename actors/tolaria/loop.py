@@ -25,6 +25,7 @@ import torch.nn.functional as F  # the conventional alias
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
+from actors.tolaria.capture_plan import PlannedCapture
 from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
@@ -131,6 +132,7 @@ class TrainingLoop:
         # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
         self._capture_pool = CapturePool()
         self._seed_templates = SeedTemplates()
+        self._planned_capture = PlannedCapture()
         # False until the pool holds buffers for the current layout: set after the first step once the optimizer's
         # state exists (and again after a graft or restore), so the epoch end only copies.
         self._pool_reserved = False
@@ -275,6 +277,7 @@ class TrainingLoop:
         replay(applier, state.graft_log, state.seed_modules or None)
         load_into(self.trainee, state)
         self._pool_reserved = False
+        self._planned_capture.forget()
         self._pos.global_step = state.global_step
         self._pos.epoch = state.epoch
         self._pos.batch_index = state.batch_index
@@ -331,6 +334,7 @@ class TrainingLoop:
             keep_modules=keep_modules,
             pool=self._capture_pool,
             templates=self._seed_templates,
+            planned=self._planned_capture,
         )
 
     def restore_checkpoint(self) -> bool:
@@ -407,7 +411,9 @@ class TrainingLoop:
                 if sketched:
                     self._isolation.disarm()
                 if not self._pool_reserved:
-                    reserve_capture(self.trainee, self._capture_pool)
+                    assert self._applier is not None
+                    log_length = len(self._applier.log)
+                    reserve_capture(self.trainee, self._capture_pool, self._planned_capture, log_length)
                     self._pool_reserved = True
                 pos.batch_index = index + 1
                 pos.global_step += 1
@@ -533,6 +539,7 @@ class TrainingLoop:
             )
         if plan.ops:
             self._pool_reserved = False
+            self._planned_capture.forget()
         receipt = BoundaryApplied(
             run_id=plan.run_id,
             decided_on_step=plan.decided_on_step,

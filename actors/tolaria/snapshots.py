@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from actors.tolaria.boundary import GraftEvent
     from actors.tolaria.build import Trainee
+    from actors.tolaria.capture_plan import PlannedCapture
     from actors.tolaria.capture_pool import CapturePool
 
 Counters = dict[str, float | int | str | None]
@@ -306,6 +307,7 @@ def capture(
     keep_modules: bool,
     pool: CapturePool | None = None,
     templates: SeedTemplates | None = None,
+    planned: PlannedCapture | None = None,
 ) -> TrainState:
     """Copy the training state between two steps.
 
@@ -313,10 +315,17 @@ def capture(
     attached); ``paused`` re-applies the pause after a restore. ``keep_modules`` keeps a copy of each seed module
     (from ``templates`` when given, else a fresh deep copy) so the fast tier can rebuild the architecture without the
     blueprint catalogue. With a ``pool``, the tensors are views into the pool's reused buffers, valid while the
-    returned state lives: copy what must outlive it.
+    returned state lives: copy what must outlive it. With a pool and ``planned``, the layout's CapturePlan finds the
+    tensors instead of a walk of the module tree (the same result).
     """
+    plan = planned.plan(trainee, len(graft_log)) if planned is not None and pool is not None else None
     copier = _Copier()
-    model_state, optimizer = _walk(trainee, copier)
+    lease: object = None
+    if plan is not None:
+        assert pool is not None
+        model_state, optimizer, lease, nbytes = plan.take(pool)
+    else:
+        model_state, optimizer = _walk(trainee, copier)
     for name, mode in trainee.paused.items():
         key = f"{slot_path(name)}._extra_state"
         extra = model_state.get(key)
@@ -326,7 +335,9 @@ def capture(
     if keep_modules:
         live = {s.seed_id: s.seed_module for s in trainee.slots.values() if s.seed_module is not None and s.seed_id}
         modules = templates.for_seeds(live) if templates is not None else {k: copy.deepcopy(m) for k, m in live.items()}
-    lease = copier.finish(pool)
+    if plan is None:
+        lease = copier.finish(pool)
+        nbytes = copier.nbytes
     state = TrainState(
         global_step=global_step,
         epoch=epoch,
@@ -340,7 +351,7 @@ def capture(
         seed_modules=modules,
         lease=lease,
     )
-    state.nbytes = copier.nbytes
+    state.nbytes = nbytes
     return state
 
 
@@ -374,9 +385,15 @@ class SeedTemplates:
         return {seed_id: template for seed_id, (_, template) in kept.items()}
 
 
-def reserve_capture(trainee: Trainee, pool: CapturePool) -> int:
+def reserve_capture(
+    trainee: Trainee, pool: CapturePool, planned: PlannedCapture | None = None, log_length: int = 0
+) -> int:
     """Have ``pool`` allocate the buffers the next captures of ``trainee`` will fill (see CapturePool.reserve), so
-    the epoch boundary does not pay for them; returns how many buffer sets were allocated. Copies nothing."""
+    the epoch boundary does not pay for them, and with ``planned`` make the layout's CapturePlan (``log_length``: the
+    graft log's length); returns how many buffer sets were allocated. Copies nothing."""
+    plan = planned.plan(trainee, log_length) if planned is not None else None
+    if plan is not None:
+        return plan.reserve(pool)
     copier = _Copier()
     _walk(trainee, copier)
     return copier.reserve(pool)
