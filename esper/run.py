@@ -5,6 +5,14 @@ Only this module wires actors together (ARCHITECTURE.md section 1); nothing impo
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":
+    # Loading torch and the actors takes seconds: a Ctrl-C meanwhile ends with the interrupted status (130) and
+    # without a traceback from deep inside an import. The run's own handling takes over below.
+    signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
+
 import argparse
 import asyncio
 import contextlib
@@ -12,8 +20,6 @@ import datetime as dt
 import functools
 import os
 import secrets
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
@@ -552,4 +558,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

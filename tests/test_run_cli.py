@@ -179,3 +179,37 @@ def test_required_secret_missing_is_a_config_error(tmp_path: Path, capsys: pytes
     overrides = ["--set", f'security.secret_env="{env_name}"']
     assert main([str(tmp_path / "c.toml"), *overrides]) == EXIT_CONFIG_ERROR
     assert capsys.readouterr().err == (f"weatherlight.require_secret: the environment variable {env_name} is not set\n")
+
+
+# Sends this process a SIGINT when `torch` starts to load, then runs `python -m esper.run` as the command line does:
+# a Ctrl-C during the seconds of imports, at a point that does not depend on the machine's speed.
+_CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, os, runpy, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["esper.run", sys.argv[1]]
+runpy.run_module("esper.run", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[tolaria]\nepochs = 1\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before anything was made
