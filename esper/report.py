@@ -298,16 +298,33 @@ def summary_lines(data: RunData) -> list[str]:
         )
     else:
         lines.append("no epoch rows in metrics.csv")
+    # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
+    # summary). Without summary.json (a killed run) every transition counts.
+    last_step = _last_trained_step(data.summary)
     final: dict[str, SeedLifecycleStage] = {}
+    unapplied = 0
     for event in data.events:
-        if event.seed_id is not None:  # slot-only events (embargo, reset) come after the seed's outcome
-            final[event.seed_id] = event.to_stage
+        if event.seed_id is None:  # slot-only events (embargo, reset) come after the seed's outcome
+            continue
+        if last_step is not None and event.step > last_step:
+            unapplied += 1
+            continue
+        final[event.seed_id] = event.to_stage
     if final:
         counts: dict[str, int] = {}
         for stage in final.values():
             counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
-        lines.append(f"seeds {len(final)}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+        line = f"seeds {len(final)}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        if unapplied:
+            line += f" ({unapplied} later transition{'s' if unapplied > 1 else ''} after step {last_step}, not applied)"
+        lines.append(line)
     return lines
+
+
+def _last_trained_step(summary: dict[str, object] | None) -> int | None:
+    training = summary.get("training") if summary is not None else None
+    step = training.get("global_step") if isinstance(training, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -371,7 +371,9 @@ async def _start_claimed(
     deadline_s = resolved.weatherlight.shutdown_deadline_s
 
     def growth(figures: TrainingFigures | None) -> GrowthFigures:
-        return with_baseline(tally.figures(figures.seed_parameters if figures is not None else 0), baseline)
+        if figures is None:
+            return with_baseline(tally.figures(0), baseline)
+        return with_baseline(tally.figures(figures.seed_parameters, figures.global_step), baseline)
 
     return EsperSystem(
         config=resolved,

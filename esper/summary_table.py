@@ -58,6 +58,9 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
     }.get(growth.baseline_source, "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
+    if growth.unapplied_transitions:
+        n = growth.unapplied_transitions
+        seeds += f" ({n} later transition{'s' if n > 1 else ''} planned after the last step, not applied)"
     return [
         f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
         f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",

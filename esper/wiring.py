@@ -176,7 +176,9 @@ class RunTally:
 
     epoch_val_accuracy: dict[int, float] = field(default_factory=dict)
     epoch_step: dict[int, int] = field(default_factory=dict)
-    seed_stages: dict[str, SeedLifecycleStage] = field(default_factory=dict)
+    # Each seed's transitions as (effect step, stage), in order: a transition planned at the run's last boundaries
+    # takes effect after its last step, never, and the summary counts the stage each seed ended the training in.
+    seed_stages: dict[str, list[tuple[int, SeedLifecycleStage]]] = field(default_factory=dict)
     first_germination_step: int | None = None
     decision_ms: list[float] = field(default_factory=list)
     no_op_reasons: dict[str, int] = field(default_factory=dict)
@@ -190,7 +192,7 @@ class RunTally:
     def emit(self, event: Message | Record) -> None:
         match event:
             case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
-                self.seed_stages[seed_id] = stage
+                self.seed_stages.setdefault(seed_id, []).append((step, stage))
                 if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
                     self.first_germination_step = step
             case EmergencySignal():
@@ -209,7 +211,7 @@ class RunTally:
         tally."""
         self.earlier_decisions = list(decisions or ())
         for seed_id, stage, step in stages:
-            self.seed_stages[seed_id] = stage
+            self.seed_stages.setdefault(seed_id, []).append((step, stage))
             if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
                 self.first_germination_step = step
         for epoch, step, accuracy in epochs:
@@ -231,9 +233,10 @@ class RunTally:
             reason = decision.reason or "no_op"
             self.no_op_reasons[reason] = self.no_op_reasons.get(reason, 0) + 1
 
-    def figures(self, seed_parameters: int) -> GrowthFigures:
+    def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
         """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
-        took effect (the host alone), or the final epoch when nothing was grafted."""
+        took effect (the host alone), or the final epoch when nothing was grafted. Seeds are counted by the stage they
+        were in at ``last_step`` (the last trained step; None: their latest), leaving out what never took effect."""
         epochs = sorted(self.epoch_val_accuracy)
         final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
         baseline_epoch: int | None = None
@@ -244,8 +247,12 @@ class RunTally:
             before = [e for e in epochs if self.epoch_step[e] < self.first_germination_step]
             baseline_epoch = before[-1] if before else None
         counts: dict[str, int] = {}
-        for stage in self.seed_stages.values():
-            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+        unapplied = 0
+        for history in self.seed_stages.values():
+            reached = [stage for step, stage in history if last_step is None or step <= last_step]
+            unapplied += len(history) - len(reached)
+            if reached:
+                counts[reached[-1].name.lower()] = counts.get(reached[-1].name.lower(), 0) + 1
         cut = self.first_decision_step
         earlier = [d for d in self.earlier_decisions if cut is None or d[0] < cut]
         latencies = sorted([*self.decision_ms, *(d.ms for d in earlier)])
@@ -260,6 +267,7 @@ class RunTally:
             final_val_accuracy=final,
             parameters_added=seed_parameters,
             seeds=counts,
+            unapplied_transitions=unapplied,
             no_op_reasons=no_op_reasons,
             decisions=len(latencies),
             decision_p50_ms=nearest_rank(latencies, 0.50),

@@ -49,7 +49,9 @@ class GrowthFigures(Record, frozen=True):
     ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the first germination took
     effect (``baseline_source`` "run"), the final one when nothing was ever grafted ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
-    its epochs in ``baseline_epoch``). ``seeds`` counts seeds by their last lifecycle stage (lower-case stage name);
+    its epochs in ``baseline_epoch``). ``seeds`` counts seeds by the lifecycle stage they ended training in (lower-case
+    stage name); ``unapplied_transitions`` counts transitions planned at the last boundaries for a step after the last
+    one, which never took effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
     fallback made instead of the configured policy; ``emergency_events`` counts EmergencySignal events.
@@ -62,6 +64,7 @@ class GrowthFigures(Record, frozen=True):
     final_val_accuracy: float | None = None
     parameters_added: int = 0
     seeds: dict[str, int] = field(default_factory=dict)
+    unapplied_transitions: int = 0
     no_op_reasons: dict[str, int] = field(default_factory=dict)
     decisions: int = 0
     decision_p50_ms: float | None = None

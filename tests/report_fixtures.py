@@ -55,8 +55,11 @@ def synthetic_row(epoch: int) -> dict[str, CellValue]:
     return row
 
 
-def write_run(run_dir: Path, *, epochs: int = 18, lifecycle: bool = True, summary: bool = True) -> Path:
-    """Write a synthetic run into ``run_dir`` (created) and return it."""
+def write_run(
+    run_dir: Path, *, epochs: int = 18, lifecycle: bool = True, summary: bool = True, last_step: int | None = None
+) -> Path:
+    """Write a synthetic run into ``run_dir`` (created) and return it; ``last_step``: the summary's last trained
+    step (none by default)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_text = header_line() + "".join(format_row(synthetic_row(epoch)) for epoch in range(epochs))
     (run_dir / "metrics.csv").write_text(csv_text, encoding="utf-8")
@@ -94,6 +97,7 @@ def write_run(run_dir: Path, *, epochs: int = 18, lifecycle: bool = True, summar
                     "dead_letters": 0,
                     "actors": [],
                     "error": None,
+                    **({"training": {"global_step": last_step}} if last_step is not None else {}),
                 }
             ),
             encoding="utf-8",

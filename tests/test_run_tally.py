@@ -9,8 +9,11 @@ import pytest
 
 from esper.report import Decision as Read
 from esper.report import ReportInputError, read_decisions
+from esper.summary_table import growth_lines
 from esper.wiring import RunTally
 from schemas.boundary import Decision
+from schemas.enums import SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -93,3 +96,29 @@ def test_decisions_the_fallback_made_are_counted_across_a_resume() -> None:
     tally.on_decision(_decision(20, 4.0, policy="no_op (fallback)"))
     figures = tally.figures(seed_parameters=0)
     assert (figures.decisions, figures.fallback_decisions) == (5, 3)
+
+
+def _stage(seed: str, to: SeedLifecycleStage, step: int) -> SeedStageChanged:
+    dormant = SeedLifecycleStage.DORMANT
+    return SeedStageChanged(slot="blocks.1", from_stage=dormant, to_stage=to, step=step, seed_id=seed)
+
+
+def test_seeds_are_counted_in_the_stage_they_ended_training_in() -> None:
+    tally = RunTally()
+    tally.preload([("a", SeedLifecycleStage.GERMINATED, 100)], [], [])  # from the interrupted session
+    for event in (
+        _stage("a", SeedLifecycleStage.TRAINING, 112),
+        _stage("a", SeedLifecycleStage.BLENDING, 150),
+        # Planned at the last boundary, with an effect step after the last trained step (280): never applied.
+        _stage("a", SeedLifecycleStage.CULLED, 288),
+        _stage("b", SeedLifecycleStage.GERMINATED, 276),
+        _stage("b", SeedLifecycleStage.TRAINING, 284),
+    ):
+        tally.emit(event)
+    ended = tally.figures(seed_parameters=462, last_step=280)
+    assert ended.seeds == {"blending": 1, "germinated": 1}
+    assert ended.unapplied_transitions == 2
+    assert "blending 1, germinated 1 (2 later transitions planned after the last step, not applied)" in "\n".join(
+        growth_lines(ended)
+    )
+    assert tally.figures(seed_parameters=462).seeds == {"culled": 1, "training": 1}  # no last step: the latest
