@@ -44,6 +44,7 @@ _SHOWN_EVENTS = {
     "conservative_entered": "",  # the description says it: "conservative mode entered: loss_spike"
     "conservative_exited": "",
     "seed_op_failed": "op failed",
+    "preparation_failed": "not built",  # the seed's module could not be made (e.g. a corrupt artifact): culled
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

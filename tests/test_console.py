@@ -46,7 +46,7 @@ def test_a_lifecycle_change_is_one_line_and_the_slot_clean_up_is_not_shown() -> 
     assert stream.getvalue() == line + "\n"
 
 
-def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_events_are_not() -> None:
+def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_shown_others_are_not() -> None:
     console, stream = _console()
     shown = [
         TelemetryEvent(
@@ -67,6 +67,12 @@ def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_ev
             description="detach of seed s in slot blocks.1 failed: no slot",
             attributes={"slot": "blocks.1"},
         ),
+        TelemetryEvent(
+            name="preparation_failed",
+            level=TelemetryLevel.ERROR,
+            description="seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
+            attributes={"slot": "blocks.1", "seed_id": "s2"},
+        ),
     ]
     for event in shown:
         console.emit(event)
@@ -75,6 +81,7 @@ def test_loss_spikes_conservative_mode_and_refused_operations_are_shown_other_ev
         "  step    200  loss spike   loss_delta 0.7981 > 0.15",
         "  epoch     9  conservative mode entered: loss_spike",
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
+        "  not built    seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
     ]
 
 

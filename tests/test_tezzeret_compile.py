@@ -98,6 +98,26 @@ def test_a_repeated_pass_stores_nothing_new(store: UrzaStore) -> None:
     assert store.statistics().puts_new == len(first.artifacts)
 
 
+def test_a_repeated_pass_replaces_a_blob_that_went_bad_on_disk(store: UrzaStore) -> None:
+    catalogue = default_catalogue()
+    first = compile_all(catalogue, SLOTS[:1], UrzaArtifactSink(store))
+    bad, missing = first.artifacts[0], first.artifacts[1]
+    store.blob_path(bad).write_bytes(b"garbage")
+    store.blob_path(missing).unlink()
+    second = compile_all(catalogue, SLOTS[:1], UrzaArtifactSink(store))
+    assert second.failures == {}
+    replaced = [a for a in second.artifacts if a not in first.artifacts]
+    assert len(replaced) == 2  # the two damaged ones were stored again; the rest were kept
+    entry = store.entry(bad)
+    assert entry is not None
+    assert entry.status == "quarantined"
+    assert store.quarantine_path(bad).read_bytes() == b"garbage"
+    assert store.check_integrity().corrupt == ()
+    source = UrzaSeedSource(store, catalogue)
+    for job in plan_jobs(catalogue, SLOTS[:1]):
+        source.fetch(job.blueprint_id, job.slot, job.descriptor.defaults(), seed=0)  # every blueprint loads
+
+
 class BrokenBuilder:
     """The real builder, except that one blueprint raises and another is not zero at birth."""
 

@@ -130,6 +130,20 @@ def test_truncated_blob_is_quarantined_with_its_sizes(store: UrzaStore) -> None:
     assert store.quarantine_path(sha).read_bytes() == blob[:40]
 
 
+def test_verify_names_what_is_wrong_with_a_blob_and_quarantines_a_corrupt_one(store: UrzaStore) -> None:
+    blob = linear_blob()
+    sha = store.put(blob).sha256
+    assert store.verify(sha) is None
+    store.blob_path(sha).unlink()
+    assert store.verify(sha) == "blob missing"
+    store.blob_path(sha).write_bytes(blob[:40])
+    assert store.verify(sha) == f"truncated: 40 of {len(blob)} bytes"
+    assert store.quarantine_path(sha).read_bytes() == blob[:40]
+    assert store.verify(sha) == "quarantined"
+    with pytest.raises(ArtifactNotFound):
+        store.verify(sha256_hex(b"never stored"))
+
+
 def test_unknown_artifact_is_not_found(store: UrzaStore) -> None:
     missing = sha256_hex(b"never stored")
     with pytest.raises(ArtifactNotFound) as caught:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, final
 
+import structlog
+
 from actors.urza.artifact import ValidationFigures, encode_artifact, make_metadata
 from actors.urza.builders import signature_key, slot_signature
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from esper.nn.blueprints import BlueprintDescriptor, ProbeReport, SlotShape
 
 __all__ = ["UrzaArtifactSink"]
+
+_log = structlog.get_logger("actors.urza")
 
 
 @final
@@ -74,10 +78,16 @@ class UrzaArtifactSink:
             ),
         )
         # The validation timings differ from pass to pass, so equal weights would get a new address every start-up;
-        # an artifact equal in everything but those timings is the same artifact, and is not stored again.
+        # an artifact equal in everything but those timings is the same artifact, and is not stored again, unless its
+        # blob has gone bad on disk (quarantined now): then this copy replaces it, so a start-up pass heals the store.
         for entry in reversed(self._store.entries(descriptor.blueprint_id)):
             if entry.status == "ready" and _same_artifact(entry.metadata, metadata):
-                return entry.sha256
+                problem = self._store.verify(entry.sha256)
+                if problem is None:
+                    return entry.sha256
+                blueprint = descriptor.blueprint_id
+                _log.warning("urza_artifact_replaced", blueprint_id=blueprint, artifact=entry.sha256, reason=problem)
+                break
         return self._store.put(encode_artifact(metadata, payload)).sha256
 
     def mark_failed(self, blueprint_id: str, reason: str) -> None:

@@ -480,13 +480,7 @@ class UrzaStore:
             ) from err
         except OSError as err:
             raise BlobUnreadable(artifact, f"artifact {artifact}: cannot read blob {path}: {err}") from err
-        why = ""
-        if len(data) < entry.size_bytes:
-            why = f"truncated: {len(data)} of {entry.size_bytes} bytes"
-        elif len(data) != entry.size_bytes:
-            why = f"size {len(data)} bytes, catalogued {entry.size_bytes}"
-        elif sha256_hex(data) != artifact:
-            why = "sha256 mismatch"
+        why = _blob_problem(data, entry)
         if why:
             moved_to = self._quarantine_blob(artifact, why)
             raise ArtifactCorrupt(
@@ -505,6 +499,29 @@ class UrzaStore:
         with self._lock:
             self._loads += 1
         return LoadedArtifact(entry=entry, tensors=decoded.tensors)
+
+    def verify(self, artifact: str) -> str | None:
+        """Why a ready artifact's blob cannot be served (missing, unreadable, wrong size or SHA-256), or None when it
+        can. A corrupt blob is quarantined, as a load would; nothing is decoded.
+
+        Raises:
+            ValueError: ``artifact`` is not a SHA-256 hex digest. ArtifactNotFound: no catalogue row.
+        """
+        entry = self.entry(artifact)
+        if entry is None:
+            raise ArtifactNotFound(artifact, f"artifact {artifact} is not in the catalogue {self.catalog_path}")
+        if entry.status != "ready":
+            return entry.status
+        try:
+            data = self.blob_path(artifact).read_bytes()
+        except FileNotFoundError:
+            return "blob missing"
+        except OSError as err:
+            return f"blob unreadable: {err}"
+        why = _blob_problem(data, entry)
+        if why:
+            self._quarantine_blob(artifact, why)
+        return why or None
 
     def _quarantine_blob(self, artifact: str, why: str) -> Path:
         source = self.blob_path(artifact)
@@ -573,3 +590,14 @@ class UrzaStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _blob_problem(data: bytes, entry: ArtifactEntry) -> str:
+    """What is wrong with a blob's bytes against its catalogue row ("" if nothing)."""
+    if len(data) < entry.size_bytes:
+        return f"truncated: {len(data)} of {entry.size_bytes} bytes"
+    if len(data) != entry.size_bytes:
+        return f"size {len(data)} bytes, catalogued {entry.size_bytes}"
+    if sha256_hex(data) != entry.sha256:
+        return "sha256 mismatch"
+    return ""
