@@ -44,7 +44,9 @@ _SHOWN_EVENTS = {
     "conservative_entered": "",  # the description says it: "conservative mode entered: loss_spike"
     "conservative_exited": "",
     "seed_op_failed": "op failed",
-    "preparation_failed": "not built",  # the seed's module could not be made (e.g. a corrupt artifact): culled
+    "preparation_failed": "not built",  # the seed's module could not be made: culled
+    # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
+    "kasmina.seed_built_from_catalogue": "catalogue",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

@@ -19,7 +19,7 @@ from actors.kasmina.actor import KasminaActor
 from actors.nissa.actor import Nissa
 from actors.tamiyo.actor import TamiyoActor
 from actors.tolaria.actor import TolariaControl
-from actors.urza.artifact import ArtifactNotFound
+from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
@@ -277,11 +277,16 @@ class RunTally:
         )
 
 
+BUILT_FROM_CATALOGUE = "kasmina.seed_built_from_catalogue"
+
+
 @final
 class UrzaFirstSource:
     """Kasmina's seed source for a run: Urza's verified artifact when Tezzeret has stored it, else the same blueprint
     built from Karn's catalogue, reported as a ``kasmina.seed_built_from_catalogue`` WARNING event (never another
-    blueprint). Waiting is not an option: Tezzeret compiles on the same io lane this fetch runs on.
+    blueprint). Waiting is not an option: Tezzeret compiles on the same io lane this fetch runs on. An artifact whose
+    blob went bad on disk (quarantined by the load, and stored again by the next run's Tezzeret pass) or is missing
+    is treated the same way, so a damaged store costs no germination.
 
     ``describe`` on the event loop; ``fetch`` on the io lane (blocking); ``notify`` must be thread-safe.
     """
@@ -298,16 +303,19 @@ class UrzaFirstSource:
         try:
             return self._urza.fetch(blueprint_id, slot_shape, params, seed)
         except ArtifactNotFound as err:
-            self.built_from_catalogue += 1
-            self._notify(
-                TelemetryEvent(
-                    name="kasmina.seed_built_from_catalogue",
-                    level=TelemetryLevel.WARNING,
-                    description=f"blueprint {blueprint_id}: no compiled artifact yet ({err}); built from the catalogue",
-                    attributes={"blueprint_id": blueprint_id, "kind": slot_shape.kind, "features": slot_shape.features},
-                )
+            why = f"no compiled artifact yet ({err})"
+        except (ArtifactCorrupt, BlobMissing) as err:
+            why = f"its artifact is unusable ({err})"
+        self.built_from_catalogue += 1
+        self._notify(
+            TelemetryEvent(
+                name=BUILT_FROM_CATALOGUE,
+                level=TelemetryLevel.WARNING,
+                description=f"blueprint {blueprint_id}: {why}; built from the catalogue",
+                attributes={"blueprint_id": blueprint_id, "kind": slot_shape.kind, "features": slot_shape.features},
             )
-            return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=seed)
+        )
+        return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=seed)
 
 
 def threadsafe(loop: asyncio.AbstractEventLoop, sink: EventSink) -> Callable[[TelemetryEvent], None]:

@@ -73,6 +73,12 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
             description="seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
             attributes={"slot": "blocks.1", "seed_id": "s2"},
         ),
+        TelemetryEvent(
+            name="kasmina.seed_built_from_catalogue",
+            level=TelemetryLevel.WARNING,
+            description="blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
+            attributes={"blueprint_id": "BP005"},
+        ),
     ]
     for event in shown:
         console.emit(event)
@@ -82,6 +88,7 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
         "  epoch     9  conservative mode entered: loss_spike",
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
         "  not built    seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
+        "  catalogue    blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
     ]
 
 

@@ -1,0 +1,84 @@
+"""Kasmina's seed source for a run (UrzaFirstSource): Urza's verified artifact, else the same blueprint built from the
+catalogue with a warning, whether no artifact is stored yet or the stored one's blob went bad on disk."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from actors.tezzeret.compile import compile_all
+from actors.urza.publish import UrzaArtifactSink
+from actors.urza.seed_source import UrzaSeedSource
+from actors.urza.store import UrzaStore
+from esper.nn.blueprints import SlotShape, default_catalogue
+from esper.wiring import BUILT_FROM_CATALOGUE, UrzaFirstSource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from torch import nn
+
+    from schemas.telemetry import TelemetryEvent
+
+SLOT = SlotShape("conv1d", 6)
+BLUEPRINT = "BP005"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[UrzaStore]:
+    with UrzaStore(tmp_path / "urza") as opened:
+        yield opened
+
+
+def _source(store: UrzaStore) -> tuple[UrzaFirstSource, list[TelemetryEvent]]:
+    events: list[TelemetryEvent] = []
+    return UrzaFirstSource(UrzaSeedSource(store, default_catalogue()), events.append), events
+
+
+def _params() -> dict[str, float]:
+    return dict(default_catalogue().get(BLUEPRINT).defaults())
+
+
+def _parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_a_stored_artifact_is_served_without_a_warning(store: UrzaStore) -> None:
+    compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    source, events = _source(store)
+    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(module) > 0
+    assert events == []
+    assert source.built_from_catalogue == 0
+
+
+def test_without_an_artifact_the_blueprint_is_built_from_the_catalogue(store: UrzaStore) -> None:
+    source, events = _source(store)
+    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(module) > 0
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
+    assert "no compiled artifact yet" in events[0].description
+
+
+def test_a_corrupt_or_missing_blob_is_quarantined_and_the_seed_still_built(store: UrzaStore) -> None:
+    summary = compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    reference = UrzaSeedSource(store, default_catalogue()).fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    entry = store.resolve(BLUEPRINT)
+    assert entry.sha256 in summary.artifacts
+    store.blob_path(entry.sha256).write_bytes(b"garbage")
+    source, events = _source(store)
+    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(module) == _parameter_count(reference)  # the same blueprint, never another
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
+    assert "its artifact is unusable" in events[0].description
+    quarantined = store.entry(entry.sha256)
+    assert quarantined is not None
+    assert quarantined.status == "quarantined"
+    other = next(sha for sha in summary.artifacts if sha != entry.sha256 and store.entry(sha) is not None)
+    other_entry = store.entry(other)
+    assert other_entry is not None
+    store.blob_path(other).unlink()
+    source.fetch(other_entry.blueprint_id, SLOT, dict(default_catalogue().get(other_entry.blueprint_id).defaults()), 3)
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE, BUILT_FROM_CATALOGUE]
