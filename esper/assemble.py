@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
@@ -182,14 +183,14 @@ async def assemble(
     ``taps`` see every packet first (the console).
 
     Raises:
-        ConfigError: from building the host (the tolaria section names something unusable).
-        OSError / sqlite3.Error: Urza's store cannot be opened.
+        ConfigError: from building the host (the tolaria section names something unusable), or Urza's store cannot
+            be opened (named with ``urza.root``).
     """
     hooks = hooks or RunHooks()
     loop = asyncio.get_running_loop()
     checkpoints = run_dir / "checkpoints"
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
-    store = await anyio.to_thread.run_sync(UrzaStore, Path(config.urza.root))
+    store = await anyio.to_thread.run_sync(_open_store, config.urza.root)
     catalogue = default_catalogue()
     standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
     try:
@@ -372,3 +373,25 @@ class _CrashTamiyo:
         _log.warning("fault_injected", actor="tamiyo", step=packet.global_step)
         with contextlib.suppress(EsperError):
             self._routes.tamiyo_ref().tell_nowait(msgspec.structs.replace(packet, run_id="fault-injection"))
+
+
+def _open_store(root: str) -> UrzaStore:
+    """Urza's store at ``urza.root``. Blocking.
+
+    Raises:
+        ConfigError: one line naming the root and what is wrong (a directory that cannot be made, a catalogue that is
+            not a SQLite database or is locked past the busy timeout).
+    """
+    catalog = Path(root) / "catalog.sqlite"
+    try:
+        return UrzaStore(Path(root))
+    except sqlite3.DatabaseError as err:
+        hint = (
+            "another process holds it; retry when it is done"
+            if "locked" in str(err)
+            else "move it aside to start a new catalogue (Tezzeret stores every blueprint again; blueprint quarantines"
+            " recorded in it are lost) or point urza.root elsewhere"
+        )
+        raise ConfigError(f"urza.root = {root!r}: the catalogue {catalog} cannot be used ({err}); {hint}") from err
+    except OSError as err:
+        raise ConfigError(f"urza.root = {root!r}: the store cannot be opened: {err}") from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,26 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path: Path) ->
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()  # stopped before anything was made
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("catalogue", r"the catalogue .*catalog\.sqlite cannot be used \(file is not a database\); move it aside"),
+        ("file", r"the store cannot be opened: .*Not a directory"),
+    ],
+)
+def test_an_unusable_artifact_store_is_one_line_naming_urza_root(tmp_path: Path, damage: str, message: str) -> None:
+    root = tmp_path / "store"
+    if damage == "catalogue":
+        root.mkdir()
+        (root / "catalog.sqlite").write_bytes(b"this is not a SQLite database, only some bytes long enough" * 4)
+    else:
+        root.write_text("a file where the store should be", encoding="utf-8")
+    (tmp_path / "c.toml").write_text(f'[tolaria]\nepochs = 1\n[urza]\nroot = "{root}"\n', encoding="utf-8")
+    result = run_cli("c.toml", "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"urza.root = '{root}': ")
+    assert re.search(message, last)
