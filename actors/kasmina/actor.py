@@ -277,12 +277,11 @@ class KasminaActor(Actor[KasminaMessage]):
         nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again)."""
         journal = self._journal
         if cut is not None:
-            journal.cut(cut)
-            await anyio.to_thread.run_sync(journal.rewrite)
+            await anyio.to_thread.run_sync(journal.cut, cut)
         sink = MutableSink(self._planner_sink)
         sink.muted = True
         planner = self._make_planner(sink)
-        entries = journal.entries()
+        entries = await anyio.to_thread.run_sync(journal.entries)
         for entry in entries:
             match entry:
                 case JournalReceipt():

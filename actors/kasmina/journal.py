@@ -6,8 +6,11 @@ receipts and validation reports rebuilds the exact lifecycle, evidence windows a
 restarted Kasmina, a Tolaria rollback and ``--resume`` get the seeds' state back: Tolaria's TrainingRestored names
 the step, the journal is cut there and replayed.
 
-The journal lives in memory and, when given a path, in a JSON-lines file beside the checkpoints (appended as it
-grows, rewritten when cut). File access blocks: call ``load``, ``write_pending`` and ``rewrite`` on a worker thread.
+Without a path the journal lives in memory (tests, a run without checkpoints). With one it lives only in a JSON-lines
+file beside the checkpoints, appended as it grows and rewritten when cut, and memory holds just the lines not written
+yet: it is read back only to rebuild, which is rare (a restart, a rollback, a resume), while a long run's journal
+grows by a couple of kilobytes a packet. File access blocks: call ``load``, ``write_pending``, ``entries`` and ``cut``
+on a worker thread.
 """
 
 from __future__ import annotations
@@ -88,14 +91,15 @@ def _step(entry: JournalEntry) -> int:
 
 @final
 class BoundaryJournal:
-    """The entries in arrival order, plus the lines not yet written to the file. Event loop for everything but the
-    file methods, which block (a worker thread); one writer at a time (the Kasmina actor)."""
+    """The entries in arrival order (in memory, or in the file when there is a path) and the lines not yet written.
+    One writer at a time (the Kasmina actor); see the module docstring for which methods block."""
 
     def __init__(self, path: Path | None = None, *, fresh: bool = True) -> None:
         """``fresh``: the file belongs to a new run, so ``load`` empties it instead of reading it."""
         self._path = path
         self._fresh = fresh
-        self._entries: list[JournalEntry] = []
+        self._entries: list[JournalEntry] = []  # without a path only
+        self._count = 0
         self._unwritten: list[bytes] = []
         self._loaded = path is None
 
@@ -108,30 +112,42 @@ class BoundaryJournal:
         return self._loaded
 
     def __len__(self) -> int:
-        return len(self._entries)
-
-    def entries(self) -> tuple[JournalEntry, ...]:
-        return tuple(self._entries)
+        return self._count
 
     def append(self, entry: JournalEntry) -> None:
-        self._entries.append(entry)
-        if self._path is not None:
+        self._count += 1
+        if self._path is None:
+            self._entries.append(entry)
+        else:
             self._unwritten.append(_encoder.encode(entry) + b"\n")
+
+    def entries(self) -> tuple[JournalEntry, ...]:
+        """Every entry in order. With a path: the pending lines are written first, then the file is read (blocking).
+
+        Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
+        """
+        if self._path is None:
+            return tuple(self._entries)
+        self.write_pending()
+        return tuple(self._read())
 
     def cut(self, step: int) -> int:
         """Drop every entry describing a step after ``step`` (a boundary, a receipt's applied step, a report's
-        step); returns how many were dropped. The file is stale until ``rewrite``."""
-        kept = [entry for entry in self._entries if _step(entry) <= step]
-        dropped = len(self._entries) - len(kept)
-        self._entries = kept
-        self._unwritten.clear()
-        return dropped
+        step); returns how many were dropped. With a path the file is replaced atomically (blocking)."""
+        entries = self.entries()
+        kept = [entry for entry in entries if _step(entry) <= step]
+        if self._path is None:
+            self._entries = kept
+        else:
+            atomic_write_bytes(self._path, b"".join(_encoder.encode(e) + b"\n" for e in kept))
+        self._count = len(kept)
+        return len(entries) - len(kept)
 
     def load(self) -> None:
-        """Read the file (once; a fresh journal empties it instead), keeping every whole line; a torn last line
-        (a crash mid-write) is dropped.
+        """Open the file (once): a fresh journal empties it; otherwise its entries are counted and a torn last line
+        (a crash mid-write) is cut off, so the next append starts a line of its own. Blocking.
 
-        Blocking. Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
+        Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
         """
         if self._loaded:
             return
@@ -144,16 +160,12 @@ class BoundaryJournal:
             return
         if not path.exists():
             return
-        lines = path.read_bytes().split(b"\n")
-        for index, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                self._entries.append(_decoder.decode(line))
-            except msgspec.DecodeError:
-                if index == len(lines) - 1:
-                    break
-                raise
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) != len(data):
+            with path.open("r+b") as file:
+                file.truncate(len(whole))
+        self._count = len(self._read())
 
     def write_pending(self) -> None:
         """Append the unwritten lines to the file. Blocking."""
@@ -164,13 +176,23 @@ class BoundaryJournal:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("ab") as file:
             # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
-            # then plans again (the torn line is dropped on load).
+            # then plans again (the torn line is cut off on load).
             file.write(data)
 
-    def rewrite(self) -> None:
-        """Replace the file with the current entries (after ``cut``), atomically. Blocking."""
-        if self._path is None:
-            return
-        self._unwritten.clear()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self._path, b"".join(_encoder.encode(e) + b"\n" for e in self._entries))
+    def _read(self) -> list[JournalEntry]:
+        assert self._path is not None
+        try:
+            lines = self._path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return []
+        entries: list[JournalEntry] = []
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                entries.append(_decoder.decode(line))
+            except msgspec.DecodeError:
+                if index == len(lines) - 1:
+                    break
+                raise
+        return entries

@@ -1,0 +1,95 @@
+"""Kasmina's boundary journal: kept in its file (not in memory) when it has one, cut atomically, a torn last line cut
+off before the next append, a corrupt line in the middle refused; the memory-only journal behaves the same."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from actors.kasmina.journal import BoundaryJournal, JournalReceipt
+from schemas.boundary import BoundaryApplied
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _receipt(step: int) -> JournalReceipt:
+    return JournalReceipt(
+        receipt=BoundaryApplied(run_id="r", decided_on_step=step - 8, effect_step=step, applied_step=step)
+    )
+
+
+def _steps(journal: BoundaryJournal) -> list[int]:
+    return [e.receipt.applied_step for e in journal.entries() if isinstance(e, JournalReceipt)]
+
+
+def _filled(path: Path, steps: range) -> BoundaryJournal:
+    journal = BoundaryJournal(path)
+    journal.load()
+    for step in steps:
+        journal.append(_receipt(step))
+        journal.write_pending()
+    return journal
+
+
+def test_a_file_backed_journal_reads_its_entries_back_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _filled(path, range(10, 60, 10))
+    journal.append(_receipt(60))  # not written yet: entries() writes it first
+    assert len(journal) == 6
+    assert _steps(journal) == [10, 20, 30, 40, 50, 60]
+    assert len(path.read_bytes().splitlines()) == 6
+    reopened = BoundaryJournal(path, fresh=False)
+    reopened.load()
+    assert len(reopened) == 6
+    assert reopened.entries() == journal.entries()
+
+
+def test_cut_drops_later_entries_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _filled(path, range(10, 60, 10))
+    assert journal.cut(30) == 2
+    assert len(journal) == 3
+    reopened = BoundaryJournal(path, fresh=False)
+    reopened.load()
+    assert _steps(reopened) == [10, 20, 30]
+
+
+def test_a_torn_last_line_is_cut_off_so_the_next_append_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    _filled(path, range(10, 40, 10))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"type":"JournalReceipt","rece')  # a crash mid-write
+    resumed = BoundaryJournal(path, fresh=False)
+    resumed.load()
+    assert len(resumed) == 3
+    assert path.read_bytes() == whole
+    resumed.append(_receipt(40))
+    assert _steps(resumed) == [10, 20, 30, 40]
+
+
+def test_a_corrupt_line_before_the_last_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    _filled(path, range(10, 40, 10))
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join([lines[0], b"not json", lines[2]]) + b"\n")
+    journal = BoundaryJournal(path, fresh=False)
+    with pytest.raises(msgspec.DecodeError):
+        journal.load()
+
+
+def test_a_fresh_journal_empties_an_old_file_and_a_memory_journal_needs_none(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    _filled(path, range(10, 40, 10))
+    fresh = BoundaryJournal(path)
+    fresh.load()
+    assert len(fresh) == 0
+    assert fresh.entries() == ()
+    memory = BoundaryJournal()
+    for step in (10, 20, 30):
+        memory.append(_receipt(step))
+    assert memory.cut(15) == 2
+    assert _steps(memory) == [10]
+    assert len(memory) == 1
