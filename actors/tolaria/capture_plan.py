@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from actors.tolaria.build import Trainee
     from actors.tolaria.capture_pool import CapturePool
 
-__all__ = ["CapturePlan", "clone_tree"]
+__all__ = ["CapturePlan", "PlannedCapture", "clone_tree"]
 
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
