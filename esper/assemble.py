@@ -205,12 +205,19 @@ async def assemble(
     nissa_sink = FanoutSink(sink, NissaForward(routes))
     source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
     seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source  # type: ignore[arg-type]
+    state, state_source, resume_step = None, "fresh", None
     if resume:
         state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
-    else:
-        # A fresh run in a reused directory must not resume later from another run's controller states.
+    # A resume without a good checkpoint (the run died before its first one) trains again from step 0, so the
+    # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last boundary and
+    # refuse every new packet as not after it (each plan then timed out, and the run halted).
+    controller_resumes = resume and resume_step is not None
+    if not controller_resumes:
+        # Nor may a fresh run in a reused directory resume later from another run's controller states.
         await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
-        state, state_source, resume_step = None, "fresh", None
+        if resume:
+            _log.info("resume_starts_over", reason="no checkpoint to resume from: training starts again at step 0")
+        state, state_source = None, "fresh"
     if resume_step is not None and (state is None or (state_source == "journal" and state.last_step != resume_step)):
         # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
         # died, or the file is gone): the resumed controller may decide differently from there on.
@@ -275,7 +282,7 @@ async def assemble(
             run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
             io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
             config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
-            source=seed_source, journal_dir=checkpoints, resume=resume, observer=routes.observed,
+            source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
             mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
         ),
         tamiyo_spec(

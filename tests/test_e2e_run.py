@@ -353,6 +353,35 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     assert summary.growth.no_op_reasons == reference.growth.no_op_reasons
 
 
+def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_its_controller(tmp_path: Path) -> None:
+    """A run killed before its first checkpoint leaves the controller's journals and no checkpoint: --resume trains
+    again from step 0 and the controller starts over with it, ending as an uninterrupted run. (Kasmina replayed the
+    dead session's journal, stood at its last boundary, refused every new packet, and the run halted on timeouts.)"""
+    config = tiny_config(tmp_path, epochs=6)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run_esper(config, env, "--run-dir", str(run_dir), "--set", "tolaria.checkpoint_every_epochs=0")
+    reference_grafts, reference = _final_weights(run_dir)
+    assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
+    checkpoints = run_dir / "checkpoints"
+    # What a kill -9 late in the run leaves when the only checkpoint comes at the end: the journals, nothing else.
+    for path in (*checkpoints.glob("step-*.pt"), checkpoints / "manifest.json", checkpoints / "tamiyo_state.json"):
+        path.unlink(missing_ok=True)
+    (run_dir / "summary.json").unlink()
+    assert (checkpoints / "kasmina_journal.jsonl").stat().st_size > 0
+    run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.checkpoint_every_epochs=0")
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    assert summary.growth is not None
+    assert summary.growth.emergency_events == 0
+    grafts, tensors = _final_weights(run_dir)
+    assert grafts == reference_grafts
+    assert tensors.keys() == reference.keys()
+    assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["event"] for e in events if e["event"] in ("resume_starts_over", "plan_missed")] == ["resume_starts_over"]
+
+
 def _final_weights(run_dir: Path) -> tuple[list[tuple[str, int]], dict[str, torch.Tensor]]:
     found = load_latest(run_dir / "checkpoints")
     assert found is not None
