@@ -156,7 +156,9 @@ def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, in
         step = latest_good_step(checkpoints) if checkpoints.is_dir() else None
     except CheckpointError as err:
         # Before any actor starts: otherwise the trainer fails to load, again at every restart.
-        raise ConfigError(f"--resume {checkpoints.parent}: {err}") from err
+        raise ConfigError(
+            f"--resume {checkpoints.parent}: {err}; nothing to resume from (a new run needs another --run-dir)"
+        ) from err
     graceful = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
     state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
     return state, source, step

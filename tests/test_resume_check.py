@@ -91,7 +91,8 @@ def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_sta
     err = capsys.readouterr().err
     listed = len(list((run_dir / "checkpoints").glob("step-*.pt")))
     assert err.endswith(
-        f"--resume {run_dir}: {run_dir / 'checkpoints'}: no checkpoint passes its checksum ({listed} listed)\n"
+        f"--resume {run_dir}: {run_dir / 'checkpoints'}: no checkpoint passes its checksum ({listed} listed); nothing"
+        " to resume from (a new run needs another --run-dir)\n"
     )
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"child_failed"' not in events
