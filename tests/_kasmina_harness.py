@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
 from actors.kasmina.lifecycle import LifecycleSettings, StageDwell
+from actors.kasmina.planner import BoundaryPlanner
+from actors.kasmina.preparation import CatalogueSource, PreparedSeed
 from actors.kasmina.spec import kasmina_spec
 from esper.nn.blueprints import SlotShape
 from esper.runtime.handoff import Handoff
@@ -22,7 +24,7 @@ from esper.runtime.lanes import Lane
 from esper.runtime.signing import sign_command
 from esper.runtime.system import ActorSystem
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome
-from schemas.config import KasminaConfig, SecurityConfig
+from schemas.config import BreakerConfig, KasminaConfig, SecurityConfig
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import CommandKind
 from schemas.enums import SeedLifecycleStage
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
 
     from actors.kasmina.actor import KasminaMessage
     from actors.kasmina.preparation import SeedSource
-    from esper.runtime.clock import ManualClock
-    from esper.runtime.events import RecordingSink
+    from esper.runtime.clock import Clock, ManualClock
+    from esper.runtime.events import EventSink, RecordingSink
     from esper.runtime.ref import ActorRef
 
 KEY = b"kasmina-test-key-0123456789abcdef"
@@ -247,3 +249,32 @@ async def running_kasmina(
             )
         finally:
             await system.stop()
+
+
+def bare_planner(clock: Clock, sink: EventSink) -> BoundaryPlanner:
+    """A BoundaryPlanner on SLOTS with fast settings, lag 2 and run seed 7, for tests that drive it by hand."""
+    return BoundaryPlanner(
+        run_id=RUN,
+        run_seed=7,
+        slots=SLOTS,
+        settings=fast_settings(),
+        lag_steps=2,
+        describe=CatalogueSource().describe,
+        clock=clock,
+        sink=sink,
+        breaker=BreakerConfig(),
+    )
+
+
+def prepared_seed(seed_id: str = "s1", handle: str = "s1-1") -> PreparedSeed:
+    """What a preparation of a two-matrix seed (64 parameters) reports."""
+    return PreparedSeed(
+        seed_id=seed_id,
+        handle=handle,
+        param_names=("down.weight", "up.weight"),
+        parameter_count=64,
+        memory_bytes=256,
+        probe_grad_norm=1.0,
+        probe_failures=(),
+        cache_hit=False,
+    )

@@ -8,17 +8,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from actors.kasmina.journal import planner_view
-from actors.kasmina.planner import BoundaryPlanner
-from actors.kasmina.preparation import CatalogueSource, PreparedSeed
 from esper.runtime.events import RecordingSink
 from schemas.boundary import BoundaryApplied, OpOutcome
-from schemas.config import BreakerConfig
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.state import SeedState, SystemStatePacket
-from tests._kasmina_harness import RUN, SLOTS, fast_settings, make_packet
+from tests._kasmina_harness import RUN, bare_planner, make_packet, prepared_seed
 from tests.test_kasmina_planner import germinate_b
 
 if TYPE_CHECKING:
+    from actors.kasmina.planner import BoundaryPlanner
     from esper.runtime.clock import ManualClock
     from schemas.boundary import BoundaryPlan
 
@@ -53,18 +51,7 @@ def test_the_view_keeps_the_planners_fields_and_drops_the_rest() -> None:
 
 def _planner(clock: ManualClock) -> tuple[BoundaryPlanner, RecordingSink]:
     sink = RecordingSink()
-    planner = BoundaryPlanner(
-        run_id=RUN,
-        run_seed=7,
-        slots=SLOTS,
-        settings=fast_settings(),
-        lag_steps=2,
-        describe=CatalogueSource().describe,
-        clock=clock,
-        sink=sink,
-        breaker=BreakerConfig(),
-    )
-    return planner, sink
+    return bare_planner(clock, sink), sink
 
 
 def _drive(planner: BoundaryPlanner, view: bool) -> list[tuple[BoundaryPlan, tuple[SeedState, ...]]]:
@@ -75,18 +62,7 @@ def _drive(planner: BoundaryPlanner, view: bool) -> list[tuple[BoundaryPlan, tup
         packet = _packet(step, epoch, live=step > 3)
         draft = planner.begin(planner_view(packet) if view else packet, germinate_b() if step == 1 else None, None)
         for request in draft.preparations:
-            planner.prepared(
-                PreparedSeed(
-                    seed_id=request.seed_id,
-                    handle="s1-1",
-                    param_names=("down.weight", "up.weight"),
-                    parameter_count=64,
-                    memory_bytes=256,
-                    probe_grad_norm=1.0,
-                    probe_failures=(),
-                    cache_hit=False,
-                )
-            )
+            planner.prepared(prepared_seed(request.seed_id))
         plan = planner.finish(draft)
         if plan.ops:
             outcomes = tuple(OpOutcome(kind=op.kind, slot=op.slot, seed_id=op.seed_id, applied=True) for op in plan.ops)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from actors.kasmina.planner import BoundaryPlanner
-from actors.kasmina.preparation import CatalogueSource, PreparedSeed, derive_build_seed
+from actors.kasmina.preparation import derive_build_seed
 from esper.runtime.signing import sign_command
 from schemas.boundary import BoundaryApplied, OpOutcome
-from schemas.config import BreakerConfig
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import CommandKind
 from schemas.enums import SeedLifecycleStage as Stage
-from tests._kasmina_harness import KEY, KEY_ID, RUN, SLOTS, fast_settings, make_packet
+from tests._kasmina_harness import KEY, KEY_ID, RUN, bare_planner, make_packet, prepared_seed
 
 if TYPE_CHECKING:
     from esper.runtime.clock import ManualClock
@@ -43,31 +41,11 @@ def germinate_b() -> AdaptationCommand:
 def test_receipts_apply_at_the_first_boundary_after_their_step_and_record_ownership(
     clock: ManualClock, sink: RecordingSink
 ) -> None:
-    planner = BoundaryPlanner(
-        run_id=RUN,
-        run_seed=7,
-        slots=SLOTS,
-        settings=fast_settings(),
-        lag_steps=2,
-        describe=CatalogueSource().describe,
-        clock=clock,
-        sink=sink,
-        breaker=BreakerConfig(),
-    )
+    planner = bare_planner(clock, sink)
     draft = planner.begin(make_packet(1), germinate_b(), None)
     (request,) = draft.preparations
     assert (request.slot, request.build_seed) == ("b", derive_build_seed(7, "s1"))
-    prepared = PreparedSeed(
-        seed_id="s1",
-        handle="s1-1",
-        param_names=("down.weight", "up.weight"),
-        parameter_count=64,
-        memory_bytes=256,
-        probe_grad_norm=1.0,
-        probe_failures=(),
-        cache_hit=False,
-    )
-    planner.prepared(prepared)
+    planner.prepared(prepared_seed())
     plan = planner.finish(draft)
     assert [(op.kind, op.handle) for op in plan.ops] == [("attach", "s1-1")]
     assert plan.effect_step == 3
