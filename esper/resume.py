@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from actors.kasmina.journal import JOURNAL_FILENAME
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, read_journal
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -72,7 +72,7 @@ def check_resume_files(directory: Path) -> None:
     """Refuse a resume that could only go wrong: checkpoints without their manifest cannot be verified (so training
     would restart from step 0 against a controller and a seed lifecycle at their last step, and stall on plans that
     never come), and without Kasmina's journal the seeds in the checkpoint have no lifecycle. A run stopped before
-    its first checkpoint passes (it starts over). Blocking (reads the manifest).
+    its first checkpoint passes (it starts over). Blocking (reads the manifest and the journal).
 
     Raises:
         ConfigError: one line naming the missing or unreadable file.
@@ -95,3 +95,9 @@ def check_resume_files(directory: Path) -> None:
             f"--resume {directory}: checkpoints/{JOURNAL_FILENAME} is missing, so the seeds' lifecycle cannot be"
             " rebuilt; nothing to resume from"
         )
+    try:
+        read_journal(checkpoints / JOURNAL_FILENAME)
+    except JournalCorrupt as err:
+        raise ConfigError(
+            f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"
+        ) from err

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import msgspec
 import pytest
 
-from actors.kasmina.journal import BoundaryJournal, JournalReceipt
+from actors.kasmina.journal import BoundaryJournal, JournalCorrupt, JournalReceipt
 from schemas.boundary import BoundaryApplied
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def test_a_corrupt_line_before_the_last_is_refused(tmp_path: Path) -> None:
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join([lines[0], b"not json", lines[2]]) + b"\n")
     journal = BoundaryJournal(path, fresh=False)
-    with pytest.raises(msgspec.DecodeError):
+    with pytest.raises(JournalCorrupt, match=rf"^{path} line 2 does not decode \("):
         journal.load()
 
 

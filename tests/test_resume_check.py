@@ -119,8 +119,15 @@ def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touch
     (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [info]}))
     with pytest.raises(ConfigError, match=r"kasmina_journal.jsonl is missing, so the seeds' lifecycle cannot be"):
         check_resume_files(tmp_path)
-    (checkpoints / "kasmina_journal.jsonl").write_text("")
+    journal = checkpoints / "kasmina_journal.jsonl"
+    journal.write_text('{"type":"JournalReceipt","rec\n{"type":"JournalRec')  # a bad line, then a torn last one
+    with pytest.raises(ConfigError) as corrupt:
+        check_resume_files(tmp_path)
+    assert str(corrupt.value).startswith(f"--resume {tmp_path}: {journal} line 1 does not decode (")
+    assert str(corrupt.value).endswith("so the seeds' lifecycle cannot be rebuilt; nothing to resume from")
+    journal.write_text('{"type":"JournalRec')  # only a torn last line: a crash mid-write, which a resume survives
     check_resume_files(tmp_path)
+    assert journal.read_text() == '{"type":"JournalRec'  # checked, not repaired: the refused resume changed nothing
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "kasmina_journal.jsonl",
         "manifest.json",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, final
 import msgspec
 
 from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.errors import EsperError
 from schemas.base import Message
 from schemas.boundary import BoundaryApplied
 from schemas.control import AdaptationCommand
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 JOURNAL_FILENAME = "kasmina_journal.jsonl"
+
+
+class JournalCorrupt(EsperError):
+    """A line of the journal file other than the last does not decode: the lifecycle cannot be rebuilt from it."""
 
 
 class JournalBoundary(Message, frozen=True):
@@ -124,7 +129,7 @@ class BoundaryJournal:
     def entries(self) -> tuple[JournalEntry, ...]:
         """Every entry in order. With a path: the pending lines are written first, then the file is read (blocking).
 
-        Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
+        Raises: JournalCorrupt: a line other than the last does not decode.
         """
         if self._path is None:
             return tuple(self._entries)
@@ -147,7 +152,7 @@ class BoundaryJournal:
         """Open the file (once): a fresh journal empties it; otherwise its entries are counted and a torn last line
         (a crash mid-write) is cut off, so the next append starts a line of its own. Blocking.
 
-        Raises: msgspec.ValidationError / DecodeError on a corrupt line other than the last.
+        Raises: JournalCorrupt: a line other than the last does not decode.
         """
         if self._loaded:
             return
@@ -181,18 +186,27 @@ class BoundaryJournal:
 
     def _read(self) -> list[JournalEntry]:
         assert self._path is not None
+        return read_journal(self._path)
+
+
+def read_journal(path: Path) -> list[JournalEntry]:
+    """The entries of a journal file (none if it does not exist); a torn last line is left out. Blocking, read-only.
+
+    Raises:
+        JournalCorrupt: a line before the last does not decode (it names the file and the line).
+    """
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return []
+    entries: list[JournalEntry] = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
-            lines = self._path.read_bytes().split(b"\n")
-        except FileNotFoundError:
-            return []
-        entries: list[JournalEntry] = []
-        for index, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                entries.append(_decoder.decode(line))
-            except msgspec.DecodeError:
-                if index == len(lines) - 1:
-                    break
-                raise
-        return entries
+            entries.append(_decoder.decode(line))
+        except msgspec.DecodeError as err:
+            if index == len(lines) - 1:
+                break
+            raise JournalCorrupt(f"{path} line {index + 1} does not decode ({err})") from err
+    return entries
