@@ -141,9 +141,15 @@ class Assembly:
 
 
 def _load_tamiyo_state(path: Path) -> TamiyoState | None:
+    """Tamiyo's state saved at the last stop, or None: absent, or unreadable (then a warning says so and the resume
+    takes Tamiyo's journaled state instead, as after a kill)."""
     if not path.exists():
         return None
-    return msgspec.json.decode(path.read_bytes(), type=TamiyoState)
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=TamiyoState)
+    except (msgspec.DecodeError, OSError) as err:
+        _log.warning("tamiyo_state_unreadable", file=str(path), error=f"{type(err).__name__}: {err}")
+        return None
 
 
 def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, int | None]:
