@@ -91,7 +91,12 @@ def read_metrics(path: Path) -> list[MetricsRow]:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return [{key: _cell(value or "") for key, value in row.items()} for row in csv.DictReader(text.splitlines())]
+    # A row with more cells than the header has its extra ones under None, one with fewer has None values: both read
+    # as far as they match (the file is the run's, not ours to refuse here).
+    return [
+        {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
+        for row in csv.DictReader(text.splitlines())
+    ]
 
 
 def stage_event(entry: dict[str, object]) -> StageEvent | None:

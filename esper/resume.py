@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, read_journal
+from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -68,11 +69,13 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             )
 
 
-def check_resume_files(directory: Path) -> None:
+def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> None:
     """Refuse a resume that could only go wrong: checkpoints without their manifest cannot be verified (so training
     would restart from step 0 against a controller and a seed lifecycle at their last step, and stall on plans that
     never come), and without Kasmina's journal the seeds in the checkpoint have no lifecycle. A run stopped before
-    its first checkpoint passes (it starts over). Blocking (reads the manifest and the journal).
+    its first checkpoint passes (it starts over). A metrics.csv Nissa could not append to is refused too (Nissa would
+    fail at every restart; ``metrics_csv`` is ``nissa.metrics_csv``). Blocking (reads the manifest, the journal and the
+    metrics file).
 
     Raises:
         ConfigError: one line naming the missing or unreadable file.
@@ -100,4 +103,11 @@ def check_resume_files(directory: Path) -> None:
     except JournalCorrupt as err:
         raise ConfigError(
             f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"
+        ) from err
+    try:
+        check_existing(directory / metrics_csv)
+    except MetricsFileError as err:
+        raise ConfigError(
+            f"--resume {directory}: {err}; the resumed run could not add its epochs to it (move it aside to start a new"
+            " one)"
         ) from err

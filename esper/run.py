@@ -244,7 +244,7 @@ async def start(
         if not (directory / "checkpoints").is_dir():
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
-        await anyio.to_thread.run_sync(check_resume_files, directory)
+        await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:
@@ -290,7 +290,9 @@ async def _start_claimed(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        stages, epochs, decisions = await anyio.to_thread.run_sync(_earlier_tally, directory)
+        stages, epochs, decisions = await anyio.to_thread.run_sync(
+            _earlier_tally, directory, resolved.nissa.metrics_csv
+        )
         tally.preload(stages, epochs, decisions)
     screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
@@ -394,13 +396,13 @@ async def _start_claimed(
 
 
 def _earlier_tally(
-    directory: Path,
+    directory: Path, metrics_csv: str
 ) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
     from esper.report import ReportInputError, read_metrics, read_run_events
 
     try:
         found = read_run_events(directory / "events.jsonl")
-        rows = read_metrics(directory / "metrics.csv")
+        rows = read_metrics(directory / metrics_csv)
     except ReportInputError:
         return [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]

@@ -13,6 +13,7 @@ from esper.report import (
     load_run,
     parse_stage,
     pause_event,
+    read_metrics,
     read_stage_events,
     render_report,
     stage_event,
@@ -162,3 +163,12 @@ def test_a_run_with_a_paused_seed_reads_the_pause_and_renders_it(tmp_path: Path)
     data = load_run(run)
     assert data.pauses == [PauseEvent(step=650, seed_id="seed-2")]
     assert _png_size(render_report(data).read_bytes()) == (1200, 1000)
+
+
+def test_metrics_rows_longer_or_shorter_than_the_header_read_as_far_as_they_match(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,val_accuracy\n0,16,0.5,extra,cells\n1,32\n", encoding="utf-8")
+    assert read_metrics(path) == [
+        {"epoch": 0.0, "step": 16.0, "val_accuracy": 0.5},
+        {"epoch": 1.0, "step": 32.0, "val_accuracy": None},
+    ]

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from actors.kasmina.spec import lifecycle_settings
+from actors.nissa.csv_writer import header_line
 from esper.config import apply_overrides, dump_config
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import EXIT_CONFIG_ERROR, main
@@ -127,6 +128,15 @@ def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touch
     assert str(corrupt.value).endswith("so the seeds' lifecycle cannot be rebuilt; nothing to resume from")
     journal.write_text('{"type":"JournalRec')  # only a torn last line: a crash mid-write, which a resume survives
     check_resume_files(tmp_path)
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,something,else\n0,1,2\n", encoding="utf-8")  # not this version's columns
+    with pytest.raises(ConfigError) as foreign:
+        check_resume_files(tmp_path)
+    assert str(foreign.value).startswith(f"--resume {tmp_path}: {metrics}: header 'epoch,something,else' differs")
+    assert str(foreign.value).endswith("could not add its epochs to it (move it aside to start a new one)")
+    metrics.write_text(header_line() + "3,", encoding="utf-8")  # a torn row only: Nissa cuts it
+    check_resume_files(tmp_path)
+    metrics.unlink()
     assert journal.read_text() == '{"type":"JournalRec'  # checked, not repaired: the refused resume changed nothing
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "kasmina_journal.jsonl",

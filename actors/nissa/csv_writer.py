@@ -70,6 +70,28 @@ def _last_epoch(path: Path, text: str) -> tuple[int | None, int]:
         raise MetricsFileError(f"{path}: last row has no integer epoch: {rows[-1]!r}") from err
 
 
+def check_existing(path: Path) -> None:
+    """Refuse, as ``MetricsCsvWriter.open`` would, an existing file this version cannot append to: another header or
+    a last row without an integer epoch (a torn last line is fine: open cuts it). Read-only and blocking.
+
+    Raises:
+        MetricsFileError: what is wrong, naming the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as err:
+        raise MetricsFileError(f"{path}: unreadable: {err}") from err
+    text = text[: text.rfind("\n") + 1]
+    if not text:
+        return
+    first = text.split("\n", 1)[0] + "\n"
+    if first != header_line():
+        raise MetricsFileError(f"{path}: header {first.strip()!r} differs from the expected {header_line().strip()!r}")
+    _last_epoch(path, text)
+
+
 @final
 class MetricsCsvWriter:
     """Appends epoch rows to one file. Event-loop only; file I/O runs on aiofiles' worker threads.
