@@ -493,8 +493,16 @@ async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | No
     interrupted = asyncio.Event()
 
     def interrupt() -> None:
-        if not interrupted.is_set():
-            sys.stderr.write("interrupted: finishing the step, writing a checkpoint, stopping the actors in order\n")
+        if interrupted.is_set():
+            # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
+            # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
+            sys.stderr.write("interrupted again: exiting at once; --resume continues from the last checkpoint\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        sys.stderr.write(
+            "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
+            " exit at once)\n"
+        )
         interrupted.set()
 
     loop = asyncio.get_running_loop()

@@ -237,6 +237,57 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert '"kasmina_rebuilt"' in events
 
 
+_SLOW_HOST = """
+import time
+from torch import nn
+
+class SlowHost(nn.Module):
+    slot_targets = ("body",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(0.2)  # a long training step, so the stop a Ctrl-C starts has a step to finish
+        return self.head(self.body(x))
+
+def factory() -> nn.Module:
+    return SlowHost()
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "slowhost.py").write_text(_SLOW_HOST, encoding="utf-8")
+    config = tiny_config(tmp_path, epochs=40)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)}
+    settings = ["--set", 'tolaria.host_model="slowhost:factory"', "--set", "tolaria.dataset_samples=200"]
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *settings]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
+        assert first.stderr is not None
+        for line in first.stderr:
+            if line.startswith("epoch   2/"):
+                break
+        first.send_signal(signal.SIGINT)
+        for line in first.stderr:  # the first Ctrl-C was handled: the stop is under way, inside a 0.2 s step
+            if line.startswith("interrupted: finishing the step"):
+                break
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-2000:]
+    assert "interrupted again: exiting at once; --resume continues from the last checkpoint" in err
+    assert out == ""  # no summary: it did not wait for the stop
+    assert not (run_dir / "summary.json").exists()
+    assert '"run_finished"' not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert latest_good_step(run_dir / "checkpoints") is not None  # epoch 2's checkpoint at least
+    run_esper(config, env, "--resume", str(run_dir), *settings, "--set", "tolaria.epochs=3")
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+
+
 def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
     """A terminal's Ctrl-C signals the whole process group, the GNN worker included: the run still stops in order
     (Tamiyo decides on what is queued, through its worker), with no traceback and no failed worker, and resumes."""
