@@ -125,6 +125,11 @@ def test_the_plan_is_dropped_when_a_tensor_is_replaced_or_new_optimizer_state_ap
     head.bias = nn.Parameter(head.bias.detach() + 1.0)  # a tensor replaced behind the plan's back
     assert not plan.fits(trainee, 0)
     _assert_planned_equals_walked(trainee, log, planned)
+    plan = planned.plan(trainee, 0)
+    assert plan is not None
+    param = next(iter(trainee.optimizer.state))
+    trainee.optimizer.state[param] = dict(trainee.optimizer.state[param])  # the same tensors in another dict
+    assert not plan.fits(trainee, 0)
     other = _trainee(data)  # a restore builds a new model
     _step(other, data)
     assert not plan.fits(other, 0)

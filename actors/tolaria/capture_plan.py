@@ -105,8 +105,9 @@ class CapturePlan:
         self._extras: list[nn.Module] = []
         # Per optimizer group: the group dict, its params list and that list's length.
         self._groups: list[tuple[dict[str, object], list[torch.Tensor], int]] = []
-        # Per parameter with a state dict (possibly empty): its name, the dict, its length, the tensors in it.
-        self._states: list[tuple[str, dict[str, object], int, list[tuple[str, torch.Tensor]]]] = []
+        # Per parameter with a state dict (possibly empty): the parameter, its name, the dict, the dict's length and the
+        # tensors in it.
+        self._states: list[tuple[torch.Tensor, str, dict[str, object], int, list[tuple[str, torch.Tensor]]]] = []
         self._state_count = len(optimizer.state)
         self._pool_groups: dict[tuple[torch.dtype, torch.device], list[tuple[None, None, torch.Tensor]]] = {}
         # For each pooled tensor in capture order (model tensors, then optimizer state): (group, index) of its view.
@@ -156,7 +157,7 @@ class CapturePlan:
                 if saved is None:
                     continue
                 recorded = [(k, v) for k, v in saved.items() if isinstance(v, torch.Tensor)]
-                plan._states.append((name, saved, len(saved), recorded))
+                plan._states.append((param, name, saved, len(saved), recorded))
                 sources.extend(v for _, v in recorded)
         order: list[tuple[torch.dtype, torch.device]] = []
         for source in sources:
@@ -184,8 +185,9 @@ class CapturePlan:
         for holder, attr, tensor in self._tensors:
             if holder.get(attr) is not tensor:
                 return False
-        for _, saved, count, recorded in self._states:
-            if len(saved) != count:
+        state = optimizer.state
+        for param, _, saved, count, recorded in self._states:
+            if state.get(param) is not saved or len(saved) != count:
                 return False
             for k, tensor in recorded:
                 if saved.get(k) is not tensor:
@@ -226,7 +228,7 @@ class CapturePlan:
             groups.append(copied)
         state: dict[str, object] = {}
         cursor = len(self._tensors)
-        for name, saved, count, _ in self._states:
+        for _, name, saved, count, _ in self._states:
             if not count:
                 continue  # as the walk does: a parameter without state is left out
             entry: dict[str, object] = {}
