@@ -10,6 +10,7 @@ the same order while the next steps run, whose kernels release the GIL.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import TYPE_CHECKING, Protocol, final
 
 if TYPE_CHECKING:
@@ -33,11 +34,12 @@ class Outbox(Protocol):
 @final
 class HeldOutbox:
     """An Outbox that passes messages straight through, except between ``hold`` and ``release``, when it keeps them
-    and then sends them in their order. One thread (the lane's) holds and releases."""
+    and then sends them in their order. The lane thread holds and releases; any thread may send."""
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
         self._held: list[Callable[[], None]] | None = None
+        self._lock = threading.Lock()
 
     def packet(self, packet: SystemStatePacket) -> None:
         self._send(functools.partial(self._inner.packet, packet))
@@ -49,17 +51,20 @@ class HeldOutbox:
         self._send(functools.partial(self._inner.event, event))
 
     def hold(self) -> None:
-        if self._held is None:
-            self._held = []
+        with self._lock:
+            if self._held is None:
+                self._held = []
 
     def release(self) -> None:
         """Send what was held, in order, and pass messages straight through again."""
-        held, self._held = self._held, None
+        with self._lock:
+            held, self._held = self._held, None
         for send in held or ():
             send()
 
     def _send(self, send: Callable[[], None]) -> None:
-        if self._held is None:
-            send()
-        else:
-            self._held.append(send)
+        with self._lock:
+            if self._held is not None:
+                self._held.append(send)
+                return
+        send()
