@@ -107,7 +107,8 @@ class BoundaryApplied(Message, frozen=True):
 
 class TrainingRestored(Message, frozen=True):
     """Tolaria continues from the state it had after optimizer step ``step`` (``tier``: "fast" snapshot or "full"
-    checkpoint); it again expects the plans decided up to ``step`` that take effect after it."""
+    checkpoint, or "none" at step 0: a restart or resume found nothing to continue from and trains again from the
+    start); it again expects the plans decided up to ``step`` that take effect after it."""
 
     run_id: str
     step: NonNegInt

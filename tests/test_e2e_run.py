@@ -157,6 +157,58 @@ async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(
     assert '"training_restored"' in events
 
 
+_FAILING_ONCE_HOST = """
+from torch import nn
+
+CALLS = [0]
+
+class FailsOnce(nn.Module):
+    slot_targets = ("body",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        if self.training:
+            CALLS[0] += 1
+            if CALLS[0] == 10:  # once per process: the restarted trainer's model gets past it
+                raise RuntimeError("injected fault in the forward")
+        return self.head(self.body(x))
+
+def factory() -> nn.Module:
+    return FailsOnce()
+"""
+
+
+def test_a_trainer_crash_before_any_snapshot_restarts_training_and_the_lifecycle_from_step_0(tmp_path: Path) -> None:
+    """The trainer crashes in its first epoch, before any snapshot or checkpoint: the restarted trainer trains again
+    from step 0 and says so, so Kasmina starts over with it (it stayed at its last boundary and refused the new
+    packets, whose plans then never came: timeouts, then a halt) and the run ends as an uninterrupted one does."""
+    (tmp_path / "failsonce.py").write_text(_FAILING_ONCE_HOST, encoding="utf-8")
+    config = tiny_config(tmp_path, epochs=3)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)}
+    host = ["--set", 'tolaria.host_model="failsonce:factory"']
+    crashed_dir = tmp_path / "crashed"
+    run_esper(config, env, "--run-dir", str(crashed_dir), *host)
+    summary = msgspec.json.decode((crashed_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed", summary.error
+    assert {a.actor: a.restarts for a in summary.actors}["tolaria/trainer"] >= 1
+    assert summary.growth is not None
+    assert summary.growth.emergency_events == 0
+    events = [json.loads(line) for line in (crashed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    restored = [(e["step"], e["tier"]) for e in events if e["event"] == "training_restored"]
+    assert restored == [(0, "none")]
+    assert not [e for e in events if e["event"] in ("plan_missed", "boundary_input_dropped")]
+    reference_dir = tmp_path / "uninterrupted"
+    run_esper(config, {**env, "PYTHONPATH": str(tmp_path)}, "--run-dir", str(reference_dir), *host)
+    grafts, tensors = _final_weights(crashed_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
 def run_esper(config: Path, env: dict[str, str], *args: str) -> str:
     """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0. Returns its stderr."""
     done = subprocess.run(

@@ -49,3 +49,18 @@ def test_a_plan_after_its_deadline_was_given_up_is_late() -> None:
     assert due.missed == (4,)
     assert not inbox.put(_plan(4, 8))
     assert inbox.statistics().late == 1
+
+
+def test_after_a_rewind_an_expected_plan_is_taken_again_even_if_the_same_was_applied_before() -> None:
+    """A rollback or restart goes back before a plan it applied; the plan, expected again and resent (or decided again
+    the same), must apply again, not be swallowed as a duplicate (the loop then timed out waiting for it)."""
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    assert inbox.put(_plan(4, 8))
+    assert inbox.take_due(8, 0.0).plans == (_plan(4, 8),)
+    inbox.reset()  # back to step 0
+    inbox.expect(4, 8)
+    assert inbox.put(_plan(4, 8))
+    assert inbox.take_due(8, 0.0).plans == (_plan(4, 8),)
+    stats = inbox.statistics()
+    assert (stats.applied, stats.duplicates, stats.unexpected) == (2, 0, 0)

@@ -255,6 +255,10 @@ class TrainingLoop:
             self._requeue(pending)
             self._announce_restore(state, "full")
         else:
+            if self._options.resume:
+                # A restart (or a resume) with nothing to continue from trains again from step 0: the planner, told
+                # so, starts over as well instead of refusing every packet up to its last boundary.
+                self._outbox.event(TrainingRestored(run_id=self._options.run_id, step=0, tier="none"))
             return
         self._resumed_from = self._pos.global_step
 

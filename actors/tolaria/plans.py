@@ -108,7 +108,7 @@ class PlanInbox:
         with self._cond:
             state = self._state
             step = plan.decided_on_step
-            if plan == state.received.get(step, state.applied_recently.get(step)):
+            if plan == state.received.get(step):
                 state.duplicates += 1
                 return True
             if step in state.abandoned:
@@ -116,13 +116,18 @@ class PlanInbox:
                 state.late += 1
                 return False
             effect = state.expected.get(step)
-            if effect is None or effect != plan.effect_step or step in state.received:
-                state.unexpected += 1
-                return False
-            state.received[step] = plan
-            state.received_total += 1
-            self._cond.notify_all()
-            return True
+            if effect is not None and effect == plan.effect_step and step not in state.received:
+                # Expected, even if the same plan was applied before: after a rewind (a rollback, a restart) the
+                # loop applies again what it applies after the restored step.
+                state.received[step] = plan
+                state.received_total += 1
+                self._cond.notify_all()
+                return True
+            if plan == state.applied_recently.get(step):
+                state.duplicates += 1
+                return True
+            state.unexpected += 1
+            return False
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the step loop to finish its current step, checkpoint and return; any thread, idempotent."""
