@@ -254,6 +254,23 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
     assert not [e for e in events if e["event"] == "child_failed"]
 
 
+def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
+    """The decisions on a finished run's last packets are kept in flight by its final checkpoint: trained further with
+    --resume, the run applies them at the same steps as a run that was this long from the start."""
+    config = tiny_config(tmp_path, epochs=5)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    extended, longer = tmp_path / "extended", tmp_path / "longer"
+    run_esper(config, env, "--run-dir", str(extended))
+    run_esper(config, env, "--resume", str(extended), "--set", "tolaria.epochs=8")
+    run_esper(config, env, "--run-dir", str(longer), "--set", "tolaria.epochs=8")
+    grafts, tensors = _final_weights(extended)
+    reference_grafts, reference = _final_weights(longer)
+    assert grafts == reference_grafts
+    assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
+    assert tensors.keys() == reference.keys()
+    assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+
+
 def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, epochs=10)
     run_dir = tmp_path / "run"
