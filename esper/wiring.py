@@ -136,8 +136,13 @@ class Routes:
         await self._ref("kasmina", KasminaActor).tell(decision)
 
     async def plan(self, plan: BoundaryPlan) -> None:
+        tolaria = self._ref("tolaria/control", TolariaControl)
         try:
-            await self._ref("tolaria/control", TolariaControl).tell(plan)
+            if tolaria.stopped:
+                # Checked first, so the usual case (the plan of a run's last packet, decided after training ended)
+                # is not a dead letter: those are for messages that should have arrived.
+                raise ActorStopped("actor tolaria/control has stopped")
+            await tolaria.tell(plan)
         except ActorStopped as err:
             # Training has ended, or Tolaria is between restarts: a restarted Tolaria's TrainingRestored makes Kasmina
             # rebuild and send its in-flight plans again, so dropping this one loses nothing (and must not crash

@@ -75,6 +75,11 @@ class ActorRef(Generic[M_contra]):
         """The actor's path in its tree (``"tolaria"``, ``"prefetch/worker-0"``)."""
         return self._name
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the actor has stopped taking messages (a tell would be refused and counted as a dead letter)."""
+        return self._mailbox.closed
+
     def __repr__(self) -> str:
         return f"ActorRef({self._name!r})"
 
