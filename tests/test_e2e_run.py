@@ -157,12 +157,16 @@ async def test_tamiyo_crashes_mid_run_is_restarted_and_training_still_completes(
     assert '"training_restored"' in events
 
 
-_FAILING_ONCE_HOST = """
+def _user_host(on_training_step: str) -> str:
+    """The source of a small user host model module (``factory``) whose training forward first counts the call in
+    ``CALLS`` and then runs ``on_training_step`` (one line)."""
+    return f"""
+import time
 from torch import nn
 
 CALLS = [0]
 
-class FailsOnce(nn.Module):
+class Host(nn.Module):
     slot_targets = ("body",)
 
     def __init__(self) -> None:
@@ -173,13 +177,16 @@ class FailsOnce(nn.Module):
     def forward(self, x):
         if self.training:
             CALLS[0] += 1
-            if CALLS[0] == 10:  # once per process: the restarted trainer's model gets past it
-                raise RuntimeError("injected fault in the forward")
+            {on_training_step}
         return self.head(self.body(x))
 
 def factory() -> nn.Module:
-    return FailsOnce()
+    return Host()
 """
+
+
+# Raises once per process: the restarted trainer's model gets past it.
+_FAILING_ONCE_HOST = _user_host('if CALLS[0] == 10: raise RuntimeError("injected fault in the forward")')
 
 
 def test_a_trainer_crash_before_any_snapshot_restarts_training_and_the_lifecycle_from_step_0(tmp_path: Path) -> None:
@@ -306,26 +313,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert '"kasmina_rebuilt"' in events
 
 
-_SLOW_HOST = """
-import time
-from torch import nn
-
-class SlowHost(nn.Module):
-    slot_targets = ("body",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU())
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        if self.training:
-            time.sleep(0.2)  # a long training step, so the stop a Ctrl-C starts has a step to finish
-        return self.head(self.body(x))
-
-def factory() -> nn.Module:
-    return SlowHost()
-"""
+# A long training step, so the stop a Ctrl-C starts has a step to finish.
+_SLOW_HOST = _user_host("time.sleep(0.2)")
 
 
 def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:

@@ -169,8 +169,8 @@ async def test_queued_asks_fail_at_once_when_the_actor_stops(clock: ManualClock,
 
 async def test_tell_and_ask_to_a_stopped_actor_raise_at_once(clock: ManualClock, sink: RecordingSink) -> None:
     system = await start_one(clock, sink, Recorder(), restart="temporary")
+    assert not system.ref("probe", Probe).stopped
     ref = system.ref("probe", Probe)
-    assert not ref.stopped
     await ref.tell(StopSelf())
     with pytest.raises(ActorStopped):
         await ref.ask(Get(), int)  # queued behind StopSelf, failed when the mailbox closes
