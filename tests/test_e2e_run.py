@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import msgspec
 import pytest
@@ -216,6 +216,14 @@ def test_a_trainer_crash_before_any_snapshot_restarts_training_and_the_lifecycle
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
+def read_until(stream: IO[str], prefix: str) -> None:
+    """Read a child's output up to and including the first line that starts with ``prefix`` (it must come)."""
+    for line in stream:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the output ended without a line starting with {prefix!r}")
+
+
 def run_esper(config: Path, env: dict[str, str], *args: str) -> str:
     """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0. Returns its stderr."""
     done = subprocess.run(
@@ -286,9 +294,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
         assert first.stderr is not None
         # Wait on a fact: the console's line for the end of epoch 3 (after its checkpoint was handed over).
-        for line in first.stderr:
-            if line.startswith("epoch   3/"):
-                break
+        read_until(first.stderr, "epoch   3/")
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=60)
     assert first.returncode == 130, out
@@ -326,13 +332,10 @@ def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkp
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *settings]
     with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
         assert first.stderr is not None
-        for line in first.stderr:
-            if line.startswith("epoch   2/"):
-                break
+        read_until(first.stderr, "epoch   2/")
         first.send_signal(signal.SIGINT)
-        for line in first.stderr:  # the first Ctrl-C was handled: the stop is under way, inside a 0.2 s step
-            if line.startswith("interrupted: finishing the step"):
-                break
+        # The first Ctrl-C was handled: the stop is under way, inside a 0.2 s step.
+        read_until(first.stderr, "interrupted: finishing the step")
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=60)
     assert first.returncode == 130, err[-2000:]
@@ -358,9 +361,7 @@ def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path
         command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
     ) as first:
         assert first.stderr is not None
-        for line in first.stderr:
-            if line.startswith("epoch   2/"):
-                break
+        read_until(first.stderr, "epoch   2/")
         os.killpg(first.pid, signal.SIGINT)
         out, err = first.communicate(timeout=60)
     assert first.returncode == 130, out + err
@@ -411,9 +412,7 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
     with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
         assert first.stderr is not None
-        for line in first.stderr:
-            if line.startswith("epoch   5/"):
-                break
+        read_until(first.stderr, "epoch   5/")
         first.kill()  # SIGKILL: no graceful stop, no tamiyo_state.json
         first.communicate(timeout=60)
     assert not (checkpoints / "tamiyo_state.json").exists()
