@@ -216,6 +216,40 @@ def test_a_trainer_crash_before_any_snapshot_restarts_training_and_the_lifecycle
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
+async def test_a_trainer_crash_mid_run_resumes_from_its_snapshot_and_ends_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """The trainer crashes in epoch 5, after plans it had applied since epoch 4's snapshot: the restarted trainer goes
+    back to the snapshot and applies them again when Kasmina resends them (they were swallowed as duplicates of the
+    applied ones: a decision timeout and an emergency), ending bitwise equal to an uninterrupted run."""
+    crash_at = 4 * 16 + 9
+    fired: list[int] = []
+
+    def crash_once(step: int, model: nn.Module, batch: object) -> None:
+        if step == crash_at and not fired:
+            fired.append(step)
+            raise RuntimeError("injected trainer fault")
+
+    crashed_dir, reference_dir = tmp_path / "crashed", tmp_path / "uninterrupted"
+    config = tiny_config(tmp_path, epochs=7)
+    summary = await (await start(config, crashed_dir, hooks=RunHooks(step_probe=crash_once))).wait()
+    assert fired == [crash_at]
+    assert summary.status == "completed", summary.error
+    assert {a.actor: a.restarts for a in summary.actors}["tolaria/trainer"] == 1
+    assert summary.growth is not None
+    assert summary.growth.emergency_events == 0
+    events = [json.loads(line) for line in (crashed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(e["step"], e["tier"]) for e in events if e["event"] == "training_restored"] == [(4 * 16, "fast")]
+    assert not [e for e in events if e["event"] in ("plan_missed", "boundary_plan_dropped")]
+    reference = await (await start(config, reference_dir)).wait()
+    assert reference.status == "completed"
+    grafts, tensors = _final_weights(crashed_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert any(4 * 16 < step <= crash_at for _, step in grafts), "a plan should apply between snapshot and crash"
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
 def read_until(stream: IO[str], prefix: str) -> None:
     """Read a child's output up to and including the first line that starts with ``prefix`` (it must come)."""
     for line in stream:
