@@ -207,7 +207,7 @@ def test_a_trainer_crash_before_any_snapshot_restarts_training_and_the_lifecycle
     events = [json.loads(line) for line in (crashed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     restored = [(e["step"], e["tier"]) for e in events if e["event"] == "training_restored"]
     assert restored == [(0, "none")]
-    assert not [e for e in events if e["event"] in ("plan_missed", "boundary_input_dropped")]
+    assert not [e for e in events if e["event"] == "plan_missed"]
     reference_dir = tmp_path / "uninterrupted"
     run_esper(config, {**env, "PYTHONPATH": str(tmp_path)}, "--run-dir", str(reference_dir), *host)
     grafts, tensors = _final_weights(crashed_dir)
@@ -240,7 +240,11 @@ async def test_a_trainer_crash_mid_run_resumes_from_its_snapshot_and_ends_as_an_
     assert summary.growth.emergency_events == 0
     events = [json.loads(line) for line in (crashed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(e["step"], e["tier"]) for e in events if e["event"] == "training_restored"] == [(4 * 16, "fast")]
-    assert not [e for e in events if e["event"] in ("plan_missed", "boundary_plan_dropped")]
+    assert not [e for e in events if e["event"] == "plan_missed"]
+    # A plan the crashed trainer's packets asked for may still arrive after the restart: dropped, as it is decided
+    # again from the restored trainer's packet of the same step.
+    dropped = [e["decided_on_step"] for e in events if e["event"] == "boundary_plan_dropped"]
+    assert all(4 * 16 < step <= crash_at for step in dropped), dropped
     reference = await (await start(config, reference_dir)).wait()
     assert reference.status == "completed"
     grafts, tensors = _final_weights(crashed_dir)
