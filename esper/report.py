@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import EsperError
+from esper.summary_table import seed_outcomes
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
@@ -306,20 +307,11 @@ def summary_lines(data: RunData) -> list[str]:
     # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
     # summary). Without summary.json (a killed run) every transition counts.
     last_step = _last_trained_step(data.summary)
-    final: dict[str, SeedLifecycleStage] = {}
-    unapplied = 0
-    for event in data.events:
-        if event.seed_id is None:  # slot-only events (embargo, reset) come after the seed's outcome
-            continue
-        if last_step is not None and event.step > last_step:
-            unapplied += 1
-            continue
-        final[event.seed_id] = event.to_stage
-    if final:
-        counts: dict[str, int] = {}
-        for stage in final.values():
-            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
-        line = f"seeds {len(final)}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+    # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
+    transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
+    counts, unapplied = seed_outcomes(transitions, last_step)
+    if counts:
+        line = f"seeds {sum(counts.values())}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
         if unapplied:
             line += f" ({unapplied} later transition{'s' if unapplied > 1 else ''} after step {last_step}, not applied)"
         lines.append(line)

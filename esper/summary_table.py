@@ -5,7 +5,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from schemas.enums import SeedLifecycleStage
     from schemas.run import GrowthFigures, RunSummary
+
+
+def seed_outcomes(
+    transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None
+) -> tuple[dict[str, int], int]:
+    """Seeds counted by the stage they ended training in (lower-case stage name), from their (seed id, effect step,
+    stage) transitions in order; and how many transitions take effect after ``last_step``, the last trained step
+    (planned at the run's last boundaries, never applied). ``last_step`` None: every transition counts."""
+    final: dict[str, SeedLifecycleStage] = {}
+    unapplied = 0
+    for seed_id, step, stage in transitions:
+        if last_step is not None and step > last_step:
+            unapplied += 1
+        else:
+            final[seed_id] = stage
+    counts: dict[str, int] = {}
+    for stage in final.values():
+        counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+    return counts, unapplied
 
 
 def format_summary(summary: RunSummary) -> str:

@@ -23,6 +23,7 @@ from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
+from esper.summary_table import seed_outcomes
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
@@ -181,9 +182,8 @@ class RunTally:
 
     epoch_val_accuracy: dict[int, float] = field(default_factory=dict)
     epoch_step: dict[int, int] = field(default_factory=dict)
-    # Each seed's transitions as (effect step, stage), in order: a transition planned at the run's last boundaries
-    # takes effect after its last step, never, and the summary counts the stage each seed ended the training in.
-    seed_stages: dict[str, list[tuple[int, SeedLifecycleStage]]] = field(default_factory=dict)
+    # The seeds' transitions as (seed id, effect step, stage), in order (see seed_outcomes).
+    seed_transitions: list[tuple[str, int, SeedLifecycleStage]] = field(default_factory=list)
     first_germination_step: int | None = None
     decision_ms: list[float] = field(default_factory=list)
     no_op_reasons: dict[str, int] = field(default_factory=dict)
@@ -197,7 +197,7 @@ class RunTally:
     def emit(self, event: Message | Record) -> None:
         match event:
             case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
-                self.seed_stages.setdefault(seed_id, []).append((step, stage))
+                self.seed_transitions.append((seed_id, step, stage))
                 if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
                     self.first_germination_step = step
             case EmergencySignal():
@@ -216,7 +216,7 @@ class RunTally:
         tally."""
         self.earlier_decisions = list(decisions or ())
         for seed_id, stage, step in stages:
-            self.seed_stages.setdefault(seed_id, []).append((step, stage))
+            self.seed_transitions.append((seed_id, step, stage))
             if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
                 self.first_germination_step = step
         for epoch, step, accuracy in epochs:
@@ -251,13 +251,7 @@ class RunTally:
         else:
             before = [e for e in epochs if self.epoch_step[e] < self.first_germination_step]
             baseline_epoch = before[-1] if before else None
-        counts: dict[str, int] = {}
-        unapplied = 0
-        for history in self.seed_stages.values():
-            reached = [stage for step, stage in history if last_step is None or step <= last_step]
-            unapplied += len(history) - len(reached)
-            if reached:
-                counts[reached[-1].name.lower()] = counts.get(reached[-1].name.lower(), 0) + 1
+        counts, unapplied = seed_outcomes(self.seed_transitions, last_step)
         cut = self.first_decision_step
         earlier = [d for d in self.earlier_decisions if cut is None or d[0] < cut]
         latencies = sorted([*self.decision_ms, *(d.ms for d in earlier)])

@@ -161,7 +161,9 @@ def _user_host(on_training_step: str) -> str:
     """The source of a small user host model module (``factory``) whose training forward first counts the call in
     ``CALLS`` and then runs ``on_training_step`` (one line)."""
     return f"""
-import time
+import os
+import sys
+import threading
 from torch import nn
 
 CALLS = [0]
@@ -358,21 +360,26 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
 
 
 # A long training step, so the stop a Ctrl-C starts has a step to finish.
-_SLOW_HOST = _user_host("time.sleep(0.2)")
+# With HOST_BLOCK_AT set, the training step of that call never ends: a stop that waits for the step cannot finish.
+_BLOCKING_HOST = _user_host(
+    'if CALLS[0] == int(os.environ.get("HOST_BLOCK_AT", "0")): '
+    'print("host: blocked", file=sys.stderr, flush=True); threading.Event().wait()'
+)
 
 
 def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
-    (tmp_path / "slowhost.py").write_text(_SLOW_HOST, encoding="utf-8")
+    (tmp_path / "blockinghost.py").write_text(_BLOCKING_HOST, encoding="utf-8")
     config = tiny_config(tmp_path, epochs=40)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)}
-    settings = ["--set", 'tolaria.host_model="slowhost:factory"', "--set", "tolaria.dataset_samples=200"]
+    settings = ["--set", 'tolaria.host_model="blockinghost:factory"', "--set", "tolaria.dataset_samples=200"]
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *settings]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
+    blocking = {**env, "HOST_BLOCK_AT": "12"}  # a few epochs in, after their checkpoints
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=blocking) as first:
         assert first.stderr is not None
-        read_until(first.stderr, "epoch   2/")
+        read_until(first.stderr, "host: blocked")
         first.send_signal(signal.SIGINT)
-        # The first Ctrl-C was handled: the stop is under way, inside a 0.2 s step.
+        # The first Ctrl-C was handled: the stop is under way, waiting for a step that never ends.
         read_until(first.stderr, "interrupted: finishing the step")
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=60)
@@ -381,8 +388,8 @@ def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkp
     assert out == ""  # no summary: it did not wait for the stop
     assert not (run_dir / "summary.json").exists()
     assert '"run_finished"' not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
-    assert latest_good_step(run_dir / "checkpoints") is not None  # epoch 2's checkpoint at least
-    run_esper(config, env, "--resume", str(run_dir), *settings, "--set", "tolaria.epochs=3")
+    assert latest_good_step(run_dir / "checkpoints") is not None  # an epoch's checkpoint before the blocked step
+    run_esper(config, env, "--resume", str(run_dir), *settings)
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.status == "completed"
 

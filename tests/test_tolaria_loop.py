@@ -35,21 +35,25 @@ TINY = {"epochs": 3, "dataset_samples": 1000, "batch_size": 50, "state_every_ste
 
 
 class Box:
-    """An Outbox that keeps everything (the loop runs on the test's thread)."""
+    """An Outbox that keeps everything, by kind and in arrival order (the loop runs on the test's thread)."""
 
     def __init__(self) -> None:
         self.packets: list[SystemStatePacket] = []
         self.receipts: list[BoundaryApplied] = []
         self.events: list[Message | Record] = []
+        self.arrived: list[object] = []
 
     def packet(self, packet: SystemStatePacket) -> None:
         self.packets.append(packet)
+        self.arrived.append(packet)
 
     def applied(self, receipt: BoundaryApplied) -> None:
         self.receipts.append(receipt)
+        self.arrived.append(receipt)
 
     def event(self, event: Message | Record) -> None:
         self.events.append(event)
+        self.arrived.append(event)
 
 
 @pytest.fixture(scope="module")

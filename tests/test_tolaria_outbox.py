@@ -16,34 +16,18 @@ from schemas.boundary import BoundaryApplied, TrainingRestored
 from schemas.config import TolariaConfig
 from schemas.kasmina import SeedValidationReport
 from schemas.state import SystemStatePacket
+from tests.test_tolaria_loop import Box
 
 if TYPE_CHECKING:
     from esper.nn.data import DataSplits
-    from schemas.base import Message, Record
 
 pytestmark = pytest.mark.timeout(90)
 
 TINY = {"epochs": 3, "dataset_samples": 1000, "batch_size": 50, "state_every_steps": 4}
 
 
-class Recorder:
-    """An Outbox that records what arrives, in order."""
-
-    def __init__(self) -> None:
-        self.arrived: list[object] = []
-
-    def packet(self, packet: SystemStatePacket) -> None:
-        self.arrived.append(packet)
-
-    def applied(self, receipt: BoundaryApplied) -> None:
-        self.arrived.append(receipt)
-
-    def event(self, event: Message | Record) -> None:
-        self.arrived.append(event)
-
-
 def test_held_messages_arrive_in_their_order_on_release_and_later_ones_pass_straight_through() -> None:
-    inner = Recorder()
+    inner = Box()
     outbox = HeldOutbox(inner)
     first = TrainingRestored(run_id="r", step=1, tier="fast")
     outbox.event(first)
@@ -74,7 +58,7 @@ def test_an_epoch_ends_messages_arrive_after_its_snapshot_is_taken(data: DataSpl
     snapshots = SnapshotStore(int(config.snapshot_memory_cap_mb * 2**20))
     seen: list[tuple[int, int | None]] = []
 
-    class Watcher(Recorder):
+    class Watcher(Box):
         def packet(self, packet: SystemStatePacket) -> None:
             super().packet(packet)
             if packet.epoch_progress == 1.0:

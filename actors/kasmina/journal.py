@@ -134,7 +134,7 @@ class BoundaryJournal:
         if self._path is None:
             return tuple(self._entries)
         self.write_pending()
-        return tuple(self._read())
+        return tuple(read_journal(self._path))
 
     def cut(self, step: int) -> int:
         """Drop every entry describing a step after ``step`` (a boundary, a receipt's applied step, a report's
@@ -170,7 +170,7 @@ class BoundaryJournal:
         if len(whole) != len(data):
             with path.open("r+b") as file:
                 file.truncate(len(whole))
-        self._count = len(self._read())
+        self._count = len(read_journal(path))
 
     def write_pending(self) -> None:
         """Append the unwritten lines to the file. Blocking."""
@@ -183,10 +183,6 @@ class BoundaryJournal:
             # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
             # then plans again (the torn line is cut off on load).
             file.write(data)
-
-    def _read(self) -> list[JournalEntry]:
-        assert self._path is not None
-        return read_journal(self._path)
 
 
 def read_journal(path: Path) -> list[JournalEntry]:

@@ -59,8 +59,15 @@ def header_line() -> str:
     return ",".join(METRICS_COLUMNS) + "\n"
 
 
-def _last_epoch(path: Path, text: str) -> tuple[int | None, int]:
-    """(last epoch, row count) of an existing file's text; the header has been checked."""
+def _checked(path: Path, text: str) -> tuple[int | None, int]:
+    """(last epoch, row count) of an existing file's whole lines.
+
+    Raises:
+        MetricsFileError: its header is not METRICS_COLUMNS, or its last row has no integer epoch.
+    """
+    first = text.split("\n", 1)[0] + "\n"
+    if first != header_line():
+        raise MetricsFileError(f"{path}: header {first.strip()!r} differs from the expected {header_line().strip()!r}")
     rows = list(csv.reader(io.StringIO(text)))[1:]
     if not rows:
         return None, 0
@@ -84,12 +91,8 @@ def check_existing(path: Path) -> None:
     except (OSError, UnicodeDecodeError) as err:
         raise MetricsFileError(f"{path}: unreadable: {err}") from err
     text = text[: text.rfind("\n") + 1]
-    if not text:
-        return
-    first = text.split("\n", 1)[0] + "\n"
-    if first != header_line():
-        raise MetricsFileError(f"{path}: header {first.strip()!r} differs from the expected {header_line().strip()!r}")
-    _last_epoch(path, text)
+    if text:
+        _checked(path, text)
 
 
 @final
@@ -130,13 +133,8 @@ class MetricsCsvWriter:
                 text = text[: text.rfind("\n") + 1]
                 async with aiofiles.open(self._path, "r+", encoding="utf-8", newline="") as torn:
                     await torn.truncate(len(text.encode("utf-8")))
-            first = text.split("\n", 1)[0] + "\n" if text else ""
-            if text and first != header_line():
-                raise MetricsFileError(
-                    f"{self._path}: header {first.strip()!r} differs from the expected {header_line().strip()!r}"
-                )
             if text:
-                last_epoch, self.rows_written = _last_epoch(self._path, text)
+                last_epoch, self.rows_written = _checked(self._path, text)
         self._file = await aiofiles.open(self._path, "a", encoding="utf-8", newline="")
         if not text:
             await self._file.write(header_line())

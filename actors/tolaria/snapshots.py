@@ -319,13 +319,14 @@ def capture(
     tensors instead of a walk of the module tree (the same result).
     """
     plan = planned.plan(trainee, len(graft_log)) if planned is not None and pool is not None else None
-    copier = _Copier()
-    lease: object = None
     if plan is not None:
         assert pool is not None
         model_state, optimizer, lease, nbytes = plan.take(pool)
     else:
+        copier = _Copier()
         model_state, optimizer = _walk(trainee, copier)
+        lease = copier.finish(pool)
+        nbytes = copier.nbytes
     for name, mode in trainee.paused.items():
         key = f"{slot_path(name)}._extra_state"
         extra = model_state.get(key)
@@ -335,9 +336,6 @@ def capture(
     if keep_modules:
         live = {s.seed_id: s.seed_module for s in trainee.slots.values() if s.seed_module is not None and s.seed_id}
         modules = templates.for_seeds(live) if templates is not None else {k: copy.deepcopy(m) for k, m in live.items()}
-    if plan is None:
-        lease = copier.finish(pool)
-        nbytes = copier.nbytes
     state = TrainState(
         global_step=global_step,
         epoch=epoch,
