@@ -164,7 +164,10 @@ class KasminaActor(Actor[KasminaMessage]):
             await anyio.to_thread.run_sync(journal.load)
         if len(journal):
             # A new incarnation (or a resumed run) picks up where the journal ends; Tolaria's TrainingRestored, which
-            # follows when it restarts too, then cuts it back to the step it continues from.
+            # follows when it restarts too, then cuts it back to the step it continues from. Replaying here as well,
+            # before Tolaria starts, is deliberate: it builds the seeds into the ready cache, so the second replay,
+            # which races the training steps toward the resent plans' effect steps, finds them there instead of
+            # building them while the trainer waits at an effect step (up to its decision deadline).
             await self._rebuild(None)
 
     async def handle(self, msg: KasminaMessage) -> SeedStates | KasminaStatistics | None:

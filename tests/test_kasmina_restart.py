@@ -1,0 +1,82 @@
+"""A restarted Kasmina replays its journal and goes on from where it stood; Tolaria's TrainingRestored cuts it back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from schemas.boundary import TrainingRestored
+from schemas.enums import SeedLifecycleStage as Stage
+from schemas.telemetry import TelemetryEvent
+from tests._kasmina_harness import RUN, Harness, running_kasmina, seed_report
+
+if TYPE_CHECKING:
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+    from schemas.state import SeedState
+
+
+def rebuilds(sink: RecordingSink) -> list[str]:
+    return [e.description for e in sink.of_type(TelemetryEvent) if e.name == "kasmina_rebuilt"]
+
+
+async def grow_one_seed(h: Harness) -> int:
+    """Germinate into slot a at step 1, apply it, and plan boundaries until the seed trains; the next free step."""
+    await h.apply(await h.boundary(1, h.germinate(rank=2)))
+    step = 2
+    while await h.stage("a") is not Stage.TRAINING:
+        await h.boundary(step, seeds=(seed_report(),))
+        step += 1
+        assert step < 12, "G1 never passed"
+    return step
+
+
+async def crash(h: Harness, step: int) -> None:
+    """A packet of another run: the actor raises; once its supervisor sleeps out the restart backoff on the test's
+    clock, a fresh incarnation takes the messages queued behind the crash."""
+    sleeping = h.clock.sleepers
+    await h.ref.tell(msgspec.structs.replace(h.packet(step), run_id="another-run"))
+    async with asyncio.timeout(5):
+        while h.clock.sleepers == sleeping:  # noqa: ASYNC110  # the loop only yields; the condition is a fact
+            await asyncio.sleep(0)
+    h.clock.advance(5.0)
+
+
+async def test_a_restarted_kasmina_replays_its_journal_and_plans_on(clock: ManualClock, sink: RecordingSink) -> None:
+    async with running_kasmina(clock, sink) as h:
+        step = await grow_one_seed(h)
+        before: dict[str, SeedState] = await h.states()
+        await crash(h, step)
+        after = await h.states()  # answered by the fresh incarnation
+        assert after == before
+        assert len(rebuilds(sink)) == 1
+        # The lifecycle goes on from where it stood: the next boundary is planned, not refused as stale.
+        plan = await h.boundary(step, seeds=(seed_report(),))
+        assert plan.decided_on_step == step
+        stats = await h.statistics()
+        assert (stats.boundaries, stats.plans_sent) == (step, 1), "every boundary planned, one by this incarnation"
+        assert len(rebuilds(sink)) == 1
+
+
+async def test_a_restart_then_a_training_restored_replays_the_journal_cut_at_the_step(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    async with running_kasmina(clock, sink, lag=2) as h:
+        step = await grow_one_seed(h)
+        await h.boundary(step, seeds=(seed_report(),))
+        await crash(h, step + 1)
+        # Tolaria restarted too and continues from the state after step 1: the attach (decided on 1, effect 3) is
+        # in flight again, so it is sent again, and the seed is back to GERMINATED.
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="fast"))
+        again = await h.next_plan()
+        assert (again.decided_on_step, again.effect_step, [op.kind for op in again.ops]) == (1, 3, ["attach"])
+        assert await h.stage("a") is Stage.GERMINATED
+        # Two replays: the whole journal at the restart (building the seeds into the ready cache before the
+        # trainer needs them), then the cut one.
+        whole, cut = rebuilds(sink)
+        assert f"up to step {step};" in whole
+        assert "0 plans sent again" in whole
+        assert "up to step 1;" in cut
+        assert "1 plans sent again" in cut
