@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import IO, TYPE_CHECKING
 
 import msgspec
@@ -18,6 +20,7 @@ from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
 from actors.tolaria.checkpoints import latest_good_step, load_latest
 from esper.run import start
 from esper.wiring import RunHooks, SeedSourceLike
+from schemas.boundary import BoundaryPlan
 from schemas.run import RunSummary
 
 if TYPE_CHECKING:
@@ -310,8 +313,8 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
 
 
 def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
-    """The decisions on a finished run's last packets are kept in flight by its final checkpoint: trained further with
-    --resume, the run applies them at the same steps as a run that was this long from the start."""
+    """The decisions on a finished run's last packets stay in flight (Kasmina's journal resends them): trained further
+    with --resume, the run applies them at the same steps as a run that was this long from the start."""
     config = tiny_config(tmp_path, epochs=5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     extended, longer = tmp_path / "extended", tmp_path / "longer"
@@ -567,3 +570,49 @@ async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+async def test_a_stop_with_an_attach_in_flight_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Stopped between a germination's decision and its effect step, the run's checkpoint holds the attach plan in
+    flight, whose handle names a module prepared in the stopped process. The resumed run must take the plan Kasmina
+    prepares and sends again, not that stale one (the attach failed, the seed was culled, the run diverged)."""
+    config = tiny_config(tmp_path, epochs=6)
+    reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    reference = await (await start(config, reference_dir)).wait()
+    assert reference.status == "completed"
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    attach = next(step for kind, step in reference_grafts if kind == "attach")
+    decided = attach - 4  # tiny_config: command_lag_steps = 4, a packet every 4 steps
+    stop_after = attach - 1
+    release = threading.Event()
+
+    def hold(step: int, model: nn.Module, batch: object) -> None:
+        if step == stop_after:
+            release.wait(timeout=60)
+
+    system = await start(config, run_dir, hooks=RunHooks(step_probe=hold))
+
+    def plans_delivered() -> int:
+        return next(s.handled for s in system.snapshot() if s.actor == "tolaria/control")
+
+    async with asyncio.timeout(60):
+        while plans_delivered() < decided // 4:  # noqa: ASYNC110  # one plan per packet; the count is a fact
+            await asyncio.sleep(0)
+    stopping = asyncio.create_task(system.stop())
+    await asyncio.sleep(0)  # stop() asks the trainer to stop before its first await
+    release.set()
+    stopped = await stopping
+    assert stopped.training is not None
+    assert stopped.training.global_step == stop_after
+    found = load_latest(run_dir / "checkpoints")
+    assert found is not None
+    in_flight = [msgspec.json.decode(text, type=BoundaryPlan) for text in found[1]]
+    assert any(op.kind == "attach" for plan in in_flight for op in plan.ops), "the attach should be in flight"
+
+    resumed = await (await start(config, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert "attach_failed" not in events
+    grafts, tensors = _final_weights(run_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from actors.tolaria.plans import PlanInbox
-from schemas.boundary import BoundaryPlan
+from torch import nn
+
+from actors.tolaria.plans import PlanInbox, release_modules
+from esper.runtime.handoff import Handoff
+from schemas.boundary import BoundaryPlan, SeedOp
 
 
 def _plan(decided: int, effect: int, run_id: str = "r") -> BoundaryPlan:
@@ -29,7 +32,7 @@ def test_a_plan_nobody_expected_or_for_another_effect_step_is_dropped() -> None:
 
 
 def test_the_same_plan_delivered_twice_is_a_duplicate_before_and_after_it_is_applied() -> None:
-    """A resumed run gets its plans in flight from its checkpoint and again from Kasmina's rebuilt journal."""
+    """Delivery is idempotent: a plan delivered again (a retried send) applies once."""
     inbox = PlanInbox()
     inbox.expect(4, 8)
     assert inbox.put(_plan(4, 8))
@@ -64,3 +67,29 @@ def test_after_a_rewind_an_expected_plan_is_taken_again_even_if_the_same_was_app
     assert inbox.take_due(8, 0.0).plans == (_plan(4, 8),)
     stats = inbox.statistics()
     assert (stats.applied, stats.duplicates, stats.unexpected) == (2, 0, 0)
+
+
+def test_a_reset_returns_the_unapplied_plans_whose_prepared_modules_are_then_released() -> None:
+    """A rewind drops the plans received for later steps; the planner prepares and resends the ones still in flight,
+    so the modules the dropped attach ops named must leave the handoff store, or each rewind would leak one."""
+    handoff: Handoff[nn.Module] = Handoff(capacity=4)
+    handle = handoff.put(nn.Linear(2, 2), prefix="seed-a")
+    kept = handoff.put(nn.Linear(2, 2), prefix="seed-b")
+    attach = BoundaryPlan(
+        run_id="r",
+        decided_on_step=4,
+        effect_step=8,
+        ops=(SeedOp(kind="attach", slot="a", seed_id="seed-a", handle=handle), SeedOp(kind="detach", slot="b")),
+    )
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    inbox.expect(8, 12)
+    assert inbox.put(attach)
+    assert inbox.put(_plan(8, 12))
+    dropped = inbox.reset()
+    assert dropped == (attach, _plan(8, 12))
+    assert inbox.pending() == ()
+    assert release_modules(dropped, handoff) == 1
+    assert len(handoff) == 1
+    assert handoff.take(kept) is not None
+    assert release_modules(dropped, None) == 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar, final
 import structlog
 
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
-from actors.tolaria.plans import PlanInbox
+from actors.tolaria.plans import PlanInbox, release_modules
 from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor
 from esper.runtime.supervisor import ChildSpec, Supervisor
@@ -268,7 +268,7 @@ class TolariaTrainer(Actor[StartTraining]):
             step_probe=wiring.step_probe,
             isolation_probe_every_steps=wiring.isolation_probe_every_steps,
         )
-        cell.inbox.reset()
+        release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:
             cell.inbox.clear_stop()
         training = TrainingLoop(

@@ -32,6 +32,7 @@ from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
+from actors.tolaria.plans import release_modules
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
@@ -249,10 +250,11 @@ class TrainingLoop:
             self._restore(snapshot, tier="fast")
             self._announce_restore(snapshot, "fast")
         elif checkpoint is not None:
-            (state, pending, info), read_s = checkpoint
+            # The checkpoint's plans in flight are not taken back: their attach handles name modules prepared in
+            # the process that wrote it. Kasmina, told by TrainingRestored, prepares them again and resends them.
+            (state, _, info), read_s = checkpoint
             self._restore(state, tier="full", extra_s=read_s)
             self._last_checkpoint = info.file
-            self._requeue(pending)
             self._announce_restore(state, "full")
         else:
             if self._options.resume:
@@ -307,15 +309,6 @@ class TrainingLoop:
         if tier == "full" and elapsed > self._config.rollback_full_deadline_s:
             self._policy.restore_deadline_missed(elapsed)
 
-    def _requeue(self, pending: tuple[str, ...]) -> None:
-        # Plans received before the checkpoint but not yet due: expect and deliver them again, so they take effect
-        # at their effect step exactly as in the uninterrupted run.
-        for text in pending:
-            plan = msgspec.json.decode(text, type=BoundaryPlan)
-            if plan.effect_step >= self._pos.global_step:
-                self._inbox.expect(plan.decided_on_step, plan.effect_step)
-                self._inbox.put(plan)
-
     def _counters(self) -> dict[str, float | int | str | None]:
         return {
             **self._policy.counters(),
@@ -360,7 +353,7 @@ class TrainingLoop:
 
     def _rollback(self, reason: str) -> bool:
         snapshot = self._snapshots.latest
-        self._inbox.reset()
+        release_modules(self._inbox.reset(), self._handoff)
         if snapshot is not None:
             self._restore(snapshot, tier="fast", counters=False)
             self._announce_restore(snapshot, "fast")

@@ -22,6 +22,9 @@ from schemas.base import Record
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from torch import nn
+
+    from esper.runtime.handoff import Handoff
     from schemas.boundary import BoundaryPlan
 
 
@@ -61,8 +64,8 @@ class DuePlans:
 class _State:
     expected: dict[int, int] = field(default_factory=dict)
     received: dict[int, BoundaryPlan] = field(default_factory=dict)
-    # The last applied plans by decision step: a resend of one of them (a resumed run's checkpoint and Kasmina's
-    # rebuilt journal both deliver the plans in flight) is recognised as a duplicate, not an unexpected plan.
+    # The last applied plans by decision step: the same plan delivered again is recognised as a duplicate, not an
+    # unexpected plan (delivery is idempotent).
     applied_recently: dict[int, BoundaryPlan] = field(default_factory=dict)
     abandoned: set[int] = field(default_factory=set)
     received_total: int = 0
@@ -258,10 +261,24 @@ class PlanInbox:
         with self._cond:
             return tuple(plan for _, plan in sorted(self._state.received.items()))
 
-    def reset(self) -> None:
+    def reset(self) -> tuple[BoundaryPlan, ...]:
         """Forget every expectation and received plan (a new incarnation starts from a checkpoint); keeps counters
-        and a pending stop request."""
+        and a pending stop request. Returns the plans dropped unapplied, whose prepared modules nobody will take
+        (the planner prepares and resends the ones still in flight after the restored step)."""
         with self._cond:
+            dropped = tuple(plan for _, plan in sorted(self._state.received.items()))
             self._state.expected.clear()
             self._state.received.clear()
             self._state.abandoned.clear()
+            return dropped
+
+
+def release_modules(plans: tuple[BoundaryPlan, ...], handoff: Handoff[nn.Module] | None) -> int:
+    """Discard from ``handoff`` the modules that ``plans``' attach ops would have taken; returns how many were there.
+
+    Without it every rewind past a received attach plan would leave its module in the handoff store for good, until
+    the store's capacity refused the next germination.
+    """
+    if handoff is None:
+        return 0
+    return sum(handoff.discard(op.handle) for plan in plans for op in plan.ops if op.handle is not None)
