@@ -43,6 +43,11 @@ class TrainingWatch(Protocol):
     @property
     def figures(self) -> TrainingFigures | None: ...
 
+    @property
+    def ended(self) -> bool:
+        """Training is over for good (completed, halted, or stopped on request)."""
+        ...
+
     async def wait_finished(self) -> TrainingFigures: ...
 
 
@@ -141,6 +146,7 @@ class EsperSystem:
         self._started_at = started_at
         self._started_s = time.monotonic() if started_s is None else started_s
         self._summary: RunSummary | None = None
+        self._finishing: asyncio.Future[RunSummary] | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
         self._training = training
@@ -210,12 +216,18 @@ class EsperSystem:
             await self._actors.wait()
 
     async def stop(self, *, status: RunStatus = "stopped") -> RunSummary:
-        """Stop the run in order (actors stop in reverse start order within their deadlines) and return its summary."""
+        """Stop the run in order (actors stop in reverse start order within their deadlines) and return its summary.
+
+        A run whose training has already ended on its own keeps the status it ended with (``completed`` or
+        ``failed``): the stop only ends the rest of the run.
+        """
         if self._summary is not None:
             return self._summary
+        training = self._training
+        if training is not None and training.ended:
+            return await self.wait()
         self._stop_status = status
         self._stopped = True
-        training = self._training
         if training is not None and self._stop_training is not None:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
             self._stop_training()
@@ -244,6 +256,13 @@ class EsperSystem:
     async def _finish(self, status: RunStatus, error: str | None) -> RunSummary:
         if self._summary is not None:
             return self._summary
+        # One summary however many callers end the run at once (a task waiting while another stops it): the first
+        # writes it, the others await the same write. Shielded, so a cancelled caller does not cut the write short.
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish_once(status, error))
+        return await asyncio.shield(self._finishing)
+
+    async def _finish_once(self, status: RunStatus, error: str | None) -> RunSummary:
         try:
             return await self._write_summary(status, error)
         finally:

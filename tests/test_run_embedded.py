@@ -139,3 +139,30 @@ async def test_a_second_run_in_the_process_waits_for_the_first_to_end(tmp_path: 
     lines = (tmp_path / "first" / "events.jsonl").read_text().splitlines()
     run_ids = {json.loads(line).get("run_id") for line in lines}
     assert second.run_id not in run_ids
+
+
+async def test_waiting_and_stopping_at_once_write_one_summary(tmp_path: Path) -> None:
+    """A notebook waits in one task and stops from another: both get the same summary, written and logged once."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(system.wait())
+        other = tg.create_task(system.wait())
+        stopped = await system.stop()
+    assert waiting.result() is stopped
+    assert other.result() is stopped
+    assert stopped.status == "stopped"
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("run_finished") == 1
+    assert len([e for e in events if e["event"] == "actor_state" and e["status"] == "stopped"]) == len(ACTORS)
+
+
+async def test_a_stop_after_training_ended_on_its_own_keeps_the_status_completed(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    training = system._training  # the trainer's watch: training ends before anyone waits or stops
+    assert training is not None
+    async with asyncio.timeout(60):
+        await training.wait_finished()
+    summary = await system.stop()
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.epochs == 1

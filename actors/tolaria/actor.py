@@ -90,6 +90,10 @@ class TolariaCell:
     def figures(self) -> TrainingFigures | None:
         return None if self.result is None else self.result.figures
 
+    @property
+    def ended(self) -> bool:
+        return self.finished.is_set()
+
     async def wait_finished(self) -> TrainingFigures:
         """Wait until training has ended and return its figures. Event loop only."""
         await self.finished.wait()
