@@ -93,7 +93,10 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
             f"--resume {directory}: checkpoints/{MANIFEST} is missing or lists no checkpoint ({', '.join(found)}"
             " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
         )
-    if not (checkpoints / JOURNAL_FILENAME).is_file():
+    # Stopped before its first optimizer step (a Ctrl-C while the actors start): no packet was ever planned, so a
+    # journal never written is an empty one.
+    trained = any(info.global_step > 0 for info in listed)
+    if trained and not (checkpoints / JOURNAL_FILENAME).is_file():
         raise ConfigError(
             f"--resume {directory}: checkpoints/{JOURNAL_FILENAME} is missing, so the seeds' lifecycle cannot be"
             " rebuilt; nothing to resume from"

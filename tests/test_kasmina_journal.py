@@ -56,6 +56,15 @@ def test_cut_drops_later_entries_from_the_file(tmp_path: Path) -> None:
     assert _steps(reopened) == [10, 20, 30]
 
 
+def test_a_cut_before_anything_was_written_makes_the_directory(tmp_path: Path) -> None:
+    """A trainer restart before the first boundary: the checkpoints directory does not exist yet."""
+    path = tmp_path / "checkpoints" / "journal.jsonl"
+    journal = BoundaryJournal(path)
+    journal.load()
+    assert journal.cut(0) == 0
+    assert path.read_bytes() == b""
+
+
 def test_a_torn_last_line_is_cut_off_so_the_next_append_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     _filled(path, range(10, 40, 10))

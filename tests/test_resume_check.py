@@ -115,9 +115,13 @@ def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touch
     (checkpoints / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"manifest.json: unreadable manifest"):
         check_resume_files(tmp_path)
+    # Stopped before the first step (a Ctrl-C while the actors start): a step-0 checkpoint and no journal resume.
+    start = {"file": "step-0.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 0, "epoch": 0, "batch_index": 0}
+    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [start]}))
+    check_resume_files(tmp_path)
     info = {"file": "step-220.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 220, "epoch": 11}
     info["batch_index"] = 0
-    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [info]}))
+    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [start, info]}))
     with pytest.raises(ConfigError, match=r"kasmina_journal.jsonl is missing, so the seeds' lifecycle cannot be"):
         check_resume_files(tmp_path)
     journal = checkpoints / "kasmina_journal.jsonl"

@@ -144,6 +144,8 @@ class BoundaryJournal:
         if self._path is None:
             self._entries = kept
         else:
+            # A restart before the first boundary was written cuts a journal whose directory may not exist yet.
+            self._path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self._path, b"".join(_encoder.encode(e) + b"\n" for e in kept))
         self._count = len(kept)
         return len(entries) - len(kept)
