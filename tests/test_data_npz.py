@@ -123,6 +123,17 @@ MALFORMED: list[tuple[str, Callable[[Arrays], Arrays], str]] = [
     ("empty_labels", _replace("y_test", np.zeros(0, np.int64)), "y_test is empty (shape (0,))"),
     ("nan", _nan_at("x_train", float("nan")), "x_train contains NaN or inf values"),
     ("inf", _nan_at("x_test", float("-inf")), "x_test contains NaN or inf values"),
+    ("one_class", _replace("y_train", np.zeros(30, np.int64)), "y_train has a single class (0); nothing to learn"),
+    (
+        "label_ids",
+        _replace("y_train", np.tile(np.array([0, 1000, 2000]), 10)),
+        "y_train uses 3 of the class indices 0..2000; labels must be class indices 0..K-1 (map ids to indices first)",
+    ),
+    (
+        "test_class_unseen",
+        _replace("y_test", np.array([0, 2, 5, 0, 2, 9])),
+        "y_test has label 9 but y_train's labels end at 5; a test class must appear in training",
+    ),
     (
         "float32_overflow",
         _replace("x_test", np.full((6, 2, 3), 1e300)),

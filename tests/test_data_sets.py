@@ -192,11 +192,11 @@ def test_bad_arguments_raise_value_error_naming_the_parameter(kwargs: dict[str, 
 
 
 def test_validation_fraction_that_leaves_no_training_data_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "one.npz"
-    x = np.zeros((1, 2), dtype=np.float32)
-    y = np.zeros(1, dtype=np.int64)
+    path = tmp_path / "two.npz"
+    x = np.zeros((2, 2), dtype=np.float32)
+    y = np.array([0, 1], dtype=np.int64)
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
-    with pytest.raises(ValueError, match=r"^validation_fraction 0.9 leaves no training samples out of 1$"):
+    with pytest.raises(ValueError, match=r"^validation_fraction 0.9 leaves no training samples out of 2$"):
         load_dataset("npz", npz_path=path, validation_fraction=0.9)
 
 

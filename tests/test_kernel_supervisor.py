@@ -127,6 +127,21 @@ async def test_intensity_exceeded_escalates_to_system_wait(clock: ManualClock, s
     await system.stop()  # idempotent after the root gave up
 
 
+async def test_a_failure_inside_a_task_group_is_reported_as_itself(clock: ManualClock, sink: RecordingSink) -> None:
+    """An actor whose TaskGroup failed: the event and the escalation name the task's error, not the group's
+    "unhandled errors in a TaskGroup", which hid a user model's error behind every restart."""
+    recorder = Recorder()
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([probe_spec(recorder, "a")], max_restarts=0, window_s=30.0, backoff_initial_s=0.0))
+    await system.ref("a", Probe).tell(Crash(reason="element 0 does not require grad", in_task_group=True))
+    with pytest.raises(RestartIntensityExceeded) as gave_up:
+        await system.wait()
+    assert str(gave_up.value).endswith("last failure in a: RuntimeError: element 0 does not require grad")
+    [failed] = sink.of_type(ChildFailed)
+    assert (failed.error_type, failed.error) == ("RuntimeError", "element 0 does not require grad")
+    await system.stop()
+
+
 async def test_restarts_outside_the_window_do_not_count(clock: ManualClock, sink: RecordingSink) -> None:
     recorder = Recorder()
     system = ActorSystem(clock=clock, sink=sink)

@@ -23,6 +23,7 @@ class Get(Message, frozen=True):
 
 class Crash(Message, frozen=True):
     reason: str = "boom"
+    in_task_group: bool = False  # raised as a TaskGroup raises a task's failure: wrapped in an ExceptionGroup
 
 
 class Hold(Message, frozen=True):
@@ -95,7 +96,9 @@ class Probe(Actor[ProbeInbox]):
                 return None
             case Get():
                 return self.count
-            case Crash(reason=reason):
+            case Crash(reason=reason, in_task_group=grouped):
+                if grouped:
+                    raise ExceptionGroup("unhandled errors in a TaskGroup", [RuntimeError(reason)])
                 raise RuntimeError(reason)
             case Hold():
                 self.recorder.record(f"holding {self.label}")

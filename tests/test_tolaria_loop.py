@@ -217,6 +217,7 @@ def test_a_slotless_user_model_grows_where_kasmina_slot_targets_say() -> None:
         ("tests.tolaria_factories:not_a_module", "returned dict, not an nn.Module"),
         ("tests.tolaria_factories:broken", "the factory raised RuntimeError: out of widgets"),
         ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
+        ("tests.tolaria_factories:frozen_mlp", "the model has no trainable parameter (none requires grad)"),
     ],
 )
 def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) -> None:
@@ -226,3 +227,17 @@ def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) ->
     assert text.startswith(f"tolaria.host_model = {spec!r}: ")
     assert message in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "shape", "classes", "message"),
+    [
+        ("cnn1d", (3,), 4, "the npz data set (3 features a sample, 4 classes): CNN1dHost: need length >= 4"),
+    ],
+)
+def test_a_built_in_host_the_data_does_not_suit_is_a_one_line_config_error(
+    host: str, shape: tuple[int, ...], classes: int, message: str
+) -> None:
+    with pytest.raises(TolariaConfigError) as info:
+        build_host(config(host_model=host, dataset="npz", npz_path="x.npz"), shape, classes)
+    assert str(info.value).startswith(f"tolaria.host_model = {host!r}: cannot be built for {message}")

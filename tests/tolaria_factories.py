@@ -39,3 +39,10 @@ def three_class_mlp() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3))
     model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+def frozen_mlp() -> nn.Module:
+    """A user model with nothing to train: every parameter has requires_grad False."""
+    model = three_class_mlp()
+    model.requires_grad_(False)
+    return model

@@ -165,18 +165,25 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     Raises:
         TolariaConfigError: a user factory fails or returns something other than an nn.Module.
     """
-    if config.host_model == "cnn1d":
-        return CNN1dHost(length=math.prod(input_shape), num_classes=num_classes)
-    if config.host_model == "mlp":
-        return MLPHost(in_features=math.prod(input_shape), num_classes=num_classes)
-    factory = load_factory(config.host_model)
     who = f"tolaria.host_model = {config.host_model!r}"
+    features = math.prod(input_shape)
+    try:
+        if config.host_model == "cnn1d":
+            return CNN1dHost(length=features, num_classes=num_classes)
+        if config.host_model == "mlp":
+            return MLPHost(in_features=features, num_classes=num_classes)
+    except ValueError as err:  # the data set does not suit the built-in host (too short a signal, one class)
+        data = f"the {config.dataset} data set ({features} features a sample, {num_classes} classes)"
+        raise TolariaConfigError(f"{who}: cannot be built for {data}: {err}") from err
+    factory = load_factory(config.host_model)
     try:
         model = factory()
     except Exception as err:  # the user's factory failing is a config error, reported in one line
         raise TolariaConfigError(f"{who}: the factory raised {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
     return model
 
 

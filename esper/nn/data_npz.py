@@ -72,7 +72,29 @@ def load_npz(path: str | Path) -> NpzArrays:
         raise DatasetError(
             f"npz data set {file}: x_train has feature shape {x_train.shape[1:]} but x_test has {x_test.shape[1:]}"
         )
+    _check_classes(file, y_train, y_test)
     return NpzArrays(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArray[np.int64]) -> None:
+    """Labels are class indices 0..K-1 (K = the largest training label + 1, the model's output width), most of them
+    present in training: ids such as 0, 1000, 2000 would build a K-way head of classes never seen (or, for ids near
+    1e9, try to allocate gigabytes), and a test label past K could not be scored."""
+    classes = int(y_train.max()) + 1
+    used = int(np.unique(y_train).size)
+    if used < 2:
+        raise DatasetError(f"npz data set {file}: y_train has a single class ({classes - 1}); nothing to learn")
+    if 2 * used < classes:
+        raise DatasetError(
+            f"npz data set {file}: y_train uses {used} of the class indices 0..{classes - 1}; labels must be class"
+            " indices 0..K-1 (map ids to indices first)"
+        )
+    top = int(y_test.max())
+    if top >= classes:
+        raise DatasetError(
+            f"npz data set {file}: y_test has label {top} but y_train's labels end at {classes - 1}; a test class"
+            " must appear in training"
+        )
 
 
 def _read_arrays(file: Path, archive: np.lib.npyio.NpzFile) -> dict[str, npt.NDArray[np.generic]]:

@@ -158,3 +158,19 @@ def unrecoverable_cause(error: BaseException) -> OSError | None:
             pending.extend(current.exceptions)
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The failure an exception group wraps (a TaskGroup's ``unhandled errors in a TaskGroup``): its first leaf,
+    depth first; any other error is itself."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def describe_error(error: BaseException, limit: int = 500) -> tuple[str, str]:
+    """(type name, message) of the failure a user has to act on: the innermost error of an exception group, its
+    message cut at ``limit`` characters."""
+    inner = innermost(error)
+    text = str(inner) or repr(inner)
+    return type(inner).__name__, text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,6 +16,7 @@ from esper.runtime.errors import (
     RestartIntensityExceeded,
     SupervisorGaveUp,
     UnrecoverableFailure,
+    describe_error,
     unrecoverable_cause,
 )
 from esper.runtime.mailbox import Mailbox
@@ -300,9 +301,8 @@ class Supervisor:
     def _emit_failed(self, child: _Child, error: Exception) -> None:
         # The sink is the log's one channel for typed events (a run's logs them; logging here as well doubled them).
         assert self._rt is not None
-        self._rt.sink.emit(
-            ChildFailed(supervisor=self._name, child=child.path, error_type=type(error).__name__, error=str(error))
-        )
+        error_type, text = describe_error(error)
+        self._rt.sink.emit(ChildFailed(supervisor=self._name, child=child.path, error_type=error_type, error=text))
 
     def _unrecoverable(self, child: _Child, error: Exception, cause: OSError) -> UnrecoverableFailure:
         if isinstance(error, UnrecoverableFailure):
@@ -349,9 +349,10 @@ class Supervisor:
             self._restart_times.popleft()
         recent = len(self._restart_times)
         if recent > self._max_restarts:
+            last = "" if error is None else ": " + ": ".join(describe_error(error))
             escalation = RestartIntensityExceeded(
                 f"supervisor {self._name}: {recent} restarts within {self._window_s} s "
-                f"(max {self._max_restarts}); last failure in {child.path}"
+                f"(max {self._max_restarts}); last failure in {child.path}{last}"
             )
             return await self._give_up(child, error, escalation, recent)
         backoff_s = min(self._backoff_initial_s * 2 ** (recent - 1), self._backoff_max_s)
