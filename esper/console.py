@@ -118,6 +118,8 @@ class Console:
                 self._stream.flush()
                 self._drawn = True
             return
+        if packet.epoch_training_loss is not None:
+            loss = f"loss {packet.epoch_training_loss:.4f}"
         figures = [loss]
         if packet.validation_loss is not None:
             figures.append(f"val loss {packet.validation_loss:.4f}")

@@ -87,8 +87,10 @@ class LayerSummary(Record, frozen=True):
 class SystemStatePacket(Message, frozen=True):
     """Tolaria's view of training at ``global_step``: sent at epoch end and every K steps; Tamiyo decides on it.
 
-    Losses and accuracies are means over the reporting interval. ``loss_delta`` is the change of validation loss since
-    the previous validation (None before the second one). Gradient norms are L2 norms keyed by layer name and seed id.
+    Losses and accuracies are means over the reporting interval; an epoch-end packet also carries the whole epoch's
+    (``epoch_training_loss``, ``epoch_training_accuracy``), which the metrics and the console report per epoch.
+    ``loss_delta`` is the change of validation loss since the previous validation (None before the second one).
+    Gradient norms are L2 norms keyed by layer name and seed id.
     """
 
     run_id: str
@@ -117,3 +119,5 @@ class SystemStatePacket(Message, frozen=True):
     learning_rate: float | None = None
     gpu_memory_bytes: NonNegInt | None = None
     gpu_memory_peak_bytes: NonNegInt | None = None
+    epoch_training_loss: float | None = None
+    epoch_training_accuracy: UnitFloat | None = None

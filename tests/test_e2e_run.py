@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import signal
@@ -141,6 +142,16 @@ async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_write
     assert summary.training is not None
     assert summary.training.epochs == 14
     assert summary.training.seed_parameters == growth.parameters_added
+    # metrics.csv's per-epoch training figures are the whole epoch's, as the trainer's epoch_end record says (they
+    # were the epoch's last packet interval's: 4 of 16 steps).
+    with (run_dir / "metrics.csv").open(encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    ends = [e for e in events if e["event"] == "epoch_end"]
+    assert len(rows) == len(ends) == 14
+    for row, end in zip(rows, ends, strict=True):
+        assert round(float(row["train_loss"]), 4) == end["train_loss"]
+        assert round(float(row["train_accuracy"]), 4) == end["train_acc"]
     assert {"urza", "nissa", "tezzeret", "kasmina", "tamiyo", "tolaria"} <= {a.actor for a in summary.actors}
 
 

@@ -125,8 +125,10 @@ def epoch_row(packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow:
     row: EpochRow = {
         "epoch": packet.epoch,
         "step": packet.global_step,
-        "train_loss": packet.training_loss,
-        "train_accuracy": packet.training_accuracy,
+        "train_loss": packet.training_loss if packet.epoch_training_loss is None else packet.epoch_training_loss,
+        "train_accuracy": (
+            packet.training_accuracy if packet.epoch_training_accuracy is None else packet.epoch_training_accuracy
+        ),
         "val_loss": packet.validation_loss,
         "val_accuracy": packet.validation_accuracy,
         "test_loss": None,

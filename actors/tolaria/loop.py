@@ -560,6 +560,7 @@ class TrainingLoop:
         epoch_progress: float,
         validation: tuple[float, float] | None = None,
         loss_delta: float | None = None,
+        epoch_means: tuple[float, float] | None = None,
     ) -> None:
         pos = self._pos
         packets = self._packets
@@ -577,6 +578,7 @@ class TrainingLoop:
             emergency_level=self._policy.level,
             validation=validation,
             loss_delta=loss_delta,
+            epoch_means=epoch_means,
         )
         if self._options.expects_plans:
             # Registered before sending, so even an instant plan finds its expectation.
@@ -631,7 +633,8 @@ class TrainingLoop:
         loss_delta = None
         if val is not None and self._last_val_loss is not None:
             loss_delta = val[0] - self._last_val_loss
-        self._send_packet(stats, epoch_progress=1.0, validation=val, loss_delta=loss_delta)
+        train = epoch_stats.means()
+        self._send_packet(stats, epoch_progress=1.0, validation=val, loss_delta=loss_delta, epoch_means=train)
         if val is not None:
             self._last_val_loss = val[0]
         pos.epoch += 1
@@ -650,7 +653,6 @@ class TrainingLoop:
         verdict = self._policy.end_epoch(
             epoch_ms=epoch_ms, hook_ms=self._hook_ms, missed_decisions=self._missed_this_epoch
         )
-        train = epoch_stats.means()
         self._epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         fields = epoch_fields(
             epoch=finished_epoch + 1,

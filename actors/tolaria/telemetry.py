@@ -225,8 +225,10 @@ class PacketBuilder:
         emergency_level: EmergencyLevel,
         validation: tuple[float, float] | None = None,
         loss_delta: float | None = None,
+        epoch_means: tuple[float, float] | None = None,
     ) -> SystemStatePacket:
-        """The state packet of ``global_step`` from the interval's statistics and the model's current gradients."""
+        """The state packet of ``global_step`` from the interval's statistics and the model's current gradients;
+        ``epoch_means`` (an epoch end) is the whole epoch's (training loss, accuracy)."""
         trainee = self._trainee
         params, all_keys, seed_sizes = self._current_layout()
         keys: list[tuple[str, str | None]] = []
@@ -274,6 +276,8 @@ class PacketBuilder:
             learning_rate=lrs.get("host"),
             gpu_memory_bytes=memory,
             gpu_memory_peak_bytes=peak,
+            epoch_training_loss=None if epoch_means is None else epoch_means[0],
+            epoch_training_accuracy=None if epoch_means is None else min(1.0, max(0.0, epoch_means[1])),
         )
 
 
