@@ -21,6 +21,7 @@ import structlog
 
 from esper.runtime.errors import EsperError
 from schemas.base import Message, Record
+from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
 from schemas.runtime import (
     ActorState,
@@ -29,9 +30,10 @@ from schemas.runtime import (
     EmergencySignal,
     SupervisorEscalated,
 )
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
     from pathlib import Path
 
     from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -148,13 +150,17 @@ def _open_for_lines(path: Path) -> IO[bytes]:
 
 @final
 class _ConsoleGate:
-    """A processor that drops events below the console's level when the file takes lower ones."""
+    """A processor that keeps from the console the events below its level (when the file takes lower ones) and the
+    events another view already shows there."""
 
-    def __init__(self, min_level: int) -> None:
+    def __init__(self, min_level: int, omit: frozenset[str]) -> None:
         self._min_level = min_level
+        self._omit = omit
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if LEVEL_NUMBERS.get(event_dict.get("level", "info"), LEVEL_NUMBERS["info"]) < self._min_level:
+            raise structlog.DropEvent
+        if event_dict.get("event") in self._omit:
             raise structlog.DropEvent
         return event_dict
 
@@ -192,6 +198,7 @@ def configure_logging(
     console_stream: TextIO | None = None,
     colors: bool | None = None,
     cache_loggers: bool = False,
+    console_omit: Collection[str] = (),
 ) -> LoggingHandle:
     """Configure structlog for the whole process; call once at start-up (tests call reset_logging() afterwards).
 
@@ -205,6 +212,8 @@ def configure_logging(
         colors: colour the console; defaults to whether ``console_stream`` is a TTY.
         cache_loggers: let each logger keep the pipeline it first used (faster per event); off by default because a
             cached logger ignores a later configure_logging(), which tests and re-configuration rely on.
+        console_omit: event names the console leaves to another view (the progress console's lifecycle lines show
+            the telemetry events that matter readably); the JSON file still gets them.
 
     Returns:
         The handle whose close() closes the file.
@@ -239,8 +248,8 @@ def configure_logging(
     floor = min(levels, default=LEVEL_NUMBERS["critical"])
     logger_factory: structlog.WriteLoggerFactory | structlog.ReturnLoggerFactory
     if console:
-        if screen_level > floor:
-            processors.append(_ConsoleGate(screen_level))
+        if screen_level > floor or console_omit:
+            processors.append(_ConsoleGate(screen_level, frozenset(console_omit)))
         use_colors = colors if colors is not None else stream.isatty()
         # Plain tracebacks: the rich formatter prints local variables, and a run's secrets must never reach a log.
         processors.append(
@@ -330,8 +339,17 @@ _EMERGENCY_LEVELS: Final[dict[EmergencyLevel, LogLevel]] = {
 }
 
 
+_TELEMETRY_LEVELS: Final[dict[TelemetryLevel, LogLevel]] = {
+    TelemetryLevel.INFO: "info",
+    TelemetryLevel.WARNING: "warning",
+    TelemetryLevel.ERROR: "error",
+    TelemetryLevel.CRITICAL: "critical",
+}
+
+
 def event_level(event: Message | Record) -> LogLevel:
-    """The level a typed event is logged at: failures warn, escalations are errors, L4 is critical, the rest info."""
+    """The level a typed event is logged at: failures warn, escalations are errors, L4 is critical, a telemetry
+    event at its own severity (a loss spike is an error, a cull a warning), the rest info."""
     match event:
         case ChildFailed():
             return "warning"
@@ -341,6 +359,8 @@ def event_level(event: Message | Record) -> LogLevel:
             return "warning"
         case EmergencySignal(level=emergency):
             return _EMERGENCY_LEVELS.get(emergency, "warning")
+        case TelemetryEvent(level=severity):
+            return _TELEMETRY_LEVELS.get(severity, "info")
         case _:
             return "info"
 

@@ -284,6 +284,8 @@ async def _start_claimed(
         console=resolved.logging.console if console is None else console,
         json_file=resolved.logging.json_file,
         console_level=_console_level(resolved.logging.console_level),
+        # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
+        console_omit=("telemetry_event",) if progress is not None else (),
     )
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     started_s = time.monotonic()  # the summary's duration covers assembly and start-up too, as the user waits

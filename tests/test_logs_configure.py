@@ -165,3 +165,17 @@ def test_console_may_show_more_than_the_file(tmp_path: Path) -> None:
     finally:
         logging.close()
         reset_logging()
+
+
+def test_the_console_leaves_out_the_events_another_view_shows_and_the_file_keeps_them(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logging = configure_logging(tmp_path, level="info", console_stream=console, console_omit=("telemetry_event",))
+    try:
+        get_logger().warning("telemetry_event", name="loss_spike")
+        get_logger().warning("other_warning")
+        assert "telemetry_event" not in console.getvalue()
+        assert "other_warning" in console.getvalue()
+        assert [line["event"] for line in read_lines(logging)] == ["telemetry_event", "other_warning"]
+    finally:
+        logging.close()
+        reset_logging()

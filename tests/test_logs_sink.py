@@ -20,6 +20,7 @@ from esper.logs import (
 )
 from esper.tail_render import parse_actor_state, parse_line
 from schemas.base import Message
+from schemas.domain_enums import TelemetryLevel
 from schemas.enums import ActorStatus, BreakerState, EmergencyLevel
 from schemas.runtime import (
     ActorState,
@@ -29,6 +30,7 @@ from schemas.runtime import (
     EmergencySignal,
     SupervisorEscalated,
 )
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -117,6 +119,10 @@ def test_event_names_are_snake_case_type_names(kind: type[Message], name: str) -
         (emergency(EmergencyLevel.L3_CONSERVATIVE), "error"),
         (emergency(EmergencyLevel.L4_HALT), "critical"),
         (KernelCatalogUpdate(entries=2), "info"),
+        (TelemetryEvent(name="seed_transition", level=TelemetryLevel.INFO), "info"),
+        (TelemetryEvent(name="seed_culled", level=TelemetryLevel.WARNING), "warning"),
+        (TelemetryEvent(name="loss_spike", level=TelemetryLevel.ERROR), "error"),
+        (TelemetryEvent(name="command_rejected", level=TelemetryLevel.CRITICAL), "critical"),
     ],
 )
 def test_levels_follow_the_event(event: Message, level: str) -> None:
