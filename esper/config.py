@@ -21,7 +21,7 @@ import msgspec.inspect as mi
 
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, RunConfig
+from schemas.config import INERT_KEYS, RunConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -148,6 +148,9 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
     for dotted, setting, reason in inert_settings(config):
         label = next((label for key, label in reversed(applied) if _touches(key, dotted)), source)
         raise ConfigError(_inert_message(label, dotted, setting, reason))
+    for dotted, problem in value_problems(config):
+        label = next((label for key, label in reversed(applied) if _touches(key, dotted)), source)
+        raise ConfigError(f"{label}: {dotted}: {problem}")
     return config
 
 
@@ -178,7 +181,25 @@ def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
         raise ConfigError(_translate(str(err), data, source)) from err
     for dotted, value, reason in inert_settings(config):
         raise ConfigError(_inert_message(source, dotted, value, reason))
+    for dotted, problem in value_problems(config):
+        raise ConfigError(f"{source}: {dotted}: {problem}")
     return config
+
+
+def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """Values the schema's types admit but no run can use: a non-finite number (lr = inf halted the run at L4), an
+    empty slot target, an npz file for a data set that is not npz (it was silently ignored)."""
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        dotted = ".".join((*path, name))
+        if isinstance(value, float) and not math.isfinite(value):
+            yield dotted, f"expected a finite number, got {value}"
+        elif isinstance(value, ConfigSection):
+            yield from value_problems(value, (*path, name))
+        elif name == "slot_targets" and isinstance(value, tuple) and any(not str(t).strip() for t in value):
+            yield dotted, f"expected module names, got an empty one in {list(value)!r}"
+    if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
+        yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
 
 
 def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:

@@ -351,6 +351,7 @@ INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (KasminaConfig, "alpha_hysteresis"): "the alpha ramp has no hysteresis band",
     (KasminaConfig, "prefetch_timeout_ms"): "seed modules are fetched from Urza within urza.fetch_budget_ms",
     (KasminaConfig, "allow_fallback_kernel"): "no fallback kernel is ever substituted for a blueprint's own",
+    (TamiyoConfig, "device"): "the policy runs on the trainer's device, tolaria.device (its own CUDA stream there)",
     (TamiyoConfig, "decision_p95_target_ms"): "decision latency is reported in the summary, not held to a target",
     (TamiyoConfig, "metadata_budget_ms"): "blueprint metadata comes from the in-process catalogue",
     (TamiyoConfig, "max_activation_nodes"): "the policy graph has no activation nodes",

@@ -141,6 +141,22 @@ BAD_CONFIGS = [
         id="out-of-range",
     ),
     pytest.param("[tamiyo\n", "c.toml: invalid TOML at line 1", id="unreadable-toml"),
+    pytest.param("[tolaria]\nlr = inf\n", "c.toml: tolaria.lr: expected a finite number, got inf", id="infinite"),
+    pytest.param(
+        '[kasmina]\nslot_targets = ["blocks.0", " "]\n',
+        "c.toml: kasmina.slot_targets: expected module names, got an empty one in ['blocks.0', ' ']",
+        id="empty-slot-target",
+    ),
+    pytest.param(
+        '[tolaria]\nnpz_path = "data.npz"\n',
+        "c.toml: tolaria.npz_path: is read only with dataset = \"npz\", and dataset is 'mnist1d'",
+        id="npz-path-unused",
+    ),
+    pytest.param(
+        '[tamiyo]\ndevice = "cuda"\n',
+        "c.toml: tamiyo.device: set to 'cuda', but this version does not act on it (the policy runs on the trainer's",
+        id="tamiyo-device",
+    ),
 ]
 
 

@@ -241,3 +241,17 @@ def test_a_built_in_host_the_data_does_not_suit_is_a_one_line_config_error(
     with pytest.raises(TolariaConfigError) as info:
         build_host(config(host_model=host, dataset="npz", npz_path="x.npz"), shape, classes)
     assert str(info.value).startswith(f"tolaria.host_model = {host!r}: cannot be built for {message}")
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("empty_slot_name_mlp", "the model's slot_targets: expected non-empty module names, got ['']"),
+        ("string_slot_targets_mlp", "the model's slot_targets = '1': expected a list or tuple of module names"),
+    ],
+)
+def test_a_user_models_malformed_slot_targets_are_a_one_line_config_error(factory: str, message: str) -> None:
+    cfg = config(host_model=f"tests.tolaria_factories:{factory}", epochs=1)
+    with pytest.raises(TolariaConfigError) as info:
+        build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
+    assert str(info.value) == message

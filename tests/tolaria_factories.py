@@ -46,3 +46,17 @@ def frozen_mlp() -> nn.Module:
     model = three_class_mlp()
     model.requires_grad_(False)
     return model
+
+
+def empty_slot_name_mlp() -> nn.Module:
+    """A user model whose slot_targets names the empty string."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
+def string_slot_targets_mlp() -> nn.Module:
+    """A user model whose slot_targets is one string instead of a list of names."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = "1"  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

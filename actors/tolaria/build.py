@@ -320,12 +320,16 @@ def wrap_host(config: TolariaConfig, model: nn.Module, slot_targets: Sequence[st
         TolariaConfigError: a target matches nothing, or the model has no slot at all.
     """
     own = getattr(model, "slot_targets", ())
+    if isinstance(own, str):
+        raise TolariaConfigError(f"the model's slot_targets = {own!r}: expected a list or tuple of module names")
     targets = tuple(slot_targets) or (tuple(own) if isinstance(own, tuple | list) else ())
     if targets:
+        source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else "the model's slot_targets"
+        if any(not isinstance(t, str) or not t.strip() for t in targets):
+            raise TolariaConfigError(f"{source}: expected non-empty module names, got {list(targets)!r}")
         try:
             wrap(model, list(targets))
         except ValueError as err:
-            source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else "the model's slot_targets"
             raise TolariaConfigError(f"{source}: {err}") from err
     slots = dict(find_slots(model))
     if not slots:
