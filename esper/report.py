@@ -181,11 +181,11 @@ def read_run_events(path: Path) -> RunEvents:
     decisions: list[Decision] = []
     session: list[Decision] = []
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open("rb") as lines:
             for line in lines:
                 try:
                     entry = json.loads(line)
-                except ValueError:
+                except ValueError:  # UnicodeDecodeError included: one damaged line does not cost the report
                     continue  # a torn last line of a crashed run
                 if not isinstance(entry, dict):
                     continue

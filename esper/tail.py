@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 on success (also after Ctrl-C with --follow), 2 if the file cannot be read.",
     )
     parser.add_argument(
-        "path", type=Path, help="the events.jsonl file, or a run directory that holds one (runs/<run-id>)"
+        "path",
+        type=Path,
+        help="the events.jsonl file, or a run directory that holds (or, with --follow, will hold) one (runs/<run-id>)",
     )
     parser.add_argument(
         "-f",
@@ -143,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace, *, stdout_is_tty: bool) -> TailOptions:
-    """Turn parsed arguments into TailOptions; a directory path means its events.jsonl."""
+    """Turn parsed arguments into TailOptions; a directory path means its events.jsonl, and so does a path that
+    does not exist yet unless it names a .jsonl file (``--follow`` on a run directory before the run makes it)."""
     path: Path = args.path
-    if path.is_dir():
+    if path.is_dir() or (not path.exists() and path.suffix != ".jsonl"):
         path = path / "events.jsonl"
     color = {"always": True, "never": False}.get(args.color, stdout_is_tty)
     return TailOptions(

@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from esper.logs import StructlogSink, configure_logging, get_logger, log_context, reset_logging
+from esper.tail import build_parser, options_from_args
 from schemas.runtime import ChildFailed
 
 if TYPE_CHECKING:
@@ -72,3 +73,18 @@ def test_follow_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     assert rest == ""
     assert err == "esper.tail: 1 malformed line skipped\n"
+
+
+def test_a_run_directory_is_its_events_file_even_before_the_run_makes_it(tmp_path: Path) -> None:
+    """`tail runs/<id> --follow` may start before the run: a path that does not exist yet and does not name a
+    .jsonl file is the run directory it will be (it was read as a file, then "Is a directory")."""
+    parser = build_parser()
+
+    def path_of(*argv: str) -> Path:
+        return options_from_args(parser.parse_args(argv), stdout_is_tty=False).path
+
+    later = tmp_path / "runs" / "20261206-000000-abcd"
+    assert path_of(str(later), "--follow") == later / "events.jsonl"
+    assert path_of(str(tmp_path / "custom.jsonl")) == tmp_path / "custom.jsonl"
+    later.mkdir(parents=True)
+    assert path_of(str(later)) == later / "events.jsonl"

@@ -70,6 +70,10 @@ def test_lifecycle_events_are_read_from_events_jsonl_in_either_stage_form(tmp_pa
         seed_id="seed-1",
         blueprint_id="BP001",
     )
+    # A line damaged on disk (a byte that is not UTF-8) is skipped like a torn one; it does not cost the report.
+    with (run / "events.jsonl").open("ab") as file:
+        file.write(b'{"event": "seed_stage_changed", "slot": "caf\xe9"}\n')
+    assert len(read_stage_events(run / "events.jsonl")) == len(TRANSITIONS)
     numeric = {"event": "seed_stage_changed", "slot": "s", "step": 7, "to_stage": 4, "from_stage": 3}
     assert stage_event(numeric) == StageEvent(step=7, slot="s", to_stage=Stage.BLENDING, from_stage=Stage.TRAINING)
     assert stage_event({"event": "seed_stage", "slot": "s", "step": "7", "to_stage": 4}) is None
