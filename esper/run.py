@@ -491,8 +491,8 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
 
 
 async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | None = None) -> int:
-    system = await start(config, run_dir, resume=resume, progress=sys.stderr)
     interrupted = asyncio.Event()
+    starting = asyncio.ensure_future(start(config, run_dir, resume=resume, progress=sys.stderr))
 
     def interrupt() -> None:
         if interrupted.is_set():
@@ -501,16 +501,33 @@ async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | No
             sys.stderr.write("interrupted again: exiting at once; --resume continues from the last checkpoint\n")
             sys.stderr.flush()
             os._exit(EXIT_INTERRUPTED)
+        interrupted.set()
+        if not starting.done():
+            # Loading the data or starting the actors: the step under way (a thread call is never abandoned)
+            # finishes, then everything started so far is stopped.
+            sys.stderr.write(
+                "interrupted while starting: stopping once the current start-up step ends (Ctrl-C again"
+                " to exit at once)\n"
+            )
+            starting.cancel()
+            return
         sys.stderr.write(
             "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
             " exit at once)\n"
         )
-        interrupted.set()
 
+    # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     try:
+        try:
+            system = await starting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task is being cancelled, not only the start
+            return EXIT_INTERRUPTED
         summary = await run_until_done(system, interrupted)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,46 @@ def test_an_unusable_artifact_store_is_one_line_naming_urza_root(tmp_path: Path,
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"urza.root = '{root}': ")
     assert re.search(message, last)
+
+
+# A user host whose first build (the config check, on a worker thread) waits until the test writes to a FIFO: a
+# start-up step that takes as long as the test wants, like a large data set's generation.
+_SLOW_FACTORY = """
+import os, sys
+from torch import nn
+
+WAITED = []
+
+def factory():
+    if not WAITED:
+        WAITED.append(True)
+        print("factory: waiting", file=sys.stderr, flush=True)
+        with open(os.environ["FACTORY_FIFO"]) as fifo:
+            fifo.read()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("1",)
+    return model
+"""
+
+
+def test_ctrl_c_while_starting_is_heard_at_once_and_exits_130_when_the_step_ends(tmp_path: Path) -> None:
+    """A Ctrl-C during a long start-up step (it was silent until the step ended, and a second one printed a
+    traceback): one line at once, then exit 130 without a traceback once the step under way returns."""
+    (tmp_path / "slowhost.py").write_text(_SLOW_FACTORY, encoding="utf-8")
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    config = tmp_path / "c.toml"
+    config.write_text('[tolaria]\nepochs = 1\nhost_model = "slowhost:factory"\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FACTORY_FIFO": str(fifo), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(tmp_path / "run")]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stderr is not None
+        assert process.stderr.readline() == "factory: waiting\n"  # the barrier: the start-up step is under way
+        process.send_signal(signal.SIGINT)
+        assert process.stderr.readline().startswith("interrupted while starting: stopping once the current start-up")
+        with fifo.open("w") as release:
+            release.write("go")
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert out == ""
