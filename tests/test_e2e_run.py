@@ -583,6 +583,49 @@ async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared
         assert torch.equal(got[key], value), key
 
 
+async def stop_after_step(config: Path, run_dir: Path, step: int, *, plans: int = 0) -> None:
+    """Start a run and stop it right after ``step``, once Tolaria has received ``plans`` plans: the trainer waits
+    after that step until the stop is asked for, so the stop's checkpoint is at exactly that step."""
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(done: int, model: nn.Module, batch: object) -> None:
+        if done == step:
+            reached.set()
+            release.wait(timeout=60)
+
+    system = await start(config, run_dir, hooks=RunHooks(step_probe=hold))
+
+    def plans_delivered() -> int:
+        return next(s.handled for s in system.snapshot() if s.actor == "tolaria/control")
+
+    assert await asyncio.to_thread(reached.wait, 60), f"the trainer never finished step {step}"
+    async with asyncio.timeout(60):
+        while plans_delivered() < plans:  # noqa: ASYNC110  # one plan per packet; the count is a fact
+            await asyncio.sleep(0)
+    stopping = asyncio.create_task(system.stop())
+    await asyncio.sleep(0)  # stop() asks the trainer to stop before its first await
+    release.set()
+    stopped = await stopping
+    assert stopped.training is not None
+    assert stopped.training.global_step == step
+
+
+async def test_a_stop_in_the_first_steps_before_any_packet_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Stopped at step 2, before the first packet: the checkpoint needs its (empty) Kasmina journal beside it, or
+    neither --resume nor a new run could use the directory."""
+    config = tiny_config(tmp_path, epochs=2)
+    reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    assert (await (await start(config, reference_dir)).wait()).status == "completed"
+    await stop_after_step(config, run_dir, 2)
+    assert (run_dir / "checkpoints" / "kasmina_journal.jsonl").read_bytes() == b""
+    resumed = await (await start(config, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
 async def test_a_stop_with_an_attach_in_flight_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:
     """Stopped between a germination's decision and its effect step, the run's checkpoint holds the attach plan in
     flight, whose handle names a module prepared in the stopped process. The resumed run must take the plan Kasmina
@@ -594,27 +637,7 @@ async def test_a_stop_with_an_attach_in_flight_resumes_as_an_uninterrupted_run(t
     reference_grafts, reference_tensors = _final_weights(reference_dir)
     attach = next(step for kind, step in reference_grafts if kind == "attach")
     decided = attach - 4  # tiny_config: command_lag_steps = 4, a packet every 4 steps
-    stop_after = attach - 1
-    release = threading.Event()
-
-    def hold(step: int, model: nn.Module, batch: object) -> None:
-        if step == stop_after:
-            release.wait(timeout=60)
-
-    system = await start(config, run_dir, hooks=RunHooks(step_probe=hold))
-
-    def plans_delivered() -> int:
-        return next(s.handled for s in system.snapshot() if s.actor == "tolaria/control")
-
-    async with asyncio.timeout(60):
-        while plans_delivered() < decided // 4:  # noqa: ASYNC110  # one plan per packet; the count is a fact
-            await asyncio.sleep(0)
-    stopping = asyncio.create_task(system.stop())
-    await asyncio.sleep(0)  # stop() asks the trainer to stop before its first await
-    release.set()
-    stopped = await stopping
-    assert stopped.training is not None
-    assert stopped.training.global_step == stop_after
+    await stop_after_step(config, run_dir, attach - 1, plans=decided // 4)
     found = load_latest(run_dir / "checkpoints")
     assert found is not None
     in_flight = [msgspec.json.decode(text, type=BoundaryPlan) for text in found[1]]

@@ -56,11 +56,15 @@ def test_cut_drops_later_entries_from_the_file(tmp_path: Path) -> None:
     assert _steps(reopened) == [10, 20, 30]
 
 
-def test_a_cut_before_anything_was_written_makes_the_directory(tmp_path: Path) -> None:
-    """A trainer restart before the first boundary: the checkpoints directory does not exist yet."""
+def test_a_fresh_journal_exists_from_its_load_so_a_run_stopped_before_its_first_boundary_resumes(
+    tmp_path: Path,
+) -> None:
+    """A run stopped in its first steps has a checkpoint; --resume needs the journal beside it, if empty (a trainer
+    restart there also cut a journal whose directory did not exist yet)."""
     path = tmp_path / "checkpoints" / "journal.jsonl"
     journal = BoundaryJournal(path)
     journal.load()
+    assert path.read_bytes() == b""
     assert journal.cut(0) == 0
     assert path.read_bytes() == b""
 

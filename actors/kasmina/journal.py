@@ -162,8 +162,10 @@ class BoundaryJournal:
         path = self._path
         assert path is not None
         if self._fresh:
-            if path.exists():
-                path.write_bytes(b"")
+            # Made (or emptied) now, not at the first boundary: a run stopped in its first steps has a checkpoint
+            # and must have a journal beside it for --resume, if an empty one.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
             return
         if not path.exists():
             return
