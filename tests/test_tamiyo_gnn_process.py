@@ -168,3 +168,23 @@ def test_weights_that_do_not_match_their_digest_are_refused_by_the_worker() -> N
             remote.wait_ready()
     finally:
         remote.close()
+
+
+def test_closing_a_worker_still_reading_its_setup_after_a_restart_is_quiet(capfd: pytest.CaptureFixture[str]) -> None:
+    """A worker killed, restarted (its setup, megabytes, written from a thread while it imports torch), then the run
+    stops: the close frame must not land inside the setup frame, where the worker failed on garbage with a
+    traceback."""
+    model = _model(PolicyAction.GERMINATE)
+    remote = _remote(model, _local(model))
+    try:
+        remote.wait_ready()
+        assert remote.pid is not None
+        os.kill(remote.pid, signal.SIGKILL)
+        remote._process.wait(10)  # the barrier: dead and reaped, so the next decide restarts it
+        with pytest.raises(RuntimeError, match="not ready yet"):
+            remote.decide(next(_observations()))  # starts another and sends its setup from a thread
+        assert remote.restarts == 1
+    finally:
+        remote.close()
+    assert remote._process.poll() is not None
+    assert "Traceback" not in capfd.readouterr().err

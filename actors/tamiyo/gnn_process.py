@@ -257,6 +257,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._setup_message = _ENCODE.encode(setup)
         self._setup = self._setup_message  # sent once per worker, at its first wait
         self._lock = threading.Lock()
+        self._setup_sender: threading.Thread | None = None
         self._ready = False
         self._closed = False
         self._state_raw = _ENCODE.encode(initial)
@@ -321,15 +322,24 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             if self._closed:
                 return
             self._closed = True
-            try:
-                _send(self._to_worker, _ENCODE.encode(_Close()))
-            except (OSError, ValueError):
-                pass  # already gone
+            sender = self._setup_sender
+            if sender is not None and sender.is_alive():
+                # A restarted worker still reading its setup: a close frame written now would land inside the setup
+                # frame (neither write is atomic past PIPE_BUF) and the worker would fail on garbage with a
+                # traceback. It holds no state yet, so it is stopped outright; the sender then meets a broken pipe.
+                self._process.kill()
+            else:
+                try:
+                    _send(self._to_worker, _ENCODE.encode(_Close()))
+                except (OSError, ValueError):
+                    pass  # already gone
             try:
                 self._process.wait(_CLOSE_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(_CLOSE_TIMEOUT_S)
+            if sender is not None:
+                sender.join(_CLOSE_TIMEOUT_S)
             self._to_worker.close()
             self._from_worker.close()
 
@@ -347,9 +357,10 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._process, self._to_worker, self._from_worker = _spawn()
         # The setup (the network's weights, megabytes) fills the pipe until the new worker has imported torch and
         # reads it: sent from a thread of its own so that no decide waits for that start-up.
-        threading.Thread(
+        self._setup_sender = threading.Thread(
             target=_send_quietly, args=(self._to_worker, self._setup_message), name="esper-gnn-setup", daemon=True
-        ).start()
+        )
+        self._setup_sender.start()
         self._setup = b""
         self._ready = False
         self._pending = _STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
