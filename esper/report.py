@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
+from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import EsperError
 from esper.summary_table import seed_outcomes
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
 
 EXIT_OK: Final = 0
 EXIT_UNREADABLE: Final = 2
-METRICS_CSV: Final = "metrics.csv"
-EVENTS_JSONL: Final = "events.jsonl"
-SUMMARY_JSON: Final = "summary.json"
 REPORT_PNG: Final = "report.png"
 
 
@@ -232,20 +230,21 @@ def read_summary(path: Path) -> dict[str, object] | None:
 
 
 def load_run(run_dir: Path) -> RunData:
-    """Read a run directory.
+    """Read a run directory (its files by the names its config.toml gave them).
 
     Raises:
         ReportInputError: the directory, metrics.csv or events.jsonl is missing or unreadable.
     """
     if not run_dir.is_dir():
         raise ReportInputError(f"no such run directory: {run_dir}")
-    rows = read_metrics(run_dir / METRICS_CSV)
-    found = read_run_events(run_dir / EVENTS_JSONL)
+    files = run_files(run_dir)
+    rows = read_metrics(run_dir / files.metrics)
+    found = read_run_events(run_dir / files.events)
     return RunData(
         run_dir=run_dir,
         rows=rows,
         events=found.stages,
-        summary=read_summary(run_dir / SUMMARY_JSON),
+        summary=read_summary(run_dir / files.summary),
         pauses=found.pauses,
     )
 

@@ -42,6 +42,7 @@ from esper.console import Console
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable, check_resume_files
 from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
+from esper.run_files import run_files
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import open_redis_bus
@@ -292,9 +293,7 @@ async def _start_claimed(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        stages, epochs, decisions = await anyio.to_thread.run_sync(
-            _earlier_tally, directory, resolved.nissa.metrics_csv
-        )
+        stages, epochs, decisions = await anyio.to_thread.run_sync(_earlier_tally, directory, resolved)
         tally.preload(stages, epochs, decisions)
     screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
@@ -398,13 +397,13 @@ async def _start_claimed(
 
 
 def _earlier_tally(
-    directory: Path, metrics_csv: str
+    directory: Path, files: RunConfig
 ) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
     from esper.report import ReportInputError, read_metrics, read_run_events
 
     try:
-        found = read_run_events(directory / "events.jsonl")
-        rows = read_metrics(directory / metrics_csv)
+        found = read_run_events(directory / files.logging.json_file)
+        rows = read_metrics(directory / files.nissa.metrics_csv)
     except ReportInputError:
         return [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
@@ -426,24 +425,31 @@ def _console_level(configured: str) -> str:
 
 
 def previous_run_id(directory: Path) -> str:
-    """The id of the run in ``directory`` (its summary.json, else its first ``run_starting`` event, else the
-    directory's name): a resumed run keeps it, so its own earlier messages are recognised. Blocking."""
+    """The id of the run in ``directory`` (its summary, else its first ``run_started`` event, else its first
+    ``run_starting``, else the directory's name): a resumed run keeps it, so its own earlier messages are recognised.
+    ``run_started`` first: an attempt stopped while starting logged only ``run_starting``, under an id no checkpoint
+    carries. The files are those the run's config.toml names. Blocking."""
+    files = run_files(directory)
     try:
-        summary = msgspec.json.decode((directory / "summary.json").read_bytes(), type=dict[str, object])
+        summary = msgspec.json.decode((directory / files.summary).read_bytes(), type=dict[str, object])
         if isinstance(summary.get("run_id"), str):
             return str(summary["run_id"])
     except (OSError, msgspec.DecodeError):
         pass
+    found: dict[bytes, str] = {}
     try:
-        with (directory / "events.jsonl").open("rb") as lines:
+        with (directory / files.events).open("rb") as lines:
             for line in lines:
-                if b'"run_starting"' in line:
-                    found = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
-                    if isinstance(found, str):
-                        return found
+                for marker in (b'"run_started"', b'"run_starting"'):
+                    if marker in line and marker not in found:
+                        run_id = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
+                        if isinstance(run_id, str):
+                            found[marker] = run_id
+                if b'"run_started"' in found:
+                    break
     except (OSError, msgspec.DecodeError):
         pass
-    return directory.name
+    return found.get(b'"run_started"') or found.get(b'"run_starting"') or directory.name
 
 
 def build_parser() -> argparse.ArgumentParser:
