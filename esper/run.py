@@ -9,9 +9,11 @@ import signal
 import sys
 
 if __name__ == "__main__":
-    # Loading torch and the actors takes seconds: a Ctrl-C meanwhile ends with the interrupted status (130) and
-    # without a traceback from deep inside an import. The run's own handling takes over below.
+    # Loading torch and the actors takes seconds: a Ctrl-C (or a scheduler's SIGTERM) meanwhile ends with the
+    # interrupted status (130) and without a traceback from deep inside an import. The run's own handling takes over
+    # below. (Without a handler a container's PID 1 would ignore the SIGTERM and train to the end.)
     signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(130))
 
 import argparse
 import asyncio
@@ -496,7 +498,9 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
     return finished.result()
 
 
-async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | None = None) -> int:
+async def _main_async(
+    config: RunConfig, run_dir: Path | None, resume: Path | None = None, *, whole_process: bool = False
+) -> int:
     interrupted = asyncio.Event()
     starting = asyncio.ensure_future(start(config, run_dir, resume=resume, progress=sys.stderr))
 
@@ -538,8 +542,23 @@ async def _main_async(config: RunConfig, run_dir: Path | None, resume: Path | No
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if whole_process:
+        _exit_on_signal(summary.exit_code)
     sys.stdout.write(format_summary(summary))
+    sys.stdout.flush()
     return summary.exit_code
+
+
+def _exit_on_signal(code: int) -> None:
+    """From here on the run is over and written (summary.json): a Ctrl-C or SIGTERM while the summary prints or the
+    interpreter shuts down (a second or so) ends the process with the run's own status (a scheduler recorded a
+    completed run as killed, 143)."""
+
+    def leave(_signum: int, _frame: object) -> None:
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
 
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:
@@ -563,8 +582,12 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line. Exit status: 0 done, 1 the run failed, 2 bad config or usage, 130 interrupted."""
+def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
+    """The command line. Exit status: 0 done, 1 the run failed, 2 bad config or usage, 130 interrupted.
+
+    ``whole_process``: this is ``python -m esper.run``, so once the summary is out a signal may end the process
+    with the run's status (never set when called from a test or another program).
+    """
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
@@ -587,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            return asyncio.run(_main_async(config, args.run_dir, args.resume))
+            return asyncio.run(_main_async(config, args.run_dir, args.resume, whole_process=whole_process))
         except ConfigError as err:
             sys.stderr.write(f"{err}\n")
             return EXIT_CONFIG_ERROR
@@ -596,4 +619,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(main(whole_process=True))

@@ -297,3 +297,19 @@ def test_ctrl_c_while_starting_is_heard_at_once_and_exits_130_when_the_step_ends
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert out == ""
+
+
+def test_a_signal_once_the_summary_prints_keeps_the_runs_own_exit_status(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM in the second between the summary and the process's end recorded a completed run as
+    killed (143)."""
+    config = tmp_path / "c.toml"
+    config.write_text("[tolaria]\nepochs = 1\ndataset_samples = 500\n[logging]\nconsole = false\n", encoding="utf-8")
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the barrier: the summary is printing
+        assert " completed in " in first, first
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
