@@ -468,14 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one config value, read as a TOML value (e.g. tolaria.epochs=3, tamiyo.policy=gnn); repeatable",
     )
-    parser.add_argument(
+    # A resume continues the run in its own directory: a --run-dir beside it was silently ignored.
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--run-dir",
         type=Path,
         default=None,
         metavar="DIR",
         help="the run directory for config.toml, events.jsonl and summary.json (default: runs/<run-id>)",
     )
-    parser.add_argument(
+    where.add_argument(
         "--resume",
         type=Path,
         default=None,

@@ -313,3 +313,12 @@ def test_a_signal_once_the_summary_prints_keeps_the_runs_own_exit_status(tmp_pat
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+def test_resume_and_run_dir_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resume continues the run in its own directory; a --run-dir beside it was silently ignored (and the user's
+    other run extended in place)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["c.toml", "--resume", str(tmp_path / "a"), "--run-dir", str(tmp_path / "b")])
+    assert exited.value.code == EXIT_CONFIG_ERROR
+    assert "argument --run-dir: not allowed with argument --resume" in capsys.readouterr().err
