@@ -91,6 +91,19 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
         f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
         f"({growth.decisions} decisions{_fallback_share(growth)})",
         f"{'emergency events':<28}{growth.emergency_events}",
+        *_timing_note(growth),
+    ]
+
+
+def _timing_note(growth: GrowthFigures) -> list[str]:
+    # A run is reproducible while every plan arrives in time; a fallback decision or an emergency usually means a
+    # wall-clock budget tripped (a decision, hook or epoch too slow for this machine's load at that moment).
+    if not (growth.fallback_decisions or growth.emergency_events):
+        return []
+    return [
+        "note: fallback decisions and emergencies usually come from a wall-clock budget (decision, hook or epoch"
+        " time) that this machine's load tripped; a rerun of the same config may then differ (events.jsonl:"
+        " fallback_applied, emergency_signal)"
     ]
 
 

@@ -87,6 +87,14 @@ def test_a_run_that_grew_nothing_names_the_controllers_reasons_but_not_the_routi
     assert next(line for line in growth_lines(idle) if line.startswith("seeds by outcome")).endswith("none")
 
 
+def test_a_run_whose_budgets_tripped_says_a_rerun_may_differ() -> None:
+    """Reproducibility holds while no wall-clock budget trips; when one did, the summary says so."""
+    assert not [line for line in growth_lines(GrowthFigures()) if line.startswith("note:")]
+    for growth in (GrowthFigures(fallback_decisions=2), GrowthFigures(emergency_events=1)):
+        [note] = [line for line in growth_lines(growth) if line.startswith("note:")]
+        assert "a rerun of the same config may then differ" in note
+
+
 @pytest.mark.parametrize(
     ("make", "ours", "message"),
     [
