@@ -361,7 +361,7 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
 
 @final
 class _DecisionTap:
-    """Tamiyo's outlet: counts each decision's latency, then hands it to Kasmina."""
+    """Tamiyo's outlet: counts each decision's latency (the summary's and Nissa's), then hands it to Kasmina."""
 
     def __init__(self, routes: Routes, tally: RunTally) -> None:
         self._routes = routes
@@ -369,6 +369,7 @@ class _DecisionTap:
 
     async def send(self, decision: Decision) -> None:
         self._tally.on_decision(decision)
+        self._routes.decision_latency(decision)
         await self._routes.decision(decision)
 
 

@@ -10,6 +10,7 @@ is sent (the tree starts after the specs are built, and a restarted actor keeps 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, final
 
@@ -30,7 +31,7 @@ from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
 from schemas.run import GrowthFigures
 from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
-from schemas.telemetry import TelemetryEvent, TelemetryPacket
+from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
     import asyncio
@@ -135,6 +136,20 @@ class Routes:
 
     async def decision(self, decision: Decision) -> None:
         await self._ref("kasmina", KasminaActor).tell(decision)
+
+    def decision_latency(self, decision: Decision) -> None:
+        """Nissa's decision-latency gauge and SLO (the 45 ms budget); straight to Nissa, not logged: every decision
+        is already a ``tamiyo_decision`` line."""
+        point = MetricPoint(name="tamiyo.inference.latency_ms", value=decision.decision_ms, unit="ms")
+        packet = TelemetryPacket(
+            packet_id=f"tamiyo-decision-{decision.decided_on_step}",
+            source="tamiyo",
+            issued_at=time.time(),
+            run_id=decision.run_id,
+            global_step=decision.decided_on_step,
+            metrics=(point,),
+        )
+        self._tell("nissa", Nissa, packet)
 
     async def plan(self, plan: BoundaryPlan) -> None:
         tolaria = self._ref("tolaria/control", TolariaControl)

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from esper.run import start
 from esper.wiring import RunHooks, SeedSourceLike
 from schemas.boundary import BoundaryPlan
 from schemas.run import RunSummary
+from tests.test_nissa_prometheus import http_get
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -650,3 +652,23 @@ async def test_a_stop_with_an_attach_in_flight_resumes_as_an_uninterrupted_run(t
     grafts, tensors = _final_weights(run_dir)
     assert grafts == reference_grafts
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
+async def test_nissa_serves_the_decision_and_kernel_fetch_slos_of_a_real_run(tmp_path: Path) -> None:
+    """The 45 ms decision and 10 ms kernel-fetch objectives had no samples: nothing reported either latency."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tiny_config(tmp_path, epochs=4)
+    system = await start(config, tmp_path / "run", [f"nissa.prometheus_port={port}"])
+    training = system._training  # the trainer's watch: read the endpoint after training, before the run stops
+    assert training is not None
+    async with asyncio.timeout(60):
+        figures = await training.wait_finished()
+    _, _, body = await http_get(port, "/metrics/summary")
+    slos = {slo["name"]: slo for slo in json.loads(body)["slos"]}
+    summary = await system.wait()
+    assert summary.growth is not None
+    assert slos["tamiyo_decision_latency"]["samples"] == summary.growth.decisions > 0
+    assert figures.seed_parameters > 0 or summary.growth.seeds, "the run should germinate to fetch a kernel"
+    assert slos["kernel_fetch_latency"]["samples"] >= 1

@@ -36,7 +36,7 @@ from schemas.kasmina import (
     SeedValidationReport,
 )
 from schemas.state import SeedState, SystemStatePacket
-from schemas.telemetry import TelemetryEvent
+from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -235,6 +235,8 @@ class KasminaActor(Actor[KasminaMessage]):
                     continue
                 self._preparations += 1
                 self._planner.prepared(prepared)
+                if not prepared.cache_hit:
+                    self._fetch_metric(prepared, packet.global_step)
             plan = self._planner.finish(draft)
             entry = JournalBoundary(packet=planner_view(packet), command=command, security=security, failed=failed)
             await self._journal_add(entry)
@@ -401,6 +403,20 @@ class KasminaActor(Actor[KasminaMessage]):
                     self._event("artifact_wait", TelemetryLevel.WARNING, f"seed {request.seed_id} waits: {err}")
                 await clock.sleep(min(delay, budget - (clock.now() - started)))
                 delay *= 2
+
+    def _fetch_metric(self, prepared: PreparedSeed, step: int) -> None:
+        # Nissa's kernel-fetch SLO (REFERENCE.md: 10 ms) is fed from this metric.
+        point = MetricPoint(name="kasmina.kernel.fetch_latency_ms", value=prepared.fetch_ms, unit="ms")
+        self._sink.emit(
+            TelemetryPacket(
+                packet_id=f"kasmina-fetch-{prepared.handle}",
+                source="kasmina",
+                issued_at=self._clock.now() if self._clock is not None else 0.0,
+                run_id=self._run_id,
+                global_step=step,
+                metrics=(point,),
+            )
+        )
 
     def _event(self, name: str, level: TelemetryLevel, description: str) -> None:
         self._sink.emit(

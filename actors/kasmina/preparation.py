@@ -12,6 +12,7 @@ import copy
 import hashlib
 import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
@@ -186,6 +187,7 @@ class PreparedSeed:
         memory_bytes: bytes of its parameters.
         probe_grad_norm: L2 norm of the seed's gradients from one probe forward/backward.
         probe_failures: one line per failed probe check (shape, dtype, finiteness, parameter count, zero output).
+        fetch_ms: how long the module took to fetch from the seed source (Urza); 0 when the ready cache had it.
     """
 
     seed_id: str
@@ -196,6 +198,7 @@ class PreparedSeed:
     probe_grad_norm: float
     probe_failures: tuple[str, ...]
     cache_hit: bool
+    fetch_ms: float = 0.0
 
     @property
     def interface_ok(self) -> bool:
@@ -265,8 +268,11 @@ class Preparer:
         key = cache_key(request.blueprint_id, request.slot_shape, dict(request.params), request.build_seed)
         module = self._cache.get(key)
         hit = module is not None
+        fetch_ms = 0.0
         if module is None:
+            started = time.perf_counter()
             pristine = self._fetch(request)
+            fetch_ms = (time.perf_counter() - started) * 1e3
             # The cache keeps the pristine module; the seed gets a copy, so a later hit never shares its parameters.
             self._cache.put(key, pristine)
             module = copy.deepcopy(pristine)
@@ -284,6 +290,7 @@ class Preparer:
             probe_grad_norm=grad_norm,
             probe_failures=failures,
             cache_hit=hit,
+            fetch_ms=fetch_ms,
         )
 
     def _probe(self, module: nn.Module, request: PreparationRequest) -> tuple[tuple[str, ...], float]:
