@@ -71,8 +71,11 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
                     f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
                     f" {directory}, or choose another --run-dir"
                 )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as err:  # a full disk or quota: the run could not write its first file either
+            raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     except BaseException:
         os.close(fd)
         raise

@@ -3,6 +3,7 @@ its process, and the command line and ``esper.start`` refuse in one line without
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -62,6 +63,22 @@ def test_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=rf"^run directory {tmp_path / 'file' / 'run'}: cannot write there: "):
         claim_run_dir(tmp_path / "file" / "run", resume=False)
+
+
+def test_a_full_disk_when_claiming_is_one_line_and_leaves_the_lock_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run on a full disk printed os.pwrite's traceback. (The disk is simulated: the claim's one write fails
+    as the kernel's does; filling a real file system needs a mount the tests cannot make.)"""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(ConfigError, match=rf"^run directory {tmp_path}: cannot write there: No space left on device$"):
+        claim_run_dir(tmp_path, resume=False)
+    monkeypatch.undo()
+    claim_run_dir(tmp_path, resume=False).release()  # the refused claim's descriptor and lock were let go
 
 
 _HOLDER = """
