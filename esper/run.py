@@ -41,6 +41,7 @@ from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.config import apply_overrides, dump_config, load_config
 from esper.console import Console
+from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable, check_resume_files
 from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
@@ -249,6 +250,7 @@ async def start(
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
         await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
+        await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:
         run_id = resolved.run_id or new_run_id()
@@ -281,6 +283,8 @@ async def _start_claimed(
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
         run_id = resolved.run_id or earlier
     await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
+    if resume is None:
+        await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria)
     logging = configure_logging(
         directory,
         level=resolved.logging.level,

@@ -6,15 +6,17 @@ import json
 from typing import TYPE_CHECKING
 
 import msgspec
+import numpy as np
 import pytest
 
 from actors.kasmina.spec import lifecycle_settings
 from actors.nissa.csv_writer import header_line
 from esper.config import apply_overrides, dump_config
+from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import EXIT_CONFIG_ERROR, main
 from esper.runtime.errors import ConfigError
-from schemas.config import KasminaConfig, RunConfig
+from schemas.config import KasminaConfig, RunConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,3 +183,26 @@ def test_every_key_that_changes_the_lifecycle_planner_must_stay_the_same_on_resu
             continue
         altered = msgspec.structs.replace(base, **{key: value + 1})
         assert lifecycle_settings(altered) == lifecycle_settings(base), f"kasmina.{key} reaches the planner"
+
+
+def test_a_resume_on_another_npz_file_is_refused(tmp_path: Path) -> None:
+    """The README promises a resume refuses other data; the npz file's bytes were never compared (the same shapes
+    trained on silently, other shapes ended in a restart storm)."""
+    data = tmp_path / "data.npz"
+    arrays = {"x_train": np.zeros((20, 3), np.float32), "y_train": np.arange(20) % 2}
+    arrays |= {"x_test": np.zeros((4, 3), np.float32), "y_test": np.array([0, 1, 0, 1])}
+    np.savez(data, **arrays)  # type: ignore[arg-type]  # numpy's stub wants ArrayLike values; these are arrays
+    tolaria = TolariaConfig(dataset="npz", npz_path=str(data))
+    run = tmp_path / "run"
+    run.mkdir()
+    record_data(run, tolaria)
+    check_same_data(run, tolaria)
+    arrays["x_train"] = np.ones((20, 3), np.float32)
+    np.savez(data, **arrays)  # type: ignore[arg-type]  # as above
+    with pytest.raises(ConfigError) as refused:
+        check_same_data(run, tolaria)
+    assert str(refused.value).startswith(f"--resume {run}: the run trained on {data} (SHA-256 ")
+    assert str(refused.value).endswith("a resume continues the same training on the same data")
+    check_same_data(tmp_path, tolaria)  # no record (a built-in data set, an older run): nothing to compare
+    record_data(tmp_path / "mnist", TolariaConfig())
+    assert not (tmp_path / "mnist").exists()
