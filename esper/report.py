@@ -178,6 +178,9 @@ def read_run_events(path: Path) -> RunEvents:
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
     session: list[Decision] = []
+    if path.exists() and not path.is_file():
+        # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
+        raise ReportInputError(f"{path} is not a regular file")
     try:
         with path.open("rb") as lines:
             for line in lines:

@@ -443,8 +443,11 @@ def previous_run_id(directory: Path) -> str:
     except (OSError, msgspec.DecodeError):
         pass
     found: dict[bytes, str] = {}
+    events = directory / files.events
     try:
-        with (directory / files.events).open("rb") as lines:
+        if not events.is_file():  # missing, or a device such as /dev/null that reads forever or nothing
+            raise FileNotFoundError(events)
+        with events.open("rb") as lines:
             for line in lines:
                 for marker in (b'"run_started"', b'"run_starting"'):
                     if marker in line and marker not in found:
