@@ -399,6 +399,7 @@ async def _start_claimed(
         stop_training=lambda: cell.request_run_stop("run stopping"),
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,
+        abandonable=(lanes,),
     )
 
 

@@ -35,6 +35,9 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 """As after SIGINT; with EXIT_FAILED, the exit status of ``python -m esper.run`` for a run that ended so."""
 _EXIT_CODES: dict[str, int] = {"failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+# The event loop keeps only weak references to its tasks (asyncio's documented idiom for a task nobody awaits): a run
+# whose handle the user dropped must keep its guard until the loop cancels it.
+_GUARDS: set[asyncio.Task[None]] = set()
 
 
 class TrainingWatch(Protocol):
@@ -55,6 +58,12 @@ class Closable(Protocol):
     """Something the session closes after the actors have stopped (the lanes)."""
 
     async def aclose(self) -> None: ...
+
+
+class Abandonable(Protocol):
+    """A resource that can be let go of without awaiting, when the event loop is going away (the lanes)."""
+
+    def close(self) -> None: ...
 
 
 @final
@@ -132,11 +141,13 @@ class EsperSystem:
         stop_training: Callable[[], None] | None = None,
         drain: Callable[[], Awaitable[None]] | None = None,
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
+        abandonable: tuple[Abandonable, ...] = (),
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
         is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
-        run directory's claim, is released once the summary and report are written."""
+        run directory's claim, is released once the summary and report are written. ``abandonable``: what is closed
+        without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -155,6 +166,36 @@ class EsperSystem:
         self._drain = drain
         self._growth = growth
         self._run_lock = run_lock
+        self._abandonable = abandonable
+        # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
+        # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
+        self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
+        _GUARDS.add(self._guard)
+        self._guard.add_done_callback(_GUARDS.discard)
+
+    async def _guard_run(self) -> None:
+        try:
+            await asyncio.Event().wait()  # cancelled: by _finish_once (done), or by a loop shutting down
+        except asyncio.CancelledError:
+            if self._finishing is None:
+                self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """The loop is going away and nobody waited for the run: ask training to stop (it finishes its step and
+        writes a checkpoint on its own thread), close the lanes once their jobs end, and release the log file and the
+        directory's claim, so the process can start (or --resume) another run. Never awaits."""
+        _log.warning("run_abandoned", run_id=self.run_id, detail="the event loop ended before wait() or stop()")
+        if self._stop_training is not None:
+            self._stop_training()
+        for resource in self._abandonable:
+            with contextlib.suppress(Exception):
+                resource.close()
+        self._hub.close()
+        with contextlib.suppress(OSError):
+            self._logging.close()
+        if self._run_lock is not None:
+            self._run_lock.release()
 
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
@@ -266,6 +307,7 @@ class EsperSystem:
         try:
             return await self._write_summary(status, error)
         finally:
+            self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
 

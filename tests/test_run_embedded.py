@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -12,7 +13,7 @@ import pytest
 import esper
 from esper.logs import LogFileInUse, reset_logging
 from esper.session import EsperSystem, EventHub
-from schemas.config import RunConfig
+from schemas.config import RunConfig, TolariaConfig
 from schemas.enums import ActorStatus
 from schemas.run import RunSummary
 from schemas.runtime import ActorState, ChildFailed
@@ -166,3 +167,30 @@ async def test_a_stop_after_training_ended_on_its_own_keeps_the_status_completed
     assert summary.status == "completed"
     assert summary.training is not None
     assert summary.training.epochs == 1
+
+
+def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(tmp_path: Path) -> None:
+    """asyncio.run returning early (the user's code raised before wait() or stop()) left the lane threads training
+    and the log file claimed: the process could not start or resume another run (LogFileInUse)."""
+    config = msgspec.structs.replace(quiet_config(tmp_path), tolaria=TolariaConfig(epochs=30, dataset_samples=500))
+
+    async def abandon() -> None:
+        await esper.start(config, run_dir=tmp_path / "run")
+        raise RuntimeError("the user's code failed")
+
+    with pytest.raises(RuntimeError, match="the user's code failed"):
+        asyncio.run(abandon())
+    for thread in threading.enumerate():
+        if thread.name.startswith("esper-lane"):
+            thread.join(60)  # the train lane ends once its step and the stop's checkpoint are done
+            assert not thread.is_alive(), thread.name
+    events = (tmp_path / "run" / "events.jsonl").read_text()
+    assert '"run_abandoned"' in events
+
+    async def resume() -> RunSummary:
+        return await (await esper.start(config, resume=tmp_path / "run")).wait()
+
+    summary = asyncio.run(resume())
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.epochs == 30

@@ -114,6 +114,9 @@ class Nissa(Actor[NissaMessage]):
         finally:
             await self._csv.close()
 
+    def on_abandon(self) -> None:
+        self._csv.abandon()
+
     async def handle(self, msg: NissaMessage) -> NissaSnapshot | None:
         started = time.perf_counter()
         now = self._clock.now()

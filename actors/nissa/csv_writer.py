@@ -16,6 +16,7 @@ import aiofiles
 
 from actors.nissa.metrics import METRICS_COLUMNS
 from esper.runtime.errors import EsperError
+from esper.runtime.file_release import close_now
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -160,3 +161,9 @@ class MetricsCsvWriter:
         file, self._file = self._file, None
         if file is not None:
             await file.close()
+
+    def abandon(self) -> None:
+        """Close the file without awaiting (the actor's task is being cancelled); every row was flushed already."""
+        file, self._file = self._file, None
+        if file is not None:
+            close_now(file)

@@ -229,6 +229,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 assert_never(msg)
         return None
 
+    def on_abandon(self) -> None:
+        """The task is cancelled under a run nobody stopped: close the WAL and stop the GNN worker process."""
+        if self._wal is not None:
+            self._wal.abandon()
+        if isinstance(self._policy, PolicyWorker):
+            self._policy.close()
+
     async def on_stop(self) -> None:
         """A requested stop ends the run: open windows are reported ABORTED. A crash keeps them in the state."""
         try:

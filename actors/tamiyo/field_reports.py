@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, final
 import aiofiles
 import msgspec
 
+from esper.runtime.file_release import close_now
 from schemas.base import Record
 from schemas.reports import FieldReport
 
@@ -224,6 +225,13 @@ class FieldReportWal:
             file, self._file = self._file, None
             if file is not None:
                 await file.close()
+
+    def abandon(self) -> None:
+        """Close the file without awaiting (the actor's task is being cancelled); a frame cut short is a torn tail
+        the next open() removes."""
+        file, self._file = self._file, None
+        if file is not None:
+            close_now(file)
 
     def statistics(self) -> WalStatistics:
         return WalStatistics(

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Generic, TypeVar, TypeVarTuple
 
 import msgspec
+import structlog
 
 from esper.runtime.errors import ActorStopped
 from schemas.enums import ActorStatus, BreakerState
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
     from esper.runtime.mailbox import Mailbox, Reply
     from esper.runtime.ref import ActorRef, DeadLetters
+
+_log = structlog.get_logger("esper.runtime.actor")
 
 M_contra = TypeVar("M_contra", bound=msgspec.Struct, contravariant=True)
 T = TypeVar("T")
@@ -87,6 +90,11 @@ class Actor(Generic[M_contra]):
         Raises: after a graceful stop, the exception is reported as this child's failure; after a crash it is
         added as a note to the crash.
         """
+
+    def on_abandon(self) -> None:
+        """Run instead of on_stop when the task is cancelled (a stop past its shutdown deadline, or the event loop
+        ending under a run nobody stopped): let go at once, without awaiting, of what would outlive the task (open
+        files, a worker process). Must not block for long; an exception is ignored."""
 
     def breaker_state(self) -> BreakerState | None:
         """The state of this actor's circuit breaker, if it has one; override to report it in state()."""
@@ -255,6 +263,10 @@ class Actor(Generic[M_contra]):
         except BaseException:
             self._status = ActorStatus.STOPPED
             self._fail_reply(reply)
+            try:
+                self.on_abandon()
+            except Exception as err:  # noqa: BLE001  # the cancellation is what propagates; the release is best effort
+                _log.warning("actor_abandon_failed", actor=self._name, error=f"{type(err).__name__}: {err}")
             raise
         self._status = ActorStatus.STOPPING
         try:
