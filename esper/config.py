@@ -64,7 +64,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     except OSError as err:
         raise ConfigError(f"{source}: cannot read: {err.strerror or err}") from err
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not TOML's business
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 text (byte {err.start})") from err
     return apply_overrides(parse_config(text, source), overrides)
@@ -186,6 +186,9 @@ def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
     return config
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
 def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
     """Values the schema's types admit but no run can use: a non-finite number (lr = inf halted the run at L4), an
     empty slot target, an npz file for a data set that is not npz (it was silently ignored)."""
@@ -200,6 +203,12 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             yield dotted, f"expected module names, got an empty one in {list(value)!r}"
     if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
         yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
+    if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
+        # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).
+        samples = section.dataset_samples
+        yield ".".join((*path, "dataset_samples")), f"expected a multiple of 10 for mnist1d, got {samples}"
+    if isinstance(section, RunConfig) and section.run_id is not None and not _RUN_ID.fullmatch(section.run_id):
+        yield "run_id", f"expected letters, digits, '.', '_' or '-' (it names a directory), got {section.run_id!r}"
 
 
 def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:

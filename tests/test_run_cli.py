@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from esper.config import load_config
 from esper.run import EXIT_CONFIG_ERROR, main
 
 # real runs in subprocesses: a slow, loaded machine may need more than the default 30 s hang guard.
@@ -153,6 +154,12 @@ BAD_CONFIGS = [
         "c.toml: tolaria.npz_path: is read only with dataset = \"npz\", and dataset is 'mnist1d'",
         id="npz-path-unused",
     ),
+    pytest.param(
+        "[tolaria]\ndataset_samples = 15\n",
+        "c.toml: tolaria.dataset_samples: expected a multiple of 10 for mnist1d, got 15",
+        id="mnist1d-samples",
+    ),
+    pytest.param('run_id = "a/b"\n', "c.toml: run_id: expected letters, digits, '.', '_' or '-'", id="run-id"),
     pytest.param(
         '[tamiyo]\ndevice = "cuda"\n',
         "c.toml: tamiyo.device: set to 'cuda', but this version does not act on it (the policy runs on the trainer's",
@@ -322,3 +329,10 @@ def test_resume_and_run_dir_together_are_refused(tmp_path: Path, capsys: pytest.
         main(["c.toml", "--resume", str(tmp_path / "a"), "--run-dir", str(tmp_path / "b")])
     assert exited.value.code == EXIT_CONFIG_ERROR
     assert "argument --run-dir: not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    """Some editors start a UTF-8 file with a BOM; it was "invalid TOML at line 1"."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[tolaria]\nepochs = 3\n")
+    assert load_config(path).tolaria.epochs == 3

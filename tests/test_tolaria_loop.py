@@ -218,6 +218,7 @@ def test_a_slotless_user_model_grows_where_kasmina_slot_targets_say() -> None:
         ("tests.tolaria_factories:broken", "the factory raised RuntimeError: out of widgets"),
         ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
         ("tests.tolaria_factories:frozen_mlp", "the model has no trainable parameter (none requires grad)"),
+        ("tests.tolaria_factories:exiting", "the factory called exit(3)"),
     ],
 )
 def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) -> None:

@@ -60,3 +60,8 @@ def string_slot_targets_mlp() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
     model.slot_targets = "1"  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+def exiting() -> nn.Module:
+    """A user factory that calls sys.exit()."""
+    raise SystemExit(3)

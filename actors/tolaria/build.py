@@ -180,6 +180,8 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
         model = factory()
     except Exception as err:  # the user's factory failing is a config error, reported in one line
         raise TolariaConfigError(f"{who}: the factory raised {type(err).__name__}: {err}") from err
+    except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
+        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
     if not any(p.requires_grad for p in model.parameters()):

@@ -176,6 +176,18 @@ def stratified_split(
     return np.sort(ordered[held:]).astype(np.int64), np.sort(ordered[:held]).astype(np.int64)
 
 
+def check_mnist1d_samples(samples: int) -> None:
+    """MNIST-1D makes as many samples of each digit: a multiple of 10, at least 10.
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < MNIST1D_CLASSES:
+        raise ValueError(f"samples must be an int >= {MNIST1D_CLASSES}, got {samples!r}")
+    if samples % MNIST1D_CLASSES:
+        raise ValueError(f"samples must be a multiple of {MNIST1D_CLASSES}, got {samples}")
+
+
 def _check_arguments(
     name: str, samples: int, validation_fraction: float, seed: int, npz_path: str | Path | None, layout: str
 ) -> None:
@@ -183,10 +195,8 @@ def _check_arguments(
         raise ValueError(f"name must be one of {', '.join(get_args(DatasetName))}, got {name!r}")
     if layout not in get_args(Layout):
         raise ValueError(f"layout must be one of {', '.join(get_args(Layout))}, got {layout!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < MNIST1D_CLASSES:
-        raise ValueError(f"samples must be an int >= {MNIST1D_CLASSES}, got {samples!r}")
-    if samples % MNIST1D_CLASSES:
-        raise ValueError(f"samples must be a multiple of {MNIST1D_CLASSES}, got {samples}")
+    if name == "mnist1d":  # the other data sets ignore it
+        check_mnist1d_samples(samples)
     if not (isinstance(validation_fraction, int | float) and 0.0 <= validation_fraction < 1.0):
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -47,7 +47,7 @@ def load_npz(path: str | Path) -> NpzArrays:
             ``y_train``, ``x_test``, ``y_test``, or holds arrays that are empty, non-numeric, of mismatched lengths
             or feature shapes, with non-integer or negative labels, or with NaN/inf features.
     """
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise DatasetError(f"npz data set {file}: file not found")
     try:
