@@ -101,11 +101,16 @@ class Console:
         self._started_s = clock()
         self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
 
-    def started(self, run_id: str, run_dir: Path, events_file: str, *, resume: bool) -> None:
-        """The header: which run, where its files go, and how to watch it from another shell."""
+    def started(
+        self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
+    ) -> None:
+        """The header: which run, where its files go, and how to watch it from another shell (and from Prometheus,
+        when ``metrics_url`` says where)."""
         verb = "resuming" if resume else "run"
         self._line(f"{verb} {run_id} in {run_dir}")
         self._line(f"  watch it: python -m esper.tail {run_dir / events_file} --follow --state")
+        if metrics_url is not None:
+            self._line(f"  metrics:  {metrics_url}")
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         epoch = packet.epoch + 1

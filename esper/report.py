@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
+from esper.run_dir import check_not_in_use
 from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.errors import EsperError
+from esper.runtime.errors import ConfigError, EsperError
 from esper.summary_table import seed_outcomes
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.enums import SeedLifecycleStage
@@ -52,6 +54,7 @@ class RunData:
     events: list[StageEvent]
     summary: dict[str, object] | None
     pauses: list[PauseEvent] = field(default_factory=list)
+    live: bool = False  # a process's run still holds the directory (read mid-run)
 
 
 def parse_stage(value: object) -> SeedLifecycleStage | None:
@@ -238,6 +241,8 @@ def load_run(run_dir: Path) -> RunData:
     Raises:
         ReportInputError: the directory, metrics.csv or events.jsonl is missing or unreadable.
     """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ReportInputError(f"{run_dir} is a file; give the run directory that holds it")
     if not run_dir.is_dir():
         raise ReportInputError(f"no such run directory: {run_dir}")
     files = run_files(run_dir)
@@ -287,7 +292,9 @@ def summary_lines(data: RunData) -> list[str]:
     """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
     lines: list[str] = []
     summary = data.summary
-    if summary is None:
+    if summary is None and data.live:
+        lines.append(f"run {data.run_dir.name}: still running (figures so far)")
+    elif summary is None:
         lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
     else:
         lines.append(
@@ -338,7 +345,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err if err is not None else sys.stderr
     args = build_parser().parse_args(argv)
     try:
-        data = load_run(args.run_dir)
+        data = dataclasses.replace(load_run(args.run_dir), live=_in_use(args.run_dir))
         path = render_report(data)
     except ReportInputError as error:
         err.write(f"esper.report: {error}\n")
@@ -348,6 +355,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return EXIT_UNREADABLE
     out.write("\n".join([*summary_lines(data), f"report: {path}"]) + "\n")
     return EXIT_OK
+
+
+def _in_use(run_dir: Path) -> bool:
+    try:
+        check_not_in_use(run_dir)
+    except ConfigError:
+        return True
+    return False
 
 
 if __name__ == "__main__":

@@ -332,7 +332,11 @@ async def _start_claimed(
         if swept:
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
-        screen.started(run_id, directory, resolved.logging.json_file, resume=resume is not None)
+        port = resolved.nissa.prometheus_port
+        metrics_url = None if port is None else f"http://{resolved.nissa.prometheus_host}:{port}/metrics"
+        screen.started(
+            run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
+        )
     lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     try:
         parts = await assemble(

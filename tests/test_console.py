@@ -96,11 +96,16 @@ def test_the_header_names_the_run_and_how_to_watch_it() -> None:
     console, stream = _console()
     console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=False)
     console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=True)
+    url = "http://127.0.0.1:9100/metrics"
+    console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=False, metrics_url=url)
     assert stream.getvalue().splitlines() == [
         "run 20261205-1 in runs/20261205-1",
         "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
         "resuming 20261205-1 in runs/20261205-1",
         "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
+        "run 20261205-1 in runs/20261205-1",
+        "  watch it: python -m esper.tail runs/20261205-1/events.jsonl --follow --state",
+        "  metrics:  http://127.0.0.1:9100/metrics",
     ]
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from esper.report import EXIT_OK, EXIT_UNREADABLE, main
+from esper.run_dir import claim_run_dir
 from tests.report_fixtures import write_run
 
 if TYPE_CHECKING:
@@ -33,6 +34,27 @@ def test_a_missing_directory_exits_2_with_one_line(tmp_path: Path) -> None:
     status, out, err = _run([str(tmp_path / "nope")])
     assert (status, out) == (EXIT_UNREADABLE, "")
     assert err == f"esper.report: no such run directory: {tmp_path / 'nope'}\n"
+
+
+def test_a_file_instead_of_the_run_directory_is_named_as_such(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run-4")
+    status, _, err = _run([str(run / "events.jsonl")])
+    assert status == EXIT_UNREADABLE
+    assert err == f"esper.report: {run / 'events.jsonl'} is a file; give the run directory that holds it\n"
+
+
+def test_a_run_still_going_is_reported_as_such(tmp_path: Path) -> None:
+    """Read mid-run (its summary not written yet): it said the run did not finish cleanly."""
+    run = write_run(tmp_path / "run-5", summary=False)
+    lock = claim_run_dir(run, resume=True)
+    try:
+        status, out, _ = _run([str(run)])
+    finally:
+        lock.release()
+    assert status == EXIT_OK
+    assert out.splitlines()[0] == "run run-5: still running (figures so far)"
+    status, out, _ = _run([str(run)])
+    assert out.splitlines()[0] == "run run-5: no summary.json (the run did not finish cleanly)"
 
 
 def test_a_missing_metrics_file_exits_2_with_one_line(tmp_path: Path) -> None:
