@@ -590,10 +590,14 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
-    return (
+    notice = (
         f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
         f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
     )
+    if not (run_dir / run_files(run_dir).summary).exists():
+        # Killed after its last checkpoint, before its summary: the figures are all on disk.
+        notice += f"; its summary was never written: python -m esper.report {run_dir} renders the report and figures"
+    return notice
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:

@@ -314,7 +314,13 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
     notice = run_esper(config, env, "--resume", str(run_dir))
     assert "already trained 2 of tolaria.epochs = 2 epochs" in notice
     assert "nothing to resume" in notice
+    assert "its summary was never written" not in notice
     assert (run_dir / "summary.json").read_bytes() == summary_bytes
+    # Killed after its last checkpoint but before its summary: the notice says how to get the figures.
+    (run_dir / "summary.json").unlink()
+    notice = run_esper(config, env, "--resume", str(run_dir))
+    assert f"its summary was never written: python -m esper.report {run_dir} renders" in notice
+    (run_dir / "summary.json").write_bytes(summary_bytes)
     run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=3")
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.status == "completed"
