@@ -5,11 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 
+def _mlp(features: int = 40, classes: int = 10, slot_targets: object = ("1",)) -> nn.Module:
+    """Flatten, Linear(features, 16), ReLU, Linear(16, classes); ``slot_targets`` set as given (None: not set)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
+    if slot_targets is not None:
+        model.slot_targets = slot_targets  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
 def tiny_mlp() -> nn.Module:
     """A user model for MNIST-1D's native ``[batch, 1, 40]`` samples; slots go after ``body``."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
-    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
-    return model
+    return _mlp()
 
 
 def not_a_module() -> object:
@@ -24,42 +30,32 @@ def broken() -> nn.Module:
 
 def slotless_mlp() -> nn.Module:
     """A user model that names no slot targets: the run needs kasmina.slot_targets."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    return _mlp(slot_targets=None)
 
 
 def wrong_input_mlp() -> nn.Module:
     """A user model built for 7 features, given MNIST-1D's 40."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 10))
-    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
-    return model
+    return _mlp(features=7)
 
 
 def three_class_mlp() -> nn.Module:
     """A user model scoring 3 classes, given MNIST-1D's 10."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3))
-    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
-    return model
+    return _mlp(classes=3)
 
 
 def frozen_mlp() -> nn.Module:
     """A user model with nothing to train: every parameter has requires_grad False."""
-    model = three_class_mlp()
-    model.requires_grad_(False)
-    return model
+    return _mlp().requires_grad_(False)
 
 
 def empty_slot_name_mlp() -> nn.Module:
     """A user model whose slot_targets names the empty string."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
-    model.slot_targets = ("",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
-    return model
+    return _mlp(slot_targets=("",))
 
 
 def string_slot_targets_mlp() -> nn.Module:
     """A user model whose slot_targets is one string instead of a list of names."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
-    model.slot_targets = "1"  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
-    return model
+    return _mlp(slot_targets="1")
 
 
 def exiting() -> nn.Module:
