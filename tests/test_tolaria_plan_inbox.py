@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from torch import nn
 
 from actors.tolaria.plans import PlanInbox, release_modules
@@ -93,3 +95,23 @@ def test_a_reset_returns_the_unapplied_plans_whose_prepared_modules_are_then_rel
     assert len(handoff) == 1
     assert handoff.take(kept) is not None
     assert release_modules(dropped, None) == 0
+
+
+def test_a_plan_expected_again_after_a_restore_waits_the_grace_not_the_decision_deadline() -> None:
+    """After a restore the planner resends its plans in flight once it has replayed its journal, which grows with
+    the run; the trainer waits for them as long as a restore may take, but for any other plan only the deadline."""
+    waiting = threading.Event()
+    inbox = PlanInbox(on_wait=lambda step, missing: waiting.set())
+    inbox.expect(4, 8, resent=True)
+
+    def planner() -> None:
+        assert waiting.wait(30)  # the barrier: the lane waits for the resent plan
+        inbox.put(_plan(4, 8))
+
+    sender = threading.Thread(target=planner)
+    sender.start()
+    due = inbox.take_due(8, 0.0, grace_s=60.0)
+    sender.join()
+    assert (due.plans, due.missed) == ((_plan(4, 8),), ())
+    inbox.expect(12, 16)
+    assert inbox.take_due(16, 0.0, grace_s=60.0).missed == (12,)

@@ -272,7 +272,7 @@ class TrainingLoop:
             have = {decided for decided, _ in self._inbox.pending()}
             for decided, effect in msgspec.json.decode(saved, type=list[tuple[int, int]]):
                 if decided not in have and effect >= self._pos.global_step:
-                    self._inbox.expect(decided, effect)
+                    self._inbox.expect(decided, effect, resent=True)
         self._outbox.event(TrainingRestored(run_id=self._options.run_id, step=self._pos.global_step, tier=tier))
 
     def _restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> None:
@@ -502,7 +502,12 @@ class TrainingLoop:
 
     def _apply_due(self) -> None:
         pos = self._pos
-        due = self._inbox.take_due(pos.global_step, self._config.decision_deadline_ms / 1e3)
+        # A plan resent after a restore waits for the planner's journal replay, which grows with the run: it gets as
+        # long as a full restore may take.
+        config = self._config
+        due = self._inbox.take_due(
+            pos.global_step, config.decision_deadline_ms / 1e3, grace_s=config.rollback_full_deadline_s
+        )
         if due.stall_s > 0:
             _log.info("boundary_stall", step=pos.global_step, stall_ms=round(due.stall_s * 1e3, 3))
         for plan in due.plans:

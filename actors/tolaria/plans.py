@@ -63,6 +63,9 @@ class DuePlans:
 @dataclass(slots=True)
 class _State:
     expected: dict[int, int] = field(default_factory=dict)
+    # Expected again after a restore: the planner sends these once it has rebuilt its past (a journal replay that
+    # grows with the run), so their wait gets the restore's grace rather than the decision deadline.
+    resent: set[int] = field(default_factory=set)
     received: dict[int, BoundaryPlan] = field(default_factory=dict)
     # The last applied plans by decision step: the same plan delivered again is recognised as a duplicate, not an
     # unexpected plan (delivery is idempotent).
@@ -174,8 +177,9 @@ class PlanInbox:
     def stop_reason(self) -> str:
         return self._state.stop_reason
 
-    def expect(self, decided_on_step: int, effect_step: int) -> None:
-        """Register that a plan deciding on ``decided_on_step`` will take effect at ``effect_step``.
+    def expect(self, decided_on_step: int, effect_step: int, *, resent: bool = False) -> None:
+        """Register that a plan deciding on ``decided_on_step`` will take effect at ``effect_step``; ``resent``: it is
+        expected again after a restore (``take_due`` waits for it up to its ``grace_s``).
 
         Raises:
             ValueError: that decision is already expected, or effect_step < decided_on_step.
@@ -186,6 +190,8 @@ class PlanInbox:
             if decided_on_step in self._state.expected:
                 raise ValueError(f"a plan deciding on step {decided_on_step} is already expected")
             self._state.expected[decided_on_step] = effect_step
+            if resent:
+                self._state.resent.add(decided_on_step)
 
     def has_due(self, step: int) -> bool:
         """Whether any expected plan takes effect at or before ``step`` (a lock-free fast path when none is)."""
@@ -195,8 +201,9 @@ class PlanInbox:
         with self._cond:
             return any(effect <= step for effect in self._state.expected.values())
 
-    def take_due(self, step: int, deadline_s: float) -> DuePlans:
-        """Remove and return every plan due at ``step``, waiting up to ``deadline_s`` for late ones.
+    def take_due(self, step: int, deadline_s: float, grace_s: float = 0.0) -> DuePlans:
+        """Remove and return every plan due at ``step``, waiting up to ``deadline_s`` for late ones (up to ``grace_s``
+        when one of them is expected again after a restore).
 
         Runs on the lane thread and may block (that is the stall). A decision still missing at the deadline is given
         up (``missed``); its plan, if it comes later, is dropped as late. A stop request ends the wait at once; the
@@ -221,7 +228,8 @@ class PlanInbox:
                         callback(step, missing)
                     finally:
                         self._cond.acquire()
-                end = started + deadline_s
+                patience = max(deadline_s, grace_s) if any(d in s.resent for d in missing) else deadline_s
+                end = started + patience
                 while not s.stop_requested:
                     if all(d in s.received for d in due):
                         break
@@ -237,6 +245,7 @@ class PlanInbox:
             missed: list[int] = []
             for d in due:
                 plan = s.received.pop(d, None)
+                s.resent.discard(d)
                 if plan is not None:
                     plans.append(plan)
                     del s.expected[d]
@@ -268,6 +277,7 @@ class PlanInbox:
         with self._cond:
             dropped = tuple(plan for _, plan in sorted(self._state.received.items()))
             self._state.expected.clear()
+            self._state.resent.clear()
             self._state.received.clear()
             self._state.abandoned.clear()
             return dropped
