@@ -349,12 +349,19 @@ async def assemble(
 
 
 async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
-    """Let Tamiyo and then Kasmina handle everything queued (an ask after the tells is a barrier), so their state at
-    the stop matches the checkpoint Tolaria just wrote. Bounded by ``deadline_s``; an actor already gone is skipped."""
+    """Let Tamiyo and Kasmina handle everything queued, so that every packet the trainer sent before its checkpoint
+    is planned and journaled (a resume then resends its plan). An ask after the tells is a barrier; one round plans at
+    least one more packet (Kasmina shows Tamiyo the next packet only once the one before is planned), so the rounds go
+    on until Kasmina holds no packet or decision. Bounded by ``deadline_s``; an actor already gone ends it."""
+    tamiyo = actors.ref("tamiyo", TamiyoActor)
+    kasmina = actors.ref("kasmina", KasminaActor)
     try:
         async with asyncio.timeout(deadline_s):
-            await actors.ref("tamiyo", TamiyoActor).ask(GetTamiyoStatistics(request_id="drain"), TamiyoStatistics)
-            await actors.ref("kasmina", KasminaActor).ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
+            while True:
+                await tamiyo.ask(GetTamiyoStatistics(request_id="drain"), TamiyoStatistics)
+                stats = await kasmina.ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
+                if not (stats.pending_packets or stats.pending_decisions):
+                    return
     except (EsperError, ValueError, TimeoutError) as err:
         _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
 

@@ -40,6 +40,7 @@ PLANNER_KEYS: Final = (
 SAME_RUN: Final = (
     *(f"tolaria.{key}" for key in SAME_TRAINING if key != "epochs"),
     "tolaria.command_lag_steps",
+    "tolaria.state_every_steps",  # Kasmina's evidence windows count packets: another cadence, another lifecycle
     "kasmina.slot_targets",
     *(f"kasmina.{key}" for key in PLANNER_KEYS),
     "tamiyo.policy",

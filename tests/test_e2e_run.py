@@ -591,7 +591,9 @@ async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared
         assert torch.equal(got[key], value), key
 
 
-async def stop_after_step(config: Path, run_dir: Path, step: int, *, plans: int = 0) -> None:
+async def stop_after_step(
+    config: Path, run_dir: Path, step: int, *, plans: int = 0, overrides: tuple[str, ...] = ()
+) -> None:
     """Start a run and stop it right after ``step``, once Tolaria has received ``plans`` plans: the trainer waits
     after that step until the stop is asked for, so the stop's checkpoint is at exactly that step."""
     reached, release = threading.Event(), threading.Event()
@@ -601,7 +603,7 @@ async def stop_after_step(config: Path, run_dir: Path, step: int, *, plans: int 
             reached.set()
             release.wait(timeout=60)
 
-    system = await start(config, run_dir, hooks=RunHooks(step_probe=hold))
+    system = await start(config, run_dir, overrides, hooks=RunHooks(step_probe=hold))
 
     def plans_delivered() -> int:
         return next(s.handled for s in system.snapshot() if s.actor == "tolaria/control")
@@ -616,6 +618,28 @@ async def stop_after_step(config: Path, run_dir: Path, step: int, *, plans: int 
     stopped = await stopping
     assert stopped.training is not None
     assert stopped.training.global_step == step
+
+
+async def test_a_stop_with_many_packets_in_the_pipeline_plans_them_all_and_resumes_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """A packet every step: at the stop several packets wait in the pipeline, each for the decision on the one before.
+    The drain went one round, so Kasmina never planned the rest; the resumed trainer waited for their plans, missed
+    them, raised an emergency and ended differently."""
+    config = tiny_config(tmp_path, epochs=5)
+    # The GNN decides slower than the trainer steps, so packets queue up in Kasmina.
+    every_step = ("tolaria.state_every_steps=1", 'tamiyo.policy="gnn"')
+    reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    assert (await (await start(config, reference_dir, every_step)).wait()).status == "completed"
+    await stop_after_step(config, run_dir, 2 * 16 + 7, overrides=every_step)
+    resumed = await (await start(config, overrides=every_step, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not [e for e in events if e["event"] in ("plan_missed", "pipeline_drain_incomplete")]
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
 async def test_a_stop_in_the_first_steps_before_any_packet_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -80,3 +80,23 @@ async def test_a_restart_then_a_training_restored_replays_the_journal_cut_at_the
         assert "0 plans sent again" in whole
         assert "up to step 1;" in cut
         assert "1 plans sent again" in cut
+
+
+async def test_a_plan_due_at_the_restored_step_is_resent_unless_a_receipt_says_it_was_applied(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A stop can come while the trainer waits at a boundary for that boundary's plan: restored there, it expects
+    the plan again, so a replay must resend a plan whose effect step is the cut, unless its receipt is journaled."""
+    async with running_kasmina(clock, sink, lag=2) as h:
+        waiting = await h.boundary(1, h.germinate(rank=2))  # takes effect at 3; no receipt: never applied
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=3, tier="full"))
+        again = await h.next_plan()
+        assert (again.decided_on_step, again.effect_step, [op.kind for op in again.ops]) == (1, 3, ["attach"])
+        assert waiting.effect_step == 3
+        await h.apply(again)  # applied at 3, its receipt journaled
+        await h.boundary(3, seeds=(seed_report(),))  # takes effect at 5
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=3, tier="fast"))
+        resent = await h.next_plan()
+        assert (resent.decided_on_step, resent.effect_step) == (3, 5), "only the plan still in flight"
+        assert rebuilds(sink)[-1].endswith("1 plans sent again")
+        assert h.plans.empty()

@@ -287,10 +287,12 @@ class KasminaActor(Actor[KasminaMessage]):
         sink.muted = True
         planner = self._make_planner(sink)
         entries = await anyio.to_thread.run_sync(journal.entries)
+        applied: set[int] = set()
         for entry in entries:
             match entry:
                 case JournalReceipt():
                     planner.record_receipt(entry.receipt)
+                    applied.add(entry.receipt.decided_on_step)
                 case JournalValidation():
                     planner.record_validation(entry.report)
                 case JournalBoundary():
@@ -300,7 +302,10 @@ class KasminaActor(Actor[KasminaMessage]):
             if not isinstance(entry, JournalBoundary):
                 continue
             draft = planner.begin(entry.packet, entry.command, entry.security)
-            keep = cut is not None and draft.step + planner.lag_steps > cut
+            # In flight at the cut: taking effect after it, or at it but not applied yet (a stop that came while the
+            # trainer waited at that boundary for this very plan).
+            effect = draft.step + planner.lag_steps
+            keep = cut is not None and (effect > cut or (effect == cut and draft.step not in applied))
             for request in draft.preparations:
                 detail = entry.failed.get(request.seed_id)
                 if detail is None:
