@@ -183,6 +183,8 @@ class BusResource:
             ) from err
         except OSError as err:
             raise ConfigError(f"oona.redis_url: {oona.redis_url} does not answer: {err}") from err
+        except ValueError as err:  # not a Redis URL, or one the server refuses
+            raise ConfigError(f"oona.redis_url: {oona.redis_url!r}: {err}") from err
         return self.bus
 
     async def aclose(self) -> None:

@@ -138,3 +138,21 @@ async def test_bus_calls_raise_bus_unavailable_and_housekeeping_skips_its_tick(
             await trim()
         assert logs == []
         server.stop()  # closing the bus and its client must not fail on a server that is gone
+
+
+async def test_a_server_out_of_memory_is_unavailable_not_a_crash(server: RedisServer, clock: ManualClock) -> None:
+    """Under noeviction a full Redis refuses writes with OOM: that crashed the publisher (and, restart after restart,
+    the run); it is an outage like a server that does not answer."""
+    import redis
+
+    admin = redis.Redis.from_url(server.url)
+    try:
+        async with open_redis_bus(server.url, clock, prefix="oom") as bus:
+            await bus.publish(Topic.TELEMETRY, event("before"), message_type=BusMessageType.TELEMETRY)
+            admin.config_set("maxmemory", 1)  # the default policy is noeviction: every write is refused
+            with pytest.raises(BusUnavailable, match=r"^the Redis server refused the call: .*maxmemory"):
+                await bus.publish(Topic.TELEMETRY, event("x"), message_type=BusMessageType.TELEMETRY)
+            admin.config_set("maxmemory", 0)
+            await bus.publish(Topic.TELEMETRY, event("after"), message_type=BusMessageType.TELEMETRY)
+    finally:
+        admin.close()

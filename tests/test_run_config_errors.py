@@ -90,6 +90,20 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     one_line(err, f"oona.redis_url: {url} does not answer: ")
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://nowhere", "oona.redis_url: 'http://nowhere': Redis URL must specify one of the following schemes"),
+        ("redis://127.0.0.1:abc/0", "oona.redis_url: 'redis://127.0.0.1:abc/0': Port could not be cast to integer"),
+    ],
+)
+def test_a_redis_url_that_is_not_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    """A malformed URL printed the client's ValueError traceback."""
+    one_line(refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n'), message)
+
+
 def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("not a directory")
     run_dir = tmp_path / "file" / "run"

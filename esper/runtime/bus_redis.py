@@ -143,6 +143,9 @@ class RedisBus:
         import redis.exceptions
 
         self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        # A server that refuses the call (out of memory under noeviction, a read-only replica, a failed snapshot) is
+        # as unusable as one that does not answer: the publisher's breaker opens and training goes on.
+        self._refusing = redis.exceptions.ResponseError
         self._clock = clock
         self._client = client
         self._prefix = prefix
@@ -407,6 +410,8 @@ class RedisBus:
             return await self._scripts[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
         except self._unreachable as err:
             raise BusUnavailable(f"the Redis server did not answer: {err}") from err
+        except self._refusing as err:
+            raise BusUnavailable(f"the Redis server refused the call: {err}") from err
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -542,17 +547,20 @@ async def open_redis_bus(
     Raises:
         ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
         ConnectionError: the server does not answer (the builtin, an OSError; the client's own error is chained).
+        ValueError: ``url`` is not a Redis URL, or the server refuses it (a database number it does not have).
     """
     # Imported here: redis is an optional dependency that only this backend needs.
     import redis.asyncio
     import redis.exceptions
 
-    client = redis.asyncio.Redis.from_url(url, decode_responses=False)
+    client = redis.asyncio.Redis.from_url(url, decode_responses=False)  # ValueError: not a Redis URL
     try:
         try:
             await client.ping()
         except redis.exceptions.ConnectionError as err:
             raise ConnectionError(str(err)) from err
+        except redis.exceptions.ResponseError as err:  # e.g. a database number the server does not have
+            raise ValueError(f"the server refused it: {err}") from err
         bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
         try:
             yield bus
