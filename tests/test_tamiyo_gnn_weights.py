@@ -71,3 +71,23 @@ async def test_the_policy_built_for_a_run_decides_with_the_file_weights(tmp_path
     state = policy.export_state()
     assert state.weights_sha256 == expected
     assert policy.version == f"file-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def test_an_empty_or_non_finite_file_is_a_short_one_line_config_error(tmp_path: Path) -> None:
+    """An empty file listed all 252 missing keys in its "one line" (12,862 characters); NaN weights were accepted and
+    made every decision fail (a restart storm with policy_process = "thread")."""
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    with pytest.raises(ConfigError) as info:
+        load_gnn_weights(str(empty), SMALL)
+    assert len(str(info.value)) < len(str(empty)) + 400  # the path, the sentence and at most 300 of detail
+    assert str(info.value).endswith("...")
+    model = build_tamiyo_gnn(SMALL, seed=2)
+    weights = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    name = next(iter(weights))
+    weights[name].view(-1)[0] = float("nan")
+    poisoned = tmp_path / "nan.safetensors"
+    save_file(weights, str(poisoned))
+    with pytest.raises(ConfigError) as nan:
+        load_gnn_weights(str(poisoned), SMALL)
+    assert str(nan.value) == f"tamiyo.gnn_checkpoint = {str(poisoned)!r}: non-finite values (NaN or inf) in {name}"

@@ -211,7 +211,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             # (tens of ms); doing both here keeps them out of the first decision's deadline.
             try:
                 await self._lane.run(self._policy.warm_up)
-            except RuntimeError as err:
+            except (RuntimeError, ArithmeticError) as err:
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
                 _log.error("tamiyo_gnn_worker_failed", error=str(err))
         if self._wal is not None:
@@ -404,7 +404,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._inflight = True
         try:
             return await self._lane.run(self._policy.decide, observation)
-        except (ValueError, RuntimeError, KeyError, IndexError) as err:
+        except (ValueError, RuntimeError, KeyError, IndexError, ArithmeticError) as err:  # FloatingPointError too
             # A policy that raises is a failed inference: counted against the breaker, the fallback decides.
             return err
         finally:

@@ -20,14 +20,17 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("actors.tamiyo")
 
 
+_DETAIL_LIMIT = 300
+
+
 def load_gnn_weights(path: str, config: TamiyoGNNConfig) -> tuple[TamiyoGNN, str]:
     """A ``tamiyo_gnn_v1`` of ``config``'s sizes (CPU, eval mode) holding the weights in ``path``, and the file's
     SHA-256. safetensors holds tensors only, so reading it runs no code; every tensor of the network must be there,
     with its shape, and nothing else. Blocking (file I/O).
 
     Raises:
-        ConfigError: one line naming tamiyo.gnn_checkpoint: the file is missing or unreadable, is not safetensors, or
-            does not fit the network.
+        ConfigError: one line naming tamiyo.gnn_checkpoint: the file is missing or unreadable, is not safetensors,
+            does not fit the network, or holds a NaN or infinite weight.
     """
     where = f"tamiyo.gnn_checkpoint = {path!r}"
     try:
@@ -45,6 +48,12 @@ def load_gnn_weights(path: str, config: TamiyoGNNConfig) -> tuple[TamiyoGNN, str
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
+        if len(detail) > _DETAIL_LIMIT:  # a missing-keys line lists every key: hundreds
+            detail = detail[: _DETAIL_LIMIT - 3] + "..."
         raise ConfigError(f"{where}: the weights do not fit tamiyo_gnn_v1 at these sizes: {detail}") from err
+    bad = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ConfigError(f"{where}: non-finite values (NaN or inf) in {shown}")
     _log.info("tamiyo_gnn_weights_loaded", path=path, sha256=digest, tensors=len(tensors))
     return model.eval(), digest
