@@ -77,7 +77,10 @@ def stage_line(event: SeedStageChanged) -> str:
 def event_line(event: TelemetryEvent, label: str) -> str:
     """One line for a shown telemetry event: where (step or epoch, when it says), a label and its description."""
     step, epoch = event.attributes.get("step"), event.attributes.get("epoch")
-    where = f"step {step:>6}  " if isinstance(step, int) else f"epoch {epoch:>5}  " if isinstance(epoch, int) else ""
+    # Events count epochs from 0 (the packet's epoch index); the console's epoch lines count from 1.
+    where = (
+        f"step {step:>6}  " if isinstance(step, int) else f"epoch {epoch + 1:>5}  " if isinstance(epoch, int) else ""
+    )
     return f"  {where}{label:<12} {event.description}" if label else f"  {where}{event.description}"
 
 
