@@ -21,7 +21,7 @@ import msgspec.inspect as mi
 
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, RunConfig, TolariaConfig
+from schemas.config import INERT_KEYS, RunConfig, TamiyoConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -207,6 +207,11 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).
         samples = section.dataset_samples
         yield ".".join((*path, "dataset_samples")), f"expected a multiple of 10 for mnist1d, got {samples}"
+    if isinstance(section, TamiyoConfig) and section.policy != "gnn":
+        # Read only by the GNN policy: set for another, they would do nothing.
+        for key, default in (("gnn_checkpoint", None), ("policy_process", "auto")):
+            if getattr(section, key) != default:
+                yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
     if isinstance(section, RunConfig) and section.run_id is not None and not _RUN_ID.fullmatch(section.run_id):
         yield "run_id", f"expected letters, digits, '.', '_' or '-' (it names a directory), got {section.run_id!r}"
 

@@ -342,7 +342,7 @@ def test_dump_then_load_gives_the_same_config(tmp_path: Path) -> None:
                 "tolaria.dataset=npz",
                 'tolaria.npz_path="data/x \\"quoted\\" \\\\ ok.npz"',
                 "tolaria.epoch_budget_ms=250",
-                "tamiyo.policy=every_k",
+                "tamiyo.policy=gnn",
                 "tamiyo.gnn_checkpoint=ckpt/policy.safetensors",
                 "nissa.prometheus_port=9100",
                 'kasmina.slot_targets=["Conv1d", "blocks.0.mlp", "ünïcode\\ttab"]',

@@ -159,6 +159,11 @@ BAD_CONFIGS = [
         "c.toml: tolaria.dataset_samples: expected a multiple of 10 for mnist1d, got 15",
         id="mnist1d-samples",
     ),
+    pytest.param(
+        '[tamiyo]\ngnn_checkpoint = "policy.safetensors"\n',
+        "c.toml: tamiyo.gnn_checkpoint: is read only with policy = \"gnn\", and policy is 'heuristic'",
+        id="gnn-checkpoint-unused",
+    ),
     pytest.param('run_id = "a/b"\n', "c.toml: run_id: expected letters, digits, '.', '_' or '-'", id="run-id"),
     pytest.param(
         '[tamiyo]\ndevice = "cuda"\n',
