@@ -356,9 +356,10 @@ async def _start_claimed(
             taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
             hooks=hooks,
         )
-    except BaseException:
+    except BaseException as err:
         await lanes.aclose()
         await bus_resource.aclose()
+        _log_start_abandoned(run_id, err)
         logging.close()
         raise
     tree = build_tree(
@@ -366,13 +367,14 @@ async def _start_claimed(
     )
     try:
         await actors.start(tree)
-    except BaseException:
+    except BaseException as err:
         # Ctrl-C while the tree starts cancels start(), which leaves the tree starting: stop it before its lanes
         # close under it (the trainer would fail on a closed lane and be restarted, again and again).
         await actors.stop()
         await lanes.aclose()
         await StoreCloser(parts.store).aclose()
         await bus_resource.aclose()
+        _log_start_abandoned(run_id, err)
         logging.close()
         raise
     for state in actors.snapshot():
@@ -407,6 +409,15 @@ async def _start_claimed(
         growth=growth,
         abandonable=(lanes,),
     )
+
+
+def _log_start_abandoned(run_id: str, err: BaseException) -> None:
+    """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
+    ends as every run's does and ``esper.tail --follow`` stops."""
+    interrupted = isinstance(err, asyncio.CancelledError | KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    error = None if interrupted else f"{type(err).__name__}: {err}"
+    _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
 
 
 def _earlier_tally(

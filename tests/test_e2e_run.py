@@ -465,6 +465,9 @@ def test_a_ctrl_c_while_the_actors_start_stops_them_before_their_lanes_close(tmp
     assert first.returncode == 130, out + err
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"run_started"' not in events  # the signal came while the tree was starting
+    # The events file still ends with run_finished, so `esper.tail --follow` stops (it followed forever).
+    last = json.loads(events.splitlines()[-1])
+    assert (last["event"], last["status"], last["started"]) == ("run_finished", "interrupted", False)
     assert '"child_failed"' not in events
     assert '"tolaria_restarted"' not in events
 
