@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from actors.tamiyo.gnn_state import PolicyRestarting
+from actors.tamiyo.policy import Decision
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
@@ -14,6 +16,7 @@ from tests._tamiyo_harness import GatedPolicy, TamiyoHarness, packet
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from actors.tamiyo.policy import Observation
     from esper.runtime.events import RecordingSink
 
 BUDGET_S = 0.045
@@ -104,3 +107,35 @@ async def test_the_no_op_fallback_is_used_when_configured(tmp_path: Path, sink: 
         await h.stats()
     assert decision.policy == "no_op (fallback)"
     assert decision.command is None
+
+
+class RestartingPolicy:
+    """A policy whose worker is being started again for its first ``restarting`` calls, then decides."""
+
+    version = "restarting-1"
+
+    def __init__(self, restarting: int) -> None:
+        self.restarting = restarting
+        self.calls = 0
+
+    def decide(self, observation: Observation) -> Decision:
+        self.calls += 1
+        if self.calls <= self.restarting:
+            raise PolicyRestarting("tamiyo gnn worker died (restart 1 of 3 not ready yet)")
+        return Decision(reason="ready")
+
+
+async def test_decisions_while_the_worker_restarts_fall_back_without_opening_the_breaker(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """A worker's start-up takes seconds: every decision meanwhile counted as a failure, so one death opened the
+    breaker for its 30 s and, in a short run, switched the GNN off for good."""
+    stub = RestartingPolicy(restarting=5)
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        fallbacks = [await h.decide(packet(step, 0)) for step in range(1, 6)]
+        ready = await h.decide(packet(6, 0))
+        stats = await h.stats()
+    assert {d.policy for d in fallbacks} == {"heuristic (fallback)"}
+    assert ready.policy == "gnn"
+    assert stats.inference_breaker is BreakerState.CLOSED
+    assert fallback_reasons(sink) == ["policy_restarting"] * 5

@@ -36,7 +36,7 @@ import msgspec
 import structlog
 
 from actors.tamiyo.conservative import ConservativeMode
-from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker
+from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyRestarting, PolicyWorker
 from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.observe import build_observation, candidate, has_candidate, implicated_seed
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
@@ -428,6 +428,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
             choice.missed = True
             return choice
         result = job.result()
+        if isinstance(result, PolicyRestarting):
+            return self._fall_back(observation, "policy_restarting", packet)
         if isinstance(result, Exception):
             self._breaker.record_failure(type(result).__name__)
             self._count(inference_failures=1)

@@ -35,7 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
-from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyWorker
+from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyRestarting, PolicyWorker
 from actors.tamiyo.policy import Decision, Observation
 from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig
 from esper.nn.policy_graph import GraphCaps
@@ -304,7 +304,8 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         decides) rather than hold the policy lane for its start-up.
 
         Raises:
-            RuntimeError: the worker failed, died (or is restarting), or is closed.
+            PolicyRestarting: the worker died and its successor is not ready yet.
+            RuntimeError: the worker failed, died, or is closed.
         """
         with self._lock:
             self._restart_if_dead()
@@ -380,7 +381,9 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         ready, _, _ = select.select([self._from_worker], [], [], timeout_s)
         if not ready:
             if timeout_s < _READY_TIMEOUT_S:  # decide's look at a restarted worker: the fallback decides meanwhile
-                raise RuntimeError(f"tamiyo gnn worker died (restart {self.restarts} of {_MAX_RESTARTS} not ready yet)")
+                raise PolicyRestarting(
+                    f"tamiyo gnn worker died (restart {self.restarts} of {_MAX_RESTARTS} not ready yet)"
+                )
             raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s")
         answer = self._receive()
         if not answer.state:

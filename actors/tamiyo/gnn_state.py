@@ -53,6 +53,11 @@ class GnnPolicyBase(abc.ABC):
         """
 
 
+class PolicyRestarting(RuntimeError):
+    """The policy's worker process is being started again after it died: the fallback decides meanwhile. Not a
+    failure of the policy (the death already counted as one), so it does not count towards the inference breaker."""
+
+
 class PolicyWorker(abc.ABC):
     """A policy whose decisions run in a worker process; the actor stops it (``GnnPolicyBase.warm_up`` waits for it)."""
 
