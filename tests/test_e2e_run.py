@@ -154,6 +154,9 @@ async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_write
     for row, end in zip(rows, ends, strict=True):
         assert round(float(row["train_loss"]), 4) == end["train_loss"]
         assert round(float(row["train_accuracy"]), 4) == end["train_acc"]
+    # Its seed columns are the lifecycle's stages: a fossilized seed keeps its slot, so the last row counts them all.
+    assert int(rows[-1]["seeds_fossilized"]) == growth.seeds["fossilized"]
+    assert any(int(row["seeds_germinated"]) or int(row["seeds_probationary"]) for row in rows)
     assert {"urza", "nissa", "tezzeret", "kasmina", "tamiyo", "tolaria"} <= {a.actor for a in summary.actors}
 
 

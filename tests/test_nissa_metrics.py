@@ -123,3 +123,27 @@ def test_telemetry_lifecycle_boundary_breaker_and_restart_inputs_update_the_regi
     assert aggregator.open_breakers() == ["tamiyo.inference"]
     aggregator.observe_restart(ChildRestarted(supervisor="weatherlight", child="tamiyo", restarts=1, backoff_s=0.1))
     assert registry.value("weatherlight.restarts_total", {"child": "tamiyo"}) == 1.0
+
+
+def test_seed_counts_follow_the_lifecycle_not_the_slot_mode() -> None:
+    """Tolaria's packets carry each slot's mode, which has no probationary, germinated or embargoed stage (a
+    probationary seed's slot reads as shadowing): the rows counted those, never the lifecycle's own stages."""
+    aggregator = MetricsAggregator()
+    aggregator.observe_stage(
+        SeedStageChanged(
+            slot="a", from_stage=SeedLifecycleStage.SHADOWING, to_stage=SeedLifecycleStage.PROBATIONARY, step=90
+        )
+    )
+    aggregator.observe_stage(
+        SeedStageChanged(slot="b", from_stage=SeedLifecycleStage.CULLED, to_stage=SeedLifecycleStage.EMBARGOED, step=95)
+    )
+    seeds = (
+        seed("a", SeedLifecycleStage.SHADOWING),
+        seed("b", SeedLifecycleStage.DORMANT),
+        seed("c", SeedLifecycleStage.TRAINING),
+    )
+    row, _ = aggregator.observe_state(packet(100, epoch=2, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    assert (row["seeds_probationary"], row["seeds_shadowing"]) == (1, 0)
+    assert (row["seeds_embargoed"], row["seeds_dormant"], row["seeds_training"]) == (1, 0, 1)
+    assert row["seeds_active"] == 2

@@ -14,7 +14,7 @@ from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.nissa import MetricKind, MetricSample
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from schemas.boundary import BoundaryApplied
     from schemas.nissa import SeedStageChanged
@@ -113,7 +113,9 @@ def _labels(labels: Mapping[str, str] | None) -> Labels:
     return tuple(sorted(labels.items())) if labels else ()
 
 
-def epoch_row(packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow:
+def epoch_row(
+    packet: SystemStatePacket, *, wall_time_s: float, stages: Sequence[SeedLifecycleStage] | None = None
+) -> EpochRow:
     """The metrics.csv row of an epoch-end packet (one with validation figures); ``wall_time_s`` is run time so far.
 
     Raises:
@@ -121,6 +123,7 @@ def epoch_row(packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow:
     """
     if packet.validation_loss is None:
         raise ValueError(f"packet at step {packet.global_step} has no validation_loss: not an epoch end")
+    known = [seed.stage for seed in packet.seed_states] if stages is None else list(stages)
     timings = packet.timings
     row: EpochRow = {
         "epoch": packet.epoch,
@@ -144,10 +147,10 @@ def epoch_row(packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow:
         "learning_rate": packet.learning_rate,
         "host_parameters": packet.host_parameters,
         "seed_parameters": packet.seed_parameters,
-        "seeds_active": sum(1 for seed in packet.seed_states if seed.stage in ACTIVE_STAGES),
+        "seeds_active": sum(1 for stage in known if stage in ACTIVE_STAGES),
     }
     for stage in _COUNTED_STAGES:
-        row[f"seeds_{stage.name.lower()}"] = sum(1 for seed in packet.seed_states if seed.stage is stage)
+        row[f"seeds_{stage.name.lower()}"] = sum(1 for seen in known if seen is stage)
     row["isolation_violations"] = packet.isolation_violations
     row["emergency_level"] = int(packet.emergency_level)
     row["wall_time_s"] = round(wall_time_s, 3)
@@ -219,11 +222,18 @@ class MetricsAggregator:
         self.registry = MetricsRegistry()
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
+        # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
+        # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING).
+        self._lifecycle: dict[str, SeedLifecycleStage] = {}
+
+    def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
+        return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]
 
     def observe_state(self, packet: SystemStatePacket, *, wall_time_s: float) -> tuple[EpochRow | None, list[str]]:
         """Update the gauges from a state packet; returns (the epoch row if this packet ends a new epoch, names)."""
         reg = self.registry
         timings = packet.timings
+        stages = self._stages(packet)
         updates: dict[str, float] = {
             "tolaria.training.loss": packet.training_loss,
             "tolaria.training.accuracy": packet.training_accuracy,
@@ -236,7 +246,7 @@ class MetricsAggregator:
             "tolaria.parameters.seed": packet.seed_parameters,
             "tolaria.emergency.level": int(packet.emergency_level),
             "kasmina.isolation.violations": packet.isolation_violations,
-            "kasmina.seeds.active": sum(1 for seed in packet.seed_states if seed.stage in ACTIVE_STAGES),
+            "kasmina.seeds.active": sum(1 for stage in stages if stage in ACTIVE_STAGES),
         }
         if packet.validation_loss is not None:
             updates["tolaria.validation.loss"] = packet.validation_loss
@@ -245,15 +255,15 @@ class MetricsAggregator:
         for name, value in updates.items():
             reg.set_gauge(name, value)
         for stage in _COUNTED_STAGES:
-            count = sum(1 for seed in packet.seed_states if seed.stage is stage)
+            count = sum(1 for seen in stages if seen is stage)
             reg.set_gauge("kasmina.seeds.by_stage", count, {"stage": stage.name.lower()})
-        for seed in packet.seed_states:
-            reg.set_gauge("kasmina.seed.stage", int(seed.stage), {"slot": seed.slot})
+        for seed, current in zip(packet.seed_states, stages, strict=True):
+            reg.set_gauge("kasmina.seed.stage", int(current), {"slot": seed.slot})
             reg.set_gauge("kasmina.seed.alpha", seed.alpha, {"slot": seed.slot})
         names = list(updates)
         if packet.validation_loss is None or (self.last_epoch is not None and packet.epoch <= self.last_epoch):
             return None, names
-        row = epoch_row(packet, wall_time_s=wall_time_s)
+        row = epoch_row(packet, wall_time_s=wall_time_s, stages=stages)
         reg.inc("tolaria.epochs.total")
         self.last_epoch = packet.epoch
         self.last_row = row
@@ -273,6 +283,7 @@ class MetricsAggregator:
         return names
 
     def observe_stage(self, event: SeedStageChanged) -> list[str]:
+        self._lifecycle[event.slot] = event.to_stage
         self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": event.to_stage.name.lower()})
         self.registry.set_gauge("kasmina.seed.stage", int(event.to_stage), {"slot": event.slot})
         return ["kasmina.seed.transitions_total"]
