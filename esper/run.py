@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
 
 import anyio
-import msgspec
 import structlog
 
 from actors.nissa.prometheus import check_bindable
@@ -35,7 +34,7 @@ from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import check_config
-from actors.tolaria.checkpoints import CheckpointError, latest_good, read_manifest
+from actors.tolaria.checkpoints import CheckpointError
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
@@ -45,7 +44,7 @@ from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable, check_resume_files
 from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
-from esper.run_files import run_files
+from esper.run_history import already_trained, earlier_tally, previous_run_id
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import open_redis_bus
@@ -63,13 +62,11 @@ from schemas.config import RunConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from esper.report import Decision as DecisionRecord
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from esper.runtime.supervisor import Supervisor
-    from schemas.enums import SeedLifecycleStage
     from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 
 _log = structlog.get_logger("esper.run")
@@ -301,7 +298,7 @@ async def _start_claimed(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        stages, epochs, decisions = await anyio.to_thread.run_sync(_earlier_tally, directory, resolved)
+        stages, epochs, decisions = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
         tally.preload(stages, epochs, decisions)
     screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
@@ -420,63 +417,11 @@ def _log_start_abandoned(run_id: str, err: BaseException) -> None:
     _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
 
 
-def _earlier_tally(
-    directory: Path, files: RunConfig
-) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
-    from esper.report import ReportInputError, read_metrics, read_run_events
-
-    try:
-        found = read_run_events(directory / files.logging.json_file)
-        rows = read_metrics(directory / files.nissa.metrics_csv)
-    except ReportInputError:
-        return [], [], []
-    stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
-    epochs = [
-        (int(epoch) + 1, int(step), accuracy)
-        for row in rows
-        if (epoch := row.get("epoch")) is not None
-        and (step := row.get("step")) is not None
-        and (accuracy := row.get("val_accuracy")) is not None
-    ]
-    return stages, epochs, found.decisions
-
-
 def _console_level(configured: str) -> str:
     """The stderr log level: as configured, or under "auto" warning. The info log stays in events.jsonl; on stderr
     (a terminal, a pipe, a notebook's cell) it would bury the progress lines and warnings: hundreds of lines a
     minute."""
     return "warning" if configured == "auto" else configured
-
-
-def previous_run_id(directory: Path) -> str:
-    """The id of the run in ``directory`` (its summary, else its first ``run_started`` event, else its first
-    ``run_starting``, else the directory's name): a resumed run keeps it, so its own earlier messages are recognised.
-    ``run_started`` first: an attempt stopped while starting logged only ``run_starting``, under an id no checkpoint
-    carries. The files are those the run's config.toml names. Blocking."""
-    files = run_files(directory)
-    try:
-        summary = msgspec.json.decode((directory / files.summary).read_bytes(), type=dict[str, object])
-        if isinstance(summary.get("run_id"), str):
-            return str(summary["run_id"])
-    except (OSError, msgspec.DecodeError):
-        pass
-    found: dict[bytes, str] = {}
-    events = directory / files.events
-    try:
-        if not events.is_file():  # missing, or a device such as /dev/null that reads forever or nothing
-            raise FileNotFoundError(events)
-        with events.open("rb") as lines:
-            for line in lines:
-                for marker in (b'"run_started"', b'"run_starting"'):
-                    if marker in line and marker not in found:
-                        run_id = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
-                        if isinstance(run_id, str):
-                            found[marker] = run_id
-                if b'"run_started"' in found:
-                    break
-    except (OSError, msgspec.DecodeError):
-        pass
-    return found.get(b'"run_started"') or found.get(b'"run_starting"') or directory.name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -586,31 +531,6 @@ def _exit_on_signal(code: int) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, leave)
-
-
-def already_trained(run_dir: Path, epochs: int) -> str | None:
-    """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
-    have nothing to do and would only rewrite the summary), else None. Blocking: reads the manifest, and hashes the
-    newest checkpoint only when the manifest says it is complete.
-
-    Raises:
-        CheckpointError: checkpoints are listed but none passes its checksum.
-    """
-    checkpoints = run_dir / "checkpoints"
-    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
-    if not listed or listed[-1].epoch < epochs:
-        return None  # without hashing anything: the resume verifies what it loads
-    info = latest_good(checkpoints)
-    if info is None or info.epoch < epochs:
-        return None
-    notice = (
-        f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
-        f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
-    )
-    if not (run_dir / run_files(run_dir).summary).exists():
-        # Killed after its last checkpoint, before its summary: the figures are all on disk.
-        notice += f"; its summary was never written: python -m esper.report {run_dir} renders the report and figures"
-    return notice
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:

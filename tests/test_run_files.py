@@ -10,8 +10,8 @@ import msgspec
 import esper
 from esper.config import apply_overrides, dump_config
 from esper.logs import reset_logging
-from esper.run import previous_run_id
 from esper.run_files import RunFiles, run_files
+from esper.run_history import previous_run_id
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:

@@ -1,0 +1,97 @@
+"""What a run directory says about the run in it, for ``--resume``: its id, its earlier figures, whether it is done."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from actors.tolaria.checkpoints import latest_good, read_manifest
+from esper.run_files import run_files
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from esper.report import Decision as DecisionRecord
+    from schemas.config import RunConfig
+    from schemas.enums import SeedLifecycleStage
+
+
+def previous_run_id(directory: Path) -> str:
+    """The id of the run in ``directory`` (its summary, else its first ``run_started`` event, else its first
+    ``run_starting``, else the directory's name): a resumed run keeps it, so its own earlier messages are recognised.
+    ``run_started`` first: an attempt stopped while starting logged only ``run_starting``, under an id no checkpoint
+    carries. The files are those the run's config.toml names. Blocking."""
+    files = run_files(directory)
+    try:
+        summary = msgspec.json.decode((directory / files.summary).read_bytes(), type=dict[str, object])
+        if isinstance(summary.get("run_id"), str):
+            return str(summary["run_id"])
+    except (OSError, msgspec.DecodeError):
+        pass
+    found: dict[bytes, str] = {}
+    events = directory / files.events
+    try:
+        if not events.is_file():  # missing, or a device such as /dev/null that reads forever or nothing
+            raise FileNotFoundError(events)
+        with events.open("rb") as lines:
+            for line in lines:
+                for marker in (b'"run_started"', b'"run_starting"'):
+                    if marker in line and marker not in found:
+                        run_id = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
+                        if isinstance(run_id, str):
+                            found[marker] = run_id
+                if b'"run_started"' in found:
+                    break
+    except (OSError, msgspec.DecodeError):
+        pass
+    return found.get(b'"run_started"') or found.get(b'"run_starting"') or directory.name
+
+
+def earlier_tally(
+    directory: Path, files: RunConfig
+) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
+    """What a resumed run's summary counts from its earlier sessions: the seeds' transitions (seed id, stage,
+    step), each epoch's (number from 1, step, validation accuracy), and the decisions. Blocking; nothing when the
+    files cannot be read."""
+    from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
+
+    try:
+        found = read_run_events(directory / files.logging.json_file)
+        rows = read_metrics(directory / files.nissa.metrics_csv)
+    except ReportInputError:
+        return [], [], []
+    stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
+    epochs = [
+        (int(epoch) + 1, int(step), accuracy)
+        for row in rows
+        if (epoch := row.get("epoch")) is not None
+        and (step := row.get("step")) is not None
+        and (accuracy := row.get("val_accuracy")) is not None
+    ]
+    return stages, epochs, found.decisions
+
+
+def already_trained(run_dir: Path, epochs: int) -> str | None:
+    """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
+    have nothing to do and would only rewrite the summary), else None. Blocking: reads the manifest, and hashes the
+    newest checkpoint only when the manifest says it is complete.
+
+    Raises:
+        CheckpointError: checkpoints are listed but none passes its checksum.
+    """
+    checkpoints = run_dir / "checkpoints"
+    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
+    if not listed or listed[-1].epoch < epochs:
+        return None  # without hashing anything: the resume verifies what it loads
+    info = latest_good(checkpoints)
+    if info is None or info.epoch < epochs:
+        return None
+    notice = (
+        f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
+        f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
+    )
+    if not (run_dir / run_files(run_dir).summary).exists():
+        # Killed after its last checkpoint, before its summary: the figures are all on disk.
+        notice += f"; its summary was never written: python -m esper.report {run_dir} renders the report and figures"
+    return notice
