@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import functools
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -237,9 +238,13 @@ async def start(
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     secret = resolve_secret(resolved)
-    await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
-    if resolved.nissa.prometheus_port is not None:
-        await anyio.to_thread.run_sync(check_bindable, resolved.nissa.prometheus_host, resolved.nissa.prometheus_port)
+    try:
+        await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+        if resolved.nissa.prometheus_port is not None:
+            host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
+            await anyio.to_thread.run_sync(check_bindable, host, port)
+    except ConfigError as err:
+        raise blamed(err, config, overrides or ()) from err
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)
@@ -408,6 +413,24 @@ async def _start_claimed(
     )
 
 
+_CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+) = ")
+
+
+def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
+    """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
+    ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
+    text = str(err)
+    key = _CHECKED_KEY.match(text)
+    if key is None:
+        return err
+    setter = next((o for o in reversed(overrides) if o.split("=", 1)[0].strip() == key.group(1)), None)
+    if setter is not None:
+        return ConfigError(f"--set {setter}: {text}")
+    if isinstance(config, str | Path):
+        return ConfigError(f"{config}: {text}")
+    return err
+
+
 def _log_start_abandoned(run_id: str, err: BaseException) -> None:
     """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
     ends as every run's does and ``esper.tail --follow`` stops."""
@@ -563,7 +586,7 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         try:
             return asyncio.run(_main_async(config, args.run_dir, args.resume, whole_process=whole_process))
         except ConfigError as err:
-            sys.stderr.write(f"{err}\n")
+            sys.stderr.write(f"{blamed(err, args.config, args.overrides)}\n")
             return EXIT_CONFIG_ERROR
     return EXIT_INTERRUPTED
 

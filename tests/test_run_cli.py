@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -264,7 +265,7 @@ def test_an_unusable_artifact_store_is_one_line_naming_urza_root(tmp_path: Path,
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"urza.root = '{root}': ")
+    assert last.startswith(f"c.toml: urza.root = '{root}': ")  # led by the file the value came from
     assert re.search(message, last)
 
 
@@ -341,3 +342,17 @@ def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_bytes(b"\xef\xbb\xbf[tolaria]\nepochs = 3\n")
     assert load_config(path).tolaria.epochs == 3
+
+
+def test_a_checked_value_names_the_set_that_gave_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value checked when the run starts (a device, a port, a data file) is charged to the --set that set it, or
+    else to the config file (it named neither)."""
+    (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\n", encoding="utf-8")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        setting = f"nissa.prometheus_port={port}"
+        code = main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r"), "--set", setting])
+    assert code == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err.startswith(f"--set {setting}: nissa.prometheus_port = {port}: cannot listen on ")

@@ -33,7 +33,8 @@ def test_a_malformed_npz_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_train=np.zeros((4, 3), dtype=np.float32), y_train=np.zeros(5, dtype=np.int64))
     one_line(
-        refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n'), f"tolaria.npz_path = '{bad}': "
+        refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n'),
+        f"{tmp_path / 'c.toml'}: tolaria.npz_path = '{bad}': ",
     )
     assert not (tmp_path / "r").exists()
 
@@ -58,7 +59,7 @@ def test_slots_that_cannot_be_placed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, start: str, needle: str
 ) -> None:
     err = refused(tmp_path, capsys, settings)
-    one_line(err, start)
+    one_line(err, f"{tmp_path / 'c.toml'}: {start}")  # led by the file the value came from
     assert needle in err
     assert not (tmp_path / "r").exists()
 
@@ -66,7 +67,7 @@ def test_slots_that_cannot_be_placed(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(tmp_path, capsys, '[tolaria]\ndevice = "cuda"\n')
-    one_line(err, "tolaria.device = 'cuda': ")
+    one_line(err, f"{tmp_path / 'c.toml'}: tolaria.device = 'cuda': ")
     assert "not available" in err
     assert not (tmp_path / "r").exists()
 
@@ -77,7 +78,7 @@ def test_a_metrics_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str
         holder.listen()
         port = holder.getsockname()[1]
         err = refused(tmp_path, capsys, f"[nissa]\nprometheus_port = {port}\n")
-    one_line(err, f"nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: ")
+    one_line(err, f"{tmp_path / 'c.toml'}: nissa.prometheus_port = {port}: cannot listen on 127.0.0.1:{port}: ")
     assert not (tmp_path / "r").exists()
 
 
@@ -143,7 +144,8 @@ def test_a_user_model_that_does_not_fit_the_data(
         f'host_model = "tests.tolaria_factories:{factory}"\n'
     )
     err = refused(tmp_path, capsys, settings)
-    assert err.splitlines()[-1] == f"tolaria.host_model = 'tests.tolaria_factories:{factory}': {needle}"
+    expected = f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:{factory}': {needle}"
+    assert err.splitlines()[-1] == expected
     # Nothing of a run was written: the same --run-dir takes the corrected config.
     assert not (tmp_path / "r" / "checkpoints").exists()
     (tmp_path / "c.toml").write_text(
