@@ -39,7 +39,7 @@ from actors.tolaria.checkpoints import CheckpointError
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
-from esper.config import apply_overrides, dump_config, load_config
+from esper.config import apply_overrides, dump_config, load_config, parse_override
 from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
@@ -423,7 +423,7 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
     key = _CHECKED_KEY.match(text)
     if key is None:
         return err
-    setter = next((o for o in reversed(overrides) if o.split("=", 1)[0].strip() == key.group(1)), None)
+    setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
     if setter is not None:
         return ConfigError(f"--set {setter}: {text}")
     if isinstance(config, str | Path):

@@ -49,7 +49,7 @@ def previous_run_id(directory: Path) -> str:
 
 
 def earlier_tally(
-    directory: Path, files: RunConfig
+    directory: Path, config: RunConfig
 ) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
     """What a resumed run's summary counts from its earlier sessions: the seeds' transitions (seed id, stage,
     step), each epoch's (number from 1, step, validation accuracy), and the decisions. Blocking; nothing when the
@@ -57,8 +57,8 @@ def earlier_tally(
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     try:
-        found = read_run_events(directory / files.logging.json_file)
-        rows = read_metrics(directory / files.nissa.metrics_csv)
+        found = read_run_events(directory / config.logging.json_file)
+        rows = read_metrics(directory / config.nissa.metrics_csv)
     except ReportInputError:
         return [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]

@@ -7,8 +7,9 @@ Layout of ``<run dir>/checkpoints/``:
   ``esper`` is the JSON of ``schema_version``, ``global_step``, ``epoch``, ``batch_index``, ``model`` (state_dict
   with the slots' extra state), ``optimizer`` (``{"groups": [...], "state": {param name: {...}}}``), ``rng``,
   ``graft_log`` (list of dicts), ``paused``, ``counters`` and ``pending_plans`` (JSON strings of plans received but
-  not yet due), with ``{"__tensor__": [buffer, offset, shape]}`` in place of each tensor. (The ``.pt`` suffix is
-  kept because tools and tests look for ``step-*.pt``.)
+  not yet due: a record for inspection; a resume takes the plans in flight from Kasmina, which prepares their modules
+  anew, since these name modules of the process that wrote them), with ``{"__tensor__": [buffer, offset, shape]}`` in
+  place of each tensor. (The ``.pt`` suffix is kept because tools and tests look for ``step-*.pt``.)
 - ``manifest.json``: ``{"schema_version", "checkpoints": [{"file", "sha256", "size_bytes", "global_step", "epoch",
   "batch_index"}...] (oldest first), "graft_log": [...]}``, rewritten atomically after each file.
 

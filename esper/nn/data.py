@@ -176,7 +176,7 @@ def stratified_split(
     return np.sort(ordered[held:]).astype(np.int64), np.sort(ordered[:held]).astype(np.int64)
 
 
-def check_mnist1d_samples(samples: int) -> None:
+def _check_mnist1d_samples(samples: int) -> None:
     """MNIST-1D makes as many samples of each digit: a multiple of 10, at least 10.
 
     Raises:
@@ -196,7 +196,7 @@ def _check_arguments(
     if layout not in get_args(Layout):
         raise ValueError(f"layout must be one of {', '.join(get_args(Layout))}, got {layout!r}")
     if name == "mnist1d":  # the other data sets ignore it
-        check_mnist1d_samples(samples)
+        _check_mnist1d_samples(samples)
     if not (isinstance(validation_fraction, int | float) and 0.0 <= validation_fraction < 1.0):
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
