@@ -1,8 +1,8 @@
 """The step loop: runs on the train lane thread from start (or resume) to the end of training, a stop or a halt.
 
-Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> host-to-device
--> forward -> backward -> finite check -> optimizer step (or skip) -> alpha advance -> statistics -> state packet
-every K steps. Epoch end: validation -> packet -> snapshot (cloned tensors) -> verdict (budgets, emergencies) -> the
+Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> the step
+(stepper.py: host-to-device, forward, backward, finite check, optimizer step or skip, alpha advance, statistics) ->
+state packet every K steps. Epoch end: validation -> packet -> snapshot (cloned tensors) -> verdict (budgets, emergencies) -> the
 epoch's log line -> the checkpoint, handed to the writer thread (serialised and written there).
 
 The hot path reads the device once per step (the finite check) and once per packet; nothing else allocates more
@@ -11,8 +11,9 @@ than a list append. Only the Outbox crosses back to the event loop, and it never
 
 from __future__ import annotations
 
-# Past 600 lines: the phases share one position, one policy and the inbox; the stateless epoch-end work (validation,
-# the finite check, the log record) already lives in epoch_end.py, and the next split is the epoch end itself.
+# Past 600 lines: the phases share one position, one policy and the inbox. The step itself lives in stepper.py and
+# the stateless epoch-end work (validation, the finite check, the log record) in epoch_end.py; the next split is the
+# epoch end itself.
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Literal, final
 import msgspec
 import structlog
 import torch
-import torch.nn.functional as F  # the conventional alias
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import Trainee, batch_plan, build_trainee, load_data
@@ -29,15 +29,15 @@ from actors.tolaria.capture_plan import PlannedCapture
 from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.checkpoints import CheckpointWriter, load_latest
 from actors.tolaria.emergencies import Action, EmergencyPolicy
-from actors.tolaria.epoch_end import FiniteCheck, epoch_fields, evaluate
+from actors.tolaria.epoch_end import epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.plans import release_modules
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
+from actors.tolaria.stepper import Stepper
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
-from esper.nn.data_batches import iter_batches, to_device
-from esper.nn.slots import SlotMode
+from esper.nn.data_batches import iter_batches
 from esper.runtime.clock import MonotonicClock
 from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
 from schemas.enums import EmergencyLevel
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from schemas.config import TolariaConfig
 
 _log = structlog.get_logger("actors.tolaria")
-_BLENDING = SlotMode.BLENDING
 
 LoopStatus = Literal["completed", "stopped", "halted"]
 
@@ -142,7 +141,6 @@ class TrainingLoop:
         self._pos = _Position()
         sink = _OutboxSink(self._outbox)
         self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
-        self._attempts = 0
         self._rollbacks = 0
         self._missed_this_epoch = 0
         self._last_val_loss: float | None = None
@@ -159,14 +157,8 @@ class TrainingLoop:
         self._trainee: Trainee | None = None
         self._applier: BoundaryApplier | None = None
         self._packets: PacketBuilder | None = None
-        self._finite: FiniteCheck | None = None
         self._isolation = IsolationMonitor(0, None)
-        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._compiled = False
-        # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
-        self._direct_forward = False
-        # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
-        self._move_batches = True
+        self._stepper = Stepper(compile=config.compile, batch_hook=options.batch_hook, policy=self._policy)
 
     # ------------------------------------------------------------------ public, lane thread
 
@@ -211,30 +203,11 @@ class TrainingLoop:
         self._trainee = trainee
         self._applier = BoundaryApplier(trainee)
         self._packets = PacketBuilder(trainee)
-        self._finite = FiniteCheck(trainee.device)
         probe_split = self._data.val if self._data.val.num_samples else self._data.train
         self._isolation = IsolationMonitor(
             self._options.isolation_probe_every_steps, micro_batch(probe_split.x, trainee.device)
         )
-        self._forward = trainee.model
-        self._compiled = False
-        train = self._data.train
-        self._move_batches = train.x.device != trainee.device or train.y.device != trainee.device
-        self._direct_forward = trainee.autocast_dtype is None and not self._config.compile
-        if self._config.compile:
-            try:
-                self._forward = torch.compile(trainee.model)
-                self._compiled = True
-            except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
-                self._compile_fallback(err)
-
-    def _compile_fallback(self, err: Exception) -> None:
-        _log.warning(
-            "tolaria.compile_runtime_fallback", error=f"{type(err).__name__}: {err}"[:300], detail="eager from now"
-        )
-        self._forward = self.trainee.model
-        self._compiled = False
-        self._direct_forward = self.trainee.autocast_dtype is None
+        self._stepper.bind(trainee, self._data.train)
 
     def _restore_at_start(self) -> None:
         """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint."""
@@ -404,7 +377,7 @@ class TrainingLoop:
                 sketched = pos.global_step == self._isolation.sketch_step
                 if sketched:
                     self._isolation.arm(self.trainee, pos.global_step)
-                action = self._step(batch, t0, stats)
+                action = self._stepper.step(batch, t0, stats, pos.global_step)
                 if sketched:
                     self._isolation.disarm()
                 if not self._pool_reserved:
@@ -435,68 +408,6 @@ class TrainingLoop:
             if outcome is not None:
                 return outcome
         return "completed", None
-
-    def _step(self, batch: TensorPair, t0: float, stats: IntervalStats) -> Action:
-        # The hot path: every line here runs once per step against caches the forward and backward just
-        # flushed, so it does only what a step needs (see BENCHMARKS.md, Tolaria).
-        trainee = self._trainee
-        check = self._finite
-        assert trainee is not None
-        assert check is not None
-        hook = self._options.batch_hook
-        if hook is not None:
-            batch = hook(self._attempts, batch)
-        self._attempts += 1
-        t1 = time.perf_counter()
-        if hook is not None or self._move_batches:
-            batch = to_device(batch, trainee.device)
-        x, y = batch.x, batch.y
-        if trainee.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        t2 = time.perf_counter()
-        optimizer = trainee.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        out = trainee.model(x) if self._direct_forward else self._run_forward(x)
-        loss = F.cross_entropy(out.float(), y)
-        t3 = time.perf_counter()
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-        t4 = time.perf_counter()
-        loss = loss.detach()
-        if check(loss, optimizer):
-            optimizer.step()
-            for slot in trainee.slots.values():
-                if slot.mode is _BLENDING:
-                    slot.advance_alpha()
-            action = Action.CONTINUE
-            # Kept as device tensors; reduced every few steps and read only when a packet is built.
-            stats.add(loss, out.detach(), y, y.shape[0])
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            _log.warning("nonfinite_step_skipped", step=self._pos.global_step)
-            action = self._policy.nonfinite_step(self._pos.global_step)
-        t5 = time.perf_counter()
-        stats.data_wait_s += t1 - t0
-        stats.host_to_device_s += t2 - t1
-        stats.forward_s += t3 - t2
-        stats.backward_s += t4 - t3
-        stats.optimizer_s += t5 - t4
-        stats.step_s += t5 - t0
-        return action
-
-    def _run_forward(self, x: torch.Tensor) -> torch.Tensor:
-        forward = self._forward
-        assert forward is not None
-        dtype = self.trainee.autocast_dtype
-        try:
-            if dtype is None:
-                return forward(x)
-            with torch.autocast(device_type=self.trainee.device.type, dtype=dtype):
-                return forward(x)
-        except Exception as err:
-            if not self._compiled:
-                raise
-            self._compile_fallback(err)
-            return self._run_forward(x)
 
     # ------------------------------------------------------------------ boundaries and packets
 

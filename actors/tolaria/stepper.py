@@ -1,0 +1,153 @@
+"""One training step of the host on a batch: forward, backward, the finite check, the optimizer step (or its skip),
+the alpha advance and the step's timings. Lane-thread only.
+
+The forward is the model itself (eager, no autocast: the common case, called directly), or goes through autocast or
+``torch.compile``; a compiled forward that fails at run time falls back to eager for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, final
+
+import structlog
+import torch
+import torch.nn.functional as F  # the conventional alias
+
+from actors.tolaria.emergencies import Action
+from actors.tolaria.epoch_end import FiniteCheck
+from esper.nn.data_batches import to_device
+from esper.nn.slots import SlotMode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from actors.tolaria.build import Trainee
+    from actors.tolaria.emergencies import EmergencyPolicy
+    from actors.tolaria.telemetry import IntervalStats
+    from esper.nn.data import TensorPair
+
+_log = structlog.get_logger("actors.tolaria")
+_BLENDING = SlotMode.BLENDING
+
+
+@final
+class Stepper:
+    """Runs steps on whatever model ``bind`` was last given (the loop rebinds after every build or restore).
+
+    Args:
+        compile: wrap the model with ``torch.compile`` (eager when that fails, at once or at run time).
+        batch_hook: a test hook applied to each batch, given the monotonic attempt count (survives rebinding, so a
+            rollback does not replay the hook's attempts).
+        policy: told of every non-finite step.
+    """
+
+    def __init__(
+        self,
+        *,
+        compile: bool,
+        batch_hook: Callable[[int, TensorPair], TensorPair] | None,
+        policy: EmergencyPolicy,
+    ) -> None:
+        self._compile = compile
+        self._hook = batch_hook
+        self._policy = policy
+        self._attempts = 0
+        self._trainee: Trainee | None = None
+        self._finite: FiniteCheck | None = None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._compiled = False
+        # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
+        self._direct_forward = False
+        # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
+        self._move_batches = True
+
+    def bind(self, trainee: Trainee, train: TensorPair) -> None:
+        """Step ``trainee`` from now on; ``train`` tells whether its batches must be moved to its device."""
+        self._trainee = trainee
+        self._finite = FiniteCheck(trainee.device)
+        self._forward = trainee.model
+        self._compiled = False
+        self._move_batches = train.x.device != trainee.device or train.y.device != trainee.device
+        self._direct_forward = trainee.autocast_dtype is None and not self._compile
+        if self._compile:
+            try:
+                self._forward = torch.compile(trainee.model)
+                self._compiled = True
+            except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
+                self._compile_fallback(err)
+
+    def step(self, batch: TensorPair, t0: float, stats: IntervalStats, global_step: int) -> Action:
+        """Train on ``batch`` (fetched from ``t0`` on); its loss, logits and timings go into ``stats``."""
+        # The hot path: every line here runs once per step against caches the forward and backward just
+        # flushed, so it does only what a step needs (see BENCHMARKS.md, Tolaria).
+        trainee = self._trainee
+        check = self._finite
+        assert trainee is not None
+        assert check is not None
+        hook = self._hook
+        if hook is not None:
+            batch = hook(self._attempts, batch)
+        self._attempts += 1
+        t1 = time.perf_counter()
+        if hook is not None or self._move_batches:
+            batch = to_device(batch, trainee.device)
+        x, y = batch.x, batch.y
+        if trainee.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t2 = time.perf_counter()
+        optimizer = trainee.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        out = trainee.model(x) if self._direct_forward else self._run_forward(x)
+        loss = F.cross_entropy(out.float(), y)
+        t3 = time.perf_counter()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        t4 = time.perf_counter()
+        loss = loss.detach()
+        if check(loss, optimizer):
+            optimizer.step()
+            for slot in trainee.slots.values():
+                if slot.mode is _BLENDING:
+                    slot.advance_alpha()
+            action = Action.CONTINUE
+            # Kept as device tensors; reduced every few steps and read only when a packet is built.
+            stats.add(loss, out.detach(), y, y.shape[0])
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            _log.warning("nonfinite_step_skipped", step=global_step)
+            action = self._policy.nonfinite_step(global_step)
+        t5 = time.perf_counter()
+        stats.data_wait_s += t1 - t0
+        stats.host_to_device_s += t2 - t1
+        stats.forward_s += t3 - t2
+        stats.backward_s += t4 - t3
+        stats.optimizer_s += t5 - t4
+        stats.step_s += t5 - t0
+        return action
+
+    def _run_forward(self, x: torch.Tensor) -> torch.Tensor:
+        forward = self._forward
+        trainee = self._trainee
+        assert forward is not None
+        assert trainee is not None
+        dtype = trainee.autocast_dtype
+        try:
+            if dtype is None:
+                return forward(x)
+            with torch.autocast(device_type=trainee.device.type, dtype=dtype):
+                return forward(x)
+        except Exception as err:
+            if not self._compiled:
+                raise
+            self._compile_fallback(err)
+            return self._run_forward(x)
+
+    def _compile_fallback(self, err: Exception) -> None:
+        trainee = self._trainee
+        assert trainee is not None
+        _log.warning(
+            "tolaria.compile_runtime_fallback", error=f"{type(err).__name__}: {err}"[:300], detail="eager from now"
+        )
+        self._forward = trainee.model
+        self._compiled = False
+        self._direct_forward = trainee.autocast_dtype is None

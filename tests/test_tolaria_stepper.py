@@ -1,0 +1,88 @@
+"""Tolaria's step with torch.compile on: a compile that fails at once or at run time falls back to eager and trains
+exactly as an eager step would (torch.compile itself is replaced here: its real failures depend on the toolchain)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+import torch
+
+from actors.tolaria.build import batch_plan, build_trainee, load_data
+from actors.tolaria.emergencies import Action, EmergencyPolicy
+from actors.tolaria.stepper import Stepper
+from actors.tolaria.telemetry import IntervalStats
+from esper.nn.data_batches import iter_batches
+from esper.runtime.clock import MonotonicClock
+from esper.runtime.events import RecordingSink
+from schemas.config import TolariaConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from esper.nn.data import DataSplits
+
+CONFIG = TolariaConfig(epochs=1, dataset_samples=600, batch_size=50)
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def data() -> DataSplits:
+    return load_data(CONFIG)
+
+
+def train(data: DataSplits, *, compile: bool) -> list[torch.Tensor]:
+    """STEPS steps from the seeded start; the weights afterwards."""
+    trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
+    policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
+    stepper = Stepper(compile=compile, batch_hook=None, policy=policy)
+    stepper.bind(trainee, data.train)
+    stats = IntervalStats()
+    batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
+    for step in range(STEPS):
+        _, batch = next(batches)
+        assert stepper.step(batch, 0.0, stats, step) is Action.CONTINUE
+    return [p.detach().clone() for p in trainee.model.parameters()]
+
+
+def failing_at_run_time(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("inductor: no C++ compiler")
+
+    return forward
+
+
+def failing_at_once(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    raise RuntimeError("torch.compile is not supported here")
+
+
+@pytest.mark.parametrize("compile_", [failing_at_run_time, failing_at_once], ids=["at run time", "at once"])
+def test_a_failing_compile_trains_eagerly_exactly_as_eager_and_says_so(
+    data: DataSplits, monkeypatch: pytest.MonkeyPatch, compile_: Callable[[torch.nn.Module], object]
+) -> None:
+    eager = train(data, compile=False)
+    monkeypatch.setattr(torch, "compile", compile_)
+    with structlog.testing.capture_logs() as logs:
+        compiled = train(data, compile=True)
+    fallbacks = [e for e in logs if e["event"] == "tolaria.compile_runtime_fallback"]
+    assert len(fallbacks) == 1  # once: eager for the rest of the run
+    assert "RuntimeError" in fallbacks[0]["error"]
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
+
+
+def test_a_working_compiled_forward_is_used(data: DataSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counting(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return model(x)  # type: ignore[no-any-return]
+
+        return forward
+
+    eager = train(data, compile=False)
+    monkeypatch.setattr(torch, "compile", counting)
+    compiled = train(data, compile=True)
+    assert calls == [CONFIG.batch_size] * STEPS
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
