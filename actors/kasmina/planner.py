@@ -1,4 +1,3 @@
-# Stays whole past 600 lines: evidence, commands and transitions of one boundary share the same seed bookkeeping.
 """The boundary planner: one state packet plus its decision in, lifecycle boundary run, one BoundaryPlan out.
 
 Synchronous and deterministic: given the same packets, decisions, receipts and validation reports in the same order,
@@ -23,36 +22,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
-from actors.kasmina.admission import SECURITY_REASONS, blend_problem, blueprint_facts, checked_params, g0_reject_reason
+from actors.kasmina.admission import checked_params
+from actors.kasmina.commands import CommandDesk, emit_event
 from actors.kasmina.evidence import (
     AttachmentEvidence,
-    GerminationRequest,
     ResetEvidence,
     StepEvidence,
     ValidationEvidence,
 )
 from actors.kasmina.gates import GateVerdict
 from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecycle
-from actors.kasmina.preparation import PreparationRequest, derive_build_seed
-from actors.kasmina.seeds import SeedEntry, gate_result, isolation_breaker, seed_state
+from actors.kasmina.seeds import SeedEntry, gate_result, seed_state
 from schemas.boundary import BoundaryPlan, SeedOp
-from schemas.control import AdaptationCommand, CommandResult
-from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
+from schemas.domain_enums import CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.nissa import SeedStageChanged
-from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from actors.kasmina.lifecycle import BoundaryReport, LifecycleSettings, SlotRecord
-    from actors.kasmina.preparation import PreparedSeed
+    from actors.kasmina.preparation import PreparationRequest, PreparedSeed
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.boundary import BoundaryApplied
     from schemas.config import BreakerConfig
+    from schemas.control import AdaptationCommand, CommandResult
     from schemas.kasmina import PrefetchSeed, SeedValidationReport
     from schemas.state import SeedState, SystemStatePacket
 
@@ -111,15 +108,26 @@ class BoundaryPlanner:
         self._seeds: dict[str, SeedEntry] = {}
         self._pending: dict[str, SeedEntry] = {}
         self._owners: dict[str, str] = {}
+        self._desk = CommandDesk(
+            lifecycle=self._lifecycle,
+            shapes=self._shapes,
+            seeds=self._seeds,
+            pending=self._pending,
+            owners=self._owners,
+            describe=describe,
+            approved=approved_blueprints,
+            lag_steps=lag_steps,
+            run_seed=run_seed,
+            clock=clock,
+            sink=sink,
+            breaker=breaker,
+        )
         self._receipts: list[BoundaryApplied] = []
         self._validation: list[SeedValidationReport] = []
         self._last_step: int | None = None
         self._reported_epoch: int | None = None
         self.boundaries = 0
-        self.accepted = 0
-        self.rejected: dict[str, int] = {}
         self.isolation_culls = 0
-        self.illegal_transitions = 0
 
     # ------------------------------------------------------------ queries
 
@@ -140,11 +148,22 @@ class BoundaryPlanner:
         return self._owners.get(parameter)
 
     def slot_of(self, seed_id: str) -> str | None:
-        for rec in self._lifecycle.records():
-            if rec.seed_id == seed_id:
-                return rec.slot
-        pending = [s.slot for s in self._pending.values() if s.seed_id == seed_id]
-        return pending[0] if pending else None
+        return self._desk.slot_of(seed_id)
+
+    @property
+    def accepted(self) -> int:
+        """Commands accepted so far."""
+        return self._desk.accepted
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Commands refused so far, by reason."""
+        return self._desk.rejected
+
+    @property
+    def illegal_transitions(self) -> int:
+        """Transitions the lifecycle refused so far."""
+        return self._desk.illegal_transitions
 
     # ------------------------------------------------------------ inputs between boundaries
 
@@ -164,7 +183,7 @@ class BoundaryPlanner:
         checked = checked_params(self._describe(msg.blueprint_id), msg.blueprint_id, shape, msg.blueprint_params)
         if isinstance(checked, str):
             return checked
-        return self._request(msg.seed_id, msg.slot, msg.blueprint_id, shape, checked)
+        return self._desk.request(msg.seed_id, msg.slot, msg.blueprint_id, shape, checked)
 
     # ------------------------------------------------------------ the boundary
 
@@ -188,7 +207,7 @@ class BoundaryPlanner:
         self._apply_packet(packet)
         command_ops: list[SeedOp] = []
         if command is not None:
-            result, command_ops = self._apply_command(command, security, step, epoch)
+            result, command_ops = self._desk.apply(command, security, step, epoch)
             draft.results.append(result)
             self._sink.emit(result)
         report = self._lifecycle.step_boundary(step, epoch)
@@ -384,143 +403,6 @@ class BoundaryPlanner:
                 )
                 self._cull(seed.slot, "isolation_breaker")
 
-    # ------------------------------------------------------------ commands
-
-    def _apply_command(
-        self, cmd: AdaptationCommand, security: CommandRejectReason | None, step: int, epoch: int
-    ) -> tuple[CommandResult, list[SeedOp]]:
-        if security is not None:
-            return self._reject(cmd, security, "failed verification"), []
-        kind = cmd.kind
-        if kind is CommandKind.OPTIMIZER:
-            assert cmd.lr_delta is not None  # the verifier refuses an OPTIMIZER without lr_delta (MISSING_FIELDS)
-            op = SeedOp(kind="scale_lr", lr_scale=1.0 + cmd.lr_delta, reason=cmd.reason)
-            return self._accept(cmd, step), [op]
-        if kind is CommandKind.GERMINATE:
-            return self._germinate(cmd, step, epoch), []
-        return self._seed_verb(cmd, step)
-
-    def _germinate(self, cmd: AdaptationCommand, step: int, epoch: int) -> CommandResult:
-        slot, blueprint_id, blend = cmd.target_slot, cmd.blueprint_id, cmd.blend
-        # The verifier refuses a GERMINATE without these (MISSING_FIELDS).
-        assert slot is not None
-        assert blueprint_id is not None
-        assert blend is not None
-        shape = self._shapes.get(slot)
-        if shape is None:
-            return self._reject(cmd, CommandRejectReason.UNKNOWN_SLOT, f"no slot {slot!r}")
-        problem = blend_problem(blend, shape)
-        if problem is not None:
-            return self._reject(cmd, CommandRejectReason.INVALID_BLEND_CONFIG, problem)
-        descriptor = self._describe(blueprint_id)
-        params: Mapping[str, float] = cmd.blueprint_params
-        if descriptor is not None:
-            checked = checked_params(self._describe(blueprint_id), blueprint_id, shape, cmd.blueprint_params)
-            if isinstance(checked, str):
-                reason = CommandRejectReason.PARAMETER_OUT_OF_BOUNDS
-                if not descriptor.fits(shape.kind):
-                    reason = CommandRejectReason.UNKNOWN_BLUEPRINT
-                return self._reject(cmd, reason, checked)
-            params = checked
-        seed_id = cmd.target_seed_id or f"seed-{slot}-{step}"
-        request = GerminationRequest(
-            seed_id=seed_id,
-            blueprint=blueprint_facts(blueprint_id, descriptor, shape, params),
-            parameters=dict(params),
-            approval_recorded=blueprint_id in self._approved,
-        )
-        outcome = self._lifecycle.germinate(slot, request, epoch=epoch)
-        if not outcome.passed:
-            return self._reject(cmd, g0_reject_reason(outcome.reason), f"G0: {outcome.reason}", slot=slot)
-        self._pending[slot] = SeedEntry(
-            seed_id=seed_id,
-            slot=slot,
-            blueprint_id=blueprint_id,
-            blend=blend,
-            request=self._request(seed_id, slot, blueprint_id, shape, params),
-            breaker=isolation_breaker(seed_id, clock=self._clock, sink=self._sink, config=self._breaker),
-            germinated_step=step,
-            germinated_epoch=epoch,
-        )
-        return self._accept(cmd, step, slot=slot, seed_id=seed_id)
-
-    def _seed_verb(self, cmd: AdaptationCommand, step: int) -> tuple[CommandResult, list[SeedOp]]:
-        seed_id = cmd.target_seed_id
-        assert seed_id is not None  # the verifier refuses a seed verb without target_seed_id (MISSING_FIELDS)
-        if cmd.target_slot is not None and cmd.target_slot not in self._shapes:
-            return self._reject(cmd, CommandRejectReason.UNKNOWN_SLOT, f"no slot {cmd.target_slot!r}"), []
-        slot = self.slot_of(seed_id)
-        if slot is None:
-            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, f"no seed {seed_id!r}"), []
-        if cmd.target_slot is not None and cmd.target_slot != slot:
-            detail = f"seed {seed_id!r} lives in slot {slot!r}, not {cmd.target_slot!r}"
-            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, detail, slot=cmd.target_slot), []
-        foreign = [n for n, owner in self._owners.items() if owner == seed_id and not n.startswith(f"{slot}.")]
-        if foreign:
-            detail = f"seed {seed_id!r} owns {foreign[0]!r} outside slot {slot!r}"
-            return self._reject(cmd, CommandRejectReason.UNKNOWN_SEED, detail, slot=slot), []
-        kind = cmd.kind
-        if kind is CommandKind.CANCEL and slot in self._pending and self._pending[slot].seed_id == seed_id:
-            self._lifecycle.cancel_germination(slot)
-            del self._pending[slot]
-            return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
-        try:
-            if kind in (CommandKind.CULL, CommandKind.CANCEL):
-                self._lifecycle.cull(slot, f"{kind.value}:{cmd.reason}")
-                return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
-            if kind is CommandKind.FOSSILIZE:
-                self._lifecycle.request_fossilize(slot)
-                return self._accept(cmd, step, slot=slot, seed_id=seed_id), []
-        except IllegalTransition as err:
-            self._illegal(err)
-            return self._reject(cmd, CommandRejectReason.ILLEGAL_TRANSITION, str(err), slot=slot), []
-        seed = self._seeds.get(seed_id)
-        pause = kind is CommandKind.PAUSE
-        stage = self._lifecycle.record(slot).stage
-        if seed is None or not seed.attach_sent or stage not in SEED_STAGES or seed.paused == pause:
-            state = "paused" if seed is not None and seed.paused else "not paused"
-            detail = f"cannot {kind.value} seed {seed_id!r} ({stage.name}, {state})"
-            return self._reject(cmd, CommandRejectReason.ILLEGAL_TRANSITION, detail, slot=slot), []
-        seed.paused = pause
-        op = SeedOp(kind="pause" if pause else "resume", slot=slot, seed_id=seed_id, reason=cmd.reason)
-        return self._accept(cmd, step, slot=slot, seed_id=seed_id), [op]
-
-    def _accept(
-        self, cmd: AdaptationCommand, step: int, *, slot: str | None = None, seed_id: str | None = None
-    ) -> CommandResult:
-        self.accepted += 1
-        return CommandResult(
-            command_id=cmd.command_id,
-            kind=cmd.kind,
-            accepted=True,
-            applied_step=step + self._lag,
-            target_slot=slot,
-            seed_id=seed_id,
-        )
-
-    def _reject(
-        self, cmd: AdaptationCommand, reason: CommandRejectReason, detail: str, *, slot: str | None = None
-    ) -> CommandResult:
-        self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
-        if reason not in SECURITY_REASONS:
-            self._event(
-                "command_rejected",
-                TelemetryLevel.WARNING,
-                f"command {cmd.command_id} ({cmd.kind.value}) rejected: {reason.value}: {detail}",
-                reason=reason.value,
-                command_id=cmd.command_id,
-                kind=cmd.kind.value,
-            )
-        return CommandResult(
-            command_id=cmd.command_id,
-            kind=cmd.kind,
-            accepted=False,
-            reason=reason,
-            detail=detail,
-            target_slot=slot if slot is not None else cmd.target_slot,
-            seed_id=cmd.target_seed_id,
-        )
-
     # ------------------------------------------------------------ transitions
 
     def _judged(self, report: BoundaryReport) -> None:
@@ -625,31 +507,7 @@ class BoundaryPlanner:
         try:
             self._lifecycle.cull(slot, reason)
         except IllegalTransition as err:
-            self._illegal(err)
-
-    def _illegal(self, err: IllegalTransition) -> None:
-        self.illegal_transitions += 1
-        self._event(
-            "illegal_transition",
-            TelemetryLevel.ERROR,
-            str(err),
-            slot=err.slot,
-            from_stage=err.from_stage.name,
-            to_stage=err.to_stage.name,
-            reason=err.reason,
-        )
-
-    def _request(
-        self, seed_id: str, slot: str, blueprint_id: str, shape: SlotShape, params: Mapping[str, float]
-    ) -> PreparationRequest:
-        return PreparationRequest(
-            seed_id=seed_id,
-            slot=slot,
-            blueprint_id=blueprint_id,
-            slot_shape=shape,
-            params=tuple(sorted(params.items())),
-            build_seed=derive_build_seed(self._run_seed, seed_id),
-        )
+            self._desk.illegal(err)
 
     def _seed_state(self, rec: SlotRecord) -> SeedState:
         seed = self._seeds.get(rec.seed_id) if rec.seed_id is not None else None
@@ -658,4 +516,4 @@ class BoundaryPlanner:
         return seed_state(rec, seed, evidence, depth=self._depth[rec.slot], step=self._last_step, epoch=epoch)
 
     def _event(self, name: str, level: TelemetryLevel, description: str, **attributes: str | int | float) -> None:
-        self._sink.emit(TelemetryEvent(name=name, level=level, description=description, attributes=dict(attributes)))
+        emit_event(self._sink, name, level, description, **attributes)
