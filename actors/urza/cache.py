@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from actors.urza.artifact import ArtifactMetadata
-    from actors.urza.store import ArtifactEntry, UrzaStore
+    from actors.urza.records import ArtifactEntry
+    from actors.urza.store import UrzaStore
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
 

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from actors.urza.store import ArtifactEntry, BlueprintState, UrzaStore
+    from actors.urza.records import ArtifactEntry, BlueprintState
+    from actors.urza.store import UrzaStore
     from esper.nn.blueprints import BlueprintDescriptor, Catalogue, SlotShape
 
 __all__ = ["SeedSourceStatistics", "UrzaSeedSource", "load_module"]

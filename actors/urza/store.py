@@ -26,9 +26,8 @@ import sqlite3
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, final
 
 import msgspec
 
@@ -45,18 +44,23 @@ from actors.urza.artifact import (
     decode_artifact,
     sha256_hex,
 )
-from schemas.base import Record
+from actors.urza.records import (
+    ArtifactEntry,
+    ArtifactStatus,
+    BlueprintState,
+    BlueprintStatus,
+    IntegrityReport,
+    LoadedArtifact,
+    StoreStatistics,
+    check_sha,
+    is_sha,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-    import torch
 
-ArtifactStatus = Literal["ready", "quarantined", "failed"]
-BlueprintState = Literal["ok", "failed", "quarantined"]
-
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-")
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -79,80 +83,6 @@ _SCHEMA = (
 )
 _COLUMNS = "sha256, blueprint_id, signature_key, size_bytes, metadata, status, reason, created_at, updated_at"
 _PUT_ATTEMPTS = 3
-
-
-class ArtifactEntry(Record, frozen=True):
-    """One catalogue row: an artifact's address, status and metadata. Times are wall-clock seconds (epoch)."""
-
-    sha256: str
-    blueprint_id: str
-    signature_key: str
-    size_bytes: int
-    status: ArtifactStatus
-    reason: str
-    created_at: float
-    updated_at: float
-    metadata: ArtifactMetadata
-
-
-class BlueprintStatus(Record, frozen=True):
-    """A blueprint's standing in the catalogue; ``failed`` or ``quarantined`` stops all its artifacts being served."""
-
-    blueprint_id: str
-    state: BlueprintState
-    reason: str
-    updated_at: float
-
-
-class StoreStatistics(Record, frozen=True):
-    """Counters of one store object (this process only). Returned by statistics(), which never blocks on I/O.
-
-    ``puts_new`` counts puts that inserted a row or repaired a quarantined one; the rest found it already there.
-    """
-
-    puts: int
-    puts_new: int
-    loads: int
-    integrity_failures: int
-    temp_files_removed: int
-
-
-class IntegrityReport(Record, frozen=True):
-    """What check_integrity() found: rows checked, and artifact ids whose blob is missing or corrupt."""
-
-    checked: int
-    ok: int
-    missing: tuple[str, ...]
-    corrupt: tuple[str, ...]
-    orphan_blobs: tuple[str, ...]
-
-    @property
-    def clean(self) -> bool:
-        return not self.missing and not self.corrupt
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class LoadedArtifact:
-    """A verified artifact: its catalogue entry and its CPU tensors (state dict)."""
-
-    entry: ArtifactEntry
-    tensors: dict[str, torch.Tensor]
-
-    @property
-    def metadata(self) -> ArtifactMetadata:
-        return self.entry.metadata
-
-
-def check_sha(artifact: str) -> str:
-    """Return ``artifact`` if it is 64 lower-case hex characters (it becomes a file name: no path tricks).
-
-    Raises:
-        ValueError: it is not.
-    """
-    if not _SHA_RE.match(artifact):
-        raise ValueError(f"artifact id must be a SHA-256 as 64 lower-case hex characters, got {artifact!r}")
-    return artifact
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -559,7 +489,7 @@ class UrzaStore:
                 if quarantine:
                     self._quarantine_blob(entry.sha256, "failed integrity check")
         known = {e.sha256 for e in self.entries()}
-        orphans = sorted(p.name for p in self._blobs.iterdir() if _SHA_RE.match(p.name) and p.name not in known)
+        orphans = sorted(p.name for p in self._blobs.iterdir() if is_sha(p.name) and p.name not in known)
         return IntegrityReport(
             checked=len(entries),
             ok=len(entries) - len(missing) - len(corrupt),
