@@ -123,6 +123,54 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_bitwise_equal(data: Data
     assert_bitwise(weights(straight), weights(resumed))
 
 
+def test_a_run_stopped_between_packets_resumes_with_the_same_packets_and_epoch_figures(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    straight_box = Box()
+    straight = make_loop(config(), data, tmp_path / "a", box=straight_box)
+    straight_result = straight.run()
+    inbox = PlanInbox()
+
+    def stop_between_packets(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 29:  # step 30: two steps into an interval, four into epoch 3
+            inbox.request_stop("test")
+        return batch
+
+    make_loop(config(), data, tmp_path / "b", hook=stop_between_packets, inbox=inbox).run()
+    assert read_manifest(tmp_path / "b")[-1].global_step == 30
+    resumed_box = Box()
+    resumed_result = make_loop(config(), data, tmp_path / "b", resume=True, box=resumed_box).run()
+
+    def figures(box: Box) -> list[tuple[int, float, float, float | None, float | None]]:
+        return [
+            (p.global_step, p.training_loss, p.training_accuracy, p.epoch_training_loss, p.epoch_training_accuracy)
+            for p in box.packets
+            if p.global_step > 30
+        ]
+
+    # The interval and the epoch the stop cut through report all their steps, to the bit, as if never stopped.
+    assert figures(resumed_box) == figures(straight_box)
+    assert figures(straight_box)[-1][3] is not None  # the epoch-end packet's whole-epoch figures are compared
+    assert resumed_result.figures.train_loss == straight_result.figures.train_loss
+    assert resumed_result.figures.train_accuracy == straight_result.figures.train_accuracy
+
+
+def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_level(data: DataSplits) -> None:
+    box = Box()
+    loop = make_loop(config(epoch_hook_budget_ms=1e-6), data, box=box)
+    loop.run()
+    ends = [p for p in box.packets if p.epoch_progress == 1.0]
+    assert [p.hook_latency_ms for p in ends] == pytest.approx(loop.hook_ms_history)
+    assert ends[0].hook_latency_ms > 0.0
+    # Every epoch end blows the budget: the level each packet carries is the one its own epoch end reached, up to
+    # the halt of the last (the log line of the same epoch end says the same).
+    assert [p.emergency_level for p in ends] == [
+        EmergencyLevel.L2_ELEVATED,
+        EmergencyLevel.L2_ELEVATED,
+        EmergencyLevel.L4_HALT,
+    ]
+
+
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(data: DataSplits, tmp_path: Path) -> None:
     make_loop(config(), data, tmp_path).run()
     entries = read_manifest(tmp_path)

@@ -2,8 +2,9 @@
 
 Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> the step
 (stepper.py: host-to-device, forward, backward, finite check, optimizer step or skip, alpha advance, statistics) ->
-state packet every K steps. Epoch end: validation -> packet -> snapshot (cloned tensors) -> verdict (budgets, emergencies) -> the
-epoch's log line -> the checkpoint, handed to the writer thread (serialised and written there).
+state packet every K steps. Epoch end: validation -> isolation probe, the packet's plan expected -> snapshot (cloned
+tensors) -> verdict (budgets, emergencies) -> the packet (with this epoch's hook time and level) -> the epoch's log
+line -> the checkpoint, handed to the writer thread (serialised and written there).
 
 The hot path reads the device once per step (the finite check) and once per packet; nothing else allocates more
 than a list append. Only the Outbox crosses back to the event loop, and it never blocks.
@@ -35,7 +36,7 @@ from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.plans import release_modules
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.stepper import Stepper
-from actors.tolaria.telemetry import IntervalStats, PacketBuilder
+from actors.tolaria.telemetry import IntervalStats, OpenStats, PacketBuilder
 from actors.tolaria.validation import seed_validation
 from esper.nn.data_batches import iter_batches
 from esper.runtime.clock import MonotonicClock
@@ -147,6 +148,9 @@ class TrainingLoop:
         self._resumed_from: int | None = None
         self._last_checkpoint: str | None = None
         self._epoch_figures: tuple[float, float, float, float] | None = None
+        # The open epoch's and interval's sums: kept at a stop for its checkpoint, taken back by a resume from it.
+        self._open_stats: tuple[IntervalStats, IntervalStats] | None = None
+        self._restored_stats: tuple[OpenStats, OpenStats] | None = None
         self._hook_ms = 0.0
         # Measurements for benchmarks and tests (one float per epoch or restore; never read by the loop itself).
         self.hook_ms_history: list[float] = []
@@ -260,6 +264,10 @@ class TrainingLoop:
         self._pos.global_step = state.global_step
         self._pos.epoch = state.epoch
         self._pos.batch_index = state.batch_index
+        saved_stats = state.counters.get("open_stats")
+        self._restored_stats = None
+        if isinstance(saved_stats, str) and state.batch_index > 0:
+            self._restored_stats = msgspec.json.decode(saved_stats, type=tuple[OpenStats, OpenStats])
         if counters:
             # Resume or restart: the run's health counters continue. A rollback keeps the current ones instead,
             # or every rollback would forget the failures that caused it.
@@ -283,12 +291,25 @@ class TrainingLoop:
             self._policy.restore_deadline_missed(elapsed)
 
     def _counters(self) -> dict[str, float | int | str | None]:
-        return {
+        counters: dict[str, float | int | str | None] = {
             **self._policy.counters(),
             "rollbacks": self._rollbacks,
             "last_val_loss": self._last_val_loss,
             "expected_plans": msgspec.json.encode(self._inbox.pending()).decode(),
         }
+        if self._open_stats is not None:
+            epoch_stats, stats = self._open_stats
+            counters["open_stats"] = msgspec.json.encode((epoch_stats.export(), stats.export())).decode()
+        return counters
+
+    def _take_open_stats(self) -> tuple[IntervalStats, IntervalStats]:
+        """(the epoch's sums, the interval's) to train on with: fresh, or those a restored checkpoint saved."""
+        saved = self._restored_stats
+        self._restored_stats = None
+        if saved is None:
+            return IntervalStats(), IntervalStats()
+        device = self.trainee.device
+        return IntervalStats.restored(saved[0], device), IntervalStats.restored(saved[1], device)
 
     def _capture(self, *, keep_modules: bool) -> TrainState:
         applier = self._applier
@@ -359,15 +380,16 @@ class TrainingLoop:
         while pos.epoch < config.epochs:
             epoch_started = time.perf_counter()
             epoch_cpu_started = time.thread_time()
-            stats = IntervalStats()
             # The epoch's loss and hit sums: each interval's folded sums are added in when it ends (device ops).
-            epoch_stats = IntervalStats()
+            # A resume from a stop in mid-epoch carries on with the sums its checkpoint saved.
+            epoch_stats, stats = self._take_open_stats()
             self._missed_this_epoch = 0
             batches: Iterator[tuple[int, TensorPair]] = iter_batches(train, plan, pos.epoch, pos.batch_index)
             while True:
                 if inbox.has_due(pos.global_step):
                     self._apply_due()
                 if inbox.stop_requested:
+                    self._open_stats = (epoch_stats, stats)
                     return "stopped", inbox.stop_reason
                 t0 = time.perf_counter()
                 item = next(batches, None)
@@ -394,8 +416,7 @@ class TrainingLoop:
                         self._policy.halt_now("rollback impossible after non-finite steps")
                         return "halted", "rollback impossible after non-finite steps"
                     batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
-                    epoch_stats.add_sums(stats)
-                    stats = IntervalStats()
+                    epoch_stats, stats = self._take_open_stats()
                     continue
                 if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
                     epoch_stats.add_sums(stats)
@@ -474,19 +495,23 @@ class TrainingLoop:
         stats: IntervalStats,
         *,
         epoch_progress: float,
+        epoch: int | None = None,
         validation: tuple[float, float] | None = None,
         loss_delta: float | None = None,
         epoch_means: tuple[float, float] | None = None,
+        probe: bool = True,
+        expect: bool = True,
     ) -> None:
         pos = self._pos
         packets = self._packets
         assert packets is not None
         assert self._trainee is not None
-        self._isolation.maybe_probe(self._trainee, pos.global_step, self._outbox.event)
+        if probe:
+            self._isolation.maybe_probe(self._trainee, pos.global_step, self._outbox.event)
         packet = packets.build(
             stats,
             run_id=self._options.run_id,
-            epoch=pos.epoch,
+            epoch=pos.epoch if epoch is None else epoch,
             epochs_total=self._config.epochs,
             global_step=pos.global_step,
             epoch_progress=epoch_progress,
@@ -496,10 +521,15 @@ class TrainingLoop:
             loss_delta=loss_delta,
             epoch_means=epoch_means,
         )
-        if self._options.expects_plans:
-            # Registered before sending, so even an instant plan finds its expectation.
-            self._inbox.expect(pos.global_step, pos.global_step + self._config.command_lag_steps)
+        if expect:
+            self._expect_plan()
         self._outbox.packet(packet)
+
+    def _expect_plan(self) -> None:
+        # Registered before the packet is sent, so even an instant plan finds its expectation.
+        if self._options.expects_plans:
+            step = self._pos.global_step
+            self._inbox.expect(step, step + self._config.command_lag_steps)
 
     # ------------------------------------------------------------------ epoch end
 
@@ -550,7 +580,11 @@ class TrainingLoop:
         if val is not None and self._last_val_loss is not None:
             loss_delta = val[0] - self._last_val_loss
         train = epoch_stats.means()
-        self._send_packet(stats, epoch_progress=1.0, validation=val, loss_delta=loss_delta, epoch_means=train)
+        # The epoch-end packet carries this epoch's hook time and emergency level, so it is built after the verdict;
+        # its plan is expected (and the isolation probe runs) before the capture, so a resume from this epoch's
+        # checkpoint waits for that plan and the model state is the one the continuing run has.
+        self._isolation.maybe_probe(self.trainee, pos.global_step, self._outbox.event)
+        self._expect_plan()
         if val is not None:
             self._last_val_loss = val[0]
         pos.epoch += 1
@@ -568,6 +602,16 @@ class TrainingLoop:
         self.hook_ms_history.append(self._hook_ms)
         verdict = self._policy.end_epoch(
             epoch_ms=epoch_ms, hook_ms=self._hook_ms, missed_decisions=self._missed_this_epoch
+        )
+        self._send_packet(
+            stats,
+            epoch_progress=1.0,
+            epoch=finished_epoch,
+            validation=val,
+            loss_delta=loss_delta,
+            epoch_means=train,
+            probe=False,
+            expect=False,
         )
         self._epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         fields = epoch_fields(

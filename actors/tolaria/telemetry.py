@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import torch
 
 from esper.nn.slots import SlotMode
@@ -151,6 +152,41 @@ class IntervalStats:
         both = torch.stack(sums).tolist()
         return both[0] / self.samples, both[1] / self.samples
 
+    def export(self) -> OpenStats:
+        """The sums so far as plain numbers (one device read), for a checkpoint written in mid-interval."""
+        losses = torch.stack(self._losses).tolist() if self._losses else []
+        hits = list(self._correct)
+        if self._logits:
+            pairs = zip(self._logits, self._labels, strict=True)
+            hits.extend((logits.argmax(1) == labels).sum() for logits, labels in pairs)
+        return OpenStats(
+            steps=self.steps,
+            samples=self.samples,
+            loss_sum=None if self.loss_sum is None else float(self.loss_sum),
+            correct_sum=None if self.correct_sum is None else int(self.correct_sum),
+            losses=losses,
+            sizes=list(self._sizes),
+            hits=int(torch.stack(hits).sum()) if hits else 0,
+        )
+
+    @classmethod
+    def restored(cls, saved: OpenStats, device: torch.device) -> IntervalStats:
+        """An interval continuing from ``export``'s figures: its folds add up exactly as the exported one's would.
+
+        (float32 losses round-trip exactly through Python floats; hit counts are integers.)
+        """
+        stats = cls()
+        stats.steps, stats.samples = saved.steps, saved.samples
+        if saved.loss_sum is not None:
+            stats.loss_sum = torch.tensor(saved.loss_sum, dtype=torch.float32, device=device)
+        if saved.correct_sum is not None:
+            stats.correct_sum = torch.tensor(saved.correct_sum, dtype=torch.int64, device=device)
+        stats._losses = [torch.tensor(v, dtype=torch.float32, device=device) for v in saved.losses]
+        stats._sizes = list(saved.sizes)
+        if saved.losses:
+            stats._correct = [torch.tensor(saved.hits, dtype=torch.int64, device=device)]
+        return stats
+
     def timings(self) -> StepTimings:
         n = max(1, self.steps)
         return StepTimings(
@@ -161,6 +197,19 @@ class IntervalStats:
             optimizer_ms=self.optimizer_s * 1e3 / n,
             step_ms=self.step_s * 1e3 / n,
         )
+
+
+class OpenStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An interval's figures at a checkpoint taken inside it (a stop in mid-epoch), so a resume reports the whole
+    interval and epoch instead of only the steps after it."""
+
+    steps: int
+    samples: int
+    loss_sum: float | None
+    correct_sum: int | None
+    losses: list[float]
+    sizes: list[int]
+    hits: int
 
 
 def layer_key(name: str, slot_names: tuple[str, ...]) -> str:
