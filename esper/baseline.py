@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from esper.config import load_config
+from esper.data_fingerprint import check_same_data
 from esper.runtime.errors import ConfigError
 from schemas.base import Record
 from schemas.run import RunSummary
@@ -34,6 +35,8 @@ SAME_TRAINING: Final = (
     "weight_decay",
     "drop_last",
     "initial_seeds",
+    "precision",
+    "amp",
 )
 """The tolaria keys a baseline must share with the run it is compared with: the same data, split, host and training,
 so the only difference left is growth."""
@@ -69,6 +72,10 @@ def load_baseline(config: RunConfig) -> RecordedBaseline | None:
     except ConfigError as err:
         raise ConfigError(f"{where}: its config: {err}") from err
     _check_same_training(where, theirs.tolaria, config.tolaria)
+    try:
+        check_same_data(directory, config.tolaria, where=where)
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read tolaria.npz_path: {err.strerror or err}") from err
     path = directory / theirs.nissa.summary_json
     try:
         summary = msgspec.json.decode(path.read_bytes(), type=RunSummary)

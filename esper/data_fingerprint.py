@@ -56,9 +56,10 @@ def record_data(directory: Path, config: TolariaConfig) -> None:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
 
 
-def check_same_data(directory: Path, config: TolariaConfig) -> None:
-    """Refuse a resume whose npz file is not the one the run started on (same path or not: the bytes count). A run
-    without a record (the built-in data sets, an older version) passes. Blocking: hashes the file.
+def check_same_data(directory: Path, config: TolariaConfig, *, where: str | None = None) -> None:
+    """Refuse a resume (or a baseline: ``where`` names the key and path) whose npz file is not the one the run in
+    ``directory`` trained on (same path or not: the bytes count). A run without a record (the built-in data sets, an
+    older version) passes. Blocking: hashes the file.
 
     Raises:
         ConfigError: one line naming the file and both digests' prefixes.
@@ -70,7 +71,10 @@ def check_same_data(directory: Path, config: TolariaConfig) -> None:
     now = data_record(config)
     if now is None or now.npz_sha256 != recorded.npz_sha256:
         found = "no npz file" if now is None else f"SHA-256 {now.npz_sha256[:12]}..."
+        purpose = "a resume continues the same training on the same data"
+        if where is not None:
+            purpose = "a baseline must train on the same data"
         raise ConfigError(
-            f"--resume {directory}: the run trained on {recorded.npz_path} (SHA-256 {recorded.npz_sha256[:12]}...),"
-            f" and tolaria's data here has {found}; a resume continues the same training on the same data"
+            f"{where or f'--resume {directory}'}: the run trained on {recorded.npz_path}"
+            f" (SHA-256 {recorded.npz_sha256[:12]}...), and tolaria's data here has {found}; {purpose}"
         )

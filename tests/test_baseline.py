@@ -11,6 +11,7 @@ import pytest
 
 from esper.baseline import load_baseline, with_baseline
 from esper.config import dump_config, load_config
+from esper.data_fingerprint import record_data
 from esper.run import start
 from esper.runtime.errors import ConfigError
 from esper.summary_table import format_summary, growth_lines
@@ -106,6 +107,7 @@ def test_a_run_whose_budgets_tripped_says_a_rerun_may_differ() -> None:
         (lambda d: write_run(d), TolariaConfig(epochs=30), "tolaria.epochs is 10 there and 30 here"),
         (lambda d: write_run(d), TolariaConfig(seed=3), "tolaria.seed is 0 there and 3 here"),
         (lambda d: write_run(d), TolariaConfig(dataset="digits"), "tolaria.dataset is 'mnist1d' there and 'digits'"),
+        (lambda d: write_run(d), TolariaConfig(precision="bf16"), "tolaria.precision is 'auto' there and 'bf16'"),
     ],
 )
 def test_an_unusable_baseline_is_refused_with_one_line_naming_it(
@@ -120,6 +122,21 @@ def test_an_unusable_baseline_is_refused_with_one_line_naming_it(
     assert text.startswith(f"nissa.baseline_run: {directory}: ")
     assert message in text
     assert "\n" not in text
+
+
+def test_a_baseline_trained_on_other_bytes_of_the_same_npz_file_is_refused(tmp_path: Path) -> None:
+    npz = tmp_path / "data.npz"
+    npz.write_bytes(b"the arrays the baseline trained on")
+    tolaria = TolariaConfig(dataset="npz", npz_path=str(npz))
+    directory = write_run(tmp_path / "host", tolaria=tolaria)
+    record_data(directory, tolaria)
+    assert load_baseline(comparing_with(directory, tolaria)) is not None
+    npz.write_bytes(b"other arrays under the same name")
+    with pytest.raises(ConfigError) as raised:
+        load_baseline(comparing_with(directory, tolaria))
+    text = str(raised.value)
+    assert text.startswith(f"nissa.baseline_run: {directory}: the run trained on {npz} (SHA-256 ")
+    assert text.endswith("a baseline must train on the same data")
 
 
 def test_a_damaged_summary_is_refused(tmp_path: Path) -> None:
