@@ -178,6 +178,23 @@ async def test_the_actor_serves_http_on_an_ephemeral_port(
         await system.stop()
 
 
+async def test_the_epoch_hook_slo_counts_each_epoch_end_once(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for epoch in range(3):
+            for step in range(4):  # mid-epoch packets repeat the last epoch end's hook time: not new samples
+                await ref.tell(packet(epoch * 5 + step + 1, epoch=epoch))
+            await ref.tell(packet(epoch * 5 + 5, epoch=epoch, val=0.9))
+        snapshot = await _ask(ref)
+        [hook] = [slo for slo in snapshot.slos if slo.name == "epoch_hook_latency"]
+        assert hook.samples == 3
+    finally:
+        await system.stop()
+
+
 async def test_the_tick_child_calls_its_function(clock: ManualClock) -> None:
     ticked = asyncio.Event()
 

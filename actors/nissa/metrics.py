@@ -238,7 +238,6 @@ class MetricsAggregator:
             "tolaria.training.loss": packet.training_loss,
             "tolaria.training.accuracy": packet.training_accuracy,
             "tolaria.training.latency_ms": timings.step_ms,
-            "tolaria.epoch_hook.latency_ms": packet.hook_latency_ms,
             "tolaria.epoch": packet.epoch,
             "tolaria.global_step": packet.global_step,
             "tolaria.samples_per_s": packet.samples_per_s,
@@ -248,6 +247,9 @@ class MetricsAggregator:
             "kasmina.isolation.violations": packet.isolation_violations,
             "kasmina.seeds.active": sum(1 for stage in stages if stage in ACTIVE_STAGES),
         }
+        if packet.epoch_progress >= 1.0:
+            # Once per epoch: every packet carries the last epoch end's hook time, and the SLO counts each update.
+            updates["tolaria.epoch_hook.latency_ms"] = packet.hook_latency_ms
         if packet.validation_loss is not None:
             updates["tolaria.validation.loss"] = packet.validation_loss
         if packet.validation_accuracy is not None:
