@@ -293,6 +293,26 @@ def test_a_built_in_host_the_data_does_not_suit_is_a_one_line_config_error(
 
 
 @pytest.mark.parametrize(
+    ("factory", "target", "why"),
+    [
+        ("uncalled_slot_model", "spare", "the model's forward never calls it"),
+        ("dict_slot_model", "inner", "it returns a dict, not a tensor"),
+        ("rank1_slot_model", "inner", "it returns a tensor of rank 1 (a slot takes [batch, features]"),
+        ("float64_slot_model", "inner", "it returns torch.float64 activations, and seeds are built in torch.float32"),
+    ],
+)
+def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_error(
+    factory: str, target: str, why: str
+) -> None:
+    host = f"tests.tolaria_factories:{factory}"
+    cfg = config(host_model=host, epochs=1)
+    with pytest.raises(TolariaConfigError) as info:
+        build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
+    expected = f"tolaria.host_model = {host!r}: slot target {target!r} cannot hold a seed: {why}"
+    assert str(info.value).startswith(expected)
+
+
+@pytest.mark.parametrize(
     ("factory", "message"),
     [
         ("empty_slot_name_mlp", "the model's slot_targets: expected non-empty module names, got ['']"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -61,3 +62,57 @@ def string_slot_targets_mlp() -> nn.Module:
 def exiting() -> nn.Module:
     """A user factory that calls sys.exit()."""
     raise SystemExit(3)
+
+
+class _Odd(nn.Module):
+    """Linear(40, 16) -> ``inner`` -> Linear(16, 10), with a ``spare`` layer the forward never calls; ``slot_targets``
+    as given."""
+
+    def __init__(self, inner: nn.Module, slot_targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.a = nn.Linear(40, 16)
+        self.inner = inner
+        self.spare = nn.Linear(16, 16)
+        self.h = nn.Linear(16, 10)
+        self.slot_targets = slot_targets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = self.inner(torch.relu(self.a(x.flatten(1))))
+        if isinstance(mid, dict):
+            mid = mid["h"]
+        return self.h(mid.reshape(x.shape[0], 16).float())  # type: ignore[no-any-return]
+
+
+class _AsDict(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"h": x}
+
+
+class _Flattened(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1)
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+
+def uncalled_slot_model() -> nn.Module:
+    """A slot target the forward never calls."""
+    return _Odd(nn.Identity(), ("spare",))
+
+
+def dict_slot_model() -> nn.Module:
+    """A slot target returning a dict."""
+    return _Odd(_AsDict(), ("inner",))
+
+
+def rank1_slot_model() -> nn.Module:
+    """A slot target returning a rank-1 tensor."""
+    return _Odd(_Flattened(), ("inner",))
+
+
+def float64_slot_model() -> nn.Module:
+    """A slot target returning float64 activations."""
+    return _Odd(_Double(), ("inner",))

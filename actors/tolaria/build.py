@@ -223,20 +223,19 @@ def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
 
 def measure_slot_shapes(
     model: nn.Module, names: Sequence[str], sample: torch.Tensor
-) -> tuple[dict[str, SlotShape], object]:
-    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape; also
-    return the model's output.
+) -> tuple[dict[str, SlotShape | str], object]:
+    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape, or one
+    line saying why its output fits no slot (absent: the forward never called it); also return the model's output.
 
     Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
     """
-    shapes: dict[str, SlotShape] = {}
+    shapes: dict[str, SlotShape | str] = {}
     handles = []
     for name in names:
 
         def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
             tensor = out[0] if isinstance(out, tuple) else out
-            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
-                shapes[name] = SlotShape(slot_kind(tensor.dim()), int(tensor.shape[1]))
+            shapes[name] = _slot_shape(tensor)
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
@@ -251,6 +250,19 @@ def measure_slot_shapes(
     return shapes, output
 
 
+def _slot_shape(output: object) -> SlotShape | str:
+    if not isinstance(output, torch.Tensor):
+        return f"it returns a {type(output).__name__}, not a tensor"
+    if output.dim() < 2 or output.dim() > 4:
+        return (
+            f"it returns a tensor of rank {output.dim()} (a slot takes [batch, features], [batch, channels, length]"
+            " or [batch, channels, height, width])"
+        )
+    if output.dtype != torch.float32:
+        return f"it returns {output.dtype} activations, and seeds are built in torch.float32"
+    return SlotShape(slot_kind(output.dim()), int(output.shape[1]))
+
+
 def _fitting_shapes(
     config: TolariaConfig, model: nn.Module, slots: Sequence[str], splits: DataSplits
 ) -> dict[str, SlotShape]:
@@ -260,7 +272,7 @@ def _fitting_shapes(
     source = f"tolaria.host_model = {config.host_model!r}"
     data = f"the {config.dataset} data set's samples of shape {list(splits.input_shape)}"
     try:
-        shapes, output = measure_slot_shapes(model, slots, sample)
+        measured, output = measure_slot_shapes(model, slots, sample)
     except Exception as err:  # whatever a user's forward raises, told in one line
         raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
     expected = [len(sample), splits.num_classes]
@@ -270,6 +282,12 @@ def _fitting_shapes(
             f"{source}: the model must return a [batch, {splits.num_classes}] tensor of class scores for {data}"
             f" ({splits.num_classes} classes); it returned {got} for a batch of {len(sample)}"
         )
+    shapes: dict[str, SlotShape] = {}
+    for name in slots:
+        shape = measured.get(name, "the model's forward never calls it")
+        if isinstance(shape, str):
+            raise TolariaConfigError(f"{source}: slot target {name!r} cannot hold a seed: {shape}")
+        shapes[name] = shape
     return shapes
 
 
@@ -284,8 +302,9 @@ def build_trainee(
     ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
 
     Raises:
-        TolariaConfigError: the host model cannot be built, a slot target matches nothing, or the model ends up with
-            no slot (naming the key to set and modules it could name).
+        TolariaConfigError: the host model cannot be built, a slot target matches nothing or its output fits no slot
+            (not called, not a float32 tensor of rank 2 to 4), or the model ends up with no slot (naming the key to
+            set and modules it could name).
     """
     seed_everything(config.seed)
     model = build_host(config, splits.input_shape, splits.num_classes)
