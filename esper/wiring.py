@@ -19,6 +19,7 @@ import structlog
 from actors.kasmina.actor import KasminaActor
 from actors.nissa.actor import Nissa
 from actors.tamiyo.actor import TamiyoActor
+from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
 from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing
 from esper.nn.blueprints import build_blueprint
@@ -329,7 +330,9 @@ class UrzaFirstSource:
                 attributes={"blueprint_id": blueprint_id, "kind": slot_shape.kind, "features": slot_shape.features},
             )
         )
-        return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=seed)
+        # Tezzeret's seed, not the seed's own: the same weights the artifact would have held, so a cold or damaged
+        # store does not change the run.
+        return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=COMPILE_SEED)
 
 
 def threadsafe(loop: asyncio.AbstractEventLoop, sink: EventSink) -> Callable[[TelemetryEvent], None]:

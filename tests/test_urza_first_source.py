@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 
 from actors.tezzeret.compile import compile_all
 from actors.urza.publish import UrzaArtifactSink
@@ -71,6 +72,10 @@ def test_a_corrupt_or_missing_blob_is_quarantined_and_the_seed_still_built(store
     source, events = _source(store)
     module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
     assert _parameter_count(module) == _parameter_count(reference)  # the same blueprint, never another
+    # ...with the very weights the artifact held (Tezzeret's seed, not the seed's): a damaged store changes no run.
+    built, stored = module.state_dict(), reference.state_dict()
+    assert built.keys() == stored.keys()
+    assert all(torch.equal(built[k], stored[k]) for k in built)
     assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
     assert "its artifact is unusable" in events[0].description
     quarantined = store.entry(entry.sha256)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 import torch
 
@@ -98,6 +98,11 @@ Warmer = Callable[["nn.Module", tuple[int, ...], torch.device], None]
 """Runs ``torch.compile`` on a module on a CUDA device and one forward of an example input (cache warming)."""
 
 
+COMPILE_SEED: Final = 0
+"""Tezzeret's build seed: fixed, never a run's, so a blueprint's stored weights do not depend on which run compiled
+them (and a module built from the catalogue when no artifact is usable gets the same weights)."""
+
+
 @final
 @dataclass(frozen=True)
 class CompileSettings:
@@ -107,13 +112,13 @@ class CompileSettings:
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
+    seed: int = COMPILE_SEED
     torch_compile: bool = False
     eager_fallback: bool = True
     timeout_s: float = 60.0
 
     @classmethod
-    def from_config(cls, config: TezzeretConfig, *, device: torch.device, seed: int = 0) -> CompileSettings:
+    def from_config(cls, config: TezzeretConfig, *, device: torch.device, seed: int = COMPILE_SEED) -> CompileSettings:
         return cls(
             device=device,
             seed=seed,
