@@ -24,7 +24,7 @@ from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from schemas.base import Message
-from schemas.boundary import BoundaryApplied, BoundaryPlan, TrainingRestored
+from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
 from schemas.kasmina import SeedValidationReport
 
 if TYPE_CHECKING:
@@ -212,22 +212,56 @@ class TolariaWiring:
 class TolariaControl(Actor[ControlMessage]):
     """Receives BoundaryPlans (from Kasmina) and hands them to the step loop; event loop only, never blocks."""
 
-    def __init__(self, cell: TolariaCell, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        cell: TolariaCell,
+        capacity: int = 1024,
+        *,
+        handoff: Handoff[nn.Module] | None = None,
+        on_applied: Callable[[BoundaryApplied], None] | None = None,
+    ) -> None:
         super().__init__(inbox=(BoundaryPlan, TrainingEnded), capacity=capacity)
         self._cell = cell
+        self._handoff = handoff
+        self._on_applied = on_applied
 
     async def handle(self, msg: ControlMessage) -> None:
         match msg:
             case BoundaryPlan():
-                if not self._cell.inbox.put(msg):
-                    _log.warning(
-                        "boundary_plan_dropped",
-                        decided_on_step=msg.decided_on_step,
-                        effect_step=msg.effect_step,
-                        detail="late (its deadline passed) or never expected",
-                    )
+                verdict = self._cell.inbox.offer(msg)
+                if verdict == "accepted":
+                    return
+                late = verdict == "late"
+                _log.warning(
+                    "boundary_plan_dropped",
+                    decided_on_step=msg.decided_on_step,
+                    effect_step=msg.effect_step,
+                    detail="late: its deadline passed" if late else "never expected",
+                )
+                if late:
+                    self._refuse(msg)
             case TrainingEnded():
                 self.request_stop()
+
+    def _refuse(self, plan: BoundaryPlan) -> None:
+        """A plan that missed its step is never applied: its prepared modules are released and the planner gets a
+        receipt saying no op took effect, so a seed it germinated is culled instead of waiting for an attach."""
+        release_modules((plan,), self._handoff)
+        if self._on_applied is None or not plan.ops:
+            return
+        error = f"the plan missed its step {plan.effect_step} (decided on {plan.decided_on_step}) and was dropped"
+        self._on_applied(
+            BoundaryApplied(
+                run_id=plan.run_id,
+                decided_on_step=plan.decided_on_step,
+                effect_step=plan.effect_step,
+                applied_step=plan.effect_step,
+                outcomes=tuple(
+                    OpOutcome(kind=op.kind, slot=op.slot, seed_id=op.seed_id, applied=False, error=error)
+                    for op in plan.ops
+                ),
+            )
+        )
 
 
 @final
@@ -338,7 +372,7 @@ def tolaria_spec(
         holder: list[TolariaControl] = []
 
         def make_control() -> TolariaControl:
-            control = TolariaControl(wiring.cell)
+            control = TolariaControl(wiring.cell, handoff=wiring.handoff, on_applied=wiring.on_applied)
             holder[:] = [control]
             return control
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Literal, final
 
 from schemas.base import Record
 
@@ -111,16 +111,21 @@ class PlanInbox:
         The same plan delivered again (received and not yet applied, or among the last applied) is a counted
         duplicate and returns True: delivery is idempotent.
         """
+        return self.offer(plan) == "accepted"
+
+    def offer(self, plan: BoundaryPlan) -> Literal["accepted", "late", "unexpected"]:
+        """``put``, saying why a plan was dropped: ``late`` (its deadline was given up: it will never be applied) or
+        ``unexpected`` (no packet asked for it, e.g. decided before a rewind)."""
         with self._cond:
             state = self._state
             step = plan.decided_on_step
             if plan == state.received.get(step):
                 state.duplicates += 1
-                return True
+                return "accepted"
             if step in state.abandoned:
                 state.abandoned.discard(step)
                 state.late += 1
-                return False
+                return "late"
             effect = state.expected.get(step)
             if effect is not None and effect == plan.effect_step and step not in state.received:
                 # Expected, even if the same plan was applied before: after a rewind (a rollback, a restart) the
@@ -128,12 +133,12 @@ class PlanInbox:
                 state.received[step] = plan
                 state.received_total += 1
                 self._cond.notify_all()
-                return True
+                return "accepted"
             if plan == state.applied_recently.get(step):
                 state.duplicates += 1
-                return True
+                return "accepted"
             state.unexpected += 1
-            return False
+            return "unexpected"
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the step loop to finish its current step, checkpoint and return; any thread, idempotent."""
