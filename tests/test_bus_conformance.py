@@ -199,6 +199,19 @@ async def test_telemetry_is_shed_above_the_threshold_until_recovery(make_bus: Ma
     assert not bus.statistics().of(Topic.TELEMETRY).shedding
 
 
+async def test_state_packets_for_observers_are_shed_not_waited_for_when_nobody_reads_them(make_bus: MakeBus) -> None:
+    """The publisher's copies of state packets go to observers; on a topic no group reads, a full topic sheds them
+    (counted) instead of blocking the publisher for good (a long run wedged the publisher at the topic's capacity)."""
+    bus = make_bus(limits=BusLimits(depth_high=3, depth_recovery=1, capacity=4))
+    statuses = [
+        (await within(bus.publish(Topic.TELEMETRY, Ping(n=n), message_type=BusMessageType.SYSTEM_STATE))).status
+        for n in range(10)
+    ]
+    assert statuses == [PublishStatus.PUBLISHED] * 3 + [PublishStatus.DROPPED] * 7
+    assert bus.statistics().of(Topic.TELEMETRY).publish_dropped == 7
+    assert bus.statistics().waiting_publishers == 0
+
+
 async def test_command_publisher_waits_for_space_instead_of_dropping(make_bus: MakeBus) -> None:
     bus = make_bus(limits=BusLimits(depth_high=2, depth_recovery=1, capacity=3))
     for n in range(3):

@@ -49,8 +49,10 @@ TOPIC_LANES: dict[Topic, Lane] = {
 }
 
 # Only these may be shed under load; everything else (commands, signals, policy updates, field reports, ...) waits.
+# State packets on the bus are the observers' copies on the telemetry lane (Tamiyo and Kasmina get theirs directly):
+# telemetry, so a topic nobody reads sheds them instead of blocking the publisher once it is full.
 DROPPABLE_TYPES: frozenset[BusMessageType] = frozenset(
-    {BusMessageType.TELEMETRY, BusMessageType.KERNEL_PREFETCH_REQUEST}
+    {BusMessageType.TELEMETRY, BusMessageType.SYSTEM_STATE, BusMessageType.KERNEL_PREFETCH_REQUEST}
 )
 
 
