@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, final
 
+import pytest
 import torch
 
 from actors.kasmina.preparation import (
@@ -106,6 +107,24 @@ async def test_preparer_builds_deterministically_and_a_cache_hit_is_a_fresh_copy
     assert same_values(one, rebuilt), "a resume rebuilds the same initial weights"
     assert all(p.grad is None for p in one.parameters()), "the probe leaves no gradients behind"
     assert cold.param_names == tuple(name for name, _ in one.named_parameters())
+
+
+@pytest.mark.parametrize("features", [16, 256, 4096])
+async def test_the_g1_probe_passes_a_healthy_seed_on_slots_of_any_width(features: int) -> None:
+    """The probe's gradient norm is taken on an output scaled by its size, so the G1 bound (kasmina's default 100)
+    judges the seed, not the slot's width (BP007 on a 256-wide flat slot measured 115 unscaled, 1683 at 4096)."""
+    handoff: Handoff[nn.Module] = Handoff(capacity=4)
+    wide = PreparationRequest(
+        seed_id="s1",
+        slot="a",
+        blueprint_id="BP007",
+        slot_shape=SlotShape("flat", features),
+        params=(("width", 1.0),),
+        build_seed=derive_build_seed(7, "s1"),
+    )
+    async with Lane("io") as lane:
+        prepared = await Preparer(CatalogueSource(), handoff, lane, cache=ModuleCache(4)).prepare(wide)
+    assert 0.0 < prepared.probe_grad_norm < KasminaConfig().g2_max_gradient_norm / 4
 
 
 async def test_prefetch_warms_the_cache_for_the_germinate_that_follows(clock: ManualClock, sink: RecordingSink) -> None:
