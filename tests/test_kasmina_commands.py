@@ -133,6 +133,24 @@ async def test_pause_and_resume_become_ops(clock: ManualClock, sink: RecordingSi
         assert [op.kind for op in resumed.ops] == ["resume"]
 
 
+async def test_a_paused_seed_changes_no_stage_until_the_boundary_after_its_resume(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The trainer refuses a stage change for a paused seed; the lifecycle must not record one it never took (a G1
+    pass planned behind a pause was shown as a stage the model never reached)."""
+    async with running_kasmina(clock, sink) as h:
+        await h.apply(await h.boundary(1, h.germinate(blueprint_id="BP001")))  # attached at step 3: G1's evidence
+        await h.boundary(2, h.command(CommandKind.PAUSE, slot="a", seed_id="s1"))
+        for step in (4, 5):  # G1 would pass here
+            await h.boundary(step)
+            assert (await h.stage("a")) is Stage.GERMINATED
+        resumed = await h.boundary(6, h.command(CommandKind.RESUME, seed_id="s1"))
+        assert [op.kind for op in resumed.ops] == ["resume"]
+        assert (await h.stage("a")) is Stage.GERMINATED  # the resume's own plan follows this boundary's transitions
+        await h.boundary(7)
+        assert (await h.stage("a")) is Stage.TRAINING
+
+
 async def test_optimizer_command_becomes_a_scale_lr_op(clock: ManualClock, sink: RecordingSink) -> None:
     async with running_kasmina(clock, sink, lag=4) as h:
         plan = await h.boundary(3, h.command(CommandKind.OPTIMIZER, lr_delta=-0.5))

@@ -284,6 +284,7 @@ class SeedLifecycle:
                 raise ValueError(f"slots must be unique non-empty names, got {name!r} in {list(slots)!r}")
             record = transition(new_slot_record(name, step=step), Stage.DORMANT, step=step, epoch=epoch, reason="boot")
             self._slots[name] = _SlotState(record, self._new_evidence())
+        self._held: frozenset[str] = frozenset()
 
     @property
     def settings(self) -> LifecycleSettings:
@@ -417,6 +418,11 @@ class SeedLifecycle:
 
     # ------------------------------------------------------------ the boundary
 
+    def hold(self, slots: frozenset[str]) -> None:
+        """From the next boundary on, the live seeds of ``slots`` take no gate or stage change (a cull still goes
+        through): their seeds are paused, and the trainer refuses a stage change for a paused seed."""
+        self._held = slots
+
     def step_boundary(self, step: int, epoch: int) -> BoundaryReport:
         """Take the transitions due after optimizer step ``step``, in slot order.
 
@@ -453,6 +459,8 @@ class SeedLifecycle:
         stage = rec.stage
         if state.pending_cull is not None and stage in SEED_STAGES:
             return self._cull_now(state, step, epoch, state.pending_cull), None
+        if rec.slot in self._held and stage in SEED_STAGES:
+            return None, None
         dwell = self._settings.dwell.steps(stage)
         in_stage = step - rec.entered_stage_step
         if in_stage < dwell:

@@ -206,10 +206,14 @@ class BoundaryPlanner:
         self._report_resets()
         self._apply_packet(packet)
         command_ops: list[SeedOp] = []
+        paused_before = self._paused_slots()
         if command is not None:
             result, command_ops = self._desk.apply(command, security, step, epoch)
             draft.results.append(result)
             self._sink.emit(result)
+        # A paused seed changes no stage (the trainer refuses it): held from the boundary of its pause, whose ops
+        # follow this boundary's transitions in the plan, to the boundary after its resume, whose ops do as well.
+        self._lifecycle.hold(paused_before | self._paused_slots())
         report = self._lifecycle.step_boundary(step, epoch)
         self._last_step = step
         self.boundaries += 1
@@ -223,6 +227,9 @@ class BoundaryPlanner:
             if rec.slot in changed:
                 self._sink.emit(self._seed_state(rec))
         return draft
+
+    def _paused_slots(self) -> frozenset[str]:
+        return frozenset(seed.slot for seed in self._seeds.values() if seed.paused and not seed.detached)
 
     def prepared(self, prepared: PreparedSeed) -> None:
         """Record a module ready in the handoff store for a seed of the current draft."""
