@@ -135,7 +135,8 @@ class Console:
             figures.append(f"val acc {packet.validation_accuracy:.4f}")
         figures.append(f"params +{packet.seed_parameters}")
         figures.append(timing)
-        self._line(f"epoch {epoch:>3}/{self._epochs} {progress_bar(1.0)} " + "  ".join(figures))
+        bar = f"{progress_bar(1.0)} " if self._interactive else ""
+        self._line(f"epoch {epoch:>3}/{self._epochs} {bar}" + "  ".join(figures))
 
     def _timing(self, done: float) -> str:
         """``[elapsed<left]`` as Lightning and tqdm show it: time since the run started, and the epochs still to go

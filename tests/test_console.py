@@ -109,6 +109,13 @@ def test_the_header_names_the_run_and_how_to_watch_it() -> None:
     ]
 
 
+def test_on_a_terminal_the_epoch_line_keeps_the_full_bar() -> None:
+    stream = io.StringIO()
+    console = Console(stream, epochs=10, interactive=True)
+    console.on_packet(packet(8, epoch=0, val=0.9))
+    assert stream.getvalue().splitlines()[-1].startswith(f"epoch   1/10 {progress_bar(1.0)} loss ")
+
+
 def test_epoch_lines_show_the_time_elapsed_and_the_time_left_at_the_sessions_pace() -> None:
     now = [100.0]
     stream = io.StringIO()
@@ -120,6 +127,7 @@ def test_epoch_lines_show_the_time_elapsed_and_the_time_left_at_the_sessions_pac
     now[0] = 3704.0
     console.on_packet(packet(16, epoch=1, val=0.8))
     lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("epoch   1/10 loss ")  # off a terminal: no bar, as README says
     assert lines[0].endswith("params +0  [0:06<0:36]")
     assert lines[1].endswith("[1:00:04<5:20:00]")  # 1.5 epochs in 3600 s: 8 epochs left take 19200 s
     assert [clock_time(s) for s in (0.4, 59.6, 61, 3599, 3600)] == ["0:00", "1:00", "1:01", "59:59", "1:00:00"]
