@@ -8,6 +8,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 import torch
 
 from actors.urza.artifact import (
@@ -240,3 +241,21 @@ def test_catalogue_survives_reopening(tmp_path: Path) -> None:
         sha = first.put(linear_blob()).sha256
     with UrzaStore(tmp_path) as second:
         assert second.load(sha).metadata.family == "linear"
+
+
+def test_a_row_whose_metadata_cannot_be_read_is_dropped_and_written_again_by_the_next_put(store: UrzaStore) -> None:
+    """One damaged catalogue row used to make every read of the catalogue raise, so each Tezzeret pass blamed and
+    marked the blueprint failed, for good. The row is forgotten (counted, one warning) and the blob's next put, as
+    the next compile pass does, writes it again."""
+    bad = store.put(linear_blob(seed=1)).sha256
+    good = store.put(linear_blob(seed=2)).sha256
+    with sqlite3.connect(store.catalog_path) as conn:
+        conn.execute("UPDATE artifacts SET metadata = '{}' WHERE sha256 = ?", (bad,))
+    with structlog.testing.capture_logs() as logs:
+        assert [e.sha256 for e in store.entries()] == [good]
+    assert [(e["event"], e["artifact"]) for e in logs] == [("urza_row_dropped", bad)]
+    assert "catalogue metadata does not decode" in logs[0]["reason"]
+    assert store.entry(bad) is None
+    assert store.statistics().integrity_failures == 1
+    assert store.put(linear_blob(seed=1)).status == "ready"
+    assert sorted(e.sha256 for e in store.entries()) == sorted([bad, good])

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import msgspec
+import structlog
 
 from actors.urza.artifact import (
     ArtifactCorrupt,
@@ -81,6 +82,7 @@ _SCHEMA = (
         reason TEXT NOT NULL DEFAULT '',
         updated_at REAL NOT NULL)""",
 )
+_log = structlog.get_logger("actors.urza")
 _COLUMNS = "sha256, blueprint_id, signature_key, size_bytes, metadata, status, reason, created_at, updated_at"
 _PUT_ATTEMPTS = 3
 
@@ -356,7 +358,22 @@ class UrzaStore:
     def _select(self, query: str, args: tuple[str, ...]) -> tuple[ArtifactEntry, ...]:
         with self._lock:
             rows = self._conn.execute(query, args).fetchall()
-        return tuple(self._entry_from_row(row) for row in rows)
+        entries: list[ArtifactEntry] = []
+        for row in rows:
+            try:
+                entries.append(self._entry_from_row(row))
+            except ArtifactFormatError as err:
+                self._drop_row(row[0], str(err))
+        return tuple(entries)
+
+    def _drop_row(self, artifact: str, why: str) -> None:
+        """Forget a catalogue row that cannot be read: its blueprint is not to blame, and the next put of the blob
+        (a Tezzeret pass) writes the row again. Without it every read of the catalogue failed, for good."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM artifacts WHERE sha256 = ?", (artifact,))
+        with self._lock:
+            self._integrity_failures += 1
+        _log.warning("urza_row_dropped", artifact=artifact, reason=why[:300])
 
     @staticmethod
     def _entry_from_row(row: tuple[str, str, str, int, str, ArtifactStatus, str, float, float]) -> ArtifactEntry:
