@@ -291,6 +291,7 @@ async def assemble(
             io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
             config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
             source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
+            resume_step=resume_step if controller_resumes else None,
             mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
         ),
         tamiyo_spec(

@@ -33,6 +33,7 @@ from schemas.state import SeedState, StepTimings, SystemStatePacket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+    from pathlib import Path
 
     from torch import nn
 
@@ -213,6 +214,8 @@ async def running_kasmina(
     has_controller: bool = True,
     lag: int = 2,
     slots: Mapping[str, SlotShape] = SLOTS,
+    journal_dir: Path | None = None,
+    resume_step: int | None = None,
 ) -> AsyncIterator[Harness]:
     """A started ActorSystem running Kasmina alone, with a real io lane; stopped (and the lane closed) on exit."""
     async with Lane("io") as lane:
@@ -235,6 +238,9 @@ async def running_kasmina(
             source=source,
             cache_capacity=cache_capacity,
             lifecycle=settings if settings is not None else fast_settings(),
+            journal_dir=journal_dir,
+            resume=resume_step is not None,
+            resume_step=resume_step,
         )
         system = ActorSystem(clock=clock, sink=sink)
         await system.start(spec)

@@ -13,6 +13,8 @@ from schemas.telemetry import TelemetryEvent
 from tests._kasmina_harness import RUN, Harness, running_kasmina, seed_report
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
     from schemas.state import SeedState
@@ -100,3 +102,40 @@ async def test_a_plan_due_at_the_restored_step_is_resent_unless_a_receipt_says_i
         assert (resent.decided_on_step, resent.effect_step) == (3, 5), "only the plan still in flight"
         assert rebuilds(sink)[-1].endswith("1 plans sent again")
         assert h.plans.empty()
+
+
+async def test_a_resume_replays_the_journal_once_when_the_restore_names_the_expected_step(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """A resume knows the checkpoint's step: the start's replay stops there and holds the plans in flight, and
+    Tolaria's restore at that step only sends them (a long run's resume replayed its whole journal twice)."""
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        step = await grow_one_seed(h)
+        await h.boundary(step, seeds=(seed_report(),))
+    sink.events.clear()
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path, resume_step=1) as h:
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="full"))
+        again = await h.next_plan()
+        assert (again.decided_on_step, again.effect_step, [op.kind for op in again.ops]) == (1, 3, ["attach"])
+        assert await h.stage("a") is Stage.GERMINATED
+        [start] = rebuilds(sink)
+        assert "up to step 1;" in start
+        assert "1 plans held for the restore" in start
+        ready = [e.description for e in sink.of_type(TelemetryEvent) if e.name == "kasmina_restore_ready"]
+        assert ready == ["the start's replay up to step 1 serves the restore; 1 plans sent again"]
+
+
+async def test_a_restore_at_another_step_than_expected_replays_again_and_releases_the_held_modules(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        step = await grow_one_seed(h)
+        await h.boundary(step, seeds=(seed_report(),))
+    sink.events.clear()
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path, resume_step=1) as h:
+        assert len(h.handoff) == 1  # the held attach's module
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=0, tier="none"))
+        assert await h.stage("a") is Stage.DORMANT  # cut before the germination: the seed never was
+        assert len(rebuilds(sink)) == 2
+        assert len(h.handoff) == 0
+        assert not [e for e in sink.of_type(TelemetryEvent) if e.name == "kasmina_restore_ready"]

@@ -11,6 +11,7 @@ reaches the effect step first, waits there; a counted stall by design).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, assert_never, final
 
 import anyio
@@ -21,6 +22,7 @@ from actors.kasmina.journal import (
     JournalBoundary,
     JournalReceipt,
     JournalValidation,
+    entry_step,
     planner_view,
 )
 from esper.runtime.actor import Actor
@@ -90,6 +92,16 @@ class MutableSink:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class _HeldReplay:
+    """A start's replay up to the step a resume restores: the journal's length then and the plans to send again."""
+
+    step: int
+    journal_length: int
+    plans: tuple[BoundaryPlan, ...]
+
+
+@final
 class KasminaActor(Actor[KasminaMessage]):
     """Seed slots' lifecycle, command verification and seed preparation for one run.
 
@@ -115,6 +127,7 @@ class KasminaActor(Actor[KasminaMessage]):
         capacity: int = 1024,
         clock: Clock | None = None,
         artifact_wait_s: float = 0.0,
+        expected_restore: int | None = None,
     ) -> None:
         """Args:
         run_id: packets, decisions and receipts of any other run are refused (the actor crashes).
@@ -131,6 +144,8 @@ class KasminaActor(Actor[KasminaMessage]):
         capacity: mailbox capacity; also the most packets or decisions kept waiting for their partner.
         clock / artifact_wait_s: a preparation whose module is NotYetAvailable (Tezzeret has not stored the
             artifact yet) is retried on this clock for up to this long before it fails; None or 0: it fails at once.
+        expected_restore: the step Tolaria's coming TrainingRestored will name (a resume's checkpoint): the start's
+            replay stops there and keeps the plans to send again for that restore, which then replays nothing.
         """
         super().__init__(inbox=KASMINA_INBOX, capacity=capacity)
         self._run_id = run_id
@@ -157,6 +172,8 @@ class KasminaActor(Actor[KasminaMessage]):
         self._clock = clock
         self._artifact_wait_s = artifact_wait_s
         self._artifact_waits = 0
+        self._expected_restore = expected_restore
+        self._held: _HeldReplay | None = None
 
     async def on_start(self) -> None:
         journal = self._journal
@@ -164,11 +181,12 @@ class KasminaActor(Actor[KasminaMessage]):
             await anyio.to_thread.run_sync(journal.load)
         if len(journal):
             # A new incarnation (or a resumed run) picks up where the journal ends; Tolaria's TrainingRestored, which
-            # follows when it restarts too, then cuts it back to the step it continues from. Replaying here as well,
-            # before Tolaria starts, is deliberate: it builds the seeds into the ready cache, so the second replay,
-            # which races the training steps toward the resent plans' effect steps, finds them there instead of
-            # building them while the trainer waits at an effect step (up to its decision deadline).
-            await self._rebuild(None)
+            # follows when it restarts too, then cuts it back to the step it continues from. Replaying here, before
+            # Tolaria starts, is deliberate: it builds the seeds into the ready cache, so the plans Tolaria expects
+            # again are ready before it waits for them at their effect steps. A resume knows that step: the replay
+            # stops there and holds the plans, and the restore only sends them (one replay instead of two).
+            cut = self._expected_restore
+            await self._rebuild(cut, preview=cut is not None)
 
     async def handle(self, msg: KasminaMessage) -> SeedStates | KasminaStatistics | None:
         match msg:
@@ -193,7 +211,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 await self._journal_add(JournalValidation(report=msg))
             case TrainingRestored():
                 self._check_run(msg.run_id, "restore", msg.step)
-                await self._rebuild(msg.step)
+                await self._restored(msg.step)
             case PrefetchSeed():
                 await self._prefetch(msg)
             case GetSeedStates():
@@ -277,16 +295,40 @@ class KasminaActor(Actor[KasminaMessage]):
         if self._journal.path is not None:
             await anyio.to_thread.run_sync(self._journal.write_pending)
 
-    async def _rebuild(self, cut: int | None) -> None:
+    async def _restored(self, step: int) -> None:
+        """Tolaria continues from ``step``: the planner goes back there and the plans in flight then are sent again."""
+        held, self._held = self._held, None
+        if held is not None and held.step == step and held.journal_length == len(self._journal):
+            # Nothing was journaled since the start's replay up to this very step: it stands; only the file is cut.
+            await anyio.to_thread.run_sync(self._journal.cut, step)
+            self._event(
+                "kasmina_restore_ready",
+                TelemetryLevel.INFO,
+                f"the start's replay up to step {step} serves the restore; {len(held.plans)} plans sent again",
+            )
+            for plan in held.plans:
+                await self._outlet(plan)
+            return
+        if held is not None:
+            for plan in held.plans:
+                for op in plan.ops:
+                    if op.handle is not None:
+                        self._preparer.discard(op.handle)
+        await self._rebuild(step)
+
+    async def _rebuild(self, cut: int | None, *, preview: bool = False) -> None:
         """Replace the planner by one rebuilt from the journal up to boundary ``cut`` (None: all of it), reporting
-        nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again)."""
+        nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again).
+        ``preview``: leave the file whole and hold those plans for the restore at ``cut`` (see ``_restored``)."""
         journal = self._journal
-        if cut is not None:
+        if cut is not None and not preview:
             await anyio.to_thread.run_sync(journal.cut, cut)
         sink = MutableSink(self._planner_sink)
         sink.muted = True
         planner = self._make_planner(sink)
         entries = await anyio.to_thread.run_sync(journal.entries)
+        if preview and cut is not None:
+            entries = tuple(entry for entry in entries if entry_step(entry) <= cut)
         applied: set[int] = set()
         for entry in entries:
             match entry:
@@ -332,8 +374,11 @@ class KasminaActor(Actor[KasminaMessage]):
             "kasmina_rebuilt",
             TelemetryLevel.INFO,
             f"lifecycle rebuilt from {len(entries)} journal entries up to step {planner.last_step}; "
-            f"{len(in_flight)} plans sent again",
+            f"{len(in_flight)} plans {'held for the restore' if preview else 'sent again'}",
         )
+        if preview and cut is not None:
+            self._held = _HeldReplay(step=cut, journal_length=len(journal), plans=tuple(in_flight))
+            return
         for plan in in_flight:
             await self._outlet(plan)
 

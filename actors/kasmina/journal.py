@@ -84,7 +84,8 @@ def planner_view(packet: SystemStatePacket) -> SystemStatePacket:
     )
 
 
-def _step(entry: JournalEntry) -> int:
+def entry_step(entry: JournalEntry) -> int:
+    """The step an entry describes: a boundary's packet step, a receipt's applied step, a report's step."""
     match entry:
         case JournalBoundary():
             return entry.packet.global_step
@@ -140,7 +141,7 @@ class BoundaryJournal:
         """Drop every entry describing a step after ``step`` (a boundary, a receipt's applied step, a report's
         step); returns how many were dropped. With a path the file is replaced atomically (blocking)."""
         entries = self.entries()
-        kept = [entry for entry in entries if _step(entry) <= step]
+        kept = [entry for entry in entries if entry_step(entry) <= step]
         if self._path is None:
             self._entries = kept
         else:

@@ -80,6 +80,7 @@ def kasmina_spec(
     approved_blueprints: frozenset[str] = frozenset(),
     journal_dir: Path | None = None,
     resume: bool = False,
+    resume_step: int | None = None,
     observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
     name: str = "kasmina",
     mailbox_capacity: int = 1024,
@@ -111,6 +112,9 @@ def kasmina_spec(
         journal_dir: where the boundary journal file lives (``<run dir>/checkpoints``), so ``--resume`` can rebuild
             the lifecycle; None keeps the journal in memory (it still survives restarts within the run).
         resume: read the journal file left by the run being resumed; False starts a fresh one.
+        resume_step: the step of the checkpoint a resume continues from (Tolaria's restore will name it): the first
+            incarnation replays the journal up to it at start and holds the plans to send again until that restore,
+            instead of replaying it all again then.
         observer: receives each packet with Kasmina's view of the seeds (Tamiyo's ``ref.tell``); see KasminaActor.
 
     Raises:
@@ -151,7 +155,10 @@ def kasmina_spec(
             approved_blueprints=approved_blueprints,
         )
 
+    first_restore: list[int | None] = [resume_step]
+
     def build() -> KasminaActor:
+        expected_restore = first_restore.pop() if first_restore else None  # a restart's restore step is unknown
         return KasminaActor(
             run_id=run_id,
             planner=make_planner,
@@ -165,6 +172,7 @@ def kasmina_spec(
             capacity=mailbox_capacity,
             clock=clock,
             artifact_wait_s=config.artifact_wait_ms / 1e3,
+            expected_restore=expected_restore,
         )
 
     return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)
