@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
 import pytest
 import torch
 
@@ -47,7 +48,8 @@ async def test_the_gnn_policy_decides_end_to_end_with_a_log_prob(
 ) -> None:
     config = TamiyoConfig(policy="gnn", policy_process=where)
     async with TamiyoHarness(tmp_path, sink, config=config, gnn=SETTINGS) as h:
-        decisions = await h.run(plateau_run(epochs=2))
+        # The whole run (2 epochs of 2): its stop ends it, so every open window is reported.
+        decisions = await h.run([msgspec.structs.replace(p, epochs_total=2) for p in plateau_run(epochs=2)])
         stats = await h.stats()
     assert all(d.policy == "gnn" for d in decisions)
     assert stats.fallbacks == 0

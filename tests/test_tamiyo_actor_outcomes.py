@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from actors.tamiyo.actor import command_id_for
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.runtime.events import RecordingSink
+    from schemas.state import SystemStatePacket
 
 WINDOW = 2
 LOSSES = (1.0, 0.9, 0.8, 0.85, 0.95)
@@ -27,11 +29,7 @@ SEED_PARAMS = (0, 0, 100, 100, 100)
 async def test_reports_carry_outcomes_and_rewards_and_survive_a_torn_tail(tmp_path: Path, sink: RecordingSink) -> None:
     config = TamiyoConfig(field_report_window_epochs=WINDOW, plateau_patience_epochs=10)
     simic = SimicConfig(reward_lambda_size=0.5, reward_lambda_critical=1.0)
-    packets = [
-        packet(10 * (e + 1), e, validation_loss=loss, loss_delta=None if e == 0 else loss - LOSSES[e - 1],
-               seed_parameters=SEED_PARAMS[e])
-        for e, loss in enumerate(LOSSES)
-    ]  # fmt: skip
+    packets = _epochs(range(len(LOSSES)))
     async with TamiyoHarness(tmp_path, sink, config=config, simic=simic) as h:
         await h.run(packets)
         stats = await h.stats()
@@ -41,7 +39,7 @@ async def test_reports_carry_outcomes_and_rewards_and_survive_a_torn_tail(tmp_pa
     path = tmp_path / WAL_FILENAME
     scan = await read_field_reports(path)
     reports = {r.start_epoch: r for r in scan.reports}
-    assert len(scan.reports) == len(LOSSES), "the stop aborted the open windows and reported them too"
+    assert len(scan.reports) == len(LOSSES), "the stop after the last epoch aborted the open windows and reported them"
     for epoch in range(len(LOSSES) - WINDOW):
         report = reports[epoch]
         cid = command_id_for(RUN_ID, packets[epoch].global_step)
@@ -67,6 +65,41 @@ async def test_reports_carry_outcomes_and_rewards_and_survive_a_torn_tail(tmp_pa
     torn = await read_field_reports(path)
     assert torn.torn == 1
     assert torn.reports == scan.reports
+
+
+def _epochs(epochs: range) -> list[SystemStatePacket]:
+    """The epoch-end packets of a run of len(LOSSES) epochs."""
+    return [
+        msgspec.structs.replace(
+            packet(10 * (e + 1), e, validation_loss=LOSSES[e], loss_delta=None if e == 0 else LOSSES[e] - LOSSES[e - 1],
+                   seed_parameters=SEED_PARAMS[e]),
+            epochs_total=len(LOSSES),
+        )
+        for e in epochs
+    ]  # fmt: skip
+
+
+async def test_a_stop_before_the_last_epoch_keeps_the_open_windows_for_the_resume(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """A Ctrl-C is not the end of the run: the open windows stay in the state the resume starts from and are judged
+    there, so every decision gets one report with its real outcome (they were all ABORTED as end_of_run)."""
+    config = TamiyoConfig(field_report_window_epochs=WINDOW, plateau_patience_epochs=10)
+    async with TamiyoHarness(tmp_path, sink, config=config) as h:
+        await h.run(_epochs(range(3)))
+        stopped_with = await h.state()
+    assert len(stopped_with.outcomes.windows) == WINDOW
+    async with TamiyoHarness(tmp_path, sink, config=config, state=stopped_with) as h:
+        await h.run(_epochs(range(3, len(LOSSES))))
+    reports = (await read_field_reports(tmp_path / WAL_FILENAME)).reports
+    assert sorted(r.start_epoch for r in reports) == list(range(len(LOSSES)))  # one report per decision
+    outcomes = {r.start_epoch: r.outcome for r in reports}
+    assert [outcomes[e] for e in range(len(LOSSES) - WINDOW)] == [
+        FieldReportOutcome.SUCCESS,
+        FieldReportOutcome.SUCCESS,
+        FieldReportOutcome.REGRESSION,
+    ]
+    assert {outcomes[e] for e in range(len(LOSSES) - WINDOW, len(LOSSES))} == {FieldReportOutcome.ABORTED}
 
 
 def _window(step: int, epoch: int) -> OutcomeWindow:

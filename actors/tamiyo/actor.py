@@ -199,6 +199,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._counters = TamiyoCounters()
         self._latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._last_step: int | None = None
+        self._training_over = False  # the last packet ended the last epoch
         self._inflight = False
         if state is not None:
             self.import_state(state)
@@ -237,10 +238,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
             self._policy.close()
 
     async def on_stop(self) -> None:
-        """A requested stop ends the run: open windows are reported ABORTED. A crash keeps them in the state."""
+        """A requested stop after the last epoch ends the run: open windows are reported ABORTED. A stop before it
+        (Ctrl-C: the run may be resumed) or a crash keeps them in the state, so a resume judges them."""
         try:
-            if self.stopping:
+            if self.stopping and self._training_over:
                 await self._append(self._tracker.abort_all("end_of_run"))
+            elif self.stopping and self._tracker.pending:
+                _log.info("tamiyo_outcomes_kept", pending=self._tracker.pending, detail="reported when resumed")
         finally:
             if self._on_stop_state is not None:
                 self._on_stop_state(self.export_state())
@@ -529,6 +533,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             self._counters, decisions=self._counters.decisions + 1, by_action=by_action
         )
         self._last_step = packet.global_step
+        self._training_over = packet.epoch_progress >= 1.0 and packet.epoch + 1 >= packet.epochs_total
 
     def _end_of_packet(self, packet: SystemStatePacket) -> None:
         if packet.validation_loss is None:
