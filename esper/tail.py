@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
 
 from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
+from esper.run_files import run_files
 from esper.runtime.clock import MonotonicClock
 from esper.tail_follow import LineReader, follow_lines, read_lines_once
 from esper.tail_render import EventFilter, TailSession
@@ -145,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace, *, stdout_is_tty: bool) -> TailOptions:
-    """Turn parsed arguments into TailOptions; a directory path means its events.jsonl, and so does a path that
-    does not exist yet unless it names a .jsonl file (``--follow`` on a run directory before the run makes it)."""
+    """Turn parsed arguments into TailOptions; a directory path means its event log (``logging.json_file`` of its
+    config.toml, events.jsonl by default), and so does a path that does not exist yet unless it names a .jsonl file
+    (``--follow`` on a run directory before the run makes it)."""
     path: Path = args.path
     if path.is_dir() or (not path.exists() and path.suffix != ".jsonl"):
-        path = path / "events.jsonl"
+        path = path / run_files(path).events
     color = {"always": True, "never": False}.get(args.color, stdout_is_tty)
     return TailOptions(
         path=path,

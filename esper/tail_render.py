@@ -212,7 +212,6 @@ class TailSession:
         self.color = color
         self.table = ActorStateTable()
         self.malformed = 0
-        self.shown = 0
         self.version = 0
         """Bumped whenever something the state view shows (a row or the malformed count) changes."""
         self.finished = False
@@ -232,7 +231,6 @@ class TailSession:
                 self._observe_state(event)
             elif self.event_filter.accepts(event):
                 shown.append(render_event(event, color=self.color))
-        self.shown += len(shown)
         return shown
 
     def _observe_state(self, event: LogEvent) -> None:

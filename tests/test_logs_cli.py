@@ -88,3 +88,6 @@ def test_a_run_directory_is_its_events_file_even_before_the_run_makes_it(tmp_pat
     assert path_of(str(tmp_path / "custom.jsonl")) == tmp_path / "custom.jsonl"
     later.mkdir(parents=True)
     assert path_of(str(later)) == later / "events.jsonl"
+    # A run whose config names its own event log (logging.json_file) is tailed from that file.
+    (later / "config.toml").write_text('[logging]\njson_file = "log.jsonl"\n', encoding="utf-8")
+    assert path_of(str(later)) == later / "log.jsonl"

@@ -199,7 +199,6 @@ class GnnPolicy(GnnPolicyBase):
         self._max_ramp_steps = max_ramp_steps
         self._lr_delta_bound = lr_delta_bound
         self._decisions = 0
-        self.last_feature_coverage: float | None = None
 
     @property
     def version(self) -> str:
@@ -257,7 +256,6 @@ class GnnPolicy(GnnPolicyBase):
         if not observation.blueprints:
             return msgspec.structs.replace(NO_OP, reason="no_blueprint")
         encoded = self._builder.build(graph_inputs(observation))
-        self.last_feature_coverage = encoded.feature_coverage
         slots = encoded.seed_slots
         targets = {action: _targets(observation, action) for action in _ACTIONS}
         allowed_bps = {bp.blueprint_id for bp in observation.blueprints if not bp.quarantine_only}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, TypeVar, assert_never, final
 
 import structlog
 
@@ -22,6 +22,7 @@ from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox, release_modules
 from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor
+from esper.runtime.errors import ActorError, MailboxError
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from schemas.base import Message
 from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
@@ -160,7 +161,7 @@ class LoopOutbox:
         for subscriber in self._subscribers:
             try:
                 subscriber(packet)
-            except Exception as err:  # noqa: BLE001  # a full subscriber loses the packet; training never waits
+            except (MailboxError, ActorError) as err:  # a full or stopped subscriber loses it; training never waits
                 self.dropped += 1
                 _log.warning("state_packet_dropped", error=f"{type(err).__name__}: {err}")
 
@@ -242,6 +243,8 @@ class TolariaControl(Actor[ControlMessage]):
                     self._refuse(msg)
             case TrainingEnded():
                 self.request_stop()
+            case _:
+                assert_never(msg)
 
     def _refuse(self, plan: BoundaryPlan) -> None:
         """A plan that missed its step is never applied: its prepared modules are released and the planner gets a

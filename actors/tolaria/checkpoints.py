@@ -339,7 +339,6 @@ class CheckpointWriter:
         self._entries: list[CheckpointInfo] | None = None
         self._thread = threading.Thread(target=self._work, name="esper-tolaria-checkpoints", daemon=True)
         self._thread.start()
-        self.written = 0
 
     @property
     def directory(self) -> Path:
@@ -426,7 +425,6 @@ class CheckpointWriter:
         self._entries = entries
         for old in dropped:
             (directory / old.file).unlink(missing_ok=True)
-        self.written += 1
         if self._on_written is not None:
             self._on_written(info)
 

@@ -51,7 +51,6 @@ class IsolationMonitor:
         self._every = every_steps
         self._x = micro_batch
         self._last_probe_step: int | None = None
-        self.probes = 0
         self.sketch_step = -1  # the global step whose backward is sketched next (-1: none scheduled)
         self._sketcher = GradientSketcher()
         self._sketched: tuple[int, dict[str, str]] | None = None  # (step, slot -> seed id) awaiting a read
@@ -95,7 +94,6 @@ class IsolationMonitor:
             results = probe_isolation(model, lambda: model(x), modes=MONITORED_MODES)
         finally:
             model.train(was_training)
-        self.probes += 1
         for result in results:
             self._record(trainee, result, step, emit)
         if results:

@@ -436,7 +436,6 @@ class SnapshotStore:
         self._cap_bytes = cap_bytes
         self._latest: TrainState | None = None
         self.disabled_reason: str | None = None if cap_bytes > 0 else "snapshot_memory_cap_mb is 0"
-        self.taken = 0
 
     @property
     def latest(self) -> TrainState | None:
@@ -451,5 +450,4 @@ class SnapshotStore:
             self._latest = None
             return False
         self._latest = state
-        self.taken += 1
         return True

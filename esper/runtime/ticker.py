@@ -49,14 +49,12 @@ class Ticker(Actor[Tick]):
         self._interval_s = interval_s
         self._clock = clock
         self._call_on_stop = call_on_stop
-        self.ticks = 0
 
     async def on_start(self) -> None:
         self.ref.tell_nowait(Tick(seq=0))
 
     async def handle(self, msg: Tick) -> None:
         await self._fn()
-        self.ticks += 1
         await self.until_stopping(self._clock.sleep, self._interval_s)
         if not self.stopping:
             self.ref.tell_nowait(Tick(seq=msg.seq + 1))
