@@ -249,7 +249,7 @@ async def start(
     if resume is not None:
         directory = Path(resume)
         await anyio.to_thread.run_sync(check_not_in_use, directory)
-        if not (directory / "checkpoints").is_dir():
+        if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
         await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)

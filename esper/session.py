@@ -189,8 +189,12 @@ class EsperSystem:
         if self._stop_training is not None:
             self._stop_training()
         for resource in self._abandonable:
-            with contextlib.suppress(Exception):
+            try:
                 resource.close()
+            except Exception as err:  # noqa: BLE001  # the loop is going away: release the rest, say what failed
+                _log.warning(
+                    "abandon_close_failed", resource=type(resource).__name__, error=f"{type(err).__name__}: {err}"
+                )
         self._hub.close()
         with contextlib.suppress(OSError):
             self._logging.close()

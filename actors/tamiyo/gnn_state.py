@@ -10,6 +10,7 @@ import abc
 
 import msgspec
 
+from esper.runtime.errors import EsperError
 from schemas.base import Record
 
 __all__ = ["GnnPolicyBase", "GnnPolicyState", "PolicyWorker"]
@@ -53,7 +54,7 @@ class GnnPolicyBase(abc.ABC):
         """
 
 
-class PolicyRestarting(RuntimeError):
+class PolicyRestarting(EsperError, RuntimeError):
     """The policy's worker process is being started again after it died: the fallback decides meanwhile. Not a
     failure of the policy (the death already counted as one), so it does not count towards the inference breaker."""
 

@@ -113,7 +113,7 @@ class TamiyoStateJournal:
         if self._lines is None:
             entries, skipped = await anyio.to_thread.run_sync(read_entries, self._path)
             self._lines = len(entries) + skipped
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(lambda: self._path.parent.mkdir(parents=True, exist_ok=True))
         async with aiofiles.open(self._path, "ab") as file:
             await file.write(_line(StateEntry(step=step, state=state)))
         self._lines += 1

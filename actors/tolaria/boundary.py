@@ -212,19 +212,18 @@ class BoundaryApplier:
             raise OpRefused(f"{op.kind}: slot after {name!r} holds no seed")
         if op.seed_id is not None and op.seed_id != seed_id:
             raise OpRefused(f"{op.kind}: slot after {name!r} holds seed {seed_id!r}, not {op.seed_id!r}")
-        base = dict(step=step, slot=name, seed_id=seed_id)
         if op.kind == "pause":
             if name in trainee.paused:
                 raise OpRefused(f"pause: seed {seed_id!r} is already paused")
             trainee.paused[name] = slot.mode.value
             slot.mode = SlotMode.DORMANT  # the identity path; the seed stays attached and gets no gradient
-            return GraftEvent(kind="pause", **base)  # type: ignore[arg-type]
+            return GraftEvent(step=step, kind="pause", slot=name, seed_id=seed_id)
         if op.kind == "resume":
             mode = trainee.paused.pop(name, None)
             if mode is None:
                 raise OpRefused(f"resume: seed {seed_id!r} is not paused")
             slot.mode = SlotMode(mode)
-            return GraftEvent(kind="resume", **base)  # type: ignore[arg-type]
+            return GraftEvent(step=step, kind="resume", slot=name, seed_id=seed_id)
         if op.kind == "detach" and name in trainee.paused:
             # A cull takes a paused seed out as well (refusing it left the culled module in the model for good).
             slot.mode = SlotMode(trainee.paused.pop(name))
@@ -240,7 +239,7 @@ class BoundaryApplier:
             except ValueError as err:
                 raise OpRefused(f"set_stage: {err}") from err
             self._incubation_rate(seed_id, incubating=slot.mode is SlotMode.TRAINING)
-            return GraftEvent(kind="set_stage", stage=op.stage, **base)  # type: ignore[arg-type]
+            return GraftEvent(step=step, kind="set_stage", slot=name, seed_id=seed_id, stage=op.stage)
         if op.kind == "fossilize":
             return self._fossilize(step, name, slot, seed_id)
         if op.kind == "detach":
@@ -249,7 +248,7 @@ class BoundaryApplier:
             remove_seed_group(optimizer, seed_id)
             slot.detach()
             check_param_groups(optimizer, trainee.model.named_parameters())
-            return GraftEvent(kind="detach", **base)  # type: ignore[arg-type]
+            return GraftEvent(step=step, kind="detach", slot=name, seed_id=seed_id)
         raise OpRefused(f"unknown op kind {op.kind!r}")
 
     def _attach(

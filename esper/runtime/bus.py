@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from schemas.base import Message, Record
 from schemas.enums import BusMessageType, MessagePriority
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 PayloadT = TypeVar("PayloadT")
 
@@ -37,16 +38,18 @@ class Lane(enum.IntEnum):
 
 ALL_TOPICS: frozenset[Topic] = frozenset(Topic)
 
-TOPIC_LANES: dict[Topic, Lane] = {
-    Topic.EMERGENCY: Lane.EMERGENCY,
-    Topic.NORMAL: Lane.CONTROL,
-    Topic.POLICY: Lane.CONTROL,
-    Topic.KERNEL_REQUESTS: Lane.CONTROL,
-    Topic.KERNEL_READY: Lane.CONTROL,
-    Topic.KERNEL_ERRORS: Lane.CONTROL,
-    Topic.TELEMETRY: Lane.TELEMETRY,
-    Topic.DEAD_LETTER: Lane.TELEMETRY,
-}
+TOPIC_LANES: Mapping[Topic, Lane] = MappingProxyType(
+    {
+        Topic.EMERGENCY: Lane.EMERGENCY,
+        Topic.NORMAL: Lane.CONTROL,
+        Topic.POLICY: Lane.CONTROL,
+        Topic.KERNEL_REQUESTS: Lane.CONTROL,
+        Topic.KERNEL_READY: Lane.CONTROL,
+        Topic.KERNEL_ERRORS: Lane.CONTROL,
+        Topic.TELEMETRY: Lane.TELEMETRY,
+        Topic.DEAD_LETTER: Lane.TELEMETRY,
+    }
+)
 
 # Only these may be shed under load; everything else (commands, signals, policy updates, field reports, ...) waits.
 # State packets on the bus are the observers' copies on the telemetry lane (Tamiyo and Kasmina get theirs directly):

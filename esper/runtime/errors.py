@@ -1,6 +1,7 @@
 """The one exception tree: everything Esper raises on its own account derives from EsperError.
 
 EsperError
+├── NotYetAvailable               something another actor is still producing (an artifact being compiled); retry
 ├── ActorError
 │   ├── ActorStopped              a tell or ask reached an actor that has stopped (or stopped while the ask waited)
 │   ├── ReplyTypeError            an ask's reply was not of the type the asker named (also TypeError)
@@ -30,7 +31,8 @@ Leaves that subsystems add next to their code (never a second root):
   UnknownSlot (actors.kasmina.lifecycle), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
   BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
   FetchBudgetExceeded (actors.urza.artifact), MetricsFileError (actors.nissa.csv_writer), ReportInputError
-  (esper.report), LogFileInUse (esper.logs)
+  (esper.report), LogFileInUse (esper.logs), JournalCorrupt (actors.kasmina.journal), PolicyRestarting (also
+  RuntimeError; actors.tamiyo.gnn_state)
 esper.nn may not import this module (it is pure torch), so its misuse errors are plain ValueError subclasses:
 SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, DatasetError.
 """
