@@ -212,7 +212,7 @@ async def assemble(
     routes = Routes(actors, sink)
     nissa_sink = FanoutSink(sink, NissaForward(routes))
     source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
-    seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source  # type: ignore[arg-type]
+    seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source
     state, state_source, resume_step = None, "fresh", None
     if resume:
         state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from actors.kasmina.preparation import SeedSource
     from actors.urza.seed_source import UrzaSeedSource
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.nn.data import TensorPair
@@ -77,21 +78,9 @@ class RunHooks:
     """
 
     crash_tamiyo_at_step: int | None = None
-    wrap_source: Callable[[SeedSourceLike], SeedSourceLike] | None = None
+    wrap_source: Callable[[SeedSource], SeedSource] | None = None
     packet_tap: Callable[[SystemStatePacket], None] | None = None
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
-
-
-class SeedSourceLike:
-    """Kasmina's SeedSource protocol, restated here so hooks can be typed without importing actors.kasmina."""
-
-    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:  # pragma: no cover - a protocol
-        raise NotImplementedError
-
-    def fetch(
-        self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int
-    ) -> nn.Module:  # pragma: no cover - a protocol
-        raise NotImplementedError
 
 
 @final

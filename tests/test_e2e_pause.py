@@ -11,11 +11,13 @@ from torch import nn
 
 from actors.tolaria.checkpoints import load_latest
 from esper import start
-from esper.wiring import RunHooks, SeedSourceLike
+from esper.wiring import RunHooks
 from tests.test_e2e_run import ReplaceNthFetch, tiny_config
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from actors.kasmina.preparation import SeedSource
 
 
 class _TurnsHarmful(nn.Module):
@@ -35,7 +37,7 @@ class _TurnsHarmful(nn.Module):
         return out
 
 
-def first_seed_turns_harmful(inner: SeedSourceLike) -> SeedSourceLike:
+def first_seed_turns_harmful(inner: SeedSource) -> SeedSource:
     """The first seed fetched is wrapped in _TurnsHarmful; every later one is the real blueprint."""
     return ReplaceNthFetch(inner, 1, _TurnsHarmful)
 

@@ -18,10 +18,11 @@ import pytest
 import torch
 from torch import nn
 
+from actors.kasmina.preparation import SeedSource
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
 from actors.tolaria.checkpoints import latest_good_step, load_latest
 from esper.run import start
-from esper.wiring import RunHooks, SeedSourceLike
+from esper.wiring import RunHooks
 from schemas.boundary import BoundaryPlan
 from schemas.run import RunSummary
 from tests.test_nissa_prometheus import http_get
@@ -85,10 +86,10 @@ class _Inert(nn.Module):
         return h * 0 + self.weight.detach()
 
 
-class ReplaceNthFetch(SeedSourceLike):
+class ReplaceNthFetch(SeedSource):
     """Hands out the real module for every fetch but the ``nth`` (1-based), which ``replace`` turns into another."""
 
-    def __init__(self, inner: SeedSourceLike, nth: int, replace: Callable[[nn.Module], nn.Module]) -> None:
+    def __init__(self, inner: SeedSource, nth: int, replace: Callable[[nn.Module], nn.Module]) -> None:
         self._inner = inner
         self._nth = nth
         self._replace = replace
@@ -103,7 +104,7 @@ class ReplaceNthFetch(SeedSourceLike):
         return self._replace(module) if self.fetches == self._nth else module
 
 
-def second_seed_inert(inner: SeedSourceLike) -> SeedSourceLike:
+def second_seed_inert(inner: SeedSource) -> SeedSource:
     """The second seed fetched is inert (a deterministic cull)."""
     return ReplaceNthFetch(inner, 2, lambda _: _Inert())
 
