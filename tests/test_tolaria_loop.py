@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
-from actors.tolaria.checkpoints import MANIFEST, load_latest, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
@@ -181,6 +182,46 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(data: DataSplits,
     assert found is not None
     assert found[2].global_step == 26
     assert "graft_log" in (tmp_path / MANIFEST).read_text()
+
+
+@pytest.mark.parametrize("name", ["../../victim.txt", "/tmp/victim.txt", "step-13.pt.bak", "/dev/zero"])
+def test_a_manifest_entry_naming_anything_but_its_own_checkpoint_file_is_refused(
+    data: DataSplits, tmp_path: Path, name: str
+) -> None:
+    """Rotation deletes, and a resume reads, what the manifest names: an entry must be step-<its step>.pt here."""
+    run = tmp_path / "run"
+    make_loop(config(), data, run).run()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["checkpoints"][0]["file"] = name
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as raised:
+        read_manifest(run)
+    text = str(raised.value)
+    assert text.startswith(f"{run / MANIFEST}: entry {name!r}: a checkpoint's file is step-<global_step>.pt")
+    assert "\n" not in text
+    with pytest.raises(CheckpointError):
+        load_latest(run)  # a resume is refused (at start, in one line: tests/test_resume_check.py)
+    # The writer neither reads nor rotates out what the refused manifest names: it starts a manifest of its own.
+    assert make_loop(config(), data, run).run().status == "completed"
+    assert victim.read_text(encoding="utf-8") == "keep me"
+    assert [e.file for e in read_manifest(run)] == ["step-13.pt", "step-26.pt", "step-39.pt"]
+
+
+def test_a_checkpoint_holding_another_step_than_its_entry_falls_back_to_the_previous_one(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    make_loop(config(), data, tmp_path).run()
+    entries = read_manifest(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    # The newest entry points at the step-26 file's bytes under the step-39 name: checksum and size match.
+    (tmp_path / "step-39.pt").write_bytes((tmp_path / "step-26.pt").read_bytes())
+    manifest["checkpoints"][-1] |= {"sha256": entries[-2].sha256, "size_bytes": entries[-2].size_bytes}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    found = load_latest(tmp_path)
+    assert found is not None
+    assert (found[0].global_step, found[2].global_step) == (26, 26)
 
 
 def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(data: DataSplits) -> None:

@@ -39,7 +39,7 @@ from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
 from esper.runtime.errors import EsperError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 SCHEMA_VERSION = 2
@@ -237,33 +237,66 @@ def read_manifest(directory: Path) -> list[CheckpointInfo]:
     """The manifest's entries, oldest first; [] when there is none.
 
     Raises:
-        CheckpointError: the manifest exists but cannot be parsed.
+        CheckpointError: the manifest exists but cannot be parsed, or an entry names anything but this directory's
+            ``step-<its step>.pt`` (a resume would read, and rotation would delete, whatever it names).
     """
     path = directory / MANIFEST
     if not path.is_file():
         return []
     try:
         raw = json.loads(path.read_text())
-        return [CheckpointInfo(**entry) for entry in raw["checkpoints"]]
+        entries = [CheckpointInfo(**entry) for entry in raw["checkpoints"]]
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable manifest: {err}") from err
+    for info in entries:
+        problem = _entry_problem(info)
+        if problem is not None:
+            raise CheckpointError(f"{path}: entry {info.file!r}: {problem}")
+    return entries
+
+
+def _entry_problem(info: CheckpointInfo) -> str | None:
+    if not isinstance(info.global_step, int) or isinstance(info.global_step, bool) or info.global_step < 0:
+        return f"global_step must be a step number, got {info.global_step!r}"
+    if info.file != f"step-{info.global_step}.pt":
+        return f"a checkpoint's file is step-<global_step>.pt in this directory, got {info.file!r}"
+    if not isinstance(info.size_bytes, int) or info.size_bytes < 0:
+        return f"size_bytes must be a byte count, got {info.size_bytes!r}"
+    if not isinstance(info.sha256, str) or len(info.sha256) != 64:
+        return f"sha256 must be 64 hex digits, got {info.sha256!r}"
+    return None
 
 
 def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
-    """The newest checkpoint whose SHA-256 matches the manifest; a corrupt or truncated one is skipped with a
-    ``checkpoint_corrupt`` warning and the previous one is tried. None when the directory has no checkpoint.
+    """The newest checkpoint whose SHA-256 matches the manifest and that decodes to the step its entry names; a
+    corrupt, truncated or inconsistent one is skipped with a ``checkpoint_corrupt`` warning and the previous one is
+    tried. None when the directory has no checkpoint.
 
     Blocking (file I/O): lane thread or a worker thread.
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    found = _newest_verified(directory)
-    if found is None:
-        return None
-    info, data = found
-    state, pending = decode_state(data)
-    return state, pending, info
+    listed = 0
+    for info, data in _verified_newest_first(directory):
+        listed += 1
+        try:
+            state, pending = decode_state(data)
+        except CheckpointError as err:
+            _log.warning("checkpoint_corrupt", file=str(directory / info.file), error=str(err)[:300])
+            continue
+        if (state.global_step, state.epoch, state.batch_index) != (info.global_step, info.epoch, info.batch_index):
+            _log.warning(
+                "checkpoint_corrupt",
+                file=str(directory / info.file),
+                error=f"it holds step {state.global_step}, its manifest entry says {info.global_step}",
+            )
+            continue
+        return state, pending, info
+    entries = read_manifest(directory)
+    if entries:
+        raise CheckpointError(f"{directory}: no usable checkpoint ({len(entries)} listed)")
+    return None
 
 
 def latest_good_step(directory: Path) -> int | None:
@@ -284,15 +317,27 @@ def latest_good(directory: Path) -> CheckpointInfo | None:
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    found = _newest_verified(directory)
-    return None if found is None else found[0]
+    for info, _ in _verified_newest_first(directory):
+        return info
+    if read_manifest(directory):
+        raise CheckpointError(
+            f"{directory}: no checkpoint passes its checksum ({len(read_manifest(directory))} listed)"
+        )
+    return None
 
 
-def _newest_verified(directory: Path) -> tuple[CheckpointInfo, bytes] | None:
-    entries = read_manifest(directory)
-    for info in reversed(entries):
+def _verified_newest_first(directory: Path) -> Iterator[tuple[CheckpointInfo, bytes]]:
+    """Each listed checkpoint whose file is a regular file of its listed size and SHA-256, newest first."""
+    for info in reversed(read_manifest(directory)):
         path = directory / info.file
         try:
+            size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
+            if size != info.size_bytes:
+                found = "not a regular file" if size is None else f"{size} bytes"
+                _log.warning(
+                    "checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes"
+                )
+                continue
             data = path.read_bytes()
         except OSError as err:
             _log.warning("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
@@ -307,10 +352,7 @@ def _newest_verified(directory: Path) -> tuple[CheckpointInfo, bytes] | None:
                 expected_size_bytes=info.size_bytes,
             )
             continue
-        return info, data
-    if entries:
-        raise CheckpointError(f"{directory}: no checkpoint passes its checksum ({len(entries)} listed)")
-    return None
+        yield info, data
 
 
 @final
