@@ -212,8 +212,34 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         for key, default in (("gnn_checkpoint", None), ("policy_process", "auto")):
             if getattr(section, key) != default:
                 yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
+    if isinstance(section, RunConfig):
+        yield from _run_file_problems(section)
     if isinstance(section, RunConfig) and section.run_id is not None and not _RUN_ID.fullmatch(section.run_id):
         yield "run_id", f"expected letters, digits, '.', '_' or '-' (it names a directory), got {section.run_id!r}"
+
+
+# What else the run directory holds: the files the keys below name may take none of these names.
+_RESERVED_RUN_NAMES = frozenset(
+    {"checkpoints", "config.toml", "data.json", "field_reports.wal", "report.png", "run.lock"}
+)
+
+
+def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
+    """The run's own file names (nissa.metrics_csv, nissa.summary_json, logging.json_file) must be plain file names
+    inside the run directory, distinct and not another run file's: "../other-run/summary.json" rewrote another
+    run, "checkpoints/manifest.json" this run's manifest."""
+    names = {
+        "nissa.metrics_csv": config.nissa.metrics_csv,
+        "nissa.summary_json": config.nissa.summary_json,
+        "logging.json_file": config.logging.json_file,
+    }
+    for key, name in names.items():
+        if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
+            yield key, f"expected a file name inside the run directory (no directories), got {name!r}"
+        elif name in _RESERVED_RUN_NAMES:
+            yield key, f"{name!r} is a file the run directory already holds; choose another name"
+        elif list(names.values()).count(name) > 1:
+            yield key, f"{name!r} is also the name of another of the run's files; choose another name"
 
 
 def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:

@@ -167,6 +167,26 @@ BAD_CONFIGS = [
     ),
     pytest.param('run_id = "a/b"\n', "c.toml: run_id: expected letters, digits, '.', '_' or '-'", id="run-id"),
     pytest.param(
+        '[nissa]\nsummary_json = "../other-run/summary.json"\n',
+        "c.toml: nissa.summary_json: expected a file name inside the run directory (no directories), got '../other",
+        id="summary-outside-the-run",
+    ),
+    pytest.param(
+        '[logging]\njson_file = "/tmp/events.jsonl"\n',
+        "c.toml: logging.json_file: expected a file name inside the run directory (no directories), got '/tmp/",
+        id="event-log-outside-the-run",
+    ),
+    pytest.param(
+        '[nissa]\nmetrics_csv = "config.toml"\n',
+        "c.toml: nissa.metrics_csv: 'config.toml' is a file the run directory already holds; choose another name",
+        id="metrics-over-the-config",
+    ),
+    pytest.param(
+        '[nissa]\nsummary_json = "events.jsonl"\n',
+        "c.toml: nissa.summary_json: 'events.jsonl' is also the name of another of the run's files",
+        id="summary-over-the-event-log",
+    ),
+    pytest.param(
         '[tamiyo]\ndevice = "cuda"\n',
         "c.toml: tamiyo.device: set to 'cuda', but this version does not act on it (the policy runs on the trainer's",
         id="tamiyo-device",
