@@ -44,7 +44,14 @@ from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume import check_resumable, check_resume_files
-from esper.run_dir import RunDirLock, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
+from esper.run_dir import (
+    RunDirLock,
+    check_not_in_use,
+    check_not_the_run_config,
+    claim_run_dir,
+    sweep_partial_writes,
+    write_run_config,
+)
 from esper.run_history import already_trained, earlier_tally, previous_run_id
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
@@ -259,6 +266,8 @@ async def start(
     else:
         run_id = resolved.run_id or new_run_id()
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
+        if not isinstance(config, RunConfig):
+            await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
     run_lock = await anyio.to_thread.run_sync(functools.partial(claim_run_dir, directory, resume=resume is not None))
     try:
         return await _start_claimed(
@@ -569,6 +578,12 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     except ConfigError as err:
         sys.stderr.write(f"{err}\n")
         return EXIT_CONFIG_ERROR
+    if args.resume is None and args.run_dir is not None:
+        try:
+            check_not_the_run_config(args.config, args.run_dir)
+        except ConfigError as err:
+            sys.stderr.write(f"{err}\n")
+            return EXIT_CONFIG_ERROR
     if args.resume is not None:
         try:
             check_not_in_use(args.resume)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from typing import TYPE_CHECKING, final
+from pathlib import Path
+from typing import final
 
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 LOCK_NAME = "run.lock"
 # esper.runtime.atomic_write's temp files: "." + the target's name + "." + mkstemp's eight characters + ".tmp".
@@ -19,7 +17,7 @@ _PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # What a run that got as far as its actors leaves behind; a directory holding any of these is an earlier run's. A
 # config.toml and an events.jsonl alone are not: an attempt refused at assembly (a user model that does not fit the
 # data) writes only those, and retrying into the same directory appends to its log and loses nothing.
-RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal")
+RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal", "report.png")
 
 
 @final
@@ -92,9 +90,11 @@ def sweep_partial_writes(directory: Path) -> list[Path]:
         The files removed.
     """
     removed = []
-    for folder in (directory, *(child for child in directory.iterdir() if child.is_dir())):
+    # Only the run's own folders: a symlink may lead to another program's files, whose temp files look the same.
+    own = (child for child in directory.iterdir() if child.is_dir() and not child.is_symlink())
+    for folder in (directory, *own):
         for path in folder.iterdir():
-            if _PARTIAL.fullmatch(path.name) and path.is_file():
+            if _PARTIAL.fullmatch(path.name) and path.is_file() and not path.is_symlink():
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
@@ -127,6 +127,24 @@ def _lock_or_refuse(fd: int, directory: Path) -> None:
             f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
             f" --resume {directory}"
         ) from None
+
+
+def check_not_the_run_config(config: str | Path, directory: Path) -> None:
+    """Refuse a new run whose config file is the run directory's config.toml, which the run rewrites. Blocking.
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    target = directory / "config.toml"
+    try:
+        same = target.exists() and Path(config).samefile(target)
+    except OSError:
+        same = False
+    if same:
+        raise ConfigError(
+            f"{config}: a new run writes its resolved config to {target}, which is this very file (its comments and"
+            " values would be lost); choose another --run-dir"
+        )
 
 
 def write_run_config(directory: Path, resolved_toml: str) -> None:

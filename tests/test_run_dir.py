@@ -152,9 +152,39 @@ def test_a_resume_sweeps_the_temp_files_a_killed_write_left(tmp_path: Path) -> N
     os.close(fd)
     left = Path(name)
     (tmp_path / ".config.toml.ab_c1234.tmp").write_text("partial")
-    kept = [checkpoints / "step-20.pt", tmp_path / "notes.tmp", tmp_path / ".hidden.tmp"]
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    (tmp_path / "shared").symlink_to(outside)  # another program's folder, linked in: its temp files are its own
+    kept = [
+        checkpoints / "step-20.pt",
+        tmp_path / "notes.tmp",
+        tmp_path / ".hidden.tmp",
+        outside / ".n.txt.ab12cd34.tmp",
+    ]
     for path in kept:
         path.write_text("mine")
     assert sorted(sweep_partial_writes(tmp_path)) == sorted([left, tmp_path / ".config.toml.ab_c1234.tmp"])
     assert not left.exists()
     assert all(path.read_text() == "mine" for path in kept)
+
+
+def test_a_new_run_refuses_to_write_its_config_over_the_config_file_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m esper.run proj/config.toml --run-dir proj` replaced the user's commented config with the resolved
+    dump; a user's report.png in the directory was overwritten too."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    text = "# my notes\n[tolaria]\nepochs = 1\n"
+    (project / "config.toml").write_text(text)
+    assert main([str(project / "config.toml"), "--run-dir", str(project)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "a new run writes its resolved config to" in err
+    assert "which is this very file" in err
+    assert (project / "config.toml").read_text() == text
+    (project / "report.png").write_bytes(b"the user's figure")
+    (tmp_path / "c.toml").write_text(text)
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(project)]) == EXIT_CONFIG_ERROR
+    assert "already holds a run (report.png)" in capsys.readouterr().err
+    assert (project / "report.png").read_bytes() == b"the user's figure"
