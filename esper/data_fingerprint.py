@@ -58,16 +58,23 @@ def record_data(directory: Path, config: TolariaConfig) -> None:
 
 def check_same_data(directory: Path, config: TolariaConfig, *, where: str | None = None) -> None:
     """Refuse a resume (or a baseline: ``where`` names the key and path) whose npz file is not the one the run in
-    ``directory`` trained on (same path or not: the bytes count). A run without a record (the built-in data sets, an
-    older version) passes. Blocking: hashes the file.
+    ``directory`` trained on (same path or not: the bytes count). A run without a record (the built-in data sets)
+    passes. Blocking: hashes the file.
 
     Raises:
-        ConfigError: one line naming the file and both digests' prefixes.
+        ConfigError: one line naming the file and both digests' prefixes, or the record that cannot be read.
     """
+    path = directory / DATA_RECORD
     try:
-        recorded = msgspec.json.decode((directory / DATA_RECORD).read_bytes(), type=DataRecord)
-    except (OSError, msgspec.DecodeError):
+        recorded = msgspec.json.decode(path.read_bytes(), type=DataRecord)
+    except FileNotFoundError:
         return
+    except (OSError, msgspec.DecodeError) as err:
+        # Damaged, it would have let a run continue on other data unnoticed.
+        raise ConfigError(
+            f"{where or f'--resume {directory}'}: {path} cannot be read ({err}); it records the data the run trained"
+            " on, which this run must match"
+        ) from err
     now = data_record(config)
     if now is None or now.npz_sha256 != recorded.npz_sha256:
         found = "no npz file" if now is None else f"SHA-256 {now.npz_sha256[:12]}..."

@@ -48,18 +48,20 @@ SAME_RUN: Final = (
 
 
 def check_resumable(directory: Path, config: RunConfig) -> None:
-    """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml).
-
-    A run directory without a readable config.toml (made by an older version, or by hand) is not checked: the
-    checkpoint's own checks still apply. Blocking (file I/O).
+    """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml,
+    which every run writes at its start). Blocking (file I/O).
 
     Raises:
-        ConfigError: one line naming the first differing key and both values.
+        ConfigError: one line naming the first differing key and both values, or the run's config.toml missing or
+            unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
         earlier = load_config(directory / "config.toml")
-    except ConfigError:
-        return
+    except ConfigError as err:
+        raise ConfigError(
+            f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"
+            " resume must train that run"
+        ) from err
     for dotted in SAME_RUN:
         section, key = dotted.split(".")
         theirs, ours = getattr(getattr(earlier, section), key), getattr(getattr(config, section), key)

@@ -56,10 +56,20 @@ def test_training_further_and_other_settings_may_change(tmp_path: Path, override
     check_resumable(_run_dir(tmp_path), apply_overrides(RunConfig(), [override]))
 
 
-def test_a_run_directory_without_a_readable_config_is_not_checked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["unreadable", "missing"])
+def test_a_run_directory_without_a_readable_config_is_refused(tmp_path: Path, damage: str) -> None:
+    """Without its config.toml nothing says which run this is: a resume with another host model crashed at every
+    restart and then rewrote config.toml with its own values, locking the right resume out."""
     directory = _run_dir(tmp_path)
-    (directory / "config.toml").write_text("[tolaria\n", encoding="utf-8")
-    check_resumable(directory, apply_overrides(RunConfig(), ['tolaria.host_model="mlp"']))
+    if damage == "missing":
+        (directory / "config.toml").unlink()
+    else:
+        (directory / "config.toml").write_text("[tolaria\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        check_resumable(directory, apply_overrides(RunConfig(), ['tolaria.host_model="mlp"']))
+    text = str(refused.value)
+    assert text.startswith(f"--resume {directory}: the run's config.toml cannot be read (")
+    assert "\n" not in text
 
 
 def test_the_cli_refuses_in_one_line_and_leaves_the_run_untouched(
@@ -203,6 +213,9 @@ def test_a_resume_on_another_npz_file_is_refused(tmp_path: Path) -> None:
         check_same_data(run, tolaria)
     assert str(refused.value).startswith(f"--resume {run}: the run trained on {data} (SHA-256 ")
     assert str(refused.value).endswith("a resume continues the same training on the same data")
+    (run / "data.json").write_text("garbage", encoding="utf-8")  # damaged: it must not wave other data through
+    with pytest.raises(ConfigError, match=rf"^--resume {run}: {run / 'data.json'} cannot be read \("):
+        check_same_data(run, tolaria)
     check_same_data(tmp_path, tolaria)  # no record (a built-in data set, an older run): nothing to compare
     record_data(tmp_path / "mnist", TolariaConfig())
     assert not (tmp_path / "mnist").exists()
