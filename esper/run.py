@@ -55,7 +55,7 @@ from esper.run_dir import (
 from esper.run_history import already_trained, earlier_tally, previous_run_id
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
-from esper.runtime.bus_redis import open_redis_bus
+from esper.runtime.bus_redis import open_redis_bus, redacted
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.gpu import GpuTelemetry
@@ -187,9 +187,9 @@ class BusResource:
                 f"oona.backend: \"redis\" needs the redis package (pip install 'esper-morphogenesis[redis]'): {err}"
             ) from err
         except OSError as err:
-            raise ConfigError(f"oona.redis_url: {oona.redis_url} does not answer: {err}") from err
+            raise ConfigError(f"oona.redis_url: {redacted(oona.redis_url)} does not answer: {err}") from err
         except ValueError as err:  # not a Redis URL, or one the server refuses
-            raise ConfigError(f"oona.redis_url: {oona.redis_url!r}: {err}") from err
+            raise ConfigError(f"oona.redis_url: {redacted(oona.redis_url)!r}: {err}") from err
         return self.bus
 
     async def aclose(self) -> None:
@@ -425,6 +425,9 @@ async def _start_claimed(
 _CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+) = ")
 
 
+_PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
+
+
 def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
     """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
     ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
@@ -434,7 +437,8 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
         return err
     setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
     if setter is not None:
-        return ConfigError(f"--set {setter}: {text}")
+        shown = _PASSWORD.sub(r"://\1:***@", setter)  # a Redis URL's password stays off the console
+        return ConfigError(f"--set {shown}: {text}")
     if isinstance(config, str | Path):
         return ConfigError(f"{config}: {text}")
     return err

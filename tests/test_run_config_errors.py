@@ -89,6 +89,10 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     url = f"redis://127.0.0.1:{port}/0"
     err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n')
     one_line(err, f"oona.redis_url: {url} does not answer: ")
+    # A password in the URL stays off the console.
+    err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "redis://me:s3cret@127.0.0.1:{port}/0"\n')
+    one_line(err, f"oona.redis_url: redis://me:***@127.0.0.1:{port}/0 does not answer: ")
+    assert "s3cret" not in err
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import urllib.parse
 from typing import TYPE_CHECKING, Union, final
 
 import msgspec
@@ -529,6 +530,16 @@ def _zero(topic: Topic) -> TopicStatistics:
         emergency_rate_dropped=0,
         expired_trimmed=0,
     )
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 @contextlib.asynccontextmanager
