@@ -7,6 +7,7 @@ import json
 import socket
 
 import pytest
+import structlog
 
 from actors.nissa.prometheus import (
     MetricsServer,
@@ -145,13 +146,19 @@ async def test_the_endpoint_serves_metrics_summary_and_health() -> None:
         await server.close()
 
 
-async def test_a_malformed_request_gets_400() -> None:
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"garbage\r\n\r\n", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"b" * 70_000],
+    ids=["garbage", "a line past the limit", "a header past the limit"],
+)
+async def test_a_malformed_request_gets_400(request_bytes: bytes) -> None:
+    """An oversized line printed the stream's traceback on the training console and got no answer."""
     server = MetricsServer(lambda: _snapshot(HealthStatus.HEALTHY))
     port = await server.start()
     try:
         async with asyncio.timeout(5):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"garbage\r\n\r\n")
+            writer.write(request_bytes + b"\r\n\r\n")
             await writer.drain()
             raw = await reader.read()
             writer.close()
@@ -159,6 +166,19 @@ async def test_a_malformed_request_gets_400() -> None:
         assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     finally:
         await server.close()
+
+
+async def test_an_endpoint_reachable_from_other_machines_is_warned_about() -> None:
+    loopback = MetricsServer(lambda: _snapshot(HealthStatus.HEALTHY))
+    exposed = MetricsServer(lambda: _snapshot(HealthStatus.HEALTHY), host="0.0.0.0")  # the point
+    with structlog.testing.capture_logs() as logs:
+        await loopback.start()
+        await loopback.close()
+        assert not logs
+        await exposed.start()
+        await exposed.close()
+    [warning] = logs
+    assert (warning["event"], warning["addresses"]) == ("metrics_endpoint_exposed", ["0.0.0.0"])
 
 
 def test_ports_are_validated_and_unstarted_servers_have_no_port() -> None:

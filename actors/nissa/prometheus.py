@@ -8,12 +8,14 @@ The endpoint serves GET (and HEAD) only, one request per connection, and binds 1
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import re
 import socket
 from typing import TYPE_CHECKING, Final, final
 
 import msgspec
+import structlog
 
 from esper.runtime.errors import ConfigError
 from schemas.enums import HealthStatus
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from schemas.nissa import MetricSample, NissaSnapshot
+
+_log = structlog.get_logger("actors.nissa")
 
 PREFIX: Final = "esper_"
 CONTENT_TYPE_METRICS: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -178,6 +182,14 @@ class MetricsServer:
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1])
         self._started.set()
+        exposed = [sock.getsockname()[0] for sock in server.sockets if not _loopback(sock.getsockname()[0])]
+        if exposed:
+            _log.warning(
+                "metrics_endpoint_exposed",
+                endpoint=self.endpoint,
+                addresses=exposed,
+                detail="reachable from other machines, without authentication; the default is 127.0.0.1",
+            )
         return self._port
 
     async def wait_started(self) -> None:
@@ -222,15 +234,28 @@ class MetricsServer:
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
     """(method, path) from the request line, after reading the headers; None for a malformed request."""
-    line = await reader.readline()
+    try:
+        line = await reader.readline()
+    except ValueError:  # a line past the stream's limit: a bad request, answered 400 (it printed a traceback)
+        return None
     parts = line.decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return None
     for _ in range(MAX_HEADER_LINES):
-        header = await reader.readline()
+        try:
+            header = await reader.readline()
+        except ValueError:
+            return None
         if header in (b"\r\n", b"\n", b""):
             return parts[0], parts[1]
     return None
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def check_bindable(host: str, port: int) -> None:
