@@ -99,6 +99,11 @@ def format_value(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
+def _name(text: str) -> str:
+    """An event's or actor's name as shown: control characters escaped, so a log line cannot drive the terminal."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{_RESET}" if color else text
 
@@ -111,8 +116,8 @@ def render_event(event: LogEvent, *, color: bool = False) -> str:
     parts = [
         _paint(short_time(event.timestamp), _DIM, color),
         _paint(f"{event.level:<8}", _LEVEL_COLORS[event.level], color),
-        _paint(f"{event.actor or '-':<12}", _CYAN, color),
-        _paint(event.event, _BOLD, color),
+        _paint(f"{_name(event.actor or '-'):<12}", _CYAN, color),
+        _paint(_name(event.event), _BOLD, color),
     ]
     trailer = ""
     for key, value in event.fields.items():

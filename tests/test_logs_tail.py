@@ -103,6 +103,17 @@ def test_render_shows_time_level_actor_event_and_pairs() -> None:
     assert "\x1b[" in render_event(event, color=True)
 
 
+def test_control_characters_in_an_event_or_actor_name_reach_the_terminal_escaped() -> None:
+    """A log line's event name went raw to the terminal: ESC and OSC sequences could recolour or retitle it."""
+    event = parse_line(line("x\x1b[31mRED\x1b]0;title\x07", actor="ur\x1bza"))
+    assert event is not None
+    rendered = render_event(event)
+    assert "\x1b" not in rendered
+    assert "\x07" not in rendered
+    assert "x\\x1b[31mRED\\x1b]0;title\\x07" in rendered
+    assert "ur\\x1bza" in rendered
+
+
 def test_exception_field_is_shown_indented_below() -> None:
     event = parse_line(line("failed", level="error", exception="Traceback:\n  frame\nValueError: x"))
     assert event is not None

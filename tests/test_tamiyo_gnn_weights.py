@@ -38,6 +38,12 @@ def test_the_file_weights_are_the_networks(tmp_path: Path) -> None:
     assert not model.training
 
 
+def test_a_device_is_refused_before_it_is_read() -> None:
+    """/dev/zero was read until memory ran out."""
+    with pytest.raises(ConfigError, match=r"^tamiyo.gnn_checkpoint = '/dev/zero': not a regular file$"):
+        load_gnn_weights("/dev/zero", SMALL)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -34,6 +34,8 @@ def load_gnn_weights(path: str, config: TamiyoGNNConfig) -> tuple[TamiyoGNN, str
     """
     where = f"tamiyo.gnn_checkpoint = {path!r}"
     try:
+        if Path(path).exists() and not Path(path).is_file():  # a device (/dev/zero) or a FIFO reads without end
+            raise ConfigError(f"{where}: not a regular file")
         data = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(f"{where}: cannot read it: {err.strerror or err}") from err
