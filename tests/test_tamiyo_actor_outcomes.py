@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+import structlog
 
 from actors.tamiyo.actor import command_id_for
 from actors.tamiyo.field_reports import MAGIC, WAL_FILENAME, read_field_reports
@@ -149,3 +150,22 @@ def test_a_rollback_aborts_every_open_window() -> None:
     assert [r.outcome for r in reports] == [FieldReportOutcome.ABORTED] * 2
     assert all(r.reward is None and "rollback" in r.notes for r in reports)
     assert tracker.pending == 0
+
+
+async def test_a_damaged_wal_is_reported_when_tamiyo_opens_it(tmp_path: Path, sink: RecordingSink) -> None:
+    """Damaged records were skipped and a torn tail cut without a word."""
+    config = TamiyoConfig(field_report_window_epochs=WINDOW, plateau_patience_epochs=10)
+    async with TamiyoHarness(tmp_path, sink, config=config) as h:
+        await h.run(_epochs(range(len(LOSSES))))
+    torn = MAGIC + b"\x00\x00\x01\x00partial"
+    with (tmp_path / WAL_FILENAME).open("ab") as file:
+        file.write(torn)
+    with structlog.testing.capture_logs() as logs:
+        async with TamiyoHarness(tmp_path, sink, config=config) as h:
+            await h.stats()
+    [damaged] = [e for e in logs if e["event"] == "field_reports_damaged"]
+    assert (damaged["corrupt_records_skipped"], damaged["torn_tail_bytes_cut"], damaged["kept"]) == (
+        0,
+        len(torn),
+        len(LOSSES),
+    )

@@ -216,7 +216,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
                 _log.error("tamiyo_gnn_worker_failed", error=str(err))
         if self._wal is not None:
-            await self._wal.open()
+            scan = await self._wal.open()
+            if scan.corrupt or scan.torn:
+                _log.warning(
+                    "field_reports_damaged",
+                    file=str(self._wal.path),
+                    corrupt_records_skipped=scan.corrupt,
+                    torn_tail_bytes_cut=scan.size_bytes - scan.good_end if scan.torn else 0,
+                    kept=len(scan.reports),
+                )
 
     async def handle(self, msg: TamiyoMessage) -> TamiyoStatistics | TamiyoState | None:
         match msg:
