@@ -107,8 +107,9 @@ class KernelPrefetchRequest(Message, frozen=True):
 class KernelReady(Message, frozen=True):
     """The artifact for a request is verified and in the ready cache. ``artifact_ref`` is its content address.
 
-    ``checksum`` is the artifact's SHA-256 (equal to the blob name), ``guard_digest`` the SHA-256 of its guard spec;
-    prewarm figures are milliseconds measured by Tezzeret.
+    ``checksum`` is the artifact's SHA-256 (equal to the blob name), ``guard_digest`` the SHA-256 of its guard spec.
+    The prewarm figures (milliseconds) are reserved for Tezzeret's prewarm timings, which this version does not
+    measure: they stay 0.0.
     """
 
     request_id: str

@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F  # the conventional alias
+import torch.nn.functional as F
 from torch import nn
 
 import esper

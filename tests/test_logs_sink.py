@@ -86,8 +86,10 @@ STATE = ActorState(
 
 
 def test_sink_satisfies_the_event_sink_protocol() -> None:
-    sink: EventSink = StructlogSink(capturing_logger()[0])
+    logger, capture = capturing_logger()
+    sink: EventSink = StructlogSink(logger)
     sink.emit(KernelCatalogUpdate(entries=1))
+    assert [entry["event"] for entry in capture.entries] == ["kernel_catalog_update"]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from actors.tamiyo.policy import BlueprintCandidate, Observation, SlotFacts
+from actors.tamiyo.policy import BlueprintCandidate, Observation, SlotFacts, embargoed_at
 from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
@@ -55,13 +55,6 @@ def slot_constraint(state: SeedState, packet: SystemStatePacket, by_depth: Mappi
     return max(norm, 0.0) / mean
 
 
-def slot_embargoed(state: SeedState, epoch: int) -> bool:
-    """Whether the slot may not germinate at ``epoch``."""
-    if state.stage is SeedLifecycleStage.EMBARGOED:
-        return True
-    return state.embargo_until_epoch is not None and epoch < state.embargo_until_epoch
-
-
 def seed_contributions(packet: SystemStatePacket) -> dict[str, float]:
     """Seed id -> measured benefit, from each seed's last gate result (absent when unmeasured)."""
     out: dict[str, float] = {}
@@ -93,7 +86,7 @@ def build_observation(
         SlotFacts(
             slot=state.slot,
             constraint=slot_constraint(state, packet, by_depth),
-            embargoed=slot_embargoed(state, packet.epoch),
+            embargoed=embargoed_at(state, packet.epoch),
         )
         for state in sorted(packet.seed_states, key=lambda s: s.slot)
     )

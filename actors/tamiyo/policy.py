@@ -59,6 +59,13 @@ class BlueprintCandidate(Record, frozen=True):
     quarantine_only: bool = False
 
 
+def embargoed_at(state: SeedState, epoch: int) -> bool:
+    """Whether the slot of ``state`` may not germinate at ``epoch``: embargoed now, or until a later epoch."""
+    if state.stage is SeedLifecycleStage.EMBARGOED:
+        return True
+    return state.embargo_until_epoch is not None and epoch < state.embargo_until_epoch
+
+
 class Observation(Record, frozen=True):
     """One decision's input: Tolaria's packet plus slot facts, blueprint candidates and per-seed contributions.
 
@@ -81,9 +88,7 @@ class Observation(Record, frozen=True):
 
     def slot_embargoed(self, state: SeedState) -> bool:
         """Whether the slot of ``state`` may not germinate at this epoch."""
-        if state.stage is SeedLifecycleStage.EMBARGOED:
-            return True
-        if state.embargo_until_epoch is not None and self.epoch < state.embargo_until_epoch:
+        if embargoed_at(state, self.epoch):
             return True
         return any(facts.slot == state.slot and facts.embargoed for facts in self.slots)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, final
 
 import torch
-import torch.nn.functional as F  # the conventional alias
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from actors.tolaria.build import Trainee

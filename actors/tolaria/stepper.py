@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, final
 
 import structlog
 import torch
-import torch.nn.functional as F  # the conventional alias
+import torch.nn.functional as F
 
 from actors.tolaria.emergencies import Action
 from actors.tolaria.epoch_end import FiniteCheck

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F  # the conventional alias
+import torch.nn.functional as F
 
 from esper.nn.slots import SlotMode
 from schemas.kasmina import SeedValidation, SeedValidationReport
