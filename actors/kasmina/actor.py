@@ -27,6 +27,7 @@ from actors.kasmina.journal import (
 )
 from esper.runtime.actor import Actor
 from esper.runtime.errors import EsperError, NotYetAvailable
+from esper.runtime.events import MutableSink
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.kasmina import (
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.signing import CommandVerifier
-    from schemas.base import Message, Record
 
 KasminaMessage = (
     SystemStatePacket
@@ -76,19 +76,6 @@ KASMINA_INBOX: tuple[type[KasminaMessage], ...] = (
 # Preparation failures a source may raise for one seed; anything else is a bug and crashes the actor.
 _PREPARATION_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError, EsperError)
 _SEEN_PREFETCHES = 1024
-
-
-@final
-class MutableSink:
-    """An EventSink that forwards to ``sink`` unless ``muted`` (a journal replay must not report its past again)."""
-
-    def __init__(self, sink: EventSink) -> None:
-        self._sink = sink
-        self.muted = False
-
-    def emit(self, event: Message | Record) -> None:
-        if not self.muted:
-            self._sink.emit(event)
 
 
 @final

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal, assert_never, final
 import msgspec
 import structlog
 
-from actors.tamiyo.conservative import ConservativeMode
+from actors.tamiyo.conservative import ConservativeMode, restored_mode
 from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyRestarting, PolicyWorker
 from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.observe import build_observation, candidate, has_candidate, implicated_seed
@@ -45,12 +45,13 @@ from actors.tamiyo.risk import RiskContext, RiskEffect, RiskThresholds, RiskVerd
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
+from esper.runtime.events import MutableSink
 from esper.runtime.percentiles import nearest_rank
 from esper.runtime.signing import sign_command
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.boundary import Decision as WireDecision
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import BreakerState, EmergencyLevel
+from schemas.enums import BreakerState
 from schemas.state import SystemStatePacket
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 from schemas.telemetry import TelemetryEvent
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
-    from schemas.base import Message, Record
     from schemas.config import BreakerConfig
     from schemas.reports import FieldReport
 
@@ -84,19 +84,6 @@ LATENCY_WINDOW = 256
 def command_id_for(run_id: str, step: int) -> str:
     """The command id (and nonce) of the decision on step ``step`` of ``run_id``: a UUID5, reproducible on resume."""
     return str(uuid.uuid5(COMMAND_NAMESPACE, f"esper:{run_id}:{step}"))
-
-
-@final
-class _Muffle:
-    """An EventSink that forwards unless muted: replaying conservative mode on import must not re-announce it."""
-
-    def __init__(self, sink: EventSink) -> None:
-        self.sink = sink
-        self.muted = False
-
-    def emit(self, event: Message | Record) -> None:
-        if not self.muted:
-            self.sink.emit(event)
 
 
 @final
@@ -187,7 +174,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._deadline_fallback = deadline_fallback
         self._breaker = CircuitBreaker.configured("tamiyo.inference", breaker, clock=clock, sink=sink)
         self._risk = risk if risk is not None else RiskThresholds()
-        self._muffle = _Muffle(sink)
+        self._muffle = MutableSink(sink)
         self._exit_clean_epochs = conservative_exit_clean_epochs
         self._conservative = ConservativeMode(sink=self._muffle, exit_clean_epochs=conservative_exit_clean_epochs)
         self._conservative_dirty = False
@@ -328,25 +315,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 self._breaker.record_failure("restored from state")
 
     def _restore_conservative(self, state: TamiyoState) -> None:
-        # ConservativeMode has no import; replay the calls that lead to the same state, muted.
-        self._conservative = ConservativeMode(sink=self._muffle, exit_clean_epochs=self._exit_clean_epochs)
-        self._conservative_dirty = False
-        if not state.conservative_active:
-            return
-        self._muffle.muted = True
-        try:
-            self._conservative.trigger(state.conservative_reason or "restored")
-            if not state.conservative_dirty:
-                for _ in range(state.conservative_clean_epochs + 1):
-                    self._conservative.end_epoch(
-                        epoch=0,
-                        emergency_level=EmergencyLevel.L1_NOTICE,
-                        inference_breaker=BreakerState.CLOSED,
-                        metadata_breaker=BreakerState.CLOSED,
-                    )
-            self._conservative_dirty = state.conservative_dirty
-        finally:
-            self._muffle.muted = False
+        self._conservative = restored_mode(
+            self._muffle,
+            exit_clean_epochs=self._exit_clean_epochs,
+            active=state.conservative_active,
+            reason=state.conservative_reason,
+            dirty=state.conservative_dirty,
+            clean_epochs=state.conservative_clean_epochs,
+        )
+        self._conservative_dirty = state.conservative_active and state.conservative_dirty
 
     def statistics(self, request_id: str = "") -> TamiyoStatistics:
         """Counters, breaker, conservative mode and latency percentiles; never blocks."""

@@ -10,7 +10,7 @@ from schemas.enums import BreakerState, EmergencyLevel
 from schemas.telemetry import MetricPoint, TelemetryEvent
 
 if TYPE_CHECKING:
-    from esper.runtime.events import EventSink
+    from esper.runtime.events import EventSink, MutableSink
 
 GAUGE_NAME = "tamiyo.conservative_mode"
 
@@ -142,3 +142,33 @@ class ConservativeMode:
             exits=self._exits,
             last_reason=self._reason,
         )
+
+
+def restored_mode(
+    sink: MutableSink,
+    *,
+    exit_clean_epochs: int,
+    active: bool,
+    reason: str | None,
+    dirty: bool,
+    clean_epochs: int,
+) -> ConservativeMode:
+    """A mode in the state a saved one was in (active, its reason, and its clean epochs unless the epoch was dirty),
+    rebuilt by replaying the calls that lead there with ``sink`` muted, so nothing is announced again."""
+    mode = ConservativeMode(sink=sink, exit_clean_epochs=exit_clean_epochs)
+    if not active:
+        return mode
+    sink.muted = True
+    try:
+        mode.trigger(reason or "restored")
+        if not dirty:
+            for _ in range(clean_epochs + 1):
+                mode.end_epoch(
+                    epoch=0,
+                    emergency_level=EmergencyLevel.L1_NOTICE,
+                    inference_breaker=BreakerState.CLOSED,
+                    metadata_breaker=BreakerState.CLOSED,
+                )
+    finally:
+        sink.muted = False
+    return mode

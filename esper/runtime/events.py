@@ -1,4 +1,4 @@
-"""Where the runtime reports what happened: a typed event sink, with a null sink and a recording sink."""
+"""Where the runtime reports what happened: a typed event sink, with a null, a recording and a mutable sink."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ class RecordingSink:
     def of_type(self, kind: type[E]) -> list[E]:
         """The recorded events of one type, in order."""
         return [event for event in self.events if isinstance(event, kind)]
+
+
+@final
+class MutableSink:
+    """Forwards to ``sink`` unless ``muted``: a replay of past inputs (a journal, a restored state) must not report
+    that past again."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink = sink
+        self.muted = False
+
+    def emit(self, event: Message | Record) -> None:
+        if not self.muted:
+            self.sink.emit(event)
