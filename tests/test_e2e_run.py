@@ -153,6 +153,7 @@ async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_write
     ends = [e for e in events if e["event"] == "epoch_end"]
     assert len(rows) == len(ends) == 14
     for row, end in zip(rows, ends, strict=True):
+        assert int(row["epoch"]) == end["epoch"]  # both count from 1, as the console does
         assert round(float(row["train_loss"]), 4) == end["train_loss"]
         assert round(float(row["train_accuracy"]), 4) == end["train_acc"]
     # Its seed columns are the lifecycle's stages: a fossilized seed keeps its slot, so the last row counts them all.

@@ -70,10 +70,10 @@ async def test_rows_alerts_and_snapshot(tmp_path: Path, clock: ManualClock, sink
             )
         )
         snapshot = await _ask(ref)
-        assert (snapshot.epochs_written, snapshot.last_epoch) == (1, 0)
+        assert (snapshot.epochs_written, snapshot.last_epoch) == (1, 1)  # epochs counted from 1, as on the console
         assert snapshot.final_figures["val_loss"] == 0.9
         assert snapshot.endpoint is None
-        assert _epochs(tmp_path / "metrics.csv") == ["0"]
+        assert _epochs(tmp_path / "metrics.csv") == ["1"]
         # Fired on the third breach, cleared by the fourth packet (5 ms).
         notices = sink.of_type(AlertNotice)
         assert [(n.rule, n.active, n.at_s) for n in notices] == [
@@ -140,12 +140,12 @@ async def test_a_restarted_run_appends_to_metrics_csv(tmp_path: Path, clock: Man
         await ref.tell(packet(64, epoch=1, val=0.8))  # re-sent after the restart: not written twice
         await ref.tell(packet(96, epoch=2, val=0.7))
         snapshot = await _ask(ref)
-        assert (snapshot.epochs_written, snapshot.last_epoch) == (3, 2)
+        assert (snapshot.epochs_written, snapshot.last_epoch) == (3, 3)
     finally:
         await resumed.stop()
     text = (tmp_path / "metrics.csv").read_text(encoding="utf-8")
     assert text.count("epoch,step,") == 1
-    assert _epochs(tmp_path / "metrics.csv") == ["0", "1", "2"]
+    assert _epochs(tmp_path / "metrics.csv") == ["1", "2", "3"]
 
 
 async def test_the_actor_serves_http_on_an_ephemeral_port(

@@ -29,7 +29,7 @@ async def test_header_then_one_row_per_append(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == ",".join(METRICS_COLUMNS)
     rows = _rows(path)
-    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert [row["epoch"] for row in rows] == ["1", "2"]  # counted from 1, as the console and the report do
     assert float(rows[1]["val_loss"]) == 0.1 + 0.2  # repr keeps every digit
     assert rows[0]["test_loss"] == ""
     assert writer.rows_written == 2
@@ -45,14 +45,14 @@ async def test_append_after_restart_keeps_rows_and_writes_no_second_header(tmp_p
     await first.close()
 
     second = MetricsCsvWriter(path)
-    assert await second.open() == 0
+    assert await second.open() == 1
     assert second.rows_written == 1
     await second.append(epoch_row(packet(64, epoch=1, val=0.8), wall_time_s=2.0))
     await second.close()
 
     text = path.read_text(encoding="utf-8")
     assert text.count(header_line()) == 1
-    assert [row["epoch"] for row in _rows(path)] == ["0", "1"]
+    assert [row["epoch"] for row in _rows(path)] == ["1", "2"]
 
 
 async def test_a_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:
@@ -62,12 +62,12 @@ async def test_a_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:
     await writer.append(epoch_row(packet(32, epoch=0, val=0.9), wall_time_s=1.0))
     await writer.close()
     with path.open("a", encoding="utf-8") as torn:
-        torn.write("1,64,0.5")  # a crash mid-row
+        torn.write("2,64,0.5")  # a crash mid-row
     resumed = MetricsCsvWriter(path)
-    assert await resumed.open() == 0
+    assert await resumed.open() == 1
     await resumed.append(epoch_row(packet(64, epoch=1, val=0.8), wall_time_s=2.0))
     await resumed.close()
-    assert [row["epoch"] for row in _rows(path)] == ["0", "1"]
+    assert [row["epoch"] for row in _rows(path)] == ["1", "2"]
 
 
 async def test_a_foreign_header_is_refused(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_rows_come_only_from_epoch_ends_once_per_epoch() -> None:
         packet(70, epoch=2),
     ]
     rows = [row for p in sequence if (row := aggregator.observe_state(p, wall_time_s=float(p.global_step))[0])]
-    assert [(row["epoch"], row["step"], row["val_loss"]) for row in rows] == [(0, 32, 0.9), (1, 64, 0.8)]
+    assert [(row["epoch"], row["step"], row["val_loss"]) for row in rows] == [(1, 32, 0.9), (2, 64, 0.8)]
     assert aggregator.registry.value("tolaria.epochs.total") == 2.0
     assert aggregator.last_epoch == 1
     assert aggregator.final_figures()["val_loss"] == 0.8
@@ -37,7 +37,7 @@ def test_a_resumed_aggregator_skips_epochs_already_written() -> None:
     assert aggregator.observe_state(packet(128, epoch=3, val=0.5), wall_time_s=1.0)[0] is None
     row, _ = aggregator.observe_state(packet(160, epoch=4, val=0.4), wall_time_s=2.0)
     assert row is not None
-    assert row["epoch"] == 4
+    assert row["epoch"] == 5  # the row counts epochs from 1; the aggregator indexes them from 0
 
 
 def test_epoch_row_has_every_column_and_counts_seeds_per_stage() -> None:

@@ -100,7 +100,8 @@ class Nissa(Actor[NissaMessage]):
         self._server: MetricsServer | None = None
 
     async def on_start(self) -> None:
-        self._metrics.last_epoch = await self._csv.open()
+        written = await self._csv.open()  # metrics.csv counts epochs from 1; packets index them from 0
+        self._metrics.last_epoch = None if written is None else written - 1
         port = self._config.prometheus_port
         if port is not None:
             self._server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)
@@ -169,7 +170,7 @@ class Nissa(Actor[NissaMessage]):
             slos=slos,
             metrics=self._metrics.registry.samples() if include_metrics else (),
             epochs_written=self._csv.rows_written,
-            last_epoch=self._metrics.last_epoch,
+            last_epoch=None if self._metrics.last_epoch is None else self._metrics.last_epoch + 1,
             final_figures=self._metrics.final_figures(),
             endpoint=server.endpoint if server is not None else None,
         )

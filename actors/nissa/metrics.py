@@ -126,7 +126,7 @@ def epoch_row(
     known = [seed.stage for seed in packet.seed_states] if stages is None else list(stages)
     timings = packet.timings
     row: EpochRow = {
-        "epoch": packet.epoch,
+        "epoch": packet.epoch + 1,  # counted from 1, as the console, the summary and the report count epochs
         "step": packet.global_step,
         "train_loss": packet.training_loss if packet.epoch_training_loss is None else packet.epoch_training_loss,
         "train_accuracy": (
@@ -218,7 +218,8 @@ class MetricsAggregator:
     value changed, so the caller evaluates only the alert rules on those metrics."""
 
     def __init__(self, *, last_epoch: int | None = None) -> None:
-        """Args: last_epoch: the last epoch already in metrics.csv (after a restart); its row is not produced again."""
+        """Args: last_epoch: the index (from 0) of the last epoch already in metrics.csv (after a restart); its row is
+        not produced again."""
         self.registry = MetricsRegistry()
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
@@ -238,7 +239,7 @@ class MetricsAggregator:
             "tolaria.training.loss": packet.training_loss,
             "tolaria.training.accuracy": packet.training_accuracy,
             "tolaria.training.latency_ms": timings.step_ms,
-            "tolaria.epoch": packet.epoch,
+            "tolaria.epoch": packet.epoch + 1,  # the epoch in progress or just ended, counted from 1
             "tolaria.global_step": packet.global_step,
             "tolaria.samples_per_s": packet.samples_per_s,
             "tolaria.parameters.host": packet.host_parameters,
