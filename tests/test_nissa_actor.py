@@ -148,6 +148,27 @@ async def test_a_restarted_run_appends_to_metrics_csv(tmp_path: Path, clock: Man
     assert _epochs(tmp_path / "metrics.csv") == ["1", "2", "3"]
 
 
+async def test_a_resumed_runs_wall_time_goes_on_from_its_earlier_session(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """wall_time_s started again at 0 after a resume, so the column went backwards."""
+    first = await _start(NissaConfig(), tmp_path, clock, sink)
+    clock.advance(10.0)
+    await first.ref(NISSA, Nissa).tell(packet(32, epoch=0, val=0.9))
+    await _ask(first.ref(NISSA, Nissa))
+    await first.stop()
+    clock.advance(100.0)  # the run was stopped for a while
+    resumed = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        clock.advance(2.0)
+        await resumed.ref(NISSA, Nissa).tell(packet(64, epoch=1, val=0.8))
+        await _ask(resumed.ref(NISSA, Nissa))
+    finally:
+        await resumed.stop()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()))
+    assert [float(row["wall_time_s"]) for row in rows] == [10.0, 12.0]
+
+
 async def test_the_actor_serves_http_on_an_ephemeral_port(
     tmp_path: Path, clock: ManualClock, sink: RecordingSink
 ) -> None:

@@ -102,6 +102,11 @@ class Nissa(Actor[NissaMessage]):
     async def on_start(self) -> None:
         written = await self._csv.open()  # metrics.csv counts epochs from 1; packets index them from 0
         self._metrics.last_epoch = None if written is None else written - 1
+        earlier = self._csv.last_wall_time_s
+        if earlier is not None and earlier > self._clock.now() - self._started_s:
+            # A resumed run's wall_time_s goes on from its earlier sessions' instead of starting again at 0 (a
+            # restart within the run is already past it).
+            self._started_s = self._clock.now() - earlier
         port = self._config.prometheus_port
         if port is not None:
             self._server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)

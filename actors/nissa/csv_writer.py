@@ -78,6 +78,14 @@ def _checked(path: Path, text: str) -> tuple[int | None, int]:
         raise MetricsFileError(f"{path}: last row has no integer epoch: {rows[-1]!r}") from err
 
 
+def _last_wall_time(text: str) -> float | None:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    try:
+        return float(rows[-1]["wall_time_s"]) if rows else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def check_existing(path: Path) -> None:
     """Refuse, as ``MetricsCsvWriter.open`` would, an existing file this version cannot append to: another header or
     a last row without an integer epoch (a torn last line is fine: open cuts it). Read-only and blocking.
@@ -108,6 +116,8 @@ class MetricsCsvWriter:
         self._path = path
         self._file: AsyncTextIOWrapper | None = None
         self.rows_written = 0
+        # The last row's wall_time_s when open() found rows: a resumed run's clock goes on from there.
+        self.last_wall_time_s: float | None = None
 
     @property
     def path(self) -> Path:
@@ -136,6 +146,7 @@ class MetricsCsvWriter:
                     await torn.truncate(len(text.encode("utf-8")))
             if text:
                 last_epoch, self.rows_written = _checked(self._path, text)
+                self.last_wall_time_s = _last_wall_time(text)
         self._file = await aiofiles.open(self._path, "a", encoding="utf-8", newline="")
         if not text:
             await self._file.write(header_line())
