@@ -31,12 +31,13 @@ from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import build_trainee, load_data
-from actors.tolaria.checkpoints import CheckpointError, latest_good_step
+from actors.tolaria.checkpoints import CheckpointError
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
+from esper.resume import resume_point
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
@@ -159,7 +160,7 @@ def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, in
         ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from.
     """
     try:
-        step = latest_good_step(checkpoints) if checkpoints.is_dir() else None
+        step = resume_point(checkpoints) if checkpoints.is_dir() else None
     except CheckpointError as err:
         # Before any actor starts: otherwise the trainer fails to load, again at every restart.
         raise ConfigError(
@@ -329,6 +330,7 @@ async def assemble(
         data=found.data,
         isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
         step_probe=hooks.step_probe,
+        resume_at_most=resume_step if controller_resumes else None,
     )
     _log.info(
         "run_assembled",

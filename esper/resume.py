@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, read_journal
+import msgspec
+import structlog
+
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalCorrupt, read_journal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from schemas.config import RunConfig
+
+_log = structlog.get_logger("esper.resume")
 
 # What the lifecycle planner is built with: a resume replays Kasmina's journal through a planner with the new config's
 # settings, so another dwell or gate threshold rebuilds a different past (a blending seed replayed back into TRAINING)
@@ -117,3 +122,55 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
             f"--resume {directory}: {err}; the resumed run could not add its epochs to it (move it aside to start a new"
             " one)"
         ) from err
+
+
+def resume_point(checkpoints: Path) -> int | None:
+    """The step a resume continues from: the newest good checkpoint whose plans in flight were all decided at
+    boundaries Kasmina's journal holds. A kill -9 (or a machine crash: the journal is not fsynced) between a
+    checkpoint and the journaling of its last boundaries left the trainer waiting for plans nobody could send again
+    (a stall to its deadline, a missed plan, an emergency); an older checkpoint the journal covers resumes exactly.
+    None when there is no checkpoint. Blocking (reads the journal and decodes up to every checkpoint).
+
+    Raises:
+        CheckpointError: checkpoints are listed but none is usable.
+    """
+    try:
+        entries = read_journal(checkpoints / JOURNAL_FILENAME)
+    except JournalCorrupt:
+        entries = []  # check_resume_files refuses it; here the newest checkpoint stands
+    journaled = max((e.packet.global_step for e in entries if isinstance(e, JournalBoundary)), default=None)
+    newest = load_latest(checkpoints)
+    if newest is None:
+        return None
+    candidate: int | None = newest[2].global_step
+    while candidate is not None:
+        found = load_latest(checkpoints, at_most=candidate)
+        if found is None:
+            break
+        state, _, info = found
+        if _covered(state.counters.get("expected_plans"), info.global_step, journaled):
+            if info.global_step != newest[2].global_step:
+                _log.warning(
+                    "resume_point_behind",
+                    newest_checkpoint=newest[2].global_step,
+                    resume_from=info.global_step,
+                    journal_last_boundary=journaled,
+                    detail="the newest checkpoint's plans in flight were decided past the lifecycle journal's end",
+                )
+            return info.global_step
+        candidate = info.global_step - 1 if info.global_step > 0 else None
+    _log.warning("resume_point_uncovered", newest_checkpoint=newest[2].global_step, journal_last_boundary=journaled)
+    return newest[2].global_step
+
+
+def _covered(expected: object, step: int, journaled: int | None) -> bool:
+    """Whether every plan the checkpoint of ``step`` waits for (decided by then, taking effect at or after it) was
+    decided at a boundary the journal holds."""
+    if not isinstance(expected, str):
+        return True
+    try:
+        pairs = msgspec.json.decode(expected, type=list[tuple[int, int]])
+    except msgspec.DecodeError:
+        return True
+    waited = [decided for decided, effect in pairs if effect >= step]
+    return not waited or (journaled is not None and max(waited) <= journaled)

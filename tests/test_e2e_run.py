@@ -18,9 +18,10 @@ import pytest
 import torch
 from torch import nn
 
+from actors.kasmina.journal import JOURNAL_FILENAME, entry_step, read_journal
 from actors.kasmina.preparation import SeedSource
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
-from actors.tolaria.checkpoints import latest_good_step, load_latest
+from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manifest
 from esper.run import start
 from esper.wiring import RunHooks
 from schemas.boundary import BoundaryPlan
@@ -712,3 +713,35 @@ async def test_nissa_serves_the_decision_and_kernel_fetch_slos_of_a_real_run(tmp
     assert slos["tamiyo_decision_latency"]["samples"] == summary.growth.decisions > 0
     assert figures.seed_parameters > 0 or summary.growth.seeds, "the run should germinate to fetch a kernel"
     assert slos["kernel_fetch_latency"]["samples"] >= 1
+
+
+async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_covers(tmp_path: Path) -> None:
+    """A kill -9 (or a machine crash: the journal is not fsynced) can land after a checkpoint was written and before
+    Kasmina journaled the boundaries whose plans it waits for. The resume stalled on plans nobody could send, missed
+    them and went on in an emergency; it now continues from the newest checkpoint the journal covers, exactly."""
+    more = tmp_path / "more"
+    more.mkdir()
+    first, longer = tiny_config(tmp_path, epochs=6), tiny_config(more, epochs=8)
+    run_dir, reference_dir = tmp_path / "run", tmp_path / "uninterrupted"
+    assert (await (await start(first, run_dir)).wait()).status == "completed"
+    checkpoints = run_dir / "checkpoints"
+    steps = [e.global_step for e in read_manifest(checkpoints)]
+    previous = steps[-2]
+    journal = checkpoints / JOURNAL_FILENAME
+    kept = [entry for entry in read_journal(journal) if entry_step(entry) <= previous]
+    journal.write_bytes(b"".join(msgspec.json.encode(entry) + b"\n" for entry in kept))
+
+    resumed = await (await start(longer, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    assert resumed.training is not None
+    assert resumed.training.resumed_from_step == previous
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    [behind] = [e for e in events if e["event"] == "resume_point_behind"]
+    assert (behind["newest_checkpoint"], behind["resume_from"]) == (steps[-1], previous)
+    assert not [e for e in events if e["event"] in {"plan_missed", "emergency_signal"}]
+    reference = await (await start(longer, reference_dir)).wait()
+    assert reference.status == "completed"
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)

@@ -189,6 +189,8 @@ class TolariaWiring:
         batch_hook: a test hook applied to each batch.
         step_probe: a benchmark hook called after each completed step (see LoopOptions).
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
+        resume_at_most: with ``resume``, the newest checkpoint step the first start may continue from (see
+            LoopOptions); None: the newest.
     """
 
     run_id: str
@@ -207,6 +209,7 @@ class TolariaWiring:
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
+    resume_at_most: int | None = None
 
 
 @final
@@ -308,6 +311,8 @@ class TolariaTrainer(Actor[StartTraining]):
             batch_hook=wiring.batch_hook,
             step_probe=wiring.step_probe,
             isolation_probe_every_steps=wiring.isolation_probe_every_steps,
+            # The resume's point holds for the first incarnation only: a restart continues from what it wrote since.
+            resume_at_most=wiring.resume_at_most if msg.incarnation == 1 else None,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

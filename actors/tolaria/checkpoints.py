@@ -267,19 +267,22 @@ def _entry_problem(info: CheckpointInfo) -> str | None:
     return None
 
 
-def load_latest(directory: Path) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
+def load_latest(
+    directory: Path, *, at_most: int | None = None
+) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
     """The newest checkpoint whose SHA-256 matches the manifest and that decodes to the step its entry names; a
     corrupt, truncated or inconsistent one is skipped with a ``checkpoint_corrupt`` warning and the previous one is
-    tried. None when the directory has no checkpoint.
+    tried. ``at_most``: only checkpoints of that step or earlier (a resume's point, see esper.resume). None when the
+    directory has no checkpoint.
 
     Blocking (file I/O): lane thread or a worker thread.
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    listed = 0
     for info, data in _verified_newest_first(directory):
-        listed += 1
+        if at_most is not None and info.global_step > at_most:
+            continue
         try:
             state, pending = decode_state(data)
         except CheckpointError as err:

@@ -77,6 +77,8 @@ class LoopOptions:
         step_probe: a benchmark hook called on the lane after each completed step with the global step, the model
             and that step's batch; it must leave the model as it found it (buffers, modes, RNG).
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
+        resume_at_most: a resume continues from the newest checkpoint of this step or earlier (the newest one the
+            lifecycle journal covers); None: the newest.
     """
 
     run_id: str
@@ -88,6 +90,7 @@ class LoopOptions:
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
+    resume_at_most: int | None = None
 
 
 @final
@@ -220,7 +223,8 @@ class TrainingLoop:
         directory = self._options.checkpoint_dir
         if directory is not None and self._options.resume:
             started = time.perf_counter()
-            found = load_latest(directory) if directory.is_dir() else None
+            at_most = self._options.resume_at_most
+            found = load_latest(directory, at_most=at_most) if directory.is_dir() else None
             if found is not None:
                 checkpoint = (found, time.perf_counter() - started)
         if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
