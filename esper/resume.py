@@ -10,7 +10,7 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalCorrupt, read_journal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, load_latest, read_manifest
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
@@ -139,6 +139,8 @@ def resume_point(checkpoints: Path) -> int | None:
     except JournalCorrupt:
         entries = []  # check_resume_files refuses it; here the newest checkpoint stands
     journaled = max((e.packet.global_step for e in entries if isinstance(e, JournalBoundary)), default=None)
+    if latest_good(checkpoints) is None:  # raises, naming the checksums, when none passes
+        return None
     newest = load_latest(checkpoints)
     if newest is None:
         return None
