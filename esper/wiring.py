@@ -310,6 +310,8 @@ class UrzaFirstSource:
             why = f"no compiled artifact yet ({err})"
         except (ArtifactCorrupt, BlobMissing) as err:
             why = f"its artifact is unusable ({err})"
+        except OSError as err:  # a transient read error (EIO): the same blueprint, built here instead
+            why = f"its artifact could not be read ({type(err).__name__}: {err})"
         self.built_from_catalogue += 1
         self._notify(
             TelemetryEvent(

@@ -87,3 +87,18 @@ def test_a_corrupt_or_missing_blob_is_quarantined_and_the_seed_still_built(store
     store.blob_path(other).unlink()
     source.fetch(other_entry.blueprint_id, SLOT, dict(default_catalogue().get(other_entry.blueprint_id).defaults()), 3)
     assert [e.name for e in events] == [BUILT_FROM_CATALOGUE, BUILT_FROM_CATALOGUE]
+
+
+def test_a_read_error_builds_the_seed_from_the_catalogue(store: UrzaStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One EIO reading the blob crashed Kasmina (and left a germinated seed that was never attached)."""
+    compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    source, events = _source(store)
+
+    def failing_load(artifact: str) -> object:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "load", failing_load)
+    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(module) > 0
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
+    assert "its artifact could not be read (OSError: [Errno 5] Input/output error)" in events[0].description

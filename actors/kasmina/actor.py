@@ -74,7 +74,8 @@ KASMINA_INBOX: tuple[type[KasminaMessage], ...] = (
 )
 
 # Preparation failures a source may raise for one seed; anything else is a bug and crashes the actor.
-_PREPARATION_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError, EsperError)
+# OSError: a read that failed (EIO) fails this seed's preparation (it is culled), not the actor.
+_PREPARATION_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError, OSError, EsperError)
 _SEEN_PREFETCHES = 1024
 
 
