@@ -7,6 +7,7 @@ import signal
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 import torch
 
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
@@ -144,6 +145,29 @@ def test_a_killed_worker_fails_its_decision_then_is_restarted_and_decides_on_fro
         remote.close()
     with pytest.raises(RuntimeError, match="closed"):
         remote.decide(next(_observations()))
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_decides_on_from_its_state() -> None:
+    """A worker that stops answering (SIGSTOP here: swapped out, deadlocked) held every later decision, and the stop
+    of the run, for good; it is now killed after a short silence and started again like a dead one."""
+    model = _model(PolicyAction.GERMINATE)
+    reference = _local(model)
+    remote = _remote(model, _local(model))
+    observations = list(_observations())
+    try:
+        remote.wait_ready()
+        assert remote.decide(observations[0]) == reference.decide(observations[0])
+        assert remote.pid is not None
+        os.kill(remote.pid, signal.SIGSTOP)
+        with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match="no answer within"):
+            remote.decide(observations[1])
+        assert [e["event"] for e in logs] == ["tamiyo_gnn_worker_hung"]
+        remote.wait_ready()  # the barrier: the restarted worker has built its network
+        assert remote.restarts == 1
+        for observation in observations[1:]:
+            assert remote.decide(observation) == reference.decide(observation)
+    finally:
+        remote.close()
 
 
 def test_the_worker_outlives_a_ctrl_c_to_the_parents_process_group() -> None:

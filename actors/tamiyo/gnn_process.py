@@ -46,6 +46,10 @@ __all__ = ["RemoteGnnPolicy"]
 _READY_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
 _MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left dead: the fallback decides
+# A decision takes milliseconds; a worker silent this long is hung (stopped, swapping, deadlocked): it is killed and
+# started again like a dead one. Well under tolaria.decision_deadline_ms (1 s by default), so the packets queued
+# behind the hung decision are still answered before the trainer gives up on their plans.
+_ANSWER_TIMEOUT_S = 0.5
 _LENGTH = struct.Struct(">I")
 
 
@@ -397,6 +401,12 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             _send(self._to_worker, _ENCODE.encode(request))
         except (OSError, ValueError) as err:
             raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.poll()}") from err
+        ready, _, _ = select.select([self._from_worker], [], [], _ANSWER_TIMEOUT_S)
+        if not ready:
+            self._process.kill()  # the next decide finds it dead and starts another
+            self._process.wait(_CLOSE_TIMEOUT_S)
+            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_ANSWER_TIMEOUT_S, pid=self._process.pid)
+            raise RuntimeError(f"tamiyo gnn worker: no answer within {_ANSWER_TIMEOUT_S} s; killed, to be restarted")
         return self._receive()
 
     def _receive(self) -> _Answer:
