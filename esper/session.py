@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
-    from anyio.streams.memory import MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from esper.logs import LoggingHandle
     from esper.run_dir import RunDirLock
@@ -89,16 +89,15 @@ class EventHub:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.remove(stream)
 
-    async def subscribe(self) -> AsyncIterator[Message | Record]:
-        """Every event emitted from now on, until close()."""
+    def subscribe(self) -> AsyncIterator[Message | Record]:
+        """Every event emitted from this call on (not from the first iteration: nothing emitted in between is
+        missed), until close()."""
         send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size)
         if self._closed:
             send.close()
         else:
             self._subscribers.append(send)
-        async with receive:
-            async for event in receive:
-                yield event
+        return _drained(receive)
 
     def close(self) -> None:
         """End every subscription (after the events already buffered)."""
@@ -350,3 +349,9 @@ class EsperSystem:
         with contextlib.suppress(OSError):
             self._logging.close()
         return summary
+
+
+async def _drained(receive: MemoryObjectReceiveStream[Message | Record]) -> AsyncIterator[Message | Record]:
+    async with receive:
+        async for event in receive:
+            yield event

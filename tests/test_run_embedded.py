@@ -77,14 +77,14 @@ async def test_start_accepts_a_path_and_overrides(tmp_path: Path) -> None:
 async def test_events_stream_until_the_run_ends(tmp_path: Path) -> None:
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
     seen: list[Message | Record] = []
+    stream = system.events()  # subscribed now: nothing the stop emits is missed
 
     async def collect() -> None:
-        async for event in system.events():
+        async for event in stream:
             seen.append(event)
 
     async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
         collector = tg.create_task(collect())
-        await asyncio.sleep(0)  # let the collector subscribe before the stop emits
         await system.stop()
         await collector
     final_states = [event for event in seen if isinstance(event, ActorState)]
@@ -110,11 +110,9 @@ async def test_event_hub_fans_out_drops_when_full_and_ends_on_close() -> None:
         return await anext(stream)
 
     async with asyncio.TaskGroup() as tg:
-        # Async generators subscribe on their first iteration; start both before emitting.
+        hub.emit(event)  # both subscribed when subscribe() returned, before either is iterated
         got_first = tg.create_task(next_event(first))
         got_second = tg.create_task(next_event(second))
-        await asyncio.sleep(0)
-        hub.emit(event)
     assert got_first.result() == event
     assert got_second.result() == event
     for _ in range(5):
