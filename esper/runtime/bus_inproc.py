@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from typing import TYPE_CHECKING, final
 
 import msgspec
@@ -22,26 +20,17 @@ from esper.runtime.bus import (
     route,
 )
 from esper.runtime.bus_log import TopicLog
+from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
 from esper.runtime.errors import BusClosed, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator, Iterable, Sequence
 
     from esper.runtime.clock import Clock
-
-
-def _settle(future: asyncio.Future[None], _timer: asyncio.Task[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _wake(waiters: set[asyncio.Future[None]]) -> None:
-    for future in waiters:
-        if not future.done():
-            future.set_result(None)
 
 
 @final
@@ -141,7 +130,7 @@ class InProcessBus:
             published_at_s=self._clock.now(),
         )
         log.append(envelope, origin=None if signal is None else signal.origin)
-        _wake(self._receivers)
+        wake(self._receivers)
         return PublishResult(status=PublishStatus.PUBLISHED, topic=log.topic, message_id=envelope.message_id)
 
     def _refill(self) -> None:
@@ -173,7 +162,7 @@ class InProcessBus:
             envelope = self._take(logs, group, consumer)
             if envelope is not None:
                 # Other receivers recompute when this delivery becomes claimable.
-                _wake(self._receivers)
+                wake(self._receivers)
                 return envelope
             deadlines = [at for log in logs if (at := log.next_claim_at(group)) is not None]
             await self._wait(self._receivers, min(deadlines, default=None))
@@ -201,15 +190,15 @@ class InProcessBus:
 
     async def ack(self, envelope: Envelope[Message]) -> bool:
         self._check_open()
-        group = self._group_of(envelope)
+        group = delivered_group(envelope)
         acked = self._log_of(envelope.topic).ack(group, envelope.message_id)
         if acked:
-            _wake(self._publishers)
+            wake(self._publishers)
         return acked
 
     async def nack(self, envelope: Envelope[Message], error: str) -> None:
         self._check_open()
-        group = self._group_of(envelope)
+        group = delivered_group(envelope)
         dead = self._log_of(envelope.topic).nack(group, envelope.message_id, error)
         if dead is not None:
             self._bury([dead])
@@ -221,7 +210,7 @@ class InProcessBus:
         now_s = self._clock.now()
         trimmed = sum(log.trim_expired(now_s) for log in self._logs.values())
         if trimmed:
-            _wake(self._publishers)
+            wake(self._publishers)
         return trimmed
 
     def _bury(self, dead: list[Envelope[Message]]) -> None:
@@ -243,8 +232,8 @@ class InProcessBus:
                     consumer=None,
                 )
             )
-        _wake(self._receivers)
-        _wake(self._publishers)
+        wake(self._receivers)
+        wake(self._publishers)
 
     # ------------------------------------------------------------------ lifecycle and introspection
 
@@ -281,8 +270,8 @@ class InProcessBus:
 
     async def close(self) -> None:
         self._closed = True
-        _wake(self._receivers)
-        _wake(self._publishers)
+        wake(self._receivers)
+        wake(self._publishers)
 
     # ------------------------------------------------------------------ helpers
 
@@ -303,26 +292,6 @@ class InProcessBus:
         logs = [self._log_of(topic) for topic in names]
         return sorted(logs, key=lambda log: TOPIC_LANES[log.topic])
 
-    @staticmethod
-    def _group_of(envelope: Envelope[Message]) -> str:
-        if envelope.group is None:
-            raise ValueError(f"envelope {envelope.message_id} was never delivered, so it cannot be acked or nacked")
-        return envelope.group
-
     async def _wait(self, waiters: set[asyncio.Future[None]], deadline_s: float | None) -> None:
         """Wait until woken (publish, delivery, space, close) or until the clock reaches deadline_s."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.add(future)
-        try:
-            if deadline_s is None:
-                await future
-                return
-            async with asyncio.TaskGroup() as timers:
-                timer = timers.create_task(self._clock.sleep(max(0.0, deadline_s - self._clock.now())))
-                timer.add_done_callback(functools.partial(_settle, future))
-                try:
-                    await future
-                finally:
-                    timer.cancel()
-        finally:
-            waiters.discard(future)
+        await wait_woken(waiters, self._clock, deadline_s)

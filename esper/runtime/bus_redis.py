@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import urllib.parse
 from typing import TYPE_CHECKING, Union, final
 
@@ -25,6 +24,7 @@ from esper.runtime.bus import (
     route,
 )
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
+from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
 from esper.runtime.errors import BusClosed, BusError, BusUnavailable, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
@@ -53,17 +53,6 @@ class ReplyError(BusError):
 def schema_message_types() -> tuple[type[Message], ...]:
     """Every Message type of the schemas package: what a RedisBus decodes by default."""
     return message_types()
-
-
-def _settle(future: asyncio.Future[None], _timer: asyncio.Task[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _wake(waiters: set[asyncio.Future[None]]) -> None:
-    for future in waiters:
-        if not future.done():
-            future.set_result(None)
 
 
 def _text(value: object) -> str:
@@ -262,7 +251,7 @@ class RedisBus:
             if status != "wait":
                 if status == "published":
                     self._receive_epoch += 1
-                    _wake(self._receivers)
+                    wake(self._receivers)
                 message_id = None if reply[1] is None else _text(reply[1])
                 return PublishResult(status=PublishStatus(status), topic=target, message_id=message_id)
             if self._space_epoch == epoch:
@@ -294,7 +283,7 @@ class RedisBus:
             if reply[0] is not None:
                 # Other local receivers recompute when this delivery becomes claimable.
                 self._receive_epoch += 1
-                _wake(self._receivers)
+                wake(self._receivers)
                 return self._envelope(_list(reply[0]), group, consumer)
             if self._receive_epoch != epoch:
                 continue
@@ -317,7 +306,7 @@ class RedisBus:
 
     async def ack(self, envelope: Envelope[Message]) -> bool:
         self._check_open()
-        group = self._group_of(envelope)
+        group = delivered_group(envelope)
         self._check_topic(envelope.topic)
         reply = _list(await self._run("ack", [envelope.topic.value, group, envelope.message_id]))
         self._store_stats(reply[1])
@@ -328,14 +317,14 @@ class RedisBus:
 
     async def nack(self, envelope: Envelope[Message], error: str) -> None:
         self._check_open()
-        group = self._group_of(envelope)
+        group = delivered_group(envelope)
         self._check_topic(envelope.topic)
         reply = _list(await self._run("nack", [envelope.topic.value, group, envelope.message_id, error]))
         self._store_stats(reply[1])
         if _int(reply[0]):
             self._freed_space()
             self._receive_epoch += 1
-            _wake(self._receivers)
+            wake(self._receivers)
 
     async def backlog(self, topic: Topic, group: str) -> int:
         self._check_topic(topic)
@@ -385,8 +374,8 @@ class RedisBus:
     async def close(self) -> None:
         """See Bus.close. Closes this object only: the streams stay on the server for other processes (purge())."""
         self._closed = True
-        _wake(self._receivers)
-        _wake(self._publishers)
+        wake(self._receivers)
+        wake(self._publishers)
 
     async def purge(self) -> int:
         """Delete every key under this bus's prefix (allowed after close()); returns how many were deleted."""
@@ -416,7 +405,7 @@ class RedisBus:
         finally:
             self._in_flight -= 1
             if not self._in_flight:
-                _wake(self._idle)
+                wake(self._idle)
 
     def _envelope(self, raw: list[object], group: str, consumer: str) -> Envelope[Message]:
         topic, message_id, message_type, priority, published_at, data, attempts, last_error = raw[:8]
@@ -475,7 +464,7 @@ class RedisBus:
 
     def _freed_space(self) -> None:
         self._space_epoch += 1
-        _wake(self._publishers)
+        wake(self._publishers)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -493,26 +482,9 @@ class RedisBus:
             self._check_topic(topic)
         return sorted(names, key=lambda topic: TOPIC_LANES[topic])
 
-    @staticmethod
-    def _group_of(envelope: Envelope[Message]) -> str:
-        if envelope.group is None:
-            raise ValueError(f"envelope {envelope.message_id} was never delivered, so it cannot be acked or nacked")
-        return envelope.group
-
     async def _wait(self, waiters: set[asyncio.Future[None]], deadline_s: float) -> None:
-        """Wait until woken (local publish, delivery, space, close) or until the clock reaches deadline_s."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.add(future)
-        try:
-            async with asyncio.TaskGroup() as timers:
-                timer = timers.create_task(self._clock.sleep(max(0.0, deadline_s - self._clock.now())))
-                timer.add_done_callback(functools.partial(_settle, future))
-                try:
-                    await future
-                finally:
-                    timer.cancel()
-        finally:
-            waiters.discard(future)
+        """Wait until woken (publish, delivery, space, close) or until the clock reaches deadline_s."""
+        await wait_woken(waiters, self._clock, deadline_s)
 
 
 def _zero(topic: Topic) -> TopicStatistics:
