@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, final
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import structlog
@@ -39,6 +39,7 @@ from actors.tolaria.checkpoints import CheckpointError
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
+from esper.bus_resource import BusResource, bus_limits
 from esper.config import apply_overrides, dump_config, load_config, parse_override
 from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
@@ -53,9 +54,6 @@ from esper.run_dir import (
     write_run_config,
 )
 from esper.run_history import already_trained, earlier_tally, previous_run_id
-from esper.runtime.bus import BusLimits
-from esper.runtime.bus_inproc import InProcessBus
-from esper.runtime.bus_redis import open_redis_bus, redacted
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.gpu import GpuTelemetry
@@ -151,65 +149,6 @@ def build_tree(
         ),
     ]
     return build_root(children, config.weatherlight)
-
-
-@final
-class BusResource:
-    """Oona's bus for one run: in-process by default, Redis Streams with ``oona.backend = "redis"``; a session resource
-    closed after the actors have stopped."""
-
-    def __init__(self) -> None:
-        self._stack = contextlib.AsyncExitStack()
-        self.bus: Bus | None = None
-
-    async def open(self, config: RunConfig, clock: Clock, limits: BusLimits) -> Bus:
-        """Open the configured backend.
-
-        Raises:
-            ConfigError: the Redis backend is configured but its package is missing or the server does not answer.
-        """
-        oona = config.oona
-        if oona.backend == "inproc":
-            self.bus = InProcessBus(clock, limits=limits)
-            return self.bus
-        try:
-            self.bus = await self._stack.enter_async_context(
-                open_redis_bus(
-                    oona.redis_url,
-                    clock,
-                    prefix=oona.stream_prefix,
-                    limits=limits,
-                    max_payload_bytes=oona.max_payload_bytes,
-                )
-            )
-        except ModuleNotFoundError as err:
-            raise ConfigError(
-                f"oona.backend: \"redis\" needs the redis package (pip install 'esper-morphogenesis[redis]'): {err}"
-            ) from err
-        except OSError as err:
-            raise ConfigError(f"oona.redis_url: {redacted(oona.redis_url)} does not answer: {err}") from err
-        except ValueError as err:  # not a Redis URL, or one the server refuses
-            raise ConfigError(f"oona.redis_url: {redacted(oona.redis_url)!r}: {err}") from err
-        return self.bus
-
-    async def aclose(self) -> None:
-        if self.bus is not None and isinstance(self.bus, InProcessBus):
-            await self.bus.close()
-        await self._stack.aclose()
-
-
-def _bus_limits(config: RunConfig) -> BusLimits:
-    oona = config.oona
-    return BusLimits(
-        depth_high=oona.queue_depth_high,
-        depth_recovery=oona.queue_depth_recovery,
-        capacity=oona.topic_capacity,
-        emergency_rate_per_min=float(oona.emergency_rate_per_min),
-        claim_idle_s=oona.claim_idle_s,
-        claim_batch=oona.claim_batch,
-        max_attempts=oona.dead_letter_attempts,
-        ttl_s=oona.message_ttl_s,
-    )
 
 
 async def start(
@@ -321,7 +260,7 @@ async def _start_claimed(
     clock = MonotonicClock()
     bus_resource = BusResource()
     try:
-        bus = await bus_resource.open(resolved, clock, _bus_limits(resolved))
+        bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
     except BaseException:
         logging.close()
         raise
