@@ -14,6 +14,7 @@ from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, r
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
+from esper.nn.blueprints import SlotShape
 from esper.nn.data import TensorPair
 from schemas.config import BreakerConfig, TolariaConfig
 from schemas.enums import EmergencyLevel
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(90)
 
 
+CPU = torch.device("cpu")
 TINY = {"epochs": 3, "dataset_samples": 1000, "batch_size": 50, "state_every_steps": 4}
 
 
@@ -331,6 +333,20 @@ def test_a_built_in_host_the_data_does_not_suit_is_a_one_line_config_error(
     with pytest.raises(TolariaConfigError) as info:
         build_host(config(host_model=host, dataset="npz", npz_path="x.npz"), shape, classes)
     assert str(info.value).startswith(f"tolaria.host_model = {host!r}: cannot be built for {message}")
+
+
+def test_a_slot_declared_a_sequence_grows_seeds_over_its_features_not_its_steps(data: DataSplits) -> None:
+    """[batch, seq, hidden] activations (a GRU, an embedding, a transformer block) read as conv1d with the sequence
+    length as channels, so seeds mixed along the sequence; ``slot_kinds`` declares them."""
+    plain = build_trainee(config(host_model="tests.tolaria_factories:undeclared_sequence_model"), data, (), CPU)
+    assert plain.slot_shapes["mid"] == SlotShape("conv1d", 40)
+    cfg = config(host_model="tests.tolaria_factories:sequence_model", initial_seeds=("mid=BP007",), epochs=1)
+    trainee = build_trainee(cfg, data, (), CPU)
+    assert trainee.slot_shapes["mid"] == SlotShape("sequence", 16)
+    assert trainee.slots["mid"].seed_id is not None  # BP007 fits a sequence slot, not a conv1d one
+    assert make_loop(cfg, data).run().status == "completed"
+    with pytest.raises(TolariaConfigError, match=r"slot_kinds names 'head', which is not a slot target$"):
+        build_trainee(config(host_model="tests.tolaria_factories:misdeclared_sequence_model"), data, (), CPU)
 
 
 @pytest.mark.parametrize(

@@ -116,3 +116,34 @@ def rank1_slot_model() -> nn.Module:
 def float64_slot_model() -> nn.Module:
     """A slot target returning float64 activations."""
     return _Odd(_Double(), ("inner",))
+
+
+class _Sequence(nn.Module):
+    """MNIST-1D read as 40 steps of one feature: [batch, 40, 16] activations in ``mid``."""
+
+    def __init__(self, slot_kinds: object) -> None:
+        super().__init__()
+        self.inp = nn.Linear(1, 16)
+        self.mid = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10)
+        self.slot_targets = ("mid",)
+        self.slot_kinds = slot_kinds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.mid(torch.relu(self.inp(x.reshape(x.shape[0], -1, 1)))))
+        return self.head(h.mean(1))  # type: ignore[no-any-return]
+
+
+def sequence_model() -> nn.Module:
+    """A slot whose [batch, seq, features] activations the model declares as a sequence."""
+    return _Sequence({"mid": "sequence"})
+
+
+def undeclared_sequence_model() -> nn.Module:
+    """The same model without slot_kinds: its [batch, 40, 16] slot reads as conv1d with 40 channels."""
+    return _Sequence(None)
+
+
+def misdeclared_sequence_model() -> nn.Module:
+    """slot_kinds naming a module that is not a slot target."""
+    return _Sequence({"head": "sequence"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, final
@@ -222,20 +223,22 @@ def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
 
 
 def measure_slot_shapes(
-    model: nn.Module, names: Sequence[str], sample: torch.Tensor
+    model: nn.Module, names: Sequence[str], sample: torch.Tensor, kinds: Mapping[str, str] | None = None
 ) -> tuple[dict[str, SlotShape | str], object]:
     """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape, or one
     line saying why its output fits no slot (absent: the forward never called it); also return the model's output.
+    ``kinds``: a slot's declared kind where its rank alone cannot tell ("sequence": ``[batch, seq, features]``).
 
     Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
     """
     shapes: dict[str, SlotShape | str] = {}
+    declared = kinds or {}
     handles = []
     for name in names:
 
         def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
             tensor = out[0] if isinstance(out, tuple) else out
-            shapes[name] = _slot_shape(tensor)
+            shapes[name] = _slot_shape(tensor, declared.get(name))
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
@@ -250,7 +253,7 @@ def measure_slot_shapes(
     return shapes, output
 
 
-def _slot_shape(output: object) -> SlotShape | str:
+def _slot_shape(output: object, declared: str | None = None) -> SlotShape | str:
     if not isinstance(output, torch.Tensor):
         return f"it returns a {type(output).__name__}, not a tensor"
     if output.dim() < 2 or output.dim() > 4:
@@ -260,7 +263,30 @@ def _slot_shape(output: object) -> SlotShape | str:
         )
     if output.dtype != torch.float32:
         return f"it returns {output.dtype} activations, and seeds are built in torch.float32"
+    if declared == "sequence":
+        if output.dim() != 3:
+            return f"slot_kinds says sequence ([batch, seq, features]), and it returns a tensor of rank {output.dim()}"
+        return SlotShape("sequence", int(output.shape[2]))
     return SlotShape(slot_kind(output.dim()), int(output.shape[1]))
+
+
+def _declared_kinds(model: nn.Module, slots: Sequence[str], source: str) -> dict[str, str]:
+    """The model's ``slot_kinds`` attribute ({target: "sequence"}), checked: a mapping, of its slot targets, to a
+    kind a rank cannot tell apart."""
+    kinds = getattr(model, "slot_kinds", None)
+    if kinds is None:
+        return {}
+    if not isinstance(kinds, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in kinds.items()):
+        raise TolariaConfigError(f"{source}: the model's slot_kinds = {kinds!r}: expected a dict of target -> kind")
+    for name, kind in kinds.items():
+        if name not in slots:
+            raise TolariaConfigError(f"{source}: the model's slot_kinds names {name!r}, which is not a slot target")
+        if kind != "sequence":
+            raise TolariaConfigError(
+                f"{source}: the model's slot_kinds[{name!r}] = {kind!r}: expected 'sequence' (other kinds follow from"
+                " the activation's rank)"
+            )
+    return dict(kinds)
 
 
 def _fitting_shapes(
@@ -271,8 +297,9 @@ def _fitting_shapes(
     sample = splits.train.x[: min(2, splits.train.num_samples)]
     source = f"tolaria.host_model = {config.host_model!r}"
     data = f"the {config.dataset} data set's samples of shape {list(splits.input_shape)}"
+    kinds = _declared_kinds(model, slots, source)
     try:
-        measured, output = measure_slot_shapes(model, slots, sample)
+        measured, output = measure_slot_shapes(model, slots, sample, kinds)
     except Exception as err:  # whatever a user's forward raises, told in one line
         raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
     expected = [len(sample), splits.num_classes]
