@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import structlog
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
+from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
@@ -331,6 +333,7 @@ async def assemble(
         isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
         step_probe=hooks.step_probe,
         resume_at_most=resume_step if controller_resumes else None,
+        journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
     )
     _log.info(
         "run_assembled",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-import msgspec
 import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalCorrupt, read_journal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, load_latest, read_manifest
+from actors.tolaria.plans import plans_covered
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
@@ -150,7 +150,7 @@ def resume_point(checkpoints: Path) -> int | None:
         if found is None:
             break
         state, _, info = found
-        if _covered(state.counters.get("expected_plans"), info.global_step, journaled):
+        if plans_covered(state.counters.get("expected_plans"), info.global_step, journaled):
             if info.global_step != newest[2].global_step:
                 _log.warning(
                     "resume_point_behind",
@@ -163,16 +163,3 @@ def resume_point(checkpoints: Path) -> int | None:
         candidate = info.global_step - 1 if info.global_step > 0 else None
     _log.warning("resume_point_uncovered", newest_checkpoint=newest[2].global_step, journal_last_boundary=journaled)
     return newest[2].global_step
-
-
-def _covered(expected: object, step: int, journaled: int | None) -> bool:
-    """Whether every plan the checkpoint of ``step`` waits for (decided by then, taking effect at or after it) was
-    decided at a boundary the journal holds."""
-    if not isinstance(expected, str):
-        return True
-    try:
-        pairs = msgspec.json.decode(expected, type=list[tuple[int, int]])
-    except msgspec.DecodeError:
-        return True
-    waited = [decided for decided, effect in pairs if effect >= step]
-    return not waited or (journaled is not None and max(waited) <= journaled)

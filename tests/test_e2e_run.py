@@ -11,21 +11,24 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 import torch
 from torch import nn
 
+from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, entry_step, read_journal
 from actors.kasmina.preparation import SeedSource
+from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
 from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manifest
 from esper.run import start
 from esper.wiring import RunHooks
 from schemas.boundary import BoundaryPlan
 from schemas.run import RunSummary
+from schemas.state import SystemStatePacket
 from tests.test_nissa_prometheus import http_get
 
 if TYPE_CHECKING:
@@ -743,5 +746,41 @@ async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_cov
     assert reference.status == "completed"
     grafts, tensors = _final_weights(run_dir)
     reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
+@pytest.mark.parametrize("actor", ["kasmina", "tamiyo"])
+async def test_a_planner_or_controller_crash_on_a_packet_restarts_and_ends_as_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str
+) -> None:
+    """Kasmina (or Tamiyo) fails on a state packet: its restart restarts the trainer, whose stop checkpoint waited for
+    that packet's plan, which nobody could send again (a 12 s stall, a missed plan, an L2 emergency, another run).
+    The trainer now continues from the newest state the planner's journal covers, and the run ends bitwise equal."""
+    config = tiny_config(tmp_path, epochs=6)
+    reference = await (await start(config, tmp_path / "uninterrupted")).wait()
+    assert reference.status == "completed"
+    crash_at = 3 * 16 + 4  # a mid-epoch packet of epoch 4
+    owner = KasminaActor if actor == "kasmina" else TamiyoActor
+    original = owner.handle
+    fired: list[int] = []
+
+    async def failing(self: Any, msg: Any) -> Any:  # stands in for either actor's handle
+        if not fired and isinstance(msg, SystemStatePacket) and msg.global_step == crash_at:
+            fired.append(msg.global_step)
+            raise RuntimeError(f"injected {actor} fault")
+        return await original(self, msg)
+
+    monkeypatch.setattr(owner, "handle", failing)
+    run_dir = tmp_path / "crashed"
+    summary = await (await start(config, run_dir)).wait()
+    assert fired == [crash_at]
+    assert summary.status == "completed", summary.error
+    assert {a.actor: a.restarts for a in summary.actors}[actor] == 1
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not [e for e in events if e["event"] in {"plan_missed", "emergency_signal"}]
+    assert [e["step"] for e in events if e["event"] == "restore_point_skipped"], "the stop checkpoint is skipped"
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(tmp_path / "uninterrupted")
     assert grafts == reference_grafts
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)

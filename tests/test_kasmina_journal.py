@@ -7,8 +7,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from actors.kasmina.journal import BoundaryJournal, JournalCorrupt, JournalReceipt
+from actors.kasmina import journal as journal_module
+from actors.kasmina.journal import (
+    BoundaryJournal,
+    JournalBoundary,
+    JournalCorrupt,
+    JournalReceipt,
+    last_boundary_step,
+)
 from schemas.boundary import BoundaryApplied
+from tests._kasmina_harness import make_packet
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -105,3 +113,22 @@ def test_a_fresh_journal_empties_an_old_file_and_a_memory_journal_needs_none(tmp
     assert memory.cut(15) == 2
     assert _steps(memory) == [10]
     assert len(memory) == 1
+
+
+def test_the_last_boundary_step_is_read_from_the_files_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a restarting trainer asks (a long run's journal is tens of MB): read back to front, in small chunks here
+    so the boundary sits several chunks before the end, after receipts and a torn line."""
+    path = tmp_path / "journal.jsonl"
+    assert last_boundary_step(path) is None  # no file yet
+    journal = BoundaryJournal(path)
+    journal.load()
+    assert last_boundary_step(path) is None  # an empty journal
+    for step in (4, 8, 12):
+        journal.append(JournalBoundary(packet=make_packet(step)))
+    for step in range(20, 400, 4):
+        journal.append(_receipt(step))
+    journal.write_pending()
+    with path.open("ab") as file:
+        file.write(b'{"type": "JournalBoundary", "packet": {"glob')  # torn by a crash
+    monkeypatch.setattr(journal_module, "_TAIL_CHUNK", 300)
+    assert last_boundary_step(path) == 12

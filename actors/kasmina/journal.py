@@ -62,6 +62,7 @@ class JournalValidation(Message, frozen=True):
 JournalEntry = JournalBoundary | JournalReceipt | JournalValidation
 
 _decoder = msgspec.json.Decoder(JournalEntry)
+_TAIL_CHUNK = 1 << 18
 _encoder = msgspec.json.Encoder()
 
 
@@ -188,6 +189,33 @@ class BoundaryJournal:
             # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
             # then plans again (the torn line is cut off on load).
             file.write(data)
+
+
+def last_boundary_step(path: Path) -> int | None:
+    """The step of the last boundary in a journal file, read from its end (a long run's journal is tens of MB); None
+    without one. Blocking, read-only."""
+    try:
+        with path.open("rb") as file:
+            end = file.seek(0, 2)
+            tail = b""
+            while end > 0:
+                start = max(0, end - _TAIL_CHUNK)
+                file.seek(start)
+                tail = file.read(end - start) + tail
+                end = start
+                lines = tail.split(b"\n")
+                # The first line may be cut (unless the file's start was reached); the last may be torn.
+                for line in reversed(lines[1:] if end > 0 else lines):
+                    try:
+                        entry = _decoder.decode(line)
+                    except msgspec.DecodeError:
+                        continue
+                    if isinstance(entry, JournalBoundary):
+                        return entry.packet.global_step
+                tail = lines[0] if end > 0 else b""
+    except FileNotFoundError:
+        return None
+    return None
 
 
 def read_journal(path: Path) -> list[JournalEntry]:

@@ -191,6 +191,7 @@ class TolariaWiring:
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
         resume_at_most: with ``resume``, the newest checkpoint step the first start may continue from (see
             LoopOptions); None: the newest.
+        journaled_step: reads the planner journal's last boundary step (see LoopOptions); None: not known.
     """
 
     run_id: str
@@ -210,6 +211,7 @@ class TolariaWiring:
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
     resume_at_most: int | None = None
+    journaled_step: Callable[[], int | None] | None = None
 
 
 @final
@@ -313,6 +315,7 @@ class TolariaTrainer(Actor[StartTraining]):
             isolation_probe_every_steps=wiring.isolation_probe_every_steps,
             # The resume's point holds for the first incarnation only: a restart continues from what it wrote since.
             resume_at_most=wiring.resume_at_most if msg.incarnation == 1 else None,
+            journaled_step=wiring.journaled_step,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

@@ -33,7 +33,7 @@ from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
-from actors.tolaria.plans import release_modules
+from actors.tolaria.plans import plans_covered, release_modules
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.stepper import Stepper
 from actors.tolaria.telemetry import IntervalStats, OpenStats, PacketBuilder
@@ -79,6 +79,9 @@ class LoopOptions:
         isolation_probe_every_steps: probe live seeds for gradient isolation at most this often (0: never).
         resume_at_most: a resume continues from the newest checkpoint of this step or earlier (the newest one the
             lifecycle journal covers); None: the newest.
+        journaled_step: the planner journal's last boundary step, read when the loop restores: a restart continues
+            from the newest state whose plans in flight were decided there (a planner that crashed on a packet lost
+            its decision, which nobody can send again); None: the newest state.
     """
 
     run_id: str
@@ -91,6 +94,7 @@ class LoopOptions:
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     isolation_probe_every_steps: int = 0
     resume_at_most: int | None = None
+    journaled_step: Callable[[], int | None] | None = None
 
 
 @final
@@ -217,15 +221,21 @@ class TrainingLoop:
         self._stepper.bind(trainee, self._data.train)
 
     def _restore_at_start(self) -> None:
-        """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint."""
+        """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint;
+        of those whose plans in flight the planner's journal holds, when it is known (``journaled_step``)."""
+        covered = self._covered_by_journal()
         snapshot = self._snapshots.latest
+        if snapshot is not None and not covered(snapshot):
+            snapshot = None
         checkpoint = None
         directory = self._options.checkpoint_dir
         if directory is not None and self._options.resume:
             started = time.perf_counter()
             at_most = self._options.resume_at_most
             found = load_latest(directory, at_most=at_most) if directory.is_dir() else None
-            if found is not None:
+            while found is not None and not covered(found[0]) and found[2].global_step > 0:
+                found = load_latest(directory, at_most=found[2].global_step - 1)
+            if found is not None and covered(found[0]):
                 checkpoint = (found, time.perf_counter() - started)
         if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
             self._restore(snapshot, tier="fast")
@@ -244,6 +254,25 @@ class TrainingLoop:
                 self._outbox.event(TrainingRestored(run_id=self._options.run_id, step=0, tier="none"))
             return
         self._resumed_from = self._pos.global_step
+
+    def _covered_by_journal(self) -> Callable[[TrainState], bool]:
+        read = self._options.journaled_step
+        if read is None or not self._options.expects_plans:
+            return lambda state: True
+        journaled = read()
+
+        def covered(state: TrainState) -> bool:
+            ok = plans_covered(state.counters.get("expected_plans"), state.global_step, journaled)
+            if not ok:
+                _log.warning(
+                    "restore_point_skipped",
+                    step=state.global_step,
+                    journal_last_boundary=journaled,
+                    detail="its plans in flight were decided past the planner journal's end; an older state is used",
+                )
+            return ok
+
+        return covered
 
     def _announce_restore(self, state: TrainState, tier: str) -> None:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, final
 
+import msgspec
+
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -286,6 +288,20 @@ class PlanInbox:
             self._state.received.clear()
             self._state.abandoned.clear()
             return dropped
+
+
+def plans_covered(expected: object, step: int, journaled: int | None) -> bool:
+    """Whether every plan a saved state of ``step`` waits for (its counters' ``expected_plans``: decided by then,
+    taking effect at or after it) was decided at a boundary the planner's journal holds (``journaled``: its last
+    boundary step). A state that is not covered would wait for plans nobody can send again."""
+    if not isinstance(expected, str):
+        return True
+    try:
+        pairs = msgspec.json.decode(expected, type=list[tuple[int, int]])
+    except msgspec.DecodeError:
+        return True
+    waited = [decided for decided, effect in pairs if effect >= step]
+    return not waited or (journaled is not None and max(waited) <= journaled)
 
 
 def release_modules(plans: tuple[BoundaryPlan, ...], handoff: Handoff[nn.Module] | None) -> int:
