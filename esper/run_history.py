@@ -63,7 +63,7 @@ def earlier_tally(
         return [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     epochs = [
-        (int(epoch) + 1, int(step), accuracy)
+        (int(epoch), int(step), accuracy)  # metrics.csv counts epochs from 1, as the summary does
         for row in rows
         if (epoch := row.get("epoch")) is not None
         and (step := row.get("step")) is not None

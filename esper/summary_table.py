@@ -60,7 +60,9 @@ def format_summary(summary: RunSummary) -> str:
     if summary.error:
         lines.append(f"error: {summary.error}")
     if summary.status == "interrupted":
-        lines.append(f"continue it with --resume {summary.run_dir}")
+        # The run directory's config.toml is the resolved config: the command runs as printed.
+        run_dir = summary.run_dir
+        lines.append(f"continue it with: python -m esper.run {run_dir}/config.toml --resume {run_dir}")
     return "\n".join(lines) + "\n"
 
 

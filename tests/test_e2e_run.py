@@ -372,7 +372,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert "interrupted: finishing the step, writing a checkpoint" in err
     assert "interrupted in " in out.splitlines()[0]
     assert out.splitlines()[0].endswith("(exit 130)")
-    assert out.splitlines()[-1] == f"continue it with --resume {run_dir}"
+    assert out.splitlines()[-1] == f"continue it with: python -m esper.run {run_dir}/config.toml --resume {run_dir}"
     interrupted = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert interrupted.status == "interrupted"
     assert interrupted.exit_code == 130
@@ -540,6 +540,11 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     assert reference.growth is not None
     assert summary.growth.decisions == reference.growth.decisions
     assert summary.growth.no_op_reasons == reference.growth.no_op_reasons
+    # The host-only baseline (the last epoch before the first germination) is the same epoch with the same figure.
+    assert (summary.growth.baseline_epoch, summary.growth.baseline_val_accuracy) == (
+        reference.growth.baseline_epoch,
+        reference.growth.baseline_val_accuracy,
+    )
 
 
 def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_its_controller(tmp_path: Path) -> None:
