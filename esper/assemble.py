@@ -327,7 +327,7 @@ async def assemble(
         expects_plans=True,
         on_applied=routes.applied,
         to_planner=routes.to_planner,
-        resume=resume,
+        resume=controller_resumes,  # a resume with nothing to continue from starts over, the trainer too
         slot_targets=kasmina.slot_targets,
         data=found.data,
         isolation_probe_every_steps=kasmina.isolation_probe_every_steps,

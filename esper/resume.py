@@ -129,7 +129,8 @@ def resume_point(checkpoints: Path) -> int | None:
     boundaries Kasmina's journal holds. A kill -9 (or a machine crash: the journal is not fsynced) between a
     checkpoint and the journaling of its last boundaries left the trainer waiting for plans nobody could send again
     (a stall to its deadline, a missed plan, an emergency); an older checkpoint the journal covers resumes exactly.
-    None when there is no checkpoint. Blocking (reads the journal and decodes up to every checkpoint).
+    None when there is no checkpoint, or none the journal covers (the run then starts over). Blocking (reads the journal
+    and decodes up to every checkpoint).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
@@ -161,5 +162,12 @@ def resume_point(checkpoints: Path) -> int | None:
                 )
             return info.global_step
         candidate = info.global_step - 1 if info.global_step > 0 else None
-    _log.warning("resume_point_uncovered", newest_checkpoint=newest[2].global_step, journal_last_boundary=journaled)
-    return newest[2].global_step
+    # No checkpoint's plans are all in the journal (a kill -9 right after the first checkpoint): training starts
+    # over, deterministically, rather than continue into a stall, a missed plan and another run.
+    _log.warning(
+        "resume_point_uncovered",
+        newest_checkpoint=newest[2].global_step,
+        journal_last_boundary=journaled,
+        detail="no checkpoint's plans in flight are all in the lifecycle journal: training starts over",
+    )
+    return None

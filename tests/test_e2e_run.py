@@ -755,6 +755,30 @@ async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_cov
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
+async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_path: Path) -> None:
+    """A kill -9 right after the first checkpoint, before Kasmina journaled its boundary: no checkpoint can be
+    continued exactly, so the run starts over (deterministically) instead of stalling into another run (the resume
+    used to fail: "no usable checkpoint")."""
+    more = tmp_path / "more"
+    more.mkdir()
+    first, longer = tiny_config(tmp_path, epochs=2), tiny_config(more, epochs=4)
+    run_dir, reference_dir = tmp_path / "run", tmp_path / "uninterrupted"
+    assert (await (await start(first, run_dir)).wait()).status == "completed"
+    (run_dir / "checkpoints" / JOURNAL_FILENAME).write_bytes(b"")
+    resumed = await (await start(longer, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    assert resumed.training is not None
+    assert resumed.training.resumed_from_step is None
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert '"resume_point_uncovered"' in events
+    assert '"plan_missed"' not in events
+    assert (await (await start(longer, reference_dir)).wait()).status == "completed"
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
 @pytest.mark.parametrize("actor", ["kasmina", "tamiyo"])
 async def test_a_planner_or_controller_crash_on_a_packet_restarts_and_ends_as_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str

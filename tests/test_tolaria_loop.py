@@ -224,6 +224,9 @@ def test_a_checkpoint_holding_another_step_than_its_entry_falls_back_to_the_prev
     found = load_latest(tmp_path)
     assert found is not None
     assert (found[0].global_step, found[2].global_step) == (26, 26)
+    # Nothing of a step at or before at_most: none, not an error (a restart then looks no further back).
+    assert load_latest(tmp_path, at_most=12) is None
+    assert load_latest(tmp_path, at_most=13) is not None
 
 
 def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(data: DataSplits) -> None:

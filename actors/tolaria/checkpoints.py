@@ -273,7 +273,7 @@ def load_latest(
     """The newest checkpoint whose SHA-256 matches the manifest and that decodes to the step its entry names; a
     corrupt, truncated or inconsistent one is skipped with a ``checkpoint_corrupt`` warning and the previous one is
     tried. ``at_most``: only checkpoints of that step or earlier (a resume's point, see esper.resume). None when the
-    directory has no checkpoint.
+    directory has no checkpoint (of that step or earlier).
 
     Blocking (file I/O): lane thread or a worker thread.
 
@@ -296,7 +296,7 @@ def load_latest(
             )
             continue
         return state, pending, info
-    entries = read_manifest(directory)
+    entries = [e for e in read_manifest(directory) if at_most is None or e.global_step <= at_most]
     if entries:
         raise CheckpointError(f"{directory}: no usable checkpoint ({len(entries)} listed)")
     return None

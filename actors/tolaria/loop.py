@@ -225,18 +225,24 @@ class TrainingLoop:
         of those whose plans in flight the planner's journal holds, when it is known (``journaled_step``)."""
         covered = self._covered_by_journal()
         snapshot = self._snapshots.latest
-        if snapshot is not None and not covered(snapshot):
-            snapshot = None
         checkpoint = None
         directory = self._options.checkpoint_dir
+        newest = None
         if directory is not None and self._options.resume:
             started = time.perf_counter()
             at_most = self._options.resume_at_most
-            found = load_latest(directory, at_most=at_most) if directory.is_dir() else None
+            newest = load_latest(directory, at_most=at_most) if directory.is_dir() else None
+            found = newest
             while found is not None and not covered(found[0]) and found[2].global_step > 0:
                 found = load_latest(directory, at_most=found[2].global_step - 1)
             if found is not None and covered(found[0]):
                 checkpoint = (found, time.perf_counter() - started)
+        if snapshot is not None and not covered(snapshot):
+            snapshot = None
+        if snapshot is None and checkpoint is None:
+            # Nothing the journal covers: the newest state, as before (its lost plans are waited for, then missed).
+            snapshot = self._snapshots.latest
+            checkpoint = None if newest is None else (newest, 0.0)
         if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
             self._restore(snapshot, tier="fast")
             self._announce_restore(snapshot, "fast")
