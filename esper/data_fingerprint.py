@@ -67,8 +67,13 @@ def check_same_data(directory: Path, config: TolariaConfig, *, where: str | None
     path = directory / DATA_RECORD
     try:
         recorded = msgspec.json.decode(path.read_bytes(), type=DataRecord)
-    except FileNotFoundError:
-        return
+    except FileNotFoundError as err:
+        if config.dataset != "npz":
+            return  # the built-in data sets are made from the config alone: nothing is recorded
+        raise ConfigError(
+            f"{where or f'--resume {directory}'}: {path} is missing; it records the npz data the run trained on,"
+            " which this run must match"
+        ) from err
     except (OSError, msgspec.DecodeError) as err:
         # Damaged, it would have let a run continue on other data unnoticed.
         raise ConfigError(

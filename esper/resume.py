@@ -61,7 +61,14 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
+        if not (directory / "config.toml").read_bytes().strip():
+            raise ConfigError(f"{directory / 'config.toml'}: empty")  # an empty file would read as all defaults
         earlier = load_config(directory / "config.toml")
+    except OSError as err:
+        raise ConfigError(
+            f"--resume {directory}: the run's config.toml cannot be read ({err.strerror or err}); it says which run"
+            " this is, and a resume must train that run"
+        ) from err
     except ConfigError as err:
         raise ConfigError(
             f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"

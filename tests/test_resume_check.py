@@ -56,13 +56,15 @@ def test_training_further_and_other_settings_may_change(tmp_path: Path, override
     check_resumable(_run_dir(tmp_path), apply_overrides(RunConfig(), [override]))
 
 
-@pytest.mark.parametrize("damage", ["unreadable", "missing"])
+@pytest.mark.parametrize("damage", ["unreadable", "missing", "empty"])
 def test_a_run_directory_without_a_readable_config_is_refused(tmp_path: Path, damage: str) -> None:
     """Without its config.toml nothing says which run this is: a resume with another host model crashed at every
     restart and then rewrote config.toml with its own values, locking the right resume out."""
     directory = _run_dir(tmp_path)
     if damage == "missing":
         (directory / "config.toml").unlink()
+    elif damage == "empty":
+        (directory / "config.toml").write_text("", encoding="utf-8")  # read as all defaults, it blamed the user
     else:
         (directory / "config.toml").write_text("[tolaria\n", encoding="utf-8")
     with pytest.raises(ConfigError) as refused:
@@ -216,6 +218,8 @@ def test_a_resume_on_another_npz_file_is_refused(tmp_path: Path) -> None:
     (run / "data.json").write_text("garbage", encoding="utf-8")  # damaged: it must not wave other data through
     with pytest.raises(ConfigError, match=rf"^--resume {run}: {run / 'data.json'} cannot be read \("):
         check_same_data(run, tolaria)
-    check_same_data(tmp_path, tolaria)  # no record (a built-in data set, an older run): nothing to compare
+    with pytest.raises(ConfigError, match=r"data.json is missing; it records the npz data the run trained on"):
+        check_same_data(tmp_path, tolaria)  # an npz run without its record: deleting it must not wave data through
+    check_same_data(tmp_path, TolariaConfig())  # a built-in data set records nothing: nothing to compare
     record_data(tmp_path / "mnist", TolariaConfig())
     assert not (tmp_path / "mnist").exists()
