@@ -10,8 +10,10 @@ import pytest
 import structlog
 import torch
 
+from actors.tamiyo import gnn_process
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
+from actors.tamiyo.gnn_state import PolicyRestarting
 from actors.tamiyo.observe import build_observation
 from esper.nn.policy_contract import ACTION_NAMES
 from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
@@ -166,6 +168,38 @@ def test_a_hung_worker_is_killed_and_restarted_and_decides_on_from_its_state() -
         assert remote.restarts == 1
         for observation in observations[1:]:
             assert remote.decide(observation) == reference.decide(observation)
+    finally:
+        remote.close()
+
+
+def test_a_restarted_worker_hung_in_its_start_up_is_killed_and_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replacement worker stopped while it started was never killed: the fallback decided for the rest of the run
+    (271 of 300 decisions) with no word. It is now killed past a deadline (short here) and another one started."""
+    model = _model(PolicyAction.GERMINATE)
+    remote = _remote(model, _local(model))
+    observations = list(_observations())
+    try:
+        remote.wait_ready()
+        remote.decide(observations[0])
+        assert remote.pid is not None
+        os.kill(remote.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="died"):
+            remote.decide(observations[1])
+        with pytest.raises(PolicyRestarting):
+            remote.decide(observations[1])  # found dead: a replacement is started, not ready yet
+        assert remote.restarts == 1
+        assert remote.pid is not None
+        os.kill(remote.pid, signal.SIGSTOP)  # the replacement hangs in its start-up
+        monkeypatch.setattr(gnn_process, "_RESTART_READY_S", 0.0)
+        with structlog.testing.capture_logs() as logs, pytest.raises(PolicyRestarting, match="after a restart"):
+            remote.decide(observations[1])
+        assert [(e["event"], e["starting"]) for e in logs] == [("tamiyo_gnn_worker_hung", True)]
+        monkeypatch.setattr(gnn_process, "_RESTART_READY_S", 600.0)
+        with pytest.raises(PolicyRestarting):
+            remote.decide(observations[1])  # found dead: another is started
+        assert remote.restarts == 2
+        remote.wait_ready()
+        remote.decide(observations[1])
     finally:
         remote.close()
 

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, final
 
 import msgspec
@@ -50,6 +51,9 @@ _MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left 
 # started again like a dead one. Well under tolaria.decision_deadline_ms (1 s by default), so the packets queued
 # behind the hung decision are still answered before the trainer gives up on their plans.
 _ANSWER_TIMEOUT_S = 0.5
+# A restarted worker imports torch and builds its network (seconds); one not ready after this is hung in its start-up
+# and is killed, so the next decide starts another (the fallback decides meanwhile, and says so).
+_RESTART_READY_S = 60.0
 _LENGTH = struct.Struct(">I")
 
 
@@ -266,6 +270,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._closed = False
         self._state_raw = _ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
+        self._restarted_at = 0.0
         self.restarts = 0
 
     @property
@@ -313,6 +318,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         """
         with self._lock:
             self._restart_if_dead()
+            if self.restarts and not self._ready and time.monotonic() - self._restarted_at > _RESTART_READY_S:
+                self._process.kill()  # hung in its start-up: the next decide finds it dead and starts another
+                self._process.wait(_CLOSE_TIMEOUT_S)
+                _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_RESTART_READY_S, starting=True)
+                raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
             self._await_ready(0.0 if self.restarts else _READY_TIMEOUT_S)
             answer = self._call(_Decide(observation=observation, state=self._pending))
             assert answer.decision is not None
@@ -368,6 +378,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._setup_sender.start()
         self._setup = b""
         self._ready = False
+        self._restarted_at = time.monotonic()
         self._pending = _STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
         _log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=code, restarts=self.restarts)
 
