@@ -12,6 +12,9 @@ from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.errors import ConfigError
 
 LOCK_NAME = "run.lock"
+# The first line of the config.toml a run writes: a new run overwrites only a config.toml that starts with it (a
+# refused attempt's), never one a user put there.
+RESOLVED_MARK = "# The resolved configuration of this run (every key), written by esper.run.\n"
 # esper.runtime.atomic_write's temp files: "." + the target's name + "." + mkstemp's eight characters + ".tmp".
 _PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # What a run that got as far as its actors leaves behind; a directory holding any of these is an earlier run's. A
@@ -68,6 +71,11 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
                 raise ConfigError(
                     f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
                     f" {directory}, or choose another --run-dir"
+                )
+            if not _written_by_a_run(directory / "config.toml"):
+                raise ConfigError(
+                    f"run directory {directory} holds a config.toml no run wrote, which a new run would replace with"
+                    " its resolved config: choose another --run-dir"
                 )
         try:
             os.ftruncate(fd, 0)
@@ -129,6 +137,17 @@ def _lock_or_refuse(fd: int, directory: Path) -> None:
         ) from None
 
 
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` is absent or a config.toml a run wrote (it starts with RESOLVED_MARK)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(RESOLVED_MARK.encode())) == RESOLVED_MARK.encode()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def check_not_the_run_config(config: str | Path, directory: Path) -> None:
     """Refuse a new run whose config file is the run directory's config.toml, which the run rewrites. Blocking.
 
@@ -154,6 +173,6 @@ def write_run_config(directory: Path, resolved_toml: str) -> None:
         ConfigError: the directory is not writable.
     """
     try:
-        atomic_write_text(directory / "config.toml", resolved_toml)
+        atomic_write_text(directory / "config.toml", RESOLVED_MARK + resolved_toml)
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err

@@ -15,7 +15,7 @@ import pytest
 
 from esper.logs import reset_logging
 from esper.run import EXIT_CONFIG_ERROR, main
-from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes
+from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.runtime.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp
 
 
 def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_is_usable(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text("")
+    write_run_config(tmp_path, "")  # what a refused attempt leaves
     (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
     (tmp_path / "notes.txt").write_text("mine")
     claim_run_dir(tmp_path, resume=False).release()
@@ -188,3 +188,21 @@ def test_a_new_run_refuses_to_write_its_config_over_the_config_file_it_was_given
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(project)]) == EXIT_CONFIG_ERROR
     assert "already holds a run (report.png)" in capsys.readouterr().err
     assert (project / "report.png").read_bytes() == b"the user's figure"
+
+
+def test_a_new_run_refuses_a_directory_holding_a_users_own_config_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given another config file, a new run replaced the directory's own config.toml (the user's notes) with its
+    resolved config; only a config.toml a run wrote (a refused attempt's) may be replaced."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "config.toml").write_text("# my notes\n[tolaria]\nepochs = 3\n")
+    (tmp_path / "fast.toml").write_text("[tolaria]\nepochs = 1\n")
+    assert main([str(tmp_path / "fast.toml"), "--run-dir", str(project)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err == (
+        f"run directory {project} holds a config.toml no run wrote, which a new run would replace with its resolved"
+        " config: choose another --run-dir\n"
+    )
+    assert (project / "config.toml").read_text().startswith("# my notes")
