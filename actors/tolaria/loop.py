@@ -12,9 +12,9 @@ than a list append. Only the Outbox crosses back to the event loop, and it never
 
 from __future__ import annotations
 
-# Past 600 lines: the phases share one position, one policy and the inbox. The step itself lives in stepper.py and
-# the stateless epoch-end work (validation, the finite check, the log record) in epoch_end.py; the next split is the
-# epoch end itself.
+# Past 600 lines: the phases share one position, one policy and the inbox. The step lives in stepper.py, the choice
+# of the state to restore in restore_point.py, and the stateless epoch-end work (validation, the finite check, the log
+# record) in epoch_end.py; the next split is the epoch end itself.
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,8 @@ from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import epoch_fields, evaluate
 from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
-from actors.tolaria.plans import plans_covered, release_modules
+from actors.tolaria.plans import release_modules
+from actors.tolaria.restore_point import choose_restore, journal_check
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.stepper import Stepper
 from actors.tolaria.telemetry import IntervalStats, OpenStats, PacketBuilder
@@ -222,63 +223,25 @@ class TrainingLoop:
 
     def _restore_at_start(self) -> None:
         """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint;
-        of those whose plans in flight the planner's journal holds, when it is known (``journaled_step``)."""
-        covered = self._covered_by_journal()
-        snapshot = self._snapshots.latest
-        checkpoint = None
-        directory = self._options.checkpoint_dir
-        newest = None
-        if directory is not None and self._options.resume:
-            started = time.perf_counter()
-            at_most = self._options.resume_at_most
-            newest = load_latest(directory, at_most=at_most) if directory.is_dir() else None
-            found = newest
-            while found is not None and not covered(found[0]) and found[2].global_step > 0:
-                found = load_latest(directory, at_most=found[2].global_step - 1)
-            if found is not None and covered(found[0]):
-                checkpoint = (found, time.perf_counter() - started)
-        if snapshot is not None and not covered(snapshot):
-            snapshot = None
-        if snapshot is None and checkpoint is None:
-            # Nothing the journal covers: the newest state, as before (its lost plans are waited for, then missed).
-            snapshot = self._snapshots.latest
-            checkpoint = None if newest is None else (newest, 0.0)
-        if snapshot is not None and (checkpoint is None or snapshot.global_step >= checkpoint[0][0].global_step):
-            self._restore(snapshot, tier="fast")
-            self._announce_restore(snapshot, "fast")
-        elif checkpoint is not None:
-            # The checkpoint's plans in flight are not taken back: their attach handles name modules prepared in
-            # the process that wrote it. Kasmina, told by TrainingRestored, prepares them again and resends them.
-            (state, _, info), read_s = checkpoint
-            self._restore(state, tier="full", extra_s=read_s)
-            self._last_checkpoint = info.file
-            self._announce_restore(state, "full")
-        else:
+        of those whose plans in flight the planner's journal holds, when it is known (restore_point.py)."""
+        read = self._options.journaled_step if self._options.expects_plans else None
+        directory = self._options.checkpoint_dir if self._options.resume else None
+        point = choose_restore(
+            self._snapshots.latest, directory, at_most=self._options.resume_at_most, covered=journal_check(read)
+        )
+        if point is None:
             if self._options.resume:
                 # A restart (or a resume) with nothing to continue from trains again from step 0: the planner, told
                 # so, starts over as well instead of refusing every packet up to its last boundary.
                 self._outbox.event(TrainingRestored(run_id=self._options.run_id, step=0, tier="none"))
             return
+        # A checkpoint's plans in flight are not taken back: their attach handles name modules prepared in the
+        # process that wrote it. Kasmina, told by TrainingRestored, prepares them again and resends them.
+        self._restore(point.state, tier=point.tier, extra_s=point.read_s)
+        if point.info is not None:
+            self._last_checkpoint = point.info.file
+        self._announce_restore(point.state, point.tier)
         self._resumed_from = self._pos.global_step
-
-    def _covered_by_journal(self) -> Callable[[TrainState], bool]:
-        read = self._options.journaled_step
-        if read is None or not self._options.expects_plans:
-            return lambda state: True
-        journaled = read()
-
-        def covered(state: TrainState) -> bool:
-            ok = plans_covered(state.counters.get("expected_plans"), state.global_step, journaled)
-            if not ok:
-                _log.warning(
-                    "restore_point_skipped",
-                    step=state.global_step,
-                    journal_last_boundary=journaled,
-                    detail="its plans in flight were decided past the planner journal's end; an older state is used",
-                )
-            return ok
-
-        return covered
 
     def _announce_restore(self, state: TrainState, tier: str) -> None:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
