@@ -229,7 +229,11 @@ async def assemble(
         if resume:
             _log.info("resume_starts_over", reason="no checkpoint to resume from: training starts again at step 0")
         state, state_source = None, "fresh"
-    if resume_step is not None and (state is None or (state_source == "journal" and state.last_step != resume_step)):
+    # A checkpoint before the first state packet (a stop in the first steps) leaves the controller nothing to restore.
+    first_packet = config.tolaria.state_every_steps or 1
+    behind = state is None and resume_step is not None and resume_step >= first_packet
+    behind = behind or (state is not None and state_source == "journal" and state.last_step != resume_step)
+    if resume_step is not None and behind:
         # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
         # died, or the file is gone): the resumed controller may decide differently from there on.
         _log.warning(

@@ -671,6 +671,8 @@ async def test_a_stop_in_the_first_steps_before_any_packet_resumes_as_an_uninter
     assert (run_dir / "checkpoints" / "kasmina_journal.jsonl").read_bytes() == b""
     resumed = await (await start(config, resume=run_dir)).wait()
     assert resumed.status == "completed", resumed.error
+    # Nothing was decided before the checkpoint, so the controller starting fresh is not behind it.
+    assert '"tamiyo_state_behind"' not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
     grafts, tensors = _final_weights(run_dir)
     reference_grafts, reference_tensors = _final_weights(reference_dir)
     assert grafts == reference_grafts
