@@ -141,7 +141,9 @@ def _written_by_a_run(path: Path) -> bool:
     """Whether ``path`` is absent or a config.toml a run wrote (it starts with RESOLVED_MARK)."""
     try:
         with path.open("rb") as file:
-            return file.read(len(RESOLVED_MARK.encode())) == RESOLVED_MARK.encode()
+            head = file.read(len(RESOLVED_MARK.encode()))
+        # Before the mark, a run wrote the resolved dump alone, which starts with its first key.
+        return head == RESOLVED_MARK.encode() or head.startswith(b'runs_dir = "')
     except FileNotFoundError:
         return True
     except OSError:

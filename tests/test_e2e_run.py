@@ -781,9 +781,13 @@ async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_pa
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
-@pytest.mark.parametrize("actor", ["kasmina", "tamiyo"])
+@pytest.mark.parametrize(
+    ("actor", "crash_at"),
+    [("kasmina", 3 * 16 + 4), ("tamiyo", 3 * 16 + 4), ("kasmina", 8), ("tamiyo", 8)],
+    ids=["kasmina mid-run", "tamiyo mid-run", "kasmina in the first epoch", "tamiyo in the first epoch"],
+)
 async def test_a_planner_or_controller_crash_on_a_packet_restarts_and_ends_as_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str, crash_at: int
 ) -> None:
     """Kasmina (or Tamiyo) fails on a state packet: its restart restarts the trainer, whose stop checkpoint waited for
     that packet's plan, which nobody could send again (a 12 s stall, a missed plan, an L2 emergency, another run).
@@ -791,7 +795,7 @@ async def test_a_planner_or_controller_crash_on_a_packet_restarts_and_ends_as_an
     config = tiny_config(tmp_path, epochs=6)
     reference = await (await start(config, tmp_path / "uninterrupted")).wait()
     assert reference.status == "completed"
-    crash_at = 3 * 16 + 4  # a mid-epoch packet of epoch 4
+    # Mid-run: a mid-epoch packet of epoch 4. In the first epoch nothing saved is covered: training starts over.
     owner = KasminaActor if actor == "kasmina" else TamiyoActor
     original = owner.handle
     fired: list[int] = []

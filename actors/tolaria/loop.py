@@ -227,7 +227,11 @@ class TrainingLoop:
         read = self._options.journaled_step if self._options.expects_plans else None
         directory = self._options.checkpoint_dir if self._options.resume else None
         point = choose_restore(
-            self._snapshots.latest, directory, at_most=self._options.resume_at_most, covered=journal_check(read)
+            self._snapshots.latest,
+            directory,
+            at_most=self._options.resume_at_most,
+            covered=journal_check(read),
+            journal_known=read is not None,
         )
         if point is None:
             if self._options.resume:

@@ -62,10 +62,11 @@ def choose_restore(
     *,
     at_most: int | None,
     covered: Callable[[TrainState], bool],
+    journal_known: bool = False,
 ) -> RestorePoint | None:
     """The newest covered state of ``snapshot`` and the checkpoints in ``directory`` (None: not read) of step
-    ``at_most`` or earlier; with none covered, the newest of them all, as before the journal was consulted (its lost
-    plans are then waited for and missed). None when there is nothing to continue from. Blocking (reads checkpoints).
+    ``at_most`` or earlier. With none covered: None when the journal is known (``journal_known``: training starts
+    over), else the newest of them all. None also when there is nothing to continue from. Blocking (reads checkpoints).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
@@ -85,6 +86,12 @@ def choose_restore(
     candidates = [
         point for point in (fast, checkpoint) if point is not None and (point is checkpoint or covered(point.state))
     ]
+    if not candidates and journal_known:
+        # Nothing the journal covers (a crash before the first epoch end's boundary was journaled): training starts
+        # over, deterministically, rather than continue into a stall on plans nobody can send again.
+        if fast is not None or newest is not None:
+            _log.warning("restore_point_uncovered", detail="no saved state's plans are all in the journal: from step 0")
+        return None
     if not candidates:
         candidates = [point for point in (fast, newest) if point is not None]
     if not candidates:
