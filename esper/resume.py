@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalCorrupt, read_journal
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, last_boundary_step, read_journal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, load_latest, read_manifest
-from actors.tolaria.plans import plans_covered
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
+from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
@@ -133,48 +133,39 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
 
 def resume_point(checkpoints: Path) -> int | None:
     """The step a resume continues from: the newest good checkpoint whose plans in flight were all decided at
-    boundaries Kasmina's journal holds. A kill -9 (or a machine crash: the journal is not fsynced) between a
-    checkpoint and the journaling of its last boundaries left the trainer waiting for plans nobody could send again
-    (a stall to its deadline, a missed plan, an emergency); an older checkpoint the journal covers resumes exactly.
-    None when there is no checkpoint, or none the journal covers (the run then starts over). Blocking (reads the journal
-    and decodes up to every checkpoint).
+    boundaries Kasmina's journal holds (the trainer's own rule at a restart, actors.tolaria.restore_point). A kill -9
+    (or a machine crash: the journal is not fsynced) between a checkpoint and the journaling of its last boundaries
+    left the trainer waiting for plans nobody could send again (a stall to its deadline, a missed plan, an
+    emergency); an older checkpoint the journal covers resumes exactly. None when there is no checkpoint, or none the
+    journal covers (the run then starts over). Blocking (reads the journal's tail and decodes up to every checkpoint).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    try:
-        entries = read_journal(checkpoints / JOURNAL_FILENAME)
-    except JournalCorrupt:
-        entries = []  # check_resume_files refuses it; here the newest checkpoint stands
-    journaled = max((e.packet.global_step for e in entries if isinstance(e, JournalBoundary)), default=None)
-    if latest_good(checkpoints) is None:  # raises, naming the checksums, when none passes
-        return None
-    newest = load_latest(checkpoints)
+    newest = latest_good(checkpoints)  # raises, naming the checksums, when none passes
     if newest is None:
         return None
-    candidate: int | None = newest[2].global_step
-    while candidate is not None:
-        found = load_latest(checkpoints, at_most=candidate)
-        if found is None:
-            break
-        state, _, info = found
-        if plans_covered(state.counters.get("expected_plans"), info.global_step, journaled):
-            if info.global_step != newest[2].global_step:
-                _log.warning(
-                    "resume_point_behind",
-                    newest_checkpoint=newest[2].global_step,
-                    resume_from=info.global_step,
-                    journal_last_boundary=journaled,
-                    detail="the newest checkpoint's plans in flight were decided past the lifecycle journal's end",
-                )
-            return info.global_step
-        candidate = info.global_step - 1 if info.global_step > 0 else None
-    # No checkpoint's plans are all in the journal (a kill -9 right after the first checkpoint): training starts
-    # over, deterministically, rather than continue into a stall, a missed plan and another run.
-    _log.warning(
-        "resume_point_uncovered",
-        newest_checkpoint=newest[2].global_step,
-        journal_last_boundary=journaled,
-        detail="no checkpoint's plans in flight are all in the lifecycle journal: training starts over",
+    journaled = last_boundary_step(checkpoints / JOURNAL_FILENAME)
+    point = choose_restore(
+        None, checkpoints, at_most=None, covered=journal_check(lambda: journaled), journal_known=True
     )
-    return None
+    if point is None:
+        # No checkpoint's plans are all in the journal (a kill -9 right after the first checkpoint): training starts
+        # over, deterministically, rather than continue into a stall, a missed plan and another run.
+        _log.warning(
+            "resume_point_uncovered",
+            newest_checkpoint=newest.global_step,
+            journal_last_boundary=journaled,
+            detail="no checkpoint's plans in flight are all in the lifecycle journal: training starts over",
+        )
+        return None
+    step = point.state.global_step
+    if step != newest.global_step:
+        _log.warning(
+            "resume_point_behind",
+            newest_checkpoint=newest.global_step,
+            resume_from=step,
+            journal_last_boundary=journaled,
+            detail="the newest checkpoint's plans in flight were decided past the lifecycle journal's end",
+        )
+    return step

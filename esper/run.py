@@ -54,6 +54,7 @@ from esper.run_dir import (
     write_run_config,
 )
 from esper.run_history import already_trained, earlier_tally, previous_run_id
+from esper.runtime.bus_redis import redacted
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.gpu import GpuTelemetry
@@ -364,9 +365,6 @@ async def _start_claimed(
 _CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+) = ")
 
 
-_PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
-
-
 def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
     """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
     ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
@@ -376,8 +374,7 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
         return err
     setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
     if setter is not None:
-        shown = _PASSWORD.sub(r"://\1:***@", setter)  # a Redis URL's password stays off the console
-        return ConfigError(f"--set {shown}: {text}")
+        return ConfigError(f"--set {redacted(setter)}: {text}")  # a Redis URL's password stays off the console
     if isinstance(config, str | Path):
         return ConfigError(f"{config}: {text}")
     return err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.parse
+import re
 from typing import TYPE_CHECKING, Union, final
 
 import msgspec
@@ -48,6 +48,9 @@ class PayloadTooLarge(BusError, ValueError):
 
 class ReplyError(BusError):
     """Raised when a Redis reply does not have the shape the backend's scripts return (a bug or a foreign key)."""
+
+
+_PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
 
 
 def schema_message_types() -> tuple[type[Message], ...]:
@@ -504,14 +507,9 @@ def _zero(topic: Topic) -> TopicStatistics:
     )
 
 
-def redacted(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+def redacted(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:password@host``) replaced by ``***``."""
+    return _PASSWORD.sub(r"://\1:***@", text)
 
 
 @contextlib.asynccontextmanager
