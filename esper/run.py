@@ -14,6 +14,7 @@ if __name__ == "__main__":
     # below. (Without a handler a container's PID 1 would ignore the SIGTERM and train to the end.)
     signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(130))
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: sys.exit(130))
 
 import argparse
 import asyncio
@@ -23,6 +24,7 @@ import functools
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -80,6 +82,8 @@ _log = structlog.get_logger("esper.run")
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
+# Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -470,10 +474,16 @@ async def _main_async(
             " exit at once)\n"
         )
 
+    def hang_up() -> None:
+        # The terminal closed: whatever is still written to it would fail (EIO) and end the stop half-way.
+        detach_from_terminal()
+        interrupt()
+
     # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
     try:
         try:
             system = await starting
@@ -484,7 +494,7 @@ async def _main_async(
             return EXIT_INTERRUPTED
         summary = await run_until_done(system, interrupted)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     if whole_process:
         _exit_on_signal(summary.exit_code)
@@ -501,8 +511,25 @@ def _exit_on_signal(code: int) -> None:
     def leave(_signum: int, _frame: object) -> None:
         os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, leave)
+
+
+def detach_from_terminal() -> None:
+    """Point standard output and error at /dev/null where they are a terminal (one that hung up): the console's
+    lines are dropped, the run's files (events.jsonl, summary.json) are written as ever.
+
+    A hung-up terminal no longer answers isatty, so a character device counts (/dev/null is one too, harmlessly).
+    """
+    with open(os.devnull, "wb") as null:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                fd = stream.fileno()
+                if not stat.S_ISCHR(os.fstat(fd).st_mode):
+                    continue
+                with contextlib.suppress(OSError):
+                    stream.flush()  # what a live terminal can still take; a dead one's buffered text is dropped
+                os.dup2(null.fileno(), fd)
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
@@ -549,4 +576,5 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     sys.exit(main(whole_process=True))

@@ -4,6 +4,7 @@ run ends."""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -130,6 +131,39 @@ def test_sigint_checkpoints_exits_130_and_resume_ends_bitwise_equal(
         if process.stderr is not None:
             process.stderr.close()
     assert process.returncode == EXIT_INTERRUPTED, rest[-2000:]
+    summary = (run_dir / "summary.json").read_text()
+    assert '"interrupted"' in summary
+    resume(workdir, run_dir)
+    assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+@pytest.mark.timeout(120)
+def test_the_terminal_closing_stops_the_run_with_a_checkpoint_and_resume_ends_bitwise_equal(
+    workdir: Path, uninterrupted: dict[str, torch.Tensor]
+) -> None:
+    """SIGHUP with the console on a terminal that hung up: the run used to die at once (no checkpoint of its last
+    steps); stopping in order must not trip over the dead terminal (every write to it fails with EIO)."""
+    run_dir = workdir / "hung_up"
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *INFO_ON_STDERR],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        seen = b""
+        while b"epoch_end" not in seen:
+            chunk = os.read(controller, 65536)
+            assert chunk, "the run ended before its first epoch end"
+            seen += chunk
+    finally:
+        os.close(controller)  # the terminal is gone: the run's writes to it now fail
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == EXIT_INTERRUPTED
     summary = (run_dir / "summary.json").read_text()
     assert '"interrupted"' in summary
     resume(workdir, run_dir)
