@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TextIO, final
 
+from esper.console_stream import ConsoleStream
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import ChildRestarted, EmergencySignal
@@ -90,13 +91,14 @@ class Console:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextIO | ConsoleStream,
         *,
         epochs: int,
         interactive: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._stream = stream
+        # Written from the event loop: a closed pipe or terminal drops the console, never the run.
+        self._stream = stream if isinstance(stream, ConsoleStream) else ConsoleStream(stream)
         self._epochs = epochs
         self._interactive = stream.isatty() if interactive is None else interactive
         self._drawn = False

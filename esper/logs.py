@@ -14,11 +14,12 @@ import contextlib
 import re
 import sys
 import threading
-from typing import IO, TYPE_CHECKING, Final, Literal, TextIO, final
+from typing import IO, TYPE_CHECKING, Final, Literal, TextIO, cast, final
 
 import msgspec
 import structlog
 
+from esper.console_stream import ConsoleStream
 from esper.runtime.errors import EsperError
 from schemas.base import Message, Record
 from schemas.domain_enums import TelemetryLevel
@@ -50,6 +51,8 @@ _LEADING_KEYS: Final = ("timestamp", "level", "event", "actor", "run_id", "step"
 
 # Values structlog callers pass that msgspec cannot encode (exceptions, arbitrary objects) are written as str().
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+_STAMP: Final = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_CONSOLE_LOST: Final = "the console's reader is gone (a closed pipe or terminal): the run goes on, its console dropped"
 
 
 def parse_level(level: str, *, parameter: str = "level") -> LogLevel:
@@ -75,7 +78,7 @@ class _JsonLineWriter:
     the console. A logging call never raises into its caller: the supervisor logging a failure must not fail itself.
     """
 
-    def __init__(self, stream: IO[bytes], min_level: int, path: Path, notice: TextIO) -> None:
+    def __init__(self, stream: IO[bytes], min_level: int, path: Path, notice: ConsoleStream) -> None:
         self._stream = stream
         self._min_level = min_level
         self._lock = threading.Lock()
@@ -113,6 +116,11 @@ class _JsonLineWriter:
                 f"{self._path}: cannot write the event log ({err.strerror or err}); later events reach the console"
                 " only\n"
             )
+
+    def note(self, level: LogLevel, event: str, **fields: object) -> None:
+        """Write one event to the file alone (not the console): for what the console itself cannot show."""
+        stamped = _STAMP(None, level, {"event": event, "level": level, **fields})
+        self(None, level, stamped)
 
     @property
     def path(self) -> Path:
@@ -225,11 +233,16 @@ def configure_logging(
     """
     file_level = LEVEL_NUMBERS[parse_level(level)]
     screen_level = LEVEL_NUMBERS[parse_level(console_level, parameter="console_level")] if console_level else file_level
-    stream = console_stream if console_stream is not None else sys.stderr
     check_log_file_free()
 
     writer: _JsonLineWriter | None = None
     json_path: Path | None = None
+
+    def console_lost(err: BaseException) -> None:
+        if writer is not None:
+            writer.note("warning", "console_lost", error=f"{type(err).__name__}: {err}", detail=_CONSOLE_LOST)
+
+    stream = ConsoleStream(console_stream if console_stream is not None else sys.stderr, console_lost)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file
@@ -238,7 +251,7 @@ def configure_logging(
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _STAMP,
         structlog.processors.StackInfoRenderer(),
     ]
     if writer is not None:
@@ -255,7 +268,7 @@ def configure_logging(
         processors.append(
             structlog.dev.ConsoleRenderer(colors=use_colors, exception_formatter=structlog.dev.plain_traceback)
         )
-        logger_factory = structlog.WriteLoggerFactory(file=stream)
+        logger_factory = structlog.WriteLoggerFactory(file=cast("TextIO", stream))
     else:
         # Nothing to render: hand the dict to a logger that returns it, cheaper than raising DropEvent per event.
         logger_factory = structlog.ReturnLoggerFactory()

@@ -456,22 +456,23 @@ async def _main_async(
         if interrupted.is_set():
             # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
             # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
-            sys.stderr.write("interrupted again: exiting at once; --resume continues from the last checkpoint\n")
-            sys.stderr.flush()
+            _say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
             os._exit(EXIT_INTERRUPTED)
         interrupted.set()
         if not starting.done():
             # Loading the data or starting the actors: the step under way (a thread call is never abandoned)
             # finishes, then everything started so far is stopped.
-            sys.stderr.write(
+            _say(
+                sys.stderr,
                 "interrupted while starting: stopping once the current start-up step ends (Ctrl-C again"
-                " to exit at once)\n"
+                " to exit at once)\n",
             )
             starting.cancel()
             return
-        sys.stderr.write(
+        _say(
+            sys.stderr,
             "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
-            " exit at once)\n"
+            " exit at once)\n",
         )
 
     def hang_up() -> None:
@@ -498,8 +499,7 @@ async def _main_async(
             loop.remove_signal_handler(sig)
     if whole_process:
         _exit_on_signal(summary.exit_code)
-    sys.stdout.write(format_summary(summary))
-    sys.stdout.flush()
+    _say(sys.stdout, format_summary(summary))
     return summary.exit_code
 
 
@@ -513,6 +513,24 @@ def _exit_on_signal(code: int) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, leave)
+
+
+def _say(stream: TextIO, text: str) -> None:
+    """Write to the console if it is still there: a closed pipe (``| head``) or terminal must not end the run."""
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text)
+        stream.flush()
+
+
+def _drop_lost_streams() -> None:
+    """Point a standard stream whose reader left at /dev/null, so the interpreter's last flush of it does not fail
+    (Python then prints a BrokenPipeError and exits 120 instead of the run's status)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError), open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), stream.fileno())
 
 
 def detach_from_terminal() -> None:
@@ -543,32 +561,32 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         config = load_config(args.config, args.overrides)
         resolve_secret(config)
     except ConfigError as err:
-        sys.stderr.write(f"{err}\n")
+        _say(sys.stderr, f"{err}\n")
         return EXIT_CONFIG_ERROR
     if args.resume is None and args.run_dir is not None:
         try:
             check_not_the_run_config(args.config, args.run_dir)
         except ConfigError as err:
-            sys.stderr.write(f"{err}\n")
+            _say(sys.stderr, f"{err}\n")
             return EXIT_CONFIG_ERROR
     if args.resume is not None:
         try:
             check_not_in_use(args.resume)
             finished = already_trained(args.resume, config.tolaria.epochs)
         except ConfigError as err:
-            sys.stderr.write(f"{err}\n")
+            _say(sys.stderr, f"{err}\n")
             return EXIT_CONFIG_ERROR
         except CheckpointError as err:
-            sys.stderr.write(f"--resume {args.resume}: {err}\n")
+            _say(sys.stderr, f"--resume {args.resume}: {err}\n")
             return EXIT_CONFIG_ERROR
         if finished is not None:
-            sys.stderr.write(f"{finished}\n")
+            _say(sys.stderr, f"{finished}\n")
             return EXIT_OK
     with contextlib.suppress(KeyboardInterrupt):
         try:
             return asyncio.run(_main_async(config, args.run_dir, args.resume, whole_process=whole_process))
         except ConfigError as err:
-            sys.stderr.write(f"{blamed(err, args.config, args.overrides)}\n")
+            _say(sys.stderr, f"{blamed(err, args.config, args.overrides)}\n")
             return EXIT_CONFIG_ERROR
     return EXIT_INTERRUPTED
 
@@ -577,4 +595,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    sys.exit(main(whole_process=True))
+    status = main(whole_process=True)
+    _drop_lost_streams()
+    sys.exit(status)

@@ -168,3 +168,29 @@ def test_the_terminal_closing_stops_the_run_with_a_checkpoint_and_resume_ends_bi
     assert '"interrupted"' in summary
     resume(workdir, run_dir)
     assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+@pytest.mark.timeout(120)
+def test_a_console_piped_into_a_reader_that_leaves_does_not_stop_the_run(
+    workdir: Path, uninterrupted: dict[str, torch.Tensor]
+) -> None:
+    """`python -m esper.run config.toml | head`: the first write after head left raised BrokenPipeError into the
+    actor that logged, and the run failed (exit 1)."""
+    run_dir = workdir / "piped"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *INFO_ON_STDERR],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    assert process.stdout is not None
+    process.stderr.readline()  # the run is writing to its console: now its reader leaves
+    process.stderr.close()
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert '"completed"' in (run_dir / "summary.json").read_text()
+    events = (run_dir / "events.jsonl").read_text()
+    assert events.count('"console_lost"') == 1
+    assert_bitwise(final_weights(run_dir), uninterrupted)
