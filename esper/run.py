@@ -58,12 +58,12 @@ from esper.run_dir import (
 from esper.run_history import already_trained, earlier_tally, previous_run_id
 from esper.runtime.bus_redis import redacted
 from esper.runtime.clock import MonotonicClock
-from esper.runtime.errors import ConfigError
+from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import GpuTelemetry
 from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
-from esper.session import EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
+from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
 from esper.summary_table import format_summary
 from esper.wiring import RunHooks, RunTally
 from schemas.config import RunConfig
@@ -588,6 +588,9 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         except ConfigError as err:
             _say(sys.stderr, f"{blamed(err, args.config, args.overrides)}\n")
             return EXIT_CONFIG_ERROR
+        except ChildStartFailed as err:  # an actor refused its settings: events.jsonl has the run_finished line
+            _say(sys.stderr, f"the run could not start: {err}\n")
+            return EXIT_FAILED
     return EXIT_INTERRUPTED
 
 

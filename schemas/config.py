@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, field
 
 from schemas.base import ConfigSection
-from schemas.constraints import NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat
+from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat
 
 Device = Literal["auto", "cpu", "cuda"]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -281,8 +281,8 @@ class SimicConfig(ConfigSection, frozen=True):
 class SecurityConfig(ConfigSection, frozen=True):
     """Signing and replay protection for commands, envelopes, kernel messages and policy updates."""
 
-    secret_env: str = "ESPER_LEYLINE_SECRET"
-    key_id: str = "default"
+    secret_env: NonEmptyStr = "ESPER_LEYLINE_SECRET"
+    key_id: NonEmptyStr = "default"
     command_freshness_s: PosFloat = 60.0
     future_skew_s: NonNegFloat = 5.0
     nonce_ttl_s: PosFloat = 300.0

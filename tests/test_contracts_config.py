@@ -122,6 +122,7 @@ def test_the_shipped_config_toml_loads() -> None:
             "config.toml: tamiyo.decision_budget_ms: expected a number > 0, got -5",
         ),
         ("[tolaria]\nepochs = 2.5\n", "config.toml: tolaria.epochs: expected an integer >= 1, got 2.5"),
+        ('[security]\nkey_id = ""\n', 'config.toml: security.key_id: expected a non-empty string, got ""'),
         ("[tolaria]\ncompile = 1\n", "config.toml: tolaria.compile: expected true or false, got 1"),
         (
             '[tamiyo]\npolicy = "greedy"\n',

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.runtime.errors import ActorStopped, RestartIntensityExceeded
+from esper.runtime.errors import ActorStopped, ChildStartFailed, RestartIntensityExceeded
 from esper.runtime.supervisor import ChildSpec, RestartType, Strategy, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.enums import ActorStatus
@@ -253,3 +253,49 @@ async def test_supervisor_rejects_bad_specs() -> None:
         probe_spec(recorder, "a/b")
     with pytest.raises(ValueError, match="shutdown_deadline_s"):
         ChildSpec("a", lambda: Probe(recorder, "a"), shutdown_deadline_s=0.0)
+
+
+def _refuses() -> Probe:
+    raise ValueError("key_id must not be empty")
+
+
+async def test_a_child_that_cannot_be_built_stops_the_tree_and_start_names_it(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A factory raising at start tore the tree down as an ExceptionGroup: stop() re-raised it, so the caller's
+    clean-up never ran and the process could not start another run."""
+    recorder = Recorder()
+    specs = [probe_spec(recorder, "a"), ChildSpec("b", _refuses), probe_spec(recorder, "c")]
+    system = ActorSystem(clock=clock, sink=sink)
+    with pytest.raises(ChildStartFailed, match=r"^b could not be built: ValueError: key_id must not be empty"):
+        await system.start(Supervisor(specs))
+    await system.stop()  # returns: the failure was start()'s to report
+    assert recorder.log == ["start a", "stop a"]  # c was never built
+    [failed] = sink.of_type(ChildFailed)
+    assert (failed.child, failed.error_type) == ("b", "ValueError")
+    [escalated] = sink.of_type(SupervisorEscalated)
+    assert (escalated.child, escalated.reason) == ("b", "unrecoverable")
+
+
+async def test_a_nested_child_that_cannot_be_built_is_not_restarted(clock: ManualClock, sink: RecordingSink) -> None:
+    recorder = Recorder()
+    inner = Supervisor([probe_spec(recorder, "x"), ChildSpec("y", _refuses)])
+    system = ActorSystem(clock=clock, sink=sink)
+    with pytest.raises(ChildStartFailed, match=r"^inner/y could not be built"):
+        await system.start(Supervisor([probe_spec(recorder, "a"), ChildSpec("inner", lambda: inner)]))
+    await system.stop()
+    assert recorder.log == ["start a", "start x", "stop x", "stop a"]
+    assert not sink.of_type(ChildRestarted)
+
+
+async def test_a_child_whose_rebuild_fails_after_a_crash_escalates_by_name(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    recorder = Recorder()
+    builds = [lambda: Probe(recorder, "a"), _refuses]
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([ChildSpec("a", lambda: builds.pop(0)())], backoff_initial_s=0.0))
+    await system.ref("a", Probe).tell(Crash())
+    with pytest.raises(ChildStartFailed, match=r"^a could not be built: ValueError"):
+        await system.wait()
+    await system.stop()

@@ -11,7 +11,9 @@ import msgspec
 import pytest
 
 import esper
+from actors.tamiyo.actor import TamiyoActor
 from esper.logs import LogFileInUse, reset_logging
+from esper.runtime.errors import ChildStartFailed
 from esper.session import EsperSystem, EventHub
 from schemas.config import RunConfig, TolariaConfig
 from schemas.enums import ActorStatus
@@ -192,3 +194,22 @@ def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(tmp_path: 
     assert summary.status == "completed"
     assert summary.training is not None
     assert summary.training.epochs == 30
+
+
+async def test_an_actor_that_cannot_be_built_fails_the_start_by_name_and_frees_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start used to raise an ExceptionGroup, leave events.jsonl without its run_finished line (a tail hung)
+    and the process's logging claimed, so every later start raised LogFileInUse."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("refused by a test")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TamiyoActor, "__init__", refuse)
+        with pytest.raises(ChildStartFailed, match=r"^tamiyo could not be built: ValueError: refused by a test$"):
+            await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "broken")
+    last = json.loads((tmp_path / "broken" / "events.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["status"]) == ("run_finished", "failed")
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "next")
+    assert (await system.wait()).status == "completed"

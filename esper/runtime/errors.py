@@ -94,6 +94,10 @@ class UnrecoverableFailure(SupervisorGaveUp):
     """A child failed in a way a restart cannot fix (see ``unrecoverable_cause``); escalated at the first failure."""
 
 
+class ChildStartFailed(UnrecoverableFailure):
+    """A child's factory raised: the actor could not even be built, so a restart would fail the same way."""
+
+
 class ShutdownDeadlineExceeded(SupervisionError):
     """A child did not finish stopping within its deadline and was cancelled."""
 

@@ -13,6 +13,7 @@ import structlog
 
 from esper.runtime.errors import (
     ActorStopped,
+    ChildStartFailed,
     RestartIntensityExceeded,
     SupervisorGaveUp,
     UnrecoverableFailure,
@@ -236,7 +237,9 @@ class Supervisor:
 
     async def _supervise(self, started: asyncio.Event) -> SupervisorGaveUp | None:
         for child in self._children:
-            await self._start_child(child)
+            build_error = await self._start_child(child)
+            if build_error is not None:
+                return await self._build_failed(child, build_error)
         started.set()
         while not self._stop_requested:
             if not self._exits:
@@ -254,11 +257,15 @@ class Supervisor:
         await self._stop_children(list(reversed(self._children)), for_good=True)
         return None
 
-    async def _start_child(self, child: _Child) -> None:
+    async def _start_child(self, child: _Child) -> Exception | None:
+        """Build and start the child; returns what its factory raised instead (nothing started)."""
         rt, tg = self._rt, self._tg
         assert rt is not None
         assert tg is not None
-        instance = child.spec.factory()
+        try:
+            instance = child.spec.factory()
+        except Exception as err:  # noqa: BLE001  # handed to _build_failed, which escalates it with the child's name
+            return err
         child.incarnation += 1
         child.instance = instance
         child.last_error = None
@@ -278,6 +285,19 @@ class Supervisor:
         await started.wait()
         if child.task is not None and not child.task.done():
             child.status = ActorStatus.RUNNING
+            return None
+        return _start_failure(child)  # a child supervisor's own child could not be built
+
+    async def _build_failed(self, child: _Child, error: Exception) -> SupervisorGaveUp:
+        # A factory that raises is a setup error (a config value the actor refuses): every actor stops and the
+        # failure reaches the caller of start() by name, instead of tearing the tree down as an exception group.
+        self._emit_failed(child, error)
+        if isinstance(error, ChildStartFailed):
+            escalation = ChildStartFailed(str(error))  # its message names the actor already
+        else:
+            kind, text = describe_error(error)
+            escalation = ChildStartFailed(f"{child.path} could not be built: {kind}: {text}")
+        return await self._give_up(child, error, escalation, len(self._restart_times))
 
     async def _child_main(
         self, child: _Child, incarnation: int, instance: Actor[Never] | Supervisor, started: asyncio.Event
@@ -341,6 +361,8 @@ class Supervisor:
             child.status = ActorStatus.FAILED if error is not None else ActorStatus.STOPPED
             self._close_for_good(child)
             return None
+        if isinstance(error, ChildStartFailed):  # a child supervisor's: building again would fail the same way
+            return await self._give_up(child, error, ChildStartFailed(str(error)), len(self._restart_times))
         if error is not None and (cause := unrecoverable_cause(error)) is not None:
             return await self._give_up(child, error, self._unrecoverable(child, error, cause), len(self._restart_times))
         now = rt.clock.now()
@@ -375,7 +397,9 @@ class Supervisor:
             return None
         for member in group:
             member.restarts += 1
-            await self._start_child(member)
+            build_error = await self._start_child(member)
+            if build_error is not None:
+                return await self._build_failed(member, build_error)
             rt.sink.emit(
                 ChildRestarted(supervisor=self._name, child=member.path, restarts=member.restarts, backoff_s=backoff_s)
             )
@@ -447,3 +471,8 @@ class Supervisor:
             self._rt.dead_letters.record(child.path, msg, "actor stopped with the message queued")
             if reply is not None and not reply.done():
                 reply.set_exception(ActorStopped(f"actor {child.path} stopped before answering {type(msg).__name__}"))
+
+
+def _start_failure(child: _Child) -> ChildStartFailed | None:
+    error = child.last_error
+    return error if isinstance(error, ChildStartFailed) else None
