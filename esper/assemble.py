@@ -202,160 +202,166 @@ async def assemble(
     checkpoints = run_dir / "checkpoints"
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
     store = await anyio.to_thread.run_sync(_open_store, config.urza.root)
-    catalogue = default_catalogue()
-    standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
-    try:
-        karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    offered = await anyio.to_thread.run_sync(
-        candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
-    )
-    urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
-    routes = Routes(actors, sink)
-    nissa_sink = FanoutSink(sink, NissaForward(routes))
-    source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
-    seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source
-    state, state_source, resume_step = None, "fresh", None
-    if resume:
-        state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
-    # A resume without a good checkpoint (the run died before its first one) trains again from step 0, so the
-    # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last boundary and
-    # refuse every new packet as not after it (each plan then timed out, and the run halted).
-    controller_resumes = resume and resume_step is not None
-    if not controller_resumes:
-        # Nor may a fresh run in a reused directory resume later from another run's controller states.
-        await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
-        if resume:
-            _log.info("resume_starts_over", reason="no checkpoint to resume from: training starts again at step 0")
-        state, state_source = None, "fresh"
-    # A checkpoint before the first state packet (a stop in the first steps) leaves the controller nothing to restore.
-    first_packet = config.tolaria.state_every_steps or 1
-    behind = state is None and resume_step is not None and resume_step >= first_packet
-    behind = behind or (state is not None and state_source == "journal" and state.last_step != resume_step)
-    if resume_step is not None and behind:
-        # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
-        # died, or the file is gone): the resumed controller may decide differently from there on.
-        _log.warning(
-            "tamiyo_state_behind",
-            state_step=None if state is None else state.last_step,
-            checkpoint_step=resume_step,
-            source=state_source,
+    with contextlib.ExitStack() as on_failure:
+        # Closed if anything below fails or is cancelled (the session closes it once the run is over); a SQLite
+        # connection's close is quick enough for the loop's thread.
+        on_failure.callback(store.close)
+        catalogue = default_catalogue()
+        standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
+        try:
+            karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        offered = await anyio.to_thread.run_sync(
+            candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
         )
-    kasmina = config.kasmina
-    heuristic = HeuristicConfig.from_config(
-        config.tamiyo, max_live_seeds=kasmina.max_active_seeds, probation_epochs=kasmina.probation_epochs
-    )
-    heuristic = msgspec.structs.replace(
-        heuristic,
-        # Karn's blueprints are zero at birth and meant to add to the host's activation: a residual blend keeps the
-        # host's function while alpha ramps (a convex one would replace it with a near-zero signal).
-        blend=BlendConfig(
-            mode=BlendMode.RESIDUAL, ramp_steps=kasmina.blend_ramp_steps, temperature=kasmina.blend_temperature
-        ),
-    )
-    deadline_s = config.weatherlight.shutdown_deadline_s
-    capacity = config.weatherlight.mailbox_capacity
-    handoff: Handoff[nn.Module] = Handoff()
-    # Commands carry wall-clock issue times (Tamiyo's WallClock): Kasmina's verifier must read the same clock.
-    wall = WallClock()
-    decisions = _DecisionTap(routes, tally)
-
-    def persist_tamiyo(exported: TamiyoState) -> None:
-        # At a stop only (a few KB): written here so the state and the checkpoint Tolaria just wrote go together.
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(checkpoints / TAMIYO_STATE_FILE, msgspec.json.encode(exported))
-
-    async def tick() -> None:
-        await routes._ref("nissa", Nissa).tell(EvaluateAlerts())
-
-    unique_shapes = list({(s.kind, s.features, str(s.dtype)): s for s in found.slots.values()}.values())
-    subsystems = (
-        urza_spec(
-            store=store, catalogue=catalogue, io_lane=lanes.io, clock=clock, sink=sink, config=config.urza,
-            shutdown_deadline_s=deadline_s, mailbox_capacity=capacity,
-        ),
-        nissa_spec(
-            config.nissa,
-            run_dir,
-            clock=clock,
-            sink=sink,
-            shutdown_deadline_s=deadline_s,
-            rules=alert_rules(
-                isolation_violations=config.kasmina.isolation_alert_violations,
-                isolation_window_s=config.kasmina.isolation_alert_window_s,
+        urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
+        routes = Routes(actors, sink)
+        nissa_sink = FanoutSink(sink, NissaForward(routes))
+        source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
+        seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source
+        state, state_source, resume_step = None, "fresh", None
+        if resume:
+            state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
+        # A resume without a good checkpoint (the run died before its first one) trains again from step 0, so the
+        # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
+        # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
+        controller_resumes = resume and resume_step is not None
+        if not controller_resumes:
+            # Nor may a fresh run in a reused directory resume later from another run's controller states.
+            await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
+            if resume:
+                _log.info("resume_starts_over", reason="no checkpoint to resume from: training starts again at step 0")
+            state, state_source = None, "fresh"
+        # A checkpoint before the first state packet (a stop in the first steps) leaves the controller nothing to
+        # restore.
+        first_packet = config.tolaria.state_every_steps or 1
+        behind = state is None and resume_step is not None and resume_step >= first_packet
+        behind = behind or (state is not None and state_source == "journal" and state.last_step != resume_step)
+        if resume_step is not None and behind:
+            # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
+            # died, or the file is gone): the resumed controller may decide differently from there on.
+            _log.warning(
+                "tamiyo_state_behind",
+                state_step=None if state is None else state.last_step,
+                checkpoint_step=resume_step,
+                source=state_source,
+            )
+        kasmina = config.kasmina
+        heuristic = HeuristicConfig.from_config(
+            config.tamiyo, max_live_seeds=kasmina.max_active_seeds, probation_epochs=kasmina.probation_epochs
+        )
+        heuristic = msgspec.structs.replace(
+            heuristic,
+            # Karn's blueprints are zero at birth and meant to add to the host's activation: a residual blend keeps the
+            # host's function while alpha ramps (a convex one would replace it with a near-zero signal).
+            blend=BlendConfig(
+                mode=BlendMode.RESIDUAL, ramp_steps=kasmina.blend_ramp_steps, temperature=kasmina.blend_temperature
             ),
-        ),
-        nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
-        tezzeret_spec(
-            catalogue=catalogue, slots=unique_shapes, artifacts=UrzaArtifactSink(store), io_lane=lanes.io,
-            # The build seed is Tezzeret's fixed default, never the run's: runs share the store and fetch the newest
-            # artifact, so seed-dependent weights would make a run's seeds depend on which run compiled last.
-            clock=clock, sink=sink, config=config.tezzeret, shutdown_deadline_s=deadline_s,
-        ),
-        kasmina_spec(
-            run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
-            io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
-            config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
-            source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
-            resume_step=resume_step if controller_resumes else None,
-            mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
-        ),
-        tamiyo_spec(
-            run_id=run_id, config=config.tamiyo, security=config.security, simic=config.simic, signing_key=secret,
-            key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
-            wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
-            on_state=persist_tamiyo, state_journal=checkpoints / STATE_JOURNAL_FILENAME, mailbox_capacity=capacity,
-            shutdown_deadline_s=deadline_s,
-        ),
-    )  # fmt: skip
-    subscribers = (
-        *taps,
-        tally.on_packet,
-        routes.packet_to_kasmina,
-        routes.packet_to_nissa,
-    )
-    if hooks.packet_tap is not None:
-        subscribers = (*subscribers, hooks.packet_tap)
-    if hooks.crash_tamiyo_at_step is not None:
-        subscribers = (*subscribers, _CrashTamiyo(routes, hooks.crash_tamiyo_at_step).on_packet)
-    cell = new_cell(config.tolaria)
-    wiring = TolariaWiring(
-        run_id=run_id,
-        run_dir=run_dir,
-        lane=lanes.train,
-        cell=cell,
-        sink=nissa_sink,
-        handoff=handoff,
-        subscribers=subscribers,
-        expects_plans=True,
-        on_applied=routes.applied,
-        to_planner=routes.to_planner,
-        resume=controller_resumes,  # a resume with nothing to continue from starts over, the trainer too
-        slot_targets=kasmina.slot_targets,
-        data=found.data,
-        isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
-        step_probe=hooks.step_probe,
-        resume_at_most=resume_step if controller_resumes else None,
-        journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
-    )
-    _log.info(
-        "run_assembled",
-        slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
-        host_parameters=found.host_parameters,
-        blueprints=[c.blueprint_id for c in offered],
-        tamiyo_state=state_source,
-        tamiyo_state_step=None if state is None else state.last_step,
-    )
-    return Assembly(
-        subsystems=subsystems,
-        tolaria=wiring,
-        cell=cell,
-        tally=tally,
-        routes=routes,
-        store=store,
-        host_parameters=found.host_parameters,
-    )
+        )
+        deadline_s = config.weatherlight.shutdown_deadline_s
+        capacity = config.weatherlight.mailbox_capacity
+        handoff: Handoff[nn.Module] = Handoff()
+        # Commands carry wall-clock issue times (Tamiyo's WallClock): Kasmina's verifier must read the same clock.
+        wall = WallClock()
+        decisions = _DecisionTap(routes, tally)
+
+        def persist_tamiyo(exported: TamiyoState) -> None:
+            # At a stop only (a few KB): written here so the state and the checkpoint Tolaria just wrote go together.
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(checkpoints / TAMIYO_STATE_FILE, msgspec.json.encode(exported))
+
+        async def tick() -> None:
+            await routes._ref("nissa", Nissa).tell(EvaluateAlerts())
+
+        unique_shapes = list({(s.kind, s.features, str(s.dtype)): s for s in found.slots.values()}.values())
+        subsystems = (
+            urza_spec(
+                store=store, catalogue=catalogue, io_lane=lanes.io, clock=clock, sink=sink, config=config.urza,
+                shutdown_deadline_s=deadline_s, mailbox_capacity=capacity,
+            ),
+            nissa_spec(
+                config.nissa,
+                run_dir,
+                clock=clock,
+                sink=sink,
+                shutdown_deadline_s=deadline_s,
+                rules=alert_rules(
+                    isolation_violations=config.kasmina.isolation_alert_violations,
+                    isolation_window_s=config.kasmina.isolation_alert_window_s,
+                ),
+            ),
+            nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
+            tezzeret_spec(
+                catalogue=catalogue, slots=unique_shapes, artifacts=UrzaArtifactSink(store), io_lane=lanes.io,
+                # The build seed is Tezzeret's fixed default, never the run's: runs share the store and fetch the newest
+                # artifact, so seed-dependent weights would make a run's seeds depend on which run compiled last.
+                clock=clock, sink=sink, config=config.tezzeret, shutdown_deadline_s=deadline_s,
+            ),
+            kasmina_spec(
+                run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
+                io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
+                config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
+                source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
+                resume_step=resume_step if controller_resumes else None,
+                mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
+            ),
+            tamiyo_spec(
+                run_id=run_id, config=config.tamiyo, security=config.security, simic=config.simic, signing_key=secret,
+                key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
+                wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
+                on_state=persist_tamiyo, state_journal=checkpoints / STATE_JOURNAL_FILENAME, mailbox_capacity=capacity,
+                shutdown_deadline_s=deadline_s,
+            ),
+        )  # fmt: skip
+        subscribers = (
+            *taps,
+            tally.on_packet,
+            routes.packet_to_kasmina,
+            routes.packet_to_nissa,
+        )
+        if hooks.packet_tap is not None:
+            subscribers = (*subscribers, hooks.packet_tap)
+        if hooks.crash_tamiyo_at_step is not None:
+            subscribers = (*subscribers, _CrashTamiyo(routes, hooks.crash_tamiyo_at_step).on_packet)
+        cell = new_cell(config.tolaria)
+        wiring = TolariaWiring(
+            run_id=run_id,
+            run_dir=run_dir,
+            lane=lanes.train,
+            cell=cell,
+            sink=nissa_sink,
+            handoff=handoff,
+            subscribers=subscribers,
+            expects_plans=True,
+            on_applied=routes.applied,
+            to_planner=routes.to_planner,
+            resume=controller_resumes,  # a resume with nothing to continue from starts over, the trainer too
+            slot_targets=kasmina.slot_targets,
+            data=found.data,
+            isolation_probe_every_steps=kasmina.isolation_probe_every_steps,
+            step_probe=hooks.step_probe,
+            resume_at_most=resume_step if controller_resumes else None,
+            journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
+        )
+        _log.info(
+            "run_assembled",
+            slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
+            host_parameters=found.host_parameters,
+            blueprints=[c.blueprint_id for c in offered],
+            tamiyo_state=state_source,
+            tamiyo_state_step=None if state is None else state.last_step,
+        )
+        on_failure.pop_all()
+        return Assembly(
+            subsystems=subsystems,
+            tolaria=wiring,
+            cell=cell,
+            tally=tally,
+            routes=routes,
+            store=store,
+            host_parameters=found.host_parameters,
+        )
 
 
 async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:

@@ -107,6 +107,22 @@ def parse_override(text: str) -> tuple[str, TomlValue]:
     return key, value
 
 
+def validate_config(config: RunConfig, source: str = "RunConfig") -> RunConfig:
+    """``config`` checked as a file's would be (a Struct built in code is not validated): a copy, validated.
+
+    Raises:
+        ConfigError: a value is invalid or a setting is one this version does not act on; named as ``<source>: ...``.
+    """
+    data = _to_table(config)
+    try:
+        checked = msgspec.convert(data, RunConfig)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_translate(str(err), data, source)) from err
+    for dotted, setting, reason in inert_settings(checked):
+        raise ConfigError(_inert_message(source, dotted, setting, reason))
+    return checked
+
+
 def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
     """Return ``config`` with each ``section.key=value`` override applied in order; the result is validated.
 

@@ -42,7 +42,7 @@ from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.bus_resource import BusResource, bus_limits
-from esper.config import apply_overrides, dump_config, load_config, parse_override
+from esper.config import apply_overrides, dump_config, load_config, parse_override, validate_config
 from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
@@ -179,13 +179,20 @@ async def start(
         hooks: test hooks (fault injection, a wrapped seed source).
 
     Raises:
-        ConfigError: the config file or an override is invalid (one-line message naming file, field and value), or
-            the tolaria section names a host model or data file that cannot be used.
+        ConfigError: the config file, a RunConfig's value or an override is invalid (one-line message naming file,
+            field and value), the tolaria section names a host model or data file that cannot be used, or ``resume``
+            names a run that cannot be resumed or already trained ``tolaria.epochs`` epochs.
+        TypeError: ``config`` is neither a path nor a RunConfig, or ``overrides`` is a single string.
+        ChildStartFailed: an actor refused what it was given and could not be built (events.jsonl says so too).
         LogFileInUse: another run in this process is still going (logging is process-wide: their events would mix).
     """
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r}")
     if isinstance(config, RunConfig):
-        resolved = apply_overrides(config, overrides or ()) if overrides else config
+        resolved = apply_overrides(validate_config(config), overrides or ())
+    elif not isinstance(config, str | os.PathLike):
+        raise TypeError(f"config: a TOML file's path or a RunConfig, got a {type(config).__name__}")
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     secret = resolve_secret(resolved)
@@ -203,6 +210,12 @@ async def start(
         if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
             raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
+        try:
+            finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
+        except CheckpointError as err:
+            raise ConfigError(f"--resume {directory}: {err}") from err
+        if finished is not None:  # resuming would only rewrite its summary, without the figures
+            raise ConfigError(finished)
         await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
@@ -362,7 +375,7 @@ async def _start_claimed(
         stop_training=lambda: cell.request_run_stop("run stopping"),
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,
-        abandonable=(lanes,),
+        abandonable=(lanes, parts.store),
     )
 
 

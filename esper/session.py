@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, Protocol, final, get_args
 
 import anyio
 import msgspec
@@ -70,41 +70,59 @@ class Abandonable(Protocol):
 class EventHub:
     """Fans typed events out to subscribers, each through its own bounded anyio memory stream.
 
-    emit() never blocks: a subscriber whose buffer is full misses the event, which is counted in ``dropped``.
-    Event loop only.
+    emit() never blocks: a subscriber whose buffer is full misses the event, which is counted in ``dropped`` (and
+    logged once per subscriber when the hub closes). One slot of each buffer is kept for ``close``'s last event, so a
+    subscriber that fell behind still learns how the run ended. Event loop only.
     """
 
     def __init__(self, buffer_size: int = 1024) -> None:
         self._buffer_size = buffer_size
-        self._subscribers: list[MemoryObjectSendStream[Message | Record]] = []
+        self._subscribers: list[_Subscription] = []
         self._closed = False
         self.dropped = 0
 
     def emit(self, event: Message | Record) -> None:
-        for stream in list(self._subscribers):
-            try:
-                stream.send_nowait(event)
-            except anyio.WouldBlock:
+        for subscription in list(self._subscribers):
+            if subscription.stream.statistics().current_buffer_used >= self._buffer_size:
+                subscription.missed += 1
                 self.dropped += 1
+                continue
+            try:
+                subscription.stream.send_nowait(event)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscribers.remove(stream)
+                self._subscribers.remove(subscription)
 
     def subscribe(self) -> AsyncIterator[Message | Record]:
         """Every event emitted from this call on (not from the first iteration: nothing emitted in between is
         missed), until close()."""
-        send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size)
+        send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size + 1)
         if self._closed:
             send.close()
         else:
-            self._subscribers.append(send)
+            self._subscribers.append(_Subscription(send))
         return _drained(receive)
 
-    def close(self) -> None:
-        """End every subscription (after the events already buffered)."""
+    def close(self, last: Message | Record | None = None) -> None:
+        """End every subscription after the events already buffered and ``last`` (which no subscriber misses)."""
         self._closed = True
-        for stream in self._subscribers:
-            stream.close()
+        for subscription in self._subscribers:
+            if last is not None:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    subscription.stream.send_nowait(last)
+            if subscription.missed:
+                detail = f"an events() consumer fell {self._buffer_size} events behind"
+                _log.warning("events_missed", missed=subscription.missed, detail=detail)
+            subscription.stream.close()
         self._subscribers.clear()
+
+
+@final
+class _Subscription:
+    __slots__ = ("missed", "stream")
+
+    def __init__(self, stream: MemoryObjectSendStream[Message | Record]) -> None:
+        self.stream = stream
+        self.missed = 0
 
 
 @final
@@ -185,6 +203,10 @@ class EsperSystem:
         writes a checkpoint on its own thread), close the lanes once their jobs end, and release the log file and the
         directory's claim, so the process can start (or --resume) another run. Never awaits."""
         _log.warning("run_abandoned", run_id=self.run_id, detail="the event loop ended before wait() or stop()")
+        # The file ends as every run's does, so that a tail --follow of it stops; training checkpoints on its own.
+        _log.info(
+            "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
+        )
         if self._stop_training is not None:
             self._stop_training()
         for resource in self._abandonable:
@@ -229,9 +251,10 @@ class EsperSystem:
             status, error = "failed", f"{type(err).__name__}: {err}"
             if isinstance(err, UnrecoverableFailure):
                 error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
-        if self._stopped:
-            status = self._stop_status if status != "failed" else status
         figures = self._training.figures if self._training is not None else None
+        if self._stopped and status != "failed" and not (figures is not None and figures.completed):
+            # A stop that came as training finished on its own (its last step done) leaves the run completed.
+            status = self._stop_status
         if figures is not None and figures.halted and status != "failed":
             status, error = "failed", f"emergency halt: {figures.halt_reason}"
         return await self._finish(status, error)
@@ -264,7 +287,12 @@ class EsperSystem:
 
         A run whose training has already ended on its own keeps the status it ended with (``completed`` or
         ``failed``): the stop only ends the rest of the run.
+
+        Raises:
+            ValueError: ``status`` is not one of RunStatus's values.
         """
+        if status not in get_args(RunStatus):
+            raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
         if self._summary is not None:
             return self._summary
         training = self._training
@@ -344,8 +372,7 @@ class EsperSystem:
         if self.config.nissa.report_png:
             await self._render_report()
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
-        self._hub.emit(summary)
-        self._hub.close()
+        self._hub.close(last=summary)
         with contextlib.suppress(OSError):
             self._logging.close()
         return summary

@@ -41,6 +41,7 @@ class TrainingFigures(Record, frozen=True):
     halt_reason: str | None = None
     resumed_from_step: int | None = None
     checkpoint: str | None = None
+    completed: bool = False  # training ran every epoch it was given (not stopped, halted or failed)
 
 
 class GrowthFigures(Record, frozen=True):

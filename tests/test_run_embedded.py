@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -13,9 +15,10 @@ import pytest
 import esper
 from actors.tamiyo.actor import TamiyoActor
 from esper.logs import LogFileInUse, reset_logging
-from esper.runtime.errors import ChildStartFailed
+from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.session import EsperSystem, EventHub
-from schemas.config import RunConfig, TolariaConfig
+from esper.wiring import RunHooks
+from schemas.config import RunConfig, TamiyoConfig, TolariaConfig, UrzaConfig
 from schemas.enums import ActorStatus
 from schemas.run import RunSummary
 from schemas.runtime import ActorState, ChildFailed
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from schemas.base import Message, Record
+    from schemas.state import SystemStatePacket
 
 
 @pytest.fixture(autouse=True)
@@ -120,9 +124,12 @@ async def test_event_hub_fans_out_drops_when_full_and_ends_on_close() -> None:
     for _ in range(5):
         hub.emit(event)
     assert hub.dropped == 6  # each subscriber buffers 2 of the 5
-    hub.close()
-    assert [e async for e in first] == [event, event]
-    assert [e async for e in second] == [event, event]
+    last = RunSummary(
+        run_id="r", run_dir="d", status="completed", started_at="", duration_s=0.0, exit_code=0, dead_letters=0
+    )
+    hub.close(last=last)  # a subscriber that fell behind still gets the run's last event (its summary)
+    assert [e async for e in first] == [event, event, last]
+    assert [e async for e in second] == [event, event, last]
 
 
 async def test_a_second_run_in_the_process_waits_for_the_first_to_end(tmp_path: Path) -> None:
@@ -184,8 +191,10 @@ def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(tmp_path: 
         if thread.name.startswith("esper-lane"):
             thread.join(60)  # the train lane ends once its step and the stop's checkpoint are done
             assert not thread.is_alive(), thread.name
-    events = (tmp_path / "run" / "events.jsonl").read_text()
-    assert '"run_abandoned"' in events
+    events = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-2])["event"] == "run_abandoned"
+    last = json.loads(events[-1])  # the file ends as every run's does, so a tail --follow of it stops
+    assert (last["event"], last["status"]) == ("run_finished", "interrupted")
 
     async def resume() -> RunSummary:
         return await (await esper.start(config, resume=tmp_path / "run")).wait()
@@ -213,3 +222,78 @@ async def test_an_actor_that_cannot_be_built_fails_the_start_by_name_and_frees_t
     assert (last["event"], last["status"]) == ("run_finished", "failed")
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "next")
     assert (await system.wait()).status == "completed"
+
+
+async def test_resuming_a_finished_run_through_the_api_is_refused_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """It used to "complete" again and rewrite summary.json with every training figure None."""
+    config = quiet_config(tmp_path)
+    await (await esper.start(config, run_dir=tmp_path / "run")).wait()
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"already trained 1 of tolaria.epochs = 1 epochs .*nothing to resume"):
+        await esper.start(config, resume=tmp_path / "run")
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before
+
+
+async def test_a_run_config_built_in_code_is_checked_as_a_file_would_be(tmp_path: Path) -> None:
+    """A RunConfig is a Struct, not validated when built: epochs = 0 "completed" a run of no epochs, an inert key
+    passed silently, and a wrong type failed deep in an actor."""
+    config = quiet_config(tmp_path)
+    bad = [
+        (msgspec.structs.replace(config, tolaria=TolariaConfig(epochs=0)), "tolaria.epochs: expected an integer >= 1"),
+        (msgspec.structs.replace(config, tamiyo=TamiyoConfig(max_activation_nodes=7)), "tamiyo.max_activation_nodes"),
+        (
+            msgspec.structs.replace(config, tamiyo=TamiyoConfig(decision_budget_ms="fast")),  # type: ignore[arg-type]
+            'tamiyo.decision_budget_ms: expected a number > 0, got "fast"',
+        ),
+    ]
+    for wrong, message in bad:
+        with pytest.raises(ConfigError, match=rf"^RunConfig: {re.escape(message)}"):
+            await esper.start(wrong, run_dir=tmp_path / "run")
+    with pytest.raises(TypeError, match=r"^overrides: a list of 'section.key=value' strings"):
+        await esper.start(config, run_dir=tmp_path / "run", overrides="tolaria.epochs=2")
+    with pytest.raises(TypeError, match=r"^config: a TOML file's path or a RunConfig, got a dict"):
+        await esper.start({"tolaria": {"epochs": 1}}, run_dir=tmp_path / "run")  # type: ignore[arg-type]
+    assert not (tmp_path / "run").exists()
+
+
+async def test_a_stop_as_training_ends_on_its_own_leaves_the_run_completed(tmp_path: Path) -> None:
+    """stop() saw training still going, then the trainer finished its last epoch anyway: the summary said
+    "stopped" with the completed run's test figures."""
+    config = quiet_config(tmp_path)
+    holder: list[EsperSystem] = []
+    stopping: list[asyncio.Task[RunSummary]] = []
+
+    def at_the_last_epoch_end(packet: SystemStatePacket) -> None:
+        # The trainer sent its last epoch-end packet: it is past its last look at the stop flag.
+        if packet.validation_loss is not None and packet.epoch + 1 == config.tolaria.epochs and not stopping:
+            stopping.append(asyncio.get_running_loop().create_task(holder[0].stop()))
+
+    system = await esper.start(config, run_dir=tmp_path / "run", hooks=RunHooks(packet_tap=at_the_last_epoch_end))
+    holder.append(system)
+    summary = await system.wait()
+    assert stopping, "the stop was asked as the last epoch ended"
+    assert await stopping[0] is summary
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.completed
+
+
+async def test_stop_refuses_a_status_a_run_cannot_have(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^status: one of"):
+        await system.stop(status="bogus")  # type: ignore[arg-type]
+    assert (await system.stop()).status == "stopped"
+
+
+async def test_a_start_refused_after_the_store_opened_leaves_no_catalogue_open(tmp_path: Path) -> None:
+    """Each refused start kept Urza's SQLite connection (and its -wal and -shm files) open until garbage collection."""
+    root = tmp_path / "urza"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    config = msgspec.structs.replace(quiet_config(tmp_path), urza=UrzaConfig(root=str(root)))
+    overrides = ['tamiyo.policy="gnn"', f'tamiyo.gnn_checkpoint="{bad}"']
+    for attempt in range(3):
+        with pytest.raises(ConfigError, match=r"gnn_checkpoint"):
+            await esper.start(config, run_dir=tmp_path / f"run{attempt}", overrides=overrides)
+    open_files = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]  # noqa: ASYNC240
+    assert not [path for path in open_files if path.startswith(str(root))]

@@ -126,6 +126,36 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_bitwise_equal(data: Data
     assert_bitwise(weights(straight), weights(resumed))
 
 
+def test_a_resume_stopped_before_its_first_epoch_end_reports_the_checkpoints_epoch_figures(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """The summary's last-epoch figures came only from an epoch ended in this session: a resume stopped at once
+    reported them all as None (with the growth figures of the same summary filled in)."""
+    inbox = PlanInbox()
+
+    def stop_in_epoch_3(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:
+            inbox.request_stop("test")
+        return batch
+
+    first = make_loop(config(), data, tmp_path, hook=stop_in_epoch_3, inbox=inbox).run()
+    assert (first.status, first.figures.completed) == ("stopped", False)
+    assert first.figures.val_accuracy is not None
+    again = PlanInbox()
+
+    def stop_at_once(attempt: int, batch: TensorPair) -> TensorPair:
+        again.request_stop("test")
+        return batch
+
+    resumed = make_loop(config(), data, tmp_path, resume=True, hook=stop_at_once, inbox=again).run()
+    assert resumed.status == "stopped"
+    assert resumed.figures.epochs == first.figures.epochs
+    mine = (resumed.figures.train_loss, resumed.figures.train_accuracy, resumed.figures.val_loss)
+    assert mine == (first.figures.train_loss, first.figures.train_accuracy, first.figures.val_loss)
+    assert resumed.figures.val_accuracy == first.figures.val_accuracy
+    assert make_loop(config(), data).run().figures.completed
+
+
 def test_a_run_stopped_between_packets_resumes_with_the_same_packets_and_epoch_figures(
     data: DataSplits, tmp_path: Path
 ) -> None:

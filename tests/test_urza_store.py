@@ -259,3 +259,18 @@ def test_a_row_whose_metadata_cannot_be_read_is_dropped_and_written_again_by_the
     assert store.statistics().integrity_failures == 1
     assert store.put(linear_blob(seed=1)).status == "ready"
     assert sorted(e.sha256 for e in store.entries()) == sorted([bad, good])
+
+
+def _open_catalogues(root: Path) -> int:
+    fd_dir = "/proc/self/fd"
+    return sum(1 for fd in os.listdir(fd_dir) if os.path.realpath(f"{fd_dir}/{fd}").startswith(str(root)))
+
+
+def test_a_catalogue_that_is_not_a_database_leaves_no_connection_open(tmp_path: Path) -> None:
+    """The failed open kept its SQLite connection (a descriptor per attempt, until garbage collection)."""
+    (tmp_path / "catalog.sqlite").write_bytes(b"not a database, " * 64)
+    before = _open_catalogues(tmp_path)
+    for _ in range(3):
+        with pytest.raises(sqlite3.DatabaseError):
+            UrzaStore(tmp_path)
+    assert _open_catalogues(tmp_path) == before

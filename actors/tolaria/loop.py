@@ -281,6 +281,13 @@ class TrainingLoop:
             self._policy.restore(saved)
             value = saved.get("last_val_loss")
             self._last_val_loss = float(value) if isinstance(value, int | float) else None
+            figures = saved.get("epoch_figures")
+            if isinstance(figures, str):
+                loaded = msgspec.json.decode(
+                    figures, type=tuple[float | None, float | None, float | None, float | None]
+                )
+                train_loss, train_accuracy, val_loss, val_accuracy = (float("nan") if v is None else v for v in loaded)
+                self._epoch_figures = (train_loss, train_accuracy, val_loss, val_accuracy)
             self._rollbacks = max(self._rollbacks, int(saved.get("rollbacks") or 0))
         elapsed = time.perf_counter() - started + extra_s
         self.restore_ms_history.append((tier, elapsed * 1e3))
@@ -306,6 +313,9 @@ class TrainingLoop:
         if self._open_stats is not None:
             epoch_stats, stats = self._open_stats
             counters["open_stats"] = msgspec.json.encode((epoch_stats.export(), stats.export())).decode()
+        if self._epoch_figures is not None:
+            # The summary's last-epoch figures, for a resumed run that stops before it ends an epoch of its own.
+            counters["epoch_figures"] = msgspec.json.encode([_finite(v) for v in self._epoch_figures]).decode()
         return counters
 
     def _take_open_stats(self) -> tuple[IntervalStats, IntervalStats]:
@@ -683,9 +693,13 @@ class TrainingLoop:
             emergency_level=int(self._policy.level),
             halted=status == "halted",
             halt_reason=reason if status == "halted" else None,
+            completed=status == "completed",
             resumed_from_step=self._resumed_from,
             checkpoint=self._last_checkpoint,
         )
+
+
+_SavedFigures = tuple[float | None, float | None, float | None, float | None]  # train, val: loss and accuracy
 
 
 def _finite(value: float) -> float | None:

@@ -171,13 +171,17 @@ class UrzaStore:
         self._conn = sqlite3.connect(
             root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        _enable_wal(self._conn, busy_timeout_ms / 1000)
-        with self._write() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        self._temp_files_removed = self._remove_dead_temp_files()
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            _enable_wal(self._conn, busy_timeout_ms / 1000)
+            with self._write() as conn:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self._temp_files_removed = self._remove_dead_temp_files()
+        except BaseException:
+            self._conn.close()  # a catalogue that is not a database, or locked: no half-open connection left behind
+            raise
 
     # ------------------------------------------------------------------ paths and lifecycle
 
