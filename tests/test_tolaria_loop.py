@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from torch import nn
 
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
@@ -154,6 +155,28 @@ def test_a_resume_stopped_before_its_first_epoch_end_reports_the_checkpoints_epo
     assert mine == (first.figures.train_loss, first.figures.train_accuracy, first.figures.val_loss)
     assert resumed.figures.val_accuracy == first.figures.val_accuracy
     assert make_loop(config(), data).run().figures.completed
+
+
+def test_a_channels_last_model_resumed_mid_run_ends_bitwise_equal(data: DataSplits, tmp_path: Path) -> None:
+    """The optimizer's moments came back contiguous beside channels_last weights, and the fused kernel, walking both
+    through the weights' strides, updated the wrong elements from the resume on (about a step's worth of error)."""
+    cfg = config(host_model="tests.tolaria_factories:conv2d_net")
+    straight = make_loop(cfg, data, tmp_path / "a")
+    straight.run()
+    conv = straight.trainee.model.get_submodule("body.0")
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    inbox = PlanInbox()
+
+    def stop_mid_epoch(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:
+            inbox.request_stop("test")
+        return batch
+
+    assert make_loop(cfg, data, tmp_path / "b", hook=stop_mid_epoch, inbox=inbox).run().status == "stopped"
+    resumed = make_loop(cfg, data, tmp_path / "b", resume=True)
+    assert resumed.run().status == "completed"
+    assert_bitwise(weights(straight), weights(resumed))
 
 
 def test_a_run_stopped_between_packets_resumes_with_the_same_packets_and_epoch_figures(

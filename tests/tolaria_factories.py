@@ -147,3 +147,19 @@ def undeclared_sequence_model() -> nn.Module:
 def misdeclared_sequence_model() -> nn.Module:
     """slot_kinds naming a module that is not a slot target."""
     return _Sequence({"head": "sequence"})
+
+
+class _Conv2dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8 * 40, 10)
+        self.slot_targets = ("body.1",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.reshape(x.shape[0], 1, 5, 8)).flatten(1))  # type: ignore[no-any-return]
+
+
+def conv2d_net() -> nn.Module:
+    """2-D convolutions over MNIST-1D's samples seen as 5 x 8 images: Tolaria makes them channels_last."""
+    return _Conv2dNet()

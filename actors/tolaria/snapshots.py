@@ -248,6 +248,24 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[s
         param_groups.append({**_clone(saved_group), "params": indices})  # type: ignore[dict-item]
     by_index = {index_of[name]: _clone(value) for name, value in state.items() if name in index_of}
     optimizer.load_state_dict({"state": by_index, "param_groups": param_groups})
+    _match_parameter_layouts(optimizer)
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor its parameter's memory layout.
+
+    Saved tensors come back contiguous; a channels_last parameter's moments must be channels_last too, because fused
+    (and foreach) kernels walk a parameter and its state through the same raw strides: a contiguous moment next to a
+    channels_last weight applied every update to the wrong elements after a resume or rollback.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def rng_state() -> dict[str, object]:
