@@ -200,6 +200,16 @@ def test_validation_fraction_that_leaves_no_training_data_is_refused(tmp_path: P
         load_dataset("npz", npz_path=path, validation_fraction=0.9)
 
 
+def test_validation_fraction_that_holds_out_nothing_is_refused(tmp_path: Path) -> None:
+    """0.0005 of 600 rounds to no sample: the run trained with no epoch ever judged (no metrics row, no decision)."""
+    path = tmp_path / "six_hundred.npz"
+    x = np.zeros((600, 2), dtype=np.float32)
+    y = np.arange(600, dtype=np.int64) % 5
+    np.savez(path, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    with pytest.raises(ValueError, match=r"^validation_fraction 0.0005 holds out no validation sample of 600$"):
+        load_dataset("npz", npz_path=path, validation_fraction=0.0005)
+
+
 def test_tensor_pair_checks_dtypes_and_lengths() -> None:
     with pytest.raises(TypeError, match="x must be float32"):
         TensorPair(x=torch.zeros(2, 3, dtype=torch.float64), y=torch.zeros(2, dtype=torch.int64))

@@ -133,6 +133,11 @@ def load_dataset(
         raise ValueError(
             f"validation_fraction {validation_fraction} leaves no training samples out of {y_train.shape[0]}"
         )
+    if hold.size == 0 and validation_fraction > 0:  # 0 asks for no validation set (the config refuses it)
+        # Without a validation set no epoch could be judged: no metrics row, no decision, nothing would ever grow.
+        raise ValueError(
+            f"validation_fraction {validation_fraction} holds out no validation sample of {y_train.shape[0]}"
+        )
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     return DataSplits(
         train=_pair(x_train[keep], y_train[keep]),
