@@ -127,3 +127,18 @@ async def test_a_resumed_gnn_actor_decides_like_an_uninterrupted_one(tmp_path: P
     assert got == expected
     assert after_b.gnn == after_a.gnn, "the normaliser evolved identically"
     assert after_b.outcomes == after_a.outcomes
+
+
+def test_the_machines_timings_do_not_reach_the_network() -> None:
+    """Samples per second and hook and layer latencies vary with the machine's load: fed to the network, two runs of
+    one config chose different blueprints, and a resumed run differed from an uninterrupted one."""
+    base = packet(10, 1, validation_loss=1.0)
+    quiet, loaded = small_policy(), small_policy()
+    for speed, latency in ((1000.0, 1.0), (17.0, 250.0), (3000.0, 0.2)):  # the normaliser learns from each input
+        busy = msgspec.structs.replace(
+            base,
+            samples_per_s=speed,
+            hook_latency_ms=latency,
+            layers=tuple(msgspec.structs.replace(layer, latency_ms=latency) for layer in base.layers),
+        )
+        assert quiet.decide(build_observation(base, BLUEPRINTS)) == loaded.decide(build_observation(busy, BLUEPRINTS))

@@ -80,7 +80,12 @@ def registries_for(
 
 
 def graph_inputs(observation: Observation) -> GraphInputs:
-    """The plain graph inputs of one Observation (Karn candidates as blueprint nodes, packet layers as layer nodes)."""
+    """The plain graph inputs of one Observation (Karn candidates as blueprint nodes, packet layers as layer nodes).
+
+    The wall-clock measurements the graph schema has room for (samples per second, hook latency, layer latency) are
+    left missing (their presence masks say so): they vary with the machine's load, and fed to the network they made
+    two runs of one config choose different blueprints, and a resumed run differ from an uninterrupted one.
+    """
     p = observation.packet
     metrics = GlobalInput(
         epoch=p.epoch,
@@ -91,8 +96,8 @@ def graph_inputs(observation: Observation) -> GraphInputs:
         validation_loss=p.validation_loss,
         training_loss=p.training_loss,
         gradient_norm=p.gradient_norm,
-        samples_per_s=p.samples_per_s,
-        hook_latency_ms=p.hook_latency_ms,
+        samples_per_s=None,
+        hook_latency_ms=None,
     )
     layers = tuple(
         LayerInput(
@@ -104,7 +109,7 @@ def graph_inputs(observation: Observation) -> GraphInputs:
             dropout=lay.dropout,
             weight_norm=lay.weight_norm,
             gradient_norm=lay.gradient_norm if lay.gradient_norm is not None else p.layer_gradient_norms.get(lay.name),
-            latency_ms=lay.latency_ms,
+            latency_ms=None,
         )
         for lay in p.layers
     )
