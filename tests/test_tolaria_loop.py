@@ -6,6 +6,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 import torch
 from torch import nn
@@ -375,6 +376,31 @@ def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) ->
     assert text.startswith(f"tolaria.host_model = {spec!r}: ")
     assert message in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("aux_tuple_in_training", "AttributeError: 'tuple' object has no attribute 'float'"),
+        ("detached_output", "RuntimeError: element 0 of tensors does not require grad"),
+        (
+            "flat_batchnorm",
+            "cannot train on a batch of 1 (the last batch of an epoch; tolaria.drop_last = true skips it): ValueError",
+        ),
+    ],
+)
+def test_a_model_that_cannot_train_is_refused_before_the_first_step(data: DataSplits, spec: str, message: str) -> None:
+    """It passed the eval-mode check, failed at the first step and in each of the trainer's restarts (exit 1, and a
+    run directory the corrected model could not reuse)."""
+    # Batches one short of the training set: the last batch of each epoch holds a single sample.
+    cfg = config(host_model=f"tests.tolaria_factories:{spec}", batch_size=data.train.num_samples - 1)
+    with pytest.raises(TolariaConfigError) as info:
+        build_trainee(cfg, data, (), torch.device("cpu"))
+    assert str(info.value).startswith(f"tolaria.host_model = {cfg.host_model!r}: the model cannot train on a batch of")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    if spec == "flat_batchnorm":  # as the error says
+        build_trainee(msgspec.structs.replace(cfg, drop_last=True), data, (), torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

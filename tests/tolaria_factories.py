@@ -163,3 +163,37 @@ class _Conv2dNet(nn.Module):
 def conv2d_net() -> nn.Module:
     """2-D convolutions over MNIST-1D's samples seen as 5 x 8 images: Tolaria makes them channels_last."""
     return _Conv2dNet()
+
+
+class _TrainTimeOutput(nn.Module):
+    """Scores in eval mode; in training mode returns what ``kind`` names instead."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+        self.slot_targets = ("body.2",)
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        scores: torch.Tensor = self.head(self.body(x))
+        if not self.training:
+            return scores
+        if self.kind == "aux_tuple":
+            return scores, scores  # an auxiliary head, as torchvision's Inception returns
+        return scores.detach()
+
+
+def aux_tuple_in_training() -> nn.Module:
+    return _TrainTimeOutput("aux_tuple")
+
+
+def detached_output() -> nn.Module:
+    return _TrainTimeOutput("detached")
+
+
+def flat_batchnorm() -> nn.Module:
+    """BatchNorm1d over features: a training batch of one sample is an error."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("3",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

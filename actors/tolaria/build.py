@@ -6,6 +6,7 @@ it builds tensors and may import the user's module.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import random
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, final
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
@@ -315,7 +317,29 @@ def _fitting_shapes(
         if isinstance(shape, str):
             raise TolariaConfigError(f"{source}: slot target {name!r} cannot hold a seed: {shape}")
         shapes[name] = shape
+    _check_trains(config, model, splits, source)
     return shapes
+
+
+def _check_trains(config: TolariaConfig, model: nn.Module, splits: DataSplits, source: str) -> None:
+    """One training step's forward and backward, on a copy, on as few samples as the epoch's smallest batch: a model
+    that scores in eval mode but not in training (a tuple of auxiliary outputs, an integer or detached output, a
+    BatchNorm given the last batch's single sample) failed at the first step and again in every restart."""
+    plan = batch_plan(config, splits)
+    last = plan.dataset_size % plan.batch_size
+    smallest = last if last and not plan.drop_last else plan.batch_size
+    count = max(1, min(2, smallest, splits.train.num_samples))
+    sample, labels = splits.train.x[:count], splits.train.y[:count]
+    trial = copy.deepcopy(model).train()
+    try:
+        with torch.random.fork_rng(devices=[]):  # dropout draws leave the run's random streams as they were
+            output = trial(sample)
+            F.cross_entropy(output.float(), labels).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+    except Exception as err:  # whatever a user's model raises, told in one line
+        hint = " (the last batch of an epoch; tolaria.drop_last = true skips it)" if count == 1 and last == 1 else ""
+        raise TolariaConfigError(
+            f"{source}: the model cannot train on a batch of {count}{hint}: {type(err).__name__}: {err}"
+        ) from err
 
 
 def build_trainee(
