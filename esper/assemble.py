@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,6 +426,12 @@ def _open_store(root: str) -> UrzaStore:
     try:
         return UrzaStore(Path(root))
     except sqlite3.DatabaseError as err:
+        if not os.access(root, os.W_OK) or (catalog.exists() and not os.access(catalog, os.W_OK)):
+            # SQLite says "unable to open database file" for a sound catalogue it may not write: not a damaged one.
+            raise ConfigError(
+                f"urza.root = {root!r}: the store is not writable ({err}); a run stores its compiled blueprints"
+                " there: make it writable or point urza.root elsewhere"
+            ) from err
         hint = (
             "another process holds it; retry when it is done"
             if "locked" in str(err)

@@ -78,7 +78,11 @@ def growth_lines(growth: GrowthFigures) -> list[str]:
     """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
     where = {
         # An early epoch flatters growth; the hint names the fair comparison.
-        "run": f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly",
+        "run": (
+            f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly"
+            if growth.baseline_epoch is not None
+            else "the first germination came before any epoch ended; nissa.baseline_run compares fairly"
+        ),
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
     }.get(growth.baseline_source, "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.urza.store import UrzaStore
 from esper.config import load_config
 from esper.run import EXIT_CONFIG_ERROR, main
 
@@ -376,3 +377,27 @@ def test_a_checked_value_names_the_set_that_gave_it(tmp_path: Path, capsys: pyte
         code = main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r"), "--set", setting])
     assert code == EXIT_CONFIG_ERROR
     assert capsys.readouterr().err.startswith(f"--set {setting}: nissa.prometheus_port = {port}: cannot listen on ")
+
+
+def test_a_read_only_artifact_store_is_called_that_not_a_damaged_catalogue(tmp_path: Path) -> None:
+    """A sound catalogue on a read-only mount was reported as unusable, with the advice to move it aside (losing its
+    blueprint quarantines for nothing)."""
+    store = tmp_path / "store"
+    UrzaStore(store).close()
+    view = tmp_path / "read_only"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(store), str(view)], capture_output=True, check=False).returncode:
+        pytest.skip("bind mounts need privileges this machine does not give")
+    try:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(view)], capture_output=True, check=False
+        ).returncode
+        if remounted:
+            pytest.skip("a read-only remount needs privileges this machine does not give")
+        (tmp_path / "c.toml").write_text(f'[tolaria]\nepochs = 1\n[urza]\nroot = "{view}"\n', encoding="utf-8")
+        result = run_cli("c.toml", "--run-dir", "run", cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True, check=False)
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "the store is not writable" in result.stderr
+    assert "move it aside" not in result.stderr

@@ -14,6 +14,7 @@ from esper.wiring import RunTally
 from schemas.boundary import Decision
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
+from schemas.run import GrowthFigures
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -122,3 +123,10 @@ def test_seeds_are_counted_in_the_stage_they_ended_training_in() -> None:
         growth_lines(ended)
     )
     assert tally.figures(seed_parameters=462).seeds == {"culled": 1, "training": 1}  # no last step: the latest
+
+
+def test_a_germination_before_any_epoch_ended_is_said_in_words_not_epoch_none() -> None:
+    growth = GrowthFigures(baseline_val_accuracy=None, baseline_epoch=None, baseline_source="run", decisions=3)
+    [_, baseline_line, *_] = growth_lines(growth)
+    assert "None" not in baseline_line
+    assert "the first germination came before any epoch ended" in baseline_line
