@@ -158,6 +158,26 @@ def test_a_resume_stopped_before_its_first_epoch_end_reports_the_checkpoints_epo
     assert make_loop(config(), data).run().figures.completed
 
 
+def test_a_resumed_runs_stalls_count_the_sessions_before_it(data: DataSplits, tmp_path: Path) -> None:
+    """The summary's stalls counted only the last session's, while events.jsonl had every session's."""
+    cfg = config(decision_deadline_ms=1.0)
+    inbox = PlanInbox()
+
+    def late_plan_then_stop(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 2:
+            inbox.expect(2, 4)  # a decision whose plan never comes: the loop stalls at step 4, then gives it up
+        if attempt == 27:
+            inbox.request_stop("test")
+        return batch
+
+    first = make_loop(cfg, data, tmp_path, hook=late_plan_then_stop, inbox=inbox).run()
+    assert first.figures.stalls == 1
+    resumed = make_loop(cfg, data, tmp_path, resume=True).run()
+    assert resumed.status == "completed"
+    assert resumed.figures.stalls == 1
+    assert resumed.figures.stall_ms == first.figures.stall_ms
+
+
 def test_a_channels_last_model_resumed_mid_run_ends_bitwise_equal(data: DataSplits, tmp_path: Path) -> None:
     """The optimizer's moments came back contiguous beside channels_last weights, and the fused kernel, walking both
     through the weights' strides, updated the wrong elements from the resume on (about a step's worth of error)."""

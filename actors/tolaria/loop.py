@@ -156,6 +156,7 @@ class TrainingLoop:
         self._resumed_from: int | None = None
         self._last_checkpoint: str | None = None
         self._epoch_figures: tuple[float, float, float, float] | None = None
+        self._stalls_carried: tuple[int, float] = (0, 0.0)  # (stalls, ms) of the sessions before a resume
         # The open epoch's and interval's sums: kept at a stop for its checkpoint, taken back by a resume from it.
         self._open_stats: tuple[IntervalStats, IntervalStats] | None = None
         self._restored_stats: tuple[OpenStats, OpenStats] | None = None
@@ -281,6 +282,13 @@ class TrainingLoop:
             self._policy.restore(saved)
             value = saved.get("last_val_loss")
             self._last_val_loss = float(value) if isinstance(value, int | float) else None
+            # Stalls before the checkpoint, as rollbacks: a resumed run's inbox starts at none, a restarted trainer's
+            # has counted them (and any since) already.
+            now = self._inbox.statistics()
+            self._stalls_carried = (
+                max(0, int(saved.get("stalls") or 0) - now.stalls),
+                max(0.0, float(saved.get("stall_ms") or 0.0) - now.stall_ms_total),
+            )
             figures = saved.get("epoch_figures")
             if isinstance(figures, str):
                 loaded = msgspec.json.decode(
@@ -313,6 +321,9 @@ class TrainingLoop:
         if self._open_stats is not None:
             epoch_stats, stats = self._open_stats
             counters["open_stats"] = msgspec.json.encode((epoch_stats.export(), stats.export())).decode()
+        stalls = self._inbox.statistics()
+        counters["stalls"] = self._stalls_carried[0] + stalls.stalls
+        counters["stall_ms"] = self._stalls_carried[1] + stalls.stall_ms_total
         if self._epoch_figures is not None:
             # The summary's last-epoch figures, for a resumed run that stops before it ends an epoch of its own.
             counters["epoch_figures"] = msgspec.json.encode([_finite(v) for v in self._epoch_figures]).decode()
@@ -687,8 +698,8 @@ class TrainingLoop:
             test_loss=None if test is None else _finite(test[0]),
             test_accuracy=None if test is None else test[1],
             skipped_steps=self._policy.skipped_steps,
-            stalls=stats.stalls,
-            stall_ms=stats.stall_ms_total,
+            stalls=self._stalls_carried[0] + stats.stalls,
+            stall_ms=self._stalls_carried[1] + stats.stall_ms_total,
             rollbacks=self._rollbacks,
             emergency_level=int(self._policy.level),
             halted=status == "halted",
