@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 import msgspec
 import structlog
+import torch
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
@@ -40,7 +41,7 @@ from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
-from esper.resume import resume_point
+from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
@@ -56,7 +57,6 @@ from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import torch
     from torch import nn
 
     from actors.tolaria.actor import TolariaCell
@@ -86,13 +86,21 @@ class Probe:
     data: DataSplits
     slots: dict[str, SlotShape]
     host_parameters: int
+    host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
 
 
 def probe(config: RunConfig, device: torch.device) -> Probe:
     """Load the data and build the host once to read its slot shapes (the step loop reuses the data). Blocking."""
     data = load_data(config.tolaria)
     trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
-    return Probe(data=data, slots=dict(trainee.slot_shapes), host_parameters=trainee.host_parameters)
+    tensors = {
+        key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
+        for key, value in trainee.model.state_dict().items()
+        if SEED_KEY not in key
+    }
+    return Probe(
+        data=data, slots=dict(trainee.slot_shapes), host_parameters=trainee.host_parameters, host_tensors=tensors
+    )
 
 
 def candidates(
@@ -202,6 +210,10 @@ async def assemble(
     loop = asyncio.get_running_loop()
     checkpoints = run_dir / "checkpoints"
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
+    if resume:
+        await anyio.to_thread.run_sync(
+            check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model
+        )
     store = await anyio.to_thread.run_sync(_open_store, config.urza.root)
     with contextlib.ExitStack() as on_failure:
         # Closed if anything below fails or is cancelled (the session closes it once the run is over); a SQLite

@@ -9,7 +9,7 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, last_boundary_step, read_journal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, model_shapes, read_manifest
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -169,3 +169,42 @@ def resume_point(checkpoints: Path) -> int | None:
             detail="the newest checkpoint's plans in flight were decided past the lifecycle journal's end",
         )
     return step
+
+
+SEED_KEY: Final = ".esper_slot.seed."  # a grafted seed's tensors: the graft log rebuilds them before the weights load
+
+
+def check_checkpoint_fits(checkpoints: Path, host_tensors: dict[str, tuple[int, ...] | None], host_model: str) -> None:
+    """Refuse a resume whose newest checkpoint's host weights do not fit the host as it builds now (a user model
+    whose code or slot_targets changed): the load failed in the trainer and in each of its restarts. Blocking.
+
+    Raises:
+        ConfigError: one line naming the first tensor that differs.
+    """
+    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
+    if not listed:
+        return
+    path = checkpoints / listed[-1].file
+    try:
+        saved = {key: shape for key, shape in model_shapes(path).items() if SEED_KEY not in key}
+    except (CheckpointError, OSError):
+        return  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
+    if saved == host_tensors:
+        return
+    missing = sorted(saved.keys() - host_tensors.keys())
+    extra = sorted(host_tensors.keys() - saved.keys())
+    if missing:
+        what = f"it holds {missing[0]}, which the model no longer has"
+    elif extra:
+        what = f"the model now has {extra[0]}, which it does not hold"
+    else:
+        key = next(k for k in sorted(saved) if saved[k] != host_tensors[k])
+        what = f"{key} is {_shape(saved[key])} there and {_shape(host_tensors[key])} in the model"
+    raise ConfigError(
+        f"--resume: the checkpoint {path} does not fit tolaria.host_model = {host_model!r} as it builds now: {what}"
+        " (was the model's code or its slot targets changed? a resume continues the same model)"
+    )
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "not a tensor" if shape is None else str(list(shape))

@@ -22,6 +22,7 @@ from schemas.config import RunConfig, TamiyoConfig, TolariaConfig, UrzaConfig
 from schemas.enums import ActorStatus
 from schemas.run import RunSummary
 from schemas.runtime import ActorState, ChildFailed
+from tests import tolaria_factories
 from tests.test_run_cli import ACTORS
 
 if TYPE_CHECKING:
@@ -297,3 +298,27 @@ async def test_a_start_refused_after_the_store_opened_leaves_no_catalogue_open(t
             await esper.start(config, run_dir=tmp_path / f"run{attempt}", overrides=overrides)
     open_files = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]  # noqa: ASYNC240
     assert not [path for path in open_files if path.startswith(str(root))]
+
+
+async def test_a_resume_of_a_model_whose_code_changed_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's weights failed to load in the trainer and in each of its restarts (exit 1, a multi-line
+    state-dict error)."""
+    tolaria = TolariaConfig(epochs=1, dataset_samples=500, host_model="tests.tolaria_factories:resizable_mlp")
+    config = msgspec.structs.replace(quiet_config(tmp_path), tolaria=tolaria)
+    await (await esper.start(config, run_dir=tmp_path / "run")).wait()
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_WIDTH", 24)
+    longer = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(tolaria, epochs=2))
+    with pytest.raises(ConfigError) as info:
+        await esper.start(longer, resume=tmp_path / "run")
+    message = str(info.value)
+    assert "does not fit tolaria.host_model = 'tests.tolaria_factories:resizable_mlp' as it builds now" in message
+    assert "1.bias is [16] there and [24] in the model" in message
+    assert "\n" not in message
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_WIDTH", 16)
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_SLOTS", ("3",))
+    with pytest.raises(ConfigError, match=r"it holds 1\.esper_slot\._extra_state, which the model no longer has"):
+        await esper.start(longer, resume=tmp_path / "run")
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_SLOTS", ("1",))
+    assert (await (await esper.start(longer, resume=tmp_path / "run")).wait()).status == "completed"

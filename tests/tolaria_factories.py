@@ -197,3 +197,14 @@ def flat_batchnorm() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
     model.slot_targets = ("3",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+RESIZABLE_WIDTH = 16
+RESIZABLE_SLOTS = ("1",)
+"""The hidden width and slot targets ``resizable_mlp`` builds with: a test changes them as a user edits a model."""
+
+
+def resizable_mlp() -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, RESIZABLE_WIDTH), nn.ReLU(), nn.Linear(RESIZABLE_WIDTH, 10))
+    model.slot_targets = RESIZABLE_SLOTS  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

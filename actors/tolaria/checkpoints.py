@@ -132,6 +132,33 @@ def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
     return state, tuple(str(p) for p in raw.get("pending_plans", []))
 
 
+def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
+    """Each model state entry in the checkpoint at ``path`` with its tensor's shape (None: not a tensor, a slot's extra
+    state), read from its header alone (no weights, no hash).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        if not 0 < length <= _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path.name}: not a checkpoint (header length {length})")
+        header = file.read(length)
+    try:
+        tree = msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
+        model = tree["model"]
+        return {
+            key: tuple(value[_TENSOR][2]) if isinstance(value, dict) and isinstance(value.get(_TENSOR), list) else None
+            for key, value in model.items()
+        }
+    except (KeyError, TypeError, IndexError, AttributeError, msgspec.DecodeError) as err:
+        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+
+
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
+
+
 # JSON markers for what JSON lacks. A marker is a one-key dict; a real dict that could be mistaken for one (a single
 # key starting with "__") or that has non-string keys is written as pairs under _DICT.
 _TENSOR = "__tensor__"
