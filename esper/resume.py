@@ -43,7 +43,9 @@ PLANNER_KEYS: Final = (
 # here because the plans in flight at the checkpoint were decided for the old one (under a new one, Tolaria waits
 # for a plan that the replay sends for another step, times out and enters conservative mode).
 SAME_RUN: Final = (
-    *(f"tolaria.{key}" for key in SAME_TRAINING if key != "epochs"),
+    # The npz file is compared by its bytes (check_same_data), not its path: a moved file, or a relative path given
+    # from another directory, is the same data.
+    *(f"tolaria.{key}" for key in SAME_TRAINING if key not in ("epochs", "npz_path")),
     "tolaria.command_lag_steps",
     "tolaria.state_every_steps",  # Kasmina's evidence windows count packets: another cadence, another lifecycle
     "kasmina.slot_targets",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
+import msgspec
 import structlog
 
 from actors.nissa.prometheus import check_bindable
@@ -195,6 +196,7 @@ async def start(
         raise TypeError(f"config: a TOML file's path or a RunConfig, got a {type(config).__name__}")
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
+    resolved = _absolute_data_path(resolved)
     secret = resolve_secret(resolved)
     try:
         await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
@@ -395,6 +397,16 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
     if isinstance(config, str | Path):
         return ConfigError(f"{config}: {text}")
     return err
+
+
+def _absolute_data_path(config: RunConfig) -> RunConfig:
+    """``tolaria.npz_path`` made absolute (from the working directory, ``~`` expanded), so that the run's config.toml
+    and the ``--resume`` command it prints work from any directory."""
+    path = config.tolaria.npz_path
+    if path is None or Path(path).is_absolute():
+        return config
+    absolute = str(Path(path).expanduser().absolute())
+    return msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
 
 
 def _log_start_abandoned(run_id: str, err: BaseException) -> None:

@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import msgspec
+import numpy as np
 import pytest
 
 import esper
@@ -322,3 +323,25 @@ async def test_a_resume_of_a_model_whose_code_changed_is_refused_in_one_line(
         await esper.start(longer, resume=tmp_path / "run")
     monkeypatch.setattr(tolaria_factories, "RESIZABLE_SLOTS", ("1",))
     assert (await (await esper.start(longer, resume=tmp_path / "run")).wait()).status == "completed"
+
+
+async def test_a_run_on_a_relative_npz_path_resumes_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's config.toml kept 'data.npz' as written, so the --resume command it printed failed from any other
+    directory (file not found)."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(200, 40)).astype(np.float32), "y_train": np.arange(200) % 10}
+    arrays |= {"x_test": rng.normal(size=(40, 40)).astype(np.float32), "y_test": np.arange(40) % 10}
+    np.savez(first / "data.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub wants ArrayLike values
+    tolaria = TolariaConfig(epochs=1, dataset="npz", npz_path="data.npz", host_model="mlp")
+    config = msgspec.structs.replace(quiet_config(tmp_path), tolaria=tolaria)
+    monkeypatch.chdir(first)
+    await (await esper.start(config, run_dir=tmp_path / "run")).wait()
+    monkeypatch.chdir(elsewhere)
+    written = tmp_path / "run" / "config.toml"
+    system = await esper.start(written, resume=tmp_path / "run", overrides=["tolaria.epochs=2"])
+    assert (await system.wait()).status == "completed"
