@@ -130,14 +130,16 @@ class Routes:
     def decision_latency(self, decision: Decision) -> None:
         """Nissa's decision-latency gauge and SLO (the 45 ms budget); straight to Nissa, not logged: every decision
         is already a ``tamiyo_decision`` line."""
-        point = MetricPoint(name="tamiyo.inference.latency_ms", value=decision.decision_ms, unit="ms")
+        points = [MetricPoint(name="tamiyo.inference.latency_ms", value=decision.decision_ms, unit="ms")]
+        if decision.feature_coverage is not None:  # the GNN's (the tamiyo_coverage_low alert reads it)
+            points.append(MetricPoint(name="tamiyo.gnn.feature_coverage", value=decision.feature_coverage))
         packet = TelemetryPacket(
             packet_id=f"tamiyo-decision-{decision.decided_on_step}",
             source="tamiyo",
             issued_at=time.time(),
             run_id=decision.run_id,
             global_step=decision.decided_on_step,
-            metrics=(point,),
+            metrics=tuple(points),
         )
         self._tell("nissa", Nissa, packet)
 

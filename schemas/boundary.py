@@ -25,7 +25,7 @@ from typing import Literal
 from msgspec import field
 
 from schemas.base import Message, Record
-from schemas.constraints import NonNegFloat, NonNegInt
+from schemas.constraints import NonNegFloat, NonNegInt, UnitFloat
 from schemas.control import AdaptationCommand, BlendConfig, CommandResult
 from schemas.enums import SeedLifecycleStage
 
@@ -71,6 +71,7 @@ class Decision(Message, frozen=True):
     decision_ms: NonNegFloat = 0.0
     risk_reason: str = "policy"
     reason: str = ""
+    feature_coverage: UnitFloat | None = None  # the GNN's share of the inputs the state should carry; None otherwise
 
 
 class BoundaryPlan(Message, frozen=True):

@@ -23,7 +23,7 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.enums import ActorStatus, EmergencyLevel, MessagePriority
 from schemas.runtime import ActorState, EmergencySignal
 from schemas.state import SystemStatePacket
-from schemas.telemetry import TelemetryEvent
+from schemas.telemetry import TelemetryEvent, TelemetryPacket
 from tests.test_bus_conformance import REDIS_URL, connect_redis
 
 if TYPE_CHECKING:
@@ -102,3 +102,26 @@ async def test_a_run_on_the_redis_bus_is_followed_from_another_bus_object(tmp_pa
         await observer.purge()
         await observer.close()
         await client.aclose()
+
+
+async def test_the_publisher_reports_the_bus_depth_that_nissas_alert_watches(clock: ManualClock) -> None:
+    """No code emitted oona.queue.depth, so the oona_queue_depth alert could never fire."""
+    bus = InProcessBus(clock)
+    recorded = RecordingSink()
+    system = ActorSystem(clock=clock, sink=RecordingSink())
+    await system.start(ChildSpec(PUBLISHER, lambda: OonaPublisher(bus, clock=clock, sink=recorded)))
+    publisher = system.ref(PUBLISHER, OonaPublisher)
+
+    def depths() -> list[float]:
+        return [p.value for t in recorded.of_type(TelemetryPacket) for p in t.metrics if p.name == "oona.queue.depth"]
+
+    for name in ("a", "b", "c"):
+        await publisher.ask(
+            TelemetryEvent(name=name, level=TelemetryLevel.INFO), type(None)
+        )  # the barrier: each is published
+    assert depths() == [1.0]  # reported with the first publish, then at most every 10 s of the run clock
+    clock.advance(10.0)
+    await publisher.ask(TelemetryEvent(name="d", level=TelemetryLevel.INFO), type(None))
+    assert depths() == [1.0, 4.0]
+    await system.stop()
+    await bus.close()

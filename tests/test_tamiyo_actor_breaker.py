@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from actors.tamiyo.gnn_state import PolicyRestarting
 from actors.tamiyo.policy import Decision
 from schemas.config import BreakerConfig, TamiyoConfig
+from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
 from schemas.telemetry import TelemetryEvent
@@ -139,3 +140,32 @@ async def test_decisions_while_the_worker_restarts_fall_back_without_opening_the
     assert ready.policy == "gnn"
     assert stats.inference_breaker is BreakerState.CLOSED
     assert fallback_reasons(sink) == ["policy_restarting"] * 5
+
+
+@final
+class CoveragePolicy:
+    """Decides NO_OP on the coverages given in turn, as the GNN reports them."""
+
+    version = "coverage-1"
+
+    def __init__(self, coverages: list[float]) -> None:
+        self.coverages = coverages
+
+    def decide(self, observation: Observation) -> Decision:
+        return Decision(reason="covered", feature_coverage=self.coverages.pop(0))
+
+
+async def test_the_policys_input_coverage_reaches_the_wire_and_low_coverage_is_an_event(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """Nothing reported the GNN's feature coverage: the tamiyo_coverage_low alert could never fire, and
+    degraded_inputs (REFERENCE: WARNING below 0.3, CRITICAL below 0.1) was never raised."""
+    stub = CoveragePolicy([0.95, 0.25, 0.05])
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        decisions = await h.run([packet(step, 0) for step in (4, 8, 12)])
+    assert [d.feature_coverage for d in decisions] == [0.95, 0.25, 0.05]
+    degraded = [e for e in sink.of_type(TelemetryEvent) if e.name == "degraded_inputs"]
+    assert [(e.level, e.attributes["step"]) for e in degraded] == [
+        (TelemetryLevel.WARNING, 8),
+        (TelemetryLevel.CRITICAL, 12),
+    ]

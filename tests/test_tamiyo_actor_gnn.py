@@ -52,6 +52,7 @@ async def test_the_gnn_policy_decides_end_to_end_with_a_log_prob(
         decisions = await h.run([msgspec.structs.replace(p, epochs_total=2) for p in plateau_run(epochs=2)])
         stats = await h.stats()
     assert all(d.policy == "gnn" for d in decisions)
+    assert all(d.feature_coverage is not None and 0.0 < d.feature_coverage <= 1.0 for d in decisions)
     assert stats.fallbacks == 0
     assert stats.policy_version == "gnn-0.0.0"
     scan = await read_field_reports(tmp_path / WAL_FILENAME)

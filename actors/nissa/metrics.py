@@ -89,6 +89,8 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "tolaria.boundary.stall_ms": ("gauge", "Time the last boundary plan kept training waiting, in ms."),
         "tolaria.boundary.stalls_total": ("counter", "Boundary plans that arrived late (a counted stall)."),
         "tolaria.boundary.ops_total": ("counter", "Seed ops applied at step boundaries, by kind and outcome."),
+        "tamiyo.gnn.feature_coverage": ("gauge", "Share of the inputs the state should carry that the GNN was given."),
+        "oona.queue.depth": ("gauge", "Messages waiting on the bus's deepest topic (retained or unacknowledged)."),
         "kasmina.seeds.active": ("gauge", "Seeds alive and not yet fossilized."),
         "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
         "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),

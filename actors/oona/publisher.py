@@ -22,7 +22,7 @@ from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, EmergencySignal, SupervisorEscalated
 from schemas.state import SystemStatePacket
-from schemas.telemetry import TelemetryEvent
+from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +47,8 @@ Published = (
 )
 PUBLISHED: Final = typing.get_args(Published)
 PUBLISHER = "oona-publisher"
+DEPTH_METRIC = "oona.queue.depth"
+_DEPTH_EVERY_S = 10.0  # each report is also a line of events.jsonl
 
 _EMERGENCY_PRIORITY: Final = {
     EmergencyLevel.L1_NOTICE: MessagePriority.NORMAL,
@@ -91,6 +93,9 @@ class OonaPublisher(Actor[Published]):
         self._bus = bus
         self._breaker = CircuitBreaker.configured("oona.publish", breaker, clock=clock, sink=sink)
         self._outage_dropped: int | None = None  # events dropped in the current outage; None while the bus answers
+        self._clock = clock
+        self._sink = sink
+        self._depth_reported_s: float | None = None
         self.published = 0
         self.dropped = 0
         self.unavailable = 0
@@ -117,6 +122,21 @@ class OonaPublisher(Actor[Published]):
             self.dropped += 1
         else:
             self.published += 1
+        self._report_depth()
+
+    def _report_depth(self) -> None:
+        """The ``oona.queue.depth`` gauge, at most every 10 s of the run clock: the deepest topic's backlog as the bus
+        measures it for shedding (retained or unacknowledged messages), which Nissa's oona_queue_depth alert watches."""
+        now = self._clock.now()
+        if self._depth_reported_s is not None and now - self._depth_reported_s < _DEPTH_EVERY_S:
+            return
+        self._depth_reported_s = now
+        topics = self._bus.statistics().topics
+        depth = max((max(t.depth, t.pending) for t in topics), default=0)
+        point = MetricPoint(name=DEPTH_METRIC, value=float(depth))
+        self._sink.emit(
+            TelemetryPacket(packet_id=f"oona-depth-{self.published}", source="oona", issued_at=now, metrics=(point,))
+        )
 
     def _drop_unavailable(self) -> None:
         self.unavailable += 1

@@ -86,6 +86,11 @@ def command_id_for(run_id: str, step: int) -> str:
     return str(uuid.uuid5(COMMAND_NAMESPACE, f"esper:{run_id}:{step}"))
 
 
+# REFERENCE.md: the GNN's input coverage raises degraded_inputs as a WARNING below 0.3 and as CRITICAL below 0.1.
+DEGRADED_INPUTS_BELOW = 0.3
+CRITICAL_INPUTS_BELOW = 0.1
+
+
 @final
 class _Choice:
     __slots__ = ("decision", "label", "missed", "version")
@@ -425,6 +430,16 @@ class TamiyoActor(Actor[TamiyoMessage]):
             self._emit("inference_failed", TelemetryLevel.ERROR, f"policy {self._policy_name} raised: {result}", packet)
             return self._fall_back(observation, "policy_error", packet)
         self._breaker.record_success()
+        coverage = result.feature_coverage
+        if coverage is not None and coverage < DEGRADED_INPUTS_BELOW:
+            level = TelemetryLevel.CRITICAL if coverage < CRITICAL_INPUTS_BELOW else TelemetryLevel.WARNING
+            self._emit(
+                "degraded_inputs",
+                level,
+                f"the policy decided on {coverage:.0%} of the inputs the state should carry",
+                packet,
+                feature_coverage=round(coverage, 4),
+            )
         return _Choice(result, self._policy_name, self._policy.version)
 
     def _fall_back(self, observation: Observation, why: str, packet: SystemStatePacket) -> _Choice:
@@ -495,6 +510,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             decision_ms=decision_ms,
             risk_reason=verdict.risk_reason,
             reason=choice.decision.reason,
+            feature_coverage=choice.decision.feature_coverage,
         )
 
     def _record(self, packet: SystemStatePacket, verdict: RiskVerdict, wire: WireDecision) -> None:

@@ -140,7 +140,7 @@ def graph_inputs(observation: Observation) -> GraphInputs:
         )
         for bp in observation.blueprints
     )
-    return GraphInputs(metrics=metrics, layers=layers, seeds=seeds, blueprints=blueprints)
+    return GraphInputs(metrics=metrics, layers=layers, seeds=seeds, blueprints=blueprints, timings=False)
 
 
 def _targets(observation: Observation, action: PolicyAction) -> frozenset[str]:
@@ -279,7 +279,8 @@ class GnnPolicy(GnnPolicyBase):
             only = [i == out.action_index for i in range(NUM_ACTIONS)]
             second = self._infer(encoded, only, [s in targets[action] for s in slots], blueprint_mask)
             slot = slots[second.seed_index] if second.seed_index is not None else None
-        return self._decision(observation, out, action, slot, encoded.blueprint_ids)
+        decision = self._decision(observation, out, action, slot, encoded.blueprint_ids)
+        return msgspec.structs.replace(decision, feature_coverage=encoded.feature_coverage)
 
     def _infer(
         self, graph: EncodedGraph, mask: list[bool], seed_mask: list[bool], blueprint_mask: list[bool]

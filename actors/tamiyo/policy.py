@@ -127,6 +127,7 @@ class Decision(Record, frozen=True):
     reason: str = "no_op"
     log_prob: float | None = None
     value_estimate: float | None = None
+    feature_coverage: float | None = None  # the GNN's: the share of the inputs the state should carry it was given
 
     @property
     def command_kind(self) -> CommandKind | None:

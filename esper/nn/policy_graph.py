@@ -145,6 +145,7 @@ class GraphInputs:
     seeds: tuple[SeedInput, ...] = ()
     blueprints: tuple[BlueprintInput, ...] = ()
     layer_edges: tuple[tuple[str, str], ...] | None = None
+    timings: bool = True  # False: the wall-clock inputs are left out on purpose, and coverage does not miss them
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,9 @@ class EncodedGraph:
     The tensors are plain dicts keyed as in a HeteroData (``x_dict``, ``edge_index_dict``, ``edge_attr_dict``), which is
     what the policy reads; ``data`` assembles the HeteroData itself (PyG batching, inspection). A decision skips it:
     filling and reading a HeteroData's stores costs about 0.2 ms, 4 % of a decision at 32 slots.
-    ``feature_coverage`` is the fraction of optional numeric inputs that were present, in [0, 1].
+    ``feature_coverage`` is the fraction of the optional numeric inputs this state should carry that are present, in
+    [0, 1]: an occupied seed's figures, the validation loss at an epoch end, the timings when given; a dormant slot's
+    seed figures and a blueprint's untried losses are not expected, so a healthy state covers about all.
     """
 
     x_dict: dict[str, torch.Tensor]
@@ -231,10 +234,11 @@ class _Coverage:
         self.present = 0
         self.total = 0
 
-    def mark(self, value: float | None) -> bool:
+    def mark(self, value: float | None, expected: bool = True) -> bool:
         ok = value is not None and math.isfinite(value)
-        self.total += 1
-        self.present += ok
+        if expected:
+            self.total += 1
+            self.present += ok
         return ok
 
 
@@ -271,10 +275,10 @@ class PolicyGraphBuilder:
         max_depth = max([1, *(lay.depth for lay in inputs.layers), *(s.layer_depth for s in seeds)])
 
         x_dict = {
-            "global": self._global_x(inputs.metrics, len(seeds), cov, update_normaliser),
+            "global": self._global_x(inputs.metrics, len(seeds), cov, update_normaliser, inputs.timings),
             "seed": self._seed_x(seeds, max_depth, cov, update_normaliser),
             "blueprint": self._blueprint_x(blueprints, cov, update_normaliser),
-            "layer": self._layer_x(layers, max_depth, cov, update_normaliser),
+            "layer": self._layer_x(layers, max_depth, cov, update_normaliser, inputs.timings),
         }
         edge_index_dict, edge_attr_dict = build_edges(seeds, layers, blueprints, inputs.layer_edges, max_depth)
         coverage = cov.present / cov.total if cov.total else 1.0
@@ -315,17 +319,25 @@ class PolicyGraphBuilder:
 
     # ------------------------------------------------------------------ node features
 
-    def _num(self, key: str, value: float | None, cov: _Coverage, update: bool) -> tuple[float, float]:
-        if not cov.mark(value):
+    def _num(
+        self, key: str, value: float | None, cov: _Coverage, update: bool, expected: bool = True
+    ) -> tuple[float, float]:
+        if not cov.mark(value, expected):
             return 0.0, 0.0
         assert value is not None
         return self.normaliser.observe(key, value, update=update), 1.0
 
     def _nums(
-        self, key: str, values: Sequence[float | None], cov: _Coverage, update: bool
+        self,
+        key: str,
+        values: Sequence[float | None],
+        cov: _Coverage,
+        update: bool,
+        expected: Sequence[bool] | bool = True,
     ) -> list[tuple[float, float]]:
         # One normaliser update per key and graph, so node order inside a graph does not matter.
-        present = [v for v in values if cov.mark(v) and v is not None]
+        wanted = [expected] * len(values) if isinstance(expected, bool) else list(expected)
+        present = [v for v, e in zip(values, wanted, strict=True) if cov.mark(v, e) and v is not None]
         if update and present:
             self.normaliser.update_many(key, present)
         out: list[tuple[float, float]] = []
@@ -334,17 +346,17 @@ class PolicyGraphBuilder:
             out.append((self.normaliser.normalise(key, v), 1.0) if ok and v is not None else (0.0, 0.0))
         return out
 
-    def _global_x(self, m: GlobalInput, n_seeds: int, cov: _Coverage, update: bool) -> torch.Tensor:
+    def _global_x(self, m: GlobalInput, n_seeds: int, cov: _Coverage, update: bool, timings: bool) -> torch.Tensor:
         row: list[float] = []
-        for key, value in (
-            ("loss", m.loss),
-            ("validation_loss", m.validation_loss),
-            ("training_loss", m.training_loss),
-            ("gradient_norm", _log1p(m.gradient_norm)),
-            ("samples_per_s", _log1p(m.samples_per_s)),
-            ("hook_latency_ms", _log1p(m.hook_latency_ms)),
+        for key, value, expected in (
+            ("loss", m.loss, True),
+            ("validation_loss", m.validation_loss, m.epoch_progress >= 1.0),  # measured at epoch ends
+            ("training_loss", m.training_loss, True),
+            ("gradient_norm", _log1p(m.gradient_norm), True),
+            ("samples_per_s", _log1p(m.samples_per_s), timings),
+            ("hook_latency_ms", _log1p(m.hook_latency_ms), timings),
         ):
-            row.extend(self._num(f"global.{key}", value, cov, update))
+            row.extend(self._num(f"global.{key}", value, cov, update, expected))
         row.append(m.epoch / max(m.epochs_total, 1))
         row.append(math.log1p(max(m.step, 0)) / 10.0)
         row.append(math.tanh(n_seeds / 8.0))
@@ -352,13 +364,14 @@ class PolicyGraphBuilder:
         return torch.tensor([row], dtype=torch.float32)
 
     def _seed_x(self, seeds: tuple[SeedInput, ...], max_depth: int, cov: _Coverage, update: bool) -> torch.Tensor:
-        lr = self._nums("seed.learning_rate", [s.learning_rate for s in seeds], cov, update)
-        grad = self._nums("seed.gradient_norm", [_log1p(s.gradient_norm) for s in seeds], cov, update)
+        live = [s.occupied for s in seeds]  # a dormant slot has no seed whose figures could be missing
+        lr = self._nums("seed.learning_rate", [s.learning_rate for s in seeds], cov, update, live)
+        grad = self._nums("seed.gradient_norm", [_log1p(s.gradient_norm) for s in seeds], cov, update, live)
         code = self.registries.blueprints.code
         rows = []
         for s, lr_v, grad_v in zip(seeds, lr, grad, strict=True):
-            risk_ok = cov.mark(s.risk_score)
-            age_ok = cov.mark(None if s.age_epochs is None else float(s.age_epochs))
+            risk_ok = cov.mark(s.risk_score, s.occupied)
+            age_ok = cov.mark(None if s.age_epochs is None else float(s.age_epochs), s.occupied)
             rows.append([
                 *lr_v,
                 s.risk_score if risk_ok and s.risk_score is not None else 0.0,
@@ -376,8 +389,9 @@ class PolicyGraphBuilder:
         return _matrix(rows, SEED_FEATURES)
 
     def _blueprint_x(self, blueprints: tuple[BlueprintInput, ...], cov: _Coverage, update: bool) -> torch.Tensor:
-        val = self._nums("blueprint.validation_loss", [b.validation_loss for b in blueprints], cov, update)
-        train = self._nums("blueprint.training_loss", [b.training_loss for b in blueprints], cov, update)
+        # A blueprint's losses exist only once it has been tried somewhere: not expected of a candidate.
+        val = self._nums("blueprint.validation_loss", [b.validation_loss for b in blueprints], cov, update, False)
+        train = self._nums("blueprint.training_loss", [b.training_loss for b in blueprints], cov, update, False)
         code = self.registries.blueprints.code
         rows = []
         for b, val_v, train_v in zip(blueprints, val, train, strict=True):
@@ -392,8 +406,10 @@ class PolicyGraphBuilder:
             ])  # fmt: skip
         return _matrix(rows, BLUEPRINT_FEATURES)
 
-    def _layer_x(self, layers: tuple[LayerInput, ...], max_depth: int, cov: _Coverage, update: bool) -> torch.Tensor:
-        lat = self._nums("layer.latency_ms", [_log1p(lay.latency_ms) for lay in layers], cov, update)
+    def _layer_x(
+        self, layers: tuple[LayerInput, ...], max_depth: int, cov: _Coverage, update: bool, timings: bool
+    ) -> torch.Tensor:
+        lat = self._nums("layer.latency_ms", [_log1p(lay.latency_ms) for lay in layers], cov, update, timings)
         wn = self._nums("layer.weight_norm", [_log1p(lay.weight_norm) for lay in layers], cov, update)
         gn = self._nums("layer.gradient_norm", [_log1p(lay.gradient_norm) for lay in layers], cov, update)
         types, acts = self.registries.layer_types, self.registries.activations
