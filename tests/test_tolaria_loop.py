@@ -475,11 +475,21 @@ def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_erro
     ("factory", "message"),
     [
         ("empty_slot_name_mlp", "the model's slot_targets: expected non-empty module names, got ['']"),
-        ("string_slot_targets_mlp", "the model's slot_targets = '1': expected a list or tuple of module names"),
+        (
+            "string_slot_targets_mlp",
+            "the model's slot_targets = '1': expected a list or tuple of module names, got a str",
+        ),
+        (
+            "set_slot_targets_mlp",
+            "the model's slot_targets: expected a list or tuple of module names, got a set",
+        ),
     ],
 )
 def test_a_user_models_malformed_slot_targets_are_a_one_line_config_error(factory: str, message: str) -> None:
-    cfg = config(host_model=f"tests.tolaria_factories:{factory}", epochs=1)
+    """Each names the config key the model came from; a set was ignored, and the run then asked for a slot_targets
+    attribute the model had."""
+    host = f"tests.tolaria_factories:{factory}"
+    cfg = config(host_model=host, epochs=1)
     with pytest.raises(TolariaConfigError) as info:
         build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
-    assert str(info.value) == message
+    assert str(info.value) == f"tolaria.host_model = {host!r}: {message}"

@@ -54,6 +54,11 @@ def empty_slot_name_mlp() -> nn.Module:
     return _mlp(slot_targets=("",))
 
 
+def set_slot_targets_mlp() -> nn.Module:
+    """slot_targets as a set: it has no order, so it cannot name the slots reproducibly."""
+    return _mlp(slot_targets={"1", "3"})
+
+
 def string_slot_targets_mlp() -> nn.Module:
     """A user model whose slot_targets is one string instead of a list of names."""
     return _mlp(slot_targets="1")

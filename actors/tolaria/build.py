@@ -391,12 +391,18 @@ def wrap_host(config: TolariaConfig, model: nn.Module, slot_targets: Sequence[st
     Raises:
         TolariaConfigError: a target matches nothing, or the model has no slot at all.
     """
-    own = getattr(model, "slot_targets", ())
-    if isinstance(own, str):
-        raise TolariaConfigError(f"the model's slot_targets = {own!r}: expected a list or tuple of module names")
-    targets = tuple(slot_targets) or (tuple(own) if isinstance(own, tuple | list) else ())
+    own = getattr(model, "slot_targets", None)
+    own = () if own is None else own
+    model_source = f"tolaria.host_model = {config.host_model!r}: the model's slot_targets"
+    if not slot_targets and not isinstance(own, tuple | list):
+        # A set has no order (string hashing changes it from run to run), so it cannot name the slots reproducibly.
+        shown = f" = {own!r}" if isinstance(own, str) else ""  # a set's repr changes order from run to run
+        raise TolariaConfigError(
+            f"{model_source}{shown}: expected a list or tuple of module names, got a {type(own).__name__}"
+        )
+    targets = tuple(slot_targets) or tuple(own)
     if targets:
-        source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else "the model's slot_targets"
+        source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else model_source
         if any(not isinstance(t, str) or not t.strip() for t in targets):
             raise TolariaConfigError(f"{source}: expected non-empty module names, got {list(targets)!r}")
         try:

@@ -36,6 +36,9 @@ class NpzArrays:
     y_test: npt.NDArray[np.int64]
 
 
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM")  # a zip's local header, an empty zip, a bare .npy
+
+
 def load_npz(path: str | Path) -> NpzArrays:
     """Load and validate an .npz data set without ever unpickling (``allow_pickle=False``).
 
@@ -56,6 +59,10 @@ def load_npz(path: str | Path) -> NpzArrays:
         raise DatasetError(f"npz data set {file}: cannot open ({_one_line(err)})") from err
     # np.load is handed our own handle because it leaks the one it opens when the archive is corrupt.
     with handle:
+        if handle.read(4) not in _ARCHIVE_MAGIC:
+            # numpy's own message for other bytes speaks of pickled data, which is not what the file holds.
+            raise DatasetError(f"npz data set {file}: not an .npz archive (numpy's zip of .npy arrays, np.savez)")
+        handle.seek(0)
         try:
             archive = np.load(handle, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
