@@ -46,8 +46,7 @@ from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
-from esper.session import FanoutSink
-from esper.wiring import NissaForward, Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
+from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
 from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
@@ -230,7 +229,6 @@ async def assemble(
         )
         urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
         routes = Routes(actors, sink)
-        nissa_sink = FanoutSink(sink, NissaForward(routes))
         source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
         seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source
         state, state_source, resume_step = None, "fresh", None
@@ -313,7 +311,7 @@ async def assemble(
             ),
             kasmina_spec(
                 run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
-                io_lane=lanes.io, clock=wall, sink=nissa_sink, keys={config.security.key_id: secret},
+                io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
                 config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
                 resume_step=resume_step if controller_resumes else None,
@@ -343,7 +341,7 @@ async def assemble(
             run_dir=run_dir,
             lane=lanes.train,
             cell=cell,
-            sink=nissa_sink,
+            sink=sink,
             handoff=handoff,
             subscribers=subscribers,
             expects_plans=True,

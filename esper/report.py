@@ -55,6 +55,7 @@ class RunData:
     summary: dict[str, object] | None
     pauses: list[PauseEvent] = field(default_factory=list)
     live: bool = False  # a process's run still holds the directory (read mid-run)
+    summary_problem: str | None = None  # why summary.json could not be read (a damaged one does not stop the report)
 
 
 def parse_stage(value: object) -> SeedLifecycleStage | None:
@@ -248,12 +249,17 @@ def load_run(run_dir: Path) -> RunData:
     files = run_files(run_dir)
     rows = read_metrics(run_dir / files.metrics)
     found = read_run_events(run_dir / files.events)
+    try:
+        summary, problem = read_summary(run_dir / files.summary), None
+    except ReportInputError as err:  # optional, as for a killed run: the figures come from metrics.csv
+        summary, problem = None, str(err)
     return RunData(
         run_dir=run_dir,
         rows=rows,
         events=found.stages,
-        summary=read_summary(run_dir / files.summary),
+        summary=summary,
         pauses=found.pauses,
+        summary_problem=problem,
     )
 
 
@@ -294,6 +300,8 @@ def summary_lines(data: RunData) -> list[str]:
     summary = data.summary
     if summary is None and data.live:
         lines.append(f"run {data.run_dir.name}: still running (figures so far)")
+    elif summary is None and data.summary_problem is not None:
+        lines.append(f"run {data.run_dir.name}: {data.summary_problem}; the figures below come from metrics.csv")
     elif summary is None:
         lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
     else:

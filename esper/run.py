@@ -66,7 +66,7 @@ from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
 from esper.summary_table import format_summary
-from esper.wiring import RunHooks, RunTally
+from esper.wiring import NissaForward, RunHooks, RunTally
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -254,8 +254,8 @@ async def _start_claimed(
     if run_id is None:
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
         run_id = resolved.run_id or earlier
-    await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
     if resume is None:
+        await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
         await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria)
     logging = configure_logging(
         directory,
@@ -281,7 +281,8 @@ async def _start_claimed(
     bus_resource = BusResource()
     try:
         bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
-    except BaseException:
+    except BaseException as err:
+        _log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
         logging.close()
         raise
 
@@ -294,6 +295,8 @@ async def _start_claimed(
 
     bus_sink = BusSink(publisher)
     sinks.append(bus_sink)
+    nissa_forward = NissaForward()  # bound to the routes once they exist
+    sinks.append(nissa_forward)
     sink = FanoutSink(*sinks)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
     _log.info(
@@ -332,6 +335,7 @@ async def _start_claimed(
         _log_start_abandoned(run_id, err)
         logging.close()
         raise
+    nissa_forward.bind(parts.routes)
     tree = build_tree(
         resolved, bus=bus, clock=clock, sink=sink, actors=actors, tolaria=parts.tolaria, subsystems=parts.subsystems
     )
@@ -347,6 +351,10 @@ async def _start_claimed(
         _log_start_abandoned(run_id, err)
         logging.close()
         raise
+    if resume is not None:
+        # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not
+        # fit) leaves the run's config.toml as it was, so its printed --resume command still works.
+        await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
     for state in actors.snapshot():
         _log.info("actor_started", actor=state.actor, status=state.status.value)
     # NVML calls block; on a machine without a GPU this logs "no GPU" once and carries on.

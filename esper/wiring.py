@@ -58,6 +58,7 @@ _log = structlog.get_logger("esper.wiring")
 
 M = TypeVar("M", bound="Message")
 
+NissaEvent = SeedStageChanged | EmergencySignal | BreakerTransition | ChildRestarted | TelemetryPacket
 NISSA_EVENTS = (SeedStageChanged, EmergencySignal, BreakerTransition, ChildRestarted, TelemetryPacket)
 """The run-sink events Nissa also consumes."""
 
@@ -102,6 +103,21 @@ class Routes:
         except (MailboxFull, ActorStopped, ValueError) as err:
             self.dropped += 1
             _log.warning("route_dropped", to=path, message=type(msg).__name__, error=f"{type(err).__name__}: {err}")
+
+    def event_to_nissa(self, event: NissaEvent) -> None:
+        """An event for Nissa, dropped without a word while Nissa is not running (not started yet, restarting or
+        stopped: it learns the run's state from the next packets); a full mailbox is counted as for any route."""
+        try:
+            ref = self._actors.ref("nissa", Nissa)
+        except ValueError:
+            return
+        try:
+            ref.tell_nowait(event)
+        except ActorStopped:
+            return
+        except MailboxFull as err:
+            self.dropped += 1
+            _log.warning("route_dropped", to="nissa", message=type(event).__name__, error=f"MailboxFull: {err}")
 
     def _ref(self, path: str, actor_type: type[Actor[M]]) -> ActorRef[M]:
         return self._actors.ref(path, actor_type)
@@ -169,14 +185,22 @@ class Routes:
 
 @final
 class NissaForward:
-    """An EventSink that tells Nissa the events it consumes (lifecycle, emergencies, breakers, restarts)."""
+    """An EventSink that tells Nissa the events it consumes (lifecycle, emergencies, breakers, restarts).
 
-    def __init__(self, routes: Routes) -> None:
+    Part of the run's own sink, so that every actor's events reach Nissa, the supervisor's restarts and every breaker
+    included (only Kasmina's and Tolaria's did). ``bind`` gives it the routes once they exist; until then, and while
+    Nissa is not running (not started yet, between restarts, stopped), events go to the other sinks only.
+    """
+
+    def __init__(self) -> None:
+        self._routes: Routes | None = None
+
+    def bind(self, routes: Routes) -> None:
         self._routes = routes
 
     def emit(self, event: Message | Record) -> None:
-        if isinstance(event, NISSA_EVENTS):
-            self._routes._tell("nissa", Nissa, event)
+        if self._routes is not None and isinstance(event, NISSA_EVENTS):
+            self._routes.event_to_nissa(event)
 
 
 @final

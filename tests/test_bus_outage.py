@@ -120,6 +120,25 @@ async def test_the_publisher_rides_out_an_outage_and_publishes_again(
         await system.stop()
 
 
+async def test_a_run_that_ends_inside_an_outage_says_how_many_events_it_dropped(
+    server: RedisServer, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The count came only with oona_bus_restored: a run ending before the server was back never said it."""
+    breaker = BreakerConfig(failure_threshold=2, open_s=5.0, success_threshold=1)
+    async with open_redis_bus(server.url, clock, prefix="outage-end") as bus:
+        system = ActorSystem(clock=clock, sink=sink)
+        await system.start(ChildSpec(PUBLISHER, lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=breaker)))
+        publisher = system.ref(PUBLISHER, OonaPublisher)
+        with structlog.testing.capture_logs() as logs:
+            server.stop()
+            for name in ("lost-1", "lost-2", "lost-3"):
+                await publisher.ask(event(name), type(None))
+            await system.stop()
+            server.start()
+        ended = [(e["event"], e.get("dropped")) for e in logs if e["event"].startswith("oona_bus")]
+        assert ended == [("oona_bus_unavailable", None), ("oona_bus_unavailable_at_stop", 3)]
+
+
 async def test_bus_calls_raise_bus_unavailable_and_housekeeping_skips_its_tick(
     server: RedisServer, clock: ManualClock
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
 from esper.runtime.bus_redis import PayloadTooLarge, RedisBus, open_redis_bus, schema_message_types
+from esper.runtime.errors import BusUnavailable
 from schemas.base import Message
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.runtime import EmergencySignal
@@ -204,3 +205,43 @@ async def test_open_redis_bus_connects_and_closes(clock: ManualClock, prefix: st
         await bus.subscribe(Topic.NORMAL, group="g")
         assert (await bus.fetch_statistics()).of(Topic.NORMAL).groups == 1
     assert bus.statistics().closed
+
+
+async def test_an_address_that_answers_but_not_as_redis_is_a_value_error(clock: ManualClock, prefix: str) -> None:
+    """A server of another protocol there gave the client's InvalidResponse traceback (exit 1) instead of one line."""
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ValueError, match=r"^what answers there is not a Redis server \(InvalidResponse"):
+            async with open_redis_bus(f"redis://127.0.0.1:{port}/0", clock, prefix=prefix):
+                pass
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_any_client_error_mid_run_is_the_bus_unavailable(
+    make: Callable[..., RedisBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only connection errors and refusals became BusUnavailable: a protocol error from whatever took over the
+    address crashed the publisher, whose restarts restarted the trainer until the run failed. (The real outage, a
+    stopped server, is tests/test_bus_outage.py's.)"""
+    import redis.exceptions
+
+    bus = make()
+
+    async def garbled(*_args: object, **_kwargs: object) -> object:
+        raise redis.exceptions.InvalidResponse("Protocol Error: b'HTTP/1.1 400 Bad Request'")
+
+    for name in list(bus._scripts):
+        monkeypatch.setitem(bus._scripts, name, garbled)
+    with pytest.raises(BusUnavailable, match=r"did not answer: InvalidResponse: Protocol Error"):
+        await bus.publish(Topic.NORMAL, Ping(n=1), message_type=BusMessageType.TELEMETRY)
+    await bus.close()

@@ -819,3 +819,23 @@ async def test_a_planner_or_controller_crash_on_a_packet_restarts_and_ends_as_an
     reference_grafts, reference_tensors = _final_weights(tmp_path / "uninterrupted")
     assert grafts == reference_grafts
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
+async def test_nissa_counts_the_restarts_the_supervisor_reports(tmp_path: Path) -> None:
+    """Only Kasmina's and Tolaria's events reached Nissa: a restart (the supervisor's event), and the breakers of
+    Tamiyo and Oona, never showed on /metrics or /healthz. Every actor's events now go through the run's sink."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tiny_config(tmp_path, epochs=8)
+    hooks = RunHooks(crash_tamiyo_at_step=40)
+    system = await start(config, tmp_path / "run", [f"nissa.prometheus_port={port}"], hooks=hooks)
+    training = system._training
+    assert training is not None
+    async with asyncio.timeout(60):
+        await training.wait_finished()
+    _, _, body = await http_get(port, "/metrics")
+    summary = await system.wait()
+    restarts = {a.actor: a.restarts for a in summary.actors}
+    assert restarts["tamiyo"] >= 1
+    assert b'esper_weatherlight_restarts_total{child="tamiyo"}' in body

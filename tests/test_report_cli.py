@@ -57,6 +57,17 @@ def test_a_run_still_going_is_reported_as_such(tmp_path: Path) -> None:
     assert out.splitlines()[0] == "run run-5: no summary.json (the run did not finish cleanly)"
 
 
+def test_a_damaged_summary_is_said_and_the_report_still_renders(tmp_path: Path) -> None:
+    """summary.json is optional (a killed run has none), but a truncated one refused the whole report."""
+    run = write_run(tmp_path / "run-6")
+    (run / "summary.json").write_text('{"run_id": "run-6", "sta', encoding="utf-8")
+    status, out, err = _run([str(run)])
+    assert (status, err) == (EXIT_OK, "")
+    assert out.splitlines()[0].startswith(f"run run-6: cannot read {run / 'summary.json'}: ")
+    assert out.splitlines()[0].endswith("; the figures below come from metrics.csv")
+    assert (run / "report.png").stat().st_size > 0
+
+
 def test_a_missing_metrics_file_exits_2_with_one_line(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run-2")
     (run / "metrics.csv").unlink()

@@ -3,6 +3,7 @@ run starts) no run directory left behind."""
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,12 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "redis://me:s3cret@127.0.0.1:{port}/0"\n')
     one_line(err, f"oona.redis_url: redis://me:***@127.0.0.1:{port}/0 does not answer: ")
     assert "s3cret" not in err
+    # So does one given as a query parameter, which the client reads as well.
+    err = refused(
+        tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{port}/0?password=s3cret"\n'
+    )
+    one_line(err, f"oona.redis_url: redis://127.0.0.1:{port}/0?password=*** does not answer: ")
+    assert "s3cret" not in err
 
 
 @pytest.mark.parametrize(
@@ -156,3 +163,26 @@ def test_a_user_model_that_does_not_fit_the_data(
         settings.replace(factory, "tiny_mlp").replace("dataset_samples", "epochs = 1\ndataset_samples")
     )
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0
+
+
+def test_a_resume_refused_by_its_bus_leaves_the_run_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refused resume had already rewritten the run's config.toml with its overrides (the printed --resume then
+    failed too), and the events file got no line at all (a tail --follow of it never ended)."""
+    (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\ndataset_samples = 500\n[logging]\nconsole = false\n")
+    run = tmp_path / "run"
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == 0
+    written = (run / "config.toml").read_bytes()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # nothing listens there once closed
+    overrides = ["--set", "tolaria.epochs=2", "--set", 'oona.backend="redis"']
+    overrides += ["--set", f'oona.redis_url="redis://127.0.0.1:{port}/0"']
+    capsys.readouterr()
+    assert main([str(run / "config.toml"), "--resume", str(run), *overrides]) == EXIT_CONFIG_ERROR
+    one_line(capsys.readouterr().err, f"oona.redis_url: redis://127.0.0.1:{port}/0 does not answer: ")
+    assert (run / "config.toml").read_bytes() == written
+    last = json.loads((run / "events.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["status"]) == ("run_finished", "failed")
+    assert main([str(run / "config.toml"), "--resume", str(run), "--set", "tolaria.epochs=2"]) == 0

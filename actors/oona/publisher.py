@@ -124,6 +124,11 @@ class OonaPublisher(Actor[Published]):
             self.published += 1
         self._report_depth()
 
+    async def on_stop(self) -> None:
+        if self._outage_dropped is not None:
+            # The run ends inside an outage: oona_bus_restored, which says how many were dropped, will not come.
+            _log.warning("oona_bus_unavailable_at_stop", actor=PUBLISHER, dropped=self._outage_dropped)
+
     def _report_depth(self) -> None:
         """The ``oona.queue.depth`` gauge, at most every 10 s of the run clock: the deepest topic's backlog as the bus
         measures it for shedding (retained or unacknowledged messages), which Nissa's oona_queue_depth alert watches."""

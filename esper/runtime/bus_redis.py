@@ -51,6 +51,7 @@ class ReplyError(BusError):
 
 
 _PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&\s#]*", re.IGNORECASE)  # redis-py reads ?password= too
 
 
 def schema_message_types() -> tuple[type[Message], ...]:
@@ -135,10 +136,12 @@ class RedisBus:
         # Imported here: redis is an optional dependency, and a RedisBus exists only where it is installed.
         import redis.exceptions
 
-        self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         # A server that refuses the call (out of memory under noeviction, a read-only replica, a failed snapshot) is
         # as unusable as one that does not answer: the publisher's breaker opens and training goes on.
         self._refusing = redis.exceptions.ResponseError
+        # Every other client error too: a timeout, or something at the address that does not speak Redis
+        # (InvalidResponse), must not crash the publisher (a restart of it restarted the trainer with it).
+        self._unreachable = redis.exceptions.RedisError
         self._clock = clock
         self._client = client
         self._prefix = prefix
@@ -401,10 +404,10 @@ class RedisBus:
         try:
             now = repr(float(self._clock.now()))
             return await self._scripts[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
-        except self._unreachable as err:
-            raise BusUnavailable(f"the Redis server did not answer: {err}") from err
         except self._refusing as err:
             raise BusUnavailable(f"the Redis server refused the call: {err}") from err
+        except self._unreachable as err:
+            raise BusUnavailable(f"the Redis server did not answer: {type(err).__name__}: {err}") from err
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -508,8 +511,9 @@ def _zero(topic: Topic) -> TopicStatistics:
 
 
 def redacted(text: str) -> str:
-    """``text`` with the password of every URL in it (``scheme://user:password@host``) replaced by ``***``."""
-    return _PASSWORD.sub(r"://\1:***@", text)
+    """``text`` with the password of every URL in it (``scheme://user:password@host`` or a ``?password=`` query
+    parameter) replaced by ``***``."""
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD.sub(r"://\1:***@", text))
 
 
 @contextlib.asynccontextmanager
@@ -538,10 +542,12 @@ async def open_redis_bus(
     try:
         try:
             await client.ping()
-        except redis.exceptions.ConnectionError as err:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
             raise ConnectionError(str(err)) from err
         except redis.exceptions.ResponseError as err:  # e.g. a database number the server does not have
             raise ValueError(f"the server refused it: {err}") from err
+        except redis.exceptions.RedisError as err:  # something answers there, but not as a Redis server
+            raise ValueError(f"what answers there is not a Redis server ({type(err).__name__}: {err})") from err
         bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
         try:
             yield bus
