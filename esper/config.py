@@ -113,14 +113,7 @@ def validate_config(config: RunConfig, source: str = "RunConfig") -> RunConfig:
     Raises:
         ConfigError: a value is invalid or a setting is one this version does not act on; named as ``<source>: ...``.
     """
-    data = _to_table(config)
-    try:
-        checked = msgspec.convert(data, RunConfig)
-    except msgspec.ValidationError as err:
-        raise ConfigError(_translate(str(err), data, source)) from err
-    for dotted, setting, reason in inert_settings(checked):
-        raise ConfigError(_inert_message(source, dotted, setting, reason))
-    return checked
+    return _validate(_to_table(config), source)
 
 
 def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
