@@ -113,7 +113,11 @@ def validate_config(config: RunConfig, source: str = "RunConfig") -> RunConfig:
     Raises:
         ConfigError: a value is invalid or a setting is one this version does not act on; named as ``<source>: ...``.
     """
-    return _validate(_to_table(config), source)
+    try:
+        table = _to_table(config)
+    except TypeError as err:  # a value no config file could hold (an arbitrary object)
+        raise ConfigError(f"{source}: {err}") from err
+    return _validate(table, source)
 
 
 def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
@@ -432,7 +436,7 @@ def _format_key(key: str) -> str:
     return key if _BARE_KEY.fullmatch(key) else _format_string(key)
 
 
-def _format_value(value: TomlValue) -> str:
+def _format_value(value: TomlValue | None) -> str:
     """A value as TOML writes it (also how error messages show the offending value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -450,7 +454,9 @@ def _format_value(value: TomlValue) -> str:
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_format_key(k)} = {_format_value(v)}" for k, v in value.items()) + "}"
-    return value.isoformat()
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return repr(value)  # not a TOML value (a RunConfig built in code holding None): shown as Python would
 
 
 def _format_string(value: str) -> str:

@@ -23,12 +23,13 @@ class ConsoleStream(io.TextIOBase):
     failed: it may record the loss elsewhere but must not log to this console (structlog holds its lock meanwhile).
     """
 
-    def __init__(self, inner: TextIO, on_lost: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(self, inner: TextIO | None, on_lost: Callable[[BaseException], None] | None = None) -> None:
         super().__init__()
-        self._inner = inner
+        self._inner = inner if inner is not None else io.StringIO()
         self._on_lost = on_lost
         self._lock = threading.Lock()
-        self._lost: BaseException | None = None
+        # No stream at all (the process was started with it closed, sys.stderr None): lost from the start, unsaid.
+        self._lost: BaseException | None = None if inner is not None else OSError("no console stream")
 
     @property
     def lost(self) -> BaseException | None:

@@ -180,9 +180,11 @@ class LoggingHandle:
     After close() events still reach the console but are no longer written to the file. close() is idempotent.
     """
 
-    def __init__(self, json_path: Path | None, writer: _JsonLineWriter | None) -> None:
+    def __init__(self, json_path: Path | None, writer: _JsonLineWriter | None, console: ConsoleStream) -> None:
         self.json_path = json_path
         self._writer = writer
+        # The console stream, for others writing to the same terminal (the progress lines): its loss is noted once.
+        self.console = console
 
     def close(self) -> None:
         """Close the JSON file; later events skip it. Safe to call twice."""
@@ -278,7 +280,7 @@ def configure_logging(
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache_loggers,
     )
-    return LoggingHandle(json_path, writer)
+    return LoggingHandle(json_path, writer, stream)
 
 
 class LogFileInUse(EsperError):

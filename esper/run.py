@@ -14,7 +14,8 @@ if __name__ == "__main__":
     # below. (Without a handler a container's PID 1 would ignore the SIGTERM and train to the end.)
     signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(130))
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: sys.exit(130))
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hang-up must leave the run alone
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: sys.exit(130))
 
 import argparse
 import asyncio
@@ -85,6 +86,12 @@ EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 # Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _handled_signals() -> tuple[signal.Signals, ...]:
+    """STOP_SIGNALS, without SIGHUP when the process was started ignoring it (nohup): that choice is kept."""
+    ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    return tuple(sig for sig in STOP_SIGNALS if not (ignored and sig is signal.SIGHUP))
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -273,7 +280,9 @@ async def _start_claimed(
     if resume is not None:
         stages, epochs, decisions = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
         tally.preload(stages, epochs, decisions)
-    screen = Console(progress, epochs=resolved.tolaria.epochs) if progress is not None else None
+    # One console: a reader gone is noticed (console_lost) whoever writes to it first.
+    shared = logging.console if progress is not None and progress is logging.console.inner else progress
+    screen = Console(shared, epochs=resolved.tolaria.epochs) if shared is not None else None
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
     if screen is not None:
         sinks.append(screen)
@@ -517,7 +526,8 @@ async def _main_async(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    loop.add_signal_handler(signal.SIGHUP, hang_up)
+    if signal.SIGHUP in _handled_signals():
+        loop.add_signal_handler(signal.SIGHUP, hang_up)
     try:
         try:
             system = await starting
@@ -544,12 +554,15 @@ def _exit_on_signal(code: int) -> None:
     def leave(_signum: int, _frame: object) -> None:
         os._exit(code)
 
-    for sig in STOP_SIGNALS:
+    for sig in _handled_signals():
         signal.signal(sig, leave)
 
 
-def _say(stream: TextIO, text: str) -> None:
-    """Write to the console if it is still there: a closed pipe (``| head``) or terminal must not end the run."""
+def _say(stream: TextIO | None, text: str) -> None:
+    """Write to the console if it is still there: a closed pipe (``| head``) or terminal, or none at all (a process
+    started with its standard streams closed), must not end the run."""
+    if stream is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         stream.write(text)
         stream.flush()
@@ -559,6 +572,8 @@ def _drop_lost_streams() -> None:
     """Point a standard stream whose reader left at /dev/null, so the interpreter's last flush of it does not fail
     (Python then prints a BrokenPipeError and exits 120 instead of the run's status)."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that stream closed: nothing to flush
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):
@@ -630,7 +645,11 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     status = main(whole_process=True)
     _drop_lost_streams()
-    sys.exit(status)
+    # Everything is written (the run's files closed, the console flushed): leave now rather than through the
+    # interpreter's teardown, which resets the signal handlers first, so that a signal in its half second of torch
+    # clean-up killed a completed run (exit 129, 130 or 143 instead of its own status).
+    os._exit(status)

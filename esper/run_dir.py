@@ -66,7 +66,7 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
     try:
         _lock_or_refuse(fd, directory)
         if not resume:
-            earlier = [name for name in RUN_FILES if (directory / name).exists()]
+            earlier = [name for name in RUN_FILES if _holds_run_file(directory / name)]
             if earlier:
                 raise ConfigError(
                     f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
@@ -86,6 +86,17 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
         os.close(fd)
         raise
     return RunDirLock(fd)
+
+
+def _holds_run_file(path: Path) -> bool:
+    """Whether ``path`` is a run's output worth keeping: a metrics.csv of its header alone is not, nor a checkpoints
+    directory of empty files (a start that failed before any step: the corrected config may take the directory)."""
+    if path.name == "metrics.csv" and path.is_file():
+        with path.open("rb") as file:
+            return len(file.read(1 << 16).splitlines()) > 1
+    if path.name == "checkpoints" and path.is_dir():
+        return any(entry.is_file() and entry.stat().st_size > 0 for entry in path.iterdir())
+    return path.exists()
 
 
 def sweep_partial_writes(directory: Path) -> list[Path]:

@@ -203,10 +203,6 @@ class EsperSystem:
         writes a checkpoint on its own thread), close the lanes once their jobs end, and release the log file and the
         directory's claim, so the process can start (or --resume) another run. Never awaits."""
         _log.warning("run_abandoned", run_id=self.run_id, detail="the event loop ended before wait() or stop()")
-        # The file ends as every run's does, so that a tail --follow of it stops; training checkpoints on its own.
-        _log.info(
-            "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
-        )
         if self._stop_training is not None:
             self._stop_training()
         for resource in self._abandonable:
@@ -217,6 +213,10 @@ class EsperSystem:
                     "abandon_close_failed", resource=type(resource).__name__, error=f"{type(err).__name__}: {err}"
                 )
         self._hub.close()
+        # The file ends as every run's does, so that a tail --follow of it stops; training checkpoints on its own.
+        _log.info(
+            "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
+        )
         with contextlib.suppress(OSError):
             self._logging.close()
         if self._run_lock is not None:
@@ -371,8 +371,8 @@ class EsperSystem:
             _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
         if self.config.nissa.report_png:
             await self._render_report()
+        self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
-        self._hub.close(last=summary)
         with contextlib.suppress(OSError):
             self._logging.close()
         return summary

@@ -40,6 +40,7 @@ def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
 
 def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "kasmina_journal.jsonl").write_text('{"step": 4}\n')  # a run that trained a while
     (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
     with pytest.raises(ConfigError) as refused:
         claim_run_dir(tmp_path, resume=False)
@@ -54,6 +55,10 @@ def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp
 def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_is_usable(tmp_path: Path) -> None:
     write_run_config(tmp_path, "")  # what a refused attempt leaves
     (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
+    # ... and a start that failed after some actors were built: a metrics.csv header, empty journals.
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "kasmina_journal.jsonl").write_text("")
     (tmp_path / "notes.txt").write_text("mine")
     claim_run_dir(tmp_path, resume=False).release()
     assert (tmp_path / "notes.txt").read_text() == "mine"
@@ -111,6 +116,7 @@ def test_the_command_line_refuses_an_earlier_runs_directory_in_one_line(
 ) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "manifest.json").write_text("{}")
     (run / "events.jsonl").write_text("earlier\n")
     (run / "config.toml").write_text("# earlier\n")
     (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\n")

@@ -222,7 +222,8 @@ async def test_an_actor_that_cannot_be_built_fails_the_start_by_name_and_frees_t
             await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "broken")
     last = json.loads((tmp_path / "broken" / "events.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["status"]) == ("run_finished", "failed")
-    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "next")
+    # The same directory takes the run once the actor builds: nothing trained there (its metrics.csv a header).
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "broken")
     assert (await system.wait()).status == "completed"
 
 
@@ -345,3 +346,20 @@ async def test_a_run_on_a_relative_npz_path_resumes_from_any_directory(
     written = tmp_path / "run" / "config.toml"
     system = await esper.start(written, resume=tmp_path / "run", overrides=["tolaria.epochs=2"])
     assert (await system.wait()).status == "completed"
+
+
+async def test_a_consumer_that_fell_behind_is_said_before_the_events_files_last_line(tmp_path: Path) -> None:
+    """events_missed came after run_finished, so a tail --follow of the file never ended."""
+    config = msgspec.structs.replace(
+        quiet_config(tmp_path),
+        tolaria=TolariaConfig(epochs=60, dataset_samples=500),
+        logging=msgspec.structs.replace(quiet_config(tmp_path).logging, state_interval_s=0.001),
+    )
+    system = await esper.start(config, run_dir=tmp_path / "run")
+    behind = system.events()  # subscribed, never read while the run goes on
+    summary = await system.wait()
+    assert system._hub.dropped > 0, "the consumer fell behind"
+    lines = [json.loads(line)["event"] for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert lines[-1] == "run_finished"
+    assert "events_missed" in lines
+    assert [event async for event in behind][-1] == summary

@@ -18,6 +18,7 @@ from esper.run import main
 from esper.session import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 TINY_TOML = """
@@ -171,14 +172,17 @@ def test_the_terminal_closing_stops_the_run_with_a_checkpoint_and_resume_ends_bi
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("console", ["info lines", "progress only"])
 def test_a_console_piped_into_a_reader_that_leaves_does_not_stop_the_run(
-    workdir: Path, uninterrupted: dict[str, torch.Tensor]
+    workdir: Path, uninterrupted: dict[str, torch.Tensor], console: str
 ) -> None:
     """`python -m esper.run config.toml | head`: the first write after head left raised BrokenPipeError into the
     actor that logged, and the run failed (exit 1)."""
-    run_dir = workdir / "piped"
+    run_dir = workdir / f"piped {console}"
+    # With the default console level only the progress lines are written: their loss must be noted as well.
+    extra = INFO_ON_STDERR if console == "info lines" else ()
     process = subprocess.Popen(
-        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *INFO_ON_STDERR],
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *extra],
         cwd=workdir,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -194,3 +198,48 @@ def test_a_console_piped_into_a_reader_that_leaves_does_not_stop_the_run(
     events = (run_dir / "events.jsonl").read_text()
     assert events.count('"console_lost"') == 1
     assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+def _run_with(workdir: Path, run_dir: Path, preexec: Callable[[], None], *, stdout: int = subprocess.DEVNULL) -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir)],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=preexec,  # only signal dispositions and fds, before exec
+        timeout=120,
+        check=False,
+    ).returncode
+
+
+@pytest.mark.timeout(120)
+def test_under_nohup_a_hang_up_leaves_the_run_training(workdir: Path) -> None:
+    """Handling SIGHUP replaced the ignored disposition nohup gives: a closed terminal stopped the run after all."""
+    run_dir = workdir / "nohup"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esper.run", str(workdir / "tiny.toml"), "--run-dir", str(run_dir), *INFO_ON_STDERR],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )
+    try:
+        wait_for_line(process, "epoch_end")
+        process.send_signal(signal.SIGHUP)
+        assert process.stderr is not None
+        process.stderr.read()
+    finally:
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == 0
+    assert '"completed"' in (run_dir / "summary.json").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_run_started_with_its_output_closed_completes(workdir: Path) -> None:
+    """sys.stdout is None then: printing the summary raised AttributeError and a completed run exited 1."""
+    assert _run_with(workdir, workdir / "closed_out", lambda: os.close(1)) == 0
+    assert '"completed"' in (workdir / "closed_out" / "summary.json").read_text()

@@ -130,14 +130,16 @@ class OonaPublisher(Actor[Published]):
             _log.warning("oona_bus_unavailable_at_stop", actor=PUBLISHER, dropped=self._outage_dropped)
 
     def _report_depth(self) -> None:
-        """The ``oona.queue.depth`` gauge, at most every 10 s of the run clock: the deepest topic's backlog as the bus
-        measures it for shedding (retained or unacknowledged messages), which Nissa's oona_queue_depth alert watches."""
+        """The ``oona.queue.depth`` gauge, at most every 10 s of the run clock: the deepest observed topic's backlog as
+        the bus measures it for shedding (retained or unacknowledged messages), which Nissa's oona_queue_depth alert
+        watches. Topics no consumer group reads are left out: they keep messages for late subscribers up to the
+        shedding level on any run longer than a minute, which is no backlog of anyone's."""
         now = self._clock.now()
         if self._depth_reported_s is not None and now - self._depth_reported_s < _DEPTH_EVERY_S:
             return
         self._depth_reported_s = now
         topics = self._bus.statistics().topics
-        depth = max((max(t.depth, t.pending) for t in topics), default=0)
+        depth = max((max(t.depth, t.pending) for t in topics if t.groups), default=0)
         point = MetricPoint(name=DEPTH_METRIC, value=float(depth))
         self._sink.emit(
             TelemetryPacket(packet_id=f"oona-depth-{self.published}", source="oona", issued_at=now, metrics=(point,))
