@@ -216,6 +216,17 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             yield dotted, f"expected module names, got an empty one in {list(value)!r}"
     if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
         yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
+    default_samples = TolariaConfig.__struct_defaults__[TolariaConfig.__struct_fields__.index("dataset_samples")]
+    if (
+        isinstance(section, TolariaConfig)
+        and section.dataset != "mnist1d"
+        and section.dataset_samples != default_samples
+    ):
+        # digits and npz come with their own sizes: the setting was silently ignored.
+        yield (
+            ".".join((*path, "dataset_samples")),
+            f'is read only with dataset = "mnist1d", and dataset is {section.dataset!r}',
+        )
     if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
         # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).
         samples = section.dataset_samples

@@ -162,6 +162,11 @@ BAD_CONFIGS = [
         id="mnist1d-samples",
     ),
     pytest.param(
+        '[tolaria]\ndataset = "digits"\ndataset_samples = 500\n',
+        "c.toml: tolaria.dataset_samples: is read only with dataset = \"mnist1d\", and dataset is 'digits'",
+        id="samples-unused",
+    ),
+    pytest.param(
         '[tamiyo]\ngnn_checkpoint = "policy.safetensors"\n',
         "c.toml: tamiyo.gnn_checkpoint: is read only with policy = \"gnn\", and policy is 'heuristic'",
         id="gnn-checkpoint-unused",
