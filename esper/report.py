@@ -268,9 +268,10 @@ def _column(rows: Sequence[MetricsRow], name: str) -> list[float]:
 
 
 def curves_from(rows: Sequence[MetricsRow]) -> Curves:
-    """The curves of metrics.csv, against the step of each epoch end, or the epoch if a row lacks its step."""
+    """The curves of metrics.csv against the step of each epoch end (the seed timeline's axis too: a row that lacks
+    its step is a gap), or against the epoch when no row has a step."""
     steps = _column(rows, "step")
-    use_steps = all(math.isfinite(step) for step in steps)
+    use_steps = any(math.isfinite(step) for step in steps)
     return Curves(
         x=steps if use_steps else _column(rows, "epoch"),
         train_loss=_column(rows, "train_loss"),

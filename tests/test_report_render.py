@@ -10,6 +10,7 @@ import pytest
 
 from esper.report import (
     ReportInputError,
+    curves_from,
     load_run,
     parse_stage,
     pause_event,
@@ -176,3 +177,18 @@ def test_metrics_rows_longer_or_shorter_than_the_header_read_as_far_as_they_matc
         {"epoch": 0.0, "step": 16.0, "val_accuracy": 0.5},
         {"epoch": 1.0, "step": 32.0, "val_accuracy": None},
     ]
+
+
+def test_a_row_without_its_step_is_a_gap_on_the_step_axis_the_seed_timeline_shares() -> None:
+    """One row without a step put the curves on an epoch axis (1..20) while the lifecycle markers and the seed
+    timeline stayed at their steps (148..392): the curves were squashed into the left edge."""
+    rows: list[dict[str, float | None]] = [
+        {"epoch": 1.0, "step": 20.0, "val_accuracy": 0.5},
+        {"epoch": 2.0, "step": None, "val_accuracy": 0.6},
+        {"epoch": 3.0, "step": 60.0, "val_accuracy": 0.7},
+    ]
+    curves = curves_from(rows)
+    assert curves.x_label == "step"
+    assert (curves.x[0], curves.x[2]) == (20.0, 60.0)
+    assert curves.x[1] != curves.x[1]  # NaN: the point is left out
+    assert curves_from([{"epoch": 1.0, "step": None}]).x_label == "epoch"  # no step anywhere: epochs
