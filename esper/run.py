@@ -5,24 +5,26 @@ Only this module wires actors together (ARCHITECTURE.md section 1); nothing impo
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 if __name__ == "__main__":
     # Loading torch and the actors takes seconds: a Ctrl-C (or a scheduler's SIGTERM) meanwhile ends with the
-    # interrupted status (130) and without a traceback from deep inside an import. The run's own handling takes over
-    # below. (Without a handler a container's PID 1 would ignore the SIGTERM and train to the end.)
-    signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(130))
+    # interrupted status (130) and without a traceback from deep inside an import. Nothing is written yet, so the
+    # process leaves at once: a SystemExit raised inside an import was swallowed by some (the run then went on) or left
+    # numpy half-loaded (a traceback). The run's own handling takes over below. (Without a handler a container's PID 1
+    # would ignore the SIGTERM and train to the end.)
+    signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(130))
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(130))
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hang-up must leave the run alone
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: sys.exit(130))
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: os._exit(130))
 
 import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import functools
-import os
 import re
 import secrets
 import stat

@@ -89,13 +89,16 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
 
 
 def _holds_run_file(path: Path) -> bool:
-    """Whether ``path`` is a run's output worth keeping: a metrics.csv of its header alone is not, nor a checkpoints
-    directory of empty files (a start that failed before any step: the corrected config may take the directory)."""
+    """Whether ``path`` is a run's output worth keeping: an empty file is not, nor a metrics.csv of its header alone,
+    nor a checkpoints directory of empty files (a start that failed or was killed before any step: the corrected
+    config may take the directory)."""
     if path.name == "metrics.csv" and path.is_file():
         with path.open("rb") as file:
             return len(file.read(1 << 16).splitlines()) > 1
     if path.name == "checkpoints" and path.is_dir():
         return any(entry.is_file() and entry.stat().st_size > 0 for entry in path.iterdir())
+    if path.is_file():
+        return path.stat().st_size > 0  # field_reports.wal is made empty when Tamiyo starts
     return path.exists()
 
 

@@ -106,6 +106,11 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     ("url", "message"),
     [
         ("http://nowhere", "oona.redis_url: 'http://nowhere': Redis URL must specify one of the following schemes"),
+        (
+            "redis://127.0.0.1:6379/0?password=s3cret&x=1",
+            "oona.redis_url: 'redis://127.0.0.1:6379/0?password=***&x=1': the URL holds a setting the Redis client does"
+            " not know",
+        ),
         ("redis://127.0.0.1:abc/0", "oona.redis_url: 'redis://127.0.0.1:abc/0': Port could not be cast to integer"),
     ],
 )

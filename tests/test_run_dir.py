@@ -59,6 +59,7 @@ def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_
     (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "kasmina_journal.jsonl").write_text("")
+    (tmp_path / "field_reports.wal").write_bytes(b"")  # Tamiyo makes it when it starts
     (tmp_path / "notes.txt").write_text("mine")
     claim_run_dir(tmp_path, resume=False).release()
     assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -548,6 +548,8 @@ async def open_redis_bus(
             raise ValueError(f"the server refused it: {err}") from err
         except redis.exceptions.RedisError as err:  # something answers there, but not as a Redis server
             raise ValueError(f"what answers there is not a Redis server ({type(err).__name__}: {err})") from err
+        except TypeError as err:  # a query parameter the client does not know reaches its connection only now
+            raise ValueError(f"the URL holds a setting the Redis client does not know ({err})") from err
         bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
         try:
             yield bus
