@@ -183,7 +183,7 @@ async def test_nested_escalation_is_the_parents_child_failure(clock: ManualClock
     ]
     states = {state.actor: state for state in system.snapshot()}
     assert states["sub"].restarts == 1
-    assert states["sub/worker"].restarts == 0  # a fresh subtree
+    assert states["sub/worker"].restarts == 1  # counted over the run: the subtree is fresh, its history is not
     await system.stop()
 
 
@@ -298,4 +298,27 @@ async def test_a_child_whose_rebuild_fails_after_a_crash_escalates_by_name(
     await system.ref("a", Probe).tell(Crash())
     with pytest.raises(ChildStartFailed, match=r"^a could not be built: ValueError"):
         await system.wait()
+    await system.stop()
+
+
+async def test_restart_counts_survive_the_restart_of_their_supervisor(clock: ManualClock, sink: RecordingSink) -> None:
+    """A supervisor that gave up and was restarted built its children anew with no restarts: after ten trainer
+    restarts the summary said three."""
+    recorder = Recorder()
+
+    def inner() -> Supervisor:  # built anew at each restart, as the run's subtrees are
+        return Supervisor([probe_spec(recorder, "x")], max_restarts=1, backoff_initial_s=0.0)
+
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([ChildSpec("inner", inner)], backoff_initial_s=0.0))
+    x = system.ref("inner/x", Probe)
+    await x.tell(Crash())
+    assert await x.ask(Get(), int) == 0  # restarted by inner
+    await x.tell(Crash())  # one too many for inner: it gives up and its supervisor restarts it
+    await recorder.wait_until(lambda: recorder.count("start x") == 3)
+    await x.tell(Crash())  # and the new inner restarts x once more
+    await recorder.wait_until(lambda: recorder.count("start x") == 4)
+    assert await x.ask(Get(), int) == 0
+    restarts = {state.actor: state.restarts for state in system.snapshot()}
+    assert restarts == {"inner": 1, "inner/x": 2}
     await system.stop()

@@ -83,6 +83,9 @@ class Runtime:
     mailboxes: dict[str, Mailbox[Any]] = field(default_factory=dict)
     refs: dict[str, ActorRef[Any]] = field(default_factory=dict)
     actor_types: dict[str, type[Actor[Any]]] = field(default_factory=dict)
+    # Restarts by path, kept across a supervisor's own restart (which builds its children anew): the counts say how
+    # often each actor was restarted in the run, not since its parent last gave up.
+    restarts: dict[str, int] = field(default_factory=dict)
 
 
 @final
@@ -223,6 +226,8 @@ class Supervisor:
         self._name = name
         self._prefix = prefix
         self._children = [_Child(spec, prefix + spec.name, i) for i, spec in enumerate(self._specs)]
+        for child in self._children:
+            child.restarts = rt.restarts.get(child.path, 0)
         escalation: SupervisorGaveUp | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -397,6 +402,7 @@ class Supervisor:
             return None
         for member in group:
             member.restarts += 1
+            rt.restarts[member.path] = member.restarts
             build_error = await self._start_child(member)
             if build_error is not None:
                 return await self._build_failed(member, build_error)
