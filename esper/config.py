@@ -233,7 +233,7 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         yield ".".join((*path, "dataset_samples")), f"expected a multiple of 10 for mnist1d, got {samples}"
     if isinstance(section, TamiyoConfig) and section.policy != "gnn":
         # Read only by the GNN policy: set for another, they would do nothing.
-        for key, default in (("gnn_checkpoint", None), ("policy_process", "auto")):
+        for key, default in (("gnn_checkpoint", None), ("policy_process", "auto"), ("compile", False)):
             if getattr(section, key) != default:
                 yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
     if isinstance(section, RunConfig):

@@ -171,6 +171,11 @@ BAD_CONFIGS = [
         "c.toml: tamiyo.gnn_checkpoint: is read only with policy = \"gnn\", and policy is 'heuristic'",
         id="gnn-checkpoint-unused",
     ),
+    pytest.param(
+        "[tamiyo]\ncompile = true\n",
+        "c.toml: tamiyo.compile: is read only with policy = \"gnn\", and policy is 'heuristic'",
+        id="tamiyo-compile-unused",
+    ),
     pytest.param('run_id = "a/b"\n', "c.toml: run_id: expected letters, digits, '.', '_' or '-'", id="run-id"),
     pytest.param(
         '[nissa]\nsummary_json = "../other-run/summary.json"\n',

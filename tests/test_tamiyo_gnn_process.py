@@ -246,3 +246,21 @@ def test_closing_a_worker_still_reading_its_setup_after_a_restart_is_quiet(capfd
         remote.close()
     assert remote._process.poll() is not None
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_first_worker_stopped_before_it_reads_its_setup_is_killed_at_the_ready_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first setup (megabytes of weights) was written on the caller's thread: a worker stopped before reading it
+    (SIGSTOP, swapped out) blocked that write, and the start, for good, past the 120 s ready limit and a Ctrl-C."""
+    monkeypatch.setattr(gnn_process, "_READY_TIMEOUT_S", 2.0)
+    model = build_tamiyo_gnn(TamiyoGNNConfig(), seed=7).eval()  # the reference sizes: more than a pipe holds
+    remote = _remote(model, _local(model))
+    os.kill(remote._process.pid, signal.SIGSTOP)  # before it has imported torch, let alone read its setup
+    try:
+        with pytest.raises(RuntimeError, match=r"not ready after 2 s; killed$"):
+            remote.wait_ready()
+        assert remote._process.poll() is not None
+    finally:
+        remote.close()

@@ -323,7 +323,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 self._process.wait(_CLOSE_TIMEOUT_S)
                 _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_RESTART_READY_S, starting=True)
                 raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
-            self._await_ready(0.0 if self.restarts else _READY_TIMEOUT_S)
+            self._await_ready(0.0 if self.restarts else None)
             answer = self._call(_Decide(observation=observation, state=self._pending))
             assert answer.decision is not None
             assert answer.state
@@ -382,24 +382,32 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._pending = _STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
         _log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=code, restarts=self.restarts)
 
-    def _await_ready(self, timeout_s: float = _READY_TIMEOUT_S) -> None:
+    def _await_ready(self, timeout_s: float | None = None) -> None:
+        """Wait for the worker's ready message: up to ``_READY_TIMEOUT_S`` (None), or ``timeout_s`` (decide's look at
+        a restarted worker, 0: the fallback decides meanwhile)."""
         if self._ready:
             return
         if self._closed:
             raise RuntimeError("tamiyo gnn worker: closed")
         if self._setup:
-            try:
-                _send(self._to_worker, self._setup)
-            except OSError as err:
-                raise RuntimeError(f"tamiyo gnn worker died before its setup ({err})") from err
+            # The setup (the weights, megabytes) fills the pipe until the worker reads it: written from a thread of
+            # its own, so that a worker stopped before it reads (SIGSTOP, swapped out) cannot hold the start past
+            # the ready timeout. A worker that dies meanwhile shows as an end of file below.
+            self._setup_sender = threading.Thread(
+                target=_send_quietly, args=(self._to_worker, self._setup), name="esper-gnn-setup", daemon=True
+            )
+            self._setup_sender.start()
             self._setup = b""
-        ready, _, _ = select.select([self._from_worker], [], [], timeout_s)
+        limit = _READY_TIMEOUT_S if timeout_s is None else timeout_s
+        ready, _, _ = select.select([self._from_worker], [], [], limit)
         if not ready:
-            if timeout_s < _READY_TIMEOUT_S:  # decide's look at a restarted worker: the fallback decides meanwhile
+            if timeout_s is not None:
                 raise PolicyRestarting(
                     f"tamiyo gnn worker died (restart {self.restarts} of {_MAX_RESTARTS} not ready yet)"
                 )
-            raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s")
+            self._process.kill()  # hung in its start-up: it must not stay behind (nor the setup's writer)
+            self._process.wait(_CLOSE_TIMEOUT_S)
+            raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s; killed")
         answer = self._receive()
         if not answer.state:
             raise RuntimeError("tamiyo gnn worker: malformed ready message")
