@@ -89,9 +89,10 @@ class Probe:
 
 
 def probe(config: RunConfig, device: torch.device) -> Probe:
-    """Load the data and build the host once to read its slot shapes (the step loop reuses the data). Blocking."""
+    """Load the data and build the host once to read its slot shapes and prove it trains (the step loop reuses the
+    data). Blocking."""
     data = load_data(config.tolaria)
-    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
+    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device, check_training=True)
     tensors = {
         key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
         for key, value in trainee.model.state_dict().items()

@@ -415,12 +415,12 @@ def test_a_model_that_cannot_train_is_refused_before_the_first_step(data: DataSp
     # Batches one short of the training set: the last batch of each epoch holds a single sample.
     cfg = config(host_model=f"tests.tolaria_factories:{spec}", batch_size=data.train.num_samples - 1)
     with pytest.raises(TolariaConfigError) as info:
-        build_trainee(cfg, data, (), torch.device("cpu"))
+        build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
     assert str(info.value).startswith(f"tolaria.host_model = {cfg.host_model!r}: the model cannot train on a batch of")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
     if spec == "flat_batchnorm":  # as the error says
-        build_trainee(msgspec.structs.replace(cfg, drop_last=True), data, (), torch.device("cpu"))
+        build_trainee(msgspec.structs.replace(cfg, drop_last=True), data, (), torch.device("cpu"), check_training=True)
 
 
 @pytest.mark.parametrize(

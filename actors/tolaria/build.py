@@ -317,7 +317,6 @@ def _fitting_shapes(
         if isinstance(shape, str):
             raise TolariaConfigError(f"{source}: slot target {name!r} cannot hold a seed: {shape}")
         shapes[name] = shape
-    _check_trains(config, model, splits, source)
     return shapes
 
 
@@ -347,21 +346,27 @@ def build_trainee(
     splits: DataSplits,
     slot_targets: Sequence[str],
     device: torch.device,
+    *,
+    check_training: bool = False,
 ) -> Trainee:
     """Seed the RNGs, build the host, wrap it at its slot targets, move it to ``device`` and build the optimizer.
 
     ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
+    ``check_training``: also run one training step on a copy (the run's start does, once; the trainer's rebuilds at
+    every restore and rollback do not repeat it).
 
     Raises:
         TolariaConfigError: the host model cannot be built, a slot target matches nothing or its output fits no slot
-            (not called, not a float32 tensor of rank 2 to 4), or the model ends up with no slot (naming the key to
-            set and modules it could name).
+            (not called, not a float32 tensor of rank 2 to 4), the model ends up with no slot (naming the key to
+            set and modules it could name), or (``check_training``) it cannot train.
     """
     seed_everything(config.seed)
     model = build_host(config, splits.input_shape, splits.num_classes)
     host_parameters = sum(p.numel() for p in model.parameters())
     slots = wrap_host(config, model, slot_targets)
     shapes = _fitting_shapes(config, model, list(slots), splits)
+    if check_training:
+        _check_trains(config, model, splits, f"tolaria.host_model = {config.host_model!r}")
     channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device)
     if channels_last:
