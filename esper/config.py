@@ -202,6 +202,9 @@ def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
+_DEFAULT_SAMPLES = TolariaConfig().dataset_samples
+
+
 def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
     """Values the schema's types admit but no run can use: a non-finite number (lr = inf halted the run at L4), an
     empty slot target, an npz file for a data set that is not npz (it was silently ignored)."""
@@ -216,11 +219,10 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             yield dotted, f"expected module names, got an empty one in {list(value)!r}"
     if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
         yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
-    default_samples = TolariaConfig.__struct_defaults__[TolariaConfig.__struct_fields__.index("dataset_samples")]
     if (
         isinstance(section, TolariaConfig)
         and section.dataset != "mnist1d"
-        and section.dataset_samples != default_samples
+        and section.dataset_samples != _DEFAULT_SAMPLES
     ):
         # digits and npz come with their own sizes: the setting was silently ignored.
         yield (

@@ -97,27 +97,26 @@ class Routes:
         self._sink = run_sink
         self.dropped = 0
 
-    def _tell(self, path: str, actor_type: type[Actor[M]], msg: M) -> None:
+    def _tell(self, path: str, actor_type: type[Actor[M]], msg: M, *, quiet_if_absent: bool = False) -> None:
+        """Send without waiting; a full mailbox, or an actor absent or stopped, loses the message (counted and
+        logged; with ``quiet_if_absent`` an absent or stopped actor loses it without a word)."""
         try:
             self._actors.ref(path, actor_type).tell_nowait(msg)
-        except (MailboxFull, ActorStopped, ValueError) as err:
-            self.dropped += 1
-            _log.warning("route_dropped", to=path, message=type(msg).__name__, error=f"{type(err).__name__}: {err}")
+        except (ActorStopped, ValueError) as err:
+            if quiet_if_absent:
+                return
+            self._dropped(path, msg, err)
+        except MailboxFull as err:
+            self._dropped(path, msg, err)
+
+    def _dropped(self, path: str, msg: object, err: Exception) -> None:
+        self.dropped += 1
+        _log.warning("route_dropped", to=path, message=type(msg).__name__, error=f"{type(err).__name__}: {err}")
 
     def event_to_nissa(self, event: NissaEvent) -> None:
         """An event for Nissa, dropped without a word while Nissa is not running (not started yet, restarting or
         stopped: it learns the run's state from the next packets); a full mailbox is counted as for any route."""
-        try:
-            ref = self._actors.ref("nissa", Nissa)
-        except ValueError:
-            return
-        try:
-            ref.tell_nowait(event)
-        except ActorStopped:
-            return
-        except MailboxFull as err:
-            self.dropped += 1
-            _log.warning("route_dropped", to="nissa", message=type(event).__name__, error=f"MailboxFull: {err}")
+        self._tell("nissa", Nissa, event, quiet_if_absent=True)
 
     def _ref(self, path: str, actor_type: type[Actor[M]]) -> ActorRef[M]:
         return self._actors.ref(path, actor_type)
