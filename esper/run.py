@@ -27,7 +27,6 @@ import datetime as dt
 import functools
 import re
 import secrets
-import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -46,6 +45,14 @@ from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, load_baseline, with_baseline
 from esper.bus_resource import BusResource, bus_limits
+from esper.cli_process import (
+    STOP_SIGNALS,
+    detach_from_terminal,
+    drop_lost_streams,
+    exit_on_signal,
+    handled_signals,
+    say,
+)
 from esper.config import apply_overrides, dump_config, load_config, parse_override, validate_config
 from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
@@ -86,14 +93,6 @@ _log = structlog.get_logger("esper.run")
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
-# Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _handled_signals() -> tuple[signal.Signals, ...]:
-    """STOP_SIGNALS, without SIGHUP when the process was started ignoring it (nohup): that choice is kept."""
-    ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    return tuple(sig for sig in STOP_SIGNALS if not (ignored and sig is signal.SIGHUP))
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -500,20 +499,20 @@ async def _main_async(
         if interrupted.is_set():
             # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
             # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
-            _say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
+            say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
             os._exit(EXIT_INTERRUPTED)
         interrupted.set()
         if not starting.done():
             # Loading the data or starting the actors: the step under way (a thread call is never abandoned)
             # finishes, then everything started so far is stopped.
-            _say(
+            say(
                 sys.stderr,
                 "interrupted while starting: stopping once the current start-up step ends (Ctrl-C again"
                 " to exit at once)\n",
             )
             starting.cancel()
             return
-        _say(
+        say(
             sys.stderr,
             "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
             " exit at once)\n",
@@ -528,7 +527,7 @@ async def _main_async(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    if signal.SIGHUP in _handled_signals():
+    if signal.SIGHUP in handled_signals():
         loop.add_signal_handler(signal.SIGHUP, hang_up)
     try:
         try:
@@ -543,61 +542,9 @@ async def _main_async(
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     if whole_process:
-        _exit_on_signal(summary.exit_code)
-    _say(sys.stdout, format_summary(summary))
+        exit_on_signal(summary.exit_code)
+    say(sys.stdout, format_summary(summary))
     return summary.exit_code
-
-
-def _exit_on_signal(code: int) -> None:
-    """From here on the run is over and written (summary.json): a Ctrl-C or SIGTERM while the summary prints or the
-    interpreter shuts down (a second or so) ends the process with the run's own status (a scheduler recorded a
-    completed run as killed, 143)."""
-
-    def leave(_signum: int, _frame: object) -> None:
-        os._exit(code)
-
-    for sig in _handled_signals():
-        signal.signal(sig, leave)
-
-
-def _say(stream: TextIO | None, text: str) -> None:
-    """Write to the console if it is still there: a closed pipe (``| head``) or terminal, or none at all (a process
-    started with its standard streams closed), must not end the run."""
-    if stream is None:
-        return
-    with contextlib.suppress(OSError, ValueError):
-        stream.write(text)
-        stream.flush()
-
-
-def _drop_lost_streams() -> None:
-    """Point a standard stream whose reader left at /dev/null, so the interpreter's last flush of it does not fail
-    (Python then prints a BrokenPipeError and exits 120 instead of the run's status)."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with that stream closed: nothing to flush
-            continue
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            with contextlib.suppress(OSError, ValueError), open(os.devnull, "wb") as null:
-                os.dup2(null.fileno(), stream.fileno())
-
-
-def detach_from_terminal() -> None:
-    """Point standard output and error at /dev/null where they are a terminal (one that hung up): the console's
-    lines are dropped, the run's files (events.jsonl, summary.json) are written as ever.
-
-    A hung-up terminal no longer answers isatty, so a character device counts (/dev/null is one too, harmlessly).
-    """
-    with open(os.devnull, "wb") as null:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                fd = stream.fileno()
-                if not stat.S_ISCHR(os.fstat(fd).st_mode):
-                    continue
-                with contextlib.suppress(OSError):
-                    stream.flush()  # what a live terminal can still take; a dead one's buffered text is dropped
-                os.dup2(null.fileno(), fd)
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
@@ -611,35 +558,35 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         config = load_config(args.config, args.overrides)
         resolve_secret(config)
     except ConfigError as err:
-        _say(sys.stderr, f"{err}\n")
+        say(sys.stderr, f"{err}\n")
         return EXIT_CONFIG_ERROR
     if args.resume is None and args.run_dir is not None:
         try:
             check_not_the_run_config(args.config, args.run_dir)
         except ConfigError as err:
-            _say(sys.stderr, f"{err}\n")
+            say(sys.stderr, f"{err}\n")
             return EXIT_CONFIG_ERROR
     if args.resume is not None:
         try:
             check_not_in_use(args.resume)
             finished = already_trained(args.resume, config.tolaria.epochs)
         except ConfigError as err:
-            _say(sys.stderr, f"{err}\n")
+            say(sys.stderr, f"{err}\n")
             return EXIT_CONFIG_ERROR
         except CheckpointError as err:
-            _say(sys.stderr, f"--resume {args.resume}: {err}\n")
+            say(sys.stderr, f"--resume {args.resume}: {err}\n")
             return EXIT_CONFIG_ERROR
         if finished is not None:
-            _say(sys.stderr, f"{finished}\n")
+            say(sys.stderr, f"{finished}\n")
             return EXIT_OK
     with contextlib.suppress(KeyboardInterrupt):
         try:
             return asyncio.run(_main_async(config, args.run_dir, args.resume, whole_process=whole_process))
         except ConfigError as err:
-            _say(sys.stderr, f"{blamed(err, args.config, args.overrides)}\n")
+            say(sys.stderr, f"{blamed(err, args.config, args.overrides)}\n")
             return EXIT_CONFIG_ERROR
         except ChildStartFailed as err:  # an actor refused its settings: events.jsonl has the run_finished line
-            _say(sys.stderr, f"the run could not start: {err}\n")
+            say(sys.stderr, f"the run could not start: {err}\n")
             return EXIT_FAILED
     return EXIT_INTERRUPTED
 
@@ -650,7 +597,7 @@ if __name__ == "__main__":
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
     status = main(whole_process=True)
-    _drop_lost_streams()
+    drop_lost_streams()
     # Everything is written (the run's files closed, the console flushed): leave now rather than through the
     # interpreter's teardown, which resets the signal handlers first, so that a signal in its half second of torch
     # clean-up killed a completed run (exit 129, 130 or 143 instead of its own status).
