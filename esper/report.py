@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
+from esper.decisions import Decision, add_decision, decision_entry
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.run_dir import check_not_in_use
 from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import ConfigError, EsperError
 from esper.summary_table import seed_outcomes
-from schemas.boundary import FALLBACK_SUFFIX
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
 
@@ -132,15 +132,6 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
-class Decision(NamedTuple):
-    """A controller decision read back from its ``tamiyo_decision`` line."""
-
-    step: int
-    ms: float
-    no_op_reason: str | None  # None when it issued a command
-    fallback: bool = False  # made by the fallback (the GNN's breaker open, its worker failed or restarting)
-
-
 class RunEvents(NamedTuple):
     """What events.jsonl says about a run, in file order."""
 
@@ -149,31 +140,11 @@ class RunEvents(NamedTuple):
     decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
 
 
-def decision_entry(entry: dict[str, object]) -> Decision | None:
-    """The decision in one ``tamiyo_decision`` entry, or None if it is not one (or a field is malformed)."""
-    if entry.get("event") != "tamiyo_decision":
-        return None
-    step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
-    if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
-        return None
-    assert isinstance(ms, int | float)
-    no_op = reason if isinstance(reason, str) and reason else "no_op"
-    policy = entry.get("policy")
-    fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
-    return Decision(step, float(ms), None if command is True else no_op, fallback)
-
-
-def _supersede(kept: list[Decision], session: list[Decision]) -> list[Decision]:
-    # A resumed session decides again from the step it resumed at: the earlier ones from there on were made again.
-    return [d for d in kept if d.step < session[0].step] + session if session else kept
-
-
 def read_run_events(path: Path) -> RunEvents:
     """Every lifecycle transition, pause or resume, and controller decision in events.jsonl, in one pass; lines that
     are not JSON objects are skipped.
 
-    A session begins at a ``run_starting`` line. Decisions are counted once across resumed sessions: a session's
-    first decision drops the earlier sessions' decisions at or after its step (the ones the run made again).
+    Decisions are counted once across resumed sessions and restarts (see add_decision).
 
     Raises:
         ReportInputError: the file is missing or unreadable.
@@ -181,7 +152,6 @@ def read_run_events(path: Path) -> RunEvents:
     events: list[StageEvent] = []
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
-    session: list[Decision] = []
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -199,14 +169,12 @@ def read_run_events(path: Path) -> RunEvents:
                 elif (pause := pause_event(entry)) is not None:
                     pauses.append(pause)
                 elif (decision := decision_entry(entry)) is not None:
-                    session.append(decision)
-                elif entry.get("event") == "run_starting":
-                    decisions, session = _supersede(decisions, session), []
+                    add_decision(decisions, decision)
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return RunEvents(events, pauses, _supersede(decisions, session))
+    return RunEvents(events, pauses, decisions)
 
 
 def read_decisions(path: Path) -> list[Decision]:

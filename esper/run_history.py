@@ -12,7 +12,7 @@ from esper.run_files import run_files
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from esper.report import Decision as DecisionRecord
+    from esper.decisions import Decision as DecisionRecord
     from schemas.config import RunConfig
     from schemas.enums import SeedLifecycleStage
 

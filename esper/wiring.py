@@ -22,6 +22,8 @@ from actors.tamiyo.actor import TamiyoActor
 from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
 from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing
+from esper.decisions import Decision as DecisionRecord
+from esper.decisions import add_decision
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
     from actors.urza.seed_source import UrzaSeedSource
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.nn.data import TensorPair
-    from esper.report import Decision as DecisionRecord
     from esper.runtime.actor import Actor
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
@@ -215,14 +216,10 @@ class RunTally:
     # The seeds' transitions as (seed id, effect step, stage), in order (see seed_outcomes).
     seed_transitions: list[tuple[str, int, SeedLifecycleStage]] = field(default_factory=list)
     first_germination_step: int | None = None
-    decision_ms: list[float] = field(default_factory=list)
-    no_op_reasons: dict[str, int] = field(default_factory=dict)
+    # The run's decisions, each decided step once (see add_decision); a resumed run's begin with the interrupted
+    # sessions' (read back from their tamiyo_decision lines).
+    decisions: list[DecisionRecord] = field(default_factory=list)
     emergencies: int = 0
-    # A resumed run: the interrupted session's decisions (read back from its tamiyo_decision lines), and the step of
-    # this session's first decision. Those at or after it were made again here, so they are not counted twice.
-    earlier_decisions: list[DecisionRecord] = field(default_factory=list)
-    fallback_decisions: int = 0
-    first_decision_step: int | None = None
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -244,7 +241,7 @@ class RunTally:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows and its decisions; the resumed run's own traffic then continues the
         tally."""
-        self.earlier_decisions = list(decisions or ())
+        self.decisions = list(decisions or ())
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
             if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
@@ -259,14 +256,9 @@ class RunTally:
             self.epoch_step[packet.epoch + 1] = packet.global_step
 
     def on_decision(self, decision: Decision) -> None:
-        if self.first_decision_step is None:
-            self.first_decision_step = decision.decided_on_step
-        self.decision_ms.append(decision.decision_ms)
-        if decision.policy.endswith(FALLBACK_SUFFIX):
-            self.fallback_decisions += 1
-        if decision.command is None:
-            reason = decision.reason or "no_op"
-            self.no_op_reasons[reason] = self.no_op_reasons.get(reason, 0) + 1
+        no_op = (decision.reason or "no_op") if decision.command is None else None
+        fallback = decision.policy.endswith(FALLBACK_SUFFIX)
+        add_decision(self.decisions, DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback))
 
     def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
         """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
@@ -282,11 +274,9 @@ class RunTally:
             before = [e for e in epochs if self.epoch_step[e] < self.first_germination_step]
             baseline_epoch = before[-1] if before else None
         counts, unapplied = seed_outcomes(self.seed_transitions, last_step)
-        cut = self.first_decision_step
-        earlier = [d for d in self.earlier_decisions if cut is None or d[0] < cut]
-        latencies = sorted([*self.decision_ms, *(d.ms for d in earlier)])
-        no_op_reasons = dict(self.no_op_reasons)
-        for d in earlier:
+        latencies = sorted(d.ms for d in self.decisions)
+        no_op_reasons: dict[str, int] = {}
+        for d in self.decisions:
             if d.no_op_reason is not None:
                 no_op_reasons[d.no_op_reason] = no_op_reasons.get(d.no_op_reason, 0) + 1
         return GrowthFigures(
@@ -301,7 +291,7 @@ class RunTally:
             decisions=len(latencies),
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),
-            fallback_decisions=self.fallback_decisions + sum(d.fallback for d in earlier),
+            fallback_decisions=sum(d.fallback for d in self.decisions),
             emergency_events=self.emergencies,
         )
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.report import Decision as Read
+from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
 from esper.summary_table import growth_lines
 from esper.wiring import RunTally
@@ -87,6 +87,31 @@ def test_read_decisions_counts_each_decision_once_across_resumed_sessions(tmp_pa
     assert [(d.step, d.ms) for d in got] == [
         (4, 1.0), (8, 1.0), (12, 2.0), (16, 2.0), (20, 2.0), (24, 3.0), (28, 3.0), (32, 3.0)
     ]  # fmt: skip
+
+
+def test_a_restart_in_the_session_counts_each_replayed_step_once_as_its_latest_decision() -> None:
+    tally = RunTally()
+    for step, ms in ((4, 1.0), (8, 2.0), (12, 3.0)):
+        tally.on_decision(_decision(step, ms, reason="cooldown"))
+    # Tamiyo (or the trainer) restarted: the packets from step 8 on come again and are decided again.
+    tally.on_decision(_decision(8, 20.0))
+    tally.on_decision(_decision(12, 30.0, policy="heuristic (fallback)"))
+    tally.on_decision(_decision(16, 4.0))
+    figures = tally.figures(seed_parameters=0)
+    assert figures.decisions == 4
+    assert [(d.step, d.ms) for d in tally.decisions] == [(4, 1.0), (8, 20.0), (12, 30.0), (16, 4.0)]
+    assert figures.no_op_reasons == {"cooldown": 1, "plateau_wait": 3}
+    assert figures.fallback_decisions == 1
+
+
+def test_the_report_counts_a_step_decided_again_within_one_session_once(tmp_path: Path) -> None:
+    def decision(step: int, ms: float) -> dict[str, object]:
+        return {"event": "tamiyo_decision", "step": step, "decision_ms": ms, "command": False, "reason": "cooldown"}
+
+    lines = [{"event": "run_starting"}, *(decision(s, 1.0) for s in (4, 8, 12)), *(decision(s, 2.0) for s in (8, 12))]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert [(d.step, d.ms) for d in read_decisions(path)] == [(4, 1.0), (8, 2.0), (12, 2.0)]
 
 
 def test_decisions_the_fallback_made_are_counted_across_a_resume() -> None:

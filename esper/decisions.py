@@ -1,0 +1,40 @@
+"""The controller's decisions as a run's events.jsonl records them (``tamiyo_decision`` lines), each decided step
+counted once however often the run went back over it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from schemas.boundary import FALLBACK_SUFFIX
+
+
+class Decision(NamedTuple):
+    """A controller decision read back from its ``tamiyo_decision`` line."""
+
+    step: int
+    ms: float
+    no_op_reason: str | None  # None when it issued a command
+    fallback: bool = False  # made by the fallback (the GNN's breaker open, its worker failed or restarting)
+
+
+def decision_entry(entry: dict[str, object]) -> Decision | None:
+    """The decision in one ``tamiyo_decision`` entry, or None if it is not one (or a field is malformed)."""
+    if entry.get("event") != "tamiyo_decision":
+        return None
+    step, ms, command, reason = (entry.get(k) for k in ("step", "decision_ms", "command", "reason"))
+    if not isinstance(step, int) or isinstance(step, bool) or type(ms) not in (int, float):
+        return None
+    assert isinstance(ms, int | float)
+    no_op = reason if isinstance(reason, str) and reason else "no_op"
+    policy = entry.get("policy")
+    fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
+    return Decision(step, float(ms), None if command is True else no_op, fallback)
+
+
+def add_decision(kept: list[Decision], decision: Decision) -> None:
+    """Append ``decision`` to the run's decisions in arrival order. One at a step already decided supersedes the kept
+    decisions from that step on: the run went back before them (a resume, a restarted actor or a rollback trained
+    those steps again), so each step counts once, as its latest decision."""
+    if kept and kept[-1].step >= decision.step:
+        kept[:] = [d for d in kept if d.step < decision.step]
+    kept.append(decision)
