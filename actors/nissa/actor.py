@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Final, assert_never, final
 
 from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
-from actors.nissa.csv_writer import MetricsCsvWriter
+from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
 from actors.nissa.metrics import MetricsAggregator
 from actors.nissa.prometheus import MetricsServer
 from esper.runtime.actor import Actor
@@ -77,6 +77,7 @@ class Nissa(Actor[NissaMessage]):
         rules: Sequence[AlertRule] = DEFAULT_RULES,
         slos: Sequence[SloObjective] = DEFAULT_SLOS,
         capacity: int = 1024,
+        backlog: RowBacklog | None = None,
     ) -> None:
         """Args:
         config: the ``[nissa]`` section; ``prometheus_port`` 0 binds an ephemeral port (tests).
@@ -86,6 +87,7 @@ class Nissa(Actor[NissaMessage]):
         started_s: the clock time at which the run started (``wall_time_s`` of a row counts from it).
         rules / slos: the alert table and SLOs (REFERENCE.md section 9 by default).
         capacity: mailbox capacity.
+        backlog: the rows not yet written, kept by the spec across incarnations (None: this incarnation's own).
         """
         super().__init__(inbox=NISSA_INBOX, capacity=capacity)
         self._config = config
@@ -93,6 +95,7 @@ class Nissa(Actor[NissaMessage]):
         self._sink = sink
         self._started_s = started_s
         self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
+        self._backlog = RowBacklog() if backlog is None else backlog
         self._metrics = MetricsAggregator()
         self._alerts = AlertEvaluator(rules)
         self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
@@ -101,6 +104,12 @@ class Nissa(Actor[NissaMessage]):
 
     async def on_start(self) -> None:
         written = await self._csv.open()  # metrics.csv counts epochs from 1; packets index them from 0
+        # A row the last incarnation crashed while writing goes in now (its packet will not come again).
+        self._backlog.drop_written(written)
+        pending = self._backlog.rows
+        if pending and isinstance(pending[-1]["epoch"], int):
+            written = pending[-1]["epoch"]
+        await self._write_backlog()
         self._metrics.last_epoch = None if written is None else written - 1
         earlier = self._csv.last_wall_time_s
         if earlier is not None and earlier > self._clock.now() - self._started_s:
@@ -133,7 +142,8 @@ class Nissa(Actor[NissaMessage]):
                 self._emergency = msg.emergency_level
                 row, changed = metrics.observe_state(msg, wall_time_s=now - self._started_s)
                 if row is not None:
-                    await self._csv.append(row)
+                    self._backlog.rows.append(row)
+                    await self._write_backlog()
             case TelemetryPacket():
                 changed = metrics.observe_telemetry(msg)
             case BoundaryApplied():
@@ -159,6 +169,12 @@ class Nissa(Actor[NissaMessage]):
         self._ingest(changed, now)
         metrics.registry.set_gauge("nissa.ingest.latency_ms", (time.perf_counter() - started) * 1e3)
         return None
+
+    async def _write_backlog(self) -> None:
+        rows = self._backlog.rows
+        while rows:
+            await self._csv.append(rows[0])
+            del rows[0]
 
     def snapshot(self, *, include_metrics: bool = True) -> NissaSnapshot:
         """Health, alerts, SLOs and (optionally) every metric sample, as of now. Event loop; never blocks."""

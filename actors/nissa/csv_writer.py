@@ -178,3 +178,25 @@ class MetricsCsvWriter:
         file, self._file = self._file, None
         if file is not None:
             close_now(file)
+
+
+@final
+class RowBacklog:
+    """Epoch rows handed to metrics.csv and not yet known to be in it, oldest first.
+
+    Nissa's spec keeps one across incarnations: a crash while a row is written (a full disk, a cancelled write) costs
+    no row, since the next incarnation writes the rows its file lacks (``drop_written`` then ``rows``).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[EpochRow] = []
+
+    def drop_written(self, last_epoch: int | None) -> None:
+        """Forget the rows the file already holds (epochs up to ``last_epoch``, as ``open`` returned it)."""
+        if last_epoch is not None:
+            self.rows = [row for row in self.rows if not _epoch_at_most(row, last_epoch)]
+
+
+def _epoch_at_most(row: EpochRow, epoch: int) -> bool:
+    value = row["epoch"]
+    return isinstance(value, int) and value <= epoch

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import DEFAULT_RULES
+from actors.nissa.csv_writer import RowBacklog
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
 
@@ -32,13 +33,22 @@ def nissa_spec(
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
 ) -> ChildSpec:
-    """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv``; row wall times count from
-    the clock time at which this spec was built (the run's start), so they survive restarts."""
+    """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
+    an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
+    run's start), so they survive restarts."""
     started_s = clock.now()
+    backlog = RowBacklog()  # rows an incarnation crashed while writing: the next one writes them
     return ChildSpec(
         NISSA,
         lambda: Nissa(
-            config, run_dir, clock=clock, sink=sink, started_s=started_s, capacity=mailbox_capacity, rules=rules
+            config,
+            run_dir,
+            clock=clock,
+            sink=sink,
+            started_s=started_s,
+            capacity=mailbox_capacity,
+            rules=rules,
+            backlog=backlog,
         ),
         shutdown_deadline_s=shutdown_deadline_s,
     )
