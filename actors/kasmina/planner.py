@@ -33,6 +33,7 @@ from actors.kasmina.evidence import (
 from actors.kasmina.gates import GateVerdict
 from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecycle
 from actors.kasmina.seeds import SeedEntry, gate_result, seed_state
+from actors.kasmina.step_queue import StepQueue
 from schemas.boundary import BoundaryPlan, SeedOp
 from schemas.domain_enums import CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState
@@ -122,8 +123,8 @@ class BoundaryPlanner:
             sink=sink,
             breaker=breaker,
         )
-        self._receipts: list[BoundaryApplied] = []
-        self._validation: list[SeedValidationReport] = []
+        self._receipts: StepQueue[BoundaryApplied] = StepQueue(_applied_step)
+        self._validation: StepQueue[SeedValidationReport] = StepQueue(_report_step)
         self._last_step: int | None = None
         self._reported_epoch: int | None = None
         self.boundaries = 0
@@ -282,9 +283,7 @@ class BoundaryPlanner:
     # ------------------------------------------------------------ evidence
 
     def _apply_receipts(self, step: int) -> None:
-        due = [r for r in self._receipts if r.applied_step < step]
-        self._receipts = [r for r in self._receipts if r.applied_step >= step]
-        for receipt in due:
+        for receipt in self._receipts.take_through(step - 1):
             for seed_id, count in receipt.seed_parameters.items():
                 if seed_id in self._seeds:
                     self._seeds[seed_id].parameter_count = count
@@ -340,9 +339,7 @@ class BoundaryPlanner:
             self._cull(seed.slot, "G1_GRADIENT_HEALTH:attach_failed")
 
     def _apply_validation(self, step: int) -> None:
-        due = [r for r in self._validation if r.step <= step]
-        self._validation = [r for r in self._validation if r.step > step]
-        for report in due:
+        for report in self._validation.take_through(step):
             for entry in report.seeds:
                 seed = self._seeds.get(entry.seed_id)
                 if seed is None:
@@ -524,3 +521,11 @@ class BoundaryPlanner:
 
     def _event(self, name: str, level: TelemetryLevel, description: str, **attributes: str | int | float) -> None:
         emit_event(self._sink, name, level, description, **attributes)
+
+
+def _applied_step(receipt: BoundaryApplied) -> int:
+    return receipt.applied_step
+
+
+def _report_step(report: SeedValidationReport) -> int:
+    return report.step
