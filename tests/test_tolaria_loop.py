@@ -232,6 +232,43 @@ def test_a_run_stopped_between_packets_resumes_with_the_same_packets_and_epoch_f
     assert resumed_result.figures.train_accuracy == straight_result.figures.train_accuracy
 
 
+def test_a_stop_on_an_epochs_last_step_ends_the_epoch_first_and_resumes_with_the_same_packets(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A stop that came with an epoch's last step left before the epoch end; the resume then ran that epoch end with
+    no gradients (they are not in a checkpoint), so its packet's gradient norms and the controller's decision on it
+    differed from an uninterrupted run's."""
+    straight_box = Box()
+    make_loop(config(), data, tmp_path / "a", box=straight_box).run()
+    inbox = PlanInbox()
+
+    def stop_on_the_last_step(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 25:  # step 26: the last of epoch 2 (13 batches an epoch)
+            inbox.request_stop("test")
+        return batch
+
+    first_box = Box()
+    assert (
+        make_loop(config(), data, tmp_path / "b", hook=stop_on_the_last_step, inbox=inbox, box=first_box).run().status
+        == "stopped"
+    )
+    assert read_manifest(tmp_path / "b")[-1].global_step == 26
+    resumed_box = Box()
+    make_loop(config(), data, tmp_path / "b", resume=True, box=resumed_box).run()
+
+    def norms(packets: list[SystemStatePacket]) -> list[tuple[int, float, float | None, dict[str, float]]]:
+        return [
+            (p.global_step, p.epoch_progress, p.gradient_norm, p.layer_gradient_norms)
+            for p in packets
+            if p.global_step >= 26
+        ]
+
+    stopped = norms(first_box.packets) + norms(resumed_box.packets)
+    assert stopped == norms(straight_box.packets)
+    assert stopped[0][:2] == (26, 1.0)  # the epoch end's packet
+    assert stopped[0][3]  # with its layers' norms
+
+
 def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_level(data: DataSplits) -> None:
     box = Box()
     loop = make_loop(config(epoch_hook_budget_ms=1e-6), data, box=box)

@@ -1,6 +1,6 @@
 """The step loop: runs on the train lane thread from start (or resume) to the end of training, a stop or a halt.
 
-Event order of one step: boundary (apply due plans, waiting for late ones) -> stop check -> data -> the step
+Event order of one step: boundary (apply due plans, waiting for late ones) -> data -> stop check -> the step
 (stepper.py: host-to-device, forward, backward, finite check, optimizer step or skip, alpha advance, statistics) ->
 state packet every K steps. Epoch end: validation -> isolation probe, the packet's plan expected -> snapshot (cloned
 tensors) -> verdict (budgets, emergencies) -> the packet (with this epoch's hook time and level) -> the epoch's log
@@ -415,13 +415,13 @@ class TrainingLoop:
             while True:
                 if inbox.has_due(pos.global_step):
                     self._apply_due()
-                if inbox.stop_requested:
-                    self._open_stats = (epoch_stats, stats)
-                    return "stopped", inbox.stop_reason
                 t0 = time.perf_counter()
                 item = next(batches, None)
                 if item is None:
-                    break
+                    break  # a stop that came with the epoch's last step waits for its end: the packet needs the grads
+                if inbox.stop_requested:
+                    self._open_stats = (epoch_stats, stats)
+                    return "stopped", inbox.stop_reason
                 index, batch = item
                 sketched = pos.global_step == self._isolation.sketch_step
                 if sketched:
