@@ -35,7 +35,7 @@ from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import build_trainee, load_data
-from actors.tolaria.checkpoints import CheckpointError
+from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
@@ -48,10 +48,11 @@ from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
-from schemas.domain_enums import BlendMode
+from schemas.domain_enums import BlendMode, TelemetryLevel
 from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
 from schemas.nissa import EvaluateAlerts
 from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -182,6 +183,27 @@ def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, in
     return state, source, step
 
 
+RESUME_POINT = "esper.resume_point"
+
+
+def _resume_point_event(checkpoints: Path, step: int | None) -> TelemetryEvent:
+    """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable."""
+    if step is None:
+        return TelemetryEvent(
+            name=RESUME_POINT,
+            level=TelemetryLevel.WARNING,
+            description="no checkpoint to continue from: training starts again at step 0",
+        )
+    info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
+    where = ""
+    if info is not None:
+        batch = f"the start of epoch {info.epoch + 1}" if info.batch_index == 0 else f"epoch {info.epoch + 1}"
+        where = f" ({batch}, {info.file})"
+    return TelemetryEvent(
+        name=RESUME_POINT, level=TelemetryLevel.INFO, description=f"continuing from step {step}{where}"
+    )
+
+
 async def assemble(
     config: RunConfig,
     *,
@@ -239,6 +261,8 @@ async def assemble(
         # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
+        if resume:
+            sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step))
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)

@@ -48,6 +48,7 @@ _SHOWN_EVENTS = {
     "preparation_failed": "not built",  # the seed's module could not be made: culled
     # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
     "kasmina.seed_built_from_catalogue": "catalogue",
+    "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

@@ -330,7 +330,9 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
     notice = run_esper(config, env, "--resume", str(run_dir))
     assert f"its summary was never written: python -m esper.report {run_dir} renders" in notice
     (run_dir / "summary.json").write_bytes(summary_bytes)
-    run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=3")
+    resumed = run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=3")
+    # The console names where it continues (it said only which run it resumed).
+    assert "resuming     continuing from step 32 (the start of epoch 3, step-32.pt)" in resumed
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.status == "completed"
     assert summary.training is not None
