@@ -21,7 +21,7 @@ from actors.nissa.actor import Nissa
 from actors.tamiyo.actor import TamiyoActor
 from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
-from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing
+from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing, BlueprintUnavailable
 from esper.decisions import Decision as DecisionRecord
 from esper.decisions import add_decision
 from esper.nn.blueprints import build_blueprint
@@ -304,8 +304,9 @@ class UrzaFirstSource:
     """Kasmina's seed source for a run: Urza's verified artifact when Tezzeret has stored it, else the same blueprint
     built from Karn's catalogue, reported as a ``kasmina.seed_built_from_catalogue`` WARNING event (never another
     blueprint). Waiting is not an option: Tezzeret compiles on the same io lane this fetch runs on. An artifact whose
-    blob went bad on disk (quarantined by the load, and stored again by the next run's Tezzeret pass) or is missing
-    is treated the same way, so a damaged store costs no germination.
+    blob went bad on disk (quarantined by the load, and stored again by the next run's Tezzeret pass) or is missing,
+    and a blueprint the store has marked failed or quarantined since the run started, are treated the same way, so a
+    damaged or shared store costs no germination.
 
     ``describe`` on the event loop; ``fetch`` on the io lane (blocking); ``notify`` must be thread-safe.
     """
@@ -316,13 +317,22 @@ class UrzaFirstSource:
         self.built_from_catalogue = 0
 
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
-        return self._urza.describe(blueprint_id)
+        # The catalogue's descriptor whatever the store says of the blueprint now: which blueprints a run may grow is
+        # decided at its start (Karn's offer to the controller reads the standings), so a mark made while it trains
+        # (another run's failed compile on a shared store) neither culls its seeds nor changes a resume's replay of
+        # germinations made before the mark.
+        catalogue = self._urza.catalogue
+        return catalogue.get(blueprint_id) if blueprint_id in catalogue else None
 
     def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
         try:
             return self._urza.fetch(blueprint_id, slot_shape, params, seed)
         except ArtifactNotFound as err:
             why = f"no compiled artifact yet ({err})"
+        except BlueprintUnavailable as err:
+            # Marked since this run decided on it (another run's compile on a shared store), or a replay of a past
+            # germination: the blueprint itself is as it was.
+            why = f"the store marks it unavailable ({err})"
         except (ArtifactCorrupt, BlobMissing) as err:
             why = f"its artifact is unusable ({err})"
         except OSError as err:  # a transient read error (EIO): the same blueprint, built here instead

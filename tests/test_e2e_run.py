@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -357,6 +358,35 @@ def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_p
     assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
     assert tensors.keys() == reference.keys()
     assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+
+
+def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seeds_it_grew(tmp_path: Path) -> None:
+    """Another run on the shared store marked the blueprints this run grew failed (its compile timed out): the
+    resume's replay lost those seeds from the lifecycle (a fossilized slot seen as dormant), and every later graft
+    into their slots failed. The replay rebuilds them as they were (from the catalogue); what the resumed run grows
+    next is offered from the store's standings at its start, as for any run."""
+    config = tiny_config(tmp_path, epochs=5)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run_dir = tmp_path / "run"
+    run_esper(config, env, "--run-dir", str(run_dir))
+    found = load_latest(run_dir / "checkpoints")
+    assert found is not None
+    before = [(e.kind, e.step, e.seed_id) for e in found[0].graft_log]
+    grown = {e.blueprint_id for e in found[0].graft_log if e.blueprint_id is not None}
+    assert grown, "the run should grow to be a real test"
+    with sqlite3.connect(tmp_path / "urza" / "catalog.sqlite") as catalog:
+        catalog.executemany(
+            "INSERT OR REPLACE INTO blueprints VALUES (?, 'failed', 'compile took 2.0 s, over its 1.0 s', 0)",
+            [(blueprint,) for blueprint in grown],
+        )
+    resume = ("--resume", str(run_dir), "--set", "tolaria.epochs=9", "--set", "tezzeret.compile_at_start=false")
+    run_esper(config, env, *resume)
+    found = load_latest(run_dir / "checkpoints")
+    assert found is not None
+    assert [(e.kind, e.step, e.seed_id) for e in found[0].graft_log][: len(before)] == before
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e for e in events if e["event"] == "telemetry_event" and e.get("name") == "seed_op_failed"] == []
+    assert any("the store marks it unavailable" in str(e.get("description")) for e in events)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:

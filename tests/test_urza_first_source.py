@@ -102,3 +102,18 @@ def test_a_read_error_builds_the_seed_from_the_catalogue(store: UrzaStore, monke
     assert _parameter_count(module) > 0
     assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
     assert "its artifact could not be read (OSError: [Errno 5] Input/output error)" in events[0].description
+
+
+def test_a_blueprint_marked_unavailable_while_the_run_trains_is_still_described_and_built(store: UrzaStore) -> None:
+    """Another run's failed compile on a shared store marked a blueprint failed: this run's next germination of it
+    was culled (fetch_error), and a resume's replay of a germination made before the mark lost that seed."""
+    compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    source, events = _source(store)
+    for state in ("failed", "quarantined"):
+        store.set_blueprint_status(BLUEPRINT, state, "compile took 2.0 s, over its 1.0 s")
+        assert source.describe(BLUEPRINT) == default_catalogue().get(BLUEPRINT)
+        module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+        assert _parameter_count(module) > 0
+        assert events[-1].name == BUILT_FROM_CATALOGUE
+        assert f"the store marks it unavailable (blueprint {BLUEPRINT!r} is {state}" in events[-1].description
+    assert source.describe("BP404") is None
