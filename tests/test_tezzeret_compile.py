@@ -235,8 +235,13 @@ def test_a_job_slower_than_the_timeout_fails(store: UrzaStore) -> None:
     job = CompileJob(default_catalogue().get("BP001"), SlotShape("flat", 5))
     outcome = run_job(job, UrzaArtifactSink(store), CompileSettings(timeout_s=60.0), timer=lambda: next(ticks))
     assert outcome.failure is not None
-    assert "over its 60.0 s" in outcome.failure
+    assert "compile took 100 s, over its 60 s" in outcome.failure
     assert outcome.artifact is None
+    # A timeout below the display's precision still reads as a time over it ("took 0.0 s, over its 0.0001 s").
+    ticks = itertools.count(step=0.0123)
+    quick = run_job(job, UrzaArtifactSink(store), CompileSettings(timeout_s=0.0001), timer=lambda: next(ticks))
+    assert quick.failure is not None
+    assert "compile took 0.0123 s, over its 0.0001 s" in quick.failure
 
 
 def test_guard_digest_depends_on_the_slot_not_the_batch() -> None:

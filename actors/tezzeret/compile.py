@@ -313,7 +313,7 @@ def run_job(
     compile_ms = (timer() - start) * 1e3
     if failure is None and compile_ms > settings.timeout_s * 1e3:
         took_s = compile_ms / 1e3
-        failure = f"blueprint {descriptor.blueprint_id}: compile took {took_s:.1f} s, over its {settings.timeout_s} s"
+        failure = f"blueprint {descriptor.blueprint_id}: compile took {took_s:.3g} s, over its {settings.timeout_s:g} s"
     if failure is not None:
         artifact = None
         artifacts.mark_failed(descriptor.blueprint_id, failure)
