@@ -118,3 +118,14 @@ def test_a_writer_killed_mid_write_leaves_no_partial_blob(tmp_path: Path) -> Non
         sha = store.put(linear_blob()).sha256
         assert store.load(sha).metadata.blueprint_id == "bp-linear"
         assert store.check_integrity().clean
+
+
+def test_a_directory_named_like_a_dead_writers_temp_file_does_not_stop_the_store(tmp_path: Path) -> None:
+    """The sweep of dead writers' temp files unlinked whatever matched the name: a directory there (junk, or a
+    user's) made every open of the store fail with IsADirectoryError."""
+    (tmp_path / "blobs" / ".tmp-999999999-dir").mkdir(parents=True)
+    with UrzaStore(tmp_path) as store:
+        assert store.statistics().temp_files_removed == 0
+        sha = store.put(linear_blob()).sha256
+        assert store.load(sha).metadata.blueprint_id == "bp-linear"
+    assert (tmp_path / "blobs" / ".tmp-999999999-dir").is_dir()

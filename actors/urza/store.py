@@ -538,6 +538,8 @@ class UrzaStore:
             match = _TMP_RE.match(path.name)
             if match is None or _pid_alive(int(match.group(1))):
                 continue
+            if path.is_dir() and not path.is_symlink():
+                continue  # this store writes files only: someone else's directory is left alone
             path.unlink(missing_ok=True)
             removed += 1
         return removed
