@@ -3,6 +3,7 @@ failures are per blueprint, recorded with their reason, and never replaced by an
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 from typing import TYPE_CHECKING
 
@@ -255,3 +256,29 @@ def test_plan_covers_each_claimed_kind_once_and_respects_a_subset() -> None:
     catalogue = default_catalogue()
     jobs = plan_jobs(catalogue, (*SLOTS, SLOTS[0]), blueprint_ids=("BP008",))
     assert [(j.blueprint_id, j.slot.kind) for j in jobs] == [("BP008", "conv1d"), ("BP008", "sequence")]
+
+
+def test_a_publish_looks_and_stores_under_the_stores_lock_across_processes(
+    store: UrzaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs compiling one blueprint at once on a cold store both looked, found nothing, and stored it twice
+    (equal weights, other validation timings). The look and the put hold an flock on the store's root that any
+    other process's publish waits for."""
+    real_put = store.put
+    held: list[bool] = []
+
+    def put_while_checking_the_lock(blob: bytes) -> object:
+        with (store.root / "publish.lock").open("a+b") as other:  # as another process would open it
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(True)
+            else:
+                fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+                held.append(False)
+        return real_put(blob)
+
+    monkeypatch.setattr(store, "put", put_while_checking_the_lock)
+    job = CompileJob(default_catalogue().get("BP001"), SlotShape("flat", 5))
+    assert run_job(job, UrzaArtifactSink(store), CompileSettings()).ok
+    assert held == [True]

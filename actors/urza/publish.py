@@ -80,15 +80,18 @@ class UrzaArtifactSink:
         # The validation timings differ from pass to pass, so equal weights would get a new address every start-up;
         # an artifact equal in everything but those timings is the same artifact, and is not stored again, unless its
         # blob has gone bad on disk (quarantined now): then this copy replaces it, so a start-up pass heals the store.
-        for entry in reversed(self._store.entries(descriptor.blueprint_id)):
-            if entry.status == "ready" and _same_artifact(entry.metadata, metadata):
-                problem = self._store.verify(entry.sha256)
-                if problem is None:
-                    return entry.sha256
-                blueprint = descriptor.blueprint_id
-                _log.warning("urza_artifact_replaced", blueprint_id=blueprint, artifact=entry.sha256, reason=problem)
-                break
-        return self._store.put(encode_artifact(metadata, payload)).sha256
+        with self._store.publishing():  # another process's publish of the same artifact waits for this one
+            for entry in reversed(self._store.entries(descriptor.blueprint_id)):
+                if entry.status == "ready" and _same_artifact(entry.metadata, metadata):
+                    problem = self._store.verify(entry.sha256)
+                    if problem is None:
+                        return entry.sha256
+                    blueprint = descriptor.blueprint_id
+                    _log.warning(
+                        "urza_artifact_replaced", blueprint_id=blueprint, artifact=entry.sha256, reason=problem
+                    )
+                    break
+            return self._store.put(encode_artifact(metadata, payload)).sha256
 
     def mark_failed(self, blueprint_id: str, reason: str) -> None:
         """Mark a blueprint failed in the catalogue: none of its artifacts is served until it is cleared."""

@@ -6,6 +6,7 @@ On-disk layout under ``root`` (config ``urza.root``, default ``.esper/urza/``, s
     blobs/<sha256>         one artifact blob each (see actors.urza.artifact), named by the SHA-256 of its bytes
     blobs/.tmp-<pid>-*     a blob being written; renamed into place once complete and fsynced
     quarantine/<sha256>    blobs that failed verification, moved aside for inspection
+    publish.lock           held (flock) by a publisher from its look for an equal artifact to its put
 
 Crash safety: a blob is written to a temp file in ``blobs/``, fsynced, renamed onto its final name and the directory
 fsynced, so a final name only ever holds a complete blob; the catalogue row is inserted after the rename, so a row
@@ -20,6 +21,7 @@ a blob is read, hashed or written. Every method here blocks (disk, fsync, SQLite
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
+_PUBLISH_LOCK = "publish.lock"
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-")
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -188,6 +191,18 @@ class UrzaStore:
     @property
     def root(self) -> Path:
         return self._root
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """An exclusive lock across processes (and threads) on this root, for a publisher's look for an equal artifact
+        and its put: two runs compiling one blueprint at once on a cold store stored it twice (equal weights, other
+        validation timings). Blocks until the holder leaves."""
+        with (self._root / _PUBLISH_LOCK).open("a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     @property
     def catalog_path(self) -> Path:
