@@ -215,7 +215,6 @@ class RunTally:
     epoch_step: dict[int, int] = field(default_factory=dict)
     # The seeds' transitions as (seed id, effect step, stage), in order (see seed_outcomes).
     seed_transitions: list[tuple[str, int, SeedLifecycleStage]] = field(default_factory=list)
-    first_germination_step: int | None = None
     # The run's decisions, each decided step once (see add_decision); a resumed run's begin with the interrupted
     # sessions' (read back from their tamiyo_decision lines).
     decisions: list[DecisionRecord] = field(default_factory=list)
@@ -225,8 +224,6 @@ class RunTally:
         match event:
             case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
                 self.seed_transitions.append((seed_id, step, stage))
-                if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
-                    self.first_germination_step = step
             case EmergencySignal():
                 self.emergencies += 1
             case _:
@@ -244,8 +241,6 @@ class RunTally:
         self.decisions = list(decisions or ())
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
-            if stage is SeedLifecycleStage.GERMINATED and self.first_germination_step is None:
-                self.first_germination_step = step
         for epoch, step, accuracy in epochs:
             self.epoch_val_accuracy[epoch] = accuracy
             self.epoch_step[epoch] = step
@@ -260,6 +255,18 @@ class RunTally:
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
         add_decision(self.decisions, DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback))
 
+    def _first_grafted_germination(self) -> int | None:
+        """The germination step of the first seed that was grafted (reached TRAINING): one culled before it was ever
+        built (its module could not be fetched) left the host training alone."""
+        germinated: dict[str, int] = {}
+        grafted: list[int] = []
+        for seed_id, step, stage in self.seed_transitions:
+            if stage is SeedLifecycleStage.GERMINATED:
+                germinated.setdefault(seed_id, step)
+            elif stage is SeedLifecycleStage.TRAINING and seed_id in germinated:
+                grafted.append(germinated[seed_id])
+        return min(grafted, default=None)
+
     def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
         """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
         took effect (the host alone), or the final epoch when nothing was grafted. Seeds are counted by the stage they
@@ -268,10 +275,11 @@ class RunTally:
         final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
         baseline_epoch: int | None = None
         source = "run"
-        if self.first_germination_step is None:
+        grafted = self._first_grafted_germination()
+        if grafted is None:
             baseline_epoch, source = (epochs[-1] if epochs else None), "host_only"
         else:
-            before = [e for e in epochs if self.epoch_step[e] < self.first_germination_step]
+            before = [e for e in epochs if self.epoch_step[e] < grafted]
             baseline_epoch = before[-1] if before else None
         counts, unapplied = seed_outcomes(self.seed_transitions, last_step)
         latencies = sorted(d.ms for d in self.decisions)

@@ -155,3 +155,18 @@ def test_a_germination_before_any_epoch_ended_is_said_in_words_not_epoch_none() 
     [_, baseline_line, *_] = growth_lines(growth)
     assert "None" not in baseline_line
     assert "the first germination came before any epoch ended" in baseline_line
+
+
+def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> None:
+    """A seed culled before it was built (its module could not be fetched) added nothing: the summary compared the
+    final accuracy with an epoch 'before the first germination' as if growth had happened."""
+    tally = RunTally()
+    tally.preload([], [(1, 10, 0.5), (2, 20, 0.6), (3, 30, 0.7)], [])
+    tally.emit(_stage("a", SeedLifecycleStage.GERMINATED, 12))
+    tally.emit(_stage("a", SeedLifecycleStage.CULLED, 16))
+    figures = tally.figures(seed_parameters=0)
+    assert (figures.baseline_epoch, figures.baseline_source, figures.baseline_val_accuracy) == (3, "host_only", 0.7)
+    tally.emit(_stage("b", SeedLifecycleStage.GERMINATED, 24))
+    tally.emit(_stage("b", SeedLifecycleStage.TRAINING, 28))
+    grown = tally.figures(seed_parameters=64)
+    assert (grown.baseline_epoch, grown.baseline_source) == (2, "run")  # the last epoch before b's germination
