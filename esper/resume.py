@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, last_boundary_step, read_journal
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, iter_journal, last_boundary_step
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, model_shapes, read_manifest
 from actors.tolaria.restore_point import choose_restore, journal_check
@@ -119,7 +119,8 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
             " rebuilt; nothing to resume from"
         )
     try:
-        read_journal(checkpoints / JOURNAL_FILENAME)
+        for _ in iter_journal(checkpoints / JOURNAL_FILENAME):  # every line decodes (one at a time: it may be large)
+            pass
     except JournalCorrupt as err:
         raise ConfigError(
             f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"

@@ -132,3 +132,29 @@ def test_the_last_boundary_step_is_read_from_the_files_end(tmp_path: Path, monke
         file.write(b'{"type": "JournalBoundary", "packet": {"glob')  # torn by a crash
     monkeypatch.setattr(journal_module, "_TAIL_CHUNK", 300)
     assert last_boundary_step(path) == 12
+
+
+@pytest.mark.parametrize("with_file", [True, False])
+def test_batches_give_every_entry_in_order_a_few_at_a_time(tmp_path: Path, with_file: bool) -> None:
+    """A replay reads the journal a batch at a time (decoded whole, a long run's journal held hundreds of MB)."""
+    steps = range(10, 120, 10)
+    journal = _filled(tmp_path / "journal.jsonl", steps) if with_file else BoundaryJournal()
+    if not with_file:
+        for step in steps:
+            journal.append(_receipt(step))
+    journal.append(_receipt(120))  # pending: written before the file is read
+    batches = list(journal.batches(size=5))
+    assert [len(b) for b in batches] == [5, 5, 2]
+    got = [e.receipt.applied_step for b in batches for e in b if isinstance(e, JournalReceipt)]
+    assert got == list(range(10, 130, 10))
+
+
+def test_a_cut_streams_the_file_and_keeps_a_torn_tail_out(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _filled(path, range(10, 60, 10))
+    with path.open("ab") as file:
+        file.write(b'{"type": "JournalRec')  # a crash mid-write
+    assert journal.cut(40) == 1  # step 50; the torn line is no entry
+    assert path.read_bytes().endswith(b"\n")
+    assert _steps(journal) == [10, 20, 30, 40]
+    assert len(journal) == 4

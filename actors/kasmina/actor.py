@@ -314,44 +314,42 @@ class KasminaActor(Actor[KasminaMessage]):
         sink = MutableSink(self._planner_sink)
         sink.muted = True
         planner = self._make_planner(sink)
-        entries = await anyio.to_thread.run_sync(journal.entries)
-        if preview and cut is not None:
-            entries = tuple(entry for entry in entries if entry_step(entry) <= cut)
+        # Replayed in the journal's order, which is the order the live planner met its inputs in (receipts and
+        # reports as they arrived, each boundary when its decision came), a batch at a time from a worker thread.
+        limit = cut if preview else None
         applied: set[int] = set()
-        for entry in entries:
-            match entry:
-                case JournalReceipt():
-                    planner.record_receipt(entry.receipt)
-                    applied.add(entry.receipt.decided_on_step)
-                case JournalValidation():
-                    planner.record_validation(entry.report)
-                case JournalBoundary():
-                    pass
-        in_flight: list[BoundaryPlan] = []
-        for entry in entries:
-            if not isinstance(entry, JournalBoundary):
-                continue
-            draft = planner.begin(entry.packet, entry.command, entry.security)
-            # In flight at the cut: taking effect after it, or at it but not applied yet (a stop that came while the
-            # trainer waited at that boundary for this very plan).
-            effect = draft.step + planner.lag_steps
-            keep = cut is not None and (effect > cut or (effect == cut and draft.step not in applied))
-            for request in draft.preparations:
-                detail = entry.failed.get(request.seed_id)
-                if detail is None:
-                    try:
-                        prepared = await self._prepare(request)
-                    except _PREPARATION_ERRORS as err:
-                        detail = f"on replay: {type(err).__name__}: {err}"
-                    else:
-                        planner.prepared(prepared)
-                        if not keep:
-                            self._preparer.discard(prepared.handle)
+        # Plans taking effect at or after the cut: in flight there unless applied at the cut itself (a stop that came
+        # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
+        candidates: list[tuple[int, int, BoundaryPlan]] = []
+        replayed = 0
+        batches = journal.batches()
+        try:
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                for entry in batch:
+                    if limit is not None and entry_step(entry) > limit:
                         continue
-                planner.preparation_failed(request.seed_id, detail)
-            plan = planner.finish(draft)
-            if keep:
+                    replayed += 1
+                    match entry:
+                        case JournalReceipt():
+                            planner.record_receipt(entry.receipt)
+                            applied.add(entry.receipt.decided_on_step)
+                        case JournalValidation():
+                            planner.record_validation(entry.report)
+                        case JournalBoundary():
+                            plan = await self._replay_boundary(planner, entry, keep=cut is not None)
+                            effect = plan.decided_on_step + planner.lag_steps
+                            if cut is not None and effect >= cut:
+                                candidates.append((plan.decided_on_step, effect, plan))
+                            elif cut is not None:
+                                self._discard_handles(plan)
+        finally:
+            batches.close()  # the file, if a failure (or a cancellation) ended the replay early
+        in_flight: list[BoundaryPlan] = []
+        for decided, effect, plan in candidates:
+            if (cut is not None and effect > cut) or decided not in applied:
                 in_flight.append(plan)
+            else:
+                self._discard_handles(plan)
         sink.muted = False
         self._planner = planner
         self._packets.clear()
@@ -361,7 +359,7 @@ class KasminaActor(Actor[KasminaMessage]):
         self._event(
             "kasmina_rebuilt",
             TelemetryLevel.INFO,
-            f"lifecycle rebuilt from {len(entries)} journal entries up to step {planner.last_step}; "
+            f"lifecycle rebuilt from {replayed} journal entries up to step {planner.last_step}; "
             f"{len(in_flight)} plans {'held for the restore' if preview else 'sent again'}",
         )
         if preview and cut is not None:
@@ -369,6 +367,30 @@ class KasminaActor(Actor[KasminaMessage]):
             return
         for plan in in_flight:
             await self._outlet(plan)
+
+    async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
+        """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles
+        until the caller keeps or discards them) unless the journal says their preparation failed."""
+        draft = planner.begin(entry.packet, entry.command, entry.security)
+        for request in draft.preparations:
+            detail = entry.failed.get(request.seed_id)
+            if detail is None:
+                try:
+                    prepared = await self._prepare(request)
+                except _PREPARATION_ERRORS as err:
+                    detail = f"on replay: {type(err).__name__}: {err}"
+                else:
+                    planner.prepared(prepared)
+                    if not keep:
+                        self._preparer.discard(prepared.handle)
+                    continue
+            planner.preparation_failed(request.seed_id, detail)
+        return planner.finish(draft)
+
+    def _discard_handles(self, plan: BoundaryPlan) -> None:
+        for op in plan.ops:
+            if op.handle is not None:
+                self._preparer.discard(op.handle)
 
     def _admit(self, step: int, pending: dict[int, SystemStatePacket] | dict[int, Decision], what: str) -> bool:
         last = self._planner.last_step

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -15,11 +19,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     Raises:
         OSError: the directory is not writable or the disk is full; ``path`` is then unchanged.
     """
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """atomic_write_bytes for contents made as they are written (a file too large to hold in memory at once).
+
+    Raises:
+        OSError: as atomic_write_bytes; and whatever ``chunks`` raises, with ``path`` unchanged.
+    """
     directory = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
+            for chunk in chunks:
+                tmp.write(chunk)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
