@@ -102,6 +102,12 @@ class EventHub:
             self._subscribers.append(_Subscription(send))
         return _drained(receive)
 
+    def end_streams(self) -> None:
+        """End the current subscriptions after the events already buffered; later ones run until ``close``."""
+        for subscription in self._subscribers:
+            subscription.stream.close()
+        self._subscribers.clear()
+
     def close(self, last: Message | Record | None = None) -> None:
         """End every subscription after the events already buffered and ``last`` (which no subscriber misses)."""
         self._closed = True
@@ -189,6 +195,20 @@ class EsperSystem:
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
         _GUARDS.add(self._guard)
         self._guard.add_done_callback(_GUARDS.discard)
+        self._waited = False  # wait() or stop() was called: the run is being ended
+        if training is not None:
+            ended = asyncio.get_running_loop().create_task(self._training_ended(training), name=f"esper-end-{run_id}")
+            _GUARDS.add(ended)
+            ended.add_done_callback(_GUARDS.discard)
+
+    async def _training_ended(self, training: TrainingWatch) -> None:
+        """Say in events() that training ended (its TrainingFigures); and when nobody is waiting for or stopping the
+        run then, end the streams open now, so that a notebook reading events() to their end before it calls wait()
+        gets there (the run itself ends at wait() or stop(), which a stream opened later follows)."""
+        figures = await training.wait_finished()
+        self._hub.emit(figures)
+        if not self._waited and self._summary is None:
+            self._hub.end_streams()
 
     async def _guard_run(self) -> None:
         try:
@@ -227,8 +247,10 @@ class EsperSystem:
         return self._actors.snapshot()
 
     def events(self) -> AsyncIterator[Message | Record]:
-        """Typed events from now until the run ends: supervision, breaker and emergency events, actor states; the
-        last event is the RunSummary.
+        """Typed events from now until the run ends: supervision, breaker and emergency events, actor states, the
+        TrainingFigures when training ends; the last event is the RunSummary. The run ends at ``wait()`` or
+        ``stop()``: a stream open when training ends while neither was called ends after its TrainingFigures (so
+        that reading it to its end, then calling ``wait()``, finishes).
 
         A consumer that falls more than 1024 events behind misses events rather than slowing the run.
         """
@@ -239,6 +261,7 @@ class EsperSystem:
 
         A failed run (the root supervisor gave up) returns a summary with status "failed" and exit_code 1.
         """
+        self._waited = True
         if self._summary is not None:
             return self._summary
         status: RunStatus = "completed"
@@ -293,6 +316,7 @@ class EsperSystem:
         """
         if status not in get_args(RunStatus):
             raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
+        self._waited = True
         if self._summary is not None:
             return self._summary
         training = self._training

@@ -21,7 +21,7 @@ from esper.session import EsperSystem, EventHub
 from esper.wiring import RunHooks
 from schemas.config import RunConfig, TamiyoConfig, TolariaConfig, UrzaConfig
 from schemas.enums import ActorStatus
-from schemas.run import RunSummary
+from schemas.run import RunSummary, TrainingFigures
 from schemas.runtime import ActorState, ChildFailed
 from tests import tolaria_factories
 from tests.test_run_cli import ACTORS
@@ -100,6 +100,38 @@ async def test_events_stream_until_the_run_ends(tmp_path: Path) -> None:
     assert all(state.status is ActorStatus.STOPPED for state in final_states)
     assert isinstance(seen[-1], RunSummary)
     assert seen[-1].status == "stopped"
+
+
+async def test_reading_events_to_their_end_then_waiting_finishes(tmp_path: Path) -> None:
+    """README's notebook example read events() to its end, then called wait(): the stream only ended with the run,
+    and the run only at wait(), so it waited forever. A stream open when training ends with nobody waiting ends
+    after the TrainingFigures; wait() then gives the summary."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    seen: list[Message | Record] = []
+    async with asyncio.timeout(60):
+        async for event in system.events():
+            seen.append(event)
+        summary = await system.wait()
+    assert isinstance(seen[-1], TrainingFigures)
+    assert summary.status == "completed"
+    assert seen[-1] == summary.training
+
+
+async def test_a_stream_read_while_the_run_is_waited_for_goes_on_to_the_summary(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    seen: list[Message | Record] = []
+    stream = system.events()
+
+    async def collect() -> None:
+        async for event in stream:
+            seen.append(event)
+
+    async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+        collector = tg.create_task(collect())
+        summary = await system.wait()
+        await collector
+    assert seen[-1] is summary
+    assert [type(event) for event in seen].count(TrainingFigures) == 1
 
 
 async def test_events_after_the_run_ended_is_empty(tmp_path: Path) -> None:
