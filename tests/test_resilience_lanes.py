@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from esper.runtime.errors import LaneClosed
+from esper.runtime.errors import LaneClosed, LaneJobEscaped
 from esper.runtime.lanes import Lane, Lanes, resolve_device
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
@@ -63,6 +63,21 @@ async def test_exceptions_propagate_to_the_caller_and_the_lane_carries_on() -> N
         assert await lane.run(len, "abc") == 3
         stats = lane.statistics()
     assert (stats.completed, stats.failed) == (1, 1)
+
+
+@pytest.mark.parametrize("escape", [KeyboardInterrupt, SystemExit])
+async def test_a_job_raising_keyboardinterrupt_or_systemexit_fails_only_itself(escape: type[BaseException]) -> None:
+    """A user model whose forward raised KeyboardInterrupt (or SystemExit) on the train lane stopped the notebook's
+    event loop: asyncio re-raises those two from any task. It is the job's failure instead, with its cause."""
+
+    def escaping() -> int:
+        raise escape("user forward boom")
+
+    async with Lane("train", "cpu") as lane, asyncio.timeout(5):
+        with pytest.raises(LaneJobEscaped, match=f"the job raised {escape.__name__}: user forward boom") as caught:
+            await lane.run(escaping)
+        assert isinstance(caught.value.__cause__, escape)
+        assert await lane.run(len, "abc") == 3  # the lane and the loop carry on
 
 
 async def test_a_started_job_outlives_its_cancelled_caller_and_the_next_call_waits() -> None:

@@ -17,6 +17,7 @@ EsperError
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
 ├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
 ├── LaneClosed                    work was submitted to a lane that has been closed
+├── LaneJobEscaped                a lane job raised KeyboardInterrupt or SystemExit (user code): an ordinary failure
 ├── HandoffMissing                a handle was taken from the handoff store twice, or never put (also KeyError)
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
@@ -115,6 +116,12 @@ class ProbeDeadlineExceeded(EsperError, TimeoutError):
 
 class LaneClosed(EsperError):
     """Raised when work is submitted to a lane after close()."""
+
+
+class LaneJobEscaped(EsperError):
+    """A lane job raised KeyboardInterrupt or SystemExit (user code: a real Ctrl-C reaches the main thread, never a
+    lane). Delivered as-is to the awaiting task, it stopped the event loop (asyncio re-raises those two from any
+    task) and every run in it; it is the job's failure instead, the original as its cause."""
 
 
 class HandoffMissing(EsperError, KeyError):

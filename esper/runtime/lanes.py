@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, final
 import structlog
 import torch
 
-from esper.runtime.errors import LaneClosed
+from esper.runtime.errors import LaneClosed, LaneJobEscaped
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -304,6 +304,9 @@ class Lane:
                 error: BaseException | None = None
                 try:
                     result = self._execute(job)
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    error = LaneJobEscaped(f"lane {self._name!r}: the job raised {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller, who re-raises it
                     error = exc
                 with self._cond:
