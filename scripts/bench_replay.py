@@ -1,0 +1,150 @@
+"""Kasmina's journal replay: does a rebuild's cost per entry stay flat as a run grows? Prints ONE JSON line.
+
+    python scripts/bench_replay.py [--entries 32000] [--repeats 3]
+
+A resume replays the whole boundary journal through a fresh BoundaryPlanner (a trainer restart twice). The journal
+here is synthetic but shaped like a run's: one boundary (a state packet, no command) every ``state_every_steps``
+steps and the trainer's receipt of each plan ``lag`` steps later, in the order the live planner met them. What is
+timed is a Kasmina actor's start on that file (resume=True): its replay, read from the file a batch at a time. It
+runs for the full journal and for a quarter of it in the same process; ``ratio`` is the per-entry time of the full
+replay over the quarter's (median of ``--repeats`` each). A linear replay gives about 1.0; the quadratic one this
+guards against (every boundary scanned every receipt recorded before it) gave 1.94 here (82 then 159 us an entry).
+Target: ``ratio`` <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalEntry, JournalReceipt
+from actors.kasmina.spec import kasmina_spec
+from esper.nn.blueprints import SlotShape
+from esper.runtime.clock import MonotonicClock
+from esper.runtime.events import NullSink
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
+from esper.runtime.system import ActorSystem
+from schemas.boundary import BoundaryApplied, BoundaryPlan
+from schemas.config import KasminaConfig, SecurityConfig
+from schemas.state import StepTimings, SystemStatePacket
+
+RUN = "bench-replay"
+EVERY = 4
+LAG = 8
+SLOTS = {"blocks.0": SlotShape("conv1d", 12), "blocks.1": SlotShape("conv1d", 12), "blocks.2": SlotShape("conv1d", 12)}
+TIMINGS = StepTimings(
+    data_wait_ms=0.0, host_to_device_ms=0.0, forward_ms=1.0, backward_ms=1.0, optimizer_ms=0.1, step_ms=2.1
+)
+TARGET_RATIO = 1.5
+
+
+def journal(entries: int) -> list[JournalEntry]:
+    """``entries`` entries: boundaries every EVERY steps, each plan's receipt when it takes effect."""
+    out: list[JournalEntry] = []
+    step = EVERY
+    while len(out) < entries:
+        packet = SystemStatePacket(
+            run_id=RUN,
+            epoch=step // 80,
+            epochs_total=10_000,
+            global_step=step,
+            epoch_progress=(step % 80) / 80,
+            issued_at=0.0,
+            training_loss=1.0 / (1 + step / 1000),
+            training_accuracy=0.5,
+            timings=TIMINGS,
+            host_parameters=2782,
+            seed_parameters=0,
+            samples_per_s=1000.0,
+            hook_latency_ms=1.0,
+        )
+        out.append(JournalBoundary(packet=packet))
+        if step > LAG:  # the plan decided LAG steps ago takes effect now
+            decided = step - LAG
+            out.append(
+                JournalReceipt(
+                    receipt=BoundaryApplied(run_id=RUN, decided_on_step=decided, effect_step=step, applied_step=step)
+                )
+            )
+        step += EVERY
+    return out[:entries]
+
+
+async def replay(entries: list[JournalEntry], directory: Path) -> float:
+    """Seconds a Kasmina actor takes to start on a journal file of ``entries``: its replay (resume=True, no cut)."""
+    path = directory / JOURNAL_FILENAME
+    path.write_bytes(b"".join(msgspec.json.encode(entry) + b"\n" for entry in entries))
+    sink = NullSink()
+    clock = MonotonicClock()
+    sent: list[BoundaryPlan] = []
+
+    async def outlet(plan: BoundaryPlan) -> None:
+        sent.append(plan)
+
+    async with Lane("io") as lane:
+        spec = kasmina_spec(
+            run_id=RUN,
+            run_seed=0,
+            slots=SLOTS,
+            outlet=outlet,
+            handoff=Handoff(capacity=16),
+            io_lane=lane,
+            clock=clock,
+            sink=sink,
+            keys={"bench": b"k" * 32},
+            config=KasminaConfig(),
+            security=SecurityConfig(),
+            lag_steps=LAG,
+            journal_dir=directory,
+            resume=True,
+        )
+        system = ActorSystem(clock=clock, sink=sink)
+        started = time.perf_counter()
+        await system.start(spec)
+        elapsed = time.perf_counter() - started
+        await system.stop()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--entries", type=int, default=32_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.entries < 400:
+        parser.error("--entries must be >= 400")
+    full = journal(args.entries)
+    quarter = full[: args.entries // 4]
+    small_s, large_s = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        for _ in range(args.repeats):
+            small_s.append(asyncio.run(replay(quarter, Path(directory))))
+            large_s.append(asyncio.run(replay(full, Path(directory))))
+    small_us = statistics.median(small_s) / len(quarter) * 1e6
+    large_us = statistics.median(large_s) / len(full) * 1e6
+    print(
+        json.dumps(
+            {
+                "bench": "replay",
+                "entries_small": len(quarter),
+                "entries_large": len(full),
+                "us_per_entry_small": round(small_us, 2),
+                "us_per_entry_large": round(large_us, 2),
+                "replay_s_large": round(statistics.median(large_s), 3),
+                "ratio": round(large_us / small_us, 3),
+                "target_ratio": TARGET_RATIO,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
