@@ -31,7 +31,7 @@ from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
 from actors.tamiyo.state import TamiyoState
-from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import build_trainee, load_data
@@ -347,6 +347,9 @@ async def assemble(
                 key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
                 wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
                 on_state=persist_tamiyo, state_journal=checkpoints / STATE_JOURNAL_FILENAME, mailbox_capacity=capacity,
+                state_journal_keep=entries_to_keep(
+                    config.tolaria.checkpoint_every_epochs, config.tolaria.checkpoint_keep_last
+                ),
                 shutdown_deadline_s=deadline_s,
             ),
         )  # fmt: skip

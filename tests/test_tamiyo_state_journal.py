@@ -10,7 +10,14 @@ import pytest
 from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.outcomes import OutcomeState
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
-from actors.tamiyo.state_journal import TamiyoStateJournal, read_entries, resume_state, state_at
+from actors.tamiyo.state_journal import (
+    DEFAULT_KEEP,
+    TamiyoStateJournal,
+    entries_to_keep,
+    read_entries,
+    resume_state,
+    state_at,
+)
 from schemas.config import TamiyoConfig
 from tests._tamiyo_harness import TamiyoHarness, plateau_run
 
@@ -69,6 +76,23 @@ async def test_the_file_is_compacted_to_the_newest_entries(tmp_path: Path) -> No
     entries, _ = read_entries(path)
     assert [e.step for e in entries] == [40, 50, 60, 70]  # compacted to 3 at the 6th append, then one more
     assert len(path.read_bytes().splitlines()) == 4
+
+
+async def test_compaction_keeps_the_state_of_every_checkpoint_tolaria_keeps(tmp_path: Path) -> None:
+    """With checkpoints 25 epochs apart, the newest 16 entries no longer reached the newest checkpoint: a kill -9
+    resume started Tamiyo fresh (tamiyo_state_behind, source fresh) and the run went another way."""
+    every, keep_last = 25, 3
+    path = tmp_path / "states.jsonl"
+    journal = TamiyoStateJournal(path, keep=entries_to_keep(every, keep_last))
+    epochs = 120
+    for epoch in range(1, epochs + 1):  # one entry an epoch end, 20 steps an epoch
+        await journal.append(epoch * 20, _state(epoch * 20))
+    kept_checkpoints = [epoch * 20 for epoch in range(every, epochs + 1, every)][-keep_last:]
+    for step in kept_checkpoints:
+        found = state_at(path, step)
+        assert found is not None
+        assert found.step == step
+    assert entries_to_keep(1, 3) == DEFAULT_KEEP  # the default run keeps what it always did
 
 
 async def test_state_at_picks_the_newest_entry_at_or_before_a_step_later_lines_winning_ties(tmp_path: Path) -> None:

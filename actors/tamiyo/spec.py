@@ -11,7 +11,7 @@ from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
-from actors.tamiyo.state_journal import TamiyoStateJournal
+from actors.tamiyo.state_journal import DEFAULT_KEEP, TamiyoStateJournal
 from esper.nn.policy_contract import TamiyoGNNConfig
 from esper.runtime.ref import ActorRef
 from esper.runtime.supervisor import ChildSpec, RestartType
@@ -81,6 +81,7 @@ def tamiyo_spec(
     state: TamiyoState | None = None,
     on_state: Callable[[TamiyoState], None] | None = None,
     state_journal: Path | None = None,
+    state_journal_keep: int = DEFAULT_KEEP,
     fsync: bool = True,
     name: str = "tamiyo",
     mailbox_capacity: int = 1024,
@@ -113,6 +114,7 @@ def tamiyo_spec(
             ``--resume``); must not block for long.
         state_journal: where the state after every epoch-end packet is journaled (``TamiyoStateJournal``, so a
             resume after a crash starts from the state at its checkpoint); None: not journaled.
+        state_journal_keep: the entries it keeps (see ``entries_to_keep``).
         fsync: whether each WAL append waits for the disk.
 
     Raises:
@@ -171,7 +173,9 @@ def tamiyo_spec(
             conservative_exit_clean_epochs=config.conservative_exit_clean_epochs,
             outcomes=outcomes,
             wal=FieldReportWal(run_dir / WAL_FILENAME, fsync=fsync),
-            state_journal=TamiyoStateJournal(state_journal) if state_journal is not None else None,
+            state_journal=(
+                TamiyoStateJournal(state_journal, keep=state_journal_keep) if state_journal is not None else None
+            ),
             freshness_s=security.command_freshness_s,
             state=cell[0] if cell else None,
             on_stop_state=remember,

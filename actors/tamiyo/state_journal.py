@@ -37,6 +37,7 @@ __all__ = [
     "STATE_JOURNAL_FILENAME",
     "StateEntry",
     "TamiyoStateJournal",
+    "entries_to_keep",
     "read_entries",
     "resume_state",
     "state_at",
@@ -91,6 +92,13 @@ def state_at(path: Path, step: int) -> StateEntry | None:
         if entry.step <= step and (best is None or entry.step >= best.step):
             best = entry
     return best
+
+
+def entries_to_keep(checkpoint_every_epochs: int, checkpoint_keep_last: int) -> int:
+    """How many entries (one an epoch end) the journal keeps: back to the oldest checkpoint Tolaria keeps, which a
+    resume may pick, and no fewer than DEFAULT_KEEP. With checkpoints 25 epochs apart the newest 16 entries no longer
+    reached the newest checkpoint: a kill -9 resume started Tamiyo fresh and the run went another way."""
+    return max(DEFAULT_KEEP, (checkpoint_keep_last + 1) * max(1, checkpoint_every_epochs) + 1)
 
 
 @final
