@@ -418,13 +418,17 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
 
 
 def _absolute_data_path(config: RunConfig) -> RunConfig:
-    """``tolaria.npz_path`` made absolute (from the working directory, ``~`` expanded), so that the run's config.toml
-    and the ``--resume`` command it prints work from any directory."""
-    path = config.tolaria.npz_path
-    if path is None or Path(path).is_absolute():
-        return config
-    absolute = str(Path(path).expanduser().absolute())
-    return msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
+    """``tolaria.npz_path`` and ``tamiyo.gnn_checkpoint`` made absolute (from the working directory, ``~`` expanded),
+    so that the run's config.toml and the ``--resume`` command it prints work from any directory."""
+    npz, weights = config.tolaria.npz_path, config.tamiyo.gnn_checkpoint
+    if npz is not None and not Path(npz).is_absolute():
+        absolute = str(Path(npz).expanduser().absolute())
+        config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
+    if weights is not None and not Path(weights).is_absolute():
+        absolute = str(Path(weights).expanduser().absolute())
+        tamiyo = msgspec.structs.replace(config.tamiyo, gnn_checkpoint=absolute)
+        config = msgspec.structs.replace(config, tamiyo=tamiyo)
+    return config
 
 
 def _log_start_abandoned(run_id: str, err: BaseException) -> None:

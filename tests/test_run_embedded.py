@@ -7,6 +7,7 @@ import json
 import os
 import re
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,6 +17,7 @@ import pytest
 import esper
 from actors.tamiyo.actor import TamiyoActor
 from esper.logs import LogFileInUse, reset_logging
+from esper.run import _absolute_data_path
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.session import EsperSystem, EventHub
 from esper.wiring import RunHooks
@@ -28,7 +30,6 @@ from tests.test_run_cli import ACTORS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from schemas.base import Message, Record
     from schemas.state import SystemStatePacket
@@ -395,3 +396,17 @@ async def test_a_consumer_that_fell_behind_is_said_before_the_events_files_last_
     assert lines[-1] == "run_finished"
     assert "events_missed" in lines
     assert [event async for event in behind][-1] == summary
+
+
+def test_a_relative_or_home_gnn_checkpoint_is_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tamiyo.gnn_checkpoint kept 'ck.safetensors' as written in the run's config.toml, so the printed --resume
+    failed from another directory; '~/ck.safetensors' was not expanded at all."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for written, expected in (
+        ("ck.safetensors", tmp_path / "ck.safetensors"),
+        ("~/ck.safetensors", tmp_path / "home" / "ck.safetensors"),
+        ("/abs/ck.safetensors", Path("/abs/ck.safetensors")),
+    ):
+        config = RunConfig(tamiyo=TamiyoConfig(policy="gnn", gnn_checkpoint=written))
+        assert _absolute_data_path(config).tamiyo.gnn_checkpoint == str(expected)
