@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,3 +132,35 @@ def test_a_directory_named_like_a_dead_writers_temp_file_does_not_stop_the_store
         sha = store.put(linear_blob()).sha256
         assert store.load(sha).metadata.blueprint_id == "bp-linear"
     assert (tmp_path / "blobs" / ".tmp-999999999-dir").is_dir()
+
+
+_PUBLISH_ONE = """
+import sys
+from pathlib import Path
+from actors.tezzeret.compile import CompileJob, CompileSettings, run_job
+from actors.urza.publish import UrzaArtifactSink
+from actors.urza.store import UrzaStore
+from esper.nn.blueprints import SlotShape, default_catalogue
+with UrzaStore(Path(sys.argv[1])) as store:
+    job = CompileJob(default_catalogue().get("BP001"), SlotShape("flat", 5))
+    assert run_job(job, UrzaArtifactSink(store), CompileSettings()).ok
+"""
+
+
+def test_a_publish_lock_file_another_user_made_does_not_stop_the_store(tmp_path: Path) -> None:
+    """publish.lock was opened for writing: a second user, who may write the catalogue and the blobs but not a lock
+    file the first user made (0644), failed every compile (PermissionError) and the run failed. An flock needs only
+    a read-only descriptor."""
+    with UrzaStore(tmp_path) as store, store.publishing():
+        pass
+    lock = tmp_path / "publish.lock"
+    lock.chmod(0o444)
+    command = [sys.executable, "-c", _PUBLISH_ONE, str(tmp_path)]
+    if os.geteuid() == 0:  # root ignores file modes: run as a root without the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's file-permission override")
+        os.chown(lock, 65534, 65534)
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -197,12 +197,23 @@ class UrzaStore:
         """An exclusive lock across processes (and threads) on this root, for a publisher's look for an equal artifact
         and its put: two runs compiling one blueprint at once on a cold store stored it twice (equal weights, other
         validation timings). Blocks until the holder leaves."""
-        with (self._root / _PUBLISH_LOCK).open("a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            # Read-only and created as the store's other files are (the umask decides): an flock needs no write
+            # access, so a user who may write the catalogue but not this file (another user made it) still locks.
+            fd = os.open(self._root / _PUBLISH_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+        except OSError as err:
+            # Not even readable: publish unlocked, as before the lock existed (at worst one duplicate artifact).
+            _log.warning("urza_publish_unlocked", path=str(self._root / _PUBLISH_LOCK), error=str(err))
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     @property
     def catalog_path(self) -> Path:
