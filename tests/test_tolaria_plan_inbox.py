@@ -115,3 +115,28 @@ def test_a_plan_expected_again_after_a_restore_waits_the_grace_not_the_decision_
     assert (due.plans, due.missed) == ((_plan(4, 8),), ())
     inbox.expect(12, 16)
     assert inbox.take_due(16, 0.0, grace_s=60.0).missed == (12,)
+
+
+def test_before_an_epoch_end_a_stop_does_not_cut_the_wait_for_a_due_plan_short() -> None:
+    """A stop that came while the trainer waited for a late plan at an epoch's last boundary ended the wait; the
+    epoch end then ran without that plan (a seed not attached there), unlike the uninterrupted run's."""
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+    inbox.request_stop("test")
+    assert inbox.take_due(8, 60.0).stopped  # mid-epoch: the stop ends the wait, the plan stays expected
+    assert inbox.pending() == ((4, 8),)
+
+    waiting = threading.Event()
+    inbox = PlanInbox(on_wait=lambda step, missing: waiting.set())
+    inbox.expect(4, 8)
+    inbox.request_stop("test")
+
+    def planner() -> None:
+        assert waiting.wait(30)  # the barrier: the lane waits for the plan despite the stop
+        inbox.put(_plan(4, 8))
+
+    sender = threading.Thread(target=planner)
+    sender.start()
+    due = inbox.take_due(8, 60.0, stoppable=False)
+    sender.join()
+    assert (due.plans, due.missed, due.stopped) == ((_plan(4, 8),), (), False)

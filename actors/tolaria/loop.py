@@ -414,7 +414,9 @@ class TrainingLoop:
             batches: Iterator[tuple[int, TensorPair]] = iter_batches(train, plan, pos.epoch, pos.batch_index)
             while True:
                 if inbox.has_due(pos.global_step):
-                    self._apply_due()
+                    # Before an epoch end a stop may not cut the wait short: the epoch end runs next (a stop waits for
+                    # it), and it must see the plans due at its step applied, as an uninterrupted run does.
+                    self._apply_due(stoppable=pos.batch_index < num_batches)
                 t0 = time.perf_counter()
                 item = next(batches, None)
                 if item is None:
@@ -459,13 +461,16 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ boundaries and packets
 
-    def _apply_due(self) -> None:
+    def _apply_due(self, *, stoppable: bool = True) -> None:
         pos = self._pos
         # A plan resent after a restore waits for the planner's journal replay, which grows with the run: it gets as
         # long as a full restore may take.
         config = self._config
         due = self._inbox.take_due(
-            pos.global_step, config.decision_deadline_ms / 1e3, grace_s=config.rollback_full_deadline_s
+            pos.global_step,
+            config.decision_deadline_ms / 1e3,
+            grace_s=config.rollback_full_deadline_s,
+            stoppable=stoppable,
         )
         if due.stall_s > 0:
             _log.info("boundary_stall", step=pos.global_step, stall_ms=round(due.stall_s * 1e3, 3))

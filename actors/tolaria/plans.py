@@ -208,12 +208,13 @@ class PlanInbox:
         with self._cond:
             return any(effect <= step for effect in self._state.expected.values())
 
-    def take_due(self, step: int, deadline_s: float, grace_s: float = 0.0) -> DuePlans:
+    def take_due(self, step: int, deadline_s: float, grace_s: float = 0.0, *, stoppable: bool = True) -> DuePlans:
         """Remove and return every plan due at ``step``, waiting up to ``deadline_s`` for late ones (up to ``grace_s``
         when one of them is expected again after a restore).
 
         Runs on the lane thread and may block (that is the stall). A decision still missing at the deadline is given
-        up (``missed``); its plan, if it comes later, is dropped as late. A stop request ends the wait at once; the
+        up (``missed``); its plan, if it comes later, is dropped as late. A stop request ends the wait at once
+        (unless ``stoppable`` is False: the boundary before an epoch end, which must run with its plans applied); the
         missing decisions then stay expected (a checkpoint keeps them).
         """
         with self._cond:
@@ -237,7 +238,7 @@ class PlanInbox:
                         self._cond.acquire()
                 patience = max(deadline_s, grace_s) if any(d in s.resent for d in missing) else deadline_s
                 end = started + patience
-                while not s.stop_requested:
+                while not (stoppable and s.stop_requested):
                     if all(d in s.received for d in due):
                         break
                     remaining = end - time.perf_counter()
@@ -247,7 +248,7 @@ class PlanInbox:
                 stall_s = time.perf_counter() - started
                 s.stall_s_total += stall_s
                 s.waiting_for = None
-                stopped = s.stop_requested
+                stopped = stoppable and s.stop_requested
             plans: list[BoundaryPlan] = []
             missed: list[int] = []
             for d in due:
