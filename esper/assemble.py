@@ -27,6 +27,7 @@ from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
+from actors.tamiyo.field_reports import WAL_FILENAME
 from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
@@ -266,6 +267,8 @@ async def assemble(
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
+            if resume:  # training starts over: the dead session's field reports would be written again
+                await anyio.to_thread.run_sync((run_dir / WAL_FILENAME).unlink, True)
             if resume:
                 _log.info("resume_starts_over", reason="no checkpoint to resume from: training starts again at step 0")
             state, state_source = None, "fresh"

@@ -151,6 +151,27 @@ async def test_reopen_after_a_torn_tail_truncates_and_appends_cleanly(tmp_path: 
     assert (scan.corrupt, scan.torn) == (0, 0)
 
 
+async def test_a_resume_cuts_the_reports_written_after_its_controller_state(tmp_path: Path) -> None:
+    """A kill -9 past a checkpoint left reports the resumed controller (started from the state at the checkpoint)
+    writes again: 20 report ids appeared twice. The WAL keeps the first ``keep`` records, then appends."""
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(6)]
+    await write(path, reports)
+    with path.open("ab") as file:
+        file.write(encode_frame(report(6))[:-3])  # and a torn tail
+    wal = FieldReportWal(path, fsync=False, keep=4)
+    await wal.open()
+    await wal.append(report(4))  # written again by the resumed controller
+    await wal.close()
+    scan = await read_field_reports(path)
+    assert scan.reports == (*reports[:4], report(4))
+    assert (scan.corrupt, scan.torn) == (0, 0)
+    empty = FieldReportWal(path, fsync=False, keep=0)
+    await empty.open()
+    await empty.close()
+    assert (await read_field_reports(path)).reports == ()
+
+
 async def test_appends_after_a_corrupt_tail_frame_stay_readable(tmp_path: Path) -> None:
     path = tmp_path / WAL_FILENAME
     await write(path, [report(0), report(1)])

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, final
 
 import aiofiles
 import msgspec
+import structlog
 
 from esper.runtime.file_release import close_now
 from schemas.base import Record
@@ -43,6 +44,7 @@ HEADER = struct.Struct(">4sII")
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 WAL_FILENAME = "field_reports.wal"
 
+_log = structlog.get_logger("actors.tamiyo")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(FieldReport)
 
@@ -63,6 +65,7 @@ class WalScan(Record, frozen=True):
         torn: 1 if the file ends in a partial frame (a crash mid-write), else 0.
         good_end: offset just past the last good frame; a torn tail starts there.
         size_bytes: the file size scanned.
+        ends: the offset just past each good frame, in the order of ``reports``.
     """
 
     reports: tuple[FieldReport, ...]
@@ -70,6 +73,7 @@ class WalScan(Record, frozen=True):
     torn: int
     good_end: int
     size_bytes: int
+    ends: tuple[int, ...] = ()
 
 
 def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
@@ -94,6 +98,7 @@ def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
 def scan_frames(data: bytes) -> WalScan:
     """Read every good record out of a WAL's bytes, skipping damage by the rule in the module docstring. Pure."""
     reports: list[FieldReport] = []
+    ends: list[int] = []
     corrupt = 0
     torn = 0
     offset = 0
@@ -102,6 +107,7 @@ def scan_frames(data: bytes) -> WalScan:
         report, end, truncated = _frame_at(data, offset)
         if report is not None:
             reports.append(report)
+            ends.append(end)
             offset = good_end = end
             continue
         # Damage at ``offset``: look for the next frame that checks out. If there is none, what is left is a torn
@@ -115,7 +121,9 @@ def scan_frames(data: bytes) -> WalScan:
             break
         corrupt += 1
         offset = resume
-    return WalScan(reports=tuple(reports), corrupt=corrupt, torn=torn, good_end=good_end, size_bytes=len(data))
+    return WalScan(
+        reports=tuple(reports), corrupt=corrupt, torn=torn, good_end=good_end, size_bytes=len(data), ends=tuple(ends)
+    )
 
 
 def _next_good_frame(data: bytes, start: int) -> int | None:
@@ -162,10 +170,14 @@ class FieldReportWal:
     deduplicate by report_id.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
-        """Args: path: the WAL file; fsync: whether each append waits for the disk (tests may turn it off)."""
+    def __init__(self, path: Path, *, fsync: bool = True, keep: int | None = None) -> None:
+        """Args: path: the WAL file; fsync: whether each append waits for the disk (tests may turn it off); keep: a
+        resume's count of the reports its controller state had written: at ``open`` the records after the first
+        ``keep`` good ones are cut off (a session killed past its checkpoint wrote them, and the resumed controller
+        writes them again); None: nothing is cut."""
         self._path = path
         self._fsync = fsync
+        self._keep = keep
         self._file: AsyncBufferedIOBase | None = None
         self._lock = asyncio.Lock()
         self._appended = 0
@@ -177,7 +189,8 @@ class FieldReportWal:
         return self._path
 
     async def open(self) -> WalScan:
-        """Recover the existing log and open it for appending; returns what the scan found.
+        """Recover the existing log (cut to ``keep`` records when given) and open it for appending; returns what the
+        scan found before any cut.
 
         Raises:
             RuntimeError: the WAL is already open.
@@ -186,7 +199,12 @@ class FieldReportWal:
         if self._file is not None:
             raise RuntimeError(f"field-report WAL {self._path} is already open")
         scan = await read_field_reports(self._path)
-        if scan.torn:
+        keep = self._keep
+        if keep is not None and len(scan.ends) > keep:
+            end = scan.ends[keep - 1] if keep > 0 else 0
+            await asyncio.to_thread(os.truncate, self._path, end)
+            _log.info("field_reports_cut", file=str(self._path), kept=keep, cut=len(scan.ends) - keep)
+        elif scan.torn:
             # Drop the partial frame so the next good frame follows the last good one directly.
             await asyncio.to_thread(os.truncate, self._path, scan.good_end)
         self._recovered = scan

@@ -124,6 +124,8 @@ def tamiyo_spec(
     heuristic_config = heuristic if heuristic is not None else HeuristicConfig.from_config(config)
     send: DecisionOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
     cell: list[TamiyoState] = [state] if state is not None else []
+    # The first incarnation of a resume cuts the WAL back to the reports its state had written; later ones append.
+    wal_keep: list[int | None] = [state.outcomes.reports if state is not None else None]
     make_gnn = _gnn_factory(config, gnn, candidates, policy_lane) if config.policy == "gnn" and policy is None else None
     outcomes = OutcomeSettings(
         window_epochs=config.field_report_window_epochs,
@@ -172,7 +174,7 @@ def tamiyo_spec(
             risk=RiskThresholds.from_config(config),
             conservative_exit_clean_epochs=config.conservative_exit_clean_epochs,
             outcomes=outcomes,
-            wal=FieldReportWal(run_dir / WAL_FILENAME, fsync=fsync),
+            wal=FieldReportWal(run_dir / WAL_FILENAME, fsync=fsync, keep=wal_keep.pop() if wal_keep else None),
             state_journal=(
                 TamiyoStateJournal(state_journal, keep=state_journal_keep) if state_journal is not None else None
             ),
