@@ -143,3 +143,30 @@ def test_the_machines_timings_do_not_reach_the_network() -> None:
             layers=tuple(msgspec.structs.replace(layer, latency_ms=latency) for layer in base.layers),
         )
         assert quiet.decide(build_observation(base, BLUEPRINTS)) == loaded.decide(build_observation(busy, BLUEPRINTS))
+
+
+@pytest.mark.parametrize(("compile_on", "process", "compiled"), [(True, "thread", True), (False, "thread", False)])
+def test_tamiyo_compile_hands_the_policy_the_compiled_network(
+    monkeypatch: pytest.MonkeyPatch, compile_on: bool, process: Literal["thread", "process"], compiled: bool
+) -> None:
+    """tamiyo.compile was accepted and read by nothing: the GNN never went through torch.compile, on CUDA either.
+    maybe_compile (a no-op on a CPU, the same call on CUDA) now wraps the network the policy lane decides with."""
+    from actors.tamiyo import spec
+    from esper.nn import policy_decide
+    from esper.runtime.lanes import Lane
+
+    seen: list[str] = []
+
+    def recording(model: object, device: torch.device | str) -> tuple[object, bool]:
+        seen.append(str(device))
+        return model, False
+
+    monkeypatch.setattr(policy_decide, "maybe_compile", recording)
+    config = TamiyoConfig(policy="gnn", compile=compile_on, policy_process=process)
+    lane = Lane("policy", "cpu")
+    try:
+        policy = spec._gnn_factory(config, GnnSettings(), BLUEPRINTS, lane)()
+    finally:
+        lane.close()
+    assert isinstance(policy, GnnPolicy)
+    assert seen == (["cpu"] if compiled else [])

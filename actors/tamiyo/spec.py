@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from actors.tamiyo.gnn_process import RemoteGnnPolicy
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.state import TamiyoState
+    from esper.nn.policy_contract import PolicyModel
     from esper.nn.policy_gnn import TamiyoGNN
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -216,6 +217,13 @@ def _gnn_factory(
         model = build_tamiyo_gnn(gnn.model_config, device=lane.device, seed=gnn.seed)
     model.eval()
     digest = weights_sha256(model)
+    decider: PolicyModel = model
+    if config.compile and not in_worker:
+        from esper.nn.policy_decide import maybe_compile
+
+        # On CUDA only (a CPU policy runs eager, in its worker process by default); the first compiler failure
+        # switches to the eager model for good.
+        decider, _ = maybe_compile(model, lane.device)
     blueprint_ids = tuple(bp.blueprint_id for bp in candidates)
     registries = registries_for(blueprint_ids, gnn.layer_types, gnn.activations)
     caps = GraphCaps(max_layers=config.max_layer_nodes)
@@ -223,7 +231,7 @@ def _gnn_factory(
 
     def make() -> GnnPolicy | RemoteGnnPolicy:
         local = GnnPolicy(
-            model,
+            decider,
             registries=registries,
             weights_digest=digest,
             device=lane.device,
