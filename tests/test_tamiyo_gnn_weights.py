@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from actors.tamiyo.gnn_policy import GnnPolicy, weights_sha256
 from actors.tamiyo.gnn_weights import load_gnn_weights
-from actors.tamiyo.spec import GnnSettings, _gnn_factory
+from actors.tamiyo.spec import GnnSettings, _check_same_weights, _gnn_factory
 from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import Lane
@@ -97,3 +97,24 @@ def test_an_empty_or_non_finite_file_is_a_short_one_line_config_error(tmp_path: 
     with pytest.raises(ConfigError) as nan:
         load_gnn_weights(str(poisoned), SMALL)
     assert str(nan.value) == f"tamiyo.gnn_checkpoint = {str(poisoned)!r}: non-finite values (NaN or inf) in {name}"
+
+
+async def test_a_resume_with_other_weights_is_a_one_line_config_error(tmp_path: Path) -> None:
+    """A resume given another tamiyo.gnn_checkpoint than the run decided with failed Tamiyo's start (exit 1) with a
+    message naming no setting; it is refused before any actor starts, naming the setting and both digests."""
+    first, other = tmp_path / "first.safetensors", tmp_path / "other.safetensors"
+    _saved(first, SMALL, seed=9)
+    _saved(other, SMALL, seed=10)
+    async with Lane("policy", "cpu", num_threads=1) as lane:
+        config = TamiyoConfig(policy="gnn", gnn_checkpoint=str(first), policy_process="thread")
+        resumed = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)().export_state()
+        other_config = TamiyoConfig(policy="gnn", gnn_checkpoint=str(other), policy_process="thread")
+        make = _gnn_factory(other_config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
+        with pytest.raises(ConfigError) as info:
+            _check_same_weights(other_config, resumed.weights_sha256, make)
+        same = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
+        _check_same_weights(config, resumed.weights_sha256, same)  # the same file: no complaint
+    text = str(info.value)
+    assert text.startswith(f"tamiyo.gnn_checkpoint = {str(other)!r}: its weights (")
+    assert resumed.weights_sha256[:12] in text
+    assert "\n" not in text

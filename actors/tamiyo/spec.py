@@ -13,6 +13,7 @@ from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state_journal import DEFAULT_KEEP, TamiyoStateJournal
 from esper.nn.policy_contract import TamiyoGNNConfig
+from esper.runtime.errors import ConfigError
 from esper.runtime.ref import ActorRef
 from esper.runtime.supervisor import ChildSpec, RestartType
 from schemas.boundary import Decision
@@ -128,6 +129,8 @@ def tamiyo_spec(
     # The first incarnation of a resume cuts the WAL back to the reports its state had written; later ones append.
     wal_keep: list[int | None] = [state.outcomes.reports if state is not None else None]
     make_gnn = _gnn_factory(config, gnn, candidates, policy_lane) if config.policy == "gnn" and policy is None else None
+    if make_gnn is not None and state is not None and state.gnn is not None:
+        _check_same_weights(config, state.gnn.weights_sha256, make_gnn)
     outcomes = OutcomeSettings(
         window_epochs=config.field_report_window_epochs,
         lambda_size=simic.reward_lambda_size,
@@ -188,9 +191,38 @@ def tamiyo_spec(
     return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)
 
 
+def _check_same_weights(config: TamiyoConfig, resumed: str, make_gnn: _GnnFactory) -> None:
+    """A resume's GNN state holds the digest of the weights it decided with: other weights would decide another run
+    (and failed the actor's start, exit 1, naming no setting).
+
+    Raises:
+        ConfigError: naming tamiyo.gnn_checkpoint and both digests.
+    """
+    if make_gnn.weights_digest != resumed:
+        where = "tamiyo.gnn_checkpoint"
+        if config.gnn_checkpoint is not None:
+            where += f" = {config.gnn_checkpoint!r}"
+        raise ConfigError(
+            f"{where}: its weights ({make_gnn.weights_digest[:12]}) are not the ones the run being resumed decided with"
+            f" ({resumed[:12]}); a resume continues with the same policy (set the checkpoint the run used)"
+        )
+
+
+@final
+@dataclass(frozen=True)
+class _GnnFactory:
+    """Builds the GNN policy of an incarnation; ``weights_digest`` is its network's (``weights_sha256``)."""
+
+    make: Callable[[], GnnPolicy | RemoteGnnPolicy]
+    weights_digest: str
+
+    def __call__(self) -> GnnPolicy | RemoteGnnPolicy:
+        return self.make()
+
+
 def _gnn_factory(
     config: TamiyoConfig, settings: GnnSettings | None, candidates: tuple[BlueprintCandidate, ...], lane: Lane
-) -> Callable[[], GnnPolicy | RemoteGnnPolicy]:
+) -> _GnnFactory:
     # Imported here, so a run with another policy never loads PyTorch Geometric.
     from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
     from actors.tamiyo.gnn_process import RemoteGnnPolicy
@@ -259,4 +291,4 @@ def _gnn_factory(
             num_threads=lane.num_threads,
         )
 
-    return make
+    return _GnnFactory(make, digest)
