@@ -227,6 +227,15 @@ async def test_an_address_that_answers_but_not_as_redis_is_a_value_error(clock: 
         await server.wait_closed()
 
 
+async def test_credentials_the_server_refuses_are_said_so_not_that_it_does_not_answer(
+    clock: ManualClock, prefix: str
+) -> None:
+    """A wrong password was reported as 'does not answer' (the client's AuthenticationError is a ConnectionError)."""
+    with pytest.raises(ValueError, match=r"^the server refused the credentials: "):
+        async with open_redis_bus("redis://nobody:wrong@127.0.0.1:6379/0", clock, prefix=prefix):
+            pass
+
+
 async def test_any_client_error_mid_run_is_the_bus_unavailable(
     make: Callable[..., RedisBus], monkeypatch: pytest.MonkeyPatch
 ) -> None:

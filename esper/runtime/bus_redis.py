@@ -542,6 +542,8 @@ async def open_redis_bus(
     try:
         try:
             await client.ping()
+        except redis.exceptions.AuthenticationError as err:  # a ConnectionError to the client, but the server answered
+            raise ValueError(f"the server refused the credentials: {err}") from err
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
             raise ConnectionError(str(err)) from err
         except redis.exceptions.ResponseError as err:  # e.g. a database number the server does not have
