@@ -49,6 +49,8 @@ _SHOWN_EVENTS = {
     # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
     "kasmina.seed_built_from_catalogue": "catalogue",
     "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
+    # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
+    "inference_failed": "policy failed",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

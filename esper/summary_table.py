@@ -108,8 +108,8 @@ def _timing_note(growth: GrowthFigures) -> list[str]:
         return []
     return [
         "note: fallback decisions and emergencies usually come from a wall-clock budget (decision, hook or epoch"
-        " time) that this machine's load tripped; a rerun of the same config may then differ (events.jsonl:"
-        " fallback_applied, emergency_signal)"
+        " time) that this machine's load tripped, else from a policy that failed; a rerun of the same config may then"
+        " differ (events.jsonl: fallback_applied, inference_failed, emergency_signal)"
     ]
 
 

@@ -79,6 +79,12 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
             description="blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
             attributes={"blueprint_id": "BP005"},
         ),
+        TelemetryEvent(  # the GNN worker gone for good was said only in events.jsonl
+            name="inference_failed",
+            level=TelemetryLevel.ERROR,
+            description="policy gnn raised: tamiyo gnn worker died (exit code -9) after 3 restarts",
+            attributes={"step": 400},
+        ),
     ]
     for event in shown:
         console.emit(event)
@@ -89,6 +95,7 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
         "  not built    seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
         "  catalogue    blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
+        "  step    400  policy failed policy gnn raised: tamiyo gnn worker died (exit code -9) after 3 restarts",
     ]
 
 
