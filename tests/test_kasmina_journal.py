@@ -77,7 +77,12 @@ def test_a_fresh_journal_exists_from_its_load_so_a_run_stopped_before_its_first_
     assert path.read_bytes() == b""
 
 
-def test_a_torn_last_line_is_cut_off_so_the_next_append_reads_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
+def test_a_torn_last_line_is_cut_off_so_the_next_append_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The load reads the file's end in chunks (it read the whole journal, tens of MB, to find its last newline)."""
+    monkeypatch.setattr(journal_module, "_TAIL_CHUNK", chunk)
     path = tmp_path / "journal.jsonl"
     _filled(path, range(10, 40, 10))
     whole = path.read_bytes()

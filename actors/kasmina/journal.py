@@ -15,7 +15,7 @@ and advance ``batches`` on a worker thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, BinaryIO, final
 
 import msgspec
 
@@ -197,11 +197,10 @@ class BoundaryJournal:
             return
         if not path.exists():
             return
-        data = path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            with path.open("r+b") as file:
-                file.truncate(len(whole))
+        with path.open("r+b") as file:
+            whole = _whole_lines_end(file)
+            if whole != file.seek(0, 2):
+                file.truncate(whole)
         self._count = sum(1 for _ in iter_journal(path))
 
     def write_pending(self) -> None:
@@ -215,6 +214,19 @@ class BoundaryJournal:
             # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
             # then plans again (the torn line is cut off on load).
             file.write(data)
+
+
+def _whole_lines_end(file: BinaryIO) -> int:
+    """The offset just past the file's last newline (0 without one), read from its end in chunks."""
+    end = file.seek(0, 2)
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        file.seek(start)
+        newline = file.read(end - start).rfind(b"\n")
+        if newline != -1:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def last_boundary_step(path: Path) -> int | None:
