@@ -322,7 +322,8 @@ class EsperSystem:
         training = self._training
         if training is not None and training.ended:
             return await self.wait()
-        self._stop_status = status
+        if not self._stopped:  # the first stop says how the run ended; a later one joins it
+            self._stop_status = status
         self._stopped = True
         if training is not None and self._stop_training is not None:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.

@@ -199,6 +199,14 @@ async def test_waiting_and_stopping_at_once_write_one_summary(tmp_path: Path) ->
     assert len([e for e in events if e["event"] == "actor_state" and e["status"] == "stopped"]) == len(ACTORS)
 
 
+async def test_the_first_of_two_stops_says_how_the_run_ended(tmp_path: Path) -> None:
+    """stop() then stop(status="interrupted") at once: the later call's status won, for the first caller too."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    first, second = await asyncio.gather(system.stop(), system.stop(status="interrupted"))
+    assert first is second
+    assert first.status == "stopped"
+
+
 async def test_a_stop_after_training_ended_on_its_own_keeps_the_status_completed(tmp_path: Path) -> None:
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
     training = system._training  # the trainer's watch: training ends before anyone waits or stops
