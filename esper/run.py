@@ -195,6 +195,34 @@ async def start(
         ChildStartFailed: an actor refused what it was given and could not be built (events.jsonl says so too).
         LogFileInUse: another run in this process is still going (logging is process-wide: their events would mix).
     """
+    try:
+        return await _start(config, run_dir, overrides, console=console, resume=resume, progress=progress, hooks=hooks)
+    except ConfigError as err:
+        raise ConfigError(in_api_words(str(err))) from err
+
+
+_FLAGS = (("--resume ", "resume="), ("--resume:", "resume:"), ("--run-dir", "run_dir"), ("--set ", "overrides: "))
+
+
+def in_api_words(message: str) -> str:
+    """A refusal the command line words with its flags (--resume DIR, --run-dir, --set KEY=VALUE), in the words of
+    ``esper.start``'s parameters, for a caller of the API."""
+    for flag, parameter in _FLAGS:
+        message = message.replace(flag, parameter)
+    return message
+
+
+async def _start(
+    config: str | Path | RunConfig,
+    run_dir: str | Path | None = None,
+    overrides: Sequence[str] | None = None,
+    *,
+    console: bool | None = None,
+    resume: str | Path | None = None,
+    progress: TextIO | None = None,
+    hooks: RunHooks | None = None,
+) -> EsperSystem:
+    """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
     if isinstance(overrides, str):
         raise TypeError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r}")
@@ -497,7 +525,7 @@ async def _main_async(
     config: RunConfig, run_dir: Path | None, resume: Path | None = None, *, whole_process: bool = False
 ) -> int:
     interrupted = asyncio.Event()
-    starting = asyncio.ensure_future(start(config, run_dir, resume=resume, progress=sys.stderr))
+    starting = asyncio.ensure_future(_start(config, run_dir, resume=resume, progress=sys.stderr))
 
     def interrupt() -> None:
         if interrupted.is_set():

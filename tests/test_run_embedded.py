@@ -418,3 +418,16 @@ def test_a_relative_or_home_gnn_checkpoint_is_stored_absolute(tmp_path: Path, mo
     ):
         config = RunConfig(tamiyo=TamiyoConfig(policy="gnn", gnn_checkpoint=written))
         assert _absolute_data_path(config).tamiyo.gnn_checkpoint == str(expected)
+
+
+async def test_the_apis_refusals_name_its_parameters_not_the_command_lines_flags(tmp_path: Path) -> None:
+    """esper.start's refusals said 'continue it with --resume DIR, or choose another --run-dir' to a caller who passes
+    resume= and run_dir=."""
+    await (await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")).wait()
+    with pytest.raises(ConfigError) as again:
+        await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    text = str(again.value)
+    assert f"continue it with resume={tmp_path / 'run'}, or choose another run_dir" in text
+    assert "--" not in text
+    with pytest.raises(ConfigError, match=r"^resume=.*: already trained 1 of tolaria.epochs = 1 epochs"):
+        await esper.start(quiet_config(tmp_path), resume=tmp_path / "run")
