@@ -43,6 +43,7 @@ from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
 from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
+from esper.run_history import earlier_slot_stages
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
@@ -262,8 +263,11 @@ async def assemble(
         # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
+        slot_stages = None
         if resume:
             sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step))
+            if resume_step is not None:
+                slot_stages = await anyio.to_thread.run_sync(earlier_slot_stages, run_dir, config, resume_step)
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
@@ -324,6 +328,7 @@ async def assemble(
                 run_dir,
                 clock=clock,
                 sink=sink,
+                stages=slot_stages,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
                     isolation_violations=config.kasmina.isolation_alert_violations,

@@ -72,6 +72,22 @@ def earlier_tally(
     return stages, epochs, found.decisions
 
 
+def earlier_slot_stages(directory: Path, config: RunConfig, resume_step: int) -> dict[str, SeedLifecycleStage]:
+    """Each slot's lifecycle stage after the transitions decided at or before ``resume_step`` (a transition's event
+    carries the step its plan takes effect, ``command_lag_steps`` later): what Nissa had heard when the run reached the
+    checkpoint it resumes from. The resumed lifecycle's replay reports none of them again, so without them metrics.csv
+    showed the trainer's coarser view of each seed until its next transition. Blocking; empty when the file cannot be
+    read."""
+    from esper.report import ReportInputError, read_stage_events
+
+    try:
+        events = read_stage_events(directory / config.logging.json_file)
+    except ReportInputError:
+        return {}
+    lag = config.tolaria.command_lag_steps
+    return {e.slot: e.to_stage for e in events if e.step - lag <= resume_step}
+
+
 def already_trained(run_dir: Path, epochs: int) -> str | None:
     """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
     have nothing to do and would only rewrite the summary), else None. Blocking: reads the manifest, and hashes the

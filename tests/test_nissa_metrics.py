@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import pytest
 
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
+from esper.run_history import earlier_slot_stages
 from schemas.boundary import BoundaryApplied, OpOutcome
+from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildRestarted
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 from tests.nissa_packets import packet, seed
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_rows_come_only_from_epoch_ends_once_per_epoch() -> None:
@@ -147,3 +155,25 @@ def test_seed_counts_follow_the_lifecycle_not_the_slot_mode() -> None:
     assert (row["seeds_probationary"], row["seeds_shadowing"]) == (1, 0)
     assert (row["seeds_embargoed"], row["seeds_dormant"], row["seeds_training"]) == (1, 0, 1)
     assert row["seeds_active"] == 2
+
+
+def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path: Path) -> None:
+    """After a --resume the lifecycle's replay reports no transition again, so the rows counted the trainer's coarser
+    view (shadowing for a probationary seed, dormant for an embargoed slot) until each seed's next transition."""
+    stage = "seed_stage_changed"
+    lines = [
+        {"event": stage, "slot": "a", "step": 88, "to_stage": "PROBATIONARY", "from_stage": "SHADOWING"},
+        # Decided at the checkpoint's step 88, in effect at 96: the replay does not report it again.
+        {"event": stage, "slot": "b", "step": 96, "to_stage": "EMBARGOED", "from_stage": "CULLED"},
+        # Decided after the checkpoint (100 - lag 8 > 88): the resumed run decides and reports it again.
+        {"event": stage, "slot": "a", "step": 100, "to_stage": "FOSSILIZED", "from_stage": "PROBATIONARY"},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    config = RunConfig(tolaria=TolariaConfig(command_lag_steps=8))
+    stages = earlier_slot_stages(tmp_path, config, resume_step=88)
+    assert stages == {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
+    aggregator = MetricsAggregator(stages=stages)
+    seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))
+    row, _ = aggregator.observe_state(packet(100, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    assert (row["seeds_probationary"], row["seeds_shadowing"], row["seeds_embargoed"]) == (1, 0, 1)

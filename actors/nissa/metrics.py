@@ -219,15 +219,18 @@ class MetricsAggregator:
     """Turns Nissa's inputs into registry updates and epoch rows. Each ``observe_*`` returns the metric names whose
     value changed, so the caller evaluates only the alert rules on those metrics."""
 
-    def __init__(self, *, last_epoch: int | None = None) -> None:
+    def __init__(
+        self, *, last_epoch: int | None = None, stages: Mapping[str, SeedLifecycleStage] | None = None
+    ) -> None:
         """Args: last_epoch: the index (from 0) of the last epoch already in metrics.csv (after a restart); its row is
-        not produced again."""
+        not produced again. stages: each slot's lifecycle stage as the earlier sessions of a resumed run left it (the
+        replay that rebuilds the lifecycle reports nothing)."""
         self.registry = MetricsRegistry()
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
         # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING).
-        self._lifecycle: dict[str, SeedLifecycleStage] = {}
+        self._lifecycle: dict[str, SeedLifecycleStage] = dict(stages or {})
 
     def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
         return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]

@@ -11,13 +11,14 @@ from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from pathlib import Path
 
     from actors.nissa.alerts import AlertRule
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import NissaConfig
+    from schemas.enums import SeedLifecycleStage
 
 NISSA = "nissa"
 NISSA_TICK = "nissa-tick"
@@ -32,12 +33,14 @@ def nissa_spec(
     shutdown_deadline_s: float = 5.0,
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
+    stages: Mapping[str, SeedLifecycleStage] | None = None,
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
-    run's start), so they survive restarts."""
+    run's start), so they survive restarts. ``stages``: a resume's slot stages as its earlier sessions left them."""
     started_s = clock.now()
     backlog = RowBacklog()  # rows an incarnation crashed while writing: the next one writes them
+    first_stages: list[Mapping[str, SeedLifecycleStage] | None] = [stages]  # a resume's, for the first incarnation
     return ChildSpec(
         NISSA,
         lambda: Nissa(
@@ -49,6 +52,7 @@ def nissa_spec(
             capacity=mailbox_capacity,
             rules=rules,
             backlog=backlog,
+            stages=first_stages.pop() if first_stages else None,
         ),
         shutdown_deadline_s=shutdown_deadline_s,
     )
