@@ -530,3 +530,20 @@ def test_a_user_models_malformed_slot_targets_are_a_one_line_config_error(factor
     with pytest.raises(TolariaConfigError) as info:
         build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
     assert str(info.value) == f"tolaria.host_model = {host!r}: {message}"
+
+
+def test_a_model_that_stays_nan_halts_after_three_rollbacks_to_one_state(data: DataSplits) -> None:
+    """A model that turned NaN for good was rolled back to the same snapshot thousands of times and never ended
+    (every replay met the NaN again): the fourth rollback to one state halts the run with its reason."""
+
+    def poison_from_step_20(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt >= 20:
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    loop = make_loop(config(), data, hook=poison_from_step_20)
+    result = loop.run()
+    assert result.status == "halted"
+    assert result.halt_reason == "rolled back to step 13 3 times without getting past it (non-finite steps)"
+    assert result.figures.rollbacks == 3
+    assert loop.policy.level is EmergencyLevel.L4_HALT

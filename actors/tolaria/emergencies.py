@@ -95,7 +95,9 @@ class EmergencyPolicy:
         """Judge an epoch end and escalate as REFERENCE.md section 6 prescribes."""
         config = self._config
         reason: str | None = None
-        if self.breaker.state is BreakerState.OPEN:
+        # allow() turns an OPEN breaker whose open time has passed HALF_OPEN and makes this epoch its probe: without
+        # it the breaker never half-opened, and every later epoch failed as breaker_open, within budget or not.
+        if self.breaker.state is not BreakerState.CLOSED and not self.breaker.allow():
             reason = "breaker_open"
         elif config.epoch_budget_ms is not None and epoch_ms > config.epoch_budget_ms:
             reason = "epoch_budget"
@@ -143,10 +145,18 @@ class EmergencyPolicy:
         }
 
     def restore(self, counters: dict[str, float | int | str | None]) -> None:
-        """Take the counters and level back from a checkpoint (the level is re-announced if above L1)."""
+        """Take the counters and level back from a checkpoint (the level is re-announced if above L1).
+
+        The checkpoint an L4 halt wrote is resumed at L2 with its failure streak cleared: resuming it is the
+        operator's call to go on, and L4 never steps down (the run trained on at L4, growth paused for good).
+        """
         self.failed_epochs = int(counters.get("failed_epochs") or 0)
         self.failed_streak = int(counters.get("failed_streak") or 0)
         self.skipped_steps = int(counters.get("skipped_steps") or 0)
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
+        reason = "restored from a checkpoint"
+        if level >= EmergencyLevel.L4_HALT:
+            level, reason = EmergencyLevel.L2_ELEVATED, "resumed after an L4 halt: conservative until clean epochs"
+            self.failed_streak = 0
         if level > self.ladder.level:
-            self.ladder.escalate(level, "restored from a checkpoint", ORIGIN)
+            self.ladder.escalate(level, reason, ORIGIN)

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("actors.tolaria")
 
 LoopStatus = Literal["completed", "stopped", "halted"]
+# Rollbacks to one state (the same snapshot step) in a row before the run halts instead.
+_ROLLBACKS_TO_ONE_STATE = 3
 
 
 @final
@@ -151,6 +153,8 @@ class TrainingLoop:
         sink = _OutboxSink(self._outbox)
         self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
         self._rollbacks = 0
+        # (step, times in a row) of the state the last rollbacks went back to: a loop back to one state halts.
+        self._rollback_target: tuple[int | None, int] = (None, 0)
         self._missed_this_epoch = 0
         self._last_val_loss: float | None = None
         self._resumed_from: int | None = None
@@ -370,25 +374,34 @@ class TrainingLoop:
 
         Lane thread, between steps; expected plans are dropped (those decided after the snapshot are re-decided).
         """
-        return self._rollback(reason)
+        return self._rollback(reason) is None
 
-    def _rollback(self, reason: str) -> bool:
-        snapshot = self._snapshots.latest
-        release_modules(self._inbox.reset(), self._handoff)
-        if snapshot is not None:
-            self._restore(snapshot, tier="fast", counters=False)
-            self._announce_restore(snapshot, "fast")
-        else:
+    def _rollback(self, reason: str) -> str | None:
+        """Roll back; None when done, else why the run must halt instead (no state to go back to, or the same state
+        rolled back to too often: a fault every replay of it meets again, such as a model that turned NaN for good,
+        rolled back thousands of times and never ended)."""
+        state = self._snapshots.latest
+        tier = "fast"
+        if state is None:
             directory = self._options.checkpoint_dir
             found = load_latest(directory) if directory is not None and directory.is_dir() else None
             if found is None:
                 _log.error("tolaria_rollback_impossible", reason=reason)
-                return False
-            self._restore(found[0], tier="full", counters=False)
-            self._announce_restore(found[0], "full")
+                return f"rollback impossible after {reason}"
+            state, tier = found[0], "full"
+        last, times = self._rollback_target
+        if state.global_step == last and times >= _ROLLBACKS_TO_ONE_STATE:
+            _log.error("tolaria_rollback_loop", step=last, times=times, reason=reason)
+            return f"rolled back to step {last} {times} times without getting past it ({reason})"
+        release_modules(self._inbox.reset(), self._handoff)
+        self._restore(state, tier=tier, counters=False)
+        self._announce_restore(state, tier)
+        step = self._pos.global_step
+        same = self._rollback_target[1] + 1 if step == self._rollback_target[0] else 1
+        self._rollback_target = (step, same)
         self._rollbacks += 1
-        _log.warning("tolaria_rolled_back", reason=reason, step=self._pos.global_step, rollbacks=self._rollbacks)
-        return True
+        _log.warning("tolaria_rolled_back", reason=reason, step=step, rollbacks=self._rollbacks)
+        return None
 
     # ------------------------------------------------------------------ the loop
 
@@ -441,9 +454,10 @@ class TrainingLoop:
                 if probe is not None and action is Action.CONTINUE:
                     probe(pos.global_step, self.trainee.model, batch)
                 if action is Action.ROLLBACK:
-                    if not self._rollback("non-finite steps"):
-                        self._policy.halt_now("rollback impossible after non-finite steps")
-                        return "halted", "rollback impossible after non-finite steps"
+                    halt = self._rollback("non-finite steps")
+                    if halt is not None:
+                        self._policy.halt_now(halt)
+                        return "halted", halt
                     batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
                     epoch_stats, stats = self._take_open_stats()
                     continue
@@ -660,9 +674,10 @@ class TrainingLoop:
         if verdict.failed:
             _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
         if verdict.action is Action.ROLLBACK:
-            if not self._rollback(f"failed epoch: {verdict.reason}"):
-                self._policy.halt_now("rollback impossible")
-                return "halted", "rollback impossible"
+            halt = self._rollback(f"failed epoch: {verdict.reason}")
+            if halt is not None:
+                self._policy.halt_now(halt)
+                return "halted", halt
             return None
         if verdict.action is Action.HALT:
             return "halted", verdict.reason

@@ -1,0 +1,60 @@
+"""Tolaria's emergency policy: an open epoch breaker half-opens after its open time, and a halted run's checkpoint
+resumes below L4."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from actors.tolaria.emergencies import Action, EmergencyPolicy
+from schemas.config import BreakerConfig, TolariaConfig
+from schemas.enums import BreakerState, EmergencyLevel
+
+if TYPE_CHECKING:
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+
+BUDGET_MS = 100.0
+
+
+def _policy(clock: ManualClock, sink: RecordingSink) -> EmergencyPolicy:
+    config = TolariaConfig(
+        epoch_budget_ms=BUDGET_MS,
+        failed_epochs_to_halt=8,
+        breaker=BreakerConfig(failure_threshold=3, open_s=10.0, success_threshold=1),
+    )
+    return EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+
+
+def _breaker(policy: EmergencyPolicy) -> BreakerState:
+    return policy.breaker.state
+
+
+def test_an_open_breaker_half_opens_after_its_open_time_and_a_good_epoch_closes_it(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Tolaria never asked the breaker to allow anything, so it never half-opened: every epoch after it opened failed
+    as breaker_open, however fast, until the failure streak halted the run."""
+    policy = _policy(clock, sink)
+    verdicts = [policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0) for _ in range(3)]
+    assert verdicts[-1].action is Action.ROLLBACK  # the third failure opened the breaker: L3
+    assert _breaker(policy) is BreakerState.OPEN
+    quick = policy.end_epoch(epoch_ms=BUDGET_MS / 2, hook_ms=0.0, missed_decisions=0)
+    assert (quick.failed, quick.reason) == (True, "breaker_open")  # still within its open time
+    clock.advance(10.0)
+    probe = policy.end_epoch(epoch_ms=BUDGET_MS / 2, hook_ms=0.0, missed_decisions=0)
+    assert (probe.failed, probe.action) == (False, Action.CONTINUE)
+    assert _breaker(policy) is BreakerState.CLOSED
+    assert policy.failed_streak == 0
+
+
+def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A resume of the checkpoint an L4 halt wrote trained on at L4 for good (L4 never steps down): growth stayed
+    paused for the rest of the run, and the next failed epoch halted it again at once."""
+    policy = _policy(clock, sink)
+    policy.restore({"emergency_level": int(EmergencyLevel.L4_HALT), "failed_streak": 8, "failed_epochs": 8})
+    assert policy.level is EmergencyLevel.L2_ELEVATED
+    assert policy.failed_streak == 0
+    assert policy.failed_epochs == 8
+    assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE
