@@ -54,6 +54,12 @@ def format_summary(summary: RunSummary) -> str:
         ):
             if loss is not None and acc is not None:
                 lines.append(f"  {split:<6} loss {loss:.4f}  accuracy {acc:.4f}")
+        if figures.skipped_steps or figures.rollbacks:
+            # Said only in summary.json: a run of 658 rollbacks read "completed" with "emergency events 3".
+            lines.append(
+                f"  skipped {figures.skipped_steps} non-finite steps, rolled back {figures.rollbacks} times"
+                " (events.jsonl: nonfinite_step_skipped, tolaria_rolled_back)"
+            )
     growth = summary.growth
     if growth is not None:
         lines += growth_lines(growth)

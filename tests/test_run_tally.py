@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
-from esper.summary_table import growth_lines
+from esper.summary_table import format_summary, growth_lines
 from esper.wiring import RunTally
 from schemas.boundary import Decision
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SeedStageChanged
-from schemas.run import GrowthFigures
+from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -170,3 +171,24 @@ def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> N
     tally.emit(_stage("b", SeedLifecycleStage.TRAINING, 28))
     grown = tally.figures(seed_parameters=64)
     assert (grown.baseline_epoch, grown.baseline_source) == (2, "run")  # the last epoch before b's germination
+
+
+def test_the_summary_table_says_how_many_steps_were_skipped_and_rolled_back() -> None:
+    """Rollbacks and skipped non-finite steps were only in summary.json: a run rolled back 658 times printed
+    'completed' with nothing but 'emergency events 3'."""
+    figures = TrainingFigures(
+        epochs=3, global_step=60, host_parameters=100, seed_parameters=0, skipped_steps=1976, rollbacks=658
+    )
+    summary = RunSummary(
+        run_id="r",
+        run_dir="runs/r",
+        status="completed",
+        started_at="t",
+        duration_s=1.0,
+        exit_code=0,
+        dead_letters=0,
+        training=figures,
+    )
+    assert "  skipped 1976 non-finite steps, rolled back 658 times" in format_summary(summary)
+    quiet = msgspec.structs.replace(summary, training=msgspec.structs.replace(figures, skipped_steps=0, rollbacks=0))
+    assert "rolled back" not in format_summary(quiet)

@@ -39,6 +39,7 @@ class EpochVerdict:
     failed: bool
     reason: str | None
     action: Action
+    halt_reason: str | None = None
 
 
 @final
@@ -118,7 +119,10 @@ class EmergencyPolicy:
             self.ladder.escalate(
                 EmergencyLevel.L4_HALT, f"failed_epochs_streak: {self.failed_streak} failed epochs in a row", ORIGIN
             )
-            return EpochVerdict(True, reason, Action.HALT)
+            # The halt's reason is the streak, not its last epoch's failure (the summary said "emergency halt:
+            # epoch_budget" of a run the streak halted).
+            halt = f"{self.failed_streak} failed epochs in a row (the last: {reason})"
+            return EpochVerdict(True, reason, Action.HALT, halt_reason=halt)
         if self.breaker.state is BreakerState.OPEN:
             self.ladder.escalate(EmergencyLevel.L3_CONSERVATIVE, f"breaker_open after {reason}", ORIGIN)
             return EpochVerdict(True, reason, Action.ROLLBACK)

@@ -680,7 +680,7 @@ class TrainingLoop:
                 return "halted", halt
             return None
         if verdict.action is Action.HALT:
-            return "halted", verdict.reason
+            return "halted", verdict.halt_reason or verdict.reason
         if state is not None and self._snapshots.disabled_reason is None:
             if not self._snapshots.put(state):
                 _log.warning("snapshot_tier_disabled", reason=self._snapshots.disabled_reason)
