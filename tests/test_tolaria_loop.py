@@ -548,3 +548,20 @@ def test_a_model_that_stays_nan_halts_after_three_rollbacks_to_one_state(data: D
     assert result.halt_reason == "rolled back to step 13 3 times without getting past it (non-finite steps)"
     assert result.figures.rollbacks == 3
     assert loop.policy.level is EmergencyLevel.L4_HALT
+
+
+def test_non_finite_steps_in_the_first_epoch_roll_back_to_the_runs_start(data: DataSplits) -> None:
+    """Three non-finite steps before the first epoch end had no snapshot to go back to: the run halted (rollback
+    impossible). The start is the first fast snapshot."""
+
+    def poison(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (3, 5, 7):
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    loop = make_loop(config(), data, hook=poison)
+    result = loop.run()
+    assert result.status == "completed"
+    assert result.figures.rollbacks == 1
+    assert [tier for tier, _ in loop.restore_ms_history] == ["fast"]
+    assert result.figures.global_step == 3 * 13

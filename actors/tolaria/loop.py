@@ -417,6 +417,24 @@ class TrainingLoop:
         num_batches = plan.num_batches
         assert self._data is not None
         train = self._data.train
+        snapshots = self._snapshots
+        if snapshots.latest is None and snapshots.disabled_reason is None:
+            # The run's start is its first fast snapshot: non-finite steps in the first epoch had nothing to roll back
+            # to and halted the run. (Fresh buffers, not the pool's: the optimizer has no state to lay out yet.)
+            applier = self._applier
+            assert applier is not None
+            snapshots.put(
+                capture(
+                    self.trainee,
+                    global_step=pos.global_step,
+                    epoch=pos.epoch,
+                    batch_index=pos.batch_index,
+                    graft_log=applier.log,
+                    counters=self._counters(),
+                    keep_modules=True,
+                    templates=self._seed_templates,
+                )
+            )
         while pos.epoch < config.epochs:
             epoch_started = time.perf_counter()
             epoch_cpu_started = time.thread_time()
