@@ -97,6 +97,16 @@ def test_plateau_germinates_into_the_most_constrained_slot_with_the_cheapest_blu
     assert germ.blend is not None
 
 
+def test_a_non_finite_validation_loss_is_no_plateau() -> None:
+    """A model whose eval pass gives NaN: every epoch read as one without improvement, so the heuristic grew seeds
+    on a plateau it could not have seen."""
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=2, plateau_min_delta=0.01))
+    constraints = {"s0": 0.2, "s1": 3.0, "s2": 1.0}
+    nan = float("nan")
+    decisions = run(policy, [observe(e, loss, constraints=constraints) for e, loss in enumerate([1.0, nan, nan, nan])])
+    assert actions(decisions) == [NOOP] * 4
+
+
 def test_growth_goes_only_where_the_layer_strains_and_waits_while_none_does() -> None:
     policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, germinate_min_constraint=1.0))
     relaxed = {"s0": 0.6, "s1": 0.9, "s2": 0.8}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+import structlog.testing
 import torch
 from torch import nn
 
@@ -565,3 +566,14 @@ def test_non_finite_steps_in_the_first_epoch_roll_back_to_the_runs_start(data: D
     assert result.figures.rollbacks == 1
     assert [tier for tier, _ in loop.restore_ms_history] == ["fast"]
     assert result.figures.global_step == 3 * 13
+
+
+def test_a_validation_loss_that_is_not_finite_is_said_once(data: DataSplits) -> None:
+    """A model that gives NaN only in eval mode trained on silently (val loss nan in every row, no warning)."""
+    loop = make_loop(config(host_model="tests.tolaria_factories:nan_in_eval", epochs=3), data)
+    with structlog.testing.capture_logs() as logs:
+        result = loop.run()
+    assert result.status == "completed"
+    said = [entry for entry in logs if entry["event"] == "validation_not_finite"]
+    assert len(said) == 1
+    assert (said[0]["epoch"], said[0]["val_loss"]) == (1, "nan")

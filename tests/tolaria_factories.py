@@ -213,3 +213,21 @@ def resizable_mlp() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(40, RESIZABLE_WIDTH), nn.ReLU(), nn.Linear(RESIZABLE_WIDTH, 10))
     model.slot_targets = RESIZABLE_SLOTS  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+class _NanInEval(nn.Module):
+    """tiny_mlp whose outputs are NaN in eval mode only (training is clean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        return out if self.training else out * float("nan")
+
+
+def nan_in_eval() -> nn.Module:
+    """A user model that validates to NaN: its training steps are finite."""
+    return _NanInEval()

@@ -9,6 +9,7 @@ starts the cooldown, so a vetoed policy does not retry every epoch.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, final
 
 import msgspec
@@ -166,7 +167,9 @@ class HeuristicPolicy:
         loss = observation.packet.validation_loss
         assert loss is not None  # _new_epoch checked it
         best, stalled = state.best_validation_loss, state.epochs_without_improvement
-        if best is None or loss < best - cfg.plateau_min_delta:
+        if not math.isfinite(loss):
+            pass  # no evidence either way: a NaN validation loss counted as an epoch without improvement (a plateau)
+        elif best is None or loss < best - cfg.plateau_min_delta:
             best, stalled = loss, 0
         else:
             stalled += 1

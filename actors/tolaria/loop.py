@@ -15,6 +15,7 @@ from __future__ import annotations
 # Past 600 lines: the phases share one position, one policy and the inbox. The step lives in stepper.py, the choice
 # of the state to restore in restore_point.py, and the stateless epoch-end work (validation, the finite check, the log
 # record) in epoch_end.py; the next split is the epoch end itself.
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,7 @@ class TrainingLoop:
         sink = _OutboxSink(self._outbox)
         self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
         self._rollbacks = 0
+        self._said_val_not_finite = False
         # (step, times in a row) of the state the last rollbacks went back to: a loop back to one state halts.
         self._rollback_target: tuple[int | None, int] = (None, 0)
         self._missed_this_epoch = 0
@@ -610,6 +612,11 @@ class TrainingLoop:
     ) -> tuple[LoopStatus, str | None] | None:
         assert self._data is not None
         val = self.evaluate(self._data.val) if self._data.val.num_samples else None
+        if val is not None and not math.isfinite(val[0]) and not self._said_val_not_finite:
+            # Training steps are checked every step; an eval pass that gives NaN (a model that misbehaves in eval
+            # mode only) was silent: once a run, it says so.
+            self._said_val_not_finite = True
+            _log.warning("validation_not_finite", epoch=self._pos.epoch + 1, val_loss=str(val[0]))
         # Everything the epoch end sends reaches the event loop when the lane thread is done (see HeldOutbox).
         self._outbox.hold()
         started: float | None = None
