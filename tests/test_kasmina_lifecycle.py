@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import torch
@@ -169,3 +170,45 @@ async def test_seed_state_reported_for_every_slot_each_epoch_and_on_transitions(
         assert [s.slot for s in latest] == ["a", "b"]
         assert latest[0].seed_id == "s1"
         assert latest[0].stage is Stage.GERMINATED
+
+
+async def test_a_stage_change_the_trainer_refused_is_sent_again_until_applied(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """At L3 (after a rollback) the trainer refuses stage changes: the lifecycle said BLENDING while the model kept
+    TRAINING, and the seed was culled 500 steps later for an alpha that never rose. The op goes again, for the stage
+    the seed is in, one at a time, until a receipt says it took; the refusal is said once."""
+    async with running_kasmina(clock, sink) as h:
+        await attach_seed(h)
+        step = 10
+        while True:  # to the boundary that plans BLENDING
+            plan = await h.boundary(step, seeds=(seed_report(),))
+            step += 1
+            if any(op.kind == "set_stage" for op in plan.ops):
+                break
+            await h.apply(plan)
+            assert step < 40, "never reached blending"
+        assert [(op.kind, op.stage) for op in plan.ops] == [("set_stage", Stage.BLENDING)]
+        await h.apply(plan, applied=False, error="adaptation paused (emergency level L3 or above)")
+        retried: list[int] = []
+        for _ in range(9):  # refused again while the trainer stays at L3
+            plan = await h.boundary(step, seeds=(seed_report(),))
+            ops = [(op.kind, op.stage, op.reason) for op in plan.ops]
+            assert ops in ([], [("set_stage", Stage.BLENDING, "retry")])
+            if ops:
+                retried.append(step)
+            await h.apply(plan, applied=False, error="adaptation paused (emergency level L3 or above)")
+            step += 1
+        # One at a time: the next goes once the last one's receipt (at its effect step, lag 2) has been read.
+        assert len(retried) == 3
+        assert [later - earlier for earlier, later in pairwise(retried)] == [3, 3]
+        applied_at = None
+        while applied_at is None or step <= applied_at + 3:  # the level fell: the next retry takes
+            plan = await h.boundary(step, seeds=(seed_report(),))
+            if plan.ops:
+                assert applied_at is None, "sent again after it was applied"
+                applied_at = step
+            await h.apply(plan)
+            step += 1
+        refusals = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
+        assert len(refusals) == 1

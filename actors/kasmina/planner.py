@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 _CRITICAL_GATE_REASONS = ("fallback", "latency_over_budget", "interface_mismatch")
 _SET_STAGE = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
+_STAGE_OPS = frozenset({"set_stage", "fossilize"})
 _AFTER_LIFE = frozenset({Stage.CULLED, Stage.EMBARGOED, Stage.RESETTING})
 
 
@@ -124,6 +125,9 @@ class BoundaryPlanner:
             breaker=breaker,
         )
         self._receipts: StepQueue[BoundaryApplied] = StepQueue(_applied_step)
+        # Seeds whose stage op the trainer refused: None, to send again at the next boundary; a step, sent then and
+        # awaiting its receipt.
+        self._unapplied: dict[str, int | None] = {}
         self._validation: StepQueue[SeedValidationReport] = StepQueue(_report_step)
         self._last_step: int | None = None
         self._reported_epoch: int | None = None
@@ -220,6 +224,7 @@ class BoundaryPlanner:
         self.boundaries += 1
         self._judged(report)
         changed = self._transition_ops(report, draft)
+        self._retry_stage_ops(draft)
         draft.ops.extend(command_ops)
         if self._reported_epoch != epoch:
             self._reported_epoch = epoch
@@ -228,6 +233,32 @@ class BoundaryPlanner:
             if rec.slot in changed:
                 self._sink.emit(self._seed_state(rec))
         return draft
+
+    def _retry_stage_ops(self, draft: Draft) -> None:
+        """The stage op of each seed whose last one the trainer refused, for the stage it is in now; one at a time
+        (the next waits for its receipt), none when this boundary's transitions already send the seed one."""
+        sent = {op.seed_id for op in draft.ops if isinstance(op, SeedOp)}
+        for seed_id, awaiting in list(self._unapplied.items()):
+            seed = self._seeds.get(seed_id)
+            if seed is None or seed.detached:
+                del self._unapplied[seed_id]
+                continue
+            if awaiting is not None:
+                continue
+            if seed_id in sent:
+                self._unapplied[seed_id] = draft.step  # that op carries the current stage: its receipt decides
+                continue
+            stage = self._lifecycle.record(seed.slot).stage
+            if stage in _SET_STAGE:
+                blend = seed.blend if stage is Stage.BLENDING else None
+                op = SeedOp(kind="set_stage", slot=seed.slot, seed_id=seed_id, stage=stage, blend=blend, reason="retry")
+            elif stage is Stage.FOSSILIZED:
+                op = SeedOp(kind="fossilize", slot=seed.slot, seed_id=seed_id, reason="retry")
+            else:
+                del self._unapplied[seed_id]
+                continue
+            draft.ops.append(op)
+            self._unapplied[seed_id] = draft.step
 
     def _paused_slots(self) -> frozenset[str]:
         return frozenset(seed.slot for seed in self._seeds.values() if seed.paused and not seed.detached)
@@ -293,6 +324,8 @@ class BoundaryPlanner:
                     continue
                 if not outcome.applied:
                     self._op_failed(seed, outcome.kind, outcome.error or "no reason given")
+                elif outcome.kind in _STAGE_OPS:
+                    self._unapplied.pop(seed.seed_id, None)
                 elif outcome.kind == "attach":
                     self._attached(seed)
                 elif outcome.kind == "detach":
@@ -326,6 +359,14 @@ class BoundaryPlanner:
         )
 
     def _op_failed(self, seed: SeedEntry, kind: str, error: str) -> None:
+        if kind in _STAGE_OPS:
+            # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and
+            # the model did not (the seed blended in its lifecycle only, then was culled for an alpha that never
+            # rose). Sent again, for the stage the seed is in by then, until it is applied; said once.
+            first = seed.seed_id not in self._unapplied
+            self._unapplied[seed.seed_id] = None
+            if not first:
+                return
         self._event(
             "seed_op_failed",
             TelemetryLevel.ERROR,
