@@ -446,6 +446,8 @@ def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) ->
             "flat_batchnorm",
             "cannot train on a batch of 1 (the last batch of an epoch; tolaria.drop_last = true skips it): ValueError",
         ),
+        # User code, not a Ctrl-C: it ended the run as interrupted (exit 130, no word), or stopped a notebook's loop.
+        ("interrupt_in_training", "KeyboardInterrupt: boom from user forward"),
     ],
 )
 def test_a_model_that_cannot_train_is_refused_before_the_first_step(data: DataSplits, spec: str, message: str) -> None:
@@ -577,3 +579,11 @@ def test_a_validation_loss_that_is_not_finite_is_said_once(data: DataSplits) -> 
     said = [entry for entry in logs if entry["event"] == "validation_not_finite"]
     assert len(said) == 1
     assert (said[0]["epoch"], said[0]["val_loss"]) == (1, "nan")
+
+
+def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplits) -> None:
+    cfg = config(host_model="tests.tolaria_factories:exit_in_forward")
+    with pytest.raises(TolariaConfigError) as info:
+        build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
+    assert "the model cannot take the mnist1d data set's samples" in str(info.value)
+    assert str(info.value).endswith("SystemExit: boom from user forward")

@@ -231,3 +231,30 @@ class _NanInEval(nn.Module):
 def nan_in_eval() -> nn.Module:
     """A user model that validates to NaN: its training steps are finite."""
     return _NanInEval()
+
+
+class _Escaping(nn.Module):
+    """tiny_mlp whose forward raises ``escape`` (in training mode only when ``training_only``)."""
+
+    def __init__(self, escape: type[BaseException], *, training_only: bool) -> None:
+        super().__init__()
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+        self._escape = escape
+        self._training_only = training_only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self._training_only:
+            raise self._escape("boom from user forward")
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def interrupt_in_training() -> nn.Module:
+    """Raises KeyboardInterrupt in a training-mode forward (user code, not a Ctrl-C)."""
+    return _Escaping(KeyboardInterrupt, training_only=True)
+
+
+def exit_in_forward() -> nn.Module:
+    """Raises SystemExit in every forward."""
+    return _Escaping(SystemExit, training_only=False)

@@ -302,7 +302,9 @@ def _fitting_shapes(
     kinds = _declared_kinds(model, slots, source)
     try:
         measured, output = measure_slot_shapes(model, slots, sample, kinds)
-    except Exception as err:  # whatever a user's forward raises, told in one line
+    # KeyboardInterrupt and SystemExit too: raised by a user's forward (this runs on a worker thread, where no signal
+    # arrives), they ended the run as if Ctrl-C had been pressed (exit 130, no word) or stopped a notebook's loop.
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
         raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
     expected = [len(sample), splits.num_classes]
     if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
@@ -334,7 +336,7 @@ def _check_trains(config: TolariaConfig, model: nn.Module, splits: DataSplits, s
         with torch.random.fork_rng(devices=[]):  # dropout draws leave the run's random streams as they were
             output = trial(sample)
             F.cross_entropy(output.float(), labels).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
-    except Exception as err:  # whatever a user's model raises, told in one line
+    except (Exception, KeyboardInterrupt, SystemExit) as err:  # whatever a user's model raises, in one line
         hint = " (the last batch of an epoch; tolaria.drop_last = true skips it)" if count == 1 and last == 1 else ""
         raise TolariaConfigError(
             f"{source}: the model cannot train on a batch of {count}{hint}: {type(err).__name__}: {err}"
