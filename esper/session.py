@@ -196,6 +196,8 @@ class EsperSystem:
         _GUARDS.add(self._guard)
         self._guard.add_done_callback(_GUARDS.discard)
         self._waited = False  # wait() or stop() was called: the run is being ended
+        # Set when training ended (or the tree failed) with nobody ending the run: what later streams get, then end.
+        self._ended: tuple[TrainingFigures | None] | None = None
         if training is not None:
             ended = asyncio.get_running_loop().create_task(self._training_ended(training), name=f"esper-end-{run_id}")
             _GUARDS.add(ended)
@@ -204,10 +206,19 @@ class EsperSystem:
     async def _training_ended(self, training: TrainingWatch) -> None:
         """Say in events() that training ended (its TrainingFigures); and when nobody is waiting for or stopping the
         run then, end the streams open now, so that a notebook reading events() to their end before it calls wait()
-        gets there (the run itself ends at wait() or stop(), which a stream opened later follows)."""
-        figures = await training.wait_finished()
-        self._hub.emit(figures)
+        gets there (the run itself ends at wait() or stop(), which a stream opened later follows). The tree failing
+        (the root supervisor gave up) ends them as well: training never finishes then."""
+        async with asyncio.TaskGroup() as tg:
+            finished = tg.create_task(training.wait_finished())
+            tree = tg.create_task(self._tree_stopped())
+            await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            tree.cancel()
+        last = finished.result() if finished.done() and not finished.cancelled() else None
+        if last is not None:
+            self._hub.emit(last)
         if not self._waited and self._summary is None:
+            self._ended = (last,)
             self._hub.end_streams()
 
     async def _guard_run(self) -> None:
@@ -254,6 +265,10 @@ class EsperSystem:
 
         A consumer that falls more than 1024 events behind misses events rather than slowing the run.
         """
+        if self._ended is not None and not self._waited and self._summary is None:
+            # Training already over and nobody has ended the run: this stream ends at once too (after the figures),
+            # or the notebook's next cell reading it would wait forever.
+            return _just(tuple(event for event in self._ended if event is not None))
         return self._hub.subscribe()
 
     async def wait(self) -> RunSummary:
@@ -401,6 +416,11 @@ class EsperSystem:
         with contextlib.suppress(OSError):
             self._logging.close()
         return summary
+
+
+async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:
+    for event in events:
+        yield event
 
 
 async def _drained(receive: MemoryObjectReceiveStream[Message | Record]) -> AsyncIterator[Message | Record]:

@@ -118,6 +118,34 @@ async def test_reading_events_to_their_end_then_waiting_finishes(tmp_path: Path)
     assert seen[-1] == summary.training
 
 
+async def test_a_stream_opened_after_training_ended_ends_too(tmp_path: Path) -> None:
+    """A notebook's next cell opened events() after training had ended (before wait()): it waited forever."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    async with asyncio.timeout(60):
+        first = [event async for event in system.events()]
+        later = [event async for event in system.events()]
+        summary = await system.wait()
+    assert isinstance(first[-1], TrainingFigures)
+    assert later == [first[-1]]
+    assert summary.status == "completed"
+
+
+async def test_a_stream_ends_when_the_run_fails(tmp_path: Path) -> None:
+    """The root supervisor gave up (a model failing every step): training never finished, so the stream never
+    ended, and the README's loop waited forever before its wait()."""
+    tolaria_factories._FailsInTraining.calls = 0
+    config = msgspec.structs.replace(
+        quiet_config(tmp_path),
+        tolaria=TolariaConfig(epochs=3, dataset_samples=400, host_model="tests.tolaria_factories:fails_in_training"),
+    )
+    system = await esper.start(config, run_dir=tmp_path / "run")
+    async with asyncio.timeout(120):
+        seen = [event async for event in system.events()]
+        summary = await system.wait()
+    assert summary.status == "failed"
+    assert any(isinstance(event, ChildFailed) for event in seen)
+
+
 async def test_a_stream_read_while_the_run_is_waited_for_goes_on_to_the_summary(tmp_path: Path) -> None:
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
     seen: list[Message | Record] = []

@@ -115,6 +115,7 @@ async def test_a_resume_with_other_weights_is_a_one_line_config_error(tmp_path: 
         same = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
         _check_same_weights(config, resumed.weights_sha256, same)  # the same file: no complaint
     text = str(info.value)
-    assert text.startswith(f"tamiyo.gnn_checkpoint = {str(other)!r}: its weights (")
+    assert text.startswith(f"tamiyo.gnn_checkpoint = {str(other)!r}: these are not the weights the run being resumed")
+    assert text.endswith("give the tamiyo.gnn_checkpoint its config.toml names")
     assert resumed.weights_sha256[:12] in text
     assert "\n" not in text

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog.testing
 
 from actors.urza.store import UrzaStore
 from tests.test_urza_artifact import linear_blob
@@ -164,3 +165,21 @@ def test_a_publish_lock_file_another_user_made_does_not_stop_the_store(tmp_path:
         command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_lock_file_nobody_may_read_is_said_once_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishing unlocked was warned about once per blueprint (8 identical lines a run)."""
+    real_open = os.open
+
+    def refusing(path: object, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith("publish.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, mode)  # type: ignore[arg-type]  # os.open's path type
+
+    with UrzaStore(tmp_path) as store:
+        monkeypatch.setattr(os, "open", refusing)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                with store.publishing():
+                    pass
+    assert [entry["event"] for entry in logs].count("urza_publish_unlocked") == 1

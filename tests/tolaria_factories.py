@@ -258,3 +258,27 @@ def interrupt_in_training() -> nn.Module:
 def exit_in_forward() -> nn.Module:
     """Raises SystemExit in every forward."""
     return _Escaping(SystemExit, training_only=False)
+
+
+class _FailsInTraining(nn.Module):
+    """tiny_mlp whose training-mode forwards raise from the third on (the start's check makes the first)."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            type(self).calls += 1
+            if type(self).calls > 2:
+                raise RuntimeError("user forward broke")
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def fails_in_training() -> nn.Module:
+    """A model that passes the start's checks and then fails every training step (a restart storm, a failed run)."""
+    return _FailsInTraining()

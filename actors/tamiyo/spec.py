@@ -203,8 +203,9 @@ def _check_same_weights(config: TamiyoConfig, resumed: str, make_gnn: _GnnFactor
         if config.gnn_checkpoint is not None:
             where += f" = {config.gnn_checkpoint!r}"
         raise ConfigError(
-            f"{where}: its weights ({make_gnn.weights_digest[:12]}) are not the ones the run being resumed decided with"
-            f" ({resumed[:12]}); a resume continues with the same policy (set the checkpoint the run used)"
+            f"{where}: these are not the weights the run being resumed decided with (their tensors' digest"
+            f" {make_gnn.weights_digest[:12]}, the run's {resumed[:12]}); a resume continues with the same policy: give"
+            " the tamiyo.gnn_checkpoint its config.toml names"
         )
 
 

@@ -167,6 +167,7 @@ class UrzaStore:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._quarantine.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._said_unlocked = False
         self._puts = 0
         self._puts_new = 0
         self._loads = 0
@@ -203,7 +204,9 @@ class UrzaStore:
             fd = os.open(self._root / _PUBLISH_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
         except OSError as err:
             # Not even readable: publish unlocked, as before the lock existed (at worst one duplicate artifact).
-            _log.warning("urza_publish_unlocked", path=str(self._root / _PUBLISH_LOCK), error=str(err))
+            if not self._said_unlocked:  # once a store, not once a blueprint
+                self._said_unlocked = True
+                _log.warning("urza_publish_unlocked", path=str(self._root / _PUBLISH_LOCK), error=str(err))
             yield
             return
         try:
