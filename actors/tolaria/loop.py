@@ -375,13 +375,14 @@ class TrainingLoop:
         """Roll back to the fast snapshot (or the last checkpoint when the fast tier is off); False if neither.
 
         Lane thread, between steps; expected plans are dropped (those decided after the snapshot are re-decided).
+        Asked for (a benchmark, an operator), it goes back however often it is asked.
         """
-        return self._rollback(reason) is None
+        return self._rollback(reason, loops=False) is None
 
-    def _rollback(self, reason: str) -> str | None:
-        """Roll back; None when done, else why the run must halt instead (no state to go back to, or the same state
-        rolled back to too often: a fault every replay of it meets again, such as a model that turned NaN for good,
-        rolled back thousands of times and never ended)."""
+    def _rollback(self, reason: str, *, loops: bool = True) -> str | None:
+        """Roll back; None when done, else why the run must halt instead (no state to go back to, or, with ``loops``,
+        the same state rolled back to too often: a fault every replay of it meets again, such as a model that turned
+        NaN for good, rolled back thousands of times and never ended)."""
         state = self._snapshots.latest
         tier = "fast"
         if state is None:
@@ -392,7 +393,7 @@ class TrainingLoop:
                 return f"rollback impossible after {reason}"
             state, tier = found[0], "full"
         last, times = self._rollback_target
-        if state.global_step == last and times >= _ROLLBACKS_TO_ONE_STATE:
+        if loops and state.global_step == last and times >= _ROLLBACKS_TO_ONE_STATE:
             _log.error("tolaria_rollback_loop", step=last, times=times, reason=reason)
             return f"rolled back to step {last} {times} times without getting past it ({reason})"
         release_modules(self._inbox.reset(), self._handoff)
