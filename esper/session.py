@@ -208,13 +208,7 @@ class EsperSystem:
         run then, end the streams open now, so that a notebook reading events() to their end before it calls wait()
         gets there (the run itself ends at wait() or stop(), which a stream opened later follows). The tree failing
         (the root supervisor gave up) ends them as well: training never finishes then."""
-        async with asyncio.TaskGroup() as tg:
-            finished = tg.create_task(training.wait_finished())
-            tree = tg.create_task(self._tree_stopped())
-            await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
-            tree.cancel()
-        last = finished.result() if finished.done() and not finished.cancelled() else None
+        last = await self._training_or_tree(training)
         if last is not None:
             self._hub.emit(last)
         if not self._waited and self._summary is None:
@@ -301,19 +295,21 @@ class EsperSystem:
         """Wait until training ends (then stop the other actors in order) or the tree stops on its own."""
         training = self._training
         assert training is not None
-        async with asyncio.TaskGroup() as tg:
-            finished = tg.create_task(training.wait_finished())
-            tree = tg.create_task(self._tree_stopped())
-            await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
-            if not finished.done():
-                finished.cancel()
-            if not tree.done():
-                tree.cancel()
-        if finished.cancelled() or self._stopped:
+        if await self._training_or_tree(training) is None or self._stopped:
             return
         if self._drain is not None:
             await self._drain()
         await self._actors.stop()
+
+    async def _training_or_tree(self, training: TrainingWatch) -> TrainingFigures | None:
+        """Wait until training ends (its figures) or the tree stops on its own, say by failing (None)."""
+        async with asyncio.TaskGroup() as tg:
+            finished = tg.create_task(training.wait_finished())
+            tree = tg.create_task(self._tree_stopped())
+            await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            tree.cancel()
+        return finished.result() if finished.done() and not finished.cancelled() else None
 
     async def _tree_stopped(self) -> None:
         # wait() re-raises the root's failure afterwards; here it only ends the race.
@@ -343,12 +339,7 @@ class EsperSystem:
         if training is not None and self._stop_training is not None:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
             self._stop_training()
-            async with asyncio.TaskGroup() as tg:
-                finished = tg.create_task(training.wait_finished())
-                tree = tg.create_task(self._tree_stopped())
-                await asyncio.wait((finished, tree), return_when=asyncio.FIRST_COMPLETED)
-                finished.cancel()
-                tree.cancel()
+            await self._training_or_tree(training)
             if self._drain is not None:
                 await self._drain()
         await self._actors.stop()

@@ -344,7 +344,8 @@ class TrainingLoop:
         device = self.trainee.device
         return IntervalStats.restored(saved[0], device), IntervalStats.restored(saved[1], device)
 
-    def _capture(self, *, keep_modules: bool) -> TrainState:
+    def _capture(self, *, keep_modules: bool, pooled: bool = True) -> TrainState:
+        """The state now; ``pooled``: into the capture pool's reused buffers, by the layout's plan."""
         applier = self._applier
         assert applier is not None
         pos = self._pos
@@ -356,9 +357,9 @@ class TrainingLoop:
             graft_log=applier.log,
             counters=self._counters(),
             keep_modules=keep_modules,
-            pool=self._capture_pool,
+            pool=self._capture_pool if pooled else None,
             templates=self._seed_templates,
-            planned=self._planned_capture,
+            planned=self._planned_capture if pooled else None,
         )
 
     def restore_checkpoint(self) -> bool:
@@ -424,20 +425,7 @@ class TrainingLoop:
         if snapshots.latest is None and snapshots.disabled_reason is None:
             # The run's start is its first fast snapshot: non-finite steps in the first epoch had nothing to roll back
             # to and halted the run. (Fresh buffers, not the pool's: the optimizer has no state to lay out yet.)
-            applier = self._applier
-            assert applier is not None
-            snapshots.put(
-                capture(
-                    self.trainee,
-                    global_step=pos.global_step,
-                    epoch=pos.epoch,
-                    batch_index=pos.batch_index,
-                    graft_log=applier.log,
-                    counters=self._counters(),
-                    keep_modules=True,
-                    templates=self._seed_templates,
-                )
-            )
+            snapshots.put(self._capture(keep_modules=True, pooled=False))
         while pos.epoch < config.epochs:
             epoch_started = time.perf_counter()
             epoch_cpu_started = time.thread_time()
