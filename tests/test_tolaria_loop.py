@@ -379,6 +379,18 @@ def test_an_open_breaker_is_l3_and_rolls_back(data: DataSplits) -> None:
     assert EmergencyLevel.L3_CONSERVATIVE in levels
 
 
+def test_epochs_failed_on_an_open_breaker_are_no_rollback_loop(data: DataSplits) -> None:
+    """An epoch failed only because the breaker is still open rolls back to the same snapshot by design, until the
+    breaker half-opens: the rollback-loop guard halted such a run (it had recovered) after three. Failed epochs end
+    by their streak."""
+    cfg = config(epoch_hook_budget_ms=1e-6, failed_epochs_to_halt=8, breaker=BreakerConfig(failure_threshold=2))
+    result = make_loop(cfg, data).run()
+    assert result.status == "halted"
+    assert result.halt_reason is not None
+    assert result.halt_reason.startswith("8 failed epochs in a row")
+    assert result.figures.rollbacks >= 4
+
+
 def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, tmp_path: Path) -> None:
     loop = make_loop(config(epoch_budget_ms=1e-6, failed_epochs_to_halt=2), data, tmp_path)
     result: LoopResult = loop.run()

@@ -688,7 +688,9 @@ class TrainingLoop:
         if verdict.failed:
             _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
         if verdict.action is Action.ROLLBACK:
-            halt = self._rollback(f"failed epoch: {verdict.reason}")
+            # No loop guard here: failed epochs have their own end, the streak (failed_epochs_to_halt), and epochs
+            # failed only because the breaker is still open go back to one state by design until it half-opens.
+            halt = self._rollback(f"failed epoch: {verdict.reason}", loops=False)
             if halt is not None:
                 self._policy.halt_now(halt)
                 return "halted", halt
