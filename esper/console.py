@@ -51,6 +51,7 @@ _SHOWN_EVENTS = {
     "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
+    "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

@@ -212,3 +212,6 @@ async def test_a_stage_change_the_trainer_refused_is_sent_again_until_applied(
             step += 1
         refusals = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
         assert len(refusals) == 1
+        # When it finally took is said too (the stage's event carries the step it was first planned for).
+        (took,) = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_retried"]
+        assert took.attributes["step"] == applied_at + 2

@@ -63,3 +63,25 @@ def test_receipts_apply_at_the_first_boundary_after_their_step_and_record_owners
     assert planner.owner_of("b.seed.down.weight") == "s1"
     assert planner.seed_states()[1].stage is Stage.TRAINING
     assert planner.slot_of("s1") == "b"
+
+
+def test_a_fossilized_seeds_parameters_pass_to_the_host(clock: ManualClock, sink: RecordingSink) -> None:
+    """The receipt of an applied fossilize hands the seed's parameters to the host (the isolation checks then leave
+    them alone); kept when the refused-stage-op retries were added to the same receipt handling."""
+    planner = bare_planner(clock, sink)
+    draft = planner.begin(make_packet(1), germinate_b(), None)
+    planner.prepared(prepared_seed())
+    planner.finish(draft)
+    attach = OpOutcome(kind="attach", slot="b", seed_id="s1", applied=True)
+    planner.record_receipt(
+        BoundaryApplied(run_id=RUN, decided_on_step=1, effect_step=3, applied_step=3, outcomes=(attach,))
+    )
+    fossilize = OpOutcome(kind="fossilize", slot="b", seed_id="s1", applied=True)
+    planner.record_receipt(
+        BoundaryApplied(run_id=RUN, decided_on_step=4, effect_step=6, applied_step=6, outcomes=(fossilize,))
+    )
+    for step in range(2, 6):
+        planner.finish(planner.begin(make_packet(step), None, None))
+    assert planner.owner_of("b.seed.up.weight") == "s1"
+    planner.finish(planner.begin(make_packet(7), None, None))
+    assert planner.owner_of("b.seed.up.weight") == "host"

@@ -322,10 +322,20 @@ class BoundaryPlanner:
                 seed = self._seeds.get(outcome.seed_id) if outcome.seed_id is not None else None
                 if seed is None:
                     continue
+                if outcome.applied and outcome.kind in _STAGE_OPS and seed.seed_id in self._unapplied:
+                    del self._unapplied[seed.seed_id]
+                    self._event(
+                        "seed_op_retried",
+                        TelemetryLevel.INFO,
+                        f"{outcome.kind} of seed {seed.seed_id} in slot {seed.slot} took effect at step"
+                        f" {receipt.applied_step}, after the trainer had refused it",
+                        slot=seed.slot,
+                        seed_id=seed.seed_id,
+                        op=outcome.kind,
+                        step=receipt.applied_step,
+                    )
                 if not outcome.applied:
                     self._op_failed(seed, outcome.kind, outcome.error or "no reason given")
-                elif outcome.kind in _STAGE_OPS:
-                    self._unapplied.pop(seed.seed_id, None)
                 elif outcome.kind == "attach":
                     self._attached(seed)
                 elif outcome.kind == "detach":
