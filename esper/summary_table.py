@@ -52,12 +52,14 @@ def format_summary(summary: RunSummary) -> str:
             ("val", figures.val_loss, figures.val_accuracy),
             ("test", figures.test_loss, figures.test_accuracy),
         ):
-            if loss is not None and acc is not None:
-                lines.append(f"  {split:<6} loss {loss:.4f}  accuracy {acc:.4f}")
+            if acc is not None:  # a NaN loss is kept as None: said, not left out (its accuracy read as real)
+                shown = f"{loss:.4f}" if loss is not None else "not finite"
+                lines.append(f"  {split:<6} loss {shown}  accuracy {acc:.4f}")
         if figures.skipped_steps or figures.rollbacks:
             # Said only in summary.json: a run of 658 rollbacks read "completed" with "emergency events 3".
             lines.append(
-                f"  skipped {figures.skipped_steps} non-finite steps, rolled back {figures.rollbacks} times"
+                f"  skipped {figures.skipped_steps} non-finite steps, rolled back {figures.rollbacks}"
+                f" time{'' if figures.rollbacks == 1 else 's'}"
                 " (events.jsonl: nonfinite_step_skipped, tolaria_rolled_back)"
             )
     growth = summary.growth
@@ -115,7 +117,8 @@ def _timing_note(growth: GrowthFigures) -> list[str]:
     return [
         "note: fallback decisions and emergencies usually come from a wall-clock budget (decision, hook or epoch"
         " time) that this machine's load tripped, else from a policy that failed; a rerun of the same config may then"
-        " differ (events.jsonl: fallback_applied, inference_failed, emergency_signal)"
+        " differ (those of non-finite steps repeat) (events.jsonl: fallback_applied, inference_failed,"
+        " emergency_signal)"
     ]
 
 

@@ -192,3 +192,8 @@ def test_the_summary_table_says_how_many_steps_were_skipped_and_rolled_back() ->
     assert "  skipped 1976 non-finite steps, rolled back 658 times" in format_summary(summary)
     quiet = msgspec.structs.replace(summary, training=msgspec.structs.replace(figures, skipped_steps=0, rollbacks=0))
     assert "rolled back" not in format_summary(quiet)
+    once = msgspec.structs.replace(summary, training=msgspec.structs.replace(figures, rollbacks=1))
+    assert "rolled back 1 time " in format_summary(once)
+    # A NaN validation loss (kept as None) was left out, its accuracy line with it, so 0.10 read as a real figure.
+    nan_val = msgspec.structs.replace(summary, training=msgspec.structs.replace(figures, val_accuracy=0.1016))
+    assert "  val    loss not finite  accuracy 0.1016" in format_summary(nan_val)
