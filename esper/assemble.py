@@ -43,7 +43,7 @@ from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
 from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
-from esper.run_history import earlier_slot_stages
+from esper.run_history import slot_stages_at
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
@@ -267,7 +267,8 @@ async def assemble(
         if resume:
             sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step))
             if resume_step is not None:
-                slot_stages = await anyio.to_thread.run_sync(earlier_slot_stages, run_dir, config, resume_step)
+                lag = config.tolaria.command_lag_steps
+                slot_stages = slot_stages_at(tally.earlier_slot_transitions, lag, resume_step)
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)

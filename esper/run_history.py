@@ -50,17 +50,23 @@ def previous_run_id(directory: Path) -> str:
 
 def earlier_tally(
     directory: Path, config: RunConfig
-) -> tuple[list[tuple[str, SeedLifecycleStage, int]], list[tuple[int, int, float]], list[DecisionRecord]]:
+) -> tuple[
+    list[tuple[str, SeedLifecycleStage, int]],
+    list[tuple[int, int, float]],
+    list[DecisionRecord],
+    list[tuple[str, SeedLifecycleStage, int]],
+]:
     """What a resumed run's summary counts from its earlier sessions: the seeds' transitions (seed id, stage,
-    step), each epoch's (number from 1, step, validation accuracy), and the decisions. Blocking; nothing when the
-    files cannot be read."""
+    step), each epoch's (number from 1, step, validation accuracy), the decisions, and every slot's transitions
+    (slot, stage, step) for ``slot_stages_at``. One read of each file. Blocking; nothing when the files cannot be
+    read."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     try:
         found = read_run_events(directory / config.logging.json_file)
         rows = read_metrics(directory / config.nissa.metrics_csv)
     except ReportInputError:
-        return [], [], []
+        return [], [], [], []
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     epochs = [
         (int(epoch), int(step), accuracy)  # metrics.csv counts epochs from 1, as the summary does
@@ -69,23 +75,18 @@ def earlier_tally(
         and (step := row.get("step")) is not None
         and (accuracy := row.get("val_accuracy")) is not None
     ]
-    return stages, epochs, found.decisions
+    slots = [(e.slot, e.to_stage, e.step) for e in found.stages]
+    return stages, epochs, found.decisions, slots
 
 
-def earlier_slot_stages(directory: Path, config: RunConfig, resume_step: int) -> dict[str, SeedLifecycleStage]:
-    """Each slot's lifecycle stage after the transitions decided at or before ``resume_step`` (a transition's event
-    carries the step its plan takes effect, ``command_lag_steps`` later): what Nissa had heard when the run reached the
-    checkpoint it resumes from. The resumed lifecycle's replay reports none of them again, so without them metrics.csv
-    showed the trainer's coarser view of each seed until its next transition. Blocking; empty when the file cannot be
-    read."""
-    from esper.report import ReportInputError, read_stage_events
-
-    try:
-        events = read_stage_events(directory / config.logging.json_file)
-    except ReportInputError:
-        return {}
-    lag = config.tolaria.command_lag_steps
-    return {e.slot: e.to_stage for e in events if e.step - lag <= resume_step}
+def slot_stages_at(
+    transitions: list[tuple[str, SeedLifecycleStage, int]], lag_steps: int, resume_step: int
+) -> dict[str, SeedLifecycleStage]:
+    """Each slot's lifecycle stage after the (slot, stage, step) transitions decided at or before ``resume_step``
+    (a transition's event carries the step its plan takes effect, ``lag_steps`` later): what Nissa had heard when the
+    run reached the checkpoint it resumes from. The resumed lifecycle's replay reports none of them again, so without
+    them metrics.csv showed the trainer's coarser view of each seed until its next transition."""
+    return {slot: stage for slot, stage, step in transitions if step - lag_steps <= resume_step}
 
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:

@@ -197,7 +197,7 @@ class EsperSystem:
         self._guard.add_done_callback(_GUARDS.discard)
         self._waited = False  # wait() or stop() was called: the run is being ended
         # Set when training ended (or the tree failed) with nobody ending the run: what later streams get, then end.
-        self._ended: tuple[TrainingFigures | None] | None = None
+        self._ended: tuple[TrainingFigures, ...] | None = None
         if training is not None:
             ended = asyncio.get_running_loop().create_task(self._training_ended(training), name=f"esper-end-{run_id}")
             _GUARDS.add(ended)
@@ -212,7 +212,7 @@ class EsperSystem:
         if last is not None:
             self._hub.emit(last)
         if not self._waited and self._summary is None:
-            self._ended = (last,)
+            self._ended = () if last is None else (last,)
             self._hub.end_streams()
 
     async def _guard_run(self) -> None:
@@ -262,7 +262,7 @@ class EsperSystem:
         if self._ended is not None and not self._waited and self._summary is None:
             # Training already over and nobody has ended the run: this stream ends at once too (after the figures),
             # or the notebook's next cell reading it would wait forever.
-            return _just(tuple(event for event in self._ended if event is not None))
+            return _just(self._ended)
         return self._hub.subscribe()
 
     async def wait(self) -> RunSummary:

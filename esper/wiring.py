@@ -219,6 +219,8 @@ class RunTally:
     # sessions' (read back from their tamiyo_decision lines).
     decisions: list[DecisionRecord] = field(default_factory=list)
     emergencies: int = 0
+    # A resumed run's earlier (slot, stage, step) transitions, read once with the rest of its tally.
+    earlier_slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -234,11 +236,13 @@ class RunTally:
         stages: list[tuple[str, SeedLifecycleStage, int]],
         epochs: list[tuple[int, int, float]],
         decisions: list[DecisionRecord] | None = None,
+        slot_transitions: list[tuple[str, SeedLifecycleStage, int]] | None = None,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
-        (epoch, step, validation accuracy) rows and its decisions; the resumed run's own traffic then continues the
-        tally."""
+        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (Nissa's
+        starting stages, see slot_stages_at); the resumed run's own traffic then continues the tally."""
         self.decisions = list(decisions or ())
+        self.earlier_slot_transitions = list(slot_transitions or ())
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
-from esper.run_history import earlier_slot_stages
+from esper.run_history import earlier_tally, slot_stages_at
 from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
@@ -169,8 +169,10 @@ def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path
         {"event": stage, "slot": "a", "step": 100, "to_stage": "FOSSILIZED", "from_stage": "PROBATIONARY"},
     ]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    (tmp_path / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
     config = RunConfig(tolaria=TolariaConfig(command_lag_steps=8))
-    stages = earlier_slot_stages(tmp_path, config, resume_step=88)
+    *_, transitions = earlier_tally(tmp_path, config)
+    stages = slot_stages_at(transitions, config.tolaria.command_lag_steps, resume_step=88)
     assert stages == {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
     aggregator = MetricsAggregator(stages=stages)
     seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))
