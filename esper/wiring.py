@@ -24,7 +24,7 @@ from actors.tolaria.actor import TolariaControl
 from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing, BlueprintUnavailable
 from esper.decisions import Decision as DecisionRecord
 from esper.decisions import add_decision
-from esper.nn.blueprints import build_blueprint
+from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
 from esper.summary_table import seed_outcomes
@@ -336,7 +336,7 @@ class UrzaFirstSource:
         catalogue = self._urza.catalogue
         return catalogue.get(blueprint_id) if blueprint_id in catalogue else None
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
         try:
             return self._urza.fetch(blueprint_id, slot_shape, params, seed)
         except ArtifactNotFound as err:
@@ -360,7 +360,9 @@ class UrzaFirstSource:
         )
         # Tezzeret's seed, not the seed's own: the same weights the artifact would have held, so a cold or damaged
         # store does not change the run.
-        return build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=COMPILE_SEED)
+        return SourcedModule(
+            build_blueprint(self._urza.catalogue.get(blueprint_id), slot_shape, params, seed=COMPILE_SEED)
+        )
 
 
 def threadsafe(loop: asyncio.AbstractEventLoop, sink: EventSink) -> Callable[[TelemetryEvent], None]:

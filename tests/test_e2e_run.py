@@ -25,6 +25,7 @@ from actors.kasmina.preparation import SeedSource
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
 from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manifest
+from esper.nn.blueprints import SourcedModule
 from esper.resume import resume_point
 from esper.run import start
 from esper.wiring import RunHooks
@@ -104,10 +105,10 @@ class ReplaceNthFetch(SeedSource):
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
         return self._inner.describe(blueprint_id)
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
         self.fetches += 1
-        module = self._inner.fetch(blueprint_id, slot_shape, params, seed)
-        return self._replace(module) if self.fetches == self._nth else module
+        fetched = self._inner.fetch(blueprint_id, slot_shape, params, seed)
+        return SourcedModule(self._replace(fetched.module)) if self.fetches == self._nth else fetched
 
 
 def second_seed_inert(inner: SeedSource) -> SeedSource:
@@ -375,6 +376,10 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
     before = [(e.kind, e.step, e.seed_id) for e in found[0].graft_log]
     grown = {e.blueprint_id for e in found[0].graft_log if e.blueprint_id is not None}
     assert grown, "the run should grow to be a real test"
+    # Each graft names the verified artifact its seed came from (the store's blob, named by its SHA-256).
+    for attach in (e for e in found[0].graft_log if e.kind == "attach"):
+        assert attach.artifact_sha256 is not None, attach
+        assert (tmp_path / "urza" / "blobs" / attach.artifact_sha256).is_file()
     with sqlite3.connect(tmp_path / "urza" / "catalog.sqlite") as catalog:
         catalog.executemany(
             "INSERT OR REPLACE INTO blueprints VALUES (?, 'failed', 'compile took 2.0 s, over its 1.0 s', 0)",

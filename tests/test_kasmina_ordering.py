@@ -14,9 +14,7 @@ from tests._kasmina_harness import running_kasmina
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from torch import nn
-
-    from esper.nn.blueprints import BlueprintDescriptor, SlotShape
+    from esper.nn.blueprints import BlueprintDescriptor, SlotShape, SourcedModule
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
 
@@ -75,7 +73,7 @@ class HeldSource:
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
         return self._inner.describe(blueprint_id)
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
         self._loop.call_soon_threadsafe(self._started.set)
         self._release.wait()
         return self._inner.fetch(blueprint_id, slot_shape, params, seed)

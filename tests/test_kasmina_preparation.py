@@ -17,7 +17,7 @@ from actors.kasmina.preparation import (
     derive_build_seed,
 )
 from actors.urza.artifact import ArtifactNotFound
-from esper.nn.blueprints import SlotShape
+from esper.nn.blueprints import SlotShape, SourcedModule
 from esper.runtime.handoff import Handoff
 from esper.runtime.lanes import Lane
 from schemas.config import KasminaConfig
@@ -79,13 +79,13 @@ def test_cache_evicts_the_least_recently_used_and_hands_out_copies() -> None:
     assert keys[1] not in cache, "the least recently used entry goes first"
     again = cache.get(keys[0])
     assert again is not None
-    assert same_values(first, again)
-    assert not shares_storage(first, again), "two takers of one entry never share parameters"
+    assert same_values(first.module, again.module)
+    assert not shares_storage(first.module, again.module), "two takers of one entry never share parameters"
     with torch.no_grad():
-        next(first.parameters()).add_(1.0)
+        next(first.module.parameters()).add_(1.0)
     third = cache.get(keys[0])
     assert third is not None
-    assert same_values(third, again), "training one copy leaves the cached module pristine"
+    assert same_values(third.module, again.module), "training one copy leaves the cached module pristine"
     stats = cache.statistics()
     assert (stats.size, stats.capacity, stats.hits, stats.misses, stats.evictions) == (2, 2, 3, 0, 1)
     assert cache.get(keys[1]) is None
@@ -103,7 +103,7 @@ async def test_preparer_builds_deterministically_and_a_cache_hit_is_a_fresh_copy
     assert cold.probe_grad_norm > 0.0
     assert cold.parameter_count == sum(p.numel() for p in handoff.take(warm.handle).parameters())
     one = handoff.take(cold.handle)
-    rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1"))
+    rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1")).module
     assert same_values(one, rebuilt), "a resume rebuilds the same initial weights"
     assert all(p.grad is None for p in one.parameters()), "the probe leaves no gradients behind"
     assert cold.param_names == tuple(name for name, _ in one.named_parameters())
@@ -142,7 +142,7 @@ async def test_prefetch_warms_the_cache_for_the_germinate_that_follows(clock: Ma
         handle = plan.ops[0].handle
         assert handle is not None
         module = h.handoff.take(handle)
-        rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1"))
+        rebuilt = CatalogueSource().fetch("BP002", CONV, {"rank": 2.0}, derive_build_seed(7, "s1")).module
         assert same_values(module, rebuilt)
 
 
@@ -181,7 +181,7 @@ class BrokenSource:
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
         return self._inner.describe(blueprint_id)
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
         raise ValueError(f"artifact for {blueprint_id} unreadable")
 
 
@@ -200,6 +200,38 @@ async def test_a_failed_preparation_is_reported_and_culls_the_seed(clock: Manual
 
 
 @final
+class NamedArtifactSource:
+    """The catalogue's modules, served as if from a verified Urza artifact with a known SHA-256."""
+
+    SHA256 = "ab" * 32
+
+    def __init__(self) -> None:
+        self._inner = CatalogueSource()
+
+    def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
+        return self._inner.describe(blueprint_id)
+
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
+        return SourcedModule(self._inner.fetch(blueprint_id, slot_shape, params, seed).module, self.SHA256)
+
+
+async def test_the_attach_names_the_artifact_its_module_came_from(clock: ManualClock, sink: RecordingSink) -> None:
+    """The graft log records the attach op's artifact (REFERENCE.md section 6): it stayed empty, so no checkpoint
+    said whether a seed came from a verified artifact or from the catalogue. A cache hit keeps the name."""
+    slots = {"a": CONV, "c": CONV}
+    async with running_kasmina(clock, sink, source=NamedArtifactSource(), slots=slots) as h:
+        await h.ref.tell(PrefetchSeed(request_id="p1", blueprint_id="BP001", slot="c", seed_id="s2"))
+        cold = await h.boundary(1, h.germinate(slot="a", seed_id="s1", blueprint_id="BP001"))
+        warm = await h.boundary(2, h.germinate(slot="c", seed_id="s2", blueprint_id="BP001"))
+        assert (await h.statistics()).cache_hits == 1
+    attaches = [op for plan in (cold, warm) for op in plan.ops if op.kind == "attach"]
+    assert [op.artifact_sha256 for op in attaches] == [NamedArtifactSource.SHA256] * 2
+    async with running_kasmina(clock, sink) as h:
+        plan = await h.boundary(1, h.germinate(blueprint_id="BP001"))
+    assert [op.artifact_sha256 for op in plan.ops] == [None], "a catalogue build names no artifact"
+
+
+@final
 class LateSource:
     """The catalogue's modules, but the first ``misses`` fetches find no artifact yet (Tezzeret still compiling)."""
 
@@ -211,7 +243,7 @@ class LateSource:
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
         return self._inner.describe(blueprint_id)
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
         self.fetches += 1
         if self.fetches <= self.misses:
             raise ArtifactNotFound(blueprint_id, f"no ready artifact for {blueprint_id} yet")

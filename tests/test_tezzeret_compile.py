@@ -68,7 +68,7 @@ def test_every_artifact_loads_back_verified_and_is_exactly_zero_at_birth(store: 
     compile_all(catalogue, SLOTS, UrzaArtifactSink(store))
     source = UrzaSeedSource(store, catalogue)
     for job in plan_jobs(catalogue, SLOTS):
-        module = source.fetch(job.blueprint_id, job.slot, job.descriptor.defaults(), seed=0)
+        module = source.fetch(job.blueprint_id, job.slot, job.descriptor.defaults(), seed=0).module
         x = _probe_input(job.slot, seed=1)
         with torch.no_grad():
             y = module(x)
@@ -84,7 +84,7 @@ def test_artifacts_round_trip_bit_exactly_through_tezzeret_store_and_seed_source
     for job in plan_jobs(catalogue, SLOTS):
         params = job.descriptor.defaults()
         reference = build_blueprint(job.descriptor, job.slot, params, seed=7).state_dict()
-        fetched = source.fetch(job.blueprint_id, job.slot, params, seed=0).state_dict()
+        fetched = source.fetch(job.blueprint_id, job.slot, params, seed=0).module.state_dict()
         assert fetched.keys() == reference.keys()
         for name, tensor in reference.items():
             assert fetched[name].dtype == tensor.dtype

@@ -38,20 +38,20 @@ def test_it_satisfies_kasminas_seed_source_protocol(store: UrzaStore) -> None:
     assert descriptor is not None
     assert descriptor.blueprint_id == "BP002"
     assert source.describe("BP404") is None
-    module = source.fetch("BP002", FLAT, {"rank": 4.0}, 0)
+    module = source.fetch("BP002", FLAT, {"rank": 4.0}, 0).module
     assert module(torch.ones(2, 5)).shape == (2, 5)
 
 
 def test_fetches_are_independent_copies_of_the_verified_weights(store: UrzaStore) -> None:
     source = UrzaSeedSource(store)
-    first = source.fetch("BP007", SEQ, {"width": 1.0}, 1)
-    second = source.fetch("BP007", SEQ, {"width": 1.0}, 2)
+    first = source.fetch("BP007", SEQ, {"width": 1.0}, 1).module
+    second = source.fetch("BP007", SEQ, {"width": 1.0}, 2).module
     pointers = {p.data_ptr() for p in first.parameters()}
     assert pointers.isdisjoint(p.data_ptr() for p in second.parameters())
     with torch.no_grad():
         for param in first.parameters():
             param.add_(1.0)  # training one seed ...
-    third = source.fetch("BP007", SEQ, {"width": 1.0}, 3)
+    third = source.fetch("BP007", SEQ, {"width": 1.0}, 3).module
     for (name, a), b in zip(second.state_dict().items(), third.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # ... never touches the verified copy
     stats = source.statistics()

@@ -46,31 +46,36 @@ def _parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_a_stored_artifact_is_served_without_a_warning(store: UrzaStore) -> None:
+def test_a_stored_artifact_is_served_without_a_warning_and_named_by_its_sha256(store: UrzaStore) -> None:
     compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
     source, events = _source(store)
-    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
-    assert _parameter_count(module) > 0
+    fetched = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(fetched.module) > 0
+    # The graft log and G1's evidence record which artifact the seed came from.
+    assert fetched.artifact_sha256 == store.resolve(BLUEPRINT).sha256
     assert events == []
     assert source.built_from_catalogue == 0
 
 
 def test_without_an_artifact_the_blueprint_is_built_from_the_catalogue(store: UrzaStore) -> None:
     source, events = _source(store)
-    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
-    assert _parameter_count(module) > 0
+    fetched = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert _parameter_count(fetched.module) > 0
+    assert fetched.artifact_sha256 is None, "a catalogue build names no artifact"
     assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
     assert "no compiled artifact yet" in events[0].description
 
 
 def test_a_corrupt_or_missing_blob_is_quarantined_and_the_seed_still_built(store: UrzaStore) -> None:
     summary = compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
-    reference = UrzaSeedSource(store, default_catalogue()).fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    reference = UrzaSeedSource(store, default_catalogue()).fetch(BLUEPRINT, SLOT, _params(), seed=3).module
     entry = store.resolve(BLUEPRINT)
     assert entry.sha256 in summary.artifacts
     store.blob_path(entry.sha256).write_bytes(b"garbage")
     source, events = _source(store)
-    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    fetched = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert fetched.artifact_sha256 is None, "the damaged artifact is not named as the seed's source"
+    module = fetched.module
     assert _parameter_count(module) == _parameter_count(reference)  # the same blueprint, never another
     # ...with the very weights the artifact held (Tezzeret's seed, not the seed's): a damaged store changes no run.
     built, stored = module.state_dict(), reference.state_dict()
@@ -98,7 +103,7 @@ def test_a_read_error_builds_the_seed_from_the_catalogue(store: UrzaStore, monke
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(store, "load", failing_load)
-    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3).module
     assert _parameter_count(module) > 0
     assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
     assert "its artifact could not be read (OSError: [Errno 5] Input/output error)" in events[0].description
@@ -112,7 +117,7 @@ def test_a_blueprint_marked_unavailable_while_the_run_trains_is_still_described_
     for state in ("failed", "quarantined"):
         store.set_blueprint_status(BLUEPRINT, state, "compile took 2.0 s, over its 1.0 s")
         assert source.describe(BLUEPRINT) == default_catalogue().get(BLUEPRINT)
-        module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+        module = source.fetch(BLUEPRINT, SLOT, _params(), seed=3).module
         assert _parameter_count(module) > 0
         assert events[-1].name == BUILT_FROM_CATALOGUE
         assert f"the store marks it unavailable (blueprint {BLUEPRINT!r} is {state}" in events[-1].description

@@ -99,7 +99,9 @@ class AttachmentEvidence(Record, frozen=True):
     """The result of attaching a seed's kernel and probing it once, as G1 judges it.
 
     Attributes:
-        artifact_verified: the module was built from an artifact whose SHA-256 Urza verified.
+        artifact_verified: the module was loaded from an artifact whose SHA-256 Urza verified, or built from Karn's
+            catalogue by the blueprint's own builder.
+        artifact_sha256: the artifact's SHA-256; None when the module was built from the catalogue.
         fallback: the module is a fallback, not the requested blueprint.
         interface_matches: shape, dtype and device of the seed's output match the slot.
         probe_seed_grad_norm: L2 norm of the seed's gradients from the probe forward/backward.
@@ -116,6 +118,7 @@ class AttachmentEvidence(Record, frozen=True):
     probe_host_grad_max_abs: float
     isolation_breaker: BreakerState
     params_in_optimizer: bool
+    artifact_sha256: str | None = None
 
 
 class ResetEvidence(Record, frozen=True):

@@ -299,6 +299,7 @@ class BoundaryPlanner:
                     stage=Stage.TRAINING,
                     handle=seed.prepared.handle,
                     blueprint_id=seed.blueprint_id,
+                    artifact_sha256=seed.prepared.artifact_sha256,
                     blend=seed.blend,
                     reason="germinate",
                 )
@@ -356,8 +357,10 @@ class BoundaryPlanner:
             seed.slot,
             AttachmentEvidence(
                 seed_id=seed.seed_id,
-                # Built-in blueprints are built by a known builder from Karn's spec: nothing to verify yet.
+                # An artifact's SHA-256 was verified before it was loaded; a module built from Karn's catalogue is
+                # built by the blueprint's own builder from its spec: nothing to verify.
                 artifact_verified=True,
+                artifact_sha256=prepared.artifact_sha256,
                 fallback=False,
                 interface_matches=prepared.interface_ok,
                 probe_seed_grad_norm=prepared.probe_grad_norm,

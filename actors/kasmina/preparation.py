@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import torch
 
-from esper.nn.blueprints import build_blueprint, default_catalogue, probe_validate
+from esper.nn.blueprints import SourcedModule, build_blueprint, default_catalogue, probe_validate
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ class SeedSource(Protocol):
         """The blueprint's descriptor, or None when the source does not know it."""
         ...
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
-        """A fresh module for ``slot_shape`` (on the CPU), deterministic in ``seed``; never shared with anyone.
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
+        """A fresh module for ``slot_shape`` (on the CPU), deterministic in ``seed``, never shared with anyone, and the
+        artifact it came from (None: built from the catalogue).
 
         Raises:
             KeyError: the blueprint is unknown.
@@ -67,8 +68,8 @@ class CatalogueSource:
     def describe(self, blueprint_id: str) -> BlueprintDescriptor | None:
         return self._catalogue.get(blueprint_id) if blueprint_id in self._catalogue else None
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
-        return build_blueprint(self._catalogue.get(blueprint_id), slot_shape, params, seed=seed)
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
+        return SourcedModule(build_blueprint(self._catalogue.get(blueprint_id), slot_shape, params, seed=seed))
 
 
 def derive_build_seed(run_seed: int, seed_id: str) -> int:
@@ -123,7 +124,7 @@ class ModuleCache:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1 module, got {capacity}")
         self._capacity = capacity
-        self._items: OrderedDict[CacheKey, nn.Module] = OrderedDict()
+        self._items: OrderedDict[CacheKey, SourcedModule] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -133,18 +134,19 @@ class ModuleCache:
         with self._lock:
             return key in self._items
 
-    def get(self, key: CacheKey) -> nn.Module | None:
-        """A deep copy of the module under ``key`` (now the most recently used), or None (counted as a miss)."""
+    def get(self, key: CacheKey) -> SourcedModule | None:
+        """A deep copy of the module under ``key`` (now the most recently used) with its provenance, or None (counted
+        as a miss)."""
         with self._lock:
-            module = self._items.get(key)
-            if module is None:
+            sourced = self._items.get(key)
+            if sourced is None:
                 self._misses += 1
                 return None
             self._items.move_to_end(key)
             self._hits += 1
-        return copy.deepcopy(module)
+        return SourcedModule(copy.deepcopy(sourced.module), sourced.artifact_sha256)
 
-    def put(self, key: CacheKey, module: nn.Module) -> None:
+    def put(self, key: CacheKey, module: SourcedModule) -> None:
         """Keep ``module`` (the caller gives it up) under ``key``, evicting the least recently used beyond capacity."""
         with self._lock:
             self._items[key] = module
@@ -188,6 +190,7 @@ class PreparedSeed:
         probe_grad_norm: L2 norm of the seed's gradients from one probe forward/backward.
         probe_failures: one line per failed probe check (shape, dtype, finiteness, parameter count, zero output).
         fetch_ms: how long the module took to fetch from the seed source (Urza); 0 when the ready cache had it.
+        artifact_sha256: the verified Urza artifact the module was loaded from; None: built from the catalogue.
     """
 
     seed_id: str
@@ -199,6 +202,7 @@ class PreparedSeed:
     probe_failures: tuple[str, ...]
     cache_hit: bool
     fetch_ms: float = 0.0
+    artifact_sha256: str | None = None
 
     @property
     def interface_ok(self) -> bool:
@@ -260,22 +264,23 @@ class Preparer:
         self._cache.put(key, self._fetch(request))
         return False
 
-    def _fetch(self, request: PreparationRequest) -> nn.Module:
-        module = self._source.fetch(request.blueprint_id, request.slot_shape, dict(request.params), request.build_seed)
-        return module.to(self._lane.device)
+    def _fetch(self, request: PreparationRequest) -> SourcedModule:
+        fetched = self._source.fetch(request.blueprint_id, request.slot_shape, dict(request.params), request.build_seed)
+        return SourcedModule(fetched.module.to(self._lane.device), fetched.artifact_sha256)
 
     def _prepare_on_lane(self, request: PreparationRequest) -> PreparedSeed:
         key = cache_key(request.blueprint_id, request.slot_shape, dict(request.params), request.build_seed)
-        module = self._cache.get(key)
-        hit = module is not None
+        sourced = self._cache.get(key)
+        hit = sourced is not None
         fetch_ms = 0.0
-        if module is None:
+        if sourced is None:
             started = time.perf_counter()
             pristine = self._fetch(request)
             fetch_ms = (time.perf_counter() - started) * 1e3
             # The cache keeps the pristine module; the seed gets a copy, so a later hit never shares its parameters.
             self._cache.put(key, pristine)
-            module = copy.deepcopy(pristine)
+            sourced = SourcedModule(copy.deepcopy(pristine.module), pristine.artifact_sha256)
+        module = sourced.module
         failures, grad_norm = self._probe(module, request)
         names = tuple(name for name, _ in module.named_parameters())
         count = sum(p.numel() for p in module.parameters())
@@ -291,6 +296,7 @@ class Preparer:
             probe_failures=failures,
             cache_hit=hit,
             fetch_ms=fetch_ms,
+            artifact_sha256=sourced.artifact_sha256,
         )
 
     def _probe(self, module: nn.Module, request: PreparationRequest) -> tuple[tuple[str, ...], float]:

@@ -78,6 +78,7 @@ def seed_state(
         layer_depth=depth,
         seed_id=seed.seed_id,
         blueprint_id=seed.blueprint_id,
+        artifact_sha256=seed.prepared.artifact_sha256 if seed.prepared is not None else None,
         alpha=min(1.0, max(0.0, seed.alpha)),
         alpha_steps=seed.alpha_steps,
         alpha_total_steps=blend.ramp_steps if blend is not None else 0,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, final
 from actors.urza.artifact import ArtifactNotFound, ModuleMismatch
 from actors.urza.builders import build_from_metadata, signature_key
 from actors.urza.cache import clone_module
-from esper.nn.blueprints import default_catalogue, validate_params
+from esper.nn.blueprints import SourcedModule, default_catalogue, validate_params
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -133,8 +133,9 @@ class UrzaSeedSource:
             return None
         return self._catalogue.get(blueprint_id)
 
-    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> nn.Module:
-        """An independent copy of the verified module of the newest ready artifact for (blueprint, slot, params).
+    def fetch(self, blueprint_id: str, slot_shape: SlotShape, params: Mapping[str, float], seed: int) -> SourcedModule:
+        """An independent copy of the verified module of the newest ready artifact for (blueprint, slot, params),
+        with that artifact's SHA-256.
 
         ``seed`` does not change the weights (see the module docstring). Runs on the io lane and blocks.
 
@@ -159,7 +160,7 @@ class UrzaSeedSource:
                 self._failures += 1
             self.refresh()
             raise
-        return clone_module(module)
+        return SourcedModule(clone_module(module), entry.sha256)
 
     def statistics(self) -> SeedSourceStatistics:
         """Counters and memo occupancy; never blocks on I/O."""

@@ -25,6 +25,7 @@ from esper.nn.blueprints.registry import build_blueprint as build_blueprint
 from esper.nn.blueprints.registry import default_catalogue as default_catalogue
 from esper.nn.blueprints.registry import param_count as param_count
 from esper.nn.blueprints.registry import param_count_range as param_count_range
+from esper.nn.blueprints.sourced import SourcedModule as SourcedModule
 
 __all__ = [
     "FAMILIES",
@@ -38,6 +39,7 @@ __all__ = [
     "SlotKind",
     "SlotShape",
     "SlotSignature",
+    "SourcedModule",
     "Tier",
     "build_blueprint",
     "default_catalogue",
