@@ -138,6 +138,7 @@ class RunEvents(NamedTuple):
     stages: list[StageEvent]
     pauses: list[PauseEvent]
     decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
+    emergencies: int = 0  # emergency_signal lines: every session's
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -152,6 +153,7 @@ def read_run_events(path: Path) -> RunEvents:
     events: list[StageEvent] = []
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
+    emergencies = 0
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -170,11 +172,13 @@ def read_run_events(path: Path) -> RunEvents:
                     pauses.append(pause)
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
+                elif entry.get("event") == "emergency_signal":
+                    emergencies += 1
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return RunEvents(events, pauses, decisions)
+    return RunEvents(events, pauses, decisions, emergencies)
 
 
 def read_decisions(path: Path) -> list[Decision]:

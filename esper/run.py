@@ -307,8 +307,10 @@ async def _start_claimed(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        stages, epochs, decisions, slot_transitions = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
-        tally.preload(stages, epochs, decisions, slot_transitions)
+        before = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
+        tally.preload(
+            before.stages, before.epochs, before.decisions, before.slot_transitions, emergencies=before.emergencies
+        )
     # One console: a reader gone is noticed (console_lost) whoever writes to it first.
     shared = logging.console if progress is not None and progress is logging.console.inner else progress
     screen = Console(shared, epochs=resolved.tolaria.epochs) if shared is not None else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -48,25 +48,27 @@ def previous_run_id(directory: Path) -> str:
     return found.get(b'"run_started"') or found.get(b'"run_starting"') or directory.name
 
 
-def earlier_tally(
-    directory: Path, config: RunConfig
-) -> tuple[
-    list[tuple[str, SeedLifecycleStage, int]],
-    list[tuple[int, int, float]],
-    list[DecisionRecord],
-    list[tuple[str, SeedLifecycleStage, int]],
-]:
-    """What a resumed run's summary counts from its earlier sessions: the seeds' transitions (seed id, stage,
-    step), each epoch's (number from 1, step, validation accuracy), the decisions, and every slot's transitions
-    (slot, stage, step) for ``slot_stages_at``. One read of each file. Blocking; nothing when the files cannot be
-    read."""
+class EarlierTally(NamedTuple):
+    """What a resumed run's summary counts from its earlier sessions (see earlier_tally)."""
+
+    stages: list[tuple[str, SeedLifecycleStage, int]]  # the seeds' transitions: (seed id, stage, step)
+    epochs: list[tuple[int, int, float]]  # (epoch number from 1, step, validation accuracy)
+    decisions: list[DecisionRecord]
+    slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_stages_at
+    emergencies: int  # the earlier sessions' emergency signals
+
+
+def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
+    """What a resumed run's summary counts from its earlier sessions: the seeds' transitions, each epoch's figures,
+    the decisions, every slot's transitions and the emergency signals. One read of each file. Blocking; nothing when
+    the files cannot be read."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     try:
         found = read_run_events(directory / config.logging.json_file)
         rows = read_metrics(directory / config.nissa.metrics_csv)
     except ReportInputError:
-        return [], [], [], []
+        return EarlierTally([], [], [], [], 0)
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     epochs = [
         (int(epoch), int(step), accuracy)  # metrics.csv counts epochs from 1, as the summary does
@@ -76,7 +78,7 @@ def earlier_tally(
         and (accuracy := row.get("val_accuracy")) is not None
     ]
     slots = [(e.slot, e.to_stage, e.step) for e in found.stages]
-    return stages, epochs, found.decisions, slots
+    return EarlierTally(stages, epochs, found.decisions, slots, found.emergencies)
 
 
 def slot_stages_at(

@@ -237,11 +237,15 @@ class RunTally:
         epochs: list[tuple[int, int, float]],
         decisions: list[DecisionRecord] | None = None,
         slot_transitions: list[tuple[str, SeedLifecycleStage, int]] | None = None,
+        *,
+        emergencies: int = 0,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (Nissa's
-        starting stages, see slot_stages_at); the resumed run's own traffic then continues the tally."""
+        starting stages, see slot_stages_at) and its emergency signals (the summary counts every session's); the
+        resumed run's own traffic then continues the tally."""
         self.decisions = list(decisions or ())
+        self.emergencies = emergencies
         self.earlier_slot_transitions = list(slot_transitions or ())
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))

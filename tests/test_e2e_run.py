@@ -345,6 +345,28 @@ def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Pat
     assert not [e for e in events if e["event"] == "child_failed"]
 
 
+async def test_a_halted_runs_resume_counts_every_sessions_emergencies(tmp_path: Path) -> None:
+    """The summary of a run resumed after an L4 halt counted only the resumed session's emergency signals (its own
+    L2 on resuming), though the halt and the failed epochs before it are the reason the user resumed."""
+    config, run_dir = tiny_config(tmp_path, epochs=5), tmp_path / "run"
+    system = await start(config, run_dir, ["tolaria.epoch_budget_ms=0.001"])  # every epoch fails its budget
+    halted = await system.wait()
+    assert (halted.status, halted.exit_code) == ("failed", 1), halted.error
+    assert "emergency halt" in str(halted.error)
+    assert halted.growth is not None
+    assert halted.growth.emergency_events >= 2  # L2 at the first failed epoch, L4 at the streak's halt
+    system = await start(config, resume=run_dir)
+    resumed = await system.wait()
+    assert resumed.status == "completed", resumed.error
+    signals = [
+        line
+        for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        if '"emergency_signal"' in line
+    ]
+    assert resumed.growth is not None
+    assert resumed.growth.emergency_events == len(signals) > halted.growth.emergency_events
+
+
 def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
     """The decisions on a finished run's last packets stay in flight (Kasmina's journal resends them): trained further
     with --resume, the run applies them at the same steps as a run that was this long from the start."""

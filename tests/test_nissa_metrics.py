@@ -171,7 +171,7 @@ def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     (tmp_path / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
     config = RunConfig(tolaria=TolariaConfig(command_lag_steps=8))
-    *_, transitions = earlier_tally(tmp_path, config)
+    transitions = earlier_tally(tmp_path, config).slot_transitions
     stages = slot_stages_at(transitions, config.tolaria.command_lag_steps, resume_step=88)
     assert stages == {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
     aggregator = MetricsAggregator(stages=stages)
