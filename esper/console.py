@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO, final
 
 from esper.console_stream import ConsoleStream
 from schemas.enums import SeedLifecycleStage
-from schemas.nissa import SeedStageChanged
+from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.runtime import ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 
@@ -109,6 +109,7 @@ class Console:
         self._clock = clock
         self._started_s = clock()
         self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
+        self._shown_steps: list[int] = []  # the steps of the lifecycle lines shown, for a rollback's line
 
     def started(
         self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
@@ -160,7 +161,14 @@ class Console:
     def emit(self, event: Message | Record) -> None:
         match event:
             case SeedStageChanged(to_stage=stage, seed_id=str()) if stage in _SHOWN:
+                self._shown_steps.append(event.step)
                 self._line(stage_line(event))
+            case LifecycleRestored(step=step):
+                undone = sum(1 for shown in self._shown_steps if event.undoes(shown))
+                self._shown_steps = [shown for shown in self._shown_steps if not event.undoes(shown)]
+                if undone:  # lines the user saw are taken back; those that happen again show again
+                    later = "1 lifecycle line above is" if undone == 1 else f"{undone} lifecycle lines above are"
+                    self._line(f"  step {step:>6}  rolled back  the seeds are as at step {step} again; {later} undone")
             case EmergencySignal(level=level, reason=reason):
                 self._line(f"  emergency {level.name}: {reason}")
             case ChildRestarted(child=child):

@@ -30,7 +30,7 @@ from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 EXIT_OK: Final = 0
 EXIT_UNREADABLE: Final = 2
@@ -132,6 +132,16 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
+def restored_undoes(entry: dict[str, object]) -> Callable[[int], bool] | None:
+    """For a ``lifecycle_restored`` entry, which earlier transitions (by their step) it undid; else None."""
+    if entry.get("event") != "lifecycle_restored":
+        return None
+    step, lag = entry.get("step"), entry.get("lag_steps")
+    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(lag, int) or isinstance(lag, bool):
+        return None
+    return lambda transition_step: transition_step - lag > step
+
+
 class RunEvents(NamedTuple):
     """What events.jsonl says about a run, in file order."""
 
@@ -174,6 +184,10 @@ def read_run_events(path: Path) -> RunEvents:
                     add_decision(decisions, decision)
                 elif entry.get("event") == "emergency_signal":
                     emergencies += 1
+                elif (undoes := restored_undoes(entry)) is not None:
+                    events = [
+                        event for event in events if not undoes(event.step)
+                    ]  # a rollback's (see LifecycleRestored)
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:

@@ -31,7 +31,7 @@ from esper.summary_table import seed_outcomes
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
-from schemas.nissa import SeedStageChanged
+from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures
 from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
@@ -59,8 +59,17 @@ _log = structlog.get_logger("esper.wiring")
 
 M = TypeVar("M", bound="Message")
 
-NissaEvent = SeedStageChanged | EmergencySignal | BreakerTransition | ChildRestarted | TelemetryPacket
-NISSA_EVENTS = (SeedStageChanged, EmergencySignal, BreakerTransition, ChildRestarted, TelemetryPacket)
+NissaEvent = (
+    SeedStageChanged | LifecycleRestored | EmergencySignal | BreakerTransition | ChildRestarted | TelemetryPacket
+)
+NISSA_EVENTS = (
+    SeedStageChanged,
+    LifecycleRestored,
+    EmergencySignal,
+    BreakerTransition,
+    ChildRestarted,
+    TelemetryPacket,
+)
 """The run-sink events Nissa also consumes."""
 
 
@@ -226,6 +235,10 @@ class RunTally:
         match event:
             case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
                 self.seed_transitions.append((seed_id, step, stage))
+            case LifecycleRestored():
+                # A rollback (or a restart, or a resume) undid the later transitions: a seed germinated after the
+                # restored state was counted with the outcome it never reached; those that happen again come again.
+                self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
             case EmergencySignal():
                 self.emergencies += 1
             case _:

@@ -19,7 +19,7 @@ from typing import Final, Literal
 from msgspec import field
 
 from schemas.base import Message, Record
-from schemas.constraints import NonNegFloat, NonNegInt
+from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt
 from schemas.enums import EmergencyLevel, HealthStatus, SeedLifecycleStage
 
 SEED_STAGE_EVENT: Final = "seed_stage"
@@ -42,6 +42,21 @@ class SeedStageChanged(Message, frozen=True):
     blueprint_id: str | None = None
     epoch: NonNegInt = 0
     reason: str = ""
+
+
+class LifecycleRestored(Message, frozen=True):
+    """Kasmina's seed lifecycle went back to the boundary of optimizer step ``step`` (a rollback, a trainer restart,
+    a resume): the SeedStageChanged it reported before this with a ``step`` later than ``step + lag_steps`` (each
+    carries the step its plan takes effect, ``lag_steps`` after the boundary that decided it) are undone; those that
+    happen again are reported again, after this."""
+
+    run_id: NonEmptyStr
+    step: NonNegInt
+    lag_steps: NonNegInt
+
+    def undoes(self, transition_step: int) -> bool:
+        """Whether a transition reported before this one, taking effect at ``transition_step``, is undone."""
+        return transition_step - self.lag_steps > self.step
 
 
 class EvaluateAlerts(Message, frozen=True):

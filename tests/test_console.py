@@ -8,7 +8,7 @@ from pathlib import Path
 from esper.console import Console, clock_time, progress_bar, stage_line
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
-from schemas.nissa import SeedStageChanged
+from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.telemetry import TelemetryEvent
 from tests.nissa_packets import packet
 
@@ -44,6 +44,28 @@ def test_a_lifecycle_change_is_one_line_and_the_slot_clean_up_is_not_shown() -> 
     line = "  step    288  culled       seed seed-blocks.1-140 in slot blocks.1, blueprint BP005 (cull:policy:paused)"
     assert stage_line(culled) == line
     assert stream.getvalue() == line + "\n"
+
+
+def test_a_rollback_says_how_many_lifecycle_lines_it_undid_and_a_resume_says_nothing() -> None:
+    """After a rollback the transitions after its state show again: without a word, a line appeared twice."""
+    console, stream = _console()
+    for step in (60, 72):
+        console.emit(
+            SeedStageChanged(
+                slot="blocks.2",
+                from_stage=SeedLifecycleStage.BLENDING,
+                to_stage=SeedLifecycleStage.SHADOWING,
+                step=step,
+                seed_id="seed-blocks.2-32",
+            )
+        )
+    console.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))  # undoes 72 (decided at 68), keeps 60
+    assert stream.getvalue().splitlines()[-1] == (
+        "  step     64  rolled back  the seeds are as at step 64 again; 1 lifecycle line above is undone"
+    )
+    fresh, quiet = _console()
+    fresh.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))  # a resume's: nothing shown was undone
+    assert quiet.getvalue() == ""
 
 
 def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_shown_others_are_not() -> None:

@@ -65,6 +65,7 @@ from schemas.nissa import (
     AlertNotice,
     EvaluateAlerts,
     HealthReport,
+    LifecycleRestored,
     MetricSample,
     NissaSnapshot,
     QueryNissa,
@@ -587,6 +588,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         epoch=4,
         reason="g2_passed",
     ),
+    LifecycleRestored: LifecycleRestored(run_id="run-20250101-000000", step=620, lag_steps=8),
     EvaluateAlerts: EvaluateAlerts(seq=3),
     QueryNissa: QueryNissa(include_metrics=False),
     AlertNotice: AlertNotice(

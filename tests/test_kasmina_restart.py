@@ -9,6 +9,7 @@ import msgspec
 
 from schemas.boundary import TrainingRestored
 from schemas.enums import SeedLifecycleStage as Stage
+from schemas.nissa import LifecycleRestored
 from schemas.telemetry import TelemetryEvent
 from tests._kasmina_harness import RUN, Harness, running_kasmina, seed_report
 
@@ -82,6 +83,8 @@ async def test_a_restart_then_a_training_restored_replays_the_journal_cut_at_the
         assert "0 plans sent again" in whole
         assert "up to step 1;" in cut
         assert "1 plans sent again" in cut
+        # Observers (the summary, Nissa, the console, the report) hear which transitions the restore undid.
+        assert sink.of_type(LifecycleRestored) == [LifecycleRestored(run_id=RUN, step=1, lag_steps=2)]
 
 
 async def test_a_plan_due_at_the_restored_step_is_resent_unless_a_receipt_says_it_was_applied(
@@ -123,6 +126,7 @@ async def test_a_resume_replays_the_journal_once_when_the_restore_names_the_expe
         assert "1 plans held for the restore" in start
         ready = [e.description for e in sink.of_type(TelemetryEvent) if e.name == "kasmina_restore_ready"]
         assert ready == ["the start's replay up to step 1 serves the restore; 1 plans sent again"]
+        assert sink.of_type(LifecycleRestored) == [LifecycleRestored(run_id=RUN, step=1, lag_steps=2)]
 
 
 async def test_a_restore_at_another_step_than_expected_replays_again_and_releases_the_held_modules(

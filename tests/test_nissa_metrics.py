@@ -13,7 +13,7 @@ from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
-from schemas.nissa import SeedStageChanged
+from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildRestarted
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 from tests.nissa_packets import packet, seed
@@ -179,3 +179,22 @@ def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path
     row, _ = aggregator.observe_state(packet(100, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
     assert row is not None
     assert (row["seeds_probationary"], row["seeds_shadowing"], row["seeds_embargoed"]) == (1, 0, 1)
+
+
+def test_a_rollback_takes_back_the_stages_of_the_transitions_it_undid() -> None:
+    """A seed germinated after the state a rollback went back to counted in metrics.csv (and the per-slot stage gauge)
+    until its slot's next transition, though the lifecycle no longer had it."""
+    dormant, germinated = SeedLifecycleStage.DORMANT, SeedLifecycleStage.GERMINATED
+    aggregator = MetricsAggregator(stages={"a": SeedLifecycleStage.TRAINING})
+    aggregator.observe_stage(
+        SeedStageChanged(slot="a", from_stage=SeedLifecycleStage.TRAINING, to_stage=germinated, step=60)
+    )
+    aggregator.observe_stage(SeedStageChanged(slot="b", from_stage=dormant, to_stage=germinated, step=68))  # decided 64
+    aggregator.observe_stage(SeedStageChanged(slot="c", from_stage=dormant, to_stage=germinated, step=73))  # decided 69
+    changed = aggregator.observe_restored(LifecycleRestored(run_id="r", step=64, lag_steps=4))
+    assert changed == ["kasmina.seed.stage"]
+    seeds = (seed("a", SeedLifecycleStage.TRAINING), seed("b", dormant), seed("c", dormant))
+    row, _ = aggregator.observe_state(packet(80, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    # a and b stand (decided at or before step 64); c's germination was undone: its slot is dormant again.
+    assert (row["seeds_germinated"], row["seeds_dormant"]) == (2, 1)

@@ -87,6 +87,24 @@ def test_lifecycle_events_are_read_from_events_jsonl_in_either_stage_form(tmp_pa
     )
 
 
+def test_a_rollback_line_takes_back_the_transitions_it_undid(tmp_path: Path) -> None:
+    """events.jsonl keeps every line: the report drew a transition a rollback undid (twice when it recurred)."""
+    stage = "seed_stage_changed"
+    lines = [
+        {"event": stage, "slot": "a", "step": 60, "to_stage": "BLENDING", "from_stage": "TRAINING"},
+        {"event": stage, "slot": "a", "step": 72, "to_stage": "SHADOWING", "from_stage": "BLENDING"},
+        {"event": stage, "slot": "b", "step": 73, "to_stage": "GERMINATED", "from_stage": "DORMANT"},
+        {"event": "lifecycle_restored", "step": 64, "lag_steps": 4},
+        {"event": stage, "slot": "a", "step": 72, "to_stage": "SHADOWING", "from_stage": "BLENDING"},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert [(e.slot, e.step, e.to_stage) for e in read_stage_events(path)] == [
+        ("a", 60, Stage.BLENDING),
+        ("a", 72, Stage.SHADOWING),
+    ]
+
+
 def test_lanes_follow_each_seed_and_slot_only_events_join_the_slots_latest_seed() -> None:
     events = [
         StageEvent(step=10, slot="a", to_stage=Stage.GERMINATED, seed_id="s1", blueprint_id="BP1"),

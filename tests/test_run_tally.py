@@ -14,7 +14,7 @@ from esper.summary_table import format_summary, growth_lines
 from esper.wiring import RunTally
 from schemas.boundary import Decision
 from schemas.enums import SeedLifecycleStage
-from schemas.nissa import SeedStageChanged
+from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
 
 if TYPE_CHECKING:
@@ -197,3 +197,20 @@ def test_the_summary_table_says_how_many_steps_were_skipped_and_rolled_back() ->
     # A NaN validation loss (kept as None) was left out, its accuracy line with it, so 0.10 read as a real figure.
     nan_val = msgspec.structs.replace(summary, training=msgspec.structs.replace(figures, val_accuracy=0.1016))
     assert "  val    loss not finite  accuracy 0.1016" in format_summary(nan_val)
+
+
+def test_a_rollback_drops_the_seeds_and_outcomes_it_undid() -> None:
+    """A seed germinated after the state a rollback (or a restart) went back to, and not again after it, was counted
+    in the summary with the stage it reached before the rollback."""
+    tally = RunTally()
+    for event in (
+        _stage("a", SeedLifecycleStage.GERMINATED, 36),
+        _stage("a", SeedLifecycleStage.TRAINING, 44),
+        _stage("b", SeedLifecycleStage.GERMINATED, 68),  # decided at 64: the rollback to 64 keeps it
+        _stage("a", SeedLifecycleStage.CULLED, 70),  # decided at 66: undone
+        _stage("c", SeedLifecycleStage.GERMINATED, 72),  # decided at 68: undone, never decided again
+    ):
+        tally.emit(event)
+    tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
+    tally.emit(_stage("a", SeedLifecycleStage.BLENDING, 76))
+    assert tally.figures(seed_parameters=0).seeds == {"blending": 1, "germinated": 1}

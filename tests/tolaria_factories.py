@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from esper.nn.hosts import CNN1dHost
+
 
 def _mlp(features: int = 40, classes: int = 10, slot_targets: object = ("1",)) -> nn.Module:
     """Flatten, Linear(features, 16), ReLU, Linear(16, classes); ``slot_targets`` set as given (None: not set)."""
@@ -282,3 +284,27 @@ class _FailsInTraining(nn.Module):
 def fails_in_training() -> nn.Module:
     """A model that passes the start's checks and then fails every training step (a restart storm, a failed run)."""
     return _FailsInTraining()
+
+
+class NanForThreeSteps(nn.Module):
+    """The default host whose training forward gives NaN on its 70th to 72nd calls, counted across every instance
+    (a rollback rebuilds the model): three non-finite steps in a row, then never again. Reset ``calls`` first."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host = CNN1dHost()
+        self.slot_targets = tuple(f"host.{name}" for name in self.host.slot_targets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.host(x)
+        if self.training and torch.is_grad_enabled():
+            NanForThreeSteps.calls += 1
+            if 70 <= NanForThreeSteps.calls < 73:
+                return y * float("nan")
+        return y
+
+
+def nan_for_three_steps() -> nn.Module:
+    return NanForThreeSteps()

@@ -38,6 +38,7 @@ from schemas.kasmina import (
     SeedStates,
     SeedValidationReport,
 )
+from schemas.nissa import LifecycleRestored
 from schemas.state import SeedState, SystemStatePacket
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
@@ -284,11 +285,13 @@ class KasminaActor(Actor[KasminaMessage]):
             await anyio.to_thread.run_sync(self._journal.write_pending)
 
     async def _restored(self, step: int) -> None:
-        """Tolaria continues from ``step``: the planner goes back there and the plans in flight then are sent again."""
+        """Tolaria continues from ``step``: the planner goes back there and the plans in flight then are sent again.
+        Observers are told which of the transitions they heard are undone (LifecycleRestored), in order with them."""
         held, self._held = self._held, None
         if held is not None and held.step == step and held.journal_length == len(self._journal):
             # Nothing was journaled since the start's replay up to this very step: it stands; only the file is cut.
             await anyio.to_thread.run_sync(self._journal.cut, step)
+            self._sink.emit(LifecycleRestored(run_id=self._run_id, step=step, lag_steps=self._planner.lag_steps))
             self._event(
                 "kasmina_restore_ready",
                 TelemetryLevel.INFO,
@@ -302,12 +305,13 @@ class KasminaActor(Actor[KasminaMessage]):
                 for op in plan.ops:
                     if op.handle is not None:
                         self._preparer.discard(op.handle)
-        await self._rebuild(step)
+        await self._rebuild(step, restored=True)
 
-    async def _rebuild(self, cut: int | None, *, preview: bool = False) -> None:
+    async def _rebuild(self, cut: int | None, *, preview: bool = False, restored: bool = False) -> None:
         """Replace the planner by one rebuilt from the journal up to boundary ``cut`` (None: all of it), reporting
         nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again).
-        ``preview``: leave the file whole and hold those plans for the restore at ``cut`` (see ``_restored``)."""
+        ``preview``: leave the file whole and hold those plans for the restore at ``cut`` (see ``_restored``);
+        ``restored``: Tolaria restored that step, which LifecycleRestored tells the observers before the plans go."""
         journal = self._journal
         if cut is not None and not preview:
             await anyio.to_thread.run_sync(journal.cut, cut)
@@ -365,6 +369,8 @@ class KasminaActor(Actor[KasminaMessage]):
         if preview and cut is not None:
             self._held = _HeldReplay(step=cut, journal_length=len(journal), plans=tuple(in_flight))
             return
+        if restored and cut is not None:
+            self._sink.emit(LifecycleRestored(run_id=self._run_id, step=cut, lag_steps=planner.lag_steps))
         for plan in in_flight:
             await self._outlet(plan)
 

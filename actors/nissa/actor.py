@@ -13,7 +13,14 @@ from esper.runtime.actor import Actor
 from schemas.boundary import BoundaryApplied
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import EmergencyLevel
-from schemas.nissa import AlertNotice, EvaluateAlerts, NissaSnapshot, QueryNissa, SeedStageChanged
+from schemas.nissa import (
+    AlertNotice,
+    EvaluateAlerts,
+    LifecycleRestored,
+    NissaSnapshot,
+    QueryNissa,
+    SeedStageChanged,
+)
 from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.state import SystemStatePacket
 from schemas.telemetry import TelemetryEvent, TelemetryPacket
@@ -33,6 +40,7 @@ NissaMessage = (
     | TelemetryPacket
     | BoundaryApplied
     | SeedStageChanged
+    | LifecycleRestored
     | EmergencySignal
     | BreakerTransition
     | ChildRestarted
@@ -44,6 +52,7 @@ NISSA_INBOX: Final = (
     TelemetryPacket,
     BoundaryApplied,
     SeedStageChanged,
+    LifecycleRestored,
     EmergencySignal,
     BreakerTransition,
     ChildRestarted,
@@ -154,6 +163,8 @@ class Nissa(Actor[NissaMessage]):
                 changed = metrics.observe_boundary(msg)
             case SeedStageChanged():
                 changed = metrics.observe_stage(msg)
+            case LifecycleRestored():
+                changed = metrics.observe_restored(msg)
             case EmergencySignal():
                 self._emergency = msg.level
                 changed = metrics.observe_emergency(msg)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from schemas.boundary import BoundaryApplied
-    from schemas.nissa import SeedStageChanged
+    from schemas.nissa import LifecycleRestored, SeedStageChanged
     from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
     from schemas.state import SystemStatePacket
     from schemas.telemetry import TelemetryPacket
@@ -231,6 +231,9 @@ class MetricsAggregator:
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
         # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING).
         self._lifecycle: dict[str, SeedLifecycleStage] = dict(stages or {})
+        # What _lifecycle was built from, so that a restore of the lifecycle can take back the transitions it undid.
+        self._initial_stages: dict[str, SeedLifecycleStage] = dict(stages or {})
+        self._transitions: list[SeedStageChanged] = []
 
     def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
         return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]
@@ -292,9 +295,22 @@ class MetricsAggregator:
 
     def observe_stage(self, event: SeedStageChanged) -> list[str]:
         self._lifecycle[event.slot] = event.to_stage
+        self._transitions.append(event)
         self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": event.to_stage.name.lower()})
         self.registry.set_gauge("kasmina.seed.stage", int(event.to_stage), {"slot": event.slot})
         return ["kasmina.seed.transitions_total"]
+
+    def observe_restored(self, restored: LifecycleRestored) -> list[str]:
+        """The lifecycle went back to an earlier boundary (a rollback): each slot's stage is again the one the
+        transitions that still stand left it in (without this, a seed germinated after the rollback's state counted in
+        metrics.csv until its slot's next transition). The transition counter keeps what happened."""
+        self._transitions = [t for t in self._transitions if not restored.undoes(t.step)]
+        self._lifecycle = dict(self._initial_stages)
+        for transition in self._transitions:
+            self._lifecycle[transition.slot] = transition.to_stage
+        for slot, stage in self._lifecycle.items():
+            self.registry.set_gauge("kasmina.seed.stage", int(stage), {"slot": slot})
+        return ["kasmina.seed.stage"]
 
     def observe_boundary(self, applied: BoundaryApplied) -> list[str]:
         reg = self.registry
