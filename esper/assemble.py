@@ -416,9 +416,12 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
     """Let Tamiyo and Kasmina handle everything queued, so that every packet the trainer sent before its checkpoint
     is planned and journaled (a resume then resends its plan). An ask after the tells is a barrier; one round plans at
     least one more packet (Kasmina shows Tamiyo the next packet only once the one before is planned), so the rounds go
-    on until Kasmina holds no packet or decision. Bounded by ``deadline_s``; an actor already gone ends it."""
+    on until Kasmina holds no packet or decision, or a round plans nothing (a packet whose decision will not come: the
+    rounds spun, hundreds of thousands of asks, until the deadline). Bounded by ``deadline_s``; an actor already gone
+    ends it."""
     tamiyo = actors.ref("tamiyo", TamiyoActor)
     kasmina = actors.ref("kasmina", KasminaActor)
+    planned: int | None = None
     try:
         async with asyncio.timeout(deadline_s):
             while True:
@@ -426,6 +429,14 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
                 stats = await kasmina.ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
                 if not (stats.pending_packets or stats.pending_decisions):
                     return
+                if stats.boundaries == planned:
+                    _log.warning(
+                        "pipeline_drain_incomplete",
+                        error=f"no progress: {stats.pending_packets} packets and {stats.pending_decisions} decisions"
+                        " wait for their partner",
+                    )
+                    return
+                planned = stats.boundaries
     except (EsperError, ValueError, TimeoutError) as err:
         _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
 

@@ -28,7 +28,7 @@ from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
 from esper.summary_table import seed_outcomes
-from schemas.boundary import FALLBACK_SUFFIX
+from schemas.boundary import FALLBACK_SUFFIX, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from esper.runtime.ref import ActorRef
     from esper.runtime.system import ActorSystem
     from schemas.base import Message, Record
-    from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
+    from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision
     from schemas.kasmina import SeedValidationReport
     from schemas.state import SystemStatePacket
 
@@ -60,11 +60,18 @@ _log = structlog.get_logger("esper.wiring")
 M = TypeVar("M", bound="Message")
 
 NissaEvent = (
-    SeedStageChanged | LifecycleRestored | EmergencySignal | BreakerTransition | ChildRestarted | TelemetryPacket
+    SeedStageChanged
+    | LifecycleRestored
+    | TrainingRestored
+    | EmergencySignal
+    | BreakerTransition
+    | ChildRestarted
+    | TelemetryPacket
 )
 NISSA_EVENTS = (
     SeedStageChanged,
     LifecycleRestored,
+    TrainingRestored,
     EmergencySignal,
     BreakerTransition,
     ChildRestarted,

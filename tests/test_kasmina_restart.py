@@ -143,3 +143,25 @@ async def test_a_restore_at_another_step_than_expected_replays_again_and_release
         assert len(rebuilds(sink)) == 2
         assert len(h.handoff) == 0
         assert not [e for e in sink.of_type(TelemetryEvent) if e.name == "kasmina_restore_ready"]
+
+
+async def test_a_rollback_to_a_boundary_still_waiting_for_its_decision_plans_it_when_the_decision_comes(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The trainer rolled back to an epoch end whose packet still waited for the controller's decision: the rebuild
+    dropped that packet, the restored trainer never sends it again, so its plan never came and training stalled for
+    the whole plan deadline (12 s), then failed the epoch."""
+    async with running_kasmina(clock, sink, lag=2) as h:
+        await h.boundary(1)
+        await h.ref.tell(h.packet(3))  # the epoch end's packet, its decision still to come
+        await h.ref.tell(h.packet(5))  # the undone attempt's next packet: the trainer sends step 5 again
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=3, tier="fast"))
+        resent = await h.next_plan()  # decided on 1, in effect at 3: in flight at the restored step
+        assert (resent.decided_on_step, resent.effect_step) == (1, 3)
+        await h.ref.tell(h.decision(3))
+        plan = await h.next_plan()
+        assert (plan.decided_on_step, plan.effect_step) == (3, 5)
+        again = await h.boundary(5)  # taken anew, not dropped as a duplicate of the undone one
+        assert again.decided_on_step == 5
+        dropped = [e for e in sink.of_type(TelemetryEvent) if e.name == "boundary_input_dropped"]
+        assert dropped == []

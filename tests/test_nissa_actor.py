@@ -16,6 +16,7 @@ from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
+from schemas.boundary import TrainingRestored
 from schemas.config import NissaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import EmergencyLevel, HealthStatus, SeedLifecycleStage
@@ -151,6 +152,36 @@ async def test_a_restarted_run_appends_to_metrics_csv(tmp_path: Path, clock: Man
     text = (tmp_path / "metrics.csv").read_text(encoding="utf-8")
     assert text.count("epoch,step,") == 1
     assert _epochs(tmp_path / "metrics.csv") == ["1", "2", "3"]
+
+
+async def test_an_epoch_trained_again_after_a_rollback_replaces_its_row(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """An epoch that failed at its end and was rolled back to the previous epoch end is trained again: metrics.csv kept
+    the undone attempt's row (the rerun's was skipped as already written), and the step gauge said where training had
+    been until the next packet."""
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(packet(32, epoch=0, val=0.9))
+        await ref.tell(packet(64, epoch=1, val=5.0))  # the failed attempt
+        await ref.tell(TrainingRestored(run_id="run-1", step=32, tier="fast"))
+        restored = await _ask(ref)
+        assert (restored.epochs_written, restored.last_epoch) == (1, 1)
+        assert {(m.name, m.value) for m in restored.metrics if m.name == "tolaria.global_step"} == {
+            ("tolaria.global_step", 32.0)
+        }
+        await ref.tell(packet(64, epoch=1, val=0.8))  # the attempt that stands
+        await ref.tell(packet(96, epoch=2, val=0.7))
+        assert (await _ask(ref)).epochs_written == 3
+    finally:
+        await system.stop()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()))
+    assert [(row["epoch"], row["step"], row["val_loss"]) for row in rows] == [
+        ("1", "32", "0.9"),
+        ("2", "64", "0.8"),
+        ("3", "96", "0.7"),
+    ]
 
 
 async def test_a_row_nissa_crashed_while_writing_is_written_by_its_next_incarnation(

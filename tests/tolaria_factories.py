@@ -287,10 +287,11 @@ def fails_in_training() -> nn.Module:
 
 
 class NanForThreeSteps(nn.Module):
-    """The default host whose training forward gives NaN on its 70th to 72nd calls, counted across every instance
-    (a rollback rebuilds the model): three non-finite steps in a row, then never again. Reset ``calls`` first."""
+    """The default host whose training forward gives NaN on three calls in a row from call ``first``, counted across
+    every instance (a rollback rebuilds the model), then never again. Set ``first`` and reset ``calls`` first."""
 
     calls = 0
+    first = 70
 
     def __init__(self) -> None:
         super().__init__()
@@ -301,7 +302,7 @@ class NanForThreeSteps(nn.Module):
         y: torch.Tensor = self.host(x)
         if self.training and torch.is_grad_enabled():
             NanForThreeSteps.calls += 1
-            if 70 <= NanForThreeSteps.calls < 73:
+            if NanForThreeSteps.first <= NanForThreeSteps.calls < NanForThreeSteps.first + 3:
                 return y * float("nan")
         return y
 

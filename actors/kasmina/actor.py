@@ -356,9 +356,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 self._discard_handles(plan)
         sink.muted = False
         self._planner = planner
-        self._packets.clear()
-        self._decisions.clear()
-        self._forwarded = planner.last_step
+        self._keep_unplanned(cut, planner.last_step)
         self._replays += 1
         self._event(
             "kasmina_rebuilt",
@@ -373,6 +371,24 @@ class KasminaActor(Actor[KasminaMessage]):
             self._sink.emit(LifecycleRestored(run_id=self._run_id, step=cut, lag_steps=planner.lag_steps))
         for plan in in_flight:
             await self._outlet(plan)
+
+    def _keep_unplanned(self, cut: int | None, planned: int | None) -> None:
+        """After a rebuild up to boundary ``cut`` whose last planned boundary is ``planned``: keep the packets and
+        decisions of the boundaries in between, drop the later ones (the restored trainer sends those steps again).
+
+        A rollback to an epoch end whose packet still waited for its decision cleared that packet, and the trainer,
+        restored after it, never sends it again: its plan never came and the trainer stalled for its whole deadline
+        (12 s), then failed the epoch. The controller has seen it already, so it is not shown again."""
+
+        def unplanned(step: int) -> bool:
+            return cut is not None and step <= cut and (planned is None or step > planned)
+
+        self._packets = {step: packet for step, packet in self._packets.items() if unplanned(step)}
+        self._decisions = {step: decision for step, decision in self._decisions.items() if unplanned(step)}
+        shown = self._forwarded
+        self._forwarded = planned
+        if shown is not None and unplanned(shown):
+            self._forwarded = shown
 
     async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
         """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles

@@ -10,7 +10,7 @@ from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
 from actors.nissa.metrics import MetricsAggregator
 from actors.nissa.prometheus import MetricsServer
 from esper.runtime.actor import Actor
-from schemas.boundary import BoundaryApplied
+from schemas.boundary import BoundaryApplied, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import EmergencyLevel
 from schemas.nissa import (
@@ -41,6 +41,7 @@ NissaMessage = (
     | BoundaryApplied
     | SeedStageChanged
     | LifecycleRestored
+    | TrainingRestored
     | EmergencySignal
     | BreakerTransition
     | ChildRestarted
@@ -53,6 +54,7 @@ NISSA_INBOX: Final = (
     BoundaryApplied,
     SeedStageChanged,
     LifecycleRestored,
+    TrainingRestored,
     EmergencySignal,
     BreakerTransition,
     ChildRestarted,
@@ -165,6 +167,13 @@ class Nissa(Actor[NissaMessage]):
                 changed = metrics.observe_stage(msg)
             case LifecycleRestored():
                 changed = metrics.observe_restored(msg)
+            case TrainingRestored(step=step):
+                # The epochs that ended after the restored step are trained again (a rollback at an epoch end, a
+                # restart, a resume after a kill): their rows go, so metrics.csv keeps the attempt that stands.
+                self._backlog.drop_after(step)
+                last = await self._csv.cut_after(step)
+                metrics.last_epoch = None if last is None else last - 1
+                changed = metrics.observe_training_restored(step)
             case EmergencySignal():
                 self._emergency = msg.level
                 changed = metrics.observe_emergency(msg)

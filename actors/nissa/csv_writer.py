@@ -13,8 +13,10 @@ import math
 from typing import TYPE_CHECKING, final
 
 import aiofiles
+import anyio
 
 from actors.nissa.metrics import METRICS_COLUMNS
+from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.errors import EsperError
 from esper.runtime.file_release import close_now
 
@@ -167,6 +169,31 @@ class MetricsCsvWriter:
         await self._file.flush()
         self.rows_written += 1
 
+    async def cut_after(self, step: int) -> int | None:
+        """Remove the rows of epochs that ended after optimizer step ``step`` (a rollback or a restore went back
+        there, and those epochs are trained again: their rows would otherwise keep the undone attempt's figures) and
+        return the last epoch kept. The file is rewritten atomically, only when a row goes.
+
+        Raises:
+            RuntimeError: open() has not been called (or close() has).
+            OSError: the file cannot be read or replaced (it is then unchanged).
+        """
+        if self._file is None:
+            raise RuntimeError(f"{self._path} is not open")
+        async with aiofiles.open(self._path, encoding="utf-8", newline="") as existing:
+            text = await existing.read()
+        lines = text.splitlines(keepends=True)
+        kept = [lines[0]] if lines else [header_line()]
+        kept += [line for line in lines[1:] if not _ends_after(line, step)]
+        if len(kept) < len(lines):
+            await self._file.close()
+            self._file = None
+            await anyio.to_thread.run_sync(atomic_write_text, self._path, "".join(kept))
+            self._file = await aiofiles.open(self._path, "a", encoding="utf-8", newline="")
+            self.rows_written = len(kept) - 1
+        last = next(csv.reader(io.StringIO(kept[-1]))) if len(kept) > 1 else None
+        return int(last[0]) if last else None
+
     async def close(self) -> None:
         """Close the file; safe to call twice."""
         file, self._file = self._file, None
@@ -191,10 +218,23 @@ class RowBacklog:
     def __init__(self) -> None:
         self.rows: list[EpochRow] = []
 
+    def drop_after(self, step: int) -> None:
+        """Forget the rows of epochs that ended after ``step`` (see MetricsCsvWriter.cut_after)."""
+        self.rows = [row for row in self.rows if not (isinstance(row["step"], int) and row["step"] > step)]
+
     def drop_written(self, last_epoch: int | None) -> None:
         """Forget the rows the file already holds (epochs up to ``last_epoch``, as ``open`` returned it)."""
         if last_epoch is not None:
             self.rows = [row for row in self.rows if not _epoch_at_most(row, last_epoch)]
+
+
+def _ends_after(line: str, step: int) -> bool:
+    """Whether a metrics.csv line is the row of an epoch that ended after ``step`` (its second column)."""
+    cells = next(csv.reader(io.StringIO(line)), [])
+    try:
+        return int(cells[1]) > step
+    except (IndexError, ValueError):
+        return False
 
 
 def _epoch_at_most(row: EpochRow, epoch: int) -> bool:

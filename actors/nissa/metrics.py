@@ -300,6 +300,12 @@ class MetricsAggregator:
         self.registry.set_gauge("kasmina.seed.stage", int(event.to_stage), {"slot": event.slot})
         return ["kasmina.seed.transitions_total"]
 
+    def observe_training_restored(self, step: int) -> list[str]:
+        """The trainer went back to ``step`` (a rollback, a restart, a resume): the step gauge said where it had been
+        until the next packet, and for good when the run halted right after a rollback."""
+        self.registry.set_gauge("tolaria.global_step", step)
+        return ["tolaria.global_step"]
+
     def observe_restored(self, restored: LifecycleRestored) -> list[str]:
         """The lifecycle went back to an earlier boundary (a rollback): each slot's stage is again the one the
         transitions that still stand left it in (without this, a seed germinated after the rollback's state counted in
