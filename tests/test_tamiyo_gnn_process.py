@@ -26,6 +26,7 @@ from tests._tamiyo_harness import BLUEPRINTS, dormant, packet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from actors.tamiyo.policy import Observation
     from esper.nn.policy_gnn import TamiyoGNN
@@ -262,5 +263,53 @@ def test_a_first_worker_stopped_before_it_reads_its_setup_is_killed_at_the_ready
         with pytest.raises(RuntimeError, match=r"not ready after 2 s; killed$"):
             remote.wait_ready()
         assert remote._process.poll() is not None
+    finally:
+        remote.close()
+
+
+def test_the_worker_never_imports_a_package_of_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` puts the working directory first on the path: a local package named ``actors`` ran in the worker
+    in place of ours (and the GNN run silently became a heuristic one when the worker kept dying)."""
+    (tmp_path / "actors").mkdir()
+    marker = tmp_path / "imported"
+    (tmp_path / "actors" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    model = _model(PolicyAction.GERMINATE)
+    reference = _local(model)
+    remote = _remote(model, _local(model))
+    try:
+        observation = next(_observations())
+        assert remote.decide(observation) == reference.decide(observation)
+        assert remote.restarts == 0
+    finally:
+        remote.close()
+    assert not marker.exists()
+
+
+def test_an_answer_cut_off_after_its_header_times_out_instead_of_blocking() -> None:
+    """A worker that wrote a frame's header and part of it, then stopped, blocked the read forever: the policy lane,
+    every later step (a missed plan each) and the run's stop with it."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb", buffering=0) as source, os.fdopen(write_fd, "wb", buffering=0) as sink:
+        sink.write(gnn_process._LENGTH.pack(100) + b"0123456789")
+        with pytest.raises(TimeoutError, match="90 bytes of the frame still to come"):
+            gnn_process._recv(source, stall_s=0.05)
+
+
+@pytest.mark.parametrize("answer", [gnn_process._Answer(state=b"s"), gnn_process._Answer(decision=None, state=b"")])
+def test_an_answer_without_its_decision_or_state_fails_the_decision_not_the_actor(
+    answer: gnn_process._Answer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked with asserts: the AssertionError crashed Tamiyo (and restarted the trainer with it), every time, until
+    the run failed; under ``python -O`` decide returned None. It is a failed decision the fallback makes instead."""
+    model = _model()
+    remote = _remote(model, _local(model))
+    try:
+        remote.wait_ready()
+        monkeypatch.setattr(remote, "_call", lambda request: answer)
+        with pytest.raises(RuntimeError, match="malformed answer"):
+            remote.decide(next(_observations()))
     finally:
         remote.close()

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import IO, final
 
 import msgspec
@@ -62,15 +63,23 @@ def _send(out: IO[bytes], payload: bytes) -> None:
     out.flush()
 
 
-def _recv(source: IO[bytes]) -> bytes:
-    """One length-prefixed frame. Raises EOFError: the other side closed (or died) before a whole frame."""
-    header = _read_exact(source, _LENGTH.size)
-    return _read_exact(source, _LENGTH.unpack(header)[0])
+def _recv(source: IO[bytes], stall_s: float | None = None) -> bytes:
+    """One length-prefixed frame.
+
+    Raises:
+        EOFError: the other side closed (or died) before a whole frame.
+        TimeoutError: with ``stall_s``, no byte came for that long in the middle of the frame (a worker that wrote a
+            header and stopped held the policy lane, and every later step, for good).
+    """
+    header = _read_exact(source, _LENGTH.size, stall_s)
+    return _read_exact(source, _LENGTH.unpack(header)[0], stall_s)
 
 
-def _read_exact(source: IO[bytes], size: int) -> bytes:
+def _read_exact(source: IO[bytes], size: int, stall_s: float | None = None) -> bytes:
     chunks: list[bytes] = []
     while size:
+        if stall_s is not None and not select.select([source], [], [], stall_s)[0]:
+            raise TimeoutError(f"no data for {stall_s} s with {size} bytes of the frame still to come")
         chunk = source.read(size)
         if not chunk:
             raise EOFError("pipe closed")
@@ -198,8 +207,14 @@ def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
     # goes to the whole foreground process group, and the worker must outlive it while the run stops gracefully
     # (Tamiyo still decides on the packets queued before the stop); it ends when told to, or at the end of its input
     # when this process dies.
+    # -P: the working directory is not put on the path, so a local package named like ours (``actors``) is never
+    # imported in its place; this checkout's root goes first on PYTHONPATH instead.
+    root = str(Path(__file__).resolve().parents[2])
+    inherited = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": root if not inherited else f"{root}{os.pathsep}{inherited}"}
     process = subprocess.Popen(
-        [sys.executable, "-m", __name__],
+        [sys.executable, "-P", "-m", __name__],
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         bufsize=0,
@@ -325,8 +340,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
             self._await_ready(0.0 if self.restarts else None)
             answer = self._call(_Decide(observation=observation, state=self._pending))
-            assert answer.decision is not None
-            assert answer.state
+            # Not asserts: an AssertionError crashed the actor (and restarted the trainer with it), and under
+            # ``python -O`` the decide returned None.
+            if answer.decision is None or not answer.state:
+                missing = "decision" if answer.decision is None else "state"
+                raise RuntimeError(f"tamiyo gnn worker: malformed answer (no {missing})")
             self._pending = None
             self._state_raw = answer.state
             return answer.decision
@@ -430,7 +448,12 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
 
     def _receive(self) -> _Answer:
         try:
-            answer = _ANSWER.decode(_recv(self._from_worker))
+            answer = _ANSWER.decode(_recv(self._from_worker, _ANSWER_TIMEOUT_S))
+        except TimeoutError as err:
+            self._process.kill()  # the next decide finds it dead and starts another
+            self._process.wait(_CLOSE_TIMEOUT_S)
+            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_ANSWER_TIMEOUT_S, pid=self._process.pid)
+            raise RuntimeError(f"tamiyo gnn worker: stopped in the middle of an answer ({err}); killed") from err
         except (EOFError, OSError) as err:
             try:
                 code = self._process.wait(1.0)
