@@ -90,6 +90,7 @@ class Harness:
         lr_delta: float | None = None,
         key: bytes = KEY,
         issued_at: float | None = None,
+        decision_step: int = 0,
     ) -> AdaptationCommand:
         """A command signed like Tamiyo signs it (GERMINATE gets a default blend)."""
         command_id = str(uuid.uuid4())
@@ -101,7 +102,7 @@ class Harness:
             issued_at=at,
             training_run_id=RUN,
             kind=kind,
-            decision_step=0,
+            decision_step=decision_step,
             policy_version="test-1",
             security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=at),
             target_slot=slot,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from schemas.boundary import TrainingRestored
+from schemas.domain_enums import CommandKind, CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.nissa import LifecycleRestored
 from schemas.telemetry import TelemetryEvent
@@ -165,3 +166,23 @@ async def test_a_rollback_to_a_boundary_still_waiting_for_its_decision_plans_it_
         assert again.decided_on_step == 5
         dropped = [e for e in sink.of_type(TelemetryEvent) if e.name == "boundary_input_dropped"]
         assert dropped == []
+
+
+async def test_a_command_decided_after_the_restored_step_is_accepted_when_decided_again(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """After a trainer restart (or a rollback) the controller decides the later steps again, under the same
+    reproducible command id: the verifier, which outlives restarts, refused it as a replay and the command was lost
+    (an optimizer tweak after a crash: the run then differed from an uninterrupted one)."""
+    async with running_kasmina(clock, sink, lag=2) as h:
+        await h.boundary(1)
+        tweak = h.command(CommandKind.OPTIMIZER, lr_delta=0.1, decision_step=3)
+        first = await h.boundary(3, tweak)
+        assert [(r.accepted, r.reason) for r in first.command_results] == [(True, None)]
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="fast"))
+        await h.next_plan()  # decided on 1, in effect at 3: in flight at the restored step, sent again
+        again = await h.boundary(3, tweak)
+        assert [(r.accepted, r.reason) for r in again.command_results] == [(True, None)]
+        # A real replay (nothing was undone) is still refused.
+        replayed = await h.boundary(5, tweak)
+        assert [r.reason for r in replayed.command_results] == [CommandRejectReason.NONCE_REPLAYED]

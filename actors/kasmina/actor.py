@@ -385,6 +385,10 @@ class KasminaActor(Actor[KasminaMessage]):
 
         self._packets = {step: packet for step, packet in self._packets.items() if unplanned(step)}
         self._decisions = {step: decision for step, decision in self._decisions.items() if unplanned(step)}
+        if cut is not None:
+            # The controller decides the later steps again, under the same reproducible command ids: the verifier
+            # (which outlives restarts) refused them as replays, and the commands were lost.
+            self._verifier.forget_decided_after(cut)
         shown = self._forwarded
         self._forwarded = planned
         if shown is not None and unplanned(shown):

@@ -213,8 +213,8 @@ class CommandVerifier:
         self._future_skew_s = future_skew_s
         self._nonce_ttl_s = nonce_ttl_s
         self._ledger_size = ledger_size
-        # nonce -> (arrival time, issued_at); arrival times grow, so the oldest arrival is always first.
-        self._ledger: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # nonce -> (arrival time, issued_at, decision step); arrival times grow, so the oldest arrival is always first.
+        self._ledger: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
         self._accepted = 0
         self._rejected: dict[CommandRejectReason, int] = {}
         self._expired = 0
@@ -237,12 +237,21 @@ class CommandVerifier:
         )
         return reason
 
+    def forget_decided_after(self, step: int) -> int:
+        """Forget the nonces of accepted commands decided on a step after ``step``: training went back there (a
+        rollback, a trainer restart) and the controller decides those steps again under the same reproducible command
+        ids, which were refused as NONCE_REPLAYED and lost. Returns how many were forgotten."""
+        undone = [nonce for nonce, (_, _, decided) in self._ledger.items() if decided > step]
+        for nonce in undone:
+            del self._ledger[nonce]
+        return len(undone)
+
     def purge(self) -> int:
         """Forget nonces older than the TTL; returns how many. Call it on a timer (SecurityConfig's interval)."""
         now = self._clock.now()
         dropped = 0
         while self._ledger:
-            nonce, (arrived, _) = next(iter(self._ledger.items()))
+            nonce, (arrived, _, _) = next(iter(self._ledger.items()))
             if now - arrived < self._nonce_ttl_s:
                 break
             del self._ledger[nonce]
@@ -291,14 +300,14 @@ class CommandVerifier:
                 )
             return CommandRejectReason.NONCE_LEDGER_FULL
         self._full_alarm_raised = False
-        self._ledger[cmd.command_id] = (self._clock.now(), cmd.issued_at)
+        self._ledger[cmd.command_id] = (self._clock.now(), cmd.issued_at, cmd.decision_step)
         return None
 
     def _evict_stale(self) -> None:
         # A nonce whose command is already past the freshness window cannot be replayed successfully: check (5)
         # refuses it, so forgetting it early is safe. Fresh nonces are never forgotten.
         cutoff = self._clock.now() - self._freshness_s
-        stale = [nonce for nonce, (_, issued_at) in self._ledger.items() if issued_at < cutoff]
+        stale = [nonce for nonce, (_, issued_at, _) in self._ledger.items() if issued_at < cutoff]
         for nonce in stale:
             del self._ledger[nonce]
         self._evicted += len(stale)
