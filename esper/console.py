@@ -52,6 +52,7 @@ _SHOWN_EVENTS = {
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
     "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
+    "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

@@ -35,7 +35,7 @@ import anyio
 import msgspec
 import structlog
 
-from actors.nissa.prometheus import check_bindable
+from actors.nissa.prometheus import check_bindable, host_port
 from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
@@ -348,7 +348,7 @@ async def _start_claimed(
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
         port = resolved.nissa.prometheus_port
-        metrics_url = None if port is None else f"http://{resolved.nissa.prometheus_host}:{port}/metrics"
+        metrics_url = None if port is None else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )

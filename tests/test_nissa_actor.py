@@ -6,12 +6,14 @@ import asyncio
 import csv
 import errno
 import json
+import socket
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from actors.nissa.actor import ALERT_FIRED, Nissa
+from actors.nissa.actor import ALERT_FIRED, METRICS_ENDPOINT_UNAVAILABLE, Nissa
 from actors.nissa.csv_writer import MetricsCsvWriter
+from actors.nissa.prometheus import host_port
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
 from esper.runtime.supervisor import Supervisor
@@ -265,6 +267,34 @@ async def test_the_actor_serves_http_on_an_ephemeral_port(
             assert summary["slos"][0]["samples"] == 1
     finally:
         await system.stop()
+
+
+async def test_a_port_taken_after_the_start_check_costs_the_endpoint_not_the_run(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The start checks the port, but another process may take it before Nissa binds (or a crashed incarnation may
+    still hold it): every restart failed the same way, and the supervisor ended the run (RestartIntensityExceeded)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        system = await _start(NissaConfig(prometheus_port=port), tmp_path, clock, sink)
+        try:
+            ref = system.ref(NISSA, Nissa)
+            await ref.tell(packet(32, epoch=0, val=0.9))
+            snapshot = await _ask(ref)
+            assert snapshot.endpoint is None
+            assert snapshot.epochs_written == 1  # Nissa runs on: rows, alerts, snapshots
+        finally:
+            await system.stop()
+    [warning] = [e for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_UNAVAILABLE]
+    assert warning.level is TelemetryLevel.WARNING
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in warning.description
+    assert not sink.of_type(ChildRestarted)
+
+
+def test_an_ipv6_endpoint_is_written_with_brackets() -> None:
+    assert (host_port("::1", 9100), host_port("127.0.0.1", 9100)) == ("[::1]:9100", "127.0.0.1:9100")
 
 
 async def test_the_epoch_hook_slo_counts_each_epoch_end_once(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final, assert_never, final
 from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
 from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
 from actors.nissa.metrics import MetricsAggregator
-from actors.nissa.prometheus import MetricsServer
+from actors.nissa.prometheus import MetricsServer, host_port
 from esper.runtime.actor import Actor
 from schemas.boundary import BoundaryApplied, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
@@ -63,6 +63,7 @@ NISSA_INBOX: Final = (
 )
 """What Nissa consumes: every state packet, telemetry, lifecycle and supervision events, the tick and the query."""
 
+METRICS_ENDPOINT_UNAVAILABLE: Final = "metrics_endpoint_unavailable"
 ALERT_FIRED: Final = "alert_fired"
 ALERT_CLEARED: Final = "alert_cleared"
 
@@ -133,8 +134,25 @@ class Nissa(Actor[NissaMessage]):
             self._started_s = self._clock.now() - earlier
         port = self._config.prometheus_port
         if port is not None:
-            self._server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)
-            await self._server.start()
+            server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)
+            try:
+                await server.start()
+            except OSError as err:
+                # Taken since the start's check (or still held by an incarnation that crashed): the run's observers
+                # lose the endpoint, the run goes on; every restart failed the same way and ended the run.
+                self._sink.emit(
+                    TelemetryEvent(
+                        name=METRICS_ENDPOINT_UNAVAILABLE,
+                        level=TelemetryLevel.WARNING,
+                        description=(
+                            f"cannot serve /metrics on {host_port(self._config.prometheus_host, port)} ({err});"
+                            " training goes on without it"
+                        ),
+                        attributes={"port": port},
+                    )
+                )
+            else:
+                self._server = server
 
     async def on_stop(self) -> None:
         server, self._server = self._server, None

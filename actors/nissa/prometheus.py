@@ -136,6 +136,11 @@ def route(method: str, path: str, snapshot: Callable[[], NissaSnapshot]) -> tupl
     return 404, CONTENT_TYPE_JSON, b'{"error":"not found"}'
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:9100``; ``::1:9100`` is no address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @final
 class MetricsServer:
     """The HTTP endpoint. ``snapshot`` is called on the event loop for each request and must not block.
@@ -167,7 +172,7 @@ class MetricsServer:
 
     @property
     def endpoint(self) -> str:
-        return f"{self._host}:{self.port}"
+        return host_port(self._host, self.port)
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port.
