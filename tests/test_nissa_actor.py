@@ -112,20 +112,23 @@ async def test_rows_alerts_and_snapshot(tmp_path: Path, clock: ManualClock, sink
         await system.stop()
 
 
-async def test_a_tick_fires_rules_on_stale_values(tmp_path: Path, clock: ManualClock, sink: RecordingSink) -> None:
+async def test_a_tick_alone_fires_nothing_a_second_report_does(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
     system = await _start(NissaConfig(), tmp_path, clock, sink)
     try:
         ref = system.ref(NISSA, Nissa)
-        await ref.tell(
-            TelemetryPacket(
-                packet_id="p",
-                source="oona",
-                issued_at=0.0,
-                metrics=(MetricPoint(name="oona.queue.depth", value=4500.0),),
-            )
+        depth = TelemetryPacket(
+            packet_id="p",
+            source="oona",
+            issued_at=0.0,
+            metrics=(MetricPoint(name="oona.queue.depth", value=4500.0),),
         )
+        await ref.tell(depth)
         clock.advance(30.0)
         await ref.tell(EvaluateAlerts(seq=1))
+        assert (await _ask(ref)).alerts == ()
+        await ref.tell(depth)  # Oona's next report of its backlog
         snapshot = await _ask(ref)
         assert [alert.rule for alert in snapshot.alerts] == ["oona_queue_depth"]
         assert snapshot.health.status is HealthStatus.DEGRADED

@@ -59,11 +59,20 @@ def test_a_firing_rule_is_listed_with_its_value_and_since() -> None:
     )
 
 
-def test_a_tick_re_evaluates_the_latest_value() -> None:
+def test_a_tick_counts_no_new_breach_of_a_value_observed_once() -> None:
+    """Timer ticks re-evaluated the last value as a new breach: one slow packet at the end of training fired
+    training_latency_high ("three packets running") two ticks later, and its breach count climbed while the endpoint
+    stayed up. Only new observations count; two reports of a deep queue fire oona_queue_depth (for 2)."""
     evaluator = AlertEvaluator(DEFAULT_RULES)
+    evaluator.observe(LATENCY, 51.0, 0.0)
+    assert evaluator.evaluate(0.0, [LATENCY]) == []
+    assert [evaluator.evaluate(30.0 * tick) for tick in range(1, 5)] == [[], [], [], []]
+    assert evaluator.active() == ()
     evaluator.observe("oona.queue.depth", 5000, 0.0)
-    assert evaluator.evaluate(0.0) == []
-    (notice,) = evaluator.evaluate(30.0)  # the tick: the depth is still high, the second breach fires it
+    assert evaluator.evaluate(0.0, ["oona.queue.depth"]) == []
+    assert evaluator.evaluate(30.0) == []
+    evaluator.observe("oona.queue.depth", 5000, 10.0)
+    (notice,) = evaluator.evaluate(10.0, ["oona.queue.depth"])  # the second report running fires it
     assert (notice.rule, notice.active, notice.value, notice.breaches) == ("oona_queue_depth", True, 5000, 2)
     assert notice.routes == ("slack",)
 

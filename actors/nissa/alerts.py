@@ -154,16 +154,22 @@ class AlertEvaluator:
             state.value = 0.0
 
     def evaluate(self, now_s: float, metrics: Collection[str] | None = None) -> list[AlertNotice]:
-        """Evaluate the rules on ``metrics`` (all rules if None) that have a value; returns fire/clear notices."""
+        """Evaluate the rules on ``metrics``, whose values were just observed (each breach counts towards
+        ``for_count``); returns fire/clear notices. None: a timer's look at every rule: a windowed count slides (its
+        alert clears once the window empties), but no value is newer than when it was observed, so nothing counts as
+        a new breach (a stale step time fired training_latency_high, "three packets running", on one packet)."""
+        tick = metrics is None
         notices: list[AlertNotice] = []
         for rule in self._rules:
             if metrics is not None and rule.metric not in metrics:
                 continue
             state = self._states[rule.name]
-            if state.value is None:
+            if state.value is None or (tick and rule.window_s is None):
                 continue
             value = self._current(rule, state, now_s)
             if rule.breached_by(value):
+                if tick:
+                    continue
                 state.breaches += 1
                 if not state.active and state.breaches >= rule.for_count:
                     state.active = True
