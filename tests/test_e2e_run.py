@@ -268,6 +268,8 @@ async def test_a_trainer_crash_mid_run_resumes_from_its_snapshot_and_ends_as_an_
     assert {a.actor: a.restarts for a in summary.actors}["tolaria/trainer"] == 1
     assert summary.growth is not None
     assert summary.growth.emergency_events == 0
+    assert summary.training is not None
+    assert summary.training.resumed_from_step is None, "a restart is not a resume: the run is fresh"
     events = [json.loads(line) for line in (crashed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(e["step"], e["tier"]) for e in events if e["event"] == "training_restored"] == [(4 * 16, "fast")]
     assert not [e for e in events if e["event"] == "plan_missed"]

@@ -58,7 +58,7 @@ def config(**overrides: object) -> TolariaConfig:
 def make_loop(cfg: TolariaConfig, data: DataSplits, directory: Path | None, *, resume: bool = False) -> TrainingLoop:
     return TrainingLoop(
         cfg,
-        LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, batch_hook=None),
+        LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, resumed_run=resume, batch_hook=None),
         inbox=PlanInbox(),
         outbox=Box(),
         snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),

@@ -83,7 +83,7 @@ def make_loop(
 ) -> TrainingLoop:
     return TrainingLoop(
         cfg,
-        LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, batch_hook=hook),
+        LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, resumed_run=resume, batch_hook=hook),
         inbox=inbox or PlanInbox(),
         outbox=box or Box(),
         snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),

@@ -308,6 +308,7 @@ class TolariaTrainer(Actor[StartTraining]):
             checkpoint_dir=None if wiring.run_dir is None else Path(wiring.run_dir) / "checkpoints",
             expects_plans=wiring.expects_plans,
             resume=wiring.resume or msg.incarnation > 1,
+            resumed_run=wiring.resume and msg.incarnation == 1,
             slot_targets=wiring.slot_targets,
             device=wiring.lane.device,
             batch_hook=wiring.batch_hook,

@@ -75,6 +75,8 @@ class LoopOptions:
         checkpoint_dir: where checkpoints go (None: no full tier, e.g. benchmarks).
         expects_plans: a planner answers every packet with one BoundaryPlan (False: Tolaria alone).
         resume: look for a checkpoint in checkpoint_dir before starting.
+        resumed_run: this is a ``--resume``'s first start (not a restart): the summary's resumed_from_step is its
+            restored step (a restarted trainer of a fresh run reported one too).
         slot_targets: kasmina.slot_targets (empty: the host's own).
         device: the lane's device.
         batch_hook: a test hook applied to each batch, given the monotonic attempt count (survives rollbacks).
@@ -92,6 +94,7 @@ class LoopOptions:
     checkpoint_dir: Path | None
     expects_plans: bool = False
     resume: bool = False
+    resumed_run: bool = False
     slot_targets: tuple[str, ...] = ()
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_hook: Callable[[int, TensorPair], TensorPair] | None = None
@@ -252,7 +255,8 @@ class TrainingLoop:
         if point.info is not None:
             self._last_checkpoint = point.info.file
         self._announce_restore(point.state, point.tier)
-        self._resumed_from = self._pos.global_step
+        if self._options.resumed_run:
+            self._resumed_from = self._pos.global_step
 
     def _announce_restore(self, state: TrainState, tier: str) -> None:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
@@ -303,6 +307,9 @@ class TrainingLoop:
                 train_loss, train_accuracy, val_loss, val_accuracy = (float("nan") if v is None else v for v in loaded)
                 self._epoch_figures = (train_loss, train_accuracy, val_loss, val_accuracy)
             self._rollbacks = max(self._rollbacks, int(saved.get("rollbacks") or 0))
+            # A restart within a resumed session keeps the session's resume point.
+            resumed = saved.get("resumed_from")
+            self._resumed_from = resumed if isinstance(resumed, int) else None
         elapsed = time.perf_counter() - started + extra_s
         self.restore_ms_history.append((tier, elapsed * 1e3))
         _log.info(
@@ -323,6 +330,7 @@ class TrainingLoop:
             "rollbacks": self._rollbacks,
             "last_val_loss": self._last_val_loss,
             "expected_plans": msgspec.json.encode(self._inbox.pending()).decode(),
+            "resumed_from": self._resumed_from,
         }
         if self._open_stats is not None:
             epoch_stats, stats = self._open_stats
