@@ -87,8 +87,9 @@ class LayerSummary(Record, frozen=True):
 class SystemStatePacket(Message, frozen=True):
     """Tolaria's view of training at ``global_step``: sent at epoch end and every K steps; Tamiyo decides on it.
 
-    Losses and accuracies are means over the reporting interval; an epoch-end packet also carries the whole epoch's
-    (``epoch_training_loss``, ``epoch_training_accuracy``), which the metrics and the console report per epoch.
+    Losses, accuracies, timings and throughput are over the reporting interval; an epoch-end packet also carries the
+    whole epoch's (``epoch_training_loss``, ``epoch_training_accuracy``, ``epoch_timings``, ``epoch_samples_per_s``),
+    which the metrics and the console report per epoch.
     ``loss_delta`` is the change of validation loss since the previous validation (None before the second one).
     Gradient norms are L2 norms keyed by layer name and seed id.
     """
@@ -121,3 +122,5 @@ class SystemStatePacket(Message, frozen=True):
     gpu_memory_peak_bytes: NonNegInt | None = None
     epoch_training_loss: float | None = None
     epoch_training_accuracy: UnitFloat | None = None
+    epoch_timings: StepTimings | None = None
+    epoch_samples_per_s: NonNegFloat | None = None

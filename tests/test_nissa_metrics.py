@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
@@ -198,3 +199,13 @@ def test_a_rollback_takes_back_the_stages_of_the_transitions_it_undid() -> None:
     assert row is not None
     # a and b stand (decided at or before step 64); c's germination was undone: its slot is dormant again.
     assert (row["seeds_germinated"], row["seeds_dormant"]) == (2, 1)
+
+
+def test_an_epoch_row_reports_the_epochs_timings_not_its_last_intervals() -> None:
+    interval = packet(100, epoch=4, val=0.7, step_ms=50.8)
+    end = msgspec.structs.replace(
+        interval, epoch_timings=msgspec.structs.replace(interval.timings, step_ms=10.2), epoch_samples_per_s=2500.0
+    )
+    row = epoch_row(end, wall_time_s=1.0)
+    assert (row["step_ms"], row["samples_per_s"]) == (10.2, 2500.0)
+    assert epoch_row(interval, wall_time_s=1.0)["step_ms"] == 50.8  # a packet without them (an older sender)

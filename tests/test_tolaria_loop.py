@@ -286,6 +286,27 @@ def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_lev
     ]
 
 
+def test_the_epoch_end_packet_carries_the_whole_epochs_timings_and_throughput(data: DataSplits) -> None:
+    """metrics.csv's per-epoch timing columns came from the epoch's last interval (4 of its steps): five slow steps
+    earlier in the epoch did not show, and slow last steps read as five times the epoch's mean."""
+    box = Box()
+    make_loop(config(), data, box=box).run()
+    first_epoch = [p for p in box.packets if p.epoch == 0]
+    *intervals, end = first_epoch
+    assert end.epoch_progress == 1.0
+    assert end.epoch_timings is not None
+    assert end.epoch_samples_per_s is not None
+    assert end.epoch_samples_per_s > 0.0
+    # The epoch's mean step time is the step-weighted mean of its intervals' (each packet's own interval).
+    steps = [
+        p.global_step - before for p, before in zip(first_epoch, [0] + [q.global_step for q in intervals], strict=True)
+    ]
+    weighted = sum(p.timings.step_ms * n for p, n in zip(first_epoch, steps, strict=True)) / end.global_step
+    assert end.epoch_timings.step_ms == pytest.approx(weighted)
+    assert end.epoch_timings.forward_ms < end.epoch_timings.step_ms
+    assert [p.epoch_timings for p in intervals] == [None] * len(intervals)
+
+
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(data: DataSplits, tmp_path: Path) -> None:
     make_loop(config(), data, tmp_path).run()
     entries = read_manifest(tmp_path)

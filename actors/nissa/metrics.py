@@ -126,7 +126,9 @@ def epoch_row(
     if packet.validation_loss is None:
         raise ValueError(f"packet at step {packet.global_step} has no validation_loss: not an epoch end")
     known = [seed.stage for seed in packet.seed_states] if stages is None else list(stages)
-    timings = packet.timings
+    # The epoch's own timings and throughput (the packet's are its last interval's: 4 of 20 steps).
+    timings = packet.timings if packet.epoch_timings is None else packet.epoch_timings
+    samples_per_s = packet.samples_per_s if packet.epoch_samples_per_s is None else packet.epoch_samples_per_s
     row: EpochRow = {
         "epoch": packet.epoch + 1,  # counted from 1, as the console, the summary and the report count epochs
         "step": packet.global_step,
@@ -145,7 +147,7 @@ def epoch_row(
         "optimizer_ms": timings.optimizer_ms,
         "step_ms": timings.step_ms,
         "hook_latency_ms": packet.hook_latency_ms,
-        "samples_per_s": packet.samples_per_s,
+        "samples_per_s": samples_per_s,
         "learning_rate": packet.learning_rate,
         "host_parameters": packet.host_parameters,
         "seed_parameters": packet.seed_parameters,

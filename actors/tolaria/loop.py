@@ -562,6 +562,7 @@ class TrainingLoop:
         validation: tuple[float, float] | None = None,
         loss_delta: float | None = None,
         epoch_means: tuple[float, float] | None = None,
+        epoch_stats: IntervalStats | None = None,
         probe: bool = True,
         expect: bool = True,
     ) -> None:
@@ -583,6 +584,7 @@ class TrainingLoop:
             validation=validation,
             loss_delta=loss_delta,
             epoch_means=epoch_means,
+            epoch_stats=epoch_stats,
         )
         if expect:
             self._expect_plan()
@@ -678,6 +680,7 @@ class TrainingLoop:
             validation=val,
             loss_delta=loss_delta,
             epoch_means=train,
+            epoch_stats=epoch_stats,
             probe=False,
             expect=False,
         )

@@ -123,6 +123,8 @@ class Stepper:
         stats.backward_s += t4 - t3
         stats.optimizer_s += t5 - t4
         stats.step_s += t5 - t0
+        stats.timed_steps += 1
+        stats.timed_samples += y.shape[0]
         return action
 
     def _run_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,8 @@ class IntervalStats:
         "started_s",
         "step_s",
         "steps",
+        "timed_samples",
+        "timed_steps",
     )
 
     def __init__(self) -> None:
@@ -75,6 +77,10 @@ class IntervalStats:
         self.backward_s = 0.0
         self.optimizer_s = 0.0
         self.step_s = 0.0
+        # The steps (and their samples) whose timings the sums above hold: a checkpoint keeps an open interval's
+        # losses, not its timings, so a resumed one has more steps than timed ones.
+        self.timed_steps = 0
+        self.timed_samples = 0
         self.started_s = time.perf_counter()
         self._losses: list[torch.Tensor] = []
         self._sizes: list[int] = []
@@ -108,6 +114,15 @@ class IntervalStats:
         other.fold()
         self.steps += other.steps
         self.samples += other.samples
+        # The timings too, so an epoch's figures are the epoch's (metrics.csv showed its last interval's).
+        self.data_wait_s += other.data_wait_s
+        self.host_to_device_s += other.host_to_device_s
+        self.forward_s += other.forward_s
+        self.backward_s += other.backward_s
+        self.optimizer_s += other.optimizer_s
+        self.step_s += other.step_s
+        self.timed_steps += other.timed_steps
+        self.timed_samples += other.timed_samples
         if other.loss_sum is not None:
             self.loss_sum = other.loss_sum if self.loss_sum is None else self.loss_sum + other.loss_sum
         if other.correct_sum is not None:
@@ -188,7 +203,8 @@ class IntervalStats:
         return stats
 
     def timings(self) -> StepTimings:
-        n = max(1, self.steps)
+        """Mean time per step of each part, over the timed steps."""
+        n = max(1, self.timed_steps)
         return StepTimings(
             data_wait_ms=self.data_wait_s * 1e3 / n,
             host_to_device_ms=self.host_to_device_s * 1e3 / n,
@@ -197,6 +213,10 @@ class IntervalStats:
             optimizer_ms=self.optimizer_s * 1e3 / n,
             step_ms=self.step_s * 1e3 / n,
         )
+
+    def samples_per_s(self, now_s: float) -> float:
+        """Samples trained per second of wall time since the interval (or epoch) started, over the timed steps."""
+        return self.timed_samples / max(1e-9, now_s - self.started_s)
 
 
 class OpenStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -275,9 +295,11 @@ class PacketBuilder:
         validation: tuple[float, float] | None = None,
         loss_delta: float | None = None,
         epoch_means: tuple[float, float] | None = None,
+        epoch_stats: IntervalStats | None = None,
     ) -> SystemStatePacket:
         """The state packet of ``global_step`` from the interval's statistics and the model's current gradients;
-        ``epoch_means`` (an epoch end) is the whole epoch's (training loss, accuracy)."""
+        ``epoch_means`` (an epoch end) is the whole epoch's (training loss, accuracy), ``epoch_stats`` its sums (for
+        the epoch's timings and throughput)."""
         trainee = self._trainee
         params, all_keys, seed_sizes = self._current_layout()
         keys: list[tuple[str, str | None]] = []
@@ -298,7 +320,7 @@ class PacketBuilder:
             loss, accuracy = float("nan"), 0.0
         total, layers, seeds = _combine(keys, values[: len(keys)])
         lrs = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(trainee.optimizer.param_groups)}
-        elapsed = max(1e-9, time.perf_counter() - stats.started_s)
+        now = time.perf_counter()
         memory, peak = gpu_memory(trainee.device)
         return SystemStatePacket(
             run_id=run_id,
@@ -312,7 +334,7 @@ class PacketBuilder:
             timings=stats.timings(),
             host_parameters=trainee.host_parameters,
             seed_parameters=sum(seed_sizes.values()),
-            samples_per_s=stats.samples / elapsed,
+            samples_per_s=stats.samples_per_s(now),
             hook_latency_ms=max(0.0, hook_latency_ms),
             validation_loss=None if validation is None else validation[0],
             validation_accuracy=None if validation is None else min(1.0, max(0.0, validation[1])),
@@ -327,6 +349,8 @@ class PacketBuilder:
             gpu_memory_peak_bytes=peak,
             epoch_training_loss=None if epoch_means is None else epoch_means[0],
             epoch_training_accuracy=None if epoch_means is None else min(1.0, max(0.0, epoch_means[1])),
+            epoch_timings=None if epoch_stats is None else epoch_stats.timings(),
+            epoch_samples_per_s=None if epoch_stats is None else epoch_stats.samples_per_s(now),
         )
 
 
