@@ -139,7 +139,8 @@ async def test_the_endpoint_serves_metrics_summary_and_health() -> None:
             assert (status, body) == (200, b"")
             assert int(headers["Content-Length"]) > 0
             assert (await http_get(port, "/nope"))[0] == 404
-            assert (await http_get(port, "/metrics", method="POST"))[0] == 405
+            status, headers, _ = await http_get(port, "/metrics", method="POST")
+            assert (status, headers.get("Allow")) == (405, "GET, HEAD")
             assert server.requests == 7
     finally:
         await server.close()

@@ -223,7 +223,8 @@ class MetricsServer:
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
                     f"Content-Type: {content_type}\r\n"
                     f"Content-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n"
+                    + ("Allow: GET, HEAD\r\n" if status == 405 else "")  # RFC 9110: a 405 names what is allowed
+                    + "Connection: close\r\n\r\n"
                 ).encode("ascii")
                 writer.write(head if method == "HEAD" else head + body)
                 await writer.drain()
