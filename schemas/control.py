@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 from msgspec import Meta, field
 
@@ -14,7 +14,9 @@ from schemas.enums import MessagePriority
 ChannelAlpha = Annotated[tuple[float, ...], Meta(min_length=1, max_length=64)]
 """Per-channel alpha multipliers v for CHANNEL blending: alpha_eff = clamp(alpha * v, 0, 1) along dim 1."""
 
-LrDelta = Annotated[float, Meta(ge=-0.9, le=1.0)]
+LR_DELTA_MIN: Final = -0.9
+LR_DELTA_MAX: Final = 1.0
+LrDelta = Annotated[float, Meta(ge=LR_DELTA_MIN, le=LR_DELTA_MAX)]
 """A relative learning-rate change: the new lr is lr * (1 + lr_delta)."""
 
 

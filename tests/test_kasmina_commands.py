@@ -167,3 +167,15 @@ async def test_cancel_culls_a_live_seed(clock: ManualClock, sink: RecordingSink)
         plan = await h.boundary(2, h.command(CommandKind.CANCEL, slot="a", seed_id="s1"))
         assert [op.kind for op in plan.ops] == ["detach"]
         assert (await h.stage("a")) is Stage.CULLED
+
+
+async def test_an_optimizer_command_outside_its_bounds_is_refused(clock: ManualClock, sink: RecordingSink) -> None:
+    """The bounds of lr_delta were checked only when a command was decoded, and Tamiyo's are built in-process: a
+    delta of 50 multiplied the learning rate by 51; a NaN one was accepted, then refused by the trainer unsaid."""
+    async with running_kasmina(clock, sink) as h:
+        for step, delta in ((1, 50.0), (2, float("nan")), (3, -0.95)):
+            tweak = h.command(CommandKind.OPTIMIZER, lr_delta=delta, decision_step=step)
+            assert await reject_reason(h, step, tweak) is R.PARAMETER_OUT_OF_BOUNDS
+        plan = await h.boundary(4, h.command(CommandKind.OPTIMIZER, lr_delta=-0.5, decision_step=4))
+        assert plan.command_results[0].accepted
+        assert [(op.kind, op.lr_scale) for op in plan.ops] == [("scale_lr", 0.5)]

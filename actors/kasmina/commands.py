@@ -15,7 +15,7 @@ from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition
 from actors.kasmina.preparation import PreparationRequest, derive_build_seed
 from actors.kasmina.seeds import SeedEntry, isolation_breaker
 from schemas.boundary import SeedOp
-from schemas.control import AdaptationCommand, CommandResult
+from schemas.control import LR_DELTA_MAX, LR_DELTA_MIN, AdaptationCommand, CommandResult
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
@@ -115,6 +115,11 @@ class CommandDesk:
         kind = cmd.kind
         if kind is CommandKind.OPTIMIZER:
             assert cmd.lr_delta is not None  # the verifier refuses an OPTIMIZER without lr_delta (MISSING_FIELDS)
+            # Checked here, not only when a command is decoded: one built in-process (Tamiyo's) never is, and a delta
+            # of 50 multiplied the learning rate by 51 (a NaN one was accepted, then refused by the trainer unsaid).
+            if not LR_DELTA_MIN <= cmd.lr_delta <= LR_DELTA_MAX:
+                bounds = f"lr_delta {cmd.lr_delta} outside [{LR_DELTA_MIN}, {LR_DELTA_MAX}]"
+                return self._refuse(cmd, CommandRejectReason.PARAMETER_OUT_OF_BOUNDS, bounds), []
             op = SeedOp(kind="scale_lr", lr_scale=1.0 + cmd.lr_delta, reason=cmd.reason)
             return self._accept(cmd, step), [op]
         if kind is CommandKind.GERMINATE:
