@@ -164,12 +164,20 @@ def resume_point(checkpoints: Path) -> int | None:
         return None
     step = point.state.global_step
     if step != newest.global_step:
+        # Its plans in flight were decided at or before its own step: a journal reaching that far covers them, so
+        # the newest was passed over because it did not load (it passed its checksum; a checkpoint_corrupt line says
+        # why), not for the journal's sake, as the warning used to say.
+        covered = journaled is not None and journaled >= newest.global_step
         _log.warning(
             "resume_point_behind",
             newest_checkpoint=newest.global_step,
             resume_from=step,
             journal_last_boundary=journaled,
-            detail="the newest checkpoint's plans in flight were decided past the lifecycle journal's end",
+            detail=(
+                f"the newest checkpoint ({newest.file}) did not load"
+                if covered
+                else "the newest checkpoint's plans in flight were decided past the lifecycle journal's end"
+            ),
         )
     return step
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 import pytest
+import structlog
 import torch
 from torch import nn
 
@@ -812,6 +814,7 @@ async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_cov
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     [behind] = [e for e in events if e["event"] == "resume_point_behind"]
     assert (behind["newest_checkpoint"], behind["resume_from"]) == (steps[-1], previous)
+    assert behind["detail"] == "the newest checkpoint's plans in flight were decided past the lifecycle journal's end"
     assert not [e for e in events if e["event"] in {"plan_missed", "emergency_signal"}]
     reference = await (await start(longer, reference_dir)).wait()
     assert reference.status == "completed"
@@ -819,6 +822,27 @@ async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_cov
     reference_grafts, reference_tensors = _final_weights(reference_dir)
     assert grafts == reference_grafts
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
+async def test_a_newest_checkpoint_that_passes_its_checksum_but_does_not_load_is_named_as_the_reason(
+    tmp_path: Path,
+) -> None:
+    """The resume passed over a newest checkpoint that did not decode (its manifest entry matched its bytes) and said
+    its plans in flight were past the lifecycle journal's end, which the journal contradicted."""
+    run_dir = tmp_path / "run"
+    assert (await (await start(tiny_config(tmp_path, epochs=3), run_dir)).wait()).status == "completed"
+    checkpoints = run_dir / "checkpoints"
+    manifest = json.loads((checkpoints / "manifest.json").read_text(encoding="utf-8"))
+    newest = manifest["checkpoints"][-1]
+    garbage = b"not a checkpoint"
+    (checkpoints / newest["file"]).write_bytes(garbage)
+    newest |= {"sha256": hashlib.sha256(garbage).hexdigest(), "size_bytes": len(garbage)}
+    (checkpoints / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert resume_point(checkpoints) == manifest["checkpoints"][-2]["global_step"]
+    with structlog.testing.capture_logs() as logs:
+        resume_point(checkpoints)
+    [behind] = [e for e in logs if e["event"] == "resume_point_behind"]
+    assert behind["detail"] == f"the newest checkpoint ({newest['file']}) did not load"
 
 
 async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_path: Path) -> None:
