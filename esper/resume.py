@@ -9,7 +9,14 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, iter_journal, last_boundary_step
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, model_shapes, read_manifest
+from actors.tolaria.checkpoints import (
+    MANIFEST,
+    CheckpointError,
+    checkpoint_run_id,
+    latest_good,
+    model_shapes,
+    read_manifest,
+)
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -215,6 +222,29 @@ def check_checkpoint_fits(checkpoints: Path, host_tensors: dict[str, tuple[int, 
         f"--resume: the checkpoint {path} does not fit tolaria.host_model = {host_model!r} as it builds now: {what}"
         " (was the model's code or its slot targets changed? a resume continues the same model)"
     )
+
+
+def check_checkpoint_run(checkpoints: Path, run_id: str) -> None:
+    """Refuse a resume whose newest checkpoint another run wrote (copied in from another run directory): it was
+    continued without a word, another run's weights under this run's history. Checkpoints that do not say which run
+    wrote them (older ones) pass. Blocking: reads the newest checkpoint's header.
+
+    Raises:
+        ConfigError: one line naming the checkpoint and both runs.
+    """
+    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
+    if not listed:
+        return
+    path = checkpoints / listed[-1].file
+    try:
+        writer = checkpoint_run_id(path)
+    except (CheckpointError, OSError):
+        return  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
+    if writer is not None and writer != run_id:
+        raise ConfigError(
+            f"--resume: the checkpoint {path} was written by run {writer!r}, not by this directory's run {run_id!r}"
+            " (copied from another run directory?); resume that run from its own directory"
+        )
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -30,6 +31,7 @@ from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manif
 from esper.nn.blueprints import SourcedModule
 from esper.resume import resume_point
 from esper.run import start
+from esper.runtime.errors import ConfigError
 from esper.wiring import RunHooks
 from schemas.boundary import BoundaryPlan
 from schemas.run import RunSummary
@@ -843,6 +845,19 @@ async def test_a_newest_checkpoint_that_passes_its_checksum_but_does_not_load_is
         resume_point(checkpoints)
     [behind] = [e for e in logs if e["event"] == "resume_point_behind"]
     assert behind["detail"] == f"the newest checkpoint ({newest['file']}) did not load"
+
+
+async def test_a_resume_refuses_checkpoints_another_run_wrote(tmp_path: Path) -> None:
+    """Another run's checkpoints (and journal) copied into a run directory were resumed without a word: its weights
+    went on under this run's history and figures."""
+    config = tiny_config(tmp_path, epochs=2)
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for directory in (mine, other):
+        assert (await (await start(config, directory)).wait()).status == "completed"
+    shutil.rmtree(mine / "checkpoints")
+    shutil.copytree(other / "checkpoints", mine / "checkpoints")
+    with pytest.raises(ConfigError, match=r"step-32\.pt was written by run '[^']+', not by this directory's run"):
+        await start(tiny_config(tmp_path, epochs=3), resume=mine)
 
 
 async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_path: Path) -> None:

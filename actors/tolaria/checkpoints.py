@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import structlog
@@ -140,18 +140,40 @@ def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
         CheckpointError: the file is not a checkpoint.
         OSError: it cannot be read.
     """
+    tree = _header_tree(path)
+    try:
+        model = tree["model"]
+        return {
+            key: tuple(value[_TENSOR][2]) if isinstance(value, dict) and isinstance(value.get(_TENSOR), list) else None
+            for key, value in model.items()
+        }
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The id of the run that wrote the checkpoint at ``path``, from its header alone; None for a checkpoint written
+    before they said (or one without it).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
+    tree = _header_tree(path)
+    counters = tree.get("counters") if isinstance(tree, dict) else None
+    run_id = counters.get("run_id") if isinstance(counters, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def _header_tree(path: Path) -> Any:
+    """The decoded JSON tree of a checkpoint's header (tensors as markers), without reading the weights."""
     with path.open("rb") as file:
         length = int.from_bytes(file.read(8), "little")
         if not 0 < length <= _MAX_HEADER_BYTES:
             raise CheckpointError(f"{path.name}: not a checkpoint (header length {length})")
         header = file.read(length)
     try:
-        tree = msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
-        model = tree["model"]
-        return {
-            key: tuple(value[_TENSOR][2]) if isinstance(value, dict) and isinstance(value.get(_TENSOR), list) else None
-            for key, value in model.items()
-        }
+        return msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
     except (KeyError, TypeError, IndexError, AttributeError, msgspec.DecodeError) as err:
         raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
 

@@ -331,6 +331,7 @@ class TrainingLoop:
             "last_val_loss": self._last_val_loss,
             "expected_plans": msgspec.json.encode(self._inbox.pending()).decode(),
             "resumed_from": self._resumed_from,
+            "run_id": self._options.run_id,  # a resume refuses another run's checkpoints (esper/resume.py)
         }
         if self._open_stats is not None:
             epoch_stats, stats = self._open_stats
