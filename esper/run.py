@@ -66,6 +66,7 @@ from esper.run_dir import (
     sweep_partial_writes,
     write_run_config,
 )
+from esper.run_files import RunFiles
 from esper.run_history import already_trained, earlier_tally, previous_run_id
 from esper.runtime.bus_redis import redacted
 from esper.runtime.clock import MonotonicClock
@@ -263,7 +264,9 @@ async def _start(
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
-    run_lock = await anyio.to_thread.run_sync(functools.partial(claim_run_dir, directory, resume=resume is not None))
+    files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
+    claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
+    run_lock = await anyio.to_thread.run_sync(claim)
     try:
         return await _start_claimed(
             resolved, directory, run_id, run_lock,

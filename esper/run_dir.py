@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import final
 
+from actors.nissa.csv_writer import MetricsFileError, check_existing
+from esper.run_files import RunFiles
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.errors import ConfigError
 
@@ -21,6 +23,11 @@ _PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # config.toml and an events.jsonl alone are not: an attempt refused at assembly (a user model that does not fit the
 # data) writes only those, and retrying into the same directory appends to its log and loses nothing.
 RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal", "report.png")
+# What a run writes in its directory besides the files its config names (RunFiles): none may be a symbolic link, which
+# the run would write through (the pid into the lock's target, the event log appended to another file, checkpoints
+# and journals into another directory).
+_DEFAULT_FILES = RunFiles()
+_WRITTEN = (LOCK_NAME, "config.toml", "data.json", "field_reports.wal", "report.png", "checkpoints")
 
 
 @final
@@ -47,20 +54,26 @@ class RunDirLock:
             os.close(fd)
 
 
-def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
+def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_FILES) -> RunDirLock:
     """Make ``directory`` if needed and lock it for this run. Blocking (a few system calls).
 
     A new run (``resume`` False) refuses a directory that holds an earlier run's files: it would append to that
-    run's events and overwrite its checkpoints and metrics. A resumed run needs the directory's files and only the
-    lock.
+    run's events and overwrite its checkpoints and metrics; and a metrics file (``files.metrics``) Nissa could not
+    append to. A resumed run needs the directory's files and only the lock. Either refuses a directory where a file
+    it writes is a symbolic link; the directory itself may be one.
 
     Raises:
-        ConfigError: the directory cannot be made or written, another process's run holds it, or (for a new run) it
-            holds an earlier run.
+        ConfigError: the directory cannot be made or written, a file the run writes there is a symbolic link,
+            another process's run holds it, or (for a new run) it holds an earlier run or a foreign metrics file.
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+    check_no_links(directory, files)
+    try:
+        # O_NOFOLLOW: a link planted after the check above is refused all the same (ELOOP), never written through.
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     try:
@@ -77,6 +90,13 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
                     f"run directory {directory} holds a config.toml no run wrote, which a new run would replace with"
                     " its resolved config: choose another --run-dir"
                 )
+            try:
+                check_existing(directory / files.metrics)  # what Nissa's open would refuse, restarting until it gave up
+            except MetricsFileError as err:
+                raise ConfigError(
+                    f"run directory {directory}: {err}; a new run would add its epochs to it: move it aside, or"
+                    " choose another --run-dir"
+                ) from err
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -86,6 +106,33 @@ def claim_run_dir(directory: Path, *, resume: bool) -> RunDirLock:
         os.close(fd)
         raise
     return RunDirLock(fd)
+
+
+def check_no_links(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
+    """Refuse ``directory`` if a file or folder the run writes there (or a file in its ``checkpoints``) is a symbolic
+    link. Read-only and blocking.
+
+    Raises:
+        ConfigError: one line naming the link and where it leads.
+    """
+    names = (*_WRITTEN, *files)
+    checkpoints = directory / "checkpoints"
+    inside: list[Path] = []
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        try:
+            inside = sorted(checkpoints.iterdir())
+        except OSError:
+            inside = []  # unreadable: the run's own open reports it
+    for path in (*(directory / name for name in names), *inside):
+        if path.is_symlink():
+            try:
+                target = f" (to {os.readlink(path)})"
+            except OSError:
+                target = ""
+            raise ConfigError(
+                f"run directory {directory}: {path.relative_to(directory)} is a symbolic link{target}, which the run"
+                " would write through; remove it, or choose another --run-dir"
+            )
 
 
 def _holds_run_file(path: Path) -> bool:
@@ -130,9 +177,10 @@ def check_not_in_use(directory: Path) -> None:
         ConfigError: another run is using the directory.
     """
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return  # no lock file: no run has ever held the directory (claim_run_dir reports what else is wrong)
+        # No lock file: no run has ever held the directory (claim_run_dir reports what else is wrong, a link too).
+        return
     try:
         _lock_or_refuse(fd, directory)
     finally:

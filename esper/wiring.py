@@ -21,7 +21,7 @@ from actors.nissa.actor import Nissa
 from actors.tamiyo.actor import TamiyoActor
 from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
-from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing, BlueprintUnavailable
+from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing, BlueprintUnavailable, UrzaError
 from esper.decisions import Decision as DecisionRecord
 from esper.decisions import add_decision
 from esper.nn.blueprints import SourcedModule, build_blueprint
@@ -341,8 +341,9 @@ class UrzaFirstSource:
     built from Karn's catalogue, reported as a ``kasmina.seed_built_from_catalogue`` WARNING event (never another
     blueprint). Waiting is not an option: Tezzeret compiles on the same io lane this fetch runs on. An artifact whose
     blob went bad on disk (quarantined by the load, and stored again by the next run's Tezzeret pass) or is missing,
-    and a blueprint the store has marked failed or quarantined since the run started, are treated the same way, so a
-    damaged or shared store costs no germination.
+    any other artifact the store cannot serve (Urza's errors: weights its builder does not take, a blob that does not
+    decode, a catalogue row that does not match its blob), and a blueprint the store has marked failed or quarantined
+    since the run started, are treated the same way, so a damaged or shared store costs no germination.
 
     ``describe`` on the event loop; ``fetch`` on the io lane (blocking); ``notify`` must be thread-safe.
     """
@@ -371,6 +372,10 @@ class UrzaFirstSource:
             why = f"the store marks it unavailable ({err})"
         except (ArtifactCorrupt, BlobMissing) as err:
             why = f"its artifact is unusable ({err})"
+        except UrzaError as err:
+            # Weights the blueprint's builder does not take (ModuleMismatch), a blob that does not decode, one marked
+            # failed or quarantined, unreadable: the artifact, not the blueprint, is at fault.
+            why = f"its artifact is unusable ({type(err).__name__}: {err})"
         except OSError as err:  # a transient read error (EIO): the same blueprint, built here instead
             why = f"its artifact could not be read ({type(err).__name__}: {err})"
         self.built_from_catalogue += 1

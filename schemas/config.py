@@ -307,8 +307,8 @@ class WeatherlightConfig(ConfigSection, frozen=True):
     restart_backoff_max_s: NonNegFloat = 5.0
     shutdown_deadline_s: PosFloat = 5.0
     mailbox_capacity: PosInt = 1024
-    # True: refuse to start without ESPER_LEYLINE_SECRET (needed once commands cross a process boundary, e.g. the
-    # Redis bus). False: without the variable a random per-run key signs commands, which never leave the process.
+    # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs
+    # Tamiyo's commands to Kasmina, which never leave the process (the bus, Redis too, carries unsigned telemetry only).
     require_secret: bool = False
 
 

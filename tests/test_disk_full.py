@@ -14,6 +14,7 @@ import aiofiles
 import pytest
 import structlog
 
+import esper.logs
 from actors.tolaria.checkpoints import CheckpointWriter
 from esper.logs import configure_logging, reset_logging
 from esper.run import EXIT_OK, main
@@ -174,11 +175,13 @@ def test_a_failed_checkpoint_write_is_raised_by_the_next_submit(tmp_path: Path) 
 
 
 def test_a_run_whose_event_log_fails_still_completes_with_one_notice(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 2\ndataset_samples = 500\n")
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "events.jsonl").symlink_to(FULL)  # the event log's disk is full from the first line
+    events = tmp_path / "run" / "events.jsonl"
+    opened = esper.logs._open_for_lines
+    # The event log's disk is full from the first line (a link to /dev/full in the run directory is refused).
+    monkeypatch.setattr(esper.logs, "_open_for_lines", lambda path: opened(FULL if path == events else path))
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run")]) == EXIT_OK
     err = capsys.readouterr().err
     assert err.count("cannot write the event log") == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.nissa.metrics import METRICS_COLUMNS
 from esper.logs import reset_logging
 from esper.run import EXIT_CONFIG_ERROR, main
 from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes, write_run_config
@@ -56,7 +57,7 @@ def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_
     write_run_config(tmp_path, "")  # what a refused attempt leaves
     (tmp_path / "events.jsonl").write_text('{"event": "run_starting"}\n')
     # ... and a start that failed after some actors were built: a metrics.csv header, empty journals.
-    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n")
+    (tmp_path / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "kasmina_journal.jsonl").write_text("")
     (tmp_path / "field_reports.wal").write_bytes(b"")  # Tamiyo makes it when it starts

@@ -1,18 +1,22 @@
 """Kasmina's seed source for a run (UrzaFirstSource): Urza's verified artifact, else the same blueprint built from the
-catalogue with a warning, whether no artifact is stored yet or the stored one's blob went bad on disk."""
+catalogue with a warning, whether no artifact is stored yet or the stored one cannot be served (its blob went bad on
+disk, its weights do not fit the builder, it does not decode)."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
-from actors.tezzeret.compile import compile_all
+from actors.tezzeret.compile import COMPILE_SEED, compile_all
+from actors.urza.artifact import sha256_hex
 from actors.urza.publish import UrzaArtifactSink
+from actors.urza.records import LoadedArtifact
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.store import UrzaStore
-from esper.nn.blueprints import SlotShape, default_catalogue
+from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.wiring import BUILT_FROM_CATALOGUE, UrzaFirstSource
 
 if TYPE_CHECKING:
@@ -122,3 +126,40 @@ def test_a_blueprint_marked_unavailable_while_the_run_trains_is_still_described_
         assert events[-1].name == BUILT_FROM_CATALOGUE
         assert f"the store marks it unavailable (blueprint {BLUEPRINT!r} is {state}" in events[-1].description
     assert source.describe("BP404") is None
+
+
+def test_weights_the_builder_does_not_take_build_the_seed_from_the_catalogue(
+    store: UrzaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An artifact whose weights are another blueprint's (a catalogue row pointing at another valid blob) raised
+    ModuleMismatch out of the fetch: the seed was culled at G1 (fetch_error) though its blueprint was fine."""
+    summary = compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    entry = store.resolve(BLUEPRINT)
+    other = next(sha for sha in summary.artifacts if sha != entry.sha256)
+    real_load = store.load
+    monkeypatch.setattr(store, "load", lambda sha: LoadedArtifact(real_load(sha).entry, real_load(other).tensors))
+    source, events = _source(store)
+    fetched = source.fetch(BLUEPRINT, SLOT, _params(), seed=3)
+    assert fetched.artifact_sha256 is None
+    assert _parameter_count(fetched.module) == _parameter_count(
+        build_blueprint(default_catalogue().get(BLUEPRINT), SLOT, _params(), seed=COMPILE_SEED)
+    )
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
+    assert "its artifact is unusable (ModuleMismatch: artifact" in events[0].description
+    assert "builder does not take its weights" in events[0].description
+
+
+def test_an_artifact_that_does_not_decode_builds_the_seed_from_the_catalogue(store: UrzaStore) -> None:
+    """A blob that passes its SHA-256 but does not decode (marked failed then) raised ArtifactFormatError out of the
+    fetch."""
+    compile_all(default_catalogue(), (SLOT,), UrzaArtifactSink(store))
+    entry = store.resolve(BLUEPRINT)
+    bad = b"ESPRURZA" + bytes(8)  # format version 0: no Urza reads it
+    with sqlite3.connect(store.catalog_path) as conn:
+        swap = "UPDATE artifacts SET sha256 = ?, size_bytes = ? WHERE sha256 = ?"
+        conn.execute(swap, (sha256_hex(bad), len(bad), entry.sha256))
+    store.blob_path(sha256_hex(bad)).write_bytes(bad)
+    source, events = _source(store)
+    assert source.fetch(BLUEPRINT, SLOT, _params(), seed=3).artifact_sha256 is None
+    assert [e.name for e in events] == [BUILT_FROM_CATALOGUE]
+    assert "its artifact is unusable (ArtifactFormatError: artifact" in events[0].description

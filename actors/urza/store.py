@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import msgspec
 import structlog
@@ -45,6 +45,7 @@ from actors.urza.artifact import (
     BlobUnreadable,
     BlueprintUnavailable,
     decode_artifact,
+    decode_metadata,
     sha256_hex,
 )
 from actors.urza.records import (
@@ -58,6 +59,7 @@ from actors.urza.records import (
     check_sha,
     is_sha,
 )
+from schemas.constraints import NonNegInt, Sha256Hex
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -87,7 +89,13 @@ _SCHEMA = (
 )
 _log = structlog.get_logger("actors.urza")
 _COLUMNS = "sha256, blueprint_id, signature_key, size_bytes, metadata, status, reason, created_at, updated_at"
+_COLUMN_NAMES = tuple(_COLUMNS.split(", "))
+_SELECT = f"SELECT rowid, {_COLUMNS} FROM artifacts"  # the rowid drops a row whose own key is what is damaged
 _PUT_ATTEMPTS = 3
+# The columns a put derives from the blob (its content address fixes them), so a put of the blob mends a damaged row.
+_BLOB_COLUMNS = ("blueprint_id", "signature_key", "size_bytes", "metadata")
+_FROM_BLOB = ", ".join(f"{c} = excluded.{c}" for c in _BLOB_COLUMNS)
+_DIFFERS_FROM_BLOB = " OR ".join(f"artifacts.{c} IS NOT excluded.{c}" for c in _BLOB_COLUMNS)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -109,6 +117,105 @@ def _pid_alive(pid: int) -> bool:
 
 
 _metadata_decoder = msgspec.json.Decoder(ArtifactMetadata)
+
+
+@final
+class _NotText:
+    """A TEXT value whose bytes are not UTF-8 (a flipped bit): SQLite's default decoding raised OperationalError
+    from ``fetchall``, failing the whole query, so every read of the catalogue failed instead of this one row."""
+
+    __slots__ = ("bad_at", "raw")
+
+    def __init__(self, raw: bytes, bad_at: int) -> None:
+        self.raw = raw
+        self.bad_at = bad_at
+
+    def __repr__(self) -> str:
+        around = self.raw[max(0, self.bad_at - 24) : self.bad_at + 8]
+        return f"byte {self.bad_at} of {len(self.raw)} is not UTF-8, in {around!r}"
+
+
+def _text(raw: bytes) -> str | _NotText:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _NotText(raw, err.start)
+
+
+_RowT = TypeVar("_RowT", bound=msgspec.Struct)
+
+
+class _Row(msgspec.Struct, frozen=True):
+    """An artifacts row's columns as this store writes them; any may have rotted (or been edited) since."""
+
+    sha256: Sha256Hex
+    blueprint_id: str
+    signature_key: str
+    size_bytes: NonNegInt
+    metadata: str
+    status: ArtifactStatus
+    reason: str
+    created_at: float
+    updated_at: float
+
+
+class _StandingRow(msgspec.Struct, frozen=True):
+    """A blueprints row's columns, as _Row."""
+
+    state: BlueprintState
+    reason: str
+    updated_at: float
+
+
+def _checked_row(kind: type[_RowT], columns: tuple[str, ...], row: tuple[object, ...]) -> _RowT:
+    """``row``'s values as ``kind``, each column checked for its type.
+
+    Raises:
+        ValueError: a column is not UTF-8 text or not of its type, naming the column.
+    """
+    for name, value in zip(columns, row, strict=True):
+        if isinstance(value, _NotText):
+            raise ValueError(f"column {name}: {value!r}")
+    try:
+        return msgspec.convert(dict(zip(columns, row, strict=True)), kind)
+    except msgspec.ValidationError as err:
+        raise ValueError(str(err)) from err
+
+
+def _entry_from_row(row: tuple[object, ...]) -> ArtifactEntry:
+    """An artifacts row (``_COLUMNS``) as an entry, every column checked: any text may have a flipped bit, any column
+    hold another type (SQLite does not enforce them).
+
+    Raises:
+        ArtifactFormatError: the row is damaged (its subject is the SHA-256, or the raw key when that is damaged).
+    """
+    name = row[0] if isinstance(row[0], str) else repr(row[0])
+    try:
+        checked = _checked_row(_Row, _COLUMN_NAMES, row)
+    except ValueError as err:
+        raise ArtifactFormatError(name, f"artifact {name}: catalogue row is damaged: {err}") from err
+    sha = checked.sha256
+    try:
+        metadata = _metadata_decoder.decode(checked.metadata)
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        raise ArtifactFormatError(sha, f"artifact {sha}: catalogue metadata does not decode: {err}") from err
+    if (metadata.blueprint_id, metadata.signature_key) != (checked.blueprint_id, checked.signature_key):
+        raise ArtifactFormatError(
+            sha,
+            f"artifact {sha}: catalogue row is damaged: blueprint {checked.blueprint_id!r} and signature "
+            f"{checked.signature_key!r}, its metadata says {metadata.blueprint_id!r} and {metadata.signature_key!r}",
+        )
+    return ArtifactEntry(
+        sha256=sha,
+        blueprint_id=checked.blueprint_id,
+        signature_key=checked.signature_key,
+        size_bytes=checked.size_bytes,
+        status=checked.status,
+        reason=checked.reason,
+        created_at=checked.created_at,
+        updated_at=checked.updated_at,
+        metadata=metadata,
+    )
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
@@ -175,6 +282,7 @@ class UrzaStore:
         self._conn = sqlite3.connect(
             root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
+        self._conn.text_factory = _text
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             _enable_wal(self._conn, busy_timeout_ms / 1000)
@@ -258,7 +366,8 @@ class UrzaStore:
 
     def put(self, blob: bytes) -> ArtifactEntry:
         """Store an artifact blob and catalogue it as ready; returns its entry. Idempotent: putting the same bytes
-        again writes nothing new (and repairs the blob if the row had been quarantined for a bad copy).
+        again writes nothing new (and repairs the blob if the row had been quarantined for a bad copy, and the row's
+        columns if they no longer match the blob's: a damaged row).
 
         The blob is decoded (metadata and safetensors) before anything is written, so the store never holds an
         artifact that cannot be loaded. An artifact marked failed stays failed.
@@ -280,9 +389,11 @@ class UrzaStore:
                     continue
                 cursor = conn.execute(
                     f"INSERT INTO artifacts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'ready', '', ?, ?) "
-                    "ON CONFLICT (sha256) DO UPDATE SET status = 'ready', reason = '', "
-                    "updated_at = excluded.updated_at "
-                    "WHERE artifacts.status = 'quarantined'",
+                    "ON CONFLICT (sha256) DO UPDATE SET "
+                    "status = CASE artifacts.status WHEN 'quarantined' THEN 'ready' ELSE artifacts.status END, "
+                    "reason = CASE artifacts.status WHEN 'quarantined' THEN '' ELSE artifacts.reason END, "
+                    f"{_FROM_BLOB}, updated_at = excluded.updated_at "
+                    f"WHERE artifacts.status = 'quarantined' OR {_DIFFERS_FROM_BLOB}",
                     (sha, metadata.blueprint_id, metadata.signature_key, len(blob), meta_json, stamp, stamp),
                 )
                 inserted = cursor.rowcount > 0
@@ -342,26 +453,33 @@ class UrzaStore:
 
     def entry(self, artifact: str) -> ArtifactEntry | None:
         """The catalogue row of an artifact, or None."""
-        rows = self._select(f"SELECT {_COLUMNS} FROM artifacts WHERE sha256 = ?", (check_sha(artifact),))
+        rows = self._select(f"{_SELECT} WHERE sha256 = ?", (check_sha(artifact),))
         return rows[0] if rows else None
 
     def entries(self, blueprint_id: str | None = None) -> tuple[ArtifactEntry, ...]:
         """Every catalogue row (of one blueprint if given), oldest first."""
         if blueprint_id is None:
-            return self._select(f"SELECT {_COLUMNS} FROM artifacts ORDER BY created_at, rowid", ())
-        return self._select(
-            f"SELECT {_COLUMNS} FROM artifacts WHERE blueprint_id = ? ORDER BY created_at, rowid", (blueprint_id,)
-        )
+            return self._select(f"{_SELECT} ORDER BY created_at, rowid", ())
+        return self._select(f"{_SELECT} WHERE blueprint_id = ? ORDER BY created_at, rowid", (blueprint_id,))
 
     def blueprint_status(self, blueprint_id: str) -> BlueprintStatus | None:
         """A blueprint's recorded standing, or None if nothing was ever recorded for it."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT blueprint_id, state, reason, updated_at FROM blueprints WHERE blueprint_id = ?", (blueprint_id,)
+                "SELECT rowid, state, reason, updated_at FROM blueprints WHERE blueprint_id = ?", (blueprint_id,)
             ).fetchone()
         if row is None:
             return None
-        return BlueprintStatus(blueprint_id=row[0], state=row[1], reason=row[2], updated_at=row[3])
+        rowid, *columns = row
+        try:
+            checked = _checked_row(_StandingRow, ("state", "reason", "updated_at"), tuple(columns))
+        except ValueError as err:
+            # Its standing is unknown: the blueprint is offered again, and a failed compile marks it again.
+            self._drop_row("blueprints", rowid, blueprint_id, f"blueprint {blueprint_id!r}: row is damaged: {err}")
+            return None
+        return BlueprintStatus(
+            blueprint_id=blueprint_id, state=checked.state, reason=checked.reason, updated_at=checked.updated_at
+        )
 
     def resolve(self, blueprint_id: str, signature_key: str | None = None) -> ArtifactEntry:
         """The newest ready artifact of a blueprint (for one slot signature if given).
@@ -375,7 +493,7 @@ class UrzaStore:
             raise BlueprintUnavailable(
                 blueprint_id, f"blueprint {blueprint_id!r} is {status.state} in {self.catalog_path}: {status.reason}"
             )
-        query = f"SELECT {_COLUMNS} FROM artifacts WHERE blueprint_id = ? AND status = 'ready'"
+        query = f"{_SELECT} WHERE blueprint_id = ? AND status = 'ready'"
         args: tuple[str, ...] = (blueprint_id,)
         if signature_key is not None:
             query += " AND signature_key = ?"
@@ -389,43 +507,38 @@ class UrzaStore:
         return rows[0]
 
     def _select(self, query: str, args: tuple[str, ...]) -> tuple[ArtifactEntry, ...]:
-        with self._lock:
-            rows = self._conn.execute(query, args).fetchall()
-        entries: list[ArtifactEntry] = []
-        for row in rows:
-            try:
-                entries.append(self._entry_from_row(row))
-            except ArtifactFormatError as err:
-                self._drop_row(row[0], str(err))
-        return tuple(entries)
+        """The rows ``query`` (``_SELECT`` and a tail) selects, each checked; a damaged one is dropped and the query
+        run again, so a ``LIMIT`` still finds the good row behind a damaged newer one."""
+        while True:
+            with self._lock:
+                rows = self._conn.execute(query, args).fetchall()
+            entries: list[ArtifactEntry] = []
+            dropped = False
+            for row in rows:
+                try:
+                    entries.append(_entry_from_row(row[1:]))
+                except ArtifactFormatError as err:
+                    self._drop_row("artifacts", row[0], err.subject, err.detail)
+                    dropped = True
+            if not dropped:
+                return tuple(entries)
 
-    def _drop_row(self, artifact: str, why: str) -> None:
+    def _drop_row_of(self, entry: ArtifactEntry, why: str) -> None:
+        with self._lock:
+            row = self._conn.execute("SELECT rowid FROM artifacts WHERE sha256 = ?", (entry.sha256,)).fetchone()
+        if row is not None:
+            self._drop_row("artifacts", row[0], entry.sha256, f"artifact {entry.sha256}: {why}")
+
+    def _drop_row(self, table: str, rowid: int, name: str, why: str) -> None:
         """Forget a catalogue row that cannot be read: its blueprint is not to blame, and the next put of the blob
-        (a Tezzeret pass) writes the row again. Without it every read of the catalogue failed, for good."""
+        (a Tezzeret pass) writes the row again. Without it every read of the catalogue failed, for good. By rowid:
+        the damaged row's own key may be what is unreadable."""
         with self._write() as conn:
-            conn.execute("DELETE FROM artifacts WHERE sha256 = ?", (artifact,))
+            conn.execute(f"DELETE FROM {table} WHERE rowid = ?", (rowid,))
         with self._lock:
             self._integrity_failures += 1
-        _log.warning("urza_row_dropped", artifact=artifact, reason=why[:300])
-
-    @staticmethod
-    def _entry_from_row(row: tuple[str, str, str, int, str, ArtifactStatus, str, float, float]) -> ArtifactEntry:
-        sha, blueprint_id, signature_key, size_bytes, meta_json, status, reason, created_at, updated_at = row
-        try:
-            metadata = _metadata_decoder.decode(meta_json)
-        except (msgspec.ValidationError, msgspec.DecodeError) as err:
-            raise ArtifactFormatError(sha, f"artifact {sha}: catalogue metadata does not decode: {err}") from err
-        return ArtifactEntry(
-            sha256=sha,
-            blueprint_id=blueprint_id,
-            signature_key=signature_key,
-            size_bytes=size_bytes,
-            status=status,
-            reason=reason,
-            created_at=created_at,
-            updated_at=updated_at,
-            metadata=metadata,
-        )
+        subject = "artifact" if table == "artifacts" else "blueprint_id"
+        _log.warning("urza_row_dropped", table=table, reason=why[:300], **{subject: name})
 
     # ------------------------------------------------------------------ loading
 
@@ -441,6 +554,8 @@ class UrzaStore:
             BlobMissing: the row exists but the blob file does not. BlobUnreadable: reading it failed.
             ArtifactCorrupt: size or SHA-256 mismatch (quarantined now).
             ArtifactFormatError: the verified bytes do not decode (the row is marked failed).
+            ArtifactNotFound: also when the row does not match its verified blob (another blueprint's metadata, a
+                wrong size: a damaged row); the row is dropped then, and nothing is served from it.
         """
         entry = self.entry(artifact)
         path = self.blob_path(artifact)
@@ -476,13 +591,22 @@ class UrzaStore:
         except ArtifactFormatError as err:
             self.mark_failed(artifact, f"does not decode: {err.detail}")
             raise
+        mismatch = _row_mismatch(entry, len(data), decoded.metadata)
+        if mismatch:
+            self._drop_row_of(entry, mismatch)
+            raise ArtifactNotFound(
+                artifact,
+                f"artifact {artifact}: its catalogue row did not match its verified blob {path} ({mismatch}); "
+                "row dropped (the next put of the blob writes it again)",
+            )
         with self._lock:
             self._loads += 1
         return LoadedArtifact(entry=entry, tensors=decoded.tensors)
 
     def verify(self, artifact: str) -> str | None:
-        """Why a ready artifact's blob cannot be served (missing, unreadable, wrong size or SHA-256), or None when it
-        can. A corrupt blob is quarantined, as a load would; nothing is decoded.
+        """Why a ready artifact's blob cannot be served (missing, unreadable, wrong size or SHA-256, a catalogue row
+        that does not match it), or None when it can. A corrupt blob is quarantined, and a mismatched row dropped, as
+        a load would; only the blob's metadata is decoded.
 
         Raises:
             ValueError: ``artifact`` is not a SHA-256 hex digest. ArtifactNotFound: no catalogue row.
@@ -501,7 +625,16 @@ class UrzaStore:
         why = _blob_problem(data, entry)
         if why:
             self._quarantine_blob(artifact, why)
-        return why or None
+            return why
+        try:
+            metadata, _ = decode_metadata(data, name=artifact)
+        except ArtifactFormatError:
+            return None  # the blob's own fault, not the row's: a load marks it failed
+        mismatch = _row_mismatch(entry, len(data), metadata)
+        if mismatch:
+            self._drop_row_of(entry, mismatch)
+            return f"catalogue row dropped: {mismatch}"
+        return None
 
     def _quarantine_blob(self, artifact: str, why: str) -> Path:
         source = self.blob_path(artifact)
@@ -534,7 +667,7 @@ class UrzaStore:
             except FileNotFoundError:
                 missing.append(entry.sha256)
                 continue
-            if len(data) != entry.size_bytes or sha256_hex(data) != entry.sha256:
+            if _blob_problem(data, entry):
                 corrupt.append(entry.sha256)
                 if quarantine:
                     self._quarantine_blob(entry.sha256, "failed integrity check")
@@ -575,11 +708,25 @@ class UrzaStore:
 
 
 def _blob_problem(data: bytes, entry: ArtifactEntry) -> str:
-    """What is wrong with a blob's bytes against its catalogue row ("" if nothing)."""
+    """What is wrong with a blob's bytes against its catalogue row ("" if nothing). Bytes that hash to the row's
+    SHA-256 are the artifact whatever else the row says (a wrong size there is the row's damage, not the blob's)."""
+    if sha256_hex(data) == entry.sha256:
+        return ""
     if len(data) < entry.size_bytes:
         return f"truncated: {len(data)} of {entry.size_bytes} bytes"
     if len(data) != entry.size_bytes:
         return f"size {len(data)} bytes, catalogued {entry.size_bytes}"
-    if sha256_hex(data) != entry.sha256:
-        return "sha256 mismatch"
+    return "sha256 mismatch"
+
+
+def _row_mismatch(entry: ArtifactEntry, size: int, metadata: ArtifactMetadata) -> str:
+    """How a row differs from its verified blob ("" if it does not): a row pointing at another blueprint's blob
+    would have its weights loaded into the wrong builder."""
+    if size != entry.size_bytes:
+        return f"catalogued {entry.size_bytes} bytes, the blob has {size}"
+    if metadata != entry.metadata:
+        return (
+            f"catalogued as {entry.blueprint_id!r} ({entry.metadata.family}, {entry.signature_key}), "
+            f"the blob is {metadata.blueprint_id!r} ({metadata.family}, {metadata.signature_key})"
+        )
     return ""
