@@ -56,6 +56,7 @@ class RunData:
     pauses: list[PauseEvent] = field(default_factory=list)
     live: bool = False  # a process's run still holds the directory (read mid-run)
     summary_problem: str | None = None  # why summary.json could not be read (a damaged one does not stop the report)
+    summary_stale: str | None = None  # how summary.json came to be an earlier session's (see _summary_predates)
 
 
 def parse_stage(value: object) -> SeedLifecycleStage | None:
@@ -94,12 +95,21 @@ def read_metrics(path: Path) -> list[MetricsRow]:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
+    lines = text.splitlines()
+    if len(lines) > 1 and (not text.endswith("\n") or _cells(lines[-1]) < _cells(lines[0])):
+        # A crash mid-write tore the last row (``1.2e-05`` cut to ``1.2e-0``, or ``30,6``): it is not data, as
+        # events.jsonl's torn last line is not. Nissa cuts it off when the run resumes.
+        lines.pop()
     # A row with more cells than the header has its extra ones under None, one with fewer has None values: both read
     # as far as they match (the file is the run's, not ours to refuse here).
     return [
         {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
-        for row in csv.DictReader(text.splitlines())
+        for row in csv.DictReader(lines)
     ]
+
+
+def _cells(line: str) -> int:
+    return len(next(csv.reader([line]), []))
 
 
 def stage_event(entry: dict[str, object]) -> StageEvent | None:
@@ -142,6 +152,26 @@ def restored_undoes(entry: dict[str, object]) -> Callable[[int], bool] | None:
     return lambda transition_step: transition_step - lag > step
 
 
+class SessionEnd(NamedTuple):
+    """A ``run_finished`` line: how a session (or an attempt to start one) ended."""
+
+    status: str | None
+    error: str | None
+    duration_s: float | None  # set when the session wrote its summary.json; None when it ended without one
+
+
+def session_end(entry: dict[str, object]) -> SessionEnd | None:
+    """The ``run_finished`` line's ending, or None for any other entry."""
+    if entry.get("event") != "run_finished":
+        return None
+    status, error, duration = entry.get("status"), entry.get("error"), entry.get("duration_s")
+    return SessionEnd(
+        status=status if isinstance(status, str) else None,
+        error=error if isinstance(error, str) else None,
+        duration_s=float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None,
+    )
+
+
 class RunEvents(NamedTuple):
     """What events.jsonl says about a run, in file order."""
 
@@ -149,6 +179,9 @@ class RunEvents(NamedTuple):
     pauses: list[PauseEvent]
     decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
     emergencies: int = 0  # emergency_signal lines: every session's
+    sessions: int = 0  # run_started lines: the sessions that got as far as training
+    last_session_end: SessionEnd | None = None  # how the last of those ended; None while it has not (or was killed)
+    last_end: SessionEnd | None = None  # the file's last run_finished line (an attempt that failed to start included)
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -164,6 +197,9 @@ def read_run_events(path: Path) -> RunEvents:
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
     emergencies = 0
+    sessions = 0
+    last_session_end: SessionEnd | None = None
+    last_end: SessionEnd | None = None
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -188,11 +224,19 @@ def read_run_events(path: Path) -> RunEvents:
                     events = [
                         event for event in events if not undoes(event.step)
                     ]  # a rollback's (see LifecycleRestored)
+                elif entry.get("event") == "run_started":
+                    sessions, last_session_end = sessions + 1, None
+                elif (end := session_end(entry)) is not None:
+                    # The first ending after a run_started is that session's; a later one is an attempt that failed
+                    # to start (a refused --resume), which wrote no summary.
+                    if last_session_end is None and sessions:
+                        last_session_end = end
+                    last_end = end
     except FileNotFoundError as err:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return RunEvents(events, pauses, decisions, emergencies)
+    return RunEvents(events, pauses, decisions, emergencies, sessions, last_session_end, last_end)
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -233,8 +277,16 @@ def load_run(run_dir: Path) -> RunData:
     if not run_dir.is_dir():
         raise ReportInputError(f"no such run directory: {run_dir}")
     files = run_files(run_dir)
-    rows = read_metrics(run_dir / files.metrics)
     found = read_run_events(run_dir / files.events)
+    try:
+        rows = read_metrics(run_dir / files.metrics)
+    except ReportInputError as err:
+        end = found.last_end
+        if end is None or end.status == "completed" or not (run_dir / files.events).is_file():
+            raise
+        # A run that failed before its first epoch wrote no metrics.csv; its events say why.
+        why = f"failed: {end.error}" if end.error else f"ended {end.status or 'without a status'}"
+        raise ReportInputError(f"{err} (the run {why})") from err
     try:
         summary, problem = read_summary(run_dir / files.summary), None
     except ReportInputError as err:  # optional, as for a killed run: the figures come from metrics.csv
@@ -246,7 +298,20 @@ def load_run(run_dir: Path) -> RunData:
         summary=summary,
         pauses=found.pauses,
         summary_problem=problem,
+        summary_stale=_summary_predates(summary, found) if summary is not None else None,
     )
+
+
+def _summary_predates(summary: dict[str, object], found: RunEvents) -> str | None:
+    """Why summary.json is an earlier session's than events.jsonl's last (a --resume that was killed or is still
+    running, or that ended without writing one), or None when it is the last session's. A log without run_started
+    lines (an older run) cannot say: None."""
+    end = found.last_session_end
+    if not found.sessions or (end is not None and end.duration_s == summary.get("duration_s")):
+        return None
+    if end is None:
+        return "killed after its last summary"
+    return f"its last session ended ({end.status or '?'}) without writing a summary"
 
 
 def _column(rows: Sequence[MetricsRow], name: str) -> list[float]:
@@ -285,8 +350,15 @@ def summary_lines(data: RunData) -> list[str]:
     """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
     lines: list[str] = []
     summary = data.summary
-    if summary is None and data.live:
+    if data.live:  # any summary.json is an earlier session's (a --resume), or being written as the run ends
+        summary = None
         lines.append(f"run {data.run_dir.name}: still running (figures so far)")
+    elif summary is not None and data.summary_stale is not None:
+        lines.append(
+            f"run {data.run_dir.name}: {data.summary_stale} (its {SUMMARY_JSON}, status {summary.get('status', '?')},"
+            " is an earlier session's); the figures below come from metrics.csv"
+        )
+        summary = None
     elif summary is None and data.summary_problem is not None:
         lines.append(f"run {data.run_dir.name}: {data.summary_problem}; the figures below come from metrics.csv")
     elif summary is None:
@@ -309,8 +381,8 @@ def summary_lines(data: RunData) -> list[str]:
     else:
         lines.append("no epoch rows in metrics.csv")
     # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
-    # summary). Without summary.json (a killed run) every transition counts.
-    last_step = _last_trained_step(data.summary)
+    # summary). Without the last session's summary.json (a killed or live run) every transition counts.
+    last_step = _last_trained_step(summary)
     # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
     transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
     counts, unapplied = seed_outcomes(transitions, last_step)

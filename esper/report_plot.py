@@ -1,8 +1,9 @@
 """Rendering of report.png with matplotlib's Agg backend (no display): curves, lifecycle markers, a seed timeline.
 
-Panels, sharing the step axis: losses (train, validation) with lifecycle markers and labels; accuracies with the
-same markers; one lane per seed with a coloured segment per lifecycle stage, hatched where the seed was paused (a
-flag, not a stage), and a legend of the stages shown.
+Panels, sharing the step axis (integer ticks): losses (train, validation) with lifecycle markers, the labels that fit
+and a legend of the marker kinds; accuracies with the same markers; one lane per seed with a coloured segment per
+lifecycle stage, hatched where the seed was paused (a flag, not a stage), and a legend of the stages shown. Long slot
+names are shortened (see esper.report_labels) so that the labels leave the curves their width.
 """
 
 from __future__ import annotations
@@ -10,18 +11,22 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
+from esper.report_labels import ellipsize, seed_tag, short_slot_names
 from schemas.enums import SeedLifecycleStage as Stage
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from matplotlib.axes import Axes
+    from matplotlib.text import Text
 
 STAGE_COLOURS: Final[dict[Stage, str]] = {
     Stage.GERMINATED: "#9ecae1",
@@ -37,20 +42,24 @@ STAGE_COLOURS: Final[dict[Stage, str]] = {
 }
 """Timeline colour per stage; DORMANT and UNKNOWN draw nothing (the slot is empty)."""
 
-MARKED_STAGES: Final[dict[Stage, tuple[str, str]]] = {
-    Stage.GERMINATED: ("germinated", "#2171b5"),
-    Stage.BLENDING: ("blending", "#d94801"),
-    Stage.FOSSILIZED: ("fossilized", "#238b45"),
-    Stage.CULLED: ("culled", "#cb181d"),
+MARKED_STAGES: Final[dict[Stage, tuple[str, str, Literal["-", "--", "-.", ":"]]]] = {
+    Stage.GERMINATED: ("germinated", "#2171b5", "--"),
+    Stage.BLENDING: ("blending", "#d94801", "-."),
+    Stage.FOSSILIZED: ("fossilized", "#238b45", "-"),
+    Stage.CULLED: ("culled", "#cb181d", ":"),
 }
-"""Transitions into these stages get a vertical marker on the curves (name, a colour dark enough for text),
-labelled with slot and blueprint."""
+"""Transitions into these stages get a vertical marker on the curves (name, a colour dark enough for text, a line
+style: blending's orange and culled's red are told apart by it too), labelled with slot and blueprint where the label
+fits; the legend names every kind shown."""
 
 _PAUSE_HATCH: Final = "////"
 _PAUSE_EDGE: Final = "#252525"
 _LABEL_ROWS: Final = 4
-_CHARS_PER_AXES_WIDTH: Final = 150.0
-"""Roughly how many 7 pt characters fit across the curve panels at the figure's width; spaces labels apart."""
+_LABEL_FONT_SIZE: Final = 7
+_SLOT_WIDTH: Final = 24
+"""At most this many characters of a slot's name in a label (see short_slot_names)."""
+_SEED_WIDTH: Final = 16
+_BLUEPRINT_WIDTH: Final = 12
 
 
 @final
@@ -102,8 +111,10 @@ class Segment:
 @final
 @dataclass(frozen=True, slots=True)
 class _Lane:
-    name: str
+    name: str  # in full: "slot · seed id (blueprint)"
+    slot: str
     seed_id: str | None
+    blueprint_id: str | None
     segments: list[Segment]
 
 
@@ -133,7 +144,8 @@ def _lanes(events: Sequence[StageEvent], end_step: float) -> list[_Lane]:
         if segments:
             blueprint = next((e.blueprint_id for e in lane if e.blueprint_id), None)
             seed_id = next((e.seed_id for e in lane if e.seed_id), None)
-            result.append(_Lane(f"{key} ({blueprint})" if blueprint else key, seed_id, segments))
+            name = f"{key} ({blueprint})" if blueprint else key
+            result.append(_Lane(name, lane[0].slot, seed_id, blueprint, segments))
     return result
 
 
@@ -163,53 +175,186 @@ def _finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def _marker_labels(ax: Axes, events: Sequence[StageEvent], x_span: float) -> None:
-    """Label markers in up to _LABEL_ROWS rows at the top of ``ax``; a label that fits in no row is left out."""
-    row_ends = [-math.inf] * _LABEL_ROWS
-    char_width = x_span / _CHARS_PER_AXES_WIDTH
-    transform = ax.get_xaxis_transform()
-    for event in events:
-        verb, colour = MARKED_STAGES[event.to_stage]
-        text = f"{verb} {event.slot}"
-        if event.blueprint_id:
-            text += f" {event.blueprint_id}"
-        width = (len(text) + 2) * char_width
-        for row in range(_LABEL_ROWS):
-            if event.step >= row_ends[row]:
-                row_ends[row] = event.step + width
-                ax.text(
-                    event.step,
-                    0.97 - 0.075 * row,
-                    f" {text}",
-                    transform=transform,
-                    fontsize=7,
-                    va="top",
-                    ha="left",
-                    color=colour,
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5},
-                )
+@final
+@dataclass(frozen=True, slots=True)
+class LabelSpot:
+    """Where a marker's label goes: which of its texts, which row from the top, right of the marker or left of it."""
+
+    text: int
+    row: int
+    right: bool = True
+
+
+def plan_labels(
+    xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float], rows: int
+) -> list[LabelSpot | None]:
+    """A spot for each marker's label, or None where none fits (pixels).
+
+    ``widths[i]`` are marker i's texts' widths, the preferred first. Each label goes in the first row with room,
+    right of its marker or else left of it, within ``bounds``. The first texts are tried first; if that leaves any
+    marker without a label, the shorter texts alone are placed, then each widened to its first text where that still
+    fits; the plan that labels more markers wins (the first of equals).
+    """
+    if not widths:
+        return []
+    plans = [_plan(xs, widths, bounds, rows, texts=range(len(widths[0])))]
+    if None in plans[0] and len(widths[0]) > 1:
+        plans.append(_widened(_plan(xs, widths, bounds, rows, texts=range(1, len(widths[0]))), xs, widths, bounds))
+    return max(plans, key=lambda plan: sum(spot is not None for spot in plan))
+
+
+def _span(x: float, width: float, *, right: bool) -> tuple[float, float]:
+    return (x, x + width) if right else (x - width, x)
+
+
+def _free(span: tuple[float, float], bounds: tuple[float, float], taken: Sequence[tuple[float, float]]) -> bool:
+    inside = bounds[0] <= span[0] and span[1] <= bounds[1]
+    return inside and all(span[1] <= start or end <= span[0] for start, end in taken)
+
+
+def _plan(
+    xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float], rows: int, texts: range
+) -> list[LabelSpot | None]:
+    taken: list[list[tuple[float, float]]] = [[] for _ in range(rows)]
+    plan: list[LabelSpot | None] = []
+    for x, width_of in zip(xs, widths, strict=True):
+        plan.append(_spot(x, width_of, bounds, taken, texts))
+    return plan
+
+
+def _spot(
+    x: float, widths: Sequence[float], bounds: tuple[float, float], taken: list[list[tuple[float, float]]], texts: range
+) -> LabelSpot | None:
+    for text in texts:
+        for row, spans in enumerate(taken):
+            for right in (True, False):
+                if _free(span := _span(x, widths[text], right=right), bounds, spans):
+                    spans.append(span)
+                    return LabelSpot(text, row, right)
+    return None
+
+
+def _widened(
+    plan: list[LabelSpot | None], xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float]
+) -> list[LabelSpot | None]:
+    """Each placed label in its first text, in its row, where that overlaps no other label."""
+    spots = {i: spot for i, spot in enumerate(plan) if spot is not None}
+    spans = {i: _span(xs[i], widths[i][spot.text], right=spot.right) for i, spot in spots.items()}
+    for i, spot in spots.items():
+        others = [spans[j] for j, other in spots.items() if j != i and other.row == spot.row]
+        for right in (spot.right, not spot.right):
+            if _free(span := _span(xs[i], widths[i][0], right=right), bounds, others):
+                plan[i], spans[i] = LabelSpot(0, spot.row, right), span
                 break
+    return plan
+
+
+def _marker_labels(ax: Axes, events: Sequence[StageEvent], slots: Mapping[str, str], canvas: FigureCanvasAgg) -> None:
+    """Label markers in up to _LABEL_ROWS rows at the top of ``ax``, measured as drawn (see plan_labels): the kind,
+    slot and blueprint, or the slot alone (the colour names the kind). A marker no label fits beside keeps its colour
+    and line style, which the legend names, and its seed's lane below. Call it once the figure is otherwise
+    complete: the layout it measures against must not change."""
+    canvas.figure.draw_without_rendering()  # settles the constrained layout: the axes' width in pixels is final
+    texts: list[tuple[str, str]] = []
+    for event in events:
+        slot = slots.get(event.slot, event.slot)
+        full = f"{MARKED_STAGES[event.to_stage][0]} {slot}"
+        if event.blueprint_id:
+            full += f" {ellipsize(event.blueprint_id, _BLUEPRINT_WIDTH)}"
+        texts.append((f" {full} ", f" {slot} "))
+    probe = ax.text(0, 0, "", fontsize=_LABEL_FONT_SIZE)
+    widths = [[_width(probe, text) for text in pair] for pair in texts]
+    probe.remove()
+    xs = [float(ax.transData.transform((event.step, 0.0))[0]) for event in events]
+    plan = plan_labels(xs, widths, ax.get_window_extent().intervalx, _LABEL_ROWS)
+    for event, pair, spot in zip(events, texts, plan, strict=True):
+        if spot is None:
+            continue
+        label = ax.text(
+            event.step,
+            0.97 - 0.075 * spot.row,
+            pair[spot.text],
+            transform=ax.get_xaxis_transform(),
+            fontsize=_LABEL_FONT_SIZE,
+            va="top",
+            ha="left" if spot.right else "right",
+            color=MARKED_STAGES[event.to_stage][1],
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5},
+        )
+        label.set_in_layout(False)  # the layout was settled without it
+
+
+def _width(probe: Text, text: str) -> float:
+    probe.set_text(text)
+    return float(probe.get_window_extent().width)  # measured by the renderer of the figure's last draw
 
 
 def _draw_markers(ax: Axes, events: Sequence[StageEvent]) -> None:
     for event in events:
-        ax.axvline(event.step, color=MARKED_STAGES[event.to_stage][1], linestyle="--", linewidth=0.9, alpha=0.7)
+        _, colour, style = MARKED_STAGES[event.to_stage]
+        ax.axvline(event.step, color=colour, linestyle=style, linewidth=0.9, alpha=0.7)
+
+
+def _marker_legend(ax: Axes, events: Sequence[StageEvent]) -> None:
+    """Every kind of marker drawn, by colour and line style: a marker whose label did not fit is still named."""
+    kinds = [stage for stage in MARKED_STAGES if any(event.to_stage is stage for event in events)]
+    if not kinds:
+        return
+    handles = [
+        Line2D([], [], color=colour, linestyle=style, linewidth=1.2, label=verb)
+        for verb, colour, style in (MARKED_STAGES[stage] for stage in kinds)
+    ]
+    ax.add_artist(
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.005, 1.0),
+            fontsize=8,
+            title="marker",
+            title_fontsize=8,
+        )
+    )
+
+
+def lane_labels(events: Sequence[StageEvent]) -> list[str]:
+    """The seed timeline's lane labels, top to bottom (see seed_lanes for the lanes): slot names shortened (see
+    short_slot_names), the seed id without the slot it repeats, the blueprint."""
+    slots = short_slot_names((e.slot for e in events), _SLOT_WIDTH)
+    return [_lane_label(lane, slots) for lane in _lanes(events, 0.0)]
+
+
+def _lane_label(lane: _Lane, slots: Mapping[str, str]) -> str:
+    slot = slots.get(lane.slot, lane.slot)
+    label = f"{slot} · {seed_tag(lane.seed_id, lane.slot, _SEED_WIDTH)}" if lane.seed_id else slot
+    return f"{label} ({ellipsize(lane.blueprint_id, _BLUEPRINT_WIDTH)})" if lane.blueprint_id else label
 
 
 def render_report_png(
     curves: Curves, events: Sequence[StageEvent], *, title: str, pauses: Sequence[PauseEvent] = ()
 ) -> bytes:
     """The report as PNG bytes. Pure CPU work (a few hundred ms); call it from a thread or a script, not a loop."""
+    buffer = io.BytesIO()
+    report_figure(curves, events, title=title, pauses=pauses).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def report_figure(
+    curves: Curves, events: Sequence[StageEvent], *, title: str, pauses: Sequence[PauseEvent] = ()
+) -> Figure:
+    """The report's figure, laid out (render_report_png saves it). Pure CPU work, as that."""
     figure = Figure(figsize=(12, 10), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
+    canvas = FigureCanvasAgg(figure)
     loss_ax, acc_ax, lane_ax = figure.subplots(3, 1, sharex=True, height_ratios=(3, 2, 2))
     figure.suptitle(title, fontsize=12)
 
     marked = sorted((e for e in events if e.to_stage in MARKED_STAGES), key=lambda e: e.step)
-    all_x = [*curves.x, *(e.step for e in events)]
+    all_x = [x for x in (*curves.x, *(e.step for e in events)) if math.isfinite(x)]
     x_min = min(all_x, default=0.0)
     x_max = max(all_x, default=1.0)
     x_span = max(x_max - x_min, 1.0)
+    # One epoch (or every point at one step) spans nothing: a few steps either side, not 19.99 to 20.01.
+    x_pad = x_span * 0.01 if x_max > x_min else max(1.0, abs(x_max) * 0.1)
+    slots = short_slot_names((e.slot for e in events), _SLOT_WIDTH)
 
     if _finite(curves.train_loss):
         loss_ax.plot(curves.x, curves.train_loss, marker="o", markersize=3, label="train loss", color="#1f77b4")
@@ -220,7 +365,7 @@ def render_report_png(
     # Headroom above the curves for the marker labels.
     low, high = loss_ax.get_ylim()
     loss_ax.set_ylim(low, high + (high - low) * 0.35)
-    _marker_labels(loss_ax, marked, x_span)
+    _marker_legend(loss_ax, marked)
     if loss_ax.get_legend_handles_labels()[0]:
         loss_ax.legend(loc="lower left", fontsize=8)
     else:
@@ -262,7 +407,7 @@ def render_report_png(
                     edgecolor=_PAUSE_EDGE,
                     linewidth=0.0,
                 )
-        names = [lane.name for lane in lanes]
+        names = [_lane_label(lane, slots) for lane in lanes]
         lane_ax.set_yticks(range(len(names)), names, fontsize=8)
         lane_ax.set_ylim(len(names) - 0.5, -0.5)
         shown = sorted({segment.stage for lane in lanes for segment in lane.segments})
@@ -282,9 +427,8 @@ def render_report_png(
         lane_ax.text(0.5, 0.5, "no seed lifecycle events", transform=lane_ax.transAxes, ha="center", color="#636363")
     lane_ax.set_title("seed timeline", fontsize=9, loc="left")
     lane_ax.set_xlabel(curves.x_label)
-    lane_ax.set_xlim(x_min - x_span * 0.01, x_max + x_span * 0.01)
+    lane_ax.set_xlim(x_min - x_pad, x_max + x_pad)
+    lane_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     lane_ax.grid(axis="x", alpha=0.3)
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    _marker_labels(loss_ax, marked, slots, canvas)
+    return figure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
 from esper.run_files import run_files
 from esper.runtime.clock import MonotonicClock
 from esper.tail_follow import LineReader, follow_lines, read_lines_once
+from esper.tail_liveness import run_gone
 from esper.tail_render import EventFilter, TailSession
 
 if TYPE_CHECKING:
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_UNREADABLE = 2
 _CLEAR_SCREEN = "\x1b[H\x1b[J"
+RUN_GONE = (
+    "esper.tail: the run is no longer running (its run.lock is free and its log has no run_finished line: killed?)"
+)
 
 
 @final
@@ -36,6 +41,9 @@ class TailOptions:
     state: bool = False
     color: bool = False
     poll_interval_s: float = 0.25
+    run_dir: Path | None = None
+    """The run directory given instead of its log: until the log appears, its name is re-read from the directory's
+    config.toml (``logging.json_file``), which the run may not have written yet."""
 
 
 def _write(out: TextIO, lines: Sequence[str]) -> None:
@@ -55,32 +63,50 @@ def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
 
 async def run_tail(
     options: TailOptions, session: TailSession, out: TextIO, *, poll: Callable[[], Awaitable[None]] | None = None
-) -> None:
+) -> str | None:
     """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until the run has finished (the file's
-    last line is its ``run_finished``) or it is cancelled.
+    last line is its ``run_finished``), the run is gone (killed: see run_gone), a followed pipe ends, or it is
+    cancelled.
 
     ``session`` keeps the counts, so a caller that cancels this (Ctrl-C) can still report them. ``poll`` replaces the
     wait between looks at a growing file (default: sleep ``options.poll_interval_s``).
+
+    Returns:
+        RUN_GONE when following ended because the run is gone, else None.
 
     Raises:
         FileNotFoundError: the file does not exist and ``follow`` is off.
         OSError: the file cannot be read.
     """
-    async with LineReader(options.path) as reader:
+    async with LineReader(options.path, follow=options.follow) as reader:
         if not options.follow:
             async for batch in read_lines_once(reader):
                 _write(out, session.feed(batch))
             if options.state:
                 _show_state(session, out, refresh=False)
-            return
+            return None
         clock = MonotonicClock()
         wait = poll if poll is not None else (lambda: clock.sleep(options.poll_interval_s))
         shown_version = -1
         if options.state:
             _show_state(session, out, refresh=True)
             shown_version = session.version
+        gone = False
+
+        async def look() -> None:
+            await wait()
+            if options.run_dir is not None and not reader.opened:  # the run may have written its config.toml since
+                reader.path = options.run_dir / run_files(options.run_dir).events
+
+        async def stop() -> bool:
+            nonlocal gone
+            if not reader.opened or reader.stream or session.finished:
+                return False
+            gone = await asyncio.to_thread(run_gone, reader.path.parent)
+            return gone
+
         try:
-            async for batch in follow_lines(reader, poll=wait):
+            async for batch in follow_lines(reader, poll=look, stop=stop):
                 _write(out, session.feed(batch))
                 if options.state and session.version != shown_version:
                     _show_state(session, out, refresh=True)
@@ -91,6 +117,7 @@ async def run_tail(
             # A line still unterminated when following stops never completed: it counts as malformed.
             if reader.take_pending() is not None:
                 session.malformed += 1
+        return RUN_GONE if gone and not session.finished else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow",
         action="store_true",
         help="keep reading as the file grows, waiting for it to appear and reopening it if truncated or replaced; "
-        "stops once the run has finished (its run_finished line ends the file), or with Ctrl-C",
+        "stops once the run has finished (its run_finished line ends the file), once it is no longer running "
+        "(killed: its run.lock is free), at a pipe's end, or with Ctrl-C",
     )
     parser.add_argument("--actor", metavar="NAME", help="show only events whose actor is NAME (exact match)")
     parser.add_argument(
@@ -150,8 +178,10 @@ def options_from_args(args: argparse.Namespace, *, stdout_is_tty: bool) -> TailO
     config.toml, events.jsonl by default), and so does a path that does not exist yet unless it names a .jsonl file
     (``--follow`` on a run directory before the run makes it)."""
     path: Path = args.path
-    if path.is_dir() or (not path.exists() and path.suffix != ".jsonl"):
-        path = path / run_files(path).events
+    run_dir = None
+    # A directory named *.jsonl is a log file gone wrong, not a run directory: reading it says so.
+    if path.suffix != ".jsonl" and (path.is_dir() or not path.exists()):
+        run_dir, path = path, path / run_files(path).events
     color = {"always": True, "never": False}.get(args.color, stdout_is_tty)
     return TailOptions(
         path=path,
@@ -161,6 +191,7 @@ def options_from_args(args: argparse.Namespace, *, stdout_is_tty: bool) -> TailO
         state=args.state,
         color=color,
         poll_interval_s=args.interval,
+        run_dir=run_dir,
     )
 
 
@@ -170,8 +201,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err if err is not None else sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.interval <= 0:
-        parser.error(f"--interval must be > 0, got {args.interval}")
+    if not math.isfinite(args.interval) or args.interval <= 0:
+        parser.error(f"--interval must be a finite number > 0, got {args.interval}")
     options = options_from_args(args, stdout_is_tty=out.isatty())
     session = TailSession(
         event_filter=EventFilter(actor=options.actor, min_level=options.min_level),
@@ -180,11 +211,16 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     )
     status = EXIT_OK
     try:
-        asyncio.run(run_tail(options, session, out))
+        notice = asyncio.run(run_tail(options, session, out))
+        if notice is not None:
+            err.write(f"{notice}\n")
     except KeyboardInterrupt:
         pass  # Ctrl-C is how --follow ends; the summary below still runs.
     except FileNotFoundError:
         err.write(f"esper.tail: no such file: {options.path}\n")
+        status = EXIT_UNREADABLE
+    except IsADirectoryError:
+        err.write(f"esper.tail: {options.path} is a directory, not an events file\n")
         status = EXIT_UNREADABLE
     except BrokenPipeError:
         # The reader went away (| head); point stdout at devnull so the interpreter's final flush stays quiet.

@@ -1,14 +1,16 @@
-"""Reading a growing log file from coroutines: complete lines only, across late creation, truncation and rotation."""
+"""Reading a growing log file from coroutines: complete lines only, across late creation, truncation and rotation;
+a pipe or a terminal is read as a stream, to its end."""
 
 from __future__ import annotations
 
+import os
+import stat as stat_module
 from typing import TYPE_CHECKING, final
 
 import aiofiles
 import aiofiles.os
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
     from types import TracebackType
@@ -25,20 +27,32 @@ class LineReader:
     the pending bytes are handed out as a final line of the old content and reading restarts at the new file's start.
     Truncation followed by regrowth past the old size before the next read is not detectable, as with ``tail -F``.
 
-    File I/O runs on aiofiles' worker threads, so the event loop never blocks. Event-loop only; not thread-safe.
+    A pipe, a socket or a terminal (``/dev/stdin``) is a stream: it cannot be truncated or replaced, and its end is
+    final (``ended``). With ``follow`` a read of one returns at once when nothing is there (the follower polls), else
+    it waits for data or the end. Anything else that is not a regular file (``/dev/zero``) is refused: reading it
+    would never end.
+
+    File I/O runs on aiofiles' worker threads (a followed stream's reads do not block), so the event loop never
+    blocks. Event-loop only; not thread-safe.
     """
 
-    def __init__(self, path: Path, *, chunk_bytes: int = 1 << 20) -> None:
+    def __init__(self, path: Path, *, chunk_bytes: int = 1 << 20, follow: bool = False) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
         self.path = path
+        """The file read; the caller may point it elsewhere while ``opened`` is False (the name became known)."""
         self._chunk_bytes = chunk_bytes
+        self._follow = follow
         self._file: AsyncBufferedReader | None = None
         self._identity: tuple[int, int] | None = None
         self._position = 0
         self._pending = b""
         self.truncations = 0
         self.reopens = 0
+        self.stream = False
+        """Whether the file opened is a pipe, a socket or a terminal."""
+        self.ended = False
+        """Whether a stream has reached its end (its writer closed it)."""
         self.at_end = False
         """Whether the last read_available() reached the end of the file (or found no file)."""
 
@@ -63,7 +77,8 @@ class LineReader:
             missing_ok: when the file does not exist yet, return [] (True) or raise FileNotFoundError (False).
 
         Raises:
-            OSError: the file cannot be opened or read (FileNotFoundError only when ``missing_ok`` is False).
+            OSError: the file cannot be opened or read (FileNotFoundError only when ``missing_ok`` is False;
+                IsADirectoryError for a directory; NotReadableError for a device that is not a stream).
 
         Cancellation: a cancel while a read is in flight loses that chunk; stop using the reader afterwards.
         """
@@ -72,12 +87,19 @@ class LineReader:
         if self._file is None:
             if not await self._open(missing_ok=missing_ok):
                 return lines
-        else:
+        elif not self.stream:
             lines.extend(await self._follow_path())
         file = self._file
         if file is None:  # replaced by a path that vanished again before it could be opened
             return lines
-        data = await file.read(self._chunk_bytes)
+        if self.stream and self._follow:
+            try:
+                data = os.read(file.fileno(), self._chunk_bytes)  # non-blocking: a quiet pipe must not hold a thread
+            except BlockingIOError:
+                return lines
+        else:
+            data = await file.read(self._chunk_bytes)
+        self.ended = self.stream and not data
         self._position += len(data)
         self.at_end = len(data) < self._chunk_bytes
         lines.extend(self._split(data))
@@ -104,7 +126,14 @@ class LineReader:
                 return False
             raise
         stat = await aiofiles.os.stat(file.fileno())
-        self._file, self._identity, self._position = file, (stat.st_dev, stat.st_ino), 0
+        kind = stat.st_mode
+        stream = stat_module.S_ISFIFO(kind) or stat_module.S_ISSOCK(kind) or os.isatty(file.fileno())
+        if not stat_module.S_ISREG(kind) and not stream:
+            await file.close()
+            raise NotReadableError(self.path)
+        if stream and self._follow:
+            os.set_blocking(file.fileno(), False)  # this open's own descriptor: the shell's stdin is untouched
+        self._file, self._identity, self._position, self.stream = file, (stat.st_dev, stat.st_ino), 0, stream
         return True
 
     async def _follow_path(self) -> list[str]:
@@ -145,25 +174,51 @@ class LineReader:
         return [_decode(part) for part in parts]
 
 
+class NotReadableError(OSError):
+    """Raised for a path that is neither a regular file nor a stream (a device such as /dev/zero)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(0, "not a regular file, a pipe or a terminal", str(path))
+
+
 def _decode(raw: bytes) -> str:
     # Invalid UTF-8 becomes U+FFFD rather than an error: the parser then counts the line as malformed or shows it.
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
-async def follow_lines(reader: LineReader, *, poll: Callable[[], Awaitable[None]]) -> AsyncIterator[list[str]]:
-    """Yield batches of complete lines forever, awaiting ``poll()`` whenever the file has nothing new.
+async def follow_lines(
+    reader: LineReader,
+    *,
+    poll: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[bool]] | None = None,
+) -> AsyncIterator[list[str]]:
+    """Yield batches of complete lines, awaiting ``poll()`` whenever the file has nothing new, until a stream ends
+    (its last line, unterminated or not, included) or ``stop()`` says so.
 
     ``poll`` is the wait between looks: ``lambda: clock.sleep(0.25)`` in the tool, an event a test sets in tests.
-    The reader stays the caller's, so after the loop ends (a cancel, a break) the caller can take its pending line.
+    ``stop`` is asked whenever the file has nothing new: once it returns True, the lines written meanwhile are read
+    and the following ends. The reader stays the caller's, so after the loop ends (a cancel, a break, a stop) the
+    caller can take its pending line.
 
     Raises:
         OSError: from the reader, when the file exists but cannot be read.
     """
+    stopping = False
     while True:
         lines = await reader.read_available()
         if lines:
             yield lines
+        elif reader.ended:
+            last = reader.take_pending()
+            if last is not None:
+                yield [last]
+            return
         elif reader.at_end:
+            if stopping:
+                return
+            if stop is not None and await stop():
+                stopping = True  # one more look: what was written before it stopped is shown
+                continue
             await poll()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from esper.run_dir import claim_run_dir
 from tests.report_fixtures import write_run
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 
@@ -66,6 +68,62 @@ def test_a_damaged_summary_is_said_and_the_report_still_renders(tmp_path: Path) 
     assert out.splitlines()[0].startswith(f"run run-6: cannot read {run / 'summary.json'}: ")
     assert out.splitlines()[0].endswith("; the figures below come from metrics.csv")
     assert (run / "report.png").stat().st_size > 0
+
+
+def _append_events(run: Path, *events: Mapping[str, object]) -> None:
+    with (run / "events.jsonl").open("a", encoding="utf-8") as file:
+        file.write("\n" + "".join(json.dumps({"level": "info", **event}) + "\n" for event in events))
+
+
+_STARTED = {"event": "run_started", "run_id": "r"}
+_INTERRUPTED = {"event": "run_finished", "status": "interrupted", "duration_s": 45.0, "error": None}
+
+
+def test_a_resumed_session_killed_after_an_earlier_summary_is_not_reported_by_that_summary(tmp_path: Path) -> None:
+    """Ctrl-C at epoch 8 (summary.json written), --resume, kill -9: the report printed the first session's status
+    and counted the seeds only up to its last step."""
+    run = write_run(tmp_path / "run-k", last_step=700)
+    (run / "summary.json").write_text(
+        (run / "summary.json").read_text(encoding="utf-8").replace('"completed"', '"interrupted"'), encoding="utf-8"
+    )
+    _append_events(run, _STARTED, _INTERRUPTED, {"event": "run_starting"}, _STARTED)
+    status, out, _ = _run([str(run)])
+    assert status == EXIT_OK
+    assert out.splitlines()[0] == (
+        "run run-k: killed after its last summary (its summary.json, status interrupted, is an earlier session's);"
+        " the figures below come from metrics.csv"
+    )
+    assert out.splitlines()[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"  # every transition counts
+    lock = claim_run_dir(run, resume=True)  # the resumed session is still going
+    try:
+        _, out, _ = _run([str(run)])
+    finally:
+        lock.release()
+    assert out.splitlines()[0] == "run run-k: still running (figures so far)"
+    assert out.splitlines()[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"
+
+
+def test_a_summary_is_the_last_sessions_when_it_wrote_it_and_a_later_failed_start_does_not_matter(
+    tmp_path: Path,
+) -> None:
+    run = write_run(tmp_path / "run-m")
+    refused = {"event": "run_finished", "status": "failed", "duration_s": None, "error": "ConfigError: x"}
+    _append_events(run, _STARTED, _INTERRUPTED, {"event": "run_starting"}, refused)
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-m: status completed")
+    # A session that ended without writing its summary (abandoned by its event loop) leaves the earlier one stale.
+    _append_events(run, _STARTED, {**refused, "status": "interrupted", "error": "abandoned"})
+    first = _run([str(run)])[1].splitlines()[0]
+    assert first.startswith("run run-m: its last session ended (interrupted) without writing a summary (its summ")
+
+
+def test_a_run_that_failed_before_its_first_epoch_names_its_error(tmp_path: Path) -> None:
+    """It said only "no metrics.csv in r_bad" though events.jsonl held why."""
+    run = write_run(tmp_path / "run-bad", summary=False)
+    (run / "metrics.csv").unlink()
+    _append_events(run, {"event": "run_finished", "status": "failed", "duration_s": None, "error": "TolariaError: y"})
+    status, out, err = _run([str(run)])
+    assert (status, out) == (EXIT_UNREADABLE, "")
+    assert err == f"esper.report: no metrics.csv in {run} (the run failed: TolariaError: y)\n"
 
 
 def test_a_missing_metrics_file_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -190,11 +190,27 @@ def test_a_run_with_a_paused_seed_reads_the_pause_and_renders_it(tmp_path: Path)
 
 def test_metrics_rows_longer_or_shorter_than_the_header_read_as_far_as_they_match(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,val_accuracy\n0,16,0.5,extra,cells\n1,32\n", encoding="utf-8")
+    path.write_text("epoch,step,val_accuracy\n0,16,0.5,extra,cells\n1,32\n2,48,0.7\n", encoding="utf-8")
     assert read_metrics(path) == [
         {"epoch": 0.0, "step": 16.0, "val_accuracy": 0.5},
         {"epoch": 1.0, "step": 32.0, "val_accuracy": None},
+        {"epoch": 2.0, "step": 48.0, "val_accuracy": 0.7},
     ]
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [
+        "2,48,1.2e-0",  # cut mid-number: 1.2e-05 would have read as 1.2
+        "2,4",  # cut mid-row, no newline
+        "2,48\n",  # cut mid-row, with a newline (fewer cells than the header)
+    ],
+)
+def test_a_torn_last_metrics_row_is_not_read_as_data(tmp_path: Path, torn: str) -> None:
+    """A crash mid-write leaves half a row; it was read as a real epoch (its cut number as a value)."""
+    path = tmp_path / "metrics.csv"
+    path.write_text(f"epoch,step,val_accuracy\n1,32,0.5\n{torn}", encoding="utf-8")
+    assert read_metrics(path) == [{"epoch": 1.0, "step": 32.0, "val_accuracy": 0.5}]
 
 
 def test_a_row_without_its_step_is_a_gap_on_the_step_axis_the_seed_timeline_shares() -> None:
