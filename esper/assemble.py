@@ -246,6 +246,15 @@ async def assemble(
         on_failure.callback(store.close)
         catalogue = default_catalogue()
         standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
+        state, state_source, resume_step = None, "fresh", None
+        if resume:
+            state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
+        # A resumed controller is offered what the run offered at its first start: a blueprint another run marked
+        # failed on the shared store since (its seeds are then built from the catalogue) or cleared since would make
+        # the resumed run decide differently from an uninterrupted one.
+        first_offer = state.blueprints if state is not None and resume_step is not None else ()
+        if first_offer:
+            standings = {bp: standing for bp, standing in standings.items() if bp not in first_offer}
         try:
             karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
         except ValueError as err:
@@ -253,13 +262,12 @@ async def assemble(
         offered = await anyio.to_thread.run_sync(
             candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
         )
+        if first_offer:
+            offered = tuple(candidate for candidate in offered if candidate.blueprint_id in first_offer)
         urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
         routes = Routes(actors, sink)
         source = UrzaFirstSource(urza_source, threadsafe(loop, sink))
         seed_source = hooks.wrap_source(source) if hooks.wrap_source is not None else source
-        state, state_source, resume_step = None, "fresh", None
-        if resume:
-            state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
         # A resume without a good checkpoint (the run died before its first one) trains again from step 0, so the
         # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).

@@ -421,6 +421,11 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e for e in events if e["event"] == "telemetry_event" and e.get("name") == "seed_op_failed"] == []
     assert any("the store marks it unavailable" in str(e.get("description")) for e in events)
+    # The resumed session offers the controller what the run offered at its first start (it left the marked
+    # blueprints out, and could decide differently from an uninterrupted run).
+    first, resumed = [e["blueprints"] for e in events if e["event"] == "run_assembled"]
+    assert resumed == first
+    assert grown <= set(resumed)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:

@@ -287,6 +287,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             breaker_state=self._breaker.state,
             breaker_failures=self._breaker.statistics().consecutive_failures,
             last_step=self._last_step,
+            blueprints=tuple(dict.fromkeys(candidate.blueprint_id for candidate in self._blueprints)),
         )
 
     def import_state(self, state: TamiyoState) -> None:

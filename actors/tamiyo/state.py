@@ -49,3 +49,6 @@ class TamiyoState(Record, frozen=True):
     breaker_state: BreakerState = BreakerState.CLOSED
     breaker_failures: int = 0
     last_step: int | None = None
+    # The blueprints the run offered (Karn's, at its first start): a resume offers the same, whatever the shared store
+    # says of them since, so that it decides as an uninterrupted run would.
+    blueprints: tuple[str, ...] = ()
