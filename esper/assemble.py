@@ -339,6 +339,7 @@ async def assemble(
                 clock=clock,
                 sink=sink,
                 stages=slot_stages,
+                later_stages=tally.slot_stages,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
                     isolation_violations=config.kasmina.isolation_alert_violations,

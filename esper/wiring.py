@@ -237,15 +237,20 @@ class RunTally:
     emergencies: int = 0
     # A resumed run's earlier (slot, stage, step) transitions, read once with the rest of its tally.
     earlier_slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
+    # Every slot's transitions that stand, the earlier sessions' included: a restarted Nissa starts from them.
+    slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
 
     def emit(self, event: Message | Record) -> None:
         match event:
-            case SeedStageChanged(seed_id=str(seed_id), to_stage=stage, step=step):
-                self.seed_transitions.append((seed_id, step, stage))
+            case SeedStageChanged(slot=slot, seed_id=seed_id, to_stage=stage, step=step):
+                if seed_id is not None:
+                    self.seed_transitions.append((seed_id, step, stage))
+                self.slot_transitions.append((slot, stage, step))
             case LifecycleRestored():
                 # A rollback (or a restart, or a resume) undid the later transitions: a seed germinated after the
                 # restored state was counted with the outcome it never reached; those that happen again come again.
                 self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
+                self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t[2])]
             case EmergencySignal():
                 self.emergencies += 1
             case _:
@@ -267,11 +272,18 @@ class RunTally:
         self.decisions = list(decisions or ())
         self.emergencies = emergencies
         self.earlier_slot_transitions = list(slot_transitions or ())
+        self.slot_transitions = list(slot_transitions or ())
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:
             self.epoch_val_accuracy[epoch] = accuracy
             self.epoch_step[epoch] = step
+
+    def slot_stages(self) -> dict[str, SeedLifecycleStage]:
+        """Each slot's stage as the transitions that stand left it: what a restarted Nissa starts from (it counted
+        seeds by the trainer's coarser view, probationary as shadowing and embargoed as dormant, until each slot's
+        next transition)."""
+        return {slot: stage for slot, stage, _ in self.slot_transitions}
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:

@@ -25,7 +25,7 @@ from schemas.enums import EmergencyLevel, HealthStatus, SeedLifecycleStage
 from schemas.nissa import AlertNotice, EvaluateAlerts, NissaSnapshot, QueryNissa, SeedStageChanged
 from schemas.runtime import ChildRestarted, EmergencySignal
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
-from tests.nissa_packets import packet
+from tests.nissa_packets import packet, seed
 from tests.test_nissa_prometheus import http_get
 
 if TYPE_CHECKING:
@@ -219,6 +219,41 @@ async def test_a_row_nissa_crashed_while_writing_is_written_by_its_next_incarnat
         await system.stop()
     assert [event.child for event in sink.of_type(ChildRestarted)] == [NISSA]
     assert _epochs(tmp_path / "metrics.csv") == ["1", "2", "3"]
+
+
+async def test_a_restarted_nissa_counts_seeds_by_the_stages_the_run_left(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted Nissa started with no lifecycle stages and counted seeds by the trainer's coarser view (a
+    probationary seed as shadowing, an embargoed slot as dormant) until each slot's next transition."""
+    real_append = MetricsCsvWriter.append
+    failures: list[object] = [1]
+
+    async def failing_append(self: MetricsCsvWriter, row: EpochRow) -> None:
+        if row["epoch"] in failures:
+            failures.clear()
+            raise OSError(errno.EIO, "Input/output error")
+        await real_append(self, row)
+
+    monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
+    run_stages = {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
+    spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, later_stages=lambda: run_stages)
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([spec], backoff_initial_s=0))
+    seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(packet(32, epoch=0, val=0.9, seeds=seeds))  # crashes Nissa; its next incarnation writes it
+        await ref.tell(packet(64, epoch=1, val=0.8, seeds=seeds))
+        assert (await _ask(ref)).epochs_written == 2
+    finally:
+        await system.stop()
+    assert [event.child for event in sink.of_type(ChildRestarted)] == [NISSA]
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()))
+    counts = [(r["seeds_probationary"], r["seeds_embargoed"], r["seeds_shadowing"]) for r in rows]
+    # The first row was built by the first incarnation (no stages: the fresh run's view); the restarted one's by
+    # the stages the run's transitions left.
+    assert counts == [("0", "0", "1"), ("1", "1", "0")]
 
 
 async def test_a_resumed_runs_wall_time_goes_on_from_its_earlier_session(

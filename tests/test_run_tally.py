@@ -214,3 +214,22 @@ def test_a_rollback_drops_the_seeds_and_outcomes_it_undid() -> None:
     tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
     tally.emit(_stage("a", SeedLifecycleStage.BLENDING, 76))
     assert tally.figures(seed_parameters=0).seeds == {"blending": 1, "germinated": 1}
+
+
+def test_slot_stages_follow_every_transition_that_stands() -> None:
+    """What a restarted Nissa starts from: each slot's latest standing transition, the earlier sessions' included."""
+    tally = RunTally()
+    tally.preload([], [], [], [("blocks.0", SeedLifecycleStage.FOSSILIZED, 40)])
+    tally.emit(_stage("a", SeedLifecycleStage.PROBATIONARY, 60))
+    tally.emit(
+        SeedStageChanged(
+            slot="blocks.2", from_stage=SeedLifecycleStage.CULLED, to_stage=SeedLifecycleStage.EMBARGOED, step=62
+        )
+    )
+    tally.emit(_stage("a", SeedLifecycleStage.FOSSILIZED, 72))  # decided at 68: undone below
+    tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
+    assert tally.slot_stages() == {
+        "blocks.0": SeedLifecycleStage.FOSSILIZED,
+        "blocks.1": SeedLifecycleStage.PROBATIONARY,
+        "blocks.2": SeedLifecycleStage.EMBARGOED,
+    }

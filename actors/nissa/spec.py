@@ -34,10 +34,12 @@ def nissa_spec(
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
     stages: Mapping[str, SeedLifecycleStage] | None = None,
+    later_stages: Callable[[], Mapping[str, SeedLifecycleStage]] | None = None,
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
-    run's start), so they survive restarts. ``stages``: a resume's slot stages as its earlier sessions left them."""
+    run's start), so they survive restarts. ``stages``: the first incarnation's slot stages (a resume's, as its
+    earlier sessions left them); ``later_stages``: a restarted incarnation's, as the run's transitions left them."""
     started_s = clock.now()
     backlog = RowBacklog()  # rows an incarnation crashed while writing: the next one writes them
     first_stages: list[Mapping[str, SeedLifecycleStage] | None] = [stages]  # a resume's, for the first incarnation
@@ -52,7 +54,7 @@ def nissa_spec(
             capacity=mailbox_capacity,
             rules=rules,
             backlog=backlog,
-            stages=first_stages.pop() if first_stages else None,
+            stages=first_stages.pop() if first_stages else later_stages() if later_stages is not None else None,
         ),
         shutdown_deadline_s=shutdown_deadline_s,
     )
