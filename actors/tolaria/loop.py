@@ -13,8 +13,8 @@ than a list append. Only the Outbox crosses back to the event loop, and it never
 from __future__ import annotations
 
 # Past 600 lines: the phases share one position, one policy and the inbox. The step lives in stepper.py, the choice
-# of the state to restore in restore_point.py, and the stateless epoch-end work (validation, the finite check, the log
-# record) in epoch_end.py; the next split is the epoch end itself.
+# of the state to restore in restore_point.py, the counters a checkpoint carries in run_counters.py, and the stateless
+# epoch-end work (validation, the finite check, the log record) in epoch_end.py; the next split is the epoch end.
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.plans import release_modules
 from actors.tolaria.restore_point import choose_restore, journal_check
+from actors.tolaria.run_counters import RunCounters, finite
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture, load_into, reserve_capture
 from actors.tolaria.stepper import Stepper
 from actors.tolaria.telemetry import IntervalStats, OpenStats, PacketBuilder
@@ -156,16 +157,12 @@ class TrainingLoop:
         self._pos = _Position()
         sink = _OutboxSink(self._outbox)
         self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
-        self._rollbacks = 0
+        self._run = RunCounters(options.run_id)
         self._said_val_not_finite = False
         # (step, times in a row) of the state the last rollbacks went back to: a loop back to one state halts.
         self._rollback_target: tuple[int | None, int] = (None, 0)
         self._missed_this_epoch = 0
-        self._last_val_loss: float | None = None
-        self._resumed_from: int | None = None
         self._last_checkpoint: str | None = None
-        self._epoch_figures: tuple[float, float, float, float] | None = None
-        self._stalls_carried: tuple[int, float] = (0, 0.0)  # (stalls, ms) of the sessions before a resume
         # The open epoch's and interval's sums: kept at a stop for its checkpoint, taken back by a resume from it.
         self._open_stats: tuple[IntervalStats, IntervalStats] | None = None
         self._restored_stats: tuple[OpenStats, OpenStats] | None = None
@@ -256,7 +253,7 @@ class TrainingLoop:
             self._last_checkpoint = point.info.file
         self._announce_restore(point.state, point.tier)
         if self._options.resumed_run:
-            self._resumed_from = self._pos.global_step
+            self._run.resumed_from = self._pos.global_step
 
     def _announce_restore(self, state: TrainState, tier: str) -> None:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
@@ -288,28 +285,8 @@ class TrainingLoop:
         if counters:
             # Resume or restart: the run's health counters continue. A rollback keeps the current ones instead,
             # or every rollback would forget the failures that caused it.
-            saved = state.counters
-            self._policy.restore(saved)
-            value = saved.get("last_val_loss")
-            self._last_val_loss = float(value) if isinstance(value, int | float) else None
-            # Stalls before the checkpoint, as rollbacks: a resumed run's inbox starts at none, a restarted trainer's
-            # has counted them (and any since) already.
-            now = self._inbox.statistics()
-            self._stalls_carried = (
-                max(0, int(saved.get("stalls") or 0) - now.stalls),
-                max(0.0, float(saved.get("stall_ms") or 0.0) - now.stall_ms_total),
-            )
-            figures = saved.get("epoch_figures")
-            if isinstance(figures, str):
-                loaded = msgspec.json.decode(
-                    figures, type=tuple[float | None, float | None, float | None, float | None]
-                )
-                train_loss, train_accuracy, val_loss, val_accuracy = (float("nan") if v is None else v for v in loaded)
-                self._epoch_figures = (train_loss, train_accuracy, val_loss, val_accuracy)
-            self._rollbacks = max(self._rollbacks, int(saved.get("rollbacks") or 0))
-            # A restart within a resumed session keeps the session's resume point.
-            resumed = saved.get("resumed_from")
-            self._resumed_from = resumed if isinstance(resumed, int) else None
+            self._policy.restore(state.counters)
+            self._run.restore(state.counters, stalls_now=self._inbox.statistics())
         elapsed = time.perf_counter() - started + extra_s
         self.restore_ms_history.append((tier, elapsed * 1e3))
         _log.info(
@@ -325,24 +302,10 @@ class TrainingLoop:
             self._policy.restore_deadline_missed(elapsed)
 
     def _counters(self) -> dict[str, float | int | str | None]:
-        counters: dict[str, float | int | str | None] = {
-            **self._policy.counters(),
-            "rollbacks": self._rollbacks,
-            "last_val_loss": self._last_val_loss,
-            "expected_plans": msgspec.json.encode(self._inbox.pending()).decode(),
-            "resumed_from": self._resumed_from,
-            "run_id": self._options.run_id,  # a resume refuses another run's checkpoints (esper/resume.py)
-        }
-        if self._open_stats is not None:
-            epoch_stats, stats = self._open_stats
-            counters["open_stats"] = msgspec.json.encode((epoch_stats.export(), stats.export())).decode()
-        stalls = self._inbox.statistics()
-        counters["stalls"] = self._stalls_carried[0] + stalls.stalls
-        counters["stall_ms"] = self._stalls_carried[1] + stalls.stall_ms_total
-        if self._epoch_figures is not None:
-            # The summary's last-epoch figures, for a resumed run that stops before it ends an epoch of its own.
-            counters["epoch_figures"] = msgspec.json.encode([_finite(v) for v in self._epoch_figures]).decode()
-        return counters
+        run = self._run.export(
+            expected_plans=self._inbox.pending(), stalls=self._inbox.statistics(), open_stats=self._open_stats
+        )
+        return {**self._policy.counters(), **run}
 
     def _take_open_stats(self) -> tuple[IntervalStats, IntervalStats]:
         """(the epoch's sums, the interval's) to train on with: fresh, or those a restored checkpoint saved."""
@@ -412,8 +375,8 @@ class TrainingLoop:
         step = self._pos.global_step
         same = self._rollback_target[1] + 1 if step == self._rollback_target[0] else 1
         self._rollback_target = (step, same)
-        self._rollbacks += 1
-        _log.warning("tolaria_rolled_back", reason=reason, step=step, rollbacks=self._rollbacks)
+        self._run.rollbacks += 1
+        _log.warning("tolaria_rolled_back", reason=reason, step=step, rollbacks=self._run.rollbacks)
         return None
 
     # ------------------------------------------------------------------ the loop
@@ -648,8 +611,8 @@ class TrainingLoop:
         hook_started = time.perf_counter()
         finished_epoch = pos.epoch
         loss_delta = None
-        if val is not None and self._last_val_loss is not None:
-            loss_delta = val[0] - self._last_val_loss
+        if val is not None and self._run.last_val_loss is not None:
+            loss_delta = val[0] - self._run.last_val_loss
         train = epoch_stats.means()
         # The epoch-end packet carries this epoch's hook time and emergency level, so it is built after the verdict;
         # its plan is expected (and the isolation probe runs) before the capture, so a resume from this epoch's
@@ -657,7 +620,7 @@ class TrainingLoop:
         self._isolation.maybe_probe(self.trainee, pos.global_step, self._outbox.event)
         self._expect_plan()
         if val is not None:
-            self._last_val_loss = val[0]
+            self._run.last_val_loss = val[0]
         pos.epoch += 1
         pos.batch_index = 0
         last = pos.epoch >= config.epochs
@@ -685,7 +648,7 @@ class TrainingLoop:
             probe=False,
             expect=False,
         )
-        self._epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
+        self._run.epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         fields = epoch_fields(
             epoch=finished_epoch + 1,
             epochs=config.epochs,
@@ -732,37 +695,30 @@ class TrainingLoop:
         if status == "completed" and self._data.test.num_samples:
             test = self.evaluate(self._data.test)
         trainee = self.trainee
-        stats = self._inbox.statistics()
-        figures = self._epoch_figures
+        stalls, stall_ms = self._run.stall_totals(self._inbox.statistics())
+        figures = self._run.epoch_figures
         return TrainingFigures(
             epochs=self._pos.epoch,
             global_step=self._pos.global_step,
             host_parameters=trainee.host_parameters,
             seed_parameters=sum(trainee.seed_parameters().values()),
-            train_loss=None if figures is None else _finite(figures[0]),
+            train_loss=None if figures is None else finite(figures[0]),
             train_accuracy=None if figures is None else figures[1],
-            val_loss=None if figures is None else _finite(figures[2]),
+            val_loss=None if figures is None else finite(figures[2]),
             val_accuracy=None if figures is None else figures[3],
-            test_loss=None if test is None else _finite(test[0]),
+            test_loss=None if test is None else finite(test[0]),
             test_accuracy=None if test is None else test[1],
             skipped_steps=self._policy.skipped_steps,
-            stalls=self._stalls_carried[0] + stats.stalls,
-            stall_ms=self._stalls_carried[1] + stats.stall_ms_total,
-            rollbacks=self._rollbacks,
+            stalls=stalls,
+            stall_ms=stall_ms,
+            rollbacks=self._run.rollbacks,
             emergency_level=int(self._policy.level),
             halted=status == "halted",
             halt_reason=reason if status == "halted" else None,
             completed=status == "completed",
-            resumed_from_step=self._resumed_from,
+            resumed_from_step=self._run.resumed_from,
             checkpoint=self._last_checkpoint,
         )
-
-
-_SavedFigures = tuple[float | None, float | None, float | None, float | None]  # train, val: loss and accuracy
-
-
-def _finite(value: float) -> float | None:
-    return value if value == value and abs(value) != float("inf") else None
 
 
 def _log_written(info: object) -> None:
