@@ -199,7 +199,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         '[tamiyo]\ndevice = "cuda"\n',
-        "c.toml: tamiyo.device: set to 'cuda', but this version does not act on it (the policy runs on the trainer's",
+        'c.toml: tamiyo.device: set to "cuda", but this version does not act on it (the policy runs on the trainer\'s',
         id="tamiyo-device",
     ),
 ]
