@@ -35,7 +35,7 @@ from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep, resume_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
-from actors.tolaria.build import build_trainee, load_data
+from actors.tolaria.build import batch_plan, build_trainee, load_data
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
@@ -48,6 +48,7 @@ from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
+from esper.start_checks import available_cpus, warn_at_start
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, TelemetryLevel
@@ -234,6 +235,7 @@ async def assemble(
     loop = asyncio.get_running_loop()
     checkpoints = run_dir / "checkpoints"
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
+    warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     if resume:
         await anyio.to_thread.run_sync(check_checkpoint_run, checkpoints, run_id)
         await anyio.to_thread.run_sync(

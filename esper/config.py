@@ -14,7 +14,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import msgspec
 import msgspec.inspect as mi
@@ -22,6 +22,7 @@ import msgspec.inspect as mi
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
 from schemas.config import INERT_KEYS, RunConfig, TamiyoConfig, TolariaConfig
+from schemas.constraints import INT64_MAX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -125,11 +126,17 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
 
     Errors name the override as ``<source> <override>``, e.g. ``--set tolaria.epochs=abc: tolaria.epochs: ...``.
 
+    An inline table (``tolaria={epochs=1, lr=0.1}``) sets the keys it names and leaves the table's others as they are.
+
     Raises:
         ConfigError: an override is malformed, names an unknown section or key, or sets an invalid value.
+        TypeError: an override is not a string (from esper.start), naming its index.
     """
     if not overrides:
         return config
+    for index, text in enumerate(overrides):
+        if not isinstance(text, str):  # from esper.start: a bare AttributeError named neither the item nor its place
+            raise TypeError(f"overrides[{index}]: expected a 'section.key=value' string, got {text!r}")
     data = _to_table(config)
     applied: list[tuple[str, str]] = []
     for text in overrides:
@@ -143,7 +150,10 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
                 dotted = ".".join(parents[: depth + 1])
                 raise ConfigError(f"{label}: {dotted}: not a table, cannot set {key}")
             table = child
-        table[leaf] = value
+        current = table.get(leaf)
+        # An inline table sets the keys it names, as a --set of each would: it replaced the whole table, so the file's
+        # other keys of that section silently went back to their defaults.
+        table[leaf] = _merged(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
         _check_keys(data, _RUN_CONFIG_INFO, (), label)
         applied.append((key, label))
     try:
@@ -157,7 +167,7 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
             (label for key, label in reversed(applied) if _touches(key, failing)),
             f"{source} {' '.join(overrides)}",
         )
-        raise ConfigError(_translate(message, data, label)) from err
+        raise ConfigError(_translate(message, data, label) + _quote_hint(failing, applied, data)) from err
     for dotted, setting, reason in inert_settings(config):
         label = next((label for key, label in reversed(applied) if _touches(key, dotted)), source)
         raise ConfigError(_inert_message(label, dotted, setting, reason))
@@ -165,6 +175,29 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
         label = next((label for key, label in reversed(applied) if _touches(key, dotted)), source)
         raise ConfigError(f"{label}: {dotted}: {problem}")
     return config
+
+
+def _merged(base: dict[str, TomlValue], update: dict[str, TomlValue]) -> dict[str, TomlValue]:
+    """``base`` with each key of ``update`` set, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        current = out.get(key)
+        out[key] = _merged(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _quote_hint(failing: str, applied: Sequence[tuple[str, str]], data: dict[str, TomlValue]) -> str:
+    """For a string key given a number or a boolean on the command line (``--set run_id=123``): how to quote it."""
+    segments = _error_segments(f" - at `$.{failing}`")
+    if not isinstance(_strip_none(_type_at(_RUN_CONFIG_INFO, segments)), mi.StrType):
+        return ""
+    if not any(key == failing for key, _ in applied):
+        return ""
+    found, value = _value_at(data, segments)
+    if not found or isinstance(value, str | dict | list):
+        return ""
+    quoted = _format_string(_format_value(value))
+    return f" (a string: quote it, --set '{failing}={quoted}')"
 
 
 def dump_config(config: RunConfig) -> str:
@@ -244,6 +277,9 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         yield "run_id", f"expected letters, digits, '.', '_' or '-' (it names a directory), got {section.run_id!r}"
 
 
+RUN_FILE_KEYS: Final = ("nissa.metrics_csv", "nissa.summary_json", "logging.json_file")
+"""The keys that name the run's own files in its directory."""
+
 # What else the run directory holds: the files the keys below name may take none of these names.
 _RESERVED_RUN_NAMES = frozenset(
     {"checkpoints", "config.toml", "data.json", "field_reports.wal", "report.png", "run.lock"}
@@ -254,11 +290,7 @@ def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
     """The run's own file names (nissa.metrics_csv, nissa.summary_json, logging.json_file) must be plain file names
     inside the run directory, distinct and not another run file's: "../other-run/summary.json" rewrote another
     run, "checkpoints/manifest.json" this run's manifest."""
-    names = {
-        "nissa.metrics_csv": config.nissa.metrics_csv,
-        "nissa.summary_json": config.nissa.summary_json,
-        "logging.json_file": config.logging.json_file,
-    }
+    names = {key: str(dotted_value(config, key)) for key in RUN_FILE_KEYS}
     for key, name in names.items():
         if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
             yield key, f"expected a file name inside the run directory (no directories), got {name!r}"
@@ -266,6 +298,12 @@ def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
             yield key, f"{name!r} is a file the run directory already holds; choose another name"
         elif list(names.values()).count(name) > 1:
             yield key, f"{name!r} is also the name of another of the run's files; choose another name"
+
+
+def dotted_value(config: RunConfig, dotted: str) -> object:
+    """The value of a ``section.key`` of ``config``."""
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
 
 
 def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:
@@ -283,7 +321,10 @@ def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
 
 
 def _inert_message(source: str, dotted: str, value: object, reason: str) -> str:
-    shown = "a table that differs from the defaults" if isinstance(value, ConfigSection) else repr(value)
+    if isinstance(value, ConfigSection):
+        shown = "a table that differs from the defaults"
+    else:  # as the file writes it (true, "x"), not as Python does (True, 'x')
+        shown = _format_value(_plain(msgspec.to_builtins(value)))
     return f"{source}: {dotted}: set to {shown}, but this version does not act on it ({reason}); remove it"
 
 
@@ -294,7 +335,11 @@ def _check_keys(table: dict[str, TomlValue], info: mi.StructType, path: tuple[st
         dotted = ".".join((*path, key))
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
+            elsewhere = _sections_with(key) if path or not isinstance(value, dict) else []
+            if elsewhere:  # the right key in the wrong table (tolaria.policy): name the table it belongs to
+                hint = f"did you mean {' or '.join(elsewhere)}? "
+            else:
+                hint = f"did you mean {close[0]}? " if close else ""
             if not path and isinstance(value, dict):
                 sections = [name for name, t in fields.items() if isinstance(t, mi.StructType)]
                 raise ConfigError(f"{source}: {dotted}: unknown section ({hint}known: {', '.join(sections)})")
@@ -304,6 +349,16 @@ def _check_keys(table: dict[str, TomlValue], info: mi.StructType, path: tuple[st
             _check_keys(value, field_type, (*path, key), source)
 
 
+def _sections_with(key: str) -> list[str]:
+    """The dotted names of ``key`` in every section (one level below the top) that has it."""
+    found: list[str] = []
+    for section in _RUN_CONFIG_INFO.fields:
+        if isinstance(section.type, mi.StructType):
+            if any(f.encode_name == key for f in section.type.fields):
+                found.append(f"{section.encode_name}.{key}")
+    return found
+
+
 def _translate(message: str, data: dict[str, TomlValue], source: str) -> str:
     """Turn msgspec's "Expected `float`, got `str` - at `$.a.b`" into "source: a.b: expected a number, got "x"."""
     text = message.partition(" - at `$")[0]
@@ -311,9 +366,14 @@ def _translate(message: str, data: dict[str, TomlValue], source: str) -> str:
     dotted = _dotted(segments) or "<top level>"
     if not (text.startswith("Expected") or text.startswith("Invalid enum value")):
         return f"{source}: {dotted}: {text}"
-    expected = _describe(_type_at(_RUN_CONFIG_INFO, segments))
+    info = _type_at(_RUN_CONFIG_INFO, segments)
+    expected = _describe(info)
     found, value = _value_at(data, segments)
     got = _format_value(value) if found else "nothing"
+    bounded = _strip_none(info)
+    beyond = found and isinstance(value, int) and not isinstance(value, bool) and value > INT64_MAX
+    if beyond and isinstance(bounded, mi.IntType) and bounded.le == INT64_MAX:
+        expected += f" and at most {INT64_MAX} (2**63 - 1)"
     return f"{source}: {dotted}: expected {expected}, got {got}"
 
 
@@ -389,6 +449,8 @@ def _describe(info: mi.Type) -> str:
 
 
 def _with_bounds(noun: str, ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    if le == INT64_MAX:  # every integer's limit, said only to a value beyond it (_translate)
+        le = None
     if ge is not None and le is not None:
         return f"{noun} between {_number(ge)} and {_number(le)}"
     bounds = [f"{op} {_number(v)}" for op, v in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if v is not None]
@@ -417,17 +479,17 @@ def _describe_toml_error(err: tomllib.TOMLDecodeError, text: str) -> str:
 
 def _to_table(config: RunConfig) -> dict[str, TomlValue]:
     """The config as plain TOML data: msgspec.to_builtins keeps tuples, TOML arrays are lists."""
-
-    def plain(value: object) -> TomlValue:
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value  # type: ignore[return-value]  # to_builtins yields only TOML scalars here (and None)
-
-    table = plain(msgspec.to_builtins(config))
+    table = _plain(msgspec.to_builtins(config))
     assert isinstance(table, dict)
     return table
+
+
+def _plain(value: object) -> TomlValue:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value  # type: ignore[return-value]  # to_builtins yields only TOML scalars here (and None)
 
 
 def _without_none(table: dict[str, TomlValue]) -> dict[str, TomlValue]:

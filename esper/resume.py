@@ -19,7 +19,7 @@ from actors.tolaria.checkpoints import (
 )
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
-from esper.config import load_config
+from esper.config import RUN_FILE_KEYS, dotted_value, load_config
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,8 +65,11 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
     """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml,
     which every run writes at its start). Blocking (file I/O).
 
+    The run's file names (RUN_FILE_KEYS) must stay too: the earlier sessions' history is read from them (renamed,
+    the summary forgot every epoch, seed and decision before the resume, and the history was split in two files).
+
     Raises:
-        ConfigError: one line naming the first differing key and both values, or the run's config.toml missing or
+        ConfigError: one line naming every differing key and both values, or the run's config.toml missing or
             unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
@@ -83,14 +86,19 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"
             " resume must train that run"
         ) from err
-    for dotted in SAME_RUN:
-        section, key = dotted.split(".")
-        theirs, ours = getattr(getattr(earlier, section), key), getattr(getattr(config, section), key)
-        if theirs != ours:
-            raise ConfigError(
-                f"--resume {directory}: {dotted} is {theirs!r} in the run and {ours!r} here; a resume continues the"
-                " same training (drop that change, or start a new run)"
-            )
+    differing = [
+        f"{dotted} is {dotted_value(earlier, dotted)!r} in the run and {dotted_value(config, dotted)!r} here"
+        for dotted in (*SAME_RUN, *RUN_FILE_KEYS)
+        if dotted_value(earlier, dotted) != dotted_value(config, dotted)
+    ]
+    if not differing:
+        return
+    renamed = [dotted for dotted in RUN_FILE_KEYS if dotted_value(earlier, dotted) != dotted_value(config, dotted)]
+    why = "a resume continues the same training"
+    if renamed:
+        why += ", in the same files, which hold its history"
+    change = "that change" if len(differing) == 1 else "those changes"
+    raise ConfigError(f"--resume {directory}: {', '.join(differing)}; {why} (drop {change}, or start a new run)")
 
 
 def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> None:

@@ -76,6 +76,7 @@ from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
+from esper.start_checks import check_start
 from esper.summary_table import format_summary
 from esper.wiring import NissaForward, RunHooks, RunTally
 from schemas.config import RunConfig
@@ -192,7 +193,8 @@ async def start(
         ConfigError: the config file, a RunConfig's value or an override is invalid (one-line message naming file,
             field and value), the tolaria section names a host model or data file that cannot be used, or ``resume``
             names a run that cannot be resumed or already trained ``tolaria.epochs`` epochs.
-        TypeError: ``config`` is neither a path nor a RunConfig, or ``overrides`` is a single string.
+        TypeError: ``config`` is neither a path nor a RunConfig, ``overrides`` is a single string or holds something
+            else than strings, or ``run_dir`` or ``resume`` is not a path.
         ChildStartFailed: an actor refused what it was given and could not be built (events.jsonl says so too).
         LogFileInUse: another run in this process is still going (logging is process-wide: their events would mix).
     """
@@ -227,6 +229,9 @@ async def _start(
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
     if isinstance(overrides, str):
         raise TypeError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r}")
+    for name, where in (("run_dir", run_dir), ("resume", resume)):
+        if where is not None and not isinstance(where, str | os.PathLike):
+            raise TypeError(f"{name}: expected a directory's path (a str or os.PathLike), got {where!r}")
     if isinstance(config, RunConfig):
         resolved = apply_overrides(validate_config(config), overrides or ())
     elif not isinstance(config, str | os.PathLike):
@@ -237,6 +242,7 @@ async def _start(
     secret = resolve_secret(resolved)
     try:
         await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+        await anyio.to_thread.run_sync(check_start, resolved)
         if resolved.nissa.prometheus_port is not None:
             host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
             await anyio.to_thread.run_sync(check_bindable, host, port)
@@ -432,7 +438,7 @@ async def _start_claimed(
     )
 
 
-_CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+) = ")
+_CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+)(?:\[\d+\])? = ")
 
 
 def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
@@ -501,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="the run directory for config.toml, events.jsonl and summary.json (default: runs/<run-id>)",
+        help="the run directory for config.toml, events.jsonl and summary.json (default: <runs_dir>/<run-id>, with"
+        " the config's runs_dir, runs unless set)",
     )
     where.add_argument(
         "--resume",

@@ -21,6 +21,15 @@ HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\
 """A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
 InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
 """``"<slot>=<blueprint id>"``: a seed of that blueprint (default parameters) in the slot after module ``<slot>``."""
+RunSeed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+"""NumPy's seed range: the seeds derived from it (x 1000 for initial seeds) must still fit torch's 64-bit seed."""
+MAX_MEGABYTES = 2.0**24
+"""16 TiB: a memory budget above it is a typo (1e308 overflowed the byte count the run computes from it)."""
+MemoryCapMB = Annotated[float, Meta(ge=0.0, le=MAX_MEGABYTES)]
+MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
+MAX_NUM_THREADS = 256
+"""torch's intra-op threads: far more than any CPU's cores gains nothing, and 100000 crashed the process."""
+NumThreads = Annotated[int, Meta(ge=1, le=MAX_NUM_THREADS)]
 
 
 class BreakerConfig(ConfigSection, frozen=True):
@@ -37,7 +46,7 @@ class TolariaConfig(ConfigSection, frozen=True):
     """Training: data, host model, optimizer, step loop, budgets, snapshots and checkpoints."""
 
     epochs: PosInt = 10
-    seed: NonNegInt = 0
+    seed: RunSeed = 0
     dataset: Literal["mnist1d", "digits", "npz"] = "mnist1d"
     dataset_samples: PosInt = 4000
     npz_path: str | None = None
@@ -65,7 +74,7 @@ class TolariaConfig(ConfigSection, frozen=True):
     epoch_hook_budget_ms: PosFloat = 50.0
     epoch_budget_ms: PosFloat | None = None
     failed_epochs_to_halt: PosInt = 3
-    snapshot_memory_cap_mb: NonNegFloat = 32.0
+    snapshot_memory_cap_mb: MemoryCapMB = 32.0
     rollback_fast_target_ms: PosFloat = 500.0
     rollback_full_deadline_s: PosFloat = 12.0
     checkpoint_every_epochs: NonNegInt = 1
@@ -74,7 +83,8 @@ class TolariaConfig(ConfigSection, frozen=True):
     # amp = true forces bf16 autocast on every device; "auto" precision is bf16 on CUDA and fp32 on the CPU.
     amp: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    num_threads: PosInt | None = None
+    # Above the machine's CPU count the run starts with a warning (threads then contend for cores).
+    num_threads: NumThreads | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     nonfinite_window_steps: PosInt = 100
     nonfinite_to_rollback: PosInt = 3
@@ -113,7 +123,7 @@ class KasminaConfig(ConfigSection, frozen=True):
     g2_max_gradient_norm: PosFloat = 100.0
     g4_min_improvement: float = 0.0
     g4_max_step_latency_growth: NonNegFloat = 0.15
-    seed_memory_budget_mb: PosFloat | None = None
+    seed_memory_budget_mb: MemoryBudgetMB | None = None
     isolation_probe_every_steps: PosInt = 10
     isolation_alert_violations: PosInt = 3
     isolation_alert_window_s: PosFloat = 300.0
@@ -213,7 +223,7 @@ class OonaConfig(ConfigSection, frozen=True):
 
     backend: Literal["inproc", "redis"] = "inproc"
     redis_url: str = "redis://localhost:6379/0"
-    stream_prefix: str = "esper"
+    stream_prefix: NonEmptyStr = "esper"
     topic_capacity: PosInt = 8192
     claim_idle_s: PosFloat = 60.0
     claim_batch: PosInt = 50
@@ -231,6 +241,11 @@ class OonaConfig(ConfigSection, frozen=True):
             raise ValueError(
                 f"queue_depth_recovery ({self.queue_depth_recovery}) must be below "
                 f"queue_depth_high ({self.queue_depth_high})"
+            )
+        if self.queue_depth_high > self.topic_capacity:
+            raise ValueError(
+                f"queue_depth_high ({self.queue_depth_high}) must not exceed topic_capacity ({self.topic_capacity}):"
+                " a topic holds no more"
             )
 
 
@@ -310,6 +325,13 @@ class WeatherlightConfig(ConfigSection, frozen=True):
     # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs
     # Tamiyo's commands to Kasmina, which never leave the process (the bus, Redis too, carries unsigned telemetry only).
     require_secret: bool = False
+
+    def __post_init__(self) -> None:
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError(
+                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must not be below restart_backoff_initial_s"
+                f" ({self.restart_backoff_initial_s})"
+            )
 
 
 class LoggingConfig(ConfigSection, frozen=True):

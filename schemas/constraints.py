@@ -6,8 +6,10 @@ from typing import Annotated
 
 from msgspec import Meta
 
-NonNegInt = Annotated[int, Meta(ge=0)]
-PosInt = Annotated[int, Meta(ge=1)]
+INT64_MAX = 2**63 - 1
+"""The largest integer any field takes: beyond it a value overflowed torch, deques and the wire encoders at run time."""
+NonNegInt = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+PosInt = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 NonNegFloat = Annotated[float, Meta(ge=0.0)]
 PosFloat = Annotated[float, Meta(gt=0.0)]
 UnitFloat = Annotated[float, Meta(ge=0.0, le=1.0)]

@@ -72,6 +72,11 @@ def test_the_defaults_and_a_dumped_config_hold_no_inert_setting() -> None:
             " act on it (a run publishes on the bus and consumes nothing from it); remove it",
         ),
         (
+            '[simic]\ndevice = "cpu"\n',  # as TOML writes it: it said 'cpu' (and True for true)
+            'c.toml: simic.device: set to "cpu", but this version does not act on it (Simic (policy learning) is not'
+            " built yet); remove it",
+        ),
+        (
             "[tolaria.breaker]\nhalf_open_probes = 2\n",
             "c.toml: tolaria.breaker.half_open_probes: set to 2, but this version does not act on it (a breaker"
             " admits one probe at a time); remove it",
@@ -88,7 +93,7 @@ def test_an_override_setting_an_inert_key_is_charged_to_that_override() -> None:
     with pytest.raises(ConfigError) as refused:
         apply_overrides(RunConfig(), ["tolaria.epochs=3", "simic.enabled=true"])
     assert str(refused.value).startswith(
-        "--set simic.enabled=true: simic.enabled: set to True, but this version does not act on it (Simic"
+        "--set simic.enabled=true: simic.enabled: set to true, but this version does not act on it (Simic"
     )
     # The keys Simic's section lends to Tamiyo's rewards are live.
     config = apply_overrides(RunConfig(), ["simic.reward_lambda_size=0.2"])

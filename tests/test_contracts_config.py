@@ -327,7 +327,8 @@ def test_an_override_of_an_unknown_key_or_section_is_refused() -> None:
 
 def test_the_override_source_label_is_configurable() -> None:
     with pytest.raises(
-        ConfigError, match=r"^ESPER_SET tolaria\.seed=-1: tolaria\.seed: expected an integer >= 0, got -1$"
+        ConfigError,
+        match=r"^ESPER_SET tolaria\.seed=-1: tolaria\.seed: expected an integer between 0 and 4294967295, got -1$",
     ):
         apply_overrides(RunConfig(), ["tolaria.seed=-1"], source="ESPER_SET")
 
@@ -367,3 +368,124 @@ def test_dump_is_toml_with_one_table_per_section() -> None:
     assert "\n[kasmina.breaker]\nfailure_threshold = 3\n" in text
     assert "null" not in text
     assert text.endswith("\n")
+
+
+def _int_keys(info: mi.StructType, path: tuple[str, ...] = ()) -> list[str]:
+    keys: list[str] = []
+    for f in info.fields:
+        kind = f.type
+        if isinstance(kind, mi.UnionType):
+            kind = next(t for t in kind.types if not isinstance(t, mi.NoneType))
+        if isinstance(kind, mi.StructType):
+            keys += _int_keys(kind, (*path, f.encode_name))
+        elif isinstance(kind, mi.IntType):
+            keys.append(".".join((*path, f.encode_name)))
+    return keys
+
+
+_RUN_INFO = mi.type_info(RunConfig)
+assert isinstance(_RUN_INFO, mi.StructType)
+
+
+@pytest.mark.parametrize("key", _int_keys(_RUN_INFO))
+def test_no_integer_key_takes_a_value_beyond_64_bits(key: str) -> None:
+    """99999999999999999999999 passed validation for every integer key, then overflowed at run time (exit 1), or
+    left Tamiyo unable to write its state at the stop (exit 0)."""
+    huge = "99999999999999999999999"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [f"{key}={huge}"])
+    message = str(info.value)
+    assert message.startswith(f"--set {key}={huge}: {key}: expected an integer "), message
+    assert message.endswith(f", got {huge}")
+
+
+def test_the_64_bit_limit_is_said_only_to_a_value_beyond_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["kasmina.g2_window_steps=9223372036854775808"])
+    assert str(info.value) == (
+        "--set kasmina.g2_window_steps=9223372036854775808: kasmina.g2_window_steps: expected an integer >= 1 and at"
+        " most 9223372036854775807 (2**63 - 1), got 9223372036854775808"
+    )
+    assert apply_overrides(RunConfig(), ["kasmina.g2_window_steps=9223372036854775807"]).kasmina.g2_window_steps == (
+        2**63 - 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "tolaria.seed=18446744073709551616",  # torch.manual_seed overflowed (exit 1, run directory made)
+            "tolaria.seed: expected an integer between 0 and 4294967295, got 18446744073709551616",
+        ),
+        (
+            "tolaria.snapshot_memory_cap_mb=1e308",  # the byte count overflowed
+            "tolaria.snapshot_memory_cap_mb: expected a number between 0 and 16777216, got 1e+308",
+        ),
+        (
+            "kasmina.seed_memory_budget_mb=1e308",
+            "kasmina.seed_memory_budget_mb: expected a number > 0 and <= 16777216, got 1e+308",
+        ),
+        (
+            "tolaria.num_threads=100000",  # segfaulted (exit 139)
+            "tolaria.num_threads: expected an integer between 1 and 256, got 100000",
+        ),
+        (
+            "oona.topic_capacity=1000",  # the bus's limits raised a ValueError traceback
+            "oona: queue_depth_high (4000) must not exceed topic_capacity (1000): a topic holds no more",
+        ),
+        (
+            "weatherlight.restart_backoff_max_s=0",  # the supervisor raised a ValueError traceback
+            "weatherlight: restart_backoff_max_s (0.0) must not be below restart_backoff_initial_s (0.1)",
+        ),
+        ('oona.stream_prefix=""', 'oona.stream_prefix: expected a non-empty string, got ""'),
+    ],
+)
+def test_values_that_failed_the_run_after_it_started_are_refused_by_the_schema(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert str(info.value) == f"--set {override}: {message}"
+
+
+def test_an_inline_table_sets_its_keys_and_keeps_the_others(tmp_path: Path) -> None:
+    """``--set tolaria={epochs=1}`` replaced the whole table: the file's lr went back to the default."""
+    path = _write(tmp_path, "[tolaria]\nlr = 0.003\nepochs = 50\n[kasmina.breaker]\nopen_s = 7.0\n")
+    config = load_config(path, ["tolaria={epochs=1}", "kasmina={breaker={failure_threshold=9}}"])
+    assert (config.tolaria.epochs, config.tolaria.lr) == (1, 0.003)
+    assert (config.kasmina.breaker.failure_threshold, config.kasmina.breaker.open_s) == (9, 7.0)
+    # An array is a value, not a table: it is replaced whole.
+    config = load_config(path, ['kasmina.slot_targets=["blocks.0"]', 'kasmina.slot_targets=["blocks.1"]'])
+    assert config.kasmina.slot_targets == ("blocks.1",)
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ('tolaria.policy="gnn"', "did you mean tamiyo.policy? "),
+        ("tamiyo.lr=0.1", "did you mean tolaria.lr or simic.lr? "),
+        ("policy=1", "did you mean tamiyo.policy? "),
+    ],
+)
+def test_a_key_in_the_wrong_section_names_the_section_it_belongs_to(override: str, hint: str) -> None:
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert str(info.value).startswith(f"--set {override}: {key}: unknown key ({hint}known keys: ")
+
+
+def test_a_number_given_to_a_string_key_says_how_to_quote_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["run_id=123"])
+    assert str(info.value) == (
+        "--set run_id=123: run_id: expected a string, got 123 (a string: quote it, --set 'run_id=\"123\"')"
+    )
+    with pytest.raises(ConfigError) as info:  # a file's value is quoted in the file: no command-line hint
+        parse_config("run_id = 123\n", "c.toml")
+    assert str(info.value) == "c.toml: run_id: expected a string, got 123"
+
+
+@pytest.mark.parametrize("item", [1, None, ("tolaria.epochs", 1)])
+def test_an_override_that_is_not_a_string_is_a_type_error_naming_it(item: object) -> None:
+    with pytest.raises(TypeError) as info:
+        apply_overrides(RunConfig(), ["tolaria.epochs=2", item])  # type: ignore[list-item]  # what is tested
+    assert str(info.value) == f"overrides[1]: expected a 'section.key=value' string, got {item!r}"

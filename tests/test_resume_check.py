@@ -223,3 +223,36 @@ def test_a_resume_on_another_npz_file_is_refused(tmp_path: Path) -> None:
     check_same_data(tmp_path, TolariaConfig())  # a built-in data set records nothing: nothing to compare
     record_data(tmp_path / "mnist", TolariaConfig())
     assert not (tmp_path / "mnist").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "before", "after"),
+    [
+        ('nissa.metrics_csv="m2.csv"', "nissa.metrics_csv", "metrics.csv", "m2.csv"),
+        ('nissa.summary_json="s2.json"', "nissa.summary_json", "summary.json", "s2.json"),
+        ('logging.json_file="e2.jsonl"', "logging.json_file", "events.jsonl", "e2.jsonl"),
+    ],
+)
+def test_a_resume_that_renames_the_runs_files_is_refused(
+    tmp_path: Path, override: str, key: str, before: str, after: str
+) -> None:
+    """The earlier sessions' history was read under the new names, missing: the summary forgot everything before the
+    resume, and the history was split across two files."""
+    directory = _run_dir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_resumable(directory, apply_overrides(RunConfig(), [override]))
+    assert str(refused.value) == (
+        f"--resume {directory}: {key} is {before!r} in the run and {after!r} here; a resume continues the same"
+        " training, in the same files, which hold its history (drop that change, or start a new run)"
+    )
+
+
+def test_every_differing_key_is_named_at_once(tmp_path: Path) -> None:
+    directory = _run_dir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_resumable(directory, apply_overrides(RunConfig(), ["tolaria.lr=0.1", "tolaria.seed=7"]))
+    text = str(refused.value)
+    assert text == (
+        f"--resume {directory}: tolaria.seed is 0 in the run and 7 here, tolaria.lr is 0.001 in the run and 0.1 here;"
+        " a resume continues the same training (drop those changes, or start a new run)"
+    )

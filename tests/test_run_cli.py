@@ -127,6 +127,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for option in ("config", "--set", "SECTION.KEY=VALUE", "--run-dir"):
         assert option in text
+    # The default run directory follows the config's runs_dir (it said runs/<run-id>).
+    assert "<runs_dir>/<run-id>" in " ".join(text.split())
 
 
 BAD_CONFIGS = [
@@ -199,7 +201,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         '[tamiyo]\ndevice = "cuda"\n',
-        "c.toml: tamiyo.device: set to 'cuda', but this version does not act on it (the policy runs on the trainer's",
+        'c.toml: tamiyo.device: set to "cuda", but this version does not act on it (the policy runs on the trainer\'s',
         id="tamiyo-device",
     ),
 ]

@@ -127,13 +127,49 @@ def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.Capt
     one_line(refused(tmp_path, capsys, "", run_dir), f"run directory {run_dir}: cannot write there: ")
 
 
-def test_an_unknown_blueprint_in_karn_include(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = refused(tmp_path, capsys, f'[karn]\ninclude = ["BP999"]\n[urza]\nroot = "{tmp_path / "urza"}"\n')
-    # Checked while the run assembles: the header lines come first.
-    assert err.splitlines()[-1].startswith(
-        "karn.include / karn.exclude name unknown blueprints ['BP999']; known: BP001"
-    )
-    assert "Traceback" not in err
+@pytest.mark.parametrize(
+    ("settings", "start"),
+    [
+        ('[karn]\ninclude = ["BP999"]\n', "karn.include = ['BP999']: unknown blueprints ['BP999']; known: BP001, "),
+        ('[karn]\nexclude = ["BP001", "BP998"]\n', "karn.exclude = ['BP001', 'BP998']: unknown blueprints ['BP998']; "),
+        (
+            "[tolaria]\ndataset_samples = 20\nvalidation_fraction = 0.01\n",
+            "tolaria.validation_fraction = 0.01: data set 'mnist1d': validation_fraction 0.01 holds out no validation"
+            " sample of 16",
+        ),
+        (
+            '[tolaria]\ninitial_seeds = ["features.0=BP001"]\n',
+            "tolaria.initial_seeds[0] = 'features.0=BP001': no slot after 'features.0' (slots: blocks.0, blocks.1, ",
+        ),
+        (
+            '[tolaria]\ninitial_seeds = ["blocks.0=BP999"]\n',
+            "tolaria.initial_seeds[0] = 'blocks.0=BP999': no blueprint 'BP999' (known: BP001, ",
+        ),
+        (
+            '[tamiyo]\npolicy = "gnn"\ngnn_checkpoint = "/nonexistent/w.safetensors"\n',
+            "tamiyo.gnn_checkpoint = '/nonexistent/w.safetensors': cannot read it: No such file or directory",
+        ),
+        (
+            '[nissa]\nprometheus_host = "999.1.1.1"\nprometheus_port = 9555\n',  # it blamed the port
+            "nissa.prometheus_host = '999.1.1.1': cannot listen there: ",
+        ),
+    ],
+)
+def test_what_failed_while_the_run_assembled_is_refused_before_its_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, start: str
+) -> None:
+    """Each was found only once the run directory was made, and printed without its file or --set (or, for the
+    metrics host, blaming the port)."""
+    err = refused(tmp_path, capsys, f'{settings}[urza]\nroot = "{tmp_path / "urza"}"\n')
+    one_line(err, f"{tmp_path / 'c.toml'}: {start}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checked_list_item_names_the_set_that_gave_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.toml").write_text("")
+    override = 'tolaria.initial_seeds=["features.0=BP001"]'
+    assert main([str(tmp_path / "c.toml"), "--set", override, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    one_line(capsys.readouterr().err, f"--set {override}: tolaria.initial_seeds[0] = 'features.0=BP001': no slot ")
 
 
 @pytest.mark.parametrize(

@@ -459,3 +459,27 @@ async def test_the_apis_refusals_name_its_parameters_not_the_command_lines_flags
     assert "--" not in text
     with pytest.raises(ConfigError, match=r"^resume=.*: already trained 1 of tolaria.epochs = 1 epochs"):
         await esper.start(quiet_config(tmp_path), resume=tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"overrides": [1]}, "overrides[0]: expected a 'section.key=value' string, got 1"),
+        (
+            {"overrides": [("tolaria.epochs", 1)]},
+            "overrides[0]: expected a 'section.key=value' string, got ('tolaria.epochs', 1)",
+        ),
+        ({"run_dir": 5}, "run_dir: expected a directory's path (a str or os.PathLike), got 5"),
+        ({"resume": 5}, "resume: expected a directory's path (a str or os.PathLike), got 5"),
+    ],
+)
+async def test_an_argument_of_the_wrong_type_is_a_type_error_naming_the_parameter(
+    tmp_path: Path, arguments: dict[str, object], message: str
+) -> None:
+    """A non-string override raised a bare AttributeError; run_dir=5 pathlib's TypeError naming no parameter."""
+    (tmp_path / "c.toml").write_text("")
+    for config in (quiet_config(tmp_path), tmp_path / "c.toml"):
+        with pytest.raises(TypeError) as refused:
+            await esper.start(config, **arguments)  # type: ignore[arg-type]  # what is tested
+        assert str(refused.value) == message
+    assert not (tmp_path / "runs").exists()

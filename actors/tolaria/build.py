@@ -22,10 +22,9 @@ from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
 from actors.tolaria.data_cache import NpzArrayCache
-from esper.nn.blueprints import SlotShape
+from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
-from esper.nn.data_npz import load_npz
 from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.wrap import find_slots, wrap
@@ -132,7 +131,11 @@ def load_data(config: TolariaConfig) -> DataSplits:
     except DatasetError as err:
         raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
     except ValueError as err:
-        raise TolariaConfigError(f"tolaria: data set {config.dataset!r}: {err}") from err
+        # What is left to fail once the config validated is the split the fraction makes of this data set's size.
+        fraction = config.validation_fraction
+        raise TolariaConfigError(
+            f"tolaria.validation_fraction = {fraction}: data set {config.dataset!r}: {err}"
+        ) from err
 
 
 def _data_cache(directory: str) -> NpzArrayCache | None:
@@ -193,8 +196,8 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
 
 
 def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
-    """Fail fast, before a run starts, on a host model, slot targets or npz file that cannot be used. Blocking (file
-    I/O, builds the host once).
+    """Fail fast, before a run starts, on a host model, slot targets, initial seed slots or blueprints, npz file or
+    validation split that cannot be used. Blocking (file I/O, loads the data set, builds the host once).
 
     Raises:
         TolariaConfigError: naming the key and value.
@@ -204,13 +207,18 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
     except ValueError as err:
         hint = '"auto" picks CUDA when present'
         raise TolariaConfigError(f"tolaria.device = {config.device!r}: {err} ({hint})") from err
-    if config.dataset == "npz" and config.npz_path is not None:
-        try:
-            load_npz(config.npz_path)
-        except DatasetError as err:
-            raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
+    # The npz file, and the validation split once the data's size is known (MNIST-1D from its cache: a few ms).
+    load_data(config)
     # Module names do not depend on the data's shapes (a user factory takes no arguments at all).
-    wrap_host(config, build_host(config, (40,), 10), slot_targets)
+    slots = wrap_host(config, build_host(config, (40,), 10), slot_targets)
+    catalogue = default_catalogue()
+    for index, spec in enumerate(config.initial_seeds):
+        slot, _, blueprint_id = spec.partition("=")
+        if slot not in slots:
+            raise TolariaConfigError(f"{_initial_seed(index, spec)}: {_no_slot(slot, slots)}")
+        if blueprint_id not in catalogue:
+            known = ", ".join(catalogue.ids)
+            raise TolariaConfigError(f"{_initial_seed(index, spec)}: no blueprint {blueprint_id!r} (known: {known})")
 
 
 def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
@@ -449,10 +457,10 @@ def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:
     blend = BlendConfig(mode=BlendMode.RESIDUAL)
     for index, spec in enumerate(config.initial_seeds):
         slot, _, blueprint_id = spec.partition("=")
-        who = f"tolaria.initial_seeds[{index}] = {spec!r}"
+        who = _initial_seed(index, spec)
         shape = trainee.slot_shapes.get(slot)
         if slot not in trainee.slots or shape is None:
-            raise TolariaConfigError(f"{who}: no slot after {slot!r} (slots: {', '.join(trainee.slots)})")
+            raise TolariaConfigError(f"{who}: {_no_slot(slot, trainee.slots)}")
         op = SeedOp(
             kind="attach",
             slot=slot,
@@ -473,6 +481,14 @@ def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:
         if not outcome.applied:
             raise TolariaConfigError(f"{who}: {outcome.error}")
     trainee.initial_grafts = list(applier.log)
+
+
+def _initial_seed(index: int, spec: str) -> str:
+    return f"tolaria.initial_seeds[{index}] = {spec!r}"
+
+
+def _no_slot(slot: str, slots: Mapping[str, object]) -> str:
+    return f"no slot after {slot!r} (slots: {', '.join(slots)})"
 
 
 def build_optimizer(config: TolariaConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:

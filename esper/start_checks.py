@@ -1,0 +1,107 @@
+"""Settings that only the catalogue, the file system or the network can judge, checked before the run directory is
+made: each refusal one line led by the ``section.key = value`` at fault (esper.run names its file or ``--set``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from esper.nn.blueprints import default_catalogue
+from esper.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from schemas.config import KarnConfig, NissaConfig, RunConfig, TamiyoConfig
+
+_log = structlog.get_logger("esper.start")
+
+
+def check_start(config: RunConfig) -> None:
+    """Refuse blueprint ids the catalogue lacks, GNN weights that cannot be loaded and a metrics host that cannot be
+    listened on. Each failed only while the run assembled, after its directory was made. Blocking (file I/O, name
+    resolution).
+
+    Raises:
+        ConfigError: one line naming the key and its value.
+    """
+    check_karn(config.karn)
+    check_gnn_weights(config.tamiyo)
+    check_metrics_host(config.nissa)
+
+
+def check_karn(karn: KarnConfig) -> None:
+    """``karn.include`` and ``karn.exclude`` name only blueprints of the catalogue."""
+    ids = default_catalogue().ids
+    for key, chosen in (("karn.include", karn.include), ("karn.exclude", karn.exclude)):
+        unknown = [blueprint for blueprint in chosen if blueprint not in ids]
+        if unknown:
+            raise ConfigError(f"{key} = {list(chosen)!r}: unknown blueprints {unknown}; known: {', '.join(ids)}")
+
+
+def check_gnn_weights(tamiyo: TamiyoConfig) -> None:
+    """``tamiyo.gnn_checkpoint`` is a file that can be read. Tamiyo checks its contents when it loads them, naming
+    the key too; a missing file is by far the likeliest mistake and is cheap to find now."""
+    if tamiyo.policy != "gnn" or tamiyo.gnn_checkpoint is None:
+        return
+    path = Path(tamiyo.gnn_checkpoint)
+    where = f"tamiyo.gnn_checkpoint = {tamiyo.gnn_checkpoint!r}"
+    try:
+        if path.exists() and not path.is_file():  # a device (/dev/zero) or a FIFO reads without end
+            raise ConfigError(f"{where}: not a regular file")
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read it: {err.strerror or err}") from err
+
+
+def check_metrics_host(nissa: NissaConfig) -> None:
+    """``nissa.prometheus_host`` resolves to an address of this machine: otherwise the port's check blamed the port
+    for the host (``cannot listen on 999.1.1.1:9555``)."""
+    if nissa.prometheus_port is None:
+        return
+    host = nissa.prometheus_host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: any free one, so only the address can fail
+    except OSError as err:
+        raise ConfigError(f"nissa.prometheus_host = {host!r}: cannot listen there: {err.strerror or err}") from err
+
+
+def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> None:
+    """Log, as warnings the console shows, settings a run accepts but that defeat it: a command lag no shorter than
+    the whole run (no decision of the controller can take effect: the run completed with nothing applied), and more
+    training threads than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny
+    smoke run (a few steps) has the first too, which is why it is not refused. Once the run's logging is configured.
+    """
+    tolaria = config.tolaria
+    steps = steps_per_epoch * tolaria.epochs
+    if tolaria.command_lag_steps >= steps:
+        _log.warning(
+            "command_lag_outlasts_run",
+            command_lag_steps=tolaria.command_lag_steps,
+            run_steps=steps,
+            detail=(
+                f"tolaria.command_lag_steps = {tolaria.command_lag_steps} is not shorter than the run"
+                f" ({tolaria.epochs} epochs x {steps_per_epoch} steps): no decision of the controller can take effect"
+            ),
+        )
+    if tolaria.num_threads is not None and cpus is not None and tolaria.num_threads > cpus:
+        _log.warning(
+            "num_threads_above_cpus",
+            num_threads=tolaria.num_threads,
+            cpus=cpus,
+            detail=f"tolaria.num_threads = {tolaria.num_threads} is more than this machine's {cpus} CPUs: the threads"
+            " contend for the cores and training slows down",
+        )
+
+
+def available_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity mask where the platform has one), None when unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
