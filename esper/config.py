@@ -21,7 +21,7 @@ import msgspec.inspect as mi
 
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, RunConfig, TamiyoConfig, TolariaConfig
+from schemas.config import INERT_KEYS, MAX_SECONDS, RunConfig, TamiyoConfig, TolariaConfig
 from schemas.constraints import INT64_MAX
 
 if TYPE_CHECKING:
@@ -374,6 +374,10 @@ def _translate(message: str, data: dict[str, TomlValue], source: str) -> str:
     beyond = found and isinstance(value, int) and not isinstance(value, bool) and value > INT64_MAX
     if beyond and isinstance(bounded, mi.IntType) and bounded.le == INT64_MAX:
         expected += f" and at most {INT64_MAX} (2**63 - 1)"
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is not None and isinstance(bounded, mi.FloatType) and bounded.le in _DURATION_LIMITS:
+        if number > bounded.le:
+            expected += f" and at most {_number(bounded.le)} (about 31 years)"
     return f"{source}: {dotted}: expected {expected}, got {got}"
 
 
@@ -448,8 +452,11 @@ def _describe(info: mi.Type) -> str:
     return "a valid value"
 
 
+_DURATION_LIMITS: Final = (MAX_SECONDS, MAX_SECONDS * 1e3)  # every time key's, in seconds or milliseconds
+
+
 def _with_bounds(noun: str, ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
-    if le == INT64_MAX:  # every integer's limit, said only to a value beyond it (_translate)
+    if le == INT64_MAX or le in _DURATION_LIMITS:  # limits said only to a value beyond them (_translate)
         le = None
     if ge is not None and le is not None:
         return f"{noun} between {_number(ge)} and {_number(le)}"

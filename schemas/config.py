@@ -17,6 +17,12 @@ from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt, PosFloat, P
 Device = Literal["auto", "cpu", "cuda"]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Fraction = Annotated[float, Meta(gt=0.0, lt=1.0)]
+MAX_SECONDS = 1e9
+"""The longest duration a key takes (about 31 years): a wait of 1e308 s overflowed the platform's clock at run time."""
+Seconds = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS)]
+Millis = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS * 1e3)]
+NonNegSeconds = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS)]
+NonNegMillis = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS * 1e3)]
 HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")]
 """A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
 InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
@@ -37,7 +43,7 @@ class BreakerConfig(ConfigSection, frozen=True):
     then admits ``half_open_probes`` probes; ``success_threshold`` successes close it."""
 
     failure_threshold: PosInt = 3
-    open_s: PosFloat = 30.0
+    open_s: Seconds = 30.0
     half_open_probes: PosInt = 1
     success_threshold: PosInt = 2
 
@@ -69,14 +75,14 @@ class TolariaConfig(ConfigSection, frozen=True):
     device: Device = "auto"
     command_lag_steps: NonNegInt = 8
     state_every_steps: NonNegInt = 8
-    decision_deadline_ms: PosFloat = 1000.0
-    epoch_hook_target_ms: PosFloat = 18.0
-    epoch_hook_budget_ms: PosFloat = 50.0
-    epoch_budget_ms: PosFloat | None = None
+    decision_deadline_ms: Millis = 1000.0
+    epoch_hook_target_ms: Millis = 18.0
+    epoch_hook_budget_ms: Millis = 50.0
+    epoch_budget_ms: Millis | None = None
     failed_epochs_to_halt: PosInt = 3
     snapshot_memory_cap_mb: MemoryCapMB = 32.0
-    rollback_fast_target_ms: PosFloat = 500.0
-    rollback_full_deadline_s: PosFloat = 12.0
+    rollback_fast_target_ms: Millis = 500.0
+    rollback_full_deadline_s: Seconds = 12.0
     checkpoint_every_epochs: NonNegInt = 1
     checkpoint_keep_last: PosInt = 3
     compile: bool = False
@@ -126,11 +132,11 @@ class KasminaConfig(ConfigSection, frozen=True):
     seed_memory_budget_mb: MemoryBudgetMB | None = None
     isolation_probe_every_steps: PosInt = 10
     isolation_alert_violations: PosInt = 3
-    isolation_alert_window_s: PosFloat = 300.0
-    prefetch_timeout_ms: PosFloat = 2000.0
+    isolation_alert_window_s: Seconds = 300.0
+    prefetch_timeout_ms: Millis = 2000.0
     # How long a seed preparation waits for an artifact not stored yet (a germination racing Tezzeret's start-up
     # pass) before it fails; keep it below tolaria.decision_deadline_ms, or the trainer gives up on the plan first.
-    artifact_wait_ms: NonNegFloat = 500.0
+    artifact_wait_ms: NonNegMillis = 500.0
     allow_fallback_kernel: bool = False
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
@@ -139,9 +145,9 @@ class TamiyoConfig(ConfigSection, frozen=True):
     """The controller: which policy, its deadline, risk thresholds, conservative mode and field reports."""
 
     policy: Literal["heuristic", "gnn", "every_k"] = "heuristic"
-    decision_budget_ms: PosFloat = 45.0
-    decision_p95_target_ms: PosFloat = 5.0
-    metadata_budget_ms: PosFloat = 20.0
+    decision_budget_ms: Millis = 45.0
+    decision_p95_target_ms: Millis = 5.0
+    metadata_budget_ms: Millis = 20.0
     deadline_fallback: Literal["heuristic", "no_op"] = "heuristic"
     device: Device = "auto"
     gnn_checkpoint: str | None = None
@@ -164,17 +170,17 @@ class TamiyoConfig(ConfigSection, frozen=True):
     blueprint_risk_downgrade: UnitFloat = 0.5
     loss_spike_veto: PosFloat = 0.15
     loss_spike_warn: PosFloat = 0.075
-    hook_latency_veto_ms: PosFloat = 50.0
-    step_latency_veto_ms: PosFloat = 120.0
+    hook_latency_veto_ms: Millis = 50.0
+    step_latency_veto_ms: Millis = 120.0
     conservative_exit_clean_epochs: PosInt = 2
     max_layer_nodes: PosInt = 4
     max_activation_nodes: PosInt = 2
     max_parameter_nodes: PosInt = 2
     normaliser_alpha: UnitFloat = 0.1
     field_report_window_epochs: PosInt = 3
-    field_report_retention_s: PosFloat = 86400.0
+    field_report_retention_s: Seconds = 86400.0
     field_report_publish_retries: NonNegInt = 3
-    field_report_backoff_s: PosFloat = 1.0
+    field_report_backoff_s: Seconds = 1.0
     policy_rollback_decisions: PosInt = 20
     inference_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     metadata_breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -195,7 +201,7 @@ class UrzaConfig(ConfigSection, frozen=True):
 
     root: str = ".esper/urza"
     ready_cache_modules: PosInt = 32
-    fetch_budget_ms: PosFloat = 10.0
+    fetch_budget_ms: Millis = 10.0
     catalog_records_cache: PosInt = 128
 
 
@@ -204,7 +210,7 @@ class TezzeretConfig(ConfigSection, frozen=True):
 
     compile_at_start: bool = True
     torch_compile: bool = False
-    compile_timeout_s: PosFloat = 60.0
+    compile_timeout_s: Seconds = 60.0
     eager_fallback: bool = True
     max_retries: NonNegInt = 1
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -225,10 +231,10 @@ class OonaConfig(ConfigSection, frozen=True):
     redis_url: str = "redis://localhost:6379/0"
     stream_prefix: NonEmptyStr = "esper"
     topic_capacity: PosInt = 8192
-    claim_idle_s: PosFloat = 60.0
+    claim_idle_s: Seconds = 60.0
     claim_batch: PosInt = 50
     dead_letter_attempts: PosInt = 5
-    message_ttl_s: PosFloat = 900.0
+    message_ttl_s: Seconds = 900.0
     emergency_rate_per_min: PosInt = 120
     queue_depth_high: PosInt = 4000
     queue_depth_recovery: NonNegInt = 1000
@@ -260,7 +266,7 @@ class NissaConfig(ConfigSection, frozen=True):
     # A finished host-only run's directory (same data, split, host and training): the summary then compares the final
     # accuracy with that run's instead of with this run's last epoch before growth.
     baseline_run: str | None = None
-    alert_eval_interval_s: PosFloat = 30.0
+    alert_eval_interval_s: Seconds = 30.0
     slo_window_days: PosFloat = 30.0
     slo_burn_threshold: UnitFloat = 0.4
     seed_event_queue: PosInt = 64
@@ -298,12 +304,12 @@ class SecurityConfig(ConfigSection, frozen=True):
 
     secret_env: NonEmptyStr = "ESPER_LEYLINE_SECRET"
     key_id: NonEmptyStr = "default"
-    command_freshness_s: PosFloat = 60.0
-    future_skew_s: NonNegFloat = 5.0
-    nonce_ttl_s: PosFloat = 300.0
+    command_freshness_s: Seconds = 60.0
+    future_skew_s: NonNegSeconds = 5.0
+    nonce_ttl_s: Seconds = 300.0
     nonce_ledger_size: PosInt = 4096
-    nonce_purge_interval_s: PosFloat = 30.0
-    kernel_freshness_s: PosFloat = 60.0
+    nonce_purge_interval_s: Seconds = 30.0
+    kernel_freshness_s: Seconds = 60.0
 
     def __post_init__(self) -> None:
         if self.nonce_ttl_s <= self.command_freshness_s + self.future_skew_s:
@@ -317,10 +323,10 @@ class WeatherlightConfig(ConfigSection, frozen=True):
     """The root supervisor: restart intensity and backoff, shutdown deadline, mailbox sizes, state snapshots."""
 
     restart_max: PosInt = 5
-    restart_window_s: PosFloat = 30.0
-    restart_backoff_initial_s: NonNegFloat = 0.1
-    restart_backoff_max_s: NonNegFloat = 5.0
-    shutdown_deadline_s: PosFloat = 5.0
+    restart_window_s: Seconds = 30.0
+    restart_backoff_initial_s: NonNegSeconds = 0.1
+    restart_backoff_max_s: NonNegSeconds = 5.0
+    shutdown_deadline_s: Seconds = 5.0
     mailbox_capacity: PosInt = 1024
     # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs
     # Tamiyo's commands to Kasmina, which never leave the process (the bus, Redis too, carries unsigned telemetry only).
@@ -342,7 +348,7 @@ class LoggingConfig(ConfigSection, frozen=True):
     # The lowest level logged to stderr; "auto" is warning (events.jsonl keeps every event at ``level``).
     console_level: Literal["auto", "debug", "info", "warning", "error", "critical"] = "auto"
     json_file: str = "events.jsonl"
-    state_interval_s: PosFloat = 5.0
+    state_interval_s: Seconds = 5.0
     dead_letters_logged: NonNegInt = 10
 
 

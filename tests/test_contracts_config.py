@@ -399,6 +399,31 @@ def test_no_integer_key_takes_a_value_beyond_64_bits(key: str) -> None:
     assert message.endswith(f", got {huge}")
 
 
+def _duration_keys(info: mi.StructType, path: tuple[str, ...] = ()) -> list[str]:
+    keys: list[str] = []
+    for f in info.fields:
+        kind = f.type
+        if isinstance(kind, mi.UnionType):
+            kind = next(t for t in kind.types if not isinstance(t, mi.NoneType))
+        if isinstance(kind, mi.StructType):
+            keys += _duration_keys(kind, (*path, f.encode_name))
+        elif isinstance(kind, mi.FloatType) and f.encode_name.endswith(("_s", "_ms")):
+            keys.append(".".join((*path, f.encode_name)))
+    return keys
+
+
+@pytest.mark.parametrize("key", _duration_keys(_RUN_INFO))
+def test_no_duration_key_takes_a_wait_the_clock_cannot_hold(key: str) -> None:
+    """1e308 passed validation for every time key (a deadline, a budget, a window), and a wait that long overflows the
+    platform's clock (OverflowError: timestamp out of range) when it is reached."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [f"{key}=1e308"])
+    limit = "1000000000000" if key.endswith("_ms") else "1000000000"
+    message = str(info.value)
+    assert f"{key}: expected a number " in message
+    assert message.endswith(f" 0 and at most {limit} (about 31 years), got 1e+308"), message
+
+
 def test_the_64_bit_limit_is_said_only_to_a_value_beyond_it() -> None:
     with pytest.raises(ConfigError) as info:
         apply_overrides(RunConfig(), ["kasmina.g2_window_steps=9223372036854775808"])
