@@ -240,19 +240,19 @@ def check_checkpoint_run(checkpoints: Path, run_id: str) -> None:
     Raises:
         ConfigError: one line naming the checkpoint and both runs.
     """
-    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
-    if not listed:
-        return
-    path = checkpoints / listed[-1].file
-    try:
-        writer = checkpoint_run_id(path)
-    except (CheckpointError, OSError):
-        return  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
-    if writer is not None and writer != run_id:
-        raise ConfigError(
-            f"--resume: the checkpoint {path} was written by run {writer!r}, not by this directory's run {run_id!r}"
-            " (copied from another run directory?); resume that run from its own directory"
-        )
+    # Every listed one: the trainer falls back to an older checkpoint when the newest does not load, and a damaged
+    # newest copy let another run's older checkpoint through.
+    for info in reversed(read_manifest(checkpoints) if checkpoints.is_dir() else []):
+        path = checkpoints / info.file
+        try:
+            writer = checkpoint_run_id(path)
+        except (CheckpointError, OSError):
+            continue  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
+        if writer is not None and writer != run_id:
+            raise ConfigError(
+                f"--resume: the checkpoint {path} was written by run {writer!r}, not by this directory's run"
+                f" {run_id!r} (copied from another run directory?); resume that run from its own directory"
+            )
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

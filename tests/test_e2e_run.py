@@ -863,6 +863,10 @@ async def test_a_resume_refuses_checkpoints_another_run_wrote(tmp_path: Path) ->
     shutil.copytree(other / "checkpoints", mine / "checkpoints")
     with pytest.raises(ConfigError, match=r"step-32\.pt was written by run '[^']+', not by this directory's run"):
         await start(tiny_config(tmp_path, epochs=3), resume=mine)
+    # A damaged newest copy let the trainer fall back to another run's older checkpoint.
+    (mine / "checkpoints" / "step-32.pt").write_bytes(b"damaged")
+    with pytest.raises(ConfigError, match=r"step-16\.pt was written by run '[^']+', not by this directory's run"):
+        await start(tiny_config(tmp_path, epochs=3), resume=mine)
 
 
 async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_path: Path) -> None:
