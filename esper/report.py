@@ -24,6 +24,7 @@ from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.run_dir import check_not_in_use
 from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError, EsperError
 from esper.summary_table import seed_outcomes
 from schemas.enums import SeedLifecycleStage
@@ -218,7 +219,7 @@ def read_run_events(path: Path) -> RunEvents:
                     pauses.append(pause)
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
-                elif entry.get("event") == "emergency_signal":
+                elif entry.get("event") == "emergency_signal" and entry.get("reason") != RESTORED:
                     emergencies += 1
                 elif (undoes := restored_undoes(entry)) is not None:
                     events = [

@@ -90,6 +90,9 @@ class EventHub:
             try:
                 subscription.stream.send_nowait(event)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                # Its reader left (a loop that broke out of events()): this end is closed too, or it was left for the
+                # garbage collector to find unclosed (a ResourceWarning).
+                subscription.stream.close()
                 self._subscribers.remove(subscription)
 
     def subscribe(self) -> AsyncIterator[Message | Record]:

@@ -25,6 +25,7 @@ from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing,
 from esper.decisions import Decision as DecisionRecord
 from esper.decisions import add_decision
 from esper.nn.blueprints import SourcedModule, build_blueprint
+from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
 from esper.summary_table import seed_outcomes
@@ -251,7 +252,7 @@ class RunTally:
                 # restored state was counted with the outcome it never reached; those that happen again come again.
                 self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
                 self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t[2])]
-            case EmergencySignal():
+            case EmergencySignal(reason=reason) if reason != RESTORED:  # a resume's re-announcement is no emergency
                 self.emergencies += 1
             case _:
                 pass

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import torch
+
+from actors.tolaria.checkpoints import load_latest
 from esper.report import read_run_events
 from esper.run import start
+from schemas.enums import EmergencyLevel
+from schemas.nissa import SeedStageChanged
+from schemas.runtime import EmergencySignal
 from tests.test_e2e_run import tiny_config
 from tests.tolaria_factories import NanForThreeSteps
 
@@ -37,3 +43,51 @@ async def test_a_rollback_takes_back_the_lifecycle_transitions_it_undid(tmp_path
     standing = [(e.slot, e.step, int(e.to_stage)) for e in read_run_events(run_dir / "events.jsonl").stages]
     assert sorted(set(standing)) == sorted(standing), "each standing transition once"
     assert set(standing) == set(logged)
+
+
+async def test_a_run_stopped_at_an_elevated_emergency_level_resumes_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """A resume at L3 or L2 started the clean dwell again (the level was re-raised as a new escalation), so the run
+    stepped down later than the uninterrupted one, a stage change refused at L3 took effect later, and the runs
+    diverged; the re-announced level was also counted as one more emergency."""
+    host = 'tolaria.host_model="tests.tolaria_factories:nan_for_three_steps"'
+    NanForThreeSteps.calls, NanForThreeSteps.first = 0, 76
+    reference_dir = tmp_path / "uninterrupted"
+    reference = await (await start(tiny_config(tmp_path, epochs=9), reference_dir, [host])).wait()
+    assert reference.status == "completed", reference.error
+
+    NanForThreeSteps.calls, NanForThreeSteps.first = 0, 76
+    run_dir = tmp_path / "stopped"
+    system = await start(tiny_config(tmp_path, epochs=9), run_dir, [host])
+    # Stopped after the rollback's L3 and the clean epoch end that followed it (step 80), before the next (96).
+    elevated = False
+    async for event in system.events():
+        elevated = elevated or (isinstance(event, EmergencySignal) and event.level is EmergencyLevel.L3_CONSERVATIVE)
+        if elevated and isinstance(event, SeedStageChanged) and event.step >= 84:
+            break
+    stopped = await system.stop()
+    assert stopped.status == "stopped", stopped.error
+    NanForThreeSteps.first = 10**9  # the resumed session's model never turns NaN (its calls count from 0 again)
+    resumed = await (await start(tiny_config(tmp_path, epochs=9), resume=run_dir, overrides=[host])).wait()
+    assert resumed.status == "completed", resumed.error
+
+    def steps_down(directory: Path) -> list[tuple[int, int]]:
+        lines = [json.loads(line) for line in (directory / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+        return [
+            (e["previous"], e["level"])
+            for e in lines
+            if e["event"] == "emergency_signal" and e["reason"] != "restored from a checkpoint"
+        ]
+
+    assert steps_down(run_dir) == steps_down(reference_dir)
+    assert resumed.growth is not None
+    assert reference.growth is not None
+    assert resumed.growth.emergency_events == reference.growth.emergency_events
+    mine, theirs = load_latest(run_dir / "checkpoints"), load_latest(reference_dir / "checkpoints")
+    assert mine is not None
+    assert theirs is not None
+    assert [(e.kind, e.step) for e in mine[0].graft_log] == [(e.kind, e.step) for e in theirs[0].graft_log]
+    for key, value in theirs[0].model.items():
+        if isinstance(value, torch.Tensor):
+            resumed_value = mine[0].model[key]
+            assert isinstance(resumed_value, torch.Tensor)
+            assert torch.equal(resumed_value, value), key

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, checkpoint_counters, load_latest, read_manifest
 from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
@@ -421,6 +421,17 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     assert result.halt_reason == "2 failed epochs in a row (the last: epoch_budget)"
     assert loop.policy.level is EmergencyLevel.L4_HALT
     assert read_manifest(tmp_path)[-1].global_step == result.figures.global_step
+
+
+def test_an_epoch_end_checkpoint_holds_the_emergency_state_its_verdict_left(data: DataSplits, tmp_path: Path) -> None:
+    """The epoch end's capture comes before its verdict: the checkpoint held the level, failure streak and clean dwell
+    from before, so a run resumed from it judged that epoch's end again (a failed epoch's streak short by one, a clean
+    epoch's tick lost, the step down later than in the uninterrupted run)."""
+    make_loop(config(epoch_budget_ms=1e-6, failed_epochs_to_halt=5), data, tmp_path).run()
+    [first] = [info for info in read_manifest(tmp_path) if info.epoch == 1]  # written at epoch 1's end
+    counters = checkpoint_counters(tmp_path / first.file)
+    assert (counters["failed_epochs"], counters["failed_streak"]) == (1, 1)
+    assert counters["emergency_level"] == int(EmergencyLevel.L2_ELEVATED)
 
 
 def test_a_user_model_from_module_factory_trains(data: DataSplits) -> None:

@@ -159,10 +159,20 @@ def checkpoint_run_id(path: Path) -> str | None:
         CheckpointError: the file is not a checkpoint.
         OSError: it cannot be read.
     """
+    run_id = checkpoint_counters(path).get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def checkpoint_counters(path: Path) -> dict[str, object]:
+    """The counters of the checkpoint at ``path`` (Tolaria's and its emergency policy's), from its header alone.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
     tree = _header_tree(path)
     counters = tree.get("counters") if isinstance(tree, dict) else None
-    run_id = counters.get("run_id") if isinstance(counters, dict) else None
-    return run_id if isinstance(run_id, str) else None
+    return dict(counters) if isinstance(counters, dict) else {}
 
 
 def _header_tree(path: Path) -> Any:

@@ -143,6 +143,7 @@ class EmergencyPolicy:
         """What a checkpoint keeps of the policy."""
         return {
             "emergency_level": int(self.ladder.level),
+            "emergency_clean_ticks": self.ladder.statistics().clean_ticks,
             "failed_epochs": self.failed_epochs,
             "failed_streak": self.failed_streak,
             "skipped_steps": self.skipped_steps,
@@ -158,9 +159,11 @@ class EmergencyPolicy:
         self.failed_streak = int(counters.get("failed_streak") or 0)
         self.skipped_steps = int(counters.get("skipped_steps") or 0)
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
-        reason = "restored from a checkpoint"
         if level >= EmergencyLevel.L4_HALT:
-            level, reason = EmergencyLevel.L2_ELEVATED, "resumed after an L4 halt: conservative until clean epochs"
             self.failed_streak = 0
-        if level > self.ladder.level:
-            self.ladder.escalate(level, reason, ORIGIN)
+            reason = "resumed after an L4 halt: conservative until clean epochs"
+            self.ladder.escalate(EmergencyLevel.L2_ELEVATED, reason, ORIGIN)
+            return
+        # The level and its clean dwell as the epoch end's verdict left them: a resumed run steps down when the
+        # uninterrupted one does (the dwell started again, and the resumed run diverged).
+        self.ladder.restore(level, int(counters.get("emergency_clean_ticks") or 0), ORIGIN)

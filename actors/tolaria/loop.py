@@ -637,6 +637,11 @@ class TrainingLoop:
         verdict = self._policy.end_epoch(
             epoch_ms=epoch_ms, hook_ms=self._hook_ms, missed_decisions=self._missed_this_epoch
         )
+        if state is not None:
+            # Captured before the verdict (the stall's order): the state continues after it, with the level, streak
+            # and clean dwell it left (a resume from here repeated neither this epoch's verdict nor its clean tick,
+            # and diverged from the uninterrupted run).
+            state.counters.update(self._policy.counters())
         self._send_packet(
             stats,
             epoch_progress=1.0,

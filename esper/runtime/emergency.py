@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 from schemas.base import Record
 from schemas.enums import EmergencyLevel
@@ -29,6 +29,10 @@ class EmergencyStatistics(Record, frozen=True):
     escalations: int
     de_escalations: int
     resets: int
+
+
+RESTORED: Final = "restored from a checkpoint"
+"""The reason of the EmergencySignal that re-announces a saved level at a resume or restart (not a new emergency)."""
 
 
 @final
@@ -196,6 +200,22 @@ class EmergencyLadder:
         self._de_escalations += 1
         self._change(EmergencyLevel(level - 1), reason, self._origin, now)
         return True
+
+    def restore(self, level: EmergencyLevel, clean_ticks: int, origin: str) -> bool:
+        """Take back a saved level and clean dwell (a resume or a restart continues the run): the dwell goes on from
+        the saved ticks, where an escalate would have started it again and delayed every step down; the signal's
+        reason is RESTORED (a re-announcement, which the summary does not count as an emergency).
+
+        Returns:
+            True if the level changed (and an EmergencySignal was emitted).
+        """
+        now = self._clock.now()
+        changed = level != self._level
+        if changed:
+            self._change(level, RESTORED, origin, now)
+        self._clean_ticks = max(0, clean_ticks)
+        self._clean_since_s = now
+        return changed
 
     def reset(self, reason: str, origin: str) -> bool:
         """Operator reset to L1 from any level; the dwell restarts.
