@@ -10,6 +10,7 @@ from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import CommandKind
+from schemas.enums import EmergencyLevel
 from schemas.telemetry import MetricPoint, TelemetryEvent
 from tests._tamiyo_harness import KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
 
@@ -94,6 +95,22 @@ async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: Reco
         decisions = await h.run(packets)
     assert all(d.command is None for d in decisions)
     assert decisions[-1].risk_reason == "pause_triggered"
+
+
+async def test_the_epoch_end_that_raises_l2_germinates_nothing(tmp_path: Path, sink: RecordingSink) -> None:
+    """The packet's emergency level entered conservative mode only after the decision on that very packet: the epoch
+    end that failed (L2) germinated a seed, which the trainer refused to attach and Kasmina then culled."""
+    packets = plateau_run(epochs=3)
+    last = packets[-1]
+    packets[-1] = packet(
+        last.global_step, last.epoch, validation_loss=1.0, loss_delta=0.0, emergency=EmergencyLevel.L2_ELEVATED
+    )
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(packets)
+    assert all(d.command is None for d in decisions)
+    (tmp_path / "l1").mkdir()
+    async with TamiyoHarness(tmp_path / "l1", sink) as h:  # the same run at L1 germinates there
+        assert (await h.run(plateau_run(epochs=3)))[-1].command is not None
 
 
 async def test_export_then_import_gives_identical_following_decisions(tmp_path: Path, sink: RecordingSink) -> None:

@@ -51,7 +51,7 @@ from esper.runtime.signing import sign_command
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.boundary import Decision as WireDecision
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import BreakerState
+from schemas.enums import BreakerState, EmergencyLevel
 from schemas.state import SystemStatePacket
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 from schemas.telemetry import TelemetryEvent
@@ -462,8 +462,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
     def _judge(self, choice: _Choice, observation: Observation) -> RiskVerdict:
         proposed = choice.decision
         bp = candidate(observation, proposed.blueprint_id)
+        # The packet's own emergency level counts at once: conservative mode from it starts only after this decision
+        # (_end_of_packet), and the epoch end that raised L2 germinated a seed the trainer then refused to attach.
+        elevated = observation.packet.emergency_level >= EmergencyLevel.L2_ELEVATED
         context = msgspec.structs.replace(
-            RiskContext.from_packet(observation.packet, conservative=self._conservative.active),
+            RiskContext.from_packet(observation.packet, conservative=self._conservative.active or elevated),
             inference_deadline_missed=choice.missed,
             blueprint_risk=bp.risk if bp is not None else None,
             blueprint_quarantine_only=bp.quarantine_only if bp is not None else False,

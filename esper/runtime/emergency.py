@@ -119,7 +119,7 @@ class EmergencyLadder:
 
     @property
     def growth_allowed(self) -> bool:
-        """False from L2: no new grafts (Tamiyo blocks growth, Kasmina refuses GERMINATE)."""
+        """False from L2: no new grafts (Tamiyo proposes none, Tolaria refuses an attach)."""
         return self._level < _L2
 
     @property
