@@ -32,7 +32,7 @@ from schemas.kasmina import GetKasminaStatistics, GetSeedStates, KasminaStatisti
 from schemas.state import SeedState, StepTimings, SystemStatePacket
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
     from pathlib import Path
 
     from torch import nn
@@ -217,6 +217,7 @@ async def running_kasmina(
     slots: Mapping[str, SlotShape] = SLOTS,
     journal_dir: Path | None = None,
     resume_step: int | None = None,
+    observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Harness]:
     """A started ActorSystem running Kasmina alone, with a real io lane; stopped (and the lane closed) on exit."""
     async with Lane("io") as lane:
@@ -242,6 +243,7 @@ async def running_kasmina(
             journal_dir=journal_dir,
             resume=resume_step is not None,
             resume_step=resume_step,
+            observer=observer,
         )
         system = ActorSystem(clock=clock, sink=sink)
         await system.start(spec)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
-    from schemas.state import SeedState
+    from schemas.state import SeedState, SystemStatePacket
 
 
 def rebuilds(sink: RecordingSink) -> list[str]:
@@ -186,3 +186,29 @@ async def test_a_command_decided_after_the_restored_step_is_accepted_when_decide
         # A real replay (nothing was undone) is still refused.
         replayed = await h.boundary(5, tweak)
         assert [r.reason for r in replayed.command_results] == [CommandRejectReason.NONCE_REPLAYED]
+
+
+async def test_a_decision_on_a_packet_the_restore_undid_is_dropped_not_paired_with_the_rerun(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A rollback after a failed epoch end: the controller's decision on the undone attempt's packet arrived after the
+    restore and waited for a partner; the rerun's packet of that step took it (its germination applied), and the
+    controller's own decision on the rerun was refused as a duplicate, logged as an ERROR."""
+    shown: list[int] = []
+
+    async def controller(packet: SystemStatePacket) -> None:
+        shown.append(packet.global_step)
+
+    async with running_kasmina(clock, sink, lag=2, observer=controller) as h:
+        await h.boundary(1)
+        await h.ref.tell(h.packet(3))  # the failed attempt's epoch end, shown to the controller
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="fast"))
+        await h.next_plan()  # decided on 1, in effect at 3: sent again
+        stale = h.command(CommandKind.OPTIMIZER, lr_delta=0.5, decision_step=3)
+        await h.ref.tell(h.decision(3, stale))  # decided on the undone packet
+        rerun = await h.boundary(3)  # the rerun's packet, shown again, and the controller's decision on it
+        assert (rerun.decided_on_step, rerun.ops, rerun.command_results) == (3, (), ())
+        assert shown == [1, 3, 3]
+        names = [e.name for e in sink.of_type(TelemetryEvent)]
+        assert "stale_decision_dropped" in names
+        assert "boundary_input_dropped" not in names

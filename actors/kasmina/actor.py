@@ -187,6 +187,8 @@ class KasminaActor(Actor[KasminaMessage]):
                     await self._drain()
             case Decision():
                 self._check_run(msg.run_id, "decision", msg.decided_on_step)
+                if self._stale(msg):
+                    return None
                 if self._admit(msg.decided_on_step, self._decisions, "decision"):
                     self._decisions[msg.decided_on_step] = msg
                     await self._drain()
@@ -426,6 +428,21 @@ class KasminaActor(Actor[KasminaMessage]):
             return False
         if len(pending) >= self._max_pending:
             raise OverflowError(f"kasmina: {len(pending)} {what}s wait for their partner; refusing step {step}")
+        return True
+
+    def _stale(self, decision: Decision) -> bool:
+        """A decision on a packet this timeline has not shown the controller: one it made before a restore (a rollback
+        after a failed epoch end) on a packet the restore undid. Paired with the rerun's packet of the same step, it
+        applied the undone attempt's germination, and the controller's own decision on the rerun was refused as a
+        duplicate (an ERROR). Dropped, said at INFO."""
+        step = decision.decided_on_step
+        if self._observer is None or (self._forwarded is not None and step <= self._forwarded):
+            return False
+        self._event(
+            "stale_decision_dropped",
+            TelemetryLevel.INFO,
+            f"decision of step {step} dropped: made on a packet a restore undid (the step is trained again)",
+        )
         return True
 
     def _check_run(self, run_id: str, what: str, step: int) -> None:
