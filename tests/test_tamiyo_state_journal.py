@@ -19,6 +19,7 @@ from actors.tamiyo.state_journal import (
     state_at,
 )
 from schemas.config import TamiyoConfig
+from schemas.telemetry import TelemetryEvent
 from tests._tamiyo_harness import TamiyoHarness, plateau_run
 
 if TYPE_CHECKING:
@@ -165,3 +166,24 @@ async def test_a_journaled_state_resumes_to_the_decisions_of_an_uninterrupted_ru
 def test_keep_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep"):
         TamiyoStateJournal(tmp_path / "x", keep=0)
+
+
+async def test_after_a_rollback_the_controller_decides_the_retrained_epochs_as_before(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The trainer went back to an epoch end (a rollback, a restart) and trains the next epochs again: the controller
+    kept the undone attempt's state, so it took the rerun's epoch end as already seen (not_epoch_end) and its plateau
+    counted the undone epochs. It goes back to the state it journaled there and decides as it did the first time."""
+    config = TamiyoConfig(plateau_patience_epochs=2, germinate_cooldown_epochs=1)
+    packets = plateau_run(epochs=6)
+    back = 6  # after the epoch-end packet of epoch 2 (step 30): the fast snapshot the trainer restores
+    assert packets[back - 1].validation_loss is not None
+    path = tmp_path / "states.jsonl"
+    async with TamiyoHarness(tmp_path, sink, config=config, state_journal=path) as h:
+        first = await h.run(packets)
+        again = await h.run(packets[back:])  # the same steps, trained again after the rollback
+    assert again == first[back:]
+    assert any(d.command is not None for d in again), "the rerun should germinate to be a real test"
+    assert [e.attributes.get("state_step") for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_rewound"] == [
+        packets[back - 1].global_step
+    ]

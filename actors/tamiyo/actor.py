@@ -32,6 +32,7 @@ import collections
 import uuid
 from typing import TYPE_CHECKING, Literal, assert_never, final
 
+import anyio
 import msgspec
 import structlog
 
@@ -43,6 +44,7 @@ from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindo
 from actors.tamiyo.policy import NO_OP, build_command
 from actors.tamiyo.risk import RiskContext, RiskEffect, RiskThresholds, RiskVerdict, assess
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
+from actors.tamiyo.state_journal import state_at
 from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.events import MutableSink
@@ -186,6 +188,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._tracker = OutcomeTracker(outcomes if outcomes is not None else OutcomeSettings())
         self._wal = wal
         self._state_journal = state_journal
+        self._start_state: TamiyoState | None = None
         self._freshness_s = freshness_s
         self._on_stop_state = on_stop_state
         self._counters = TamiyoCounters()
@@ -207,6 +210,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
             except (RuntimeError, ArithmeticError) as err:
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
                 _log.error("tamiyo_gnn_worker_failed", error=str(err))
+        # What a rewind to before the first journaled epoch end goes back to (a restart of the trainer from step 0).
+        self._start_state = self.export_state()
         if self._wal is not None:
             scan = await self._wal.open()
             if scan.corrupt or scan.torn:
@@ -366,6 +371,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         reports: list[FieldReport] = []
         if self._tracker.is_rollback(packet):
             reports.extend(self._tracker.abort_all(f"rollback to step {packet.global_step}"))
+            await self._rewind(packet)
         observation = build_observation(packet, self._blueprints)
         async with asyncio.TaskGroup() as tg:
             job: asyncio.Task[PolicyDecision | Exception] | None = None
@@ -394,6 +400,33 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if self._state_journal is not None and packet.validation_loss is not None:
             # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
             await self._state_journal.append(packet.global_step, self.export_state())
+
+    async def _rewind(self, packet: SystemStatePacket) -> None:
+        """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
+        controller goes back to the newest state it journaled before that step (the restored epoch end's), so it
+        decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
+        (not_epoch_end), and its windows and plateau counted the undone attempt). The field reports and counters of
+        the undone decisions stay: they happened. Nothing to go back to without a journal (no run directory)."""
+        journal = self._state_journal
+        if journal is None:
+            return
+        entry = await anyio.to_thread.run_sync(state_at, journal.path, packet.global_step - 1)
+        start = self._start_state
+        if entry is not None and entry.state.policy == self._policy_name:
+            state, at = entry.state, entry.step
+        elif start is not None and (start.last_step is None or start.last_step < packet.global_step):
+            state, at = start, start.last_step or 0  # back before the first epoch end journaled: as it started
+        else:
+            return
+        current = self.export_state()
+        self.import_state(msgspec.structs.replace(state, outcomes=current.outcomes, counters=current.counters))
+        self._emit(
+            "tamiyo_rewound",
+            TelemetryLevel.INFO,
+            f"controller state back to step {at}: the trainer went back there",
+            packet,
+            state_step=at,
+        )
 
     async def _run_policy(self, observation: Observation) -> PolicyDecision | Exception:
         self._inflight = True
