@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
+import pytest
 import torch
+from torch import nn
 
 from actors.tolaria.checkpoints import load_latest
 from esper.report import read_run_events
 from esper.run import start
+from esper.wiring import RunHooks
 from schemas.enums import EmergencyLevel
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import EmergencySignal
@@ -91,3 +95,29 @@ async def test_a_run_stopped_at_an_elevated_emergency_level_resumes_as_the_unint
             resumed_value = mine[0].model[key]
             assert isinstance(resumed_value, torch.Tensor)
             assert torch.equal(resumed_value, value), key
+
+
+@pytest.mark.parametrize("crash_at", [13, 73])  # before the first epoch end (a restart from step 0), mid-run
+async def test_a_gnn_run_whose_trainer_restarts_ends_as_the_uninterrupted_run(tmp_path: Path, crash_at: int) -> None:
+    """The trainer restarted from its snapshot sends the packets after it again; the controller, not restarted, took
+    them into its GNN's running input statistics a second time (its decisions then differed from an uninterrupted
+    run's). It now goes back to the state it journaled at the restored epoch end."""
+    gnn = ['tamiyo.policy="gnn"', 'tamiyo.policy_process="thread"']
+    fired: list[int] = []
+
+    def crash_once(step: int, model: nn.Module, batch: object) -> None:
+        if step == crash_at and not fired:
+            fired.append(step)
+            raise RuntimeError("injected trainer fault")
+
+    config = tiny_config(tmp_path, epochs=6)
+    crashed, reference = tmp_path / "crashed", tmp_path / "uninterrupted"
+    summary = await (await start(config, crashed, gnn, hooks=RunHooks(step_probe=crash_once))).wait()
+    assert (summary.status, fired) == ("completed", [crash_at])
+    assert (await (await start(config, reference, gnn)).wait()).status == "completed"
+    states = [
+        msgspec.json.decode((run / "checkpoints" / "tamiyo_state.json").read_bytes()) for run in (crashed, reference)
+    ]
+    assert states[0]["gnn"] == states[1]["gnn"]
+    events = [json.loads(line) for line in (crashed / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["name"] for e in events if e.get("name") == "tamiyo_rewound"] == ["tamiyo_rewound"]
