@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import msgspec.inspect as mi
@@ -11,6 +12,9 @@ import pytest
 from esper.config import apply_overrides, dump_config, load_config, parse_config, parse_override
 from esper.runtime.errors import ConfigError
 from schemas.config import BreakerConfig, RunConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -370,17 +374,26 @@ def test_dump_is_toml_with_one_table_per_section() -> None:
     assert text.endswith("\n")
 
 
-def _int_keys(info: mi.StructType, path: tuple[str, ...] = ()) -> list[str]:
+def _keys(info: mi.StructType, accept: Callable[[mi.Type, str], bool], path: tuple[str, ...] = ()) -> list[str]:
+    """The dotted config keys whose type and name ``accept`` takes, in every section."""
     keys: list[str] = []
     for f in info.fields:
         kind = f.type
         if isinstance(kind, mi.UnionType):
             kind = next(t for t in kind.types if not isinstance(t, mi.NoneType))
         if isinstance(kind, mi.StructType):
-            keys += _int_keys(kind, (*path, f.encode_name))
-        elif isinstance(kind, mi.IntType):
+            keys += _keys(kind, accept, (*path, f.encode_name))
+        elif accept(kind, f.encode_name):
             keys.append(".".join((*path, f.encode_name)))
     return keys
+
+
+def _int_keys(info: mi.StructType) -> list[str]:
+    return _keys(info, lambda kind, _: isinstance(kind, mi.IntType))
+
+
+def _duration_keys(info: mi.StructType) -> list[str]:
+    return _keys(info, lambda kind, name: isinstance(kind, mi.FloatType) and name.endswith(("_s", "_ms")))
 
 
 _RUN_INFO = mi.type_info(RunConfig)
@@ -397,19 +410,6 @@ def test_no_integer_key_takes_a_value_beyond_64_bits(key: str) -> None:
     message = str(info.value)
     assert message.startswith(f"--set {key}={huge}: {key}: expected an integer "), message
     assert message.endswith(f", got {huge}")
-
-
-def _duration_keys(info: mi.StructType, path: tuple[str, ...] = ()) -> list[str]:
-    keys: list[str] = []
-    for f in info.fields:
-        kind = f.type
-        if isinstance(kind, mi.UnionType):
-            kind = next(t for t in kind.types if not isinstance(t, mi.NoneType))
-        if isinstance(kind, mi.StructType):
-            keys += _duration_keys(kind, (*path, f.encode_name))
-        elif isinstance(kind, mi.FloatType) and f.encode_name.endswith(("_s", "_ms")):
-            keys.append(".".join((*path, f.encode_name)))
-    return keys
 
 
 @pytest.mark.parametrize("key", _duration_keys(_RUN_INFO))
