@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, final
 
 import msgspec
 import structlog
@@ -38,7 +38,6 @@ from actors.urza.artifact import (
     ArtifactCorrupt,
     ArtifactFailed,
     ArtifactFormatError,
-    ArtifactMetadata,
     ArtifactNotFound,
     ArtifactQuarantined,
     BlobMissing,
@@ -50,7 +49,6 @@ from actors.urza.artifact import (
 )
 from actors.urza.records import (
     ArtifactEntry,
-    ArtifactStatus,
     BlueprintState,
     BlueprintStatus,
     IntegrityReport,
@@ -59,7 +57,15 @@ from actors.urza.records import (
     check_sha,
     is_sha,
 )
-from schemas.constraints import NonNegInt, Sha256Hex
+from actors.urza.rows import (
+    COLUMN_NAMES,
+    StandingRow,
+    blob_problem,
+    checked_row,
+    entry_from_row,
+    row_mismatch,
+    text_or_marker,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -88,8 +94,7 @@ _SCHEMA = (
         updated_at REAL NOT NULL)""",
 )
 _log = structlog.get_logger("actors.urza")
-_COLUMNS = "sha256, blueprint_id, signature_key, size_bytes, metadata, status, reason, created_at, updated_at"
-_COLUMN_NAMES = tuple(_COLUMNS.split(", "))
+_COLUMNS = ", ".join(COLUMN_NAMES)
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM artifacts"  # the rowid drops a row whose own key is what is damaged
 _PUT_ATTEMPTS = 3
 # The columns a put derives from the blob (its content address fixes them), so a put of the blob mends a damaged row.
@@ -114,108 +119,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-_metadata_decoder = msgspec.json.Decoder(ArtifactMetadata)
-
-
-@final
-class _NotText:
-    """A TEXT value whose bytes are not UTF-8 (a flipped bit): SQLite's default decoding raised OperationalError
-    from ``fetchall``, failing the whole query, so every read of the catalogue failed instead of this one row."""
-
-    __slots__ = ("bad_at", "raw")
-
-    def __init__(self, raw: bytes, bad_at: int) -> None:
-        self.raw = raw
-        self.bad_at = bad_at
-
-    def __repr__(self) -> str:
-        around = self.raw[max(0, self.bad_at - 24) : self.bad_at + 8]
-        return f"byte {self.bad_at} of {len(self.raw)} is not UTF-8, in {around!r}"
-
-
-def _text(raw: bytes) -> str | _NotText:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return _NotText(raw, err.start)
-
-
-_RowT = TypeVar("_RowT", bound=msgspec.Struct)
-
-
-class _Row(msgspec.Struct, frozen=True):
-    """An artifacts row's columns as this store writes them; any may have rotted (or been edited) since."""
-
-    sha256: Sha256Hex
-    blueprint_id: str
-    signature_key: str
-    size_bytes: NonNegInt
-    metadata: str
-    status: ArtifactStatus
-    reason: str
-    created_at: float
-    updated_at: float
-
-
-class _StandingRow(msgspec.Struct, frozen=True):
-    """A blueprints row's columns, as _Row."""
-
-    state: BlueprintState
-    reason: str
-    updated_at: float
-
-
-def _checked_row(kind: type[_RowT], columns: tuple[str, ...], row: tuple[object, ...]) -> _RowT:
-    """``row``'s values as ``kind``, each column checked for its type.
-
-    Raises:
-        ValueError: a column is not UTF-8 text or not of its type, naming the column.
-    """
-    for name, value in zip(columns, row, strict=True):
-        if isinstance(value, _NotText):
-            raise ValueError(f"column {name}: {value!r}")
-    try:
-        return msgspec.convert(dict(zip(columns, row, strict=True)), kind)
-    except msgspec.ValidationError as err:
-        raise ValueError(str(err)) from err
-
-
-def _entry_from_row(row: tuple[object, ...]) -> ArtifactEntry:
-    """An artifacts row (``_COLUMNS``) as an entry, every column checked: any text may have a flipped bit, any column
-    hold another type (SQLite does not enforce them).
-
-    Raises:
-        ArtifactFormatError: the row is damaged (its subject is the SHA-256, or the raw key when that is damaged).
-    """
-    name = row[0] if isinstance(row[0], str) else repr(row[0])
-    try:
-        checked = _checked_row(_Row, _COLUMN_NAMES, row)
-    except ValueError as err:
-        raise ArtifactFormatError(name, f"artifact {name}: catalogue row is damaged: {err}") from err
-    sha = checked.sha256
-    try:
-        metadata = _metadata_decoder.decode(checked.metadata)
-    except (msgspec.ValidationError, msgspec.DecodeError) as err:
-        raise ArtifactFormatError(sha, f"artifact {sha}: catalogue metadata does not decode: {err}") from err
-    if (metadata.blueprint_id, metadata.signature_key) != (checked.blueprint_id, checked.signature_key):
-        raise ArtifactFormatError(
-            sha,
-            f"artifact {sha}: catalogue row is damaged: blueprint {checked.blueprint_id!r} and signature "
-            f"{checked.signature_key!r}, its metadata says {metadata.blueprint_id!r} and {metadata.signature_key!r}",
-        )
-    return ArtifactEntry(
-        sha256=sha,
-        blueprint_id=checked.blueprint_id,
-        signature_key=checked.signature_key,
-        size_bytes=checked.size_bytes,
-        status=checked.status,
-        reason=checked.reason,
-        created_at=checked.created_at,
-        updated_at=checked.updated_at,
-        metadata=metadata,
-    )
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
@@ -282,7 +185,7 @@ class UrzaStore:
         self._conn = sqlite3.connect(
             root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
-        self._conn.text_factory = _text
+        self._conn.text_factory = text_or_marker
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             _enable_wal(self._conn, busy_timeout_ms / 1000)
@@ -472,7 +375,7 @@ class UrzaStore:
             return None
         rowid, *columns = row
         try:
-            checked = _checked_row(_StandingRow, ("state", "reason", "updated_at"), tuple(columns))
+            checked = checked_row(StandingRow, ("state", "reason", "updated_at"), tuple(columns))
         except ValueError as err:
             # Its standing is unknown: the blueprint is offered again, and a failed compile marks it again.
             self._drop_row("blueprints", rowid, blueprint_id, f"blueprint {blueprint_id!r}: row is damaged: {err}")
@@ -516,7 +419,7 @@ class UrzaStore:
             dropped = False
             for row in rows:
                 try:
-                    entries.append(_entry_from_row(row[1:]))
+                    entries.append(entry_from_row(row[1:]))
                 except ArtifactFormatError as err:
                     self._drop_row("artifacts", row[0], err.subject, err.detail)
                     dropped = True
@@ -575,7 +478,7 @@ class UrzaStore:
             ) from err
         except OSError as err:
             raise BlobUnreadable(artifact, f"artifact {artifact}: cannot read blob {path}: {err}") from err
-        why = _blob_problem(data, entry)
+        why = blob_problem(data, entry)
         if why:
             moved_to = self._quarantine_blob(artifact, why)
             raise ArtifactCorrupt(
@@ -591,7 +494,7 @@ class UrzaStore:
         except ArtifactFormatError as err:
             self.mark_failed(artifact, f"does not decode: {err.detail}")
             raise
-        mismatch = _row_mismatch(entry, len(data), decoded.metadata)
+        mismatch = row_mismatch(entry, len(data), decoded.metadata)
         if mismatch:
             self._drop_row_of(entry, mismatch)
             raise ArtifactNotFound(
@@ -622,7 +525,7 @@ class UrzaStore:
             return "blob missing"
         except OSError as err:
             return f"blob unreadable: {err}"
-        why = _blob_problem(data, entry)
+        why = blob_problem(data, entry)
         if why:
             self._quarantine_blob(artifact, why)
             return why
@@ -630,7 +533,7 @@ class UrzaStore:
             metadata, _ = decode_metadata(data, name=artifact)
         except ArtifactFormatError:
             return None  # the blob's own fault, not the row's: a load marks it failed
-        mismatch = _row_mismatch(entry, len(data), metadata)
+        mismatch = row_mismatch(entry, len(data), metadata)
         if mismatch:
             self._drop_row_of(entry, mismatch)
             return f"catalogue row dropped: {mismatch}"
@@ -667,7 +570,7 @@ class UrzaStore:
             except FileNotFoundError:
                 missing.append(entry.sha256)
                 continue
-            if _blob_problem(data, entry):
+            if blob_problem(data, entry):
                 corrupt.append(entry.sha256)
                 if quarantine:
                     self._quarantine_blob(entry.sha256, "failed integrity check")
@@ -705,28 +608,3 @@ class UrzaStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
-
-
-def _blob_problem(data: bytes, entry: ArtifactEntry) -> str:
-    """What is wrong with a blob's bytes against its catalogue row ("" if nothing). Bytes that hash to the row's
-    SHA-256 are the artifact whatever else the row says (a wrong size there is the row's damage, not the blob's)."""
-    if sha256_hex(data) == entry.sha256:
-        return ""
-    if len(data) < entry.size_bytes:
-        return f"truncated: {len(data)} of {entry.size_bytes} bytes"
-    if len(data) != entry.size_bytes:
-        return f"size {len(data)} bytes, catalogued {entry.size_bytes}"
-    return "sha256 mismatch"
-
-
-def _row_mismatch(entry: ArtifactEntry, size: int, metadata: ArtifactMetadata) -> str:
-    """How a row differs from its verified blob ("" if it does not): a row pointing at another blueprint's blob
-    would have its weights loaded into the wrong builder."""
-    if size != entry.size_bytes:
-        return f"catalogued {entry.size_bytes} bytes, the blob has {size}"
-    if metadata != entry.metadata:
-        return (
-            f"catalogued as {entry.blueprint_id!r} ({entry.metadata.family}, {entry.signature_key}), "
-            f"the blob is {metadata.blueprint_id!r} ({metadata.family}, {metadata.signature_key})"
-        )
-    return ""
