@@ -547,13 +547,10 @@ async def _main_async(
             os._exit(EXIT_INTERRUPTED)
         interrupted.set()
         if not starting.done():
-            # Loading the data or starting the actors: the step under way (a thread call is never abandoned)
-            # finishes, then everything started so far is stopped.
-            say(
-                sys.stderr,
-                "interrupted while starting: stopping once the current start-up step ends (Ctrl-C again"
-                " to exit at once)\n",
-            )
+            # Loading the data, building the host, starting the actors: what has started is stopped in order, and a
+            # step still running in a thread (a user's factory, the data set's generation) is left to the process's
+            # exit; whatever it writes is written atomically, so nothing is left half-written.
+            say(sys.stderr, "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n")
             starting.cancel()
             return
         say(
