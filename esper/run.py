@@ -57,7 +57,7 @@ from esper.config import apply_overrides, dump_config, load_config, parse_overri
 from esper.console import Console
 from esper.data_fingerprint import check_same_data, record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
-from esper.resume import check_resumable, check_resume_files
+from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
 from esper.run_dir import (
     RunDirLock,
     check_not_in_use,
@@ -253,7 +253,14 @@ async def _start(
         directory = Path(resume)
         await anyio.to_thread.run_sync(check_not_in_use, directory)
         if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
-            raise ConfigError(f"--resume {directory}: no checkpoints directory to resume from")
+            raise ConfigError(
+                f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
+                f" trains nothing: start it again with --run-dir {directory})"
+            )
+        # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
+        await anyio.to_thread.run_sync(
+            lambda: check_checkpoint_run(directory / "checkpoints", previous_run_id(directory))
+        )
         # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
         try:
             finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
@@ -610,6 +617,7 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     if args.resume is not None:
         try:
             check_not_in_use(args.resume)
+            check_checkpoint_run(args.resume / "checkpoints", previous_run_id(args.resume))
             finished = already_trained(args.resume, config.tolaria.epochs)
         except ConfigError as err:
             say(sys.stderr, f"{err}\n")

@@ -79,6 +79,14 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
     try:
         _lock_or_refuse(fd, directory)
         if not resume:
+            # A foreign metrics file first: with rows it also looks like a run's, and the advice to --resume it failed.
+            try:
+                check_existing(directory / files.metrics)  # what Nissa's open would refuse, restarting until it gave up
+            except MetricsFileError as err:
+                raise ConfigError(
+                    f"run directory {directory}: {err}; a new run would add its epochs to it: move it aside, or"
+                    " choose another --run-dir"
+                ) from err
             earlier = [name for name in RUN_FILES if _holds_run_file(directory / name)]
             if earlier:
                 raise ConfigError(
@@ -90,13 +98,6 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
                     f"run directory {directory} holds a config.toml no run wrote, which a new run would replace with"
                     " its resolved config: choose another --run-dir"
                 )
-            try:
-                check_existing(directory / files.metrics)  # what Nissa's open would refuse, restarting until it gave up
-            except MetricsFileError as err:
-                raise ConfigError(
-                    f"run directory {directory}: {err}; a new run would add its epochs to it: move it aside, or"
-                    " choose another --run-dir"
-                ) from err
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

@@ -863,6 +863,9 @@ async def test_a_resume_refuses_checkpoints_another_run_wrote(tmp_path: Path) ->
     shutil.copytree(other / "checkpoints", mine / "checkpoints")
     with pytest.raises(ConfigError, match=r"step-32\.pt was written by run '[^']+', not by this directory's run"):
         await start(tiny_config(tmp_path, epochs=3), resume=mine)
+    # Already trained as far as asked: the notice said so (exit 0) of another run's checkpoints.
+    with pytest.raises(ConfigError, match=r"step-32\.pt was written by run '[^']+', not by this directory's run"):
+        await start(tiny_config(tmp_path, epochs=2), resume=mine)
     # A damaged newest copy let the trainer fall back to another run's older checkpoint.
     (mine / "checkpoints" / "step-32.pt").write_bytes(b"damaged")
     with pytest.raises(ConfigError, match=r"step-16\.pt was written by run '[^']+', not by this directory's run"):

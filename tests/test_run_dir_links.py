@@ -97,14 +97,14 @@ def test_a_new_run_refuses_a_metrics_csv_it_could_not_append_to(
     """A stray metrics.csv with another header failed Nissa's open: 40 restarts, RestartIntensityExceeded, exit 1."""
     run = tmp_path / "stray"
     run.mkdir()
-    (run / "metrics.csv").write_text("a,b,c\n")
+    (run / "metrics.csv").write_text("a,b,c\n1,2,3\n")  # with a row, it was taken for a run's (--resume it: failed)
     (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\n")
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"run directory {run}: {run / 'metrics.csv'}: header 'a,b,c' differs from the expected")
     assert err.endswith("; a new run would add its epochs to it: move it aside, or choose another --run-dir\n")
-    assert (run / "metrics.csv").read_text() == "a,b,c\n"
+    assert (run / "metrics.csv").read_text() == "a,b,c\n1,2,3\n"
     (run / "metrics.csv").write_text("epoch,step\n")  # a refused attempt's header under another name is checked too
     with pytest.raises(ConfigError, match="header 'epoch,step' differs"):
         claim_run_dir(run, resume=False)
