@@ -631,3 +631,14 @@ def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplit
         build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
     assert "the model cannot take the mnist1d data set's samples" in str(info.value)
     assert str(info.value).endswith("SystemExit: boom from user forward")
+
+
+def test_a_checkpoint_no_manifest_names_is_removed_by_the_next_write(data: DataSplits, tmp_path: Path) -> None:
+    """A kill -9 between the manifest's write and the deletion of the checkpoints it dropped left that file for good
+    (nothing reads or removes a checkpoint the manifest does not name): the run kept one more than keep_last."""
+    make_loop(config(checkpoint_keep_last=2), data, tmp_path).run()
+    orphan = tmp_path / "step-1.pt"
+    orphan.write_bytes(b"left by a kill -9")
+    make_loop(config(checkpoint_keep_last=2, epochs=4), data, tmp_path, resume=True).run()
+    assert not orphan.exists()
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == sorted(e.file for e in read_manifest(tmp_path))

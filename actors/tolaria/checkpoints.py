@@ -527,8 +527,12 @@ class CheckpointWriter:
         }
         atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
         self._entries = entries
-        for old in dropped:
-            (directory / old.file).unlink(missing_ok=True)
+        listed = {e.file for e in entries}
+        # The dropped ones, and any a kill -9 left between an earlier manifest and its deletions (kept for good:
+        # no manifest names it, so nothing read or removed it).
+        for old in {e.file for e in dropped} | {p.name for p in directory.glob("step-*.pt")}:
+            if old not in listed:
+                (directory / old).unlink(missing_ok=True)
         if self._on_written is not None:
             self._on_written(info)
 
