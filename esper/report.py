@@ -183,6 +183,9 @@ class RunEvents(NamedTuple):
     sessions: int = 0  # run_started lines: the sessions that got as far as training
     last_session_end: SessionEnd | None = None  # how the last of those ended; None while it has not (or was killed)
     last_end: SessionEnd | None = None  # the file's last run_finished line (an attempt that failed to start included)
+    # The timestamp of the last run_finished line before the last session started: a summary started after it is
+    # that session's (None: no earlier ending, so any summary is the last session's; "": one without a timestamp).
+    last_session_after: str | None = None
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -201,6 +204,8 @@ def read_run_events(path: Path) -> RunEvents:
     sessions = 0
     last_session_end: SessionEnd | None = None
     last_end: SessionEnd | None = None
+    last_finished_at: str | None = None
+    last_session_after: str | None = None
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -226,8 +231,10 @@ def read_run_events(path: Path) -> RunEvents:
                         event for event in events if not undoes(event.step)
                     ]  # a rollback's (see LifecycleRestored)
                 elif entry.get("event") == "run_started":
-                    sessions, last_session_end = sessions + 1, None
+                    sessions, last_session_end, last_session_after = sessions + 1, None, last_finished_at
                 elif (end := session_end(entry)) is not None:
+                    stamp = entry.get("timestamp")
+                    last_finished_at = stamp if isinstance(stamp, str) else ""  # "": an ending without its time
                     # The first ending after a run_started is that session's; a later one is an attempt that failed
                     # to start (a refused --resume), which wrote no summary.
                     if last_session_end is None and sessions:
@@ -237,7 +244,7 @@ def read_run_events(path: Path) -> RunEvents:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return RunEvents(events, pauses, decisions, emergencies, sessions, last_session_end, last_end)
+    return RunEvents(events, pauses, decisions, emergencies, sessions, last_session_end, last_end, last_session_after)
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -311,6 +318,11 @@ def _summary_predates(summary: dict[str, object], found: RunEvents) -> str | Non
     if not found.sessions or (end is not None and end.duration_s == summary.get("duration_s")):
         return None
     if end is None:
+        # Written, then killed before its run_finished line (a second Ctrl-C during the stop): still the last
+        # session's when it started after the session before it ended (a one-session run's always is).
+        started, after = summary.get("started_at"), found.last_session_after
+        if after is None or (after and isinstance(started, str) and started > after):
+            return None
         return "killed after its last summary"
     return f"its last session ended ({end.status or '?'}) without writing a summary"
 

@@ -103,6 +103,23 @@ def test_a_resumed_session_killed_after_an_earlier_summary_is_not_reported_by_th
     assert out.splitlines()[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"
 
 
+def test_a_summary_written_just_before_a_second_ctrl_c_is_the_sessions_own(tmp_path: Path) -> None:
+    """A second Ctrl-C late in the stop: summary.json was written, the run_finished line was not. The report called
+    the summary "an earlier session's" of a run that had one session, and likewise of a resumed session's own."""
+    run = write_run(tmp_path / "run-s")
+    _append_events(run, _STARTED)  # the session's start; no run_finished follows
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-s: status completed")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    earlier_end = {**_INTERRUPTED, "timestamp": "2026-01-01T00:00:00.000000Z"}
+    _append_events(run, earlier_end, {"event": "run_starting"}, _STARTED)  # a resumed session, killed likewise
+    summary["started_at"] = "2026-01-01T00:00:05.000000Z"  # written by that resumed session
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-s: status completed")
+    summary["started_at"] = "2025-12-31T23:00:00.000000Z"  # the first session's: stale
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-s: killed after its last summary")
+
+
 def test_a_summary_is_the_last_sessions_when_it_wrote_it_and_a_later_failed_start_does_not_matter(
     tmp_path: Path,
 ) -> None:
