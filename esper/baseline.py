@@ -90,7 +90,7 @@ def load_baseline(config: RunConfig) -> RecordedBaseline | None:
         raise ConfigError(f"{where}: the run recorded no validation accuracy or growth figures")
     if growth.seeds:
         raise ConfigError(
-            f"{where}: the run grew {sum(growth.seeds.values())} seeds; a baseline must be host-only "
+            f"{where}: the run grew {_seeds(sum(growth.seeds.values()))}; a baseline must be host-only "
             "(run it with --set kasmina.max_active_seeds=0)"
         )
     return RecordedBaseline(run_id=summary.run_id, epochs=training.epochs, val_accuracy=training.val_accuracy)
@@ -114,3 +114,7 @@ def with_baseline(growth: GrowthFigures, baseline: RecordedBaseline | None) -> G
         baseline_source="recorded",
         baseline_run=baseline.run_id,
     )
+
+
+def _seeds(count: int) -> str:
+    return "1 seed" if count == 1 else f"{count} seeds"
