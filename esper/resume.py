@@ -58,6 +58,9 @@ SAME_RUN: Final = (
     "kasmina.slot_targets",
     *(f"kasmina.{key}" for key in PLANNER_KEYS),
     "tamiyo.policy",
+    # The resumed controller is offered the first start's blueprints: another selection left it none, silently.
+    "karn.include",
+    "karn.exclude",
 )
 
 

@@ -121,3 +121,38 @@ async def test_a_gnn_run_whose_trainer_restarts_ends_as_the_uninterrupted_run(tm
     assert states[0]["gnn"] == states[1]["gnn"]
     events = [json.loads(line) for line in (crashed / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["name"] for e in events if e.get("name") == "tamiyo_rewound"] == ["tamiyo_rewound"]
+
+
+async def test_a_trainer_restart_right_after_a_mid_epoch_resume_keeps_the_epochs_figures(tmp_path: Path) -> None:
+    """The resumed session's first snapshot left out the open epoch's sums it had taken back from the checkpoint:
+    a trainer restart to that snapshot began the epoch's loss and accuracy at zero, and its metrics.csv row (and the
+    packets after) differed from the uninterrupted run's."""
+    config = tiny_config(tmp_path, epochs=6)
+    reference, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    assert (await (await start(config, reference)).wait()).status == "completed"
+    system = await start(config, run_dir)
+    async for event in system.events():
+        if isinstance(event, SeedStageChanged) and event.step >= 69:  # in epoch 5 (steps 65-80)
+            break
+    assert (await system.stop()).status == "stopped"
+    stopped_at = load_latest(run_dir / "checkpoints")
+    assert stopped_at is not None
+    assert stopped_at[0].batch_index > 0, "a mid-epoch stop is needed to be a real test"
+    fired: list[int] = []
+    crash_at = stopped_at[0].global_step + 2
+
+    def crash_once(step: int, model: nn.Module, batch: object) -> None:
+        if step == crash_at and not fired:
+            fired.append(step)
+            raise RuntimeError("injected trainer fault")
+
+    resumed = await (await start(config, resume=run_dir, hooks=RunHooks(step_probe=crash_once))).wait()
+    assert (resumed.status, fired) == ("completed", [crash_at])
+
+    def rows(directory: Path) -> list[list[str]]:
+        lines = (directory / "metrics.csv").read_text(encoding="utf-8").splitlines()
+        header = lines[0].split(",")
+        keep = [i for i, name in enumerate(header) if not name.endswith(("_ms", "_s", "_per_s"))]
+        return [[cells[i] for i in keep] for cells in (line.split(",") for line in lines[1:])]
+
+    assert rows(run_dir) == rows(reference)

@@ -302,8 +302,12 @@ class TrainingLoop:
             self._policy.restore_deadline_missed(elapsed)
 
     def _counters(self) -> dict[str, float | int | str | None]:
+        # The open epoch's sums: those a stop kept, else those a resume took back and has not continued yet (the
+        # resumed session's first snapshot left them out, and a restart to it began the epoch's sums at zero).
+        opened = self._open_stats
+        open_stats = (opened[0].export(), opened[1].export()) if opened is not None else self._restored_stats
         run = self._run.export(
-            expected_plans=self._inbox.pending(), stalls=self._inbox.statistics(), open_stats=self._open_stats
+            expected_plans=self._inbox.pending(), stalls=self._inbox.statistics(), open_stats=open_stats
         )
         return {**self._policy.counters(), **run}
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from actors.tolaria.plans import PlanInboxStatistics
-    from actors.tolaria.telemetry import IntervalStats
+    from actors.tolaria.telemetry import OpenStats
 
 Counters = dict[str, float | int | str | None]
 _SavedFigures = tuple[float | None, float | None, float | None, float | None]  # train, val: loss and accuracy
@@ -35,10 +35,10 @@ class RunCounters:
         *,
         expected_plans: Sequence[tuple[int, int]],
         stalls: PlanInboxStatistics,
-        open_stats: tuple[IntervalStats, IntervalStats] | None,
+        open_stats: tuple[OpenStats, OpenStats] | None,
     ) -> Counters:
         """The counters a capture stores, given the inbox's plans in flight and statistics and the open epoch's and
-        interval's sums (kept at a stop only)."""
+        interval's sums, exported (kept at a stop, and by a resume until its epoch continues)."""
         counters: Counters = {
             "rollbacks": self.rollbacks,
             "last_val_loss": self.last_val_loss,
@@ -49,8 +49,7 @@ class RunCounters:
             "stall_ms": self.stalls_carried[1] + stalls.stall_ms_total,
         }
         if open_stats is not None:
-            epoch_stats, stats = open_stats
-            counters["open_stats"] = msgspec.json.encode((epoch_stats.export(), stats.export())).decode()
+            counters["open_stats"] = msgspec.json.encode(open_stats).decode()
         if self.epoch_figures is not None:
             # The summary's last-epoch figures, for a resumed run that stops before it ends an epoch of its own.
             counters["epoch_figures"] = msgspec.json.encode([finite(v) for v in self.epoch_figures]).decode()
