@@ -40,6 +40,9 @@ def _run_dir(tmp_path: Path, *overrides: str) -> Path:
         ("tolaria.command_lag_steps=4", "tolaria.command_lag_steps"),
         ("kasmina.stage_min_dwell_steps=200", "kasmina.stage_min_dwell_steps"),
         ("kasmina.breaker.failure_threshold=9", "kasmina.breaker"),
+        # The resumed controller is offered the first start's blueprints: the new selection left it none, silently.
+        ('karn.include=["BP004"]', "karn.include"),
+        ('karn.exclude=["BP001"]', "karn.exclude"),
     ],
 )
 def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: str, key: str) -> None:
