@@ -72,6 +72,9 @@ class Decision(Message, frozen=True):
     risk_reason: str = "policy"
     reason: str = ""
     feature_coverage: UnitFloat | None = None  # the GNN's share of the inputs the state should carry; None otherwise
+    # The decided packet's issued_at: Kasmina pairs the decision with that very packet only (after a restore the same
+    # step's packet comes again, and a decision on the undone one was paired with the rerun's).
+    packet_issued_at: float | None = None
 
 
 class BoundaryPlan(Message, frozen=True):

@@ -212,3 +212,37 @@ async def test_a_decision_on_a_packet_the_restore_undid_is_dropped_not_paired_wi
         names = [e.name for e in sink.of_type(TelemetryEvent)]
         assert "stale_decision_dropped" in names
         assert "boundary_input_dropped" not in names
+
+
+async def test_a_decision_is_paired_only_with_the_very_packet_it_was_decided_on(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The controller was still deciding the undone attempt's packet when the trainer, restored, reached the same step
+    again and its packet was shown: the late decision passed the step check and was paired with the rerun's packet,
+    and the controller's decision on the rerun was refused as a duplicate (an ERROR)."""
+    shown: list[SystemStatePacket] = []
+
+    async def controller(packet: SystemStatePacket) -> None:
+        shown.append(packet)
+
+    async with running_kasmina(clock, sink, lag=2, observer=controller) as h:
+        await h.boundary(1)
+        await h.ref.tell(h.packet(3))  # the attempt the restore undoes, shown to the controller
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="fast"))
+        await h.next_plan()  # decided on 1, in effect at 3: sent again
+        clock.advance(0.5)
+        await h.ref.tell(h.packet(3))  # the rerun's packet of the same step, shown again
+        await h.statistics()  # the barrier: Kasmina has handled it
+        undone, rerun = shown[-2], shown[-1]
+        assert (undone.global_step, rerun.global_step) == (3, 3)
+        assert undone.issued_at != rerun.issued_at
+        stale = h.command(CommandKind.OPTIMIZER, lr_delta=0.5, decision_step=3)
+        late = msgspec.structs.replace(h.decision(3, stale), packet_issued_at=undone.issued_at)
+        await h.ref.tell(late)  # arrives after the rerun's packet was shown
+        fresh = msgspec.structs.replace(h.decision(3), packet_issued_at=rerun.issued_at)
+        await h.ref.tell(fresh)
+        plan = await h.next_plan()
+        assert (plan.decided_on_step, plan.ops, plan.command_results) == (3, (), ())
+        names = [e.name for e in sink.of_type(TelemetryEvent)]
+        assert names.count("stale_decision_dropped") == 1
+        assert "boundary_input_dropped" not in names

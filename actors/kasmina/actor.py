@@ -152,6 +152,8 @@ class KasminaActor(Actor[KasminaMessage]):
         self._max_pending = capacity
         self._packets: dict[int, SystemStatePacket] = {}
         self._decisions: dict[int, Decision] = {}
+        # The issued_at of each packet shown to the controller and not planned yet: its decision must name it.
+        self._shown: dict[int, float] = {}
         self._seen_prefetch: deque[str] = deque(maxlen=_SEEN_PREFETCHES)
         self._plans_sent = 0
         self._preparations = 0
@@ -229,6 +231,7 @@ class KasminaActor(Actor[KasminaMessage]):
                     return
                 command = decision.command
             packet = self._packets.pop(step)
+            self._shown.pop(step, None)
             security = self._verifier.verify(command) if command is not None else None
             draft = self._planner.begin(packet, command, security)
             failed: dict[str, str] = {}
@@ -262,6 +265,7 @@ class KasminaActor(Actor[KasminaMessage]):
             return
         self._forwarded = step
         packet = self._packets[step]
+        self._shown[step] = packet.issued_at
         await self._observer(msgspec.structs.replace(packet, seed_states=self._merged(packet)))
 
     def _merged(self, packet: SystemStatePacket) -> tuple[SeedState, ...]:
@@ -386,6 +390,7 @@ class KasminaActor(Actor[KasminaMessage]):
             return cut is not None and step <= cut and (planned is None or step > planned)
 
         self._packets = {step: packet for step, packet in self._packets.items() if unplanned(step)}
+        self._shown = {step: at for step, at in self._shown.items() if unplanned(step)}
         self._decisions = {step: decision for step, decision in self._decisions.items() if unplanned(step)}
         if cut is not None:
             # The controller decides the later steps again, under the same reproducible command ids: the verifier
@@ -436,7 +441,11 @@ class KasminaActor(Actor[KasminaMessage]):
         applied the undone attempt's germination, and the controller's own decision on the rerun was refused as a
         duplicate (an ERROR). Dropped, said at INFO."""
         step = decision.decided_on_step
-        if self._observer is None or (self._forwarded is not None and step <= self._forwarded):
+        shown = self._shown.get(step)
+        named = decision.packet_issued_at
+        if named is not None and shown is not None and named != shown:
+            pass  # decided on an earlier packet of this step, which a restore undid (shown again since)
+        elif self._observer is None or (self._forwarded is not None and step <= self._forwarded):
             return False
         self._event(
             "stale_decision_dropped",

@@ -548,6 +548,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             risk_reason=verdict.risk_reason,
             reason=choice.decision.reason,
             feature_coverage=choice.decision.feature_coverage,
+            packet_issued_at=packet.issued_at,
         )
 
     def _record(self, packet: SystemStatePacket, verdict: RiskVerdict, wire: WireDecision) -> None:
