@@ -10,6 +10,7 @@ import torch
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.kasmina import SeedValidation, SeedValidationReport
+from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition
 from schemas.telemetry import TelemetryEvent
 from tests._kasmina_harness import RUN, Harness, running_kasmina, seed_report
@@ -215,3 +216,25 @@ async def test_a_stage_change_the_trainer_refused_is_sent_again_until_applied(
         # When it finally took is said too (the stage's event carries the step it was first planned for).
         (took,) = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_retried"]
         assert took.attributes["step"] == applied_at + 2
+
+
+async def test_an_attach_refused_for_the_emergency_level_is_a_warning_and_names_no_gate(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """After a rollback (L3) the trainer refuses the germination decided at the restored epoch end: Kasmina said so at
+    ERROR and culled the healthy seed as failing G1_GRADIENT_HEALTH. Other attach failures stay errors under G1."""
+    for error, level, reason in (
+        ("adaptation paused (emergency level L3 or above)", TelemetryLevel.WARNING, "attach_refused:emergency_level"),
+        ("attach: slot is occupied", TelemetryLevel.ERROR, "G1_GRADIENT_HEALTH:attach_failed"),
+    ):
+        sink.events.clear()
+        async with running_kasmina(clock, sink) as h:
+            plan = await h.boundary(1, h.germinate(rank=2))
+            assert [op.kind for op in plan.ops] == ["attach"]
+            await h.apply(plan, applied=False, error=error)
+            await h.boundary(3)
+            await h.boundary(4)
+            [failed] = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
+            assert failed.level is level
+            culls = [e.reason for e in sink.of_type(SeedStageChanged) if e.to_stage is Stage.CULLED]
+            assert culls == [reason]

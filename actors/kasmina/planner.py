@@ -380,9 +380,12 @@ class BoundaryPlanner:
             self._unapplied[seed.seed_id] = None
             if not first:
                 return
+        # Refused for the emergency level (L2: no new grafts; L3: adaptation paused, as after a rollback) is the
+        # ladder doing its job, not an error; the seed it concerns was healthy, so no gate is named for its cull.
+        refused = "emergency level" in error
         self._event(
             "seed_op_failed",
-            TelemetryLevel.ERROR,
+            TelemetryLevel.WARNING if refused else TelemetryLevel.ERROR,
             f"{kind} of seed {seed.seed_id} in slot {seed.slot} failed: {error}",
             slot=seed.slot,
             seed_id=seed.seed_id,
@@ -390,7 +393,7 @@ class BoundaryPlanner:
         )
         if kind == "attach":
             seed.attach_sent = False
-            self._cull(seed.slot, "G1_GRADIENT_HEALTH:attach_failed")
+            self._cull(seed.slot, "attach_refused:emergency_level" if refused else "G1_GRADIENT_HEALTH:attach_failed")
 
     def _apply_validation(self, step: int) -> None:
         for report in self._validation.take_through(step):
