@@ -8,6 +8,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 import torch
 from torch import nn
 
@@ -103,15 +104,21 @@ def test_a_repeated_pass_replaces_a_blob_that_went_bad_on_disk(store: UrzaStore)
     catalogue = default_catalogue()
     first = compile_all(catalogue, SLOTS[:1], UrzaArtifactSink(store))
     bad, missing = first.artifacts[0], first.artifacts[1]
+    damaged = {artifact: store.entry(artifact) for artifact in (bad, missing)}
     store.blob_path(bad).write_bytes(b"garbage")
     store.blob_path(missing).unlink()
-    second = compile_all(catalogue, SLOTS[:1], UrzaArtifactSink(store))
+    with structlog.testing.capture_logs() as logs:
+        second = compile_all(catalogue, SLOTS[:1], UrzaArtifactSink(store))
     assert second.failures == {}
-    replaced = [a for a in second.artifacts if a not in first.artifacts]
-    assert len(replaced) == 2  # the two damaged ones were stored again; the rest were kept
-    entry = store.entry(bad)
-    assert entry is not None
-    assert entry.status == "quarantined"
+    assert set(first.artifacts) - {bad, missing} <= set(second.artifacts)  # the rest were kept
+    replaced = [e["artifact"] for e in logs if e["event"] == "urza_artifact_replaced"]
+    assert sorted(replaced) == sorted((bad, missing))  # the two damaged ones were stored again
+    # ... and serve their slots, verified. Counting new names was flaky: a blob holds its compile's measured forward
+    # time, and two compiles that measured the same time make the same bytes, so the same name (the CI saw one).
+    for entry in damaged.values():
+        assert entry is not None
+        again = store.resolve(entry.blueprint_id, entry.signature_key)
+        assert store.verify(again.sha256) is None
     assert store.quarantine_path(bad).read_bytes() == b"garbage"
     assert store.check_integrity().corrupt == ()
     source = UrzaSeedSource(store, catalogue)
