@@ -42,7 +42,7 @@ from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
-from esper.resume import SEED_KEY, check_checkpoint_fits, check_checkpoint_run, resume_point
+from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
 from esper.run_history import slot_stages_at
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
@@ -237,7 +237,6 @@ async def assemble(
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     if resume:
-        await anyio.to_thread.run_sync(check_checkpoint_run, checkpoints, run_id)
         await anyio.to_thread.run_sync(
             check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model
         )

@@ -441,11 +441,11 @@ class KasminaActor(Actor[KasminaMessage]):
         applied the undone attempt's germination, and the controller's own decision on the rerun was refused as a
         duplicate (an ERROR). Dropped, said at INFO."""
         step = decision.decided_on_step
-        shown = self._shown.get(step)
-        named = decision.packet_issued_at
-        if named is not None and shown is not None and named != shown:
-            pass  # decided on an earlier packet of this step, which a restore undid (shown again since)
-        elif self._observer is None or (self._forwarded is not None and step <= self._forwarded):
+        shown, named = self._shown.get(step), decision.packet_issued_at
+        # Decided on an earlier packet of this step, which a restore undid (the step's packet was shown again since).
+        undone_packet = named is not None and shown is not None and named != shown
+        seen = self._observer is None or (self._forwarded is not None and step <= self._forwarded)
+        if seen and not undone_packet:
             return False
         self._event(
             "stale_decision_dropped",

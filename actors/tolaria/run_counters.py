@@ -39,14 +39,15 @@ class RunCounters:
     ) -> Counters:
         """The counters a capture stores, given the inbox's plans in flight and statistics and the open epoch's and
         interval's sums, exported (kept at a stop, and by a resume until its epoch continues)."""
+        stall_count, stall_ms = self.stall_totals(stalls)
         counters: Counters = {
             "rollbacks": self.rollbacks,
             "last_val_loss": self.last_val_loss,
             "expected_plans": msgspec.json.encode(expected_plans).decode(),
             "resumed_from": self.resumed_from,
             "run_id": self.run_id,  # a resume refuses another run's checkpoints (esper/resume.py)
-            "stalls": self.stalls_carried[0] + stalls.stalls,
-            "stall_ms": self.stalls_carried[1] + stalls.stall_ms_total,
+            "stalls": stall_count,
+            "stall_ms": stall_ms,
         }
         if open_stats is not None:
             counters["open_stats"] = msgspec.json.encode(open_stats).decode()
