@@ -9,14 +9,8 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, iter_journal, last_boundary_step
 from actors.nissa.csv_writer import MetricsFileError, check_existing
-from actors.tolaria.checkpoints import (
-    MANIFEST,
-    CheckpointError,
-    checkpoint_run_id,
-    latest_good,
-    model_shapes,
-    read_manifest,
-)
+from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import RUN_FILE_KEYS, dotted_value, load_config

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
 import safetensors.torch
 import torch
+from safetensors import safe_open
 
-from actors.tolaria.checkpoints import CheckpointError, decode_state, encode_state
+from actors.tolaria.checkpoint_codec import CheckpointError, decode_state, encode_state, safetensors_bytes
 from actors.tolaria.snapshots import TrainState, rng_state
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def header(data: bytes) -> dict[str, object]:
@@ -122,3 +127,36 @@ def test_an_unstorable_value_is_refused_at_encode_time() -> None:
     state.counters = {"bad": object()}  # type: ignore[dict-item]  # deliberately outside the declared types
     with pytest.raises(TypeError, match="cannot store a object"):
         encode_state(state)
+
+
+def every_dtype() -> list[torch.Tensor]:
+    base = torch.arange(-3, 9, dtype=torch.float64).view(3, 4)
+    made = [base.to(dtype) for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)]
+    made += [base.to(dtype) for dtype in (torch.int64, torch.int32, torch.int16, torch.int8)]
+    made += [base.abs().to(dtype) for dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64)]
+    made += [base.to(torch.float8_e4m3fn), base.to(torch.float8_e5m2), torch.complex(base, -base).to(torch.complex64)]
+    made += [base > 2, torch.tensor(7.5), torch.zeros(0, 5), base.t()]  # a scalar, an empty, a transposed view
+    return made
+
+
+def test_the_bytes_are_a_safetensors_file_its_own_loaders_read_back_exactly(tmp_path: Path) -> None:
+    tensors = every_dtype()
+    data = safetensors_bytes(tensors, {"esper": '{"a": 1}', "other": "x"})
+    assert int.from_bytes(data[:8], "little") % 8 == 0  # the header padded as safetensors pads it
+    loaded = safetensors.torch.load(data)
+    assert sorted(loaded, key=int) == [str(i) for i in range(len(tensors))]
+    for index, tensor in enumerate(tensors):
+        assert loaded[str(index)].dtype == tensor.dtype
+        assert loaded[str(index)].shape == tensor.shape
+        bits = loaded[str(index)].reshape(-1).view(torch.uint8)
+        assert torch.equal(bits, tensor.contiguous().reshape(-1).view(torch.uint8))
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(data)
+    with safe_open(path, framework="pt") as file:
+        assert file.metadata() == {"esper": '{"a": 1}', "other": "x"}
+        assert torch.equal(file.get_tensor("1"), tensors[1])
+
+
+def test_a_dtype_safetensors_cannot_name_is_refused_in_one_line() -> None:
+    with pytest.raises(TypeError, match=r"cannot store a tensor of dtype torch\.complex128"):
+        safetensors_bytes([torch.zeros(2, dtype=torch.complex128)], {})

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from actors.tolaria.checkpoints import decode_state, read_manifest
+from actors.tolaria.checkpoint_codec import decode_state
+from actors.tolaria.checkpoints import read_manifest
 from esper.run import main
 from esper.session import EXIT_INTERRUPTED
 

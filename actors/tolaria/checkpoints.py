@@ -2,14 +2,8 @@
 
 Layout of ``<run dir>/checkpoints/``:
 
-- ``step-<n>.pt``: a safetensors file (no pickle: written by the Rust serializer, read with
-  ``safetensors`` loading). Its tensors are the state's storages, a few flat buffers; its header's metadata entry
-  ``esper`` is the JSON of ``schema_version``, ``global_step``, ``epoch``, ``batch_index``, ``model`` (state_dict
-  with the slots' extra state), ``optimizer`` (``{"groups": [...], "state": {param name: {...}}}``), ``rng``,
-  ``graft_log`` (list of dicts), ``paused``, ``counters`` and ``pending_plans`` (JSON strings of plans received but
-  not yet due: a record for inspection; a resume takes the plans in flight from Kasmina, which prepares their modules
-  anew, since these name modules of the process that wrote them), with ``{"__tensor__": [buffer, offset, shape]}`` in
-  place of each tensor. (The ``.pt`` suffix is kept because tools and tests look for ``step-*.pt``.)
+- ``step-<n>.pt``: a safetensors file, see ``checkpoint_codec`` (no pickle). (The ``.pt`` suffix is kept because tools
+  and tests look for ``step-*.pt``.)
 - ``manifest.json``: ``{"schema_version", "checkpoints": [{"file", "sha256", "size_bytes", "global_step", "epoch",
   "batch_index"}...] (oldest first), "graft_log": [...]}``, rewritten atomically after each file.
 
@@ -20,39 +14,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 
 import msgspec
 import structlog
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-from actors.tolaria.boundary import GraftEvent
-from actors.tolaria.snapshots import TrainState
-from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
-from esper.runtime.errors import EsperError
+from actors.tolaria.checkpoint_codec import SCHEMA_VERSION, CheckpointError, decode_state, encode_state
+from esper.runtime.atomic_write import atomic_write_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-SCHEMA_VERSION = 2
+    from actors.tolaria.snapshots import TrainState
+
+__all__ = [
+    "MANIFEST",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointWriter",
+    "latest_good",
+    "latest_good_step",
+    "load_latest",
+    "read_manifest",
+]
+
 MANIFEST = "manifest.json"
-# The safetensors header's metadata entry holding everything but the tensors, as JSON.
-_META_KEY = "esper"
 
 _log = structlog.get_logger("actors.tolaria")
-
-
-class CheckpointError(EsperError):
-    """Raised when no usable checkpoint exists where one is required (every candidate missing or failing its
-    checksum), or a checkpoint's contents do not fit the model."""
 
 
 @final
@@ -66,230 +58,6 @@ class CheckpointInfo:
     global_step: int
     epoch: int
     batch_index: int
-
-
-def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> bytes:
-    """Serialise a TrainState (without its seed modules) to safetensors bytes; no pickle anywhere.
-
-    The tensors' storages go in as a few flat tensors (the capture already packs them into one buffer per dtype;
-    Rust's serializer copies them). Everything else, with a reference (buffer, offset, shape) in place of each
-    tensor, is the JSON string ``__metadata__["esper"]`` of the safetensors header.
-
-    Any thread: it only reads ``state``, whose tensors are private copies (the checkpoint writer thread calls it).
-
-    Raises:
-        TypeError: the state holds a value the JSON part cannot represent.
-    """
-    payload = {
-        "schema_version": SCHEMA_VERSION,
-        "global_step": state.global_step,
-        "epoch": state.epoch,
-        "batch_index": state.batch_index,
-        "model": state.model,
-        "optimizer": state.optimizer,
-        "rng": state.rng,
-        "graft_log": [msgspec.to_builtins(e) for e in state.graft_log],
-        "paused": state.paused,
-        "counters": state.counters,
-        "pending_plans": list(pending_plans),
-    }
-    packer = _TensorPacker()
-    tree = packer.tree(payload)
-    buffers = packer.buffers()  # fills in the references, so before the JSON
-    return save_safetensors(buffers, metadata={_META_KEY: msgspec.json.encode(tree).decode()})
-
-
-def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
-    """Load checkpoint bytes (safetensors, no pickle) into a TrainState and the pending plans' JSON.
-
-    Raises:
-        CheckpointError: the contents are not a checkpoint of this schema version.
-    """
-    try:
-        buffers = load_safetensors(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = msgspec.json.decode(data[8 : 8 + header_len])
-        tree = msgspec.json.decode(header["__metadata__"][_META_KEY])
-        raw = _unpack(tree, buffers)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, msgspec.DecodeError, SafetensorError) as err:
-        raise CheckpointError(f"not a checkpoint: {err}") from err
-    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"not a schema-{SCHEMA_VERSION} checkpoint")
-    try:
-        state = TrainState(
-            global_step=int(raw["global_step"]),
-            epoch=int(raw["epoch"]),
-            batch_index=int(raw["batch_index"]),
-            model=dict(raw["model"]),
-            optimizer=dict(raw["optimizer"]),
-            rng=dict(raw["rng"]),
-            graft_log=msgspec.convert(raw["graft_log"], list[GraftEvent]),
-            paused=dict(raw["paused"]),
-            counters=dict(raw["counters"]),
-        )
-    except (KeyError, TypeError, msgspec.ValidationError) as err:
-        raise CheckpointError(f"malformed checkpoint: {err}") from err
-    return state, tuple(str(p) for p in raw.get("pending_plans", []))
-
-
-def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
-    """Each model state entry in the checkpoint at ``path`` with its tensor's shape (None: not a tensor, a slot's extra
-    state), read from its header alone (no weights, no hash).
-
-    Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
-    """
-    tree = _header_tree(path)
-    try:
-        model = tree["model"]
-        return {
-            key: tuple(value[_TENSOR][2]) if isinstance(value, dict) and isinstance(value.get(_TENSOR), list) else None
-            for key, value in model.items()
-        }
-    except (KeyError, TypeError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
-
-
-def checkpoint_run_id(path: Path) -> str | None:
-    """The id of the run that wrote the checkpoint at ``path``, from its header alone; None for a checkpoint written
-    before they said (or one without it).
-
-    Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
-    """
-    run_id = checkpoint_counters(path).get("run_id")
-    return run_id if isinstance(run_id, str) else None
-
-
-def checkpoint_counters(path: Path) -> dict[str, object]:
-    """The counters of the checkpoint at ``path`` (Tolaria's and its emergency policy's), from its header alone.
-
-    Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
-    """
-    tree = _header_tree(path)
-    counters = tree.get("counters") if isinstance(tree, dict) else None
-    return dict(counters) if isinstance(counters, dict) else {}
-
-
-def _header_tree(path: Path) -> Any:
-    """The decoded JSON tree of a checkpoint's header (tensors as markers), without reading the weights."""
-    with path.open("rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        if not 0 < length <= _MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path.name}: not a checkpoint (header length {length})")
-        header = file.read(length)
-    try:
-        return msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
-    except (KeyError, TypeError, IndexError, AttributeError, msgspec.DecodeError) as err:
-        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
-
-
-_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
-
-
-# JSON markers for what JSON lacks. A marker is a one-key dict; a real dict that could be mistaken for one (a single
-# key starting with "__") or that has non-string keys is written as pairs under _DICT.
-_TENSOR = "__tensor__"
-_TUPLE = "__tuple__"
-_FLOAT = "__float__"
-_DICT = "__dict__"
-_JSON_LEAVES = (str, int, bool, type(None))
-_JSON_LEAF_TYPES = frozenset(_JSON_LEAVES)
-
-
-@final
-class _TensorPacker:
-    """Replaces every tensor in a tree of containers with ``{"__tensor__": [buffer, offset, shape]}``.
-
-    Tensors that are contiguous views of one storage (a capture's flat buffers) share one saved buffer holding the
-    whole storage, so a checkpoint has a few tensors however many the state holds; others are saved on their own.
-    """
-
-    __slots__ = ("_by_storage", "_pending", "_saved")
-
-    def __init__(self) -> None:
-        self._saved: list[torch.Tensor] = []
-        # (storage address, dtype, device) -> index into _pending
-        self._by_storage: dict[tuple[int, torch.dtype, torch.device], int] = {}
-        # (storage, dtype, device, [(reference to fill in, tensor)]) per shared storage
-        self._pending: list[
-            tuple[torch.UntypedStorage, torch.dtype, torch.device, list[tuple[list[object], torch.Tensor]]]
-        ] = []
-
-    def tree(self, value: object) -> object:
-        if isinstance(value, _JSON_LEAVES):
-            return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else {_FLOAT: repr(value)}
-        if isinstance(value, torch.Tensor):
-            return self._tensor(value.detach())
-        if isinstance(value, dict):
-            keys = list(value)
-            if all(type(k) is str for k in keys) and not (len(keys) == 1 and str(keys[0]).startswith("__")):
-                return {k: self.tree(v) for k, v in value.items()}
-            return {_DICT: [[self.tree(k), self.tree(v)] for k, v in value.items()]}
-        if isinstance(value, list | tuple):
-            # Python's RNG state is a tuple of 625 ints: check the types in C rather than walk them one by one.
-            items = list(value) if set(map(type, value)) <= _JSON_LEAF_TYPES else [self.tree(v) for v in value]
-            return items if isinstance(value, list) else {_TUPLE: items}
-        raise TypeError(f"checkpoint: cannot store a {type(value).__name__}")
-
-    def _tensor(self, tensor: torch.Tensor) -> dict[str, object]:
-        ref: list[object] = [0, 0, list(tensor.shape)]
-        storage = tensor.untyped_storage()
-        itemsize = tensor.element_size()
-        if tensor.is_contiguous() and storage.data_ptr() != 0 and storage.nbytes() % itemsize == 0:
-            key = (storage.data_ptr(), tensor.dtype, tensor.device)
-            index = self._by_storage.get(key)
-            if index is None:
-                index = self._by_storage[key] = len(self._pending)
-                self._pending.append((storage, tensor.dtype, tensor.device, []))
-            self._pending[index][3].append((ref, tensor))
-        else:
-            ref[0] = len(self._saved)
-            self._saved.append(tensor.contiguous())
-        return {_TENSOR: ref}
-
-    def buffers(self) -> dict[str, torch.Tensor]:
-        """The tensors to save, named by index; fills in the references' buffers and offsets."""
-        for storage, dtype, device, refs in self._pending:
-            referenced = sum(t.numel() * t.element_size() for _, t in refs)
-            if referenced >= storage.nbytes():
-                index = len(self._saved)
-                self._saved.append(torch.empty(0, dtype=dtype, device=device).set_(storage))
-                for ref, tensor in refs:
-                    ref[0], ref[1] = index, tensor.storage_offset()
-            else:
-                # Views of a larger storage: saving it whole would write bytes nobody references.
-                for ref, tensor in refs:
-                    ref[0] = len(self._saved)
-                    self._saved.append(tensor.clone())
-        return {str(i): t for i, t in enumerate(self._saved)}
-
-
-def _unpack(value: object, buffers: dict[str, torch.Tensor]) -> object:
-    """Inverse of ``_TensorPacker.tree``: tensors are views of the loaded buffers."""
-    if isinstance(value, list):
-        return [_unpack(v, buffers) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1:
-        ((key, inner),) = value.items()
-        if key == _TENSOR:
-            index, offset, shape = inner
-            flat = buffers[str(index)].view(-1)
-            return flat[offset : offset + math.prod(shape)].view(shape)
-        if key == _TUPLE:
-            return tuple(_unpack(v, buffers) for v in inner)
-        if key == _FLOAT:
-            return float(inner)
-        if key == _DICT:
-            return {_unpack(k, buffers): _unpack(v, buffers) for k, v in inner}
-    return {k: _unpack(v, buffers) for k, v in value.items()}
 
 
 def read_manifest(directory: Path) -> list[CheckpointInfo]:
@@ -525,7 +293,8 @@ class CheckpointWriter:
             "checkpoints": [_info_dict(e) for e in entries],
             "graft_log": log,
         }
-        atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
+        # msgspec, not json.dumps: with an indent the standard library encodes in pure Python, on the writer thread.
+        atomic_write_bytes(directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=1))
         self._entries = entries
         listed = {e.file for e in entries}
         # The dropped ones, and any a kill -9 left between an earlier manifest and its deletions (kept for good:

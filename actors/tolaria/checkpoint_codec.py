@@ -1,0 +1,342 @@
+"""The checkpoint file's codec: a TrainState to safetensors bytes and back, without pickle.
+
+A checkpoint (``step-<n>.pt``) is a safetensors file. Its tensors are the state's storages, a few flat buffers; its
+header's metadata entry ``esper`` is the JSON of ``schema_version``, ``global_step``, ``epoch``, ``batch_index``,
+``model`` (state_dict with the slots' extra state), ``optimizer`` (``{"groups": [...], "state": {param name: {...}}}``),
+``rng``, ``graft_log`` (list of dicts), ``paused``, ``counters`` and ``pending_plans`` (JSON strings of plans received
+but not yet due: a record for inspection; a resume takes the plans in flight from Kasmina, which prepares their modules
+anew, since these name modules of the process that wrote them), with ``{"__tensor__": [buffer, offset, shape]}`` in
+place of each tensor. The bytes are laid out here (a header and the raw buffers, safetensors' format) and read back by
+``safetensors``' own loader, which checks every offset.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Any, final
+
+import msgspec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from actors.tolaria.boundary import GraftEvent
+from actors.tolaria.snapshots import TrainState
+from esper.runtime.errors import EsperError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CheckpointError",
+    "checkpoint_counters",
+    "checkpoint_run_id",
+    "decode_state",
+    "encode_state",
+    "model_shapes",
+    "safetensors_bytes",
+]
+
+SCHEMA_VERSION = 2
+# The safetensors header's metadata entry holding everything but the tensors, as JSON.
+_META_KEY = "esper"
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
+
+# JSON markers for what JSON lacks. A marker is a one-key dict; a real dict that could be mistaken for one (a single
+# key starting with "__") or that has non-string keys is written as pairs under _DICT.
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_FLOAT = "__float__"
+_DICT = "__dict__"
+_JSON_LEAVES = (str, int, bool, type(None))
+_JSON_LEAF_TYPES = frozenset(_JSON_LEAVES)
+
+# safetensors' dtype names.
+_DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
+    torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
+    torch.complex64: "C64",
+    torch.uint64: "U64",
+    torch.uint32: "U32",
+    torch.uint16: "U16",
+}
+
+
+class CheckpointError(EsperError):
+    """Raised when no usable checkpoint exists where one is required (every candidate missing or failing its
+    checksum), or a checkpoint's contents do not fit the model."""
+
+
+def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> bytes:
+    """Serialise a TrainState (without its seed modules) to safetensors bytes; no pickle anywhere.
+
+    The tensors' storages go in as a few flat tensors (the capture already packs them into one buffer per dtype).
+    Everything else, with a reference (buffer, offset, shape) in place of each tensor, is the JSON string
+    ``__metadata__["esper"]`` of the safetensors header.
+
+    Any thread: it only reads ``state``, whose tensors are private copies (the checkpoint writer thread calls it).
+
+    Raises:
+        TypeError: the state holds a value the JSON part cannot represent.
+    """
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+        "batch_index": state.batch_index,
+        "model": state.model,
+        "optimizer": state.optimizer,
+        "rng": state.rng,
+        "graft_log": [msgspec.to_builtins(e) for e in state.graft_log],
+        "paused": state.paused,
+        "counters": state.counters,
+        "pending_plans": list(pending_plans),
+    }
+    packer = _TensorPacker()
+    tree = packer.tree(payload)
+    buffers = packer.buffers()  # fills in the references, so before the JSON
+    return safetensors_bytes(buffers, {_META_KEY: msgspec.json.encode(tree).decode()})
+
+
+def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
+    """Load checkpoint bytes (safetensors, no pickle) into a TrainState and the pending plans' JSON.
+
+    Raises:
+        CheckpointError: the contents are not a checkpoint of this schema version.
+    """
+    try:
+        buffers = load_safetensors(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = msgspec.json.decode(data[8 : 8 + header_len])
+        tree = msgspec.json.decode(header["__metadata__"][_META_KEY])
+        raw = _unpack(tree, buffers)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, msgspec.DecodeError, SafetensorError) as err:
+        raise CheckpointError(f"not a checkpoint: {err}") from err
+    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"not a schema-{SCHEMA_VERSION} checkpoint")
+    try:
+        state = TrainState(
+            global_step=int(raw["global_step"]),
+            epoch=int(raw["epoch"]),
+            batch_index=int(raw["batch_index"]),
+            model=dict(raw["model"]),
+            optimizer=dict(raw["optimizer"]),
+            rng=dict(raw["rng"]),
+            graft_log=msgspec.convert(raw["graft_log"], list[GraftEvent]),
+            paused=dict(raw["paused"]),
+            counters=dict(raw["counters"]),
+        )
+    except (KeyError, TypeError, msgspec.ValidationError) as err:
+        raise CheckpointError(f"malformed checkpoint: {err}") from err
+    return state, tuple(str(p) for p in raw.get("pending_plans", []))
+
+
+def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
+    """Each model state entry in the checkpoint at ``path`` with its tensor's shape (None: not a tensor, a slot's extra
+    state), read from its header alone (no weights, no hash).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
+    tree = _header_tree(path)
+    try:
+        model = tree["model"]
+        return {
+            key: tuple(value[_TENSOR][2]) if isinstance(value, dict) and isinstance(value.get(_TENSOR), list) else None
+            for key, value in model.items()
+        }
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The id of the run that wrote the checkpoint at ``path``, from its header alone; None for a checkpoint written
+    before they said (or one without it).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
+    run_id = checkpoint_counters(path).get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def checkpoint_counters(path: Path) -> dict[str, object]:
+    """The counters of the checkpoint at ``path`` (Tolaria's and its emergency policy's), from its header alone.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint.
+        OSError: it cannot be read.
+    """
+    tree = _header_tree(path)
+    counters = tree.get("counters") if isinstance(tree, dict) else None
+    return dict(counters) if isinstance(counters, dict) else {}
+
+
+def _header_tree(path: Path) -> Any:
+    """The decoded JSON tree of a checkpoint's header (tensors as markers), without reading the weights."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        if not 0 < length <= _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path.name}: not a checkpoint (header length {length})")
+        header = file.read(length)
+    try:
+        return msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
+    except (KeyError, TypeError, IndexError, AttributeError, msgspec.DecodeError) as err:
+        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+
+
+@final
+class _TensorPacker:
+    """Replaces every tensor in a tree of containers with ``{"__tensor__": [buffer, offset, shape]}``.
+
+    Tensors that are contiguous views of one storage (a capture's flat buffers) share one saved buffer holding the
+    whole storage, so a checkpoint has a few tensors however many the state holds; others are saved on their own.
+    The walk dispatches on exact types first: it runs on the checkpoint writer thread, and every microsecond of
+    Python there is taken from the step loop through the GIL.
+    """
+
+    __slots__ = ("_by_storage", "_pending", "_saved")
+
+    def __init__(self) -> None:
+        self._saved: list[torch.Tensor] = []
+        # (storage address, dtype, device) -> index into _pending
+        self._by_storage: dict[tuple[int, torch.dtype, torch.device], int] = {}
+        # (storage, dtype, device, [(reference to fill in, tensor)]) per shared storage
+        self._pending: list[
+            tuple[torch.UntypedStorage, torch.dtype, torch.device, list[tuple[list[object], torch.Tensor]]]
+        ] = []
+
+    def tree(self, value: object) -> object:
+        kind = type(value)
+        if kind in _JSON_LEAF_TYPES:
+            return value
+        if kind is float:
+            return value if math.isfinite(value) else {_FLOAT: repr(value)}  # type: ignore[arg-type]
+        if kind is dict:
+            return self._dict(value)  # type: ignore[arg-type]
+        if isinstance(value, torch.Tensor):
+            return self._tensor(value.detach())
+        if kind is list or kind is tuple:
+            sequence: list[object] | tuple[object, ...] = value  # type: ignore[assignment]  # kind says so
+            # Python's RNG state is a tuple of 625 ints: check the types in C rather than walk them one by one.
+            leaves = set(map(type, sequence)) <= _JSON_LEAF_TYPES
+            items = list(sequence) if leaves else [self.tree(v) for v in sequence]
+            return items if kind is list else {_TUPLE: items}
+        # Subclasses (an IntEnum, an OrderedDict, a namedtuple) take the slower checks.
+        if isinstance(value, _JSON_LEAVES):
+            return value
+        if isinstance(value, float):
+            return self.tree(float(value))
+        if isinstance(value, dict):
+            return self._dict(value)
+        if isinstance(value, list | tuple):
+            return self.tree(list(value) if isinstance(value, list) else tuple(value))
+        raise TypeError(f"checkpoint: cannot store a {kind.__name__}")
+
+    def _dict(self, value: dict[object, object]) -> object:
+        if all(type(k) is str for k in value) and not (len(value) == 1 and str(next(iter(value))).startswith("__")):
+            tree, tensor = self.tree, self._tensor
+            return {
+                k: tensor(v) if type(v) is torch.Tensor else tree(v)  # a capture's tensors are plain, detached
+                for k, v in value.items()
+            }
+        return {_DICT: [[self.tree(k), self.tree(v)] for k, v in value.items()]}
+
+    def _tensor(self, tensor: torch.Tensor) -> dict[str, object]:
+        ref: list[object] = [0, 0, list(tensor.shape)]
+        if tensor.is_contiguous():
+            storage = tensor.untyped_storage()
+            key = (storage.data_ptr(), tensor.dtype, tensor.device)
+            index = self._by_storage.get(key)
+            if index is None and key[0] != 0 and storage.nbytes() % tensor.element_size() == 0:
+                index = self._by_storage[key] = len(self._pending)
+                self._pending.append((storage, tensor.dtype, tensor.device, []))
+            if index is not None:
+                self._pending[index][3].append((ref, tensor))
+                return {_TENSOR: ref}
+        ref[0] = len(self._saved)
+        self._saved.append(tensor.contiguous())
+        return {_TENSOR: ref}
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The tensors to save, in order (their index is their name); fills in the references' buffers and offsets."""
+        for storage, dtype, device, refs in self._pending:
+            referenced = sum(t.numel() for _, t in refs) * refs[0][1].element_size()
+            if referenced >= storage.nbytes():
+                index = len(self._saved)
+                self._saved.append(torch.empty(0, dtype=dtype, device=device).set_(storage))
+                for ref, tensor in refs:
+                    ref[0], ref[1] = index, tensor.storage_offset()
+            else:
+                # Views of a larger storage: saving it whole would write bytes nobody references.
+                for ref, tensor in refs:
+                    ref[0] = len(self._saved)
+                    self._saved.append(tensor.clone())
+        return self._saved
+
+
+def _unpack(value: object, buffers: dict[str, torch.Tensor]) -> object:
+    """Inverse of ``_TensorPacker.tree``: tensors are views of the loaded buffers."""
+    if isinstance(value, list):
+        return [_unpack(v, buffers) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((key, inner),) = value.items()
+        if key == _TENSOR:
+            index, offset, shape = inner
+            flat = buffers[str(index)].view(-1)
+            return flat[offset : offset + math.prod(shape)].view(shape)
+        if key == _TUPLE:
+            return tuple(_unpack(v, buffers) for v in inner)
+        if key == _FLOAT:
+            return float(inner)
+        if key == _DICT:
+            return {_unpack(k, buffers): _unpack(v, buffers) for k, v in inner}
+    return {k: _unpack(v, buffers) for k, v in value.items()}
+
+
+def safetensors_bytes(tensors: list[torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` (named by their index) with ``metadata``, as one bytes object.
+
+    The layout safetensors' serializer writes (a little-endian header length, the JSON header padded with spaces to
+    8 bytes, then each tensor's bytes in order), made without its per-call Python wrapping: this runs for every
+    checkpoint on the writer thread.
+
+    Raises:
+        TypeError: a tensor's dtype has no safetensors name.
+    """
+    header: dict[str, object] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for index, tensor in enumerate(tensors):
+        name = _DTYPE_NAMES.get(tensor.dtype)
+        if name is None:
+            raise TypeError(f"checkpoint: cannot store a tensor of dtype {tensor.dtype}")
+        host = tensor.detach().to("cpu").contiguous()
+        raw = host.reshape(-1).view(torch.uint8).numpy().tobytes()
+        if sys.byteorder != "little" and host.element_size() > 1:
+            raw = host.reshape(-1).view(torch.uint8).view(-1, host.element_size()).flip(1).numpy().tobytes()
+        header[str(index)] = {"dtype": name, "shape": list(host.shape), "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        chunks.append(raw)
+    header["__metadata__"] = metadata
+    encoded = msgspec.json.encode(header)
+    encoded += b" " * (-len(encoded) % 8)
+    return b"".join([len(encoded).to_bytes(8, "little"), encoded, *chunks])
