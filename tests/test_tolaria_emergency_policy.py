@@ -58,3 +58,18 @@ def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     assert policy.failed_streak == 0
     assert policy.failed_epochs == 8
     assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE
+
+
+def test_a_resume_between_non_finite_steps_keeps_them_in_the_window(clock: ManualClock, sink: RecordingSink) -> None:
+    """The window of non-finite steps was not in the checkpoint: a Ctrl-C after two of three let the resumed run
+    pass the third, where the uninterrupted run rolled back (and ended with other weights)."""
+    first = _policy(clock, sink)
+    assert first.nonfinite_step(169) is Action.CONTINUE
+    assert first.nonfinite_step(170) is Action.CONTINUE
+    resumed = _policy(clock, sink)
+    resumed.restore(first.counters())
+    assert resumed.nonfinite_step(171) is Action.ROLLBACK
+    assert resumed.skipped_steps == 3
+    fresh = _policy(clock, sink)
+    fresh.restore({"emergency_level": 1})  # a checkpoint from before the window was kept: an empty one
+    assert fresh.nonfinite_step(171) is Action.CONTINUE

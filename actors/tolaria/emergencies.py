@@ -147,6 +147,9 @@ class EmergencyPolicy:
             "failed_epochs": self.failed_epochs,
             "failed_streak": self.failed_streak,
             "skipped_steps": self.skipped_steps,
+            # The non-finite steps still in the window: a resume between two of them rolls back where the
+            # uninterrupted run does (an empty window after a resume let the third pass).
+            "nonfinite_window": ",".join(map(str, self._nonfinite)),
         }
 
     def restore(self, counters: dict[str, float | int | str | None]) -> None:
@@ -158,6 +161,10 @@ class EmergencyPolicy:
         self.failed_epochs = int(counters.get("failed_epochs") or 0)
         self.failed_streak = int(counters.get("failed_streak") or 0)
         self.skipped_steps = int(counters.get("skipped_steps") or 0)
+        window = counters.get("nonfinite_window")
+        self._nonfinite = (
+            deque(int(step) for step in window.split(",")) if isinstance(window, str) and window else deque()
+        )
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
         if level >= EmergencyLevel.L4_HALT:
             self.failed_streak = 0
