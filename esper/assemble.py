@@ -31,8 +31,8 @@ from actors.tamiyo.field_reports import WAL_FILENAME
 from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
-from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep, resume_state
+from actors.tamiyo.stop_state import STOP_STATE_FILENAME, StopStateDamaged, read_stop_state, write_stop_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import batch_plan, build_trainee, load_data
@@ -44,7 +44,6 @@ from actors.urza.store import UrzaStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
 from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
 from esper.run_history import slot_stages_at
-from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from actors.tamiyo.state import TamiyoState
     from actors.tolaria.actor import TolariaCell
     from esper.nn.blueprints import Catalogue, SlotShape
     from esper.nn.data import DataSplits
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("esper.assemble")
 
-TAMIYO_STATE_FILE = "tamiyo_state.json"
+TAMIYO_STATE_FILE = STOP_STATE_FILENAME
 """Tamiyo's exported state at the last stop, beside the checkpoints; ``--resume`` starts Tamiyo from it."""
 
 
@@ -156,23 +156,25 @@ class Assembly:
     host_parameters: int
 
 
-def _load_tamiyo_state(path: Path) -> TamiyoState | None:
-    """Tamiyo's state saved at the last stop, or None: absent, or unreadable (then a warning says so and the resume
-    takes Tamiyo's journaled state instead, as after a kill)."""
-    if not path.exists():
-        return None
+def _load_tamiyo_state(path: Path) -> tuple[TamiyoState | None, str | None]:
+    """Tamiyo's state saved at the last stop and why it was refused: (None, None) when absent; (None, why) when it
+    fails its checksum or cannot be read (a warning says so, and the resume takes Tamiyo's journaled state instead,
+    as after a kill)."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=TamiyoState)
-    except (msgspec.DecodeError, OSError) as err:
-        _log.warning("tamiyo_state_unreadable", file=str(path), error=f"{type(err).__name__}: {err}")
-        return None
+        return read_stop_state(path), None
+    except StopStateDamaged as err:
+        _log.warning("tamiyo_state_unreadable", file=str(path), error=str(err))
+        return None, str(err)
 
 
-def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, int | None]:
+def _tamiyo_resume_state(checkpoints: Path, first_packet: int) -> tuple[TamiyoState | None, str, int | None]:
     """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step).
+    ``first_packet`` is the step of the run's first state packet: a checkpoint before it leaves the controller
+    nothing to restore.
 
     Raises:
-        ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from.
+        ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from; or the
+            stop state is damaged and the journal holds no state at or before the checkpoint to use instead.
     """
     try:
         step = resume_point(checkpoints) if checkpoints.is_dir() else None
@@ -181,8 +183,16 @@ def _tamiyo_resume_state(checkpoints: Path) -> tuple[TamiyoState | None, str, in
         raise ConfigError(
             f"--resume {checkpoints.parent}: {err}; nothing to resume from (a new run needs another --run-dir)"
         ) from err
-    graceful = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
+    graceful, damaged = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
     state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
+    if damaged is not None and state is None and step is not None and step >= first_packet:
+        # The controller would start over beside a lifecycle that goes on: the seeds it grew, its cooldowns and the
+        # blueprints it was offered forgotten. Said and refused; removing the file accepts exactly that.
+        raise ConfigError(
+            f"--resume {checkpoints.parent}: {checkpoints / TAMIYO_STATE_FILE}: {damaged}, and"
+            f" {STATE_JOURNAL_FILENAME} holds no controller state at or before step {step} to use instead"
+            " (remove the file to resume with a fresh controller)"
+        )
     return state, source, step
 
 
@@ -249,7 +259,9 @@ async def assemble(
         standings = await anyio.to_thread.run_sync(read_standings, store, catalogue.ids)
         state, state_source, resume_step = None, "fresh", None
         if resume:
-            state, state_source, resume_step = await anyio.to_thread.run_sync(_tamiyo_resume_state, checkpoints)
+            state, state_source, resume_step = await anyio.to_thread.run_sync(
+                _tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1
+            )
         # A resumed controller is offered what the run offered at its first start: a blueprint another run marked
         # failed on the shared store since (its seeds are then built from the catalogue) or cleared since would make
         # the resumed run decide differently from an uninterrupted one.
@@ -323,7 +335,7 @@ async def assemble(
         def persist_tamiyo(exported: TamiyoState) -> None:
             # At a stop only (a few KB): written here so the state and the checkpoint Tolaria just wrote go together.
             checkpoints.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(checkpoints / TAMIYO_STATE_FILE, msgspec.json.encode(exported))
+            write_stop_state(checkpoints / TAMIYO_STATE_FILE, exported)
 
         async def tick() -> None:
             await routes._ref("nissa", Nissa).tell(EvaluateAlerts())

@@ -24,7 +24,7 @@ from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.run_dir import check_not_in_use
 from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ConfigError, EsperError
 from esper.summary_table import seed_outcomes
 from schemas.enums import SeedLifecycleStage
@@ -179,7 +179,8 @@ class RunEvents(NamedTuple):
     stages: list[StageEvent]
     pauses: list[PauseEvent]
     decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
-    emergencies: int = 0  # emergency_signal lines: every session's
+    # Every session's emergency signals, each move of the ladder once (see EmergencyTally).
+    emergencies: EmergencyTally
     sessions: int = 0  # run_started lines: the sessions that got as far as training
     last_session_end: SessionEnd | None = None  # how the last of those ended; None while it has not (or was killed)
     last_end: SessionEnd | None = None  # the file's last run_finished line (an attempt that failed to start included)
@@ -189,10 +190,11 @@ class RunEvents(NamedTuple):
 
 
 def read_run_events(path: Path) -> RunEvents:
-    """Every lifecycle transition, pause or resume, and controller decision in events.jsonl, in one pass; lines that
-    are not JSON objects are skipped.
+    """Every lifecycle transition, pause or resume, controller decision and emergency signal in events.jsonl, in one
+    pass; lines that are not JSON objects are skipped.
 
-    Decisions are counted once across resumed sessions and restarts (see add_decision).
+    Decisions are counted once across resumed sessions and restarts (see add_decision), and so is each move of the
+    emergency ladder (see EmergencyTally).
 
     Raises:
         ReportInputError: the file is missing or unreadable.
@@ -200,7 +202,7 @@ def read_run_events(path: Path) -> RunEvents:
     events: list[StageEvent] = []
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
-    emergencies = 0
+    emergencies = EmergencyTally()
     sessions = 0
     last_session_end: SessionEnd | None = None
     last_end: SessionEnd | None = None
@@ -224,8 +226,8 @@ def read_run_events(path: Path) -> RunEvents:
                     pauses.append(pause)
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
-                elif entry.get("event") == "emergency_signal" and entry.get("reason") != RESTORED:
-                    emergencies += 1
+                elif emergencies.add_entry(entry):
+                    continue
                 elif (undoes := restored_undoes(entry)) is not None:
                     events = [
                         event for event in events if not undoes(event.step)

@@ -8,6 +8,7 @@ import msgspec
 
 from actors.tolaria.checkpoints import latest_good, read_manifest
 from esper.run_files import run_files
+from esper.runtime.emergency_tally import EmergencyTally
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,7 +56,7 @@ class EarlierTally(NamedTuple):
     epochs: list[tuple[int, int, float]]  # (epoch number from 1, step, validation accuracy)
     decisions: list[DecisionRecord]
     slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_stages_at
-    emergencies: int  # the earlier sessions' emergency signals
+    emergencies: EmergencyTally  # the earlier sessions' emergency signals, each move of the ladder once
 
 
 def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
@@ -68,7 +69,7 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         found = read_run_events(directory / config.logging.json_file)
         rows = read_metrics(directory / config.nissa.metrics_csv)
     except ReportInputError:
-        return EarlierTally([], [], [], [], 0)
+        return EarlierTally([], [], [], [], EmergencyTally())
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     epochs = [
         (int(epoch), int(step), accuracy)  # metrics.csv counts epochs from 1, as the summary does

@@ -25,7 +25,7 @@ from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing,
 from esper.decisions import Decision as DecisionRecord
 from esper.decisions import add_decision
 from esper.nn.blueprints import SourcedModule, build_blueprint
-from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
 from esper.summary_table import seed_outcomes
@@ -235,7 +235,9 @@ class RunTally:
     # The run's decisions, each decided step once (see add_decision); a resumed run's begin with the interrupted
     # sessions' (read back from their tamiyo_decision lines).
     decisions: list[DecisionRecord] = field(default_factory=list)
-    emergencies: int = 0
+    # Every session's emergency signals, each move of the ladder once: a resumed session that trains the killed
+    # session's last steps again makes its moves at those steps again (see EmergencyTally).
+    emergencies: EmergencyTally = field(default_factory=EmergencyTally)
     # A resumed run's earlier (slot, stage, step) transitions, read once with the rest of its tally.
     earlier_slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
     # Every slot's transitions that stand, the earlier sessions' included: a restarted Nissa starts from them.
@@ -252,8 +254,8 @@ class RunTally:
                 # restored state was counted with the outcome it never reached; those that happen again come again.
                 self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
                 self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t[2])]
-            case EmergencySignal(reason=reason) if reason != RESTORED:  # a resume's re-announcement is no emergency
-                self.emergencies += 1
+            case EmergencySignal():
+                self.emergencies.add_signal(event)  # a resume's re-announcement of its level is no emergency
             case _:
                 pass
 
@@ -264,14 +266,14 @@ class RunTally:
         decisions: list[DecisionRecord] | None = None,
         slot_transitions: list[tuple[str, SeedLifecycleStage, int]] | None = None,
         *,
-        emergencies: int = 0,
+        emergencies: EmergencyTally | None = None,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (Nissa's
-        starting stages, see slot_stages_at) and its emergency signals (the summary counts every session's); the
-        resumed run's own traffic then continues the tally."""
+        starting stages, see slot_stages_at) and its emergency signals (the summary counts every session's, each
+        move once); the resumed run's own traffic then continues the tally."""
         self.decisions = list(decisions or ())
-        self.emergencies = emergencies
+        self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
         self.slot_transitions = list(slot_transitions or ())
         for seed_id, stage, step in stages:
@@ -341,7 +343,7 @@ class RunTally:
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),
             fallback_decisions=sum(d.fallback for d in self.decisions),
-            emergency_events=self.emergencies,
+            emergency_events=self.emergencies.count,
         )
 
 

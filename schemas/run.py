@@ -55,7 +55,9 @@ class GrowthFigures(Record, frozen=True):
     one, which never took effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
-    fallback made instead of the configured policy; ``emergency_events`` counts EmergencySignal events.
+    fallback made instead of the configured policy; ``emergency_events`` counts the emergency ladder's moves in every
+    session of the run, each (step, previous level, level) once (a resumed run trains the steps after its checkpoint
+    again), re-announced levels left out.
     """
 
     baseline_val_accuracy: float | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from schemas.base import Message, Record
+from schemas.constraints import NonNegInt
 from schemas.enums import ActorStatus, BreakerState, EmergencyLevel
 
 
@@ -78,7 +79,13 @@ class BreakerTransition(Message, frozen=True):
 
 
 class EmergencySignal(Message, frozen=True):
-    """The emergency level changed; broadcast on the emergency lane."""
+    """The emergency level changed; broadcast on the emergency lane.
+
+    ``step`` and ``epoch`` say where the run was: the optimizer steps and the epochs it had completed (an epoch end's
+    verdict comes after its epoch, so the end of the first epoch says epoch 1); None from a ladder nobody told where
+    the run is. A run that trains a step again (a ``--resume`` from an older checkpoint, a trainer restart) makes its
+    moves at that step again: see ``transition``.
+    """
 
     level: EmergencyLevel
     previous: EmergencyLevel
@@ -86,3 +93,10 @@ class EmergencySignal(Message, frozen=True):
     origin: str
     monotonic_time_ms: float
     run_id: str
+    step: NonNegInt | None = None
+    epoch: NonNegInt | None = None
+
+    def transition(self) -> tuple[int, int, int] | None:
+        """(step, previous level, level): the move this signal reports, the same event whichever session of the run
+        made it; None when the signal names no step."""
+        return None if self.step is None else (self.step, int(self.previous), int(self.level))

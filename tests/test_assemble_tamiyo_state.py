@@ -1,24 +1,137 @@
-"""Tamiyo's saved stop state on --resume: an unreadable tamiyo_state.json is a warning, and the journaled state (the
-one a kill leaves) is used instead; it used to end the resume with a traceback."""
+"""Tamiyo's saved stop state on --resume: tamiyo_state.json carries its SHA-256; a damaged, truncated or unreadable
+file is a warning, and the journaled state (the one a kill leaves) is used instead, or a one-line error when there is
+none. An unreadable file used to end the resume with a traceback, and a flipped byte that left valid JSON was taken
+as the controller's state, silently."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+import msgspec
+import pytest
 from structlog.testing import capture_logs
 
-from esper.assemble import TAMIYO_STATE_FILE, _load_tamiyo_state
+import esper.assemble
+from actors.tamiyo.heuristic import HeuristicState
+from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
+from actors.tamiyo.stop_state import StopStateDamaged, encode_stop_state, read_stop_state, write_stop_state
+from esper.assemble import TAMIYO_STATE_FILE, _load_tamiyo_state, _tamiyo_resume_state
+from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+
+def _state(step: int, decisions: int = 0) -> TamiyoState:
+    return TamiyoState(
+        policy="heuristic",
+        policy_version="heuristic-1",
+        fallback=HeuristicState(),
+        outcomes=OutcomeState(),
+        counters=TamiyoCounters(decisions=decisions),
+        last_step=step,
+    )
+
+
+def _flip_a_digit(data: bytes) -> bytes:
+    """The state's decision count changed by one digit: still valid JSON, a state that decodes, the wrong one."""
+    at = data.index(b'"decisions":7') + len(b'"decisions":')
+    return data[:at] + b"8" + data[at + 1 :]
+
+
+def test_the_stop_state_round_trips_with_its_sha256(tmp_path: Path) -> None:
+    path = tmp_path / TAMIYO_STATE_FILE
+    assert read_stop_state(path) is None  # absent
+    write_stop_state(path, _state(40, decisions=7))
+    assert read_stop_state(path) == _state(40, decisions=7)
+    assert b'"sha256":"' in path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_flip_a_digit, "does not match the recorded"),
+        (lambda data: data[: len(data) // 2], "not a checksummed controller state: Input data was truncated"),
+        (lambda data: b"", "not a checksummed controller state: Input data was truncated"),
+        (lambda data: data.replace(b'"sha256":"', b'"sha256":"\\n', 1), "the recorded sha256 '\\\\n"),
+        # An older version's file: the bare state, no digest to check it by.
+        (lambda _: msgspec.json.encode(_state(40, decisions=7)), "not a checksummed controller state: Object contains"),
+    ],
+    ids=["flipped-byte", "truncated", "empty", "not-a-digest", "no-digest"],
+)
+def test_a_damaged_stop_state_is_refused_in_one_line(
+    tmp_path: Path, damage: Callable[[bytes], bytes], why: str
+) -> None:
+    path = tmp_path / TAMIYO_STATE_FILE
+    path.write_bytes(damage(encode_stop_state(_state(40, decisions=7))))
+    with pytest.raises(StopStateDamaged, match=why) as refused:
+        read_stop_state(path)
+    assert "\n" not in str(refused.value)
+    with capture_logs() as logs:
+        state, damaged = _load_tamiyo_state(path)
+    assert (state, damaged) == (None, str(refused.value))
+    assert [(e["event"], e["log_level"], e["file"], e["error"]) for e in logs] == [
+        ("tamiyo_state_unreadable", "warning", str(path), str(refused.value))
+    ]
 
 
 def test_an_unreadable_stop_state_is_a_warning_and_no_state(tmp_path: Path) -> None:
     path = tmp_path / TAMIYO_STATE_FILE
-    assert _load_tamiyo_state(path) is None  # absent: nothing to say
-    path.write_text('{"broken', encoding="utf-8")
+    path.mkdir()  # a directory where the file should be: reading it fails
     with capture_logs() as logs:
-        assert _load_tamiyo_state(path) is None
-    expected = [("tamiyo_state_unreadable", "warning", str(path))]
-    assert [(e["event"], e["log_level"], e["file"]) for e in logs] == expected
-    assert "DecodeError" in logs[0]["error"]
+        assert _load_tamiyo_state(path) == (None, "cannot be read: Is a directory")
+    assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
+
+
+def _checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> Path:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    monkeypatch.setattr(esper.assemble, "resume_point", lambda _: step)
+    return checkpoints
+
+
+def test_a_damaged_stop_state_resumes_from_the_journaled_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoints = _checkpoints(tmp_path, monkeypatch, step=48)
+    write_stop_state(checkpoints / TAMIYO_STATE_FILE, _state(48, decisions=7))
+    journal = TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME)
+    for step in (16, 32):
+        anyio.run(journal.append, step, _state(step, decisions=step))
+    assert _tamiyo_resume_state(checkpoints, 4) == (_state(48, decisions=7), "graceful_stop", 48)  # intact: used
+    path = checkpoints / TAMIYO_STATE_FILE
+    path.write_bytes(_flip_a_digit(path.read_bytes()))
+    with capture_logs() as logs:
+        assert _tamiyo_resume_state(checkpoints, 4) == (_state(32, decisions=32), "journal", 48)
+    assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
+
+
+def test_a_damaged_stop_state_with_no_journaled_state_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints = _checkpoints(tmp_path, monkeypatch, step=48)
+    path = checkpoints / TAMIYO_STATE_FILE
+    path.write_bytes(encode_stop_state(_state(48, decisions=7))[:-20])
+    with pytest.raises(ConfigError) as refused:
+        _tamiyo_resume_state(checkpoints, 4)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"--resume {checkpoints.parent}: {path}: not a checksummed controller state")
+    assert message.endswith(
+        f"{STATE_JOURNAL_FILENAME} holds no controller state at or before step 48 to use instead"
+        " (remove the file to resume with a fresh controller)"
+    )
+    path.unlink()  # the operator's choice: a fresh controller (the resume's tamiyo_state_behind warning says so)
+    assert _tamiyo_resume_state(checkpoints, 4) == (None, "fresh", 48)
+
+
+def test_a_damaged_stop_state_before_the_first_packet_costs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint before the first state packet leaves the controller nothing to restore: a fresh one is right."""
+    checkpoints = _checkpoints(tmp_path, monkeypatch, step=2)
+    (checkpoints / TAMIYO_STATE_FILE).write_bytes(b"{")
+    with capture_logs():
+        assert _tamiyo_resume_state(checkpoints, 4) == (None, "fresh", 2)

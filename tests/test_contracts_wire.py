@@ -551,6 +551,8 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         origin="tolaria",
         monotonic_time_ms=12500.0,
         run_id="run-20250101-000000",
+        step=160,
+        epoch=10,
     ),
     RunSummary: RunSummary(
         run_id="20261122-014500-3f9a",

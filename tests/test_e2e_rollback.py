@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import msgspec
 import pytest
 import torch
 from torch import nn
 
+from actors.tamiyo.stop_state import read_stop_state
 from actors.tolaria.checkpoints import load_latest
 from esper.report import read_run_events
 from esper.run import start
@@ -115,10 +115,10 @@ async def test_a_gnn_run_whose_trainer_restarts_ends_as_the_uninterrupted_run(tm
     summary = await (await start(config, crashed, gnn, hooks=RunHooks(step_probe=crash_once))).wait()
     assert (summary.status, fired) == ("completed", [crash_at])
     assert (await (await start(config, reference, gnn)).wait()).status == "completed"
-    states = [
-        msgspec.json.decode((run / "checkpoints" / "tamiyo_state.json").read_bytes()) for run in (crashed, reference)
-    ]
-    assert states[0]["gnn"] == states[1]["gnn"]
+    states = [read_stop_state(run / "checkpoints" / "tamiyo_state.json") for run in (crashed, reference)]
+    assert states[0] is not None
+    assert states[1] is not None
+    assert states[0].gnn == states[1].gnn
     events = [json.loads(line) for line in (crashed / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["name"] for e in events if e.get("name") == "tamiyo_rewound"] == ["tamiyo_rewound"]
 

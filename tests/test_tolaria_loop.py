@@ -285,6 +285,13 @@ def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_lev
         EmergencyLevel.L2_ELEVATED,
         EmergencyLevel.L4_HALT,
     ]
+    # Each signal says where the run was (the epoch end's step and the epochs completed): a resumed run that trains
+    # those steps again makes the same moves, and the summary counts each once.
+    signals = [e for e in box.events if isinstance(e, EmergencySignal)]
+    assert [(s.step, s.epoch, s.level) for s in signals] == [
+        (ends[0].global_step, 1, EmergencyLevel.L2_ELEVATED),
+        (ends[2].global_step, 3, EmergencyLevel.L4_HALT),
+    ]
 
 
 def test_the_epoch_end_packet_carries_the_whole_epochs_timings_and_throughput(data: DataSplits) -> None:

@@ -10,7 +10,8 @@ import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, final
 
-from schemas.enums import BreakerState, SeedLifecycleStage
+from esper.runtime.emergency_tally import EmergencyTally
+from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
 from schemas.nissa import MetricKind, MetricSample
 
 if TYPE_CHECKING:
@@ -236,6 +237,8 @@ class MetricsAggregator:
         # What _lifecycle was built from, so that a restore of the lifecycle can take back the transitions it undid.
         self._initial_stages: dict[str, SeedLifecycleStage] = dict(stages or {})
         self._transitions: list[SeedStageChanged] = []
+        # The halts counted: a halt at a step already counted (the signal delivered again) is the same halt.
+        self._halts = EmergencyTally()
 
     def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
         return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]
@@ -333,7 +336,7 @@ class MetricsAggregator:
 
     def observe_emergency(self, signal: EmergencySignal) -> list[str]:
         self.registry.set_gauge("tolaria.emergency.level", int(signal.level))
-        if signal.level >= 4:
+        if signal.level >= EmergencyLevel.L4_HALT and self._halts.add_signal(signal):
             self.registry.inc("tolaria.emergency.halts_total")
         return ["tolaria.emergency.level"]
 

@@ -16,6 +16,8 @@ from esper.runtime.emergency import EmergencyLadder
 from schemas.enums import BreakerState, EmergencyLevel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import TolariaConfig
@@ -54,7 +56,16 @@ class EmergencyPolicy:
     - a clean epoch records a breaker success, resets the streak and counts towards de-escalation.
     """
 
-    def __init__(self, config: TolariaConfig, *, run_id: str, clock: Clock, sink: EventSink) -> None:
+    def __init__(
+        self,
+        config: TolariaConfig,
+        *,
+        run_id: str,
+        clock: Clock,
+        sink: EventSink,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        """``position`` gives (global step, epochs completed) for each emergency signal (see EmergencyLadder)."""
         self._config = config
         self.ladder = EmergencyLadder(
             run_id=run_id,
@@ -62,6 +73,7 @@ class EmergencyPolicy:
             sink=sink,
             origin=ORIGIN,
             clean_dwell_ticks=config.emergency_clean_dwell_epochs,
+            position=position,
         )
         self.breaker = CircuitBreaker.configured("tolaria.epochs", config.breaker, clock=clock, sink=sink)
         self._nonfinite: deque[int] = deque()

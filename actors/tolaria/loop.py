@@ -156,7 +156,14 @@ class TrainingLoop:
         self._data = data
         self._pos = _Position()
         sink = _OutboxSink(self._outbox)
-        self._policy = EmergencyPolicy(config, run_id=options.run_id, clock=MonotonicClock(), sink=sink)
+        pos = self._pos
+        self._policy = EmergencyPolicy(
+            config,
+            run_id=options.run_id,
+            clock=MonotonicClock(),
+            sink=sink,
+            position=lambda: (pos.global_step, pos.epoch),
+        )
         self._run = RunCounters(options.run_id)
         self._said_val_not_finite = False
         # (step, times in a row) of the state the last rollbacks went back to: a loop back to one state halts.

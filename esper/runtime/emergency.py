@@ -9,6 +9,8 @@ from schemas.enums import EmergencyLevel
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
 
@@ -66,6 +68,7 @@ class EmergencyLadder:
         "_escalations",
         "_level",
         "_origin",
+        "_position",
         "_resets",
         "_run_id",
         "_sink",
@@ -80,6 +83,7 @@ class EmergencyLadder:
         origin: str = "emergency",
         clean_dwell_ticks: int = 3,
         clean_dwell_s: float = 0.0,
+        position: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         """Build a ladder at L1.
 
@@ -90,6 +94,9 @@ class EmergencyLadder:
             origin: the ``origin`` of signals this ladder raises itself (de-escalations).
             clean_dwell_ticks: clean epochs or steps needed before each step down (>= 1).
             clean_dwell_s: seconds since the last trouble also needed before each step down (>= 0; 0 disables).
+            position: (step, epoch) where the run is, read at each change into the signal's ``step`` and ``epoch``
+                (a run that trains a step again makes the same move again: the summary counts it once); None leaves
+                them None.
 
         Raises:
             ValueError: a dwell is out of range.
@@ -102,6 +109,7 @@ class EmergencyLadder:
         self._clock = clock
         self._sink = sink
         self._origin = origin
+        self._position = position
         self._clean_dwell_ticks = clean_dwell_ticks
         self._clean_dwell_s = clean_dwell_s
         self._level = _L1
@@ -235,6 +243,7 @@ class EmergencyLadder:
     def _change(self, level: EmergencyLevel, reason: str, origin: str, now: float) -> None:
         previous = self._level
         self._level = level
+        step, epoch = self._position() if self._position is not None else (None, None)
         self._sink.emit(
             EmergencySignal(
                 level=level,
@@ -243,5 +252,7 @@ class EmergencyLadder:
                 origin=origin,
                 monotonic_time_ms=now * 1000.0,
                 run_id=self._run_id,
+                step=step,
+                epoch=epoch,
             )
         )
