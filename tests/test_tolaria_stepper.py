@@ -1,5 +1,6 @@
-"""Tolaria's step with torch.compile on: a compile that fails at once or at run time falls back to eager and trains
-exactly as an eager step would (torch.compile itself is replaced here: its real failures depend on the toolchain)."""
+"""Tolaria's step: with torch.compile on, a compile that fails at once or at run time falls back to eager and trains
+exactly as an eager step would (torch.compile itself is replaced here: its real failures depend on the toolchain); a
+skipped non-finite step leaves the model's buffers as they were."""
 
 from __future__ import annotations
 
@@ -86,3 +87,30 @@ def test_a_working_compiled_forward_is_used(data: DataSplits, monkeypatch: pytes
     compiled = train(data, compile=True)
     assert calls == [CONFIG.batch_size] * STEPS
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
+
+
+def test_a_skipped_non_finite_step_leaves_the_batchnorm_statistics_as_they_were(data: DataSplits) -> None:
+    """The forward of a step that is then skipped had already updated BatchNorm's running statistics from the NaN
+    batch: every later validation loss was NaN, for the rest of the run, while the run ended with exit 0."""
+    trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
+    policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
+    stepper = Stepper(compile=False, batch_hook=None, policy=policy)
+    stepper.bind(trainee, data.train)
+    stats = IntervalStats()
+    batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
+    _, batch = next(batches)
+    assert stepper.step(batch, 0.0, stats, 0) is Action.CONTINUE
+    before = {name: b.clone() for name, b in trainee.model.named_buffers() if "norm" in name}
+    assert {n.rsplit(".", 1)[1] for n in before} == {"running_mean", "running_var", "num_batches_tracked"}
+    _, batch = next(batches)
+    poisoned = type(batch)(x=torch.full_like(batch.x, float("nan")), y=batch.y)
+    assert stepper.step(poisoned, 0.0, stats, 1) is Action.CONTINUE  # skipped: an L1 notice
+    assert policy.skipped_steps == 1
+    after = dict(trainee.model.named_buffers())
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    _, batch = next(batches)
+    assert stepper.step(batch, 0.0, stats, 2) is Action.CONTINUE
+    trainee.model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(trainee.model(data.val.x)).all()
