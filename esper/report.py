@@ -2,9 +2,9 @@
 
 Reads only the run directory: metrics.csv (one row per epoch, written by Nissa), events.jsonl (lifecycle events are
 the lines named in schemas.nissa.SEED_STAGE_EVENT_NAMES, fields as its docstring says; a run without them still
-renders its curves; accepted pause and resume commands are its ``command_result`` lines) and, if present,
-summary.json. Exit status 0 on success; 2 with a one-line error when the
-directory or a required file is missing or unreadable.
+renders its curves; a stage change the trainer refused is drawn at the step its ``seed_op_retried`` line says it took
+effect; accepted pause and resume commands are its ``command_result`` lines) and, if present, summary.json. Exit
+status 0 on success; 2 with a one-line error when the directory or a required file is missing or unreadable.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.decisions import Decision, add_decision, decision_entry
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
+from esper.report_receipts import Refusal, RefusalLog, took_effect
 from esper.run_dir import check_not_in_use
 from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
@@ -31,7 +32,7 @@ from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
 EXIT_OK: Final = 0
 EXIT_UNREADABLE: Final = 2
@@ -52,7 +53,7 @@ class RunData:
 
     run_dir: Path
     rows: list[MetricsRow]
-    events: list[StageEvent]
+    events: list[StageEvent]  # at the steps they took effect (see took_effect)
     summary: dict[str, object] | None
     pauses: list[PauseEvent] = field(default_factory=list)
     live: bool = False  # a process's run still holds the directory (read mid-run)
@@ -143,14 +144,25 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
-def restored_undoes(entry: dict[str, object]) -> Callable[[int], bool] | None:
-    """For a ``lifecycle_restored`` entry, which earlier transitions (by their step) it undid; else None."""
+class Restored(NamedTuple):
+    """A ``lifecycle_restored`` line: the lifecycle went back to the boundary of ``step`` (see LifecycleRestored)."""
+
+    step: int
+    lag_steps: int
+
+    def undoes(self, transition_step: int) -> bool:
+        """Whether a transition planned to take effect at ``transition_step`` was undone."""
+        return transition_step - self.lag_steps > self.step
+
+
+def restored_point(entry: dict[str, object]) -> Restored | None:
+    """The step a ``lifecycle_restored`` entry went back to, with its lag; else None."""
     if entry.get("event") != "lifecycle_restored":
         return None
     step, lag = entry.get("step"), entry.get("lag_steps")
     if not isinstance(step, int) or isinstance(step, bool) or not isinstance(lag, int) or isinstance(lag, bool):
         return None
-    return lambda transition_step: transition_step - lag > step
+    return Restored(step, lag)
 
 
 class SessionEnd(NamedTuple):
@@ -176,7 +188,7 @@ def session_end(entry: dict[str, object]) -> SessionEnd | None:
 class RunEvents(NamedTuple):
     """What events.jsonl says about a run, in file order."""
 
-    stages: list[StageEvent]
+    stages: list[StageEvent]  # at the steps they were planned for (the events' own)
     pauses: list[PauseEvent]
     decisions: list[Decision]  # each counted once across resumed sessions (see read_run_events)
     # Every session's emergency signals, each move of the ladder once (see EmergencyTally).
@@ -187,11 +199,13 @@ class RunEvents(NamedTuple):
     # The timestamp of the last run_finished line before the last session started: a summary started after it is
     # that session's (None: no earlier ending, so any summary is the last session's; "": one without a timestamp).
     last_session_after: str | None = None
+    # The stage changes the trainer refused, and where they took effect (see took_effect).
+    refusals: tuple[Refusal, ...] = ()
 
 
 def read_run_events(path: Path) -> RunEvents:
-    """Every lifecycle transition, pause or resume, controller decision and emergency signal in events.jsonl, in one
-    pass; lines that are not JSON objects are skipped.
+    """Every lifecycle transition, pause or resume, controller decision, emergency signal and refused stage change in
+    events.jsonl, in one pass; lines that are not JSON objects are skipped.
 
     Decisions are counted once across resumed sessions and restarts (see add_decision), and so is each move of the
     emergency ladder (see EmergencyTally).
@@ -203,6 +217,7 @@ def read_run_events(path: Path) -> RunEvents:
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
     emergencies = EmergencyTally()
+    refusals = RefusalLog()
     sessions = 0
     last_session_end: SessionEnd | None = None
     last_end: SessionEnd | None = None
@@ -226,12 +241,11 @@ def read_run_events(path: Path) -> RunEvents:
                     pauses.append(pause)
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
-                elif emergencies.add_entry(entry):
+                elif emergencies.add_entry(entry) or refusals.add_entry(entry):
                     continue
-                elif (undoes := restored_undoes(entry)) is not None:
-                    events = [
-                        event for event in events if not undoes(event.step)
-                    ]  # a rollback's (see LifecycleRestored)
+                elif (restored := restored_point(entry)) is not None:  # a rollback's (see LifecycleRestored)
+                    events = [event for event in events if not restored.undoes(event.step)]
+                    refusals.restore(restored.step)
                 elif entry.get("event") == "run_started":
                     sessions, last_session_end, last_session_after = sessions + 1, None, last_finished_at
                 elif (end := session_end(entry)) is not None:
@@ -246,7 +260,17 @@ def read_run_events(path: Path) -> RunEvents:
         raise ReportInputError(f"no {path.name} in {path.parent}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ReportInputError(f"cannot read {path}: {err}") from err
-    return RunEvents(events, pauses, decisions, emergencies, sessions, last_session_end, last_end, last_session_after)
+    return RunEvents(
+        events,
+        pauses,
+        decisions,
+        emergencies,
+        sessions,
+        last_session_end,
+        last_end,
+        last_session_after,
+        refusals.refusals(),
+    )
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -304,7 +328,7 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(
         run_dir=run_dir,
         rows=rows,
-        events=found.stages,
+        events=took_effect(found.stages, found.refusals),
         summary=summary,
         pauses=found.pauses,
         summary_problem=problem,
@@ -348,10 +372,36 @@ def curves_from(rows: Sequence[MetricsRow]) -> Curves:
     )
 
 
+class Drawn(NamedTuple):
+    """What report.png draws of a run's lifecycle (see drawn)."""
+
+    events: list[StageEvent]
+    pauses: list[PauseEvent]
+    timeline_note: str  # what the seed timeline leaves out, for its title ("" for nothing)
+
+
+def drawn(data: RunData) -> Drawn:
+    """The transitions, pauses and resumes the report draws: those that took effect by the run's last trained step.
+    Those planned at its last boundaries for a later step never did (the digest counts them as not applied) and are
+    left out, which the timeline's title says. Without the last session's summary.json (a live or killed run) the
+    last step is not known, and everything read is drawn."""
+    last_step = trained_through(data)
+    if last_step is None:
+        return Drawn(list(data.events), list(data.pauses), "")
+    events = [event for event in data.events if event.step <= last_step]
+    pauses = [pause for pause in data.pauses if pause.step <= last_step]
+    left = len(data.events) - len(events)
+    note = f"{left} transition{'s' if left > 1 else ''} planned for after step {last_step} not applied, not drawn"
+    return Drawn(events, pauses, note if left else "")
+
+
 def render_report(data: RunData) -> Path:
     """Write report.png into the run directory (atomically) and return its path. Blocking: a CLI or thread call."""
     title = f"Esper run {data.run_dir.name}"
-    png = render_report_png(curves_from(data.rows), data.events, title=title, pauses=data.pauses)
+    shown = drawn(data)
+    png = render_report_png(
+        curves_from(data.rows), shown.events, title=title, pauses=shown.pauses, timeline_note=shown.timeline_note
+    )
     path = data.run_dir / REPORT_PNG
     atomic_write_bytes(path, png)
     return path
@@ -397,7 +447,7 @@ def summary_lines(data: RunData) -> list[str]:
         lines.append("no epoch rows in metrics.csv")
     # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
     # summary). Without the last session's summary.json (a killed or live run) every transition counts.
-    last_step = _last_trained_step(summary)
+    last_step = trained_through(data)
     # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
     transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
     counts, unapplied = seed_outcomes(transitions, last_step)
@@ -409,8 +459,12 @@ def summary_lines(data: RunData) -> list[str]:
     return lines
 
 
-def _last_trained_step(summary: dict[str, object] | None) -> int | None:
-    training = summary.get("training") if summary is not None else None
+def trained_through(data: RunData) -> int | None:
+    """The run's last trained step, from its last session's summary.json; None for a live run, or one whose
+    summary.json is an earlier session's, damaged or missing (a killed run)."""
+    if data.live or data.summary_stale is not None:
+        return None
+    training = data.summary.get("training") if data.summary is not None else None
     step = training.get("global_step") if isinstance(training, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 

@@ -65,7 +65,8 @@ _BLUEPRINT_WIDTH: Final = 12
 @final
 @dataclass(frozen=True, slots=True)
 class StageEvent:
-    """One lifecycle transition as read back from events.jsonl."""
+    """One lifecycle transition as read back from events.jsonl: at ``step``, the step its plan took effect
+    (``planned_step``: the step it was planned for, when the trainer refused it there and it took effect later)."""
 
     step: int
     slot: str
@@ -73,6 +74,7 @@ class StageEvent:
     from_stage: Stage | None = None
     seed_id: str | None = None
     blueprint_id: str | None = None
+    planned_step: int | None = None
 
 
 @final
@@ -330,18 +332,29 @@ def _lane_label(lane: _Lane, slots: Mapping[str, str]) -> str:
 
 
 def render_report_png(
-    curves: Curves, events: Sequence[StageEvent], *, title: str, pauses: Sequence[PauseEvent] = ()
+    curves: Curves,
+    events: Sequence[StageEvent],
+    *,
+    title: str,
+    pauses: Sequence[PauseEvent] = (),
+    timeline_note: str = "",
 ) -> bytes:
     """The report as PNG bytes. Pure CPU work (a few hundred ms); call it from a thread or a script, not a loop."""
     buffer = io.BytesIO()
-    report_figure(curves, events, title=title, pauses=pauses).savefig(buffer, format="png")
+    report_figure(curves, events, title=title, pauses=pauses, timeline_note=timeline_note).savefig(buffer, format="png")
     return buffer.getvalue()
 
 
 def report_figure(
-    curves: Curves, events: Sequence[StageEvent], *, title: str, pauses: Sequence[PauseEvent] = ()
+    curves: Curves,
+    events: Sequence[StageEvent],
+    *,
+    title: str,
+    pauses: Sequence[PauseEvent] = (),
+    timeline_note: str = "",
 ) -> Figure:
-    """The report's figure, laid out (render_report_png saves it). Pure CPU work, as that."""
+    """The report's figure, laid out (render_report_png saves it); ``timeline_note`` follows the seed timeline's
+    title (what it leaves out). Pure CPU work, as that."""
     figure = Figure(figsize=(12, 10), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(figure)
     loss_ax, acc_ax, lane_ax = figure.subplots(3, 1, sharex=True, height_ratios=(3, 2, 2))
@@ -425,7 +438,7 @@ def report_figure(
     else:
         lane_ax.set_yticks([])
         lane_ax.text(0.5, 0.5, "no seed lifecycle events", transform=lane_ax.transAxes, ha="center", color="#636363")
-    lane_ax.set_title("seed timeline", fontsize=9, loc="left")
+    lane_ax.set_title(f"seed timeline ({timeline_note})" if timeline_note else "seed timeline", fontsize=9, loc="left")
     lane_ax.set_xlabel(curves.x_label)
     lane_ax.set_xlim(x_min - x_pad, x_max + x_pad)
     lane_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers

@@ -6,10 +6,16 @@ The lifecycle event contract (what ``python -m esper.report`` reads back from ev
     StructlogSink gives a SeedStageChanged message, is read the same way) with the fields
     ``slot`` (str), ``seed_id`` (str or null), ``blueprint_id`` (str or null), ``from_stage`` and ``to_stage``
     (a SeedLifecycleStage: its number, or its name in any case), ``step`` (int, the optimizer step at whose boundary
-    the transition took effect), and optionally ``epoch`` (int) and ``reason`` (str).
+    the transition's plan takes effect), and optionally ``epoch`` (int) and ``reason`` (str).
 
-Kasmina (or Tolaria, for the steps at which ops took effect) emits a SeedStageChanged per transition to the run's
-EventSink, which writes that line, and the composition root forwards the same message to Nissa.
+    The event is written when the transition is planned. A stage change the trainer refuses at that step (at L3:
+    adaptation paused) takes effect later: Kasmina's ``seed_op_failed`` telemetry event names the seed and the step
+    refused (``attributes.step``), its ``seed_op_retried`` event the step it took effect (``attributes.step``) and the
+    step first planned (``attributes.planned_step``); the report draws the seed's stage changes from that step on at
+    the step they took effect (esper.report_receipts).
+
+Kasmina emits a SeedStageChanged per transition to the run's EventSink, which writes that line, and the composition
+root forwards the same message to Nissa.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ MetricKind = Literal["counter", "gauge"]
 
 
 class SeedStageChanged(Message, frozen=True):
-    """A seed moved from one lifecycle stage to another at the boundary after optimizer step ``step``."""
+    """A seed moved from one lifecycle stage to another, planned to take effect at the boundary after optimizer step
+    ``step`` (see the module docstring for a change the trainer refuses there)."""
 
     slot: str
     from_stage: SeedLifecycleStage

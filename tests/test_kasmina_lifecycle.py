@@ -211,11 +211,20 @@ async def test_a_stage_change_the_trainer_refused_is_sent_again_until_applied(
                 applied_at = step
             await h.apply(plan)
             step += 1
-        refusals = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
-        assert len(refusals) == 1
-        # When it finally took is said too (the stage's event carries the step it was first planned for).
+        (refusal,) = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
+        (blending,) = [e for e in sink.of_type(SeedStageChanged) if e.to_stage is Stage.BLENDING]
+        # The refusal names the step its plan was for (the console's line stands there), and that it is sent again.
+        assert refusal.attributes["step"] == blending.step
+        assert refusal.description.endswith("; sent again until it takes effect")
+        # When it finally took is said with both steps (the stage's event carries the step first planned), and the
+        # stage it set: the report draws the change at the step it took effect.
         (took,) = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_retried"]
         assert took.attributes["step"] == applied_at + 2
+        assert (took.attributes["planned_step"], took.attributes["stage"]) == (blending.step, "BLENDING")
+        assert took.description == (
+            f"set_stage (blending) of seed s1 in slot a, planned for step {blending.step}, took effect at step"
+            f" {applied_at + 2}, after the trainer had refused it"
+        )
 
 
 async def test_an_attach_refused_for_the_emergency_level_is_a_warning_and_names_no_gate(

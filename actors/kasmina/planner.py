@@ -62,6 +62,18 @@ _AFTER_LIFE = frozenset({Stage.CULLED, Stage.EMBARGOED, Stage.RESETTING})
 
 @final
 @dataclass
+class _Refused:
+    """A seed whose stage op the trainer refused: the step that op was planned for (the first refusal's), and the op
+    sent again awaiting its receipt: the boundary that sent it and the stage it sets (None: to send at the next
+    boundary)."""
+
+    planned_step: int
+    awaiting: int | None = None
+    stage: Stage | None = None
+
+
+@final
+@dataclass
 class Draft:
     """A plan being assembled: ops in order, with attach placeholders (seed ids) until preparation is done."""
 
@@ -125,9 +137,8 @@ class BoundaryPlanner:
             breaker=breaker,
         )
         self._receipts: StepQueue[BoundaryApplied] = StepQueue(_applied_step)
-        # Seeds whose stage op the trainer refused: None, to send again at the next boundary; a step, sent then and
-        # awaiting its receipt.
-        self._unapplied: dict[str, int | None] = {}
+        # Seeds whose stage op the trainer refused, until one takes effect (see _Refused).
+        self._unapplied: dict[str, _Refused] = {}
         self._validation: StepQueue[SeedValidationReport] = StepQueue(_report_step)
         self._last_step: int | None = None
         self._reported_epoch: int | None = None
@@ -237,28 +248,30 @@ class BoundaryPlanner:
     def _retry_stage_ops(self, draft: Draft) -> None:
         """The stage op of each seed whose last one the trainer refused, for the stage it is in now; one at a time
         (the next waits for its receipt), none when this boundary's transitions already send the seed one."""
-        sent = {op.seed_id for op in draft.ops if isinstance(op, SeedOp)}
-        for seed_id, awaiting in list(self._unapplied.items()):
+        sent = {op.seed_id: op for op in draft.ops if isinstance(op, SeedOp)}
+        for seed_id, refused in list(self._unapplied.items()):
             seed = self._seeds.get(seed_id)
             if seed is None or seed.detached:
                 del self._unapplied[seed_id]
                 continue
-            if awaiting is not None:
+            if refused.awaiting is not None:
                 continue
-            if seed_id in sent:
-                self._unapplied[seed_id] = draft.step  # that op carries the current stage: its receipt decides
-                continue
-            stage = self._lifecycle.record(seed.slot).stage
-            if stage in _SET_STAGE:
-                blend = seed.blend if stage is Stage.BLENDING else None
-                op = SeedOp(kind="set_stage", slot=seed.slot, seed_id=seed_id, stage=stage, blend=blend, reason="retry")
-            elif stage is Stage.FOSSILIZED:
-                op = SeedOp(kind="fossilize", slot=seed.slot, seed_id=seed_id, reason="retry")
-            else:
-                del self._unapplied[seed_id]
-                continue
-            draft.ops.append(op)
-            self._unapplied[seed_id] = draft.step
+            if (op := sent.get(seed_id)) is None:
+                stage = self._lifecycle.record(seed.slot).stage
+                if stage in _SET_STAGE:
+                    blend = seed.blend if stage is Stage.BLENDING else None
+                    op = SeedOp(
+                        kind="set_stage", slot=seed.slot, seed_id=seed_id, stage=stage, blend=blend, reason="retry"
+                    )
+                elif stage is Stage.FOSSILIZED:
+                    op = SeedOp(kind="fossilize", slot=seed.slot, seed_id=seed_id, reason="retry")
+                else:
+                    del self._unapplied[seed_id]
+                    continue
+                draft.ops.append(op)
+            # Sent now, or by this boundary's transitions (their op carries the current stage): its receipt decides.
+            refused.awaiting = draft.step
+            refused.stage = Stage.FOSSILIZED if op.kind == "fossilize" else op.stage
 
     def _paused_slots(self) -> frozenset[str]:
         return frozenset(seed.slot for seed in self._seeds.values() if seed.paused and not seed.detached)
@@ -324,19 +337,9 @@ class BoundaryPlanner:
                 if seed is None:
                     continue
                 if outcome.applied and outcome.kind in _STAGE_OPS and seed.seed_id in self._unapplied:
-                    del self._unapplied[seed.seed_id]
-                    self._event(
-                        "seed_op_retried",
-                        TelemetryLevel.INFO,
-                        f"{outcome.kind} of seed {seed.seed_id} in slot {seed.slot} took effect at step"
-                        f" {receipt.applied_step}, after the trainer had refused it",
-                        slot=seed.slot,
-                        seed_id=seed.seed_id,
-                        op=outcome.kind,
-                        step=receipt.applied_step,
-                    )
+                    self._took_effect(seed, outcome.kind, receipt)
                 if not outcome.applied:
-                    self._op_failed(seed, outcome.kind, outcome.error or "no reason given")
+                    self._op_failed(seed, outcome.kind, outcome.error or "no reason given", receipt.applied_step)
                 elif outcome.kind == "attach":
                     self._attached(seed)
                 elif outcome.kind == "detach":
@@ -371,25 +374,51 @@ class BoundaryPlanner:
             ),
         )
 
-    def _op_failed(self, seed: SeedEntry, kind: str, error: str) -> None:
+    def _took_effect(self, seed: SeedEntry, kind: str, receipt: BoundaryApplied) -> None:
+        """A stage op of a seed whose earlier one the trainer refused took effect: said with both steps, since the
+        stage's event (SeedStageChanged) carries the step first planned; the report draws the change at this one."""
+        refused = self._unapplied.pop(seed.seed_id)
+        # The stage is known when this is the receipt of the op sent again; one sent before the refusal was read (its
+        # level fell meanwhile) set a stage this planner no longer holds.
+        stage = refused.stage if receipt.decided_on_step == refused.awaiting else None
+        what = f"{kind} ({stage.name.lower()})" if stage is not None and kind == "set_stage" else kind
+        attributes: dict[str, str | int] = {"stage": stage.name} if stage is not None else {}
+        self._event(
+            "seed_op_retried",
+            TelemetryLevel.INFO,
+            f"{what} of seed {seed.seed_id} in slot {seed.slot}, planned for step {refused.planned_step}, took effect"
+            f" at step {receipt.applied_step}, after the trainer had refused it",
+            slot=seed.slot,
+            seed_id=seed.seed_id,
+            op=kind,
+            step=receipt.applied_step,
+            planned_step=refused.planned_step,
+            **attributes,
+        )
+
+    def _op_failed(self, seed: SeedEntry, kind: str, error: str, step: int) -> None:
+        again = ""
         if kind in _STAGE_OPS:
             # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and
             # the model did not (the seed blended in its lifecycle only, then was culled for an alpha that never
             # rose). Sent again, for the stage the seed is in by then, until it is applied; said once.
-            first = seed.seed_id not in self._unapplied
-            self._unapplied[seed.seed_id] = None
-            if not first:
+            pending = self._unapplied.get(seed.seed_id)
+            if pending is not None:
+                pending.awaiting, pending.stage = None, None
                 return
+            self._unapplied[seed.seed_id] = _Refused(planned_step=step)
+            again = "; sent again until it takes effect"
         # Refused for the emergency level (L2: no new grafts; L3: adaptation paused, as after a rollback) is the
         # ladder doing its job, not an error; the seed it concerns was healthy, so no gate is named for its cull.
         refused = "emergency level" in error
         self._event(
             "seed_op_failed",
             TelemetryLevel.WARNING if refused else TelemetryLevel.ERROR,
-            f"{kind} of seed {seed.seed_id} in slot {seed.slot} failed: {error}",
+            f"{kind} of seed {seed.seed_id} in slot {seed.slot} failed: {error}{again}",
             slot=seed.slot,
             seed_id=seed.seed_id,
             op=kind,
+            step=step,
         )
         if kind == "attach":
             seed.attach_sent = False
@@ -548,8 +577,9 @@ class BoundaryPlanner:
         self, slot: str, from_stage: Stage, to: Stage, seed_id: str | None, step: int, epoch: int, reason: str
     ) -> None:
         """The lifecycle event of one transition (schemas.nissa's contract), stamped with the step at which the plan
-        of this boundary takes effect. A slot's clean-up after a cull carries no seed id: the seed's outcome stays
-        CULLED."""
+        of this boundary takes effect; a stage op the trainer refuses there takes effect later, which
+        ``seed_op_retried`` says (see _took_effect). A slot's clean-up after a cull carries no seed id: the seed's
+        outcome stays CULLED."""
         seed = self._pending.get(slot) if to is Stage.GERMINATED else self._seeds.get(seed_id or "")
         self._sink.emit(
             SeedStageChanged(
