@@ -309,3 +309,8 @@ class NanForThreeSteps(nn.Module):
 
 def nan_for_three_steps() -> nn.Module:
     return NanForThreeSteps()
+
+
+def interrupting_factory() -> nn.Module:
+    """A user factory that raises KeyboardInterrupt (user code, not a Ctrl-C)."""
+    raise KeyboardInterrupt

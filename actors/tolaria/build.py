@@ -157,8 +157,10 @@ def load_factory(spec: str) -> Callable[[], object]:
     who = f"tolaria.host_model = {spec!r}"
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # any import failure is the user's config problem, reported in one line
-        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {type(err).__name__}: {err}") from err
+    # Any import failure is the user's config problem, reported in one line; a module that calls sys.exit() or raises
+    # KeyboardInterrupt as it imports (on a worker thread: not a Ctrl-C) would otherwise end the run without a word.
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {_raised(err)}") from err
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
@@ -184,15 +186,23 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     factory = load_factory(config.host_model)
     try:
         model = factory()
-    except Exception as err:  # the user's factory failing is a config error, reported in one line
-        raise TolariaConfigError(f"{who}: the factory raised {type(err).__name__}: {err}") from err
     except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
         raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
+    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
+    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
+    except (Exception, KeyboardInterrupt) as err:
+        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
     if not any(p.requires_grad for p in model.parameters()):
         raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
     return model
+
+
+def _raised(err: BaseException) -> str:
+    """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
