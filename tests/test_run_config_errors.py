@@ -257,3 +257,21 @@ def test_a_host_module_that_escapes_as_it_imports_is_refused_in_one_line(
     err = refused(tmp_path, capsys, f'[tolaria]\nhost_model = "{module}:f"\n')
     assert err == f"{tmp_path / 'c.toml'}: tolaria.host_model = '{module}:f': cannot import {module!r}: {detail}\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_an_npz_too_short_for_the_built_in_host_is_refused_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config check built the host for MNIST-1D's 40 features and 10 classes, whatever the data: the refusal came
+    only once the run directory was made (config.toml, data.json, events.jsonl and run.lock left in it)."""
+    short = tmp_path / "short.npz"
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 3)), np.arange(80) % 4
+    np.savez(short, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    err = refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{short}"\nhost_model = "cnn1d"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'cnn1d': cannot be built for the npz data set (3 features a"
+        " sample, 4 classes): CNN1dHost: need length >= 4",
+    )
+    assert not (tmp_path / "r").exists()

@@ -218,9 +218,10 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
         hint = '"auto" picks CUDA when present'
         raise TolariaConfigError(f"tolaria.device = {config.device!r}: {err} ({hint})") from err
     # The npz file, and the validation split once the data's size is known (MNIST-1D from its cache: a few ms).
-    load_data(config)
-    # Module names do not depend on the data's shapes (a user factory takes no arguments at all).
-    slots = wrap_host(config, build_host(config, (40,), 10), slot_targets)
+    splits = load_data(config)
+    # The data's real shapes: a built-in host too large for its samples is then refused here, before the run
+    # directory is claimed.
+    slots = wrap_host(config, build_host(config, splits.input_shape, splits.num_classes), slot_targets)
     catalogue = default_catalogue()
     for index, spec in enumerate(config.initial_seeds):
         slot, _, blueprint_id = spec.partition("=")
