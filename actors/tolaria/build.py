@@ -194,9 +194,49 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
         raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
+    _materialise_lazy(model, input_shape, who)
     if not any(p.requires_grad for p in model.parameters()):
         raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
     return model
+
+
+def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
+    """Give a model's lazy modules (``nn.LazyLinear``, ...) their parameters with one eval-mode forward on a batch of
+    two zero samples of the data's shape, as PyTorch's own dry run does: the parameter count, the slot shapes and the
+    optimizer all need real tensors. Their initialisation draws from torch's global RNG right after the factory's own
+    draws, so every build from the same seed (the check, the run's, each restore and a resume) makes the same weights.
+
+    Raises:
+        TolariaConfigError: the forward fails, or leaves a parameter or buffer uninitialised (a lazy module it never
+            calls).
+    """
+    if not _lazy_tensors(model):
+        return
+    batch = torch.zeros(2, *input_shape)
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics, no dropout draws: only the lazy modules' initialisation uses the RNG
+    try:
+        with torch.no_grad():
+            model(batch)
+    # Whatever the user's forward raises, KeyboardInterrupt and SystemExit included (see _fitting_shapes).
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(
+            f"{who}: the model's lazy modules could not be initialised by a forward on a batch of shape"
+            f" {list(batch.shape)}: {_raised(err)}"
+        ) from err
+    finally:
+        model.train(was_training)
+    left = _lazy_tensors(model)
+    if left:
+        raise TolariaConfigError(
+            f"{who}: {left[0]!r} is still uninitialised after a forward on a batch of shape {list(batch.shape)} (a lazy"
+            " module the forward never calls)"
+        )
+
+
+def _lazy_tensors(model: nn.Module) -> list[str]:
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, tensor in named if nn.parameter.is_lazy(tensor)]
 
 
 def _raised(err: BaseException) -> str:
@@ -219,8 +259,8 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
         raise TolariaConfigError(f"tolaria.device = {config.device!r}: {err} ({hint})") from err
     # The npz file, and the validation split once the data's size is known (MNIST-1D from its cache: a few ms).
     splits = load_data(config)
-    # The data's real shapes: a built-in host too large for its samples is then refused here, before the run
-    # directory is claimed.
+    # The data's real shapes: a built-in host too large for its samples, and a user model's lazy modules, are then
+    # found here, before the run directory is claimed.
     slots = wrap_host(config, build_host(config, splits.input_shape, splits.num_classes), slot_targets)
     catalogue = default_catalogue()
     for index, spec in enumerate(config.initial_seeds):
