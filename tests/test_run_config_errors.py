@@ -227,3 +227,51 @@ def test_a_resume_refused_by_its_bus_leaves_the_run_as_it_was(
     last = json.loads((run / "events.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["status"]) == ("run_finished", "failed")
     assert main([str(run / "config.toml"), "--resume", str(run), "--set", "tolaria.epochs=2"]) == 0
+
+
+def test_a_factory_raising_keyboard_interrupt_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ended the run with exit 130 and not a word (the factory runs on a worker thread: no Ctrl-C raises there)."""
+    host = "tests.tolaria_factories:interrupting_factory"
+    err = refused(tmp_path, capsys, f'[tolaria]\nhost_model = "{host}"\n')
+    assert err == f"{tmp_path / 'c.toml'}: tolaria.host_model = {host!r}: the factory raised KeyboardInterrupt\n"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "statement", "detail"),
+    [("interrupts", "raise KeyboardInterrupt", "KeyboardInterrupt"), ("exits", "raise SystemExit(4)", "SystemExit: 4")],
+)
+def test_a_host_module_that_escapes_as_it_imports_is_refused_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    statement: str,
+    detail: str,
+) -> None:
+    module = f"{name}_on_import"
+    (tmp_path / f"{module}.py").write_text(f"{statement}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    err = refused(tmp_path, capsys, f'[tolaria]\nhost_model = "{module}:f"\n')
+    assert err == f"{tmp_path / 'c.toml'}: tolaria.host_model = '{module}:f': cannot import {module!r}: {detail}\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_npz_too_short_for_the_built_in_host_is_refused_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config check built the host for MNIST-1D's 40 features and 10 classes, whatever the data: the refusal came
+    only once the run directory was made (config.toml, data.json, events.jsonl and run.lock left in it)."""
+    short = tmp_path / "short.npz"
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 3)), np.arange(80) % 4
+    np.savez(short, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    err = refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{short}"\nhost_model = "cnn1d"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'cnn1d': cannot be built for the npz data set (3 features a"
+        " sample, 4 classes): CNN1dHost: need length >= 4",
+    )
+    assert not (tmp_path / "r").exists()

@@ -478,6 +478,8 @@ def test_a_slotless_user_model_grows_where_kasmina_slot_targets_say() -> None:
         ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
         ("tests.tolaria_factories:frozen_mlp", "the model has no trainable parameter (none requires grad)"),
         ("tests.tolaria_factories:exiting", "the factory called exit(3)"),
+        # User code, not a Ctrl-C (this runs on a worker thread): it ended the run with exit 130 and no word.
+        ("tests.tolaria_factories:interrupting_factory", "the factory raised KeyboardInterrupt"),
     ],
 )
 def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) -> None:

@@ -309,3 +309,43 @@ class NanForThreeSteps(nn.Module):
 
 def nan_for_three_steps() -> nn.Module:
     return NanForThreeSteps()
+
+
+def interrupting_factory() -> nn.Module:
+    """A user factory that raises KeyboardInterrupt (user code, not a Ctrl-C)."""
+    raise KeyboardInterrupt
+
+
+def lazy_mlp() -> nn.Module:
+    """tiny_mlp with a LazyLinear first layer and a lazy BatchNorm (parameters and buffers shaped by the first
+    forward)."""
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(16), nn.LazyBatchNorm1d(), nn.ReLU(), nn.Linear(16, 10))
+    model.slot_targets = ("3",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
+class _LazySpare(nn.Module):
+    """tiny_mlp with a LazyLinear the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _mlp()
+        self.spare = nn.LazyLinear(4)
+        self.slot_targets = ("body.1",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def lazy_never_called() -> nn.Module:
+    """A lazy module no forward initialises."""
+    return _LazySpare()
+
+
+def lazy_wrong_input() -> nn.Module:
+    """A lazy model whose forward cannot take MNIST-1D's samples (it does not flatten [batch, 1, 40] into features
+    before a BatchNorm1d sized for 16)."""
+    model = nn.Sequential(nn.LazyLinear(16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+    model.slot_targets = ("0",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

@@ -157,8 +157,10 @@ def load_factory(spec: str) -> Callable[[], object]:
     who = f"tolaria.host_model = {spec!r}"
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # any import failure is the user's config problem, reported in one line
-        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {type(err).__name__}: {err}") from err
+    # Any import failure is the user's config problem, reported in one line; a module that calls sys.exit() or raises
+    # KeyboardInterrupt as it imports (on a worker thread: not a Ctrl-C) would otherwise end the run without a word.
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {_raised(err)}") from err
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
@@ -184,15 +186,63 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     factory = load_factory(config.host_model)
     try:
         model = factory()
-    except Exception as err:  # the user's factory failing is a config error, reported in one line
-        raise TolariaConfigError(f"{who}: the factory raised {type(err).__name__}: {err}") from err
     except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
         raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
+    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
+    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
+    except (Exception, KeyboardInterrupt) as err:
+        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
+    _materialise_lazy(model, input_shape, who)
     if not any(p.requires_grad for p in model.parameters()):
         raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
     return model
+
+
+def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
+    """Give a model's lazy modules (``nn.LazyLinear``, ...) their parameters with one eval-mode forward on a batch of
+    two zero samples of the data's shape, as PyTorch's own dry run does: the parameter count, the slot shapes and the
+    optimizer all need real tensors. Their initialisation draws from torch's global RNG right after the factory's own
+    draws, so every build from the same seed (the check, the run's, each restore and a resume) makes the same weights.
+
+    Raises:
+        TolariaConfigError: the forward fails, or leaves a parameter or buffer uninitialised (a lazy module it never
+            calls).
+    """
+    if not _lazy_tensors(model):
+        return
+    batch = torch.zeros(2, *input_shape)
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics, no dropout draws: only the lazy modules' initialisation uses the RNG
+    try:
+        with torch.no_grad():
+            model(batch)
+    # Whatever the user's forward raises, KeyboardInterrupt and SystemExit included (see _fitting_shapes).
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(
+            f"{who}: the model's lazy modules could not be initialised by a forward on a batch of shape"
+            f" {list(batch.shape)}: {_raised(err)}"
+        ) from err
+    finally:
+        model.train(was_training)
+    left = _lazy_tensors(model)
+    if left:
+        raise TolariaConfigError(
+            f"{who}: {left[0]!r} is still uninitialised after a forward on a batch of shape {list(batch.shape)} (a lazy"
+            " module the forward never calls)"
+        )
+
+
+def _lazy_tensors(model: nn.Module) -> list[str]:
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, tensor in named if nn.parameter.is_lazy(tensor)]
+
+
+def _raised(err: BaseException) -> str:
+    """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
@@ -208,9 +258,10 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
         hint = '"auto" picks CUDA when present'
         raise TolariaConfigError(f"tolaria.device = {config.device!r}: {err} ({hint})") from err
     # The npz file, and the validation split once the data's size is known (MNIST-1D from its cache: a few ms).
-    load_data(config)
-    # Module names do not depend on the data's shapes (a user factory takes no arguments at all).
-    slots = wrap_host(config, build_host(config, (40,), 10), slot_targets)
+    splits = load_data(config)
+    # The data's real shapes: a built-in host too large for its samples, and a user model's lazy modules, are then
+    # found here, before the run directory is claimed.
+    slots = wrap_host(config, build_host(config, splits.input_shape, splits.num_classes), slot_targets)
     catalogue = default_catalogue()
     for index, spec in enumerate(config.initial_seeds):
         slot, _, blueprint_id = spec.partition("=")
