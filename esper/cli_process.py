@@ -1,14 +1,24 @@
-"""How ``python -m esper.run`` treats its signals and its terminal: which signals stop a run, writing to a console
-that may be gone, and leaving with the run's own status."""
+"""How ``python -m esper.run`` treats its signals and its terminal: the run in the foreground (a Ctrl-C stops it in
+order), which signals stop a run, writing to a console that may be gone, and leaving with the run's own status."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import stat
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from esper.session import EXIT_INTERRUPTED
+from esper.summary_table import format_summary
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from esper.session import EsperSystem
+    from schemas.run import RunSummary
 
 # Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -70,3 +80,73 @@ def detach_from_terminal() -> None:
                 with contextlib.suppress(OSError):
                     stream.flush()  # what a live terminal can still take; a dead one's buffered text is dropped
                 os.dup2(null.fileno(), fd)
+
+
+async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:
+    """Wait for the run to end (training finished), or stop it gracefully once ``interrupted`` is set: Tolaria
+    finishes its step and writes a checkpoint that ``--resume`` continues from."""
+    async with asyncio.TaskGroup() as tg:
+        finished = tg.create_task(system.wait())
+        interrupt = tg.create_task(interrupted.wait())
+        await asyncio.wait((finished, interrupt), return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done():
+            tg.create_task(system.stop(status="interrupted"))
+        interrupt.cancel()
+    return finished.result()
+
+
+async def run_in_foreground(
+    start: Callable[[], Coroutine[Any, Any, EsperSystem]], *, whole_process: bool = False
+) -> int:
+    """The command line's run: started, waited for and its summary printed; a Ctrl-C, SIGTERM or hang-up stops it in
+    order, a second one at once. Returns the exit status. ``whole_process``: as ``esper.run.main``'s."""
+    interrupted = asyncio.Event()
+    starting = asyncio.ensure_future(start())
+
+    def interrupt() -> None:
+        if interrupted.is_set():
+            # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
+            # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
+            say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
+            os._exit(EXIT_INTERRUPTED)
+        interrupted.set()
+        if not starting.done():
+            # Loading the data, building the host, starting the actors: what has started is stopped in order, and a
+            # step still running in a thread (a user's factory, the data set's generation) is left to the process's
+            # exit; whatever it writes is written atomically, so nothing is left half-written.
+            say(sys.stderr, "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n")
+            starting.cancel()
+            return
+        say(
+            sys.stderr,
+            "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
+            " exit at once)\n",
+        )
+
+    def hang_up() -> None:
+        # The terminal closed: whatever is still written to it would fail (EIO) and end the stop half-way.
+        detach_from_terminal()
+        interrupt()
+
+    # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    if signal.SIGHUP in handled_signals():
+        loop.add_signal_handler(signal.SIGHUP, hang_up)
+    try:
+        try:
+            system = await starting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task is being cancelled, not only the start
+            return EXIT_INTERRUPTED
+        summary = await run_until_done(system, interrupted)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    if whole_process:
+        exit_on_signal(summary.exit_code)
+    say(sys.stdout, format_summary(summary))
+    return summary.exit_code

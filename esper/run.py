@@ -20,55 +20,41 @@ if __name__ == "__main__":
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hang-up must leave the run alone
         signal.signal(signal.SIGHUP, lambda _signum, _frame: os._exit(130))
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import functools
-import re
-import secrets
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
-import msgspec
 import structlog
 
-from actors.nissa.prometheus import check_bindable, host_port
+from actors.nissa.prometheus import host_port
 from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
-from actors.tolaria.build import check_config
-from actors.tolaria.checkpoints import CheckpointError
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
-from esper.baseline import RecordedBaseline, load_baseline, with_baseline
+from esper.baseline import RecordedBaseline, with_baseline
 from esper.bus_resource import BusResource, bus_limits
-from esper.cli_process import (
-    STOP_SIGNALS,
-    detach_from_terminal,
-    drop_lost_streams,
-    exit_on_signal,
-    handled_signals,
-    say,
-)
-from esper.config import apply_overrides, dump_config, load_config, parse_override, validate_config
+from esper.cli_process import drop_lost_streams, run_in_foreground, say
+from esper.config import dump_config
 from esper.console import Console
-from esper.data_fingerprint import check_same_data, record_data
+from esper.data_fingerprint import record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
-from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
-from esper.run_dir import (
-    RunDirLock,
-    check_not_in_use,
-    check_not_the_run_config,
-    claim_run_dir,
-    sweep_partial_writes,
-    write_run_config,
+from esper.run_args import (
+    EXIT_CONFIG_ERROR,
+    blamed,
+    build_parser,
+    checked_command_line,
+    checked_start,
+    console_level,
+    in_api_words,
 )
+from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
-from esper.run_history import already_trained, earlier_tally, previous_run_id
-from esper.runtime.bus_redis import redacted
+from esper.run_history import earlier_tally, previous_run_id
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import GpuTelemetry
@@ -76,46 +62,21 @@ from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
-from esper.start_checks import check_start
-from esper.summary_table import format_summary
 from esper.wiring import NissaForward, RunHooks, RunTally
-from schemas.config import RunConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from esper.runtime.supervisor import Supervisor
-    from schemas.run import GrowthFigures, RunSummary, TrainingFigures
+    from schemas.config import RunConfig
+    from schemas.run import GrowthFigures, TrainingFigures
 
 _log = structlog.get_logger("esper.run")
-
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2
-
-
-def new_run_id(now: dt.datetime | None = None) -> str:
-    """A sortable, unique run id: UTC time to the second plus 4 random hex digits."""
-    moment = now or dt.datetime.now(dt.UTC)
-    return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def resolve_secret(config: RunConfig) -> bytes:
-    """The key that signs commands: the secret environment variable, or a random per-run key.
-
-    Raises:
-        ConfigError: the variable is unset while weatherlight.require_secret is true.
-    """
-    name = config.security.secret_env
-    value = os.environ.get(name)
-    if value:
-        return value.encode("utf-8")
-    if config.weatherlight.require_secret:
-        raise ConfigError(f"weatherlight.require_secret: the environment variable {name} is not set")
-    return secrets.token_bytes(32)
 
 
 def build_tree(
@@ -204,17 +165,6 @@ async def start(
         raise ConfigError(in_api_words(str(err))) from err
 
 
-_FLAGS = (("--resume ", "resume="), ("--resume:", "resume:"), ("--run-dir", "run_dir"), ("--set ", "overrides: "))
-
-
-def in_api_words(message: str) -> str:
-    """A refusal the command line words with its flags (--resume DIR, --run-dir, --set KEY=VALUE), in the words of
-    ``esper.start``'s parameters, for a caller of the API."""
-    for flag, parameter in _FLAGS:
-        message = message.replace(flag, parameter)
-    return message
-
-
 async def _start(
     config: str | Path | RunConfig,
     run_dir: str | Path | None = None,
@@ -227,63 +177,15 @@ async def _start(
 ) -> EsperSystem:
     """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
-    if isinstance(overrides, str):
-        raise TypeError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r}")
-    for name, where in (("run_dir", run_dir), ("resume", resume)):
-        if where is not None and not isinstance(where, str | os.PathLike):
-            raise TypeError(f"{name}: expected a directory's path (a str or os.PathLike), got {where!r}")
-    if isinstance(config, RunConfig):
-        resolved = apply_overrides(validate_config(config), overrides or ())
-    elif not isinstance(config, str | os.PathLike):
-        raise TypeError(f"config: a TOML file's path or a RunConfig, got a {type(config).__name__}")
-    else:
-        resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
-    resolved = _absolute_data_path(resolved)
-    secret = resolve_secret(resolved)
-    try:
-        await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
-        await anyio.to_thread.run_sync(check_start, resolved)
-        if resolved.nissa.prometheus_port is not None:
-            host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
-            await anyio.to_thread.run_sync(check_bindable, host, port)
-    except ConfigError as err:
-        raise blamed(err, config, overrides or ()) from err
-    baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
-    if resume is not None:
-        directory = Path(resume)
-        await anyio.to_thread.run_sync(check_not_in_use, directory)
-        if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
-            raise ConfigError(
-                f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
-                f" trains nothing: start it again with --run-dir {directory})"
-            )
-        # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
-        await anyio.to_thread.run_sync(
-            lambda: check_checkpoint_run(directory / "checkpoints", previous_run_id(directory))
-        )
-        # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
-        try:
-            finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
-        except CheckpointError as err:
-            raise ConfigError(f"--resume {directory}: {err}") from err
-        if finished is not None:  # resuming would only rewrite its summary, without the figures
-            raise ConfigError(finished)
-        await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
-        await anyio.to_thread.run_sync(check_resumable, directory, resolved)
-        await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
-        run_id: str | None = None  # the resumed run's own, read once the directory is claimed
-    else:
-        run_id = resolved.run_id or new_run_id()
-        directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
-        if not isinstance(config, RunConfig):
-            await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
+    args = await checked_start(config, run_dir, overrides, resume)
+    resolved, directory = args.config, args.directory
     files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
     claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
     run_lock = await anyio.to_thread.run_sync(claim)
     try:
         return await _start_claimed(
-            resolved, directory, run_id, run_lock,
-            baseline=baseline, secret=secret, resume=resume, progress=progress, hooks=hooks, console=console,
+            resolved, directory, args.run_id, run_lock,
+            baseline=args.baseline, secret=args.secret, resume=resume, progress=progress, hooks=hooks, console=console,
         )  # fmt: skip
     except BaseException:
         run_lock.release()
@@ -314,7 +216,7 @@ async def _start_claimed(
         level=resolved.logging.level,
         console=resolved.logging.console if console is None else console,
         json_file=resolved.logging.json_file,
-        console_level=_console_level(resolved.logging.console_level),
+        console_level=console_level(resolved.logging.console_level),
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
     )
@@ -445,38 +347,6 @@ async def _start_claimed(
     )
 
 
-_CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+)(?:\[\d+\])? = ")
-
-
-def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
-    """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
-    ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
-    text = str(err)
-    key = _CHECKED_KEY.match(text)
-    if key is None:
-        return err
-    setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
-    if setter is not None:
-        return ConfigError(f"--set {redacted(setter)}: {text}")  # a Redis URL's password stays off the console
-    if isinstance(config, str | Path):
-        return ConfigError(f"{config}: {text}")
-    return err
-
-
-def _absolute_data_path(config: RunConfig) -> RunConfig:
-    """``tolaria.npz_path`` and ``tamiyo.gnn_checkpoint`` made absolute (from the working directory, ``~`` expanded),
-    so that the run's config.toml and the ``--resume`` command it prints work from any directory."""
-    npz, weights = config.tolaria.npz_path, config.tamiyo.gnn_checkpoint
-    if npz is not None and not Path(npz).is_absolute():
-        absolute = str(Path(npz).expanduser().absolute())
-        config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
-    if weights is not None and not Path(weights).is_absolute():
-        absolute = str(Path(weights).expanduser().absolute())
-        tamiyo = msgspec.structs.replace(config.tamiyo, gnn_checkpoint=absolute)
-        config = msgspec.structs.replace(config, tamiyo=tamiyo)
-    return config
-
-
 def _log_start_abandoned(run_id: str, err: BaseException) -> None:
     """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
     ends as every run's does and ``esper.tail --follow`` stops."""
@@ -486,115 +356,6 @@ def _log_start_abandoned(run_id: str, err: BaseException) -> None:
     _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
 
 
-def _console_level(configured: str) -> str:
-    """The stderr log level: as configured, or under "auto" warning. The info log stays in events.jsonl; on stderr
-    (a terminal, a pipe, a notebook's cell) it would bury the progress lines and warnings: hundreds of lines a
-    minute."""
-    return "warning" if configured == "auto" else configured
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m esper.run",
-        description="Run Esper: train a host model while the controller grows it, under a supervision tree.",
-    )
-    parser.add_argument("config", type=Path, help="the run configuration (TOML); every key has a default")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, read as a TOML value (e.g. tolaria.epochs=3, tamiyo.policy=gnn); repeatable",
-    )
-    # A resume continues the run in its own directory: a --run-dir beside it was silently ignored.
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--run-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="the run directory for config.toml, events.jsonl and summary.json (default: <runs_dir>/<run-id>, with"
-        " the config's runs_dir, runs unless set)",
-    )
-    where.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue an interrupted run from its last good checkpoint; the directory is reused, events appended",
-    )
-    return parser
-
-
-async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:
-    """Wait for the run to end (training finished), or stop it gracefully once ``interrupted`` is set: Tolaria
-    finishes its step and writes a checkpoint that ``--resume`` continues from."""
-    async with asyncio.TaskGroup() as tg:
-        finished = tg.create_task(system.wait())
-        interrupt = tg.create_task(interrupted.wait())
-        await asyncio.wait((finished, interrupt), return_when=asyncio.FIRST_COMPLETED)
-        if not finished.done():
-            tg.create_task(system.stop(status="interrupted"))
-        interrupt.cancel()
-    return finished.result()
-
-
-async def _main_async(
-    config: RunConfig, run_dir: Path | None, resume: Path | None = None, *, whole_process: bool = False
-) -> int:
-    interrupted = asyncio.Event()
-    starting = asyncio.ensure_future(_start(config, run_dir, resume=resume, progress=sys.stderr))
-
-    def interrupt() -> None:
-        if interrupted.is_set():
-            # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
-            # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
-            say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
-            os._exit(EXIT_INTERRUPTED)
-        interrupted.set()
-        if not starting.done():
-            # Loading the data, building the host, starting the actors: what has started is stopped in order, and a
-            # step still running in a thread (a user's factory, the data set's generation) is left to the process's
-            # exit; whatever it writes is written atomically, so nothing is left half-written.
-            say(sys.stderr, "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n")
-            starting.cancel()
-            return
-        say(
-            sys.stderr,
-            "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
-            " exit at once)\n",
-        )
-
-    def hang_up() -> None:
-        # The terminal closed: whatever is still written to it would fail (EIO) and end the stop half-way.
-        detach_from_terminal()
-        interrupt()
-
-    # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt)
-    if signal.SIGHUP in handled_signals():
-        loop.add_signal_handler(signal.SIGHUP, hang_up)
-    try:
-        try:
-            system = await starting
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this task is being cancelled, not only the start
-            return EXIT_INTERRUPTED
-        summary = await run_until_done(system, interrupted)
-    finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-    if whole_process:
-        exit_on_signal(summary.exit_code)
-    say(sys.stdout, format_summary(summary))
-    return summary.exit_code
-
-
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
     """The command line. Exit status: 0 done, 1 the run failed, 2 bad config or usage, 130 interrupted.
 
@@ -602,35 +363,17 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     with the run's status (never set when called from a test or another program).
     """
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        resolve_secret(config)
-    except ConfigError as err:
-        say(sys.stderr, f"{err}\n")
-        return EXIT_CONFIG_ERROR
-    if args.resume is None and args.run_dir is not None:
-        try:
-            check_not_the_run_config(args.config, args.run_dir)
-        except ConfigError as err:
-            say(sys.stderr, f"{err}\n")
-            return EXIT_CONFIG_ERROR
-    if args.resume is not None:
-        try:
-            check_not_in_use(args.resume)
-            check_checkpoint_run(args.resume / "checkpoints", previous_run_id(args.resume))
-            finished = already_trained(args.resume, config.tolaria.epochs)
-        except ConfigError as err:
-            say(sys.stderr, f"{err}\n")
-            return EXIT_CONFIG_ERROR
-        except CheckpointError as err:
-            say(sys.stderr, f"--resume {args.resume}: {err}\n")
-            return EXIT_CONFIG_ERROR
-        if finished is not None:
-            say(sys.stderr, f"{finished}\n")
-            return EXIT_OK
+    config = checked_command_line(args)
+    if isinstance(config, int):
+        return config
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            return asyncio.run(_main_async(config, args.run_dir, args.resume, whole_process=whole_process))
+            return asyncio.run(
+                run_in_foreground(
+                    lambda: _start(config, args.run_dir, resume=args.resume, progress=sys.stderr),
+                    whole_process=whole_process,
+                )
+            )
         except ConfigError as err:
             say(sys.stderr, f"{blamed(err, args.config, args.overrides)}\n")
             return EXIT_CONFIG_ERROR

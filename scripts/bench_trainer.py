@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from actors.tolaria.build import batch_plan, build_host, load_data, seed_everything
-from actors.tolaria.loop import LoopOptions, TrainingLoop
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.data import TensorPair

@@ -14,7 +14,8 @@ from actors.nissa.csv_writer import header_line
 from esper.config import apply_overrides, dump_config
 from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
-from esper.run import EXIT_CONFIG_ERROR, main
+from esper.run import main
+from esper.run_args import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 from schemas.config import KasminaConfig, RunConfig, TolariaConfig
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from esper.run import EXIT_CONFIG_ERROR, main
+from esper.run import main
+from esper.run_args import EXIT_CONFIG_ERROR
 
 if TYPE_CHECKING:
     from pathlib import Path

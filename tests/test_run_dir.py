@@ -15,7 +15,8 @@ import pytest
 
 from actors.nissa.metrics import METRICS_COLUMNS
 from esper.logs import reset_logging
-from esper.run import EXIT_CONFIG_ERROR, main
+from esper.run import main
+from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.runtime.errors import ConfigError
 

@@ -9,7 +9,8 @@ import torch
 
 from actors.tolaria.build import TolariaConfigError, build_trainee, load_data
 from actors.tolaria.checkpoints import load_latest
-from actors.tolaria.loop import LoopOptions, TrainingLoop
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
@@ -140,7 +141,7 @@ def test_a_resumed_run_rebuilds_its_initial_seeds_and_ends_bitwise_equal(data: D
     result = resumed.run()
     assert result.status == "completed"
     assert result.figures.resumed_from_step == 28
-    assert [e.seed_id for e in resumed._applier.log] == ["initial-blocks.0", "initial-blocks.2"]  # type: ignore[union-attr]
+    assert [e.seed_id for e in resumed._s.applier.log] == ["initial-blocks.0", "initial-blocks.2"]  # type: ignore[union-attr]
     a = straight.trainee.model.state_dict()
     b = resumed.trainee.model.state_dict()
     assert a.keys() == b.keys()

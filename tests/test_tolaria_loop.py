@@ -15,7 +15,8 @@ from torch import nn
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
-from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.blueprints import SlotShape

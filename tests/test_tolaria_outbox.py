@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from actors.tolaria.build import load_data
-from actors.tolaria.loop import LoopOptions, TrainingLoop
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.outbox import HeldOutbox
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, TypeVar, assert_never, final
 
 import structlog
 
-from actors.tolaria.loop import LoopOptions, LoopResult, TrainingLoop
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox, release_modules
 from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor

@@ -2,7 +2,7 @@
 
 On-disk layout under ``root`` (config ``urza.root``, default ``.esper/urza/``, shared by runs and processes)::
 
-    catalog.sqlite         WAL-mode catalogue: tables ``artifacts`` and ``blueprints`` (schema below)
+    catalog.sqlite         WAL-mode catalogue: tables ``artifacts`` and ``blueprints`` (schema in catalog.py)
     blobs/<sha256>         one artifact blob each (see actors.urza.artifact), named by the SHA-256 of its bytes
     blobs/.tmp-<pid>-*     a blob being written; renamed into place once complete and fsynced
     quarantine/<sha256>    blobs that failed verification, moved aside for inspection
@@ -23,10 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
-import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, final
@@ -42,11 +39,12 @@ from actors.urza.artifact import (
     ArtifactQuarantined,
     BlobMissing,
     BlobUnreadable,
-    BlueprintUnavailable,
     decode_artifact,
     decode_metadata,
     sha256_hex,
 )
+from actors.urza.blob_files import fsync_dir, remove_dead_temp_files
+from actors.urza.catalog import COLUMNS, Catalog
 from actors.urza.records import (
     ArtifactEntry,
     BlueprintState,
@@ -57,89 +55,20 @@ from actors.urza.records import (
     check_sha,
     is_sha,
 )
-from actors.urza.rows import (
-    COLUMN_NAMES,
-    StandingRow,
-    blob_problem,
-    checked_row,
-    entry_from_row,
-    row_mismatch,
-    text_or_marker,
-)
+from actors.urza.rows import blob_problem, row_mismatch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
+_log = structlog.get_logger("actors.urza")
 
 _PUBLISH_LOCK = "publish.lock"
-_TMP_RE = re.compile(r"^\.tmp-(\d+)-")
-_SCHEMA_VERSION = 1
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS artifacts (
-        sha256 TEXT PRIMARY KEY,
-        blueprint_id TEXT NOT NULL,
-        signature_key TEXT NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        metadata TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('ready', 'quarantined', 'failed')),
-        reason TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS artifacts_by_slot ON artifacts (blueprint_id, signature_key, status, created_at)",
-    """CREATE TABLE IF NOT EXISTS blueprints (
-        blueprint_id TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('ok', 'failed', 'quarantined')),
-        reason TEXT NOT NULL DEFAULT '',
-        updated_at REAL NOT NULL)""",
-)
-_log = structlog.get_logger("actors.urza")
-_COLUMNS = ", ".join(COLUMN_NAMES)
-_SELECT = f"SELECT rowid, {_COLUMNS} FROM artifacts"  # the rowid drops a row whose own key is what is damaged
 _PUT_ATTEMPTS = 3
 # The columns a put derives from the blob (its content address fixes them), so a put of the blob mends a damaged row.
 _BLOB_COLUMNS = ("blueprint_id", "signature_key", "size_bytes", "metadata")
 _FROM_BLOB = ", ".join(f"{c} = excluded.{c}" for c in _BLOB_COLUMNS)
 _DIFFERS_FROM_BLOB = " OR ".join(f"artifacts.{c} IS NOT excluded.{c}" for c in _BLOB_COLUMNS)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
-    """Put the catalog in WAL mode (persistent in the file), retrying while another process holds the lock.
-
-    SQLite does not call the busy handler for every lock a journal-mode change meets: two processes opening a new
-    catalog at once got "database is locked" at once (seen in CI). So the change is retried with a short backoff
-    until ``timeout_s``; a catalog already in WAL mode is left alone.
-    """
-    deadline = time.monotonic() + timeout_s
-    delay_s = 0.005
-    while True:
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() >= deadline:
-                raise
-            time.sleep(delay_s)  # a retry backoff against another process, not a wait for a test
-            delay_s = min(delay_s * 2, 0.1)
 
 
 @final
@@ -176,26 +105,15 @@ class UrzaStore:
         self._before_publish = before_publish
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._quarantine.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
         self._said_unlocked = False
         self._puts = 0
         self._puts_new = 0
         self._loads = 0
-        self._integrity_failures = 0
-        self._conn = sqlite3.connect(
-            root / "catalog.sqlite", isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
-        )
-        self._conn.text_factory = text_or_marker
+        self._catalog = Catalog(root / "catalog.sqlite", now=now, busy_timeout_ms=busy_timeout_ms)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            _enable_wal(self._conn, busy_timeout_ms / 1000)
-            with self._write() as conn:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            self._temp_files_removed = self._remove_dead_temp_files()
+            self._temp_files_removed = remove_dead_temp_files(self._blobs)
         except BaseException:
-            self._conn.close()  # a catalogue that is not a database, or locked: no half-open connection left behind
+            self._catalog.close()
             raise
 
     # ------------------------------------------------------------------ paths and lifecycle
@@ -231,7 +149,7 @@ class UrzaStore:
 
     @property
     def catalog_path(self) -> Path:
-        return self._root / "catalog.sqlite"
+        return self._catalog.path
 
     def blob_path(self, artifact: str) -> Path:
         """``<root>/blobs/<sha256>``. Raises ValueError if ``artifact`` is not a SHA-256 hex digest."""
@@ -243,8 +161,7 @@ class UrzaStore:
 
     def close(self) -> None:
         """Close the catalogue connection; idempotent."""
-        with self._lock:
-            self._conn.close()
+        self._catalog.close()
 
     def __enter__(self) -> UrzaStore:
         return self
@@ -256,12 +173,12 @@ class UrzaStore:
 
     def statistics(self) -> StoreStatistics:
         """This object's counters; takes the connection lock only for the copy."""
-        with self._lock:
+        with self._catalog.lock:
             return StoreStatistics(
                 puts=self._puts,
                 puts_new=self._puts_new,
                 loads=self._loads,
-                integrity_failures=self._integrity_failures,
+                integrity_failures=self._catalog.integrity_failures,
                 temp_files_removed=self._temp_files_removed,
             )
 
@@ -285,13 +202,13 @@ class UrzaStore:
         for _ in range(_PUT_ATTEMPTS):
             self._ensure_blob(sha, blob)
             stamp = self._now()
-            with self._write() as conn:
+            with self._catalog.write() as conn:
                 # A concurrent quarantine may have moved the blob away since we wrote it; write it again then,
                 # so a ready row never names a missing blob.
                 if not self.blob_path(sha).exists():
                     continue
                 cursor = conn.execute(
-                    f"INSERT INTO artifacts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'ready', '', ?, ?) "
+                    f"INSERT INTO artifacts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, 'ready', '', ?, ?) "
                     "ON CONFLICT (sha256) DO UPDATE SET "
                     "status = CASE artifacts.status WHEN 'quarantined' THEN 'ready' ELSE artifacts.status END, "
                     "reason = CASE artifacts.status WHEN 'quarantined' THEN '' ELSE artifacts.reason END, "
@@ -300,7 +217,7 @@ class UrzaStore:
                     (sha, metadata.blueprint_id, metadata.signature_key, len(blob), meta_json, stamp, stamp),
                 )
                 inserted = cursor.rowcount > 0
-            with self._lock:
+            with self._catalog.lock:
                 self._puts += 1
                 self._puts_new += int(inserted)
             entry = self.entry(sha)
@@ -326,7 +243,9 @@ class UrzaStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self._blobs)
+        fsync_dir(self._blobs)
+
+    # ------------------------------------------------------------------ the catalogue (catalog.py)
 
     def mark_failed(self, artifact: str, reason: str) -> None:
         """Mark an artifact failed (its module did not validate, say); loads then raise ArtifactFailed.
@@ -334,55 +253,23 @@ class UrzaStore:
         Raises:
             ArtifactNotFound: no row for the artifact.
         """
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE artifacts SET status = 'failed', reason = ?, updated_at = ? WHERE sha256 = ?",
-                (reason, self._now(), check_sha(artifact)),
-            )
-            if cursor.rowcount == 0:
-                raise ArtifactNotFound(artifact, f"artifact {artifact} is not in the catalogue {self.catalog_path}")
+        self._catalog.mark_failed(artifact, reason)
 
     def set_blueprint_status(self, blueprint_id: str, state: BlueprintState, reason: str = "") -> None:
         """Record a blueprint's standing (Karn's quarantine, Tezzeret's failed compile, or ``ok`` to clear it)."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO blueprints (blueprint_id, state, reason, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (blueprint_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
-                "updated_at = excluded.updated_at",
-                (blueprint_id, state, reason, self._now()),
-            )
-
-    # ------------------------------------------------------------------ reading the catalogue
+        self._catalog.set_blueprint_status(blueprint_id, state, reason)
 
     def entry(self, artifact: str) -> ArtifactEntry | None:
         """The catalogue row of an artifact, or None."""
-        rows = self._select(f"{_SELECT} WHERE sha256 = ?", (check_sha(artifact),))
-        return rows[0] if rows else None
+        return self._catalog.entry(artifact)
 
     def entries(self, blueprint_id: str | None = None) -> tuple[ArtifactEntry, ...]:
         """Every catalogue row (of one blueprint if given), oldest first."""
-        if blueprint_id is None:
-            return self._select(f"{_SELECT} ORDER BY created_at, rowid", ())
-        return self._select(f"{_SELECT} WHERE blueprint_id = ? ORDER BY created_at, rowid", (blueprint_id,))
+        return self._catalog.entries(blueprint_id)
 
     def blueprint_status(self, blueprint_id: str) -> BlueprintStatus | None:
         """A blueprint's recorded standing, or None if nothing was ever recorded for it."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT rowid, state, reason, updated_at FROM blueprints WHERE blueprint_id = ?", (blueprint_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        rowid, *columns = row
-        try:
-            checked = checked_row(StandingRow, ("state", "reason", "updated_at"), tuple(columns))
-        except ValueError as err:
-            # Its standing is unknown: the blueprint is offered again, and a failed compile marks it again.
-            self._drop_row("blueprints", rowid, blueprint_id, f"blueprint {blueprint_id!r}: row is damaged: {err}")
-            return None
-        return BlueprintStatus(
-            blueprint_id=blueprint_id, state=checked.state, reason=checked.reason, updated_at=checked.updated_at
-        )
+        return self._catalog.blueprint_status(blueprint_id)
 
     def resolve(self, blueprint_id: str, signature_key: str | None = None) -> ArtifactEntry:
         """The newest ready artifact of a blueprint (for one slot signature if given).
@@ -391,57 +278,7 @@ class UrzaStore:
             BlueprintUnavailable: the blueprint is marked failed or quarantined.
             ArtifactNotFound: it has no ready artifact (for that signature).
         """
-        status = self.blueprint_status(blueprint_id)
-        if status is not None and status.state != "ok":
-            raise BlueprintUnavailable(
-                blueprint_id, f"blueprint {blueprint_id!r} is {status.state} in {self.catalog_path}: {status.reason}"
-            )
-        query = f"{_SELECT} WHERE blueprint_id = ? AND status = 'ready'"
-        args: tuple[str, ...] = (blueprint_id,)
-        if signature_key is not None:
-            query += " AND signature_key = ?"
-            args += (signature_key,)
-        rows = self._select(query + " ORDER BY created_at DESC, rowid DESC LIMIT 1", args)
-        if not rows:
-            slot = "" if signature_key is None else f" for signature {signature_key!r}"
-            raise ArtifactNotFound(
-                blueprint_id, f"blueprint {blueprint_id!r} has no ready artifact{slot} in {self.catalog_path}"
-            )
-        return rows[0]
-
-    def _select(self, query: str, args: tuple[str, ...]) -> tuple[ArtifactEntry, ...]:
-        """The rows ``query`` (``_SELECT`` and a tail) selects, each checked; a damaged one is dropped and the query
-        run again, so a ``LIMIT`` still finds the good row behind a damaged newer one."""
-        while True:
-            with self._lock:
-                rows = self._conn.execute(query, args).fetchall()
-            entries: list[ArtifactEntry] = []
-            dropped = False
-            for row in rows:
-                try:
-                    entries.append(entry_from_row(row[1:]))
-                except ArtifactFormatError as err:
-                    self._drop_row("artifacts", row[0], err.subject, err.detail)
-                    dropped = True
-            if not dropped:
-                return tuple(entries)
-
-    def _drop_row_of(self, entry: ArtifactEntry, why: str) -> None:
-        with self._lock:
-            row = self._conn.execute("SELECT rowid FROM artifacts WHERE sha256 = ?", (entry.sha256,)).fetchone()
-        if row is not None:
-            self._drop_row("artifacts", row[0], entry.sha256, f"artifact {entry.sha256}: {why}")
-
-    def _drop_row(self, table: str, rowid: int, name: str, why: str) -> None:
-        """Forget a catalogue row that cannot be read: its blueprint is not to blame, and the next put of the blob
-        (a Tezzeret pass) writes the row again. Without it every read of the catalogue failed, for good. By rowid:
-        the damaged row's own key may be what is unreadable."""
-        with self._write() as conn:
-            conn.execute(f"DELETE FROM {table} WHERE rowid = ?", (rowid,))
-        with self._lock:
-            self._integrity_failures += 1
-        subject = "artifact" if table == "artifacts" else "blueprint_id"
-        _log.warning("urza_row_dropped", table=table, reason=why[:300], **{subject: name})
+        return self._catalog.resolve(blueprint_id, signature_key)
 
     # ------------------------------------------------------------------ loading
 
@@ -496,13 +333,13 @@ class UrzaStore:
             raise
         mismatch = row_mismatch(entry, len(data), decoded.metadata)
         if mismatch:
-            self._drop_row_of(entry, mismatch)
+            self._catalog.drop_row_of(entry, mismatch)
             raise ArtifactNotFound(
                 artifact,
                 f"artifact {artifact}: its catalogue row did not match its verified blob {path} ({mismatch}); "
                 "row dropped (the next put of the blob writes it again)",
             )
-        with self._lock:
+        with self._catalog.lock:
             self._loads += 1
         return LoadedArtifact(entry=entry, tensors=decoded.tensors)
 
@@ -535,24 +372,24 @@ class UrzaStore:
             return None  # the blob's own fault, not the row's: a load marks it failed
         mismatch = row_mismatch(entry, len(data), metadata)
         if mismatch:
-            self._drop_row_of(entry, mismatch)
+            self._catalog.drop_row_of(entry, mismatch)
             return f"catalogue row dropped: {mismatch}"
         return None
 
     def _quarantine_blob(self, artifact: str, why: str) -> Path:
         source = self.blob_path(artifact)
         dest = self.quarantine_path(artifact)
-        with self._write() as conn:
+        with self._catalog.write() as conn:
             # Inside the write transaction, so a concurrent put either sees the blob gone and rewrites it, or
             # committed before us and its good copy is quarantined with a row that says so: never ready and missing.
             with contextlib.suppress(FileNotFoundError):
                 os.replace(source, dest)
-                _fsync_dir(self._blobs)
+                fsync_dir(self._blobs)
             conn.execute(
                 "UPDATE artifacts SET status = 'quarantined', reason = ?, updated_at = ? WHERE sha256 = ?",
                 (why, self._now(), artifact),
             )
-            self._integrity_failures += 1
+            self._catalog.integrity_failures += 1
         return dest
 
     def check_integrity(self, *, quarantine: bool = False) -> IntegrityReport:
@@ -583,28 +420,3 @@ class UrzaStore:
             corrupt=tuple(corrupt),
             orphan_blobs=tuple(orphans),
         )
-
-    # ------------------------------------------------------------------ internals
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _remove_dead_temp_files(self) -> int:
-        removed = 0
-        for path in self._blobs.iterdir():
-            match = _TMP_RE.match(path.name)
-            if match is None or _pid_alive(int(match.group(1))):
-                continue
-            if path.is_dir() and not path.is_symlink():
-                continue  # this store writes files only: someone else's directory is left alone
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed

@@ -1,0 +1,211 @@
+"""Tamiyo's decision steps: the policy under deadline and breaker (or the fallback), risk, command, outcome window."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, final
+
+import msgspec
+
+from actors.tamiyo.gnn_state import PolicyRestarting
+from actors.tamiyo.observe import candidate, implicated_seed
+from actors.tamiyo.outcomes import OutcomeWindow
+from actors.tamiyo.policy import NO_OP, build_command
+from actors.tamiyo.risk import RiskContext, RiskEffect, RiskVerdict, assess
+from esper.runtime.signing import sign_command
+from schemas.boundary import FALLBACK_SUFFIX
+from schemas.boundary import Decision as WireDecision
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import BreakerState, EmergencyLevel
+
+if TYPE_CHECKING:
+    from actors.tamiyo.controller import Controller
+    from actors.tamiyo.policy import Decision as PolicyDecision
+    from actors.tamiyo.policy import Observation
+    from schemas.state import SystemStatePacket
+
+# REFERENCE.md: the GNN's input coverage raises degraded_inputs as a WARNING below 0.3 and as CRITICAL below 0.1.
+DEGRADED_INPUTS_BELOW = 0.3
+CRITICAL_INPUTS_BELOW = 0.1
+
+
+@final
+class Choice:
+    """A proposal and who made it: the decision, its label in the Decision, the policy version, a missed deadline."""
+
+    __slots__ = ("decision", "label", "missed", "version")
+
+    def __init__(self, decision: PolicyDecision, label: str, version: str, *, missed: bool = False) -> None:
+        self.decision = decision
+        self.label = label
+        self.version = version
+        self.missed = missed
+
+
+@final
+class Decider:
+    """The steps of one decision, in the order the actor runs them (actor.py). ``_c``: the controller state."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._c = controller
+
+    async def run_policy(self, observation: Observation) -> PolicyDecision | Exception:
+        self._c.inflight = True
+        try:
+            return await self._c.lane.run(self._c.policy.decide, observation)
+        except (ValueError, RuntimeError, KeyError, IndexError, ArithmeticError) as err:  # FloatingPointError too
+            # A policy that raises is a failed inference: counted against the breaker, the fallback decides.
+            return err
+        finally:
+            self._c.inflight = False
+
+    async def await_policy(
+        self,
+        job: asyncio.Task[PolicyDecision | Exception],
+        observation: Observation,
+        packet: SystemStatePacket,
+        started_s: float,
+        tg: asyncio.TaskGroup,
+    ) -> Choice:
+        timer = tg.create_task(self._c.clock.sleep(started_s + self._c.budget_s - self._c.clock.now()))
+        await asyncio.wait((job, timer), return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        if not job.done():
+            self._c.breaker.record_deadline_overrun()
+            self._c.count(timeouts=1)
+            choice = self.fall_back(observation, "timeout_inference", packet)
+            choice.missed = True
+            return choice
+        result = job.result()
+        if isinstance(result, PolicyRestarting):
+            return self.fall_back(observation, "policy_restarting", packet)
+        if isinstance(result, Exception):
+            self._c.breaker.record_failure(type(result).__name__)
+            self._c.count(inference_failures=1)
+            self._c.emit(
+                "inference_failed", TelemetryLevel.ERROR, f"policy {self._c.policy_name} raised: {result}", packet
+            )
+            return self.fall_back(observation, "policy_error", packet)
+        self._c.breaker.record_success()
+        coverage = result.feature_coverage
+        if coverage is not None and coverage < DEGRADED_INPUTS_BELOW:
+            level = TelemetryLevel.CRITICAL if coverage < CRITICAL_INPUTS_BELOW else TelemetryLevel.WARNING
+            self._c.emit(
+                "degraded_inputs",
+                level,
+                f"the policy decided on {coverage:.0%} of the inputs the state should carry",
+                packet,
+                feature_coverage=round(coverage, 4),
+            )
+        return Choice(result, self._c.policy_name, self._c.policy.version)
+
+    def fall_back(self, observation: Observation, why: str, packet: SystemStatePacket) -> Choice:
+        self._c.count(fallbacks=1)
+        if self._c.deadline_fallback == "heuristic":
+            decision, label = self._c.fallback.decide(observation), f"heuristic{FALLBACK_SUFFIX}"
+        else:
+            decision, label = msgspec.structs.replace(NO_OP, reason=f"fallback_{why}"), f"no_op{FALLBACK_SUFFIX}"
+        self._c.emit(
+            "fallback_applied",
+            TelemetryLevel.WARNING,
+            f"{label} decided step {packet.global_step}: {why}",
+            packet,
+            reason=why,
+            breaker=self._c.breaker.state.value,
+        )
+        return Choice(decision, label, self._c.fallback.version)
+
+    def judge(self, choice: Choice, observation: Observation) -> RiskVerdict:
+        proposed = choice.decision
+        bp = candidate(observation, proposed.blueprint_id)
+        # The packet's own emergency level counts at once: conservative mode from it starts only after this decision
+        # (_end_of_packet), and the epoch end that raised L2 germinated a seed the trainer then refused to attach.
+        elevated = observation.packet.emergency_level >= EmergencyLevel.L2_ELEVATED
+        context = msgspec.structs.replace(
+            RiskContext.from_packet(observation.packet, conservative=self._c.conservative.active or elevated),
+            inference_deadline_missed=choice.missed,
+            blueprint_risk=bp.risk if bp is not None else None,
+            blueprint_quarantine_only=bp.quarantine_only if bp is not None else False,
+            implicated_seed_id=implicated_seed(observation),
+        )
+        verdict = assess(proposed, context, self._c.risk)
+        epoch = observation.epoch
+        for event in verdict.events:
+            self._c.emit(
+                event.name, event.level, event.detail, observation.packet, rule=event.rule, effect=event.effect.value
+            )
+        for reason in verdict.conservative_reasons:
+            self._c.conservative.trigger(reason, epoch=epoch)
+            self._c.conservative_dirty = True
+        if verdict.effect is RiskEffect.VETO:
+            self._c.count(vetoes=1)
+        elif verdict.effect is RiskEffect.DOWNGRADE:
+            self._c.count(downgrades=1)
+        return verdict
+
+    def wire(
+        self, packet: SystemStatePacket, choice: Choice, verdict: RiskVerdict, command_id: str, started_s: float
+    ) -> WireDecision:
+        unsigned = build_command(
+            verdict.decision,
+            command_id=command_id,
+            issued_at=self._c.wall_clock.now(),
+            training_run_id=self._c.run_id,
+            decision_step=packet.global_step,
+            policy_version=choice.version,
+            reason=verdict.risk_reason,
+            priority=verdict.priority,
+        )
+        command = None
+        if unsigned is not None:
+            fresh = msgspec.structs.replace(unsigned.security, freshness_window_s=self._c.freshness_s)
+            command = sign_command(msgspec.structs.replace(unsigned, security=fresh), self._c.key, self._c.key_id)
+        decision_ms = max(0.0, (self._c.clock.now() - started_s) * 1e3)
+        self._c.latencies_ms.append(decision_ms)
+        return WireDecision(
+            run_id=self._c.run_id,
+            decided_on_step=packet.global_step,
+            command=command,
+            policy=choice.label,
+            decision_ms=decision_ms,
+            risk_reason=verdict.risk_reason,
+            reason=choice.decision.reason,
+            feature_coverage=choice.decision.feature_coverage,
+            packet_issued_at=packet.issued_at,
+        )
+
+    def end_of_packet(self, packet: SystemStatePacket) -> None:
+        if packet.validation_loss is None:
+            return
+        self._c.conservative.end_epoch(
+            epoch=packet.epoch,
+            emergency_level=packet.emergency_level,
+            inference_breaker=self._c.breaker.state,
+            metadata_breaker=BreakerState.CLOSED,
+        )
+        self._c.conservative_dirty = False
+        self._c.sink.emit(self._c.conservative.gauge())
+
+    def open_window(self, packet: SystemStatePacket, choice: Choice, verdict: RiskVerdict, command_id: str) -> None:
+        final = verdict.decision
+        follow_up = ("conservative_mode",) if verdict.enter_conservative else ()
+        self._c.tracker.open(
+            OutcomeWindow(
+                command_id=command_id,
+                training_run_id=self._c.run_id,
+                decided_on_step=packet.global_step,
+                start_epoch=packet.epoch,
+                issued_at=self._c.wall_clock.now(),
+                policy_version=choice.version,
+                action=final.action,
+                seed_id=final.target_seed_id,
+                blueprint_id=final.blueprint_id,
+                log_prob=choice.decision.log_prob if final == choice.decision else None,
+                value_estimate=choice.decision.value_estimate,
+                notes=f"{choice.label}: proposed {choice.decision.action.value} ({choice.decision.reason}); "
+                f"final {final.action.value}; risk: {verdict.risk_reason}",
+                follow_up=follow_up,
+                start_seed_parameters=packet.seed_parameters,
+                host_parameters=packet.host_parameters,
+            )
+        )

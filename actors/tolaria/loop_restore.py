@@ -1,0 +1,145 @@
+"""The step loop's restores: the state a start continues from, a full-tier restore, rollbacks and their loop guard."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, final
+
+import msgspec
+import structlog
+
+from actors.tolaria.boundary import replay
+from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.plans import release_modules
+from actors.tolaria.restore_point import choose_restore, journal_check
+from actors.tolaria.snapshots import TrainState, load_into
+from actors.tolaria.telemetry import OpenStats
+from schemas.boundary import TrainingRestored
+
+if TYPE_CHECKING:
+    from actors.tolaria.loop_state import LoopState
+
+_log = structlog.get_logger("actors.tolaria")
+
+# Rollbacks to one state (the same snapshot step) in a row before the run halts instead.
+_ROLLBACKS_TO_ONE_STATE = 3
+
+
+@final
+class Restorer:
+    """Puts the loop's state back: at the start, from the last checkpoint, or in a rollback.
+
+    ``_s``: the loop's shared state (loop_state.py)."""
+
+    def __init__(self, state: LoopState) -> None:
+        self._s = state
+
+    def restore_at_start(self) -> None:
+        """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint;
+        of those whose plans in flight the planner's journal holds, when it is known (restore_point.py)."""
+        read = self._s.options.journaled_step if self._s.options.expects_plans else None
+        directory = self._s.options.checkpoint_dir if self._s.options.resume else None
+        point = choose_restore(
+            self._s.snapshots.latest,
+            directory,
+            at_most=self._s.options.resume_at_most,
+            covered=journal_check(read),
+            journal_known=read is not None,
+        )
+        if point is None:
+            if self._s.options.resume:
+                # A restart (or a resume) with nothing to continue from trains again from step 0: the planner, told
+                # so, starts over as well instead of refusing every packet up to its last boundary.
+                self._s.outbox.event(TrainingRestored(run_id=self._s.options.run_id, step=0, tier="none"))
+            return
+        # A checkpoint's plans in flight are not taken back: their attach handles name modules prepared in the
+        # process that wrote it. Kasmina, told by TrainingRestored, prepares them again and resends them.
+        self.restore(point.state, tier=point.tier, extra_s=point.read_s)
+        if point.info is not None:
+            self._s.last_checkpoint = point.info.file
+        self.announce(point.state, point.tier)
+        if self._s.options.resumed_run:
+            self._s.run_counters.resumed_from = self._s.pos.global_step
+
+    def announce(self, state: TrainState, tier: str) -> None:
+        # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
+        # TrainingRestored, sends them again): a restored run applies them at the same steps as the first one.
+        saved = state.counters.get("expected_plans")
+        if self._s.options.expects_plans and isinstance(saved, str):
+            have = {decided for decided, _ in self._s.inbox.pending()}
+            for decided, effect in msgspec.json.decode(saved, type=list[tuple[int, int]]):
+                if decided not in have and effect >= self._s.pos.global_step:
+                    self._s.inbox.expect(decided, effect, resent=True)
+        self._s.outbox.event(TrainingRestored(run_id=self._s.options.run_id, step=self._s.pos.global_step, tier=tier))
+
+    def restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> None:
+        started = time.perf_counter()
+        self._s.build()
+        applier = self._s.applier
+        assert applier is not None
+        replay(applier, state.graft_log, state.seed_modules or None)
+        load_into(self._s.trainee, state)
+        self._s.pool_reserved = False
+        self._s.planned_capture.forget()
+        self._s.pos.global_step = state.global_step
+        self._s.pos.epoch = state.epoch
+        self._s.pos.batch_index = state.batch_index
+        saved_stats = state.counters.get("open_stats")
+        self._s.restored_stats = None
+        if isinstance(saved_stats, str) and state.batch_index > 0:
+            self._s.restored_stats = msgspec.json.decode(saved_stats, type=tuple[OpenStats, OpenStats])
+        if counters:
+            # Resume or restart: the run's health counters continue. A rollback keeps the current ones instead,
+            # or every rollback would forget the failures that caused it.
+            self._s.policy.restore(state.counters)
+            self._s.run_counters.restore(state.counters, stalls_now=self._s.inbox.statistics())
+        elapsed = time.perf_counter() - started + extra_s
+        self._s.restore_ms_history.append((tier, elapsed * 1e3))
+        _log.info(
+            "tolaria_restored",
+            tier=tier,
+            restore_ms=round(elapsed * 1e3, 3),
+            step=state.global_step,
+            epoch=state.epoch,
+            batch_index=state.batch_index,
+            seeds=len(state.seed_modules) if tier == "fast" else sum(1 for e in state.graft_log if e.kind == "attach"),
+        )
+        if tier == "full" and elapsed > self._s.config.rollback_full_deadline_s:
+            self._s.policy.restore_deadline_missed(elapsed)
+
+    def restore_checkpoint(self) -> bool:
+        """Full-tier restore from the last good checkpoint (rebuild, replay, load); False without one. Lane thread."""
+        directory = self._s.options.checkpoint_dir
+        started = time.perf_counter()
+        found = load_latest(directory) if directory is not None and directory.is_dir() else None
+        if found is None:
+            return False
+        self.restore(found[0], tier="full", extra_s=time.perf_counter() - started, counters=False)
+        return True
+
+    def rollback(self, reason: str, *, loops: bool = True) -> str | None:
+        """Roll back; None when done, else why the run must halt instead (no state to go back to, or, with ``loops``,
+        the same state rolled back to too often: a fault every replay of it meets again, such as a model that turned
+        NaN for good, rolled back thousands of times and never ended)."""
+        state = self._s.snapshots.latest
+        tier = "fast"
+        if state is None:
+            directory = self._s.options.checkpoint_dir
+            found = load_latest(directory) if directory is not None and directory.is_dir() else None
+            if found is None:
+                _log.error("tolaria_rollback_impossible", reason=reason)
+                return f"rollback impossible after {reason}"
+            state, tier = found[0], "full"
+        last, times = self._s.rollback_target
+        if loops and state.global_step == last and times >= _ROLLBACKS_TO_ONE_STATE:
+            _log.error("tolaria_rollback_loop", step=last, times=times, reason=reason)
+            return f"rolled back to step {last} {times} times without getting past it ({reason})"
+        release_modules(self._s.inbox.reset(), self._s.handoff)
+        self.restore(state, tier=tier, counters=False)
+        self.announce(state, tier)
+        step = self._s.pos.global_step
+        same = self._s.rollback_target[1] + 1 if step == self._s.rollback_target[0] else 1
+        self._s.rollback_target = (step, same)
+        self._s.run_counters.rollbacks += 1
+        _log.warning("tolaria_rolled_back", reason=reason, step=step, rollbacks=self._s.run_counters.rollbacks)
+        return None

@@ -1,0 +1,259 @@
+"""What a run is given, checked before its directory is claimed: the command line, the config, a resume's refusals."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+import anyio
+import msgspec
+
+from actors.nissa.prometheus import check_bindable
+from actors.tolaria.build import check_config
+from actors.tolaria.checkpoints import CheckpointError
+from esper.baseline import RecordedBaseline, load_baseline
+from esper.cli_process import say
+from esper.config import apply_overrides, load_config, parse_override, validate_config
+from esper.data_fingerprint import check_same_data
+from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
+from esper.run_dir import check_not_in_use, check_not_the_run_config
+from esper.run_history import already_trained, previous_run_id
+from esper.runtime.bus_redis import redacted
+from esper.runtime.errors import ConfigError
+from esper.start_checks import check_start
+from schemas.config import RunConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """A sortable, unique run id: UTC time to the second plus 4 random hex digits."""
+    moment = now or dt.datetime.now(dt.UTC)
+    return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def resolve_secret(config: RunConfig) -> bytes:
+    """The key that signs commands: the secret environment variable, or a random per-run key.
+
+    Raises:
+        ConfigError: the variable is unset while weatherlight.require_secret is true.
+    """
+    name = config.security.secret_env
+    value = os.environ.get(name)
+    if value:
+        return value.encode("utf-8")
+    if config.weatherlight.require_secret:
+        raise ConfigError(f"weatherlight.require_secret: the environment variable {name} is not set")
+    return secrets.token_bytes(32)
+
+
+_FLAGS = (("--resume ", "resume="), ("--resume:", "resume:"), ("--run-dir", "run_dir"), ("--set ", "overrides: "))
+
+
+def in_api_words(message: str) -> str:
+    """A refusal the command line words with its flags (--resume DIR, --run-dir, --set KEY=VALUE), in the words of
+    ``esper.start``'s parameters, for a caller of the API."""
+    for flag, parameter in _FLAGS:
+        message = message.replace(flag, parameter)
+    return message
+
+
+_CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+)(?:\[\d+\])? = ")
+
+
+def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
+    """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
+    ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
+    text = str(err)
+    key = _CHECKED_KEY.match(text)
+    if key is None:
+        return err
+    setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
+    if setter is not None:
+        return ConfigError(f"--set {redacted(setter)}: {text}")  # a Redis URL's password stays off the console
+    if isinstance(config, str | Path):
+        return ConfigError(f"{config}: {text}")
+    return err
+
+
+def absolute_data_path(config: RunConfig) -> RunConfig:
+    """``tolaria.npz_path`` and ``tamiyo.gnn_checkpoint`` made absolute (from the working directory, ``~`` expanded),
+    so that the run's config.toml and the ``--resume`` command it prints work from any directory."""
+    npz, weights = config.tolaria.npz_path, config.tamiyo.gnn_checkpoint
+    if npz is not None and not Path(npz).is_absolute():
+        absolute = str(Path(npz).expanduser().absolute())
+        config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
+    if weights is not None and not Path(weights).is_absolute():
+        absolute = str(Path(weights).expanduser().absolute())
+        tamiyo = msgspec.structs.replace(config.tamiyo, gnn_checkpoint=absolute)
+        config = msgspec.structs.replace(config, tamiyo=tamiyo)
+    return config
+
+
+def console_level(configured: str) -> str:
+    """The stderr log level: as configured, or under "auto" warning. The info log stays in events.jsonl; on stderr
+    (a terminal, a pipe, a notebook's cell) it would bury the progress lines and warnings: hundreds of lines a
+    minute."""
+    return "warning" if configured == "auto" else configured
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m esper.run",
+        description="Run Esper: train a host model while the controller grows it, under a supervision tree.",
+    )
+    parser.add_argument("config", type=Path, help="the run configuration (TOML); every key has a default")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, read as a TOML value (e.g. tolaria.epochs=3, tamiyo.policy=gnn); repeatable",
+    )
+    # A resume continues the run in its own directory: a --run-dir beside it was silently ignored.
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the run directory for config.toml, events.jsonl and summary.json (default: <runs_dir>/<run-id>, with"
+        " the config's runs_dir, runs unless set)",
+    )
+    where.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last good checkpoint; the directory is reused, events appended",
+    )
+    return parser
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StartArgs:
+    """What ``start`` was given, resolved and checked; the run directory is not claimed yet.
+
+    Attributes:
+        config: the run's config, overrides applied and data paths made absolute.
+        secret: the key that signs commands.
+        baseline: the recorded host-only baseline the config names, if any.
+        directory: the run directory.
+        run_id: a new run's id; None for a resume (the resumed run's own, read once the directory is claimed).
+    """
+
+    config: RunConfig
+    secret: bytes
+    baseline: RecordedBaseline | None
+    directory: Path
+    run_id: str | None
+
+
+def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
+    """The config the command line names, checked as far as it can be before the event loop starts; or the exit
+    status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs)."""
+    try:
+        config = load_config(args.config, args.overrides)
+        resolve_secret(config)
+    except ConfigError as err:
+        say(sys.stderr, f"{err}\n")
+        return EXIT_CONFIG_ERROR
+    if args.resume is None and args.run_dir is not None:
+        try:
+            check_not_the_run_config(args.config, args.run_dir)
+        except ConfigError as err:
+            say(sys.stderr, f"{err}\n")
+            return EXIT_CONFIG_ERROR
+    if args.resume is not None:
+        try:
+            check_not_in_use(args.resume)
+            check_checkpoint_run(args.resume / "checkpoints", previous_run_id(args.resume))
+            finished = already_trained(args.resume, config.tolaria.epochs)
+        except ConfigError as err:
+            say(sys.stderr, f"{err}\n")
+            return EXIT_CONFIG_ERROR
+        except CheckpointError as err:
+            say(sys.stderr, f"--resume {args.resume}: {err}\n")
+            return EXIT_CONFIG_ERROR
+        if finished is not None:
+            say(sys.stderr, f"{finished}\n")
+            return EXIT_OK
+    return config
+
+
+async def checked_start(
+    config: str | Path | RunConfig,
+    run_dir: str | Path | None,
+    overrides: Sequence[str] | None,
+    resume: str | Path | None,
+) -> StartArgs:
+    """The arguments of ``start`` resolved and checked, each refusal in the command line's words; writes nothing.
+
+    Raises:
+        ConfigError: the config, an override, the host model or data, or the run to resume cannot be used.
+        TypeError: an argument of the wrong type.
+    """
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r}")
+    for name, where in (("run_dir", run_dir), ("resume", resume)):
+        if where is not None and not isinstance(where, str | os.PathLike):
+            raise TypeError(f"{name}: expected a directory's path (a str or os.PathLike), got {where!r}")
+    if isinstance(config, RunConfig):
+        resolved = apply_overrides(validate_config(config), overrides or ())
+    elif not isinstance(config, str | os.PathLike):
+        raise TypeError(f"config: a TOML file's path or a RunConfig, got a {type(config).__name__}")
+    else:
+        resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
+    resolved = absolute_data_path(resolved)
+    secret = resolve_secret(resolved)
+    try:
+        await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+        await anyio.to_thread.run_sync(check_start, resolved)
+        if resolved.nissa.prometheus_port is not None:
+            host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
+            await anyio.to_thread.run_sync(check_bindable, host, port)
+    except ConfigError as err:
+        raise blamed(err, config, overrides or ()) from err
+    baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
+    if resume is not None:
+        directory = Path(resume)
+        await anyio.to_thread.run_sync(check_not_in_use, directory)
+        if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
+            raise ConfigError(
+                f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
+                f" trains nothing: start it again with --run-dir {directory})"
+            )
+        # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
+        await anyio.to_thread.run_sync(
+            lambda: check_checkpoint_run(directory / "checkpoints", previous_run_id(directory))
+        )
+        # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
+        try:
+            finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
+        except CheckpointError as err:
+            raise ConfigError(f"--resume {directory}: {err}") from err
+        if finished is not None:  # resuming would only rewrite its summary, without the figures
+            raise ConfigError(finished)
+        await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
+        await anyio.to_thread.run_sync(check_resumable, directory, resolved)
+        await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
+        run_id: str | None = None  # the resumed run's own, read once the directory is claimed
+    else:
+        run_id = resolved.run_id or new_run_id()
+        directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
+        if not isinstance(config, RunConfig):
+            await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
+    return StartArgs(config=resolved, secret=secret, baseline=baseline, directory=directory, run_id=run_id)
