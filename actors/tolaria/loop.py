@@ -18,7 +18,6 @@ from __future__ import annotations
 # checkpoint carries in run_counters.py, and the stateless epoch-end work (validation, the finite check, the log
 # record) in epoch_end.py.
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import structlog
@@ -259,8 +258,3 @@ class TrainingLoop:
 def _log_written(info: object) -> None:
     file = getattr(info, "file", "?")
     _log.info("checkpoint_written", file=file, step=getattr(info, "global_step", None))
-
-
-def default_checkpoint_dir(run_dir: Path) -> Path:
-    """``<run dir>/checkpoints``."""
-    return Path(run_dir) / "checkpoints"
