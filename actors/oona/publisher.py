@@ -18,7 +18,7 @@ from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.bus import PublishStatus, Topic
 from esper.runtime.errors import ActorStopped, BusUnavailable, MailboxFull
 from schemas.boundary import BoundaryApplied
-from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
+from schemas.enums import BreakerState, BusMessageType, EmergencyLevel, MessagePriority
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, EmergencySignal, SupervisorEscalated
 from schemas.state import SystemStatePacket
@@ -123,6 +123,9 @@ class OonaPublisher(Actor[Published]):
         else:
             self.published += 1
         self._report_depth()
+
+    def breaker_state(self) -> BreakerState:
+        return self._breaker.state
 
     async def on_stop(self) -> None:
         if self._outage_dropped is not None:
