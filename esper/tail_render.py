@@ -74,13 +74,16 @@ def parse_line(line: str) -> LogEvent | None:
 @final
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Which events to show: one actor (exact name) and a minimum level; None means no restriction."""
+    """Which events to show: one actor (exact name) and a minimum level; None means no restriction.
+
+    An actor's lines are those it logs under its name (``actor=``) and its supervisor's about it (``child=``: its
+    failures and restarts)."""
 
     actor: str | None = None
     min_level: LogLevel | None = None
 
     def accepts(self, event: LogEvent) -> bool:
-        if self.actor is not None and event.actor != self.actor:
+        if self.actor is not None and self.actor not in (event.actor, event.fields.get("child")):
             return False
         return self.min_level is None or LEVEL_NUMBERS[event.level] >= LEVEL_NUMBERS[self.min_level]
 

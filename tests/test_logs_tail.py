@@ -138,6 +138,18 @@ def test_filter_by_actor_and_minimum_level() -> None:
     assert shown(EventFilter(actor="tolaria", min_level="info")) == ["b", "d"]
 
 
+def test_the_actor_filter_keeps_its_failures_and_restarts() -> None:
+    """The supervisor logs them with ``child=``, not ``actor=``: ``--actor tamiyo`` hid that tamiyo crashed."""
+    lines = [
+        line("child_failed", level="warning", supervisor="root", child="tamiyo", error_type="ValueError"),
+        line("child_restarted", supervisor="root", child="tamiyo", restarts=1),
+        line("child_restarted", supervisor="root", child="tolaria", restarts=1),
+        line("tamiyo_decision", actor="tamiyo"),
+    ]
+    shown = [text.split()[4] for text in TailSession(event_filter=EventFilter(actor="tamiyo")).feed(lines)]
+    assert shown == ["child_failed", "child_restarted", "tamiyo_decision"]
+
+
 def test_state_table_keeps_the_latest_state_per_actor() -> None:
     session = TailSession(event_filter=EventFilter(), state=True)
     shown = session.feed(
