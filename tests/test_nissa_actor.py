@@ -294,7 +294,7 @@ async def test_the_actor_serves_http_on_an_ephemeral_port(
             assert status == 200
             assert "esper_tolaria_validation_loss 0.9" in body.decode().splitlines()
             status, _, body = await http_get(int(port), "/healthz")
-            assert (status, json.loads(body)["status"]) == (200, "HEALTHY")
+            assert (status, json.loads(body)["status"]) == (200, "healthy")
             status, _, body = await http_get(int(port), "/metrics/summary")
             summary = msgspec.json.decode(body)
             assert [slo["name"] for slo in summary["slos"]] == [

@@ -179,6 +179,9 @@ def _slo(breached: bool) -> SloStatus:
         ((), (), EmergencyLevel.L2_ELEVATED, (), HealthStatus.DEGRADED),
         ((_alert(EmergencyLevel.L2_ELEVATED),), (), EmergencyLevel.L1_NOTICE, (), HealthStatus.UNHEALTHY),
         ((), (), EmergencyLevel.L1_NOTICE, ("tamiyo",), HealthStatus.UNHEALTHY),
+        # The bus serves observers: with it down the run trains on (it made /healthz answer 503).
+        ((), (), EmergencyLevel.L1_NOTICE, ("oona.publish",), HealthStatus.DEGRADED),
+        ((), (), EmergencyLevel.L1_NOTICE, ("oona.publish", "tamiyo.inference"), HealthStatus.UNHEALTHY),
         ((), (), EmergencyLevel.L3_CONSERVATIVE, (), HealthStatus.UNHEALTHY),
         ((), (), EmergencyLevel.L4_HALT, (), HealthStatus.CRITICAL),
     ],

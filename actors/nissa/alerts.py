@@ -367,6 +367,12 @@ class SloTracker:
         return notices
 
 
+OBSERVER_BREAKERS: Final = frozenset({"oona.publish"})
+"""Breakers in front of what serves only observers (Oona's publisher, to the bus other processes read): open, the
+run trains on unaffected, so health is DEGRADED, not UNHEALTHY (a liveness probe on /healthz would kill a healthy
+run)."""
+
+
 def assess_health(
     *,
     alerts: Sequence[ActiveAlert],
@@ -374,15 +380,17 @@ def assess_health(
     emergency_level: EmergencyLevel,
     open_breakers: Sequence[str] = (),
 ) -> HealthReport:
-    """Overall health: CRITICAL at emergency L4; UNHEALTHY at L3, with an open breaker or an L2 alert firing;
-    DEGRADED at L2, with any alert firing or any SLO breached; else HEALTHY."""
+    """Overall health: CRITICAL at emergency L4; UNHEALTHY at L3, with an open breaker of training's or an L2 alert
+    firing; DEGRADED at L2, with any alert firing, any SLO breached or an observer's breaker open
+    (OBSERVER_BREAKERS); else HEALTHY."""
     breached = [slo.name for slo in slos if slo.breached]
     severe = [alert.rule for alert in alerts if alert.level >= EmergencyLevel.L2_ELEVATED]
+    training_breakers = [name for name in open_breakers if name not in OBSERVER_BREAKERS]
     if emergency_level >= EmergencyLevel.L4_HALT:
         status = HealthStatus.CRITICAL
-    elif emergency_level >= EmergencyLevel.L3_CONSERVATIVE or open_breakers or severe:
+    elif emergency_level >= EmergencyLevel.L3_CONSERVATIVE or training_breakers or severe:
         status = HealthStatus.UNHEALTHY
-    elif emergency_level >= EmergencyLevel.L2_ELEVATED or alerts or breached:
+    elif emergency_level >= EmergencyLevel.L2_ELEVATED or alerts or breached or open_breakers:
         status = HealthStatus.DEGRADED
     else:
         status = HealthStatus.HEALTHY

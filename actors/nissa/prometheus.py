@@ -110,10 +110,11 @@ def summary_body(snapshot: NissaSnapshot) -> bytes:
 
 
 def health_body(snapshot: NissaSnapshot) -> bytes:
-    """The /healthz JSON: status (upper case), summary and indicators."""
+    """The /healthz JSON: status (``healthy``, ``degraded``, ... as /metrics/summary writes it), summary and
+    indicators."""
     health = snapshot.health
     return msgspec.json.encode(
-        {"status": health.status.name, "summary": health.summary, "indicators": health.indicators}
+        {"status": health.status.value, "summary": health.summary, "indicators": health.indicators}
     )
 
 
