@@ -322,3 +322,31 @@ async def test_restart_counts_survive_the_restart_of_their_supervisor(clock: Man
     restarts = {state.actor: state.restarts for state in system.snapshot()}
     assert restarts == {"inner": 1, "inner/x": 2}
     await system.stop()
+
+
+async def test_handled_and_failed_counts_carry_over_a_restart(clock: ManualClock, sink: RecordingSink) -> None:
+    """They counted each incarnation alone: a crashed actor's state said failed 0 and handled only the messages since
+    its restart, next to restarts 1. The counts survive a restart of its supervisor too."""
+    recorder = Recorder()
+
+    def inner() -> Supervisor:
+        return Supervisor([probe_spec(recorder, "x")], max_restarts=1, backoff_initial_s=0.0)
+
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([ChildSpec("inner", inner)], backoff_initial_s=0.0))
+    x = system.ref("inner/x", Probe)
+
+    def counts() -> tuple[int, int, int]:
+        [state] = [state for state in system.snapshot() if state.actor == "inner/x"]
+        return state.handled, state.failed, state.restarts
+
+    for _ in range(3):
+        await x.tell(Inc())
+    await x.tell(Crash())
+    assert await x.ask(Get(), int) == 0  # the barrier: answered by the next incarnation
+    assert counts() == (4, 1, 1)
+    await x.tell(Crash())  # one too many for inner: it gives up and its supervisor builds it anew
+    await recorder.wait_until(lambda: recorder.count("start x") == 3)
+    assert await x.ask(Get(), int) == 0
+    assert counts() == (5, 2, 1)  # rebuilt with inner: its restart, not one of x's
+    await system.stop()

@@ -42,7 +42,8 @@ class Actor(Generic[M_contra]):
         - when the actor stops, the ask it was answering fails with ActorStopped; queued asks fail once the
           supervisor closes the mailbox for good (a restart keeps them queued for the next incarnation).
 
-    handled / failed / last latency count this incarnation only; restarts are counted by the supervisor.
+    handled and failed count every incarnation of the actor in the run (the supervisor carries them over a restart,
+    as it counts the restarts); the last latency is this incarnation's.
     """
 
     def __init__(self, *, inbox: tuple[type[M_contra], ...], capacity: int = DEFAULT_CAPACITY) -> None:
@@ -181,12 +182,16 @@ class Actor(Generic[M_contra]):
         ref: ActorRef[M_contra],
         dead_letters: DeadLetters,
         restarts: int,
+        handled: int = 0,
+        failed: int = 0,
     ) -> None:
         self._name = name
         self._mailbox = mailbox
         self._ref = ref
         self._dead_letters = dead_letters
         self._restarts = restarts
+        self._handled = handled
+        self._failed = failed
 
     def _request_stop(self) -> None:
         """Ask the loop to stop after the message it is handling; queued messages stay in the mailbox."""
