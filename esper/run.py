@@ -255,7 +255,7 @@ async def _start_claimed(
     sinks.append(bus_sink)
     nissa_forward = NissaForward()  # bound to the routes once they exist
     sinks.append(nissa_forward)
-    sink = FanoutSink(*sinks)
+    sink = FanoutSink(*sinks, run_id=run_id)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
     _log.info(
         "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None

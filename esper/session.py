@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Protocol, final, get_args
+from typing import TYPE_CHECKING, Final, Protocol, final, get_args
 
 import anyio
 import msgspec
@@ -15,7 +15,10 @@ from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import SupervisorGaveUp, UnrecoverableFailure
 from schemas.base import Message, Record
+from schemas.nissa import SeedStageChanged
 from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
+from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, SupervisorEscalated
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,14 +137,30 @@ class _Subscription:
         self.missed = 0
 
 
+_RUN_STAMPED: Final = (
+    TelemetryEvent,
+    SeedStageChanged,
+    BreakerTransition,
+    ChildFailed,
+    ChildRestarted,
+    SupervisorEscalated,
+)
+"""The events whose makers do not know the run they are in: the run's sink writes its id into them (the other
+published messages carry it already), so observers on a Redis prefix several runs share can tell the runs apart."""
+
+
 @final
 class FanoutSink:
-    """An EventSink that forwards each event to several sinks in order."""
+    """An EventSink that forwards each event to several sinks in order; with ``run_id``, an event of the kinds in
+    _RUN_STAMPED that names no run is given that one first."""
 
-    def __init__(self, *sinks: EventSink) -> None:
+    def __init__(self, *sinks: EventSink, run_id: str | None = None) -> None:
         self._sinks = sinks
+        self._run_id = run_id
 
     def emit(self, event: Message | Record) -> None:
+        if self._run_id is not None and isinstance(event, _RUN_STAMPED) and event.run_id is None:
+            event = msgspec.structs.replace(event, run_id=self._run_id)
         for sink in self._sinks:
             sink.emit(event)
 

@@ -49,6 +49,7 @@ class SeedStageChanged(Message, frozen=True):
     blueprint_id: str | None = None
     epoch: NonNegInt = 0
     reason: str = ""
+    run_id: str | None = None  # set by the run's event sink: runs publishing on one Redis prefix are told apart
 
 
 class LifecycleRestored(Message, frozen=True):

@@ -42,6 +42,7 @@ class ChildFailed(Message, frozen=True):
     child: str
     error_type: str
     error: str
+    run_id: str | None = None  # set by the run's event sink: runs publishing on one Redis prefix are told apart
 
 
 class ChildRestarted(Message, frozen=True):
@@ -51,6 +52,7 @@ class ChildRestarted(Message, frozen=True):
     child: str
     restarts: int
     backoff_s: float
+    run_id: str | None = None  # set by the run's event sink
 
 
 EscalationReason = Literal["restart_intensity", "unrecoverable"]
@@ -66,6 +68,7 @@ class SupervisorEscalated(Message, frozen=True):
     restarts: int
     window_s: float
     reason: EscalationReason = "restart_intensity"
+    run_id: str | None = None  # set by the run's event sink
 
 
 class BreakerTransition(Message, frozen=True):
@@ -76,6 +79,7 @@ class BreakerTransition(Message, frozen=True):
     to_state: BreakerState
     reason: str
     at_s: float
+    run_id: str | None = None  # set by the run's event sink
 
 
 class EmergencySignal(Message, frozen=True):

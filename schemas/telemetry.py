@@ -27,6 +27,7 @@ class TelemetryEvent(Message, frozen=True):
     level: TelemetryLevel
     description: str = ""
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    run_id: str | None = None  # set by the run's event sink: runs publishing on one Redis prefix are told apart
 
 
 class TelemetryPacket(Message, frozen=True):

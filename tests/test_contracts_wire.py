@@ -399,7 +399,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         gpu_memory_peak_bytes=None,
     ),
     MetricPoint: METRIC,
-    TelemetryEvent: EVENT,
+    TelemetryEvent: msgspec.structs.replace(EVENT, run_id="run-20250101-000000"),
     TelemetryPacket: TelemetryPacket(
         packet_id="kasmina-1200",
         source="kasmina",
@@ -534,7 +534,9 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         breaker=BreakerState.CLOSED,
         last_latency_ms=3.25,
     ),
-    ChildFailed: ChildFailed(supervisor="weatherlight", child="tamiyo", error_type="RuntimeError", error="boom"),
+    ChildFailed: ChildFailed(
+        supervisor="weatherlight", child="tamiyo", error_type="RuntimeError", error="boom", run_id="run-20250101-000000"
+    ),
     ChildRestarted: ChildRestarted(supervisor="weatherlight", child="tamiyo", restarts=1, backoff_s=0.1),
     SupervisorEscalated: SupervisorEscalated(supervisor="weatherlight", child="tamiyo", restarts=6, window_s=30.0),
     BreakerTransition: BreakerTransition(
@@ -589,6 +591,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         blueprint_id="BP005",
         epoch=4,
         reason="g2_passed",
+        run_id="run-20250101-000000",
     ),
     LifecycleRestored: LifecycleRestored(run_id="run-20250101-000000", step=620, lag_steps=8),
     EvaluateAlerts: EvaluateAlerts(seq=3),

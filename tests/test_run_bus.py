@@ -18,10 +18,12 @@ from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import RecordingSink
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
+from esper.session import FanoutSink
 from schemas.config import RunConfig
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import ActorStatus, EmergencyLevel, MessagePriority
-from schemas.runtime import ActorState, EmergencySignal
+from schemas.enums import ActorStatus, EmergencyLevel, MessagePriority, SeedLifecycleStage
+from schemas.nissa import SeedStageChanged
+from schemas.runtime import ActorState, ChildFailed, EmergencySignal
 from schemas.state import SystemStatePacket
 from schemas.telemetry import TelemetryEvent, TelemetryPacket
 from tests.test_bus_conformance import REDIS_URL, connect_redis
@@ -92,12 +94,15 @@ async def test_a_run_on_the_redis_bus_is_followed_from_another_bus_object(tmp_pa
         summary = await system.wait()
         assert summary.status == "completed"
         kinds: set[type] = set()
+        runs: set[str | None] = set()
         async with asyncio.timeout(10):
-            while SystemStatePacket not in kinds:
+            while SystemStatePacket not in kinds or TelemetryEvent not in kinds:
                 envelope = await observer.receive([Topic.TELEMETRY, Topic.EMERGENCY], group="observer", consumer="o")
                 kinds.add(type(envelope.payload))
+                runs.add(getattr(envelope.payload, "run_id", "no such field"))
                 await observer.ack(envelope)
-        assert SystemStatePacket in kinds
+        # Every message names its run: telemetry events did not, so runs sharing a prefix could not be told apart.
+        assert runs == {summary.run_id}
     finally:
         await observer.purge()
         await observer.close()
@@ -127,3 +132,17 @@ async def test_the_publisher_reports_the_bus_depth_that_nissas_alert_watches(clo
     assert depths() == [0.0, 4.0]  # the observer has not read a telemetry message yet
     await system.stop()
     await bus.close()
+
+
+def test_the_run_sink_writes_the_run_id_into_the_events_that_name_none() -> None:
+    recorded = RecordingSink()
+    sink = FanoutSink(recorded, run_id="run-1")
+    stage = SeedStageChanged(
+        slot="blocks.0", from_stage=SeedLifecycleStage.DORMANT, to_stage=SeedLifecycleStage.GERMINATED, step=8
+    )
+    sink.emit(TelemetryEvent(name="loss_spike", level=TelemetryLevel.WARNING))
+    sink.emit(stage)
+    sink.emit(ChildFailed(supervisor="root", child="tamiyo", error_type="ValueError", error="x"))
+    sink.emit(TelemetryEvent(name="other", level=TelemetryLevel.INFO, run_id="run-0"))  # named already: kept
+    assert [getattr(event, "run_id", None) for event in recorded.events] == ["run-1", "run-1", "run-1", "run-0"]
+    assert recorded.events[1] == msgspec.structs.replace(stage, run_id="run-1")
