@@ -32,7 +32,7 @@ import structlog
 
 from actors.nissa.prometheus import host_port
 from actors.oona.housekeeping import oona_spec
-from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher, Published
+from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
@@ -88,6 +88,7 @@ def build_tree(
     actors: ActorSystem,
     tolaria: TolariaWiring | None = None,
     subsystems: Sequence[ChildSpec] = (),
+    bus_losses: BusLosses | None = None,
 ) -> Supervisor:
     """The run's supervision tree: oona, then ``subsystems`` (urza, nissa, tezzeret, kasmina, tamiyo in that order),
     then Tolaria, then the state reporter.
@@ -100,7 +101,7 @@ def build_tree(
         oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
         ChildSpec(
             PUBLISHER,
-            lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=config.oona.publish_breaker),
+            lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=config.oona.publish_breaker, losses=bus_losses),
             shutdown_deadline_s=deadline_s,
         ),
         *subsystems,
@@ -251,7 +252,8 @@ async def _start_claimed(
         except ValueError:
             return None
 
-    bus_sink = BusSink(publisher)
+    bus_losses = BusLosses()
+    bus_sink = BusSink(publisher, bus_losses)
     sinks.append(bus_sink)
     nissa_forward = NissaForward()  # bound to the routes once they exist
     sinks.append(nissa_forward)
@@ -295,7 +297,14 @@ async def _start_claimed(
         raise
     nissa_forward.bind(parts.routes)
     tree = build_tree(
-        resolved, bus=bus, clock=clock, sink=sink, actors=actors, tolaria=parts.tolaria, subsystems=parts.subsystems
+        resolved,
+        bus=bus,
+        clock=clock,
+        sink=sink,
+        actors=actors,
+        tolaria=parts.tolaria,
+        subsystems=parts.subsystems,
+        bus_losses=bus_losses,
     )
     try:
         await actors.start(tree)
@@ -344,6 +353,7 @@ async def _start_claimed(
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,
         abandonable=(lanes, parts.store),
+        bus_dropped=lambda: bus_losses.total,
     )
 
 

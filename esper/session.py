@@ -187,12 +187,14 @@ class EsperSystem:
         drain: Callable[[], Awaitable[None]] | None = None,
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
         abandonable: tuple[Abandonable, ...] = (),
+        bus_dropped: Callable[[], int] | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
         is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
         run directory's claim, is released once the summary and report are written. ``abandonable``: what is closed
-        without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped."""
+        without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
+        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -212,6 +214,7 @@ class EsperSystem:
         self._growth = growth
         self._run_lock = run_lock
         self._abandonable = abandonable
+        self._bus_dropped = bus_dropped
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -411,6 +414,7 @@ class EsperSystem:
             duration_s=round(time.monotonic() - self._started_s, 3),
             exit_code=_EXIT_CODES.get(status, 0),
             dead_letters=self._actors.dead_letters,
+            bus_dropped=self._bus_dropped() if self._bus_dropped is not None else 0,
             actors=actors,
             error=error,
             training=figures,

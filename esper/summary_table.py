@@ -41,6 +41,8 @@ def format_summary(summary: RunSummary) -> str:
         f"{state.actor:<16}{state.status.value:<12}{state.handled:>9}{state.failed:>8}{state.restarts:>10}"
         for state in summary.actors
     ]
+    if summary.bus_dropped:
+        lines.append(f"bus: {summary.bus_dropped} events never reached its observers (training was unaffected)")
     figures = summary.training
     if figures is not None:
         lines.append(

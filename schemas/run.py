@@ -86,6 +86,7 @@ class RunSummary(Record, frozen=True):
     duration_s: float
     exit_code: int
     dead_letters: int
+    bus_dropped: int = 0  # events meant for the bus's observers that never reached it (Oona's BusLosses)
     actors: tuple[ActorState, ...] = ()
     error: str | None = None
     training: TrainingFigures | None = None

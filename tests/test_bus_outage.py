@@ -4,9 +4,11 @@ run), publishing resumes when the server is back, and housekeeping skips its tic
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
+import time
 from typing import TYPE_CHECKING, final
 
 import pytest
@@ -15,7 +17,7 @@ import structlog
 from actors.oona.housekeeping import trimmer
 from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import Topic
-from esper.runtime.bus_redis import open_redis_bus
+from esper.runtime.bus_redis import RedisBus, open_redis_bus, redis_client
 from esper.runtime.errors import BusUnavailable
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
@@ -27,7 +29,7 @@ from schemas.telemetry import TelemetryEvent
 from tests.test_bus_conformance import under_ci
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from esper.runtime.clock import ManualClock
@@ -175,3 +177,59 @@ async def test_a_server_out_of_memory_is_unavailable_not_a_crash(server: RedisSe
             await bus.publish(Topic.TELEMETRY, event("after"), message_type=BusMessageType.TELEMETRY)
     finally:
         admin.close()
+
+
+@pytest.fixture
+async def hung_url() -> AsyncIterator[str]:
+    """A server that accepts connections and never answers, as a Redis server stopped with SIGSTOP does."""
+    pytest.importorskip("redis")
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_call_waits_for_the_server_one_second_unless_the_url_says_otherwise() -> None:
+    """The client's own default is 5 s, which held the publisher that long per event on a hung server."""
+    pytest.importorskip("redis")
+    assert redis_client("redis://127.0.0.1:6379/0").connection_pool.connection_kwargs["socket_timeout"] == 1.0
+    own = redis_client("redis://127.0.0.1:6379/0?socket_timeout=5").connection_pool.connection_kwargs
+    assert (own["socket_timeout"], own["socket_connect_timeout"]) == (5.0, 1.0)
+
+
+async def test_a_hung_server_fails_each_call_after_the_timeout_and_opens_the_breaker(
+    hung_url: str, clock: ManualClock, sink: RecordingSink
+) -> None:
+    with pytest.raises(ConnectionError, match="Timeout"):  # the start's check: one line, not a wait of 5 s
+        async with open_redis_bus(hung_url, clock, prefix="hung", timeout_s=0.05):
+            pass
+    client = redis_client(hung_url, timeout_s=0.05)
+    bus = RedisBus(clock, client, prefix="hung")
+    started_s = time.monotonic()
+    with pytest.raises(BusUnavailable, match=r"^the Redis server did not answer: TimeoutError"):
+        await bus.publish(Topic.TELEMETRY, event("x"), message_type=BusMessageType.TELEMETRY)
+    assert time.monotonic() - started_s < 1.0
+    breaker = BreakerConfig(failure_threshold=2, open_s=5.0, success_threshold=1)
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(ChildSpec(PUBLISHER, lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=breaker)))
+    publisher = system.ref(PUBLISHER, OonaPublisher)
+    with structlog.testing.capture_logs() as logs:
+        for name in ("lost-1", "lost-2", "refused-by-the-open-breaker"):
+            await publisher.ask(event(name), type(None))
+        [state] = system.snapshot()
+        assert state.breaker is BreakerState.OPEN
+        await system.stop()
+    ended = [(e["event"], e.get("dropped")) for e in logs if e["event"].startswith("oona_bus")]
+    assert ended == [("oona_bus_unavailable", None), ("oona_bus_unavailable_at_stop", 3)]
+    await bus.close()
+    await client.aclose()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, final
 
-from actors.oona.publisher import PUBLISHER, OonaPublisher
+import structlog
+
+from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.errors import BusUnavailable
 from esper.runtime.supervisor import ChildSpec
@@ -28,11 +31,22 @@ BREAKER = BreakerConfig(failure_threshold=2, open_s=5.0, success_threshold=1)
 
 @final
 class DownBus:
-    """An in-process bus whose publish raises BusUnavailable while ``down`` (a Redis server gone away)."""
+    """An in-process bus whose publish raises BusUnavailable while ``down`` (a Redis server gone away); while ``held``
+    it waits first (a hung server: ``entered`` is set once a publish waits) until ``release()``, which answers it as
+    ``answer`` says: published (the server was only slow), or BusUnavailable (the client's timeout)."""
 
     def __init__(self, clock: ManualClock) -> None:
         self.inner = InProcessBus(clock)
         self.down = False
+        self.held = False
+        self.answer = True
+        self.entered = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self, *, answer: bool) -> None:
+        self.answer = answer
+        self.held = False
+        self._released.set()
 
     @property
     def topics(self) -> frozenset[Topic]:
@@ -46,6 +60,11 @@ class DownBus:
         message_type: BusMessageType,
         priority: MessagePriority = MessagePriority.NORMAL,
     ) -> PublishResult:
+        if self.held:
+            self.entered.set()
+            await self._released.wait()
+            if not self.answer:
+                self.down = True
         if self.down:
             raise BusUnavailable("the Redis server did not answer: TimeoutError: Timeout reading from 127.0.0.1:6390")
         return await self.inner.publish(topic, payload, message_type=message_type, priority=priority)
@@ -100,3 +119,92 @@ async def test_the_state_shows_the_publish_breaker(clock: ManualClock, sink: Rec
     assert state.breaker is BreakerState.OPEN
     await system.stop()
     await bus.close()
+
+
+@final
+class Held:
+    """A publisher with a small mailbox, its BusSink, and a DownBus held mid-publish with its mailbox overflowing."""
+
+    def __init__(self, clock: ManualClock, sink: RecordingSink) -> None:
+        self.bus = DownBus(clock)
+        self.losses = BusLosses()
+        self.system = ActorSystem(clock=clock, sink=sink)
+        self.instances: list[OonaPublisher] = []
+        self._clock = clock
+        self._sink = sink
+        self.emit = BusSink(lambda: self.system.ref(PUBLISHER, OonaPublisher), self.losses).emit
+
+    def _build(self) -> OonaPublisher:
+        publisher = OonaPublisher(
+            self.bus, clock=self._clock, sink=self._sink, breaker=BREAKER, capacity=4, losses=self.losses
+        )
+        self.instances.append(publisher)
+        return publisher
+
+    async def start_held(self) -> None:
+        """Publish one event, then hold the next publish and emit 6 more: 4 wait in the mailbox, 2 are refused."""
+        await self.system.start(ChildSpec(PUBLISHER, self._build))
+        await self.system.ref(PUBLISHER, OonaPublisher).ask(event("published"), type(None))
+        self.bus.held = True
+        self.emit(event("held"))
+        await self.bus.entered.wait()
+        for n in range(6):
+            self.emit(event(f"after-{n}"))
+        assert self.losses.overflow == 2
+
+
+async def test_a_run_stopping_on_a_hung_server_counts_every_event_lost_in_one_warning(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The events queued behind a publish the server never answered became dead letters at the stop (105 of them,
+    one warning each up to 10), and the outage's count left them and those the full mailbox refused out
+    (``oona_bus_unavailable_at_stop dropped=1``)."""
+    held = Held(clock, sink)
+    with structlog.testing.capture_logs() as logs:
+        await held.start_held()
+        stopping = asyncio.create_task(held.system.stop())
+        while not held.instances[0].stopping:  # noqa: ASYNC110  # the stop reaches the publisher while it waits
+            await asyncio.sleep(0)
+        held.bus.release(answer=False)  # the client's timeout
+        await stopping
+    said = [(e["event"], e.get("dropped")) for e in logs if e["event"].startswith("oona_")]
+    assert said == [("oona_bus_unavailable", None), ("oona_bus_unavailable_at_stop", 7)]  # held, 4 queued, 2 refused
+    assert held.system.dead_letters == 0
+    assert held.losses.total == 7
+    await held.bus.close()
+
+
+async def test_the_count_when_the_bus_answers_again_includes_what_the_full_mailbox_refused(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    held = Held(clock, sink)
+    with structlog.testing.capture_logs() as logs:
+        await held.start_held()
+        publisher = held.system.ref(PUBLISHER, OonaPublisher)
+        held.bus.release(answer=False)
+        await publisher.ask(event("refused-by-the-open-breaker"), type(None))  # the barrier: the 4 queued are handled
+        held.bus.down = False
+        clock.advance(BREAKER.open_s)
+        await publisher.ask(event("published-again"), type(None))
+    said = [(e["event"], e.get("dropped")) for e in logs if e["event"].startswith("oona_")]
+    assert said == [("oona_bus_unavailable", None), ("oona_bus_restored", 8)]
+    await held.system.stop()
+    await held.bus.close()
+
+
+async def test_a_slow_bus_that_overflows_the_mailbox_is_said_once(clock: ManualClock, sink: RecordingSink) -> None:
+    """The events a full mailbox refused were counted (BusSink.dropped) but never said or reported anywhere."""
+    held = Held(clock, sink)
+    with structlog.testing.capture_logs() as logs:
+        await held.start_held()
+        publisher = held.system.ref(PUBLISHER, OonaPublisher)
+        held.bus.release(answer=True)  # slow, not down: every event it was given is published
+        await publisher.ask(event("barrier"), type(None))
+        for n in range(6):  # and once more, without a word this time
+            held.emit(event(f"burst-{n}"))
+        await held.system.stop()
+    said = [(e["event"], e.get("dropped")) for e in logs if e["event"].startswith("oona_")]
+    assert said == [("oona_publisher_behind", 2)]
+    assert (held.losses.overflow, held.losses.unavailable, held.system.dead_letters) == (4, 0, 0)
+    assert held.instances[0].published == 1 + 1 + 4 + 1 + 4  # the burst's 4 queued went out at the stop
+    await held.bus.close()

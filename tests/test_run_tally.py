@@ -233,3 +233,13 @@ def test_slot_stages_follow_every_transition_that_stands() -> None:
         "blocks.1": SeedLifecycleStage.PROBATIONARY,
         "blocks.2": SeedLifecycleStage.EMBARGOED,
     }
+
+
+def test_the_summary_table_says_how_many_events_never_reached_the_bus() -> None:
+    """The events lost while Redis was down or hung were in a warning at most, the full mailbox's in none."""
+    summary = RunSummary(
+        run_id="r", run_dir="runs/r", status="completed", started_at="t", duration_s=1.0, exit_code=0, dead_letters=0
+    )
+    assert "bus:" not in format_summary(summary)
+    lost = msgspec.structs.replace(summary, bus_dropped=1183)
+    assert "bus: 1183 events never reached its observers (training was unaffected)" in format_summary(lost)

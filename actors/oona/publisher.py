@@ -3,12 +3,13 @@
 The event sink hands events to this actor's mailbox without waiting (``BusSink``); the actor publishes each on its
 topic: emergency signals on the emergency lane with a priority from their level, everything else on the telemetry
 topic. Telemetry may be shed by the bus under backpressure (counted there); a full mailbox drops the event here
-(counted) rather than stall whoever emitted it.
+(counted in BusLosses) rather than stall whoever emitted it.
 """
 
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
 import structlog
@@ -70,14 +71,33 @@ def route(event: Published) -> tuple[Topic, BusMessageType, MessagePriority]:
 
 
 @final
+@dataclass(slots=True)
+class BusLosses:
+    """The run's events that never reached the bus, across every incarnation of the publisher (summary.json's
+    ``bus_dropped``). Event loop only."""
+
+    unavailable: int = 0  # the bus did not answer: failed, refused by the open breaker, or still queued at the stop
+    overflow: int = 0  # refused by the publisher's full mailbox (BusSink): it fell behind, on a slow or hung server
+    behind_warned: bool = False  # oona_publisher_behind is said once a run
+
+    @property
+    def total(self) -> int:
+        return self.unavailable + self.overflow
+
+
+@final
 class OonaPublisher(Actor[Published]):
     """Publishes each event it is told on the bus; event loop only.
 
-    The bus is for observers, so its server going away (Redis down) must not stop training: a publish the server does
-    not answer is a failure of the ``oona.publish`` breaker and the event is dropped (counted in ``unavailable``);
-    while the breaker is open events are dropped without trying, and after ``open_s`` a probe tries again. The
-    outage is logged once when it starts (``oona_bus_unavailable``) and once when publishing works again
-    (``oona_bus_restored``, with the count dropped).
+    The bus is for observers, so its server going away (Redis down or hung) must not stop training: a publish the
+    server does not answer is a failure of the ``oona.publish`` breaker and the event is dropped; while the breaker is
+    open events are dropped without trying, and after ``open_s`` a probe tries again. The outage is logged once when
+    it starts (``oona_bus_unavailable``) and once when publishing works again (``oona_bus_restored``) or the run
+    stops inside it (``oona_bus_unavailable_at_stop``), the last two with the count of every event lost since the
+    bus last answered: those it dropped, and those its full mailbox refused (``losses``, shared with the BusSink).
+    Events lost to a full mailbox while the bus answers (it is slower than the events come) are said once a run
+    (``oona_publisher_behind``). At a requested stop the events still queued are published (or counted lost, in an
+    outage, without waiting on the server again) rather than left to become dead letters.
     """
 
     def __init__(
@@ -88,36 +108,37 @@ class OonaPublisher(Actor[Published]):
         sink: EventSink,
         breaker: BreakerConfig | None = None,
         capacity: int = 1024,
+        losses: BusLosses | None = None,
     ) -> None:
         super().__init__(inbox=PUBLISHED, capacity=capacity)
         self._bus = bus
         self._breaker = CircuitBreaker.configured("oona.publish", breaker, clock=clock, sink=sink)
-        self._outage_dropped: int | None = None  # events dropped in the current outage; None while the bus answers
+        self._losses = losses if losses is not None else BusLosses()
+        # losses.total when the bus last answered (or this incarnation started): what an outage's count starts from.
+        self._answered_total = self._losses.total
+        self._outage_from: int | None = None  # _answered_total as the current outage began; None while the bus answers
         self._clock = clock
         self._sink = sink
         self._depth_reported_s: float | None = None
         self.published = 0
         self.dropped = 0
-        self.unavailable = 0
 
     async def handle(self, msg: Published) -> None:
         if not self._breaker.allow():
-            self._drop_unavailable()
+            self._losses.unavailable += 1
             return
         topic, message_type, priority = route(msg)
         try:
             result = await self._bus.publish(topic, msg, message_type=message_type, priority=priority)
         except BusUnavailable as err:
             self._breaker.record_failure(type(err).__name__)
-            if self._outage_dropped is None:
-                self._outage_dropped = 0
+            if self._outage_from is None:
+                self._outage_from = self._answered_total
                 _log.warning("oona_bus_unavailable", actor=PUBLISHER, error=str(err), dropping="until it answers")
-            self._drop_unavailable()
+            self._losses.unavailable += 1
             return
         self._breaker.record_success()
-        if self._outage_dropped is not None:
-            _log.info("oona_bus_restored", actor=PUBLISHER, dropped=self._outage_dropped)
-            self._outage_dropped = None
+        self._answered()
         if result.status is PublishStatus.DROPPED:
             self.dropped += 1
         else:
@@ -128,9 +149,48 @@ class OonaPublisher(Actor[Published]):
         return self._breaker.state
 
     async def on_stop(self) -> None:
-        if self._outage_dropped is not None:
+        if self.stopping:
+            await self._publish_queued()
+        lost = self._losses.total
+        if self._outage_from is not None:
             # The run ends inside an outage: oona_bus_restored, which says how many were dropped, will not come.
-            _log.warning("oona_bus_unavailable_at_stop", actor=PUBLISHER, dropped=self._outage_dropped)
+            _log.warning("oona_bus_unavailable_at_stop", actor=PUBLISHER, dropped=lost - self._outage_from)
+        elif lost > self._answered_total:
+            self._behind(lost - self._answered_total)
+
+    async def _publish_queued(self) -> None:
+        """Publish what is queued at a requested stop; in an outage, count it lost without waiting on the server (a
+        hung one would hold the stop for a timeout per event)."""
+        mailbox = self._mailbox
+        assert mailbox is not None, "stopped before it was bound"
+        while (item := mailbox.receive_nowait()) is not None:
+            msg, reply = item
+            if self._outage_from is None:
+                await self.handle(msg)
+            else:
+                self._losses.unavailable += 1
+            if reply is not None and not reply.done():
+                reply.set_result(None)
+
+    def _answered(self) -> None:
+        """The bus answered: end an outage with its count, or say once that the mailbox overflowed meanwhile."""
+        lost = self._losses.total
+        if self._outage_from is not None:
+            _log.info("oona_bus_restored", actor=PUBLISHER, dropped=lost - self._outage_from)
+            self._outage_from = None
+        elif lost > self._answered_total:
+            self._behind(lost - self._answered_total)
+        self._answered_total = lost
+
+    def _behind(self, dropped: int) -> None:
+        if not self._losses.behind_warned:
+            self._losses.behind_warned = True
+            _log.warning(
+                "oona_publisher_behind",
+                actor=PUBLISHER,
+                dropped=dropped,
+                error="its mailbox was full: the bus answers more slowly than the run's events come",
+            )
 
     def _report_depth(self) -> None:
         """The ``oona.queue.depth`` gauge, at most every 10 s of the run clock: the deepest observed topic's backlog as
@@ -148,22 +208,18 @@ class OonaPublisher(Actor[Published]):
             TelemetryPacket(packet_id=f"oona-depth-{self.published}", source="oona", issued_at=now, metrics=(point,))
         )
 
-    def _drop_unavailable(self) -> None:
-        self.unavailable += 1
-        if self._outage_dropped is not None:
-            self._outage_dropped += 1
-
 
 @final
 class BusSink:
     """An EventSink that hands the published event types to the publisher without waiting.
 
     ``resolve`` returns the publisher's ref once the tree runs (None before): events before that are not published.
+    An event the publisher's full mailbox refuses is counted in ``losses.overflow`` (the publisher reports it).
     """
 
-    def __init__(self, resolve: Callable[[], ActorRef[Published] | None]) -> None:
+    def __init__(self, resolve: Callable[[], ActorRef[Published] | None], losses: BusLosses | None = None) -> None:
         self._resolve = resolve
-        self.dropped = 0
+        self.losses = losses if losses is not None else BusLosses()
 
     def emit(self, event: Message | Record) -> None:
         if not isinstance(event, PUBLISHED):
@@ -174,6 +230,6 @@ class BusSink:
         try:
             ref.tell_nowait(event)
         except MailboxFull:
-            self.dropped += 1
+            self.losses.overflow += 1
         except ActorStopped:
             return

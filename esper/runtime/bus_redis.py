@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262144
+DEFAULT_TIMEOUT_S = 1.0
+"""How long a call waits for the server (connecting, or for its reply) before the call fails with BusUnavailable.
+The client's own default, 5 s, held the publisher that long per event on a hung server (stopped, accepting but never
+answering), so events piled up in its mailbox; every script answers in well under a millisecond when the server is
+well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
 
 
 class PayloadTooLarge(BusError, ValueError):
@@ -525,9 +530,11 @@ async def open_redis_bus(
     topics: Iterable[Topic] = ALL_TOPICS,
     limits: BusLimits | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> AsyncIterator[RedisBus]:
     """Connect to ``url`` (e.g. "redis://127.0.0.1:6379/0"), check the server answers, yield a RedisBus, then close
     the bus and the client. Needs the optional ``redis`` dependency, imported here so the default install lacks it.
+    ``timeout_s``: see DEFAULT_TIMEOUT_S (the URL's ``socket_timeout`` wins).
 
     Raises:
         ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
@@ -535,10 +542,9 @@ async def open_redis_bus(
         ValueError: ``url`` is not a Redis URL, or the server refuses it (a database number it does not have).
     """
     # Imported here: redis is an optional dependency that only this backend needs.
-    import redis.asyncio
     import redis.exceptions
 
-    client = redis.asyncio.Redis.from_url(url, decode_responses=False)  # ValueError: not a Redis URL
+    client = redis_client(url, timeout_s=timeout_s)  # ValueError: not a Redis URL
     try:
         try:
             await client.ping()
@@ -559,3 +565,17 @@ async def open_redis_bus(
             await bus.close()
     finally:
         await client.aclose()
+
+
+def redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
+    """A client for ``url`` as RedisBus needs it (binary replies), whose calls wait at most ``timeout_s`` for the
+    server unless the URL's query sets ``socket_timeout`` / ``socket_connect_timeout``. Does not connect yet.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL.
+    """
+    import redis.asyncio  # the optional dependency, as above
+
+    return redis.asyncio.Redis.from_url(
+        url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
