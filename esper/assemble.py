@@ -84,11 +84,13 @@ TAMIYO_STATE_FILE = STOP_STATE_FILENAME
 @final
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """What the run learns once at start: the data, the host's slots and its parameter count."""
+    """What the run learns once at start: the data, the host's slots and its parameter count, and that of the seeds
+    ``tolaria.initial_seeds`` attach before step 0."""
 
     data: DataSplits
     slots: dict[str, SlotShape]
     host_parameters: int
+    initial_seed_parameters: int
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
 
 
@@ -103,7 +105,11 @@ def probe(config: RunConfig, device: torch.device) -> Probe:
         if SEED_KEY not in key
     }
     return Probe(
-        data=data, slots=dict(trainee.slot_shapes), host_parameters=trainee.host_parameters, host_tensors=tensors
+        data=data,
+        slots=dict(trainee.slot_shapes),
+        host_parameters=trainee.host_parameters,
+        initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
+        host_tensors=tensors,
     )
 
 
@@ -154,6 +160,7 @@ class Assembly:
     routes: Routes
     store: UrzaStore
     host_parameters: int
+    initial_seed_parameters: int  # in every packet's and the training figures' seed parameters; not grown
 
 
 def _load_tamiyo_state(path: Path) -> tuple[TamiyoState | None, str | None]:
@@ -371,6 +378,7 @@ async def assemble(
                 io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
                 config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
+                initial_seeds=config.tolaria.initial_seed_blueprints(),
                 resume_step=resume_step if controller_resumes else None,
                 mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
             ),
@@ -432,6 +440,7 @@ async def assemble(
             routes=routes,
             store=store,
             host_parameters=found.host_parameters,
+            initial_seed_parameters=found.initial_seed_parameters,
         )
 
 
