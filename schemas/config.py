@@ -401,6 +401,9 @@ INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (TamiyoConfig, "policy_rollback_decisions"): f"policy updates are not applied ({_NOT_BUILT})",
     (UrzaConfig, "catalog_records_cache"): "Urza caches ready modules only (urza.ready_cache_modules)",
     (TezzeretConfig, "max_retries"): "a failed compilation is not retried",
+    (KarnConfig, "allow_high_risk"): (
+        "every HIGH_RISK blueprint (BP009-BP011) also requires a recorded approval, and this version records none"
+    ),
     (OonaConfig, "consume_breaker"): "a run publishes on the bus and consumes nothing from it",
     (NissaConfig, "seed_event_queue"): "seed events reach Nissa through its mailbox (weatherlight.mailbox_capacity)",
     (SimicConfig, "enabled"): _NOT_BUILT,
