@@ -47,7 +47,7 @@ from esper.run_history import slot_stages_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
-from esper.start_checks import available_cpus, warn_at_start
+from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, TelemetryLevel
@@ -279,9 +279,9 @@ async def assemble(
             karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        offered = await anyio.to_thread.run_sync(
-            candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
-        )
+        tiers = TierPolicy.from_config(config.karn)
+        warn_no_blueprint(config, karn, tiers, {shape.kind for shape in found.slots.values()}, catalogue)
+        offered = await anyio.to_thread.run_sync(candidates, catalogue, karn, tiers, found.slots)
         if first_offer:
             offered = tuple(candidate for candidate in offered if candidate.blueprint_id in first_offer)
         urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
