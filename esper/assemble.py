@@ -47,7 +47,7 @@ from esper.run_history import slot_stages_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
-from esper.start_checks import available_cpus, warn_at_start
+from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, TelemetryLevel
@@ -84,11 +84,13 @@ TAMIYO_STATE_FILE = STOP_STATE_FILENAME
 @final
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """What the run learns once at start: the data, the host's slots and its parameter count."""
+    """What the run learns once at start: the data, the host's slots and its parameter count, and that of the seeds
+    ``tolaria.initial_seeds`` attach before step 0."""
 
     data: DataSplits
     slots: dict[str, SlotShape]
     host_parameters: int
+    initial_seed_parameters: int
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
 
 
@@ -103,7 +105,11 @@ def probe(config: RunConfig, device: torch.device) -> Probe:
         if SEED_KEY not in key
     }
     return Probe(
-        data=data, slots=dict(trainee.slot_shapes), host_parameters=trainee.host_parameters, host_tensors=tensors
+        data=data,
+        slots=dict(trainee.slot_shapes),
+        host_parameters=trainee.host_parameters,
+        initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
+        host_tensors=tensors,
     )
 
 
@@ -154,6 +160,7 @@ class Assembly:
     routes: Routes
     store: UrzaStore
     host_parameters: int
+    initial_seed_parameters: int  # in every packet's and the training figures' seed parameters; not grown
 
 
 def _load_tamiyo_state(path: Path) -> tuple[TamiyoState | None, str | None]:
@@ -272,9 +279,9 @@ async def assemble(
             karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        offered = await anyio.to_thread.run_sync(
-            candidates, catalogue, karn, TierPolicy.from_config(config.karn), found.slots
-        )
+        tiers = TierPolicy.from_config(config.karn)
+        warn_no_blueprint(config, karn, tiers, {shape.kind for shape in found.slots.values()}, catalogue)
+        offered = await anyio.to_thread.run_sync(candidates, catalogue, karn, tiers, found.slots)
         if first_offer:
             offered = tuple(candidate for candidate in offered if candidate.blueprint_id in first_offer)
         urza_source = await anyio.to_thread.run_sync(UrzaSeedSource, store, catalogue)
@@ -371,6 +378,7 @@ async def assemble(
                 io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
                 config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
+                initial_seeds=config.tolaria.initial_seed_blueprints(),
                 resume_step=resume_step if controller_resumes else None,
                 mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
             ),
@@ -432,6 +440,7 @@ async def assemble(
             routes=routes,
             store=store,
             host_parameters=found.host_parameters,
+            initial_seed_parameters=found.initial_seed_parameters,
         )
 
 

@@ -335,7 +335,11 @@ async def _start_claimed(
     def growth(figures: TrainingFigures | None) -> GrowthFigures:
         if figures is None:
             return with_baseline(tally.figures(0), baseline)
-        return with_baseline(tally.figures(figures.seed_parameters, figures.global_step), baseline)
+        # Growth added what the controller grafted: the initial seeds are part of the host from step 0, as its
+        # baseline accuracy is (they stay in the training figures' seed parameters, which the benchmark's static
+        # arms count).
+        added = max(0, figures.seed_parameters - parts.initial_seed_parameters)
+        return with_baseline(tally.figures(added, figures.global_step), baseline)
 
     return EsperSystem(
         config=resolved,

@@ -10,11 +10,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from actors.karn.catalogue import KarnCatalogue
 from esper.nn.blueprints import default_catalogue
 from esper.runtime.errors import ConfigError
+from schemas.domain_enums import BlueprintTier
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from actors.karn.catalogue import BlueprintEntry, TierPolicy
+    from esper.nn.blueprints import Catalogue
     from schemas.config import KarnConfig, NissaConfig, RunConfig, TamiyoConfig
+    from schemas.kernels import SlotKind
 
 _log = structlog.get_logger("esper.start")
 
@@ -98,6 +105,50 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
             detail=f"tolaria.num_threads = {tolaria.num_threads} is more than this machine's {cpus} CPUs: the threads"
             " contend for the cores and training slows down",
         )
+
+
+def warn_no_blueprint(
+    config: RunConfig, karn: KarnCatalogue, tiers: TierPolicy, kinds: Collection[SlotKind], catalogue: Catalogue
+) -> None:
+    """Log a ``no_blueprint_offered`` warning when growth is on but no blueprint may be offered for any of the host's
+    slot kinds (``karn.include`` / ``karn.exclude`` chose none that fits, or the tier rules or the store's marks
+    leave none): every decision of the run is then ``no_candidate`` and nothing grows, which the run used to do
+    without a word. ``catalogue`` (unfiltered) names the blueprints that would be offered without the selection."""
+    if config.kasmina.max_active_seeds == 0 or any(karn.offered(kind, tiers) for kind in kinds):
+        return
+    shown = "/".join(sorted(kinds))
+    chosen = [entry.blueprint_id for entry in karn]
+    filters = [(k, list(v)) for k, v in (("karn.include", config.karn.include), ("karn.exclude", config.karn.exclude))]
+    named = " and ".join(f"{key} = {value!r}" for key, value in filters if value)
+    kept = f"{named} leave{'' if ' and ' in named else 's'}" if named else "the catalogue has"
+    fitting = [entry for entry in karn if any(entry.fits(kind) for kind in kinds)]
+    if fitting:
+        why = "; ".join(f"{entry.blueprint_id} {_not_offered(entry, tiers)}" for entry in fitting)
+    else:
+        every = KarnCatalogue.from_catalogue(catalogue)
+        would = sorted({d.blueprint_id for kind in kinds for d in every.offered(kind, tiers)})
+        why = f"none of them fits a {shown} slot (without the selection: {', '.join(would) or 'none'})"
+    _log.warning(
+        "no_blueprint_offered",
+        slot_kinds=sorted(kinds),
+        blueprints=chosen,
+        detail=f"no blueprint can be offered for this host's {shown} slots, so nothing will grow: {kept}"
+        f" {', '.join(chosen) or 'no blueprint'}; {why}",
+    )
+
+
+def _not_offered(entry: BlueprintEntry, tiers: TierPolicy) -> str:
+    """Why a blueprint that fits is not offered, in a few words."""
+    descriptor = entry.descriptor
+    if entry.standing != "ok":
+        return f"is marked {entry.standing} in the artifact store (urza.root): {entry.reason}"
+    if descriptor.quarantine_only:
+        return "is quarantine_only"
+    if descriptor.tier is BlueprintTier.HIGH_RISK and not tiers.allow_high_risk:
+        return "is HIGH_RISK"
+    if descriptor.approval_required and descriptor.blueprint_id not in tiers.approvals:
+        return "requires an approval"
+    return "is not SAFE (conservative mode offers only SAFE blueprints)"
 
 
 def available_cpus() -> int | None:

@@ -27,6 +27,8 @@ HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\
 """A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
 InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
 """``"<slot>=<blueprint id>"``: a seed of that blueprint (default parameters) in the slot after module ``<slot>``."""
+INITIAL_SEED_PREFIX = "initial-"
+"""An initial seed's id is this prefix plus its slot's name: Tolaria attaches it under that id, Kasmina reports it."""
 RunSeed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 """NumPy's seed range: the seeds derived from it (x 1000 for initial seeds) must still fit torch's 64-bit seed."""
 MAX_MEGABYTES = 2.0**24
@@ -36,6 +38,11 @@ MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
 MAX_NUM_THREADS = 256
 """torch's intra-op threads: far more than any CPU's cores gains nothing, and 100000 crashed the process."""
 NumThreads = Annotated[int, Meta(ge=1, le=MAX_NUM_THREADS)]
+
+
+def initial_seed_id(slot: str) -> str:
+    """The seed id of the initial seed in ``slot``."""
+    return INITIAL_SEED_PREFIX + slot
 
 
 class BreakerConfig(ConfigSection, frozen=True):
@@ -108,6 +115,10 @@ class TolariaConfig(ConfigSection, frozen=True):
         slots = [spec.partition("=")[0] for spec in self.initial_seeds]
         if len(set(slots)) != len(slots):
             raise ValueError(f"initial_seeds names a slot twice: {list(self.initial_seeds)}")
+
+    def initial_seed_blueprints(self) -> dict[str, str]:
+        """Each initial seed's slot -> its blueprint id, in the order given."""
+        return {slot: blueprint for slot, _, blueprint in (spec.partition("=") for spec in self.initial_seeds)}
 
 
 class KasminaConfig(ConfigSection, frozen=True):
@@ -390,6 +401,9 @@ INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (TamiyoConfig, "policy_rollback_decisions"): f"policy updates are not applied ({_NOT_BUILT})",
     (UrzaConfig, "catalog_records_cache"): "Urza caches ready modules only (urza.ready_cache_modules)",
     (TezzeretConfig, "max_retries"): "a failed compilation is not retried",
+    (KarnConfig, "allow_high_risk"): (
+        "every HIGH_RISK blueprint (BP009-BP011) also requires a recorded approval, and this version records none"
+    ),
     (OonaConfig, "consume_breaker"): "a run publishes on the bus and consumes nothing from it",
     (NissaConfig, "seed_event_queue"): "seed events reach Nissa through its mailbox (weatherlight.mailbox_capacity)",
     (SimicConfig, "enabled"): _NOT_BUILT,

@@ -218,6 +218,7 @@ async def running_kasmina(
     journal_dir: Path | None = None,
     resume_step: int | None = None,
     observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
+    initial_seeds: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Harness]:
     """A started ActorSystem running Kasmina alone, with a real io lane; stopped (and the lane closed) on exit."""
     async with Lane("io") as lane:
@@ -244,6 +245,7 @@ async def running_kasmina(
             resume=resume_step is not None,
             resume_step=resume_step,
             observer=observer,
+            initial_seeds=initial_seeds,
         )
         system = ActorSystem(clock=clock, sink=sink)
         await system.start(spec)
@@ -260,7 +262,7 @@ async def running_kasmina(
             await system.stop()
 
 
-def bare_planner(clock: Clock, sink: EventSink) -> BoundaryPlanner:
+def bare_planner(clock: Clock, sink: EventSink, *, initial_seeds: Mapping[str, str] | None = None) -> BoundaryPlanner:
     """A BoundaryPlanner on SLOTS with fast settings, lag 2 and run seed 7, for tests that drive it by hand."""
     return BoundaryPlanner(
         run_id=RUN,
@@ -272,6 +274,7 @@ def bare_planner(clock: Clock, sink: EventSink) -> BoundaryPlanner:
         clock=clock,
         sink=sink,
         breaker=BreakerConfig(),
+        initial_seeds=initial_seeds,
     )
 
 

@@ -77,6 +77,11 @@ def test_the_defaults_and_a_dumped_config_hold_no_inert_setting() -> None:
             " built yet); remove it",
         ),
         (
+            "[karn]\nallow_high_risk = true\n",  # it offered nothing: each high-risk blueprint needs an approval
+            "c.toml: karn.allow_high_risk: set to true, but this version does not act on it (every HIGH_RISK blueprint"
+            " (BP009-BP011) also requires a recorded approval, and this version records none); remove it",
+        ),
+        (
             "[tolaria.breaker]\nhalf_open_probes = 2\n",
             "c.toml: tolaria.breaker.half_open_probes: set to 2, but this version does not act on it (a breaker"
             " admits one probe at a time); remove it",

@@ -104,3 +104,15 @@ def test_include_and_exclude_filter_and_refuse_unknown_ids() -> None:
     assert karn.ids == ("BP001", "BP002")
     with pytest.raises(ValueError, match=r"unknown blueprints \['BP404'\]"):
         KarnCatalogue.from_config(default_catalogue(), KarnConfig(exclude=("BP404",)))
+
+
+def test_no_high_risk_blueprint_can_be_offered_without_an_approval_which_the_run_never_records() -> None:
+    """Why karn.allow_high_risk is refused as inert (schemas.config.INERT_KEYS): with it on, a run offers no
+    HIGH_RISK blueprint still, for each requires an approval and the run records none (assemble gives no approvals)."""
+    karn = KarnCatalogue.from_catalogue(default_catalogue())
+    risky = TierPolicy.from_config(KarnConfig(allow_high_risk=True))
+    high = [e.descriptor for e in karn if e.descriptor.tier is BlueprintTier.HIGH_RISK]
+    assert [d.blueprint_id for d in high] == ["BP009", "BP010", "BP011"]
+    assert all(d.approval_required for d in high)
+    offered = {d.blueprint_id for kind in ("flat", "conv1d", "conv2d", "sequence") for d in karn.offered(kind, risky)}
+    assert offered.isdisjoint(d.blueprint_id for d in high)

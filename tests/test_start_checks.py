@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from structlog.testing import capture_logs
 
+from actors.karn.catalogue import KarnCatalogue, TierPolicy
 from esper.config import apply_overrides
 from esper.logs import reset_logging
-from esper.start_checks import warn_at_start
+from esper.nn.blueprints import default_catalogue
+from esper.run import start
+from esper.start_checks import warn_at_start, warn_no_blueprint
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Mapping, MutableMapping
+    from pathlib import Path
+
+    from actors.karn.catalogue import Standing
+    from schemas.kernels import SlotKind
 
 
 def _warnings(overrides: list[str], steps_per_epoch: int, cpus: int | None) -> list[MutableMapping[str, Any]]:
@@ -41,3 +49,75 @@ def test_more_training_threads_than_cpus_is_said() -> None:
     assert _warnings(["tolaria.num_threads=2"], steps_per_epoch=20, cpus=2) == []
     assert _warnings(["tolaria.num_threads=64"], steps_per_epoch=20, cpus=None) == []
     assert _warnings([], steps_per_epoch=20, cpus=1) == []
+
+
+def _offer_warnings(
+    overrides: list[str],
+    kinds: set[SlotKind],
+    standings: Mapping[str, tuple[Standing, str]] | None = None,
+) -> list[MutableMapping[str, Any]]:
+    config = apply_overrides(RunConfig(), overrides)
+    catalogue = default_catalogue()
+    karn = KarnCatalogue.from_config(catalogue, config.karn, standings=standings)
+    reset_logging()
+    with capture_logs() as logs:
+        warn_no_blueprint(config, karn, TierPolicy.from_config(config.karn), kinds, catalogue)
+    return logs
+
+
+def test_a_blueprint_selection_that_fits_no_slot_is_said_with_the_blueprints_that_would() -> None:
+    """karn.include = ["BP007"] on the CNN's conv1d slots trained the whole run, every decision no_candidate, without
+    a word."""
+    [logged] = _offer_warnings(['karn.include=["BP007"]'], {"conv1d"})
+    assert (logged["event"], logged["log_level"]) == ("no_blueprint_offered", "warning")
+    assert (logged["slot_kinds"], logged["blueprints"]) == (["conv1d"], ["BP007"])
+    assert logged["detail"] == (
+        "no blueprint can be offered for this host's conv1d slots, so nothing will grow: karn.include = ['BP007']"
+        " leaves BP007; none of them fits a conv1d slot (without the selection: BP001, BP002, BP004, BP005, BP006,"
+        " BP008)"
+    )
+    [logged] = _offer_warnings(['karn.exclude=["BP001", "BP002", "BP003", "BP007", "BP008", "BP010"]'], {"flat"})
+    assert logged["detail"].endswith(
+        "karn.exclude = ['BP001', 'BP002', 'BP003', 'BP007', 'BP008', 'BP010'] leaves BP004, BP005, BP006, BP009,"
+        " BP011; none of them fits a flat slot (without the selection: BP001, BP002, BP003, BP007)"
+    )
+
+
+def test_blueprints_that_fit_but_may_not_be_offered_are_named_with_the_reason() -> None:
+    [logged] = _offer_warnings(
+        ['karn.include=["BP005", "BP009", "BP011"]'], {"conv1d"}, {"BP005": ("failed", "timeout")}
+    )
+    assert logged["detail"] == (
+        "no blueprint can be offered for this host's conv1d slots, so nothing will grow: karn.include = ['BP005',"
+        " 'BP009', 'BP011'] leaves BP005, BP009, BP011; BP005 is marked failed in the artifact store (urza.root):"
+        " timeout; BP009 is HIGH_RISK; BP011 is quarantine_only"
+    )
+
+
+def test_no_warning_while_some_slot_kind_has_a_blueprint_or_growth_is_off() -> None:
+    assert _offer_warnings([], {"conv1d", "flat"}) == []
+    assert _offer_warnings(['karn.include=["BP007"]'], {"conv1d", "flat"}) == []  # the flat slots can grow
+    assert _offer_warnings(['karn.include=["BP007"]', "kasmina.max_active_seeds=0"], {"conv1d"}) == []
+
+
+async def test_a_run_whose_blueprint_selection_fits_no_slot_starts_with_the_warning(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"""
+[tolaria]
+epochs = 1
+dataset_samples = 300
+[karn]
+include = ["BP007"]
+[urza]
+root = "{tmp_path / "urza"}"
+[logging]
+console = false
+""",
+        encoding="utf-8",
+    )
+    summary = await (await start(path, tmp_path / "run")).wait()
+    assert summary.status == "completed", summary.error
+    lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    [warned] = [json.loads(line) for line in lines if '"no_blueprint_offered"' in line]
+    assert (warned["level"], warned["blueprints"]) == ("warning", ["BP007"])

@@ -232,6 +232,29 @@ def transition(record: SlotRecord, to_stage: Stage, *, step: int, epoch: int, re
     )
 
 
+def _boot_fossilized(slot: str, seed_id: str, blueprint_id: str, *, step: int, epoch: int) -> SlotRecord:
+    """A slot that holds a seed from the start: its bootstrap goes from UNKNOWN straight to FOSSILIZED, outside the
+    transition table (no seed lived through the stages before it: it is part of the host from step 0)."""
+    entry = TransitionEntry(
+        slot=slot,
+        seed_id=seed_id,
+        step=step,
+        epoch=epoch,
+        from_stage=Stage.UNKNOWN,
+        to_stage=Stage.FOSSILIZED,
+        reason="initial_seed",
+    )
+    return SlotRecord(
+        slot=slot,
+        stage=Stage.FOSSILIZED,
+        entered_stage_step=step,
+        last_transition_step=step,
+        seed_id=seed_id,
+        blueprint_id=blueprint_id,
+        history=(entry,),
+    )
+
+
 class _SlotState:
     """The mutable bookkeeping SeedLifecycle keeps beside each frozen SlotRecord."""
 
@@ -268,21 +291,39 @@ class SeedLifecycle:
     """
 
     def __init__(
-        self, slots: Sequence[str], settings: LifecycleSettings | None = None, *, step: int = 0, epoch: int = 0
+        self,
+        slots: Sequence[str],
+        settings: LifecycleSettings | None = None,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        fossilized: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         """Create the slots and move each from UNKNOWN to DORMANT at ``step`` (the bootstrap transition).
 
+        ``fossilized`` maps a slot to the (seed id, blueprint id) of a seed it holds from the start (the trainer's
+        ``tolaria.initial_seeds``): that slot boots FOSSILIZED instead, so it is occupied for good, as a seed that
+        fossilized is.
+
         Raises:
-            ValueError: a slot name is empty or repeated.
+            ValueError: a slot name is empty or repeated, or ``fossilized`` names a slot that is not one of ``slots``.
         """
         self._settings = settings if settings is not None else LifecycleSettings()
         self._step = step
         self._epoch = epoch
         self._slots: dict[str, _SlotState] = {}
+        initial = dict(fossilized or {})
+        unknown = sorted(set(initial) - set(slots))
+        if unknown:
+            raise ValueError(f"initial seeds name unknown slots {unknown}; slots: {list(slots)!r}")
         for name in slots:
             if not name or name in self._slots:
                 raise ValueError(f"slots must be unique non-empty names, got {name!r} in {list(slots)!r}")
-            record = transition(new_slot_record(name, step=step), Stage.DORMANT, step=step, epoch=epoch, reason="boot")
+            if name in initial:
+                record = _boot_fossilized(name, *initial[name], step=step, epoch=epoch)
+            else:
+                boot = new_slot_record(name, step=step)
+                record = transition(boot, Stage.DORMANT, step=step, epoch=epoch, reason="boot")
             self._slots[name] = _SlotState(record, self._new_evidence())
         self._held: frozenset[str] = frozenset()
 

@@ -35,6 +35,7 @@ from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecyc
 from actors.kasmina.seeds import SeedEntry, gate_result, seed_state
 from actors.kasmina.step_queue import StepQueue
 from schemas.boundary import BoundaryPlan, SeedOp
+from schemas.config import initial_seed_id
 from schemas.domain_enums import CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState
 from schemas.enums import SeedLifecycleStage as Stage
@@ -101,8 +102,13 @@ class BoundaryPlanner:
         sink: EventSink,
         breaker: BreakerConfig,
         approved_blueprints: frozenset[str] = frozenset(),
+        initial_seeds: Mapping[str, str] | None = None,
     ) -> None:
-        """Raises: ValueError: no slots, a negative lag, or a slot name repeated or empty."""
+        """``initial_seeds`` maps a slot to the blueprint id of the seed the trainer attached there before step 0
+        (``tolaria.initial_seeds``): the slot is FOSSILIZED from the start, so nothing germinates into it.
+
+        Raises: ValueError: no slots, a negative lag, a slot name repeated or empty, or an initial seed in no slot.
+        """
         if not slots:
             raise ValueError("slots must name at least one seed slot")
         if lag_steps < 0:
@@ -112,7 +118,8 @@ class BoundaryPlanner:
         self._shapes = dict(slots)
         self._depth = {name: i for i, name in enumerate(slots)}
         # Boot at step -1 so that a packet at step 0 is a boundary after it.
-        self._lifecycle = SeedLifecycle(tuple(slots), settings, step=-1, epoch=0)
+        fossilized = {slot: (initial_seed_id(slot), bp) for slot, bp in (initial_seeds or {}).items()}
+        self._lifecycle = SeedLifecycle(tuple(slots), settings, step=-1, epoch=0, fossilized=fossilized)
         self._lag = lag_steps
         self._describe = describe
         self._clock = clock

@@ -67,9 +67,18 @@ def gate_result(evaluation: GateEvaluation) -> GateResult:
 def seed_state(
     rec: SlotRecord, seed: SeedEntry | None, evidence: EvidenceSnapshot, *, depth: int, step: int | None, epoch: int
 ) -> SeedState:
-    """A slot as Kasmina reports it at the boundary of ``step`` in ``epoch``; a slot without a seed is bare."""
+    """A slot as Kasmina reports it at the boundary of ``step`` in ``epoch``; a slot without a seed is bare, and one
+    holding an initial seed (no bookkeeping: it was never planned) carries the record's seed and blueprint ids."""
     if seed is None:
-        return SeedState(slot=rec.slot, stage=rec.stage, layer_depth=depth, embargo_until_epoch=rec.embargo_until_epoch)
+        return SeedState(
+            slot=rec.slot,
+            stage=rec.stage,
+            layer_depth=depth,
+            seed_id=rec.seed_id,
+            blueprint_id=rec.blueprint_id,
+            blend_allowed=rec.seed_id is not None and rec.stage in _BLEND_ALLOWED,
+            embargo_until_epoch=rec.embargo_until_epoch,
+        )
     now_step = step if step is not None else seed.germinated_step
     blend = seed.blend
     return SeedState(

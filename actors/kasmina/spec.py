@@ -78,6 +78,7 @@ def kasmina_spec(
     cache_capacity: int = DEFAULT_CACHE_CAPACITY,
     lifecycle: LifecycleSettings | None = None,
     approved_blueprints: frozenset[str] = frozenset(),
+    initial_seeds: Mapping[str, str] | None = None,
     journal_dir: Path | None = None,
     resume: bool = False,
     resume_step: int | None = None,
@@ -109,6 +110,8 @@ def kasmina_spec(
         source: where modules come from (default: the built-in blueprint catalogue).
         cache_capacity: ready modules kept (REFERENCE.md section 1: 32).
         approved_blueprints: blueprint ids whose ``approval_required`` is satisfied by a recorded approval.
+        initial_seeds: slot -> blueprint id of each seed the trainer attaches before step 0
+            (``TolariaConfig.initial_seed_blueprints``): those slots are FOSSILIZED from the start, every incarnation's.
         journal_dir: where the boundary journal file lives (``<run dir>/checkpoints``), so ``--resume`` can rebuild
             the lifecycle; None keeps the journal in memory (it still survives restarts within the run).
         resume: read the journal file left by the run being resumed; False starts a fresh one.
@@ -139,6 +142,7 @@ def kasmina_spec(
     settings = lifecycle if lifecycle is not None else lifecycle_settings(config)
     send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
     slot_shapes = dict(slots)
+    initial = dict(initial_seeds or {})
     journal = BoundaryJournal(None if journal_dir is None else journal_dir / JOURNAL_FILENAME, fresh=not resume)
 
     def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
@@ -153,6 +157,7 @@ def kasmina_spec(
             sink=planner_sink,
             breaker=config.breaker,
             approved_blueprints=approved_blueprints,
+            initial_seeds=initial,
         )
 
     first_restore: list[int | None] = [resume_step]

@@ -31,6 +31,7 @@ from esper.nn.wrap import find_slots, wrap
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
+from schemas.config import initial_seed_id
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
 from schemas.enums import SeedLifecycleStage
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 HOST_GROUP = "host"
 PARAM_NAMES_KEY = "param_names"
-INITIAL_SEED_PREFIX = "initial-"
-"""Seed ids of ``tolaria.initial_seeds`` are this prefix plus the slot name."""
 
 
 class TolariaConfigError(ConfigError):
@@ -515,7 +514,7 @@ def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:
         op = SeedOp(
             kind="attach",
             slot=slot,
-            seed_id=INITIAL_SEED_PREFIX + slot,
+            seed_id=initial_seed_id(slot),
             stage=SeedLifecycleStage.FOSSILIZED,
             blueprint_id=blueprint_id,
             blend=blend,
