@@ -36,6 +36,7 @@ PLANNER_KEYS: Final = (
     "g2_max_gradient_norm",
     "g4_min_improvement",
     "g4_max_step_latency_growth",
+    "gate_patience_steps",
     "breaker",
 )
 

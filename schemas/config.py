@@ -129,6 +129,10 @@ class KasminaConfig(ConfigSection, frozen=True):
     g2_max_gradient_norm: PosFloat = 100.0
     g4_min_improvement: float = 0.0
     g4_max_step_latency_growth: NonNegFloat = 0.15
+    # A gate of GERMINATED..SHADOWING still undecided this many steps after its dwell and the time its evidence takes
+    # to arrive (the command lag, a window of packets, the blend ramp, the epoch ends of G4's validation) culls the
+    # seed with "timeout:<why>".
+    gate_patience_steps: NonNegInt = 500
     seed_memory_budget_mb: MemoryBudgetMB | None = None
     isolation_probe_every_steps: PosInt = 10
     isolation_alert_violations: PosInt = 3

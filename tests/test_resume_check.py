@@ -179,6 +179,7 @@ _PLANNER_CHANGES = {
     "g2_max_gradient_norm": 7.0,
     "g4_min_improvement": 0.1,
     "g4_max_step_latency_growth": 0.5,
+    "gate_patience_steps": 1000,
 }
 
 

@@ -154,6 +154,7 @@ class CommandDesk:
             blueprint=blueprint_facts(blueprint_id, descriptor, shape, params),
             parameters=dict(params),
             approval_recorded=blueprint_id in self._approved,
+            blend_ramp_steps=blend.ramp_steps,
         )
         outcome = self._lifecycle.germinate(slot, request, epoch=epoch)
         if not outcome.passed:
