@@ -9,10 +9,14 @@ from esper.runtime.signing import sign_command
 from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import CommandKind
+from schemas.enums import SeedLifecycleGate
 from schemas.enums import SeedLifecycleStage as Stage
-from tests._kasmina_harness import KEY, KEY_ID, RUN, bare_planner, make_packet, prepared_seed
+from schemas.nissa import SeedStageChanged
+from schemas.state import GateResult
+from tests._kasmina_harness import KEY, KEY_ID, RUN, bare_planner, make_packet, prepared_seed, seed_report
 
 if TYPE_CHECKING:
+    from actors.kasmina.planner import BoundaryPlanner
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
 
@@ -36,6 +40,42 @@ def germinate_b() -> AdaptationCommand:
         blend=BlendConfig(),
     )
     return sign_command(cmd, KEY, KEY_ID)
+
+
+def seed_verb(kind: CommandKind, step: int, number: int) -> AdaptationCommand:
+    """A signed PAUSE / RESUME / CULL of seed s1, decided on ``step``."""
+    command_id = f"00000000-0000-4000-8000-{number:012d}"
+    security = CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=0.0)
+    cmd = AdaptationCommand(
+        command_id=command_id,
+        issued_at=0.0,
+        training_run_id=RUN,
+        kind=kind,
+        decision_step=step,
+        policy_version="t",
+        security=security,
+        target_seed_id="s1",
+        reason="test",
+    )
+    return sign_command(cmd, KEY, KEY_ID)
+
+
+def receipt(decided: int, *outcomes: OpOutcome, lag: int = 2) -> BoundaryApplied:
+    """Tolaria's receipt of the plan decided on ``decided``, applied at its effect step."""
+    return BoundaryApplied(
+        run_id=RUN, decided_on_step=decided, effect_step=decided + lag, applied_step=decided + lag, outcomes=outcomes
+    )
+
+
+def attached_seed(planner: BoundaryPlanner) -> None:
+    """Seed s1 germinated in slot b at step 1, attached at step 3 and TRAINING from the boundary of step 4."""
+    draft = planner.begin(make_packet(1), germinate_b(), None)
+    planner.prepared(prepared_seed())
+    planner.finish(draft)
+    planner.record_receipt(receipt(1, OpOutcome(kind="attach", slot="b", seed_id="s1", applied=True)))
+    for step in (2, 3, 4):
+        planner.finish(planner.begin(make_packet(step, seeds=(seed_report("s1", "b"),)), None, None))
+    assert planner.seed_states()[1].stage is Stage.TRAINING
 
 
 def test_receipts_apply_at_the_first_boundary_after_their_step_and_record_ownership(
@@ -85,3 +125,48 @@ def test_a_fossilized_seeds_parameters_pass_to_the_host(clock: ManualClock, sink
     assert planner.owner_of("b.seed.up.weight") == "s1"
     planner.finish(planner.begin(make_packet(7), None, None))
     assert planner.owner_of("b.seed.up.weight") == "host"
+
+
+def test_a_slot_whose_attach_never_took_effect_is_reset_after_the_cull(clock: ManualClock, sink: RecordingSink) -> None:
+    """The trainer gave up on the plan carrying the attach and no receipt came back. G1 times out, the cull's detach
+    is refused (the slot holds no seed): the trainer holds nothing of the seed, so the slot goes back to DORMANT
+    instead of failing G5 ('kernel_attached') at every boundary for the rest of the run."""
+    planner = bare_planner(clock, sink)
+    draft = planner.begin(make_packet(1), germinate_b(), None)
+    planner.prepared(prepared_seed())
+    assert [op.kind for op in planner.finish(draft).ops] == ["attach"]
+    detaches: list[int] = []
+    for step in range(2, 1200):
+        plan = planner.finish(planner.begin(make_packet(step, epoch=step // 100), None, None))
+        for op in plan.ops:
+            if op.kind == "detach":
+                detaches.append(step)
+                refused = OpOutcome(
+                    kind="detach", slot="b", seed_id="s1", applied=False, error="detach: slot after 'b' holds no seed"
+                )
+                planner.record_receipt(receipt(step, refused))
+    assert len(detaches) == 1
+    stages = [(e.from_stage, e.to_stage) for e in sink.events if isinstance(e, SeedStageChanged) and e.slot == "b"]
+    assert stages[-3:] == [
+        (Stage.CULLED, Stage.EMBARGOED),
+        (Stage.EMBARGOED, Stage.RESETTING),
+        (Stage.RESETTING, Stage.DORMANT),
+    ]
+    assert planner.seed_states()[1].stage is Stage.DORMANT
+    g5 = [e for e in sink.events if isinstance(e, GateResult) and e.gate is SeedLifecycleGate.G5_RESET]
+    assert [r.passed for r in g5] == [True]
+
+
+def test_a_refused_detach_of_an_attached_seed_keeps_its_slot_from_resetting(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A seed the trainer did attach and now refuses to detach may still be in the model: its slot waits in
+    RESETTING rather than being handed to another seed."""
+    planner = bare_planner(clock, sink)
+    attached_seed(planner)
+    planner.finish(planner.begin(make_packet(5), seed_verb(CommandKind.CULL, 5, 2), None))
+    refused = OpOutcome(kind="detach", slot="b", seed_id="s1", applied=False, error="detach: something else")
+    planner.record_receipt(receipt(5, refused))
+    for step in range(6, 700):
+        planner.finish(planner.begin(make_packet(step, epoch=step // 100), None, None))
+    assert planner.seed_states()[1].stage is Stage.RESETTING

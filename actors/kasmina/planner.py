@@ -397,6 +397,22 @@ class BoundaryPlanner:
         )
 
     def _op_failed(self, seed: SeedEntry, kind: str, error: str, step: int) -> None:
+        if kind == "detach" and not seed.attached:
+            # No receipt ever confirmed the attach (its plan was missed and no refusal came back): the trainer holds
+            # no such seed, so nothing is left to detach. Counted as detached, or G5 saw a kernel attached at every
+            # boundary and the slot stayed in RESETTING for the rest of the run.
+            seed.detached = True
+            self._event(
+                "seed_op_failed",
+                TelemetryLevel.WARNING,
+                f"detach of seed {seed.seed_id} in slot {seed.slot} refused ({error}): its attach never took effect,"
+                " so the slot holds nothing of it",
+                slot=seed.slot,
+                seed_id=seed.seed_id,
+                op=kind,
+                step=step,
+            )
+            return
         again = ""
         if kind in _STAGE_OPS:
             # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and
