@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from actors.kasmina.planner import BoundaryPlanner
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
+    from schemas.boundary import SeedOpKind
 
 COMMAND_ID = "00000000-0000-4000-8000-000000000001"
 
@@ -170,3 +171,66 @@ def test_a_refused_detach_of_an_attached_seed_keeps_its_slot_from_resetting(
     for step in range(6, 700):
         planner.finish(planner.begin(make_packet(step, epoch=step // 100), None, None))
     assert planner.seed_states()[1].stage is Stage.RESETTING
+
+
+L3 = "adaptation paused (emergency level L3 or above)"
+
+
+def pause_outcome(kind: SeedOpKind, *, applied: bool, error: str | None = None) -> OpOutcome:
+    return OpOutcome(kind=kind, slot="b", seed_id="s1", applied=applied, error=error)
+
+
+def boundaries(planner: BoundaryPlanner, steps: range) -> None:
+    for step in steps:
+        planner.finish(planner.begin(make_packet(step, seeds=(seed_report("s1", "b"),)), None, None))
+
+
+def test_a_pause_the_trainer_refused_is_not_recorded_as_done(clock: ManualClock, sink: RecordingSink) -> None:
+    """At L3 the trainer refuses every op but a detach: the seed trains on, so Kasmina reports it unpaused and its
+    lifecycle goes on (it was reported paused and held for good)."""
+    planner = bare_planner(clock, sink)
+    attached_seed(planner)
+    plan = planner.finish(planner.begin(make_packet(5), seed_verb(CommandKind.PAUSE, 5, 2), None))
+    assert [op.kind for op in plan.ops] == ["pause"]
+    assert planner.seed_states()[1].paused
+    planner.record_receipt(receipt(5, pause_outcome("pause", applied=False, error=L3)))
+    boundaries(planner, range(6, 8))
+    assert planner.seed_states()[1].paused, "held until the receipt's boundary"
+    boundaries(planner, range(8, 40))
+    state = planner.seed_states()[1]
+    assert not state.paused
+    assert state.stage is not Stage.TRAINING
+
+
+def test_a_resume_the_trainer_refused_leaves_the_seed_paused(clock: ManualClock, sink: RecordingSink) -> None:
+    planner = bare_planner(clock, sink)
+    attached_seed(planner)
+    planner.finish(planner.begin(make_packet(5), seed_verb(CommandKind.PAUSE, 5, 2), None))
+    planner.record_receipt(receipt(5, pause_outcome("pause", applied=True)))
+    boundaries(planner, range(6, 10))
+    planner.finish(planner.begin(make_packet(10), seed_verb(CommandKind.RESUME, 10, 3), None))
+    assert not planner.seed_states()[1].paused
+    planner.record_receipt(receipt(10, pause_outcome("resume", applied=False, error=L3)))
+    boundaries(planner, range(11, 13))
+    assert not planner.seed_states()[1].paused, "resumed in the planner's view until the receipt's boundary"
+    boundaries(planner, range(13, 14))
+    held = planner.seed_states()[1]
+    assert held.paused
+    boundaries(planner, range(14, 40))
+    assert planner.seed_states()[1].paused
+    assert planner.seed_states()[1].stage is held.stage, "a paused seed changes no stage"
+
+
+def test_only_the_last_pause_or_resume_in_flight_settles_the_flag(clock: ManualClock, sink: RecordingSink) -> None:
+    """A pause and a resume decided a step apart are both in flight: the trainer refuses the pause, then the resume
+    (the seed is not paused); the seed is not paused, whatever order the refusals are read in."""
+    planner = bare_planner(clock, sink)
+    attached_seed(planner)
+    planner.finish(planner.begin(make_packet(5), seed_verb(CommandKind.PAUSE, 5, 2), None))
+    planner.finish(planner.begin(make_packet(6), seed_verb(CommandKind.RESUME, 6, 3), None))
+    planner.record_receipt(receipt(5, pause_outcome("pause", applied=False, error=L3)))
+    boundaries(planner, range(7, 9))
+    assert not planner.seed_states()[1].paused, "the resume in flight decides"
+    planner.record_receipt(receipt(6, pause_outcome("resume", applied=False, error="resume: seed 's1' is not paused")))
+    boundaries(planner, range(9, 12))
+    assert not planner.seed_states()[1].paused

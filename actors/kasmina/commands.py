@@ -208,7 +208,7 @@ class CommandDesk:
             state = "paused" if seed is not None and seed.paused else "not paused"
             detail = f"cannot {kind.value} seed {seed_id!r} ({stage.name}, {state})"
             return self._refuse(cmd, CommandRejectReason.ILLEGAL_TRANSITION, detail, slot=slot), []
-        seed.paused = pause
+        seed.paused, seed.pause_decided = pause, step
         op = SeedOp(kind="pause" if pause else "resume", slot=slot, seed_id=seed_id, reason=cmd.reason)
         return self._accept(cmd, step, slot=slot, seed_id=seed_id), [op]
 

@@ -338,6 +338,8 @@ class BoundaryPlanner:
                     continue
                 if outcome.applied and outcome.kind in _STAGE_OPS and seed.seed_id in self._unapplied:
                     self._took_effect(seed, outcome.kind, receipt)
+                if outcome.kind in ("pause", "resume"):
+                    self._pause_settled(seed, outcome.kind, outcome.applied, receipt.decided_on_step)
                 if not outcome.applied:
                     self._op_failed(seed, outcome.kind, outcome.error or "no reason given", receipt.applied_step)
                 elif outcome.kind == "attach":
@@ -349,6 +351,15 @@ class BoundaryPlanner:
                 elif outcome.kind == "fossilize":
                     for name in [n for n, owner in self._owners.items() if owner == seed.seed_id]:
                         self._owners[name] = "host"
+
+    @staticmethod
+    def _pause_settled(seed: SeedEntry, kind: str, applied: bool, decided_on_step: int) -> None:
+        """The paused flag follows what the trainer applied: a refused pause (at L3 every op but a detach is refused)
+        left the seed training, a refused resume left it paused. A later pause or resume still in flight decides."""
+        if applied:
+            seed.trainer_paused = kind == "pause"
+        elif decided_on_step == seed.pause_decided:
+            seed.paused = seed.trainer_paused
 
     def _attached(self, seed: SeedEntry) -> None:
         seed.attached = True
