@@ -52,7 +52,6 @@ def lifecycle_settings(config: KasminaConfig, cadence: EvidenceCadence | None = 
         stability_window_steps=config.g2_window_steps,
         max_loss_variance=config.g2_max_loss_variance,
         min_benefit=config.g4_min_improvement,
-        max_step_latency_growth=config.g4_max_step_latency_growth,
         max_active_seeds=config.max_active_seeds,
         seed_memory_budget_bytes=GateSettings().seed_memory_budget_bytes if memory is None else int(memory * 2**20),
     )
