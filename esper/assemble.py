@@ -22,6 +22,7 @@ import torch
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
+from actors.kasmina.lifecycle import EvidenceCadence
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
@@ -37,6 +38,7 @@ from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import batch_plan, build_trainee, load_data
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
+from actors.tolaria.validation import VALIDATION_BATCHES
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
     from esper.runtime.supervisor import ChildSpec
     from esper.runtime.system import ActorSystem
     from schemas.boundary import Decision
-    from schemas.config import RunConfig
+    from schemas.config import RunConfig, TolariaConfig
     from schemas.kernels import SlotKind
     from schemas.state import SystemStatePacket
 
@@ -110,6 +112,21 @@ def probe(config: RunConfig, device: torch.device) -> Probe:
         host_parameters=trainee.host_parameters,
         initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
         host_tensors=tensors,
+    )
+
+
+def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadence:
+    """When Tolaria's evidence reaches Kasmina's gates: a packet every ``state_every_steps`` (at epoch ends only when
+    0), the epoch's steps (G4's validation comes at epoch ends) and the validation batches of each epoch end (as
+    actors.tolaria.validation cuts the split); the command lag is kasmina_spec's ``lag_steps``."""
+    steps = batch_plan(tolaria, data).num_batches
+    every = tolaria.state_every_steps
+    val = data.val.num_samples
+    size = max(1, -(-val // VALIDATION_BATCHES))
+    return EvidenceCadence(
+        packet_every_steps=max(1, min(every, steps) if every else steps),
+        epoch_steps=steps,
+        validation_batches=max(1, -(-val // size)),
     )
 
 
@@ -377,6 +394,7 @@ async def assemble(
                 run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
                 io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
                 config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
+                cadence=evidence_cadence(config.tolaria, found.data),
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
                 initial_seeds=config.tolaria.initial_seed_blueprints(),
                 resume_step=resume_step if controller_resumes else None,

@@ -68,7 +68,7 @@ def load_baseline(config: RunConfig) -> RecordedBaseline | None:
     if not directory.is_dir():
         raise ConfigError(f"{where}: not a run directory")
     try:
-        theirs = load_config(directory / "config.toml")
+        theirs = load_config(directory / "config.toml", written=True)
     except ConfigError as err:
         raise ConfigError(f"{where}: its config: {err}") from err
     _check_same_training(where, theirs.tolaria, config.tolaria)

@@ -46,9 +46,11 @@ _TOML_ERROR = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column \d+|e
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, written: bool = False) -> RunConfig:
     """Read a TOML config file (or start from the defaults when ``path`` is None) and apply ``--set`` overrides.
 
+    ``written``: the file is a run's own config.toml, written by the version that ran it: an INERT_KEYS key set there
+    did nothing then either, so it is kept rather than refused (a resume or a baseline compares other keys).
     Blocks on file I/O: call it before the event loop starts, or from a thread.
 
     Raises:
@@ -68,11 +70,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
         text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not TOML's business
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 text (byte {err.start})") from err
-    return apply_overrides(parse_config(text, source), overrides)
+    return apply_overrides(parse_config(text, source, written=written), overrides)
 
 
-def parse_config(text: str, source: str = "<string>") -> RunConfig:
-    """Decode TOML text into a RunConfig; ``source`` names the text in error messages.
+def parse_config(text: str, source: str = "<string>", *, written: bool = False) -> RunConfig:
+    """Decode TOML text into a RunConfig; ``source`` names the text in error messages (``written``: see load_config).
 
     Raises:
         ConfigError: invalid TOML, an unknown section or key, or a value of the wrong type or out of range.
@@ -81,7 +83,7 @@ def parse_config(text: str, source: str = "<string>") -> RunConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: {_describe_toml_error(err, text)}") from err
-    return _validate(data, source)
+    return _validate(data, source, written=written)
 
 
 def parse_override(text: str) -> tuple[str, TomlValue]:
@@ -219,13 +221,13 @@ def _run_config_info() -> mi.StructType:
 _RUN_CONFIG_INFO = _run_config_info()
 
 
-def _validate(data: dict[str, TomlValue], source: str) -> RunConfig:
+def _validate(data: dict[str, TomlValue], source: str, *, written: bool = False) -> RunConfig:
     _check_keys(data, _RUN_CONFIG_INFO, (), source)
     try:
         config = msgspec.convert(data, RunConfig)
     except msgspec.ValidationError as err:
         raise ConfigError(_translate(str(err), data, source)) from err
-    for dotted, value, reason in inert_settings(config):
+    for dotted, value, reason in () if written else inert_settings(config):
         raise ConfigError(_inert_message(source, dotted, value, reason))
     for dotted, problem in value_problems(config):
         raise ConfigError(f"{source}: {dotted}: {problem}")

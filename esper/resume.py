@@ -35,7 +35,7 @@ PLANNER_KEYS: Final = (
     "g2_max_loss_variance",
     "g2_max_gradient_norm",
     "g4_min_improvement",
-    "g4_max_step_latency_growth",
+    "gate_patience_steps",
     "breaker",
 )
 
@@ -72,7 +72,7 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
     try:
         if not (directory / "config.toml").read_bytes().strip():
             raise ConfigError(f"{directory / 'config.toml'}: empty")  # an empty file would read as all defaults
-        earlier = load_config(directory / "config.toml")
+        earlier = load_config(directory / "config.toml", written=True)
     except OSError as err:
         raise ConfigError(
             f"--resume {directory}: the run's config.toml cannot be read ({err.strerror or err}); it says which run"

@@ -140,6 +140,10 @@ class KasminaConfig(ConfigSection, frozen=True):
     g2_max_gradient_norm: PosFloat = 100.0
     g4_min_improvement: float = 0.0
     g4_max_step_latency_growth: NonNegFloat = 0.15
+    # A gate of GERMINATED..SHADOWING still undecided this many steps after its dwell and the time its evidence takes
+    # to arrive (the command lag, a window of packets, the blend ramp, the epoch ends of G4's validation) culls the
+    # seed with "timeout:<why>".
+    gate_patience_steps: NonNegInt = 500
     seed_memory_budget_mb: MemoryBudgetMB | None = None
     isolation_probe_every_steps: PosInt = 10
     isolation_alert_violations: PosInt = 3
@@ -383,11 +387,18 @@ class RunConfig(ConfigSection, frozen=True):
 
 
 _NOT_BUILT = "Simic (policy learning) is not built yet"
+_NO_CONFIDENCE_BLEND = "no policy blends a seed in CONFIDENCE mode, the only mode that reads it"
 INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (BreakerConfig, "half_open_probes"): "a breaker admits one probe at a time",
     (TolariaConfig, "epoch_hook_target_ms"): "the epoch hook is held to tolaria.epoch_hook_budget_ms only",
     (TolariaConfig, "rollback_fast_target_ms"): "rollback times are measured and logged, not held to a target",
     (KasminaConfig, "alpha_hysteresis"): "the alpha ramp has no hysteresis band",
+    (KasminaConfig, "confidence_k"): _NO_CONFIDENCE_BLEND,
+    (KasminaConfig, "confidence_tau"): _NO_CONFIDENCE_BLEND,
+    (KasminaConfig, "g4_max_step_latency_growth"): (
+        "G4 judges no step latency: step times are wall-clock, and a gate on them would make the lifecycle depend on"
+        " the machine's load"
+    ),
     (KasminaConfig, "prefetch_timeout_ms"): "seed modules are fetched from Urza within urza.fetch_budget_ms",
     (KasminaConfig, "allow_fallback_kernel"): "no fallback kernel is ever substituted for a blueprint's own",
     (TamiyoConfig, "device"): "the policy runs on the trainer's device, tolaria.device (its own CUDA stream there)",

@@ -44,6 +44,8 @@ class CommandRejectReason(enum.Enum):
     ISSUED_IN_FUTURE = "issued_in_future"
     STALE = "stale"
     NONCE_LEDGER_FULL = "nonce_ledger_full"
+    # Signed for another run or another step than the decision it came in: Kasmina checks it when it pairs the two.
+    DECISION_MISMATCH = "decision_mismatch"
     UNKNOWN_SLOT = "unknown_slot"
     UNKNOWN_SEED = "unknown_seed"
     SLOT_OCCUPIED = "slot_occupied"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
@@ -77,6 +79,9 @@ class Harness:
     clock: ManualClock
     sink: RecordingSink
     lag: int
+    # Commands built without a decision step, by id, with the key that signs them: ``decision`` signs each for the step
+    # it decides, as Tamiyo does.
+    unstamped: dict[str, bytes] = field(default_factory=dict)
 
     def command(
         self,
@@ -90,9 +95,10 @@ class Harness:
         lr_delta: float | None = None,
         key: bytes = KEY,
         issued_at: float | None = None,
-        decision_step: int = 0,
+        decision_step: int | None = None,
     ) -> AdaptationCommand:
-        """A command signed like Tamiyo signs it (GERMINATE gets a default blend)."""
+        """A command signed like Tamiyo signs it (GERMINATE gets a default blend); without ``decision_step`` it is
+        signed again for the step of the decision that carries it (``decision``)."""
         command_id = str(uuid.uuid4())
         at = self.clock.now() if issued_at is None else issued_at
         if kind is CommandKind.GERMINATE and blend is None:
@@ -102,7 +108,7 @@ class Harness:
             issued_at=at,
             training_run_id=RUN,
             kind=kind,
-            decision_step=decision_step,
+            decision_step=0 if decision_step is None else decision_step,
             policy_version="test-1",
             security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=at),
             target_slot=slot,
@@ -112,6 +118,8 @@ class Harness:
             blend=blend,
             lr_delta=lr_delta,
         )
+        if decision_step is None:
+            self.unstamped[command_id] = key
         return sign_command(cmd, key, KEY_ID)
 
     def germinate(
@@ -123,6 +131,8 @@ class Harness:
         return make_packet(step, epoch=epoch, seeds=seeds, issued_at=self.clock.now())
 
     def decision(self, step: int, command: AdaptationCommand | None = None) -> Decision:
+        if command is not None and (key := self.unstamped.get(command.command_id)) is not None:
+            command = sign_command(msgspec.structs.replace(command, decision_step=step), key, KEY_ID)
         return Decision(run_id=RUN, decided_on_step=step, command=command)
 
     async def next_plan(self) -> BoundaryPlan:

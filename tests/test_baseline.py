@@ -78,6 +78,17 @@ def test_a_host_only_run_of_the_same_training_is_read(tmp_path: Path) -> None:
     assert "run host-1, host only, 10 epochs" in "\n".join(growth_lines(growth))
 
 
+def test_a_baseline_an_earlier_version_made_with_a_key_now_inert_is_read(tmp_path: Path) -> None:
+    """kasmina.confidence_k did nothing in that run either: its config.toml is read, not refused."""
+    directory = write_run(tmp_path / "host")
+    config = directory / "config.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace("confidence_k = 4.0", "confidence_k = 9.0"))
+    assert "confidence_k = 9.0" in config.read_text(encoding="utf-8")
+    baseline = load_baseline(comparing_with(directory))
+    assert baseline is not None
+    assert baseline.val_accuracy == 0.875
+
+
 def test_a_run_that_grew_nothing_names_the_controllers_reasons_but_not_the_routine_ones() -> None:
     growth = GrowthFigures(no_op_reasons={"not_epoch_end": 400, "no_strained_slot": 30, "cooldown": 4, "plateau": 0})
     line = next(line for line in growth_lines(growth) if line.startswith("seeds by outcome"))

@@ -82,6 +82,17 @@ def test_the_defaults_and_a_dumped_config_hold_no_inert_setting() -> None:
             " (BP009-BP011) also requires a recorded approval, and this version records none); remove it",
         ),
         (
+            "[kasmina]\ng4_max_step_latency_growth = 0.3\n",
+            "c.toml: kasmina.g4_max_step_latency_growth: set to 0.3, but this version does not act on it (G4 judges no"
+            " step latency: step times are wall-clock, and a gate on them would make the lifecycle depend on the"
+            " machine's load); remove it",
+        ),
+        (
+            "[kasmina]\nconfidence_k = 8.0\n",
+            "c.toml: kasmina.confidence_k: set to 8.0, but this version does not act on it (no policy blends a seed in"
+            " CONFIDENCE mode, the only mode that reads it); remove it",
+        ),
+        (
             "[tolaria.breaker]\nhalf_open_probes = 2\n",
             "c.toml: tolaria.breaker.half_open_probes: set to 2, but this version does not act on it (a breaker"
             " admits one probe at a time); remove it",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
+from esper.runtime.signing import sign_command
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.telemetry import TelemetryEvent
-from tests._kasmina_harness import fast_settings, running_kasmina
+from tests._kasmina_harness import KEY, KEY_ID, fast_settings, running_kasmina
 
 if TYPE_CHECKING:
     from esper.runtime.clock import ManualClock
@@ -53,6 +55,31 @@ async def test_security_rejections_are_critical_and_counted(clock: ManualClock, 
         stats = await h.statistics()
         assert stats.rejected == {"bad_signature": 1, "nonce_replayed": 1, "stale": 1}
         assert stats.accepted == 1
+
+
+async def test_a_command_signed_for_another_step_or_run_than_its_decision_is_refused(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Kasmina pairs each decision with its signed command: one signed for another step would act on a state it was
+    not decided on, one of another run comes from another controller. Refused, CRITICAL and counted; the command's
+    nonce is not spent, so it is accepted with the decision of its own step."""
+    async with running_kasmina(clock, sink) as h:
+        later = h.command(CommandKind.GERMINATE, slot="a", seed_id="s1", blueprint_id="BP001", decision_step=4)
+        assert await reject_reason(h, 3, later) is R.DECISION_MISMATCH
+        ours = h.command(CommandKind.GERMINATE, slot="a", seed_id="s2", blueprint_id="BP001", decision_step=5)
+        foreign = sign_command(msgspec.structs.replace(ours, training_run_id="other"), KEY, KEY_ID)
+        assert await reject_reason(h, 5, foreign) is R.DECISION_MISMATCH
+        assert rejections(sink) == [("decision_mismatch", TelemetryLevel.CRITICAL)] * 2
+        stats = await h.statistics()
+        assert (stats.rejected, stats.accepted) == ({"decision_mismatch": 2}, 0)
+
+
+async def test_a_command_refused_for_its_step_keeps_its_nonce(clock: ManualClock, sink: RecordingSink) -> None:
+    async with running_kasmina(clock, sink) as h:
+        command = h.command(CommandKind.GERMINATE, slot="a", seed_id="s1", blueprint_id="BP001", decision_step=4)
+        assert await reject_reason(h, 3, command) is R.DECISION_MISMATCH
+        plan = await h.boundary(4, command)
+        assert plan.command_results[0].accepted
 
 
 @pytest.mark.parametrize(

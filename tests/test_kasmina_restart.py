@@ -183,9 +183,9 @@ async def test_a_command_decided_after_the_restored_step_is_accepted_when_decide
         await h.next_plan()  # decided on 1, in effect at 3: in flight at the restored step, sent again
         again = await h.boundary(3, tweak)
         assert [(r.accepted, r.reason) for r in again.command_results] == [(True, None)]
-        # A real replay (nothing was undone) is still refused.
+        # A real replay (nothing was undone) is still refused: signed for step 3, it cannot act on step 5's packet.
         replayed = await h.boundary(5, tweak)
-        assert [r.reason for r in replayed.command_results] == [CommandRejectReason.NONCE_REPLAYED]
+        assert [r.reason for r in replayed.command_results] == [CommandRejectReason.DECISION_MISMATCH]
 
 
 async def test_a_decision_on_a_packet_the_restore_undid_is_dropped_not_paired_with_the_rerun(

@@ -11,6 +11,7 @@ import pytest
 
 from actors.kasmina.lifecycle import (
     ALLOWED_TRANSITIONS,
+    EvidenceCadence,
     IllegalTransition,
     LifecycleError,
     LifecycleSettings,
@@ -129,6 +130,8 @@ def test_dwell_is_configurable_per_stage() -> None:
         (lambda: StageDwell(training=-1), "StageDwell.training"),
         (lambda: LifecycleSettings(embargo_epochs=-1), "LifecycleSettings.embargo_epochs"),
         (lambda: LifecycleSettings(gate_patience_steps=-3), "LifecycleSettings.gate_patience_steps"),
+        (lambda: EvidenceCadence(packet_every_steps=0), "EvidenceCadence.packet_every_steps"),
+        (lambda: EvidenceCadence(lag_steps=-1), "EvidenceCadence.lag_steps"),
     ],
 )
 def test_bad_settings_name_the_field(build: Callable[[], object], field: str) -> None:

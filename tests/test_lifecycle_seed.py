@@ -227,8 +227,10 @@ def test_a_gate_pending_past_its_patience_times_out_and_culls() -> None:
     lifecycle = SeedLifecycle([SLOT], settings)
     lifecycle.germinate(SLOT, germination(), epoch=0)
     lifecycle.step_boundary(1, 0)  # GERMINATED; no attachment ever arrives
-    reasons = [[e.outcome.reason for e in lifecycle.step_boundary(s, 0).evaluations] for s in range(2, 6)]
+    reasons = [[e.outcome.reason for e in lifecycle.step_boundary(s, 0).evaluations] for s in range(2, 7)]
+    # Dwell 1, then one step for the attach's receipt (a packet every step, no lag), then the patience of 3.
     assert reasons == [
+        ["awaiting_attachment"],
         ["awaiting_attachment"],
         ["awaiting_attachment"],
         ["awaiting_attachment"],

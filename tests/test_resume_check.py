@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -50,6 +51,18 @@ def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: st
     directory = _run_dir(tmp_path)
     with pytest.raises(ConfigError, match=rf"^--resume {directory}: {key} is .* in the run and .* here; "):
         check_resumable(directory, apply_overrides(RunConfig(), [override]))
+
+
+@pytest.mark.parametrize("setting", ["g4_max_step_latency_growth = 0.5", "confidence_k = 9.0", "confidence_tau = 0.7"])
+def test_a_run_an_earlier_version_made_with_a_key_now_inert_resumes(tmp_path: Path, setting: str) -> None:
+    """The key did nothing in that run either: its config.toml is read, not refused as one setting an inert key."""
+    directory = _run_dir(tmp_path)
+    config = directory / "config.toml"
+    key = setting.split(" = ")[0]
+    written = re.sub(rf"^{key} = .*$", setting, config.read_text(encoding="utf-8"), count=1, flags=re.MULTILINE)
+    assert setting in written
+    config.write_text(written, encoding="utf-8")
+    check_resumable(directory, RunConfig())
 
 
 @pytest.mark.parametrize(
@@ -178,7 +191,7 @@ _PLANNER_CHANGES = {
     "g2_max_loss_variance": 0.5,
     "g2_max_gradient_norm": 7.0,
     "g4_min_improvement": 0.1,
-    "g4_max_step_latency_growth": 0.5,
+    "gate_patience_steps": 1000,
 }
 
 

@@ -29,7 +29,7 @@ from esper.runtime.actor import Actor
 from esper.runtime.errors import EsperError, NotYetAvailable
 from esper.runtime.events import MutableSink
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
-from schemas.domain_enums import TelemetryLevel
+from schemas.domain_enums import CommandRejectReason, TelemetryLevel
 from schemas.kasmina import (
     GetKasminaStatistics,
     GetSeedStates,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.signing import CommandVerifier
+    from schemas.control import AdaptationCommand
 
 KasminaMessage = (
     SystemStatePacket
@@ -232,7 +233,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 command = decision.command
             packet = self._packets.pop(step)
             self._shown.pop(step, None)
-            security = self._verifier.verify(command) if command is not None else None
+            security = self._verify(command, step) if command is not None else None
             draft = self._planner.begin(packet, command, security)
             failed: dict[str, str] = {}
             for request in draft.preparations:
@@ -255,6 +256,31 @@ class KasminaActor(Actor[KasminaMessage]):
             await self._outlet(plan)
             self._plans_sent += 1
             await self._forward()
+
+    def _verify(self, command: AdaptationCommand, step: int) -> CommandRejectReason | None:
+        """The verifier's verdict on ``command`` (signature, replay, freshness), once it is known to be signed for this
+        run and for the packet of ``step`` it is paired with: a command signed for another step (or run) would act on
+        a state it was not decided on. A mismatch is refused before the verifier records its nonce."""
+        if command.training_run_id != self._run_id or command.decision_step != step:
+            self._sink.emit(
+                TelemetryEvent(
+                    name="command_rejected",
+                    level=TelemetryLevel.CRITICAL,
+                    description=(
+                        f"command {command.command_id} ({command.kind.value}) rejected: decision_mismatch: signed for"
+                        f" run {command.training_run_id!r} step {command.decision_step}, paired with the decision of"
+                        f" run {self._run_id!r} step {step}"
+                    ),
+                    attributes={
+                        "reason": CommandRejectReason.DECISION_MISMATCH.value,
+                        "command_id": command.command_id,
+                        "kind": command.kind.value,
+                        "actor": "kasmina",
+                    },
+                )
+            )
+            return CommandRejectReason.DECISION_MISMATCH
+        return self._verifier.verify(command)
 
     async def _forward(self) -> None:
         """Show the observer the lowest pending packet, once, when every earlier packet has been planned."""

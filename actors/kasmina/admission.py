@@ -28,9 +28,11 @@ SECURITY_REASONS = frozenset(
         CommandRejectReason.ISSUED_IN_FUTURE,
         CommandRejectReason.STALE,
         CommandRejectReason.NONCE_LEDGER_FULL,
+        CommandRejectReason.DECISION_MISMATCH,
     }
 )
-"""Rejections the CommandVerifier decides (and reports at CRITICAL itself); the rest are reported at WARNING."""
+"""Rejections the CommandVerifier (or the Kasmina actor, pairing a command with its decision) decides and reports at
+CRITICAL itself; the rest are reported at WARNING."""
 
 _G0_REASONS: Mapping[str, CommandRejectReason] = {
     "embargoed": CommandRejectReason.EMBARGOED,

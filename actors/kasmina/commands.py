@@ -154,6 +154,7 @@ class CommandDesk:
             blueprint=blueprint_facts(blueprint_id, descriptor, shape, params),
             parameters=dict(params),
             approval_recorded=blueprint_id in self._approved,
+            blend_ramp_steps=blend.ramp_steps,
         )
         outcome = self._lifecycle.germinate(slot, request, epoch=epoch)
         if not outcome.passed:
@@ -207,7 +208,7 @@ class CommandDesk:
             state = "paused" if seed is not None and seed.paused else "not paused"
             detail = f"cannot {kind.value} seed {seed_id!r} ({stage.name}, {state})"
             return self._refuse(cmd, CommandRejectReason.ILLEGAL_TRANSITION, detail, slot=slot), []
-        seed.paused = pause
+        seed.paused, seed.pause_decided = pause, step
         op = SeedOp(kind="pause" if pause else "resume", slot=slot, seed_id=seed_id, reason=cmd.reason)
         return self._accept(cmd, step, slot=slot, seed_id=seed_id), [op]
 

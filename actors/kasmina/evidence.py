@@ -42,12 +42,17 @@ class BlueprintFacts(Record, frozen=True):
 
 
 class GerminationRequest(Record, frozen=True):
-    """A GERMINATE command reduced to what G0 judges: the seed, its blueprint and the requested parameters."""
+    """A GERMINATE command reduced to what G0 judges: the seed, its blueprint and the requested parameters.
+
+    Attributes:
+        blend_ramp_steps: the steps of the seed's alpha ramp (its BlendConfig), which G3's patience waits out.
+    """
 
     seed_id: str
     blueprint: BlueprintFacts
     parameters: dict[str, float] = msgspec.field(default_factory=dict)
     approval_recorded: bool = False
+    blend_ramp_steps: int = 0
 
 
 class StepEvidence(Record, frozen=True):

@@ -345,6 +345,8 @@ class BoundaryPlanner:
                     continue
                 if outcome.applied and outcome.kind in _STAGE_OPS and seed.seed_id in self._unapplied:
                     self._took_effect(seed, outcome.kind, receipt)
+                if outcome.kind in ("pause", "resume"):
+                    self._pause_settled(seed, outcome.kind, outcome.applied, receipt.decided_on_step)
                 if not outcome.applied:
                     self._op_failed(seed, outcome.kind, outcome.error or "no reason given", receipt.applied_step)
                 elif outcome.kind == "attach":
@@ -356,6 +358,15 @@ class BoundaryPlanner:
                 elif outcome.kind == "fossilize":
                     for name in [n for n, owner in self._owners.items() if owner == seed.seed_id]:
                         self._owners[name] = "host"
+
+    @staticmethod
+    def _pause_settled(seed: SeedEntry, kind: str, applied: bool, decided_on_step: int) -> None:
+        """The paused flag follows what the trainer applied: a refused pause (at L3 every op but a detach is refused)
+        left the seed training, a refused resume left it paused. A later pause or resume still in flight decides."""
+        if applied:
+            seed.trainer_paused = kind == "pause"
+        elif decided_on_step == seed.pause_decided:
+            seed.paused = seed.trainer_paused
 
     def _attached(self, seed: SeedEntry) -> None:
         seed.attached = True
@@ -404,6 +415,22 @@ class BoundaryPlanner:
         )
 
     def _op_failed(self, seed: SeedEntry, kind: str, error: str, step: int) -> None:
+        if kind == "detach" and not seed.attached:
+            # No receipt ever confirmed the attach (its plan was missed and no refusal came back): the trainer holds
+            # no such seed, so nothing is left to detach. Counted as detached, or G5 saw a kernel attached at every
+            # boundary and the slot stayed in RESETTING for the rest of the run.
+            seed.detached = True
+            self._event(
+                "seed_op_failed",
+                TelemetryLevel.WARNING,
+                f"detach of seed {seed.seed_id} in slot {seed.slot} refused ({error}): its attach never took effect,"
+                " so the slot holds nothing of it",
+                slot=seed.slot,
+                seed_id=seed.seed_id,
+                op=kind,
+                step=step,
+            )
+            return
         again = ""
         if kind in _STAGE_OPS:
             # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and

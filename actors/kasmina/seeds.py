@@ -40,6 +40,10 @@ class SeedEntry:
     attached: bool = False
     detached: bool = False
     paused: bool = False
+    # The decision step of the last pause or resume sent, and whether the trainer's receipts say the seed is paused:
+    # a refused last op puts ``paused`` back to the trainer's state.
+    pause_decided: int | None = None
+    trainer_paused: bool = False
     violations_seen: int = 0
     isolation_culled: bool = False
     alpha: float = 0.0

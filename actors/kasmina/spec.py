@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeAlias
 
+import msgspec
+
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
 from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal
-from actors.kasmina.lifecycle import LifecycleSettings, StageDwell
+from actors.kasmina.lifecycle import EvidenceCadence, LifecycleSettings, StageDwell
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
 from esper.runtime.ref import ActorRef
@@ -35,11 +37,13 @@ PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]
 """Where plans go: Tolaria's ``ref.tell`` (any ref whose inbox includes BoundaryPlan) or a test's queue ``put``."""
 
 
-def lifecycle_settings(config: KasminaConfig) -> LifecycleSettings:
-    """The lifecycle timers and gate thresholds of a KasminaConfig.
+def lifecycle_settings(config: KasminaConfig, cadence: EvidenceCadence | None = None) -> LifecycleSettings:
+    """The lifecycle timers and gate thresholds of a KasminaConfig, for evidence arriving at ``cadence``.
 
     Evidence windows count state packets (one sample per packet, ``state_every_steps`` apart), not optimizer steps;
-    the TRAINING and PROBATIONARY dwells are ``stage_min_dwell_steps`` optimizer steps.
+    the TRAINING and PROBATIONARY dwells are ``stage_min_dwell_steps`` optimizer steps. A pending gate times out
+    ``gate_patience_steps`` after its evidence could have arrived at that cadence (None: a packet every step, no lag,
+    epochs of unknown length).
     """
     dwell = config.stage_min_dwell_steps
     memory = config.seed_memory_budget_mb
@@ -48,7 +52,6 @@ def lifecycle_settings(config: KasminaConfig) -> LifecycleSettings:
         stability_window_steps=config.g2_window_steps,
         max_loss_variance=config.g2_max_loss_variance,
         min_benefit=config.g4_min_improvement,
-        max_step_latency_growth=config.g4_max_step_latency_growth,
         max_active_seeds=config.max_active_seeds,
         seed_memory_budget_bytes=GateSettings().seed_memory_budget_bytes if memory is None else int(memory * 2**20),
     )
@@ -56,6 +59,8 @@ def lifecycle_settings(config: KasminaConfig) -> LifecycleSettings:
         dwell=StageDwell(training=dwell, probationary=dwell, shadowing=min(StageDwell().shadowing, dwell)),
         gates=gates,
         embargo_epochs=config.embargo_epochs,
+        gate_patience_steps=config.gate_patience_steps,
+        cadence=cadence if cadence is not None else EvidenceCadence(),
     )
 
 
@@ -73,6 +78,7 @@ def kasmina_spec(
     config: KasminaConfig,
     security: SecurityConfig,
     lag_steps: int,
+    cadence: EvidenceCadence | None = None,
     has_controller: bool = True,
     source: SeedSource | None = None,
     cache_capacity: int = DEFAULT_CACHE_CAPACITY,
@@ -106,6 +112,8 @@ def kasmina_spec(
         config: lifecycle and budgets (see lifecycle_settings); ``lifecycle`` overrides the mapping.
         security: freshness, skew, nonce TTL and ledger size of the verifier.
         lag_steps: TolariaConfig.command_lag_steps; a plan decided on step s takes effect at s + lag_steps.
+        cadence: when the trainer's evidence arrives (packets, epoch ends), which the gates' patience waits for; its
+            lag is replaced by ``lag_steps``. None: a packet every step, epochs of unknown length.
         has_controller: False when no Tamiyo runs: every packet is a NO_OP decision.
         source: where modules come from (default: the built-in blueprint catalogue).
         cache_capacity: ready modules kept (REFERENCE.md section 1: 32).
@@ -139,7 +147,8 @@ def kasmina_spec(
         nonce_ttl_s=security.nonce_ttl_s,
         ledger_size=security.nonce_ledger_size,
     )
-    settings = lifecycle if lifecycle is not None else lifecycle_settings(config)
+    timing = msgspec.structs.replace(cadence if cadence is not None else EvidenceCadence(), lag_steps=lag_steps)
+    settings = lifecycle if lifecycle is not None else lifecycle_settings(config, timing)
     send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
     slot_shapes = dict(slots)
     initial = dict(initial_seeds or {})
