@@ -43,7 +43,7 @@ from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
-from esper.nn.blueprints import build_blueprint, default_catalogue
+from esper.nn.blueprints import default_catalogue, param_count
 from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
 from esper.run_history import slot_stages_at
 from esper.runtime.clock import WallClock
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from esper.runtime.system import ActorSystem
     from schemas.boundary import Decision
     from schemas.config import RunConfig, TolariaConfig
+    from schemas.kernels import BlueprintDescriptor as KarnDescriptor
     from schemas.kernels import SlotKind
     from schemas.state import SystemStatePacket
 
@@ -133,25 +134,37 @@ def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadenc
 def candidates(
     catalogue: Catalogue, karn: KarnCatalogue, policy: TierPolicy, slots: dict[str, SlotShape]
 ) -> tuple[BlueprintCandidate, ...]:
-    """Karn's blueprints offered for the run's slot kinds, sized for the first slot of each kind. Blocking (builds)."""
-    first: dict[SlotKind, SlotShape] = {}
+    """Karn's blueprints offered for the run's slot kinds, each with the slot kinds it fits and its size in every slot
+    of those kinds (a blueprint grafted into a slot of a kind it does not fit is refused)."""
+    kinds: dict[SlotKind, tuple[KarnDescriptor, ...]] = {}
     for shape in slots.values():
-        first.setdefault(shape.kind, shape)
-    out: dict[str, BlueprintCandidate] = {}
-    for kind, shape in first.items():
-        for descriptor in karn.offered(kind, policy):
-            if descriptor.blueprint_id in out:
-                continue
-            module: nn.Module = build_blueprint(catalogue.get(descriptor.blueprint_id), shape, {}, fill_defaults=True)
-            out[descriptor.blueprint_id] = BlueprintCandidate(
-                blueprint_id=descriptor.blueprint_id,
+        if shape.kind not in kinds:
+            kinds[shape.kind] = karn.offered(shape.kind, policy)
+    fitting: dict[str, tuple[KarnDescriptor, list[SlotKind]]] = {}
+    for kind, offered in kinds.items():
+        for descriptor in offered:
+            fitting.setdefault(descriptor.blueprint_id, (descriptor, []))[1].append(kind)
+    out: list[BlueprintCandidate] = []
+    for blueprint_id, (descriptor, fits) in fitting.items():
+        blueprint = catalogue.get(blueprint_id)
+        per_slot = {
+            name: param_count(blueprint, shape, {}, fill_defaults=True)
+            for name, shape in slots.items()
+            if shape.kind in fits
+        }
+        out.append(
+            BlueprintCandidate(
+                blueprint_id=blueprint_id,
                 cost_tier=descriptor.cost_tier,
                 risk=descriptor.risk,
-                parameter_count=sum(p.numel() for p in module.parameters()),
+                parameter_count=next(iter(per_slot.values())),
                 tier=descriptor.tier,
                 quarantine_only=descriptor.quarantine_only,
+                slot_kinds=tuple(fits),
+                slot_parameters=per_slot,
             )
-    return tuple(out.values())
+        )
+    return tuple(out)
 
 
 @final

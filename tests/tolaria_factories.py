@@ -349,3 +349,24 @@ def lazy_wrong_input() -> nn.Module:
     model = nn.Sequential(nn.LazyLinear(16), nn.BatchNorm1d(16), nn.Linear(16, 10))
     model.slot_targets = ("0",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+class _MixedKinds(nn.Module):
+    """A conv1d block then a Linear block: one slot of kind conv1d (``features.1``, ``[batch, 8, 40]``) and two of
+    kind flat (``hidden.1``, ``[batch, 32]``, and ``wide.1``, ``[batch, 24]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.ReLU())
+        self.hidden = nn.Sequential(nn.Linear(8 * 40, 32), nn.ReLU())
+        self.wide = nn.Sequential(nn.Linear(32, 24), nn.ReLU())
+        self.out = nn.Linear(24, 10)
+        self.slot_targets = ("features.1", "hidden.1", "wide.1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.wide(self.hidden(self.features(x).flatten(1))))  # type: ignore[no-any-return]
+
+
+def mixed_kinds() -> nn.Module:
+    """A host whose slots are of two kinds, conv1d and flat (of two widths)."""
+    return _MixedKinds()

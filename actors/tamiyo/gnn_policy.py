@@ -1,12 +1,15 @@
 """The GNN policy: an Observation -> the policy graph -> ``tamiyo_gnn_v1`` (esper.nn) -> a policy Decision.
 
 Invalid actions are masked by lifecycle state before the argmax (REFERENCE.md section 5): GERMINATE needs a free,
-non-embargoed slot and a blueprint that is not quarantine-only; CULL a live seed; FOSSILIZE a PROBATIONARY seed;
-PAUSE a TRAINING or BLENDING seed that is not paused; RESUME a paused one; NO_OP and LR_TWEAK are always allowed.
+non-embargoed slot and a blueprint that fits it (its slot kind) and is not quarantine-only; CULL a live seed;
+FOSSILIZE a PROBATIONARY seed; PAUSE a TRAINING or BLENDING seed that is not paused; RESUME a paused one; NO_OP and
+LR_TWEAK are always allowed.
 The seed head picks the target among the graph's seed nodes (one per slot; a GERMINATE targets a DORMANT slot). The
 first inference masks seeds by the union of every allowed action's targets; when the chosen target does not suit
 the chosen action, a second inference restricted to that action and its targets picks it (the log-probability and
-value reported are the first inference's, the ones the action was drawn from).
+value reported are the first inference's, the ones the action was drawn from). A GERMINATE's blueprint is the
+best-scoring one that fits the chosen slot: when the first pick does not, one more inference masks the blueprints to
+those that do.
 
 Mapping of the heads: blend method convex / residual -> BlendMode.CONVEX / RESIDUAL; channel needs per-channel
 alphas that only Kasmina knows, so it becomes the configured default mode. The schedule head gives the blending
@@ -146,7 +149,8 @@ def graph_inputs(observation: Observation) -> GraphInputs:
 def _targets(observation: Observation, action: PolicyAction) -> frozenset[str]:
     """The slots a seed-targeting action may act on."""
     if action is PolicyAction.GERMINATE:
-        return frozenset(s.slot for s in observation.free_slots())
+        free = observation.free_slots()
+        return frozenset(s.slot for s in free if any(not bp.quarantine_only for bp in observation.fitting(s.slot)))
     live = [s for s in observation.seeds if s.stage in LIVE_STAGES and s.seed_id is not None]
     if action is PolicyAction.CULL:
         return frozenset(s.slot for s in live)
@@ -275,11 +279,19 @@ class GnnPolicy(GnnPolicyBase):
         action = _ACTIONS[out.action_index]
         self._decisions += 1
         slot = slots[out.seed_index] if out.seed_index is not None else None
+        only = [i == out.action_index for i in range(NUM_ACTIONS)]
         if targets[action] and slot not in targets[action]:
-            only = [i == out.action_index for i in range(NUM_ACTIONS)]
             second = self._infer(encoded, only, [s in targets[action] for s in slots], blueprint_mask)
             slot = slots[second.seed_index] if second.seed_index is not None else None
-        decision = self._decision(observation, out, action, slot, encoded.blueprint_ids)
+        blueprint = out.blueprint_index
+        if action is PolicyAction.GERMINATE and slot is not None:
+            # The blueprint head scores every blueprint; one of another slot kind than the chosen slot's would be
+            # refused, so the pick is the best-scoring blueprint that fits that slot.
+            fitting = {bp.blueprint_id for bp in observation.fitting(slot)} & allowed_bps
+            fit_mask = [bp in fitting for bp in encoded.blueprint_ids]
+            if blueprint is None or not fit_mask[blueprint]:
+                blueprint = self._infer(encoded, only, [s == slot for s in slots], fit_mask).blueprint_index
+        decision = self._decision(observation, out, action, slot, encoded.blueprint_ids, blueprint)
         return msgspec.structs.replace(decision, feature_coverage=encoded.feature_coverage)
 
     def _infer(
@@ -294,6 +306,7 @@ class GnnPolicy(GnnPolicyBase):
         action: PolicyAction,
         slot: str | None,
         blueprint_ids: tuple[str, ...],
+        blueprint_index: int | None,
     ) -> Decision:
         base = Decision(
             policy_risk=out.risk_score, log_prob=out.log_prob, value_estimate=out.value, reason=f"gnn_{action.value}"
@@ -304,7 +317,7 @@ class GnnPolicy(GnnPolicyBase):
             delta = max(-self._lr_delta_bound, min(self._lr_delta_bound, out.lr_delta * self._lr_delta_bound))
             return msgspec.structs.replace(base, action=action, lr_delta=delta)
         if action is PolicyAction.GERMINATE:
-            blueprint = blueprint_ids[out.blueprint_index] if out.blueprint_index is not None else None
+            blueprint = blueprint_ids[blueprint_index] if blueprint_index is not None else None
             return msgspec.structs.replace(
                 base,
                 action=action,

@@ -9,6 +9,7 @@ starts the cooldown, so a vetoed policy does not retry every epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, final
 
@@ -116,8 +117,8 @@ def _new_epoch(observation: Observation, last_epoch: int | None) -> bool:
     return packet.validation_loss is not None and (last_epoch is None or packet.epoch > last_epoch)
 
 
-def _fits_budget(observation: Observation, candidate: BlueprintCandidate, limit: int | None) -> bool:
-    return limit is None or observation.packet.seed_parameters + candidate.parameter_count <= limit
+def _fits_budget(observation: Observation, candidate: BlueprintCandidate, slot: str, limit: int | None) -> bool:
+    return limit is None or observation.packet.seed_parameters + candidate.parameters_in(slot) <= limit
 
 
 @final
@@ -126,9 +127,10 @@ class HeuristicPolicy:
 
     Per epoch it returns at most one action, in this order of precedence: CULL (the seed weak longest, then the
     lowest contribution, then seed id), FOSSILIZE (PROBATIONARY seeds whose benefit held and whose last gate did
-    not fail, by seed id), GERMINATE (into the most constrained free, non-embargoed slot, ties by slot name, with
-    the acceptable blueprint nearest the preferred cost tier, then the smallest, the least risky, by id), else
-    NO_OP. Event-loop thread; never raises for a well-formed observation.
+    not fail, by seed id), GERMINATE (into the most constrained free, non-embargoed slot that an acceptable,
+    affordable blueprint fits, ties by slot name, with the fitting blueprint nearest the preferred cost tier, then the
+    smallest in that slot, the least risky, by id), else NO_OP. Event-loop thread; never raises for a well-formed
+    observation.
     """
 
     def __init__(
@@ -263,29 +265,27 @@ class HeuristicPolicy:
             if not free:
                 return msgspec.structs.replace(NO_OP, reason="no_strained_slot")
         acceptable = [bp for bp in observation.blueprints if self._acceptable(bp)]
-        affordable = [bp for bp in acceptable if _fits_budget(observation, bp, cfg.max_added_parameters)]
-        if not affordable:
-            return msgspec.structs.replace(NO_OP, reason="parameter_budget" if acceptable else "no_blueprint")
-        preferred = _COST_RANK[cfg.preferred_cost_tier]
-        blueprint = min(
-            affordable,
-            key=lambda bp: (
-                abs(_COST_RANK[bp.cost_tier] - preferred),
-                _COST_RANK[bp.cost_tier],
-                bp.parameter_count,
-                bp.risk,
-                bp.blueprint_id,
-            ),
-        )
-        slot = min(free, key=lambda s: (-observation.constraint(s.slot), s.slot))
-        self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
-        return Decision(
-            action=PolicyAction.GERMINATE,
-            target_slot=slot.slot,
-            blueprint_id=blueprint.blueprint_id,
-            blend=cfg.blend,
-            reason=trigger,
-        )
+        if not acceptable:
+            return msgspec.structs.replace(NO_OP, reason="no_blueprint")
+        over_budget = False
+        # A blueprint grafted into a slot of another kind is refused, so the growth goes to the most constrained slot
+        # that an acceptable, affordable blueprint fits.
+        for slot in sorted(free, key=lambda s: (-observation.constraint(s.slot), s.slot)):
+            fitting = [bp for bp in acceptable if bp.fits(slot.slot)]
+            affordable = [bp for bp in fitting if _fits_budget(observation, bp, slot.slot, cfg.max_added_parameters)]
+            over_budget = over_budget or len(affordable) < len(fitting)
+            if not affordable:
+                continue
+            blueprint = min(affordable, key=functools.partial(self._preference, slot=slot.slot))
+            self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
+            return Decision(
+                action=PolicyAction.GERMINATE,
+                target_slot=slot.slot,
+                blueprint_id=blueprint.blueprint_id,
+                blend=cfg.blend,
+                reason=trigger,
+            )
+        return msgspec.structs.replace(NO_OP, reason="parameter_budget" if over_budget else "no_fitting_blueprint")
 
     def _trigger(self, epoch: int) -> str | None:
         cfg, state = self._config, self._state
@@ -297,6 +297,13 @@ class HeuristicPolicy:
             if since is not None and epoch - since >= k:
                 return "every_k"
         return None
+
+    def _preference(self, blueprint: BlueprintCandidate, slot: str) -> tuple[int, int, int, float, str]:
+        """The germination's order among fitting blueprints: nearest the preferred cost tier (ties to the cheaper),
+        then the smallest in ``slot``, the least risky, by id."""
+        tier = _COST_RANK[blueprint.cost_tier]
+        preferred = _COST_RANK[self._config.preferred_cost_tier]
+        return (abs(tier - preferred), tier, blueprint.parameters_in(slot), blueprint.risk, blueprint.blueprint_id)
 
     def _acceptable(self, blueprint: BlueprintCandidate) -> bool:
         cfg = self._config
@@ -327,9 +334,10 @@ class EveryKState(Record, frozen=True):
 
 @final
 class EveryKPolicy:
-    """Graft the next blueprint (cycling through the candidates in the order given) into the first free slot (by
-    name) every K epochs, within the seed and parameter budgets; never culls or fossilizes. A baseline for growth
-    schedules. If a graft is impossible when due, it tries again at the next epoch.
+    """Graft the next blueprint (cycling through the candidates in the order given, passing over those that fit no
+    free slot) into the first free slot (by name) it fits every K epochs, within the seed and parameter budgets; never
+    culls or fossilizes. A baseline for growth schedules. If a graft is impossible when due, it tries again at the
+    next epoch.
     """
 
     def __init__(
@@ -364,15 +372,24 @@ class EveryKPolicy:
         candidates = observation.blueprints
         if not free or not candidates:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot" if not free else "no_blueprint")
-        blueprint = candidates[state.next_blueprint % len(candidates)]
-        if not _fits_budget(observation, blueprint, cfg.max_added_parameters):
+        for offset in range(len(candidates)):
+            # A blueprint that fits no free slot (its slot kinds are all taken) is passed over in the cycle: grafted
+            # into a slot of another kind it would only be refused.
+            index = (state.next_blueprint + offset) % len(candidates)
+            blueprint = candidates[index]
+            slot = next((s.slot for s in free if blueprint.fits(s.slot)), None)
+            if slot is not None:
+                break
+        else:
+            return msgspec.structs.replace(NO_OP, reason="no_fitting_blueprint")
+        if not _fits_budget(observation, blueprint, slot, cfg.max_added_parameters):
             return msgspec.structs.replace(NO_OP, reason="parameter_budget")
         self._state = msgspec.structs.replace(
-            state, last_germination_epoch=epoch, next_blueprint=(state.next_blueprint + 1) % len(candidates)
+            state, last_germination_epoch=epoch, next_blueprint=(index + 1) % len(candidates)
         )
         return Decision(
             action=PolicyAction.GERMINATE,
-            target_slot=free[0].slot,
+            target_slot=slot,
             blueprint_id=blueprint.blueprint_id,
             blend=cfg.blend,
             reason="every_k",

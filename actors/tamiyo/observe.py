@@ -97,10 +97,10 @@ def build_observation(
 
 
 def has_candidate(observation: Observation) -> bool:
-    """Whether any decision but NO_OP is possible: a live seed, or a free slot with a blueprint to put in it."""
+    """Whether any decision but NO_OP is possible: a live seed, or a free slot with a blueprint that fits it."""
     if observation.live_seeds():
         return True
-    return bool(observation.free_slots()) and bool(observation.blueprints)
+    return any(observation.fitting(s.slot) for s in observation.free_slots())
 
 
 def implicated_seed(observation: Observation) -> str | None:

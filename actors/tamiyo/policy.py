@@ -10,6 +10,7 @@ from schemas.base import Record
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import BlueprintTier, CommandKind, CostTier, PolicyAction
 from schemas.enums import MessagePriority, SeedLifecycleStage
+from schemas.kernels import SlotKind
 from schemas.state import SeedState, SystemStatePacket
 
 LIVE_STAGES = frozenset(
@@ -49,7 +50,15 @@ class SlotFacts(Record, frozen=True):
 
 
 class BlueprintCandidate(Record, frozen=True):
-    """A blueprint the policy may graft, as Karn describes it; ``parameter_count`` is its estimated size."""
+    """A blueprint the policy may graft, as Karn describes it, and the host's slots it fits.
+
+    Attributes:
+        parameter_count: its size in the first slot it fits (the GNN's blueprint feature).
+        slot_kinds: the host's slot kinds it fits (``conv1d``, ``flat`` ...), in slot order.
+        slot_parameters: each slot of the host it fits (by name, as in SeedState.slot), with its size there. Empty:
+            a candidate described without the host's slots fits every slot, at ``parameter_count``. A slot it does
+            not fit would refuse its graft (Kasmina: ``does not fit slot kind``), so no policy picks it there.
+    """
 
     blueprint_id: str
     cost_tier: CostTier = CostTier.LOW
@@ -57,6 +66,16 @@ class BlueprintCandidate(Record, frozen=True):
     parameter_count: int = 0
     tier: BlueprintTier = BlueprintTier.SAFE
     quarantine_only: bool = False
+    slot_kinds: tuple[SlotKind, ...] = ()
+    slot_parameters: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def fits(self, slot: str) -> bool:
+        """Whether a seed of this blueprint may be grafted into ``slot``."""
+        return not self.slot_parameters or slot in self.slot_parameters
+
+    def parameters_in(self, slot: str) -> int:
+        """Its size in ``slot`` (``parameter_count`` where its slots are not known)."""
+        return self.slot_parameters.get(slot, self.parameter_count)
 
 
 def embargoed_at(state: SeedState, epoch: int) -> bool:
@@ -96,6 +115,10 @@ class Observation(Record, frozen=True):
         """DORMANT, non-embargoed slots, in slot-name order."""
         free = (s for s in self.seeds if s.stage is SeedLifecycleStage.DORMANT and not self.slot_embargoed(s))
         return tuple(sorted(free, key=lambda s: s.slot))
+
+    def fitting(self, slot: str) -> tuple[BlueprintCandidate, ...]:
+        """The candidates that fit ``slot``, in their order."""
+        return tuple(bp for bp in self.blueprints if bp.fits(slot))
 
     def live_seeds(self) -> tuple[SeedState, ...]:
         """Seeds in GERMINATED to PROBATIONARY, in slot-name order."""
