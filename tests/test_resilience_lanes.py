@@ -65,10 +65,12 @@ async def test_exceptions_propagate_to_the_caller_and_the_lane_carries_on() -> N
     assert (stats.completed, stats.failed) == (1, 1)
 
 
-@pytest.mark.parametrize("escape", [KeyboardInterrupt, SystemExit])
-async def test_a_job_raising_keyboardinterrupt_or_systemexit_fails_only_itself(escape: type[BaseException]) -> None:
+@pytest.mark.parametrize("escape", [KeyboardInterrupt, SystemExit, StopIteration, StopAsyncIteration])
+async def test_a_job_raising_an_escaping_exception_fails_only_itself(escape: type[BaseException]) -> None:
     """A user model whose forward raised KeyboardInterrupt (or SystemExit) on the train lane stopped the notebook's
-    event loop: asyncio re-raises those two from any task. It is the job's failure instead, with its cause."""
+    event loop: asyncio re-raises those two from any task. One raising StopIteration (``next()`` on an exhausted
+    iterator) or StopAsyncIteration hung its caller for good, cancellation included: a future refuses them, so the
+    job's outcome never arrived. Each is the job's failure instead, with its cause."""
 
     def escaping() -> int:
         raise escape("user forward boom")
@@ -153,6 +155,19 @@ async def test_close_lets_queued_jobs_finish() -> None:
         gate.release.set()
         await lane.wait_closed()
     assert (holder.result(), queued.result()) == (1, 2)
+
+
+async def test_a_wait_for_a_never_used_lane_returns_when_it_is_closed() -> None:
+    """close() on a lane whose thread never started marked it exited but never answered the wait_closed() calls
+    already waiting, so they waited for good."""
+    lane = Lane("io", "cpu")
+    waiter = asyncio.create_task(lane.wait_closed())
+    await yield_a_few()
+    assert not waiter.done()
+    lane.close()
+    async with asyncio.timeout(5):
+        await waiter
+    assert lane.statistics().closed
 
 
 async def test_a_never_used_lane_closes_without_a_thread() -> None:

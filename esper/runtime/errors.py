@@ -17,7 +17,8 @@ EsperError
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
 ├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
 ├── LaneClosed                    work was submitted to a lane that has been closed
-├── LaneJobEscaped                a lane job raised KeyboardInterrupt or SystemExit (user code): an ordinary failure
+├── LaneJobEscaped                a lane job raised KeyboardInterrupt, SystemExit, StopIteration or StopAsyncIteration
+│                                 (user code): an ordinary failure
 ├── HandoffMissing                a handle was taken from the handoff store twice, or never put (also KeyError)
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
@@ -120,8 +121,10 @@ class LaneClosed(EsperError):
 
 class LaneJobEscaped(EsperError):
     """A lane job raised KeyboardInterrupt or SystemExit (user code: a real Ctrl-C reaches the main thread, never a
-    lane). Delivered as-is to the awaiting task, it stopped the event loop (asyncio re-raises those two from any
-    task) and every run in it; it is the job's failure instead, the original as its cause."""
+    lane), or StopIteration or StopAsyncIteration (``next()`` on an exhausted iterator in a model's forward).
+    Delivered as-is to the awaiting task, the first two stopped the event loop (asyncio re-raises them from any task)
+    and every run in it, and the last two never arrived (a future refuses them), so the caller waited for good; it is
+    the job's failure instead, the original as its cause."""
 
 
 class HandoffMissing(EsperError, KeyError):

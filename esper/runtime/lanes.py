@@ -89,6 +89,18 @@ class _Job:
         self.state = _PENDING
 
 
+# KeyboardInterrupt and SystemExit, delivered as-is, stop the caller's event loop; a future refuses StopIteration and
+# StopAsyncIteration (TypeError), which would leave the caller waiting for good.
+_ESCAPING = (KeyboardInterrupt, SystemExit, StopIteration, StopAsyncIteration)
+
+
+def _escaped(lane: str, exc: BaseException) -> LaneJobEscaped:
+    detail = f": {exc}" if str(exc) else ""
+    error = LaneJobEscaped(f"lane {lane!r}: the job raised {type(exc).__name__}{detail}")
+    error.__cause__ = exc
+    return error
+
+
 def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
     if future.done():
         return
@@ -246,9 +258,14 @@ class Lane:
         """
         with self._cond:
             self._closed = True
+            waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
             if self._thread is None:
+                # No thread will ever run _finish(), so the waiters that came before this close are answered here.
                 self._exited = True
+                waiters, self._exit_waiters = self._exit_waiters, []
             self._cond.notify_all()
+        for loop, future in waiters:
+            self._deliver(loop, future, None, None)
 
     async def wait_closed(self) -> None:
         """Wait until the lane is closed and its thread has finished every queued job and exited.
@@ -304,9 +321,8 @@ class Lane:
                 error: BaseException | None = None
                 try:
                     result = self._execute(job)
-                except (KeyboardInterrupt, SystemExit) as exc:
-                    error = LaneJobEscaped(f"lane {self._name!r}: the job raised {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
+                except _ESCAPING as exc:
+                    error = _escaped(self._name, exc)
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller, who re-raises it
                     error = exc
                 with self._cond:
