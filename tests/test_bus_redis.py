@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
-from esper.runtime.bus_redis import PayloadTooLarge, RedisBus, open_redis_bus, schema_message_types
-from esper.runtime.errors import BusUnavailable
+from esper.runtime.bus_redis import RedisBus, open_redis_bus, schema_message_types
+from esper.runtime.errors import BusUnavailable, PayloadTooLarge
 from schemas.base import Message
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
 from schemas.runtime import EmergencySignal

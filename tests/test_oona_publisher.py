@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher
 from esper.runtime.bus_inproc import InProcessBus
-from esper.runtime.errors import BusUnavailable
+from esper.runtime.errors import BusUnavailable, PayloadTooLarge
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig
@@ -33,7 +34,8 @@ BREAKER = BreakerConfig(failure_threshold=2, open_s=5.0, success_threshold=1)
 class DownBus:
     """An in-process bus whose publish raises BusUnavailable while ``down`` (a Redis server gone away); while ``held``
     it waits first (a hung server: ``entered`` is set once a publish waits) until ``release()``, which answers it as
-    ``answer`` says: published (the server was only slow), or BusUnavailable (the client's timeout)."""
+    ``answer`` says: published (the server was only slow), or BusUnavailable (the client's timeout). A payload whose
+    encoding is over ``max_payload_bytes`` is refused with PayloadTooLarge, as the Redis bus does."""
 
     def __init__(self, clock: ManualClock) -> None:
         self.inner = InProcessBus(clock)
@@ -41,6 +43,7 @@ class DownBus:
         self.held = False
         self.answer = True
         self.entered = asyncio.Event()
+        self.max_payload_bytes: int | None = None
         self._released = asyncio.Event()
 
     def release(self, *, answer: bool) -> None:
@@ -67,6 +70,9 @@ class DownBus:
                 self.down = True
         if self.down:
             raise BusUnavailable("the Redis server did not answer: TimeoutError: Timeout reading from 127.0.0.1:6390")
+        size = len(msgspec.msgpack.encode(payload))
+        if self.max_payload_bytes is not None and size > self.max_payload_bytes:
+            raise PayloadTooLarge(type(payload).__name__, size, self.max_payload_bytes)
         return await self.inner.publish(topic, payload, message_type=message_type, priority=priority)
 
     async def subscribe(self, topics: Topic | Sequence[Topic], *, group: str) -> None:

@@ -3,13 +3,13 @@
 The event sink hands events to this actor's mailbox without waiting (``BusSink``); the actor publishes each on its
 topic: emergency signals on the emergency lane with a priority from their level, everything else on the telemetry
 topic. Telemetry may be shed by the bus under backpressure (counted there); a full mailbox drops the event here
-(counted in BusLosses) rather than stall whoever emitted it.
+(counted in BusLosses) rather than stall whoever emitted it, and so does a bus that refuses an event as too large.
 """
 
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
 import structlog
@@ -17,7 +17,7 @@ import structlog
 from esper.runtime.actor import Actor
 from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.bus import PublishStatus, Topic
-from esper.runtime.errors import ActorStopped, BusUnavailable, MailboxFull
+from esper.runtime.errors import ActorStopped, BusUnavailable, MailboxFull, PayloadTooLarge
 from schemas.boundary import BoundaryApplied
 from schemas.enums import BreakerState, BusMessageType, EmergencyLevel, MessagePriority
 from schemas.nissa import SeedStageChanged
@@ -78,11 +78,18 @@ class BusLosses:
 
     unavailable: int = 0  # the bus did not answer: failed, refused by the open breaker, or still queued at the stop
     overflow: int = 0  # refused by the publisher's full mailbox (BusSink): it fell behind, on a slow or hung server
+    oversized: int = 0  # refused by the bus as over its oona.max_payload_bytes (Redis): no retry could publish them
     behind_warned: bool = False  # oona_publisher_behind is said once a run
+    oversized_warned: set[str] = field(default_factory=set)  # message types oona_event_too_large was said for
+
+    @property
+    def missed(self) -> int:
+        """Those lost to the bus not answering or to the full mailbox: what the outage and behind warnings count."""
+        return self.unavailable + self.overflow
 
     @property
     def total(self) -> int:
-        return self.unavailable + self.overflow
+        return self.missed + self.oversized
 
 
 @final
@@ -96,8 +103,10 @@ class OonaPublisher(Actor[Published]):
     stops inside it (``oona_bus_unavailable_at_stop``), the last two with the count of every event lost since the
     bus last answered: those it dropped, and those its full mailbox refused (``losses``, shared with the BusSink).
     Events lost to a full mailbox while the bus answers (it is slower than the events come) are said once a run
-    (``oona_publisher_behind``). At a requested stop the events still queued are published (or counted lost, in an
-    outage, without waiting on the server again) rather than left to become dead letters.
+    (``oona_publisher_behind``). An event the bus refuses as over its size limit (``oona.max_payload_bytes``) is
+    dropped and counted (``losses.oversized``), said once a run per message type (``oona_event_too_large``); it is no
+    failure of the server, so the breaker is not told. At a requested stop the events still queued are published (or
+    counted lost, in an outage, without waiting on the server again) rather than left to become dead letters.
     """
 
     def __init__(
@@ -114,8 +123,8 @@ class OonaPublisher(Actor[Published]):
         self._bus = bus
         self._breaker = CircuitBreaker.configured("oona.publish", breaker, clock=clock, sink=sink)
         self._losses = losses if losses is not None else BusLosses()
-        # losses.total when the bus last answered (or this incarnation started): what an outage's count starts from.
-        self._answered_total = self._losses.total
+        # losses.missed when the bus last answered (or this incarnation started): what an outage's count starts from.
+        self._answered_total = self._losses.missed
         self._outage_from: int | None = None  # _answered_total as the current outage began; None while the bus answers
         self._clock = clock
         self._sink = sink
@@ -137,6 +146,12 @@ class OonaPublisher(Actor[Published]):
                 _log.warning("oona_bus_unavailable", actor=PUBLISHER, error=str(err), dropping="until it answers")
             self._losses.unavailable += 1
             return
+        except PayloadTooLarge as err:
+            # Refused before reaching the server, so it says nothing of the server's health: a half-open probe's slot
+            # is given back for the next event to try.
+            self._breaker.release_probe()
+            self._too_large(err)
+            return
         self._breaker.record_success()
         self._answered()
         if result.status is PublishStatus.DROPPED:
@@ -151,7 +166,7 @@ class OonaPublisher(Actor[Published]):
     async def on_stop(self) -> None:
         if self.stopping:
             await self._publish_queued()
-        lost = self._losses.total
+        lost = self._losses.missed
         if self._outage_from is not None:
             # The run ends inside an outage: oona_bus_restored, which says how many were dropped, will not come.
             _log.warning("oona_bus_unavailable_at_stop", actor=PUBLISHER, dropped=lost - self._outage_from)
@@ -174,13 +189,27 @@ class OonaPublisher(Actor[Published]):
 
     def _answered(self) -> None:
         """The bus answered: end an outage with its count, or say once that the mailbox overflowed meanwhile."""
-        lost = self._losses.total
+        lost = self._losses.missed
         if self._outage_from is not None:
             _log.info("oona_bus_restored", actor=PUBLISHER, dropped=lost - self._outage_from)
             self._outage_from = None
         elif lost > self._answered_total:
             self._behind(lost - self._answered_total)
         self._answered_total = lost
+
+    def _too_large(self, err: PayloadTooLarge) -> None:
+        losses = self._losses
+        losses.oversized += 1
+        if err.message_type not in losses.oversized_warned:
+            losses.oversized_warned.add(err.message_type)
+            _log.warning(
+                "oona_event_too_large",
+                actor=PUBLISHER,
+                message_type=err.message_type,
+                size=err.size,
+                max_payload_bytes=err.limit,
+                dropping="every event of this type over the limit (counted in bus_dropped)",
+            )
 
     def _behind(self, dropped: int) -> None:
         if not self._losses.behind_warned:

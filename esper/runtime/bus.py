@@ -214,6 +214,7 @@ class Bus(Protocol):
             UnknownTopic: the topic (or the emergency topic it routes to) is not on this bus.
             BusClosed: the bus is closed, or closed while this publish waited.
             BusUnavailable: the bus's server did not answer (never the in-process bus); a later publish may succeed.
+            PayloadTooLarge: the encoded payload is over the bus's size limit (never the in-process bus).
             TypeError: payload is not a Message.
         """
         ...

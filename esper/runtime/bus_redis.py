@@ -25,7 +25,7 @@ from esper.runtime.bus import (
 )
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
 from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
-from esper.runtime.errors import BusClosed, BusError, BusUnavailable, UnknownTopic
+from esper.runtime.errors import BusClosed, BusError, BusUnavailable, PayloadTooLarge, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
 from schemas.registry import message_types
@@ -45,10 +45,6 @@ DEFAULT_TIMEOUT_S = 1.0
 The client's own default, 5 s, held the publisher that long per event on a hung server (stopped, accepting but never
 answering), so events piled up in its mailbox; every script answers in well under a millisecond when the server is
 well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
-
-
-class PayloadTooLarge(BusError, ValueError):
-    """Raised by RedisBus.publish when the encoded payload is larger than the bus's max_payload_bytes."""
 
 
 class ReplyError(BusError):
@@ -237,10 +233,7 @@ class RedisBus:
         self._check_topic(target)
         data = self._encoder.encode(payload)
         if len(data) > self._max_payload_bytes:
-            raise PayloadTooLarge(
-                f"{type(payload).__name__} payload is {len(data)} bytes, "
-                f"over max_payload_bytes={self._max_payload_bytes}"
-            )
+            raise PayloadTooLarge(type(payload).__name__, len(data), self._max_payload_bytes)
         signal = payload if isinstance(payload, EmergencySignal) and target is Topic.EMERGENCY else None
         args = [
             target.value,

@@ -23,11 +23,12 @@ EsperError
 ├── BusError
 │   ├── UnknownTopic              publish/subscribe named a topic the bus does not have
 │   ├── BusClosed                 publish/consume after the bus was closed
-│   └── BusUnavailable            the bus's server did not answer (Redis down or unreachable); may answer later
+│   ├── BusUnavailable            the bus's server did not answer (Redis down or unreachable); may answer later
+│   └── PayloadTooLarge           an encoded message is over the bus's max_payload_bytes (also ValueError)
 └── ConfigError                   a configuration file or override is invalid (also ValueError); one-line message
 
 Leaves that subsystems add next to their code (never a second root):
-- BusError: PayloadTooLarge, ReplyError (esper.runtime.bus_redis)
+- BusError: ReplyError (esper.runtime.bus_redis)
 - ConfigError: TolariaConfigError (actors.tolaria.build: a bad host factory or data file named in config)
 - EsperError: CheckpointError (actors.tolaria.checkpoints), LifecycleError > IllegalTransition, TransitionOrderError,
   UnknownSlot (actors.kasmina.lifecycle), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
@@ -148,6 +149,22 @@ class BusUnavailable(BusError):
 
     Unlike BusClosed it is transient: the same call may succeed once the server is back.
     """
+
+
+class PayloadTooLarge(BusError, ValueError):
+    """Raised by a networked bus's publish when the encoded payload is larger than its max_payload_bytes.
+
+    Permanent for that message, unlike BusUnavailable: publishing it again fails the same way.
+    """
+
+    def __init__(self, message_type: str, size: int, limit: int) -> None:
+        super().__init__(f"{message_type} payload is {size} bytes, over max_payload_bytes={limit}")
+        self.message_type = message_type
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[PayloadTooLarge], tuple[str, int, int]]:
+        return type(self), (self.message_type, self.size, self.limit)  # args holds the message, not these
 
 
 class ConfigError(EsperError, ValueError):

@@ -1,0 +1,163 @@
+"""Oona's publisher and an event the bus refuses as too large: dropped, counted and said, never a crash."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, final
+
+import structlog
+
+from actors.oona.publisher import PUBLISHER, BusLosses, OonaPublisher
+from esper.runtime.actor import Actor
+from esper.runtime.bus import Topic
+from esper.runtime.bus_redis import RedisBus
+from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.system import ActorSystem
+from schemas.base import Message
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import BreakerState
+from schemas.runtime import ChildFailed, ChildRestarted
+from schemas.telemetry import TelemetryEvent
+from tests.test_bus_conformance import connect_redis
+from tests.test_oona_publisher import BREAKER, DownBus
+
+if TYPE_CHECKING:
+    from esper.runtime.bus import Bus
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
+
+LIMIT = 256
+
+
+class Ping(Message, frozen=True):
+    n: int
+
+
+@final
+class Trainer(Actor[Ping]):
+    """Stands for the actors a run starts after the publisher, which rest_for_one restarts when it crashes."""
+
+    def __init__(self) -> None:
+        super().__init__(inbox=(Ping,))
+
+    async def handle(self, msg: Ping) -> object:
+        return msg.n
+
+
+def event(name: str) -> TelemetryEvent:
+    return TelemetryEvent(name=name, level=TelemetryLevel.INFO)
+
+
+def oversized(name: str) -> TelemetryEvent:
+    return TelemetryEvent(name=name, level=TelemetryLevel.INFO, description="x" * (2 * LIMIT))
+
+
+def failed(child: str) -> ChildFailed:
+    return ChildFailed(supervisor="root", child=child, error_type="ValueError", error="y" * (2 * LIMIT))
+
+
+@final
+class Run:
+    """A publisher on ``bus`` and a trainer after it under rest_for_one, as in a run."""
+
+    def __init__(self, bus: Bus, clock: ManualClock, sink: RecordingSink) -> None:
+        self.losses = BusLosses()
+        self.system = ActorSystem(clock=clock, sink=sink)
+        self._bus = bus
+        self._clock = clock
+        self._sink = sink
+
+    def _publisher(self) -> OonaPublisher:
+        return OonaPublisher(self._bus, clock=self._clock, sink=self._sink, breaker=BREAKER, losses=self.losses)
+
+    async def start(self) -> None:
+        root = Supervisor(
+            [ChildSpec(PUBLISHER, self._publisher), ChildSpec("trainer", Trainer)],
+            strategy="rest_for_one",
+            backoff_initial_s=0.0,
+            backoff_max_s=0.0,
+        )
+        await self.system.start(root)
+
+    async def tell(self, msg: TelemetryEvent | ChildFailed) -> None:
+        """Tell the event as the run's BusSink does (a crash in its handler is the publisher's), then wait until the
+        publisher has handled it."""
+        publisher = self.system.ref(PUBLISHER, OonaPublisher)
+        await publisher.tell(msg)
+        await publisher.ask(event("barrier"), type(None))
+
+
+async def test_an_event_too_large_for_the_bus_is_dropped_counted_and_said_once_per_type(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The Redis bus's PayloadTooLarge crashed the publisher, and rest_for_one restarted every actor after it (the
+    trainer included): a state packet over the limit every few steps hit the restart limit and failed the run."""
+    bus = DownBus(clock)
+    bus.max_payload_bytes = LIMIT
+    run = Run(bus, clock, sink)
+    await run.start()
+    with structlog.testing.capture_logs() as logs:
+        await run.tell(oversized("first"))
+        await run.tell(oversized("second"))
+        await run.tell(failed("kasmina"))
+        await run.system.stop()
+    assert sink.of_type(ChildFailed) == []
+    assert sink.of_type(ChildRestarted) == []
+    said = [
+        (e["event"], e.get("message_type"), e.get("max_payload_bytes")) for e in logs if e["event"].startswith("oona_")
+    ]
+    assert said == [
+        ("oona_event_too_large", "TelemetryEvent", LIMIT),
+        ("oona_event_too_large", "ChildFailed", LIMIT),
+    ]  # nothing said of an outage or of a publisher that fell behind
+    assert next(e["size"] for e in logs if e["event"] == "oona_event_too_large") > LIMIT
+    assert (run.losses.oversized, run.losses.missed, run.losses.total) == (3, 0, 3)
+    await bus.close()
+
+
+async def test_an_event_too_large_as_the_half_open_probe_gives_the_probe_back(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Refused before it reached the server, it says nothing of the server: the next event is the probe."""
+    bus = DownBus(clock)
+    bus.max_payload_bytes = LIMIT
+    run = Run(bus, clock, sink)
+    await run.start()
+    bus.down = True
+    await run.tell(event("lost-1"))  # the barriers are lost as well: 2 failures each, the breaker opens on the first
+    bus.down = False
+    clock.advance(BREAKER.open_s)
+    publisher = run.system.ref(PUBLISHER, OonaPublisher)
+    await publisher.tell(oversized("probe"))
+    await publisher.ask(event("next-probe"), type(None))
+    assert [state.breaker for state in run.system.snapshot() if state.actor == PUBLISHER] == [BreakerState.CLOSED]
+    assert (run.losses.unavailable, run.losses.oversized) == (2, 1)
+    await run.system.stop()
+    await bus.close()
+
+
+async def test_an_event_over_the_redis_bus_limit_is_dropped_and_the_next_is_published(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    client = await connect_redis()
+    bus = RedisBus(clock, client, prefix=f"esper-test-{uuid.uuid4().hex}", max_payload_bytes=LIMIT)
+    try:
+        await bus.subscribe(Topic.TELEMETRY, group="observer")
+        run = Run(bus, clock, sink)
+        await run.start()
+        await run.tell(oversized("too-large"))
+        await run.tell(event("fits"))
+        await run.system.stop()
+        assert sink.of_type(ChildFailed) == []
+        assert (run.losses.oversized, run.losses.total) == (1, 1)
+        names = []
+        while (await bus.backlog(Topic.TELEMETRY, "observer")) > 0:
+            envelope = await bus.receive(Topic.TELEMETRY, group="observer", consumer="o")
+            assert isinstance(envelope.payload, TelemetryEvent)
+            names.append(envelope.payload.name)
+            await bus.ack(envelope)
+        assert names == ["barrier", "fits", "barrier"]
+    finally:
+        await bus.purge()
+        await bus.close()
+        await client.aclose()
