@@ -298,6 +298,28 @@ async def test_call_cancels_a_hung_probe_at_the_probe_deadline(clock: ManualCloc
     assert breaker.time_until_half_open_s() == 30.0
 
 
+async def test_a_probe_whose_call_is_cancelled_from_inside_gives_its_slot_back_without_a_verdict(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """fn raising CancelledError itself (it awaited a future another task cancelled) left the probe with no outcome:
+    call() failed with IndexError and the probe slot stayed in flight until its deadline."""
+    breaker = make(clock, sink)
+    trip(breaker)
+    clock.advance(30.0)
+
+    async def cancelled_elsewhere() -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return await future
+
+    with pytest.raises(asyncio.CancelledError, match="half-open probe's call was cancelled"):
+        await breaker.call(cancelled_elsewhere)
+    assert breaker.state is HALF_OPEN
+    assert not breaker.statistics().probe_in_flight
+    assert await breaker.call(asyncio.sleep, 0, 7) == 7  # the next call is the probe
+    assert breaker.statistics().half_open_successes == 1
+
+
 async def test_cancelled_probe_gives_its_slot_back_without_a_verdict(clock: ManualClock, sink: RecordingSink) -> None:
     breaker = make(clock, sink)
     trip(breaker)

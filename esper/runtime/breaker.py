@@ -360,6 +360,12 @@ class CircuitBreaker:
             if current:
                 self.record_failure(type(error[0]).__name__)
             raise error[0]
+        if not outcome:
+            # fn raised CancelledError itself (it awaited something another task cancelled) and nobody cancelled us:
+            # as in CLOSED, no outcome is recorded and the cancellation goes on to the caller.
+            if current:
+                self.release_probe()
+            raise asyncio.CancelledError(f"breaker {self._name!r}: the half-open probe's call was cancelled")
         if current:
             self.record_success()
         return outcome[0]
