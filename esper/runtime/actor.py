@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, TypeVarTuple
 import msgspec
 import structlog
 
-from esper.runtime.errors import ActorStopped
+from esper.runtime.errors import ActorStopped, StrayCancellation
 from schemas.enums import ActorStatus, BreakerState
 from schemas.runtime import ActorState
 
@@ -35,7 +35,8 @@ class Actor(Generic[M_contra]):
     loop that runs the actor system, inside the task the supervisor holds for this incarnation; none may block (put
     blocking or GPU work on a lane).
 
-    Failure rules:
+    Failure rules (a CancelledError a hook raises while nobody is cancelling the actor, as when it awaited a future
+    another task cancelled, counts as an exception: StrayCancellation):
         - an exception while answering an ask goes back to the asker; the actor keeps running;
         - an exception while handling a tell crashes the actor: on_stop runs, then the supervisor decides (restart
           with a fresh instance from the child spec's factory, or stop);
@@ -143,18 +144,22 @@ class Actor(Generic[M_contra]):
         """Await ``fn(*args)`` unless a stop is requested first; then cancel it and return None.
 
         For handlers that wait on something other than the mailbox (a timer, a bus receive), so a graceful stop does
-        not have to wait for the shutdown deadline. Event loop only. Cancelling the caller cancels the work.
+        not have to wait for the shutdown deadline. Event loop only. Cancelling the caller cancels the work. What fn
+        raises reaches the caller as it is (not inside an exception group).
         """
         if self._stop_requested:
             return None
+        failure: list[Exception] = []
         async with asyncio.TaskGroup() as tg:
-            work = tg.create_task(_call(fn, *args))
+            work = tg.create_task(_call(fn, failure, *args))
             stop = tg.create_task(self._stopping.wait())
             await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
             if work.done():
                 stop.cancel()
             else:
                 work.cancel()
+        if failure:
+            raise failure[0]
         return None if work.cancelled() else work.result()
 
     def state(self) -> ActorState:
@@ -204,7 +209,8 @@ class Actor(Generic[M_contra]):
         """Run this incarnation: on_start, the message loop, on_stop. Returns on a graceful stop; raises on a crash.
 
         Runs on the event loop in the task the supervisor created for it. Cancellation propagates at once (on_stop
-        is skipped) and fails the ask being answered with ActorStopped.
+        is skipped) and fails the ask being answered with ActorStopped. A CancelledError out of a hook while nobody
+        cancels the task is the hook's failure (StrayCancellation), under the same rules as any other exception.
         """
         mailbox = self._mailbox
         dead_letters = self._dead_letters
@@ -212,7 +218,10 @@ class Actor(Generic[M_contra]):
         assert dead_letters is not None, "actor run before _bind"
         name = self._name
         self._status = ActorStatus.STARTING
-        await self.on_start()
+        try:
+            await self.on_start()
+        except asyncio.CancelledError as cancelled:
+            raise _stray(cancelled, name, "on_start") from cancelled
         self._status = ActorStatus.RUNNING
         started.set()
         items = mailbox._items
@@ -233,7 +242,10 @@ class Actor(Generic[M_contra]):
                     mailbox._wake_putter()
                 started_s = perf_counter()
                 if reply is None:
-                    await handle(msg)
+                    try:
+                        await handle(msg)
+                    except asyncio.CancelledError as cancelled:
+                        raise _stray(cancelled, name, f"handle({type(msg).__name__})") from cancelled
                 elif reply.done():
                     # The asker gave up (cancelled or past its deadline) before we got to it.
                     dead_letters.record(name, msg, "asker gave up before delivery")
@@ -241,7 +253,10 @@ class Actor(Generic[M_contra]):
                     continue
                 else:
                     try:
-                        result = await handle(msg)
+                        try:
+                            result = await handle(msg)
+                        except asyncio.CancelledError as cancelled:
+                            raise _stray(cancelled, name, f"handle({type(msg).__name__})") from cancelled
                     except Exception as err:  # noqa: BLE001  # the failure rule: a failed ask goes back to the asker
                         self._failed += 1
                         if reply.done():
@@ -264,6 +279,8 @@ class Actor(Generic[M_contra]):
                 await self.on_stop()
             except Exception as stop_err:  # noqa: BLE001  # the crash is what the supervisor must see; keep both
                 err.add_note(f"on_stop also failed: {type(stop_err).__name__}: {stop_err}")
+            except asyncio.CancelledError as cancelled:
+                err.add_note(f"on_stop also failed: {_stray(cancelled, name, 'on_stop')}")
             raise
         except BaseException:
             self._status = ActorStatus.STOPPED
@@ -275,7 +292,10 @@ class Actor(Generic[M_contra]):
             raise
         self._status = ActorStatus.STOPPING
         try:
-            await self.on_stop()
+            try:
+                await self.on_stop()
+            except asyncio.CancelledError as cancelled:
+                raise _stray(cancelled, name, "on_stop") from cancelled
         except BaseException:
             self._status = ActorStatus.FAILED
             raise
@@ -286,5 +306,24 @@ class Actor(Generic[M_contra]):
             reply.set_exception(ActorStopped(f"actor {self._name} stopped while answering an ask"))
 
 
-async def _call(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    return await fn(*args)
+async def _call(fn: Callable[[*Ts], Awaitable[T]], failure: list[Exception], *args: *Ts) -> T | None:
+    # The failure is handed out rather than raised: the TaskGroup would wrap it in an ExceptionGroup.
+    try:
+        return await fn(*args)
+    except Exception as err:  # noqa: BLE001 - re-raised by until_stopping as it is
+        failure.append(err)
+        return None
+
+
+def _stray(cancelled: asyncio.CancelledError, name: str, where: str) -> StrayCancellation:
+    """The failure a CancelledError out of a hook is when nobody is cancelling the actor's task; re-raises it when
+    someone is (a stop past its deadline, the tree shutting down), which must propagate."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise cancelled
+    error = StrayCancellation(
+        f"actor {name}: {where} raised CancelledError while the actor was not being cancelled "
+        "(it awaited a future or task that another task cancelled)"
+    )
+    error.__cause__ = cancelled
+    return error

@@ -5,7 +5,8 @@ EsperError
 ├── ActorError
 │   ├── ActorStopped              a tell or ask reached an actor that has stopped (or stopped while the ask waited)
 │   ├── ReplyTypeError            an ask's reply was not of the type the asker named (also TypeError)
-│   └── MessageTypeError          a message outside an actor's inbox union was refused at the sender (also TypeError)
+│   ├── MessageTypeError          a message outside an actor's inbox union was refused at the sender (also TypeError)
+│   └── StrayCancellation         a hook raised CancelledError while its actor was not being cancelled
 ├── MailboxError
 │   ├── MailboxFull               send_nowait found the mailbox at capacity
 │   └── MailboxClosed             send/send_nowait after close(), or a sender still waiting when close() ran
@@ -67,6 +68,12 @@ class ReplyTypeError(ActorError, TypeError):
 
 class MessageTypeError(ActorError, TypeError):
     """Raised at the sender when a message is not one of the target actor's inbox types."""
+
+
+class StrayCancellation(ActorError):
+    """A hook raised CancelledError while nobody was cancelling its actor (it awaited a future or task that another
+    task cancelled). Left as it was, it ended the actor's task as if it had been stopped: no failure, no restart, its
+    mailbox open and its asks waiting for good. It is the hook's failure instead, the CancelledError as its cause."""
 
 
 class MailboxError(EsperError):
