@@ -432,6 +432,60 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     assert read_manifest(tmp_path)[-1].global_step == result.figures.global_step
 
 
+def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A full-tier rollback slower than tolaria.rollback_full_deadline_s escalated to L4, but the loop trained on to
+    "completed" (exit 0) at L4. The rollback is done (only slow): the run halts on the restored state and its halt
+    checkpoint holds it."""
+
+    def nan_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (15, 16, 17):  # epoch 2 of 3 (13 batches an epoch): the epoch-1 checkpoint exists
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    cfg = config(snapshot_memory_cap_mb=0.0, rollback_full_deadline_s=1e-6)
+    loop = make_loop(cfg, data, tmp_path, hook=nan_in_epoch_2)
+    result = loop.run()
+    assert [tier for tier, _ in loop.restore_ms_history] == ["full"]
+    assert result.status == "halted"
+    assert result.figures.halted
+    assert not result.figures.completed
+    assert result.halt_reason is not None
+    assert result.halt_reason.startswith("deadline_exceeded: full restore took ")
+    assert loop.policy.level is EmergencyLevel.L4_HALT
+    assert (result.figures.rollbacks, result.figures.global_step) == (1, 13)
+    assert read_manifest(tmp_path)[-1].global_step == 13
+    assert all(torch.isfinite(w).all() for w in weights(loop).values())
+
+
+def test_a_full_restore_at_start_that_misses_its_deadline_halts_before_training(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A resume whose checkpoint load missed the deadline escalated to L4 and trained on, to "completed"."""
+    inbox = PlanInbox()
+
+    def stop_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 20:
+            inbox.request_stop("test")
+        return batch
+
+    assert make_loop(config(), data, tmp_path, hook=stop_in_epoch_2, inbox=inbox).run().status == "stopped"
+    resumed = make_loop(config(rollback_full_deadline_s=1e-6), data, tmp_path, resume=True)
+    result = resumed.run()
+    assert [tier for tier, _ in resumed.restore_ms_history] == ["full"]
+    assert result.status == "halted"
+    assert result.halt_reason is not None
+    assert result.halt_reason.startswith("deadline_exceeded: ")
+    assert resumed.policy.level is EmergencyLevel.L4_HALT
+    assert result.figures.global_step == 21  # not one step trained
+    assert resumed.epoch_train_s_history == []
+    # The halt's checkpoint is the restored state, now at L4: a resume from it continues at L2.
+    last = read_manifest(tmp_path)[-1]
+    assert last.global_step == 21
+    assert checkpoint_counters(tmp_path / last.file)["emergency_level"] == int(EmergencyLevel.L4_HALT)
+
+
 def test_an_epoch_end_checkpoint_holds_the_emergency_state_its_verdict_left(data: DataSplits, tmp_path: Path) -> None:
     """The epoch end's capture comes before its verdict: the checkpoint held the level, failure streak and clean dwell
     from before, so a run resumed from it judged that epoch's end again (a failed epoch's streak short by one, a clean

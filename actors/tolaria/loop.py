@@ -117,8 +117,15 @@ class TrainingLoop:
                 self._s.options.checkpoint_dir, keep_last=config.checkpoint_keep_last, on_written=_log_written
             )
         try:
-            self._restorer.restore_at_start()
-            status, reason = self._train(plan, writer)
+            status: LoopStatus
+            reason: str | None
+            halt = self._restorer.restore_at_start()
+            if halt is not None:
+                # A full restore that missed its deadline: L4 before the first step. The restore is complete (only
+                # slow), so the halt's checkpoint holds a sound state, now at L4 (a resume continues at L2).
+                status, reason = "halted", halt
+            else:
+                status, reason = self._train(plan, writer)
             figures = self._finish(status, reason, writer)
         finally:
             if writer is not None:
@@ -133,9 +140,12 @@ class TrainingLoop:
         """Roll back to the fast snapshot (or the last checkpoint when the fast tier is off); False if neither.
 
         Lane thread, between steps; expected plans are dropped (those decided after the snapshot are re-decided).
-        Asked for (a benchmark, an operator), it goes back however often it is asked.
+        Asked for (a benchmark, an operator), it goes back however often it is asked. A full-tier one that missed its
+        deadline has gone back (True) and left the policy at L4.
         """
-        return self._restorer.rollback(reason, loops=False) is None
+        before = self._s.run_counters.rollbacks
+        self._restorer.rollback(reason, loops=False)
+        return self._s.run_counters.rollbacks > before
 
     def evaluate(self, split: TensorPair) -> tuple[float, float]:
         """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split."""
