@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -387,6 +388,50 @@ def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(dat
     levels = [e.level for e in box.events if isinstance(e, EmergencySignal)]
     assert EmergencyLevel.L3_CONSERVATIVE in levels
     assert all(torch.isfinite(w).all() for w in weights(loop).values())
+
+
+def test_an_epoch_replayed_after_a_mid_epoch_rollback_is_timed_from_the_rollback(
+    data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayed epoch's epoch_ms counted from the epoch's first start: the time before the rollback could trip
+    epoch_budget. The clock jumps 1000 s in epoch 2 before its rollback; the budget is 500 s."""
+    offset = [0.0]
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def slow_then_nan(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 14:
+            offset[0] += 1000.0
+        if attempt in (18, 19, 20):  # epoch 2 of 3 (13 batches an epoch)
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    loop = make_loop(config(epoch_budget_ms=500_000.0), data, hook=slow_then_nan)
+    result = loop.run()
+    assert result.status == "completed"
+    assert [tier for tier, _ in loop.restore_ms_history] == ["fast"]
+    assert loop.policy.failed_epochs == 0
+    assert loop.epoch_train_s_history[1] < 500.0
+
+
+def test_a_decision_missed_before_a_mid_epoch_rollback_does_not_fail_the_replayed_epoch(data: DataSplits) -> None:
+    """The missed decisions of the epoch rolled away were still counted at the replayed epoch's end (decision_timeout);
+    the rollback drops that plan, and the replay misses none."""
+    inbox = PlanInbox()
+
+    def missed_then_nan(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 14:
+            inbox.expect(15, 16)  # never comes: missed at step 16, before the rollback
+        if attempt in (18, 19, 20):
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    with structlog.testing.capture_logs() as logs:
+        result = make_loop(config(decision_deadline_ms=1.0), data, hook=missed_then_nan, inbox=inbox).run()
+    assert [entry["decided_on_steps"] for entry in logs if entry["event"] == "plan_missed"] == [[15]]
+    assert result.status == "completed"
+    assert result.figures.rollbacks == 1
+    assert not [entry for entry in logs if entry["event"] == "epoch_failed"]
 
 
 def test_an_epoch_budget_breach_is_l2_and_refuses_new_grafts(data: DataSplits) -> None:

@@ -213,6 +213,11 @@ class TrainingLoop:
                         return "halted", halt
                     batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
                     epoch_stats, stats = self._s.take_open_stats()
+                    # The replayed epoch is judged on itself: its time and its missed decisions start at the rollback
+                    # (the time before it tripped epoch_budget, a decision missed before it failed the replay).
+                    epoch_started = time.perf_counter()
+                    epoch_cpu_started = time.thread_time()
+                    self._s.missed_this_epoch = 0
                     continue
                 if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
                     epoch_stats.add_sums(stats)
