@@ -434,6 +434,33 @@ def test_a_decision_missed_before_a_mid_epoch_rollback_does_not_fail_the_replaye
     assert not [entry for entry in logs if entry["event"] == "epoch_failed"]
 
 
+def test_the_loss_delta_after_a_rollback_is_against_the_restored_states_validation(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A rollback kept the last validation loss of the epoch rolled away: the replayed epoch's loss_delta was against a
+    loss the restored model never had. Here the rollback goes back to the epoch-2 checkpoint from epoch 4, and the
+    replayed epoch 3's delta is against epoch 2's validation (it was about 0: epoch 3's against itself)."""
+
+    def nan_in_epoch_4(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (41, 42, 43):  # epoch 4 of 4 (13 batches an epoch)
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    box = Box()
+    cfg = config(epochs=4, snapshot_memory_cap_mb=0.0, checkpoint_every_epochs=2)
+    loop = make_loop(cfg, data, tmp_path, hook=nan_in_epoch_4, box=box)
+    assert loop.run().status == "completed"
+    assert [tier for tier, _ in loop.restore_ms_history] == ["full"]
+    ends = [(p.epoch, p.validation_loss, p.loss_delta) for p in box.packets if p.epoch_progress == 1.0]
+    assert [epoch for epoch, _, _ in ends] == [0, 1, 2, 2, 3]
+    val_2, (_, val_3, delta_3) = ends[1][1], ends[3]
+    assert val_2 is not None
+    assert val_3 is not None
+    assert delta_3 is not None
+    assert delta_3 == pytest.approx(val_3 - val_2)
+    assert abs(delta_3) > 1e-6
+
+
 def test_an_epoch_budget_breach_is_l2_and_refuses_new_grafts(data: DataSplits) -> None:
     box = Box()
     loop = make_loop(config(epochs=2, epoch_budget_ms=1e-6, failed_epochs_to_halt=10), data, box=box)

@@ -100,6 +100,10 @@ class Restorer:
             # or every rollback would forget the failures that caused it.
             self._s.policy.restore(state.counters)
             self._s.run_counters.restore(state.counters, stalls_now=self._s.inbox.statistics())
+        else:
+            # The next epoch end's loss delta is against the restored model's last validation, not against one of
+            # the epochs rolled away.
+            self._s.run_counters.rewind(state.counters)
         elapsed = time.perf_counter() - started + extra_s
         self._s.restore_ms_history.append((tier, elapsed * 1e3))
         _log.info(
