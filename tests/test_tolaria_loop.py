@@ -558,6 +558,24 @@ def test_a_full_restore_at_start_that_misses_its_deadline_halts_before_training(
     assert checkpoint_counters(tmp_path / last.file)["emergency_level"] == int(EmergencyLevel.L4_HALT)
 
 
+def test_an_exception_in_training_is_not_hidden_by_a_failed_checkpoint_write(data: DataSplits, tmp_path: Path) -> None:
+    """The writer's close() in a finally re-raised its pending write error, hiding the exception that ended training;
+    now that one propagates and the write's failure is logged."""
+    (tmp_path / "blocker").write_text("a file where the checkpoint directory's parent should be")
+
+    def boom_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 16:  # the epoch-1 checkpoint's write has been submitted (and fails)
+            raise RuntimeError("boom")
+        return batch
+
+    loop = make_loop(config(), data, tmp_path / "blocker" / "checkpoints", hook=boom_in_epoch_2)
+    with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match=r"^boom$"):
+        loop.run()
+    [failed] = [entry for entry in logs if entry["event"] == "checkpoint_write_failed_too"]
+    assert failed["raising"] == "RuntimeError: boom"
+    assert failed["error"].startswith(("NotADirectoryError", "FileExistsError"))
+
+
 def test_an_epoch_end_checkpoint_holds_the_emergency_state_its_verdict_left(data: DataSplits, tmp_path: Path) -> None:
     """The epoch end's capture comes before its verdict: the checkpoint held the level, failure streak and clean dwell
     from before, so a run resumed from it judged that epoch's end again (a failed epoch's streak short by one, a clean

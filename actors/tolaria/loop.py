@@ -127,9 +127,12 @@ class TrainingLoop:
             else:
                 status, reason = self._train(plan, writer)
             figures = self._finish(status, reason, writer)
-        finally:
+        except BaseException as err:
             if writer is not None:
-                writer.close()
+                _close_after(writer, err)
+            raise
+        if writer is not None:
+            writer.close()
         return LoopResult(status=status, figures=figures, halt_reason=reason)
 
     def restore_checkpoint(self) -> bool:
@@ -267,6 +270,19 @@ class TrainingLoop:
             completed=status == "completed",
             resumed_from_step=self._s.run_counters.resumed_from,
             checkpoint=self._s.last_checkpoint,
+        )
+
+
+def _close_after(writer: CheckpointWriter, error: BaseException) -> None:
+    """Close the writer while ``error`` propagates: a write that failed too is logged, not raised (the exception that
+    ended training is the one the actor and its supervisor must see)."""
+    try:
+        writer.close()
+    except Exception as pending:  # noqa: BLE001  # logged; ``error`` is re-raised by the caller
+        _log.error(
+            "checkpoint_write_failed_too",
+            error=f"{type(pending).__name__}: {pending}",
+            raising=f"{type(error).__name__}: {error}",
         )
 
 
