@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -389,6 +390,77 @@ def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(dat
     assert all(torch.isfinite(w).all() for w in weights(loop).values())
 
 
+def test_an_epoch_replayed_after_a_mid_epoch_rollback_is_timed_from_the_rollback(
+    data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayed epoch's epoch_ms counted from the epoch's first start: the time before the rollback could trip
+    epoch_budget. The clock jumps 1000 s in epoch 2 before its rollback; the budget is 500 s."""
+    offset = [0.0]
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def slow_then_nan(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 14:
+            offset[0] += 1000.0
+        if attempt in (18, 19, 20):  # epoch 2 of 3 (13 batches an epoch)
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    loop = make_loop(config(epoch_budget_ms=500_000.0), data, hook=slow_then_nan)
+    result = loop.run()
+    assert result.status == "completed"
+    assert [tier for tier, _ in loop.restore_ms_history] == ["fast"]
+    assert loop.policy.failed_epochs == 0
+    assert loop.epoch_train_s_history[1] < 500.0
+
+
+def test_a_decision_missed_before_a_mid_epoch_rollback_does_not_fail_the_replayed_epoch(data: DataSplits) -> None:
+    """The missed decisions of the epoch rolled away were still counted at the replayed epoch's end (decision_timeout);
+    the rollback drops that plan, and the replay misses none."""
+    inbox = PlanInbox()
+
+    def missed_then_nan(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 14:
+            inbox.expect(15, 16)  # never comes: missed at step 16, before the rollback
+        if attempt in (18, 19, 20):
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    with structlog.testing.capture_logs() as logs:
+        result = make_loop(config(decision_deadline_ms=1.0), data, hook=missed_then_nan, inbox=inbox).run()
+    assert [entry["decided_on_steps"] for entry in logs if entry["event"] == "plan_missed"] == [[15]]
+    assert result.status == "completed"
+    assert result.figures.rollbacks == 1
+    assert not [entry for entry in logs if entry["event"] == "epoch_failed"]
+
+
+def test_the_loss_delta_after_a_rollback_is_against_the_restored_states_validation(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A rollback kept the last validation loss of the epoch rolled away: the replayed epoch's loss_delta was against a
+    loss the restored model never had. Here the rollback goes back to the epoch-2 checkpoint from epoch 4, and the
+    replayed epoch 3's delta is against epoch 2's validation (it was about 0: epoch 3's against itself)."""
+
+    def nan_in_epoch_4(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (41, 42, 43):  # epoch 4 of 4 (13 batches an epoch)
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    box = Box()
+    cfg = config(epochs=4, snapshot_memory_cap_mb=0.0, checkpoint_every_epochs=2)
+    loop = make_loop(cfg, data, tmp_path, hook=nan_in_epoch_4, box=box)
+    assert loop.run().status == "completed"
+    assert [tier for tier, _ in loop.restore_ms_history] == ["full"]
+    ends = [(p.epoch, p.validation_loss, p.loss_delta) for p in box.packets if p.epoch_progress == 1.0]
+    assert [epoch for epoch, _, _ in ends] == [0, 1, 2, 2, 3]
+    val_2, (_, val_3, delta_3) = ends[1][1], ends[3]
+    assert val_2 is not None
+    assert val_3 is not None
+    assert delta_3 is not None
+    assert delta_3 == pytest.approx(val_3 - val_2)
+    assert abs(delta_3) > 1e-6
+
+
 def test_an_epoch_budget_breach_is_l2_and_refuses_new_grafts(data: DataSplits) -> None:
     box = Box()
     loop = make_loop(config(epochs=2, epoch_budget_ms=1e-6, failed_epochs_to_halt=10), data, box=box)
@@ -430,6 +502,78 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     assert result.halt_reason == "2 failed epochs in a row (the last: epoch_budget)"
     assert loop.policy.level is EmergencyLevel.L4_HALT
     assert read_manifest(tmp_path)[-1].global_step == result.figures.global_step
+
+
+def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A full-tier rollback slower than tolaria.rollback_full_deadline_s escalated to L4, but the loop trained on to
+    "completed" (exit 0) at L4. The rollback is done (only slow): the run halts on the restored state and its halt
+    checkpoint holds it."""
+
+    def nan_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (15, 16, 17):  # epoch 2 of 3 (13 batches an epoch): the epoch-1 checkpoint exists
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    cfg = config(snapshot_memory_cap_mb=0.0, rollback_full_deadline_s=1e-6)
+    loop = make_loop(cfg, data, tmp_path, hook=nan_in_epoch_2)
+    result = loop.run()
+    assert [tier for tier, _ in loop.restore_ms_history] == ["full"]
+    assert result.status == "halted"
+    assert result.figures.halted
+    assert not result.figures.completed
+    assert result.halt_reason is not None
+    assert result.halt_reason.startswith("deadline_exceeded: full restore took ")
+    assert loop.policy.level is EmergencyLevel.L4_HALT
+    assert (result.figures.rollbacks, result.figures.global_step) == (1, 13)
+    assert read_manifest(tmp_path)[-1].global_step == 13
+    assert all(torch.isfinite(w).all() for w in weights(loop).values())
+
+
+def test_a_full_restore_at_start_that_misses_its_deadline_halts_before_training(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """A resume whose checkpoint load missed the deadline escalated to L4 and trained on, to "completed"."""
+    inbox = PlanInbox()
+
+    def stop_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 20:
+            inbox.request_stop("test")
+        return batch
+
+    assert make_loop(config(), data, tmp_path, hook=stop_in_epoch_2, inbox=inbox).run().status == "stopped"
+    resumed = make_loop(config(rollback_full_deadline_s=1e-6), data, tmp_path, resume=True)
+    result = resumed.run()
+    assert [tier for tier, _ in resumed.restore_ms_history] == ["full"]
+    assert result.status == "halted"
+    assert result.halt_reason is not None
+    assert result.halt_reason.startswith("deadline_exceeded: ")
+    assert resumed.policy.level is EmergencyLevel.L4_HALT
+    assert result.figures.global_step == 21  # not one step trained
+    assert resumed.epoch_train_s_history == []
+    # The halt's checkpoint is the restored state, now at L4: a resume from it continues at L2.
+    last = read_manifest(tmp_path)[-1]
+    assert last.global_step == 21
+    assert checkpoint_counters(tmp_path / last.file)["emergency_level"] == int(EmergencyLevel.L4_HALT)
+
+
+def test_an_exception_in_training_is_not_hidden_by_a_failed_checkpoint_write(data: DataSplits, tmp_path: Path) -> None:
+    """The writer's close() in a finally re-raised its pending write error, hiding the exception that ended training;
+    now that one propagates and the write's failure is logged."""
+    (tmp_path / "blocker").write_text("a file where the checkpoint directory's parent should be")
+
+    def boom_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 16:  # the epoch-1 checkpoint's write has been submitted (and fails)
+            raise RuntimeError("boom")
+        return batch
+
+    loop = make_loop(config(), data, tmp_path / "blocker" / "checkpoints", hook=boom_in_epoch_2)
+    with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match=r"^boom$"):
+        loop.run()
+    [failed] = [entry for entry in logs if entry["event"] == "checkpoint_write_failed_too"]
+    assert failed["raising"] == "RuntimeError: boom"
+    assert failed["error"].startswith(("NotADirectoryError", "FileExistsError"))
 
 
 def test_an_epoch_end_checkpoint_holds_the_emergency_state_its_verdict_left(data: DataSplits, tmp_path: Path) -> None:

@@ -140,13 +140,14 @@ class EmergencyPolicy:
             return EpochVerdict(True, reason, Action.ROLLBACK)
         return EpochVerdict(True, reason, Action.CONTINUE)
 
-    def restore_deadline_missed(self, restore_s: float) -> None:
-        """A full restore slower than its deadline means L4 (never train on a half-restored model)."""
-        self.ladder.escalate(
-            EmergencyLevel.L4_HALT,
-            f"deadline_exceeded: full restore took {restore_s:.3f}s, deadline {self._config.rollback_full_deadline_s}s",
-            ORIGIN,
+    def restore_deadline_missed(self, restore_s: float) -> str:
+        """A full restore slower than its deadline means L4 (never train on a half-restored model); returns the
+        halt's reason, which the step loop halts with."""
+        reason = (
+            f"deadline_exceeded: full restore took {restore_s:.3f}s, deadline {self._config.rollback_full_deadline_s}s"
         )
+        self.ladder.escalate(EmergencyLevel.L4_HALT, reason, ORIGIN)
+        return reason
 
     def halt_now(self, reason: str) -> None:
         self.ladder.escalate(EmergencyLevel.L4_HALT, reason, ORIGIN)

@@ -117,12 +117,22 @@ class TrainingLoop:
                 self._s.options.checkpoint_dir, keep_last=config.checkpoint_keep_last, on_written=_log_written
             )
         try:
-            self._restorer.restore_at_start()
-            status, reason = self._train(plan, writer)
+            status: LoopStatus
+            reason: str | None
+            halt = self._restorer.restore_at_start()
+            if halt is not None:
+                # A full restore that missed its deadline: L4 before the first step. The restore is complete (only
+                # slow), so the halt's checkpoint holds a sound state, now at L4 (a resume continues at L2).
+                status, reason = "halted", halt
+            else:
+                status, reason = self._train(plan, writer)
             figures = self._finish(status, reason, writer)
-        finally:
+        except BaseException as err:
             if writer is not None:
-                writer.close()
+                _close_after(writer, err)
+            raise
+        if writer is not None:
+            writer.close()
         return LoopResult(status=status, figures=figures, halt_reason=reason)
 
     def restore_checkpoint(self) -> bool:
@@ -133,9 +143,12 @@ class TrainingLoop:
         """Roll back to the fast snapshot (or the last checkpoint when the fast tier is off); False if neither.
 
         Lane thread, between steps; expected plans are dropped (those decided after the snapshot are re-decided).
-        Asked for (a benchmark, an operator), it goes back however often it is asked.
+        Asked for (a benchmark, an operator), it goes back however often it is asked. A full-tier one that missed its
+        deadline has gone back (True) and left the policy at L4.
         """
-        return self._restorer.rollback(reason, loops=False) is None
+        before = self._s.run_counters.rollbacks
+        self._restorer.rollback(reason, loops=False)
+        return self._s.run_counters.rollbacks > before
 
     def evaluate(self, split: TensorPair) -> tuple[float, float]:
         """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split."""
@@ -203,6 +216,11 @@ class TrainingLoop:
                         return "halted", halt
                     batches = iter_batches(train, plan, pos.epoch, pos.batch_index)
                     epoch_stats, stats = self._s.take_open_stats()
+                    # The replayed epoch is judged on itself: its time and its missed decisions start at the rollback
+                    # (the time before it tripped epoch_budget, a decision missed before it failed the replay).
+                    epoch_started = time.perf_counter()
+                    epoch_cpu_started = time.thread_time()
+                    self._s.missed_this_epoch = 0
                     continue
                 if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
                     epoch_stats.add_sums(stats)
@@ -252,6 +270,19 @@ class TrainingLoop:
             completed=status == "completed",
             resumed_from_step=self._s.run_counters.resumed_from,
             checkpoint=self._s.last_checkpoint,
+        )
+
+
+def _close_after(writer: CheckpointWriter, error: BaseException) -> None:
+    """Close the writer while ``error`` propagates: a write that failed too is logged, not raised (the exception that
+    ended training is the one the actor and its supervisor must see)."""
+    try:
+        writer.close()
+    except Exception as pending:  # noqa: BLE001  # logged; ``error`` is re-raised by the caller
+        _log.error(
+            "checkpoint_write_failed_too",
+            error=f"{type(pending).__name__}: {pending}",
+            raising=f"{type(error).__name__}: {error}",
         )
 
 

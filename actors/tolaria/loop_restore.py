@@ -34,9 +34,11 @@ class Restorer:
     def __init__(self, state: LoopState) -> None:
         self._s = state
 
-    def restore_at_start(self) -> None:
+    def restore_at_start(self) -> str | None:
         """Continue from the newest of: the fast snapshot an earlier incarnation left, or the last good checkpoint;
-        of those whose plans in flight the planner's journal holds, when it is known (restore_point.py)."""
+        of those whose plans in flight the planner's journal holds, when it is known (restore_point.py).
+
+        Returns None, or the halt's reason when a full-tier restore missed its deadline (the run must not train)."""
         read = self._s.options.journaled_step if self._s.options.expects_plans else None
         directory = self._s.options.checkpoint_dir if self._s.options.resume else None
         point = choose_restore(
@@ -51,15 +53,16 @@ class Restorer:
                 # A restart (or a resume) with nothing to continue from trains again from step 0: the planner, told
                 # so, starts over as well instead of refusing every packet up to its last boundary.
                 self._s.outbox.event(TrainingRestored(run_id=self._s.options.run_id, step=0, tier="none"))
-            return
+            return None
         # A checkpoint's plans in flight are not taken back: their attach handles name modules prepared in the
         # process that wrote it. Kasmina, told by TrainingRestored, prepares them again and resends them.
-        self.restore(point.state, tier=point.tier, extra_s=point.read_s)
+        halt = self.restore(point.state, tier=point.tier, extra_s=point.read_s)
         if point.info is not None:
             self._s.last_checkpoint = point.info.file
         self.announce(point.state, point.tier)
         if self._s.options.resumed_run:
             self._s.run_counters.resumed_from = self._s.pos.global_step
+        return halt
 
     def announce(self, state: TrainState, tier: str) -> None:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
@@ -72,7 +75,11 @@ class Restorer:
                     self._s.inbox.expect(decided, effect, resent=True)
         self._s.outbox.event(TrainingRestored(run_id=self._s.options.run_id, step=self._s.pos.global_step, tier=tier))
 
-    def restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> None:
+    def restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> str | None:
+        """Load ``state`` (rebuilding the model and replaying its graft log); with ``counters``, its health counters
+        too. Returns None, or the halt's reason when a full-tier restore missed tolaria.rollback_full_deadline_s: L4.
+
+        The restore is complete either way (only slow), so the state is sound: the halt's checkpoint may hold it."""
         started = time.perf_counter()
         self._s.build()
         applier = self._s.applier
@@ -93,6 +100,10 @@ class Restorer:
             # or every rollback would forget the failures that caused it.
             self._s.policy.restore(state.counters)
             self._s.run_counters.restore(state.counters, stalls_now=self._s.inbox.statistics())
+        else:
+            # The next epoch end's loss delta is against the restored model's last validation, not against one of
+            # the epochs rolled away.
+            self._s.run_counters.rewind(state.counters)
         elapsed = time.perf_counter() - started + extra_s
         self._s.restore_ms_history.append((tier, elapsed * 1e3))
         _log.info(
@@ -105,10 +116,14 @@ class Restorer:
             seeds=len(state.seed_modules) if tier == "fast" else sum(1 for e in state.graft_log if e.kind == "attach"),
         )
         if tier == "full" and elapsed > self._s.config.rollback_full_deadline_s:
-            self._s.policy.restore_deadline_missed(elapsed)
+            _log.error("tolaria_restore_deadline_exceeded", tier=tier, restore_ms=round(elapsed * 1e3, 3))
+            return self._s.policy.restore_deadline_missed(elapsed)
+        return None
 
     def restore_checkpoint(self) -> bool:
-        """Full-tier restore from the last good checkpoint (rebuild, replay, load); False without one. Lane thread."""
+        """Full-tier restore from the last good checkpoint (rebuild, replay, load); False without one. Lane thread.
+
+        Outside the step loop (a benchmark, an operator): a missed deadline leaves the policy at L4, nothing more."""
         directory = self._s.options.checkpoint_dir
         started = time.perf_counter()
         found = load_latest(directory) if directory is not None and directory.is_dir() else None
@@ -118,9 +133,10 @@ class Restorer:
         return True
 
     def rollback(self, reason: str, *, loops: bool = True) -> str | None:
-        """Roll back; None when done, else why the run must halt instead (no state to go back to, or, with ``loops``,
-        the same state rolled back to too often: a fault every replay of it meets again, such as a model that turned
-        NaN for good, rolled back thousands of times and never ended)."""
+        """Roll back; None when done, else why the run must halt instead: no state to go back to, or, with ``loops``,
+        the same state rolled back to too often (a fault every replay of it meets again, such as a model that turned
+        NaN for good, rolled back thousands of times and never ended), or a full-tier restore that missed its deadline
+        (the rollback is done, and counted, but the run must not train on: L4)."""
         state = self._s.snapshots.latest
         tier = "fast"
         if state is None:
@@ -135,11 +151,11 @@ class Restorer:
             _log.error("tolaria_rollback_loop", step=last, times=times, reason=reason)
             return f"rolled back to step {last} {times} times without getting past it ({reason})"
         release_modules(self._s.inbox.reset(), self._s.handoff)
-        self.restore(state, tier=tier, counters=False)
+        halt = self.restore(state, tier=tier, counters=False)
         self.announce(state, tier)
         step = self._s.pos.global_step
         same = self._s.rollback_target[1] + 1 if step == self._s.rollback_target[0] else 1
         self._s.rollback_target = (step, same)
         self._s.run_counters.rollbacks += 1
         _log.warning("tolaria_rolled_back", reason=reason, step=step, rollbacks=self._s.run_counters.rollbacks)
-        return None
+        return halt

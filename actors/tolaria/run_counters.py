@@ -76,6 +76,12 @@ class RunCounters:
         resumed = saved.get("resumed_from")
         self.resumed_from = resumed if isinstance(resumed, int) else None
 
+    def rewind(self, saved: Mapping[str, float | int | str | None]) -> None:
+        """Take back, in a rollback, what belongs to the restored state rather than to the run: its last validation
+        loss (rollbacks and stalls count the run's history and carry on)."""
+        value = saved.get("last_val_loss")
+        self.last_val_loss = float(value) if isinstance(value, int | float) else None
+
     def stall_totals(self, now: PlanInboxStatistics) -> tuple[int, float]:
         """(stalls, ms) of the whole run: the earlier sessions' and this one's."""
         return self.stalls_carried[0] + now.stalls, self.stalls_carried[1] + now.stall_ms_total
