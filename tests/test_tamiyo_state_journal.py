@@ -20,7 +20,7 @@ from actors.tamiyo.state_journal import (
 )
 from schemas.config import TamiyoConfig
 from schemas.telemetry import TelemetryEvent
-from tests._tamiyo_harness import TamiyoHarness, plateau_run
+from tests._tamiyo_harness import TamiyoHarness, packet, plateau_run
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -187,3 +187,33 @@ async def test_after_a_rollback_the_controller_decides_the_retrained_epochs_as_b
     assert [e.attributes.get("state_step") for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_rewound"] == [
         packets[back - 1].global_step
     ]
+
+
+async def test_after_a_rollback_the_rerun_windows_start_from_the_restored_validation_loss(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The rewound controller kept the undone epoch's validation loss (9.0), so the rerun's field-report windows
+    started from it; a resume from the restored epoch end (step 10) starts them from that epoch's (1.0)."""
+    path = tmp_path / "states.jsonl"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with TamiyoHarness(tmp_path / "a", sink, state_journal=path) as h:
+        await h.run(
+            [
+                packet(5, 0),
+                packet(10, 0, validation_loss=1.0),
+                packet(15, 1),
+                packet(20, 1, validation_loss=9.0, loss_delta=8.0),  # the failed epoch, then the rollback to step 10
+                packet(15, 1),  # the rerun
+            ]
+        )
+        rewound = (await h.state()).outcomes
+    entry = state_at(path, 10)
+    assert entry is not None
+    assert entry.step == 10
+    async with TamiyoHarness(tmp_path / "b", sink, state=entry.state) as h:
+        await h.run([packet(15, 1)])
+        resumed = (await h.state()).outcomes
+    assert resumed.windows[-1].start_validation_loss == 1.0
+    assert rewound.windows[-1].start_validation_loss == 1.0
+    assert (rewound.last_validation_loss, rewound.last_step) == (resumed.last_validation_loss, resumed.last_step)
