@@ -179,6 +179,9 @@ class TamiyoConfig(ConfigSection, frozen=True):
     # The heuristic grows the acceptable blueprint whose cost tier is nearest this one (ties to the cheaper tier).
     blueprint_cost_tier: Literal["low", "medium", "high"] = "low"
     cull_after_epochs: PosInt = 4
+    # The heuristic and every_k grow no blueprint that would take the seeds' parameters (the packet's seed_parameters)
+    # past this; None: no budget.
+    max_added_parameters: PosInt | None = None
     policy_risk_critical: UnitFloat = 0.98
     policy_risk_elevated: UnitFloat = 0.85
     blueprint_risk_veto: UnitFloat = 0.8

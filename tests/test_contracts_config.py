@@ -514,3 +514,14 @@ def test_an_override_that_is_not_a_string_is_a_type_error_naming_it(item: object
     with pytest.raises(TypeError) as info:
         apply_overrides(RunConfig(), ["tolaria.epochs=2", item])  # type: ignore[list-item]  # what is tested
     assert str(info.value) == f"overrides[1]: expected a 'section.key=value' string, got {item!r}"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", '"big"'])
+def test_the_parameter_budget_takes_a_positive_integer(value: str) -> None:
+    assert RunConfig().tamiyo.max_added_parameters is None
+    assert apply_overrides(RunConfig(), ["tamiyo.max_added_parameters=50000"]).tamiyo.max_added_parameters == 50000
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [f"tamiyo.max_added_parameters={value}"])
+    assert str(info.value) == (
+        f"--set tamiyo.max_added_parameters={value}: tamiyo.max_added_parameters: expected an integer >= 1, got {value}"
+    )

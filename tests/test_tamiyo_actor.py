@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
+
 from actors.tamiyo.actor import command_id_for
 from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier
@@ -128,3 +130,14 @@ async def test_export_then_import_gives_identical_following_decisions(tmp_path: 
         got = await resumed.run(tail)
     assert got == expected
     assert any(d.command is not None for d in got), "the tail should contain a germination to be a real test"
+
+
+@pytest.mark.parametrize(("budget", "grows"), [(None, True), (50, False)])
+async def test_the_tamiyo_parameter_budget_reaches_the_every_k_policy(
+    tmp_path: Path, sink: RecordingSink, budget: int | None, grows: bool
+) -> None:
+    """tamiyo.max_added_parameters reaches the policy the spec builds (the blueprints offered have 100 and 500)."""
+    config = TamiyoConfig(policy="every_k", every_k_epochs=1, max_added_parameters=budget)
+    async with TamiyoHarness(tmp_path, sink, config=config) as h:
+        decisions = await h.run(plateau_run(epochs=3))
+    assert any(d.command is not None for d in decisions) is grows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -126,6 +127,19 @@ def test_a_critical_event_in_the_window_is_a_regression_with_its_penalty() -> No
     )
     assert report.outcome is FieldReportOutcome.REGRESSION
     assert report.reward == pytest.approx(0.1 - 1.0)
+
+
+@pytest.mark.parametrize(("start", "end"), [(math.nan, 1.0), (1.0, math.nan), (math.inf, 1.0), (1.0, -math.inf)])
+def test_a_non_finite_validation_loss_is_unknown_neutral_with_a_finite_reward(start: float, end: float) -> None:
+    """A diverged epoch's NaN loss made the delta NaN, and the reward ``-(delta or 0.0)`` NaN in the WAL."""
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=1, lambda_size=0.0))
+    tracker.observe(packet(10, 0, validation_loss=start), critical=False)
+    tracker.open(_window(10, 0))
+    (report,) = tracker.observe(packet(20, 1, validation_loss=end), critical=False)
+    assert report.outcome is FieldReportOutcome.NEUTRAL
+    assert report.reward == 0.0
+    assert all(math.isfinite(value) for value in report.metrics.values()), report.metrics
+    assert "validation_loss_delta" not in report.metrics
 
 
 def test_mid_epoch_packets_do_not_count_towards_the_window() -> None:

@@ -421,3 +421,13 @@ def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() ->
     probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, age_steps=90)
     assert blamed(training, probation, dormant("s2")) == "t"
     assert blamed(dormant("s0"), dormant("s1"), dormant("s2")) is None
+
+
+def test_the_parameter_budget_is_a_tamiyo_key_unset_by_default() -> None:
+    """Issue 6's budget of added parameters could not be set: from_config always left it None."""
+    assert HeuristicConfig.from_config(TamiyoConfig()).max_added_parameters is None
+    config = HeuristicConfig.from_config(TamiyoConfig(plateau_patience_epochs=1, max_added_parameters=1000))
+    assert config.max_added_parameters == 1000
+    policy = HeuristicPolicy(config)
+    policy.decide(observe(0, 1.0, seed_parameters=950))
+    assert policy.decide(observe(1, 1.0, seed_parameters=950)).reason == "parameter_budget"

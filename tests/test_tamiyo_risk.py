@@ -158,7 +158,6 @@ def test_first_veto_wins_and_every_match_is_reported() -> None:
         hook_latency_ms=80.0,
         isolation_violations=2,
         step_latency_ms=200.0,
-        implicated_seed_id="seed-3",
     )
     verdict = assess(germinate(0.99), context)
     assert [(e.rule, e.name) for e in verdict.events] == [
@@ -173,6 +172,18 @@ def test_first_veto_wins_and_every_match_is_reported() -> None:
     assert verdict.risk_reason == "policy_risk_critical"
     assert verdict.decision.action is PolicyAction.NO_OP
     assert verdict.conservative_reasons == ("policy_risk_critical", "bp_quarantine", "loss_spike")
+
+
+@pytest.mark.parametrize("decision", [GERMINATE, germinate(0.99), FOSSILIZE, LR_UP, NO_OP])
+def test_a_loss_spike_pauses_the_implicated_seed_whatever_earlier_veto_matched(decision: Decision) -> None:
+    """Rule 6 promises PAUSE of the blamed seed whatever was proposed (but a cull or pause): the first veto won, so in
+    conservative mode (rule 2) a GERMINATE during a spike became a plain NO_OP and the spiking seed kept blending."""
+    context = RiskContext(conservative=True, loss_delta=0.5, hook_latency_ms=80.0, implicated_seed_id="seed-1")
+    verdict = assess(decision, context)
+    assert verdict.decision == Decision(action=PolicyAction.PAUSE, target_seed_id="seed-1", reason="loss_spike")
+    assert (verdict.effect, verdict.risk_reason) == (RiskEffect.VETO, "loss_spike")
+    assert "loss_spike" in verdict.conservative_reasons
+    assert assess(CULL, context).decision == CULL
 
 
 def test_a_later_veto_beats_an_earlier_downgrade() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 import pytest
 
+from actors.tamiyo import state_codec
 from actors.tamiyo.heuristic import HeuristicState
-from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.outcomes import OutcomeState, OutcomeWindow
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import (
     DEFAULT_KEEP,
@@ -18,9 +21,11 @@ from actors.tamiyo.state_journal import (
     resume_state,
     state_at,
 )
+from actors.tamiyo.stop_state import read_stop_state, write_stop_state
 from schemas.config import TamiyoConfig
+from schemas.domain_enums import PolicyAction
 from schemas.telemetry import TelemetryEvent
-from tests._tamiyo_harness import TamiyoHarness, plateau_run
+from tests._tamiyo_harness import TamiyoHarness, packet, plateau_run
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -187,3 +192,91 @@ async def test_after_a_rollback_the_controller_decides_the_retrained_epochs_as_b
     assert [e.attributes.get("state_step") for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_rewound"] == [
         packets[back - 1].global_step
     ]
+
+
+async def test_after_a_rollback_the_rerun_windows_start_from_the_restored_validation_loss(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The rewound controller kept the undone epoch's validation loss (9.0), so the rerun's field-report windows
+    started from it; a resume from the restored epoch end (step 10) starts them from that epoch's (1.0)."""
+    path = tmp_path / "states.jsonl"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with TamiyoHarness(tmp_path / "a", sink, state_journal=path) as h:
+        await h.run(
+            [
+                packet(5, 0),
+                packet(10, 0, validation_loss=1.0),
+                packet(15, 1),
+                packet(20, 1, validation_loss=9.0, loss_delta=8.0),  # the failed epoch, then the rollback to step 10
+                packet(15, 1),  # the rerun
+            ]
+        )
+        rewound = (await h.state()).outcomes
+    entry = state_at(path, 10)
+    assert entry is not None
+    assert entry.step == 10
+    async with TamiyoHarness(tmp_path / "b", sink, state=entry.state) as h:
+        await h.run([packet(15, 1)])
+        resumed = (await h.state()).outcomes
+    assert resumed.windows[-1].start_validation_loss == 1.0
+    assert rewound.windows[-1].start_validation_loss == 1.0
+    assert (rewound.last_validation_loss, rewound.last_step) == (resumed.last_validation_loss, resumed.last_step)
+
+
+def _non_finite_state() -> TamiyoState:
+    window = OutcomeWindow(
+        command_id="c1",
+        training_run_id="r",
+        decided_on_step=10,
+        start_epoch=0,
+        issued_at=math.nan,
+        policy_version="h",
+        action=PolicyAction.NO_OP,
+        log_prob=-math.inf,
+        start_validation_loss=math.nan,
+        hook_latencies_ms=(1.0, math.inf),
+        notes="nan",
+    )
+    return msgspec.structs.replace(
+        _state(10),
+        fallback=HeuristicState(best_validation_loss=math.nan),
+        outcomes=OutcomeState(windows=(window,), last_step=10, last_validation_loss=math.nan),
+    )
+
+
+def _check_non_finite(state: TamiyoState) -> None:
+    (window,) = state.outcomes.windows
+    assert state.outcomes.last_validation_loss is not None
+    assert math.isnan(state.outcomes.last_validation_loss)
+    assert state.fallback.best_validation_loss is not None
+    assert math.isnan(state.fallback.best_validation_loss)
+    assert window.start_validation_loss is not None
+    assert math.isnan(window.start_validation_loss)
+    assert math.isnan(window.issued_at)
+    assert window.log_prob == -math.inf
+    assert window.hook_latencies_ms == (1.0, math.inf)
+    assert window.notes == "nan"
+
+
+async def test_the_journal_and_the_stop_state_give_non_finite_floats_back_exactly(tmp_path: Path) -> None:
+    """msgspec's JSON writes NaN as null: an optional NaN came back None (a resumed controller then reported and
+    decided from a known-nothing loss where the uninterrupted one had NaN) and a plain float NaN did not decode."""
+    state = _non_finite_state()
+    journal = TamiyoStateJournal(tmp_path / "states.jsonl")
+    await journal.append(10, state)
+    (entry,), skipped = read_entries(tmp_path / "states.jsonl")
+    assert skipped == 0
+    _check_non_finite(entry.state)
+    write_stop_state(tmp_path / "tamiyo_state.json", state)
+    stopped = read_stop_state(tmp_path / "tamiyo_state.json")
+    assert stopped is not None
+    _check_non_finite(stopped)
+
+
+def test_a_state_without_non_finite_floats_is_written_as_before() -> None:
+    """Journals and stop states written before keep decoding, and finite states keep their bytes."""
+    state = msgspec.structs.replace(_state(10), outcomes=OutcomeState(last_step=10, last_validation_loss=1.5))
+    assert state_codec.encode(state) == msgspec.json.encode(state)
+    old = msgspec.json.encode(msgspec.structs.replace(state, outcomes=OutcomeState(last_validation_loss=math.nan)))
+    assert state_codec.decoder(TamiyoState).decode(old).outcomes.last_validation_loss is None

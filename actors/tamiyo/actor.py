@@ -295,8 +295,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
         controller goes back to the newest state it journaled before that step (the restored epoch end's), so it
         decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
-        (not_epoch_end), and its windows and plateau counted the undone attempt). The field reports and counters of
-        the undone decisions stay: they happened. Nothing to go back to without a journal (no run directory)."""
+        (not_epoch_end), its windows and plateau counted the undone attempt, and the rerun's windows started from the
+        undone epoch's validation loss). The field reports, report count and counters of the undone decisions stay:
+        they happened. Nothing to go back to without a journal (no run directory)."""
         journal = self._state_journal
         if journal is None:
             return
@@ -309,7 +310,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
         else:
             return
         current = self.export_state()
-        self.import_state(msgspec.structs.replace(state, outcomes=current.outcomes, counters=current.counters))
+        # The open windows (all aborted by now) and the report count stay: they happened. The latest step and
+        # validation loss are the restored epoch end's, as on a resume from there: the undone epoch's loss was where
+        # the rerun's windows started.
+        outcomes = msgspec.structs.replace(
+            state.outcomes, windows=current.outcomes.windows, reports=current.outcomes.reports
+        )
+        self.import_state(msgspec.structs.replace(state, outcomes=outcomes, counters=current.counters))
         self._c.emit(
             "tamiyo_rewound",
             TelemetryLevel.INFO,

@@ -79,7 +79,6 @@ class HeuristicConfig(Record, frozen=True):
         config: TamiyoConfig,
         *,
         max_live_seeds: int = 4,
-        max_added_parameters: int | None = None,
         probation_epochs: int = 2,
         periodic: bool = False,
     ) -> HeuristicConfig:
@@ -93,7 +92,7 @@ class HeuristicConfig(Record, frozen=True):
             cull_after_epochs=config.cull_after_epochs,
             fossilize_hold_epochs=probation_epochs,
             max_live_seeds=max_live_seeds,
-            max_added_parameters=max_added_parameters,
+            max_added_parameters=config.max_added_parameters,
             max_blueprint_risk=config.blueprint_risk_downgrade,
             preferred_cost_tier=CostTier(config.blueprint_cost_tier),
         )

@@ -6,7 +6,8 @@ validation loss at its start (the latest one known at the decision) and at its e
 whether any CRITICAL event happened (a CRITICAL risk event on a packet of the window, or Tolaria at L3 or above).
 
 Outcome: REGRESSION if the validation loss worsened over the window or any CRITICAL event happened; SUCCESS if it
-improved (by more than ``neutral_band``) and nothing was CRITICAL; NEUTRAL otherwise (including an unknown loss);
+improved (by more than ``neutral_band``) and nothing was CRITICAL; NEUTRAL otherwise (including an unknown loss at
+either end, missing or not finite, whose delta then counts as 0 in the reward and is left out of the metrics);
 ABORTED when a rollback (a packet whose step does not move forward) or the end of the run cuts the window short.
 
 Reward (ABORTED windows get None, so Simic excludes them)::
@@ -81,6 +82,10 @@ class OutcomeState(Record, frozen=True):
 def report_id(command_id: str, start_epoch: int, window_epochs: int) -> str:
     """``fr-<command_id>-<start_epoch>+<window_epochs>`` (REFERENCE.md section 10)."""
     return f"fr-{command_id}-{start_epoch}+{window_epochs}"
+
+
+def _known(loss: float | None) -> float | None:
+    return loss if loss is not None and math.isfinite(loss) else None
 
 
 def _stats(name: str, values: tuple[float, ...]) -> dict[str, float]:
@@ -186,7 +191,8 @@ class OutcomeTracker:
 
     def _report(self, window: OutcomeWindow, *, aborted: bool) -> FieldReport:
         settings = self._settings
-        start, end = window.start_validation_loss, window.end_validation_loss
+        # A non-finite loss (a diverged epoch) is unknown, like a missing one: a NaN delta made the reward NaN.
+        start, end = _known(window.start_validation_loss), _known(window.end_validation_loss)
         delta = None if start is None or end is None else end - start
         added = max(0, window.end_seed_parameters - window.start_seed_parameters)
         critical = window.critical_events > 0

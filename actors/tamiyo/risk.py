@@ -21,9 +21,10 @@ and conservative-mode requests it carries. Rules, in order (thresholds from Tami
      (``kasmina_latency``).
 
 Veto rules 7-9 and 1 act on actions that change something (not NO_OP) and never on CULL or PAUSE, which shed risk.
-Every matching rule reports its event; the first matching veto decides the outcome, else the first downgrade. A veto
-yields NO_OP (or, for rule 6, PAUSE of the implicated seed); a downgrade yields the policy's non-growth fallback when
-it offered one, else NO_OP.
+Every matching rule reports its event; the first matching veto decides the outcome, else the first downgrade, except
+that rule 6's veto wins over any other when there is an implicated seed (its PAUSE sheds risk, a NO_OP keeps it). A
+veto yields NO_OP (or, for rule 6, PAUSE of the implicated seed); a downgrade yields the policy's non-growth fallback
+when it offered one, else NO_OP.
 """
 
 from __future__ import annotations
@@ -281,7 +282,11 @@ def assess(decision: Decision, context: RiskContext, thresholds: RiskThresholds 
     """Apply the rule table to ``decision``; pure and deterministic."""
     limits = thresholds if thresholds is not None else RiskThresholds()
     events = tuple(event for rule in RULES for event in rule(decision, context, limits))
-    veto = next((e for e in events if e.effect is RiskEffect.VETO), None)
+    vetoes = [e for e in events if e.effect is RiskEffect.VETO]
+    # A loss spike's PAUSE of the blamed seed sheds the risk the other vetoes would only leave in place (their NO_OP
+    # kept the seed blending): it wins over any earlier veto.
+    spike = next((e for e in vetoes if e.rule == 6), None) if context.implicated_seed_id is not None else None
+    veto = spike if spike is not None else next(iter(vetoes), None)
     downgrade = next((e for e in events if e.effect is RiskEffect.DOWNGRADE), None)
     if veto is not None:
         final = _vetoed(veto, context)

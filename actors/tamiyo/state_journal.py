@@ -6,11 +6,12 @@ kill -9 as much as after Ctrl-C) starts Tamiyo from the newest entry at or befor
 uninterrupted run had when it decided on the packets that followed, whenever Tamiyo had handled packet S before the
 crash.
 
-File format: one line per entry, ``<crc32 of the JSON, 8 hex digits> <msgspec JSON of StateEntry>``. A line whose
-checksum or JSON does not hold (a write torn by the crash) is skipped; earlier lines are untouched. Appends go
-through aiofiles from the event loop; the file is rewritten atomically, keeping the newest ``keep`` entries, once it
-holds twice that many. No fsync: the entries must survive the process, not the machine (a power cut loses at most
-the newest entries, and the resume then starts from an older one, which the selection reports).
+File format: one line per entry, ``<crc32 of the JSON, 8 hex digits> <JSON of StateEntry>`` (state_codec.py: a NaN stays
+NaN, so a resume decides as the uninterrupted run did). A line whose checksum or JSON does not hold (a write torn by the
+crash) is skipped; earlier lines are untouched. Appends go through aiofiles from the event loop; the file is rewritten
+atomically, keeping the newest ``keep`` entries, once it holds twice that many. No fsync: the entries must survive the
+process, not the machine (a power cut loses at most the newest entries, and the resume then starts from an older one,
+which the selection reports).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiofiles
 import anyio
 import msgspec
 
+from actors.tamiyo import state_codec
 from actors.tamiyo.state import TamiyoState
 from esper.runtime.atomic_write import atomic_write_bytes
 from schemas.base import Record
@@ -51,12 +53,11 @@ class StateEntry(Record, frozen=True):
     state: TamiyoState
 
 
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder(StateEntry)
+_DECODER = state_codec.decoder(StateEntry)
 
 
 def _line(entry: StateEntry) -> bytes:
-    payload = _ENCODER.encode(entry)
+    payload = state_codec.encode(entry)
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 

@@ -1,9 +1,9 @@
 """Tamiyo's stop state file (``tamiyo_state.json``): the controller's state at a graceful stop, with its SHA-256.
 
-Format: one JSON object, ``{"sha256": <64 hex digits>, "state": <TamiyoState>}``, the digest taken over the bytes of
-``state`` exactly as they stand in the file. A flipped byte anywhere, a truncated file or one without the digest (an
-older version's) is refused with StopStateDamaged: a resume then takes the journaled state at or before its
-checkpoint instead (see state_journal.resume_state), as after a ``kill -9``.
+Format: one JSON object, ``{"sha256": <64 hex digits>, "state": <TamiyoState>}`` (the state as state_codec.py writes
+it), the digest taken over the bytes of ``state`` exactly as they stand in the file. A flipped byte anywhere, a
+truncated file or one without the digest (an older version's) is refused with StopStateDamaged: a resume then takes the
+journaled state at or before its checkpoint instead (see state_journal.resume_state), as after a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from actors.tamiyo import state_codec
 from actors.tamiyo.state import TamiyoState
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import EsperError
@@ -36,15 +37,14 @@ class _Envelope(Record, frozen=True):
     state: msgspec.Raw
 
 
-_ENCODER = msgspec.json.Encoder()
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
-_STATE = msgspec.json.Decoder(TamiyoState)
+_STATE = state_codec.decoder(TamiyoState)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def encode_stop_state(state: TamiyoState) -> bytes:
     """The file's bytes for ``state``."""
-    payload = _ENCODER.encode(state)
+    payload = state_codec.encode(state)
     return b'{"sha256":"%s","state":%s}\n' % (hashlib.sha256(payload).hexdigest().encode(), payload)
 
 
