@@ -230,6 +230,7 @@ async def checked_start(
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
     if resume is not None:
         directory = Path(resume)
+        await anyio.to_thread.run_sync(_check_resume_dir, directory)
         await anyio.to_thread.run_sync(check_not_in_use, directory)
         if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
             raise ConfigError(
@@ -257,3 +258,16 @@ async def checked_start(
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
     return StartArgs(config=resolved, secret=secret, baseline=baseline, directory=directory, run_id=run_id)
+
+
+def _check_resume_dir(directory: Path) -> None:
+    """Refuse a ``--resume`` path that is no directory: the checkpoints' message would send the user to start a run
+    there. Blocking (one stat).
+
+    Raises:
+        ConfigError: nothing is at ``directory``, or something other than a directory is.
+    """
+    if not directory.exists():
+        raise ConfigError(f"--resume {directory}: no such run directory (give the directory of the run to resume)")
+    if not directory.is_dir():
+        raise ConfigError(f"--resume {directory}: not a directory (give the directory of the run to resume)")

@@ -105,6 +105,23 @@ def test_the_cli_refuses_in_one_line_and_leaves_the_run_untouched(
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoints", "config.toml"]
 
 
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_resume_path_that_is_no_directory_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Not the checkpoints' message, which tells the user to start a run at the mistyped path."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[urza]\nroot = "{tmp_path / "urza"}"\n[logging]\nconsole = false\n', encoding="utf-8")
+    target = tmp_path / "no-such-run"
+    if kind == "file":
+        target.write_text("x", encoding="utf-8")
+    assert main([str(config), "--resume", str(target)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    said = "no such run directory" if kind == "missing" else "not a directory"
+    assert err == f"--resume {target}: {said} (give the directory of the run to resume)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"] + ([] if kind == "missing" else ["no-such-run"])
+
+
 def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
