@@ -254,6 +254,13 @@ class RunTally:
                 # restored state was counted with the outcome it never reached; those that happen again come again.
                 self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
                 self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t[2])]
+            case TrainingRestored(step=step):
+                # The epochs that ended after the restored step are trained again, or never (a resume with fewer
+                # epochs): their figures, a killed session's read back by preload included, are the undone attempt's.
+                # Nissa cuts its metrics.csv rows the same way.
+                for epoch in [epoch for epoch, ended in self.epoch_step.items() if ended > step]:
+                    del self.epoch_step[epoch]
+                    self.epoch_val_accuracy.pop(epoch, None)
             case EmergencySignal():
                 self.emergencies.add_signal(event)  # a resume's re-announcement of its level is no emergency
             case _:

@@ -12,7 +12,7 @@ from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
 from esper.summary_table import format_summary, growth_lines
 from esper.wiring import RunTally
-from schemas.boundary import Decision
+from schemas.boundary import Decision, TrainingRestored
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
@@ -214,6 +214,20 @@ def test_a_rollback_drops_the_seeds_and_outcomes_it_undid() -> None:
     tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
     tally.emit(_stage("a", SeedLifecycleStage.BLENDING, 76))
     assert tally.figures(seed_parameters=0).seeds == {"blending": 1, "germinated": 1}
+
+
+def test_a_resume_drops_the_killed_sessions_epochs_past_its_checkpoint() -> None:
+    """Killed in epoch 9 with its checkpoint at epoch 5, resumed with tolaria.epochs = 7: the summary's final (and
+    host-only) accuracy was epoch 8's, read back from metrics.csv, not the last epoch the run trained."""
+    tally = RunTally()
+    tally.preload([], [(epoch, 20 * epoch, epoch / 10) for epoch in range(1, 9)], [])
+    tally.emit(TrainingRestored(run_id="r", step=100, tier="full"))  # the checkpoint at the end of epoch 5
+    figures = tally.figures(seed_parameters=0)
+    assert (figures.final_val_accuracy, figures.baseline_epoch, figures.baseline_val_accuracy) == (0.5, 5, 0.5)
+    assert sorted(tally.epoch_step) == [1, 2, 3, 4, 5]
+    tally.emit(TrainingRestored(run_id="r", step=0, tier="none"))  # no checkpoint to load: training starts over
+    assert (tally.epoch_val_accuracy, tally.epoch_step) == ({}, {})
+    assert tally.figures(seed_parameters=0).final_val_accuracy is None
 
 
 def test_slot_stages_follow_every_transition_that_stands() -> None:
