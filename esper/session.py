@@ -220,7 +220,11 @@ class EsperSystem:
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
         _GUARDS.add(self._guard)
         self._guard.add_done_callback(_GUARDS.discard)
-        self._waited = False  # wait() or stop() was called: the run is being ended
+        # The wait() and stop() calls running now: the run is being ended. One cancelled (a notebook's
+        # asyncio.wait_for timing out) no longer counts, or no stream would end after training.
+        self._ending = 0
+        # What events() said when training ended (or the tree failed): its TrainingFigures, or none.
+        self._training_over: tuple[TrainingFigures, ...] | None = None
         # Set when training ended (or the tree failed) with nobody ending the run: what later streams get, then end.
         self._ended: tuple[TrainingFigures, ...] | None = None
         if training is not None:
@@ -236,8 +240,17 @@ class EsperSystem:
         last = await self._training_or_tree(training)
         if last is not None:
             self._hub.emit(last)
-        if not self._waited and self._summary is None:
-            self._ended = () if last is None else (last,)
+        self._training_over = () if last is None else (last,)
+        self._end_streams_if_unattended()
+
+    def _being_ended(self) -> bool:
+        """A wait() or stop() is running, or one has finished the run (its summary is written or being written)."""
+        return self._ending > 0 or self._finishing is not None or self._summary is not None
+
+    def _end_streams_if_unattended(self) -> None:
+        """Once training is over with nobody ending the run, end the streams open now (and those opened later)."""
+        if self._training_over is not None and self._ended is None and not self._being_ended():
+            self._ended = self._training_over
             self._hub.end_streams()
 
     async def _guard_run(self) -> None:
@@ -284,7 +297,7 @@ class EsperSystem:
 
         A consumer that falls more than 1024 events behind misses events rather than slowing the run.
         """
-        if self._ended is not None and not self._waited and self._summary is None:
+        if self._ended is not None and not self._being_ended():
             # Training already over and nobody has ended the run: this stream ends at once too (after the figures),
             # or the notebook's next cell reading it would wait forever.
             return _just(self._ended)
@@ -295,7 +308,14 @@ class EsperSystem:
 
         A failed run (the root supervisor gave up) returns a summary with status "failed" and exit_code 1.
         """
-        self._waited = True
+        self._ending += 1
+        try:
+            return await self._wait_run()
+        finally:
+            self._ending -= 1
+            self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
+
+    async def _wait_run(self) -> RunSummary:
         if self._summary is not None:
             return self._summary
         status: RunStatus = "completed"
@@ -352,7 +372,14 @@ class EsperSystem:
         """
         if status not in get_args(RunStatus):
             raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
-        self._waited = True
+        self._ending += 1
+        try:
+            return await self._stop_run(status)
+        finally:
+            self._ending -= 1
+            self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
+
+    async def _stop_run(self, status: RunStatus) -> RunSummary:
         if self._summary is not None:
             return self._summary
         training = self._training

@@ -118,6 +118,31 @@ async def test_reading_events_to_their_end_then_waiting_finishes(tmp_path: Path)
     assert seen[-1] == summary.training
 
 
+async def test_a_cancelled_wait_leaves_the_streams_to_end_after_training(tmp_path: Path) -> None:
+    """A notebook's asyncio.wait_for(system.wait(), ...) timing out left the run counted as being ended for good: no
+    stream ended after the TrainingFigures, so reading events() to its end waited forever."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    started = asyncio.Event()
+
+    async def wait_then_give_up() -> None:
+        started.set()
+        await system.wait()  # runs up to its first await before the test resumes
+
+    waiting = asyncio.create_task(wait_then_give_up())
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    async with asyncio.timeout(20):  # within pytest's timeout: a stream that never ends fails here, by name
+        seen = [event async for event in system.events()]
+        later = [event async for event in system.events()]
+        summary = await system.wait()
+    assert isinstance(seen[-1], TrainingFigures)
+    assert later == [seen[-1]]
+    assert summary.status == "completed"
+    assert seen[-1] == summary.training
+
+
 async def test_a_stream_opened_after_training_ended_ends_too(tmp_path: Path) -> None:
     """A notebook's next cell opened events() after training had ended (before wait()): it waited forever."""
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
