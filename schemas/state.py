@@ -92,6 +92,8 @@ class SystemStatePacket(Message, frozen=True):
     which the metrics and the console report per epoch.
     ``loss_delta`` is the change of validation loss since the previous validation (None before the second one).
     Gradient norms are L2 norms keyed by layer name and seed id.
+    ``isolation_violations`` is the session's running total over every seed (it never falls within a session and
+    starts from 0 at a resume, like the other counters); each SeedState carries its own seed's share.
     """
 
     run_id: str

@@ -117,6 +117,11 @@ async def test_a_leaking_seed_is_counted_in_packets_and_reported_critical(data: 
     assert counted, "the attached seed is reported"
     assert counted == sorted(counted), "a running total"
     assert counted[-1] > 0
+    # The packet's own count is the run's total, what Nissa's gauge and alert and Tamiyo's rule 8 read.
+    assert [p.isolation_violations for p in packets] == [
+        sum(s.isolation_violations for s in p.seed_states) for p in packets
+    ]
+    assert packets[-1].isolation_violations == counted[-1]
     events = [e for e in sink.events if isinstance(e, TelemetryEvent) and e.name == "isolation_violation"]
     assert events
     assert events[0].attributes["seed_id"] == "s1"

@@ -20,7 +20,7 @@ from actors.urza.artifact import (
     ModuleMismatch,
     UrzaError,
 )
-from actors.urza.cache import QUARANTINE_EVENT, ReadyCache, kernel_reply
+from actors.urza.cache import QUARANTINE_EVENT, ReadyCache, clone_module, kernel_reply
 from actors.urza.store import UrzaStore
 from esper.runtime.lanes import Lane
 from schemas.domain_enums import KernelErrorReason, TelemetryLevel
@@ -312,3 +312,19 @@ async def test_warm_fetches_pop_spare_copies_and_refill_tops_the_pool_up(
         for name, tensor in module.state_dict().items():
             assert torch.equal(tensor, expected[name])
     assert await cache.refill("0" * 64, "cpu") == 0, "an artifact not in the cache is left alone"
+
+
+def test_a_clone_has_its_own_hooks_and_non_persistent_buffers() -> None:
+    cached = nn.Sequential(nn.Linear(4, 4))
+    a, b = clone_module(cached), clone_module(cached)
+    seen: list[str] = []
+    a.register_forward_hook(lambda _m, _i, _o: seen.append("a"))
+    a.get_submodule("0").register_forward_pre_hook(lambda _m, _i: seen.append("a.0"))
+    a.register_buffer("scratch", torch.zeros(1), persistent=False)
+    b(torch.zeros(1, 4))
+    cached(torch.zeros(1, 4))
+    assert seen == []
+    a(torch.zeros(1, 4))
+    assert seen == ["a.0", "a"]
+    assert "scratch" not in cached._non_persistent_buffers_set
+    assert "scratch" not in b._non_persistent_buffers_set

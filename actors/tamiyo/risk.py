@@ -16,7 +16,7 @@ and conservative-mode requests it carries. Rules, in order (thresholds from Tami
      seed + conservative, whatever was proposed except a cull or pause (``loss_spike``); > warn on GERMINATE:
      downgrade (``loss_warning``).
   7. hook latency > budget: veto (``hook_budget``).
-  8. isolation violations > 0: veto growth (``isolation_violations``).
+  8. isolation violations > 0 on a live seed: veto growth (``isolation_violations``).
   9. step latency > budget: veto (``step_latency``); Kasmina apply/finalize > 30 ms on GERMINATE: downgrade
      (``kasmina_latency``).
 
@@ -37,13 +37,25 @@ import msgspec
 from actors.tamiyo.policy import NO_OP, Decision
 from schemas.base import Record
 from schemas.domain_enums import PolicyAction, TelemetryLevel
-from schemas.enums import MessagePriority
+from schemas.enums import MessagePriority, SeedLifecycleStage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from schemas.config import TamiyoConfig
     from schemas.state import SystemStatePacket
+
+# Rule 8 judges the seeds still in play: the packet's own count is the session's running total, so a seed the
+# isolation breaker has culled would otherwise veto growth for the rest of the run.
+_LIVE_STAGES = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+    }
+)
 
 
 class RiskEffect(enum.Enum):
@@ -88,7 +100,7 @@ class RiskContext(Record, frozen=True):
         conservative: conservative mode is active.
         loss_delta: validation loss now minus at the previous validation (positive is worse); None before the second.
         hook_latency_ms / step_latency_ms: the latest epoch-hook and optimizer-step latencies, in milliseconds.
-        isolation_violations: gradient-isolation violations in the packet.
+        isolation_violations: gradient-isolation violations charged to the seeds still live in the packet.
         inference_deadline_missed: the policy's inference overran its deadline (the decision is then a fallback).
         metadata_deadline_missed: the Urza metadata lookup overran; None when no lookup was made.
         kasmina_apply_ms: Kasmina's latest apply/finalize latency, in milliseconds, if known.
@@ -119,7 +131,7 @@ class RiskContext(Record, frozen=True):
             loss_delta=packet.loss_delta,
             hook_latency_ms=packet.hook_latency_ms,
             step_latency_ms=packet.timings.step_ms,
-            isolation_violations=packet.isolation_violations,
+            isolation_violations=sum(s.isolation_violations for s in packet.seed_states if s.stage in _LIVE_STAGES),
         )
 
 

@@ -3,8 +3,8 @@
 Runs on the train lane at a state packet (never inside a step). The probe (esper.nn.isolation) runs one forward pass on
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
 statistic and accumulates nothing into ``.grad``: training is bitwise the same with the monitor on or off. Violations
-are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations``; Kasmina
-charges every increase to the seed's isolation breaker.
+are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations`` (and
+their sum, the session's total, in the packet's own); Kasmina charges every increase to the seed's isolation breaker.
 
 The overlap of host and seed gradients is measured inside training itself: after each probe the monitor schedules
 the next step (``sketch_step``); the loop arms backward hooks on the host and live-seed parameters for that one step

@@ -343,6 +343,7 @@ class PacketBuilder:
             layer_gradient_norms=layers,
             seed_gradient_norms=seeds,
             seed_states=seed_states(trainee, seeds, lrs, seed_sizes),
+            isolation_violations=sum(trainee.isolation_violations.values()),
             emergency_level=emergency_level,
             learning_rate=lrs.get("host"),
             gpu_memory_bytes=memory,

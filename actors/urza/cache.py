@@ -112,7 +112,11 @@ def clone_module(module: nn.Module) -> nn.Module:
     modules, whose only tensors are parameters and buffers.
     """
     new = copy.copy(module)
-    new.__dict__ = module.__dict__.copy()
+    # The hook dicts (_forward_hooks, _state_dict_hooks, ...) and _non_persistent_buffers_set are containers the
+    # module mutates in place: shared, a hook registered on one copy would run on the cached module and every copy.
+    new.__dict__ = {
+        key: copy.copy(value) if isinstance(value, (dict, set)) else value for key, value in module.__dict__.items()
+    }
     new._parameters = {
         name: None if param is None else nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
         for name, param in module._parameters.items()
