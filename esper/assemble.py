@@ -22,7 +22,7 @@ import torch
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
-from actors.kasmina.lifecycle import EvidenceCadence
+from actors.kasmina.lifecycle_settings import EvidenceCadence
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
@@ -38,7 +38,7 @@ from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import batch_plan, build_trainee, load_data
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
-from actors.tolaria.validation import VALIDATION_BATCHES
+from actors.tolaria.validation import validation_batch_count
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
@@ -122,12 +122,10 @@ def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadenc
     actors.tolaria.validation cuts the split); the command lag is kasmina_spec's ``lag_steps``."""
     steps = batch_plan(tolaria, data).num_batches
     every = tolaria.state_every_steps
-    val = data.val.num_samples
-    size = max(1, -(-val // VALIDATION_BATCHES))
     return EvidenceCadence(
         packet_every_steps=max(1, min(every, steps) if every else steps),
         epoch_steps=steps,
-        validation_batches=max(1, -(-val // size)),
+        validation_batches=validation_batch_count(data.val.num_samples),
     )
 
 

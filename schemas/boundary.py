@@ -88,13 +88,15 @@ class BoundaryPlan(Message, frozen=True):
 
 
 class OpOutcome(Record, frozen=True):
-    """How one SeedOp went; ``error`` names what failed (the op then changed nothing)."""
+    """How one SeedOp went; ``error`` names what failed (the op then changed nothing). ``level_refused``: not a failure
+    of the op but the emergency level refusing it (L2: no new grafts; L3 and above: adaptation paused)."""
 
     kind: SeedOpKind
     slot: str | None
     seed_id: str | None
     applied: bool
     error: str | None = None
+    level_refused: bool = False
 
 
 class BoundaryApplied(Message, frozen=True):

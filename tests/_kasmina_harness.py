@@ -16,7 +16,7 @@ import msgspec
 
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
-from actors.kasmina.lifecycle import LifecycleSettings, StageDwell
+from actors.kasmina.lifecycle_settings import LifecycleSettings, StageDwell
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import CatalogueSource, PreparedSeed
 from actors.kasmina.spec import kasmina_spec
@@ -147,13 +147,25 @@ class Harness:
         await self.ref.tell(self.decision(step, command))
         return await self.next_plan()
 
-    async def apply(self, plan: BoundaryPlan, *, applied: bool = True, error: str | None = None) -> None:
-        """Tolaria's receipt: every op of ``plan`` applied (or failed) at its effect step; attach handles taken."""
+    async def apply(
+        self, plan: BoundaryPlan, *, applied: bool = True, error: str | None = None, level_refused: bool = False
+    ) -> None:
+        """Tolaria's receipt: every op of ``plan`` applied (or failed, or refused for the emergency level) at its effect
+        step; attach handles taken."""
         outcomes = []
         for op in plan.ops:
             if op.kind == "attach" and op.handle is not None and applied:
                 self.handoff.take(op.handle)
-            outcomes.append(OpOutcome(kind=op.kind, slot=op.slot, seed_id=op.seed_id, applied=applied, error=error))
+            outcomes.append(
+                OpOutcome(
+                    kind=op.kind,
+                    slot=op.slot,
+                    seed_id=op.seed_id,
+                    applied=applied,
+                    error=error,
+                    level_refused=level_refused,
+                )
+            )
         await self.ref.tell(
             BoundaryApplied(
                 run_id=RUN,

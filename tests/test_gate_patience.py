@@ -13,7 +13,8 @@ from actors.kasmina.evidence import (
     StepEvidence,
     ValidationEvidence,
 )
-from actors.kasmina.lifecycle import CullRecord, EvidenceCadence, LifecycleSettings, SeedLifecycle
+from actors.kasmina.lifecycle import CullRecord, SeedLifecycle
+from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings
 from actors.kasmina.spec import lifecycle_settings
 from esper.assemble import evidence_cadence
 from esper.nn.data import DataSplits, TensorPair

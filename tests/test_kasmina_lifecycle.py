@@ -232,15 +232,20 @@ async def test_an_attach_refused_for_the_emergency_level_is_a_warning_and_names_
 ) -> None:
     """After a rollback (L3) the trainer refuses the germination decided at the restored epoch end: Kasmina said so at
     ERROR and culled the healthy seed as failing G1_GRADIENT_HEALTH. Other attach failures stay errors under G1."""
-    for error, level, reason in (
-        ("adaptation paused (emergency level L3 or above)", TelemetryLevel.WARNING, "attach_refused:emergency_level"),
-        ("attach: slot is occupied", TelemetryLevel.ERROR, "G1_GRADIENT_HEALTH:attach_failed"),
+    for error, by_level, level, reason in (
+        (
+            "adaptation paused (emergency level L3 or above)",
+            True,
+            TelemetryLevel.WARNING,
+            "attach_refused:emergency_level",
+        ),
+        ("attach: slot is occupied", False, TelemetryLevel.ERROR, "G1_GRADIENT_HEALTH:attach_failed"),
     ):
         sink.events.clear()
         async with running_kasmina(clock, sink) as h:
             plan = await h.boundary(1, h.germinate(rank=2))
             assert [op.kind for op in plan.ops] == ["attach"]
-            await h.apply(plan, applied=False, error=error)
+            await h.apply(plan, applied=False, error=error, level_refused=by_level)
             await h.boundary(3)
             await h.boundary(4)
             [failed] = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]

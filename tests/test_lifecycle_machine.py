@@ -11,17 +11,15 @@ import pytest
 
 from actors.kasmina.lifecycle import (
     ALLOWED_TRANSITIONS,
-    EvidenceCadence,
     IllegalTransition,
     LifecycleError,
-    LifecycleSettings,
     SlotRecord,
-    StageDwell,
     TransitionOrderError,
     is_legal,
     new_slot_record,
     transition,
 )
+from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings, StageDwell
 from esper.runtime.errors import EsperError
 from schemas.enums import SeedLifecycleStage as Stage
 

@@ -19,12 +19,11 @@ from actors.kasmina.gates import GateSettings, GateVerdict
 from actors.kasmina.lifecycle import (
     BoundaryReport,
     IllegalTransition,
-    LifecycleSettings,
     SeedLifecycle,
-    StageDwell,
     TransitionOrderError,
     UnknownSlot,
 )
+from actors.kasmina.lifecycle_settings import LifecycleSettings, StageDwell
 from schemas.enums import BreakerState, SeedLifecycleGate
 from schemas.enums import SeedLifecycleStage as Stage
 

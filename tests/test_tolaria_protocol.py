@@ -274,6 +274,7 @@ def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: D
     )
     assert not refused.applied
     assert "conservative" in (refused.error or "")
+    assert refused.level_refused  # the level's refusal, told apart from a failed op without reading its text
     assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="a"), step=1, take_module=take).applied
     assert applier.apply(SeedOp(kind="attach", slot="blocks.1", seed_id="b"), step=1, take_module=take).applied
     assert groups() == ["host", "seed:a", "seed:b"]

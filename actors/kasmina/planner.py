@@ -33,6 +33,7 @@ from actors.kasmina.evidence import (
 from actors.kasmina.gates import GateVerdict
 from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecycle
 from actors.kasmina.seeds import SeedEntry, gate_result, seed_state
+from actors.kasmina.stage_retries import SET_STAGE, StageRetries
 from actors.kasmina.step_queue import StepQueue
 from schemas.boundary import BoundaryPlan, SeedOp
 from schemas.config import initial_seed_id
@@ -44,33 +45,21 @@ from schemas.nissa import SeedStageChanged
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from actors.kasmina.lifecycle import BoundaryReport, LifecycleSettings, SlotRecord
+    from actors.kasmina.lifecycle import BoundaryReport, SlotRecord
+    from actors.kasmina.lifecycle_settings import LifecycleSettings
     from actors.kasmina.preparation import PreparationRequest, PreparedSeed
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
-    from schemas.boundary import BoundaryApplied
+    from schemas.boundary import BoundaryApplied, OpOutcome
     from schemas.config import BreakerConfig
     from schemas.control import AdaptationCommand, CommandResult
     from schemas.kasmina import PrefetchSeed, SeedValidationReport
     from schemas.state import SeedState, SystemStatePacket
 
 _CRITICAL_GATE_REASONS = ("fallback", "latency_over_budget", "interface_mismatch")
-_SET_STAGE = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
 _STAGE_OPS = frozenset({"set_stage", "fossilize"})
 _AFTER_LIFE = frozenset({Stage.CULLED, Stage.EMBARGOED, Stage.RESETTING})
-
-
-@final
-@dataclass
-class _Refused:
-    """A seed whose stage op the trainer refused: the step that op was planned for (the first refusal's), and the op
-    sent again awaiting its receipt: the boundary that sent it and the stage it sets (None: to send at the next
-    boundary)."""
-
-    planned_step: int
-    awaiting: int | None = None
-    stage: Stage | None = None
 
 
 @final
@@ -144,8 +133,8 @@ class BoundaryPlanner:
             breaker=breaker,
         )
         self._receipts: StepQueue[BoundaryApplied] = StepQueue(_applied_step)
-        # Seeds whose stage op the trainer refused, until one takes effect (see _Refused).
-        self._unapplied: dict[str, _Refused] = {}
+        # Seeds whose stage op the trainer refused, until one takes effect.
+        self._retries = StageRetries()
         self._validation: StepQueue[SeedValidationReport] = StepQueue(_report_step)
         self._last_step: int | None = None
         self._reported_epoch: int | None = None
@@ -242,7 +231,7 @@ class BoundaryPlanner:
         self.boundaries += 1
         self._judged(report)
         changed = self._transition_ops(report, draft)
-        self._retry_stage_ops(draft)
+        self._retries.retry(draft.ops, draft.step, self._seeds, lambda slot: self._lifecycle.record(slot).stage)
         draft.ops.extend(command_ops)
         if self._reported_epoch != epoch:
             self._reported_epoch = epoch
@@ -251,34 +240,6 @@ class BoundaryPlanner:
             if rec.slot in changed:
                 self._sink.emit(self._seed_state(rec))
         return draft
-
-    def _retry_stage_ops(self, draft: Draft) -> None:
-        """The stage op of each seed whose last one the trainer refused, for the stage it is in now; one at a time
-        (the next waits for its receipt), none when this boundary's transitions already send the seed one."""
-        sent = {op.seed_id: op for op in draft.ops if isinstance(op, SeedOp)}
-        for seed_id, refused in list(self._unapplied.items()):
-            seed = self._seeds.get(seed_id)
-            if seed is None or seed.detached:
-                del self._unapplied[seed_id]
-                continue
-            if refused.awaiting is not None:
-                continue
-            if (op := sent.get(seed_id)) is None:
-                stage = self._lifecycle.record(seed.slot).stage
-                if stage in _SET_STAGE:
-                    blend = seed.blend if stage is Stage.BLENDING else None
-                    op = SeedOp(
-                        kind="set_stage", slot=seed.slot, seed_id=seed_id, stage=stage, blend=blend, reason="retry"
-                    )
-                elif stage is Stage.FOSSILIZED:
-                    op = SeedOp(kind="fossilize", slot=seed.slot, seed_id=seed_id, reason="retry")
-                else:
-                    del self._unapplied[seed_id]
-                    continue
-                draft.ops.append(op)
-            # Sent now, or by this boundary's transitions (their op carries the current stage): its receipt decides.
-            refused.awaiting = draft.step
-            refused.stage = Stage.FOSSILIZED if op.kind == "fossilize" else op.stage
 
     def _paused_slots(self) -> frozenset[str]:
         return frozenset(seed.slot for seed in self._seeds.values() if seed.paused and not seed.detached)
@@ -343,12 +304,12 @@ class BoundaryPlanner:
                 seed = self._seeds.get(outcome.seed_id) if outcome.seed_id is not None else None
                 if seed is None:
                     continue
-                if outcome.applied and outcome.kind in _STAGE_OPS and seed.seed_id in self._unapplied:
+                if outcome.applied and outcome.kind in _STAGE_OPS and self._retries.pending(seed.seed_id):
                     self._took_effect(seed, outcome.kind, receipt)
                 if outcome.kind in ("pause", "resume"):
-                    self._pause_settled(seed, outcome.kind, outcome.applied, receipt.decided_on_step)
+                    seed.settle_pause(outcome.kind, outcome.applied, receipt.decided_on_step)
                 if not outcome.applied:
-                    self._op_failed(seed, outcome.kind, outcome.error or "no reason given", receipt.applied_step)
+                    self._op_failed(seed, outcome, receipt.applied_step)
                 elif outcome.kind == "attach":
                     self._attached(seed)
                 elif outcome.kind == "detach":
@@ -358,15 +319,6 @@ class BoundaryPlanner:
                 elif outcome.kind == "fossilize":
                     for name in [n for n, owner in self._owners.items() if owner == seed.seed_id]:
                         self._owners[name] = "host"
-
-    @staticmethod
-    def _pause_settled(seed: SeedEntry, kind: str, applied: bool, decided_on_step: int) -> None:
-        """The paused flag follows what the trainer applied: a refused pause (at L3 every op but a detach is refused)
-        left the seed training, a refused resume left it paused. A later pause or resume still in flight decides."""
-        if applied:
-            seed.trainer_paused = kind == "pause"
-        elif decided_on_step == seed.pause_decided:
-            seed.paused = seed.trainer_paused
 
     def _attached(self, seed: SeedEntry) -> None:
         seed.attached = True
@@ -395,26 +347,24 @@ class BoundaryPlanner:
     def _took_effect(self, seed: SeedEntry, kind: str, receipt: BoundaryApplied) -> None:
         """A stage op of a seed whose earlier one the trainer refused took effect: said with both steps, since the
         stage's event (SeedStageChanged) carries the step first planned; the report draws the change at this one."""
-        refused = self._unapplied.pop(seed.seed_id)
-        # The stage is known when this is the receipt of the op sent again; one sent before the refusal was read (its
-        # level fell meanwhile) set a stage this planner no longer holds.
-        stage = refused.stage if receipt.decided_on_step == refused.awaiting else None
+        planned_step, stage = self._retries.took_effect(seed.seed_id, receipt)
         what = f"{kind} ({stage.name.lower()})" if stage is not None and kind == "set_stage" else kind
         attributes: dict[str, str | int] = {"stage": stage.name} if stage is not None else {}
         self._event(
             "seed_op_retried",
             TelemetryLevel.INFO,
-            f"{what} of seed {seed.seed_id} in slot {seed.slot}, planned for step {refused.planned_step}, took effect"
+            f"{what} of seed {seed.seed_id} in slot {seed.slot}, planned for step {planned_step}, took effect"
             f" at step {receipt.applied_step}, after the trainer had refused it",
             slot=seed.slot,
             seed_id=seed.seed_id,
             op=kind,
             step=receipt.applied_step,
-            planned_step=refused.planned_step,
+            planned_step=planned_step,
             **attributes,
         )
 
-    def _op_failed(self, seed: SeedEntry, kind: str, error: str, step: int) -> None:
+    def _op_failed(self, seed: SeedEntry, outcome: OpOutcome, step: int) -> None:
+        kind, error = outcome.kind, outcome.error or "no reason given"
         if kind == "detach" and not seed.attached:
             # No receipt ever confirmed the attach (its plan was missed and no refusal came back): the trainer holds
             # no such seed, so nothing is left to detach. Counted as detached, or G5 saw a kernel attached at every
@@ -436,15 +386,12 @@ class BoundaryPlanner:
             # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and
             # the model did not (the seed blended in its lifecycle only, then was culled for an alpha that never
             # rose). Sent again, for the stage the seed is in by then, until it is applied; said once.
-            pending = self._unapplied.get(seed.seed_id)
-            if pending is not None:
-                pending.awaiting, pending.stage = None, None
+            if not self._retries.refused(seed.seed_id, step):
                 return
-            self._unapplied[seed.seed_id] = _Refused(planned_step=step)
             again = "; sent again until it takes effect"
         # Refused for the emergency level (L2: no new grafts; L3: adaptation paused, as after a rollback) is the
         # ladder doing its job, not an error; the seed it concerns was healthy, so no gate is named for its cull.
-        refused = "emergency level" in error
+        refused = outcome.level_refused
         self._event(
             "seed_op_failed",
             TelemetryLevel.WARNING if refused else TelemetryLevel.ERROR,
@@ -580,7 +527,7 @@ class BoundaryPlanner:
             seed = self._seeds.get(seed_id) if seed_id is not None else None
             if seed is None:
                 continue
-            if to in _SET_STAGE:
+            if to in SET_STAGE:
                 blend = seed.blend if to is Stage.BLENDING else None
                 draft.ops.append(
                     SeedOp(

@@ -53,6 +53,14 @@ class SeedEntry:
     parameter_count: int = 0
     last_gate: GateResult | None = None
 
+    def settle_pause(self, kind: str, applied: bool, decided_on_step: int) -> None:
+        """The paused flag follows what the trainer applied: a refused pause (at L3 every op but a detach is refused)
+        left the seed training, a refused resume left it paused. A later pause or resume still in flight decides."""
+        if applied:
+            self.trainer_paused = kind == "pause"
+        elif decided_on_step == self.pause_decided:
+            self.paused = self.trainer_paused
+
 
 def gate_result(evaluation: GateEvaluation) -> GateResult:
     """The GateResult message of one gate evaluation (non-finite attributes left out: they do not encode)."""

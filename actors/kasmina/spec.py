@@ -10,7 +10,7 @@ import msgspec
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
 from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal
-from actors.kasmina.lifecycle import EvidenceCadence, LifecycleSettings, StageDwell
+from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings, StageDwell
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
 from esper.runtime.ref import ActorRef

@@ -98,7 +98,12 @@ class GraftEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OpRefused(Exception):  # internal control flow: becomes an OpOutcome error, never escapes
-    """An op that cannot be applied; its message becomes the outcome's error."""
+    """An op that cannot be applied; its message becomes the outcome's error. ``level``: refused for the emergency
+    level, not because the op failed."""
+
+    def __init__(self, message: str, *, level: bool = False) -> None:
+        super().__init__(message)
+        self.level = level
 
 
 def blend_spec(blend: BlendConfig | None) -> tuple[BlendSpec, AlphaSchedule]:
@@ -171,7 +176,9 @@ class BoundaryApplier:
         try:
             event = self._apply(op, step, take_module, conservative, blueprint_params)
         except OpRefused as err:
-            return OpOutcome(kind=op.kind, slot=op.slot, seed_id=op.seed_id, applied=False, error=str(err))
+            return OpOutcome(
+                kind=op.kind, slot=op.slot, seed_id=op.seed_id, applied=False, error=str(err), level_refused=err.level
+            )
         self.log.append(event)
         return OpOutcome(kind=op.kind, slot=op.slot, seed_id=event.seed_id, applied=True)
 
@@ -263,7 +270,7 @@ class BoundaryApplier:
     ) -> GraftEvent:
         trainee = self.trainee
         if conservative:
-            raise OpRefused("attach: conservative mode (emergency level L2 or above) allows no new grafts")
+            raise OpRefused("attach: conservative mode (emergency level L2 or above) allows no new grafts", level=True)
         if op.seed_id is None:
             raise OpRefused("attach: no seed_id")
         if slot.seed_module is not None:

@@ -330,9 +330,10 @@ def safetensors_bytes(tensors: list[torch.Tensor], metadata: dict[str, str]) -> 
         if name is None:
             raise TypeError(f"checkpoint: cannot store a tensor of dtype {tensor.dtype}")
         host = tensor.detach().to("cpu").contiguous()
-        raw = host.reshape(-1).view(torch.uint8).numpy().tobytes()
+        data = host.reshape(-1).view(torch.uint8)
         if sys.byteorder != "little" and host.element_size() > 1:
-            raw = host.reshape(-1).view(torch.uint8).view(-1, host.element_size()).flip(1).numpy().tobytes()
+            data = data.view(-1, host.element_size()).flip(1)  # safetensors stores little-endian
+        raw = data.numpy().tobytes()
         header[str(index)] = {"dtype": name, "shape": list(host.shape), "data_offsets": [offset, offset + len(raw)]}
         offset += len(raw)
         chunks.append(raw)

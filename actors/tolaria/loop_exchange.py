@@ -62,6 +62,7 @@ class PlanExchange:
                         seed_id=op.seed_id,
                         applied=False,
                         error="adaptation paused (emergency level L3 or above)",
+                        level_refused=True,
                     )
                 )
                 continue

@@ -26,6 +26,16 @@ VALIDATION_BATCHES = 16
 _JUDGED = (SlotMode.BLENDING, SlotMode.FULL)
 
 
+def validation_batch_size(samples: int, batches: int = VALIDATION_BATCHES) -> int:
+    """The batch size that cuts ``samples`` into at most ``batches`` batches (the last may be short)."""
+    return max(1, -(-samples // max(1, batches)))
+
+
+def validation_batch_count(samples: int, batches: int = VALIDATION_BATCHES) -> int:
+    """How many batches ``seed_validation`` gives each judged seed from a split of ``samples`` (at least 1)."""
+    return max(1, -(-samples // validation_batch_size(samples, batches)))
+
+
 def seed_validation(
     trainee: Trainee, split: TensorPair, *, run_id: str, step: int, batches: int = VALIDATION_BATCHES
 ) -> SeedValidationReport | None:
@@ -37,7 +47,7 @@ def seed_validation(
     n = split.num_samples
     if not judged or n == 0:
         return None
-    size = max(1, -(-n // max(1, batches)))
+    size = validation_batch_size(n, batches)
     model = trainee.model
     with_seed: list[torch.Tensor] = []
     without: dict[str, list[torch.Tensor]] = {name: [] for name, _ in judged}
