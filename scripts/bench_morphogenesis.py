@@ -29,7 +29,10 @@ blueprints esper actually grafted, ``esper_blueprints``, so a mismatch shows):
 - esper: the shipped defaults (heuristic controller).
 
 Figures per arm: test accuracy (mean, min, max over seeds), parameters added (seed parameters at the end, mean),
-wall time (mean seconds from ``esper.start`` to the summary) and, for grafting arms, ``max_loss_jump_pct``.
+wall time (mean seconds from ``esper.start`` to the summary), the fallback decisions and emergency events of each
+seed's run and, for grafting arms, ``max_loss_jump_pct``. A run is deterministic only while every decision meets its
+wall-clock deadline and no budget trips: ``load_perturbed_runs`` lists the runs (arm/seed) where the machine's load
+decided something (a fallback decision or an emergency), so a figure moved by load shows as such.
 
 max_loss_jump_pct: the training loss is read from Tolaria's state packets (``tolaria.state_every_steps`` = 4, the
 shipped cadence: a packet every 4 steps and at each epoch end, carrying the mean loss over its interval). Per-step
@@ -125,6 +128,8 @@ class RunResult:
     germinations: int
     blueprints: list[str]
     probe: list[tuple[int, float]]
+    fallback_decisions: int = 0
+    emergency_events: int = 0
     overrides: list[str] = field(default_factory=list)
 
 
@@ -189,6 +194,7 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
             attach = next(e for e in log if e.kind == "attach" and e.seed_id == event.seed_id)
             fossilized.append(f"{attach.slot}={attach.blueprint_id}")
     germinations = sum(1 for _, kind in grafts if kind == "attach")
+    growth = summary.growth
     return RunResult(
         test_accuracy=training.test_accuracy,
         parameters_added=training.seed_parameters,
@@ -200,6 +206,8 @@ async def _run(overrides: list[str], run_dir: Path) -> RunResult:
         germinations=germinations,
         blueprints=sorted(blueprints),
         probe=sorted(probe.losses.items()),
+        fallback_decisions=growth.fallback_decisions if growth is not None else 0,
+        emergency_events=growth.emergency_events if growth is not None else 0,
         overrides=overrides,
     )
 
@@ -253,6 +261,10 @@ def _arm_figures(runs: list[RunResult], grafting: bool, hosts: list[RunResult]) 
         "parameters_added_mean": round(statistics.fmean(r.parameters_added for r in runs), 1),
         "parameters_added": [r.parameters_added for r in runs],
         "wall_s_mean": round(statistics.fmean(r.wall_s for r in runs), 2),
+        # Non-zero means the machine's load decided part of the run (a decision past its wall-clock deadline is made
+        # by the fallback; a budget breach raises the emergency ladder): that run is not the deterministic one.
+        "fallback_decisions_per_seed": [r.fallback_decisions for r in runs],
+        "emergency_events_per_seed": [r.emergency_events for r in runs],
     }
     if grafting:
         jumps = [loss_jump_pct(r.packets, [s for s, _ in r.grafts]) for r in runs]
@@ -386,6 +398,12 @@ def bench_dataset(
         "probe_noise_floor_vs_host_pct": round(max(probe_noise_vs_host), 2) if probe_noise_vs_host else None,
         "probe_noise_floor_pct_per_seed": [round(n, 2) for n in probe_noise],
         "targets_met": targets,
+        "load_perturbed_runs": sorted(
+            f"{arm}/{seed}"
+            for arm, runs in results.items()
+            for seed, r in enumerate(runs)
+            if r.fallback_decisions or r.emergency_events
+        ),
         "wall_s": round(time.perf_counter() - started, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
