@@ -124,7 +124,9 @@ class SeedSlot(nn.Module):
                 ``h`` (Hugging Face blocks); the rest of the tuple passes through untouched.
 
         Raises:
-            ValueError: the seed's output differs from ``h`` in shape or dtype, or the blend spec does not fit it.
+            ValueError: the seed's output differs from ``h`` in shape, is not a floating-point tensor when ``h`` is one
+                (a floating-point output of another dtype, as autocast makes, is cast to ``h``'s), or the blend spec
+                does not fit it.
         """
         if self.mode is _DORMANT:
             return out
@@ -137,6 +139,12 @@ class SeedSlot(nn.Module):
         assert seed is not None  # a non-dormant slot always holds a seed (attach/detach keep this invariant)
         fossilized = self.mode is SlotMode.FOSSILIZED
         s = seed(h if fossilized else h.detach())
+        if isinstance(s, Tensor) and s.dtype != h.dtype and s.is_floating_point() and h.is_floating_point():
+            # Under autocast each op picks its own precision (layer_norm computes in fp32, a Linear in bf16), so a
+            # seed's output dtype need not be the host's. The cast is differentiable and reads only the seed's output,
+            # so the seed still gets its gradient (in its own dtype) and no seed gradient reaches the host; with no
+            # mismatch (an fp32 run) nothing is cast.
+            s = s.to(h.dtype)
         if not isinstance(s, Tensor) or s.shape != h.shape or s.dtype != h.dtype:
             got = f"{tuple(s.shape)} {s.dtype}" if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(
@@ -176,7 +184,8 @@ class SeedSlot(nn.Module):
         A pointer assignment plus a few in-place writes to the alpha buffer; no device sync.
 
         Args:
-            seed: maps the host activation ``h`` to a tensor of the same shape and dtype (logits for CONFIDENCE).
+            seed: maps the host activation ``h`` to a tensor of the same shape and dtype (logits for CONFIDENCE); under
+                autocast a floating-point output of another dtype is cast to ``h``'s.
             mode: any mode but DORMANT; usually TRAINING. Replaying a checkpoint may attach straight into a later one.
             seed_id: the seed's id (kept for checkpoints and error messages).
             blend_spec: how BLENDING/FULL/FOSSILIZED mix; default CONVEX.
