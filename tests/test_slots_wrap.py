@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from esper.nn import SeedSlot, SlotMode, find_slots, unwrap, wrap
 from esper.nn.hosts import CNN1dHost, CNN2dHost, ConvBlock1d, MLPHost
+from esper.nn.slots import rebuild_problem, with_first
 from esper.nn.wrap import SLOT_ATTR, slot_path
 
 if TYPE_CHECKING:
@@ -158,6 +159,77 @@ def test_slot_acts_on_the_first_element_of_a_tuple_output() -> None:
     hidden, present = block(x)
     assert torch.equal(present, dormant[1])
     assert torch.equal(hidden, seed(dormant[0]))
+
+
+class _Out(NamedTuple):
+    hidden: Tensor
+    aux: Tensor
+
+
+class _Named(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: Tensor) -> _Out:
+        return _Out(self.fc(x), x.sum(-1))
+
+
+def test_a_namedtuple_output_stays_a_namedtuple_through_a_live_slot() -> None:
+    """The slot rebuilt it as a plain tuple, so the model's next line (``out.hidden``) failed once a seed was live."""
+    torch.manual_seed(0)
+    block = wrap(_Named(), "")
+    x = torch.randn(2, 6)
+    dormant = block(x)
+    seed = nn.Linear(6, 6)
+    find_slots(block)[""].attach(seed, SlotMode.FULL)
+    out = block(x)
+    assert type(out) is _Out
+    assert torch.equal(out.aux, dormant.aux)
+    assert torch.equal(out.hidden, seed(dormant.hidden))
+
+
+def test_with_first_keeps_the_type_of_tuples_it_can_rebuild() -> None:
+    a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    plain = with_first((a, b), c)
+    assert type(plain) is tuple
+    assert plain == (c, b)
+    named = with_first(_Out(a, b), c)
+    assert type(named) is _Out
+    assert named.hidden is c
+    assert named.aux is b
+    struct = torch.max(torch.tensor([[1.0, 3.0]]), dim=1)  # a torch.return_types structseq
+    rebuilt = with_first(struct, c)
+    assert type(rebuilt) is type(struct)
+    assert rebuilt.values is c
+    assert rebuilt.indices is struct.indices
+    assert all(rebuild_problem(t) is None for t in [(a, b), _Out(a, b), struct])
+
+
+class _Pair(tuple[Tensor, ...]):
+    def __new__(cls, hidden: Tensor, aux: Tensor) -> _Pair:
+        return super().__new__(cls, (hidden, aux))
+
+
+class _Tagged(tuple[Tensor, ...]):
+    tag = ""
+
+
+def test_rebuild_problem_names_outputs_a_slot_cannot_rebuild() -> None:
+    a, b = torch.zeros(1), torch.ones(1)
+    assert rebuild_problem(()) == "it returns an empty tuple"
+    pair = rebuild_problem(_Pair(a, b))
+    assert pair is not None
+    assert pair.startswith(
+        "it returns a _Pair, which a live slot cannot rebuild with the seed's output as its first element (TypeError: "
+    )
+    tagged = _Tagged((a, b))
+    tagged.tag = "x"  # an instance attribute the constructor does not restore
+    assert rebuild_problem(tagged) == (
+        "it returns a _Tagged, which a live slot cannot rebuild with the seed's output as its first element"
+        " (its constructor, given the elements, returns a different _Tagged)"
+    )
+    assert rebuild_problem(_Tagged((a, b))) is None
 
 
 def _block_class(model: nn.Module, index: int) -> type[nn.Module]:

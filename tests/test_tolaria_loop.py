@@ -25,6 +25,7 @@ from esper.nn.data import TensorPair
 from schemas.config import BreakerConfig, TolariaConfig
 from schemas.enums import EmergencyLevel
 from schemas.runtime import EmergencySignal
+from tests.tolaria_factories import Hidden
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -698,6 +699,12 @@ def test_a_slot_declared_a_sequence_grows_seeds_over_its_features_not_its_steps(
         ("dict_slot_model", "inner", "it returns a dict, not a tensor"),
         ("rank1_slot_model", "inner", "it returns a tensor of rank 1 (a slot takes [batch, features]"),
         ("float64_slot_model", "inner", "it returns torch.float64 activations, and seeds are built in torch.float32"),
+        (
+            "unrebuildable_tuple_slot_model",
+            "enc",
+            "it returns a _Pair, which a live slot cannot rebuild with the seed's output as its first element"
+            " (TypeError: ",
+        ),
     ],
 )
 def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_error(
@@ -709,6 +716,17 @@ def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_erro
         build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
     expected = f"tolaria.host_model = {host!r}: slot target {target!r} cannot hold a seed: {why}"
     assert str(info.value).startswith(expected)
+
+
+def test_a_slot_target_returning_a_namedtuple_keeps_it_once_a_seed_is_live(data: DataSplits) -> None:
+    """The slot rebuilt the output as a plain tuple, so a model reading ``out.hidden`` failed at every step once a
+    seed was grafted (and in every restart after)."""
+    cfg = config(host_model="tests.tolaria_factories:namedtuple_slot_model", initial_seeds=("enc=BP002",))
+    trainee = build_trainee(cfg, data, (), CPU, check_training=True)
+    assert trainee.slots["enc"].seed_id is not None
+    out = trainee.model.get_submodule("enc")(data.train.x[:2])
+    assert type(out) is Hidden
+    assert trainee.model(data.train.x[:2]).shape == (2, 10)
 
 
 @pytest.mark.parametrize(

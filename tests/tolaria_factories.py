@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -123,6 +125,53 @@ def rank1_slot_model() -> nn.Module:
 def float64_slot_model() -> nn.Module:
     """A slot target returning float64 activations."""
     return _Odd(_Double(), ("inner",))
+
+
+class Hidden(NamedTuple):
+    hidden: torch.Tensor
+    aux: torch.Tensor
+
+
+class _Pair(tuple[torch.Tensor, ...]):
+    """A tuple subclass whose constructor takes its elements one by one, so the slot cannot rebuild it."""
+
+    def __new__(cls, hidden: torch.Tensor, aux: torch.Tensor) -> _Pair:
+        return super().__new__(cls, (hidden, aux))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, pair: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(40, 16)
+        self.pair = pair
+
+    def forward(self, x: torch.Tensor) -> Hidden | _Pair:
+        h = torch.relu(self.lin(x.flatten(1)))
+        return _Pair(h, h.mean()) if self.pair else Hidden(h, h.mean())
+
+
+class _Fielded(nn.Module):
+    """An ``enc`` slot target returning a Hidden namedtuple (or a _Pair), and a head that reads it by field."""
+
+    def __init__(self, pair: bool) -> None:
+        super().__init__()
+        self.enc = _Encoder(pair)
+        self.head = nn.Linear(16, 10)
+        self.slot_targets = ("enc",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.enc(x)
+        return self.head(out[0] if isinstance(out, _Pair) else out.hidden)  # type: ignore[no-any-return]
+
+
+def namedtuple_slot_model() -> nn.Module:
+    """A slot target returning a namedtuple whose field the model reads."""
+    return _Fielded(pair=False)
+
+
+def unrebuildable_tuple_slot_model() -> nn.Module:
+    """A slot target returning a tuple subclass a slot cannot rebuild."""
+    return _Fielded(pair=True)
 
 
 class _Sequence(nn.Module):

@@ -27,6 +27,7 @@ from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
 from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.nn.optim_migration import GROUP_NAME_KEY
+from esper.nn.slots import rebuild_problem
 from esper.nn.wrap import find_slots, wrap
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
@@ -297,6 +298,10 @@ def measure_slot_shapes(
     for name in names:
 
         def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            problem = rebuild_problem(out) if isinstance(out, tuple) else None
+            if problem is not None:
+                shapes[name] = problem
+                return
             tensor = out[0] if isinstance(out, tuple) else out
             shapes[name] = _slot_shape(tensor, declared.get(name))
 

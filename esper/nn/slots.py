@@ -41,7 +41,7 @@ from esper.nn.blending import AlphaSchedule, BlendMode, BlendSpec, ScheduleMetho
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["SeedSlot", "SlotMode", "SlotStateError"]
+__all__ = ["SeedSlot", "SlotMode", "SlotStateError", "rebuild_problem", "with_first"]
 
 _Out = TypeVar("_Out", Tensor, tuple[Tensor, ...])
 
@@ -121,7 +121,8 @@ class SeedSlot(nn.Module):
 
         Args:
             out: the host module's output ``h`` (any shape the seed maps to itself), or a tuple whose first element is
-                ``h`` (Hugging Face blocks); the rest of the tuple passes through untouched.
+                ``h`` (Hugging Face blocks); the rest of the tuple passes through untouched, and the tuple keeps its
+                type (a namedtuple stays one, see ``with_first``).
 
         Raises:
             ValueError: the seed's output differs from ``h`` in shape, is not a floating-point tensor when ``h`` is one
@@ -131,7 +132,7 @@ class SeedSlot(nn.Module):
         if self.mode is _DORMANT:
             return out
         if isinstance(out, tuple):
-            return (self._run_seed(out[0]), *out[1:])
+            return with_first(out, self._run_seed(out[0]))
         return self._run_seed(out)
 
     def _run_seed(self, h: Tensor) -> Tensor:
@@ -365,6 +366,43 @@ class SeedSlot(nn.Module):
 
     def extra_repr(self) -> str:
         return f"host={self.host_name!r}, mode={self.mode.name}, seed_id={self.seed_id!r}, alpha={self.alpha_value:.4f}"
+
+
+def with_first(out: tuple[Tensor, ...], first: Tensor) -> tuple[Tensor, ...]:
+    """``out`` with its first element replaced by ``first``, rebuilt as ``out``'s own type.
+
+    A plain tuple, a namedtuple (through ``_make``) and a tuple subclass whose constructor takes one iterable (the
+    ``torch.return_types`` structs) are rebuilt; ``rebuild_problem`` tells, before a run, whether this works for an
+    output.
+    """
+    kind = type(out)
+    items = (first, *out[1:])
+    if kind is tuple:
+        return items
+    make = getattr(kind, "_make", None)
+    rebuilt: tuple[Tensor, ...] = make(items) if callable(make) else kind(items)
+    return rebuilt
+
+
+def rebuild_problem(out: tuple[object, ...]) -> str | None:
+    """Why a slot could not hand back a host's tuple output ``out`` with a seed's output in its place (one line), or
+    None when ``with_first`` rebuilds it: same type, same elements, same instance attributes."""
+    kind = type(out)
+    if not out:
+        return "it returns an empty tuple"
+    if kind is tuple:
+        return None
+    cannot = (
+        f"it returns a {kind.__name__}, which a live slot cannot rebuild with the seed's output as its first element"
+    )
+    try:
+        rebuilt: tuple[object, ...] = with_first(out, out[0])  # type: ignore[arg-type]  # only identity matters here
+    except Exception as err:  # noqa: BLE001  # whatever a user's constructor raises becomes the one-line reason
+        return f"{cannot} ({type(err).__name__}: {err})"
+    same = type(rebuilt) is kind and len(rebuilt) == len(out) and all(a is b for a, b in zip(rebuilt, out, strict=True))
+    if not same or getattr(rebuilt, "__dict__", None) != getattr(out, "__dict__", None):
+        return f"{cannot} (its constructor, given the elements, returns a different {type(rebuilt).__name__})"
+    return None
 
 
 def _mapping(state: Mapping[object, object], key: str) -> Mapping[object, object]:
