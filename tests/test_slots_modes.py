@@ -146,6 +146,25 @@ def test_channel_length_mismatch_is_refused_at_the_slot() -> None:
         slot(torch.ones(2, 4, 5))
 
 
+def test_channel_mode_weighs_the_channel_dim_the_slot_names() -> None:
+    """A sequence slot ([batch, seq, features], channel_dim 2) takes one entry per feature, as Kasmina admits."""
+    torch.manual_seed(0)
+    h, s = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    v = (0.5, 3.0, -1.0)
+    spec = BlendSpec(mode=BlendMode.CHANNEL, channel_weights=v)
+    out = blend(h, s, torch.tensor(0.6), spec, torch.tensor(v), channel_dim=2)
+    eff = torch.tensor([0.3, 1.0, 0.0]).view(1, 1, 3)
+    torch.testing.assert_close(out, eff * s + (1 - eff) * h)
+    with pytest.raises(ValueError, match=r"\(2, 5, 3\) activation's channel dim 3"):
+        blend(h, s, torch.tensor(0.6), spec, torch.tensor(v), channel_dim=3)
+    slot = SeedSlot("x")
+    slot.attach(nn.Identity(), SlotMode.FULL, blend_spec=BlendSpec(mode=BlendMode.CHANNEL, channel_weights=(1.0,) * 8))
+    with pytest.raises(ValueError, match="channel dim 1"):
+        slot(torch.ones(2, 5, 8))
+    slot.channel_dim = 2
+    assert slot(torch.ones(2, 5, 8)).shape == (2, 5, 8)
+
+
 def test_tanh_schedule_values_and_snap() -> None:
     sched = AlphaSchedule()
     assert sched.value(0) == pytest.approx(0.00669, abs=1e-4)

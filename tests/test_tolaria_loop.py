@@ -13,6 +13,8 @@ import structlog.testing
 import torch
 from torch import nn
 
+from actors.kasmina.admission import blend_problem
+from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
@@ -22,8 +24,11 @@ from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.blueprints import SlotShape
 from esper.nn.data import TensorPair
+from schemas.boundary import SeedOp
 from schemas.config import BreakerConfig, TolariaConfig
-from schemas.enums import EmergencyLevel
+from schemas.control import BlendConfig
+from schemas.domain_enums import BlendMode
+from schemas.enums import EmergencyLevel, SeedLifecycleStage
 from schemas.runtime import EmergencySignal
 from tests.tolaria_factories import Hidden
 
@@ -690,6 +695,28 @@ def test_a_slot_declared_a_sequence_grows_seeds_over_its_features_not_its_steps(
     assert make_loop(cfg, data).run().status == "completed"
     with pytest.raises(TolariaConfigError, match=r"slot_kinds names 'head', which is not a slot target$"):
         build_trainee(config(host_model="tests.tolaria_factories:misdeclared_sequence_model"), data, (), CPU)
+
+
+def test_a_channel_blend_kasmina_admits_on_a_sequence_slot_weighs_its_features(data: DataSplits) -> None:
+    """Kasmina admits one CHANNEL entry per feature (dim 2 of [batch, seq, features]); the slot weighed dim 1, the
+    sequence, and refused the vector at every forward."""
+    trainee = build_trainee(config(host_model="tests.tolaria_factories:sequence_model"), data, (), CPU)
+    shape = trainee.slot_shapes["mid"]
+    blend = BlendConfig(mode=BlendMode.CHANNEL, channel_alpha=(1.0,) * 4 + (0.0,) * 12)
+    assert blend_problem(blend, shape) is None
+    torch.manual_seed(0)
+    seed = nn.Linear(16, 16)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seed.register_forward_hook(lambda _m, i, out: seen.append((i[0], out)))
+    op = SeedOp(kind="attach", slot="mid", seed_id="a", stage=SeedLifecycleStage.PROBATIONARY, blend=blend)
+    assert BoundaryApplier(trainee).apply(op, step=0, take_module=lambda _: seed).applied
+    outputs: list[torch.Tensor] = []
+    trainee.model.get_submodule("mid").register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    trainee.model(data.train.x[:2])
+    ((h, s),), (out,) = seen, outputs
+    assert out.shape == (2, 40, 16)  # [batch, seq, features]: 16 channel entries, 40 steps
+    assert torch.equal(out[..., :4], s[..., :4])
+    assert torch.equal(out[..., 4:], h[..., 4:])
 
 
 @pytest.mark.parametrize(

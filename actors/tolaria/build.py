@@ -430,6 +430,9 @@ def build_trainee(
     host_parameters = sum(p.numel() for p in model.parameters())
     slots = wrap_host(config, model, slot_targets)
     shapes = _fitting_shapes(config, model, list(slots), splits)
+    for name, shape in shapes.items():
+        # Kasmina admits a CHANNEL vector of one entry per feature; the slot must weigh the same axis.
+        slots[name].channel_dim = shape.feature_axis
     if check_training:
         _check_trains(config, model, splits, f"tolaria.host_model = {config.host_model!r}")
     channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())

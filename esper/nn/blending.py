@@ -6,8 +6,8 @@ through a blending slot with weight ``1 - alpha``), ``s`` is the seed's output c
 
 - CONVEX: ``alpha * s + (1 - alpha) * h`` (``torch.lerp``).
 - RESIDUAL: ``h + alpha * s``.
-- CHANNEL: lerp with a per-channel alpha ``clamp(alpha * v, 0, 1)`` over dim 1; ``v`` has one entry per channel, at
-  most 64.
+- CHANNEL: lerp with a per-channel alpha ``clamp(alpha * v, 0, 1)`` over the channel dim (dim 1, the feature dim 2
+  of a ``[batch, seq, features]`` sequence activation); ``v`` has one entry per channel, at most 64.
 - CONFIDENCE: lerp with a per-sample alpha ``clamp(alpha * sigmoid(k * (m - tau)), lo, hi)``, where ``m`` is the
   top-1 minus top-2 margin of the seed's logits (last dim); for logit-emitting seeds only.
 
@@ -65,8 +65,8 @@ class BlendSpec:
 
     Attributes:
         mode: the blend mode.
-        channel_weights: ``v`` for CHANNEL, one entry per channel of the slot activation (dim 1), 1 to 64 entries;
-            must be empty for the other modes.
+        channel_weights: ``v`` for CHANNEL, one entry per channel of the slot activation (its feature axis: dim 1,
+            dim 2 for a sequence), 1 to 64 entries; must be empty for the other modes.
         confidence_k: gate steepness ``k`` for CONFIDENCE (> 0).
         confidence_tau: margin threshold ``tau`` for CONFIDENCE, in logit units.
         alpha_lo: lower clamp of the effective alpha for CONFIDENCE.
@@ -164,10 +164,13 @@ def straight_through(h: Tensor, s: Tensor) -> Tensor:
     return h + (s - s.detach())
 
 
-def channel_alpha(alpha: Tensor, weights: Tensor, ndim: int) -> Tensor:
-    """Per-channel alpha ``clamp(alpha * v, 0, 1)`` shaped ``[1, C, 1, ...]`` to broadcast over ``ndim`` dims."""
+def channel_alpha(alpha: Tensor, weights: Tensor, ndim: int, channel_dim: int = 1) -> Tensor:
+    """Per-channel alpha ``clamp(alpha * v, 0, 1)`` shaped ``[1, ..., C, ..., 1]`` (``C`` at ``channel_dim``) to
+    broadcast over ``ndim`` dims."""
     eff = torch.clamp(alpha * weights, 0.0, 1.0)
-    return eff.view((1, weights.numel()) + (1,) * (ndim - 2))
+    shape = [1] * ndim
+    shape[channel_dim] = weights.numel()
+    return eff.view(shape)
 
 
 def confidence_alpha(alpha: Tensor, logits: Tensor, spec: BlendSpec) -> Tensor:
@@ -184,7 +187,9 @@ def confidence_alpha(alpha: Tensor, logits: Tensor, spec: BlendSpec) -> Tensor:
     return torch.clamp(alpha * gate, spec.alpha_lo, spec.alpha_hi).unsqueeze(-1)
 
 
-def blend(h: Tensor, s: Tensor, alpha: Tensor, spec: BlendSpec, channel_weights: Tensor | None = None) -> Tensor:
+def blend(
+    h: Tensor, s: Tensor, alpha: Tensor, spec: BlendSpec, channel_weights: Tensor | None = None, channel_dim: int = 1
+) -> Tensor:
     """Mix seed output ``s`` into host output ``h`` (same shape and dtype) according to ``spec.mode``.
 
     Args:
@@ -193,10 +198,12 @@ def blend(h: Tensor, s: Tensor, alpha: Tensor, spec: BlendSpec, channel_weights:
         alpha: 0-dim alpha, same dtype as ``h``, already in [0, 1].
         spec: the blend spec.
         channel_weights: ``v`` as a 1-D tensor on ``h``'s device, required for CHANNEL.
+        channel_dim: the dim of ``h`` CHANNEL weighs (>= 1): 1 for conv and flat activations, 2 for
+            ``[batch, seq, features]``.
 
     Raises:
-        ValueError: CHANNEL with ``v`` missing or of a length other than ``h.shape[1]``; CONFIDENCE with fewer than
-            two classes in the last dim.
+        ValueError: CHANNEL with ``v`` missing or of a length other than ``h.shape[channel_dim]``; CONFIDENCE with
+            fewer than two classes in the last dim.
     """
     mode = spec.mode
     if mode is BlendMode.CONVEX:
@@ -206,12 +213,12 @@ def blend(h: Tensor, s: Tensor, alpha: Tensor, spec: BlendSpec, channel_weights:
     if mode is BlendMode.CHANNEL:
         if channel_weights is None:
             raise ValueError("channel_weights: CHANNEL blending needs the weight vector v")
-        if h.dim() < 2 or h.shape[1] != channel_weights.numel():
+        if not 1 <= channel_dim < h.dim() or h.shape[channel_dim] != channel_weights.numel():
             raise ValueError(
                 f"channel_weights: {channel_weights.numel()} entries do not match the {tuple(h.shape)} activation's "
-                "channel dim 1"
+                f"channel dim {channel_dim}"
             )
-        return torch.lerp(h, s, channel_alpha(alpha, channel_weights, h.dim()))
+        return torch.lerp(h, s, channel_alpha(alpha, channel_weights, h.dim(), channel_dim))
     if mode is BlendMode.CONFIDENCE:
         if s.dim() < 1 or s.shape[-1] < 2:
             raise ValueError(f"CONFIDENCE blending needs seed logits with >= 2 classes in dim -1, got {tuple(s.shape)}")

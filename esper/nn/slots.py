@@ -74,6 +74,11 @@ class SeedSlot(nn.Module):
 
     Args:
         host_name: qualified name of the host module this slot follows ("" for the root); informational.
+
+    Attributes:
+        channel_dim: the activation's dim a CHANNEL blend weighs, its feature axis: 1 (the default) for flat and conv
+            activations, 2 for a ``[batch, seq, features]`` sequence. Structural, like the host: whoever knows the
+            slot's kind sets it after wrapping (Tolaria does, from the measured slot shape); not in the extra state.
     """
 
     alpha: Tensor
@@ -82,6 +87,7 @@ class SeedSlot(nn.Module):
     def __init__(self, host_name: str = "") -> None:
         super().__init__()
         self.host_name = host_name
+        self.channel_dim = 1
         self.mode = SlotMode.DORMANT
         self.seed_id: str | None = None
         self.alpha_steps = 0
@@ -157,7 +163,7 @@ class SeedSlot(nn.Module):
             return s
         alpha = self.alpha if self.alpha.dtype == h.dtype else self.alpha.to(h.dtype)
         weights = self.channel_weights if self.channel_weights.dtype == h.dtype else self.channel_weights.to(h.dtype)
-        return blend(h, s, alpha, self.blend_spec, weights)
+        return blend(h, s, alpha, self.blend_spec, weights, self.channel_dim)
 
     # ---------------------------------------------------------------- control (step boundaries only)
 
