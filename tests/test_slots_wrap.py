@@ -113,6 +113,30 @@ def test_wrap_names_every_target_that_matches_nothing() -> None:
         wrap(MLPHost(), ["blocks.0", "blocks.9", nn.Conv2d])
 
 
+def test_a_second_name_of_a_shared_module_is_refused_naming_the_first() -> None:
+    """named_modules() lists a module once, under its first name, so ``wrap(m, ["b"])`` said 'b' matched nothing."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y: Tensor = self.head(self.b(self.a(x)))
+            return y
+
+    model = Shared()
+    with pytest.raises(ValueError, match=r"^wrap: target 'b' is the same module as 'a'; target 'a'$"):
+        wrap(model, ["head", "b"])
+    assert find_slots(model) == {}  # refused before any slot went in
+    wrap(model, ["a"])
+    assert list(find_slots(model)) == ["a"]
+    assert find_slots(model)["a"].host_name == "a"
+    assert model.b.esper_slot is find_slots(model)["a"]  # one slot, whichever name the forward uses
+
+
 def test_wrap_refuses_bad_targets() -> None:
     host = wrap(MLPHost(), "blocks.0")
     with pytest.raises(ValueError, match="already has a slot"):

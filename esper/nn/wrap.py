@@ -59,8 +59,9 @@ def wrap(model: _M, targets: WrapTarget | Iterable[WrapTarget]) -> _M:
             ``named_modules()``, "" for the root), one or an iterable of them.
 
     Raises:
-        ValueError: a target matches nothing (all such targets are named), a matched module already has a slot, or a
-            matched module has no forward of its own (``ModuleList``, ``ModuleDict``).
+        ValueError: a target names a module registered earlier under another name (naming that first name, under which
+            its slot is found and checkpointed), a target matches nothing (all such targets are named), a matched
+            module already has a slot, or a matched module has no forward of its own (``ModuleList``, ``ModuleDict``).
         TypeError: a target is neither a string nor an nn.Module subclass.
     """
     wanted = _normalise(targets)
@@ -69,6 +70,8 @@ def wrap(model: _M, targets: WrapTarget | Iterable[WrapTarget]) -> _M:
     unmatched: list[str] = []
     for target in wanted:
         hits = [(n, m) for n, m in candidates if (n == target if isinstance(target, str) else isinstance(m, target))]
+        if not hits and isinstance(target, str):
+            _refuse_alias(model, target, candidates)
         if not hits:
             unmatched.append(repr(target) if isinstance(target, str) else target.__name__)
         for name, module in hits:
@@ -144,6 +147,19 @@ def _host_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         out.append((name, module))
     return out
+
+
+def _refuse_alias(model: nn.Module, target: str, candidates: list[tuple[str, nn.Module]]) -> None:
+    """Raise if ``target`` is a second name of a module registered earlier under another (``named_modules()`` lists
+    each module once, under its first name). Its slot would be found, checkpointed and snapshotted under that first
+    name, so the caller must use it."""
+    try:
+        module = model.get_submodule(target)
+    except AttributeError:
+        return
+    first = next((name for name, m in candidates if m is module), None)
+    if first is not None:
+        raise ValueError(f"wrap: target {target!r} is the same module as {first!r}; target {first!r}")
 
 
 def _insert(module: nn.Module, slot: SeedSlot) -> None:
