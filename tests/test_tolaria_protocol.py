@@ -262,6 +262,33 @@ def test_a_paused_seed_can_be_culled_but_not_moved_on_until_resumed(data: DataSp
     assert applier.apply(SeedOp(kind="attach", slot="blocks.0", seed_id="b"), step=5, take_module=take).applied
 
 
+def test_a_paused_seed_on_a_module_with_two_names_survives_a_snapshot_restore(data: DataSplits) -> None:
+    """state_dict saves the slot under both names of its host; capture recorded the paused mode under the first only,
+    so loading the second (DORMANT with a seed attached) refused the snapshot."""
+    config = TolariaConfig(**{**TINY, "host_model": "tests.tolaria_factories:shared_block_model"})  # type: ignore[arg-type]
+    trainee = build_trainee(config, data, (), torch.device("cpu"))
+    descriptor = next(d for d in default_catalogue() if d.family == "low_rank_adapter")
+    module = build_blueprint(descriptor, trainee.slot_shapes["mid"], {}, seed=1, fill_defaults=True)
+    applier = BoundaryApplier(trainee)
+    blending = SeedOp(kind="attach", slot="mid", seed_id="a", stage=SeedLifecycleStage.BLENDING)
+    assert applier.apply(blending, step=1, take_module=lambda _: module).applied
+    assert applier.apply(SeedOp(kind="pause", slot="mid", seed_id="a"), step=2, take_module=lambda _: module).applied
+    captured = capture(
+        trainee, global_step=2, epoch=0, batch_index=2, graft_log=applier.log, counters={}, keep_modules=False
+    )
+    assert {k: v["mode"] for k, v in captured.model.items() if k.endswith("_extra_state")} == {  # type: ignore[index]
+        "mid.esper_slot._extra_state": "blending",
+        "again.esper_slot._extra_state": "blending",
+    }
+    checkpoint, _ = decode_state(encode_state(captured))
+    load_into(trainee, checkpoint)
+    assert trainee.paused == {"mid": SlotMode.BLENDING.value}
+    modes = [trainee.slots["mid"].mode]
+    assert applier.apply(SeedOp(kind="resume", slot="mid", seed_id="a"), step=3, take_module=lambda _: module).applied
+    modes.append(trainee.slots["mid"].mode)
+    assert modes == [SlotMode.DORMANT, SlotMode.BLENDING]
+
+
 def test_seed_ops_migrate_optimizer_groups_and_no_parameter_trains_twice(data: DataSplits) -> None:
     config = TolariaConfig(**TINY)  # type: ignore[arg-type]
     trainee, applier, modules, take = two_seed_applier(config, data)

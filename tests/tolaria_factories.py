@@ -174,6 +174,26 @@ def unrebuildable_tuple_slot_model() -> nn.Module:
     return _Fielded(pair=True)
 
 
+class _SharedBlock(nn.Module):
+    """Linear(40, 16) -> ``mid`` twice (also registered as ``again``) -> Linear(16, 10); the slot follows ``mid``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(40, 16)
+        self.mid = nn.Linear(16, 16)
+        self.again = self.mid
+        self.h = nn.Linear(16, 10)
+        self.slot_targets = ("mid",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(self.again(torch.relu(self.mid(self.a(x.flatten(1))))))  # type: ignore[no-any-return]
+
+
+def shared_block_model() -> nn.Module:
+    """A slot target registered under two names, so state_dict saves its slot twice."""
+    return _SharedBlock()
+
+
 class _Sequence(nn.Module):
     """MNIST-1D read as 40 steps of one feature: [batch, 40, 16] activations in ``mid``."""
 

@@ -346,10 +346,10 @@ def capture(
         lease = copier.finish(pool)
         nbytes = copier.nbytes
     for name, mode in trainee.paused.items():
-        key = f"{slot_path(name)}._extra_state"
-        extra = model_state.get(key)
-        if isinstance(extra, dict):
-            model_state[key] = {**extra, "mode": mode}
+        for key in _extra_state_keys(trainee.model, name):
+            extra = model_state.get(key)
+            if isinstance(extra, dict):
+                model_state[key] = {**extra, "mode": mode}
     modules: dict[str, nn.Module] = {}
     if keep_modules:
         live = {s.seed_id: s.seed_module for s in trainee.slots.values() if s.seed_module is not None and s.seed_id}
@@ -413,6 +413,13 @@ def reserve_capture(
     copier = _Copier()
     _walk(trainee, copier)
     return copier.reserve(pool)
+
+
+def _extra_state_keys(model: nn.Module, name: str) -> list[str]:
+    """The slot after ``name``'s extra-state keys: one per name of its host, since ``state_dict`` saves a module
+    registered under two names under both, and loading sets the slot from each."""
+    slot = model.get_submodule(slot_path(name))
+    return [f"{path}._extra_state" for path, m in model.named_modules(remove_duplicate=False) if m is slot]
 
 
 def _walk(trainee: Trainee, copier: _Copier) -> tuple[dict[str, object], dict[str, object]]:
