@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from actors.tamiyo import state_codec
 from actors.tamiyo.heuristic import (
     EveryKConfig,
     EveryKPolicy,
@@ -12,7 +13,7 @@ from actors.tamiyo.heuristic import (
     HeuristicPolicy,
     HeuristicState,
 )
-from actors.tamiyo.observe import implicated_seed
+from actors.tamiyo.observe import build_observation, implicated_seed
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, Policy, SlotFacts
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
@@ -431,3 +432,107 @@ def test_the_parameter_budget_is_a_tamiyo_key_unset_by_default() -> None:
     policy = HeuristicPolicy(config)
     policy.decide(observe(0, 1.0, seed_parameters=950))
     assert policy.decide(observe(1, 1.0, seed_parameters=950)).reason == "parameter_budget"
+
+
+def g4_passed(slot: str, seed_id: str, stage: SeedLifecycleStage, *, benefit: float, step: int) -> SeedState:
+    """A seed as Kasmina shows it after G4 passed at ``step``: the result stays its last_gate until G4 runs again."""
+    gate = GateResult(
+        gate=SeedLifecycleGate.G4_SYSTEM_IMPACT,
+        passed=True,
+        reason="benefit",
+        seed_id=seed_id,
+        slot=slot,
+        step=step,
+        attributes={"benefit_mean": benefit, "benefit_sem": 0.01},
+    )
+    return seed(slot, seed_id, stage, last_gate=gate)
+
+
+def observe_gates(epoch: int, *seeds: SeedState) -> Observation:
+    """The observation Tamiyo builds from a packet (contributions from the seeds' gate results)."""
+    return build_observation(observe(epoch, 1.0 - 0.1 * epoch, seeds).packet, BLUEPRINTS)
+
+
+def test_the_observation_names_each_contribution_by_its_gate_result_s_step() -> None:
+    measured = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.2, step=420)
+    packet = observe(21, 1.0, (measured, seed("s1", "y", SeedLifecycleStage.TRAINING))).packet
+    observation = build_observation(packet, BLUEPRINTS)
+    assert (observation.seed_contributions, observation.contribution_steps) == ({"x": 0.2}, {"x": 420})
+    # A contribution measured elsewhere for this packet has no gate step: it is a new measurement.
+    observation = build_observation(packet, BLUEPRINTS, contributions={"x": 0.3, "y": 0.1})
+    assert (observation.seed_contributions, observation.contribution_steps) == ({"x": 0.3, "y": 0.1}, {})
+
+
+def test_one_g4_measurement_seen_at_several_epoch_ends_is_one_weak_epoch() -> None:
+    """Kasmina repeats a seed's last gate result in every packet until G4 measures again: the rule counted it at
+    each epoch end, so one weak measurement culled a seed after cull_after_epochs epochs."""
+    config = HeuristicConfig(
+        plateau_patience_epochs=100, cull_after_epochs=2, cull_max_contribution=0.05, fossilize_min_benefit=0.05
+    )
+    policy = HeuristicPolicy(config)
+    weak_at_40 = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.01, step=40)
+    decisions = run(policy, [observe_gates(e, weak_at_40) for e in range(5, 9)])
+    assert actions(decisions) == [NOOP] * 4
+    assert policy.export_state().weak_epochs == {"x": 1}
+    assert policy.export_state().measured_steps == {"x": 40}
+    # A new measurement (G4 again, at step 90) counts, and is the second weak one.
+    weak_at_90 = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.02, step=90)
+    cull = policy.decide(observe_gates(9, weak_at_90))
+    assert (cull.action, cull.target_seed_id, cull.reason) == (CULL, "x", "no_benefit")
+    # An epoch with no measurement at all neither adds nor resets; a paused seed still counts each epoch.
+    policy = HeuristicPolicy(config)
+    paused = msgspec.structs.replace(weak_at_40, paused=True)
+    decisions = run(policy, [observe_gates(5, weak_at_40), observe_gates(6, paused), observe_gates(7, paused)])
+    assert actions(decisions) == [NOOP, CULL, CULL]
+    assert decisions[1].reason == "paused"
+
+
+def test_one_g4_pass_counts_once_and_fossilization_waits_the_probation_epochs() -> None:
+    """The shipped run: G4 passes once as the seed leaves SHADOWING (step 420) and the seed shows that result at
+    each probation epoch end; Kasmina measures it again only when asked to fossilize."""
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=3))
+    passed = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.4, step=420)
+    decisions = run(policy, [observe_gates(e, passed) for e in (21, 22, 23)])
+    assert actions(decisions) == [NOOP, NOOP, FOSS]
+    assert (decisions[-1].target_seed_id, decisions[-1].reason) == ("x", "benefit_held")
+    state = policy.export_state()
+    assert (state.benefit_epochs, state.held_epochs, state.measured_steps) == ({"x": 1}, {"x": 3}, {"x": 420})
+    # A new measurement without benefit ends the standing; the next beneficial one starts it again.
+    config = HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=2, fossilize_min_benefit=0.05)
+    policy = HeuristicPolicy(config)
+    lapsed = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.01, step=440)
+    again = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.3, step=480)
+    series = [passed, lapsed, lapsed, again, again]
+    decisions = run(policy, [observe_gates(21 + i, s) for i, s in enumerate(series)])
+    assert actions(decisions) == [NOOP, NOOP, NOOP, NOOP, FOSS]
+    # Held benefit before probation does not count as probation epochs.
+    policy = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=100, fossilize_hold_epochs=2))
+    shadowing = msgspec.structs.replace(passed, stage=SeedLifecycleStage.SHADOWING)
+    decisions = run(policy, [observe_gates(20, shadowing), observe_gates(21, passed), observe_gates(22, passed)])
+    assert actions(decisions) == [NOOP, NOOP, FOSS]
+
+
+def test_the_counted_measurements_survive_a_checkpoint_and_old_states_still_load() -> None:
+    config = HeuristicConfig(
+        plateau_patience_epochs=100, cull_after_epochs=2, cull_max_contribution=0.05, fossilize_min_benefit=0.05
+    )
+    weak = g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.01, step=40)
+    held = g4_passed("s1", "y", SeedLifecycleStage.PROBATIONARY, benefit=0.4, step=40)
+    history = [observe_gates(e, weak, held) for e in (5, 6)]
+    future = [observe_gates(e, weak, held) for e in (7, 8)]
+    future.append(observe_gates(9, msgspec.structs.replace(weak, last_gate=None), held))
+    future.append(observe_gates(10, g4_passed("s0", "x", SeedLifecycleStage.PROBATIONARY, benefit=0.0, step=200)))
+    original = HeuristicPolicy(config)
+    run(original, history)
+    saved = original.export_state()
+    assert (saved.measured_steps, saved.held_epochs) == ({"x": 40, "y": 40}, {"x": 0, "y": 2})
+    restored = HeuristicPolicy(config, state=state_codec.decoder(HeuristicState).decode(state_codec.encode(saved)))
+    assert restored.export_state() == saved
+    ahead = run(original, future)
+    assert run(restored, future) == ahead
+    assert actions(ahead) == [FOSS, FOSS, FOSS, CULL]
+    # A state written before these fields existed loads with them empty.
+    old = msgspec.json.decode(state_codec.encode(saved))
+    del old["measured_steps"], old["held_epochs"]
+    loaded = state_codec.decoder(HeuristicState).decode(msgspec.json.encode(old))
+    assert (loaded.measured_steps, loaded.held_epochs, loaded.weak_epochs) == ({}, {}, saved.weak_epochs)

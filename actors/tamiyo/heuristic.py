@@ -39,9 +39,13 @@ class HeuristicConfig(Record, frozen=True):
             first epoch seen); None: plateau only.
         germinate_cooldown_epochs: at least this many epochs between two germinations.
         cull_after_epochs / cull_max_contribution: cull a live seed whose measured contribution was <= the maximum
-            for this many measured epochs in a row; an epoch a seed spends paused counts as such an epoch.
-        fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose
-            contribution stayed > the minimum for this many measured probation epochs in a row. No germination
+            in this many distinct measurements in a row (one measurement seen at several epoch ends counts once; an
+            epoch without a new one neither adds nor resets); an epoch a seed spends paused counts as one.
+        fossilize_hold_epochs / fossilize_min_benefit: request fossilization of a PROBATIONARY seed whose measured
+            contribution has stood > the minimum for this many probation epochs: its latest distinct measurement was
+            above it and none in those epochs was not (an epoch without a new one keeps the standing). These are
+            epochs, not measurements: Kasmina's G4 measures a PROBATIONARY seed only once asked to fossilize it, over
+            the probation epochs' validation, and its verdict decides whether the benefit held. No germination
             once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
         germinate_min_constraint: germinate only into a slot whose constraint (its layer's gradient norm over the
             mean layer's, see actors.tamiyo.observe) is at least this: growth goes where the network strains, and
@@ -99,7 +103,12 @@ class HeuristicConfig(Record, frozen=True):
 
 
 class HeuristicState(Record, frozen=True):
-    """Everything the heuristic remembers between decisions; a checkpoint stores it and import_state() restores it."""
+    """Everything the heuristic remembers between decisions; a checkpoint stores it and import_state() restores it.
+
+    Per live seed: ``weak_epochs`` and ``benefit_epochs`` count distinct measurements in a row at most / above the
+    thresholds (plus paused epochs as weak ones), ``measured_steps`` the step naming the last measurement seen, so a
+    repeat of it counts no more, and ``held_epochs`` the probation epochs its benefit has stood.
+    """
 
     first_epoch: int | None = None
     last_epoch: int | None = None
@@ -109,6 +118,8 @@ class HeuristicState(Record, frozen=True):
     weak_epochs: dict[str, int] = msgspec.field(default_factory=dict)
     benefit_epochs: dict[str, int] = msgspec.field(default_factory=dict)
     decisions: int = 0
+    measured_steps: dict[str, int] = msgspec.field(default_factory=dict)
+    held_epochs: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _new_epoch(observation: Observation, last_epoch: int | None) -> bool:
@@ -176,25 +187,40 @@ class HeuristicPolicy:
             stalled += 1
         weak: dict[str, int] = {}
         benefit: dict[str, int] = {}
+        measured: dict[str, int] = {}
+        held: dict[str, int] = {}
         for seed in observation.live_seeds():
             seed_id = seed.seed_id
             if seed_id is None:
                 continue
-            contribution = observation.seed_contributions.get(seed_id)
             weak[seed_id] = state.weak_epochs.get(seed_id, 0)
-            if seed.stage is SeedLifecycleStage.PROBATIONARY:
-                benefit[seed_id] = state.benefit_epochs.get(seed_id, 0)
+            benefit[seed_id] = state.benefit_epochs.get(seed_id, 0)
+            held[seed_id] = state.held_epochs.get(seed_id, 0)
+            contribution = observation.seed_contributions.get(seed_id)
+            new = False
+            if contribution is not None:
+                # G4 measures a seed seldom and Kasmina repeats its last result in every packet: counting it at each
+                # epoch end would turn one measurement into cull_after_epochs weak (or benefit) ones.
+                step = observation.contribution_steps.get(seed_id, observation.packet.global_step)
+                new = state.measured_steps.get(seed_id) != step
+                measured[seed_id] = step
+            elif seed_id in state.measured_steps:
+                measured[seed_id] = state.measured_steps[seed_id]
             if seed.paused:
                 # A paused seed runs the identity path, so it contributes nothing, and this policy never resumes one
                 # (the risk engine paused it for a loss spike): each paused epoch is a weak one, so it is culled
                 # after cull_after_epochs instead of sitting half-blended until its gate times out.
                 weak[seed_id] += 1
                 continue
-            if contribution is None:
-                continue
-            weak[seed_id] = weak[seed_id] + 1 if contribution <= cfg.cull_max_contribution else 0
-            if seed_id in benefit:
+            if new:
+                assert contribution is not None  # only a contribution is a new measurement
+                weak[seed_id] = weak[seed_id] + 1 if contribution <= cfg.cull_max_contribution else 0
                 benefit[seed_id] = benefit[seed_id] + 1 if contribution > cfg.fossilize_min_benefit else 0
+            if seed.stage is not SeedLifecycleStage.PROBATIONARY or benefit[seed_id] == 0:
+                held[seed_id] = 0
+            else:
+                # Time, not measurements: the probation window G4 judges at a fossilize request fills at epoch ends.
+                held[seed_id] += 1
         self._state = msgspec.structs.replace(
             state,
             first_epoch=observation.epoch if state.first_epoch is None else state.first_epoch,
@@ -203,6 +229,8 @@ class HeuristicPolicy:
             epochs_without_improvement=stalled,
             weak_epochs=weak,
             benefit_epochs=benefit,
+            measured_steps=measured,
+            held_epochs=held,
         )
 
     def _cull(self, observation: Observation) -> Decision | None:
@@ -229,7 +257,7 @@ class HeuristicPolicy:
         )
 
     def _fossilize(self, observation: Observation) -> Decision | None:
-        held = self._state.benefit_epochs
+        held = self._state.held_epochs
         for seed in observation.live_seeds():
             seed_id = seed.seed_id
             if seed.stage is not SeedLifecycleStage.PROBATIONARY or seed_id is None:
@@ -247,7 +275,7 @@ class HeuristicPolicy:
         trigger = self._trigger(epoch)
         if trigger is None:
             return None
-        # This policy fossilizes only after fossilize_hold_epochs measured probation epochs, so a seed grown with no
+        # This policy fossilizes only after fossilize_hold_epochs probation epochs, so a seed grown with no
         # more epochs than that left can never be kept: it would only spend compute and parameters.
         if observation.packet.epochs_total - epoch - 1 <= cfg.fossilize_hold_epochs:
             return msgspec.structs.replace(NO_OP, reason="too_late")

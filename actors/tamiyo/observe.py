@@ -9,7 +9,10 @@ Slot facts, per SeedState of the packet:
 - ``embargoed``: the slot's ``embargo_until_epoch`` is after the packet's epoch (or its stage is EMBARGOED).
 
 Seed contributions come from the last gate result Kasmina attached to a seed: its ``benefit_mean`` attribute (the
-counterfactual validation-loss contribution, positive when the seed helps), when the gate measured one.
+counterfactual validation-loss contribution, positive when the seed helps), when the gate measured one, with the
+gate result's step naming the measurement. Only G4 measures one, and seldom: a PENDING verdict is not reported, so a
+seed shows the G4 result that ended its SHADOWING (a pass: it is PROBATIONARY; a failure culls it), and in
+PROBATIONARY G4 runs again only once a fossilization is requested. Epoch-end packets in between repeat that result.
 Pure functions; any thread.
 """
 
@@ -22,9 +25,9 @@ from actors.tamiyo.policy import BlueprintCandidate, Observation, SlotFacts, emb
 from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
-    from schemas.state import SeedState, SystemStatePacket
+    from schemas.state import GateResult, SeedState, SystemStatePacket
 
 BENEFIT_ATTRIBUTE = "benefit_mean"
 
@@ -55,17 +58,24 @@ def slot_constraint(state: SeedState, packet: SystemStatePacket, by_depth: Mappi
     return max(norm, 0.0) / mean
 
 
-def seed_contributions(packet: SystemStatePacket) -> dict[str, float]:
-    """Seed id -> measured benefit, from each seed's last gate result (absent when unmeasured)."""
-    out: dict[str, float] = {}
+def _measured(packet: SystemStatePacket) -> Iterator[tuple[str, float, GateResult]]:
     for state in packet.seed_states:
         gate = state.last_gate
         if state.seed_id is None or gate is None:
             continue
         benefit = gate.attributes.get(BENEFIT_ATTRIBUTE)
         if benefit is not None and math.isfinite(benefit):
-            out[state.seed_id] = benefit
-    return out
+            yield state.seed_id, benefit, gate
+
+
+def seed_contributions(packet: SystemStatePacket) -> dict[str, float]:
+    """Seed id -> measured benefit, from each seed's last gate result (absent when unmeasured)."""
+    return {seed_id: benefit for seed_id, benefit, _ in _measured(packet)}
+
+
+def contribution_steps(packet: SystemStatePacket) -> dict[str, int]:
+    """Seed id -> the step of the gate result its measured benefit comes from (absent when unmeasured)."""
+    return {seed_id: gate.step for seed_id, _, gate in _measured(packet)}
 
 
 def build_observation(
@@ -79,7 +89,7 @@ def build_observation(
     Args:
         packet: Tolaria's packet.
         blueprints: the candidate blueprints (Karn's catalogue facts), in the order the caller keeps them.
-        contributions: seed id -> benefit measured elsewhere; overrides what the gate results say.
+        contributions: seed id -> benefit measured elsewhere for this packet; overrides what the gate results say.
     """
     by_depth = layer_gradient_norms(packet)
     slots = tuple(
@@ -91,9 +101,18 @@ def build_observation(
         for state in sorted(packet.seed_states, key=lambda s: s.slot)
     )
     measured = seed_contributions(packet)
+    steps = contribution_steps(packet)
     if contributions is not None:
         measured.update(contributions)
-    return Observation(packet=packet, slots=slots, blueprints=tuple(blueprints), seed_contributions=measured)
+        for seed_id in contributions:
+            steps.pop(seed_id, None)
+    return Observation(
+        packet=packet,
+        slots=slots,
+        blueprints=tuple(blueprints),
+        seed_contributions=measured,
+        contribution_steps=steps,
+    )
 
 
 def has_candidate(observation: Observation) -> bool:

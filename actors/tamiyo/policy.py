@@ -88,14 +88,18 @@ def embargoed_at(state: SeedState, epoch: int) -> bool:
 class Observation(Record, frozen=True):
     """One decision's input: Tolaria's packet plus slot facts, blueprint candidates and per-seed contributions.
 
-    ``seed_contributions`` maps a seed id to its measured benefit over the last epoch, in validation-loss units
-    (positive: the model is better with the seed); a seed without a measurement is absent.
+    ``seed_contributions`` maps a seed id to its measured benefit, in validation-loss units (positive: the model is
+    better with the seed); a seed without a measurement is absent. ``contribution_steps`` names the measurement behind
+    a contribution by the step of the gate result it came from: the same step at two epoch ends is one measurement
+    seen twice (Kasmina's G4 measures seldom, see actors.tamiyo.observe). A contribution without a step there was
+    measured for this packet.
     """
 
     packet: SystemStatePacket
     slots: tuple[SlotFacts, ...] = ()
     blueprints: tuple[BlueprintCandidate, ...] = ()
     seed_contributions: dict[str, float] = msgspec.field(default_factory=dict)
+    contribution_steps: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
