@@ -276,9 +276,9 @@ class RunTally:
         emergencies: EmergencyTally | None = None,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
-        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (Nissa's
-        starting stages, see slot_stages_at) and its emergency signals (the summary counts every session's, each
-        move once); the resumed run's own traffic then continues the tally."""
+        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (what Nissa
+        starts from, see slot_transitions_at) and its emergency signals (the summary counts every session's, each move
+        once); the resumed run's own traffic then continues the tally."""
         self.decisions = list(decisions or ())
         self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
@@ -289,11 +289,11 @@ class RunTally:
             self.epoch_val_accuracy[epoch] = accuracy
             self.epoch_step[epoch] = step
 
-    def slot_stages(self) -> dict[str, SeedLifecycleStage]:
-        """Each slot's stage as the transitions that stand left it: what a restarted Nissa starts from (it counted
-        seeds by the trainer's coarser view, probationary as shadowing and embargoed as dormant, until each slot's
-        next transition)."""
-        return {slot: stage for slot, stage, _ in self.slot_transitions}
+    def standing_slot_transitions(self) -> list[tuple[str, SeedLifecycleStage, int]]:
+        """Every (slot, stage, step) transition that stands, the earlier sessions' included: what a restarted Nissa
+        starts from (it counted seeds by the trainer's coarser view, probationary as shadowing and embargoed as
+        dormant, until each slot's next transition)."""
+        return list(self.slot_transitions)
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:

@@ -242,11 +242,11 @@ def test_slot_stages_follow_every_transition_that_stands() -> None:
     )
     tally.emit(_stage("a", SeedLifecycleStage.FOSSILIZED, 72))  # decided at 68: undone below
     tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
-    assert tally.slot_stages() == {
-        "blocks.0": SeedLifecycleStage.FOSSILIZED,
-        "blocks.1": SeedLifecycleStage.PROBATIONARY,
-        "blocks.2": SeedLifecycleStage.EMBARGOED,
-    }
+    assert tally.standing_slot_transitions() == [
+        ("blocks.0", SeedLifecycleStage.FOSSILIZED, 40),
+        ("blocks.1", SeedLifecycleStage.PROBATIONARY, 60),
+        ("blocks.2", SeedLifecycleStage.EMBARGOED, 62),
+    ]
 
 
 def test_the_summary_table_says_how_many_events_never_reached_the_bus() -> None:
