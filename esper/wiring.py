@@ -28,7 +28,7 @@ from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
-from esper.summary_table import seed_outcomes
+from esper.summary_table import seed_outcomes, unapplied_transitions
 from schemas.boundary import FALLBACK_SUFFIX, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
@@ -331,7 +331,8 @@ class RunTally:
         else:
             before = [e for e in epochs if self.epoch_step[e] < grafted]
             baseline_epoch = before[-1] if before else None
-        counts, unapplied = seed_outcomes(self.seed_transitions, last_step)
+        counts = seed_outcomes(self.seed_transitions, last_step)
+        unapplied = unapplied_transitions((step for _, _, step in self.slot_transitions), last_step)
         latencies = sorted(d.ms for d in self.decisions)
         no_op_reasons: dict[str, int] = {}
         for d in self.decisions:

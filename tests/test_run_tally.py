@@ -140,13 +140,17 @@ def test_seeds_are_counted_in_the_stage_they_ended_training_in() -> None:
         _stage("a", SeedLifecycleStage.CULLED, 288),
         _stage("b", SeedLifecycleStage.GERMINATED, 276),
         _stage("b", SeedLifecycleStage.TRAINING, 284),
+        # A cull's embargo names no seed: counted too, as report.png's timeline counts what it leaves out.
+        SeedStageChanged(
+            slot="blocks.2", from_stage=SeedLifecycleStage.CULLED, to_stage=SeedLifecycleStage.EMBARGOED, step=286
+        ),
     ):
         tally.emit(event)
     ended = tally.figures(seed_parameters=462, last_step=280)
     assert ended.seeds == {"blending": 1, "germinated": 1}
-    assert ended.unapplied_transitions == 2
-    assert "blending 1, germinated 1 (2 later transitions planned after the last step, not applied)" in "\n".join(
-        growth_lines(ended)
+    assert ended.unapplied_transitions == 3
+    assert "blending 1, germinated 1 (3 transitions planned for after step 280, not applied)" in "\n".join(
+        growth_lines(ended, last_step=280)
     )
     assert tally.figures(seed_parameters=462).seeds == {"culled": 1, "training": 1}  # no last step: the latest
 
