@@ -20,7 +20,8 @@ from esper.report import (
     stage_event,
     summary_lines,
 )
-from esper.report_plot import PauseEvent, StageEvent, paused_spans, seed_lanes
+from esper.report_plot import PauseEvent, StageEvent
+from esper.report_timeline import paused_spans, seed_lanes
 from schemas.enums import SeedLifecycleStage as Stage
 from tests.report_fixtures import TRANSITIONS, write_run
 
