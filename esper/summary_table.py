@@ -95,15 +95,17 @@ def _ms(value: float | None) -> str:
 def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list[str]:
     """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions;
     ``last_step``: the last trained step, which the unapplied transitions are said to come after."""
+    # The baseline ends where the first seed to reach training was germinated: seeds culled before that (at their
+    # attach's gate, G1) never changed the host's output.
     where = {
         # An early epoch flatters growth; the hint names the fair comparison.
         "run": (
-            f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly"
+            f"epoch {growth.baseline_epoch}, before the first seed that trained; nissa.baseline_run compares fairly"
             if growth.baseline_epoch is not None
-            else "the first germination came before any epoch ended; nissa.baseline_run compares fairly"
+            else "the first seed that trained came before any epoch ended; nissa.baseline_run compares fairly"
         ),
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
-    }.get(growth.baseline_source, "no seed was grafted")
+    }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
     if growth.unapplied_transitions:
         seeds += f" ({unapplied_note(growth.unapplied_transitions, last_step)})"

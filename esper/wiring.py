@@ -305,12 +305,15 @@ class RunTally:
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
         add_decision(self.decisions, DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback))
 
-    def _first_grafted_germination(self) -> int | None:
-        """The germination step of the first seed that was grafted (reached TRAINING): one culled before it was ever
-        built (its module could not be fetched) left the host training alone."""
+    def _first_grafted_germination(self, last_step: int | None) -> int | None:
+        """The germination step of the first seed that was grafted (reached TRAINING by ``last_step``, None: ever). One
+        culled before (its module could not be fetched, or its attach failed G1) left the host training alone: until
+        then the slot's forward value is the host's own (esper.nn.slots)."""
         germinated: dict[str, int] = {}
         grafted: list[int] = []
         for seed_id, step, stage in self.seed_transitions:
+            if last_step is not None and step > last_step:
+                continue
             if stage is SeedLifecycleStage.GERMINATED:
                 germinated.setdefault(seed_id, step)
             elif stage is SeedLifecycleStage.TRAINING and seed_id in germinated:
@@ -318,14 +321,15 @@ class RunTally:
         return min(grafted, default=None)
 
     def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
-        """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
-        took effect (the host alone), or the final epoch when nothing was grafted. Seeds are counted by the stage they
-        were in at ``last_step`` (the last trained step; None: their latest), leaving out what never took effect."""
+        """The growth figures as of now; the baseline is the last epoch whose end came before the germination of the
+        first seed that reached training took effect (the host alone), or the final epoch when none did. Seeds are
+        counted by the stage they were in at ``last_step`` (the last trained step; None: their latest), leaving out
+        what never took effect."""
         epochs = sorted(self.epoch_val_accuracy)
         final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
         baseline_epoch: int | None = None
         source = "run"
-        grafted = self._first_grafted_germination()
+        grafted = self._first_grafted_germination(last_step)
         if grafted is None:
             baseline_epoch, source = (epochs[-1] if epochs else None), "host_only"
         else:

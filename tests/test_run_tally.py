@@ -159,7 +159,7 @@ def test_a_germination_before_any_epoch_ended_is_said_in_words_not_epoch_none() 
     growth = GrowthFigures(baseline_val_accuracy=None, baseline_epoch=None, baseline_source="run", decisions=3)
     [_, baseline_line, *_] = growth_lines(growth)
     assert "None" not in baseline_line
-    assert "the first germination came before any epoch ended" in baseline_line
+    assert "the first seed that trained came before any epoch ended" in baseline_line
 
 
 def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> None:
@@ -175,6 +175,24 @@ def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> N
     tally.emit(_stage("b", SeedLifecycleStage.TRAINING, 28))
     grown = tally.figures(seed_parameters=64)
     assert (grown.baseline_epoch, grown.baseline_source) == (2, "run")  # the last epoch before b's germination
+    assert "epoch 2, before the first seed that trained" in growth_lines(grown)[1]
+
+
+def test_seeds_culled_at_their_attach_are_not_called_never_grafted() -> None:
+    """Run r7 of the long sweep: 115 seeds were attached and culled at G1, and the summary said "no seed was grafted".
+    None reached training, so the baseline is still the final epoch (the host's output was its own throughout)."""
+    tally = RunTally()
+    tally.preload([], [(1, 10, 0.5), (2, 20, 0.6), (3, 30, 0.7)], [])
+    for seed, step in (("a", 12), ("b", 22)):
+        tally.emit(_stage(seed, SeedLifecycleStage.GERMINATED, step))
+        tally.emit(_stage(seed, SeedLifecycleStage.CULLED, step + 3))  # G1_GRADIENT_HEALTH:probe_grad_exceeded
+    # Germinated at 28, in training only after the last trained step (30): never trained.
+    tally.emit(_stage("c", SeedLifecycleStage.GERMINATED, 28))
+    tally.emit(_stage("c", SeedLifecycleStage.TRAINING, 32))
+    figures = tally.figures(seed_parameters=0, last_step=30)
+    assert (figures.baseline_epoch, figures.baseline_source, figures.baseline_val_accuracy) == (3, "host_only", 0.7)
+    assert growth_lines(figures)[1].endswith("0.7000 (no seed reached training)")
+    assert growth_lines(GrowthFigures(baseline_source="host_only"))[1].endswith("(no seed was grafted)")
 
 
 def test_the_summary_table_says_how_many_steps_were_skipped_and_rolled_back() -> None:
