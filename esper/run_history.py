@@ -107,9 +107,13 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
+    # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
+    # told to try 70, which has nothing to train either.
+    trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
     notice = (
-        f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
-        f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
+        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file}); nothing"
+        f" to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to train"
+        " further)"
     )
     if not (run_dir / run_files(run_dir).summary).exists():
         # Killed after its last checkpoint, before its summary: the figures are all on disk.
