@@ -252,7 +252,7 @@ def test_a_resume_drops_the_killed_sessions_epochs_past_its_checkpoint() -> None
     assert tally.figures(seed_parameters=0).final_val_accuracy is None
 
 
-def test_slot_stages_follow_every_transition_that_stands() -> None:
+def test_the_standing_slot_transitions_are_every_one_that_stands() -> None:
     """What a restarted Nissa starts from: each slot's latest standing transition, the earlier sessions' included."""
     tally = RunTally()
     tally.preload([], [], [], [("blocks.0", SeedLifecycleStage.FOSSILIZED, 40)])
