@@ -45,7 +45,7 @@ from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import default_catalogue, param_count
 from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
-from esper.run_history import slot_stages_at
+from esper.run_history import slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
@@ -320,12 +320,12 @@ async def assemble(
         # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
-        slot_stages = None
+        slot_transitions = None
         if resume:
             sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step))
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps
-                slot_stages = slot_stages_at(tally.earlier_slot_transitions, lag, resume_step)
+                slot_transitions = slot_transitions_at(tally.earlier_slot_transitions, lag, resume_step)
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
@@ -386,8 +386,8 @@ async def assemble(
                 run_dir,
                 clock=clock,
                 sink=sink,
-                stages=slot_stages,
-                later_stages=tally.slot_stages,
+                transitions=slot_transitions,
+                later_transitions=tally.standing_slot_transitions,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
                     isolation_violations=config.kasmina.isolation_alert_violations,

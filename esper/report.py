@@ -27,7 +27,7 @@ from esper.run_files import SUMMARY_JSON, run_files
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ConfigError, EsperError
-from esper.summary_table import seed_outcomes
+from esper.summary_table import seed_outcomes, unapplied_note, unapplied_transitions
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import SEED_STAGE_EVENT_NAMES
 
@@ -390,9 +390,8 @@ def drawn(data: RunData) -> Drawn:
         return Drawn(list(data.events), list(data.pauses), "")
     events = [event for event in data.events if event.step <= last_step]
     pauses = [pause for pause in data.pauses if pause.step <= last_step]
-    left = len(data.events) - len(events)
-    note = f"{left} transition{'s' if left > 1 else ''} planned for after step {last_step} not applied, not drawn"
-    return Drawn(events, pauses, note if left else "")
+    left = unapplied_transitions((event.step for event in data.events), last_step)
+    return Drawn(events, pauses, f"{unapplied_note(left, last_step)}, not drawn" if left else "")
 
 
 def render_report(data: RunData) -> Path:
@@ -450,11 +449,13 @@ def summary_lines(data: RunData) -> list[str]:
     last_step = trained_through(data)
     # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
     transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
-    counts, unapplied = seed_outcomes(transitions, last_step)
+    counts = seed_outcomes(transitions, last_step)
+    # Every transition, a slot's embargo and reset included: the run's summary and the timeline's title count them so.
+    unapplied = unapplied_transitions((event.step for event in data.events), last_step)
     if counts:
         line = f"seeds {sum(counts.values())}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
         if unapplied:
-            line += f" ({unapplied} later transition{'s' if unapplied > 1 else ''} after step {last_step}, not applied)"
+            line += f" ({unapplied_note(unapplied, last_step)})"
         lines.append(line)
     return lines
 

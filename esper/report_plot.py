@@ -1,9 +1,10 @@
 """Rendering of report.png with matplotlib's Agg backend (no display): curves, lifecycle markers, a seed timeline.
 
 Panels, sharing the step axis (integer ticks): losses (train, validation) with lifecycle markers, the labels that fit
-and a legend of the marker kinds; accuracies with the same markers; one lane per seed with a coloured segment per
-lifecycle stage, hatched where the seed was paused (a flag, not a stage), and a legend of the stages shown. Long slot
-names are shortened (see esper.report_labels) so that the labels leave the curves their width.
+and a legend of the marker kinds; accuracies with the same markers; the seed timeline (esper.report_timeline: one row
+per slot, each seed's stages as coloured segments on it, hatched where the seed was paused) and a legend of the stages
+shown. Long slot names are shortened (see esper.report_labels) so that the labels leave the curves their width. The
+markers of a kind are one collection per panel, so a run of hundreds of seeds draws as fast as one of a few.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING, Final, Literal, final
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from esper.report_labels import ellipsize, seed_tag, short_slot_names
+from esper.report_labels import ellipsize, short_slot_names
+from esper.report_timeline import BLUEPRINT_WIDTH, SLOT_WIDTH, draw_timeline, label_seeds
 from schemas.enums import SeedLifecycleStage as Stage
 
 if TYPE_CHECKING:
@@ -27,20 +28,6 @@ if TYPE_CHECKING:
 
     from matplotlib.axes import Axes
     from matplotlib.text import Text
-
-STAGE_COLOURS: Final[dict[Stage, str]] = {
-    Stage.GERMINATED: "#9ecae1",
-    Stage.TRAINING: "#3182bd",
-    Stage.BLENDING: "#fd8d3c",
-    Stage.SHADOWING: "#9e9ac8",
-    Stage.PROBATIONARY: "#17becf",
-    Stage.FOSSILIZED: "#31a354",
-    Stage.CULLED: "#de2d26",
-    Stage.EMBARGOED: "#fcbba1",
-    Stage.RESETTING: "#bdbdbd",
-    Stage.TERMINATED: "#636363",
-}
-"""Timeline colour per stage; DORMANT and UNKNOWN draw nothing (the slot is empty)."""
 
 MARKED_STAGES: Final[dict[Stage, tuple[str, str, Literal["-", "--", "-.", ":"]]]] = {
     Stage.GERMINATED: ("germinated", "#2171b5", "--"),
@@ -52,14 +39,13 @@ MARKED_STAGES: Final[dict[Stage, tuple[str, str, Literal["-", "--", "-.", ":"]]]
 style: blending's orange and culled's red are told apart by it too), labelled with slot and blueprint where the label
 fits; the legend names every kind shown."""
 
-_PAUSE_HATCH: Final = "////"
-_PAUSE_EDGE: Final = "#252525"
 _LABEL_ROWS: Final = 4
 _LABEL_FONT_SIZE: Final = 7
-_SLOT_WIDTH: Final = 24
-"""At most this many characters of a slot's name in a label (see short_slot_names)."""
-_SEED_WIDTH: Final = 16
-_BLUEPRINT_WIDTH: Final = 12
+_SPARSE_MARKERS: Final = 60
+"""Up to this many markers are drawn at full strength; more fade with their number."""
+_LABELLED_MARKERS: Final = 120
+"""Beyond this many markers none is labelled: a few pixels apart, a label could not be told to be its marker's (the
+timeline below names each seed's slot at the same step)."""
 
 
 @final
@@ -98,79 +84,6 @@ class Curves:
     train_accuracy: Sequence[float]
     val_accuracy: Sequence[float]
     x_label: str = "step"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A seed's time in one stage: from ``start`` to ``end`` (steps)."""
-
-    stage: Stage
-    start: float
-    end: float
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Lane:
-    name: str  # in full: "slot · seed id (blueprint)"
-    slot: str
-    seed_id: str | None
-    blueprint_id: str | None
-    segments: list[Segment]
-
-
-def seed_lanes(events: Sequence[StageEvent], end_step: float) -> dict[str, list[Segment]]:
-    """Group transitions into one lane per seed (by seed id; a slot-only event joins the slot's latest seed) and
-    turn them into stage segments; the last stage of each lane runs to ``end_step``."""
-    return {lane.name: lane.segments for lane in _lanes(events, end_step)}
-
-
-def _lanes(events: Sequence[StageEvent], end_step: float) -> list[_Lane]:
-    lanes: dict[str, list[StageEvent]] = {}
-    latest_by_slot: dict[str, str] = {}
-    for event in sorted(events, key=lambda e: e.step):
-        if event.seed_id is not None:
-            key = f"{event.slot} · {event.seed_id}"
-            latest_by_slot[event.slot] = key
-        else:
-            key = latest_by_slot.get(event.slot, event.slot)
-        lanes.setdefault(key, []).append(event)
-    result: list[_Lane] = []
-    for key, lane in lanes.items():
-        segments: list[Segment] = []
-        for index, event in enumerate(lane):
-            end = lane[index + 1].step if index + 1 < len(lane) else max(end_step, event.step)
-            if event.to_stage in STAGE_COLOURS:
-                segments.append(Segment(event.to_stage, float(event.step), float(end)))
-        if segments:
-            blueprint = next((e.blueprint_id for e in lane if e.blueprint_id), None)
-            seed_id = next((e.seed_id for e in lane if e.seed_id), None)
-            name = f"{key} ({blueprint})" if blueprint else key
-            result.append(_Lane(name, lane[0].slot, seed_id, blueprint, segments))
-    return result
-
-
-def paused_spans(
-    pauses: Sequence[PauseEvent], events: Sequence[StageEvent], end_step: float
-) -> dict[str, list[tuple[float, float]]]:
-    """Per seed id, the (start, end) steps it spent paused: from a pause to its resume, else to the seed's next
-    lifecycle change (a cull), else to ``end_step``."""
-    changes: dict[str, list[int]] = {}
-    for event in events:
-        if event.seed_id is not None:
-            changes.setdefault(event.seed_id, []).append(event.step)
-    spans: dict[str, list[tuple[float, float]]] = {}
-    ordered = sorted(pauses, key=lambda p: p.step)
-    for index, pause in enumerate(ordered):
-        if pause.resumed:
-            continue
-        resume = next((p.step for p in ordered[index + 1 :] if p.resumed and p.seed_id == pause.seed_id), None)
-        change = min((step for step in changes.get(pause.seed_id, []) if step > pause.step), default=None)
-        ends = [step for step in (resume, change) if step is not None]
-        end = float(min(ends)) if ends else max(end_step, float(pause.step))
-        spans.setdefault(pause.seed_id, []).append((float(pause.step), end))
-    return spans
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -254,18 +167,19 @@ def _widened(
 def _marker_labels(ax: Axes, events: Sequence[StageEvent], slots: Mapping[str, str], canvas: FigureCanvasAgg) -> None:
     """Label markers in up to _LABEL_ROWS rows at the top of ``ax``, measured as drawn (see plan_labels): the kind,
     slot and blueprint, or the slot alone (the colour names the kind). A marker no label fits beside keeps its colour
-    and line style, which the legend names, and its seed's lane below. Call it once the figure is otherwise
-    complete: the layout it measures against must not change."""
+    and line style, which the legend names, and its seed's bar on its slot's row below. Call it once the figure is
+    otherwise complete: the layout it measures against must not change."""
     canvas.figure.draw_without_rendering()  # settles the constrained layout: the axes' width in pixels is final
     texts: list[tuple[str, str]] = []
     for event in events:
         slot = slots.get(event.slot, event.slot)
         full = f"{MARKED_STAGES[event.to_stage][0]} {slot}"
         if event.blueprint_id:
-            full += f" {ellipsize(event.blueprint_id, _BLUEPRINT_WIDTH)}"
+            full += f" {ellipsize(event.blueprint_id, BLUEPRINT_WIDTH)}"
         texts.append((f" {full} ", f" {slot} "))
     probe = ax.text(0, 0, "", fontsize=_LABEL_FONT_SIZE)
-    widths = [[_width(probe, text) for text in pair] for pair in texts]
+    measured: dict[str, float] = {}  # a long run repeats a few texts hundreds of times: each is measured once
+    widths = [[measured.get(text) or measured.setdefault(text, _width(probe, text)) for text in pair] for pair in texts]
     probe.remove()
     xs = [float(ax.transData.transform((event.step, 0.0))[0]) for event in events]
     plan = plan_labels(xs, widths, ax.get_window_extent().intervalx, _LABEL_ROWS)
@@ -292,9 +206,15 @@ def _width(probe: Text, text: str) -> float:
 
 
 def _draw_markers(ax: Axes, events: Sequence[StageEvent]) -> None:
-    for event in events:
-        _, colour, style = MARKED_STAGES[event.to_stage]
-        ax.axvline(event.step, color=colour, linestyle=style, linewidth=0.9, alpha=0.7)
+    """One collection of vertical lines per marker kind, fainter the more there are (hundreds would hide the curves)."""
+    alpha = 0.7 if len(events) <= _SPARSE_MARKERS else max(0.12, 0.7 * _SPARSE_MARKERS / len(events))
+    for stage, (_, colour, style) in MARKED_STAGES.items():
+        xs = [event.step for event in events if event.to_stage is stage]
+        if xs:
+            ax.vlines(
+                xs, 0.0, 1.0, transform=ax.get_xaxis_transform(), colors=colour, linestyles=style, linewidth=0.9,
+                alpha=alpha,
+            )  # fmt: skip
 
 
 def _marker_legend(ax: Axes, events: Sequence[StageEvent]) -> None:
@@ -316,19 +236,6 @@ def _marker_legend(ax: Axes, events: Sequence[StageEvent]) -> None:
             title_fontsize=8,
         )
     )
-
-
-def lane_labels(events: Sequence[StageEvent]) -> list[str]:
-    """The seed timeline's lane labels, top to bottom (see seed_lanes for the lanes): slot names shortened (see
-    short_slot_names), the seed id without the slot it repeats, the blueprint."""
-    slots = short_slot_names((e.slot for e in events), _SLOT_WIDTH)
-    return [_lane_label(lane, slots) for lane in _lanes(events, 0.0)]
-
-
-def _lane_label(lane: _Lane, slots: Mapping[str, str]) -> str:
-    slot = slots.get(lane.slot, lane.slot)
-    label = f"{slot} · {seed_tag(lane.seed_id, lane.slot, _SEED_WIDTH)}" if lane.seed_id else slot
-    return f"{label} ({ellipsize(lane.blueprint_id, _BLUEPRINT_WIDTH)})" if lane.blueprint_id else label
 
 
 def render_report_png(
@@ -367,7 +274,7 @@ def report_figure(
     x_span = max(x_max - x_min, 1.0)
     # One epoch (or every point at one step) spans nothing: a few steps either side, not 19.99 to 20.01.
     x_pad = x_span * 0.01 if x_max > x_min else max(1.0, abs(x_max) * 0.1)
-    slots = short_slot_names((e.slot for e in events), _SLOT_WIDTH)
+    slots = short_slot_names((e.slot for e in events), SLOT_WIDTH)
 
     if _finite(curves.train_loss):
         loss_ax.plot(curves.x, curves.train_loss, marker="o", markersize=3, label="train loss", color="#1f77b4")
@@ -375,9 +282,10 @@ def report_figure(
         loss_ax.plot(curves.x, curves.val_loss, marker="o", markersize=3, label="validation loss", color="#ff7f0e")
     loss_ax.set_ylabel("loss")
     _draw_markers(loss_ax, marked)
-    # Headroom above the curves for the marker labels.
-    low, high = loss_ax.get_ylim()
-    loss_ax.set_ylim(low, high + (high - low) * 0.35)
+    labelled = marked if len(marked) <= _LABELLED_MARKERS else []
+    if labelled:  # headroom above the curves for the marker labels
+        low, high = loss_ax.get_ylim()
+        loss_ax.set_ylim(low, high + (high - low) * 0.35)
     _marker_legend(loss_ax, marked)
     if loss_ax.get_legend_handles_labels()[0]:
         loss_ax.legend(loc="lower left", fontsize=8)
@@ -397,45 +305,8 @@ def report_figure(
         acc_ax.legend(loc="lower right", fontsize=8)
     acc_ax.grid(alpha=0.3)
 
-    lanes = _lanes(events, x_max)
-    if lanes:
-        spans = paused_spans(pauses, events, x_max)
-        any_paused = False
-        for index, lane in enumerate(lanes):
-            for segment in lane.segments:
-                lane_ax.broken_barh(
-                    [(segment.start, max(segment.end - segment.start, x_span * 0.004))],
-                    (index - 0.35, 0.7),
-                    facecolors=STAGE_COLOURS[segment.stage],
-                    edgecolor="white",
-                    linewidth=0.5,
-                )
-            for start, end in spans.get(lane.seed_id or "", []):
-                any_paused = True
-                lane_ax.broken_barh(
-                    [(start, max(end - start, x_span * 0.004))],
-                    (index - 0.35, 0.7),
-                    facecolors="none",
-                    hatch=_PAUSE_HATCH,
-                    edgecolor=_PAUSE_EDGE,
-                    linewidth=0.0,
-                )
-        names = [_lane_label(lane, slots) for lane in lanes]
-        lane_ax.set_yticks(range(len(names)), names, fontsize=8)
-        lane_ax.set_ylim(len(names) - 0.5, -0.5)
-        shown = sorted({segment.stage for lane in lanes for segment in lane.segments})
-        handles = [Patch(facecolor=STAGE_COLOURS[stage], label=stage.name.lower()) for stage in shown]
-        if any_paused:
-            handles.append(Patch(facecolor="white", hatch=_PAUSE_HATCH, edgecolor=_PAUSE_EDGE, label="paused"))
-        lane_ax.legend(
-            handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.005, 1.0),
-            fontsize=8,
-            title="stage",
-            title_fontsize=8,
-        )
-    else:
+    rows = draw_timeline(lane_ax, events, pauses, end_step=x_max, x_span=x_span)
+    if not rows:
         lane_ax.set_yticks([])
         lane_ax.text(0.5, 0.5, "no seed lifecycle events", transform=lane_ax.transAxes, ha="center", color="#636363")
     lane_ax.set_title(f"seed timeline ({timeline_note})" if timeline_note else "seed timeline", fontsize=9, loc="left")
@@ -443,5 +314,6 @@ def report_figure(
     lane_ax.set_xlim(x_min - x_pad, x_max + x_pad)
     lane_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     lane_ax.grid(axis="x", alpha=0.3)
-    _marker_labels(loss_ax, marked, slots, canvas)
+    _marker_labels(loss_ax, labelled, slots, canvas)
+    label_seeds(lane_ax, rows)
     return figure

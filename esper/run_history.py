@@ -55,7 +55,7 @@ class EarlierTally(NamedTuple):
     stages: list[tuple[str, SeedLifecycleStage, int]]  # the seeds' transitions: (seed id, stage, step)
     epochs: list[tuple[int, int, float]]  # (epoch number from 1, step, validation accuracy)
     decisions: list[DecisionRecord]
-    slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_stages_at
+    slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_transitions_at
     emergencies: EmergencyTally  # the earlier sessions' emergency signals, each move of the ladder once
 
 
@@ -82,14 +82,14 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     return EarlierTally(stages, epochs, found.decisions, slots, found.emergencies)
 
 
-def slot_stages_at(
+def slot_transitions_at(
     transitions: list[tuple[str, SeedLifecycleStage, int]], lag_steps: int, resume_step: int
-) -> dict[str, SeedLifecycleStage]:
-    """Each slot's lifecycle stage after the (slot, stage, step) transitions decided at or before ``resume_step``
-    (a transition's event carries the step its plan takes effect, ``lag_steps`` later): what Nissa had heard when the
-    run reached the checkpoint it resumes from. The resumed lifecycle's replay reports none of them again, so without
-    them metrics.csv showed the trainer's coarser view of each seed until its next transition."""
-    return {slot: stage for slot, stage, step in transitions if step - lag_steps <= resume_step}
+) -> list[tuple[str, SeedLifecycleStage, int]]:
+    """The (slot, stage, step) transitions decided at or before ``resume_step`` (a transition's event carries the step
+    its plan takes effect, ``lag_steps`` later): what Nissa had heard when the run reached the checkpoint it resumes
+    from. The resumed lifecycle's replay reports none of them again, so without them metrics.csv showed the trainer's
+    coarser view of each seed until its next transition."""
+    return [t for t in transitions if t[2] - lag_steps <= resume_step]
 
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:
@@ -107,9 +107,13 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
+    # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
+    # told to try 70, which has nothing to train either.
+    trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
     notice = (
-        f"--resume {run_dir}: already trained {info.epoch} of tolaria.epochs = {epochs} epochs ({info.file}); nothing"
-        f" to resume (raise tolaria.epochs, e.g. --set tolaria.epochs={epochs + 10}, to train further)"
+        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file}); nothing"
+        f" to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to train"
+        " further)"
     )
     if not (run_dir / run_files(run_dir).summary).exists():
         # Killed after its last checkpoint, before its summary: the figures are all on disk.

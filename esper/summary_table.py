@@ -11,23 +11,31 @@ if TYPE_CHECKING:
     from schemas.run import GrowthFigures, RunSummary
 
 
-def seed_outcomes(
-    transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None
-) -> tuple[dict[str, int], int]:
+def seed_outcomes(transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None) -> dict[str, int]:
     """Seeds counted by the stage they ended training in (lower-case stage name), from their (seed id, effect step,
-    stage) transitions in order; and how many transitions take effect after ``last_step``, the last trained step
-    (planned at the run's last boundaries, never applied). ``last_step`` None: every transition counts."""
+    stage) transitions in order, leaving out those that take effect after ``last_step``, the last trained step (planned
+    at the run's last boundaries, never applied). ``last_step`` None: every transition counts."""
     final: dict[str, SeedLifecycleStage] = {}
-    unapplied = 0
     for seed_id, step, stage in transitions:
-        if last_step is not None and step > last_step:
-            unapplied += 1
-        else:
+        if last_step is None or step <= last_step:
             final[seed_id] = stage
     counts: dict[str, int] = {}
     for stage in final.values():
         counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
-    return counts, unapplied
+    return counts
+
+
+def unapplied_transitions(steps: Iterable[int], last_step: int | None) -> int:
+    """How many lifecycle transitions, of their effect ``steps``, take effect after ``last_step`` (never applied): a
+    seed's and a slot's alike (a cull's embargo and reset carry no seed id), as report.png's timeline leaves out."""
+    return 0 if last_step is None else sum(1 for step in steps if step > last_step)
+
+
+def unapplied_note(count: int, last_step: int | None) -> str:
+    """The words for ``count`` unapplied transitions: the summary table, the report's digest and its timeline's title
+    say the same."""
+    after = "the last step" if last_step is None else f"step {last_step}"
+    return f"{count} transition{'' if count == 1 else 's'} planned for after {after}, not applied"
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -66,7 +74,7 @@ def format_summary(summary: RunSummary) -> str:
             )
     growth = summary.growth
     if growth is not None:
-        lines += growth_lines(growth)
+        lines += growth_lines(growth, last_step=None if figures is None else figures.global_step)
     if summary.error:
         lines.append(f"error: {summary.error}")
     if summary.status == "interrupted":
@@ -84,21 +92,23 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
-def growth_lines(growth: GrowthFigures) -> list[str]:
-    """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions."""
+def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list[str]:
+    """The growth part of the summary table: accuracy against the host-only baseline, seeds, decisions;
+    ``last_step``: the last trained step, which the unapplied transitions are said to come after."""
+    # The baseline ends where the first seed to reach training was germinated: seeds culled before that (at their
+    # attach's gate, G1) never changed the host's output.
     where = {
         # An early epoch flatters growth; the hint names the fair comparison.
         "run": (
-            f"epoch {growth.baseline_epoch}, before the first germination; nissa.baseline_run compares fairly"
+            f"epoch {growth.baseline_epoch}, before the first seed that trained; nissa.baseline_run compares fairly"
             if growth.baseline_epoch is not None
-            else "the first germination came before any epoch ended; nissa.baseline_run compares fairly"
+            else "the first seed that trained came before any epoch ended; nissa.baseline_run compares fairly"
         ),
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
-    }.get(growth.baseline_source, "no seed was grafted")
+    }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
     if growth.unapplied_transitions:
-        n = growth.unapplied_transitions
-        seeds += f" ({n} later transition{'s' if n > 1 else ''} planned after the last step, not applied)"
+        seeds += f" ({unapplied_note(growth.unapplied_transitions, last_step)})"
     return [
         f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
         f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",

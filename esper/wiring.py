@@ -28,7 +28,7 @@ from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
-from esper.summary_table import seed_outcomes
+from esper.summary_table import seed_outcomes, unapplied_transitions
 from schemas.boundary import FALLBACK_SUFFIX, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
@@ -276,9 +276,9 @@ class RunTally:
         emergencies: EmergencyTally | None = None,
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
-        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (Nissa's
-        starting stages, see slot_stages_at) and its emergency signals (the summary counts every session's, each
-        move once); the resumed run's own traffic then continues the tally."""
+        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (what Nissa
+        starts from, see slot_transitions_at) and its emergency signals (the summary counts every session's, each move
+        once); the resumed run's own traffic then continues the tally."""
         self.decisions = list(decisions or ())
         self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
@@ -289,11 +289,11 @@ class RunTally:
             self.epoch_val_accuracy[epoch] = accuracy
             self.epoch_step[epoch] = step
 
-    def slot_stages(self) -> dict[str, SeedLifecycleStage]:
-        """Each slot's stage as the transitions that stand left it: what a restarted Nissa starts from (it counted
-        seeds by the trainer's coarser view, probationary as shadowing and embargoed as dormant, until each slot's
-        next transition)."""
-        return {slot: stage for slot, stage, _ in self.slot_transitions}
+    def standing_slot_transitions(self) -> list[tuple[str, SeedLifecycleStage, int]]:
+        """Every (slot, stage, step) transition that stands, the earlier sessions' included: what a restarted Nissa
+        starts from (it counted seeds by the trainer's coarser view, probationary as shadowing and embargoed as
+        dormant, until each slot's next transition)."""
+        return list(self.slot_transitions)
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:
@@ -305,12 +305,15 @@ class RunTally:
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
         add_decision(self.decisions, DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback))
 
-    def _first_grafted_germination(self) -> int | None:
-        """The germination step of the first seed that was grafted (reached TRAINING): one culled before it was ever
-        built (its module could not be fetched) left the host training alone."""
+    def _first_grafted_germination(self, last_step: int | None) -> int | None:
+        """The germination step of the first seed that was grafted (reached TRAINING by ``last_step``, None: ever). One
+        culled before (its module could not be fetched, or its attach failed G1) left the host training alone: until
+        then the slot's forward value is the host's own (esper.nn.slots)."""
         germinated: dict[str, int] = {}
         grafted: list[int] = []
         for seed_id, step, stage in self.seed_transitions:
+            if last_step is not None and step > last_step:
+                continue
             if stage is SeedLifecycleStage.GERMINATED:
                 germinated.setdefault(seed_id, step)
             elif stage is SeedLifecycleStage.TRAINING and seed_id in germinated:
@@ -318,20 +321,22 @@ class RunTally:
         return min(grafted, default=None)
 
     def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
-        """The growth figures as of now; the baseline is the last epoch whose end came before the first germination
-        took effect (the host alone), or the final epoch when nothing was grafted. Seeds are counted by the stage they
-        were in at ``last_step`` (the last trained step; None: their latest), leaving out what never took effect."""
+        """The growth figures as of now; the baseline is the last epoch whose end came before the germination of the
+        first seed that reached training took effect (the host alone), or the final epoch when none did. Seeds are
+        counted by the stage they were in at ``last_step`` (the last trained step; None: their latest), leaving out
+        what never took effect."""
         epochs = sorted(self.epoch_val_accuracy)
         final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
         baseline_epoch: int | None = None
         source = "run"
-        grafted = self._first_grafted_germination()
+        grafted = self._first_grafted_germination(last_step)
         if grafted is None:
             baseline_epoch, source = (epochs[-1] if epochs else None), "host_only"
         else:
             before = [e for e in epochs if self.epoch_step[e] < grafted]
             baseline_epoch = before[-1] if before else None
-        counts, unapplied = seed_outcomes(self.seed_transitions, last_step)
+        counts = seed_outcomes(self.seed_transitions, last_step)
+        unapplied = unapplied_transitions((step for _, _, step in self.slot_transitions), last_step)
         latencies = sorted(d.ms for d in self.decisions)
         no_op_reasons: dict[str, int] = {}
         for d in self.decisions:

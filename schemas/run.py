@@ -47,12 +47,13 @@ class TrainingFigures(Record, frozen=True):
 class GrowthFigures(Record, frozen=True):
     """What the controller did to the host and whether it paid off.
 
-    ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the first germination took
-    effect (``baseline_source`` "run"), the final one when nothing was ever grafted ("host_only"), or the final one of
+    ``baseline_val_accuracy`` is the host-only validation accuracy: the last epoch before the germination of the first
+    seed that reached training took effect (``baseline_source`` "run"; a seed culled before, at its attach's gate,
+    never changed the host's output), the final one when no seed reached training ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
     its epochs in ``baseline_epoch``). ``seeds`` counts seeds by the lifecycle stage they ended training in (lower-case
-    stage name); ``unapplied_transitions`` counts transitions planned at the last boundaries for a step after the last
-    one, which never took effect;
+    stage name); ``unapplied_transitions`` counts lifecycle transitions (a seed's, and a slot's embargo and reset)
+    planned at the last boundaries for a step after the last one, which never took effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
     fallback made instead of the configured policy; ``emergency_events`` counts the emergency ladder's moves in every

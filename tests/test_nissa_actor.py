@@ -236,8 +236,8 @@ async def test_a_restarted_nissa_counts_seeds_by_the_stages_the_run_left(
         await real_append(self, row)
 
     monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
-    run_stages = {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
-    spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, later_stages=lambda: run_stages)
+    run_transitions = [("a", SeedLifecycleStage.PROBATIONARY, 20), ("b", SeedLifecycleStage.EMBARGOED, 24)]
+    spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, later_transitions=lambda: run_transitions)
     system = ActorSystem(clock=clock, sink=sink)
     await system.start(Supervisor([spec], backoff_initial_s=0))
     seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
-from esper.run_history import earlier_tally, slot_stages_at
+from esper.run_history import earlier_tally, slot_transitions_at
 from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
@@ -109,6 +109,10 @@ def test_telemetry_lifecycle_boundary_breaker_and_restart_inputs_update_the_regi
         )
     )
     assert registry.value("kasmina.seed.transitions_total", {"to_stage": "blending"}) == 1.0
+    assert registry.value("kasmina.seed.stage", {"slot": "s1"}) is None  # set by the packets from step 40 on
+    aggregator.observe_state(
+        packet(40, epoch=0, val=0.9, seeds=(seed("s1", SeedLifecycleStage.TRAINING),)), wall_time_s=1
+    )
     assert registry.value("kasmina.seed.stage", {"slot": "s1"}) == 4.0
 
     aggregator.observe_boundary(
@@ -173,9 +177,9 @@ def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path
     (tmp_path / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
     config = RunConfig(tolaria=TolariaConfig(command_lag_steps=8))
     transitions = earlier_tally(tmp_path, config).slot_transitions
-    stages = slot_stages_at(transitions, config.tolaria.command_lag_steps, resume_step=88)
-    assert stages == {"a": SeedLifecycleStage.PROBATIONARY, "b": SeedLifecycleStage.EMBARGOED}
-    aggregator = MetricsAggregator(stages=stages)
+    earlier = slot_transitions_at(transitions, config.tolaria.command_lag_steps, resume_step=88)
+    assert earlier == [("a", SeedLifecycleStage.PROBATIONARY, 88), ("b", SeedLifecycleStage.EMBARGOED, 96)]
+    aggregator = MetricsAggregator(transitions=earlier)
     seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))
     row, _ = aggregator.observe_state(packet(100, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
     assert row is not None
@@ -186,7 +190,7 @@ def test_a_rollback_takes_back_the_stages_of_the_transitions_it_undid() -> None:
     """A seed germinated after the state a rollback went back to counted in metrics.csv (and the per-slot stage gauge)
     until its slot's next transition, though the lifecycle no longer had it."""
     dormant, germinated = SeedLifecycleStage.DORMANT, SeedLifecycleStage.GERMINATED
-    aggregator = MetricsAggregator(stages={"a": SeedLifecycleStage.TRAINING})
+    aggregator = MetricsAggregator(transitions=[("a", SeedLifecycleStage.TRAINING, 10)])
     aggregator.observe_stage(
         SeedStageChanged(slot="a", from_stage=SeedLifecycleStage.TRAINING, to_stage=germinated, step=60)
     )
@@ -199,6 +203,35 @@ def test_a_rollback_takes_back_the_stages_of_the_transitions_it_undid() -> None:
     assert row is not None
     # a and b stand (decided at or before step 64); c's germination was undone: its slot is dormant again.
     assert (row["seeds_germinated"], row["seeds_dormant"]) == (2, 1)
+
+
+def test_a_row_counts_the_stages_in_effect_at_its_step_not_those_planned_later() -> None:
+    """A transition is reported when decided, command_lag_steps before it takes effect: the epoch row after it counted
+    it already (a seed germinated with no parameters yet, a run's last row counting culls planned after its last
+    step)."""
+    dormant, germinated, training = (
+        SeedLifecycleStage.DORMANT,
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+    )
+    aggregator = MetricsAggregator()
+    # Decided at the epoch end of step 100, in effect at the boundary after step 104 (a lag of 4).
+    aggregator.observe_stage(SeedStageChanged(slot="a", from_stage=dormant, to_stage=germinated, step=104))
+    seeds = (seed("a", dormant),)
+    row, _ = aggregator.observe_state(packet(100, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    assert (row["seeds_germinated"], row["seeds_dormant"]) == (0, 1)
+    # A packet inside an epoch is sent before the plans due at its step are applied.
+    aggregator.observe_state(packet(104, epoch=5, seeds=seeds), wall_time_s=1.0)
+    assert aggregator.registry.value("kasmina.seeds.by_stage", {"stage": "germinated"}) == 0.0
+    aggregator.observe_stage(SeedStageChanged(slot="a", from_stage=germinated, to_stage=training, step=124))
+    # An epoch end is sent after them: the germination counts, the training planned for step 124 does not yet.
+    row, _ = aggregator.observe_state(packet(120, epoch=5, val=0.6, seeds=seeds), wall_time_s=2.0)
+    assert row is not None
+    assert (row["seeds_germinated"], row["seeds_training"], row["seeds_active"]) == (1, 0, 1)
+    row, _ = aggregator.observe_state(packet(140, epoch=6, val=0.5, seeds=seeds), wall_time_s=3.0)
+    assert row is not None
+    assert (row["seeds_germinated"], row["seeds_training"]) == (0, 1)
 
 
 def test_an_epoch_row_reports_the_epochs_timings_not_its_last_intervals() -> None:

@@ -8,7 +8,8 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 
 from esper.report_labels import ellipsize, seed_tag, short_slot_names
-from esper.report_plot import Curves, LabelSpot, StageEvent, lane_labels, plan_labels, report_figure
+from esper.report_plot import Curves, LabelSpot, StageEvent, plan_labels, report_figure
+from esper.report_timeline import row_labels
 from schemas.enums import SeedLifecycleStage as Stage
 
 DEEP = "encoder_stack.residual_layers.{}.feed_forward_projection"
@@ -49,9 +50,9 @@ def test_a_seed_id_that_names_its_slot_drops_it() -> None:
     assert seed_tag("my-own-seed", "blocks.1", 16) == "my-own-seed"
 
 
-def test_lane_labels_name_the_slot_once_and_stay_short() -> None:
+def test_row_labels_name_the_slot_once_and_stay_short() -> None:
     """Each lane read "slot · seed-slot-N (bp)", 110 characters for a deep model: the curves kept 5 % of the width."""
-    assert lane_labels(_deep_events()) == [
+    assert row_labels(_deep_events()) == [
         f"…residual_layers.{i}… · seed-…-{step} (BP00{i + 1})" for i, step in enumerate((60, 100, 140))
     ]
 

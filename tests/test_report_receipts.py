@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from matplotlib.collections import PolyCollection
 
 from esper.report import curves_from, drawn, load_run, read_stage_events, summary_lines
-from esper.report_plot import StageEvent, report_figure, seed_lanes
+from esper.report_plot import StageEvent, report_figure
 from esper.report_receipts import Refusal, RefusalLog, took_effect
+from esper.report_timeline import seed_lanes
 from schemas.enums import SeedLifecycleStage as Stage
 from tests.report_fixtures import write_run
 
@@ -151,29 +152,31 @@ def test_an_older_log_whose_refusals_name_no_step_draws_its_changes_as_planned()
 
 def test_a_transition_planned_after_the_last_trained_step_is_not_drawn(tmp_path: Path) -> None:
     """Run c1 (800 steps): a cull planned for step 808 was drawn in report.png as if it happened, while the summary and
-    the digest said it was not applied."""
+    the digest said it was not applied. The digest counted the seed's transitions and the timeline's title every one
+    (a cull's embargo carries no seed id): 2 against 7 in run r2 of the long sweep; both count every one now."""
     lines = [
         _stage(688, "GERMINATED", "DORMANT"),
         _stage(700, "TRAINING", "GERMINATED"),
         _stage(808, "CULLED", "TRAINING"),
+        _stage(812, "EMBARGOED", "CULLED", seed_id=None),
         {"event": "command_result", "kind": "pause", "accepted": True, "applied_step": 804, "seed_id": SEED},
     ]
     data = load_run(_run(tmp_path, lines, last_step=800))
     shown = drawn(data)
     assert [(e.to_stage, e.step) for e in shown.events] == [(Stage.GERMINATED, 688), (Stage.TRAINING, 700)]
     assert shown.pauses == []
-    assert shown.timeline_note == "1 transition planned for after step 800 not applied, not drawn"
-    assert summary_lines(data)[2] == "seeds 1: training 1 (1 later transition after step 800, not applied)"
+    assert shown.timeline_note == "2 transitions planned for after step 800, not applied, not drawn"
+    assert summary_lines(data)[2] == "seeds 1: training 1 (2 transitions planned for after step 800, not applied)"
     curves = curves_from(data.rows)
     figure = report_figure(curves, shown.events, title="t", pauses=shown.pauses, timeline_note=shown.timeline_note)
     lane_ax = figure.axes[2]
     assert (
         lane_ax.get_title(loc="left")
-        == "seed timeline (1 transition planned for after step 800 not applied, not drawn)"
+        == "seed timeline (2 transitions planned for after step 800, not applied, not drawn)"
     )
-    bars = [c for c in lane_ax.collections if isinstance(c, PolyCollection)]
-    assert len(bars) == 2, "germinated and training: no culled bar"
-    assert max(c.get_datalim(lane_ax.transData).x1 for c in bars) <= 800
+    [bars] = [c for c in lane_ax.collections if isinstance(c, PolyCollection)]
+    assert len(bars.get_paths()) == 2, "germinated and training: no culled bar"
+    assert bars.get_datalim(lane_ax.transData).x1 <= 800
     # A run still going (or killed) has no last step to cut at: everything read is drawn.
     live = drawn(dataclasses.replace(data, live=True))
-    assert [e.step for e in live.events] == [688, 700, 808]
+    assert [e.step for e in live.events] == [688, 700, 808, 812]

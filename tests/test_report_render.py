@@ -20,7 +20,8 @@ from esper.report import (
     stage_event,
     summary_lines,
 )
-from esper.report_plot import PauseEvent, StageEvent, paused_spans, seed_lanes
+from esper.report_plot import PauseEvent, StageEvent
+from esper.report_timeline import paused_spans, seed_lanes
 from schemas.enums import SeedLifecycleStage as Stage
 from tests.report_fixtures import TRANSITIONS, write_run
 
@@ -133,7 +134,10 @@ def test_the_summary_names_status_final_figures_and_seed_outcomes(tmp_path: Path
 def test_seed_outcomes_leave_out_transitions_after_the_last_trained_step(tmp_path: Path) -> None:
     lines = summary_lines(load_run(write_run(tmp_path / "run-g", last_step=1500)))
     # seed-3's SHADOWING at step 1600 was planned for after the run's last step (1500): it never took effect.
-    assert lines[2] == "seeds 3: blending 1, culled 1, fossilized 1 (1 later transition after step 1500, not applied)"
+    assert (
+        lines[2]
+        == "seeds 3: blending 1, culled 1, fossilized 1 (1 transition planned for after step 1500, not applied)"
+    )
 
 
 def test_missing_inputs_raise_one_line_errors(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
+from esper.run_history import already_trained
 from esper.runtime.errors import ConfigError
 from schemas.config import KasminaConfig, RunConfig, TolariaConfig
 
@@ -290,3 +292,26 @@ def test_every_differing_key_is_named_at_once(tmp_path: Path) -> None:
         f"--resume {directory}: tolaria.seed is 0 in the run and 7 here, tolaria.lr is 0.001 in the run and 0.1 here;"
         " a resume continues the same training (drop those changes, or start a new run)"
     )
+
+
+def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Path) -> None:
+    """Run r1b of the long sweep (100 epochs) resumed with tolaria.epochs = 60 was told to try 70: still nothing."""
+    run_dir = _run_dir(tmp_path)
+    data = b"a checkpoint's bytes"
+    (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
+    entry = {
+        "file": "step-300.pt",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "global_step": 300,
+        "epoch": 100,
+        "batch_index": 0,
+    }
+    (run_dir / "checkpoints" / "manifest.json").write_text(json.dumps({"checkpoints": [entry]}), encoding="utf-8")
+    (run_dir / "summary.json").write_text("{}", encoding="utf-8")
+    notice = already_trained(run_dir, 60)
+    assert notice is not None
+    assert "already trained 100 epochs, more than tolaria.epochs = 60 epochs (step-300.pt)" in notice
+    assert notice.endswith("(raise tolaria.epochs past 100, e.g. --set tolaria.epochs=110, to train further)")
+    assert "already trained 100 of tolaria.epochs = 100 epochs" in (already_trained(run_dir, 100) or "")
+    assert already_trained(run_dir, 101) is None

@@ -140,13 +140,17 @@ def test_seeds_are_counted_in_the_stage_they_ended_training_in() -> None:
         _stage("a", SeedLifecycleStage.CULLED, 288),
         _stage("b", SeedLifecycleStage.GERMINATED, 276),
         _stage("b", SeedLifecycleStage.TRAINING, 284),
+        # A cull's embargo names no seed: counted too, as report.png's timeline counts what it leaves out.
+        SeedStageChanged(
+            slot="blocks.2", from_stage=SeedLifecycleStage.CULLED, to_stage=SeedLifecycleStage.EMBARGOED, step=286
+        ),
     ):
         tally.emit(event)
     ended = tally.figures(seed_parameters=462, last_step=280)
     assert ended.seeds == {"blending": 1, "germinated": 1}
-    assert ended.unapplied_transitions == 2
-    assert "blending 1, germinated 1 (2 later transitions planned after the last step, not applied)" in "\n".join(
-        growth_lines(ended)
+    assert ended.unapplied_transitions == 3
+    assert "blending 1, germinated 1 (3 transitions planned for after step 280, not applied)" in "\n".join(
+        growth_lines(ended, last_step=280)
     )
     assert tally.figures(seed_parameters=462).seeds == {"culled": 1, "training": 1}  # no last step: the latest
 
@@ -155,7 +159,7 @@ def test_a_germination_before_any_epoch_ended_is_said_in_words_not_epoch_none() 
     growth = GrowthFigures(baseline_val_accuracy=None, baseline_epoch=None, baseline_source="run", decisions=3)
     [_, baseline_line, *_] = growth_lines(growth)
     assert "None" not in baseline_line
-    assert "the first germination came before any epoch ended" in baseline_line
+    assert "the first seed that trained came before any epoch ended" in baseline_line
 
 
 def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> None:
@@ -171,6 +175,24 @@ def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> N
     tally.emit(_stage("b", SeedLifecycleStage.TRAINING, 28))
     grown = tally.figures(seed_parameters=64)
     assert (grown.baseline_epoch, grown.baseline_source) == (2, "run")  # the last epoch before b's germination
+    assert "epoch 2, before the first seed that trained" in growth_lines(grown)[1]
+
+
+def test_seeds_culled_at_their_attach_are_not_called_never_grafted() -> None:
+    """Run r7 of the long sweep: 115 seeds were attached and culled at G1, and the summary said "no seed was grafted".
+    None reached training, so the baseline is still the final epoch (the host's output was its own throughout)."""
+    tally = RunTally()
+    tally.preload([], [(1, 10, 0.5), (2, 20, 0.6), (3, 30, 0.7)], [])
+    for seed, step in (("a", 12), ("b", 22)):
+        tally.emit(_stage(seed, SeedLifecycleStage.GERMINATED, step))
+        tally.emit(_stage(seed, SeedLifecycleStage.CULLED, step + 3))  # G1_GRADIENT_HEALTH:probe_grad_exceeded
+    # Germinated at 28, in training only after the last trained step (30): never trained.
+    tally.emit(_stage("c", SeedLifecycleStage.GERMINATED, 28))
+    tally.emit(_stage("c", SeedLifecycleStage.TRAINING, 32))
+    figures = tally.figures(seed_parameters=0, last_step=30)
+    assert (figures.baseline_epoch, figures.baseline_source, figures.baseline_val_accuracy) == (3, "host_only", 0.7)
+    assert growth_lines(figures)[1].endswith("0.7000 (no seed reached training)")
+    assert growth_lines(GrowthFigures(baseline_source="host_only"))[1].endswith("(no seed was grafted)")
 
 
 def test_the_summary_table_says_how_many_steps_were_skipped_and_rolled_back() -> None:
@@ -230,7 +252,7 @@ def test_a_resume_drops_the_killed_sessions_epochs_past_its_checkpoint() -> None
     assert tally.figures(seed_parameters=0).final_val_accuracy is None
 
 
-def test_slot_stages_follow_every_transition_that_stands() -> None:
+def test_the_standing_slot_transitions_are_every_one_that_stands() -> None:
     """What a restarted Nissa starts from: each slot's latest standing transition, the earlier sessions' included."""
     tally = RunTally()
     tally.preload([], [], [], [("blocks.0", SeedLifecycleStage.FOSSILIZED, 40)])
@@ -242,11 +264,11 @@ def test_slot_stages_follow_every_transition_that_stands() -> None:
     )
     tally.emit(_stage("a", SeedLifecycleStage.FOSSILIZED, 72))  # decided at 68: undone below
     tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
-    assert tally.slot_stages() == {
-        "blocks.0": SeedLifecycleStage.FOSSILIZED,
-        "blocks.1": SeedLifecycleStage.PROBATIONARY,
-        "blocks.2": SeedLifecycleStage.EMBARGOED,
-    }
+    assert tally.standing_slot_transitions() == [
+        ("blocks.0", SeedLifecycleStage.FOSSILIZED, 40),
+        ("blocks.1", SeedLifecycleStage.PROBATIONARY, 60),
+        ("blocks.2", SeedLifecycleStage.EMBARGOED, 62),
+    ]
 
 
 def test_the_summary_table_says_how_many_events_never_reached_the_bus() -> None:

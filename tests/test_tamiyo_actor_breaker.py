@@ -6,13 +6,15 @@ import asyncio
 from typing import TYPE_CHECKING, final
 
 from actors.tamiyo.gnn_state import PolicyRestarting
-from actors.tamiyo.policy import Decision
+from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
+from actors.tamiyo.policy import BlueprintCandidate, Decision
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import BreakerState
+from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.runtime import BreakerTransition
+from schemas.state import SeedState
 from schemas.telemetry import TelemetryEvent
-from tests._tamiyo_harness import GatedPolicy, TamiyoHarness, packet
+from tests._tamiyo_harness import SLOTS, GatedPolicy, TamiyoHarness, dormant, packet
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,13 +88,24 @@ async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_pat
 
 
 async def test_with_no_candidate_and_no_live_seed_inference_is_skipped(tmp_path: Path, sink: RecordingSink) -> None:
+    """Every slot taken and no seed live (run r6 of the long sweep: an initial seed in each slot) said no_candidate,
+    which names a blueprint fitting no free slot; with a live seed the heuristic says no_free_slot for the same."""
     stub = GatedPolicy(asyncio.get_running_loop())
+    fossilized = tuple(
+        SeedState(slot=s, stage=SeedLifecycleStage.FOSSILIZED, layer_depth=i) for i, s in enumerate(SLOTS)
+    )
+    embargoed = (*fossilized[:2], SeedState(slot=SLOTS[2], stage=SeedLifecycleStage.EMBARGOED, layer_depth=2))
+    unfit = BlueprintCandidate(blueprint_id="bp-conv", slot_parameters={"s9": 100})  # fits no slot of this host
     async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
-        decision = await h.decide(packet(1, 0, seeds=()))
+        decisions = [await h.decide(packet(step, 0, seeds=seeds)) for step, seeds in ((1, fossilized), (2, embargoed))]
         stats = await h.stats()
-    assert decision.command is None
+    assert [(d.command, d.reason) for d in decisions] == [(None, "no_free_slot")] * 2
     assert stub.calls == 0
-    assert stats.inference_skipped == 1
+    assert stats.inference_skipped == 2
+    # A free slot no offered blueprint fits is what no_candidate names.
+    free = build_observation(packet(3, 0, seeds=(*fossilized[:2], dormant(SLOTS[2]))), (unfit,))
+    assert not has_candidate(free)
+    assert no_candidate_reason(free) == "no_candidate"
 
 
 async def test_the_no_op_fallback_is_used_when_configured(tmp_path: Path, sink: RecordingSink) -> None:

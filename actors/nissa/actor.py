@@ -26,14 +26,14 @@ from schemas.state import SystemStatePacket
 from schemas.telemetry import TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
     from actors.nissa.alerts import AlertRule, SloObjective
+    from actors.nissa.metrics import SlotTransition
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import NissaConfig
-    from schemas.enums import SeedLifecycleStage
 
 NissaMessage = (
     SystemStatePacket
@@ -91,7 +91,7 @@ class Nissa(Actor[NissaMessage]):
         slos: Sequence[SloObjective] = DEFAULT_SLOS,
         capacity: int = 1024,
         backlog: RowBacklog | None = None,
-        stages: Mapping[str, SeedLifecycleStage] | None = None,
+        transitions: Sequence[SlotTransition] | None = None,
     ) -> None:
         """Args:
         config: the ``[nissa]`` section; ``prometheus_port`` 0 binds an ephemeral port (tests).
@@ -102,8 +102,8 @@ class Nissa(Actor[NissaMessage]):
         rules / slos: the alert table and SLOs (REFERENCE.md section 9 by default).
         capacity: mailbox capacity.
         backlog: the rows not yet written, kept by the spec across incarnations (None: this incarnation's own).
-        stages: each slot's lifecycle stage as a resumed run's earlier sessions left it (their transitions are not
-            reported again: the replay that rebuilds the lifecycle is silent).
+        transitions: the slot transitions that stand from a resumed run's earlier sessions (they are not reported
+            again: the replay that rebuilds the lifecycle is silent), or from before a restart, in order.
         """
         super().__init__(inbox=NISSA_INBOX, capacity=capacity)
         self._config = config
@@ -112,7 +112,7 @@ class Nissa(Actor[NissaMessage]):
         self._started_s = started_s
         self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
         self._backlog = RowBacklog() if backlog is None else backlog
-        self._metrics = MetricsAggregator(stages=stages)
+        self._metrics = MetricsAggregator(transitions=transitions)
         self._alerts = AlertEvaluator(rules)
         self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
         self._emergency = EmergencyLevel.L1_NOTICE

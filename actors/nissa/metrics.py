@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from schemas.state import SystemStatePacket
     from schemas.telemetry import TelemetryPacket
 
+SlotTransition = tuple[str, SeedLifecycleStage, int]
+"""(slot, stage, step): a slot's lifecycle transition, in effect from the boundary after optimizer step ``step``."""
+
 CellValue = float | int | None
 EpochRow = dict[str, CellValue]
 """One metrics.csv row by column name (METRICS_COLUMNS order); None is an empty cell."""
@@ -222,26 +225,37 @@ class MetricsAggregator:
     """Turns Nissa's inputs into registry updates and epoch rows. Each ``observe_*`` returns the metric names whose
     value changed, so the caller evaluates only the alert rules on those metrics."""
 
-    def __init__(
-        self, *, last_epoch: int | None = None, stages: Mapping[str, SeedLifecycleStage] | None = None
-    ) -> None:
+    def __init__(self, *, last_epoch: int | None = None, transitions: Sequence[SlotTransition] | None = None) -> None:
         """Args: last_epoch: the index (from 0) of the last epoch already in metrics.csv (after a restart); its row is
-        not produced again. stages: each slot's lifecycle stage as the earlier sessions of a resumed run left it (the
-        replay that rebuilds the lifecycle reports nothing)."""
+        not produced again. transitions: the slot transitions that stand from before this aggregator (a resumed run's
+        earlier sessions, whose lifecycle replay reports nothing; a restarted Nissa's run so far), in order."""
         self.registry = MetricsRegistry()
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
-        # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING).
-        self._lifecycle: dict[str, SeedLifecycleStage] = dict(stages or {})
-        # What _lifecycle was built from, so that a restore of the lifecycle can take back the transitions it undid.
-        self._initial_stages: dict[str, SeedLifecycleStage] = dict(stages or {})
-        self._transitions: list[SeedStageChanged] = []
+        # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING). Only the
+        # transitions in effect at the packet's step count: each is reported when decided, command_lag_steps ahead.
+        self._lifecycle: dict[str, SeedLifecycleStage] = {}
+        self._pending: list[SlotTransition] = list(transitions or ())
+        # Every transition that stands, so that a restore of the lifecycle can take back the ones it undid.
+        self._standing: list[SlotTransition] = list(self._pending)
         # The halts counted: a halt at a step already counted (the signal delivered again) is the same halt.
         self._halts = EmergencyTally()
 
     def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
+        # An epoch-end packet is sent after the plans due at its step are applied; one inside an epoch before them.
+        self._apply_due(packet.global_step if packet.epoch_progress >= 1.0 else packet.global_step - 1)
         return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]
+
+    def _apply_due(self, step: int) -> None:
+        """Move the pending transitions in effect at ``step`` into the lifecycle, in the order they were reported."""
+        waiting: list[SlotTransition] = []
+        for transition in self._pending:
+            if transition[2] <= step:
+                self._lifecycle[transition[0]] = transition[1]
+            else:
+                waiting.append(transition)
+        self._pending = waiting
 
     def observe_state(self, packet: SystemStatePacket, *, wall_time_s: float) -> tuple[EpochRow | None, list[str]]:
         """Update the gauges from a state packet; returns (the epoch row if this packet ends a new epoch, names)."""
@@ -299,10 +313,11 @@ class MetricsAggregator:
         return names
 
     def observe_stage(self, event: SeedStageChanged) -> list[str]:
-        self._lifecycle[event.slot] = event.to_stage
-        self._transitions.append(event)
+        """Count a transition when it is decided; its stage counts in the packets from its step on."""
+        transition = (event.slot, event.to_stage, event.step)
+        self._pending.append(transition)
+        self._standing.append(transition)
         self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": event.to_stage.name.lower()})
-        self.registry.set_gauge("kasmina.seed.stage", int(event.to_stage), {"slot": event.slot})
         return ["kasmina.seed.transitions_total"]
 
     def observe_training_restored(self, step: int) -> list[str]:
@@ -313,12 +328,13 @@ class MetricsAggregator:
 
     def observe_restored(self, restored: LifecycleRestored) -> list[str]:
         """The lifecycle went back to an earlier boundary (a rollback): each slot's stage is again the one the
-        transitions that still stand left it in (without this, a seed germinated after the rollback's state counted in
-        metrics.csv until its slot's next transition). The transition counter keeps what happened."""
-        self._transitions = [t for t in self._transitions if not restored.undoes(t.step)]
-        self._lifecycle = dict(self._initial_stages)
-        for transition in self._transitions:
-            self._lifecycle[transition.slot] = transition.to_stage
+        transitions that still stand left it in at that boundary (without this, a seed germinated after the rollback's
+        state counted in metrics.csv until its slot's next transition); those decided before it and due after it are
+        pending again. The transition counter keeps what happened."""
+        self._standing = [t for t in self._standing if not restored.undoes(t[2])]
+        self._lifecycle = {}
+        self._pending = list(self._standing)
+        self._apply_due(restored.step)
         for slot, stage in self._lifecycle.items():
             self.registry.set_gauge("kasmina.seed.stage", int(stage), {"slot": slot})
         return ["kasmina.seed.stage"]

@@ -11,14 +11,14 @@ from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
     from actors.nissa.alerts import AlertRule
+    from actors.nissa.metrics import SlotTransition
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import NissaConfig
-    from schemas.enums import SeedLifecycleStage
 
 NISSA = "nissa"
 NISSA_TICK = "nissa-tick"
@@ -33,16 +33,17 @@ def nissa_spec(
     shutdown_deadline_s: float = 5.0,
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
-    stages: Mapping[str, SeedLifecycleStage] | None = None,
-    later_stages: Callable[[], Mapping[str, SeedLifecycleStage]] | None = None,
+    transitions: Sequence[SlotTransition] | None = None,
+    later_transitions: Callable[[], Sequence[SlotTransition]] | None = None,
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
-    run's start), so they survive restarts. ``stages``: the first incarnation's slot stages (a resume's, as its
-    earlier sessions left them); ``later_stages``: a restarted incarnation's, as the run's transitions left them."""
+    run's start), so they survive restarts. ``transitions``: the slot transitions the first incarnation starts
+    from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those of the run that
+    stand."""
     started_s = clock.now()
     backlog = RowBacklog()  # rows an incarnation crashed while writing: the next one writes them
-    first_stages: list[Mapping[str, SeedLifecycleStage] | None] = [stages]  # a resume's, for the first incarnation
+    first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
     return ChildSpec(
         NISSA,
         lambda: Nissa(
@@ -54,7 +55,7 @@ def nissa_spec(
             capacity=mailbox_capacity,
             rules=rules,
             backlog=backlog,
-            stages=first_stages.pop() if first_stages else later_stages() if later_stages is not None else None,
+            transitions=first.pop() if first else later_transitions() if later_transitions is not None else None,
         ),
         shutdown_deadline_s=shutdown_deadline_s,
     )

@@ -41,7 +41,7 @@ import structlog
 from actors.tamiyo.controller import Controller, FallbackKind
 from actors.tamiyo.decide import Choice, Decider
 from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker
-from actors.tamiyo.observe import build_observation, has_candidate
+from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import NO_OP
 from actors.tamiyo.state_journal import state_at
 from esper.runtime.actor import Actor
@@ -268,7 +268,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
             if not has_candidate(observation):
                 self._c.count(inference_skipped=1)
                 choice = Choice(
-                    msgspec.structs.replace(NO_OP, reason="no_candidate"), self._c.policy_name, self._c.policy.version
+                    msgspec.structs.replace(NO_OP, reason=no_candidate_reason(observation)),
+                    self._c.policy_name,
+                    self._c.policy.version,
                 )
             elif not self._c.breaker.allow():
                 choice = self._decider.fall_back(observation, "breaker_open", packet)

@@ -122,6 +122,13 @@ def has_candidate(observation: Observation) -> bool:
     return any(observation.fitting(s.slot) for s in observation.free_slots())
 
 
+def no_candidate_reason(observation: Observation) -> str:
+    """The NO_OP reason when no other decision is possible (see has_candidate): ``no_free_slot`` when every slot is
+    taken (a fossilized or initial seed in it, or a cull's embargo and reset), as the heuristic says with a live seed;
+    ``no_candidate`` when a slot is free but no offered blueprint fits it."""
+    return "no_candidate" if observation.free_slots() else "no_free_slot"
+
+
 def implicated_seed(observation: Observation) -> str | None:
     """The seed a loss spike is blamed on: the BLENDING seed furthest into its ramp (highest alpha, then the
     youngest), else the youngest live one; None if none.
