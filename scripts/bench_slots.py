@@ -7,7 +7,8 @@
   one process, each step timed in this thread's CPU time, as the median over block quadruples of
   ``slotted / plain - 1`` (block medians, ABBA quadruples), in percent. Target <= 0.5.
   ``dormant_control_pct`` repeats it with both arms plain: the noise floor of the machine during the run.
-- ``graft_stall_ms_p99``: ``slot.attach(seed) + add_seed_group(...)`` for a prepared seed. Target <= 1 ms.
+- ``graft_stall_ms_p99``: ``slot.attach(seed) + add_seed_group(...)`` for a prepared seed, nearest-rank p99 (the
+  ``ceil(0.99 n)``-th smallest) over ``graft_stall_samples`` trials. Target <= 1 ms.
 - ``incubation_cost_ratio``: ``median over rotations of (step with one seed - step with the slot dormant) / median
   of the seed's own forward+backward on a tensor of the slot's activation shape``, for TRAINING and BLENDING (alpha
   0.5); the arms run back to back in a rotating order and each difference pairs the steps of one rotation. Target
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from esper.nn import SlotMode, find_slots, unwrap, wrap
 from esper.nn.hosts import CNN1dHost, CNN2dHost
 from esper.nn.optim_migration import add_seed_group, remove_seed_group
+from esper.runtime.percentiles import nearest_rank
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +49,9 @@ def _step_fn(
         return clock() - t0
 
     return step
+
+
+GRAFT_STALL_TRIALS = 200
 
 
 def _host(name: str) -> tuple[nn.Module, tuple[str, ...], Tensor, Tensor]:
@@ -107,6 +112,14 @@ def _seed_for(name: str) -> nn.Module:
     return nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
 
 
+def p99(values: list[float]) -> float:
+    """Nearest-rank p99: the ``ceil(0.99 n)``-th smallest value."""
+    value = nearest_rank(sorted(values), 0.99)
+    if value is None:
+        raise ValueError("p99 of no samples")
+    return value
+
+
 def graft_stall_ms_p99(trials: int) -> float:
     torch.manual_seed(0)
     model, targets, _, _ = _host("cnn1d")
@@ -122,8 +135,7 @@ def graft_stall_ms_p99(trials: int) -> float:
         times.append((time.perf_counter() - t0) * 1e3)
         slot.detach()
         remove_seed_group(opt, f"s{i}")
-    times.sort()
-    return times[min(len(times) - 1, int(0.99 * len(times)))]
+    return p99(times)
 
 
 def incubation_cost_ratio(name: str, steps: int) -> dict[str, float]:
@@ -207,7 +219,8 @@ def main() -> None:
         "dormant_control_pct": {name: round(control[name]["pct"], 3) for name in hosts},
         "dormant_control_ci95": {name: _rounded_ci(control[name]) for name in hosts},
         "quadruples": {name: int(overhead[name]["quadruples"]) for name in hosts},
-        "graft_stall_ms_p99": round(graft_stall_ms_p99(200), 4),
+        "graft_stall_ms_p99": round(graft_stall_ms_p99(GRAFT_STALL_TRIALS), 4),
+        "graft_stall_samples": GRAFT_STALL_TRIALS,
         "incubation_cost_ratio": {
             "cnn1d": {k: round(v, 3) for k, v in incubation_cost_ratio("cnn1d", incubation).items()},
             "cnn2d_32": {
