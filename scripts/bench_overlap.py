@@ -4,14 +4,15 @@ Usage: python scripts/bench_overlap.py [--train-threads 1] [--policy-threads 1] 
                                       [--policy-process auto|thread|process]
 
 Training: the default MNIST-1D host (esper.nn.hosts.CNN1dHost, width 12), batch 128 of length-40 inputs (random
-tensors: the step's cost does not depend on the values), cross-entropy, Adam; one step is forward, backward and
-optimizer step, run on a ``train`` Lane. Decision: Tamiyo's GnnPolicy.decide (graph build + tamiyo_gnn_v1 at the
-reference sizes 256 -> 128, under inference mode) on an Observation of the same host (3 slots, 3 conv layers, 4
-blueprint candidates), run on a ``policy`` Lane: by default as the Tamiyo actor runs it on a CPU
-(``tamiyo.policy_process`` = "auto": a RemoteGnnPolicy, whose lane job waits on a worker process), with
-``--policy-process thread`` in the lane's own thread (the baseline the worker process replaces). Each lane thread
-(and the worker) gets its own torch thread budget (defaults: train 1, policy 1, on this 2-core machine, so the two
-lanes own one core each).
+tensors: the step's cost does not depend on the values), cross-entropy, and the optimizer Tolaria builds for it
+(``actors.tolaria.build.build_optimizer`` with the shipped config.toml's tolaria section: AdamW with fused kernels on
+the CPU); one step is forward, backward and optimizer step, run on a ``train`` Lane. Decision: Tamiyo's
+GnnPolicy.decide (graph build + tamiyo_gnn_v1 at the reference sizes 256 -> 128, under inference mode) on an
+Observation of the same host (3 slots, 3 conv layers, 4 blueprint candidates), run on a ``policy`` Lane: by default
+as the Tamiyo actor runs it on a CPU (``tamiyo.policy_process`` = "auto": a RemoteGnnPolicy, whose lane job waits on
+a worker process), with ``--policy-process thread`` in the lane's own thread (the baseline the worker process
+replaces). Each lane thread (and the worker) gets its own torch thread budget (defaults: train 1, policy 1, on this
+2-core machine, so the two lanes own one core each).
 
 Phases, repeated ``--rounds`` times and interleaved (so background load hits all of them alike): steps alone,
 decisions alone, then both lanes busy at once (decisions back to back: the worst case; Tamiyo really decides once per
@@ -28,6 +29,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +39,8 @@ from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.observe import build_observation
 from actors.tamiyo.policy import BlueprintCandidate
+from actors.tolaria.build import build_optimizer
+from esper.config import load_config
 from esper.nn.hosts import CNN1dHost
 from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import GraphCaps
@@ -50,15 +54,21 @@ from schemas.state import LayerSummary, SeedState, StepTimings, SystemStatePacke
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 BATCH = 128
 LENGTH = 40
 TARGETS = {"step_slowdown": 1.10, "decision_slowdown": 1.5}
 
 
+def make_optimizer(host: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer Tolaria builds for this host on the CPU (the shipped configuration's kind and settings)."""
+    return build_optimizer(load_config(CONFIG).tolaria, host, torch.device("cpu"))
+
+
 def make_step() -> Callable[[], float]:
     torch.manual_seed(0)
     host = CNN1dHost()
-    optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
+    optimizer = make_optimizer(host)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(BATCH, LENGTH)
     y = torch.randint(0, 10, (BATCH,))
@@ -172,7 +182,7 @@ async def main() -> None:
         Lane("train", "cpu", num_threads=args.train_threads) as train,
         Lane("policy", "cpu", num_threads=args.policy_threads) as policy,
     ):
-        await repeat(train, step, 30)  # warm-up: allocator, Adam state, thread pools
+        await repeat(train, step, 30)  # warm-up: allocator, optimizer state, thread pools
         await repeat(policy, decision, 10)
         for _ in range(args.rounds):
             steps_alone += await repeat(train, step, args.steps)
