@@ -21,8 +21,8 @@ Arms, alternated in blocks (10 headline decisions, 10 baseline decisions and 3 r
 first arm rotating from block to block), each after an untimed warm-up (``GnnPolicy.warm_up`` as Tamiyo's start does,
 then 10 decisions):
 
-- headline (``latency_ms``): the path above; ``--iterations`` samples at every size (at least 100, so that a p99 is
-  not simply the slowest sample).
+- headline (``latency_ms``): the path above; ``--iterations`` samples at every size, rounded up to whole blocks (at
+  least 100, so that a p99 is not simply the slowest sample).
 - baseline (``baseline_mlp_latency_ms``, ``ratio_p50_gnn_over_mlp``): the same graph work (build_observation,
   graph_inputs, the graph build with a normaliser of its own) and one call of a 3-layer MLP over the flattened node
   features instead of the GNN; no masks, no risk engine. As many samples as the headline.
