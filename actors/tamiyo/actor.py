@@ -366,6 +366,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             reason=wire.reason,
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
+            **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
         )
         by_action = dict(self._c.counters.by_action)
         by_action[action] = by_action.get(action, 0) + 1

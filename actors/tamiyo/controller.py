@@ -88,6 +88,7 @@ class Controller:
         self.last_step: int | None = None
         self.training_over = False  # the last packet ended the last epoch
         self.inflight = False
+        self.worker_restarting = False  # the policy's worker is being restarted: the fallback decides meanwhile
 
     def export_state(self) -> TamiyoState:
         """The controller state; event loop, between decisions.
