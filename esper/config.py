@@ -252,6 +252,14 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             yield from value_problems(value, (*path, name))
         elif name == "slot_targets" and isinstance(value, tuple) and any(not str(t).strip() for t in value):
             yield dotted, f"expected module names, got an empty one in {list(value)!r}"
+    # An empty path became the working directory (Path("") is "."), and the refusal named that directory instead.
+    if isinstance(section, TolariaConfig) and section.npz_path == "":
+        yield ".".join((*path, "npz_path")), "expected the path of an .npz file, got an empty string"
+    if isinstance(section, TamiyoConfig) and section.gnn_checkpoint == "":
+        yield (
+            ".".join((*path, "gnn_checkpoint")),
+            "expected the path of a safetensors file, got an empty string (leave the key out for fresh weights)",
+        )
     if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
         yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
     if (

@@ -51,6 +51,7 @@ _SHOWN_EVENTS = {
     "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
+    "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides
     "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
     "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
 }

@@ -15,6 +15,9 @@ class Decision(NamedTuple):
     ms: float
     no_op_reason: str | None  # None when it issued a command
     fallback: bool = False  # made by the fallback (the GNN's breaker open, its worker failed or restarting)
+    # Why the fallback decided (the Decision's fallback_reason: timeout_inference, policy_restarting, ...); empty when
+    # the policy did, or in a line written before the field existed.
+    fallback_reason: str = ""
 
 
 def decision_entry(entry: dict[str, object]) -> Decision | None:
@@ -28,7 +31,8 @@ def decision_entry(entry: dict[str, object]) -> Decision | None:
     no_op = reason if isinstance(reason, str) and reason else "no_op"
     policy = entry.get("policy")
     fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
-    return Decision(step, float(ms), None if command is True else no_op, fallback)
+    why = entry.get("fallback_reason")
+    return Decision(step, float(ms), None if command is True else no_op, fallback, why if isinstance(why, str) else "")
 
 
 def add_decision(kept: list[Decision], decision: Decision) -> None:

@@ -121,17 +121,38 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
     ]
 
 
+# Why the fallback decided (the Decision's fallback_reason): how the summary's note says it, and the events.jsonl
+# event that tells more.
+_FALLBACK_CAUSES = {
+    "timeout_inference": ("over the decision budget at this machine's load", "fallback_applied"),
+    "breaker_open": ("while the inference breaker was open", "breaker_transition"),
+    "policy_error": ("after the policy failed", "inference_failed"),
+    "policy_restarting": ("while the GNN worker restarted", "tamiyo_gnn_worker_restarted"),
+    "unrecorded": ("for a reason not recorded", "fallback_applied"),
+}
+
+
 def _timing_note(growth: GrowthFigures) -> list[str]:
-    # A run is reproducible while every plan arrives in time; a fallback decision or an emergency usually means a
-    # wall-clock budget tripped (a decision, hook or epoch too slow for this machine's load at that moment).
-    if not (growth.fallback_decisions or growth.emergency_events):
-        return []
-    return [
-        "note: fallback decisions and emergencies usually come from a wall-clock budget (decision, hook or epoch"
-        " time) that this machine's load tripped, else from a policy that failed; a rerun of the same config may then"
-        " differ (those of non-finite steps repeat) (events.jsonl: fallback_applied, inference_failed,"
-        " emergency_signal)"
-    ]
+    # A run is reproducible while every plan arrives in time and the policy decides every packet: a fallback decision
+    # or an emergency depends on the machine (its load, a worker process that died), and a rerun may then differ.
+    notes: list[str] = []
+    n = growth.fallback_decisions
+    if n:
+        reasons = sorted(growth.fallback_reasons.items(), key=lambda rn: (-rn[1], rn[0])) or [("unrecorded", n)]
+        causes = [_FALLBACK_CAUSES.get(reason, (reason.replace("_", " "), "fallback_applied")) for reason, _ in reasons]
+        said = ", ".join(f"{count} {cause}" for (_, count), (cause, _) in zip(reasons, causes, strict=True))
+        where = ", ".join(dict.fromkeys(["fallback_applied", *(event for _, event in causes)]))
+        notes.append(
+            f"note: the fallback decided {n} time{'s' if n > 1 else ''} ({said}); a rerun of the same config may then"
+            f" differ (events.jsonl: {where})"
+        )
+    if growth.emergency_events:
+        notes.append(
+            "note: emergencies usually come from a wall-clock budget (hook or epoch time) that this machine's load"
+            " tripped; a rerun of the same config may then differ (those of non-finite steps repeat)"
+            " (events.jsonl: emergency_signal)"
+        )
+    return notes
 
 
 # Reasons every run gives between epoch ends; they say nothing about why the host was not grown.

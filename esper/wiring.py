@@ -303,7 +303,10 @@ class RunTally:
     def on_decision(self, decision: Decision) -> None:
         no_op = (decision.reason or "no_op") if decision.command is None else None
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
-        add_decision(self.decisions, DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback))
+        add_decision(
+            self.decisions,
+            DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback, decision.fallback_reason),
+        )
 
     def _first_grafted_germination(self, last_step: int | None) -> int | None:
         """The germination step of the first seed that was grafted (reached TRAINING by ``last_step``, None: ever). One
@@ -339,9 +342,13 @@ class RunTally:
         unapplied = unapplied_transitions((step for _, _, step in self.slot_transitions), last_step)
         latencies = sorted(d.ms for d in self.decisions)
         no_op_reasons: dict[str, int] = {}
+        fallback_reasons: dict[str, int] = {}
         for d in self.decisions:
             if d.no_op_reason is not None:
                 no_op_reasons[d.no_op_reason] = no_op_reasons.get(d.no_op_reason, 0) + 1
+            if d.fallback:
+                why = d.fallback_reason or "unrecorded"
+                fallback_reasons[why] = fallback_reasons.get(why, 0) + 1
         return GrowthFigures(
             baseline_val_accuracy=None if baseline_epoch is None else self.epoch_val_accuracy[baseline_epoch],
             baseline_epoch=baseline_epoch,
@@ -355,6 +362,7 @@ class RunTally:
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),
             fallback_decisions=sum(d.fallback for d in self.decisions),
+            fallback_reasons=fallback_reasons,
             emergency_events=self.emergencies.count,
         )
 

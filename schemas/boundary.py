@@ -61,7 +61,9 @@ class Decision(Message, frozen=True):
     """Tamiyo's one answer to the packet of ``decided_on_step``; ``command`` is None for NO_OP.
 
     ``reason`` is the policy's own word for its choice (``plateau``, ``no_strained_slot``, ``cooldown`` ...), before
-    the risk engine; ``risk_reason`` is the risk engine's (``policy`` when it let the choice through).
+    the risk engine; ``risk_reason`` is the risk engine's (``policy`` when it let the choice through);
+    ``fallback_reason`` says why the fallback decided instead of the policy (``timeout_inference``, ``policy_error``,
+    ``policy_restarting``, ``breaker_open``), empty when the policy decided.
     """
 
     run_id: str
@@ -75,6 +77,7 @@ class Decision(Message, frozen=True):
     # The decided packet's issued_at: Kasmina pairs the decision with that very packet only (after a restore the same
     # step's packet comes again, and a decision on the undone one was paired with the rerun's).
     packet_issued_at: float | None = None
+    fallback_reason: str = ""
 
 
 class BoundaryPlan(Message, frozen=True):

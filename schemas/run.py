@@ -56,9 +56,10 @@ class GrowthFigures(Record, frozen=True):
     planned at the last boundaries for a step after the last one, which never took effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
-    fallback made instead of the configured policy; ``emergency_events`` counts the emergency ladder's moves in every
-    session of the run, each (step, previous level, level) once (a resumed run trains the steps after its checkpoint
-    again), re-announced levels left out.
+    fallback made instead of the configured policy, ``fallback_reasons`` them by why (the Decision's
+    ``fallback_reason``; ``unrecorded`` for a decision logged before the reason was); ``emergency_events`` counts the
+    emergency ladder's moves in every session of the run, each (step, previous level, level) once (a resumed run
+    trains the steps after its checkpoint again), re-announced levels left out.
     """
 
     baseline_val_accuracy: float | None = None
@@ -75,6 +76,7 @@ class GrowthFigures(Record, frozen=True):
     decision_p95_ms: float | None = None
     fallback_decisions: int = 0
     emergency_events: int = 0
+    fallback_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class RunSummary(Record, frozen=True):

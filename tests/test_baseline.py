@@ -107,6 +107,24 @@ def test_a_run_whose_budgets_tripped_says_a_rerun_may_differ() -> None:
         assert "a rerun of the same config may then differ" in note
 
 
+def test_the_note_names_why_the_fallback_decided() -> None:
+    """Fallback decisions during a GNN worker restart were blamed on a wall-clock budget this machine's load tripped."""
+    growth = GrowthFigures(
+        fallback_decisions=1624, fallback_reasons={"policy_restarting": 1577, "timeout_inference": 47}
+    )
+    [note] = [line for line in growth_lines(growth) if line.startswith("note:")]
+    assert note.startswith(
+        "note: the fallback decided 1624 times (1577 while the GNN worker restarted, 47 over the decision budget at"
+        " this machine's load); a rerun of the same config may then differ"
+    )
+    assert note.endswith("(events.jsonl: fallback_applied, tamiyo_gnn_worker_restarted)")
+    assert "emergenc" not in note
+    both = GrowthFigures(fallback_decisions=1, fallback_reasons={"policy_error": 1}, emergency_events=2)
+    notes = [line for line in growth_lines(both) if line.startswith("note:")]
+    assert notes[0].startswith("note: the fallback decided 1 time (1 after the policy failed);")
+    assert notes[1].startswith("note: emergencies usually come from a wall-clock budget")
+
+
 @pytest.mark.parametrize(
     ("make", "ours", "message"),
     [

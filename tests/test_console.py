@@ -107,6 +107,12 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
             description="policy gnn raised: tamiyo gnn worker died (exit code -9) after 3 restarts",
             attributes={"step": 400},
         ),
+        TelemetryEvent(  # after a worker restart nothing said when the GNN decided again
+            name="tamiyo_gnn_worker_ready",
+            level=TelemetryLevel.INFO,
+            description="the restarted worker is ready: gnn decides again from step 420",
+            attributes={"step": 420, "epoch": 20},
+        ),
     ]
     for event in shown:
         console.emit(event)
@@ -118,6 +124,7 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
         "  not built    seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
         "  catalogue    blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
         "  step    400  policy failed policy gnn raised: tamiyo gnn worker died (exit code -9) after 3 restarts",
+        "  step    420  policy back  the restarted worker is ready: gnn decides again from step 420",
     ]
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import pytest
 
+from esper.runtime.actor import Actor
 from esper.runtime.errors import ActorStopped, ChildStartFailed, RestartIntensityExceeded
 from esper.runtime.supervisor import ChildSpec, RestartType, Strategy, Supervisor
 from esper.runtime.system import ActorSystem
@@ -350,3 +351,60 @@ async def test_handled_and_failed_counts_carry_over_a_restart(clock: ManualClock
     assert await x.ask(Get(), int) == 0
     assert counts() == (5, 2, 1)  # rebuilt with inner: its restart, not one of x's
     await system.stop()
+
+
+@final
+class _SlowStart(Actor[Get]):
+    """An actor whose on_start waits (a worker process's start-up, say): until a stop if ``heeds_stop``, else for
+    good (only the shutdown deadline's cancel ends it)."""
+
+    def __init__(self, recorder: Recorder, label: str, *, heeds_stop: bool) -> None:
+        super().__init__(inbox=(Get,))
+        self.recorder = recorder
+        self.label = label
+        self.heeds_stop = heeds_stop
+
+    async def on_start(self) -> None:
+        self.recorder.record(f"starting {self.label}")
+        if self.heeds_stop:
+            await self.until_stopping(asyncio.Event().wait)
+            self.recorder.record(f"start of {self.label} ended by the stop")
+        else:
+            await asyncio.Event().wait()
+
+    async def handle(self, msg: Get) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("heeds_stop", [True, False])
+async def test_a_stop_during_a_childs_start_reaches_it_and_no_later_child_starts(
+    sink: RecordingSink, *, heeds_stop: bool
+) -> None:
+    """A stop of a tree still starting waited for the starting child's on_start however long it took (a Ctrl-C
+    while the GNN worker started waited for its 120 s ready timeout), then started the children after it only to
+    stop them. The stop now reaches the starting child at once (cancelled past its shutdown deadline) and the
+    children after it never start."""
+    recorder = Recorder()
+    clock = ObservedClock(recorder)
+    specs = [
+        probe_spec(recorder, "a"),
+        ChildSpec("b", lambda: _SlowStart(recorder, "b", heeds_stop=heeds_stop), shutdown_deadline_s=3.0),
+        probe_spec(recorder, "c"),
+    ]
+    system = ActorSystem(clock=clock, sink=sink)
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        starting = tg.create_task(system.start(Supervisor(specs)))
+        await recorder.wait_until(lambda: "starting b" in recorder.log)
+        stopping = tg.create_task(system.stop())
+        if heeds_stop:
+            await recorder.wait_until(lambda: "start of b ended by the stop" in recorder.log)
+        else:
+            await recorder.wait_until(lambda: 3.0 in clock.requested)
+            clock.advance(3.0)
+        await stopping
+        await starting
+    assert "start c" not in recorder.log
+    assert recorder.log[-1] == "stop a"
+    failed = [(event.child, event.error_type) for event in sink.of_type(ChildFailed)]
+    assert failed == ([] if heeds_stop else [("b", "ShutdownDeadlineExceeded")])
+    await system.wait()

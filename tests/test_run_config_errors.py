@@ -276,3 +276,32 @@ def test_an_npz_too_short_for_the_built_in_host_is_refused_before_the_run_direct
         " sample, 4 classes): CNN1dHost: need length >= 4",
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "overrides", "start"),
+    [
+        (
+            '[tamiyo]\npolicy = "gnn"\n',
+            ['tamiyo.gnn_checkpoint=""'],
+            '--set tamiyo.gnn_checkpoint="": tamiyo.gnn_checkpoint: expected the path of a safetensors file, got an'
+            " empty string",
+        ),
+        (
+            '[tolaria]\ndataset = "npz"\nnpz_path = ""\n',
+            [],
+            "c.toml: tolaria.npz_path: expected the path of an .npz file, got an empty string",
+        ),
+    ],
+)
+def test_an_empty_path_is_refused_as_empty_not_as_the_working_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, overrides: list[str], start: str
+) -> None:
+    """``--set tamiyo.gnn_checkpoint=""`` said ``tamiyo.gnn_checkpoint = '/the/working/dir': not a regular file``: the
+    empty path had been made absolute, as the working directory."""
+    (tmp_path / "c.toml").write_text(settings, encoding="utf-8")
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    assert main([str(tmp_path / "c.toml"), *sets, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    one_line(err.removeprefix(f"{tmp_path}/"), start)
+    assert not (tmp_path / "r").exists()

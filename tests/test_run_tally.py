@@ -125,6 +125,32 @@ def test_decisions_the_fallback_made_are_counted_across_a_resume() -> None:
     assert (figures.decisions, figures.fallback_decisions) == (5, 3)
 
 
+def test_fallback_decisions_are_counted_by_why_across_a_resume(tmp_path: Path) -> None:
+    """The summary blamed every fallback decision on a wall-clock budget, a worker restart's included: each is now
+    counted by the Decision's fallback_reason, the interrupted session's read back from its tamiyo_decision lines
+    (those written before the reason was are unrecorded)."""
+    path = tmp_path / "events.jsonl"
+    fell_back = {"event": "tamiyo_decision", "decision_ms": 1.0, "command": False, "policy": "heuristic (fallback)"}
+    lines = [
+        {**fell_back, "step": 4},
+        {**fell_back, "step": 8, "fallback_reason": "policy_restarting"},
+        {**fell_back, "step": 12, "fallback_reason": "policy_restarting"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    earlier = read_decisions(path)
+    assert [d.fallback_reason for d in earlier] == ["", "policy_restarting", "policy_restarting"]
+    tally = RunTally()
+    tally.preload([], [], earlier)
+    timeout = msgspec.structs.replace(
+        _decision(12, 3.0, policy="heuristic (fallback)"), fallback_reason="timeout_inference"
+    )
+    tally.on_decision(timeout)  # decided again: the earlier one drops out
+    tally.on_decision(_decision(16, 4.0, policy="gnn"))
+    figures = tally.figures(seed_parameters=0)
+    assert figures.fallback_decisions == 3
+    assert figures.fallback_reasons == {"unrecorded": 1, "policy_restarting": 1, "timeout_inference": 1}
+
+
 def _stage(seed: str, to: SeedLifecycleStage, step: int) -> SeedStageChanged:
     dormant = SeedLifecycleStage.DORMANT
     return SeedStageChanged(slot="blocks.1", from_stage=dormant, to_stage=to, step=step, seed_id=seed)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
+from actors.tamiyo import state_codec
 from actors.tamiyo.actor import command_id_for
+from actors.tamiyo.heuristic import HeuristicState
+from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import CommandKind
-from schemas.enums import EmergencyLevel
+from schemas.enums import BreakerState, EmergencyLevel
 from schemas.telemetry import MetricPoint, TelemetryEvent
-from tests._tamiyo_harness import KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
+from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -141,3 +146,51 @@ async def test_the_tamiyo_parameter_budget_reaches_the_every_k_policy(
     async with TamiyoHarness(tmp_path, sink, config=config) as h:
         decisions = await h.run(plateau_run(epochs=3))
     assert any(d.command is not None for d in decisions) is grows
+
+
+_SEEN = HeuristicState(
+    first_epoch=0,
+    last_epoch=5,
+    best_validation_loss=0.5,
+    epochs_without_improvement=1,
+    weak_epochs={"x": 1, "y": 0},
+    benefit_epochs={"x": 0, "y": 2},
+    measured_steps={"x": 40, "y": 60},
+    held_epochs={"x": 0, "y": 3},
+    decisions=6,
+)
+_SAVED = TamiyoState(
+    policy="heuristic",
+    policy_version="heuristic-1",
+    fallback=_SEEN,
+    outcomes=OutcomeState(),
+    counters=TamiyoCounters(decisions=12, fallbacks=2),
+    heuristic=_SEEN,
+    last_step=120,
+    blueprints=tuple(bp.blueprint_id for bp in BLUEPRINTS),
+)
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        # Left conservative mode after a loss spike: the reason was dropped on import (uninterrupted 'loss_spike',
+        # resumed ''), so a resumed run's tamiyo_state.json differed from the uninterrupted run's.
+        msgspec.structs.replace(_SAVED, conservative_reason="loss_spike"),
+        msgspec.structs.replace(_SAVED, conservative_active=True, conservative_reason="loss_spike"),
+        msgspec.structs.replace(_SAVED, conservative_active=True, conservative_clean_epochs=1, conservative_reason="x"),
+        msgspec.structs.replace(_SAVED, conservative_active=True, conservative_dirty=True, conservative_reason="x"),
+        msgspec.structs.replace(_SAVED, conservative_active=True),  # came back with the reason 'restored'
+        msgspec.structs.replace(_SAVED, breaker_state=BreakerState.OPEN, breaker_failures=3),  # came back with 0
+        msgspec.structs.replace(_SAVED, breaker_failures=2),
+        msgspec.structs.replace(_SAVED, heuristic=HeuristicState(), fallback=HeuristicState()),
+    ],
+)
+async def test_a_state_imported_then_exported_is_the_state_saved(
+    tmp_path: Path, sink: RecordingSink, saved: TamiyoState
+) -> None:
+    """export(import(x)) == x through the file's codec: a resumed run's tamiyo_state.json reads as the uninterrupted
+    run's."""
+    decoded = state_codec.decoder(TamiyoState).decode(state_codec.encode(saved))
+    async with TamiyoHarness(tmp_path, sink, state=decoded) as h:
+        assert await h.state() == saved

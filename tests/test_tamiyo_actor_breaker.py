@@ -153,6 +153,26 @@ async def test_decisions_while_the_worker_restarts_fall_back_without_opening_the
     assert ready.policy == "gnn"
     assert stats.inference_breaker is BreakerState.CLOSED
     assert fallback_reasons(sink) == ["policy_restarting"] * 5
+    assert {d.fallback_reason for d in fallbacks} == {"policy_restarting"}
+    assert ready.fallback_reason == ""
+
+
+async def test_the_policy_deciding_again_after_a_worker_restart_is_said_once(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """After a worker restart nothing said when the GNN decided again: the console showed the restart, then silence,
+    while the fallback decided for an unknown time."""
+    stub = RestartingPolicy(restarting=3)
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        for step in range(1, 4):
+            await h.decide(packet(step, 0))
+        assert not [e for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_gnn_worker_ready"]
+        for step in range(4, 7):
+            await h.decide(packet(step, 0))
+    [ready] = [e for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_gnn_worker_ready"]
+    assert ready.level is TelemetryLevel.INFO
+    assert ready.attributes["step"] == 4
+    assert "decides again from step 4" in ready.description
 
 
 @final

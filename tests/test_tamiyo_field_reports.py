@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import pytest
+import structlog
+
 from actors.tamiyo.field_reports import (
     HEADER,
     MAGIC,
@@ -199,3 +202,24 @@ async def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
     scan = await read_field_reports(path)
     assert sorted(r.start_epoch for r in scan.reports) == list(range(40))
     assert scan.corrupt == 0
+
+
+@pytest.mark.parametrize("left", [0, 2])
+async def test_a_resume_warns_of_reports_missing_from_the_file(tmp_path: Path, left: int) -> None:
+    """A WAL emptied (or cut on a frame boundary) before a --resume was taken as it was, without a word: the file
+    ended with fewer records than the controller state says it wrote. The open now warns, naming both counts."""
+    path = tmp_path / WAL_FILENAME
+    await write(path, [report(i) for i in range(left)])
+    wal = FieldReportWal(path, fsync=False, keep=4)
+    with structlog.testing.capture_logs() as logs:
+        scan = await wal.open()
+    await wal.close()
+    assert len(scan.reports) == left
+    assert [(e["event"], e["log_level"], e["file"], e["expected"], e["found"]) for e in logs] == [
+        ("field_reports_missing", "warning", str(path), 4, left)
+    ]
+    with structlog.testing.capture_logs() as logs:
+        for again in (FieldReportWal(path, fsync=False, keep=left), FieldReportWal(path, fsync=False)):
+            await again.open()
+            await again.close()
+    assert logs == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,11 +20,13 @@ from actors.tamiyo.observe import build_observation
 from esper.nn.policy_contract import ACTION_NAMES
 from esper.nn.policy_gnn import TamiyoGNNConfig, build_tamiyo_gnn
 from esper.nn.policy_graph import GraphCaps
+from esper.runtime.events import RecordingSink
+from schemas.config import TamiyoConfig
 from schemas.control import BlendConfig
 from schemas.domain_enums import PolicyAction
 from schemas.enums import SeedLifecycleStage
 from schemas.state import SeedState
-from tests._tamiyo_harness import BLUEPRINTS, dormant, packet
+from tests._tamiyo_harness import BLUEPRINTS, TamiyoHarness, dormant, packet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -311,5 +315,50 @@ def test_an_answer_without_its_decision_or_state_fails_the_decision_not_the_acto
         monkeypatch.setattr(remote, "_call", lambda request: answer)
         with pytest.raises(RuntimeError, match="malformed answer"):
             remote.decide(next(_observations()))
+    finally:
+        remote.close()
+
+
+async def test_a_stop_while_the_worker_is_stuck_in_its_start_up_ends_the_start_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while the first worker hung in its start-up (stopped, swapped out) waited for the ready timeout (120 s)
+    before the run ended: the stop never reached Tamiyo's on_start, and its lane job cannot be abandoned. The stop
+    now kills the worker still starting, so the lane job, the start and the stop end at once."""
+    monkeypatch.setattr(gnn_process, "_READY_TIMEOUT_S", 20.0)  # without the fix the start ends here, and says so
+    model = _model()
+    remote = _remote(model, _local(model))
+    os.kill(remote._process.pid, signal.SIGSTOP)
+    waiting = threading.Event()
+    await_ready = remote._await_ready
+
+    def entered(timeout_s: float | None = None) -> None:
+        waiting.set()
+        await_ready(timeout_s)
+
+    monkeypatch.setattr(remote, "_await_ready", entered)
+    harness = TamiyoHarness(tmp_path, RecordingSink(), config=TamiyoConfig(policy="gnn"), policy=remote)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.TaskGroup() as tg:
+            starting = tg.create_task(harness.system.start(harness.spec))
+            assert await asyncio.to_thread(waiting.wait, 30.0)  # the barrier: the lane waits for the worker
+            await harness.system.stop()
+            await starting
+        await harness.lane.aclose()
+    assert remote._process.returncode == -signal.SIGKILL
+    assert remote.restarts == 0
+    events = [entry["event"] for entry in logs if entry["event"].startswith("tamiyo_gnn")]
+    assert events == ["tamiyo_gnn_worker_start_stopped"]
+
+
+def test_abort_start_kills_a_worker_still_starting_and_starts_no_other() -> None:
+    model = _model()
+    remote = _remote(model, _local(model))
+    try:
+        remote.abort_start()
+        with pytest.raises(RuntimeError, match="stopped while it started"):
+            remote.wait_ready()
+        assert remote._process.returncode == -signal.SIGKILL
+        assert remote.restarts == 0
     finally:
         remote.close()

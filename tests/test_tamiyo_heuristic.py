@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from actors.tamiyo import state_codec
 from actors.tamiyo.heuristic import (
@@ -384,7 +385,7 @@ def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
         if decision.action is GERM:
             index = SLOTS.index(decision.target_slot or "")
             seeds[index] = seed(SLOTS[index], f"seed-{epoch}", SeedLifecycleStage.GERMINATED)
-    assert actions(decisions) == [NOOP, NOOP, GERM, NOOP, GERM, NOOP, GERM]
+    assert actions(decisions) == [NOOP, GERM, NOOP, GERM, NOOP, GERM, NOOP]
     assert [d.target_slot for d in decisions if d.action is GERM] == ["s0", "s1", "s2"]
     assert [d.blueprint_id for d in decisions if d.action is GERM] == ["bp-wide", "bp-small", "bp-tiny"]
     # No free slot left: it waits and tries again each epoch.
@@ -392,16 +393,39 @@ def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
     assert policy.decide(observe(9, 1.0, tuple(seeds))).reason == "no_free_slot"
 
 
+@pytest.mark.parametrize(("k", "graft_epochs"), [(1, [1, 2, 3, 4, 5, 6]), (3, [3, 6]), (4, [4])])
+def test_every_k_grafts_at_the_ends_of_epochs_k_2k_3k(k: int, graft_epochs: list[int]) -> None:
+    """Counted from the first epoch end seen, every graft came an epoch late: K=1 first grafted at the end of epoch 2,
+    K=3 at 4, 7, 10. Epochs here count from 1, as the console's (a packet's epoch is that minus 1)."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=k, max_live_seeds=10))
+    grafted = [epoch + 1 for epoch in range(6) if policy.decide(observe(epoch, 1.0)).action is GERM]
+    assert grafted == graft_epochs
+
+
 def test_every_k_policy_budgets_and_state_round_trip() -> None:
     policy = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=1, max_added_parameters=550))
     one_live = (seed("s0", "x", SeedLifecycleStage.TRAINING), dormant("s1"), dormant("s2"))
-    policy.decide(observe(0, 1.0))
-    assert policy.decide(observe(1, 1.0, one_live)).reason == "seed_budget"
-    assert policy.decide(observe(2, 1.0, seed_parameters=100)).reason == "parameter_budget"
-    assert policy.decide(observe(3, 1.0, seed_parameters=0)).blueprint_id == "bp-wide"
+    assert policy.decide(observe(0, 1.0, one_live)).reason == "seed_budget"
+    assert policy.decide(observe(1, 1.0, seed_parameters=100)).reason == "parameter_budget"
+    assert policy.decide(observe(2, 1.0, seed_parameters=0)).blueprint_id == "bp-wide"
     state = msgspec.json.decode(msgspec.json.encode(policy.export_state()), type=EveryKState)
     twin = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=1, max_added_parameters=550), state=state)
-    assert twin.decide(observe(4, 1.0)) == policy.decide(observe(4, 1.0))
+    assert twin.decide(observe(3, 1.0)) == policy.decide(observe(3, 1.0))
+
+
+def test_an_every_k_state_restored_mid_run_decides_as_the_uninterrupted_run() -> None:
+    """A resume (or a rewind) imports the state exported at an epoch end: the rest of the schedule is the same."""
+    config = EveryKConfig(every_k_epochs=3, max_live_seeds=10)
+    straight = EveryKPolicy(config)
+    observations = [observe(epoch, 1.0) for epoch in range(10)]
+    expected = [straight.decide(o) for o in observations]
+    assert [e for e, d in enumerate(expected) if d.action is GERM] == [2, 5, 8]
+    for cut in range(10):
+        first = EveryKPolicy(config)
+        head = [first.decide(o) for o in observations[:cut]]
+        state = msgspec.json.decode(msgspec.json.encode(first.export_state()), type=EveryKState)
+        resumed = EveryKPolicy(config, state=state)
+        assert head + [resumed.decide(o) for o in observations[cut:]] == expected, cut
 
 
 def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() -> None:

@@ -148,7 +148,6 @@ def test_every_k_passes_over_blueprints_that_fit_no_free_slot() -> None:
 def test_every_k_grafts_the_next_blueprint_into_the_first_free_slot_it_fits() -> None:
     """bp-flat is due and conv (first by name) is free: it goes into fc."""
     policy = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=10))
-    policy.decide(observe(0, blueprints=(FLAT, CONV)))
     decision = policy.decide(observe(1, blueprints=(FLAT, CONV)))
     assert (decision.action, decision.target_slot, decision.blueprint_id) == (GERM, "fc", "bp-flat")
 

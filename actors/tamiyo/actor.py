@@ -179,11 +179,12 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if isinstance(self._c.policy, GnnPolicyBase):
             # A worker builds its network (seconds) and any GNN builds its fused weights on its first inference
             # (tens of ms); doing both here keeps them out of the first decision's deadline.
-            try:
-                await self._c.lane.run(self._c.policy.warm_up)
-            except (RuntimeError, ArithmeticError) as err:
+            error = await self._warm_up(self._c.policy)
+            if error is not None and self.stopping:
+                _log.info("tamiyo_gnn_worker_start_stopped", actor=self.name, detail=str(error))
+            elif error is not None:
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
-                _log.error("tamiyo_gnn_worker_failed", error=str(err))
+                _log.error("tamiyo_gnn_worker_failed", error=str(error))
         # What a rewind to before the first journaled epoch end goes back to (a restart of the trainer from step 0).
         self._start_state = self.export_state()
         if self._wal is not None:
@@ -196,6 +197,30 @@ class TamiyoActor(Actor[TamiyoMessage]):
                     torn_tail_bytes_cut=scan.size_bytes - scan.good_end if scan.torn else 0,
                     kept=len(scan.reports),
                 )
+
+    async def _warm_up(self, policy: GnnPolicyBase) -> RuntimeError | ArithmeticError | None:
+        """Run the policy's warm-up on the lane; what it raised, or None. A stop requested meanwhile, or a cancel
+        (a stop past the shutdown deadline), kills a worker process still starting, so the lane job ends at once: the
+        lane never abandons started work, and a worker stuck in its start-up held a Ctrl-C for the 120 s ready
+        timeout."""
+
+        async def run() -> RuntimeError | ArithmeticError | None:
+            try:
+                await self._c.lane.run(policy.warm_up)
+            except (RuntimeError, ArithmeticError) as err:
+                return err
+            return None
+
+        async with asyncio.TaskGroup() as tg:
+            job = tg.create_task(run())
+            stop = tg.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait((job, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not job.done() and isinstance(policy, PolicyWorker):
+                    policy.abort_start()
+                stop.cancel()
+        return job.result()
 
     async def handle(self, msg: TamiyoMessage) -> TamiyoStatistics | TamiyoState | None:
         match msg:
@@ -210,10 +235,12 @@ class TamiyoActor(Actor[TamiyoMessage]):
         return None
 
     def on_abandon(self) -> None:
-        """The task is cancelled under a run nobody stopped: close the WAL and stop the GNN worker process."""
+        """The task is cancelled under a run nobody stopped: close the WAL and stop the GNN worker process (killed
+        outright while it is still starting: close would wait for its start-up)."""
         if self._wal is not None:
             self._wal.abandon()
         if isinstance(self._c.policy, PolicyWorker):
+            self._c.policy.abort_start()
             self._c.policy.close()
 
     async def on_stop(self) -> None:
@@ -341,6 +368,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             reason=wire.reason,
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
+            **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
         )
         by_action = dict(self._c.counters.by_action)
         by_action[action] = by_action.get(action, 0) + 1

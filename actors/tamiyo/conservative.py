@@ -42,12 +42,13 @@ class ConservativeMode:
 
     __slots__ = ("_active", "_clean_epochs", "_dirty", "_entries", "_exit_clean_epochs", "_exits", "_reason", "_sink")
 
-    def __init__(self, *, sink: EventSink, exit_clean_epochs: int = 2) -> None:
+    def __init__(self, *, sink: EventSink, exit_clean_epochs: int = 2, last_reason: str = "") -> None:
         """Build an inactive mode.
 
         Args:
             sink: receives the entered / exited events; must not block.
             exit_clean_epochs: consecutive clean epochs needed to leave (TamiyoConfig.conservative_exit_clean_epochs).
+            last_reason: the reason of the last trigger, for a mode restored after it exited (statistics).
 
         Raises:
             ValueError: exit_clean_epochs < 1.
@@ -61,7 +62,7 @@ class ConservativeMode:
         self._dirty = False
         self._entries = 0
         self._exits = 0
-        self._reason = ""
+        self._reason = last_reason
 
     @property
     def active(self) -> bool:
@@ -154,13 +155,14 @@ def restored_mode(
     clean_epochs: int,
 ) -> ConservativeMode:
     """A mode in the state a saved one was in (active, its reason, and its clean epochs unless the epoch was dirty),
-    rebuilt by replaying the calls that lead there with ``sink`` muted, so nothing is announced again."""
-    mode = ConservativeMode(sink=sink, exit_clean_epochs=exit_clean_epochs)
+    rebuilt by replaying the calls that lead there with ``sink`` muted, so nothing is announced again. The last
+    reason comes back as it was, an exited mode's too: a resumed run's state must read as the uninterrupted run's."""
+    mode = ConservativeMode(sink=sink, exit_clean_epochs=exit_clean_epochs, last_reason=reason or "")
     if not active:
         return mode
     sink.muted = True
     try:
-        mode.trigger(reason or "restored")
+        mode.trigger(reason or "")
         if not dirty:
             for _ in range(clean_epochs + 1):
                 mode.end_epoch(

@@ -16,7 +16,6 @@ from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.events import MutableSink
 from esper.runtime.percentiles import nearest_rank
-from schemas.enums import BreakerState
 from schemas.tamiyo import TamiyoStatistics
 from schemas.telemetry import TelemetryEvent
 
@@ -88,6 +87,7 @@ class Controller:
         self.last_step: int | None = None
         self.training_over = False  # the last packet ended the last epoch
         self.inflight = False
+        self.worker_restarting = False  # the policy's worker is being restarted: the fallback decides meanwhile
 
     def export_state(self) -> TamiyoState:
         """The controller state; event loop, between decisions.
@@ -141,12 +141,7 @@ class Controller:
         self.counters = state.counters
         self.last_step = state.last_step
         self._restore_conservative(state)
-        if state.breaker_state is not BreakerState.CLOSED:
-            self.breaker.force_open("restored from state")
-        else:
-            self.breaker.reset()
-            for _ in range(state.breaker_failures):
-                self.breaker.record_failure("restored from state")
+        self.breaker.restore(state.breaker_state, state.breaker_failures, "restored from state")
 
     def _restore_conservative(self, state: TamiyoState) -> None:
         self.conservative = restored_mode(

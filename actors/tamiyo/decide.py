@@ -31,15 +31,19 @@ CRITICAL_INPUTS_BELOW = 0.1
 
 @final
 class Choice:
-    """A proposal and who made it: the decision, its label in the Decision, the policy version, a missed deadline."""
+    """A proposal and who made it: the decision, its label in the Decision, the policy version, a missed deadline,
+    and why the fallback made it (empty: the policy did)."""
 
-    __slots__ = ("decision", "label", "missed", "version")
+    __slots__ = ("decision", "fallback_reason", "label", "missed", "version")
 
-    def __init__(self, decision: PolicyDecision, label: str, version: str, *, missed: bool = False) -> None:
+    def __init__(
+        self, decision: PolicyDecision, label: str, version: str, *, missed: bool = False, fallback_reason: str = ""
+    ) -> None:
         self.decision = decision
         self.label = label
         self.version = version
         self.missed = missed
+        self.fallback_reason = fallback_reason
 
 
 @final
@@ -78,6 +82,7 @@ class Decider:
             return choice
         result = job.result()
         if isinstance(result, PolicyRestarting):
+            self._c.worker_restarting = True
             return self.fall_back(observation, "policy_restarting", packet)
         if isinstance(result, Exception):
             self._c.breaker.record_failure(type(result).__name__)
@@ -87,6 +92,15 @@ class Decider:
             )
             return self.fall_back(observation, "policy_error", packet)
         self._c.breaker.record_success()
+        if self._c.worker_restarting:
+            # The fallback decided while the restarted worker started (seconds); say when the policy is back.
+            self._c.worker_restarting = False
+            self._c.emit(
+                "tamiyo_gnn_worker_ready",
+                TelemetryLevel.INFO,
+                f"the restarted worker is ready: {self._c.policy_name} decides again from step {packet.global_step}",
+                packet,
+            )
         coverage = result.feature_coverage
         if coverage is not None and coverage < DEGRADED_INPUTS_BELOW:
             level = TelemetryLevel.CRITICAL if coverage < CRITICAL_INPUTS_BELOW else TelemetryLevel.WARNING
@@ -113,7 +127,7 @@ class Decider:
             reason=why,
             breaker=self._c.breaker.state.value,
         )
-        return Choice(decision, label, self._c.fallback.version)
+        return Choice(decision, label, self._c.fallback.version, fallback_reason=why)
 
     def judge(self, choice: Choice, observation: Observation) -> RiskVerdict:
         proposed = choice.decision
@@ -172,6 +186,7 @@ class Decider:
             reason=choice.decision.reason,
             feature_coverage=choice.decision.feature_coverage,
             packet_issued_at=packet.issued_at,
+            fallback_reason=choice.fallback_reason,
         )
 
     def end_of_packet(self, packet: SystemStatePacket) -> None:

@@ -174,7 +174,8 @@ class FieldReportWal:
         """Args: path: the WAL file; fsync: whether each append waits for the disk (tests may turn it off); keep: a
         resume's count of the reports its controller state had written: at ``open`` the records after the first
         ``keep`` good ones are cut off (a session killed past its checkpoint wrote them, and the resumed controller
-        writes them again); None: nothing is cut."""
+        writes them again), and fewer good records than that are warned of (``field_reports_missing``); None:
+        nothing is cut."""
         self._path = path
         self._fsync = fsync
         self._keep = keep
@@ -207,6 +208,16 @@ class FieldReportWal:
         elif scan.torn:
             # Drop the partial frame so the next good frame follows the last good one directly.
             await asyncio.to_thread(os.truncate, self._path, scan.good_end)
+        if keep is not None and len(scan.reports) < keep:
+            # Emptied, cut or replaced since the state was saved: those reports are gone for good, and the file
+            # alone no longer says so (a damaged frame is counted, a missing one is not).
+            _log.warning(
+                "field_reports_missing",
+                file=str(self._path),
+                expected=keep,
+                found=len(scan.reports),
+                detail=f"the controller state had written {keep} field reports; the file holds {len(scan.reports)}",
+            )
         self._recovered = scan
         self._file = await aiofiles.open(self._path, "ab")
         return scan

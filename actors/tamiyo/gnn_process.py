@@ -283,6 +283,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._setup_sender: threading.Thread | None = None
         self._ready = False
         self._closed = False
+        self._aborted = False
         self._state_raw = _ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
         self._restarted_at = 0.0
@@ -349,6 +350,13 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._state_raw = answer.state
             return answer.decision
 
+    def abort_start(self) -> None:
+        """Kill the worker if it is not ready yet, and start no other (PolicyWorker.abort_start). Takes no lock: the
+        lane's wait_ready holds it while it waits for the worker, whose end of file it then sees at once."""
+        self._aborted = True
+        if not self._ready:
+            self._process.kill()
+
     def close(self) -> None:
         """Stop the worker (asked first, terminated if it does not leave in time). Idempotent."""
         with self._lock:
@@ -356,10 +364,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 return
             self._closed = True
             sender = self._setup_sender
-            if sender is not None and sender.is_alive():
-                # A restarted worker still reading its setup: a close frame written now would land inside the setup
-                # frame (neither write is atomic past PIPE_BUF) and the worker would fail on garbage with a
-                # traceback. It holds no state yet, so it is stopped outright; the sender then meets a broken pipe.
+            if not self._ready or (sender is not None and sender.is_alive()):
+                # A worker still starting holds no state, so it is stopped outright rather than asked: one stopped in
+                # its start-up (SIGSTOP, swapped out) would hold the close for the whole timeout, and one still
+                # reading its setup would take a close frame written now as part of the setup frame (neither write
+                # is atomic past PIPE_BUF) and fail on garbage with a traceback; the sender meets a broken pipe.
                 self._process.kill()
             else:
                 try:
@@ -379,6 +388,8 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     def _restart_if_dead(self) -> None:
         if self._closed or self._process.poll() is None:
             return
+        if self._aborted:
+            raise RuntimeError("tamiyo gnn worker: stopped while it started (the run is stopping)")
         code = self._process.returncode
         if self.restarts >= _MAX_RESTARTS:
             raise RuntimeError(
@@ -426,7 +437,12 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._process.kill()  # hung in its start-up: it must not stay behind (nor the setup's writer)
             self._process.wait(_CLOSE_TIMEOUT_S)
             raise RuntimeError(f"tamiyo gnn worker: not ready after {_READY_TIMEOUT_S:.0f} s; killed")
-        answer = self._receive()
+        try:
+            answer = self._receive()
+        except RuntimeError as err:
+            if self._aborted:
+                raise RuntimeError("tamiyo gnn worker: stopped while it started (the run is stopping)") from err
+            raise
         if not answer.state:
             raise RuntimeError("tamiyo gnn worker: malformed ready message")
         self._ready = True

@@ -65,3 +65,8 @@ class PolicyWorker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the worker; waits out a decision in flight."""
+
+    @abc.abstractmethod
+    def abort_start(self) -> None:
+        """The run is stopping: kill a worker still starting (a ``warm_up`` waiting for it then fails at once instead
+        of holding the stop for the whole start-up) and start no other. Any thread; never blocks."""

@@ -351,7 +351,10 @@ class EveryKConfig(Record, frozen=True):
 
 
 class EveryKState(Record, frozen=True):
-    """What the every-K policy remembers: epochs seen, the last graft, and which blueprint comes next."""
+    """What the every-K policy remembers: epochs seen, the last graft, and which blueprint comes next.
+
+    ``first_epoch`` is the first epoch end the policy saw; the cadence no longer counts from it (it counts from the
+    run's start), it is kept so that states written before still decode."""
 
     first_epoch: int | None = None
     last_epoch: int | None = None
@@ -363,8 +366,9 @@ class EveryKState(Record, frozen=True):
 class EveryKPolicy:
     """Graft the next blueprint (cycling through the candidates in the order given, passing over those that fit no
     free slot) into the first free slot (by name) it fits every K epochs, within the seed and parameter budgets; never
-    culls or fossilizes. A baseline for growth schedules. If a graft is impossible when due, it tries again at the
-    next epoch.
+    culls or fossilizes. A baseline for growth schedules. The grafts are decided at the ends of epochs K, 2K, 3K ...
+    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, it tries
+    again at the next epoch, and the next one is due K epochs after it.
     """
 
     def __init__(
@@ -390,7 +394,9 @@ class EveryKPolicy:
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
         first = epoch if state.first_epoch is None else state.first_epoch
         self._state = state = msgspec.structs.replace(state, first_epoch=first, last_epoch=epoch)
-        since = state.last_germination_epoch if state.last_germination_epoch is not None else first
+        # Before any graft the count starts at the run's start, as if one had been made just before epoch 0 (whose
+        # end is the first epoch's): counted from the first epoch end seen, every graft came one epoch late.
+        since = state.last_germination_epoch if state.last_germination_epoch is not None else -1
         if epoch - since < cfg.every_k_epochs:
             return msgspec.structs.replace(NO_OP, reason="not_due")
         if len(observation.live_seeds()) >= cfg.max_live_seeds:

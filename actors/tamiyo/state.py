@@ -31,7 +31,8 @@ class TamiyoState(Record, frozen=True):
     """Everything the controller needs to decide exactly as an uninterrupted run would (a checkpoint stores it).
 
     The policies are argmax-deterministic, so there is no RNG state. Breaker timing is not portable across processes:
-    an OPEN or HALF_OPEN breaker is restored as freshly opened, a CLOSED one with its failure streak.
+    an OPEN or HALF_OPEN breaker is restored as freshly opened, and either kind with its failure streak. Everything
+    else comes back exactly: a state imported then exported is the state saved.
     """
 
     policy: str

@@ -281,6 +281,16 @@ class CircuitBreaker:
         """Back to a fresh closed breaker: state and streaks cleared (lifetime counters kept)."""
         self._transition(_CLOSED, "reset", self._clock.now())
 
+    def restore(self, state: BreakerState, failures: int, reason: str = "restored") -> None:
+        """Back to a saved breaker's state and failure streak (``statistics()``'s ``consecutive_failures``): CLOSED as
+        it was, OPEN or HALF_OPEN freshly opened (their timing does not carry across processes). Lifetime counters are
+        kept."""
+        if state is _CLOSED:
+            self.reset()
+        else:
+            self.force_open(reason)
+        self._failures = failures
+
     # ------------------------------------------------------------------ wrapped calls
 
     async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:

@@ -245,6 +245,8 @@ class Supervisor:
 
     async def _supervise(self, started: asyncio.Event) -> SupervisorGaveUp | None:
         for child in self._children:
+            if self._stop_requested:
+                break  # stopped while starting: the children not started yet never start
             build_error = await self._start_child(child)
             if build_error is not None:
                 return await self._build_failed(child, build_error)
@@ -291,11 +293,34 @@ class Supervisor:
             instance._bind(child.path, mailbox, rt.refs[child.path], rt.dead_letters, child.restarts, handled, failed)
         started = asyncio.Event()
         child.task = tg.create_task(self._child_main(child, child.incarnation, instance, started), name=child.path)
-        await started.wait()
+        watcher = tg.create_task(self._pass_on_stop(child, instance, started), name=f"{child.path}:start")
+        try:
+            await started.wait()
+        finally:
+            watcher.cancel()
         if child.task is not None and not child.task.done():
             child.status = ActorStatus.RUNNING
             return None
         return _start_failure(child)  # a child supervisor's own child could not be built
+
+    async def _pass_on_stop(self, child: _Child, instance: Actor[Never] | Supervisor, started: asyncio.Event) -> None:
+        """While the child starts (this task is cancelled once it has): a stop requested meanwhile is passed on to
+        it at once, so an on_start that waits on something (a worker process's start-up, say) can end early (the
+        stop did not reach it, and a Ctrl-C during the start waited for the whole start-up); past its shutdown
+        deadline its task is cancelled."""
+        assert self._rt is not None
+        task = child.task
+        assert task is not None
+        await self._stop_event.wait()
+        instance._request_stop()
+        deadline_s = child.spec.shutdown_deadline_s
+        if math.isinf(deadline_s):
+            return
+        await self._rt.clock.sleep(deadline_s)
+        self._emit_deadline_exceeded(child, deadline_s)
+        task.cancel()
+        await asyncio.wait((task,))
+        started.set()  # a task cancelled before it ran never sets it
 
     async def _build_failed(self, child: _Child, error: Exception) -> SupervisorGaveUp:
         # A factory that raises is a setup error (a config value the actor refuses): every actor stops and the
@@ -409,6 +434,8 @@ class Supervisor:
         if backoff_s > 0 and not await self._sleep_unless_stopped(backoff_s):
             return None
         for member in group:
+            if self._stop_requested:
+                return None  # stopped while restarting: the members not started again stay stopped
             member.restarts += 1
             rt.restarts[member.path] = member.restarts
             build_error = await self._start_child(member)
