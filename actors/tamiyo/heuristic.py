@@ -287,8 +287,9 @@ class HeuristicPolicy:
         free = observation.free_slots()
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
-        if any(observation.constraint(s.slot) > 0.0 for s in observation.seeds):
-            free = tuple(s for s in free if observation.constraint(s.slot) >= cfg.germinate_min_constraint)
+        constraint = observation.constraints()
+        if any(constraint[s.slot] > 0.0 for s in observation.seeds):
+            free = tuple(s for s in free if constraint[s.slot] >= cfg.germinate_min_constraint)
             if not free:
                 return msgspec.structs.replace(NO_OP, reason="no_strained_slot")
         acceptable = [bp for bp in observation.blueprints if self._acceptable(bp)]
@@ -297,7 +298,7 @@ class HeuristicPolicy:
         over_budget = False
         # A blueprint grafted into a slot of another kind is refused, so the growth goes to the most constrained slot
         # that an acceptable, affordable blueprint fits.
-        for slot in sorted(free, key=lambda s: (-observation.constraint(s.slot), s.slot)):
+        for slot in sorted(free, key=lambda s: (-constraint[s.slot], s.slot)):
             fitting = [bp for bp in acceptable if bp.fits(slot.slot)]
             affordable = [bp for bp in fitting if _fits_budget(observation, bp, slot.slot, cfg.max_added_parameters)]
             over_budget = over_budget or len(affordable) < len(fitting)

@@ -44,10 +44,18 @@ def layer_gradient_norms(packet: SystemStatePacket) -> dict[int, float]:
     return by_depth
 
 
-def slot_constraint(state: SeedState, packet: SystemStatePacket, by_depth: Mapping[int, float]) -> float:
-    """The slot's constraint score (see the module docstring)."""
+def mean_layer_norm(packet: SystemStatePacket, by_depth: Mapping[int, float]) -> float:
+    """The mean of the layers' gradient norms that ``slot_constraint`` divides by (0.0 with none)."""
     norms = list(by_depth.values()) or [max(v, 0.0) for v in packet.layer_gradient_norms.values() if math.isfinite(v)]
-    mean = math.fsum(norms) / len(norms) if norms else 0.0
+    return math.fsum(norms) / len(norms) if norms else 0.0
+
+
+def slot_constraint(
+    state: SeedState, packet: SystemStatePacket, by_depth: Mapping[int, float], mean: float | None = None
+) -> float:
+    """The slot's constraint score (see the module docstring); ``mean``: ``mean_layer_norm``'s, if computed already."""
+    if mean is None:
+        mean = mean_layer_norm(packet, by_depth)
     if mean <= 0.0:
         return 0.0
     norm = by_depth.get(state.layer_depth)
@@ -92,10 +100,11 @@ def build_observation(
         contributions: seed id -> benefit measured elsewhere for this packet; overrides what the gate results say.
     """
     by_depth = layer_gradient_norms(packet)
+    mean = mean_layer_norm(packet, by_depth)  # once: per slot it made a 512-slot observation quadratic
     slots = tuple(
         SlotFacts(
             slot=state.slot,
-            constraint=slot_constraint(state, packet, by_depth),
+            constraint=slot_constraint(state, packet, by_depth, mean),
             embargoed=embargoed_at(state, packet.epoch),
         )
         for state in sorted(packet.seed_states, key=lambda s: s.slot)
