@@ -415,6 +415,7 @@ async def assemble(
                 run_id=run_id, config=config.tamiyo, security=config.security, simic=config.simic, signing_key=secret,
                 key_id=config.security.key_id, outlet=decisions.send, policy_lane=lanes.policy, clock=clock,
                 wall_clock=wall, sink=sink, run_dir=run_dir, blueprints=offered, heuristic=heuristic, state=state,
+                policy=hooks.tamiyo_policy,
                 on_state=persist_tamiyo, state_journal=checkpoints / STATE_JOURNAL_FILENAME, mailbox_capacity=capacity,
                 state_journal_keep=entries_to_keep(
                     config.tolaria.checkpoint_every_epochs, config.tolaria.checkpoint_keep_last

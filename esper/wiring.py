@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from actors.kasmina.preparation import SeedSource
+    from actors.tamiyo.policy import Policy
     from actors.urza.seed_source import UrzaSeedSource
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.nn.data import TensorPair
@@ -94,12 +95,15 @@ class RunHooks:
             must not block.
         step_probe: called on the train lane after each completed step with the global step, the model and that
             step's batch (benchmarks measure the model on a fixed probe set); must leave the model as it found it.
+        tamiyo_policy: decides instead of the configured policy, on the policy lane, under the same deadline and
+            breaker (e.g. a policy slower than an epoch); reported under ``tamiyo.policy``'s name.
     """
 
     crash_tamiyo_at_step: int | None = None
     wrap_source: Callable[[SeedSource], SeedSource] | None = None
     packet_tap: Callable[[SystemStatePacket], None] | None = None
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
+    tamiyo_policy: Policy | None = None
 
 
 @final

@@ -1,4 +1,5 @@
-"""examples/notebook.ipynb runs headless in a real kernel: it starts a run, shows actors and events, ends completed."""
+"""examples/notebook.ipynb runs headless in a real kernel: it starts a run, shows actors and events, and stops it
+while it trains, leaving a checkpoint a resume continues from."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import nbformat
 import pytest
 
+from esper.resume import check_resume_files, resume_point
 from schemas.enums import ActorStatus
 
 if TYPE_CHECKING:
@@ -78,7 +80,7 @@ def test_committed_notebook_carries_no_outputs() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_notebook_runs_a_short_training_and_shows_actors_events_and_summary(
+def test_notebook_starts_a_run_shows_actors_and_events_and_stops_it_resumably(
     tmp_path: Path, isolated_jupyter: str
 ) -> None:
     from nbclient import NotebookClient  # imported once the fixture has set JUPYTER_PLATFORM_DIRS
@@ -111,10 +113,19 @@ def test_notebook_runs_a_short_training_and_shows_actors_events_and_summary(
     assert len(events) == 6, events
 
     summary = result_data(tagged(notebook, "summary"), "text/markdown")
-    assert f"**run {run_id}: completed**" in summary, summary
+    assert f"**run {run_id}: stopped**" in summary, summary  # stopped while it trained, not run to its end
+    assert "(exit 0)" in summary, summary
     after = table_rows(summary)
     assert set(after) >= set(during), "every actor seen running is in the summary"
     assert {status for status, _, _ in after.values()} == {ActorStatus.STOPPED.value}
 
-    on_disk = json.loads((tmp_path / "examples" / "runs" / run_id / "summary.json").read_text())
-    assert on_disk["status"] == "completed"
+    run_dir = tmp_path / "examples" / "runs" / run_id
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["status"] == "stopped"
+    training = on_disk["training"]
+    assert 0 < training["epochs"] < 500
+    assert not training["completed"]
+    # The stop's checkpoint is the one a --resume continues from, and the files that rebuild the run are whole.
+    assert training["checkpoint"] == f"step-{training['global_step']}.pt"
+    assert resume_point(run_dir / "checkpoints") == training["global_step"]
+    check_resume_files(run_dir)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, final
 
+import structlog.testing
+
 from actors.tamiyo.gnn_state import PolicyRestarting
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import BlueprintCandidate, Decision
+from actors.tamiyo.state_journal import read_entries
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
@@ -18,6 +21,8 @@ from tests._tamiyo_harness import SLOTS, GatedPolicy, TamiyoHarness, dormant, pa
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
     from actors.tamiyo.policy import Observation
     from esper.runtime.events import RecordingSink
@@ -73,6 +78,55 @@ async def test_overruns_fall_back_open_the_breaker_and_a_probe_closes_it(tmp_pat
     assert [e.name for e in sink.of_type(TelemetryEvent)].count("timeout_inference") == 3
     states = [t.to_state for t in sink.of_type(BreakerTransition)]
     assert states == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+async def test_a_policy_still_deciding_an_earlier_packet_is_passed_over_until_it_returns(
+    tmp_path: Path, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late job held the actor until it returned (the next decisions waited, and the trainer missed their plans):
+    now the next decision gives it until its own deadline, then the fallback decides (policy_busy, an overrun), and
+    the epoch end it decided is not journaled (the policy's state is the lane's)."""
+    stub = GatedPolicy(asyncio.get_running_loop())
+    journal = tmp_path / "tamiyo_state.jsonl"
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub, state_journal=journal) as h:
+        try:
+            await h.ref.tell(packet(1, 0))
+            async with asyncio.timeout(5):
+                await stub.entered.wait()
+            h.clock.advance(BUDGET_S)
+            first = await h.next()
+            waiting = asyncio.Event()
+            sleep = h.clock.sleep
+
+            async def deadline(delay_s: float) -> None:
+                waiting.set()
+                await sleep(delay_s)
+
+            monkeypatch.setattr(h.clock, "sleep", deadline)
+            with structlog.testing.capture_logs() as logs:
+                await h.ref.tell(packet(2, 0, validation_loss=1.0))  # an epoch end, while the policy is still blocked
+                async with asyncio.timeout(5):
+                    await waiting.wait()  # the decision waits for the late job up to its own deadline
+                h.clock.advance(BUDGET_S)
+                busy = await h.next()
+                stats = await h.stats()
+            assert (first.policy, busy.policy) == ("heuristic (fallback)", "heuristic (fallback)")
+            assert stub.calls == 1, "no second inference while the first is on the lane"
+            assert (stats.timeouts, stats.fallbacks) == (2, 2)
+            assert [e["step"] for e in logs if e["event"] == "tamiyo_state_not_journaled"] == [2]
+
+            # Once it returns, the policy decides again (the next decision waits for the late job's end, not longer).
+            stub.slow = False
+            stub.gate.release()
+            after = await h.decide(packet(3, 1, validation_loss=1.0))
+            assert after.policy == "gnn"
+            assert stub.calls == 2
+            await h.state()  # a state query waits out nothing now, and answers
+        finally:
+            stub.slow = False
+            stub.gate.release()  # a failed assertion must not leave the lane blocked for the teardown
+    assert fallback_reasons(sink) == ["timeout_inference", "policy_busy"]
+    assert [e.step for e in read_entries(journal)[0]] == [3]
 
 
 async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:

@@ -16,8 +16,8 @@ from torch import nn
 from actors.kasmina.admission import blend_problem
 from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
-from actors.tolaria.checkpoint_codec import checkpoint_counters
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, load_latest, read_manifest
+from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox
@@ -335,6 +335,30 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(data: DataSplits,
     assert "graft_log" in (tmp_path / MANIFEST).read_text()
 
 
+def test_a_checkpoint_corrupted_without_a_size_change_is_caught_by_its_checksum(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """One flipped bit in the newest checkpoint's tensor data: its size is the manifest's and it still decodes (to
+    the wrong weights), so only the SHA-256 tells; the previous checkpoint is used, with a warning."""
+    make_loop(config(), data, tmp_path).run()
+    entries = read_manifest(tmp_path)
+    newest = tmp_path / entries[-1].file
+    raw = bytearray(newest.read_bytes())
+    raw[-5] ^= 0x40
+    newest.write_bytes(bytes(raw))
+    assert newest.stat().st_size == entries[-1].size_bytes
+    assert decode_state(bytes(raw))[0].global_step == 39, "the flip must be one that only the checksum catches"
+    with structlog.testing.capture_logs() as logs:
+        found = load_latest(tmp_path)
+        assert latest_good_step(tmp_path) == 26
+    assert found is not None
+    assert (found[0].global_step, found[2].global_step) == (26, 26)
+    corrupt = [entry for entry in logs if entry["event"] == "checkpoint_corrupt"]
+    assert [(entry["file"], entry["log_level"]) for entry in corrupt] == [(str(newest), "warning")] * 2
+    assert all(entry["error"].startswith("sha256 ") for entry in corrupt)
+    assert all(entry["error"].endswith(f"does not match the manifest's {entries[-1].sha256[:12]}") for entry in corrupt)
+
+
 @pytest.mark.parametrize("name", ["../../victim.txt", "/tmp/victim.txt", "step-13.pt.bak", "/dev/zero"])
 def test_a_manifest_entry_naming_anything_but_its_own_checkpoint_file_is_refused(
     data: DataSplits, tmp_path: Path, name: str
@@ -379,7 +403,18 @@ def test_a_checkpoint_holding_another_step_than_its_entry_falls_back_to_the_prev
 
 
 def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(data: DataSplits) -> None:
+    # What the model and the optimizer hold before the first poisoned step (attempt 20) and after it (seen at 21).
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
     def poison(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (20, 21):
+            optimizer = loop.trainee.optimizer
+            moments = {
+                f"{i}.{k}": v
+                for i, p in enumerate(optimizer.param_groups[0]["params"])
+                for k, v in optimizer.state[p].items()
+            }
+            seen[attempt] = {k: v.clone() for k, v in (weights(loop) | moments).items()}
         if attempt in (20, 21, 22):
             return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
         return batch
@@ -387,6 +422,9 @@ def test_a_nan_batch_skips_the_step_and_three_roll_back_to_the_fast_snapshot(dat
     box = Box()
     loop = make_loop(config(), data, hook=poison, box=box)
     result = loop.run()
+    assert seen.keys() == {20, 21}
+    assert any(k.endswith(".exp_avg") for k in seen[20]), "the optimizer's moments are compared too"
+    assert_bitwise(seen[21], seen[20])  # the skipped step changed no weight, buffer or moment
     assert result.status == "completed"
     assert result.figures.skipped_steps == 3
     assert result.figures.rollbacks == 1

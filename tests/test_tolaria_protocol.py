@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from actors.tolaria.build import Trainee
+    from actors.tolaria.plans import PlanInboxStatistics
     from esper.nn.data import DataSplits
     from schemas.state import SystemStatePacket
 
@@ -73,13 +74,16 @@ def two_seed_applier(
 
 class FakePlanner:
     """Answers each packet with one plan (ops chosen by the test); holds back the plans named in ``hold`` until the
-    step loop is seen stalling on them."""
+    step loop is seen stalling on them, and never sends those named in ``drop``."""
 
-    def __init__(self, system: ActorSystem, lag: int, handoff: Handoff[nn.Module], hold: set[int]) -> None:
+    def __init__(
+        self, system: ActorSystem, lag: int, handoff: Handoff[nn.Module], hold: set[int], drop: frozenset[int]
+    ) -> None:
         self._system = system
         self._lag = lag
         self._handoff = handoff
         self.hold = hold
+        self.drop = drop
         self.held: list[BoundaryPlan] = []
         self.packets: list[int] = []
         self.ops: dict[int, tuple[SeedOp, ...]] = {}
@@ -90,6 +94,8 @@ class FakePlanner:
         step = packet.global_step
         self.packets.append(step)
         plan = BoundaryPlan(run_id="t", decided_on_step=step, effect_step=step + self._lag, ops=self.ops.get(step, ()))
+        if step in self.drop:
+            return
         if step in self.hold:
             self.held.append(plan)
         else:
@@ -109,12 +115,19 @@ class FakePlanner:
 
 
 async def run_tolaria(
-    data: DataSplits, lane: Lane, hold: set[int], ops: dict[int, tuple[SeedOp, ...]], handoff: Handoff[nn.Module]
-) -> tuple[FakePlanner, list[BoundaryApplied], TolariaConfig, int]:
-    config = TolariaConfig(**TINY)  # type: ignore[arg-type]
+    data: DataSplits,
+    lane: Lane,
+    hold: set[int],
+    ops: dict[int, tuple[SeedOp, ...]],
+    handoff: Handoff[nn.Module],
+    *,
+    drop: frozenset[int] = frozenset(),
+    **overrides: object,
+) -> tuple[FakePlanner, list[BoundaryApplied], TolariaConfig, PlanInboxStatistics]:
+    config = TolariaConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     system = ActorSystem(clock=_clock(), sink=RecordingSink())
-    planner = FakePlanner(system, config.command_lag_steps, handoff, hold)
+    planner = FakePlanner(system, config.command_lag_steps, handoff, hold, drop)
     planner.ops = ops
 
     def on_wait(_step: int, _missing: tuple[int, ...]) -> None:
@@ -135,10 +148,14 @@ async def run_tolaria(
         data=data,
     )
     await system.start(tolaria_spec(config, wiring))
-    async with asyncio.timeout(60):
-        await cell.wait_finished()
-        await system.stop()
-    return planner, receipts, config, cell.inbox.statistics().stalls
+    try:
+        async with asyncio.timeout(60):
+            await cell.wait_finished()
+            await system.stop()
+    except TimeoutError:
+        cell.inbox.request_stop()  # a loop waiting for a plan forever would hold the lane, and the test, for good
+        raise
+    return planner, receipts, config, cell.inbox.statistics()
 
 
 def _clock() -> MonotonicClock:
@@ -168,21 +185,39 @@ async def test_plans_take_effect_at_exactly_their_effect_step_and_are_acknowledg
 async def test_a_late_plan_stalls_the_loop_and_still_takes_effect_at_its_effect_step(
     data: DataSplits, lane: Lane
 ) -> None:
-    _planner, receipts, _, stalls = await run_tolaria(data, lane, {8}, {}, Handoff())
+    _planner, receipts, _, stats = await run_tolaria(data, lane, {8}, {}, Handoff())
     late = next(r for r in receipts if r.decided_on_step == 8)
     assert late.applied_step == late.effect_step == 16
     assert late.stall_ms > 0
-    assert stalls == 1
+    assert stats.stalls == 1
     assert all(r.applied_step == r.effect_step for r in receipts)
 
 
 async def test_training_continues_while_the_controller_is_slow(data: DataSplits, lane: Lane) -> None:
     # The planner answers nothing until the loop blocks at the first effect step (4 + 8 = 12).
-    planner, receipts, _, stalls = await run_tolaria(data, lane, {4, 8, 12}, {}, Handoff())
+    planner, receipts, _, stats = await run_tolaria(data, lane, {4, 8, 12}, {}, Handoff())
     assert planner.stalled.is_set()
     assert planner.packets_at_stall == [4, 8, 12], "steps kept advancing while the first decision was pending"
     assert receipts[0].applied_step == 12
-    assert stalls == 1
+    assert stats.stalls == 1
+
+
+async def test_a_decision_that_never_comes_is_given_up_at_the_deadline_and_training_goes_on(
+    data: DataSplits, lane: Lane
+) -> None:
+    """The controller never answers the packet of step 8: the trainer waits for its plan up to
+    tolaria.decision_deadline_ms at step 16, gives it up (missed), and applies every later plan at its effect step."""
+    planner, receipts, config, stats = await run_tolaria(
+        data, lane, set(), {}, Handoff(), drop=frozenset({8}), decision_deadline_ms=50.0
+    )
+    assert 8 in planner.packets
+    assert 8 not in [r.decided_on_step for r in receipts]
+    assert [r.decided_on_step for r in receipts] == [
+        s for s in planner.packets if s != 8 and s + 8 <= receipts[-1].applied_step
+    ]
+    assert all(r.applied_step == r.effect_step for r in receipts)
+    assert (stats.missed, stats.stalls, stats.late) == (1, 1, 0)
+    assert stats.stall_ms_total >= config.decision_deadline_ms
 
 
 def test_a_seed_learns_at_the_scaled_host_rate_unless_its_command_names_one(data: DataSplits) -> None:

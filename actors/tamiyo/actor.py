@@ -15,10 +15,14 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    AdaptationCommand (None for NO_OP) with ``command_id = uuid5(NAMESPACE_URL, f"esper:{run_id}:{s}")`` (deterministic,
    so a resumed run issues the same ids; still unique per run and step), issued at the wall clock, signed with the
    run's key, and exactly one schemas.boundary.Decision(decided_on_step=s) goes to the outlet;
-5. only then: a late inference job is waited out (the lane never abandons started work, and the next packet's
-   decision must not overlap it; its result is discarded), epoch-end bookkeeping runs (conservative mode's
-   hysteresis, with the packet's emergency level and the breaker state), and field reports of closed windows are
-   appended to the WAL.
+5. epoch-end bookkeeping runs (conservative mode's hysteresis, with the packet's emergency level and the breaker
+   state), and field reports of closed windows are appended to the WAL. A late inference job is not waited out here:
+   the lane never abandons started work, so it keeps the lane until it returns (its result is discarded), and the
+   next packet's decision gives it until its own deadline to end; one still running then is that decision's overrun
+   too (``policy_busy``: the fallback decides, the breaker counts it), so a policy slower than an epoch never holds
+   the trainer's plans (at most one inference is in flight). While it runs, an epoch end's state is not journaled
+   (the policy's state is the lane's until it ends: a resume from there starts from the journal's previous entry);
+   a rewind, a state query and a stop wait it out.
 
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
@@ -168,6 +172,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._outlet = outlet
         self._wal = wal
         self._state_journal = state_journal
+        # The inference job of an earlier decision, past its deadline and still on the lane (see the module docstring).
+        self._late: asyncio.Task[PolicyDecision | Exception] | None = None
         self._start_state: TamiyoState | None = None
         self._on_stop_state = on_stop_state
         if state is not None:
@@ -229,6 +235,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             case GetTamiyoStatistics():
                 return self.statistics(msg.request_id)
             case GetTamiyoState():
+                await self._wait_out_late()
                 return self.export_state()
             case _:
                 assert_never(msg)
@@ -237,6 +244,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
     def on_abandon(self) -> None:
         """The task is cancelled under a run nobody stopped: close the WAL and stop the GNN worker process (killed
         outright while it is still starting: close would wait for its start-up)."""
+        if self._late is not None:
+            self._late.cancel()  # the lane drops it if it has not started, or waits it out
         if self._wal is not None:
             self._wal.abandon()
         if isinstance(self._c.policy, PolicyWorker):
@@ -247,6 +256,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         """A requested stop after the last epoch ends the run: open windows are reported ABORTED. A stop before it
         (Ctrl-C: the run may be resumed) or a crash keeps them in the state, so a resume judges them."""
         try:
+            await self._wait_out_late()
             if self.stopping and self._c.training_over:
                 await self._append(self._c.tracker.abort_all("end_of_run"))
             elif self.stopping and self._c.tracker.pending:
@@ -291,7 +301,6 @@ class TamiyoActor(Actor[TamiyoMessage]):
             await self._rewind(packet)
         observation = build_observation(packet, self._c.blueprints)
         async with asyncio.TaskGroup() as tg:
-            job: asyncio.Task[PolicyDecision | Exception] | None = None
             if not has_candidate(observation):
                 self._c.count(inference_skipped=1)
                 choice = Choice(
@@ -299,26 +308,62 @@ class TamiyoActor(Actor[TamiyoMessage]):
                     self._c.policy_name,
                     self._c.policy.version,
                 )
+            elif not await self._late_ended(started_s, tg):
+                choice = self._decider.busy(observation, packet)
             elif not self._c.breaker.allow():
                 choice = self._decider.fall_back(observation, "breaker_open", packet)
             else:
-                job = tg.create_task(self._decider.run_policy(observation))
+                # Not a task of the group: leaving it must not wait out a late job (the next decision waits for it,
+                # up to its own deadline).
+                job = asyncio.get_running_loop().create_task(self._decider.run_policy(observation))
+                self._late = job
                 choice = await self._decider.await_policy(job, observation, packet, started_s, tg)
+                if job.done():
+                    self._late = None
             verdict = self._decider.judge(choice, observation)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
             await self._outlet(wire)
             self._record(packet, verdict, wire)
-            # Leaving the group waits out a late job: started lane work is never abandoned, and it must end before
-            # the next decision starts (at most one inference in flight). Its result is discarded.
-        self._c.inflight = False
         self._decider.end_of_packet(packet)
         reports.extend(self._c.tracker.observe(packet, critical=_critical(verdict)))
         self._decider.open_window(packet, choice, verdict, command_id)
         await self._append(reports)
         if self._state_journal is not None and packet.validation_loss is not None:
-            # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
-            await self._state_journal.append(packet.global_step, self.export_state())
+            if self._late is not None:
+                # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
+                # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
+                _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
+            else:
+                # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
+                await self._state_journal.append(packet.global_step, self.export_state())
+
+    async def _late_ended(self, started_s: float, tg: asyncio.TaskGroup) -> bool:
+        """Whether the lane is free for this decision's inference: an earlier decision's late job gets until this
+        decision's deadline to end (its result is discarded; an error it raised that a policy must not raise crashes
+        the actor, as it would have in time)."""
+        late = self._late
+        if late is None:
+            return True
+        if not late.done():
+            timer = tg.create_task(self._c.clock.sleep(started_s + self._c.budget_s - self._c.clock.now()))
+            await asyncio.wait((late, timer), return_when=asyncio.FIRST_COMPLETED)
+            timer.cancel()
+            if not late.done():
+                return False
+        self._late = None
+        late.result()
+        return True
+
+    async def _wait_out_late(self) -> None:
+        """Wait until a late job has ended (its result, or an error, is discarded): the policy's state is the lane's
+        until then."""
+        late, self._late = self._late, None
+        if late is None:
+            return
+        await asyncio.wait((late,))
+        if not late.cancelled() and late.exception() is not None:
+            _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
 
     async def _rewind(self, packet: SystemStatePacket) -> None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
@@ -330,6 +375,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         journal = self._state_journal
         if journal is None:
             return
+        await self._wait_out_late()
         entry = await anyio.to_thread.run_sync(state_at, journal.path, packet.global_step - 1)
         start = self._start_state
         if entry is not None and entry.state.policy == self._c.policy_name:

@@ -113,6 +113,15 @@ class Decider:
             )
         return Choice(result, self._c.policy_name, self._c.policy.version)
 
+    def busy(self, observation: Observation, packet: SystemStatePacket) -> Choice:
+        """The policy is still deciding an earlier packet past this decision's deadline: an overrun of this one too
+        (the breaker counts it), decided by the fallback."""
+        self._c.breaker.record_deadline_overrun()
+        self._c.count(timeouts=1)
+        choice = self.fall_back(observation, "policy_busy", packet)
+        choice.missed = True
+        return choice
+
     def fall_back(self, observation: Observation, why: str, packet: SystemStatePacket) -> Choice:
         self._c.count(fallbacks=1)
         if self._c.deadline_fallback == "heuristic":
