@@ -191,25 +191,35 @@ class Assembly:
     initial_seed_parameters: int  # in every packet's and the training figures' seed parameters; not grown
 
 
-def _load_tamiyo_state(path: Path) -> tuple[TamiyoState | None, str | None]:
+def _load_tamiyo_state(path: Path, policy: str) -> tuple[TamiyoState | None, str | None]:
     """Tamiyo's state saved at the last stop and why it was refused: (None, None) when absent; (None, why) when it
-    fails its checksum or cannot be read (a warning says so, and the resume takes Tamiyo's journaled state instead,
-    as after a kill)."""
+    fails its checksum, cannot be read or is the state of a policy other than ``policy`` (the run's: the resume
+    check refuses a changed tamiyo.policy, so such a file was made elsewhere, and the controller refused it at its
+    build, which ended the resume with exit 1). A warning says why, and the resume takes Tamiyo's journaled state
+    instead, as after a kill."""
     try:
-        return read_stop_state(path), None
+        state = read_stop_state(path)
     except StopStateDamaged as err:
         _log.warning("tamiyo_state_unreadable", file=str(path), error=str(err))
         return None, str(err)
+    if state is not None and state.policy != policy:
+        why = f"it is the state of policy {state.policy!r}, this run's tamiyo.policy is {policy!r}"
+        _log.warning("tamiyo_state_unreadable", file=str(path), error=why)
+        return None, why
+    return state, None
 
 
-def _tamiyo_resume_state(checkpoints: Path, first_packet: int) -> tuple[TamiyoState | None, str, int | None]:
+def _tamiyo_resume_state(
+    checkpoints: Path, first_packet: int, policy: str
+) -> tuple[TamiyoState | None, str, int | None]:
     """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step).
     ``first_packet`` is the step of the run's first state packet: a checkpoint before it leaves the controller
-    nothing to restore.
+    nothing to restore. ``policy``: the run's tamiyo.policy, the only one whose state the controller takes.
 
     Raises:
         ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from; or the
-            stop state is damaged and the journal holds no state at or before the checkpoint to use instead.
+            stop state is damaged and the journal holds no state at or before the checkpoint to use instead; or the
+            journal's state is of another policy.
     """
     try:
         step = resume_point(checkpoints) if checkpoints.is_dir() else None
@@ -218,8 +228,14 @@ def _tamiyo_resume_state(checkpoints: Path, first_packet: int) -> tuple[TamiyoSt
         raise ConfigError(
             f"--resume {checkpoints.parent}: {err}; nothing to resume from (a new run needs another --run-dir)"
         ) from err
-    graceful, damaged = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE)
+    graceful, damaged = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE, policy)
     state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
+    if state is not None and state.policy != policy:
+        # Only a journal written elsewhere holds one (each entry is checksummed): the controller would refuse it.
+        raise ConfigError(
+            f"--resume {checkpoints.parent}: {checkpoints / STATE_JOURNAL_FILENAME}: its controller state at or before"
+            f" step {step} is of policy {state.policy!r}, this run's tamiyo.policy is {policy!r}"
+        )
     if damaged is not None and state is None and step is not None and step >= first_packet:
         # The controller would start over beside a lifecycle that goes on: the seeds it grew, its cooldowns and the
         # blueprints it was offered forgotten. Said and refused; removing the file accepts exactly that.
@@ -295,7 +311,7 @@ async def assemble(
         state, state_source, resume_step = None, "fresh", None
         if resume:
             state, state_source, resume_step = await anyio.to_thread.run_sync(
-                _tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1
+                _tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1, config.tamiyo.policy
             )
         # A resumed controller is offered what the run offered at its first start: a blueprint another run marked
         # failed on the shared store since (its seeds are then built from the catalogue) or cleared since would make

@@ -72,7 +72,7 @@ def test_a_damaged_stop_state_is_refused_in_one_line(
         read_stop_state(path)
     assert "\n" not in str(refused.value)
     with capture_logs() as logs:
-        state, damaged = _load_tamiyo_state(path)
+        state, damaged = _load_tamiyo_state(path, "heuristic")
     assert (state, damaged) == (None, str(refused.value))
     assert [(e["event"], e["log_level"], e["file"], e["error"]) for e in logs] == [
         ("tamiyo_state_unreadable", "warning", str(path), str(refused.value))
@@ -83,7 +83,7 @@ def test_an_unreadable_stop_state_is_a_warning_and_no_state(tmp_path: Path) -> N
     path = tmp_path / TAMIYO_STATE_FILE
     path.mkdir()  # a directory where the file should be: reading it fails
     with capture_logs() as logs:
-        assert _load_tamiyo_state(path) == (None, "cannot be read: Is a directory")
+        assert _load_tamiyo_state(path, "heuristic") == (None, "cannot be read: Is a directory")
     assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
 
 
@@ -100,11 +100,15 @@ def test_a_damaged_stop_state_resumes_from_the_journaled_state(tmp_path: Path, m
     journal = TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME)
     for step in (16, 32):
         anyio.run(journal.append, step, _state(step, decisions=step))
-    assert _tamiyo_resume_state(checkpoints, 4) == (_state(48, decisions=7), "graceful_stop", 48)  # intact: used
+    assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (
+        _state(48, decisions=7),
+        "graceful_stop",
+        48,
+    )  # intact: used
     path = checkpoints / TAMIYO_STATE_FILE
     path.write_bytes(_flip_a_digit(path.read_bytes()))
     with capture_logs() as logs:
-        assert _tamiyo_resume_state(checkpoints, 4) == (_state(32, decisions=32), "journal", 48)
+        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
     assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
 
 
@@ -115,7 +119,7 @@ def test_a_damaged_stop_state_with_no_journaled_state_is_a_one_line_error(
     path = checkpoints / TAMIYO_STATE_FILE
     path.write_bytes(encode_stop_state(_state(48, decisions=7))[:-20])
     with pytest.raises(ConfigError) as refused:
-        _tamiyo_resume_state(checkpoints, 4)
+        _tamiyo_resume_state(checkpoints, 4, "heuristic")
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith(f"--resume {checkpoints.parent}: {path}: not a checksummed controller state")
@@ -124,7 +128,7 @@ def test_a_damaged_stop_state_with_no_journaled_state_is_a_one_line_error(
         " (remove the file to resume with a fresh controller)"
     )
     path.unlink()  # the operator's choice: a fresh controller (the resume's tamiyo_state_behind warning says so)
-    assert _tamiyo_resume_state(checkpoints, 4) == (None, "fresh", 48)
+    assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 48)
 
 
 def test_a_damaged_stop_state_before_the_first_packet_costs_nothing(
@@ -134,4 +138,33 @@ def test_a_damaged_stop_state_before_the_first_packet_costs_nothing(
     checkpoints = _checkpoints(tmp_path, monkeypatch, step=2)
     (checkpoints / TAMIYO_STATE_FILE).write_bytes(b"{")
     with capture_logs():
-        assert _tamiyo_resume_state(checkpoints, 4) == (None, "fresh", 2)
+        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 2)
+
+
+def test_a_stop_state_of_another_policy_is_passed_over_for_the_journaled_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tamiyo_state.json with a valid digest but "policy": "gnn", resumed under the heuristic, stopped the run when
+    the controller refused it at its build (exit 1); README: an unusable state file is passed over with a warning."""
+    checkpoints = _checkpoints(tmp_path, monkeypatch, step=48)
+    path = checkpoints / TAMIYO_STATE_FILE
+    write_stop_state(path, msgspec.structs.replace(_state(48, decisions=7), policy="gnn"))
+    anyio.run(TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME).append, 32, _state(32, decisions=32))
+    with capture_logs() as logs:
+        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
+    why = "it is the state of policy 'gnn', this run's tamiyo.policy is 'heuristic'"
+    assert [(e["event"], e["file"], e["error"]) for e in logs] == [("tamiyo_state_unreadable", str(path), why)]
+
+
+def test_a_journaled_state_of_another_policy_is_a_one_line_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints = _checkpoints(tmp_path, monkeypatch, step=48)
+    journal = checkpoints / STATE_JOURNAL_FILENAME
+    anyio.run(TamiyoStateJournal(journal).append, 32, msgspec.structs.replace(_state(32), policy="gnn"))
+    with pytest.raises(ConfigError) as refused:
+        _tamiyo_resume_state(checkpoints, 4, "heuristic")
+    assert str(refused.value) == (
+        f"--resume {checkpoints.parent}: {journal}: its controller state at or before step 48 is of policy 'gnn',"
+        " this run's tamiyo.policy is 'heuristic'"
+    )

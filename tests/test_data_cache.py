@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -96,3 +98,23 @@ def test_mnist1d_through_the_cache_equals_a_fresh_generation(tmp_path: Path) -> 
         for data in (first, second):
             assert torch.equal(getattr(data, split).x, getattr(fresh, split).x)
             assert torch.equal(getattr(data, split).y, getattr(fresh, split).y)
+
+
+def test_a_cached_array_declaring_more_than_it_holds_is_regenerated_not_allocated(tmp_path: Path) -> None:
+    """A cache file whose x_train header declared (10**7, 10**6) float32 made numpy allocate 36 TiB: a MemoryError
+    traceback ended the run; it is a corrupt cache file like any other."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**6)})
+    with zipfile.ZipFile(tmp_path / "k.npz", "w") as archive:
+        archive.writestr("x_train.npy", header.getvalue())
+    generate = Generator(_arrays())
+    with structlog.testing.capture_logs() as logs:
+        out = NpzArrayCache(tmp_path)("k", generate)
+    assert generate.calls == 1
+    assert _equal(out, _arrays())
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [entry["event"] for entry in warnings] == ["data_cache_corrupt"]
+    assert (
+        warnings[0]["error"]
+        == "array 'x_train' declares shape (10000000, 1000000) of float32 (36.4 TiB) but holds 0 bytes"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -216,3 +218,65 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
     text = str(info.value)
     assert text.startswith(f"npz data set {path}: cannot read array 'x_train' (ValueError: Object arrays cannot be")
     assert "\n" not in text
+
+
+def _npy_header(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    """An npz of _good()'s arrays with the given members' bytes in place of theirs."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in _good().items():
+            if name in members:
+                archive.writestr(f"{name}.npy", members[name])
+            else:
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                archive.writestr(f"{name}.npy", buffer.getvalue())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "payload", "says"),
+    [
+        ((10**7, 10**6), b"", "declares shape (10000000, 1000000) of float32 (36.4 TiB) but holds 0 bytes"),
+        ((30, 2, 3), bytes(4 * 179), "declares shape (30, 2, 3) of float32 (720 bytes) but holds 716 bytes"),
+    ],
+    ids=["36TiB", "one-element-short"],
+)
+def test_an_array_declaring_more_than_it_holds_is_refused_before_numpy_allocates_it(
+    tmp_path: Path, shape: tuple[int, ...], payload: bytes, says: str
+) -> None:
+    """numpy allocates the header's shape before reading: a few hundred bytes asked for 36 TiB (a MemoryError
+    traceback instead of a one-line error, exit 2)."""
+    path = _zip(tmp_path / "huge.npz", {"x_train": _npy_header(shape) + payload})
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    assert str(info.value) == f"npz data set {path}: array 'x_train' {says}"
+
+
+def test_a_member_that_is_no_npy_array_is_refused(tmp_path: Path) -> None:
+    """numpy hands such a member back as bytes, which the checks then failed on with an AttributeError traceback."""
+    path = _zip(tmp_path / "raw.npz", {"y_test": b"0,2,5,0,2,5"})
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    assert str(info.value).startswith(f"npz data set {path}: cannot read array 'y_test' (ValueError: ")
+
+
+def test_an_array_past_the_memory_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array the file does hold can still outgrow the memory: numpy's MemoryError is the file's error too."""
+
+    def out_of_memory(*_args: object, **_kwargs: object) -> object:
+        raise MemoryError("Unable to allocate 720. B for an array with shape (30, 2, 3) and data type uint8")
+
+    monkeypatch.setattr(np.lib.format, "read_array", out_of_memory)
+    path = _save(tmp_path / "mine.npz", _good())
+    with pytest.raises(DatasetError) as info:
+        load_npz(path)
+    assert str(info.value) == (
+        f"npz data set {path}: array 'x_train' does not fit in memory (Unable to allocate 720. B for an array with"
+        " shape (30, 2, 3) and data type uint8)"
+    )

@@ -315,3 +315,17 @@ def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Pat
     assert notice.endswith("(raise tolaria.epochs past 100, e.g. --set tolaria.epochs=110, to train further)")
     assert "already trained 100 of tolaria.epochs = 100 epochs" in (already_trained(run_dir, 100) or "")
     assert already_trained(run_dir, 101) is None
+
+
+def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:
+    """The json module recursed once per "[" and ended the resume with a RecursionError traceback (exit 1)."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "step-20.pt").write_bytes(b"weights")
+    (checkpoints / "manifest.json").write_text('{"checkpoints": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError) as refused:
+        check_resume_files(tmp_path)
+    assert str(refused.value).startswith(
+        f"--resume {tmp_path}: {checkpoints / 'manifest.json'}: unreadable manifest: RecursionError: maximum recursion"
+    )
+    assert "\n" not in str(refused.value)

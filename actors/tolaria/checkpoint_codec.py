@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from actors.tolaria.boundary import GraftEvent
+from actors.tolaria.checkpoint_check import state_problem
 from actors.tolaria.snapshots import TrainState
 from esper.runtime.errors import EsperError
 
@@ -116,7 +117,8 @@ def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
     """Load checkpoint bytes (safetensors, no pickle) into a TrainState and the pending plans' JSON.
 
     Raises:
-        CheckpointError: the contents are not a checkpoint of this schema version.
+        CheckpointError: the contents are not a checkpoint of this schema version, or hold a state that could not be
+            loaded (checkpoint_check.state_problem: an RNG state, a counter, a type).
     """
     try:
         buffers = load_safetensors(data)
@@ -140,8 +142,11 @@ def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
             paused=dict(raw["paused"]),
             counters=dict(raw["counters"]),
         )
-    except (KeyError, TypeError, msgspec.ValidationError) as err:
+    except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
         raise CheckpointError(f"malformed checkpoint: {err}") from err
+    problem = state_problem(state)
+    if problem is not None:
+        raise CheckpointError(f"malformed checkpoint: {problem}")
     return state, tuple(str(p) for p in raw.get("pending_plans", []))
 
 

@@ -73,8 +73,9 @@ def read_manifest(directory: Path) -> list[CheckpointInfo]:
     try:
         raw = json.loads(path.read_text())
         entries = [CheckpointInfo(**entry) for entry in raw["checkpoints"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable manifest: {err}") from err
+    except (ValueError, KeyError, TypeError, OSError, RecursionError) as err:
+        # RecursionError: the json module recurses per nesting level, so "[[[[..." 100 000 deep is no traceback.
+        raise CheckpointError(f"{path}: unreadable manifest: {type(err).__name__}: {err}") from err
     for info in entries:
         problem = _entry_problem(info)
         if problem is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from esper.nn.data_npz import oversized_member
 from esper.runtime.atomic_write import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -62,10 +63,15 @@ class NpzArrayCache:
         try:
             # Read whole (under a megabyte): np.load leaks its own file handle when a damaged archive raises.
             with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as stored:
+                for name in (*_NAMES, "sha256"):
+                    problem = oversized_member(stored, name)
+                    if problem is not None:
+                        _log.warning("data_cache_corrupt", file=str(path), error=f"array {name!r} {problem}")
+                        return None
                 x_train, y_train, x_test, y_test = (stored[name] for name in _NAMES)
                 expected = str(stored["sha256"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            _log.warning("data_cache_corrupt", file=str(path), error=f"unreadable: {err}")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as err:
+            _log.warning("data_cache_corrupt", file=str(path), error=f"unreadable: {type(err).__name__}: {err}")
             return None
         arrays: Arrays4 = (x_train, y_train, x_test, y_test)
         if x_train.dtype != np.float32 or x_test.dtype != np.float32 or y_train.dtype != np.int64:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,11 +114,56 @@ def _read_arrays(file: Path, archive: np.lib.npyio.NpzFile) -> dict[str, npt.NDA
                 f"npz data set {file}: missing array {name!r} (arrays present: {', '.join(present) or 'none'})"
             )
         try:
+            problem = oversized_member(archive, name)
+            if problem is not None:
+                raise DatasetError(f"npz data set {file}: array {name!r} {problem}")
             arrays[name] = archive[name]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            if isinstance(err, DatasetError):
+                raise
             # allow_pickle=False makes object arrays fail here, which is what we want.
             raise DatasetError(f"npz data set {file}: cannot read array {name!r} ({_one_line(err)})") from err
+        except MemoryError as err:  # the check above bounds the array by the file; this is a file past the memory
+            raise DatasetError(f"npz data set {file}: array {name!r} does not fit in memory ({err})") from err
     return arrays
+
+
+def oversized_member(archive: np.lib.npyio.NpzFile, name: str) -> str | None:
+    """Why array ``name`` of ``archive`` must not be loaded, or None: its header declares more bytes than its zip
+    member holds. numpy allocates the declared shape before it reads, so a 300-byte file declaring a
+    (10**7, 10**6) float32 array asked for 36 TiB (a MemoryError traceback) however little it held.
+
+    Reads only the member's header. Object arrays are left to ``np.load``'s ``allow_pickle=False``.
+
+    Raises:
+        KeyError: the archive has no array ``name``.
+        ValueError: the member is not a .npy array or its header is malformed (numpy's message).
+    """
+    zip_file = archive.zip
+    if zip_file is None:
+        raise ValueError("the archive is closed")
+    members = set(zip_file.namelist())
+    member = zip_file.getinfo(f"{name}.npy" if f"{name}.npy" in members else name)
+    with zip_file.open(member) as stream:
+        major, _minor = np.lib.format.read_magic(stream)
+        # A version 3.0 header differs from 2.0 only in allowing utf-8 (field names), which does not change sizes.
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _fortran_order, dtype = read_header(stream)
+        header_bytes = stream.tell()
+    if dtype.hasobject:
+        return None
+    declared = math.prod(shape) * dtype.itemsize  # Python integers: no overflow however large the shape
+    held = member.file_size - header_bytes
+    if declared <= held:
+        return None
+    return f"declares shape {shape} of {dtype} ({_bytes_text(declared)}) but holds {_bytes_text(max(held, 0))}"
+
+
+def _bytes_text(count: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _features(file: Path, name: str, array: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:

@@ -8,6 +8,7 @@ import re
 from typing import TYPE_CHECKING, Union, final
 
 import msgspec
+import structlog
 
 from esper.runtime.bus import (
     ALL_TOPICS,
@@ -25,14 +26,14 @@ from esper.runtime.bus import (
 )
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
 from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
-from esper.runtime.errors import BusClosed, BusError, BusUnavailable, PayloadTooLarge, UnknownTopic
+from esper.runtime.errors import BusClosed, BusUnavailable, PayloadTooLarge, UnknownTopic
 from schemas.base import Message
 from schemas.enums import BusMessageType, MessagePriority
 from schemas.registry import message_types
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
@@ -47,9 +48,13 @@ answering), so events piled up in its mailbox; every script answers in well unde
 well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
 
 
-class ReplyError(BusError):
-    """Raised when a Redis reply does not have the shape the backend's scripts return (a bug or a foreign key)."""
+class ReplyError(BusUnavailable):
+    """Raised when a Redis reply does not have the shape the backend's scripts return (a bug, or a value another
+    writer stored under the bus's keys). A BusUnavailable: the bus cannot be used, which the publisher's breaker and
+    housekeeping already take in their stride, whereas a plain ValueError crashed the publisher and with it the run."""
 
+
+_log = structlog.get_logger("esper.runtime.bus_redis")
 
 _PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
 _PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&\s#]*", re.IGNORECASE)  # redis-py reads ?password= too
@@ -58,6 +63,18 @@ _PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&\s#]*", re.IGNORECASE)  # r
 def schema_message_types() -> tuple[type[Message], ...]:
     """Every Message type of the schemas package: what a RedisBus decodes by default."""
     return message_types()
+
+
+@contextlib.contextmanager
+def _reading(script: str) -> Iterator[None]:
+    """Turn any failure to read a reply of ``script`` (a number that is none, an unknown topic or enum value, a short
+    array, a payload that is no Message) into ReplyError, one line naming the script."""
+    try:
+        yield
+    except ReplyError:
+        raise
+    except (ValueError, TypeError, IndexError, msgspec.DecodeError) as err:
+        raise ReplyError(f"malformed reply to the {script} script: {type(err).__name__}: {err}") from err
 
 
 def _text(value: object) -> str:
@@ -195,6 +212,7 @@ class RedisBus:
         self._space_epoch = 0
         self._in_flight = 0
         self._idle: set[asyncio.Future[None]] = set()
+        self._repaired_values = 0
 
     @property
     def topics(self) -> frozenset[Topic]:
@@ -207,6 +225,12 @@ class RedisBus:
     @property
     def prefix(self) -> str:
         return self._prefix
+
+    @property
+    def repaired_values(self) -> int:
+        """How many stored counters the scripts found not to be counts (written by another process) and reset to 0;
+        the first is logged (``oona_bus_counter_repaired``)."""
+        return self._repaired_values
 
     @property
     def in_flight(self) -> int:
@@ -249,15 +273,17 @@ class RedisBus:
         while True:
             self._check_open()
             epoch = self._space_epoch
-            reply = _list(await self._run("publish", args))
-            self._store_stats(reply[2])
-            status = _text(reply[0])
-            if status != "wait":
-                if status == "published":
+            raw = await self._run("publish", args)
+            with _reading("publish"):
+                reply = _list(raw)
+                self._store_stats(reply[2])
+                status = PublishStatus(_text(reply[0])) if _text(reply[0]) != "wait" else None
+                message_id = None if reply[1] is None else _text(reply[1])
+            if status is not None:
+                if status is PublishStatus.PUBLISHED:
                     self._receive_epoch += 1
                     wake(self._receivers)
-                message_id = None if reply[1] is None else _text(reply[1])
-                return PublishResult(status=PublishStatus(status), topic=target, message_id=message_id)
+                return PublishResult(status=status, topic=target, message_id=message_id)
             if self._space_epoch == epoch:
                 await self._wait(self._publishers, self._clock.now() + backoff_s)
                 backoff_s = min(backoff_s * 2, self._poll_max_s)
@@ -269,7 +295,9 @@ class RedisBus:
         if not group:
             raise ValueError("group must be non-empty")
         self._check_open()
-        self._store_stats(await self._run("subscribe", [group, *(topic.value for topic in ordered)]))
+        raw = await self._run("subscribe", [group, *(topic.value for topic in ordered)])
+        with _reading("subscribe"):
+            self._store_stats(raw)
 
     async def receive(self, topics: Topic | Sequence[Topic], *, group: str, consumer: str) -> Envelope[Message]:
         ordered = self._ordered(topics)
@@ -280,20 +308,25 @@ class RedisBus:
         while True:
             self._check_open()
             epoch = self._receive_epoch
-            reply = _list(await self._run("take", args))
-            self._store_stats(reply[1])
-            if _int(reply[3]):
+            raw = await self._run("take", args)
+            with _reading("take"):
+                reply = _list(raw)
+                self._store_stats(reply[1])
+                buried = _int(reply[3])
+                envelope = None if reply[0] is None else self._envelope(_list(reply[0]), group, consumer)
+                claimable_s = None if reply[2] is None else float(_text(reply[2]))
+            if buried:
                 self._freed_space()
-            if reply[0] is not None:
+            if envelope is not None:
                 # Other local receivers recompute when this delivery becomes claimable.
                 self._receive_epoch += 1
                 wake(self._receivers)
-                return self._envelope(_list(reply[0]), group, consumer)
+                return envelope
             if self._receive_epoch != epoch:
                 continue
             deadline_s = self._clock.now() + backoff_s
-            if reply[2] is not None:
-                deadline_s = min(deadline_s, float(_text(reply[2])))
+            if claimable_s is not None:
+                deadline_s = min(deadline_s, claimable_s)
             await self._wait(self._receivers, deadline_s)
             backoff_s = min(backoff_s * 2, self._poll_max_s)
 
@@ -312,9 +345,11 @@ class RedisBus:
         self._check_open()
         group = delivered_group(envelope)
         self._check_topic(envelope.topic)
-        reply = _list(await self._run("ack", [envelope.topic.value, group, envelope.message_id]))
-        self._store_stats(reply[1])
-        acked = _int(reply[0]) == 1
+        raw = await self._run("ack", [envelope.topic.value, group, envelope.message_id])
+        with _reading("ack"):
+            reply = _list(raw)
+            self._store_stats(reply[1])
+            acked = _int(reply[0]) == 1
         if acked:
             self._freed_space()
         return acked
@@ -323,21 +358,28 @@ class RedisBus:
         self._check_open()
         group = delivered_group(envelope)
         self._check_topic(envelope.topic)
-        reply = _list(await self._run("nack", [envelope.topic.value, group, envelope.message_id, error]))
-        self._store_stats(reply[1])
-        if _int(reply[0]):
+        raw = await self._run("nack", [envelope.topic.value, group, envelope.message_id, error])
+        with _reading("nack"):
+            reply = _list(raw)
+            self._store_stats(reply[1])
+            buried = _int(reply[0])
+        if buried:
             self._freed_space()
             self._receive_epoch += 1
             wake(self._receivers)
 
     async def backlog(self, topic: Topic, group: str) -> int:
         self._check_topic(topic)
-        return _int(await self._run("backlog", [topic.value, group]))
+        raw = await self._run("backlog", [topic.value, group])
+        with _reading("backlog"):
+            return _int(raw)
 
     async def trim_expired(self) -> int:
-        reply = _list(await self._run("trim", [topic.value for topic in self._topics]))
-        self._store_stats(reply[1])
-        trimmed = _int(reply[0])
+        raw = await self._run("trim", [topic.value for topic in self._topics])
+        with _reading("trim"):
+            reply = _list(raw)
+            self._store_stats(reply[1])
+            trimmed = _int(reply[0])
         if trimmed:
             self._freed_space()
         return trimmed
@@ -362,7 +404,9 @@ class RedisBus:
 
     async def fetch_statistics(self) -> BusStatistics:
         """Read every topic's figures from Redis now (including other processes' work), then return statistics()."""
-        self._store_stats(await self._run("stats", [topic.value for topic in self._topics]))
+        raw = await self._run("stats", [topic.value for topic in self._topics])
+        with _reading("stats"):
+            self._store_stats(raw)
         return self.statistics()
 
     async def wait_idle(self) -> None:
@@ -449,8 +493,10 @@ class RedisBus:
             topic = Topic(_text(fields[0]))
             if topic not in self._topics:
                 continue
-            depth, pending, groups, shedding, *counters = (_int(value) for value in fields[1:12])
+            depth, pending, groups, shedding, *counters, repaired = (_int(value) for value in fields[1:13])
             published, delivered, acked, dropped, dead, rate_dropped, expired = counters
+            if repaired:
+                self._repaired(topic, repaired)
             self._stats[topic] = TopicStatistics(
                 topic=topic,
                 depth=depth,
@@ -465,6 +511,18 @@ class RedisBus:
                 emergency_rate_dropped=rate_dropped,
                 expired_trimmed=expired,
             )
+
+    def _repaired(self, topic: Topic, count: int) -> None:
+        """The scripts found counters of ``topic`` that were not counts (another writer's values) and reset them."""
+        if not self._repaired_values:
+            _log.warning(
+                "oona_bus_counter_repaired",
+                actor="oona",
+                topic=topic.value,
+                counters=count,
+                reason="a statistics counter on the server was not a count; reset to 0",
+            )
+        self._repaired_values += count
 
     def _freed_space(self) -> None:
         self._space_epoch += 1

@@ -42,10 +42,31 @@ local MAX_ATTEMPTS = tonumber(ARGV[10])
 local TTL = tonumber(ARGV[11])
 local EXPIRED_REASON = ARGV[12]
 local BURIED = 0
+local REPAIRED = {}
 
 local function skey(t) return P .. ':' .. t end
 local function gkey(t, g, what) return P .. ':' .. t .. ':g:' .. g .. ':' .. what end
-local function incr(t, name, n) redis.call('HINCRBY', skey(t) .. ':stats', name, n) end
+-- Any process that can write to the server can store anything in these keys: a stored number is read with these,
+-- never with a bare tonumber(), whose nil ended a reply early (a Lua array stops at its first nil).
+local function num(v)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
+  return x
+end
+local function count_of(v)
+  if type(v) == 'string' and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return nil
+end
+-- A counter that is not a count is set to 0 and reported in its topic's statistics row, once.
+local function repair(t, name)
+  redis.call('HSET', skey(t) .. ':stats', name, 0)
+  REPAIRED[t] = (REPAIRED[t] or 0) + 1
+end
+local function incr(t, name, n)
+  local held = redis.call('HGET', skey(t) .. ':stats', name)
+  if held and count_of(held) == nil then repair(t, name) end
+  redis.call('HINCRBY', skey(t) .. ':stats', name, n)
+end
 local function fields_of(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
@@ -79,10 +100,22 @@ local function stats(t)
   local pending = 0
   for _, g in ipairs(info) do pending = pending + g['pending'] end
   local c = fields_of(redis.call('HGETALL', skey(t) .. ':stats'))
-  local function n(name) return tonumber(c[name] or '0') end
-  return {t, depth(t), pending, redis.call('SCARD', skey(t) .. ':groups'), n('shedding'), n('published'),
-    n('delivered'), n('acked'), n('publish_dropped'), n('dead_letter_total'), n('emergency_rate_dropped'),
-    n('expired_trimmed')}
+  local row = {t, depth(t), pending, redis.call('SCARD', skey(t) .. ':groups')}
+  for _, name in ipairs({'shedding', 'published', 'delivered', 'acked', 'publish_dropped', 'dead_letter_total',
+      'emergency_rate_dropped', 'expired_trimmed'}) do
+    local value = 0
+    if c[name] ~= nil then
+      value = count_of(c[name])
+      if value == nil then
+        repair(t, name)
+        value = 0
+      end
+    end
+    table.insert(row, value)
+  end
+  table.insert(row, REPAIRED[t] or 0)
+  REPAIRED[t] = 0
+  return row
 end
 
 local function stats_of(topics)
@@ -95,8 +128,9 @@ local function stats_of(topics)
 end
 
 local function pending_of(t, g, id)
-  local r = redis.call('XPENDING', skey(t), g, id, id, 1)
-  if #r == 0 then return nil, nil end
+  -- pcall: an id stored by someone else (in the idle set or a claimed list) may not be a stream id at all.
+  local r = redis.pcall('XPENDING', skey(t), g, id, id, 1)
+  if r.err or #r == 0 then return nil, nil end
   return r[1][4], r[1][2]
 end
 
@@ -125,6 +159,11 @@ local function done(t, g, id)
     if redis.call('SISMEMBER', gkey(t, other, 'done'), id) == 0 then return end
   end
   remove(t, id)
+end
+
+-- An entry as publish writes it; anything else on the stream (another writer's) is dead-lettered unread.
+local function intact(f)
+  return f['b'] ~= nil and num(f['t']) ~= nil and num(f['p']) ~= nil and num(f['at']) ~= nil
 end
 
 local function effective(t, id, f)
@@ -156,7 +195,9 @@ local function dead_letter(t, g, id, attempts, reason)
   incr(t, 'dead_letter_total', 1)
   BURIED = BURIED + 1
   -- Dead letters of the dead-letter topic are only counted, never re-published.
-  if #entries > 0 and t ~= DL then bury(t, g, id, fields_of(entries[1][2]), attempts, reason) end
+  if #entries > 0 and t ~= DL and intact(fields_of(entries[1][2])) then
+    bury(t, g, id, fields_of(entries[1][2]), attempts, reason)
+  end
   done(t, g, id)
 end
 """
@@ -178,22 +219,27 @@ local tokens = 0
 local over_rate = false
 if emergency then
   local raw = redis.call('HMGET', B, 'tokens', 'at')
-  tokens = tonumber(raw[1]) or RATE
-  local at = tonumber(raw[2]) or NOW
-  tokens = math.min(RATE, tokens + (NOW - at) * RATE / 60.0)
+  -- Held within [0, RATE], where publishing keeps it: a stored -1e300 would close the lane for good.
+  tokens = math.max(0, math.min(RATE, num(raw[1]) or RATE))
+  local at = num(raw[2]) or NOW
+  tokens = math.max(0, math.min(RATE, tokens + (NOW - at) * RATE / 60.0))
   redis.call('HSET', B, 'tokens', tokens, 'at', NOW_S)
   over_rate = tokens < 1.0
 end
 
 if over_rate and origin ~= '' then
   local current = redis.call('HGET', S .. ':origins', origin)
-  local entry = current and redis.call('XRANGE', S, current, current) or {}
+  local entry = {}
+  if current then
+    local found = redis.pcall('XRANGE', S, current, current)  -- pcall: the stored id may be no stream id
+    if not found.err then entry = found end
+  end
   if #entry > 0 then
     incr(t, 'emergency_rate_dropped', 1)
     local over = S .. ':over'
-    local held_level = tonumber(redis.call('HGET', over, 'l:' .. current) or '0')
+    local held_level = num(redis.call('HGET', over, 'l:' .. current)) or 0
     if tonumber(ARGV[19]) > held_level then
-      local held_priority = tonumber(redis.call('HGET', over, 'p:' .. current) or fields_of(entry[1][2])['p'])
+      local held_priority = num(redis.call('HGET', over, 'p:' .. current)) or num(fields_of(entry[1][2])['p']) or 0
       redis.call('HSET', over, 'b:' .. current, ARGV[16], 'l:' .. current, ARGV[19],
         'p:' .. current, math.max(held_priority, tonumber(ARGV[15])))
     end
@@ -303,7 +349,9 @@ local function take_one(t)
     if not id then return nil end
     local f = fields_of(flat)
     local count = pending_of(t, g, id)
-    if NOW - tonumber(f['at']) > TTL then
+    if not intact(f) then
+      dead_letter(t, g, id, count - 1, 'malformed: not an entry this bus wrote')
+    elseif NOW - num(f['at']) > TTL then
       -- Read anyway after its TTL: dead-lettered unprocessed; this read was no delivery.
       dead_letter(t, g, id, count - 1, EXPIRED_REASON)
     else
@@ -401,7 +449,8 @@ for i = 13, #ARGV do
     local batch = redis.call('XRANGE', S, cursor, '+', 'COUNT', 64)
     if #batch == 0 then break end
     for _, e in ipairs(batch) do
-      if NOW - tonumber(fields_of(e[2])['at']) > TTL then
+      local at = num(fields_of(e[2])['at'])
+      if at == nil or NOW - at > TTL then  -- an entry without a time (another writer's) is trimmed too
         table.insert(expired, e[1])
       else
         keep = e[1]
