@@ -1,25 +1,38 @@
 """What ``--resume`` checks before it touches a run directory: the config still trains the same run, and the files
-that rebuild it are all there."""
+that rebuild it are all there and its journaled commands verify."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from actors.kasmina.journal import JOURNAL_FILENAME, JournalCorrupt, iter_journal, last_boundary_step
+from actors.kasmina.journal import (
+    JOURNAL_FILENAME,
+    JournalBoundary,
+    JournalCorrupt,
+    iter_journal,
+    last_boundary_step,
+)
+from actors.kasmina.journal_check import replay_refusal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import RUN_FILE_KEYS, dotted_value, load_config
+from esper.run_key import KEY_FILE
 from esper.runtime.errors import ConfigError
+from esper.runtime.signing import command_signature_valid
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
-    from schemas.config import RunConfig
+    from esper.run_key import RunKey
+    from schemas.config import RunConfig, SecurityConfig
+    from schemas.control import AdaptationCommand
 
 _log = structlog.get_logger("esper.resume")
 
@@ -98,7 +111,9 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
     raise ConfigError(f"--resume {directory}: {', '.join(differing)}; {why} (drop {change}, or start a new run)")
 
 
-def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> None:
+def check_resume_files(
+    directory: Path, metrics_csv: str = "metrics.csv", *, run_id: str, key: RunKey | None, security: SecurityConfig
+) -> None:
     """Refuse a resume that could only go wrong: checkpoints without their manifest cannot be verified (so training
     would restart from step 0 against a controller and a seed lifecycle at their last step, and stall on plans that
     never come), and without Kasmina's journal the seeds in the checkpoint have no lifecycle. A run stopped before
@@ -106,8 +121,14 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
     fail at every restart; ``metrics_csv`` is ``nissa.metrics_csv``). Blocking (reads the manifest, the journal and the
     metrics file).
 
+    Every journaled command is verified with ``key`` as the replay will verify it (actors.kasmina.journal_check): the
+    journal is a file anyone who can write the directory could add a command to. ``run_id``: the resumed run's id;
+    ``key``: the run's key (None: the environment variable is unset and the run keeps no key file); ``security``:
+    its id and the variable's name.
+
     Raises:
-        ConfigError: one line naming the missing or unreadable file.
+        ConfigError: one line naming the missing or unreadable file, or the journaled command that fails
+            verification (its step and why), or a journal of commands with no key to verify them with.
     """
     checkpoints = directory / "checkpoints"
     try:
@@ -130,9 +151,12 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
             f"--resume {directory}: checkpoints/{JOURNAL_FILENAME} is missing, so the seeds' lifecycle cannot be"
             " rebuilt; nothing to resume from"
         )
+    journal = checkpoints / JOURNAL_FILENAME
+    signed = None if key is None else functools.partial(command_signature_valid, keys={security.key_id: key.secret})
     try:
-        for _ in iter_journal(checkpoints / JOURNAL_FILENAME):  # every line decodes (one at a time: it may be large)
-            pass
+        for entry in iter_journal(journal):  # every line decodes (one at a time: it may be large)
+            if isinstance(entry, JournalBoundary):
+                _check_journaled_command(directory, entry, run_id, key, signed, security.secret_env)
     except JournalCorrupt as err:
         raise ConfigError(
             f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"
@@ -144,6 +168,37 @@ def check_resume_files(directory: Path, metrics_csv: str = "metrics.csv") -> Non
             f"--resume {directory}: {err}; the resumed run could not add its epochs to it (move it aside to start a new"
             " one)"
         ) from err
+
+
+def _check_journaled_command(
+    directory: Path,
+    entry: JournalBoundary,
+    run_id: str,
+    key: RunKey | None,
+    signed: Callable[[AdaptationCommand], bool] | None,
+    secret_env: str,
+) -> None:
+    """Refuse the resume if the boundary's command would not be replayed (see check_resume_files).
+
+    Raises:
+        ConfigError: one line naming the journal, the step and why.
+    """
+    step = entry.packet.global_step
+    where = f"--resume {directory}: checkpoints/{JOURNAL_FILENAME}: step {step}"
+    if signed is None or key is None:
+        if entry.command is None:
+            return
+        raise ConfigError(
+            f"{where} holds a signed command ({entry.command.kind.value}) and the run's key is missing (no {KEY_FILE}"
+            f" in the run directory, {secret_env} unset), so it cannot be verified: set {secret_env} to the key the run"
+            " was started with, or start a new run"
+        )
+    refusal = replay_refusal(entry, run_id, signed)
+    if refusal is not None:
+        raise ConfigError(
+            f"{where}: {refusal} (the run's key: {key.origin}); replaying it would act on a command this run did not"
+            " accept: restore the journal, or start a new run"
+        )
 
 
 def resume_point(checkpoints: Path) -> int | None:

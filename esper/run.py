@@ -55,6 +55,7 @@ from esper.run_args import (
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, previous_run_id
+from esper.run_key import keep_run_key
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import GpuTelemetry
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from esper.run_key import RunKey
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -186,7 +188,7 @@ async def _start(
     try:
         return await _start_claimed(
             resolved, directory, args.run_id, run_lock,
-            baseline=args.baseline, secret=args.secret, resume=resume, progress=progress, hooks=hooks, console=console,
+            baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
         )  # fmt: skip
     except BaseException:
         run_lock.release()
@@ -200,7 +202,7 @@ async def _start_claimed(
     run_lock: RunDirLock,
     *,
     baseline: RecordedBaseline | None,
-    secret: bytes,
+    key: RunKey,
     resume: str | Path | None,
     progress: TextIO | None,
     hooks: RunHooks | None,
@@ -212,6 +214,8 @@ async def _start_claimed(
     if resume is None:
         await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
         await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria)
+    # Before the first command is signed: a resume verifies the journaled commands with this key.
+    await anyio.to_thread.run_sync(keep_run_key, directory, key)
     logging = configure_logging(
         directory,
         level=resolved.logging.level,
@@ -279,7 +283,7 @@ async def _start_claimed(
             run_id=run_id,
             run_dir=directory,
             resume=resume is not None,
-            secret=secret,
+            secret=key.secret,
             lanes=lanes,
             clock=clock,
             sink=sink,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ from esper.data_fingerprint import check_same_data
 from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
 from esper.run_dir import check_not_in_use, check_not_the_run_config
 from esper.run_history import already_trained, previous_run_id
+from esper.run_key import RunKey, env_key, new_run_key, read_run_key
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from esper.start_checks import check_start
@@ -41,21 +43,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     """A sortable, unique run id: UTC time to the second plus 4 random hex digits."""
     moment = now or dt.datetime.now(dt.UTC)
     return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def resolve_secret(config: RunConfig) -> bytes:
-    """The key that signs commands: the secret environment variable, or a random per-run key.
-
-    Raises:
-        ConfigError: the variable is unset while weatherlight.require_secret is true.
-    """
-    name = config.security.secret_env
-    value = os.environ.get(name)
-    if value:
-        return value.encode("utf-8")
-    if config.weatherlight.require_secret:
-        raise ConfigError(f"weatherlight.require_secret: the environment variable {name} is not set")
-    return secrets.token_bytes(32)
 
 
 _FLAGS = (("--resume ", "resume="), ("--resume:", "resume:"), ("--run-dir", "run_dir"), ("--set ", "overrides: "))
@@ -149,14 +136,14 @@ class StartArgs:
 
     Attributes:
         config: the run's config, overrides applied and data paths made absolute.
-        secret: the key that signs commands.
+        key: the key that signs commands (a resumed run's own, which its journaled commands were verified with).
         baseline: the recorded host-only baseline the config names, if any.
         directory: the run directory.
         run_id: a new run's id; None for a resume (the resumed run's own, read once the directory is claimed).
     """
 
     config: RunConfig
-    secret: bytes
+    key: RunKey
     baseline: RecordedBaseline | None
     directory: Path
     run_id: str | None
@@ -167,7 +154,7 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
     status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs)."""
     try:
         config = load_config(args.config, args.overrides)
-        resolve_secret(config)
+        env_key(config)
     except ConfigError as err:
         say(sys.stderr, f"{err}\n")
         return EXIT_CONFIG_ERROR
@@ -218,7 +205,7 @@ async def checked_start(
     else:
         resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
     resolved = absolute_data_path(resolved)
-    secret = resolve_secret(resolved)
+    key = env_key(resolved)
     try:
         await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
         await anyio.to_thread.run_sync(check_start, resolved)
@@ -248,7 +235,15 @@ async def checked_start(
             raise ConfigError(f"--resume {directory}: {err}") from err
         if finished is not None:  # resuming would only rewrite its summary, without the figures
             raise ConfigError(finished)
-        await anyio.to_thread.run_sync(check_resume_files, directory, resolved.nissa.metrics_csv)
+        if key is None:
+            key = await anyio.to_thread.run_sync(read_run_key, directory)
+        # Every journaled command is verified with the key now, and a journal that does not verify is refused here,
+        # in one line, rather than replayed (a forged command would graft) or dropped (the run would diverge).
+        earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
+        check_files = functools.partial(
+            check_resume_files, run_id=resolved.run_id or earlier, key=key, security=resolved.security
+        )
+        await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
@@ -257,7 +252,7 @@ async def checked_start(
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
-    return StartArgs(config=resolved, secret=secret, baseline=baseline, directory=directory, run_id=run_id)
+    return StartArgs(config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id)
 
 
 def _check_resume_dir(directory: Path) -> None:

@@ -10,6 +10,7 @@ from typing import final
 
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from esper.run_files import RunFiles
+from esper.run_key import KEY_FILE
 from esper.runtime.atomic_write import atomic_write_text
 from esper.runtime.errors import ConfigError
 
@@ -27,7 +28,7 @@ RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal", 
 # the run would write through (the pid into the lock's target, the event log appended to another file, checkpoints
 # and journals into another directory).
 _DEFAULT_FILES = RunFiles()
-_WRITTEN = (LOCK_NAME, "config.toml", "data.json", "field_reports.wal", "report.png", "checkpoints")
+_WRITTEN = (LOCK_NAME, KEY_FILE, "config.toml", "data.json", "field_reports.wal", "report.png", "checkpoints")
 
 
 @final

@@ -14,6 +14,8 @@ import nbformat
 import pytest
 
 from esper.resume import check_resume_files, resume_point
+from esper.run_key import read_run_key
+from schemas.config import SecurityConfig
 from schemas.enums import ActorStatus
 
 if TYPE_CHECKING:
@@ -128,4 +130,5 @@ def test_notebook_starts_a_run_shows_actors_and_events_and_stops_it_resumably(
     # The stop's checkpoint is the one a --resume continues from, and the files that rebuild the run are whole.
     assert training["checkpoint"] == f"step-{training['global_step']}.pt"
     assert resume_point(run_dir / "checkpoints") == training["global_step"]
-    check_resume_files(run_dir)
+    # The notebook sets no secret variable, so the run kept its command key beside the journal it verifies.
+    check_resume_files(run_dir, run_id=run_id, key=read_run_key(run_dir), security=SecurityConfig())

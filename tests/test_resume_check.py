@@ -20,7 +20,7 @@ from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_history import already_trained
 from esper.runtime.errors import ConfigError
-from schemas.config import KasminaConfig, RunConfig, TolariaConfig
+from schemas.config import KasminaConfig, RunConfig, SecurityConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -153,43 +153,45 @@ def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_sta
 def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touching_anything(tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
-    check_resume_files(tmp_path)  # stopped before its first checkpoint: it starts over
+    check_resume_files(
+        tmp_path, run_id="r", key=None, security=SecurityConfig()
+    )  # stopped before its first checkpoint: it starts over
     (checkpoints / "step-200.pt").write_bytes(b"weights")
     (checkpoints / "step-220.pt").write_bytes(b"weights")
     with pytest.raises(ConfigError) as refused:
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     assert str(refused.value) == (
         f"--resume {tmp_path}: checkpoints/manifest.json is missing or lists no checkpoint (step-200.pt, step-220.pt"
         " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
     )
     (checkpoints / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"manifest.json: unreadable manifest"):
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     # Stopped before the first step (a Ctrl-C while the actors start): a step-0 checkpoint and no journal resume.
     start = {"file": "step-0.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 0, "epoch": 0, "batch_index": 0}
     (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [start]}))
-    check_resume_files(tmp_path)
+    check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     info = {"file": "step-220.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 220, "epoch": 11}
     info["batch_index"] = 0
     (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": [start, info]}))
     with pytest.raises(ConfigError, match=r"kasmina_journal.jsonl is missing, so the seeds' lifecycle cannot be"):
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     journal = checkpoints / "kasmina_journal.jsonl"
     journal.write_text('{"type":"JournalReceipt","rec\n{"type":"JournalRec')  # a bad line, then a torn last one
     with pytest.raises(ConfigError) as corrupt:
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     assert str(corrupt.value).startswith(f"--resume {tmp_path}: {journal} line 1 does not decode (")
     assert str(corrupt.value).endswith("so the seeds' lifecycle cannot be rebuilt; nothing to resume from")
     journal.write_text('{"type":"JournalRec')  # only a torn last line: a crash mid-write, which a resume survives
-    check_resume_files(tmp_path)
+    check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("epoch,something,else\n0,1,2\n", encoding="utf-8")  # not this version's columns
     with pytest.raises(ConfigError) as foreign:
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     assert str(foreign.value).startswith(f"--resume {tmp_path}: {metrics}: header 'epoch,something,else' differs")
     assert str(foreign.value).endswith("could not add its epochs to it (move it aside to start a new one)")
     metrics.write_text(header_line() + "3,", encoding="utf-8")  # a torn row only: Nissa cuts it
-    check_resume_files(tmp_path)
+    check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     metrics.unlink()
     assert journal.read_text() == '{"type":"JournalRec'  # checked, not repaired: the refused resume changed nothing
     assert sorted(p.name for p in checkpoints.iterdir()) == [
@@ -324,7 +326,7 @@ def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tm
     (checkpoints / "step-20.pt").write_bytes(b"weights")
     (checkpoints / "manifest.json").write_text('{"checkpoints": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(ConfigError) as refused:
-        check_resume_files(tmp_path)
+        check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     assert str(refused.value).startswith(
         f"--resume {tmp_path}: {checkpoints / 'manifest.json'}: unreadable manifest: RecursionError: maximum recursion"
     )

@@ -12,6 +12,7 @@ from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import LOCK_NAME, claim_run_dir
 from esper.run_files import RunFiles
+from esper.run_key import KEY_FILE
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def _fresh_logging() -> None:
 
 @pytest.mark.parametrize("resume", [False, True])
 @pytest.mark.parametrize(
-    "name", [LOCK_NAME, "events.jsonl", "metrics.csv", "summary.json", "field_reports.wal", "config.toml"]
+    "name", [LOCK_NAME, KEY_FILE, "events.jsonl", "metrics.csv", "summary.json", "field_reports.wal", "config.toml"]
 )
 def test_a_run_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path: Path, name: str, resume: bool) -> None:
     """A planted run.lock link had the pid written over its target; an events.jsonl link took the whole event log."""

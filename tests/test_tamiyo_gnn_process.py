@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import pytest
 import structlog
@@ -30,7 +33,6 @@ from tests._tamiyo_harness import BLUEPRINTS, TamiyoHarness, dormant, packet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from actors.tamiyo.policy import Observation
     from esper.nn.policy_gnn import TamiyoGNN
@@ -360,5 +362,76 @@ def test_abort_start_kills_a_worker_still_starting_and_starts_no_other() -> None
             remote.wait_ready()
         assert remote._process.returncode == -signal.SIGKILL
         assert remote.restarts == 0
+    finally:
+        remote.close()
+
+
+# A worker that writes its first decision's answer twice (frame 1 is its ready message), in the first process only.
+_DOUBLING_WORKER = """
+import os, sys
+from actors.tamiyo import gnn_process
+
+class Doubling:
+    def __init__(self, raw):
+        self.raw, self.frames = raw, 0
+    def write(self, data):
+        self.frames += 1
+        written = self.raw.write(data)
+        if self.frames == 2:
+            self.raw.write(data)
+        return written
+    def flush(self):
+        self.raw.flush()
+
+first = not os.path.exists(sys.argv[1])
+open(sys.argv[1], "a").close()
+frames = os.fdopen(os.dup(1), "wb", buffering=0)
+os.dup2(2, 1)
+gnn_process._serve(os.fdopen(0, "rb", buffering=0), Doubling(frames) if first else frames)
+"""
+
+
+def test_an_answer_to_another_request_kills_the_worker_instead_of_answering_every_later_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers carried no request id: a worker that wrote one frame too many made every later decision the answer to
+    the observation before it, silently, for the rest of the run."""
+    script, marker = tmp_path / "doubling_worker.py", tmp_path / "started"
+    script.write_text(_DOUBLING_WORKER, encoding="utf-8")
+    root = str(Path(gnn_process.__file__).resolve().parents[2])
+
+    def spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+        process = subprocess.Popen(
+            [sys.executable, "-P", str(script), str(marker)],
+            env={**os.environ, "PYTHONPATH": root},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        return process, process.stdin, process.stdout
+
+    monkeypatch.setattr(gnn_process, "_spawn", spawn)
+    model = _model(PolicyAction.GERMINATE)
+    reference = _local(model)
+    remote = _remote(model, _local(model))
+    observations = list(_observations())
+    try:
+        remote.wait_ready()
+        assert remote.decide(observations[0]) == reference.decide(observations[0])
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(RuntimeError, match=r"answered request 1 while request 2 waited; killed, to be restarted"),
+        ):
+            remote.decide(observations[1])
+        assert [e["event"] for e in logs] == ["tamiyo_gnn_worker_desynced"]
+        remote.wait_ready()  # the barrier: the restarted worker has built its network
+        assert remote.restarts == 1
+        # It decides on from the state the parent holds: the refused decision changed nothing.
+        for observation in observations[1:]:
+            assert remote.decide(observation) == reference.decide(observation)
+            assert remote.export_state() == reference.export_state()
     finally:
         remote.close()

@@ -25,6 +25,7 @@ from actors.kasmina.journal import (
     entry_step,
     planner_view,
 )
+from actors.kasmina.journal_check import JournalTampered, replay_refusal
 from esper.runtime.actor import Actor
 from esper.runtime.errors import EsperError, NotYetAvailable
 from esper.runtime.events import MutableSink
@@ -429,7 +430,16 @@ class KasminaActor(Actor[KasminaMessage]):
 
     async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
         """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles
-        until the caller keeps or discards them) unless the journal says their preparation failed."""
+        until the caller keeps or discards them) unless the journal says their preparation failed.
+
+        Raises:
+            JournalTampered: the entry's command fails verification with the run's key, or its recorded verdict is
+                not what verification gives (a forged or altered line: replayed, it would act unsigned).
+        """
+        refusal = replay_refusal(entry, self._run_id, self._verifier.signature_valid)
+        if refusal is not None:
+            where = self._journal.path or "the lifecycle journal"
+            raise JournalTampered(f"{where}: step {entry.packet.global_step}: {refusal}")
         draft = planner.begin(entry.packet, entry.command, entry.security)
         for request in draft.preparations:
             detail = entry.failed.get(request.seed_id)

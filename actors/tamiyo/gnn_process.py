@@ -112,6 +112,7 @@ class _Setup(msgspec.Struct, frozen=True):
 class _Decide(msgspec.Struct, frozen=True, tag="decide"):
     observation: Observation
     state: GnnPolicyState | None = None  # a state the parent imported since the last request
+    request: int = 0  # numbered by _call and echoed in the answer: an answer to another request is refused
 
 
 class _Close(msgspec.Struct, frozen=True, tag="close"):
@@ -119,6 +120,7 @@ class _Close(msgspec.Struct, frozen=True, tag="close"):
 
 
 class _Answer(msgspec.Struct, frozen=True):
+    request: int = 0  # the _Decide's it answers; 0 for the ready message (or the setup's failure)
     decision: Decision | None = None
     # The worker's state after the request, left encoded: the parent decodes it only when exported.
     state: bytes = b""  # msgpack of a GnnPolicyState; empty when there is none
@@ -180,9 +182,9 @@ def _serve(source: IO[bytes], out: IO[bytes]) -> None:
                 policy.import_state(request.state)
             with torch.inference_mode():
                 decision = policy.decide(request.observation)
-            answer = _Answer(decision=decision, state=_ENCODE.encode(policy.export_state()))
+            answer = _Answer(request=request.request, decision=decision, state=_ENCODE.encode(policy.export_state()))
         except Exception as err:  # noqa: BLE001  # one bad decision is the parent's failed inference, not the worker's end
-            answer = _Answer(error=f"{type(err).__name__}: {err}")
+            answer = _Answer(request=request.request, error=f"{type(err).__name__}: {err}")
         _send(out, _ENCODE.encode(answer))
 
 
@@ -287,6 +289,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._state_raw = _ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
         self._restarted_at = 0.0
+        self._requests = 0
         self.restarts = 0
 
     @property
@@ -450,6 +453,8 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     def _call(self, request: _Decide) -> _Answer:
         if self._closed:
             raise RuntimeError("tamiyo gnn worker: closed")
+        self._requests += 1
+        request = msgspec.structs.replace(request, request=self._requests)
         try:
             _send(self._to_worker, _ENCODE.encode(request))
         except (OSError, ValueError) as err:
@@ -460,9 +465,16 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             self._process.wait(_CLOSE_TIMEOUT_S)
             _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_ANSWER_TIMEOUT_S, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: no answer within {_ANSWER_TIMEOUT_S} s; killed, to be restarted")
-        return self._receive()
+        return self._receive(request.request)
 
-    def _receive(self) -> _Answer:
+    def _receive(self, request: int = 0) -> _Answer:
+        """The worker's answer to ``request`` (0: its ready message).
+
+        Raises:
+            RuntimeError: the worker died, stalled mid-answer, reported a failure, or answered another request (a
+                frame too many, or one lost: every later answer would be paired with the wrong observation, so it is
+                killed, and the next decide starts another as for a dead one).
+        """
         try:
             answer = _ANSWER.decode(_recv(self._from_worker, _ANSWER_TIMEOUT_S))
         except TimeoutError as err:
@@ -476,6 +488,20 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             except subprocess.TimeoutExpired:
                 code = None
             raise RuntimeError(f"tamiyo gnn worker died (exit code {code})") from err
+        if answer.request != request:
+            self._process.kill()
+            self._process.wait(_CLOSE_TIMEOUT_S)
+            _log.warning(
+                "tamiyo_gnn_worker_desynced",
+                actor="tamiyo",
+                request=request,
+                answered=answer.request,
+                pid=self._process.pid,
+            )
+            raise RuntimeError(
+                f"tamiyo gnn worker: answered request {answer.request} while request {request} waited; killed, to be"
+                " restarted"
+            )
         if answer.error is not None:
             raise RuntimeError(f"tamiyo gnn worker: {answer.error}")
         return answer

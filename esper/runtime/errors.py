@@ -35,8 +35,8 @@ Leaves that subsystems add next to their code (never a second root):
   UnknownSlot (actors.kasmina.lifecycle), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
   BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
   FetchBudgetExceeded (actors.urza.artifact), MetricsFileError (actors.nissa.csv_writer), ReportInputError
-  (esper.report), LogFileInUse (esper.logs), JournalCorrupt (actors.kasmina.journal), PolicyRestarting (also
-  RuntimeError; actors.tamiyo.gnn_state)
+  (esper.report), LogFileInUse (esper.logs), JournalCorrupt (actors.kasmina.journal), JournalTampered
+  (actors.kasmina.journal_check), PolicyRestarting (also RuntimeError; actors.tamiyo.gnn_state)
 esper.nn may not import this module (it is pure torch), so its misuse errors are plain ValueError subclasses:
 SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, DatasetError.
 """

@@ -3,7 +3,9 @@
 Canonical encoding: ``msgspec.json.encode(cmd, order="sorted")`` of the command with ``security.signature`` set to
 "" (every other field, key id and nonce included, is covered). Sorted keys make the bytes independent of field
 order in the class; msgspec writes floats in their shortest round-trip form, so the bytes are the same in every
-process that holds the same values. The signature is the lower-case hex HMAC-SHA256 of those bytes. PolicyUpdate is
+process that holds the same values. ``sign_command`` signs the command as a decoder reads it back (an int in a float
+field made a float), so a copy decoded from JSON (Kasmina's journal, replayed by a resumed run) verifies as the
+original did. The signature is the lower-case hex HMAC-SHA256 of those bytes. PolicyUpdate is
 signed the same way over its top-level ``signature`` field.
 
 Time: the verifier compares ``issued_at`` with its own clock, so issuer and verifier must share a time base (the
@@ -57,9 +59,21 @@ def sign_command(cmd: AdaptationCommand, key: bytes, key_id: str) -> AdaptationC
         raise ValueError("key must not be empty")
     if not key_id:
         raise ValueError("key_id must not be empty")
-    keyed = msgspec.structs.replace(cmd, security=msgspec.structs.replace(cmd.security, key_id=key_id, signature=""))
+    keyed = _as_decoded(
+        msgspec.structs.replace(cmd, security=msgspec.structs.replace(cmd.security, key_id=key_id, signature=""))
+    )
     signature = _hmac_hex(key, canonical_command_bytes(keyed))
     return msgspec.structs.replace(keyed, security=msgspec.structs.replace(keyed.security, signature=signature))
+
+
+def _as_decoded(cmd: AdaptationCommand) -> AdaptationCommand:
+    """``cmd`` with each value of the type its field declares (an int held in a float field becomes a float), as a
+    decoder reads it back: Kasmina's journal keeps the command as JSON, and the copy a replay decodes must encode to
+    the very bytes that were signed. A command the schema refuses is signed as it is (the verifier refuses it)."""
+    try:
+        return msgspec.convert(msgspec.to_builtins(cmd), type=type(cmd))
+    except msgspec.ValidationError:
+        return cmd
 
 
 def command_signature_valid(cmd: AdaptationCommand, keys: Mapping[str, bytes]) -> bool:
@@ -271,6 +285,11 @@ class CommandVerifier:
             expired=self._expired,
             evicted=self._evicted,
         )
+
+    def signature_valid(self, cmd: AdaptationCommand) -> bool:
+        """Whether the command's HMAC matches its key id's key, check (2) alone: what a replay of a journaled command
+        checks again. No ledger, no clock, no counters, no events."""
+        return command_signature_valid(cmd, self._keys)
 
     def _check(self, cmd: AdaptationCommand) -> CommandRejectReason | None:
         if missing_command_fields(cmd):

@@ -1,0 +1,221 @@
+"""A run's command key survives --resume, and a resume verifies every journaled command with it before replaying."""
+
+from __future__ import annotations
+
+import json
+import stat
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
+from esper.resume import check_resume_files
+from esper.run import main
+from esper.run_args import EXIT_CONFIG_ERROR
+from esper.run_key import KEY_FILE, RunKey, env_key, keep_run_key, new_run_key, read_run_key
+from esper.runtime.errors import ConfigError
+from esper.runtime.signing import sign_command
+from schemas.config import RunConfig, SecurityConfig
+from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
+from schemas.domain_enums import CommandKind
+from tests._kasmina_harness import make_packet
+from tests.test_e2e_run import tiny_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+ENV = "ESPER_LEYLINE_SECRET"
+RUN = "run-kasmina"  # make_packet's run
+
+
+def germinate(step: int, key: bytes, run_id: str = RUN) -> AdaptationCommand:
+    command_id = str(uuid.uuid4())
+    command = AdaptationCommand(
+        command_id=command_id,
+        issued_at=1.0,
+        training_run_id=run_id,
+        kind=CommandKind.GERMINATE,
+        decision_step=step,
+        policy_version="test",
+        security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=1.0),
+        target_slot="a",
+        blueprint_id="BP002",
+        blend=BlendConfig(),
+    )
+    return sign_command(command, key, SecurityConfig().key_id)
+
+
+def write_journal(directory: Path, entries: list[JournalBoundary]) -> Path:
+    """The journal, beside a manifest listing a checkpoint (a run stopped before its first is started over, its journal
+    unread)."""
+    path = directory / "checkpoints" / JOURNAL_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"file": "step-8.pt", "sha256": "0" * 64, "size_bytes": 7, "global_step": 8, "epoch": 0, "batch_index": 8}
+    (path.parent / "manifest.json").write_text(json.dumps({"checkpoints": [info]}), encoding="utf-8")
+    encoder = msgspec.json.Encoder()
+    path.write_bytes(b"".join(encoder.encode(entry) + b"\n" for entry in entries))
+    return path
+
+
+def check(directory: Path, key: RunKey | None) -> None:
+    check_resume_files(directory, run_id=RUN, key=key, security=SecurityConfig())
+
+
+def test_the_run_key_file_is_written_atomically_for_its_owner_alone_and_read_back(tmp_path: Path) -> None:
+    key = new_run_key()
+    assert key.secret.hex() not in repr(key)  # a key in a log line or a traceback's locals is a key given away
+    keep_run_key(tmp_path, key)
+    path = tmp_path / KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == key.secret
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]  # no temp file left
+    again = read_run_key(tmp_path)
+    assert again is not None
+    assert (again.secret, again.env, again.stored) == (key.secret, None, True)
+    assert read_run_key(tmp_path / "elsewhere") is None
+
+
+def test_a_key_from_the_environment_stays_out_of_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV, "operator-secret")
+    (tmp_path / KEY_FILE).write_bytes(b"k" * 32)  # an earlier attempt's, without the variable
+    key = env_key(RunConfig())
+    assert key is not None
+    assert (key.secret, key.env) == (b"operator-secret", ENV)
+    keep_run_key(tmp_path, key)
+    assert not (tmp_path / KEY_FILE).exists()
+    monkeypatch.delenv(ENV)
+    assert env_key(RunConfig()) is None
+
+
+def test_a_key_file_that_holds_no_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / KEY_FILE).write_bytes(b"short")
+    with pytest.raises(ConfigError) as refused:
+        read_run_key(tmp_path)
+    assert str(refused.value) == (
+        f"--resume {tmp_path}: {KEY_FILE} holds 5 bytes, not a 32-byte key: it is not the key this run signed its"
+        " commands with"
+    )
+
+
+def test_a_resume_check_refuses_a_forged_or_tampered_command_and_names_the_step(tmp_path: Path) -> None:
+    key = new_run_key()
+    genuine = germinate(8, key.secret)
+    entries = [JournalBoundary(packet=make_packet(4)), JournalBoundary(packet=make_packet(8), command=genuine)]
+    path = write_journal(tmp_path, entries)
+    check(tmp_path, key)
+    forged = germinate(8, b"f" * 32)
+    for command in (forged, msgspec.structs.replace(genuine, target_slot="b")):
+        write_journal(tmp_path, [entries[0], JournalBoundary(packet=make_packet(8), command=command)])
+        with pytest.raises(ConfigError) as refused:
+            check(tmp_path, key)
+        assert str(refused.value) == (
+            f"--resume {tmp_path}: checkpoints/{JOURNAL_FILENAME}: step 8: the germinate command {command.command_id}:"
+            f" its signature does not match the run's key, but the journal records it accepted (the run's key:"
+            f" {KEY_FILE}); replaying it would act on a command this run did not accept: restore the journal, or start"
+            " a new run"
+        )
+    assert path.read_bytes().count(b"\n") == 2  # checked, never rewritten
+
+
+def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path: Path) -> None:
+    """A run without the environment variable and without its key file: nothing could verify its commands."""
+    write_journal(tmp_path, [JournalBoundary(packet=make_packet(4))])
+    check(tmp_path, None)  # no command: nothing to verify, the resume draws a new key
+    write_journal(tmp_path, [JournalBoundary(packet=make_packet(4), command=germinate(4, b"k" * 32))])
+    with pytest.raises(ConfigError) as refused:
+        check(tmp_path, None)
+    assert str(refused.value) == (
+        f"--resume {tmp_path}: checkpoints/{JOURNAL_FILENAME}: step 4 holds a signed command (germinate) and the run's"
+        f" key is missing (no {KEY_FILE} in the run directory, {ENV} unset), so it cannot be verified: set {ENV} to"
+        " the key the run was started with, or start a new run"
+    )
+
+
+def grown_config(tmp_path: Path) -> Path:
+    """The e2e tiny run, grown by every_k at its first epoch end: its journal holds a GERMINATE."""
+    config = tiny_config(tmp_path, epochs=2)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[tamiyo]\n", '[tamiyo]\npolicy = "every_k"\nevery_k_epochs = 1\n'),
+        encoding="utf-8",
+    )
+    return config
+
+
+def _commands(run_dir: Path) -> list[JournalBoundary]:
+    return [
+        e
+        for e in read_journal(run_dir / "checkpoints" / JOURNAL_FILENAME)
+        if isinstance(e, JournalBoundary) and e.command
+    ]
+
+
+def test_a_forged_journal_is_refused_on_resume_and_the_kept_key_resumes_the_genuine_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The security review's repro: a GERMINATE copied into the journal's last boundary with a made-up signature was
+    replayed by --resume and grew a seed. Without the variable a run now keeps its random key (0600) and a resume
+    verifies every journaled command with it."""
+    monkeypatch.delenv(ENV, raising=False)
+    config = grown_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    assert stat.S_IMODE((run_dir / KEY_FILE).stat().st_mode) == 0o600
+    key_bytes = (run_dir / KEY_FILE).read_bytes()
+    assert key_bytes.hex() not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert _commands(run_dir), "every_k germinates at the first epoch end: the journal holds a command"
+    journal = run_dir / "checkpoints" / JOURNAL_FILENAME
+    genuine = journal.read_bytes()
+    lines = [json.loads(line) for line in genuine.splitlines()]
+    last = max(i for i, e in enumerate(lines) if e["type"] == "JournalBoundary")
+    step = lines[last]["packet"]["global_step"]
+    run_id = lines[last]["packet"]["run_id"]
+    forged = germinate(step, b"f" * 32, run_id=run_id)
+    lines[last]["command"] = json.loads(msgspec.json.encode(forged))
+    lines[last]["security"] = None
+    journal.write_text("".join(json.dumps(e) + "\n" for e in lines), encoding="utf-8")
+    forged_bytes = journal.read_bytes()
+    capsys.readouterr()
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(
+        f"--resume {run_dir}: checkpoints/{JOURNAL_FILENAME}: step {step}: the germinate command {forged.command_id}:"
+        " its signature does not match the run's key, but the journal records it accepted"
+    )
+    assert journal.read_bytes() == forged_bytes  # refused before the claim: nothing touched
+    journal.write_bytes(genuine)
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert (run_dir / KEY_FILE).read_bytes() == key_bytes
+
+
+def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV, "operator-secret")
+    config = grown_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    assert not (run_dir / KEY_FILE).exists()  # the key stays out of the run directory
+    [first, *_] = _commands(run_dir)
+    step = first.packet.global_step
+    capsys.readouterr()
+    monkeypatch.delenv(ENV)
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"--resume {run_dir}: checkpoints/{JOURNAL_FILENAME}: step {step} holds a signed command")
+    assert f"no {KEY_FILE} in the run directory, {ENV} unset" in err
+    monkeypatch.setenv(ENV, "another-secret")
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"step {step}: the {first.command.kind.value if first.command else ''} command" in err
+    assert f"(the run's key: the environment variable {ENV})" in err
+    monkeypatch.setenv(ENV, "operator-secret")
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert not (run_dir / KEY_FILE).exists()
