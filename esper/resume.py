@@ -68,6 +68,10 @@ SAME_RUN: Final = (
     # The resumed controller is offered the first start's blueprints: another selection left it none, silently.
     "karn.include",
     "karn.exclude",
+    # The journal's commands are verified on replay with the run's key under its id: another id or another secret
+    # variable refused the resume as "signature does not match", naming no setting.
+    "security.key_id",
+    "security.secret_env",
 )
 
 

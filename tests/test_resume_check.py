@@ -47,6 +47,9 @@ def _run_dir(tmp_path: Path, *overrides: str) -> Path:
         # The resumed controller is offered the first start's blueprints: the new selection left it none, silently.
         ('karn.include=["BP004"]', "karn.include"),
         ('karn.exclude=["BP001"]', "karn.exclude"),
+        # The journal's signed commands are verified with the key of this id, read from this variable.
+        ('security.key_id="other"', "security.key_id"),
+        ('security.secret_env="OTHER_SECRET"', "security.secret_env"),
     ],
 )
 def test_a_change_to_what_the_run_trains_is_refused(tmp_path: Path, override: str, key: str) -> None:
