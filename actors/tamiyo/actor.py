@@ -21,8 +21,8 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    next packet's decision gives it until its own deadline to end; one still running then is that decision's overrun
    too (``policy_busy``: the fallback decides, the breaker counts it), so a policy slower than an epoch never holds
    the trainer's plans (at most one inference is in flight). While it runs, an epoch end's state is not journaled
-   (the policy's state is the lane's until it ends: a resume from there starts from the journal's previous entry);
-   a rewind, a state query and a stop wait it out.
+   (the policy's state is the lane's until it ends: a resume from there starts from the journal's previous entry;
+   one that has returned by then is let go and the state journaled); a rewind, a state query and a stop wait it out.
 
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
@@ -330,11 +330,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._decider.open_window(packet, choice, verdict, command_id)
         await self._append(reports)
         if self._state_journal is not None and packet.validation_loss is not None:
-            if self._late is not None:
+            if self._late is not None and not self._late.done():
                 # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
                 # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
                 _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
             else:
+                # A job that overran by a hair has returned by now: its state is the controller's again.
+                self._collect_late()
                 # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
                 await self._state_journal.append(packet.global_step, self.export_state())
 
@@ -351,9 +353,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
             timer.cancel()
             if not late.done():
                 return False
-        self._late = None
-        late.result()
+        self._collect_late()
         return True
+
+    def _collect_late(self) -> None:
+        """Let go of a late job that has ended: its result is discarded; an error a policy must not raise crashes the
+        actor, as it would have in time."""
+        late, self._late = self._late, None
+        if late is not None:
+            late.result()
 
     async def _wait_out_late(self) -> None:
         """Wait until a late job has ended (its result, or an error, is discarded): the policy's state is the lane's
