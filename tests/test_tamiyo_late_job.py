@@ -14,22 +14,23 @@ from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyWorker
 from actors.tamiyo.policy import Decision
 from actors.tamiyo.spec import tamiyo_spec
+from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import read_entries
 from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
+from esper.runtime.supervisor import ChildSpec, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig, SecurityConfig, SimicConfig, TamiyoConfig
 from schemas.runtime import ChildFailed
-from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
+from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S, packet
-from tests.test_kernel_support import ObservedClock, Recorder
+from tests.test_kernel_support import Crash, ObservedClock, Probe, Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from actors.tamiyo.policy import Observation
-    from actors.tamiyo.state import TamiyoState
     from esper.runtime.events import RecordingSink
     from schemas.boundary import Decision as WireDecision
 
@@ -174,6 +175,79 @@ def open_files_under(directory: Path) -> list[str]:
 
 def failures(sink: RecordingSink) -> list[tuple[str, str]]:
     return [(event.child, event.error_type) for event in sink.of_type(ChildFailed)]
+
+
+async def test_a_stop_past_its_deadline_hands_over_the_state_before_the_late_job_and_closes_up(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """A stop (Ctrl-C) waits out a late job only up to Tamiyo's shutdown deadline. The cancel then made on_stop's
+    export raise (the job still runs): no stop state for --resume, the WAL and the worker left open, and a second,
+    misleading failure. Now the state is handed over, with the policy's part as the late job found it, everything
+    is closed, and the deadline is the only failure."""
+    persisted: list[TamiyoState] = []
+    rig = Rig(tmp_path, sink, on_state=persisted.append)
+    await rig.system.start(rig.spec)
+    try:
+        for step in (1, 2):
+            assert (await rig.decide(step)).policy == "gnn"
+        late = await rig.decide_late(3)
+        assert late.policy == "heuristic (fallback)"
+        assert rig.policy.state.decisions == 3  # the late job's decide has counted itself
+        async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+            stopping = tg.create_task(rig.system.stop())
+            await rig.pass_shutdown_deadline()
+            await stopping
+        assert failures(sink) == [("tamiyo", "ShutdownDeadlineExceeded")]
+        [state] = persisted
+        assert state.gnn is not None
+        assert state.gnn.decisions == 2  # the policy as the late job found it
+        assert (state.counters.decisions, state.counters.timeouts, state.last_step) == (3, 1, 3)
+        assert rig.policy.closed
+        assert not open_files_under(tmp_path), "the field-report WAL was left open"
+    finally:
+        rig.policy.release()
+        await rig.lane.aclose()
+
+
+async def test_a_restart_past_the_stop_deadline_starts_from_the_state_before_the_late_job(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """A rest_for_one restart of Tamiyo while a late job outlives its shutdown deadline left the spec's state cell
+    as it was: the new incarnation started from the run's initial state (its counters, windows, breaker and
+    conservative mode gone)."""
+    recorder = Recorder()
+    handed_over: list[TamiyoState] = []
+
+    def on_state(state: TamiyoState) -> None:
+        handed_over.append(state)
+        recorder.notify()
+
+    rig = Rig(tmp_path, sink, on_state=on_state)
+    tree = Supervisor(
+        [ChildSpec("k", lambda: Probe(recorder, "k")), rig.spec], strategy="rest_for_one", backoff_initial_s=0.0
+    )
+    await rig.system.start(tree)
+    try:
+        for step in (1, 2, 3):
+            await rig.decide(step)
+        await rig.decide_late(4)
+        before = await rig.stats()
+        assert (before.decisions, before.timeouts) == (4, 1)
+        await rig.system.ref("k", Probe).tell(Crash())  # Tamiyo comes after k: it is restarted with it
+        await rig.pass_shutdown_deadline()
+        await recorder.wait_until(lambda: bool(handed_over))
+        rig.policy.release()  # the new incarnation's warm-up queued behind the late job on the lane
+        after = await rig.stats()
+        async with asyncio.timeout(5):
+            state = await rig.system.ref("tamiyo", TamiyoActor).ask(GetTamiyoState(), TamiyoState)
+    finally:
+        rig.policy.release()
+        await rig.system.stop()
+        await rig.lane.aclose()
+    assert (after.decisions, after.timeouts, after.pending_outcomes) == (4, 1, before.pending_outcomes)
+    assert state.gnn is not None
+    assert state.gnn.decisions == 3  # the policy as the late job found it
+    assert failures(sink) == [("k", "RuntimeError"), ("tamiyo", "ShutdownDeadlineExceeded")]
 
 
 async def test_every_epoch_end_is_journaled_when_an_overrun_has_returned_by_then(
