@@ -375,6 +375,12 @@ class _SlowStart(Actor[Get]):
     async def handle(self, msg: Get) -> int:
         return 0
 
+    async def on_stop(self) -> None:
+        self.recorder.record(f"stop {self.label}")
+
+    def on_abandon(self) -> None:
+        self.recorder.record(f"abandon {self.label}")
+
 
 @pytest.mark.parametrize("heeds_stop", [True, False])
 async def test_a_stop_during_a_childs_start_reaches_it_and_no_later_child_starts(
@@ -405,6 +411,11 @@ async def test_a_stop_during_a_childs_start_reaches_it_and_no_later_child_starts
         await starting
     assert "start c" not in recorder.log
     assert recorder.log[-1] == "stop a"
+    # A start the stop ended returns and stops as usual; one cancelled past the deadline runs on_abandon (it ran
+    # neither hook, so what on_start had taken, a file or a worker process, stayed taken).
+    assert [entry for entry in recorder.log if entry.endswith(" b")] == (
+        ["starting b", "stop b"] if heeds_stop else ["starting b", "abandon b"]
+    )
     failed = [(event.child, event.error_type) for event in sink.of_type(ChildFailed)]
     assert failed == ([] if heeds_stop else [("b", "ShutdownDeadlineExceeded")])
     await system.wait()

@@ -21,8 +21,9 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    next packet's decision gives it until its own deadline to end; one still running then is that decision's overrun
    too (``policy_busy``: the fallback decides, the breaker counts it), so a policy slower than an epoch never holds
    the trainer's plans (at most one inference is in flight). While it runs, an epoch end's state is not journaled
-   (the policy's state is the lane's until it ends: a resume from there starts from the journal's previous entry);
-   a rewind, a state query and a stop wait it out.
+   (the policy's state is the lane's until it ends: a resume from there starts from the journal's previous entry;
+   one that has returned by then is let go and the state journaled); a rewind and a state query wait it out, a stop
+   up to its shutdown deadline (then it hands over the state with the policy's part from before that job began).
 
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
@@ -254,7 +255,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
 
     async def on_stop(self) -> None:
         """A requested stop after the last epoch ends the run: open windows are reported ABORTED. A stop before it
-        (Ctrl-C: the run may be resumed) or a crash keeps them in the state, so a resume judges them."""
+        (Ctrl-C: the run may be resumed) or a crash keeps them in the state, so a resume judges them.
+
+        A late job is waited out; a cancel (the stop's shutdown deadline) ends that wait, and the state handed over
+        is then the current one with the policy's part from before that job began (its result is discarded anyway).
+        The state is handed over and the WAL and a worker closed whatever happens first."""
         try:
             await self._wait_out_late()
             if self.stopping and self._c.training_over:
@@ -262,15 +267,25 @@ class TamiyoActor(Actor[TamiyoMessage]):
             elif self.stopping and self._c.tracker.pending:
                 _log.info("tamiyo_outcomes_kept", pending=self._c.tracker.pending, detail="reported when resumed")
         finally:
-            if self._on_stop_state is not None:
-                self._on_stop_state(self.export_state())
+            late = self._late
+            if late is not None and not late.done():
+                _log.warning(
+                    "tamiyo_stopped_before_late_inference",
+                    actor=self.name,
+                    detail="the policy's state is kept as it was before that inference began",
+                )
+                late.cancel()  # nobody takes its result now; the lane still waits out started work
             try:
-                if self._wal is not None:
-                    await self._wal.close()
+                if self._on_stop_state is not None:
+                    self._on_stop_state(self._c.export_state_before_inference())
             finally:
-                if isinstance(self._c.policy, PolicyWorker):
-                    # Off the lane (it may be closing too); the policy's lock waits out a decision in flight.
-                    await asyncio.to_thread(self._c.policy.close)
+                try:
+                    if self._wal is not None:
+                        await self._wal.close()
+                finally:
+                    if isinstance(self._c.policy, PolicyWorker):
+                        # Off the lane (it may be closing too); the policy's lock waits out a decision in flight.
+                        await asyncio.to_thread(self._c.policy.close)
 
     def breaker_state(self) -> BreakerState | None:
         return self._c.breaker.state
@@ -330,11 +345,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._decider.open_window(packet, choice, verdict, command_id)
         await self._append(reports)
         if self._state_journal is not None and packet.validation_loss is not None:
-            if self._late is not None:
+            if self._late is not None and not self._late.done():
                 # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
                 # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
                 _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
             else:
+                # A job that overran by a hair has returned by now: its state is the controller's again.
+                self._collect_late()
                 # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
                 await self._state_journal.append(packet.global_step, self.export_state())
 
@@ -351,17 +368,24 @@ class TamiyoActor(Actor[TamiyoMessage]):
             timer.cancel()
             if not late.done():
                 return False
-        self._late = None
-        late.result()
+        self._collect_late()
         return True
+
+    def _collect_late(self) -> None:
+        """Let go of a late job that has ended: its result is discarded; an error a policy must not raise crashes the
+        actor, as it would have in time."""
+        late, self._late = self._late, None
+        if late is not None:
+            late.result()
 
     async def _wait_out_late(self) -> None:
         """Wait until a late job has ended (its result, or an error, is discarded): the policy's state is the lane's
-        until then."""
-        late, self._late = self._late, None
+        until then. A cancel leaves the job in ``_late``."""
+        late = self._late
         if late is None:
             return
         await asyncio.wait((late,))
+        self._late = None
         if not late.cancelled() and late.exception() is not None:
             _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
 

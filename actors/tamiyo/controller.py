@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, Literal, TypeAlias, final
 
 import msgspec
 
@@ -20,6 +20,8 @@ from schemas.tamiyo import TamiyoStatistics
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
+    from actors.tamiyo.gnn_state import GnnPolicyState
+    from actors.tamiyo.heuristic import EveryKState, HeuristicState
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from schemas.config import BreakerConfig
     from schemas.domain_enums import TelemetryLevel
     from schemas.state import SystemStatePacket
+
+    # The configured policy's part of a TamiyoState: (heuristic, every_k, gnn), the one of its kind set.
+    _PolicyPart: TypeAlias = tuple[HeuristicState | None, EveryKState | None, GnnPolicyState | None]
 
 FallbackKind = Literal["heuristic", "no_op"]
 LATENCY_WINDOW = 256
@@ -87,7 +92,13 @@ class Controller:
         self.last_step: int | None = None
         self.training_over = False  # the last packet ended the last epoch
         self.inflight = False
+        self._before_inference: _PolicyPart = (None, None, None)  # the policy's state when the inference began
         self.worker_restarting = False  # the policy's worker is being restarted: the fallback decides meanwhile
+
+    def begin_inference(self) -> None:
+        """The policy's decide is about to go to the lane: keep its state as it is now (event loop, lane free)."""
+        self._before_inference = self._policy_part()
+        self.inflight = True
 
     def export_state(self) -> TamiyoState:
         """The controller state; event loop, between decisions.
@@ -97,17 +108,35 @@ class Controller:
         """
         if self.inflight:
             raise RuntimeError("tamiyo: cannot export state while an inference runs on the policy lane")
+        return self._export(self._policy_part())
+
+    def export_state_before_inference(self) -> TamiyoState:
+        """The controller state, with the policy's part as it was when the inference still running on the lane
+        began (the current state when none runs); event loop. For a stop that cannot wait that inference out: its
+        result would be discarded, so this is the state of a run in which the fallback decided that packet without
+        asking the policy, as with an open breaker."""
+        return self._export(self._before_inference if self.inflight else self._policy_part())
+
+    def _policy_part(self) -> _PolicyPart:
         policy = self.policy
+        return (
+            policy.export_state() if isinstance(policy, HeuristicPolicy) else None,
+            policy.export_state() if isinstance(policy, EveryKPolicy) else None,
+            policy.export_state() if isinstance(policy, GnnPolicyBase) else None,
+        )
+
+    def _export(self, policy_part: _PolicyPart) -> TamiyoState:
+        heuristic, every_k, gnn = policy_part
         stats = self.conservative.statistics()
         return TamiyoState(
             policy=self.policy_name,
-            policy_version=policy.version,
+            policy_version=self.policy.version,
             fallback=self.fallback.export_state(),
             outcomes=self.tracker.export_state(),
             counters=self.counters,
-            heuristic=policy.export_state() if isinstance(policy, HeuristicPolicy) else None,
-            every_k=policy.export_state() if isinstance(policy, EveryKPolicy) else None,
-            gnn=policy.export_state() if isinstance(policy, GnnPolicyBase) else None,
+            heuristic=heuristic,
+            every_k=every_k,
+            gnn=gnn,
             conservative_active=stats.active,
             conservative_dirty=self.conservative_dirty,
             conservative_clean_epochs=stats.clean_epochs,

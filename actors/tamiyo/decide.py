@@ -54,7 +54,7 @@ class Decider:
         self._c = controller
 
     async def run_policy(self, observation: Observation) -> PolicyDecision | Exception:
-        self._c.inflight = True
+        self._c.begin_inference()
         try:
             return await self._c.lane.run(self._c.policy.decide, observation)
         except (ValueError, RuntimeError, KeyError, IndexError, ArithmeticError) as err:  # FloatingPointError too

@@ -75,7 +75,8 @@ class Actor(Generic[M_contra]):
     async def on_start(self) -> None:
         """Run once per incarnation before the first message. Keep it short: siblings start after it returns.
 
-        Raises: any exception counts as a crash; the supervisor decides (on_stop does not run).
+        Raises: any exception counts as a crash; the supervisor decides (on_stop does not run). A cancel (a stop past
+        the shutdown deadline) runs on_abandon.
         """
 
     async def handle(self, msg: M_contra) -> object | None:
@@ -95,8 +96,9 @@ class Actor(Generic[M_contra]):
 
     def on_abandon(self) -> None:
         """Run instead of on_stop when the task is cancelled (a stop past its shutdown deadline, or the event loop
-        ending under a run nobody stopped): let go at once, without awaiting, of what would outlive the task (open
-        files, a worker process). Must not block for long; an exception is ignored."""
+        ending under a run nobody stopped), on_start's included (it may not have finished: release only what it took):
+        let go at once, without awaiting, of what would outlive the task (open files, a worker process). Must not
+        block for long; an exception is ignored."""
 
     def breaker_state(self) -> BreakerState | None:
         """The state of this actor's circuit breaker, if it has one; override to report it in state()."""
@@ -209,8 +211,9 @@ class Actor(Generic[M_contra]):
         """Run this incarnation: on_start, the message loop, on_stop. Returns on a graceful stop; raises on a crash.
 
         Runs on the event loop in the task the supervisor created for it. Cancellation propagates at once (on_stop
-        is skipped) and fails the ask being answered with ActorStopped. A CancelledError out of a hook while nobody
-        cancels the task is the hook's failure (StrayCancellation), under the same rules as any other exception.
+        is skipped, on_abandon runs) and fails the ask being answered with ActorStopped. A CancelledError out of a
+        hook while nobody cancels the task is the hook's failure (StrayCancellation), under the same rules as any
+        other exception.
         """
         mailbox = self._mailbox
         dead_letters = self._dead_letters
@@ -221,6 +224,12 @@ class Actor(Generic[M_contra]):
         try:
             await self.on_start()
         except asyncio.CancelledError as cancelled:
+            if _cancelling():
+                # A stop past the shutdown deadline cancelled the start: what on_start took so far (a file, a worker
+                # process still starting) would outlive the task.
+                self._status = ActorStatus.STOPPED
+                self._abandon()
+                raise
             raise _stray(cancelled, name, "on_start") from cancelled
         self._status = ActorStatus.RUNNING
         started.set()
@@ -285,10 +294,7 @@ class Actor(Generic[M_contra]):
         except BaseException:
             self._status = ActorStatus.STOPPED
             self._fail_reply(reply)
-            try:
-                self.on_abandon()
-            except Exception as err:  # noqa: BLE001  # the cancellation is what propagates; the release is best effort
-                _log.warning("actor_abandon_failed", actor=self._name, error=f"{type(err).__name__}: {err}")
+            self._abandon()
             raise
         self._status = ActorStatus.STOPPING
         try:
@@ -300,6 +306,12 @@ class Actor(Generic[M_contra]):
             self._status = ActorStatus.FAILED
             raise
         self._status = ActorStatus.STOPPED
+
+    def _abandon(self) -> None:
+        try:
+            self.on_abandon()
+        except Exception as err:  # noqa: BLE001  # the cancellation is what propagates; the release is best effort
+            _log.warning("actor_abandon_failed", actor=self._name, error=f"{type(err).__name__}: {err}")
 
     def _fail_reply(self, reply: Reply | None) -> None:
         if reply is not None and not reply.done():
@@ -315,11 +327,16 @@ async def _call(fn: Callable[[*Ts], Awaitable[T]], failure: list[Exception], *ar
         return None
 
 
+def _cancelling() -> bool:
+    """Whether someone is cancelling the running task (a stop past its deadline, the tree shutting down)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def _stray(cancelled: asyncio.CancelledError, name: str, where: str) -> StrayCancellation:
     """The failure a CancelledError out of a hook is when nobody is cancelling the actor's task; re-raises it when
     someone is (a stop past its deadline, the tree shutting down), which must propagate."""
-    task = asyncio.current_task()
-    if task is None or task.cancelling():
+    if _cancelling():
         raise cancelled
     error = StrayCancellation(
         f"actor {name}: {where} raised CancelledError while the actor was not being cancelled "
