@@ -128,6 +128,7 @@ _FALLBACK_CAUSES = {
     "breaker_open": ("while the inference breaker was open", "breaker_transition"),
     "policy_error": ("after the policy failed", "inference_failed"),
     "policy_restarting": ("while the GNN worker restarted", "tamiyo_gnn_worker_restarted"),
+    "policy_busy": ("while the policy was still deciding an earlier packet", "tamiyo_state_not_journaled"),
     "unrecorded": ("for a reason not recorded", "fallback_applied"),
 }
 

@@ -63,7 +63,8 @@ class Decision(Message, frozen=True):
     ``reason`` is the policy's own word for its choice (``plateau``, ``no_strained_slot``, ``cooldown`` ...), before
     the risk engine; ``risk_reason`` is the risk engine's (``policy`` when it let the choice through);
     ``fallback_reason`` says why the fallback decided instead of the policy (``timeout_inference``, ``policy_error``,
-    ``policy_restarting``, ``breaker_open``), empty when the policy decided.
+    ``policy_restarting``, ``policy_busy``: still deciding an earlier packet, ``breaker_open``), empty when the policy
+    decided.
     """
 
     run_id: str

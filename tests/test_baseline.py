@@ -123,6 +123,11 @@ def test_the_note_names_why_the_fallback_decided() -> None:
     notes = [line for line in growth_lines(both) if line.startswith("note:")]
     assert notes[0].startswith("note: the fallback decided 1 time (1 after the policy failed);")
     assert notes[1].startswith("note: emergencies usually come from a wall-clock budget")
+    # A slow policy's later packets (policy_busy) are a cause in words too, with the event that tells more.
+    busy = GrowthFigures(fallback_decisions=3, fallback_reasons={"policy_busy": 3})
+    [note] = [line for line in growth_lines(busy) if line.startswith("note:")]
+    assert "(3 while the policy was still deciding an earlier packet)" in note
+    assert note.endswith("(events.jsonl: fallback_applied, tamiyo_state_not_journaled)")
 
 
 @pytest.mark.parametrize(
