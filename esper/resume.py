@@ -201,8 +201,15 @@ def _check_journaled_command(
     if refusal is not None:
         raise ConfigError(
             f"{where}: {refusal} (the run's key: {key.origin}); replaying it would act on a command this run did not"
-            " accept: restore the journal, or start a new run"
+            f" accept: {_restore_hint(key)}"
         )
+
+
+def _restore_hint(key: RunKey) -> str:
+    if key.env is not None:
+        # The likeliest cause by far: the variable holds another value than in the run's first session.
+        return f"give {key.env} the value the run started with, else restore the journal or start a new run"
+    return "restore the journal, or start a new run"
 
 
 def resume_point(checkpoints: Path) -> int | None:

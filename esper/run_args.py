@@ -235,8 +235,12 @@ async def checked_start(
             raise ConfigError(f"--resume {directory}: {err}") from err
         if finished is not None:  # resuming would only rewrite its summary, without the figures
             raise ConfigError(finished)
-        if key is None:
-            key = await anyio.to_thread.run_sync(read_run_key, directory)
+        # A run keeps the key it signed its first commands with: one started without the variable kept its own key in
+        # the directory, and a variable set since would make its genuine journal read as forged (and the file be
+        # deleted when the journal held no command yet).
+        stored = await anyio.to_thread.run_sync(read_run_key, directory)
+        if stored is not None:
+            key = stored
         # Every journaled command is verified with the key now, and a journal that does not verify is refused here,
         # in one line, rather than replayed (a forged command would graft) or dropped (the run would diverge).
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)

@@ -216,6 +216,25 @@ def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_i
     err = capsys.readouterr().err
     assert f"step {step}: the {first.command.kind.value if first.command else ''} command" in err
     assert f"(the run's key: the environment variable {ENV})" in err
+    assert f"give {ENV} the value the run started with" in err  # the likely cause, not a forged journal
     monkeypatch.setenv(ENV, "operator-secret")
     assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
     assert not (run_dir / KEY_FILE).exists()
+
+
+def test_a_run_that_kept_its_own_key_resumes_with_it_when_the_variable_is_set_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started without the variable signed its commands with the key it kept; resumed with the variable set,
+    its genuine journal was refused as forged (and, with no command journaled yet, the key file was deleted)."""
+    monkeypatch.delenv(ENV, raising=False)
+    config = grown_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    key_bytes = (run_dir / KEY_FILE).read_bytes()
+    assert _commands(run_dir)
+    monkeypatch.setenv(ENV, "operator-secret")
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert (run_dir / KEY_FILE).read_bytes() == key_bytes  # the run keeps the key it started with
+    commands = _commands(run_dir)
+    assert len(commands) > 1  # the resumed session signed more, and they verify with the same key
