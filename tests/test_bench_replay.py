@@ -12,24 +12,40 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_an_untimed_warm_up_then_the_arms_alternate_which_runs_first(
+def test_an_untimed_warm_up_then_the_arms_alternate_which_runs_first_each_after_a_collection(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     bench = load_script("bench_replay")
     full = bench.journal(800)
-    quarter = full[:200]
-    ran: list[int] = []
+    journals = {
+        "small": bench.write_journal(full[:200], tmp_path / "small"),
+        "large": bench.write_journal(full, tmp_path / "large"),
+    }
+    ran: list[str] = []
+    collected: list[int] = []
 
-    async def replay(entries: list[object], directory: Path) -> float:
-        ran.append(len(entries))
+    async def replay(directory: Path) -> float:
+        ran.append(directory.name)
         return float(len(ran))  # the call's position, so the samples say which calls were timed
 
     monkeypatch.setattr(bench, "replay", replay)
-    small, large = bench.measure(quarter, full, 4, tmp_path)
-    assert ran == [200, 200, 800, 800, 200, 200, 800, 800, 200]
+    # The garbage of the replay before is collected ahead of each timed one (it was charged to the next arm).
+
+    def collect() -> int:
+        collected.append(len(ran))
+        return 0
+
+    monkeypatch.setattr(bench.gc, "collect", collect)
+    frozen: list[int] = []
+    monkeypatch.setattr(bench.gc, "freeze", lambda: frozen.append(len(ran)))
+    small, large = bench.measure(journals, 4)
+    assert ran == ["small", "small", "large", "large", "small", "small", "large", "large", "small"]
     # The first call (the warm-up) is in neither arm's samples.
     assert small == [2.0, 5.0, 6.0, 9.0]
     assert large == [3.0, 4.0, 7.0, 8.0]
+    assert collected == [1, 1, 2, 3, 4, 5, 6, 7, 8]  # after the warm-up: once to freeze the heap, then before each
+    assert frozen == [1]
+    assert (tmp_path / "large" / bench.JOURNAL_FILENAME).read_bytes().count(b"\n") == 800
 
 
 @pytest.mark.parametrize("repeats", [0, 1, 2])
