@@ -13,6 +13,9 @@ from esper.runtime.events import RecordingSink
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# The real Redis server's client and key-prefix fixtures, for the bus tests that use them.
+pytest_plugins = ["tests._redis_fixtures"]
+
 
 @pytest.fixture
 def clock() -> ManualClock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,30 +17,11 @@ from tests.test_bus_conformance import REDIS_URL, Ping, connect_redis, settle, w
 from tests.test_contracts_wire import EXAMPLES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from redis.asyncio import Redis
 
     from esper.runtime.clock import ManualClock
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Redis]:
-    redis_client = await connect_redis()
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-async def prefix(client: Redis) -> AsyncIterator[str]:
-    """A fresh key prefix; every key under it is deleted after the test."""
-    name = f"esper-test-{uuid.uuid4().hex}"
-    yield name
-    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
-    if keys:
-        await client.unlink(*keys)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ restarts gave up); now such a value is repaired or passed over, and a reply the 
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,34 +20,13 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, BusMessageType, EmergencyLevel, MessagePriority
 from schemas.runtime import EmergencySignal
 from schemas.telemetry import TelemetryEvent
-from tests.test_bus_conformance import Ping, connect_redis, within
+from tests.test_bus_conformance import Ping, within
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from redis.asyncio import Redis
 
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Redis]:
-    redis_client = await connect_redis()
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-async def prefix(client: Redis) -> AsyncIterator[str]:
-    """A fresh key prefix; every key under it is deleted after the test."""
-    name = f"esper-test-{uuid.uuid4().hex}"
-    yield name
-    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
-    if keys:
-        await client.unlink(*keys)
 
 
 def _bus(clock: ManualClock, client: Redis, prefix: str, limits: BusLimits | None = None) -> RedisBus:
