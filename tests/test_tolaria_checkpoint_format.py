@@ -81,8 +81,8 @@ def assert_same(saved: object, loaded: object, where: str = "state") -> None:
 def test_round_trip_is_exact_with_tuples_non_finite_floats_and_every_dtype() -> None:
     random.seed(3)
     state = sample_state()
-    loaded, pending = decode_state(encode_state(state, ('{"plan": 1}',)))
-    assert pending == ('{"plan": 1}',)
+    loaded, pending = decode_state(encode_state(state))
+    assert pending == ()  # the received plans' bodies are not written: which had arrived depended on timing
     assert (loaded.global_step, loaded.epoch, loaded.batch_index) == (17, 2, 3)
     for name in ("model", "optimizer", "rng", "paused", "counters"):
         assert_same(getattr(state, name), getattr(loaded, name), name)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from actors.tolaria.build import load_data
+from actors.tolaria.checkpoint_codec import decode_state
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
@@ -25,6 +26,7 @@ from tests.test_tolaria_protocol import seed_module
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from esper.nn.data import DataSplits
     from schemas.boundary import BoundaryApplied
@@ -200,3 +202,35 @@ def test_a_skipped_non_finite_step_is_an_l1_notice_that_restarts_the_clean_dwell
     assert loop.policy.skipped_steps == 1
     assert dwell == {30: 1, 31: 0}, "the skipped step 30 restarts the clean dwell"
     assert [planner.level_at(step) for step in (39, 52)] == [EmergencyLevel.L2_ELEVATED, EmergencyLevel.L1_NOTICE]
+
+
+def test_a_checkpoint_does_not_depend_on_which_plans_had_arrived_when_it_was_written(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """The final checkpoint listed the plan decided at the last step when it happened to arrive before the capture
+    (a kill/resume fuzz found two identical runs writing different bytes); no plan body is written now."""
+
+    def run(name: str, silent: frozenset[int]) -> tuple[Planner, bytes]:
+        planner = Planner({}, silent=silent)
+        cfg = config(command_lag_steps=LAG, decision_deadline_ms=1.0)
+        TrainingLoop(
+            cfg,
+            LoopOptions(run_id="t", checkpoint_dir=tmp_path / name, expects_plans=True),
+            inbox=planner.inbox,
+            outbox=planner,
+            snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),
+            handoff=Handoff(capacity=4),
+            data=data,
+        ).run()
+        last = planner.packets[-1].global_step
+        return planner, (tmp_path / name / f"step-{last}.pt").read_bytes()
+
+    answered, first = run("answered", frozenset())
+    last = answered.packets[-1].global_step
+    assert last in answered.sent  # its plan (due past the run's end) had arrived before the final capture
+    unanswered, second = run("unanswered", frozenset({last}))
+    assert last not in unanswered.sent  # never sent: the run does not wait for a plan due after its last step
+    state, pending = decode_state(first)
+    assert state.global_step == last
+    assert pending == ()
+    assert first == second

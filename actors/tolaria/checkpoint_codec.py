@@ -3,9 +3,9 @@
 A checkpoint (``step-<n>.pt``) is a safetensors file. Its tensors are the state's storages, a few flat buffers; its
 header's metadata entry ``esper`` is the JSON of ``schema_version``, ``global_step``, ``epoch``, ``batch_index``,
 ``model`` (state_dict with the slots' extra state), ``optimizer`` (``{"groups": [...], "state": {param name: {...}}}``),
-``rng``, ``graft_log`` (list of dicts), ``paused``, ``counters`` and ``pending_plans`` (JSON strings of plans received
-but not yet due: a record for inspection; a resume takes the plans in flight from Kasmina, which prepares their modules
-anew, since these name modules of the process that wrote them), with ``{"__tensor__": [buffer, offset, shape]}`` in
+``rng``, ``graft_log`` (list of dicts), ``paused`` and ``counters`` (whose ``expected_plans`` names the plans in
+flight: decided by the checkpoint's step, due after it; a resume takes them from Kasmina, which prepares their modules
+anew), with ``{"__tensor__": [buffer, offset, shape]}`` in
 place of each tensor. The bytes are laid out here (a header and the raw buffers, safetensors' format) and read back by
 ``safetensors``' own loader, which checks every offset.
 """
@@ -82,7 +82,7 @@ class CheckpointError(EsperError):
     checksum), or a checkpoint's contents do not fit the model."""
 
 
-def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> bytes:
+def encode_state(state: TrainState) -> bytes:
     """Serialise a TrainState (without its seed modules) to safetensors bytes; no pickle anywhere.
 
     The tensors' storages go in as a few flat tensors (the capture already packs them into one buffer per dtype).
@@ -90,6 +90,8 @@ def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> byte
     ``__metadata__["esper"]`` of the safetensors header.
 
     Any thread: it only reads ``state``, whose tensors are private copies (the checkpoint writer thread calls it).
+    The bodies of the plans received but not yet due are not written (earlier versions did, as ``pending_plans``): which
+    had arrived by the capture depended on the controller's timing, so two identical runs wrote different bytes.
 
     Raises:
         TypeError: the state holds a value the JSON part cannot represent.
@@ -105,7 +107,6 @@ def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> byte
         "graft_log": [msgspec.to_builtins(e) for e in state.graft_log],
         "paused": state.paused,
         "counters": state.counters,
-        "pending_plans": list(pending_plans),
     }
     packer = _TensorPacker()
     tree = packer.tree(payload)
@@ -114,7 +115,8 @@ def encode_state(state: TrainState, pending_plans: tuple[str, ...] = ()) -> byte
 
 
 def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
-    """Load checkpoint bytes (safetensors, no pickle) into a TrainState and the pending plans' JSON.
+    """Load checkpoint bytes (safetensors, no pickle) into a TrainState and the plans' JSON an earlier version wrote
+    (``pending_plans``; empty for this version's checkpoints, see ``encode_state``).
 
     Raises:
         CheckpointError: the contents are not a checkpoint of this schema version, or hold a state that could not be

@@ -206,7 +206,7 @@ class CheckpointWriter:
     ) -> None:
         self._directory = directory
         self._keep_last = keep_last
-        self._queue: queue.Queue[tuple[TrainState, tuple[str, ...]] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[TrainState | None] = queue.Queue(maxsize=depth)
         self._on_written = on_written
         self._error: BaseException | None = None
         self._entries: list[CheckpointInfo] | None = None
@@ -217,8 +217,8 @@ class CheckpointWriter:
     def directory(self) -> Path:
         return self._directory
 
-    def submit(self, state: TrainState, pending_plans: tuple[str, ...] = ()) -> None:
-        """Queue a checkpoint of ``state`` with the JSON of the plans received but not yet due; lane thread.
+    def submit(self, state: TrainState) -> None:
+        """Queue a checkpoint of ``state``; lane thread.
 
         Returns at once unless ``depth`` checkpoints are already waiting. The writer thread reads ``state`` later,
         so nobody may change it after submitting (a captured TrainState holds private copies; the fast tier shares
@@ -231,7 +231,7 @@ class CheckpointWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        self._queue.put((state, pending_plans))
+        self._queue.put(state)
 
     def flush(self) -> None:
         """Wait until every submitted checkpoint is written.
@@ -258,15 +258,15 @@ class CheckpointWriter:
             try:
                 if item is None:
                     return
-                self._write(*item)
+                self._write(item)
             except BaseException as err:  # noqa: BLE001  # handed to the next flush(), which re-raises it
                 _log.error("checkpoint_write_failed", error=f"{type(err).__name__}: {err}")
                 self._error = err
             finally:
                 self._queue.task_done()
 
-    def _write(self, state: TrainState, pending_plans: tuple[str, ...]) -> None:
-        data = encode_state(state, pending_plans)
+    def _write(self, state: TrainState) -> None:
+        data = encode_state(state)
         log = [msgspec.to_builtins(e) for e in state.graft_log]
         step, epoch, batch_index = state.global_step, state.epoch, state.batch_index
         directory = self._directory

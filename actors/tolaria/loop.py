@@ -239,7 +239,7 @@ class TrainingLoop:
     def _finish(self, status: LoopStatus, reason: str | None, writer: CheckpointWriter | None) -> TrainingFigures:
         if writer is not None:
             state = self._s.capture(keep_modules=False)
-            writer.submit(state, self._epoch.pending_json())
+            writer.submit(state)
             writer.flush()
             self._s.last_checkpoint = f"step-{state.global_step}.pt"
         test = None

@@ -6,7 +6,6 @@ import math
 import time
 from typing import TYPE_CHECKING, final
 
-import msgspec
 import structlog
 
 from actors.tolaria.emergencies import Action
@@ -98,7 +97,6 @@ class EpochCloser:
         due = due and pos.epoch % max(1, config.checkpoint_every_epochs) == 0
         if due and state is None:
             state = self._s.capture(keep_modules=False)
-        pending = self.pending_json() if due else ()
         self._s.hook_ms = (time.perf_counter() - hook_started) * 1e3
         self._s.hook_ms_history.append(self._s.hook_ms)
         verdict = self._s.policy.end_epoch(
@@ -148,8 +146,5 @@ class EpochCloser:
             if not self._s.snapshots.put(state):
                 _log.warning("snapshot_tier_disabled", reason=self._s.snapshots.disabled_reason)
         if writer is not None and due and state is not None:
-            writer.submit(state, pending)
+            writer.submit(state)
         return None
-
-    def pending_json(self) -> tuple[str, ...]:
-        return tuple(msgspec.json.encode(p).decode() for p in self._s.inbox.received_plans())

@@ -273,11 +273,6 @@ class PlanInbox:
         with self._cond:
             return tuple(sorted(self._state.expected.items()))
 
-    def received_plans(self) -> tuple[BoundaryPlan, ...]:
-        """Plans received but not yet due, for a checkpoint."""
-        with self._cond:
-            return tuple(plan for _, plan in sorted(self._state.received.items()))
-
     def reset(self) -> tuple[BoundaryPlan, ...]:
         """Forget every expectation and received plan (a new incarnation starts from a checkpoint); keeps counters
         and a pending stop request. Returns the plans dropped unapplied, whose prepared modules nobody will take
