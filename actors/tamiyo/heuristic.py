@@ -354,8 +354,8 @@ class EveryKConfig(Record, frozen=True):
 class EveryKState(Record, frozen=True):
     """What the every-K policy remembers: epochs seen, the last graft, and which blueprint comes next.
 
-    ``first_epoch`` is the first epoch end the policy saw; the cadence no longer counts from it (it counts from the
-    run's start), it is kept so that states written before still decode."""
+    ``first_epoch`` is no longer read or written (the cadence counts from the run's start, not from the first epoch
+    end seen); the field stays so that states an earlier version wrote still decode."""
 
     first_epoch: int | None = None
     last_epoch: int | None = None
@@ -393,8 +393,7 @@ class EveryKPolicy:
         state, cfg, epoch = self._state, self._config, observation.epoch
         if not _new_epoch(observation, state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
-        first = epoch if state.first_epoch is None else state.first_epoch
-        self._state = state = msgspec.structs.replace(state, first_epoch=first, last_epoch=epoch)
+        self._state = state = msgspec.structs.replace(state, last_epoch=epoch)
         # Before any graft the count starts at the run's start, as if one had been made just before epoch 0 (whose
         # end is the first epoch's): counted from the first epoch end seen, every graft came one epoch late.
         since = state.last_germination_epoch if state.last_germination_epoch is not None else -1
