@@ -250,8 +250,9 @@ def _tamiyo_resume_state(
 RESUME_POINT = "esper.resume_point"
 
 
-def _resume_point_event(checkpoints: Path, step: int | None) -> TelemetryEvent:
-    """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable."""
+def _resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> TelemetryEvent:
+    """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable; or, when
+    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run."""
     if step is None:
         return TelemetryEvent(
             name=RESUME_POINT,
@@ -259,6 +260,16 @@ def _resume_point_event(checkpoints: Path, step: int | None) -> TelemetryEvent:
             description="no checkpoint to continue from: training starts again at step 0",
         )
     info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
+    if info is not None and info.epoch >= epochs and info.batch_index == 0:
+        # Killed after its last checkpoint, before its summary: the run's end is all that is left to do.
+        return TelemetryEvent(
+            name=RESUME_POINT,
+            level=TelemetryLevel.INFO,
+            description=(
+                f"finishing from step {step} ({info.file}, the end of epoch {info.epoch} of {epochs}): no step to"
+                " train; scoring the test split and writing the summary"
+            ),
+        )
     where = ""
     if info is not None:
         batch = f"the start of epoch {info.epoch + 1}" if info.batch_index == 0 else f"epoch {info.epoch + 1}"
@@ -338,7 +349,8 @@ async def assemble(
         controller_resumes = resume and resume_step is not None
         slot_transitions = None
         if resume:
-            sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step))
+            epochs = config.tolaria.epochs
+            sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step, epochs))
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps
                 slot_transitions = slot_transitions_at(tally.earlier_slot_transitions, lag, resume_step)

@@ -149,14 +149,15 @@ async def start(
         overrides: ``section.key=value`` strings applied on top of the config (as ``--set``).
         console: log readable lines to stderr; default from ``logging.console``.
         resume: an earlier run's directory: it is reused (events appended) and training continues from its last
-            good checkpoint. Overrides ``run_dir``.
+            good checkpoint (one that ended the last epoch of a run that wrote no summary is only finished: the test
+            split scored and the summary written). Overrides ``run_dir``.
         progress: where the progress bar and lifecycle lines go (the command line passes stderr); None: nowhere.
         hooks: test hooks (fault injection, a wrapped seed source).
 
     Raises:
         ConfigError: the config file, a RunConfig's value or an override is invalid (one-line message naming file,
             field and value), the tolaria section names a host model or data file that cannot be used, or ``resume``
-            names a run that cannot be resumed or already trained ``tolaria.epochs`` epochs.
+            names a run that cannot be resumed or already trained ``tolaria.epochs`` epochs and wrote its summary.
         TypeError: ``config`` is neither a path nor a RunConfig, ``overrides`` is a single string or holds something
             else than strings, or ``run_dir`` or ``resume`` is not a path.
         ChildStartFailed: an actor refused what it was given and could not be built (events.jsonl says so too).

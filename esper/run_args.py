@@ -151,7 +151,8 @@ class StartArgs:
 
 def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
     """The config the command line names, checked as far as it can be before the event loop starts; or the exit
-    status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs)."""
+    status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs and
+    wrote its summary)."""
     try:
         config = load_config(args.config, args.overrides)
         env_key(config)
@@ -233,7 +234,7 @@ async def checked_start(
             finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
         except CheckpointError as err:
             raise ConfigError(f"--resume {directory}: {err}") from err
-        if finished is not None:  # resuming would only rewrite its summary, without the figures
+        if finished is not None:  # resuming would only rewrite its summary
             raise ConfigError(finished)
         # A run keeps the key it signed its first commands with: one started without the variable kept its own key in
         # the directory, and a variable set since would make its genuine journal read as forged (and the file be

@@ -93,9 +93,12 @@ def slot_transitions_at(
 
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:
-    """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs (a resume would
-    have nothing to do and would only rewrite the summary), else None. Blocking: reads the manifest, and hashes the
-    newest checkpoint only when the manifest says it is complete.
+    """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs and the run wrote
+    its summary (a resume would have nothing to do and would only rewrite it), else None. Blocking: reads the
+    manifest, and hashes the newest checkpoint only when the manifest says it is complete.
+
+    A run whose last good checkpoint ended its last epoch but that wrote no summary (killed between the two) gets
+    None too: its resume finishes it from that checkpoint, training no step (its test split is scored only there).
 
     Raises:
         CheckpointError: checkpoints are listed but none passes its checksum.
@@ -107,6 +110,9 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
+    summarised = (run_dir / run_files(run_dir).summary).exists()
+    if info.epoch == epochs and not summarised:
+        return None
     # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
     # told to try 70, which has nothing to train either.
     trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
@@ -115,7 +121,7 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
         f" to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to train"
         " further)"
     )
-    if not (run_dir / run_files(run_dir).summary).exists():
-        # Killed after its last checkpoint, before its summary: the figures are all on disk.
-        notice += f"; its summary was never written: python -m esper.report {run_dir} renders the report and figures"
+    if not summarised:
+        # Finished with fewer epochs than it trained, its summary would misstate the run.
+        notice += f"; its summary was never written: --set tolaria.epochs={info.epoch} finishes it"
     return notice

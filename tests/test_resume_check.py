@@ -299,8 +299,8 @@ def test_every_differing_key_is_named_at_once(tmp_path: Path) -> None:
     )
 
 
-def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Path) -> None:
-    """Run r1b of the long sweep (100 epochs) resumed with tolaria.epochs = 60 was told to try 70: still nothing."""
+def _trained_100_epochs(tmp_path: Path) -> Path:
+    """A run directory whose one good checkpoint, step-300.pt, ended epoch 100 (no summary.json)."""
     run_dir = _run_dir(tmp_path)
     data = b"a checkpoint's bytes"
     (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
@@ -313,6 +313,12 @@ def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Pat
         "batch_index": 0,
     }
     (run_dir / "checkpoints" / "manifest.json").write_text(json.dumps({"checkpoints": [entry]}), encoding="utf-8")
+    return run_dir
+
+
+def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Path) -> None:
+    """Run r1b of the long sweep (100 epochs) resumed with tolaria.epochs = 60 was told to try 70: still nothing."""
+    run_dir = _trained_100_epochs(tmp_path)
     (run_dir / "summary.json").write_text("{}", encoding="utf-8")
     notice = already_trained(run_dir, 60)
     assert notice is not None
@@ -320,6 +326,20 @@ def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Pat
     assert notice.endswith("(raise tolaria.epochs past 100, e.g. --set tolaria.epochs=110, to train further)")
     assert "already trained 100 of tolaria.epochs = 100 epochs" in (already_trained(run_dir, 100) or "")
     assert already_trained(run_dir, 101) is None
+
+
+def test_a_run_killed_after_its_last_checkpoint_before_its_summary_is_left_to_the_resume_to_finish(
+    tmp_path: Path,
+) -> None:
+    """Its resume was turned away as "already trained": the test split, scored only after the last checkpoint, was
+    never scored and summary.json never written. Now only a run that trained more epochs than the resume names is
+    turned away, told which tolaria.epochs finishes it (a summary of 60 epochs would misstate a run of 100)."""
+    run_dir = _trained_100_epochs(tmp_path)
+    assert already_trained(run_dir, 100) is None
+    assert already_trained(run_dir, 101) is None
+    notice = already_trained(run_dir, 60)
+    assert notice is not None
+    assert notice.endswith("; its summary was never written: --set tolaria.epochs=100 finishes it")
 
 
 def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:

@@ -237,7 +237,12 @@ class TrainingLoop:
     # ------------------------------------------------------------------ the end
 
     def _finish(self, status: LoopStatus, reason: str | None, writer: CheckpointWriter | None) -> TrainingFigures:
-        if writer is not None:
+        counters = self._s.run_counters
+        # A resume that found every epoch trained (a run killed after its last checkpoint, before its summary) holds
+        # the state it loaded from that checkpoint: the file stays as verified (written again, only its resume point
+        # would differ).
+        finishing = status == "completed" and counters.resumed_from == self._s.pos.global_step
+        if writer is not None and not finishing:
             state = self._s.capture(keep_modules=False)
             writer.submit(state)
             writer.flush()

@@ -1,0 +1,139 @@
+"""End to end: a run killed after its last checkpoint, before its summary, is finished by --resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from actors.tolaria.checkpoints import load_latest
+from esper.resume import resume_point
+from schemas.run import RunSummary
+from tests.test_e2e_run import tiny_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+EPOCHS = 5
+LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
+
+# The built-in host, killed (SIGKILL, as kill -9) at its first forward in eval mode once the file KILL_WHEN_EXISTS
+# names exists: the run's last checkpoint is written just before the test split is scored, and no other eval-mode
+# forward comes after it. Without the variable it is the plain CNN, so the same host_model trains the reference run
+# and finishes the killed one.
+_KILLING_HOST = """
+import os
+import signal
+
+from esper.nn.hosts import CNN1dHost
+
+
+def _kill_when_scoring(module, args):
+    mark = os.environ.get("KILL_WHEN_EXISTS")
+    if mark and not module.training and os.path.exists(mark):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def factory():
+    host = CNN1dHost()
+    host.register_forward_pre_hook(_kill_when_scoring)
+    return host
+"""
+
+
+def _esper(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--set", 'tolaria.host_model="killinghost:factory"', *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_training_a_step(tmp_path: Path) -> None:
+    """--resume of it said "already trained" and pointed at esper.report: its test split, scored only after the last
+    checkpoint, was never scored, and summary.json never written. It now loads that checkpoint, scores the test split
+    and writes the summary (and report.png) an uninterrupted run writes, training nothing."""
+    (tmp_path / "killinghost.py").write_text(_KILLING_HOST, encoding="utf-8")
+    config = tiny_config(tmp_path, epochs=EPOCHS)
+    paths = [str(tmp_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    killed_dir, reference_dir = tmp_path / "killed", tmp_path / "uninterrupted"
+    last = killed_dir / "checkpoints" / f"step-{LAST_STEP}.pt"
+
+    killed = _esper(config, {**env, "KILL_WHEN_EXISTS": str(last)}, "--run-dir", str(killed_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (killed_dir / "summary.json").exists()
+    assert not (killed_dir / "report.png").exists()
+    found = load_latest(killed_dir / "checkpoints")
+    assert found is not None
+    assert (found[2].file, found[2].epoch) == (last.name, EPOCHS)
+    assert any(e.kind == "attach" for e in found[0].graft_log), "the run should grow to be a real test"
+    # The last packet travels the pipeline while the trainer writes that checkpoint: the kill came after the planner
+    # journaled its boundary (else the resume trains from the checkpoint before, resume_point_behind) and Nissa wrote
+    # its metrics.csv row, on any machine but a badly overloaded one.
+    rows = (killed_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    if resume_point(killed_dir / "checkpoints") != LAST_STEP or len(rows) != 1 + EPOCHS:
+        pytest.skip("the kill came before the pipeline had handled the run's last packet (an overloaded machine)")
+    checkpoint_sha = _sha256(last)
+    manifest = (killed_dir / "checkpoints" / "manifest.json").read_bytes()
+    events_before = len((killed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines())
+
+    reference = _esper(config, env, "--run-dir", str(reference_dir))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    finished = _esper(config, env, "--resume", str(killed_dir))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert (
+        f"finishing from step {LAST_STEP} ({last.name}, the end of epoch {EPOCHS} of {EPOCHS}): no step to train;"
+        " scoring the test split and writing the summary"
+    ) in finished.stderr
+    assert "already trained" not in finished.stderr
+
+    summary = msgspec.json.decode((killed_dir / "summary.json").read_bytes(), type=RunSummary)
+    want = msgspec.json.decode((reference_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert (summary.status, summary.exit_code) == ("completed", 0), summary.error
+    assert summary.training is not None
+    assert want.training is not None
+    assert want.training.test_accuracy is not None
+    assert summary.training.test_accuracy == want.training.test_accuracy
+    assert summary.training.test_loss == want.training.test_loss
+    # Every figure of the weights and the logs is the uninterrupted run's; the stalls are the killed session's
+    # wall-clock waits for plans, and the resume point says the run was finished by a resume.
+    assert summary.training.resumed_from_step == summary.training.global_step == LAST_STEP
+    wall_clock = {"stalls": 0, "stall_ms": 0.0, "resumed_from_step": None}
+    assert msgspec.structs.replace(summary.training, **wall_clock) == msgspec.structs.replace(
+        want.training, **wall_clock
+    )
+    assert summary.growth is not None
+    assert want.growth is not None
+    latencies = {"decision_p50_ms": None, "decision_p95_ms": None}
+    assert msgspec.structs.replace(summary.growth, **latencies) == msgspec.structs.replace(want.growth, **latencies)
+    assert summary.growth.parameters_added > 0
+    # What the normal end writes besides: the summary table on stdout, report.png and the run's last event.
+    assert f"test   loss {want.training.test_loss:.4f}  accuracy {want.training.test_accuracy:.4f}" in finished.stdout
+    assert (killed_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (killed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    last_event = json.loads(lines[-1])
+    assert (last_event["event"], last_event["status"]) == ("run_finished", "completed")
+
+    # No step trained: no epoch ended, and the checkpoint it verified and loaded is left exactly as it was.
+    session = [json.loads(line) for line in lines[events_before:]]
+    assert not [e for e in session if e["event"] in ("epoch_end", "checkpoint_written", "tamiyo_decision")]
+    assert [(e["step"], e["tier"]) for e in session if e["event"] == "training_restored"] == [(LAST_STEP, "full")]
+    assert _sha256(last) == checkpoint_sha
+    assert (killed_dir / "checkpoints" / "manifest.json").read_bytes() == manifest
