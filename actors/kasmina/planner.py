@@ -31,7 +31,8 @@ from actors.kasmina.evidence import (
     ValidationEvidence,
 )
 from actors.kasmina.gates import GateVerdict
-from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition, SeedLifecycle
+from actors.kasmina.lifecycle import SeedLifecycle
+from actors.kasmina.lifecycle_table import SEED_STAGES, IllegalTransition
 from actors.kasmina.seeds import SeedEntry, gate_result, seed_state
 from actors.kasmina.stage_retries import SET_STAGE, StageRetries
 from actors.kasmina.step_queue import StepQueue
@@ -45,8 +46,8 @@ from schemas.nissa import SeedStageChanged
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from actors.kasmina.lifecycle import BoundaryReport, SlotRecord
     from actors.kasmina.lifecycle_settings import LifecycleSettings
+    from actors.kasmina.lifecycle_table import BoundaryReport, SlotRecord
     from actors.kasmina.preparation import PreparationRequest, PreparedSeed
     from esper.nn.blueprints import BlueprintDescriptor, SlotShape
     from esper.runtime.clock import Clock
