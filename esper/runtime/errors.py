@@ -30,7 +30,7 @@ EsperError
 
 Leaves that subsystems add next to their code (never a second root):
 - BusUnavailable: ReplyError (esper.runtime.bus_redis: a reply it cannot read, such as a value another writer stored)
-- ConfigError: TolariaConfigError (actors.tolaria.build: a bad host factory or data file named in config)
+- ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
 - EsperError: CheckpointError (actors.tolaria.checkpoints), LifecycleError > IllegalTransition, TransitionOrderError,
   UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
   BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
