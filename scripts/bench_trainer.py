@@ -61,7 +61,8 @@ import structlog
 import torch
 import torch.nn.functional as F
 
-from actors.tolaria.build import batch_plan, build_host, load_data, seed_everything
+from actors.tolaria.build import batch_plan, load_data, seed_everything
+from actors.tolaria.host_model import build_host
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox

@@ -3,6 +3,8 @@ ramp, the epoch ends whose validation G4 judges; plus ``kasmina.gate_patience_st
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from actors.kasmina.evidence import (
     StepEvidence,
     ValidationEvidence,
 )
-from actors.kasmina.lifecycle import CullRecord, SeedLifecycle
+from actors.kasmina.lifecycle import SeedLifecycle
 from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings
 from actors.kasmina.spec import lifecycle_settings
 from esper.assemble import evidence_cadence
@@ -21,6 +23,9 @@ from esper.nn.data import DataSplits, TensorPair
 from schemas.config import KasminaConfig, TolariaConfig
 from schemas.enums import BreakerState
 from schemas.enums import SeedLifecycleStage as Stage
+
+if TYPE_CHECKING:
+    from actors.kasmina.lifecycle_table import CullRecord
 
 SLOT = "a"
 SEED = "s1"

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from actors.kasmina.lifecycle import (
+from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings, StageDwell
+from actors.kasmina.lifecycle_table import (
     ALLOWED_TRANSITIONS,
     IllegalTransition,
     LifecycleError,
@@ -19,7 +20,6 @@ from actors.kasmina.lifecycle import (
     new_slot_record,
     transition,
 )
-from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings, StageDwell
 from esper.runtime.errors import EsperError
 from schemas.enums import SeedLifecycleStage as Stage
 

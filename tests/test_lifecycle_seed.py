@@ -16,14 +16,9 @@ from actors.kasmina.evidence import (
     ValidationEvidence,
 )
 from actors.kasmina.gates import GateSettings, GateVerdict
-from actors.kasmina.lifecycle import (
-    BoundaryReport,
-    IllegalTransition,
-    SeedLifecycle,
-    TransitionOrderError,
-    UnknownSlot,
-)
+from actors.kasmina.lifecycle import SeedLifecycle
 from actors.kasmina.lifecycle_settings import LifecycleSettings, StageDwell
+from actors.kasmina.lifecycle_table import BoundaryReport, IllegalTransition, TransitionOrderError, UnknownSlot
 from schemas.enums import BreakerState, SeedLifecycleGate
 from schemas.enums import SeedLifecycleStage as Stage
 

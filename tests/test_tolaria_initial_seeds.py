@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from actors.tolaria.build import TolariaConfigError, build_trainee, load_data
+from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.host_model import TolariaConfigError
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from actors.tolaria.build import TolariaConfigError, build_trainee, check_config, load_data
+from actors.tolaria.build import build_trainee, check_config, load_data
+from actors.tolaria.host_model import TolariaConfigError
 from esper.run import main
 from schemas.config import TolariaConfig
 

@@ -15,9 +15,10 @@ from torch import nn
 
 from actors.kasmina.admission import blend_problem
 from actors.tolaria.boundary import BoundaryApplier
-from actors.tolaria.build import TolariaConfigError, build_host, build_optimizer, build_trainee, load_data
+from actors.tolaria.build import build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
+from actors.tolaria.host_model import TolariaConfigError, build_host
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox

@@ -5,29 +5,28 @@ decision of s are here (either order; with no controller every packet is a NO_OP
 replay, freshness), run the planner's boundary for s, prepare any new seed module on the io lane, and send exactly
 one BoundaryPlan(decided_on_step=s, effect_step=s + lag). Plans leave in packet order, and a plan never leaves before
 the module it attaches is in the handoff store: while a preparation runs this actor waits for it (Tolaria, if it
-reaches the effect step first, waits there; a counted stall by design).
+reaches the effect step first, waits there; a counted stall by design). The pairing and the observer's view are in
+pairing.py, the journal's replay in journal_replay.py, the wait for a seed's artifact in seed_preparing.py.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, assert_never, final
 
 import anyio
-import msgspec
 
 from actors.kasmina.journal import (
     BoundaryJournal,
     JournalBoundary,
     JournalReceipt,
     JournalValidation,
-    entry_step,
     planner_view,
 )
-from actors.kasmina.journal_check import JournalTampered, replay_refusal
+from actors.kasmina.journal_replay import HeldReplay, JournalReplay
+from actors.kasmina.pairing import BoundaryInputs
+from actors.kasmina.seed_preparing import PREPARATION_ERRORS, WaitingPreparer
 from esper.runtime.actor import Actor
-from esper.runtime.errors import EsperError, NotYetAvailable
 from esper.runtime.events import MutableSink
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, TrainingRestored
 from schemas.domain_enums import CommandRejectReason, TelemetryLevel
@@ -40,14 +39,14 @@ from schemas.kasmina import (
     SeedValidationReport,
 )
 from schemas.nissa import LifecycleRestored
-from schemas.state import SeedState, SystemStatePacket
+from schemas.state import SystemStatePacket
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from actors.kasmina.planner import BoundaryPlanner
-    from actors.kasmina.preparation import PreparationRequest, PreparedSeed, Preparer
+    from actors.kasmina.preparation import PreparedSeed, Preparer
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.signing import CommandVerifier
@@ -76,20 +75,7 @@ KASMINA_INBOX: tuple[type[KasminaMessage], ...] = (
     GetKasminaStatistics,
 )
 
-# Preparation failures a source may raise for one seed; anything else is a bug and crashes the actor.
-# OSError: a read that failed (EIO) fails this seed's preparation (it is culled), not the actor.
-_PREPARATION_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError, OSError, EsperError)
 _SEEN_PREFETCHES = 1024
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _HeldReplay:
-    """A start's replay up to the step a resume restores: the journal's length then and the plans to send again."""
-
-    step: int
-    journal_length: int
-    plans: tuple[BoundaryPlan, ...]
 
 
 @final
@@ -144,18 +130,12 @@ class KasminaActor(Actor[KasminaMessage]):
         self._planner_sink = MutableSink(sink)
         self._planner = planner(self._planner_sink)
         self._journal = journal if journal is not None else BoundaryJournal()
-        self._observer = observer
-        self._forwarded: int | None = None
         self._preparer = preparer
         self._verifier = verifier
         self._outlet = outlet
         self._sink = sink
         self._has_controller = has_controller
-        self._max_pending = capacity
-        self._packets: dict[int, SystemStatePacket] = {}
-        self._decisions: dict[int, Decision] = {}
-        # The issued_at of each packet shown to the controller and not planned yet: its decision must name it.
-        self._shown: dict[int, float] = {}
+        self._inputs = BoundaryInputs(observer=observer, capacity=capacity, event=self._event)
         self._seen_prefetch: deque[str] = deque(maxlen=_SEEN_PREFETCHES)
         self._plans_sent = 0
         self._preparations = 0
@@ -163,10 +143,12 @@ class KasminaActor(Actor[KasminaMessage]):
         self._prefetches = 0
         self._replays = 0
         self._clock = clock
-        self._artifact_wait_s = artifact_wait_s
-        self._artifact_waits = 0
+        self._preparing = WaitingPreparer(preparer, clock=clock, wait_s=artifact_wait_s, event=self._event)
+        self._replay = JournalReplay(
+            run_id=run_id, journal=self._journal, verifier=verifier, preparer=preparer, prepare=self._preparing.prepare
+        )
         self._expected_restore = expected_restore
-        self._held: _HeldReplay | None = None
+        self._held: HeldReplay | None = None
 
     async def on_start(self) -> None:
         journal = self._journal
@@ -185,16 +167,18 @@ class KasminaActor(Actor[KasminaMessage]):
         match msg:
             case SystemStatePacket():
                 self._check_run(msg.run_id, "packet", msg.global_step)
-                if self._admit(msg.global_step, self._packets, "packet"):
-                    self._packets[msg.global_step] = msg
-                    await self._forward()
+                inputs = self._inputs
+                if inputs.admit(msg.global_step, inputs.packets, "packet", self._planner.last_step):
+                    inputs.packets[msg.global_step] = msg
+                    await inputs.forward(self._planner)
                     await self._drain()
             case Decision():
                 self._check_run(msg.run_id, "decision", msg.decided_on_step)
-                if self._stale(msg):
+                if self._inputs.stale(msg):
                     return None
-                if self._admit(msg.decided_on_step, self._decisions, "decision"):
-                    self._decisions[msg.decided_on_step] = msg
+                inputs = self._inputs
+                if inputs.admit(msg.decided_on_step, inputs.decisions, "decision", self._planner.last_step):
+                    inputs.decisions[msg.decided_on_step] = msg
                     await self._drain()
             case BoundaryApplied():
                 self._check_run(msg.run_id, "receipt", msg.decided_on_step)
@@ -224,16 +208,17 @@ class KasminaActor(Actor[KasminaMessage]):
 
     async def _drain(self) -> None:
         """Plan every packet whose decision is here, lowest step first; stop at the first one still waiting."""
-        while self._packets:
-            step = min(self._packets)
+        inputs = self._inputs
+        while inputs.packets:
+            step = min(inputs.packets)
             command = None
             if self._has_controller:
-                decision = self._decisions.pop(step, None)
+                decision = inputs.decisions.pop(step, None)
                 if decision is None:
                     return
                 command = decision.command
-            packet = self._packets.pop(step)
-            self._shown.pop(step, None)
+            packet = inputs.packets.pop(step)
+            inputs.shown.pop(step, None)
             security = self._verify(command, step) if command is not None else None
             draft = self._planner.begin(packet, command, security)
             failed: dict[str, str] = {}
@@ -241,8 +226,8 @@ class KasminaActor(Actor[KasminaMessage]):
                 # Awaited directly, not through until_stopping: a stop cannot abandon a job the lane has started
                 # anyway, and the shutdown deadline still cancels this wait.
                 try:
-                    prepared = await self._prepare(request)
-                except _PREPARATION_ERRORS as err:
+                    prepared = await self._preparing.prepare(request)
+                except PREPARATION_ERRORS as err:
                     self._preparation_failures += 1
                     failed[request.seed_id] = f"{type(err).__name__}: {err}"
                     self._planner.preparation_failed(request.seed_id, failed[request.seed_id])
@@ -256,7 +241,7 @@ class KasminaActor(Actor[KasminaMessage]):
             await self._journal_add(entry)
             await self._outlet(plan)
             self._plans_sent += 1
-            await self._forward()
+            await inputs.forward(self._planner)
 
     def _verify(self, command: AdaptationCommand, step: int) -> CommandRejectReason | None:
         """The verifier's verdict on ``command`` (signature, replay, freshness), once it is known to be signed for this
@@ -282,35 +267,6 @@ class KasminaActor(Actor[KasminaMessage]):
             )
             return CommandRejectReason.DECISION_MISMATCH
         return self._verifier.verify(command)
-
-    async def _forward(self) -> None:
-        """Show the observer the lowest pending packet, once, when every earlier packet has been planned."""
-        if self._observer is None or not self._packets:
-            return
-        step = min(self._packets)
-        if self._forwarded is not None and step <= self._forwarded:
-            return
-        self._forwarded = step
-        packet = self._packets[step]
-        self._shown[step] = packet.issued_at
-        await self._observer(msgspec.structs.replace(packet, seed_states=self._merged(packet)))
-
-    def _merged(self, packet: SystemStatePacket) -> tuple[SeedState, ...]:
-        live = {s.slot: s for s in packet.seed_states}
-        out: list[SeedState] = []
-        for state in self._planner.seed_states():
-            fresh = live.get(state.slot)
-            if fresh is not None and fresh.seed_id is not None and fresh.seed_id == state.seed_id:
-                state = msgspec.structs.replace(
-                    state,
-                    alpha=fresh.alpha,
-                    alpha_steps=fresh.alpha_steps,
-                    gradient_norm=fresh.gradient_norm,
-                    learning_rate=fresh.learning_rate,
-                    parameter_count=fresh.parameter_count or state.parameter_count,
-                )
-            out.append(state)
-        return tuple(out)
 
     async def _journal_add(self, entry: JournalBoundary | JournalReceipt | JournalValidation) -> None:
         self._journal.append(entry)
@@ -351,45 +307,14 @@ class KasminaActor(Actor[KasminaMessage]):
         sink = MutableSink(self._planner_sink)
         sink.muted = True
         planner = self._make_planner(sink)
-        # Replayed in the journal's order, which is the order the live planner met its inputs in (receipts and
-        # reports as they arrived, each boundary when its decision came), a batch at a time from a worker thread.
-        limit = cut if preview else None
-        applied: set[int] = set()
-        # Plans taking effect at or after the cut: in flight there unless applied at the cut itself (a stop that came
-        # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
-        candidates: list[tuple[int, int, BoundaryPlan]] = []
-        replayed = 0
-        batches = journal.batches()
-        try:
-            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
-                for entry in batch:
-                    if limit is not None and entry_step(entry) > limit:
-                        continue
-                    replayed += 1
-                    match entry:
-                        case JournalReceipt():
-                            planner.record_receipt(entry.receipt)
-                            applied.add(entry.receipt.decided_on_step)
-                        case JournalValidation():
-                            planner.record_validation(entry.report)
-                        case JournalBoundary():
-                            plan = await self._replay_boundary(planner, entry, keep=cut is not None)
-                            effect = plan.decided_on_step + planner.lag_steps
-                            if cut is not None and effect >= cut:
-                                candidates.append((plan.decided_on_step, effect, plan))
-                            elif cut is not None:
-                                self._discard_handles(plan)
-        finally:
-            batches.close()  # the file, if a failure (or a cancellation) ended the replay early
-        in_flight: list[BoundaryPlan] = []
-        for decided, effect, plan in candidates:
-            if (cut is not None and effect > cut) or decided not in applied:
-                in_flight.append(plan)
-            else:
-                self._discard_handles(plan)
+        replayed, in_flight = await self._replay.replay(planner, cut, preview=preview)
         sink.muted = False
         self._planner = planner
-        self._keep_unplanned(cut, planner.last_step)
+        self._inputs.keep_unplanned(cut, planner.last_step)
+        if cut is not None:
+            # The controller decides the later steps again, under the same reproducible command ids: the verifier
+            # (which outlives restarts) refused them as replays, and the commands were lost.
+            self._verifier.forget_decided_after(cut)
         self._replays += 1
         self._event(
             "kasmina_rebuilt",
@@ -398,97 +323,12 @@ class KasminaActor(Actor[KasminaMessage]):
             f"{len(in_flight)} plans {'held for the restore' if preview else 'sent again'}",
         )
         if preview and cut is not None:
-            self._held = _HeldReplay(step=cut, journal_length=len(journal), plans=tuple(in_flight))
+            self._held = HeldReplay(step=cut, journal_length=len(journal), plans=tuple(in_flight))
             return
         if restored and cut is not None:
             self._sink.emit(LifecycleRestored(run_id=self._run_id, step=cut, lag_steps=planner.lag_steps))
         for plan in in_flight:
             await self._outlet(plan)
-
-    def _keep_unplanned(self, cut: int | None, planned: int | None) -> None:
-        """After a rebuild up to boundary ``cut`` whose last planned boundary is ``planned``: keep the packets and
-        decisions of the boundaries in between, drop the later ones (the restored trainer sends those steps again).
-
-        A rollback to an epoch end whose packet still waited for its decision cleared that packet, and the trainer,
-        restored after it, never sends it again: its plan never came and the trainer stalled for its whole deadline
-        (12 s), then failed the epoch. The controller has seen it already, so it is not shown again."""
-
-        def unplanned(step: int) -> bool:
-            return cut is not None and step <= cut and (planned is None or step > planned)
-
-        self._packets = {step: packet for step, packet in self._packets.items() if unplanned(step)}
-        self._shown = {step: at for step, at in self._shown.items() if unplanned(step)}
-        self._decisions = {step: decision for step, decision in self._decisions.items() if unplanned(step)}
-        if cut is not None:
-            # The controller decides the later steps again, under the same reproducible command ids: the verifier
-            # (which outlives restarts) refused them as replays, and the commands were lost.
-            self._verifier.forget_decided_after(cut)
-        shown = self._forwarded
-        self._forwarded = planned
-        if shown is not None and unplanned(shown):
-            self._forwarded = shown
-
-    async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
-        """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles
-        until the caller keeps or discards them) unless the journal says their preparation failed.
-
-        Raises:
-            JournalTampered: the entry's command fails verification with the run's key, or its recorded verdict is
-                not what verification gives (a forged or altered line: replayed, it would act unsigned).
-        """
-        refusal = replay_refusal(entry, self._run_id, self._verifier.signature_valid)
-        if refusal is not None:
-            where = self._journal.path or "the lifecycle journal"
-            raise JournalTampered(f"{where}: step {entry.packet.global_step}: {refusal}")
-        draft = planner.begin(entry.packet, entry.command, entry.security)
-        for request in draft.preparations:
-            detail = entry.failed.get(request.seed_id)
-            if detail is None:
-                try:
-                    prepared = await self._prepare(request)
-                except _PREPARATION_ERRORS as err:
-                    detail = f"on replay: {type(err).__name__}: {err}"
-                else:
-                    planner.prepared(prepared)
-                    if not keep:
-                        self._preparer.discard(prepared.handle)
-                    continue
-            planner.preparation_failed(request.seed_id, detail)
-        return planner.finish(draft)
-
-    def _discard_handles(self, plan: BoundaryPlan) -> None:
-        for op in plan.ops:
-            if op.handle is not None:
-                self._preparer.discard(op.handle)
-
-    def _admit(self, step: int, pending: dict[int, SystemStatePacket] | dict[int, Decision], what: str) -> bool:
-        last = self._planner.last_step
-        if (last is not None and step <= last) or step in pending:
-            why = "a duplicate" if step in pending else f"not after the last boundary {last}"
-            self._event("boundary_input_dropped", TelemetryLevel.ERROR, f"{what} of step {step} dropped: {why}")
-            return False
-        if len(pending) >= self._max_pending:
-            raise OverflowError(f"kasmina: {len(pending)} {what}s wait for their partner; refusing step {step}")
-        return True
-
-    def _stale(self, decision: Decision) -> bool:
-        """A decision on a packet this timeline has not shown the controller: one it made before a restore (a rollback
-        after a failed epoch end) on a packet the restore undid. Paired with the rerun's packet of the same step, it
-        applied the undone attempt's germination, and the controller's own decision on the rerun was refused as a
-        duplicate (an ERROR). Dropped, said at INFO."""
-        step = decision.decided_on_step
-        shown, named = self._shown.get(step), decision.packet_issued_at
-        # Decided on an earlier packet of this step, which a restore undid (the step's packet was shown again since).
-        undone_packet = named is not None and shown is not None and named != shown
-        seen = self._observer is None or (self._forwarded is not None and step <= self._forwarded)
-        if seen and not undone_packet:
-            return False
-        self._event(
-            "stale_decision_dropped",
-            TelemetryLevel.INFO,
-            f"decision of step {step} dropped: made on a packet a restore undid (the step is trained again)",
-        )
-        return True
 
     def _check_run(self, run_id: str, what: str, step: int) -> None:
         if run_id != self._run_id:
@@ -506,7 +346,7 @@ class KasminaActor(Actor[KasminaMessage]):
             return
         try:
             await self._preparer.prefetch(request)
-        except _PREPARATION_ERRORS as err:
+        except PREPARATION_ERRORS as err:
             self._event("prefetch_failed", TelemetryLevel.ERROR, f"prefetch {msg.request_id}: {err}")
             return
         self._prefetches += 1
@@ -517,8 +357,8 @@ class KasminaActor(Actor[KasminaMessage]):
         return KasminaStatistics(
             boundaries=planner.boundaries,
             plans_sent=self._plans_sent,
-            pending_packets=len(self._packets),
-            pending_decisions=len(self._decisions),
+            pending_packets=len(self._inputs.packets),
+            pending_decisions=len(self._inputs.decisions),
             accepted=planner.accepted,
             request_id=request_id,
             rejected=dict(planner.rejected),
@@ -533,24 +373,6 @@ class KasminaActor(Actor[KasminaMessage]):
             isolation_culls=planner.isolation_culls,
             illegal_transitions=planner.illegal_transitions,
         )
-
-    async def _prepare(self, request: PreparationRequest) -> PreparedSeed:
-        # A germination can race Tezzeret's start-up pass on a cold store. Waiting for the artifact (on the injected
-        # clock, bounded) keeps the outcome independent of that race: the seed grows as if the store had been warm.
-        clock, budget = self._clock, self._artifact_wait_s
-        started = clock.now() if clock is not None else 0.0
-        delay = 0.005
-        while True:
-            try:
-                return await self._preparer.prepare(request)
-            except NotYetAvailable as err:
-                if clock is None or clock.now() - started >= budget:
-                    raise
-                self._artifact_waits += 1
-                if self._artifact_waits == 1 or self._artifact_waits % 100 == 0:
-                    self._event("artifact_wait", TelemetryLevel.WARNING, f"seed {request.seed_id} waits: {err}")
-                await clock.sleep(min(delay, budget - (clock.now() - started)))
-                delay *= 2
 
     def _fetch_metric(self, prepared: PreparedSeed, step: int) -> None:
         # Nissa's kernel-fetch SLO (REFERENCE.md: 10 ms) is fed from this metric.

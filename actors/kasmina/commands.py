@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, final
 
 from actors.kasmina.admission import SECURITY_REASONS, blend_problem, blueprint_facts, checked_params, g0_reject_reason
 from actors.kasmina.evidence import GerminationRequest
-from actors.kasmina.lifecycle import SEED_STAGES, IllegalTransition
+from actors.kasmina.lifecycle_table import SEED_STAGES, IllegalTransition
 from actors.kasmina.preparation import PreparationRequest, derive_build_seed
 from actors.kasmina.seeds import SeedEntry, isolation_breaker
 from schemas.boundary import SeedOp

@@ -12,7 +12,7 @@ from schemas.state import GateResult, SeedState
 
 if TYPE_CHECKING:
     from actors.kasmina.evidence import EvidenceSnapshot
-    from actors.kasmina.lifecycle import GateEvaluation, SlotRecord
+    from actors.kasmina.lifecycle_table import GateEvaluation, SlotRecord
     from actors.kasmina.preparation import PreparationRequest, PreparedSeed
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink

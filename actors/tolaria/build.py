@@ -1,19 +1,17 @@
-"""Config -> what Tolaria trains: seeded RNGs, the data splits, the wrapped host model, its optimizer and slot shapes.
+"""Config -> what Tolaria trains: seeded RNGs, the data splits, the Trainee (wrapped host, optimizer, initial seeds).
 
 Everything here runs on the train lane thread (or, for ``check_config``, on any worker thread before the run starts):
-it builds tensors and may import the user's module.
+it builds tensors and may import the user's module. The host model itself is built in host_model.py, its slots
+wrapped in and measured in host_slots.py.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import math
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, final
 
 import numpy as np
 import torch
@@ -22,14 +20,12 @@ from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
 from actors.tolaria.data_cache import NpzArrayCache
+from actors.tolaria.host_model import TolariaConfigError, build_host
+from actors.tolaria.host_slots import fitting_shapes, wrap_host
 from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
-from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.nn.optim_migration import GROUP_NAME_KEY
-from esper.nn.slots import rebuild_problem
-from esper.nn.wrap import find_slots, wrap
-from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
 from schemas.config import initial_seed_id
@@ -38,7 +34,7 @@ from schemas.domain_enums import BlendMode
 from schemas.enums import SeedLifecycleStage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Mapping, Sequence
 
     from actors.tolaria.boundary import GraftEvent
     from esper.nn.data import DataSplits, Layout
@@ -47,12 +43,6 @@ if TYPE_CHECKING:
 
 HOST_GROUP = "host"
 PARAM_NAMES_KEY = "param_names"
-
-
-class TolariaConfigError(ConfigError):
-    """Raised when the tolaria section names something that cannot be used: a ``module:factory`` host model that
-    does not import, fails, or returns no nn.Module, or a data set file that is missing or malformed. One line,
-    naming the config key and value."""
 
 
 @final
@@ -147,104 +137,6 @@ def _data_cache(directory: str) -> NpzArrayCache | None:
         return None
 
 
-def load_factory(spec: str) -> Callable[[], object]:
-    """Import ``package.module:factory`` and return the factory.
-
-    Raises:
-        TolariaConfigError: the module does not import or has no such callable.
-    """
-    module_name, _, attr = spec.partition(":")
-    who = f"tolaria.host_model = {spec!r}"
-    try:
-        module = importlib.import_module(module_name)
-    # Any import failure is the user's config problem, reported in one line; a module that calls sys.exit() or raises
-    # KeyboardInterrupt as it imports (on a worker thread: not a Ctrl-C) would otherwise end the run without a word.
-    except (Exception, KeyboardInterrupt, SystemExit) as err:
-        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {_raised(err)}") from err
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
-    return factory  # type: ignore[no-any-return]  # getattr on a user module; callable() checked above
-
-
-def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The unwrapped host model on the CPU.
-
-    Raises:
-        TolariaConfigError: a user factory fails or returns something other than an nn.Module.
-    """
-    who = f"tolaria.host_model = {config.host_model!r}"
-    features = math.prod(input_shape)
-    try:
-        if config.host_model == "cnn1d":
-            return CNN1dHost(length=features, num_classes=num_classes)
-        if config.host_model == "mlp":
-            return MLPHost(in_features=features, num_classes=num_classes)
-    except ValueError as err:  # the data set does not suit the built-in host (too short a signal, one class)
-        data = f"the {config.dataset} data set ({features} features a sample, {num_classes} classes)"
-        raise TolariaConfigError(f"{who}: cannot be built for {data}: {err}") from err
-    factory = load_factory(config.host_model)
-    try:
-        model = factory()
-    except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
-        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
-    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
-    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
-    except (Exception, KeyboardInterrupt) as err:
-        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
-    if not isinstance(model, nn.Module):
-        raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
-    _materialise_lazy(model, input_shape, who)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
-    return model
-
-
-def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
-    """Give a model's lazy modules (``nn.LazyLinear``, ...) their parameters with one eval-mode forward on a batch of
-    two zero samples of the data's shape, as PyTorch's own dry run does: the parameter count, the slot shapes and the
-    optimizer all need real tensors. Their initialisation draws from torch's global RNG right after the factory's own
-    draws, so every build from the same seed (the check, the run's, each restore and a resume) makes the same weights.
-
-    Raises:
-        TolariaConfigError: the forward fails, or leaves a parameter or buffer uninitialised (a lazy module it never
-            calls).
-    """
-    if not _lazy_tensors(model):
-        return
-    batch = torch.zeros(2, *input_shape)
-    was_training = model.training
-    model.eval()  # no BatchNorm statistics, no dropout draws: only the lazy modules' initialisation uses the RNG
-    try:
-        with torch.no_grad():
-            model(batch)
-    # Whatever the user's forward raises, KeyboardInterrupt and SystemExit included (see _fitting_shapes).
-    except (Exception, KeyboardInterrupt, SystemExit) as err:
-        raise TolariaConfigError(
-            f"{who}: the model's lazy modules could not be initialised by a forward on a batch of shape"
-            f" {list(batch.shape)}: {_raised(err)}"
-        ) from err
-    finally:
-        model.train(was_training)
-    left = _lazy_tensors(model)
-    if left:
-        raise TolariaConfigError(
-            f"{who}: {left[0]!r} is still uninitialised after a forward on a batch of shape {list(batch.shape)} (a lazy"
-            " module the forward never calls)"
-        )
-
-
-def _lazy_tensors(model: nn.Module) -> list[str]:
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-    return [name for name, tensor in named if nn.parameter.is_lazy(tensor)]
-
-
-def _raised(err: BaseException) -> str:
-    """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``)."""
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
     """Fail fast, before a run starts, on a host model, slot targets, initial seed slots or blueprints, npz file or
     validation split that cannot be used. Blocking (file I/O, loads the data set, builds the host once).
@@ -270,119 +162,6 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
         if blueprint_id not in catalogue:
             known = ", ".join(catalogue.ids)
             raise TolariaConfigError(f"{_initial_seed(index, spec)}: no blueprint {blueprint_id!r} (known: {known})")
-
-
-def slot_kind(rank: int) -> Literal["flat", "conv1d", "conv2d"]:
-    """The slot kind an activation of this rank (batch included) implies."""
-    if rank == 2:
-        return "flat"
-    if rank == 3:
-        return "conv1d"
-    if rank == 4:
-        return "conv2d"
-    raise ValueError(f"a slot activation of rank {rank} fits no slot kind")
-
-
-def measure_slot_shapes(
-    model: nn.Module, names: Sequence[str], sample: torch.Tensor, kinds: Mapping[str, str] | None = None
-) -> tuple[dict[str, SlotShape | str], object]:
-    """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape, or one
-    line saying why its output fits no slot (absent: the forward never called it); also return the model's output.
-    ``kinds``: a slot's declared kind where its rank alone cannot tell ("sequence": ``[batch, seq, features]``).
-
-    Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
-    """
-    shapes: dict[str, SlotShape | str] = {}
-    declared = kinds or {}
-    handles = []
-    for name in names:
-
-        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-            problem = rebuild_problem(out) if isinstance(out, tuple) else None
-            if problem is not None:
-                shapes[name] = problem
-                return
-            tensor = out[0] if isinstance(out, tuple) else out
-            shapes[name] = _slot_shape(tensor, declared.get(name))
-
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(sample)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return shapes, output
-
-
-def _slot_shape(output: object, declared: str | None = None) -> SlotShape | str:
-    if not isinstance(output, torch.Tensor):
-        return f"it returns a {type(output).__name__}, not a tensor"
-    if output.dim() < 2 or output.dim() > 4:
-        return (
-            f"it returns a tensor of rank {output.dim()} (a slot takes [batch, features], [batch, channels, length]"
-            " or [batch, channels, height, width])"
-        )
-    if output.dtype != torch.float32:
-        return f"it returns {output.dtype} activations, and seeds are built in torch.float32"
-    if declared == "sequence":
-        if output.dim() != 3:
-            return f"slot_kinds says sequence ([batch, seq, features]), and it returns a tensor of rank {output.dim()}"
-        return SlotShape("sequence", int(output.shape[2]))
-    return SlotShape(slot_kind(output.dim()), int(output.shape[1]))
-
-
-def _declared_kinds(model: nn.Module, slots: Sequence[str], source: str) -> dict[str, str]:
-    """The model's ``slot_kinds`` attribute ({target: "sequence"}), checked: a mapping, of its slot targets, to a
-    kind a rank cannot tell apart."""
-    kinds = getattr(model, "slot_kinds", None)
-    if kinds is None:
-        return {}
-    if not isinstance(kinds, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in kinds.items()):
-        raise TolariaConfigError(f"{source}: the model's slot_kinds = {kinds!r}: expected a dict of target -> kind")
-    for name, kind in kinds.items():
-        if name not in slots:
-            raise TolariaConfigError(f"{source}: the model's slot_kinds names {name!r}, which is not a slot target")
-        if kind != "sequence":
-            raise TolariaConfigError(
-                f"{source}: the model's slot_kinds[{name!r}] = {kind!r}: expected 'sequence' (other kinds follow from"
-                " the activation's rank)"
-            )
-    return dict(kinds)
-
-
-def _fitting_shapes(
-    config: TolariaConfig, model: nn.Module, slots: Sequence[str], splits: DataSplits
-) -> dict[str, SlotShape]:
-    """The slots' shapes from one forward on two training samples, which also proves a user's model takes the data
-    and scores each of its classes (rather than failing at the first step and in every restart after it)."""
-    sample = splits.train.x[: min(2, splits.train.num_samples)]
-    source = f"tolaria.host_model = {config.host_model!r}"
-    data = f"the {config.dataset} data set's samples of shape {list(splits.input_shape)}"
-    kinds = _declared_kinds(model, slots, source)
-    try:
-        measured, output = measure_slot_shapes(model, slots, sample, kinds)
-    # KeyboardInterrupt and SystemExit too: raised by a user's forward (this runs on a worker thread, where no signal
-    # arrives), they ended the run as if Ctrl-C had been pressed (exit 130, no word) or stopped a notebook's loop.
-    except (Exception, KeyboardInterrupt, SystemExit) as err:
-        raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
-    expected = [len(sample), splits.num_classes]
-    if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
-        got = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
-        raise TolariaConfigError(
-            f"{source}: the model must return a [batch, {splits.num_classes}] tensor of class scores for {data}"
-            f" ({splits.num_classes} classes); it returned {got} for a batch of {len(sample)}"
-        )
-    shapes: dict[str, SlotShape] = {}
-    for name in slots:
-        shape = measured.get(name, "the model's forward never calls it")
-        if isinstance(shape, str):
-            raise TolariaConfigError(f"{source}: slot target {name!r} cannot hold a seed: {shape}")
-        shapes[name] = shape
-    return shapes
 
 
 def _check_trains(config: TolariaConfig, model: nn.Module, splits: DataSplits, source: str) -> None:
@@ -429,7 +208,7 @@ def build_trainee(
     model = build_host(config, splits.input_shape, splits.num_classes)
     host_parameters = sum(p.numel() for p in model.parameters())
     slots = wrap_host(config, model, slot_targets)
-    shapes = _fitting_shapes(config, model, list(slots), splits)
+    shapes = fitting_shapes(config, model, list(slots), splits)
     for name, shape in shapes.items():
         # Kasmina admits a CHANNEL vector of one entry per feature; the slot must weigh the same axis.
         slots[name].channel_dim = shape.feature_axis
@@ -455,51 +234,6 @@ def build_trainee(
     if config.initial_seeds:
         attach_initial_seeds(config, trainee)
     return trainee
-
-
-def wrap_host(config: TolariaConfig, model: nn.Module, slot_targets: Sequence[str]) -> dict[str, SeedSlot]:
-    """Put the seed slots into ``model`` (at ``slot_targets`` when given, else at the model's own ``slot_targets``)
-    and return them by name.
-
-    Raises:
-        TolariaConfigError: a target matches nothing, or the model has no slot at all.
-    """
-    own = getattr(model, "slot_targets", None)
-    own = () if own is None else own
-    model_source = f"tolaria.host_model = {config.host_model!r}: the model's slot_targets"
-    if not slot_targets and not isinstance(own, tuple | list):
-        # A set has no order (string hashing changes it from run to run), so it cannot name the slots reproducibly.
-        shown = f" = {own!r}" if isinstance(own, str) else ""  # a set's repr changes order from run to run
-        raise TolariaConfigError(
-            f"{model_source}{shown}: expected a list or tuple of module names, got a {type(own).__name__}"
-        )
-    targets = tuple(slot_targets) or tuple(own)
-    if targets:
-        source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else model_source
-        if any(not isinstance(t, str) or not t.strip() for t in targets):
-            raise TolariaConfigError(f"{source}: expected non-empty module names, got {list(targets)!r}")
-        try:
-            wrap(model, list(targets))
-        except ValueError as err:
-            raise TolariaConfigError(f"{source}: {err}") from err
-    slots = dict(find_slots(model))
-    if not slots:
-        raise TolariaConfigError(_no_slots(config, model))
-    return slots
-
-
-def _no_slots(config: TolariaConfig, model: nn.Module) -> str:
-    layers = [
-        f"{name} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if name and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    ]
-    hint = f"; its layers include {', '.join(layers[:6])}" if layers else ""
-    return (
-        f"tolaria.host_model = {config.host_model!r}: the model has no seed slot, so nothing could grow; set"
-        f" kasmina.slot_targets to the qualified names of the modules to grow after, or give the model a"
-        f" slot_targets attribute{hint}"
-    )
 
 
 def attach_initial_seeds(config: TolariaConfig, trainee: Trainee) -> None:

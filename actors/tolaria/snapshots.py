@@ -2,7 +2,8 @@
 
 A TrainState is everything the next step depends on: model weights with the slots' control state, optimizer state
 keyed by stable parameter names, every RNG, the data position, the graft log and Tolaria's own counters. Weights
-without lifecycle state are incoherent, so both are captured together. Lane-thread only.
+without lifecycle state are incoherent, so both are captured together. Lane-thread only. The tensors are copied by
+state_copier.py's StateCopier; optimizer_state.py keys the optimizer's state by name.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, final
 
 import numpy as np
 import torch
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from actors.tolaria.build import PARAM_NAMES_KEY
+from actors.tolaria.optimizer_state import copy_optimizer_state, load_optimizer_state_by_name
+from actors.tolaria.state_copier import StateCopier, clone_tree
 from esper.nn.wrap import slot_path
 
 if TYPE_CHECKING:
@@ -49,223 +50,6 @@ class TrainState:
     nbytes: int = 0
     # Keeps a CapturePool's buffers (which the tensors above view) out of reuse while this state lives.
     lease: object = None
-
-
-def _clone(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clone(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
-    return value
-
-
-_LEAVES = frozenset({str, int, float, bool, type(None)})
-# Groups smaller than this are cloned tensor by tensor (without a pool): a cat and its views cost more than a few
-# clones.
-_FLATTEN_MIN = 8
-_Slot = tuple[dict[object, object] | list[object], object, torch.Tensor]
-
-
-@final
-class _Copier:
-    """Copies nested dicts and lists of tensors into a few flat buffers, one per (dtype, device).
-
-    ``tree`` returns the containers with placeholders and records where each tensor goes; ``finish`` copies each
-    group into one buffer and puts views of it in place. A snapshot then costs a few allocations (none with a
-    ``CapturePool`` whose layout still fits) instead of one per tensor, and a checkpoint file holds a few flat tensors
-    instead of dozens (less work on the checkpoint writer thread). Tensors inside tuples (none in the default state)
-    are cloned on their own.
-    """
-
-    __slots__ = ("_groups", "nbytes")
-
-    def __init__(self) -> None:
-        self.nbytes = 0
-        # (dtype, device) -> [(container, key, source)]; sources are the live tensors themselves (their identity
-        # is what lets a pool reuse a layout).
-        self._groups: dict[tuple[torch.dtype, torch.device], list[_Slot]] = {}
-
-    def tree(self, value: object) -> object:
-        if type(value) in _LEAVES:
-            return value
-        if isinstance(value, torch.Tensor):
-            self.nbytes += value.numel() * value.element_size()
-            return value.detach().clone()
-        if isinstance(value, dict):
-            out: dict[object, object] = {}
-            for k, v in value.items():
-                if isinstance(v, torch.Tensor):
-                    self._defer(out, k, v)
-                else:
-                    out[k] = self.tree(v)
-            return out
-        if isinstance(value, list):
-            items: list[object] = []
-            for i, v in enumerate(value):
-                items.append(None)
-                if isinstance(v, torch.Tensor):
-                    self._defer(items, i, v)
-                else:
-                    items[i] = self.tree(v)
-            return items
-        if isinstance(value, tuple):
-            return tuple(self.tree(v) for v in value)
-        return value
-
-    def put(self, container: dict[str, object], key: str, value: object) -> None:
-        """``container[key]`` = a copy of ``value`` (tensors deferred to ``finish``)."""
-        if isinstance(value, torch.Tensor):
-            self._defer(container, key, value)  # type: ignore[arg-type]  # str keys are object keys here
-        else:
-            container[key] = self.tree(value)
-
-    def _defer(self, container: dict[object, object] | list[object], key: object, tensor: torch.Tensor) -> None:
-        self.nbytes += tensor.numel() * tensor.element_size()
-        if isinstance(container, dict):
-            container[key] = None
-        self._groups.setdefault((tensor.dtype, tensor.device), []).append((container, key, tensor))
-
-    def reserve(self, pool: CapturePool) -> int:
-        """Let ``pool`` allocate buffer sets for the deferred tensors' layout; the copier is spent afterwards."""
-        added = pool.reserve(self._groups)
-        self._groups.clear()
-        return added
-
-    def finish(self, pool: CapturePool | None = None) -> object:
-        """Copy every deferred tensor into its group's buffer and put the views into their containers.
-
-        With a ``pool``, returns the lease the captured state must hold (its buffers are reused once it is gone).
-        """
-        if pool is not None:
-            views, lease = pool.views_for(self._groups)
-            with torch.no_grad():
-                for entries, targets in zip(self._groups.values(), views, strict=True):
-                    torch._foreach_copy_(targets, [source for _, _, source in entries])
-                    for (container, key, _), view in zip(entries, targets, strict=True):
-                        _place(container, key, view)
-            self._groups.clear()
-            return lease
-        for entries in self._groups.values():
-            if len(entries) < _FLATTEN_MIN:
-                for container, key, source in entries:
-                    _place(container, key, source.detach().clone())
-                continue
-            sources = [source.detach() for _, _, source in entries]
-            # One cat into a fresh buffer and views back into it, both single C++ calls (what DDP's bucketing uses).
-            flat = _flatten_dense_tensors(sources)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-            views = _unflatten_dense_tensors(flat, sources)  # type: ignore[no-untyped-call]  # as above
-            for (container, key, _), view in zip(entries, views, strict=True):
-                _place(container, key, view)
-        self._groups.clear()
-        return None
-
-
-def _place(container: dict[object, object] | list[object], key: object, value: torch.Tensor) -> None:
-    if isinstance(container, list):
-        assert isinstance(key, int)
-        container[key] = value
-    else:
-        container[key] = value
-
-
-def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, object]:
-    """The optimizer's state keyed by qualified parameter name (not position) plus each group's hyperparameters."""
-    copier = _Copier()
-    state = _optimizer_state_by_name(optimizer, copier)
-    copier.finish()
-    return state
-
-
-def _optimizer_state_by_name(optimizer: torch.optim.Optimizer, copier: _Copier) -> dict[str, object]:
-    if optimizer._optimizer_state_dict_pre_hooks or optimizer._optimizer_state_dict_post_hooks:
-        return _optimizer_state_via_state_dict(optimizer, copier)
-    # Read the groups and per-parameter state directly: what Optimizer.state_dict() would return without hooks (the
-    # same state dicts, keyed here by name), minus its id bookkeeping, which dominated a snapshot's cost.
-    groups: list[dict[str, object]] = []
-    state: dict[str, object] = {}
-    per_param = optimizer.state
-    for group in optimizer.param_groups:
-        names = group.get(PARAM_NAMES_KEY)
-        params = group["params"]
-        if not isinstance(names, list) or len(names) != len(params):
-            raise ValueError("every optimizer group must carry param_names to be checkpointed by name")
-        groups.append(
-            {k: list(v) if k == PARAM_NAMES_KEY else copier.tree(v) for k, v in group.items() if k != "params"}
-        )
-        for p, name in zip(params, names, strict=True):
-            saved = per_param.get(p)
-            if saved:
-                state[name] = copier.tree(saved)
-    return {"groups": groups, "state": state}
-
-
-def _optimizer_state_via_state_dict(optimizer: torch.optim.Optimizer, copier: _Copier) -> dict[str, object]:
-    raw = optimizer.state_dict()
-    names_by_index: dict[int, str] = {}
-    groups: list[dict[str, object]] = []
-    for group in raw["param_groups"]:
-        names = group.get(PARAM_NAMES_KEY)
-        if not isinstance(names, list) or len(names) != len(group["params"]):
-            raise ValueError("every optimizer group must carry param_names to be checkpointed by name")
-        for index, name in zip(group["params"], names, strict=True):
-            names_by_index[index] = name
-        groups.append({k: copier.tree(v) for k, v in group.items() if k != "params"})
-    state = {names_by_index[index]: copier.tree(dict(value)) for index, value in raw["state"].items()}
-    return {"groups": groups, "state": state}
-
-
-def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[str, object]) -> None:
-    """Load state saved by ``optimizer_state_by_name`` into an optimizer with the same named groups.
-
-    Raises:
-        ValueError: the groups or their parameter names differ (the graft log was not replayed first).
-    """
-    groups = saved["groups"]
-    state = saved["state"]
-    if not isinstance(groups, list) or not isinstance(state, dict):
-        raise ValueError("optimizer state: malformed")
-    current = optimizer.param_groups
-    if len(groups) != len(current):
-        raise ValueError(f"optimizer state: {len(groups)} saved groups, the optimizer has {len(current)}")
-    index_of: dict[str, int] = {}
-    param_groups: list[dict[str, object]] = []
-    next_index = 0
-    for saved_group, group in zip(groups, current, strict=True):
-        names = group.get(PARAM_NAMES_KEY)
-        if (
-            not isinstance(saved_group, dict)
-            or saved_group.get(PARAM_NAMES_KEY) != names
-            or not isinstance(names, list)
-        ):
-            raise ValueError(f"optimizer state: group {group.get('name')!r} has different parameters than saved")
-        indices = list(range(next_index, next_index + len(names)))
-        next_index += len(names)
-        index_of.update(zip(names, indices, strict=True))
-        param_groups.append({**_clone(saved_group), "params": indices})  # type: ignore[dict-item]
-    by_index = {index_of[name]: _clone(value) for name, value in state.items() if name in index_of}
-    optimizer.load_state_dict({"state": by_index, "param_groups": param_groups})
-    _match_parameter_layouts(optimizer)
-
-
-def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give each loaded state tensor its parameter's memory layout.
-
-    Saved tensors come back contiguous; a channels_last parameter's moments must be channels_last too, because fused
-    (and foreach) kernels walk a parameter and its state through the same raw strides: a contiguous moment next to a
-    channels_last weight applied every update to the wrong elements after a resume or rollback.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param)
-            if not state:
-                continue
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def rng_state() -> dict[str, object]:
@@ -341,7 +125,7 @@ def capture(
         assert pool is not None
         model_state, optimizer, lease, nbytes = plan.take(pool)
     else:
-        copier = _Copier()
+        copier = StateCopier()
         model_state, optimizer = _walk(trainee, copier)
         lease = copier.finish(pool)
         nbytes = copier.nbytes
@@ -410,7 +194,7 @@ def reserve_capture(
     plan = planned.plan(trainee, log_length) if planned is not None else None
     if plan is not None:
         return plan.reserve(pool)
-    copier = _Copier()
+    copier = StateCopier()
     _walk(trainee, copier)
     return copier.reserve(pool)
 
@@ -422,12 +206,12 @@ def _extra_state_keys(model: nn.Module, name: str) -> list[str]:
     return [f"{path}._extra_state" for path, m in model.named_modules(remove_duplicate=False) if m is slot]
 
 
-def _walk(trainee: Trainee, copier: _Copier) -> tuple[dict[str, object], dict[str, object]]:
+def _walk(trainee: Trainee, copier: StateCopier) -> tuple[dict[str, object], dict[str, object]]:
     model_state: dict[str, object] = {}
     # keep_vars: the live tensors themselves, whose identity lets the pool recognise the layout.
     for key, value in trainee.model.state_dict(keep_vars=True).items():
         copier.put(model_state, key, value)
-    return model_state, _optimizer_state_by_name(trainee.optimizer, copier)
+    return model_state, copy_optimizer_state(trainee.optimizer, copier)
 
 
 def load_into(trainee: Trainee, state: TrainState) -> None:
@@ -439,7 +223,7 @@ def load_into(trainee: Trainee, state: TrainState) -> None:
     """
     from esper.nn.slots import SlotMode
 
-    trainee.model.load_state_dict({k: _clone(v) for k, v in state.model.items()}, strict=True)
+    trainee.model.load_state_dict({k: clone_tree(v) for k, v in state.model.items()}, strict=True)
     load_optimizer_state_by_name(trainee.optimizer, state.optimizer)
     set_rng_state(state.rng)
     trainee.paused.clear()

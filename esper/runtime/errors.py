@@ -30,9 +30,9 @@ EsperError
 
 Leaves that subsystems add next to their code (never a second root):
 - BusUnavailable: ReplyError (esper.runtime.bus_redis: a reply it cannot read, such as a value another writer stored)
-- ConfigError: TolariaConfigError (actors.tolaria.build: a bad host factory or data file named in config)
+- ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
 - EsperError: CheckpointError (actors.tolaria.checkpoints), LifecycleError > IllegalTransition, TransitionOrderError,
-  UnknownSlot (actors.kasmina.lifecycle), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
+  UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
   BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
   FetchBudgetExceeded (actors.urza.artifact), MetricsFileError (actors.nissa.csv_writer), ReportInputError
   (esper.report), LogFileInUse (esper.logs), JournalCorrupt (actors.kasmina.journal), JournalTampered

@@ -1,0 +1,135 @@
+"""Replaying the boundary journal into a fresh planner: its entries in order, each boundary's seeds prepared again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+import anyio
+
+from actors.kasmina.journal import JournalBoundary, JournalReceipt, JournalValidation, entry_step
+from actors.kasmina.journal_check import JournalTampered, replay_refusal
+from actors.kasmina.seed_preparing import PREPARATION_ERRORS
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from actors.kasmina.journal import BoundaryJournal
+    from actors.kasmina.planner import BoundaryPlanner
+    from actors.kasmina.preparation import PreparationRequest, PreparedSeed, Preparer
+    from esper.runtime.signing import CommandVerifier
+    from schemas.boundary import BoundaryPlan
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HeldReplay:
+    """A start's replay up to the step a resume restores: the journal's length then and the plans to send again."""
+
+    step: int
+    journal_length: int
+    plans: tuple[BoundaryPlan, ...]
+
+
+@final
+class JournalReplay:
+    """Replays one run's BoundaryJournal into planners, verifying each journaled command again with the run's key."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        journal: BoundaryJournal,
+        verifier: CommandVerifier,
+        preparer: Preparer,
+        prepare: Callable[[PreparationRequest], Awaitable[PreparedSeed]],
+    ) -> None:
+        """``prepare`` prepares a replayed seed (the actor's wait for an artifact included); ``preparer`` takes back the
+        modules of the plans not kept."""
+        self._run_id = run_id
+        self._journal = journal
+        self._verifier = verifier
+        self._preparer = preparer
+        self._prepare = prepare
+
+    async def replay(
+        self, planner: BoundaryPlanner, cut: int | None, *, preview: bool
+    ) -> tuple[int, list[BoundaryPlan]]:
+        """Feed ``planner`` the journal (with ``preview``, only its entries up to boundary ``cut``); returns how many
+        entries were replayed and, with a cut, the replayed plans in flight there (their modules kept under their
+        handles; every other replayed plan's are discarded).
+
+        Raises:
+            JournalTampered: a journaled command fails verification (see ``_replay_boundary``).
+        """
+        journal = self._journal
+        # Replayed in the journal's order, which is the order the live planner met its inputs in (receipts and
+        # reports as they arrived, each boundary when its decision came), a batch at a time from a worker thread.
+        limit = cut if preview else None
+        applied: set[int] = set()
+        # Plans taking effect at or after the cut: in flight there unless applied at the cut itself (a stop that came
+        # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
+        candidates: list[tuple[int, int, BoundaryPlan]] = []
+        replayed = 0
+        batches = journal.batches()
+        try:
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                for entry in batch:
+                    if limit is not None and entry_step(entry) > limit:
+                        continue
+                    replayed += 1
+                    match entry:
+                        case JournalReceipt():
+                            planner.record_receipt(entry.receipt)
+                            applied.add(entry.receipt.decided_on_step)
+                        case JournalValidation():
+                            planner.record_validation(entry.report)
+                        case JournalBoundary():
+                            plan = await self._replay_boundary(planner, entry, keep=cut is not None)
+                            effect = plan.decided_on_step + planner.lag_steps
+                            if cut is not None and effect >= cut:
+                                candidates.append((plan.decided_on_step, effect, plan))
+                            elif cut is not None:
+                                self.discard_handles(plan)
+        finally:
+            batches.close()  # the file, if a failure (or a cancellation) ended the replay early
+        in_flight: list[BoundaryPlan] = []
+        for decided, effect, plan in candidates:
+            if (cut is not None and effect > cut) or decided not in applied:
+                in_flight.append(plan)
+            else:
+                self.discard_handles(plan)
+        return replayed, in_flight
+
+    async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
+        """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles
+        until the caller keeps or discards them) unless the journal says their preparation failed.
+
+        Raises:
+            JournalTampered: the entry's command fails verification with the run's key, or its recorded verdict is
+                not what verification gives (a forged or altered line: replayed, it would act unsigned).
+        """
+        refusal = replay_refusal(entry, self._run_id, self._verifier.signature_valid)
+        if refusal is not None:
+            where = self._journal.path or "the lifecycle journal"
+            raise JournalTampered(f"{where}: step {entry.packet.global_step}: {refusal}")
+        draft = planner.begin(entry.packet, entry.command, entry.security)
+        for request in draft.preparations:
+            detail = entry.failed.get(request.seed_id)
+            if detail is None:
+                try:
+                    prepared = await self._prepare(request)
+                except PREPARATION_ERRORS as err:
+                    detail = f"on replay: {type(err).__name__}: {err}"
+                else:
+                    planner.prepared(prepared)
+                    if not keep:
+                        self._preparer.discard(prepared.handle)
+                    continue
+            planner.preparation_failed(request.seed_id, detail)
+        return planner.finish(draft)
+
+    def discard_handles(self, plan: BoundaryPlan) -> None:
+        for op in plan.ops:
+            if op.handle is not None:
+                self._preparer.discard(op.handle)

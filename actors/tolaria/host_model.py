@@ -1,0 +1,125 @@
+"""The host model tolaria.host_model names, built on the CPU, and TolariaConfigError for a tolaria key that is unusable.
+
+A built-in host or a user's ``module:factory``; a user model's lazy modules get their parameters from one dry forward.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from esper.nn.hosts import CNN1dHost, MLPHost
+from esper.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from schemas.config import TolariaConfig
+
+
+class TolariaConfigError(ConfigError):
+    """Raised when the tolaria section names something that cannot be used: a ``module:factory`` host model that
+    does not import, fails, or returns no nn.Module, or a data set file that is missing or malformed. One line,
+    naming the config key and value."""
+
+
+def load_factory(spec: str) -> Callable[[], object]:
+    """Import ``package.module:factory`` and return the factory.
+
+    Raises:
+        TolariaConfigError: the module does not import or has no such callable.
+    """
+    module_name, _, attr = spec.partition(":")
+    who = f"tolaria.host_model = {spec!r}"
+    try:
+        module = importlib.import_module(module_name)
+    # Any import failure is the user's config problem, reported in one line; a module that calls sys.exit() or raises
+    # KeyboardInterrupt as it imports (on a worker thread: not a Ctrl-C) would otherwise end the run without a word.
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {_raised(err)}") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]  # getattr on a user module; callable() checked above
+
+
+def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The unwrapped host model on the CPU.
+
+    Raises:
+        TolariaConfigError: a user factory fails or returns something other than an nn.Module.
+    """
+    who = f"tolaria.host_model = {config.host_model!r}"
+    features = math.prod(input_shape)
+    try:
+        if config.host_model == "cnn1d":
+            return CNN1dHost(length=features, num_classes=num_classes)
+        if config.host_model == "mlp":
+            return MLPHost(in_features=features, num_classes=num_classes)
+    except ValueError as err:  # the data set does not suit the built-in host (too short a signal, one class)
+        data = f"the {config.dataset} data set ({features} features a sample, {num_classes} classes)"
+        raise TolariaConfigError(f"{who}: cannot be built for {data}: {err}") from err
+    factory = load_factory(config.host_model)
+    try:
+        model = factory()
+    except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
+        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
+    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
+    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
+    except (Exception, KeyboardInterrupt) as err:
+        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
+    if not isinstance(model, nn.Module):
+        raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
+    _materialise_lazy(model, input_shape, who)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TolariaConfigError(f"{who}: the model has no trainable parameter (none requires grad)")
+    return model
+
+
+def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
+    """Give a model's lazy modules (``nn.LazyLinear``, ...) their parameters with one eval-mode forward on a batch of
+    two zero samples of the data's shape, as PyTorch's own dry run does: the parameter count, the slot shapes and the
+    optimizer all need real tensors. Their initialisation draws from torch's global RNG right after the factory's own
+    draws, so every build from the same seed (the check, the run's, each restore and a resume) makes the same weights.
+
+    Raises:
+        TolariaConfigError: the forward fails, or leaves a parameter or buffer uninitialised (a lazy module it never
+            calls).
+    """
+    if not _lazy_tensors(model):
+        return
+    batch = torch.zeros(2, *input_shape)
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics, no dropout draws: only the lazy modules' initialisation uses the RNG
+    try:
+        with torch.no_grad():
+            model(batch)
+    # Whatever the user's forward raises, KeyboardInterrupt and SystemExit included (see host_slots.fitting_shapes).
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        raise TolariaConfigError(
+            f"{who}: the model's lazy modules could not be initialised by a forward on a batch of shape"
+            f" {list(batch.shape)}: {_raised(err)}"
+        ) from err
+    finally:
+        model.train(was_training)
+    left = _lazy_tensors(model)
+    if left:
+        raise TolariaConfigError(
+            f"{who}: {left[0]!r} is still uninitialised after a forward on a batch of shape {list(batch.shape)} (a lazy"
+            " module the forward never calls)"
+        )
+
+
+def _lazy_tensors(model: nn.Module) -> list[str]:
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, tensor in named if nn.parameter.is_lazy(tensor)]
+
+
+def _raised(err: BaseException) -> str:
+    """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
