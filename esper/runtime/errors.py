@@ -31,12 +31,13 @@ EsperError
 Leaves that subsystems add next to their code (never a second root):
 - BusUnavailable: ReplyError (esper.runtime.bus_redis: a reply it cannot read, such as a value another writer stored)
 - ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
-- EsperError: CheckpointError (actors.tolaria.checkpoints), LifecycleError > IllegalTransition, TransitionOrderError,
-  UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError, ArtifactNotFound, BlueprintUnavailable,
-  BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined, ArtifactFailed, ModuleMismatch,
-  FetchBudgetExceeded (actors.urza.artifact), MetricsFileError (actors.nissa.csv_writer), ReportInputError
-  (esper.report), LogFileInUse (esper.logs), JournalCorrupt (actors.kasmina.journal), JournalTampered
-  (actors.kasmina.journal_check), PolicyRestarting (also RuntimeError; actors.tamiyo.gnn_state)
+- EsperError: CheckpointError (actors.tolaria.checkpoint_codec), LifecycleError > IllegalTransition,
+  TransitionOrderError, UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
+  ArtifactNotFound, BlueprintUnavailable, BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined,
+  ArtifactFailed, ModuleMismatch, FetchBudgetExceeded (actors.urza.artifact), MetricsFileError
+  (actors.nissa.csv_writer), ReportInputError (esper.report), LogFileInUse (esper.logs), JournalCorrupt
+  (actors.kasmina.journal), JournalTampered (actors.kasmina.journal_check), PolicyRestarting (also RuntimeError;
+  actors.tamiyo.gnn_state)
 esper.nn may not import this module (it is pure torch), so its misuse errors are plain ValueError subclasses:
 SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, DatasetError.
 """
