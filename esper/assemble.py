@@ -1,4 +1,4 @@
-"""Building a run's subsystems from its config: data and slot probe, Urza's store, Karn's candidates, the child specs.
+"""Building a run's subsystems from its config: the child specs in start order, Tolaria's wiring, the pipeline drain.
 
 Only esper.run calls ``assemble``; the routes between the actors are in esper.wiring.
 """
@@ -8,21 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import anyio
 import msgspec
 import structlog
-import torch
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
-from actors.kasmina.lifecycle_settings import EvidenceCadence
 from actors.kasmina.spec import kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
@@ -30,139 +25,50 @@ from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME
 from actors.tamiyo.heuristic import HeuristicConfig
-from actors.tamiyo.policy import BlueprintCandidate
 from actors.tamiyo.spec import tamiyo_spec
-from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep, resume_state
-from actors.tamiyo.stop_state import STOP_STATE_FILENAME, StopStateDamaged, read_stop_state, write_stop_state
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep
+from actors.tamiyo.stop_state import write_stop_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
-from actors.tolaria.build import batch_plan, build_trainee, load_data
-from actors.tolaria.checkpoints import CheckpointError, read_manifest
-from actors.tolaria.validation import validation_batch_count
+from actors.tolaria.build import batch_plan
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
-from actors.urza.store import UrzaStore
-from esper.nn.blueprints import default_catalogue, param_count
-from esper.resume import SEED_KEY, check_checkpoint_fits, resume_point
+from esper.assemble_inputs import candidates, evidence_cadence, open_store, probe
+from esper.nn.blueprints import default_catalogue
+from esper.resume import check_checkpoint_fits
 from esper.run_history import slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
 from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint
+from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
-from schemas.domain_enums import BlendMode, TelemetryLevel
+from schemas.domain_enums import BlendMode
 from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
 from schemas.nissa import EvaluateAlerts
 from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
-from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from torch import nn
 
     from actors.tamiyo.state import TamiyoState
     from actors.tolaria.actor import TolariaCell
-    from esper.nn.blueprints import Catalogue, SlotShape
-    from esper.nn.data import DataSplits
+    from actors.urza.store import UrzaStore
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lanes
     from esper.runtime.supervisor import ChildSpec
     from esper.runtime.system import ActorSystem
     from schemas.boundary import Decision
-    from schemas.config import RunConfig, TolariaConfig
-    from schemas.kernels import BlueprintDescriptor as KarnDescriptor
-    from schemas.kernels import SlotKind
+    from schemas.config import RunConfig
     from schemas.state import SystemStatePacket
 
 _log = structlog.get_logger("esper.assemble")
-
-TAMIYO_STATE_FILE = STOP_STATE_FILENAME
-"""Tamiyo's exported state at the last stop, beside the checkpoints; ``--resume`` starts Tamiyo from it."""
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """What the run learns once at start: the data, the host's slots and its parameter count, and that of the seeds
-    ``tolaria.initial_seeds`` attach before step 0."""
-
-    data: DataSplits
-    slots: dict[str, SlotShape]
-    host_parameters: int
-    initial_seed_parameters: int
-    host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
-
-
-def probe(config: RunConfig, device: torch.device) -> Probe:
-    """Load the data and build the host once to read its slot shapes and prove it trains (the step loop reuses the
-    data). Blocking."""
-    data = load_data(config.tolaria)
-    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device, check_training=True)
-    tensors = {
-        key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
-        for key, value in trainee.model.state_dict().items()
-        if SEED_KEY not in key
-    }
-    return Probe(
-        data=data,
-        slots=dict(trainee.slot_shapes),
-        host_parameters=trainee.host_parameters,
-        initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
-        host_tensors=tensors,
-    )
-
-
-def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadence:
-    """When Tolaria's evidence reaches Kasmina's gates: a packet every ``state_every_steps`` (at epoch ends only when
-    0), the epoch's steps (G4's validation comes at epoch ends) and the validation batches of each epoch end (as
-    actors.tolaria.validation cuts the split); the command lag is kasmina_spec's ``lag_steps``."""
-    steps = batch_plan(tolaria, data).num_batches
-    every = tolaria.state_every_steps
-    return EvidenceCadence(
-        packet_every_steps=max(1, min(every, steps) if every else steps),
-        epoch_steps=steps,
-        validation_batches=validation_batch_count(data.val.num_samples),
-    )
-
-
-def candidates(
-    catalogue: Catalogue, karn: KarnCatalogue, policy: TierPolicy, slots: dict[str, SlotShape]
-) -> tuple[BlueprintCandidate, ...]:
-    """Karn's blueprints offered for the run's slot kinds, each with the slot kinds it fits and its size in every slot
-    of those kinds (a blueprint grafted into a slot of a kind it does not fit is refused)."""
-    kinds: dict[SlotKind, tuple[KarnDescriptor, ...]] = {}
-    for shape in slots.values():
-        if shape.kind not in kinds:
-            kinds[shape.kind] = karn.offered(shape.kind, policy)
-    fitting: dict[str, tuple[KarnDescriptor, list[SlotKind]]] = {}
-    for kind, offered in kinds.items():
-        for descriptor in offered:
-            fitting.setdefault(descriptor.blueprint_id, (descriptor, []))[1].append(kind)
-    out: list[BlueprintCandidate] = []
-    for blueprint_id, (descriptor, fits) in fitting.items():
-        blueprint = catalogue.get(blueprint_id)
-        per_slot = {
-            name: param_count(blueprint, shape, {}, fill_defaults=True)
-            for name, shape in slots.items()
-            if shape.kind in fits
-        }
-        out.append(
-            BlueprintCandidate(
-                blueprint_id=blueprint_id,
-                cost_tier=descriptor.cost_tier,
-                risk=descriptor.risk,
-                parameter_count=next(iter(per_slot.values())),
-                tier=descriptor.tier,
-                quarantine_only=descriptor.quarantine_only,
-                slot_kinds=tuple(fits),
-                slot_parameters=per_slot,
-            )
-        )
-    return tuple(out)
 
 
 @final
@@ -189,94 +95,6 @@ class Assembly:
     store: UrzaStore
     host_parameters: int
     initial_seed_parameters: int  # in every packet's and the training figures' seed parameters; not grown
-
-
-def _load_tamiyo_state(path: Path, policy: str) -> tuple[TamiyoState | None, str | None]:
-    """Tamiyo's state saved at the last stop and why it was refused: (None, None) when absent; (None, why) when it
-    fails its checksum, cannot be read or is the state of a policy other than ``policy`` (the run's: the resume
-    check refuses a changed tamiyo.policy, so such a file was made elsewhere, and the controller refused it at its
-    build, which ended the resume with exit 1). A warning says why, and the resume takes Tamiyo's journaled state
-    instead, as after a kill."""
-    try:
-        state = read_stop_state(path)
-    except StopStateDamaged as err:
-        _log.warning("tamiyo_state_unreadable", file=str(path), error=str(err))
-        return None, str(err)
-    if state is not None and state.policy != policy:
-        why = f"it is the state of policy {state.policy!r}, this run's tamiyo.policy is {policy!r}"
-        _log.warning("tamiyo_state_unreadable", file=str(path), error=why)
-        return None, why
-    return state, None
-
-
-def _tamiyo_resume_state(
-    checkpoints: Path, first_packet: int, policy: str
-) -> tuple[TamiyoState | None, str, int | None]:
-    """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step).
-    ``first_packet`` is the step of the run's first state packet: a checkpoint before it leaves the controller
-    nothing to restore. ``policy``: the run's tamiyo.policy, the only one whose state the controller takes.
-
-    Raises:
-        ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from; or the
-            stop state is damaged and the journal holds no state at or before the checkpoint to use instead; or the
-            journal's state is of another policy.
-    """
-    try:
-        step = resume_point(checkpoints) if checkpoints.is_dir() else None
-    except CheckpointError as err:
-        # Before any actor starts: otherwise the trainer fails to load, again at every restart.
-        raise ConfigError(
-            f"--resume {checkpoints.parent}: {err}; nothing to resume from (a new run needs another --run-dir)"
-        ) from err
-    graceful, damaged = _load_tamiyo_state(checkpoints / TAMIYO_STATE_FILE, policy)
-    state, source = resume_state(graceful, checkpoints / STATE_JOURNAL_FILENAME, step)
-    if state is not None and state.policy != policy:
-        # Only a journal written elsewhere holds one (each entry is checksummed): the controller would refuse it.
-        raise ConfigError(
-            f"--resume {checkpoints.parent}: {checkpoints / STATE_JOURNAL_FILENAME}: its controller state at or before"
-            f" step {step} is of policy {state.policy!r}, this run's tamiyo.policy is {policy!r}"
-        )
-    if damaged is not None and state is None and step is not None and step >= first_packet:
-        # The controller would start over beside a lifecycle that goes on: the seeds it grew, its cooldowns and the
-        # blueprints it was offered forgotten. Said and refused; removing the file accepts exactly that.
-        raise ConfigError(
-            f"--resume {checkpoints.parent}: {checkpoints / TAMIYO_STATE_FILE}: {damaged}, and"
-            f" {STATE_JOURNAL_FILENAME} holds no controller state at or before step {step} to use instead"
-            " (remove the file to resume with a fresh controller)"
-        )
-    return state, source, step
-
-
-RESUME_POINT = "esper.resume_point"
-
-
-def _resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> TelemetryEvent:
-    """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable; or, when
-    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run."""
-    if step is None:
-        return TelemetryEvent(
-            name=RESUME_POINT,
-            level=TelemetryLevel.WARNING,
-            description="no checkpoint to continue from: training starts again at step 0",
-        )
-    info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
-    if info is not None and info.epoch >= epochs and info.batch_index == 0:
-        # Killed after its last checkpoint, before its summary: the run's end is all that is left to do.
-        return TelemetryEvent(
-            name=RESUME_POINT,
-            level=TelemetryLevel.INFO,
-            description=(
-                f"finishing from step {step} ({info.file}, the end of epoch {info.epoch} of {epochs}): no step to"
-                " train; scoring the test split and writing the summary"
-            ),
-        )
-    where = ""
-    if info is not None:
-        batch = f"the start of epoch {info.epoch + 1}" if info.batch_index == 0 else f"epoch {info.epoch + 1}"
-        where = f" ({batch}, {info.file})"
-    return TelemetryEvent(
-        name=RESUME_POINT, level=TelemetryLevel.INFO, description=f"continuing from step {step}{where}"
-    )
 
 
 async def assemble(
@@ -312,7 +130,7 @@ async def assemble(
         await anyio.to_thread.run_sync(
             check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model
         )
-    store = await anyio.to_thread.run_sync(_open_store, config.urza.root)
+    store = await anyio.to_thread.run_sync(open_store, config.urza.root)
     with contextlib.ExitStack() as on_failure:
         # Closed if anything below fails or is cancelled (the session closes it once the run is over); a SQLite
         # connection's close is quick enough for the loop's thread.
@@ -322,7 +140,7 @@ async def assemble(
         state, state_source, resume_step = None, "fresh", None
         if resume:
             state, state_source, resume_step = await anyio.to_thread.run_sync(
-                _tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1, config.tamiyo.policy
+                tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1, config.tamiyo.policy
             )
         # A resumed controller is offered what the run offered at its first start: a blueprint another run marked
         # failed on the shared store since (its seeds are then built from the catalogue) or cleared since would make
@@ -350,7 +168,7 @@ async def assemble(
         slot_transitions = None
         if resume:
             epochs = config.tolaria.epochs
-            sink.emit(await anyio.to_thread.run_sync(_resume_point_event, checkpoints, resume_step, epochs))
+            sink.emit(await anyio.to_thread.run_sync(resume_point_event, checkpoints, resume_step, epochs))
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps
                 slot_transitions = slot_transitions_at(tally.earlier_slot_transitions, lag, resume_step)
@@ -561,31 +379,3 @@ class _CrashTamiyo:
         _log.warning("fault_injected", actor="tamiyo", step=packet.global_step)
         with contextlib.suppress(EsperError):
             self._routes.tamiyo_ref().tell_nowait(msgspec.structs.replace(packet, run_id="fault-injection"))
-
-
-def _open_store(root: str) -> UrzaStore:
-    """Urza's store at ``urza.root``. Blocking.
-
-    Raises:
-        ConfigError: one line naming the root and what is wrong (a directory that cannot be made, a catalogue that is
-            not a SQLite database or is locked past the busy timeout).
-    """
-    catalog = Path(root) / "catalog.sqlite"
-    try:
-        return UrzaStore(Path(root))
-    except sqlite3.DatabaseError as err:
-        if not os.access(root, os.W_OK) or (catalog.exists() and not os.access(catalog, os.W_OK)):
-            # SQLite says "unable to open database file" for a sound catalogue it may not write: not a damaged one.
-            raise ConfigError(
-                f"urza.root = {root!r}: the store is not writable ({err}); a run stores its compiled blueprints"
-                " there: make it writable or point urza.root elsewhere"
-            ) from err
-        hint = (
-            "another process holds it; retry when it is done"
-            if "locked" in str(err)
-            else "move it aside to start a new catalogue (Tezzeret stores every blueprint again; blueprint quarantines"
-            " recorded in it are lost) or point urza.root elsewhere"
-        )
-        raise ConfigError(f"urza.root = {root!r}: the catalogue {catalog} cannot be used ({err}); {hint}") from err
-    except OSError as err:
-        raise ConfigError(f"urza.root = {root!r}: the store cannot be opened: {err}") from err

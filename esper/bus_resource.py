@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, final
 
 from esper.runtime.bus import BusLimits
 from esper.runtime.bus_inproc import InProcessBus
-from esper.runtime.bus_redis import open_redis_bus, redacted
+from esper.runtime.bus_redis import redacted
+from esper.runtime.bus_redis_open import open_redis_bus
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.decisions import Decision, add_decision, decision_entry
+from esper.report_digest import summary_lines, trained_through
+from esper.report_entries import SessionEnd, pause_event, restored_point, session_end, stage_event
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.report_receipts import Refusal, RefusalLog, took_effect
 from esper.run_dir import check_not_in_use
-from esper.run_files import SUMMARY_JSON, run_files
+from esper.run_files import run_files
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ConfigError, EsperError
-from esper.summary_table import seed_outcomes, unapplied_note, unapplied_transitions
-from schemas.enums import SeedLifecycleStage
-from schemas.nissa import SEED_STAGE_EVENT_NAMES
+from esper.summary_table import unapplied_note, unapplied_transitions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,23 +59,6 @@ class RunData:
     live: bool = False  # a process's run still holds the directory (read mid-run)
     summary_problem: str | None = None  # why summary.json could not be read (a damaged one does not stop the report)
     summary_stale: str | None = None  # how summary.json came to be an earlier session's (see _summary_predates)
-
-
-def parse_stage(value: object) -> SeedLifecycleStage | None:
-    """A stage from its number or its name (any case); None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        try:
-            return SeedLifecycleStage(value)
-        except ValueError:
-            return None
-    if isinstance(value, str):
-        try:
-            return SeedLifecycleStage[value.strip().upper()]
-        except KeyError:
-            return None
-    return None
 
 
 def _cell(value: str) -> float | None:
@@ -112,77 +95,6 @@ def read_metrics(path: Path) -> list[MetricsRow]:
 
 def _cells(line: str) -> int:
     return len(next(csv.reader([line]), []))
-
-
-def stage_event(entry: dict[str, object]) -> StageEvent | None:
-    """The lifecycle transition in one events.jsonl entry, or None if it is not one (or lacks a field)."""
-    if entry.get("event") not in SEED_STAGE_EVENT_NAMES:
-        return None
-    slot, step, to_stage = entry.get("slot"), entry.get("step"), parse_stage(entry.get("to_stage"))
-    if not isinstance(slot, str) or not isinstance(step, int) or isinstance(step, bool) or to_stage is None:
-        return None
-    seed_id, blueprint_id = entry.get("seed_id"), entry.get("blueprint_id")
-    return StageEvent(
-        step=step,
-        slot=slot,
-        to_stage=to_stage,
-        from_stage=parse_stage(entry.get("from_stage")),
-        seed_id=seed_id if isinstance(seed_id, str) else None,
-        blueprint_id=blueprint_id if isinstance(blueprint_id, str) else None,
-    )
-
-
-def pause_event(entry: dict[str, object]) -> PauseEvent | None:
-    """The pause or resume an accepted command put into effect, from its ``command_result`` line; else None."""
-    if entry.get("event") != "command_result" or entry.get("accepted") is not True:
-        return None
-    kind, step, seed_id = entry.get("kind"), entry.get("applied_step"), entry.get("seed_id")
-    if kind not in ("pause", "resume") or not isinstance(step, int) or isinstance(step, bool):
-        return None
-    if not isinstance(seed_id, str):
-        return None
-    return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
-
-
-class Restored(NamedTuple):
-    """A ``lifecycle_restored`` line: the lifecycle went back to the boundary of ``step`` (see LifecycleRestored)."""
-
-    step: int
-    lag_steps: int
-
-    def undoes(self, transition_step: int) -> bool:
-        """Whether a transition planned to take effect at ``transition_step`` was undone."""
-        return transition_step - self.lag_steps > self.step
-
-
-def restored_point(entry: dict[str, object]) -> Restored | None:
-    """The step a ``lifecycle_restored`` entry went back to, with its lag; else None."""
-    if entry.get("event") != "lifecycle_restored":
-        return None
-    step, lag = entry.get("step"), entry.get("lag_steps")
-    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(lag, int) or isinstance(lag, bool):
-        return None
-    return Restored(step, lag)
-
-
-class SessionEnd(NamedTuple):
-    """A ``run_finished`` line: how a session (or an attempt to start one) ended."""
-
-    status: str | None
-    error: str | None
-    duration_s: float | None  # set when the session wrote its summary.json; None when it ended without one
-
-
-def session_end(entry: dict[str, object]) -> SessionEnd | None:
-    """The ``run_finished`` line's ending, or None for any other entry."""
-    if entry.get("event") != "run_finished":
-        return None
-    status, error, duration = entry.get("status"), entry.get("error"), entry.get("duration_s")
-    return SessionEnd(
-        status=status if isinstance(status, str) else None,
-        error=error if isinstance(error, str) else None,
-        duration_s=float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None,
-    )
 
 
 class RunEvents(NamedTuple):
@@ -404,70 +316,6 @@ def render_report(data: RunData) -> Path:
     path = data.run_dir / REPORT_PNG
     atomic_write_bytes(path, png)
     return path
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def summary_lines(data: RunData) -> list[str]:
-    """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
-    lines: list[str] = []
-    summary = data.summary
-    if data.live:  # any summary.json is an earlier session's (a --resume), or being written as the run ends
-        summary = None
-        lines.append(f"run {data.run_dir.name}: still running (figures so far)")
-    elif summary is not None and data.summary_stale is not None:
-        lines.append(
-            f"run {data.run_dir.name}: {data.summary_stale} (its {SUMMARY_JSON}, status {summary.get('status', '?')},"
-            " is an earlier session's); the figures below come from metrics.csv"
-        )
-        summary = None
-    elif summary is None and data.summary_problem is not None:
-        lines.append(f"run {data.run_dir.name}: {data.summary_problem}; the figures below come from metrics.csv")
-    elif summary is None:
-        lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
-    else:
-        lines.append(
-            f"run {summary.get('run_id', data.run_dir.name)}: status {summary.get('status', '?')}, "
-            f"exit code {summary.get('exit_code', '?')}, {summary.get('duration_s', '?')} s, "
-            f"dead letters {summary.get('dead_letters', '?')}"
-        )
-        if summary.get("error"):
-            lines.append(f"error: {summary['error']}")
-    if data.rows:
-        last = data.rows[-1]
-        lines.append(
-            f"epochs {len(data.rows)} (last epoch {_fmt(last.get('epoch'), 0)}, step {_fmt(last.get('step'), 0)}): "
-            f"train loss {_fmt(last.get('train_loss'))} acc {_fmt(last.get('train_accuracy'))}, "
-            f"val loss {_fmt(last.get('val_loss'))} acc {_fmt(last.get('val_accuracy'))}"
-        )
-    else:
-        lines.append("no epoch rows in metrics.csv")
-    # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
-    # summary). Without the last session's summary.json (a killed or live run) every transition counts.
-    last_step = trained_through(data)
-    # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
-    transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
-    counts = seed_outcomes(transitions, last_step)
-    # Every transition, a slot's embargo and reset included: the run's summary and the timeline's title count them so.
-    unapplied = unapplied_transitions((event.step for event in data.events), last_step)
-    if counts:
-        line = f"seeds {sum(counts.values())}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
-        if unapplied:
-            line += f" ({unapplied_note(unapplied, last_step)})"
-        lines.append(line)
-    return lines
-
-
-def trained_through(data: RunData) -> int | None:
-    """The run's last trained step, from its last session's summary.json; None for a live run, or one whose
-    summary.json is an earlier session's, damaged or missing (a killed run)."""
-    if data.live or data.summary_stale is not None:
-        return None
-    training = data.summary.get("training") if data.summary is not None else None
-    step = training.get("global_step") if isinstance(training, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
-from esper.config import RUN_FILE_KEYS, dotted_value, load_config
+from esper.config import load_config
+from esper.config_checks import RUN_FILE_KEYS, dotted_value
 from esper.run_key import KEY_FILE
 from esper.runtime.errors import ConfigError
 from esper.runtime.signing import command_signature_valid

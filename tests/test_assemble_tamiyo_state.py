@@ -12,14 +12,14 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-import esper.assemble
+import esper.tamiyo_resume
 from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.outcomes import OutcomeState
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
 from actors.tamiyo.stop_state import StopStateDamaged, encode_stop_state, read_stop_state, write_stop_state
-from esper.assemble import TAMIYO_STATE_FILE, _load_tamiyo_state, _tamiyo_resume_state
 from esper.runtime.errors import ConfigError
+from esper.tamiyo_resume import TAMIYO_STATE_FILE, load_tamiyo_state, tamiyo_resume_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,7 +72,7 @@ def test_a_damaged_stop_state_is_refused_in_one_line(
         read_stop_state(path)
     assert "\n" not in str(refused.value)
     with capture_logs() as logs:
-        state, damaged = _load_tamiyo_state(path, "heuristic")
+        state, damaged = load_tamiyo_state(path, "heuristic")
     assert (state, damaged) == (None, str(refused.value))
     assert [(e["event"], e["log_level"], e["file"], e["error"]) for e in logs] == [
         ("tamiyo_state_unreadable", "warning", str(path), str(refused.value))
@@ -83,14 +83,14 @@ def test_an_unreadable_stop_state_is_a_warning_and_no_state(tmp_path: Path) -> N
     path = tmp_path / TAMIYO_STATE_FILE
     path.mkdir()  # a directory where the file should be: reading it fails
     with capture_logs() as logs:
-        assert _load_tamiyo_state(path, "heuristic") == (None, "cannot be read: Is a directory")
+        assert load_tamiyo_state(path, "heuristic") == (None, "cannot be read: Is a directory")
     assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
 
 
 def _checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> Path:
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    monkeypatch.setattr(esper.assemble, "resume_point", lambda _: step)
+    monkeypatch.setattr(esper.tamiyo_resume, "resume_point", lambda _: step)
     return checkpoints
 
 
@@ -100,7 +100,7 @@ def test_a_damaged_stop_state_resumes_from_the_journaled_state(tmp_path: Path, m
     journal = TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME)
     for step in (16, 32):
         anyio.run(journal.append, step, _state(step, decisions=step))
-    assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (
+    assert tamiyo_resume_state(checkpoints, 4, "heuristic") == (
         _state(48, decisions=7),
         "graceful_stop",
         48,
@@ -108,7 +108,7 @@ def test_a_damaged_stop_state_resumes_from_the_journaled_state(tmp_path: Path, m
     path = checkpoints / TAMIYO_STATE_FILE
     path.write_bytes(_flip_a_digit(path.read_bytes()))
     with capture_logs() as logs:
-        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
+        assert tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
     assert [e["event"] for e in logs] == ["tamiyo_state_unreadable"]
 
 
@@ -119,7 +119,7 @@ def test_a_damaged_stop_state_with_no_journaled_state_is_a_one_line_error(
     path = checkpoints / TAMIYO_STATE_FILE
     path.write_bytes(encode_stop_state(_state(48, decisions=7))[:-20])
     with pytest.raises(ConfigError) as refused:
-        _tamiyo_resume_state(checkpoints, 4, "heuristic")
+        tamiyo_resume_state(checkpoints, 4, "heuristic")
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith(f"--resume {checkpoints.parent}: {path}: not a checksummed controller state")
@@ -128,7 +128,7 @@ def test_a_damaged_stop_state_with_no_journaled_state_is_a_one_line_error(
         " (remove the file to resume with a fresh controller)"
     )
     path.unlink()  # the operator's choice: a fresh controller (the resume's tamiyo_state_behind warning says so)
-    assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 48)
+    assert tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 48)
 
 
 def test_a_damaged_stop_state_before_the_first_packet_costs_nothing(
@@ -138,7 +138,7 @@ def test_a_damaged_stop_state_before_the_first_packet_costs_nothing(
     checkpoints = _checkpoints(tmp_path, monkeypatch, step=2)
     (checkpoints / TAMIYO_STATE_FILE).write_bytes(b"{")
     with capture_logs():
-        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 2)
+        assert tamiyo_resume_state(checkpoints, 4, "heuristic") == (None, "fresh", 2)
 
 
 def test_a_stop_state_of_another_policy_is_passed_over_for_the_journaled_state(
@@ -151,7 +151,7 @@ def test_a_stop_state_of_another_policy_is_passed_over_for_the_journaled_state(
     write_stop_state(path, msgspec.structs.replace(_state(48, decisions=7), policy="gnn"))
     anyio.run(TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME).append, 32, _state(32, decisions=32))
     with capture_logs() as logs:
-        assert _tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
+        assert tamiyo_resume_state(checkpoints, 4, "heuristic") == (_state(32, decisions=32), "journal", 48)
     why = "it is the state of policy 'gnn', this run's tamiyo.policy is 'heuristic'"
     assert [(e["event"], e["file"], e["error"]) for e in logs] == [("tamiyo_state_unreadable", str(path), why)]
 
@@ -163,7 +163,7 @@ def test_a_journaled_state_of_another_policy_is_a_one_line_refusal(
     journal = checkpoints / STATE_JOURNAL_FILENAME
     anyio.run(TamiyoStateJournal(journal).append, 32, msgspec.structs.replace(_state(32), policy="gnn"))
     with pytest.raises(ConfigError) as refused:
-        _tamiyo_resume_state(checkpoints, 4, "heuristic")
+        tamiyo_resume_state(checkpoints, 4, "heuristic")
     assert str(refused.value) == (
         f"--resume {checkpoints.parent}: {journal}: its controller state at or before step 48 is of policy 'gnn',"
         " this run's tamiyo.policy is 'heuristic'"

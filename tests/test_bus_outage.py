@@ -17,7 +17,8 @@ import structlog
 from actors.oona.housekeeping import trimmer
 from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import Topic
-from esper.runtime.bus_redis import RedisBus, open_redis_bus, redis_client
+from esper.runtime.bus_redis import RedisBus
+from esper.runtime.bus_redis_open import open_redis_bus, redis_client
 from esper.runtime.errors import BusUnavailable
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
-from esper.runtime.bus_redis import RedisBus, open_redis_bus, schema_message_types
+from esper.runtime.bus_redis import RedisBus, schema_message_types
+from esper.runtime.bus_redis_open import open_redis_bus
 from esper.runtime.errors import BusUnavailable, PayloadTooLarge
 from schemas.base import Message
 from schemas.enums import BusMessageType, EmergencyLevel, MessagePriority
@@ -229,8 +230,8 @@ async def test_any_client_error_mid_run_is_the_bus_unavailable(
     async def garbled(*_args: object, **_kwargs: object) -> object:
         raise redis.exceptions.InvalidResponse("Protocol Error: b'HTTP/1.1 400 Bad Request'")
 
-    for name in list(bus._scripts):
-        monkeypatch.setitem(bus._scripts, name, garbled)
+    for name in list(bus._scripts.by_name):
+        monkeypatch.setitem(bus._scripts.by_name, name, garbled)
     with pytest.raises(BusUnavailable, match=r"did not answer: InvalidResponse: Protocol Error"):
         await bus.publish(Topic.NORMAL, Ping(n=1), message_type=BusMessageType.TELEMETRY)
     await bus.close()

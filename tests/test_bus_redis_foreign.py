@@ -12,7 +12,8 @@ import structlog
 from actors.oona.housekeeping import trimmer
 from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
-from esper.runtime.bus_redis import RedisBus, ReplyError, schema_message_types
+from esper.runtime.bus_redis import RedisBus, schema_message_types
+from esper.runtime.bus_redis_reply import ReplyError
 from esper.runtime.errors import BusUnavailable
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from actors.nissa.alerts import DEFAULT_RULES, alert_rules
-from esper.config import apply_overrides, dump_config, inert_settings, parse_config
+from esper.config import apply_overrides, dump_config, parse_config
+from esper.config_checks import inert_settings
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
 from schemas.config import INERT_KEYS, RunConfig

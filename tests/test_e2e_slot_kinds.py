@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy
-from esper.assemble import candidates
+from esper.assemble_inputs import candidates
 from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.run import start
 from schemas.config import KarnConfig

@@ -18,7 +18,7 @@ from actors.kasmina.evidence import (
 from actors.kasmina.lifecycle import SeedLifecycle
 from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings
 from actors.kasmina.spec import lifecycle_settings
-from esper.assemble import evidence_cadence
+from esper.assemble_inputs import evidence_cadence
 from esper.nn.data import DataSplits, TensorPair
 from schemas.config import KasminaConfig, TolariaConfig
 from schemas.enums import BreakerState

@@ -8,18 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.report import (
-    ReportInputError,
-    curves_from,
-    load_run,
-    parse_stage,
-    pause_event,
-    read_metrics,
-    read_stage_events,
-    render_report,
-    stage_event,
-    summary_lines,
-)
+from esper.report import ReportInputError, curves_from, load_run, read_metrics, read_stage_events, render_report
+from esper.report_digest import summary_lines
+from esper.report_entries import parse_stage, pause_event, stage_event
 from esper.report_plot import PauseEvent, StageEvent
 from esper.report_timeline import paused_spans, seed_lanes
 from schemas.enums import SeedLifecycleStage as Stage

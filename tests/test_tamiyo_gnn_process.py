@@ -15,7 +15,7 @@ import pytest
 import structlog
 import torch
 
-from actors.tamiyo import gnn_process
+from actors.tamiyo import gnn_process, gnn_wire
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_process import RemoteGnnPolicy
 from actors.tamiyo.gnn_state import PolicyRestarting
@@ -299,14 +299,14 @@ def test_an_answer_cut_off_after_its_header_times_out_instead_of_blocking() -> N
     every later step (a missed plan each) and the run's stop with it."""
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb", buffering=0) as source, os.fdopen(write_fd, "wb", buffering=0) as sink:
-        sink.write(gnn_process._LENGTH.pack(100) + b"0123456789")
+        sink.write(gnn_wire.LENGTH.pack(100) + b"0123456789")
         with pytest.raises(TimeoutError, match="90 bytes of the frame still to come"):
-            gnn_process._recv(source, stall_s=0.05)
+            gnn_wire.recv(source, stall_s=0.05)
 
 
-@pytest.mark.parametrize("answer", [gnn_process._Answer(state=b"s"), gnn_process._Answer(decision=None, state=b"")])
+@pytest.mark.parametrize("answer", [gnn_wire.Answer(state=b"s"), gnn_wire.Answer(decision=None, state=b"")])
 def test_an_answer_without_its_decision_or_state_fails_the_decision_not_the_actor(
-    answer: gnn_process._Answer, monkeypatch: pytest.MonkeyPatch
+    answer: gnn_wire.Answer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checked with asserts: the AssertionError crashed Tamiyo (and restarted the trainer with it), every time, until
     the run failed; under ``python -O`` decide returned None. It is a failed decision the fallback makes instead."""
@@ -369,7 +369,7 @@ def test_abort_start_kills_a_worker_still_starting_and_starts_no_other() -> None
 # A worker that writes its first decision's answer twice (frame 1 is its ready message), in the first process only.
 _DOUBLING_WORKER = """
 import os, sys
-from actors.tamiyo import gnn_process
+from actors.tamiyo import gnn_worker
 
 class Doubling:
     def __init__(self, raw):
@@ -387,7 +387,7 @@ first = not os.path.exists(sys.argv[1])
 open(sys.argv[1], "a").close()
 frames = os.fdopen(os.dup(1), "wb", buffering=0)
 os.dup2(2, 1)
-gnn_process._serve(os.fdopen(0, "rb", buffering=0), Doubling(frames) if first else frames)
+gnn_worker.serve(os.fdopen(0, "rb", buffering=0), Doubling(frames) if first else frames)
 """
 
 

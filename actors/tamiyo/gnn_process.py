@@ -12,7 +12,7 @@ export_state / import_state answer locally and exactly, and a worker that dies l
 flight (the actor counts it as a failed inference and falls back). The parent does no tensor work per decision: its
 lane thread only encodes the observation and waits.
 
-The worker is ``python -m actors.tamiyo.gnn_process`` (a fresh interpreter, so a user's unguarded script is never
+The worker is ``python -m actors.tamiyo.gnn_worker`` (a fresh interpreter, so a user's unguarded script is never
 imported again, as multiprocessing's spawn would). Wire: length-prefixed msgspec msgpack frames on its stdin and
 stdout (its own prints go to stderr); the weights go across once, in the first frame, as safetensors bytes whose
 SHA-256 the worker checks against the digest before building the policy. Nothing is pickled.
@@ -22,26 +22,26 @@ from __future__ import annotations
 
 import os
 import select
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, final
+from typing import IO, TYPE_CHECKING, final
 
 import msgspec
 import structlog
-import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
 from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyRestarting, PolicyWorker
-from actors.tamiyo.policy import Decision, Observation
-from esper.nn.policy_gnn import TamiyoGNN, TamiyoGNNConfig
-from esper.nn.policy_graph import GraphCaps
-from schemas.control import BlendConfig
+from actors.tamiyo.gnn_wire import ANSWER, ENCODE, STATE, Answer, Close, Decide, Setup, recv, send
+
+if TYPE_CHECKING:
+    from actors.tamiyo.gnn_policy import GnnPolicy
+    from actors.tamiyo.policy import Decision, Observation
+    from esper.nn.policy_gnn import TamiyoGNN
+    from esper.nn.policy_graph import GraphCaps
+    from schemas.control import BlendConfig
 
 __all__ = ["RemoteGnnPolicy"]
 
@@ -55,167 +55,31 @@ _ANSWER_TIMEOUT_S = 0.5
 # A restarted worker imports torch and builds its network (seconds); one not ready after this is hung in its start-up
 # and is killed, so the next decide starts another (the fallback decides meanwhile, and says so).
 _RESTART_READY_S = 60.0
-_LENGTH = struct.Struct(">I")
-
-
-def _send(out: IO[bytes], payload: bytes) -> None:
-    out.write(_LENGTH.pack(len(payload)) + payload)
-    out.flush()
-
-
-def _recv(source: IO[bytes], stall_s: float | None = None) -> bytes:
-    """One length-prefixed frame.
-
-    Raises:
-        EOFError: the other side closed (or died) before a whole frame.
-        TimeoutError: with ``stall_s``, no byte came for that long in the middle of the frame (a worker that wrote a
-            header and stopped held the policy lane, and every later step, for good).
-    """
-    header = _read_exact(source, _LENGTH.size, stall_s)
-    return _read_exact(source, _LENGTH.unpack(header)[0], stall_s)
-
-
-def _read_exact(source: IO[bytes], size: int, stall_s: float | None = None) -> bytes:
-    chunks: list[bytes] = []
-    while size:
-        if stall_s is not None and not select.select([source], [], [], stall_s)[0]:
-            raise TimeoutError(f"no data for {stall_s} s with {size} bytes of the frame still to come")
-        chunk = source.read(size)
-        if not chunk:
-            raise EOFError("pipe closed")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-class _Setup(msgspec.Struct, frozen=True):
-    hidden: int
-    gat_hidden: int
-    heads: int
-    dropout: float
-    weights: bytes
-    weights_digest: str
-    blueprint_ids: tuple[str, ...]
-    layer_types: tuple[str, ...]
-    activations: tuple[str, ...]
-    max_layers: int
-    max_seeds: int
-    max_blueprints: int
-    normaliser_alpha: float
-    version: str
-    blend: BlendConfig
-    max_ramp_steps: int
-    lr_delta_bound: float
-    num_threads: int | None
-
-
-class _Decide(msgspec.Struct, frozen=True, tag="decide"):
-    observation: Observation
-    state: GnnPolicyState | None = None  # a state the parent imported since the last request
-    request: int = 0  # numbered by _call and echoed in the answer: an answer to another request is refused
-
-
-class _Close(msgspec.Struct, frozen=True, tag="close"):
-    pass
-
-
-class _Answer(msgspec.Struct, frozen=True):
-    request: int = 0  # the _Decide's it answers; 0 for the ready message (or the setup's failure)
-    decision: Decision | None = None
-    # The worker's state after the request, left encoded: the parent decodes it only when exported.
-    state: bytes = b""  # msgpack of a GnnPolicyState; empty when there is none
-    error: str | None = None
-
-
-_REQUEST = msgspec.msgpack.Decoder(_Decide | _Close)
-_ANSWER = msgspec.msgpack.Decoder(_Answer)
-_STATE = msgspec.msgpack.Decoder(GnnPolicyState)
-_SETUP = msgspec.msgpack.Decoder(_Setup)
-_ENCODE = msgspec.msgpack.Encoder()
+_WORKER = "actors.tamiyo.gnn_worker"
 _log = structlog.get_logger("actors.tamiyo")
-
-
-def _build(setup: _Setup, model: TamiyoGNN) -> GnnPolicy:
-    return GnnPolicy(
-        model,
-        registries=registries_for(setup.blueprint_ids, setup.layer_types, setup.activations),
-        weights_digest=setup.weights_digest,
-        caps=GraphCaps(max_layers=setup.max_layers, max_seeds=setup.max_seeds, max_blueprints=setup.max_blueprints),
-        normaliser_alpha=setup.normaliser_alpha,
-        version=setup.version,
-        blend=setup.blend,
-        max_ramp_steps=setup.max_ramp_steps,
-        lr_delta_bound=setup.lr_delta_bound,
-    )
-
-
-def _serve(source: IO[bytes], out: IO[bytes]) -> None:
-    """The worker's loop: build the policy from the first frame, answer requests until Close or end of input."""
-    try:
-        setup = _SETUP.decode(_recv(source))
-    except EOFError:
-        return  # the parent went away before asking for anything
-    try:
-        if setup.num_threads is not None:
-            torch.set_num_threads(setup.num_threads)
-        config = TamiyoGNNConfig(setup.hidden, setup.gat_hidden, setup.heads, setup.dropout)
-        model = TamiyoGNN(config)
-        model.load_state_dict(load_safetensors(setup.weights), strict=True)
-        model.eval()
-        if weights_sha256(model) != setup.weights_digest:
-            raise ValueError("the weights received do not match their SHA-256 digest")
-        policy = _build(setup, model)
-        policy.warm_up()
-    except Exception as err:  # noqa: BLE001  # any failure is reported to the parent, which raises it where it waits
-        _send(out, _ENCODE.encode(_Answer(error=f"{type(err).__name__}: {err}")))
-        return
-    _send(out, _ENCODE.encode(_Answer(state=_ENCODE.encode(policy.export_state()))))
-    while True:
-        try:
-            request = _REQUEST.decode(_recv(source))
-        except EOFError:
-            return
-        if isinstance(request, _Close):
-            return
-        try:
-            if request.state is not None:
-                policy.import_state(request.state)
-            with torch.inference_mode():
-                decision = policy.decide(request.observation)
-            answer = _Answer(request=request.request, decision=decision, state=_ENCODE.encode(policy.export_state()))
-        except Exception as err:  # noqa: BLE001  # one bad decision is the parent's failed inference, not the worker's end
-            answer = _Answer(request=request.request, error=f"{type(err).__name__}: {err}")
-        _send(out, _ENCODE.encode(answer))
-
-
-def _main() -> None:
-    # Frames own the real stdout; anything else printed in this process goes to stderr instead of corrupting them.
-    frames = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    _serve(os.fdopen(0, "rb", buffering=0), frames)
 
 
 def _send_quietly(out: IO[bytes], payload: bytes) -> None:
     # A worker that dies while reading its setup is found dead by the next decide, which restarts it.
     try:
-        _send(out, payload)
+        send(out, payload)
     except (OSError, ValueError):
         pass
 
 
 def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
-    # A fresh interpreter running this module (not multiprocessing): nothing of the parent's __main__ is re-imported,
-    # so an unguarded user script that embeds Esper does not start itself again. Its own session: a terminal's Ctrl-C
-    # goes to the whole foreground process group, and the worker must outlive it while the run stops gracefully
-    # (Tamiyo still decides on the packets queued before the stop); it ends when told to, or at the end of its input
-    # when this process dies.
+    # A fresh interpreter running the worker module (not multiprocessing): nothing of the parent's __main__ is
+    # re-imported, so an unguarded user script that embeds Esper does not start itself again. Its own session: a
+    # terminal's Ctrl-C goes to the whole foreground process group, and the worker must outlive it while the run stops
+    # gracefully (Tamiyo still decides on the packets queued before the stop); it ends when told to, or at the end of
+    # its input when this process dies.
     # -P: the working directory is not put on the path, so a local package named like ours (``actors``) is never
     # imported in its place; this checkout's root goes first on PYTHONPATH instead.
     root = str(Path(__file__).resolve().parents[2])
     inherited = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": root if not inherited else f"{root}{os.pathsep}{inherited}"}
     process = subprocess.Popen(
-        [sys.executable, "-P", "-m", __name__],
+        [sys.executable, "-P", "-m", _WORKER],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -258,7 +122,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._local = policy
         initial = policy.export_state()
         cfg = model.config
-        setup = _Setup(
+        setup = Setup(
             hidden=cfg.hidden,
             gat_hidden=cfg.gat_hidden,
             heads=cfg.heads,
@@ -279,14 +143,14 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             num_threads=num_threads,
         )
         self._process, self._to_worker, self._from_worker = _spawn()
-        self._setup_message = _ENCODE.encode(setup)
+        self._setup_message = ENCODE.encode(setup)
         self._setup = self._setup_message  # sent once per worker, at its first wait
         self._lock = threading.Lock()
         self._setup_sender: threading.Thread | None = None
         self._ready = False
         self._closed = False
         self._aborted = False
-        self._state_raw = _ENCODE.encode(initial)
+        self._state_raw = ENCODE.encode(initial)
         self._pending: GnnPolicyState | None = None
         self._restarted_at = 0.0
         self._requests = 0
@@ -303,7 +167,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     def export_state(self) -> GnnPolicyState:
         """The state after the last decision (or the last import); between decisions only, as GnnPolicy's."""
         with self._lock:
-            return self._pending if self._pending is not None else _STATE.decode(self._state_raw)
+            return self._pending if self._pending is not None else STATE.decode(self._state_raw)
 
     def import_state(self, state: GnnPolicyState) -> None:
         """As GnnPolicy.import_state: checked here (ValueError, nothing changes); the worker gets it with the next
@@ -311,7 +175,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         with self._lock:
             self._local.import_state(state)
             self._pending = state
-            self._state_raw = _ENCODE.encode(state)
+            self._state_raw = ENCODE.encode(state)
 
     def wait_ready(self) -> None:
         """Block until the worker has built and warmed up its network (a dead one is restarted first, as decide
@@ -343,7 +207,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_RESTART_READY_S, starting=True)
                 raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
             self._await_ready(0.0 if self.restarts else None)
-            answer = self._call(_Decide(observation=observation, state=self._pending))
+            answer = self._call(Decide(observation=observation, state=self._pending))
             # Not asserts: an AssertionError crashed the actor (and restarted the trainer with it), and under
             # ``python -O`` the decide returned None.
             if answer.decision is None or not answer.state:
@@ -375,7 +239,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 self._process.kill()
             else:
                 try:
-                    _send(self._to_worker, _ENCODE.encode(_Close()))
+                    send(self._to_worker, ENCODE.encode(Close()))
                 except (OSError, ValueError):
                     pass  # already gone
             try:
@@ -411,7 +275,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._setup = b""
         self._ready = False
         self._restarted_at = time.monotonic()
-        self._pending = _STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
+        self._pending = STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
         _log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=code, restarts=self.restarts)
 
     def _await_ready(self, timeout_s: float | None = None) -> None:
@@ -450,13 +314,13 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             raise RuntimeError("tamiyo gnn worker: malformed ready message")
         self._ready = True
 
-    def _call(self, request: _Decide) -> _Answer:
+    def _call(self, request: Decide) -> Answer:
         if self._closed:
             raise RuntimeError("tamiyo gnn worker: closed")
         self._requests += 1
         request = msgspec.structs.replace(request, request=self._requests)
         try:
-            _send(self._to_worker, _ENCODE.encode(request))
+            send(self._to_worker, ENCODE.encode(request))
         except (OSError, ValueError) as err:
             raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.poll()}") from err
         ready, _, _ = select.select([self._from_worker], [], [], _ANSWER_TIMEOUT_S)
@@ -467,7 +331,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             raise RuntimeError(f"tamiyo gnn worker: no answer within {_ANSWER_TIMEOUT_S} s; killed, to be restarted")
         return self._receive(request.request)
 
-    def _receive(self, request: int = 0) -> _Answer:
+    def _receive(self, request: int = 0) -> Answer:
         """The worker's answer to ``request`` (0: its ready message).
 
         Raises:
@@ -476,7 +340,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 killed, and the next decide starts another as for a dead one).
         """
         try:
-            answer = _ANSWER.decode(_recv(self._from_worker, _ANSWER_TIMEOUT_S))
+            answer = ANSWER.decode(recv(self._from_worker, _ANSWER_TIMEOUT_S))
         except TimeoutError as err:
             self._process.kill()  # the next decide finds it dead and starts another
             self._process.wait(_CLOSE_TIMEOUT_S)
@@ -505,7 +369,3 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         if answer.error is not None:
             raise RuntimeError(f"tamiyo gnn worker: {answer.error}")
         return answer
-
-
-if __name__ == "__main__":
-    _main()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from typing import TYPE_CHECKING, Union, final
 
@@ -16,7 +14,6 @@ from esper.runtime.bus import (
     TOPIC_LANES,
     BusLimits,
     BusStatistics,
-    DeadLetterInfo,
     Envelope,
     PublishResult,
     PublishStatus,
@@ -24,36 +21,33 @@ from esper.runtime.bus import (
     TopicStatistics,
     route,
 )
-from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
+from esper.runtime.bus_redis_reply import (
+    read_envelope,
+    reading,
+    reply_int,
+    reply_list,
+    reply_text,
+    topic_statistics,
+    zero_statistics,
+)
+from esper.runtime.bus_redis_scripts import RedisScripts
 from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
-from esper.runtime.errors import BusClosed, BusUnavailable, PayloadTooLarge, UnknownTopic
+from esper.runtime.errors import BusClosed, PayloadTooLarge, UnknownTopic
 from schemas.base import Message
-from schemas.enums import BusMessageType, MessagePriority
+from schemas.enums import MessagePriority
 from schemas.registry import message_types
 from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+    import asyncio
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
     from esper.runtime.clock import Clock
+    from schemas.enums import BusMessageType
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262144
-DEFAULT_TIMEOUT_S = 1.0
-"""How long a call waits for the server (connecting, or for its reply) before the call fails with BusUnavailable.
-The client's own default, 5 s, held the publisher that long per event on a hung server (stopped, accepting but never
-answering), so events piled up in its mailbox; every script answers in well under a millisecond when the server is
-well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
-
-
-class ReplyError(BusUnavailable):
-    """Raised when a Redis reply does not have the shape the backend's scripts return (a bug, or a value another
-    writer stored under the bus's keys). A BusUnavailable: the bus cannot be used, which the publisher's breaker and
-    housekeeping already take in their stride, whereas a plain ValueError crashed the publisher and with it the run."""
-
-
 _log = structlog.get_logger("esper.runtime.bus_redis")
 
 _PASSWORD = re.compile(r"://([^/@\s:]*):[^@\s/]*@")
@@ -63,38 +57,6 @@ _PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&\s#]*", re.IGNORECASE)  # r
 def schema_message_types() -> tuple[type[Message], ...]:
     """Every Message type of the schemas package: what a RedisBus decodes by default."""
     return message_types()
-
-
-@contextlib.contextmanager
-def _reading(script: str) -> Iterator[None]:
-    """Turn any failure to read a reply of ``script`` (a number that is none, an unknown topic or enum value, a short
-    array, a payload that is no Message) into ReplyError, one line naming the script."""
-    try:
-        yield
-    except ReplyError:
-        raise
-    except (ValueError, TypeError, IndexError, msgspec.DecodeError) as err:
-        raise ReplyError(f"malformed reply to the {script} script: {type(err).__name__}: {err}") from err
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    raise ReplyError(f"expected a bulk string in the Redis reply, got {type(value).__name__}")
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, bytes):
-        return int(value)
-    raise ReplyError(f"expected an integer in the Redis reply, got {type(value).__name__}")
-
-
-def _list(value: object) -> list[object]:
-    if isinstance(value, list):
-        return value
-    raise ReplyError(f"expected an array in the Redis reply, got {type(value).__name__}")
 
 
 @final
@@ -151,19 +113,11 @@ class RedisBus:
                 f"need max_payload_bytes >= 1 and 0 < poll_min_s <= poll_max_s, got "
                 f"{max_payload_bytes}, {poll_min_s}, {poll_max_s}"
             )
-        # Imported here: redis is an optional dependency, and a RedisBus exists only where it is installed.
-        import redis.exceptions
-
-        # A server that refuses the call (out of memory under noeviction, a read-only replica, a failed snapshot) is
-        # as unusable as one that does not answer: the publisher's breaker opens and training goes on.
-        self._refusing = redis.exceptions.ResponseError
-        # Every other client error too: a timeout, or something at the address that does not speak Redis
-        # (InvalidResponse), must not crash the publisher (a restart of it restarted the trainer with it).
-        self._unreachable = redis.exceptions.RedisError
         self._clock = clock
         self._client = client
         self._prefix = prefix
         self._limits = limits if limits is not None else BusLimits()
+        self._scripts = RedisScripts(clock, client, prefix=prefix, limits=self._limits)
         names = {*topics, Topic.DEAD_LETTER}
         self._topics = frozenset(topic for topic in Topic if topic in names)
         types = tuple(dict.fromkeys(message_types if message_types is not None else schema_message_types()))
@@ -176,42 +130,13 @@ class RedisBus:
         self._max_payload_bytes = max_payload_bytes
         self._poll_min_s = poll_min_s
         self._poll_max_s = poll_max_s
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(source)
-            for name, source in (
-                ("publish", PUBLISH),
-                ("take", TAKE),
-                ("ack", ACK),
-                ("nack", NACK),
-                ("subscribe", SUBSCRIBE),
-                ("backlog", BACKLOG),
-                ("trim", TRIM),
-                ("stats", STATS),
-            )
-        }
-        self._header = [
-            prefix,
-            Topic.DEAD_LETTER.value,
-            "",  # the clock reading, filled per call
-            str(self._limits.depth_high),
-            str(self._limits.depth_recovery),
-            str(self._limits.capacity),
-            repr(self._limits.emergency_rate_per_min),
-            repr(self._limits.claim_idle_s),
-            str(self._limits.claim_batch),
-            str(self._limits.max_attempts),
-            repr(self._limits.ttl_s),
-            f"expired: older than ttl_s={self._limits.ttl_s}",
-        ]
-        self._stats: dict[Topic, TopicStatistics] = {topic: _zero(topic) for topic in self._topics}
+        self._stats: dict[Topic, TopicStatistics] = {topic: zero_statistics(topic) for topic in self._topics}
         self._closed = False
         self._receivers: set[asyncio.Future[None]] = set()
         self._publishers: set[asyncio.Future[None]] = set()
         # Bumped on every local event that may unblock a waiter, so a script reply that raced the event is retried.
         self._receive_epoch = 0
         self._space_epoch = 0
-        self._in_flight = 0
-        self._idle: set[asyncio.Future[None]] = set()
         self._repaired_values = 0
 
     @property
@@ -235,7 +160,7 @@ class RedisBus:
     @property
     def in_flight(self) -> int:
         """How many Redis round trips this object has started and not yet seen answered."""
-        return self._in_flight
+        return self._scripts.in_flight
 
     # ------------------------------------------------------------------ publish
 
@@ -273,12 +198,12 @@ class RedisBus:
         while True:
             self._check_open()
             epoch = self._space_epoch
-            raw = await self._run("publish", args)
-            with _reading("publish"):
-                reply = _list(raw)
+            raw = await self._scripts.run("publish", args)
+            with reading("publish"):
+                reply = reply_list(raw)
                 self._store_stats(reply[2])
-                status = PublishStatus(_text(reply[0])) if _text(reply[0]) != "wait" else None
-                message_id = None if reply[1] is None else _text(reply[1])
+                status = PublishStatus(reply_text(reply[0])) if reply_text(reply[0]) != "wait" else None
+                message_id = None if reply[1] is None else reply_text(reply[1])
             if status is not None:
                 if status is PublishStatus.PUBLISHED:
                     self._receive_epoch += 1
@@ -295,8 +220,8 @@ class RedisBus:
         if not group:
             raise ValueError("group must be non-empty")
         self._check_open()
-        raw = await self._run("subscribe", [group, *(topic.value for topic in ordered)])
-        with _reading("subscribe"):
+        raw = await self._scripts.run("subscribe", [group, *(topic.value for topic in ordered)])
+        with reading("subscribe"):
             self._store_stats(raw)
 
     async def receive(self, topics: Topic | Sequence[Topic], *, group: str, consumer: str) -> Envelope[Message]:
@@ -308,13 +233,15 @@ class RedisBus:
         while True:
             self._check_open()
             epoch = self._receive_epoch
-            raw = await self._run("take", args)
-            with _reading("take"):
-                reply = _list(raw)
+            raw = await self._scripts.run("take", args)
+            with reading("take"):
+                reply = reply_list(raw)
                 self._store_stats(reply[1])
-                buried = _int(reply[3])
-                envelope = None if reply[0] is None else self._envelope(_list(reply[0]), group, consumer)
-                claimable_s = None if reply[2] is None else float(_text(reply[2]))
+                buried = reply_int(reply[3])
+                envelope = (
+                    None if reply[0] is None else read_envelope(reply_list(reply[0]), self._decoder, group, consumer)
+                )
+                claimable_s = None if reply[2] is None else float(reply_text(reply[2]))
             if buried:
                 self._freed_space()
             if envelope is not None:
@@ -345,11 +272,11 @@ class RedisBus:
         self._check_open()
         group = delivered_group(envelope)
         self._check_topic(envelope.topic)
-        raw = await self._run("ack", [envelope.topic.value, group, envelope.message_id])
-        with _reading("ack"):
-            reply = _list(raw)
+        raw = await self._scripts.run("ack", [envelope.topic.value, group, envelope.message_id])
+        with reading("ack"):
+            reply = reply_list(raw)
             self._store_stats(reply[1])
-            acked = _int(reply[0]) == 1
+            acked = reply_int(reply[0]) == 1
         if acked:
             self._freed_space()
         return acked
@@ -358,11 +285,11 @@ class RedisBus:
         self._check_open()
         group = delivered_group(envelope)
         self._check_topic(envelope.topic)
-        raw = await self._run("nack", [envelope.topic.value, group, envelope.message_id, error])
-        with _reading("nack"):
-            reply = _list(raw)
+        raw = await self._scripts.run("nack", [envelope.topic.value, group, envelope.message_id, error])
+        with reading("nack"):
+            reply = reply_list(raw)
             self._store_stats(reply[1])
-            buried = _int(reply[0])
+            buried = reply_int(reply[0])
         if buried:
             self._freed_space()
             self._receive_epoch += 1
@@ -370,16 +297,16 @@ class RedisBus:
 
     async def backlog(self, topic: Topic, group: str) -> int:
         self._check_topic(topic)
-        raw = await self._run("backlog", [topic.value, group])
-        with _reading("backlog"):
-            return _int(raw)
+        raw = await self._scripts.run("backlog", [topic.value, group])
+        with reading("backlog"):
+            return reply_int(raw)
 
     async def trim_expired(self) -> int:
-        raw = await self._run("trim", [topic.value for topic in self._topics])
-        with _reading("trim"):
-            reply = _list(raw)
+        raw = await self._scripts.run("trim", [topic.value for topic in self._topics])
+        with reading("trim"):
+            reply = reply_list(raw)
             self._store_stats(reply[1])
-            trimmed = _int(reply[0])
+            trimmed = reply_int(reply[0])
         if trimmed:
             self._freed_space()
         return trimmed
@@ -404,20 +331,14 @@ class RedisBus:
 
     async def fetch_statistics(self) -> BusStatistics:
         """Read every topic's figures from Redis now (including other processes' work), then return statistics()."""
-        raw = await self._run("stats", [topic.value for topic in self._topics])
-        with _reading("stats"):
+        raw = await self._scripts.run("stats", [topic.value for topic in self._topics])
+        with reading("stats"):
             self._store_stats(raw)
         return self.statistics()
 
     async def wait_idle(self) -> None:
         """Return once no Redis round trip started by this object is in flight (a barrier for tests and shutdown)."""
-        while self._in_flight:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._idle.add(future)
-            try:
-                await future
-            finally:
-                self._idle.discard(future)
+        await self._scripts.wait_idle()
 
     async def close(self) -> None:
         """See Bus.close. Closes this object only: the streams stay on the server for other processes (purge())."""
@@ -441,76 +362,11 @@ class RedisBus:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _run(self, name: str, args: Sequence[str | bytes]) -> object:
-        self._in_flight += 1
-        try:
-            now = repr(float(self._clock.now()))
-            return await self._scripts[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
-        except self._refusing as err:
-            raise BusUnavailable(f"the Redis server refused the call: {err}") from err
-        except self._unreachable as err:
-            raise BusUnavailable(f"the Redis server did not answer: {type(err).__name__}: {err}") from err
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                wake(self._idle)
-
-    def _envelope(self, raw: list[object], group: str, consumer: str) -> Envelope[Message]:
-        topic, message_id, message_type, priority, published_at, data, attempts, last_error = raw[:8]
-        source, source_group, source_id, source_attempts = raw[8:12]
-        if not isinstance(data, bytes):
-            raise ReplyError(f"expected the payload as bytes, got {type(data).__name__}")
-        payload = self._decoder.decode(data)
-        if not isinstance(payload, Message):
-            raise ReplyError(f"payload of {_text(message_id)} decoded to {type(payload).__name__}, not a Message")
-        error = None if last_error is None else _text(last_error)
-        info = None
-        if source is not None and source_group is not None and source_id is not None and source_attempts is not None:
-            info = DeadLetterInfo(
-                topic=Topic(_text(source)),
-                group=_text(source_group),
-                message_id=_text(source_id),
-                attempts=_int(source_attempts),
-                reason=error or "",
-            )
-        return Envelope[Message](
-            message_id=_text(message_id),
-            topic=Topic(_text(topic)),
-            priority=MessagePriority(_int(priority)),
-            message_type=BusMessageType(_int(message_type)),
-            payload=payload,
-            published_at_s=float(_text(published_at)),
-            attempts=_int(attempts),
-            last_error=error,
-            group=group,
-            consumer=consumer,
-            dead_letter=info,
-        )
-
     def _store_stats(self, raw: object) -> None:
-        for row in _list(raw):
-            fields = _list(row)
-            topic = Topic(_text(fields[0]))
-            if topic not in self._topics:
-                continue
-            depth, pending, groups, shedding, *counters, repaired = (_int(value) for value in fields[1:13])
-            published, delivered, acked, dropped, dead, rate_dropped, expired = counters
+        for statistics, repaired in topic_statistics(raw, self._topics):
             if repaired:
-                self._repaired(topic, repaired)
-            self._stats[topic] = TopicStatistics(
-                topic=topic,
-                depth=depth,
-                pending=pending,
-                groups=groups,
-                shedding=bool(shedding),
-                published=published,
-                delivered=delivered,
-                acked=acked,
-                publish_dropped=dropped,
-                dead_letter_total=dead,
-                emergency_rate_dropped=rate_dropped,
-                expired_trimmed=expired,
-            )
+                self._repaired(statistics.topic, repaired)
+            self._stats[statistics.topic] = statistics
 
     def _repaired(self, topic: Topic, count: int) -> None:
         """The scripts found counters of ``topic`` that were not counts (another writer's values) and reset them."""
@@ -549,84 +405,7 @@ class RedisBus:
         await wait_woken(waiters, self._clock, deadline_s)
 
 
-def _zero(topic: Topic) -> TopicStatistics:
-    return TopicStatistics(
-        topic=topic,
-        depth=0,
-        pending=0,
-        groups=0,
-        shedding=False,
-        published=0,
-        delivered=0,
-        acked=0,
-        publish_dropped=0,
-        dead_letter_total=0,
-        emergency_rate_dropped=0,
-        expired_trimmed=0,
-    )
-
-
 def redacted(text: str) -> str:
     """``text`` with the password of every URL in it (``scheme://user:password@host`` or a ``?password=`` query
     parameter) replaced by ``***``."""
     return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD.sub(r"://\1:***@", text))
-
-
-@contextlib.asynccontextmanager
-async def open_redis_bus(
-    url: str,
-    clock: Clock,
-    *,
-    prefix: str,
-    topics: Iterable[Topic] = ALL_TOPICS,
-    limits: BusLimits | None = None,
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> AsyncIterator[RedisBus]:
-    """Connect to ``url`` (e.g. "redis://127.0.0.1:6379/0"), check the server answers, yield a RedisBus, then close
-    the bus and the client. Needs the optional ``redis`` dependency, imported here so the default install lacks it.
-    ``timeout_s``: see DEFAULT_TIMEOUT_S (the URL's ``socket_timeout`` wins).
-
-    Raises:
-        ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
-        ConnectionError: the server does not answer (the builtin, an OSError; the client's own error is chained).
-        ValueError: ``url`` is not a Redis URL, or the server refuses it (a database number it does not have).
-    """
-    # Imported here: redis is an optional dependency that only this backend needs.
-    import redis.exceptions
-
-    client = redis_client(url, timeout_s=timeout_s)  # ValueError: not a Redis URL
-    try:
-        try:
-            await client.ping()
-        except redis.exceptions.AuthenticationError as err:  # a ConnectionError to the client, but the server answered
-            raise ValueError(f"the server refused the credentials: {err}") from err
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
-            raise ConnectionError(str(err)) from err
-        except redis.exceptions.ResponseError as err:  # e.g. a database number the server does not have
-            raise ValueError(f"the server refused it: {err}") from err
-        except redis.exceptions.RedisError as err:  # something answers there, but not as a Redis server
-            raise ValueError(f"what answers there is not a Redis server ({type(err).__name__}: {err})") from err
-        except TypeError as err:  # a query parameter the client does not know reaches its connection only now
-            raise ValueError(f"the URL holds a setting the Redis client does not know ({err})") from err
-        bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
-        try:
-            yield bus
-        finally:
-            await bus.close()
-    finally:
-        await client.aclose()
-
-
-def redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
-    """A client for ``url`` as RedisBus needs it (binary replies), whose calls wait at most ``timeout_s`` for the
-    server unless the URL's query sets ``socket_timeout`` / ``socket_connect_timeout``. Does not connect yet.
-
-    Raises:
-        ValueError: ``url`` is not a Redis URL.
-    """
-    import redis.asyncio  # the optional dependency, as above
-
-    return redis.asyncio.Redis.from_url(
-        url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )

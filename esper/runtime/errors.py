@@ -29,7 +29,7 @@ EsperError
 └── ConfigError                   a configuration file or override is invalid (also ValueError); one-line message
 
 Leaves that subsystems add next to their code (never a second root):
-- BusUnavailable: ReplyError (esper.runtime.bus_redis: a reply it cannot read, such as a value another writer stored)
+- BusUnavailable: ReplyError (esper.runtime.bus_redis_reply: a reply it cannot read, such as another writer's value)
 - ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
 - EsperError: CheckpointError (actors.tolaria.checkpoint_codec), LifecycleError > IllegalTransition,
   TransitionOrderError, UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,

@@ -9,10 +9,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Never, final
 
 import msgspec
-import structlog
 
 from esper.runtime.errors import (
-    ActorStopped,
     ChildStartFailed,
     RestartIntensityExceeded,
     SupervisorGaveUp,
@@ -22,8 +20,17 @@ from esper.runtime.errors import (
 )
 from esper.runtime.mailbox import Mailbox
 from esper.runtime.ref import ActorRef, DeadLetters
+from esper.runtime.supervisor_child import (
+    Child,
+    close_for_good,
+    emit_deadline_exceeded,
+    emit_failed,
+    start_failure,
+    stop_children,
+    unrecoverable_failure,
+)
 from schemas.enums import ActorStatus
-from schemas.runtime import ActorState, ChildFailed, ChildRestarted, EscalationReason, SupervisorEscalated
+from schemas.runtime import ActorState, ChildRestarted, EscalationReason, SupervisorEscalated
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -37,8 +44,6 @@ RestartType = Literal["permanent", "transient", "temporary"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 """Which children restart when one fails: only it; all; it and every child started after it (Erlang semantics)."""
-
-_log = structlog.get_logger("esper.runtime")
 
 
 @final
@@ -92,38 +97,6 @@ class Runtime:
 
 
 @final
-class _Child:
-    """The supervisor's record of one child across its incarnations."""
-
-    __slots__ = (
-        "done",
-        "incarnation",
-        "index",
-        "instance",
-        "last_error",
-        "mailbox",
-        "path",
-        "restarts",
-        "spec",
-        "status",
-        "task",
-    )
-
-    def __init__(self, spec: ChildSpec, path: str, index: int) -> None:
-        self.spec = spec
-        self.path = path
-        self.index = index
-        self.instance: Actor[Never] | Supervisor | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.mailbox: Mailbox[Any] | None = None
-        self.incarnation = 0
-        self.restarts = 0
-        self.status = ActorStatus.STARTING
-        self.done = False
-        self.last_error: Exception | None = None
-
-
-@final
 class Supervisor:
     """Runs children in a TaskGroup, restarts them by strategy, escalates when restarts come too fast.
 
@@ -169,9 +142,9 @@ class Supervisor:
         self._backoff_max_s = backoff_max_s
         self._name = name
         self._prefix = ""
-        self._children: list[_Child] = []
+        self._children: list[Child] = []
         self._restart_times: deque[float] = deque()
-        self._exits: deque[tuple[_Child, int, Exception | None]] = deque()
+        self._exits: deque[tuple[Child, int, Exception | None]] = deque()
         self._wakeup = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._stop_requested = False
@@ -228,7 +201,7 @@ class Supervisor:
         self._rt = rt
         self._name = name
         self._prefix = prefix
-        self._children = [_Child(spec, prefix + spec.name, i) for i, spec in enumerate(self._specs)]
+        self._children = [Child(spec, prefix + spec.name, i) for i, spec in enumerate(self._specs)]
         for child in self._children:
             child.restarts = rt.restarts.get(child.path, 0)
         escalation: SupervisorGaveUp | None = None
@@ -239,11 +212,13 @@ class Supervisor:
         finally:
             # Whatever ended us (stop, escalation, cancellation), no child runs any more: fail what is queued.
             for child in self._children:
-                self._close_for_good(child)
+                close_for_good(rt, child)
         if escalation is not None:
             raise escalation
 
     async def _supervise(self, started: asyncio.Event) -> SupervisorGaveUp | None:
+        rt = self._rt
+        assert rt is not None
         for child in self._children:
             if self._stop_requested:
                 break  # stopped while starting: the children not started yet never start
@@ -264,10 +239,10 @@ class Supervisor:
             escalation = await self._on_exit(child, error)
             if escalation is not None:
                 return escalation
-        await self._stop_children(list(reversed(self._children)), for_good=True)
+        await stop_children(rt, self._name, list(reversed(self._children)), for_good=True)
         return None
 
-    async def _start_child(self, child: _Child) -> Exception | None:
+    async def _start_child(self, child: Child) -> Exception | None:
         """Build and start the child; returns what its factory raised instead (nothing started)."""
         rt, tg = self._rt, self._tg
         assert rt is not None
@@ -301,9 +276,9 @@ class Supervisor:
         if child.task is not None and not child.task.done():
             child.status = ActorStatus.RUNNING
             return None
-        return _start_failure(child)  # a child supervisor's own child could not be built
+        return start_failure(child)  # a child supervisor's own child could not be built
 
-    async def _pass_on_stop(self, child: _Child, instance: Actor[Never] | Supervisor, started: asyncio.Event) -> None:
+    async def _pass_on_stop(self, child: Child, instance: Actor[Never] | Supervisor, started: asyncio.Event) -> None:
         """While the child starts (this task is cancelled once it has): a stop requested meanwhile is passed on to
         it at once, so an on_start that waits on something (a worker process's start-up, say) can end early (the
         stop did not reach it, and a Ctrl-C during the start waited for the whole start-up); past its shutdown
@@ -317,15 +292,16 @@ class Supervisor:
         if math.isinf(deadline_s):
             return
         await self._rt.clock.sleep(deadline_s)
-        self._emit_deadline_exceeded(child, deadline_s)
+        emit_deadline_exceeded(self._rt, self._name, child, deadline_s)
         task.cancel()
         await asyncio.wait((task,))
         started.set()  # a task cancelled before it ran never sets it
 
-    async def _build_failed(self, child: _Child, error: Exception) -> SupervisorGaveUp:
+    async def _build_failed(self, child: Child, error: Exception) -> SupervisorGaveUp:
         # A factory that raises is a setup error (a config value the actor refuses): every actor stops and the
         # failure reaches the caller of start() by name, instead of tearing the tree down as an exception group.
-        self._emit_failed(child, error)
+        assert self._rt is not None
+        emit_failed(self._rt, self._name, child, error)
         if isinstance(error, ChildStartFailed):
             escalation = ChildStartFailed(str(error))  # its message names the actor already
         else:
@@ -334,7 +310,7 @@ class Supervisor:
         return await self._give_up(child, error, escalation, len(self._restart_times))
 
     async def _child_main(
-        self, child: _Child, incarnation: int, instance: Actor[Never] | Supervisor, started: asyncio.Event
+        self, child: Child, incarnation: int, instance: Actor[Never] | Supervisor, started: asyncio.Event
     ) -> None:
         """The child wrapper: the one place that catches Exception broadly and turns it into a ChildFailed."""
         error: Exception | None = None
@@ -356,22 +332,8 @@ class Supervisor:
         self._exits.append((child, incarnation, error))
         self._wakeup.set()
 
-    def _emit_failed(self, child: _Child, error: Exception) -> None:
-        # The sink is the log's one channel for typed events (a run's logs them; logging here as well doubled them).
-        assert self._rt is not None
-        error_type, text = describe_error(error)
-        self._rt.sink.emit(ChildFailed(supervisor=self._name, child=child.path, error_type=error_type, error=text))
-
-    def _unrecoverable(self, child: _Child, error: Exception, cause: OSError) -> UnrecoverableFailure:
-        if isinstance(error, UnrecoverableFailure):
-            return UnrecoverableFailure(str(error))  # a child supervisor's: its message already names the actor
-        where = f" ({cause.filename})" if cause.filename else ""
-        return UnrecoverableFailure(
-            f"{child.path} failed: {cause.strerror or cause}{where}; a restart cannot fix that, so every actor stopped"
-        )
-
     async def _give_up(
-        self, child: _Child, error: Exception | None, escalation: SupervisorGaveUp, restarts: int
+        self, child: Child, error: Exception | None, escalation: SupervisorGaveUp, restarts: int
     ) -> SupervisorGaveUp:
         assert self._rt is not None
         reason: EscalationReason = (
@@ -383,26 +345,28 @@ class Supervisor:
             )
         )
         child.status = ActorStatus.FAILED
-        self._close_for_good(child)
-        await self._stop_children(list(reversed(self._children)), for_good=True)
+        close_for_good(self._rt, child)
+        await stop_children(self._rt, self._name, list(reversed(self._children)), for_good=True)
         escalation.__cause__ = error
         return escalation
 
-    async def _on_exit(self, child: _Child, error: Exception | None) -> SupervisorGaveUp | None:
+    async def _on_exit(self, child: Child, error: Exception | None) -> SupervisorGaveUp | None:
         rt = self._rt
         assert rt is not None
         child.task = None
         if error is not None:
-            self._emit_failed(child, error)
+            emit_failed(rt, self._name, child, error)
         restart = child.spec.restart == "permanent" or (child.spec.restart == "transient" and error is not None)
         if not restart:
             child.status = ActorStatus.FAILED if error is not None else ActorStatus.STOPPED
-            self._close_for_good(child)
+            close_for_good(rt, child)
             return None
         if isinstance(error, ChildStartFailed):  # a child supervisor's: building again would fail the same way
             return await self._give_up(child, error, ChildStartFailed(str(error)), len(self._restart_times))
         if error is not None and (cause := unrecoverable_cause(error)) is not None:
-            return await self._give_up(child, error, self._unrecoverable(child, error, cause), len(self._restart_times))
+            return await self._give_up(
+                child, error, unrecoverable_failure(child, error, cause), len(self._restart_times)
+            )
         now = rt.clock.now()
         self._restart_times.append(now)
         while self._restart_times and self._restart_times[0] <= now - self._window_s:
@@ -423,11 +387,11 @@ class Supervisor:
         else:
             group = [c for c in self._children if c.index >= child.index and not c.done]
         siblings = [c for c in group if c is not child]
-        await self._stop_children(list(reversed(siblings)), for_good=False)
+        await stop_children(rt, self._name, list(reversed(siblings)), for_good=False)
         for sibling in siblings:
             if sibling.spec.restart == "temporary":
                 sibling.status = ActorStatus.STOPPED
-                self._close_for_good(sibling)
+                close_for_good(rt, sibling)
         group = [c for c in group if not c.done]
         for member in group:
             member.status = ActorStatus.RESTARTING
@@ -456,64 +420,3 @@ class Supervisor:
             timer.cancel()
             stopper.cancel()
         return not self._stop_requested
-
-    async def _stop_children(self, children: list[_Child], *, for_good: bool) -> None:
-        """Stop each child in the order given, each within its shutdown deadline (then cancelled)."""
-        for child in children:
-            task, instance = child.task, child.instance
-            if task is not None and instance is not None:
-                child.status = ActorStatus.STOPPING
-                instance._request_stop()
-                deadline_s = child.spec.shutdown_deadline_s
-                if not await self._wait_task(task, deadline_s):
-                    self._emit_deadline_exceeded(child, deadline_s)
-                    task.cancel()
-                    await asyncio.wait((task,))
-                child.task = None
-                if child.last_error is not None:
-                    self._emit_failed(child, child.last_error)
-                child.status = ActorStatus.STOPPED
-            if for_good:
-                self._close_for_good(child)
-
-    def _emit_deadline_exceeded(self, child: _Child, deadline_s: float) -> None:
-        assert self._rt is not None
-        message = f"child {child.path} did not stop within {deadline_s} s; cancelled"
-        _log.error("shutdown_deadline_exceeded", supervisor=self._name, child=child.path, deadline_s=deadline_s)
-        self._rt.sink.emit(
-            ChildFailed(supervisor=self._name, child=child.path, error_type="ShutdownDeadlineExceeded", error=message)
-        )
-
-    async def _wait_task(self, task: asyncio.Task[None], deadline_s: float) -> bool:
-        """Wait for task to finish within deadline_s on the clock; True if it finished."""
-        assert self._rt is not None
-        if task.done():
-            return True
-        if math.isinf(deadline_s):
-            await asyncio.wait((task,))
-            return True
-        async with asyncio.TaskGroup() as tg:
-            timer = tg.create_task(self._rt.clock.sleep(deadline_s))
-            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
-            timer.cancel()
-        return task.done()
-
-    def _close_for_good(self, child: _Child) -> None:
-        """The child will not run again under this supervisor: close its mailbox and fail what is queued."""
-        child.done = True
-        if child.status not in (ActorStatus.FAILED, ActorStatus.STOPPED):
-            child.status = ActorStatus.STOPPED
-        mailbox = child.mailbox
-        if mailbox is None or mailbox.closed:
-            return
-        assert self._rt is not None
-        mailbox.close()
-        for msg, reply in mailbox.drain():
-            self._rt.dead_letters.record(child.path, msg, "actor stopped with the message queued")
-            if reply is not None and not reply.done():
-                reply.set_exception(ActorStopped(f"actor {child.path} stopped before answering {type(msg).__name__}"))
-
-
-def _start_failure(child: _Child) -> ChildStartFailed | None:
-    error = child.last_error
-    return error if isinstance(error, ChildStartFailed) else None

@@ -1,0 +1,119 @@
+"""Checks beyond the config's types: values no run can use, the run's own file names, settings this version ignores."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from esper.config_toml import format_value, plain
+from schemas.base import ConfigSection
+from schemas.config import INERT_KEYS, RunConfig, TamiyoConfig, TolariaConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+_DEFAULT_SAMPLES = TolariaConfig().dataset_samples
+
+
+def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """Values the schema's types admit but no run can use: a non-finite number (lr = inf halted the run at L4), an
+    empty slot target, an npz file for a data set that is not npz (it was silently ignored)."""
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        dotted = ".".join((*path, name))
+        if isinstance(value, float) and not math.isfinite(value):
+            yield dotted, f"expected a finite number, got {value}"
+        elif isinstance(value, ConfigSection):
+            yield from value_problems(value, (*path, name))
+        elif name == "slot_targets" and isinstance(value, tuple) and any(not str(t).strip() for t in value):
+            yield dotted, f"expected module names, got an empty one in {list(value)!r}"
+    # An empty path became the working directory (Path("") is "."), and the refusal named that directory instead.
+    if isinstance(section, TolariaConfig) and section.npz_path == "":
+        yield ".".join((*path, "npz_path")), "expected the path of an .npz file, got an empty string"
+    if isinstance(section, TamiyoConfig) and section.gnn_checkpoint == "":
+        yield (
+            ".".join((*path, "gnn_checkpoint")),
+            "expected the path of a safetensors file, got an empty string (leave the key out for fresh weights)",
+        )
+    if isinstance(section, TolariaConfig) and section.npz_path is not None and section.dataset != "npz":
+        yield ".".join((*path, "npz_path")), f'is read only with dataset = "npz", and dataset is {section.dataset!r}'
+    if (
+        isinstance(section, TolariaConfig)
+        and section.dataset != "mnist1d"
+        and section.dataset_samples != _DEFAULT_SAMPLES
+    ):
+        # digits and npz come with their own sizes: the setting was silently ignored.
+        yield (
+            ".".join((*path, "dataset_samples")),
+            f'is read only with dataset = "mnist1d", and dataset is {section.dataset!r}',
+        )
+    if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
+        # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).
+        samples = section.dataset_samples
+        yield ".".join((*path, "dataset_samples")), f"expected a multiple of 10 for mnist1d, got {samples}"
+    if isinstance(section, TamiyoConfig) and section.policy != "gnn":
+        # Read only by the GNN policy: set for another, they would do nothing.
+        for key, default in (("gnn_checkpoint", None), ("policy_process", "auto"), ("compile", False)):
+            if getattr(section, key) != default:
+                yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
+    if isinstance(section, RunConfig):
+        yield from _run_file_problems(section)
+    if isinstance(section, RunConfig) and section.run_id is not None and not _RUN_ID.fullmatch(section.run_id):
+        yield "run_id", f"expected letters, digits, '.', '_' or '-' (it names a directory), got {section.run_id!r}"
+
+
+RUN_FILE_KEYS: Final = ("nissa.metrics_csv", "nissa.summary_json", "logging.json_file")
+"""The keys that name the run's own files in its directory."""
+
+# What else the run directory holds: the files the keys below name may take none of these names.
+_RESERVED_RUN_NAMES = frozenset(
+    {"checkpoints", "config.toml", "data.json", "field_reports.wal", "report.png", "run.lock"}
+)
+
+
+def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
+    """The run's own file names (nissa.metrics_csv, nissa.summary_json, logging.json_file) must be plain file names
+    inside the run directory, distinct and not another run file's: "../other-run/summary.json" rewrote another
+    run, "checkpoints/manifest.json" this run's manifest."""
+    names = {key: str(dotted_value(config, key)) for key in RUN_FILE_KEYS}
+    for key, name in names.items():
+        if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
+            yield key, f"expected a file name inside the run directory (no directories), got {name!r}"
+        elif name in _RESERVED_RUN_NAMES:
+            yield key, f"{name!r} is a file the run directory already holds; choose another name"
+        elif list(names.values()).count(name) > 1:
+            yield key, f"{name!r} is also the name of another of the run's files; choose another name"
+
+
+def dotted_value(config: RunConfig, dotted: str) -> object:
+    """The value of a ``section.key`` of ``config``."""
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def inert_settings(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object, str]]:
+    """Each key of ``section`` (recursively) that INERT_KEYS lists and that differs from its default: its dotted
+    name, its value and why this version does not act on it."""
+    default = type(section)()
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        reason = INERT_KEYS.get((type(section), name))
+        if reason is not None:
+            if value != getattr(default, name):
+                yield ".".join((*path, name)), value, reason
+        elif isinstance(value, ConfigSection):
+            yield from inert_settings(value, (*path, name))
+
+
+def inert_message(source: str, dotted: str, value: object, reason: str) -> str:
+    if isinstance(value, ConfigSection):
+        shown = "a table that differs from the defaults"
+    else:  # as the file writes it (true, "x"), not as Python does (True, 'x')
+        shown = format_value(plain(msgspec.to_builtins(value)))
+    return f"{source}: {dotted}: set to {shown}, but this version does not act on it ({reason}); remove it"

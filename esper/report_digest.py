@@ -1,0 +1,76 @@
+"""The report's printed digest of a run: its status, the last epoch's figures and the seeds' outcomes."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from esper.run_files import SUMMARY_JSON
+from esper.summary_table import seed_outcomes, unapplied_note, unapplied_transitions
+
+if TYPE_CHECKING:
+    from esper.report import RunData
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_lines(data: RunData) -> list[str]:
+    """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
+    lines: list[str] = []
+    summary = data.summary
+    if data.live:  # any summary.json is an earlier session's (a --resume), or being written as the run ends
+        summary = None
+        lines.append(f"run {data.run_dir.name}: still running (figures so far)")
+    elif summary is not None and data.summary_stale is not None:
+        lines.append(
+            f"run {data.run_dir.name}: {data.summary_stale} (its {SUMMARY_JSON}, status {summary.get('status', '?')},"
+            " is an earlier session's); the figures below come from metrics.csv"
+        )
+        summary = None
+    elif summary is None and data.summary_problem is not None:
+        lines.append(f"run {data.run_dir.name}: {data.summary_problem}; the figures below come from metrics.csv")
+    elif summary is None:
+        lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
+    else:
+        lines.append(
+            f"run {summary.get('run_id', data.run_dir.name)}: status {summary.get('status', '?')}, "
+            f"exit code {summary.get('exit_code', '?')}, {summary.get('duration_s', '?')} s, "
+            f"dead letters {summary.get('dead_letters', '?')}"
+        )
+        if summary.get("error"):
+            lines.append(f"error: {summary['error']}")
+    if data.rows:
+        last = data.rows[-1]
+        lines.append(
+            f"epochs {len(data.rows)} (last epoch {_fmt(last.get('epoch'), 0)}, step {_fmt(last.get('step'), 0)}): "
+            f"train loss {_fmt(last.get('train_loss'))} acc {_fmt(last.get('train_accuracy'))}, "
+            f"val loss {_fmt(last.get('val_loss'))} acc {_fmt(last.get('val_accuracy'))}"
+        )
+    else:
+        lines.append("no epoch rows in metrics.csv")
+    # Transitions planned at the last boundaries take effect after the last trained step: never (as in the run's own
+    # summary). Without the last session's summary.json (a killed or live run) every transition counts.
+    last_step = trained_through(data)
+    # Slot-only events (embargo, reset) come after the seed's outcome and are left out.
+    transitions = [(e.seed_id, e.step, e.to_stage) for e in data.events if e.seed_id is not None]
+    counts = seed_outcomes(transitions, last_step)
+    # Every transition, a slot's embargo and reset included: the run's summary and the timeline's title count them so.
+    unapplied = unapplied_transitions((event.step for event in data.events), last_step)
+    if counts:
+        line = f"seeds {sum(counts.values())}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        if unapplied:
+            line += f" ({unapplied_note(unapplied, last_step)})"
+        lines.append(line)
+    return lines
+
+
+def trained_through(data: RunData) -> int | None:
+    """The run's last trained step, from its last session's summary.json; None for a live run, or one whose
+    summary.json is an earlier session's, damaged or missing (a killed run)."""
+    if data.live or data.summary_stale is not None:
+        return None
+    training = data.summary.get("training") if data.summary is not None else None
+    step = training.get("global_step") if isinstance(training, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None

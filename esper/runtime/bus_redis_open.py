@@ -1,0 +1,83 @@
+"""Opening a Redis bus: a client for a URL, the check that a Redis server answers there, and closing both after."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from esper.runtime.bus import ALL_TOPICS
+from esper.runtime.bus_redis import DEFAULT_MAX_PAYLOAD_BYTES, RedisBus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from redis.asyncio import Redis
+
+    from esper.runtime.bus import BusLimits, Topic
+    from esper.runtime.clock import Clock
+
+DEFAULT_TIMEOUT_S = 1.0
+"""How long a call waits for the server (connecting, or for its reply) before the call fails with BusUnavailable.
+The client's own default, 5 s, held the publisher that long per event on a hung server (stopped, accepting but never
+answering), so events piled up in its mailbox; every script answers in well under a millisecond when the server is
+well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
+
+
+@contextlib.asynccontextmanager
+async def open_redis_bus(
+    url: str,
+    clock: Clock,
+    *,
+    prefix: str,
+    topics: Iterable[Topic] = ALL_TOPICS,
+    limits: BusLimits | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> AsyncIterator[RedisBus]:
+    """Connect to ``url`` (e.g. "redis://127.0.0.1:6379/0"), check the server answers, yield a RedisBus, then close
+    the bus and the client. Needs the optional ``redis`` dependency, imported here so the default install lacks it.
+    ``timeout_s``: see DEFAULT_TIMEOUT_S (the URL's ``socket_timeout`` wins).
+
+    Raises:
+        ModuleNotFoundError: the redis package is not installed (pip install 'esper-morphogenesis[redis]').
+        ConnectionError: the server does not answer (the builtin, an OSError; the client's own error is chained).
+        ValueError: ``url`` is not a Redis URL, or the server refuses it (a database number it does not have).
+    """
+    # Imported here: redis is an optional dependency that only this backend needs.
+    import redis.exceptions
+
+    client = redis_client(url, timeout_s=timeout_s)  # ValueError: not a Redis URL
+    try:
+        try:
+            await client.ping()
+        except redis.exceptions.AuthenticationError as err:  # a ConnectionError to the client, but the server answered
+            raise ValueError(f"the server refused the credentials: {err}") from err
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+            raise ConnectionError(str(err)) from err
+        except redis.exceptions.ResponseError as err:  # e.g. a database number the server does not have
+            raise ValueError(f"the server refused it: {err}") from err
+        except redis.exceptions.RedisError as err:  # something answers there, but not as a Redis server
+            raise ValueError(f"what answers there is not a Redis server ({type(err).__name__}: {err})") from err
+        except TypeError as err:  # a query parameter the client does not know reaches its connection only now
+            raise ValueError(f"the URL holds a setting the Redis client does not know ({err})") from err
+        bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
+        try:
+            yield bus
+        finally:
+            await bus.close()
+    finally:
+        await client.aclose()
+
+
+def redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
+    """A client for ``url`` as RedisBus needs it (binary replies), whose calls wait at most ``timeout_s`` for the
+    server unless the URL's query sets ``socket_timeout`` / ``socket_connect_timeout``. Does not connect yet.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL.
+    """
+    import redis.asyncio  # the optional dependency, as above
+
+    return redis.asyncio.Redis.from_url(
+        url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
