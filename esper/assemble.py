@@ -37,6 +37,7 @@ from actors.urza.spec import urza_spec
 from esper.assemble_inputs import candidates, evidence_cadence, open_store, probe
 from esper.nn.blueprints import default_catalogue
 from esper.resume import check_checkpoint_fits
+from esper.resume_rows import unwritten_epoch_ends
 from esper.run_history import slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
@@ -172,6 +173,12 @@ async def assemble(
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps
                 slot_transitions = slot_transitions_at(tally.earlier_slot_transitions, lag, resume_step)
+        missed: tuple[SystemStatePacket, ...] = ()
+        if controller_resumes and resume_step is not None:
+            args = (checkpoints, tally.epoch_step, resume_step, tuple(found.slots))
+            missed = await anyio.to_thread.run_sync(unwritten_epoch_ends, *args)
+            for packet in missed:  # the summary counts their epochs, as Nissa writes their rows
+                tally.on_packet(packet)
         if not controller_resumes:
             # Nor may a fresh run in a reused directory resume later from another run's controller states.
             await anyio.to_thread.run_sync((checkpoints / STATE_JOURNAL_FILENAME).unlink, True)
@@ -234,6 +241,7 @@ async def assemble(
                 sink=sink,
                 transitions=slot_transitions,
                 later_transitions=tally.standing_slot_transitions,
+                missed=missed,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
                     isolation_violations=config.kasmina.isolation_alert_violations,

@@ -277,6 +277,55 @@ async def test_a_resumed_runs_wall_time_goes_on_from_its_earlier_session(
     assert [float(row["wall_time_s"]) for row in rows] == [10.0, 12.0]
 
 
+async def test_a_resumes_missed_epoch_ends_are_written_at_its_start_once(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 after epoch 2's checkpoint, before its packet reached Nissa: the resume continues from epoch 3, so
+    the row was never written. Given the missed packets (Kasmina's journal's), the first incarnation writes their rows
+    as it would have (stages from the run's transitions, wall time going on), skipping what the file holds; an
+    incarnation restarted later (here by a failed append) does not write them again."""
+    first = await _start(NissaConfig(), tmp_path, clock, sink)
+    clock.advance(10.0)
+    await first.ref(NISSA, Nissa).tell(packet(32, epoch=0, val=0.9))
+    await _ask(first.ref(NISSA, Nissa))
+    await first.stop()
+    real_append = MetricsCsvWriter.append
+    failures: list[object] = [3]
+
+    async def failing_append(self: MetricsCsvWriter, row: EpochRow) -> None:
+        if row["epoch"] in failures:
+            failures.clear()
+            raise OSError(errno.EIO, "Input/output error")
+        await real_append(self, row)
+
+    monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
+    seeds = (seed("a", SeedLifecycleStage.SHADOWING),)
+    missed = (packet(32, epoch=0, val=0.9), packet(64, epoch=1, val=0.8, seeds=seeds))
+    transitions = [("a", SeedLifecycleStage.PROBATIONARY, 60)]
+    clock.advance(100.0)  # the run was down for a while
+    spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, transitions=transitions, missed=missed)
+    resumed = ActorSystem(clock=clock, sink=sink)
+    await resumed.start(Supervisor([spec], backoff_initial_s=0))
+    try:
+        ref = resumed.ref(NISSA, Nissa)
+        written = await _ask(ref)
+        assert (written.epochs_written, written.last_epoch) == (2, 2)
+        assert written.final_figures["val_loss"] == 0.8
+        await ref.tell(TrainingRestored(run_id="run-1", step=64, tier="full"))
+        clock.advance(2.0)
+        await ref.tell(packet(96, epoch=2, val=0.7, seeds=seeds))  # crashes Nissa; its next incarnation writes it
+        assert (await _ask(ref)).epochs_written == 3
+    finally:
+        await resumed.stop()
+    assert [event.child for event in sink.of_type(ChildRestarted)] == [NISSA]
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()))
+    assert [(r["epoch"], r["val_loss"], r["seeds_probationary"], r["wall_time_s"]) for r in rows] == [
+        ("1", "0.9", "0", "10.0"),
+        ("2", "0.8", "1", "10.0"),
+        ("3", "0.7", "1", "12.0"),
+    ]
+
+
 async def test_the_actor_serves_http_on_an_ephemeral_port(
     tmp_path: Path, clock: ManualClock, sink: RecordingSink
 ) -> None:

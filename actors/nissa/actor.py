@@ -132,6 +132,13 @@ class Nissa(Actor[NissaMessage]):
             # A resumed run's wall_time_s goes on from its earlier sessions' instead of starting again at 0 (a
             # restart within the run is already past it).
             self._started_s = self._clock.now() - earlier
+        # Epochs a resume continues after whose rows were never written (killed after their checkpoint, before
+        # their packets reached this actor): their packets come from Kasmina's journal, not again from the trainer.
+        for packet in self._backlog.take_missed():
+            row = self._metrics.missed_row(packet, wall_time_s=self._clock.now() - self._started_s)
+            if row is not None:
+                self._backlog.rows.append(row)
+        await self._write_backlog()
         port = self._config.prometheus_port
         if port is not None:
             server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)

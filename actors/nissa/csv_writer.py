@@ -21,11 +21,13 @@ from esper.runtime.errors import EsperError
 from esper.runtime.file_release import close_now
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from aiofiles.threadpool.text import AsyncTextIOWrapper
 
     from actors.nissa.metrics import CellValue, EpochRow
+    from schemas.state import SystemStatePacket
 
 
 class MetricsFileError(EsperError, ValueError):
@@ -213,10 +215,19 @@ class RowBacklog:
 
     Nissa's spec keeps one across incarnations: a crash while a row is written (a full disk, a cancelled write) costs
     no row, since the next incarnation writes the rows its file lacks (``drop_written`` then ``rows``).
+
+    ``missed``: the epoch-end packets of a resume's epochs whose rows the file lacks (see esper.resume_rows); the first
+    incarnation to open the file makes them rows (``take_missed``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, missed: Sequence[SystemStatePacket] = ()) -> None:
         self.rows: list[EpochRow] = []
+        self._missed = list(missed)
+
+    def take_missed(self) -> list[SystemStatePacket]:
+        """The missed epoch-end packets, once (later incarnations start from the rows made of them)."""
+        missed, self._missed = self._missed, []
+        return missed
 
     def drop_after(self, step: int) -> None:
         """Forget the rows of epochs that ended after ``step`` (see MetricsCsvWriter.cut_after)."""

@@ -291,13 +291,25 @@ class MetricsAggregator:
             reg.set_gauge("kasmina.seed.stage", int(current), {"slot": seed.slot})
             reg.set_gauge("kasmina.seed.alpha", seed.alpha, {"slot": seed.slot})
         names = list(updates)
-        if packet.validation_loss is None or (self.last_epoch is not None and packet.epoch <= self.last_epoch):
+        row = self._row(packet, stages, wall_time_s)
+        if row is None:
             return None, names
-        row = epoch_row(packet, wall_time_s=wall_time_s, stages=stages)
         reg.inc("tolaria.epochs.total")
+        return row, [*names, "tolaria.epochs.total"]
+
+    def missed_row(self, packet: SystemStatePacket, *, wall_time_s: float) -> EpochRow | None:
+        """The row of an epoch-end packet Nissa never handled (a resume's: the run was killed after the epoch's
+        checkpoint, before its row), as observe_state makes it, or None when it ends no new epoch. No gauge changes:
+        the packet, Kasmina's journaled copy, has no interval timings, and the live packets set them again."""
+        return self._row(packet, self._stages(packet), wall_time_s)
+
+    def _row(self, packet: SystemStatePacket, stages: list[SeedLifecycleStage], wall_time_s: float) -> EpochRow | None:
+        if packet.validation_loss is None or (self.last_epoch is not None and packet.epoch <= self.last_epoch):
+            return None
+        row = epoch_row(packet, wall_time_s=wall_time_s, stages=stages)
         self.last_epoch = packet.epoch
         self.last_row = row
-        return row, [*names, "tolaria.epochs.total"]
+        return row
 
     def observe_telemetry(self, packet: TelemetryPacket) -> list[str]:
         """Gauges from the packet's metric points (attributes become labels); count its events by name and level."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from schemas.config import NissaConfig
+    from schemas.state import SystemStatePacket
 
 NISSA = "nissa"
 NISSA_TICK = "nissa-tick"
@@ -35,14 +36,16 @@ def nissa_spec(
     rules: Sequence[AlertRule] = DEFAULT_RULES,
     transitions: Sequence[SlotTransition] | None = None,
     later_transitions: Callable[[], Sequence[SlotTransition]] | None = None,
+    missed: Sequence[SystemStatePacket] = (),
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
     run's start), so they survive restarts. ``transitions``: the slot transitions the first incarnation starts
     from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those of the run that
-    stand."""
+    stand. ``missed``: the epoch-end packets of a resume's epochs whose checkpoint was written and whose rows were
+    not (esper.resume_rows); the first incarnation writes their rows."""
     started_s = clock.now()
-    backlog = RowBacklog()  # rows an incarnation crashed while writing: the next one writes them
+    backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
     return ChildSpec(
         NISSA,

@@ -1,0 +1,102 @@
+"""esper.resume_rows: the epoch ends a resume's checkpoint covers and metrics.csv lacks, from Kasmina's journal."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal, JournalBoundary, planner_view
+from actors.nissa.metrics import epoch_row
+from esper.resume_rows import unwritten_epoch_ends
+from esper.runtime.errors import ConfigError
+from schemas.enums import SeedLifecycleStage
+from schemas.state import SeedState, StepTimings
+from tests.nissa_packets import packet, seed
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from schemas.state import SystemStatePacket
+
+SLOTS = ("a", "b", "c")
+EPOCH_TIMINGS = StepTimings(
+    data_wait_ms=0.1, host_to_device_ms=0.2, forward_ms=1.5, backward_ms=3.0, optimizer_ms=0.5, step_ms=5.3
+)
+
+
+def _sent(step: int, epoch: int | None = None) -> SystemStatePacket:
+    """A packet as the trainer sends it: a state for every slot (``a`` holds a seed), an epoch end's own figures."""
+    states = (
+        seed("a", SeedLifecycleStage.BLENDING),
+        SeedState(slot="b", stage=SeedLifecycleStage.DORMANT, layer_depth=1),
+        SeedState(slot="c", stage=SeedLifecycleStage.DORMANT, layer_depth=2),
+    )
+    sent = packet(step, epoch=step // 16 if epoch is None else epoch, val=None if epoch is None else 0.5, seeds=states)
+    if epoch is None:
+        return sent
+    return msgspec.structs.replace(
+        sent, epoch_timings=EPOCH_TIMINGS, epoch_samples_per_s=700.0, epoch_training_loss=0.25, learning_rate=0.01
+    )
+
+
+def _checkpoints(tmp_path: Path, packets: list[SystemStatePacket], listed: dict[int, int]) -> Path:
+    """A checkpoints directory whose journal planned ``packets`` and whose manifest lists step -> epochs trained."""
+    checkpoints = tmp_path / "checkpoints"
+    journal = BoundaryJournal(checkpoints / JOURNAL_FILENAME)
+    journal.load()
+    for sent in packets:
+        journal.append(JournalBoundary(packet=planner_view(sent)))
+    journal.write_pending()
+    entries = [
+        {"file": f"step-{step}.pt", "sha256": "0" * 64, "size_bytes": 1, "global_step": step, "epoch": epochs}
+        | {"batch_index": 0}
+        for step, epochs in listed.items()
+    ]
+    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": entries}), encoding="utf-8")
+    return checkpoints
+
+
+def test_the_epoch_ends_after_the_last_row_come_back_as_the_trainer_sent_them(tmp_path: Path) -> None:
+    """Epochs 2 and 3 ended at or before the checkpoint (step 48) and metrics.csv stops at epoch 1: their packets,
+    whose rows are the rows the live packets made (the journal keeps no dormant slot: it is given back)."""
+    sent = [_sent(8), _sent(16, 0), _sent(24), _sent(32, 1), _sent(40), _sent(48, 2), _sent(56), _sent(64, 3)]
+    checkpoints = _checkpoints(tmp_path, sent, {32: 2, 48: 3})
+
+    missed = unwritten_epoch_ends(checkpoints, {1: 16}, 48, SLOTS)
+
+    assert [p.global_step for p in missed] == [32, 48]
+    assert [epoch_row(p, wall_time_s=1.0) for p in missed] == [
+        epoch_row(p, wall_time_s=1.0) for p in (sent[3], sent[5])
+    ]
+    assert [state.slot for state in missed[0].seed_states] == list(SLOTS)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [{1: 16, 2: 32, 3: 48}, {1: 16, 2: 32, 3: 48, 4: 64}],
+    ids=["up_to_the_checkpoint", "past_it"],
+)
+def test_nothing_is_read_when_metrics_csv_reaches_the_checkpoint(tmp_path: Path, written: dict[int, int]) -> None:
+    """The usual resume reads no journal (a long run's is tens of MB): a journal that does not decode is not met."""
+    checkpoints = _checkpoints(tmp_path, [], {48: 3})
+    (checkpoints / JOURNAL_FILENAME).write_bytes(b"not json\n" * 3)
+    assert unwritten_epoch_ends(checkpoints, written, 48, SLOTS) == ()
+
+
+def test_a_checkpoint_inside_an_epoch_misses_only_the_epochs_before_it(tmp_path: Path) -> None:
+    """A Ctrl-C's checkpoint (step 40, in epoch 3) covers epoch 2's end: its row is written if missing, none else."""
+    sent = [_sent(16, 0), _sent(24), _sent(32, 1), _sent(40)]
+    checkpoints = _checkpoints(tmp_path, sent, {40: 2})
+    assert unwritten_epoch_ends(checkpoints, {1: 16, 2: 32}, 40, SLOTS) == ()
+    assert [p.global_step for p in unwritten_epoch_ends(checkpoints, {1: 16}, 40, SLOTS)] == [32]
+
+
+def test_a_journal_that_no_longer_decodes_is_one_line(tmp_path: Path) -> None:
+    checkpoints = _checkpoints(tmp_path, [_sent(16, 0)], {32: 2})
+    with (checkpoints / JOURNAL_FILENAME).open("ab") as journal:
+        journal.write(b"{torn\n" + msgspec.json.encode(JournalBoundary(packet=planner_view(_sent(32, 1)))) + b"\n")
+    with pytest.raises(ConfigError, match=r"kasmina_journal\.jsonl line 2 does not decode .*metrics\.csv rows"):
+        unwritten_epoch_ends(checkpoints, {}, 32, SLOTS)
