@@ -622,7 +622,11 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_it
     config = tiny_config(tmp_path, epochs=6)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run_esper(config, env, "--run-dir", str(run_dir), "--set", "tolaria.checkpoint_every_epochs=0")
+    # Budgets far above any plan's time: on a loaded machine a plan missed at the default 1 s deadline fails its epoch
+    # (L2: no new grafts), and the runs compared would differ by the machine, not by the resume.
+    sets = ("--set", "tolaria.checkpoint_every_epochs=0", "--set", "tolaria.decision_deadline_ms=30000")
+    sets += ("--set", "kasmina.artifact_wait_ms=20000")
+    run_esper(config, env, "--run-dir", str(run_dir), *sets)
     reference_grafts, reference = _final_weights(run_dir)
     assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
     checkpoints = run_dir / "checkpoints"
@@ -631,7 +635,7 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_it
         path.unlink(missing_ok=True)
     (run_dir / "summary.json").unlink()
     assert (checkpoints / "kasmina_journal.jsonl").stat().st_size > 0
-    run_esper(config, env, "--resume", str(run_dir), "--set", "tolaria.checkpoint_every_epochs=0")
+    run_esper(config, env, "--resume", str(run_dir), *sets)
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.status == "completed"
     assert summary.growth is not None
