@@ -118,3 +118,13 @@ def test_both_shapes_and_none_are_accepted() -> None:
     assert cuda_rng_problem(state) is None
     assert cuda_rng_problem([state, state]) is None
     assert cuda_rng_problem(None) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_training_devices_draws_resume_where_they_were() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    saved = rng_state(device)
+    expected = torch.rand(4, device=device)
+    set_rng_state(saved, device)
+    assert torch.equal(torch.rand(4, device=device), expected)

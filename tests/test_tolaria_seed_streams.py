@@ -106,3 +106,17 @@ async def test_a_seed_from_the_io_lane_is_marked_for_the_train_stream_before_it_
     assert len(seed_tensors) == 6
     on_train = {tensor for tensor, on, thread in marked[:marked_before_use] if on is stream and thread == trainer}
     assert on_train == seed_tensors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_helpers_use_the_threads_current_stream() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    side = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]  # torch leaves Stream.__new__ untyped
+    with torch.cuda.stream(side):
+        tensor = torch.ones(4, device=device)
+        assert cuda_streams.lane_stream(device) == side
+        ready = cuda_streams.mark_ready(device)
+        assert cuda_streams.record_use([tensor, torch.ones(2)], device) == 1  # the CPU tensor is left alone
+    assert ready is not None
+    ready.synchronize()
