@@ -274,9 +274,10 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         )
     if isinstance(section, TolariaConfig) and section.amp and section.precision == "fp32":
         # amp forced bf16 autocast over an explicit fp32: the run trained in another precision than it asked for.
+        precision = ".".join((*path, "precision"))
         yield (
             ".".join((*path, "amp")),
-            'true asks for bf16 autocast, but tolaria.precision = "fp32" asks for none: '
+            f'true asks for bf16 autocast, but {precision} = "fp32" asks for none: '
             'set amp = false for fp32, or precision = "bf16"',
         )
     if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
