@@ -23,7 +23,7 @@ _DEFAULT_SAMPLES = TolariaConfig().dataset_samples
 
 def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
     """Values the schema's types admit but no run can use: a non-finite number (lr = inf halted the run at L4), an
-    empty slot target, an npz file for a data set that is not npz (it was silently ignored)."""
+    empty slot target, an npz file for a data set that is not npz (it was silently ignored), amp with fp32."""
     for name in section.__struct_fields__:
         value = getattr(section, name)
         dotted = ".".join((*path, name))
@@ -52,6 +52,14 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         yield (
             ".".join((*path, "dataset_samples")),
             f'is read only with dataset = "mnist1d", and dataset is {section.dataset!r}',
+        )
+    if isinstance(section, TolariaConfig) and section.amp and section.precision == "fp32":
+        # amp forced bf16 autocast over an explicit fp32: the run trained in another precision than it asked for.
+        precision = ".".join((*path, "precision"))
+        yield (
+            ".".join((*path, "amp")),
+            f'true asks for bf16 autocast, but {precision} = "fp32" asks for none: '
+            'set amp = false for fp32, or precision = "bf16"',
         )
     if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
         # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).

@@ -58,7 +58,7 @@ from esper.run_history import earlier_tally, previous_run_id
 from esper.run_key import keep_run_key
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
-from esper.runtime.gpu import GpuTelemetry
+from esper.runtime.gpu import read_gpus_once
 from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
@@ -330,7 +330,7 @@ async def _start_claimed(
     for state in actors.snapshot():
         _log.info("actor_started", actor=state.actor, status=state.status.value)
     # NVML calls block; on a machine without a GPU this logs "no GPU" once and carries on.
-    gpu = await anyio.to_thread.run_sync(GpuTelemetry().read)
+    gpu = await anyio.to_thread.run_sync(read_gpus_once)
     for device in gpu.devices:
         _log.info("gpu_device", index=device.index, name=device.name, memory_total_bytes=device.memory_total_bytes)
     _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()))

@@ -472,6 +472,21 @@ def test_values_that_failed_the_run_after_it_started_are_refused_by_the_schema(o
     assert str(info.value) == f"--set {override}: {message}"
 
 
+def test_amp_is_refused_with_an_explicit_fp32_and_accepted_otherwise() -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["tolaria.amp=true", 'tolaria.precision="fp32"'])
+    assert str(info.value) == (
+        '--set tolaria.amp=true: tolaria.amp: true asks for bf16 autocast, but tolaria.precision = "fp32" asks for '
+        'none: set amp = false for fp32, or precision = "bf16"'
+    )
+    for overrides in (
+        ["tolaria.amp=true"],
+        ['tolaria.precision="fp32"'],
+        ["tolaria.amp=true", 'tolaria.precision="bf16"'],
+    ):
+        apply_overrides(RunConfig(), overrides)
+
+
 def test_an_inline_table_sets_its_keys_and_keeps_the_others(tmp_path: Path) -> None:
     """``--set tolaria={epochs=1}`` replaced the whole table: the file's lr went back to the default."""
     path = _write(tmp_path, "[tolaria]\nlr = 0.003\nepochs = 50\n[kasmina.breaker]\nopen_s = 7.0\n")

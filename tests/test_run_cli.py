@@ -206,6 +206,12 @@ BAD_CONFIGS = [
         'c.toml: tamiyo.device: set to "cuda", but this version does not act on it (the policy runs on the trainer\'s',
         id="tamiyo-device",
     ),
+    pytest.param(
+        '[tolaria]\namp = true\nprecision = "fp32"\n',
+        'c.toml: tolaria.amp: true asks for bf16 autocast, but tolaria.precision = "fp32" asks for none: set amp = '
+        'false for fp32, or precision = "bf16"\n',
+        id="amp-with-fp32",  # trained in bf16 without a word
+    ),
 ]
 
 

@@ -8,12 +8,14 @@ every structural change ``check_param_groups`` proves that no parameter trains t
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import TYPE_CHECKING, final
 
 import msgspec
 import torch
 from torch import nn
 
+from actors.tolaria.cuda_streams import record_use
 from esper.nn.blending import AlphaSchedule, BlendSpec
 from esper.nn.blending import BlendMode as NnBlendMode
 from esper.nn.blending import ScheduleMethod as NnScheduleMethod
@@ -287,6 +289,11 @@ class BoundaryApplier:
             raise OpRefused(f"attach: handle {op.handle!r} holds a {type(module).__name__}, not an nn.Module")
         params_attr = getattr(module, RECIPE_ATTR, None)
         params = dict(params_attr) if isinstance(params_attr, dict) else dict(recipe or {})
+        # A prepared module was allocated on the io lane's stream, and the allocator knows only that one: freed after a
+        # cull (or a copy to channels_last, or a restore's rebuild), its memory could go back to the io stream while
+        # the train stream's queued kernels (the last optimizer update) still write it. Marked here, before the train
+        # stream first touches it, the memory waits for them.
+        record_use(itertools.chain(module.parameters(), module.buffers()), trainee.device)
         module.to(device=trainee.device)
         if trainee.channels_last and trainee.slot_shapes.get(name) is not None:
             module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import torch
 
+from actors.tolaria.cuda_rng import cuda_rng_problem
 from actors.tolaria.telemetry import OpenStats
 from esper.nn.slots import SlotMode
 from schemas.enums import EmergencyLevel
@@ -97,12 +98,7 @@ def _rng_problem(rng: dict[str, object]) -> str | None:
         torch.Generator().set_state(torch_state)
     except (RuntimeError, TypeError) as err:
         return f"rng.torch: {err}"
-    cuda = rng.get("cuda")
-    if cuda is not None and not (
-        isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)
-    ):
-        return "rng.cuda: expected a list of uint8 tensors"
-    return None
+    return cuda_rng_problem(rng.get("cuda"))
 
 
 def _counters_problem(counters: Mapping[str, object]) -> str | None:

@@ -23,11 +23,14 @@ import msgspec
 import structlog
 
 from actors.tolaria.checkpoint_codec import SCHEMA_VERSION, CheckpointError, decode_state, encode_state
+from actors.tolaria.cuda_streams import Ready, mark_ready
 from esper.runtime.atomic_write import atomic_write_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    import torch
 
     from actors.tolaria.snapshots import TrainState
 
@@ -194,6 +197,11 @@ class CheckpointWriter:
     ``submit`` (lane thread) queues a captured TrainState; at most ``depth`` wait, after which submit blocks
     (backpressure rather than unbounded memory). ``flush`` waits until everything queued is on disk; ``close``
     flushes and ends the thread. A failed write is logged and re-raised by the next submit or flush.
+
+    On CUDA a capture's copies are only queued on the submitting lane's stream when submit is called, and the writer
+    thread reads on a stream of its own: ``submit`` records an event on ``device``'s current stream and the writer
+    thread waits for it before it reads the state (``device``: the training device; on a CPU, or None, there is
+    nothing to wait for).
     """
 
     def __init__(
@@ -203,10 +211,12 @@ class CheckpointWriter:
         keep_last: int,
         depth: int = 2,
         on_written: Callable[[CheckpointInfo], None] | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self._directory = directory
         self._keep_last = keep_last
-        self._queue: queue.Queue[TrainState | None] = queue.Queue(maxsize=depth)
+        self._device = device
+        self._queue: queue.Queue[tuple[TrainState, Ready | None] | None] = queue.Queue(maxsize=depth)
         self._on_written = on_written
         self._error: BaseException | None = None
         self._entries: list[CheckpointInfo] | None = None
@@ -231,7 +241,10 @@ class CheckpointWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        self._queue.put(state)
+        # The ordering point: without it the writer could read buffers whose copies the train stream has not run yet
+        # (the epoch end's checkpoints were safe only because the packet's read had synchronised the stream).
+        ready = mark_ready(self._device) if self._device is not None else None
+        self._queue.put((state, ready))
 
     def flush(self) -> None:
         """Wait until every submitted checkpoint is written.
@@ -258,7 +271,10 @@ class CheckpointWriter:
             try:
                 if item is None:
                     return
-                self._write(item)
+                state, ready = item
+                if ready is not None:
+                    ready.synchronize()
+                self._write(state)
             except BaseException as err:  # noqa: BLE001  # handed to the next flush(), which re-raises it
                 _log.error("checkpoint_write_failed", error=f"{type(err).__name__}: {err}")
                 self._error = err

@@ -114,7 +114,10 @@ class TrainingLoop:
         writer = None
         if self._s.options.checkpoint_dir is not None:
             writer = CheckpointWriter(
-                self._s.options.checkpoint_dir, keep_last=config.checkpoint_keep_last, on_written=_log_written
+                self._s.options.checkpoint_dir,
+                keep_last=config.checkpoint_keep_last,
+                on_written=_log_written,
+                device=self._s.trainee.device,
             )
         try:
             status: LoopStatus

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, final
 import numpy as np
 import torch
 
+from actors.tolaria.cuda_rng import cuda_rng_state, set_cuda_rng_state
 from actors.tolaria.optimizer_state import copy_optimizer_state, load_optimizer_state_by_name
 from actors.tolaria.state_copier import StateCopier, clone_tree
 from esper.nn.wrap import slot_path
@@ -52,8 +53,9 @@ class TrainState:
     lease: object = None
 
 
-def rng_state() -> dict[str, object]:
-    """Python's, NumPy's and torch's (CPU and CUDA) global RNG states, as tensors and plain values."""
+def rng_state(device: torch.device | None = None) -> dict[str, object]:
+    """Python's, NumPy's and torch's global RNG states (with the training ``device``'s CUDA one), as tensors and plain
+    values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, object] = {
         "python": random.getstate(),
@@ -67,13 +69,14 @@ def rng_state() -> dict[str, object]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = cuda_rng_state(device)
+    if cuda is not None:
+        state["cuda"] = cuda
     return state
 
 
-def set_rng_state(state: dict[str, object]) -> None:
-    """Restore what ``rng_state`` captured."""
+def set_rng_state(state: dict[str, object], device: torch.device | None = None) -> None:
+    """Restore what ``rng_state`` captured (the CUDA state onto the training ``device``, see cuda_rng.py)."""
     python = state["python"]
     random.setstate(_as_python_state(python))
     numpy = state["numpy"]
@@ -86,9 +89,8 @@ def set_rng_state(state: dict[str, object]) -> None:
     torch_state = state["torch"]
     if isinstance(torch_state, torch.Tensor):
         torch.set_rng_state(torch_state)
-    cuda = state.get("cuda")
-    if isinstance(cuda, list) and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if "cuda" in state:
+        set_cuda_rng_state(state["cuda"], device)
 
 
 def _as_python_state(value: object) -> tuple[object, ...]:
@@ -144,7 +146,7 @@ def capture(
         batch_index=batch_index,
         model=model_state,
         optimizer=optimizer,
-        rng=rng_state(),
+        rng=rng_state(trainee.device),
         graft_log=list(graft_log),
         paused=dict(trainee.paused),
         counters=dict(counters),
@@ -225,7 +227,7 @@ def load_into(trainee: Trainee, state: TrainState) -> None:
 
     trainee.model.load_state_dict({k: clone_tree(v) for k, v in state.model.items()}, strict=True)
     load_optimizer_state_by_name(trainee.optimizer, state.optimizer)
-    set_rng_state(state.rng)
+    set_rng_state(state.rng, trainee.device)
     trainee.paused.clear()
     for name, mode in state.paused.items():
         slot = trainee.slots[name]
