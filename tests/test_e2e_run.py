@@ -624,8 +624,8 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Budgets far above any plan's time: on a loaded machine a plan missed at the default 1 s deadline fails its epoch
     # (L2: no new grafts), and the runs compared would differ by the machine, not by the resume.
-    sets = ("--set", "tolaria.checkpoint_every_epochs=0", "--set", "tolaria.decision_deadline_ms=30000")
-    sets += ("--set", "kasmina.artifact_wait_ms=20000")
+    sets: tuple[str, ...] = ("--set", "tolaria.checkpoint_every_epochs=0")
+    sets += ("--set", "tolaria.decision_deadline_ms=30000", "--set", "kasmina.artifact_wait_ms=20000")
     run_esper(config, env, "--run-dir", str(run_dir), *sets)
     reference_grafts, reference = _final_weights(run_dir)
     assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
