@@ -576,6 +576,51 @@ def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(
     assert all(torch.isfinite(w).all() for w in weights(loop).values())
 
 
+def test_a_full_rollback_reads_the_checkpoints_submitted_before_it_even_when_the_writer_is_behind(
+    data: DataSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full tier goes back to the newest checkpoint the loop has submitted, written or not: a writer thread still
+    behind (a loaded machine) made a rollback in the next epoch "impossible" and halted the run at L4. The writer is
+    held until the rollback waits for it (or, without that wait, until the rollback has read the disk)."""
+    import threading
+
+    from actors.tolaria.checkpoints import CheckpointWriter
+
+    release = threading.Event()
+    real_write = CheckpointWriter._write
+    real_wait = CheckpointWriter.wait_written
+    real_load = load_latest
+
+    def held_write(self: CheckpointWriter, state: object) -> None:
+        assert release.wait(timeout=60), "nothing released the checkpoint writer"
+        real_write(self, state)  # type: ignore[arg-type]  # the TrainState submitted
+
+    def releasing_wait(self: CheckpointWriter) -> None:
+        release.set()
+        real_wait(self)
+
+    def releasing_load(directory: Path) -> object:
+        found = real_load(directory)
+        release.set()
+        return found
+
+    monkeypatch.setattr(CheckpointWriter, "_write", held_write)
+    monkeypatch.setattr(CheckpointWriter, "wait_written", releasing_wait)
+    monkeypatch.setattr("actors.tolaria.loop_restore.load_latest", releasing_load)
+
+    def nan_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt in (15, 16, 17):  # epoch 2 of 3 (13 batches an epoch), after the epoch-1 checkpoint's submit
+            return TensorPair(x=torch.full_like(batch.x, math.nan), y=batch.y)
+        return batch
+
+    loop = make_loop(config(snapshot_memory_cap_mb=0.0), data, tmp_path, hook=nan_in_epoch_2)
+    result = loop.run()
+    assert [tier for tier, _ in loop.restore_ms_history] == ["full"]
+    assert result.status == "completed", result.halt_reason
+    assert result.figures.rollbacks == 1
+    assert read_manifest(tmp_path)[0].global_step == 13
+
+
 def test_a_full_restore_at_start_that_misses_its_deadline_halts_before_training(
     data: DataSplits, tmp_path: Path
 ) -> None:

@@ -257,6 +257,11 @@ class CheckpointWriter:
             error, self._error = self._error, None
             raise error
 
+    def wait_written(self) -> None:
+        """Wait until every submitted checkpoint is on disk or has failed, without raising: a failure stays for the
+        next submit or flush (a full-tier rollback reads the newest checkpoint and must find the ones submitted)."""
+        self._queue.join()
+
     def close(self) -> None:
         """Flush, then end the writer thread."""
         try:

@@ -119,6 +119,7 @@ class TrainingLoop:
                 on_written=_log_written,
                 device=self._s.trainee.device,
             )
+        self._s.writer = writer
         try:
             status: LoopStatus
             reason: str | None
@@ -131,9 +132,11 @@ class TrainingLoop:
                 status, reason = self._train(plan, writer)
             figures = self._finish(status, reason, writer)
         except BaseException as err:
+            self._s.writer = None
             if writer is not None:
                 _close_after(writer, err)
             raise
+        self._s.writer = None
         if writer is not None:
             writer.close()
         return LoopResult(status=status, figures=figures, halt_reason=reason)

@@ -140,6 +140,10 @@ class Restorer:
         state = self._s.snapshots.latest
         tier = "fast"
         if state is None:
+            if self._s.writer is not None:
+                # The epoch-end checkpoints submitted so far are the full tier's states: one the writer thread had
+                # not written yet (a loaded machine) made the rollback impossible, or went back further than needed.
+                self._s.writer.wait_written()
             directory = self._s.options.checkpoint_dir
             found = load_latest(directory) if directory is not None and directory.is_dir() else None
             if found is None:

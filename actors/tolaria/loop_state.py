@@ -20,6 +20,7 @@ from esper.runtime.clock import MonotonicClock
 if TYPE_CHECKING:
     from torch import nn
 
+    from actors.tolaria.checkpoints import CheckpointWriter
     from actors.tolaria.loop_options import LoopOptions
     from actors.tolaria.plans import PlanInbox
     from esper.nn.data import DataSplits
@@ -84,6 +85,8 @@ class LoopState:
         self.rollback_target: tuple[int | None, int] = (None, 0)
         self.missed_this_epoch = 0
         self.last_checkpoint: str | None = None
+        # The running loop's checkpoint writer (None between runs and without a checkpoint directory).
+        self.writer: CheckpointWriter | None = None
         # The open epoch's and interval's sums: kept at a stop for its checkpoint, taken back by a resume from it.
         self.open_stats: tuple[IntervalStats, IntervalStats] | None = None
         self.restored_stats: tuple[OpenStats, OpenStats] | None = None
