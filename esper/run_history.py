@@ -9,10 +9,12 @@ import msgspec
 from actors.tolaria.checkpoints import latest_good, read_manifest
 from esper.run_files import run_files
 from esper.runtime.emergency_tally import EmergencyTally
+from schemas.run import RunSummary
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from actors.tolaria.checkpoints import CheckpointInfo
     from esper.decisions import Decision as DecisionRecord
     from schemas.config import RunConfig
     from schemas.enums import SeedLifecycleStage
@@ -92,13 +94,40 @@ def slot_transitions_at(
     return [t for t in transitions if t[2] - lag_steps <= resume_step]
 
 
+def summary_problem(run_dir: Path, info: CheckpointInfo) -> str | None:
+    """Why the run's summary.json is not the summary of the checkpoint ``info`` (a phrase for a notice), or None when
+    it is: it decodes as a RunSummary whose training figures end at that checkpoint's step and epoch. Every session
+    that ends writes one (a Ctrl-C's says interrupted, a failure's failed), so one that merely exists may be an
+    earlier session's. A missing file's phrase starts with "no ". Blocking."""
+    name = run_files(run_dir).summary
+    try:
+        data = (run_dir / name).read_bytes()
+    except FileNotFoundError:
+        return f"no {name}"
+    except OSError as err:
+        return f"{name} cannot be read ({type(err).__name__})"
+    if not data.strip():
+        return f"{name} is empty"
+    try:
+        summary = msgspec.json.decode(data, type=RunSummary)
+    except msgspec.DecodeError as err:
+        return f"{name} is torn or not a summary ({err})"
+    figures = summary.training
+    if figures is None:
+        return f"{name} is an earlier session's (status {summary.status}, no training figures)"
+    if (figures.global_step, figures.epochs) != (info.global_step, info.epoch):
+        return f"{name} is an earlier session's (status {summary.status}, step {figures.global_step})"
+    return None
+
+
 def already_trained(run_dir: Path, epochs: int) -> str | None:
     """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs and the run wrote
-    its summary (a resume would have nothing to do and would only rewrite it), else None. Blocking: reads the
-    manifest, and hashes the newest checkpoint only when the manifest says it is complete.
+    its summary of that checkpoint (a resume would have nothing to do and would only rewrite it), else None.
+    Blocking: reads the manifest, and hashes the newest checkpoint only when the manifest says it is complete.
 
-    A run whose last good checkpoint ended its last epoch but that wrote no summary (killed between the two) gets
-    None too: its resume finishes it from that checkpoint, training no step (its test split is scored only there).
+    A run whose last good checkpoint ended its last epoch but whose summary.json is missing, torn or an earlier
+    session's (see summary_problem: killed between the two) gets None too: its resume finishes it from that
+    checkpoint, training no step (its test split is scored only there).
 
     Raises:
         CheckpointError: checkpoints are listed but none passes its checksum.
@@ -110,18 +139,19 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
-    summarised = (run_dir / run_files(run_dir).summary).exists()
-    if info.epoch == epochs and not summarised:
+    problem = summary_problem(run_dir, info)
+    if info.epoch == epochs and problem is not None:
         return None
     # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
     # told to try 70, which has nothing to train either.
     trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
     notice = (
-        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file}); nothing"
-        f" to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to train"
-        " further)"
+        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file});"
+        f" nothing to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to"
+        " train further)"
     )
-    if not summarised:
+    if problem is not None:
         # Finished with fewer epochs than it trained, its summary would misstate the run.
-        notice += f"; its summary was never written: --set tolaria.epochs={info.epoch} finishes it"
+        written = "was never written" if problem.startswith("no ") else f"is not that checkpoint's ({problem})"
+        notice += f"; its summary {written}: --set tolaria.epochs={info.epoch} finishes it"
     return notice

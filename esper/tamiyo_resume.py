@@ -10,6 +10,7 @@ from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
 from actors.tamiyo.stop_state import STOP_STATE_FILENAME, StopStateDamaged, read_stop_state
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from esper.resume import resume_point
+from esper.run_history import summary_problem
 from esper.runtime.errors import ConfigError
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
@@ -86,7 +87,9 @@ RESUME_POINT = "esper.resume_point"
 
 def resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> TelemetryEvent:
     """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable; or, when
-    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run."""
+    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run,
+    replacing the summary.json an earlier session left when there is one. Blocking: reads the manifest, the
+    summary."""
     if step is None:
         return TelemetryEvent(
             name=RESUME_POINT,
@@ -96,13 +99,15 @@ def resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> Tele
     info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
     if info is not None and info.epoch >= epochs and info.batch_index == 0:
         # Killed after its last checkpoint, before its summary: the run's end is all that is left to do.
+        where = f"finishing from step {step} ({info.file}, the end of epoch {info.epoch} of {epochs})"
+        end = "scoring the test split and writing the summary"
+        stale = summary_problem(checkpoints.parent, info)
+        if stale is not None and not stale.startswith("no "):
+            end += f", in place of the stale one ({stale})"
         return TelemetryEvent(
             name=RESUME_POINT,
             level=TelemetryLevel.INFO,
-            description=(
-                f"finishing from step {step} ({info.file}, the end of epoch {info.epoch} of {epochs}): no step to"
-                " train; scoring the test split and writing the summary"
-            ),
+            description=f"{where}: no step to train; {end}",
         )
     where = ""
     if info is not None:

@@ -138,3 +138,55 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_tr
     assert [(e["step"], e["tier"]) for e in session if e["event"] == "training_restored"] == [(LAST_STEP, "full")]
     assert _sha256(last) == checkpoint_sha
     assert (killed_dir / "checkpoints" / "manifest.json").read_bytes() == manifest
+
+
+def _setup(tmp_path: Path, epochs: int) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "killinghost.py").write_text(_KILLING_HOST, encoding="utf-8")
+    config = tiny_config(tmp_path, epochs=epochs)
+    paths = [str(tmp_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return config, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _summary(run_dir: Path) -> RunSummary:
+    return msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+
+
+def test_an_earlier_sessions_summary_does_not_keep_a_resume_from_finishing_the_run(tmp_path: Path) -> None:
+    """Every session that ends writes a summary.json: a completed 2-epoch run resumed with tolaria.epochs=3 and killed
+    after its last checkpoint kept the 2-epoch summary, and its next --resume said "already trained 3 of 3 epochs
+    ... nothing to resume": the 3-epoch run's test split was never scored, the stale summary its result for good (a
+    Ctrl-C's "interrupted" summary did the same). A summary counts only when it is the last checkpoint's."""
+    config, env = _setup(tmp_path, epochs=2)
+    run_dir = tmp_path / "run"
+    more = ("--set", "tolaria.epochs=3")
+    last = run_dir / "checkpoints" / "step-48.pt"
+    first = _esper(config, env, "--run-dir", str(run_dir))
+    assert first.returncode == 0, first.stderr[-2000:]
+    killed = _esper(config, {**env, "KILL_WHEN_EXISTS": str(last)}, "--resume", str(run_dir), *more)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stale = _summary(run_dir)
+    assert stale.training is not None
+    assert (stale.status, stale.training.global_step) == ("completed", 32)
+    if resume_point(run_dir / "checkpoints") != 48:
+        pytest.skip("the kill came before the planner had journaled the run's last packet (an overloaded machine)")
+
+    finished = _esper(config, env, "--resume", str(run_dir), *more)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "already trained" not in finished.stderr
+    assert (
+        "finishing from step 48 (step-48.pt, the end of epoch 3 of 3): no step to train; scoring the test split and"
+        " writing the summary, in place of the stale one (summary.json is an earlier session's (status completed,"
+        " step 32))"
+    ) in finished.stderr
+    summary = _summary(run_dir)
+    assert summary.training is not None
+    assert (summary.status, summary.exit_code) == ("completed", 0), summary.error
+    assert (summary.training.epochs, summary.training.global_step, summary.training.completed) == (3, 48, True)
+    assert summary.training.test_accuracy is not None
+    assert summary.training.test_accuracy != stale.training.test_accuracy
+    # That summary is the checkpoint's: the next resume is the notice, and rewrites nothing.
+    files = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    again = _esper(config, env, "--resume", str(run_dir), *more)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already trained 3 of tolaria.epochs = 3 epochs (step-48.pt); nothing to resume" in again.stderr
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == files

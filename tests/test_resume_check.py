@@ -21,9 +21,12 @@ from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_history import already_trained
 from esper.runtime.errors import ConfigError
 from schemas.config import KasminaConfig, RunConfig, SecurityConfig, TolariaConfig
+from schemas.run import RunSummary, TrainingFigures
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from schemas.run import RunStatus
 
 
 def _run_dir(tmp_path: Path, *overrides: str) -> Path:
@@ -316,10 +319,25 @@ def _trained_100_epochs(tmp_path: Path) -> Path:
     return run_dir
 
 
+def _write_summary(run_dir: Path, status: RunStatus, step: int, epochs: int, **training: object) -> None:
+    figures = TrainingFigures(epochs=epochs, global_step=step, host_parameters=10, seed_parameters=0)
+    summary = RunSummary(
+        run_id="r",
+        run_dir=str(run_dir),
+        status=status,
+        started_at="2026-12-06T00:00:00Z",
+        duration_s=1.0,
+        exit_code=0,
+        dead_letters=0,
+        training=msgspec.structs.replace(figures, **training),
+    )
+    (run_dir / "summary.json").write_bytes(msgspec.json.encode(summary))
+
+
 def test_the_nothing_to_resume_hint_counts_from_the_epochs_trained(tmp_path: Path) -> None:
     """Run r1b of the long sweep (100 epochs) resumed with tolaria.epochs = 60 was told to try 70: still nothing."""
     run_dir = _trained_100_epochs(tmp_path)
-    (run_dir / "summary.json").write_text("{}", encoding="utf-8")
+    _write_summary(run_dir, "completed", 300, 100, completed=True)
     notice = already_trained(run_dir, 60)
     assert notice is not None
     assert "already trained 100 epochs, more than tolaria.epochs = 60 epochs (step-300.pt)" in notice
@@ -340,6 +358,50 @@ def test_a_run_killed_after_its_last_checkpoint_before_its_summary_is_left_to_th
     notice = already_trained(run_dir, 60)
     assert notice is not None
     assert notice.endswith("; its summary was never written: --set tolaria.epochs=100 finishes it")
+
+
+def test_an_earlier_sessions_summary_is_not_the_runs(tmp_path: Path) -> None:
+    """Every session that ends writes summary.json: a Ctrl-C's (status interrupted, step 22, no test score) or that of
+    a shorter run resumed with more epochs counted as the run's summary, and a resume killed after the last checkpoint
+    could never be finished ("already trained"). Only a summary of the last good checkpoint counts."""
+    run_dir = _trained_100_epochs(tmp_path)
+    _write_summary(run_dir, "interrupted", 22, 0)
+    assert already_trained(run_dir, 100) is None
+    notice = already_trained(run_dir, 60)
+    assert notice is not None
+    assert notice.endswith(
+        "; its summary is not that checkpoint's (summary.json is an earlier session's (status interrupted, step 22)):"
+        " --set tolaria.epochs=100 finishes it"
+    )
+    _write_summary(run_dir, "completed", 12, 4, completed=True)  # the run before a --set tolaria.epochs=100
+    assert already_trained(run_dir, 100) is None
+    _write_summary(run_dir, "completed", 300, 100, completed=True)
+    assert "already trained 100 of tolaria.epochs = 100 epochs (step-300.pt); nothing" in (
+        already_trained(run_dir, 100) or ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "summary.json is empty"),
+        (b"\n", "summary.json is empty"),
+        (b'{"run_id": "2026', "summary.json is torn or not a summary"),
+        (b"{}", "summary.json is torn or not a summary"),
+        (b"\xff\xfe", "summary.json is torn or not a summary"),
+        (b'{"run_id": "r", "run_dir": "d", "status": "failed", "started_at": "", "duration_s": 1.0, "exit_code": 1,'
+         b' "dead_letters": 0}', "summary.json is an earlier session's (status failed, no training figures)"),
+    ],
+)  # fmt: skip
+def test_a_torn_or_empty_summary_is_no_summary(tmp_path: Path, data: bytes, problem: str) -> None:
+    """A summary.json that existed counted as written, torn (a crash in its write) or empty: its resume said "nothing
+    to resume" and the run kept no summary for good."""
+    run_dir = _trained_100_epochs(tmp_path)
+    (run_dir / "summary.json").write_bytes(data)
+    assert already_trained(run_dir, 100) is None
+    notice = already_trained(run_dir, 60)
+    assert notice is not None
+    assert f"; its summary is not that checkpoint's ({problem}" in notice
 
 
 def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:
