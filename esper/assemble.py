@@ -38,7 +38,7 @@ from esper.assemble_inputs import candidates, evidence_cadence, open_store, prob
 from esper.nn.blueprints import default_catalogue
 from esper.resume import check_checkpoint_fits
 from esper.resume_rows import unwritten_epoch_ends
-from esper.run_history import slot_transitions_at
+from esper.run_history import finishing_halt, slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
@@ -167,9 +167,11 @@ async def assemble(
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
         slot_transitions = None
+        halt = None
         if resume:
             epochs = config.tolaria.epochs
-            sink.emit(await anyio.to_thread.run_sync(resume_point_event, checkpoints, resume_step, epochs))
+            halt = await anyio.to_thread.run_sync(finishing_halt, run_dir, resume_step, epochs)
+            sink.emit(await anyio.to_thread.run_sync(resume_point_event, checkpoints, resume_step, epochs, halt))
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps
                 slot_transitions = slot_transitions_at(tally.earlier_slot_transitions, lag, resume_step)
@@ -306,6 +308,7 @@ async def assemble(
             step_probe=hooks.step_probe,
             resume_at_most=resume_step if controller_resumes else None,
             journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
+            halt_reason=halt if controller_resumes else None,
         )
         _log.info(
             "run_assembled",

@@ -6,9 +6,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
+from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
 from actors.tolaria.checkpoints import latest_good, read_manifest
 from esper.run_files import run_files
+from esper.runtime.emergency import RESTORED
 from esper.runtime.emergency_tally import EmergencyTally
+from schemas.enums import EmergencyLevel
 from schemas.run import RunSummary
 
 if TYPE_CHECKING:
@@ -120,6 +123,70 @@ def summary_problem(run_dir: Path, info: CheckpointInfo) -> str | None:
     return None
 
 
+def halted_summary(run_dir: Path) -> str | None:
+    """The halt's reason when the run's summary.json says training halted (L4), else None. Blocking."""
+    try:
+        summary = msgspec.json.decode((run_dir / run_files(run_dir).summary).read_bytes(), type=RunSummary)
+    except (OSError, msgspec.DecodeError):
+        return None
+    figures = summary.training
+    if figures is None or not figures.halted:
+        return None
+    return figures.halt_reason or "no reason given"
+
+
+def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
+    """Why the run halted, when the checkpoint ``info`` is one an L4 halt wrote (its emergency level, read from the
+    file's header), else None: the trainer's ``training_finished`` line for that step in events.jsonl, else its L4
+    emergency signal there, else a reason naming the step and L4 (a kill -9 can come before either line). Blocking.
+    """
+    try:
+        level = checkpoint_counters(run_dir / "checkpoints" / info.file).get("emergency_level")
+    except (CheckpointError, OSError):
+        return None  # the resume's own load refuses it, saying why
+    if not isinstance(level, int) or level < EmergencyLevel.L4_HALT:
+        return None
+    finished: str | None = None
+    signalled: str | None = None
+    events = run_dir / run_files(run_dir).events
+    try:
+        if not events.is_file():  # missing, or a device such as /dev/null
+            raise FileNotFoundError(events)
+        with events.open("rb") as lines:
+            for line in lines:
+                if b'"training_finished"' not in line and b'"emergency_signal"' not in line:
+                    continue
+                try:
+                    entry = msgspec.json.decode(line, type=dict[str, object])
+                except msgspec.DecodeError:
+                    continue  # a torn last line
+                reason = entry.get("halt_reason") if entry.get("event") == "training_finished" else entry.get("reason")
+                if not isinstance(reason, str) or reason == RESTORED:
+                    continue
+                if entry.get("status") == "halted" and entry.get("global_step") == info.global_step:
+                    finished = reason
+                elif entry.get("msg_level") == int(EmergencyLevel.L4_HALT) and entry.get("step") == info.global_step:
+                    signalled = reason
+    except OSError:
+        pass
+    if finished is not None:
+        return finished
+    if signalled is not None:
+        return f"L4 at step {info.global_step}: {signalled}"
+    return f"an emergency halt (L4) at step {info.global_step}, its reason not in {events.name}"
+
+
+def finishing_halt(run_dir: Path, step: int | None, epochs: int) -> str | None:
+    """Why the run halted, when a resume from the checkpoint at ``step`` only finishes the run (it ended the last of
+    ``epochs`` epochs) and an L4 halt wrote it (see checkpoint_halt); else None. Blocking."""
+    if step is None:
+        return None
+    info = next((e for e in read_manifest(run_dir / "checkpoints") if e.global_step == step), None)
+    if info is None or info.epoch < epochs or info.batch_index != 0:
+        return None
+    return checkpoint_halt(run_dir, info)
+
+
 def already_trained(run_dir: Path, epochs: int) -> str | None:
     """A one-line notice when the run's last good checkpoint has already trained ``epochs`` epochs and the run wrote
     its summary of that checkpoint (a resume would have nothing to do and would only rewrite it), else None.
@@ -145,8 +212,10 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
     # told to try 70, which has nothing to train either.
     trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
+    halt = halted_summary(run_dir) if problem is None else None
+    halted = "" if halt is None else f", where it halted at L4 ({halt})"
     notice = (
-        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file});"
+        f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file}){halted};"
         f" nothing to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to"
         " train further)"
     )

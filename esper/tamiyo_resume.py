@@ -85,11 +85,11 @@ def tamiyo_resume_state(
 RESUME_POINT = "esper.resume_point"
 
 
-def resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> TelemetryEvent:
+def resume_point_event(checkpoints: Path, step: int | None, epochs: int, halt: str | None = None) -> TelemetryEvent:
     """Where a resume continues: the checkpoint (its step, epoch and batch), or the start when none is usable; or, when
-    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run,
-    replacing the summary.json an earlier session left when there is one. Blocking: reads the manifest, the
-    summary."""
+    that checkpoint ended the run's last epoch (``epochs``: tolaria.epochs), that the resume only finishes the run:
+    as a halted run when ``halt`` (the reason of the L4 halt that wrote it, see finishing_halt), and replacing the
+    summary.json an earlier session left, when there is one. Blocking: reads the manifest and the summary."""
     if step is None:
         return TelemetryEvent(
             name=RESUME_POINT,
@@ -101,12 +101,15 @@ def resume_point_event(checkpoints: Path, step: int | None, epochs: int) -> Tele
         # Killed after its last checkpoint, before its summary: the run's end is all that is left to do.
         where = f"finishing from step {step} ({info.file}, the end of epoch {info.epoch} of {epochs})"
         end = "scoring the test split and writing the summary"
+        if halt is not None:
+            where += f", which an emergency halt at L4 wrote ({halt})"
+            end = "writing the halted run's summary (no test score)"
         stale = summary_problem(checkpoints.parent, info)
         if stale is not None and not stale.startswith("no "):
             end += f", in place of the stale one ({stale})"
         return TelemetryEvent(
             name=RESUME_POINT,
-            level=TelemetryLevel.INFO,
+            level=TelemetryLevel.WARNING if halt is not None else TelemetryLevel.INFO,
             description=f"{where}: no step to train; {end}",
         )
     where = ""

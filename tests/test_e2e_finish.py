@@ -28,13 +28,26 @@ LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 
 # The built-in host, killed (SIGKILL, as kill -9) at its first forward in eval mode once the file KILL_WHEN_EXISTS
 # names exists: the run's last checkpoint is written just before the test split is scored, and no other eval-mode
-# forward comes after it. Without the variable it is the plain CNN, so the same host_model trains the reference run
-# and finishes the killed one.
+# forward comes after it. With KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing
+# summary.json (a halted run scores no test split: its end is the checkpoint, then the summary). Without the variables
+# it is the plain CNN, so the same host_model trains the reference run and finishes the killed one.
 _KILLING_HOST = """
 import os
 import signal
 
+import esper.session
 from esper.nn.hosts import CNN1dHost
+
+_write = esper.session.atomic_write_bytes
+
+
+def _kill_before_summary(path, data):
+    if os.environ.get("KILL_BEFORE_SUMMARY") and path.name == "summary.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _write(path, data)
+
+
+esper.session.atomic_write_bytes = _kill_before_summary
 
 
 def _kill_when_scoring(module, args):
@@ -190,3 +203,55 @@ def test_an_earlier_sessions_summary_does_not_keep_a_resume_from_finishing_the_r
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already trained 3 of tolaria.epochs = 3 epochs (step-48.pt); nothing to resume" in again.stderr
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == files
+
+
+def test_a_run_halted_at_its_last_epoch_end_is_finished_halted_by_resume(tmp_path: Path) -> None:
+    """A run halted at L4 by the failed epochs of its last epoch end, killed between the halt's checkpoint and its
+    summary: --resume "finished" it as completed (exit 0, halted false, level 2, a test score), the halt erased,
+    because the loop ends whenever every epoch is trained. It now writes the summary the halt writes (exit 1)."""
+    config, env = _setup(tmp_path, epochs=2)
+    failing = ("--set", "tolaria.epoch_hook_budget_ms=0.000001", "--set", "tolaria.failed_epochs_to_halt=2")
+    reference_dir, killed_dir = tmp_path / "halted", tmp_path / "killed"
+    last = killed_dir / "checkpoints" / "step-32.pt"
+    reference = _esper(config, env, *failing, "--run-dir", str(reference_dir))
+    assert reference.returncode == 1, reference.stderr[-2000:]
+    want = _summary(reference_dir)
+    assert want.training is not None
+    assert (want.training.halted, want.training.global_step, want.training.emergency_level) == (True, 32, 4)
+    reason = "2 failed epochs in a row (the last: hook_budget)"
+    assert (want.status, want.error, want.training.halt_reason) == ("failed", f"emergency halt: {reason}", reason)
+
+    killed = _esper(config, {**env, "KILL_BEFORE_SUMMARY": "1"}, *failing, "--run-dir", str(killed_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (killed_dir / "summary.json").exists()
+    found = load_latest(killed_dir / "checkpoints")
+    assert found is not None
+    assert (found[2].file, found[2].epoch, found[0].counters["emergency_level"]) == (last.name, 2, 4)
+    checkpoint_sha = _sha256(last)
+
+    finished = _esper(config, env, *failing, "--resume", str(killed_dir))
+    assert finished.returncode == reference.returncode, finished.stderr[-2000:]
+    assert (
+        f"finishing from step 32 (step-32.pt, the end of epoch 2 of 2), which an emergency halt at L4 wrote ({reason}):"
+        " no step to train; writing the halted run's summary (no test score)"
+    ) in finished.stderr
+    summary = _summary(killed_dir)
+    assert summary.training is not None
+    assert (summary.status, summary.exit_code, summary.error) == (want.status, want.exit_code, want.error)
+    assert summary.training.test_accuracy is None
+    # Every figure the halted run wrote: halted at L4 for its reason, not completed, no test score.
+    wall_clock = {"stalls": 0, "stall_ms": 0.0, "resumed_from_step": None}
+    assert msgspec.structs.replace(summary.training, **wall_clock) == msgspec.structs.replace(
+        want.training, **wall_clock
+    )
+    assert summary.training.resumed_from_step == 32
+    assert _sha256(last) == checkpoint_sha
+
+    # With its summary written, the resume is the notice, which says the run halted; no file changes.
+    files = {path: path.read_bytes() for path in killed_dir.rglob("*") if path.is_file()}
+    again = _esper(config, env, *failing, "--resume", str(killed_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"already trained 2 of tolaria.epochs = 2 epochs (step-32.pt), where it halted at L4 ({reason})" in (
+        again.stderr
+    )
+    assert {path: path.read_bytes() for path in killed_dir.rglob("*") if path.is_file()} == files

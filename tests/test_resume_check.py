@@ -13,12 +13,14 @@ import pytest
 
 from actors.kasmina.spec import lifecycle_settings
 from actors.nissa.csv_writer import header_line
+from actors.tolaria.checkpoint_codec import safetensors_bytes
 from esper.config import apply_overrides, dump_config
 from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
-from esper.run_history import already_trained
+from esper.run_history import already_trained, finishing_halt
+from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError
 from schemas.config import KasminaConfig, RunConfig, SecurityConfig, TolariaConfig
 from schemas.run import RunSummary, TrainingFigures
@@ -402,6 +404,50 @@ def test_a_torn_or_empty_summary_is_no_summary(tmp_path: Path, data: bytes, prob
     notice = already_trained(run_dir, 60)
     assert notice is not None
     assert f"; its summary is not that checkpoint's ({problem}" in notice
+
+
+def test_the_notice_of_a_run_that_halted_at_its_end_says_so(tmp_path: Path) -> None:
+    """A run halted at L4 at its last epoch end was told only "already trained ... nothing to resume"."""
+    run_dir = _trained_100_epochs(tmp_path)
+    reason = "3 failed epochs in a row (the last: hook_budget)"
+    _write_summary(run_dir, "failed", 300, 100, halted=True, halt_reason=reason, emergency_level=4)
+    notice = already_trained(run_dir, 100)
+    assert notice is not None
+    assert f"already trained 100 of tolaria.epochs = 100 epochs (step-300.pt), where it halted at L4 ({reason});" in (
+        notice
+    )
+
+
+def _halts_checkpoint(tmp_path: Path, level: int, events: list[dict[str, object]]) -> Path:
+    """A run directory whose checkpoint step-300.pt (epoch 100) holds ``level`` in its header, with ``events``."""
+    run_dir = _trained_100_epochs(tmp_path)
+    header = {"counters": {"emergency_level": level}}
+    data = safetensors_bytes([], {"esper": json.dumps(header)})
+    (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
+    lines = [json.dumps(event) for event in events]
+    (run_dir / "events.jsonl").write_text("\n".join([*lines, '{"event": "training_fin']), "utf-8")  # torn at the end
+    return run_dir
+
+
+def test_the_halt_a_finishing_resume_keeps_gives_its_reason_on_record(tmp_path: Path) -> None:
+    """A resume that finishes a run from the checkpoint an L4 halt wrote says the halt's reason: the trainer's
+    training_finished line, else the L4 signal at that step, else one naming the step and L4."""
+    reason = "3 failed epochs in a row (the last: hook_budget)"
+    finished = {"event": "training_finished", "status": "halted", "global_step": 300, "halt_reason": reason}
+    signal = {"event": "emergency_signal", "msg_level": 4, "step": 300, "reason": "failed_epochs_streak: 3"}
+    restored = {"event": "emergency_signal", "msg_level": 4, "step": 300, "reason": RESTORED}
+    earlier = {**finished, "global_step": 150, "halt_reason": "an earlier halt"}
+    cases = [
+        ([signal, finished, restored], reason),
+        ([earlier, signal, restored], "L4 at step 300: failed_epochs_streak: 3"),
+        ([earlier, restored], "an emergency halt (L4) at step 300, its reason not in events.jsonl"),
+    ]
+    for index, (events, want) in enumerate(cases):
+        run_dir = _halts_checkpoint(tmp_path / str(index), 4, events)
+        assert finishing_halt(run_dir, 300, 100) == want
+        assert finishing_halt(run_dir, 300, 101) is None  # epochs are left to train: it trains on from L2
+    assert finishing_halt(_halts_checkpoint(tmp_path / "l3", 3, [finished]), 300, 100) is None
+    assert finishing_halt(run_dir, None, 100) is None
 
 
 def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:

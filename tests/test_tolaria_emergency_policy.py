@@ -1,13 +1,15 @@
 """Tolaria's emergency policy: an open epoch breaker half-opens after its open time, and a halted run's checkpoint
-resumes below L4."""
+resumes below L4 (but for one that ended the run's last epoch: there is nothing left to train)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from actors.tolaria.emergencies import Action, EmergencyPolicy
+from esper.runtime.emergency import RESTORED
 from schemas.config import BreakerConfig, TolariaConfig
 from schemas.enums import BreakerState, EmergencyLevel
+from schemas.runtime import EmergencySignal
 
 if TYPE_CHECKING:
     from esper.runtime.clock import ManualClock
@@ -58,6 +60,20 @@ def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     assert policy.failed_streak == 0
     assert policy.failed_epochs == 8
     assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE
+
+
+def test_a_halts_checkpoint_at_the_runs_end_stays_at_l4(clock: ManualClock, sink: RecordingSink) -> None:
+    """The checkpoint an L4 halt wrote at the end of the last epoch came back at L2: the resume, with nothing left to
+    train, then ended the run as completed (the halt erased). With ``ended`` the level stays L4, re-announced."""
+    policy = _policy(clock, sink)
+    halted: dict[str, float | int | str | None] = {"emergency_level": 4, "failed_streak": 8, "failed_epochs": 8}
+    assert policy.restore(halted, ended=True) is True
+    assert policy.level is EmergencyLevel.L4_HALT
+    assert policy.failed_streak == 8
+    assert [(s.level, s.reason) for s in sink.of_type(EmergencySignal)] == [(EmergencyLevel.L4_HALT, RESTORED)]
+    # Any other checkpoint at the run's end is no halt's.
+    assert _policy(clock, sink).restore({"emergency_level": 2}, ended=True) is False
+    assert _policy(clock, sink).restore(halted) is False
 
 
 def test_a_resume_between_non_finite_steps_keeps_them_in_the_window(clock: ManualClock, sink: RecordingSink) -> None:

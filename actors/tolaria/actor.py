@@ -193,6 +193,8 @@ class TolariaWiring:
         resume_at_most: with ``resume``, the newest checkpoint step the first start may continue from (see
             LoopOptions); None: the newest.
         journaled_step: reads the planner journal's last boundary step (see LoopOptions); None: not known.
+        halt_reason: with ``resume``, why the run halted when its checkpoint is an L4 halt's at the end of the last
+            epoch (see LoopOptions); None: not on record.
     """
 
     run_id: str
@@ -213,6 +215,7 @@ class TolariaWiring:
     isolation_probe_every_steps: int = 0
     resume_at_most: int | None = None
     journaled_step: Callable[[], int | None] | None = None
+    halt_reason: str | None = None
 
 
 @final
@@ -318,6 +321,7 @@ class TolariaTrainer(Actor[StartTraining]):
             # The resume's point holds for the first incarnation only: a restart continues from what it wrote since.
             resume_at_most=wiring.resume_at_most if msg.incarnation == 1 else None,
             journaled_step=wiring.journaled_step,
+            halt_reason=wiring.halt_reason,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

@@ -165,11 +165,16 @@ class EmergencyPolicy:
             "nonfinite_window": ",".join(map(str, self._nonfinite)),
         }
 
-    def restore(self, counters: dict[str, float | int | str | None]) -> None:
+    def restore(self, counters: dict[str, float | int | str | None], *, ended: bool = False) -> bool:
         """Take the counters and level back from a checkpoint (the level is re-announced if above L1).
 
         The checkpoint an L4 halt wrote is resumed at L2 with its failure streak cleared: resuming it is the
-        operator's call to go on, and L4 never steps down (the run trained on at L4, growth paused for good).
+        operator's call to go on, and L4 never steps down (the run trained on at L4, growth paused for good). With
+        ``ended`` (the checkpoint ended the run's last epoch: nothing is left to train) it stays at L4: the run ended
+        in that halt, and the resume only writes its end.
+
+        Returns:
+            True if the checkpoint was an L4 halt's and the level stays L4 (``ended``).
         """
         self.failed_epochs = int(counters.get("failed_epochs") or 0)
         self.failed_streak = int(counters.get("failed_streak") or 0)
@@ -179,11 +184,12 @@ class EmergencyPolicy:
             deque(int(step) for step in window.split(",")) if isinstance(window, str) and window else deque()
         )
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
-        if level >= EmergencyLevel.L4_HALT:
+        if level >= EmergencyLevel.L4_HALT and not ended:
             self.failed_streak = 0
             reason = "resumed after an L4 halt: conservative until clean epochs"
             self.ladder.escalate(EmergencyLevel.L2_ELEVATED, reason, ORIGIN)
-            return
+            return False
         # The level and its clean dwell as the epoch end's verdict left them: a resumed run steps down when the
         # uninterrupted one does (the dwell started again, and the resumed run diverged).
         self.ladder.restore(level, int(counters.get("emergency_clean_ticks") or 0), ORIGIN)
+        return level >= EmergencyLevel.L4_HALT

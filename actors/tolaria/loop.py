@@ -123,10 +123,14 @@ class TrainingLoop:
         try:
             status: LoopStatus
             reason: str | None
+            # A full restore that missed its deadline: L4 before the first step. The restore is complete (only
+            # slow), so the halt's checkpoint holds a sound state, now at L4 (a resume continues at L2).
             halt = self._restorer.restore_at_start()
+            if halt is None and self._s.restored_halt:
+                # The checkpoint an L4 halt wrote at the end of the last epoch (killed before its summary): the
+                # resume only writes the run's end, and that run ended halted (no test score), not completed.
+                halt = self._s.options.halt_reason or f"an emergency halt (L4) at step {self._s.pos.global_step}"
             if halt is not None:
-                # A full restore that missed its deadline: L4 before the first step. The restore is complete (only
-                # slow), so the halt's checkpoint holds a sound state, now at L4 (a resume continues at L2).
                 status, reason = "halted", halt
             else:
                 status, reason = self._train(plan, writer)
@@ -244,10 +248,11 @@ class TrainingLoop:
 
     def _finish(self, status: LoopStatus, reason: str | None, writer: CheckpointWriter | None) -> TrainingFigures:
         counters = self._s.run_counters
-        # A resume that found every epoch trained (a run killed after its last checkpoint, before its summary) holds
-        # the state it loaded from that checkpoint: the file stays as verified (written again, only its resume point
-        # would differ).
-        finishing = status == "completed" and counters.resumed_from == self._s.pos.global_step
+        # A resume that found every epoch trained (a run killed after its last checkpoint, an L4 halt's maybe, before
+        # its summary) holds the state it loaded from that checkpoint: the file stays as verified (written again, only
+        # its resume point would differ).
+        finishing = counters.resumed_from == self._s.pos.global_step
+        finishing = finishing and (status == "completed" or self._s.restored_halt)
         if writer is not None and not finishing:
             state = self._s.capture(keep_modules=False)
             writer.submit(state)

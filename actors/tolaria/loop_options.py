@@ -42,6 +42,8 @@ class LoopOptions:
         journaled_step: the planner journal's last boundary step, read when the loop restores: a restart continues
             from the newest state whose plans in flight were decided there (a planner that crashed on a packet lost
             its decision, which nobody can send again); None: the newest state.
+        halt_reason: why the run halted, as its events say, when the checkpoint a resume continues from is the one an
+            L4 halt wrote at the end of the last epoch (the resume finishes the run halted); None: not on record.
     """
 
     run_id: str
@@ -56,6 +58,7 @@ class LoopOptions:
     isolation_probe_every_steps: int = 0
     resume_at_most: int | None = None
     journaled_step: Callable[[], int | None] | None = None
+    halt_reason: str | None = None
 
 
 @final

@@ -98,7 +98,8 @@ class Restorer:
         if counters:
             # Resume or restart: the run's health counters continue. A rollback keeps the current ones instead,
             # or every rollback would forget the failures that caused it.
-            self._s.policy.restore(state.counters)
+            ended = state.epoch >= self._s.config.epochs and state.batch_index == 0
+            self._s.restored_halt = self._s.policy.restore(state.counters, ended=ended)
             self._s.run_counters.restore(state.counters, stalls_now=self._s.inbox.statistics())
         else:
             # The next epoch end's loss delta is against the restored model's last validation, not against one of

@@ -85,6 +85,8 @@ class LoopState:
         self.rollback_target: tuple[int | None, int] = (None, 0)
         self.missed_this_epoch = 0
         self.last_checkpoint: str | None = None
+        # The restored checkpoint is the one an L4 halt wrote at the end of the run's last epoch (see Restorer.restore).
+        self.restored_halt = False
         # The running loop's checkpoint writer (None between runs and without a checkpoint directory).
         self.writer: CheckpointWriter | None = None
         # The open epoch's and interval's sums: kept at a stop for its checkpoint, taken back by a resume from it.
