@@ -29,7 +29,8 @@ LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 # The built-in host, killed (SIGKILL, as kill -9) at its first forward in eval mode once the file KILL_WHEN_EXISTS
 # names exists: the run's last checkpoint is written just before the test split is scored, and no other eval-mode
 # forward comes after it. With KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing
-# summary.json (a halted run scores no test split: its end is the checkpoint, then the summary). Without the variables
+# summary.json (a halted run scores no test split: its end is the checkpoint, then the summary); with
+# CTRL_C_AT_FORWARD=N, it gets SIGINT (Ctrl-C) at its Nth forward in training mode. Without the variables
 # it is the plain CNN, so the same host_model trains the reference run and finishes the killed one.
 _KILLING_HOST = """
 import os
@@ -50,10 +51,17 @@ def _kill_before_summary(path, data):
 esper.session.atomic_write_bytes = _kill_before_summary
 
 
+_forwards = [0]
+
+
 def _kill_when_scoring(module, args):
     mark = os.environ.get("KILL_WHEN_EXISTS")
     if mark and not module.training and os.path.exists(mark):
         os.kill(os.getpid(), signal.SIGKILL)
+    if module.training:
+        _forwards[0] += 1
+        if _forwards[0] == int(os.environ.get("CTRL_C_AT_FORWARD", "0")):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def factory():
@@ -203,6 +211,36 @@ def test_an_earlier_sessions_summary_does_not_keep_a_resume_from_finishing_the_r
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already trained 3 of tolaria.epochs = 3 epochs (step-48.pt); nothing to resume" in again.stderr
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == files
+
+
+def test_a_ctrl_c_sessions_summary_does_not_keep_a_resume_from_finishing_the_run(tmp_path: Path) -> None:
+    """Ctrl-C (summary.json: interrupted, no test score), --resume, kill -9 after the last checkpoint: the next
+    --resume said "already trained" and the interrupted summary stayed the run's result for good."""
+    config, env = _setup(tmp_path, epochs=2)
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "step-32.pt"
+    stopped = _esper(config, {**env, "CTRL_C_AT_FORWARD": "21"}, "--run-dir", str(run_dir))
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    interrupted = _summary(run_dir)
+    assert interrupted.training is not None
+    assert interrupted.status == "interrupted"
+    assert interrupted.training.global_step < 32
+    killed = _esper(config, {**env, "KILL_WHEN_EXISTS": str(last)}, "--resume", str(run_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _summary(run_dir) == interrupted
+    if resume_point(run_dir / "checkpoints") != 32:
+        pytest.skip("the kill came before the planner had journaled the run's last packet (an overloaded machine)")
+
+    finished = _esper(config, env, "--resume", str(run_dir))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert (
+        "writing the summary, in place of the stale one (summary.json is an earlier session's (status interrupted,"
+        f" step {interrupted.training.global_step}))"
+    ) in finished.stderr
+    summary = _summary(run_dir)
+    assert summary.training is not None
+    assert (summary.status, summary.training.global_step, summary.training.completed) == ("completed", 32, True)
+    assert summary.training.test_accuracy is not None
 
 
 def test_a_run_halted_at_its_last_epoch_end_is_finished_halted_by_resume(tmp_path: Path) -> None:
