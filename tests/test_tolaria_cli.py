@@ -166,6 +166,9 @@ def test_the_terminal_closing_stops_the_run_with_a_checkpoint_and_resume_ends_bi
         stdout=terminal,
         stderr=terminal,
         start_new_session=True,
+        # A run on a terminal: the hang-up's default disposition, whatever the test runner's is (under nohup it is
+        # ignored, and the run rightly keeps it: it trained to the end and exited 0).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     os.close(terminal)
     try:
