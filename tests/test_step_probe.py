@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import torch
 
 from esper import start
@@ -16,6 +17,9 @@ from tests.test_e2e_run import _final_weights, tiny_config
 
 if TYPE_CHECKING:
     from types import ModuleType
+
+# Whole runs (several in some tests): on a loaded 2-core machine one test took over the 30 s default.
+pytestmark = pytest.mark.timeout(120)
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_morphogenesis.py"
 
