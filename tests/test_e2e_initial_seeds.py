@@ -13,6 +13,7 @@ from actors.tolaria.build import build_trainee, load_data
 from esper.config import load_config
 from esper.run import start
 from schemas.enums import SeedLifecycleStage
+from tests.far_budgets import far_budgets
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 
 def write_config(tmp_path: Path, *, max_active_seeds: int = 4) -> Path:
     """Three epochs of a few steps; every_k grafts BP001 into the first free slot (by name) at every epoch end, and
-    blocks.0 and blocks.1 hold initial seeds, so blocks.2 is the only slot it may grow."""
+    blocks.0 and blocks.1 hold initial seeds, so blocks.2 is the only slot it may grow. Its wall-clock budgets are far
+    above any real time (tests/far_budgets.py): a loaded machine must not fail the graft."""
     path = tmp_path / "initial.toml"
     path.write_text(
         f"""
@@ -33,13 +35,16 @@ batch_size = 64
 state_every_steps = 4
 command_lag_steps = 2
 initial_seeds = ["blocks.0=BP001", "blocks.1=BP001"]
+{far_budgets("tolaria")}
 
 [kasmina]
 max_active_seeds = {max_active_seeds}
+{far_budgets("kasmina")}
 
 [tamiyo]
 policy = "every_k"
 every_k_epochs = 1
+{far_budgets("tamiyo")}
 
 [karn]
 include = ["BP001"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import pytest
 import torch
 from torch import nn
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from actors.kasmina.preparation import SeedSource
+
+# Whole runs (several in some tests): on a loaded 2-core machine one test took over the 30 s default.
+pytestmark = pytest.mark.timeout(120)
 
 
 class _TurnsHarmful(nn.Module):

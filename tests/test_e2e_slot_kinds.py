@@ -14,6 +14,7 @@ from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue
 from esper.run import start
 from schemas.config import KarnConfig
 from schemas.enums import SeedLifecycleStage
+from tests.far_budgets import far_budgets
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,7 +48,8 @@ def test_each_candidate_names_the_slots_it_fits_with_its_size_in_each() -> None:
 def write_config(tmp_path: Path, policy: str) -> Path:
     """Eight short epochs on the mixed host; every epoch is a plateau (plateau_min_delta) and every slot strained
     enough, so both policies grow at each epoch end they may; the heuristic prefers the medium tier, which holds a
-    conv blueprint (BP005) and a flat one (BP007)."""
+    conv blueprint (BP005) and a flat one (BP007). Its wall-clock budgets are far above any real time
+    (tests/far_budgets.py): a loaded machine must not fail or change a graft."""
     path = tmp_path / f"{policy}.toml"
     path.write_text(
         f"""
@@ -58,6 +60,10 @@ batch_size = 64
 state_every_steps = 4
 command_lag_steps = 2
 host_model = "tests.tolaria_factories:mixed_kinds"
+{far_budgets("tolaria")}
+
+[kasmina]
+{far_budgets("kasmina")}
 
 [tamiyo]
 policy = "{policy}"
@@ -67,6 +73,7 @@ plateau_min_delta = 100.0
 germinate_cooldown_epochs = 1
 germinate_min_constraint = 0.0
 blueprint_cost_tier = "medium"
+{far_budgets("tamiyo")}
 
 [urza]
 root = "{tmp_path / "urza"}"

@@ -11,6 +11,7 @@ import pytest
 from actors.tamiyo.policy import Decision
 from esper.run import start
 from esper.wiring import RunHooks
+from schemas.config import TamiyoConfig
 from schemas.enums import EmergencyLevel
 from tests.test_e2e_run import tiny_config
 
@@ -56,9 +57,12 @@ async def test_training_goes_on_while_the_policy_is_stuck_for_ten_epochs(tmp_pat
                 policy.release.set()
 
     run_dir = tmp_path / "run"
+    # The decision budget is what this test is about: the default's, not tiny_config's far one (its other budgets stay
+    # far, so an epoch fails here only through the stuck policy, not through a loaded machine).
+    budget = [f"tamiyo.decision_budget_ms={TamiyoConfig().decision_budget_ms}"]
     try:
         system = await start(
-            tiny_config(tmp_path, epochs=12), run_dir, hooks=RunHooks(tamiyo_policy=policy, packet_tap=tap)
+            tiny_config(tmp_path, epochs=12), run_dir, budget, hooks=RunHooks(tamiyo_policy=policy, packet_tap=tap)
         )
         summary = await system.wait()
     finally:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import torch
 
 from esper import start
@@ -16,6 +17,9 @@ from tests.test_e2e_run import _final_weights, tiny_config
 
 if TYPE_CHECKING:
     from types import ModuleType
+
+# Whole runs (several in some tests): on a loaded 2-core machine one test took over the 30 s default.
+pytestmark = pytest.mark.timeout(120)
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_morphogenesis.py"
 
@@ -34,9 +38,9 @@ async def test_the_benchmark_probe_sees_every_step_and_leaves_a_growing_run_bitw
     bench = _bench_module()
     config = tiny_config(tmp_path, epochs=6)
     # BP005 starts with random weights, so a graft moves the function and the probe has something to see. The first
-    # run meets a cold artifact store, the second a warm one: budgets far above any compile time keep a slow minute
-    # from failing the first run's germination (a bounded wait, then a failed preparation) and not the second's.
-    overrides = ['karn.include=["BP005"]', "kasmina.artifact_wait_ms=20000", "tolaria.decision_deadline_ms=30000"]
+    # run meets a cold artifact store, the second a warm one: tiny_config's far budgets keep a slow minute from
+    # failing the first run's germination (a bounded wait, then a failed preparation) and not the second's.
+    overrides = ['karn.include=["BP005"]']
     plain = await start(config, tmp_path / "plain", overrides=overrides)
     assert (await plain.wait()).status == "completed"
     probe = bench.LossProbe()

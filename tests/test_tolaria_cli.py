@@ -17,18 +17,26 @@ from actors.tolaria.checkpoint_codec import decode_state
 from actors.tolaria.checkpoints import read_manifest
 from esper.run import main
 from esper.session import EXIT_INTERRUPTED
+from tests.far_budgets import far_budgets
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-TINY_TOML = """
+# Wall-clock budgets far above any real time (tests/far_budgets.py): the runs compared bitwise must not differ by the
+# machine's load (a decision over its budget is the fallback's, a plan past its deadline fails the epoch).
+TINY_TOML = f"""
 [tolaria]
 epochs = 6
 dataset_samples = 1000
 batch_size = 50
 checkpoint_every_epochs = 1
 num_threads = 1
+{far_budgets("tolaria")}
+[kasmina]
+{far_budgets("kasmina")}
+[tamiyo]
+{far_budgets("tamiyo")}
 [logging]
 state_interval_s = 60.0
 """
@@ -158,6 +166,9 @@ def test_the_terminal_closing_stops_the_run_with_a_checkpoint_and_resume_ends_bi
         stdout=terminal,
         stderr=terminal,
         start_new_session=True,
+        # A run on a terminal: the hang-up's default disposition, whatever the test runner's is (under nohup it is
+        # ignored, and the run rightly keeps it: it trained to the end and exited 0).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     os.close(terminal)
     try:
