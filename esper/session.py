@@ -448,13 +448,15 @@ class EsperSystem:
             growth=self._growth(figures) if self._growth is not None else None,
         )
         self._summary = summary
+        if self.config.nissa.report_png:
+            # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
+            # longest part) leaves no current summary, so --resume finishes the run and renders it again.
+            await self._render_report()
         path = self.run_dir / self.config.nissa.summary_json
         try:
             await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
         except OSError as err:  # a full disk: the summary still reaches the caller and the console
             _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
-        if self.config.nissa.report_png:
-            await self._render_report()
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
         with contextlib.suppress(OSError):

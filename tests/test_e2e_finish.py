@@ -293,3 +293,29 @@ def test_a_run_halted_at_its_last_epoch_end_is_finished_halted_by_resume(tmp_pat
         again.stderr
     )
     assert {path: path.read_bytes() for path in killed_dir.rglob("*") if path.is_file()} == files
+
+
+async def test_the_report_is_rendered_before_the_summary_that_marks_the_run_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """summary.json is the run's end as written (--resume leaves a run with a current one alone), so what the end
+    writes besides it comes first: a kill while report.png rendered (the end's longest part, about half a second)
+    left the summary without a report for good, and --resume said "already trained"."""
+    import esper.report
+    from esper.run import start
+
+    render = esper.report.render_report
+    seen: list[bool] = []
+
+    def recording(data: esper.report.RunData) -> Path:
+        seen.append((data.run_dir / "summary.json").exists())
+        return render(data)
+
+    monkeypatch.setattr(esper.report, "render_report", recording)
+    run_dir = tmp_path / "run"
+    system = await start(tiny_config(tmp_path, epochs=1), run_dir)
+    summary = await system.wait()
+    assert summary.status == "completed", summary.error
+    assert seen == [False]
+    assert (run_dir / "report.png").is_file()
+    assert (run_dir / "summary.json").is_file()
