@@ -27,16 +27,20 @@ EPOCHS = 5
 LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 
 # The built-in host, killed (SIGKILL, as kill -9) at its first forward in eval mode once the file KILL_WHEN_EXISTS
-# names exists: the run's last checkpoint is written just before the test split is scored, and no other eval-mode
-# forward comes after it. With KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing
-# summary.json (a halted run scores no test split: its end is the checkpoint, then the summary); with
-# CTRL_C_AT_FORWARD=N, it gets SIGINT (Ctrl-C) at its Nth forward in training mode. Without the variables
-# it is the plain CNN, so the same host_model trains the reference run and finishes the killed one.
+# names exists (and Kasmina's journal holds that step's boundary: a barrier, no sleep): the run's last checkpoint is
+# written just before the test split is scored, and no other eval-mode forward comes after it. With
+# KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing summary.json (a halted run scores no
+# test split: its end is the checkpoint, then the summary); with CTRL_C_AT_FORWARD=N, it gets SIGINT (Ctrl-C) at its
+# Nth forward in training mode. Without the variables it is the plain CNN, so the same host_model trains the reference
+# run and finishes the killed one.
 _KILLING_HOST = """
 import os
 import signal
+import threading
+from pathlib import Path
 
 import esper.session
+from actors.kasmina.journal import BoundaryJournal, last_boundary_step
 from esper.nn.hosts import CNN1dHost
 
 _write = esper.session.atomic_write_bytes
@@ -54,9 +58,27 @@ esper.session.atomic_write_bytes = _kill_before_summary
 _forwards = [0]
 
 
+_MARK = os.environ.get("KILL_WHEN_EXISTS")
+_MARK_STEP = int(Path(_MARK).stem.split("-")[1]) if _MARK else 0
+_journaled = threading.Event()
+_write_pending = BoundaryJournal.write_pending
+
+
+def _journal_then_tell(self):
+    _write_pending(self)
+    if self.path is not None and (last_boundary_step(self.path) or -1) >= _MARK_STEP:
+        _journaled.set()
+
+
+if _MARK:
+    BoundaryJournal.write_pending = _journal_then_tell
+
+
 def _kill_when_scoring(module, args):
-    mark = os.environ.get("KILL_WHEN_EXISTS")
-    if mark and not module.training and os.path.exists(mark):
+    if _MARK and not module.training and os.path.exists(_MARK):
+        # Once Kasmina's journal holds the checkpoint's boundary too (the last packet travels the pipeline while the
+        # trainer writes the checkpoint): else the resume goes back to the checkpoint before (resume_point_behind).
+        _journaled.wait(60)
         os.kill(os.getpid(), signal.SIGKILL)
     if module.training:
         _forwards[0] += 1
@@ -109,8 +131,7 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_tr
     # journaled its boundary (else the resume trains from the checkpoint before, resume_point_behind), on any machine
     # but a badly overloaded one. Whether Nissa had written its metrics.csv row does not matter: the resume writes it
     # (tests/test_e2e_resume_rows.py holds it back).
-    if resume_point(killed_dir / "checkpoints") != LAST_STEP:
-        pytest.skip("the kill came before the planner had journaled the run's last packet (an overloaded machine)")
+    assert resume_point(killed_dir / "checkpoints") == LAST_STEP
     checkpoint_sha = _sha256(last)
     manifest = (killed_dir / "checkpoints" / "manifest.json").read_bytes()
     events_before = len((killed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines())
@@ -188,8 +209,7 @@ def test_an_earlier_sessions_summary_does_not_keep_a_resume_from_finishing_the_r
     stale = _summary(run_dir)
     assert stale.training is not None
     assert (stale.status, stale.training.global_step) == ("completed", 32)
-    if resume_point(run_dir / "checkpoints") != 48:
-        pytest.skip("the kill came before the planner had journaled the run's last packet (an overloaded machine)")
+    assert resume_point(run_dir / "checkpoints") == 48
 
     finished = _esper(config, env, "--resume", str(run_dir), *more)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -228,8 +248,7 @@ def test_a_ctrl_c_sessions_summary_does_not_keep_a_resume_from_finishing_the_run
     killed = _esper(config, {**env, "KILL_WHEN_EXISTS": str(last)}, "--resume", str(run_dir))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert _summary(run_dir) == interrupted
-    if resume_point(run_dir / "checkpoints") != 32:
-        pytest.skip("the kill came before the planner had journaled the run's last packet (an overloaded machine)")
+    assert resume_point(run_dir / "checkpoints") == 32
 
     finished = _esper(config, env, "--resume", str(run_dir))
     assert finished.returncode == 0, finished.stderr[-2000:]
