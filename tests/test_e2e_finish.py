@@ -93,15 +93,21 @@ def factory():
 """
 
 
-def _esper(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def esper_with_host(host: str, config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m esper.run CONFIG ARGS`` with ``tolaria.host_model`` set to the factory of module ``host`` (a test
+    host written beside the config, on ``env``'s PYTHONPATH); its exit status is the caller's to check."""
     return subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--set", 'tolaria.host_model="killinghost:factory"', *args],
+        [sys.executable, "-m", "esper.run", str(config), "--set", f'tolaria.host_model="{host}:factory"', *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=90,
+        timeout=120,
         check=False,
     )
+
+
+def _esper(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return esper_with_host("killinghost", config, env, *args)
 
 
 def _sha256(path: Path) -> str:

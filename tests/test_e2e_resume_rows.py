@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,9 +14,11 @@ import pytest
 from esper.report import read_run_events
 from esper.resume import resume_point
 from schemas.run import RunSummary
+from tests.test_e2e_finish import esper_with_host
 from tests.test_e2e_run import tiny_config
 
 if TYPE_CHECKING:
+    import subprocess
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,14 +94,7 @@ def factory():
 
 
 def _esper(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--set", 'tolaria.host_model="holdinghost:factory"', *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return esper_with_host("holdinghost", config, env, *args)
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
