@@ -48,6 +48,35 @@ if TYPE_CHECKING:
 KEY = b"kasmina-test-key-0123456789abcdef"
 KEY_ID = "test"
 RUN = "run-kasmina"
+
+
+def signed_germinate(
+    step: int,
+    key: bytes = KEY,
+    *,
+    key_id: str = KEY_ID,
+    run_id: str = RUN,
+    blueprint_id: str = "BP002",
+    params: dict[str, float | int] | None = None,
+) -> AdaptationCommand:
+    """A GERMINATE into slot a decided on ``step`` of ``run_id``, signed as Tamiyo signs it (issued at time 0)."""
+    command_id = str(uuid.uuid4())
+    command = AdaptationCommand(
+        command_id=command_id,
+        issued_at=0.0,
+        training_run_id=run_id,
+        kind=CommandKind.GERMINATE,
+        decision_step=step,
+        policy_version="test-1",
+        security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=0.0),
+        target_slot="a",
+        blueprint_id=blueprint_id,
+        blueprint_params=dict(params or {}),
+        blend=BlendConfig(),
+    )
+    return sign_command(command, key, key_id)
+
+
 SLOTS: Mapping[str, SlotShape] = {"a": SlotShape("conv1d", 8), "b": SlotShape("flat", 16)}
 TIMINGS = StepTimings(
     data_wait_ms=0.0, host_to_device_ms=0.0, forward_ms=1.0, backward_ms=1.0, optimizer_ms=0.1, step_ms=2.1

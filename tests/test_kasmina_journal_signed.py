@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -10,18 +9,18 @@ import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
 from actors.kasmina.journal_check import replay_refusal
-from esper.runtime.signing import command_signature_valid, sign_command
-from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
-from schemas.domain_enums import CommandKind, CommandRejectReason
+from esper.runtime.signing import command_signature_valid
+from schemas.domain_enums import CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.runtime import ChildFailed
-from tests._kasmina_harness import KEY, KEY_ID, RUN, make_packet, running_kasmina
+from tests._kasmina_harness import KEY, KEY_ID, RUN, make_packet, running_kasmina, signed_germinate
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
+    from schemas.control import AdaptationCommand
 
 R = CommandRejectReason
 OTHER_KEY = b"not-the-run-key-0123456789abcdef"
@@ -30,21 +29,7 @@ OTHER_KEY = b"not-the-run-key-0123456789abcdef"
 def germinate(step: int, *, key: bytes = KEY, blueprint_id: str = "BP002", rank: int = 2) -> AdaptationCommand:
     """A GERMINATE into slot a signed for ``step`` of RUN, as Tamiyo signs it (an int parameter, as a policy may
     hold one: the journal writes it back as a float)."""
-    command_id = str(uuid.uuid4())
-    command = AdaptationCommand(
-        command_id=command_id,
-        issued_at=0.0,
-        training_run_id=RUN,
-        kind=CommandKind.GERMINATE,
-        decision_step=step,
-        policy_version="test-1",
-        security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=0.0),
-        target_slot="a",
-        blueprint_id=blueprint_id,
-        blueprint_params={"rank": rank},
-        blend=BlendConfig(),
-    )
-    return sign_command(command, key, KEY_ID)
+    return signed_germinate(step, key, blueprint_id=blueprint_id, params={"rank": rank})
 
 
 def boundary(step: int, command: AdaptationCommand | None, security: CommandRejectReason | None) -> JournalBoundary:

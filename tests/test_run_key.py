@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,15 +15,14 @@ from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_key import KEY_FILE, RunKey, env_key, keep_run_key, new_run_key, read_run_key
 from esper.runtime.errors import ConfigError
-from esper.runtime.signing import sign_command
 from schemas.config import RunConfig, SecurityConfig
-from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
-from schemas.domain_enums import CommandKind
-from tests._kasmina_harness import make_packet
+from tests._kasmina_harness import make_packet, signed_germinate
 from tests.test_e2e_run import tiny_config
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from schemas.control import AdaptationCommand
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,20 +31,7 @@ RUN = "run-kasmina"  # make_packet's run
 
 
 def germinate(step: int, key: bytes, run_id: str = RUN) -> AdaptationCommand:
-    command_id = str(uuid.uuid4())
-    command = AdaptationCommand(
-        command_id=command_id,
-        issued_at=1.0,
-        training_run_id=run_id,
-        kind=CommandKind.GERMINATE,
-        decision_step=step,
-        policy_version="test",
-        security=CommandSecurity(signature="", key_id="", nonce=command_id, issued_at=1.0),
-        target_slot="a",
-        blueprint_id="BP002",
-        blend=BlendConfig(),
-    )
-    return sign_command(command, key, SecurityConfig().key_id)
+    return signed_germinate(step, key, key_id=SecurityConfig().key_id, run_id=run_id)
 
 
 def write_journal(directory: Path, entries: list[JournalBoundary]) -> Path:
