@@ -102,37 +102,30 @@ def summary_problem(run_dir: Path, info: CheckpointInfo) -> str | None:
     it is: it decodes as a RunSummary whose training figures end at that checkpoint's step and epoch. Every session
     that ends writes one (a Ctrl-C's says interrupted, a failure's failed), so one that merely exists may be an
     earlier session's. A missing file's phrase starts with "no ". Blocking."""
+    return _summary_of(run_dir, info)[1]
+
+
+def _summary_of(run_dir: Path, info: CheckpointInfo) -> tuple[RunSummary | None, str | None]:
+    """(the run's summary of the checkpoint ``info``, None), or (None, why summary.json is not it: summary_problem)."""
     name = run_files(run_dir).summary
     try:
         data = (run_dir / name).read_bytes()
     except FileNotFoundError:
-        return f"no {name}"
+        return None, f"no {name}"
     except OSError as err:
-        return f"{name} cannot be read ({type(err).__name__})"
+        return None, f"{name} cannot be read ({type(err).__name__})"
     if not data.strip():
-        return f"{name} is empty"
+        return None, f"{name} is empty"
     try:
         summary = msgspec.json.decode(data, type=RunSummary)
     except msgspec.DecodeError as err:
-        return f"{name} is torn or not a summary ({err})"
+        return None, f"{name} is torn or not a summary ({err})"
     figures = summary.training
     if figures is None:
-        return f"{name} is an earlier session's (status {summary.status}, no training figures)"
+        return None, f"{name} is an earlier session's (status {summary.status}, no training figures)"
     if (figures.global_step, figures.epochs) != (info.global_step, info.epoch):
-        return f"{name} is an earlier session's (status {summary.status}, step {figures.global_step})"
-    return None
-
-
-def halted_summary(run_dir: Path) -> str | None:
-    """The halt's reason when the run's summary.json says training halted (L4), else None. Blocking."""
-    try:
-        summary = msgspec.json.decode((run_dir / run_files(run_dir).summary).read_bytes(), type=RunSummary)
-    except (OSError, msgspec.DecodeError):
-        return None
-    figures = summary.training
-    if figures is None or not figures.halted:
-        return None
-    return figures.halt_reason or "no reason given"
+        return None, f"{name} is an earlier session's (status {summary.status}, step {figures.global_step})"
+    return summary, None
 
 
 def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
@@ -206,14 +199,16 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     info = latest_good(checkpoints)
     if info is None or info.epoch < epochs:
         return None
-    problem = summary_problem(run_dir, info)
+    summary, problem = _summary_of(run_dir, info)
     if info.epoch == epochs and problem is not None:
         return None
     # The hint counts from what was trained: a run trained to 100 epochs and resumed with tolaria.epochs = 60 was
     # told to try 70, which has nothing to train either.
     trained = f"{info.epoch} of" if info.epoch == epochs else f"{info.epoch} epochs, more than"
-    halt = halted_summary(run_dir) if problem is None else None
-    halted = "" if halt is None else f", where it halted at L4 ({halt})"
+    figures = summary.training if summary is not None else None
+    halted = ""
+    if figures is not None and figures.halted:
+        halted = f", where it halted at L4 ({figures.halt_reason or 'no reason given'})"
     notice = (
         f"--resume {run_dir}: already trained {trained} tolaria.epochs = {epochs} epochs ({info.file}){halted};"
         f" nothing to resume (raise tolaria.epochs past {info.epoch}, e.g. --set tolaria.epochs={info.epoch + 10}, to"
