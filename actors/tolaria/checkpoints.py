@@ -252,7 +252,7 @@ class CheckpointWriter:
         Raises:
             OSError: a write failed.
         """
-        self._queue.join()
+        self.wait_written()
         if self._error is not None:
             error, self._error = self._error, None
             raise error

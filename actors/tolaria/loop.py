@@ -136,11 +136,11 @@ class TrainingLoop:
                 status, reason = self._train(plan, writer)
             figures = self._finish(status, reason, writer)
         except BaseException as err:
-            self._s.writer = None
             if writer is not None:
                 _close_after(writer, err)
             raise
-        self._s.writer = None
+        finally:
+            self._s.writer = None
         if writer is not None:
             writer.close()
         return LoopResult(status=status, figures=figures, halt_reason=reason)
