@@ -142,6 +142,7 @@ def test_at_l2_an_attach_is_refused_while_the_plans_other_ops_apply(data: DataSp
     assert slots["blocks.1"].seed_module is None
     assert slots["blocks.0"].mode is SlotMode.BLENDING
     assert [str(g.get("name")) for g in loop.trainee.optimizer.param_groups] == ["host", "seed:a"]
+    assert len(handoff) == 0, "the refused attach's module is let go: nobody takes it later"
 
 
 def test_at_l3_every_op_but_detach_is_refused(data: DataSplits) -> None:
@@ -177,6 +178,7 @@ def test_at_l3_every_op_but_detach_is_refused(data: DataSplits) -> None:
     assert [(o.kind, o.applied) for o in planner.receipt(28).outcomes] == [("detach", True)]
     assert all(slot.seed_module is None for slot in loop.trainee.slots.values())
     assert [g["lr"] for g in loop.trainee.optimizer.param_groups] == [config().lr]
+    assert len(handoff) == 0, "the refused attach's module is let go: nobody takes it later"
 
 
 def test_a_skipped_non_finite_step_is_an_l1_notice_that_restarts_the_clean_dwell(data: DataSplits) -> None:

@@ -55,22 +55,23 @@ class PlanExchange:
         outcomes: list[OpOutcome] = []
         for op in plan.ops:
             if level >= EmergencyLevel.L3_CONSERVATIVE and op.kind != "detach":
-                outcomes.append(
-                    OpOutcome(
-                        kind=op.kind,
-                        slot=op.slot,
-                        seed_id=op.seed_id,
-                        applied=False,
-                        error="adaptation paused (emergency level L3 or above)",
-                        level_refused=True,
-                    )
+                outcome = OpOutcome(
+                    kind=op.kind,
+                    slot=op.slot,
+                    seed_id=op.seed_id,
+                    applied=False,
+                    error="adaptation paused (emergency level L3 or above)",
+                    level_refused=True,
                 )
-                continue
-            outcomes.append(
-                applier.apply(
+            else:
+                outcome = applier.apply(
                     op, step=step, take_module=self._take_module, conservative=level >= EmergencyLevel.L2_ELEVATED
                 )
-            )
+            if not outcome.applied and op.handle is not None and self._s.handoff is not None:
+                # Nobody takes a refused attach's module later (a plan sent again prepares its own): left in the
+                # store, each refusal held one for the rest of the run, until the full store refused a germination.
+                self._s.handoff.discard(op.handle)
+            outcomes.append(outcome)
         if plan.ops:
             self._s.pool_reserved = False
             self._s.planned_capture.forget()
