@@ -45,6 +45,7 @@ _SHOWN_EVENTS = {
     "conservative_entered": "",  # the description says it: "conservative mode entered: loss_spike"
     "conservative_exited": "",
     "seed_op_failed": "op failed",
+    "seed_germination_withdrawn": "withdrawn",  # its attach refused for the emergency level: the slot is free again
     "preparation_failed": "not built",  # the seed's module could not be made: culled
     # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
     "kasmina.seed_built_from_catalogue": "catalogue",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 STAGE_OP_STAGES: Final = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY, Stage.FOSSILIZED})
 """Stages a transition reaches by an op the trainer may refuse (``set_stage``, ``fossilize``); a cull's ``detach`` is
-never refused, and a germination's refused ``attach`` culls the seed."""
+never refused, and a germination's refused ``attach`` withdraws the seed (for the emergency level) or culls it."""
 
 _STAGE_OPS: Final = frozenset({"set_stage", "fossilize"})
 

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from schemas.enums import SeedLifecycleStage
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from schemas.enums import SeedLifecycleStage
     from schemas.run import GrowthFigures, RunSummary
 
 
 def seed_outcomes(transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None) -> dict[str, int]:
     """Seeds counted by the stage they ended training in (lower-case stage name), from their (seed id, effect step,
     stage) transitions in order, leaving out those that take effect after ``last_step``, the last trained step (planned
-    at the run's last boundaries, never applied). ``last_step`` None: every transition counts."""
+    at the run's last boundaries, never applied). ``last_step`` None: every transition counts. A seed whose last
+    transition took its slot back to DORMANT is no outcome: its germination was withdrawn (the trainer refused its
+    attach for the emergency level), so it never grew."""
     final: dict[str, SeedLifecycleStage] = {}
     for seed_id, step, stage in transitions:
         if last_step is None or step <= last_step:
             final[seed_id] = stage
     counts: dict[str, int] = {}
     for stage in final.values():
-        counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+        if stage is not SeedLifecycleStage.DORMANT:
+            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
     return counts
 
 

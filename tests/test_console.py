@@ -89,6 +89,12 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
             description="detach of seed s in slot blocks.1 failed: no slot",
             attributes={"slot": "blocks.1"},
         ),
+        TelemetryEvent(  # its attach refused at L3 after a rollback: the slot is free again, nothing failed
+            name="seed_germination_withdrawn",
+            level=TelemetryLevel.INFO,
+            description="attach of seed s3 in slot blocks.2 refused (adaptation paused): withdrawn",
+            attributes={"slot": "blocks.2", "seed_id": "s3", "step": 52},
+        ),
         TelemetryEvent(
             name="preparation_failed",
             level=TelemetryLevel.ERROR,
@@ -121,6 +127,7 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
         "  step    200  loss spike   loss_delta 0.7981 > 0.15",
         "  epoch    10  conservative mode entered: loss_spike",  # the event's epoch 9 counts from 0
         "  op failed    detach of seed s in slot blocks.1 failed: no slot",
+        "  step     52  withdrawn    attach of seed s3 in slot blocks.2 refused (adaptation paused): withdrawn",
         "  not built    seed s2 in slot blocks.1: ArtifactCorrupt: blob failed verification",
         "  catalogue    blueprint BP005: its artifact is unusable (corrupt); built from the catalogue",
         "  step    400  policy failed policy gnn raised: tamiyo gnn worker died (exit code -9) after 3 restarts",

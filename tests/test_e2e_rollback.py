@@ -15,6 +15,7 @@ from esper.report import read_run_events
 from esper.run import start
 from esper.wiring import RunHooks
 from schemas.enums import EmergencyLevel
+from schemas.enums import SeedLifecycleStage as Stage
 from schemas.nissa import SeedStageChanged
 from schemas.runtime import EmergencySignal
 from tests.test_e2e_run import tiny_config
@@ -50,6 +51,43 @@ async def test_a_rollback_takes_back_the_lifecycle_transitions_it_undid(tmp_path
     standing = [(e.slot, e.step, int(e.to_stage)) for e in read_run_events(run_dir / "events.jsonl").stages]
     assert sorted(set(standing)) == sorted(standing), "each standing transition once"
     assert set(standing) == set(logged)
+
+
+async def test_a_germination_a_rollback_sends_again_at_l3_is_withdrawn_and_the_controller_grows_again(
+    tmp_path: Path,
+) -> None:
+    """The rollback goes back to the epoch end (step 48) that decided a germination; its attach, sent again, is
+    refused at L3. Kasmina warned (seed_op_failed) and culled the healthy seed (attach_refused:emergency_level), which
+    the summary counted among the culled seeds. The germination is withdrawn now: its slot is dormant again, and once
+    the level is back at L1 the controller grows the host again."""
+    NanForThreeSteps.calls, NanForThreeSteps.first = 0, 56
+    run_dir = tmp_path / "run"
+    host = 'tolaria.host_model="tests.tolaria_factories:nan_for_three_steps"'
+    summary = await (await start(tiny_config(tmp_path, epochs=12), run_dir, [host])).wait()
+    assert summary.status == "completed", summary.error
+    assert summary.training is not None
+    assert summary.training.rollbacks == 1
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    [rolled_back] = [e for e in events if e["event"] == "tolaria_rolled_back"]
+    germinations = [e["step"] for e in events if e["event"] == "tamiyo_decision" and e["action"] == "germinate"]
+    assert rolled_back["step"] == 48
+    assert 48 in germinations, "the restored epoch end must decide a germination to be a real test"
+    seed = "seed-host.blocks.1-48"
+    telemetry = [e for e in events if e["event"] == "telemetry_event"]
+    assert not [e for e in telemetry if e["name"] == "seed_op_failed" and e["attributes"]["op"] == "attach"]
+    [withdrawn] = [e for e in telemetry if e["name"] == "seed_germination_withdrawn"]
+    assert (withdrawn["level"], withdrawn["attributes"]["seed_id"]) == ("info", seed)
+    changes = [
+        (e["from_stage"], e["to_stage"], e["reason"])
+        for e in events
+        if e["event"] == "seed_stage_changed" and e.get("seed_id") == seed
+    ]
+    assert changes[-1] == (int(Stage.GERMINATED), int(Stage.DORMANT), "attach_refused:emergency_level")
+    assert not [e for e in events if e["event"] == "seed_stage_changed" and e["to_stage"] == int(Stage.CULLED)]
+    assert summary.growth is not None
+    assert "culled" not in summary.growth.seeds
+    [back_at_l1] = [e["step"] for e in events if e["event"] == "emergency_signal" and e.get("previous") == 2]
+    assert [step for step in germinations if step > back_at_l1], "no germination once the level fell"
 
 
 async def test_a_run_stopped_at_an_elevated_emergency_level_resumes_as_the_uninterrupted_run(tmp_path: Path) -> None:

@@ -227,28 +227,48 @@ async def test_a_stage_change_the_trainer_refused_is_sent_again_until_applied(
         )
 
 
-async def test_an_attach_refused_for_the_emergency_level_is_a_warning_and_names_no_gate(
+async def test_a_germination_whose_attach_the_emergency_level_refuses_is_withdrawn_and_its_slot_is_free_again(
     clock: ManualClock, sink: RecordingSink
 ) -> None:
-    """After a rollback (L3) the trainer refuses the germination decided at the restored epoch end: Kasmina said so at
-    ERROR and culled the healthy seed as failing G1_GRADIENT_HEALTH. Other attach failures stay errors under G1."""
-    for error, by_level, level, reason in (
-        (
-            "adaptation paused (emergency level L3 or above)",
-            True,
-            TelemetryLevel.WARNING,
-            "attach_refused:emergency_level",
-        ),
-        ("attach: slot is occupied", False, TelemetryLevel.ERROR, "G1_GRADIENT_HEALTH:attach_failed"),
-    ):
-        sink.events.clear()
-        async with running_kasmina(clock, sink) as h:
-            plan = await h.boundary(1, h.germinate(rank=2))
-            assert [op.kind for op in plan.ops] == ["attach"]
-            await h.apply(plan, applied=False, error=error, level_refused=by_level)
-            await h.boundary(3)
-            await h.boundary(4)
-            [failed] = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
-            assert failed.level is level
-            culls = [e.reason for e in sink.of_type(SeedStageChanged) if e.to_stage is Stage.CULLED]
-            assert culls == [reason]
+    """After a rollback (L3) the trainer refuses the germination decided at the restored epoch end: Kasmina said so in
+    a seed_op_failed warning and culled the healthy seed (attach_refused:emergency_level), which counted among the
+    run's culled seeds and embargoed its slot. The germination is withdrawn now: the slot is DORMANT again at the
+    next boundary, at once free for a new germination."""
+    async with running_kasmina(clock, sink) as h:
+        plan = await h.boundary(1, h.germinate(rank=2))
+        await h.apply(plan, applied=False, error="adaptation paused (emergency level L3 or above)", level_refused=True)
+        await h.boundary(3)  # the receipt of step 3 is read at the first boundary after it
+        assert await h.stage("a") is Stage.GERMINATED
+        await h.boundary(4)
+        assert await h.stage("a") is Stage.DORMANT
+        assert (await h.states())["a"].seed_id is None
+        assert not [e for e in sink.of_type(TelemetryEvent) if e.name in ("seed_op_failed", "seed_culled")]
+        (withdrawn,) = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_germination_withdrawn"]
+        assert (withdrawn.level, withdrawn.attributes["step"]) == (TelemetryLevel.INFO, plan.effect_step)
+        assert withdrawn.description == (
+            "attach of seed s1 in slot a refused (adaptation paused (emergency level L3 or above)): germination"
+            " withdrawn, the slot is free again"
+        )
+        changes = [(e.from_stage, e.to_stage, e.seed_id, e.reason) for e in sink.of_type(SeedStageChanged)]
+        assert changes == [
+            (Stage.DORMANT, Stage.GERMINATED, "s1", "germinate"),
+            (Stage.GERMINATED, Stage.DORMANT, "s1", "attach_refused:emergency_level"),
+        ]
+        # Not embargoed: the controller's next germination into the slot is planned at once.
+        again = await h.boundary(5, h.germinate(seed_id="s2", rank=2))
+        assert [(op.kind, op.seed_id) for op in again.ops] == [("attach", "s2")]
+        assert [r.accepted for r in again.command_results] == [True]
+
+
+async def test_an_attach_that_fails_otherwise_is_an_error_and_culls_the_seed_under_g1(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    async with running_kasmina(clock, sink) as h:
+        plan = await h.boundary(1, h.germinate(rank=2))
+        await h.apply(plan, applied=False, error="attach: slot is occupied")
+        await h.boundary(3)
+        await h.boundary(4)
+        [failed] = [e for e in sink.of_type(TelemetryEvent) if e.name == "seed_op_failed"]
+        assert failed.level is TelemetryLevel.ERROR
+        culls = [e.reason for e in sink.of_type(SeedStageChanged) if e.to_stage is Stage.CULLED]
+        assert culls == ["G1_GRADIENT_HEALTH:attach_failed"]

@@ -32,6 +32,7 @@ LEGAL = {
     (Stage.DORMANT, Stage.TERMINATED),
     (Stage.GERMINATED, Stage.TRAINING),
     (Stage.GERMINATED, Stage.CULLED),
+    (Stage.GERMINATED, Stage.DORMANT),  # not in REFERENCE.md: a germination whose attach the emergency level refused
     (Stage.TRAINING, Stage.BLENDING),
     (Stage.TRAINING, Stage.CULLED),
     (Stage.BLENDING, Stage.SHADOWING),

@@ -285,6 +285,40 @@ def test_cull_embargo_reset_and_back_to_dormant() -> None:
     assert (lifecycle.record(SLOT).stage, lifecycle.record(SLOT).seed_id) == (Stage.GERMINATED, "seed-b")
 
 
+def test_a_withdrawn_germination_goes_back_to_dormant_at_once_without_cull_or_embargo() -> None:
+    """The trainer refused the seed's attach for the emergency level: its module never reached the model, so the slot
+    is free again at the next boundary (a cull queued too gives way), and a new germination may follow at once."""
+    settings = msgspec.structs.replace(SETTINGS, gates=msgspec.structs.replace(SETTINGS.gates, max_active_seeds=1))
+    lifecycle = SeedLifecycle([SLOT], settings)
+    assert lifecycle.germinate(SLOT, germination(), epoch=0).passed
+    lifecycle.step_boundary(1, 0)
+    assert lifecycle.record(SLOT).stage is Stage.GERMINATED
+    assert not lifecycle.withdraw(SLOT, "seed-other", "attach_refused:emergency_level"), "not the slot's seed"
+    assert lifecycle.withdraw(SLOT, SEED, "attach_refused:emergency_level")
+    lifecycle.cull(SLOT, "cull_command")
+    report = lifecycle.step_boundary(2, 0)  # within GERMINATED's dwell: a withdrawal does not wait for it
+    assert report.culls == ()
+    assert [(e.from_stage, e.to_stage, e.seed_id, e.reason) for e in report.transitions] == [
+        (Stage.GERMINATED, Stage.DORMANT, SEED, "attach_refused:emergency_level")
+    ]
+    record = lifecycle.record(SLOT)
+    assert (record.stage, record.seed_id, record.blueprint_id, record.embargo_until_epoch) == (
+        Stage.DORMANT,
+        None,
+        None,
+        None,
+    )
+    assert lifecycle.active_seeds() == 0
+    assert lifecycle.step_boundary(3, 0).transitions == (), "the cull queued with it went with the seed"
+    assert lifecycle.germinate(SLOT, germination("seed-b"), epoch=0).passed
+    lifecycle.step_boundary(4, 0)
+    assert (lifecycle.record(SLOT).stage, lifecycle.record(SLOT).seed_id) == (Stage.GERMINATED, "seed-b")
+    lifecycle.cull(SLOT, "cull_command")
+    lifecycle.step_boundary(5, 0)
+    assert not lifecycle.withdraw(SLOT, "seed-b", "attach_refused:emergency_level"), "culled: nothing to withdraw"
+    assert lifecycle.record(SLOT).stage is Stage.CULLED
+
+
 def test_g0_budget_counts_pending_germinations_and_refuses_duplicates() -> None:
     settings = msgspec.structs.replace(SETTINGS, gates=msgspec.structs.replace(SETTINGS.gates, max_active_seeds=1))
     lifecycle = SeedLifecycle(["a", "b"], settings)

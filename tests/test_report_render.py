@@ -13,6 +13,7 @@ from esper.report_digest import summary_lines
 from esper.report_entries import parse_stage, pause_event, stage_event
 from esper.report_plot import PauseEvent, StageEvent
 from esper.report_timeline import paused_spans, seed_lanes
+from esper.summary_table import seed_outcomes
 from schemas.enums import SeedLifecycleStage as Stage
 from tests.report_fixtures import TRANSITIONS, write_run
 
@@ -113,6 +114,25 @@ def test_lanes_follow_each_seed_and_slot_only_events_join_the_slots_latest_seed(
         (Stage.EMBARGOED, 25, 40),
     ]
     assert [(s.stage, s.start, s.end) for s in lanes["a · s2"]] == [(Stage.GERMINATED, 50, 60)]
+
+
+def test_a_withdrawn_germination_is_no_seed_outcome_and_its_lane_ends_where_its_slot_is_dormant_again() -> None:
+    """A germination whose attach the emergency level refused (after a rollback, at L3) goes back to DORMANT: it was
+    counted among the culled seeds while it was culled, and would count as a "dormant" seed now."""
+    transitions = [
+        ("s1", 52, Stage.GERMINATED),
+        ("s1", 60, Stage.DORMANT),
+        ("s2", 36, Stage.GERMINATED),
+        ("s2", 44, Stage.TRAINING),
+    ]
+    assert seed_outcomes(transitions, None) == {"training": 1}
+    events = [
+        StageEvent(step=52, slot="a", to_stage=Stage.GERMINATED, seed_id="s1"),
+        StageEvent(step=60, slot="a", to_stage=Stage.DORMANT, seed_id="s1"),
+    ]
+    assert [(s.stage, s.start, s.end) for s in seed_lanes(events, end_step=100)["a · s1"]] == [
+        (Stage.GERMINATED, 52, 60)
+    ]
 
 
 def test_the_summary_names_status_final_figures_and_seed_outcomes(tmp_path: Path) -> None:

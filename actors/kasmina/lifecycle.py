@@ -63,6 +63,7 @@ class _SlotState:
         self.evidence = evidence
         self.pending_germination: GerminationRequest | None = None
         self.pending_cull: str | None = None
+        self.pending_withdrawal: str | None = None
         self.fossilize_requested = False
         self.retire_reason: str | None = None
         self.reset: ResetEvidence | None = None
@@ -84,9 +85,10 @@ _EXIT_STAGE: Mapping[Stage, Stage] = MappingProxyType(
 class SeedLifecycle:
     """Owns every slot's record and evidence, and advances seeds one stage at a time at step boundaries.
 
-    Requests (germinate, cull, request_fossilize, retire) are queued and take effect at the next ``step_boundary``;
-    evidence is recorded in between. At each boundary a slot takes at most one transition and has at most one exit
-    gate judged, and only once the stage's dwell has passed, so a seed needs at least one boundary per stage.
+    Requests (germinate, cull, withdraw, request_fossilize, retire) are queued and take effect at the next
+    ``step_boundary``; evidence is recorded in between. At each boundary a slot takes at most one transition and has
+    at most one exit gate judged, and only once the stage's dwell has passed, so a seed needs at least one boundary
+    per stage.
     Pure and synchronous: runs on the Kasmina actor's loop, never blocks; not thread-safe. Its exceptions go to the
     caller, which reports an IllegalTransition from a request as an ERROR event; nothing is swallowed here.
     """
@@ -185,6 +187,19 @@ class SeedLifecycle:
         if state.pending_cull is None:
             state.pending_cull = reason
 
+    def withdraw(self, slot: str, seed_id: str, reason: str) -> bool:
+        """Queue GERMINATED -> DORMANT for the next boundary: the trainer refused the seed's attach for the emergency
+        level, so its module never reached the model and the slot is free again (no cull, embargo or reset).
+
+        Returns:
+            True if queued; False when the slot no longer holds ``seed_id`` in GERMINATED (culled meanwhile).
+        """
+        state = self._state(slot)
+        if state.record.stage is not Stage.GERMINATED or state.record.seed_id != seed_id:
+            return False
+        state.pending_withdrawal = reason
+        return True
+
     def request_fossilize(self, slot: str) -> None:
         """Ask for PROBATIONARY -> FOSSILIZED; G4 is re-run over the probation window at each boundary after the dwell.
 
@@ -268,10 +283,10 @@ class SeedLifecycle:
     def step_boundary(self, step: int, epoch: int) -> BoundaryReport:
         """Take the transitions due after optimizer step ``step``, in slot order.
 
-        Per slot: a queued cull wins; otherwise the stage's exit is considered once its dwell has passed (a queued
-        germination or retirement, the embargo's end, or the exit gate). A gate that passes advances the seed, one
-        that fails culls it (RESETTING stays and waits for a new reset report), and a PENDING gate changes nothing
-        until ``gate_patience_steps`` past the dwell and the wait for its evidence
+        Per slot: a queued withdrawal wins, then a queued cull; otherwise the stage's exit is considered once its
+        dwell has passed (a queued germination or retirement, the embargo's end, or the exit gate). A gate that
+        passes advances the seed, one that fails culls it (RESETTING stays and waits for a new reset report), and a
+        PENDING gate changes nothing until ``gate_patience_steps`` past the dwell and the wait for its evidence
         (``LifecycleSettings.evidence_wait_steps``), when it fails with ``timeout:<reason>``.
 
         Raises:
@@ -300,6 +315,10 @@ class SeedLifecycle:
     def _advance(self, state: _SlotState, step: int, epoch: int) -> tuple[CullRecord | None, GateEvaluation | None]:
         rec = state.record
         stage = rec.stage
+        if state.pending_withdrawal is not None and stage is Stage.GERMINATED:
+            # Before a queued cull: the seed never reached the model, so it has nothing to be culled from.
+            self._withdraw_now(state, step, epoch, state.pending_withdrawal)
+            return None, None
         if state.pending_cull is not None and stage in SEED_STAGES:
             return self._cull_now(state, step, epoch, state.pending_cull), None
         if rec.slot in self._held and stage in SEED_STAGES:
@@ -377,6 +396,15 @@ class SeedLifecycle:
             # A fossilized seed is host weight now: it leaves the seed budgets.
             state.memory_bytes = 0
             state.fossilize_requested = False
+
+    def _withdraw_now(self, state: _SlotState, step: int, epoch: int, reason: str) -> None:
+        self._move(state, Stage.DORMANT, step, epoch, reason)
+        state.record = msgspec.structs.replace(state.record, seed_id=None, blueprint_id=None)
+        state.evidence = self._new_evidence()
+        state.pending_withdrawal = None
+        state.pending_cull = None
+        state.memory_bytes = 0
+        state.ramp_steps = 0
 
     def _cull_now(self, state: _SlotState, step: int, epoch: int, reason: str) -> CullRecord:
         rec = state.record

@@ -22,7 +22,9 @@ ALLOWED_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = MappingProxyType(
     {
         Stage.UNKNOWN: frozenset({Stage.DORMANT}),
         Stage.DORMANT: frozenset({Stage.GERMINATED, Stage.TERMINATED}),
-        Stage.GERMINATED: frozenset({Stage.TRAINING, Stage.CULLED}),
+        # GERMINATED -> DORMANT: a germination withdrawn because the trainer refused its attach for the emergency
+        # level; its module never reached the model, so there is nothing to cull, embargo or reset.
+        Stage.GERMINATED: frozenset({Stage.TRAINING, Stage.CULLED, Stage.DORMANT}),
         Stage.TRAINING: frozenset({Stage.BLENDING, Stage.CULLED}),
         Stage.BLENDING: frozenset({Stage.SHADOWING, Stage.CULLED}),
         Stage.SHADOWING: frozenset({Stage.PROBATIONARY, Stage.CULLED}),
@@ -34,7 +36,8 @@ ALLOWED_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = MappingProxyType(
         Stage.TERMINATED: frozenset(),
     }
 )
-"""Every legal transition (REFERENCE.md section 2); anything absent raises IllegalTransition."""
+"""Every legal transition (REFERENCE.md section 2, plus GERMINATED -> DORMANT); anything absent raises
+IllegalTransition."""
 
 SEED_STAGES: frozenset[Stage] = frozenset(
     {Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY}

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _STAGE_OPS = frozenset({"set_stage", "fossilize"})
 
+ATTACH_REFUSED_FOR_LEVEL = "attach_refused:emergency_level"
+"""The reason of the GERMINATED -> DORMANT transition of a germination whose attach the emergency level refused."""
+
 
 @final
 class TrainerReports:
@@ -152,6 +155,9 @@ class TrainerReports:
                 step=step,
             )
             return
+        if kind == "attach" and outcome.level_refused:
+            self._attach_refused_for_level(seed, error, step)
+            return
         again = ""
         if kind in _STAGE_OPS:
             # The trainer refused a stage change (adaptation paused at L3 after a rollback): the lifecycle moved on and
@@ -161,7 +167,7 @@ class TrainerReports:
                 return
             again = "; sent again until it takes effect"
         # Refused for the emergency level (L2: no new grafts; L3: adaptation paused, as after a rollback) is the
-        # ladder doing its job, not an error; the seed it concerns was healthy, so no gate is named for its cull.
+        # ladder doing its job, not an error.
         refused = outcome.level_refused
         self._event(
             "seed_op_failed",
@@ -174,7 +180,27 @@ class TrainerReports:
         )
         if kind == "attach":
             seed.attach_sent = False
-            self._cull(seed.slot, "attach_refused:emergency_level" if refused else "G1_GRADIENT_HEALTH:attach_failed")
+            self._cull(seed.slot, "G1_GRADIENT_HEALTH:attach_failed")
+
+    def _attach_refused_for_level(self, seed: SeedEntry, error: str, step: int) -> None:
+        """The trainer refused a germination's attach for the emergency level (L2: no new grafts; L3: adaptation
+        paused, as when a rollback restores the epoch end that decided it). Nothing went wrong with the seed and its
+        module never reached the model: the germination is withdrawn and the slot is DORMANT again at the next
+        boundary, free for the controller to germinate into once the level allows (a cull counted a healthy seed
+        among the run's culled ones and embargoed its slot)."""
+        seed.attach_sent = False
+        if not self._lifecycle.withdraw(seed.slot, seed.seed_id, ATTACH_REFUSED_FOR_LEVEL):
+            return  # culled meanwhile (a CULL command): its cull stands
+        self._event(
+            "seed_germination_withdrawn",
+            TelemetryLevel.INFO,
+            f"attach of seed {seed.seed_id} in slot {seed.slot} refused ({error}): germination withdrawn, the slot is"
+            " free again",
+            slot=seed.slot,
+            seed_id=seed.seed_id,
+            op="attach",
+            step=step,
+        )
 
     def apply_validation(self, step: int) -> None:
         """Record the counterfactual losses of the validation reports of steps up to ``step``."""
