@@ -67,8 +67,9 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         yield ".".join((*path, "dataset_samples")), f"expected a multiple of 10 for mnist1d, got {samples}"
     if isinstance(section, TamiyoConfig) and section.policy != "gnn":
         # Read only by the GNN policy: set for another, they would do nothing.
-        for key, default in (("gnn_checkpoint", None), ("policy_process", "auto"), ("compile", False)):
-            if getattr(section, key) != default:
+        defaults = TamiyoConfig()
+        for key in ("gnn_checkpoint", "policy_process", "policy_worker_silence_s", "compile"):
+            if getattr(section, key) != getattr(defaults, key):
                 yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
     if isinstance(section, RunConfig):
         yield from _run_file_problems(section)

@@ -130,15 +130,21 @@ def _summary_of(run_dir: Path, info: CheckpointInfo) -> tuple[RunSummary | None,
 
 def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
     """Why the run halted, when the checkpoint ``info`` is one an L4 halt wrote (its emergency level, read from the
-    file's header), else None: the trainer's ``training_finished`` line for that step in events.jsonl, else its L4
-    emergency signal there, else a reason naming the step and L4 (a kill -9 can come before either line). Blocking.
+    file's header), else None: the reason the halt kept in that header, as the uninterrupted run's summary words it;
+    for a checkpoint an earlier version wrote, the trainer's ``training_finished`` line for that step in
+    events.jsonl, else its L4 emergency signal there, else a reason naming the step and L4 (a kill -9 can come before
+    either line). Blocking.
     """
     try:
-        level = checkpoint_counters(run_dir / "checkpoints" / info.file).get("emergency_level")
+        counters = checkpoint_counters(run_dir / "checkpoints" / info.file)
     except (CheckpointError, OSError):
         return None  # the resume's own load refuses it, saying why
+    level = counters.get("emergency_level")
     if not isinstance(level, int) or level < EmergencyLevel.L4_HALT:
         return None
+    kept = counters.get("halt_reason")
+    if isinstance(kept, str) and kept:
+        return kept
     finished: str | None = None
     signalled: str | None = None
     events = run_dir / run_files(run_dir).events

@@ -211,6 +211,7 @@ class EsperSystem:
         self._resources = resources
         self._stop_training = stop_training
         self._drain = drain
+        self._draining: asyncio.Future[None] | None = None
         self._growth = growth
         self._run_lock = run_lock
         self._abandonable = abandonable
@@ -342,9 +343,19 @@ class EsperSystem:
         assert training is not None
         if await self._training_or_tree(training) is None or self._stopped:
             return
-        if self._drain is not None:
-            await self._drain()
+        await self._drain_once()
         await self._actors.stop()
+
+    async def _drain_once(self) -> None:
+        """Let the controller handle what is queued, once however many callers end the run: a stop that joined a
+        wait() as training ended on its own drained again once that wait's drain was done and its stop of the actors
+        under way, asking a Tamiyo already stopped (a dead letter in the summary, pipeline_drain_incomplete).
+        Shielded: a caller cancelled meanwhile leaves it to the others."""
+        if self._drain is None:
+            return
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain())
+        await asyncio.shield(self._draining)
 
     async def _training_or_tree(self, training: TrainingWatch) -> TrainingFigures | None:
         """Wait until training ends (its figures) or the tree stops on its own, say by failing (None)."""
@@ -392,8 +403,7 @@ class EsperSystem:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
             self._stop_training()
             await self._training_or_tree(training)
-            if self._drain is not None:
-                await self._drain()
+            await self._drain_once()
         await self._actors.stop()
         return await self.wait()
 

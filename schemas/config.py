@@ -171,6 +171,10 @@ class TamiyoConfig(ConfigSection, frozen=True):
     # Where the GNN policy's inference runs: "process" (a worker process, so on a CPU it does not contend with
     # training for the GIL), "thread" (the policy lane's thread), "auto" (process on a CPU lane, thread on CUDA).
     policy_process: Literal["auto", "thread", "process"] = "auto"
+    # A decision takes milliseconds; a GNN worker process silent this long on one is hung (stopped, swapped out,
+    # deadlocked): it is killed and started again. Keep it well under tolaria.decision_deadline_ms, so the packets
+    # queued behind the hung decision are still answered before the trainer gives up on their plans.
+    policy_worker_silence_s: Seconds = 0.5
     every_k_epochs: PosInt = 3
     germinate_cooldown_epochs: NonNegInt = 2
     plateau_patience_epochs: PosInt = 2

@@ -107,6 +107,15 @@ def test_optional_keys_default_to_none_so_a_dump_without_them_round_trips() -> N
     walk(root, "")
 
 
+def test_the_gnn_workers_silence_limit_is_a_tamiyo_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's silence limit was a constant (0.5 s): a machine where a decision can take longer killed sound
+    workers."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config(_write(tmp_path, "")).tamiyo.policy_worker_silence_s == 0.5
+    _write(tmp_path, '[tamiyo]\npolicy = "gnn"\npolicy_worker_silence_s = 2.5\n')
+    assert load_config("config.toml").tamiyo.policy_worker_silence_s == 2.5
+
+
 def test_the_shipped_config_toml_loads() -> None:
     config = load_config(REPO_ROOT / "config.toml")
     assert config.tamiyo.policy == "heuristic"
@@ -143,6 +152,10 @@ def test_the_shipped_config_toml_loads() -> None:
         ('[kasmina]\nslot_targets = ["a", 3]\n', "config.toml: kasmina.slot_targets[1]: expected a string, got 3"),
         ('[karn]\ninclude = "bp1"\n', 'config.toml: karn.include: expected an array of strings, got "bp1"'),
         ("tolaria = 3\n", "config.toml: tolaria: expected a table, got 3"),
+        (
+            '[tamiyo]\npolicy = "gnn"\npolicy_worker_silence_s = 0\n',
+            "config.toml: tamiyo.policy_worker_silence_s: expected a number > 0, got 0",
+        ),
         (
             "[tamiyo.inference_breaker]\nopen_s = 0\n",
             "config.toml: tamiyo.inference_breaker.open_s: expected a number > 0, got 0",

@@ -32,7 +32,9 @@ LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 # KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing summary.json (a halted run scores no
 # test split: its end is the checkpoint, then the summary); with CTRL_C_AT_FORWARD=N, it gets SIGINT (Ctrl-C) at its
 # Nth forward in training mode. Without the variables it is the plain CNN, so the same host_model trains the reference
-# run and finishes the killed one.
+# run and finishes the killed one. With KILL_AFTER_CHECKPOINT naming a checkpoint file, it is killed as soon as the
+# trainer has waited for that file to be written (and Kasmina's journal holds its boundary): an L4 halt's
+# checkpoint, before the trainer's training_finished line.
 _KILLING_HOST = """
 import os
 import signal
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import esper.session
 from actors.kasmina.journal import BoundaryJournal, last_boundary_step
+from actors.tolaria.checkpoints import CheckpointWriter
 from esper.nn.hosts import CNN1dHost
 
 _write = esper.session.atomic_write_bytes
@@ -59,7 +62,8 @@ _forwards = [0]
 
 
 _MARK = os.environ.get("KILL_WHEN_EXISTS")
-_MARK_STEP = int(Path(_MARK).stem.split("-")[1]) if _MARK else 0
+_AFTER = os.environ.get("KILL_AFTER_CHECKPOINT")
+_MARK_STEP = int(Path(_MARK or _AFTER).stem.split("-")[1]) if _MARK or _AFTER else 0
 _journaled = threading.Event()
 _write_pending = BoundaryJournal.write_pending
 
@@ -70,8 +74,22 @@ def _journal_then_tell(self):
         _journaled.set()
 
 
-if _MARK:
+if _MARK or _AFTER:
     BoundaryJournal.write_pending = _journal_then_tell
+
+
+_flush = CheckpointWriter.flush
+
+
+def _flush_then_kill(self):
+    _flush(self)
+    if os.path.exists(_AFTER):
+        _journaled.wait(60)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if _AFTER:
+    CheckpointWriter.flush = _flush_then_kill
 
 
 def _kill_when_scoring(module, args):
@@ -344,3 +362,49 @@ async def test_the_report_is_rendered_before_the_summary_that_marks_the_run_writ
     assert seen == [False]
     assert (run_dir / "report.png").is_file()
     assert (run_dir / "summary.json").is_file()
+
+
+def _events(run_dir: Path) -> list[dict[str, object]]:
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_a_halt_killed_before_training_finished_is_finished_with_the_uninterrupted_runs_reason(
+    tmp_path: Path,
+) -> None:
+    """An L4 halt at the last epoch end killed after its checkpoint but before the trainer's training_finished line:
+    the resume read the reason back from the L4 signal ("L4 at step 32: failed_epochs_streak: 2 failed epochs in a
+    row") or named only the step, not the uninterrupted run's "2 failed epochs in a row (the last: hook_budget)".
+    The halt's checkpoint now keeps its reason."""
+    config, env = _setup(tmp_path, epochs=2)
+    failing = ("--set", "tolaria.epoch_hook_budget_ms=0.000001", "--set", "tolaria.failed_epochs_to_halt=2")
+    reference_dir, killed_dir = tmp_path / "halted", tmp_path / "killed"
+    last = killed_dir / "checkpoints" / "step-32.pt"
+    reference = _esper(config, env, *failing, "--run-dir", str(reference_dir))
+    assert reference.returncode == 1, reference.stderr[-2000:]
+    want = _summary(reference_dir)
+    assert want.training is not None
+    reason = "2 failed epochs in a row (the last: hook_budget)"
+    assert (want.training.halted, want.training.halt_reason, want.error) == (True, reason, f"emergency halt: {reason}")
+
+    killed = _esper(config, {**env, "KILL_AFTER_CHECKPOINT": str(last)}, *failing, "--run-dir", str(killed_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not [e for e in _events(killed_dir) if e.get("event") == "training_finished"]
+    found = load_latest(killed_dir / "checkpoints")
+    assert found is not None
+    assert (found[2].file, found[0].counters["emergency_level"]) == (last.name, 4)
+
+    finished = _esper(config, env, *failing, "--resume", str(killed_dir))
+    assert finished.returncode == reference.returncode, finished.stderr[-2000:]
+    assert f"which an emergency halt at L4 wrote ({reason}): no step to train" in finished.stderr
+    assert f"error: emergency halt: {reason}" in finished.stdout
+    summary = _summary(killed_dir)
+    assert summary.training is not None
+    assert (summary.status, summary.exit_code, summary.error) == (want.status, want.exit_code, want.error)
+    assert (summary.training.halted, summary.training.halt_reason) == (True, reason)
+    ends = [e for e in _events(killed_dir) if e.get("event") in ("training_finished", "run_finished")]
+    assert [(e["event"], e.get("halt_reason", e.get("error"))) for e in ends] == [
+        (e["event"], e.get("halt_reason", e.get("error")))
+        for e in _events(reference_dir)
+        if e.get("event") in ("training_finished", "run_finished")
+    ]

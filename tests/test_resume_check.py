@@ -418,10 +418,16 @@ def test_the_notice_of_a_run_that_halted_at_its_end_says_so(tmp_path: Path) -> N
     )
 
 
-def _halts_checkpoint(tmp_path: Path, level: int, events: list[dict[str, object]]) -> Path:
-    """A run directory whose checkpoint step-300.pt (epoch 100) holds ``level`` in its header, with ``events``."""
+def _halts_checkpoint(
+    tmp_path: Path, level: int, events: list[dict[str, object]], halt_reason: str | None = None
+) -> Path:
+    """A run directory whose checkpoint step-300.pt (epoch 100) holds ``level`` (and ``halt_reason`` when given, as
+    the halt's checkpoint keeps it) in its header, with ``events``."""
     run_dir = _trained_100_epochs(tmp_path)
-    header = {"counters": {"emergency_level": level}}
+    counters: dict[str, object] = {"emergency_level": level}
+    if halt_reason is not None:
+        counters["halt_reason"] = halt_reason
+    header = {"counters": counters}
     data = safetensors_bytes([], {"esper": json.dumps(header)})
     (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
     lines = [json.dumps(event) for event in events]
@@ -448,6 +454,17 @@ def test_the_halt_a_finishing_resume_keeps_gives_its_reason_on_record(tmp_path: 
         assert finishing_halt(run_dir, 300, 101) is None  # epochs are left to train: it trains on from L2
     assert finishing_halt(_halts_checkpoint(tmp_path / "l3", 3, [finished]), 300, 100) is None
     assert finishing_halt(run_dir, None, 100) is None
+
+
+def test_the_reason_a_halts_checkpoint_keeps_is_the_one_a_finishing_resume_gives(tmp_path: Path) -> None:
+    """A kill after the halt's checkpoint, before training_finished, left only the L4 signal's wording ("L4 at step
+    300: failed_epochs_streak: 3 ..."), not the summary's: the checkpoint's own reason comes first."""
+    reason = "3 failed epochs in a row (the last: hook_budget)"
+    signal = {"event": "emergency_signal", "msg_level": 4, "step": 300, "reason": "failed_epochs_streak: 3"}
+    for index, events in enumerate([[signal], []]):
+        run_dir = _halts_checkpoint(tmp_path / str(index), 4, events, halt_reason=reason)
+        assert finishing_halt(run_dir, 300, 100) == reason
+    assert finishing_halt(_halts_checkpoint(tmp_path / "l3", 3, [], halt_reason=reason), 300, 100) is None
 
 
 def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:

@@ -176,6 +176,11 @@ BAD_CONFIGS = [
         id="gnn-checkpoint-unused",
     ),
     pytest.param(
+        "[tamiyo]\npolicy_worker_silence_s = 2.0\n",
+        "c.toml: tamiyo.policy_worker_silence_s: is read only with policy = \"gnn\", and policy is 'heuristic'",
+        id="gnn-worker-silence-unused",
+    ),
+    pytest.param(
         "[tamiyo]\ncompile = true\n",
         "c.toml: tamiyo.compile: is read only with policy = \"gnn\", and policy is 'heuristic'",
         id="tamiyo-compile-unused",

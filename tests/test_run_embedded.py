@@ -508,3 +508,32 @@ async def test_an_argument_of_the_wrong_type_is_a_type_error_naming_the_paramete
             await esper.start(config, **arguments)  # type: ignore[arg-type]  # what is tested
         assert str(refused.value) == message
     assert not (tmp_path / "runs").exists()
+
+
+async def test_a_stop_while_the_runs_own_end_stops_the_actors_asks_none_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (the command line's stop) as training ended on its own joined wait(), which drained the pipeline a
+    second time: it asked Tamiyo, which the run's own end had stopped (pipeline_drain_incomplete, one dead letter in
+    summary.json). The run's end drains once, whoever ends it."""
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    actors = system._actors
+    stop_actors = actors.stop
+    stopping: list[bool] = []
+    stops: list[RunSummary] = []
+
+    async def own_end_then_a_stop() -> None:
+        await stop_actors()  # the run's own end: every actor, Tamiyo included, has stopped
+        if not stopping:  # the Ctrl-C lands now, and is waited for: a barrier, no sleep
+            stopping.append(True)
+            stops.append(await system.stop(status="interrupted"))
+
+    monkeypatch.setattr(actors, "stop", own_end_then_a_stop)
+    async with asyncio.timeout(60):
+        summary = await system.wait()
+    assert stops == [summary]
+    assert (summary.status, summary.dead_letters) == ("completed", 0)
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] in ("pipeline_drain_incomplete", "dead_letter")]
+    written = msgspec.json.decode((tmp_path / "run" / "summary.json").read_bytes(), type=RunSummary)
+    assert written.dead_letters == 0

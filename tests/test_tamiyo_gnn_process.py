@@ -59,7 +59,7 @@ def _local(model: TamiyoGNN, digest: str | None = None) -> GnnPolicy:
     )
 
 
-def _remote(model: TamiyoGNN, local: GnnPolicy) -> RemoteGnnPolicy:
+def _remote(model: TamiyoGNN, local: GnnPolicy, *, silence_s: float = 0.5) -> RemoteGnnPolicy:
     return RemoteGnnPolicy(
         local,
         model,
@@ -72,6 +72,7 @@ def _remote(model: TamiyoGNN, local: GnnPolicy) -> RemoteGnnPolicy:
         max_ramp_steps=100,
         lr_delta_bound=0.1,
         num_threads=1,
+        silence_s=silence_s,
     )
 
 
@@ -158,19 +159,20 @@ def test_a_killed_worker_fails_its_decision_then_is_restarted_and_decides_on_fro
 
 def test_a_hung_worker_is_killed_and_restarted_and_decides_on_from_its_state() -> None:
     """A worker that stops answering (SIGSTOP here: swapped out, deadlocked) held every later decision, and the stop
-    of the run, for good; it is now killed after a short silence and started again like a dead one."""
+    of the run, for good; it is now killed after a short silence (tamiyo.policy_worker_silence_s, here not its
+    default: the limit was a constant, 0.5 s) and started again like a dead one."""
     model = _model(PolicyAction.GERMINATE)
     reference = _local(model)
-    remote = _remote(model, _local(model))
+    remote = _remote(model, _local(model), silence_s=0.25)
     observations = list(_observations())
     try:
         remote.wait_ready()
         assert remote.decide(observations[0]) == reference.decide(observations[0])
         assert remote.pid is not None
         os.kill(remote.pid, signal.SIGSTOP)
-        with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match="no answer within"):
+        with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match=r"no answer within 0\.25 s"):
             remote.decide(observations[1])
-        assert [e["event"] for e in logs] == ["tamiyo_gnn_worker_hung"]
+        assert [(e["event"], e["silent_s"]) for e in logs] == [("tamiyo_gnn_worker_hung", 0.25)]
         remote.wait_ready()  # the barrier: the restarted worker has built its network
         assert remote.restarts == 1
         for observation in observations[1:]:
@@ -435,3 +437,29 @@ def test_an_answer_to_another_request_kills_the_worker_instead_of_answering_ever
             assert remote.export_state() == reference.export_state()
     finally:
         remote.close()
+
+
+def test_the_configured_worker_silence_reaches_the_gnn_policys_worker() -> None:
+    """tamiyo.policy_worker_silence_s is what the policy built from the config waits for an answer (it was a
+    constant, 0.5 s, whatever the machine)."""
+    from actors.tamiyo import spec
+    from esper.runtime.lanes import Lane
+
+    settings = spec.GnnSettings(model_config=SMALL, seed=7, layer_types=("conv1d",), activations=("relu",))
+    config = TamiyoConfig(policy="gnn", policy_process="process", policy_worker_silence_s=2.5)
+    lane = Lane("policy", "cpu", num_threads=1)
+    try:
+        policy = spec._gnn_factory(config, settings, BLUEPRINTS, lane)()
+        assert isinstance(policy, RemoteGnnPolicy)
+        try:
+            assert policy.silence_s == 2.5
+        finally:
+            policy.close()
+    finally:
+        lane.close()
+
+
+def test_a_silence_that_is_not_positive_is_refused_before_a_worker_starts() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match=r"^RemoteGnnPolicy: silence_s must be > 0, got 0.0$"):
+        _remote(model, _local(model), silence_s=0.0)

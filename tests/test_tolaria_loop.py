@@ -546,7 +546,11 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     # The halt's reason is the streak (it said only "epoch_budget", the last epoch's failure).
     assert result.halt_reason == "2 failed epochs in a row (the last: epoch_budget)"
     assert loop.policy.level is EmergencyLevel.L4_HALT
-    assert read_manifest(tmp_path)[-1].global_step == result.figures.global_step
+    last = read_manifest(tmp_path)[-1]
+    assert last.global_step == result.figures.global_step
+    # The halt's checkpoint keeps that reason: a resume that finishes the run killed before training_finished was
+    # logged reads it there (the L4 signal words it otherwise).
+    assert checkpoint_counters(tmp_path / last.file)["halt_reason"] == result.halt_reason
 
 
 def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(

@@ -48,10 +48,6 @@ __all__ = ["RemoteGnnPolicy"]
 _READY_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
 _MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left dead: the fallback decides
-# A decision takes milliseconds; a worker silent this long is hung (stopped, swapping, deadlocked): it is killed and
-# started again like a dead one. Well under tolaria.decision_deadline_ms (1 s by default), so the packets queued
-# behind the hung decision are still answered before the trainer gives up on their plans.
-_ANSWER_TIMEOUT_S = 0.5
 # A restarted worker imports torch and builds its network (seconds); one not ready after this is hung in its start-up
 # and is killed, so the next decide starts another (the fallback decides meanwhile, and says so).
 _RESTART_READY_S = 60.0
@@ -114,11 +110,21 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         max_ramp_steps: int,
         lr_delta_bound: float,
         num_threads: int | None,
+        silence_s: float = 0.5,
     ) -> None:
-        """Args: ``policy`` is the parent's GnnPolicy over ``model`` (a CPU TamiyoGNN); the rest is what it was built
-        with, so the worker builds an identical one. Raises ValueError: the model is not on the CPU."""
+        """Args: ``policy`` is the parent's GnnPolicy over ``model`` (a CPU TamiyoGNN); ``silence_s``
+        (tamiyo.policy_worker_silence_s) how long a worker may leave a decision unanswered before it counts as hung
+        (stopped, swapped out, deadlocked) and is killed, to be started again like a dead one; the rest is what
+        ``policy`` was built with, so the worker builds an identical one.
+
+        Raises:
+            ValueError: the model is not on the CPU, or ``silence_s`` is not > 0.
+        """
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("RemoteGnnPolicy: the worker process runs on the CPU; the model is elsewhere")
+        if not silence_s > 0:
+            raise ValueError(f"RemoteGnnPolicy: silence_s must be > 0, got {silence_s}")
+        self._silence_s = silence_s
         self._local = policy
         initial = policy.export_state()
         cfg = model.config
@@ -159,6 +165,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
     @property
     def version(self) -> str:
         return self._local.version
+
+    @property
+    def silence_s(self) -> float:
+        """How long a decision may go unanswered before the worker is killed as hung."""
+        return self._silence_s
 
     @property
     def pid(self) -> int | None:
@@ -323,12 +334,12 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             send(self._to_worker, ENCODE.encode(request))
         except (OSError, ValueError) as err:
             raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.poll()}") from err
-        ready, _, _ = select.select([self._from_worker], [], [], _ANSWER_TIMEOUT_S)
+        ready, _, _ = select.select([self._from_worker], [], [], self._silence_s)
         if not ready:
             self._process.kill()  # the next decide finds it dead and starts another
             self._process.wait(_CLOSE_TIMEOUT_S)
-            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_ANSWER_TIMEOUT_S, pid=self._process.pid)
-            raise RuntimeError(f"tamiyo gnn worker: no answer within {_ANSWER_TIMEOUT_S} s; killed, to be restarted")
+            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
+            raise RuntimeError(f"tamiyo gnn worker: no answer within {self._silence_s} s; killed, to be restarted")
         return self._receive(request.request)
 
     def _receive(self, request: int = 0) -> Answer:
@@ -340,11 +351,11 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 killed, and the next decide starts another as for a dead one).
         """
         try:
-            answer = ANSWER.decode(recv(self._from_worker, _ANSWER_TIMEOUT_S))
+            answer = ANSWER.decode(recv(self._from_worker, self._silence_s))
         except TimeoutError as err:
             self._process.kill()  # the next decide finds it dead and starts another
             self._process.wait(_CLOSE_TIMEOUT_S)
-            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_ANSWER_TIMEOUT_S, pid=self._process.pid)
+            _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: stopped in the middle of an answer ({err}); killed") from err
         except (EOFError, OSError) as err:
             try:

@@ -290,6 +290,7 @@ def _gnn_factory(
             max_ramp_steps=gnn.max_ramp_steps,
             lr_delta_bound=gnn.lr_delta_bound,
             num_threads=lane.num_threads,
+            silence_s=config.policy_worker_silence_s,
         )
 
     return _GnnFactory(make, digest)

@@ -48,6 +48,7 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     stall_ms: float | None = None
     open_stats: str | None = None
     epoch_figures: str | None = None
+    halt_reason: str | None = None  # only in the checkpoint an L4 halt wrote
 
 
 _EpochFigures = tuple[float | None, float | None, float | None, float | None]

@@ -255,6 +255,10 @@ class TrainingLoop:
         finishing = finishing and (status == "completed" or self._s.restored_halt)
         if writer is not None and not finishing:
             state = self._s.capture(keep_modules=False)
+            if status == "halted":
+                # A kill before training_finished is logged leaves the resume that finishes the run only this file
+                # to read the reason from, in the words the uninterrupted run's summary uses (the L4 signal's differ).
+                state.counters["halt_reason"] = reason
             writer.submit(state)
             writer.flush()
             self._s.last_checkpoint = f"step-{state.global_step}.pt"
