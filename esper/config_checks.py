@@ -61,6 +61,12 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             f'true asks for bf16 autocast, but {precision} = "fp32" asks for none: '
             'set amp = false for fp32, or precision = "bf16"',
         )
+    if isinstance(section, TolariaConfig) and section.lr_schedule == "constant" and section.lr_min_factor != 0.0:
+        # The floor of a decay: a constant schedule never decays, so the setting did nothing.
+        yield (
+            ".".join((*path, "lr_min_factor")),
+            f'is read only with lr_schedule = "cosine" or "linear", and lr_schedule is {section.lr_schedule!r}',
+        )
     if isinstance(section, TolariaConfig) and section.dataset == "mnist1d" and section.dataset_samples % 10:
         # MNIST-1D makes as many samples of each of its 10 digits (checked here, before the run directory is made).
         samples = section.dataset_samples

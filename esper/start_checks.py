@@ -81,9 +81,10 @@ def check_metrics_host(nissa: NissaConfig) -> None:
 
 def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> None:
     """Log, as warnings the console shows, settings a run accepts but that defeat it: a command lag no shorter than
-    the whole run (no decision of the controller can take effect: the run completed with nothing applied), and more
-    training threads than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny
-    smoke run (a few steps) has the first too, which is why it is not refused. Once the run's logging is configured.
+    the whole run (no decision of the controller can take effect: the run completed with nothing applied), a
+    learning-rate warm-up no shorter than the run (the rate never reaches ``tolaria.lr``), and more training threads
+    than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
+    has the first two too, which is why they are not refused. Once the run's logging is configured.
     """
     tolaria = config.tolaria
     steps = steps_per_epoch * tolaria.epochs
@@ -95,6 +96,16 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
             detail=(
                 f"tolaria.command_lag_steps = {tolaria.command_lag_steps} is not shorter than the run"
                 f" ({tolaria.epochs} epochs x {steps_per_epoch} steps): no decision of the controller can take effect"
+            ),
+        )
+    if tolaria.warmup_steps >= steps:
+        _log.warning(
+            "warmup_outlasts_run",
+            warmup_steps=tolaria.warmup_steps,
+            run_steps=steps,
+            detail=(
+                f"tolaria.warmup_steps = {tolaria.warmup_steps} is not shorter than the run ({tolaria.epochs} epochs"
+                f" x {steps_per_epoch} steps): the learning rate never reaches tolaria.lr"
             ),
         )
     if tolaria.num_threads is not None and cpus is not None and tolaria.num_threads > cpus:

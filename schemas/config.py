@@ -78,6 +78,16 @@ class TolariaConfig(ConfigSection, frozen=True):
     # calms the first blend (0.3: 1-4 % above the host instead of 10-19 %) but cost accuracy on the growth benchmark
     # (BENCHMARKS.md), so by default incubation learns at the seed's full rate.
     incubation_lr_scale: NonNegFloat = 1.0
+    # The learning-rate schedule over the run's steps (epochs x steps an epoch): a factor on each optimizer group's
+    # own rate (the host's, each seed's) at each step. "constant" keeps the rates; "cosine" and "linear" decay them to
+    # lr_min_factor x the rate by the run's end. warmup_steps ramps the factor linearly from 1/warmup_steps up to 1
+    # first (a warm-up as long as the run, or longer, never reaches the full rate: a warning at the start says so).
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: NonNegInt = 0
+    lr_min_factor: UnitFloat = 0.0
+    # Clip each optimizer group's gradient norm (the host's and each seed's on its own, so a seed never scales the
+    # host's update) to this before the step; unset: no clipping.
+    grad_clip_norm: PosFloat | None = None
     host_model: HostModel = "cnn1d"
     device: Device = "auto"
     command_lag_steps: NonNegInt = 8

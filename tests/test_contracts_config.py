@@ -553,3 +553,42 @@ def test_the_parameter_budget_takes_a_positive_integer(value: str) -> None:
     assert str(info.value) == (
         f"--set tamiyo.max_added_parameters={value}: tamiyo.max_added_parameters: expected an integer >= 1, got {value}"
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tolaria.warmup_steps=-1", "tolaria.warmup_steps: expected an integer >= 0, got -1"),
+        (
+            'tolaria.lr_schedule="step"',
+            'tolaria.lr_schedule: expected one of "constant", "cosine", "linear", got "step"',
+        ),
+        ("tolaria.lr_min_factor=1.5", "tolaria.lr_min_factor: expected a number between 0 and 1, got 1.5"),
+        ("tolaria.grad_clip_norm=0", "tolaria.grad_clip_norm: expected a number > 0, got 0"),
+        ("tolaria.grad_clip_norm=inf", "tolaria.grad_clip_norm: expected a finite number, got inf"),
+        (
+            # The floor of a decay, with no decay: it would do nothing.
+            "tolaria.lr_min_factor=0.1",
+            'tolaria.lr_min_factor: is read only with lr_schedule = "cosine" or "linear", and lr_schedule is'
+            " 'constant'",
+        ),
+    ],
+)
+def test_a_bad_learning_rate_schedule_or_clip_is_one_line_naming_key_and_value(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert str(info.value) == f"--set {override}: {message}"
+
+
+def test_a_schedule_with_warmup_floor_and_clipping_is_accepted_and_round_trips(tmp_path: Path) -> None:
+    overrides = [
+        'tolaria.lr_schedule="linear"',
+        "tolaria.warmup_steps=50",
+        "tolaria.lr_min_factor=0.1",
+        "tolaria.grad_clip_norm=1.5",
+    ]
+    config = apply_overrides(RunConfig(), overrides)
+    assert (config.tolaria.lr_schedule, config.tolaria.warmup_steps) == ("linear", 50)
+    assert (config.tolaria.lr_min_factor, config.tolaria.grad_clip_norm) == (0.1, 1.5)
+    assert load_config(_write(tmp_path, dump_config(config))) == config
+    assert RunConfig().tolaria.grad_clip_norm is None  # unset: no clipping

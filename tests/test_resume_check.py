@@ -44,6 +44,10 @@ def _run_dir(tmp_path: Path, *overrides: str) -> Path:
         ('tolaria.host_model="mlp"', "tolaria.host_model"),
         ("tolaria.seed=7", "tolaria.seed"),
         ("tolaria.lr=0.1", "tolaria.lr"),
+        # The rate at each step and the update's size: another schedule or clip trains another run from the checkpoint.
+        ('tolaria.lr_schedule="cosine"', "tolaria.lr_schedule"),
+        ("tolaria.warmup_steps=10", "tolaria.warmup_steps"),
+        ("tolaria.grad_clip_norm=1.0", "tolaria.grad_clip_norm"),
         ('kasmina.slot_targets=["blocks.0"]', "kasmina.slot_targets"),
         ('tamiyo.policy="every_k"', "tamiyo.policy"),
         ("tolaria.command_lag_steps=4", "tolaria.command_lag_steps"),

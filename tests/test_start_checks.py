@@ -121,3 +121,15 @@ console = false
     lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
     [warned] = [json.loads(line) for line in lines if '"no_blueprint_offered"' in line]
     assert (warned["level"], warned["blueprints"]) == ("warning", ["BP007"])
+
+
+def test_a_warmup_no_shorter_than_the_run_is_said_not_refused() -> None:
+    """The rate never reaches tolaria.lr: allowed (a smoke run of a few steps), but said at the start."""
+    [logged] = _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=60"], steps_per_epoch=20, cpus=2)
+    assert (logged["event"], logged["log_level"]) == ("warmup_outlasts_run", "warning")
+    assert (logged["warmup_steps"], logged["run_steps"]) == (60, 60)
+    assert logged["detail"] == (
+        "tolaria.warmup_steps = 60 is not shorter than the run (3 epochs x 20 steps): the learning rate never"
+        " reaches tolaria.lr"
+    )
+    assert _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=59"], steps_per_epoch=20, cpus=2) == []

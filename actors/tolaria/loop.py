@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from actors.tolaria.outbox import Outbox
     from actors.tolaria.plans import PlanInbox
+    from actors.tolaria.step_tuning import StepTuner
     from esper.nn.data import DataSplits, TensorPair
     from esper.runtime.handoff import Handoff
     from schemas.config import TolariaConfig
@@ -111,6 +112,7 @@ class TrainingLoop:
         self._s.data = data
         plan = batch_plan(config, data)
         self._s.build()
+        _log_tuning(self._s.tuner())
         writer = None
         if self._s.options.checkpoint_dir is not None:
             writer = CheckpointWriter(
@@ -304,6 +306,21 @@ def _close_after(writer: CheckpointWriter, error: BaseException) -> None:
             error=f"{type(pending).__name__}: {pending}",
             raising=f"{type(error).__name__}: {error}",
         )
+
+
+def _log_tuning(tuner: StepTuner | None) -> None:
+    """Say once, at the start, what the rate schedule and clipping do (the packets carry each group's base rate)."""
+    if tuner is None:
+        return
+    schedule = tuner.schedule
+    _log.info(
+        "lr_schedule",
+        schedule="constant" if schedule is None else schedule.kind,
+        warmup_steps=0 if schedule is None else schedule.warmup_steps,
+        total_steps=None if schedule is None else schedule.total_steps,
+        lr_min_factor=None if schedule is None else schedule.min_factor,
+        grad_clip_norm=tuner.clip_norm,
+    )
 
 
 def _log_written(info: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, final
 
 from actors.tolaria.boundary import BoundaryApplier
-from actors.tolaria.build import Trainee, build_trainee
+from actors.tolaria.build import Trainee, batch_plan, build_trainee
 from actors.tolaria.capture_plan import PlannedCapture
 from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.emergencies import EmergencyPolicy
@@ -13,6 +13,7 @@ from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.run_counters import RunCounters
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture
+from actors.tolaria.step_tuning import StepTuner
 from actors.tolaria.stepper import Stepper
 from actors.tolaria.telemetry import IntervalStats, OpenStats, PacketBuilder
 from esper.runtime.clock import MonotonicClock
@@ -118,7 +119,13 @@ class LoopState:
         self.isolation = IsolationMonitor(
             self.options.isolation_probe_every_steps, micro_batch(probe_split.x, trainee.device)
         )
-        self.stepper.bind(trainee, self.data.train)
+        self.stepper.bind(trainee, self.data.train, self.tuner())
+
+    def tuner(self) -> StepTuner | None:
+        """The rate schedule and clipping the config asks for, over the run's configured steps (None: neither)."""
+        assert self.data is not None
+        steps = batch_plan(self.config, self.data).num_batches * self.config.epochs
+        return StepTuner.for_config(self.config, steps)
 
     def counters(self) -> dict[str, float | int | str | None]:
         # The open epoch's sums: those a stop kept, else those a resume took back and has not continued yet (the

@@ -1,5 +1,6 @@
 """One training step of the host on a batch: forward, backward, the finite check, the optimizer step (or its skip,
-which puts the model's buffers back as they were), the alpha advance and the step's timings. Lane-thread only.
+which puts the model's buffers back as they were; with a rate schedule or clipping configured, step_tuning.py does the
+check and the step), the alpha advance and the step's timings. Lane-thread only.
 
 The forward is the model itself (eager, no autocast: the common case, called directly), or goes through autocast or
 ``torch.compile``; a compiled forward that fails at run time falls back to eager for the rest of the run.
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from actors.tolaria.build import Trainee
     from actors.tolaria.emergencies import EmergencyPolicy
+    from actors.tolaria.step_tuning import StepTuner
     from actors.tolaria.telemetry import IntervalStats
     from esper.nn.data import TensorPair
 
@@ -60,6 +62,8 @@ class Stepper:
         self._trainee: Trainee | None = None
         self._buffers: BufferGuard | None = None
         self._finite: FiniteCheck | None = None
+        # The schedule and clipping (None with the defaults: the step then runs the plain check and step, no more).
+        self._tuner: StepTuner | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled = False
         # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
@@ -67,9 +71,11 @@ class Stepper:
         # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
         self._move_batches = True
 
-    def bind(self, trainee: Trainee, train: TensorPair) -> None:
-        """Step ``trainee`` from now on; ``train`` tells whether its batches must be moved to its device."""
+    def bind(self, trainee: Trainee, train: TensorPair, tuner: StepTuner | None = None) -> None:
+        """Step ``trainee`` from now on; ``train`` tells whether its batches must be moved to its device; ``tuner``
+        schedules the rate and clips the gradients (None: neither)."""
         self._trainee = trainee
+        self._tuner = tuner
         self._buffers = BufferGuard(trainee)
         self._finite = FiniteCheck(trainee.device)
         self._forward = trainee.model
@@ -113,8 +119,14 @@ class Stepper:
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         t4 = time.perf_counter()
         loss = loss.detach()
-        if check(loss, optimizer):
-            optimizer.step()
+        tuner = self._tuner
+        if tuner is None:
+            stepped = check(loss, optimizer)
+            if stepped:
+                optimizer.step()
+        else:
+            stepped = tuner.step(loss, optimizer, global_step, check)
+        if stepped:
             for slot in trainee.slots.values():
                 if slot.mode is _BLENDING:
                     slot.advance_alpha()

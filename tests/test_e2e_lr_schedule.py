@@ -1,0 +1,77 @@
+"""End to end: a growing run with a cosine schedule, warm-up and gradient clipping, killed mid-run (kill -9) and
+resumed, ends bitwise equal to the same run uninterrupted (the schedule is a function of the step: no state of its
+own to lose)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+import torch
+
+from actors.tolaria.checkpoints import load_latest
+from esper.resume import resume_point
+from schemas.run import RunSummary
+from tests.test_e2e_run import read_until, run_esper, tiny_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+EPOCHS = 6
+STEPS_PER_EPOCH = 16
+TUNING = 'lr = 0.003\nlr_schedule = "cosine"\nwarmup_steps = 20\nlr_min_factor = 0.1\ngrad_clip_norm = 1.0\n'
+
+
+def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equal_to_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(tmp_path, epochs=EPOCHS)
+    text = config.read_text(encoding="utf-8")
+    assert text.count("lr = 0.003\n") == 1
+    config.write_text(text.replace("lr = 0.003\n", TUNING), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
+        assert first.stderr is not None
+        read_until(first.stderr, "epoch   4/")
+        first.kill()  # SIGKILL: no graceful stop
+        first.communicate(timeout=60)
+    step = resume_point(run_dir / "checkpoints")
+    assert step is not None
+    assert 0 < step < EPOCHS * STEPS_PER_EPOCH
+    run_esper(config, env, "--resume", str(run_dir))
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.resumed_from_step == step
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    said = [e for e in events if e.get("event") == "lr_schedule"]
+    assert said
+    assert said[-1]["schedule"] == "cosine"
+    assert (said[-1]["warmup_steps"], said[-1]["total_steps"]) == (20, EPOCHS * STEPS_PER_EPOCH)
+    assert (said[-1]["lr_min_factor"], said[-1]["grad_clip_norm"]) == (0.1, 1.0)
+
+    reference_dir = tmp_path / "uninterrupted"
+    run_esper(config, env, "--run-dir", str(reference_dir))
+    resumed = load_latest(run_dir / "checkpoints")
+    reference = load_latest(reference_dir / "checkpoints")
+    assert resumed is not None
+    assert reference is not None
+    got, want = resumed[0], reference[0]
+    assert got.global_step == want.global_step == EPOCHS * STEPS_PER_EPOCH
+    assert [(e.kind, e.step) for e in got.graft_log] == [(e.kind, e.step) for e in want.graft_log]
+    assert any(e.kind == "attach" for e in want.graft_log), "the run should grow (seed groups scheduled and clipped)"
+    assert got.model.keys() == want.model.keys()
+    for key, value in want.model.items():
+        if isinstance(value, torch.Tensor):
+            saved = got.model[key]
+            assert isinstance(saved, torch.Tensor)
+            assert torch.equal(saved, value), key
