@@ -13,7 +13,7 @@ import structlog
 
 from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.errors import SupervisorGaveUp, UnrecoverableFailure
+from esper.runtime.errors import RepeatedFailure, SupervisorGaveUp, UnrecoverableFailure
 from schemas.base import Message, Record
 from schemas.nissa import SeedStageChanged
 from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
@@ -329,6 +329,8 @@ class EsperSystem:
             status, error = "failed", f"{type(err).__name__}: {err}"
             if isinstance(err, UnrecoverableFailure):
                 error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
+            elif isinstance(err, RepeatedFailure):
+                error += f"; the checkpoints written before it are kept: fix the cause, then --resume {self.run_dir}"
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.

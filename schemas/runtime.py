@@ -55,13 +55,14 @@ class ChildRestarted(Message, frozen=True):
     run_id: str | None = None  # set by the run's event sink
 
 
-EscalationReason = Literal["restart_intensity", "unrecoverable"]
+EscalationReason = Literal["restart_intensity", "unrecoverable", "no_progress"]
 
 
 class SupervisorEscalated(Message, frozen=True):
     """A supervisor stopped its children and handed the failure to its parent: restarts came faster than its
-    intensity allows (``restart_intensity``), or a child failed in a way no restart fixes, such as a full disk
-    (``unrecoverable``: escalated at the first failure)."""
+    intensity allows (``restart_intensity``), a child failed in a way no restart fixes, such as a full disk
+    (``unrecoverable``: escalated at the first failure), or a child failed again where it failed before too many
+    times in a row, such as a trainer at the same step (``no_progress``: restarting it replays the same failure)."""
 
     supervisor: str
     child: str

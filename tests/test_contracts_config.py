@@ -69,6 +69,7 @@ def test_an_empty_file_gives_the_resolved_defaults(tmp_path: Path) -> None:
     assert (simic.entropy_coef, simic.value_coef, simic.clip_ratio) == (0.01, 0.5, 0.2)
     weatherlight = config.weatherlight
     assert (weatherlight.restart_max, weatherlight.restart_window_s, weatherlight.shutdown_deadline_s) == (5, 30.0, 5.0)
+    assert weatherlight.restart_max_without_progress == 3
     assert (config.logging.level, config.logging.console, config.logging.json_file) == ("info", True, "events.jsonl")
 
 

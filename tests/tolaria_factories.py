@@ -439,3 +439,30 @@ class _MixedKinds(nn.Module):
 def mixed_kinds() -> nn.Module:
     """A host whose slots are of two kinds, conv1d and flat (of two widths)."""
     return _MixedKinds()
+
+
+class FailsAtSixthStep(nn.Module):
+    """tiny_mlp whose sixth training step raises, in every instance (a restart builds the model anew and replays to
+    it): a bug in the user's own forward that no restart gets past, until a test sets ``broken`` False."""
+
+    instances = 0
+    broken = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        type(self).instances += 1
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 2:  # not the start's two-sample check
+            self.steps += 1
+            if self.steps == 6 and type(self).broken:
+                raise RuntimeError("the user's model broke on its sixth step")
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def fails_at_sixth_step() -> nn.Module:
+    return FailsAtSixthStep()
