@@ -127,6 +127,33 @@ def float64_slot_model() -> nn.Module:
     return _Odd(_Double(), ("inner",))
 
 
+class _SharedActivation(nn.Module):
+    """Linear(40, 16) -> ``act`` -> Linear(16, ``width``) -> ``act`` -> Linear(``width``, 10): one ReLU module
+    called twice, after layers ``width`` apart or not."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(40, 16)
+        self.fc2 = nn.Linear(16, width)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(width, 10)
+        self.slot_targets = ("act",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+        return out
+
+
+def shared_activation_model() -> nn.Module:
+    """A slot target the forward calls after a 16-wide and an 8-wide layer: its outputs have two shapes."""
+    return _SharedActivation(8)
+
+
+def twice_called_slot_model() -> nn.Module:
+    """A slot target the forward calls twice, both times 16 wide: one shape, a slot like any other."""
+    return _SharedActivation(16)
+
+
 class Hidden(NamedTuple):
     hidden: torch.Tensor
     aux: torch.Tensor
