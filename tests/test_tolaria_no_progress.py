@@ -85,10 +85,11 @@ async def test_a_trainer_failing_at_one_step_is_given_up_after_the_third_failure
         async with asyncio.timeout(120):
             with pytest.raises(RepeatedFailure) as gave_up:
                 await system.wait()
-    assert str(gave_up.value) == (
-        "training failed 3 times in a row with 10 steps done, never getting further, so it is not restarted again: "
-        "RuntimeError: user bug at step 10"
-    )
+    assert re.fullmatch(
+        r"training failed 3 times in a row with 10 steps done, never getting further, so it is not restarted again: "
+        r"RuntimeError: user bug at step 10 \(at (.*/)?tests/test_tolaria_no_progress\.py:\d+ in fail_at_ten\)",
+        str(gave_up.value),
+    ), str(gave_up.value)
     assert failures == [10, 10, 10]
     assert len(sink.of_type(ChildRestarted)) == 4, "the trainer and its control actor, twice"
     assert [(e.child, e.reason) for e in sink.of_type(SupervisorEscalated)] == [
@@ -119,15 +120,21 @@ async def test_a_user_model_failing_at_one_step_fails_the_run_naming_the_step_an
     assert summary.error is not None
     assert re.fullmatch(
         r"RepeatedFailure: training failed 2 times in a row with 5 steps done, never getting further, so it is not "
-        r"restarted again: RuntimeError: the user's model broke on its sixth step; the checkpoints written before it "
-        r"are kept: fix the cause, then --resume .*",
+        r"restarted again: RuntimeError: the user's model broke on its sixth step \(at (.*/)?tests/tolaria_factories"
+        r"\.py:\d+ in forward\); the checkpoints written before it are kept: fix the cause, then --resume .*",
         summary.error,
     ), summary.error
     assert tolaria_factories.FailsAtSixthStep.instances >= 2
     written = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert (written.status, written.error) == ("failed", summary.error)
+    assert written.error_traceback is not None
+    assert "tolaria_factories.py" in written.error_traceback
+    assert written.error_traceback.endswith("RuntimeError: the user's model broke on its sixth step")
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["reason"] for e in events if e["event"] == "supervisor_escalated"] == ["no_progress", "no_progress"]
+    failed = [e for e in events if e["event"] == "child_failed"]
+    assert all(re.fullmatch(r"(.*/)?tests/tolaria_factories\.py:\d+ in forward", e["user_frame"]) for e in failed)
+    assert all(e["traceback"].endswith("RuntimeError: the user's model broke on its sixth step") for e in failed)
     tolaria_factories.FailsAtSixthStep.broken = False
     resumed = await start(tiny_config(tmp_path), overrides=overrides, resume=run_dir)
     async with asyncio.timeout(120):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import final
 
 from esper.runtime.errors import RepeatedFailure, describe_error
+from esper.runtime.failure_trace import located
 
 
 @final
@@ -27,10 +28,10 @@ class FailureStreak:
 
 
 def repeated_failure(error: BaseException, step: int, count: int) -> RepeatedFailure:
-    """The escalation of the ``count``-th failure in a row with ``step`` steps done: one line naming both and the
-    error."""
+    """The escalation of the ``count``-th failure in a row with ``step`` steps done: one line naming both, the error
+    and where in the user's code it was raised."""
     kind, text = describe_error(error)
     return RepeatedFailure(
         f"training failed {count} times in a row with {step} steps done, never getting further, so it is not "
-        f"restarted again: {kind}: {text}"
+        f"restarted again: {kind}: {text}{located(error)}"
     )

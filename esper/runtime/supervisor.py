@@ -19,6 +19,7 @@ from esper.runtime.errors import (
     describe_error,
     unrecoverable_cause,
 )
+from esper.runtime.failure_trace import located
 from esper.runtime.mailbox import Mailbox
 from esper.runtime.ref import ActorRef, DeadLetters
 from esper.runtime.supervisor_child import (
@@ -382,6 +383,8 @@ class Supervisor:
         recent = len(self._restart_times)
         if recent > self._max_restarts:
             last = "" if error is None else ": " + ": ".join(describe_error(error))
+            if error is not None and not isinstance(error, SupervisorGaveUp):  # an escalation's message says where
+                last += located(error)
             escalation = RestartIntensityExceeded(
                 f"supervisor {self._name}: {recent} restarts within {self._window_s} s "
                 f"(max {self._max_restarts}); last failure in {child.path}{last}"
