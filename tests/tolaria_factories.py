@@ -23,6 +23,22 @@ def tiny_mlp() -> nn.Module:
     return _mlp()
 
 
+_ONE_MODEL = _mlp()
+
+
+def singleton_mlp() -> nn.Module:
+    """A factory that hands out one model object on every call."""
+    return _ONE_MODEL
+
+
+def once_only_mlp() -> nn.Module:
+    """A factory that works on its first call only."""
+    if getattr(once_only_mlp, "called", False):
+        raise RuntimeError("only one model per process")
+    once_only_mlp.called = True  # type: ignore[attr-defined]
+    return _mlp()
+
+
 def not_a_module() -> object:
     """A factory that returns the wrong kind of object."""
     return {"layers": 3}
