@@ -334,6 +334,21 @@ def test_cross_field_rules_do_not_depend_on_override_order() -> None:
     assert str(info.value).startswith("--set oona.queue_depth_recovery=5000: oona: queue_depth_recovery (5000) must")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "blamed"),
+    [
+        (["tolaria.dataset=npz", "tolaria.epochs=3"], "--set tolaria.dataset=npz"),
+        (["tolaria.epochs=3", "tolaria.dataset=npz", "tolaria.lr=0.1"], "--set tolaria.dataset=npz"),
+        (["tolaria={dataset='npz', epochs=3}", "tolaria.lr=0.1"], "--set tolaria={dataset='npz', epochs=3}"),
+    ],
+)
+def test_a_table_rule_blames_the_override_that_set_a_key_it_names(overrides: list[str], blamed: str) -> None:
+    """The last override of the table was blamed: "--set tolaria.epochs=3: tolaria: dataset = "npz" needs npz_path"."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), overrides)
+    assert str(info.value) == f'{blamed}: tolaria: dataset = "npz" needs npz_path'
+
+
 def test_an_override_of_an_unknown_key_or_section_is_refused() -> None:
     with pytest.raises(
         ConfigError, match=r"^--set tolaria\.epcohs=1: tolaria\.epcohs: unknown key \(did you mean epochs\?"
