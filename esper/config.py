@@ -21,7 +21,9 @@ from esper.config_errors import (
     describe_toml_error,
     dotted_path,
     error_segments,
+    names_a_key,
     quote_hint,
+    set_keys,
     touches,
     translate,
 )
@@ -132,9 +134,11 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
             raise TypeError(f"overrides[{index}]: expected a 'section.key=value' string, got {text!r}")
     data = to_table(config)
     applied: list[tuple[str, str]] = []
+    names: dict[str, tuple[str, ...]] = {}  # the leaf names each override sets, by its label
     for text in overrides:
         label = f"{source} {text}"
         key, value = parse_override(text)
+        names[label] = set_keys(key, value)
         *parents, leaf = key.split(".")
         table = data
         for depth, segment in enumerate(parents):
@@ -153,12 +157,15 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
         config = msgspec.convert(data, RunConfig)
     except msgspec.ValidationError as err:
         # Values are checked once all overrides are in, so cross-field rules do not depend on their order; the error
-        # is charged to the last override that touched the failing field or its table.
+        # is charged to the last override that touched the failing field or its table, one that set a key the error
+        # names first (a table's rule: "--set tolaria.epochs=3" was blamed for dataset = "npz" needing npz_path).
         message = str(err)
         failing = dotted_path(error_segments(message))
+        reason = message.partition(" - at `$")[0]
+        touching = [label for key, label in reversed(applied) if touches(key, failing)]
         label = next(
-            (label for key, label in reversed(applied) if touches(key, failing)),
-            f"{source} {' '.join(overrides)}",
+            (label for label in touching if names_a_key(reason, names[label])),
+            touching[0] if touching else f"{source} {' '.join(overrides)}",
         )
         raise ConfigError(translate(message, data, label) + quote_hint(failing, applied, data)) from err
     for dotted, setting, reason in inert_settings(config):

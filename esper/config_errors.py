@@ -15,7 +15,7 @@ from schemas.constraints import INT64_MAX
 
 if TYPE_CHECKING:
     import tomllib
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from esper.config_toml import TomlValue
 
@@ -111,6 +111,19 @@ def dotted_path(segments: list[str | int]) -> str:
 def touches(key: str, failing: str) -> bool:
     """Whether setting ``key`` can explain an error at ``failing`` (the field itself, an item, or its table)."""
     return key == failing or failing.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{failing}.")
+
+
+def names_a_key(reason: str, keys: Iterable[str]) -> bool:
+    """Whether an error's text names one of ``keys`` (leaf names, as a cross-field rule's message does: "dataset =
+    "npz" needs npz_path"), as a whole word."""
+    return any(re.search(rf"(?<!\w){re.escape(key)}(?!\w)", reason) for key in keys)
+
+
+def set_keys(key: str, value: object) -> tuple[str, ...]:
+    """The leaf names an override sets: its key's last part, or each key of an inline table, nested ones too."""
+    if not isinstance(value, dict):
+        return (key.rpartition(".")[2],)
+    return tuple(name for inner, item in value.items() for name in set_keys(str(inner), item))
 
 
 def _type_at(info: mi.Type, segments: list[str | int]) -> mi.Type:

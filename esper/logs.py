@@ -173,6 +173,13 @@ class _ConsoleGate:
         return event_dict
 
 
+def _console_trim(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    """Keep a failure's traceback (a few KB) off the console: its line names the user's frame (``user_frame``), and
+    events.jsonl and ``esper.tail`` keep the frames."""
+    event_dict.pop("traceback", None)
+    return event_dict
+
+
 @final
 class LoggingHandle:
     """What configure_logging() set up: the JSON file (if any). close() flushes and closes it.
@@ -265,6 +272,7 @@ def configure_logging(
     if console:
         if screen_level > floor or console_omit:
             processors.append(_ConsoleGate(screen_level, frozenset(console_omit)))
+        processors.append(_console_trim)
         use_colors = colors if colors is not None else stream.isatty()
         # Plain tracebacks: the rich formatter prints local variables, and a run's secrets must never reach a log.
         processors.append(

@@ -117,6 +117,7 @@ def build_tree(
                 shutdown_deadline_s=max(deadline_s, 30.0),
                 max_restarts=config.weatherlight.restart_max,
                 window_s=config.weatherlight.restart_window_s,
+                max_without_progress=config.weatherlight.restart_max_without_progress,
             )
         )
     children += [

@@ -13,7 +13,8 @@ import structlog
 
 from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.errors import SupervisorGaveUp, UnrecoverableFailure
+from esper.runtime.errors import RepeatedFailure, SupervisorGaveUp, UnrecoverableFailure
+from esper.runtime.failure_trace import failure_traceback
 from schemas.base import Message, Record
 from schemas.nissa import SeedStageChanged
 from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
@@ -321,21 +322,25 @@ class EsperSystem:
             return self._summary
         status: RunStatus = "completed"
         error: str | None = None
+        trace: str | None = None
         try:
             if self._training is not None and not self._stopped:
                 await self._wait_training()
             await self._actors.wait()
         except SupervisorGaveUp as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
+            trace = failure_traceback(err)
             if isinstance(err, UnrecoverableFailure):
                 error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
+            elif isinstance(err, RepeatedFailure):
+                error += f"; the checkpoints written before it are kept: fix the cause, then --resume {self.run_dir}"
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.
             status = self._stop_status
         if figures is not None and figures.halted and status != "failed":
             status, error = "failed", f"emergency halt: {figures.halt_reason}"
-        return await self._finish(status, error)
+        return await self._finish(status, error, trace)
 
     async def _wait_training(self) -> None:
         """Wait until training ends (then stop the other actors in order) or the tree stops on its own."""
@@ -418,24 +423,24 @@ class EsperSystem:
         except (ReportInputError, OSError) as err:
             _log.warning("report_not_rendered", error=f"{type(err).__name__}: {err}")
 
-    async def _finish(self, status: RunStatus, error: str | None) -> RunSummary:
+    async def _finish(self, status: RunStatus, error: str | None, trace: str | None = None) -> RunSummary:
         if self._summary is not None:
             return self._summary
         # One summary however many callers end the run at once (a task waiting while another stops it): the first
         # writes it, the others await the same write. Shielded, so a cancelled caller does not cut the write short.
         if self._finishing is None:
-            self._finishing = asyncio.ensure_future(self._finish_once(status, error))
+            self._finishing = asyncio.ensure_future(self._finish_once(status, error, trace))
         return await asyncio.shield(self._finishing)
 
-    async def _finish_once(self, status: RunStatus, error: str | None) -> RunSummary:
+    async def _finish_once(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         try:
-            return await self._write_summary(status, error)
+            return await self._write_summary(status, error, trace)
         finally:
             self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
 
-    async def _write_summary(self, status: RunStatus, error: str | None) -> RunSummary:
+    async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         actors = tuple(self._actors.snapshot())
         for state in actors:
             log_actor_state(_log, state)
@@ -454,6 +459,7 @@ class EsperSystem:
             bus_dropped=self._bus_dropped() if self._bus_dropped is not None else 0,
             actors=actors,
             error=error,
+            error_traceback=trace,
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
         )

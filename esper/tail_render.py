@@ -114,7 +114,7 @@ def _paint(text: str, code: str, color: bool) -> str:
 def render_event(event: LogEvent, *, color: bool = False) -> str:
     """One event as a line: time, level, actor (``-`` if none), event, then key=value pairs in file order.
 
-    A multi-line ``exception`` field follows on indented lines. No trailing newline.
+    A multi-line ``exception`` or ``traceback`` field follows on indented lines. No trailing newline.
     """
     parts = [
         _paint(short_time(event.timestamp), _DIM, color),
@@ -124,7 +124,7 @@ def render_event(event: LogEvent, *, color: bool = False) -> str:
     ]
     trailer = ""
     for key, value in event.fields.items():
-        if key == "exception" and isinstance(value, str):
+        if key in ("exception", "traceback") and isinstance(value, str):
             trailer = "".join(f"\n    {line}" for line in value.splitlines())
             continue
         parts.append(f"{_paint(key, _DIM, color)}={format_value(value)}")

@@ -359,6 +359,9 @@ class WeatherlightConfig(ConfigSection, frozen=True):
     restart_window_s: Seconds = 30.0
     restart_backoff_initial_s: NonNegSeconds = 0.1
     restart_backoff_max_s: NonNegSeconds = 5.0
+    # The trainer failing this many times in a row, none past the step of the failures before it, ends the run:
+    # each restart replays the steps since the checkpoint to the same error, however slowly (the window never fills).
+    restart_max_without_progress: PosInt = 3
     shutdown_deadline_s: Seconds = 5.0
     mailbox_capacity: PosInt = 1024
     # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs

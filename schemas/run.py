@@ -92,5 +92,6 @@ class RunSummary(Record, frozen=True):
     bus_dropped: int = 0  # events meant for the bus's observers that never reached it (Oona's BusLosses)
     actors: tuple[ActorState, ...] = ()
     error: str | None = None
+    error_traceback: str | None = None  # a failed run's: the last frames of the failure that ended it (ChildFailed's)
     training: TrainingFigures | None = None
     growth: GrowthFigures | None = None

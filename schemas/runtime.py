@@ -36,13 +36,20 @@ class ActorState(Record, frozen=True):
 
 
 class ChildFailed(Message, frozen=True):
-    """A supervised child stopped with an exception; its supervisor decides what happens next."""
+    """A supervised child stopped with an exception; its supervisor decides what happens next.
+
+    ``traceback``: the last frames of the failure that started it (through exception groups and ``raise ... from``),
+    as Python prints them, at most about 4 KB; ``user_frame``: its innermost frame in the user's own code (not Esper's,
+    the standard library's or an installed package's), ``file:line in function``. None when not known.
+    """
 
     supervisor: str
     child: str
     error_type: str
     error: str
     run_id: str | None = None  # set by the run's event sink: runs publishing on one Redis prefix are told apart
+    user_frame: str | None = None
+    traceback: str | None = None
 
 
 class ChildRestarted(Message, frozen=True):
@@ -55,13 +62,14 @@ class ChildRestarted(Message, frozen=True):
     run_id: str | None = None  # set by the run's event sink
 
 
-EscalationReason = Literal["restart_intensity", "unrecoverable"]
+EscalationReason = Literal["restart_intensity", "unrecoverable", "no_progress"]
 
 
 class SupervisorEscalated(Message, frozen=True):
     """A supervisor stopped its children and handed the failure to its parent: restarts came faster than its
-    intensity allows (``restart_intensity``), or a child failed in a way no restart fixes, such as a full disk
-    (``unrecoverable``: escalated at the first failure)."""
+    intensity allows (``restart_intensity``), a child failed in a way no restart fixes, such as a full disk
+    (``unrecoverable``: escalated at the first failure), or a child failed again where it failed before too many
+    times in a row, such as a trainer at the same step (``no_progress``: restarting it replays the same failure)."""
 
     supervisor: str
     child: str

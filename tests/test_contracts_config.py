@@ -69,6 +69,7 @@ def test_an_empty_file_gives_the_resolved_defaults(tmp_path: Path) -> None:
     assert (simic.entropy_coef, simic.value_coef, simic.clip_ratio) == (0.01, 0.5, 0.2)
     weatherlight = config.weatherlight
     assert (weatherlight.restart_max, weatherlight.restart_window_s, weatherlight.shutdown_deadline_s) == (5, 30.0, 5.0)
+    assert weatherlight.restart_max_without_progress == 3
     assert (config.logging.level, config.logging.console, config.logging.json_file) == ("info", True, "events.jsonl")
 
 
@@ -331,6 +332,21 @@ def test_cross_field_rules_do_not_depend_on_override_order() -> None:
     with pytest.raises(ConfigError) as info:
         apply_overrides(RunConfig(), ["tolaria.epochs=2", "oona.queue_depth_recovery=5000", "tamiyo.policy=gnn"])
     assert str(info.value).startswith("--set oona.queue_depth_recovery=5000: oona: queue_depth_recovery (5000) must")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "blamed"),
+    [
+        (["tolaria.dataset=npz", "tolaria.epochs=3"], "--set tolaria.dataset=npz"),
+        (["tolaria.epochs=3", "tolaria.dataset=npz", "tolaria.lr=0.1"], "--set tolaria.dataset=npz"),
+        (["tolaria={dataset='npz', epochs=3}", "tolaria.lr=0.1"], "--set tolaria={dataset='npz', epochs=3}"),
+    ],
+)
+def test_a_table_rule_blames_the_override_that_set_a_key_it_names(overrides: list[str], blamed: str) -> None:
+    """The last override of the table was blamed: "--set tolaria.epochs=3: tolaria: dataset = "npz" needs npz_path"."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), overrides)
+    assert str(info.value) == f'{blamed}: tolaria: dataset = "npz" needs npz_path'
 
 
 def test_an_override_of_an_unknown_key_or_section_is_refused() -> None:

@@ -535,7 +535,14 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         last_latency_ms=3.25,
     ),
     ChildFailed: ChildFailed(
-        supervisor="weatherlight", child="tamiyo", error_type="RuntimeError", error="boom", run_id="run-20250101-000000"
+        supervisor="weatherlight",
+        child="tamiyo",
+        error_type="RuntimeError",
+        error="boom",
+        run_id="run-20250101-000000",
+        user_frame="mymodel.py:12 in forward",
+        traceback="Traceback (most recent call last; the last 1 of 1 frames):\n"
+        '  File "mymodel.py", line 12, in forward\n    raise RuntimeError("boom")\nRuntimeError: boom',
     ),
     ChildRestarted: ChildRestarted(supervisor="weatherlight", child="tamiyo", restarts=1, backoff_s=0.1),
     SupervisorEscalated: SupervisorEscalated(supervisor="weatherlight", child="tamiyo", restarts=6, window_s=30.0),

@@ -165,7 +165,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as info:
         load_npz(tmp_path)
-    assert str(info.value) == f"npz data set {tmp_path}: file not found"
+    assert str(info.value) == f"npz data set {tmp_path}: is a directory, not an .npz file"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, final
 import pytest
 
 from esper.runtime.actor import Actor
-from esper.runtime.errors import ActorStopped, ChildStartFailed, RestartIntensityExceeded
+from esper.runtime.errors import ActorStopped, ChildStartFailed, RepeatedFailure, RestartIntensityExceeded
 from esper.runtime.supervisor import ChildSpec, RestartType, Strategy, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.enums import ActorStatus
@@ -299,6 +299,39 @@ async def test_a_child_whose_rebuild_fails_after_a_crash_escalates_by_name(
     await system.ref("a", Probe).tell(Crash())
     with pytest.raises(ChildStartFailed, match=r"^a could not be built: ValueError"):
         await system.wait()
+    await system.stop()
+
+
+@final
+class GivesUp(Actor[Crash]):
+    """Fails with RepeatedFailure: it knows a restart would fail where it failed before (as Tolaria's trainer does)."""
+
+    def __init__(self) -> None:
+        super().__init__(inbox=(Crash,), capacity=4)
+
+    async def handle(self, msg: Crash) -> None:
+        raise RepeatedFailure(msg.reason)
+
+
+async def test_a_repeated_failure_is_not_restarted_and_every_supervisor_above_gives_up(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A trainer failing at the same step after slow replays never filled the restart window: its failures went on
+    for good. Its RepeatedFailure is escalated at once, unchanged, through a root that allows many restarts."""
+    recorder = Recorder()
+    worker = ChildSpec("worker", GivesUp)
+    inner = ChildSpec("sub", lambda: Supervisor([worker], max_restarts=100, backoff_initial_s=0.0))
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([probe_spec(recorder, "a"), inner], max_restarts=100, backoff_initial_s=0.0))
+    await system.ref("sub/worker", GivesUp).tell(Crash(reason="failed 3 times in a row at step 19"))
+    with pytest.raises(RepeatedFailure, match=r"^failed 3 times in a row at step 19$"):
+        await system.wait()
+    assert not sink.of_type(ChildRestarted)
+    assert [(e.supervisor, e.child, e.reason) for e in sink.of_type(SupervisorEscalated)] == [
+        ("sub", "sub/worker", "no_progress"),
+        ("root", "sub", "no_progress"),
+    ]
+    assert recorder.log == ["start a", "stop a"]
     await system.stop()
 
 

@@ -66,6 +66,28 @@ def test_slots_that_cannot_be_placed(
     assert not (tmp_path / "r").exists()
 
 
+def test_a_factory_returning_one_model_object_on_every_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A factory handing out one module failed at assembly, after the run directory was made: the run's second build
+    of it found its slots already wrapped in ("wrap: module '1' already has a slot")."""
+    err = refused(tmp_path, capsys, '[tolaria]\nhost_model = "tests.tolaria_factories:singleton_mlp"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:singleton_mlp': the factory returned the"
+        " same model object on its second call; it must return a new model on each call",
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_factory_failing_on_its_second_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(tmp_path, capsys, '[tolaria]\nhost_model = "tests.tolaria_factories:once_only_mlp"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:once_only_mlp': the factory raised"
+        " RuntimeError: only one model per process on its second call",
+    )
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(tmp_path, capsys, '[tolaria]\ndevice = "cuda"\n')

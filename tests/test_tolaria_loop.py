@@ -815,6 +815,12 @@ def test_a_channel_blend_kasmina_admits_on_a_sequence_slot_weighs_its_features(d
         ("rank1_slot_model", "inner", "it returns a tensor of rank 1 (a slot takes [batch, features]"),
         ("float64_slot_model", "inner", "it returns torch.float64 activations, and seeds are built in torch.float32"),
         (
+            "shared_activation_model",
+            "act",
+            "the forward calls it more than once, with outputs of shape [batch, 16] and [batch, 8], and its slot's seed"
+            " takes one shape",
+        ),
+        (
             "unrebuildable_tuple_slot_model",
             "enc",
             "it returns a _Pair, which a live slot cannot rebuild with the seed's output as its first element"
@@ -831,6 +837,15 @@ def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_erro
         build_trainee(cfg, load_data(cfg), (), torch.device("cpu"))
     expected = f"tolaria.host_model = {host!r}: slot target {target!r} cannot hold a seed: {why}"
     assert str(info.value).startswith(expected)
+
+
+def test_a_slot_target_called_twice_with_one_shape_holds_a_seed(data: DataSplits) -> None:
+    """Only outputs of two shapes are refused: a module the forward reuses at one width takes a seed as any other."""
+    cfg = config(host_model="tests.tolaria_factories:twice_called_slot_model", initial_seeds=("act=BP002",))
+    trainee = build_trainee(cfg, data, (), CPU, check_training=True)
+    assert trainee.slot_shapes["act"] == SlotShape("flat", 16)
+    assert trainee.slots["act"].seed_id is not None
+    assert trainee.model(data.train.x[:2]).shape == (2, 10)
 
 
 def test_a_slot_target_returning_a_namedtuple_keeps_it_once_a_seed_is_live(data: DataSplits) -> None:

@@ -23,6 +23,22 @@ def tiny_mlp() -> nn.Module:
     return _mlp()
 
 
+_ONE_MODEL = _mlp()
+
+
+def singleton_mlp() -> nn.Module:
+    """A factory that hands out one model object on every call."""
+    return _ONE_MODEL
+
+
+def once_only_mlp() -> nn.Module:
+    """A factory that works on its first call only."""
+    if getattr(once_only_mlp, "called", False):
+        raise RuntimeError("only one model per process")
+    once_only_mlp.called = True  # type: ignore[attr-defined]
+    return _mlp()
+
+
 def not_a_module() -> object:
     """A factory that returns the wrong kind of object."""
     return {"layers": 3}
@@ -125,6 +141,33 @@ def rank1_slot_model() -> nn.Module:
 def float64_slot_model() -> nn.Module:
     """A slot target returning float64 activations."""
     return _Odd(_Double(), ("inner",))
+
+
+class _SharedActivation(nn.Module):
+    """Linear(40, 16) -> ``act`` -> Linear(16, ``width``) -> ``act`` -> Linear(``width``, 10): one ReLU module
+    called twice, after layers ``width`` apart or not."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(40, 16)
+        self.fc2 = nn.Linear(16, width)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(width, 10)
+        self.slot_targets = ("act",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+        return out
+
+
+def shared_activation_model() -> nn.Module:
+    """A slot target the forward calls after a 16-wide and an 8-wide layer: its outputs have two shapes."""
+    return _SharedActivation(8)
+
+
+def twice_called_slot_model() -> nn.Module:
+    """A slot target the forward calls twice, both times 16 wide: one shape, a slot like any other."""
+    return _SharedActivation(16)
 
 
 class Hidden(NamedTuple):
@@ -439,3 +482,30 @@ class _MixedKinds(nn.Module):
 def mixed_kinds() -> nn.Module:
     """A host whose slots are of two kinds, conv1d and flat (of two widths)."""
     return _MixedKinds()
+
+
+class FailsAtSixthStep(nn.Module):
+    """tiny_mlp whose sixth training step raises, in every instance (a restart builds the model anew and replays to
+    it): a bug in the user's own forward that no restart gets past, until a test sets ``broken`` False."""
+
+    instances = 0
+    broken = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        type(self).instances += 1
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 2:  # not the start's two-sample check
+            self.steps += 1
+            if self.steps == 6 and type(self).broken:
+                raise RuntimeError("the user's model broke on its sixth step")
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def fails_at_sixth_step() -> nn.Module:
+    return FailsAtSixthStep()

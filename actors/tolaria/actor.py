@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar, assert_never, final
 
 import structlog
 
+from actors.tolaria.failure_streak import FailureStreak, repeated_failure
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox, release_modules
@@ -82,6 +83,7 @@ class TolariaCell:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     last_loop: TrainingLoop | None = None
     run_stop: str | None = None
+    failures: FailureStreak = field(default_factory=FailureStreak)
 
     def request_run_stop(self, reason: str) -> None:
         """End training for good: the loop finishes its step, checkpoints and returns. Any thread."""
@@ -282,14 +284,24 @@ class TolariaTrainer(Actor[StartTraining]):
 
     A stop request reaches the lane thread through the plan inbox: the loop finishes its step, writes a checkpoint
     and returns, and only then does this actor stop (the lane never abandons started work). An exception from the
-    loop crashes this actor; the supervisor restarts both Tolaria actors and the new trainer resumes.
+    loop crashes this actor; the supervisor restarts both Tolaria actors and the new trainer resumes. The
+    ``max_without_progress``-th failure in a row that got no further than the step of the failures before it fails
+    with RepeatedFailure instead, which no supervisor restarts: the run ends.
     """
 
-    def __init__(self, config: TolariaConfig, wiring: TolariaWiring, control: Callable[[], TolariaControl | None]):
+    def __init__(
+        self,
+        config: TolariaConfig,
+        wiring: TolariaWiring,
+        control: Callable[[], TolariaControl | None],
+        *,
+        max_without_progress: int = 3,
+    ) -> None:
         super().__init__(inbox=(StartTraining,), capacity=4)
         self._config = config
         self._wiring = wiring
         self._control = control
+        self._max_without_progress = max_without_progress
 
     async def on_start(self) -> None:
         cell = self._wiring.cell
@@ -338,7 +350,14 @@ class TolariaTrainer(Actor[StartTraining]):
         cell.last_loop = training
         if msg.incarnation > 1:
             _log.warning("tolaria_restarted", incarnation=msg.incarnation)
-        result = await self._run_until_done(training)
+        try:
+            result = await self._run_until_done(training)
+        except Exception as err:
+            step = training.global_step
+            failures = cell.failures.record(step)
+            if failures >= self._max_without_progress:
+                raise repeated_failure(err, step, failures) from err
+            raise
         cell.result = result
         if result.status != "stopped" or cell.run_stop is not None:
             cell.finished.set()
@@ -381,9 +400,11 @@ def tolaria_spec(
     shutdown_deadline_s: float = 30.0,
     max_restarts: int = 3,
     window_s: float = 60.0,
+    max_without_progress: int = 3,
 ) -> ChildSpec:
     """The "tolaria" subtree: a one_for_all supervisor over the control actor and the trainer, transient (a
-    finished training run stays finished; a crash restarts both, and the trainer resumes)."""
+    finished training run stays finished; a crash restarts both, and the trainer resumes, unless it failed
+    ``max_without_progress`` times in a row at no later step: see TolariaTrainer)."""
 
     def build() -> Supervisor:
         holder: list[TolariaControl] = []
@@ -401,7 +422,7 @@ def tolaria_spec(
                 ChildSpec("control", make_control, restart="transient", shutdown_deadline_s=shutdown_deadline_s),
                 ChildSpec(
                     "trainer",
-                    lambda: TolariaTrainer(config, wiring, current_control),
+                    lambda: TolariaTrainer(config, wiring, current_control, max_without_progress=max_without_progress),
                     restart="transient",
                     shutdown_deadline_s=shutdown_deadline_s,
                 ),

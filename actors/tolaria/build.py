@@ -20,7 +20,7 @@ from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
 from actors.tolaria.data_cache import NpzArrayCache
-from actors.tolaria.host_model import TolariaConfigError, build_host
+from actors.tolaria.host_model import TolariaConfigError, build_host, check_new_each_call
 from actors.tolaria.host_slots import fitting_shapes, wrap_host
 from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
@@ -153,7 +153,9 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
     splits = load_data(config)
     # The data's real shapes: a built-in host too large for its samples, and a user model's lazy modules, are then
     # found here, before the run directory is claimed.
-    slots = wrap_host(config, build_host(config, splits.input_shape, splits.num_classes), slot_targets)
+    host = build_host(config, splits.input_shape, splits.num_classes)
+    check_new_each_call(config, host)
+    slots = wrap_host(config, host, slot_targets)
     catalogue = default_catalogue()
     for index, spec in enumerate(config.initial_seeds):
         slot, _, blueprint_id = spec.partition("=")

@@ -80,6 +80,30 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     return model
 
 
+def check_new_each_call(config: TolariaConfig, first: nn.Module) -> None:
+    """Call a user's factory once more and refuse it when it hands back ``first``, the model its earlier call returned:
+    the run builds the model again at its start and at every restart, rollback and resume, and a second build of the
+    same object, its slots already wrapped in, failed ("already has a slot") once the run directory was made.
+
+    Raises:
+        TolariaConfigError: the factory returned ``first`` again, or raised on its second call.
+    """
+    if config.host_model in ("cnn1d", "mlp"):
+        return
+    who = f"tolaria.host_model = {config.host_model!r}"
+    try:
+        again = load_factory(config.host_model)()
+    except SystemExit as err:
+        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r}) on its second call") from err
+    except (Exception, KeyboardInterrupt) as err:  # see build_host: on a worker thread it is the user's code raising
+        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)} on its second call") from err
+    if again is first:
+        raise TolariaConfigError(
+            f"{who}: the factory returned the same model object on its second call; it must return a new model on"
+            " each call (the run builds the model again at its start and at every restart, rollback and resume)"
+        )
+
+
 def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
     """Give a model's lazy modules (``nn.LazyLinear``, ...) their parameters with one eval-mode forward on a batch of
     two zero samples of the data's shape, as PyTorch's own dry run does: the parameter count, the slot shapes and the

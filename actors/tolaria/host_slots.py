@@ -38,21 +38,36 @@ def measure_slot_shapes(
     """Run one eval-mode forward on ``sample`` ([batch, *input]) and record each named module's output shape, or one
     line saying why its output fits no slot (absent: the forward never called it); also return the model's output.
     ``kinds``: a slot's declared kind where its rank alone cannot tell ("sequence": ``[batch, seq, features]``).
+    A module the forward calls more than once must give outputs of one slot shape each time (its slot's seed is
+    built for one; a shared activation after layers of different widths failed at its first graft).
 
     Eval mode and no_grad: BatchNorm statistics and the RNGs are left exactly as they were.
     """
     shapes: dict[str, SlotShape | str] = {}
+    first_dims: dict[str, str] = {}
     declared = kinds or {}
     handles = []
     for name in names:
 
         def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            if isinstance(shapes.get(name), str):
+                return  # the first problem found stands
             problem = rebuild_problem(out) if isinstance(out, tuple) else None
             if problem is not None:
                 shapes[name] = problem
                 return
             tensor = out[0] if isinstance(out, tuple) else out
-            shapes[name] = _slot_shape(tensor, declared.get(name))
+            shape = _slot_shape(tensor, declared.get(name))
+            earlier = shapes.get(name)
+            if isinstance(earlier, SlotShape) and isinstance(shape, SlotShape) and shape != earlier:
+                shapes[name] = (
+                    f"the forward calls it more than once, with outputs of shape {first_dims[name]} and"
+                    f" {_dims(tensor)}, and its slot's seed takes one shape"
+                )
+                return
+            shapes[name] = shape
+            if name not in first_dims and isinstance(tensor, torch.Tensor):
+                first_dims[name] = _dims(tensor)
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
@@ -65,6 +80,12 @@ def measure_slot_shapes(
         for handle in handles:
             handle.remove()
     return shapes, output
+
+
+def _dims(tensor: object) -> str:
+    """A tensor's shape as the user reads it, its batch dimension named: ``[batch, 64]``."""
+    assert isinstance(tensor, torch.Tensor)
+    return "[" + ", ".join(["batch", *(str(d) for d in tensor.shape[1:])]) + "]"
 
 
 def _slot_shape(output: object, declared: str | None = None) -> SlotShape | str:

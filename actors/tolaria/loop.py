@@ -84,6 +84,11 @@ class TrainingLoop:
         return self._s.trainee
 
     @property
+    def global_step(self) -> int:
+        """The steps trained so far: where training is, or was when run() returned or raised."""
+        return self._s.pos.global_step
+
+    @property
     def policy(self) -> EmergencyPolicy:
         return self._s.policy
 

@@ -47,11 +47,13 @@ def load_npz(path: str | Path) -> NpzArrays:
     Integer features are converted to float32 as they are, without rescaling.
 
     Raises:
-        DatasetError: the file is missing or unreadable, is not an .npz archive, lacks one of ``x_train``,
+        DatasetError: the file is missing, a directory or unreadable, is not an .npz archive, lacks one of ``x_train``,
             ``y_train``, ``x_test``, ``y_test``, or holds arrays that are empty, non-numeric, of mismatched lengths
             or feature shapes, with non-integer or negative labels, or with NaN/inf features.
     """
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise DatasetError(f"npz data set {file}: is a directory, not an .npz file")
     if not file.is_file():
         raise DatasetError(f"npz data set {file}: file not found")
     try:

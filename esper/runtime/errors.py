@@ -13,7 +13,8 @@ EsperError
 ├── SupervisionError
 │   ├── SupervisorGaveUp          a supervisor stopped all its children and escalated to its parent
 │   │   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window
-│   │   └── UnrecoverableFailure      a child failed in a way no restart fixes (a full or read-only disk)
+│   │   ├── UnrecoverableFailure      a child failed in a way no restart fixes (a full or read-only disk)
+│   │   └── RepeatedFailure           a child failed again without progress too often in a row (a trainer at one step)
 │   └── ShutdownDeadlineExceeded  a child did not stop within its shutdown deadline and was cancelled
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
 ├── ProbeDeadlineExceeded         a half-open probe outlived the breaker's probe deadline (also TimeoutError)
@@ -103,6 +104,12 @@ class RestartIntensityExceeded(SupervisorGaveUp):
 
 class UnrecoverableFailure(SupervisorGaveUp):
     """A child failed in a way a restart cannot fix (see ``unrecoverable_cause``); escalated at the first failure."""
+
+
+class RepeatedFailure(SupervisorGaveUp):
+    """A child failed again without getting past the point of its earlier failures, too many times in a row (a
+    trainer failing at the same step): each restart would replay the same work to the same failure, however slowly it
+    came, which the restart window never caught. The child raises it; every supervisor above gives up at once."""
 
 
 class ChildStartFailed(UnrecoverableFailure):

@@ -12,12 +12,14 @@ import msgspec
 
 from esper.runtime.errors import (
     ChildStartFailed,
+    RepeatedFailure,
     RestartIntensityExceeded,
     SupervisorGaveUp,
     UnrecoverableFailure,
     describe_error,
     unrecoverable_cause,
 )
+from esper.runtime.failure_trace import located
 from esper.runtime.mailbox import Mailbox
 from esper.runtime.ref import ActorRef, DeadLetters
 from esper.runtime.supervisor_child import (
@@ -105,7 +107,10 @@ class Supervisor:
     RestartIntensityExceeded, which its parent treats as this child's failure. The k-th restart in the window waits
     ``min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`` on the clock first. A failure no restart can fix (a full
     or read-only disk, ``unrecoverable_cause``) escalates the same way at once, as UnrecoverableFailure: restarting
-    an actor whose writes fail would only fail again, log more and lose the order of the shutdown.
+    an actor whose writes fail would only fail again, log more and lose the order of the shutdown. A child that
+    fails with RepeatedFailure (it knows it failed again where it failed before) is not restarted either, and the
+    supervisor escalates it unchanged: slow failures (a trainer replaying a minute of steps to the same error) never
+    fill the window.
 
     The supervisor stops normally when asked to, or when none of its children is left running. Event-loop only;
     everything runs in the task that runs the supervisor (its parent's child task, or the ActorSystem's task).
@@ -336,9 +341,11 @@ class Supervisor:
         self, child: Child, error: Exception | None, escalation: SupervisorGaveUp, restarts: int
     ) -> SupervisorGaveUp:
         assert self._rt is not None
-        reason: EscalationReason = (
-            "unrecoverable" if isinstance(escalation, UnrecoverableFailure) else "restart_intensity"
-        )
+        reason: EscalationReason = "restart_intensity"
+        if isinstance(escalation, UnrecoverableFailure):
+            reason = "unrecoverable"
+        elif isinstance(escalation, RepeatedFailure):
+            reason = "no_progress"
         self._rt.sink.emit(
             SupervisorEscalated(
                 supervisor=self._name, child=child.path, restarts=restarts, window_s=self._window_s, reason=reason
@@ -363,6 +370,8 @@ class Supervisor:
             return None
         if isinstance(error, ChildStartFailed):  # a child supervisor's: building again would fail the same way
             return await self._give_up(child, error, ChildStartFailed(str(error)), len(self._restart_times))
+        if isinstance(error, RepeatedFailure):  # restarting it would replay the same work to the same failure
+            return await self._give_up(child, error, RepeatedFailure(str(error)), len(self._restart_times))
         if error is not None and (cause := unrecoverable_cause(error)) is not None:
             return await self._give_up(
                 child, error, unrecoverable_failure(child, error, cause), len(self._restart_times)
@@ -374,6 +383,8 @@ class Supervisor:
         recent = len(self._restart_times)
         if recent > self._max_restarts:
             last = "" if error is None else ": " + ": ".join(describe_error(error))
+            if error is not None and not isinstance(error, SupervisorGaveUp):  # an escalation's message says where
+                last += located(error)
             escalation = RestartIntensityExceeded(
                 f"supervisor {self._name}: {recent} restarts within {self._window_s} s "
                 f"(max {self._max_restarts}); last failure in {child.path}{last}"

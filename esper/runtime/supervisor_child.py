@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Never, final
 import structlog
 
 from esper.runtime.errors import ActorStopped, ChildStartFailed, UnrecoverableFailure, describe_error
+from esper.runtime.failure_trace import failure_traceback, user_frame
 from schemas.enums import ActorStatus
 from schemas.runtime import ChildFailed
 
@@ -72,7 +73,16 @@ def unrecoverable_failure(child: Child, error: Exception, cause: OSError) -> Unr
 def emit_failed(rt: Runtime, supervisor: str, child: Child, error: Exception) -> None:
     # The sink is the log's one channel for typed events (a run's logs them; logging here as well doubled them).
     error_type, text = describe_error(error)
-    rt.sink.emit(ChildFailed(supervisor=supervisor, child=child.path, error_type=error_type, error=text))
+    rt.sink.emit(
+        ChildFailed(
+            supervisor=supervisor,
+            child=child.path,
+            error_type=error_type,
+            error=text,
+            user_frame=user_frame(error),
+            traceback=failure_traceback(error),
+        )
+    )
 
 
 async def stop_children(rt: Runtime, supervisor: str, children: list[Child], *, for_good: bool) -> None:
