@@ -302,6 +302,25 @@ def read_until(stream: IO[str], prefix: str) -> None:
     raise AssertionError(f"the output ended without a line starting with {prefix!r}")
 
 
+def assert_same_grown_weights(got_dir: Path, want_dir: Path, *, steps: int) -> None:
+    """The newest checkpoints of two runs: both at ``steps``, the same grafts (the reference grew), every model
+    tensor bitwise equal."""
+    resumed = load_latest(got_dir)
+    reference = load_latest(want_dir)
+    assert resumed is not None
+    assert reference is not None
+    got, want = resumed[0], reference[0]
+    assert got.global_step == want.global_step == steps
+    assert [(e.kind, e.step) for e in got.graft_log] == [(e.kind, e.step) for e in want.graft_log]
+    assert any(e.kind == "attach" for e in want.graft_log), "the run should grow to be a real test"
+    assert got.model.keys() == want.model.keys()
+    for key, value in want.model.items():
+        if isinstance(value, torch.Tensor):
+            saved = got.model[key]
+            assert isinstance(saved, torch.Tensor)
+            assert torch.equal(saved, value), key
+
+
 def run_esper(config: Path, env: dict[str, str], *args: str) -> str:
     """``python -m esper.run CONFIG ARGS`` in a subprocess; it must exit 0. Returns its stderr."""
     done = subprocess.run(
@@ -592,20 +611,7 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
 
     reference_dir = tmp_path / "uninterrupted"
     run_esper(config, env, "--run-dir", str(reference_dir))
-    resumed_state = load_latest(checkpoints)
-    reference_state = load_latest(reference_dir / "checkpoints")
-    assert resumed_state is not None
-    assert reference_state is not None
-    got, want = resumed_state[0], reference_state[0]
-    assert got.global_step == want.global_step == 8 * 16
-    assert [(e.kind, e.step) for e in got.graft_log] == [(e.kind, e.step) for e in want.graft_log]
-    assert any(e.kind == "attach" for e in want.graft_log), "the run should grow to be a real test"
-    assert got.model.keys() == want.model.keys()
-    for key, value in want.model.items():
-        if isinstance(value, torch.Tensor):
-            saved = got.model[key]
-            assert isinstance(saved, torch.Tensor)
-            assert torch.equal(saved, value), key
+    assert_same_grown_weights(checkpoints, reference_dir / "checkpoints", steps=8 * 16)
     # The summary counts every decision of the run once: the killed session's up to the checkpoint (from its
     # tamiyo_decision lines), the resumed session's from there on.
     reference = msgspec.json.decode((reference_dir / "summary.json").read_bytes(), type=RunSummary)
