@@ -204,7 +204,6 @@ class EsperSystem:
         self._logging = logging
         self._started_at = started_at
         self._started_s = time.monotonic() if started_s is None else started_s
-        self._summary: RunSummary | None = None
         self._finishing: asyncio.Future[RunSummary] | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
@@ -247,7 +246,7 @@ class EsperSystem:
 
     def _being_ended(self) -> bool:
         """A wait() or stop() is running, or one has finished the run (its summary is written or being written)."""
-        return self._ending > 0 or self._finishing is not None or self._summary is not None
+        return self._ending > 0 or self._finishing is not None
 
     def _end_streams_if_unattended(self) -> None:
         """Once training is over with nobody ending the run, end the streams open now (and those opened later)."""
@@ -318,8 +317,8 @@ class EsperSystem:
             self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
 
     async def _wait_run(self) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
+        if self._finishing is not None:
+            return await self._finished(self._finishing)
         status: RunStatus = "completed"
         error: str | None = None
         trace: str | None = None
@@ -396,8 +395,8 @@ class EsperSystem:
             self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
 
     async def _stop_run(self, status: RunStatus) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
+        if self._finishing is not None:
+            return await self._finished(self._finishing)
         training = self._training
         if training is not None and training.ended:
             return await self.wait()
@@ -424,13 +423,17 @@ class EsperSystem:
             _log.warning("report_not_rendered", error=f"{type(err).__name__}: {err}")
 
     async def _finish(self, status: RunStatus, error: str | None, trace: str | None = None) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
         # One summary however many callers end the run at once (a task waiting while another stops it): the first
-        # writes it, the others await the same write. Shielded, so a cancelled caller does not cut the write short.
+        # writes it, the others await the same write. No caller gets it before the end is written (summary.json,
+        # the log closed, the claim released): a next start in the process would find the log still in use.
         if self._finishing is None:
             self._finishing = asyncio.ensure_future(self._finish_once(status, error, trace))
-        return await asyncio.shield(self._finishing)
+        return await self._finished(self._finishing)
+
+    @staticmethod
+    async def _finished(finishing: asyncio.Future[RunSummary]) -> RunSummary:
+        # Shielded, so a cancelled caller does not cut the write short for the others.
+        return await asyncio.shield(finishing)
 
     async def _finish_once(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         try:
@@ -463,7 +466,6 @@ class EsperSystem:
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
         )
-        self._summary = summary
         if self.config.nissa.report_png:
             # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
             # longest part) leaves no current summary, so --resume finishes the run and renders it again.
