@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import threading
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 import esper
+from esper import run as esper_run
 from esper.logs import LogFileInUse, check_log_file_free
 from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from esper.session import EsperSystem
     from schemas.run import RunSummary
 
 
@@ -59,3 +65,82 @@ async def test_no_caller_gets_the_summary_before_the_runs_end_is_written(
     assert summaries[0].status == "completed"
     following = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "next")
     assert (await following.stop()).status == "stopped"
+
+
+def _cancels_its_start(real: Callable[..., object], start: list[asyncio.Task[EsperSystem]]) -> Callable[..., object]:
+    """``real`` (run on a worker thread by the start) with the start cancelled as it runs: a Ctrl-C at that point."""
+    loop = asyncio.get_running_loop()
+
+    def cancelling(*args: object) -> object:
+        loop.call_soon_threadsafe(start[0].cancel)
+        return real(*args)
+
+    return cancelling
+
+
+def _fails(*_args: object) -> object:
+    raise OSError("a disk error, by a test")
+
+
+def _lane_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("esper-lane"))
+
+
+@pytest.mark.parametrize(
+    ("where", "how", "resume"),
+    [
+        ("earlier_tally", "cancelled", True),
+        ("sweep_partial_writes", "failed", True),
+        ("read_gpus_once", "cancelled", False),  # the tree already started
+        ("read_gpus_once", "failed", False),
+    ],
+)
+async def test_a_start_that_fails_or_is_cancelled_after_logging_began_leaves_the_process_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, how: str, *, resume: bool
+) -> None:
+    """A resume's start cancelled (or failing) before its bus or its tree left events.jsonl open and the process's
+    logging pointed at it, and the bus open: every later esper.start() in the process raised LogFileInUse."""
+    config = quiet_config(tmp_path)
+    run_dir = tmp_path / "run"
+    longer = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, epochs=2))
+    if resume:
+        await (await esper.start(config, run_dir=run_dir)).wait()
+    lanes_before = _lane_threads()
+    start: list[asyncio.Task[EsperSystem]] = []
+    real = getattr(esper_run, where)
+    monkeypatch.setattr(esper_run, where, _cancels_its_start(real, start) if how == "cancelled" else _fails)
+    start.append(
+        asyncio.create_task(esper.start(longer, resume=run_dir) if resume else esper.start(config, run_dir=run_dir))
+    )
+    with pytest.raises(asyncio.CancelledError if how == "cancelled" else OSError):
+        await start[0]
+    assert _log_free()
+    assert _lane_threads() == lanes_before
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["status"]) == ("run_finished", "interrupted" if how == "cancelled" else "failed")
+    monkeypatch.undo()
+    again = await esper.start(longer, resume=run_dir) if resume else await esper.start(config, run_dir=tmp_path / "b")
+    assert (await again.wait()).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("progress", "error", "message"),
+    [
+        (5, TypeError, "progress: expected a text stream (sys.stderr, a file opened for text) or None, got 5"),
+        (io.BytesIO(), TypeError, "progress: expected a text stream"),
+        ("closed", ValueError, "progress: <_io.TextIOWrapper name="),
+    ],
+)
+async def test_a_progress_that_cannot_take_the_lines_is_refused_before_anything_is_set_up(
+    tmp_path: Path, progress: object, error: type[Exception], message: str
+) -> None:
+    """progress= a closed file or an int failed after the log was set up, and left it in use: every later start in
+    the process raised LogFileInUse."""
+    if progress == "closed":
+        with (tmp_path / "progress.txt").open("w") as progress:
+            pass
+    with pytest.raises(error) as refused:
+        await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run", progress=progress)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+    assert _log_free()
