@@ -34,6 +34,7 @@ from actors.nissa.prometheus import host_port
 from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
+from actors.tolaria.global_rngs import GlobalRngs
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, with_baseline
@@ -186,18 +187,25 @@ async def _start(
     """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
     check_progress(progress)
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
-    args = await checked_start(config, run_dir, overrides, resume)
-    resolved, directory = args.config, args.directory
-    files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
-    claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
-    run_lock = await anyio.to_thread.run_sync(claim)
+    # Before the checks, which build the model: the run seeds the process's global RNGs; the caller's are given back
+    # when it ends (or fails to start).
+    rngs = GlobalRngs()
     try:
-        return await _start_claimed(
-            resolved, directory, args.run_id, run_lock,
-            baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
-        )  # fmt: skip
+        args = await checked_start(config, run_dir, overrides, resume)
+        resolved, directory = args.config, args.directory
+        files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
+        claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
+        run_lock = await anyio.to_thread.run_sync(claim)
+        try:
+            return await _start_claimed(
+                resolved, directory, args.run_id, run_lock, rngs,
+                baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
+            )  # fmt: skip
+        except BaseException:
+            run_lock.release()
+            raise
     except BaseException:
-        run_lock.release()
+        rngs.restore()  # after the failed start's threads have stopped: nothing of the run draws any more
         raise
 
 
@@ -206,6 +214,7 @@ async def _start_claimed(
     directory: Path,
     run_id: str | None,
     run_lock: RunDirLock,
+    rngs: GlobalRngs,
     *,
     baseline: RecordedBaseline | None,
     key: RunKey,
@@ -234,7 +243,7 @@ async def _start_claimed(
     undo = _StartUndo()
     try:
         return await _start_logged(
-            resolved, directory, run_id, run_lock, logging, undo,
+            resolved, directory, run_id, run_lock, rngs, logging, undo,
             baseline=baseline, resume=resume, progress=progress, hooks=hooks, key=key,
         )  # fmt: skip
     except BaseException as err:
@@ -277,6 +286,7 @@ async def _start_logged(
     directory: Path,
     run_id: str,
     run_lock: RunDirLock,
+    rngs: GlobalRngs,
     logging: LoggingHandle,
     undo: _StartUndo,
     *,
@@ -404,6 +414,7 @@ async def _start_logged(
         growth=growth,
         abandonable=(lanes, parts.store),
         bus_dropped=lambda: bus_losses.total,
+        restore_rngs=rngs.restore,
     )
 
 

@@ -189,13 +189,16 @@ class EsperSystem:
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
         abandonable: tuple[Abandonable, ...] = (),
         bus_dropped: Callable[[], int] | None = None,
+        restore_rngs: Callable[[], None] | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
         is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
         run directory's claim, is released once the summary and report are written. ``abandonable``: what is closed
         without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
-        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``)."""
+        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``).
+        ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
+        written (not when abandoned: the trainer still finishes its step and checkpoints those states then)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -216,6 +219,7 @@ class EsperSystem:
         self._run_lock = run_lock
         self._abandonable = abandonable
         self._bus_dropped = bus_dropped
+        self._restore_rngs = restore_rngs
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -442,6 +446,8 @@ class EsperSystem:
             self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
+            if self._restore_rngs is not None:  # the actors and lanes have stopped: nothing of the run draws any more
+                self._restore_rngs()
 
     async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         actors = tuple(self._actors.snapshot())

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 import threading
 from typing import TYPE_CHECKING
 
 import msgspec
+import numpy as np
 import pytest
+import torch
 
 import esper
 from esper import run as esper_run
@@ -144,3 +147,41 @@ async def test_a_progress_that_cannot_take_the_lines_is_refused_before_anything_
     assert str(refused.value).startswith(message)
     assert not (tmp_path / "run").exists()
     assert _log_free()
+
+
+def _draws() -> tuple[float, float, float]:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+@pytest.mark.parametrize("end", ["completed", "resumed", "stopped", "failed start"])
+async def test_the_callers_global_random_streams_go_on_after_a_run_as_if_it_had_not_happened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """The start seeded Python's, NumPy's and torch's global RNGs (and a resume put its checkpoint's states in them)
+    and never gave them back: a notebook's own random stream was replaced by the run's."""
+    config = quiet_config(tmp_path)
+    run_dir = tmp_path / "run"
+    if end == "resumed":
+        await (await esper.start(config, run_dir=run_dir)).wait()
+        config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, epochs=2))
+    if end == "failed start":
+        monkeypatch.setattr(esper_run, "read_gpus_once", _fails)  # after the tree started: the trainer seeded
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected = _draws()
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    if end == "failed start":
+        with pytest.raises(OSError, match="by a test"):
+            await esper.start(config, run_dir=run_dir)
+    else:
+        system = (
+            await esper.start(config, resume=run_dir)
+            if end == "resumed"
+            else await esper.start(config, run_dir=run_dir)
+        )
+        summary = await (system.stop() if end == "stopped" else system.wait())
+        assert summary.status == ("stopped" if end == "stopped" else "completed")
+    assert _draws() == expected
