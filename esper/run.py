@@ -253,7 +253,7 @@ async def _start_claimed(
             await undo.aclose()
         finally:
             _log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
-            logging.close()
+            logging.release()
         raise
 
 

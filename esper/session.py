@@ -286,7 +286,7 @@ class EsperSystem:
             "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
         )
         with contextlib.suppress(OSError):
-            self._logging.close()
+            self._logging.release()
         if self._run_lock is not None:
             self._run_lock.release()
 
@@ -484,7 +484,7 @@ class EsperSystem:
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
         with contextlib.suppress(OSError):
-            self._logging.close()
+            self._logging.release()
         return summary
 
 

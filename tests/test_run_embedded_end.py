@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 import torch
 
 import esper
@@ -185,3 +187,41 @@ async def test_the_callers_global_random_streams_go_on_after_a_run_as_if_it_had_
         summary = await (system.stop() if end == "stopped" else system.wait())
         assert summary.status == ("stopped" if end == "stopped" else "completed")
     assert _draws() == expected
+
+
+@pytest.mark.parametrize("end", ["completed", "failed start"])
+async def test_the_callers_structlog_configuration_is_given_back_when_the_run_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """The start replaced the process's structlog configuration and never put it back: a notebook's own loggers
+    wrote through Esper's pipeline (to its console, or nowhere) after the run."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture], logger_factory=structlog.ReturnLoggerFactory())
+    mine = structlog.get_config()
+    if end == "failed start":
+        monkeypatch.setattr(esper_run, "read_gpus_once", _fails)
+        with pytest.raises(OSError, match="by a test"):
+            await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    else:
+        system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+        assert structlog.get_config()["processors"] is not mine["processors"], "the run's while it is live"
+        assert (await system.wait()).status == "completed"
+    assert structlog.get_config() == mine
+    structlog.get_logger("user").info("after_the_run", x=1)
+    assert capture.entries[-1] == {"event": "after_the_run", "x": 1, "log_level": "info"}
+    assert not [entry for entry in capture.entries if entry["event"] == "run_finished"]
+
+
+async def test_a_structlog_configuration_made_while_the_run_was_live_stays(tmp_path: Path) -> None:
+    system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture])
+    newer = structlog.get_config()
+    assert (await system.wait()).status == "completed"
+    assert structlog.get_config() == newer
+
+
+async def test_an_unconfigured_structlog_is_left_unconfigured(tmp_path: Path) -> None:
+    structlog.reset_defaults()
+    await (await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")).wait()
+    assert not structlog.is_configured()
