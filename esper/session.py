@@ -75,8 +75,9 @@ class EventHub:
     """Fans typed events out to subscribers, each through its own bounded anyio memory stream.
 
     emit() never blocks: a subscriber whose buffer is full misses the event, which is counted in ``dropped`` (and
-    logged once per subscriber when the hub closes). One slot of each buffer is kept for ``close``'s last event, so a
-    subscriber that fell behind still learns how the run ended. Event loop only.
+    logged once per subscriber when the hub closes, if it was ever read: a stream made and never iterated is not a
+    consumer that fell behind). One slot of each buffer is kept for ``close``'s last event, so a subscriber that fell
+    behind still learns how the run ended. Event loop only.
     """
 
     def __init__(self, buffer_size: int = 1024) -> None:
@@ -103,11 +104,12 @@ class EventHub:
         """Every event emitted from this call on (not from the first iteration: nothing emitted in between is
         missed), until close()."""
         send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size + 1)
+        subscription = _Subscription(send)
         if self._closed:
             send.close()
         else:
-            self._subscribers.append(_Subscription(send))
-        return _drained(receive)
+            self._subscribers.append(subscription)
+        return _EventStream(receive, subscription)
 
     def end_streams(self) -> None:
         """End the current subscriptions after the events already buffered; later ones run until ``close``."""
@@ -122,7 +124,7 @@ class EventHub:
             if last is not None:
                 with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     subscription.stream.send_nowait(last)
-            if subscription.missed:
+            if subscription.missed and subscription.read:
                 detail = f"an events() consumer fell {self._buffer_size} events behind"
                 _log.warning("events_missed", missed=subscription.missed, detail=detail)
             subscription.stream.close()
@@ -131,11 +133,45 @@ class EventHub:
 
 @final
 class _Subscription:
-    __slots__ = ("missed", "stream")
+    __slots__ = ("missed", "read", "stream")
 
     def __init__(self, stream: MemoryObjectSendStream[Message | Record]) -> None:
         self.stream = stream
         self.missed = 0
+        self.read = False  # iterated at least once: only then is a full buffer a consumer that fell behind
+
+
+@final
+class _EventStream:
+    """One subscriber's events, as events() returns them: iterate it (``async for``), or let it go.
+
+    Its receiving end is closed when the stream ends, on aclose(), or when the stream is garbage-collected (never
+    iterated, or left after a break): the hub then drops the subscription at its next event, and no unclosed stream
+    is left for a ResourceWarning.
+    """
+
+    __slots__ = ("_receive", "_subscription")
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Message | Record], subscription: _Subscription) -> None:
+        self._receive = receive
+        self._subscription = subscription
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Message | Record:
+        self._subscription.read = True
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._receive.close()
+
+    def __del__(self) -> None:
+        self._receive.close()
 
 
 _RUN_STAMPED: Final = (
@@ -300,7 +336,9 @@ class EsperSystem:
         ``stop()``: a stream open when training ends while neither was called ends after its TrainingFigures (so
         that reading it to its end, then calling ``wait()``, finishes).
 
-        A consumer that falls more than 1024 events behind misses events rather than slowing the run.
+        A consumer that falls more than 1024 events behind misses events rather than slowing the run (logged as
+        ``events_missed`` when the run ends, unless the stream was never iterated). A stream let go is closed when it is
+        garbage-collected.
         """
         if self._ended is not None and not self._being_ended():
             # Training already over and nobody has ended the run: this stream ends at once too (after the figures),
@@ -491,9 +529,3 @@ class EsperSystem:
 async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:
     for event in events:
         yield event
-
-
-async def _drained(receive: MemoryObjectReceiveStream[Message | Record]) -> AsyncIterator[Message | Record]:
-    async with receive:
-        async for event in receive:
-            yield event
