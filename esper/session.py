@@ -424,11 +424,20 @@ class EsperSystem:
         A run whose training has already ended on its own keeps the status it ended with (``completed`` or
         ``failed``): the stop only ends the rest of the run.
 
+        ``status`` is how a stop before then is recorded: ``stopped``, ``interrupted`` or ``failed``; never
+        ``completed``, which only training that finished says.
+
         Raises:
-            ValueError: ``status`` is not one of RunStatus's values.
+            ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
         """
         if status not in get_args(RunStatus):
             raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
+        if status == "completed":
+            # A stop mid-run recorded as completed (exit 0) would claim training that never happened.
+            raise ValueError(
+                "status: a stop is recorded as 'stopped', 'interrupted' or 'failed', got 'completed' (a run is"
+                " completed when its training finishes; a stop after that keeps it completed)"
+            )
         self._ending += 1
         try:
             return await self._stop_run(status)

@@ -225,3 +225,16 @@ async def test_an_unconfigured_structlog_is_left_unconfigured(tmp_path: Path) ->
     structlog.reset_defaults()
     await (await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")).wait()
     assert not structlog.is_configured()
+
+
+async def test_a_stop_cannot_record_a_run_as_completed(tmp_path: Path) -> None:
+    """stop(status="completed") mid-run recorded a completed run (exit 0) although training had not completed."""
+    config = quiet_config(tmp_path)
+    config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, epochs=30))
+    system = await esper.start(config, run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^status: a stop is recorded as 'stopped', 'interrupted' or 'failed', got"):
+        await system.stop(status="completed")
+    summary = await system.stop()  # the refused stop left the run going: this one ends it
+    assert (summary.status, summary.exit_code) == ("stopped", 0)
+    assert summary.training is not None
+    assert not summary.training.completed
