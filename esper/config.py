@@ -171,9 +171,16 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
     for dotted, setting, reason in inert_settings(config):
         label = next((label for key, label in reversed(applied) if touches(key, dotted)), source)
         raise ConfigError(inert_message(label, dotted, setting, reason))
-    for dotted, problem in value_problems(config):
-        label = next((label for key, label in reversed(applied) if touches(key, dotted)), source)
-        raise ConfigError(f"{label}: {dotted}: {problem}")
+    # A problem with a key an override set first, named by that override; else the first, charged to all of them (they
+    # made it: the file alone passed), not to a bare "--set".
+    problems = list(value_problems(config))
+    for dotted, problem in problems:
+        setter = next((label for key, label in reversed(applied) if touches(key, dotted)), None)
+        if setter is not None:
+            raise ConfigError(f"{setter}: {dotted}: {problem}")
+    if problems:
+        dotted, problem = problems[0]
+        raise ConfigError(f"{source} {' '.join(overrides)}: {dotted}: {problem}")
     return config
 
 

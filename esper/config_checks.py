@@ -97,13 +97,18 @@ def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
     inside the run directory, distinct and not another run file's: "../other-run/summary.json" rewrote another
     run, "checkpoints/manifest.json" this run's manifest."""
     names = {key: str(dotted_value(config, key)) for key in RUN_FILE_KEYS}
+    defaults = {key: str(dotted_value(RunConfig(), key)) for key in RUN_FILE_KEYS}
     for key, name in names.items():
         if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
             yield key, f"expected a file name inside the run directory (no directories), got {name!r}"
         elif name in _RESERVED_RUN_NAMES:
             yield key, f"{name!r} is a file the run directory already holds; choose another name"
         elif list(names.values()).count(name) > 1:
-            yield key, f"{name!r} is also the name of another of the run's files; choose another name"
+            # The key the user moved onto another's name is the one to blame, not the other still at its default
+            # (logging.json_file = "metrics.csv" was reported as nissa.metrics_csv).
+            moved = [other for other, taken in names.items() if taken == name and taken != defaults[other]]
+            if key in moved or not moved:
+                yield key, f"{name!r} is also the name of another of the run's files; choose another name"
 
 
 def dotted_value(config: RunConfig, dotted: str) -> object:

@@ -14,7 +14,7 @@ import contextlib
 import re
 import sys
 import threading
-from typing import IO, TYPE_CHECKING, Final, Literal, TextIO, cast, final
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, TextIO, cast, final
 
 import msgspec
 import structlog
@@ -187,16 +187,39 @@ class LoggingHandle:
     After close() events still reach the console but are no longer written to the file. close() is idempotent.
     """
 
-    def __init__(self, json_path: Path | None, writer: _JsonLineWriter | None, console: ConsoleStream) -> None:
+    def __init__(
+        self,
+        json_path: Path | None,
+        writer: _JsonLineWriter | None,
+        console: ConsoleStream,
+        *,
+        previous: dict[str, Any] | None = None,
+    ) -> None:
+        """``previous``: structlog's configuration before configure_logging (None: it was not configured)."""
         self.json_path = json_path
         self._writer = writer
         # The console stream, for others writing to the same terminal (the progress lines): its loss is noted once.
         self.console = console
+        self._previous = previous
+        # What configure_logging installed, until released: a configuration made since is someone else's to keep.
+        self._installed: object = structlog.get_config()["processors"]
 
     def close(self) -> None:
         """Close the JSON file; later events skip it. Safe to call twice."""
         if self._writer is not None:
             self._writer.close()
+
+    def release(self) -> None:
+        """Close the JSON file and give structlog back the configuration it had before configure_logging (the
+        defaults if it had none), unless someone configured it since. Safe to call twice."""
+        self.close()
+        installed, self._installed = self._installed, None
+        if installed is None or structlog.get_config()["processors"] is not installed:
+            return
+        if self._previous is None:
+            structlog.reset_defaults()
+        else:
+            structlog.configure(**self._previous)
 
     def __enter__(self) -> LoggingHandle:
         return self
@@ -243,6 +266,7 @@ def configure_logging(
     file_level = LEVEL_NUMBERS[parse_level(level)]
     screen_level = LEVEL_NUMBERS[parse_level(console_level, parameter="console_level")] if console_level else file_level
     check_log_file_free()
+    previous = structlog.get_config() if structlog.is_configured() else None
 
     writer: _JsonLineWriter | None = None
     json_path: Path | None = None
@@ -288,7 +312,7 @@ def configure_logging(
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache_loggers,
     )
-    return LoggingHandle(json_path, writer, stream)
+    return LoggingHandle(json_path, writer, stream, previous=previous)
 
 
 class LogFileInUse(EsperError):

@@ -25,7 +25,7 @@ import contextlib
 import datetime as dt
 import functools
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, final
 
 import anyio
 import structlog
@@ -34,6 +34,7 @@ from actors.nissa.prometheus import host_port
 from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
+from actors.tolaria.global_rngs import GlobalRngs
 from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, with_baseline
@@ -47,6 +48,7 @@ from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
     build_parser,
+    check_progress,
     checked_command_line,
     checked_start,
     console_level,
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from esper.logs import LoggingHandle
     from esper.run_key import RunKey
     from esper.runtime.bus import Bus
     from esper.runtime.clock import Clock
@@ -160,7 +163,8 @@ async def start(
             field and value), the tolaria section names a host model or data file that cannot be used, or ``resume``
             names a run that cannot be resumed or already trained ``tolaria.epochs`` epochs and wrote its summary.
         TypeError: ``config`` is neither a path nor a RunConfig, ``overrides`` is a single string or holds something
-            else than strings, or ``run_dir`` or ``resume`` is not a path.
+            else than strings, ``run_dir`` or ``resume`` is not a path, or ``progress`` is not a text stream.
+        ValueError: ``progress`` is a closed stream.
         ChildStartFailed: an actor refused what it was given and could not be built (events.jsonl says so too).
         LogFileInUse: another run in this process is still going (logging is process-wide: their events would mix).
     """
@@ -181,19 +185,27 @@ async def _start(
     hooks: RunHooks | None = None,
 ) -> EsperSystem:
     """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
+    check_progress(progress)
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
-    args = await checked_start(config, run_dir, overrides, resume)
-    resolved, directory = args.config, args.directory
-    files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
-    claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
-    run_lock = await anyio.to_thread.run_sync(claim)
+    # Before the checks, which build the model: the run seeds the process's global RNGs; the caller's are given back
+    # when it ends (or fails to start).
+    rngs = GlobalRngs()
     try:
-        return await _start_claimed(
-            resolved, directory, args.run_id, run_lock,
-            baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
-        )  # fmt: skip
+        args = await checked_start(config, run_dir, overrides, resume)
+        resolved, directory = args.config, args.directory
+        files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
+        claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
+        run_lock = await anyio.to_thread.run_sync(claim)
+        try:
+            return await _start_claimed(
+                resolved, directory, args.run_id, run_lock, rngs,
+                baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
+            )  # fmt: skip
+        except BaseException:
+            run_lock.release()
+            raise
     except BaseException:
-        run_lock.release()
+        rngs.restore()  # after the failed start's threads have stopped: nothing of the run draws any more
         raise
 
 
@@ -202,6 +214,7 @@ async def _start_claimed(
     directory: Path,
     run_id: str | None,
     run_lock: RunDirLock,
+    rngs: GlobalRngs,
     *,
     baseline: RecordedBaseline | None,
     key: RunKey,
@@ -227,6 +240,64 @@ async def _start_claimed(
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
     )
+    undo = _StartUndo()
+    try:
+        return await _start_logged(
+            resolved, directory, run_id, run_lock, rngs, logging, undo,
+            baseline=baseline, resume=resume, progress=progress, hooks=hooks, key=key,
+        )  # fmt: skip
+    except BaseException as err:
+        # Whatever failed or was cancelled, the process is left as before the start: a later start must not find
+        # the log in use, nor the bus or the lane threads of a run that never began.
+        try:
+            await undo.aclose()
+        finally:
+            _log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
+            logging.release()
+        raise
+
+
+@final
+class _StartUndo:
+    """What a start has set up so far, closed in order (the tree, the lanes, the store, the bus) if it goes no
+    further."""
+
+    def __init__(self) -> None:
+        self.actors: ActorSystem | None = None
+        self.lanes: Lanes | None = None
+        self.store: StoreCloser | None = None
+        self.bus: BusResource | None = None
+
+    async def aclose(self) -> None:
+        if self.actors is not None:
+            # A start cancelled while the tree starts leaves it starting: stop it before its lanes close under it
+            # (the trainer would fail on a closed lane and be restarted, again and again).
+            await self.actors.stop()
+        if self.lanes is not None:
+            await self.lanes.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+        if self.bus is not None:
+            await self.bus.aclose()
+
+
+async def _start_logged(
+    resolved: RunConfig,
+    directory: Path,
+    run_id: str,
+    run_lock: RunDirLock,
+    rngs: GlobalRngs,
+    logging: LoggingHandle,
+    undo: _StartUndo,
+    *,
+    baseline: RecordedBaseline | None,
+    key: RunKey,
+    resume: str | Path | None,
+    progress: TextIO | None,
+    hooks: RunHooks | None,
+) -> EsperSystem:
+    """The start once logging is set up: each part it makes is left in ``undo``, for the caller to close if the
+    start fails or is cancelled."""
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     started_s = time.monotonic()  # the summary's duration covers assembly and start-up too, as the user waits
     hub = EventHub()
@@ -243,13 +314,8 @@ async def _start_claimed(
     if screen is not None:
         sinks.append(screen)
     clock = MonotonicClock()
-    bus_resource = BusResource()
-    try:
-        bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
-    except BaseException as err:
-        _log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
-        logging.close()
-        raise
+    bus_resource = undo.bus = BusResource()
+    bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.
@@ -278,29 +344,23 @@ async def _start_claimed(
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )
-    lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
-    try:
-        parts = await assemble(
-            resolved,
-            run_id=run_id,
-            run_dir=directory,
-            resume=resume is not None,
-            secret=key.secret,
-            lanes=lanes,
-            clock=clock,
-            sink=sink,
-            actors=actors,
-            tally=tally,
-            # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
-            taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
-            hooks=hooks,
-        )
-    except BaseException as err:
-        await lanes.aclose()
-        await bus_resource.aclose()
-        _log_start_abandoned(run_id, err)
-        logging.close()
-        raise
+    lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
+    parts = await assemble(
+        resolved,
+        run_id=run_id,
+        run_dir=directory,
+        resume=resume is not None,
+        secret=key.secret,
+        lanes=lanes,
+        clock=clock,
+        sink=sink,
+        actors=actors,
+        tally=tally,
+        # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
+        taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
+        hooks=hooks,
+    )
+    store = undo.store = StoreCloser(parts.store)
     nissa_forward.bind(parts.routes)
     tree = build_tree(
         resolved,
@@ -312,18 +372,8 @@ async def _start_claimed(
         subsystems=parts.subsystems,
         bus_losses=bus_losses,
     )
-    try:
-        await actors.start(tree)
-    except BaseException as err:
-        # Ctrl-C while the tree starts cancels start(), which leaves the tree starting: stop it before its lanes
-        # close under it (the trainer would fail on a closed lane and be restarted, again and again).
-        await actors.stop()
-        await lanes.aclose()
-        await StoreCloser(parts.store).aclose()
-        await bus_resource.aclose()
-        _log_start_abandoned(run_id, err)
-        logging.close()
-        raise
+    undo.actors = actors
+    await actors.start(tree)
     if resume is not None:
         # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not
         # fit) leaves the run's config.toml as it was, so its printed --resume command still works.
@@ -358,12 +408,13 @@ async def _start_claimed(
         started_s=started_s,
         run_lock=run_lock,
         training=cell,
-        resources=(lanes, StoreCloser(parts.store), bus_resource),
+        resources=(lanes, store, bus_resource),
         stop_training=lambda: cell.request_run_stop("run stopping"),
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,
         abandonable=(lanes, parts.store),
         bus_dropped=lambda: bus_losses.total,
+        restore_rngs=rngs.restore,
     )
 
 

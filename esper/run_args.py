@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import io
 import os
 import re
 import secrets
@@ -180,6 +181,24 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
             say(sys.stderr, f"{finished}\n")
             return EXIT_OK
     return config
+
+
+def check_progress(progress: object) -> None:
+    """Refuse a ``progress`` that cannot take the progress lines, before anything is set up or written.
+
+    Raises:
+        TypeError: ``progress`` is not a text stream (no write() and flush(), or a binary one).
+        ValueError: ``progress`` is a closed stream.
+    """
+    if progress is None:
+        return
+    text = callable(getattr(progress, "write", None)) and callable(getattr(progress, "flush", None))
+    if not text or isinstance(progress, io.BufferedIOBase | io.RawIOBase):
+        raise TypeError(
+            f"progress: expected a text stream (sys.stderr, a file opened for text) or None, got {progress!r}"
+        )
+    if getattr(progress, "closed", False) is True:
+        raise ValueError(f"progress: {progress!r} is closed")
 
 
 async def checked_start(

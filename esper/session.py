@@ -75,8 +75,9 @@ class EventHub:
     """Fans typed events out to subscribers, each through its own bounded anyio memory stream.
 
     emit() never blocks: a subscriber whose buffer is full misses the event, which is counted in ``dropped`` (and
-    logged once per subscriber when the hub closes). One slot of each buffer is kept for ``close``'s last event, so a
-    subscriber that fell behind still learns how the run ended. Event loop only.
+    logged once per subscriber when the hub closes, if it was ever read: a stream made and never iterated is not a
+    consumer that fell behind). One slot of each buffer is kept for ``close``'s last event, so a subscriber that fell
+    behind still learns how the run ended. Event loop only.
     """
 
     def __init__(self, buffer_size: int = 1024) -> None:
@@ -103,11 +104,12 @@ class EventHub:
         """Every event emitted from this call on (not from the first iteration: nothing emitted in between is
         missed), until close()."""
         send, receive = anyio.create_memory_object_stream[Message | Record](max_buffer_size=self._buffer_size + 1)
+        subscription = _Subscription(send)
         if self._closed:
             send.close()
         else:
-            self._subscribers.append(_Subscription(send))
-        return _drained(receive)
+            self._subscribers.append(subscription)
+        return _EventStream(receive, subscription)
 
     def end_streams(self) -> None:
         """End the current subscriptions after the events already buffered; later ones run until ``close``."""
@@ -122,7 +124,7 @@ class EventHub:
             if last is not None:
                 with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     subscription.stream.send_nowait(last)
-            if subscription.missed:
+            if subscription.missed and subscription.read:
                 detail = f"an events() consumer fell {self._buffer_size} events behind"
                 _log.warning("events_missed", missed=subscription.missed, detail=detail)
             subscription.stream.close()
@@ -131,11 +133,45 @@ class EventHub:
 
 @final
 class _Subscription:
-    __slots__ = ("missed", "stream")
+    __slots__ = ("missed", "read", "stream")
 
     def __init__(self, stream: MemoryObjectSendStream[Message | Record]) -> None:
         self.stream = stream
         self.missed = 0
+        self.read = False  # iterated at least once: only then is a full buffer a consumer that fell behind
+
+
+@final
+class _EventStream:
+    """One subscriber's events, as events() returns them: iterate it (``async for``), or let it go.
+
+    Its receiving end is closed when the stream ends, on aclose(), or when the stream is garbage-collected (never
+    iterated, or left after a break): the hub then drops the subscription at its next event, and no unclosed stream
+    is left for a ResourceWarning.
+    """
+
+    __slots__ = ("_receive", "_subscription")
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Message | Record], subscription: _Subscription) -> None:
+        self._receive = receive
+        self._subscription = subscription
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Message | Record:
+        self._subscription.read = True
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._receive.close()
+
+    def __del__(self) -> None:
+        self._receive.close()
 
 
 _RUN_STAMPED: Final = (
@@ -189,13 +225,16 @@ class EsperSystem:
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
         abandonable: tuple[Abandonable, ...] = (),
         bus_dropped: Callable[[], int] | None = None,
+        restore_rngs: Callable[[], None] | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
         is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
         run directory's claim, is released once the summary and report are written. ``abandonable``: what is closed
         without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
-        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``)."""
+        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``).
+        ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
+        written (not when abandoned: the trainer still finishes its step and checkpoints those states then)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -204,7 +243,6 @@ class EsperSystem:
         self._logging = logging
         self._started_at = started_at
         self._started_s = time.monotonic() if started_s is None else started_s
-        self._summary: RunSummary | None = None
         self._finishing: asyncio.Future[RunSummary] | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
@@ -217,6 +255,7 @@ class EsperSystem:
         self._run_lock = run_lock
         self._abandonable = abandonable
         self._bus_dropped = bus_dropped
+        self._restore_rngs = restore_rngs
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -247,7 +286,7 @@ class EsperSystem:
 
     def _being_ended(self) -> bool:
         """A wait() or stop() is running, or one has finished the run (its summary is written or being written)."""
-        return self._ending > 0 or self._finishing is not None or self._summary is not None
+        return self._ending > 0 or self._finishing is not None
 
     def _end_streams_if_unattended(self) -> None:
         """Once training is over with nobody ending the run, end the streams open now (and those opened later)."""
@@ -283,7 +322,7 @@ class EsperSystem:
             "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
         )
         with contextlib.suppress(OSError):
-            self._logging.close()
+            self._logging.release()
         if self._run_lock is not None:
             self._run_lock.release()
 
@@ -297,7 +336,9 @@ class EsperSystem:
         ``stop()``: a stream open when training ends while neither was called ends after its TrainingFigures (so
         that reading it to its end, then calling ``wait()``, finishes).
 
-        A consumer that falls more than 1024 events behind misses events rather than slowing the run.
+        A consumer that falls more than 1024 events behind misses events rather than slowing the run (logged as
+        ``events_missed`` when the run ends, unless the stream was never iterated). A stream let go is closed when it is
+        garbage-collected.
         """
         if self._ended is not None and not self._being_ended():
             # Training already over and nobody has ended the run: this stream ends at once too (after the figures),
@@ -318,8 +359,8 @@ class EsperSystem:
             self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
 
     async def _wait_run(self) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
+        if self._finishing is not None:
+            return await self._finished(self._finishing)
         status: RunStatus = "completed"
         error: str | None = None
         trace: str | None = None
@@ -383,11 +424,20 @@ class EsperSystem:
         A run whose training has already ended on its own keeps the status it ended with (``completed`` or
         ``failed``): the stop only ends the rest of the run.
 
+        ``status`` is how a stop before then is recorded: ``stopped``, ``interrupted`` or ``failed``; never
+        ``completed``, which only training that finished says.
+
         Raises:
-            ValueError: ``status`` is not one of RunStatus's values.
+            ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
         """
         if status not in get_args(RunStatus):
             raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
+        if status == "completed":
+            # A stop mid-run recorded as completed (exit 0) would claim training that never happened.
+            raise ValueError(
+                "status: a stop is recorded as 'stopped', 'interrupted' or 'failed', got 'completed' (a run is"
+                " completed when its training finishes; a stop after that keeps it completed)"
+            )
         self._ending += 1
         try:
             return await self._stop_run(status)
@@ -396,8 +446,8 @@ class EsperSystem:
             self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
 
     async def _stop_run(self, status: RunStatus) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
+        if self._finishing is not None:
+            return await self._finished(self._finishing)
         training = self._training
         if training is not None and training.ended:
             return await self.wait()
@@ -424,13 +474,17 @@ class EsperSystem:
             _log.warning("report_not_rendered", error=f"{type(err).__name__}: {err}")
 
     async def _finish(self, status: RunStatus, error: str | None, trace: str | None = None) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
         # One summary however many callers end the run at once (a task waiting while another stops it): the first
-        # writes it, the others await the same write. Shielded, so a cancelled caller does not cut the write short.
+        # writes it, the others await the same write. No caller gets it before the end is written (summary.json,
+        # the log closed, the claim released): a next start in the process would find the log still in use.
         if self._finishing is None:
             self._finishing = asyncio.ensure_future(self._finish_once(status, error, trace))
-        return await asyncio.shield(self._finishing)
+        return await self._finished(self._finishing)
+
+    @staticmethod
+    async def _finished(finishing: asyncio.Future[RunSummary]) -> RunSummary:
+        # Shielded, so a cancelled caller does not cut the write short for the others.
+        return await asyncio.shield(finishing)
 
     async def _finish_once(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         try:
@@ -439,6 +493,8 @@ class EsperSystem:
             self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
+            if self._restore_rngs is not None:  # the actors and lanes have stopped: nothing of the run draws any more
+                self._restore_rngs()
 
     async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         actors = tuple(self._actors.snapshot())
@@ -463,7 +519,6 @@ class EsperSystem:
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
         )
-        self._summary = summary
         if self.config.nissa.report_png:
             # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
             # longest part) leaves no current summary, so --resume finishes the run and renders it again.
@@ -476,16 +531,10 @@ class EsperSystem:
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
         _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
         with contextlib.suppress(OSError):
-            self._logging.close()
+            self._logging.release()
         return summary
 
 
 async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:
     for event in events:
         yield event
-
-
-async def _drained(receive: MemoryObjectReceiveStream[Message | Record]) -> AsyncIterator[Message | Record]:
-    async with receive:
-        async for event in receive:
-            yield event

@@ -450,7 +450,8 @@ async def test_a_consumer_that_fell_behind_is_said_before_the_events_files_last_
         logging=msgspec.structs.replace(quiet_config(tmp_path).logging, state_interval_s=0.001),
     )
     system = await esper.start(config, run_dir=tmp_path / "run")
-    behind = system.events()  # subscribed, never read while the run goes on
+    behind = system.events()
+    await anext(behind)  # read once, then never again while the run goes on: it falls behind
     summary = await system.wait()
     assert system._hub.dropped > 0, "the consumer fell behind"
     lines = [json.loads(line)["event"] for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
