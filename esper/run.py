@@ -64,7 +64,8 @@ from esper.runtime.gpu import read_gpus_once
 from esper.runtime.lanes import Lanes
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
-from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem, EventHub, FanoutSink
+from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
+from esper.session_events import EventHub, FanoutSink
 from esper.wiring import NissaForward, RunHooks, RunTally
 
 if TYPE_CHECKING:

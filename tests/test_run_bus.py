@@ -18,7 +18,7 @@ from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import RecordingSink
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
-from esper.session import FanoutSink
+from esper.session_events import FanoutSink
 from schemas.config import RunConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import ActorStatus, EmergencyLevel, MessagePriority, SeedLifecycleStage

@@ -19,7 +19,8 @@ from actors.tamiyo.actor import TamiyoActor
 from esper.logs import LogFileInUse, reset_logging
 from esper.run_args import absolute_data_path
 from esper.runtime.errors import ChildStartFailed, ConfigError
-from esper.session import EsperSystem, EventHub
+from esper.session import EsperSystem
+from esper.session_events import EventHub
 from esper.wiring import RunHooks
 from schemas.config import RunConfig, TamiyoConfig, TolariaConfig, UrzaConfig
 from schemas.enums import ActorStatus

@@ -7,7 +7,7 @@ import warnings
 
 from structlog.testing import capture_logs
 
-from esper.session import EventHub
+from esper.session_events import EventHub
 from schemas.run import RunSummary
 from schemas.runtime import ChildFailed
 
