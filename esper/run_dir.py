@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 from typing import final
 
@@ -74,7 +75,7 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
-    check_no_links(directory, files)
+    check_run_dir_files(directory, files)
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
@@ -126,6 +127,60 @@ def _write_pid(directory: Path) -> None:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     finally:
         os.close(pid_fd)
+
+
+def check_run_dir_files(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
+    """Refuse ``directory`` if a file the run reads or writes there is a symbolic link (check_no_links) or not what
+    it must be (check_file_kinds). Read-only and blocking (no file is opened).
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    check_no_links(directory, files)
+    check_file_kinds(directory, files)
+
+
+# What a kind of file other than a regular one is called in a refusal.
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_file_kinds(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
+    """Refuse ``directory`` if a file the run reads or writes there (or one in its ``checkpoints``) is not a regular
+    file, or its ``checkpoints`` not a directory. Read-only and blocking; only ``lstat``: opening a FIFO waits for a
+    writer that never comes, and the run hung before its first line, deaf to Ctrl-C; a directory named events.jsonl
+    ended in a traceback.
+
+    Raises:
+        ConfigError: one line naming the file and what it is.
+    """
+    checkpoints = directory / "checkpoints"
+    inside: list[Path] = []
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        try:
+            inside = sorted(checkpoints.iterdir())
+        except OSError:
+            inside = []  # unreadable: the run's own open reports it
+    for path in (*(directory / name for name in (*_WRITTEN, *files)), *inside):
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            continue  # absent (the run makes it), or unreadable: the run's own open reports it
+        folder = path == checkpoints
+        if stat.S_ISLNK(mode) or (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+            continue  # a link is check_no_links' to refuse
+        wanted = "a directory" if folder else "a regular file"
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise ConfigError(
+            f"run directory {directory}: {path.relative_to(directory)} is {kind}, not {wanted}, which the run"
+            " cannot use; move it aside, or choose another --run-dir"
+        )
 
 
 def check_no_links(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
