@@ -11,7 +11,10 @@ which keeps an event in the few-microsecond range. Any thread may log; lines nev
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
+import stat
 import sys
 import threading
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, TextIO, cast, final
@@ -143,7 +146,18 @@ class _JsonLineWriter:
 def _open_for_lines(path: Path) -> IO[bytes]:
     """``path`` opened to append lines; a torn last line (a crash or a full disk mid-write) is ended first, so the
     next run's first event (a resume's ``run_starting``) is not glued to it and lost with it."""
-    stream = path.open("ab")
+    # O_NONBLOCK: a FIFO put there after the run directory's check fails the open (ENXIO) rather than waiting
+    # forever for a reader, and one with a reader is refused (it would block the run whenever the reader lags); it
+    # changes nothing for a regular file or a device (/dev/null).
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "a FIFO (named pipe), not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    stream = os.fdopen(fd, "ab")
     try:
         if stream.tell() > 0:
             with path.open("rb") as existing:

@@ -113,6 +113,7 @@ class RunEvents(NamedTuple):
     last_session_after: str | None = None
     # The stage changes the trainer refused, and where they took effect (see took_effect).
     refusals: tuple[Refusal, ...] = ()
+    last_epoch_end: int | None = None  # the highest epoch (from 1) an epoch_end line names: how far the log reaches
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -135,6 +136,7 @@ def read_run_events(path: Path) -> RunEvents:
     last_end: SessionEnd | None = None
     last_finished_at: str | None = None
     last_session_after: str | None = None
+    last_epoch_end: int | None = None
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -158,6 +160,9 @@ def read_run_events(path: Path) -> RunEvents:
                 elif (restored := restored_point(entry)) is not None:  # a rollback's (see LifecycleRestored)
                     events = [event for event in events if not restored.undoes(event.step)]
                     refusals.restore(restored.step)
+                elif entry.get("event") == "epoch_end":
+                    if isinstance(epoch := entry.get("epoch"), int):
+                        last_epoch_end = max(epoch, last_epoch_end or 0)
                 elif entry.get("event") == "run_started":
                     sessions, last_session_end, last_session_after = sessions + 1, None, last_finished_at
                 elif (end := session_end(entry)) is not None:
@@ -182,6 +187,7 @@ def read_run_events(path: Path) -> RunEvents:
         last_end,
         last_session_after,
         refusals.refusals(),
+        last_epoch_end,
     )
 
 

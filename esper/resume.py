@@ -133,7 +133,8 @@ def check_resume_files(
 
     Raises:
         ConfigError: one line naming the missing or unreadable file, or the journaled command that fails
-            verification (its step and why), or a journal of commands with no key to verify them with.
+            verification (its step and why), or a journal of commands with no key to verify them with, or a
+            journal whose boundaries go backwards (naming the step).
     """
     checkpoints = directory / "checkpoints"
     try:
@@ -158,9 +159,20 @@ def check_resume_files(
         )
     journal = checkpoints / JOURNAL_FILENAME
     signed = None if key is None else functools.partial(command_signature_valid, keys={security.key_id: key.secret})
+    last: int | None = None
     try:
         for entry in iter_journal(journal):  # every line decodes (one at a time: it may be large)
             if isinstance(entry, JournalBoundary):
+                step = entry.packet.global_step
+                # The planner replays boundaries only forwards (a rollback cuts the file): one out of order (two
+                # processes wrote the journal, an edit) crashed Kasmina on every restart until the run gave up.
+                if last is not None and step <= last:
+                    raise ConfigError(
+                        f"--resume {directory}: checkpoints/{JOURNAL_FILENAME}: the boundary of step {step} follows"
+                        f" that of step {last} (boundaries must go forwards), so the seeds' lifecycle cannot be"
+                        " rebuilt; restore the journal, or start a new run"
+                    )
+                last = step
                 _check_journaled_command(directory, entry, run_id, key, signed, security.secret_env)
     except JournalCorrupt as err:
         raise ConfigError(

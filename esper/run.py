@@ -306,8 +306,20 @@ async def _start_logged(
     if resume is not None:
         before = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
         tally.preload(
-            before.stages, before.epochs, before.decisions, before.slot_transitions, emergencies=before.emergencies
+            before.stages,
+            before.epochs,
+            before.decisions,
+            before.slot_transitions,
+            emergencies=before.emergencies,
+            incomplete=before.incomplete,
         )
+        for note in before.incomplete:  # on the console too: the summary's figures will leave this out
+            _log.warning("resume_history_incomplete", detail=note)
+        if before.metrics_problem is not None:
+            _log.warning(
+                "resume_metrics_unreadable",
+                detail=f"{before.metrics_problem}: the earlier epochs are read back from Kasmina's journal",
+            )
     # One console: a reader gone is noticed (console_lost) whoever writes to it first.
     shared = logging.console if progress is not None and progress is logging.console.inner else progress
     screen = Console(shared, epochs=resolved.tolaria.epochs) if shared is not None else None

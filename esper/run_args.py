@@ -25,7 +25,8 @@ from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
 from esper.data_fingerprint import check_same_data
 from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
-from esper.run_dir import check_not_in_use, check_not_the_run_config
+from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files
+from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
 from esper.run_key import RunKey, env_key, new_run_key, read_run_key
 from esper.runtime.bus_redis import redacted
@@ -168,6 +169,7 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
             return EXIT_CONFIG_ERROR
     if args.resume is not None:
         try:
+            check_resume_file_kinds(args.resume)
             check_not_in_use(args.resume)
             check_checkpoint_run(args.resume / "checkpoints", previous_run_id(args.resume))
             finished = already_trained(args.resume, config.tolaria.epochs)
@@ -238,6 +240,7 @@ async def checked_start(
     if resume is not None:
         directory = Path(resume)
         await anyio.to_thread.run_sync(_check_resume_dir, directory)
+        await anyio.to_thread.run_sync(check_resume_file_kinds, directory)
         await anyio.to_thread.run_sync(check_not_in_use, directory)
         if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
             raise ConfigError(
@@ -290,3 +293,15 @@ def _check_resume_dir(directory: Path) -> None:
         raise ConfigError(f"--resume {directory}: no such run directory (give the directory of the run to resume)")
     if not directory.is_dir():
         raise ConfigError(f"--resume {directory}: not a directory (give the directory of the run to resume)")
+
+
+def check_resume_file_kinds(directory: Path) -> None:
+    """Refuse a run directory where a file the resume reads is a FIFO, a directory or a link, before anything opens
+    one (the open of a FIFO would wait forever). Its config.toml is checked before the file names are read from it.
+    Read-only and blocking.
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    check_run_dir_files(directory)
+    check_run_dir_files(directory, run_files(directory))

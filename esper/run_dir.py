@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 from typing import final
 
@@ -33,10 +34,13 @@ _WRITTEN = (LOCK_NAME, KEY_FILE, "config.toml", "data.json", "field_reports.wal"
 
 @final
 class RunDirLock:
-    """An exclusive ``flock`` on ``<run dir>/run.lock``, held for the run's life.
+    """An exclusive ``flock`` on the run directory itself (a descriptor of the directory), held for the run's life.
 
-    The kernel drops the lock when its process dies, ``kill -9`` included, so a lock file left behind never blocks a
-    ``--resume``; the file's content (the holder's pid) only makes the refusal's message useful.
+    The directory, not ``run.lock``: a lock on a file that someone deletes is held on a name no other process can
+    open any more, and the next run made a new run.lock, locked it and trained into the live run's directory. A
+    directory cannot be deleted while it holds the run's files. The kernel drops the lock when its process dies,
+    ``kill -9`` included, so nothing left behind ever blocks a ``--resume``; run.lock only holds the holder's pid,
+    which makes the refusal's message useful.
     """
 
     __slots__ = ("_fd",)
@@ -71,12 +75,11 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
-    check_no_links(directory, files)
+    check_run_dir_files(directory, files)
     try:
-        # O_NOFOLLOW: a link planted after the check above is refused all the same (ELOOP), never written through.
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
-        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+        raise ConfigError(f"run directory {directory}: cannot open it: {err.strerror or err}") from err
     try:
         _lock_or_refuse(fd, directory)
         if not resume:
@@ -99,15 +102,85 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
                     f"run directory {directory} holds a config.toml no run wrote, which a new run would replace with"
                     " its resolved config: choose another --run-dir"
                 )
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        except OSError as err:  # a full disk or quota: the run could not write its first file either
-            raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+        _write_pid(directory)
     except BaseException:
         os.close(fd)
         raise
     return RunDirLock(fd)
+
+
+def _write_pid(directory: Path) -> None:
+    """The claimant's pid into run.lock, for another run's refusal to name. Blocking.
+
+    Raises:
+        ConfigError: the file cannot be written (a full disk or quota: the run could not write its first file either).
+    """
+    try:
+        # O_NOFOLLOW: a link planted after check_no_links is refused all the same (ELOOP), never written through.
+        pid_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+    try:
+        os.ftruncate(pid_fd, 0)
+        os.pwrite(pid_fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as err:
+        raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
+    finally:
+        os.close(pid_fd)
+
+
+def check_run_dir_files(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
+    """Refuse ``directory`` if a file the run reads or writes there is a symbolic link (check_no_links) or not what
+    it must be (check_file_kinds). Read-only and blocking (no file is opened).
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    check_no_links(directory, files)
+    check_file_kinds(directory, files)
+
+
+# What a kind of file other than a regular one is called in a refusal.
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_file_kinds(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
+    """Refuse ``directory`` if a file the run reads or writes there (or one in its ``checkpoints``) is not a regular
+    file, or its ``checkpoints`` not a directory. Read-only and blocking; only ``lstat``: opening a FIFO waits for a
+    writer that never comes, and the run hung before its first line, deaf to Ctrl-C; a directory named events.jsonl
+    ended in a traceback.
+
+    Raises:
+        ConfigError: one line naming the file and what it is.
+    """
+    checkpoints = directory / "checkpoints"
+    inside: list[Path] = []
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        try:
+            inside = sorted(checkpoints.iterdir())
+        except OSError:
+            inside = []  # unreadable: the run's own open reports it
+    for path in (*(directory / name for name in (*_WRITTEN, *files)), *inside):
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            continue  # absent (the run makes it), or unreadable: the run's own open reports it
+        folder = path == checkpoints
+        if stat.S_ISLNK(mode) or (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+            continue  # a link is check_no_links' to refuse
+        wanted = "a directory" if folder else "a regular file"
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise ConfigError(
+            f"run directory {directory}: {path.relative_to(directory)} is {kind}, not {wanted}, which the run"
+            " cannot use; move it aside, or choose another --run-dir"
+        )
 
 
 def check_no_links(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
@@ -179,9 +252,9 @@ def check_not_in_use(directory: Path) -> None:
         ConfigError: another run is using the directory.
     """
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        # No lock file: no run has ever held the directory (claim_run_dir reports what else is wrong, a link too).
+        # No directory (or none that can be opened): no run holds it (claim_run_dir reports what else is wrong).
         return
     try:
         _lock_or_refuse(fd, directory)
@@ -193,12 +266,27 @@ def _lock_or_refuse(fd: int, directory: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        holder = _holder(directory)
         by = f" (pid {holder})" if holder.isdigit() else ""
         raise ConfigError(
             f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
             f" --resume {directory}"
         ) from None
+
+
+def _holder(directory: Path) -> str:
+    """The pid run.lock names ("" when it cannot be read: deleted under the live run, say)."""
+    try:
+        # Never through a link, and never waiting on a FIFO planted there for a writer that will not come.
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _written_by_a_run(path: Path) -> bool:

@@ -8,6 +8,7 @@ import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
 from actors.tolaria.checkpoints import latest_good, read_manifest
+from esper.logs import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import RESTORED
 from esper.runtime.emergency_tally import EmergencyTally
@@ -62,20 +63,35 @@ class EarlierTally(NamedTuple):
     decisions: list[DecisionRecord]
     slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_transitions_at
     emergencies: EmergencyTally  # the earlier sessions' emergency signals, each move of the ladder once
+    # What the summary will miss, one phrase per file that could not be read whole (the summary table prints them).
+    incomplete: tuple[str, ...] = ()
+    # Why metrics.csv could not be read (None: it was): its epochs come back from Kasmina's journal instead.
+    metrics_problem: str | None = None
+
+
+_LOST = "the earlier sessions' decisions, seed transitions (the host-only baseline's epoch) and emergency events"
 
 
 def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     """What a resumed run's summary counts from its earlier sessions: the seeds' transitions, each epoch's figures,
-    the decisions, every slot's transitions and the emergency signals. One read of each file. Blocking; nothing when
-    the files cannot be read."""
+    the decisions, every slot's transitions and the emergency signals. One read of each file; each is read on its
+    own, so a metrics.csv gone does not cost the events' figures (the epochs it lacks are read back from Kasmina's
+    journal: esper.resume_rows). An event log missing, unreadable, or ending epochs before the newest checkpoint (cut
+    short) is named in ``incomplete``. Blocking."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
+    events = directory / config.logging.json_file
+    incomplete: list[str] = []
     try:
-        found = read_run_events(directory / config.logging.json_file)
+        found = read_run_events(events)
+    except ReportInputError as err:
+        found = None
+        incomplete.append(f"{events.name} unreadable ({err}): {_LOST} are missing")
+    metrics_problem: str | None = None
+    try:
         rows = read_metrics(directory / config.nissa.metrics_csv)
-    except ReportInputError:
-        return EarlierTally([], [], [], [], EmergencyTally())
-    stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
+    except ReportInputError as err:
+        rows, metrics_problem = [], str(err)
     epochs = [
         (int(epoch), int(step), accuracy)  # metrics.csv counts epochs from 1, as the summary does
         for row in rows
@@ -83,8 +99,34 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         and (step := row.get("step")) is not None
         and (accuracy := row.get("val_accuracy")) is not None
     ]
+    if found is None:
+        return EarlierTally([], epochs, [], [], EmergencyTally(), tuple(incomplete), metrics_problem)
+    # Each epoch_end is logged at info: a log kept at a higher level never had them.
+    if LEVEL_NUMBERS[config.logging.level] <= LEVEL_NUMBERS["info"]:
+        reached = _newest_checkpoint_epoch(directory)
+        logged = found.last_epoch_end or 0
+        # One epoch of slack: a kill -9 may come between an epoch's checkpoint and its line.
+        if reached is not None and logged < reached - 1:
+            # The resumed session's own log is open by now: a file deleted since holds its first lines alone.
+            where = (
+                f"holds none of the {reached} epochs the checkpoints reached (deleted or emptied?): {_LOST} are"
+                if logged == 0
+                else f"ends at epoch {logged} of the {reached} the checkpoints reached (cut short?): {_LOST} after it"
+                " are"
+            )
+            incomplete.append(f"{events.name} {where} missing")
+    stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     slots = [(e.slot, e.to_stage, e.step) for e in found.stages]
-    return EarlierTally(stages, epochs, found.decisions, slots, found.emergencies)
+    return EarlierTally(stages, epochs, found.decisions, slots, found.emergencies, tuple(incomplete), metrics_problem)
+
+
+def _newest_checkpoint_epoch(directory: Path) -> int | None:
+    """The epochs the newest checkpoint the manifest lists had ended (None without one, or an unreadable manifest)."""
+    try:
+        listed = read_manifest(directory / "checkpoints")
+    except CheckpointError:
+        return None
+    return max((info.epoch for info in listed), default=None)
 
 
 def slot_transitions_at(

@@ -122,6 +122,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         f"({growth.decisions} decisions{_fallback_share(growth)})",
         f"{'emergency events':<28}{growth.emergency_events}",
         *_timing_note(growth),
+        *(f"earlier sessions' figures incomplete: {note}" for note in growth.earlier_incomplete),
     ]
 
 

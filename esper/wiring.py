@@ -39,7 +39,7 @@ from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from torch import nn
 
@@ -246,6 +246,8 @@ class RunTally:
     earlier_slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
     # Every slot's transitions that stand, the earlier sessions' included: a restarted Nissa starts from them.
     slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
+    # What a resumed run's earlier sessions' files could not tell (a phrase each), for the summary to say.
+    earlier_incomplete: list[str] = field(default_factory=list)
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -278,11 +280,14 @@ class RunTally:
         slot_transitions: list[tuple[str, SeedLifecycleStage, int]] | None = None,
         *,
         emergencies: EmergencyTally | None = None,
+        incomplete: Sequence[str] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (what Nissa
         starts from, see slot_transitions_at) and its emergency signals (the summary counts every session's, each move
-        once); the resumed run's own traffic then continues the tally."""
+        once); the resumed run's own traffic then continues the tally. ``incomplete``: what the earlier sessions'
+        files could not tell (the summary says so: GrowthFigures.earlier_incomplete)."""
+        self.earlier_incomplete = list(incomplete)
         self.decisions = list(decisions or ())
         self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
@@ -368,6 +373,7 @@ class RunTally:
             fallback_decisions=sum(d.fallback for d in self.decisions),
             fallback_reasons=fallback_reasons,
             emergency_events=self.emergencies.count,
+            earlier_incomplete=list(self.earlier_incomplete),
         )
 
 

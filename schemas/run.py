@@ -59,7 +59,9 @@ class GrowthFigures(Record, frozen=True):
     fallback made instead of the configured policy, ``fallback_reasons`` them by why (the Decision's
     ``fallback_reason``; ``unrecorded`` for a decision logged before the reason was); ``emergency_events`` counts the
     emergency ladder's moves in every session of the run, each (step, previous level, level) once (a resumed run
-    trains the steps after its checkpoint again), re-announced levels left out.
+    trains the steps after its checkpoint again), re-announced levels left out. ``earlier_incomplete`` says, one
+    phrase per file, what a resumed run's earlier sessions' files could not tell (an event log gone or cut short):
+    the figures above then leave those out.
     """
 
     baseline_val_accuracy: float | None = None
@@ -77,6 +79,7 @@ class GrowthFigures(Record, frozen=True):
     fallback_decisions: int = 0
     emergency_events: int = 0
     fallback_reasons: dict[str, int] = field(default_factory=dict)
+    earlier_incomplete: list[str] = field(default_factory=list)
 
 
 class RunSummary(Record, frozen=True):

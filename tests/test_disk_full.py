@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
@@ -50,6 +51,9 @@ def test_the_unrecoverable_cause_is_found_wherever_it_hides() -> None:
     assert unrecoverable_cause(wrapped) is full
     read_only = OSError(errno.EROFS, "Read-only file system")
     assert unrecoverable_cause(read_only) is read_only
+    for code in (errno.EFBIG, errno.EIO, errno.EDQUOT):  # ulimit -f, a failing device, a quota
+        limited = OSError(code, os.strerror(code))
+        assert unrecoverable_cause(ExceptionGroup("task group", [limited])) is limited
     assert unrecoverable_cause(OSError(errno.EACCES, "Permission denied")) is None  # a restart may find it fixed
     assert unrecoverable_cause(RuntimeError("boom")) is None
 

@@ -17,7 +17,7 @@ from actors.nissa.metrics import METRICS_COLUMNS
 from esper.logs import reset_logging
 from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
-from esper.run_dir import LOCK_NAME, claim_run_dir, sweep_partial_writes, write_run_config
+from esper.run_dir import LOCK_NAME, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.runtime.errors import ConfigError
 
 
@@ -38,6 +38,23 @@ def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
     assert not lock.held
     again = claim_run_dir(directory, resume=True)
     again.release()
+
+
+def test_deleting_run_lock_under_a_live_run_lets_no_second_run_in(tmp_path: Path) -> None:
+    """The claim was an flock of run.lock: once that file was deleted, the next run made a new one, locked it and
+    trained into the live run's directory (two writers of one journal). The directory itself is what is locked."""
+    lock = claim_run_dir(tmp_path, resume=False)
+    try:
+        (tmp_path / LOCK_NAME).unlink()
+        in_use = rf"^run directory {tmp_path}: another run is using it; let it finish or stop it \(Ctrl-C\), then"
+        with pytest.raises(ConfigError, match=in_use):
+            claim_run_dir(tmp_path, resume=True)
+        with pytest.raises(ConfigError, match=in_use):
+            check_not_in_use(tmp_path)
+        assert not (tmp_path / LOCK_NAME).exists()  # the refused claim wrote no pid over the holder's
+    finally:
+        lock.release()
+    claim_run_dir(tmp_path, resume=True).release()
 
 
 def test_a_new_run_refuses_an_earlier_runs_directory_and_leaves_it_as_it_was(tmp_path: Path) -> None:

@@ -108,6 +108,23 @@ def test_a_resume_check_refuses_a_forged_or_tampered_command_and_names_the_step(
     assert path.read_bytes().count(b"\n") == 2  # checked, never rewritten
 
 
+def test_a_resume_check_refuses_a_journal_whose_boundaries_go_backwards(tmp_path: Path) -> None:
+    """Two processes training into one directory interleaved the journal: the resume replayed it into Kasmina,
+    which failed on the earlier step again at every restart (RestartIntensityExceeded) instead of saying why."""
+    key = new_run_key()
+    steps = [4, 8, 12, 8, 16]
+    write_journal(tmp_path, [JournalBoundary(packet=make_packet(step)) for step in steps])
+    with pytest.raises(ConfigError) as refused:
+        check(tmp_path, key)
+    assert str(refused.value) == (
+        f"--resume {tmp_path}: checkpoints/{JOURNAL_FILENAME}: the boundary of step 8 follows that of step 12"
+        " (boundaries must go forwards), so the seeds' lifecycle cannot be rebuilt; restore the journal, or start a"
+        " new run"
+    )
+    write_journal(tmp_path, [JournalBoundary(packet=make_packet(step)) for step in (4, 8, 12, 16)])
+    check(tmp_path, key)
+
+
 def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path: Path) -> None:
     """A run without the environment variable and without its key file: nothing could verify its commands."""
     write_journal(tmp_path, [JournalBoundary(packet=make_packet(4))])

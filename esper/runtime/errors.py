@@ -186,8 +186,9 @@ class ConfigError(EsperError, ValueError):
     """Raised for an invalid configuration; the message is one line naming the file, the field path and the problem."""
 
 
-# A full disk, a quota reached, a file system gone read-only: every restart would write and fail the same way.
-_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# A full disk, a quota reached, a file system gone read-only, a file-size limit reached (``ulimit -f``: EFBIG), a
+# device's I/O error: every restart would write and fail the same way (EFBIG and EIO were restarted dozens of times).
+_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
 
 
 def unrecoverable_cause(error: BaseException) -> OSError | None:
