@@ -36,7 +36,7 @@ from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from esper.assemble_inputs import candidates, evidence_cadence, open_store, probe
 from esper.nn.blueprints import default_catalogue
-from esper.resume import check_checkpoint_fits
+from esper.resume import check_checkpoint_fits, run_keys
 from esper.resume_rows import unwritten_epoch_ends
 from esper.run_history import finishing_halt, slot_transitions_at
 from esper.runtime.clock import WallClock
@@ -309,6 +309,7 @@ async def assemble(
             resume_at_most=resume_step if controller_resumes else None,
             journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
             halt_reason=halt if controller_resumes else None,
+            run_keys=run_keys(config),
         )
         _log.info(
             "run_assembled",

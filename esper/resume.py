@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 import structlog
 
 from actors.kasmina.journal import (
@@ -18,7 +19,7 @@ from actors.kasmina.journal import (
 from actors.kasmina.journal_check import replay_refusal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest, read_run_keys
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -76,15 +77,54 @@ SAME_RUN: Final = (
 )
 
 
+def run_keys(config: RunConfig) -> dict[str, object]:
+    """The keys a resume must keep (SAME_RUN, the run's file names), as JSON values: every checkpoint manifest records
+    them, since the run's config.toml is a text file an edit changes without the checkpoints knowing."""
+    keys = {dotted: dotted_value(config, dotted) for dotted in (*SAME_RUN, *RUN_FILE_KEYS)}
+    # Through JSON, so they compare equal to the manifest's (a tuple reads back as a list).
+    decoded: dict[str, object] = msgspec.json.decode(msgspec.json.encode(keys))
+    return decoded
+
+
+def _check_not_edited(directory: Path, earlier: RunConfig) -> None:
+    """Refuse a run whose config.toml no longer says what its checkpoints were trained with (the manifest's run_keys;
+    a manifest written before they were recorded passes). Without it an edited key was accepted and silently not
+    acted on (the optimizer's state kept the old learning rate), and the next resume with the run's real config was
+    refused, blaming the value nobody trained with. Blocking.
+
+    Raises:
+        ConfigError: one line naming each edited key, both values and the file.
+    """
+    try:
+        recorded = read_run_keys(directory / "checkpoints")
+    except CheckpointError as err:
+        raise ConfigError(f"--resume {directory}: {err}") from err
+    if recorded is None:
+        return
+    now = run_keys(earlier)
+    edited = [
+        f"{dotted} is {now[dotted]!r} there but the run trained with {recorded[dotted]!r}"
+        for dotted in now
+        if dotted in recorded and recorded[dotted] != now[dotted]
+    ]
+    if edited:
+        raise ConfigError(
+            f"--resume {directory}: {directory / 'config.toml'} was edited after the run's checkpoints were written"
+            f" ({', '.join(edited)}, as checkpoints/{MANIFEST} records); a resume continues the same training: put"
+            " the run's values back in its config.toml, or start a new run with the new ones"
+        )
+
+
 def check_resumable(directory: Path, config: RunConfig) -> None:
     """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml,
-    which every run writes at its start). Blocking (file I/O).
+    which every run writes at its start, checked against what its checkpoints record). Blocking (file I/O).
 
     The run's file names (RUN_FILE_KEYS) must stay too: the earlier sessions' history is read from them (renamed,
     the summary forgot every epoch, seed and decision before the resume, and the history was split in two files).
 
     Raises:
-        ConfigError: one line naming every differing key and both values, or the run's config.toml missing or
+        ConfigError: one line naming every differing key and both values, or every key of the run's config.toml
+            edited since its checkpoints were written (see _check_not_edited), or the run's config.toml missing or
             unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
@@ -101,6 +141,7 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"
             " resume must train that run"
         ) from err
+    _check_not_edited(directory, earlier)
     differing = [
         f"{dotted} is {dotted_value(earlier, dotted)!r} in the run and {dotted_value(config, dotted)!r} here"
         for dotted in (*SAME_RUN, *RUN_FILE_KEYS)

@@ -31,7 +31,7 @@ from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingR
 from schemas.kasmina import SeedValidationReport
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from torch import nn
 
@@ -197,6 +197,7 @@ class TolariaWiring:
         journaled_step: reads the planner journal's last boundary step (see LoopOptions); None: not known.
         halt_reason: with ``resume``, why the run halted when its checkpoint is an L4 halt's at the end of the last
             epoch (see LoopOptions); None: not on record.
+        run_keys: the config keys the run trains with, for the checkpoint manifest (see LoopOptions); None: none.
     """
 
     run_id: str
@@ -218,6 +219,7 @@ class TolariaWiring:
     resume_at_most: int | None = None
     journaled_step: Callable[[], int | None] | None = None
     halt_reason: str | None = None
+    run_keys: Mapping[str, object] | None = None
 
 
 @final
@@ -334,6 +336,7 @@ class TolariaTrainer(Actor[StartTraining]):
             resume_at_most=wiring.resume_at_most if msg.incarnation == 1 else None,
             journaled_step=wiring.journaled_step,
             halt_reason=wiring.halt_reason,
+            run_keys=wiring.run_keys,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

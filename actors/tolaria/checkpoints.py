@@ -5,7 +5,9 @@ Layout of ``<run dir>/checkpoints/``:
 - ``step-<n>.pt``: a safetensors file, see ``checkpoint_codec`` (no pickle). (The ``.pt`` suffix is kept because tools
   and tests look for ``step-*.pt``.)
 - ``manifest.json``: ``{"schema_version", "checkpoints": [{"file", "sha256", "size_bytes", "global_step", "epoch",
-  "batch_index"}...] (oldest first), "graft_log": [...]}``, rewritten atomically after each file.
+  "batch_index"}...] (oldest first), "graft_log": [...], "run_keys": {...}}``, rewritten atomically after each file.
+  ``run_keys`` (absent in manifests written before it) holds the config keys the run trains with (see
+  ``esper.resume.run_keys``), so a resume tells an edited run config.toml from the one the checkpoints were trained on.
 
 Every file is written atomically (temp file, fsync, rename, directory fsync). Only the last ``keep_last`` are kept.
 """
@@ -27,7 +29,7 @@ from actors.tolaria.cuda_streams import Ready, mark_ready
 from esper.runtime.atomic_write import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
     import torch
@@ -43,6 +45,7 @@ __all__ = [
     "latest_good_step",
     "load_latest",
     "read_manifest",
+    "read_run_keys",
 ]
 
 MANIFEST = "manifest.json"
@@ -84,6 +87,28 @@ def read_manifest(directory: Path) -> list[CheckpointInfo]:
         if problem is not None:
             raise CheckpointError(f"{path}: entry {info.file!r}: {problem}")
     return entries
+
+
+def read_run_keys(directory: Path) -> dict[str, object] | None:
+    """The manifest's ``run_keys`` (dotted key -> JSON value); None when there is no manifest or it records none (one
+    written before they were recorded). Blocking.
+
+    Raises:
+        CheckpointError: the manifest exists but cannot be parsed, or its ``run_keys`` is not an object.
+    """
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, OSError, RecursionError) as err:
+        raise CheckpointError(f"{path}: unreadable manifest: {type(err).__name__}: {err}") from err
+    keys = raw.get("run_keys") if isinstance(raw, dict) else None
+    if keys is None:
+        return None
+    if not isinstance(keys, dict):
+        raise CheckpointError(f"{path}: run_keys must be an object, got {type(keys).__name__}")
+    return keys
 
 
 def _entry_problem(info: CheckpointInfo) -> str | None:
@@ -202,6 +227,8 @@ class CheckpointWriter:
     thread reads on a stream of its own: ``submit`` records an event on ``device``'s current stream and the writer
     thread waits for it before it reads the state (``device``: the training device; on a CPU, or None, there is
     nothing to wait for).
+
+    ``run_keys`` (JSON values by dotted key) go into every manifest it writes; None: none recorded.
     """
 
     def __init__(
@@ -212,8 +239,10 @@ class CheckpointWriter:
         depth: int = 2,
         on_written: Callable[[CheckpointInfo], None] | None = None,
         device: torch.device | None = None,
+        run_keys: Mapping[str, object] | None = None,
     ) -> None:
         self._directory = directory
+        self._run_keys = None if run_keys is None else dict(run_keys)
         self._keep_last = keep_last
         self._device = device
         self._queue: queue.Queue[tuple[TrainState, Ready | None] | None] = queue.Queue(maxsize=depth)
@@ -310,11 +339,13 @@ class CheckpointWriter:
         entries = [e for e in self._entries if e.file != name] + [info]
         dropped = entries[: max(0, len(entries) - self._keep_last)]
         entries = entries[len(dropped) :]
-        manifest = {
+        manifest: dict[str, object] = {
             "schema_version": SCHEMA_VERSION,
             "checkpoints": [_info_dict(e) for e in entries],
             "graft_log": log,
         }
+        if self._run_keys is not None:
+            manifest["run_keys"] = self._run_keys
         # msgspec, not json.dumps: with an indent the standard library encodes in pure Python, on the writer thread.
         atomic_write_bytes(directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=1))
         self._entries = entries

@@ -125,6 +125,7 @@ class TrainingLoop:
                 keep_last=config.checkpoint_keep_last,
                 on_written=_log_written,
                 device=self._s.trainee.device,
+                run_keys=self._s.options.run_keys,
             )
         self._s.writer = writer
         try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, final
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from torch import nn
@@ -44,6 +44,8 @@ class LoopOptions:
             its decision, which nobody can send again); None: the newest state.
         halt_reason: why the run halted, as its events say, when the checkpoint a resume continues from is the one an
             L4 halt wrote at the end of the last epoch (the resume finishes the run halted); None: not on record.
+        run_keys: the config keys the run trains with, recorded in every checkpoint manifest (a resume compares the
+            run's config.toml with them); None: none recorded.
     """
 
     run_id: str
@@ -59,6 +61,7 @@ class LoopOptions:
     resume_at_most: int | None = None
     journaled_step: Callable[[], int | None] | None = None
     halt_reason: str | None = None
+    run_keys: Mapping[str, object] | None = None
 
 
 @final
