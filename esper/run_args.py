@@ -25,7 +25,7 @@ from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
 from esper.data_fingerprint import check_same_data
 from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
-from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files
+from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
 from esper.run_key import RunKey, env_key, new_run_key, read_run_key
@@ -243,6 +243,13 @@ async def checked_start(
         await anyio.to_thread.run_sync(check_resume_file_kinds, directory)
         await anyio.to_thread.run_sync(check_not_in_use, directory)
         if not await anyio.to_thread.run_sync((directory / "checkpoints").is_dir):
+            trained = await anyio.to_thread.run_sync(earlier_run_files, directory)
+            if trained:
+                # A new run refuses this directory too (it holds a run): the only way out is another directory.
+                raise ConfigError(
+                    f"--resume {directory}: no checkpoints directory to resume from, though a run trained there"
+                    f" ({', '.join(trained)}): nothing can continue it; start a new run with another --run-dir"
+                )
             raise ConfigError(
                 f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
                 f" trains nothing: start it again with --run-dir {directory})"

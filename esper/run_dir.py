@@ -91,7 +91,13 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
                     f"run directory {directory}: {err}; a new run would add its epochs to it: move it aside, or"
                     " choose another --run-dir"
                 ) from err
-            earlier = [name for name in RUN_FILES if _holds_run_file(directory / name)]
+            earlier = earlier_run_files(directory)
+            if earlier and not (directory / "checkpoints").is_dir():
+                # --resume refuses it too (nothing to load): naming it as the way out sent the user in a circle.
+                raise ConfigError(
+                    f"run directory {directory} already holds a run ({', '.join(earlier)}) whose checkpoints directory"
+                    " is gone, so no --resume can continue it: choose another --run-dir (or move this one aside)"
+                )
             if earlier:
                 raise ConfigError(
                     f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
@@ -208,6 +214,11 @@ def check_no_links(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
                 f"run directory {directory}: {path.relative_to(directory)} is a symbolic link{target}, which the run"
                 " would write through; remove it, or choose another --run-dir"
             )
+
+
+def earlier_run_files(directory: Path) -> list[str]:
+    """The RUN_FILES in ``directory`` that hold a run's output (a run trained there). Blocking."""
+    return [name for name in RUN_FILES if _holds_run_file(directory / name)]
 
 
 def _holds_run_file(path: Path) -> bool:

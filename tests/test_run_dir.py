@@ -232,3 +232,50 @@ def test_a_new_run_refuses_a_directory_holding_a_users_own_config_toml(
         " config: choose another --run-dir\n"
     )
     assert (project / "config.toml").read_text().startswith("# my notes")
+
+
+def test_a_run_whose_checkpoints_directory_is_gone_is_sent_to_another_directory_by_both_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--run-dir said continue it with --resume, and --resume said start it again with --run-dir: neither worked."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n1" + "," * (len(METRICS_COLUMNS) - 1) + "\n")
+    (run / "summary.json").write_text("{}")
+    write_run_config(run, "[tolaria]\nepochs = 1\n")
+    (tmp_path / "c.toml").write_text(f'[urza]\nroot = "{tmp_path / "urza"}"\n')
+    before = sorted(p.name for p in run.iterdir())
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == EXIT_CONFIG_ERROR
+    fresh = capsys.readouterr().err
+    assert fresh == (
+        f"run directory {run} already holds a run (metrics.csv, summary.json) whose checkpoints directory is gone, so"
+        " no --resume can continue it: choose another --run-dir (or move this one aside)\n"
+    )
+    assert main([str(tmp_path / "c.toml"), "--resume", str(run)]) == EXIT_CONFIG_ERROR
+    resumed = capsys.readouterr().err
+    assert resumed == (
+        f"--resume {run}: no checkpoints directory to resume from, though a run trained there (metrics.csv,"
+        " summary.json): nothing can continue it; start a new run with another --run-dir\n"
+    )
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_run_stopped_while_it_started_is_sent_to_start_again_where_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("earlier\n")
+    write_run_config(run, "[tolaria]\nepochs = 1\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[tolaria]\nepochs = 1\ndataset_samples = 600\n[urza]\nroot = "{tmp_path / "urza"}"\n'
+        "[logging]\nconsole = false\n"
+    )
+    assert main([str(config), "--resume", str(run)]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == (
+        f"--resume {run}: no checkpoints directory to resume from (a run stopped while it started trains nothing:"
+        f" start it again with --run-dir {run})\n"
+    )
+    assert main([str(config), "--run-dir", str(run)]) == 0  # the way out it names works
+    assert (run / "summary.json").is_file()
