@@ -89,6 +89,17 @@ def test_an_unwritable_directory_costs_only_the_cache(tmp_path: Path) -> None:
     assert any(entry["event"] == "data_cache_unwritable" for entry in logs)
 
 
+def test_an_unwritable_directory_is_warned_about_once_per_process(tmp_path: Path) -> None:
+    """A run loads its data twice (the start's checks, then the run): the console showed the warning twice."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            NpzArrayCache(blocker / "cache")("k", Generator(_arrays()))
+    levels = [entry["log_level"] for entry in logs if entry["event"] == "data_cache_unwritable"]
+    assert levels == ["warning", "info", "info"]  # the run's log still records each
+
+
 def test_mnist1d_through_the_cache_equals_a_fresh_generation(tmp_path: Path) -> None:
     cached_config = TolariaConfig(dataset_samples=500, data_cache_dir=str(tmp_path))
     first, second = load_data(cached_config), load_data(cached_config)

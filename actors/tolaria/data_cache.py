@@ -30,6 +30,10 @@ __all__ = ["NpzArrayCache"]
 
 _log = structlog.get_logger("actors.tolaria")
 _NAMES = ("x_train", "y_train", "x_test", "y_test")
+# The files this process already warned it could not write: a run loads its data twice (the start's checks, then the
+# run), and the same warning twice on the console read as two faults. Later failures are logged at info level, so
+# the run's own log still records them.
+_WARNED_UNWRITABLE: set[str] = set()
 
 
 def _digest(arrays: Arrays4) -> str:
@@ -92,6 +96,10 @@ class NpzArrayCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, buffer.getvalue())
         except OSError as err:
-            _log.warning("data_cache_unwritable", file=str(path), error=str(err))
+            if str(path) in _WARNED_UNWRITABLE:
+                _log.info("data_cache_unwritable", file=str(path), error=str(err))
+            else:
+                _WARNED_UNWRITABLE.add(str(path))
+                _log.warning("data_cache_unwritable", file=str(path), error=str(err))
             return
         _log.info("data_cache_written", file=str(path), size_bytes=buffer.tell())
