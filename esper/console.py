@@ -9,10 +9,12 @@ than a terminal write; on a TTY the bar redraws in place, elsewhere only the fin
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import TYPE_CHECKING, TextIO, final
 
 from esper.console_stream import ConsoleStream
+from esper.terminal import plain_terminal, terminal_columns
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.runtime import ChildRestarted, EmergencySignal
@@ -103,11 +105,15 @@ class Console:
         epochs: int,
         interactive: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        columns: Callable[[], int] | None = None,
     ) -> None:
         # Written from the event loop: a closed pipe or terminal drops the console, never the run.
         self._stream = stream if isinstance(stream, ConsoleStream) else ConsoleStream(stream)
         self._epochs = epochs
-        self._interactive = stream.isatty() if interactive is None else interactive
+        # NO_COLOR or TERM=dumb: no erase codes and no bar redrawn with \r, plain lines only.
+        self._interactive = (stream.isatty() and not plain_terminal()) if interactive is None else interactive
+        inner = self._stream.inner
+        self._columns = columns if columns is not None else lambda: terminal_columns(inner)
         self._drawn = False
         self._clock = clock
         self._started_s = clock()
@@ -121,7 +127,7 @@ class Console:
         when ``metrics_url`` says where)."""
         verb = "resuming" if resume else "run"
         self._line(f"{verb} {run_id} in {run_dir}")
-        self._line(f"  watch it: python -m esper.tail {run_dir / events_file} --follow --state")
+        self._line(f"  watch it: python -m esper.tail {shlex.quote(str(run_dir / events_file))} --follow --state")
         if metrics_url is not None:
             self._line(f"  metrics:  {metrics_url}")
 
@@ -132,7 +138,9 @@ class Console:
         if packet.epoch_progress < 1.0:
             if self._interactive:
                 bar = progress_bar(packet.epoch_progress)
-                self._stream.write(f"\repoch {epoch:>3}/{self._epochs} {bar} {loss}  {timing}")
+                line = f"epoch {epoch:>3}/{self._epochs} {bar} {loss}  {timing}"
+                # Within one screen line: a wrapped line is not redrawn by \r, and each packet added a line.
+                self._stream.write("\r" + line[: max(1, self._columns() - 1)])
                 self._stream.flush()
                 self._drawn = True
             return

@@ -24,6 +24,7 @@ import structlog
 
 from esper.console_stream import ConsoleStream
 from esper.runtime.errors import EsperError
+from esper.terminal import plain_terminal
 from schemas.base import Message, Record
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
@@ -311,7 +312,7 @@ def configure_logging(
         if screen_level > floor or console_omit:
             processors.append(_ConsoleGate(screen_level, frozenset(console_omit)))
         processors.append(_console_trim)
-        use_colors = colors if colors is not None else stream.isatty()
+        use_colors = colors if colors is not None else stream.isatty() and not plain_terminal()
         # Plain tracebacks: the rich formatter prints local variables, and a run's secrets must never reach a log.
         processors.append(
             structlog.dev.ConsoleRenderer(colors=use_colors, exception_formatter=structlog.dev.plain_traceback)

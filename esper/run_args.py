@@ -9,6 +9,7 @@ import io
 import os
 import re
 import secrets
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,7 @@ async def checked_start(
                 )
             raise ConfigError(
                 f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
-                f" trains nothing: start it again with --run-dir {directory})"
+                f" trains nothing: start it again with --run-dir {shlex.quote(str(directory))})"
             )
         # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
         await anyio.to_thread.run_sync(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import stat
 from pathlib import Path
 from typing import final
@@ -101,7 +102,7 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
             if earlier:
                 raise ConfigError(
                     f"run directory {directory} already holds a run ({', '.join(earlier)}): continue it with --resume"
-                    f" {directory}, or choose another --run-dir"
+                    f" {shlex.quote(str(directory))}, or choose another --run-dir"
                 )
             if not _written_by_a_run(directory / "config.toml"):
                 raise ConfigError(

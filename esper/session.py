@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import time
 from typing import TYPE_CHECKING, Protocol, final, get_args
 
@@ -234,10 +235,11 @@ class EsperSystem:
         except SupervisorGaveUp as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
             trace = failure_traceback(err)
+            resume = f"--resume {shlex.quote(str(self.run_dir))}"  # pasted into a shell: a space splits the path
             if isinstance(err, UnrecoverableFailure):
-                error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
+                error += f"; the checkpoints written before it are kept: free the disk, then {resume}"
             elif isinstance(err, RepeatedFailure):
-                error += f"; the checkpoints written before it are kept: fix the cause, then --resume {self.run_dir}"
+                error += f"; the checkpoints written before it are kept: fix the cause, then {resume}"
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from schemas.enums import SeedLifecycleStage
@@ -84,7 +85,8 @@ def format_summary(summary: RunSummary) -> str:
     if summary.status == "interrupted":
         # The run directory's config.toml is the resolved config: the command runs as printed.
         run_dir = summary.run_dir
-        lines.append(f"continue it with: python -m esper.run {run_dir}/config.toml --resume {run_dir}")
+        config, where = shlex.quote(f"{run_dir}/config.toml"), shlex.quote(str(run_dir))
+        lines.append(f"continue it with: python -m esper.run {config} --resume {where}")
     return "\n".join(lines) + "\n"
 
 

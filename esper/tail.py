@@ -17,6 +17,7 @@ from esper.runtime.clock import MonotonicClock
 from esper.tail_follow import LineReader, follow_lines, read_lines_once
 from esper.tail_liveness import run_gone
 from esper.tail_render import EventFilter, TailSession
+from esper.terminal import plain_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -54,7 +55,7 @@ def _write(out: TextIO, lines: Sequence[str]) -> None:
 
 def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
     # On a terminal the table redraws in place; in a pipe or file each version follows the last.
-    in_place = refresh and out.isatty()
+    in_place = refresh and out.isatty() and not plain_terminal()
     prefix = _CLEAR_SCREEN if in_place else ""
     suffix = "\n" if refresh and not in_place else ""
     out.write(f"{prefix}{session.render_state()}\n{suffix}")
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     args = parser.parse_args(argv)
     if not math.isfinite(args.interval) or args.interval <= 0:
         parser.error(f"--interval must be a finite number > 0, got {args.interval}")
-    options = options_from_args(args, stdout_is_tty=out.isatty())
+    options = options_from_args(args, stdout_is_tty=out.isatty() and not plain_terminal())
     session = TailSession(
         event_filter=EventFilter(actor=options.actor, min_level=options.min_level),
         state=options.state,
