@@ -14,7 +14,7 @@ import structlog
 
 from esper.logs import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
-from esper.runtime.errors import RepeatedFailure, SupervisorGaveUp, UnrecoverableFailure
+from esper.runtime.errors import RepeatedFailure, SupervisorGaveUp, UnrecoverableFailure, unrecoverable_remedy
 from esper.runtime.failure_trace import failure_traceback
 from schemas.run import GrowthFigures, RunStatus, RunSummary, TrainingFigures
 
@@ -237,7 +237,7 @@ class EsperSystem:
             trace = failure_traceback(err)
             resume = f"--resume {shlex.quote(str(self.run_dir))}"  # pasted into a shell: a space splits the path
             if isinstance(err, UnrecoverableFailure):
-                error += f"; the checkpoints written before it are kept: free the disk, then {resume}"
+                error += f"; the checkpoints written before it are kept: {unrecoverable_remedy(err)}, then {resume}"
             elif isinstance(err, RepeatedFailure):
                 error += f"; the checkpoints written before it are kept: fix the cause, then {resume}"
         figures = self._training.figures if self._training is not None else None

@@ -46,6 +46,7 @@ SlotStateError, OwnershipError > ForeignParameterError, ParamGroupError, Dataset
 from __future__ import annotations
 
 import errno
+import os
 
 
 class EsperError(Exception):
@@ -207,6 +208,31 @@ def unrecoverable_cause(error: BaseException) -> OSError | None:
             pending.extend(current.exceptions)
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
+
+
+# What to do about each unrecoverable cause before a --resume: "free the disk" told a user at a `ulimit -f` limit or a
+# failing device to delete files, which fixes neither.
+_REMEDIES = {
+    errno.ENOSPC: "free space on the disk",
+    errno.EDQUOT: "free space within the quota (or raise it)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+    errno.EIO: "check the device (an I/O error: see dmesg)",
+    errno.EROFS: "make the file system writable",
+}
+
+
+def unrecoverable_remedy(error: BaseException) -> str:
+    """What the user must fix before resuming a run ``error`` (an UnrecoverableFailure) stopped, by its cause: the
+    OSError in its chain, else the system's wording of one in its message (a nested supervisor's escalation keeps
+    only the text); "fix the cause" when neither says."""
+    cause = unrecoverable_cause(error)
+    if cause is not None and cause.errno in _REMEDIES:
+        return _REMEDIES[cause.errno]
+    text = str(error)
+    for code, remedy in _REMEDIES.items():
+        if os.strerror(code) in text:
+            return remedy
+    return "fix the cause"
 
 
 def innermost(error: BaseException) -> BaseException:

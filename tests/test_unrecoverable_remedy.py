@@ -1,0 +1,33 @@
+"""A run an unrecoverable write error stopped says what to fix by the cause, not "free the disk" for every one."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from esper.runtime.errors import UnrecoverableFailure, unrecoverable_remedy
+
+
+@pytest.mark.parametrize(
+    ("code", "remedy"),
+    [
+        (errno.ENOSPC, "free space on the disk"),
+        (errno.EDQUOT, "free space within the quota (or raise it)"),
+        (errno.EFBIG, "raise the file-size limit (ulimit -f)"),
+        (errno.EIO, "check the device (an I/O error: see dmesg)"),
+        (errno.EROFS, "make the file system writable"),
+    ],
+)
+def test_each_cause_gets_its_own_remedy_from_the_chain_or_the_text(code: int, remedy: str) -> None:
+    failure = UnrecoverableFailure("writer failed")
+    failure.__cause__ = OSError(code, os.strerror(code))
+    assert unrecoverable_remedy(failure) == remedy
+    # A nested supervisor's escalation keeps only the text, which names the system's wording of the cause.
+    text_only = UnrecoverableFailure(f"sub/writer failed: {os.strerror(code)}; a restart cannot fix that")
+    assert unrecoverable_remedy(text_only) == remedy
+
+
+def test_a_failure_that_names_no_known_cause_says_fix_the_cause() -> None:
+    assert unrecoverable_remedy(UnrecoverableFailure("tolaria could not be built")) == "fix the cause"
