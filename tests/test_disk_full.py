@@ -51,9 +51,11 @@ def test_the_unrecoverable_cause_is_found_wherever_it_hides() -> None:
     assert unrecoverable_cause(wrapped) is full
     read_only = OSError(errno.EROFS, "Read-only file system")
     assert unrecoverable_cause(read_only) is read_only
-    for code in (errno.EFBIG, errno.EIO, errno.EDQUOT):  # ulimit -f, a failing device, a quota
+    for code in (errno.EFBIG, errno.EDQUOT):  # ulimit -f, a quota
         limited = OSError(code, os.strerror(code))
         assert unrecoverable_cause(ExceptionGroup("task group", [limited])) is limited
+    # An I/O error can pass (a network file system's hiccup): restarted, within the restart limits.
+    assert unrecoverable_cause(OSError(errno.EIO, os.strerror(errno.EIO))) is None
     assert unrecoverable_cause(OSError(errno.EACCES, "Permission denied")) is None  # a restart may find it fixed
     assert unrecoverable_cause(RuntimeError("boom")) is None
 

@@ -16,7 +16,6 @@ from esper.runtime.errors import UnrecoverableFailure, unrecoverable_remedy
         (errno.ENOSPC, "free space on the disk"),
         (errno.EDQUOT, "free space within the quota (or raise it)"),
         (errno.EFBIG, "raise the file-size limit (ulimit -f)"),
-        (errno.EIO, "check the device (an I/O error: see dmesg)"),
         (errno.EROFS, "make the file system writable"),
     ],
 )

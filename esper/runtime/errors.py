@@ -187,9 +187,11 @@ class ConfigError(EsperError, ValueError):
     """Raised for an invalid configuration; the message is one line naming the file, the field path and the problem."""
 
 
-# A full disk, a quota reached, a file system gone read-only, a file-size limit reached (``ulimit -f``: EFBIG), a
-# device's I/O error: every restart would write and fail the same way (EFBIG and EIO were restarted dozens of times).
-_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+# A full disk, a quota reached, a file system gone read-only, a file-size limit reached (``ulimit -f``: EFBIG, which
+# was restarted dozens of times): every restart would write and fail the same way. Not EIO: a network file system's
+# or a device's I/O error can pass, and the restart limits (the window, no progress) bound the retries of one that
+# does not.
+_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def unrecoverable_cause(error: BaseException) -> OSError | None:
@@ -210,13 +212,12 @@ def unrecoverable_cause(error: BaseException) -> OSError | None:
     return None
 
 
-# What to do about each unrecoverable cause before a --resume: "free the disk" told a user at a `ulimit -f` limit or a
-# failing device to delete files, which fixes neither.
+# What to do about each unrecoverable cause before a --resume: "free the disk" told a user at a `ulimit -f` limit to
+# delete files, which does not fix it.
 _REMEDIES = {
     errno.ENOSPC: "free space on the disk",
     errno.EDQUOT: "free space within the quota (or raise it)",
     errno.EFBIG: "raise the file-size limit (ulimit -f)",
-    errno.EIO: "check the device (an I/O error: see dmesg)",
     errno.EROFS: "make the file system writable",
 }
 
