@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING, Protocol, final, get_args
 
@@ -388,7 +389,11 @@ class EsperSystem:
             await self._render_report()
         path = self.run_dir / self.config.nissa.summary_json
         try:
-            await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+            await anyio.to_thread.run_sync(
+                functools.partial(atomic_write_bytes, shared=True),
+                path,
+                msgspec.json.format(msgspec.json.encode(summary)),
+            )
         except OSError as err:  # a full disk: the summary still reaches the caller and the console
             _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it

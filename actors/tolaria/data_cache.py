@@ -90,7 +90,7 @@ class NpzArrayCache:
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue(), shared=True)
         except OSError as err:
             _log.warning("data_cache_unwritable", file=str(path), error=str(err))
             return
