@@ -235,10 +235,13 @@ class EsperSystem:
         except SupervisorGaveUp as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
             trace = failure_traceback(err)
-            if isinstance(err, UnrecoverableFailure):
-                error += f"; the checkpoints written before it are kept: free the disk, then --resume {self.run_dir}"
-            elif isinstance(err, RepeatedFailure):
-                error += f"; the checkpoints written before it are kept: fix the cause, then --resume {self.run_dir}"
+            if isinstance(err, UnrecoverableFailure | RepeatedFailure):
+                cause = "free the disk" if isinstance(err, UnrecoverableFailure) else "fix the cause"
+                written = await anyio.to_thread.run_sync(_checkpoint_written, self.run_dir)
+                if written:
+                    error += f"; the checkpoints written before it are kept: {cause}, then --resume {self.run_dir}"
+                else:  # a failure before the first checkpoint: "kept" promised what is not there
+                    error += f"; no checkpoint was written: {cause}, then --resume {self.run_dir} to start it again"
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.
@@ -406,3 +409,8 @@ class EsperSystem:
 async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:
     for event in events:
         yield event
+
+
+def _checkpoint_written(run_dir: Path) -> bool:
+    """Whether the run's checkpoints directory holds a checkpoint file. Blocking (one directory read)."""
+    return any((run_dir / "checkpoints").glob("step-*.pt"))
