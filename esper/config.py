@@ -28,6 +28,7 @@ from esper.config_errors import (
     translate,
 )
 from esper.config_toml import emit_table, to_table, without_none
+from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
 
@@ -136,7 +137,7 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str], source: str = "
     applied: list[tuple[str, str]] = []
     names: dict[str, tuple[str, ...]] = {}  # the leaf names each override sets, by its label
     for text in overrides:
-        label = f"{source} {text}"
+        label = f"{source} {redacted(text)}"  # oona.redis_url's password stays off the console
         key, value = parse_override(text)
         names[label] = set_keys(key, value)
         *parents, leaf = key.split(".")

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from esper.config_toml import format_value, plain
+from esper.runtime.bus_redis_open import redis_url_problem
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, RunConfig, TamiyoConfig, TolariaConfig
+from schemas.config import INERT_KEYS, OonaConfig, RunConfig, TamiyoConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,6 +78,11 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         for key in ("gnn_checkpoint", "policy_process", "policy_worker_silence_s", "compile"):
             if getattr(section, key) != getattr(defaults, key):
                 yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
+    if isinstance(section, OonaConfig) and section.backend == "redis":
+        # Refused by the client only once the run directory was made, which then held a run that never began.
+        problem = redis_url_problem(section.redis_url)
+        if problem is not None:
+            yield ".".join((*path, "redis_url")), problem
     if isinstance(section, RunConfig):
         yield from _run_file_problems(section)
     if isinstance(section, RunConfig) and section.run_id is not None and not _RUN_ID.fullmatch(section.run_id):

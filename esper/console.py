@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, TextIO, final
 
 from esper.console_stream import ConsoleStream
 from esper.terminal import plain_terminal, terminal_columns
-from schemas.enums import SeedLifecycleStage
+from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
-from schemas.runtime import ChildRestarted, EmergencySignal
+from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
@@ -184,6 +184,12 @@ class Console:
                 self._line(f"  emergency {level.name}: {reason}")
             case ChildRestarted(child=child):
                 self._line(f"  restarted {child}")
+            case BreakerTransition(breaker=name, to_state=BreakerState.CLOSED, reason=reason) if (
+                event.from_state is not BreakerState.CLOSED
+            ):
+                # Its opening is a warning on the console (the bus down, the policy failing): so is its recovery,
+                # which is logged at info level and was never shown.
+                self._line(f"  recovered {name}: its breaker closed again ({reason})")
             case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
                 self._line(event_line(event, _SHOWN_EVENTS[name]))
             case _:

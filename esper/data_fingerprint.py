@@ -51,7 +51,7 @@ def record_data(directory: Path, config: TolariaConfig) -> None:
     if record is None:
         return
     try:
-        atomic_write_bytes(directory / DATA_RECORD, msgspec.json.encode(record))
+        atomic_write_bytes(directory / DATA_RECORD, msgspec.json.encode(record), shared=True)
     except OSError as err:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
 

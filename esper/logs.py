@@ -442,8 +442,8 @@ def event_fields(event: Message | Record) -> dict[str, object]:
 
 def log_actor_state(logger: FilteringBoundLogger, state: ActorState) -> None:
     """Log one ``actor_state`` event: actor, status, mailbox_depth, mailbox_capacity, handled, failed, restarts,
-    breaker (null when the actor has none), last_latency_ms (null before its first message). The tail's --state
-    reads exactly these fields; ``actor`` names the actor described, overriding any bound actor."""
+    breaker (null when the actor has none), last_latency_ms (null before its first message, and for the trainer). The
+    tail's --state reads exactly these fields; ``actor`` names the actor described, overriding any bound actor."""
     logger.info("actor_state", **event_fields(state))
 
 

@@ -320,7 +320,7 @@ def render_report(data: RunData) -> Path:
         curves_from(data.rows), shown.events, title=title, pauses=shown.pauses, timeline_note=shown.timeline_note
     )
     path = data.run_dir / REPORT_PNG
-    atomic_write_bytes(path, png)
+    atomic_write_bytes(path, png, shared=True)
     return path
 
 

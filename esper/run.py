@@ -328,7 +328,16 @@ async def _start_logged(
         sinks.append(screen)
     clock = MonotonicClock()
     bus_resource = undo.bus = BusResource()
-    bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
+    try:
+        bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
+    except ConfigError as err:
+        if resume is not None:
+            raise
+        # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
+        # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
+        raise ConfigError(
+            f"{err}; nothing was trained: run again with --run-dir {directory} (a new run may reuse it) or remove it"
+        ) from err
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.

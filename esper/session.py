@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shlex
 import time
 from typing import TYPE_CHECKING, Protocol, final, get_args
@@ -235,11 +236,14 @@ class EsperSystem:
         except SupervisorGaveUp as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
             trace = failure_traceback(err)
-            resume = f"--resume {shlex.quote(str(self.run_dir))}"  # pasted into a shell: a space splits the path
-            if isinstance(err, UnrecoverableFailure):
-                error += f"; the checkpoints written before it are kept: {unrecoverable_remedy(err)}, then {resume}"
-            elif isinstance(err, RepeatedFailure):
-                error += f"; the checkpoints written before it are kept: fix the cause, then {resume}"
+            if isinstance(err, UnrecoverableFailure | RepeatedFailure):
+                cause = unrecoverable_remedy(err) if isinstance(err, UnrecoverableFailure) else "fix the cause"
+                resume = f"--resume {shlex.quote(str(self.run_dir))}"  # pasted into a shell: a space splits the path
+                written = await anyio.to_thread.run_sync(_checkpoint_written, self.run_dir)
+                if written:
+                    error += f"; the checkpoints written before it are kept: {cause}, then {resume}"
+                else:  # a failure before the first checkpoint: "kept" promised what is not there
+                    error += f"; no checkpoint was written: {cause}, then {resume} to start it again"
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.
@@ -390,7 +394,11 @@ class EsperSystem:
             await self._render_report()
         path = self.run_dir / self.config.nissa.summary_json
         try:
-            await anyio.to_thread.run_sync(atomic_write_bytes, path, msgspec.json.format(msgspec.json.encode(summary)))
+            await anyio.to_thread.run_sync(
+                functools.partial(atomic_write_bytes, shared=True),
+                path,
+                msgspec.json.format(msgspec.json.encode(summary)),
+            )
         except OSError as err:  # a full disk: the summary still reaches the caller and the console
             _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
@@ -403,3 +411,8 @@ class EsperSystem:
 async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:
     for event in events:
         yield event
+
+
+def _checkpoint_written(run_dir: Path) -> bool:
+    """Whether the run's checkpoints directory holds a checkpoint file. Blocking (one directory read)."""
+    return any((run_dir / "checkpoints").glob("step-*.pt"))

@@ -15,7 +15,7 @@ from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
 from esper.run_files import run_files
 from esper.runtime.clock import MonotonicClock
 from esper.tail_follow import LineReader, follow_lines, read_lines_once
-from esper.tail_liveness import run_gone
+from esper.tail_liveness import run_gone, run_held
 from esper.tail_render import EventFilter, TailSession
 from esper.terminal import plain_terminal
 
@@ -66,8 +66,8 @@ async def run_tail(
     options: TailOptions, session: TailSession, out: TextIO, *, poll: Callable[[], Awaitable[None]] | None = None
 ) -> str | None:
     """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until the run has finished (the file's
-    last line is its ``run_finished``), the run is gone (killed: see run_gone), a followed pipe ends, or it is
-    cancelled.
+    last line is its ``run_finished`` and no process holds its directory: see run_held), the run is gone (killed:
+    see run_gone), a followed pipe ends, or it is cancelled.
 
     ``session`` keeps the counts, so a caller that cancels this (Ctrl-C) can still report them. ``poll`` replaces the
     wait between looks at a growing file (default: sleep ``options.poll_interval_s``).
@@ -101,8 +101,12 @@ async def run_tail(
 
         async def stop() -> bool:
             nonlocal gone
-            if not reader.opened or reader.stream or session.finished:
+            if not reader.opened or reader.stream:
                 return False
+            if session.finished:
+                # A --resume of a finished run holds its directory before it writes its first line: the old
+                # session's run_finished ends the log until then, and following must not end with it.
+                return not await asyncio.to_thread(run_held, reader.path.parent)
             gone = await asyncio.to_thread(run_gone, reader.path.parent)
             return gone
 
@@ -112,8 +116,8 @@ async def run_tail(
                 if options.state and session.version != shown_version:
                     _show_state(session, out, refresh=True)
                     shown_version = session.version
-                if session.finished and reader.at_end:
-                    break  # the run has finished: following ends with it, as `docker logs -f` does
+                if session.finished and reader.at_end and reader.stream:
+                    break  # the run has finished: following ends with it, as `docker logs -f` does (a file: stop())
         finally:
             # A line still unterminated when following stops never completed: it counts as malformed.
             if reader.take_pending() is not None:
@@ -140,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow",
         action="store_true",
         help="keep reading as the file grows, waiting for it to appear and reopening it if truncated or replaced; "
-        "stops once the run has finished (its run_finished line ends the file), once it is no longer running "
-        "(killed: its run.lock is free), at a pipe's end, or with Ctrl-C",
+        "stops once the run has finished (its run_finished line ends the file and no --resume holds its directory), "
+        "once it is no longer running (killed: its run.lock is free), at a pipe's end, or with Ctrl-C",
     )
     parser.add_argument("--actor", metavar="NAME", help="show only events whose actor is NAME (exact match)")
     parser.add_argument(

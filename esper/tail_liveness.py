@@ -1,4 +1,4 @@
-"""Whether the run that writes a followed log is gone: killed, so that no ``run_finished`` line will ever come."""
+"""Whether a followed log's run directory is held by a live run, or the run that wrote it is gone (killed)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,24 @@ def run_gone(directory: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def run_held(directory: Path) -> bool:
+    """Whether a process holds ``directory`` as its run directory now: a run, or a ``--resume`` of a finished one
+    that has not written its first line yet. False for a directory without a run.lock (no run has claimed it).
+    Blocking (a few system calls).
+
+    Asked of the lock itself, not of the pid in run.lock: a notebook's run releases the directory when it ends and
+    its process lives on. A free lock is taken for an instant by the probe, which is why this is asked only once a
+    log ends with ``run_finished`` (once the lock is free, following ends, so that is its last probe).
+    """
+    if not (directory / LOCK_NAME).exists():
+        return False
+    try:
+        check_not_in_use(directory)
+    except ConfigError:
+        return True
+    return False
 
 
 def _alive(pid: int) -> bool:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from esper.console import Console, clock_time, progress_bar, stage_line
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import SeedLifecycleStage
+from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
+from schemas.runtime import BreakerTransition
 from schemas.telemetry import TelemetryEvent
 from tests.nissa_packets import packet
 
@@ -174,3 +175,20 @@ def test_epoch_lines_show_the_time_elapsed_and_the_time_left_at_the_sessions_pac
     assert lines[0].endswith("params +0  [0:06<0:36]")
     assert lines[1].endswith("[1:00:04<5:20:00]")  # 1.5 epochs in 3600 s: 8 epochs left take 19200 s
     assert [clock_time(s) for s in (0.4, 59.6, 61, 3599, 3600)] == ["0:00", "1:00", "1:01", "59:59", "1:00:00"]
+
+
+def test_a_breaker_closing_again_is_shown_as_its_opening_is() -> None:
+    """The bus coming back (oona.publish's breaker closing) was info-level and never on the console, while the
+    outage's warnings were: the operator saw the outage and never its end."""
+    console, stream = _console()
+    for from_state, to_state, reason in (
+        (BreakerState.CLOSED, BreakerState.OPEN, "3 consecutive failures, last: BusUnavailable"),
+        (BreakerState.OPEN, BreakerState.HALF_OPEN, "open_elapsed"),
+        (BreakerState.HALF_OPEN, BreakerState.CLOSED, "probe_succeeded 1/1"),
+    ):
+        console.emit(
+            BreakerTransition(breaker="oona.publish", from_state=from_state, to_state=to_state, reason=reason, at_s=1.0)
+        )
+    assert stream.getvalue().splitlines() == [
+        "  recovered oona.publish: its breaker closed again (probe_succeeded 1/1)"
+    ]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
+from actors.nissa.metrics import KNOWN_METRICS, METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
 from esper.run_history import earlier_tally, slot_transitions_at
 from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.config import RunConfig, TolariaConfig
@@ -87,6 +87,24 @@ def test_registry_counters_only_go_up_and_samples_are_sorted_with_help() -> None
         ("tolaria.training.loss", {}, 0.5, "gauge"),
     ]
     assert samples[2].help.startswith("Mean training loss")
+
+
+def test_a_known_metric_reported_by_telemetry_keeps_its_registry_help() -> None:
+    """A known metric arriving in a telemetry packet was described as "Reported by tolaria." on the scrape."""
+    aggregator = MetricsAggregator()
+    telemetry = TelemetryPacket(
+        packet_id="p1",
+        source="tolaria",
+        issued_at=1.0,
+        metrics=(
+            MetricPoint(name="tolaria.boundary.stall_ms", value=3.0, attributes={}),
+            MetricPoint(name="tolaria.custom_gauge", value=1.0, attributes={}),
+        ),
+    )
+    aggregator.observe_telemetry(telemetry)
+    helps = {sample.name: sample.help for sample in aggregator.registry.samples()}
+    assert helps["tolaria.boundary.stall_ms"] == KNOWN_METRICS["tolaria.boundary.stall_ms"][1]
+    assert helps["tolaria.custom_gauge"] == "Reported by tolaria."
 
 
 def test_telemetry_lifecycle_boundary_breaker_and_restart_inputs_update_the_registry() -> None:

@@ -13,6 +13,7 @@ import torch
 
 from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
+from esper.run_dir import claim_run_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -123,25 +124,60 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     )
     one_line(err, f"oona.redis_url: redis://127.0.0.1:{port}/0?password=*** does not answer: ")
     assert "s3cret" not in err
+    # Known only by connecting, after the run directory was made: the message names it, and a new run may reuse it.
+    run_dir = tmp_path / "r"
+    assert err.rstrip("\n").endswith(
+        f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "command.key",
+        "config.toml",
+        "events.jsonl",
+        "run.lock",
+    ]
+    claim_run_dir(run_dir, resume=False).release()
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://nowhere", "oona.redis_url: 'http://nowhere': Redis URL must specify one of the following schemes"),
+        ("http://nowhere", "oona.redis_url: expected a redis://, rediss:// or unix:// URL, got 'http://nowhere'"),
+        ("localhost:6379", "oona.redis_url: expected a redis://, rediss:// or unix:// URL, got 'localhost:6379'"),
         (
-            "redis://127.0.0.1:6379/0?password=s3cret&x=1",
-            "oona.redis_url: 'redis://127.0.0.1:6379/0?password=***&x=1': the URL holds a setting the Redis client does"
-            " not know",
+            "redis://me:s3cret@127.0.0.1:abc/0",
+            "oona.redis_url: expected a port number from 0 to 65535 in 'redis://me:***@127.0.0.1:abc/0'",
         ),
-        ("redis://127.0.0.1:abc/0", "oona.redis_url: 'redis://127.0.0.1:abc/0': Port could not be cast to integer"),
     ],
 )
-def test_a_redis_url_that_is_not_one(
+def test_a_redis_url_that_is_not_one_is_refused_before_the_run_directory_is_made(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, message: str
 ) -> None:
-    """A malformed URL printed the client's ValueError traceback."""
-    one_line(refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n'), message)
+    """A malformed URL printed the client's ValueError traceback; then it was refused only after the run directory
+    (command.key, config.toml, events.jsonl, run.lock) was made and left behind."""
+    err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n')
+    one_line(err, f"{tmp_path / 'c.toml'}: {message}")
+    assert "s3cret" not in err
+    assert not (tmp_path / "r").exists()
+    # Named by the override that set it, the password masked there too.
+    (tmp_path / "c.toml").write_text("")
+    assert main([str(tmp_path / "c.toml"), "--set", "oona.backend=redis", "--set", f"oona.redis_url={url}"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err
+    one_line(err, "--set oona.redis_url=")
+    assert err.rstrip("\n").endswith(message)
+
+
+def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "redis://127.0.0.1:6379/0?password=s3cret&x=1"
+    err = refused(tmp_path, capsys, f'[oona]\nbackend = "redis"\nredis_url = "{url}"\n')
+    one_line(
+        err,
+        "oona.redis_url: 'redis://127.0.0.1:6379/0?password=***&x=1': the URL holds a setting the Redis client does"
+        " not know",
+    )
+    assert f"; nothing was trained: run again with --run-dir {tmp_path / 'r'} (a new run may reuse it) or remove" in err
 
 
 def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, final
 
 import pytest
 
 from actors.oona.housekeeping import housekeeping_interval_s, oona_spec
+from actors.tolaria.actor import TolariaTrainer
 from actors.weatherlight.tree import build_root, state_reporter
+from esper.runtime.actor import Actor
 from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
 from esper.runtime.bus import BusLimits, Topic
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.events import RecordingSink
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from esper.runtime.system import ActorSystem
-from esper.runtime.ticker import Ticker
+from esper.runtime.ticker import Tick, Ticker
 from schemas.config import WeatherlightConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BusMessageType
@@ -73,6 +76,51 @@ async def test_a_failing_ticker_is_restarted_by_its_supervisor(clock: ManualCloc
     await wait_for_sleepers(clock, 1)  # the new incarnation's interval
     assert calls == 2
     assert [s.restarts for s in system.snapshot()] == [1]
+    await system.stop()
+
+
+async def test_a_tickers_latency_is_its_work_not_the_interval_it_waits(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --state table showed nissa-tick, weatherlight and oona at their interval (30000 ms), read as a stall."""
+    now = [100.0]  # the handling clock (perf_counter), moved by hand: 2 ms of work, then 30 s of waiting
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    async def work() -> None:
+        now[0] += 0.002
+
+    system = ActorSystem(clock=clock, sink=RecordingSink())
+    await system.start(ChildSpec("tick", lambda: Ticker(work, interval_s=30.0, clock=clock)))
+    await wait_for_sleepers(clock, 1)  # the first tick's work is done; it waits out the interval
+    now[0] += 30.0
+    clock.advance(30.0)
+    await wait_for_sleepers(clock, 1)  # the first tick was handled; the second waits
+    [state] = system.snapshot()
+    assert state.handled == 1
+    assert state.last_latency_ms == pytest.approx(2.0)
+    await system.stop()
+
+
+async def test_the_trainer_whose_one_message_is_the_run_reports_no_latency(clock: ManualClock) -> None:
+    """Tolaria's trainer showed the whole run's length as its latency; an actor that says so reports none."""
+
+    @final
+    class LongJob(Actor[Tick]):
+        reports_latency = False
+
+        def __init__(self) -> None:
+            super().__init__(inbox=(Tick,))
+
+        async def handle(self, msg: Tick) -> None:
+            return None
+
+    assert TolariaTrainer.reports_latency is False
+    system = ActorSystem(clock=clock, sink=RecordingSink())
+    await system.start(ChildSpec("job", LongJob))
+    ref = system.ref("job", LongJob)
+    await ref.ask(Tick(seq=0), type(None))  # the barrier: handled
+    [state] = system.snapshot()
+    assert (state.handled, state.last_latency_ms) == (1, None)
     await system.stop()
 
 

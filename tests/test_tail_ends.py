@@ -15,7 +15,7 @@ import pytest
 from esper.run_dir import LOCK_NAME, claim_run_dir
 from esper.tail import RUN_GONE, TailOptions, build_parser, main, options_from_args, run_tail
 from esper.tail_follow import LineReader, NotReadableError, read_lines_once
-from esper.tail_liveness import run_gone
+from esper.tail_liveness import run_gone, run_held
 from esper.tail_render import EventFilter, TailSession
 from tests.test_logs_follow import GatedPoll, append, event_line
 
@@ -54,6 +54,56 @@ def test_a_run_is_gone_when_its_lock_is_free_and_alive_while_held_or_never_claim
     assert run_gone(tmp_path)
     (tmp_path / LOCK_NAME).write_text("", encoding="ascii")
     assert run_gone(tmp_path)
+
+
+def test_a_run_directory_is_held_while_its_lock_is_whatever_pid_run_lock_names(tmp_path: Path) -> None:
+    assert not run_held(tmp_path)  # no run.lock: no run has claimed it
+    lock = claim_run_dir(tmp_path, resume=True)
+    try:
+        assert run_held(tmp_path)
+    finally:
+        lock.release()
+    # A notebook's run released the directory and its process (this one, named in run.lock) lives on.
+    assert (tmp_path / LOCK_NAME).read_text(encoding="ascii").strip() == str(os.getpid())
+    assert not run_held(tmp_path)
+
+
+async def test_following_a_finished_run_being_resumed_goes_on_to_the_new_sessions_end(tmp_path: Path) -> None:
+    """The --resume held the directory before its first line, so the log still ended with the first session's
+    run_finished, and --follow exited at once."""
+    append(tmp_path / "events.jsonl", event_line("run_starting") + "\n" + event_line("run_finished") + "\n")
+    lock = claim_run_dir(tmp_path, resume=True)  # the resume, not written anything yet
+    options = options_from_args(build_parser().parse_args([str(tmp_path), "--follow"]), stdout_is_tty=False)
+    out, poll = io.StringIO(), GatedPoll()
+    try:
+        async with asyncio.timeout(2), asyncio.TaskGroup() as group:
+            tail = group.create_task(run_tail(options, TailSession(event_filter=EventFilter()), out, poll=poll))
+            await poll.idle.wait()  # the barrier: it read the old session to its run_finished and kept following
+            append(tmp_path / "events.jsonl", event_line("run_resuming") + "\n")
+            poll.release()
+            await poll.idle.wait()
+            append(tmp_path / "events.jsonl", event_line("run_finished") + "\n")
+            poll.release()
+            await poll.idle.wait()  # the resume's run_finished read while it still holds the directory: on
+            lock.release()
+            poll.release()
+            assert await tail is None
+    finally:
+        lock.release()
+    assert _words(out) == ["run_starting", "run_finished", "run_resuming", "run_finished"]
+
+
+async def test_following_a_finished_run_nobody_holds_ends_at_its_run_finished(tmp_path: Path) -> None:
+    claim_run_dir(tmp_path, resume=True).release()
+    append(tmp_path / "events.jsonl", event_line("run_starting") + "\n" + event_line("run_finished") + "\n")
+    options = options_from_args(build_parser().parse_args([str(tmp_path), "--follow"]), stdout_is_tty=False)
+    out = io.StringIO()
+
+    async def never() -> None:
+        raise AssertionError("a finished run nobody holds was polled for more")
+
+    assert await run_tail(options, TailSession(event_filter=EventFilter()), out, poll=never) is None
+    assert _words(out) == ["run_starting", "run_finished"]
 
 
 async def test_following_a_run_killed_meanwhile_ends_with_one_line(tmp_path: Path) -> None:

@@ -104,7 +104,8 @@ async def test_a_trainer_failing_at_one_step_is_given_up_after_the_third_failure
 async def test_a_user_model_failing_at_one_step_fails_the_run_naming_the_step_and_the_error(tmp_path: Path) -> None:
     """The whole run: exit 1 after the failures in a row weatherlight.restart_max_without_progress allows (here 2) at
     the model's sixth training step, summary.json says why, and the run directory is left as a failed run's: a
-    --resume once the model is mended trains it to the end."""
+    --resume once the model is mended trains it to the end. It failed before its first checkpoint, and the error
+    said "the checkpoints written before it are kept"."""
     tolaria_factories.FailsAtSixthStep.instances = 0
     tolaria_factories.FailsAtSixthStep.broken = True
     run_dir = tmp_path / "run"
@@ -118,10 +119,11 @@ async def test_a_user_model_failing_at_one_step_fails_the_run_naming_the_step_an
         summary = await system.wait()
     assert (summary.status, summary.exit_code) == ("failed", 1)
     assert summary.error is not None
+    assert not list((run_dir / "checkpoints").glob("step-*.pt"))  # it failed before its first checkpoint
     assert re.fullmatch(
         r"RepeatedFailure: training failed 2 times in a row with 5 steps done, never getting further, so it is not "
         r"restarted again: RuntimeError: the user's model broke on its sixth step \(at (.*/)?tests/tolaria_factories"
-        r"\.py:\d+ in forward\); the checkpoints written before it are kept: fix the cause, then --resume .*",
+        r"\.py:\d+ in forward\); no checkpoint was written: fix the cause, then --resume .* to start it again",
         summary.error,
     ), summary.error
     assert tolaria_factories.FailsAtSixthStep.instances >= 2

@@ -174,7 +174,7 @@ class BoundaryJournal:
         # A restart before the first boundary was written cuts a journal whose directory may not exist yet.
         self._path.parent.mkdir(parents=True, exist_ok=True)
         counts = [0, 0]  # kept, dropped: line by line, so a long journal is never held whole
-        atomic_write_chunks(self._path, _kept_lines(self._path, step, counts))
+        atomic_write_chunks(self._path, _kept_lines(self._path, step, counts), shared=True)
         self._count = counts[0]
         return counts[1]
 

@@ -8,6 +8,7 @@ second header. Values: integers as written, floats by repr (round-trips exactly)
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from typing import TYPE_CHECKING, final
@@ -190,7 +191,7 @@ class MetricsCsvWriter:
         if len(kept) < len(lines):
             await self._file.close()
             self._file = None
-            await anyio.to_thread.run_sync(atomic_write_text, self._path, "".join(kept))
+            await anyio.to_thread.run_sync(functools.partial(atomic_write_text, shared=True), self._path, "".join(kept))
             self._file = await aiofiles.open(self._path, "a", encoding="utf-8", newline="")
             self.rows_written = len(kept) - 1
         last = next(csv.reader(io.StringIO(kept[-1]))) if len(kept) > 1 else None

@@ -217,7 +217,8 @@ class MetricsRegistry:
         if name not in self._kinds:
             known = KNOWN_METRICS.get(name)
             self._kinds[name] = known[0] if known else kind
-            self._help[name] = help or (known[1] if known else "")
+            # The registry's text first: a caller's is generic ("Reported by tolaria.") and hid it from the scrape.
+            self._help[name] = (known[1] if known else "") or help
 
 
 @final

@@ -132,7 +132,7 @@ class TamiyoStateJournal:
     def _compact(self) -> int:
         entries, _ = read_entries(self._path)
         kept = entries[-self._keep :]
-        atomic_write_bytes(self._path, b"".join(_line(entry) for entry in kept))
+        atomic_write_bytes(self._path, b"".join(_line(entry) for entry in kept), shared=True)
         return len(kept)
 
 

@@ -54,7 +54,7 @@ def write_stop_state(path: Path, state: TamiyoState) -> None:
     Raises:
         OSError: the directory is not writable or the disk is full; the file is then unchanged.
     """
-    atomic_write_bytes(path, encode_stop_state(state))
+    atomic_write_bytes(path, encode_stop_state(state), shared=True)
 
 
 def read_stop_state(path: Path) -> TamiyoState | None:

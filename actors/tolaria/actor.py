@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, assert_never, final
+from typing import TYPE_CHECKING, ClassVar, TypeVar, assert_never, final
 
 import structlog
 
@@ -290,6 +290,9 @@ class TolariaTrainer(Actor[StartTraining]):
     ``max_without_progress``-th failure in a row that got no further than the step of the failures before it fails
     with RepeatedFailure instead, which no supervisor restarts: the run ends.
     """
+
+    # Its one message is the whole training run: a "latency" of 30000 ms read as a stall.
+    reports_latency: ClassVar[bool] = False
 
     def __init__(
         self,

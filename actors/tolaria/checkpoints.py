@@ -327,7 +327,7 @@ class CheckpointWriter:
             except CheckpointError:
                 self._entries = []
         name = f"step-{step}.pt"
-        atomic_write_bytes(directory / name, data)
+        atomic_write_bytes(directory / name, data, shared=True)
         info = CheckpointInfo(
             file=name,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -347,7 +347,9 @@ class CheckpointWriter:
         if self._run_keys is not None:
             manifest["run_keys"] = self._run_keys
         # msgspec, not json.dumps: with an indent the standard library encodes in pure Python, on the writer thread.
-        atomic_write_bytes(directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=1))
+        atomic_write_bytes(
+            directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=1), shared=True
+        )
         self._entries = entries
         listed = {e.file for e in entries}
         # The dropped ones, and any a kill -9 left between an earlier manifest and its deletions (kept for good:

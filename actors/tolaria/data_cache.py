@@ -94,7 +94,7 @@ class NpzArrayCache:
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue(), shared=True)
         except OSError as err:
             if str(path) in _WARNED_UNWRITABLE:
                 _log.info("data_cache_unwritable", file=str(path), error=str(err))

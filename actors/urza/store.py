@@ -56,6 +56,7 @@ from actors.urza.records import (
     is_sha,
 )
 from actors.urza.rows import blob_problem, row_mismatch
+from esper.runtime.atomic_write import shared_file_mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -235,6 +236,9 @@ class UrzaStore:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
+                # mkstemp makes it 0600; a shared root is read by other users' runs, so the umask decides, as for
+                # the catalogue and the lock file.
+                os.fchmod(handle.fileno(), shared_file_mode())
                 handle.write(blob)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Generic, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, TypeVarTuple
 
 import msgspec
 import structlog
@@ -44,8 +44,12 @@ class Actor(Generic[M_contra]):
           supervisor closes the mailbox for good (a restart keeps them queued for the next incarnation).
 
     handled and failed count every incarnation of the actor in the run (the supervisor carries them over a restart,
-    as it counts the restarts); the last latency is this incarnation's.
+    as it counts the restarts); the last latency is this incarnation's, the handler's own work: the time it waited in
+    ``until_stopping`` (a timer, a bus) is not counted. An actor whose one message is a job that lasts the run sets
+    ``reports_latency`` False: its state then says None rather than the run's length, which reads as a stall.
     """
+
+    reports_latency: ClassVar[bool] = True
 
     def __init__(self, *, inbox: tuple[type[M_contra], ...], capacity: int = DEFAULT_CAPACITY) -> None:
         """Args:
@@ -67,6 +71,7 @@ class Actor(Generic[M_contra]):
         self._handled = 0
         self._failed = 0
         self._last_latency_s: float | None = None
+        self._waited_s = 0.0  # in until_stopping, during the message being handled
         self._stop_requested = False
         self._stopping = asyncio.Event()
 
@@ -152,14 +157,18 @@ class Actor(Generic[M_contra]):
         if self._stop_requested:
             return None
         failure: list[Exception] = []
-        async with asyncio.TaskGroup() as tg:
-            work = tg.create_task(_call(fn, failure, *args))
-            stop = tg.create_task(self._stopping.wait())
-            await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
-                stop.cancel()
-            else:
-                work.cancel()
+        waiting_since = time.perf_counter()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                work = tg.create_task(_call(fn, failure, *args))
+                stop = tg.create_task(self._stopping.wait())
+                await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+                if work.done():
+                    stop.cancel()
+                else:
+                    work.cancel()
+        finally:
+            self._waited_s += time.perf_counter() - waiting_since
         if failure:
             raise failure[0]
         return None if work.cancelled() else work.result()
@@ -250,6 +259,7 @@ class Actor(Generic[M_contra]):
                 if mailbox._putters:
                     mailbox._wake_putter()
                 started_s = perf_counter()
+                self._waited_s = 0.0
                 if reply is None:
                     try:
                         await handle(msg)
@@ -278,7 +288,8 @@ class Actor(Generic[M_contra]):
                         else:
                             reply.set_result(result)
                     reply = None
-                self._last_latency_s = perf_counter() - started_s
+                if self.reports_latency:
+                    self._last_latency_s = max(0.0, perf_counter() - started_s - self._waited_s)
                 self._handled += 1
         except Exception as err:
             self._failed += 1

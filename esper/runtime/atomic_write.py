@@ -10,19 +10,54 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+_PROC_STATUS = Path("/proc/self/status")
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+
+def _umask_at_import() -> int:
+    # os.umask can only be read by setting it, which races any thread creating a file meanwhile; at import (before
+    # the run starts its threads) the window is harmless, and this is only the fallback where /proc is missing.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _umask_at_import()
+
+
+def current_umask(status: Path = _PROC_STATUS) -> int:
+    """The process's umask, read without changing it: the ``Umask:`` line of ``/proc/self/status`` (Linux 4.7+), or
+    the umask this module saw at import where that file or line is missing."""
+    try:
+        with status.open(encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split(":", 1)[1].strip(), 8) & 0o777
+    except (OSError, ValueError):
+        pass
+    return _IMPORT_UMASK
+
+
+def shared_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would create a file with: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
     """Replace ``path`` with ``data`` so that a crash at any point leaves either the old file or the new one.
+
+    The file is readable by its owner only (mode 0600, as the temp file is made) unless ``shared``: then it gets the
+    mode the umask gives any new file (0644 under umask 022), for outputs others may read (a shared ``urza.root``,
+    a run directory a team reads); keys and files that may hold a password stay private.
 
     Blocking (disk I/O and fsync): call it from a lane or a worker thread, or at start-up before the loop is busy.
 
     Raises:
         OSError: the directory is not writable or the disk is full; ``path`` is then unchanged.
     """
-    atomic_write_chunks(path, (data,))
+    atomic_write_chunks(path, (data,), shared=shared)
 
 
-def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = False) -> None:
     """atomic_write_bytes for contents made as they are written (a file too large to hold in memory at once).
 
     Raises:
@@ -32,6 +67,8 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as tmp:
+            if shared:
+                os.fchmod(tmp.fileno(), shared_file_mode())
             for chunk in chunks:
                 tmp.write(chunk)
             tmp.flush()
@@ -48,6 +85,6 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, shared: bool = False) -> None:
     """atomic_write_bytes for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), shared=shared)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 from esper.runtime.bus import ALL_TOPICS
-from esper.runtime.bus_redis import DEFAULT_MAX_PAYLOAD_BYTES, RedisBus
+from esper.runtime.bus_redis import DEFAULT_MAX_PAYLOAD_BYTES, RedisBus, redacted
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -21,6 +22,24 @@ DEFAULT_TIMEOUT_S = 1.0
 The client's own default, 5 s, held the publisher that long per event on a hung server (stopped, accepting but never
 answering), so events piled up in its mailbox; every script answers in well under a millisecond when the server is
 well. A ``socket_timeout`` (and ``socket_connect_timeout``) in the URL's query wins."""
+
+
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+"""The URL schemes the Redis client accepts."""
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why the Redis client would refuse ``url`` before connecting (its scheme, a port that is not a number), said
+    with any password masked; None if it would try it. Checked with the config, before the run directory is made."""
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.lower() not in REDIS_SCHEMES:
+        return f"expected a redis://, rediss:// or unix:// URL, got {redacted(url)!r}"
+    if scheme.lower() != "unix":
+        try:
+            urlsplit(url).port  # noqa: B018  # reading it is the check: it raises for a port that is no number
+        except ValueError:
+            return f"expected a port number from 0 to 65535 in {redacted(url)!r}"
+    return None
 
 
 @contextlib.asynccontextmanager
