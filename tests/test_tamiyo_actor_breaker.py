@@ -256,3 +256,46 @@ async def test_the_policys_input_coverage_reaches_the_wire_and_low_coverage_is_a
         (TelemetryLevel.WARNING, 8),
         (TelemetryLevel.CRITICAL, 12),
     ]
+
+
+class HungThenRestartingPolicy:
+    """A worker found hung (its decisions fail: killed), then restarting for ``restarting`` calls, then deciding."""
+
+    version = "hung-1"
+
+    def __init__(self, failing: int, restarting: int) -> None:
+        self.failing = failing
+        self.restarting = restarting
+        self.calls = 0
+
+    def decide(self, observation: Observation) -> Decision:
+        self.calls += 1
+        if self.calls <= self.failing:
+            raise RuntimeError("tamiyo gnn worker: no answer within 0.5 s; killed, to be restarted")
+        if self.calls <= self.failing + self.restarting:
+            raise PolicyRestarting("tamiyo gnn worker died (restart 1 of 3 not ready yet)")
+        return Decision(reason="ready")
+
+
+async def test_a_half_open_probe_that_meets_a_restarting_worker_leaves_no_probe_in_flight(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The probe that met a restarting worker recorded nothing, so the breaker held it in flight, refused every later
+    decision and reopened 5 s later (probe_deadline_exceeded) for another 30 s although the worker was ready by then.
+    The slot is now given back: the next decision probes again and, once the worker is ready, closes the breaker."""
+    stub = HungThenRestartingPolicy(failing=3, restarting=2)
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        for step in (1, 2, 3):
+            await h.decide(packet(step, 0))
+        assert (await h.stats()).inference_breaker is BreakerState.OPEN
+        h.clock.advance(30.0)
+        restarting = [await h.decide(packet(step, 0)) for step in (4, 5)]
+        assert stub.calls == 5  # each one probed the worker: none was refused as a probe still in flight
+        h.clock.advance(10.0)  # past the probe deadline: nothing is left to expire
+        probes = [await h.decide(packet(step, 0)) for step in (6, 7)]
+        stats = await h.stats()
+    assert [d.fallback_reason for d in restarting] == ["policy_restarting"] * 2
+    assert [d.policy for d in probes] == ["gnn", "gnn"]
+    assert stats.inference_breaker is BreakerState.CLOSED
+    assert stats.breaker_opened == 1
+    assert "probe_deadline_exceeded" not in [t.reason for t in sink.of_type(BreakerTransition)]

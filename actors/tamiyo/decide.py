@@ -82,6 +82,9 @@ class Decider:
             return choice
         result = job.result()
         if isinstance(result, PolicyRestarting):
+            # Not the policy's outcome: a half-open probe left in flight failed the breaker again after its 5 s
+            # deadline, so the slot is given back and the next decision probes the (then perhaps ready) worker.
+            self._c.breaker.release_probe()
             self._c.worker_restarting = True
             return self.fall_back(observation, "policy_restarting", packet)
         if isinstance(result, Exception):
