@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import structlog.testing
 
-from actors.tamiyo.gnn_state import PolicyRestarting
+from actors.tamiyo.gnn_state import PolicyRestarting, PolicyWorker
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import BlueprintCandidate, Decision
 from actors.tamiyo.state_journal import read_entries
+from esper.summary_table import growth_lines
+from esper.wiring import RunTally
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
@@ -299,3 +302,39 @@ async def test_a_half_open_probe_that_meets_a_restarting_worker_leaves_no_probe_
     assert stats.inference_breaker is BreakerState.CLOSED
     assert stats.breaker_opened == 1
     assert "probe_deadline_exceeded" not in [t.reason for t in sink.of_type(BreakerTransition)]
+
+
+class HangingWorker(PolicyWorker):
+    """A worker policy whose first decision finds its worker hung (killed: a failed, late inference)."""
+
+    version = "hanging-1"
+
+    def decide(self, observation: Observation) -> Decision:
+        if not self.hangs:
+            self.hangs += 1
+            raise RuntimeError("tamiyo gnn worker: no answer within 0.5 s; killed, to be restarted")
+        return Decision(reason="ready")
+
+    def close(self) -> None:
+        pass
+
+    def abort_start(self) -> None:
+        pass
+
+
+async def test_a_hung_worker_is_reported_as_an_event_the_summary_counts(tmp_path: Path, sink: RecordingSink) -> None:
+    """The hang showed only in the log: the summary blamed the fallback decisions on overruns and the open breaker,
+    never on the worker that caused them."""
+    tally = RunTally()
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=HangingWorker()) as h:
+        await h.decide(packet(1, 0))
+        await h.decide(packet(2, 0))
+    [hung] = [e for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_gnn_worker_hung"]
+    assert hung.level is TelemetryLevel.WARNING
+    assert hung.attributes["hangs"] == 1
+    tally.emit(hung)
+    growth = tally.figures(seed_parameters=0)
+    assert growth.worker_hangs == 1
+    [note] = [line for line in growth_lines(msgspec.structs.replace(growth, fallback_decisions=1)) if "note:" in line]
+    assert "; the GNN worker hung 1 time and was restarted)" in note
+    assert note.endswith("tamiyo_gnn_worker_hung)")

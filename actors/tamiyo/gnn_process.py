@@ -161,6 +161,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._restarted_at = 0.0
         self._requests = 0
         self.restarts = 0
+        self.hangs = 0
 
     @property
     def version(self) -> str:
@@ -215,6 +216,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             if self.restarts and not self._ready and time.monotonic() - self._restarted_at > _RESTART_READY_S:
                 self._process.kill()  # hung in its start-up: another is started at once
                 self._process.wait(_CLOSE_TIMEOUT_S)
+                self.hangs += 1
                 _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_RESTART_READY_S, starting=True)
                 self._restart_found_dead()
                 raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
@@ -352,6 +354,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         if not ready:
             self._process.kill()  # decide starts another at once
             self._process.wait(_CLOSE_TIMEOUT_S)
+            self.hangs += 1
             _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: no answer within {self._silence_s} s; killed, to be restarted")
         return self._receive(request.request)
@@ -369,6 +372,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         except TimeoutError as err:
             self._process.kill()  # decide starts another at once
             self._process.wait(_CLOSE_TIMEOUT_S)
+            self.hangs += 1
             _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: stopped in the middle of an answer ({err}); killed") from err
         except (EOFError, OSError) as err:
