@@ -112,13 +112,16 @@ async def test_a_resume_with_other_weights_is_a_one_line_config_error(tmp_path: 
         other_config = TamiyoConfig(policy="gnn", gnn_checkpoint=str(other), policy_process="thread")
         make = _gnn_factory(other_config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
         with pytest.raises(ConfigError) as info:
-            _check_same_weights(other_config, resumed.weights_sha256, make)
+            _check_same_weights(other_config, resumed, make)
         same = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
-        _check_same_weights(config, resumed.weights_sha256, same)  # the same file: no complaint
+        _check_same_weights(config, resumed, same)  # the same file: no complaint
     text = str(info.value)
     assert text.startswith(f"tamiyo.gnn_checkpoint = {str(other)!r}: these are not the weights the run being resumed")
     assert text.endswith("give the tamiyo.gnn_checkpoint its config.toml names")
-    assert resumed.weights_sha256[:12] in text
+    # The weights as the user knows them: the files' SHA-256 prefixes (the log, the policy version, sha256sum).
+    given, run = (hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in (other, first))
+    assert f"(given the file with SHA-256 {given}..., the run's the file with SHA-256 {run}...;" in text
+    assert f"tensor digests {make.weights_digest[:12]} and {resumed.weights_sha256[:12]})" in text
     assert "\n" not in text
 
 
