@@ -149,7 +149,13 @@ def _timing_note(growth: GrowthFigures) -> list[str]:
         reasons = sorted(growth.fallback_reasons.items(), key=lambda rn: (-rn[1], rn[0])) or [("unrecorded", n)]
         causes = [_FALLBACK_CAUSES.get(reason, (reason.replace("_", " "), "fallback_applied")) for reason, _ in reasons]
         said = ", ".join(f"{count} {cause}" for (_, count), (cause, _) in zip(reasons, causes, strict=True))
-        where = ", ".join(dict.fromkeys(["fallback_applied", *(event for _, event in causes)]))
+        events = ["fallback_applied", *(event for _, event in causes)]
+        if growth.worker_hangs:
+            # The overruns, busy packets and open breaker a hung worker causes name nothing of the hang itself.
+            h = growth.worker_hangs
+            said += f"; the GNN worker hung {h} time{'s' if h > 1 else ''} and was restarted"
+            events.append("tamiyo_gnn_worker_hung")
+        where = ", ".join(dict.fromkeys(events))
         notes.append(
             f"note: the fallback decided {n} time{'s' if n > 1 else ''} ({said}); a rerun of the same config may then"
             f" differ (events.jsonl: {where})"

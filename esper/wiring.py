@@ -248,6 +248,8 @@ class RunTally:
     slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
     # What a resumed run's earlier sessions' files could not tell (a phrase each), for the summary to say.
     earlier_incomplete: list[str] = field(default_factory=list)
+    # GNN workers killed because they stopped answering (the actor's tamiyo_gnn_worker_hung events).
+    worker_hangs: int = 0
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -269,6 +271,8 @@ class RunTally:
                     self.epoch_val_accuracy.pop(epoch, None)
             case EmergencySignal():
                 self.emergencies.add_signal(event)  # a resume's re-announcement of its level is no emergency
+            case TelemetryEvent(name="tamiyo_gnn_worker_hung"):
+                self.worker_hangs += 1
             case _:
                 pass
 
@@ -372,6 +376,7 @@ class RunTally:
             decision_p95_ms=nearest_rank(latencies, 0.95),
             fallback_decisions=sum(d.fallback for d in self.decisions),
             fallback_reasons=fallback_reasons,
+            worker_hangs=self.worker_hangs,
             emergency_events=self.emergencies.count,
             earlier_incomplete=list(self.earlier_incomplete),
         )

@@ -79,6 +79,7 @@ class GrowthFigures(Record, frozen=True):
     fallback_decisions: int = 0
     emergency_events: int = 0
     fallback_reasons: dict[str, int] = field(default_factory=dict)
+    worker_hangs: int = 0  # GNN worker processes killed because they stopped answering (tamiyo_gnn_worker_hung)
     earlier_incomplete: list[str] = field(default_factory=list)
 
 

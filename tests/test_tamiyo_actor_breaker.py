@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import structlog.testing
 
-from actors.tamiyo.gnn_state import PolicyRestarting
+from actors.tamiyo.gnn_state import PolicyRestarting, PolicyWorker
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import BlueprintCandidate, Decision
 from actors.tamiyo.state_journal import read_entries
+from esper.summary_table import growth_lines
+from esper.wiring import RunTally
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
@@ -256,3 +259,82 @@ async def test_the_policys_input_coverage_reaches_the_wire_and_low_coverage_is_a
         (TelemetryLevel.WARNING, 8),
         (TelemetryLevel.CRITICAL, 12),
     ]
+
+
+class HungThenRestartingPolicy:
+    """A worker found hung (its decisions fail: killed), then restarting for ``restarting`` calls, then deciding."""
+
+    version = "hung-1"
+
+    def __init__(self, failing: int, restarting: int) -> None:
+        self.failing = failing
+        self.restarting = restarting
+        self.calls = 0
+
+    def decide(self, observation: Observation) -> Decision:
+        self.calls += 1
+        if self.calls <= self.failing:
+            raise RuntimeError("tamiyo gnn worker: no answer within 0.5 s; killed, to be restarted")
+        if self.calls <= self.failing + self.restarting:
+            raise PolicyRestarting("tamiyo gnn worker died (restart 1 of 3 not ready yet)")
+        return Decision(reason="ready")
+
+
+async def test_a_half_open_probe_that_meets_a_restarting_worker_leaves_no_probe_in_flight(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The probe that met a restarting worker recorded nothing, so the breaker held it in flight, refused every later
+    decision and reopened 5 s later (probe_deadline_exceeded) for another 30 s although the worker was ready by then.
+    The slot is now given back: the next decision probes again and, once the worker is ready, closes the breaker."""
+    stub = HungThenRestartingPolicy(failing=3, restarting=2)
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        for step in (1, 2, 3):
+            await h.decide(packet(step, 0))
+        assert (await h.stats()).inference_breaker is BreakerState.OPEN
+        h.clock.advance(30.0)
+        restarting = [await h.decide(packet(step, 0)) for step in (4, 5)]
+        assert stub.calls == 5  # each one probed the worker: none was refused as a probe still in flight
+        h.clock.advance(10.0)  # past the probe deadline: nothing is left to expire
+        probes = [await h.decide(packet(step, 0)) for step in (6, 7)]
+        stats = await h.stats()
+    assert [d.fallback_reason for d in restarting] == ["policy_restarting"] * 2
+    assert [d.policy for d in probes] == ["gnn", "gnn"]
+    assert stats.inference_breaker is BreakerState.CLOSED
+    assert stats.breaker_opened == 1
+    assert "probe_deadline_exceeded" not in [t.reason for t in sink.of_type(BreakerTransition)]
+
+
+class HangingWorker(PolicyWorker):
+    """A worker policy whose first decision finds its worker hung (killed: a failed, late inference)."""
+
+    version = "hanging-1"
+
+    def decide(self, observation: Observation) -> Decision:
+        if not self.hangs:
+            self.hangs += 1
+            raise RuntimeError("tamiyo gnn worker: no answer within 0.5 s; killed, to be restarted")
+        return Decision(reason="ready")
+
+    def close(self) -> None:
+        pass
+
+    def abort_start(self) -> None:
+        pass
+
+
+async def test_a_hung_worker_is_reported_as_an_event_the_summary_counts(tmp_path: Path, sink: RecordingSink) -> None:
+    """The hang showed only in the log: the summary blamed the fallback decisions on overruns and the open breaker,
+    never on the worker that caused them."""
+    tally = RunTally()
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=HangingWorker()) as h:
+        await h.decide(packet(1, 0))
+        await h.decide(packet(2, 0))
+    [hung] = [e for e in sink.of_type(TelemetryEvent) if e.name == "tamiyo_gnn_worker_hung"]
+    assert hung.level is TelemetryLevel.WARNING
+    assert hung.attributes["hangs"] == 1
+    tally.emit(hung)
+    growth = tally.figures(seed_parameters=0)
+    assert growth.worker_hangs == 1
+    [note] = [line for line in growth_lines(msgspec.structs.replace(growth, fallback_decisions=1)) if "note:" in line]
+    assert "; the GNN worker hung 1 time and was restarted)" in note
+    assert note.endswith("tamiyo_gnn_worker_hung)")

@@ -175,6 +175,38 @@ async def test_a_resume_cuts_the_reports_written_after_its_controller_state(tmp_
     assert (await read_field_reports(path)).reports == ()
 
 
+async def test_a_damaged_record_before_the_checkpoint_still_counts_in_the_resumes_cut(tmp_path: Path) -> None:
+    """The cut counted good records only: a damaged one before the checkpoint moved it one record later, so the
+    record written after the checkpoint stayed and the resumed controller wrote it again (a duplicate), unwarned."""
+    path = tmp_path / WAL_FILENAME
+    reports = [report(i) for i in range(4)]
+    await write(path, reports)
+    data = bytearray(path.read_bytes())
+    data[len(encode_frame(reports[0])) // 2] ^= 0xFF  # inside the first record's payload: its header still holds
+    path.write_bytes(bytes(data))
+    with structlog.testing.capture_logs() as logs:
+        wal = FieldReportWal(path, fsync=False, keep=3)
+        await wal.open()
+    await wal.append(report(3))  # written again by the resumed controller
+    await wal.close()
+    scan = await read_field_reports(path)
+    assert scan.reports == (report(1), report(2), report(3))
+    assert scan.corrupt == 1
+    assert [e["event"] for e in logs] == ["field_reports_cut"]  # the cut is exact: no warning
+    # A damaged header: how many records the stretch held is unknown, and the resume says its cut may be off.
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with structlog.testing.capture_logs() as logs:
+        wal = FieldReportWal(path, fsync=False, keep=3)
+        await wal.open()
+    await wal.close()
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("field_reports_cut_inexact", "warning"),
+        ("field_reports_cut", "info"),
+    ]
+
+
 async def test_appends_after_a_corrupt_tail_frame_stay_readable(tmp_path: Path) -> None:
     path = tmp_path / WAL_FILENAME
     await write(path, [report(0), report(1)])

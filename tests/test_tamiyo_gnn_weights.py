@@ -6,6 +6,7 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from actors.tamiyo.gnn_policy import GnnPolicy, weights_sha256
@@ -111,11 +112,33 @@ async def test_a_resume_with_other_weights_is_a_one_line_config_error(tmp_path: 
         other_config = TamiyoConfig(policy="gnn", gnn_checkpoint=str(other), policy_process="thread")
         make = _gnn_factory(other_config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
         with pytest.raises(ConfigError) as info:
-            _check_same_weights(other_config, resumed.weights_sha256, make)
+            _check_same_weights(other_config, resumed, make)
         same = _gnn_factory(config, GnnSettings(model_config=SMALL), BLUEPRINTS, lane)
-        _check_same_weights(config, resumed.weights_sha256, same)  # the same file: no complaint
+        _check_same_weights(config, resumed, same)  # the same file: no complaint
     text = str(info.value)
     assert text.startswith(f"tamiyo.gnn_checkpoint = {str(other)!r}: these are not the weights the run being resumed")
     assert text.endswith("give the tamiyo.gnn_checkpoint its config.toml names")
-    assert resumed.weights_sha256[:12] in text
+    # The weights as the user knows them: the files' SHA-256 prefixes (the log, the policy version, sha256sum).
+    given, run = (hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in (other, first))
+    assert f"(given the file with SHA-256 {given}..., the run's the file with SHA-256 {run}...;" in text
+    assert f"tensor digests {make.weights_digest[:12]} and {resumed.weights_sha256[:12]})" in text
     assert "\n" not in text
+
+
+def test_integer_weights_are_refused_not_truncated(tmp_path: Path) -> None:
+    """An integer-typed tensor was cast into the network: the policy decided on weights truncated to whole numbers."""
+    model = build_tamiyo_gnn(SMALL, seed=2)
+    weights = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = (weights[name] * 10).to(torch.int32)
+    path = tmp_path / "int.safetensors"
+    save_file(weights, str(path))
+    with pytest.raises(ConfigError) as info:
+        load_gnn_weights(str(path), SMALL)
+    assert str(info.value) == (
+        f"tamiyo.gnn_checkpoint = {str(path)!r}: tensor {name} is torch.int32, the network's is torch.float32 (not"
+        " cast)"
+    )
+    half = tmp_path / "half.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, str(half))
+    load_gnn_weights(str(half), SMALL)  # another floating dtype is the network's kind: cast as before

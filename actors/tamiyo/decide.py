@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
-from actors.tamiyo.gnn_state import PolicyRestarting
+from actors.tamiyo.gnn_state import PolicyRestarting, PolicyWorker
 from actors.tamiyo.observe import candidate, implicated_seed
 from actors.tamiyo.outcomes import OutcomeWindow
 from actors.tamiyo.policy import NO_OP, build_command
@@ -55,13 +55,25 @@ class Decider:
 
     async def run_policy(self, observation: Observation) -> PolicyDecision | Exception:
         self._c.begin_inference()
+        policy = self._c.policy
+        hangs = policy.hangs if isinstance(policy, PolicyWorker) else 0
         try:
-            return await self._c.lane.run(self._c.policy.decide, observation)
+            return await self._c.lane.run(policy.decide, observation)
         except (ValueError, RuntimeError, KeyError, IndexError, ArithmeticError) as err:  # FloatingPointError too
             # A policy that raises is a failed inference: counted against the breaker, the fallback decides.
             return err
         finally:
             self._c.inflight = False
+            if isinstance(policy, PolicyWorker) and policy.hangs > hangs:
+                # Found by a job long past its deadline, whose error nobody reads: said here, so the summary can name
+                # the hang behind the overruns and the open breaker that made the fallback decide.
+                self._c.emit(
+                    "tamiyo_gnn_worker_hung",
+                    TelemetryLevel.WARNING,
+                    f"the GNN worker stopped answering and was killed; another is started ({policy.hangs} so far)",
+                    observation.packet,
+                    hangs=policy.hangs,
+                )
 
     async def await_policy(
         self,
@@ -82,6 +94,9 @@ class Decider:
             return choice
         result = job.result()
         if isinstance(result, PolicyRestarting):
+            # Not the policy's outcome: a half-open probe left in flight failed the breaker again after its 5 s
+            # deadline, so the slot is given back and the next decision probes the (then perhaps ready) worker.
+            self._c.breaker.release_probe()
             self._c.worker_restarting = True
             return self.fall_back(observation, "policy_restarting", packet)
         if isinstance(result, Exception):

@@ -66,6 +66,10 @@ class WalScan(Record, frozen=True):
         good_end: offset just past the last good frame; a torn tail starts there.
         size_bytes: the file size scanned.
         ends: the offset just past each good frame, in the order of ``reports``.
+        frame_ends: the offset just past each frame, damaged ones included (a damaged stretch counts as one frame),
+            in file order: a resume's cut counts these, so a damaged record before its checkpoint still counts.
+        exact: False when a damaged stretch may hold more than one frame (its magic or length was hit), so
+            ``frame_ends`` may count fewer frames than were written.
     """
 
     reports: tuple[FieldReport, ...]
@@ -74,6 +78,8 @@ class WalScan(Record, frozen=True):
     good_end: int
     size_bytes: int
     ends: tuple[int, ...] = ()
+    frame_ends: tuple[int, ...] = ()
+    exact: bool = True
 
 
 def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
@@ -99,6 +105,8 @@ def scan_frames(data: bytes) -> WalScan:
     """Read every good record out of a WAL's bytes, skipping damage by the rule in the module docstring. Pure."""
     reports: list[FieldReport] = []
     ends: list[int] = []
+    frame_ends: list[int] = []
+    exact = True
     corrupt = 0
     torn = 0
     offset = 0
@@ -108,6 +116,7 @@ def scan_frames(data: bytes) -> WalScan:
         if report is not None:
             reports.append(report)
             ends.append(end)
+            frame_ends.append(end)
             offset = good_end = end
             continue
         # Damage at ``offset``: look for the next frame that checks out. If there is none, what is left is a torn
@@ -118,11 +127,23 @@ def scan_frames(data: bytes) -> WalScan:
                 torn = 1
             else:
                 corrupt += 1
+                frame_ends.append(len(data))
+                exact = exact and end == len(data) and end > offset
             break
         corrupt += 1
+        frame_ends.append(resume)
+        # One frame exactly when its header held (a bad checksum or payload) and the next good frame follows it.
+        exact = exact and end == resume and end > offset
         offset = resume
     return WalScan(
-        reports=tuple(reports), corrupt=corrupt, torn=torn, good_end=good_end, size_bytes=len(data), ends=tuple(ends)
+        reports=tuple(reports),
+        corrupt=corrupt,
+        torn=torn,
+        good_end=good_end,
+        size_bytes=len(data),
+        ends=tuple(ends),
+        frame_ends=tuple(frame_ends),
+        exact=exact,
     )
 
 
@@ -201,22 +222,33 @@ class FieldReportWal:
             raise RuntimeError(f"field-report WAL {self._path} is already open")
         scan = await read_field_reports(self._path)
         keep = self._keep
-        if keep is not None and len(scan.ends) > keep:
-            end = scan.ends[keep - 1] if keep > 0 else 0
+        # The state counted every report written, so damaged frames count too: over good ones only, a damaged record
+        # before the checkpoint moved the cut one record later, and the resumed controller duplicated that one.
+        frames = scan.frame_ends
+        if keep is not None and not scan.exact:
+            _log.warning(
+                "field_reports_cut_inexact",
+                file=str(self._path),
+                keep=keep,
+                detail="a damaged stretch of the file may hold more than one record: the cut after the checkpoint's "
+                f"{keep} records may keep one written after it (readers deduplicate by report_id)",
+            )
+        if keep is not None and len(frames) > keep:
+            end = frames[keep - 1] if keep > 0 else 0
             await asyncio.to_thread(os.truncate, self._path, end)
-            _log.info("field_reports_cut", file=str(self._path), kept=keep, cut=len(scan.ends) - keep)
+            _log.info("field_reports_cut", file=str(self._path), kept=keep, cut=len(frames) - keep)
         elif scan.torn:
             # Drop the partial frame so the next good frame follows the last good one directly.
             await asyncio.to_thread(os.truncate, self._path, scan.good_end)
-        if keep is not None and len(scan.reports) < keep:
+        if keep is not None and len(frames) < keep:
             # Emptied, cut or replaced since the state was saved: those reports are gone for good, and the file
             # alone no longer says so (a damaged frame is counted, a missing one is not).
             _log.warning(
                 "field_reports_missing",
                 file=str(self._path),
                 expected=keep,
-                found=len(scan.reports),
-                detail=f"the controller state had written {keep} field reports; the file holds {len(scan.reports)}",
+                found=len(frames),
+                detail=f"the controller state had written {keep} field reports; the file holds {len(frames)}",
             )
         self._recovered = scan
         self._file = await aiofiles.open(self._path, "ab")

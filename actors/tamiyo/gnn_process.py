@@ -49,7 +49,7 @@ _READY_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
 _MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left dead: the fallback decides
 # A restarted worker imports torch and builds its network (seconds); one not ready after this is hung in its start-up
-# and is killed, so the next decide starts another (the fallback decides meanwhile, and says so).
+# and is killed, so another is started at once (the fallback decides meanwhile, and says so).
 _RESTART_READY_S = 60.0
 _WORKER = "actors.tamiyo.gnn_worker"
 _log = structlog.get_logger("actors.tamiyo")
@@ -161,6 +161,7 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._restarted_at = 0.0
         self._requests = 0
         self.restarts = 0
+        self.hangs = 0
 
     @property
     def version(self) -> str:
@@ -213,12 +214,18 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         with self._lock:
             self._restart_if_dead()
             if self.restarts and not self._ready and time.monotonic() - self._restarted_at > _RESTART_READY_S:
-                self._process.kill()  # hung in its start-up: the next decide finds it dead and starts another
+                self._process.kill()  # hung in its start-up: another is started at once
                 self._process.wait(_CLOSE_TIMEOUT_S)
+                self.hangs += 1
                 _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=_RESTART_READY_S, starting=True)
+                self._restart_found_dead()
                 raise PolicyRestarting(f"tamiyo gnn worker not ready {_RESTART_READY_S:.0f} s after a restart; killed")
             self._await_ready(0.0 if self.restarts else None)
-            answer = self._call(Decide(observation=observation, state=self._pending))
+            try:
+                answer = self._call(Decide(observation=observation, state=self._pending))
+            except RuntimeError:
+                self._restart_found_dead()
+                raise
             # Not asserts: an AssertionError crashed the actor (and restarted the trainer with it), and under
             # ``python -O`` the decide returned None.
             if answer.decision is None or not answer.state:
@@ -262,6 +269,15 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
                 sender.join(_CLOSE_TIMEOUT_S)
             self._to_worker.close()
             self._from_worker.close()
+
+    def _restart_found_dead(self) -> None:
+        """Start the next worker now that this decision found its worker dead or killed it as hung: waiting for the
+        next decide left it dead while the inference breaker was open (30 s), and that decide, a half-open probe, then
+        paid for the start. The failed decision is late already; one past the restart limit stays dead."""
+        try:
+            self._restart_if_dead()
+        except RuntimeError:
+            pass  # the next decide raises it again
 
     def _restart_if_dead(self) -> None:
         if self._closed or self._process.poll() is None:
@@ -336,8 +352,9 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
             raise RuntimeError(f"tamiyo gnn worker: cannot send ({err}); exit code {self._process.poll()}") from err
         ready, _, _ = select.select([self._from_worker], [], [], self._silence_s)
         if not ready:
-            self._process.kill()  # the next decide finds it dead and starts another
+            self._process.kill()  # decide starts another at once
             self._process.wait(_CLOSE_TIMEOUT_S)
+            self.hangs += 1
             _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: no answer within {self._silence_s} s; killed, to be restarted")
         return self._receive(request.request)
@@ -348,13 +365,14 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         Raises:
             RuntimeError: the worker died, stalled mid-answer, reported a failure, or answered another request (a
                 frame too many, or one lost: every later answer would be paired with the wrong observation, so it is
-                killed, and the next decide starts another as for a dead one).
+                killed, and the decide starts another at once, as for a dead one).
         """
         try:
             answer = ANSWER.decode(recv(self._from_worker, self._silence_s))
         except TimeoutError as err:
-            self._process.kill()  # the next decide finds it dead and starts another
+            self._process.kill()  # decide starts another at once
             self._process.wait(_CLOSE_TIMEOUT_S)
+            self.hangs += 1
             _log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=self._silence_s, pid=self._process.pid)
             raise RuntimeError(f"tamiyo gnn worker: stopped in the middle of an answer ({err}); killed") from err
         except (EOFError, OSError) as err:

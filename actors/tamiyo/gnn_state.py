@@ -62,6 +62,8 @@ class PolicyRestarting(EsperError, RuntimeError):
 class PolicyWorker(abc.ABC):
     """A policy whose decisions run in a worker process; the actor stops it (``GnnPolicyBase.warm_up`` waits for it)."""
 
+    hangs: int = 0  # workers killed so far because they stopped answering (the actor reports each one)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the worker; waits out a decision in flight."""

@@ -30,7 +30,8 @@ def load_gnn_weights(path: str, config: TamiyoGNNConfig) -> tuple[TamiyoGNN, str
 
     Raises:
         ConfigError: one line naming tamiyo.gnn_checkpoint: the file is missing or unreadable, is not safetensors,
-            does not fit the network, or holds a NaN or infinite weight.
+            does not fit the network, holds a tensor of a non-floating dtype where the network's is floating, or
+            holds a NaN or infinite weight.
     """
     where = f"tamiyo.gnn_checkpoint = {path!r}"
     try:
@@ -45,6 +46,15 @@ def load_gnn_weights(path: str, config: TamiyoGNNConfig) -> tuple[TamiyoGNN, str
     except (safetensors.SafetensorError, ValueError) as err:
         raise ConfigError(f"{where}: not a safetensors file: {err}") from err
     model = build_tamiyo_gnn(config)
+    for name, expected in model.state_dict().items():
+        found = tensors.get(name)
+        # load_state_dict casts: integer weights were truncated to whole numbers and a policy decided on them.
+        if (
+            found is not None
+            and found.dtype != expected.dtype
+            and not (found.is_floating_point() and expected.is_floating_point())
+        ):
+            raise ConfigError(f"{where}: tensor {name} is {found.dtype}, the network's is {expected.dtype} (not cast)")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

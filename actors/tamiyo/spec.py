@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from actors.tamiyo.gnn_policy import GnnPolicy
     from actors.tamiyo.gnn_process import RemoteGnnPolicy
+    from actors.tamiyo.gnn_state import GnnPolicyState
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.state import TamiyoState
     from esper.nn.policy_contract import PolicyModel
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
     from schemas.config import SecurityConfig, SimicConfig, TamiyoConfig
+
+_FILE_VERSION = "file-"  # a checkpoint file's policy version: this and the file's SHA-256 prefix
 
 DecisionOutlet: TypeAlias = Callable[[Decision], Awaitable[None]]
 """Where decisions go: Kasmina's ``ref.tell`` (any ref whose inbox includes Decision) or a test's queue ``put``."""
@@ -130,7 +133,7 @@ def tamiyo_spec(
     wal_keep: list[int | None] = [state.outcomes.reports if state is not None else None]
     make_gnn = _gnn_factory(config, gnn, candidates, policy_lane) if config.policy == "gnn" and policy is None else None
     if make_gnn is not None and state is not None and state.gnn is not None:
-        _check_same_weights(config, state.gnn.weights_sha256, make_gnn)
+        _check_same_weights(config, state.gnn, make_gnn)
     outcomes = OutcomeSettings(
         window_epochs=config.field_report_window_epochs,
         lambda_size=simic.reward_lambda_size,
@@ -191,22 +194,31 @@ def tamiyo_spec(
     return ChildSpec(name, build, restart=restart, shutdown_deadline_s=shutdown_deadline_s)
 
 
-def _check_same_weights(config: TamiyoConfig, resumed: str, make_gnn: _GnnFactory) -> None:
+def _check_same_weights(config: TamiyoConfig, resumed: GnnPolicyState, make_gnn: _GnnFactory) -> None:
     """A resume's GNN state holds the digest of the weights it decided with: other weights would decide another run
     (and failed the actor's start, exit 1, naming no setting).
 
     Raises:
-        ConfigError: naming tamiyo.gnn_checkpoint and both digests.
+        ConfigError: naming tamiyo.gnn_checkpoint and both weights as the user knows them (the file's SHA-256
+            prefix, as tamiyo_gnn_weights_loaded, the policy version and sha256sum show it), then the tensor digests
+            that are compared.
     """
-    if make_gnn.weights_digest != resumed:
+    if make_gnn.weights_digest != resumed.weights_sha256:
         where = "tamiyo.gnn_checkpoint"
         if config.gnn_checkpoint is not None:
             where += f" = {config.gnn_checkpoint!r}"
+        given, run = _known_as(make_gnn.version), _known_as(resumed.version)
         raise ConfigError(
-            f"{where}: these are not the weights the run being resumed decided with (their tensors' digest"
-            f" {make_gnn.weights_digest[:12]}, the run's {resumed[:12]}); a resume continues with the same policy: give"
-            " the tamiyo.gnn_checkpoint its config.toml names"
+            f"{where}: these are not the weights the run being resumed decided with (given {given}, the run's {run};"
+            f" tensor digests {make_gnn.weights_digest[:12]} and {resumed.weights_sha256[:12]}); a resume continues"
+            " with the same policy: give the tamiyo.gnn_checkpoint its config.toml names"
         )
+
+
+def _known_as(version: str) -> str:
+    if version.startswith(_FILE_VERSION):
+        return f"the file with SHA-256 {version.removeprefix(_FILE_VERSION)}..."
+    return f"policy version {version} (no tamiyo.gnn_checkpoint)"
 
 
 @final
@@ -216,6 +228,7 @@ class _GnnFactory:
 
     make: Callable[[], GnnPolicy | RemoteGnnPolicy]
     weights_digest: str
+    version: str
 
     def __call__(self) -> GnnPolicy | RemoteGnnPolicy:
         return self.make()
@@ -237,7 +250,7 @@ def _gnn_factory(
         from actors.tamiyo.gnn_weights import load_gnn_weights
 
         loaded, file_digest = load_gnn_weights(config.gnn_checkpoint, gnn.model_config)
-        version = f"file-{file_digest[:12]}"  # commands and field reports say which weights decided
+        version = f"{_FILE_VERSION}{file_digest[:12]}"  # commands and field reports say which weights decided
     on_cpu = lane.device.type == "cpu"
     if config.policy_process == "process" and not on_cpu:
         raise ValueError(f"tamiyo.policy_process = 'process' needs a CPU policy lane, this one is on {lane.device}")
@@ -293,4 +306,4 @@ def _gnn_factory(
             silence_s=config.policy_worker_silence_s,
         )
 
-    return _GnnFactory(make, digest)
+    return _GnnFactory(make, digest, version)

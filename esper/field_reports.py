@@ -1,0 +1,66 @@
+"""``python -m esper.field_reports runs/<id>``: a run's field reports (field_reports.wal) as one JSON line each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import msgspec
+
+from actors.tamiyo.field_reports import WAL_FILENAME, scan_frames
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_UNREADABLE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m esper.field_reports", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the run directory (runs/<run-id>)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print each field report once, in file order; returns the exit status (``out`` / ``err``: stdout / stderr).
+
+    A report written twice (an append retried after a cancel) is printed once, as its first copy; damaged frames are
+    skipped (the WAL's recovery rule) and counted in one line on ``err``.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    args = build_parser().parse_args(argv)
+    path = args.run_dir / WAL_FILENAME
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        err.write(f"esper.field_reports: cannot read {path}: {error.strerror or error}\n")
+        return EXIT_UNREADABLE
+    scan = scan_frames(data)
+    seen: set[str] = set()
+    for report in scan.reports:
+        if report.report_id in seen:
+            continue
+        seen.add(report.report_id)
+        out.write(msgspec.json.encode(report).decode() + "\n")
+    if scan.corrupt or scan.torn:
+        err.write(
+            f"esper.field_reports: {path}: {scan.corrupt} damaged record(s) skipped"
+            f"{', a torn tail ignored' if scan.torn else ''}\n"
+        )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Piped into head: the reader has what it wanted; the interpreter's own flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_OK
+    raise SystemExit(status)

@@ -1,0 +1,52 @@
+"""python -m esper.field_reports: a run's field_reports.wal as one JSON line per report, each report once."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING
+
+from actors.tamiyo.field_reports import WAL_FILENAME, encode_frame
+from esper.field_reports import main
+from schemas.domain_enums import FieldReportOutcome, PolicyAction
+from schemas.reports import FieldReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _report(i: int) -> FieldReport:
+    return FieldReport(
+        report_id=f"fr-cmd{i}",
+        command_id=f"cmd{i}",
+        training_run_id="run-1",
+        outcome=FieldReportOutcome.NEUTRAL,
+        observation_window_epochs=3,
+        start_epoch=i,
+        issued_at=100.0 + i,
+        tamiyo_policy_version="heuristic-1",
+        action=PolicyAction.NO_OP,
+    )
+
+
+def test_each_report_is_printed_once_as_json_and_damage_is_counted(tmp_path: Path) -> None:
+    """The README named the file but not how to read it: it is binary frames, not JSON lines."""
+    frames = [encode_frame(_report(i)) for i in (0, 1, 1, 2)]  # report 1 written twice (a retried append)
+    damaged = bytearray(encode_frame(_report(9)))
+    damaged[-1] ^= 0xFF
+    (tmp_path / WAL_FILENAME).write_bytes(b"".join(frames[:2]) + bytes(damaged) + b"".join(frames[2:]))
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["report_id"], r["start_epoch"]) for r in lines] == [("fr-cmd0", 0), ("fr-cmd1", 1), ("fr-cmd2", 2)]
+    assert lines[0]["outcome"] == FieldReportOutcome.NEUTRAL.value
+    assert err.getvalue() == f"esper.field_reports: {tmp_path / WAL_FILENAME}: 1 damaged record(s) skipped\n"
+
+
+def test_a_run_without_the_file_is_a_one_line_error(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == (
+        f"esper.field_reports: cannot read {tmp_path / WAL_FILENAME}: No such file or directory\n"
+    )
