@@ -49,10 +49,10 @@ from esper.nn.hosts import CNN1dHost
 _write = esper.session.atomic_write_bytes
 
 
-def _kill_before_summary(path, data):
+def _kill_before_summary(path, data, **options):
     if os.environ.get("KILL_BEFORE_SUMMARY") and path.name == "summary.json":
         os.kill(os.getpid(), signal.SIGKILL)
-    _write(path, data)
+    _write(path, data, **options)
 
 
 esper.session.atomic_write_bytes = _kill_before_summary
