@@ -12,7 +12,7 @@ import pytest
 
 from actors.tolaria.actor import TolariaWiring, new_cell, tolaria_spec
 from actors.tolaria.build import load_data
-from actors.tolaria.failure_streak import FailureStreak
+from actors.tolaria.failure_streak import FailureStreak, repeated_failure
 from actors.weatherlight.tree import build_root
 from esper.run import start
 from esper.runtime.errors import RepeatedFailure
@@ -86,7 +86,7 @@ async def test_a_trainer_failing_at_one_step_is_given_up_after_the_third_failure
             with pytest.raises(RepeatedFailure) as gave_up:
                 await system.wait()
     assert re.fullmatch(
-        r"training failed 3 times in a row with 10 steps done, never getting further, so it is not restarted again: "
+        r"training failed 3 times in a row, never getting past 10 steps done, so it is not restarted again: "
         r"RuntimeError: user bug at step 10 \(at (.*/)?tests/test_tolaria_no_progress\.py:\d+ in fail_at_ten\)",
         str(gave_up.value),
     ), str(gave_up.value)
@@ -121,7 +121,7 @@ async def test_a_user_model_failing_at_one_step_fails_the_run_naming_the_step_an
     assert summary.error is not None
     assert not list((run_dir / "checkpoints").glob("step-*.pt"))  # it failed before its first checkpoint
     assert re.fullmatch(
-        r"RepeatedFailure: training failed 2 times in a row with 5 steps done, never getting further, so it is not "
+        r"RepeatedFailure: training failed 2 times in a row, never getting past 5 steps done, so it is not "
         r"restarted again: RuntimeError: the user's model broke on its sixth step \(at (.*/)?tests/tolaria_factories"
         r"\.py:\d+ in forward\); no checkpoint was written: fix the cause, then --resume .* to start it again",
         summary.error,
@@ -141,3 +141,13 @@ async def test_a_user_model_failing_at_one_step_fails_the_run_naming_the_step_an
     resumed = await start(tiny_config(tmp_path), overrides=overrides, resume=run_dir)
     async with asyncio.timeout(120):
         assert (await resumed.wait()).status == "completed"
+
+
+def test_the_error_names_the_furthest_step_a_failure_reached_not_the_last_ones() -> None:
+    """A fault at step 45 whose restarts fail again right after resuming from step 40 said "with 40 steps done": the
+    step the restarts resumed from, not where the fault lies."""
+    streak = FailureStreak()
+    for step in (45, 40, 40):
+        streak.record(step)
+    error = repeated_failure(RuntimeError("bad batch"), streak)
+    assert str(error).startswith("training failed 3 times in a row, never getting past 45 steps done, ")

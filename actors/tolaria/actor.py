@@ -359,10 +359,8 @@ class TolariaTrainer(Actor[StartTraining]):
         try:
             result = await self._run_until_done(training)
         except Exception as err:
-            step = training.global_step
-            failures = cell.failures.record(step)
-            if failures >= self._max_without_progress:
-                raise repeated_failure(err, step, failures) from err
+            if cell.failures.record(training.global_step) >= self._max_without_progress:
+                raise repeated_failure(err, cell.failures) from err
             raise
         cell.result = result
         if result.status != "stopped" or cell.run_stop is not None:

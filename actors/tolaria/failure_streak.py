@@ -27,11 +27,12 @@ class FailureStreak:
         return self.count
 
 
-def repeated_failure(error: BaseException, step: int, count: int) -> RepeatedFailure:
-    """The escalation of the ``count``-th failure in a row with ``step`` steps done: one line naming both, the error
-    and where in the user's code it was raised."""
+def repeated_failure(error: BaseException, streak: FailureStreak) -> RepeatedFailure:
+    """The escalation of the streak's last failure: one line naming how many, the furthest step a failure of the
+    streak reached (where the fault lies: later failures may come earlier, from the state a restart resumed), the
+    error and where in the user's code it was raised."""
     kind, text = describe_error(error)
     return RepeatedFailure(
-        f"training failed {count} times in a row with {step} steps done, never getting further, so it is not "
-        f"restarted again: {kind}: {text}{located(error)}"
+        f"training failed {streak.count} times in a row, never getting past {streak.furthest_step} steps done, so it "
+        f"is not restarted again: {kind}: {text}{located(error)}"
     )
