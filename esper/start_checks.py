@@ -82,7 +82,7 @@ def check_metrics_host(nissa: NissaConfig) -> None:
 def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> None:
     """Log, as warnings the console shows, settings a run accepts but that defeat it: a command lag no shorter than
     the whole run (no decision of the controller can take effect: the run completed with nothing applied), a
-    learning-rate warm-up no shorter than the run (the rate never reaches ``tolaria.lr``), and more training threads
+    learning-rate warm-up longer than the run (the rate never reaches ``tolaria.lr``), and more training threads
     than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
     has the first two too, which is why they are not refused. Once the run's logging is configured.
     """
@@ -98,13 +98,13 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
                 f" ({tolaria.epochs} epochs x {steps_per_epoch} steps): no decision of the controller can take effect"
             ),
         )
-    if tolaria.warmup_steps >= steps:
+    if tolaria.warmup_steps > steps:
         _log.warning(
             "warmup_outlasts_run",
             warmup_steps=tolaria.warmup_steps,
             run_steps=steps,
             detail=(
-                f"tolaria.warmup_steps = {tolaria.warmup_steps} is not shorter than the run ({tolaria.epochs} epochs"
+                f"tolaria.warmup_steps = {tolaria.warmup_steps} is longer than the run ({tolaria.epochs} epochs"
                 f" x {steps_per_epoch} steps): the learning rate never reaches tolaria.lr"
             ),
         )

@@ -123,13 +123,14 @@ console = false
     assert (warned["level"], warned["blueprints"]) == ("warning", ["BP007"])
 
 
-def test_a_warmup_no_shorter_than_the_run_is_said_not_refused() -> None:
+def test_a_warmup_longer_than_the_run_is_said_not_refused() -> None:
     """The rate never reaches tolaria.lr: allowed (a smoke run of a few steps), but said at the start."""
-    [logged] = _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=60"], steps_per_epoch=20, cpus=2)
+    [logged] = _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=61"], steps_per_epoch=20, cpus=2)
     assert (logged["event"], logged["log_level"]) == ("warmup_outlasts_run", "warning")
-    assert (logged["warmup_steps"], logged["run_steps"]) == (60, 60)
+    assert (logged["warmup_steps"], logged["run_steps"]) == (61, 60)
     assert logged["detail"] == (
-        "tolaria.warmup_steps = 60 is not shorter than the run (3 epochs x 20 steps): the learning rate never"
+        "tolaria.warmup_steps = 61 is longer than the run (3 epochs x 20 steps): the learning rate never"
         " reaches tolaria.lr"
     )
-    assert _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=59"], steps_per_epoch=20, cpus=2) == []
+    # The last step of a warm-up as long as the run learns at the full rate: (59 + 1) / 60.
+    assert _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=60"], steps_per_epoch=20, cpus=2) == []
