@@ -145,3 +145,15 @@ async def test_metrics_csv_cut_after_a_rollback_keeps_the_umasks_mode(tmp_path: 
     assert await writer.cut_after(32) == 1
     await writer.close()
     assert mode(path) == 0o644
+
+
+def test_a_file_system_that_refuses_modes_still_gets_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some mounts (CIFS, vfat) refuse chmod: the shared mode is best effort, the checkpoint or summary is written."""
+
+    def refuse(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    target = tmp_path / "summary.json"
+    atomic_write_bytes(target, b"{}", shared=True)
+    assert target.read_bytes() == b"{}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -68,7 +69,10 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = F
     try:
         with os.fdopen(fd, "wb") as tmp:
             if shared:
-                os.fchmod(tmp.fileno(), shared_file_mode())
+                # Best effort: a file system that refuses modes (some CIFS and vfat mounts) keeps its own, and the
+                # write must not fail for it.
+                with contextlib.suppress(OSError):
+                    os.fchmod(tmp.fileno(), shared_file_mode())
             for chunk in chunks:
                 tmp.write(chunk)
             tmp.flush()
