@@ -204,8 +204,8 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         """One inference in the worker.
 
         A worker found dead (killed, out of memory) is started again from the last state the parent holds, at most
-        ``_MAX_RESTARTS`` times a run; until the new one is ready each decide fails at once (the actor's fallback
-        decides) rather than hold the policy lane for its start-up.
+        ``_MAX_RESTARTS`` times per policy (per start of Tamiyo); until the new one is ready each decide fails at once
+        (the actor's fallback decides) rather than hold the policy lane for its start-up.
 
         Raises:
             PolicyRestarting: the worker died and its successor is not ready yet.
