@@ -164,14 +164,14 @@ class EsperSystem:
             await asyncio.Event().wait()  # cancelled: by _finish_once (done), or by a loop shutting down
         except asyncio.CancelledError:
             if self._finishing is None:
-                self._abandon()
+                self._abandon("the event loop ended before wait() or stop()")
             raise
 
-    def _abandon(self) -> None:
-        """The loop is going away and nobody waited for the run: ask training to stop (it finishes its step and
-        writes a checkpoint on its own thread), close the lanes once their jobs end, and release the log file and the
-        directory's claim, so the process can start (or --resume) another run. Never awaits."""
-        _log.warning("run_abandoned", run_id=self.run_id, detail="the event loop ended before wait() or stop()")
+    def _abandon(self, detail: str) -> None:
+        """The loop is going away and nobody waited for the run (or its end was cut short): ask training to stop (it
+        finishes its step and writes a checkpoint on its own thread), close the lanes once their jobs end, and release
+        the log file and the directory's claim, so the process can start (or --resume) another run. Never awaits."""
+        _log.warning("run_abandoned", run_id=self.run_id, detail=detail)
         if self._stop_training is not None:
             self._stop_training()
         for resource in self._abandonable:
@@ -358,6 +358,13 @@ class EsperSystem:
     async def _finish_once(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         try:
             return await self._write_summary(status, error, trace)
+        except BaseException:
+            # Cut short before the log was released (a Ctrl-C, asyncio.run cancelling every task, a failing close):
+            # the guard no longer abandons a run being finished, so this end must, or the log file and structlog
+            # stay the run's and every later start in the process raises LogFileInUse. No summary.json is written:
+            # --resume finishes the run.
+            self._abandon("the run's end was cut short before summary.json was written")
+            raise
         finally:
             self._guard.cancel()
             if self._run_lock is not None:

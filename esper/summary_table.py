@@ -111,8 +111,13 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
             else "the first seed that trained came before any epoch ended; nissa.baseline_run compares fairly"
         ),
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
+        "unknown": "unknown: the earlier sessions' event log was lost, and with it when the first seed trained",
     }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
-    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or f"none{_why_idle(growth)}"
+    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or (
+        "none recorded (the earlier sessions' seed transitions were lost)"
+        if growth.earlier_incomplete
+        else f"none{_why_idle(growth)}"
+    )
     if growth.unapplied_transitions:
         seeds += f" ({unapplied_note(growth.unapplied_transitions, last_step)})"
     return [

@@ -338,7 +338,8 @@ class RunTally:
 
     def figures(self, seed_parameters: int, last_step: int | None = None) -> GrowthFigures:
         """The growth figures as of now; the baseline is the last epoch whose end came before the germination of the
-        first seed that reached training took effect (the host alone), or the final epoch when none did. Seeds are
+        first seed that reached training took effect (the host alone), or the final epoch when none did; none
+        ("unknown") when the earlier sessions' events are incomplete (their seed transitions lost). Seeds are
         counted by the stage they were in at ``last_step`` (the last trained step; None: their latest), leaving out
         what never took effect."""
         epochs = sorted(self.epoch_val_accuracy)
@@ -346,7 +347,11 @@ class RunTally:
         baseline_epoch: int | None = None
         source = "run"
         grafted = self._first_grafted_germination(last_step)
-        if grafted is None:
+        if self.earlier_incomplete:
+            # The earlier sessions' seed transitions are partly lost (their event log gone or cut short): which
+            # epochs the host trained alone cannot be told, and "host only" would call a grown model the baseline.
+            source = "unknown"
+        elif grafted is None:
             baseline_epoch, source = (epochs[-1] if epochs else None), "host_only"
         else:
             before = [e for e in epochs if self.epoch_step[e] < grafted]

@@ -51,9 +51,11 @@ class GrowthFigures(Record, frozen=True):
     seed that reached training took effect (``baseline_source`` "run"; a seed culled before, at its attach's gate,
     never changed the host's output), the final one when no seed reached training ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
-    its epochs in ``baseline_epoch``). ``seeds`` counts seeds by the lifecycle stage they ended training in (lower-case
-    stage name); ``unapplied_transitions`` counts lifecycle transitions (a seed's, and a slot's embargo and reset)
-    planned at the last boundaries for a step after the last one, which never took effect;
+    its epochs in ``baseline_epoch``), or none when a resumed run's earlier event log was lost or cut short ("unknown":
+    its seed transitions, hence the host-only epochs, are not known). ``seeds`` counts seeds by the lifecycle stage
+    they ended training in (lower-case stage name); ``unapplied_transitions`` counts lifecycle transitions (a seed's,
+    and a slot's embargo and reset) planned at the last boundaries for a step after the last one, which never took
+    effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
     fallback made instead of the configured policy, ``fallback_reasons`` them by why (the Decision's

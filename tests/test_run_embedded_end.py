@@ -19,13 +19,13 @@ import torch
 import esper
 from esper import run as esper_run
 from esper.logs import LogFileInUse, check_log_file_free
+from esper.session import EsperSystem
 from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from esper.session import EsperSystem
     from schemas.run import RunSummary
 
 
@@ -238,3 +238,46 @@ async def test_a_stop_cannot_record_a_run_as_completed(tmp_path: Path) -> None:
     assert (summary.status, summary.exit_code) == ("stopped", 0)
     assert summary.training is not None
     assert not summary.training.completed
+
+
+def test_a_loop_that_ends_while_the_runs_end_is_written_lets_go_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (asyncio.run cancelling every task) while the end was written left events.jsonl without its
+    run_finished line, the log file open and structlog Esper's: every later start in the process raised
+    LogFileInUse. The guard did not abandon a run being finished, and the cancelled finish never released the log."""
+    config = quiet_config(tmp_path)
+    run_dir = tmp_path / "run"
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture], logger_factory=structlog.ReturnLoggerFactory())
+    mine = structlog.get_config()
+
+    async def interrupted() -> None:
+        reached = asyncio.Event()
+
+        async def held(_system: EsperSystem) -> None:
+            reached.set()
+            await asyncio.Event().wait()  # the end held here (the report rendering) until the loop goes away
+
+        monkeypatch.setattr(EsperSystem, "_render_report", held)
+        system = await esper.start(config, run_dir=run_dir)
+        asyncio.get_running_loop().create_task(system.wait())
+        await reached.wait()
+        # Returning now ends asyncio.run, which cancels every task left: the end being written among them.
+
+    asyncio.run(interrupted())
+    monkeypatch.undo()
+    assert _log_free()
+    assert structlog.get_config() == mine
+    assert not (run_dir / "summary.json").exists()
+    events = (run_dir / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-2])["event"] == "run_abandoned"
+    last = json.loads(events[-1])
+    assert (last["event"], last["status"]) == ("run_finished", "interrupted")
+
+    async def resume() -> RunSummary:
+        return await (await esper.start(config, resume=run_dir)).wait()
+
+    summary = asyncio.run(resume())  # the claim was released too, and --resume finishes the run
+    assert summary.status == "completed"
+    assert (run_dir / "summary.json").is_file()

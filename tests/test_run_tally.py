@@ -204,6 +204,26 @@ def test_a_germination_never_built_leaves_the_baseline_at_the_final_epoch() -> N
     assert "epoch 2, before the first seed that trained" in growth_lines(grown)[1]
 
 
+def test_a_resume_whose_earlier_events_were_lost_says_its_baseline_is_unknown_not_host_only() -> None:
+    """events.jsonl deleted before --resume: the summary called the grown model (924 parameters added) the host-only
+    baseline, "no seed was grafted", baseline_source host_only and baseline equal to final."""
+    lost = "events.jsonl holds none of the 3 epochs the checkpoints reached (deleted or emptied?): ... are missing"
+    tally = RunTally()
+    tally.preload([], [(1, 10, 0.5), (2, 20, 0.6), (3, 30, 0.7)], [], incomplete=[lost])
+    figures = tally.figures(seed_parameters=924)
+    assert (figures.baseline_epoch, figures.baseline_source, figures.baseline_val_accuracy) == (None, "unknown", None)
+    assert (figures.final_val_accuracy, figures.parameters_added, figures.seeds) == (0.7, 924, {})
+    lines = "\n".join(growth_lines(figures))
+    assert "no seed was grafted" not in lines
+    assert "host-only val accuracy      - (unknown: the earlier sessions' event log was lost" in lines
+    assert "seeds by outcome            none recorded (the earlier sessions' seed transitions were lost)" in lines
+    # A seed this session grafted is not the first: one the lost log held may have trained long before it.
+    tally.emit(_stage("b", SeedLifecycleStage.GERMINATED, 24))
+    tally.emit(_stage("b", SeedLifecycleStage.TRAINING, 28))
+    grown = tally.figures(seed_parameters=988)
+    assert (grown.baseline_epoch, grown.baseline_source, grown.baseline_val_accuracy) == (None, "unknown", None)
+
+
 def test_seeds_culled_at_their_attach_are_not_called_never_grafted() -> None:
     """Run r7 of the long sweep: 115 seeds were attached and culled at G1, and the summary said "no seed was grafted".
     None reached training, so the baseline is still the final epoch (the host's output was its own throughout)."""
