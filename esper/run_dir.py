@@ -158,6 +158,17 @@ _KINDS = (
 )
 
 
+def _files_in(checkpoints: Path) -> list[Path]:
+    """What a real ``checkpoints`` directory holds, sorted; nothing for a link, a missing or an unreadable one (the
+    run's own open reports that)."""
+    if not checkpoints.is_dir() or checkpoints.is_symlink():
+        return []
+    try:
+        return sorted(checkpoints.iterdir())
+    except OSError:
+        return []
+
+
 def check_file_kinds(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
     """Refuse ``directory`` if a file the run reads or writes there (or one in its ``checkpoints``) is not a regular
     file, or its ``checkpoints`` not a directory. Read-only and blocking; only ``lstat``: opening a FIFO waits for a
@@ -168,12 +179,7 @@ def check_file_kinds(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
         ConfigError: one line naming the file and what it is.
     """
     checkpoints = directory / "checkpoints"
-    inside: list[Path] = []
-    if checkpoints.is_dir() and not checkpoints.is_symlink():
-        try:
-            inside = sorted(checkpoints.iterdir())
-        except OSError:
-            inside = []  # unreadable: the run's own open reports it
+    inside = _files_in(checkpoints)
     for path in (*(directory / name for name in (*_WRITTEN, *files)), *inside):
         try:
             mode = path.lstat().st_mode
@@ -199,12 +205,7 @@ def check_no_links(directory: Path, files: RunFiles = _DEFAULT_FILES) -> None:
     """
     names = (*_WRITTEN, *files)
     checkpoints = directory / "checkpoints"
-    inside: list[Path] = []
-    if checkpoints.is_dir() and not checkpoints.is_symlink():
-        try:
-            inside = sorted(checkpoints.iterdir())
-        except OSError:
-            inside = []  # unreadable: the run's own open reports it
+    inside = _files_in(checkpoints)
     for path in (*(directory / name for name in names), *inside):
         if path.is_symlink():
             try:
