@@ -19,7 +19,7 @@ import json
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import structlog
@@ -66,6 +66,21 @@ class CheckpointInfo:
     batch_index: int
 
 
+def _manifest_json(path: Path) -> Any:
+    """The manifest at ``path`` as parsed JSON; None when there is none.
+
+    Raises:
+        CheckpointError: it exists but cannot be read or parsed.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError, RecursionError) as err:
+        # RecursionError: the json module recurses per nesting level, so "[[[[..." 100 000 deep is no traceback.
+        raise CheckpointError(f"{path}: unreadable manifest: {type(err).__name__}: {err}") from err
+
+
 def read_manifest(directory: Path) -> list[CheckpointInfo]:
     """The manifest's entries, oldest first; [] when there is none.
 
@@ -74,13 +89,12 @@ def read_manifest(directory: Path) -> list[CheckpointInfo]:
             ``step-<its step>.pt`` (a resume would read, and rotation would delete, whatever it names).
     """
     path = directory / MANIFEST
-    if not path.is_file():
+    raw = _manifest_json(path)
+    if raw is None:
         return []
     try:
-        raw = json.loads(path.read_text())
         entries = [CheckpointInfo(**entry) for entry in raw["checkpoints"]]
-    except (ValueError, KeyError, TypeError, OSError, RecursionError) as err:
-        # RecursionError: the json module recurses per nesting level, so "[[[[..." 100 000 deep is no traceback.
+    except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable manifest: {type(err).__name__}: {err}") from err
     for info in entries:
         problem = _entry_problem(info)
@@ -97,12 +111,7 @@ def read_run_keys(directory: Path) -> dict[str, object] | None:
         CheckpointError: the manifest exists but cannot be parsed, or its ``run_keys`` is not an object.
     """
     path = directory / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, OSError, RecursionError) as err:
-        raise CheckpointError(f"{path}: unreadable manifest: {type(err).__name__}: {err}") from err
+    raw = _manifest_json(path)
     keys = raw.get("run_keys") if isinstance(raw, dict) else None
     if keys is None:
         return None
