@@ -190,8 +190,15 @@ class ConfigError(EsperError, ValueError):
 # A full disk, a quota reached, a file system gone read-only, a file-size limit reached (``ulimit -f``: EFBIG, which
 # was restarted dozens of times): every restart would write and fail the same way. Not EIO: a network file system's
 # or a device's I/O error can pass, and the restart limits (the window, no progress) bound the retries of one that
-# does not.
-_UNRECOVERABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+# does not. Each with what to do about it before a --resume: "free the disk" told a user at a `ulimit -f` limit to
+# delete files, which does not fix it.
+_REMEDIES = {
+    errno.ENOSPC: "free space on the disk",
+    errno.EDQUOT: "free space within the quota (or raise it)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+    errno.EROFS: "make the file system writable",
+}
+_UNRECOVERABLE_ERRNOS = frozenset(_REMEDIES)
 
 
 def unrecoverable_cause(error: BaseException) -> OSError | None:
@@ -210,16 +217,6 @@ def unrecoverable_cause(error: BaseException) -> OSError | None:
             pending.extend(current.exceptions)
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
-
-
-# What to do about each unrecoverable cause before a --resume: "free the disk" told a user at a `ulimit -f` limit to
-# delete files, which does not fix it.
-_REMEDIES = {
-    errno.ENOSPC: "free space on the disk",
-    errno.EDQUOT: "free space within the quota (or raise it)",
-    errno.EFBIG: "raise the file-size limit (ulimit -f)",
-    errno.EROFS: "make the file system writable",
-}
 
 
 def unrecoverable_remedy(error: BaseException) -> str:
