@@ -25,17 +25,14 @@ import contextlib
 import datetime as dt
 import functools
 import time
-from typing import TYPE_CHECKING, TextIO, final
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import structlog
 
 from actors.nissa.prometheus import host_port
-from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
-from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.global_rngs import GlobalRngs
-from actors.weatherlight.tree import build_root, state_reporter
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import RecordedBaseline, with_baseline
 from esper.bus_resource import BusResource, bus_limits
@@ -58,14 +55,15 @@ from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, previous_run_id
 from esper.run_key import keep_run_key
+from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import read_gpus_once
 from esper.runtime.lanes import Lanes
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
 from esper.session_events import EventHub, FanoutSink
+from esper.start_undo import StartUndo, log_start_abandoned
 from esper.wiring import NissaForward, RunHooks, RunTally
 
 if TYPE_CHECKING:
@@ -74,66 +72,12 @@ if TYPE_CHECKING:
 
     from esper.logs import LoggingHandle
     from esper.run_key import RunKey
-    from esper.runtime.bus import Bus
-    from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
-    from esper.runtime.supervisor import Supervisor
     from schemas.config import RunConfig
     from schemas.run import GrowthFigures, TrainingFigures
 
 _log = structlog.get_logger("esper.run")
-
-
-def build_tree(
-    config: RunConfig,
-    *,
-    bus: Bus,
-    clock: Clock,
-    sink: EventSink,
-    actors: ActorSystem,
-    tolaria: TolariaWiring | None = None,
-    subsystems: Sequence[ChildSpec] = (),
-    bus_losses: BusLosses | None = None,
-) -> Supervisor:
-    """The run's supervision tree: oona, then ``subsystems`` (urza, nissa, tezzeret, kasmina, tamiyo in that order),
-    then Tolaria, then the state reporter.
-
-    Tolaria is transient: when training ends it stops normally and stays stopped; a crash restarts it (it resumes).
-    Without subsystems Tolaria runs alone and expects no plans.
-    """
-    deadline_s = config.weatherlight.shutdown_deadline_s
-    children: list[ChildSpec] = [
-        oona_spec(bus, clock=clock, ttl_s=config.oona.message_ttl_s, shutdown_deadline_s=deadline_s),
-        ChildSpec(
-            PUBLISHER,
-            lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=config.oona.publish_breaker, losses=bus_losses),
-            shutdown_deadline_s=deadline_s,
-        ),
-        *subsystems,
-    ]
-    if tolaria is not None:
-        # Stopping Tolaria finishes the current step and writes a checkpoint, which may outlast a small deadline.
-        children.append(
-            tolaria_spec(
-                config.tolaria,
-                tolaria,
-                shutdown_deadline_s=max(deadline_s, 30.0),
-                max_restarts=config.weatherlight.restart_max,
-                window_s=config.weatherlight.restart_window_s,
-                max_without_progress=config.weatherlight.restart_max_without_progress,
-            )
-        )
-    children += [
-        state_reporter(
-            actors.snapshot,
-            sink,
-            interval_s=config.logging.state_interval_s,
-            clock=clock,
-            shutdown_deadline_s=deadline_s,
-        ),
-    ]
-    return build_root(children, config.weatherlight)
 
 
 async def start(
@@ -241,7 +185,7 @@ async def _start_claimed(
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
     )
-    undo = _StartUndo()
+    undo = StartUndo()
     try:
         return await _start_logged(
             resolved, directory, run_id, run_lock, rngs, logging, undo,
@@ -253,33 +197,9 @@ async def _start_claimed(
         try:
             await undo.aclose()
         finally:
-            _log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
+            log_start_abandoned(run_id, err)  # the events file ends as every run's does (a tail --follow stops)
             logging.release()
         raise
-
-
-@final
-class _StartUndo:
-    """What a start has set up so far, closed in order (the tree, the lanes, the store, the bus) if it goes no
-    further."""
-
-    def __init__(self) -> None:
-        self.actors: ActorSystem | None = None
-        self.lanes: Lanes | None = None
-        self.store: StoreCloser | None = None
-        self.bus: BusResource | None = None
-
-    async def aclose(self) -> None:
-        if self.actors is not None:
-            # A start cancelled while the tree starts leaves it starting: stop it before its lanes close under it
-            # (the trainer would fail on a closed lane and be restarted, again and again).
-            await self.actors.stop()
-        if self.lanes is not None:
-            await self.lanes.aclose()
-        if self.store is not None:
-            await self.store.aclose()
-        if self.bus is not None:
-            await self.bus.aclose()
 
 
 async def _start_logged(
@@ -289,7 +209,7 @@ async def _start_logged(
     run_lock: RunDirLock,
     rngs: GlobalRngs,
     logging: LoggingHandle,
-    undo: _StartUndo,
+    undo: StartUndo,
     *,
     baseline: RecordedBaseline | None,
     key: RunKey,
@@ -438,15 +358,6 @@ async def _start_logged(
         bus_dropped=lambda: bus_losses.total,
         restore_rngs=rngs.restore,
     )
-
-
-def _log_start_abandoned(run_id: str, err: BaseException) -> None:
-    """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
-    ends as every run's does and ``esper.tail --follow`` stops."""
-    interrupted = isinstance(err, asyncio.CancelledError | KeyboardInterrupt)
-    status = "interrupted" if interrupted else "failed"
-    error = None if interrupted else f"{type(err).__name__}: {err}"
-    _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:

@@ -1,0 +1,49 @@
+"""A start that stops half way: what it set up so far, closed in order, and the line that ends its events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, final
+
+import structlog
+
+if TYPE_CHECKING:
+    from esper.assemble import StoreCloser
+    from esper.bus_resource import BusResource
+    from esper.runtime.lanes import Lanes
+    from esper.runtime.system import ActorSystem
+
+_log = structlog.get_logger("esper.run")
+
+
+@final
+class StartUndo:
+    """What a start has set up so far, closed in order (the tree, the lanes, the store, the bus) if it goes no
+    further."""
+
+    def __init__(self) -> None:
+        self.actors: ActorSystem | None = None
+        self.lanes: Lanes | None = None
+        self.store: StoreCloser | None = None
+        self.bus: BusResource | None = None
+
+    async def aclose(self) -> None:
+        if self.actors is not None:
+            # A start cancelled while the tree starts leaves it starting: stop it before its lanes close under it
+            # (the trainer would fail on a closed lane and be restarted, again and again).
+            await self.actors.stop()
+        if self.lanes is not None:
+            await self.lanes.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+        if self.bus is not None:
+            await self.bus.aclose()
+
+
+def log_start_abandoned(run_id: str, err: BaseException) -> None:
+    """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
+    ends as every run's does and ``esper.tail --follow`` stops."""
+    interrupted = isinstance(err, asyncio.CancelledError | KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    error = None if interrupted else f"{type(err).__name__}: {err}"
+    _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
