@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from actors.tamiyo.state import TamiyoState
     from actors.tolaria.actor import TolariaCell
     from actors.urza.store import UrzaStore
+    from esper.nn.data import DataSplits
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lanes
@@ -110,13 +111,14 @@ async def assemble(
     sink: EventSink,
     actors: ActorSystem,
     tally: RunTally,
+    data: DataSplits,
     taps: tuple[Callable[[SystemStatePacket], None], ...] = (),
     hooks: RunHooks | None = None,
 ) -> Assembly:
     """Build every subsystem of a run (blocking parts on worker threads) and the routes between them.
 
     ``sink`` is the run's sink (events.jsonl, the session's events, the tally); Nissa gets the events it consumes.
-    ``taps`` see every packet first (the console).
+    ``data`` is the data set the start's checks loaded; ``taps`` see every packet first (the console).
 
     Raises:
         ConfigError: from building the host (the tolaria section names something unusable), or Urza's store cannot
@@ -125,7 +127,7 @@ async def assemble(
     hooks = hooks or RunHooks()
     loop = asyncio.get_running_loop()
     checkpoints = run_dir / "checkpoints"
-    found = await anyio.to_thread.run_sync(probe, config, lanes.train.device)
+    found = await anyio.to_thread.run_sync(probe, config, lanes.train.device, data)
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     if resume:
         await anyio.to_thread.run_sync(

@@ -12,7 +12,7 @@ import torch
 
 from actors.kasmina.lifecycle_settings import EvidenceCadence
 from actors.tamiyo.policy import BlueprintCandidate
-from actors.tolaria.build import batch_plan, build_trainee, load_data
+from actors.tolaria.build import batch_plan, build_trainee
 from actors.tolaria.validation import validation_batch_count
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import param_count
@@ -41,10 +41,9 @@ class Probe:
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
 
 
-def probe(config: RunConfig, device: torch.device) -> Probe:
-    """Load the data and build the host once to read its slot shapes and prove it trains (the step loop reuses the
+def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
+    """Build the host once on the start's data to read its slot shapes and prove it trains (the step loop reuses the
     data). Blocking."""
-    data = load_data(config.tolaria)
     trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device, check_training=True)
     tensors = {
         key: tuple(value.shape) if isinstance(value, torch.Tensor) else None

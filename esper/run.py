@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.logs import LoggingHandle
+    from esper.nn.data import DataSplits
     from esper.run_key import RunKey
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
@@ -143,8 +144,8 @@ async def _start(
         run_lock = await anyio.to_thread.run_sync(claim)
         try:
             return await _start_claimed(
-                resolved, directory, args.run_id, run_lock, rngs,
-                baseline=args.baseline, key=args.key, resume=resume, progress=progress, hooks=hooks, console=console,
+                resolved, directory, args.run_id, run_lock, rngs, baseline=args.baseline, key=args.key,
+                data=args.data, resume=resume, progress=progress, hooks=hooks, console=console,
             )  # fmt: skip
         except BaseException:
             run_lock.release()
@@ -163,6 +164,7 @@ async def _start_claimed(
     *,
     baseline: RecordedBaseline | None,
     key: RunKey,
+    data: DataSplits,
     resume: str | Path | None,
     progress: TextIO | None,
     hooks: RunHooks | None,
@@ -189,7 +191,7 @@ async def _start_claimed(
     try:
         return await _start_logged(
             resolved, directory, run_id, run_lock, rngs, logging, undo,
-            baseline=baseline, resume=resume, progress=progress, hooks=hooks, key=key,
+            baseline=baseline, resume=resume, progress=progress, hooks=hooks, key=key, data=data,
         )  # fmt: skip
     except BaseException as err:
         # Whatever failed or was cancelled, the process is left as before the start: a later start must not find
@@ -213,6 +215,7 @@ async def _start_logged(
     *,
     baseline: RecordedBaseline | None,
     key: RunKey,
+    data: DataSplits,
     resume: str | Path | None,
     progress: TextIO | None,
     hooks: RunHooks | None,
@@ -298,6 +301,7 @@ async def _start_logged(
         sink=sink,
         actors=actors,
         tally=tally,
+        data=data,
         # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
         taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
         hooks=hooks,

@@ -38,6 +38,8 @@ from schemas.config import RunConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from esper.nn.data import DataSplits
+
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 
@@ -143,6 +145,7 @@ class StartArgs:
         baseline: the recorded host-only baseline the config names, if any.
         directory: the run directory.
         run_id: a new run's id; None for a resume (the resumed run's own, read once the directory is claimed).
+        data: the data set the checks loaded, which the run trains on.
     """
 
     config: RunConfig
@@ -150,6 +153,7 @@ class StartArgs:
     baseline: RecordedBaseline | None
     directory: Path
     run_id: str | None
+    data: DataSplits
 
 
 def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
@@ -230,7 +234,7 @@ async def checked_start(
     resolved = absolute_data_path(resolved)
     key = env_key(resolved)
     try:
-        await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+        data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
         await anyio.to_thread.run_sync(check_start, resolved)
         if resolved.nissa.prometheus_port is not None:
             host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
@@ -287,7 +291,9 @@ async def checked_start(
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
-    return StartArgs(config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id)
+    return StartArgs(
+        config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
+    )
 
 
 def _check_resume_dir(directory: Path) -> None:

@@ -137,9 +137,10 @@ def _data_cache(directory: str) -> NpzArrayCache | None:
         return None
 
 
-def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> None:
+def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> DataSplits:
     """Fail fast, before a run starts, on a host model, slot targets, initial seed slots or blueprints, npz file or
-    validation split that cannot be used. Blocking (file I/O, loads the data set, builds the host once).
+    validation split that cannot be used, and return the data set it loaded (the run trains on it: a large npz file
+    is read once). Blocking (file I/O, loads the data set, builds the host once).
 
     Raises:
         TolariaConfigError: naming the key and value.
@@ -164,6 +165,7 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Non
         if blueprint_id not in catalogue:
             known = ", ".join(catalogue.ids)
             raise TolariaConfigError(f"{_initial_seed(index, spec)}: no blueprint {blueprint_id!r} (known: {known})")
+    return splits
 
 
 def _check_trains(config: TolariaConfig, model: nn.Module, splits: DataSplits, source: str) -> None:

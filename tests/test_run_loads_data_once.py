@@ -1,0 +1,45 @@
+"""A run reads its data set once: the start's checks load it and the run trains on what they loaded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+import esper
+from actors.tolaria import build
+from tests.test_run_embedded import quiet_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+    from esper.nn.data import DataSplits
+
+
+async def test_a_run_and_its_resume_each_load_the_data_set_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks before the run directory is claimed loaded the data, then the run loaded it again: a user's large
+    npz file was read (and held) twice at every start."""
+    loaded: list[DataSplits] = []
+    real = build.load_dataset
+
+    def counting(*args: object, **options: object) -> DataSplits:
+        splits = real(*args, **options)  # type: ignore[arg-type]
+        loaded.append(splits)
+        return splits
+
+    monkeypatch.setattr(build, "load_dataset", counting)
+    config = quiet_config(tmp_path)
+    run_dir = tmp_path / "run"
+    summary = await (await esper.start(config, run_dir=run_dir)).wait()
+    assert summary.status == "completed"
+    assert len(loaded) == 1
+    longer = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, epochs=2))
+    resumed = await (await esper.start(longer, resume=run_dir)).wait()
+    assert resumed.status == "completed"
+    assert resumed.training is not None
+    assert resumed.training.epochs == 2
+    assert len(loaded) == 2
