@@ -23,7 +23,6 @@ _KEY: Final = "nissa.baseline_run"
 SAME_TRAINING: Final = (
     "dataset",
     "dataset_samples",
-    "npz_path",
     "validation_fraction",
     "seed",
     "host_model",
@@ -43,7 +42,8 @@ SAME_TRAINING: Final = (
     "amp",
 )
 """The tolaria keys a baseline must share with the run it is compared with: the same data, split, host and training,
-so the only difference left is growth."""
+so the only difference left is growth. Not ``npz_path``: an npz file's bytes are compared (data.json), wherever it is
+now, so a baseline trained on a copy of the file, or before it was moved, compares."""
 
 
 class RecordedBaseline(Record, frozen=True):

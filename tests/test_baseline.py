@@ -173,6 +173,25 @@ def test_a_baseline_trained_on_other_bytes_of_the_same_npz_file_is_refused(tmp_p
     assert text.endswith("a baseline must train on the same data")
 
 
+def test_a_baseline_trained_on_the_same_npz_bytes_at_another_path_compares(tmp_path: Path) -> None:
+    """The baseline had to name the file by the very same path string: a copy of the data, or the file moved (or a
+    relative path written another way), was refused though the bytes, which data.json records, were the same."""
+    theirs_npz, ours_npz = tmp_path / "then" / "data.npz", tmp_path / "now" / "data.npz"
+    for path in (theirs_npz, ours_npz):
+        path.parent.mkdir()
+        path.write_bytes(b"the same arrays")
+    theirs = TolariaConfig(dataset="npz", npz_path=str(theirs_npz))
+    directory = write_run(tmp_path / "host", tolaria=theirs)
+    record_data(directory, theirs)
+    ours = TolariaConfig(dataset="npz", npz_path=str(ours_npz))
+    baseline = load_baseline(comparing_with(directory, ours))
+    assert baseline is not None
+    assert baseline.val_accuracy == 0.875
+    ours_npz.write_bytes(b"other arrays")
+    with pytest.raises(ConfigError, match="a baseline must train on the same data"):
+        load_baseline(comparing_with(directory, ours))
+
+
 def test_a_damaged_summary_is_refused(tmp_path: Path) -> None:
     directory = write_run(tmp_path / "host")
     (directory / "summary.json").write_bytes(b'{"run_id": "host-1", "status": ')
