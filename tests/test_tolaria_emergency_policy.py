@@ -49,6 +49,21 @@ def test_an_open_breaker_half_opens_after_its_open_time_and_a_good_epoch_closes_
     assert policy.failed_streak == 0
 
 
+def test_a_breaker_that_reopens_at_l3_defers_the_streaks_halt_only_once(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The failure that opens the breaker rolls back (L3) before the streak's halt; epochs longer than the open time
+    make every later epoch a half-open probe, whose failure reopens it: that must halt, not roll back for ever."""
+    config = TolariaConfig(epoch_budget_ms=BUDGET_MS, breaker=BreakerConfig(open_s=10.0))
+    policy = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    failing = [policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0) for _ in range(3)]
+    assert [v.action for v in failing] == [Action.CONTINUE, Action.CONTINUE, Action.ROLLBACK]
+    clock.advance(10.0)
+    probe = policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0)
+    assert (probe.reason, probe.action) == ("epoch_budget", Action.HALT)
+    assert policy.level is EmergencyLevel.L4_HALT
+
+
 def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     clock: ManualClock, sink: RecordingSink
 ) -> None:
