@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency_tally import EmergencyTally
 from schemas.config import BreakerConfig, TolariaConfig
 from schemas.enums import BreakerState, EmergencyLevel
 from schemas.runtime import EmergencySignal
@@ -72,6 +73,11 @@ def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     policy = _policy(clock, sink)
     policy.restore({"emergency_level": int(EmergencyLevel.L4_HALT), "failed_streak": 8, "failed_epochs": 8})
     assert policy.level is EmergencyLevel.L2_ELEVATED
+    # Down from L4, not up from this fresh ladder's L1, and a restore: no new emergency event in the summary.
+    [signal] = sink.of_type(EmergencySignal)
+    assert (signal.previous, signal.level) == (EmergencyLevel.L4_HALT, EmergencyLevel.L2_ELEVATED)
+    assert signal.reason == f"{RESTORED}: resumed after an L4 halt, conservative until clean epochs"
+    assert EmergencyTally().add_signal(signal) is False
     assert policy.failed_streak == 0
     assert policy.failed_epochs == 8
     assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE

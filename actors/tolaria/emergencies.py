@@ -194,8 +194,10 @@ class EmergencyPolicy:
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
         if level >= EmergencyLevel.L4_HALT and not ended:
             self.failed_streak = 0
-            reason = "resumed after an L4 halt: conservative until clean epochs"
-            self.ladder.escalate(EmergencyLevel.L2_ELEVATED, reason, ORIGIN)
+            # A restore, not an escalation: the signal names L4 as the level before (an escalate named this fresh
+            # ladder's L1) and is no new emergency event (the summary counted it as one).
+            why = "resumed after an L4 halt, conservative until clean epochs"
+            self.ladder.restore(EmergencyLevel.L2_ELEVATED, 0, ORIGIN, saved=level, why=why)
             return False
         # The level and its clean dwell as the epoch end's verdict left them: a resumed run steps down when the
         # uninterrupted one does (the dwell started again, and the resumed run diverged).
