@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from esper.config_checks import inert_message, inert_settings, value_problems
+from esper.config_checks import as_acted_on, inert_message, inert_settings, value_problems
 from esper.config_errors import (
     RUN_CONFIG_INFO,
     check_keys,
@@ -209,6 +209,8 @@ def _validate(data: dict[str, TomlValue], source: str, *, written: bool = False)
         raise ConfigError(translate(str(err), data, source)) from err
     for dotted, value, reason in () if written else inert_settings(config):
         raise ConfigError(inert_message(source, dotted, value, reason))
+    if written:
+        config = as_acted_on(config)
     for dotted, problem in value_problems(config):
         raise ConfigError(f"{source}: {dotted}: {problem}")
     return config

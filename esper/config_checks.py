@@ -11,7 +11,7 @@ import msgspec
 from esper.config_toml import format_value, plain
 from esper.runtime.bus_redis_open import redis_url_problem
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, OonaConfig, RunConfig, TamiyoConfig, TolariaConfig
+from schemas.config import INERT_KEYS, KasminaConfig, OonaConfig, RunConfig, TamiyoConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,6 +78,20 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
         for key in ("gnn_checkpoint", "policy_process", "policy_worker_silence_s", "compile"):
             if getattr(section, key) != getattr(defaults, key):
                 yield ".".join((*path, key)), f'is read only with policy = "gnn", and policy is {section.policy!r}'
+    if isinstance(section, KasminaConfig) and section.g4_min_improvement < 0.0:
+        # A negative minimum was accepted and gated exactly as 0 (the mean must also beat its noise, never below 0).
+        yield (
+            ".".join((*path, "g4_min_improvement")),
+            f"expected a number >= 0, got {format_value(section.g4_min_improvement)} (G4 passes a seed only when its"
+            " mean benefit is above a multiple of its standard error, so above 0: a negative minimum would do nothing)",
+        )
+    if isinstance(section, TamiyoConfig) and section.normaliser_alpha == 0.0:
+        # The GNN's feature normaliser refuses a weight of 0 (it would never learn): the run failed to start, after
+        # its directory was made, in a line that named no key.
+        yield (
+            ".".join((*path, "normaliser_alpha")),
+            "expected a number > 0 and <= 1, got 0.0 (the GNN policy's feature normaliser would never learn)",
+        )
     if isinstance(section, OonaConfig) and section.backend == "redis":
         # Refused by the client only once the run directory was made, which then held a run that never began.
         problem = redis_url_problem(section.redis_url)
@@ -115,6 +129,20 @@ def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
             moved = [other for other, taken in names.items() if taken == name and taken != defaults[other]]
             if key in moved or not moved:
                 yield key, f"{name!r} is also the name of another of the run's files; choose another name"
+
+
+def as_acted_on(config: RunConfig) -> RunConfig:
+    """A run directory's config with each value an earlier version accepted but acted on as another replaced by that
+    other: a negative kasmina.g4_min_improvement gated as 0, and a tamiyo.normaliser_alpha of 0, which only the GNN
+    policy reads (and could not start with), did nothing. Its resume compares, and a baseline reads, the run it was,
+    rather than refusing its config.toml."""
+    kasmina, tamiyo = config.kasmina, config.tamiyo
+    if kasmina.g4_min_improvement < 0.0:
+        config = msgspec.structs.replace(config, kasmina=msgspec.structs.replace(kasmina, g4_min_improvement=0.0))
+    if tamiyo.normaliser_alpha == 0.0:
+        alpha = TamiyoConfig().normaliser_alpha
+        config = msgspec.structs.replace(config, tamiyo=msgspec.structs.replace(tamiyo, normaliser_alpha=alpha))
+    return config
 
 
 def dotted_value(config: RunConfig, dotted: str) -> object:

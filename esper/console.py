@@ -119,6 +119,7 @@ class Console:
         self._started_s = clock()
         self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
         self._shown_steps: list[int] = []  # the steps of the lifecycle lines shown, for a rollback's line
+        self._conservative = False  # conservative mode as the lines shown so far say (entered, not exited since)
 
     def started(
         self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
@@ -190,7 +191,13 @@ class Console:
                 # Its opening is a warning on the console (the bus down, the policy failing): so is its recovery,
                 # which is logged at info level and was never shown.
                 self._line(f"  recovered {name}: its breaker closed again ({reason})")
+            case TelemetryEvent(name="conservative_entered") if self._conservative:
+                # A controller rewound by a rollback enters again a mode the user was told of and never saw it leave
+                # (after an L3 rollback, "conservative mode entered" showed twice for one entry).
+                pass
             case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
+                if name in {"conservative_entered", "conservative_exited"}:
+                    self._conservative = name == "conservative_entered"
                 self._line(event_line(event, _SHOWN_EVENTS[name]))
             case _:
                 pass

@@ -10,7 +10,7 @@ from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
 from actors.tolaria.checkpoints import latest_good, read_manifest
 from esper.logs import LEVEL_NUMBERS
 from esper.run_files import run_files
-from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency import re_announced
 from esper.runtime.emergency_tally import EmergencyTally
 from schemas.enums import EmergencyLevel
 from schemas.run import RunSummary
@@ -202,7 +202,7 @@ def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
                 except msgspec.DecodeError:
                     continue  # a torn last line
                 reason = entry.get("halt_reason") if entry.get("event") == "training_finished" else entry.get("reason")
-                if not isinstance(reason, str) or reason == RESTORED:
+                if not isinstance(reason, str) or re_announced(reason):
                     continue
                 if entry.get("status") == "halted" and entry.get("global_step") == info.global_step:
                     finished = reason

@@ -82,7 +82,8 @@ def check_metrics_host(nissa: NissaConfig) -> None:
 def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> None:
     """Log, as warnings the console shows, settings a run accepts but that defeat it: a command lag no shorter than
     the whole run (no decision of the controller can take effect: the run completed with nothing applied), a
-    learning-rate warm-up longer than the run (the rate never reaches ``tolaria.lr``), and more training threads
+    learning-rate warm-up longer than the run (the rate never reaches ``tolaria.lr``), a failed-epoch halt that
+    comes before Tolaria's breaker can open (the emergency ladder skips L3's rollback), and more training threads
     than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
     has the first two too, which is why they are not refused. Once the run's logging is configured.
     """
@@ -106,6 +107,19 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
             detail=(
                 f"tolaria.warmup_steps = {tolaria.warmup_steps} is longer than the run ({tolaria.epochs} epochs"
                 f" x {steps_per_epoch} steps): the learning rate never reaches tolaria.lr"
+            ),
+        )
+    threshold = tolaria.breaker.failure_threshold
+    if tolaria.failed_epochs_to_halt < threshold:
+        # The emergency ladder's L3 (the breaker opens: a rollback) would come after its L4 (the streak halts).
+        _log.warning(
+            "ladder_skips_l3",
+            failed_epochs_to_halt=tolaria.failed_epochs_to_halt,
+            breaker_failure_threshold=threshold,
+            detail=(
+                f"tolaria.failed_epochs_to_halt = {tolaria.failed_epochs_to_halt} is below"
+                f" tolaria.breaker.failure_threshold = {threshold}: epochs that keep failing halt the run (L4) before"
+                " the breaker opens, with no rollback (L3) first"
             ),
         )
     if tolaria.num_threads is not None and cpus is not None and tolaria.num_threads > cpus:

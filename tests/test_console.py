@@ -136,6 +136,30 @@ def test_loss_spikes_conservative_mode_refused_operations_and_unbuilt_seeds_are_
     ]
 
 
+def test_conservative_mode_entered_again_by_a_rewound_controller_shows_once() -> None:
+    """After an L3 rollback the controller, rewound to before its entry, entered conservative mode again at the epoch
+    trained again: the console said "conservative mode entered" twice for what the user saw as one entry."""
+    console, stream = _console()
+
+    def conservative(name: str, epoch: int) -> TelemetryEvent:
+        reason = "emergency_l3_conservative"
+        text = "conservative mode entered: " + reason if name == "conservative_entered" else "conservative mode exited"
+        return TelemetryEvent(name=name, level=TelemetryLevel.WARNING, description=text, attributes={"epoch": epoch})
+
+    for name, epoch in [
+        ("conservative_entered", 0),
+        ("conservative_entered", 0),  # the rewound controller's
+        ("conservative_exited", 4),
+        ("conservative_entered", 6),  # a new entry after the exit shows
+    ]:
+        console.emit(conservative(name, epoch))
+    assert stream.getvalue().splitlines() == [
+        "  epoch     1  conservative mode entered: emergency_l3_conservative",
+        "  epoch     5  conservative mode exited",
+        "  epoch     7  conservative mode entered: emergency_l3_conservative",
+    ]
+
+
 def test_the_header_names_the_run_and_how_to_watch_it() -> None:
     console, stream = _console()
     console.started("20261205-1", Path("runs/20261205-1"), "events.jsonl", resume=False)

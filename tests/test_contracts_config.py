@@ -382,7 +382,7 @@ def test_dump_then_load_gives_the_same_config(tmp_path: Path) -> None:
                 "nissa.prometheus_port=9100",
                 'kasmina.slot_targets=["Conv1d", "blocks.0.mlp", "ünïcode\\ttab"]',
                 "tolaria.lr=1e-5",
-                "kasmina.g4_min_improvement=-0.5",
+                "kasmina.g4_min_improvement=0.5",
             ],
         ),
     ]
@@ -608,3 +608,39 @@ def test_a_schedule_with_warmup_floor_and_clipping_is_accepted_and_round_trips(t
     assert (config.tolaria.lr_min_factor, config.tolaria.grad_clip_norm) == (0.1, 1.5)
     assert load_config(_write(tmp_path, dump_config(config))) == config
     assert RunConfig().tolaria.grad_clip_norm is None  # unset: no clipping
+
+
+def test_a_negative_g4_minimum_is_refused_but_a_written_one_reads_as_the_zero_it_gated_as(tmp_path: Path) -> None:
+    """G4 passes a seed only when its mean benefit is above a multiple of its standard error, so above 0: a
+    kasmina.g4_min_improvement of -10 was accepted and gated exactly as 0 (rC: the same no_benefit cull as the
+    default run). A run directory an earlier version wrote with one is still resumed, as the run it was."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["kasmina.g4_min_improvement=-10.0"])
+    assert str(info.value) == (
+        "--set kasmina.g4_min_improvement=-10.0: kasmina.g4_min_improvement: expected a number >= 0, got -10.0 (G4"
+        " passes a seed only when its mean benefit is above a multiple of its standard error, so above 0: a negative"
+        " minimum would do nothing)"
+    )
+    with pytest.raises(ConfigError, match=r"^config\.toml: kasmina\.g4_min_improvement: expected a number >= 0"):
+        parse_config("[kasmina]\ng4_min_improvement = -0.5\n", "config.toml")
+    assert apply_overrides(RunConfig(), ["kasmina.g4_min_improvement=0.01"]).kasmina.g4_min_improvement == 0.01
+    written = _write(
+        tmp_path, dump_config(RunConfig()).replace("g4_min_improvement = 0.0", "g4_min_improvement = -10.0")
+    )
+    assert load_config(written, written=True) == RunConfig()
+
+
+def test_a_normaliser_weight_of_0_is_refused_at_load() -> None:
+    """tamiyo.normaliser_alpha = 0 passed the config (a fraction in [0, 1]) and the GNN run failed to start, after its
+    directory was made: "tamiyo could not be built: ValueError: alpha must be in (0, 1], got 0.0", naming no key."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["tamiyo.policy=gnn", "tamiyo.normaliser_alpha=0.0"])
+    assert str(info.value) == (
+        "--set tamiyo.normaliser_alpha=0.0: tamiyo.normaliser_alpha: expected a number > 0 and <= 1, got 0.0 (the GNN"
+        " policy's feature normaliser would never learn)"
+    )
+    assert apply_overrides(RunConfig(), ["tamiyo.normaliser_alpha=1.0"]).tamiyo.normaliser_alpha == 1.0
+    # A heuristic run an earlier version wrote with it (the key unread there) is still read.
+    text = dump_config(RunConfig()).replace("normaliser_alpha = 0.1", "normaliser_alpha = 0.0")
+    assert "normaliser_alpha = 0.0" in text
+    assert parse_config(text, "run/config.toml", written=True) == RunConfig()

@@ -31,6 +31,7 @@ from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manif
 from esper.nn.blueprints import SourcedModule
 from esper.resume import resume_point
 from esper.run import start
+from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError
 from esper.wiring import RunHooks
 from schemas.run import RunSummary
@@ -384,12 +385,17 @@ async def test_a_halted_runs_resume_counts_every_sessions_emergencies(tmp_path: 
     resumed = await system.wait()
     assert resumed.status == "completed", resumed.error
     signals = [
-        line
+        json.loads(line)
         for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
         if '"emergency_signal"' in line
     ]
+    # The resume takes the halt's L4 back at L2: a restore from L4 (it said "previous 1"), and no new emergency (the
+    # summary counted it as one, against README's "the level a resume takes back from its checkpoint is no event").
+    [resuming] = [s for s in signals if s["reason"].startswith(RESTORED)]
+    assert (resuming["previous"], resuming["msg_level"]) == (4, 2)
+    assert resuming["reason"] == f"{RESTORED}: resumed after an L4 halt, conservative until clean epochs"
     assert resumed.growth is not None
-    assert resumed.growth.emergency_events == len(signals) > halted.growth.emergency_events
+    assert resumed.growth.emergency_events == len(signals) - 1 > halted.growth.emergency_events
 
 
 def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:

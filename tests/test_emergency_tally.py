@@ -135,6 +135,9 @@ def test_a_line_that_names_no_step_counts_every_time() -> None:
     assert tally.add_entry({**line, "step": True})  # a malformed step is no step
     assert not tally.add_entry({"event": "epoch_end", "step": 3})
     assert tally.add_entry({**line, "reason": RESTORED})  # a re-announcement: an emergency line, not an event
+    # Nor is an L4 halt's checkpoint resumed at L2 (it counted, as if the resume were an emergency).
+    resumed = {**line, "step": 24, "previous": 4, "reason": f"{RESTORED}: resumed after an L4 halt, conservative"}
+    assert tally.add_entry(resumed)
     assert tally.count == 3
 
 

@@ -51,6 +51,20 @@ def test_more_training_threads_than_cpus_is_said() -> None:
     assert _warnings([], steps_per_epoch=20, cpus=1) == []
 
 
+def test_a_halt_before_the_epoch_breaker_can_open_is_said() -> None:
+    """The emergency ladder climbs L2, L3 (the breaker opens: a rollback), L4; a streak that halts before the breaker
+    can open skips L3, and nothing said so."""
+    [logged] = _warnings(["tolaria.failed_epochs_to_halt=2"], steps_per_epoch=20, cpus=2)
+    assert (logged["event"], logged["log_level"]) == ("ladder_skips_l3", "warning")
+    assert logged["detail"] == (
+        "tolaria.failed_epochs_to_halt = 2 is below tolaria.breaker.failure_threshold = 3: epochs that keep failing"
+        " halt the run (L4) before the breaker opens, with no rollback (L3) first"
+    )
+    # Equal: the failure that opens the breaker rolls back first (actors/tolaria/emergencies.py).
+    assert _warnings(["tolaria.failed_epochs_to_halt=2", "tolaria.breaker.failure_threshold=2"], 20, 2) == []
+    assert _warnings([], steps_per_epoch=20, cpus=2) == []
+
+
 def _offer_warnings(
     overrides: list[str],
     kinds: set[SlotKind],

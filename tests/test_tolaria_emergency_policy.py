@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency_tally import EmergencyTally
 from schemas.config import BreakerConfig, TolariaConfig
 from schemas.enums import BreakerState, EmergencyLevel
 from schemas.runtime import EmergencySignal
@@ -49,6 +50,21 @@ def test_an_open_breaker_half_opens_after_its_open_time_and_a_good_epoch_closes_
     assert policy.failed_streak == 0
 
 
+def test_a_breaker_that_reopens_at_l3_defers_the_streaks_halt_only_once(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The failure that opens the breaker rolls back (L3) before the streak's halt; epochs longer than the open time
+    make every later epoch a half-open probe, whose failure reopens it: that must halt, not roll back for ever."""
+    config = TolariaConfig(epoch_budget_ms=BUDGET_MS, breaker=BreakerConfig(open_s=10.0))
+    policy = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    failing = [policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0) for _ in range(3)]
+    assert [v.action for v in failing] == [Action.CONTINUE, Action.CONTINUE, Action.ROLLBACK]
+    clock.advance(10.0)
+    probe = policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0)
+    assert (probe.reason, probe.action) == ("epoch_budget", Action.HALT)
+    assert policy.level is EmergencyLevel.L4_HALT
+
+
 def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     clock: ManualClock, sink: RecordingSink
 ) -> None:
@@ -57,6 +73,11 @@ def test_a_halted_runs_checkpoint_resumes_at_l2_with_its_streak_cleared(
     policy = _policy(clock, sink)
     policy.restore({"emergency_level": int(EmergencyLevel.L4_HALT), "failed_streak": 8, "failed_epochs": 8})
     assert policy.level is EmergencyLevel.L2_ELEVATED
+    # Down from L4, not up from this fresh ladder's L1, and a restore: no new emergency event in the summary.
+    [signal] = sink.of_type(EmergencySignal)
+    assert (signal.previous, signal.level) == (EmergencyLevel.L4_HALT, EmergencyLevel.L2_ELEVATED)
+    assert signal.reason == f"{RESTORED}: resumed after an L4 halt, conservative until clean epochs"
+    assert EmergencyTally().add_signal(signal) is False
     assert policy.failed_streak == 0
     assert policy.failed_epochs == 8
     assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE

@@ -288,10 +288,12 @@ def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_lev
     assert [p.hook_latency_ms for p in ends] == pytest.approx(loop.hook_ms_history)
     assert ends[0].hook_latency_ms > 0.0
     # Every epoch end blows the budget: the level each packet carries is the one its own epoch end reached, up to
-    # the halt of the last (the log line of the same epoch end says the same).
+    # the halt of the last (the log line of the same epoch end says the same); the third opened the breaker and
+    # rolled back (L3), and the halt came at its epoch trained again.
     assert [p.emergency_level for p in ends] == [
         EmergencyLevel.L2_ELEVATED,
         EmergencyLevel.L2_ELEVATED,
+        EmergencyLevel.L3_CONSERVATIVE,
         EmergencyLevel.L4_HALT,
     ]
     # Each signal says where the run was (the epoch end's step and the epochs completed): a resumed run that trains
@@ -299,7 +301,8 @@ def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_lev
     signals = [e for e in box.events if isinstance(e, EmergencySignal)]
     assert [(s.step, s.epoch, s.level) for s in signals] == [
         (ends[0].global_step, 1, EmergencyLevel.L2_ELEVATED),
-        (ends[2].global_step, 3, EmergencyLevel.L4_HALT),
+        (ends[2].global_step, 3, EmergencyLevel.L3_CONSERVATIVE),
+        (ends[3].global_step, 3, EmergencyLevel.L4_HALT),
     ]
 
 
@@ -536,6 +539,29 @@ def test_epochs_failed_on_an_open_breaker_are_no_rollback_loop(data: DataSplits)
     assert result.halt_reason is not None
     assert result.halt_reason.startswith("8 failed epochs in a row")
     assert result.figures.rollbacks >= 4
+
+
+def test_epochs_that_keep_failing_climb_l2_l3_l4_with_the_default_ladder(data: DataSplits, tmp_path: Path) -> None:
+    """With the defaults (a breaker opening after 3 failures, a halt after 3 failed epochs in a row) the streak's halt
+    was checked first: the ladder went from L2 to L4 and never rolled back at L3. The epoch that opens the breaker
+    rolls back; the next failed one halts."""
+    box = Box()
+    cfg = config(epochs=6, epoch_budget_ms=1e-6)
+    assert (cfg.breaker.failure_threshold, cfg.failed_epochs_to_halt) == (3, 3)  # the defaults under test
+    loop = make_loop(cfg, data, tmp_path, box=box)
+    result = loop.run()
+    assert result.status == "halted"
+    moves = [(e.previous, e.level, e.reason) for e in box.events if isinstance(e, EmergencySignal)]
+    assert moves == [
+        (EmergencyLevel.L1_NOTICE, EmergencyLevel.L2_ELEVATED, "failed epoch: epoch_budget"),
+        (EmergencyLevel.L2_ELEVATED, EmergencyLevel.L3_CONSERVATIVE, "breaker_open after epoch_budget"),
+        (EmergencyLevel.L3_CONSERVATIVE, EmergencyLevel.L4_HALT, "failed_epochs_streak: 4 failed epochs in a row"),
+    ]
+    assert result.figures.rollbacks == 1
+    assert result.halt_reason == "4 failed epochs in a row (the last: breaker_open)"
+    # The rollback went back to epoch 2's end and the halt came at the end of epoch 3 trained again.
+    ends = [p.epoch for p in box.packets if p.epoch_progress == 1.0]
+    assert ends == [0, 1, 2, 2]
 
 
 def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, tmp_path: Path) -> None:

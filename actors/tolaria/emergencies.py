@@ -52,7 +52,8 @@ class EmergencyPolicy:
       ``nonfinite_window_steps`` steps escalate to L3 and roll back to the fast snapshot;
     - an epoch fails on the first of: breaker open, epoch budget, a missed decision (decision_timeout), hook budget;
       a failure escalates to L2 (conservative mode), records a breaker failure (an open breaker means L3 and a
-      rollback) and grows the streak; ``failed_epochs_to_halt`` in a row mean L4 (checkpoint and halt);
+      rollback) and grows the streak; ``failed_epochs_to_halt`` in a row mean L4 (checkpoint and halt), except that
+      the failure that opens the breaker below L3 rolls back first, so the next failed epoch halts;
     - a clean epoch records a breaker success, resets the streak and counts towards de-escalation.
     """
 
@@ -125,9 +126,16 @@ class EmergencyPolicy:
             return EpochVerdict(False, None, Action.CONTINUE)
         self.failed_epochs += 1
         self.failed_streak += 1
+        was_open = self.breaker.state is BreakerState.OPEN
         self.breaker.record_failure(reason)
         self.ladder.escalate(EmergencyLevel.L2_ELEVATED, f"failed epoch: {reason}", ORIGIN)
-        if self.failed_streak >= config.failed_epochs_to_halt:
+        # The ladder climbs L2, L3, L4 in turn (REFERENCE.md section 6): with the defaults the epoch that opens the
+        # breaker is also the one that completes the streak, and the halt came first, so no run ever reached L3 on
+        # failed epochs. That epoch rolls back instead; once at L3, the next failed epoch of the streak halts (a
+        # breaker that keeps reopening never defers the halt again).
+        opened = not was_open and self.breaker.state is BreakerState.OPEN
+        rollback_first = opened and self.ladder.level < EmergencyLevel.L3_CONSERVATIVE
+        if self.failed_streak >= config.failed_epochs_to_halt and not rollback_first:
             self.ladder.escalate(
                 EmergencyLevel.L4_HALT, f"failed_epochs_streak: {self.failed_streak} failed epochs in a row", ORIGIN
             )
@@ -186,8 +194,10 @@ class EmergencyPolicy:
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
         if level >= EmergencyLevel.L4_HALT and not ended:
             self.failed_streak = 0
-            reason = "resumed after an L4 halt: conservative until clean epochs"
-            self.ladder.escalate(EmergencyLevel.L2_ELEVATED, reason, ORIGIN)
+            # A restore, not an escalation: the signal names L4 as the level before (an escalate named this fresh
+            # ladder's L1) and is no new emergency event (the summary counted it as one).
+            why = "resumed after an L4 halt, conservative until clean epochs"
+            self.ladder.restore(EmergencyLevel.L2_ELEVATED, 0, ORIGIN, saved=level, why=why)
             return False
         # The level and its clean dwell as the epoch end's verdict left them: a resumed run steps down when the
         # uninterrupted one does (the dwell started again, and the resumed run diverged).

@@ -34,7 +34,13 @@ class EmergencyStatistics(Record, frozen=True):
 
 
 RESTORED: Final = "restored from a checkpoint"
-"""The reason of the EmergencySignal that re-announces a saved level at a resume or restart (not a new emergency)."""
+"""The reason of the EmergencySignal that re-announces a saved level at a resume or restart (not a new emergency);
+a level the resume sets instead of the saved one adds why after a colon (``restored from a checkpoint: ...``)."""
+
+
+def re_announced(reason: str) -> bool:
+    """Whether a signal's reason is a resume's or restart's (RESTORED, alone or with why after it): no emergency."""
+    return reason == RESTORED or reason.startswith(f"{RESTORED}: ")
 
 
 @final
@@ -209,10 +215,22 @@ class EmergencyLadder:
         self._change(EmergencyLevel(level - 1), reason, self._origin, now)
         return True
 
-    def restore(self, level: EmergencyLevel, clean_ticks: int, origin: str) -> bool:
+    def restore(
+        self,
+        level: EmergencyLevel,
+        clean_ticks: int,
+        origin: str,
+        *,
+        saved: EmergencyLevel | None = None,
+        why: str | None = None,
+    ) -> bool:
         """Take back a saved level and clean dwell (a resume or a restart continues the run): the dwell goes on from
         the saved ticks, where an escalate would have started it again and delayed every step down; the signal's
         reason is RESTORED (a re-announcement, which the summary does not count as an emergency).
+
+        Args:
+            saved: the checkpoint's level when the run takes another (an L4 halt's checkpoint resumed at L2): the
+                signal's ``previous`` (the run was there, not at this fresh ladder's L1), ``why`` after RESTORED.
 
         Returns:
             True if the level changed (and an EmergencySignal was emitted).
@@ -220,7 +238,8 @@ class EmergencyLadder:
         now = self._clock.now()
         changed = level != self._level
         if changed:
-            self._change(level, RESTORED, origin, now)
+            reason = RESTORED if why is None else f"{RESTORED}: {why}"
+            self._change(level, reason, origin, now, previous=saved)
         self._clean_ticks = max(0, clean_ticks)
         self._clean_since_s = now
         return changed
@@ -240,8 +259,10 @@ class EmergencyLadder:
         self._change(_L1, f"reset: {reason}", origin, now)
         return True
 
-    def _change(self, level: EmergencyLevel, reason: str, origin: str, now: float) -> None:
-        previous = self._level
+    def _change(
+        self, level: EmergencyLevel, reason: str, origin: str, now: float, *, previous: EmergencyLevel | None = None
+    ) -> None:
+        previous = self._level if previous is None else previous
         self._level = level
         step, epoch = self._position() if self._position is not None else (None, None)
         self._sink.emit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, final
 
-from esper.runtime.emergency import RESTORED
+from esper.runtime.emergency import re_announced
 
 if TYPE_CHECKING:
     from schemas.runtime import EmergencySignal
@@ -30,7 +30,8 @@ def _int(value: object) -> int | None:
 class EmergencyTally:
     """Counts emergency events across every session of a run, each move of the ladder once.
 
-    A re-announced level (RESTORED, a resume or a restart taking its saved level back) is no event. A run that trains
+    A re-announced level (RESTORED, a resume or a restart taking its saved level back, or an L4 halt's resumed at
+    L2) is no event. A run that trains
     a step again (a ``--resume`` from a checkpoint older than a ``kill -9``, a trainer restart from its last epoch-end
     snapshot) makes the moves it made at that step again: the same (step, previous, level) is counted once. A signal
     that names no step (an older run's line) counts every time. Not thread-safe (one owner).
@@ -58,13 +59,14 @@ class EmergencyTally:
 
     def add_signal(self, signal: EmergencySignal) -> bool:
         """Count a signal unless it re-announces a saved level. Returns whether it counted."""
-        return signal.reason != RESTORED and self.add(signal.transition())
+        return not re_announced(signal.reason) and self.add(signal.transition())
 
     def add_entry(self, entry: dict[str, object]) -> bool:
         """Count an events.jsonl entry if it is an ``emergency_signal`` line that re-announces nothing. Returns
         whether the entry was an emergency signal (counted, or the same move again)."""
         if entry.get("event") != "emergency_signal":
             return False
-        if entry.get("reason") != RESTORED:
+        reason = entry.get("reason")
+        if not (isinstance(reason, str) and re_announced(reason)):
             self.add(entry_transition(entry))
         return True
