@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 import esper
-from actors.tolaria import build
+from esper.nn.data import load_dataset
 from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
@@ -24,14 +24,13 @@ async def test_a_run_and_its_resume_each_load_the_data_set_once(
     """The checks before the run directory is claimed loaded the data, then the run loaded it again: a user's large
     npz file was read (and held) twice at every start."""
     loaded: list[DataSplits] = []
-    real = build.load_dataset
 
     def counting(*args: object, **options: object) -> DataSplits:
-        splits = real(*args, **options)  # type: ignore[arg-type]
+        splits = load_dataset(*args, **options)  # type: ignore[arg-type]
         loaded.append(splits)
         return splits
 
-    monkeypatch.setattr(build, "load_dataset", counting)
+    monkeypatch.setattr("actors.tolaria.build.load_dataset", counting)
     config = quiet_config(tmp_path)
     run_dir = tmp_path / "run"
     summary = await (await esper.start(config, run_dir=run_dir)).wait()
