@@ -186,9 +186,15 @@ def check_resume_files(
         found = sorted(path.name for path in checkpoints.glob("step-*.pt"))
         if not found:
             return  # stopped before its first checkpoint: the resume starts it over from step 0
+        if len(found) == 1 and not (checkpoints / MANIFEST).exists():
+            # Killed between its first checkpoint's file and the manifest that lists it (the writer puts the file
+            # first): nothing verifiable to continue from, so, as a run stopped before its first checkpoint, it starts
+            # over; refused, the directory could neither be resumed nor hold a new run.
+            return
         raise ConfigError(
             f"--resume {directory}: checkpoints/{MANIFEST} is missing or lists no checkpoint ({', '.join(found)}"
-            " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
+            " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from:"
+            " start a new run with another --run-dir"
         )
     # Stopped before its first optimizer step (a Ctrl-C while the actors start): no packet was ever planned, so a
     # journal never written is an empty one.

@@ -907,6 +907,31 @@ async def test_a_journal_that_covers_no_checkpoint_starts_the_resume_over(tmp_pa
     assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
 
 
+async def test_a_run_killed_between_its_first_checkpoint_and_its_manifest_starts_over(tmp_path: Path) -> None:
+    """A kill -9 after the first checkpoint's file was written but before the manifest listing it: --resume refused
+    the unverifiable file and a new run refused the directory, each sending the user to the other. The resume now
+    starts the run over, as one that died before its first checkpoint, and ends as the uninterrupted run."""
+    more = tmp_path / "more"
+    more.mkdir()
+    first, longer = tiny_config(tmp_path, epochs=1), tiny_config(more, epochs=3)
+    run_dir, reference_dir = tmp_path / "run", tmp_path / "uninterrupted"
+    assert (await (await start(first, run_dir)).wait()).status == "completed"
+    # What the kill leaves: the first step file, no manifest (and no summary: the run was not over).
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-16.pt"]
+    (run_dir / "checkpoints" / "manifest.json").unlink()
+    (run_dir / "summary.json").unlink()
+    resumed = await (await start(longer, resume=run_dir)).wait()
+    assert resumed.status == "completed", resumed.error
+    assert resumed.training is not None
+    assert resumed.training.resumed_from_step is None
+    assert '"resume_starts_over"' in (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert (await (await start(longer, reference_dir)).wait()).status == "completed"
+    grafts, tensors = _final_weights(run_dir)
+    reference_grafts, reference_tensors = _final_weights(reference_dir)
+    assert grafts == reference_grafts
+    assert all(torch.equal(tensors[k], reference_tensors[k]) for k in reference_tensors)
+
+
 @pytest.mark.parametrize(
     ("actor", "crash_at"),
     [("kasmina", 3 * 16 + 4), ("tamiyo", 3 * 16 + 4), ("kasmina", 8), ("tamiyo", 8)],

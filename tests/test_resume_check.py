@@ -174,7 +174,8 @@ def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touch
         check_resume_files(tmp_path, run_id="r", key=None, security=SecurityConfig())
     assert str(refused.value) == (
         f"--resume {tmp_path}: checkpoints/manifest.json is missing or lists no checkpoint (step-200.pt, step-220.pt"
-        " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from"
+        " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from:"
+        " start a new run with another --run-dir"
     )
     (checkpoints / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"manifest.json: unreadable manifest"):
