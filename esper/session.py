@@ -331,11 +331,14 @@ class EsperSystem:
         await self._actors.stop()
         return await self.wait()
 
-    async def _render_report(self) -> None:
+    async def _render_report(self, last_step: int | None) -> None:
         from esper.report import ReportInputError, load_run, render_report  # matplotlib only when a report is due
 
         def render() -> None:
-            render_report(load_run(self.run_dir))
+            # The last trained step given, not read: summary.json is written after the report (a new run has none yet,
+            # a resumed run's is an earlier session's), and without it every transition planned after the last step
+            # was drawn.
+            render_report(load_run(self.run_dir), last_step=last_step)
 
         try:
             await anyio.to_thread.run_sync(render)
@@ -398,7 +401,7 @@ class EsperSystem:
         if self.config.nissa.report_png:
             # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
             # longest part) leaves no current summary, so --resume finishes the run and renders it again.
-            await self._render_report()
+            await self._render_report(None if figures is None else figures.global_step)
         path = self.run_dir / self.config.nissa.summary_json
         try:
             await anyio.to_thread.run_sync(
