@@ -383,11 +383,16 @@ class EsperSystem:
         for resource in self._resources:
             await resource.aclose()
         figures = self._training.figures if self._training is not None else None
+        if self.config.nissa.report_png:
+            # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
+            # longest part) leaves no current summary, so --resume finishes the run and renders it again.
+            await self._render_report(None if figures is None else figures.global_step)
         summary = RunSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
             status=status,
             started_at=self._started_at,
+            # Up to the summary's write: the actors' stop and the report's render (seconds) are the run's too.
             duration_s=round(time.monotonic() - self._started_s, 3),
             exit_code=_EXIT_CODES.get(status, 0),
             dead_letters=self._actors.dead_letters,
@@ -398,10 +403,6 @@ class EsperSystem:
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
         )
-        if self.config.nissa.report_png:
-            # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
-            # longest part) leaves no current summary, so --resume finishes the run and renders it again.
-            await self._render_report(None if figures is None else figures.global_step)
         path = self.run_dir / self.config.nissa.summary_json
         try:
             await anyio.to_thread.run_sync(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
@@ -84,3 +85,15 @@ async def test_a_resumed_runs_own_report_leaves_out_what_was_planned_after_its_l
     [(events, note)] = renders.drawn
     assert note.endswith(f"planned for after step {summary.training.global_step}, not applied, not drawn"), note
     assert drawn(load_run(run_dir)) == (events, [], note)
+
+
+async def test_the_summarys_duration_covers_the_runs_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """duration_s was taken before the report's render: "completed in 3.00 s" for a run whose events.jsonl spans
+    5.16 s from run_starting to run_finished. It now runs until the summary is written, after the render."""
+    renders = _Renders(monkeypatch)
+    summary = await (await start(tiny_config(tmp_path, epochs=2), tmp_path / "run")).wait()
+    assert summary.status == "completed", summary.error
+    started = dt.datetime.strptime(summary.started_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+    [rendered] = renders.done_at
+    # started_at and the duration's start are read together; the duration is rounded to the millisecond.
+    assert started + summary.duration_s >= rendered - 0.001
