@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from esper.runtime.lanes import Lanes
     from esper.runtime.supervisor import ChildSpec
     from esper.runtime.system import ActorSystem
-    from schemas.boundary import Decision
+    from schemas.boundary import BoundaryApplied, Decision
     from schemas.config import RunConfig
     from schemas.state import SystemStatePacket
 
@@ -245,6 +245,7 @@ async def assemble(
                 sink=sink,
                 transitions=slot_transitions,
                 later_transitions=tally.standing_slot_transitions,
+                refusals=tally.standing_refusals,
                 missed=missed,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
@@ -301,7 +302,7 @@ async def assemble(
             handoff=handoff,
             subscribers=subscribers,
             expects_plans=True,
-            on_applied=routes.applied,
+            on_applied=functools.partial(_receipt, tally, routes),
             to_planner=routes.to_planner,
             resume=controller_resumes,  # a resume with nothing to continue from starts over, the trainer too
             slot_targets=kasmina.slot_targets,
@@ -361,6 +362,13 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
                 planned = stats.boundaries
     except (EsperError, ValueError, TimeoutError) as err:
         _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
+
+
+def _receipt(tally: RunTally, routes: Routes, receipt: BoundaryApplied) -> None:
+    """Tolaria's receipt of a boundary: to the summary's tally (a stage change the trainer refused counts from where
+    it took effect), then to Kasmina and Nissa."""
+    tally.on_receipt(receipt)
+    routes.applied(receipt)
 
 
 @final

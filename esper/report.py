@@ -298,12 +298,14 @@ class Drawn(NamedTuple):
     timeline_note: str  # what the seed timeline leaves out, for its title ("" for nothing)
 
 
-def drawn(data: RunData) -> Drawn:
-    """The transitions, pauses and resumes the report draws: those that took effect by the run's last trained step.
-    Those planned at its last boundaries for a later step never did (the digest counts them as not applied) and are
-    left out, which the timeline's title says. Without the last session's summary.json (a live or killed run) the
-    last step is not known, and everything read is drawn."""
-    last_step = trained_through(data)
+def drawn(data: RunData, last_step: int | None = None) -> Drawn:
+    """The transitions, pauses and resumes the report draws: those that took effect by the run's last trained step,
+    ``last_step`` (the run rendering its own report, before its summary.json is written) or else its last session's
+    summary.json's. Those planned at its last boundaries for a later step never did (the digest counts them as not
+    applied) and are left out, which the timeline's title says. With neither (a live or killed run) the last step is
+    not known, and everything read is drawn."""
+    if last_step is None:
+        last_step = trained_through(data)
     if last_step is None:
         return Drawn(list(data.events), list(data.pauses), "")
     events = [event for event in data.events if event.step <= last_step]
@@ -312,10 +314,12 @@ def drawn(data: RunData) -> Drawn:
     return Drawn(events, pauses, f"{unapplied_note(left, last_step)}, not drawn" if left else "")
 
 
-def render_report(data: RunData) -> Path:
-    """Write report.png into the run directory (atomically) and return its path. Blocking: a CLI or thread call."""
+def render_report(data: RunData, *, last_step: int | None = None) -> Path:
+    """Write report.png into the run directory (atomically) and return its path; ``last_step``: the run's last trained
+    step, when the caller knows it better than the directory's summary.json (see drawn). Blocking: a CLI or thread
+    call."""
     title = f"Esper run {data.run_dir.name}"
-    shown = drawn(data)
+    shown = drawn(data, last_step)
     png = render_report_png(
         curves_from(data.rows), shown.events, title=title, pauses=shown.pauses, timeline_note=shown.timeline_note
     )

@@ -234,6 +234,7 @@ async def _start_logged(
             before.decisions,
             before.slot_transitions,
             emergencies=before.emergencies,
+            refusals=before.refusals,
             incomplete=before.incomplete,
         )
         for note in before.incomplete:  # on the console too: the summary's figures will leave this out

@@ -12,6 +12,7 @@ from esper.logs import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import re_announced
 from esper.runtime.emergency_tally import EmergencyTally
+from esper.runtime.stage_refusals import Transition
 from schemas.enums import EmergencyLevel
 from schemas.run import RunSummary
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from actors.tolaria.checkpoints import CheckpointInfo
     from esper.decisions import Decision as DecisionRecord
+    from esper.runtime.stage_refusals import Refusal
     from schemas.config import RunConfig
     from schemas.enums import SeedLifecycleStage
 
@@ -61,8 +63,10 @@ class EarlierTally(NamedTuple):
     stages: list[tuple[str, SeedLifecycleStage, int]]  # the seeds' transitions: (seed id, stage, step)
     epochs: list[tuple[int, int, float]]  # (epoch number from 1, step, validation accuracy)
     decisions: list[DecisionRecord]
-    slot_transitions: list[tuple[str, SeedLifecycleStage, int]]  # (slot, stage, step), for slot_transitions_at
+    slot_transitions: list[Transition]  # every slot's, for slot_transitions_at
     emergencies: EmergencyTally  # the earlier sessions' emergency signals, each move of the ladder once
+    # The stage ops the trainer refused and where they took effect (the summary counts each transition from there).
+    refusals: tuple[Refusal, ...] = ()
     # What the summary will miss, one phrase per file that could not be read whole (the summary table prints them).
     incomplete: tuple[str, ...] = ()
     # Why metrics.csv could not be read (None: it was): its epochs come back from Kasmina's journal instead.
@@ -74,10 +78,10 @@ _LOST = "the earlier sessions' decisions, seed transitions (the host-only baseli
 
 def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     """What a resumed run's summary counts from its earlier sessions: the seeds' transitions, each epoch's figures,
-    the decisions, every slot's transitions and the emergency signals. One read of each file; each is read on its
-    own, so a metrics.csv gone does not cost the events' figures (the epochs it lacks are read back from Kasmina's
-    journal: esper.resume_rows). An event log missing, unreadable, or ending epochs before the newest checkpoint (cut
-    short) is named in ``incomplete``. Blocking."""
+    the decisions, every slot's transitions, the emergency signals and the refused stage ops. One read of each file;
+    each is read on its own, so a metrics.csv gone does not cost the events' figures (the epochs it lacks are read
+    back from Kasmina's journal: esper.resume_rows). An event log missing, unreadable, or ending epochs before the
+    newest checkpoint (cut short) is named in ``incomplete``. Blocking."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     events = directory / config.logging.json_file
@@ -100,7 +104,9 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         and (accuracy := row.get("val_accuracy")) is not None
     ]
     if found is None:
-        return EarlierTally([], epochs, [], [], EmergencyTally(), tuple(incomplete), metrics_problem)
+        return EarlierTally(
+            [], epochs, [], [], EmergencyTally(), incomplete=tuple(incomplete), metrics_problem=metrics_problem
+        )
     # Each epoch_end is logged at info: a log kept at a higher level never had them.
     if LEVEL_NUMBERS[config.logging.level] <= LEVEL_NUMBERS["info"]:
         reached = _newest_checkpoint_epoch(directory)
@@ -116,8 +122,10 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
             )
             incomplete.append(f"{events.name} {where} missing")
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
-    slots = [(e.slot, e.to_stage, e.step) for e in found.stages]
-    return EarlierTally(stages, epochs, found.decisions, slots, found.emergencies, tuple(incomplete), metrics_problem)
+    slots = [Transition(e.slot, e.to_stage, e.step, e.seed_id) for e in found.stages]
+    return EarlierTally(
+        stages, epochs, found.decisions, slots, found.emergencies, found.refusals, tuple(incomplete), metrics_problem
+    )
 
 
 def _newest_checkpoint_epoch(directory: Path) -> int | None:
@@ -129,14 +137,12 @@ def _newest_checkpoint_epoch(directory: Path) -> int | None:
     return max((info.epoch for info in listed), default=None)
 
 
-def slot_transitions_at(
-    transitions: list[tuple[str, SeedLifecycleStage, int]], lag_steps: int, resume_step: int
-) -> list[tuple[str, SeedLifecycleStage, int]]:
-    """The (slot, stage, step) transitions decided at or before ``resume_step`` (a transition's event carries the step
+def slot_transitions_at(transitions: list[Transition], lag_steps: int, resume_step: int) -> list[Transition]:
+    """The slot transitions decided at or before ``resume_step`` (a transition's event carries the step
     its plan takes effect, ``lag_steps`` later): what Nissa had heard when the run reached the checkpoint it resumes
     from. The resumed lifecycle's replay reports none of them again, so without them metrics.csv showed the trainer's
     coarser view of each seed until its next transition."""
-    return [t for t in transitions if t[2] - lag_steps <= resume_step]
+    return [t for t in transitions if t.step - lag_steps <= resume_step]
 
 
 def summary_problem(run_dir: Path, info: CheckpointInfo) -> str | None:

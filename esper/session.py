@@ -331,11 +331,14 @@ class EsperSystem:
         await self._actors.stop()
         return await self.wait()
 
-    async def _render_report(self) -> None:
+    async def _render_report(self, last_step: int | None) -> None:
         from esper.report import ReportInputError, load_run, render_report  # matplotlib only when a report is due
 
         def render() -> None:
-            render_report(load_run(self.run_dir))
+            # The last trained step given, not read: summary.json is written after the report (a new run has none yet,
+            # a resumed run's is an earlier session's), and without it every transition planned after the last step
+            # was drawn.
+            render_report(load_run(self.run_dir), last_step=last_step)
 
         try:
             await anyio.to_thread.run_sync(render)
@@ -380,11 +383,16 @@ class EsperSystem:
         for resource in self._resources:
             await resource.aclose()
         figures = self._training.figures if self._training is not None else None
+        if self.config.nissa.report_png:
+            # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
+            # longest part) leaves no current summary, so --resume finishes the run and renders it again.
+            await self._render_report(None if figures is None else figures.global_step)
         summary = RunSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
             status=status,
             started_at=self._started_at,
+            # Up to the summary's write: the actors' stop and the report's render (seconds) are the run's too.
             duration_s=round(time.monotonic() - self._started_s, 3),
             exit_code=_EXIT_CODES.get(status, 0),
             dead_letters=self._actors.dead_letters,
@@ -395,10 +403,6 @@ class EsperSystem:
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
         )
-        if self.config.nissa.report_png:
-            # Before summary.json, which marks the run's end as written: a kill while the report renders (the end's
-            # longest part) leaves no current summary, so --resume finishes the run and renders it again.
-            await self._render_report()
         path = self.run_dir / self.config.nissa.summary_json
         try:
             await anyio.to_thread.run_sync(

@@ -28,6 +28,7 @@ from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ActorStopped, MailboxFull
 from esper.runtime.percentiles import nearest_rank
+from esper.runtime.stage_refusals import Refusal, RefusalLog, Transition, effect_step
 from esper.summary_table import seed_outcomes, unapplied_transitions
 from schemas.boundary import FALLBACK_SUFFIX, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
@@ -242,10 +243,13 @@ class RunTally:
     # Every session's emergency signals, each move of the ladder once: a resumed session that trains the killed
     # session's last steps again makes its moves at those steps again (see EmergencyTally).
     emergencies: EmergencyTally = field(default_factory=EmergencyTally)
-    # A resumed run's earlier (slot, stage, step) transitions, read once with the rest of its tally.
-    earlier_slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
+    # A resumed run's earlier slot transitions, read once with the rest of its tally.
+    earlier_slot_transitions: list[Transition] = field(default_factory=list)
     # Every slot's transitions that stand, the earlier sessions' included: a restarted Nissa starts from them.
-    slot_transitions: list[tuple[str, SeedLifecycleStage, int]] = field(default_factory=list)
+    slot_transitions: list[Transition] = field(default_factory=list)
+    # The stage ops the trainer refused (from its receipts) and where they took effect: a transition counts at the
+    # step it took effect (effect_step), not the step planned.
+    refusals: RefusalLog = field(default_factory=RefusalLog)
     # What a resumed run's earlier sessions' files could not tell (a phrase each), for the summary to say.
     earlier_incomplete: list[str] = field(default_factory=list)
     # GNN workers killed because they stopped answering (the actor's tamiyo_gnn_worker_hung events).
@@ -256,12 +260,13 @@ class RunTally:
             case SeedStageChanged(slot=slot, seed_id=seed_id, to_stage=stage, step=step):
                 if seed_id is not None:
                     self.seed_transitions.append((seed_id, step, stage))
-                self.slot_transitions.append((slot, stage, step))
+                self.slot_transitions.append(Transition(slot, stage, step, seed_id))
             case LifecycleRestored():
                 # A rollback (or a restart, or a resume) undid the later transitions: a seed germinated after the
                 # restored state was counted with the outcome it never reached; those that happen again come again.
                 self.seed_transitions = [t for t in self.seed_transitions if not event.undoes(t[1])]
-                self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t[2])]
+                self.slot_transitions = [t for t in self.slot_transitions if not event.undoes(t.step)]
+                self.refusals.restore(event.step)
             case TrainingRestored(step=step):
                 # The epochs that ended after the restored step are trained again, or never (a resume with fewer
                 # epochs): their figures, a killed session's read back by preload included, are the undone attempt's.
@@ -281,32 +286,43 @@ class RunTally:
         stages: list[tuple[str, SeedLifecycleStage, int]],
         epochs: list[tuple[int, int, float]],
         decisions: list[DecisionRecord] | None = None,
-        slot_transitions: list[tuple[str, SeedLifecycleStage, int]] | None = None,
+        slot_transitions: list[Transition] | None = None,
         *,
         emergencies: EmergencyTally | None = None,
+        refusals: Sequence[Refusal] = (),
         incomplete: Sequence[str] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
-        (epoch, step, validation accuracy) rows, its decisions and its (slot, stage, step) transitions (what Nissa
-        starts from, see slot_transitions_at) and its emergency signals (the summary counts every session's, each move
-        once); the resumed run's own traffic then continues the tally. ``incomplete``: what the earlier sessions'
-        files could not tell (the summary says so: GrowthFigures.earlier_incomplete)."""
+        (epoch, step, validation accuracy) rows, its decisions and its slot transitions (what Nissa starts from, see
+        slot_transitions_at), its emergency signals (the summary counts every session's, each move once) and the stage
+        ops the trainer refused (see RefusalLog); the resumed run's own traffic then continues the tally.
+        ``incomplete``: what the earlier sessions' files could not tell (the summary says so:
+        GrowthFigures.earlier_incomplete)."""
         self.earlier_incomplete = list(incomplete)
         self.decisions = list(decisions or ())
         self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
         self.slot_transitions = list(slot_transitions or ())
+        self.refusals = RefusalLog(refusals)
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:
             self.epoch_val_accuracy[epoch] = accuracy
             self.epoch_step[epoch] = step
 
-    def standing_slot_transitions(self) -> list[tuple[str, SeedLifecycleStage, int]]:
-        """Every (slot, stage, step) transition that stands, the earlier sessions' included: what a restarted Nissa
-        starts from (it counted seeds by the trainer's coarser view, probationary as shadowing and embargoed as
-        dormant, until each slot's next transition)."""
+    def standing_slot_transitions(self) -> list[Transition]:
+        """Every slot transition that stands, the earlier sessions' included: what a restarted Nissa starts from (it
+        counted seeds by the trainer's coarser view, probationary as shadowing and embargoed as dormant, until each
+        slot's next transition)."""
         return list(self.slot_transitions)
+
+    def standing_refusals(self) -> tuple[Refusal, ...]:
+        """The refused stage ops that stand, the earlier sessions' included: a restarted Nissa starts from them."""
+        return self.refusals.refusals()
+
+    def on_receipt(self, receipt: BoundaryApplied) -> None:
+        """Tolaria's receipt of a boundary: the stage ops it refused, and those it applied after a refusal."""
+        self.refusals.receipt(receipt)
 
     def on_packet(self, packet: SystemStatePacket) -> None:
         if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:
@@ -340,8 +356,9 @@ class RunTally:
         """The growth figures as of now; the baseline is the last epoch whose end came before the germination of the
         first seed that reached training took effect (the host alone), or the final epoch when none did; none
         ("unknown") when the earlier sessions' events are incomplete (their seed transitions lost). Seeds are
-        counted by the stage they were in at ``last_step`` (the last trained step; None: their latest), leaving out
-        what never took effect."""
+        counted by the stage they were in at ``last_step`` (the last trained step; None: their latest), each
+        transition at the step it took effect, leaving out what never did (planned after ``last_step``, or refused
+        by the trainer and never applied)."""
         epochs = sorted(self.epoch_val_accuracy)
         final = self.epoch_val_accuracy[epochs[-1]] if epochs else None
         baseline_epoch: int | None = None
@@ -356,8 +373,25 @@ class RunTally:
         else:
             before = [e for e in epochs if self.epoch_step[e] < grafted]
             baseline_epoch = before[-1] if before else None
-        counts = seed_outcomes(self.seed_transitions, last_step)
-        unapplied = unapplied_transitions((step for _, _, step in self.slot_transitions), last_step)
+        # Each transition where it took effect: a stage change the trainer refused (at L3) counts from the step its
+        # op was applied, or not at all, as the report draws it (esper.report_receipts).
+        refusals = self.refusals.refusals()
+        counts = seed_outcomes(
+            (
+                (seed_id, at, stage)
+                for seed_id, step, stage in self.seed_transitions
+                if (at := effect_step(seed_id, stage, step, refusals)) is not None
+            ),
+            last_step,
+        )
+        unapplied = unapplied_transitions(
+            (
+                at
+                for t in self.slot_transitions
+                if (at := effect_step(t.seed_id, t.stage, t.step, refusals)) is not None
+            ),
+            last_step,
+        )
         latencies = sorted(d.ms for d in self.decisions)
         no_op_reasons: dict[str, int] = {}
         fallback_reasons: dict[str, int] = {}

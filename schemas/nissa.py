@@ -12,7 +12,7 @@ The lifecycle event contract (what ``python -m esper.report`` reads back from ev
     adaptation paused) takes effect later: Kasmina's ``seed_op_failed`` telemetry event names the seed and the step
     refused (``attributes.step``), its ``seed_op_retried`` event the step it took effect (``attributes.step``) and the
     step first planned (``attributes.planned_step``); the report draws the seed's stage changes from that step on at
-    the step they took effect (esper.report_receipts).
+    the step they took effect, as the summary and Nissa count them (esper.runtime.stage_refusals).
 
 Kasmina emits a SeedStageChanged per transition to the run's EventSink, which writes that line, and the composition
 root forwards the same message to Nissa.

@@ -92,7 +92,7 @@ class RunSummary(Record, frozen=True):
     run_dir: str
     status: RunStatus
     started_at: str
-    duration_s: float
+    duration_s: float  # from the session's start until the summary is written (the report's render included)
     exit_code: int
     dead_letters: int
     bus_dropped: int = 0  # events meant for the bus's observers that never reached it (Oona's BusLosses)

@@ -350,9 +350,9 @@ async def test_the_report_is_rendered_before_the_summary_that_marks_the_run_writ
     render = esper.report.render_report
     seen: list[bool] = []
 
-    def recording(data: esper.report.RunData) -> Path:
+    def recording(data: esper.report.RunData, *, last_step: int | None = None) -> Path:
         seen.append((data.run_dir / "summary.json").exists())
-        return render(data)
+        return render(data, last_step=last_step)
 
     monkeypatch.setattr(esper.report, "render_report", recording)
     run_dir = tmp_path / "run"

@@ -16,6 +16,7 @@ from actors.nissa.csv_writer import MetricsCsvWriter
 from actors.nissa.prometheus import host_port
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
+from esper.runtime.stage_refusals import Transition
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.boundary import TrainingRestored
@@ -62,12 +63,12 @@ async def test_rows_alerts_and_snapshot(tmp_path: Path, clock: ManualClock, sink
         for step in (10, 20, 30):
             clock.advance(1.0)
             await ref.tell(packet(step, step_ms=25.0))  # three breaches of training_latency_high (> 18 ms, for 3)
-        await ref.tell(packet(32, epoch=0, val=0.9, step_ms=5.0))
         await ref.tell(
             SeedStageChanged(
                 slot="s1", from_stage=SeedLifecycleStage.DORMANT, to_stage=SeedLifecycleStage.GERMINATED, step=32
             )
         )
+        await ref.tell(packet(32, epoch=0, val=0.9, step_ms=5.0))  # in effect at this epoch end: counted
         await ref.tell(
             TelemetryPacket(
                 packet_id="p",
@@ -236,7 +237,10 @@ async def test_a_restarted_nissa_counts_seeds_by_the_stages_the_run_left(
         await real_append(self, row)
 
     monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
-    run_transitions = [("a", SeedLifecycleStage.PROBATIONARY, 20), ("b", SeedLifecycleStage.EMBARGOED, 24)]
+    run_transitions = [
+        Transition("a", SeedLifecycleStage.PROBATIONARY, 20),
+        Transition("b", SeedLifecycleStage.EMBARGOED, 24),
+    ]
     spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, later_transitions=lambda: run_transitions)
     system = ActorSystem(clock=clock, sink=sink)
     await system.start(Supervisor([spec], backoff_initial_s=0))
@@ -301,7 +305,7 @@ async def test_a_resumes_missed_epoch_ends_are_written_at_its_start_once(
     monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
     seeds = (seed("a", SeedLifecycleStage.SHADOWING),)
     missed = (packet(32, epoch=0, val=0.9), packet(64, epoch=1, val=0.8, seeds=seeds))
-    transitions = [("a", SeedLifecycleStage.PROBATIONARY, 60)]
+    transitions = [Transition("a", SeedLifecycleStage.PROBATIONARY, 60)]
     clock.advance(100.0)  # the run was down for a while
     spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, transitions=transitions, missed=missed)
     resumed = ActorSystem(clock=clock, sink=sink)

@@ -10,6 +10,7 @@ import pytest
 
 from actors.nissa.metrics import KNOWN_METRICS, METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
 from esper.run_history import earlier_tally, slot_transitions_at
+from esper.runtime.stage_refusals import Transition
 from schemas.boundary import BoundaryApplied, OpOutcome
 from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
@@ -21,6 +22,8 @@ from tests.nissa_packets import packet, seed
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from schemas.boundary import SeedOpKind
 
 
 def test_rows_come_only_from_epoch_ends_once_per_epoch() -> None:
@@ -126,12 +129,14 @@ def test_telemetry_lifecycle_boundary_breaker_and_restart_inputs_update_the_regi
             slot="s1", from_stage=SeedLifecycleStage.TRAINING, to_stage=SeedLifecycleStage.BLENDING, step=40
         )
     )
-    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "blending"}) == 1.0
-    assert registry.value("kasmina.seed.stage", {"slot": "s1"}) is None  # set by the packets from step 40 on
+    # Counted when it takes effect, and its stage set by the packets from step 40 on.
+    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "blending"}) is None
+    assert registry.value("kasmina.seed.stage", {"slot": "s1"}) is None
     aggregator.observe_state(
         packet(40, epoch=0, val=0.9, seeds=(seed("s1", SeedLifecycleStage.TRAINING),)), wall_time_s=1
     )
     assert registry.value("kasmina.seed.stage", {"slot": "s1"}) == 4.0
+    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "blending"}) == 1.0
 
     aggregator.observe_boundary(
         BoundaryApplied(
@@ -196,7 +201,10 @@ def test_a_resumed_runs_rows_count_the_stages_its_earlier_sessions_left(tmp_path
     config = RunConfig(tolaria=TolariaConfig(command_lag_steps=8))
     transitions = earlier_tally(tmp_path, config).slot_transitions
     earlier = slot_transitions_at(transitions, config.tolaria.command_lag_steps, resume_step=88)
-    assert earlier == [("a", SeedLifecycleStage.PROBATIONARY, 88), ("b", SeedLifecycleStage.EMBARGOED, 96)]
+    assert earlier == [
+        Transition("a", SeedLifecycleStage.PROBATIONARY, 88),
+        Transition("b", SeedLifecycleStage.EMBARGOED, 96),
+    ]
     aggregator = MetricsAggregator(transitions=earlier)
     seeds = (seed("a", SeedLifecycleStage.SHADOWING), seed("b", SeedLifecycleStage.DORMANT))
     row, _ = aggregator.observe_state(packet(100, epoch=4, val=0.7, seeds=seeds), wall_time_s=1.0)
@@ -208,7 +216,7 @@ def test_a_rollback_takes_back_the_stages_of_the_transitions_it_undid() -> None:
     """A seed germinated after the state a rollback went back to counted in metrics.csv (and the per-slot stage gauge)
     until its slot's next transition, though the lifecycle no longer had it."""
     dormant, germinated = SeedLifecycleStage.DORMANT, SeedLifecycleStage.GERMINATED
-    aggregator = MetricsAggregator(transitions=[("a", SeedLifecycleStage.TRAINING, 10)])
+    aggregator = MetricsAggregator(transitions=[Transition("a", SeedLifecycleStage.TRAINING, 10)])
     aggregator.observe_stage(
         SeedStageChanged(slot="a", from_stage=SeedLifecycleStage.TRAINING, to_stage=germinated, step=60)
     )
@@ -260,3 +268,59 @@ def test_an_epoch_row_reports_the_epochs_timings_not_its_last_intervals() -> Non
     row = epoch_row(end, wall_time_s=1.0)
     assert (row["step_ms"], row["samples_per_s"]) == (10.2, 2500.0)
     assert epoch_row(interval, wall_time_s=1.0)["step_ms"] == 50.8  # a packet without them (an older sender)
+
+
+def _receipt(step: int, kind: SeedOpKind, *, applied: bool, seed_id: str = "seed-a") -> BoundaryApplied:
+    outcome = OpOutcome(kind=kind, slot="a", seed_id=seed_id, applied=applied)
+    return BoundaryApplied(
+        run_id="run-1", decided_on_step=step - 4, effect_step=step, applied_step=step, outcomes=(outcome,)
+    )
+
+
+def test_a_stage_change_the_trainer_refused_counts_from_the_receipt_that_applied_it() -> None:
+    """A fossilize refused at L3 (step 100) and applied at step 132: the rows at 112 and 128 counted the seed
+    fossilized, and the transition counter (Prometheus) counted it when decided, though the trainer had not applied
+    it; one planned after the last packet (never applied) was counted too."""
+    probationary, fossilized = SeedLifecycleStage.PROBATIONARY, SeedLifecycleStage.FOSSILIZED
+    aggregator = MetricsAggregator(transitions=[Transition("a", probationary, 84, "seed-a")])
+    registry = aggregator.registry
+    aggregator.observe_stage(
+        SeedStageChanged(slot="a", from_stage=probationary, to_stage=fossilized, step=100, seed_id="seed-a")
+    )
+    aggregator.observe_boundary(_receipt(100, "fossilize", applied=False))
+    seeds = (seed("a", SeedLifecycleStage.SHADOWING),)
+    for step in (112, 128):
+        row, _ = aggregator.observe_state(packet(step, epoch=step // 16 - 1, val=0.7, seeds=seeds), wall_time_s=1.0)
+        assert row is not None
+        assert (row["seeds_probationary"], row["seeds_fossilized"]) == (1, 0)
+        assert registry.value("kasmina.seed.transitions_total", {"to_stage": "fossilized"}) is None
+    aggregator.observe_boundary(_receipt(132, "fossilize", applied=True))
+    aggregator.observe_state(packet(132, epoch=8, seeds=seeds), wall_time_s=1.0)  # before the plans due at 132
+    assert registry.value("kasmina.seeds.by_stage", {"stage": "fossilized"}) == 0.0
+    row, _ = aggregator.observe_state(packet(144, epoch=8, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    assert (row["seeds_probationary"], row["seeds_fossilized"]) == (0, 1)
+    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "fossilized"}) == 1.0
+    # Planned at the last boundary for a step no packet reaches: never in effect, never counted.
+    aggregator.observe_stage(
+        SeedStageChanged(
+            slot="b", from_stage=SeedLifecycleStage.DORMANT, to_stage=SeedLifecycleStage.GERMINATED, step=148
+        )
+    )
+    assert registry.value("kasmina.seed.transitions_total", {"to_stage": "germinated"}) is None
+
+
+def test_a_rollback_reopens_a_refusal_whose_receipt_it_undid() -> None:
+    """Refused at 100, applied at 108, then a rollback to step 104: the restored planner sends the op again, so the
+    seed is probationary until a receipt applies it again."""
+    probationary, fossilized = SeedLifecycleStage.PROBATIONARY, SeedLifecycleStage.FOSSILIZED
+    aggregator = MetricsAggregator(
+        transitions=[Transition("a", probationary, 84, "seed-a"), Transition("a", fossilized, 100, "seed-a")]
+    )
+    aggregator.observe_boundary(_receipt(100, "fossilize", applied=False))
+    aggregator.observe_boundary(_receipt(108, "set_stage", applied=True))
+    aggregator.observe_restored(LifecycleRestored(run_id="r", step=104, lag_steps=4))
+    seeds = (seed("a", SeedLifecycleStage.SHADOWING),)
+    row, _ = aggregator.observe_state(packet(112, epoch=6, val=0.7, seeds=seeds), wall_time_s=1.0)
+    assert row is not None
+    assert (row["seeds_probationary"], row["seeds_fossilized"]) == (1, 0)

@@ -54,7 +54,7 @@ async def test_no_caller_gets_the_summary_before_the_runs_end_is_written(
         summaries.append(await end)
         seen.append((name, (run_dir / "summary.json").is_file(), _log_free()))
 
-    async def rendering() -> None:
+    async def rendering(_last_step: int | None) -> None:
         # The end is being written now (the summary built, not yet on disk): a notebook's wait_for times out on the
         # first wait(), then waits again, while another task stops the run.
         first.cancel()
@@ -255,7 +255,7 @@ def test_a_loop_that_ends_while_the_runs_end_is_written_lets_go_of_it(
     async def interrupted() -> None:
         reached = asyncio.Event()
 
-        async def held(_system: EsperSystem) -> None:
+        async def held(_system: EsperSystem, _last_step: int | None) -> None:
             reached.set()
             await asyncio.Event().wait()  # the end held here (the report rendering) until the loop goes away
 

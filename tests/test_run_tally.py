@@ -10,9 +10,10 @@ import pytest
 
 from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
+from esper.runtime.stage_refusals import Refusal, Transition
 from esper.summary_table import format_summary, growth_lines
 from esper.wiring import RunTally
-from schemas.boundary import Decision, TrainingRestored
+from schemas.boundary import BoundaryApplied, Decision, OpOutcome, TrainingRestored
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
@@ -301,7 +302,7 @@ def test_a_resume_drops_the_killed_sessions_epochs_past_its_checkpoint() -> None
 def test_the_standing_slot_transitions_are_every_one_that_stands() -> None:
     """What a restarted Nissa starts from: each slot's latest standing transition, the earlier sessions' included."""
     tally = RunTally()
-    tally.preload([], [], [], [("blocks.0", SeedLifecycleStage.FOSSILIZED, 40)])
+    tally.preload([], [], [], [Transition("blocks.0", SeedLifecycleStage.FOSSILIZED, 40)])
     tally.emit(_stage("a", SeedLifecycleStage.PROBATIONARY, 60))
     tally.emit(
         SeedStageChanged(
@@ -311,9 +312,9 @@ def test_the_standing_slot_transitions_are_every_one_that_stands() -> None:
     tally.emit(_stage("a", SeedLifecycleStage.FOSSILIZED, 72))  # decided at 68: undone below
     tally.emit(LifecycleRestored(run_id="r", step=64, lag_steps=4))
     assert tally.standing_slot_transitions() == [
-        ("blocks.0", SeedLifecycleStage.FOSSILIZED, 40),
-        ("blocks.1", SeedLifecycleStage.PROBATIONARY, 60),
-        ("blocks.2", SeedLifecycleStage.EMBARGOED, 62),
+        Transition("blocks.0", SeedLifecycleStage.FOSSILIZED, 40),
+        Transition("blocks.1", SeedLifecycleStage.PROBATIONARY, 60, "a"),
+        Transition("blocks.2", SeedLifecycleStage.EMBARGOED, 62),
     ]
 
 
@@ -325,3 +326,21 @@ def test_the_summary_table_says_how_many_events_never_reached_the_bus() -> None:
     assert "bus:" not in format_summary(summary)
     lost = msgspec.structs.replace(summary, bus_dropped=1183)
     assert "bus: 1183 events never reached its observers (training was unaffected)" in format_summary(lost)
+
+
+def test_a_resumed_run_counts_a_refused_stage_change_from_the_receipt_that_applied_it() -> None:
+    """The earlier session's fossilize was refused at step 100 (its events.jsonl says so) and never applied before the
+    kill: the seed is probationary until the resumed trainer's receipt applies the op again (step 132)."""
+    tally = RunTally()
+    tally.preload(
+        [("a", SeedLifecycleStage.PROBATIONARY, 84), ("a", SeedLifecycleStage.FOSSILIZED, 100)],
+        [],
+        refusals=[Refusal("a", 100)],
+    )
+    assert tally.figures(seed_parameters=0, last_step=128).seeds == {"probationary": 1}
+    applied = OpOutcome(kind="fossilize", slot="blocks.1", seed_id="a", applied=True)
+    tally.on_receipt(
+        BoundaryApplied(run_id="r", decided_on_step=128, effect_step=132, applied_step=132, outcomes=(applied,))
+    )
+    assert tally.figures(seed_parameters=0, last_step=128).seeds == {"probationary": 1}
+    assert tally.figures(seed_parameters=0, last_step=144).seeds == {"fossilized": 1}

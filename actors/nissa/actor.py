@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from actors.nissa.metrics import SlotTransition
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
+    from esper.runtime.stage_refusals import Refusal
     from schemas.config import NissaConfig
 
 NissaMessage = (
@@ -92,6 +93,7 @@ class Nissa(Actor[NissaMessage]):
         capacity: int = 1024,
         backlog: RowBacklog | None = None,
         transitions: Sequence[SlotTransition] | None = None,
+        refusals: Sequence[Refusal] = (),
     ) -> None:
         """Args:
         config: the ``[nissa]`` section; ``prometheus_port`` 0 binds an ephemeral port (tests).
@@ -104,6 +106,7 @@ class Nissa(Actor[NissaMessage]):
         backlog: the rows not yet written, kept by the spec across incarnations (None: this incarnation's own).
         transitions: the slot transitions that stand from a resumed run's earlier sessions (they are not reported
             again: the replay that rebuilds the lifecycle is silent), or from before a restart, in order.
+        refusals: the stage ops the trainer refused that stand from before this incarnation (see transitions).
         """
         super().__init__(inbox=NISSA_INBOX, capacity=capacity)
         self._config = config
@@ -112,7 +115,7 @@ class Nissa(Actor[NissaMessage]):
         self._started_s = started_s
         self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
         self._backlog = RowBacklog() if backlog is None else backlog
-        self._metrics = MetricsAggregator(transitions=transitions)
+        self._metrics = MetricsAggregator(transitions=transitions, refusals=refusals)
         self._alerts = AlertEvaluator(rules)
         self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
         self._emergency = EmergencyLevel.L1_NOTICE

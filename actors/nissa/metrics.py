@@ -11,20 +11,23 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, final
 
 from esper.runtime.emergency_tally import EmergencyTally
+from esper.runtime.stage_refusals import RefusalLog, Transition, effect_step
 from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
 from schemas.nissa import MetricKind, MetricSample
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from esper.runtime.stage_refusals import Refusal
     from schemas.boundary import BoundaryApplied
     from schemas.nissa import LifecycleRestored, SeedStageChanged
     from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
     from schemas.state import SystemStatePacket
     from schemas.telemetry import TelemetryPacket
 
-SlotTransition = tuple[str, SeedLifecycleStage, int]
-"""(slot, stage, step): a slot's lifecycle transition, in effect from the boundary after optimizer step ``step``."""
+SlotTransition = Transition
+"""A slot's lifecycle transition, in effect from the boundary after optimizer step ``step`` unless the trainer refused
+its op there (then from the step it applied it, or never: esper.runtime.stage_refusals)."""
 
 CellValue = float | int | None
 EpochRow = dict[str, CellValue]
@@ -100,7 +103,7 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),
         "kasmina.seed.alpha": ("gauge", "Blend alpha of the seed in each slot."),
         "kasmina.isolation.violations": ("gauge", "Gradient isolation violations reported so far."),
-        "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions, by target stage."),
+        "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions that took effect, by target stage."),
         "weatherlight.restarts_total": ("counter", "Actor restarts, by child."),
         "runtime.breaker.state": ("gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
         "telemetry.events_total": ("counter", "Telemetry events received, by name and level."),
@@ -226,37 +229,61 @@ class MetricsAggregator:
     """Turns Nissa's inputs into registry updates and epoch rows. Each ``observe_*`` returns the metric names whose
     value changed, so the caller evaluates only the alert rules on those metrics."""
 
-    def __init__(self, *, last_epoch: int | None = None, transitions: Sequence[SlotTransition] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        last_epoch: int | None = None,
+        transitions: Sequence[SlotTransition] | None = None,
+        refusals: Sequence[Refusal] = (),
+    ) -> None:
         """Args: last_epoch: the index (from 0) of the last epoch already in metrics.csv (after a restart); its row is
         not produced again. transitions: the slot transitions that stand from before this aggregator (a resumed run's
-        earlier sessions, whose lifecycle replay reports nothing; a restarted Nissa's run so far), in order."""
+        earlier sessions, whose lifecycle replay reports nothing; a restarted Nissa's run so far), in order.
+        refusals: the stage ops the trainer refused that stand from before this aggregator (see transitions)."""
         self.registry = MetricsRegistry()
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
         # GERMINATED, PROBATIONARY, CULLED or EMBARGOED (a probationary seed's slot reads as SHADOWING). Only the
-        # transitions in effect at the packet's step count: each is reported when decided, command_lag_steps ahead.
+        # transitions in effect at the packet's step count: each is reported when decided, command_lag_steps ahead,
+        # and one whose op the trainer refused (at L3) takes effect when a receipt says it applied it, or never.
         self._lifecycle: dict[str, SeedLifecycleStage] = {}
-        self._pending: list[SlotTransition] = list(transitions or ())
-        # Every transition that stands, so that a restore of the lifecycle can take back the ones it undid.
-        self._standing: list[SlotTransition] = list(self._pending)
+        # Every transition that stands, in the order reported, so that a restore of the lifecycle can take back the
+        # ones it undid.
+        self._standing: list[SlotTransition] = [Transition(*t) for t in transitions or ()]
+        # Those reported to this aggregator that have not taken effect yet: the transition counter counts each once it
+        # does (one planned after the run's last step, or refused and never applied, never does).
+        self._uncounted: list[SlotTransition] = []
+        self._refusals = RefusalLog(refusals)
         # The halts counted: a halt at a step already counted (the signal delivered again) is the same halt.
         self._halts = EmergencyTally()
 
     def _stages(self, packet: SystemStatePacket) -> list[SeedLifecycleStage]:
-        # An epoch-end packet is sent after the plans due at its step are applied; one inside an epoch before them.
-        self._apply_due(packet.global_step if packet.epoch_progress >= 1.0 else packet.global_step - 1)
+        # An epoch-end packet is sent after the plans due at its step are applied (their receipts before it); one
+        # inside an epoch before them.
+        self._apply_due(packet.global_step if packet.epoch_progress >= 1.0 else packet.global_step - 1, count=True)
         return [self._lifecycle.get(seed.slot, seed.stage) for seed in packet.seed_states]
 
-    def _apply_due(self, step: int) -> None:
-        """Move the pending transitions in effect at ``step`` into the lifecycle, in the order they were reported."""
+    def _apply_due(self, step: int, *, count: bool = False) -> None:
+        """Each slot's stage as the standing transitions in effect at ``step`` leave it, in the order reported;
+        ``count``: count those of this aggregator's that took effect by then."""
+        refusals = self._refusals.refusals()
+        lifecycle: dict[str, SeedLifecycleStage] = {}
+        for slot, stage, planned, seed_id in self._standing:
+            at = effect_step(seed_id, stage, planned, refusals)
+            if at is not None and at <= step:
+                lifecycle[slot] = stage
+        self._lifecycle = lifecycle
+        if not count:
+            return
         waiting: list[SlotTransition] = []
-        for transition in self._pending:
-            if transition[2] <= step:
-                self._lifecycle[transition[0]] = transition[1]
+        for transition in self._uncounted:
+            at = effect_step(transition.seed_id, transition.stage, transition.step, refusals)
+            if at is not None and at <= step:
+                self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": transition.stage.name.lower()})
             else:
                 waiting.append(transition)
-        self._pending = waiting
+        self._uncounted = waiting
 
     def observe_state(self, packet: SystemStatePacket, *, wall_time_s: float) -> tuple[EpochRow | None, list[str]]:
         """Update the gauges from a state packet; returns (the epoch row if this packet ends a new epoch, names)."""
@@ -326,12 +353,12 @@ class MetricsAggregator:
         return names
 
     def observe_stage(self, event: SeedStageChanged) -> list[str]:
-        """Count a transition when it is decided; its stage counts in the packets from its step on."""
-        transition = (event.slot, event.to_stage, event.step)
-        self._pending.append(transition)
+        """A transition, reported when decided: its stage counts in the packets from the step it takes effect on, and
+        the transition counter counts it then."""
+        transition = Transition(event.slot, event.to_stage, event.step, event.seed_id)
         self._standing.append(transition)
-        self.registry.inc("kasmina.seed.transitions_total", labels={"to_stage": event.to_stage.name.lower()})
-        return ["kasmina.seed.transitions_total"]
+        self._uncounted.append(transition)
+        return []
 
     def observe_training_restored(self, step: int) -> list[str]:
         """The trainer went back to ``step`` (a rollback, a restart, a resume): the step gauge said where it had been
@@ -343,16 +370,20 @@ class MetricsAggregator:
         """The lifecycle went back to an earlier boundary (a rollback): each slot's stage is again the one the
         transitions that still stand left it in at that boundary (without this, a seed germinated after the rollback's
         state counted in metrics.csv until its slot's next transition); those decided before it and due after it are
-        pending again. The transition counter keeps what happened."""
-        self._standing = [t for t in self._standing if not restored.undoes(t[2])]
-        self._lifecycle = {}
-        self._pending = list(self._standing)
+        pending again, and so are the stage ops the trainer refused after it. The transition counter keeps what
+        happened."""
+        self._standing = [t for t in self._standing if not restored.undoes(t.step)]
+        self._uncounted = [t for t in self._uncounted if not restored.undoes(t.step)]
+        self._refusals.restore(restored.step)
         self._apply_due(restored.step)
         for slot, stage in self._lifecycle.items():
             self.registry.set_gauge("kasmina.seed.stage", int(stage), {"slot": slot})
         return ["kasmina.seed.stage"]
 
     def observe_boundary(self, applied: BoundaryApplied) -> list[str]:
+        """A boundary's receipt: the stall, each op's outcome, and the stage ops the trainer refused or applied late
+        (a refused stage change takes effect when a receipt applies it)."""
+        self._refusals.receipt(applied)
         reg = self.registry
         reg.set_gauge("tolaria.boundary.stall_ms", applied.stall_ms)
         if applied.stall_ms > 0:

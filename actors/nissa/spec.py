@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from actors.nissa.metrics import SlotTransition
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
+    from esper.runtime.stage_refusals import Refusal
     from schemas.config import NissaConfig
     from schemas.state import SystemStatePacket
 
@@ -36,14 +37,16 @@ def nissa_spec(
     rules: Sequence[AlertRule] = DEFAULT_RULES,
     transitions: Sequence[SlotTransition] | None = None,
     later_transitions: Callable[[], Sequence[SlotTransition]] | None = None,
+    refusals: Callable[[], Sequence[Refusal]] | None = None,
     missed: Sequence[SystemStatePacket] = (),
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
     run's start), so they survive restarts. ``transitions``: the slot transitions the first incarnation starts
     from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those of the run that
-    stand. ``missed``: the epoch-end packets of a resume's epochs whose checkpoint was written and whose rows were
-    not (esper.resume_rows); the first incarnation writes their rows."""
+    stand. ``refusals``: the stage ops the trainer refused that stand as each incarnation starts (a resume's earlier
+    sessions', the run's so far after a restart). ``missed``: the epoch-end packets of a resume's epochs whose
+    checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their rows."""
     started_s = clock.now()
     backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
@@ -59,6 +62,7 @@ def nissa_spec(
             rules=rules,
             backlog=backlog,
             transitions=first.pop() if first else later_transitions() if later_transitions is not None else None,
+            refusals=refusals() if refusals is not None else (),
         ),
         shutdown_deadline_s=shutdown_deadline_s,
     )
