@@ -361,6 +361,7 @@ async def _start_logged(
         abandonable=(lanes, parts.store),
         bus_dropped=lambda: bus_losses.total,
         restore_rngs=rngs.restore,
+        settle=lanes.wait_closed,
     )
 
 
