@@ -52,6 +52,7 @@ _SHOWN_EVENTS = {
     # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
     "kasmina.seed_built_from_catalogue": "catalogue",
     "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
+    "esper.resume_setting_changed": "changed",  # a setting the resume's config changes from the run's config.toml
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
     "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides

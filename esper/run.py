@@ -41,6 +41,7 @@ from esper.config import dump_config
 from esper.console import Console
 from esper.data_fingerprint import record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
+from esper.resume_changes import resume_changes
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
@@ -289,6 +290,10 @@ async def _start_logged(
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )
+    if resume is not None:
+        # Before the run's config.toml is rewritten with the new settings: the user sees each one the resume changes.
+        for change in await anyio.to_thread.run_sync(resume_changes, directory, resolved):
+            sink.emit(change)
     lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     parts = await assemble(
         resolved,

@@ -451,6 +451,10 @@ async def test_a_run_on_a_relative_npz_path_resumes_from_any_directory(
     written = tmp_path / "run" / "config.toml"
     system = await esper.start(written, resume=tmp_path / "run", overrides=["tolaria.epochs=2"])
     assert (await system.wait()).status == "completed"
+    # The one setting the resume changed is said, in events.jsonl too (a relative npz_path made absolute is not).
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    changed = [e["description"] for e in events if e.get("name") == "esper.resume_setting_changed"]
+    assert changed == ["tolaria.epochs: 1 in the run, 2 now"]
 
 
 async def test_a_consumer_that_fell_behind_is_said_before_the_events_files_last_line(tmp_path: Path) -> None:
