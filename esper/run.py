@@ -259,8 +259,10 @@ async def _start_logged(
             raise
         # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
         # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
+        # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
         raise ConfigError(
-            f"{err}; nothing was trained: run again with --run-dir {directory} (a new run may reuse it) or remove it"
+            f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {directory} (a new run may reuse"
+            " it) or remove it"
         ) from err
 
     def publisher() -> ActorRef[Published] | None:
