@@ -219,6 +219,11 @@ class EsperSystem:
             for task in tasks:
                 task.cancel()
 
+    @property
+    def training_ended(self) -> bool:
+        """Training is over (completed, halted or stopped): a stop now only ends the rest of the run."""
+        return self._training is not None and self._training.ended
+
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
         return self._actors.snapshot()

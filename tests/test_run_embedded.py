@@ -267,6 +267,7 @@ async def test_a_stop_after_training_ended_on_its_own_keeps_the_status_completed
     assert training is not None
     async with asyncio.timeout(60):
         await training.wait_finished()
+    assert system.training_ended  # what the command line's Ctrl-C tells apart
     summary = await system.stop()
     assert summary.status == "completed"
     assert summary.training is not None
