@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,8 +14,13 @@ __all__ = ["__version__", "start"]
 def __getattr__(name: str) -> object:
     # Lazy on purpose: importing esper.runtime must never pull in actors or torch.
     if name == "start":
-        from esper.run import start
-
+        # The first import of the run's modules draws from Python's random (rich, under structlog, at its import):
+        # the caller's stream must go on as if no run had happened, and the run saves it only once it starts.
+        state = random.getstate()
+        try:
+            from esper.run import start
+        finally:
+            random.setstate(state)
         return start
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version

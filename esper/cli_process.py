@@ -117,6 +117,15 @@ async def run_in_foreground(
             say(sys.stderr, "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n")
             starting.cancel()
             return
+        if not starting.cancelled() and starting.exception() is None and starting.result().training_ended:
+            # Training already ended on its own: the stop changes nothing (the run stays completed), and the
+            # checkpoint promise was untrue, followed by "completed (exit 0)".
+            say(
+                sys.stderr,
+                "interrupted: training has already ended and the run is finishing (its summary and report); it keeps"
+                " its status (Ctrl-C again to exit at once; --resume then finishes it)\n",
+            )
+            return
         say(
             sys.stderr,
             "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"

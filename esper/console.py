@@ -2,9 +2,10 @@
 time left), one line per lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
-the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, emergencies, restarts, loss
-spikes, conservative mode, a seed operation the trainer refused). Writes to a text stream and never blocks for longer
-than a terminal write; on a TTY the bar redraws in place, elsewhere only the finished bar of each epoch is written.
+the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, a seed paused or resumed,
+emergencies, restarts, loss spikes, conservative mode, a seed operation the trainer refused). Writes to a text stream
+and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only the finished bar
+of each epoch is written.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, TextIO, final
 
 from esper.console_stream import ConsoleStream
 from esper.terminal import plain_terminal, terminal_columns
+from schemas.control import CommandResult
+from schemas.domain_enums import CommandKind
 from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
@@ -52,6 +55,7 @@ _SHOWN_EVENTS = {
     # Not Urza's verified artifact (none stored yet, or its blob went bad) but the same blueprint built afresh.
     "kasmina.seed_built_from_catalogue": "catalogue",
     "esper.resume_point": "resuming",  # where a --resume continues: which checkpoint, or the start
+    "esper.resume_setting_changed": "changed",  # a setting the resume's config changes from the run's config.toml
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
     "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides
@@ -82,6 +86,14 @@ def stage_line(event: SeedStageChanged) -> str:
     blueprint = event.blueprint_id or "-"
     reason = f" ({event.reason})" if event.reason else ""
     return f"  step {event.step:>6}  {stage:<12} seed {seed} in slot {event.slot}, blueprint {blueprint}{reason}"
+
+
+def pause_line(event: CommandResult) -> str:
+    """One lifecycle-like line for a seed paused (its stage held: it trains and blends no further) or resumed."""
+    slot = event.target_slot or "-"
+    if event.kind is CommandKind.PAUSE:
+        return f"  step {event.applied_step:>6}  {'paused':<12} seed {event.seed_id} in slot {slot}, held in its stage"
+    return f"  step {event.applied_step:>6}  {'resumed':<12} seed {event.seed_id} in slot {slot}"
 
 
 def event_line(event: TelemetryEvent, label: str) -> str:
@@ -175,6 +187,13 @@ class Console:
             case SeedStageChanged(to_stage=stage, seed_id=str()) if stage in _SHOWN:
                 self._shown_steps.append(event.step)
                 self._line(stage_line(event))
+            case CommandResult(kind=CommandKind.PAUSE | CommandKind.RESUME, accepted=True) if (
+                event.seed_id is not None and event.applied_step is not None
+            ):
+                # A pause changes no stage, so no lifecycle line showed it: a loss spike, then epochs later a cull
+                # "(cull:policy:paused)" with nothing between.
+                self._shown_steps.append(event.applied_step)
+                self._line(pause_line(event))
             case LifecycleRestored(step=step):
                 undone = sum(1 for shown in self._shown_steps if event.undoes(shown))
                 self._shown_steps = [shown for shown in self._shown_steps if not event.undoes(shown)]

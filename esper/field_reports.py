@@ -20,7 +20,9 @@ EXIT_UNREADABLE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m esper.field_reports", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m esper.field_reports", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("run_dir", type=Path, help="the run directory (runs/<run-id>)")
     return parser
 

@@ -28,6 +28,7 @@ from esper.terminal import plain_terminal
 from schemas.base import Message, Record
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
+from schemas.nissa import SEED_STAGE_EVENT_NAMES
 from schemas.runtime import (
     ActorState,
     BreakerTransition,
@@ -52,6 +53,34 @@ RESERVED_KEYS: Final = frozenset({"timestamp", "level", "event"})
 """Keys the pipeline owns; a message field with one of these names is logged as ``msg_<name>``."""
 
 _LEADING_KEYS: Final = ("timestamp", "level", "event", "actor", "run_id", "step")
+
+RECORD_EVENTS: Final = frozenset(
+    {
+        *SEED_STAGE_EVENT_NAMES,
+        "command_result",  # a pause or resume the report draws
+        "tamiyo_decision",
+        "emergency_signal",
+        "lifecycle_restored",
+        "epoch_end",
+        "run_starting",
+        "run_started",
+        "run_finished",
+        "training_finished",
+    }
+)
+"""The events a run reads back from its own log (a --resume's summary of the earlier sessions, ``esper.report``, the
+run's id and an L4 halt's reason): events.jsonl gets them whatever ``logging.level`` says, which filters the rest."""
+
+_RECORD_TELEMETRY: Final = frozenset({"seed_op_failed", "seed_op_retried"})  # where a refused stage change took effect
+
+
+def is_record(event_dict: EventDict) -> bool:
+    """Whether the event is one a run reads back from its log (RECORD_EVENTS, and the stage ops' telemetry)."""
+    event = event_dict.get("event")
+    if event == "telemetry_event":
+        return event_dict.get("name") in _RECORD_TELEMETRY
+    return event in RECORD_EVENTS
+
 
 # Values structlog callers pass that msgspec cannot encode (exceptions, arbitrary objects) are written as str().
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
@@ -92,7 +121,7 @@ class _JsonLineWriter:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         level = event_dict.get("level", "info")
-        if LEVEL_NUMBERS.get(level, LEVEL_NUMBERS["info"]) < self._min_level:
+        if LEVEL_NUMBERS.get(level, LEVEL_NUMBERS["info"]) < self._min_level and not is_record(event_dict):
             return event_dict
         ordered: dict[str, object] = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
         for key, value in event_dict.items():
@@ -169,6 +198,21 @@ def _open_for_lines(path: Path) -> IO[bytes]:
         stream.close()
         raise
     return stream
+
+
+@final
+class _RecordGate:
+    """A processor that drops, before any work is spent on it, an event below every output's level unless the file
+    keeps it as a record (is_record): the records are logged at info, under a file level that may be above."""
+
+    def __init__(self, min_level: int) -> None:
+        self._min_level = min_level
+
+    def __call__(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+        below = LEVEL_NUMBERS.get(event_dict.get("level", "info"), LEVEL_NUMBERS["info"]) < self._min_level
+        if below and not is_record(event_dict):
+            raise structlog.DropEvent
+        return event_dict
 
 
 @final
@@ -259,7 +303,8 @@ def configure_logging(
 
     Args:
         run_dir: directory for the JSON lines file (created if missing); None logs to the console only.
-        level: minimum level for the JSON file, and for the console unless ``console_level`` is given.
+        level: minimum level for the JSON file (which keeps the records a run reads back, RECORD_EVENTS, whatever it
+            says), and for the console unless ``console_level`` is given.
         console: whether to render events readably on ``console_stream``.
         json_file: the JSON lines file's name inside ``run_dir``; appended to if it exists.
         console_level: minimum level for the console (may be above or below ``level``); defaults to ``level``.
@@ -299,14 +344,17 @@ def configure_logging(
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        _STAMP,
-        structlog.processors.StackInfoRenderer(),
     ]
-    if writer is not None:
-        processors.append(writer)
     levels = [rank for rank, used in ((file_level, writer is not None), (screen_level, console)) if used]
     # Calls below every output's level are no-ops; with no output at all only critical events are built, then dropped.
     floor = min(levels, default=LEVEL_NUMBERS["critical"])
+    if writer is not None and floor > LEVEL_NUMBERS["info"]:
+        # The records the run reads back are logged at info: they reach the file, the rest below the floor does not.
+        processors.append(_RecordGate(floor))
+        floor = LEVEL_NUMBERS["info"]
+    processors += [_STAMP, structlog.processors.StackInfoRenderer()]
+    if writer is not None:
+        processors.append(writer)
     logger_factory: structlog.WriteLoggerFactory | structlog.ReturnLoggerFactory
     if console:
         if screen_level > floor or console_omit:

@@ -329,7 +329,9 @@ def render_report(data: RunData, *, last_step: int | None = None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m esper.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m esper.report", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("run_dir", type=Path, help="the run directory (runs/<run-id>)")
     return parser
 

@@ -41,6 +41,7 @@ from esper.config import dump_config
 from esper.console import Console
 from esper.data_fingerprint import record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
+from esper.resume_changes import resume_changes
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
@@ -259,8 +260,10 @@ async def _start_logged(
             raise
         # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
         # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
+        # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
         raise ConfigError(
-            f"{err}; nothing was trained: run again with --run-dir {directory} (a new run may reuse it) or remove it"
+            f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {directory} (a new run may reuse"
+            " it) or remove it"
         ) from err
 
     def publisher() -> ActorRef[Published] | None:
@@ -290,6 +293,10 @@ async def _start_logged(
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )
+    if resume is not None:
+        # Before the run's config.toml is rewritten with the new settings: the user sees each one the resume changes.
+        for change in await anyio.to_thread.run_sync(resume_changes, directory, resolved):
+            sink.emit(change)
     lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     parts = await assemble(
         resolved,
@@ -362,6 +369,7 @@ async def _start_logged(
         abandonable=(lanes, parts.store),
         bus_dropped=lambda: bus_losses.total,
         restore_rngs=rngs.restore,
+        settle=lanes.wait_closed,
     )
 
 

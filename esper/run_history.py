@@ -81,7 +81,8 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     the decisions, every slot's transitions, the emergency signals and the refused stage ops. One read of each file;
     each is read on its own, so a metrics.csv gone does not cost the events' figures (the epochs it lacks are read
     back from Kasmina's journal: esper.resume_rows). An event log missing, unreadable, or ending epochs before the
-    newest checkpoint (cut short) is named in ``incomplete``. Blocking."""
+    newest checkpoint (cut short, or written above info by an earlier version, which left out the records) is named
+    in ``incomplete``. Blocking."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     events = directory / config.logging.json_file
@@ -107,20 +108,24 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         return EarlierTally(
             [], epochs, [], [], EmergencyTally(), incomplete=tuple(incomplete), metrics_problem=metrics_problem
         )
-    # Each epoch_end is logged at info: a log kept at a higher level never had them.
-    if LEVEL_NUMBERS[config.logging.level] <= LEVEL_NUMBERS["info"]:
-        reached = _newest_checkpoint_epoch(directory)
-        logged = found.last_epoch_end or 0
-        # One epoch of slack: a kill -9 may come between an epoch's checkpoint and its line.
-        if reached is not None and logged < reached - 1:
-            # The resumed session's own log is open by now: a file deleted since holds its first lines alone.
+    reached = _newest_checkpoint_epoch(directory)
+    logged = found.last_epoch_end or 0
+    # One epoch of slack: a kill -9 may come between an epoch's checkpoint and its line.
+    if reached is not None and logged < reached - 1:
+        # The resumed session's own log is open by now: a file deleted since holds its first lines alone.
+        if logged:
+            where = f"ends at epoch {logged} of the {reached} the checkpoints reached (cut short?): {_LOST} after it"
+            where += " are"
+        elif found.sessions == 0 and LEVEL_NUMBERS[config.logging.level] > LEVEL_NUMBERS["info"]:
+            # Before every level kept the records a run reads back, a log above info had none of them (nor the
+            # run_started line that every session now writes).
             where = (
-                f"holds none of the {reached} epochs the checkpoints reached (deleted or emptied?): {_LOST} are"
-                if logged == 0
-                else f"ends at epoch {logged} of the {reached} the checkpoints reached (cut short?): {_LOST} after it"
-                " are"
+                f"holds none of the {reached} epochs the checkpoints reached (an earlier version of Esper left them"
+                f' out at logging.level = "{config.logging.level}", or the file was deleted or emptied): {_LOST} are'
             )
-            incomplete.append(f"{events.name} {where} missing")
+        else:
+            where = f"holds none of the {reached} epochs the checkpoints reached (deleted or emptied?): {_LOST} are"
+        incomplete.append(f"{events.name} {where} missing")
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     slots = [Transition(e.slot, e.to_stage, e.step, e.seed_id) for e in found.stages]
     return EarlierTally(

@@ -39,6 +39,8 @@ _EXIT_CODES: dict[str, int] = {"failed": EXIT_FAILED, "interrupted": EXIT_INTERR
 # The event loop keeps only weak references to its tasks (asyncio's documented idiom for a task nobody awaits): a run
 # whose handle the user dropped must keep its guard until the loop cancels it.
 _GUARDS: set[asyncio.Task[None]] = set()
+# How long an abandoned run waits for its trainer's last step and checkpoint before its log is handed back.
+_SETTLE_S = 60.0
 
 
 class TrainingWatch(Protocol):
@@ -91,6 +93,7 @@ class EsperSystem:
         abandonable: tuple[Abandonable, ...] = (),
         bus_dropped: Callable[[], int] | None = None,
         restore_rngs: Callable[[], None] | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
@@ -99,7 +102,9 @@ class EsperSystem:
         without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
         ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``).
         ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
-        written (not when abandoned: the trainer still finishes its step and checkpoints those states then)."""
+        written (not when abandoned: the trainer still finishes its step and checkpoints those states then).
+        ``settle`` is what an abandoned run waits for before its last line (the lanes' threads ending: the trainer's
+        step and checkpoint)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -121,6 +126,7 @@ class EsperSystem:
         self._abandonable = abandonable
         self._bus_dropped = bus_dropped
         self._restore_rngs = restore_rngs
+        self._settle = settle
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -164,13 +170,17 @@ class EsperSystem:
             await asyncio.Event().wait()  # cancelled: by _finish_once (done), or by a loop shutting down
         except asyncio.CancelledError:
             if self._finishing is None:
-                self._abandon("the event loop ended before wait() or stop()")
+                await self._abandon("the event loop ended before wait() or stop()")
             raise
 
-    def _abandon(self, detail: str) -> None:
+    async def _abandon(self, detail: str) -> None:
         """The loop is going away and nobody waited for the run (or its end was cut short): ask training to stop (it
         finishes its step and writes a checkpoint on its own thread), close the lanes once their jobs end, and release
-        the log file and the directory's claim, so the process can start (or --resume) another run. Never awaits."""
+        the log file and the directory's claim, so the process can start (or --resume) another run.
+
+        Awaits only the run's own end, bounded (_SETTLE_S): the tree's task (cancelled with the loop's others) and
+        ``settle`` (the trainer's last step and checkpoint). Their last lines were logged after the log was handed
+        back, so they missed events.jsonl and printed on the caller's stdout (structlog's defaults)."""
         _log.warning("run_abandoned", run_id=self.run_id, detail=detail)
         if self._stop_training is not None:
             self._stop_training()
@@ -182,14 +192,37 @@ class EsperSystem:
                     "abandon_close_failed", resource=type(resource).__name__, error=f"{type(err).__name__}: {err}"
                 )
         self._hub.close()
-        # The file ends as every run's does, so that a tail --follow of it stops; training checkpoints on its own.
-        _log.info(
-            "run_finished", run_id=self.run_id, status="interrupted", duration_s=None, error="abandoned", started=True
-        )
-        with contextlib.suppress(OSError):
-            self._logging.release()
-        if self._run_lock is not None:
-            self._run_lock.release()
+        try:
+            await self._settled()
+        finally:
+            # The file ends as every run's does, so that a tail --follow of it stops.
+            _log.info(
+                "run_finished",
+                run_id=self.run_id,
+                status="interrupted",
+                duration_s=None,
+                error="abandoned",
+                started=True,
+            )
+            with contextlib.suppress(OSError):
+                self._logging.release()
+            if self._run_lock is not None:
+                self._run_lock.release()
+
+    async def _settled(self) -> None:
+        """Wait, at most _SETTLE_S, for the tree's task to end and for ``settle``; whatever they raise is theirs."""
+        waits = [self._actors.wait(), *(() if self._settle is None else (self._settle(),))]
+        tasks = [asyncio.ensure_future(_quietly(wait)) for wait in waits]
+        try:
+            await asyncio.wait(tasks, timeout=_SETTLE_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    @property
+    def training_ended(self) -> bool:
+        """Training is over (completed, halted or stopped): a stop now only ends the rest of the run."""
+        return self._training is not None and self._training.ended
 
     def snapshot(self) -> list[ActorState]:
         """Every actor's current state (mailbox depth, handled, restarts, breaker, last latency). Never blocks."""
@@ -366,7 +399,7 @@ class EsperSystem:
             # the guard no longer abandons a run being finished, so this end must, or the log file and structlog
             # stay the run's and every later start in the process raises LogFileInUse. No summary.json is written:
             # --resume finishes the run.
-            self._abandon("the run's end was cut short before summary.json was written")
+            await self._abandon("the run's end was cut short before summary.json was written")
             raise
         finally:
             self._guard.cancel()
@@ -417,6 +450,11 @@ class EsperSystem:
         with contextlib.suppress(OSError):
             self._logging.release()
         return summary
+
+
+async def _quietly(wait: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):  # an abandoned run's failure has no one to go to
+        await wait
 
 
 async def _just(events: tuple[Message | Record, ...]) -> AsyncIterator[Message | Record]:

@@ -89,6 +89,8 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
     """
     tolaria = config.tolaria
     steps = steps_per_epoch * tolaria.epochs
+    epochs = f"{tolaria.epochs} epoch" + ("" if tolaria.epochs == 1 else "s")
+    each = f"{steps_per_epoch} step" + ("" if steps_per_epoch == 1 else "s")
     if tolaria.command_lag_steps >= steps:
         _log.warning(
             "command_lag_outlasts_run",
@@ -96,7 +98,7 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
             run_steps=steps,
             detail=(
                 f"tolaria.command_lag_steps = {tolaria.command_lag_steps} is not shorter than the run"
-                f" ({tolaria.epochs} epochs x {steps_per_epoch} steps): no decision of the controller can take effect"
+                f" ({epochs} x {each}): no decision of the controller can take effect"
             ),
         )
     if tolaria.warmup_steps > steps:
@@ -105,8 +107,8 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
             warmup_steps=tolaria.warmup_steps,
             run_steps=steps,
             detail=(
-                f"tolaria.warmup_steps = {tolaria.warmup_steps} is longer than the run ({tolaria.epochs} epochs"
-                f" x {steps_per_epoch} steps): the learning rate never reaches tolaria.lr"
+                f"tolaria.warmup_steps = {tolaria.warmup_steps} is longer than the run ({epochs} x {each}): the"
+                " learning rate never reaches tolaria.lr"
             ),
         )
     threshold = tolaria.breaker.failure_threshold

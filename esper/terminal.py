@@ -18,14 +18,14 @@ def plain_terminal(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def terminal_columns(stream: object) -> int:
-    """The width of the terminal ``stream`` writes to; when it is no terminal, $COLUMNS or the standard output's
-    terminal, else 80 (shutil.get_terminal_size)."""
+    """The width of the terminal ``stream`` writes to; when it is no terminal or says 0 columns (``script``, a serial
+    console), $COLUMNS or the standard output's terminal, else 80 (shutil.get_terminal_size)."""
     fileno = getattr(stream, "fileno", None)
     if callable(fileno):
         try:
             number = fileno()
-            if isinstance(number, int):
-                return os.get_terminal_size(number).columns
+            if isinstance(number, int) and (columns := os.get_terminal_size(number).columns) > 0:
+                return columns
         except (OSError, ValueError):
             pass
     return shutil.get_terminal_size().columns

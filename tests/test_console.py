@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import msgspec
+
 from esper.console import Console, clock_time, progress_bar, stage_line
-from schemas.domain_enums import TelemetryLevel
+from schemas.control import CommandResult
+from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.runtime import BreakerTransition
@@ -45,6 +48,33 @@ def test_a_lifecycle_change_is_one_line_and_the_slot_clean_up_is_not_shown() -> 
     line = "  step    288  culled       seed seed-blocks.1-140 in slot blocks.1, blueprint BP005 (cull:policy:paused)"
     assert stage_line(culled) == line
     assert stream.getvalue() == line + "\n"
+
+
+def test_a_seed_paused_or_resumed_is_a_lifecycle_line_and_a_refused_pause_is_not() -> None:
+    """The risk engine's pause showed nothing: a loss spike, then epochs later "culled ... (cull:policy:paused)"."""
+    console, stream = _console()
+
+    def result(command_id: str, kind: CommandKind, step: int | None = None, **rejected: object) -> CommandResult:
+        fields = {"accepted": step is not None, "applied_step": step, **rejected}
+        return msgspec.convert(
+            {"command_id": command_id, "kind": kind.value, "seed_id": "seed-blocks.1-140", "target_slot": "blocks.1"}
+            | fields,
+            CommandResult,
+        )
+
+    console.emit(result("c1", CommandKind.PAUSE, 212))
+    console.emit(result("c2", CommandKind.RESUME, 260))
+    console.emit(result("c3", CommandKind.PAUSE, reason=CommandRejectReason.ILLEGAL_TRANSITION.value))
+    console.emit(result("c4", CommandKind.GERMINATE, 300))
+    assert stream.getvalue().splitlines() == [
+        "  step    212  paused       seed seed-blocks.1-140 in slot blocks.1, held in its stage",
+        "  step    260  resumed      seed seed-blocks.1-140 in slot blocks.1",
+    ]
+    # A rollback past the pause takes its line back, as it does a stage change's.
+    console.emit(LifecycleRestored(run_id="r", step=200, lag_steps=8))
+    assert stream.getvalue().splitlines()[-1] == (
+        "  step    200  rolled back  the seeds are as at step 200 again; 2 lifecycle lines above are undone"
+    )
 
 
 def test_a_rollback_says_how_many_lifecycle_lines_it_undid_and_a_resume_says_nothing() -> None:

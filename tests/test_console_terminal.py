@@ -4,6 +4,7 @@ and a progress line that fits the terminal's width."""
 from __future__ import annotations
 
 import io
+import os
 import shlex
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import structlog
 from esper.console import Console
 from esper.logs import configure_logging, reset_logging
 from esper.summary_table import format_summary
-from esper.terminal import plain_terminal
+from esper.terminal import plain_terminal, terminal_columns
 from schemas.run import RunSummary
 from tests.nissa_packets import packet
 
@@ -72,6 +73,28 @@ def test_the_redrawn_progress_line_fits_the_terminal() -> None:
     drawn = stream.getvalue()
     assert drawn.startswith("\repoch   1/2 [")
     assert len(drawn) - 1 == 29
+
+
+class _ZeroColumnTerminal(io.StringIO):
+    def fileno(self) -> int:
+        return 7
+
+
+@pytest.mark.parametrize(("environ", "expected"), [({}, 80), ({"COLUMNS": "132"}, 132)])
+def test_a_terminal_that_reports_no_columns_gets_columns_or_80(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], expected: int
+) -> None:
+    """Under ``script`` the terminal said 0 columns, and the redrawn progress line was cut to one character."""
+    monkeypatch.setattr(os, "get_terminal_size", lambda _fd=0: os.terminal_size((0, 0)))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert terminal_columns(_ZeroColumnTerminal()) == expected
+    stream = _Tty()
+    console = Console(stream, epochs=2, interactive=True, columns=lambda: terminal_columns(_ZeroColumnTerminal()))
+    console.on_packet(packet(4, epoch=0))
+    assert stream.getvalue().startswith("\repoch   1/2 [")
 
 
 def test_the_log_console_has_no_colour_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from actors.tamiyo.field_reports import WAL_FILENAME, encode_frame
-from esper.field_reports import main
+from esper.field_reports import build_parser, main
 from schemas.domain_enums import FieldReportOutcome, PolicyAction
 from schemas.reports import FieldReport
 
@@ -50,3 +50,10 @@ def test_a_run_without_the_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert err.getvalue() == (
         f"esper.field_reports: cannot read {tmp_path / WAL_FILENAME}: No such file or directory\n"
     )
+
+
+def test_help_shows_no_restructuredtext_markup() -> None:
+    """--help printed the docstring's ``double backticks``."""
+    text = " ".join(build_parser().format_help().split())
+    assert "``" not in text
+    assert "python -m esper.field_reports runs/<id>: a run" in text

@@ -119,6 +119,38 @@ def test_level_filters_the_file_too(tmp_path: Path) -> None:
         reset_logging()
 
 
+def test_a_level_above_info_keeps_the_records_a_run_reads_back(tmp_path: Path) -> None:
+    """At logging.level = "warning" the file lost every epoch_end, decision and lifecycle line: a resumed run's
+    summary dropped the earlier sessions and esper.report drew no seed. The records stay; the level filters the rest,
+    on the console too."""
+    console = io.StringIO()
+    logging = configure_logging(tmp_path, level="warning", console_stream=console)
+    try:
+        log = get_logger()
+        log.info("epoch_end", epoch=1)
+        log.info("tamiyo_decision", step=4)
+        log.info("seed_stage_changed", slot="s", to_stage="TRAINING")
+        log.info("telemetry_event", name="seed_op_retried")
+        log.info("telemetry_event", name="seed_transition")  # not read back: filtered as before
+        log.info("actor_started")
+        log.debug("run_finished")  # below info: no record is logged there, and the floor stays at info
+        log.warning("kept")
+        assert [(line["event"], line.get("name")) for line in read_lines(logging)] == [
+            ("epoch_end", None),
+            ("tamiyo_decision", None),
+            ("seed_stage_changed", None),
+            ("telemetry_event", "seed_op_retried"),
+            ("kept", None),
+        ]
+        shown = console.getvalue()
+        assert "kept" in shown
+        assert "epoch_end" not in shown
+        assert "tamiyo_decision" not in shown
+    finally:
+        logging.close()
+        reset_logging()
+
+
 def test_close_stops_file_writes_and_is_idempotent(tmp_path: Path) -> None:
     console = io.StringIO()
     logging = configure_logging(tmp_path, console_stream=console, json_file="custom.jsonl")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from esper.report import EXIT_OK, EXIT_UNREADABLE, main
+from esper.report import EXIT_OK, EXIT_UNREADABLE, build_parser, main
 from esper.run_dir import claim_run_dir
 from tests.report_fixtures import write_run
 
@@ -168,3 +168,10 @@ def test_the_module_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
+
+
+def test_help_shows_no_restructuredtext_markup() -> None:
+    """--help printed the docstring's ``double backticks``."""
+    text = " ".join(build_parser().format_help().split())
+    assert "``" not in text
+    assert "python -m esper.report runs/<run-id>: re-render" in text

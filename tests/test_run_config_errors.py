@@ -129,6 +129,7 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     assert err.rstrip("\n").endswith(
         f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
     )
+    assert ".;" not in err  # the client's message ends with a full stop: "...6399).; nothing was trained"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "command.key",
         "config.toml",

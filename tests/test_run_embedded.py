@@ -267,15 +267,20 @@ async def test_a_stop_after_training_ended_on_its_own_keeps_the_status_completed
     assert training is not None
     async with asyncio.timeout(60):
         await training.wait_finished()
+    assert system.training_ended  # what the command line's Ctrl-C tells apart
     summary = await system.stop()
     assert summary.status == "completed"
     assert summary.training is not None
     assert summary.training.epochs == 1
 
 
-def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(tmp_path: Path) -> None:
+def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """asyncio.run returning early (the user's code raised before wait() or stop()) left the lane threads training
-    and the log file claimed: the process could not start or resume another run (LogFileInUse)."""
+    and the log file claimed: the process could not start or resume another run (LogFileInUse). Then the log was
+    handed back before the trainer's last checkpoint and the actors' stops: their lines missed events.jsonl and
+    printed on the caller's stdout."""
     config = msgspec.structs.replace(quiet_config(tmp_path), tolaria=TolariaConfig(epochs=30, dataset_samples=500))
 
     async def abandon() -> None:
@@ -288,10 +293,16 @@ def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(tmp_path: 
         if thread.name.startswith("esper-lane"):
             thread.join(60)  # the train lane ends once its step and the stop's checkpoint are done
             assert not thread.is_alive(), thread.name
-    events = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
-    assert json.loads(events[-2])["event"] == "run_abandoned"
-    last = json.loads(events[-1])  # the file ends as every run's does, so a tail --follow of it stops
+    assert capfd.readouterr().out == ""  # every line of the run went to its file, none to the caller's stdout
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    names = [event["event"] for event in events]
+    abandoned = names.index("run_abandoned")
+    written = {event["file"] for event in events[abandoned:] if event["event"] == "checkpoint_written"}
+    newest = max((tmp_path / "run" / "checkpoints").glob("step-*.pt"), key=lambda path: int(path.stem[5:]))
+    assert newest.name in written  # the stop's checkpoint, written after the abandon, is in the log
+    last = events[-1]  # the file ends as every run's does, so a tail --follow of it stops
     assert (last["event"], last["status"]) == ("run_finished", "interrupted")
+    assert names.count("run_finished") == 1
 
     async def resume() -> RunSummary:
         return await (await esper.start(config, resume=tmp_path / "run")).wait()
@@ -441,6 +452,10 @@ async def test_a_run_on_a_relative_npz_path_resumes_from_any_directory(
     written = tmp_path / "run" / "config.toml"
     system = await esper.start(written, resume=tmp_path / "run", overrides=["tolaria.epochs=2"])
     assert (await system.wait()).status == "completed"
+    # The one setting the resume changed is said, in events.jsonl too (a relative npz_path made absolute is not).
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    changed = [e["description"] for e in events if e.get("name") == "esper.resume_setting_changed"]
+    assert changed == ["tolaria.epochs: 1 in the run, 2 now"]
 
 
 async def test_a_consumer_that_fell_behind_is_said_before_the_events_files_last_line(tmp_path: Path) -> None:

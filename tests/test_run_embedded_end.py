@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import random
+import subprocess
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -187,6 +189,23 @@ async def test_the_callers_global_random_streams_go_on_after_a_run_as_if_it_had_
         summary = await (system.stop() if end == "stopped" else system.wait())
         assert summary.status == ("stopped" if end == "stopped" else "completed")
     assert _draws() == expected
+
+
+def test_the_first_esper_start_of_a_process_leaves_the_callers_random_stream_alone() -> None:
+    """esper.start imports the run's modules on first use, and one of them (rich, under structlog) draws from Python's
+    random at its import, before the run saved the caller's state: the first run of a process moved the stream."""
+    code = (
+        "import random\n"
+        "random.seed(1)\n"
+        "expected = random.random()\n"
+        "random.seed(1)\n"
+        "import esper\n"
+        "esper.start\n"
+        "assert 'esper.run' in __import__('sys').modules\n"
+        "print(random.random() == expected)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout == "True\n", done.stderr
 
 
 @pytest.mark.parametrize("end", ["completed", "failed start"])

@@ -95,12 +95,29 @@ def test_an_event_log_cut_short_is_said(tmp_path: Path) -> None:
     )
 
 
-def test_a_log_one_epoch_behind_its_checkpoint_or_kept_above_info_is_not_called_cut_short(tmp_path: Path) -> None:
+def test_a_log_one_epoch_behind_its_checkpoint_is_not_called_cut_short(tmp_path: Path) -> None:
     run = _run(tmp_path)
     lines = (run / "events.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     (run / "events.jsonl").write_text("".join(lines[:-2]), encoding="utf-8")  # a kill -9 before the last epoch's line
     assert earlier_tally(run, RunConfig()).incomplete == ()
-    (run / "events.jsonl").write_text("".join(lines[:2]), encoding="utf-8")
+
+
+def test_a_log_an_earlier_version_kept_above_info_is_said_to_lack_the_records(tmp_path: Path) -> None:
+    """Such a log has none of the records (epoch_end, decisions, transitions): the check was skipped above info, and
+    the summary silently dropped the earlier sessions (culled 1 instead of 2, 119 decisions instead of 250)."""
+    run = _run(tmp_path)
+    (run / "events.jsonl").write_text('{"event": "loss_spike", "level": "warning"}\n', encoding="utf-8")
     config = RunConfig()
     quiet = msgspec.structs.replace(config, logging=msgspec.structs.replace(config.logging, level="warning"))
-    assert earlier_tally(run, quiet).incomplete == ()  # a log kept at warning never had an epoch_end line
+    assert earlier_tally(run, quiet).incomplete == (
+        "events.jsonl holds none of the 10 epochs the checkpoints reached (an earlier version of Esper left them out"
+        ' at logging.level = "warning", or the file was deleted or emptied): the earlier sessions\' decisions, seed'
+        " transitions (the host-only baseline's epoch) and emergency events are missing",
+    )
+    # A log this version wrote has its run_started line, whatever the level: without its epochs it was cut.
+    (run / "events.jsonl").write_text('{"event": "run_started", "run_id": "r"}\n', encoding="utf-8")
+    assert (
+        earlier_tally(run, quiet)
+        .incomplete[0]
+        .startswith("events.jsonl holds none of the 10 epochs the checkpoints reached (deleted or emptied?)")
+    )

@@ -42,6 +42,13 @@ def test_a_command_lag_no_shorter_than_the_run_is_said() -> None:
     assert _warnings(["tolaria.epochs=30", "tolaria.command_lag_steps=599"], steps_per_epoch=20, cpus=2) == []
 
 
+def test_a_run_of_one_epoch_is_not_called_1_epochs() -> None:
+    overrides = ["tolaria.epochs=1", "tolaria.command_lag_steps=8", "tolaria.warmup_steps=9"]
+    lag, warmup = _warnings(overrides, steps_per_epoch=1, cpus=2)
+    assert "(1 epoch x 1 step):" in lag["detail"]
+    assert "(1 epoch x 1 step):" in warmup["detail"]
+
+
 def test_more_training_threads_than_cpus_is_said() -> None:
     """64 threads on 2 cores made every epoch 37 times slower."""
     [logged] = _warnings(["tolaria.num_threads=64"], steps_per_epoch=20, cpus=2)
