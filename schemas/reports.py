@@ -19,10 +19,12 @@ class MitigationAction(Record, frozen=True):
 class FieldReport(Message, frozen=True):
     """The outcome of one decision (NO_OP included) over its observation window of epochs.
 
-    ``report_id`` is ``fr-<command_id>-<start_epoch>+<window>``. ``metrics`` holds the window aggregates (sum, min and
-    max of loss_delta and hook latency, by name). ``action``, ``log_prob``, ``value_estimate`` and ``observation_ref``
-    (where the graph observation is stored) let Simic train on what the policy actually did; ``reward`` is filled in
-    when the window closes and stays None for ABORTED windows, which are excluded from training.
+    ``report_id`` is ``fr-<command_id>-<start_epoch>+<window>``, with ``-r<n>`` after it for a decision made after the
+    trainer went back (a rollback, a restart) n times: the steps it trains again are decided again under the same
+    command ids. ``metrics`` holds the window aggregates (sum, min and max of loss_delta and hook latency, by name).
+    ``action``, ``log_prob``, ``value_estimate`` and ``observation_ref`` (where the graph observation is stored) let
+    Simic train on what the policy actually did; ``reward`` is filled in when the window closes and stays None for
+    ABORTED windows, which are excluded from training.
     """
 
     report_id: NonEmptyStr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,9 @@ import structlog
 
 from actors.tamiyo.actor import command_id_for
 from actors.tamiyo.field_reports import MAGIC, WAL_FILENAME, read_field_reports
-from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
+from actors.tamiyo.outcomes import OutcomeSettings, OutcomeState, OutcomeTracker, OutcomeWindow
+from actors.tamiyo.state_journal import state_at
+from esper.field_reports import main as field_reports_main
 from schemas.config import SimicConfig, TamiyoConfig
 from schemas.domain_enums import FieldReportOutcome, PolicyAction
 from schemas.enums import EmergencyLevel
@@ -183,3 +187,46 @@ async def test_a_damaged_wal_is_reported_when_tamiyo_opens_it(tmp_path: Path, si
         len(torn),
         len(LOSSES),
     )
+
+
+async def test_a_decision_remade_after_a_rollback_gets_a_report_of_its_own(tmp_path: Path, sink: RecordingSink) -> None:
+    """The rerun decides step 15 again under the same command id (exact resume needs it): its report took the id of
+    the one the rollback aborted, and the reader printed only the aborted one. The abort named the packet's step (15)
+    rather than the step the trainer went back to (10)."""
+    config = TamiyoConfig(field_report_window_epochs=1, plateau_patience_epochs=10)
+    journal = tmp_path / "states.jsonl"
+    run = [packet(5, 0), packet(10, 0, validation_loss=1.0), packet(15, 1)]
+    async with TamiyoHarness(tmp_path, sink, config=config, state_journal=journal) as h:
+        await h.run(run)
+        # The trainer restored step 10 and trains epoch 1 again (the window of step 15 closes at its end).
+        await h.run([packet(15, 1), packet(20, 1, validation_loss=0.9, loss_delta=-0.1)])
+        state = await h.state()
+    reports = (await read_field_reports(tmp_path / WAL_FILENAME)).reports
+    cid = command_id_for(RUN_ID, 15)
+    of_15 = [r for r in reports if r.command_id == cid]
+    assert [(r.report_id, r.outcome) for r in of_15] == [
+        (f"fr-{cid}-1+1", FieldReportOutcome.ABORTED),
+        (f"fr-{cid}-1+1-r1", FieldReportOutcome.SUCCESS),
+    ]
+    assert of_15[0].notes.endswith("aborted: rollback to step 10")
+    out, err = io.StringIO(), io.StringIO()
+    assert field_reports_main([str(tmp_path)], out=out, err=err) == 0
+    printed = [json.loads(line)["report_id"] for line in out.getvalue().splitlines()]
+    assert printed == [r.report_id for r in reports]
+    assert len(set(printed)) == len(printed)
+    assert state.outcomes.rollbacks == 1
+    journaled = state_at(journal, 20)
+    assert journaled is not None
+    assert journaled.state.outcomes.rollbacks == 1  # a resume from there keeps the count, and so the report ids
+
+
+def test_the_rollback_count_survives_a_state_an_earlier_version_saved() -> None:
+    """A state saved before the count existed reads as no rollback: its decisions keep the ids they had."""
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=1), state=OutcomeState())
+    tracker.rollback("rollback to step 0")
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(_window(10, 0))
+    (report,) = tracker.observe(packet(20, 1, validation_loss=1.0), critical=False)
+    assert report.report_id.endswith("+1-r1")
+    old = msgspec.json.decode(b'{"windows": [], "reports": 3}', type=OutcomeState)
+    assert old.rollbacks == 0
