@@ -4,6 +4,9 @@ A window opens at the decision and closes at the ``window_epochs``-th epoch-end 
 validation loss). Over the window it aggregates the sum, min and max of ``loss_delta`` and of hook latency, the
 validation loss at its start (the latest one known at the decision) and at its end, the seed parameters added, and
 whether any CRITICAL event happened (a CRITICAL risk event on a packet of the window, or Tolaria at L3 or above).
+A report names the seed and blueprint its decision concerned: a seed verb's target seed and that seed's blueprint as
+the decision's packet showed it; a GERMINATE's blueprint, and its seed once a packet of the window shows the seed
+Kasmina germinated for it (``schemas.control.germinated_seed_id``; none when Kasmina refused the command).
 
 Outcome: REGRESSION if the validation loss worsened over the window or any CRITICAL event happened; SUCCESS if it
 improved (by more than ``neutral_band``) and nothing was CRITICAL; NEUTRAL otherwise (including an unknown loss at
@@ -74,6 +77,8 @@ class OutcomeWindow(Record, frozen=True):
     end_validation_loss: float | None = None
     end_seed_parameters: int = 0
     rollbacks: int = 0  # how many times the trainer had gone back when this decision was made (its report id's -r<n>)
+    # A GERMINATE's: the id its seed gets if Kasmina accepts it; seed_id once a packet of the window shows that seed.
+    germinating: str | None = None
 
 
 class OutcomeState(Record, frozen=True):
@@ -96,6 +101,14 @@ def report_id(command_id: str, start_epoch: int, window_epochs: int, rollbacks: 
 
 def _known(loss: float | None) -> float | None:
     return loss if loss is not None and math.isfinite(loss) else None
+
+
+def _germinated(window: OutcomeWindow, packet: SystemStatePacket) -> str | None:
+    """The seed a GERMINATE's window was waiting for, once ``packet`` shows it (a refused one never appears)."""
+    wanted = window.germinating
+    if wanted is None or not any(seed.seed_id == wanted for seed in packet.seed_states):
+        return None
+    return wanted
 
 
 def _stats(name: str, values: tuple[float, ...]) -> dict[str, float]:
@@ -150,6 +163,7 @@ class OutcomeTracker:
         for window in self._state.windows:
             updated = msgspec.structs.replace(
                 window,
+                seed_id=window.seed_id if window.seed_id is not None else _germinated(window, packet),
                 critical_events=window.critical_events + int(critical),
                 end_seed_parameters=packet.seed_parameters,
                 host_parameters=packet.host_parameters or window.host_parameters,
