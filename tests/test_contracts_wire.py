@@ -397,6 +397,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         learning_rate=0.001,
         gpu_memory_bytes=None,
         gpu_memory_peak_bytes=None,
+        effective_learning_rate=0.0005,
     ),
     MetricPoint: METRIC,
     TelemetryEvent: msgspec.structs.replace(EVENT, run_id="run-20250101-000000"),

@@ -260,3 +260,11 @@ def test_an_epoch_row_reports_the_epochs_timings_not_its_last_intervals() -> Non
     row = epoch_row(end, wall_time_s=1.0)
     assert (row["step_ms"], row["samples_per_s"]) == (10.2, 2500.0)
     assert epoch_row(interval, wall_time_s=1.0)["step_ms"] == 50.8  # a packet without them (an older sender)
+
+
+def test_an_epoch_rows_learning_rate_is_the_scheduled_rate_in_effect_not_the_base_rate() -> None:
+    """With a cosine schedule every row read 0.003, tolaria.lr, while the optimizer stepped with less and less."""
+    end = msgspec.structs.replace(packet(100, epoch=4, val=0.7), learning_rate=0.003)
+    scheduled = msgspec.structs.replace(end, effective_learning_rate=0.0012)
+    assert epoch_row(scheduled, wall_time_s=1.0)["learning_rate"] == 0.0012
+    assert epoch_row(end, wall_time_s=1.0)["learning_rate"] == 0.003  # a packet of an earlier version (a resume's)

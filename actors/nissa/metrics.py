@@ -152,7 +152,8 @@ def epoch_row(
         "step_ms": timings.step_ms,
         "hook_latency_ms": packet.hook_latency_ms,
         "samples_per_s": samples_per_s,
-        "learning_rate": packet.learning_rate,
+        # The rate the optimizer steps with there (what Lightning's LearningRateMonitor logs), not the schedule's base.
+        "learning_rate": packet.learning_rate if (lr := packet.effective_learning_rate) is None else lr,
         "host_parameters": packet.host_parameters,
         "seed_parameters": packet.seed_parameters,
         "seeds_active": sum(1 for stage in known if stage in ACTIVE_STAGES),

@@ -315,7 +315,8 @@ def _close_after(writer: CheckpointWriter, error: BaseException) -> None:
 
 
 def _log_tuning(tuner: StepTuner | None) -> None:
-    """Say once, at the start, what the rate schedule and clipping do (the packets carry each group's base rate)."""
+    """Say once, at the start, what the rate schedule and clipping do (the packets carry each group's base rate, and
+    the host's rate in effect)."""
     if tuner is None:
         return
     schedule = tuner.schedule
