@@ -119,6 +119,7 @@ class Console:
         self._started_s = clock()
         self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
         self._shown_steps: list[int] = []  # the steps of the lifecycle lines shown, for a rollback's line
+        self._metrics_url: str | None = None  # the /metrics URL shown
 
     def started(
         self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
@@ -129,6 +130,7 @@ class Console:
         self._line(f"{verb} {run_id} in {run_dir}")
         self._line(f"  watch it: python -m esper.tail {shlex.quote(str(run_dir / events_file))} --follow --state")
         if metrics_url is not None:
+            self._metrics_url = metrics_url
             self._line(f"  metrics:  {metrics_url}")
 
     def on_packet(self, packet: SystemStatePacket) -> None:
@@ -190,6 +192,12 @@ class Console:
                 # Its opening is a warning on the console (the bus down, the policy failing): so is its recovery,
                 # which is logged at info level and was never shown.
                 self._line(f"  recovered {name}: its breaker closed again ({reason})")
+            case TelemetryEvent(name="metrics_endpoint_listening", attributes={"url": str(url)}):
+                # Said once where the header could not say it (port 0: any free port), and again if a restarted
+                # Nissa bound another one.
+                if url != self._metrics_url:
+                    self._metrics_url = url
+                    self._line(f"  metrics:  {url}")
             case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
                 self._line(event_line(event, _SHOWN_EVENTS[name]))
             case _:

@@ -282,7 +282,8 @@ async def _start_logged(
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
         port = resolved.nissa.prometheus_port
-        metrics_url = None if port is None else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
+        # Port 0 (any free one): Nissa's metrics_endpoint_listening event shows the URL once it has bound one.
+        metrics_url = None if not port else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )

@@ -114,6 +114,15 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
 
 Labels = tuple[tuple[str, str], ...]
 
+COUNTERS_FROM_ZERO: Final[tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = (
+    ("tolaria.epochs.total", ()),
+    ("tolaria.emergency.halts_total", ()),
+    ("tolaria.boundary.stalls_total", ()),
+    ("nissa.telemetry.dropped_total", (("reason", "unnamed_metric"),)),
+)
+"""The counters whose every series is known up front, exposed at 0 from the start: a series that appears only at its
+first increment reads as missing (no data), not as none happened, and rate() and increase() miss that first one."""
+
 
 def _labels(labels: Mapping[str, str] | None) -> Labels:
     return tuple(sorted(labels.items())) if labels else ()
@@ -232,6 +241,8 @@ class MetricsAggregator:
         not produced again. transitions: the slot transitions that stand from before this aggregator (a resumed run's
         earlier sessions, whose lifecycle replay reports nothing; a restarted Nissa's run so far), in order."""
         self.registry = MetricsRegistry()
+        for name, labels in COUNTERS_FROM_ZERO:
+            self.registry.inc(name, 0.0, dict(labels))
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no
