@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
+import msgspec
 import structlog
 
 from actors.nissa.prometheus import host_port
@@ -338,7 +339,11 @@ async def _start_logged(
         # baseline accuracy is (they stay in the training figures' seed parameters, which the benchmark's static
         # arms count).
         added = max(0, figures.seed_parameters - parts.initial_seed_parameters)
-        return with_baseline(tally.figures(added, figures.global_step), baseline)
+        growth = with_baseline(tally.figures(added, figures.global_step), baseline)
+        if figures.fossilized_parameters is None:
+            return growth
+        fossilized = max(0, figures.fossilized_parameters - parts.initial_seed_parameters)
+        return msgspec.structs.replace(growth, parameters_fossilized=fossilized)
 
     return EsperSystem(
         config=resolved,

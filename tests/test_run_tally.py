@@ -325,3 +325,12 @@ def test_the_summary_table_says_how_many_events_never_reached_the_bus() -> None:
     assert "bus:" not in format_summary(summary)
     lost = msgspec.structs.replace(summary, bus_dropped=1183)
     assert "bus: 1183 events never reached its observers (training was unaffected)" in format_summary(lost)
+
+
+def test_parameters_added_says_how_many_are_fossilized() -> None:
+    """r1's "parameters added 72" counted two seeds still on trial beside the one fossilized (24) and did not say so."""
+    growth = GrowthFigures(parameters_added=72, parameters_fossilized=24, decisions=3)
+    assert f"{'parameters added':<28}72 (24 fossilized, 48 in seeds not yet fossilized)" in growth_lines(growth)
+    # A summary an earlier version wrote does not know; nothing added has nothing to split.
+    assert f"{'parameters added':<28}72" in growth_lines(msgspec.structs.replace(growth, parameters_fossilized=None))
+    assert f"{'parameters added':<28}0" in growth_lines(GrowthFigures(parameters_fossilized=0))

@@ -282,6 +282,7 @@ class TrainingLoop:
             global_step=self._s.pos.global_step,
             host_parameters=trainee.host_parameters,
             seed_parameters=sum(trainee.seed_parameters().values()),
+            fossilized_parameters=trainee.fossilized_seed_parameters(),
             train_loss=None if figures is None else finite(figures[0]),
             train_accuracy=None if figures is None else figures[1],
             val_loss=None if figures is None else finite(figures[2]),
