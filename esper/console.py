@@ -132,6 +132,7 @@ class Console:
         self._first: tuple[float, float] | None = None  # (time, epochs done) at the first packet: the rate's origin
         self._shown_steps: list[int] = []  # the steps of the lifecycle lines shown, for a rollback's line
         self._conservative = False  # conservative mode as the lines shown so far say (entered, not exited since)
+        self._metrics_url: str | None = None  # the /metrics URL shown
 
     def started(
         self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
@@ -142,6 +143,7 @@ class Console:
         self._line(f"{verb} {run_id} in {run_dir}")
         self._line(f"  watch it: python -m esper.tail {shlex.quote(str(run_dir / events_file))} --follow --state")
         if metrics_url is not None:
+            self._metrics_url = metrics_url
             self._line(f"  metrics:  {metrics_url}")
 
     def on_packet(self, packet: SystemStatePacket) -> None:
@@ -214,6 +216,12 @@ class Console:
                 # A controller rewound by a rollback enters again a mode the user was told of and never saw it leave
                 # (after an L3 rollback, "conservative mode entered" showed twice for one entry).
                 pass
+            case TelemetryEvent(name="metrics_endpoint_listening", attributes={"url": str(url)}):
+                # Said once where the header could not say it (port 0: any free port), and again if a restarted
+                # Nissa bound another one.
+                if url != self._metrics_url:
+                    self._metrics_url = url
+                    self._line(f"  metrics:  {url}")
             case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
                 if name in {"conservative_entered", "conservative_exited"}:
                     self._conservative = name == "conservative_entered"

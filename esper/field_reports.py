@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, TextIO
 import msgspec
 
 from actors.tamiyo.field_reports import WAL_FILENAME, scan_frames
+from schemas.domain_enums import FieldReportOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from schemas.reports import FieldReport
 
 EXIT_OK = 0
 EXIT_UNREADABLE = 2
@@ -30,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print each field report once, in file order; returns the exit status (``out`` / ``err``: stdout / stderr).
 
-    A report written twice (an append retried after a cancel) is printed once, as its first copy; damaged frames are
-    skipped (the WAL's recovery rule) and counted in one line on ``err``.
+    A report written twice (an append retried after a cancel, or written again by a resume) is printed once, as its
+    first copy; damaged frames are skipped (the WAL's recovery rule) and counted in one line on ``err``. In a WAL an
+    earlier version wrote, a decision remade after a rollback has the id of the one the rollback aborted: the later
+    record is the remade decision's own report, so it is printed too.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -43,11 +48,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         err.write(f"esper.field_reports: cannot read {path}: {error.strerror or error}\n")
         return EXIT_UNREADABLE
     scan = scan_frames(data)
-    seen: set[str] = set()
+    seen: set[tuple[str, bool]] = set()
     for report in scan.reports:
-        if report.report_id in seen:
+        key = (report.report_id, _aborted_by_rollback(report))
+        if key in seen:
             continue
-        seen.add(report.report_id)
+        seen.add(key)
         out.write(msgspec.json.encode(report).decode() + "\n")
     if scan.corrupt or scan.torn:
         err.write(
@@ -55,6 +61,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             f"{', a torn tail ignored' if scan.torn else ''}\n"
         )
     return EXIT_OK
+
+
+def _aborted_by_rollback(report: FieldReport) -> bool:
+    return report.outcome is FieldReportOutcome.ABORTED and "aborted: rollback" in report.notes
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
+import msgspec
 import structlog
 
 from actors.nissa.prometheus import host_port
@@ -289,7 +290,8 @@ async def _start_logged(
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
         port = resolved.nissa.prometheus_port
-        metrics_url = None if port is None else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
+        # Port 0 (any free one): Nissa's metrics_endpoint_listening event shows the URL once it has bound one.
+        metrics_url = None if not port else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
         screen.started(
             run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
         )
@@ -349,7 +351,11 @@ async def _start_logged(
         # baseline accuracy is (they stay in the training figures' seed parameters, which the benchmark's static
         # arms count).
         added = max(0, figures.seed_parameters - parts.initial_seed_parameters)
-        return with_baseline(tally.figures(added, figures.global_step), baseline)
+        growth = with_baseline(tally.figures(added, figures.global_step), baseline)
+        if figures.fossilized_parameters is None:
+            return growth
+        fossilized = max(0, figures.fossilized_parameters - parts.initial_seed_parameters)
+        return msgspec.structs.replace(growth, parameters_fossilized=fossilized)
 
     return EsperSystem(
         config=resolved,

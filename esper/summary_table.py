@@ -123,7 +123,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
     return [
         f"{'final val accuracy':<28}{_pct(growth.final_val_accuracy)}",
         f"{'host-only val accuracy':<28}{_pct(growth.baseline_val_accuracy)} ({where})",
-        f"{'parameters added':<28}{growth.parameters_added}",
+        f"{'parameters added':<28}{parameters_added(growth)}",
         f"{'seeds by outcome':<28}{seeds}",
         f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
         f"({growth.decisions} decisions{_fallback_share(growth)})",
@@ -131,6 +131,15 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         *_timing_note(growth),
         *(f"earlier sessions' figures incomplete: {note}" for note in growth.earlier_incomplete),
     ]
+
+
+def parameters_added(growth: GrowthFigures) -> str:
+    """The grafted parameters in the model at the end, and how many of them are fossilized: the figure counts the
+    seeds still on trial too (the final accuracy was measured with them), which the bare number did not say."""
+    added, fossilized = growth.parameters_added, growth.parameters_fossilized
+    if fossilized is None or not added:
+        return str(added)
+    return f"{added} ({fossilized} fossilized, {added - fossilized} in seeds not yet fossilized)"
 
 
 # Why the fallback decided (the Decision's fallback_reason): how the summary's note says it, and the events.jsonl

@@ -15,7 +15,8 @@ from schemas.base import ConfigSection
 from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat
 
 Device = Literal["auto", "cpu", "cuda"]
-Port = Annotated[int, Meta(ge=1, le=65535)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+"""A TCP port to listen on; 0 is any free one (the one bound is logged)."""
 Fraction = Annotated[float, Meta(gt=0.0, lt=1.0)]
 MAX_SECONDS = 1e9
 """The longest duration a key takes (about 31 years): a wait of 1e308 s overflowed the platform's clock at run time."""

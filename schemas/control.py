@@ -67,6 +67,12 @@ class CommandSecurity(Record, frozen=True):
     freshness_window_s: PosFloat = 60.0
 
 
+def germinated_seed_id(slot: str, decision_step: int) -> str:
+    """The id of the seed a GERMINATE that names none (``target_seed_id``) germinates, when its receiver accepts it at
+    the boundary of its ``decision_step``: the controller's field reports name the seed by it."""
+    return f"seed-{slot}-{decision_step}"
+
+
 class AdaptationCommand(Message, frozen=True):
     """One decision of Tamiyo, signed; decided on the state packet of ``decision_step``.
 

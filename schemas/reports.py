@@ -19,7 +19,11 @@ class MitigationAction(Record, frozen=True):
 class FieldReport(Message, frozen=True):
     """The outcome of one decision (NO_OP included) over its observation window of epochs.
 
-    ``report_id`` is ``fr-<command_id>-<start_epoch>+<window>``. ``metrics`` holds the window aggregates (sum, min and
+    ``report_id`` is ``fr-<command_id>-<start_epoch>+<window>``, with ``-r<n>`` after it for a decision made after the
+    trainer went back (a rollback, a restart) n times: the steps it trains again are decided again under the same
+    command ids. ``seed_id`` and ``blueprint_id`` name what the decision acted on: a seed verb's target seed and its
+    blueprint; a GERMINATE's blueprint, and its seed (``schemas.control.germinated_seed_id``) once a packet of the
+    window showed it, so None when the receiver refused it. ``metrics`` holds the window aggregates (sum, min and
     max of loss_delta and hook latency, by name). ``action``, ``log_prob``, ``value_estimate`` and ``observation_ref``
     (where the graph observation is stored) let Simic train on what the policy actually did; ``reward`` is filled in
     when the window closes and stays None for ABORTED windows, which are excluded from training.

@@ -42,6 +42,8 @@ class TrainingFigures(Record, frozen=True):
     resumed_from_step: int | None = None
     checkpoint: str | None = None
     completed: bool = False  # training ran every epoch it was given (not stopped, halted or failed)
+    # Of seed_parameters, those of the seeds fossilized into the host at the end (None: an earlier version's summary).
+    fossilized_parameters: int | None = None
 
 
 class GrowthFigures(Record, frozen=True):
@@ -52,7 +54,10 @@ class GrowthFigures(Record, frozen=True):
     never changed the host's output), the final one when no seed reached training ("host_only"), or the final one of
     a recorded host-only run of the same training, ``nissa.baseline_run`` ("recorded"; its id in ``baseline_run`` and
     its epochs in ``baseline_epoch``), or none when a resumed run's earlier event log was lost or cut short ("unknown":
-    its seed transitions, hence the host-only epochs, are not known). ``seeds`` counts seeds by the lifecycle stage
+    its seed transitions, hence the host-only epochs, are not known). ``parameters_added`` counts the parameters of
+    every seed the controller grafted that is in the model at the end, whose final accuracy was measured with them:
+    fossilized ones (``parameters_fossilized``) and those not fossilized yet (training, blending, shadowing, on
+    probation); a culled seed's are gone, and initial seeds count as host. ``seeds`` counts seeds by the lifecycle stage
     they ended training in (lower-case stage name); ``unapplied_transitions`` counts lifecycle transitions (a seed's,
     and a slot's embargo and reset) planned at the last boundaries for a step after the last one, which never took
     effect;
@@ -83,6 +88,8 @@ class GrowthFigures(Record, frozen=True):
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     worker_hangs: int = 0  # GNN worker processes killed because they stopped answering (tamiyo_gnn_worker_hung)
     earlier_incomplete: list[str] = field(default_factory=list)
+    # Of parameters_added, those of the seeds fossilized into the host (None: not known, an earlier version's summary).
+    parameters_fossilized: int | None = None
 
 
 class RunSummary(Record, frozen=True):

@@ -94,6 +94,9 @@ class SystemStatePacket(Message, frozen=True):
     Gradient norms are L2 norms keyed by layer name and seed id.
     ``isolation_violations`` is the session's running total over every seed (it never falls within a session and
     starts from 0 at a resume, like the other counters); each SeedState carries its own seed's share.
+    ``learning_rate`` is the host group's base rate (what boundary ops and the controller's tweak set);
+    ``effective_learning_rate`` its rate in effect at ``global_step``, which the optimizer step of that index uses: the
+    base times the rate schedule's factor at that step (the base without a schedule; None from an earlier version).
     """
 
     run_id: str
@@ -126,3 +129,4 @@ class SystemStatePacket(Message, frozen=True):
     epoch_training_accuracy: UnitFloat | None = None
     epoch_timings: StepTimings | None = None
     epoch_samples_per_s: NonNegFloat | None = None
+    effective_learning_rate: float | None = None

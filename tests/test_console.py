@@ -207,6 +207,31 @@ def test_the_header_names_the_run_and_how_to_watch_it() -> None:
     ]
 
 
+def _listening(port: int) -> TelemetryEvent:
+    url = f"http://127.0.0.1:{port}/metrics"
+    return TelemetryEvent(
+        name="metrics_endpoint_listening", level=TelemetryLevel.INFO, description=f"serving {url}",
+        attributes={"port": port, "url": url},
+    )  # fmt: skip
+
+
+def test_the_metrics_url_of_port_0_is_shown_once_nissa_has_bound_it() -> None:
+    """With nissa.prometheus_port = 0 the header cannot name the port; Nissa's event does, once (again only if a
+    restarted Nissa bound another). A header that named the URL is not repeated."""
+    console, stream = _console()
+    console.started("r", Path("runs/r"), "events.jsonl", resume=False)
+    for event in (_listening(41234), _listening(41234), _listening(41999)):
+        console.emit(event)
+    assert stream.getvalue().splitlines()[2:] == [
+        "  metrics:  http://127.0.0.1:41234/metrics",
+        "  metrics:  http://127.0.0.1:41999/metrics",
+    ]
+    console, stream = _console()
+    console.started("r", Path("runs/r"), "events.jsonl", resume=False, metrics_url="http://127.0.0.1:9100/metrics")
+    console.emit(_listening(9100))
+    assert stream.getvalue().splitlines()[2:] == ["  metrics:  http://127.0.0.1:9100/metrics"]
+
+
 def test_on_a_terminal_the_epoch_line_keeps_the_full_bar() -> None:
     stream = io.StringIO()
     console = Console(stream, epochs=10, interactive=True)

@@ -144,7 +144,7 @@ def test_the_shipped_config_toml_loads() -> None:
         ),
         (
             "[nissa]\nprometheus_port = 70000\n",
-            "config.toml: nissa.prometheus_port: expected an integer between 1 and 65535, got 70000",
+            "config.toml: nissa.prometheus_port: expected an integer between 0 and 65535, got 70000",
         ),
         (
             "[tolaria]\nvalidation_fraction = 1.0\n",
@@ -644,3 +644,11 @@ def test_a_normaliser_weight_of_0_is_refused_at_load() -> None:
     text = dump_config(RunConfig()).replace("normaliser_alpha = 0.1", "normaliser_alpha = 0.0")
     assert "normaliser_alpha = 0.0" in text
     assert parse_config(text, "run/config.toml", written=True) == RunConfig()
+
+
+def test_prometheus_port_0_is_any_free_port(tmp_path: Path) -> None:
+    """Port 0 was refused ("expected an integer between 1 and 65535"): it asks for any free port, as sockets do."""
+    config = load_config(_write(tmp_path, "[nissa]\nprometheus_port = 0\n"), [])
+    assert config.nissa.prometheus_port == 0
+    with pytest.raises(ConfigError, match=r"nissa\.prometheus_port: expected an integer between 0 and 65535, got -1$"):
+        load_config(_write(tmp_path, "[nissa]\nprometheus_port = -1\n"), [])

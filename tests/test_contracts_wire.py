@@ -204,6 +204,7 @@ TRAINING_FIGURES = TrainingFigures(
     halted=False,
     resumed_from_step=120,
     checkpoint="step-250.pt",
+    fossilized_parameters=24,
 )
 GROWTH_FIGURES = GrowthFigures(
     baseline_val_accuracy=0.875,
@@ -211,6 +212,7 @@ GROWTH_FIGURES = GrowthFigures(
     baseline_source="run",
     final_val_accuracy=0.9125,
     parameters_added=48,
+    parameters_fossilized=24,
     seeds={"culled": 3, "fossilized": 2},
     decisions=250,
     decision_p50_ms=0.5,
@@ -397,6 +399,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         learning_rate=0.001,
         gpu_memory_bytes=None,
         gpu_memory_peak_bytes=None,
+        effective_learning_rate=0.0005,
     ),
     MetricPoint: METRIC,
     TelemetryEvent: msgspec.structs.replace(EVENT, run_id="run-20250101-000000"),

@@ -94,6 +94,8 @@ async def test_the_controller_grows_only_the_slot_no_initial_seed_holds(tmp_path
     assert initial > 0
     # The training line counts every seed; growth added only the grafted one.
     assert 0 < growth.parameters_added == training.seed_parameters - initial
+    assert training.fossilized_parameters is not None
+    assert growth.parameters_fossilized == training.fossilized_parameters - initial  # the initial ones are host
 
 
 async def test_a_run_that_grows_nothing_added_no_parameters_beside_its_host_only_accuracy(tmp_path: Path) -> None:

@@ -161,6 +161,11 @@ async def test_a_tiny_run_grows_the_host_culls_a_seed_that_cannot_help_and_write
     assert summary.training is not None
     assert summary.training.epochs == 14
     assert summary.training.seed_parameters == growth.parameters_added
+    # Of them, the fossilized seeds' (the run has no initial seed): the summary line splits the figure.
+    fossilized = growth.parameters_fossilized
+    assert fossilized is not None
+    assert summary.training.fossilized_parameters == fossilized
+    assert 0 < fossilized <= growth.parameters_added
     # metrics.csv's per-epoch training figures are the whole epoch's, as the trainer's epoch_end record says (they
     # were the epoch's last packet interval's: 4 of 16 steps).
     with (run_dir / "metrics.csv").open(encoding="utf-8") as file:

@@ -6,6 +6,8 @@ import io
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from actors.tamiyo.field_reports import WAL_FILENAME, encode_frame
 from esper.field_reports import build_parser, main
 from schemas.domain_enums import FieldReportOutcome, PolicyAction
@@ -57,3 +59,23 @@ def test_help_shows_no_restructuredtext_markup() -> None:
     text = " ".join(build_parser().format_help().split())
     assert "``" not in text
     assert "python -m esper.field_reports runs/<id>: a run" in text
+
+
+def test_a_decision_remade_after_a_rollback_in_an_older_wal_is_printed_too(tmp_path: Path) -> None:
+    """An earlier version gave the remade decision the id of the one the rollback aborted: the reader kept only the
+    aborted record, and the remade decision's real outcome was lost. A copy written twice is still printed once."""
+    aborted = msgspec.structs.replace(
+        _report(1), outcome=FieldReportOutcome.ABORTED, notes="heuristic: ...; aborted: rollback to step 100"
+    )
+    remade = msgspec.structs.replace(_report(1), outcome=FieldReportOutcome.REGRESSION, issued_at=200.0, reward=-0.7)
+    frames = [encode_frame(r) for r in (_report(0), aborted, remade, remade)]
+    (tmp_path / WAL_FILENAME).write_bytes(b"".join(frames))
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["report_id"], r["outcome"]) for r in lines] == [
+        ("fr-cmd0", FieldReportOutcome.NEUTRAL.value),
+        ("fr-cmd1", FieldReportOutcome.ABORTED.value),
+        ("fr-cmd1", FieldReportOutcome.REGRESSION.value),
+    ]
+    assert err.getvalue() == ""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from actors.nissa.actor import ALERT_FIRED, METRICS_ENDPOINT_UNAVAILABLE, Nissa
+from actors.nissa.actor import ALERT_FIRED, METRICS_ENDPOINT_LISTENING, METRICS_ENDPOINT_UNAVAILABLE, Nissa
 from actors.nissa.csv_writer import MetricsCsvWriter
 from actors.nissa.prometheus import host_port
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
@@ -333,7 +333,8 @@ async def test_a_resumes_missed_epoch_ends_are_written_at_its_start_once(
 async def test_the_actor_serves_http_on_an_ephemeral_port(
     tmp_path: Path, clock: ManualClock, sink: RecordingSink
 ) -> None:
-    # Port 0 cannot come from a config file (ports are 1..65535 there); built directly it binds an ephemeral port.
+    """Port 0 binds any free port, and says which: it was refused in a config, the console could not show the URL and
+    events.jsonl did not carry the port."""
     system = await _start(NissaConfig(prometheus_port=0), tmp_path, clock, sink)
     try:
         ref = system.ref(NISSA, Nissa)
@@ -342,10 +343,13 @@ async def test_the_actor_serves_http_on_an_ephemeral_port(
         assert snapshot.endpoint is not None
         host, port = snapshot.endpoint.rsplit(":", 1)
         assert host == "127.0.0.1"
+        [listening] = [e for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_LISTENING]
+        assert listening.attributes == {"port": int(port), "url": f"http://127.0.0.1:{port}/metrics"}
         async with asyncio.timeout(5):
             status, _, body = await http_get(int(port), "/metrics")
             assert status == 200
             assert "esper_tolaria_validation_loss 0.9" in body.decode().splitlines()
+            assert "esper_tolaria_boundary_stalls_total 0.0" in body.decode().splitlines()  # no stall: 0, not absent
             status, _, body = await http_get(int(port), "/healthz")
             assert (status, json.loads(body)["status"]) == (200, "healthy")
             status, _, body = await http_get(int(port), "/metrics/summary")

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from actors.nissa.metrics import KNOWN_METRICS, METRICS_COLUMNS, MetricsAggregator, MetricsRegistry, epoch_row
+from actors.nissa.metrics import (
+    COUNTERS_FROM_ZERO,
+    KNOWN_METRICS,
+    METRICS_COLUMNS,
+    MetricsAggregator,
+    MetricsRegistry,
+    epoch_row,
+)
+from actors.nissa.prometheus import render_exposition
 from esper.run_history import earlier_tally, slot_transitions_at
 from esper.runtime.stage_refusals import Transition
 from schemas.boundary import BoundaryApplied, OpOutcome
@@ -324,3 +332,22 @@ def test_a_rollback_reopens_a_refusal_whose_receipt_it_undid() -> None:
     row, _ = aggregator.observe_state(packet(112, epoch=6, val=0.7, seeds=seeds), wall_time_s=1.0)
     assert row is not None
     assert (row["seeds_probationary"], row["seeds_fossilized"]) == (1, 0)
+
+
+def test_an_epoch_rows_learning_rate_is_the_scheduled_rate_in_effect_not_the_base_rate() -> None:
+    """With a cosine schedule every row read 0.003, tolaria.lr, while the optimizer stepped with less and less."""
+    end = msgspec.structs.replace(packet(100, epoch=4, val=0.7), learning_rate=0.003)
+    scheduled = msgspec.structs.replace(end, effective_learning_rate=0.0012)
+    assert epoch_row(scheduled, wall_time_s=1.0)["learning_rate"] == 0.0012
+    assert epoch_row(end, wall_time_s=1.0)["learning_rate"] == 0.003  # a packet of an earlier version (a resume's)
+
+
+def test_counters_are_exposed_at_zero_before_their_first_increment() -> None:
+    """esper_tolaria_boundary_stalls_total was missing from /metrics in a run without a stall, not 0."""
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s for s in MetricsAggregator().registry.samples()}
+    for name, labels in COUNTERS_FROM_ZERO:
+        sample = samples[(name, labels)]
+        assert (sample.value, sample.kind) == (0.0, "counter"), name
+    assert len(samples) == len(COUNTERS_FROM_ZERO)
+    lines = render_exposition(MetricsAggregator().registry.samples()).splitlines()
+    assert "esper_tolaria_boundary_stalls_total 0.0" in lines

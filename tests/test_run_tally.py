@@ -344,3 +344,12 @@ def test_a_resumed_run_counts_a_refused_stage_change_from_the_receipt_that_appli
     )
     assert tally.figures(seed_parameters=0, last_step=128).seeds == {"probationary": 1}
     assert tally.figures(seed_parameters=0, last_step=144).seeds == {"fossilized": 1}
+
+
+def test_parameters_added_says_how_many_are_fossilized() -> None:
+    """r1's "parameters added 72" counted two seeds still on trial beside the one fossilized (24) and did not say so."""
+    growth = GrowthFigures(parameters_added=72, parameters_fossilized=24, decisions=3)
+    assert f"{'parameters added':<28}72 (24 fossilized, 48 in seeds not yet fossilized)" in growth_lines(growth)
+    # A summary an earlier version wrote does not know; nothing added has nothing to split.
+    assert f"{'parameters added':<28}72" in growth_lines(msgspec.structs.replace(growth, parameters_fossilized=None))
+    assert f"{'parameters added':<28}0" in growth_lines(GrowthFigures(parameters_fossilized=0))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import msgspec
 import pytest
@@ -11,15 +13,21 @@ import structlog
 
 from actors.tamiyo.actor import command_id_for
 from actors.tamiyo.field_reports import MAGIC, WAL_FILENAME, read_field_reports
-from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker, OutcomeWindow
+from actors.tamiyo.outcomes import OutcomeSettings, OutcomeState, OutcomeTracker, OutcomeWindow
+from actors.tamiyo.policy import NO_OP, Decision
+from actors.tamiyo.state_journal import state_at
+from esper.field_reports import main as field_reports_main
 from schemas.config import SimicConfig, TamiyoConfig
+from schemas.control import BlendConfig, germinated_seed_id
 from schemas.domain_enums import FieldReportOutcome, PolicyAction
-from schemas.enums import EmergencyLevel
-from tests._tamiyo_harness import RUN_ID, TamiyoHarness, packet
+from schemas.enums import EmergencyLevel, SeedLifecycleStage
+from schemas.state import SeedState
+from tests._tamiyo_harness import RUN_ID, SLOTS, TamiyoHarness, dormant, packet
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from actors.tamiyo.policy import Observation
     from esper.runtime.events import RecordingSink
     from schemas.state import SystemStatePacket
 
@@ -183,3 +191,115 @@ async def test_a_damaged_wal_is_reported_when_tamiyo_opens_it(tmp_path: Path, si
         len(torn),
         len(LOSSES),
     )
+
+
+async def test_a_decision_remade_after_a_rollback_gets_a_report_of_its_own(tmp_path: Path, sink: RecordingSink) -> None:
+    """The rerun decides step 15 again under the same command id (exact resume needs it): its report took the id of
+    the one the rollback aborted, and the reader printed only the aborted one. The abort named the packet's step (15)
+    rather than the step the trainer went back to (10)."""
+    config = TamiyoConfig(field_report_window_epochs=1, plateau_patience_epochs=10)
+    journal = tmp_path / "states.jsonl"
+    run = [packet(5, 0), packet(10, 0, validation_loss=1.0), packet(15, 1)]
+    async with TamiyoHarness(tmp_path, sink, config=config, state_journal=journal) as h:
+        await h.run(run)
+        # The trainer restored step 10 and trains epoch 1 again (the window of step 15 closes at its end).
+        await h.run([packet(15, 1), packet(20, 1, validation_loss=0.9, loss_delta=-0.1)])
+        state = await h.state()
+    reports = (await read_field_reports(tmp_path / WAL_FILENAME)).reports
+    cid = command_id_for(RUN_ID, 15)
+    of_15 = [r for r in reports if r.command_id == cid]
+    assert [(r.report_id, r.outcome) for r in of_15] == [
+        (f"fr-{cid}-1+1", FieldReportOutcome.ABORTED),
+        (f"fr-{cid}-1+1-r1", FieldReportOutcome.SUCCESS),
+    ]
+    assert of_15[0].notes.endswith("aborted: rollback to step 10")
+    out, err = io.StringIO(), io.StringIO()
+    assert field_reports_main([str(tmp_path)], out=out, err=err) == 0
+    printed = [json.loads(line)["report_id"] for line in out.getvalue().splitlines()]
+    assert printed == [r.report_id for r in reports]
+    assert len(set(printed)) == len(printed)
+    assert state.outcomes.rollbacks == 1
+    journaled = state_at(journal, 20)
+    assert journaled is not None
+    assert journaled.state.outcomes.rollbacks == 1  # a resume from there keeps the count, and so the report ids
+
+
+def test_the_rollback_count_survives_a_state_an_earlier_version_saved() -> None:
+    """A state saved before the count existed reads as no rollback: its decisions keep the ids they had."""
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=1), state=OutcomeState())
+    tracker.rollback("rollback to step 0")
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(_window(10, 0))
+    (report,) = tracker.observe(packet(20, 1, validation_loss=1.0), critical=False)
+    assert report.report_id.endswith("+1-r1")
+    old = msgspec.json.decode(b'{"windows": [], "reports": 3}', type=OutcomeState)
+    assert old.rollbacks == 0
+
+
+@final
+class _ScriptedPolicy:
+    """Decides what ``script`` says for a packet's step, NO_OP otherwise."""
+
+    version = "scripted-1"
+
+    def __init__(self, script: dict[int, Decision]) -> None:
+        self._script = script
+
+    def decide(self, observation: Observation) -> Decision:
+        return self._script.get(observation.packet.global_step, NO_OP)
+
+
+def _seed(slot: str, seed_id: str, blueprint_id: str, stage: SeedLifecycleStage) -> SeedState:
+    return SeedState(slot=slot, stage=stage, layer_depth=SLOTS.index(slot), seed_id=seed_id, blueprint_id=blueprint_id)
+
+
+async def test_reports_name_the_seed_and_the_blueprint_of_their_decision(tmp_path: Path, sink: RecordingSink) -> None:
+    """A germinate's report had seed_id null and a fossilize's blueprint_id null: a report could not say which seed it
+    judged without joining its command id to Kasmina's command results. A germinate Kasmina refused names no seed."""
+    old = _seed("s1", "seed-s1-0", "bp-wide", SeedLifecycleStage.PROBATIONARY)
+    grown = _seed("s0", germinated_seed_id("s0", 10), "bp-small", SeedLifecycleStage.TRAINING)
+    germinate = Decision(
+        action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp-small", blend=BlendConfig(), reason="t"
+    )
+    refused = msgspec.structs.replace(germinate, target_slot="s2")  # Kasmina refuses it: no seed-s2-15 appears
+    fossilize = Decision(action=PolicyAction.FOSSILIZE, target_slot="s1", target_seed_id="seed-s1-0", reason="t")
+    policy = _ScriptedPolicy({10: germinate, 15: fossilize, 20: refused})
+    config = TamiyoConfig(field_report_window_epochs=1)
+    before = (dormant("s0"), old, dormant("s2"))
+    after = (grown, old, dormant("s2"))
+    async with TamiyoHarness(tmp_path, sink, config=config, policy=policy) as h:
+        decisions = await h.run(
+            [
+                packet(10, 0, validation_loss=1.0, seeds=before),
+                packet(15, 1, seeds=after),
+                packet(20, 1, validation_loss=0.9, loss_delta=-0.1, seeds=after),
+                packet(25, 2, seeds=after),
+                packet(30, 2, validation_loss=0.8, loss_delta=-0.1, seeds=after),
+            ]
+        )
+    assert [d.command is not None for d in decisions] == [True, True, True, False, False], "no risk veto in the way"
+    reports = {r.command_id: r for r in (await read_field_reports(tmp_path / WAL_FILENAME)).reports}
+    named = {step: reports[command_id_for(RUN_ID, step)] for step in (10, 15, 20)}
+    assert (named[10].action, named[10].seed_id, named[10].blueprint_id) == (
+        PolicyAction.GERMINATE,
+        "seed-s0-10",
+        "bp-small",
+    )
+    assert (named[15].action, named[15].seed_id, named[15].blueprint_id) == (
+        PolicyAction.FOSSILIZE,
+        "seed-s1-0",
+        "bp-wide",
+    )
+    assert (named[20].seed_id, named[20].blueprint_id) == (None, "bp-small")
+
+
+def test_a_germinate_window_names_its_seed_once_a_packet_shows_it() -> None:
+    tracker = OutcomeTracker(OutcomeSettings(window_epochs=2))
+    tracker.observe(packet(10, 0, validation_loss=1.0), critical=False)
+    tracker.open(msgspec.structs.replace(_window(10, 0), germinating="seed-s0-10", blueprint_id="bp-small"))
+    assert tracker.observe(packet(15, 1), critical=False) == []
+    assert tracker.export_state().windows[0].seed_id is None  # not germinated yet in this packet
+    shown = (_seed("s0", "seed-s0-10", "bp-small", SeedLifecycleStage.CULLED), dormant("s1"), dormant("s2"))
+    tracker.observe(packet(20, 1, validation_loss=0.9, seeds=shown), critical=False)
+    (report,) = tracker.observe(packet(30, 2, validation_loss=0.8), critical=False)
+    assert report.seed_id == "seed-s0-10", "a seed culled or gone since stays named"

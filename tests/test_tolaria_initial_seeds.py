@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
+from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.checkpoints import load_latest
 from actors.tolaria.host_model import TolariaConfigError
@@ -17,8 +18,10 @@ from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.blueprints import build_blueprint, default_catalogue
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.slots import SlotMode
+from schemas.boundary import SeedOp
 from schemas.config import TolariaConfig
 from schemas.enums import SeedLifecycleStage
+from tests.test_tolaria_protocol import seed_module
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -108,6 +111,7 @@ def test_initial_seeds_train_from_step_0_and_count_as_added_parameters(data: Dat
     trainee = loop.trainee
     expected = seed_size("BP005", trainee.slot_shapes["blocks.0"]) + seed_size("BP001", trainee.slot_shapes["blocks.2"])
     assert result.figures.seed_parameters == expected > 0
+    assert result.figures.fossilized_parameters == expected  # initial seeds are fossilized from step 0
     assert result.figures.host_parameters == trainee_before.host_parameters
     after = dict(trainee.model.named_parameters())
     assert before, "the seeds' parameters are in the model"
@@ -158,3 +162,15 @@ def test_an_initial_seed_in_no_slot_or_of_no_blueprint_is_a_config_error(data: D
         build_trainee(config(initial_seeds=("blocks.0=BP999",)), data, (), torch.device("cpu"))
     with pytest.raises(ValueError, match="names a slot twice"):
         config(initial_seeds=("blocks.0=BP001", "blocks.0=BP002"))
+
+
+def test_fossilized_seed_parameters_leave_out_the_seeds_still_on_trial(data: DataSplits) -> None:
+    """The summary's "parameters added" counted every seed in the model without saying how many were fossilized."""
+    trainee = build_trainee(config(), data, (), torch.device("cpu"))
+    initial = sum(trainee.seed_parameters().values())
+    module = seed_module()
+    op = SeedOp(kind="attach", slot="blocks.1", seed_id="s", stage=SeedLifecycleStage.BLENDING)
+    assert BoundaryApplier(trainee).apply(op, step=0, take_module=lambda _: module).applied
+    blending = sum(p.numel() for p in module.parameters())
+    assert sum(trainee.seed_parameters().values()) == initial + blending
+    assert trainee.fossilized_seed_parameters() == initial > 0

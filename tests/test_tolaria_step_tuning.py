@@ -66,12 +66,13 @@ def make_loop(
     inbox: PlanInbox | None = None,
     handoff: Handoff[nn.Module] | None = None,
     hook: Callable[[int, TensorPair], TensorPair] | None = None,
+    outbox: Box | None = None,
 ) -> TrainingLoop:
     return TrainingLoop(
         cfg,
         LoopOptions(run_id="t", checkpoint_dir=directory, resume=resume, resumed_run=resume, batch_hook=hook),
         inbox=inbox or PlanInbox(),
-        outbox=Box(),
+        outbox=outbox or Box(),
         snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),
         handoff=handoff,
         data=data,
@@ -155,7 +156,8 @@ def test_every_groups_rate_at_a_step_is_its_own_base_rate_times_the_schedules_fa
         inbox.expect(effect - 1, effect)
         assert inbox.put(BoundaryPlan(run_id="t", decided_on_step=effect - 1, effect_step=effect, ops=(op,)))
     seen: list[dict[str, float]] = []
-    loop = make_loop(cfg, data, inbox=inbox, handoff=handoff)
+    box = Box()
+    loop = make_loop(cfg, data, inbox=inbox, handoff=handoff, outbox=box)
     handle = register_optimizer_step_pre_hook(record_rates(seen))
     try:
         assert loop.run().status == "completed"
@@ -177,6 +179,14 @@ def test_every_groups_rate_at_a_step_is_its_own_base_rate_times_the_schedules_fa
     # After the run the groups hold their base rates, as boundary ops and checkpoints know them.
     final = {str(g["name"]): g["lr"] for g in loop.trainee.optimizer.param_groups}
     assert final == pytest.approx({"host": lr * 0.5, "seed:s": lr * 0.5 * 0.5}, rel=1e-12)
+    # An epoch end's packet (metrics.csv's row) carries the base rate and the rate in effect at its step, the one the
+    # next step uses; the run's last is the schedule's end. metrics.csv showed the base rate at every epoch.
+    ends = [p for p in box.packets if p.validation_loss is not None]
+    assert [p.global_step for p in ends] == [STEPS_PER_EPOCH, total]
+    assert ends[0].effective_learning_rate == pytest.approx(seen[STEPS_PER_EPOCH]["host"], rel=1e-12)
+    last = lr * 0.5 * FORMULAS[kind](total, warmup=6, total=total, floor=floor)
+    assert ends[1].effective_learning_rate == pytest.approx(last, rel=1e-12)
+    assert [p.learning_rate for p in ends] == [lr, lr * 0.5]
 
 
 def stepper_run(

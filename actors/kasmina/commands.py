@@ -15,7 +15,7 @@ from actors.kasmina.lifecycle_table import SEED_STAGES, IllegalTransition
 from actors.kasmina.preparation import PreparationRequest, derive_build_seed
 from actors.kasmina.seeds import SeedEntry, isolation_breaker
 from schemas.boundary import SeedOp
-from schemas.control import LR_DELTA_MAX, LR_DELTA_MIN, AdaptationCommand, CommandResult
+from schemas.control import LR_DELTA_MAX, LR_DELTA_MIN, AdaptationCommand, CommandResult, germinated_seed_id
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
@@ -148,7 +148,7 @@ class CommandDesk:
                     reason = CommandRejectReason.UNKNOWN_BLUEPRINT
                 return self._refuse(cmd, reason, checked)
             params = checked
-        seed_id = cmd.target_seed_id or f"seed-{slot}-{step}"
+        seed_id = cmd.target_seed_id or germinated_seed_id(slot, step)
         request = GerminationRequest(
             seed_id=seed_id,
             blueprint=blueprint_facts(blueprint_id, descriptor, shape, params),

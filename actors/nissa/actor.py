@@ -65,6 +65,7 @@ NISSA_INBOX: Final = (
 """What Nissa consumes: every state packet, telemetry, lifecycle and supervision events, the tick and the query."""
 
 METRICS_ENDPOINT_UNAVAILABLE: Final = "metrics_endpoint_unavailable"
+METRICS_ENDPOINT_LISTENING: Final = "metrics_endpoint_listening"
 ALERT_FIRED: Final = "alert_fired"
 ALERT_CLEARED: Final = "alert_cleared"
 
@@ -96,7 +97,8 @@ class Nissa(Actor[NissaMessage]):
         refusals: Sequence[Refusal] = (),
     ) -> None:
         """Args:
-        config: the ``[nissa]`` section; ``prometheus_port`` 0 binds an ephemeral port (tests).
+        config: the ``[nissa]`` section; ``prometheus_port`` 0 binds any free port (each incarnation its own),
+            which the ``metrics_endpoint_listening`` event names.
         run_dir: the run directory (must exist); metrics.csv goes there.
         clock: alert, SLO and wall-time arithmetic read it.
         sink: where alerts go.
@@ -163,6 +165,17 @@ class Nissa(Actor[NissaMessage]):
                 )
             else:
                 self._server = server
+                # The port bound, which differs from the config's with port 0 (any free one): the console and
+                # events.jsonl say where to scrape.
+                url = f"http://{server.endpoint}/metrics"
+                self._sink.emit(
+                    TelemetryEvent(
+                        name=METRICS_ENDPOINT_LISTENING,
+                        level=TelemetryLevel.INFO,
+                        description=f"serving {url}",
+                        attributes={"port": server.port, "url": url},
+                    )
+                )
 
     async def on_stop(self) -> None:
         server, self._server = self._server, None

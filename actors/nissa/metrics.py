@@ -117,6 +117,15 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
 
 Labels = tuple[tuple[str, str], ...]
 
+COUNTERS_FROM_ZERO: Final[tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = (
+    ("tolaria.epochs.total", ()),
+    ("tolaria.emergency.halts_total", ()),
+    ("tolaria.boundary.stalls_total", ()),
+    ("nissa.telemetry.dropped_total", (("reason", "unnamed_metric"),)),
+)
+"""The counters whose every series is known up front, exposed at 0 from the start: a series that appears only at its
+first increment reads as missing (no data), not as none happened, and rate() and increase() miss that first one."""
+
 
 def _labels(labels: Mapping[str, str] | None) -> Labels:
     return tuple(sorted(labels.items())) if labels else ()
@@ -155,7 +164,8 @@ def epoch_row(
         "step_ms": timings.step_ms,
         "hook_latency_ms": packet.hook_latency_ms,
         "samples_per_s": samples_per_s,
-        "learning_rate": packet.learning_rate,
+        # The rate the optimizer steps with there (what Lightning's LearningRateMonitor logs), not the schedule's base.
+        "learning_rate": packet.learning_rate if (lr := packet.effective_learning_rate) is None else lr,
         "host_parameters": packet.host_parameters,
         "seed_parameters": packet.seed_parameters,
         "seeds_active": sum(1 for stage in known if stage in ACTIVE_STAGES),
@@ -241,6 +251,8 @@ class MetricsAggregator:
         earlier sessions, whose lifecycle replay reports nothing; a restarted Nissa's run so far), in order.
         refusals: the stage ops the trainer refused that stand from before this aggregator (see transitions)."""
         self.registry = MetricsRegistry()
+        for name, labels in COUNTERS_FROM_ZERO:
+            self.registry.inc(name, 0.0, dict(labels))
         self.last_epoch = last_epoch
         self.last_row: EpochRow | None = None
         # Each slot's stage as Kasmina's lifecycle reported it: the packet's view is Tolaria's slot mode, which has no

@@ -3,7 +3,9 @@ conservative mode, with a field report for every decision once its window closes
 
 Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
 
-1. a packet whose step does not move forward is a rollback: every open field-report window is closed as ABORTED;
+1. a packet whose step does not move forward is a rollback: the controller goes back to the state it journaled at the
+   trainer's restore point, every open field-report window is closed as ABORTED, and the decisions from there on get
+   report ids of their own (their command ids repeat the undone ones', see outcomes.py);
 2. the packet becomes an Observation (actors/tamiyo/observe.py); with no seed candidate and no live seed, inference
    is skipped (NO_OP);
 3. otherwise, if the inference breaker allows, the configured policy decides on the ``policy`` lane while this
@@ -312,8 +314,10 @@ class TamiyoActor(Actor[TamiyoMessage]):
         started_s = self._c.clock.now()
         reports: list[FieldReport] = []
         if self._c.tracker.is_rollback(packet):
-            reports.extend(self._c.tracker.abort_all(f"rollback to step {packet.global_step}"))
-            await self._rewind(packet)
+            # The step the trainer went back to, not this packet's, the first one after it.
+            back_to = await self._rewind(packet)
+            where = f"to step {back_to}" if back_to is not None else f"before step {packet.global_step}"
+            reports.extend(self._c.tracker.rollback(f"rollback {where}"))
         observation = build_observation(packet, self._c.blueprints)
         async with asyncio.TaskGroup() as tg:
             if not has_candidate(observation):
@@ -389,16 +393,17 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if not late.cancelled() and late.exception() is not None:
             _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
 
-    async def _rewind(self, packet: SystemStatePacket) -> None:
+    async def _rewind(self, packet: SystemStatePacket) -> int | None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
         controller goes back to the newest state it journaled before that step (the restored epoch end's), so it
         decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
         (not_epoch_end), its windows and plateau counted the undone attempt, and the rerun's windows started from the
-        undone epoch's validation loss). The field reports, report count and counters of the undone decisions stay:
-        they happened. Nothing to go back to without a journal (no run directory)."""
+        undone epoch's validation loss). The open windows (aborted next), field reports, report and rollback counts
+        and counters of the undone decisions stay: they happened. Returns the step it went back to, the trainer's
+        restore point; None without a journal (no run directory), where there is nothing to go back to."""
         journal = self._state_journal
         if journal is None:
-            return
+            return None
         await self._wait_out_late()
         entry = await anyio.to_thread.run_sync(state_at, journal.path, packet.global_step - 1)
         start = self._start_state
@@ -407,13 +412,16 @@ class TamiyoActor(Actor[TamiyoMessage]):
         elif start is not None and (start.last_step is None or start.last_step < packet.global_step):
             state, at = start, start.last_step or 0  # back before the first epoch end journaled: as it started
         else:
-            return
+            return None
         current = self.export_state()
-        # The open windows (all aborted by now) and the report count stay: they happened. The latest step and
+        # The open windows (aborted next) and the report and rollback counts stay: they happened. The latest step and
         # validation loss are the restored epoch end's, as on a resume from there: the undone epoch's loss was where
         # the rerun's windows started.
         outcomes = msgspec.structs.replace(
-            state.outcomes, windows=current.outcomes.windows, reports=current.outcomes.reports
+            state.outcomes,
+            windows=current.outcomes.windows,
+            reports=current.outcomes.reports,
+            rollbacks=current.outcomes.rollbacks,
         )
         self.import_state(msgspec.structs.replace(state, outcomes=outcomes, counters=current.counters))
         self._c.emit(
@@ -423,6 +431,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             packet,
             state_step=at,
         )
+        return at
 
     def _record(self, packet: SystemStatePacket, verdict: RiskVerdict, wire: WireDecision) -> None:
         action = verdict.decision.action.value

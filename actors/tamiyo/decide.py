@@ -15,7 +15,8 @@ from actors.tamiyo.risk import RiskContext, RiskEffect, RiskVerdict, assess
 from esper.runtime.signing import sign_command
 from schemas.boundary import FALLBACK_SUFFIX
 from schemas.boundary import Decision as WireDecision
-from schemas.domain_enums import TelemetryLevel
+from schemas.control import germinated_seed_id
+from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
 
 if TYPE_CHECKING:
@@ -228,6 +229,14 @@ class Decider:
     def open_window(self, packet: SystemStatePacket, choice: Choice, verdict: RiskVerdict, command_id: str) -> None:
         final = verdict.decision
         follow_up = ("conservative_mode",) if verdict.enter_conservative else ()
+        germinating = None
+        if final.action is PolicyAction.GERMINATE and final.target_slot is not None:
+            germinating = final.target_seed_id or germinated_seed_id(final.target_slot, packet.global_step)
+        # A seed verb names its seed only: its blueprint is the one the packet shows for that seed.
+        blueprint_id = final.blueprint_id or next(
+            (s.blueprint_id for s in packet.seed_states if final.target_seed_id and s.seed_id == final.target_seed_id),
+            None,
+        )
         self._c.tracker.open(
             OutcomeWindow(
                 command_id=command_id,
@@ -237,8 +246,9 @@ class Decider:
                 issued_at=self._c.wall_clock.now(),
                 policy_version=choice.version,
                 action=final.action,
-                seed_id=final.target_seed_id,
-                blueprint_id=final.blueprint_id,
+                seed_id=None if germinating is not None else final.target_seed_id,
+                blueprint_id=blueprint_id,
+                germinating=germinating,
                 log_prob=choice.decision.log_prob if final == choice.decision else None,
                 value_estimate=choice.decision.value_estimate,
                 notes=f"{choice.label}: proposed {choice.decision.action.value} ({choice.decision.reason}); "

@@ -4,11 +4,19 @@ A window opens at the decision and closes at the ``window_epochs``-th epoch-end 
 validation loss). Over the window it aggregates the sum, min and max of ``loss_delta`` and of hook latency, the
 validation loss at its start (the latest one known at the decision) and at its end, the seed parameters added, and
 whether any CRITICAL event happened (a CRITICAL risk event on a packet of the window, or Tolaria at L3 or above).
+A report names the seed and blueprint its decision concerned: a seed verb's target seed and that seed's blueprint as
+the decision's packet showed it; a GERMINATE's blueprint, and its seed once a packet of the window shows the seed
+Kasmina germinated for it (``schemas.control.germinated_seed_id``; none when Kasmina refused the command).
 
 Outcome: REGRESSION if the validation loss worsened over the window or any CRITICAL event happened; SUCCESS if it
 improved (by more than ``neutral_band``) and nothing was CRITICAL; NEUTRAL otherwise (including an unknown loss at
 either end, missing or not finite, whose delta then counts as 0 in the reward and is left out of the metrics);
 ABORTED when a rollback (a packet whose step does not move forward) or the end of the run cuts the window short.
+
+The trainer going back (a rollback, a restart) has the steps after its restore point trained and decided again, under
+the same command ids (they are a function of the run and the step, so a resume issues the uninterrupted run's): the
+decisions made after the n-th time it went back carry ``-r<n>`` at the end of their report id, so the remade
+decision's report does not take the aborted one's id.
 
 Reward (ABORTED windows get None, so Simic excludes them)::
 
@@ -68,24 +76,39 @@ class OutcomeWindow(Record, frozen=True):
     critical_events: int = 0
     end_validation_loss: float | None = None
     end_seed_parameters: int = 0
+    rollbacks: int = 0  # how many times the trainer had gone back when this decision was made (its report id's -r<n>)
+    # A GERMINATE's: the id its seed gets if Kasmina accepts it; seed_id once a packet of the window shows that seed.
+    germinating: str | None = None
 
 
 class OutcomeState(Record, frozen=True):
-    """The tracker's state for checkpoints: open windows, in decision order, and the latest figures seen."""
+    """The tracker's state for checkpoints: open windows, in decision order, the latest figures seen, the reports
+    written and how many times the trainer went back (a state an earlier version saved has 0: none it knew of)."""
 
     windows: tuple[OutcomeWindow, ...] = ()
     last_step: int | None = None
     last_validation_loss: float | None = None
     reports: int = 0
+    rollbacks: int = 0
 
 
-def report_id(command_id: str, start_epoch: int, window_epochs: int) -> str:
-    """``fr-<command_id>-<start_epoch>+<window_epochs>`` (REFERENCE.md section 10)."""
-    return f"fr-{command_id}-{start_epoch}+{window_epochs}"
+def report_id(command_id: str, start_epoch: int, window_epochs: int, rollbacks: int = 0) -> str:
+    """``fr-<command_id>-<start_epoch>+<window_epochs>`` (REFERENCE.md section 10), with ``-r<rollbacks>`` after it
+    for a decision made after the trainer went back ``rollbacks`` times (see the module docstring)."""
+    base = f"fr-{command_id}-{start_epoch}+{window_epochs}"
+    return f"{base}-r{rollbacks}" if rollbacks else base
 
 
 def _known(loss: float | None) -> float | None:
     return loss if loss is not None and math.isfinite(loss) else None
+
+
+def _germinated(window: OutcomeWindow, packet: SystemStatePacket) -> str | None:
+    """The seed a GERMINATE's window was waiting for, once ``packet`` shows it (a refused one never appears)."""
+    wanted = window.germinating
+    if wanted is None or not any(seed.seed_id == wanted for seed in packet.seed_states):
+        return None
+    return wanted
 
 
 def _stats(name: str, values: tuple[float, ...]) -> dict[str, float]:
@@ -140,6 +163,7 @@ class OutcomeTracker:
         for window in self._state.windows:
             updated = msgspec.structs.replace(
                 window,
+                seed_id=window.seed_id if window.seed_id is not None else _germinated(window, packet),
                 critical_events=window.critical_events + int(critical),
                 end_seed_parameters=packet.seed_parameters,
                 host_parameters=packet.host_parameters or window.host_parameters,
@@ -174,6 +198,7 @@ class OutcomeTracker:
         """Start tracking a decision; call it after ``observe`` of the decision's own packet."""
         start = msgspec.structs.replace(
             window,
+            rollbacks=self._state.rollbacks,
             start_validation_loss=self._state.last_validation_loss,
             end_validation_loss=self._state.last_validation_loss,
             end_seed_parameters=window.start_seed_parameters,
@@ -187,6 +212,13 @@ class OutcomeTracker:
             for w in self._state.windows
         ]
         self._state = msgspec.structs.replace(self._state, windows=(), reports=self._state.reports + len(reports))
+        return reports
+
+    def rollback(self, reason: str) -> list[FieldReport]:
+        """The trainer went back (a rollback or a restart): abort every open window, as ``abort_all``, and count it,
+        so the decisions made from now on get report ids of their own."""
+        reports = self.abort_all(reason)
+        self._state = msgspec.structs.replace(self._state, rollbacks=self._state.rollbacks + 1)
         return reports
 
     def _report(self, window: OutcomeWindow, *, aborted: bool) -> FieldReport:
@@ -223,7 +255,7 @@ class OutcomeTracker:
             reward = -(delta or 0.0) - settings.lambda_size * size - settings.lambda_critical * float(critical)
             metrics["reward"] = reward
         return FieldReport(
-            report_id=report_id(window.command_id, window.start_epoch, settings.window_epochs),
+            report_id=report_id(window.command_id, window.start_epoch, settings.window_epochs, window.rollbacks),
             command_id=window.command_id,
             training_run_id=window.training_run_id,
             outcome=outcome,

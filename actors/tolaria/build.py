@@ -26,6 +26,7 @@ from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
 from esper.nn.optim_migration import GROUP_NAME_KEY
+from esper.nn.slots import SlotMode
 from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
 from schemas.config import initial_seed_id
@@ -79,6 +80,15 @@ class Trainee:
             if seed is not None and slot.seed_id is not None:
                 out[slot.seed_id] = sum(p.numel() for p in seed.parameters())
         return out
+
+    def fossilized_seed_parameters(self) -> int:
+        """Parameter elements of the seeds fossilized into the host (initial seeds included)."""
+        sizes = self.seed_parameters()
+        return sum(
+            sizes.get(slot.seed_id, 0)
+            for slot in self.slots.values()
+            if slot.seed_id is not None and slot.mode is SlotMode.FOSSILIZED
+        )
 
 
 def seed_everything(seed: int) -> None:

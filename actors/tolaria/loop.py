@@ -282,6 +282,7 @@ class TrainingLoop:
             global_step=self._s.pos.global_step,
             host_parameters=trainee.host_parameters,
             seed_parameters=sum(trainee.seed_parameters().values()),
+            fossilized_parameters=trainee.fossilized_seed_parameters(),
             train_loss=None if figures is None else finite(figures[0]),
             train_accuracy=None if figures is None else figures[1],
             val_loss=None if figures is None else finite(figures[2]),
@@ -315,7 +316,8 @@ def _close_after(writer: CheckpointWriter, error: BaseException) -> None:
 
 
 def _log_tuning(tuner: StepTuner | None) -> None:
-    """Say once, at the start, what the rate schedule and clipping do (the packets carry each group's base rate)."""
+    """Say once, at the start, what the rate schedule and clipping do (the packets carry each group's base rate, and
+    the host's rate in effect)."""
     if tuner is None:
         return
     schedule = tuner.schedule

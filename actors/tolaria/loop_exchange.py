@@ -123,6 +123,7 @@ class PlanExchange:
             loss_delta=loss_delta,
             epoch_means=epoch_means,
             epoch_stats=epoch_stats,
+            lr_factor=self._s.stepper.lr_factor(pos.global_step),
         )
         if expect:
             self.expect_plan()

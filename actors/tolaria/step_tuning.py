@@ -3,8 +3,9 @@ and gradient clipping, each optimizer group by its own norm. Lane-thread only.
 
 The schedule is a pure function of the global step: a factor applied on top of each group's own rate for the
 optimizer step alone, so the rates boundary ops set (a seed's, the incubation scale, the controller's tweak), the
-snapshots, the checkpoints and the packets all keep seeing the group's base rate, and a resume, a rollback or a
-journal replay lands on the same factor without any state of its own.
+snapshots, the checkpoints and the packets all keep seeing the group's base rate (a packet also carries the host's
+rate in effect, for metrics.csv), and a resume, a rollback or a journal replay lands on the same factor without any
+state of its own.
 """
 
 from __future__ import annotations

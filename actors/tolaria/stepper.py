@@ -89,6 +89,11 @@ class Stepper:
             except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
                 self._compile_fallback(err)
 
+    def lr_factor(self, global_step: int) -> float:
+        """The rate schedule's factor on the step of index ``global_step`` (1 without a schedule)."""
+        tuner = self._tuner
+        return 1.0 if tuner is None or tuner.schedule is None else tuner.schedule.factor(global_step)
+
     def step(self, batch: TensorPair, t0: float, stats: IntervalStats, global_step: int) -> Action:
         """Train on ``batch`` (fetched from ``t0`` on); its loss, logits and timings go into ``stats``."""
         # The hot path: every line here runs once per step against caches the forward and backward just

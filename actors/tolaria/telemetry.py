@@ -296,10 +296,11 @@ class PacketBuilder:
         loss_delta: float | None = None,
         epoch_means: tuple[float, float] | None = None,
         epoch_stats: IntervalStats | None = None,
+        lr_factor: float = 1.0,
     ) -> SystemStatePacket:
         """The state packet of ``global_step`` from the interval's statistics and the model's current gradients;
         ``epoch_means`` (an epoch end) is the whole epoch's (training loss, accuracy), ``epoch_stats`` its sums (for
-        the epoch's timings and throughput)."""
+        the epoch's timings and throughput); ``lr_factor`` the rate schedule's factor at ``global_step``."""
         trainee = self._trainee
         params, all_keys, seed_sizes = self._current_layout()
         keys: list[tuple[str, str | None]] = []
@@ -320,6 +321,7 @@ class PacketBuilder:
             loss, accuracy = float("nan"), 0.0
         total, layers, seeds = _combine(keys, values[: len(keys)])
         lrs = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(trainee.optimizer.param_groups)}
+        host_lr = lrs.get("host")
         now = time.perf_counter()
         memory, peak = gpu_memory(trainee.device)
         return SystemStatePacket(
@@ -345,7 +347,8 @@ class PacketBuilder:
             seed_states=seed_states(trainee, seeds, lrs, seed_sizes),
             isolation_violations=sum(trainee.isolation_violations.values()),
             emergency_level=emergency_level,
-            learning_rate=lrs.get("host"),
+            learning_rate=host_lr,
+            effective_learning_rate=None if host_lr is None else host_lr * lr_factor,
             gpu_memory_bytes=memory,
             gpu_memory_peak_bytes=peak,
             epoch_training_loss=None if epoch_means is None else epoch_means[0],
