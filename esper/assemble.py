@@ -197,8 +197,10 @@ async def assemble(
         behind = state is None and resume_step is not None and resume_step >= first_packet
         behind = behind or (state is not None and state_source == "journal" and state.last_step != resume_step)
         if resume_step is not None and behind:
-            # The journal had no entry for the checkpoint's epoch-end packet (Tamiyo had not handled it when the run
-            # died, or the file is gone): the resumed controller may decide differently from there on.
+            # The journal had no entry for the checkpoint's epoch-end packet (a policy inference was still running
+            # then, tamiyo_state_not_journaled, or the file is gone; Tamiyo journals it before sending its decision,
+            # without which Kasmina's journal, hence the resume point, never reaches that checkpoint): the resumed
+            # controller may decide differently from there on.
             _log.warning(
                 "tamiyo_state_behind",
                 state_step=None if state is None else state.last_step,

@@ -11,6 +11,7 @@ import msgspec
 import structlog.testing
 
 from actors.tamiyo.actor import TamiyoActor
+from actors.tamiyo.field_reports import FieldReportWal
 from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState, PolicyWorker
 from actors.tamiyo.policy import Decision
 from actors.tamiyo.spec import tamiyo_spec
@@ -27,12 +28,15 @@ from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S,
 from tests.test_kernel_support import Crash, ObservedClock, Probe, Recorder
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
+
+    import pytest
 
     from actors.tamiyo.policy import Observation
     from esper.runtime.events import RecordingSink
     from schemas.boundary import Decision as WireDecision
+    from schemas.reports import FieldReport
 
 BUDGET_S = 0.045
 DEADLINE_S = 5.0
@@ -98,7 +102,7 @@ class GatedWorker(GnnPolicyBase, PolicyWorker):
 @final
 class Rig:
     """A Tamiyo child spec on a gated worker policy, a real policy lane and an observed manual clock; ``decisions``
-    is what Kasmina would get (``outlet_hook`` runs after each one is queued)."""
+    is what Kasmina would get."""
 
     def __init__(
         self,
@@ -107,16 +111,16 @@ class Rig:
         *,
         on_state: Callable[[TamiyoState], None] | None = None,
         state_journal: Path | None = None,
+        config: TamiyoConfig = CONFIG,
     ) -> None:
         self.recorder = Recorder()
         self.clock = ObservedClock(self.recorder)
         self.lane = Lane("policy", "cpu", num_threads=1)
         self.policy = GatedWorker(asyncio.get_running_loop())
         self.decisions: asyncio.Queue[WireDecision] = asyncio.Queue(maxsize=256)
-        self.outlet_hook: Callable[[WireDecision], Awaitable[None]] | None = None
         self.spec = tamiyo_spec(
             run_id=RUN_ID,
-            config=CONFIG,
+            config=config,
             security=SecurityConfig(),
             simic=SimicConfig(),
             signing_key=KEY,
@@ -138,8 +142,6 @@ class Rig:
 
     async def _outlet(self, decision: WireDecision) -> None:
         await self.decisions.put(decision)
-        if self.outlet_hook is not None:
-            await self.outlet_hook(decision)
 
     async def decide(self, step: int, *, epoch: int = 0, validation_loss: float | None = None) -> WireDecision:
         await self.system.ref("tamiyo", TamiyoActor).tell(packet(step, epoch, validation_loss=validation_loss))
@@ -251,21 +253,26 @@ async def test_a_restart_past_the_stop_deadline_starts_from_the_state_before_the
 
 
 async def test_every_epoch_end_is_journaled_when_an_overrun_has_returned_by_then(
-    tmp_path: Path, sink: RecordingSink
+    tmp_path: Path, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An epoch-end decision that overran by a hair, whose job had returned by the time the state was journaled,
-    was not journaled (the late job was let go only at the next packet): a kill -9 resume started from an older
-    entry and a rollback rewound too far."""
+    """An epoch-end decision that overran by a hair, whose job had returned by the time the state was journaled
+    (here while the epoch end's field reports are written, just before), was not journaled (the late job was let go
+    only at the next packet): a kill -9 resume started from an older entry and a rollback rewound too far."""
     journal = tmp_path / "tamiyo_states.jsonl"
-    rig = Rig(tmp_path, sink, state_journal=journal)
+    # One-epoch windows: the decision at step 10 is reported at the epoch end of step 20.
+    rig = Rig(
+        tmp_path, sink, state_journal=journal, config=msgspec.structs.replace(CONFIG, field_report_window_epochs=1)
+    )
+    append_many = FieldReportWal.append_many
 
-    async def job_returns_while_sending(decision: WireDecision) -> None:
-        if decision.decided_on_step == 20:
+    async def job_returns_while_writing(wal: FieldReportWal, reports: Iterable[FieldReport]) -> None:
+        if rig.policy.slow:
             rig.policy.release()
             # A lane job queued after the late one: its reply comes after the late job's (the lane is FIFO).
             await rig.lane.run(lambda: None)
+        await append_many(wal, reports)
 
-    rig.outlet_hook = job_returns_while_sending
+    monkeypatch.setattr(FieldReportWal, "append_many", job_returns_while_writing)
     await rig.system.start(rig.spec)
     try:
         with structlog.testing.capture_logs() as logs:

@@ -27,6 +27,12 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    one that has returned by then is let go and the state journaled); a rewind and a state query wait it out, a stop
    up to its shutdown deadline (then it hands over the state with the policy's part from before that job began).
 
+An epoch end's Decision (a packet with a validation loss) goes to the outlet last, after its reports are in the WAL
+and the state after it is in the state journal: Kasmina journals a boundary only once it has its Decision, and a
+resume continues only from a checkpoint whose boundary Kasmina journaled, so a kill at any point leaves the state of
+any checkpoint a resume uses in the journal (sent first, a kill between the send and the journal resumed the
+controller an epoch behind the lifecycle's commands). Other packets' Decisions go out before the WAL's fsync.
+
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
 controller state into the next incarnation.
@@ -342,13 +348,17 @@ class TamiyoActor(Actor[TamiyoMessage]):
             verdict = self._decider.judge(choice, observation)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
-            await self._outlet(wire)
+            # An epoch end's Decision leaves last, once the state after it is journaled (see the module docstring).
+            journal = self._state_journal if packet.validation_loss is not None else None
+            if journal is None:
+                await self._outlet(wire)
             self._record(packet, verdict, wire)
         self._decider.end_of_packet(packet)
         reports.extend(self._c.tracker.observe(packet, critical=_critical(verdict)))
         self._decider.open_window(packet, choice, verdict, command_id)
+        # Before the state journal: the state counts these reports, and a resume cuts the WAL to that count.
         await self._append(reports)
-        if self._state_journal is not None and packet.validation_loss is not None:
+        if journal is not None:
             if self._late is not None and not self._late.done():
                 # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
                 # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
@@ -357,7 +367,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 # A job that overran by a hair has returned by now: its state is the controller's again.
                 self._collect_late()
                 # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
-                await self._state_journal.append(packet.global_step, self.export_state())
+                await journal.append(packet.global_step, self.export_state())
+            await self._outlet(wire)
 
     async def _late_ended(self, started_s: float, tg: asyncio.TaskGroup) -> bool:
         """Whether the lane is free for this decision's inference: an earlier decision's late job gets until this

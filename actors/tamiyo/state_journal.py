@@ -1,10 +1,10 @@
 """Tamiyo's state journal: the controller state after every epoch-end packet, so a resume after a crash is exact.
 
 Tolaria checkpoints at epoch ends, right after sending that epoch's last packet. Tamiyo appends its exported state
-once it has handled such a packet, keyed by the packet's step; a run resumed from the checkpoint of step S (after
-kill -9 as much as after Ctrl-C) starts Tamiyo from the newest entry at or before S, which is exactly the state an
-uninterrupted run had when it decided on the packets that followed, whenever Tamiyo had handled packet S before the
-crash.
+once it has handled such a packet, keyed by the packet's step, and only then sends that packet's decision; a run
+resumed from the checkpoint of step S (after kill -9 as much as after Ctrl-C) starts Tamiyo from the newest entry at
+or before S, which is exactly the state an uninterrupted run had when it decided on the packets that followed: a
+resume continues only from a checkpoint whose boundary Kasmina journaled, which it does only with that decision.
 
 File format: one line per entry, ``<crc32 of the JSON, 8 hex digits> <JSON of StateEntry>`` (state_codec.py: a NaN stays
 NaN, so a resume decides as the uninterrupted run did). A line whose checksum or JSON does not hold (a write torn by the
