@@ -17,9 +17,20 @@ from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import CommandKind
-from schemas.enums import BreakerState, EmergencyLevel
+from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
+from schemas.state import SeedState
 from schemas.telemetry import MetricPoint, TelemetryEvent
-from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
+from tests._tamiyo_harness import (
+    BLUEPRINTS,
+    KEY,
+    KEY_ID,
+    RUN_ID,
+    WALL_START_S,
+    TamiyoHarness,
+    dormant,
+    packet,
+    plateau_run,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -92,6 +103,24 @@ async def test_conservative_mode_entered_on_a_loss_spike_and_left_after_two_clea
     assert names.index("loss_spike") < names.index("conservative_entered") < names.index("conservative_exited")
     gauges = [m.value for m in sink.of_type(MetricPoint) if m.name == "tamiyo.conservative_mode"]
     assert gauges == [0.0, 1.0, 1.0, 0.0]
+
+
+async def test_a_spike_while_the_only_seed_trains_pauses_nothing(tmp_path: Path, sink: RecordingSink) -> None:
+    """The host alone spiked (its host-only run had the same validation losses) while a seed trained at alpha 0: the
+    seed was paused for it, blocked growth while paused and was culled. Now the spike is a plain veto."""
+    training = SeedState(
+        slot="s2", stage=SeedLifecycleStage.TRAINING, layer_depth=2, seed_id="seed-s2-48", blueprint_id="bp-small"
+    )
+    seeds = (dormant("s0"), dormant("s1"), training)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        await h.decide(packet(10, 0, validation_loss=1.0, seeds=seeds))
+        spike = await h.decide(packet(20, 1, validation_loss=1.2, loss_delta=0.171, seeds=seeds))
+        stats = await h.stats()
+    assert spike.command is None
+    assert spike.risk_reason == "policy"
+    assert stats.conservative
+    assert stats.decisions_by_action.get("pause", 0) == 0
+    assert any(e.name == "loss_spike" for e in sink.of_type(TelemetryEvent))
 
 
 async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: RecordingSink) -> None:

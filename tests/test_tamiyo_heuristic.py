@@ -441,11 +441,31 @@ def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() ->
     # Equal alpha: the youngest; a paused seed is never blamed again.
     assert blamed(old, msgspec.structs.replace(young, alpha=0.6), dormant("s2")) == "young"
     assert blamed(msgspec.structs.replace(old, paused=True), young, dormant("s2")) == "young"
-    # Nothing blending: the youngest live seed; nothing live: nobody.
+    # Nothing blending: the seed at alpha 1 that came into the output last; nothing live: nobody.
     training = seed("s0", "t", SeedLifecycleStage.TRAINING, age_steps=30)
-    probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, age_steps=90)
-    assert blamed(training, probation, dormant("s2")) == "t"
+    probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, alpha=1.0, age_steps=90)
+    shadowing = seed("s2", "sh", SeedLifecycleStage.SHADOWING, alpha=1.0, age_steps=60)
+    assert blamed(training, probation, shadowing) == "sh"
+    assert blamed(training, probation, dormant("s2")) == "p"
+    # A blend under way is the likelier change than a seed already at alpha 1 in the previous validation.
+    assert blamed(msgspec.structs.replace(young, slot="s0"), probation, shadowing) == "young"
     assert blamed(dormant("s0"), dormant("s1"), dormant("s2")) is None
+
+
+def test_a_seed_the_host_output_does_not_see_is_never_blamed_for_a_loss_spike() -> None:
+    """An alpha-0 TRAINING seed was blamed for (and paused by) a spike the host-only run shows bit for bit: the
+    fallback blamed the youngest live seed in any stage, which the heuristic then culled as paused."""
+
+    def blamed(*seeds: SeedState) -> str | None:
+        return implicated_seed(observe(3, 1.0, tuple(seeds)))
+
+    training = seed("s0", "t", SeedLifecycleStage.TRAINING, age_steps=30)
+    germinated = seed("s1", "g", SeedLifecycleStage.GERMINATED, age_steps=4)
+    unramped = seed("s2", "b", SeedLifecycleStage.BLENDING, alpha=0.0, age_steps=50)
+    assert blamed(training, germinated, unramped) is None
+    assert blamed(training, dormant("s1"), dormant("s2")) is None
+    paused = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, alpha=1.0, paused=True)
+    assert blamed(training, paused, dormant("s2")) is None
 
 
 def test_the_parameter_budget_is_a_tamiyo_key_unset_by_default() -> None:
