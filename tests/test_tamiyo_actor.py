@@ -133,6 +133,30 @@ async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: Reco
     assert decisions[-1].risk_reason == "pause_triggered"
 
 
+async def test_a_vetoed_germination_is_tried_again_at_the_next_epoch_end(tmp_path: Path, sink: RecordingSink) -> None:
+    """A germination conservative mode vetoed started the heuristic's cooldown: the next epoch said 'cooldown'."""
+    packets = plateau_run(epochs=5)
+    packets[3] = packet(packets[3].global_step, packets[3].epoch, validation_loss=1.0, loss_delta=0.2)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(packets)
+    ends = decisions[1::2]
+    assert [(d.reason, d.risk_reason) for d in ends[2:4]] == [("plateau", "pause_triggered")] * 2
+    assert ends[4].command is not None
+    assert ends[4].command.kind is CommandKind.GERMINATE
+
+
+async def test_a_vetoed_every_k_graft_uses_up_no_blueprint(tmp_path: Path, sink: RecordingSink) -> None:
+    packets = plateau_run(epochs=3)
+    packets[1] = packet(packets[1].global_step, packets[1].epoch, validation_loss=1.0, hook_latency_ms=80.0)
+    config = TamiyoConfig(policy="every_k", every_k_epochs=1)
+    async with TamiyoHarness(tmp_path, sink, config=config) as h:
+        decisions = await h.run(packets)
+    ends = decisions[1::2]
+    assert (ends[0].reason, ends[0].risk_reason, ends[0].command) == ("every_k", "hook_budget", None)
+    grafts = [d.command for d in ends[1:]]
+    assert [c.blueprint_id if c is not None else None for c in grafts] == ["bp-small", "bp-wide"]
+
+
 async def test_the_epoch_end_that_raises_l2_germinates_nothing(tmp_path: Path, sink: RecordingSink) -> None:
     """The packet's emergency level entered conservative mode only after the decision on that very packet: the epoch
     end that failed (L2) germinated a seed, which the trainer refused to attach and Kasmina then culled."""

@@ -428,6 +428,43 @@ def test_an_every_k_state_restored_mid_run_decides_as_the_uninterrupted_run() ->
         assert head + [resumed.decide(o) for o in observations[cut:]] == expected, cut
 
 
+def test_a_withdrawn_germination_starts_no_cooldown_and_is_tried_again_next_epoch() -> None:
+    """Conservative mode vetoed the plateau's germination, yet it started the cooldown and reset the plateau: the
+    summary then blamed 'cooldown' for growth nobody had made."""
+    config = HeuristicConfig(plateau_patience_epochs=1, germinate_cooldown_epochs=2)
+    policy, kept = HeuristicPolicy(config), HeuristicPolicy(config)
+    for p in (policy, kept):
+        p.decide(observe(0, 1.0))
+    first = policy.decide(observe(1, 1.0))
+    assert (first.action, first.reason) == (GERM, "plateau")
+    assert kept.decide(observe(1, 1.0)) == first
+    policy.withdraw(first)
+    again = policy.decide(observe(2, 1.0))
+    assert (again.action, again.target_slot, again.reason) == (GERM, first.target_slot, "plateau")
+    assert kept.decide(observe(2, 1.0)).reason == "cooldown"  # a germination carried out does start it
+    # Only the germination last returned is withdrawn, once.
+    policy.withdraw(first)
+    assert policy.export_state().last_germination_epoch == 2
+    policy.withdraw(again)
+    policy.withdraw(again)
+    assert policy.export_state().last_germination_epoch is None
+    assert policy.export_state().decisions == 3
+
+
+def test_a_withdrawn_every_k_graft_is_due_again_next_epoch_with_the_same_blueprint() -> None:
+    """A vetoed graft counted as made: the next came K epochs later, and each veto used up a blueprint of the cycle."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    assert policy.decide(observe(0, 1.0)).reason == "not_due"
+    vetoed = policy.decide(observe(1, 1.0))
+    assert (vetoed.action, vetoed.blueprint_id) == (GERM, "bp-wide")
+    policy.withdraw(vetoed)
+    retried = policy.decide(observe(2, 1.0))
+    assert (retried.action, retried.blueprint_id) == (GERM, "bp-wide")
+    # Carried out: the next is due K epochs after it, with the next blueprint.
+    assert policy.decide(observe(3, 1.0)).reason == "not_due"
+    assert policy.decide(observe(4, 1.0)).blueprint_id == "bp-small"
+
+
 def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() -> None:
     blending = SeedLifecycleStage.BLENDING
 

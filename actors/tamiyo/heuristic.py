@@ -3,8 +3,9 @@
 Both are deterministic and auditable: the same state and observation give the same decision, every Decision names
 its rule in ``reason``, and the whole state exports to a Record for checkpoints. They act once per epoch, on the
 first packet of an epoch that carries a validation loss; other packets (mid-epoch, repeats) give NO_OP and leave the
-state alone. A decision counts as taken when it is returned: a germination later vetoed by the risk engine still
-starts the cooldown, so a vetoed policy does not retry every epoch.
+state alone. A germination counts as made when it is returned, unless the controller withdraws it (``withdraw``: the
+risk engine vetoed or replaced it, or it was discarded as late): a withdrawn germination starts no cooldown, resets
+no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint).
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ class HeuristicPolicy:
         self._config = config if config is not None else HeuristicConfig()
         self._version = version
         self._state = state if state is not None else HeuristicState()
+        # The germination last returned, with the state's last_germination_epoch and epochs_without_improvement from
+        # before it: what withdraw() puts back. Never exported: it is withdrawn, or not, before the state is.
+        self._germinated: tuple[Decision, int | None, int] | None = None
 
     @property
     def version(self) -> str:
@@ -163,8 +167,22 @@ class HeuristicPolicy:
 
     def import_state(self, state: HeuristicState) -> None:
         self._state = state
+        self._germinated = None
+
+    def withdraw(self, decision: Decision) -> None:
+        """The germination last returned was not carried out: it starts no cooldown and leaves the plateau standing,
+        so it is tried again at the next epoch end (see actors.tamiyo.policy.Withdrawable)."""
+        germinated = self._germinated
+        if germinated is None or germinated[0] is not decision:
+            return
+        self._germinated = None
+        _, last, stalled = germinated
+        self._state = msgspec.structs.replace(
+            self._state, last_germination_epoch=last, epochs_without_improvement=stalled
+        )
 
     def decide(self, observation: Observation) -> Decision:
+        self._germinated = None
         if not _new_epoch(observation, self._state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
         self._observe(observation)
@@ -306,13 +324,15 @@ class HeuristicPolicy:
                 continue
             blueprint = min(affordable, key=functools.partial(self._preference, slot=slot.slot))
             self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
-            return Decision(
+            decision = Decision(
                 action=PolicyAction.GERMINATE,
                 target_slot=slot.slot,
                 blueprint_id=blueprint.blueprint_id,
                 blend=cfg.blend,
                 reason=trigger,
             )
+            self._germinated = (decision, state.last_germination_epoch, state.epochs_without_improvement)
+            return decision
         return msgspec.structs.replace(NO_OP, reason="parameter_budget" if over_budget else "no_fitting_blueprint")
 
     def _trigger(self, epoch: int) -> str | None:
@@ -368,8 +388,9 @@ class EveryKPolicy:
     """Graft the next blueprint (cycling through the candidates in the order given, passing over those that fit no
     free slot) into the first free slot (by name) it fits every K epochs, within the seed and parameter budgets; never
     culls or fossilizes. A baseline for growth schedules. The grafts are decided at the ends of epochs K, 2K, 3K ...
-    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, it tries
-    again at the next epoch, and the next one is due K epochs after it.
+    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, or is
+    withdrawn (vetoed by the risk engine), it tries again at the next epoch with the same blueprint, and the next one
+    is due K epochs after the graft made.
     """
 
     def __init__(
@@ -378,6 +399,8 @@ class EveryKPolicy:
         self._config = config if config is not None else EveryKConfig()
         self._version = version
         self._state = state if state is not None else EveryKState()
+        # The graft last returned and the state from before it (what withdraw() puts back); never exported.
+        self._grafted: tuple[Decision, EveryKState] | None = None
 
     @property
     def version(self) -> str:
@@ -388,8 +411,22 @@ class EveryKPolicy:
 
     def import_state(self, state: EveryKState) -> None:
         self._state = state
+        self._grafted = None
+
+    def withdraw(self, decision: Decision) -> None:
+        """The graft last returned was not carried out: it is still due, with the same blueprint, at the next epoch
+        end (see actors.tamiyo.policy.Withdrawable)."""
+        grafted = self._grafted
+        if grafted is None or grafted[0] is not decision:
+            return
+        self._grafted = None
+        before = grafted[1]
+        self._state = msgspec.structs.replace(
+            self._state, last_germination_epoch=before.last_germination_epoch, next_blueprint=before.next_blueprint
+        )
 
     def decide(self, observation: Observation) -> Decision:
+        self._grafted = None
         state, cfg, epoch = self._state, self._config, observation.epoch
         if not _new_epoch(observation, state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
@@ -420,10 +457,12 @@ class EveryKPolicy:
         self._state = msgspec.structs.replace(
             state, last_germination_epoch=epoch, next_blueprint=(index + 1) % len(candidates)
         )
-        return Decision(
+        decision = Decision(
             action=PolicyAction.GERMINATE,
             target_slot=slot,
             blueprint_id=blueprint.blueprint_id,
             blend=cfg.blend,
             reason="every_k",
         )
+        self._grafted = (decision, state)
+        return decision
