@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
+from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import NO_OP, Decision
 from schemas.base import Record
 from schemas.control import BlendConfig
@@ -46,8 +47,10 @@ class HeuristicConfig(Record, frozen=True):
             contribution has stood > the minimum for this many probation epochs: its latest distinct measurement was
             above it and none in those epochs was not (an epoch without a new one keeps the standing). These are
             epochs, not measurements: Kasmina's G4 measures a PROBATIONARY seed only once asked to fossilize it, over
-            the probation epochs' validation, and its verdict decides whether the benefit held. No germination
-            once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
+            the probation epochs' validation, and its verdict decides whether the benefit held.
+        horizon: how long a seed takes before it can be kept (the lifecycle's waits, from the composition root): no
+            germination once a seed grown now could not be fossilized, after fossilize_hold_epochs probation epochs,
+            before the run's last step (NO_OP "too_late"); it would only spend compute and parameters.
         germinate_min_constraint: germinate only into a slot whose constraint (its layer's gradient norm over the
             mean layer's, see actors.tamiyo.observe) is at least this: growth goes where the network strains, and
             stops when no free slot does. Ignored when the packet carries no gradient norms (every constraint 0).
@@ -77,6 +80,7 @@ class HeuristicConfig(Record, frozen=True):
     allow_high_risk_tier: bool = False
     preferred_cost_tier: CostTier = CostTier.LOW
     blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+    horizon: GrowthHorizon = msgspec.field(default_factory=GrowthHorizon)
 
     @classmethod
     def from_config(
@@ -86,8 +90,10 @@ class HeuristicConfig(Record, frozen=True):
         max_live_seeds: int = 4,
         probation_epochs: int = 2,
         periodic: bool = False,
+        horizon: GrowthHorizon | None = None,
     ) -> HeuristicConfig:
-        """From TamiyoConfig plus the budgets other sections own (Kasmina's max_active_seeds, probation_epochs)."""
+        """From TamiyoConfig plus what other sections own (Kasmina's max_active_seeds, probation_epochs, and the
+        lifecycle's waits as a GrowthHorizon)."""
         return cls(
             plateau_patience_epochs=config.plateau_patience_epochs,
             plateau_min_delta=config.plateau_min_delta,
@@ -100,6 +106,7 @@ class HeuristicConfig(Record, frozen=True):
             max_added_parameters=config.max_added_parameters,
             max_blueprint_risk=config.blueprint_risk_downgrade,
             preferred_cost_tier=CostTier(config.blueprint_cost_tier),
+            horizon=horizon if horizon is not None else GrowthHorizon(),
         )
 
 
@@ -293,15 +300,15 @@ class HeuristicPolicy:
         trigger = self._trigger(epoch)
         if trigger is None:
             return None
-        # This policy fossilizes only after fossilize_hold_epochs probation epochs, so a seed grown with no
-        # more epochs than that left can never be kept: it would only spend compute and parameters.
-        if observation.packet.epochs_total - epoch - 1 <= cfg.fossilize_hold_epochs:
-            return msgspec.structs.replace(NO_OP, reason="too_late")
         last = state.last_germination_epoch
         if last is not None and epoch - last < cfg.germinate_cooldown_epochs:
             return msgspec.structs.replace(NO_OP, reason="cooldown")
         if len(observation.live_seeds()) >= cfg.max_live_seeds:
             return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        # A seed that could not be fossilized before the run ends (the lifecycle's waits, then fossilize_hold_epochs
+        # probation epochs) would only spend compute and parameters.
+        if not cfg.horizon.fossilized_by(observation.packet, probation_epochs=cfg.fossilize_hold_epochs):
+            return msgspec.structs.replace(NO_OP, reason="too_late")
         free = observation.free_slots()
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
@@ -363,12 +370,15 @@ class HeuristicPolicy:
 
 
 class EveryKConfig(Record, frozen=True):
-    """Knobs of the every-K policy: cadence in epochs, budgets and the BlendConfig sent with a germination."""
+    """Knobs of the every-K policy: cadence in epochs, budgets, the BlendConfig sent with a germination, and the
+    growth horizon: no graft once a seed grafted now could not pass G4 into probation before the run's last step
+    (NO_OP "too_late"; this policy never asks to fossilize, so that is as far as its seeds go)."""
 
     every_k_epochs: int = 3
     max_live_seeds: int = 4
     max_added_parameters: int | None = None
     blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+    horizon: GrowthHorizon = msgspec.field(default_factory=GrowthHorizon)
 
 
 class EveryKState(Record, frozen=True):
@@ -438,6 +448,8 @@ class EveryKPolicy:
             return msgspec.structs.replace(NO_OP, reason="not_due")
         if len(observation.live_seeds()) >= cfg.max_live_seeds:
             return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        if not cfg.horizon.judged_by(observation.packet):
+            return msgspec.structs.replace(NO_OP, reason="too_late")
         free = observation.free_slots()
         candidates = observation.blueprints
         if not free or not candidates:
