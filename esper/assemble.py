@@ -34,7 +34,7 @@ from actors.tolaria.build import batch_plan
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
-from esper.assemble_inputs import candidates, evidence_cadence, open_store, probe
+from esper.assemble_inputs import candidates, evidence_cadence, growth_horizon, open_store, probe
 from esper.nn.blueprints import default_catalogue
 from esper.resume import check_checkpoint_fits, run_keys
 from esper.resume_rows import unwritten_epoch_ends
@@ -208,8 +208,13 @@ async def assemble(
                 source=state_source,
             )
         kasmina = config.kasmina
+        lag = config.tolaria.command_lag_steps
+        cadence = evidence_cadence(config.tolaria, found.data)
         heuristic = HeuristicConfig.from_config(
-            config.tamiyo, max_live_seeds=kasmina.max_active_seeds, probation_epochs=kasmina.probation_epochs
+            config.tamiyo,
+            max_live_seeds=kasmina.max_active_seeds,
+            probation_epochs=kasmina.probation_epochs,
+            horizon=growth_horizon(kasmina, cadence, lag_steps=lag),
         )
         heuristic = msgspec.structs.replace(
             heuristic,
@@ -265,8 +270,7 @@ async def assemble(
             kasmina_spec(
                 run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
                 io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
-                config=kasmina, security=config.security, lag_steps=config.tolaria.command_lag_steps,
-                cadence=evidence_cadence(config.tolaria, found.data),
+                config=kasmina, security=config.security, lag_steps=lag, cadence=cadence,
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
                 initial_seeds=config.tolaria.initial_seed_blueprints(),
                 resume_step=resume_step if controller_resumes else None,

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import torch
 
 from actors.kasmina.lifecycle_settings import EvidenceCadence
+from actors.kasmina.spec import lifecycle_settings
+from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tolaria.build import batch_plan, build_trainee
 from actors.tolaria.validation import validation_batch_count
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from actors.karn.catalogue import KarnCatalogue, TierPolicy
     from esper.nn.blueprints import Catalogue, SlotShape
     from esper.nn.data import DataSplits
-    from schemas.config import RunConfig, TolariaConfig
+    from schemas.config import KasminaConfig, RunConfig, TolariaConfig
     from schemas.kernels import BlueprintDescriptor as KarnDescriptor
     from schemas.kernels import SlotKind
 
@@ -69,6 +72,20 @@ def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadenc
         packet_every_steps=max(1, min(every, steps) if every else steps),
         epoch_steps=steps,
         validation_batches=validation_batch_count(data.val.num_samples),
+    )
+
+
+def growth_horizon(kasmina: KasminaConfig, cadence: EvidenceCadence, *, lag_steps: int) -> GrowthHorizon:
+    """How long a seed germinated at an epoch end needs before it can be kept, from the settings of its lifecycle
+    (Kasmina's dwells, G2's window, the blend ramp, G4's validation batches) at this run's cadence and command lag: the
+    heuristic and every_k grow nothing that could not be kept before the run's last step."""
+    settings = lifecycle_settings(kasmina, msgspec.structs.replace(cadence, lag_steps=lag_steps))
+    return GrowthHorizon(
+        lead_steps=settings.least_steps_to_g4(ramp_steps=kasmina.blend_ramp_steps),
+        g4_epoch_ends=settings.least_g4_epoch_ends(),
+        probation_dwell_steps=settings.dwell.probationary,
+        lag_steps=lag_steps,
+        steps_per_epoch=cadence.epoch_steps,
     )
 
 

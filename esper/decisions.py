@@ -18,6 +18,19 @@ class Decision(NamedTuple):
     # Why the fallback decided (the Decision's fallback_reason: timeout_inference, policy_restarting, ...); empty when
     # the policy did, or in a line written before the field existed.
     fallback_reason: str = ""
+    # The risk engine's reason when it turned the policy's decision into this NO_OP (pause_triggered, hook_budget,
+    # ...): the policy's reason (plateau) is then not why nothing was done. Empty otherwise.
+    vetoed_by: str = ""
+
+
+def vetoed_by(command: bool, risk_reason: object) -> str:
+    """The risk reason that made a decision a NO_OP, or "" when it issued a command or the policy chose the NO_OP.
+
+    Tamiyo's risk engine names itself (``risk_reason`` other than ``policy``) on a NO_OP only when it vetoed or
+    downgraded a proposal that did something: a proposed NO_OP is never vetoed into itself (actors.tamiyo.risk)."""
+    if command or not isinstance(risk_reason, str) or risk_reason in ("", "policy"):
+        return ""
+    return risk_reason
 
 
 def decision_entry(entry: dict[str, object]) -> Decision | None:
@@ -32,7 +45,10 @@ def decision_entry(entry: dict[str, object]) -> Decision | None:
     policy = entry.get("policy")
     fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
     why = entry.get("fallback_reason")
-    return Decision(step, float(ms), None if command is True else no_op, fallback, why if isinstance(why, str) else "")
+    vetoed = vetoed_by(command is True, entry.get("risk_reason"))
+    return Decision(
+        step, float(ms), None if command is True else no_op, fallback, why if isinstance(why, str) else "", vetoed
+    )
 
 
 def add_decision(kept: list[Decision], decision: Decision) -> None:

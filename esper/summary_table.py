@@ -192,9 +192,16 @@ def _fallback_share(growth: GrowthFigures) -> str:
 
 
 def _why_idle(growth: GrowthFigures) -> str:
-    reasons = sorted(
-        ((r, n) for r, n in growth.no_op_reasons.items() if r not in _ROUTINE_NO_OPS), key=lambda rn: (-rn[1], rn[0])
-    )
-    if not reasons:
-        return ""
-    return " (the controller's reasons: " + ", ".join(f"{r} {n}" for r, n in reasons[:3]) + ")"
+    reasons = _most(r for r in growth.no_op_reasons.items() if r[0] not in _ROUTINE_NO_OPS)
+    # Growth the policy chose and the risk engine turned down is named by the risk engine's reason: the policy's own
+    # (plateau) is not why nothing was grown.
+    vetoed = _most(growth.vetoed_reasons.items())
+    parts = [f"the controller's reasons: {reasons}"] if reasons else []
+    parts += [f"vetoed: {vetoed}"] if vetoed else []
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _most(counts: Iterable[tuple[str, int]]) -> str:
+    """The three largest counts, as ``name n, ...`` (ties by name); empty with none."""
+    top = sorted(counts, key=lambda rn: (-rn[1], rn[0]))[:3]
+    return ", ".join(f"{r} {n}" for r, n in top)

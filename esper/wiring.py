@@ -23,7 +23,7 @@ from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
 from actors.urza.artifact import ArtifactCorrupt, ArtifactNotFound, BlobMissing, BlueprintUnavailable, UrzaError
 from esper.decisions import Decision as DecisionRecord
-from esper.decisions import add_decision
+from esper.decisions import add_decision, vetoed_by
 from esper.nn.blueprints import SourcedModule, build_blueprint
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.errors import ActorStopped, MailboxFull
@@ -330,12 +330,14 @@ class RunTally:
             self.epoch_step[packet.epoch + 1] = packet.global_step
 
     def on_decision(self, decision: Decision) -> None:
-        no_op = (decision.reason or "no_op") if decision.command is None else None
+        command = decision.command is not None
+        no_op = None if command else (decision.reason or "no_op")
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
-        add_decision(
-            self.decisions,
-            DecisionRecord(decision.decided_on_step, decision.decision_ms, no_op, fallback, decision.fallback_reason),
+        vetoed = vetoed_by(command, decision.risk_reason)
+        record = DecisionRecord(
+            decision.decided_on_step, decision.decision_ms, no_op, fallback, decision.fallback_reason, vetoed
         )
+        add_decision(self.decisions, record)
 
     def _first_grafted_germination(self, last_step: int | None) -> int | None:
         """The germination step of the first seed that was grafted (reached TRAINING by ``last_step``, None: ever). One
@@ -394,9 +396,12 @@ class RunTally:
         )
         latencies = sorted(d.ms for d in self.decisions)
         no_op_reasons: dict[str, int] = {}
+        vetoed_reasons: dict[str, int] = {}
         fallback_reasons: dict[str, int] = {}
         for d in self.decisions:
-            if d.no_op_reason is not None:
+            if d.vetoed_by:
+                vetoed_reasons[d.vetoed_by] = vetoed_reasons.get(d.vetoed_by, 0) + 1
+            elif d.no_op_reason is not None:
                 no_op_reasons[d.no_op_reason] = no_op_reasons.get(d.no_op_reason, 0) + 1
             if d.fallback:
                 why = d.fallback_reason or "unrecorded"
@@ -410,6 +415,7 @@ class RunTally:
             seeds=counts,
             unapplied_transitions=unapplied,
             no_op_reasons=no_op_reasons,
+            vetoed_reasons=vetoed_reasons,
             decisions=len(latencies),
             decision_p50_ms=nearest_rank(latencies, 0.50),
             decision_p95_ms=nearest_rank(latencies, 0.95),

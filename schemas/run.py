@@ -61,7 +61,9 @@ class GrowthFigures(Record, frozen=True):
     they ended training in (lower-case stage name); ``unapplied_transitions`` counts lifecycle transitions (a seed's,
     and a slot's embargo and reset) planned at the last boundaries for a step after the last one, which never took
     effect;
-    ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown); decision
+    ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown), and
+    ``vetoed_reasons`` those its risk engine made of a proposal that did something (a germination in conservative
+    mode, say), by the risk engine's reason (``pause_triggered``), which they are not counted under the first; decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
     fallback made instead of the configured policy, ``fallback_reasons`` them by why (the Decision's
     ``fallback_reason``; ``unrecorded`` for a decision logged before the reason was); ``emergency_events`` counts the
@@ -90,6 +92,7 @@ class GrowthFigures(Record, frozen=True):
     earlier_incomplete: list[str] = field(default_factory=list)
     # Of parameters_added, those of the seeds fossilized into the host (None: not known, an earlier version's summary).
     parameters_fossilized: int | None = None
+    vetoed_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class RunSummary(Record, frozen=True):

@@ -141,7 +141,8 @@ def candidates() -> tuple[BlueprintCandidate, ...]:
 
 
 def make_packet(slots: int) -> SystemStatePacket:
-    """A mid-run packet of a host with one slot after each of ``slots`` layers; a third of the slots hold a seed."""
+    """A mid-run packet of a host with one slot after each of ``slots`` layers; a third of the slots hold a seed
+    (training, every other one blending)."""
     layers = tuple(
         LayerSummary(
             name=f"layer{i}",
@@ -155,10 +156,13 @@ def make_packet(slots: int) -> SystemStatePacket:
         )
         for i in range(slots)
     )
+    # Every other seed blends (alpha 0.5): only a seed the host's output sees can be blamed for a loss spike, so the
+    # risk context's blame search has candidates to rank, as it had when any live seed could be blamed.
     seeds = tuple(
         SeedState(
             slot=f"slot{i}",
-            stage=SeedLifecycleStage.TRAINING,
+            stage=SeedLifecycleStage.BLENDING if i % 6 == 3 else SeedLifecycleStage.TRAINING,
+            alpha=0.5 if i % 6 == 3 else 0.0,
             layer_depth=i,
             seed_id=f"seed{i}",
             blueprint_id=f"bp{i % N_BLUEPRINTS}",

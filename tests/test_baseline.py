@@ -200,7 +200,7 @@ def test_a_damaged_summary_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_growing_run_compares_against_a_real_host_only_run(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, epochs=6)
+    config = tiny_config(tmp_path, epochs=8)  # long enough to grow seeds it could keep
     host = await (await start(config, tmp_path / "host", overrides=["kasmina.max_active_seeds=0"])).wait()
     assert host.status == "completed", host.error
     assert host.growth is not None
@@ -222,8 +222,8 @@ async def test_a_growing_run_compares_against_a_real_host_only_run(tmp_path: Pat
     assert growth.baseline_source == "recorded"
     assert growth.baseline_run == host.run_id
     assert growth.baseline_val_accuracy == host.training.val_accuracy
-    assert growth.baseline_epoch == 6
-    assert f"run {host.run_id}, host only, 6 epochs" in format_summary(grown)
+    assert growth.baseline_epoch == 8
+    assert f"run {host.run_id}, host only, 8 epochs" in format_summary(grown)
     resolved = load_config(tmp_path / "grown" / "config.toml")
     assert resolved.nissa.baseline_run == str(tmp_path / "host")
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-EPOCHS = 5
+EPOCHS = 8  # long enough to grow: the controller grows only seeds it could keep before the run ends
 LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 
 # The built-in host, killed (SIGKILL, as kill -9) at its first forward in eval mode once the file KILL_WHEN_EXISTS

@@ -22,14 +22,16 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def write_config(tmp_path: Path, *, max_active_seeds: int = 4) -> Path:
-    """Three epochs of a few steps; every_k grafts BP001 into the first free slot (by name) at every epoch end, and
-    blocks.0 and blocks.1 hold initial seeds, so blocks.2 is the only slot it may grow. Its wall-clock budgets are far
-    above any real time (tests/far_budgets.py): a loaded machine must not fail the graft."""
+    """Five epochs of a few steps; every_k grafts BP001 into the first free slot (by name) at every epoch end, and
+    blocks.0 and blocks.1 hold initial seeds, so blocks.2 is the only slot it may grow. The lifecycle's timers are
+    short, so a graft at the first epoch ends could still pass G4 before the run ends (every_k grafts nothing that
+    could not). Its wall-clock budgets are far above any real time (tests/far_budgets.py): a loaded machine must not
+    fail the graft."""
     path = tmp_path / "initial.toml"
     path.write_text(
         f"""
 [tolaria]
-epochs = 3
+epochs = 5
 dataset_samples = 600
 batch_size = 64
 state_every_steps = 4
@@ -39,6 +41,9 @@ initial_seeds = ["blocks.0=BP001", "blocks.1=BP001"]
 
 [kasmina]
 max_active_seeds = {max_active_seeds}
+stage_min_dwell_steps = 1
+g2_window_steps = 1
+blend_ramp_steps = 1
 {far_budgets("kasmina")}
 
 [tamiyo]

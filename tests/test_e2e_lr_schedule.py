@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-EPOCHS = 6
+EPOCHS = 8  # long enough to grow: the controller grows only seeds it could keep before the run ends
 STEPS_PER_EPOCH = 16
 TUNING = 'lr = 0.003\nlr_schedule = "cosine"\nwarmup_steps = 20\nlr_min_factor = 0.1\ngrad_clip_norm = 1.0\n'
 

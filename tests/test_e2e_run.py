@@ -406,12 +406,14 @@ async def test_a_halted_runs_resume_counts_every_sessions_emergencies(tmp_path: 
 def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
     """The decisions on a finished run's last packets stay in flight (Kasmina's journal resends them): trained further
     with --resume, the run applies them at the same steps as a run that was this long from the start."""
-    config = tiny_config(tmp_path, epochs=5)
+    # Long enough to grow: the controller grows nothing it could not keep before the run ends (here, after the
+    # end of its third epoch), and the 8-epoch run decides its last epochs as the 11-epoch run does (a NO_OP).
+    config = tiny_config(tmp_path, epochs=8)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     extended, longer = tmp_path / "extended", tmp_path / "longer"
     run_esper(config, env, "--run-dir", str(extended))
-    run_esper(config, env, "--resume", str(extended), "--set", "tolaria.epochs=8")
-    run_esper(config, env, "--run-dir", str(longer), "--set", "tolaria.epochs=8")
+    run_esper(config, env, "--resume", str(extended), "--set", "tolaria.epochs=11")
+    run_esper(config, env, "--run-dir", str(longer), "--set", "tolaria.epochs=11")
     grafts, tensors = _final_weights(extended)
     reference_grafts, reference = _final_weights(longer)
     assert grafts == reference_grafts
@@ -425,7 +427,7 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
     resume's replay lost those seeds from the lifecycle (a fossilized slot seen as dormant), and every later graft
     into their slots failed. The replay rebuilds them as they were (from the catalogue); what the resumed run grows
     next is offered from the store's standings at its start, as for any run."""
-    config = tiny_config(tmp_path, epochs=5)
+    config = tiny_config(tmp_path, epochs=8)  # long enough to grow what it could keep
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_dir = tmp_path / "run"
     run_esper(config, env, "--run-dir", str(run_dir))
@@ -443,7 +445,7 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
             "INSERT OR REPLACE INTO blueprints VALUES (?, 'failed', 'compile took 2.0 s, over its 1.0 s', 0)",
             [(blueprint,) for blueprint in grown],
         )
-    resume = ("--resume", str(run_dir), "--set", "tolaria.epochs=9", "--set", "tezzeret.compile_at_start=false")
+    resume = ("--resume", str(run_dir), "--set", "tolaria.epochs=12", "--set", "tezzeret.compile_at_start=false")
     run_esper(config, env, *resume)
     found = load_latest(run_dir / "checkpoints")
     assert found is not None
@@ -641,7 +643,7 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_it
     """A run killed before its first checkpoint leaves the controller's journals and no checkpoint: --resume trains
     again from step 0 and the controller starts over with it, ending as an uninterrupted run. (Kasmina replayed the
     dead session's journal, stood at its last boundary, refused every new packet, and the run halted on timeouts.)"""
-    config = tiny_config(tmp_path, epochs=6)
+    config = tiny_config(tmp_path, epochs=8)  # long enough to grow what it could keep
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sets = ("--set", "tolaria.checkpoint_every_epochs=0")
@@ -678,7 +680,7 @@ def _final_weights(run_dir: Path) -> tuple[list[tuple[str, int]], dict[str, torc
 async def test_a_run_ends_the_same_whatever_other_seeds_compiled_into_the_shared_store(tmp_path: Path) -> None:
     """Runs share the artifact store (config.toml's urza.root). A run of seed 1 after a run of seed 2 must grow
     the same seed modules, and so end with the same weights, as a run of seed 1 on a store only it has used."""
-    config = tiny_config(tmp_path, epochs=8)
+    config = tiny_config(tmp_path, epochs=11)  # seed 1 strains no slot enough before epoch 5: grows at 5 and 6
     finals = []
     for seed, name in ((1, "first"), (2, "other"), (1, "again")):
         # BP005's weights are random at birth (BP001, the cheapest pick, starts at zero whatever the seed). The first
@@ -769,7 +771,7 @@ async def test_a_stop_with_an_attach_in_flight_resumes_as_an_uninterrupted_run(t
     """Stopped between a germination's decision and its effect step, the run has the attach plan in flight, whose
     handle named a module prepared in the stopped process. The resumed run must take the plan Kasmina prepares and
     sends again, not a stale one (the attach failed, the seed was culled, the run diverged)."""
-    config = tiny_config(tmp_path, epochs=6)
+    config = tiny_config(tmp_path, epochs=8)  # long enough to grow what it could keep
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
     reference = await (await start(config, reference_dir)).wait()
     assert reference.status == "completed"
@@ -799,7 +801,7 @@ async def test_nissa_serves_the_decision_and_kernel_fetch_slos_of_a_real_run(tmp
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = tiny_config(tmp_path, epochs=4)
+    config = tiny_config(tmp_path, epochs=7)  # long enough to grow what it could keep
     system = await start(config, tmp_path / "run", [f"nissa.prometheus_port={port}"])
     training = system._training  # the trainer's watch: read the endpoint after training, before the run stops
     assert training is not None
@@ -820,7 +822,7 @@ async def test_a_journal_that_ends_before_the_checkpoint_resumes_from_one_it_cov
     them and went on in an emergency; it now continues from the newest checkpoint the journal covers, exactly."""
     more = tmp_path / "more"
     more.mkdir()
-    first, longer = tiny_config(tmp_path, epochs=6), tiny_config(more, epochs=8)
+    first, longer = tiny_config(tmp_path, epochs=8), tiny_config(more, epochs=11)
     run_dir, reference_dir = tmp_path / "run", tmp_path / "uninterrupted"
     assert (await (await start(first, run_dir)).wait()).status == "completed"
     checkpoints = run_dir / "checkpoints"

@@ -45,16 +45,17 @@ def test_each_candidate_names_the_slots_it_fits_with_its_size_in_each() -> None:
     assert by_id["BP007"].slot_parameters["hidden.1"] != by_id["BP007"].slot_parameters["wide.1"]
 
 
-def write_config(tmp_path: Path, policy: str) -> Path:
-    """Eight short epochs on the mixed host; every epoch is a plateau (plateau_min_delta) and every slot strained
+def write_config(tmp_path: Path, policy: str, epochs: int = 8) -> Path:
+    """Short epochs on the mixed host; every epoch is a plateau (plateau_min_delta) and every slot strained
     enough, so both policies grow at each epoch end they may; the heuristic prefers the medium tier, which holds a
-    conv blueprint (BP005) and a flat one (BP007). Its wall-clock budgets are far above any real time
-    (tests/far_budgets.py): a loaded machine must not fail or change a graft."""
+    conv blueprint (BP005) and a flat one (BP007). The lifecycle's timers are short, so the first epochs' seeds could
+    still be kept before the run ends (neither policy grows one that could not). Its wall-clock budgets are far above
+    any real time (tests/far_budgets.py): a loaded machine must not fail or change a graft."""
     path = tmp_path / f"{policy}.toml"
     path.write_text(
         f"""
 [tolaria]
-epochs = 8
+epochs = {epochs}
 dataset_samples = 600
 batch_size = 64
 state_every_steps = 4
@@ -63,6 +64,9 @@ host_model = "tests.tolaria_factories:mixed_kinds"
 {far_budgets("tolaria")}
 
 [kasmina]
+stage_min_dwell_steps = 1
+g2_window_steps = 1
+blend_ramp_steps = 1
 {far_budgets("kasmina")}
 
 [tamiyo]
@@ -87,10 +91,10 @@ state_interval_s = 60.0
     return path
 
 
-async def grafts(tmp_path: Path, policy: str) -> list[tuple[str, str]]:
+async def grafts(tmp_path: Path, policy: str, *, epochs: int = 8) -> list[tuple[str, str]]:
     """(slot, blueprint) of every germination of a run of ``policy``, after checking nothing was refused."""
     run_dir = tmp_path / "run"
-    summary = await (await start(write_config(tmp_path, policy), run_dir)).wait()
+    summary = await (await start(write_config(tmp_path, policy, epochs), run_dir)).wait()
     assert summary.status == "completed", summary.error
     log = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     refused = [e for e in log if e.get("name") in ("seed_op_failed", "command_rejected") or e["level"] == "error"]
@@ -115,6 +119,7 @@ async def test_every_k_grows_each_slot_with_the_next_blueprint_that_fits_it(tmp_
 async def test_the_heuristic_grows_the_flat_slots_with_a_flat_blueprint(tmp_path: Path) -> None:
     """The heuristic's medium blueprint was BP005 (conv) for every slot: the flat slots' grafts were all refused and
     only the conv slot ever grew."""
-    grown = await grafts(tmp_path, "heuristic")
+    # Longer: the heuristic grows a seed only if it could still be fossilized, after two probation epochs.
+    grown = await grafts(tmp_path, "heuristic", epochs=11)
     assert {slot for slot, _ in grown} == set(SLOTS)
     assert {blueprint for slot, blueprint in grown if slot != "features.1"} == {"BP007"}

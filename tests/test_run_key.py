@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from typing import TYPE_CHECKING
 
@@ -139,13 +140,20 @@ def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path
     )
 
 
+RESUMED_EPOCHS = 8
+
+
 def grown_config(tmp_path: Path) -> Path:
-    """The e2e tiny run, grown by every_k at its first epoch end: its journal holds a GERMINATE."""
-    config = tiny_config(tmp_path, epochs=2)
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("[tamiyo]\n", '[tamiyo]\npolicy = "every_k"\nevery_k_epochs = 1\n'),
-        encoding="utf-8",
+    """The e2e tiny run, grown by every_k at its first epoch end: its journal holds a GERMINATE. Four epochs and
+    short lifecycle timers: every_k grafts no seed that could not pass G4 before the run ends (a resume to
+    ``RESUMED_EPOCHS`` grafts one more)."""
+    config = tiny_config(tmp_path, epochs=4)
+    text = config.read_text(encoding="utf-8").replace(
+        "[tamiyo]\n", '[tamiyo]\npolicy = "every_k"\nevery_k_epochs = 1\n'
     )
+    for key in ("stage_min_dwell_steps", "g2_window_steps", "blend_ramp_steps"):
+        text = re.sub(rf"^{key} = \d+$", f"{key} = 1", text, count=1, flags=re.MULTILINE)
+    config.write_text(text, encoding="utf-8")
     return config
 
 
@@ -183,7 +191,9 @@ def test_a_forged_journal_is_refused_on_resume_and_the_kept_key_resumes_the_genu
     journal.write_text("".join(json.dumps(e) + "\n" for e in lines), encoding="utf-8")
     forged_bytes = journal.read_bytes()
     capsys.readouterr()
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    assert (
+        main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(
@@ -192,7 +202,7 @@ def test_a_forged_journal_is_refused_on_resume_and_the_kept_key_resumes_the_genu
     )
     assert journal.read_bytes() == forged_bytes  # refused before the claim: nothing touched
     journal.write_bytes(genuine)
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
     assert (run_dir / KEY_FILE).read_bytes() == key_bytes
 
 
@@ -208,19 +218,23 @@ def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_i
     step = first.packet.global_step
     capsys.readouterr()
     monkeypatch.delenv(ENV)
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    assert (
+        main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"--resume {run_dir}: checkpoints/{JOURNAL_FILENAME}: step {step} holds a signed command")
     assert f"no {KEY_FILE} in the run directory, {ENV} unset" in err
     monkeypatch.setenv(ENV, "another-secret")
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    assert (
+        main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    )
     err = capsys.readouterr().err
     assert f"step {step}: the {first.command.kind.value if first.command else ''} command" in err
     assert f"(the run's key: the environment variable {ENV})" in err
     assert f"give {ENV} the value the run started with" in err  # the likely cause, not a forged journal
     monkeypatch.setenv(ENV, "operator-secret")
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
     assert not (run_dir / KEY_FILE).exists()
 
 
@@ -236,7 +250,7 @@ def test_a_run_that_kept_its_own_key_resumes_with_it_when_the_variable_is_set_si
     key_bytes = (run_dir / KEY_FILE).read_bytes()
     assert _commands(run_dir)
     monkeypatch.setenv(ENV, "operator-secret")
-    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0
+    assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
     assert (run_dir / KEY_FILE).read_bytes() == key_bytes  # the run keeps the key it started with
     commands = _commands(run_dir)
     assert len(commands) > 1  # the resumed session signed more, and they verify with the same key

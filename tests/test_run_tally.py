@@ -48,6 +48,43 @@ def test_without_a_decision_of_its_own_every_earlier_decision_counts() -> None:
     assert figures.no_op_reasons == {"cooldown": 1}
 
 
+def test_growth_the_risk_engine_vetoed_is_named_by_its_reason_not_the_policys() -> None:
+    """A GNN run in conservative mode summed up as 'the controller's reasons: steady 24, cooldown 2, plateau 2': the
+    two plateaus were germinations conservative mode vetoed (risk_reason pause_triggered), counted under the reason
+    the policy wanted to grow for."""
+    tally = RunTally()
+    tally.preload([], [], [Read(4, 1.0, "plateau", vetoed_by="pause_triggered"), Read(8, 1.0, "steady")])
+    vetoed = Decision(run_id="r", decided_on_step=12, reason="plateau", risk_reason="pause_triggered")
+    tally.on_decision(vetoed)
+    tally.on_decision(Decision(run_id="r", decided_on_step=16, reason="steady", risk_reason="policy"))
+    figures = tally.figures(seed_parameters=0)
+    assert figures.no_op_reasons == {"steady": 2}
+    assert figures.vetoed_reasons == {"pause_triggered": 2}
+    line = next(line for line in growth_lines(figures) if line.startswith("seeds by outcome"))
+    assert line.endswith("none (the controller's reasons: steady 2; vetoed: pause_triggered 2)")
+    only_vetoed = GrowthFigures(vetoed_reasons={"hook_budget": 1})
+    line = next(line for line in growth_lines(only_vetoed) if line.startswith("seeds by outcome"))
+    assert line.endswith("none (vetoed: hook_budget 1)")
+
+
+def test_read_decisions_reads_the_risk_engines_veto(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [
+        {"event": "tamiyo_decision", "step": 4, "decision_ms": 0.5, "command": False, "reason": "plateau",
+         "risk_reason": "pause_triggered"},
+        {"event": "tamiyo_decision", "step": 8, "decision_ms": 0.5, "command": True, "reason": "too_late",
+         "risk_reason": "loss_spike"},
+        {"event": "tamiyo_decision", "step": 12, "decision_ms": 0.5, "command": False, "reason": "steady",
+         "risk_reason": "policy"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert read_decisions(path) == [
+        Read(4, 0.5, "plateau", vetoed_by="pause_triggered"),
+        Read(8, 0.5, None),  # a loss spike's PAUSE is a command, not a veto of growth
+        Read(12, 0.5, "steady"),
+    ]
+
+
 def test_read_decisions_keeps_well_formed_decision_lines_only(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     lines = [

@@ -36,7 +36,7 @@ def _bench_module() -> ModuleType:
 
 async def test_the_benchmark_probe_sees_every_step_and_leaves_a_growing_run_bitwise_unchanged(tmp_path: Path) -> None:
     bench = _bench_module()
-    config = tiny_config(tmp_path, epochs=6)
+    config = tiny_config(tmp_path, epochs=8)  # long enough to grow seeds it could keep
     # BP005 starts with random weights, so a graft moves the function and the probe has something to see. The first
     # run meets a cold artifact store, the second a warm one: tiny_config's far budgets keep a slow minute from
     # failing the first run's germination (a bounded wait, then a failed preparation) and not the second's.

@@ -17,9 +17,20 @@ from esper.runtime.clock import ManualClock
 from esper.runtime.signing import CommandVerifier
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import CommandKind
-from schemas.enums import BreakerState, EmergencyLevel
+from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
+from schemas.state import SeedState
 from schemas.telemetry import MetricPoint, TelemetryEvent
-from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S, TamiyoHarness, packet, plateau_run
+from tests._tamiyo_harness import (
+    BLUEPRINTS,
+    KEY,
+    KEY_ID,
+    RUN_ID,
+    WALL_START_S,
+    TamiyoHarness,
+    dormant,
+    packet,
+    plateau_run,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -94,6 +105,24 @@ async def test_conservative_mode_entered_on_a_loss_spike_and_left_after_two_clea
     assert gauges == [0.0, 1.0, 1.0, 0.0]
 
 
+async def test_a_spike_while_the_only_seed_trains_pauses_nothing(tmp_path: Path, sink: RecordingSink) -> None:
+    """The host alone spiked (its host-only run had the same validation losses) while a seed trained at alpha 0: the
+    seed was paused for it, blocked growth while paused and was culled. Now the spike is a plain veto."""
+    training = SeedState(
+        slot="s2", stage=SeedLifecycleStage.TRAINING, layer_depth=2, seed_id="seed-s2-48", blueprint_id="bp-small"
+    )
+    seeds = (dormant("s0"), dormant("s1"), training)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        await h.decide(packet(10, 0, validation_loss=1.0, seeds=seeds))
+        spike = await h.decide(packet(20, 1, validation_loss=1.2, loss_delta=0.171, seeds=seeds))
+        stats = await h.stats()
+    assert spike.command is None
+    assert spike.risk_reason == "policy"
+    assert stats.conservative
+    assert stats.decisions_by_action.get("pause", 0) == 0
+    assert any(e.name == "loss_spike" for e in sink.of_type(TelemetryEvent))
+
+
 async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: RecordingSink) -> None:
     packets = plateau_run(epochs=3)
     # A spike at epoch 1 enters conservative mode; the plateau germination of epoch 2 is blocked (rule 2).
@@ -102,6 +131,30 @@ async def test_conservative_mode_blocks_a_germination(tmp_path: Path, sink: Reco
         decisions = await h.run(packets)
     assert all(d.command is None for d in decisions)
     assert decisions[-1].risk_reason == "pause_triggered"
+
+
+async def test_a_vetoed_germination_is_tried_again_at_the_next_epoch_end(tmp_path: Path, sink: RecordingSink) -> None:
+    """A germination conservative mode vetoed started the heuristic's cooldown: the next epoch said 'cooldown'."""
+    packets = plateau_run(epochs=5)
+    packets[3] = packet(packets[3].global_step, packets[3].epoch, validation_loss=1.0, loss_delta=0.2)
+    async with TamiyoHarness(tmp_path, sink) as h:
+        decisions = await h.run(packets)
+    ends = decisions[1::2]
+    assert [(d.reason, d.risk_reason) for d in ends[2:4]] == [("plateau", "pause_triggered")] * 2
+    assert ends[4].command is not None
+    assert ends[4].command.kind is CommandKind.GERMINATE
+
+
+async def test_a_vetoed_every_k_graft_uses_up_no_blueprint(tmp_path: Path, sink: RecordingSink) -> None:
+    packets = plateau_run(epochs=3)
+    packets[1] = packet(packets[1].global_step, packets[1].epoch, validation_loss=1.0, hook_latency_ms=80.0)
+    config = TamiyoConfig(policy="every_k", every_k_epochs=1)
+    async with TamiyoHarness(tmp_path, sink, config=config) as h:
+        decisions = await h.run(packets)
+    ends = decisions[1::2]
+    assert (ends[0].reason, ends[0].risk_reason, ends[0].command) == ("every_k", "hook_budget", None)
+    grafts = [d.command for d in ends[1:]]
+    assert [c.blueprint_id if c is not None else None for c in grafts] == ["bp-small", "bp-wide"]
 
 
 async def test_the_epoch_end_that_raises_l2_germinates_nothing(tmp_path: Path, sink: RecordingSink) -> None:

@@ -15,7 +15,7 @@ from actors.tamiyo.state_journal import read_entries
 from esper.summary_table import growth_lines
 from esper.wiring import RunTally
 from schemas.config import BreakerConfig, TamiyoConfig
-from schemas.domain_enums import TelemetryLevel
+from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
 from schemas.runtime import BreakerTransition
 from schemas.state import SeedState
@@ -130,6 +130,49 @@ async def test_a_policy_still_deciding_an_earlier_packet_is_passed_over_until_it
             stub.gate.release()  # a failed assertion must not leave the lane blocked for the teardown
     assert fallback_reasons(sink) == ["timeout_inference", "policy_busy"]
     assert [e.step for e in read_entries(journal)[0]] == [3]
+
+
+@final
+class GatedGrower:
+    """A GatedPolicy that proposes a germination, keeping each it returned and each the actor withdrew from it."""
+
+    version = "grower-1"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.gated = GatedPolicy(loop)
+        self.returned: list[Decision] = []
+        self.withdrawn: list[Decision] = []
+
+    def decide(self, observation: Observation) -> Decision:
+        self.gated.decide(observation)
+        decision = Decision(action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp-small", reason="grow")
+        self.returned.append(decision)
+        return decision
+
+    def withdraw(self, decision: Decision) -> None:
+        self.withdrawn.append(decision)
+
+
+async def test_a_late_decision_the_fallback_replaced_is_withdrawn_from_its_policy(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """A germination that came past its deadline was discarded, yet counted as made in the policy's state (a
+    schedule moved on, a cooldown started) for growth that never happened."""
+    grower = GatedGrower(asyncio.get_running_loop())
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=grower) as h:
+        await h.ref.tell(packet(1, 0))
+        async with asyncio.timeout(5):
+            await grower.gated.entered.wait()
+        h.clock.advance(BUDGET_S)
+        assert (await h.next()).policy == "heuristic (fallback)"
+        grower.gated.gate.release()
+        grower.gated.slow = False
+        in_time = await h.decide(packet(2, 0))
+    # The overrun entered conservative mode, which vetoes the germination decided in time: withdrawn too, after the
+    # late one (collected before the policy decided again).
+    assert (in_time.policy, in_time.command, in_time.risk_reason) == ("gnn", None, "pause_triggered")
+    assert len(grower.returned) == 2
+    assert [id(d) for d in grower.withdrawn] == [id(d) for d in grower.returned]
 
 
 async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:

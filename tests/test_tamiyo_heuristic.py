@@ -428,6 +428,43 @@ def test_an_every_k_state_restored_mid_run_decides_as_the_uninterrupted_run() ->
         assert head + [resumed.decide(o) for o in observations[cut:]] == expected, cut
 
 
+def test_a_withdrawn_germination_starts_no_cooldown_and_is_tried_again_next_epoch() -> None:
+    """Conservative mode vetoed the plateau's germination, yet it started the cooldown and reset the plateau: the
+    summary then blamed 'cooldown' for growth nobody had made."""
+    config = HeuristicConfig(plateau_patience_epochs=1, germinate_cooldown_epochs=2)
+    policy, kept = HeuristicPolicy(config), HeuristicPolicy(config)
+    for p in (policy, kept):
+        p.decide(observe(0, 1.0))
+    first = policy.decide(observe(1, 1.0))
+    assert (first.action, first.reason) == (GERM, "plateau")
+    assert kept.decide(observe(1, 1.0)) == first
+    policy.withdraw(first)
+    again = policy.decide(observe(2, 1.0))
+    assert (again.action, again.target_slot, again.reason) == (GERM, first.target_slot, "plateau")
+    assert kept.decide(observe(2, 1.0)).reason == "cooldown"  # a germination carried out does start it
+    # Only the germination last returned is withdrawn, once.
+    policy.withdraw(first)
+    assert policy.export_state().last_germination_epoch == 2
+    policy.withdraw(again)
+    policy.withdraw(again)
+    assert policy.export_state().last_germination_epoch is None
+    assert policy.export_state().decisions == 3
+
+
+def test_a_withdrawn_every_k_graft_is_due_again_next_epoch_with_the_same_blueprint() -> None:
+    """A vetoed graft counted as made: the next came K epochs later, and each veto used up a blueprint of the cycle."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    assert policy.decide(observe(0, 1.0)).reason == "not_due"
+    vetoed = policy.decide(observe(1, 1.0))
+    assert (vetoed.action, vetoed.blueprint_id) == (GERM, "bp-wide")
+    policy.withdraw(vetoed)
+    retried = policy.decide(observe(2, 1.0))
+    assert (retried.action, retried.blueprint_id) == (GERM, "bp-wide")
+    # Carried out: the next is due K epochs after it, with the next blueprint.
+    assert policy.decide(observe(3, 1.0)).reason == "not_due"
+    assert policy.decide(observe(4, 1.0)).blueprint_id == "bp-small"
+
+
 def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() -> None:
     blending = SeedLifecycleStage.BLENDING
 
@@ -441,11 +478,31 @@ def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() ->
     # Equal alpha: the youngest; a paused seed is never blamed again.
     assert blamed(old, msgspec.structs.replace(young, alpha=0.6), dormant("s2")) == "young"
     assert blamed(msgspec.structs.replace(old, paused=True), young, dormant("s2")) == "young"
-    # Nothing blending: the youngest live seed; nothing live: nobody.
+    # Nothing blending: the seed at alpha 1 that came into the output last; nothing live: nobody.
     training = seed("s0", "t", SeedLifecycleStage.TRAINING, age_steps=30)
-    probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, age_steps=90)
-    assert blamed(training, probation, dormant("s2")) == "t"
+    probation = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, alpha=1.0, age_steps=90)
+    shadowing = seed("s2", "sh", SeedLifecycleStage.SHADOWING, alpha=1.0, age_steps=60)
+    assert blamed(training, probation, shadowing) == "sh"
+    assert blamed(training, probation, dormant("s2")) == "p"
+    # A blend under way is the likelier change than a seed already at alpha 1 in the previous validation.
+    assert blamed(msgspec.structs.replace(young, slot="s0"), probation, shadowing) == "young"
     assert blamed(dormant("s0"), dormant("s1"), dormant("s2")) is None
+
+
+def test_a_seed_the_host_output_does_not_see_is_never_blamed_for_a_loss_spike() -> None:
+    """An alpha-0 TRAINING seed was blamed for (and paused by) a spike the host-only run shows bit for bit: the
+    fallback blamed the youngest live seed in any stage, which the heuristic then culled as paused."""
+
+    def blamed(*seeds: SeedState) -> str | None:
+        return implicated_seed(observe(3, 1.0, tuple(seeds)))
+
+    training = seed("s0", "t", SeedLifecycleStage.TRAINING, age_steps=30)
+    germinated = seed("s1", "g", SeedLifecycleStage.GERMINATED, age_steps=4)
+    unramped = seed("s2", "b", SeedLifecycleStage.BLENDING, alpha=0.0, age_steps=50)
+    assert blamed(training, germinated, unramped) is None
+    assert blamed(training, dormant("s1"), dormant("s2")) is None
+    paused = seed("s1", "p", SeedLifecycleStage.PROBATIONARY, alpha=1.0, paused=True)
+    assert blamed(training, paused, dormant("s2")) is None
 
 
 def test_the_parameter_budget_is_a_tamiyo_key_unset_by_default() -> None:

@@ -128,6 +128,26 @@ def test_rule6_loss_spike_pauses_the_implicated_seed() -> None:
     assert assess(CULL, RiskContext(loss_delta=0.2)).decision == CULL
 
 
+def test_a_loss_spike_no_seed_could_have_caused_vetoes_growth_but_pauses_nothing() -> None:
+    """With no seed shaping the host's output the spike is the host's own: growth is vetoed to a NO_OP, a proposed
+    NO_OP stands (the policy's reason, not a veto), and conservative mode starts either way."""
+    spike = RiskContext(loss_delta=0.2)
+    vetoed = assess(GERMINATE, spike)
+    assert vetoed.decision == Decision(action=PolicyAction.NO_OP, reason="loss_spike")
+    assert (vetoed.effect, vetoed.risk_reason, vetoed.conservative_reasons) == (
+        RiskEffect.VETO,
+        "loss_spike",
+        ("loss_spike",),
+    )
+    idle = assess(NO_OP, spike)
+    assert (idle.decision, idle.effect, idle.risk_reason) == (NO_OP, RiskEffect.NONE, "policy")
+    assert idle.conservative_reasons == ("loss_spike",)
+    assert [e.name for e in idle.events] == ["loss_spike"]
+    # With a seed to blame the NO_OP still becomes its PAUSE.
+    blamed = assess(NO_OP, RiskContext(loss_delta=0.2, implicated_seed_id="seed-3"))
+    assert blamed.decision == Decision(action=PolicyAction.PAUSE, target_seed_id="seed-3", reason="loss_spike")
+
+
 def test_rule7_hook_latency_vetoes() -> None:
     assert names(FOSSILIZE, RiskContext(hook_latency_ms=50.0)) == []
     verdict = assess(FOSSILIZE, RiskContext(hook_latency_ms=50.1))

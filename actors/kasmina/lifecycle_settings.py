@@ -85,6 +85,26 @@ class LifecycleSettings(Record, frozen=True):
         if self.gate_patience_steps < 0:
             raise ValueError(f"LifecycleSettings.gate_patience_steps must be >= 0, got {self.gate_patience_steps}")
 
+    def least_steps_to_g4(self, *, ramp_steps: int) -> int:
+        """The least steps from the boundary that decides a germination until G4 may first judge the seed in
+        SHADOWING, epoch ends aside: the attach's lag and G1's next boundary, TRAINING's dwell or G2's window of
+        packets (the longer), the stage change's lag and the blend ramp (``ramp_steps``), SHADOWING's dwell (each stage
+        at least its dwell). G4 then also waits for its validation, which comes at epoch ends only
+        (``least_g4_epoch_ends``). A lower bound: a boundary that falls between packets comes later still.
+        """
+        cadence, gates, dwell = self.cadence, self.gates, self.dwell
+        return (
+            max(dwell.germinated, cadence.lag_steps + cadence.packet_every_steps)
+            + max(dwell.training, gates.stability_window_steps * cadence.packet_every_steps)
+            + max(dwell.blending, cadence.lag_steps + ramp_steps)
+            + dwell.shadowing
+        )
+
+    def least_g4_epoch_ends(self) -> int:
+        """The least epoch ends whose validation G4 needs before it may pass a seed (its minimum of batches, at the
+        cadence's batches per epoch end)."""
+        return -(-self.gates.min_validation_batches // self.cadence.validation_batches)
+
     def evidence_wait_steps(self, stage: Stage, *, ramp_steps: int = 0) -> int:
         """Steps after the dwell that the exit gate of ``stage`` needs before its evidence can all have arrived.
 

@@ -391,7 +391,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         actor, as it would have in time."""
         late, self._late = self._late, None
         if late is not None:
-            late.result()
+            self._discard(late.result())
 
     async def _wait_out_late(self) -> None:
         """Wait until a late job has ended (its result, or an error, is discarded): the policy's state is the lane's
@@ -403,6 +403,13 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._late = None
         if not late.cancelled() and late.exception() is not None:
             _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
+        elif not late.cancelled():
+            self._discard(late.result())
+
+    def _discard(self, result: PolicyDecision | Exception) -> None:
+        """A late job's result, which the fallback's decision replaced: a germination in it was never made."""
+        if not isinstance(result, Exception):
+            self._c.withdraw(self._c.policy, result)
 
     async def _rewind(self, packet: SystemStatePacket) -> int | None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the

@@ -11,6 +11,7 @@ from actors.tamiyo.conservative import ConservativeMode, restored_mode
 from actors.tamiyo.gnn_state import GnnPolicyBase
 from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker
+from actors.tamiyo.policy import Withdrawable
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.breaker import CircuitBreaker
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from actors.tamiyo.gnn_state import GnnPolicyState
     from actors.tamiyo.heuristic import EveryKState, HeuristicState
     from actors.tamiyo.policy import BlueprintCandidate, Policy
+    from actors.tamiyo.policy import Decision as PolicyDecision
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
@@ -208,6 +210,12 @@ class Controller:
             field_reports=c.field_reports,
             pending_outcomes=self.tracker.pending,
         )
+
+    def withdraw(self, proposer: Policy | None, decision: PolicyDecision) -> None:
+        """``decision``, which ``proposer`` just returned, was not carried out (vetoed, replaced, or discarded as
+        late): a policy that keeps account of its decisions forgets it (actors.tamiyo.policy.Withdrawable)."""
+        if proposer is not None and isinstance(proposer, Withdrawable):
+            proposer.withdraw(decision)
 
     def count(self, **deltas: int) -> None:
         c = self.counters

@@ -22,7 +22,7 @@ from schemas.enums import BreakerState, EmergencyLevel
 if TYPE_CHECKING:
     from actors.tamiyo.controller import Controller
     from actors.tamiyo.policy import Decision as PolicyDecision
-    from actors.tamiyo.policy import Observation
+    from actors.tamiyo.policy import Observation, Policy
     from schemas.state import SystemStatePacket
 
 # REFERENCE.md: the GNN's input coverage raises degraded_inputs as a WARNING below 0.3 and as CRITICAL below 0.1.
@@ -33,18 +33,27 @@ CRITICAL_INPUTS_BELOW = 0.1
 @final
 class Choice:
     """A proposal and who made it: the decision, its label in the Decision, the policy version, a missed deadline,
-    and why the fallback made it (empty: the policy did)."""
+    why the fallback made it (empty: the policy did), and the policy object that decided it (None: no policy was
+    asked), which is told when the risk engine turns its decision down."""
 
-    __slots__ = ("decision", "fallback_reason", "label", "missed", "version")
+    __slots__ = ("decision", "fallback_reason", "label", "missed", "proposer", "version")
 
     def __init__(
-        self, decision: PolicyDecision, label: str, version: str, *, missed: bool = False, fallback_reason: str = ""
+        self,
+        decision: PolicyDecision,
+        label: str,
+        version: str,
+        *,
+        missed: bool = False,
+        fallback_reason: str = "",
+        proposer: Policy | None = None,
     ) -> None:
         self.decision = decision
         self.label = label
         self.version = version
         self.missed = missed
         self.fallback_reason = fallback_reason
+        self.proposer = proposer
 
 
 @final
@@ -127,7 +136,7 @@ class Decider:
                 packet,
                 feature_coverage=round(coverage, 4),
             )
-        return Choice(result, self._c.policy_name, self._c.policy.version)
+        return Choice(result, self._c.policy_name, self._c.policy.version, proposer=self._c.policy)
 
     def busy(self, observation: Observation, packet: SystemStatePacket) -> Choice:
         """The policy is still deciding an earlier packet past this decision's deadline: an overrun of this one too
@@ -140,8 +149,10 @@ class Decider:
 
     def fall_back(self, observation: Observation, why: str, packet: SystemStatePacket) -> Choice:
         self._c.count(fallbacks=1)
+        proposer: Policy | None = None
         if self._c.deadline_fallback == "heuristic":
             decision, label = self._c.fallback.decide(observation), f"heuristic{FALLBACK_SUFFIX}"
+            proposer = self._c.fallback
         else:
             decision, label = msgspec.structs.replace(NO_OP, reason=f"fallback_{why}"), f"no_op{FALLBACK_SUFFIX}"
         self._c.emit(
@@ -152,7 +163,7 @@ class Decider:
             reason=why,
             breaker=self._c.breaker.state.value,
         )
-        return Choice(decision, label, self._c.fallback.version, fallback_reason=why)
+        return Choice(decision, label, self._c.fallback.version, fallback_reason=why, proposer=proposer)
 
     def judge(self, choice: Choice, observation: Observation) -> RiskVerdict:
         proposed = choice.decision
@@ -180,6 +191,9 @@ class Decider:
             self._c.count(vetoes=1)
         elif verdict.effect is RiskEffect.DOWNGRADE:
             self._c.count(downgrades=1)
+        if verdict.decision != proposed:
+            # Before the state is journaled: a vetoed germination starts no cooldown and uses up no blueprint.
+            self._c.withdraw(choice.proposer, proposed)
         return verdict
 
     def wire(

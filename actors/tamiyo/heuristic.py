@@ -3,8 +3,9 @@
 Both are deterministic and auditable: the same state and observation give the same decision, every Decision names
 its rule in ``reason``, and the whole state exports to a Record for checkpoints. They act once per epoch, on the
 first packet of an epoch that carries a validation loss; other packets (mid-epoch, repeats) give NO_OP and leave the
-state alone. A decision counts as taken when it is returned: a germination later vetoed by the risk engine still
-starts the cooldown, so a vetoed policy does not retry every epoch.
+state alone. A germination counts as made when it is returned, unless the controller withdraws it (``withdraw``: the
+risk engine vetoed or replaced it, or it was discarded as late): a withdrawn germination starts no cooldown, resets
+no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
+from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import NO_OP, Decision
 from schemas.base import Record
 from schemas.control import BlendConfig
@@ -45,8 +47,10 @@ class HeuristicConfig(Record, frozen=True):
             contribution has stood > the minimum for this many probation epochs: its latest distinct measurement was
             above it and none in those epochs was not (an epoch without a new one keeps the standing). These are
             epochs, not measurements: Kasmina's G4 measures a PROBATIONARY seed only once asked to fossilize it, over
-            the probation epochs' validation, and its verdict decides whether the benefit held. No germination
-            once no more than fossilize_hold_epochs epochs are left (NO_OP "too_late"): such a seed could not be kept.
+            the probation epochs' validation, and its verdict decides whether the benefit held.
+        horizon: how long a seed takes before it can be kept (the lifecycle's waits, from the composition root): no
+            germination once a seed grown now could not be fossilized, after fossilize_hold_epochs probation epochs,
+            before the run's last step (NO_OP "too_late"); it would only spend compute and parameters.
         germinate_min_constraint: germinate only into a slot whose constraint (its layer's gradient norm over the
             mean layer's, see actors.tamiyo.observe) is at least this: growth goes where the network strains, and
             stops when no free slot does. Ignored when the packet carries no gradient norms (every constraint 0).
@@ -76,6 +80,7 @@ class HeuristicConfig(Record, frozen=True):
     allow_high_risk_tier: bool = False
     preferred_cost_tier: CostTier = CostTier.LOW
     blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+    horizon: GrowthHorizon = msgspec.field(default_factory=GrowthHorizon)
 
     @classmethod
     def from_config(
@@ -85,8 +90,10 @@ class HeuristicConfig(Record, frozen=True):
         max_live_seeds: int = 4,
         probation_epochs: int = 2,
         periodic: bool = False,
+        horizon: GrowthHorizon | None = None,
     ) -> HeuristicConfig:
-        """From TamiyoConfig plus the budgets other sections own (Kasmina's max_active_seeds, probation_epochs)."""
+        """From TamiyoConfig plus what other sections own (Kasmina's max_active_seeds, probation_epochs, and the
+        lifecycle's waits as a GrowthHorizon)."""
         return cls(
             plateau_patience_epochs=config.plateau_patience_epochs,
             plateau_min_delta=config.plateau_min_delta,
@@ -99,6 +106,7 @@ class HeuristicConfig(Record, frozen=True):
             max_added_parameters=config.max_added_parameters,
             max_blueprint_risk=config.blueprint_risk_downgrade,
             preferred_cost_tier=CostTier(config.blueprint_cost_tier),
+            horizon=horizon if horizon is not None else GrowthHorizon(),
         )
 
 
@@ -153,6 +161,9 @@ class HeuristicPolicy:
         self._config = config if config is not None else HeuristicConfig()
         self._version = version
         self._state = state if state is not None else HeuristicState()
+        # The germination last returned, with the state's last_germination_epoch and epochs_without_improvement from
+        # before it: what withdraw() puts back. Never exported: it is withdrawn, or not, before the state is.
+        self._germinated: tuple[Decision, int | None, int] | None = None
 
     @property
     def version(self) -> str:
@@ -163,8 +174,22 @@ class HeuristicPolicy:
 
     def import_state(self, state: HeuristicState) -> None:
         self._state = state
+        self._germinated = None
+
+    def withdraw(self, decision: Decision) -> None:
+        """The germination last returned was not carried out: it starts no cooldown and leaves the plateau standing,
+        so it is tried again at the next epoch end (see actors.tamiyo.policy.Withdrawable)."""
+        germinated = self._germinated
+        if germinated is None or germinated[0] is not decision:
+            return
+        self._germinated = None
+        _, last, stalled = germinated
+        self._state = msgspec.structs.replace(
+            self._state, last_germination_epoch=last, epochs_without_improvement=stalled
+        )
 
     def decide(self, observation: Observation) -> Decision:
+        self._germinated = None
         if not _new_epoch(observation, self._state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
         self._observe(observation)
@@ -275,15 +300,15 @@ class HeuristicPolicy:
         trigger = self._trigger(epoch)
         if trigger is None:
             return None
-        # This policy fossilizes only after fossilize_hold_epochs probation epochs, so a seed grown with no
-        # more epochs than that left can never be kept: it would only spend compute and parameters.
-        if observation.packet.epochs_total - epoch - 1 <= cfg.fossilize_hold_epochs:
-            return msgspec.structs.replace(NO_OP, reason="too_late")
         last = state.last_germination_epoch
         if last is not None and epoch - last < cfg.germinate_cooldown_epochs:
             return msgspec.structs.replace(NO_OP, reason="cooldown")
         if len(observation.live_seeds()) >= cfg.max_live_seeds:
             return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        # A seed that could not be fossilized before the run ends (the lifecycle's waits, then fossilize_hold_epochs
+        # probation epochs) would only spend compute and parameters.
+        if not cfg.horizon.fossilized_by(observation.packet, probation_epochs=cfg.fossilize_hold_epochs):
+            return msgspec.structs.replace(NO_OP, reason="too_late")
         free = observation.free_slots()
         if not free:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot")
@@ -306,13 +331,15 @@ class HeuristicPolicy:
                 continue
             blueprint = min(affordable, key=functools.partial(self._preference, slot=slot.slot))
             self._state = msgspec.structs.replace(state, last_germination_epoch=epoch, epochs_without_improvement=0)
-            return Decision(
+            decision = Decision(
                 action=PolicyAction.GERMINATE,
                 target_slot=slot.slot,
                 blueprint_id=blueprint.blueprint_id,
                 blend=cfg.blend,
                 reason=trigger,
             )
+            self._germinated = (decision, state.last_germination_epoch, state.epochs_without_improvement)
+            return decision
         return msgspec.structs.replace(NO_OP, reason="parameter_budget" if over_budget else "no_fitting_blueprint")
 
     def _trigger(self, epoch: int) -> str | None:
@@ -343,12 +370,15 @@ class HeuristicPolicy:
 
 
 class EveryKConfig(Record, frozen=True):
-    """Knobs of the every-K policy: cadence in epochs, budgets and the BlendConfig sent with a germination."""
+    """Knobs of the every-K policy: cadence in epochs, budgets, the BlendConfig sent with a germination, and the
+    growth horizon: no graft once a seed grafted now could not pass G4 into probation before the run's last step
+    (NO_OP "too_late"; this policy never asks to fossilize, so that is as far as its seeds go)."""
 
     every_k_epochs: int = 3
     max_live_seeds: int = 4
     max_added_parameters: int | None = None
     blend: BlendConfig = msgspec.field(default_factory=BlendConfig)
+    horizon: GrowthHorizon = msgspec.field(default_factory=GrowthHorizon)
 
 
 class EveryKState(Record, frozen=True):
@@ -368,8 +398,9 @@ class EveryKPolicy:
     """Graft the next blueprint (cycling through the candidates in the order given, passing over those that fit no
     free slot) into the first free slot (by name) it fits every K epochs, within the seed and parameter budgets; never
     culls or fossilizes. A baseline for growth schedules. The grafts are decided at the ends of epochs K, 2K, 3K ...
-    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, it tries
-    again at the next epoch, and the next one is due K epochs after it.
+    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, or is
+    withdrawn (vetoed by the risk engine), it tries again at the next epoch with the same blueprint, and the next one
+    is due K epochs after the graft made.
     """
 
     def __init__(
@@ -378,6 +409,8 @@ class EveryKPolicy:
         self._config = config if config is not None else EveryKConfig()
         self._version = version
         self._state = state if state is not None else EveryKState()
+        # The graft last returned and the state from before it (what withdraw() puts back); never exported.
+        self._grafted: tuple[Decision, EveryKState] | None = None
 
     @property
     def version(self) -> str:
@@ -388,8 +421,22 @@ class EveryKPolicy:
 
     def import_state(self, state: EveryKState) -> None:
         self._state = state
+        self._grafted = None
+
+    def withdraw(self, decision: Decision) -> None:
+        """The graft last returned was not carried out: it is still due, with the same blueprint, at the next epoch
+        end (see actors.tamiyo.policy.Withdrawable)."""
+        grafted = self._grafted
+        if grafted is None or grafted[0] is not decision:
+            return
+        self._grafted = None
+        before = grafted[1]
+        self._state = msgspec.structs.replace(
+            self._state, last_germination_epoch=before.last_germination_epoch, next_blueprint=before.next_blueprint
+        )
 
     def decide(self, observation: Observation) -> Decision:
+        self._grafted = None
         state, cfg, epoch = self._state, self._config, observation.epoch
         if not _new_epoch(observation, state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
@@ -401,6 +448,8 @@ class EveryKPolicy:
             return msgspec.structs.replace(NO_OP, reason="not_due")
         if len(observation.live_seeds()) >= cfg.max_live_seeds:
             return msgspec.structs.replace(NO_OP, reason="seed_budget")
+        if not cfg.horizon.judged_by(observation.packet):
+            return msgspec.structs.replace(NO_OP, reason="too_late")
         free = observation.free_slots()
         candidates = observation.blueprints
         if not free or not candidates:
@@ -420,10 +469,12 @@ class EveryKPolicy:
         self._state = msgspec.structs.replace(
             state, last_germination_epoch=epoch, next_blueprint=(index + 1) % len(candidates)
         )
-        return Decision(
+        decision = Decision(
             action=PolicyAction.GERMINATE,
             target_slot=slot,
             blueprint_id=blueprint.blueprint_id,
             blend=cfg.blend,
             reason="every_k",
         )
+        self._grafted = (decision, state)
+        return decision

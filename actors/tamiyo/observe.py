@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 BENEFIT_ATTRIBUTE = "benefit_mean"
 
+# Stages whose seed is in the host's output at alpha 1 (esper.nn.slots: FULL).
+_FULL_OUTPUT = frozenset({SeedLifecycleStage.SHADOWING, SeedLifecycleStage.PROBATIONARY})
+
 
 def layer_gradient_norms(packet: SystemStatePacket) -> dict[int, float]:
     """Finite gradient norms by layer depth: the LayerSummary's own, else ``layer_gradient_norms[name]``."""
@@ -139,19 +142,31 @@ def no_candidate_reason(observation: Observation) -> str:
 
 
 def implicated_seed(observation: Observation) -> str | None:
-    """The seed a loss spike is blamed on: the BLENDING seed furthest into its ramp (highest alpha, then the
-    youngest), else the youngest live one; None if none.
+    """The seed a loss spike is blamed on, among those whose output the host sees: the BLENDING seed furthest into
+    its ramp (highest alpha above 0, then the youngest), else the youngest SHADOWING or PROBATIONARY one (alpha 1);
+    None if no seed shapes the host's output (the spike is then the host's own).
 
     A blend changes the function in proportion to alpha, so a seed that has only just started blending (alpha near 0)
-    cannot have caused a spike that a seed further along could have.
+    cannot have caused a spike that a seed further along could have. A seed at alpha 1 was in the previous
+    validation's output too, so a blend under way is the likelier change; among those at alpha 1, the youngest came
+    into the output last. A GERMINATED or TRAINING seed (alpha 0: the host's output is its own, esper.nn.slots), a
+    BLENDING one whose ramp has not started and a paused one (the identity path) change nothing the validation sees,
+    so they are never blamed.
     """
-    live = [s for s in observation.live_seeds() if s.seed_id is not None and not s.paused]
-    blending = [s for s in live if s.stage is SeedLifecycleStage.BLENDING]
+    blending: list[SeedState] = []
+    full: list[SeedState] = []
+    for state in observation.live_seeds():
+        if state.seed_id is None or state.paused:
+            continue
+        if state.stage is SeedLifecycleStage.BLENDING and state.alpha > 0.0:
+            blending.append(state)
+        elif state.stage in _FULL_OUTPUT:
+            full.append(state)
     if blending:
         return min(blending, key=lambda s: (-s.alpha, s.age_steps, s.slot)).seed_id
-    if not live:
-        return None
-    return min(live, key=lambda s: (s.age_steps, s.slot)).seed_id
+    if full:
+        return min(full, key=lambda s: (s.age_steps, s.slot)).seed_id
+    return None
 
 
 def candidate(observation: Observation, blueprint_id: str | None) -> BlueprintCandidate | None:

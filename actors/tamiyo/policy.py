@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -237,3 +237,14 @@ class Policy(Protocol):
         ...
 
     def decide(self, observation: Observation) -> Decision: ...
+
+
+@runtime_checkable
+class Withdrawable(Protocol):
+    """A policy that keeps account of what it decided (a cooldown, a schedule) and is told when its decision was not
+    carried out: the risk engine vetoed or replaced it, or it came past its deadline and was discarded."""
+
+    def withdraw(self, decision: Decision) -> None:
+        """``decision``, the last one ``decide`` returned (that very object), was not carried out: decide on as if it
+        had not been made. Event loop, between decisions; any other decision changes nothing."""
+        ...

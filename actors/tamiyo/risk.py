@@ -13,8 +13,9 @@ and conservative-mode requests it carries. Rules, in order (thresholds from Tami
   5. blueprint quarantine_only or risk >= veto on GERMINATE: veto + conservative (``bp_quarantine``, CRITICAL);
      risk >= downgrade on GERMINATE: downgrade (``blueprint_risk``).
   6. loss_delta (validation loss now minus at the previous validation) > spike: veto to PAUSE of the implicated
-     seed + conservative, whatever was proposed except a cull or pause (``loss_spike``); > warn on GERMINATE:
-     downgrade (``loss_warning``).
+     seed + conservative, whatever was proposed except a cull or pause (``loss_spike``); with no seed to blame (none
+     shapes the host's output: actors.tamiyo.observe.implicated_seed) a plain veto to NO_OP + conservative, and a
+     proposed NO_OP stands; > warn on GERMINATE: downgrade (``loss_warning``).
   7. hook latency > budget: veto (``hook_budget``).
   8. isolation violations > 0 on a live seed: veto growth (``isolation_violations``).
   9. step latency > budget: veto (``step_latency``); Kasmina apply/finalize > 30 ms on GERMINATE: downgrade
@@ -105,8 +106,9 @@ class RiskContext(Record, frozen=True):
         metadata_deadline_missed: the Urza metadata lookup overran; None when no lookup was made.
         kasmina_apply_ms: Kasmina's latest apply/finalize latency, in milliseconds, if known.
         blueprint_risk / blueprint_quarantine_only: the proposed blueprint's catalogue risk and quarantine flag.
-        implicated_seed_id: the seed a loss spike is blamed on (the blending seed furthest into its ramp); paused by
-            rule 6.
+        implicated_seed_id: the seed a loss spike is blamed on (one whose output the host sees: the blending seed
+            furthest into its ramp, else the youngest at alpha 1); paused by rule 6. None: no seed could have caused
+            it, and rule 6 only vetoes.
         fallback: the policy's best non-growth action, used when a GERMINATE is downgraded.
     """
 
@@ -230,7 +232,10 @@ def _rule_loss(d: Decision, c: RiskContext, t: RiskThresholds) -> list[RiskEvent
         return []
     if c.loss_delta > t.loss_spike_veto:
         detail = f"loss_delta {c.loss_delta:.4f} > {t.loss_spike_veto}"
-        effect = _veto_if(not d.is_protective)
+        # A NO_OP is vetoed only to pause the blamed seed: with none, the spike is the host's own and the NO_OP
+        # stands (conservative mode still starts).
+        blamed = c.implicated_seed_id is not None
+        effect = _veto_if(not d.is_protective and (blamed or d.action is not PolicyAction.NO_OP))
         return [_event(6, "loss_spike", TelemetryLevel.ERROR, effect, detail, True)]
     if d.action is PolicyAction.GERMINATE and c.loss_delta > t.loss_spike_warn:
         detail = f"loss_delta {c.loss_delta:.4f} > {t.loss_spike_warn}"

@@ -110,7 +110,8 @@ def tamiyo_spec(
         sink: telemetry events; must not block.
         run_dir: ``runs/<run-id>``; field reports go to ``field_reports.wal`` in it (the directory must exist).
         blueprints: the candidate blueprints as plain data (Karn's descriptors reduced to BlueprintCandidate).
-        heuristic: the heuristic's knobs (default: from ``config``); also the fallback's.
+        heuristic: the heuristic's knobs (default: from ``config``); also the fallback's, and every_k's budgets,
+            blend and growth horizon.
         gnn: how to build the GNN policy (default GnnSettings()).
         policy: use this policy instead of building the configured one (a test double or a swapped-in policy);
             it is reported under the name ``config.policy``.
@@ -157,6 +158,7 @@ def tamiyo_spec(
                     max_live_seeds=heuristic_config.max_live_seeds,
                     max_added_parameters=heuristic_config.max_added_parameters,
                     blend=heuristic_config.blend,
+                    horizon=heuristic_config.horizon,
                 )
             )
         return HeuristicPolicy(heuristic_config)
