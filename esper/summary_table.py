@@ -139,6 +139,8 @@ def parameters_added(growth: GrowthFigures) -> str:
     added, fossilized = growth.parameters_added, growth.parameters_fossilized
     if fossilized is None or not added:
         return str(added)
+    if fossilized == added:
+        return f"{added} (all fossilized)"
     return f"{added} ({fossilized} fossilized, {added - fossilized} in seeds not yet fossilized)"
 
 

@@ -390,3 +390,6 @@ def test_parameters_added_says_how_many_are_fossilized() -> None:
     # A summary an earlier version wrote does not know; nothing added has nothing to split.
     assert f"{'parameters added':<28}72" in growth_lines(msgspec.structs.replace(growth, parameters_fossilized=None))
     assert f"{'parameters added':<28}0" in growth_lines(GrowthFigures(parameters_fossilized=0))
+    # Every grafted seed kept (the shipped run's 924): nothing left to split.
+    kept = GrowthFigures(parameters_added=924, parameters_fossilized=924)
+    assert f"{'parameters added':<28}924 (all fossilized)" in growth_lines(kept)
