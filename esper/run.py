@@ -372,10 +372,11 @@ async def _start_logged(
         stop_training=lambda: cell.request_run_stop("run stopping"),
         drain=lambda: drain_pipeline(actors, deadline_s),
         growth=growth,
-        abandonable=(lanes, parts.store),
+        abandonable=(lanes,),
         bus_dropped=lambda: bus_losses.total,
         restore_rngs=rngs.restore,
         settle=lanes.wait_closed,
+        abandoned_once_settled=(parts.store,),
     )
 
 

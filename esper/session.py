@@ -94,6 +94,7 @@ class EsperSystem:
         bus_dropped: Callable[[], int] | None = None,
         restore_rngs: Callable[[], None] | None = None,
         settle: Callable[[], Awaitable[None]] | None = None,
+        abandoned_once_settled: tuple[Abandonable, ...] = (),
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
@@ -104,7 +105,8 @@ class EsperSystem:
         ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
         written (not when abandoned: the trainer still finishes its step and checkpoints those states then).
         ``settle`` is what an abandoned run waits for before its last line (the lanes' threads ending: the trainer's
-        step and checkpoint)."""
+        step and checkpoint); ``abandoned_once_settled`` is closed after that wait (what the lanes' last jobs use:
+        Urza's store, closed at once, failed the io lane's job that was still writing to it)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -127,6 +129,7 @@ class EsperSystem:
         self._bus_dropped = bus_dropped
         self._restore_rngs = restore_rngs
         self._settle = settle
+        self._abandoned_once_settled = abandoned_once_settled
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -184,17 +187,12 @@ class EsperSystem:
         _log.warning("run_abandoned", run_id=self.run_id, detail=detail)
         if self._stop_training is not None:
             self._stop_training()
-        for resource in self._abandonable:
-            try:
-                resource.close()
-            except Exception as err:  # noqa: BLE001  # the loop is going away: release the rest, say what failed
-                _log.warning(
-                    "abandon_close_failed", resource=type(resource).__name__, error=f"{type(err).__name__}: {err}"
-                )
+        _close_abandoned(self._abandonable)
         self._hub.close()
         try:
             await self._settled()
         finally:
+            _close_abandoned(self._abandoned_once_settled)
             # The file ends as every run's does, so that a tail --follow of it stops.
             _log.info(
                 "run_finished",
@@ -450,6 +448,15 @@ class EsperSystem:
         with contextlib.suppress(OSError):
             self._logging.release()
         return summary
+
+
+def _close_abandoned(resources: tuple[Abandonable, ...]) -> None:
+    """Close each of an abandoned run's ``resources`` without awaiting; a failure is said and the rest still closed."""
+    for resource in resources:
+        try:
+            resource.close()
+        except Exception as err:  # noqa: BLE001  # the loop is going away: release the rest, say what failed
+            _log.warning("abandon_close_failed", resource=type(resource).__name__, error=f"{type(err).__name__}: {err}")
 
 
 async def _quietly(wait: Awaitable[None]) -> None:

@@ -303,6 +303,8 @@ def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(
     last = events[-1]  # the file ends as every run's does, so a tail --follow of it stops
     assert (last["event"], last["status"]) == ("run_finished", "interrupted")
     assert names.count("run_finished") == 1
+    # Urza's store was closed with the lanes, under the io lane's last job: "Cannot operate on a closed database".
+    assert "lane_job_failed_after_cancel" not in names
 
     async def resume() -> RunSummary:
         return await (await esper.start(config, resume=tmp_path / "run")).wait()
