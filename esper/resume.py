@@ -157,15 +157,32 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
     raise ConfigError(f"--resume {directory}: {', '.join(differing)}; {why} (drop {change}, or start a new run)")
 
 
+def _first_checkpoint_unlisted(found: list[str], checkpoints: Path, first_step: int | None) -> bool:
+    """``found`` (the step files, no manifest listing any) is the first checkpoint's file alone, its manifest never
+    written: one file, no manifest at all, at or before the run's first periodic checkpoint."""
+    if first_step is None or len(found) != 1 or (checkpoints / MANIFEST).exists():
+        return False
+    step = found[0].removeprefix("step-").removesuffix(".pt")
+    return step.isdigit() and int(step) <= first_step
+
+
 def check_resume_files(
-    directory: Path, metrics_csv: str = "metrics.csv", *, run_id: str, key: RunKey | None, security: SecurityConfig
+    directory: Path,
+    metrics_csv: str = "metrics.csv",
+    *,
+    run_id: str,
+    key: RunKey | None,
+    security: SecurityConfig,
+    first_checkpoint_step: int | None = None,
 ) -> None:
     """Refuse a resume that could only go wrong: checkpoints without their manifest cannot be verified (so training
     would restart from step 0 against a controller and a seed lifecycle at their last step, and stall on plans that
     never come), and without Kasmina's journal the seeds in the checkpoint have no lifecycle. A run stopped before
-    its first checkpoint passes (it starts over). A metrics.csv Nissa could not append to is refused too (Nissa would
-    fail at every restart; ``metrics_csv`` is ``nissa.metrics_csv``). Blocking (reads the manifest, the journal and the
-    metrics file).
+    its first checkpoint passes (it starts over), and so does one killed while it wrote it: no manifest and one step
+    file, at or before ``first_checkpoint_step`` (the step of the run's first periodic checkpoint; None: none is
+    periodic, and a lone file could be any checkpoint, so it is refused). A metrics.csv Nissa could not append to is
+    refused too (Nissa would fail at every restart; ``metrics_csv`` is ``nissa.metrics_csv``). Blocking (reads the
+    manifest, the journal and the metrics file).
 
     Every journaled command is verified with ``key`` as the replay will verify it (actors.kasmina.journal_check): the
     journal is a file anyone who can write the directory could add a command to. ``run_id``: the resumed run's id;
@@ -186,10 +203,11 @@ def check_resume_files(
         found = sorted(path.name for path in checkpoints.glob("step-*.pt"))
         if not found:
             return  # stopped before its first checkpoint: the resume starts it over from step 0
-        if len(found) == 1 and not (checkpoints / MANIFEST).exists():
+        if _first_checkpoint_unlisted(found, checkpoints, first_checkpoint_step):
             # Killed between its first checkpoint's file and the manifest that lists it (the writer puts the file
             # first): nothing verifiable to continue from, so, as a run stopped before its first checkpoint, it starts
-            # over; refused, the directory could neither be resumed nor hold a new run.
+            # over; refused, the directory could neither be resumed nor hold a new run. A later lone file (a manifest
+            # lost when one checkpoint is kept) is refused: starting over would throw the run's progress away.
             return
         raise ConfigError(
             f"--resume {directory}: checkpoints/{MANIFEST} is missing or lists no checkpoint ({', '.join(found)}"

@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from actors.nissa.prometheus import check_bindable
-from actors.tolaria.build import check_config
+from actors.tolaria.build import batch_plan, check_config
 from actors.tolaria.checkpoints import CheckpointError
 from esper.baseline import RecordedBaseline, load_baseline
 from esper.cli_process import say
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from esper.nn.data import DataSplits
+    from schemas.config import TolariaConfig
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
@@ -280,7 +281,11 @@ async def checked_start(
         # in one line, rather than replayed (a forged command would graft) or dropped (the run would diverge).
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
         check_files = functools.partial(
-            check_resume_files, run_id=resolved.run_id or earlier, key=key, security=resolved.security
+            check_resume_files,
+            run_id=resolved.run_id or earlier,
+            key=key,
+            security=resolved.security,
+            first_checkpoint_step=first_checkpoint_step(resolved.tolaria, data),
         )
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
@@ -294,6 +299,12 @@ async def checked_start(
     return StartArgs(
         config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
     )
+
+
+def first_checkpoint_step(tolaria: TolariaConfig, data: DataSplits) -> int | None:
+    """The step of a run's first periodic checkpoint (None when ``tolaria.checkpoint_every_epochs`` is 0)."""
+    every = tolaria.checkpoint_every_epochs
+    return every * batch_plan(tolaria, data).num_batches if every > 0 else None
 
 
 def _check_resume_dir(directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -160,6 +161,23 @@ def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_sta
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"child_failed"' not in events
     assert '"checkpoint_corrupt"' in events
+
+
+def test_only_the_first_checkpoints_file_without_its_manifest_starts_the_run_over(tmp_path: Path) -> None:
+    """A kill between the first checkpoint's file and its manifest starts over; a later lone file (a manifest lost
+    with tolaria.checkpoint_keep_last = 1) started over too, throwing the run's progress away: it is refused."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "step-16.pt").write_bytes(b"weights")
+    check = functools.partial(check_resume_files, tmp_path, run_id="r", key=None, security=SecurityConfig())
+    check(first_checkpoint_step=16)  # the first checkpoint's file: starts over
+    with pytest.raises(ConfigError, match=r"step-16\.pt present"):
+        check(first_checkpoint_step=None)  # no periodic checkpoint: the lone file could be any
+    (checkpoints / "step-16.pt").rename(checkpoints / "step-80.pt")
+    with pytest.raises(ConfigError, match=r"step-80\.pt present.*nothing to resume from"):
+        check(first_checkpoint_step=16)
+    (checkpoints / "step-80.pt").rename(checkpoints / "step-7.pt")
+    check(first_checkpoint_step=16)  # a stop's checkpoint in the first epoch, before any periodic one
 
 
 def test_checkpoints_without_their_manifest_or_journal_are_refused_without_touching_anything(tmp_path: Path) -> None:
