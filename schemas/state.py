@@ -95,8 +95,9 @@ class SystemStatePacket(Message, frozen=True):
     ``isolation_violations`` is the session's running total over every seed (it never falls within a session and
     starts from 0 at a resume, like the other counters); each SeedState carries its own seed's share.
     ``learning_rate`` is the host group's base rate (what boundary ops and the controller's tweak set);
-    ``effective_learning_rate`` its rate in effect at ``global_step``, which the optimizer step of that index uses: the
-    base times the rate schedule's factor at that step (the base without a schedule; None from an earlier version).
+    ``effective_learning_rate`` the rate the interval's last optimizer step used (the step of index ``global_step``
+    - 1): the base times the rate schedule's factor at that step (the base without a schedule; None from an earlier
+    version).
     """
 
     run_id: str

@@ -179,12 +179,13 @@ def test_every_groups_rate_at_a_step_is_its_own_base_rate_times_the_schedules_fa
     # After the run the groups hold their base rates, as boundary ops and checkpoints know them.
     final = {str(g["name"]): g["lr"] for g in loop.trainee.optimizer.param_groups}
     assert final == pytest.approx({"host": lr * 0.5, "seed:s": lr * 0.5 * 0.5}, rel=1e-12)
-    # An epoch end's packet (metrics.csv's row) carries the base rate and the rate in effect at its step, the one the
-    # next step uses; the run's last is the schedule's end. metrics.csv showed the base rate at every epoch.
+    # An epoch end's packet (metrics.csv's row) carries the base rate and the rate its epoch's last step used (it showed
+    # the next epoch's first step's, and before that the base rate at every epoch).
     ends = [p for p in box.packets if p.validation_loss is not None]
     assert [p.global_step for p in ends] == [STEPS_PER_EPOCH, total]
-    assert ends[0].effective_learning_rate == pytest.approx(seen[STEPS_PER_EPOCH]["host"], rel=1e-12)
-    last = lr * 0.5 * FORMULAS[kind](total, warmup=6, total=total, floor=floor)
+    assert ends[0].effective_learning_rate == pytest.approx(seen[STEPS_PER_EPOCH - 1]["host"], rel=1e-12)
+    last = lr * 0.5 * FORMULAS[kind](total - 1, warmup=6, total=total, floor=floor)
+    assert last == pytest.approx(seen[total - 1]["host"], rel=1e-12)
     assert ends[1].effective_learning_rate == pytest.approx(last, rel=1e-12)
     assert [p.learning_rate for p in ends] == [lr, lr * 0.5]
 

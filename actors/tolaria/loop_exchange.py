@@ -123,7 +123,9 @@ class PlanExchange:
             loss_delta=loss_delta,
             epoch_means=epoch_means,
             epoch_stats=epoch_stats,
-            lr_factor=self._s.stepper.lr_factor(pos.global_step),
+            # The rate the interval's last step used (the step of index global_step - 1): an epoch's row shows the
+            # rate its epoch ended with, not the next epoch's first.
+            lr_factor=self._s.stepper.lr_factor(max(0, pos.global_step - 1)),
         )
         if expect:
             self.expect_plan()

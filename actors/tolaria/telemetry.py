@@ -300,7 +300,7 @@ class PacketBuilder:
     ) -> SystemStatePacket:
         """The state packet of ``global_step`` from the interval's statistics and the model's current gradients;
         ``epoch_means`` (an epoch end) is the whole epoch's (training loss, accuracy), ``epoch_stats`` its sums (for
-        the epoch's timings and throughput); ``lr_factor`` the rate schedule's factor at ``global_step``."""
+        the epoch's timings and throughput); ``lr_factor`` the rate schedule's factor of the interval's last step."""
         trainee = self._trainee
         params, all_keys, seed_sizes = self._current_layout()
         keys: list[tuple[str, str | None]] = []
