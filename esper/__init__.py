@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,6 +15,11 @@ __all__ = ["__version__", "start"]
 def __getattr__(name: str) -> object:
     # Lazy on purpose: importing esper.runtime must never pull in actors or torch.
     if name == "start":
+        if "esper.run" in sys.modules:
+            # Imported already: a save and restore here would rewind what another thread drew meanwhile.
+            from esper.run import start
+
+            return start
         # The first import of the run's modules draws from Python's random (rich, under structlog, at its import):
         # the caller's stream must go on as if no run had happened, and the run saves it only once it starts.
         state = random.getstate()

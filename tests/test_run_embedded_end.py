@@ -300,3 +300,13 @@ def test_a_loop_that_ends_while_the_runs_end_is_written_lets_go_of_it(
     summary = asyncio.run(resume())  # the claim was released too, and --resume finishes the run
     assert summary.status == "completed"
     assert (run_dir / "summary.json").is_file()
+
+
+def test_esper_start_rewinds_no_random_stream_once_the_run_module_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every access to esper.start saved and restored Python's random state around the import, so a draw another
+    thread made meanwhile was rewound; only the first import (which draws itself) needs it."""
+    assert esper.start is esper_run.start  # imported by now
+    restored: list[object] = []
+    monkeypatch.setattr(random, "setstate", restored.append)
+    assert esper.start is esper_run.start
+    assert restored == []
