@@ -110,3 +110,28 @@ def test_a_resume_between_non_finite_steps_keeps_them_in_the_window(clock: Manua
     fresh = _policy(clock, sink)
     fresh.restore({"emergency_level": 1})  # a checkpoint from before the window was kept: an empty one
     assert fresh.nonfinite_step(171) is Action.CONTINUE
+
+
+def test_a_resume_in_a_run_of_failed_epochs_opens_the_breaker_where_the_uninterrupted_run_does(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Checkpoints kept the failure streak but not the epochs' breaker: resumed after two failed epochs, the third
+    completed the streak on a fresh breaker and halted (L2 to L4, no rollback) where the uninterrupted run opened the
+    breaker and rolled back (L3)."""
+    config = TolariaConfig(epoch_budget_ms=BUDGET_MS)
+    uninterrupted = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    killed = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    for policy in (uninterrupted, killed):
+        for _ in range(2):
+            assert policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0).action is Action.CONTINUE
+    resumed = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    resumed.restore(killed.counters())
+    assert _breaker(resumed) is BreakerState.CLOSED
+    for policy in (uninterrupted, resumed):
+        third = policy.end_epoch(epoch_ms=2 * BUDGET_MS, hook_ms=0.0, missed_decisions=0)
+        assert (third.action, policy.level) == (Action.ROLLBACK, EmergencyLevel.L3_CONSERVATIVE)
+    # A checkpoint taken with the breaker open resumes with it open (afresh: its timing is the new process's).
+    reopened = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    reopened.restore(resumed.counters())
+    assert _breaker(reopened) is BreakerState.OPEN
+    assert reopened.end_epoch(epoch_ms=0.0, hook_ms=0.0, missed_decisions=0).reason == "breaker_open"

@@ -19,7 +19,7 @@ import torch
 from actors.tolaria.cuda_rng import cuda_rng_problem
 from actors.tolaria.telemetry import OpenStats
 from esper.nn.slots import SlotMode
-from schemas.enums import EmergencyLevel
+from schemas.enums import BreakerState, EmergencyLevel
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -39,6 +39,8 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     failed_streak: int | None = None
     skipped_steps: int | None = None
     nonfinite_window: str | None = None
+    epoch_breaker_state: BreakerState | None = None
+    epoch_breaker_failures: int | None = None
     rollbacks: int | None = None
     last_val_loss: float | None = None
     expected_plans: str | None = None

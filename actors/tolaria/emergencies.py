@@ -15,6 +15,8 @@ from esper.runtime.breaker import CircuitBreaker
 from esper.runtime.emergency import EmergencyLadder
 from schemas.enums import BreakerState, EmergencyLevel
 
+_BREAKER_STATES = frozenset(state.value for state in BreakerState)
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -171,6 +173,10 @@ class EmergencyPolicy:
             # The non-finite steps still in the window: a resume between two of them rolls back where the
             # uninterrupted run does (an empty window after a resume let the third pass).
             "nonfinite_window": ",".join(map(str, self._nonfinite)),
+            # The epochs' breaker and its failures in a row: a resume in a run of failed epochs opens it (L3, a
+            # rollback) at the epoch the uninterrupted run does (a fresh breaker let the streak halt first, at L2).
+            "epoch_breaker_state": self.breaker.state.value,
+            "epoch_breaker_failures": self.breaker.statistics().consecutive_failures,
         }
 
     def restore(self, counters: dict[str, float | int | str | None], *, ended: bool = False) -> bool:
@@ -202,4 +208,9 @@ class EmergencyPolicy:
         # The level and its clean dwell as the epoch end's verdict left them: a resumed run steps down when the
         # uninterrupted one does (the dwell started again, and the resumed run diverged).
         self.ladder.restore(level, int(counters.get("emergency_clean_ticks") or 0), ORIGIN)
+        state = counters.get("epoch_breaker_state")
+        if isinstance(state, str) and state in _BREAKER_STATES:
+            # An open breaker is opened afresh: its timing does not carry across processes.
+            failures = int(counters.get("epoch_breaker_failures") or 0)
+            self.breaker.restore(BreakerState(state), failures, reason="restored from a checkpoint")
         return level >= EmergencyLevel.L4_HALT
