@@ -12,7 +12,9 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    handler waits on the monotonic clock for ``decision_budget_ms``. A result in time is the proposal (a breaker
    success). An overrun (a breaker failure; 3 in a row open it) or a policy error makes the fallback decide instead
    (the heuristic on the event loop, or NO_OP, per ``deadline_fallback``), as does an open breaker; the Decision's
-   ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why;
+   ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why, and a germination of
+   the fallback's that is carried out counts as the policy's own (its cooldown runs from there; the policy is told
+   once a late job of its has ended);
 4. the risk engine judges the proposal (veto, downgrade, conservative-mode triggers); the final decision becomes an
    AdaptationCommand (None for NO_OP) with ``command_id = uuid5(NAMESPACE_URL, f"esper:{run_id}:{s}")`` (deterministic,
    so a resumed run issues the same ids; still unique per run and step), issued at the wall clock, signed with the
@@ -58,7 +60,7 @@ from actors.tamiyo.observe import build_observation, has_candidate, no_candidate
 from actors.tamiyo.policy import NO_OP
 from actors.tamiyo.state_journal import state_at
 from esper.runtime.actor import Actor
-from schemas.domain_enums import TelemetryLevel
+from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.state import SystemStatePacket
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 
@@ -183,6 +185,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._state_journal = state_journal
         # The inference job of an earlier decision, past its deadline and still on the lane (see the module docstring).
         self._late: asyncio.Task[PolicyDecision | Exception] | None = None
+        # The epoch end of the fallback's germination made while that job ran: the policy counts it once it has ended.
+        self._germinated_meanwhile: int | None = None
         self._start_state: TamiyoState | None = None
         self._on_stop_state = on_stop_state
         if state is not None:
@@ -346,6 +350,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 if job.done():
                     self._late = None
             verdict = self._decider.judge(choice, observation)
+            if verdict.decision.action is PolicyAction.GERMINATE and choice.proposer is not self._c.policy:
+                self._count_germination(packet.epoch)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
             # An epoch end's Decision leaves last, once the state after it is journaled (see the module docstring).
@@ -403,13 +409,27 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._late = None
         if not late.cancelled() and late.exception() is not None:
             _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
+            self._discard(None)
         elif not late.cancelled():
             self._discard(late.result())
 
-    def _discard(self, result: PolicyDecision | Exception) -> None:
-        """A late job's result, which the fallback's decision replaced: a germination in it was never made."""
-        if not isinstance(result, Exception):
+    def _discard(self, result: PolicyDecision | Exception | None) -> None:
+        """A late job's result, which the fallback's decision replaced: a germination in it was never made, and one the
+        fallback made meanwhile was (at that very epoch end, or a later one decided while the job still ran)."""
+        if result is not None and not isinstance(result, Exception):
             self._c.withdraw(self._c.policy, result)
+        germinated, self._germinated_meanwhile = self._germinated_meanwhile, None
+        if germinated is not None:
+            self._c.count_germination(germinated)
+
+    def _count_germination(self, epoch: int) -> None:
+        """The fallback's germination is carried out in the policy's place: the policy counts it as its own, or its
+        cooldown would let it germinate again at the next epoch end; once its late job has ended (its state is the
+        lane's until then)."""
+        if self._late is not None:
+            self._germinated_meanwhile = epoch
+        else:
+            self._c.count_germination(epoch)
 
     async def _rewind(self, packet: SystemStatePacket) -> int | None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
