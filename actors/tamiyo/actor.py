@@ -33,7 +33,10 @@ An epoch end's Decision (a packet with a validation loss) goes to the outlet las
 and the state after it is in the state journal: Kasmina journals a boundary only once it has its Decision, and a
 resume continues only from a checkpoint whose boundary Kasmina journaled, so a kill at any point leaves the state of
 any checkpoint a resume uses in the journal (sent first, a kill between the send and the journal resumed the
-controller an epoch behind the lifecycle's commands). Other packets' Decisions go out before the WAL's fsync.
+controller an epoch behind the lifecycle's commands). If that WAL or journal write fails, the Decision is sent all
+the same (``tamiyo_state_not_journaled``, ``journal_error``) before the actor crashes: a resume from that checkpoint
+starts from the journal's previous entry, where an unsent Decision lost the trainer its plan and the checkpoint.
+Other packets' Decisions go out before the WAL's fsync.
 
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
@@ -362,19 +365,42 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._decider.end_of_packet(packet)
         reports.extend(self._c.tracker.observe(packet, critical=_critical(verdict)))
         self._decider.open_window(packet, choice, verdict, command_id)
+        if journal is None:
+            await self._append(reports)
+            return
+        try:
+            await self._journal(journal, packet, reports)
+        except Exception as error:
+            # Sent all the same, then the crash (the supervisor restarts Tamiyo with this state, which counts the
+            # decision): unsent, Kasmina would never journal this boundary, the trainer would miss its plan and its
+            # checkpoint could not be resumed from; sent, a resume from there starts from the journal's previous
+            # entry (tamiyo_state_behind), as after policy_busy.
+            _log.error(
+                "tamiyo_state_not_journaled",
+                step=packet.global_step,
+                reason="journal_error",
+                error=f"{type(error).__name__}: {error}",
+            )
+            await self._outlet(wire)
+            raise
+        await self._outlet(wire)
+
+    async def _journal(
+        self, journal: TamiyoStateJournal, packet: SystemStatePacket, reports: list[FieldReport]
+    ) -> None:
+        """An epoch end's field reports to the WAL, then the state after it to the state journal (unless a late job
+        holds the policy's state)."""
         # Before the state journal: the state counts these reports, and a resume cuts the WAL to that count.
         await self._append(reports)
-        if journal is not None:
-            if self._late is not None and not self._late.done():
-                # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
-                # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
-                _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
-            else:
-                # A job that overran by a hair has returned by now: its state is the controller's again.
-                self._collect_late()
-                # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
-                await journal.append(packet.global_step, self.export_state())
-            await self._outlet(wire)
+        if self._late is not None and not self._late.done():
+            # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
+            # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
+            _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
+            return
+        # A job that overran by a hair has returned by now: its state is the controller's again.
+        self._collect_late()
+        # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
+        await journal.append(packet.global_step, self.export_state())
 
     async def _late_ended(self, started_s: float, tg: asyncio.TaskGroup) -> bool:
         """Whether the lane is free for this decision's inference: an earlier decision's late job gets until this
