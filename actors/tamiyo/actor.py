@@ -327,10 +327,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
         started_s = self._c.clock.now()
         reports: list[FieldReport] = []
         if self._c.tracker.is_rollback(packet):
-            # The step the trainer went back to, not this packet's, the first one after it.
-            back_to = await self._rewind(packet)
-            where = f"to step {back_to}" if back_to is not None else f"before step {packet.global_step}"
-            reports.extend(self._c.tracker.rollback(f"rollback {where}"))
+            # Tamiyo is not told the trainer's restore point, only that it lies before this packet's step; the state
+            # it went back to may be older (that epoch end not journaled: a late policy job; a mid-epoch restore).
+            state_step = await self._rewind(packet)
+            state = f" (controller state of step {state_step})" if state_step is not None else ""
+            reports.extend(self._c.tracker.rollback(f"rollback before step {packet.global_step}{state}"))
         observation = build_observation(packet, self._c.blueprints)
         async with asyncio.TaskGroup() as tg:
             if not has_candidate(observation):
@@ -463,8 +464,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
         decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
         (not_epoch_end), its windows and plateau counted the undone attempt, and the rerun's windows started from the
         undone epoch's validation loss). The open windows (aborted next), field reports, report and rollback counts
-        and counters of the undone decisions stay: they happened. Returns the step it went back to, the trainer's
-        restore point; None without a journal (no run directory), where there is nothing to go back to."""
+        and counters of the undone decisions stay: they happened. Returns the step of the state it went back to (the
+        trainer's restore point when that is a journaled epoch end, else an earlier step); None without a journal (no
+        run directory), where there is nothing to go back to."""
         journal = self._state_journal
         if journal is None:
             return None
@@ -491,7 +493,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._c.emit(
             "tamiyo_rewound",
             TelemetryLevel.INFO,
-            f"controller state back to step {at}: the trainer went back there",
+            f"controller state back to step {at}'s: the trainer went back before step {packet.global_step}",
             packet,
             state_step=at,
         )
