@@ -511,6 +511,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             command=wire.command is not None,
             policy=wire.policy,
             reason=wire.reason,
+            proposed=wire.proposed,
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
             **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
