@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from schemas.boundary import FALLBACK_SUFFIX
+from schemas.domain_enums import PolicyAction
+
+GERMINATE = PolicyAction.GERMINATE.value
 
 
 class Decision(NamedTuple):
@@ -18,19 +21,27 @@ class Decision(NamedTuple):
     # Why the fallback decided (the Decision's fallback_reason: timeout_inference, policy_restarting, ...); empty when
     # the policy did, or in a line written before the field existed.
     fallback_reason: str = ""
-    # The risk engine's reason when it turned the policy's decision into this NO_OP (pause_triggered, hook_budget,
-    # ...): the policy's reason (plateau) is then not why nothing was done. Empty otherwise.
+    # The risk engine's reason when it turned the policy's proposed germination into this NO_OP (pause_triggered,
+    # hook_budget, ...): the policy's reason (plateau) is then not why nothing was grown. Empty otherwise.
     vetoed_by: str = ""
+    # Another proposal the risk engine turned into this NO_OP (a fossilize, an lr tweak): neither the policy's reason
+    # nor the risk engine's says why nothing was grown.
+    vetoed_other: bool = False
 
 
-def vetoed_by(command: bool, risk_reason: object) -> str:
-    """The risk reason that made a decision a NO_OP, or "" when it issued a command or the policy chose the NO_OP.
+def vetoed_by(command: bool, risk_reason: object, proposed: object = "") -> tuple[str, bool]:
+    """The risk reason that made a proposed germination a NO_OP ("" when it issued a command or the policy chose the
+    NO_OP), and whether it made one of another proposal instead.
 
     Tamiyo's risk engine names itself (``risk_reason`` other than ``policy``) on a NO_OP only when it vetoed or
-    downgraded a proposal that did something: a proposed NO_OP is never vetoed into itself (actors.tamiyo.risk)."""
+    downgraded a proposal that did something: a proposed NO_OP is never vetoed into itself (actors.tamiyo.risk).
+    ``proposed`` is the proposal's action; a Decision or line an earlier version wrote has none, and its veto is
+    counted as a germination's, as that version's summary counted it."""
     if command or not isinstance(risk_reason, str) or risk_reason in ("", "policy"):
-        return ""
-    return risk_reason
+        return "", False
+    if proposed in ("", None, GERMINATE):
+        return risk_reason, False
+    return "", True
 
 
 def decision_entry(entry: dict[str, object]) -> Decision | None:
@@ -45,9 +56,15 @@ def decision_entry(entry: dict[str, object]) -> Decision | None:
     policy = entry.get("policy")
     fallback = isinstance(policy, str) and policy.endswith(FALLBACK_SUFFIX)
     why = entry.get("fallback_reason")
-    vetoed = vetoed_by(command is True, entry.get("risk_reason"))
+    vetoed, other = vetoed_by(command is True, entry.get("risk_reason"), entry.get("proposed"))
     return Decision(
-        step, float(ms), None if command is True else no_op, fallback, why if isinstance(why, str) else "", vetoed
+        step,
+        float(ms),
+        None if command is True else no_op,
+        fallback,
+        why if isinstance(why, str) else "",
+        vetoed,
+        other,
     )
 
 

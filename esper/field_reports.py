@@ -14,7 +14,7 @@ from actors.tamiyo.field_reports import WAL_FILENAME, scan_frames
 from schemas.domain_enums import FieldReportOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from schemas.reports import FieldReport
 
@@ -35,8 +35,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
 
     A report written twice (an append retried after a cancel, or written again by a resume) is printed once, as its
     first copy; damaged frames are skipped (the WAL's recovery rule) and counted in one line on ``err``. In a WAL an
-    earlier version wrote, a decision remade after a rollback has the id of the one the rollback aborted: the later
-    record is the remade decision's own report, so it is printed too.
+    earlier version wrote, a decision remade after a rollback has the id of the one the rollback aborted: every
+    distinct record of that id after the abort is the remade decision's own (its report, or its abort by a further
+    rollback), so each is printed too.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -48,19 +49,32 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         err.write(f"esper.field_reports: cannot read {path}: {error.strerror or error}\n")
         return EXIT_UNREADABLE
     scan = scan_frames(data)
-    seen: set[tuple[str, bool]] = set()
-    for report in scan.reports:
-        key = (report.report_id, _aborted_by_rollback(report))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.write(msgspec.json.encode(report).decode() + "\n")
+    for line in _distinct(scan.reports):
+        out.write(line.decode() + "\n")
     if scan.corrupt or scan.torn:
         err.write(
             f"esper.field_reports: {path}: {scan.corrupt} damaged record(s) skipped"
             f"{', a torn tail ignored' if scan.torn else ''}\n"
         )
     return EXIT_OK
+
+
+def _distinct(reports: Iterable[FieldReport]) -> Iterator[bytes]:
+    """Each report once, as JSON, in file order: a copy equal to one given is left out, and so is a differing record
+    of a report id already given, unless a rollback aborted that id before it (the old-format WAL's remade decision,
+    which a further rollback may abort and remake again: each of its records is its own)."""
+    given: dict[str, set[bytes]] = {}
+    aborted: set[str] = set()
+    for report in reports:
+        encoded = msgspec.json.encode(report)
+        copies = given.setdefault(report.report_id, set())
+        rollback = _aborted_by_rollback(report)
+        if encoded in copies or (copies and report.report_id not in aborted and not rollback):
+            continue
+        copies.add(encoded)
+        if rollback:
+            aborted.add(report.report_id)
+        yield encoded
 
 
 def _aborted_by_rollback(report: FieldReport) -> bool:

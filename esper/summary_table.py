@@ -195,8 +195,8 @@ def _fallback_share(growth: GrowthFigures) -> str:
 
 def _why_idle(growth: GrowthFigures) -> str:
     reasons = _most(r for r in growth.no_op_reasons.items() if r[0] not in _ROUTINE_NO_OPS)
-    # Growth the policy chose and the risk engine turned down is named by the risk engine's reason: the policy's own
-    # (plateau) is not why nothing was grown.
+    # A germination the policy chose and the risk engine turned down is named by the risk engine's reason: the
+    # policy's own (plateau) is not why nothing was grown.
     vetoed = _most(growth.vetoed_reasons.items())
     parts = [f"the controller's reasons: {reasons}"] if reasons else []
     parts += [f"vetoed: {vetoed}"] if vetoed else []

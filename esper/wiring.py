@@ -333,9 +333,9 @@ class RunTally:
         command = decision.command is not None
         no_op = None if command else (decision.reason or "no_op")
         fallback = decision.policy.endswith(FALLBACK_SUFFIX)
-        vetoed = vetoed_by(command, decision.risk_reason)
+        vetoed, other = vetoed_by(command, decision.risk_reason, decision.proposed)
         record = DecisionRecord(
-            decision.decided_on_step, decision.decision_ms, no_op, fallback, decision.fallback_reason, vetoed
+            decision.decided_on_step, decision.decision_ms, no_op, fallback, decision.fallback_reason, vetoed, other
         )
         add_decision(self.decisions, record)
 
@@ -401,7 +401,7 @@ class RunTally:
         for d in self.decisions:
             if d.vetoed_by:
                 vetoed_reasons[d.vetoed_by] = vetoed_reasons.get(d.vetoed_by, 0) + 1
-            elif d.no_op_reason is not None:
+            elif d.no_op_reason is not None and not d.vetoed_other:
                 no_op_reasons[d.no_op_reason] = no_op_reasons.get(d.no_op_reason, 0) + 1
             if d.fallback:
                 why = d.fallback_reason or "unrecorded"

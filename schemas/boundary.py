@@ -64,7 +64,8 @@ class Decision(Message, frozen=True):
     the risk engine; ``risk_reason`` is the risk engine's (``policy`` when it let the choice through);
     ``fallback_reason`` says why the fallback decided instead of the policy (``timeout_inference``, ``policy_error``,
     ``policy_restarting``, ``policy_busy``: still deciding an earlier packet, ``breaker_open``), empty when the policy
-    decided.
+    decided; ``proposed`` is the action it proposed (a PolicyAction value: ``germinate``, ``fossilize`` ...), before
+    the risk engine, so a NO_OP it made of a germination is told from one it made of other growth.
     """
 
     run_id: str
@@ -79,6 +80,7 @@ class Decision(Message, frozen=True):
     # step's packet comes again, and a decision on the undone one was paired with the rerun's).
     packet_issued_at: float | None = None
     fallback_reason: str = ""
+    proposed: str = ""  # empty from a Tamiyo of an earlier version
 
 
 class BoundaryPlan(Message, frozen=True):

@@ -62,8 +62,9 @@ class GrowthFigures(Record, frozen=True):
     and a slot's embargo and reset) planned at the last boundaries for a step after the last one, which never took
     effect;
     ``no_op_reasons`` counts the controller's NO_OP decisions by the policy's reason (why nothing was grown), and
-    ``vetoed_reasons`` those its risk engine made of a proposal that did something (a germination in conservative
-    mode, say), by the risk engine's reason (``pause_triggered``), which they are not counted under the first; decision
+    ``vetoed_reasons`` those its risk engine made of a proposed germination (in conservative mode, say), by the risk
+    engine's reason (``pause_triggered``), which they are not counted under the first; a NO_OP it made of another
+    proposal (a fossilize, an lr tweak) is counted in neither, as it says nothing of growth; decision
     latencies are nearest-rank percentiles in milliseconds over every Tamiyo decision, ``fallback_decisions`` those its
     fallback made instead of the configured policy, ``fallback_reasons`` them by why (the Decision's
     ``fallback_reason``; ``unrecorded`` for a decision logged before the reason was); ``emergency_events`` counts the

@@ -269,7 +269,16 @@ METRIC_SAMPLE = MetricSample(
 EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
     SeedOp: ATTACH,
     OpOutcome: OpOutcome(kind="attach", slot="features.3", seed_id="seed-7", applied=True),
-    Decision: Decision(run_id="run-1", decided_on_step=1192, command=None, policy="heuristic", decision_ms=1.5),
+    Decision: Decision(
+        run_id="run-1",
+        decided_on_step=1192,
+        command=None,
+        policy="heuristic",
+        decision_ms=1.5,
+        risk_reason="pause_triggered",
+        reason="plateau",
+        proposed="germinate",
+    ),
     BoundaryPlan: BoundaryPlan(run_id="run-1", decided_on_step=1192, effect_step=1200, ops=(ATTACH,)),
     BoundaryApplied: BoundaryApplied(
         run_id="run-1",

@@ -79,3 +79,25 @@ def test_a_decision_remade_after_a_rollback_in_an_older_wal_is_printed_too(tmp_p
         ("fr-cmd1", FieldReportOutcome.REGRESSION.value),
     ]
     assert err.getvalue() == ""
+
+
+def test_a_remade_decision_a_second_rollback_aborts_again_in_an_older_wal_is_printed_too(tmp_path: Path) -> None:
+    """Keyed by (id, aborted by a rollback), the reader dropped the second abort of an id: the decision remade after
+    the first rollback, which a second one aborted, left no record."""
+    first = msgspec.structs.replace(
+        _report(1), outcome=FieldReportOutcome.ABORTED, notes="heuristic: ...; aborted: rollback to step 100"
+    )
+    second = msgspec.structs.replace(
+        first, issued_at=200.0, notes="heuristic: ...; aborted: rollback before step 130 (controller state of step 100)"
+    )
+    final = msgspec.structs.replace(_report(1), outcome=FieldReportOutcome.SUCCESS, issued_at=300.0, reward=0.2)
+    frames = [encode_frame(r) for r in (first, first, second, second, final, final)]  # each append retried once
+    (tmp_path / WAL_FILENAME).write_bytes(b"".join(frames))
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["report_id"], r["outcome"], r["issued_at"]) for r in lines] == [
+        ("fr-cmd1", FieldReportOutcome.ABORTED.value, 101.0),
+        ("fr-cmd1", FieldReportOutcome.ABORTED.value, 200.0),
+        ("fr-cmd1", FieldReportOutcome.SUCCESS.value, 300.0),
+    ]

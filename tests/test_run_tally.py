@@ -67,6 +67,34 @@ def test_growth_the_risk_engine_vetoed_is_named_by_its_reason_not_the_policys() 
     assert line.endswith("none (vetoed: hook_budget 1)")
 
 
+def test_only_a_vetoed_germination_is_named_among_the_reasons_nothing_was_grown(tmp_path: Path) -> None:
+    """Any NO_OP the risk engine made (a GNN's lr tweak over the hook budget, say) was listed as 'vetoed: hook_budget'
+    under why nothing was grown, and a vetoed fossilize the same; they are not growth of the host."""
+    tally = RunTally()
+    tally.preload([], [], [Read(4, 1.0, "gnn_lr_tweak", vetoed_other=True)])
+    for step, proposed, reason in ((8, "lr_tweak", "gnn_lr_tweak"), (12, "germinate", "gnn_germinate")):
+        tally.on_decision(
+            Decision(run_id="r", decided_on_step=step, reason=reason, risk_reason="hook_budget", proposed=proposed)
+        )
+    tally.on_decision(Decision(run_id="r", decided_on_step=16, reason="steady", proposed="no_op"))
+    figures = tally.figures(seed_parameters=0)
+    assert (figures.vetoed_reasons, figures.no_op_reasons, figures.decisions) == ({"hook_budget": 1}, {"steady": 1}, 4)
+    line = next(line for line in growth_lines(figures) if line.startswith("seeds by outcome"))
+    assert line.endswith("none (the controller's reasons: steady 1; vetoed: hook_budget 1)")
+    path = tmp_path / "events.jsonl"
+    lines = [
+        {"event": "tamiyo_decision", "step": 4, "decision_ms": 0.5, "command": False, "reason": "benefit_held",
+         "proposed": "fossilize", "risk_reason": "hook_budget"},
+        {"event": "tamiyo_decision", "step": 8, "decision_ms": 0.5, "command": False, "reason": "plateau",
+         "proposed": "germinate", "risk_reason": "pause_triggered"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert read_decisions(path) == [
+        Read(4, 0.5, "benefit_held", vetoed_other=True),
+        Read(8, 0.5, "plateau", vetoed_by="pause_triggered"),
+    ]
+
+
 def test_read_decisions_reads_the_risk_engines_veto(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     lines = [

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, final
 
 import msgspec
 import structlog.testing
 
 from actors.tamiyo.gnn_state import PolicyRestarting, PolicyWorker
+from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
+from actors.tamiyo.outcomes import OutcomeState
 from actors.tamiyo.policy import BlueprintCandidate, Decision
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import read_entries
 from esper.summary_table import growth_lines
 from esper.wiring import RunTally
@@ -142,6 +146,7 @@ class GatedGrower:
         self.gated = GatedPolicy(loop)
         self.returned: list[Decision] = []
         self.withdrawn: list[Decision] = []
+        self.counted: list[int] = []
 
     def decide(self, observation: Observation) -> Decision:
         self.gated.decide(observation)
@@ -151,6 +156,9 @@ class GatedGrower:
 
     def withdraw(self, decision: Decision) -> None:
         self.withdrawn.append(decision)
+
+    def count_germination(self, epoch: int) -> None:
+        self.counted.append(epoch)
 
 
 async def test_a_late_decision_the_fallback_replaced_is_withdrawn_from_its_policy(
@@ -173,6 +181,66 @@ async def test_a_late_decision_the_fallback_replaced_is_withdrawn_from_its_polic
     assert (in_time.policy, in_time.command, in_time.risk_reason) == ("gnn", None, "pause_triggered")
     assert len(grower.returned) == 2
     assert [id(d) for d in grower.withdrawn] == [id(d) for d in grower.returned]
+
+
+async def test_the_fallbacks_germination_in_place_of_a_late_one_starts_the_policys_cooldown(
+    tmp_path: Path, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heuristic's late germination was withdrawn although the fallback germinated at that same epoch end: the
+    policy's cooldown did not start, and it germinated again at the first epoch end conservative mode allowed."""
+    config = TamiyoConfig(
+        policy="heuristic",
+        deadline_fallback="heuristic",
+        decision_budget_ms=BUDGET_S * 1e3,
+        germinate_cooldown_epochs=3,
+        plateau_patience_epochs=1,
+        conservative_exit_clean_epochs=1,
+    )
+    seen = HeuristicState(first_epoch=0, last_epoch=0, best_validation_loss=1.0)
+    state = TamiyoState(
+        policy="heuristic",
+        policy_version="heuristic-1",
+        fallback=seen,
+        outcomes=OutcomeState(),
+        counters=TamiyoCounters(),
+        heuristic=seen,
+    )
+    loop = asyncio.get_running_loop()
+    gate, lane_held, waiting = threading.Semaphore(0), asyncio.Event(), asyncio.Event()
+
+    def hold_the_lane() -> None:
+        loop.call_soon_threadsafe(lane_held.set)
+        gate.acquire()
+
+    async with TamiyoHarness(tmp_path, sink, config=config, state=state) as h:
+        sleep = h.clock.sleep
+
+        async def deadline(delay_s: float) -> None:
+            waiting.set()
+            await sleep(delay_s)
+
+        monkeypatch.setattr(h.clock, "sleep", deadline)
+        holder = asyncio.create_task(h.lane.run(hold_the_lane))
+        try:
+            async with asyncio.timeout(5):
+                await lane_held.wait()
+            await h.ref.tell(packet(10, 1, validation_loss=1.0))  # a plateau: both heuristics germinate
+            async with asyncio.timeout(5):
+                await waiting.wait()  # the policy's job waits behind the held lane past its deadline
+            h.clock.advance(BUDGET_S)
+            replaced = await h.next()
+        finally:
+            gate.release()
+            await holder
+        # The late job germinates too, and is collected before the next decision.
+        after = [await h.decide(packet(10 * epoch, epoch, validation_loss=1.0)) for epoch in (2, 3, 4)]
+    assert (replaced.policy, replaced.reason) == ("heuristic (fallback)", "plateau")
+    assert replaced.command is not None
+    assert [(d.policy, d.reason, d.command is not None) for d in after] == [
+        ("heuristic", "cooldown", False),
+        ("heuristic", "cooldown", False),  # out of conservative mode: without the cooldown it germinated here
+        ("heuristic", "plateau", True),  # 3 epochs after the fallback's germination
+    ]
 
 
 async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:

@@ -195,8 +195,8 @@ async def test_a_damaged_wal_is_reported_when_tamiyo_opens_it(tmp_path: Path, si
 
 async def test_a_decision_remade_after_a_rollback_gets_a_report_of_its_own(tmp_path: Path, sink: RecordingSink) -> None:
     """The rerun decides step 15 again under the same command id (exact resume needs it): its report took the id of
-    the one the rollback aborted, and the reader printed only the aborted one. The abort named the packet's step (15)
-    rather than the step the trainer went back to (10)."""
+    the one the rollback aborted, and the reader printed only the aborted one. The abort names the first packet's
+    step after the restore and the controller state's, not a restore point Tamiyo is not told (next test)."""
     config = TamiyoConfig(field_report_window_epochs=1, plateau_patience_epochs=10)
     journal = tmp_path / "states.jsonl"
     run = [packet(5, 0), packet(10, 0, validation_loss=1.0), packet(15, 1)]
@@ -212,7 +212,7 @@ async def test_a_decision_remade_after_a_rollback_gets_a_report_of_its_own(tmp_p
         (f"fr-{cid}-1+1", FieldReportOutcome.ABORTED),
         (f"fr-{cid}-1+1-r1", FieldReportOutcome.SUCCESS),
     ]
-    assert of_15[0].notes.endswith("aborted: rollback to step 10")
+    assert of_15[0].notes.endswith("aborted: rollback before step 15 (controller state of step 10)")
     out, err = io.StringIO(), io.StringIO()
     assert field_reports_main([str(tmp_path)], out=out, err=err) == 0
     printed = [json.loads(line)["report_id"] for line in out.getvalue().splitlines()]
@@ -222,6 +222,24 @@ async def test_a_decision_remade_after_a_rollback_gets_a_report_of_its_own(tmp_p
     journaled = state_at(journal, 20)
     assert journaled is not None
     assert journaled.state.outcomes.rollbacks == 1  # a resume from there keeps the count, and so the report ids
+
+
+async def test_a_mid_epoch_restore_is_not_named_as_the_controllers_state_step(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The abort note said "rollback to step 10", the step of the state Tamiyo journaled, for a trainer that went back
+    to its mid-epoch snapshot of step 15."""
+    config = TamiyoConfig(field_report_window_epochs=1, plateau_patience_epochs=10)
+    run = [packet(5, 0), packet(10, 0, validation_loss=1.0), packet(15, 1), packet(20, 1)]
+    async with TamiyoHarness(tmp_path, sink, config=config, state_journal=tmp_path / "states.jsonl") as h:
+        await h.run(run)
+        await h.run([packet(20, 1)])  # the first packet after the restore of step 15
+    reports = (await read_field_reports(tmp_path / WAL_FILENAME)).reports
+    aborted = [r for r in reports if r.outcome is FieldReportOutcome.ABORTED]
+    assert [r.command_id for r in aborted] == [command_id_for(RUN_ID, step) for step in (10, 15, 20)]
+    assert {r.notes.rsplit("; ", 1)[1] for r in aborted} == {
+        "aborted: rollback before step 20 (controller state of step 10)"
+    }
 
 
 def test_the_rollback_count_survives_a_state_an_earlier_version_saved() -> None:

@@ -465,6 +465,25 @@ def test_a_withdrawn_every_k_graft_is_due_again_next_epoch_with_the_same_bluepri
     assert policy.decide(observe(4, 1.0)).blueprint_id == "bp-small"
 
 
+def test_the_fallbacks_germination_counts_as_the_policys_own() -> None:
+    """A germination the fallback made in the policy's place (its own decision discarded as late, or never asked
+    for) started neither policy's cooldown or schedule: each germinated again at the next epoch end it could."""
+    heuristic = HeuristicPolicy(HeuristicConfig(plateau_patience_epochs=1, germinate_cooldown_epochs=3))
+    heuristic.decide(observe(0, 1.0))
+    late = heuristic.decide(observe(1, 1.0))
+    assert (late.action, late.reason) == (GERM, "plateau")
+    heuristic.withdraw(late)  # discarded: the fallback germinated at epoch 1 instead
+    heuristic.count_germination(1)
+    assert [heuristic.decide(observe(e, 1.0)).reason for e in (2, 3, 4)] == ["cooldown", "cooldown", "plateau"]
+    every_k = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    assert every_k.decide(observe(0, 1.0)).reason == "not_due"
+    every_k.count_germination(0)  # the fallback grafted at epoch 0 while every_k's breaker was open
+    assert [every_k.decide(observe(e, 1.0)).reason for e in (1, 2)] == ["not_due", "every_k"]
+    # An older germination does not move the count back.
+    every_k.count_germination(1)
+    assert every_k.export_state().last_germination_epoch == 2
+
+
 def test_a_loss_spike_is_blamed_on_the_blending_seed_furthest_into_its_ramp() -> None:
     blending = SeedLifecycleStage.BLENDING
 

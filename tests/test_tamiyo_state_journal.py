@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 import pytest
+import structlog.testing
 
 from actors.tamiyo import state_codec
+from actors.tamiyo.field_reports import FieldReportWal
 from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.outcomes import OutcomeState, OutcomeWindow
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
@@ -24,6 +26,7 @@ from actors.tamiyo.state_journal import (
 from actors.tamiyo.stop_state import read_stop_state, write_stop_state
 from schemas.config import TamiyoConfig
 from schemas.domain_enums import PolicyAction
+from schemas.runtime import ChildFailed
 from schemas.telemetry import TelemetryEvent
 from tests._tamiyo_harness import TamiyoHarness, packet, plateau_run
 
@@ -280,3 +283,33 @@ def test_a_state_without_non_finite_floats_is_written_as_before() -> None:
     assert state_codec.encode(state) == msgspec.json.encode(state)
     old = msgspec.json.encode(msgspec.structs.replace(state, outcomes=OutcomeState(last_validation_loss=math.nan)))
     assert state_codec.decoder(TamiyoState).decode(old).outcomes.last_validation_loss is None
+
+
+@pytest.mark.parametrize("failing", ["state_journal", "field_report_wal"])
+async def test_an_epoch_end_whose_journaling_fails_still_sends_its_decision(
+    tmp_path: Path, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The WAL or state-journal write raised before the epoch end's Decision was sent: the actor crashed with it
+    unsent, so Kasmina never journaled the boundary, the trainer missed the plan and the checkpoint was lost."""
+
+    async def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    owner = TamiyoStateJournal if failing == "state_journal" else FieldReportWal
+    monkeypatch.setattr(owner, "append" if owner is TamiyoStateJournal else "append_many", full)
+    config = TamiyoConfig(field_report_window_epochs=1)  # the second epoch end closes the first one's window
+    # The state journal fails at the first epoch end; the WAL at the second, the first to have a report to write.
+    failing_step = 10 if failing == "state_journal" else 20
+    run = [packet(10, 0, validation_loss=1.0), packet(20, 1, validation_loss=1.0)]
+    with structlog.testing.capture_logs() as logs:
+        async with TamiyoHarness(tmp_path, sink, config=config, state_journal=tmp_path / "states.jsonl") as h:
+            sent = [await h.decide(p) for p in run if p.global_step <= failing_step]
+    assert [d.decided_on_step for d in sent] == [p.global_step for p in run if p.global_step <= failing_step]
+    [not_journaled] = [e for e in logs if e["event"] == "tamiyo_state_not_journaled"]
+    assert (not_journaled["step"], not_journaled["reason"], not_journaled["error"]) == (
+        failing_step,
+        "journal_error",
+        "OSError: [Errno 28] No space left on device",
+    )
+    [crash] = [e for e in sink.of_type(ChildFailed) if e.child == "tamiyo"]
+    assert "No space left on device" in crash.error

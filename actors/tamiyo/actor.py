@@ -12,7 +12,9 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    handler waits on the monotonic clock for ``decision_budget_ms``. A result in time is the proposal (a breaker
    success). An overrun (a breaker failure; 3 in a row open it) or a policy error makes the fallback decide instead
    (the heuristic on the event loop, or NO_OP, per ``deadline_fallback``), as does an open breaker; the Decision's
-   ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why;
+   ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why, and a germination of
+   the fallback's that is carried out counts as the policy's own (its cooldown runs from there; the policy is told
+   once a late job of its has ended);
 4. the risk engine judges the proposal (veto, downgrade, conservative-mode triggers); the final decision becomes an
    AdaptationCommand (None for NO_OP) with ``command_id = uuid5(NAMESPACE_URL, f"esper:{run_id}:{s}")`` (deterministic,
    so a resumed run issues the same ids; still unique per run and step), issued at the wall clock, signed with the
@@ -31,7 +33,10 @@ An epoch end's Decision (a packet with a validation loss) goes to the outlet las
 and the state after it is in the state journal: Kasmina journals a boundary only once it has its Decision, and a
 resume continues only from a checkpoint whose boundary Kasmina journaled, so a kill at any point leaves the state of
 any checkpoint a resume uses in the journal (sent first, a kill between the send and the journal resumed the
-controller an epoch behind the lifecycle's commands). Other packets' Decisions go out before the WAL's fsync.
+controller an epoch behind the lifecycle's commands). If that WAL or journal write fails, the Decision is sent all
+the same (``tamiyo_state_not_journaled``, ``journal_error``) before the actor crashes: a resume from that checkpoint
+starts from the journal's previous entry, where an unsent Decision lost the trainer its plan and the checkpoint.
+Other packets' Decisions go out before the WAL's fsync.
 
 Every hook runs on the event loop; the only blocking work (the policy's decide) runs on the lane. A failure while
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
@@ -58,7 +63,7 @@ from actors.tamiyo.observe import build_observation, has_candidate, no_candidate
 from actors.tamiyo.policy import NO_OP
 from actors.tamiyo.state_journal import state_at
 from esper.runtime.actor import Actor
-from schemas.domain_enums import TelemetryLevel
+from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.state import SystemStatePacket
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 
@@ -183,6 +188,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._state_journal = state_journal
         # The inference job of an earlier decision, past its deadline and still on the lane (see the module docstring).
         self._late: asyncio.Task[PolicyDecision | Exception] | None = None
+        # The epoch end of the fallback's germination made while that job ran: the policy counts it once it has ended.
+        self._germinated_meanwhile: int | None = None
         self._start_state: TamiyoState | None = None
         self._on_stop_state = on_stop_state
         if state is not None:
@@ -320,10 +327,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
         started_s = self._c.clock.now()
         reports: list[FieldReport] = []
         if self._c.tracker.is_rollback(packet):
-            # The step the trainer went back to, not this packet's, the first one after it.
-            back_to = await self._rewind(packet)
-            where = f"to step {back_to}" if back_to is not None else f"before step {packet.global_step}"
-            reports.extend(self._c.tracker.rollback(f"rollback {where}"))
+            # Tamiyo is not told the trainer's restore point, only that it lies before this packet's step; the state
+            # it went back to may be older (that epoch end not journaled: a late policy job; a mid-epoch restore).
+            state_step = await self._rewind(packet)
+            state = f" (controller state of step {state_step})" if state_step is not None else ""
+            reports.extend(self._c.tracker.rollback(f"rollback before step {packet.global_step}{state}"))
         observation = build_observation(packet, self._c.blueprints)
         async with asyncio.TaskGroup() as tg:
             if not has_candidate(observation):
@@ -346,6 +354,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 if job.done():
                     self._late = None
             verdict = self._decider.judge(choice, observation)
+            if verdict.decision.action is PolicyAction.GERMINATE and choice.proposer is not self._c.policy:
+                self._count_germination(packet.epoch)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
             # An epoch end's Decision leaves last, once the state after it is journaled (see the module docstring).
@@ -356,19 +366,42 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._decider.end_of_packet(packet)
         reports.extend(self._c.tracker.observe(packet, critical=_critical(verdict)))
         self._decider.open_window(packet, choice, verdict, command_id)
+        if journal is None:
+            await self._append(reports)
+            return
+        try:
+            await self._journal(journal, packet, reports)
+        except Exception as error:
+            # Sent all the same, then the crash (the supervisor restarts Tamiyo with this state, which counts the
+            # decision): unsent, Kasmina would never journal this boundary, the trainer would miss its plan and its
+            # checkpoint could not be resumed from; sent, a resume from there starts from the journal's previous
+            # entry (tamiyo_state_behind), as after policy_busy.
+            _log.error(
+                "tamiyo_state_not_journaled",
+                step=packet.global_step,
+                reason="journal_error",
+                error=f"{type(error).__name__}: {error}",
+            )
+            await self._outlet(wire)
+            raise
+        await self._outlet(wire)
+
+    async def _journal(
+        self, journal: TamiyoStateJournal, packet: SystemStatePacket, reports: list[FieldReport]
+    ) -> None:
+        """An epoch end's field reports to the WAL, then the state after it to the state journal (unless a late job
+        holds the policy's state)."""
         # Before the state journal: the state counts these reports, and a resume cuts the WAL to that count.
         await self._append(reports)
-        if journal is not None:
-            if self._late is not None and not self._late.done():
-                # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
-                # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
-                _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
-            else:
-                # A job that overran by a hair has returned by now: its state is the controller's again.
-                self._collect_late()
-                # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
-                await journal.append(packet.global_step, self.export_state())
-            await self._outlet(wire)
+        if self._late is not None and not self._late.done():
+            # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
+            # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
+            _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
+            return
+        # A job that overran by a hair has returned by now: its state is the controller's again.
+        self._collect_late()
+        # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
+        await journal.append(packet.global_step, self.export_state())
 
     async def _late_ended(self, started_s: float, tg: asyncio.TaskGroup) -> bool:
         """Whether the lane is free for this decision's inference: an earlier decision's late job gets until this
@@ -403,13 +436,27 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._late = None
         if not late.cancelled() and late.exception() is not None:
             _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
+            self._discard(None)
         elif not late.cancelled():
             self._discard(late.result())
 
-    def _discard(self, result: PolicyDecision | Exception) -> None:
-        """A late job's result, which the fallback's decision replaced: a germination in it was never made."""
-        if not isinstance(result, Exception):
+    def _discard(self, result: PolicyDecision | Exception | None) -> None:
+        """A late job's result, which the fallback's decision replaced: a germination in it was never made, and one the
+        fallback made meanwhile was (at that very epoch end, or a later one decided while the job still ran)."""
+        if result is not None and not isinstance(result, Exception):
             self._c.withdraw(self._c.policy, result)
+        germinated, self._germinated_meanwhile = self._germinated_meanwhile, None
+        if germinated is not None:
+            self._c.count_germination(germinated)
+
+    def _count_germination(self, epoch: int) -> None:
+        """The fallback's germination is carried out in the policy's place: the policy counts it as its own, or its
+        cooldown would let it germinate again at the next epoch end; once its late job has ended (its state is the
+        lane's until then)."""
+        if self._late is not None:
+            self._germinated_meanwhile = epoch
+        else:
+            self._c.count_germination(epoch)
 
     async def _rewind(self, packet: SystemStatePacket) -> int | None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
@@ -417,8 +464,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
         decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
         (not_epoch_end), its windows and plateau counted the undone attempt, and the rerun's windows started from the
         undone epoch's validation loss). The open windows (aborted next), field reports, report and rollback counts
-        and counters of the undone decisions stay: they happened. Returns the step it went back to, the trainer's
-        restore point; None without a journal (no run directory), where there is nothing to go back to."""
+        and counters of the undone decisions stay: they happened. Returns the step of the state it went back to (the
+        trainer's restore point when that is a journaled epoch end, else an earlier step); None without a journal (no
+        run directory), where there is nothing to go back to."""
         journal = self._state_journal
         if journal is None:
             return None
@@ -445,7 +493,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._c.emit(
             "tamiyo_rewound",
             TelemetryLevel.INFO,
-            f"controller state back to step {at}: the trainer went back there",
+            f"controller state back to step {at}'s: the trainer went back before step {packet.global_step}",
             packet,
             state_step=at,
         )
@@ -463,6 +511,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             command=wire.command is not None,
             policy=wire.policy,
             reason=wire.reason,
+            proposed=wire.proposed,
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
             **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),

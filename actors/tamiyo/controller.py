@@ -217,6 +217,13 @@ class Controller:
         if proposer is not None and isinstance(proposer, Withdrawable):
             proposer.withdraw(decision)
 
+    def count_germination(self, epoch: int) -> None:
+        """The fallback's germination was carried out at the end of ``epoch`` in the policy's place: a policy that
+        keeps account of its germinations counts it as its own, so its cooldown runs from there (event loop, the
+        policy not on the lane)."""
+        if isinstance(self.policy, Withdrawable):
+            self.policy.count_germination(epoch)
+
     def count(self, **deltas: int) -> None:
         c = self.counters
         self.counters = msgspec.structs.replace(c, **{k: getattr(c, k) + v for k, v in deltas.items()})

@@ -226,6 +226,7 @@ class Decider:
             feature_coverage=choice.decision.feature_coverage,
             packet_issued_at=packet.issued_at,
             fallback_reason=choice.fallback_reason,
+            proposed=choice.decision.action.value,
         )
 
     def end_of_packet(self, packet: SystemStatePacket) -> None:

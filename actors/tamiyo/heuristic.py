@@ -5,7 +5,8 @@ its rule in ``reason``, and the whole state exports to a Record for checkpoints.
 first packet of an epoch that carries a validation loss; other packets (mid-epoch, repeats) give NO_OP and leave the
 state alone. A germination counts as made when it is returned, unless the controller withdraws it (``withdraw``: the
 risk engine vetoed or replaced it, or it was discarded as late): a withdrawn germination starts no cooldown, resets
-no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint).
+no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint). A
+germination the fallback made in the policy's place counts as the policy's own (``count_germination``).
 """
 
 from __future__ import annotations
@@ -186,6 +187,17 @@ class HeuristicPolicy:
         _, last, stalled = germinated
         self._state = msgspec.structs.replace(
             self._state, last_germination_epoch=last, epochs_without_improvement=stalled
+        )
+
+    def count_germination(self, epoch: int) -> None:
+        """The fallback's germination was carried out at the end of ``epoch``: the cooldown runs from there and the
+        plateau it answered is over, as after this policy's own (see actors.tamiyo.policy.Withdrawable)."""
+        self._germinated = None
+        last = self._state.last_germination_epoch
+        self._state = msgspec.structs.replace(
+            self._state,
+            last_germination_epoch=epoch if last is None else max(last, epoch),
+            epochs_without_improvement=0,
         )
 
     def decide(self, observation: Observation) -> Decision:
@@ -433,6 +445,15 @@ class EveryKPolicy:
         before = grafted[1]
         self._state = msgspec.structs.replace(
             self._state, last_germination_epoch=before.last_germination_epoch, next_blueprint=before.next_blueprint
+        )
+
+    def count_germination(self, epoch: int) -> None:
+        """The fallback's germination was carried out at the end of ``epoch``: the next graft is due K epochs after it
+        (see actors.tamiyo.policy.Withdrawable)."""
+        self._grafted = None
+        last = self._state.last_germination_epoch
+        self._state = msgspec.structs.replace(
+            self._state, last_germination_epoch=epoch if last is None else max(last, epoch)
         )
 
     def decide(self, observation: Observation) -> Decision:

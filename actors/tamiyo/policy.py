@@ -241,10 +241,16 @@ class Policy(Protocol):
 
 @runtime_checkable
 class Withdrawable(Protocol):
-    """A policy that keeps account of what it decided (a cooldown, a schedule) and is told when its decision was not
-    carried out: the risk engine vetoed or replaced it, or it came past its deadline and was discarded."""
+    """A policy that keeps account of its germinations (a cooldown, a schedule) and is told when its decision was not
+    carried out (the risk engine vetoed or replaced it, or it came past its deadline and was discarded) and when the
+    fallback's germination was carried out in its place."""
 
     def withdraw(self, decision: Decision) -> None:
         """``decision``, the last one ``decide`` returned (that very object), was not carried out: decide on as if it
         had not been made. Event loop, between decisions; any other decision changes nothing."""
+        ...
+
+    def count_germination(self, epoch: int) -> None:
+        """A germination this policy did not propose (the fallback's) was carried out at the end of ``epoch``: count
+        it as if it had been its own (the cooldown or schedule runs from there). Event loop, between decisions."""
         ...
