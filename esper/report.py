@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.decisions import Decision, add_decision, decision_entry
 from esper.report_digest import summary_lines, trained_through
-from esper.report_entries import SessionEnd, pause_event, restored_point, session_end, stage_event
+from esper.report_entries import SessionEnd, pause_event, refused_pause, restored_point, session_end, stage_event
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.report_receipts import Refusal, RefusalLog, took_effect
 from esper.run_dir import check_not_in_use
@@ -153,12 +153,16 @@ def read_run_events(path: Path) -> RunEvents:
                     events.append(event)
                 elif (pause := pause_event(entry)) is not None:
                     pauses.append(pause)
+                elif (refused := refused_pause(entry)) is not None:
+                    # Accepted before a rollback took it back, then refused when it came again: not in effect.
+                    pauses = [p for p in pauses if p != refused]
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
                 elif emergencies.add_entry(entry) or refusals.add_entry(entry):
                     continue
                 elif (restored := restored_point(entry)) is not None:  # a rollback's (see LifecycleRestored)
                     events = [event for event in events if not restored.undoes(event.step)]
+                    pauses = [p for p in pauses if not restored.undoes(p.step)]
                     refusals.restore(restored.step)
                 elif entry.get("event") == "epoch_end":
                     if isinstance(epoch := entry.get("epoch"), int):

@@ -56,6 +56,20 @@ def pause_event(entry: dict[str, object]) -> PauseEvent | None:
     return PauseEvent(step=step, seed_id=seed_id, resumed=kind == "resume")
 
 
+def refused_pause(entry: dict[str, object]) -> PauseEvent | None:
+    """The pause or resume the trainer refused (a ``seed_op_failed`` line: sent again after a rollback and refused at
+    L3, it is not in effect, and nothing sends it again); else None."""
+    if entry.get("event") != "telemetry_event" or entry.get("name") != "seed_op_failed":
+        return None
+    attributes = entry.get("attributes")
+    if not isinstance(attributes, dict) or attributes.get("op") not in ("pause", "resume"):
+        return None
+    step, seed_id = attributes.get("step"), attributes.get("seed_id")
+    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(seed_id, str):
+        return None
+    return PauseEvent(step=step, seed_id=seed_id, resumed=attributes["op"] == "resume")
+
+
 class Restored(NamedTuple):
     """A ``lifecycle_restored`` line: the lifecycle went back to the boundary of ``step`` (see LifecycleRestored)."""
 

@@ -59,7 +59,7 @@ def format_summary(summary: RunSummary) -> str:
     figures = summary.training
     if figures is not None:
         lines.append(
-            f"training: {figures.epochs} epochs, {figures.global_step} steps, "
+            f"training: {figures.epochs} epoch{'' if figures.epochs == 1 else 's'}, {figures.global_step} steps, "
             f"{figures.host_parameters + figures.seed_parameters} parameters ({figures.seed_parameters} in seeds)"
         )
         for split, loss, acc in (
@@ -178,9 +178,8 @@ def _timing_note(growth: GrowthFigures) -> list[str]:
         )
     if growth.emergency_events:
         notes.append(
-            "note: emergencies usually come from a wall-clock budget (hook or epoch time) that this machine's load"
-            " tripped; a rerun of the same config may then differ (those of non-finite steps repeat)"
-            " (events.jsonl: emergency_signal)"
+            "note: an emergency a wall-clock budget raised (hook or epoch time) depends on this machine's load, so a"
+            " rerun of the same config may differ; those of non-finite steps repeat (events.jsonl: emergency_signal)"
         )
     return notes
 

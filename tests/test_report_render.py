@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.report import ReportInputError, curves_from, load_run, read_metrics, read_stage_events, render_report
+from esper.report import (
+    ReportInputError,
+    curves_from,
+    load_run,
+    read_metrics,
+    read_run_events,
+    read_stage_events,
+    render_report,
+)
 from esper.report_digest import summary_lines
 from esper.report_entries import parse_stage, pause_event, stage_event
 from esper.report_plot import PauseEvent, StageEvent
@@ -96,6 +104,26 @@ def test_a_rollback_line_takes_back_the_transitions_it_undid(tmp_path: Path) -> 
         ("a", 60, Stage.BLENDING),
         ("a", 72, Stage.SHADOWING),
     ]
+
+
+def test_a_pause_a_rollback_took_back_and_the_trainer_then_refused_is_not_drawn(tmp_path: Path) -> None:
+    """Paused at 68, rolled back to 64, the pause sent again and refused at L3: the seed trained on unpaused (the
+    console said so), but report.png hatched it as paused from 68."""
+    failed = {
+        "event": "telemetry_event",
+        "name": "seed_op_failed",
+        "attributes": {"slot": "b", "seed_id": "s2", "op": "pause", "step": 68},
+    }
+    lines = [
+        _command_result("pause", 68, "s2"),
+        _command_result("pause", 90, "s3"),
+        {"event": "lifecycle_restored", "step": 80, "lag_steps": 4},  # takes back s3's pause at 90 (decided at 86)
+        {"event": "lifecycle_restored", "step": 64, "lag_steps": 4},  # s2's at 68 was decided on 64: sent again
+        failed,
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert read_run_events(path).pauses == []
 
 
 def test_lanes_follow_each_seed_and_slot_only_events_join_the_slots_latest_seed() -> None:

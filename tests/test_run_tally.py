@@ -421,3 +421,18 @@ def test_parameters_added_says_how_many_are_fossilized() -> None:
     # Every grafted seed kept (the shipped run's 924): nothing left to split.
     kept = GrowthFigures(parameters_added=924, parameters_fossilized=924)
     assert f"{'parameters added':<28}924 (all fossilized)" in growth_lines(kept)
+
+
+def test_a_one_epoch_run_is_not_called_1_epochs_in_the_summary() -> None:
+    """The start's warnings were fixed; the summary table still said "training: 1 epochs"."""
+    summary = RunSummary(
+        run_id="r",
+        run_dir="runs/r",
+        status="completed",
+        started_at="2026-12-07T00:00:00Z",
+        duration_s=1.0,
+        exit_code=0,
+        dead_letters=0,
+        training=TrainingFigures(epochs=1, global_step=16, host_parameters=2782, seed_parameters=0),
+    )
+    assert "training: 1 epoch, 16 steps, 2782 parameters (0 in seeds)" in format_summary(summary)
