@@ -9,7 +9,8 @@ import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, OonaPublisher
 from esper.runtime.actor import Actor
-from esper.runtime.bus import Topic
+from esper.runtime.bus import BusLimits, Topic
+from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import RedisBus
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from esper.runtime.system import ActorSystem
@@ -161,3 +162,26 @@ async def test_an_event_over_the_redis_bus_limit_is_dropped_and_the_next_is_publ
         await bus.purge()
         await bus.close()
         await client.aclose()
+
+
+async def test_events_the_bus_sheds_are_counted_in_bus_dropped_and_said_once(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Runs sharing a Redis prefix fill its telemetry backlog (nobody reads it; it stays its TTL): the bus then shed
+    every event of the next runs, and their summaries said bus_dropped 0 with no warning."""
+    bus = InProcessBus(clock, limits=BusLimits(depth_high=2, depth_recovery=1, capacity=8))
+    run = Run(bus, clock, sink)
+    await run.start()
+    with structlog.testing.capture_logs() as logs:
+        for n in range(4):
+            await run.tell(event(f"e{n}"))
+        await run.system.stop()
+    # Two published, then the backlog is at depth_high: the rest (each barrier included) is shed.
+    shed = run.losses.shed
+    assert shed >= 2
+    assert run.losses.total == shed
+    assert run.losses.missed == 0  # not an outage: the bus answered
+    said = [e for e in logs if e["event"] == "oona_bus_shedding"]
+    assert len(said) == 1
+    assert "counted in bus_dropped" in said[0]["dropping"]
+    await bus.close()

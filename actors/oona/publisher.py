@@ -79,7 +79,11 @@ class BusLosses:
     unavailable: int = 0  # the bus did not answer: failed, refused by the open breaker, or still queued at the stop
     overflow: int = 0  # refused by the publisher's full mailbox (BusSink): it fell behind, on a slow or hung server
     oversized: int = 0  # refused by the bus as over its oona.max_payload_bytes (Redis): no retry could publish them
+    # Shed by the bus (telemetry over its topic's oona.queue_depth_high backlog, which every run on a shared Redis
+    # prefix fills, or an emergency signal past oona.emergency_rate_per_min): the bus answered, and dropped it.
+    shed: int = 0
     behind_warned: bool = False  # oona_publisher_behind is said once a run
+    shed_warned: bool = False  # oona_bus_shedding is said once a run
     oversized_warned: set[str] = field(default_factory=set)  # message types oona_event_too_large was said for
 
     @property
@@ -89,7 +93,7 @@ class BusLosses:
 
     @property
     def total(self) -> int:
-        return self.missed + self.oversized
+        return self.missed + self.oversized + self.shed
 
 
 @final
@@ -156,6 +160,7 @@ class OonaPublisher(Actor[Published]):
         self._answered()
         if result.status is PublishStatus.DROPPED:
             self.dropped += 1
+            self._shed(msg)
         else:
             self.published += 1
         self._report_depth()
@@ -209,6 +214,23 @@ class OonaPublisher(Actor[Published]):
                 size=err.size,
                 max_payload_bytes=err.limit,
                 dropping="every event of this type over the limit (counted in bus_dropped)",
+            )
+
+    def _shed(self, msg: Published) -> None:
+        # Counted in bus_dropped (summary.json said 0 of a run whose every event the bus shed) and said once a run.
+        losses = self._losses
+        losses.shed += 1
+        if not losses.shed_warned:
+            losses.shed_warned = True
+            _log.warning(
+                "oona_bus_shedding",
+                actor=PUBLISHER,
+                message_type=type(msg).__name__,
+                dropping=(
+                    "events the bus sheds under load: its topic's backlog reached oona.queue_depth_high (shared by"
+                    " every run on the same oona.stream_prefix, kept oona.message_ttl_s when nobody reads it) or"
+                    " emergency signals past oona.emergency_rate_per_min (counted in bus_dropped)"
+                ),
             )
 
     def _behind(self, dropped: int) -> None:
