@@ -31,7 +31,6 @@ import anyio
 import msgspec
 import structlog
 
-from actors.nissa.prometheus import host_port
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.global_rngs import GlobalRngs
 from esper.assemble import StoreCloser, assemble, drain_pipeline
@@ -289,12 +288,9 @@ async def _start_logged(
         if swept:
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
     if screen is not None:
-        port = resolved.nissa.prometheus_port
-        # Port 0 (any free one): Nissa's metrics_endpoint_listening event shows the URL once it has bound one.
-        metrics_url = None if not port else f"http://{host_port(resolved.nissa.prometheus_host, port)}/metrics"
-        screen.started(
-            run_id, directory, resolved.logging.json_file, resume=resume is not None, metrics_url=metrics_url
-        )
+        # The /metrics URL is shown by Nissa's metrics_endpoint_listening event once it has bound the port (port 0:
+        # any free one): named here, a port another run took after the start's check advertised that run's metrics.
+        screen.started(run_id, directory, resolved.logging.json_file, resume=resume is not None)
     if resume is not None:
         # Before the run's config.toml is rewritten with the new settings: the user sees each one the resume changes.
         for change in await anyio.to_thread.run_sync(resume_changes, directory, resolved):
