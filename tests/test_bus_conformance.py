@@ -7,6 +7,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import msgspec
 import pytest
 
 from esper.runtime.bus import (
@@ -231,6 +232,30 @@ async def test_command_publisher_waits_for_space_instead_of_dropping(make_bus: M
     stats = bus.statistics().of(Topic.NORMAL)
     assert (stats.depth, stats.published, stats.publish_dropped) == (3, 4, 1)
     assert bus.statistics().waiting_publishers == 0
+
+
+async def test_runs_sharing_a_bus_each_keep_their_signals_past_the_rate(make_bus: MakeBus) -> None:
+    """Two runs on one Redis prefix, both Tolaria's: past the rate, the second run's signals (its L4 halt included)
+    folded into the first run's pending entry, and its run id never reached the bus."""
+    bus = make_bus(limits=BusLimits(emergency_rate_per_min=1.0))
+
+    async def emit(run_id: str, level: EmergencyLevel) -> PublishStatus:
+        halt = msgspec.structs.replace(signal("tolaria", level), run_id=run_id)
+        result = await bus.publish(
+            Topic.EMERGENCY, halt, message_type=BusMessageType.EMERGENCY_SIGNAL, priority=MessagePriority.CRITICAL
+        )
+        return result.status
+
+    assert await emit("run-1", EmergencyLevel.L2_ELEVATED) is PublishStatus.PUBLISHED  # the bucket's one token
+    assert await emit("run-2", EmergencyLevel.L4_HALT) is PublishStatus.PUBLISHED  # its own first past the rate
+    assert await emit("run-1", EmergencyLevel.L3_CONSERVATIVE) is PublishStatus.COALESCED  # into run-1's own
+    received = []
+    for _ in range(2):
+        envelope = await within(bus.receive(Topic.EMERGENCY, group="weatherlight", consumer="w"))
+        assert isinstance(envelope.payload, EmergencySignal)
+        received.append((envelope.payload.run_id, envelope.payload.level))
+        await bus.ack(envelope)
+    assert received == [("run-1", EmergencyLevel.L3_CONSERVATIVE), ("run-2", EmergencyLevel.L4_HALT)]
 
 
 async def test_emergency_rate_limit_coalesces_to_the_highest_level_per_origin(

@@ -12,6 +12,8 @@ from schemas.enums import BusMessageType, MessagePriority
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
+    from schemas.runtime import EmergencySignal
+
 PayloadT = TypeVar("PayloadT")
 
 
@@ -57,6 +59,12 @@ TOPIC_LANES: Mapping[Topic, Lane] = MappingProxyType(
 DROPPABLE_TYPES: frozenset[BusMessageType] = frozenset(
     {BusMessageType.TELEMETRY, BusMessageType.SYSTEM_STATE, BusMessageType.KERNEL_PREFETCH_REQUEST}
 )
+
+
+def signal_origin_key(signal: EmergencySignal) -> str:
+    """What an emergency signal past the rate coalesces by: its run and its origin. Runs sharing a prefix (a Redis
+    server) each keep their own: by origin alone, one run's signals folded into another's entry and vanished."""
+    return f"{signal.run_id}/{signal.origin}"
 
 
 def route(topic: Topic, priority: MessagePriority) -> Topic:

@@ -18,6 +18,7 @@ from esper.runtime.bus import (
     Topic,
     TopicStatistics,
     route,
+    signal_origin_key,
 )
 from esper.runtime.bus_log import TopicLog
 from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
@@ -99,13 +100,13 @@ class InProcessBus:
             self._refill()
             over_rate = self._tokens < 1.0
         if over_rate and signal is not None:
-            current = log.undelivered_signal(signal.origin)
+            current = log.undelivered_signal(signal_origin_key(signal))
             if current is not None:
                 log.counters.emergency_rate_dropped += 1
                 held = current.payload
                 if isinstance(held, EmergencySignal) and signal.level > held.level:
                     log.replace_signal(
-                        signal.origin,
+                        signal_origin_key(signal),
                         msgspec.structs.replace(current, payload=signal, priority=max(current.priority, priority)),
                     )
                 return PublishResult(status=PublishStatus.COALESCED, topic=log.topic, message_id=current.message_id)
@@ -129,7 +130,7 @@ class InProcessBus:
             payload=payload,
             published_at_s=self._clock.now(),
         )
-        log.append(envelope, origin=None if signal is None else signal.origin)
+        log.append(envelope, origin=None if signal is None else signal_origin_key(signal))
         wake(self._receivers)
         return PublishResult(status=PublishStatus.PUBLISHED, topic=log.topic, message_id=envelope.message_id)
 

@@ -20,6 +20,7 @@ from esper.runtime.bus import (
     Topic,
     TopicStatistics,
     route,
+    signal_origin_key,
 )
 from esper.runtime.bus_redis_reply import (
     read_envelope,
@@ -190,7 +191,7 @@ class RedisBus:
             str(int(priority)),
             data,
             "1" if message_type in DROPPABLE_TYPES else "0",
-            "" if signal is None else signal.origin,
+            "" if signal is None else signal_origin_key(signal),
             "0" if signal is None else str(int(signal.level)),
             "1" if target is Topic.EMERGENCY else "0",
         ]
