@@ -46,9 +46,10 @@ EXIT_CONFIG_ERROR = 2
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
-    """A sortable, unique run id: UTC time to the second plus 4 random hex digits."""
+    """A sortable, unique run id: UTC time to the second plus 8 random hex digits (4 gave a sweep starting 50 runs in
+    one second a 2 % chance that one of them was refused: another run held its directory)."""
     moment = now or dt.datetime.now(dt.UTC)
-    return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 _FLAGS = (("--resume ", "resume="), ("--resume:", "resume:"), ("--run-dir", "run_dir"), ("--set ", "overrides: "))
