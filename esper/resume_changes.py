@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from esper.config import load_config
+from esper.config_toml import format_value, plain
 from schemas.base import ConfigSection
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
@@ -34,9 +35,7 @@ def changed_settings(
 
 def _shown(value: object) -> str:
     """A value as the config file writes it (strings quoted), or ``unset``."""
-    if value is None:
-        return "unset"
-    return msgspec.json.encode(msgspec.to_builtins(value)).decode()
+    return "unset" if value is None else format_value(plain(msgspec.to_builtins(value)))
 
 
 def resume_changes(directory: Path, config: RunConfig) -> list[TelemetryEvent]:

@@ -34,7 +34,7 @@ import structlog
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.global_rngs import GlobalRngs
 from esper.assemble import StoreCloser, assemble, drain_pipeline
-from esper.baseline import RecordedBaseline, with_baseline
+from esper.baseline import with_baseline
 from esper.bus_resource import BusResource, bus_limits
 from esper.cli_process import drop_lost_streams, run_in_foreground, say
 from esper.config import dump_config
@@ -72,8 +72,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.logs import LoggingHandle
-    from esper.nn.data import DataSplits
-    from esper.run_key import RunKey
+    from esper.run_args import StartArgs
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from schemas.config import RunConfig
@@ -145,9 +144,8 @@ async def _start(
         run_lock = await anyio.to_thread.run_sync(claim)
         try:
             return await _start_claimed(
-                resolved, directory, args.run_id, run_lock, rngs, baseline=args.baseline, key=args.key,
-                data=args.data, resume=resume, progress=progress, hooks=hooks, console=console,
-            )  # fmt: skip
+                args, run_lock, rngs, resume=resume, progress=progress, hooks=hooks, console=console
+            )
         except BaseException:
             run_lock.release()
             raise
@@ -157,20 +155,16 @@ async def _start(
 
 
 async def _start_claimed(
-    resolved: RunConfig,
-    directory: Path,
-    run_id: str | None,
+    args: StartArgs,
     run_lock: RunDirLock,
     rngs: GlobalRngs,
     *,
-    baseline: RecordedBaseline | None,
-    key: RunKey,
-    data: DataSplits,
     resume: str | Path | None,
     progress: TextIO | None,
     hooks: RunHooks | None,
     console: bool | None,
 ) -> EsperSystem:
+    resolved, directory, run_id, key = args.config, args.directory, args.run_id, args.key
     if run_id is None:
         earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
         run_id = resolved.run_id or earlier
@@ -191,9 +185,8 @@ async def _start_claimed(
     undo = StartUndo()
     try:
         return await _start_logged(
-            resolved, directory, run_id, run_lock, rngs, logging, undo,
-            baseline=baseline, resume=resume, progress=progress, hooks=hooks, key=key, data=data,
-        )  # fmt: skip
+            args, run_id, run_lock, rngs, logging, undo, resume=resume, progress=progress, hooks=hooks
+        )
     except BaseException as err:
         # Whatever failed or was cancelled, the process is left as before the start: a later start must not find
         # the log in use, nor the bus or the lane threads of a run that never began.
@@ -206,23 +199,20 @@ async def _start_claimed(
 
 
 async def _start_logged(
-    resolved: RunConfig,
-    directory: Path,
+    args: StartArgs,
     run_id: str,
     run_lock: RunDirLock,
     rngs: GlobalRngs,
     logging: LoggingHandle,
     undo: StartUndo,
     *,
-    baseline: RecordedBaseline | None,
-    key: RunKey,
-    data: DataSplits,
     resume: str | Path | None,
     progress: TextIO | None,
     hooks: RunHooks | None,
 ) -> EsperSystem:
-    """The start once logging is set up: each part it makes is left in ``undo``, for the caller to close if the
-    start fails or is cancelled."""
+    """The start once logging is set up (``run_id`` resolved for a resume): each part it makes is left in ``undo``,
+    for the caller to close if the start fails or is cancelled."""
+    resolved, directory, baseline = args.config, args.directory, args.baseline
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     started_s = time.monotonic()  # the summary's duration covers assembly and start-up too, as the user waits
     hub = EventHub()
@@ -301,13 +291,13 @@ async def _start_logged(
         run_id=run_id,
         run_dir=directory,
         resume=resume is not None,
-        secret=key.secret,
+        secret=args.key.secret,
         lanes=lanes,
         clock=clock,
         sink=sink,
         actors=actors,
         tally=tally,
-        data=data,
+        data=args.data,
         # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
         taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
         hooks=hooks,
