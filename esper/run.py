@@ -360,6 +360,7 @@ async def _start_logged(
         growth=growth,
         abandonable=(lanes,),
         bus_dropped=lambda: bus_losses.total,
+        alerts_fired=lambda: dict(tally.alerts_fired),
         restore_rngs=rngs.restore,
         settle=lanes.wait_closed,
         abandoned_once_settled=(parts.store,),
