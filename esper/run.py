@@ -181,6 +181,7 @@ async def _start_claimed(
         console_level=console_level(resolved.logging.console_level),
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
+        run_id=run_id,
     )
     undo = StartUndo()
     try:
