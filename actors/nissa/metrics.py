@@ -74,7 +74,8 @@ METRICS_COLUMNS: Final[tuple[str, ...]] = (
 """The metrics.csv header. test_loss / test_accuracy stay empty until the state packet carries test figures."""
 
 ISOLATION_VIOLATIONS: Final = "kasmina.isolation.violations_total"
-"""The run's gradient isolation violations as the state packet counts them (a cumulative count, hence a counter)."""
+"""The gradient isolation violations the state packet counts (cumulative, hence a counter: the trainer counts from 0
+again when it starts, as every counter does after a --resume)."""
 
 _BREAKER_VALUES: Final = MappingProxyType(
     {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
@@ -109,7 +110,7 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
         "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),
         "kasmina.seed.alpha": ("gauge", "Blend alpha of the seed in each slot."),
-        ISOLATION_VIOLATIONS: ("counter", "Gradient isolation violations in the run so far."),
+        ISOLATION_VIOLATIONS: ("counter", "Gradient isolation violations counted by the trainer so far."),
         "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions that took effect, by target stage."),
         "weatherlight.restarts_total": ("counter", "Actor restarts, by child."),
         "runtime.breaker.state": ("gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
