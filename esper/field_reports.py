@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         err.write(f"esper.field_reports: cannot read {path}: {error.strerror or error}\n")
         return EXIT_UNREADABLE
     scan = scan_frames(data)
-    for line in _distinct(scan.reports):
-        out.write(line.decode() + "\n")
+    for report in _distinct(scan.reports):
+        out.write(_line(report) + "\n")
     if scan.corrupt or scan.torn:
         err.write(
             f"esper.field_reports: {path}: {scan.corrupt} damaged record(s) skipped"
@@ -59,7 +59,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     return EXIT_OK
 
 
-def _distinct(reports: Iterable[FieldReport]) -> Iterator[bytes]:
+def _line(report: FieldReport) -> str:
+    """The report as one JSON line, its outcome by name (``NEUTRAL``): the WAL's number (2) meant nothing to a
+    reader."""
+    fields = msgspec.to_builtins(report)
+    fields["outcome"] = report.outcome.name
+    return msgspec.json.encode(fields).decode()
+
+
+def _distinct(reports: Iterable[FieldReport]) -> Iterator[FieldReport]:
     """Each report once, as JSON, in file order: a copy equal to one given is left out, and so is a differing record
     of a report id already given, unless a rollback aborted that id before it (the old-format WAL's remade decision,
     which a further rollback may abort and remake again: each of its records is its own)."""
@@ -74,7 +82,7 @@ def _distinct(reports: Iterable[FieldReport]) -> Iterator[bytes]:
         copies.add(encoded)
         if rollback:
             aborted.add(report.report_id)
-        yield encoded
+        yield report
 
 
 def _aborted_by_rollback(report: FieldReport) -> bool:

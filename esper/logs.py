@@ -1,8 +1,9 @@
 """Structured logging: one structlog pipeline writing JSON lines to the run's events.jsonl and a readable console.
 
 Every line of events.jsonl is one JSON object that carries at least ``timestamp`` (ISO 8601, UTC, ``Z`` suffix),
-``level`` (debug, info, warning, error, critical), ``event`` (a snake_case name) and, when bound, ``actor``, ``run_id``
-and ``step``; the event's own key/value pairs follow. ``python -m esper.tail`` reads this format.
+``level`` (debug, info, warning, error, critical), ``event`` (a snake_case name), ``run_id`` (the run the file was
+configured for, unless the event names its own) and, when bound, ``actor`` and ``step``; the event's own key/value
+pairs follow. ``python -m esper.tail`` reads this format.
 
 Writes are synchronous and flushed per line so a tail sees them at once; they go to the OS page cache (no fsync),
 which keeps an event in the few-microsecond range. Any thread may log; lines never interleave.
@@ -111,8 +112,12 @@ class _JsonLineWriter:
     the console. A logging call never raises into its caller: the supervisor logging a failure must not fail itself.
     """
 
-    def __init__(self, stream: IO[bytes], min_level: int, path: Path, notice: ConsoleStream) -> None:
+    def __init__(
+        self, stream: IO[bytes], min_level: int, path: Path, notice: ConsoleStream, run_id: str | None = None
+    ) -> None:
         self._stream = stream
+        # Stamped here, in the file alone: users merge several runs' logs, and the console needs no id per line.
+        self._run_id = run_id
         self._min_level = min_level
         self._lock = threading.Lock()
         self._closed = False
@@ -123,7 +128,12 @@ class _JsonLineWriter:
         level = event_dict.get("level", "info")
         if LEVEL_NUMBERS.get(level, LEVEL_NUMBERS["info"]) < self._min_level and not is_record(event_dict):
             return event_dict
-        ordered: dict[str, object] = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
+        ordered: dict[str, object] = {}
+        for key in _LEADING_KEYS:
+            if key == "run_id" and event_dict.get(key) is None and self._run_id is not None:
+                ordered[key] = self._run_id  # a message's run_id field left unset (None) names no run either
+            elif key in event_dict:
+                ordered[key] = event_dict[key]
         for key, value in event_dict.items():
             if key not in ordered:
                 ordered[key] = value
@@ -298,6 +308,7 @@ def configure_logging(
     colors: bool | None = None,
     cache_loggers: bool = False,
     console_omit: Collection[str] = (),
+    run_id: str | None = None,
 ) -> LoggingHandle:
     """Configure structlog for the whole process; call once at start-up (tests call reset_logging() afterwards).
 
@@ -314,6 +325,8 @@ def configure_logging(
             cached logger ignores a later configure_logging(), which tests and re-configuration rely on.
         console_omit: event names the console leaves to another view (the progress console's lifecycle lines show
             the telemetry events that matter readably); the JSON file still gets them.
+        run_id: the run the JSON file is for: each of its lines that names no run of its own carries it (this
+            configuration's, so each run of a process that runs several in turn stamps its own).
 
     Returns:
         The handle whose close() closes the file.
@@ -339,7 +352,7 @@ def configure_logging(
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file
-        writer = _JsonLineWriter(_open_for_lines(json_path), file_level, json_path, stream)
+        writer = _JsonLineWriter(_open_for_lines(json_path), file_level, json_path, stream, run_id)
 
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -181,6 +181,7 @@ async def _start_claimed(
         console_level=console_level(resolved.logging.console_level),
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
+        run_id=run_id,
     )
     undo = StartUndo()
     try:
@@ -360,6 +361,7 @@ async def _start_logged(
         growth=growth,
         abandonable=(lanes,),
         bus_dropped=lambda: bus_losses.total,
+        alerts_fired=lambda: dict(tally.alerts_fired),
         restore_rngs=rngs.restore,
         settle=lanes.wait_closed,
         abandoned_once_settled=(parts.store,),

@@ -92,6 +92,7 @@ class EsperSystem:
         growth: Callable[[TrainingFigures | None], GrowthFigures] | None = None,
         abandonable: tuple[Abandonable, ...] = (),
         bus_dropped: Callable[[], int] | None = None,
+        alerts_fired: Callable[[], dict[str, int]] | None = None,
         restore_rngs: Callable[[], None] | None = None,
         settle: Callable[[], Awaitable[None]] | None = None,
         abandoned_once_settled: tuple[Abandonable, ...] = (),
@@ -101,7 +102,8 @@ class EsperSystem:
         is the monotonic time of ``started_at`` (the summary's duration counts from it; default: now). ``run_lock``, the
         run directory's claim, is released once the summary and report are written. ``abandonable``: what is closed
         without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
-        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``).
+        ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``);
+        ``alerts_fired`` the alerts that fired, by rule (the summary's ``alerts_fired``).
         ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
         written (not when abandoned: the trainer still finishes its step and checkpoints those states then).
         ``settle`` is what an abandoned run waits for before its last line (the lanes' threads ending: the trainer's
@@ -127,6 +129,7 @@ class EsperSystem:
         self._run_lock = run_lock
         self._abandonable = abandonable
         self._bus_dropped = bus_dropped
+        self._alerts_fired = alerts_fired
         self._restore_rngs = restore_rngs
         self._settle = settle
         self._abandoned_once_settled = abandoned_once_settled
@@ -428,6 +431,7 @@ class EsperSystem:
             exit_code=_EXIT_CODES.get(status, 0),
             dead_letters=self._actors.dead_letters,
             bus_dropped=self._bus_dropped() if self._bus_dropped is not None else 0,
+            alerts_fired=self._alerts_fired() if self._alerts_fired is not None else {},
             actors=actors,
             error=error,
             error_traceback=trace,

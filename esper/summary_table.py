@@ -56,6 +56,9 @@ def format_summary(summary: RunSummary) -> str:
     ]
     if summary.bus_dropped:
         lines.append(f"bus: {summary.bus_dropped} events never reached its observers (training was unaffected)")
+    if summary.alerts_fired:
+        fired = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.alerts_fired.items()))
+        lines.append(f"alerts fired: {fired} (events.jsonl: alert_fired)")
     figures = summary.training
     if figures is not None:
         lines.append(

@@ -89,12 +89,18 @@ async def run_tail(
         clock = MonotonicClock()
         wait = poll if poll is not None else (lambda: clock.sleep(options.poll_interval_s))
         shown_version = -1
-        if options.state:
-            _show_state(session, out, refresh=True)
-            shown_version = session.version
         gone = False
 
+        def show_state() -> None:
+            # Drawn once caught up with the file, not before its first read: a finished run's log showed the empty
+            # "(no actor_state events yet)" table first, then the real one.
+            nonlocal shown_version
+            if options.state and session.version != shown_version:
+                _show_state(session, out, refresh=True)
+                shown_version = session.version
+
         async def look() -> None:
+            show_state()  # nothing new to read: the table as the file stands so far (empty before any actor_state)
             await wait()
             if options.run_dir is not None and not reader.opened:  # the run may have written its config.toml since
                 reader.path = options.run_dir / run_files(options.run_dir).events
@@ -113,15 +119,15 @@ async def run_tail(
         try:
             async for batch in follow_lines(reader, poll=look, stop=stop):
                 _write(out, session.feed(batch))
-                if options.state and session.version != shown_version:
-                    _show_state(session, out, refresh=True)
-                    shown_version = session.version
+                if reader.at_end:
+                    show_state()
                 if session.finished and reader.at_end and reader.stream:
                     break  # the run has finished: following ends with it, as `docker logs -f` does (a file: stop())
         finally:
             # A line still unterminated when following stops never completed: it counts as malformed.
             if reader.take_pending() is not None:
                 session.malformed += 1
+        show_state()
         return RUN_GONE if gone and not session.finished else None
 
 

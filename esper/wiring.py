@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar, final
 import structlog
 
 from actors.kasmina.actor import KasminaActor
-from actors.nissa.actor import Nissa
+from actors.nissa.actor import ALERT_FIRED, Nissa
 from actors.tamiyo.actor import TamiyoActor
 from actors.tezzeret.compile import COMPILE_SEED
 from actors.tolaria.actor import TolariaControl
@@ -254,6 +254,8 @@ class RunTally:
     earlier_incomplete: list[str] = field(default_factory=list)
     # GNN workers killed because they stopped answering (the actor's tamiyo_gnn_worker_hung events).
     worker_hangs: int = 0
+    # Nissa's alerts that fired in this session, by rule (its alert_fired events).
+    alerts_fired: dict[str, int] = field(default_factory=dict)
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -278,6 +280,8 @@ class RunTally:
                 self.emergencies.add_signal(event)  # a resume's re-announcement of its level is no emergency
             case TelemetryEvent(name="tamiyo_gnn_worker_hung"):
                 self.worker_hangs += 1
+            case TelemetryEvent(name=name, attributes={"rule": str(rule)}) if name == ALERT_FIRED:
+                self.alerts_fired[rule] = self.alerts_fired.get(rule, 0) + 1
             case _:
                 pass
 

@@ -119,6 +119,6 @@ def test_an_override_setting_an_inert_key_is_charged_to_that_override() -> None:
 
 def test_the_isolation_alert_follows_its_kasmina_keys() -> None:
     rules = alert_rules(isolation_violations=5, isolation_window_s=60.0)
-    [rule] = [r for r in rules if r.metric == "kasmina.isolation.violations"]
+    [rule] = [r for r in rules if r.metric == "kasmina.isolation.violations_total"]
     assert (rule.threshold, rule.window_s) == (5.0, 60.0)
     assert alert_rules() == DEFAULT_RULES

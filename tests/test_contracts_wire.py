@@ -597,6 +597,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         error=None,
         training=TRAINING_FIGURES,
         growth=GROWTH_FIGURES,
+        alerts_fired={"training_latency_high": 2},
     ),
     GrowthFigures: GROWTH_FIGURES,
     TrainingRestored: TrainingRestored(run_id="run-20250101-000000", step=620, tier="full"),

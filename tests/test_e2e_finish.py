@@ -408,3 +408,20 @@ def test_a_halt_killed_before_training_finished_is_finished_with_the_uninterrupt
         for e in _events(reference_dir)
         if e.get("event") in ("training_finished", "run_finished")
     ]
+
+
+async def test_two_runs_in_one_process_each_stamp_their_own_run_id_on_every_event_line(tmp_path: Path) -> None:
+    """Only a few events carried run_id (epoch_end, tamiyo_decision, checkpoint_written, training_finished,
+    actor_state ... had none), so a sweep's logs merged could not be told apart: every line of each run's
+    events.jsonl now names that run, one run after the other in the same process."""
+    from esper.run import start
+
+    config = tiny_config(tmp_path, epochs=1)
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        system = await start(config, run_dir, [f'run_id="sweep-{name}"', "nissa.report_png=false"])
+        summary = await system.wait()
+        assert summary.status == "completed", summary.error
+        events = _events(run_dir)
+        assert {"epoch_end", "actor_state", "checkpoint_written", "training_finished"} <= {e["event"] for e in events}
+        assert {str(e.get("run_id")) for e in events} == {f"sweep-{name}"}

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
 
-METRIC = "kasmina.isolation.violations"
+METRIC = "kasmina.isolation.violations_total"
 GERMINATE = Decision(action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp", reason="plateau")
 
 

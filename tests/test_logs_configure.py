@@ -11,13 +11,19 @@ import pytest
 
 from esper.logs import (
     LoggingHandle,
+    StructlogSink,
     bind_log_context,
     configure_logging,
     get_logger,
+    log_actor_state,
     log_context,
     parse_level,
     reset_logging,
 )
+from schemas.domain_enums import TelemetryLevel
+from schemas.enums import ActorStatus
+from schemas.runtime import ActorState
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -211,3 +217,36 @@ def test_the_console_leaves_out_the_events_another_view_shows_and_the_file_keeps
     finally:
         logging.close()
         reset_logging()
+
+
+def test_each_runs_file_stamps_its_own_run_id_on_every_line(tmp_path: Path, console: io.StringIO) -> None:
+    """run_id was only on the lines that passed it (telemetry_event, run_starting, emergency_signal): epoch_end,
+    actor_state, checkpoint_written ... had none, so several runs' logs merged could not be told apart. Two runs in
+    turn in one process, with one module-level logger: each file's lines carry that run's id; an event naming its own
+    run keeps it, and the console shows no id per line."""
+    log = get_logger()
+    for run_id in ("run-a", "run-b"):
+        handle = configure_logging(tmp_path / run_id, console_stream=console, run_id=run_id)
+        try:
+            log.info("epoch_end", epoch=1)
+            log_actor_state(
+                log,
+                ActorState(
+                    actor="nissa",
+                    status=ActorStatus.RUNNING,
+                    mailbox_depth=0,
+                    mailbox_capacity=8,
+                    handled=1,
+                    failed=0,
+                    restarts=0,
+                ),
+            )
+            StructlogSink(log).emit(TelemetryEvent(name="alert_fired", level=TelemetryLevel.INFO))
+            log.info("foreign", run_id="fault-injection")
+            lines = read_lines(handle)
+        finally:
+            handle.release()
+        assert [line["run_id"] for line in lines] == [run_id, run_id, run_id, "fault-injection"]
+        assert list(lines[0])[:4] == ["timestamp", "level", "event", "run_id"]
+        assert list(lines[1])[:5] == ["timestamp", "level", "event", "actor", "run_id"]
+    assert "run-a" not in console.getvalue()

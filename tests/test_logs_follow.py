@@ -181,12 +181,12 @@ async def test_run_tail_follow_state_redraws_when_a_new_state_arrives(tmp_path: 
         tail = group.create_task(run_tail(TailOptions(path=path, follow=True, state=True), session, out, poll=poll))
         await poll.idle.wait()
         tables = out.getvalue().split("\n\n")
-        assert len(tables) == 3  # the empty table at start, the first state, and the trailing separator
-        assert "urza" in tables[1]
+        assert len(tables) == 2  # the first state (no empty table before it), and the trailing separator
+        assert "urza" in tables[0]
         append(path, event_line("unrelated") + "\n")
         poll.release()
         await poll.idle.wait()
-        assert len(out.getvalue().split("\n\n")) == 3  # nothing the table shows changed: no redraw
+        assert len(out.getvalue().split("\n\n")) == 2  # nothing the table shows changed: no redraw
         append(path, event_line("actor_state", actor="urza", handled=5, **fields) + "\n")
         poll.release()
         await poll.idle.wait()
@@ -226,3 +226,33 @@ async def test_following_a_finished_run_shows_it_and_returns(tmp_path: Path) -> 
     async with asyncio.timeout(1):
         await run_tail(TailOptions(path=path, follow=True), TailSession(event_filter=EventFilter()), out, poll=poll)
     assert len(out.getvalue().splitlines()) == 2
+
+
+async def test_following_a_finished_runs_state_shows_its_table_once_without_the_empty_placeholder(
+    tmp_path: Path,
+) -> None:
+    """`--follow --state` on a finished run printed "(no actor_state events yet)" before the real table."""
+    path = tmp_path / "events.jsonl"
+    fields = {"status": "stopped", "mailbox_depth": 0, "mailbox_capacity": 8, "failed": 0, "restarts": 0}
+    lines = [event_line("run_starting"), event_line("actor_state", actor="urza", handled=3, **fields)]
+    append(path, "\n".join([*lines, event_line("run_finished")]) + "\n")
+    out = io.StringIO()
+    session = TailSession(event_filter=EventFilter(), state=True)
+    async with asyncio.timeout(1):
+        await run_tail(TailOptions(path=path, follow=True, state=True), session, out, poll=GatedPoll())
+    assert "no actor_state events yet" not in out.getvalue()
+    [table] = [part for part in out.getvalue().split("\n\n") if part]
+    assert table.splitlines()[1].split()[:4] == ["urza", "stopped", "0/8", "3"]
+
+
+async def test_following_state_before_any_actor_state_shows_the_empty_table_while_it_waits(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    append(path, event_line("run_starting") + "\n")
+    out = io.StringIO()
+    session = TailSession(event_filter=EventFilter(), state=True)
+    poll = GatedPoll()
+    async with asyncio.timeout(1), asyncio.TaskGroup() as group:
+        tail = group.create_task(run_tail(TailOptions(path=path, follow=True, state=True), session, out, poll=poll))
+        await poll.idle.wait()
+        assert "(no actor_state events yet)" in out.getvalue()
+        tail.cancel()

@@ -7,13 +7,21 @@ import csv
 import errno
 import json
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import msgspec
+import structlog
 
-from actors.nissa.actor import ALERT_FIRED, METRICS_ENDPOINT_LISTENING, METRICS_ENDPOINT_UNAVAILABLE, Nissa
+from actors.nissa.actor import (
+    ALERT_CLEARED,
+    ALERT_FIRED,
+    METRICS_ENDPOINT_LISTENING,
+    METRICS_ENDPOINT_UNAVAILABLE,
+    Nissa,
+)
+from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
 from actors.nissa.csv_writer import MetricsCsvWriter
-from actors.nissa.prometheus import host_port
+from actors.nissa.prometheus import host_port, render_exposition, summary_body
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
 from esper.runtime.stage_refusals import Transition
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
     from esper.runtime.ref import ActorRef
+    from schemas.base import Message, Record
 
 
 async def _start(config: NissaConfig, run_dir: Path, clock: ManualClock, sink: RecordingSink) -> ActorSystem:
@@ -83,12 +92,13 @@ async def test_rows_alerts_and_snapshot(tmp_path: Path, clock: ManualClock, sink
         assert snapshot.final_figures["val_loss"] == 0.9
         assert snapshot.endpoint is None
         assert _epochs(tmp_path / "metrics.csv") == ["1"]
-        # Fired on the third breach, cleared by the fourth packet (5 ms).
-        notices = sink.of_type(AlertNotice)
-        assert [(n.rule, n.active, n.at_s) for n in notices] == [
-            ("training_latency_high", True, 3.0),
-            ("training_latency_high", False, 3.0),
+        # Fired on the third breach, cleared by the fourth packet (5 ms): one record each, the telemetry event.
+        alerts = [e for e in sink.of_type(TelemetryEvent) if e.name in (ALERT_FIRED, ALERT_CLEARED)]
+        assert [(e.name, e.attributes["rule"]) for e in alerts] == [
+            (ALERT_FIRED, "training_latency_high"),
+            (ALERT_CLEARED, "training_latency_high"),
         ]
+        assert sink.of_type(AlertNotice) == []
         fired = [e for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED]
         assert fired[0].attributes["rule"] == "training_latency_high"
         assert fired[0].attributes["emergency_level"] == 1
@@ -133,7 +143,9 @@ async def test_a_tick_alone_fires_nothing_a_second_report_does(
         snapshot = await _ask(ref)
         assert [alert.rule for alert in snapshot.alerts] == ["oona_queue_depth"]
         assert snapshot.health.status is HealthStatus.DEGRADED
-        assert [n.rule for n in sink.of_type(AlertNotice)] == ["oona_queue_depth"]
+        assert [e.attributes["rule"] for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED] == [
+            "oona_queue_depth"
+        ]
     finally:
         await system.stop()
 
@@ -422,3 +434,109 @@ async def test_the_tick_child_calls_its_function(clock: ManualClock) -> None:
             await ticked.wait()
     finally:
         await system.stop()
+
+
+def _latency(value: float) -> TelemetryPacket:
+    return TelemetryPacket(
+        packet_id="p",
+        source="tamiyo",
+        issued_at=0.0,
+        metrics=(MetricPoint(name="tamiyo.inference.latency_ms", value=value),),
+    )
+
+
+async def test_a_firing_slo_alert_is_in_every_view_until_the_slo_recovers(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """An SLO's alert_fired went to events.jsonl while the snapshot's alerts, /metrics/summary's, /healthz's
+    alerts_active and esper_nissa_alerts_active all said none was firing."""
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for _ in range(3):
+            await ref.tell(_latency(100.0))  # over the 45 ms objective: burn 1.0
+        snapshot = await _ask(ref)
+        assert [e.attributes["rule"] for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED] == [
+            "slo_tamiyo_decision_latency"
+        ]
+        [alert] = snapshot.alerts
+        assert (alert.rule, alert.metric, alert.value, alert.level) == (
+            "slo_tamiyo_decision_latency",
+            "tamiyo.inference.latency_ms",
+            1.0,
+            EmergencyLevel.L1_NOTICE,
+        )
+        assert snapshot.health.indicators["alerts_active"] == "1"
+        assert [a["rule"] for a in json.loads(summary_body(snapshot))["alerts"]] == ["slo_tamiyo_decision_latency"]
+        values = {(s.name, tuple(s.labels.items())): s.value for s in snapshot.metrics}
+        assert values[("nissa.alerts.active", ())] == 1.0
+        assert values[("nissa.alerts.fired_total", (("rule", "slo_tamiyo_decision_latency"),))] == 1.0
+
+        for _ in range(5):
+            await ref.tell(_latency(1.0))  # burn 3/8, under the 0.4 threshold: the SLO recovers
+        snapshot = await _ask(ref)
+        assert [e.attributes["rule"] for e in sink.of_type(TelemetryEvent) if e.name == ALERT_CLEARED] == [
+            "slo_tamiyo_decision_latency"
+        ]
+        assert snapshot.alerts == ()
+        assert snapshot.health.indicators["alerts_active"] == "0"
+        values = {(s.name, tuple(s.labels.items())): s.value for s in snapshot.metrics}
+        assert values[("nissa.alerts.active", ())] == 0.0
+        assert values[("nissa.alerts.fired_total", (("rule", "slo_tamiyo_decision_latency"),))] == 1.0
+    finally:
+        await system.stop()
+
+
+async def test_alerts_fired_are_counted_by_rule_from_zero(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """An alert that fired and cleared between two scrapes left no trace on /metrics: the count per rule keeps it,
+    and every rule's count is there at 0 before its first firing."""
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        counts = {s.labels["rule"]: s.value for s in (await _ask(ref)).metrics if s.name == "nissa.alerts.fired_total"}
+        rules = [r.name for r in DEFAULT_RULES] + [f"slo_{o.name}" for o in DEFAULT_SLOS]
+        assert counts == dict.fromkeys(rules, 0.0)
+        for _ in range(2):  # fires on the third slow packet, clears on the fast one
+            for step in (10, 20, 30):
+                await ref.tell(packet(step, step_ms=25.0))
+            await ref.tell(packet(31, step_ms=5.0))
+        snapshot = await _ask(ref)
+        assert snapshot.alerts == ()
+        counts = {s.labels["rule"]: s.value for s in snapshot.metrics if s.name == "nissa.alerts.fired_total"}
+        assert counts["training_latency_high"] == 2.0
+        assert (
+            'esper_nissa_alerts_fired_total{rule="training_latency_high"} 2.0'
+            in render_exposition(snapshot.metrics).splitlines()
+        )
+        assert "# TYPE esper_nissa_alerts_fired_total counter" in render_exposition(snapshot.metrics).splitlines()
+    finally:
+        await system.stop()
+
+
+@final
+class _ContextSink:
+    """Records each telemetry event with the actor structlog's context names while it is emitted."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+
+    def emit(self, event: Message | Record) -> None:
+        if isinstance(event, TelemetryEvent):
+            self.seen.append((event.name, structlog.contextvars.get_contextvars().get("actor")))
+
+
+async def test_nissas_own_events_are_logged_under_its_name(tmp_path: Path, clock: ManualClock) -> None:
+    """`esper.tail --actor nissa` left out Nissa's alert and metrics_endpoint lines: they named no actor."""
+    sink = _ContextSink()
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(nissa_spec(NissaConfig(prometheus_port=0), tmp_path, clock=clock, sink=sink))
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for step in (10, 20, 30):
+            await ref.tell(packet(step, step_ms=25.0))
+        await _ask(ref)
+    finally:
+        await system.stop()
+    assert sink.seen == [(METRICS_ENDPOINT_LISTENING, NISSA), (ALERT_FIRED, NISSA)]

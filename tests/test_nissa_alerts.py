@@ -32,7 +32,7 @@ def test_the_default_table_is_the_reference_table() -> None:
     assert table == {
         "tamiyo_coverage_low": ("tamiyo.gnn.feature_coverage", "< 0.7", 3, ("slack",)),
         "training_latency_high": (LATENCY, "> 18", 3, ("pagerduty", "slack")),
-        "kasmina_isolation_violation": ("kasmina.isolation.violations", ">= 3 within 300s", 1, ("pagerduty",)),
+        "kasmina_isolation_violation": ("kasmina.isolation.violations_total", ">= 3 within 300s", 1, ("pagerduty",)),
         "oona_queue_depth": ("oona.queue.depth", "> 4000", 2, ("slack",)),
         "tezzeret_compile_retry_high": ("tezzeret.compile.retry_count", "> 1", 1, ("email",)),
     }
@@ -85,7 +85,7 @@ def test_rules_without_data_stay_silent_and_nan_never_breaches() -> None:
 
 def test_the_isolation_rule_counts_new_violations_within_five_minutes() -> None:
     evaluator = AlertEvaluator(DEFAULT_RULES)
-    metric = "kasmina.isolation.violations"
+    metric = "kasmina.isolation.violations_total"
     rule = "kasmina_isolation_violation"
     evaluator.observe(metric, 1, 0.0)
     assert evaluator.evaluate(0.0, [metric]) == []

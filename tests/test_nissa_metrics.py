@@ -24,7 +24,7 @@ from schemas.config import RunConfig, TolariaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
-from schemas.runtime import BreakerTransition, ChildRestarted
+from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 from tests.nissa_packets import packet, seed
 
@@ -351,3 +351,38 @@ def test_counters_are_exposed_at_zero_before_their_first_increment() -> None:
     assert len(samples) == len(COUNTERS_FROM_ZERO)
     lines = render_exposition(MetricsAggregator().registry.samples()).splitlines()
     assert "esper_tolaria_boundary_stalls_total 0.0" in lines
+
+
+def test_the_step_gauge_ends_at_the_halts_step_after_a_rollback() -> None:
+    """Rolled back to step 0, the run trained on to step 4 and halted there with no packet after: the gauge read 0
+    while summary.json said 4."""
+    aggregator = MetricsAggregator()
+    aggregator.observe_state(packet(3), wall_time_s=1.0)
+    aggregator.observe_training_restored(0)
+    assert aggregator.registry.value("tolaria.global_step") == 0.0
+    halt = EmergencySignal(
+        level=EmergencyLevel.L4_HALT,
+        previous=EmergencyLevel.L3_CONSERVATIVE,
+        reason="rolled back to step 0 3 times",
+        origin="tolaria",
+        monotonic_time_ms=1.0,
+        run_id="r",
+        step=4,
+    )
+    assert "tolaria.global_step" in aggregator.observe_emergency(halt)
+    assert aggregator.registry.value("tolaria.global_step") == 4.0
+    # A ladder that does not know the step leaves the gauge alone.
+    aggregator.observe_emergency(msgspec.structs.replace(halt, step=None))
+    assert aggregator.registry.value("tolaria.global_step") == 4.0
+
+
+def test_the_exposition_types_and_describes_the_step_time_and_isolation_count() -> None:
+    aggregator = MetricsAggregator()
+    aggregator.observe_state(packet(3, step_ms=7.0, isolation=2), wall_time_s=1.0)
+    lines = render_exposition(aggregator.registry.samples()).splitlines()
+    assert "# TYPE esper_kasmina_isolation_violations_total counter" in lines
+    assert "esper_kasmina_isolation_violations_total 2.0" in lines
+    assert not any(line.startswith("esper_kasmina_isolation_violations ") for line in lines)
+    [help_line] = [line for line in lines if line.startswith("# HELP esper_tolaria_training_latency_ms ")]
+    assert "whole training step" in help_line
+    assert "optimizer step time" not in help_line

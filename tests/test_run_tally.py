@@ -8,15 +8,18 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from actors.nissa.actor import ALERT_CLEARED, ALERT_FIRED
 from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
 from esper.runtime.stage_refusals import Refusal, Transition
 from esper.summary_table import format_summary, growth_lines
 from esper.wiring import RunTally
 from schemas.boundary import BoundaryApplied, Decision, OpOutcome, TrainingRestored
+from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -436,3 +439,29 @@ def test_a_one_epoch_run_is_not_called_1_epochs_in_the_summary() -> None:
         training=TrainingFigures(epochs=1, global_step=16, host_parameters=2782, seed_parameters=0),
     )
     assert "training: 1 epoch, 16 steps, 2782 parameters (0 in seeds)" in format_summary(summary)
+
+
+def test_the_summary_counts_the_alerts_fired_by_rule() -> None:
+    """An alert that fired and cleared left no trace in summary.json: its alert_fired events are counted by rule."""
+    tally = RunTally()
+    for rule in ("training_latency_high", "slo_tamiyo_decision_latency", "training_latency_high"):
+        tally.emit(TelemetryEvent(name=ALERT_FIRED, level=TelemetryLevel.INFO, attributes={"rule": rule}))
+    tally.emit(
+        TelemetryEvent(name=ALERT_CLEARED, level=TelemetryLevel.INFO, attributes={"rule": "training_latency_high"})
+    )
+    assert tally.alerts_fired == {"training_latency_high": 2, "slo_tamiyo_decision_latency": 1}
+    summary = RunSummary(
+        run_id="r",
+        run_dir="runs/r",
+        status="completed",
+        started_at="t",
+        duration_s=1.0,
+        exit_code=0,
+        dead_letters=0,
+        alerts_fired=dict(tally.alerts_fired),
+    )
+    assert msgspec.json.decode(msgspec.json.encode(summary))["alerts_fired"] == tally.alerts_fired
+    [line] = [line for line in format_summary(summary).splitlines() if line.startswith("alerts fired")]
+    assert line == "alerts fired: slo_tamiyo_decision_latency 1, training_latency_high 2 (events.jsonl: alert_fired)"
+    quiet = msgspec.structs.replace(summary, alerts_fired={})
+    assert "alerts fired" not in format_summary(quiet)

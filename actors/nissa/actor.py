@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Final, assert_never, final
+
+import structlog
 
 from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
 from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
@@ -14,7 +17,6 @@ from schemas.boundary import BoundaryApplied, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import EmergencyLevel
 from schemas.nissa import (
-    AlertNotice,
     EvaluateAlerts,
     LifecycleRestored,
     NissaSnapshot,
@@ -26,7 +28,7 @@ from schemas.state import SystemStatePacket
 from schemas.telemetry import TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from actors.nissa.alerts import AlertRule, SloObjective
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.stage_refusals import Refusal
     from schemas.config import NissaConfig
+    from schemas.nissa import ActiveAlert, AlertNotice
 
 NissaMessage = (
     SystemStatePacket
@@ -68,6 +71,7 @@ METRICS_ENDPOINT_UNAVAILABLE: Final = "metrics_endpoint_unavailable"
 METRICS_ENDPOINT_LISTENING: Final = "metrics_endpoint_listening"
 ALERT_FIRED: Final = "alert_fired"
 ALERT_CLEARED: Final = "alert_cleared"
+ALERTS_FIRED_TOTAL: Final = "nissa.alerts.fired_total"
 
 
 @final
@@ -75,8 +79,9 @@ class Nissa(Actor[NissaMessage]):
     """Observability: metrics from everything it is told, one metrics.csv row per epoch end, alert rules, SLO burn,
     health, and (when ``config.prometheus_port`` is set) the HTTP endpoint.
 
-    Alerts go to ``sink`` twice: as a TelemetryEvent (``alert_fired`` / ``alert_cleared``, WARNING at L2, INFO at L1)
-    and as an AlertNotice, the message the composition root may turn into an EmergencySignal; Nissa itself never
+    Each alert that fires or clears, a rule's or an SLO's (``slo_<name>``), goes to ``sink`` once, as a
+    TelemetryEvent (``alert_fired`` / ``alert_cleared``, WARNING at L2, INFO at L1), and is counted by rule in
+    ``nissa.alerts.fired_total``; the firing ones are the snapshot's alerts and ``nissa.alerts.active``. Nissa never
     changes the emergency level. A QueryNissa ask returns a NissaSnapshot. A failure writing metrics.csv crashes the
     actor (its supervisor restarts it; the file is resumed, not rewritten).
     """
@@ -120,6 +125,9 @@ class Nissa(Actor[NissaMessage]):
         self._metrics = MetricsAggregator(transitions=transitions, refusals=refusals)
         self._alerts = AlertEvaluator(rules)
         self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
+        for rule in (*(r.name for r in self._alerts.rules), *self._slos.rules):
+            # At 0 from the start: an alert that fired and cleared between two scrapes still shows in the count.
+            self._metrics.registry.inc(ALERTS_FIRED_TOTAL, 0.0, {"rule": rule})
         self._emergency = EmergencyLevel.L1_NOTICE
         self._server: MetricsServer | None = None
 
@@ -152,7 +160,7 @@ class Nissa(Actor[NissaMessage]):
             except OSError as err:
                 # Taken since the start's check (or still held by an incarnation that crashed): the run's observers
                 # lose the endpoint, the run goes on; every restart failed the same way and ended the run.
-                self._sink.emit(
+                self._emit(
                     TelemetryEvent(
                         name=METRICS_ENDPOINT_UNAVAILABLE,
                         level=TelemetryLevel.WARNING,
@@ -168,7 +176,7 @@ class Nissa(Actor[NissaMessage]):
                 # The port bound, which differs from the config's with port 0 (any free one): the console and
                 # events.jsonl say where to scrape.
                 url = f"http://{server.endpoint}/metrics"
-                self._sink.emit(
+                self._emit(
                     TelemetryEvent(
                         name=METRICS_ENDPOINT_LISTENING,
                         level=TelemetryLevel.INFO,
@@ -244,7 +252,7 @@ class Nissa(Actor[NissaMessage]):
     def snapshot(self, *, include_metrics: bool = True) -> NissaSnapshot:
         """Health, alerts, SLOs and (optionally) every metric sample, as of now. Event loop; never blocks."""
         now = self._clock.now()
-        alerts = self._alerts.active()
+        alerts = self._active(now)
         slos = self._slos.statuses(now)
         health = assess_health(
             alerts=alerts, slos=slos, emergency_level=self._emergency, open_breakers=self._metrics.open_breakers()
@@ -277,10 +285,31 @@ class Nissa(Actor[NissaMessage]):
             self._raise(self._alerts.evaluate(now, watched))
         self._raise(self._slos.notices(now))
 
+    def _active(self, now: float) -> tuple[ActiveAlert, ...]:
+        """Every alert firing now: the rules' (table order), then the SLOs'."""
+        return (*self._alerts.active(), *self._slos.active(now))
+
+    @contextlib.contextmanager
+    def _as_nissa(self) -> Iterator[None]:
+        # The run's log names the actor of these lines, so `esper.tail --actor nissa` keeps them (a TelemetryEvent
+        # carries no actor of its own).
+        if not self.name:
+            yield
+            return
+        with structlog.contextvars.bound_contextvars(actor=self.name):
+            yield
+
+    def _emit(self, event: TelemetryEvent) -> None:
+        with self._as_nissa():
+            self._sink.emit(event)
+
     def _raise(self, notices: list[AlertNotice]) -> None:
+        registry = self._metrics.registry
         for notice in notices:
             severe = notice.level >= EmergencyLevel.L2_ELEVATED and notice.active
-            self._sink.emit(
+            if notice.active:
+                registry.inc(ALERTS_FIRED_TOTAL, labels={"rule": notice.rule})
+            self._emit(
                 TelemetryEvent(
                     name=ALERT_FIRED if notice.active else ALERT_CLEARED,
                     level=TelemetryLevel.WARNING if severe else TelemetryLevel.INFO,
@@ -295,5 +324,4 @@ class Nissa(Actor[NissaMessage]):
                     },
                 )
             )
-            self._sink.emit(notice)
-        self._metrics.registry.set_gauge("nissa.alerts.active", len(self._alerts.active()))
+        registry.set_gauge("nissa.alerts.active", len(self._active(self._clock.now())))

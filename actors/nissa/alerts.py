@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal, final
 
+from actors.nissa.metrics import ISOLATION_VIOLATIONS
 from schemas.enums import EmergencyLevel, HealthStatus
 from schemas.nissa import ActiveAlert, AlertNotice, HealthReport, SloStatus
 
@@ -79,7 +80,7 @@ DEFAULT_RULES: Final[tuple[AlertRule, ...]] = (
     AlertRule("training_latency_high", "tolaria.training.latency_ms", ">", 18.0, 3, ("pagerduty", "slack")),
     AlertRule(
         "kasmina_isolation_violation",
-        "kasmina.isolation.violations",
+        ISOLATION_VIOLATIONS,
         ">=",
         3.0,
         1,
@@ -305,6 +306,7 @@ class SloTracker:
         self._long = {o.name: _Window(window_s, max_samples) for o in self._objectives}
         self._short = {o.name: _Window(short_window_s, max_samples) for o in self._objectives}
         self._breached: dict[str, bool] = {o.name: False for o in self._objectives}
+        self._since_s: dict[str, float] = {}
         self._metrics = frozenset(o.metric for o in self._objectives)
 
     def watches(self, metric: str) -> bool:
@@ -343,6 +345,11 @@ class SloTracker:
             )
         return tuple(result)
 
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The alert rule name of each objective (``slo_<name>``), in order."""
+        return tuple(slo_rule(o.name) for o in self._objectives)
+
     def notices(self, now_s: float) -> list[AlertNotice]:
         """Fire/clear notices (rule ``slo_<name>``, L1) for objectives whose breached state changed since last call."""
         notices: list[AlertNotice] = []
@@ -350,11 +357,15 @@ class SloTracker:
             if status.breached == self._breached[status.name]:
                 continue
             self._breached[status.name] = status.breached
+            if status.breached:
+                self._since_s[status.name] = now_s
+            else:
+                self._since_s.pop(status.name, None)
             notices.append(
                 AlertNotice(
-                    rule=f"slo_{status.name}",
+                    rule=slo_rule(status.name),
                     metric=status.metric,
-                    condition=f"burn >= {self._threshold:g}",
+                    condition=self._condition,
                     threshold=self._threshold,
                     value=max(status.burn, status.short_burn),
                     active=status.breached,
@@ -365,6 +376,37 @@ class SloTracker:
                 )
             )
         return notices
+
+    def active(self, now_s: float) -> tuple[ActiveAlert, ...]:
+        """The SLO alerts firing now (fired by notices() and not cleared by it since), in objective order, with the
+        burn as of ``now_s``: the same set the fire/clear notices describe, so every view of the alerts agrees."""
+        alerts: list[ActiveAlert] = []
+        for status in self.statuses(now_s):
+            since_s = self._since_s.get(status.name)
+            if since_s is None:
+                continue
+            alerts.append(
+                ActiveAlert(
+                    rule=slo_rule(status.name),
+                    metric=status.metric,
+                    condition=self._condition,
+                    threshold=self._threshold,
+                    value=max(status.burn, status.short_burn),
+                    level=EmergencyLevel.L1_NOTICE,
+                    since_s=since_s,
+                    breaches=status.violations,
+                )
+            )
+        return tuple(alerts)
+
+    @property
+    def _condition(self) -> str:
+        return f"burn >= {self._threshold:g}"
+
+
+def slo_rule(name: str) -> str:
+    """The alert rule name of the SLO ``name``: ``slo_<name>``."""
+    return f"slo_{name}"
 
 
 OBSERVER_BREAKERS: Final = frozenset({"oona.publish"})

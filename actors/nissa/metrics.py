@@ -73,6 +73,10 @@ METRICS_COLUMNS: Final[tuple[str, ...]] = (
 )
 """The metrics.csv header. test_loss / test_accuracy stay empty until the state packet carries test figures."""
 
+ISOLATION_VIOLATIONS: Final = "kasmina.isolation.violations_total"
+"""The gradient isolation violations the state packet counts (cumulative, hence a counter: the trainer counts from 0
+again when it starts, as every counter does after a --resume)."""
+
 _BREAKER_VALUES: Final = MappingProxyType(
     {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 )
@@ -81,7 +85,11 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
     {
         "tolaria.training.loss": ("gauge", "Mean training loss over the last reporting interval."),
         "tolaria.training.accuracy": ("gauge", "Mean training accuracy over the last reporting interval."),
-        "tolaria.training.latency_ms": ("gauge", "Mean optimizer step time in milliseconds."),
+        "tolaria.training.latency_ms": (
+            "gauge",
+            "Mean whole training step time over the last reporting interval (data wait, host to device, forward,"
+            " backward and optimizer), in milliseconds.",
+        ),
         "tolaria.validation.loss": ("gauge", "Validation loss at the last epoch end."),
         "tolaria.validation.accuracy": ("gauge", "Validation accuracy at the last epoch end."),
         "tolaria.epoch_hook.latency_ms": ("gauge", "Epoch-boundary hook latency in milliseconds."),
@@ -102,13 +110,14 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
         "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),
         "kasmina.seed.alpha": ("gauge", "Blend alpha of the seed in each slot."),
-        "kasmina.isolation.violations": ("gauge", "Gradient isolation violations reported so far."),
+        ISOLATION_VIOLATIONS: ("counter", "Gradient isolation violations counted by the trainer so far."),
         "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions that took effect, by target stage."),
         "weatherlight.restarts_total": ("counter", "Actor restarts, by child."),
         "runtime.breaker.state": ("gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
         "telemetry.events_total": ("counter", "Telemetry events received, by name and level."),
         "nissa.ingest.latency_ms": ("gauge", "Time Nissa took to ingest the last message, in ms."),
-        "nissa.alerts.active": ("gauge", "Alerts firing now."),
+        "nissa.alerts.active": ("gauge", "Alerts firing now (rules' and SLOs')."),
+        "nissa.alerts.fired_total": ("counter", "Alerts fired, by rule (an SLO's is slo_<name>)."),
         "nissa.telemetry.dropped_total": ("counter", "Telemetry Nissa received but could not use."),
         "nissa.messages_total": ("counter", "Messages ingested, by type."),
     }
@@ -312,7 +321,7 @@ class MetricsAggregator:
             "tolaria.parameters.host": packet.host_parameters,
             "tolaria.parameters.seed": packet.seed_parameters,
             "tolaria.emergency.level": int(packet.emergency_level),
-            "kasmina.isolation.violations": packet.isolation_violations,
+            ISOLATION_VIOLATIONS: packet.isolation_violations,
             "kasmina.seeds.active": sum(1 for stage in stages if stage in ACTIVE_STAGES),
         }
         if packet.epoch_progress >= 1.0:
@@ -374,7 +383,7 @@ class MetricsAggregator:
 
     def observe_training_restored(self, step: int) -> list[str]:
         """The trainer went back to ``step`` (a rollback, a restart, a resume): the step gauge said where it had been
-        until the next packet, and for good when the run halted right after a rollback."""
+        until the next packet (or emergency signal, which names the step the run is at)."""
         self.registry.set_gauge("tolaria.global_step", step)
         return ["tolaria.global_step"]
 
@@ -407,10 +416,16 @@ class MetricsAggregator:
         return ["tolaria.boundary.stall_ms"]
 
     def observe_emergency(self, signal: EmergencySignal) -> list[str]:
+        """The level, and the step the signal was raised at: an L4 halt comes after the last packet (a halt after a
+        rollback to step 0 left the step gauge at 0 while the run had trained on to step 4)."""
         self.registry.set_gauge("tolaria.emergency.level", int(signal.level))
+        if signal.step is not None:
+            self.registry.set_gauge("tolaria.global_step", signal.step)
         if signal.level >= EmergencyLevel.L4_HALT and self._halts.add_signal(signal):
             self.registry.inc("tolaria.emergency.halts_total")
-        return ["tolaria.emergency.level"]
+        return (
+            ["tolaria.emergency.level"] if signal.step is None else ["tolaria.emergency.level", "tolaria.global_step"]
+        )
 
     def observe_breaker(self, transition: BreakerTransition) -> list[str]:
         value = _BREAKER_VALUES[transition.to_state]
