@@ -32,6 +32,7 @@ _LEVEL_COLORS: Final[dict[LogLevel, str]] = {
 _ALERT: Final = "\x1b[31m"
 _BARE_VALUE: Final = re.compile(r"[\w.:/@+\-]+")
 _ACTOR_STATE_FIELDS: Final = frozenset(ActorState.__struct_fields__)
+_RUN_ID: Final = frozenset({"run_id"})
 
 
 @final
@@ -111,10 +112,11 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{_RESET}" if color else text
 
 
-def render_event(event: LogEvent, *, color: bool = False) -> str:
+def render_event(event: LogEvent, *, color: bool = False, omit: frozenset[str] = frozenset()) -> str:
     """One event as a line: time, level, actor (``-`` if none), event, then key=value pairs in file order.
 
-    A multi-line ``exception`` or ``traceback`` field follows on indented lines. No trailing newline.
+    Keys in ``omit`` are left out. A multi-line ``exception`` or ``traceback`` field follows on indented lines. No
+    trailing newline.
     """
     parts = [
         _paint(short_time(event.timestamp), _DIM, color),
@@ -124,6 +126,8 @@ def render_event(event: LogEvent, *, color: bool = False) -> str:
     ]
     trailer = ""
     for key, value in event.fields.items():
+        if key in omit:
+            continue
         if key in ("exception", "traceback") and isinstance(value, str):
             trailer = "".join(f"\n    {line}" for line in value.splitlines())
             continue
@@ -224,6 +228,8 @@ class TailSession:
         """Bumped whenever something the state view shows (a row or the malformed count) changes."""
         self.finished = False
         """Whether the last event read is a ``run_finished`` (a resumed session's first line clears it again)."""
+        self._shown_run_id: object = None
+        """The run id of the last event shown: every line of a run carries it, so it is shown only when it changes."""
 
     def feed(self, lines: Iterable[str]) -> list[str]:
         """Take lines (without newlines); return the rendered events to show (always empty in state mode)."""
@@ -238,7 +244,10 @@ class TailSession:
             if self.state_mode:
                 self._observe_state(event)
             elif self.event_filter.accepts(event):
-                shown.append(render_event(event, color=self.color))
+                run_id = event.fields.get("run_id")
+                repeated = run_id is not None and run_id == self._shown_run_id
+                shown.append(render_event(event, color=self.color, omit=_RUN_ID if repeated else frozenset()))
+                self._shown_run_id = run_id
         return shown
 
     def _observe_state(self, event: LogEvent) -> None:

@@ -103,6 +103,22 @@ def test_render_shows_time_level_actor_event_and_pairs() -> None:
     assert "\x1b[" in render_event(event, color=True)
 
 
+def test_a_runs_id_is_shown_on_its_first_line_and_again_only_when_it_changes() -> None:
+    session = TailSession(event_filter=EventFilter())
+    lines = [
+        line("started", run_id="aaaa1111", k=1),
+        line("epoch_end", run_id="aaaa1111", k=2),
+        line("other_run", run_id="bbbb2222"),
+        line("no_id"),
+        line("back", run_id="bbbb2222"),
+    ]
+    shown = session.feed(lines)
+    assert ["run_id=" in text for text in shown] == [True, False, True, False, True]
+    assert "run_id=aaaa1111 k=1" in shown[0]
+    assert shown[1].endswith("epoch_end k=2")
+    assert "run_id=bbbb2222" in shown[2]
+
+
 def test_control_characters_in_an_event_or_actor_name_reach_the_terminal_escaped() -> None:
     """A log line's event name went raw to the terminal: ESC and OSC sequences could recolour or retitle it."""
     event = parse_line(line("x\x1b[31mRED\x1b]0;title\x07", actor="ur\x1bza"))
