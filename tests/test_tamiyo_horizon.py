@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import msgspec
 import pytest
 
 from actors.kasmina.lifecycle_settings import EvidenceCadence
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
-from actors.tamiyo.horizon import GrowthHorizon
+from actors.tamiyo.horizon import GrowthCutoff, GrowthHorizon
+from actors.tamiyo.policy import Decision
 from esper.assemble_inputs import growth_horizon
-from schemas.config import KasminaConfig
+from esper.summary_table import growth_lines
+from esper.wiring import RunTally
+from schemas.config import KasminaConfig, TamiyoConfig
 from schemas.domain_enums import PolicyAction
+from tests._tamiyo_harness import TamiyoHarness, packet
 from tests.test_tamiyo_heuristic import observe
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from actors.tamiyo.policy import Observation
+    from esper.runtime.events import RecordingSink
     from schemas.state import SystemStatePacket
 
 # The shipped config.toml: 20 steps an epoch, a packet every 4, a lag of 8, and its Kasmina timers.
@@ -90,3 +98,58 @@ def test_a_horizon_refuses_negative_waits() -> None:
         GrowthHorizon(lead_steps=-1)
     with pytest.raises(ValueError, match="g4_epoch_ends"):
         GrowthHorizon(g4_epoch_ends=0)
+
+
+def test_a_mid_epoch_germination_is_timed_from_its_own_step() -> None:
+    """The GNN decides on every packet: one decided early in an epoch was timed as if decided at that epoch's end, so
+    a seed that could still be kept was refused. Shipped config, 50 epochs: a seed germinated at step 862 (epoch 43,
+    two steps in) passes G4 at the end of epoch 47 (step 940) and is fossilized at step 988, as one germinated at the
+    end of epoch 42."""
+    horizon = growth_horizon(SHIPPED_KASMINA, SHIPPED_CADENCE, lag_steps=8)
+    early = msgspec.structs.replace(packet_at(43, 50), global_step=862, epoch_progress=0.1, validation_loss=None)
+    assert horizon.verdict_step(early) == 940
+    assert horizon.kept_step(early, probation_epochs=2) == 988
+    assert horizon.fossilized_by(early, probation_epochs=2)
+    later = msgspec.structs.replace(early, global_step=866, epoch_progress=0.3)
+    assert not horizon.fossilized_by(later, probation_epochs=2)
+    # The epoch end itself is timed as before.
+    assert not horizon.fossilized_by(packet_at(43, 50), probation_epochs=2)
+
+
+def test_a_cutoff_judges_by_the_policys_own_kind_of_keeping() -> None:
+    horizon = growth_horizon(SHIPPED_KASMINA, SHIPPED_CADENCE, lag_steps=8)
+    fossilizing, judged = GrowthCutoff(horizon=horizon, probation_epochs=2), GrowthCutoff(horizon=horizon)
+    assert [e for e in range(50) if not fossilizing.too_late(packet_at(e, 50))] == list(range(43))
+    assert [e for e in range(50) if not judged.too_late(packet_at(e, 50))] == [
+        e for e in range(50) if horizon.judged_by(packet_at(e, 50))
+    ]
+
+
+@final
+class AlwaysGerminates:
+    """A policy that proposes a germination on every packet, as an untrained GNN may."""
+
+    version = "always-1"
+
+    def decide(self, observation: Observation) -> Decision:
+        return Decision(action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp-small", reason="gnn")
+
+
+async def test_the_gnn_policys_germinations_are_held_to_the_growth_horizon(tmp_path: Path, sink: RecordingSink) -> None:
+    """The heuristic and every_k grew nothing that could not be kept; a germination the GNN proposed was sent
+    whatever the epoch. The risk engine vetoes it (too_late) and the summary counts it among the vetoes. Here 20
+    epochs, the epochs-only horizon: a seed germinated at the end of epoch 16 (0-based) is kept at the run's end."""
+    tally = RunTally()
+    async with TamiyoHarness(tmp_path, sink, config=TamiyoConfig(policy="gnn"), policy=AlwaysGerminates()) as h:
+        kept = await h.decide(packet(170, 16, validation_loss=1.0))
+        late = [await h.decide(p) for p in (packet(180, 17, validation_loss=1.0), packet(185, 18))]
+    assert kept.command is not None
+    assert kept.risk_reason == "policy"
+    assert [(d.command, d.proposed, d.risk_reason, d.policy) for d in late] == [
+        (None, "germinate", "too_late", "gnn")
+    ] * 2
+    for decision in (kept, *late):
+        tally.on_decision(decision)
+    growth = tally.figures(seed_parameters=0)
+    assert growth.vetoed_reasons == {"too_late": 2}
+    assert any(line.endswith("none (vetoed: too_late 2)") for line in growth_lines(growth))

@@ -194,6 +194,18 @@ def test_first_veto_wins_and_every_match_is_reported() -> None:
     assert verdict.conservative_reasons == ("policy_risk_critical", "bp_quarantine", "loss_spike")
 
 
+def test_rule10_vetoes_a_germination_past_the_growth_horizon() -> None:
+    """The GNN checks no horizon itself: its germination past the run's growth horizon was sent."""
+    verdict = assess(GERMINATE, RiskContext(too_late=True))
+    assert verdict.decision == Decision(reason="too_late")
+    assert (verdict.effect, verdict.risk_reason) == (RiskEffect.VETO, "too_late")
+    assert [(e.rule, e.level) for e in verdict.events] == [(10, TelemetryLevel.INFO)]
+    assert not verdict.enter_conservative
+    # Only growth into a new slot waits for a future: the seeds already grown are tended to the end.
+    for decision in (CULL, PAUSE, FOSSILIZE, RESUME, LR_UP, NO_OP):
+        assert assess(decision, RiskContext(too_late=True)).effect is RiskEffect.NONE
+
+
 @pytest.mark.parametrize("decision", [GERMINATE, germinate(0.99), FOSSILIZE, LR_UP, NO_OP])
 def test_a_loss_spike_pauses_the_implicated_seed_whatever_earlier_veto_matched(decision: Decision) -> None:
     """Rule 6 promises PAUSE of the blamed seed whatever was proposed (but a cull or pause): the first veto won, so in

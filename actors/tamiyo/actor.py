@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
     from actors.tamiyo.field_reports import FieldReportWal
     from actors.tamiyo.heuristic import HeuristicPolicy
+    from actors.tamiyo.horizon import GrowthCutoff
     from actors.tamiyo.outcomes import OutcomeSettings
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.policy import Decision as PolicyDecision
@@ -129,6 +130,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         wal: FieldReportWal | None = None,
         state_journal: TamiyoStateJournal | None = None,
         freshness_s: float = 60.0,
+        growth_cutoff: GrowthCutoff | None = None,
         state: TamiyoState | None = None,
         on_stop_state: Callable[[TamiyoState], None] | None = None,
         capacity: int = 1024,
@@ -150,6 +152,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
         outcomes: field-report window and reward lambdas; wal: where reports go (None: kept only in counters).
         state_journal: receives the exported state after every epoch-end packet (exact resume after a crash).
         freshness_s: the freshness window written into each command's security block.
+        growth_cutoff: the growth horizon every germination is held to (the risk engine vetoes one past it,
+            ``too_late``, whichever policy proposed it); None: none.
         state: a TamiyoState to start from (a resumed run or a restart).
         on_stop_state: receives the state when the incarnation stops (the spec's cell, for restarts).
         capacity: mailbox capacity.
@@ -181,6 +185,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             conservative_exit_clean_epochs=conservative_exit_clean_epochs,
             outcomes=outcomes,
             freshness_s=freshness_s,
+            growth_cutoff=growth_cutoff,
         )
         self._decider = Decider(self._c)
         self._outlet = outlet

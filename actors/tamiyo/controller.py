@@ -23,6 +23,7 @@ from schemas.telemetry import TelemetryEvent
 if TYPE_CHECKING:
     from actors.tamiyo.gnn_state import GnnPolicyState
     from actors.tamiyo.heuristic import EveryKState, HeuristicState
+    from actors.tamiyo.horizon import GrowthCutoff
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.policy import Decision as PolicyDecision
     from esper.runtime.clock import Clock
@@ -66,6 +67,7 @@ class Controller:
         conservative_exit_clean_epochs: int,
         outcomes: OutcomeSettings | None,
         freshness_s: float,
+        growth_cutoff: GrowthCutoff | None = None,
     ) -> None:
         """Args: as TamiyoActor's, which checks them."""
         self.run_id = run_id
@@ -89,6 +91,7 @@ class Controller:
         self.conservative_dirty = False
         self.tracker = OutcomeTracker(outcomes if outcomes is not None else OutcomeSettings())
         self.freshness_s = freshness_s
+        self.growth_cutoff = growth_cutoff
         self.counters = TamiyoCounters()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.last_step: int | None = None

@@ -171,12 +171,14 @@ class Decider:
         # The packet's own emergency level counts at once: conservative mode from it starts only after this decision
         # (_end_of_packet), and the epoch end that raised L2 germinated a seed the trainer then refused to attach.
         elevated = observation.packet.emergency_level >= EmergencyLevel.L2_ELEVATED
+        cutoff = self._c.growth_cutoff if proposed.action is PolicyAction.GERMINATE else None
         context = msgspec.structs.replace(
             RiskContext.from_packet(observation.packet, conservative=self._c.conservative.active or elevated),
             inference_deadline_missed=choice.missed,
             blueprint_risk=bp.risk if bp is not None else None,
             blueprint_quarantine_only=bp.quarantine_only if bp is not None else False,
             implicated_seed_id=implicated_seed(observation),
+            too_late=cutoff is not None and cutoff.too_late(observation.packet),
         )
         verdict = assess(proposed, context, self._c.risk)
         epoch = observation.epoch

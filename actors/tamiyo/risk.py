@@ -20,6 +20,9 @@ and conservative-mode requests it carries. Rules, in order (thresholds from Tami
   8. isolation violations > 0 on a live seed: veto growth (``isolation_violations``).
   9. step latency > budget: veto (``step_latency``); Kasmina apply/finalize > 30 ms on GERMINATE: downgrade
      (``kasmina_latency``).
+ 10. GERMINATE past the growth horizon (a seed germinated now could not be kept before the run's last step,
+     actors.tamiyo.horizon.GrowthCutoff): veto (``too_late``, the reason the heuristic and every_k give themselves
+     when they grow nothing for it), so every policy's growth stops there, the GNN's included.
 
 Veto rules 7-9 and 1 act on actions that change something (not NO_OP) and never on CULL or PAUSE, which shed risk.
 Every matching rule reports its event; the first matching veto decides the outcome, else the first downgrade, except
@@ -110,6 +113,7 @@ class RiskContext(Record, frozen=True):
             furthest into its ramp, else the youngest at alpha 1); paused by rule 6. None: no seed could have caused
             it, and rule 6 only vetoes.
         fallback: the policy's best non-growth action, used when a GERMINATE is downgraded.
+        too_late: the packet is past the run's growth horizon: a seed germinated on it could not be kept.
     """
 
     conservative: bool = False
@@ -124,6 +128,7 @@ class RiskContext(Record, frozen=True):
     blueprint_quarantine_only: bool = False
     implicated_seed_id: str | None = None
     fallback: Decision | None = None
+    too_late: bool = False
 
     @classmethod
     def from_packet(cls, packet: SystemStatePacket, *, conservative: bool) -> RiskContext:
@@ -272,6 +277,13 @@ def _rule_latencies(d: Decision, c: RiskContext, t: RiskThresholds) -> list[Risk
     return events
 
 
+def _rule_horizon(d: Decision, c: RiskContext, t: RiskThresholds) -> list[RiskEvent]:
+    if d.action is PolicyAction.GERMINATE and c.too_late:
+        detail = f"a seed germinated in {d.target_slot} now could not be kept before the run's last step"
+        return [_event(10, "too_late", TelemetryLevel.INFO, RiskEffect.VETO, detail)]
+    return []
+
+
 RULES: tuple[Callable[[Decision, RiskContext, RiskThresholds], list[RiskEvent]], ...] = (
     _rule_policy_risk,
     _rule_conservative,
@@ -282,8 +294,9 @@ RULES: tuple[Callable[[Decision, RiskContext, RiskThresholds], list[RiskEvent]],
     _rule_hook_latency,
     _rule_isolation,
     _rule_latencies,
+    _rule_horizon,
 )
-"""The rule table, in the order the rules are applied (rules 1 to 9)."""
+"""The rule table, in the order the rules are applied (rules 1 to 10)."""
 
 
 def _priority(events: tuple[RiskEvent, ...]) -> MessagePriority:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias, final
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
 from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
+from actors.tamiyo.horizon import GrowthCutoff
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state_journal import DEFAULT_KEEP, TamiyoStateJournal
@@ -111,7 +112,7 @@ def tamiyo_spec(
         run_dir: ``runs/<run-id>``; field reports go to ``field_reports.wal`` in it (the directory must exist).
         blueprints: the candidate blueprints as plain data (Karn's descriptors reduced to BlueprintCandidate).
         heuristic: the heuristic's knobs (default: from ``config``); also the fallback's, and every_k's budgets,
-            blend and growth horizon.
+            blend and growth horizon; its horizon binds every policy's germinations (the GNN's too).
         gnn: how to build the GNN policy (default GnnSettings()).
         policy: use this policy instead of building the configured one (a test double or a swapped-in policy);
             it is reported under the name ``config.policy``.
@@ -135,6 +136,12 @@ def tamiyo_spec(
     make_gnn = _gnn_factory(config, gnn, candidates, policy_lane) if config.policy == "gnn" and policy is None else None
     if make_gnn is not None and state is not None and state.gnn is not None:
         _check_same_weights(config, state.gnn, make_gnn)
+    # Every policy's germinations are held to the horizon its own kind checks (the GNN checks none itself): kept
+    # means fossilized after the probation epochs, but for every_k, which never asks to fossilize.
+    cutoff = GrowthCutoff(
+        horizon=heuristic_config.horizon,
+        probation_epochs=None if config.policy == "every_k" else heuristic_config.fossilize_hold_epochs,
+    )
     outcomes = OutcomeSettings(
         window_epochs=config.field_report_window_epochs,
         lambda_size=simic.reward_lambda_size,
@@ -188,6 +195,7 @@ def tamiyo_spec(
                 TamiyoStateJournal(state_journal, keep=state_journal_keep) if state_journal is not None else None
             ),
             freshness_s=security.command_freshness_s,
+            growth_cutoff=cutoff,
             state=cell[0] if cell else None,
             on_stop_state=remember,
             capacity=mailbox_capacity,
