@@ -243,6 +243,46 @@ async def test_the_fallbacks_germination_in_place_of_a_late_one_starts_the_polic
     ]
 
 
+@final
+class GerminatesThenFails:
+    """A GNN stand-in that germinates once, then raises on every decision (its worker gone for good, say)."""
+
+    version = "germinates-then-fails-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decide(self, observation: Observation) -> Decision:
+        self.calls += 1
+        if self.calls == 1:
+            return Decision(action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp-small", reason="gnn")
+        raise RuntimeError("the worker is gone")
+
+
+async def test_the_policys_germination_starts_the_fallbacks_cooldown(tmp_path: Path, sink: RecordingSink) -> None:
+    """The fallback knew only its own germinations: one the GNN made at the epoch end just before it failed (and its
+    breaker opened) left the fallback's cooldown unstarted, so it germinated again at once."""
+    config = msgspec.structs.replace(
+        CONFIG, deadline_fallback="heuristic", germinate_cooldown_epochs=3, plateau_patience_epochs=1
+    )
+    seen = HeuristicState(first_epoch=0, last_epoch=0, best_validation_loss=1.0)
+    state = TamiyoState(
+        policy="gnn", policy_version="gnn-0", fallback=seen, outcomes=OutcomeState(), counters=TamiyoCounters()
+    )
+    async with TamiyoHarness(tmp_path, sink, config=config, policy=GerminatesThenFails(), state=state) as h:
+        grown = await h.decide(packet(20, 1, validation_loss=1.0))
+        after = [await h.decide(packet(10 * (epoch + 1), epoch, validation_loss=1.0)) for epoch in (2, 3, 4)]
+        fallback = (await h.state()).fallback
+    assert (grown.policy, grown.command is not None) == ("gnn", True)
+    assert [(d.policy, d.reason, d.command is not None) for d in after] == [
+        ("heuristic (fallback)", "cooldown", False),  # the plateau: without the GNN's germination it grew here
+        ("heuristic (fallback)", "cooldown", False),
+        ("heuristic (fallback)", "plateau", True),  # 3 epochs after the GNN's germination
+    ]
+    assert fallback.last_germination_epoch == 4
+    assert fallback_reasons(sink) == ["policy_error", "policy_error", "policy_error"]
+
+
 async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:
     stub = GatedPolicy(asyncio.get_running_loop())
     stub.slow = False

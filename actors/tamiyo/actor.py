@@ -14,7 +14,7 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    (the heuristic on the event loop, or NO_OP, per ``deadline_fallback``), as does an open breaker; the Decision's
    ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why, and a germination of
    the fallback's that is carried out counts as the policy's own (its cooldown runs from there; the policy is told
-   once a late job of its has ended);
+   once a late job of its has ended), as the policy's counts as the fallback's, should the fallback decide next;
 4. the risk engine judges the proposal (veto, downgrade, conservative-mode triggers); the final decision becomes an
    AdaptationCommand (None for NO_OP) with ``command_id = uuid5(NAMESPACE_URL, f"esper:{run_id}:{s}")`` (deterministic,
    so a resumed run issues the same ids; still unique per run and step), issued at the wall clock, signed with the
@@ -359,8 +359,11 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 if job.done():
                     self._late = None
             verdict = self._decider.judge(choice, observation)
-            if verdict.decision.action is PolicyAction.GERMINATE and choice.proposer is not self._c.policy:
-                self._count_germination(packet.epoch)
+            if verdict.decision.action is PolicyAction.GERMINATE:
+                if choice.proposer is self._c.policy:
+                    self._c.fallback_counts_germination(packet.epoch)
+                else:
+                    self._count_germination(packet.epoch)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
             # An epoch end's Decision leaves last, once the state after it is journaled (see the module docstring).

@@ -227,6 +227,12 @@ class Controller:
         if isinstance(self.policy, Withdrawable):
             self.policy.count_germination(epoch)
 
+    def fallback_counts_germination(self, epoch: int) -> None:
+        """The policy's germination was carried out at the end of ``epoch``: the fallback counts it as its own, so its
+        cooldown runs from there should it decide next (the policy's breaker opening, say), rather than letting it
+        germinate again at once (event loop; the fallback never runs on the lane)."""
+        self.fallback.count_germination(epoch)
+
     def count(self, **deltas: int) -> None:
         c = self.counters
         self.counters = msgspec.structs.replace(c, **{k: getattr(c, k) + v for k, v in deltas.items()})

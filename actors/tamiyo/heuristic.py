@@ -6,7 +6,8 @@ first packet of an epoch that carries a validation loss; other packets (mid-epoc
 state alone. A germination counts as made when it is returned, unless the controller withdraws it (``withdraw``: the
 risk engine vetoed or replaced it, or it was discarded as late): a withdrawn germination starts no cooldown, resets
 no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint). A
-germination the fallback made in the policy's place counts as the policy's own (``count_germination``).
+germination the fallback made in the policy's place counts as the policy's own (``count_germination``), and the
+policy's as the fallback's.
 """
 
 from __future__ import annotations

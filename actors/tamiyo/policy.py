@@ -251,6 +251,7 @@ class Withdrawable(Protocol):
         ...
 
     def count_germination(self, epoch: int) -> None:
-        """A germination this policy did not propose (the fallback's) was carried out at the end of ``epoch``: count
-        it as if it had been its own (the cooldown or schedule runs from there). Event loop, between decisions."""
+        """A germination this policy did not propose (the fallback's; the fallback is told of the policy's) was carried
+        out at the end of ``epoch``: count it as if it had been its own (the cooldown or schedule runs from there).
+        Event loop, between decisions."""
         ...
