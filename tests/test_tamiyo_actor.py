@@ -148,6 +148,10 @@ async def test_a_vetoed_germination_is_tried_again_at_the_next_epoch_end(tmp_pat
 async def test_a_vetoed_every_k_graft_uses_up_no_blueprint(tmp_path: Path, sink: RecordingSink) -> None:
     packets = plateau_run(epochs=3)
     packets[1] = packet(packets[1].global_step, packets[1].epoch, validation_loss=1.0, hook_latency_ms=80.0)
+    # Kasmina accepts the graft at step 20: the packets after it show its seed training in s0.
+    trains = SeedState(slot="s0", stage=SeedLifecycleStage.TRAINING, layer_depth=0, seed_id="seed-s0-20")
+    shown = (trains, dormant("s1"), dormant("s2"))
+    packets[4:] = [msgspec.structs.replace(p, seed_states=shown) for p in packets[4:]]
     config = TamiyoConfig(policy="every_k", every_k_epochs=1)
     async with TamiyoHarness(tmp_path, sink, config=config) as h:
         decisions = await h.run(packets)

@@ -17,6 +17,7 @@ from actors.tamiyo.heuristic import (
 from actors.tamiyo.observe import build_observation, implicated_seed
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, Policy, SlotFacts
 from schemas.config import TamiyoConfig
+from schemas.control import germinated_seed_id
 from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
 from schemas.enums import SeedLifecycleGate, SeedLifecycleStage
 from schemas.state import GateResult, SeedState, StepTimings, SystemStatePacket
@@ -375,6 +376,26 @@ def test_from_config_reads_the_tamiyo_section() -> None:
     assert (config.germinate_every_k_epochs, config.max_live_seeds, config.max_blueprint_risk) == (3, 3, 0.5)
 
 
+def grafted(decision: Decision, epoch: int, stage: SeedLifecycleStage = SeedLifecycleStage.TRAINING) -> SeedState:
+    """The seed of ``decision``, a germination at the end of ``epoch`` (an ``observe`` packet's), as Kasmina shows it
+    once it accepted the command (TRAINING: its attach took effect)."""
+    slot = decision.target_slot or ""
+    return seed(slot, germinated_seed_id(slot, epoch * 10), stage)
+
+
+def grafting_run(policy: Policy, epochs: range) -> list[Decision]:
+    """Each epoch end's decision; the packet after a germination shows its seed in TRAINING (Kasmina accepted it and
+    the trainer attached it), the other slots dormant."""
+    decisions: list[Decision] = []
+    shown: SeedState | None = None
+    for epoch in epochs:
+        seeds = tuple(shown if shown is not None and shown.slot == s else dormant(s) for s in SLOTS)
+        decision = policy.decide(observe(epoch, 1.0, seeds))
+        decisions.append(decision)
+        shown = grafted(decision, epoch) if decision.action is GERM else None
+    return decisions
+
+
 def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
     policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
     seeds = [dormant(s) for s in SLOTS]
@@ -383,8 +404,7 @@ def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
         decision = policy.decide(observe(epoch, 1.0, tuple(seeds)))
         decisions.append(decision)
         if decision.action is GERM:
-            index = SLOTS.index(decision.target_slot or "")
-            seeds[index] = seed(SLOTS[index], f"seed-{epoch}", SeedLifecycleStage.GERMINATED)
+            seeds[SLOTS.index(decision.target_slot or "")] = grafted(decision, epoch)
     assert actions(decisions) == [NOOP, GERM, NOOP, GERM, NOOP, GERM, NOOP]
     assert [d.target_slot for d in decisions if d.action is GERM] == ["s0", "s1", "s2"]
     assert [d.blueprint_id for d in decisions if d.action is GERM] == ["bp-wide", "bp-small", "bp-tiny"]
@@ -398,8 +418,8 @@ def test_every_k_grafts_at_the_ends_of_epochs_k_2k_3k(k: int, graft_epochs: list
     """Counted from the first epoch end seen, every graft came an epoch late: K=1 first grafted at the end of epoch 2,
     K=3 at 4, 7, 10. Epochs here count from 1, as the console's (a packet's epoch is that minus 1)."""
     policy = EveryKPolicy(EveryKConfig(every_k_epochs=k, max_live_seeds=10))
-    grafted = [epoch + 1 for epoch in range(6) if policy.decide(observe(epoch, 1.0)).action is GERM]
-    assert grafted == graft_epochs
+    decisions = grafting_run(policy, range(6))
+    assert [epoch + 1 for epoch, d in enumerate(decisions) if d.action is GERM] == graft_epochs
 
 
 def test_every_k_policy_budgets_and_state_round_trip() -> None:
@@ -417,7 +437,14 @@ def test_an_every_k_state_restored_mid_run_decides_as_the_uninterrupted_run() ->
     """A resume (or a rewind) imports the state exported at an epoch end: the rest of the schedule is the same."""
     config = EveryKConfig(every_k_epochs=3, max_live_seeds=10)
     straight = EveryKPolicy(config)
-    observations = [observe(epoch, 1.0) for epoch in range(10)]
+    # Each graft goes into s0 and shows in the next epoch end's packet (a restore right after it keeps it pending).
+    shown = {3: "seed-s0-20", 6: "seed-s0-50", 9: "seed-s0-80"}
+    observations = [
+        observe(e, 1.0, (seed("s0", shown[e], SeedLifecycleStage.TRAINING), dormant("s1"), dormant("s2")))
+        if e in shown
+        else observe(e, 1.0)
+        for e in range(10)
+    ]
     expected = [straight.decide(o) for o in observations]
     assert [e for e, d in enumerate(expected) if d.action is GERM] == [2, 5, 8]
     for cut in range(10):
@@ -461,8 +488,60 @@ def test_a_withdrawn_every_k_graft_is_due_again_next_epoch_with_the_same_bluepri
     retried = policy.decide(observe(2, 1.0))
     assert (retried.action, retried.blueprint_id) == (GERM, "bp-wide")
     # Carried out: the next is due K epochs after it, with the next blueprint.
-    assert policy.decide(observe(3, 1.0)).reason == "not_due"
-    assert policy.decide(observe(4, 1.0)).blueprint_id == "bp-small"
+    shown = (grafted(retried, 2), dormant("s1"), dormant("s2"))
+    assert policy.decide(observe(3, 1.0, shown)).reason == "not_due"
+    assert policy.decide(observe(4, 1.0, shown)).blueprint_id == "bp-small"
+
+
+def _mid_epoch(epoch: int, seeds: tuple[SeedState, ...]) -> Observation:
+    observation = observe(epoch, None, seeds)
+    packet = msgspec.structs.replace(observation.packet, global_step=epoch * 10 + 5, epoch_progress=0.5)
+    return msgspec.structs.replace(observation, packet=packet)
+
+
+@pytest.mark.parametrize("fate", ["refused", "withdrawn"])
+def test_an_every_k_graft_that_did_not_take_effect_stays_due(fate: str) -> None:
+    """every_k counted a germination Kasmina refused (its seed never appears: no free slot after all, say) or withdrew
+    (the trainer refused its attach at an emergency level: GERMINATED, then the slot dormant again) as made: the next
+    graft waited another K epochs. The packets after it tell: it is due again at once, with the same blueprint."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=3, max_live_seeds=10))
+    assert [d.reason for d in (policy.decide(observe(e, 1.0)) for e in (0, 1))] == ["not_due"] * 2
+    first = policy.decide(observe(2, 1.0))
+    assert (first.action, first.target_slot, first.blueprint_id) == (GERM, "s0", "bp-wide")
+    if fate == "withdrawn":
+        planned = (grafted(first, 2, SeedLifecycleStage.GERMINATED), dormant("s1"), dormant("s2"))
+        assert policy.decide(_mid_epoch(3, planned)).reason == "not_epoch_end"
+        assert policy.export_state().pending is not None  # GERMINATED: its attach is still to come
+    again = policy.decide(observe(3, 1.0))
+    assert (again.action, again.target_slot, again.blueprint_id) == (GERM, "s0", "bp-wide")
+    # This one took effect (its seed trains): the next is due 3 epochs after it, with the next blueprint.
+    shown = (grafted(again, 3), dormant("s1"), dormant("s2"))
+    assert [policy.decide(observe(e, 1.0, shown)).reason for e in (4, 5)] == ["not_due"] * 2
+    assert policy.decide(observe(6, 1.0, shown)).blueprint_id == "bp-small"
+
+
+def test_an_every_k_graft_still_germinated_is_not_yet_known() -> None:
+    """A graft whose seed waits for its attach (GERMINATED, a long command lag) has neither taken effect nor failed:
+    the schedule stands until the seed moves on or leaves its slot; a culled seed was grafted."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    policy.decide(observe(0, 1.0))
+    first = policy.decide(observe(1, 1.0))
+    waiting = (grafted(first, 1, SeedLifecycleStage.GERMINATED), dormant("s1"), dormant("s2"))
+    assert policy.decide(observe(2, 1.0, waiting)).reason == "not_due"
+    culled = (grafted(first, 1, SeedLifecycleStage.CULLED), dormant("s1"), dormant("s2"))
+    assert policy.decide(observe(3, 1.0, culled)).blueprint_id == "bp-small"  # due at 3 after the graft at 1
+    assert policy.export_state().pending is not None  # the new graft's
+
+
+def test_a_fallback_graft_counts_when_every_ks_own_did_not_take_effect() -> None:
+    """The fallback's germination, counted while every_k's own graft was pending, still counts once that graft turns
+    out refused: the next is due K epochs after the fallback's."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    policy.decide(observe(0, 1.0))
+    assert policy.decide(observe(1, 1.0)).action is GERM
+    policy.count_germination(2)  # the fallback decided epoch 2 and grew a seed (every_k's breaker open)
+    assert policy.decide(observe(3, 1.0)).reason == "not_due"  # every_k's own graft refused, the fallback's stands
+    assert policy.decide(observe(4, 1.0)).action is GERM
 
 
 def test_the_fallbacks_germination_counts_as_the_policys_own() -> None:

@@ -140,7 +140,11 @@ def test_every_k_passes_over_blueprints_that_fit_no_free_slot() -> None:
     first = policy.decide(observe(1, occupied=("conv",)))
     assert (first.action, first.target_slot, first.blueprint_id) == (GERM, "fc", "bp-any")
     assert policy.export_state().next_blueprint == 2
-    second = policy.decide(observe(2, occupied=("conv", "fc")))
+    taken = observe(2, occupied=("conv",))
+    # Kasmina accepted the first graft: its seed trains in fc.
+    trains = SeedState(slot="fc", stage=SeedLifecycleStage.TRAINING, layer_depth=1, seed_id="seed-fc-10")
+    seeds = tuple(trains if s.slot == "fc" else s for s in taken.seeds)
+    second = policy.decide(build_observation(msgspec.structs.replace(taken.packet, seed_states=seeds), MIXED))
     assert (second.action, second.target_slot, second.blueprint_id) == (GERM, "head", "bp-flat")
     assert policy.export_state().next_blueprint == 0
 

@@ -5,7 +5,8 @@ its rule in ``reason``, and the whole state exports to a Record for checkpoints.
 first packet of an epoch that carries a validation loss; other packets (mid-epoch, repeats) give NO_OP and leave the
 state alone. A germination counts as made when it is returned, unless the controller withdraws it (``withdraw``: the
 risk engine vetoed or replaced it, or it was discarded as late): a withdrawn germination starts no cooldown, resets
-no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint). A
+no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint; so is
+an every-K graft the packets after it show did not take effect, refused or withdrawn by Kasmina). A
 germination the fallback made in the policy's place counts as the policy's own (``count_germination``), and the
 policy's as the fallback's.
 """
@@ -21,7 +22,7 @@ import msgspec
 from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import NO_OP, Decision
 from schemas.base import Record
-from schemas.control import BlendConfig
+from schemas.control import BlendConfig, germinated_seed_id
 from schemas.domain_enums import BlueprintTier, CostTier, PolicyAction
 from schemas.enums import SeedLifecycleStage
 
@@ -394,8 +395,20 @@ class EveryKConfig(Record, frozen=True):
     horizon: GrowthHorizon = msgspec.field(default_factory=GrowthHorizon)
 
 
+class PendingGraft(Record, frozen=True):
+    """every_k's last graft until a packet shows whether it took effect: the seed it named (Kasmina's id for it,
+    schemas.control.germinated_seed_id), its slot, and the schedule from before it, which a graft that did not take
+    effect puts back."""
+
+    seed_id: str
+    slot: str
+    last_germination_epoch: int | None
+    next_blueprint: int
+
+
 class EveryKState(Record, frozen=True):
-    """What the every-K policy remembers: epochs seen, the last graft, and which blueprint comes next.
+    """What the every-K policy remembers: epochs seen, the last graft, which blueprint comes next, and the last graft
+    while it is not yet known to have taken effect (``pending``).
 
     ``first_epoch`` is no longer read or written (the cadence counts from the run's start, not from the first epoch
     end seen); the field stays so that states an earlier version wrote still decode."""
@@ -404,6 +417,7 @@ class EveryKState(Record, frozen=True):
     last_epoch: int | None = None
     last_germination_epoch: int | None = None
     next_blueprint: int = 0
+    pending: PendingGraft | None = None
 
 
 @final
@@ -413,7 +427,9 @@ class EveryKPolicy:
     culls or fossilizes. A baseline for growth schedules. The grafts are decided at the ends of epochs K, 2K, 3K ...
     counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, or is
     withdrawn (vetoed by the risk engine), it tries again at the next epoch with the same blueprint, and the next one
-    is due K epochs after the graft made.
+    is due K epochs after the graft made. So is a graft that did not take effect, which the packets after it show:
+    Kasmina refused the command (its seed never appears) or withdrew the germination (the trainer refused its attach
+    at an emergency level: the seed leaves its slot without leaving GERMINATED).
     """
 
     def __init__(
@@ -445,20 +461,31 @@ class EveryKPolicy:
         self._grafted = None
         before = grafted[1]
         self._state = msgspec.structs.replace(
-            self._state, last_germination_epoch=before.last_germination_epoch, next_blueprint=before.next_blueprint
+            self._state,
+            last_germination_epoch=before.last_germination_epoch,
+            next_blueprint=before.next_blueprint,
+            pending=before.pending,
         )
 
     def count_germination(self, epoch: int) -> None:
         """The fallback's germination was carried out at the end of ``epoch``: the next graft is due K epochs after it
         (see actors.tamiyo.policy.Withdrawable)."""
         self._grafted = None
-        last = self._state.last_germination_epoch
+        state = self._state
+        last, pending = state.last_germination_epoch, state.pending
+        if pending is not None:
+            # Should this policy's own pending graft turn out not to have taken effect, the fallback's still did.
+            before = pending.last_germination_epoch
+            pending = msgspec.structs.replace(
+                pending, last_germination_epoch=epoch if before is None else max(before, epoch)
+            )
         self._state = msgspec.structs.replace(
-            self._state, last_germination_epoch=epoch if last is None else max(last, epoch)
+            state, last_germination_epoch=epoch if last is None else max(last, epoch), pending=pending
         )
 
     def decide(self, observation: Observation) -> Decision:
         self._grafted = None
+        self._settle(observation)
         state, cfg, epoch = self._state, self._config, observation.epoch
         if not _new_epoch(observation, state.last_epoch):
             return msgspec.structs.replace(NO_OP, reason="not_epoch_end")
@@ -488,8 +515,14 @@ class EveryKPolicy:
             return msgspec.structs.replace(NO_OP, reason="no_fitting_blueprint")
         if not _fits_budget(observation, blueprint, slot, cfg.max_added_parameters):
             return msgspec.structs.replace(NO_OP, reason="parameter_budget")
+        pending = PendingGraft(
+            seed_id=germinated_seed_id(slot, observation.packet.global_step),
+            slot=slot,
+            last_germination_epoch=state.last_germination_epoch,
+            next_blueprint=state.next_blueprint,
+        )
         self._state = msgspec.structs.replace(
-            state, last_germination_epoch=epoch, next_blueprint=(index + 1) % len(candidates)
+            state, last_germination_epoch=epoch, next_blueprint=(index + 1) % len(candidates), pending=pending
         )
         decision = Decision(
             action=PolicyAction.GERMINATE,
@@ -500,3 +533,25 @@ class EveryKPolicy:
         )
         self._grafted = (decision, state)
         return decision
+
+    def _settle(self, observation: Observation) -> None:
+        """Learn from the packet whether the pending graft took effect. Kasmina shows the packets after a decision's
+        boundary only once that boundary is planned, so its seed is in its slot from the next packet on if the
+        command was accepted. Past GERMINATED (in training, or culled at its attach's gate: it was grafted and
+        judged), the graft was made; in GERMINATED, not yet known (its attach is still to come); gone from its slot,
+        it was refused or withdrawn, and the schedule from before it comes back: the graft is due again at once,
+        with the same blueprint."""
+        pending = self._state.pending
+        if pending is None:
+            return
+        shown = next((s for s in observation.seeds if s.slot == pending.slot), None)
+        if shown is not None and shown.seed_id == pending.seed_id:
+            if shown.stage is not SeedLifecycleStage.GERMINATED:
+                self._state = msgspec.structs.replace(self._state, pending=None)
+            return
+        self._state = msgspec.structs.replace(
+            self._state,
+            last_germination_epoch=pending.last_germination_epoch,
+            next_blueprint=pending.next_blueprint,
+            pending=None,
+        )
