@@ -61,6 +61,8 @@ _SHOWN_EVENTS = {
     "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides
     "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
     "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
+    # A restarted Nissa found the port it had taken meanwhile: the new URL follows (metrics_endpoint_listening).
+    "metrics_endpoint_moved": "metrics moved",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 

@@ -232,6 +232,24 @@ def test_the_metrics_url_of_port_0_is_shown_once_nissa_has_bound_it() -> None:
     assert stream.getvalue().splitlines()[2:] == ["  metrics:  http://127.0.0.1:9100/metrics"]
 
 
+def test_a_restarted_nissa_that_lost_its_port_says_so_then_gives_the_new_url() -> None:
+    console, stream = _console()
+    console.started("r", Path("runs/r"), "events.jsonl", resume=False)
+    moved = TelemetryEvent(
+        name="metrics_endpoint_moved", level=TelemetryLevel.WARNING, attributes={"port": 41234},
+        description="cannot serve /metrics on 127.0.0.1:41234 again (address in use): a scraper of that URL loses it;"
+        " serving on another free port",
+    )  # fmt: skip
+    for event in (_listening(41234), moved, _listening(41999)):
+        console.emit(event)
+    assert stream.getvalue().splitlines()[2:] == [
+        "  metrics:  http://127.0.0.1:41234/metrics",
+        "  metrics moved cannot serve /metrics on 127.0.0.1:41234 again (address in use): a scraper of that URL loses"
+        " it; serving on another free port",
+        "  metrics:  http://127.0.0.1:41999/metrics",
+    ]
+
+
 def test_on_a_terminal_the_epoch_line_keeps_the_full_bar() -> None:
     stream = io.StringIO()
     console = Console(stream, epochs=10, interactive=True)

@@ -16,12 +16,13 @@ from actors.nissa.actor import (
     ALERT_CLEARED,
     ALERT_FIRED,
     METRICS_ENDPOINT_LISTENING,
+    METRICS_ENDPOINT_MOVED,
     METRICS_ENDPOINT_UNAVAILABLE,
     Nissa,
 )
 from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
 from actors.nissa.csv_writer import MetricsCsvWriter
-from actors.nissa.prometheus import host_port, render_exposition, summary_body
+from actors.nissa.prometheus import MetricsServer, host_port, render_exposition, summary_body
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
 from esper.runtime.stage_refusals import Transition
@@ -398,6 +399,93 @@ async def test_a_port_taken_after_the_start_check_costs_the_endpoint_not_the_run
     assert warning.level is TelemetryLevel.WARNING
     assert f"cannot serve /metrics on 127.0.0.1:{port}" in warning.description
     assert not sink.of_type(ChildRestarted)
+
+
+async def _crash_and_restart(ref: ActorRef[NissaMessage], monkeypatch: pytest.MonkeyPatch) -> NissaSnapshot:
+    """Epoch 1's row, then a failed append of epoch 2's that crashes Nissa; the snapshot the next incarnation gives."""
+    real_append = MetricsCsvWriter.append
+    failures: list[object] = [2]
+
+    async def failing_append(self: MetricsCsvWriter, row: EpochRow) -> None:
+        if row["epoch"] in failures:
+            failures.clear()
+            raise OSError(errno.EIO, "Input/output error")
+        await real_append(self, row)
+
+    monkeypatch.setattr(MetricsCsvWriter, "append", failing_append)
+    await ref.tell(packet(64, epoch=1, val=0.8))  # crashes Nissa
+    await ref.tell(packet(96, epoch=2, val=0.7))
+    return await _ask(ref)  # answered by the next incarnation: the restart is done
+
+
+async def _start_supervised(config: NissaConfig, run_dir: Path, clock: ManualClock, sink: RecordingSink) -> ActorSystem:
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(Supervisor([nissa_spec(config, run_dir, clock=clock, sink=sink)], backoff_initial_s=0))
+    return system
+
+
+async def test_a_restarted_nissa_serves_on_the_port_it_had(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With port 0 a restarted Nissa bound a new free port: a scraper pointed at the URL the run printed lost it."""
+    system = await _start_supervised(NissaConfig(prometheus_port=0), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(packet(32, epoch=0, val=0.9))
+        before = (await _ask(ref)).endpoint
+        after = await _crash_and_restart(ref, monkeypatch)
+        assert before is not None
+        assert after.endpoint == before
+        async with asyncio.timeout(5):
+            status, _, body = await http_get(int(before.rsplit(":", 1)[1]), "/metrics")
+        assert status == 200
+        assert "esper_tolaria_validation_loss 0.7" in body.decode().splitlines()
+    finally:
+        await system.stop()
+    assert [event.child for event in sink.of_type(ChildRestarted)] == [NISSA]
+    urls = [e.attributes["url"] for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_LISTENING]
+    assert urls == [f"http://{before}/metrics"] * 2
+    assert not [e for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_MOVED]
+
+
+async def test_a_restarted_nissa_whose_port_was_taken_says_so_and_serves_on_another(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process took the port between the crash and the restart: one warning names it, and the new URL is
+    given as ever."""
+    real_start = MetricsServer.start
+    taker = socket.socket()
+    ports: list[int] = []
+
+    async def start_after_a_taker(self: MetricsServer) -> int:
+        if ports and not taker.getsockname()[1]:
+            taker.bind(("127.0.0.1", ports[0]))  # the crashed incarnation has closed it by now
+            taker.listen()
+        ports.append(await real_start(self))
+        return ports[-1]
+
+    monkeypatch.setattr(MetricsServer, "start", start_after_a_taker)
+    system = await _start_supervised(NissaConfig(prometheus_port=0), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        await ref.tell(packet(32, epoch=0, val=0.9))
+        await _ask(ref)
+        after = await _crash_and_restart(ref, monkeypatch)
+        assert len(ports) == 2
+        assert after.endpoint == f"127.0.0.1:{ports[1]}"
+        async with asyncio.timeout(5):
+            status, _, _ = await http_get(ports[1], "/healthz")
+        assert status == 200
+    finally:
+        await system.stop()
+        taker.close()
+    [moved] = [e for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_MOVED]
+    assert moved.level is TelemetryLevel.WARNING
+    assert moved.description.startswith(f"cannot serve /metrics on 127.0.0.1:{ports[0]} again (")
+    assert moved.attributes == {"port": ports[0]}
+    urls = [e.attributes["url"] for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_LISTENING]
+    assert urls == [f"http://127.0.0.1:{port}/metrics" for port in ports]
+    assert not [e for e in sink.of_type(TelemetryEvent) if e.name == METRICS_ENDPOINT_UNAVAILABLE]
 
 
 def test_an_ipv6_endpoint_is_written_with_brackets() -> None:

@@ -28,7 +28,7 @@ from schemas.state import SystemStatePacket
 from schemas.telemetry import TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from actors.nissa.alerts import AlertRule, SloObjective
@@ -69,6 +69,7 @@ NISSA_INBOX: Final = (
 
 METRICS_ENDPOINT_UNAVAILABLE: Final = "metrics_endpoint_unavailable"
 METRICS_ENDPOINT_LISTENING: Final = "metrics_endpoint_listening"
+METRICS_ENDPOINT_MOVED: Final = "metrics_endpoint_moved"
 ALERT_FIRED: Final = "alert_fired"
 ALERT_CLEARED: Final = "alert_cleared"
 ALERTS_FIRED_TOTAL: Final = "nissa.alerts.fired_total"
@@ -100,10 +101,12 @@ class Nissa(Actor[NissaMessage]):
         backlog: RowBacklog | None = None,
         transitions: Sequence[SlotTransition] | None = None,
         refusals: Sequence[Refusal] = (),
+        rebind_port: int | None = None,
+        on_listening: Callable[[int], None] | None = None,
     ) -> None:
         """Args:
-        config: the ``[nissa]`` section; ``prometheus_port`` 0 binds any free port (each incarnation its own),
-            which the ``metrics_endpoint_listening`` event names.
+        config: the ``[nissa]`` section; ``prometheus_port`` 0 binds any free port (``rebind_port`` first), which
+            the ``metrics_endpoint_listening`` event names.
         run_dir: the run directory (must exist); metrics.csv goes there.
         clock: alert, SLO and wall-time arithmetic read it.
         sink: where alerts go.
@@ -114,6 +117,10 @@ class Nissa(Actor[NissaMessage]):
         transitions: the slot transitions that stand from a resumed run's earlier sessions (they are not reported
             again: the replay that rebuilds the lifecycle is silent), or from before a restart, in order.
         refusals: the stage ops the trainer refused that stand from before this incarnation (see transitions).
+        rebind_port: with ``prometheus_port`` 0, the port an earlier incarnation bound: bound again, so a scraper
+            keeps the URL the run printed; taken meanwhile, a ``metrics_endpoint_moved`` warning says so and any
+            free port is bound (whose URL ``metrics_endpoint_listening`` gives).
+        on_listening: told the port the endpoint bound.
         """
         super().__init__(inbox=NISSA_INBOX, capacity=capacity)
         self._config = config
@@ -130,6 +137,8 @@ class Nissa(Actor[NissaMessage]):
             self._metrics.registry.inc(ALERTS_FIRED_TOTAL, 0.0, {"rule": rule})
         self._emergency = EmergencyLevel.L1_NOTICE
         self._server: MetricsServer | None = None
+        self._rebind_port = rebind_port
+        self._on_listening = on_listening
 
     async def on_start(self) -> None:
         written = await self._csv.open()  # metrics.csv counts epochs from 1; packets index them from 0
@@ -154,10 +163,18 @@ class Nissa(Actor[NissaMessage]):
         await self._write_backlog()
         port = self._config.prometheus_port
         if port is not None:
-            server = MetricsServer(self.snapshot, host=self._config.prometheus_host, port=port)
-            try:
-                await server.start()
-            except OSError as err:
+            await self._serve_metrics(port)
+
+    async def _serve_metrics(self, port: int) -> None:
+        """Bind the endpoint: ``port``, or with port 0 the one an earlier incarnation bound (a scraper keeps the URL
+        the run printed), else any free one."""
+        host = self._config.prometheus_host
+        earlier = self._rebind_port if port == 0 else None
+        server = MetricsServer(self.snapshot, host=host, port=earlier if earlier is not None else port)
+        try:
+            await server.start()
+        except OSError as err:
+            if earlier is None:
                 # Taken since the start's check (or still held by an incarnation that crashed): the run's observers
                 # lose the endpoint, the run goes on; every restart failed the same way and ended the run.
                 self._emit(
@@ -165,25 +182,43 @@ class Nissa(Actor[NissaMessage]):
                         name=METRICS_ENDPOINT_UNAVAILABLE,
                         level=TelemetryLevel.WARNING,
                         description=(
-                            f"cannot serve /metrics on {host_port(self._config.prometheus_host, port)} ({err});"
-                            " training goes on without it"
+                            f"cannot serve /metrics on {host_port(host, port)} ({err}); training goes on without it"
                         ),
                         attributes={"port": port},
                     )
                 )
-            else:
-                self._server = server
-                # The port bound, which differs from the config's with port 0 (any free one): the console and
-                # events.jsonl say where to scrape.
-                url = f"http://{server.endpoint}/metrics"
-                self._emit(
-                    TelemetryEvent(
-                        name=METRICS_ENDPOINT_LISTENING,
-                        level=TelemetryLevel.INFO,
-                        description=f"serving {url}",
-                        attributes={"port": server.port, "url": url},
-                    )
+                return
+            self._emit(
+                TelemetryEvent(
+                    name=METRICS_ENDPOINT_MOVED,
+                    level=TelemetryLevel.WARNING,
+                    description=(
+                        f"cannot serve /metrics on {host_port(host, earlier)} again ({err}): a scraper of that URL"
+                        " loses it; serving on another free port"
+                    ),
+                    attributes={"port": earlier},
                 )
+            )
+            self._rebind_port = None
+            await self._serve_metrics(0)
+            return
+        self._listening(server)
+
+    def _listening(self, server: MetricsServer) -> None:
+        self._server = server
+        if self._on_listening is not None:
+            self._on_listening(server.port)
+        # The port bound, which differs from the config's with port 0 (any free one): the console and events.jsonl
+        # say where to scrape.
+        url = f"http://{server.endpoint}/metrics"
+        self._emit(
+            TelemetryEvent(
+                name=METRICS_ENDPOINT_LISTENING,
+                level=TelemetryLevel.INFO,
+                description=f"serving {url}",
+                attributes={"port": server.port, "url": url},
+            )
+        )
 
     async def on_stop(self) -> None:
         server, self._server = self._server, None

@@ -46,13 +46,16 @@ def nissa_spec(
     from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those of the run that
     stand. ``refusals``: the stage ops the trainer refused that stand as each incarnation starts (a resume's earlier
     sessions', the run's so far after a restart). ``missed``: the epoch-end packets of a resume's epochs whose
-    checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their rows."""
+    checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their rows.
+    With ``prometheus_port`` 0 a restarted incarnation binds the port its predecessor bound, so the URL the run
+    printed stays good (another free one, with a warning, if that port was taken meanwhile)."""
     started_s = clock.now()
     backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
-    return ChildSpec(
-        NISSA,
-        lambda: Nissa(
+    bound: list[int] = []  # the endpoint's ports, in order: with port 0 a restart binds the last one again
+
+    def build() -> Nissa:
+        return Nissa(
             config,
             run_dir,
             clock=clock,
@@ -63,9 +66,11 @@ def nissa_spec(
             backlog=backlog,
             transitions=first.pop() if first else later_transitions() if later_transitions is not None else None,
             refusals=refusals() if refusals is not None else (),
-        ),
-        shutdown_deadline_s=shutdown_deadline_s,
-    )
+            rebind_port=bound[-1] if bound else None,
+            on_listening=bound.append,
+        )
+
+    return ChildSpec(NISSA, build, shutdown_deadline_s=shutdown_deadline_s)
 
 
 def nissa_tick_spec(
