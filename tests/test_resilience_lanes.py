@@ -184,6 +184,23 @@ async def test_the_thread_budget_applies_on_the_lane_thread_only() -> None:
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("train_budget", [None, 3])
+async def test_each_lane_keeps_its_own_thread_count_whichever_lane_starts_first(train_budget: int | None) -> None:
+    """torch's per-thread start-up copies the count any thread set last; the io and policy lanes set 1, so a train
+    lane whose thread started after theirs trained on 1 thread, however many it was given or its builder had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # the builder's count (not this machine's cores), what a train lane given None takes
+    try:
+        async with Lanes("cpu", num_threads={"train": train_budget}) as lanes, asyncio.timeout(5):
+            await lanes["train"].run(int)  # its thread starts (and sets its count) before the others set theirs
+            assert await lanes["io"].run(torch.get_num_threads) == 1
+            assert await lanes.policy.run(torch.get_num_threads) == 1
+            assert await lanes["train"].run(torch.get_num_threads) == 3
+            assert await lanes["io"].run(torch.get_num_threads) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 async def test_lanes_builds_train_policy_and_io_on_cpu() -> None:
     async with Lanes("cpu", num_threads={"io": 2}) as lanes, asyncio.timeout(5):
         assert lanes.device == torch.device("cpu")

@@ -134,8 +134,9 @@ class Lane:
         Args:
             name: used in the thread name, errors and statistics.
             device: a torch.device, or a spec for resolve_device(). On CUDA the lane owns a new stream on it.
-            num_threads: torch intra-op threads for jobs on this lane (>= 1); None keeps torch's default for a new
-                thread.
+            num_threads: torch intra-op threads for jobs on this lane (>= 1); None takes the count of the thread
+                that builds the lane (torch's default, every core, unless OMP_NUM_THREADS or a torch.set_num_threads
+                there says otherwise).
 
         Raises:
             ValueError: the device spec is invalid or unavailable, or num_threads < 1.
@@ -149,6 +150,7 @@ class Lane:
             # torch.cuda.Stream.__new__ carries no annotations in torch 2.13.
             self._stream = torch.cuda.Stream(device=self._device)  # type: ignore[no-untyped-call]
         self._num_threads = num_threads
+        self._thread_budget = num_threads if num_threads is not None else torch.get_num_threads()
         self._log = structlog.get_logger("esper.runtime.lanes")
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -304,8 +306,12 @@ class Lane:
         """The lane thread's loop: take a job, run it (stream-synchronised on CUDA), hand the outcome to its loop."""
         self._thread_id = threading.get_ident()
         try:
-            if self._num_threads is not None:
-                torch.set_num_threads(self._num_threads)
+            # A thread's count is its own only once torch's lazy per-thread start-up has run: that start-up copies
+            # the count any thread set last (the io and policy lanes set 1), so a lane that set its count before its
+            # first parallel op could still train on another lane's. Start up first, then set: the count is this
+            # lane's in every run, whichever lane's thread touches torch first.
+            torch.get_num_threads()
+            torch.set_num_threads(self._thread_budget)
             if self._stream is not None:
                 torch.cuda.set_device(self._device)
             while True:
