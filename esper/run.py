@@ -32,6 +32,7 @@ import msgspec
 import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
+from actors.tolaria.checkpoints import read_written_by
 from actors.tolaria.global_rngs import GlobalRngs
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import with_baseline
@@ -65,6 +66,7 @@ from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
 from esper.session_events import EventHub, FanoutSink
 from esper.start_undo import StartUndo, log_start_abandoned
+from esper.version import esper_version
 from esper.wiring import NissaForward, RunHooks, RunTally
 
 if TYPE_CHECKING:
@@ -271,8 +273,23 @@ async def _start_logged(
     sink = FanoutSink(*sinks, run_id=run_id)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
     _log.info(
-        "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
+        "run_starting",
+        run_id=run_id,
+        run_dir=str(directory),
+        bus=resolved.oona.backend,
+        resume=resume is not None,
+        esper_version=esper_version(),
     )
+    if resume is not None:
+        written = await anyio.to_thread.run_sync(read_written_by, directory / "checkpoints")
+        if written != esper_version():
+            # Once, so the user knows which rules the rest of the run is trained under.
+            _log.warning(
+                "resume_by_other_version",
+                written_by=written or "an earlier version (its checkpoints do not say which)",
+                now=esper_version(),
+                detail="the run continues under this version's rules",
+            )
     if resume is not None:
         swept = await anyio.to_thread.run_sync(sweep_partial_writes, directory)
         if swept:
