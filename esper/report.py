@@ -87,10 +87,23 @@ def read_metrics(path: Path) -> list[MetricsRow]:
         lines.pop()
     # A row with more cells than the header has its extra ones under None, one with fewer has None values: both read
     # as far as they match (the file is the run's, not ours to refuse here).
-    return [
-        {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
-        for row in csv.DictReader(lines)
-    ]
+    return _counted_from_1(
+        [
+            {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
+            for row in csv.DictReader(lines)
+        ]
+    )
+
+
+def _counted_from_1(rows: list[MetricsRow]) -> list[MetricsRow]:
+    """``rows`` with epochs counted from 1: versions before 402fcbe counted them from 0, and a resume by a later one
+    appended rows counted from 1, so the leading rows numbered 0, 1, 2 ... are renumbered (the report said "epochs 7
+    (last epoch 6)", and a resume took the host-only baseline an epoch early)."""
+    for index, row in enumerate(rows):
+        if row.get("epoch") != index:
+            break
+        row["epoch"] = float(index + 1)
+    return rows
 
 
 def _cells(line: str) -> int:

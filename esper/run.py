@@ -43,6 +43,7 @@ from esper.console import Console
 from esper.data_fingerprint import record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume_changes import resume_changes
+from esper.resume_rows import renumber_from_1
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
@@ -332,6 +333,12 @@ async def _start_logged(
         bus_losses=bus_losses,
     )
     undo.actors = actors
+    if resume is not None:
+        # After every refusal (a refused resume leaves the file as it was), before Nissa appends to it.
+        metrics = directory / resolved.nissa.metrics_csv
+        renumbered = await anyio.to_thread.run_sync(renumber_from_1, metrics)
+        if renumbered:
+            _log.info("metrics_renumbered", file=str(metrics), rows=renumbered, detail="epochs counted from 1")
     await actors.start(tree)
     if resume is not None:
         # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not
