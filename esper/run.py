@@ -230,8 +230,10 @@ async def _start_logged(
             emergencies=before.emergencies,
             refusals=before.refusals,
             incomplete=before.incomplete,
+            partial=before.partial,
         )
-        for note in before.incomplete:  # on the console too: the summary's figures will leave this out
+        # On the console too: the summary's figures will leave this out.
+        for note in (*before.incomplete, *before.partial):
             _log.warning("resume_history_incomplete", detail=note)
         if before.metrics_problem is not None:
             _log.warning(
