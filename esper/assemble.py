@@ -38,12 +38,14 @@ from esper.assemble_inputs import candidates, evidence_cadence, growth_horizon, 
 from esper.nn.blueprints import default_catalogue
 from esper.resume import check_checkpoint_fits, run_keys
 from esper.resume_rows import unwritten_epoch_ends
+from esper.resume_seeds import check_replayed_seeds
 from esper.run_history import finishing_halt, slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
 from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint
 from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
+from esper.version import esper_version
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
@@ -168,6 +170,20 @@ async def assemble(
         # controller starts over with it: Kasmina replaying the dead session's journal would stand at its last
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
+        cadence = evidence_cadence(config.tolaria, found.data)
+        if controller_resumes and resume_step is not None:
+            # Before any actor starts, so a refused resume trains nothing and writes no checkpoint, row or journal line.
+            await check_replayed_seeds(
+                config,
+                run_id=run_id,
+                run_dir=run_dir,
+                resume_step=resume_step,
+                slots=found.slots,
+                cadence=cadence,
+                source=UrzaFirstSource(urza_source, lambda _event: None),  # its fallbacks are said by Kasmina's replay
+                secret=secret,
+                io_lane=lanes.io,
+            )
         slot_transitions = None
         halt = None
         if resume:
@@ -209,7 +225,6 @@ async def assemble(
             )
         kasmina = config.kasmina
         lag = config.tolaria.command_lag_steps
-        cadence = evidence_cadence(config.tolaria, found.data)
         heuristic = HeuristicConfig.from_config(
             config.tamiyo,
             max_live_seeds=kasmina.max_active_seeds,
@@ -319,6 +334,7 @@ async def assemble(
             journaled_step=functools.partial(last_boundary_step, checkpoints / JOURNAL_FILENAME),
             halt_reason=halt if controller_resumes else None,
             run_keys=run_keys(config),
+            written_by=esper_version(),
         )
         _log.info(
             "run_assembled",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import msgspec
 
@@ -16,6 +16,7 @@ from schemas.config import INERT_KEYS, KasminaConfig, OonaConfig, RunConfig, Tam
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+_S = TypeVar("_S", bound=ConfigSection)
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -133,9 +134,11 @@ def _run_file_problems(config: RunConfig) -> Iterator[tuple[str, str]]:
 
 def as_acted_on(config: RunConfig) -> RunConfig:
     """A run directory's config with each value an earlier version accepted but acted on as another replaced by that
-    other: a negative kasmina.g4_min_improvement gated as 0, and a tamiyo.normaliser_alpha of 0, which only the GNN
-    policy reads (and could not start with), did nothing. Its resume compares, and a baseline reads, the run it was,
-    rather than refusing its config.toml."""
+    other: a negative kasmina.g4_min_improvement gated as 0, a tamiyo.normaliser_alpha of 0, which only the GNN
+    policy reads (and could not start with), did nothing, and neither did a key INERT_KEYS lists (``simic.enabled =
+    true``, which some versions wrote as their default), read as its default. Its resume compares, and a baseline
+    reads, the run it was, rather than refusing its config.toml (or the ``--set`` given with it)."""
+    config = _inert_as_default(config)
     kasmina, tamiyo = config.kasmina, config.tamiyo
     if kasmina.g4_min_improvement < 0.0:
         config = msgspec.structs.replace(config, kasmina=msgspec.structs.replace(kasmina, g4_min_improvement=0.0))
@@ -143,6 +146,22 @@ def as_acted_on(config: RunConfig) -> RunConfig:
         alpha = TamiyoConfig().normaliser_alpha
         config = msgspec.structs.replace(config, tamiyo=msgspec.structs.replace(tamiyo, normaliser_alpha=alpha))
     return config
+
+
+def _inert_as_default(section: _S) -> _S:
+    """``section`` with every INERT_KEYS key (in it and its tables) at its default."""
+    default = type(section)()
+    changes: dict[str, object] = {}
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        if (type(section), name) in INERT_KEYS:
+            if value != getattr(default, name):
+                changes[name] = getattr(default, name)
+        elif isinstance(value, ConfigSection):
+            acted = _inert_as_default(value)
+            if acted is not value:
+                changes[name] = acted
+    return msgspec.structs.replace(section, **changes) if changes else section
 
 
 def dotted_value(config: RunConfig, dotted: str) -> object:

@@ -87,10 +87,23 @@ def read_metrics(path: Path) -> list[MetricsRow]:
         lines.pop()
     # A row with more cells than the header has its extra ones under None, one with fewer has None values: both read
     # as far as they match (the file is the run's, not ours to refuse here).
-    return [
-        {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
-        for row in csv.DictReader(lines)
-    ]
+    return _counted_from_1(
+        [
+            {key: _cell(value if isinstance(value, str) else "") for key, value in row.items() if isinstance(key, str)}
+            for row in csv.DictReader(lines)
+        ]
+    )
+
+
+def _counted_from_1(rows: list[MetricsRow]) -> list[MetricsRow]:
+    """``rows`` with epochs counted from 1: versions before 402fcbe counted them from 0, and a resume by a later one
+    appended rows counted from 1, so the leading rows numbered 0, 1, 2 ... are renumbered (the report said "epochs 7
+    (last epoch 6)", and a resume took the host-only baseline an epoch early)."""
+    for index, row in enumerate(rows):
+        if row.get("epoch") != index:
+            break
+        row["epoch"] = float(index + 1)
+    return rows
 
 
 def _cells(line: str) -> int:
@@ -263,7 +276,7 @@ def _summary_predates(summary: dict[str, object], found: RunEvents) -> str | Non
     running, or that ended without writing one), or None when it is the last session's. A log without run_started
     lines (an older run) cannot say: None."""
     end = found.last_session_end
-    if not found.sessions or (end is not None and end.duration_s == summary.get("duration_s")):
+    if not found.sessions or (end is not None and _wrote_it(summary, end.duration_s, found.last_session_after)):
         return None
     if end is None:
         # Written, then killed before its run_finished line (a second Ctrl-C during the stop): still the last
@@ -273,6 +286,24 @@ def _summary_predates(summary: dict[str, object], found: RunEvents) -> str | Non
             return None
         return "killed after its last summary"
     return f"its last session ended ({end.status or '?'}) without writing a summary"
+
+
+# The last session's run_finished line and its summary.json give its duration apart: an earlier version logged
+# 0.678 s in one and 0.679 s in the other, and the summary read as an earlier session's.
+_DURATION_SLACK_S = 0.01
+
+
+def _wrote_it(summary: dict[str, object], duration_s: float | None, after: str | None) -> bool:
+    """Whether the last session, which ended after ``duration_s`` (None: without a summary), wrote ``summary``: it
+    started after the session before it ended (``after``, when that line has a timestamp), else its duration is the
+    session's to the millisecond's rounding."""
+    if duration_s is None:
+        return False
+    started = summary.get("started_at")
+    if after and isinstance(started, str):
+        return started > after
+    written = summary.get("duration_s")
+    return isinstance(written, int | float) and abs(written - duration_s) <= _DURATION_SLACK_S
 
 
 def _column(rows: Sequence[MetricsRow], name: str) -> list[float]:

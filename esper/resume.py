@@ -19,7 +19,14 @@ from actors.kasmina.journal import (
 from actors.kasmina.journal_check import replay_refusal
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good, read_manifest, read_run_keys
+from actors.tolaria.checkpoints import (
+    MANIFEST,
+    CheckpointError,
+    latest_good,
+    read_manifest,
+    read_run_keys,
+    read_written_by,
+)
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
@@ -270,10 +277,17 @@ def _check_journaled_command(
     if signed is None or key is None:
         if entry.command is None:
             return
-        raise ConfigError(
+        missing = (
             f"{where} holds a signed command ({entry.command.kind.value}) and the run's key is missing (no {KEY_FILE}"
-            f" in the run directory, {secret_env} unset), so it cannot be verified: set {secret_env} to the key the run"
-            " was started with, or start a new run"
+            f" in the run directory, {secret_env} unset), so it cannot be verified"
+        )
+        if read_written_by(directory / "checkpoints") is not None:  # a version that keeps a key it draws
+            raise ConfigError(f"{missing}: set {secret_env} to the key the run was started with, or start a new run")
+        # Versions before command.key drew a random key without saving it: there may be no key to set.
+        raise ConfigError(
+            f"{missing}: an earlier version that started it without {secret_env} signed with a random key it never"
+            f" saved (the run predates {KEY_FILE}), so no key can verify it: finish it with the version that started"
+            f" it, or start a new run; if it was started with {secret_env} set, set it to that value"
         )
     refusal = replay_refusal(entry, run_id, signed)
     if refusal is not None:

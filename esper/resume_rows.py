@@ -1,4 +1,5 @@
-"""The epoch ends a resume's checkpoint covers and metrics.csv has no row for, read back from Kasmina's journal."""
+"""A resume's metrics.csv: the epoch ends its checkpoint covers and the file has no row for (read back from Kasmina's
+journal), and an earlier version's epochs counted from 0 renumbered."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import msgspec
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalCorrupt, iter_journal
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
+from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import ConfigError
 from schemas.enums import SeedLifecycleStage
 from schemas.state import SeedState
@@ -27,9 +29,10 @@ def unwritten_epoch_ends(
     handled its packet left no row, and the trainer, which continues after it, never sends that packet again.
 
     Kasmina's journal holds them: a resume continues from a checkpoint only once the journal holds the boundary of its
-    last packet (esper.resume.resume_point). ``written``: metrics.csv's rows, epoch (from 1) to step; ``slots``: the
-    host's slots in order (the journal keeps the attached seeds' states only: the other slots were dormant). Blocking:
-    reads the manifest, and the journal only when a row is missing.
+    last packet (esper.resume.resume_point). ``written``: metrics.csv's rows, epoch to step, matched by step (a file an
+    earlier version wrote counts epochs from 0: by their numbers, its last row's epoch was written again); ``slots``:
+    the host's slots in order (the journal keeps the attached seeds' states only: the other slots were dormant).
+    Blocking: reads the manifest, and the journal only when a row is missing.
 
     Raises:
         ConfigError: the manifest or the journal cannot be read (one line naming it; the resume's checks read both
@@ -40,9 +43,10 @@ def unwritten_epoch_ends(
     except CheckpointError as err:
         raise ConfigError(f"--resume: {err}") from err
     epochs = next((info.epoch for info in listed if info.global_step == resume_step), None)
-    last = max((epoch for epoch, step in written.items() if step <= resume_step), default=0)
-    if epochs is None or last >= epochs:
+    rows = [step for step in written.values() if step <= resume_step]
+    if epochs is None or len(rows) >= epochs:
         return ()
+    last = max(rows, default=-1)  # the step of the last epoch end with a row
     missed: list[SystemStatePacket] = []
     journal = checkpoints / JOURNAL_FILENAME
     try:
@@ -51,7 +55,7 @@ def unwritten_epoch_ends(
                 continue
             packet = entry.packet
             ends_epoch = packet.epoch_progress >= 1.0 and packet.validation_loss is not None
-            if ends_epoch and packet.epoch + 1 > last and packet.global_step <= resume_step:
+            if ends_epoch and last < packet.global_step <= resume_step:
                 missed.append(_with_dormant_slots(packet, slots))
     except JournalCorrupt as err:
         raise ConfigError(f"--resume: {err}, so the metrics.csv rows it holds cannot be written") from err
@@ -71,3 +75,30 @@ def _with_dormant_slots(packet: SystemStatePacket, slots: Sequence[str]) -> Syst
     ]
     states += [state for state in packet.seed_states if state.slot not in slots]
     return msgspec.structs.replace(packet, seed_states=tuple(states))
+
+
+def renumber_from_1(path: Path) -> int:
+    """Renumber the rows of a metrics.csv an earlier version counted from 0 (before 402fcbe) from 1, as this version
+    counts and appends them: the resumed rows followed ``5`` with ``7``. Only the leading rows numbered 0, 1, 2 ...
+    change (a resume by a version between appended rows counted from 1), and only their first cell; the file is
+    replaced atomically. Returns how many rows were renumbered (0: the file counts from 1, or there is none).
+    Blocking.
+
+    Raises:
+        OSError: the file cannot be read or replaced.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    lines = data.split(b"\n")
+    count = 0
+    for index in range(1, len(lines)):
+        epoch, comma, rest = lines[index].partition(b",")
+        if not comma or epoch != str(count).encode():
+            break
+        lines[index] = str(count + 1).encode() + comma + rest
+        count += 1
+    if count:
+        atomic_write_bytes(path, b"\n".join(lines), shared=True)
+    return count

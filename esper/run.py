@@ -32,6 +32,7 @@ import msgspec
 import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
+from actors.tolaria.checkpoints import read_written_by
 from actors.tolaria.global_rngs import GlobalRngs
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import with_baseline
@@ -42,6 +43,7 @@ from esper.console import Console
 from esper.data_fingerprint import record_data
 from esper.logs import StructlogSink, check_log_file_free, configure_logging
 from esper.resume_changes import resume_changes
+from esper.resume_rows import renumber_from_1
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
@@ -65,6 +67,7 @@ from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
 from esper.session_events import EventHub, FanoutSink
 from esper.start_undo import StartUndo, log_start_abandoned
+from esper.version import esper_version
 from esper.wiring import NissaForward, RunHooks, RunTally
 
 if TYPE_CHECKING:
@@ -228,8 +231,10 @@ async def _start_logged(
             emergencies=before.emergencies,
             refusals=before.refusals,
             incomplete=before.incomplete,
+            partial=before.partial,
         )
-        for note in before.incomplete:  # on the console too: the summary's figures will leave this out
+        # On the console too: the summary's figures will leave this out.
+        for note in (*before.incomplete, *before.partial):
             _log.warning("resume_history_incomplete", detail=note)
         if before.metrics_problem is not None:
             _log.warning(
@@ -272,8 +277,23 @@ async def _start_logged(
     sink = FanoutSink(*sinks, run_id=run_id)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
     _log.info(
-        "run_starting", run_id=run_id, run_dir=str(directory), bus=resolved.oona.backend, resume=resume is not None
+        "run_starting",
+        run_id=run_id,
+        run_dir=str(directory),
+        bus=resolved.oona.backend,
+        resume=resume is not None,
+        esper_version=esper_version(),
     )
+    if resume is not None:
+        written = await anyio.to_thread.run_sync(read_written_by, directory / "checkpoints")
+        if written != esper_version():
+            # Once, so the user knows which rules the rest of the run is trained under.
+            _log.warning(
+                "resume_by_other_version",
+                written_by=written or "an earlier version (its checkpoints do not say which)",
+                now=esper_version(),
+                detail="the run continues under this version's rules",
+            )
     if resume is not None:
         swept = await anyio.to_thread.run_sync(sweep_partial_writes, directory)
         if swept:
@@ -316,6 +336,12 @@ async def _start_logged(
         bus_losses=bus_losses,
     )
     undo.actors = actors
+    if resume is not None:
+        # After every refusal (a refused resume leaves the file as it was), before Nissa appends to it.
+        metrics = directory / resolved.nissa.metrics_csv
+        renumbered = await anyio.to_thread.run_sync(renumber_from_1, metrics)
+        if renumbered:
+            _log.info("metrics_renumbered", file=str(metrics), rows=renumbered, detail="epochs counted from 1")
     await actors.start(tree)
     if resume is not None:
         # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not

@@ -163,7 +163,7 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
     status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs and
     wrote its summary)."""
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, written=is_run_config(args.config, args.resume))
         env_key(config)
     except ConfigError as err:
         say(sys.stderr, f"{err}\n")
@@ -190,6 +190,18 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
             say(sys.stderr, f"{finished}\n")
             return EXIT_OK
     return config
+
+
+def is_run_config(config: str | os.PathLike[str], resume: str | os.PathLike[str] | None) -> bool:
+    """Whether ``config`` is the config.toml of the run ``resume`` continues (the file its end prints to resume with):
+    written by the version that ran it, it is read with a run directory's leniency (load_config's ``written``), so
+    a key that version wrote and this one no longer acts on does not refuse the resume it was told to use."""
+    if resume is None:
+        return False
+    try:
+        return Path(config).resolve() == (Path(resume) / "config.toml").resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not the run's file, and load_config says what is wrong with it
+        return False
 
 
 def check_progress(progress: object) -> None:
@@ -232,7 +244,9 @@ async def checked_start(
     elif not isinstance(config, str | os.PathLike):
         raise TypeError(f"config: a TOML file's path or a RunConfig, got a {type(config).__name__}")
     else:
-        resolved = await anyio.to_thread.run_sync(load_config, config, tuple(overrides or ()))
+        written = is_run_config(config, resume)
+        load = functools.partial(load_config, config, tuple(overrides or ()), written=written)
+        resolved = await anyio.to_thread.run_sync(load)
     resolved = absolute_data_path(resolved)
     key = env_key(resolved)
     try:

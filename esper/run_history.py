@@ -71,6 +71,9 @@ class EarlierTally(NamedTuple):
     incomplete: tuple[str, ...] = ()
     # Why metrics.csv could not be read (None: it was): its epochs come back from Kasmina's journal instead.
     metrics_problem: str | None = None
+    # What the summary will miss of the earlier sessions with their seed transitions whole (their decisions, which
+    # an earlier version did not log): said as ``incomplete`` is, but the host-only baseline is still known.
+    partial: tuple[str, ...] = ()
 
 
 _LOST = "the earlier sessions' decisions, seed transitions (the host-only baseline's epoch) and emergency events"
@@ -126,10 +129,25 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         else:
             where = f"holds none of the {reached} epochs the checkpoints reached (deleted or emptied?): {_LOST} are"
         incomplete.append(f"{events.name} {where} missing")
+    partial: list[str] = []
+    if not incomplete and logged and not found.decisions:
+        # Every decision, a NO_OP's too, is logged since; a log of epochs without one is an earlier version's.
+        partial.append(
+            f"{events.name} holds no tamiyo_decision records for the {logged} epochs it logged (an earlier version"
+            " of Esper did not write them): the earlier sessions' decisions are missing"
+        )
     stages = [(e.seed_id, e.to_stage, e.step) for e in found.stages if e.seed_id is not None]
     slots = [Transition(e.slot, e.to_stage, e.step, e.seed_id) for e in found.stages]
     return EarlierTally(
-        stages, epochs, found.decisions, slots, found.emergencies, found.refusals, tuple(incomplete), metrics_problem
+        stages,
+        epochs,
+        found.decisions,
+        slots,
+        found.emergencies,
+        found.refusals,
+        tuple(incomplete),
+        metrics_problem,
+        tuple(partial),
     )
 
 

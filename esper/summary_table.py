@@ -118,7 +118,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
     }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
     seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or (
         "none recorded (the earlier sessions' seed transitions were lost)"
-        if growth.earlier_incomplete
+        if growth.baseline_source == "unknown"
         else f"none{_why_idle(growth)}"
     )
     if growth.unapplied_transitions:

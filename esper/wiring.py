@@ -252,6 +252,8 @@ class RunTally:
     refusals: RefusalLog = field(default_factory=RefusalLog)
     # What a resumed run's earlier sessions' files could not tell (a phrase each), for the summary to say.
     earlier_incomplete: list[str] = field(default_factory=list)
+    # What they could not tell with their seed transitions whole (the host-only baseline is still known).
+    earlier_partial: list[str] = field(default_factory=list)
     # GNN workers killed because they stopped answering (the actor's tamiyo_gnn_worker_hung events).
     worker_hangs: int = 0
     # Nissa's alerts that fired in this session, by rule (its alert_fired events).
@@ -295,14 +297,17 @@ class RunTally:
         emergencies: EmergencyTally | None = None,
         refusals: Sequence[Refusal] = (),
         incomplete: Sequence[str] = (),
+        partial: Sequence[str] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its slot transitions (what Nissa starts from, see
         slot_transitions_at), its emergency signals (the summary counts every session's, each move once) and the stage
         ops the trainer refused (see RefusalLog); the resumed run's own traffic then continues the tally.
         ``incomplete``: what the earlier sessions' files could not tell (the summary says so:
-        GrowthFigures.earlier_incomplete)."""
+        GrowthFigures.earlier_incomplete); ``partial``: what they could not tell with their seed transitions whole
+        (said the same way, but the host-only baseline stays known)."""
         self.earlier_incomplete = list(incomplete)
+        self.earlier_partial = list(partial)
         self.decisions = list(decisions or ())
         self.emergencies = emergencies if emergencies is not None else EmergencyTally()
         self.earlier_slot_transitions = list(slot_transitions or ())
@@ -427,7 +432,7 @@ class RunTally:
             fallback_reasons=fallback_reasons,
             worker_hangs=self.worker_hangs,
             emergency_events=self.emergencies.count,
-            earlier_incomplete=list(self.earlier_incomplete),
+            earlier_incomplete=[*self.earlier_incomplete, *self.earlier_partial],
         )
 
 

@@ -103,6 +103,22 @@ def test_a_resumed_session_killed_after_an_earlier_summary_is_not_reported_by_th
     assert out.splitlines()[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"
 
 
+def test_a_summary_whose_duration_the_run_finished_line_rounds_apart_is_the_last_sessions(tmp_path: Path) -> None:
+    """An earlier version logged run_finished's duration_s as 0.678 and wrote 0.679 in summary.json: the report called
+    the summary an earlier session's ("its last session ended (completed) without writing a summary")."""
+    run = write_run(tmp_path / "run-d")
+    written = json.loads((run / "summary.json").read_text(encoding="utf-8"))["duration_s"]
+    _append_events(run, _STARTED, {**_INTERRUPTED, "status": "completed", "duration_s": written + 0.001})
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-d: status completed")
+    # A resumed session that ended without writing one leaves the first session's stale, however close its duration.
+    earlier_end = {**_INTERRUPTED, "duration_s": written, "timestamp": "2026-01-01T00:00:00.000000Z"}
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary["started_at"] = "2025-12-31T23:00:00.000000Z"
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    _append_events(run, earlier_end, _STARTED, {**_INTERRUPTED, "status": "failed", "duration_s": written})
+    assert _run([str(run)])[1].splitlines()[0].startswith("run run-d: its last session ended (failed)")
+
+
 def test_a_summary_written_just_before_a_second_ctrl_c_is_the_sessions_own(tmp_path: Path) -> None:
     """A second Ctrl-C late in the stop: summary.json was written, the run_finished line was not. The report called
     the summary "an earlier session's" of a run that had one session, and likewise of a resumed session's own."""

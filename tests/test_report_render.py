@@ -166,7 +166,8 @@ def test_a_withdrawn_germination_is_no_seed_outcome_and_its_lane_ends_where_its_
 def test_the_summary_names_status_final_figures_and_seed_outcomes(tmp_path: Path) -> None:
     lines = summary_lines(load_run(write_run(tmp_path / "run-e")))
     assert lines[0] == "run run-e: status completed, exit code 0, 45.0 s, dead letters 0"
-    assert lines[1].startswith("epochs 18 (last epoch 17, step 1800): train loss 0.3059")
+    # The fixture counts epochs from 0, as versions before 402fcbe wrote them: read as epochs 1 to 18.
+    assert lines[1].startswith("epochs 18 (last epoch 18, step 1800): train loss 0.3059")
     assert lines[2] == "seeds 3: culled 1, fossilized 1, shadowing 1"
 
 
@@ -233,11 +234,11 @@ def test_a_run_with_a_paused_seed_reads_the_pause_and_renders_it(tmp_path: Path)
 
 def test_metrics_rows_longer_or_shorter_than_the_header_read_as_far_as_they_match(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,val_accuracy\n0,16,0.5,extra,cells\n1,32\n2,48,0.7\n", encoding="utf-8")
+    path.write_text("epoch,step,val_accuracy\n1,16,0.5,extra,cells\n2,32\n3,48,0.7\n", encoding="utf-8")
     assert read_metrics(path) == [
-        {"epoch": 0.0, "step": 16.0, "val_accuracy": 0.5},
-        {"epoch": 1.0, "step": 32.0, "val_accuracy": None},
-        {"epoch": 2.0, "step": 48.0, "val_accuracy": 0.7},
+        {"epoch": 1.0, "step": 16.0, "val_accuracy": 0.5},
+        {"epoch": 2.0, "step": 32.0, "val_accuracy": None},
+        {"epoch": 3.0, "step": 48.0, "val_accuracy": 0.7},
     ]
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal, JournalBoundary, planner_view
 from actors.nissa.metrics import epoch_row
-from esper.resume_rows import unwritten_epoch_ends
+from esper.report import read_metrics
+from esper.resume_rows import renumber_from_1, unwritten_epoch_ends
 from esper.runtime.errors import ConfigError
 from schemas.enums import SeedLifecycleStage
 from schemas.state import SeedState, StepTimings
@@ -100,3 +101,41 @@ def test_a_journal_that_no_longer_decodes_is_one_line(tmp_path: Path) -> None:
         journal.write(b"{torn\n" + msgspec.json.encode(JournalBoundary(packet=planner_view(_sent(32, 1)))) + b"\n")
     with pytest.raises(ConfigError, match=r"kasmina_journal\.jsonl line 2 does not decode .*metrics\.csv rows"):
         unwritten_epoch_ends(checkpoints, {}, 32, SLOTS)
+
+
+@pytest.mark.parametrize(
+    ("written", "steps"),
+    [({0: 16, 1: 32, 2: 48}, []), ({0: 16}, [32, 48])],
+    ids=["all_written", "a_kill_after_the_first"],
+)
+def test_a_metrics_csv_counted_from_0_is_matched_by_step(
+    tmp_path: Path, written: dict[int, int], steps: list[int]
+) -> None:
+    """Versions before 402fcbe counted epochs from 0: by their numbers the last row's epoch was unwritten, and a resume
+    after a Ctrl-C wrote it again (``2,48`` then ``3,48``)."""
+    sent = [_sent(8), _sent(16, 0), _sent(24), _sent(32, 1), _sent(40), _sent(48, 2)]
+    checkpoints = _checkpoints(tmp_path, sent, {48: 3})
+
+    assert [p.global_step for p in unwritten_epoch_ends(checkpoints, written, 48, SLOTS)] == steps
+
+
+def test_an_earlier_versions_rows_counted_from_0_are_renumbered_in_place(tmp_path: Path) -> None:
+    """A resume by a version between appended rows counted from 1 (``5`` then ``7``): only the leading ones change."""
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"epoch,step,val_accuracy\n0,16,0.5\n1,32,0.6\n2,48,0.7\n4,64,0.8\n5,80,0.8\n")
+
+    assert renumber_from_1(path) == 3
+    assert path.read_bytes() == b"epoch,step,val_accuracy\n1,16,0.5\n2,32,0.6\n3,48,0.7\n4,64,0.8\n5,80,0.8\n"
+    assert renumber_from_1(path) == 0  # counted from 1: left alone
+    assert renumber_from_1(tmp_path / "none.csv") == 0
+
+
+def test_the_report_reads_rows_counted_from_0_as_epochs_from_1(tmp_path: Path) -> None:
+    """esper.report said "epochs 7 (last epoch 6, step 140)", and a resume took the host-only baseline's epoch one
+    early: both read metrics.csv's epoch column."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,val_accuracy\n0,16,0.5\n1,32,0.6\n3,48,0.7\n", encoding="utf-8")
+
+    assert [(row["epoch"], row["step"]) for row in read_metrics(path)] == [(1, 16), (2, 32), (3, 48)]
+    path.write_text("epoch,step,val_accuracy\n1,16,0.5\n2,32,0.6\n", encoding="utf-8")
+    assert [row["epoch"] for row in read_metrics(path)] == [1, 2]

@@ -121,3 +121,23 @@ def test_a_log_an_earlier_version_kept_above_info_is_said_to_lack_the_records(tm
         .incomplete[0]
         .startswith("events.jsonl holds none of the 10 epochs the checkpoints reached (deleted or emptied?)")
     )
+
+
+def test_a_log_of_epochs_without_decisions_is_said_to_miss_them_and_keeps_the_baseline(tmp_path: Path) -> None:
+    """b6026c2 logged its epochs but no tamiyo_decision record: the resumed summary counted the new session's
+    decisions alone and said nothing (the note came only above info)."""
+    run = _run(tmp_path)
+    lines = (run / "events.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (run / "events.jsonl").write_text("".join(line for line in lines if "tamiyo_decision" not in line), "utf-8")
+    before = earlier_tally(run, RunConfig())
+    assert before.incomplete == ()
+    assert before.partial == (
+        "events.jsonl holds no tamiyo_decision records for the 10 epochs it logged (an earlier version of Esper did"
+        " not write them): the earlier sessions' decisions are missing",
+    )
+    tally = RunTally()
+    tally.preload(before.stages, before.epochs, before.decisions, incomplete=before.incomplete, partial=before.partial)
+    figures = tally.figures(0)
+    assert figures.earlier_incomplete == list(before.partial)
+    assert (figures.baseline_source, figures.baseline_epoch) == ("host_only", EPOCHS)  # the transitions are whole
+    assert growth_lines(figures)[-1] == f"earlier sessions' figures incomplete: {before.partial[0]}"

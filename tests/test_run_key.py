@@ -127,17 +127,30 @@ def test_a_resume_check_refuses_a_journal_whose_boundaries_go_backwards(tmp_path
 
 
 def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path: Path) -> None:
-    """A run without the environment variable and without its key file: nothing could verify its commands."""
+    """A run without the environment variable and without its key file: nothing could verify its commands. One an
+    earlier version wrote (its manifest names no version) may have signed with a random key it never saved: it was
+    told to set the variable "to the key the run was started with", a key that never existed."""
     write_journal(tmp_path, [JournalBoundary(packet=make_packet(4))])
     check(tmp_path, None)  # no command: nothing to verify, the resume draws a new key
     write_journal(tmp_path, [JournalBoundary(packet=make_packet(4), command=germinate(4, b"k" * 32))])
+    missing = (
+        f"--resume {tmp_path}: checkpoints/{JOURNAL_FILENAME}: step 4 holds a signed command (germinate) and the run's"
+        f" key is missing (no {KEY_FILE} in the run directory, {ENV} unset), so it cannot be verified"
+    )
     with pytest.raises(ConfigError) as refused:
         check(tmp_path, None)
     assert str(refused.value) == (
-        f"--resume {tmp_path}: checkpoints/{JOURNAL_FILENAME}: step 4 holds a signed command (germinate) and the run's"
-        f" key is missing (no {KEY_FILE} in the run directory, {ENV} unset), so it cannot be verified: set {ENV} to"
-        " the key the run was started with, or start a new run"
+        f"{missing}: an earlier version that started it without {ENV} signed with a random key it never saved (the"
+        f" run predates {KEY_FILE}), so no key can verify it: finish it with the version that started it, or start a"
+        f" new run; if it was started with {ENV} set, set it to that value"
     )
+    manifest = tmp_path / "checkpoints" / "manifest.json"
+    manifest.write_text(  # this version's: it keeps a key it draws, so the variable held the one
+        json.dumps({**json.loads(manifest.read_text(encoding="utf-8")), "esper_version": "0.1.0"}), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as refused:
+        check(tmp_path, None)
+    assert str(refused.value) == f"{missing}: set {ENV} to the key the run was started with, or start a new run"
 
 
 RESUMED_EPOCHS = 8

@@ -53,11 +53,16 @@ class JournalReplay:
         self._prepare = prepare
 
     async def replay(
-        self, planner: BoundaryPlanner, cut: int | None, *, preview: bool
+        self,
+        planner: BoundaryPlanner,
+        cut: int | None,
+        *,
+        preview: bool,
+        seen: Callable[[BoundaryPlan], None] | None = None,
     ) -> tuple[int, list[BoundaryPlan]]:
         """Feed ``planner`` the journal (with ``preview``, only its entries up to boundary ``cut``); returns how many
         entries were replayed and, with a cut, the replayed plans in flight there (their modules kept under their
-        handles; every other replayed plan's are discarded).
+        handles; every other replayed plan's are discarded). ``seen`` is given every replayed plan, in order.
 
         Raises:
             JournalTampered: a journaled command fails verification (see ``_replay_boundary``).
@@ -86,6 +91,8 @@ class JournalReplay:
                             planner.record_validation(entry.report)
                         case JournalBoundary():
                             plan = await self._replay_boundary(planner, entry, keep=cut is not None)
+                            if seen is not None:
+                                seen(plan)
                             effect = plan.decided_on_step + planner.lag_steps
                             if cut is not None and effect >= cut:
                                 candidates.append((plan.decided_on_step, effect, plan))

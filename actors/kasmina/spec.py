@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.handoff import Handoff
     from esper.runtime.lanes import Lane
-    from schemas.config import KasminaConfig, SecurityConfig
+    from schemas.config import BreakerConfig, KasminaConfig, SecurityConfig
     from schemas.state import SystemStatePacket
 
 PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]
@@ -62,6 +62,42 @@ def lifecycle_settings(config: KasminaConfig, cadence: EvidenceCadence | None = 
         gate_patience_steps=config.gate_patience_steps,
         cadence=cadence if cadence is not None else EvidenceCadence(),
     )
+
+
+def planner_factory(
+    *,
+    run_id: str,
+    run_seed: int,
+    slots: Mapping[str, SlotShape],
+    settings: LifecycleSettings,
+    lag_steps: int,
+    source: SeedSource,
+    clock: Clock,
+    breaker: BreakerConfig,
+    approved_blueprints: frozenset[str] = frozenset(),
+    initial_seeds: Mapping[str, str] | None = None,
+) -> Callable[[EventSink], BoundaryPlanner]:
+    """What builds a fresh boundary planner for a sink: every Kasmina incarnation's, and a resume's check of the
+    journal's replay (actors.kasmina.held_seeds) builds the same one."""
+    slot_shapes = dict(slots)
+    initial = dict(initial_seeds or {})
+
+    def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
+        return BoundaryPlanner(
+            run_id=run_id,
+            run_seed=run_seed,
+            slots=slot_shapes,
+            settings=settings,
+            lag_steps=lag_steps,
+            describe=source.describe,
+            clock=clock,
+            sink=planner_sink,
+            breaker=breaker,
+            approved_blueprints=approved_blueprints,
+            initial_seeds=initial,
+        )
+
+    return make_planner
 
 
 def kasmina_spec(
@@ -150,24 +186,20 @@ def kasmina_spec(
     timing = msgspec.structs.replace(cadence if cadence is not None else EvidenceCadence(), lag_steps=lag_steps)
     settings = lifecycle if lifecycle is not None else lifecycle_settings(config, timing)
     send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
-    slot_shapes = dict(slots)
-    initial = dict(initial_seeds or {})
     journal = BoundaryJournal(None if journal_dir is None else journal_dir / JOURNAL_FILENAME, fresh=not resume)
 
-    def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
-        return BoundaryPlanner(
-            run_id=run_id,
-            run_seed=run_seed,
-            slots=slot_shapes,
-            settings=settings,
-            lag_steps=lag_steps,
-            describe=seed_source.describe,
-            clock=clock,
-            sink=planner_sink,
-            breaker=config.breaker,
-            approved_blueprints=approved_blueprints,
-            initial_seeds=initial,
-        )
+    make_planner = planner_factory(
+        run_id=run_id,
+        run_seed=run_seed,
+        slots=slots,
+        settings=settings,
+        lag_steps=lag_steps,
+        source=seed_source,
+        clock=clock,
+        breaker=config.breaker,
+        approved_blueprints=approved_blueprints,
+        initial_seeds=initial_seeds,
+    )
 
     first_restore: list[int | None] = [resume_step]
 

@@ -73,6 +73,12 @@ def read_stop_state(path: Path) -> TamiyoState | None:
     try:
         envelope = _ENVELOPE.decode(data)
     except msgspec.DecodeError as err:
+        if _bare_state(data):
+            # The decoder's "Object contains unknown field `policy`" said nothing a user could act on.
+            raise StopStateDamaged(
+                "written by an earlier version of Esper (a controller state without a checksum), which this version"
+                " does not read"
+            ) from err
         raise StopStateDamaged(f"not a checksummed controller state: {err}") from err
     if _HEX64.fullmatch(envelope.sha256) is None:
         raise StopStateDamaged(f"damaged: the recorded sha256 {envelope.sha256[:16]!r} is not 64 hex digits")
@@ -83,4 +89,15 @@ def read_stop_state(path: Path) -> TamiyoState | None:
     try:
         return _STATE.decode(payload)
     except msgspec.DecodeError as err:  # a state its digest vouches for that this version cannot read
-        raise StopStateDamaged(f"the state does not decode: {err}") from err
+        raise StopStateDamaged(
+            f"written by another version of Esper, whose controller state this version does not read ({err})"
+        ) from err
+
+
+def _bare_state(data: bytes) -> bool:
+    """Whether ``data`` is a JSON object with no digest but a policy: an earlier version wrote the state bare."""
+    try:
+        tree = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(tree, dict) and "sha256" not in tree and "policy" in tree

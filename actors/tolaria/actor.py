@@ -198,6 +198,7 @@ class TolariaWiring:
         halt_reason: with ``resume``, why the run halted when its checkpoint is an L4 halt's at the end of the last
             epoch (see LoopOptions); None: not on record.
         run_keys: the config keys the run trains with, for the checkpoint manifest (see LoopOptions); None: none.
+        written_by: the Esper version training, for the checkpoint manifest (see LoopOptions); None: not recorded.
     """
 
     run_id: str
@@ -220,6 +221,7 @@ class TolariaWiring:
     journaled_step: Callable[[], int | None] | None = None
     halt_reason: str | None = None
     run_keys: Mapping[str, object] | None = None
+    written_by: str | None = None
 
 
 @final
@@ -340,6 +342,7 @@ class TolariaTrainer(Actor[StartTraining]):
             journaled_step=wiring.journaled_step,
             halt_reason=wiring.halt_reason,
             run_keys=wiring.run_keys,
+            written_by=wiring.written_by,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

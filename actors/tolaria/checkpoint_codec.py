@@ -33,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CheckpointError",
     "checkpoint_counters",
+    "checkpoint_graft_log",
     "checkpoint_run_id",
     "decode_state",
     "encode_state",
@@ -193,6 +194,21 @@ def checkpoint_counters(path: Path) -> dict[str, object]:
     tree = _header_tree(path)
     counters = tree.get("counters") if isinstance(tree, dict) else None
     return dict(counters) if isinstance(counters, dict) else {}
+
+
+def checkpoint_graft_log(path: Path) -> list[GraftEvent]:
+    """The graft log of the checkpoint at ``path`` (the seed ops applied up to its step), from its header alone.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint, or its graft log does not decode.
+        OSError: it cannot be read.
+    """
+    tree = _header_tree(path)
+    raw = tree.get("graft_log") if isinstance(tree, dict) else None
+    try:
+        return msgspec.convert(_unpack(raw, {}), list[GraftEvent])
+    except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
+        raise CheckpointError(f"{path.name}: malformed graft log ({err})") from err
 
 
 def _header_tree(path: Path) -> Any:

@@ -8,6 +8,7 @@ Layout of ``<run dir>/checkpoints/``:
   "batch_index"}...] (oldest first), "graft_log": [...], "run_keys": {...}}``, rewritten atomically after each file.
   ``run_keys`` (absent in manifests written before it) holds the config keys the run trains with (see
   ``esper.resume.run_keys``), so a resume tells an edited run config.toml from the one the checkpoints were trained on.
+  ``esper_version`` (absent before it was recorded) is the Esper version that wrote the manifest.
 
 Every file is written atomically (temp file, fsync, rename, directory fsync). Only the last ``keep_last`` are kept.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "load_latest",
     "read_manifest",
     "read_run_keys",
+    "read_written_by",
 ]
 
 MANIFEST = "manifest.json"
@@ -118,6 +120,17 @@ def read_run_keys(directory: Path) -> dict[str, object] | None:
     if not isinstance(keys, dict):
         raise CheckpointError(f"{path}: run_keys must be an object, got {type(keys).__name__}")
     return keys
+
+
+def read_written_by(directory: Path) -> str | None:
+    """The Esper version that wrote the manifest (``esper_version``); None when there is no manifest, it records none
+    (an earlier version's) or it cannot be read (the resume's other checks say why). Blocking."""
+    try:
+        raw = _manifest_json(directory / MANIFEST)
+    except CheckpointError:
+        return None
+    written = raw.get("esper_version") if isinstance(raw, dict) else None
+    return written if isinstance(written, str) else None
 
 
 def _entry_problem(info: CheckpointInfo) -> str | None:
@@ -237,7 +250,8 @@ class CheckpointWriter:
     thread waits for it before it reads the state (``device``: the training device; on a CPU, or None, there is
     nothing to wait for).
 
-    ``run_keys`` (JSON values by dotted key) go into every manifest it writes; None: none recorded.
+    ``run_keys`` (JSON values by dotted key) and ``written_by`` (the Esper version, as ``esper_version``) go into
+    every manifest it writes; None: not recorded.
     """
 
     def __init__(
@@ -249,8 +263,10 @@ class CheckpointWriter:
         on_written: Callable[[CheckpointInfo], None] | None = None,
         device: torch.device | None = None,
         run_keys: Mapping[str, object] | None = None,
+        written_by: str | None = None,
     ) -> None:
         self._directory = directory
+        self._written_by = written_by
         self._run_keys = None if run_keys is None else dict(run_keys)
         self._keep_last = keep_last
         self._device = device
@@ -355,6 +371,8 @@ class CheckpointWriter:
         }
         if self._run_keys is not None:
             manifest["run_keys"] = self._run_keys
+        if self._written_by is not None:
+            manifest["esper_version"] = self._written_by
         # msgspec, not json.dumps: with an indent the standard library encodes in pure Python, on the writer thread.
         atomic_write_bytes(
             directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=1), shared=True

@@ -126,6 +126,7 @@ class TrainingLoop:
                 on_written=_log_written,
                 device=self._s.trainee.device,
                 run_keys=self._s.options.run_keys,
+                written_by=self._s.options.written_by,
             )
         self._s.writer = writer
         try:

@@ -46,6 +46,8 @@ class LoopOptions:
             L4 halt wrote at the end of the last epoch (the resume finishes the run halted); None: not on record.
         run_keys: the config keys the run trains with, recorded in every checkpoint manifest (a resume compares the
             run's config.toml with them); None: none recorded.
+        written_by: the Esper version training (esper.version), recorded in every checkpoint manifest, so a resume
+            by another version can say which rules the run continues under; None: not recorded.
     """
 
     run_id: str
@@ -62,6 +64,7 @@ class LoopOptions:
     journaled_step: Callable[[], int | None] | None = None
     halt_reason: str | None = None
     run_keys: Mapping[str, object] | None = None
+    written_by: str | None = None
 
 
 @final

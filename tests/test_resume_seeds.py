@@ -1,0 +1,120 @@
+"""A resume whose journal, replayed under this version's rules, rebuilds other seeds than its checkpoint holds is
+refused; every manifest and run_starting line says which Esper wrote it, and a resume by another version says so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from actors.kasmina.held_seeds import HeldSeed, ReplayedHoldings
+from actors.tolaria.boundary import GraftEvent
+from esper.resume_seeds import seeds_problem
+from esper.run import start
+from esper.runtime.errors import ConfigError
+from esper.version import esper_version
+from schemas.enums import SeedLifecycleStage as Stage
+from tests.test_e2e_run import tiny_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+EVERY_EPOCH = ['tamiyo.policy="every_k"', "tamiyo.every_k_epochs=1"]
+
+
+def _digests(run_dir: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(run_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _events(run_dir: Path, name: str) -> list[dict[str, object]]:
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [entry for line in lines if (entry := json.loads(line)).get("event") == name]
+
+
+async def test_a_journal_that_replays_a_culled_seed_back_to_life_refuses_the_resume(tmp_path: Path) -> None:
+    """An 8e7e7ef run resumed by a version whose gates time out later: the replay brought back seeds the old session
+    had culled (its graft log detached them), the slots counted occupied and their detaches failed. Here the run's
+    rules are made another version's by hand: a longer dwell than it trained with, in its config.toml and in the
+    manifest's run_keys (an earlier version's manifest records no Esper version)."""
+    run_dir = tmp_path / "run"
+    summary = await (await start(tiny_config(tmp_path, epochs=6), run_dir, EVERY_EPOCH)).wait()
+    assert summary.status == "completed"
+    manifest_path = run_dir / "checkpoints" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["esper_version"] == esper_version()
+    assert [event["esper_version"] for event in _events(run_dir, "run_starting")] == [esper_version()]
+    detached = [event for event in manifest["graft_log"] if event["kind"] == "detach"]
+    assert detached, "the run must cull a seed for its replay under a longer dwell to bring it back"
+    del manifest["esper_version"]
+    manifest["run_keys"]["kasmina.stage_min_dwell_steps"] = 64
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    config = run_dir / "config.toml"
+    config.write_text(
+        re.sub(r"stage_min_dwell_steps = \d+", "stage_min_dwell_steps = 64", config.read_text(encoding="utf-8")),
+        encoding="utf-8",
+    )
+    before = _digests(run_dir)
+
+    with pytest.raises(ConfigError) as refused:
+        await start(config, resume=run_dir, overrides=["tolaria.epochs=8"])
+
+    message = str(refused.value)
+    assert "\n" not in message
+    first = detached[0]
+    assert (
+        f"checkpoints/kasmina_journal.jsonl replayed up to step {manifest['checkpoints'][-1]['global_step']} under"
+        f" this version's lifecycle rules has seed {first['seed_id']} in slot {first['slot']} at" in message
+    )
+    assert f"holds no seed there (its graft log detached it at step {first['step']})" in message
+    assert f"(an earlier version; this is esper {esper_version()})" in message
+    assert message.endswith("finish it with the version that started it, or start a new run")
+    after = _digests(run_dir)
+    # Only the log of the refused start changed (the lock holds the same process's pid): no checkpoint, row,
+    # journal line or config.
+    assert {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)} == {"events.jsonl"}
+    (warning,) = _events(run_dir, "resume_by_other_version")
+    assert warning["now"] == esper_version()
+    assert warning["written_by"] == "an earlier version (its checkpoints do not say which)"
+
+
+def _holdings(*seeds: HeldSeed, moving: frozenset[str] = frozenset()) -> ReplayedHoldings:
+    return ReplayedHoldings(step=100, seeds=seeds, moving=moving)
+
+
+def test_the_replay_and_the_graft_log_agree_on_attached_fossilized_and_detached_seeds() -> None:
+    graft = [
+        GraftEvent(step=10, kind="attach", slot="a", seed_id="s1"),
+        GraftEvent(step=20, kind="attach", slot="b", seed_id="s2"),
+        GraftEvent(step=30, kind="fossilize", slot="a", seed_id="s1", stage=Stage.FOSSILIZED),
+        GraftEvent(step=40, kind="detach", slot="b", seed_id="s2"),
+    ]
+    assert seeds_problem(_holdings(HeldSeed("a", "s1", Stage.FOSSILIZED)), graft, ("a", "b"), "step-100.pt") is None
+
+
+def test_a_seed_the_checkpoint_holds_and_the_replay_culled_is_named() -> None:
+    graft = [GraftEvent(step=10, kind="attach", slot="b", seed_id="s2")]
+    assert seeds_problem(_holdings(), graft, ("a", "b"), "step-100.pt") == (
+        "no seed in slot b, but the checkpoint step-100.pt holds seed s2 there"
+    )
+    other = _holdings(HeldSeed("b", "s3", Stage.TRAINING))
+    assert seeds_problem(other, graft, ("a", "b"), "step-100.pt") == (
+        "seed s3 in slot b at TRAINING, but the checkpoint step-100.pt holds seed s2 there"
+    )
+
+
+def test_a_slot_with_a_graft_op_due_at_the_checkpoint_is_not_judged() -> None:
+    """A germination's attach (or a cull's detach) in flight at the checkpoint: the trainer applies it after."""
+    germinated = _holdings(HeldSeed("a", "s1", Stage.GERMINATED), moving=frozenset({"a"}))
+    assert seeds_problem(germinated, [], ("a",), "step-100.pt") is None
+    assert seeds_problem(_holdings(HeldSeed("a", "s1", Stage.GERMINATED)), [], ("a",), "step-100.pt") == (
+        "seed s1 in slot a at GERMINATED, but the checkpoint step-100.pt holds no seed there"
+    )
