@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 
 from esper.logs import reset_logging
 from esper.runtime.clock import ManualClock
@@ -15,6 +17,11 @@ if TYPE_CHECKING:
 
 # The real Redis server's client and key-prefix fixtures, for the bus tests that use them.
 pytest_plugins = ["tests._redis_fixtures"]
+
+# One torch thread in each test process and the runs it starts (they inherit the environment): pytest-xdist already
+# runs a worker per core, and the tests' tiny models train slower on more threads than on one.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture
