@@ -96,7 +96,10 @@ def test_default_run_dir_is_under_runs_with_the_run_id(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('run_id = "abc"\n')
     result = run_cli("c.toml", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "runs" / "abc" / "summary.json").is_file()
+    summary = json.loads((tmp_path / "runs" / "abc" / "summary.json").read_text(encoding="utf-8"))
+    # Absolute, so the file still says where the run is when read from another directory.
+    assert Path(summary["run_dir"]).is_absolute()
+    assert Path(summary["run_dir"]).resolve() == (tmp_path / "runs" / "abc").resolve()
 
 
 def test_set_overrides_reach_the_resolved_config(tmp_path: Path) -> None:
