@@ -401,9 +401,16 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     with the run's status (never set when called from a test or another program).
     """
     args = build_parser().parse_args(argv)
-    config = checked_command_line(args)
+    try:
+        # Read-only (a resume's newest checkpoint is read and digested: seconds for a large one), so a Ctrl-C here
+        # leaves at once with nothing to stop; as ``python -m esper.run`` the import-time handlers still do that.
+        config = checked_command_line(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     if isinstance(config, int):
         return config
+    if whole_process:
+        _hand_signals_to_the_run()
     with contextlib.suppress(KeyboardInterrupt):
         try:
             return asyncio.run(
@@ -421,11 +428,15 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     return EXIT_INTERRUPTED
 
 
-if __name__ == "__main__":
+def _hand_signals_to_the_run() -> None:
+    """Replace the import-time handlers (leave at once) with Python's defaults, which the run's loop takes over."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+if __name__ == "__main__":
     status = main(whole_process=True)
     drop_lost_streams()
     # Everything is written (the run's files closed, the console flushed): leave now rather than through the

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import esper.run_args
 from actors.urza.store import UrzaStore
 from esper.config import load_config
 from esper.run import main
@@ -293,6 +294,55 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path: Path) ->
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()  # stopped before anything was made
+
+
+# A signal while a --resume's checks read the run (its newest checkpoint's digest: seconds for a large one).
+_SIGNAL_WHILE_CHECKING = """
+import os, runpy, signal, sys
+import esper.run_args
+
+SIGNAL = getattr(signal, sys.argv[3])
+
+def checking(*args):
+    os.kill(os.getpid(), SIGNAL)
+    raise AssertionError("the signal did not stop the checks")
+
+esper.run_args.check_resume_file_kinds = checking
+sys.argv = ["esper.run", sys.argv[1], "--resume", sys.argv[2]]
+runpy.run_module("esper.run", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_resume_is_checked_exits_130_without_a_traceback(tmp_path: Path, signame: str) -> None:
+    """The checks ran after the import-time handlers were replaced and before the loop's: a Ctrl-C printed a
+    KeyboardInterrupt traceback, a SIGTERM killed the process (143) without a word."""
+    config = tmp_path / "c.toml"
+    config.write_text("[tolaria]\nepochs = 1\n", encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_CHECKING, str(config), str(tmp_path / "run"), signame],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == ""
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == []  # nothing written
+
+
+def test_a_ctrl_c_while_main_checks_a_resume_returns_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called in-process (no import-time handlers), a KeyboardInterrupt in the checks is the interrupted status."""
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(esper.run_args, "check_resume_file_kinds", interrupted)
+    (tmp_path / "c.toml").write_text("", encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    assert main([str(tmp_path / "c.toml"), "--resume", str(tmp_path / "run")]) == 130
 
 
 @pytest.mark.parametrize(
