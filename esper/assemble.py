@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 import msgspec
 import structlog
+import torch
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
@@ -336,9 +337,12 @@ async def assemble(
             run_keys=run_keys(config),
             written_by=esper_version(),
         )
+        # Read on the train lane's own thread: the count the trainer really runs on (a resume's must be its run's).
+        train_threads = await lanes.train.run(torch.get_num_threads)
         _log.info(
             "run_assembled",
             slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
+            train_threads=train_threads,
             host_parameters=found.host_parameters,
             blueprints=[c.blueprint_id for c in offered],
             tamiyo_state=state_source,

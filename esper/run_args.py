@@ -25,7 +25,7 @@ from esper.baseline import RecordedBaseline, load_baseline
 from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
 from esper.data_fingerprint import check_same_data
-from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
+from esper.resume import check_checkpoint_run, check_resumable, check_resume_files, threads_as_trained
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
@@ -305,6 +305,8 @@ async def checked_start(
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
+        # An earlier version trained an unset thread count on one thread: the resume keeps training on one.
+        resolved = await anyio.to_thread.run_sync(threads_as_trained, directory, resolved)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:
         run_id = resolved.run_id or new_run_id()
