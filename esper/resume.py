@@ -302,11 +302,12 @@ def _check_journaled_command(
         )
         if read_written_by(directory / "checkpoints") is not None:  # a version that keeps a key it draws
             raise ConfigError(f"{missing}: set {secret_env} to the key the run was started with, or start a new run")
-        # Versions before command.key drew a random key without saving it: there may be no key to set.
+        # Versions before command.key drew a random key without saving it, but the manifest records which version wrote
+        # it only since well after command.key came: nothing here dates the run, so both cases are named.
         raise ConfigError(
-            f"{missing}: an earlier version that started it without {secret_env} signed with a random key it never"
-            f" saved (the run predates {KEY_FILE}), so no key can verify it: finish it with the version that started"
-            f" it, or start a new run; if it was started with {secret_env} set, set it to that value"
+            f"{missing}: restore its {KEY_FILE} (from a backup) or set {secret_env} to the key it was started with;"
+            f" if a version from before {KEY_FILE} was kept started it without {secret_env}, that version signed with"
+            " a random key it never saved and no key can verify it: finish it with that version, or start a new run"
         )
     refusal = replay_refusal(entry, run_id, signed)
     if refusal is not None:
