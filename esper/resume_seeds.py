@@ -107,8 +107,8 @@ def seeds_problem(
     holdings: ReplayedHoldings, graft: Sequence[GraftEvent], slots: Sequence[str], checkpoint: str
 ) -> str | None:
     """The first slot (in ``slots``' order) where the replayed lifecycle's seed is not the one the graft log left
-    attached, as a phrase; None when every slot agrees. Slots with an attach or detach due at or after the
-    checkpoint's step are passed over (see ReplayedHoldings.moving)."""
+    attached, as a phrase; None when every slot agrees. Slots with an attach or detach whose outcome the replay cannot
+    know yet are passed over (see ReplayedHoldings.moving)."""
     attached: dict[str, str] = {}
     detached_at: dict[str, int] = {}
     for event in graft:

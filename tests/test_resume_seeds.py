@@ -10,17 +10,27 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from actors.kasmina.held_seeds import HeldSeed, ReplayedHoldings
+from actors.kasmina.held_seeds import HeldSeed, ReplayedHoldings, replay_holdings
+from actors.kasmina.journal import JOURNAL_FILENAME
+from actors.kasmina.preparation import CatalogueSource, ModuleCache, Preparer
 from actors.tolaria.boundary import GraftEvent
 from esper.resume_seeds import seeds_problem
 from esper.run import start
 from esper.runtime.errors import ConfigError
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
 from esper.version import esper_version
 from schemas.enums import SeedLifecycleStage as Stage
+from tests._kasmina_harness import KEY, KEY_ID, RUN, SLOTS, bare_planner, running_kasmina
 from tests.test_e2e_run import tiny_config
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from torch import nn
+
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,3 +128,33 @@ def test_a_slot_with_a_graft_op_due_at_the_checkpoint_is_not_judged() -> None:
     assert seeds_problem(_holdings(HeldSeed("a", "s1", Stage.GERMINATED)), [], ("a",), "step-100.pt") == (
         "seed s1 in slot a at GERMINATED, but the checkpoint step-100.pt holds no seed there"
     )
+
+
+async def test_an_attach_refused_after_a_mid_epoch_checkpoints_last_packet_leaves_its_slot_unjudged(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """A Ctrl-C's checkpoint inside an epoch (step 7; the last packet at step 4): the germination decided at 4 had its
+    attach refused at step 6 (emergency level L2). The receipt is journaled, but the planner applies a receipt at the
+    first boundary after it, which a replay up to step 7 never reaches: the replay held the seed GERMINATED, the graft
+    log had no attach, and a run the trainer had kept consistent was refused."""
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        plan = await h.boundary(4, h.germinate(rank=2))
+        assert [(op.kind, op.slot, plan.effect_step) for op in plan.ops] == [("attach", "a", 6)]
+        await h.apply(plan, applied=False, error="no new grafts at emergency level L2", level_refused=True)
+        await h.states()  # a barrier: the receipt is journaled
+    handoff: Handoff[nn.Module] = Handoff()
+    async with Lane("io") as lane:
+        holdings = await replay_holdings(
+            lambda planner_sink: bare_planner(clock, planner_sink),
+            tmp_path / JOURNAL_FILENAME,
+            7,
+            run_id=RUN,
+            keys={KEY_ID: KEY},
+            clock=clock,
+            preparer=Preparer(CatalogueSource(), handoff, lane, cache=ModuleCache()),
+            artifact_wait_s=1.0,
+        )
+    [held] = holdings.seeds
+    assert (held.slot, held.stage) == ("a", Stage.GERMINATED)  # the refusal is not applied up to step 7
+    assert holdings.moving == frozenset({"a"})
+    assert seeds_problem(holdings, [], tuple(SLOTS), "step-7.pt") is None
