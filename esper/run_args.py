@@ -145,7 +145,7 @@ class StartArgs:
         config: the run's config, overrides applied and data paths made absolute.
         key: the key that signs commands (a resumed run's own, which its journaled commands were verified with).
         baseline: the recorded host-only baseline the config names, if any.
-        directory: the run directory.
+        directory: the run directory, absolute (a relative one from the working directory the run starts in).
         run_id: a new run's id; None for a resume (the resumed run's own, read once the directory is claimed).
         data: the data set the checks loaded, which the run trains on.
     """
@@ -313,6 +313,9 @@ async def checked_start(
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
+    # Absolute from here on, for everything the run writes and names: an API caller that changes its working directory
+    # while the run goes would have moved a relative one (its checkpoints and summary.json written elsewhere).
+    directory = directory.absolute()
     return StartArgs(
         config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
     )
