@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, final
 import anyio
 import msgspec
 import structlog
+import torch
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
 from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
-from actors.kasmina.spec import kasmina_spec
+from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import alert_rules
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
@@ -171,15 +172,23 @@ async def assemble(
         # boundary and refuse every new packet as not after it (each plan then timed out, and the run halted).
         controller_resumes = resume and resume_step is not None
         cadence = evidence_cadence(config.tolaria, found.data)
+        # One set of arguments for Kasmina's planner and the replay that judges a resume: they cannot drift apart.
+        planner = PlannerArgs(
+            run_id=run_id,
+            run_seed=config.tolaria.seed,
+            slots=found.slots,
+            config=config.kasmina,
+            lag_steps=config.tolaria.command_lag_steps,
+            cadence=cadence,
+            initial_seeds=config.tolaria.initial_seed_blueprints(),
+        )
         if controller_resumes and resume_step is not None:
             # Before any actor starts, so a refused resume trains nothing and writes no checkpoint, row or journal line.
             await check_replayed_seeds(
                 config,
-                run_id=run_id,
+                planner,
                 run_dir=run_dir,
                 resume_step=resume_step,
-                slots=found.slots,
-                cadence=cadence,
                 source=UrzaFirstSource(urza_source, lambda _event: None),  # its fallbacks are said by Kasmina's replay
                 secret=secret,
                 io_lane=lanes.io,
@@ -283,11 +292,10 @@ async def assemble(
                 clock=clock, sink=sink, config=config.tezzeret, shutdown_deadline_s=deadline_s,
             ),
             kasmina_spec(
-                run_id=run_id, run_seed=config.tolaria.seed, slots=found.slots, outlet=routes.plan, handoff=handoff,
+                planner, outlet=routes.plan, handoff=handoff,
                 io_lane=lanes.io, clock=wall, sink=sink, keys={config.security.key_id: secret},
-                config=kasmina, security=config.security, lag_steps=lag, cadence=cadence,
+                security=config.security,
                 source=seed_source, journal_dir=checkpoints, resume=controller_resumes, observer=routes.observed,
-                initial_seeds=config.tolaria.initial_seed_blueprints(),
                 resume_step=resume_step if controller_resumes else None,
                 mailbox_capacity=capacity, shutdown_deadline_s=deadline_s,
             ),
@@ -336,9 +344,12 @@ async def assemble(
             run_keys=run_keys(config),
             written_by=esper_version(),
         )
+        # Read on the train lane's own thread: the count the trainer really runs on (a resume's must be its run's).
+        train_threads = await lanes.train.run(torch.get_num_threads)
         _log.info(
             "run_assembled",
             slots={name: f"{s.kind}[{s.features}]" for name, s in found.slots.items()},
+            train_threads=train_threads,
             host_parameters=found.host_parameters,
             blueprints=[c.blueprint_id for c in offered],
             tamiyo_state=state_source,

@@ -98,10 +98,14 @@ def read_metrics(path: Path) -> list[MetricsRow]:
 def _counted_from_1(rows: list[MetricsRow]) -> list[MetricsRow]:
     """``rows`` with epochs counted from 1: versions before 402fcbe counted them from 0, and a resume by a later one
     appended rows counted from 1, so the leading rows numbered 0, 1, 2 ... are renumbered (the report said "epochs 7
-    (last epoch 6)", and a resume took the host-only baseline an epoch early)."""
+    (last epoch 6)", and a resume took the host-only baseline an epoch early). A row right after them repeating the
+    last one's step is that epoch end written again (see esper.resume_rows.renumber_from_1): it is left out, and the
+    rows after it keep their numbers (they were counted one too many, and the run's epochs one too many)."""
     for index, row in enumerate(rows):
         if row.get("epoch") != index:
             break
+        if index and row.get("step") is not None and row.get("step") == rows[index - 1].get("step"):
+            return rows[:index] + rows[index + 1 :]
         row["epoch"] = float(index + 1)
     return rows
 

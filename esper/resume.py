@@ -122,6 +122,25 @@ def _check_not_edited(directory: Path, earlier: RunConfig) -> None:
         )
 
 
+def threads_as_trained(directory: Path, config: RunConfig) -> RunConfig:
+    """``config`` with an unset ``tolaria.num_threads`` read as 1 when the run in ``directory`` was written by a version
+    from before the manifest recorded ``esper_version`` (its manifest lists checkpoints and names no version): those
+    versions trained an unset count on one torch thread (torch's per-thread start-up copied the io and policy lanes'
+    1; ddedda0 made unset mean every core), so the resumed run would silently train on more threads than its first
+    sessions and not end as they would have. Blocking (reads the manifest); an unreadable one is left to the resume's
+    other checks."""
+    if config.tolaria.num_threads is not None:
+        return config
+    checkpoints = directory / "checkpoints"
+    try:
+        listed = read_manifest(checkpoints)
+    except CheckpointError:
+        return config
+    if not listed or read_written_by(checkpoints) is not None:
+        return config
+    return msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, num_threads=1))
+
+
 def check_resumable(directory: Path, config: RunConfig) -> None:
     """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml,
     which every run writes at its start, checked against what its checkpoints record). Blocking (file I/O).
@@ -283,11 +302,12 @@ def _check_journaled_command(
         )
         if read_written_by(directory / "checkpoints") is not None:  # a version that keeps a key it draws
             raise ConfigError(f"{missing}: set {secret_env} to the key the run was started with, or start a new run")
-        # Versions before command.key drew a random key without saving it: there may be no key to set.
+        # Versions before command.key drew a random key without saving it, but the manifest records which version wrote
+        # it only since well after command.key came: nothing here dates the run, so both cases are named.
         raise ConfigError(
-            f"{missing}: an earlier version that started it without {secret_env} signed with a random key it never"
-            f" saved (the run predates {KEY_FILE}), so no key can verify it: finish it with the version that started"
-            f" it, or start a new run; if it was started with {secret_env} set, set it to that value"
+            f"{missing}: restore its {KEY_FILE} (from a backup) or set {secret_env} to the key it was started with;"
+            f" if a version from before {KEY_FILE} was kept started it without {secret_env}, that version signed with"
+            " a random key it never saved and no key can verify it: finish it with that version, or start a new run"
         )
     refusal = replay_refusal(entry, run_id, signed)
     if refusal is not None:

@@ -8,6 +8,7 @@ import msgspec
 
 from esper.config import load_config
 from esper.config_toml import format_value, plain
+from esper.resume import threads_as_trained
 from schemas.base import ConfigSection
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
@@ -42,7 +43,8 @@ def resume_changes(directory: Path, config: RunConfig) -> list[TelemetryEvent]:
     """A warning per setting of ``config`` that differs from the run's config.toml in ``directory`` (which the resume
     then rewrites): a resume with another config file silently trained 50 epochs of a 400-epoch run and moved its
     artifact store. The keys a resume may not change were refused before (esper.resume.check_resumable). Blocking."""
-    earlier = load_config(directory / "config.toml", written=True)
+    # As the run trained: an earlier version's unset thread count was one thread, which the resume keeps.
+    earlier = threads_as_trained(directory, load_config(directory / "config.toml", written=True))
     return [
         TelemetryEvent(
             name=RESUME_SETTING_CHANGED,

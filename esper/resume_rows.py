@@ -43,7 +43,8 @@ def unwritten_epoch_ends(
     except CheckpointError as err:
         raise ConfigError(f"--resume: {err}") from err
     epochs = next((info.epoch for info in listed if info.global_step == resume_step), None)
-    rows = [step for step in written.values() if step <= resume_step]
+    # Distinct steps: an epoch written twice (a file an earlier version damaged, see renumber_from_1) is one epoch.
+    rows = {step for step in written.values() if step <= resume_step}
     if epochs is None or len(rows) >= epochs:
         return ()
     last = max(rows, default=-1)  # the step of the last epoch end with a row
@@ -77,12 +78,14 @@ def _with_dormant_slots(packet: SystemStatePacket, slots: Sequence[str]) -> Syst
     return msgspec.structs.replace(packet, seed_states=tuple(states))
 
 
-def renumber_from_1(path: Path) -> int:
+def renumber_from_1(path: Path) -> tuple[int, int]:
     """Renumber the rows of a metrics.csv an earlier version counted from 0 (before 402fcbe) from 1, as this version
     counts and appends them: the resumed rows followed ``5`` with ``7``. Only the leading rows numbered 0, 1, 2 ...
     change (a resume by a version between appended rows counted from 1), and only their first cell; the file is
-    replaced atomically. Returns how many rows were renumbered (0: the file counts from 1, or there is none).
-    Blocking.
+    replaced atomically. A row right after them with the last one's step is the same epoch end written again (after a
+    Ctrl-C, a version between 402fcbe and 986d0e9 took the last 0-counted row's epoch for unwritten and wrote it as the
+    next number): it is dropped, and the rows after it, counted from 1, stay. Returns how many rows were renumbered and
+    how many dropped ((0, 0): the file counts from 1, or there is none). Blocking.
 
     Raises:
         OSError: the file cannot be read or replaced.
@@ -90,15 +93,37 @@ def renumber_from_1(path: Path) -> int:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return 0
+        return 0, 0
     lines = data.split(b"\n")
+    column = _step_column(lines[0])
     count = 0
+    dropped = 0
+    previous: bytes | None = None
     for index in range(1, len(lines)):
         epoch, comma, rest = lines[index].partition(b",")
         if not comma or epoch != str(count).encode():
             break
+        step = _cell(lines[index], column)
+        if count and step is not None and step == previous:
+            del lines[index]
+            dropped = 1
+            break
+        previous = step
         lines[index] = str(count + 1).encode() + comma + rest
         count += 1
     if count:
         atomic_write_bytes(path, b"\n".join(lines), shared=True)
-    return count
+    return count, dropped
+
+
+def _step_column(header: bytes) -> int | None:
+    """The index of metrics.csv's ``step`` column in its header line; None without one."""
+    names = [name.strip() for name in header.split(b",")]
+    return names.index(b"step") if b"step" in names else None
+
+
+def _cell(line: bytes, column: int | None) -> bytes | None:
+    if column is None:
+        return None
+    cells = line.split(b",")
+    return cells[column] if column < len(cells) else None

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
-import msgspec
 
 from actors.kasmina.held_seeds import replay_holdings
 from actors.kasmina.journal import JOURNAL_FILENAME
 from actors.kasmina.preparation import ModuleCache, Preparer
-from actors.kasmina.spec import lifecycle_settings, planner_factory
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_graft_log
 from actors.tolaria.checkpoints import read_written_by
 from esper.runtime.clock import WallClock
@@ -25,22 +23,19 @@ if TYPE_CHECKING:
     from torch import nn
 
     from actors.kasmina.held_seeds import ReplayedHoldings
-    from actors.kasmina.lifecycle_settings import EvidenceCadence
     from actors.kasmina.preparation import SeedSource
+    from actors.kasmina.spec import PlannerArgs
     from actors.tolaria.boundary import GraftEvent
-    from esper.nn.blueprints import SlotShape
     from esper.runtime.lanes import Lane
     from schemas.config import RunConfig
 
 
 async def check_replayed_seeds(
     config: RunConfig,
+    planner: PlannerArgs,
     *,
-    run_id: str,
     run_dir: Path,
     resume_step: int,
-    slots: dict[str, SlotShape],
-    cadence: EvidenceCadence,
     source: SeedSource,
     secret: bytes,
     io_lane: Lane,
@@ -49,7 +44,7 @@ async def check_replayed_seeds(
     than that checkpoint's graft log: a run an earlier version wrote under other lifecycle rules (a gate that timed out
     sooner) replayed seeds back to life that its session had culled, into slots the model has no seed in (the resumed
     run then trained with slots counted occupied, and its detaches failed). Before any actor starts: Kasmina replays
-    the same journal with the same planner when it starts.
+    the same journal with a planner built from the same ``planner`` arguments when it starts.
 
     Raises:
         ConfigError: one line naming the journal, the first differing slot and seed, and both versions.
@@ -60,42 +55,41 @@ async def check_replayed_seeds(
         graft = await anyio.to_thread.run_sync(checkpoint_graft_log, checkpoint)
     except (CheckpointError, OSError):
         return  # the trainer's load verifies the checkpoint and falls back to an older one, saying why
-    kasmina = config.kasmina
-    lag = config.tolaria.command_lag_steps
     clock = WallClock()
-    make_planner = planner_factory(
-        run_id=run_id,
-        run_seed=config.tolaria.seed,
-        slots=slots,
-        settings=lifecycle_settings(kasmina, msgspec.structs.replace(cadence, lag_steps=lag)),
-        lag_steps=lag,
-        source=source,
-        clock=clock,
-        breaker=kasmina.breaker,
-        initial_seeds=config.tolaria.initial_seed_blueprints(),
-    )
     handoff: Handoff[nn.Module] = Handoff()  # the replay's modules, dropped with it
     holdings = await replay_holdings(
-        make_planner,
+        planner.factory(source, clock),
         checkpoints / JOURNAL_FILENAME,
         resume_step,
-        run_id=run_id,
+        run_id=planner.run_id,
         keys={config.security.key_id: secret},
         clock=clock,
         preparer=Preparer(source, handoff, io_lane, cache=ModuleCache()),
-        artifact_wait_s=kasmina.artifact_wait_ms / 1e3,
+        artifact_wait_s=planner.config.artifact_wait_ms / 1e3,
     )
-    problem = seeds_problem(holdings, graft, tuple(slots), checkpoint.name)
+    problem = seeds_problem(holdings, graft, tuple(planner.slots), checkpoint.name)
     if problem is None:
         return
     written = await anyio.to_thread.run_sync(read_written_by, checkpoints)
+    raise ConfigError(seeds_refusal(run_dir, resume_step, problem, written))
+
+
+def seeds_refusal(run_dir: Path, resume_step: int, problem: str, written: str | None) -> str:
+    """The refusal's line: ``problem`` (see seeds_problem) and which version wrote the run (``written``, the manifest's
+    esper_version; None: an earlier version's, which records none)."""
     refusal = (
         f"--resume {run_dir}: checkpoints/{JOURNAL_FILENAME} replayed up to step {resume_step} under this version's"
         f" lifecycle rules has {problem}"
     )
-    if written == esper_version():  # the same rules: the files were changed since, not the code
-        raise ConfigError(f"{refusal}; the journal and the checkpoint disagree: restore them, or start a new run")
-    raise ConfigError(
+    if written == esper_version():
+        # The same version string is not the same code for sure: without git both read as the package version, and
+        # a checkout's commit says nothing of changes not committed.
+        return (
+            f"{refusal}; the run was written by this version (esper {written}), so the journal and the checkpoint"
+            " were changed since, or this version's code was (its version string does not tell): restore them, or"
+            " start a new run"
+        )
+    return (
         f"{refusal}: the run was written by a version with other lifecycle rules"
         f" ({f'esper {written}' if written else 'an earlier version'}; this is esper {esper_version()}), and"
         " continuing it would train a model its journal does not describe; finish it with the version that started"
@@ -107,8 +101,8 @@ def seeds_problem(
     holdings: ReplayedHoldings, graft: Sequence[GraftEvent], slots: Sequence[str], checkpoint: str
 ) -> str | None:
     """The first slot (in ``slots``' order) where the replayed lifecycle's seed is not the one the graft log left
-    attached, as a phrase; None when every slot agrees. Slots with an attach or detach due at or after the
-    checkpoint's step are passed over (see ReplayedHoldings.moving)."""
+    attached, as a phrase; None when every slot agrees. Slots with an attach or detach whose outcome the replay cannot
+    know yet are passed over (see ReplayedHoldings.moving)."""
     attached: dict[str, str] = {}
     detached_at: dict[str, int] = {}
     for event in graft:

@@ -339,9 +339,12 @@ async def _start_logged(
     if resume is not None:
         # After every refusal (a refused resume leaves the file as it was), before Nissa appends to it.
         metrics = directory / resolved.nissa.metrics_csv
-        renumbered = await anyio.to_thread.run_sync(renumber_from_1, metrics)
+        renumbered, dropped = await anyio.to_thread.run_sync(renumber_from_1, metrics)
         if renumbered:
-            _log.info("metrics_renumbered", file=str(metrics), rows=renumbered, detail="epochs counted from 1")
+            detail = "epochs counted from 1"
+            if dropped:
+                detail += "; a row repeating the last one's step (written again by an earlier version) removed"
+            _log.info("metrics_renumbered", file=str(metrics), rows=renumbered, dropped=dropped, detail=detail)
     await actors.start(tree)
     if resume is not None:
         # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not

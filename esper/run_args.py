@@ -25,7 +25,7 @@ from esper.baseline import RecordedBaseline, load_baseline
 from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
 from esper.data_fingerprint import check_same_data
-from esper.resume import check_checkpoint_run, check_resumable, check_resume_files
+from esper.resume import check_checkpoint_run, check_resumable, check_resume_files, threads_as_trained
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
@@ -145,7 +145,7 @@ class StartArgs:
         config: the run's config, overrides applied and data paths made absolute.
         key: the key that signs commands (a resumed run's own, which its journaled commands were verified with).
         baseline: the recorded host-only baseline the config names, if any.
-        directory: the run directory.
+        directory: the run directory, absolute (a relative one from the working directory the run starts in).
         run_id: a new run's id; None for a resume (the resumed run's own, read once the directory is claimed).
         data: the data set the checks loaded, which the run trains on.
     """
@@ -305,12 +305,17 @@ async def checked_start(
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
+        # An earlier version trained an unset thread count on one thread: the resume keeps training on one.
+        resolved = await anyio.to_thread.run_sync(threads_as_trained, directory, resolved)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed
     else:
         run_id = resolved.run_id or new_run_id()
         directory = Path(run_dir) if run_dir is not None else Path(resolved.runs_dir) / run_id
         if not isinstance(config, RunConfig):
             await anyio.to_thread.run_sync(check_not_the_run_config, config, directory)
+    # Absolute from here on, for everything the run writes and names: an API caller that changes its working directory
+    # while the run goes would have moved a relative one (its checkpoints and summary.json written elsewhere).
+    directory = directory.absolute()
     return StartArgs(
         config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
     )

@@ -423,7 +423,7 @@ class EsperSystem:
             await self._render_report(None if figures is None else figures.global_step)
         summary = RunSummary(
             run_id=self.run_id,
-            run_dir=str(self.run_dir.absolute()),
+            run_dir=str(self.run_dir),  # absolute since the start resolved it (esper.run_args.checked_start)
             status=status,
             started_at=self._started_at,
             # Up to the summary's write: the actors' stop and the report's render (seconds) are the run's too.

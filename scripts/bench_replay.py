@@ -31,7 +31,7 @@ from pathlib import Path
 import msgspec
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, JournalEntry, JournalReceipt
-from actors.kasmina.spec import kasmina_spec
+from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from esper.nn.blueprints import SlotShape
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import NullSink
@@ -104,18 +104,14 @@ async def replay(directory: Path) -> float:
 
     async with Lane("io") as lane:
         spec = kasmina_spec(
-            run_id=RUN,
-            run_seed=0,
-            slots=SLOTS,
+            PlannerArgs(run_id=RUN, run_seed=0, slots=SLOTS, config=KasminaConfig(), lag_steps=LAG),
             outlet=outlet,
             handoff=Handoff(capacity=16),
             io_lane=lane,
             clock=clock,
             sink=sink,
             keys={"bench": b"k" * 32},
-            config=KasminaConfig(),
             security=SecurityConfig(),
-            lag_steps=LAG,
             journal_dir=directory,
             resume=True,
         )

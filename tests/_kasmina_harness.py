@@ -19,7 +19,7 @@ from actors.kasmina.gates import GateSettings
 from actors.kasmina.lifecycle_settings import LifecycleSettings, StageDwell
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import CatalogueSource, PreparedSeed
-from actors.kasmina.spec import kasmina_spec
+from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from esper.nn.blueprints import SlotShape
 from esper.runtime.handoff import Handoff
 from esper.runtime.lanes import Lane
@@ -275,28 +275,31 @@ async def running_kasmina(
     async with Lane("io") as lane:
         handoff: Handoff[nn.Module] = Handoff(capacity=16)
         plans: asyncio.Queue[BoundaryPlan] = asyncio.Queue(maxsize=256)
-        spec = kasmina_spec(
+        planner = PlannerArgs(
             run_id=RUN,
             run_seed=7,
             slots=slots,
+            config=KasminaConfig(),
+            lag_steps=lag,
+            lifecycle=settings if settings is not None else fast_settings(),
+            initial_seeds=initial_seeds,
+        )
+        spec = kasmina_spec(
+            planner,
             outlet=plans.put,
             handoff=handoff,
             io_lane=lane,
             clock=clock,
             sink=sink,
             keys={KEY_ID: KEY},
-            config=KasminaConfig(),
             security=SecurityConfig(),
-            lag_steps=lag,
             has_controller=has_controller,
             source=source,
             cache_capacity=cache_capacity,
-            lifecycle=settings if settings is not None else fast_settings(),
             journal_dir=journal_dir,
             resume=resume_step is not None,
             resume_step=resume_step,
             observer=observer,
-            initial_seeds=initial_seeds,
         )
         system = ActorSystem(clock=clock, sink=sink)
         await system.start(spec)

@@ -138,6 +138,22 @@ def test_slo_burn_is_violations_over_samples_within_each_window() -> None:
     assert notice.active is False
 
 
+def test_an_slo_alert_fires_and_clears_at_notices_while_its_status_reads_the_burn_now() -> None:
+    """active() is the set the notices fired and have not cleared; statuses() reads the burn as of the time asked: once
+    the violations age out, the status is clear before the next notices() clears the alert (the docstring said every
+    view agreed)."""
+    tracker = SloTracker([SloObjective("hook", "hook_ms", 18.0)], window_s=1000.0, short_window_s=100.0)
+    tracker.observe("hook_ms", 50.0, 0.0)
+    (fired,) = tracker.notices(0.0)
+    assert fired.active
+    assert [alert.rule for alert in tracker.active(5000.0)] == ["slo_hook"]
+    (status,) = tracker.statuses(5000.0)
+    assert not status.breached  # ahead of the alerts until notices() runs
+    (cleared,) = tracker.notices(5000.0)
+    assert not cleared.active
+    assert tracker.active(5000.0) == ()
+
+
 def test_slo_windows_stay_bounded() -> None:
     tracker = SloTracker([SloObjective("x", "m", 1.0)], max_samples=4)
     for t, actual in enumerate([5, 5, 0, 0, 0, 0]):

@@ -124,10 +124,10 @@ def test_an_earlier_versions_rows_counted_from_0_are_renumbered_in_place(tmp_pat
     path = tmp_path / "metrics.csv"
     path.write_bytes(b"epoch,step,val_accuracy\n0,16,0.5\n1,32,0.6\n2,48,0.7\n4,64,0.8\n5,80,0.8\n")
 
-    assert renumber_from_1(path) == 3
+    assert renumber_from_1(path) == (3, 0)
     assert path.read_bytes() == b"epoch,step,val_accuracy\n1,16,0.5\n2,32,0.6\n3,48,0.7\n4,64,0.8\n5,80,0.8\n"
-    assert renumber_from_1(path) == 0  # counted from 1: left alone
-    assert renumber_from_1(tmp_path / "none.csv") == 0
+    assert renumber_from_1(path) == (0, 0)  # counted from 1: left alone
+    assert renumber_from_1(tmp_path / "none.csv") == (0, 0)
 
 
 def test_the_report_reads_rows_counted_from_0_as_epochs_from_1(tmp_path: Path) -> None:
@@ -139,3 +139,34 @@ def test_the_report_reads_rows_counted_from_0_as_epochs_from_1(tmp_path: Path) -
     assert [(row["epoch"], row["step"]) for row in read_metrics(path)] == [(1, 16), (2, 32), (3, 48)]
     path.write_text("epoch,step,val_accuracy\n1,16,0.5\n2,32,0.6\n", encoding="utf-8")
     assert [row["epoch"] for row in read_metrics(path)] == [1, 2]
+
+
+DAMAGED = (
+    "epoch,step,val_accuracy\n"
+    + "".join(f"{epoch},{20 * (epoch + 1)},0.5\n" for epoch in range(7))  # 0..6, step 140 last: counted from 0
+    + "7,140,0.5\n"  # written again after a Ctrl-C by a version counting from 1 (epoch 7 read as unwritten)
+    + "8,160,0.6\n9,180,0.6\n"  # the resumed epochs, counted from 1
+)
+
+
+def test_a_metrics_csv_with_an_epoch_end_written_twice_is_read_and_renumbered_once(tmp_path: Path) -> None:
+    """A file a version between 402fcbe and 986d0e9 damaged: rows 0..6, then a row 7 with row 6's step 140. Read
+    and renumbered as a run counted from 0, the repeated row became epoch 8, every row after it one too many, and
+    the resume counted the epoch twice."""
+    path = tmp_path / "metrics.csv"
+    path.write_text(DAMAGED, encoding="utf-8")
+    expected = [(float(epoch), float(20 * epoch)) for epoch in range(1, 10)]
+    assert [(row["epoch"], row["step"]) for row in read_metrics(path)] == expected
+
+    assert renumber_from_1(path) == (7, 1)
+    assert [(row["epoch"], row["step"]) for row in read_metrics(path)] == expected
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[7:] == ["7,140,0.5", "8,160,0.6", "9,180,0.6"]
+    assert renumber_from_1(path) == (0, 0)
+
+
+def test_an_epoch_end_written_twice_counts_once(tmp_path: Path) -> None:
+    """Two epochs read with one step (a damaged file) counted three rows for two epoch ends: epoch 3's was lost."""
+    sent = [_sent(16, 0), _sent(32, 1), _sent(48, 2)]
+    checkpoints = _checkpoints(tmp_path, sent, {48: 3})
+    assert [p.global_step for p in unwritten_epoch_ends(checkpoints, {1: 16, 2: 32, 3: 32}, 48, SLOTS)] == [48]

@@ -10,17 +10,32 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from actors.kasmina.held_seeds import HeldSeed, ReplayedHoldings
+from actors.kasmina.held_seeds import HeldSeed, ReplayedHoldings, replay_holdings
+from actors.kasmina.journal import JOURNAL_FILENAME
+from actors.kasmina.lifecycle_settings import EvidenceCadence
+from actors.kasmina.preparation import CatalogueSource, ModuleCache, Preparer
+from actors.kasmina.spec import PlannerArgs, lifecycle_settings
 from actors.tolaria.boundary import GraftEvent
-from esper.resume_seeds import seeds_problem
+from esper.resume_seeds import seeds_problem, seeds_refusal
 from esper.run import start
+from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError
+from esper.runtime.events import NullSink
+from esper.runtime.handoff import Handoff
+from esper.runtime.lanes import Lane
 from esper.version import esper_version
+from schemas.config import KasminaConfig
 from schemas.enums import SeedLifecycleStage as Stage
+from tests._kasmina_harness import KEY, KEY_ID, RUN, SLOTS, bare_planner, running_kasmina
 from tests.test_e2e_run import tiny_config
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from torch import nn
+
+    from esper.runtime.clock import ManualClock
+    from esper.runtime.events import RecordingSink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,3 +133,60 @@ def test_a_slot_with_a_graft_op_due_at_the_checkpoint_is_not_judged() -> None:
     assert seeds_problem(_holdings(HeldSeed("a", "s1", Stage.GERMINATED)), [], ("a",), "step-100.pt") == (
         "seed s1 in slot a at GERMINATED, but the checkpoint step-100.pt holds no seed there"
     )
+
+
+async def test_an_attach_refused_after_a_mid_epoch_checkpoints_last_packet_leaves_its_slot_unjudged(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """A Ctrl-C's checkpoint inside an epoch (step 7; the last packet at step 4): the germination decided at 4 had its
+    attach refused at step 6 (emergency level L2). The receipt is journaled, but the planner applies a receipt at the
+    first boundary after it, which a replay up to step 7 never reaches: the replay held the seed GERMINATED, the graft
+    log had no attach, and a run the trainer had kept consistent was refused."""
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        plan = await h.boundary(4, h.germinate(rank=2))
+        assert [(op.kind, op.slot, plan.effect_step) for op in plan.ops] == [("attach", "a", 6)]
+        await h.apply(plan, applied=False, error="no new grafts at emergency level L2", level_refused=True)
+        await h.states()  # a barrier: the receipt is journaled
+    handoff: Handoff[nn.Module] = Handoff()
+    async with Lane("io") as lane:
+        holdings = await replay_holdings(
+            lambda planner_sink: bare_planner(clock, planner_sink),
+            tmp_path / JOURNAL_FILENAME,
+            7,
+            run_id=RUN,
+            keys={KEY_ID: KEY},
+            clock=clock,
+            preparer=Preparer(CatalogueSource(), handoff, lane, cache=ModuleCache()),
+            artifact_wait_s=1.0,
+        )
+    [held] = holdings.seeds
+    assert (held.slot, held.stage) == ("a", Stage.GERMINATED)  # the refusal is not applied up to step 7
+    assert holdings.moving == frozenset({"a"})
+    assert seeds_problem(holdings, [], tuple(SLOTS), "step-7.pt") is None
+
+
+def test_the_same_version_string_is_not_said_to_be_the_same_code(tmp_path: Path) -> None:
+    """Two builds read alike (the package version alone without git, or a checkout with uncommitted changes): the
+    refusal said only the files could have changed, which was wrong when the code had."""
+    same = seeds_refusal(tmp_path, 48, "no seed in slot a", esper_version())
+    assert same.endswith(
+        f"; the run was written by this version (esper {esper_version()}), so the journal and the checkpoint were"
+        " changed since, or this version's code was (its version string does not tell): restore them, or start a"
+        " new run"
+    )
+    assert "other lifecycle rules" in seeds_refusal(tmp_path, 48, "no seed in slot a", "0.0.1 (commit 0123abcd)")
+    assert "(an earlier version; this is esper" in seeds_refusal(tmp_path, 48, "no seed in slot a", None)
+
+
+def test_kasminas_planner_and_the_resume_checks_come_from_one_set_of_arguments() -> None:
+    """The check rebuilt the planner's arguments beside kasmina_spec's (both from the run's config, in assemble), so a
+    setting given to one could miss the other. Both are built from one PlannerArgs now: the config's lifecycle at the
+    run's evidence cadence, with the run's command lag in place of the cadence's."""
+    cadence = EvidenceCadence(packet_every_steps=4, lag_steps=0, epoch_steps=16)
+    config = KasminaConfig(gate_patience_steps=7, stage_min_dwell_steps=12)
+    args = PlannerArgs(run_id=RUN, run_seed=3, slots=SLOTS, config=config, lag_steps=8, cadence=cadence)
+    settings = args.settings()
+    assert settings == lifecycle_settings(config, EvidenceCadence(packet_every_steps=4, lag_steps=8, epoch_steps=16))
+    assert settings != lifecycle_settings(config, cadence)
+    planner = args.factory(CatalogueSource(), WallClock())(NullSink())
+    assert planner.lag_steps == 8

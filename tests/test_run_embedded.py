@@ -72,6 +72,23 @@ async def test_start_returns_inside_the_running_loop_and_stops(tmp_path: Path) -
     assert (tmp_path / "run" / "config.toml").is_file()
 
 
+async def test_a_relative_run_dir_stays_where_the_run_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.json named the run directory by its absolute path as of the summary's write: a caller that changed its
+    working directory during the run got another directory there, and the run's files written after the change (its
+    stop's checkpoint, summary.json itself) went to the relative path from there."""
+    monkeypatch.chdir(tmp_path)
+    started_in = Path(os.getcwd())  # the directory as the run reads it
+    system = await esper.start(quiet_config(tmp_path), run_dir="run")
+    assert system.run_dir == started_in / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    summary = await system.stop()
+    assert summary.run_dir == str(started_in / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["run_dir"] == summary.run_dir
+    assert not (elsewhere / "run").exists()
+
+
 async def test_start_accepts_a_path_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n')

@@ -128,8 +128,9 @@ def test_a_resume_check_refuses_a_journal_whose_boundaries_go_backwards(tmp_path
 
 def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path: Path) -> None:
     """A run without the environment variable and without its key file: nothing could verify its commands. One an
-    earlier version wrote (its manifest names no version) may have signed with a random key it never saved: it was
-    told to set the variable "to the key the run was started with", a key that never existed."""
+    earlier version wrote (its manifest names no version) may have signed with a random key it never saved (it was
+    told to set the variable "to the key the run was started with", a key that never existed), or, written after
+    command.key came, have lost its key file (it was told no key could verify it, when a backup's would)."""
     write_journal(tmp_path, [JournalBoundary(packet=make_packet(4))])
     check(tmp_path, None)  # no command: nothing to verify, the resume draws a new key
     write_journal(tmp_path, [JournalBoundary(packet=make_packet(4), command=germinate(4, b"k" * 32))])
@@ -139,10 +140,12 @@ def test_a_resume_check_refuses_journaled_commands_without_the_runs_key(tmp_path
     )
     with pytest.raises(ConfigError) as refused:
         check(tmp_path, None)
+    # Its checkpoints do not say when it was written: a run from after command.key whose key file was deleted is told
+    # to restore it, not that no key can verify it.
     assert str(refused.value) == (
-        f"{missing}: an earlier version that started it without {ENV} signed with a random key it never saved (the"
-        f" run predates {KEY_FILE}), so no key can verify it: finish it with the version that started it, or start a"
-        f" new run; if it was started with {ENV} set, set it to that value"
+        f"{missing}: restore its {KEY_FILE} (from a backup) or set {ENV} to the key it was started with; if a version"
+        f" from before {KEY_FILE} was kept started it without {ENV}, that version signed with a random key it never"
+        " saved and no key can verify it: finish it with that version, or start a new run"
     )
     manifest = tmp_path / "checkpoints" / "manifest.json"
     manifest.write_text(  # this version's: it keeps a key it draws, so the variable held the one

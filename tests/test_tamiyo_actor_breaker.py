@@ -283,6 +283,53 @@ async def test_the_policys_germination_starts_the_fallbacks_cooldown(tmp_path: P
     assert fallback_reasons(sink) == ["policy_error", "policy_error", "policy_error"]
 
 
+@final
+class GraftRefusedThenFails:
+    """An every_k stand-in: germinates, learns at the next packet that Kasmina refused the graft, then raises on every
+    decision (so the fallback decides)."""
+
+    version = "graft-refused-then-fails-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.unmade = False
+
+    def decide(self, observation: Observation) -> Decision:
+        self.calls += 1
+        if self.calls == 1:
+            return Decision(action=PolicyAction.GERMINATE, target_slot="s0", blueprint_id="bp-small", reason="every_k")
+        if self.calls == 2:
+            self.unmade = True
+            return Decision(action=PolicyAction.NO_OP, reason="not_epoch_end")
+        raise RuntimeError("the policy is gone")
+
+    def take_unmade(self) -> bool:
+        unmade, self.unmade = self.unmade, False
+        return unmade
+
+
+async def test_a_policy_germination_found_not_made_gives_the_fallbacks_cooldown_back(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The policy's germination started the fallback's cooldown at once; every_k then found it refused and put its
+    own schedule back, but the fallback waited out a cooldown for a seed never made."""
+    config = msgspec.structs.replace(
+        CONFIG, deadline_fallback="heuristic", germinate_cooldown_epochs=3, plateau_patience_epochs=1
+    )
+    seen = HeuristicState(first_epoch=0, last_epoch=0, best_validation_loss=1.0)
+    state = TamiyoState(
+        policy="gnn", policy_version="gnn-0", fallback=seen, outcomes=OutcomeState(), counters=TamiyoCounters()
+    )
+    async with TamiyoHarness(tmp_path, sink, config=config, policy=GraftRefusedThenFails(), state=state) as h:
+        grown = await h.decide(packet(20, 1, validation_loss=1.0))
+        await h.decide(packet(25, 2))  # the graft's seed never appears: refused
+        after = await h.decide(packet(30, 2, validation_loss=1.0))
+        fallback = (await h.state()).fallback
+    assert (grown.policy, grown.command is not None) == ("gnn", True)
+    assert (after.policy, after.reason, after.command is not None) == ("heuristic (fallback)", "plateau", True)
+    assert fallback.last_germination_epoch == 2
+
+
 async def test_a_decision_in_time_is_the_policys_and_counts_as_a_success(tmp_path: Path, sink: RecordingSink) -> None:
     stub = GatedPolicy(asyncio.get_running_loop())
     stub.slow = False

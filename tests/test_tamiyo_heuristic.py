@@ -544,6 +544,40 @@ def test_a_fallback_graft_counts_when_every_ks_own_did_not_take_effect() -> None
     assert policy.decide(observe(4, 1.0)).action is GERM
 
 
+def test_every_k_says_once_that_its_graft_was_not_made() -> None:
+    """The fallback counted every_k's graft when it was made; every_k alone learns (from the packets after it) that
+    Kasmina refused it, and says so once, for the fallback to take its count back."""
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=2, max_live_seeds=10))
+    policy.decide(observe(0, 1.0))
+    made = policy.decide(observe(1, 1.0))
+    assert policy.take_unmade() is False  # not known yet
+    shown = (grafted(made, 1), dormant("s1"), dormant("s2"))
+    policy.decide(observe(2, 1.0, shown))
+    assert policy.take_unmade() is False  # it took effect
+    refused = policy.decide(observe(3, 1.0, shown))
+    assert refused.action is GERM
+    policy.decide(observe(4, 1.0, shown))  # its seed never appears in s1
+    assert (policy.take_unmade(), policy.take_unmade()) == (True, False)
+
+
+def test_the_fallback_takes_back_the_count_of_a_germination_not_made() -> None:
+    """every_k's graft started the fallback's cooldown at once; refused by Kasmina, it left the fallback waiting out a
+    cooldown for a seed never made. Taken back, the plateau stands again; once the fallback has decided since, what it
+    decided under the cooldown stands."""
+    config = HeuristicConfig(plateau_patience_epochs=1, germinate_cooldown_epochs=3)
+    fallback = HeuristicPolicy(config)
+    fallback.decide(observe(0, 1.0))
+    fallback.count_germination(1)
+    fallback.uncount_germination()
+    assert (fallback.decide(observe(1, 1.0)).reason, fallback.export_state().last_germination_epoch) == ("plateau", 1)
+    fallback.count_germination(2)
+    assert fallback.decide(observe(2, 1.0)).reason == "cooldown"
+    fallback.uncount_germination()  # decided since: the count stands
+    assert fallback.export_state().last_germination_epoch == 2
+    fallback.uncount_germination()  # nothing counted: nothing changes
+    assert fallback.decide(observe(3, 1.0)).reason == "cooldown"
+
+
 def test_the_fallbacks_germination_counts_as_the_policys_own() -> None:
     """A germination the fallback made in the policy's place (its own decision discarded as late, or never asked
     for) started neither policy's cooldown or schedule: each germinated again at the next epoch end it could."""

@@ -46,8 +46,10 @@ class HeldSeed:
 class ReplayedHoldings:
     """What the replay up to ``step`` says the trainer held then.
 
-    ``moving``: the slots an attach or detach was planned for at or after ``step``: whether the trainer had applied it
-    by then only its receipts, after the step, tell, so those slots are not judged.
+    ``moving``: the slots an attach or detach was planned for at or after the last boundary replayed (the last packet at
+    or before ``step``; ``step`` itself at an epoch end): the planner applies a receipt only at the first boundary after
+    it, so what the trainer did with such an op (applied it, or refused its attach at an emergency level, after a
+    mid-epoch checkpoint's last packet) the replay cannot tell, and those slots are not judged.
     """
 
     step: int
@@ -90,19 +92,25 @@ async def replay_holdings(
         preparer=preparer,
         prepare=waiting.prepare,
     )
-    due: list[BoundaryPlan] = []
+    # The grafts planned at the boundaries replayed so far that take effect at or after the newest of them (earlier
+    # ones' receipts are applied at it): replayed in step order, so the list stays as short as the command lag.
+    grafts: list[BoundaryPlan] = []
 
-    def keep_due(plan: BoundaryPlan) -> None:
-        if plan.effect_step >= step:
-            due.append(plan)
+    def keep_grafts(plan: BoundaryPlan) -> None:
+        grafts[:] = [kept for kept in grafts if kept.effect_step >= plan.decided_on_step]
+        if any(_moves(op.kind) for op in plan.ops):
+            grafts.append(plan)
 
-    await replay.replay(planner, step, preview=True, seen=keep_due)
-    moving = frozenset(
-        op.slot for plan in due for op in plan.ops if op.kind in ("attach", "detach") and op.slot is not None
-    )
+    await replay.replay(planner, step, preview=True, seen=keep_grafts)
+    moving = frozenset(op.slot for plan in grafts for op in plan.ops if _moves(op.kind) and op.slot is not None)
     seeds = tuple(
         HeldSeed(state.slot, state.seed_id, state.stage)
         for state in planner.seed_states()
         if state.seed_id is not None and state.stage in HELD_STAGES
     )
     return ReplayedHoldings(step=step, seeds=seeds, moving=moving)
+
+
+def _moves(kind: str) -> bool:
+    """An op that puts a seed's module into its slot or takes it out."""
+    return kind in ("attach", "detach")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeAlias
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias, final
 
 import msgspec
 
@@ -100,27 +101,73 @@ def planner_factory(
     return make_planner
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class PlannerArgs:
+    """What a run's boundary planner is built from, besides its seed source and clock. Kasmina's spec (every
+    incarnation's planner) and a resume's check of the journal's replay (esper.resume_seeds) are given the same one,
+    so the replay that judges a resume is the one Kasmina will make.
+
+    Attributes:
+        run_id: the run; plans carry it and messages of other runs are refused.
+        run_seed: TolariaConfig.seed; with a seed id it fixes each seed module's initial weights.
+        slots: slot name (its qualified path in the host) -> SlotShape, in depth order (Tolaria's host).
+        config: lifecycle and budgets (see lifecycle_settings), the isolation breaker, the artifact wait.
+        lag_steps: TolariaConfig.command_lag_steps; a plan decided on step s takes effect at s + lag_steps.
+        cadence: when the trainer's evidence arrives (packets, epoch ends), which the gates' patience waits for; its
+            lag is replaced by ``lag_steps``. None: a packet every step, epochs of unknown length.
+        lifecycle: overrides the settings ``config`` and ``cadence`` give (tests).
+        approved_blueprints: blueprint ids whose ``approval_required`` is satisfied by a recorded approval.
+        initial_seeds: slot -> blueprint id of each seed the trainer attaches before step 0
+            (``TolariaConfig.initial_seed_blueprints``): those slots are FOSSILIZED from the start.
+    """
+
+    run_id: str
+    run_seed: int
+    slots: Mapping[str, SlotShape]
+    config: KasminaConfig
+    lag_steps: int
+    cadence: EvidenceCadence | None = None
+    lifecycle: LifecycleSettings | None = None
+    approved_blueprints: frozenset[str] = frozenset()
+    initial_seeds: Mapping[str, str] | None = None
+
+    def settings(self) -> LifecycleSettings:
+        """The lifecycle timers and gate thresholds the planner runs with."""
+        if self.lifecycle is not None:
+            return self.lifecycle
+        cadence = self.cadence if self.cadence is not None else EvidenceCadence()
+        return lifecycle_settings(self.config, msgspec.structs.replace(cadence, lag_steps=self.lag_steps))
+
+    def factory(self, source: SeedSource, clock: Clock) -> Callable[[EventSink], BoundaryPlanner]:
+        """What builds a fresh planner for a sink (see planner_factory)."""
+        return planner_factory(
+            run_id=self.run_id,
+            run_seed=self.run_seed,
+            slots=self.slots,
+            settings=self.settings(),
+            lag_steps=self.lag_steps,
+            source=source,
+            clock=clock,
+            breaker=self.config.breaker,
+            approved_blueprints=self.approved_blueprints,
+            initial_seeds=self.initial_seeds,
+        )
+
+
 def kasmina_spec(
+    planner: PlannerArgs,
     *,
-    run_id: str,
-    run_seed: int,
-    slots: Mapping[str, SlotShape],
     outlet: ActorRef[BoundaryPlan] | PlanOutlet,
     handoff: Handoff[nn.Module],
     io_lane: Lane,
     clock: Clock,
     sink: EventSink,
     keys: Mapping[str, bytes],
-    config: KasminaConfig,
     security: SecurityConfig,
-    lag_steps: int,
-    cadence: EvidenceCadence | None = None,
     has_controller: bool = True,
     source: SeedSource | None = None,
     cache_capacity: int = DEFAULT_CACHE_CAPACITY,
-    lifecycle: LifecycleSettings | None = None,
-    approved_blueprints: frozenset[str] = frozenset(),
-    initial_seeds: Mapping[str, str] | None = None,
     journal_dir: Path | None = None,
     resume: bool = False,
     resume_step: int | None = None,
@@ -136,26 +183,17 @@ def kasmina_spec(
     (a restarted Kasmina must still refuse a replayed command); each incarnation gets a fresh planner.
 
     Args:
-        run_id: the run; plans carry it and messages of other runs are refused.
-        run_seed: TolariaConfig.seed; with a seed id it fixes each seed module's initial weights.
-        slots: slot name (its qualified path in the host) -> SlotShape, in depth order (Tolaria's host).
+        planner: what the planner is built from (the run, its slots, the lifecycle's settings, the command lag).
         outlet: Tolaria's ref or any coroutine function taking a BoundaryPlan.
         handoff: where prepared modules wait for Tolaria's train lane.
         io_lane: the lane that builds, copies and probes seed modules.
         clock: the verifier's freshness and the isolation breakers read it.
         sink: telemetry (command results, seed states, gate results, events).
         keys: key id -> HMAC secret for command signatures.
-        config: lifecycle and budgets (see lifecycle_settings); ``lifecycle`` overrides the mapping.
         security: freshness, skew, nonce TTL and ledger size of the verifier.
-        lag_steps: TolariaConfig.command_lag_steps; a plan decided on step s takes effect at s + lag_steps.
-        cadence: when the trainer's evidence arrives (packets, epoch ends), which the gates' patience waits for; its
-            lag is replaced by ``lag_steps``. None: a packet every step, epochs of unknown length.
         has_controller: False when no Tamiyo runs: every packet is a NO_OP decision.
         source: where modules come from (default: the built-in blueprint catalogue).
         cache_capacity: ready modules kept (REFERENCE.md section 1: 32).
-        approved_blueprints: blueprint ids whose ``approval_required`` is satisfied by a recorded approval.
-        initial_seeds: slot -> blueprint id of each seed the trainer attaches before step 0
-            (``TolariaConfig.initial_seed_blueprints``): those slots are FOSSILIZED from the start, every incarnation's.
         journal_dir: where the boundary journal file lives (``<run dir>/checkpoints``), so ``--resume`` can rebuild
             the lifecycle; None keeps the journal in memory (it still survives restarts within the run).
         resume: read the journal file left by the run being resumed; False starts a fresh one.
@@ -167,10 +205,10 @@ def kasmina_spec(
     Raises:
         ValueError: no slots, a negative lag, a cache capacity < 1, or a security setting out of range.
     """
-    if not slots:
+    if not planner.slots:
         raise ValueError("slots must name at least one seed slot")
-    if lag_steps < 0:
-        raise ValueError(f"lag_steps must be >= 0, got {lag_steps}")
+    if planner.lag_steps < 0:
+        raise ValueError(f"lag_steps must be >= 0, got {planner.lag_steps}")
     seed_source = source if source is not None else CatalogueSource()
     preparer = Preparer(seed_source, handoff, io_lane, cache=ModuleCache(cache_capacity))
     verifier = CommandVerifier(
@@ -183,30 +221,17 @@ def kasmina_spec(
         nonce_ttl_s=security.nonce_ttl_s,
         ledger_size=security.nonce_ledger_size,
     )
-    timing = msgspec.structs.replace(cadence if cadence is not None else EvidenceCadence(), lag_steps=lag_steps)
-    settings = lifecycle if lifecycle is not None else lifecycle_settings(config, timing)
     send: PlanOutlet = outlet.tell if isinstance(outlet, ActorRef) else outlet
     journal = BoundaryJournal(None if journal_dir is None else journal_dir / JOURNAL_FILENAME, fresh=not resume)
 
-    make_planner = planner_factory(
-        run_id=run_id,
-        run_seed=run_seed,
-        slots=slots,
-        settings=settings,
-        lag_steps=lag_steps,
-        source=seed_source,
-        clock=clock,
-        breaker=config.breaker,
-        approved_blueprints=approved_blueprints,
-        initial_seeds=initial_seeds,
-    )
+    make_planner = planner.factory(seed_source, clock)
 
     first_restore: list[int | None] = [resume_step]
 
     def build() -> KasminaActor:
         expected_restore = first_restore.pop() if first_restore else None  # a restart's restore step is unknown
         return KasminaActor(
-            run_id=run_id,
+            run_id=planner.run_id,
             planner=make_planner,
             preparer=preparer,
             verifier=verifier,
@@ -217,7 +242,7 @@ def kasmina_spec(
             observer=observer,
             capacity=mailbox_capacity,
             clock=clock,
-            artifact_wait_s=config.artifact_wait_ms / 1e3,
+            artifact_wait_s=planner.config.artifact_wait_ms / 1e3,
             expected_restore=expected_restore,
         )
 

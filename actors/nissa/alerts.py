@@ -378,8 +378,12 @@ class SloTracker:
         return notices
 
     def active(self, now_s: float) -> tuple[ActiveAlert, ...]:
-        """The SLO alerts firing now (fired by notices() and not cleared by it since), in objective order, with the
-        burn as of ``now_s``: the same set the fire/clear notices describe, so every view of the alerts agrees."""
+        """The SLO alerts firing (fired by notices() and not cleared by it since), in objective order, with the burn
+        as of ``now_s``: the set the fire/clear notices describe, so the alert list, the alert_fired and alert_cleared
+        events and the summary's alerts_fired agree. A status's ``breached`` (statuses()) is the burn as of ``now_s``
+        and may run ahead of this set until the next notices() (Nissa calls it after each metric update and at each
+        alert tick): a window aged below the threshold since reads as not breached while its alert still fires, and a
+        window aged into a breach as breached before its alert fires."""
         alerts: list[ActiveAlert] = []
         for status in self.statuses(now_s):
             since_s = self._since_s.get(status.name)

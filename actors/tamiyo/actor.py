@@ -14,7 +14,8 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    (the heuristic on the event loop, or NO_OP, per ``deadline_fallback``), as does an open breaker; the Decision's
    ``policy`` then reads ``"heuristic (fallback)"`` and a ``fallback_applied`` event says why, and a germination of
    the fallback's that is carried out counts as the policy's own (its cooldown runs from there; the policy is told
-   once a late job of its has ended), as the policy's counts as the fallback's, should the fallback decide next;
+   once a late job of its has ended), as the policy's counts as the fallback's, should the fallback decide next
+   (taken back if every-K's packets then show its graft was not made, unless the fallback has decided since);
 4. the risk engine judges the proposal (veto, downgrade, conservative-mode triggers); the final decision becomes an
    AdaptationCommand (None for NO_OP) with ``command_id = uuid5(NAMESPACE_URL, f"esper:{run_id}:{s}")`` (deterministic,
    so a resumed run issues the same ids; still unique per run and step), issued at the wall clock, signed with the
@@ -359,6 +360,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 if job.done():
                     self._late = None
             verdict = self._decider.judge(choice, observation)
+            if self._late is None:  # the policy's state is the event loop's again: before it counts a new germination
+                self._c.fallback_uncounts_unmade()
             if verdict.decision.action is PolicyAction.GERMINATE:
                 if choice.proposer is self._c.policy:
                     self._c.fallback_counts_germination(packet.epoch)
@@ -453,6 +456,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         fallback made meanwhile was (at that very epoch end, or a later one decided while the job still ran)."""
         if result is not None and not isinstance(result, Exception):
             self._c.withdraw(self._c.policy, result)
+        self._c.fallback_uncounts_unmade()  # the late decision settled the policy's last germination too
         germinated, self._germinated_meanwhile = self._germinated_meanwhile, None
         if germinated is not None:
             self._c.count_germination(germinated)

@@ -11,7 +11,7 @@ from actors.tamiyo.conservative import ConservativeMode, restored_mode
 from actors.tamiyo.gnn_state import GnnPolicyBase
 from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker
-from actors.tamiyo.policy import Withdrawable
+from actors.tamiyo.policy import KnowsUnmade, Withdrawable
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from esper.runtime.breaker import CircuitBreaker
@@ -232,6 +232,13 @@ class Controller:
         cooldown runs from there should it decide next (the policy's breaker opening, say), rather than letting it
         germinate again at once (event loop; the fallback never runs on the lane)."""
         self.fallback.count_germination(epoch)
+
+    def fallback_uncounts_unmade(self) -> None:
+        """A germination of the policy's that the fallback counted and that the policy has since found not made
+        (every-K's, which Kasmina refused or withdrew): the fallback's cooldown goes back, as the policy's own schedule
+        does (event loop, the policy's decision not on the lane)."""
+        if isinstance(self.policy, KnowsUnmade) and self.policy.take_unmade():
+            self.fallback.uncount_germination()
 
     def count(self, **deltas: int) -> None:
         c = self.counters

@@ -8,7 +8,7 @@ risk engine vetoed or replaced it, or it was discarded as late): a withdrawn ger
 no plateau and moves no schedule, so it is tried again at the next epoch end (every-K: with the same blueprint; so is
 an every-K graft the packets after it show did not take effect, refused or withdrawn by Kasmina). A
 germination the fallback made in the policy's place counts as the policy's own (``count_germination``), and the
-policy's as the fallback's.
+policy's as the fallback's, which takes it back (``uncount_germination``) should every-K find it not made.
 """
 
 from __future__ import annotations
@@ -167,6 +167,9 @@ class HeuristicPolicy:
         # The germination last returned, with the state's last_germination_epoch and epochs_without_improvement from
         # before it: what withdraw() puts back. Never exported: it is withdrawn, or not, before the state is.
         self._germinated: tuple[Decision, int | None, int] | None = None
+        # The state before and after the last count_germination: what uncount_germination() puts back, if the state is
+        # still the one it left. Never exported: a restarted controller keeps the count (the cooldown is kept).
+        self._counted: tuple[HeuristicState, HeuristicState] | None = None
 
     @property
     def version(self) -> str:
@@ -178,6 +181,7 @@ class HeuristicPolicy:
     def import_state(self, state: HeuristicState) -> None:
         self._state = state
         self._germinated = None
+        self._counted = None
 
     def withdraw(self, decision: Decision) -> None:
         """The germination last returned was not carried out: it starts no cooldown and leaves the plateau standing,
@@ -192,15 +196,27 @@ class HeuristicPolicy:
         )
 
     def count_germination(self, epoch: int) -> None:
-        """The fallback's germination was carried out at the end of ``epoch``: the cooldown runs from there and the
-        plateau it answered is over, as after this policy's own (see actors.tamiyo.policy.Withdrawable)."""
+        """A germination this policy did not propose was carried out at the end of ``epoch``: the fallback's, when this
+        is the configured policy, or the configured policy's, when this is the fallback. The cooldown runs from there
+        and the plateau it answered is over, as after this policy's own (see actors.tamiyo.policy.Withdrawable);
+        ``uncount_germination`` takes it back."""
         self._germinated = None
-        last = self._state.last_germination_epoch
+        before = self._state
+        last = before.last_germination_epoch
         self._state = msgspec.structs.replace(
-            self._state,
+            before,
             last_germination_epoch=epoch if last is None else max(last, epoch),
             epochs_without_improvement=0,
         )
+        self._counted = (before, self._state)
+
+    def uncount_germination(self) -> None:
+        """The germination last counted with ``count_germination`` was not made after all (every-K's, which Kasmina
+        refused or withdrew): the cooldown and the plateau are again what they were before it, unless this policy has
+        decided or counted since (what it did under the cooldown stands). Event loop, between decisions."""
+        counted, self._counted = self._counted, None
+        if counted is not None and self._state is counted[1]:
+            self._state = counted[0]
 
     def decide(self, observation: Observation) -> Decision:
         self._germinated = None
@@ -440,6 +456,8 @@ class EveryKPolicy:
         self._state = state if state is not None else EveryKState()
         # The graft last returned and the state from before it (what withdraw() puts back); never exported.
         self._grafted: tuple[Decision, EveryKState] | None = None
+        # A graft of this policy's found not made (take_unmade), for the fallback that counted it; never exported.
+        self._unmade = False
 
     @property
     def version(self) -> str:
@@ -451,6 +469,13 @@ class EveryKPolicy:
     def import_state(self, state: EveryKState) -> None:
         self._state = state
         self._grafted = None
+        self._unmade = False
+
+    def take_unmade(self) -> bool:
+        """Whether a graft of this policy's was found not made (``_settle``) since the last call; resets it (see
+        actors.tamiyo.policy.KnowsUnmade)."""
+        unmade, self._unmade = self._unmade, False
+        return unmade
 
     def withdraw(self, decision: Decision) -> None:
         """The graft last returned was not carried out: it is still due, with the same blueprint, at the next epoch
@@ -555,3 +580,4 @@ class EveryKPolicy:
             next_blueprint=pending.next_blueprint,
             pending=None,
         )
+        self._unmade = True

@@ -255,3 +255,15 @@ class Withdrawable(Protocol):
         out at the end of ``epoch``: count it as if it had been its own (the cooldown or schedule runs from there).
         Event loop, between decisions."""
         ...
+
+
+@runtime_checkable
+class KnowsUnmade(Protocol):
+    """A policy that learns from the packets after its germination whether it was made (every-K: Kasmina may refuse
+    the command, or withdraw the germination when the trainer refuses its attach), so the fallback, which counted it
+    at once, can take it back."""
+
+    def take_unmade(self) -> bool:
+        """Whether one of this policy's own germinations was found not made since the last call (then reset). Event
+        loop, between decisions (never while a decision of the policy's runs on its lane)."""
+        ...
