@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
     from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+    from esper.session import EsperSystem
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 LEVEL_NUMBERS: Final[dict[LogLevel, int]] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -123,6 +125,10 @@ class _JsonLineWriter:
         self._closed = False
         self._path = path
         self._notice = notice
+        # The run writing this file, once its handle exists: a caller that lost the handle (a sweep's timeout
+        # cancelled its wait) reaches it through LogFileInUse. Structlog's configuration, which holds this writer, is
+        # already process-wide, so no registry of runs is needed.
+        self.running: EsperSystem | None = None
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         level = event_dict.get("level", "info")
@@ -174,6 +180,7 @@ class _JsonLineWriter:
         return not self._closed
 
     def close(self) -> None:
+        self.running = None  # the run has ended: nothing to reach, and its object graph may be collected
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -272,6 +279,11 @@ class LoggingHandle:
         self._previous = previous
         # What configure_logging installed, until released: a configuration made since is someone else's to keep.
         self._installed: object = structlog.get_config()["processors"]
+
+    def held_by(self, system: EsperSystem) -> None:
+        """Name the run writing the file: a start refused meanwhile (LogFileInUse) hands it to its caller."""
+        if self._writer is not None and self._writer.is_open:
+            self._writer.running = system
 
     def close(self) -> None:
         """Close the JSON file; later events skip it. Safe to call twice."""
@@ -393,7 +405,16 @@ def configure_logging(
 
 class LogFileInUse(EsperError):
     """The process's logging still writes a run's event file: structlog's configuration is process-wide, so a second
-    run configured now would take that run's events into its own file."""
+    run configured now would take that run's events into its own file.
+
+    ``running`` is that run's handle (None while it is still starting, or for a configuration made outside a run):
+    ``await err.running.stop()`` ends a run whose handle the caller no longer holds (a sweep's timeout cancelled
+    ``await system.wait()``, which leaves the run going).
+    """
+
+    def __init__(self, message: str, running: EsperSystem | None = None) -> None:
+        super().__init__(message)
+        self.running = running
 
 
 def check_log_file_free() -> None:
@@ -405,9 +426,13 @@ def check_log_file_free() -> None:
     """
     for processor in structlog.get_config()["processors"]:
         if isinstance(processor, _JsonLineWriter) and processor.is_open:
+            running = processor.running
+            reach = "" if running is None else f" (run {running.run_id}: this error's .running is its handle)"
             raise LogFileInUse(
-                f"another run in this process is still logging to {processor.path}; its events would mix with this"
-                " run's: stop it (await system.stop()) or wait for it (await system.wait()) first"
+                f"another run in this process{reach} is still logging to {processor.path}; its events would mix with"
+                " this run's: stop it (await system.stop(), or await err.running.stop() without its handle) or wait"
+                " for it (await system.wait()) first",
+                running,
             )
 
 

@@ -115,6 +115,7 @@ class EsperSystem:
         self._actors = actors
         self._hub = hub
         self._logging = logging
+        logging.held_by(self)  # a start refused while this run writes the log (LogFileInUse) hands this handle on
         self._started_at = started_at
         self._started_s = time.monotonic() if started_s is None else started_s
         self._finishing: asyncio.Future[RunSummary] | None = None
