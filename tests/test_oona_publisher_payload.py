@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import TYPE_CHECKING, final
 
@@ -9,14 +10,14 @@ import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, OonaPublisher
 from esper.runtime.actor import Actor
-from esper.runtime.bus import BusLimits, Topic
+from esper.runtime.bus import BusLimits, PublishStatus, Topic
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import RedisBus
 from esper.runtime.supervisor import ChildSpec, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 from schemas.domain_enums import TelemetryLevel
-from schemas.enums import BreakerState
+from schemas.enums import BreakerState, BusMessageType
 from schemas.runtime import ChildFailed, ChildRestarted
 from schemas.telemetry import TelemetryEvent
 from tests.test_bus_conformance import connect_redis
@@ -170,6 +171,7 @@ async def test_events_the_bus_sheds_are_counted_in_bus_dropped_and_said_once(
     """Runs sharing a Redis prefix fill its telemetry backlog (nobody reads it; it stays its TTL): the bus then shed
     every event of the next runs, and their summaries said bus_dropped 0 with no warning."""
     bus = InProcessBus(clock, limits=BusLimits(depth_high=2, depth_recovery=1, capacity=8))
+    await bus.subscribe(Topic.TELEMETRY, group="observer")  # a reader that lags: what is shed is its loss
     run = Run(bus, clock, sink)
     await run.start()
     with structlog.testing.capture_logs() as logs:
@@ -184,4 +186,37 @@ async def test_events_the_bus_sheds_are_counted_in_bus_dropped_and_said_once(
     said = [e for e in logs if e["event"] == "oona_bus_shedding"]
     assert len(said) == 1
     assert "counted in bus_dropped" in said[0]["dropping"]
+    await bus.close()
+
+
+async def test_a_topic_nobody_subscribed_to_sheds_without_a_loss(clock: ManualClock, sink: RecordingSink) -> None:
+    """A long run on the in-process bus with no observer at all reached the shedding level on the telemetry topic it
+    keeps for late subscribers: it warned oona_bus_shedding and its summary said "bus: 19 events never reached its
+    observers" of a run that had none."""
+    bus = InProcessBus(clock, limits=BusLimits(depth_high=2, depth_recovery=1, capacity=8))
+    run = Run(bus, clock, sink)
+    await run.start()
+    with structlog.testing.capture_logs() as logs:
+        for n in range(4):
+            await run.tell(event(f"e{n}"))
+        await run.system.stop()
+    stats = bus.statistics().of(Topic.TELEMETRY)
+    assert stats.publish_dropped >= 2, "the bus still sheds past depth_high: what it retains stays bounded"
+    assert stats.depth == 2
+    assert (run.losses.shed, run.losses.total) == (0, 0)
+    assert [e for e in logs if e["event"] == "oona_bus_shedding"] == []
+    await bus.close()
+
+
+async def test_the_in_process_bus_says_a_shed_message_was_unread_only_while_no_group_reads_its_topic(
+    clock: ManualClock,
+) -> None:
+    bus = InProcessBus(clock, limits=BusLimits(depth_high=1, depth_recovery=0, capacity=8))
+    publish = functools.partial(bus.publish, Topic.TELEMETRY, event("e"), message_type=BusMessageType.TELEMETRY)
+    assert (await publish()).status is PublishStatus.PUBLISHED
+    unread = await publish()
+    assert (unread.status, unread.unread) == (PublishStatus.DROPPED, True)
+    await bus.subscribe(Topic.TELEMETRY, group="observer")
+    read = await publish()
+    assert (read.status, read.unread) == (PublishStatus.DROPPED, False)
     await bus.close()

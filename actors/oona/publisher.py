@@ -160,7 +160,8 @@ class OonaPublisher(Actor[Published]):
         self._answered()
         if result.status is PublishStatus.DROPPED:
             self.dropped += 1
-            self._shed(msg)
+            if not result.unread:  # a topic nobody ever subscribed to in this process: the shed event was nobody's
+                self._shed(msg)
         else:
             self.published += 1
         self._report_depth()

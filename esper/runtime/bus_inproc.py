@@ -117,7 +117,7 @@ class InProcessBus:
             return PublishResult(status=PublishStatus.DROPPED, topic=log.topic)
         if droppable and log.should_shed():
             log.counters.publish_dropped += 1
-            return PublishResult(status=PublishStatus.DROPPED, topic=log.topic)
+            return PublishResult(status=PublishStatus.DROPPED, topic=log.topic, unread=log.groups == 0)
         if not log.has_space():
             return None
         if log.topic is Topic.EMERGENCY and not over_rate:
