@@ -13,7 +13,7 @@ import structlog
 import torch
 
 from actors.tolaria.build import load_data
-from actors.tolaria.data_cache import NpzArrayCache
+from actors.tolaria.data_cache import NpzArrayCache, log_cache_written
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
@@ -129,3 +129,21 @@ def test_a_cached_array_declaring_more_than_it_holds_is_regenerated_not_allocate
         warnings[0]["error"]
         == "array 'x_train' declares shape (10000000, 1000000) of float32 (36.4 TiB) but holds 0 bytes"
     )
+
+
+def test_a_load_that_stores_the_data_carries_the_file_for_the_runs_log(tmp_path: Path) -> None:
+    """The file is logged by whoever owns the run's log (log_cache_written), not by the cache as it writes."""
+    config = TolariaConfig(dataset_samples=500, data_cache_dir=str(tmp_path))
+    with structlog.testing.capture_logs() as logs:
+        first = load_data(config)
+        again = load_data(config)
+    assert [e["event"] for e in logs] == []
+    [stored] = tmp_path.glob("*.npz")
+    assert first.cache_written == (str(stored), stored.stat().st_size)
+    assert again.cache_written is None, "read back from the cache: nothing stored"
+    with structlog.testing.capture_logs() as logs:
+        log_cache_written(first)
+        log_cache_written(again)
+    assert logs == [
+        {"event": "data_cache_written", "file": str(stored), "size_bytes": stored.stat().st_size, "log_level": "info"}
+    ]

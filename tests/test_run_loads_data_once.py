@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -42,3 +43,22 @@ async def test_a_run_and_its_resume_each_load_the_data_set_once(
     assert resumed.training is not None
     assert resumed.training.epochs == 2
     assert len(loaded) == 2
+
+
+async def test_the_data_cache_written_line_reaches_the_runs_log_not_the_callers_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The start's checks load (and cache) the data before the run's log is configured: data_cache_written went to
+    the caller's stdout in structlog's default format, and never reached events.jsonl."""
+    config = quiet_config(tmp_path)
+    cache = tmp_path / "cache"
+    config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, data_cache_dir=str(cache)))
+    await (await esper.start(config, run_dir=tmp_path / "run")).stop()
+    assert capsys.readouterr().out == ""
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    [written] = [event for event in events if event["event"] == "data_cache_written"]
+    [stored] = cache.glob("*.npz")
+    assert written["file"] == str(stored)
+    assert written["size_bytes"] == stored.stat().st_size
+    names = [event["event"] for event in events]
+    assert names.index("run_starting") < names.index("data_cache_written")

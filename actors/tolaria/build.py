@@ -8,6 +8,7 @@ wrapped in and measured in host_slots.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,15 +119,16 @@ def load_data(config: TolariaConfig) -> DataSplits:
     Raises:
         TolariaConfigError: the npz file is missing or malformed (naming tolaria.npz_path).
     """
+    cache = _data_cache(config.data_cache_dir)
     try:
-        return load_dataset(
+        splits = load_dataset(
             config.dataset,
             samples=config.dataset_samples,
             validation_fraction=config.validation_fraction,
             seed=config.seed,
             npz_path=config.npz_path if config.dataset == "npz" else None,
             layout=data_layout(config),
-            cache=_data_cache(config.data_cache_dir),
+            cache=cache,
         )
     except DatasetError as err:
         raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
@@ -136,6 +138,9 @@ def load_data(config: TolariaConfig) -> DataSplits:
         raise TolariaConfigError(
             f"tolaria.validation_fraction = {fraction}: data set {config.dataset!r}: {err}"
         ) from err
+    if cache is None or cache.written is None:
+        return splits
+    return dataclasses.replace(splits, cache_written=cache.written)
 
 
 def _data_cache(directory: str) -> NpzArrayCache | None:

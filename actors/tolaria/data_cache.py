@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from esper.nn.data import Arrays4
+    from esper.nn.data import Arrays4, DataSplits
 
-__all__ = ["NpzArrayCache"]
+__all__ = ["NpzArrayCache", "log_cache_written"]
 
 _log = structlog.get_logger("actors.tolaria")
 _NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -51,6 +51,9 @@ class NpzArrayCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # (file, size in bytes) of the last file stored, said by log_cache_written: the start's checks load the data
+        # before the run's log is configured, when a line would reach the caller's stdout rather than events.jsonl.
+        self.written: tuple[str, int] | None = None
 
     def __call__(self, key: str, generate: Callable[[], Arrays4]) -> Arrays4:
         path = self.directory / f"{key}.npz"
@@ -102,4 +105,11 @@ class NpzArrayCache:
                 _WARNED_UNWRITABLE.add(str(path))
                 _log.warning("data_cache_unwritable", file=str(path), error=str(err))
             return
-        _log.info("data_cache_written", file=str(path), size_bytes=buffer.tell())
+        self.written = (str(path), buffer.tell())
+
+
+def log_cache_written(data: DataSplits) -> None:
+    """Log ``data_cache_written`` for the cache file loading ``data`` stored, if any; once the run's log is set up."""
+    if data.cache_written is not None:
+        file, size = data.cache_written
+        _log.info("data_cache_written", file=file, size_bytes=size)

@@ -24,6 +24,7 @@ import structlog
 
 from actors.tolaria.build import Trainee, batch_plan, load_data
 from actors.tolaria.checkpoints import CheckpointWriter
+from actors.tolaria.data_cache import log_cache_written
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import evaluate
 from actors.tolaria.loop_epoch import EpochCloser
@@ -113,7 +114,10 @@ class TrainingLoop:
         Raises: whatever breaks training (the actor crashes and its supervisor restarts it, which resumes).
         """
         config = self._s.config
-        data = self._s.data if self._s.data is not None else load_data(config)
+        data = self._s.data
+        if data is None:
+            data = load_data(config)
+            log_cache_written(data)
         self._s.data = data
         plan = batch_plan(config, data)
         self._s.build()

@@ -68,6 +68,8 @@ class DataSplits:
 
     ``input_shape`` is the shape of one sample (``x.shape[1:]``); labels lie in ``[0, num_classes)``.
     The validation split was carved from the training data, so the three splits are disjoint.
+    ``cache_written``: the file and size in bytes this load stored in its cache (None: none stored), for the caller to
+    log once its run's log exists.
     """
 
     train: TensorPair
@@ -76,6 +78,7 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: DatasetName
+    cache_written: tuple[str, int] | None = None
 
 
 def load_dataset(
