@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from esper.shadowing import refuse_shadowed_packages
+
+# First, before anything imports schemas or actors: a folder of the user's by either name in the working directory
+# would be imported in their place, and every command died with a traceback from deep inside.
+refuse_shadowed_packages(Path(__file__).resolve().parent.parent)
 
 if TYPE_CHECKING:
     from esper.run import start as start

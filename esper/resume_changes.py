@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from esper.config import load_config
+from esper.config_paths import absolute_paths
 from esper.config_toml import format_value, plain
 from esper.resume import threads_as_trained
 from schemas.base import ConfigSection
@@ -43,8 +44,11 @@ def resume_changes(directory: Path, config: RunConfig) -> list[TelemetryEvent]:
     """A warning per setting of ``config`` that differs from the run's config.toml in ``directory`` (which the resume
     then rewrites): a resume with another config file silently trained 50 epochs of a 400-epoch run and moved its
     artifact store. The keys a resume may not change were refused before (esper.resume.check_resumable). Blocking."""
-    # As the run trained: an earlier version's unset thread count was one thread, which the resume keeps.
-    earlier = threads_as_trained(directory, load_config(directory / "config.toml", written=True))
+    # As the run trained: an earlier version's unset thread count was one thread, which the resume keeps; and a path an
+    # earlier version wrote relative was read from the working directory, as it is now (the resume writes it absolute),
+    # so that form alone is no change.
+    earlier = threads_as_trained(directory, absolute_paths(load_config(directory / "config.toml", written=True)))
+    config = absolute_paths(config)
     return [
         TelemetryEvent(
             name=RESUME_SETTING_CHANGED,

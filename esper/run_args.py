@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import anyio
-import msgspec
 
 from actors.nissa.prometheus import check_bindable
 from actors.tolaria.build import batch_plan, check_config
@@ -24,6 +23,7 @@ from actors.tolaria.checkpoints import CheckpointError
 from esper.baseline import RecordedBaseline, load_baseline
 from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
+from esper.config_paths import absolute_paths
 from esper.data_fingerprint import check_same_data
 from esper.resume import check_checkpoint_run, check_resumable, check_resume_files, threads_as_trained
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
@@ -81,20 +81,6 @@ def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence
     return err
 
 
-def absolute_data_path(config: RunConfig) -> RunConfig:
-    """``tolaria.npz_path`` and ``tamiyo.gnn_checkpoint`` made absolute (from the working directory, ``~`` expanded),
-    so that the run's config.toml and the ``--resume`` command it prints work from any directory."""
-    npz, weights = config.tolaria.npz_path, config.tamiyo.gnn_checkpoint
-    if npz is not None and not Path(npz).is_absolute():
-        absolute = str(Path(npz).expanduser().absolute())
-        config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, npz_path=absolute))
-    if weights is not None and not Path(weights).is_absolute():
-        absolute = str(Path(weights).expanduser().absolute())
-        tamiyo = msgspec.structs.replace(config.tamiyo, gnn_checkpoint=absolute)
-        config = msgspec.structs.replace(config, tamiyo=tamiyo)
-    return config
-
-
 def console_level(configured: str) -> str:
     """The stderr log level: as configured, or under "auto" warning. The info log stays in events.jsonl; on stderr
     (a terminal, a pipe, a notebook's cell) it would bury the progress lines and warnings: hundreds of lines a
@@ -142,7 +128,7 @@ class StartArgs:
     """What ``start`` was given, resolved and checked; the run directory is not claimed yet.
 
     Attributes:
-        config: the run's config, overrides applied and data paths made absolute.
+        config: the run's config, overrides applied and its paths made absolute (config_paths.PATH_KEYS).
         key: the key that signs commands (a resumed run's own, which its journaled commands were verified with).
         baseline: the recorded host-only baseline the config names, if any.
         directory: the run directory, absolute (a relative one from the working directory the run starts in).
@@ -247,7 +233,7 @@ async def checked_start(
         written = is_run_config(config, resume)
         load = functools.partial(load_config, config, tuple(overrides or ()), written=written)
         resolved = await anyio.to_thread.run_sync(load)
-    resolved = absolute_data_path(resolved)
+    resolved = absolute_paths(resolved)
     key = env_key(resolved)
     try:
         data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)

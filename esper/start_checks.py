@@ -3,6 +3,7 @@ made: each refusal one line led by the ``section.key = value`` at fault (esper.r
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -20,16 +21,16 @@ if TYPE_CHECKING:
 
     from actors.karn.catalogue import BlueprintEntry, TierPolicy
     from esper.nn.blueprints import Catalogue
-    from schemas.config import KarnConfig, NissaConfig, RunConfig, TamiyoConfig
+    from schemas.config import KarnConfig, NissaConfig, OonaConfig, RunConfig, TamiyoConfig
     from schemas.kernels import SlotKind
 
 _log = structlog.get_logger("esper.start")
 
 
 def check_start(config: RunConfig) -> None:
-    """Refuse blueprint ids the catalogue lacks, GNN weights that cannot be loaded and a metrics host that cannot be
-    listened on. Each failed only while the run assembled, after its directory was made. Blocking (file I/O, name
-    resolution).
+    """Refuse blueprint ids the catalogue lacks, GNN weights that cannot be loaded, a metrics host that cannot be
+    listened on and the Redis bus without its package. Each failed only while the run assembled, after its directory
+    was made. Blocking (file I/O, name resolution).
 
     Raises:
         ConfigError: one line naming the key and its value.
@@ -37,6 +38,17 @@ def check_start(config: RunConfig) -> None:
     check_karn(config.karn)
     check_gnn_weights(config.tamiyo)
     check_metrics_host(config.nissa)
+    check_redis_installed(config.oona)
+
+
+def check_redis_installed(oona: OonaConfig) -> None:
+    """``oona.backend = "redis"`` needs the optional redis package; found, not imported (the bus imports it when it
+    opens, and says what else is wrong then: a server that does not answer, a URL it refuses)."""
+    if oona.backend == "redis" and importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            "oona.backend = 'redis': needs the redis package, which is not installed"
+            " (pip install 'esper-morphogenesis[redis]')"
+        )
 
 
 def check_karn(karn: KarnConfig) -> None:

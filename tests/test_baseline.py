@@ -238,3 +238,37 @@ async def test_a_run_with_an_unusable_baseline_does_not_start(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"nissa.baseline_run: .*missing: not a run directory"):
         await start(config, tmp_path / "run", overrides=[f'nissa.baseline_run="{tmp_path / "missing"}"'])
     assert not (tmp_path / "run").exists()
+
+
+async def test_a_run_given_relative_paths_is_finished_from_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's config.toml kept nissa.baseline_run, urza.root and tolaria.data_cache_dir as given, relative to where
+    the run started: its printed --resume, from anywhere else, was refused ("nissa.baseline_run: host: not a run
+    directory"), or silently opened a second, empty artifact store there. Now they are written absolute, and the resume
+    says no setting changed."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    config = tiny_config(tmp_path, epochs=1)
+    relative = ['urza.root="store"', 'tolaria.data_cache_dir="cache"']
+    monkeypatch.chdir(first)
+    host = await (await start(config, "host", overrides=[*relative, "kasmina.max_active_seeds=0"])).wait()
+    assert host.status == "completed", host.error
+    grown = await (await start(config, tmp_path / "grown", overrides=[*relative, 'nissa.baseline_run="host"'])).wait()
+    assert grown.status == "completed", grown.error
+    written = load_config(tmp_path / "grown" / "config.toml")
+    assert (written.nissa.baseline_run, written.urza.root, written.tolaria.data_cache_dir) == (
+        str(first / "host"),
+        str(first / "store"),
+        str(first / "cache"),
+    )
+    (tmp_path / "grown" / "summary.json").unlink()  # as if killed before its summary: the resume finishes the run
+    monkeypatch.chdir(elsewhere)
+    finished = await (await start(tmp_path / "grown" / "config.toml", resume=tmp_path / "grown")).wait()
+    assert finished.status == "completed", finished.error
+    assert finished.growth is not None
+    assert (finished.growth.baseline_source, finished.growth.baseline_run) == ("recorded", host.run_id)
+    assert list(elsewhere.iterdir()) == []  # no second artifact store, no second data cache
+    events = (tmp_path / "grown" / "events.jsonl").read_text(encoding="utf-8")
+    assert "esper.resume_setting_changed" not in events

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from esper.config import apply_overrides, dump_config
+from esper.config_paths import absolute_paths
 from esper.console import Console
 from esper.resume_changes import RESUME_SETTING_CHANGED, resume_changes
-from schemas.config import RunConfig
+from schemas.config import NissaConfig, RunConfig, UrzaConfig
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    import pytest
 
 
 def _run_dir(tmp_path: Path, config: RunConfig) -> Path:
@@ -32,7 +34,7 @@ def test_each_changed_setting_is_one_warning_naming_the_key_and_both_values(tmp_
     assert sorted(event.description for event in changes) == [
         f"kasmina.breaker.failure_threshold: {RunConfig().kasmina.breaker.failure_threshold} in the run, 7 now",
         "tolaria.epochs: 400 in the run, 50 now",
-        f'urza.root: "/data/urza" in the run, "{RunConfig().urza.root}" now',
+        f'urza.root: "/data/urza" in the run, "{Path(RunConfig().urza.root).absolute()}" now',
     ]
     epochs = next(event for event in changes if event.attributes["key"] == "tolaria.epochs")
     assert (epochs.attributes["in_run"], epochs.attributes["now"]) == ("400", "50")
@@ -50,3 +52,18 @@ def test_the_console_shows_each_change_on_its_own_line(tmp_path: Path) -> None:
     for change in resume_changes(directory, RunConfig()):
         console.emit(change)
     assert stream.getvalue() == f"  changed      tolaria.epochs: 400 in the run, {RunConfig().tolaria.epochs} now\n"
+
+
+def test_a_relative_path_an_earlier_version_wrote_is_no_change_from_where_the_run_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This version makes the path keys absolute at the start; an earlier one wrote them as given, relative to the
+    directory the run started in. Resumed from there, the same paths are the same settings (a `changed` line for each
+    one's absolute form was noise), and a path that does differ is still said, absolute."""
+    run = RunConfig(urza=UrzaConfig(root="store"), nissa=NissaConfig(baseline_run="host"))
+    directory = _run_dir(tmp_path, run)
+    monkeypatch.chdir(tmp_path)
+    assert resume_changes(directory, absolute_paths(run)) == []
+    assert resume_changes(directory, run) == []
+    [moved] = resume_changes(directory, absolute_paths(RunConfig(urza=UrzaConfig(root="other"), nissa=run.nissa)))
+    assert moved.description == f'urza.root: "{tmp_path / "store"}" in the run, "{tmp_path / "other"}" now'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -166,6 +167,25 @@ def test_a_redis_url_that_is_not_one_is_refused_before_the_run_directory_is_made
     assert "s3cret" not in err
     one_line(err, "--set oona.redis_url=")
     assert err.rstrip("\n").endswith(message)
+
+
+def test_the_redis_backend_without_its_package_is_refused_before_the_run_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the redis extra the refusal came once the bus opened, after the claim: it left command.key,
+    config.toml, events.jsonl and run.lock in a new run directory."""
+    monkeypatch.setitem(sys.modules, "redis", None)  # what an install without the extra finds: no redis package
+    message = (
+        "oona.backend = 'redis': needs the redis package, which is not installed"
+        " (pip install 'esper-morphogenesis[redis]')\n"
+    )
+    assert refused(tmp_path, capsys, '[oona]\nbackend = "redis"\n') == f"{tmp_path / 'c.toml'}: {message}"
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "c.toml").write_text("")
+    overrides = ["--set", 'oona.backend="redis"', "--run-dir", str(tmp_path / "r")]
+    assert main([str(tmp_path / "c.toml"), *overrides]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == f'--set oona.backend="redis": {message}'
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(

@@ -16,8 +16,8 @@ import pytest
 
 import esper
 from actors.tamiyo.actor import TamiyoActor
+from esper.config_paths import absolute_paths
 from esper.logs import LogFileInUse, reset_logging
-from esper.run_args import absolute_data_path
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.session import EsperSystem
 from esper.session_events import EventHub
@@ -506,7 +506,7 @@ def test_a_relative_or_home_gnn_checkpoint_is_stored_absolute(tmp_path: Path, mo
         ("/abs/ck.safetensors", Path("/abs/ck.safetensors")),
     ):
         config = RunConfig(tamiyo=TamiyoConfig(policy="gnn", gnn_checkpoint=written))
-        assert absolute_data_path(config).tamiyo.gnn_checkpoint == str(expected)
+        assert absolute_paths(config).tamiyo.gnn_checkpoint == str(expected)
 
 
 async def test_the_apis_refusals_name_its_parameters_not_the_command_lines_flags(tmp_path: Path) -> None:

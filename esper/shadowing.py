@@ -1,0 +1,59 @@
+"""A folder or module of the user's named ``schemas`` or ``actors`` that Python would import instead of Esper's own."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Final
+
+# Esper's top-level packages besides ``esper`` itself; their names are the design's, and common enough to collide.
+SIBLINGS: Final = ("schemas", "actors")
+EXIT_SHADOWED: Final = 2
+
+
+def shadowing_problem(home: Path) -> str | None:
+    """What shadows one of SIBLINGS, in one line naming the shadowing path and the way out; None when each resolves to
+    the package beside ``esper`` in ``home`` (the directory holding the esper package). Finds, never imports: a
+    ``find_spec`` per name (a few stats). A sibling not found at all is left to the import that needs it."""
+    for name in SIBLINGS:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # a module already half-imported, or a broken finder: the import will say
+            continue
+        if spec is None or spec.origin is None:  # nowhere, or only a namespace package: not a shadow of ours
+            continue
+        found = Path(spec.origin)
+        if found.resolve() == (home / name / "__init__.py").resolve():
+            continue
+        folder = spec.submodule_search_locations is not None
+        shadow, kind = (found.parent, "folder") if folder else (found, "file")
+        return (
+            f"esper: {shadow} hides Esper's own {name!r} package ({home / name}): Python finds it first (the working"
+            f" directory comes first on sys.path under python -m and in notebooks); run from another directory, or"
+            f" rename that {kind}"
+        )
+    return None
+
+
+def refuse_shadowed_packages(home: Path) -> None:
+    """Stop an import of esper whose ``schemas`` or ``actors`` would be the user's, before anything imports them (the
+    failure was a ModuleNotFoundError traceback from deep inside, e.g. "No module named 'schemas.enums'").
+
+    Under ``python -m esper.<tool>`` (sys.argv[0] is "-m" while the package of the module to run is imported) the line
+    goes to stderr and the process exits with status 2, as the command line's other refusals do; any other importer
+    (a script, a notebook, a test) gets an ImportError carrying the same line.
+
+    Raises:
+        ImportError: a sibling package is shadowed and the import is not a ``python -m`` launch.
+        SystemExit: (status 2) the same, under ``python -m``.
+    """
+    problem = shadowing_problem(home)
+    if problem is None:
+        return
+    if getattr(sys, "argv", [])[:1] == ["-m"]:
+        if sys.stderr is not None:
+            sys.stderr.write(f"{problem}\n")
+            sys.stderr.flush()
+        raise SystemExit(EXIT_SHADOWED)
+    raise ImportError(problem)

@@ -1,0 +1,64 @@
+"""A ``schemas`` or ``actors`` of the user's ahead of Esper's on sys.path: one line naming it, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper.shadowing import EXIT_SHADOWED
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = ("esper.run", "esper.tail", "esper.report", "esper.field_reports")
+
+
+def python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in ``cwd``, finding this checkout's esper after whatever ``cwd`` holds."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_schemas_folder_in_the_working_directory_stops_each_tool_in_one_line(tmp_path: Path, tool: str) -> None:
+    """Every command died with ``ModuleNotFoundError: No module named 'schemas.enums'`` from deep inside."""
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "__init__.py").write_text("#\n")
+    (tmp_path / "config.toml").write_text("")
+    result = python("-m", tool, "config.toml", cwd=tmp_path)
+    assert result.returncode == EXIT_SHADOWED
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"esper: {tmp_path / 'schemas'} hides Esper's own 'schemas' package ({REPO / 'schemas'}): Python finds it"
+        " first (the working directory comes first on sys.path under python -m and in notebooks); run from another"
+        " directory, or rename that folder\n"
+    )
+
+
+def test_an_actors_module_stops_an_import_of_esper_with_an_import_error(tmp_path: Path) -> None:
+    """A script or a notebook gets an ImportError naming the file, not a SystemExit out of its import."""
+    (tmp_path / "actors.py").write_text("")
+    probe = "try:\n    import esper\nexcept ImportError as err:\n    print(err)\nelse:\n    print('imported')\n"
+    result = python("-c", probe, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"esper: {tmp_path / 'actors.py'} hides Esper's own 'actors' package ("), (
+        result.stdout
+    )
+    assert result.stdout.endswith("run from another directory, or rename that file\n")
+    assert result.stdout.count("\n") == 1
+
+
+def test_a_plain_folder_of_that_name_shadows_nothing(tmp_path: Path) -> None:
+    """A folder without ``__init__.py`` (say, the user's JSON schemas) is a namespace package, which Python passes
+    over for Esper's regular one: no refusal."""
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "run.json").write_text("{}")
+    result = python("-m", "esper.field_reports", "missing-run", cwd=tmp_path)
+    assert "hides Esper's own" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("esper.field_reports: "), result.stderr
