@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Final, overload
 
 import msgspec
 
+from esper.runtime.errors import ConfigError
+
 if TYPE_CHECKING:
     from schemas.config import RunConfig
 
@@ -23,31 +25,57 @@ PATH_KEYS: Final = (
 directory."""
 
 
+# The one key with a fallback for a "~" that cannot be expanded: the trainer generates the data instead of caching it.
+_HOME_OPTIONAL: Final = "tolaria.data_cache_dir"
+
+
 @overload
-def absolute_path(value: str) -> str: ...
+def absolute_path(key: str, value: str) -> str: ...
 @overload
-def absolute_path(value: None) -> None: ...
-def absolute_path(value: str | None) -> str | None:
-    """``value`` absolute (from the working directory, ``~`` expanded); None and "" (``tolaria.data_cache_dir``'s "no
-    cache") as they are, and an absolute path exactly as written."""
+def absolute_path(key: str, value: None) -> None: ...
+def absolute_path(key: str, value: str | None) -> str | None:
+    """``value`` of config key ``key`` absolute (from the working directory, ``~`` expanded); None and "" (``tolaria.
+    data_cache_dir``'s "no cache") as they are, and an absolute path exactly as written.
+
+    With no home directory to expand a ``~`` to (HOME unset and no passwd entry, as in some containers), the
+    data_cache_dir is left as written (the trainer then generates the data instead of caching it).
+
+    Raises:
+        ConfigError: any other key's ``~`` cannot be expanded.
+    """
     if not value or Path(value).is_absolute():
         return value
-    return str(Path(value).expanduser().absolute())
+    try:
+        return str(Path(value).expanduser().absolute())
+    except RuntimeError as err:  # pathlib's "Could not determine home directory."
+        if key == _HOME_OPTIONAL:
+            return value
+        raise ConfigError(
+            f"{key} = {value!r}: no home directory to expand '~' to ({err}); give the path without '~'"
+        ) from err
 
 
 def absolute_paths(config: RunConfig) -> RunConfig:
     """``config`` with each of PATH_KEYS absolute (absolute_path), so that the run's config.toml, and the ``--resume``
     command it prints, mean the same files from any directory (a resume from elsewhere refused a relative
     ``nissa.baseline_run`` as "not a run directory", and silently opened a second, empty ``urza.root``). Reads the
-    working directory; touches no file."""
+    working directory; touches no file.
+
+    Raises:
+        ConfigError: a key other than ``tolaria.data_cache_dir`` starts with a ``~`` there is no home directory for.
+    """
     tolaria, replace = config.tolaria, msgspec.structs.replace
     return replace(
         config,
-        runs_dir=absolute_path(config.runs_dir),
+        runs_dir=absolute_path("runs_dir", config.runs_dir),
         tolaria=replace(
-            tolaria, npz_path=absolute_path(tolaria.npz_path), data_cache_dir=absolute_path(tolaria.data_cache_dir)
+            tolaria,
+            npz_path=absolute_path("tolaria.npz_path", tolaria.npz_path),
+            data_cache_dir=absolute_path("tolaria.data_cache_dir", tolaria.data_cache_dir),
         ),
-        tamiyo=replace(config.tamiyo, gnn_checkpoint=absolute_path(config.tamiyo.gnn_checkpoint)),
-        urza=replace(config.urza, root=absolute_path(config.urza.root)),
-        nissa=replace(config.nissa, baseline_run=absolute_path(config.nissa.baseline_run)),
+        tamiyo=replace(
+            config.tamiyo, gnn_checkpoint=absolute_path("tamiyo.gnn_checkpoint", config.tamiyo.gnn_checkpoint)
+        ),
+        urza=replace(config.urza, root=absolute_path("urza.root", config.urza.root)),
+        nissa=replace(config.nissa, baseline_run=absolute_path("nissa.baseline_run", config.nissa.baseline_run)),
     )

@@ -233,7 +233,10 @@ async def checked_start(
         written = is_run_config(config, resume)
         load = functools.partial(load_config, config, tuple(overrides or ()), written=written)
         resolved = await anyio.to_thread.run_sync(load)
-    resolved = absolute_paths(resolved)
+    try:
+        resolved = absolute_paths(resolved)
+    except ConfigError as err:
+        raise blamed(err, config, overrides or ()) from err
     key = env_key(resolved)
     try:
         data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
