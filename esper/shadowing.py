@@ -36,22 +36,49 @@ def shadowing_problem(home: Path) -> str | None:
     return None
 
 
+def module_run_target(orig_argv: list[str]) -> str | None:
+    """The module a ``python [options] -m MODULE`` command line runs (``sys.orig_argv``), else None. sys.argv[0] is
+    "-m" while ANY ``python -m`` imports its package, so it alone cannot tell Esper's tools from a user's module."""
+    args, index = orig_argv[1:], 0
+    while index < len(args):
+        arg = args[index]
+        if arg in ("-", "--") or not arg.startswith("-") or arg.startswith("--"):
+            return None  # a script, stdin, or a long option: no -m before it in any launch of ours
+        flags = arg[1:]
+        for at, flag in enumerate(flags):
+            if flag in "cmWX":  # the short options that take a value: the rest of the cluster, else the next word
+                value = flags[at + 1 :] or (args[index + 1] if index + 1 < len(args) else "")
+                if flag == "m":
+                    return value
+                if flag == "c":
+                    return None
+                index += 0 if flags[at + 1 :] else 1
+                break
+        index += 1
+    return None
+
+
+def _is_esper_tool(module: str | None) -> bool:
+    return module is not None and (module == "esper" or module.startswith("esper."))
+
+
 def refuse_shadowed_packages(home: Path) -> None:
     """Stop an import of esper whose ``schemas`` or ``actors`` would be the user's, before anything imports them (the
     failure was a ModuleNotFoundError traceback from deep inside, e.g. "No module named 'schemas.enums'").
 
-    Under ``python -m esper.<tool>`` (sys.argv[0] is "-m" while the package of the module to run is imported) the line
-    goes to stderr and the process exits with status 2, as the command line's other refusals do; any other importer
-    (a script, a notebook, a test) gets an ImportError carrying the same line.
+    Under ``python -m esper.<tool>`` (sys.argv[0] is "-m" while the package of the module to run is imported, and
+    sys.orig_argv names the tool) the line goes to stderr and the process exits with status 2, as the command line's
+    other refusals do; any other importer (a script, a notebook, a test, a user's own ``python -m mysweep``) gets an
+    ImportError carrying the same line.
 
     Raises:
         ImportError: a sibling package is shadowed and the import is not a ``python -m`` launch.
-        SystemExit: (status 2) the same, under ``python -m``.
+        SystemExit: (status 2) the same, under ``python -m esper.<tool>``.
     """
     problem = shadowing_problem(home)
     if problem is None:
         return
-    if getattr(sys, "argv", [])[:1] == ["-m"]:
+    if getattr(sys, "argv", [])[:1] == ["-m"] and _is_esper_tool(module_run_target(getattr(sys, "orig_argv", []))):
         if sys.stderr is not None:
             sys.stderr.write(f"{problem}\n")
             sys.stderr.flush()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from esper.shadowing import EXIT_SHADOWED
+from esper.shadowing import EXIT_SHADOWED, module_run_target
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("esper.run", "esper.tail", "esper.report", "esper.field_reports")
@@ -62,3 +62,33 @@ def test_a_plain_folder_of_that_name_shadows_nothing(tmp_path: Path) -> None:
     assert "hides Esper's own" not in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("esper.field_reports: "), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command_line", "target"),
+    [
+        (["python", "-m", "esper.run", "config.toml"], "esper.run"),
+        (["python", "-X", "dev", "-W", "error", "-m", "esper.tail", "-m"], "esper.tail"),
+        (["python", "-Bmesper.report", "x"], "esper.report"),
+        (["python", "-Im", "mysweep"], "mysweep"),
+        (["python", "-c", "import esper", "-m", "esper.run"], None),
+        (["python", "script.py", "-m", "esper.run"], None),
+        (["python"], None),
+    ],
+)
+def test_the_module_a_command_line_runs(command_line: list[str], target: str | None) -> None:
+    assert module_run_target(command_line) == target
+
+
+def test_a_users_own_python_m_importing_esper_gets_an_import_error_not_an_exit(tmp_path: Path) -> None:
+    """sys.argv[0] is "-m" while any ``python -m`` imports its package: a user's ``python -m mysweep`` importing esper
+    was ended with status 2, not given the ImportError its own code can catch."""
+    (tmp_path / "actors.py").write_text("")
+    (tmp_path / "mysweep").mkdir()
+    (tmp_path / "mysweep" / "__init__.py").write_text(
+        "try:\n    import esper\nexcept ImportError as err:\n    print('caught', err)\n"
+    )
+    (tmp_path / "mysweep" / "__main__.py").write_text("")
+    result = python("-m", "mysweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"caught esper: {tmp_path / 'actors.py'} hides Esper's own 'actors' package (")
