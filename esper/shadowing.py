@@ -21,19 +21,33 @@ def shadowing_problem(home: Path) -> str | None:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):  # a module already half-imported, or a broken finder: the import will say
             continue
-        if spec is None or spec.origin is None:  # nowhere, or only a namespace package: not a shadow of ours
+        if spec is None:
             continue
+        ours = (home / name).resolve()
+        if spec.origin is None:
+            # A folder without __init__.py. Where Esper is on sys.path (PYTHONPATH, a regular install) Python passes
+            # over it for Esper's regular package and find_spec never returns it; under an editable install, whose
+            # finder comes after the path's, it becomes the package: its modules replace Esper's same-named ones
+            # (an actors/oona.py: "'actors.oona' is not a package") and schemas.registry walks the wrong folder.
+            places = [Path(place) for place in spec.submodule_search_locations or ()]
+            if not places or any(place.resolve() == ours for place in places):
+                continue
+            return _refusal(name, places[0], "folder", home)
         found = Path(spec.origin)
-        if found.resolve() == (home / name / "__init__.py").resolve():
+        if found.parent.resolve() == ours:  # __init__.py, or __init__.pyc in a pyc-only install
             continue
         folder = spec.submodule_search_locations is not None
         shadow, kind = (found.parent, "folder") if folder else (found, "file")
-        return (
-            f"esper: {shadow} hides Esper's own {name!r} package ({home / name}): Python finds it first (the working"
-            f" directory comes first on sys.path under python -m and in notebooks); run from another directory, or"
-            f" rename that {kind}"
-        )
+        return _refusal(name, shadow, kind, home)
     return None
+
+
+def _refusal(name: str, shadow: Path, kind: str, home: Path) -> str:
+    return (
+        f"esper: {shadow} hides Esper's own {name!r} package ({home / name}): Python finds it first (the working"
+        f" directory comes first on sys.path under python -m and in notebooks); run from another directory, or"
+        f" rename that {kind}"
+    )
 
 
 def module_run_target(orig_argv: list[str]) -> str | None:

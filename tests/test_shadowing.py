@@ -54,8 +54,9 @@ def test_an_actors_module_stops_an_import_of_esper_with_an_import_error(tmp_path
 
 
 def test_a_plain_folder_of_that_name_shadows_nothing(tmp_path: Path) -> None:
-    """A folder without ``__init__.py`` (say, the user's JSON schemas) is a namespace package, which Python passes
-    over for Esper's regular one: no refusal."""
+    """With Esper's packages on sys.path (here PYTHONPATH; a regular install alike), a folder without ``__init__.py``
+    (say, the user's JSON schemas) is a namespace package, which Python passes over for Esper's regular one: no
+    refusal. (An editable install is another matter: see the tests below.)"""
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "run.json").write_text("{}")
     result = python("-m", "esper.field_reports", "missing-run", cwd=tmp_path)
@@ -92,3 +93,73 @@ def test_a_users_own_python_m_importing_esper_gets_an_import_error_not_an_exit(t
     result = python("-m", "mysweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"caught esper: {tmp_path / 'actors.py'} hides Esper's own 'actors' package (")
+
+
+# setuptools' editable install (pip install -e .) imports Esper through a finder appended to sys.meta_path, after the
+# path's own finder: a folder without __init__.py in the working directory is then found first, as a namespace
+# package. This probe builds that layout for this checkout, whichever one the interpreter's own install points at,
+# and drops any sys.path entry holding an esper package (PYTHONPATH and a regular install put Esper's packages on the
+# path, which hides the problem: there Python passes over a namespace folder for a regular package).
+_EDITABLE_PROBE = """
+import importlib.machinery, importlib.util, os, sys
+repo = sys.argv[1]
+sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or '.', 'esper', '__init__.py'))]
+class Editable:
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if fullname in ('esper', 'schemas', 'actors'):
+            return importlib.util.spec_from_file_location(
+                fullname, os.path.join(repo, fullname, '__init__.py'),
+                submodule_search_locations=[os.path.join(repo, fullname)])
+        parent = fullname.rpartition('.')[0]
+        if parent in ('esper', 'schemas', 'actors'):
+            return importlib.machinery.PathFinder.find_spec(fullname, [os.path.join(repo, parent)])
+        return None
+sys.meta_path.insert(sys.meta_path.index(importlib.machinery.PathFinder) + 1, Editable)
+try:
+    import esper
+    import esper.run
+    import schemas.registry
+    print('imported', len(schemas.registry.message_types()))
+except ImportError as err:
+    print(type(err).__name__, err)
+"""
+
+
+def _editable_import(cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", _EDITABLE_PROBE, str(REPO)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_editable_probe_imports_esper_from_this_checkout(tmp_path: Path) -> None:
+    result = _editable_import(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imported "), result.stdout
+    assert int(result.stdout.split()[1]) > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [("actors", "oona.py"), ("schemas", "run.json")],
+)
+def test_a_folder_without_init_under_an_editable_install_is_refused(tmp_path: Path, name: str, entry: str) -> None:
+    """Under ``pip install -e .`` a cwd ``actors/`` holding oona.py became the actors package: ``python -m esper.run``
+    died with "ModuleNotFoundError: No module named 'actors.oona.publisher'"; a ``schemas/`` of JSON files imported,
+    but schemas.registry then found no message types in it (the Redis bus could decode nothing)."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / entry).write_text("")
+    result = _editable_import(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"ImportError esper: {tmp_path / name} hides Esper's own {name!r} package ({REPO / name}): Python finds it"
+        " first (the working directory comes first on sys.path under python -m and in notebooks); run from another"
+        " directory, or rename that folder\n"
+    )
