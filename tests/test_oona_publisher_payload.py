@@ -68,9 +68,12 @@ class Run:
         self._bus = bus
         self._clock = clock
         self._sink = sink
+        self.publishers: list[OonaPublisher] = []  # each incarnation, the newest last
 
     def _publisher(self) -> OonaPublisher:
-        return OonaPublisher(self._bus, clock=self._clock, sink=self._sink, breaker=BREAKER, losses=self.losses)
+        made = OonaPublisher(self._bus, clock=self._clock, sink=self._sink, breaker=BREAKER, losses=self.losses)
+        self.publishers.append(made)
+        return made
 
     async def start(self) -> None:
         root = Supervisor(
@@ -183,6 +186,7 @@ async def test_events_the_bus_sheds_are_counted_in_bus_dropped_and_said_once(
     assert shed >= 2
     assert run.losses.total == shed
     assert run.losses.missed == 0  # not an outage: the bus answered
+    assert [publisher.dropped for publisher in run.publishers] == [shed]
     said = [e for e in logs if e["event"] == "oona_bus_shedding"]
     assert len(said) == 1
     assert "counted in bus_dropped" in said[0]["dropping"]
@@ -204,6 +208,7 @@ async def test_a_topic_nobody_subscribed_to_sheds_without_a_loss(clock: ManualCl
     assert stats.publish_dropped >= 2, "the bus still sheds past depth_high: what it retains stays bounded"
     assert stats.depth == 2
     assert (run.losses.shed, run.losses.total) == (0, 0)
+    assert [publisher.dropped for publisher in run.publishers] == [0], "an unread shed is not counted either"
     assert [e for e in logs if e["event"] == "oona_bus_shedding"] == []
     await bus.close()
 

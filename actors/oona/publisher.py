@@ -159,8 +159,10 @@ class OonaPublisher(Actor[Published]):
         self._breaker.record_success()
         self._answered()
         if result.status is PublishStatus.DROPPED:
-            self.dropped += 1
-            if not result.unread:  # a topic nobody ever subscribed to in this process: the shed event was nobody's
+            # Unread: shed from a topic no subscriber existed for in this process, which is no loss, so neither
+            # counted nor said.
+            if not result.unread:
+                self.dropped += 1
                 self._shed(msg)
         else:
             self.published += 1

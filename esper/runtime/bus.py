@@ -87,7 +87,7 @@ class PublishResult(Record, frozen=True):
     """The explicit outcome of a publish. ``message_id`` names the stored envelope (the surviving one if coalesced).
 
     ``unread``: dropped from a topic no consumer group has ever read (the in-process bus only: its groups live in this
-    process, so nobody could have received the message, shed or not). A networked bus cannot know of a reader that
+    process, so no subscriber existed when it was shed). A networked bus cannot know of a reader that
     subscribes later from another process and never sets it.
     """
 
