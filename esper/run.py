@@ -33,7 +33,7 @@ import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
 from actors.tolaria.checkpoints import read_written_by
-from actors.tolaria.data_cache import log_cache_written
+from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.global_rngs import GlobalRngs
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import with_baseline
@@ -285,7 +285,7 @@ async def _start_logged(
         resume=resume is not None,
         esper_version=esper_version(),
     )
-    log_cache_written(args.data)  # the start's checks loaded the data before this run's log existed
+    log_cache_events(args.data.cache_events)  # the start's checks loaded the data before this run's log existed
     if resume is not None:
         written = await anyio.to_thread.run_sync(read_written_by, directory / "checkpoints")
         if written != esper_version():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,13 +13,21 @@ import structlog
 import torch
 
 from actors.tolaria.build import load_data
-from actors.tolaria.data_cache import NpzArrayCache, log_cache_written
+from actors.tolaria.data_cache import NpzArrayCache, log_cache_events
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from pathlib import Path
 
     from esper.nn.data import Arrays4
+
+
+def _said(cache: NpzArrayCache) -> list[MutableMapping[str, Any]]:
+    """What the run's log gets of ``cache``'s events (the cache itself logs nothing: see the last test)."""
+    with structlog.testing.capture_logs() as logs:
+        log_cache_events(cache.events)
+    return logs
 
 
 def _arrays(offset: float = 0.0) -> Arrays4:
@@ -71,11 +79,11 @@ def test_a_damaged_file_is_regenerated_and_replaced_with_a_warning(tmp_path: Pat
     else:
         path.write_bytes(b"not an npz file")
     generate = Generator(_arrays(offset=0.0))
-    with structlog.testing.capture_logs() as logs:
-        again = NpzArrayCache(tmp_path)("k", generate)
+    reader = NpzArrayCache(tmp_path)
+    again = reader("k", generate)
     assert generate.calls == 1
     assert _equal(again, _arrays())
-    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["data_cache_corrupt"]
+    assert [entry["event"] for entry in _said(reader) if entry["log_level"] == "warning"] == ["data_cache_corrupt"]
     assert _equal(NpzArrayCache(tmp_path)("k", Generator(_arrays(offset=9.0))), _arrays())  # replaced, valid again
 
 
@@ -83,19 +91,21 @@ def test_an_unwritable_directory_costs_only_the_cache(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
     generate = Generator(_arrays())
-    with structlog.testing.capture_logs() as logs:
-        out = NpzArrayCache(blocker / "cache")("k", generate)
+    cache = NpzArrayCache(blocker / "cache")
+    out = cache("k", generate)
     assert _equal(out, _arrays())
-    assert any(entry["event"] == "data_cache_unwritable" for entry in logs)
+    assert any(entry["event"] == "data_cache_unwritable" for entry in _said(cache))
 
 
 def test_an_unwritable_directory_is_warned_about_once_per_process(tmp_path: Path) -> None:
     """A run loads its data twice (the start's checks, then the run): the console showed the warning twice."""
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
-    with structlog.testing.capture_logs() as logs:
-        for _ in range(3):
-            NpzArrayCache(blocker / "cache")("k", Generator(_arrays()))
+    logs: list[MutableMapping[str, Any]] = []
+    for _ in range(3):
+        cache = NpzArrayCache(blocker / "cache")
+        cache("k", Generator(_arrays()))
+        logs += _said(cache)
     levels = [entry["log_level"] for entry in logs if entry["event"] == "data_cache_unwritable"]
     assert levels == ["warning", "info", "info"]  # the run's log still records each
 
@@ -119,8 +129,9 @@ def test_a_cached_array_declaring_more_than_it_holds_is_regenerated_not_allocate
     with zipfile.ZipFile(tmp_path / "k.npz", "w") as archive:
         archive.writestr("x_train.npy", header.getvalue())
     generate = Generator(_arrays())
-    with structlog.testing.capture_logs() as logs:
-        out = NpzArrayCache(tmp_path)("k", generate)
+    cache = NpzArrayCache(tmp_path)
+    out = cache("k", generate)
+    logs = _said(cache)
     assert generate.calls == 1
     assert _equal(out, _arrays())
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
@@ -132,18 +143,17 @@ def test_a_cached_array_declaring_more_than_it_holds_is_regenerated_not_allocate
 
 
 def test_a_load_that_stores_the_data_carries_the_file_for_the_runs_log(tmp_path: Path) -> None:
-    """The file is logged by whoever owns the run's log (log_cache_written), not by the cache as it writes."""
+    """The file is logged by whoever owns the run's log (log_cache_events), not by the cache as it writes."""
     config = TolariaConfig(dataset_samples=500, data_cache_dir=str(tmp_path))
     with structlog.testing.capture_logs() as logs:
         first = load_data(config)
         again = load_data(config)
     assert [e["event"] for e in logs] == []
     [stored] = tmp_path.glob("*.npz")
-    assert first.cache_written == (str(stored), stored.stat().st_size)
-    assert again.cache_written is None, "read back from the cache: nothing stored"
+    assert again.cache_events == (), "read back from the cache: nothing stored"
     with structlog.testing.capture_logs() as logs:
-        log_cache_written(first)
-        log_cache_written(again)
+        log_cache_events(first.cache_events)
+        log_cache_events(again.cache_events)
     assert logs == [
         {"event": "data_cache_written", "file": str(stored), "size_bytes": stored.stat().st_size, "log_level": "info"}
     ]

@@ -62,3 +62,25 @@ async def test_the_data_cache_written_line_reaches_the_runs_log_not_the_callers_
     assert written["size_bytes"] == stored.stat().st_size
     names = [event["event"] for event in events]
     assert names.index("run_starting") < names.index("data_cache_written")
+
+
+async def test_a_corrupt_data_cache_is_said_in_the_runs_log_not_on_the_callers_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only data_cache_written waited for the run's log: data_cache_corrupt (and data_cache_unwritable), logged during
+    the start's checks, went to the caller's stdout in structlog's default format and never reached events.jsonl."""
+    config = quiet_config(tmp_path)
+    cache = tmp_path / "cache"
+    config = msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, data_cache_dir=str(cache)))
+    await (await esper.start(config, run_dir=tmp_path / "first")).stop()
+    [stored] = cache.glob("*.npz")
+    stored.write_bytes(b"not an npz file")
+    capsys.readouterr()
+    await (await esper.start(config, run_dir=tmp_path / "run")).stop()
+    assert capsys.readouterr().out == ""
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    [corrupt] = [event for event in events if event["event"] == "data_cache_corrupt"]
+    assert corrupt["file"] == str(stored)
+    assert corrupt["error"].startswith("unreadable: ")
+    names = [event["event"] for event in events]
+    assert names.index("run_starting") < names.index("data_cache_corrupt") < names.index("data_cache_written")

@@ -138,9 +138,9 @@ def load_data(config: TolariaConfig) -> DataSplits:
         raise TolariaConfigError(
             f"tolaria.validation_fraction = {fraction}: data set {config.dataset!r}: {err}"
         ) from err
-    if cache is None or cache.written is None:
+    if cache is None or not cache.events:
         return splits
-    return dataclasses.replace(splits, cache_written=cache.written)
+    return dataclasses.replace(splits, cache_events=tuple(cache.events))
 
 
 def _data_cache(directory: str) -> NpzArrayCache | None:

@@ -11,22 +11,23 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Literal, final
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from esper.nn.data import DeferredLog
 from esper.nn.data_npz import oversized_member
 from esper.runtime.atomic_write import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
-    from esper.nn.data import Arrays4, DataSplits
+    from esper.nn.data import Arrays4
 
-__all__ = ["NpzArrayCache", "log_cache_written"]
+__all__ = ["NpzArrayCache", "log_cache_events"]
 
 _log = structlog.get_logger("actors.tolaria")
 _NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -51,9 +52,9 @@ class NpzArrayCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # (file, size in bytes) of the last file stored, said by log_cache_written: the start's checks load the data
-        # before the run's log is configured, when a line would reach the caller's stdout rather than events.jsonl.
-        self.written: tuple[str, int] | None = None
+        # Said by log_cache_events, not as they happen: the start's checks load the data before the run's log is
+        # configured, when a line would reach the caller's stdout rather than events.jsonl.
+        self.events: list[DeferredLog] = []
 
     def __call__(self, key: str, generate: Callable[[], Arrays4]) -> Arrays4:
         path = self.directory / f"{key}.npz"
@@ -73,19 +74,19 @@ class NpzArrayCache:
                 for name in (*_NAMES, "sha256"):
                     problem = oversized_member(stored, name)
                     if problem is not None:
-                        _log.warning("data_cache_corrupt", file=str(path), error=f"array {name!r} {problem}")
+                        self._say("warning", "data_cache_corrupt", file=str(path), error=f"array {name!r} {problem}")
                         return None
                 x_train, y_train, x_test, y_test = (stored[name] for name in _NAMES)
                 expected = str(stored["sha256"])
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as err:
-            _log.warning("data_cache_corrupt", file=str(path), error=f"unreadable: {type(err).__name__}: {err}")
+            self._say("warning", "data_cache_corrupt", file=str(path), error=f"unreadable: {type(err).__name__}: {err}")
             return None
         arrays: Arrays4 = (x_train, y_train, x_test, y_test)
         if x_train.dtype != np.float32 or x_test.dtype != np.float32 or y_train.dtype != np.int64:
-            _log.warning("data_cache_corrupt", file=str(path), error="unexpected dtypes")
+            self._say("warning", "data_cache_corrupt", file=str(path), error="unexpected dtypes")
             return None
         if _digest(arrays) != expected:
-            _log.warning("data_cache_corrupt", file=str(path), error="sha256 does not match its contents")
+            self._say("warning", "data_cache_corrupt", file=str(path), error="sha256 does not match its contents")
             return None
         return arrays
 
@@ -100,16 +101,19 @@ class NpzArrayCache:
             atomic_write_bytes(path, buffer.getvalue(), shared=True)
         except OSError as err:
             if str(path) in _WARNED_UNWRITABLE:
-                _log.info("data_cache_unwritable", file=str(path), error=str(err))
+                self._say("info", "data_cache_unwritable", file=str(path), error=str(err))
             else:
                 _WARNED_UNWRITABLE.add(str(path))
-                _log.warning("data_cache_unwritable", file=str(path), error=str(err))
+                self._say("warning", "data_cache_unwritable", file=str(path), error=str(err))
             return
-        self.written = (str(path), buffer.tell())
+        self._say("info", "data_cache_written", file=str(path), size_bytes=buffer.tell())
+
+    def _say(self, level: Literal["info", "warning"], event: str, **fields: str | int) -> None:
+        self.events.append(DeferredLog(level, event, tuple(fields.items())))
 
 
-def log_cache_written(data: DataSplits) -> None:
-    """Log ``data_cache_written`` for the cache file loading ``data`` stored, if any; once the run's log is set up."""
-    if data.cache_written is not None:
-        file, size = data.cache_written
-        _log.info("data_cache_written", file=file, size_bytes=size)
+def log_cache_events(events: Iterable[DeferredLog]) -> None:
+    """Log what a data load's cache recorded (``DataSplits.cache_events``), once the run's log is set up."""
+    for said in events:
+        log = _log.warning if said.level == "warning" else _log.info
+        log(said.event, **dict(said.fields))

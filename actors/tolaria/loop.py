@@ -24,7 +24,7 @@ import structlog
 
 from actors.tolaria.build import Trainee, batch_plan, load_data
 from actors.tolaria.checkpoints import CheckpointWriter
-from actors.tolaria.data_cache import log_cache_written
+from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.emergencies import Action, EmergencyPolicy
 from actors.tolaria.epoch_end import evaluate
 from actors.tolaria.loop_epoch import EpochCloser
@@ -117,7 +117,7 @@ class TrainingLoop:
         data = self._s.data
         if data is None:
             data = load_data(config)
-            log_cache_written(data)
+            log_cache_events(data.cache_events)
         self._s.data = data
         plan = batch_plan(config, data)
         self._s.build()

@@ -38,6 +38,17 @@ _VALIDATION_SPLIT_SALT: Final = 0x7A11D
 
 @final
 @dataclass(frozen=True, slots=True)
+class DeferredLog:
+    """A log line recorded now and said later: the start's checks load the data before the run's log is configured,
+    when a line would reach the caller's stdout in structlog's default format and never the run's events.jsonl."""
+
+    level: Literal["info", "warning"]
+    event: str
+    fields: tuple[tuple[str, str | int], ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class TensorPair:
     """Features and labels of one split or one batch.
 
@@ -68,8 +79,8 @@ class DataSplits:
 
     ``input_shape`` is the shape of one sample (``x.shape[1:]``); labels lie in ``[0, num_classes)``.
     The validation split was carved from the training data, so the three splits are disjoint.
-    ``cache_written``: the file and size in bytes this load stored in its cache (None: none stored), for the caller to
-    log once its run's log exists.
+    ``cache_events``: what this load's cache had to say (a file stored, a corrupt one replaced, a directory it could
+    not write), for the caller to log once its run's log exists.
     """
 
     train: TensorPair
@@ -78,7 +89,7 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: DatasetName
-    cache_written: tuple[str, int] | None = None
+    cache_events: tuple[DeferredLog, ...] = ()
 
 
 def load_dataset(
