@@ -427,11 +427,14 @@ def check_log_file_free() -> None:
     for processor in structlog.get_config()["processors"]:
         if isinstance(processor, _JsonLineWriter) and processor.is_open:
             running = processor.running
-            reach = "" if running is None else f" (run {running.run_id}: this error's .running is its handle)"
+            if running is None:  # still starting: no handle exists yet
+                reach, how = "", "let its start finish, then stop it (await system.stop()) or wait for it"
+            else:
+                reach = f" (run {running.run_id}: this error's .running is its handle)"
+                how = "stop it (await system.stop(), or await err.running.stop() without its handle) or wait for it"
             raise LogFileInUse(
                 f"another run in this process{reach} is still logging to {processor.path}; its events would mix with"
-                " this run's: stop it (await system.stop(), or await err.running.stop() without its handle) or wait"
-                " for it (await system.wait()) first",
+                f" this run's: {how} (await system.wait()) first",
                 running,
             )
 

@@ -47,7 +47,7 @@ def check_redis_installed(oona: OonaConfig) -> None:
     if oona.backend == "redis" and importlib.util.find_spec("redis") is None:
         raise ConfigError(
             "oona.backend = 'redis': needs the redis package, which is not installed"
-            " (pip install 'esper-morphogenesis[redis]')"
+            " (pip install -e '.[redis]' in a checkout, pip install 'esper-morphogenesis[redis]' otherwise)"
         )
 
 

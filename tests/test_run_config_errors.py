@@ -177,7 +177,7 @@ def test_the_redis_backend_without_its_package_is_refused_before_the_run_directo
     monkeypatch.setitem(sys.modules, "redis", None)  # what an install without the extra finds: no redis package
     message = (
         "oona.backend = 'redis': needs the redis package, which is not installed"
-        " (pip install 'esper-morphogenesis[redis]')\n"
+        " (pip install -e '.[redis]' in a checkout, pip install 'esper-morphogenesis[redis]' otherwise)\n"
     )
     assert refused(tmp_path, capsys, '[oona]\nbackend = "redis"\n') == f"{tmp_path / 'c.toml'}: {message}"
     assert not (tmp_path / "r").exists()
