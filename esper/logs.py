@@ -74,11 +74,13 @@ RECORD_EVENTS: Final = frozenset(
 """The events a run reads back from its own log (a --resume's summary of the earlier sessions, ``esper.report``, the
 run's id and an L4 halt's reason): events.jsonl gets them whatever ``logging.level`` says, which filters the rest."""
 
-_RECORD_TELEMETRY: Final = frozenset({"seed_op_failed", "seed_op_retried"})  # where a refused stage change took effect
+# Where a refused stage change took effect, and the alerts that fired (a resume's summary counts every session's; an
+# alert at L1 is logged at info).
+_RECORD_TELEMETRY: Final = frozenset({"seed_op_failed", "seed_op_retried", "alert_fired"})
 
 
 def is_record(event_dict: EventDict) -> bool:
-    """Whether the event is one a run reads back from its log (RECORD_EVENTS, and the stage ops' telemetry)."""
+    """Whether the event is one a run reads back from its log (RECORD_EVENTS, the stage ops' and alerts' telemetry)."""
     event = event_dict.get("event")
     if event == "telemetry_event":
         return event_dict.get("name") in _RECORD_TELEMETRY

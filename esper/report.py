@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.decisions import Decision, add_decision, decision_entry
 from esper.report_digest import summary_lines, trained_through
-from esper.report_entries import SessionEnd, pause_event, refused_pause, restored_point, session_end, stage_event
+from esper.report_entries import (
+    SessionEnd,
+    fired_alert,
+    pause_event,
+    refused_pause,
+    restored_point,
+    session_end,
+    stage_event,
+)
 from esper.report_plot import Curves, PauseEvent, StageEvent, render_report_png
 from esper.report_receipts import Refusal, RefusalLog, took_effect
 from esper.run_dir import check_not_in_use
@@ -131,11 +139,13 @@ class RunEvents(NamedTuple):
     # The stage changes the trainer refused, and where they took effect (see took_effect).
     refusals: tuple[Refusal, ...] = ()
     last_epoch_end: int | None = None  # the highest epoch (from 1) an epoch_end line names: how far the log reaches
+    # The rule of each Nissa alert that fired (its alert_fired line), every session's, in file order.
+    alerts_fired: tuple[str, ...] = ()
 
 
 def read_run_events(path: Path) -> RunEvents:
-    """Every lifecycle transition, pause or resume, controller decision, emergency signal and refused stage change in
-    events.jsonl, in one pass; lines that are not JSON objects are skipped.
+    """Every lifecycle transition, pause or resume, controller decision, emergency signal, refused stage change and
+    fired alert in events.jsonl, in one pass; lines that are not JSON objects are skipped.
 
     Decisions are counted once across resumed sessions and restarts (see add_decision), and so is each move of the
     emergency ladder (see EmergencyTally).
@@ -154,6 +164,7 @@ def read_run_events(path: Path) -> RunEvents:
     last_finished_at: str | None = None
     last_session_after: str | None = None
     last_epoch_end: int | None = None
+    alerts: list[str] = []
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -177,6 +188,8 @@ def read_run_events(path: Path) -> RunEvents:
                     add_decision(decisions, decision)
                 elif emergencies.add_entry(entry) or refusals.add_entry(entry):
                     continue
+                elif (rule := fired_alert(entry)) is not None:
+                    alerts.append(rule)
                 elif (restored := restored_point(entry)) is not None:  # a rollback's (see LifecycleRestored)
                     events = [event for event in events if not restored.undoes(event.step)]
                     pauses = [p for p in pauses if not restored.undoes(p.step)]
@@ -209,6 +222,7 @@ def read_run_events(path: Path) -> RunEvents:
         last_session_after,
         refusals.refusals(),
         last_epoch_end,
+        tuple(alerts),
     )
 
 

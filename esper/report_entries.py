@@ -1,4 +1,4 @@
-"""One events.jsonl entry as the report reads it: a stage change, a pause or resume, a rollback, a session's end."""
+"""One events.jsonl entry as the report reads it: a stage change, a pause or resume, a rollback, an alert, an end."""
 
 from __future__ import annotations
 
@@ -68,6 +68,15 @@ def refused_pause(entry: dict[str, object]) -> PauseEvent | None:
     if not isinstance(step, int) or isinstance(step, bool) or not isinstance(seed_id, str):
         return None
     return PauseEvent(step=step, seed_id=seed_id, resumed=attributes["op"] == "resume")
+
+
+def fired_alert(entry: dict[str, object]) -> str | None:
+    """The rule of the Nissa alert that fired, from its ``alert_fired`` telemetry line; else None."""
+    if entry.get("event") != "telemetry_event" or entry.get("name") != "alert_fired":
+        return None
+    attributes = entry.get("attributes")
+    rule = attributes.get("rule") if isinstance(attributes, dict) else None
+    return rule if isinstance(rule, str) else None
 
 
 class Restored(NamedTuple):

@@ -233,6 +233,7 @@ async def _start_logged(
             refusals=before.refusals,
             incomplete=before.incomplete,
             partial=before.partial,
+            alerts_fired=before.alerts_fired,
         )
         # On the console too: the summary's figures will leave this out.
         for note in (*before.incomplete, *before.partial):

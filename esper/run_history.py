@@ -74,6 +74,8 @@ class EarlierTally(NamedTuple):
     # What the summary will miss of the earlier sessions with their seed transitions whole (their decisions, which
     # an earlier version did not log): said as ``incomplete`` is, but the host-only baseline is still known.
     partial: tuple[str, ...] = ()
+    # The rule of each Nissa alert the earlier sessions fired (their alert_fired lines), in file order.
+    alerts_fired: tuple[str, ...] = ()
 
 
 _LOST = "the earlier sessions' decisions, seed transitions (the host-only baseline's epoch) and emergency events"
@@ -81,11 +83,11 @@ _LOST = "the earlier sessions' decisions, seed transitions (the host-only baseli
 
 def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     """What a resumed run's summary counts from its earlier sessions: the seeds' transitions, each epoch's figures,
-    the decisions, every slot's transitions, the emergency signals and the refused stage ops. One read of each file;
-    each is read on its own, so a metrics.csv gone does not cost the events' figures (the epochs it lacks are read
-    back from Kasmina's journal: esper.resume_rows). An event log missing, unreadable, or ending epochs before the
-    newest checkpoint (cut short, or written above info by an earlier version, which left out the records) is named
-    in ``incomplete``. Blocking."""
+    the decisions, every slot's transitions, the emergency signals, the refused stage ops and the alerts that fired.
+    One read of each file; each is read on its own, so a metrics.csv gone does not cost the events' figures (the
+    epochs it lacks are read back from Kasmina's journal: esper.resume_rows). An event log missing, unreadable, or
+    ending epochs before the newest checkpoint (cut short, or written above info by an earlier version, which left
+    out the records) is named in ``incomplete``. Blocking."""
     from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
 
     events = directory / config.logging.json_file
@@ -148,6 +150,7 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
         tuple(incomplete),
         metrics_problem,
         tuple(partial),
+        found.alerts_fired,
     )
 
 

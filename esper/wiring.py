@@ -11,6 +11,7 @@ is sent (the tree starts after the specs are built, and a restarted actor keeps 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, final
 
@@ -256,7 +257,7 @@ class RunTally:
     earlier_partial: list[str] = field(default_factory=list)
     # GNN workers killed because they stopped answering (the actor's tamiyo_gnn_worker_hung events).
     worker_hangs: int = 0
-    # Nissa's alerts that fired in this session, by rule (its alert_fired events).
+    # Nissa's alerts that fired, by rule (its alert_fired events): a resumed run's begin with the earlier sessions'.
     alerts_fired: dict[str, int] = field(default_factory=dict)
 
     def emit(self, event: Message | Record) -> None:
@@ -298,11 +299,13 @@ class RunTally:
         refusals: Sequence[Refusal] = (),
         incomplete: Sequence[str] = (),
         partial: Sequence[str] = (),
+        alerts_fired: Sequence[str] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its slot transitions (what Nissa starts from, see
         slot_transitions_at), its emergency signals (the summary counts every session's, each move once) and the stage
-        ops the trainer refused (see RefusalLog); the resumed run's own traffic then continues the tally.
+        ops the trainer refused (see RefusalLog), and the rule of each alert that fired; the resumed run's own traffic
+        then continues the tally.
         ``incomplete``: what the earlier sessions' files could not tell (the summary says so:
         GrowthFigures.earlier_incomplete); ``partial``: what they could not tell with their seed transitions whole
         (said the same way, but the host-only baseline stays known)."""
@@ -313,6 +316,7 @@ class RunTally:
         self.earlier_slot_transitions = list(slot_transitions or ())
         self.slot_transitions = list(slot_transitions or ())
         self.refusals = RefusalLog(refusals)
+        self.alerts_fired = dict(Counter(alerts_fired))
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:

@@ -112,5 +112,6 @@ class RunSummary(Record, frozen=True):
     error_traceback: str | None = None  # a failed run's: the last frames of the failure that ended it (ChildFailed's)
     training: TrainingFigures | None = None
     growth: GrowthFigures | None = None
-    # Nissa's alerts that fired in this session, by rule (an SLO's is slo_<name>); a rule that never fired is absent.
+    # Nissa's alerts that fired, by rule (an SLO's is slo_<name>), a resumed run's earlier sessions' included; a rule
+    # that never fired is absent.
     alerts_fired: dict[str, int] = field(default_factory=dict)

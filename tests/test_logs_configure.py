@@ -137,6 +137,7 @@ def test_a_level_above_info_keeps_the_records_a_run_reads_back(tmp_path: Path) -
         log.info("tamiyo_decision", step=4)
         log.info("seed_stage_changed", slot="s", to_stage="TRAINING")
         log.info("telemetry_event", name="seed_op_retried")
+        log.info("telemetry_event", name="alert_fired")  # an L1 alert's, which a resume's summary counts
         log.info("telemetry_event", name="seed_transition")  # not read back: filtered as before
         log.info("actor_started")
         log.debug("run_finished")  # below info: no record is logged there, and the floor stays at info
@@ -146,6 +147,7 @@ def test_a_level_above_info_keeps_the_records_a_run_reads_back(tmp_path: Path) -
             ("tamiyo_decision", None),
             ("seed_stage_changed", None),
             ("telemetry_event", "seed_op_retried"),
+            ("telemetry_event", "alert_fired"),
             ("kept", None),
         ]
         shown = console.getvalue()
