@@ -26,6 +26,7 @@ from schemas.config import RunConfig, TamiyoConfig, TolariaConfig, UrzaConfig
 from schemas.enums import ActorStatus
 from schemas.run import RunSummary, TrainingFigures
 from schemas.runtime import ActorState, ChildFailed
+from schemas.state import SeedState
 from tests import tolaria_factories
 from tests.test_run_cli import ACTORS
 
@@ -301,7 +302,13 @@ def test_a_loop_that_ends_before_the_run_was_waited_for_lets_go_of_it(
     config = msgspec.structs.replace(quiet_config(tmp_path), tolaria=TolariaConfig(epochs=30, dataset_samples=500))
 
     async def abandon() -> None:
-        await esper.start(config, run_dir=tmp_path / "run")
+        system = await esper.start(config, run_dir=tmp_path / "run")
+        # A barrier: Kasmina reports seed states only from the trainer's packets, so the trainer's lane job is
+        # running. Abandoned before that job began (a loaded machine), the run trains nothing and writes no
+        # checkpoint, which is not the case this test is about.
+        async for event in system.events():
+            if isinstance(event, SeedState):
+                break
         raise RuntimeError("the user's code failed")
 
     with pytest.raises(RuntimeError, match="the user's code failed"):
