@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, overload
+from typing import TYPE_CHECKING, Final, cast, overload
 
 import msgspec
 
@@ -64,18 +64,15 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     Raises:
         ConfigError: a key other than ``tolaria.data_cache_dir`` starts with a ``~`` there is no home directory for.
     """
-    tolaria, replace = config.tolaria, msgspec.structs.replace
-    return replace(
-        config,
-        runs_dir=absolute_path("runs_dir", config.runs_dir),
-        tolaria=replace(
-            tolaria,
-            npz_path=absolute_path("tolaria.npz_path", tolaria.npz_path),
-            data_cache_dir=absolute_path("tolaria.data_cache_dir", tolaria.data_cache_dir),
-        ),
-        tamiyo=replace(
-            config.tamiyo, gnn_checkpoint=absolute_path("tamiyo.gnn_checkpoint", config.tamiyo.gnn_checkpoint)
-        ),
-        urza=replace(config.urza, root=absolute_path("urza.root", config.urza.root)),
-        nissa=replace(config.nissa, baseline_run=absolute_path("nissa.baseline_run", config.nissa.baseline_run)),
-    )
+    made: msgspec.Struct = config
+    for key in PATH_KEYS:
+        made = _with_absolute(made, key.split("."), key)
+    return cast("RunConfig", made)
+
+
+def _with_absolute(struct: msgspec.Struct, path: list[str], key: str) -> msgspec.Struct:
+    """``struct`` with the field at ``path`` (dotted ``key``'s parts) made absolute."""
+    head, *rest = path
+    value = getattr(struct, head)
+    made = _with_absolute(value, rest, key) if rest else absolute_path(key, value)
+    return msgspec.structs.replace(struct, **{head: made})

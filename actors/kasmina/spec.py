@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.handoff import Handoff
     from esper.runtime.lanes import Lane
-    from schemas.config import BreakerConfig, KasminaConfig, SecurityConfig
+    from schemas.config import KasminaConfig, SecurityConfig
     from schemas.state import SystemStatePacket
 
 PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]
@@ -63,42 +63,6 @@ def lifecycle_settings(config: KasminaConfig, cadence: EvidenceCadence | None = 
         gate_patience_steps=config.gate_patience_steps,
         cadence=cadence if cadence is not None else EvidenceCadence(),
     )
-
-
-def planner_factory(
-    *,
-    run_id: str,
-    run_seed: int,
-    slots: Mapping[str, SlotShape],
-    settings: LifecycleSettings,
-    lag_steps: int,
-    source: SeedSource,
-    clock: Clock,
-    breaker: BreakerConfig,
-    approved_blueprints: frozenset[str] = frozenset(),
-    initial_seeds: Mapping[str, str] | None = None,
-) -> Callable[[EventSink], BoundaryPlanner]:
-    """What builds a fresh boundary planner for a sink: every Kasmina incarnation's, and a resume's check of the
-    journal's replay (actors.kasmina.held_seeds) builds the same one."""
-    slot_shapes = dict(slots)
-    initial = dict(initial_seeds or {})
-
-    def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
-        return BoundaryPlanner(
-            run_id=run_id,
-            run_seed=run_seed,
-            slots=slot_shapes,
-            settings=settings,
-            lag_steps=lag_steps,
-            describe=source.describe,
-            clock=clock,
-            sink=planner_sink,
-            breaker=breaker,
-            approved_blueprints=approved_blueprints,
-            initial_seeds=initial,
-        )
-
-    return make_planner
 
 
 @final
@@ -140,19 +104,28 @@ class PlannerArgs:
         return lifecycle_settings(self.config, msgspec.structs.replace(cadence, lag_steps=self.lag_steps))
 
     def factory(self, source: SeedSource, clock: Clock) -> Callable[[EventSink], BoundaryPlanner]:
-        """What builds a fresh planner for a sink (see planner_factory)."""
-        return planner_factory(
-            run_id=self.run_id,
-            run_seed=self.run_seed,
-            slots=self.slots,
-            settings=self.settings(),
-            lag_steps=self.lag_steps,
-            source=source,
-            clock=clock,
-            breaker=self.config.breaker,
-            approved_blueprints=self.approved_blueprints,
-            initial_seeds=self.initial_seeds,
-        )
+        """What builds a fresh boundary planner for a sink: every Kasmina incarnation's, and a resume's check of the
+        journal's replay (actors.kasmina.held_seeds) builds the same one."""
+        settings = self.settings()
+        slots = dict(self.slots)
+        initial = dict(self.initial_seeds or {})
+
+        def make_planner(planner_sink: EventSink) -> BoundaryPlanner:
+            return BoundaryPlanner(
+                run_id=self.run_id,
+                run_seed=self.run_seed,
+                slots=slots,
+                settings=settings,
+                lag_steps=self.lag_steps,
+                describe=source.describe,
+                clock=clock,
+                sink=planner_sink,
+                breaker=self.config.breaker,
+                approved_blueprints=self.approved_blueprints,
+                initial_seeds=initial,
+            )
+
+        return make_planner
 
 
 def kasmina_spec(
