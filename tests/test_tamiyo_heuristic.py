@@ -6,14 +6,8 @@ import msgspec
 import pytest
 
 from actors.tamiyo import state_codec
-from actors.tamiyo.heuristic import (
-    EveryKConfig,
-    EveryKPolicy,
-    EveryKState,
-    HeuristicConfig,
-    HeuristicPolicy,
-    HeuristicState,
-)
+from actors.tamiyo.every_k import EveryKConfig, EveryKPolicy, EveryKState
+from actors.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy, HeuristicState
 from actors.tamiyo.observe import build_observation, implicated_seed
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, Policy, SlotFacts
 from schemas.config import TamiyoConfig

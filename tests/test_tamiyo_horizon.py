@@ -8,7 +8,8 @@ import msgspec
 import pytest
 
 from actors.kasmina.lifecycle_settings import EvidenceCadence
-from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
+from actors.tamiyo.every_k import EveryKConfig, EveryKPolicy
+from actors.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.horizon import GrowthCutoff, GrowthHorizon
 from actors.tamiyo.policy import Decision
 from esper.assemble_inputs import growth_horizon

@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 import torch
 
+from actors.tamiyo.every_k import EveryKConfig, EveryKPolicy
 from actors.tamiyo.gnn_policy import GnnPolicy, registries_for, weights_sha256
-from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
+from actors.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.observe import build_observation, has_candidate
 from actors.tamiyo.policy import BlueprintCandidate, Decision, Observation, SlotFacts
 from esper.nn.policy_contract import ACTION_NAMES

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Literal, TypeAlias, final
 import msgspec
 
 from actors.tamiyo.conservative import ConservativeMode, restored_mode
+from actors.tamiyo.every_k import EveryKPolicy
 from actors.tamiyo.gnn_state import GnnPolicyBase
-from actors.tamiyo.heuristic import EveryKPolicy, HeuristicPolicy
+from actors.tamiyo.heuristic import HeuristicPolicy
 from actors.tamiyo.outcomes import OutcomeSettings, OutcomeTracker
 from actors.tamiyo.policy import KnowsUnmade, Withdrawable
 from actors.tamiyo.risk import RiskThresholds
@@ -21,8 +22,9 @@ from schemas.tamiyo import TamiyoStatistics
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
+    from actors.tamiyo.every_k import EveryKState
     from actors.tamiyo.gnn_state import GnnPolicyState
-    from actors.tamiyo.heuristic import EveryKState, HeuristicState
+    from actors.tamiyo.heuristic import HeuristicState
     from actors.tamiyo.horizon import GrowthCutoff
     from actors.tamiyo.policy import BlueprintCandidate, Policy
     from actors.tamiyo.policy import Decision as PolicyDecision

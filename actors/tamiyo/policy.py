@@ -109,6 +109,16 @@ class Observation(Record, frozen=True):
     def seeds(self) -> tuple[SeedState, ...]:
         return self.packet.seed_states
 
+    def opens_epoch_after(self, last_epoch: int | None) -> bool:
+        """Whether this is the first packet of an epoch after ``last_epoch`` that carries a validation loss (the one
+        packet an epoch at which the heuristic policies act)."""
+        packet = self.packet
+        return packet.validation_loss is not None and (last_epoch is None or packet.epoch > last_epoch)
+
+    def affords(self, candidate: BlueprintCandidate, slot: str, limit: int | None) -> bool:
+        """Whether ``candidate`` grafted into ``slot`` keeps the seeds' parameters within ``limit`` (None: no limit)."""
+        return limit is None or self.packet.seed_parameters + candidate.parameters_in(slot) <= limit
+
     def free_slots(self) -> tuple[SeedState, ...]:
         """DORMANT, non-embargoed slots, in slot-name order."""
         # One pass over the slot facts, not one per slot: a 512-slot host spent most of a decision here.

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias, final
 
 from actors.tamiyo.actor import TamiyoActor
+from actors.tamiyo.every_k import EveryKConfig, EveryKPolicy
 from actors.tamiyo.field_reports import WAL_FILENAME, FieldReportWal
-from actors.tamiyo.heuristic import EveryKConfig, EveryKPolicy, HeuristicConfig, HeuristicPolicy
+from actors.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.horizon import GrowthCutoff
 from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds

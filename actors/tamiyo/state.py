@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
+from actors.tamiyo.every_k import EveryKState
 from actors.tamiyo.gnn_state import GnnPolicyState
-from actors.tamiyo.heuristic import EveryKState, HeuristicState
+from actors.tamiyo.heuristic import HeuristicState
 from actors.tamiyo.outcomes import OutcomeState
 from schemas.base import Record
 from schemas.enums import BreakerState
