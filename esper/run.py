@@ -42,7 +42,8 @@ from esper.cli_process import drop_lost_streams, run_in_foreground, say
 from esper.config import dump_config
 from esper.console import Console
 from esper.data_fingerprint import record_data
-from esper.logs import StructlogSink, check_log_file_free, configure_logging
+from esper.log_events import StructlogSink
+from esper.logs import check_log_file_free, configure_logging
 from esper.resume_changes import resume_changes
 from esper.resume_rows import renumber_from_1
 from esper.run_args import (

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import structlog
 
-from esper.logs import log_actor_state
+from esper.log_events import log_actor_state
 from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import RepeatedFailure, SupervisorGaveUp, UnrecoverableFailure, unrecoverable_remedy
 from esper.runtime.failure_trace import failure_traceback

@@ -6,7 +6,8 @@ import json
 from typing import TYPE_CHECKING
 
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator
-from esper.logs import StructlogSink, configure_logging, reset_logging
+from esper.log_events import StructlogSink
+from esper.logs import configure_logging, reset_logging
 from esper.report import read_run_events
 from esper.run_history import earlier_tally
 from esper.runtime.emergency import RESTORED, EmergencyLadder

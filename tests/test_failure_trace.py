@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from esper.logs import StructlogSink, configure_logging, reset_logging
+from esper.log_events import StructlogSink
+from esper.logs import configure_logging, reset_logging
 from esper.runtime.errors import RepeatedFailure
 from esper.runtime.failure_trace import TRACE_CHARS, failure_traceback, first_failure, located, user_frame
 from esper.runtime.supervisor import ChildSpec, Supervisor

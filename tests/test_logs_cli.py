@@ -7,7 +7,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from esper.logs import StructlogSink, configure_logging, get_logger, log_context, reset_logging
+from esper.log_events import StructlogSink
+from esper.logs import configure_logging, get_logger, log_context, reset_logging
 from esper.tail import build_parser, options_from_args
 from schemas.runtime import ChildFailed
 

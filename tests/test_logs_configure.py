@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from esper.log_events import StructlogSink, log_actor_state
 from esper.logs import (
     LoggingHandle,
-    StructlogSink,
     bind_log_context,
     configure_logging,
     get_logger,
-    log_actor_state,
     log_context,
     parse_level,
     reset_logging,

@@ -9,15 +9,8 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from esper.logs import (
-    StructlogSink,
-    configure_logging,
-    event_level,
-    event_name,
-    get_logger,
-    log_actor_state,
-    reset_logging,
-)
+from esper.log_events import StructlogSink, event_level, event_name, log_actor_state
+from esper.logs import configure_logging, get_logger, reset_logging
 from esper.tail_render import parse_actor_state, parse_line
 from schemas.base import Message
 from schemas.domain_enums import TelemetryLevel
