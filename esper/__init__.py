@@ -1,4 +1,5 @@
-"""Esper: morphogenetic training on an asyncio actor runtime. Exposes ``start`` and ``__version__`` lazily."""
+"""Esper: morphogenetic training on an asyncio actor runtime. Exposes ``start``, ``load_model`` and ``__version__``
+lazily."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ refuse_shadowed_packages(Path(__file__).resolve().parent.parent)
 
 if TYPE_CHECKING:
     from esper.run import start as start
+    from esper.trained_model import load_model as load_model
 
-__all__ = ["__version__", "start"]
+__all__ = ["__version__", "load_model", "start"]
 
 
 def __getattr__(name: str) -> object:
@@ -35,6 +37,19 @@ def __getattr__(name: str) -> object:
         finally:
             random.setstate(state)
         return start
+    if name == "load_model":
+        if "esper.trained_model" in sys.modules:
+            from esper.trained_model import load_model
+
+            return load_model
+        # As for start: the first import of its modules draws from Python's random, which the caller's stream must go
+        # on without.
+        saved = random.getstate()
+        try:
+            from esper.trained_model import load_model
+        finally:
+            random.setstate(saved)
+        return load_model
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

@@ -141,6 +141,20 @@ def threads_as_trained(directory: Path, config: RunConfig) -> RunConfig:
     return msgspec.structs.replace(config, tolaria=msgspec.structs.replace(config.tolaria, num_threads=1))
 
 
+def read_run_config(directory: Path) -> RunConfig:
+    """The config.toml of the run in ``directory`` as that run wrote it (``load_config``'s ``written``: a key the
+    writing version set and this one no longer acts on is kept, not refused). Blocking.
+
+    Raises:
+        ConfigError: the file is empty (it would read as all defaults, another run) or does not load (naming it).
+        OSError: it cannot be read.
+    """
+    path = directory / "config.toml"
+    if not path.read_bytes().strip():
+        raise ConfigError(f"{path}: empty")
+    return load_config(path, written=True)
+
+
 def check_resumable(directory: Path, config: RunConfig) -> None:
     """Refuse a resume whose config would train a different run than the one in ``directory`` (its config.toml,
     which every run writes at its start, checked against what its checkpoints record). Blocking (file I/O).
@@ -154,9 +168,7 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
-        if not (directory / "config.toml").read_bytes().strip():
-            raise ConfigError(f"{directory / 'config.toml'}: empty")  # an empty file would read as all defaults
-        earlier = load_config(directory / "config.toml", written=True)
+        earlier = read_run_config(directory)
     except OSError as err:
         raise ConfigError(
             f"--resume {directory}: the run's config.toml cannot be read ({err.strerror or err}); it says which run"

@@ -1,0 +1,129 @@
+"""``esper.load_model``: a run's trained, grown model rebuilt from its config.toml and one of its checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actors.tolaria.boundary import BoundaryApplier, replay
+from actors.tolaria.build import build_trainee, load_data
+from actors.tolaria.checkpoints import CheckpointError, load_latest, read_manifest
+from actors.tolaria.global_rngs import GlobalRngs
+from actors.tolaria.snapshots import load_into
+from esper.config_paths import absolute_paths
+from esper.resume import read_run_config
+from esper.runtime.errors import ConfigError
+from esper.runtime.lanes import resolve_device
+
+if TYPE_CHECKING:
+    import os
+
+    import torch
+    from torch import nn
+
+    from actors.tolaria.checkpoints import CheckpointInfo
+    from actors.tolaria.snapshots import TrainState
+    from schemas.config import RunConfig
+
+__all__ = ["load_model"]
+
+
+def load_model(
+    run_dir: str | os.PathLike[str], *, step: int | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """The model a run trained and grew, as it was at one of its checkpoints, in eval mode on ``device``.
+
+    The run's own config.toml is read as ``--resume`` reads it; the host (``cnn1d``, ``mlp`` or the user's
+    ``module:factory``, which must import as it did for the run) is built and wrapped with its slots as the run built
+    it, the checkpoint's graft log is replayed onto it (each grafted seed rebuilt from its blueprint) and its weights
+    are loaded: the trainer's own restore, without the optimizer's use. The checkpoint's SHA-256 must match the
+    manifest (safetensors, nothing unpickled). Building the host needs the run's data set (its shapes).
+
+    The model computes what the trainer's evaluation computed at that step: a seed still training is invisible in
+    the output (its slot passes the host's activation on), a blending one is mixed in at the alpha it had reached, one
+    in shadowing or probation is applied in full as in the run, a paused one is off, and a fossilized one is part of
+    the host. A culled seed is gone. The trainer ran that evaluation under autocast where its precision said so (bf16
+    on CUDA by default): a forward under the same ``torch.autocast`` matches it. Python's, NumPy's and torch's
+    global random streams are left as they were.
+
+    Args:
+        run_dir: the run's directory (``runs/<run-id>``).
+        step: the checkpoint's global step; None: the newest that passes its checks (one that does not is passed
+            over with a ``UserWarning`` naming it, and a ``checkpoint_corrupt`` log line saying why).
+        device: ``"cpu"``, ``"cuda[:n]"``, ``"auto"`` or a torch.device.
+
+    Raises:
+        ConfigError: the directory or its config.toml cannot be read, or the host cannot be built from it (naming
+            the key).
+        CheckpointError: there is no checkpoint (of ``step``: the message lists the steps there are), none usable,
+            or it does not fit the model; one line.
+        ValueError: ``device`` names no available device.
+    """
+    directory = Path(run_dir)
+    if not directory.is_dir():
+        raise ConfigError(f"load_model: {directory}: not a run directory")
+    try:
+        config = absolute_paths(read_run_config(directory))
+    except OSError as err:
+        raise ConfigError(f"load_model: {directory / 'config.toml'}: cannot read: {err.strerror or err}") from err
+    target = resolve_device(device) if isinstance(device, str) else device
+    state, info = _checkpoint(directory / "checkpoints", step)
+    # The trainer's build seeds the global generators and the restore puts the checkpoint's in them: the caller's
+    # streams must go on as if nothing had been loaded.
+    rngs = GlobalRngs()
+    try:
+        return _rebuilt(config, state, target, directory / "checkpoints" / info.file)
+    finally:
+        rngs.restore()
+
+
+def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, CheckpointInfo]:
+    """The checkpoint of ``step`` (None: the newest good one), verified and decoded as a restore does.
+
+    Raises:
+        CheckpointError: one line, as load_model says.
+    """
+    listed = read_manifest(directory) if directory.is_dir() else []
+    steps = ", ".join(str(info.global_step) for info in listed)
+    if not listed:
+        raise CheckpointError(f"load_model: {directory}: no checkpoint listed (the run stopped before its first?)")
+    if step is not None and step not in {info.global_step for info in listed}:
+        raise CheckpointError(f"load_model: {directory}: no checkpoint of step {step} (its steps: {steps})")
+    try:
+        found = load_latest(directory, at_most=step)
+    except CheckpointError as err:
+        raise CheckpointError(f"load_model: {err} (checkpoint_corrupt says why)") from err
+    assert found is not None  # some are listed at or before ``step``: load_latest loads one or raises
+    state, _, info = found
+    wanted = step if step is not None else listed[-1].global_step
+    if info.global_step != wanted:
+        skipped = f"{directory / f'step-{wanted}.pt'} does not pass its checks (checkpoint_corrupt says why)"
+        if step is not None:
+            raise CheckpointError(f"load_model: {skipped}; step=None loads the newest one that does")
+        warnings.warn(f"load_model: {skipped}; loaded {info.file} instead", UserWarning, stacklevel=3)
+    return state, info
+
+
+def _rebuilt(config: RunConfig, state: TrainState, device: torch.device, path: Path) -> nn.Module:
+    """The trainer's restore (build, replay the graft log, load) of ``state`` onto ``device``, in eval mode.
+
+    Raises:
+        ConfigError: the host cannot be built.
+        CheckpointError: the graft log does not replay onto it or the weights do not fit it.
+    """
+    data = load_data(config.tolaria)
+    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
+    # Only the weights matter here: the CUDA generator's saved state would be put on the device (or warned about, for
+    # a CPU run's checkpoint) for nothing.
+    state.rng.pop("cuda", None)
+    try:
+        replay(BoundaryApplier(trainee), state.graft_log)
+        load_into(trainee, state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"load_model: {path} does not fit tolaria.host_model = {config.tolaria.host_model!r} as it builds now:"
+            f" {first}"
+        ) from err
+    return trainee.model.eval()
