@@ -93,27 +93,37 @@ def run_keys(config: RunConfig) -> dict[str, object]:
     return decoded
 
 
+def edited_keys(directory: Path, earlier: RunConfig) -> list[str]:
+    """The keys whose value in ``earlier`` (the run's config.toml) is not what the run's checkpoints were trained with
+    (the manifest's run_keys; a manifest written before they were recorded has none), each as "key is X there but the
+    run trained with Y". Blocking.
+
+    Raises:
+        CheckpointError: the manifest cannot be read.
+    """
+    recorded = read_run_keys(directory / "checkpoints")
+    if recorded is None:
+        return []
+    now = run_keys(earlier)
+    return [
+        f"{dotted} is {now[dotted]!r} there but the run trained with {recorded[dotted]!r}"
+        for dotted in now
+        if dotted in recorded and recorded[dotted] != now[dotted]
+    ]
+
+
 def _check_not_edited(directory: Path, earlier: RunConfig) -> None:
-    """Refuse a run whose config.toml no longer says what its checkpoints were trained with (the manifest's run_keys;
-    a manifest written before they were recorded passes). Without it an edited key was accepted and silently not
-    acted on (the optimizer's state kept the old learning rate), and the next resume with the run's real config was
-    refused, blaming the value nobody trained with. Blocking.
+    """Refuse a run whose config.toml no longer says what its checkpoints were trained with (edited_keys). Without it
+    an edited key was accepted and silently not acted on (the optimizer's state kept the old learning rate), and the
+    next resume with the run's real config was refused, blaming the value nobody trained with. Blocking.
 
     Raises:
         ConfigError: one line naming each edited key, both values and the file.
     """
     try:
-        recorded = read_run_keys(directory / "checkpoints")
+        edited = edited_keys(directory, earlier)
     except CheckpointError as err:
         raise ConfigError(f"--resume {directory}: {err}") from err
-    if recorded is None:
-        return
-    now = run_keys(earlier)
-    edited = [
-        f"{dotted} is {now[dotted]!r} there but the run trained with {recorded[dotted]!r}"
-        for dotted in now
-        if dotted in recorded and recorded[dotted] != now[dotted]
-    ]
     if edited:
         raise ConfigError(
             f"--resume {directory}: {directory / 'config.toml'} was edited after the run's checkpoints were written"

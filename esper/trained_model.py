@@ -12,7 +12,7 @@ from actors.tolaria.checkpoints import CheckpointError, load_latest, read_manife
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths
-from esper.resume import read_run_config
+from esper.resume import edited_keys, read_run_config
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 
@@ -64,9 +64,11 @@ def load_model(
     if not directory.is_dir():
         raise ConfigError(f"load_model: {directory}: not a run directory")
     try:
-        config = absolute_paths(read_run_config(directory))
+        written = read_run_config(directory)
     except OSError as err:
         raise ConfigError(f"load_model: {directory / 'config.toml'}: cannot read: {err.strerror or err}") from err
+    _refuse_edited(directory, written)
+    config = absolute_paths(written)
     target = resolve_device(device) if isinstance(device, str) else device
     state, info = _checkpoint(directory / "checkpoints", step)
     # The trainer's build seeds the global generators and the restore puts the checkpoint's in them: the caller's
@@ -76,6 +78,24 @@ def load_model(
         return _rebuilt(config, state, target, directory / "checkpoints" / info.file)
     finally:
         rngs.restore()
+
+
+def _refuse_edited(directory: Path, written: RunConfig) -> None:
+    """Refuse a config.toml edited after the checkpoints were written: an edit that changes the data (the seed, the
+    split) would evaluate the model on other samples than the run did, and one that changes the host would not fit.
+
+    Raises:
+        ConfigError: one line naming each edited key and both values.
+    """
+    try:
+        edited = edited_keys(directory, written)
+    except CheckpointError as err:
+        raise ConfigError(f"load_model: {err}") from err
+    if edited:
+        raise ConfigError(
+            f"load_model: {directory / 'config.toml'} was edited after the run's checkpoints were written"
+            f" ({', '.join(edited)}): put the run's values back"
+        )
 
 
 def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, CheckpointInfo]:

@@ -23,6 +23,7 @@ from esper.export import main as export_main
 from esper.nn.slots import SeedSlot, SlotMode
 from esper.resume import read_run_config
 from esper.run import start
+from esper.runtime.errors import ConfigError
 from tests.test_e2e_run import _user_host, tiny_config
 
 if TYPE_CHECKING:
@@ -141,6 +142,27 @@ def test_a_corrupt_newest_checkpoint_is_passed_over_with_a_warning(
             assert torch.equal(got[key], value), key
     with pytest.raises(CheckpointError, match=rf"{newest.file} does not pass its checks"):
         esper.load_model(run_dir, step=newest.global_step)
+
+
+def test_a_config_edited_after_the_run_is_refused_naming_the_key(
+    grown: tuple[Path, RunSummary], tmp_path: Path
+) -> None:
+    """Another tolaria.seed draws another test split: the model would be scored on samples the run never held out."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(grown[0], run_dir)
+    config = run_dir / "config.toml"
+    trained = read_run_config(run_dir).tolaria.seed
+    text = config.read_text(encoding="utf-8")
+    line = f"seed = {trained}\n"
+    assert text.count(line) == 1
+    config.write_text(text.replace(line, f"seed = {trained + 1}\n"), encoding="utf-8")
+
+    with pytest.raises(ConfigError) as refused:
+        esper.load_model(run_dir)
+    assert str(refused.value) == (
+        f"load_model: {config} was edited after the run's checkpoints were written (tolaria.seed is {trained + 1}"
+        f" there but the run trained with {trained}): put the run's values back"
+    )
 
 
 def test_a_user_module_factory_host_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
