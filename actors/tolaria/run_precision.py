@@ -43,7 +43,7 @@ class Float32Matmul:
 
 def pick_precision(config: TolariaConfig, device: torch.device, matmul: Float32Matmul) -> dict[str, object]:
     """Turn TF32 on for the run when ``device`` computes it (a CUDA GPU of compute capability 8.0 or newer) and
-    ``tolaria.precision`` is not "fp32" (which asks for IEEE float32 throughout), warn once when bf16 is asked of a
+    ``tolaria.precision`` is not "fp32" (which asks for float32 throughout), warn once when bf16 is asked of a
     GPU that only emulates it, and return the fields the run's start line records: ``precision`` (the training's
     autocast, "bf16" or "fp32") and ``tf32``. Blocking (may initialise CUDA)."""
     tf32 = config.precision != "fp32" and native_bf16(device)
