@@ -35,6 +35,7 @@ from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, 
 from actors.tolaria.checkpoints import read_written_by
 from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.global_rngs import GlobalRngs
+from actors.tolaria.run_precision import Float32Matmul, pick_precision
 from esper.assemble import StoreCloser, assemble, drain_pipeline
 from esper.baseline import with_baseline
 from esper.bus_resource import BusResource, bus_limits
@@ -138,9 +139,10 @@ async def _start(
     """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
     check_progress(progress)
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
-    # Before the checks, which build the model: the run seeds the process's global RNGs; the caller's are given back
-    # when it ends (or fails to start).
+    # Before the checks, which build the model: the run seeds the process's global RNGs (and may turn TF32 on); the
+    # caller's are given back when it ends (or fails to start).
     rngs = GlobalRngs()
+    matmul = Float32Matmul()
     try:
         args = await checked_start(config, run_dir, overrides, resume)
         resolved, directory = args.config, args.directory
@@ -149,20 +151,21 @@ async def _start(
         run_lock = await anyio.to_thread.run_sync(claim)
         try:
             return await _start_claimed(
-                args, run_lock, rngs, resume=resume, progress=progress, hooks=hooks, console=console
+                args, run_lock, (rngs, matmul), resume=resume, progress=progress, hooks=hooks, console=console
             )
         except BaseException:
             run_lock.release()
             raise
     except BaseException:
         rngs.restore()  # after the failed start's threads have stopped: nothing of the run draws any more
+        matmul.restore()
         raise
 
 
 async def _start_claimed(
     args: StartArgs,
     run_lock: RunDirLock,
-    rngs: GlobalRngs,
+    process: tuple[GlobalRngs, Float32Matmul],
     *,
     resume: str | Path | None,
     progress: TextIO | None,
@@ -191,7 +194,7 @@ async def _start_claimed(
     undo = StartUndo()
     try:
         return await _start_logged(
-            args, run_id, run_lock, rngs, logging, undo, resume=resume, progress=progress, hooks=hooks
+            args, run_id, run_lock, process, logging, undo, resume=resume, progress=progress, hooks=hooks
         )
     except BaseException as err:
         # Whatever failed or was cancelled, the process is left as before the start: a later start must not find
@@ -208,7 +211,7 @@ async def _start_logged(
     args: StartArgs,
     run_id: str,
     run_lock: RunDirLock,
-    rngs: GlobalRngs,
+    process: tuple[GlobalRngs, Float32Matmul],
     logging: LoggingHandle,
     undo: StartUndo,
     *,
@@ -311,6 +314,8 @@ async def _start_logged(
         for change in await anyio.to_thread.run_sync(resume_changes, directory, resolved):
             sink.emit(change)
     lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
+    rngs, matmul = process
+    precision = await anyio.to_thread.run_sync(pick_precision, resolved.tolaria, lanes.device, matmul)
     parts = await assemble(
         resolved,
         run_id=run_id,
@@ -360,7 +365,7 @@ async def _start_logged(
     gpu = await anyio.to_thread.run_sync(read_gpus_once)
     for device in gpu.devices:
         _log.info("gpu_device", index=device.index, name=device.name, memory_total_bytes=device.memory_total_bytes)
-    _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()))
+    _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()), **precision)
     cell = parts.cell
     deadline_s = resolved.weatherlight.shutdown_deadline_s
 
@@ -395,10 +400,15 @@ async def _start_logged(
         abandonable=(lanes,),
         bus_dropped=lambda: bus_losses.total,
         alerts_fired=lambda: dict(tally.alerts_fired),
-        restore_rngs=rngs.restore,
+        restore_process=functools.partial(_restore, rngs, matmul),
         settle=lanes.wait_closed,
         abandoned_once_settled=(parts.store,),
     )
+
+
+def _restore(rngs: GlobalRngs, matmul: Float32Matmul) -> None:
+    rngs.restore()
+    matmul.restore()
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:

@@ -93,7 +93,7 @@ class EsperSystem:
         abandonable: tuple[Abandonable, ...] = (),
         bus_dropped: Callable[[], int] | None = None,
         alerts_fired: Callable[[], dict[str, int]] | None = None,
-        restore_rngs: Callable[[], None] | None = None,
+        restore_process: Callable[[], None] | None = None,
         settle: Callable[[], Awaitable[None]] | None = None,
         abandoned_once_settled: tuple[Abandonable, ...] = (),
     ) -> None:
@@ -104,8 +104,9 @@ class EsperSystem:
         without awaiting if the event loop ends (or cancels every task) before the run was waited for or stopped.
         ``bus_dropped`` counts the events that never reached the bus (the summary's ``bus_dropped``);
         ``alerts_fired`` the alerts that fired, by rule (the summary's ``alerts_fired``).
-        ``restore_rngs`` gives the process's global RNGs back their states from before the run, once its end is
-        written (not when abandoned: the trainer still finishes its step and checkpoints those states then).
+        ``restore_process`` gives the process's global RNGs and torch's TF32 settings back their states from before
+        the run, once its end is written (not when abandoned: the trainer still finishes its step and checkpoints
+        those states then).
         ``settle`` is what an abandoned run waits for before its last line (the lanes' threads ending: the trainer's
         step and checkpoint); ``abandoned_once_settled`` is closed after that wait (what the lanes' last jobs use:
         Urza's store, closed at once, failed the io lane's job that was still writing to it)."""
@@ -131,7 +132,7 @@ class EsperSystem:
         self._abandonable = abandonable
         self._bus_dropped = bus_dropped
         self._alerts_fired = alerts_fired
-        self._restore_rngs = restore_rngs
+        self._restore_process = restore_process
         self._settle = settle
         self._abandoned_once_settled = abandoned_once_settled
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
@@ -407,8 +408,10 @@ class EsperSystem:
             self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
-            if self._restore_rngs is not None:  # the actors and lanes have stopped: nothing of the run draws any more
-                self._restore_rngs()
+            if (
+                self._restore_process is not None
+            ):  # the actors and lanes have stopped: nothing of the run computes any more
+                self._restore_process()
 
     async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
         actors = tuple(self._actors.snapshot())

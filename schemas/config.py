@@ -104,8 +104,9 @@ class TolariaConfig(ConfigSection, frozen=True):
     checkpoint_every_epochs: NonNegInt = 1
     checkpoint_keep_last: PosInt = 3
     compile: bool = False
-    # amp = true is bf16 autocast on every device (refused with precision = "fp32"); "auto" precision is bf16 on CUDA
-    # and fp32 on the CPU.
+    # amp = true is bf16 autocast on every device (refused with precision = "fp32"); "auto" precision is bf16 on a CUDA
+    # GPU of compute capability 8.0 or newer (with TF32 matmuls, as under "bf16") and fp32 elsewhere (an older GPU
+    # emulates bf16); "fp32" turns on neither autocast nor TF32.
     amp: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Above the machine's CPU count the run starts with a warning (threads then contend for cores).

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
+
 import pytest
 import torch
 from torch_geometric.data import Batch, HeteroData
@@ -12,6 +16,7 @@ from esper.nn.policy_contract import (
     HIGH_RISK_CLASSES,
     NO_OP,
     NUM_ACTIONS,
+    EdgeType,
     PolicyOutput,
 )
 from esper.nn.policy_decide import CompileFallback, decide, maybe_compile
@@ -26,6 +31,9 @@ from esper.nn.policy_graph import (
     PolicyGraphBuilder,
     SeedInput,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SMALL = TamiyoGNNConfig(hidden=32, gat_hidden=16, heads=4)
 REGISTRIES = GraphRegistries.of(
@@ -387,6 +395,60 @@ def test_build_with_seed_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(3)
     build_tamiyo_gnn(SMALL, seed=9)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_build_with_seed_leaves_every_cuda_generator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.manual_seed reseeds every CUDA device too, which fork_rng(devices=[]) does not put back: building the
+    # policy reseeded the trainer's CUDA streams. The weights come from the CPU generator alone.
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    built = build_tamiyo_gnn(SMALL, seed=9)
+    assert reseeded == []
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(9)
+        expected = TamiyoGNN(SMALL)  # the weights torch.manual_seed(9) gave: saved policies keep theirs
+    for (name, got), (_, want) in zip(built.state_dict().items(), expected.state_dict().items(), strict=True):
+        assert torch.equal(got, want), name
+
+
+@pytest.mark.parametrize(("capability", "autocast"), [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_decide_autocasts_to_bf16_only_on_a_gpu_that_computes_it(
+    model: TamiyoGNN, monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], autocast: bool
+) -> None:
+    # A T4 (7.5) emulates bf16, slower than fp32, though torch.cuda.is_bf16_supported() says True there. No GPU
+    # here: the graph says it is on cuda:0 already, and the "GPU" forward is the CPU model's output.
+    cuda = torch.device("cuda", 0)
+    data = graph(3)
+    output = run(model, data)
+
+    class OnCuda:
+        training = False
+
+        def __call__(
+            self,
+            x_dict: Mapping[str, torch.Tensor],
+            edge_index_dict: Mapping[EdgeType, torch.Tensor],
+            edge_attr_dict: Mapping[EdgeType, torch.Tensor],
+            batch_dict: Mapping[str, torch.Tensor] | None = None,
+        ) -> PolicyOutput:
+            return output
+
+    class Where:
+        device = cuda
+
+    on_cuda = SimpleNamespace(x_dict={"global": Where()}, edge_index_dict={}, edge_attr_dict={})
+    casts: list[tuple[str, torch.dtype]] = []
+
+    def recorded(device_type: str, dtype: torch.dtype) -> contextlib.nullcontext[None]:
+        casts.append((device_type, dtype))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch, "autocast", recorded)
+    decision = decide(OnCuda(), cast("HeteroData", on_cuda), ALL, device=cuda)
+    assert casts == ([("cuda", torch.bfloat16)] if autocast else [])
+    monkeypatch.undo()
+    assert decision == decide(model, data, ALL, device="cpu")
 
 
 def test_maybe_compile_is_eager_on_cpu(model: TamiyoGNN) -> None:

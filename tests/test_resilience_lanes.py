@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from torch.cuda._utils import _get_device_index
 
 from esper.runtime.errors import LaneClosed, LaneJobEscaped
 from esper.runtime.lanes import Lane, Lanes, resolve_device
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
 
@@ -233,6 +239,70 @@ def test_device_resolution_refuses_other_devices() -> None:
         resolve_device("tpu")
     with pytest.raises(ValueError, match="got 'meta'"):
         resolve_device("meta")
+
+
+class FakeStream:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+
+class FakeEvent:
+    def record(self, stream: FakeStream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+def fake_two_gpus(monkeypatch: pytest.MonkeyPatch, set_device: Callable[[torch.device], None]) -> None:
+    """A machine with two CUDA devices, the current one cuda:1 (no GPU here: torch.cuda's calls are faked)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+
+
+async def test_a_lane_given_an_unindexed_cuda_device_runs_on_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lane resolved only string specs: torch.device("cuda") reached torch.cuda.set_device on the worker thread,
+    which refuses a device without an index, and every job failed with a bare "worker exited"."""
+    chosen: list[torch.device] = []
+
+    def set_device(device: torch.device) -> None:
+        _get_device_index(device)  # what torch.cuda.set_device checks before it calls the driver
+        chosen.append(device)
+
+    fake_two_gpus(monkeypatch, set_device)
+    async with Lane("train", torch.device("cuda")) as lane, asyncio.timeout(5):
+        assert lane.device == torch.device("cuda", 1)
+        assert await lane.run(len, "xy") == 2
+    assert chosen == [torch.device("cuda", 1)]
+
+
+async def test_a_worker_that_cannot_start_fails_each_job_with_its_error_as_the_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refusal = RuntimeError("CUDA error: invalid device ordinal")
+
+    def set_device(device: torch.device) -> None:
+        raise refusal
+
+    fake_two_gpus(monkeypatch, set_device)
+    lane = Lane("train", "cuda:0")
+    async with asyncio.timeout(5):
+        with pytest.raises(LaneClosed, match="worker exited") as failed:
+            await lane.run(len, "x")
+        assert failed.value.__cause__ is refusal
+        assert str(failed.value).endswith(
+            "(its worker failed to start: RuntimeError: CUDA error: invalid device ordinal)"
+        )
+        await lane.wait_closed()
+        with pytest.raises(LaneClosed) as refused:
+            await lane.run(len, "x")
+        assert str(refused.value).startswith("lane 'train' is closed (its worker failed to start: RuntimeError")
+        assert refused.value.__cause__ is refusal
 
 
 @pytest.mark.gpu

@@ -284,6 +284,22 @@ def conv2d_net() -> nn.Module:
     return _Conv2dNet()
 
 
+class _ImageNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8 * 4 * 5, 10)
+        self.slot_targets = ("body.1",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))  # type: ignore[no-any-return]
+
+
+def image_net() -> nn.Module:
+    """A 2-D convolution over images of 2 channels, 4 x 5 (MNIST-1D's 40 features reshaped): channels_last input."""
+    return _ImageNet()
+
+
 class _TrainTimeOutput(nn.Module):
     """Scores in eval mode; in training mode returns what ``kind`` names instead."""
 

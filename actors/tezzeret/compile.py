@@ -251,7 +251,8 @@ def warm_compiled(module: nn.Module, example: tuple[int, ...], device: torch.dev
     compiled = torch.compile(copy.deepcopy(module).to(device))
     with torch.no_grad():
         compiled(torch.zeros(example, device=device, dtype=dtype))
-    torch.cuda.synchronize(device)
+    # The calling lane's stream only, which ran the forward: a device-wide sync would wait for training's kernels too.
+    torch.cuda.current_stream(device).synchronize()
 
 
 def _one_line(err: BaseException) -> str:

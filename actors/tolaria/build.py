@@ -27,6 +27,7 @@ from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
 from esper.nn.data_batches import BatchPlan
 from esper.nn.optim_migration import GROUP_NAME_KEY
+from esper.nn.precision import native_bf16
 from esper.nn.slots import SlotMode
 from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
@@ -100,12 +101,20 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_precision(config: TolariaConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA under "auto", fp32 (None: no autocast) on the CPU unless asked."""
+    """The autocast dtype: bf16 when asked (``precision = "bf16"`` or ``amp``) on any device, and under "auto" on a
+    CUDA GPU that computes bf16 (compute capability 8.0 or newer); else fp32 (None: no autocast). May initialise
+    CUDA."""
     if config.amp or config.precision == "bf16":
         return torch.bfloat16
-    if config.precision == "auto" and device.type == "cuda":
+    if config.precision == "auto" and native_bf16(device):
         return torch.bfloat16
     return None
+
+
+def emulated_bf16(config: TolariaConfig, device: torch.device) -> bool:
+    """Whether the run was asked for bf16 autocast on a CUDA GPU that only emulates bf16 (compute capability below
+    8.0): honoured, as asked, but slower than fp32 there."""
+    return device.type == "cuda" and resolve_precision(config, device) is not None and not native_bf16(device)
 
 
 def data_layout(config: TolariaConfig) -> Layout:

@@ -8,6 +8,7 @@ thread (``CheckpointWriter``), never here.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, final
 
 import torch
@@ -18,6 +19,23 @@ if TYPE_CHECKING:
     from esper.nn.data import TensorPair
 
 _EVAL_BATCH = 1024
+
+
+def model_input(trainee: Trainee, x: torch.Tensor) -> torch.Tensor:
+    """A batch of inputs as the training step gives them to the model: on its device, channels_last for a
+    channels_last model's images."""
+    x = x.to(trainee.device)
+    if trainee.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(trainee: Trainee) -> contextlib.AbstractContextManager[object]:
+    """The run's autocast (bf16, ``tolaria.precision``) for a forward outside the training step; none in fp32."""
+    dtype = trainee.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=trainee.device.type, dtype=dtype)
 
 
 def evaluate(trainee: Trainee, split: TensorPair) -> tuple[float, float]:
@@ -35,16 +53,10 @@ def evaluate(trainee: Trainee, split: TensorPair) -> tuple[float, float]:
     try:
         with torch.no_grad():
             for start in range(0, n, _EVAL_BATCH):
-                x = split.x[start : start + _EVAL_BATCH].to(trainee.device)
+                x = model_input(trainee, split.x[start : start + _EVAL_BATCH])
                 y = split.y[start : start + _EVAL_BATCH].to(trainee.device)
-                if trainee.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                dtype = trainee.autocast_dtype
-                if dtype is None:
+                with autocast(trainee):
                     out = model(x)
-                else:
-                    with torch.autocast(device_type=trainee.device.type, dtype=dtype):
-                        out = model(x)
                 loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
     finally:

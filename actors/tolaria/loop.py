@@ -34,7 +34,7 @@ from actors.tolaria.loop_restore import Restorer
 from actors.tolaria.loop_state import LoopState
 from actors.tolaria.run_counters import finite
 from actors.tolaria.snapshots import SnapshotStore, reserve_capture
-from actors.tolaria.telemetry import IntervalStats
+from actors.tolaria.telemetry import IntervalStats, reset_gpu_peak
 from esper.nn.data_batches import iter_batches
 from schemas.run import TrainingFigures
 
@@ -120,6 +120,9 @@ class TrainingLoop:
             log_cache_events(data.cache_events)
         self._s.data = data
         plan = batch_plan(config, data)
+        # The packets' GPU memory peak counts from this training job's start (its model included), not the process's:
+        # once here, not at every rollback's rebuild, so the peak still spans the whole job.
+        reset_gpu_peak(self._s.options.device)
         self._s.build()
         _log_tuning(self._s.tuner())
         writer = None

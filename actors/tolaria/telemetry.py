@@ -410,7 +410,15 @@ def seed_states(
 
 
 def gpu_memory(device: torch.device) -> tuple[int | None, int | None]:
-    """(allocated, peak allocated) bytes on a CUDA device; (None, None) elsewhere."""
+    """(allocated, peak allocated) bytes on a CUDA device; (None, None) elsewhere. The peak is since
+    ``reset_gpu_peak`` (the start of the training job)."""
     if device.type != "cuda":
         return None, None
     return int(torch.cuda.memory_allocated(device)), int(torch.cuda.max_memory_allocated(device))
+
+
+def reset_gpu_peak(device: torch.device) -> None:
+    """Start the peak of ``gpu_memory`` afresh on a CUDA device (torch's peak is the process's: a notebook's second run
+    reported the first's); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

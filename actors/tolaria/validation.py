@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from actors.tolaria.epoch_end import autocast, model_input
 from esper.nn.slots import SlotMode
 from schemas.kasmina import SeedValidation, SeedValidationReport
 
@@ -55,16 +56,19 @@ def seed_validation(
     try:
         with torch.no_grad():
             for start in range(0, n, size):
-                x = split.x[start : start + size].to(trainee.device)
+                # As the step and evaluate() run the model (its autocast and memory format): a seed is judged on the
+                # numbers it trains on.
+                x = model_input(trainee, split.x[start : start + size])
                 y = split.y[start : start + size].to(trainee.device)
-                with_seed.append(F.cross_entropy(model(x).float(), y))
-                for name, slot in judged:
-                    mode = slot.mode
-                    slot.mode = SlotMode.DORMANT  # the identity path for this forward only; restored below
-                    try:
-                        without[name].append(F.cross_entropy(model(x).float(), y))
-                    finally:
-                        slot.mode = mode
+                with autocast(trainee):
+                    with_seed.append(F.cross_entropy(model(x).float(), y))
+                    for name, slot in judged:
+                        mode = slot.mode
+                        slot.mode = SlotMode.DORMANT  # the identity path for this forward only; restored below
+                        try:
+                            without[name].append(F.cross_entropy(model(x).float(), y))
+                        finally:
+                            slot.mode = mode
     finally:
         model.train()
     # One device read for every figure.

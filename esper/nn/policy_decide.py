@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from esper.nn.policy_contract import ACTION_NAMES, BLEND_METHOD_NAMES, NUM_ACTIONS, EdgeType, PolicyModel, PolicyOutput
+from esper.nn.precision import native_bf16
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -90,10 +91,11 @@ def decide(
 ) -> PolicyDecision:
     """Run one inference and turn it into a decision; blocking, so it runs on the policy lane, never the event loop.
 
-    Runs under ``torch.inference_mode`` with bf16 autocast on CUDA only. The action is the argmax (or, with
-    ``sample``, a draw using ``generator``) over the logits with invalid actions set to -inf; a masked action is never
-    chosen. Targets are the argmax of their masked scores. One device-to-host copy; the masking and picking that
-    follow it are plain Python over a few dozen numbers (cheaper than as many small tensor operations).
+    Runs under ``torch.inference_mode``, with bf16 autocast only on a CUDA GPU that computes bf16 (compute capability
+    8.0 or newer; an older one emulates it, slower than fp32). The action is the argmax (or, with ``sample``, a draw
+    using ``generator``) over the logits with invalid actions set to -inf; a masked action is never chosen. Targets
+    are the argmax of their masked scores. One device-to-host copy; the masking and picking that follow it are plain
+    Python over a few dozen numbers (cheaper than as many small tensor operations).
 
     Args:
         mask: ``[NUM_ACTIONS]`` bool, True = allowed, in ``ACTION_NAMES`` order.
@@ -110,7 +112,7 @@ def decide(
     assert action_mask is not None
     if not any(action_mask):
         raise ValueError("mask allows no action; NO_OP at least should be allowed")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if native_bf16(dev) else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         # HeteroData.to walks every store even when nothing moves, so skip it when the graph is already there.
         data = graph if graph.x_dict["global"].device == dev else graph.to(dev)

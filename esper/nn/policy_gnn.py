@@ -253,6 +253,8 @@ def build_tamiyo_gnn(
         model = TamiyoGNN(config)
     else:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only, which the weights are drawn from: torch.manual_seed would reseed every CUDA
+            # device too, which fork_rng(devices=[]) does not put back.
+            torch.default_generator.manual_seed(seed)
             model = TamiyoGNN(config)
     return model.to(device).eval()

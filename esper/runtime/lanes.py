@@ -45,14 +45,17 @@ class LaneStatistics(Record, frozen=True):
     closed: bool
 
 
-def resolve_device(spec: str) -> torch.device:
-    """Turn ``"auto"``, ``"cpu"`` or ``"cuda[:n]"`` into a concrete device.
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"`` or ``"cuda[:n]"`` (or such a torch.device) into a concrete device.
 
-    ``"auto"`` is CUDA (the current device) if torch sees one, else CPU. May initialise CUDA; never call at import.
+    ``"auto"`` is CUDA (the current device) if torch sees one, else CPU; an unindexed CUDA device is the current one.
+    May initialise CUDA; never call at import.
 
     Raises:
         ValueError: spec is none of those, or names a CUDA device that is not available.
     """
+    if isinstance(spec, torch.device):
+        spec = str(spec)  # named in the errors as the config would spell it
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -133,7 +136,8 @@ class Lane:
 
         Args:
             name: used in the thread name, errors and statistics.
-            device: a torch.device, or a spec for resolve_device(). On CUDA the lane owns a new stream on it.
+            device: a torch.device or a spec, resolved by resolve_device() (an unindexed CUDA device is the current
+                one: the worker thread sets its device by index). On CUDA the lane owns a new stream on it.
             num_threads: torch intra-op threads for jobs on this lane (>= 1); None takes the count of the thread
                 that builds the lane (torch's default, every core, unless OMP_NUM_THREADS or a torch.set_num_threads
                 there says otherwise).
@@ -144,7 +148,7 @@ class Lane:
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self._name = name
-        self._device = resolve_device(device) if isinstance(device, str) else device
+        self._device = resolve_device(device)
         self._stream: torch.cuda.Stream | None = None
         if self._device.type == "cuda":
             # torch.cuda.Stream.__new__ carries no annotations in torch 2.13.
@@ -158,6 +162,9 @@ class Lane:
         self._thread_id: int | None = None
         self._closed = False
         self._exited = False
+        # What stopped the worker thread before it took a job (torch.cuda.set_device refusing the device, say): the
+        # cause of every LaneClosed its callers get.
+        self._start_error: BaseException | None = None
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._running = False
         self._completed = 0
@@ -226,7 +233,7 @@ class Lane:
         job = _Job(fn, args, loop, future)
         with self._cond:
             if self._closed:
-                raise LaneClosed(f"lane {self._name!r} is closed")
+                raise LaneClosed(f"lane {self._name!r} is closed{self._start_failure()}") from self._start_error
             self._queue.append(job)
             if self._thread is None:
                 self._start_thread()
@@ -306,14 +313,12 @@ class Lane:
         """The lane thread's loop: take a job, run it (stream-synchronised on CUDA), hand the outcome to its loop."""
         self._thread_id = threading.get_ident()
         try:
-            # A thread's count is its own only once torch's lazy per-thread start-up has run: that start-up copies
-            # the count any thread set last (the io and policy lanes set 1), so a lane that set its count before its
-            # first parallel op could still train on another lane's. Start up first, then set: the count is this
-            # lane's in every run, whichever lane's thread touches torch first.
-            torch.get_num_threads()
-            torch.set_num_threads(self._thread_budget)
-            if self._stream is not None:
-                torch.cuda.set_device(self._device)
+            try:
+                self._start_up()
+            except BaseException as exc:  # noqa: BLE001 - the cause of the LaneClosed every waiting caller gets
+                with self._cond:
+                    self._start_error = exc
+                return
             while True:
                 with self._cond:
                     while not self._queue and not self._closed:
@@ -342,6 +347,20 @@ class Lane:
                 del job, result, error
         finally:
             self._finish()
+
+    def _start_up(self) -> None:
+        # A thread's count is its own only once torch's lazy per-thread start-up has run: that start-up copies the
+        # count any thread set last (the io and policy lanes set 1), so a lane that set its count before its first
+        # parallel op could still train on another lane's. Start up first, then set: the count is this lane's in
+        # every run, whichever lane's thread touches torch first.
+        torch.get_num_threads()
+        torch.set_num_threads(self._thread_budget)
+        if self._stream is not None:
+            torch.cuda.set_device(self._device)
+
+    def _start_failure(self) -> str:
+        error = self._start_error
+        return "" if error is None else f" (its worker failed to start: {type(error).__name__}: {error})"
 
     def _execute(self, job: _Job) -> object:
         stream = self._stream
@@ -373,9 +392,13 @@ class Lane:
             self._queue.clear()
             waiters = self._exit_waiters
             self._exit_waiters = []
+            cause = self._start_error
+            failure = self._start_failure()
         for job in orphans:
             # Only reachable if the worker itself broke; fail the waiting callers rather than leave them hanging.
-            self._deliver(job.loop, job.future, None, LaneClosed(f"lane {self._name!r} worker exited"))
+            error = LaneClosed(f"lane {self._name!r} worker exited{failure}")
+            error.__cause__ = cause
+            self._deliver(job.loop, job.future, None, error)
         for loop, future in waiters:
             self._deliver(loop, future, None, None)
 

@@ -57,8 +57,10 @@ class ProbeReport:
 
 def _sync(device: torch.device) -> None:
     # Timing a CUDA forward without a sync measures only the launch; this runs on a lane thread, never on the loop.
+    # The current stream only (the lane's, which queued the probe's kernels): a device-wide sync would wait for the
+    # training step's kernels on the train lane's stream too.
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def probe_validate(
@@ -86,7 +88,7 @@ def probe_validate(
         expect_zero_output: require the output to be exactly zero.
         timer: seconds clock for the informational timings.
 
-    Runs on the calling thread (the io lane); on CUDA it synchronises the module's device to time the passes.
+    Runs on the calling thread (the io lane); on CUDA it synchronises the thread's current stream to time the passes.
     """
     failures: list[str] = []
     params = list(module.parameters())
