@@ -169,6 +169,63 @@ def test_a_resume_stopped_before_its_first_epoch_end_reports_the_checkpoints_epo
     assert make_loop(config(), data).run().figures.completed
 
 
+def _epoch_figures(result: LoopResult) -> tuple[float | None, ...]:
+    f = result.figures
+    return (f.epochs, f.train_loss, f.train_accuracy, f.val_loss, f.val_accuracy)
+
+
+def test_a_resume_from_an_epoch_end_checkpoint_with_no_step_to_train_reports_that_epochs_figures(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """An epoch end's state was captured before that epoch's figures were set: a run killed in epoch 3, resumed with
+    tolaria.epochs=2 (nothing left to train), reported epoch 1's figures (after epoch 1: None)."""
+    straight = make_loop(config(epochs=2), data).run()
+
+    def crash_in_epoch_3(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:
+            raise RuntimeError("killed")
+        return batch
+
+    with pytest.raises(RuntimeError, match="killed"):
+        make_loop(config(), data, tmp_path, hook=crash_in_epoch_3).run()
+    assert read_manifest(tmp_path)[-1].global_step == 26
+    resumed = make_loop(config(epochs=2), data, tmp_path, resume=True).run()
+    assert (resumed.status, resumed.figures.resumed_from_step) == ("completed", 26)
+    assert straight.figures.val_accuracy is not None
+    assert _epoch_figures(resumed) == _epoch_figures(straight)
+
+
+def test_a_restart_after_the_test_split_failed_reports_the_last_epochs_figures(data: DataSplits) -> None:
+    """A trainer that failed scoring the test split restarts from the last epoch end's fast snapshot, with no step to
+    train: it reported the epoch before's figures."""
+    straight = make_loop(config(), data).run()
+    snapshots = SnapshotStore(int(config().snapshot_memory_cap_mb * 2**20))
+
+    def incarnation() -> TrainingLoop:
+        return TrainingLoop(
+            config(),
+            LoopOptions(run_id="t", checkpoint_dir=None, resume=True),
+            inbox=PlanInbox(),
+            outbox=Box(),
+            snapshots=snapshots,
+            data=data,
+        )
+
+    failing = incarnation()
+
+    def fail_on_test(split: TensorPair) -> tuple[float, float]:
+        raise RuntimeError("user fault in the test split")
+
+    failing.evaluate = fail_on_test  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="test split"):
+        failing.run()
+    restarted = incarnation().run()
+    assert restarted.status == "completed"
+    assert straight.figures.val_accuracy is not None
+    assert _epoch_figures(restarted) == _epoch_figures(straight)
+    assert restarted.figures.test_accuracy == straight.figures.test_accuracy
+
+
 def test_a_resumed_runs_stalls_count_the_sessions_before_it(data: DataSplits, tmp_path: Path) -> None:
     """The summary's stalls counted only the last session's, while events.jsonl had every session's."""
     cfg = config(decision_deadline_ms=1.0)

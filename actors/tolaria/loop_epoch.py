@@ -87,6 +87,9 @@ class EpochCloser:
         self._exchange.expect_plan()
         if val is not None:
             self._s.run_counters.last_val_loss = val[0]
+        # Before the capture: this epoch's snapshot and checkpoint carry its own figures (a resume or restart with no
+        # step left to train reports them, as the uninterrupted run does), not the epoch's before.
+        self._s.run_counters.epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         pos.epoch += 1
         pos.batch_index = 0
         last = pos.epoch >= config.epochs
@@ -118,7 +121,6 @@ class EpochCloser:
             probe=False,
             expect=False,
         )
-        self._s.run_counters.epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         fields = epoch_fields(
             epoch=finished_epoch + 1,
             epochs=config.epochs,
