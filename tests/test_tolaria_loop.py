@@ -1015,7 +1015,9 @@ def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplit
     cfg = config(host_model="tests.tolaria_factories:exit_in_forward")
     with pytest.raises(TolariaConfigError) as info:
         build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
-    assert "the model cannot take the mnist1d data set's samples" in str(info.value)
+    assert "the model's forward raised when probed with a batch of 2 of the mnist1d data set's samples" in str(
+        info.value
+    )
     assert str(info.value).endswith("SystemExit: boom from user forward")
 
 
