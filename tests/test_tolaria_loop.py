@@ -18,6 +18,7 @@ from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
+from actors.tolaria.epoch_end import ModelOutputError
 from actors.tolaria.host_model import TolariaConfigError, build_host
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
@@ -1009,6 +1010,28 @@ def test_a_validation_loss_that_is_not_finite_is_said_once(data: DataSplits) -> 
     said = [entry for entry in logs if entry["event"] == "validation_not_finite"]
     assert len(said) == 1
     assert (said[0]["epoch"], said[0]["val_loss"]) == (1, "nan")
+
+
+@pytest.mark.parametrize(
+    ("factory", "got"), [("wide_from_third_step", "[50, 20]"), ("narrow_from_third_step", "[50, 5]")]
+)
+def test_a_model_output_of_the_wrong_shape_mid_run_is_one_clear_error(data: DataSplits, factory: str, got: str) -> None:
+    """[batch, 20] for 10 classes trained on silently (a 20-way softmax); [batch, 5] failed in the loss with
+    "IndexError: Target 9 is out of bounds", naming neither the shape nor the model."""
+    loop = make_loop(config(host_model=f"tests.tolaria_factories:{factory}"), data)
+    with pytest.raises(ModelOutputError) as info:
+        loop.run()
+    text = str(info.value)
+    assert f"returned shape {got} at step 2: expected [batch, classes] = [50, 10]" in text
+    assert "(ReshapesLater.forward at " in text
+    assert text.count("\n") == 0
+    assert loop.global_step == 2  # the wrong output trained nothing
+
+
+def test_a_model_output_of_the_wrong_shape_in_eval_mode_is_the_same_error(data: DataSplits) -> None:
+    loop = make_loop(config(host_model="tests.tolaria_factories:narrow_in_eval"), data)
+    with pytest.raises(ModelOutputError, match=r"returned shape \[\d+, 5\] in an evaluation pass \(eval mode\)"):
+        loop.run()
 
 
 def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplits) -> None:

@@ -40,7 +40,8 @@ class EpochCloser:
         writer: CheckpointWriter | None,
     ) -> tuple[LoopStatus, str | None] | None:
         assert self._s.data is not None
-        val = evaluate(self._s.trainee, self._s.data.val) if self._s.data.val.num_samples else None
+        data = self._s.data
+        val = evaluate(self._s.trainee, data.val, data.num_classes) if data.val.num_samples else None
         if val is not None and not math.isfinite(val[0]) and not self._s.said_val_not_finite:
             # Training steps are checked every step; an eval pass that gives NaN (a model that misbehaves in eval
             # mode only) was silent: once a run, it says so.

@@ -32,8 +32,9 @@ EsperError
 Leaves that subsystems add next to their code (never a second root):
 - BusUnavailable: ReplyError (esper.runtime.bus_redis_reply: a reply it cannot read, such as another writer's value)
 - ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
-- EsperError: CheckpointError (actors.tolaria.checkpoint_codec), LifecycleError > IllegalTransition,
-  TransitionOrderError, UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
+- EsperError: CheckpointError (actors.tolaria.checkpoint_codec), ModelOutputError (also ValueError;
+  actors.tolaria.epoch_end), LifecycleError > IllegalTransition, TransitionOrderError, UnknownSlot
+  (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
   ArtifactNotFound, BlueprintUnavailable, BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined,
   ArtifactFailed, ModuleMismatch, FetchBudgetExceeded (actors.urza.artifact), MetricsFileError
   (actors.nissa.csv_writer), ReportInputError (esper.report), LogFileInUse (esper.logs), JournalCorrupt
