@@ -8,6 +8,8 @@ import errno
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
@@ -51,12 +53,12 @@ def test_the_unrecoverable_cause_is_found_wherever_it_hides() -> None:
     assert unrecoverable_cause(wrapped) is full
     read_only = OSError(errno.EROFS, "Read-only file system")
     assert unrecoverable_cause(read_only) is read_only
-    for code in (errno.EFBIG, errno.EDQUOT):  # ulimit -f, a quota
+    # ulimit -f, a quota, a run directory's modes, an immutable attribute (chattr +i)
+    for code in (errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM):
         limited = OSError(code, os.strerror(code))
         assert unrecoverable_cause(ExceptionGroup("task group", [limited])) is limited
     # An I/O error can pass (a network file system's hiccup): restarted, within the restart limits.
     assert unrecoverable_cause(OSError(errno.EIO, os.strerror(errno.EIO))) is None
-    assert unrecoverable_cause(OSError(errno.EACCES, "Permission denied")) is None  # a restart may find it fixed
     assert unrecoverable_cause(RuntimeError("boom")) is None
 
 
@@ -179,6 +181,36 @@ def test_a_failed_checkpoint_write_is_raised_by_the_next_submit(tmp_path: Path) 
         writer.flush()  # raised once: nothing more is pending
     finally:
         writer.close()
+
+
+_WRITE_OVER_THE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from esper.runtime.atomic_write import atomic_write_bytes
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails (EFBIG) instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    atomic_write_bytes(Path(sys.argv[1]), bytes(65536))
+except OSError as err:
+    print(err.errno, err.filename, err.strerror, sep="|")
+"""
+
+
+def test_a_write_that_does_not_fit_names_the_file_it_was_writing(tmp_path: Path) -> None:
+    """A write's error names no file: a full disk ended with "tolaria/trainer failed: No space left on device", not
+    which file (a read-only disk's, raised by the open, named it). A real failed write (past a file-size limit, as
+    ``ulimit -f``), in a process of its own: the limit would fail the test runner's writes too."""
+    target = tmp_path / "step-16.pt"
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITE_OVER_THE_LIMIT, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == f"{errno.EFBIG}|{target}|{os.strerror(errno.EFBIG)}"
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone too
 
 
 def test_a_run_whose_event_log_fails_still_completes_with_one_notice(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -255,6 +256,33 @@ def test_an_earlier_sessions_summary_does_not_keep_a_resume_from_finishing_the_r
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already trained 3 of tolaria.epochs = 3 epochs (step-48.pt); nothing to resume" in again.stderr
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == files
+
+
+def test_a_resume_from_an_epoch_end_checkpoint_with_no_step_to_train_reports_that_epochs_figures(
+    tmp_path: Path,
+) -> None:
+    """A run killed in epoch 2 and resumed with tolaria.epochs=1 finishes from epoch 1's checkpoint: its summary's
+    train and validation figures were None (an epoch end's state was captured before its own figures were set, so
+    each carried the epoch before's). They are now epoch 1's, those of metrics.csv's last row."""
+    config, env = _setup(tmp_path, epochs=2)
+    run_dir = tmp_path / "run"
+    killed = _esper(
+        config, {**env, "KILL_WHEN_EXISTS": str(run_dir / "checkpoints" / "step-16.pt")}, "--run-dir", str(run_dir)
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert resume_point(run_dir / "checkpoints") == 16
+
+    finished = _esper(config, env, "--resume", str(run_dir), "--set", "tolaria.epochs=1")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "finishing from step 16 (step-16.pt, the end of epoch 1 of 1): no step to train" in finished.stderr
+    summary = _summary(run_dir)
+    assert summary.training is not None
+    assert (summary.status, summary.training.epochs, summary.training.completed) == ("completed", 1, True)
+    with (run_dir / "metrics.csv").open(encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["1"]
+    figures = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    assert [getattr(summary.training, name) for name in figures] == [float(rows[-1][name]) for name in figures]
 
 
 def test_a_ctrl_c_sessions_summary_does_not_keep_a_resume_from_finishing_the_run(tmp_path: Path) -> None:

@@ -257,8 +257,8 @@ def test_a_checked_list_item_names_the_set_that_gave_it(tmp_path: Path, capsys: 
     [
         (
             "wrong_input_mlp",
-            "the model cannot take the mnist1d data set's samples of shape [1, 40]: RuntimeError: mat1 and mat2 shapes"
-            " cannot be multiplied (2x40 and 7x16)",
+            "the model's forward raised when probed with a batch of 2 of the mnist1d data set's samples of shape"
+            " [1, 40]: RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x40 and 7x16)",
         ),
         (
             "three_class_mlp",

@@ -18,6 +18,7 @@ from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import build_optimizer, build_trainee, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
+from actors.tolaria.epoch_end import ModelOutputError
 from actors.tolaria.host_model import TolariaConfigError, build_host
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
@@ -167,6 +168,63 @@ def test_a_resume_stopped_before_its_first_epoch_end_reports_the_checkpoints_epo
     assert mine == (first.figures.train_loss, first.figures.train_accuracy, first.figures.val_loss)
     assert resumed.figures.val_accuracy == first.figures.val_accuracy
     assert make_loop(config(), data).run().figures.completed
+
+
+def _epoch_figures(result: LoopResult) -> tuple[float | None, ...]:
+    f = result.figures
+    return (f.epochs, f.train_loss, f.train_accuracy, f.val_loss, f.val_accuracy)
+
+
+def test_a_resume_from_an_epoch_end_checkpoint_with_no_step_to_train_reports_that_epochs_figures(
+    data: DataSplits, tmp_path: Path
+) -> None:
+    """An epoch end's state was captured before that epoch's figures were set: a run killed in epoch 3, resumed with
+    tolaria.epochs=2 (nothing left to train), reported epoch 1's figures (after epoch 1: None)."""
+    straight = make_loop(config(epochs=2), data).run()
+
+    def crash_in_epoch_3(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:
+            raise RuntimeError("killed")
+        return batch
+
+    with pytest.raises(RuntimeError, match="killed"):
+        make_loop(config(), data, tmp_path, hook=crash_in_epoch_3).run()
+    assert read_manifest(tmp_path)[-1].global_step == 26
+    resumed = make_loop(config(epochs=2), data, tmp_path, resume=True).run()
+    assert (resumed.status, resumed.figures.resumed_from_step) == ("completed", 26)
+    assert straight.figures.val_accuracy is not None
+    assert _epoch_figures(resumed) == _epoch_figures(straight)
+
+
+def test_a_restart_after_the_test_split_failed_reports_the_last_epochs_figures(data: DataSplits) -> None:
+    """A trainer that failed scoring the test split restarts from the last epoch end's fast snapshot, with no step to
+    train: it reported the epoch before's figures."""
+    straight = make_loop(config(), data).run()
+    snapshots = SnapshotStore(int(config().snapshot_memory_cap_mb * 2**20))
+
+    def incarnation() -> TrainingLoop:
+        return TrainingLoop(
+            config(),
+            LoopOptions(run_id="t", checkpoint_dir=None, resume=True),
+            inbox=PlanInbox(),
+            outbox=Box(),
+            snapshots=snapshots,
+            data=data,
+        )
+
+    failing = incarnation()
+
+    def fail_on_test(split: TensorPair) -> tuple[float, float]:
+        raise RuntimeError("user fault in the test split")
+
+    failing.evaluate = fail_on_test  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="test split"):
+        failing.run()
+    restarted = incarnation().run()
+    assert restarted.status == "completed"
+    assert straight.figures.val_accuracy is not None
+    assert _epoch_figures(restarted) == _epoch_figures(straight)
+    assert restarted.figures.test_accuracy == straight.figures.test_accuracy
 
 
 def test_a_resumed_runs_stalls_count_the_sessions_before_it(data: DataSplits, tmp_path: Path) -> None:
@@ -954,11 +1012,35 @@ def test_a_validation_loss_that_is_not_finite_is_said_once(data: DataSplits) -> 
     assert (said[0]["epoch"], said[0]["val_loss"]) == (1, "nan")
 
 
+@pytest.mark.parametrize(
+    ("factory", "got"), [("wide_from_third_step", "[50, 20]"), ("narrow_from_third_step", "[50, 5]")]
+)
+def test_a_model_output_of_the_wrong_shape_mid_run_is_one_clear_error(data: DataSplits, factory: str, got: str) -> None:
+    """[batch, 20] for 10 classes trained on silently (a 20-way softmax); [batch, 5] failed in the loss with
+    "IndexError: Target 9 is out of bounds", naming neither the shape nor the model."""
+    loop = make_loop(config(host_model=f"tests.tolaria_factories:{factory}"), data)
+    with pytest.raises(ModelOutputError) as info:
+        loop.run()
+    text = str(info.value)
+    assert f"returned shape {got} at step 2: expected [batch, classes] = [50, 10]" in text
+    assert "(ReshapesLater.forward at " in text
+    assert text.count("\n") == 0
+    assert loop.global_step == 2  # the wrong output trained nothing
+
+
+def test_a_model_output_of_the_wrong_shape_in_eval_mode_is_the_same_error(data: DataSplits) -> None:
+    loop = make_loop(config(host_model="tests.tolaria_factories:narrow_in_eval"), data)
+    with pytest.raises(ModelOutputError, match=r"returned shape \[\d+, 5\] in an evaluation pass \(eval mode\)"):
+        loop.run()
+
+
 def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplits) -> None:
     cfg = config(host_model="tests.tolaria_factories:exit_in_forward")
     with pytest.raises(TolariaConfigError) as info:
         build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
-    assert "the model cannot take the mnist1d data set's samples" in str(info.value)
+    assert "the model's forward raised when probed with a batch of 2 of the mnist1d data set's samples" in str(
+        info.value
+    )
     assert str(info.value).endswith("SystemExit: boom from user forward")
 
 

@@ -214,7 +214,7 @@ def stepper_run(
         assert BoundaryApplier(trainee).apply(op, step=0, take_module=lambda _: module).applied
     policy = EmergencyPolicy(cfg, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
     stepper = Stepper(compile=False, batch_hook=None, policy=policy)
-    stepper.bind(trainee, data.train, tuner)
+    stepper.bind(trainee, data.train, tuner, classes=data.num_classes)
     norms: list[dict[str, float]] = []
 
     def hook(optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:

@@ -38,7 +38,7 @@ def train(data: DataSplits, *, compile: bool) -> list[torch.Tensor]:
     trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
     policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
     stepper = Stepper(compile=compile, batch_hook=None, policy=policy)
-    stepper.bind(trainee, data.train)
+    stepper.bind(trainee, data.train, classes=data.num_classes)
     stats = IntervalStats()
     batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
     for step in range(STEPS):
@@ -95,7 +95,7 @@ def test_a_skipped_non_finite_step_leaves_the_batchnorm_statistics_as_they_were(
     trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
     policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
     stepper = Stepper(compile=False, batch_hook=None, policy=policy)
-    stepper.bind(trainee, data.train)
+    stepper.bind(trainee, data.train, classes=data.num_classes)
     stats = IntervalStats()
     batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
     _, batch = next(batches)

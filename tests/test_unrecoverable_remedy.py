@@ -13,10 +13,16 @@ from esper.runtime.errors import UnrecoverableFailure, unrecoverable_remedy
 @pytest.mark.parametrize(
     ("code", "remedy"),
     [
-        (errno.ENOSPC, "free space on the disk"),
+        (
+            errno.ENOSPC,
+            "free space on the disk (the checkpoints take up to (tolaria.checkpoint_keep_last + 1) x one checkpoint's"
+            " size; a smaller checkpoint_keep_last takes less)",
+        ),
         (errno.EDQUOT, "free space within the quota (or raise it)"),
         (errno.EFBIG, "raise the file-size limit (ulimit -f)"),
         (errno.EROFS, "make the file system writable"),
+        (errno.EACCES, "make the run directory writable (its permissions or an immutable attribute)"),
+        (errno.EPERM, "make the run directory writable (its permissions or an immutable attribute)"),
     ],
 )
 def test_each_cause_gets_its_own_remedy_from_the_chain_or_the_text(code: int, remedy: str) -> None:

@@ -525,3 +525,36 @@ class FailsAtSixthStep(nn.Module):
 
 def fails_at_sixth_step() -> nn.Module:
     return FailsAtSixthStep()
+
+
+class ReshapesLater(nn.Module):
+    """The default MLP whose output turns to ``[batch, width]`` from its third training step (``eval``: its third
+    eval-mode forward of more than two samples instead); the start's two-sample check sees the right shape."""
+
+    def __init__(self, width: int, *, in_eval: bool) -> None:
+        super().__init__()
+        self.body = _mlp()
+        self.slot_targets = ("body.1",)
+        self.width = width
+        self.in_eval = in_eval
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        if x.shape[0] > 2 and self.training != self.in_eval:
+            self.calls += 1
+            if self.calls >= 3:
+                return out[:, : self.width] if self.width <= 10 else torch.cat([out, out], dim=1)[:, : self.width]
+        return out
+
+
+def wide_from_third_step() -> nn.Module:
+    return ReshapesLater(20, in_eval=False)
+
+
+def narrow_from_third_step() -> nn.Module:
+    return ReshapesLater(5, in_eval=False)
+
+
+def narrow_in_eval() -> nn.Module:
+    return ReshapesLater(5, in_eval=True)

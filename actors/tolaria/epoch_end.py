@@ -1,5 +1,5 @@
-"""The work the step loop does between two epochs: validation, the finite check it shares with every step, and
-the epoch's log record. Lane-thread only.
+"""The work the step loop does between two epochs: validation, the finite check and the output check it shares with
+every step, and the epoch's log record. Lane-thread only.
 
 What blocks the loop at an epoch end (the stall the benchmark reports) is kept to O(model size) copies: the packet
 reads the device once, the snapshot clones tensors, and the checkpoint is serialised and written on the writer
@@ -9,12 +9,17 @@ thread (``CheckpointWriter``), never here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import TYPE_CHECKING, final
 
 import torch
 import torch.nn.functional as F
 
+from esper.runtime.errors import EsperError
+
 if TYPE_CHECKING:
+    from torch import nn
+
     from actors.tolaria.build import Trainee
     from esper.nn.data import TensorPair
 
@@ -38,10 +43,46 @@ def autocast(trainee: Trainee) -> contextlib.AbstractContextManager[object]:
     return torch.autocast(device_type=trainee.device.type, dtype=dtype)
 
 
-def evaluate(trainee: Trainee, split: TensorPair) -> tuple[float, float]:
-    """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split.
+class ModelOutputError(EsperError, ValueError):
+    """A model's forward returned something other than ``[batch, classes]`` class scores in the middle of a run (the
+    start's probe checked its first output): a failure of its forward, restarted as any other."""
+
+
+def check_output(model: nn.Module, out: object, rows: int, classes: int, step: int | None) -> None:
+    """Raise ModelOutputError unless ``out`` is a ``[rows, classes]`` tensor: a tuple comparison, no device work.
+
+    ``step``: the training step's index, or None for an evaluation pass. Without it, ``[batch, 20]`` for 10 classes
+    trained on silently (a 20-way softmax) and ``[batch, 5]`` failed inside the loss ("Target 9 is out of bounds"; a
+    device-side assert on CUDA), naming neither the model nor the shape."""
+    if isinstance(out, torch.Tensor) and out.shape == (rows, classes):
+        return
+    got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    where = "in an evaluation pass (eval mode)" if step is None else f"at step {step}"
+    raise ModelOutputError(
+        f"the model's forward{_defined_at(model)} returned {got} {where}: expected [batch, classes] ="
+        f" [{rows}, {classes}] (class scores for the data set's {classes} classes)"
+    )
+
+
+def _defined_at(model: nn.Module) -> str:
+    """`` (Class.forward at file:line)`` of ``model``'s forward, where its source can be found; "" otherwise."""
+    forward = type(model).forward
+    try:
+        file = inspect.getsourcefile(forward)
+        _, line = inspect.getsourcelines(forward)
+    except (OSError, TypeError):
+        return ""
+    return f" ({type(model).__qualname__}.forward at {file}:{line})" if file else ""
+
+
+def evaluate(trainee: Trainee, split: TensorPair, classes: int) -> tuple[float, float]:
+    """(mean loss, accuracy) of the current model on a split of ``classes`` classes, in eval mode; (nan, 0) for an
+    empty split.
 
     One device read for the whole split. The model is back in train mode afterwards, even if this raises.
+
+    Raises:
+        ModelOutputError: the model's output is not ``[batch, classes]``.
     """
     n = split.num_samples
     if n == 0:
@@ -57,6 +98,7 @@ def evaluate(trainee: Trainee, split: TensorPair) -> tuple[float, float]:
                 y = split.y[start : start + _EVAL_BATCH].to(trainee.device)
                 with autocast(trainee):
                     out = model(x)
+                check_output(model, out, y.shape[0], classes, None)
                 loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
     finally:

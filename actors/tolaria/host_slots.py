@@ -138,7 +138,12 @@ def fitting_shapes(
     # KeyboardInterrupt and SystemExit too: raised by a user's forward (this runs on a worker thread, where no signal
     # arrives), they ended the run as if Ctrl-C had been pressed (exit 130, no word) or stopped a notebook's loop.
     except (Exception, KeyboardInterrupt, SystemExit) as err:
-        raise TolariaConfigError(f"{source}: the model cannot take {data}: {type(err).__name__}: {err}") from err
+        # Not "cannot take the data": a forward that raises for its own reasons (a fault in eval mode, at a restart's
+        # probe) was blamed on the samples' shape. The shape stays in the line: it is the likely cause of a mismatch.
+        raise TolariaConfigError(
+            f"{source}: the model's forward raised when probed with a batch of {len(sample)} of {data}:"
+            f" {type(err).__name__}: {err}"
+        ) from err
     expected = [len(sample), splits.num_classes]
     if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
         got = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__

@@ -178,7 +178,8 @@ class TrainingLoop:
 
     def evaluate(self, split: TensorPair) -> tuple[float, float]:
         """(mean loss, accuracy) of the current model on a split, in eval mode; (nan, 0) for an empty split."""
-        return evaluate(self._s.trainee, split)
+        assert self._s.data is not None
+        return evaluate(self._s.trainee, split, self._s.data.num_classes)
 
     # ------------------------------------------------------------------ the loop
 

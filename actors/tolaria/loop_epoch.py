@@ -40,7 +40,8 @@ class EpochCloser:
         writer: CheckpointWriter | None,
     ) -> tuple[LoopStatus, str | None] | None:
         assert self._s.data is not None
-        val = evaluate(self._s.trainee, self._s.data.val) if self._s.data.val.num_samples else None
+        data = self._s.data
+        val = evaluate(self._s.trainee, data.val, data.num_classes) if data.val.num_samples else None
         if val is not None and not math.isfinite(val[0]) and not self._s.said_val_not_finite:
             # Training steps are checked every step; an eval pass that gives NaN (a model that misbehaves in eval
             # mode only) was silent: once a run, it says so.
@@ -87,6 +88,9 @@ class EpochCloser:
         self._exchange.expect_plan()
         if val is not None:
             self._s.run_counters.last_val_loss = val[0]
+        # Before the capture: this epoch's snapshot and checkpoint carry its own figures (a resume or restart with no
+        # step left to train reports them, as the uninterrupted run does), not the epoch's before.
+        self._s.run_counters.epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         pos.epoch += 1
         pos.batch_index = 0
         last = pos.epoch >= config.epochs
@@ -118,7 +122,6 @@ class EpochCloser:
             probe=False,
             expect=False,
         )
-        self._s.run_counters.epoch_figures = (*train, *(val if val is not None else (float("nan"), 0.0)))
         fields = epoch_fields(
             epoch=finished_epoch + 1,
             epochs=config.epochs,

@@ -119,7 +119,7 @@ class LoopState:
         self.isolation = IsolationMonitor(
             self.options.isolation_probe_every_steps, micro_batch(probe_split.x, trainee.device)
         )
-        self.stepper.bind(trainee, self.data.train, self.tuner())
+        self.stepper.bind(trainee, self.data.train, self.tuner(), classes=self.data.num_classes)
 
     def tuner(self) -> StepTuner | None:
         """The rate schedule and clipping the config asks for, over the run's configured steps (None: neither)."""

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from actors.tolaria.emergencies import Action
-from actors.tolaria.epoch_end import FiniteCheck
+from actors.tolaria.epoch_end import FiniteCheck, check_output
 from esper.nn.data_batches import to_device
 from esper.nn.slots import SlotMode
 
@@ -70,11 +70,14 @@ class Stepper:
         self._direct_forward = False
         # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
         self._move_batches = True
+        self._classes = 0
 
-    def bind(self, trainee: Trainee, train: TensorPair, tuner: StepTuner | None = None) -> None:
+    def bind(self, trainee: Trainee, train: TensorPair, tuner: StepTuner | None = None, *, classes: int) -> None:
         """Step ``trainee`` from now on; ``train`` tells whether its batches must be moved to its device; ``tuner``
-        schedules the rate and clips the gradients (None: neither)."""
+        schedules the rate and clips the gradients (None: neither); ``classes``: the data set's, the width of the
+        class scores every forward must return."""
         self._trainee = trainee
+        self._classes = classes
         self._tuner = tuner
         self._buffers = BufferGuard(trainee)
         self._finite = FiniteCheck(trainee.device)
@@ -119,6 +122,7 @@ class Stepper:
         optimizer.zero_grad(set_to_none=True)
         buffers.keep()
         out = trainee.model(x) if self._direct_forward else self._run_forward(x)
+        check_output(trainee.model, out, y.shape[0], self._classes, global_step)
         loss = F.cross_entropy(out.float(), y)
         t3 = time.perf_counter()
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated

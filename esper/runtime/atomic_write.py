@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 _PROC_STATUS = Path("/proc/self/status")
 
@@ -74,9 +74,11 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = F
                 with contextlib.suppress(OSError):
                     os.fchmod(tmp.fileno(), shared_file_mode())
             for chunk in chunks:
-                tmp.write(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+                with _naming(path):
+                    tmp.write(chunk)
+            with _naming(path):
+                tmp.flush()
+                os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -87,6 +89,18 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = F
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError without a file name, as a write's or an fsync's is (``No space left on device`` alone), raised again
+    naming ``path``: the user must know which file did not fit (an open's or a rename's names one already)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def atomic_write_text(path: Path, text: str, *, shared: bool = False) -> None:

@@ -13,7 +13,7 @@ EsperError
 ├── SupervisionError
 │   ├── SupervisorGaveUp          a supervisor stopped all its children and escalated to its parent
 │   │   ├── RestartIntensityExceeded  more restarts than the child spec allows in its window
-│   │   ├── UnrecoverableFailure      a child failed in a way no restart fixes (a full or read-only disk)
+│   │   ├── UnrecoverableFailure      a child failed in a way no restart fixes (a full, read-only or refused disk)
 │   │   └── RepeatedFailure           a child failed again without progress too often in a row (a trainer at one step)
 │   └── ShutdownDeadlineExceeded  a child did not stop within its shutdown deadline and was cancelled
 ├── BreakerOpen                   a call was refused because its circuit breaker is open (or half-open and busy)
@@ -32,8 +32,9 @@ EsperError
 Leaves that subsystems add next to their code (never a second root):
 - BusUnavailable: ReplyError (esper.runtime.bus_redis_reply: a reply it cannot read, such as another writer's value)
 - ConfigError: TolariaConfigError (actors.tolaria.host_model: a bad host factory or data file named in config)
-- EsperError: CheckpointError (actors.tolaria.checkpoint_codec), LifecycleError > IllegalTransition,
-  TransitionOrderError, UnknownSlot (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
+- EsperError: CheckpointError (actors.tolaria.checkpoint_codec), ModelOutputError (also ValueError;
+  actors.tolaria.epoch_end), LifecycleError > IllegalTransition, TransitionOrderError, UnknownSlot
+  (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
   ArtifactNotFound, BlueprintUnavailable, BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined,
   ArtifactFailed, ModuleMismatch, FetchBudgetExceeded (actors.urza.artifact), MetricsFileError
   (actors.nissa.csv_writer), ReportInputError (esper.report), LogFileInUse (esper.logs), JournalCorrupt
@@ -188,15 +189,23 @@ class ConfigError(EsperError, ValueError):
 
 
 # A full disk, a quota reached, a file system gone read-only, a file-size limit reached (``ulimit -f``: EFBIG, which
-# was restarted dozens of times): every restart would write and fail the same way. Not EIO: a network file system's
-# or a device's I/O error can pass, and the restart limits (the window, no progress) bound the retries of one that
-# does not. Each with what to do about it before a --resume: "free the disk" told a user at a `ulimit -f` limit to
-# delete files, which does not fix it.
+# was restarted dozens of times), a run directory the run may not write (its modes, or ``chattr +i``: EACCES, EPERM,
+# which were restarted to the restart limit, ending without a remedy): every restart would write and fail the same
+# way. Not EIO: a network file system's or a device's I/O error can pass, and the restart limits (the window, no
+# progress) bound the retries of one that does not. Each with what to do about it before a --resume: "free the disk"
+# told a user at a `ulimit -f` limit to delete files, which does not fix it.
+_WRITABLE_RUN_DIR = "make the run directory writable (its permissions or an immutable attribute)"
 _REMEDIES = {
-    errno.ENOSPC: "free space on the disk",
+    # A checkpoint is written beside the ones kept before the oldest is dropped: the peak is one more than kept.
+    errno.ENOSPC: (
+        "free space on the disk (the checkpoints take up to (tolaria.checkpoint_keep_last + 1) x one checkpoint's"
+        " size; a smaller checkpoint_keep_last takes less)"
+    ),
     errno.EDQUOT: "free space within the quota (or raise it)",
     errno.EFBIG: "raise the file-size limit (ulimit -f)",
     errno.EROFS: "make the file system writable",
+    errno.EACCES: _WRITABLE_RUN_DIR,
+    errno.EPERM: _WRITABLE_RUN_DIR,
 }
 _UNRECOVERABLE_ERRNOS = frozenset(_REMEDIES)
 

@@ -106,11 +106,11 @@ class Supervisor:
     the supervisor stops every child (reverse start order), emits SupervisorEscalated and fails with
     RestartIntensityExceeded, which its parent treats as this child's failure. The k-th restart in the window waits
     ``min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`` on the clock first. A failure no restart can fix (a full
-    or read-only disk, ``unrecoverable_cause``) escalates the same way at once, as UnrecoverableFailure: restarting
-    an actor whose writes fail would only fail again, log more and lose the order of the shutdown. A child that
-    fails with RepeatedFailure (it knows it failed again where it failed before) is not restarted either, and the
-    supervisor escalates it unchanged: slow failures (a trainer replaying a minute of steps to the same error) never
-    fill the window.
+    or read-only disk, a run directory it may not write: ``unrecoverable_cause``) escalates the same way at once, as
+    UnrecoverableFailure: restarting an actor whose writes fail would only fail again, log more and lose the order of
+    the shutdown. A child that fails with RepeatedFailure (it knows it failed again where it failed before) is not
+    restarted either, and the supervisor escalates it unchanged: slow failures (a trainer replaying a minute of steps
+    to the same error) never fill the window.
 
     The supervisor stops normally when asked to, or when none of its children is left running. Event-loop only;
     everything runs in the task that runs the supervisor (its parent's child task, or the ActorSystem's task).
