@@ -55,8 +55,12 @@ def test_the_unrecoverable_cause_is_found_wherever_it_hides() -> None:
     assert unrecoverable_cause(read_only) is read_only
     # ulimit -f, a quota, a run directory's modes, an immutable attribute (chattr +i)
     for code in (errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM):
-        limited = OSError(code, os.strerror(code))
+        limited = OSError(code, os.strerror(code), "/runs/x/checkpoints/.step-20.pt.tmp")
         assert unrecoverable_cause(ExceptionGroup("task group", [limited])) is limited
+    # A permission error that names no file (os.kill of another user's process, a user model's own call) is no run
+    # directory's: restarted, within the restart limits.
+    for code in (errno.EACCES, errno.EPERM):
+        assert unrecoverable_cause(ExceptionGroup("task group", [OSError(code, os.strerror(code))])) is None
     # An I/O error can pass (a network file system's hiccup): restarted, within the restart limits.
     assert unrecoverable_cause(OSError(errno.EIO, os.strerror(errno.EIO))) is None
     assert unrecoverable_cause(RuntimeError("boom")) is None

@@ -208,11 +208,20 @@ _REMEDIES = {
     errno.EPERM: _WRITABLE_RUN_DIR,
 }
 _UNRECOVERABLE_ERRNOS = frozenset(_REMEDIES)
+# Unrecoverable only as a file's error: a PermissionError that names no file (a signal to another process, a user
+# model's own call) is no run directory's, and is restarted as any other failure.
+_FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
 def unrecoverable_cause(error: BaseException) -> OSError | None:
     """The OSError inside ``error`` (itself, a member of an exception group, or a cause) that no restart can fix, or
     None."""
+    return _os_error_in(error, file_bound=True)
+
+
+def _os_error_in(error: BaseException, *, file_bound: bool) -> OSError | None:
+    """The first OSError of a code in _REMEDIES in ``error``'s chain (``file_bound``: EACCES and EPERM only with a
+    file name), or None."""
     seen: set[int] = set()
     pending: list[BaseException] = [error]
     while pending:
@@ -220,7 +229,11 @@ def unrecoverable_cause(error: BaseException) -> OSError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _UNRECOVERABLE_ERRNOS:
+        if (
+            isinstance(current, OSError)
+            and current.errno in _UNRECOVERABLE_ERRNOS
+            and not (file_bound and current.errno in _FILE_ERRNOS and current.filename is None)
+        ):
             return current
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
@@ -232,7 +245,7 @@ def unrecoverable_remedy(error: BaseException) -> str:
     """What the user must fix before resuming a run ``error`` (an UnrecoverableFailure) stopped, by its cause: the
     OSError in its chain, else the system's wording of one in its message (a nested supervisor's escalation keeps
     only the text); "fix the cause" when neither says."""
-    cause = unrecoverable_cause(error)
+    cause = _os_error_in(error, file_bound=False)
     if cause is not None and cause.errno in _REMEDIES:
         return _REMEDIES[cause.errno]
     text = str(error)
