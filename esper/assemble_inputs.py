@@ -45,9 +45,9 @@ class Probe:
 
 
 def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
-    """Build the host once on the start's data to read its slot shapes and prove it trains (the step loop reuses the
-    data). Blocking."""
-    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device, check_training=True)
+    """Build the host once on the start's data to read its slot shapes (the step loop reuses the data; the start's
+    checks proved it trains). Blocking."""
+    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
     tensors = {
         key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
         for key, value in trainee.model.state_dict().items()

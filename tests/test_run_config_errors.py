@@ -286,6 +286,28 @@ def test_a_user_model_that_does_not_fit_the_data(
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0
 
 
+def test_a_model_that_cannot_train_channels_last_is_refused_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Conv2d model flattening with ``.view`` passed the start's checks (run contiguous), then failed at the first
+    step and in each of its restarts (exit 1): the run makes it and its batches channels_last."""
+    settings = (
+        "[logging]\nconsole = false\n[tolaria]\nepochs = 1\ndataset_samples = 500\n"
+        'host_model = "tests.tolaria_factories:conv2d_view_net"\n'
+    )
+    err = refused(tmp_path, capsys, settings)
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:conv2d_view_net': the model cannot"
+        " train on a batch of 2 in channels_last memory format (tolaria.channels_last = true: use .reshape in forward,"
+        " or set tolaria.channels_last = false): RuntimeError: view size is not compatible",
+    )
+    assert not (tmp_path / "r").exists()
+    # As the error says: the same model trains in the contiguous format.
+    (tmp_path / "c.toml").write_text(settings + "channels_last = false\n")
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0
+
+
 def test_a_resume_refused_by_its_bus_leaves_the_run_as_it_was(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

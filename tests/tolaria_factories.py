@@ -284,6 +284,17 @@ def conv2d_net() -> nn.Module:
     return _Conv2dNet()
 
 
+class _Conv2dViewNet(_Conv2dNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x.reshape(x.shape[0], 1, 5, 8))
+        return self.head(h.view(h.size(0), -1))  # type: ignore[no-any-return]
+
+
+def conv2d_view_net() -> nn.Module:
+    """conv2d_net flattening with ``.view``, the usual PyTorch idiom: fails on a channels_last activation."""
+    return _Conv2dViewNet()
+
+
 class _TrainTimeOutput(nn.Module):
     """Scores in eval mode; in training mode returns what ``kind`` names instead."""
 
