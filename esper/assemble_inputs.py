@@ -16,6 +16,7 @@ from actors.kasmina.spec import lifecycle_settings
 from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tolaria.build import batch_plan, build_trainee
+from actors.tolaria.telemetry import layer_key
 from actors.tolaria.validation import validation_batch_count
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import param_count
@@ -42,6 +43,8 @@ class Probe:
     host_parameters: int
     initial_seed_parameters: int
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
+    # The layers the state packets report gradient norms for (a slot's strain is its layer's over their mean).
+    gradient_layers: tuple[str, ...]
 
 
 def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
@@ -59,6 +62,9 @@ def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
         host_parameters=trainee.host_parameters,
         initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
         host_tensors=tensors,
+        gradient_layers=tuple(
+            sorted({layer_key(n, tuple(trainee.slots)) for n, p in trainee.model.named_parameters() if p.requires_grad})
+        ),
     )
 
 

@@ -520,3 +520,10 @@ class FailsAtSixthStep(nn.Module):
 
 def fails_at_sixth_step() -> nn.Module:
     return FailsAtSixthStep()
+
+
+def one_layer_model() -> nn.Module:
+    """One Linear, its slot after it: the only layer the state packets report a gradient norm for."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
+    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
