@@ -36,10 +36,12 @@ def one_line(err: str, start: str) -> None:
 def test_a_malformed_npz_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_train=np.zeros((4, 3), dtype=np.float32), y_train=np.zeros(5, dtype=np.int64))
+    err = refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n')
     one_line(
-        refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n'),
-        f"{tmp_path / 'c.toml'}: tolaria.npz_path = '{bad}': ",
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.npz_path = '{bad}': missing array 'x_test' (arrays present: x_train, y_train)",
     )
+    assert err.count(str(bad)) == 1  # named by the key's value (the data set's own error named it twice)
     assert not (tmp_path / "r").exists()
 
 

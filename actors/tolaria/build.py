@@ -131,7 +131,8 @@ def load_data(config: TolariaConfig) -> DataSplits:
             cache=cache,
         )
     except DatasetError as err:
-        raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
+        # The key's value names the file: the error's own naming of it would say it twice.
+        raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err.problem}") from err
     except ValueError as err:
         # What is left to fail once the config validated is the split the fraction makes of this data set's size.
         fraction = config.validation_fraction
@@ -140,7 +141,7 @@ def load_data(config: TolariaConfig) -> DataSplits:
         ) from err
     if cache is None or not cache.events:
         return splits
-    return dataclasses.replace(splits, cache_events=tuple(cache.events))
+    return dataclasses.replace(splits, cache_events=(*splits.cache_events, *cache.events))
 
 
 def _data_cache(directory: str) -> NpzArrayCache | None:
