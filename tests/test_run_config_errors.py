@@ -272,7 +272,7 @@ def test_a_checked_list_item_names_the_set_that_gave_it(tmp_path: Path, capsys: 
 def test_a_user_model_that_does_not_fit_the_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], factory: str, needle: str
 ) -> None:
-    # Found at assembly, from one forward on two samples (it failed at the first step, in every restart after it).
+    # Found by the start's checks, before the run directory is made (it failed at the first step, in every restart).
     settings = (
         "[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n"
         f'host_model = "tests.tolaria_factories:{factory}"\n'
