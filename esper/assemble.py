@@ -44,7 +44,7 @@ from esper.run_history import finishing_halt, slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
-from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint
+from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint, warn_unreachable_strain
 from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
 from esper.version import esper_version
 from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
@@ -132,6 +132,7 @@ async def assemble(
     checkpoints = run_dir / "checkpoints"
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device, data)
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
+    warn_unreachable_strain(config, found.slots, found.gradient_layers)
     if resume:
         await anyio.to_thread.run_sync(
             check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model

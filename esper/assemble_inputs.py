@@ -16,6 +16,7 @@ from actors.kasmina.spec import lifecycle_settings
 from actors.tamiyo.horizon import GrowthHorizon
 from actors.tamiyo.policy import BlueprintCandidate
 from actors.tolaria.build import batch_plan, build_trainee
+from actors.tolaria.telemetry import layer_key
 from actors.tolaria.validation import validation_batch_count
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import param_count
@@ -42,12 +43,14 @@ class Probe:
     host_parameters: int
     initial_seed_parameters: int
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
+    # The layers the state packets report gradient norms for (a slot's strain is its layer's over their mean).
+    gradient_layers: tuple[str, ...]
 
 
 def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
-    """Build the host once on the start's data to read its slot shapes and prove it trains (the step loop reuses the
-    data). Blocking."""
-    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device, check_training=True)
+    """Build the host once on the start's data to read its slot shapes (the step loop reuses the data; the start's
+    checks proved it trains). Blocking."""
+    trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
     tensors = {
         key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
         for key, value in trainee.model.state_dict().items()
@@ -59,6 +62,9 @@ def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
         host_parameters=trainee.host_parameters,
         initial_seed_parameters=sum(trainee.seed_parameters().values()),  # only they are attached yet
         host_tensors=tensors,
+        gradient_layers=tuple(
+            sorted({layer_key(n, tuple(trainee.slots)) for n, p in trainee.model.named_parameters() if p.requires_grad})
+        ),
     )
 
 

@@ -32,7 +32,6 @@ import msgspec
 import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
-from actors.tolaria.checkpoints import read_written_by
 from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.run_precision import Float32Matmul, pick_precision
@@ -59,7 +58,7 @@ from esper.run_args import (
 )
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
-from esper.run_history import earlier_tally, previous_run_id
+from esper.run_history import earlier_tally, previous_run_id, written_by
 from esper.run_key import keep_run_key
 from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
@@ -282,6 +281,8 @@ async def _start_logged(
     sinks.append(nissa_forward)
     sink = FanoutSink(*sinks, run_id=run_id)
     actors = ActorSystem(clock=clock, sink=sink, dead_letter_log_limit=resolved.logging.dead_letters_logged)
+    # Before this session's run_starting: a run with no checkpoint says which version wrote it by its first one.
+    written = await anyio.to_thread.run_sync(written_by, directory) if resume is not None else None
     _log.info(
         "run_starting",
         run_id=run_id,
@@ -292,7 +293,6 @@ async def _start_logged(
     )
     log_cache_events(args.data.cache_events)  # the start's checks loaded the data before this run's log existed
     if resume is not None:
-        written = await anyio.to_thread.run_sync(read_written_by, directory / "checkpoints")
         if written != esper_version():
             # Once, so the user knows which rules the rest of the run is trained under.
             _log.warning(

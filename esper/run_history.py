@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
-from actors.tolaria.checkpoints import latest_good, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, latest_good, read_manifest, read_written_by
 from esper.logs import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import re_announced
@@ -38,23 +38,44 @@ def previous_run_id(directory: Path) -> str:
             return str(summary["run_id"])
     except (OSError, msgspec.DecodeError):
         pass
-    found: dict[bytes, str] = {}
-    events = directory / files.events
+    found = _first_values(directory / files.events, ("run_started", "run_starting"), "run_id")
+    return found.get("run_started") or found.get("run_starting") or directory.name
+
+
+def written_by(directory: Path) -> str | None:
+    """The Esper version that wrote the run in ``directory``: its checkpoint manifest's ``esper_version``; with no
+    manifest (the run stopped before its first checkpoint), the ``esper_version`` of its first ``run_starting`` event.
+    None when neither says (a manifest of a version that recorded none, an unreadable one, no such event). Blocking.
+    """
+    checkpoints = directory / "checkpoints"
+    if (checkpoints / MANIFEST).exists():
+        return read_written_by(checkpoints)
+    return _first_values(directory / run_files(directory).events, ("run_starting",), "esper_version").get(
+        "run_starting"
+    )
+
+
+def _first_values(events: Path, names: tuple[str, ...], key: str) -> dict[str, str]:
+    """The string ``key`` of the first event of each of ``names`` in the ``events`` file that has one, by event name;
+    whatever cannot be read is left out."""
+    markers = {f'"{name}"'.encode(): name for name in names}
+    found: dict[str, str] = {}
     try:
         if not events.is_file():  # missing, or a device such as /dev/null that reads forever or nothing
             raise FileNotFoundError(events)
         with events.open("rb") as lines:
             for line in lines:
-                for marker in (b'"run_started"', b'"run_starting"'):
-                    if marker in line and marker not in found:
-                        run_id = msgspec.json.decode(line, type=dict[str, object]).get("run_id")
-                        if isinstance(run_id, str):
-                            found[marker] = run_id
-                if b'"run_started"' in found:
+                for marker, name in markers.items():
+                    if marker in line and name not in found:
+                        entry = msgspec.json.decode(line, type=dict[str, object])
+                        value = entry.get(key)
+                        if entry.get("event") == name and isinstance(value, str):
+                            found[name] = value
+                if len(found) == len(names):
                     break
     except (OSError, msgspec.DecodeError):
         pass
-    return found.get(b'"run_started"') or found.get(b'"run_starting"') or directory.name
+    return found
 
 
 class EarlierTally(NamedTuple):

@@ -146,6 +146,32 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
         )
 
 
+def warn_unreachable_strain(config: RunConfig, slots: Collection[str], layers: Collection[str]) -> None:
+    """Log a ``strain_unreachable`` warning when the heuristic, growth on, can never find a slot strained enough: a
+    slot's strain is its layer's gradient norm over the mean of the ``layers`` the packets report, so at most their
+    count, and with fewer layers than ``tamiyo.germinate_min_constraint`` every decision was ``no_strained_slot``
+    without a word. Only when a slot is one of those layers: with none, no slot has a strain and the key is not
+    applied."""
+    threshold = config.tamiyo.germinate_min_constraint
+    if config.tamiyo.policy != "heuristic" or config.kasmina.max_active_seeds == 0 or threshold <= 0.0:
+        return
+    if threshold <= len(layers) or not any(slot in layers for slot in slots):
+        return
+    count = len(layers)
+    named = f"{count} layer" + ("" if count == 1 else "s")
+    shown = ", ".join(repr(layer) for layer in sorted(layers))
+    _log.warning(
+        "strain_unreachable",
+        germinate_min_constraint=threshold,
+        layers=sorted(layers),
+        slots=len(slots),
+        detail=f"tamiyo.germinate_min_constraint = {threshold} is above the host's {named} with gradients"
+        f" ({shown}): a slot's strain (its layer's gradient norm over their mean) is at most"
+        f" {count}, so the heuristic never grows a seed (no_strained_slot): lower tamiyo.germinate_min_constraint"
+        f" below {count}, or add slot targets after other layers with parameters (each is a layer of its own)",
+    )
+
+
 def warn_no_blueprint(
     config: RunConfig, karn: KarnCatalogue, tiers: TierPolicy, kinds: Collection[SlotKind], catalogue: Catalogue
 ) -> None:

@@ -123,8 +123,8 @@ MALFORMED: list[tuple[str, Callable[[Arrays], Arrays], str]] = [
     ),
     ("empty_features", _replace("x_train", np.zeros((0, 2, 3), np.float32)), "x_train is empty (shape (0, 2, 3))"),
     ("empty_labels", _replace("y_test", np.zeros(0, np.int64)), "y_test is empty (shape (0,))"),
-    ("nan", _nan_at("x_train", float("nan")), "x_train contains NaN or inf values"),
-    ("inf", _nan_at("x_test", float("-inf")), "x_test contains NaN or inf values"),
+    ("nan", _nan_at("x_train", float("nan")), "x_train contains NaN or inf values (the first in sample 1)"),
+    ("inf", _nan_at("x_test", float("-inf")), "x_test contains NaN or inf values (the first in sample 1)"),
     ("one_class", _replace("y_train", np.zeros(30, np.int64)), "y_train has a single class (0); nothing to learn"),
     (
         "label_ids",
@@ -153,6 +153,35 @@ def test_malformed_npz_raises_one_line_error_naming_file_and_fault(
         load_dataset("npz", npz_path=path)
     assert str(info.value) == f"npz data set {path}: {message}"
     assert isinstance(info.value, ValueError)
+
+
+def test_a_nan_is_placed_by_the_first_sample_that_holds_one(tmp_path: Path) -> None:
+    """Said without the sample, a NaN in 2000 images had to be hunted for by hand."""
+    arrays = _good()
+    x = arrays["x_train"].astype(np.float32)
+    x[7, 1, 0], x[4, 0, 2] = np.inf, np.nan
+    arrays["x_train"] = x
+    with pytest.raises(DatasetError) as info:
+        load_dataset("npz", npz_path=_save(tmp_path / "nan.npz", arrays))
+    assert info.value.problem == "x_train contains NaN or inf values (the first in sample 4)"  # without the file
+
+
+def test_x_arrays_of_a_float_and_an_integer_dtype_are_said_once(tmp_path: Path) -> None:
+    """float32 training images and uint8 test images trained on one scale and were scored on another, silently."""
+    arrays = _good()
+    arrays["x_train"] = arrays["x_train"].astype(np.float32) / 255
+    path = _save(tmp_path / "mixed.npz", arrays)
+    [said] = load_dataset("npz", npz_path=path).cache_events
+    assert (said.level, said.event) == ("warning", "npz_dtypes_differ")
+    assert dict(said.fields) == {
+        "npz_path": str(path),
+        "detail": "x_train is float32 but x_test is uint8: both are converted to float32 without rescaling, so the"
+        " test split may be on another scale than training; store them in one dtype",
+    }
+    # Of one kind, the values mean the same once converted: nothing to say.
+    arrays["x_test"] = arrays["x_test"].astype(np.float64) / 255
+    assert load_dataset("npz", npz_path=_save(tmp_path / "floats.npz", arrays)).cache_events == ()
+    assert load_dataset("npz", npz_path=_save(tmp_path / "ints.npz", _good())).cache_events == ()
 
 
 def test_missing_file(tmp_path: Path) -> None:

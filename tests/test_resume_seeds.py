@@ -18,6 +18,7 @@ from actors.kasmina.spec import PlannerArgs, lifecycle_settings
 from actors.tolaria.boundary import GraftEvent
 from esper.resume_seeds import seeds_problem, seeds_refusal
 from esper.run import start
+from esper.run_history import written_by
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.events import NullSink
@@ -99,6 +100,42 @@ async def test_a_journal_that_replays_a_culled_seed_back_to_life_refuses_the_res
     (warning,) = _events(run_dir, "resume_by_other_version")
     assert warning["now"] == esper_version()
     assert warning["written_by"] == "an earlier version (its checkpoints do not say which)"
+
+
+async def test_a_resume_of_a_run_with_no_checkpoint_by_the_version_that_started_it_says_nothing(tmp_path: Path) -> None:
+    """A run that failed before its first checkpoint has no manifest to name its version: its resume by the same
+    version warned resume_by_other_version, written_by='an earlier version (its checkpoints do not say which)'. Its
+    first run_starting line names the version that started it."""
+    run_dir = tmp_path / "run"
+    summary = await (await start(tiny_config(tmp_path, epochs=1), run_dir)).wait()
+    assert summary.status == "completed"
+    checkpoints = run_dir / "checkpoints"
+    # What a run that failed before its first checkpoint leaves: no manifest and no checkpoint.
+    for path in (*checkpoints.glob("step-*.pt"), checkpoints / "manifest.json", run_dir / "summary.json"):
+        path.unlink()
+    summary = await (await start(run_dir / "config.toml", resume=run_dir, overrides=["tolaria.epochs=2"])).wait()
+    assert summary.status == "completed", summary.error
+    assert len(_events(run_dir, "run_starting")) == 2
+    assert _events(run_dir, "resume_by_other_version") == []
+
+
+def test_the_version_that_wrote_a_run_is_its_manifests_else_its_first_run_starting_lines(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    starting = {"event": "run_starting", "run_id": "r", "esper_version": "0.9.0"}
+    other = {"event": "run_starting", "run_id": "r", "esper_version": "1.0.0"}
+    lines = [{"event": "run_started_soon", "esper_version": "0.1.0"}, starting, other]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert written_by(tmp_path) == "0.9.0"  # no manifest: the run's first start says, not a later session's
+    (checkpoints / "manifest.json").write_text(json.dumps({"checkpoints": []}), encoding="utf-8")
+    assert written_by(tmp_path) is None  # a manifest of a version that records none: that version is unknown
+    (checkpoints / "manifest.json").write_text(json.dumps({"esper_version": "1.2.0"}), encoding="utf-8")
+    assert written_by(tmp_path) == "1.2.0"
+    (checkpoints / "manifest.json").unlink()
+    (tmp_path / "events.jsonl").write_text(json.dumps({"event": "run_starting", "run_id": "r"}) + "\n")
+    assert written_by(tmp_path) is None  # neither says
+    (tmp_path / "events.jsonl").unlink()
+    assert written_by(tmp_path) is None
 
 
 def _holdings(*seeds: HeldSeed, moving: frozenset[str] = frozenset()) -> ReplayedHoldings:

@@ -36,10 +36,12 @@ def one_line(err: str, start: str) -> None:
 def test_a_malformed_npz_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_train=np.zeros((4, 3), dtype=np.float32), y_train=np.zeros(5, dtype=np.int64))
+    err = refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n')
     one_line(
-        refused(tmp_path, capsys, f'[tolaria]\ndataset = "npz"\nnpz_path = "{bad}"\n'),
-        f"{tmp_path / 'c.toml'}: tolaria.npz_path = '{bad}': ",
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.npz_path = '{bad}': missing array 'x_test' (arrays present: x_train, y_train)",
     )
+    assert err.count(str(bad)) == 1  # named by the key's value (the data set's own error named it twice)
     assert not (tmp_path / "r").exists()
 
 
@@ -270,7 +272,7 @@ def test_a_checked_list_item_names_the_set_that_gave_it(tmp_path: Path, capsys: 
 def test_a_user_model_that_does_not_fit_the_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], factory: str, needle: str
 ) -> None:
-    # Found at assembly, from one forward on two samples (it failed at the first step, in every restart after it).
+    # Found by the start's checks, before the run directory is made (it failed at the first step, in every restart).
     settings = (
         "[logging]\nconsole = false\n[tolaria]\ndataset_samples = 500\n"
         f'host_model = "tests.tolaria_factories:{factory}"\n'
@@ -283,6 +285,28 @@ def test_a_user_model_that_does_not_fit_the_data(
     (tmp_path / "c.toml").write_text(
         settings.replace(factory, "tiny_mlp").replace("dataset_samples", "epochs = 1\ndataset_samples")
     )
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0
+
+
+def test_a_model_that_cannot_train_channels_last_is_refused_before_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Conv2d model flattening with ``.view`` passed the start's checks (run contiguous), then failed at the first
+    step and in each of its restarts (exit 1): the run makes it and its batches channels_last."""
+    settings = (
+        "[logging]\nconsole = false\n[tolaria]\nepochs = 1\ndataset_samples = 500\n"
+        'host_model = "tests.tolaria_factories:conv2d_view_net"\n'
+    )
+    err = refused(tmp_path, capsys, settings)
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:conv2d_view_net': the model cannot"
+        " train on a batch of 2 in channels_last memory format (tolaria.channels_last = true: use .reshape in forward,"
+        " or set tolaria.channels_last = false): RuntimeError: view size is not compatible",
+    )
+    assert not (tmp_path / "r").exists()
+    # As the error says: the same model trains in the contiguous format.
+    (tmp_path / "c.toml").write_text(settings + "channels_last = false\n")
     assert main([str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r")]) == 0
 
 

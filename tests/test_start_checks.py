@@ -12,7 +12,7 @@ from esper.config import apply_overrides
 from esper.logs import reset_logging
 from esper.nn.blueprints import default_catalogue
 from esper.run import start
-from esper.start_checks import warn_at_start, warn_no_blueprint
+from esper.start_checks import warn_at_start, warn_no_blueprint, warn_unreachable_strain
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -155,3 +155,61 @@ def test_a_warmup_longer_than_the_run_is_said_not_refused() -> None:
     )
     # The last step of a warm-up as long as the run learns at the full rate: (59 + 1) / 60.
     assert _warnings(["tolaria.epochs=3", "tolaria.warmup_steps=60"], steps_per_epoch=20, cpus=2) == []
+
+
+def _strain_warnings(overrides: list[str], slots: list[str], layers: list[str]) -> list[MutableMapping[str, Any]]:
+    reset_logging()
+    with capture_logs() as logs:
+        warn_unreachable_strain(apply_overrides(RunConfig(), overrides), slots, layers)
+    return logs
+
+
+def test_a_strain_threshold_no_slot_can_reach_is_said() -> None:
+    """A slot's strain is its layer's gradient norm over the mean of the host's layers, so at most their count: on a
+    one-layer host with tamiyo.germinate_min_constraint = 1.5 the heuristic said no_strained_slot at every plateau,
+    and nothing said why."""
+    [logged] = _strain_warnings(["tamiyo.germinate_min_constraint=1.5"], ["1"], ["1"])
+    assert (logged["event"], logged["log_level"]) == ("strain_unreachable", "warning")
+    assert (logged["germinate_min_constraint"], logged["layers"], logged["slots"]) == (1.5, ["1"], 1)
+    assert logged["detail"] == (
+        "tamiyo.germinate_min_constraint = 1.5 is above the host's 1 layer with gradients ('1'): a slot's strain (its"
+        " layer's gradient norm over their mean) is at most 1, so the heuristic never grows a seed (no_strained_slot):"
+        " lower tamiyo.germinate_min_constraint below 1, or add slot targets after other layers with parameters (each"
+        " is a layer of its own)"
+    )
+    [logged] = _strain_warnings(["tamiyo.germinate_min_constraint=2.5"], ["b"], ["a", "b"])
+    assert "the host's 2 layers with gradients ('a', 'b'): " in logged["detail"]
+
+
+def test_no_strain_warning_while_a_slot_can_reach_the_threshold_or_it_does_not_apply() -> None:
+    assert _strain_warnings(["tamiyo.germinate_min_constraint=1.0"], ["1"], ["1"]) == []  # exactly 1.0: it grows
+    assert _strain_warnings(["tamiyo.germinate_min_constraint=1.5"], ["b"], ["a", "b"]) == []
+    # No slot's layer reports a gradient norm (a ReLU slot): no slot has a strain, and the key is not applied.
+    assert _strain_warnings(["tamiyo.germinate_min_constraint=1.5"], ["2"], ["1"]) == []
+    assert _strain_warnings(["tamiyo.germinate_min_constraint=1.5", 'tamiyo.policy="every_k"'], ["1"], ["1"]) == []
+    assert _strain_warnings(["tamiyo.germinate_min_constraint=1.5", "kasmina.max_active_seeds=0"], ["1"], ["1"]) == []
+
+
+async def test_a_run_on_a_host_whose_slots_cannot_be_strained_enough_starts_with_the_warning(tmp_path: Path) -> None:
+    """The layers are those the state packets report: the wrapped host's parameters by slot target or top module."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"""
+[tolaria]
+epochs = 1
+dataset_samples = 300
+host_model = "tests.tolaria_factories:one_layer_model"
+[tamiyo]
+germinate_min_constraint = 1.5
+[urza]
+root = "{tmp_path / "urza"}"
+[logging]
+console = false
+""",
+        encoding="utf-8",
+    )
+    summary = await (await start(path, tmp_path / "run")).wait()
+    assert summary.status == "completed", summary.error
+    lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    [warned] = [json.loads(line) for line in lines if '"strain_unreachable"' in line]
+    assert (warned["level"], warned["layers"], warned["slots"]) == ("warning", ["1"], 1)

@@ -300,6 +300,17 @@ def image_net() -> nn.Module:
     return _ImageNet()
 
 
+class _Conv2dViewNet(_Conv2dNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x.reshape(x.shape[0], 1, 5, 8))
+        return self.head(h.view(h.size(0), -1))  # type: ignore[no-any-return]
+
+
+def conv2d_view_net() -> nn.Module:
+    """conv2d_net flattening with ``.view``, the usual PyTorch idiom: fails on a channels_last activation."""
+    return _Conv2dViewNet()
+
+
 class _TrainTimeOutput(nn.Module):
     """Scores in eval mode; in training mode returns what ``kind`` names instead."""
 
@@ -558,3 +569,10 @@ def narrow_from_third_step() -> nn.Module:
 
 def narrow_in_eval() -> nn.Module:
     return ReshapesLater(5, in_eval=True)
+
+
+def one_layer_model() -> nn.Module:
+    """One Linear, its slot after it: the only layer the state packets report a gradient norm for."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
+    model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model

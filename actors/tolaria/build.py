@@ -140,7 +140,8 @@ def load_data(config: TolariaConfig) -> DataSplits:
             cache=cache,
         )
     except DatasetError as err:
-        raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err}") from err
+        # The key's value names the file: the error's own naming of it would say it twice.
+        raise TolariaConfigError(f"tolaria.npz_path = {config.npz_path!r}: {err.problem}") from err
     except ValueError as err:
         # What is left to fail once the config validated is the split the fraction makes of this data set's size.
         fraction = config.validation_fraction
@@ -149,7 +150,7 @@ def load_data(config: TolariaConfig) -> DataSplits:
         ) from err
     if cache is None or not cache.events:
         return splits
-    return dataclasses.replace(splits, cache_events=tuple(cache.events))
+    return dataclasses.replace(splits, cache_events=(*splits.cache_events, *cache.events))
 
 
 def _data_cache(directory: str) -> NpzArrayCache | None:
@@ -189,28 +190,68 @@ def check_config(config: TolariaConfig, slot_targets: Sequence[str] = ()) -> Dat
         if blueprint_id not in catalogue:
             known = ", ".join(catalogue.ids)
             raise TolariaConfigError(f"{_initial_seed(index, spec)}: no blueprint {blueprint_id!r} (known: {known})")
+    check_first_step(config, host, list(slots), splits)
     return splits
 
 
-def _check_trains(config: TolariaConfig, model: nn.Module, splits: DataSplits, source: str) -> None:
+def check_first_step(config: TolariaConfig, model: nn.Module, slots: Sequence[str], splits: DataSplits) -> None:
+    """The shape fit, then one training step on a copy in the memory format the run trains in (channels_last: a
+    ``.view`` of an activation passed a contiguous trial, then failed at every step). Run by the start's checks, so a
+    model that cannot train is refused before the run directory is made."""
+    fitting_shapes(config, model, slots, splits)  # its errors first: data the model cannot take, a wrong output
+    source = f"tolaria.host_model = {config.host_model!r}"
+    _check_trains(config, model, splits, source, channels_last=uses_channels_last(config, model))
+
+
+def uses_channels_last(config: TolariaConfig, model: nn.Module) -> bool:
+    """Whether the run keeps the model and its 4-D batches channels_last: asked for, and the model has a Conv2d."""
+    return config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _check_trains(
+    config: TolariaConfig, model: nn.Module, splits: DataSplits, source: str, *, channels_last: bool = False
+) -> None:
     """One training step's forward and backward, on a copy, on as few samples as the epoch's smallest batch: a model
     that scores in eval mode but not in training (a tuple of auxiliary outputs, an integer or detached output, a
-    BatchNorm given the last batch's single sample) failed at the first step and again in every restart."""
+    BatchNorm given the last batch's single sample) failed at the first step and again in every restart.
+    ``channels_last``: the step runs in the memory format the run will use (a ``.view`` of a channels_last
+    activation fails where a contiguous one passes)."""
     plan = batch_plan(config, splits)
     last = plan.dataset_size % plan.batch_size
     smallest = last if last and not plan.drop_last else plan.batch_size
     count = max(1, min(2, smallest, splits.train.num_samples))
     sample, labels = splits.train.x[:count], splits.train.y[:count]
-    trial = copy.deepcopy(model).train()
     try:
-        with torch.random.fork_rng(devices=[]):  # dropout draws leave the run's random streams as they were
-            output = trial(sample)
-            F.cross_entropy(output.float(), labels).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+        _trial_step(model, sample, labels, channels_last=channels_last)
     except (Exception, KeyboardInterrupt, SystemExit) as err:  # whatever a user's model raises, in one line
         hint = " (the last batch of an epoch; tolaria.drop_last = true skips it)" if count == 1 and last == 1 else ""
+        if channels_last and _trains_contiguous(model, sample, labels):
+            hint = " in channels_last memory format (tolaria.channels_last = true: use .reshape in forward, or set"
+            hint += " tolaria.channels_last = false)"
         raise TolariaConfigError(
             f"{source}: the model cannot train on a batch of {count}{hint}: {type(err).__name__}: {err}"
         ) from err
+
+
+def _trial_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, channels_last: bool) -> None:
+    """A forward and backward in training mode on a copy of ``model``, laid out as the stepper lays out the run's."""
+    trial = copy.deepcopy(model).train()
+    if channels_last:
+        trial.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+    with torch.random.fork_rng(devices=[]):  # dropout draws leave the run's random streams as they were
+        output = trial(x)
+        F.cross_entropy(output.float(), y).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+
+
+def _trains_contiguous(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the trial that failed channels_last passes in the contiguous format: the layout is then the cause."""
+    try:
+        _trial_step(model, x, y, channels_last=False)
+    except (Exception, KeyboardInterrupt, SystemExit):  # noqa: BLE001  # it fails either way: the first error is said
+        return False
+    return True
 
 
 def build_trainee(
@@ -224,8 +265,8 @@ def build_trainee(
     """Seed the RNGs, build the host, wrap it at its slot targets, move it to ``device`` and build the optimizer.
 
     ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
-    ``check_training``: also run one training step on a copy (the run's start does, once; the trainer's rebuilds at
-    every restore and rollback do not repeat it).
+    ``check_training``: also run one training step on a copy, in the run's memory format (the run's start does, once,
+    in ``check_first_step``; the trainer's rebuilds at every restore and rollback do not repeat it).
 
     Raises:
         TolariaConfigError: the host model cannot be built, a slot target matches nothing or its output fits no slot
@@ -240,9 +281,10 @@ def build_trainee(
     for name, shape in shapes.items():
         # Kasmina admits a CHANNEL vector of one entry per feature; the slot must weigh the same axis.
         slots[name].channel_dim = shape.feature_axis
+    channels_last = uses_channels_last(config, model)
     if check_training:
-        _check_trains(config, model, splits, f"tolaria.host_model = {config.host_model!r}")
-    channels_last = config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        source = f"tolaria.host_model = {config.host_model!r}"
+        _check_trains(config, model, splits, source, channels_last=channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it

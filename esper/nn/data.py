@@ -79,8 +79,9 @@ class DataSplits:
 
     ``input_shape`` is the shape of one sample (``x.shape[1:]``); labels lie in ``[0, num_classes)``.
     The validation split was carved from the training data, so the three splits are disjoint.
-    ``cache_events``: what this load's cache had to say (a file stored, a corrupt one replaced, a directory it could
-    not write), for the caller to log once its run's log exists.
+    ``cache_events``: what this load had to say (its cache: a file stored, a corrupt one replaced, a directory it
+    could not write; an npz file's x arrays of a float and an integer dtype), for the caller to log once its run's
+    log exists.
     """
 
     train: TensorPair
@@ -129,6 +130,7 @@ def load_dataset(
         DatasetError: the npz file is missing or malformed.
     """
     _check_arguments(name, samples, validation_fraction, seed, npz_path, layout)
+    said: tuple[DeferredLog, ...] = ()
     if name == "mnist1d":
         key = f"mnist1d-{package_version('mnist1d')}-n{samples}-seed{MNIST1D_SEED}-train{MNIST1D_TRAIN_FRACTION}"
         generated = cache(key, lambda: _mnist1d(samples)) if cache is not None else _mnist1d(samples)
@@ -139,6 +141,7 @@ def load_dataset(
         assert npz_path is not None  # _check_arguments guarantees it
         arrays = load_npz(npz_path)
         x_train, y_train, x_test, y_test = arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test
+        said = _dtypes_differ(npz_path, *arrays.x_dtypes)
     if layout == "flat":
         x_train = x_train.reshape(x_train.shape[0], -1)
         x_test = x_test.reshape(x_test.shape[0], -1)
@@ -160,7 +163,20 @@ def load_dataset(
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         name=name,
+        cache_events=said,
     )
+
+
+def _dtypes_differ(path: str | Path, train: str, test: str) -> tuple[DeferredLog, ...]:
+    """A warning when one x array was stored as floats and the other as integers: both become float32 as they are,
+    so a model trained on one scale (0..1) was tested on another (0..255), silently."""
+    if (np.dtype(train).kind == "f") == (np.dtype(test).kind == "f"):
+        return ()
+    detail = (
+        f"x_train is {train} but x_test is {test}: both are converted to float32 without rescaling, so the test split"
+        " may be on another scale than training; store them in one dtype"
+    )
+    return (DeferredLog("warning", "npz_dtypes_differ", (("npz_path", str(path)), ("detail", detail))),)
 
 
 def stratified_split(

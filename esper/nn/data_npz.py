@@ -18,8 +18,17 @@ class DatasetError(ValueError):
     """Raised when a data set file cannot be used: missing, not an .npz archive, or holding malformed arrays.
 
     The message is one line naming the file and what is wrong with it. It is a ValueError because the file is
-    user input; it lives here because esper.nn may not import esper.runtime.errors.
+    user input; it lives here because esper.nn may not import esper.runtime.errors. ``problem`` is the message
+    without the file, for a caller whose own message names it already.
     """
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
+
+
+def _bad(file: Path, problem: str) -> DatasetError:
+    return DatasetError(f"npz data set {file}: {problem}", problem)
 
 
 @final
@@ -35,6 +44,8 @@ class NpzArrays:
     y_train: npt.NDArray[np.int64]
     x_test: npt.NDArray[np.float32]
     y_test: npt.NDArray[np.int64]
+    # The dtypes x_train and x_test were stored in, before float32 (a float and an integer one differ in scale).
+    x_dtypes: tuple[str, str]
 
 
 _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM")  # a zip's local header, an empty zip, a bare .npy
@@ -53,25 +64,25 @@ def load_npz(path: str | Path) -> NpzArrays:
     """
     file = Path(path).expanduser()
     if file.is_dir():
-        raise DatasetError(f"npz data set {file}: is a directory, not an .npz file")
+        raise _bad(file, "is a directory, not an .npz file")
     if not file.is_file():
-        raise DatasetError(f"npz data set {file}: file not found")
+        raise _bad(file, "file not found")
     try:
         handle = file.open("rb")
     except OSError as err:
-        raise DatasetError(f"npz data set {file}: cannot open ({_one_line(err)})") from err
+        raise _bad(file, f"cannot open ({_one_line(err)})") from err
     # np.load is handed our own handle because it leaks the one it opens when the archive is corrupt.
     with handle:
         if handle.read(4) not in _ARCHIVE_MAGIC:
             # numpy's own message for other bytes speaks of pickled data, which is not what the file holds.
-            raise DatasetError(f"npz data set {file}: not an .npz archive (numpy's zip of .npy arrays, np.savez)")
+            raise _bad(file, "not an .npz archive (numpy's zip of .npy arrays, np.savez)")
         handle.seek(0)
         try:
             archive = np.load(handle, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise DatasetError(f"npz data set {file}: not a readable .npz archive ({_one_line(err)})") from err
+            raise _bad(file, f"not a readable .npz archive ({_one_line(err)})") from err
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DatasetError(f"npz data set {file}: not an .npz archive (it holds a single .npy array)")
+            raise _bad(file, "not an .npz archive (it holds a single .npy array)")
         with archive:
             arrays = _read_arrays(file, archive)
     x_train = _features(file, "x_train", arrays["x_train"])
@@ -79,11 +90,10 @@ def load_npz(path: str | Path) -> NpzArrays:
     y_train = _labels(file, "y_train", arrays["y_train"], x_train.shape[0])
     y_test = _labels(file, "y_test", arrays["y_test"], x_test.shape[0])
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DatasetError(
-            f"npz data set {file}: x_train has feature shape {x_train.shape[1:]} but x_test has {x_test.shape[1:]}"
-        )
+        raise _bad(file, f"x_train has feature shape {x_train.shape[1:]} but x_test has {x_test.shape[1:]}")
     _check_classes(file, y_train, y_test)
-    return NpzArrays(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    dtypes = (str(arrays["x_train"].dtype), str(arrays["x_test"].dtype))
+    return NpzArrays(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, x_dtypes=dtypes)
 
 
 def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArray[np.int64]) -> None:
@@ -93,17 +103,18 @@ def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArr
     classes = int(y_train.max()) + 1
     used = int(np.unique(y_train).size)
     if used < 2:
-        raise DatasetError(f"npz data set {file}: y_train has a single class ({classes - 1}); nothing to learn")
+        raise _bad(file, f"y_train has a single class ({classes - 1}); nothing to learn")
     if 2 * used < classes:
-        raise DatasetError(
-            f"npz data set {file}: y_train uses {used} of the class indices 0..{classes - 1}; labels must be class"
-            " indices 0..K-1 (map ids to indices first)"
+        raise _bad(
+            file,
+            f"y_train uses {used} of the class indices 0..{classes - 1}; labels must be class"
+            " indices 0..K-1 (map ids to indices first)",
         )
     top = int(y_test.max())
     if top >= classes:
-        raise DatasetError(
-            f"npz data set {file}: y_test has label {top} but y_train's labels end at {classes - 1}; a test class"
-            " must appear in training"
+        raise _bad(
+            file,
+            f"y_test has label {top} but y_train's labels end at {classes - 1}; a test class must appear in training",
         )
 
 
@@ -112,21 +123,19 @@ def _read_arrays(file: Path, archive: np.lib.npyio.NpzFile) -> dict[str, npt.NDA
     arrays: dict[str, npt.NDArray[np.generic]] = {}
     for name in ARRAY_NAMES:
         if name not in archive.files:
-            raise DatasetError(
-                f"npz data set {file}: missing array {name!r} (arrays present: {', '.join(present) or 'none'})"
-            )
+            raise _bad(file, f"missing array {name!r} (arrays present: {', '.join(present) or 'none'})")
         try:
             problem = oversized_member(archive, name)
             if problem is not None:
-                raise DatasetError(f"npz data set {file}: array {name!r} {problem}")
+                raise _bad(file, f"array {name!r} {problem}")
             arrays[name] = archive[name]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, DatasetError):
                 raise
             # allow_pickle=False makes object arrays fail here, which is what we want.
-            raise DatasetError(f"npz data set {file}: cannot read array {name!r} ({_one_line(err)})") from err
+            raise _bad(file, f"cannot read array {name!r} ({_one_line(err)})") from err
         except MemoryError as err:  # the check above bounds the array by the file; this is a file past the memory
-            raise DatasetError(f"npz data set {file}: array {name!r} does not fit in memory ({err})") from err
+            raise _bad(file, f"array {name!r} does not fit in memory ({err})") from err
     return arrays
 
 
@@ -170,36 +179,39 @@ def _bytes_text(count: int) -> str:
 
 def _features(file: Path, name: str, array: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
     if array.dtype.kind not in "biuf":
-        raise DatasetError(f"npz data set {file}: {name} has non-numeric dtype {array.dtype}")
+        raise _bad(file, f"{name} has non-numeric dtype {array.dtype}")
     if array.ndim < 2:
-        raise DatasetError(f"npz data set {file}: {name} must have shape [samples, features...], got {array.shape}")
+        raise _bad(file, f"{name} must have shape [samples, features...], got {array.shape}")
     if array.size == 0:
-        raise DatasetError(f"npz data set {file}: {name} is empty (shape {array.shape})")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DatasetError(f"npz data set {file}: {name} contains NaN or inf values")
+        raise _bad(file, f"{name} is empty (shape {array.shape})")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            raise _bad(file, f"{name} contains NaN or inf values (the first in sample {first})")
     # Wider floats beyond float32's range would turn into inf on conversion.
     if array.dtype.kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > np.finfo(np.float32).max:
-        raise DatasetError(f"npz data set {file}: {name} has values too large for float32")
+        raise _bad(file, f"{name} has values too large for float32")
     return array.astype(np.float32)
 
 
 def _labels(file: Path, name: str, array: npt.NDArray[np.generic], rows: int) -> npt.NDArray[np.int64]:
     if array.dtype.kind not in "biuf":
-        raise DatasetError(f"npz data set {file}: {name} has non-numeric dtype {array.dtype}")
+        raise _bad(file, f"{name} has non-numeric dtype {array.dtype}")
     if array.dtype.kind not in "iu":
-        raise DatasetError(f"npz data set {file}: {name} labels must be integers, got dtype {array.dtype}")
+        raise _bad(file, f"{name} labels must be integers, got dtype {array.dtype}")
     if array.ndim != 1:
-        raise DatasetError(f"npz data set {file}: {name} must have shape [samples], got {array.shape}")
+        raise _bad(file, f"{name} must have shape [samples], got {array.shape}")
     if array.size == 0:
-        raise DatasetError(f"npz data set {file}: {name} is empty (shape {array.shape})")
+        raise _bad(file, f"{name} is empty (shape {array.shape})")
     x_name = "x" + name[1:]
     if array.shape[0] != rows:
-        raise DatasetError(f"npz data set {file}: {x_name} has {rows} samples but {name} has {array.shape[0]}")
+        raise _bad(file, f"{x_name} has {rows} samples but {name} has {array.shape[0]}")
     if array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
-        raise DatasetError(f"npz data set {file}: {name} has labels too large for int64 (max {array.max()})")
+        raise _bad(file, f"{name} has labels too large for int64 (max {array.max()})")
     labels = array.astype(np.int64)
     if labels.min() < 0:
-        raise DatasetError(f"npz data set {file}: {name} has negative labels (min {labels.min()})")
+        raise _bad(file, f"{name} has negative labels (min {labels.min()})")
     return labels
 
 
