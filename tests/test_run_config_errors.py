@@ -384,3 +384,28 @@ def test_an_empty_path_is_refused_as_empty_not_as_the_working_directory(
     err = capsys.readouterr().err
     one_line(err.removeprefix(f"{tmp_path}/"), start)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    [
+        (
+            "tolaria={validation_fraction=0.0001, lr=0.01}",
+            "tolaria.validation_fraction = 0.0001: data set 'mnist1d': validation_fraction 0.0001 holds out no",
+        ),
+        (
+            'tamiyo={policy="gnn", gnn_checkpoint="/nonexistent"}',
+            "tamiyo.gnn_checkpoint = '/nonexistent': cannot read it",
+        ),
+    ],
+)
+def test_a_value_set_in_an_inline_table_names_the_set_that_gave_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, start: str
+) -> None:
+    """A value from ``--set 'tolaria={validation_fraction=0.0001}'`` was blamed on the config file, which never set
+    it: only a --set of the key itself was matched."""
+    (tmp_path / "c.toml").write_text("")
+    sets = ["--set", "tolaria.epochs=1", "--set", override, "--set", "tamiyo.germinate_cooldown_epochs=1"]
+    assert main([str(tmp_path / "c.toml"), *sets, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    one_line(capsys.readouterr().err, f"--set {override}: {start}")
+    assert not (tmp_path / "r").exists()
