@@ -204,7 +204,10 @@ def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(
 def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("not a directory")
     run_dir = tmp_path / "file" / "run"
-    one_line(refused(tmp_path, capsys, "", run_dir), f"run directory {run_dir}: cannot write there: ")
+    one_line(
+        refused(tmp_path, capsys, "", run_dir),
+        f"run directory {run_dir}: is under {tmp_path / 'file'}, which is a file, not a directory: choose another",
+    )
 
 
 @pytest.mark.parametrize(
