@@ -63,8 +63,10 @@ RECORD_EVENTS: Final = frozenset(
 run's id and an L4 halt's reason): events.jsonl gets them whatever ``logging.level`` says, which filters the rest."""
 
 # Where a refused stage change took effect, and the alerts that fired (a resume's summary counts every session's; an
-# alert at L1 is logged at info).
-_RECORD_TELEMETRY: Final = frozenset({"seed_op_failed", "seed_op_retried", "alert_fired"})
+# alert at L1 is logged at info); and where the metrics endpoint listens (README: events.jsonl says so, for any port).
+_RECORD_TELEMETRY: Final = frozenset(
+    {"seed_op_failed", "seed_op_retried", "alert_fired", "metrics_endpoint_listening", "metrics_endpoint_moved"}
+)
 
 
 def is_record(event_dict: EventDict) -> bool:

@@ -66,14 +66,29 @@ def in_api_words(message: str) -> str:
 _CHECKED_KEY = re.compile(r"([a-z_]+\.[a-z_]+)(?:\[\d+\])? = ")
 
 
+def _sets(override: str, key: str) -> bool:
+    """Whether ``override`` sets the dotted ``key``: as itself, or inside a table it sets (``tolaria={lr=0.01}``
+    sets tolaria.lr)."""
+    name, value = parse_override(override)
+    parts, rest = name.split("."), key.split(".")
+    if rest[: len(parts)] != parts:
+        return False
+    for part in rest[len(parts) :]:
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
 def blamed(err: ConfigError, config: str | Path | RunConfig, overrides: Sequence[str]) -> ConfigError:
     """``err`` (which starts with the ``section.key`` it is about) led by where that value came from: the last
-    ``--set`` of the key, else the config file; an embedded RunConfig has neither and the error is left as it is."""
+    ``--set`` of the key (or of a table holding it), else the config file; an embedded RunConfig has neither and the
+    error is left as it is."""
     text = str(err)
     key = _CHECKED_KEY.match(text)
     if key is None:
         return err
-    setter = next((o for o in reversed(overrides) if parse_override(o)[0] == key.group(1)), None)
+    setter = next((o for o in reversed(overrides) if _sets(o, key.group(1))), None)
     if setter is not None:
         return ConfigError(f"--set {redacted(setter)}: {text}")  # a Redis URL's password stays off the console
     if isinstance(config, str | Path):

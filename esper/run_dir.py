@@ -75,6 +75,12 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        blocker = _file_in_the_way(directory)
+        if blocker is not None:  # "cannot write there: File exists" did not say the path is a file
+            named = "is" if blocker == directory else f"is under {blocker}, which is"
+            raise ConfigError(
+                f"run directory {directory}: {named} a file, not a directory: choose another --run-dir"
+            ) from err
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
     check_run_dir_files(directory, files)
     try:
@@ -114,6 +120,17 @@ def claim_run_dir(directory: Path, *, resume: bool, files: RunFiles = _DEFAULT_F
         os.close(fd)
         raise
     return RunDirLock(fd)
+
+
+def _file_in_the_way(directory: Path) -> Path | None:
+    """``directory`` or the nearest of its parents that exists, when that is not a directory; else None."""
+    for path in (directory, *directory.parents):
+        try:
+            if path.exists():
+                return None if path.is_dir() else path
+        except OSError:
+            return None
+    return None
 
 
 def _write_pid(directory: Path) -> None:

@@ -297,7 +297,7 @@ def already_trained(run_dir: Path, epochs: int) -> str | None:
     listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
     if not listed or listed[-1].epoch < epochs:
         return None  # without hashing anything: the resume verifies what it loads
-    info = latest_good(checkpoints)
+    info = latest_good(checkpoints, quiet=True)  # a lookup: the resume's checks say a corrupt file, once logging runs
     if info is None or info.epoch < epochs:
         return None
     summary, problem = _summary_of(run_dir, info)

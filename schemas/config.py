@@ -305,6 +305,9 @@ class NissaConfig(ConfigSection, frozen=True):
     alert_eval_interval_s: Seconds = 30.0
     slo_window_days: PosFloat = 30.0
     slo_burn_threshold: UnitFloat = 0.4
+    # Samples a window needs before its burn can fire an alert: one slow kernel fetch, a short run's only sample of
+    # it, was a burn of 1.
+    slo_min_samples: PosInt = 20
     seed_event_queue: PosInt = 64
 
 

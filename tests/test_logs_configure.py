@@ -158,6 +158,23 @@ def test_a_level_above_info_keeps_the_records_a_run_reads_back(tmp_path: Path) -
         reset_logging()
 
 
+def test_a_level_above_info_keeps_where_the_metrics_endpoint_listens(tmp_path: Path) -> None:
+    """At logging.level = "warning" events.jsonl had no metrics_endpoint_listening line, though README says the file
+    tells where the endpoint is (its port may be any, or another after a restart: metrics_endpoint_moved)."""
+    logging = configure_logging(tmp_path, level="warning", console_stream=io.StringIO())
+    try:
+        sink = StructlogSink(get_logger())
+        url = "http://127.0.0.1:9555/metrics"
+        sink.emit(TelemetryEvent(name="metrics_endpoint_listening", level=TelemetryLevel.INFO, attributes={"url": url}))
+        sink.emit(TelemetryEvent(name="metrics_endpoint_moved", level=TelemetryLevel.WARNING))
+        sink.emit(TelemetryEvent(name="seed_transition", level=TelemetryLevel.INFO))  # not a record: filtered
+        names = [line.get("name") for line in read_lines(logging)]
+        assert names == ["metrics_endpoint_listening", "metrics_endpoint_moved"]
+    finally:
+        logging.close()
+        reset_logging()
+
+
 def test_close_stops_file_writes_and_is_idempotent(tmp_path: Path) -> None:
     console = io.StringIO()
     logging = configure_logging(tmp_path, console_stream=console, json_file="custom.jsonl")

@@ -538,7 +538,7 @@ async def test_a_firing_slo_alert_is_in_every_view_until_the_slo_recovers(
 ) -> None:
     """An SLO's alert_fired went to events.jsonl while the snapshot's alerts, /metrics/summary's, /healthz's
     alerts_active and esper_nissa_alerts_active all said none was firing."""
-    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    system = await _start(NissaConfig(slo_min_samples=3), tmp_path, clock, sink)
     try:
         ref = system.ref(NISSA, Nissa)
         for _ in range(3):
@@ -628,3 +628,27 @@ async def test_nissas_own_events_are_logged_under_its_name(tmp_path: Path, clock
     finally:
         await system.stop()
     assert sink.seen == [(METRICS_ENDPOINT_LISTENING, NISSA), (ALERT_FIRED, NISSA)]
+
+
+async def test_an_slo_fires_no_alert_from_too_few_samples(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A healthy default run fired slo_kernel_fetch_latency from its one kernel fetch over the objective (burn 1.0
+    of 1 sample): a window's burn fires only over nissa.slo_min_samples samples (20 by default)."""
+    system = await _start(NissaConfig(), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for _ in range(19):
+            await ref.tell(_latency(100.0))
+        snapshot = await _ask(ref)
+        assert [e for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED] == []
+        assert snapshot.alerts == ()
+        [slo] = [slo for slo in snapshot.slos if slo.name == "tamiyo_decision_latency"]
+        assert (slo.samples, slo.burn, slo.breached) == (19, 1.0, False)
+        await ref.tell(_latency(100.0))
+        snapshot = await _ask(ref)
+        assert [e.attributes["rule"] for e in sink.of_type(TelemetryEvent) if e.name == ALERT_FIRED] == [
+            "slo_tamiyo_decision_latency"
+        ]
+    finally:
+        await system.stop()

@@ -154,6 +154,21 @@ def test_an_slo_alert_fires_and_clears_at_notices_while_its_status_reads_the_bur
     assert tracker.active(5000.0) == ()
 
 
+def test_an_slo_burn_over_fewer_than_min_samples_is_no_breach() -> None:
+    """One slow sample is a burn of 1.0: it fired an alert on a healthy run."""
+    tracker = SloTracker([SloObjective("x", "m", 1.0)], min_samples=3)
+    tracker.observe("m", 5.0, 0.0)
+    tracker.observe("m", 5.0, 1.0)
+    (status,) = tracker.statuses(1.0)
+    assert (status.samples, status.burn, status.breached) == (2, 1.0, False)
+    assert tracker.notices(1.0) == []
+    tracker.observe("m", 0.0, 2.0)  # burn 2/3 over 3 samples
+    (fired,) = tracker.notices(2.0)
+    assert (fired.rule, fired.active) == ("slo_x", True)
+    with pytest.raises(ValueError, match="min_samples"):
+        SloTracker(min_samples=0)
+
+
 def test_slo_windows_stay_bounded() -> None:
     tracker = SloTracker([SloObjective("x", "m", 1.0)], max_samples=4)
     for t, actual in enumerate([5, 5, 0, 0, 0, 0]):

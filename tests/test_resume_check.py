@@ -163,6 +163,28 @@ def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_before_any_actor_sta
     assert '"checkpoint_corrupt"' in events
 
 
+def test_a_corrupt_newest_checkpoint_is_said_once_on_a_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One flipped byte in the newest checkpoint gave five checkpoint_corrupt warnings on the console, two before
+    logging started (with a relative path): each lookup and check that read it said it."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tolaria]\nepochs = 2\ndataset_samples = 600\n[urza]\nroot = "{tmp_path / "urza"}"\n')
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    (run_dir / "summary.json").unlink()  # killed before its summary: the resume finishes it from step-1's file
+    newest = max((run_dir / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.removeprefix("step-")))
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main([str(config), "--resume", str(run_dir)]) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("checkpoint_corrupt") == 1, said
+    events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert events.count('"checkpoint_corrupt"') == 1
+
+
 def test_only_the_first_checkpoints_file_without_its_manifest_starts_the_run_over(tmp_path: Path) -> None:
     """A kill between the first checkpoint's file and its manifest starts over; a later lone file (a manifest lost
     with tolaria.checkpoint_keep_last = 1) started over too, throwing the run's progress away: it is refused."""

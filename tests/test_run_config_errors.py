@@ -206,7 +206,10 @@ def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(
 def test_a_run_directory_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("not a directory")
     run_dir = tmp_path / "file" / "run"
-    one_line(refused(tmp_path, capsys, "", run_dir), f"run directory {run_dir}: cannot write there: ")
+    one_line(
+        refused(tmp_path, capsys, "", run_dir),
+        f"run directory {run_dir}: is under {tmp_path / 'file'}, which is a file, not a directory: choose another",
+    )
 
 
 @pytest.mark.parametrize(
@@ -407,4 +410,29 @@ def test_an_empty_path_is_refused_as_empty_not_as_the_working_directory(
     assert main([str(tmp_path / "c.toml"), *sets, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     one_line(err.removeprefix(f"{tmp_path}/"), start)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    [
+        (
+            "tolaria={validation_fraction=0.0001, lr=0.01}",
+            "tolaria.validation_fraction = 0.0001: data set 'mnist1d': validation_fraction 0.0001 holds out no",
+        ),
+        (
+            'tamiyo={policy="gnn", gnn_checkpoint="/nonexistent"}',
+            "tamiyo.gnn_checkpoint = '/nonexistent': cannot read it",
+        ),
+    ],
+)
+def test_a_value_set_in_an_inline_table_names_the_set_that_gave_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, start: str
+) -> None:
+    """A value from ``--set 'tolaria={validation_fraction=0.0001}'`` was blamed on the config file, which never set
+    it: only a --set of the key itself was matched."""
+    (tmp_path / "c.toml").write_text("")
+    sets = ["--set", "tolaria.epochs=1", "--set", override, "--set", "tamiyo.germinate_cooldown_epochs=1"]
+    assert main([str(tmp_path / "c.toml"), *sets, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    one_line(capsys.readouterr().err, f"--set {override}: {start}")
     assert not (tmp_path / "r").exists()

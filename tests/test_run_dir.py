@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,9 +86,15 @@ def test_a_directory_with_only_a_refused_attempts_config_and_log_or_other_files_
 
 
 def test_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    """A file in the way said "cannot write there: File exists" (or "Not a directory"): it is named as a file."""
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=rf"^run directory {tmp_path / 'file' / 'run'}: cannot write there: "):
+    below = re.escape(f"run directory {tmp_path / 'file' / 'run'}: is under {tmp_path / 'file'}, which is a file, not")
+    with pytest.raises(ConfigError, match=rf"^{below} a directory: choose another --run-dir$"):
         claim_run_dir(tmp_path / "file" / "run", resume=False)
+    itself = re.escape(f"run directory {tmp_path / 'file'}: is a file, not a directory: choose another --run-dir")
+    with pytest.raises(ConfigError, match=rf"^{itself}$"):
+        claim_run_dir(tmp_path / "file", resume=False)
+    assert (tmp_path / "file").read_text() == ""
 
 
 def test_a_full_disk_when_claiming_is_one_line_and_leaves_the_lock_free(

@@ -351,8 +351,9 @@ async def test_with_no_candidate_and_no_live_seed_inference_is_skipped(tmp_path:
     )
     embargoed = (*fossilized[:2], SeedState(slot=SLOTS[2], stage=SeedLifecycleStage.EMBARGOED, layer_depth=2))
     unfit = BlueprintCandidate(blueprint_id="bp-conv", slot_parameters={"s9": 100})  # fits no slot of this host
+    ends = ((1, 0, fossilized), (2, 1, embargoed))
     async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
-        decisions = [await h.decide(packet(step, 0, seeds=seeds)) for step, seeds in ((1, fossilized), (2, embargoed))]
+        decisions = [await h.decide(packet(step, e, validation_loss=1.0, seeds=seeds)) for step, e, seeds in ends]
         stats = await h.stats()
     assert [(d.command, d.reason) for d in decisions] == [(None, "no_free_slot")] * 2
     assert stub.calls == 0
@@ -361,6 +362,31 @@ async def test_with_no_candidate_and_no_live_seed_inference_is_skipped(tmp_path:
     free = build_observation(packet(3, 0, seeds=(*fossilized[:2], dormant(SLOTS[2]))), (unfit,))
     assert not has_candidate(free)
     assert no_candidate_reason(free) == "no_candidate"
+
+
+async def test_a_skipped_inference_names_its_reason_once_per_epoch_end(tmp_path: Path, sink: RecordingSink) -> None:
+    """With every slot taken, every packet said no_free_slot (2 epochs gave the summary ``no_free_slot 10``, where
+    README counts one per epoch end): the packets between epoch ends are not_epoch_end, as the policies say."""
+    stub = GatedPolicy(asyncio.get_running_loop())
+    full = tuple(SeedState(slot=s, stage=SeedLifecycleStage.FOSSILIZED, layer_depth=i) for i, s in enumerate(SLOTS))
+    epochs = [(1, 0, None), (2, 0, None), (3, 0, 1.0), (4, 1, None), (5, 1, 0.9), (6, 1, 0.9)]
+    tally = RunTally()
+    async with TamiyoHarness(tmp_path, sink, config=CONFIG, policy=stub) as h:
+        decisions = [await h.decide(packet(s, e, validation_loss=v, seeds=full)) for s, e, v in epochs]
+    assert [d.reason for d in decisions] == [
+        "not_epoch_end",
+        "not_epoch_end",
+        "no_free_slot",
+        "not_epoch_end",
+        "no_free_slot",
+        "not_epoch_end",  # a second packet of epoch 1 with a validation loss: not that epoch's first
+    ]
+    assert stub.calls == 0
+    for d in decisions:
+        tally.on_decision(d)
+    growth = tally.figures(seed_parameters=0)
+    assert growth.no_op_reasons == {"not_epoch_end": 4, "no_free_slot": 2}
+    assert any("(the controller's reasons: no_free_slot 2)" in line for line in growth_lines(growth))
 
 
 async def test_the_no_op_fallback_is_used_when_configured(tmp_path: Path, sink: RecordingSink) -> None:

@@ -131,7 +131,12 @@ class Nissa(Actor[NissaMessage]):
         self._backlog = RowBacklog() if backlog is None else backlog
         self._metrics = MetricsAggregator(transitions=transitions, refusals=refusals)
         self._alerts = AlertEvaluator(rules)
-        self._slos = SloTracker(slos, window_s=config.slo_window_days * DAY_S, burn_threshold=config.slo_burn_threshold)
+        self._slos = SloTracker(
+            slos,
+            window_s=config.slo_window_days * DAY_S,
+            burn_threshold=config.slo_burn_threshold,
+            min_samples=config.slo_min_samples,
+        )
         for rule in (*(r.name for r in self._alerts.rules), *self._slos.rules):
             # At 0 from the start: an alert that fired and cleared between two scrapes still shows in the count.
             self._metrics.registry.inc(ALERTS_FIRED_TOTAL, 0.0, {"rule": rule})

@@ -282,8 +282,10 @@ class _Window:
 class SloTracker:
     """SLO burn over a long window (30 days by default) and a short one (24 h): burn = violations / samples.
 
-    An SLO is breached when either burn reaches ``burn_threshold``. Each window keeps at most ``max_samples`` samples
-    (the oldest go first), so memory stays bounded on long runs. Event-loop only; never blocks.
+    An SLO is breached when either burn reaches ``burn_threshold`` over at least ``min_samples`` samples of that
+    window (one slow kernel fetch, the only sample, was a burn of 1 and fired an alert on a healthy run). Each window
+    keeps at most ``max_samples`` samples (the oldest go first), so memory stays bounded on long runs. Event-loop only;
+    never blocks.
     """
 
     def __init__(
@@ -293,14 +295,16 @@ class SloTracker:
         window_s: float = 30 * DAY_S,
         short_window_s: float = DAY_S,
         burn_threshold: float = 0.4,
+        min_samples: int = 1,
         max_samples: int = 65_536,
     ) -> None:
         if not window_s > 0 or not short_window_s > 0:
             raise ValueError(f"window_s and short_window_s must be > 0, got {window_s}, {short_window_s}")
         if not 0 < burn_threshold <= 1:
             raise ValueError(f"burn_threshold must be in (0, 1], got {burn_threshold}")
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        if max_samples < 1 or min_samples < 1:
+            raise ValueError(f"min_samples and max_samples must be >= 1, got {min_samples}, {max_samples}")
+        self._min_samples = min_samples
         self._objectives = tuple(objectives)
         self._threshold = burn_threshold
         self._long = {o.name: _Window(window_s, max_samples) for o in self._objectives}
@@ -340,10 +344,13 @@ class SloTracker:
                     short_samples=len(short.samples),
                     short_violations=short.violations,
                     short_burn=short.burn,
-                    breached=long.burn >= self._threshold or short.burn >= self._threshold,
+                    breached=self._burning(long) or self._burning(short),
                 )
             )
         return tuple(result)
+
+    def _burning(self, window: _Window) -> bool:
+        return len(window.samples) >= self._min_samples and window.burn >= self._threshold
 
     @property
     def rules(self) -> tuple[str, ...]:

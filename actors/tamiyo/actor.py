@@ -7,7 +7,7 @@ Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
    trainer's restore point, every open field-report window is closed as ABORTED, and the decisions from there on get
    report ids of their own (their command ids repeat the undone ones', see outcomes.py);
 2. the packet becomes an Observation (actors/tamiyo/observe.py); with no seed candidate and no live seed, inference
-   is skipped (NO_OP);
+   is skipped (NO_OP: ``no_free_slot`` or ``no_candidate`` at an epoch end, else ``not_epoch_end``, as a policy says);
 3. otherwise, if the inference breaker allows, the configured policy decides on the ``policy`` lane while this
    handler waits on the monotonic clock for ``decision_budget_ms``. A result in time is the proposal (a breaker
    success). An overrun (a breaker failure; 3 in a row open it) or a policy error makes the fallback decide instead
@@ -197,6 +197,9 @@ class TamiyoActor(Actor[TamiyoMessage]):
         # The epoch end of the fallback's germination made while that job ran: the policy counts it once it has ended.
         self._germinated_meanwhile: int | None = None
         self._start_state: TamiyoState | None = None
+        # The epoch whose end (its first packet with a validation loss) was last seen: the skipped inference's NO_OP
+        # names why only there, as the policies do, and is not_epoch_end elsewhere (the summary counts one per epoch).
+        self._epoch_opened: int | None = None
         self._on_stop_state = on_stop_state
         if state is not None:
             self.import_state(state)
@@ -338,12 +341,17 @@ class TamiyoActor(Actor[TamiyoMessage]):
             state_step = await self._rewind(packet)
             state = f" (controller state of step {state_step})" if state_step is not None else ""
             reports.extend(self._c.tracker.rollback(f"rollback before step {packet.global_step}{state}"))
+            self._epoch_opened = None  # the restored epoch's end comes again, as it does to the rewound policy
         observation = build_observation(packet, self._c.blueprints)
+        opens_epoch = observation.opens_epoch_after(self._epoch_opened)
+        if opens_epoch:
+            self._epoch_opened = packet.epoch
         async with asyncio.TaskGroup() as tg:
             if not has_candidate(observation):
                 self._c.count(inference_skipped=1)
+                reason = no_candidate_reason(observation) if opens_epoch else "not_epoch_end"
                 choice = Choice(
-                    msgspec.structs.replace(NO_OP, reason=no_candidate_reason(observation)),
+                    msgspec.structs.replace(NO_OP, reason=reason),
                     self._c.policy_name,
                     self._c.policy.version,
                 )

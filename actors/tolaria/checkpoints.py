@@ -146,21 +146,20 @@ def _entry_problem(info: CheckpointInfo) -> str | None:
 
 
 def load_latest(
-    directory: Path, *, at_most: int | None = None
+    directory: Path, *, at_most: int | None = None, checksums_said: bool = False
 ) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
     """The newest checkpoint whose SHA-256 matches the manifest and that decodes to the step its entry names; a
     corrupt, truncated or inconsistent one is skipped with a ``checkpoint_corrupt`` warning and the previous one is
     tried. ``at_most``: only checkpoints of that step or earlier (a resume's point, see esper.resume). None when the
-    directory has no checkpoint (of that step or earlier).
+    directory has no checkpoint (of that step or earlier). ``checksums_said``: the caller's ``latest_good`` has just
+    warned of the files that fail their checksum; only one that does not decode is said again.
 
     Blocking (file I/O): lane thread or a worker thread.
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, data in _verified_newest_first(directory):
-        if at_most is not None and info.global_step > at_most:
-            continue
+    for info, data in _verified_newest_first(directory, quiet=checksums_said, at_most=at_most):
         try:
             state, pending = decode_state(data)
         except CheckpointError as err:
@@ -191,14 +190,15 @@ def latest_good_step(directory: Path) -> int | None:
     return None if info is None else info.global_step
 
 
-def latest_good(directory: Path) -> CheckpointInfo | None:
+def latest_good(directory: Path, *, quiet: bool = False) -> CheckpointInfo | None:
     """The manifest entry of the checkpoint ``load_latest`` would resume from (its SHA-256 checked, not decoded);
-    None when the directory has no checkpoint. Blocking.
+    None when the directory has no checkpoint. ``quiet``: a lookup that skips a corrupt file without a warning (the
+    resume's checks and the trainer, which verify what they load, say it). Blocking.
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, _ in _verified_newest_first(directory):
+    for info, _ in _verified_newest_first(directory, quiet=quiet):
         return info
     if read_manifest(directory):
         raise CheckpointError(
@@ -207,25 +207,30 @@ def latest_good(directory: Path) -> CheckpointInfo | None:
     return None
 
 
-def _verified_newest_first(directory: Path) -> Iterator[tuple[CheckpointInfo, bytes]]:
-    """Each listed checkpoint whose file is a regular file of its listed size and SHA-256, newest first."""
+def _verified_newest_first(
+    directory: Path, *, quiet: bool, at_most: int | None = None
+) -> Iterator[tuple[CheckpointInfo, bytes]]:
+    """Each listed checkpoint (of step ``at_most`` or earlier) whose file is a regular file of its listed size and
+    SHA-256, newest first; each other one skipped with a ``checkpoint_corrupt`` warning unless ``quiet``."""
+    # One corrupt file was said five times on a resume: once by each lookup and check that read it.
+    warn = _log.warning if not quiet else _unsaid
     for info in reversed(read_manifest(directory)):
+        if at_most is not None and info.global_step > at_most:
+            continue  # not hashed, nor said again by the restore's search for an older checkpoint
         path = directory / info.file
         try:
             size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
             if size != info.size_bytes:
                 found = "not a regular file" if size is None else f"{size} bytes"
-                _log.warning(
-                    "checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes"
-                )
+                warn("checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes")
                 continue
             data = path.read_bytes()
         except OSError as err:
-            _log.warning("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
+            warn("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
             continue
         digest = hashlib.sha256(data).hexdigest()
         if digest != info.sha256:
-            _log.warning(
+            warn(
                 "checkpoint_corrupt",
                 file=str(path),
                 error=f"sha256 {digest[:12]} does not match the manifest's {info.sha256[:12]}",
@@ -234,6 +239,10 @@ def _verified_newest_first(directory: Path) -> Iterator[tuple[CheckpointInfo, by
             )
             continue
         yield info, data
+
+
+def _unsaid(event: str, **fields: object) -> None:
+    """A warning left unsaid (see _verified_newest_first's ``quiet``)."""
 
 
 @final

@@ -63,10 +63,12 @@ def choose_restore(
     at_most: int | None,
     covered: Callable[[TrainState], bool],
     journal_known: bool = False,
+    checksums_said: bool = False,
 ) -> RestorePoint | None:
     """The newest covered state of ``snapshot`` and the checkpoints in ``directory`` (None: not read) of step
     ``at_most`` or earlier. With none covered: None when the journal is known (``journal_known``: training starts
-    over), else the newest of them all. None also when there is nothing to continue from. Blocking (reads checkpoints).
+    over), else the newest of them all. None also when there is nothing to continue from. ``checksums_said``: the
+    caller has just warned of the checkpoints that fail their checksum (see load_latest). Blocking (reads checkpoints).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
@@ -75,11 +77,11 @@ def choose_restore(
     newest: RestorePoint | None = None
     if directory is not None and directory.is_dir():
         started = time.perf_counter()
-        found = load_latest(directory, at_most=at_most)
+        found = load_latest(directory, at_most=at_most, checksums_said=checksums_said)
         if found is not None:
             newest = RestorePoint("full", found[0], found[2], time.perf_counter() - started)
         while found is not None and not covered(found[0]) and found[2].global_step > 0:
-            found = load_latest(directory, at_most=found[2].global_step - 1)
+            found = load_latest(directory, at_most=found[2].global_step - 1, checksums_said=checksums_said)
         if found is not None and covered(found[0]):
             checkpoint = RestorePoint("full", found[0], found[2], time.perf_counter() - started)
     fast = RestorePoint("fast", snapshot) if snapshot is not None else None
