@@ -3,7 +3,7 @@ process-wide TF32 settings put back at the run's end (a notebook runs several ru
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import structlog
 import torch
@@ -19,26 +19,47 @@ __all__ = ["Float32Matmul", "pick_precision"]
 _log = structlog.get_logger("actors.tolaria")
 
 
+# torch 2.9's per-backend TF32 switches (torch 2.8 has only the legacy ones). Once a caller has set one, torch's
+# legacy getters raise ("a mix of the legacy and new APIs"): a torch that has them is read and set through them only.
+# cuDNN's is an attribute of the module object, which torch's stubs do not show.
+_CUDNN_CONV: Any = getattr(torch.backends.cudnn, "conv", None)
+_PER_BACKEND = _CUDNN_CONV is not None and hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
 @final
 class Float32Matmul:
-    """torch's float32 matmul precision and cuDNN's TF32 switch as they are when built; ``restore`` puts them back.
-    As GlobalRngs: build before the run changes them, restore once no thread of the run computes."""
+    """torch's float32 matmul precision and cuDNN's TF32 switch for convolutions as they are when built; ``restore``
+    puts them back. As GlobalRngs: build before the run changes them, restore once no thread of the run computes.
+    Never raises, whichever of torch's APIs the caller set them with."""
 
     __slots__ = ("_cudnn", "_matmul")
 
     def __init__(self) -> None:
-        self._matmul = torch.get_float32_matmul_precision()
-        self._cudnn = torch.backends.cudnn.allow_tf32
+        if _PER_BACKEND:
+            # The switches themselves ("none": inherit from torch.backends.fp32_precision), not what they resolve to.
+            self._matmul: str = torch.backends.cuda.matmul.fp32_precision
+            self._cudnn: str | bool = _CUDNN_CONV.fp32_precision
+        else:
+            self._matmul = torch.get_float32_matmul_precision()
+            self._cudnn = torch.backends.cudnn.allow_tf32
 
     def use_tf32(self) -> None:
         """TF32 for float32 matmuls and convolutions (cuDNN's switch is on by default; a caller may have turned it
         off)."""
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+        if _PER_BACKEND:
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            _CUDNN_CONV.fp32_precision = "tf32"
+        else:
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
 
     def restore(self) -> None:
-        torch.set_float32_matmul_precision(self._matmul)
-        torch.backends.cudnn.allow_tf32 = self._cudnn
+        if _PER_BACKEND:
+            torch.backends.cuda.matmul.fp32_precision = self._matmul
+            _CUDNN_CONV.fp32_precision = self._cudnn
+        else:
+            torch.set_float32_matmul_precision(self._matmul)
+            torch.backends.cudnn.allow_tf32 = bool(self._cudnn)
 
 
 def pick_precision(config: TolariaConfig, device: torch.device, matmul: Float32Matmul) -> dict[str, object]:
