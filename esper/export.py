@@ -45,8 +45,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         err.write(f"esper.export: {error}\n")
         return EXIT_FAILED
     # The slots' control state (mode, alpha, blend) is no tensor: the architecture it describes is rebuilt by
-    # load_model, not from this file. Clones: safetensors refuses tensors that share memory (tied weights).
-    tensors = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    # load_model, not from this file. Contiguous clones: safetensors refuses tensors that share memory (tied weights)
+    # and those that are not contiguous (a Conv2d's weight, kept channels_last as the run trained it).
+    tensors = {
+        k: v.detach().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor)
+    }
     call = f"esper.load_model({str(args.run_dir)!r}{'' if args.step is None else f', step={args.step}'})"
     try:
         atomic_write_bytes(args.out, save(tensors, metadata={"esper_model": call}), shared=True)

@@ -199,6 +199,25 @@ def test_export_writes_the_models_weights_and_says_how_to_rebuild_it(
     assert not (tmp_path / "other.safetensors").exists()
 
 
+def test_export_writes_a_channels_last_conv2d_models_weights(tmp_path: Path) -> None:
+    """A Conv2d of more than one input channel trains channels_last: its weight is no contiguous tensor, and export
+    crashed on it (safetensors: "You are trying to save a non contiguous tensor"), a traceback and exit 1."""
+    host = ['tolaria.host_model="tests.tolaria_factories:conv2d_net"']
+    _run(tmp_path / "run", tiny_config(tmp_path, epochs=1), host)
+    model = esper.load_model(tmp_path / "run")
+    weight = model.get_parameter("body.2.weight")
+    assert weight.shape[1] > 1
+    assert not weight.is_contiguous(), "the run's layout should reach load_model to be a real test"
+    out, err = io.StringIO(), io.StringIO()
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "model.safetensors")], out=out, err=err) == 0, (
+        err.getvalue()
+    )
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    tensors = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert saved.keys() == tensors.keys()
+    assert all(torch.equal(saved[k], v) for k, v in tensors.items())
+
+
 def test_the_readmes_example_runs_as_written(
     grown: tuple[Path, RunSummary], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
