@@ -361,14 +361,15 @@ def resume_point(checkpoints: Path) -> int | None:
     if newest is None:
         return None
     journaled = last_boundary_step(checkpoints / JOURNAL_FILENAME)
-    # latest_good has said which fail their checksum: said again here, one corrupt file was five warnings a resume.
+    # latest_good has said which of those newer than its own fail their checksum: said again here, one corrupt file
+    # was five warnings a resume.
     point = choose_restore(
         None,
         checkpoints,
         at_most=None,
         covered=journal_check(lambda: journaled),
         journal_known=True,
-        checksums_said=True,
+        checksums_said=newest.global_step,
     )
     if point is None:
         # No checkpoint's plans are all in the journal (a kill -9 right after the first checkpoint): training starts

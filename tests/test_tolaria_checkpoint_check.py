@@ -14,7 +14,8 @@ import structlog
 import torch
 
 from actors.tolaria.checkpoint_codec import CheckpointError, decode_state, encode_state
-from actors.tolaria.checkpoints import CheckpointWriter, load_latest
+from actors.tolaria.checkpoints import CheckpointWriter, latest_good, load_latest
+from actors.tolaria.restore_point import choose_restore
 from actors.tolaria.snapshots import TrainState, rng_state
 
 if TYPE_CHECKING:
@@ -118,3 +119,40 @@ def test_when_every_checkpoint_is_malformed_there_is_no_usable_one(tmp_path: Pat
     writer.close()
     with structlog.testing.capture_logs(), pytest.raises(CheckpointError, match=r"no usable checkpoint \(2 listed\)$"):
         load_latest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "newest_good", "restored"),
+    [([60], 80, 40), ([80, 40], 60, 20)],
+    ids=["the next older one", "the newest and the one past the newest good"],
+)
+def test_a_corrupt_checkpoint_the_restores_search_walks_past_is_said_once(
+    tmp_path: Path, corrupt: list[int], newest_good: int, restored: int
+) -> None:
+    """The journal does not cover the newest good checkpoint, so a resume walks back past a corrupt older one: it was
+    skipped without a word (latest_good, which had said the newer ones, never reached it)."""
+    writer = CheckpointWriter(tmp_path, keep_last=4)
+    for step in (20, 40, 60, 80):
+        writer.submit(_state(step))
+    writer.close()
+    for step in corrupt:
+        path = tmp_path / f"step-{step}.pt"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with structlog.testing.capture_logs() as logs:
+        newest = latest_good(tmp_path)  # as esper.resume's resume_point: it says those newer than its own
+        assert newest is not None
+        assert newest.global_step == newest_good
+        point = choose_restore(
+            None,
+            tmp_path,
+            at_most=None,
+            covered=lambda state: state.global_step < newest_good,  # the journal ends before its plans
+            journal_known=True,
+            checksums_said=newest.global_step,
+        )
+    assert point is not None
+    assert point.state.global_step == restored
+    said = [entry["file"] for entry in logs if entry["event"] == "checkpoint_corrupt"]
+    assert said == [str(tmp_path / f"step-{step}.pt") for step in corrupt]

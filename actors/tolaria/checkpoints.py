@@ -146,20 +146,21 @@ def _entry_problem(info: CheckpointInfo) -> str | None:
 
 
 def load_latest(
-    directory: Path, *, at_most: int | None = None, checksums_said: bool = False
+    directory: Path, *, at_most: int | None = None, checksums_said: int | None = None
 ) -> tuple[TrainState, tuple[str, ...], CheckpointInfo] | None:
     """The newest checkpoint whose SHA-256 matches the manifest and that decodes to the step its entry names; a
     corrupt, truncated or inconsistent one is skipped with a ``checkpoint_corrupt`` warning and the previous one is
     tried. ``at_most``: only checkpoints of that step or earlier (a resume's point, see esper.resume). None when the
-    directory has no checkpoint (of that step or earlier). ``checksums_said``: the caller's ``latest_good`` has just
-    warned of the files that fail their checksum; only one that does not decode is said again.
+    directory has no checkpoint (of that step or earlier). ``checksums_said``: the step of the checkpoint the
+    caller's ``latest_good`` has just returned, having warned of the newer files that fail their checksum: those (and
+    that one) are not said again, save one that does not decode; an older one is.
 
     Blocking (file I/O): lane thread or a worker thread.
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, data in _verified_newest_first(directory, quiet=checksums_said, at_most=at_most):
+    for info, data in _verified_newest_first(directory, said_from=checksums_said, at_most=at_most):
         try:
             state, pending = decode_state(data)
         except CheckpointError as err:
@@ -198,7 +199,7 @@ def latest_good(directory: Path, *, quiet: bool = False) -> CheckpointInfo | Non
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, _ in _verified_newest_first(directory, quiet=quiet):
+    for info, _ in _verified_newest_first(directory, said_from=0 if quiet else None):
         return info
     if read_manifest(directory):
         raise CheckpointError(
@@ -208,15 +209,17 @@ def latest_good(directory: Path, *, quiet: bool = False) -> CheckpointInfo | Non
 
 
 def _verified_newest_first(
-    directory: Path, *, quiet: bool, at_most: int | None = None
+    directory: Path, *, said_from: int | None, at_most: int | None = None
 ) -> Iterator[tuple[CheckpointInfo, bytes]]:
     """Each listed checkpoint (of step ``at_most`` or earlier) whose file is a regular file of its listed size and
-    SHA-256, newest first; each other one skipped with a ``checkpoint_corrupt`` warning unless ``quiet``."""
-    # One corrupt file was said five times on a resume: once by each lookup and check that read it.
-    warn = _log.warning if not quiet else _unsaid
+    SHA-256, newest first; each other one skipped with a ``checkpoint_corrupt`` warning unless its step is
+    ``said_from`` or later (said already by the caller, or 0: a quiet lookup)."""
     for info in reversed(read_manifest(directory)):
         if at_most is not None and info.global_step > at_most:
             continue  # not hashed, nor said again by the restore's search for an older checkpoint
+        # One corrupt file was said five times on a resume: once by each lookup and check that read it. An older one
+        # than the caller's lookup reached is said, though: nothing else would.
+        warn = _unsaid if said_from is not None and info.global_step >= said_from else _log.warning
         path = directory / info.file
         try:
             size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
@@ -242,7 +245,7 @@ def _verified_newest_first(
 
 
 def _unsaid(event: str, **fields: object) -> None:
-    """A warning left unsaid (see _verified_newest_first's ``quiet``)."""
+    """A warning left unsaid (see _verified_newest_first's ``said_from``)."""
 
 
 @final

@@ -63,12 +63,13 @@ def choose_restore(
     at_most: int | None,
     covered: Callable[[TrainState], bool],
     journal_known: bool = False,
-    checksums_said: bool = False,
+    checksums_said: int | None = None,
 ) -> RestorePoint | None:
     """The newest covered state of ``snapshot`` and the checkpoints in ``directory`` (None: not read) of step
     ``at_most`` or earlier. With none covered: None when the journal is known (``journal_known``: training starts
     over), else the newest of them all. None also when there is nothing to continue from. ``checksums_said``: the
-    caller has just warned of the checkpoints that fail their checksum (see load_latest). Blocking (reads checkpoints).
+    step the caller's ``latest_good`` has just returned, having warned of the newer checkpoints that fail their
+    checksum (see load_latest); an older one the search reaches is said here. Blocking (reads checkpoints).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
