@@ -29,8 +29,8 @@ def test_a_lazy_model_is_materialised_identically_at_every_build() -> None:
     """Its parameter count crashed the build (an uninitialised parameter has no numel): a traceback, exit 1."""
     cfg = config("lazy_mlp")
     data = load_data(cfg)
-    check_config(cfg)  # the check before the run directory is claimed takes it too
-    first = build_trainee(cfg, data, (), CPU, check_training=True)
+    check_config(cfg)  # the check before the run directory is claimed takes it too, with its trial training step
+    first = build_trainee(cfg, data, (), CPU)
     assert not any(nn.parameter.is_lazy(t) for t in [*first.model.parameters(), *first.model.buffers()])
     assert first.host_parameters == 40 * 16 + 16 + 2 * 16 + 16 * 10 + 10
     assert first.slot_shapes["3"].kind == "flat"

@@ -15,7 +15,7 @@ from torch import nn
 
 from actors.kasmina.admission import blend_problem
 from actors.tolaria.boundary import BoundaryApplier
-from actors.tolaria.build import build_optimizer, build_trainee, load_data
+from actors.tolaria.build import build_optimizer, build_trainee, check_config, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
 from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
 from actors.tolaria.epoch_end import ModelOutputError
@@ -833,12 +833,13 @@ def test_a_model_that_cannot_train_is_refused_before_the_first_step(data: DataSp
     # Batches one short of the training set: the last batch of each epoch holds a single sample.
     cfg = config(host_model=f"tests.tolaria_factories:{spec}", batch_size=data.train.num_samples - 1)
     with pytest.raises(TolariaConfigError) as info:
-        build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
+        check_config(cfg)  # the start's checks, before the run directory is claimed
     assert str(info.value).startswith(f"tolaria.host_model = {cfg.host_model!r}: the model cannot train on a batch of")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
     if spec == "flat_batchnorm":  # as the error says
-        build_trainee(msgspec.structs.replace(cfg, drop_last=True), data, (), torch.device("cpu"), check_training=True)
+        dropped = msgspec.structs.replace(cfg, drop_last=True)
+        build_trainee(dropped, check_config(dropped), (), torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -926,7 +927,7 @@ def test_a_slot_target_whose_output_cannot_hold_a_seed_is_a_one_line_config_erro
 def test_a_slot_target_called_twice_with_one_shape_holds_a_seed(data: DataSplits) -> None:
     """Only outputs of two shapes are refused: a module the forward reuses at one width takes a seed as any other."""
     cfg = config(host_model="tests.tolaria_factories:twice_called_slot_model", initial_seeds=("act=BP002",))
-    trainee = build_trainee(cfg, data, (), CPU, check_training=True)
+    trainee = build_trainee(cfg, check_config(cfg), (), CPU)
     assert trainee.slot_shapes["act"] == SlotShape("flat", 16)
     assert trainee.slots["act"].seed_id is not None
     assert trainee.model(data.train.x[:2]).shape == (2, 10)
@@ -936,7 +937,7 @@ def test_a_slot_target_returning_a_namedtuple_keeps_it_once_a_seed_is_live(data:
     """The slot rebuilt the output as a plain tuple, so a model reading ``out.hidden`` failed at every step once a
     seed was grafted (and in every restart after)."""
     cfg = config(host_model="tests.tolaria_factories:namedtuple_slot_model", initial_seeds=("enc=BP002",))
-    trainee = build_trainee(cfg, data, (), CPU, check_training=True)
+    trainee = build_trainee(cfg, check_config(cfg), (), CPU)
     assert trainee.slots["enc"].seed_id is not None
     out = trainee.model.get_submodule("enc")(data.train.x[:2])
     assert type(out) is Hidden
@@ -1034,10 +1035,10 @@ def test_a_model_output_of_the_wrong_shape_in_eval_mode_is_the_same_error(data: 
         loop.run()
 
 
-def test_a_forward_raising_systemexit_is_a_one_line_config_error(data: DataSplits) -> None:
+def test_a_forward_raising_systemexit_is_a_one_line_config_error() -> None:
     cfg = config(host_model="tests.tolaria_factories:exit_in_forward")
     with pytest.raises(TolariaConfigError) as info:
-        build_trainee(cfg, data, (), torch.device("cpu"), check_training=True)
+        check_config(cfg)
     assert "the model's forward raised when probed with a batch of 2 of the mnist1d data set's samples" in str(
         info.value
     )

@@ -259,19 +259,17 @@ def build_trainee(
     splits: DataSplits,
     slot_targets: Sequence[str],
     device: torch.device,
-    *,
-    check_training: bool = False,
 ) -> Trainee:
     """Seed the RNGs, build the host, wrap it at its slot targets, move it to ``device`` and build the optimizer.
 
-    ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty.
-    ``check_training``: also run one training step on a copy, in the run's memory format (the run's start does, once,
-    in ``check_first_step``; the trainer's rebuilds at every restore and rollback do not repeat it).
+    ``slot_targets`` (kasmina.slot_targets) overrides the host's own ``slot_targets`` when non-empty. The trial
+    training step is the start's, once, in ``check_first_step`` (the trainer's rebuilds at every restore and rollback
+    do not repeat it).
 
     Raises:
         TolariaConfigError: the host model cannot be built, a slot target matches nothing or its output fits no slot
             (not called, not a float32 tensor of rank 2 to 4), the model ends up with no slot (naming the key to
-            set and modules it could name), or (``check_training``) it cannot train.
+            set and modules it could name).
     """
     seed_everything(config.seed)
     model = build_host(config, splits.input_shape, splits.num_classes)
@@ -282,9 +280,6 @@ def build_trainee(
         # Kasmina admits a CHANNEL vector of one entry per feature; the slot must weigh the same axis.
         slots[name].channel_dim = shape.feature_axis
     channels_last = uses_channels_last(config, model)
-    if check_training:
-        source = f"tolaria.host_model = {config.host_model!r}"
-        _check_trains(config, model, splits, source, channels_last=channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts it
