@@ -43,9 +43,9 @@ def load_model(
     The model computes what the trainer's evaluation computed at that step: a seed still training is invisible in
     the output (its slot passes the host's activation on), a blending one is mixed in at the alpha it had reached, one
     in shadowing or probation is applied in full as in the run, a paused one is off, and a fossilized one is part of
-    the host. A culled seed is gone. The trainer ran that evaluation under autocast where its precision said so (bf16
-    on CUDA by default): a forward under the same ``torch.autocast`` matches it. Python's, NumPy's and torch's
-    global random streams are left as they were.
+    the host. A culled seed is gone. The trainer ran that evaluation under autocast where its precision said so (by
+    default bf16 on a CUDA GPU of compute capability 8.0 or newer, none elsewhere): a forward under the same
+    ``torch.autocast`` matches it. Python's, NumPy's and torch's global random streams are left as they were.
 
     Args:
         run_dir: the run's directory (``runs/<run-id>``).
