@@ -194,7 +194,9 @@ class ConfigError(EsperError, ValueError):
 # way. Not EIO: a network file system's or a device's I/O error can pass, and the restart limits (the window, no
 # progress) bound the retries of one that does not. Each with what to do about it before a --resume: "free the disk"
 # told a user at a `ulimit -f` limit to delete files, which does not fix it.
-_WRITABLE_RUN_DIR = "make the run directory writable (its permissions or an immutable attribute)"
+# EACCES and EPERM name a file, which need not be in the run directory (urza.root's, the npz file, a user's own).
+_ACCESSIBLE = "make {} (or its directory) accessible: its permissions or an immutable attribute"
+_ACCESSIBLE_ANY = _ACCESSIBLE.format("the file the error names")
 _REMEDIES = {
     # A checkpoint is written beside the ones kept before the oldest is dropped: the peak is one more than kept.
     errno.ENOSPC: (
@@ -204,8 +206,8 @@ _REMEDIES = {
     errno.EDQUOT: "free space within the quota (or raise it)",
     errno.EFBIG: "raise the file-size limit (ulimit -f)",
     errno.EROFS: "make the file system writable",
-    errno.EACCES: _WRITABLE_RUN_DIR,
-    errno.EPERM: _WRITABLE_RUN_DIR,
+    errno.EACCES: _ACCESSIBLE_ANY,
+    errno.EPERM: _ACCESSIBLE_ANY,
 }
 _UNRECOVERABLE_ERRNOS = frozenset(_REMEDIES)
 # Unrecoverable only as a file's error: a PermissionError that names no file (a signal to another process, a user
@@ -243,9 +245,11 @@ def _os_error_in(error: BaseException, *, file_bound: bool) -> OSError | None:
 
 def unrecoverable_remedy(error: BaseException) -> str:
     """What the user must fix before resuming a run ``error`` (an UnrecoverableFailure) stopped, by its cause: the
-    OSError in its chain, else the system's wording of one in its message (a nested supervisor's escalation keeps
-    only the text); "fix the cause" when neither says."""
+    OSError in its chain (naming the file it was refused, for EACCES and EPERM), else the system's wording of one in
+    its message (a nested supervisor's escalation keeps only the text); "fix the cause" when neither says."""
     cause = _os_error_in(error, file_bound=False)
+    if cause is not None and cause.errno in _FILE_ERRNOS and isinstance(cause.filename, str | bytes):
+        return _ACCESSIBLE.format(os.fsdecode(cause.filename))
     if cause is not None and cause.errno in _REMEDIES:
         return _REMEDIES[cause.errno]
     text = str(error)
