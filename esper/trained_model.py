@@ -116,9 +116,9 @@ def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, Checkpoi
         raise CheckpointError(f"load_model: {err} (checkpoint_corrupt says why)") from err
     assert found is not None  # some are listed at or before ``step``: load_latest loads one or raises
     state, _, info = found
-    wanted = step if step is not None else listed[-1].global_step
-    if info.global_step != wanted:
-        skipped = f"{directory / f'step-{wanted}.pt'} does not pass its checks (checkpoint_corrupt says why)"
+    wanted = listed[-1] if step is None else next(entry for entry in listed if entry.global_step == step)
+    if info.global_step != wanted.global_step:
+        skipped = f"{directory / wanted.file} does not pass its checks (checkpoint_corrupt says why)"
         if step is not None:
             raise CheckpointError(f"load_model: {skipped}; step=None loads the newest one that does")
         warnings.warn(f"load_model: {skipped}; loaded {info.file} instead", UserWarning, stacklevel=3)
