@@ -3,6 +3,7 @@ lazily."""
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
 from pathlib import Path
@@ -24,32 +25,9 @@ __all__ = ["__version__", "load_model", "start"]
 def __getattr__(name: str) -> object:
     # Lazy on purpose: importing esper.runtime must never pull in actors or torch.
     if name == "start":
-        if "esper.run" in sys.modules:
-            # Imported already: a save and restore here would rewind what another thread drew meanwhile.
-            from esper.run import start
-
-            return start
-        # The first import of the run's modules draws from Python's random (rich, under structlog, at its import):
-        # the caller's stream must go on as if no run had happened, and the run saves it only once it starts.
-        state = random.getstate()
-        try:
-            from esper.run import start
-        finally:
-            random.setstate(state)
-        return start
+        return _imported_keeping_random("esper.run", "start")
     if name == "load_model":
-        if "esper.trained_model" in sys.modules:
-            from esper.trained_model import load_model
-
-            return load_model
-        # As for start: the first import of its modules draws from Python's random, which the caller's stream must go
-        # on without.
-        saved = random.getstate()
-        try:
-            from esper.trained_model import load_model
-        finally:
-            random.setstate(saved)
-        return load_model
+        return _imported_keeping_random("esper.trained_model", "load_model")
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -58,3 +36,16 @@ def __getattr__(name: str) -> object:
         except PackageNotFoundError:
             return "0.0.0+unknown"
     raise AttributeError(f"module 'esper' has no attribute {name!r}")
+
+
+def _imported_keeping_random(module: str, name: str) -> object:
+    """``module``'s ``name``. The first import of the run's modules draws from Python's random (rich, under structlog,
+    at its import): the caller's stream must go on as if no run had happened, and a run saves it only once it starts.
+    A module imported already is not saved around: a restore would rewind what another thread drew meanwhile."""
+    if module not in sys.modules:
+        state = random.getstate()
+        try:
+            importlib.import_module(module)
+        finally:
+            random.setstate(state)
+    return getattr(sys.modules[module], name)

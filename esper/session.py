@@ -408,9 +408,8 @@ class EsperSystem:
             self._guard.cancel()
             if self._run_lock is not None:
                 self._run_lock.release()
-            if (
-                self._restore_process is not None
-            ):  # the actors and lanes have stopped: nothing of the run computes any more
+            # The actors and lanes have stopped: nothing of the run computes any more.
+            if self._restore_process is not None:
                 self._restore_process()
 
     async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:

@@ -191,17 +191,19 @@ async def test_the_callers_global_random_streams_go_on_after_a_run_as_if_it_had_
     assert _draws() == expected
 
 
-def test_the_first_esper_start_of_a_process_leaves_the_callers_random_stream_alone() -> None:
+@pytest.mark.parametrize(("name", "module"), [("start", "esper.run"), ("load_model", "esper.trained_model")])
+def test_the_first_esper_start_of_a_process_leaves_the_callers_random_stream_alone(name: str, module: str) -> None:
     """esper.start imports the run's modules on first use, and one of them (rich, under structlog) draws from Python's
-    random at its import, before the run saved the caller's state: the first run of a process moved the stream."""
+    random at its import, before the run saved the caller's state: the first run of a process moved the stream.
+    esper.load_model's first use imports them too."""
     code = (
         "import random\n"
         "random.seed(1)\n"
         "expected = random.random()\n"
         "random.seed(1)\n"
         "import esper\n"
-        "esper.start\n"
-        "assert 'esper.run' in __import__('sys').modules\n"
+        f"esper.{name}\n"
+        f"assert {module!r} in __import__('sys').modules\n"
         "print(random.random() == expected)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
