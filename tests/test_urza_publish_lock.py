@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +20,7 @@ from esper.nn.blueprints import SlotShape, default_catalogue
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(90)  # a real second process (and, without the fix, a hang the guard ends)
 
@@ -68,7 +68,8 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     finally:
         proc.kill()
         proc.wait(timeout=30)
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.close()
         proc.stdout.close()
 

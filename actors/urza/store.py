@@ -43,7 +43,7 @@ from actors.urza.artifact import (
     decode_metadata,
     sha256_hex,
 )
-from actors.urza.blob_files import fsync_dir, read_blob, remove_dead_temp_files
+from actors.urza.blob_files import fsync_dir, read_blob
 from actors.urza.catalog import COLUMNS, Catalog
 from actors.urza.publish_lock import PublishLock
 from actors.urza.records import (
@@ -57,7 +57,7 @@ from actors.urza.records import (
     is_sha,
 )
 from actors.urza.rows import blob_problem, row_mismatch
-from esper.runtime.atomic_write import shared_file_mode
+from esper.runtime.atomic_write import remove_dead_temp_files, shared_file_mode, temp_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -219,7 +219,7 @@ class UrzaStore:
             existing = read_blob(final_path, len(blob))  # a FIFO there is replaced, not read (which blocked for good)
             if isinstance(existing, bytes) and sha256_hex(existing) == sha:
                 return
-        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=self._blobs)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(), dir=self._blobs)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
