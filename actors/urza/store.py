@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import msgspec
-import structlog
 
 from actors.urza.artifact import (
     ArtifactCorrupt,
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-_log = structlog.get_logger("actors.urza")
 
 _PUBLISH_LOCK = "publish.lock"
 _PUT_ATTEMPTS = 3
