@@ -279,6 +279,7 @@ async def assemble(
                 later_transitions=tally.standing_slot_transitions,
                 refusals=tally.standing_refusals,
                 missed=missed,
+                run_id=run_id,
                 shutdown_deadline_s=deadline_s,
                 rules=alert_rules(
                     isolation_violations=config.kasmina.isolation_alert_violations,

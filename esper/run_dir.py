@@ -20,7 +20,8 @@ LOCK_NAME = "run.lock"
 # The first line of the config.toml a run writes: a new run overwrites only a config.toml that starts with it (a
 # refused attempt's), never one a user put there.
 RESOLVED_MARK = "# The resolved configuration of this run (every key), written by esper.run.\n"
-# esper.runtime.atomic_write's temp files: "." + the target's name + "." + mkstemp's eight characters + ".tmp".
+# esper.runtime.atomic_write's temp files: ".tmp-<pid>-" (before it, ".") + the target's name + "." + mkstemp's eight
+# characters + ".tmp".
 _PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # What a run that got as far as its actors leaves behind; a directory holding any of these is an earlier run's. A
 # config.toml and an events.jsonl alone are not: an attempt refused at assembly (a user model that does not fit the

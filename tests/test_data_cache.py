@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import zipfile
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +18,7 @@ import torch
 
 from actors.tolaria.build import load_data
 from actors.tolaria.data_cache import NpzArrayCache, log_cache_events
+from esper.runtime.atomic_write import temp_prefix
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
@@ -157,3 +162,55 @@ def test_a_load_that_stores_the_data_carries_the_file_for_the_runs_log(tmp_path:
     assert logs == [
         {"event": "data_cache_written", "file": str(stored), "size_bytes": stored.stat().st_size, "log_level": "info"}
     ]
+
+
+# Writes one cache file and is killed (-9) at the rename, its temp file complete: the user's run killed mid-write.
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from actors.tolaria.data_cache import NpzArrayCache
+
+def stop_at_the_rename(_src, _dst):
+    print("written", flush=True)
+    sys.stdin.read()
+
+os.replace = stop_at_the_rename
+x = np.zeros((3, 1, 4), dtype=np.float32)
+y = np.zeros(3, dtype=np.int64)
+NpzArrayCache(Path(sys.argv[1]))("k", lambda: (x, y, x, y))
+"""
+
+
+@pytest.mark.timeout(90)  # a real writer process (imports torch)
+def test_a_killed_writers_temp_file_is_swept_when_a_cache_opens_and_a_live_writers_is_kept(tmp_path: Path) -> None:
+    """A kill -9 while the cache wrote left `.mnist1d-...npz.<random>.tmp` (673 KB) in the cache directory forever:
+    the temp name did not say whose it was. Now it carries the writer's pid and a cache open removes the dead
+    writers' ones, never a live process's (a concurrent run may be writing it)."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "written\n"  # the barrier: the temp file is complete, not renamed
+        os.kill(writer.pid, signal.SIGKILL)
+        assert writer.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+        assert writer.stdin is not None
+        assert writer.stdout is not None
+        writer.stdin.close()
+        writer.stdout.close()
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith(f".tmp-{writer.pid}-k.npz.")
+    live = tmp_path / f"{temp_prefix()}k.npz.abcd1234.tmp"  # this process's: a write in progress
+    live.write_bytes(b"partial")
+    cache = NpzArrayCache(tmp_path)
+    assert sorted(tmp_path.iterdir()) == [live]
+    assert [(e["event"], e["count"]) for e in _said(cache)] == [("data_cache_temp_files_removed", 1)]
+    assert _equal(cache("k", Generator(_arrays())), _arrays())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "k.npz"])  # the write leaves no temp

@@ -808,8 +808,10 @@ async def test_nissa_serves_the_decision_and_kernel_fetch_slos_of_a_real_run(tmp
     async with asyncio.timeout(60):
         figures = await training.wait_finished()
     _, _, body = await http_get(port, "/metrics/summary")
-    slos = {slo["name"]: slo for slo in json.loads(body)["slos"]}
+    served = json.loads(body)
+    slos = {slo["name"]: slo for slo in served["slos"]}
     summary = await system.wait()
+    assert served["run_id"] == summary.run_id != ""  # the endpoint names its run (the composition root passes it)
     assert summary.growth is not None
     assert slos["tamiyo_decision_latency"]["samples"] == summary.growth.decisions > 0
     assert figures.seed_parameters > 0 or summary.growth.seeds, "the run should germinate to fetch a kernel"

@@ -652,3 +652,35 @@ async def test_an_slo_fires_no_alert_from_too_few_samples(
         ]
     finally:
         await system.stop()
+
+
+async def test_the_endpoints_say_which_run_they_serve(tmp_path: Path, clock: ManualClock, sink: RecordingSink) -> None:
+    """Two runs serving /metrics on two ports could not be told apart by a scraper: neither /metrics nor
+    /metrics/summary named its run. Now esper_run_info carries the run's id and directory, and the summary the id."""
+    systems: list[ActorSystem] = []
+    try:
+        for name in ("run-a", "run-b"):
+            (tmp_path / name).mkdir()
+            system = ActorSystem(clock=clock, sink=sink)
+            systems.append(system)
+            spec = nissa_spec(NissaConfig(prometheus_port=0), tmp_path / name, clock=clock, sink=sink, run_id=name)
+            await system.start(spec)
+            endpoint = (await _ask(system.ref(NISSA, Nissa))).endpoint
+            assert endpoint is not None
+            port = int(endpoint.rsplit(":", 1)[1])
+            async with asyncio.timeout(5):
+                status, _, body = await http_get(port, "/metrics")
+                assert status == 200
+                lines = body.decode().splitlines()
+                at = lines.index("# TYPE esper_run_info gauge")
+                assert lines[at - 1 : at + 2] == [
+                    "# HELP esper_run_info Always 1; its labels name the run this endpoint serves (run_id, run_dir).",
+                    "# TYPE esper_run_info gauge",
+                    f'esper_run_info{{run_dir="{tmp_path / name}",run_id="{name}"}} 1.0',
+                ]
+                status, _, body = await http_get(port, "/metrics/summary")
+                assert status == 200
+                assert msgspec.json.decode(body)["run_id"] == name
+    finally:
+        for system in systems:
+            await system.stop()

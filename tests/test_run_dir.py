@@ -181,10 +181,11 @@ def test_a_live_run_in_another_process_cannot_be_resumed_or_rerun(
 def test_a_resume_sweeps_the_temp_files_a_killed_write_left(tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
-    fd, name = tempfile.mkstemp(prefix=".step-40.pt.", suffix=".tmp", dir=checkpoints)  # as atomic_write names them
+    fd, name = tempfile.mkstemp(prefix=".step-40.pt.", suffix=".tmp", dir=checkpoints)  # an old-style name
     os.close(fd)
     left = Path(name)
-    (tmp_path / ".config.toml.ab_c1234.tmp").write_text("partial")
+    (tmp_path / ".config.toml.ab_c1234.tmp").write_text("partial")  # named as before the writer's pid was in it
+    (tmp_path / ".tmp-4242-data.json.x1y2z3w4.tmp").write_text("partial")
     outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
     outside.mkdir()
     (tmp_path / "shared").symlink_to(outside)  # another program's folder, linked in: its temp files are its own
@@ -196,7 +197,8 @@ def test_a_resume_sweeps_the_temp_files_a_killed_write_left(tmp_path: Path) -> N
     ]
     for path in kept:
         path.write_text("mine")
-    assert sorted(sweep_partial_writes(tmp_path)) == sorted([left, tmp_path / ".config.toml.ab_c1234.tmp"])
+    swept = [left, tmp_path / ".config.toml.ab_c1234.tmp", tmp_path / ".tmp-4242-data.json.x1y2z3w4.tmp"]
+    assert sorted(sweep_partial_writes(tmp_path)) == sorted(swept)
     assert not left.exists()
     assert all(path.read_text() == "mine" for path in kept)
 

@@ -10,7 +10,7 @@ import structlog
 
 from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
 from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
-from actors.nissa.metrics import MetricsAggregator
+from actors.nissa.metrics import RUN_INFO, MetricsAggregator
 from actors.nissa.prometheus import MetricsServer, host_port
 from esper.runtime.actor import Actor
 from schemas.boundary import BoundaryApplied, TrainingRestored
@@ -103,6 +103,7 @@ class Nissa(Actor[NissaMessage]):
         refusals: Sequence[Refusal] = (),
         rebind_port: int | None = None,
         on_listening: Callable[[int], None] | None = None,
+        run_id: str = "",
     ) -> None:
         """Args:
         config: the ``[nissa]`` section; ``prometheus_port`` 0 binds any free port (``rebind_port`` first), which
@@ -121,6 +122,7 @@ class Nissa(Actor[NissaMessage]):
             keeps the URL the run printed; taken meanwhile, a ``metrics_endpoint_moved`` warning says so and any
             free port is bound (whose URL ``metrics_endpoint_listening`` gives).
         on_listening: told the port the endpoint bound.
+        run_id: the run's id, which /metrics (``esper_run_info``, with the run directory) and /metrics/summary give.
         """
         super().__init__(inbox=NISSA_INBOX, capacity=capacity)
         self._config = config
@@ -130,6 +132,9 @@ class Nissa(Actor[NissaMessage]):
         self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
         self._backlog = RowBacklog() if backlog is None else backlog
         self._metrics = MetricsAggregator(transitions=transitions, refusals=refusals)
+        self._run_id = run_id
+        # Absolute: two runs started from different directories may both be "runs/x" as given.
+        self._metrics.registry.set_gauge(RUN_INFO, 1.0, {"run_id": run_id, "run_dir": str(run_dir.absolute())})
         self._alerts = AlertEvaluator(rules)
         self._slos = SloTracker(
             slos,
@@ -175,7 +180,9 @@ class Nissa(Actor[NissaMessage]):
         the run printed), else any free one."""
         host = self._config.prometheus_host
         earlier = self._rebind_port if port == 0 else None
-        server = MetricsServer(self.snapshot, host=host, port=earlier if earlier is not None else port)
+        server = MetricsServer(
+            self.snapshot, host=host, port=earlier if earlier is not None else port, run_id=self._run_id
+        )
         try:
             await server.start()
         except OSError as err:

@@ -81,8 +81,12 @@ _BREAKER_VALUES: Final = MappingProxyType(
     {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 )
 
+RUN_INFO: Final = "run.info"
+"""Always 1, labelled with the run the endpoint serves (``run_id``, ``run_dir``), so scrapers of two runs can tell."""
+
 KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
     {
+        RUN_INFO: ("gauge", "Always 1; its labels name the run this endpoint serves (run_id, run_dir)."),
         "tolaria.training.loss": ("gauge", "Mean training loss over the last reporting interval."),
         "tolaria.training.accuracy": ("gauge", "Mean training accuracy over the last reporting interval."),
         "tolaria.training.latency_ms": (

@@ -96,10 +96,11 @@ def render_exposition(samples: Iterable[MetricSample]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def summary_body(snapshot: NissaSnapshot) -> bytes:
-    """The /metrics/summary JSON: health, active alerts and SLO figures."""
+def summary_body(snapshot: NissaSnapshot, run_id: str = "") -> bytes:
+    """The /metrics/summary JSON: the run's id, health, active alerts and SLO figures."""
     return msgspec.json.encode(
         {
+            "run_id": run_id,
             "health": snapshot.health,
             "alerts": snapshot.alerts,
             "slos": snapshot.slos,
@@ -118,8 +119,9 @@ def health_body(snapshot: NissaSnapshot) -> bytes:
     )
 
 
-def route(method: str, path: str, snapshot: Callable[[], NissaSnapshot]) -> tuple[int, str, bytes]:
-    """(status code, content type, body) for one request; ``snapshot`` is called only for a known path.
+def route(method: str, path: str, snapshot: Callable[[], NissaSnapshot], *, run_id: str = "") -> tuple[int, str, bytes]:
+    """(status code, content type, body) for one request; ``snapshot`` is called only for a known path; ``run_id``
+    goes into /metrics/summary.
 
     /healthz answers 503 when UNHEALTHY or CRITICAL, so a plain HTTP probe sees the difference.
     """
@@ -129,7 +131,7 @@ def route(method: str, path: str, snapshot: Callable[[], NissaSnapshot]) -> tupl
     if path == "/metrics":
         return 200, CONTENT_TYPE_METRICS, render_exposition(snapshot().metrics).encode("utf-8")
     if path == "/metrics/summary":
-        return 200, CONTENT_TYPE_JSON, summary_body(snapshot())
+        return 200, CONTENT_TYPE_JSON, summary_body(snapshot(), run_id)
     if path == "/healthz":
         current = snapshot()
         bad = current.health.status in (HealthStatus.UNHEALTHY, HealthStatus.CRITICAL)
@@ -150,10 +152,13 @@ class MetricsServer:
     handlers are tasks asyncio's server owns; each is bounded by REQUEST_DEADLINE_S and ends after one response.
     """
 
-    def __init__(self, snapshot: Callable[[], NissaSnapshot], *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, snapshot: Callable[[], NissaSnapshot], *, host: str = "127.0.0.1", port: int = 0, run_id: str = ""
+    ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
         self._snapshot = snapshot
+        self._run_id = run_id
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -218,7 +223,7 @@ class MetricsServer:
                     method = "GET"
                 else:
                     method, path = request
-                    status, content_type, body = route(method, path, self._snapshot)
+                    status, content_type, body = route(method, path, self._snapshot, run_id=self._run_id)
                 self.requests += 1
                 head = (
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"

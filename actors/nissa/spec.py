@@ -39,6 +39,7 @@ def nissa_spec(
     later_transitions: Callable[[], Sequence[SlotTransition]] | None = None,
     refusals: Callable[[], Sequence[Refusal]] | None = None,
     missed: Sequence[SystemStatePacket] = (),
+    run_id: str = "",
 ) -> ChildSpec:
     """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
     an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
@@ -48,7 +49,8 @@ def nissa_spec(
     sessions', the run's so far after a restart). ``missed``: the epoch-end packets of a resume's epochs whose
     checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their rows.
     With ``prometheus_port`` 0 a restarted incarnation binds the port its predecessor bound, so the URL the run
-    printed stays good (another free one, with a warning, if that port was taken meanwhile)."""
+    printed stays good (another free one, with a warning, if that port was taken meanwhile). ``run_id``: the run's id,
+    which the endpoint's /metrics (``esper_run_info``) and /metrics/summary give."""
     started_s = clock.now()
     backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
@@ -68,6 +70,7 @@ def nissa_spec(
             refusals=refusals() if refusals is not None else (),
             rebind_port=bound[-1] if bound else None,
             on_listening=bound.append,
+            run_id=run_id,
         )
 
     return ChildSpec(NISSA, build, shutdown_deadline_s=shutdown_deadline_s)

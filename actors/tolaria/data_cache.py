@@ -3,11 +3,13 @@
 MNIST-1D is generated offline on every load (about 1.5-2 s here, most of a short run's start-up). The arrays go to
 ``<directory>/<key>.npz`` beside a SHA-256 of their contents; a file that fails the check (truncated, edited,
 another format) is regenerated and replaced, with a warning. A directory that cannot be written costs only the
-cache: the arrays are generated as before.
+cache: the arrays are generated as before. Runs may share the directory: a temp file a killed writer left
+(``.tmp-<pid>-<key>.npz.*.tmp``) is removed when a cache opens, a live writer's never.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import zipfile
@@ -19,7 +21,7 @@ import structlog
 
 from esper.nn.data import DeferredLog
 from esper.nn.data_npz import oversized_member
-from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.atomic_write import atomic_write_bytes, remove_dead_temp_files
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -51,10 +53,17 @@ class NpzArrayCache:
     """``cache(key, generate)`` for ``esper.nn.data.load_dataset``. Blocking (disk); not for the event loop."""
 
     def __init__(self, directory: Path) -> None:
+        """Open the cache at ``directory`` (made at the first write) and remove the temp files of writers that
+        died there (a kill -9 mid-write left 673 KB each, forever). Blocking (a directory listing)."""
         self.directory = directory
         # Said by log_cache_events, not as they happen: the start's checks load the data before the run's log is
         # configured, when a line would reach the caller's stdout rather than events.jsonl.
         self.events: list[DeferredLog] = []
+        removed = 0
+        with contextlib.suppress(OSError):  # no directory yet, or not ours to clean: only the sweep is lost
+            removed = remove_dead_temp_files(directory)
+        if removed:
+            self._say("info", "data_cache_temp_files_removed", directory=str(directory), count=removed)
 
     def __call__(self, key: str, generate: Callable[[], Arrays4]) -> Arrays4:
         path = self.directory / f"{key}.npz"

@@ -6,7 +6,8 @@ On-disk layout under ``root`` (config ``urza.root``, default ``.esper/urza/``, s
     blobs/<sha256>         one artifact blob each (see actors.urza.artifact), named by the SHA-256 of its bytes
     blobs/.tmp-<pid>-*     a blob being written; renamed into place once complete and fsynced
     quarantine/<sha256>    blobs that failed verification, moved aside for inspection
-    publish.lock           held (flock) by a publisher from its look for an equal artifact to its put
+    publish.lock           held (flock) by a publisher from its look for an equal artifact to its put; waited for
+                           a few seconds at most (a stopped holder), then a publish goes ahead without it
 
 Crash safety: a blob is written to a temp file in ``blobs/``, fsynced, renamed onto its final name and the directory
 fsynced, so a final name only ever holds a complete blob; the catalogue row is inserted after the rename, so a row
@@ -21,7 +22,6 @@ a blob is read, hashed or written. Every method here blocks (disk, fsync, SQLite
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 import time
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import msgspec
-import structlog
 
 from actors.urza.artifact import (
     ArtifactCorrupt,
@@ -43,8 +42,9 @@ from actors.urza.artifact import (
     decode_metadata,
     sha256_hex,
 )
-from actors.urza.blob_files import fsync_dir, read_blob, remove_dead_temp_files
+from actors.urza.blob_files import fsync_dir, read_blob
 from actors.urza.catalog import COLUMNS, Catalog
+from actors.urza.publish_lock import PublishLock
 from actors.urza.records import (
     ArtifactEntry,
     BlueprintState,
@@ -56,13 +56,12 @@ from actors.urza.records import (
     is_sha,
 )
 from actors.urza.rows import blob_problem, row_mismatch
-from esper.runtime.atomic_write import shared_file_mode
+from esper.runtime.atomic_write import remove_dead_temp_files, shared_file_mode, temp_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-_log = structlog.get_logger("actors.urza")
 
 _PUBLISH_LOCK = "publish.lock"
 _PUT_ATTEMPTS = 3
@@ -87,6 +86,7 @@ class UrzaStore:
         now: Callable[[], float] = time.time,
         busy_timeout_ms: int = 5000,
         before_publish: Callable[[Path], None] | None = None,
+        publish_lock: Callable[[Path], PublishLock] = PublishLock,
     ) -> None:
         """Open (creating if needed) the store at ``root`` and remove temp files left by dead processes.
 
@@ -95,6 +95,7 @@ class UrzaStore:
             now: wall clock for the rows' created/updated times, in seconds.
             busy_timeout_ms: how long a statement waits for another process's write lock.
             before_publish: test hook, called with the fsynced temp file of a blob just before it is renamed.
+            publish_lock: makes the lock publishing() holds from the lock file's path (a test injects its clock).
 
         Raises:
             OSError: the root cannot be created; sqlite3.Error: the catalogue cannot be opened.
@@ -106,7 +107,7 @@ class UrzaStore:
         self._before_publish = before_publish
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._quarantine.mkdir(parents=True, exist_ok=True)
-        self._said_unlocked = False
+        self._publish_lock = publish_lock(root / _PUBLISH_LOCK)
         self._puts = 0
         self._puts_new = 0
         self._loads = 0
@@ -127,26 +128,10 @@ class UrzaStore:
     def publishing(self) -> Iterator[None]:
         """An exclusive lock across processes (and threads) on this root, for a publisher's look for an equal artifact
         and its put: two runs compiling one blueprint at once on a cold store stored it twice (equal weights, other
-        validation timings). Blocks until the holder leaves."""
-        try:
-            # Read-only and created as the store's other files are (the umask decides): an flock needs no write
-            # access, so a user who may write the catalogue but not this file (another user made it) still locks.
-            fd = os.open(self._root / _PUBLISH_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
-        except OSError as err:
-            # Not even readable: publish unlocked, as before the lock existed (at worst one duplicate artifact).
-            if not self._said_unlocked:  # once a store, not once a blueprint
-                self._said_unlocked = True
-                _log.warning("urza_publish_unlocked", path=str(self._root / _PUBLISH_LOCK), error=str(err))
+        validation timings). Waits for a holder at most ``PUBLISH_LOCK_WAIT_S``, then publishes unlocked with a
+        warning (a stopped holder hung every run on the store); see actors.urza.publish_lock."""
+        with self._publish_lock.held():
             yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
     @property
     def catalog_path(self) -> Path:
@@ -232,7 +217,7 @@ class UrzaStore:
             existing = read_blob(final_path, len(blob))  # a FIFO there is replaced, not read (which blocked for good)
             if isinstance(existing, bytes) and sha256_hex(existing) == sha:
                 return
-        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=self._blobs)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(), dir=self._blobs)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -1,9 +1,11 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename, directory fsync; never a torn file."""
+"""Atomic file writes: temp file in the same directory, fsync, rename, directory fsync; never a torn file. Temp files
+carry their writer's pid, so the ones a killed writer left can be told from a live one's and swept."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 _PROC_STATUS = Path("/proc/self/status")
+_TEMP_RE = re.compile(r"^\.tmp-(\d+)-")
 
 
 def _umask_at_import() -> int:
@@ -43,6 +46,40 @@ def shared_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def temp_prefix() -> str:
+    """The start of the name of a temp file this process writes: ``.tmp-<pid>-`` (remove_dead_temp_files reads it)."""
+    return f".tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_dead_temp_files(directory: Path) -> int:
+    """Remove the temp files (``.tmp-<pid>-*``) in ``directory`` whose writing process is gone; returns how many.
+    A live process's are left alone (another run may be writing), and so is a directory named like one.
+
+    Raises:
+        OSError: ``directory`` cannot be listed (missing, not a directory) or a file in it cannot be removed.
+    """
+    removed = 0
+    for path in directory.iterdir():
+        match = _TEMP_RE.match(path.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            continue  # writers here make files only: someone else's directory is left alone
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
     """Replace ``path`` with ``data`` so that a crash at any point leaves either the old file or the new one.
 
@@ -65,7 +102,8 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = F
         OSError: as atomic_write_bytes; and whatever ``chunks`` raises, with ``path`` unchanged.
     """
     directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    # The pid in the name tells a killed writer's leftover from a live writer's (remove_dead_temp_files).
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{temp_prefix()}{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as tmp:
             if shared:
