@@ -57,4 +57,6 @@ def resume_changes(directory: Path, config: RunConfig) -> list[TelemetryEvent]:
             attributes={"key": dotted, "in_run": _shown(old), "now": _shown(new)},
         )
         for dotted, old, new in changed_settings(earlier, config)
+        # A resume keeps the run's id: a config that leaves it unset changes nothing.
+        if not (dotted == "run_id" and new is None)
     ]

@@ -45,6 +45,13 @@ def test_the_same_settings_say_nothing(tmp_path: Path) -> None:
     assert resume_changes(_run_dir(tmp_path, config), config) == []
 
 
+def test_a_run_id_the_resumed_config_leaves_unset_is_no_change(tmp_path: Path) -> None:
+    """Every --resume with the shipped config.toml said `changed run_id: "ck2k" in the run, unset now`, though the
+    run keeps its id."""
+    directory = _run_dir(tmp_path, apply_overrides(RunConfig(), ["run_id='ck2k'"]))
+    assert resume_changes(directory, RunConfig()) == []
+
+
 def test_the_console_shows_each_change_on_its_own_line(tmp_path: Path) -> None:
     directory = _run_dir(tmp_path, apply_overrides(RunConfig(), ["tolaria.epochs=400"]))
     stream = io.StringIO()
