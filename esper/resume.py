@@ -112,10 +112,11 @@ def edited_keys(directory: Path, earlier: RunConfig) -> list[str]:
     ]
 
 
-def _check_not_edited(directory: Path, earlier: RunConfig) -> None:
-    """Refuse a run whose config.toml no longer says what its checkpoints were trained with (edited_keys). Without it
-    an edited key was accepted and silently not acted on (the optimizer's state kept the old learning rate), and the
-    next resume with the run's real config was refused, blaming the value nobody trained with. Blocking.
+def refuse_edited(directory: Path, earlier: RunConfig, *, caller: str, advice: str) -> None:
+    """Refuse a run whose config.toml no longer says what its checkpoints were trained with (edited_keys): for a
+    resume, an edited key was accepted and silently not acted on (the optimizer's state kept the old learning rate),
+    and the next resume with the run's real config was refused, blaming the value nobody trained with. ``caller``
+    leads the line, ``advice`` ends it. Blocking.
 
     Raises:
         ConfigError: one line naming each edited key, both values and the file.
@@ -123,12 +124,11 @@ def _check_not_edited(directory: Path, earlier: RunConfig) -> None:
     try:
         edited = edited_keys(directory, earlier)
     except CheckpointError as err:
-        raise ConfigError(f"--resume {directory}: {err}") from err
+        raise ConfigError(f"{caller}: {err}") from err
     if edited:
         raise ConfigError(
-            f"--resume {directory}: {directory / 'config.toml'} was edited after the run's checkpoints were written"
-            f" ({', '.join(edited)}, as checkpoints/{MANIFEST} records); a resume continues the same training: put"
-            " the run's values back in its config.toml, or start a new run with the new ones"
+            f"{caller}: {directory / 'config.toml'} was edited after the run's checkpoints were written"
+            f" ({', '.join(edited)}, as checkpoints/{MANIFEST} records); {advice}"
         )
 
 
@@ -174,7 +174,7 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
 
     Raises:
         ConfigError: one line naming every differing key and both values, or every key of the run's config.toml
-            edited since its checkpoints were written (see _check_not_edited), or the run's config.toml missing or
+            edited since its checkpoints were written (see refuse_edited), or the run's config.toml missing or
             unreadable (without it nothing says which run this is: a changed host model crashed every restart).
     """
     try:
@@ -189,7 +189,13 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"
             " resume must train that run"
         ) from err
-    _check_not_edited(directory, earlier)
+    refuse_edited(
+        directory,
+        earlier,
+        caller=f"--resume {directory}",
+        advice="a resume continues the same training: put the run's values back in its config.toml, or start a new"
+        " run with the new ones",
+    )
     differing = [
         f"{dotted} is {dotted_value(earlier, dotted)!r} in the run and {dotted_value(config, dotted)!r} here"
         for dotted in (*SAME_RUN, *RUN_FILE_KEYS)

@@ -12,7 +12,7 @@ from actors.tolaria.checkpoints import CheckpointError, load_latest, read_manife
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths
-from esper.resume import edited_keys, read_run_config
+from esper.resume import read_run_config, refuse_edited
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 
@@ -67,7 +67,9 @@ def load_model(
         written = read_run_config(directory)
     except OSError as err:
         raise ConfigError(f"load_model: {directory / 'config.toml'}: cannot read: {err.strerror or err}") from err
-    _refuse_edited(directory, written)
+    # Another tolaria.seed draws another test split (the model scored on other samples than the run), another host
+    # would not fit.
+    refuse_edited(directory, written, caller="load_model", advice="put the run's values back")
     config = absolute_paths(written)
     target = resolve_device(device) if isinstance(device, str) else device
     state, info = _checkpoint(directory / "checkpoints", step)
@@ -78,24 +80,6 @@ def load_model(
         return _rebuilt(config, state, target, directory / "checkpoints" / info.file)
     finally:
         rngs.restore()
-
-
-def _refuse_edited(directory: Path, written: RunConfig) -> None:
-    """Refuse a config.toml edited after the checkpoints were written: an edit that changes the data (the seed, the
-    split) would evaluate the model on other samples than the run did, and one that changes the host would not fit.
-
-    Raises:
-        ConfigError: one line naming each edited key and both values.
-    """
-    try:
-        edited = edited_keys(directory, written)
-    except CheckpointError as err:
-        raise ConfigError(f"load_model: {err}") from err
-    if edited:
-        raise ConfigError(
-            f"load_model: {directory / 'config.toml'} was edited after the run's checkpoints were written"
-            f" ({', '.join(edited)}): put the run's values back"
-        )
 
 
 def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, CheckpointInfo]:

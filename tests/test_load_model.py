@@ -161,7 +161,7 @@ def test_a_config_edited_after_the_run_is_refused_naming_the_key(
         esper.load_model(run_dir)
     assert str(refused.value) == (
         f"load_model: {config} was edited after the run's checkpoints were written (tolaria.seed is {trained + 1}"
-        f" there but the run trained with {trained}): put the run's values back"
+        f" there but the run trained with {trained}, as checkpoints/manifest.json records); put the run's values back"
     )
 
 
