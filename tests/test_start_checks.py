@@ -121,15 +121,16 @@ def test_no_warning_while_some_slot_kind_has_a_blueprint_or_growth_is_off() -> N
     assert _offer_warnings(['karn.include=["BP007"]', "kasmina.max_active_seeds=0"], {"conv1d"}) == []
 
 
-async def test_a_run_whose_blueprint_selection_fits_no_slot_starts_with_the_warning(tmp_path: Path) -> None:
+async def _warned_at_start(tmp_path: Path, tables: str, event: str) -> dict[str, Any]:
+    """The one ``event`` line of a completed one-epoch run of a 300-sample MNIST-1D with ``tables`` added to its
+    config (a [tolaria] table's keys go first)."""
     path = tmp_path / "c.toml"
     path.write_text(
         f"""
 [tolaria]
 epochs = 1
 dataset_samples = 300
-[karn]
-include = ["BP007"]
+{tables}
 [urza]
 root = "{tmp_path / "urza"}"
 [logging]
@@ -140,7 +141,12 @@ console = false
     summary = await (await start(path, tmp_path / "run")).wait()
     assert summary.status == "completed", summary.error
     lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    [warned] = [json.loads(line) for line in lines if '"no_blueprint_offered"' in line]
+    [warned] = [json.loads(line) for line in lines if f'"{event}"' in line]
+    return warned  # type: ignore[no-any-return]
+
+
+async def test_a_run_whose_blueprint_selection_fits_no_slot_starts_with_the_warning(tmp_path: Path) -> None:
+    warned = await _warned_at_start(tmp_path, '[karn]\ninclude = ["BP007"]', "no_blueprint_offered")
     assert (warned["level"], warned["blueprints"]) == ("warning", ["BP007"])
 
 
@@ -192,24 +198,6 @@ def test_no_strain_warning_while_a_slot_can_reach_the_threshold_or_it_does_not_a
 
 async def test_a_run_on_a_host_whose_slots_cannot_be_strained_enough_starts_with_the_warning(tmp_path: Path) -> None:
     """The layers are those the state packets report: the wrapped host's parameters by slot target or top module."""
-    path = tmp_path / "c.toml"
-    path.write_text(
-        f"""
-[tolaria]
-epochs = 1
-dataset_samples = 300
-host_model = "tests.tolaria_factories:one_layer_model"
-[tamiyo]
-germinate_min_constraint = 1.5
-[urza]
-root = "{tmp_path / "urza"}"
-[logging]
-console = false
-""",
-        encoding="utf-8",
-    )
-    summary = await (await start(path, tmp_path / "run")).wait()
-    assert summary.status == "completed", summary.error
-    lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    [warned] = [json.loads(line) for line in lines if '"strain_unreachable"' in line]
+    tables = 'host_model = "tests.tolaria_factories:one_layer_model"\n[tamiyo]\ngerminate_min_constraint = 1.5'
+    warned = await _warned_at_start(tmp_path, tables, "strain_unreachable")
     assert (warned["level"], warned["layers"], warned["slots"]) == ("warning", ["1"], 1)
