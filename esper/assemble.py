@@ -380,11 +380,15 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
     tamiyo = actors.ref("tamiyo", TamiyoActor)
     kasmina = actors.ref("kasmina", KasminaActor)
     planned: int | None = None
+    waiting, pending = "tamiyo", ""
     try:
         async with asyncio.timeout(deadline_s):
             while True:
+                waiting = "tamiyo"
                 await tamiyo.ask(GetTamiyoStatistics(request_id="drain"), TamiyoStatistics)
+                waiting = "kasmina"
                 stats = await kasmina.ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
+                pending = f"; kasmina last held {stats.pending_packets} packets and {stats.pending_decisions} decisions"
                 if not (stats.pending_packets or stats.pending_decisions):
                     return
                 if stats.boundaries == planned:
@@ -395,7 +399,14 @@ async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
                     )
                     return
                 planned = stats.boundaries
-    except (EsperError, ValueError, TimeoutError) as err:
+    except TimeoutError:
+        # Its message is empty: say what the drain waited for, and how long.
+        error = (
+            f"TimeoutError: the packets queued before the stop were not all planned within {deadline_s} s "
+            f"(still waiting for {waiting} to answer its barrier{pending})"
+        )
+        _log.warning("pipeline_drain_incomplete", error=error)
+    except (EsperError, ValueError) as err:
         _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
 
 

@@ -42,6 +42,7 @@ from esper.cli_process import drop_lost_streams, run_in_foreground, say
 from esper.config import dump_config
 from esper.console import Console
 from esper.data_fingerprint import record_data
+from esper.end_notes import end_notes
 from esper.log_events import StructlogSink
 from esper.logs import check_log_file_free, configure_logging
 from esper.resume_changes import resume_changes
@@ -370,13 +371,17 @@ async def _start_logged(
     deadline_s = resolved.weatherlight.shutdown_deadline_s
 
     def growth(figures: TrainingFigures | None) -> GrowthFigures:
+        # Called once the actors have stopped: every cancel is known and Nissa writes no more rows.
+        notes = end_notes(tally.cancelled, directory / resolved.nissa.metrics_csv, figures.epochs if figures else 0)
         if figures is None:
-            return with_baseline(tally.figures(0), baseline)
+            return msgspec.structs.replace(with_baseline(tally.figures(0), baseline), end_notes=notes)
         # Growth added what the controller grafted: the initial seeds are part of the host from step 0, as its
         # baseline accuracy is (they stay in the training figures' seed parameters, which the benchmark's static
         # arms count).
         added = max(0, figures.seed_parameters - parts.initial_seed_parameters)
-        growth = with_baseline(tally.figures(added, figures.global_step), baseline)
+        growth = msgspec.structs.replace(
+            with_baseline(tally.figures(added, figures.global_step), baseline), end_notes=notes
+        )
         if figures.fossilized_parameters is None:
             return growth
         fossilized = max(0, figures.fossilized_parameters - parts.initial_seed_parameters)

@@ -133,6 +133,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         f"{'emergency events':<28}{growth.emergency_events}",
         *_timing_note(growth),
         *(f"earlier sessions' figures incomplete: {note}" for note in growth.earlier_incomplete),
+        *(f"note: {note}" for note in growth.end_notes),
     ]
 
 

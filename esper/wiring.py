@@ -36,7 +36,7 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures
-from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
+from schemas.runtime import BreakerTransition, ChildFailed, ChildRestarted, EmergencySignal
 from schemas.telemetry import MetricPoint, TelemetryEvent, TelemetryPacket
 
 if TYPE_CHECKING:
@@ -259,6 +259,8 @@ class RunTally:
     worker_hangs: int = 0
     # Nissa's alerts that fired, by rule (its alert_fired events): a resumed run's begin with the earlier sessions'.
     alerts_fired: dict[str, int] = field(default_factory=dict)
+    # The actors cancelled past their shutdown deadline, in order (their supervisors' ChildFailed events).
+    cancelled: list[str] = field(default_factory=list)
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -281,6 +283,8 @@ class RunTally:
                     self.epoch_val_accuracy.pop(epoch, None)
             case EmergencySignal():
                 self.emergencies.add_signal(event)  # a resume's re-announcement of its level is no emergency
+            case ChildFailed(child=child, error_type="ShutdownDeadlineExceeded"):
+                self.cancelled.append(child)
             case TelemetryEvent(name="tamiyo_gnn_worker_hung"):
                 self.worker_hangs += 1
             case TelemetryEvent(name=name, attributes={"rule": str(rule)}) if name == ALERT_FIRED:

@@ -71,7 +71,8 @@ class GrowthFigures(Record, frozen=True):
     emergency ladder's moves in every session of the run, each (step, previous level, level) once (a resumed run
     trains the steps after its checkpoint again), re-announced levels left out. ``earlier_incomplete`` says, one
     phrase per file, what a resumed run's earlier sessions' files could not tell (an event log gone or cut short):
-    the figures above then leave those out.
+    the figures above then leave those out. ``end_notes`` says, one phrase each, what went wrong as this session
+    ended that the figures do not show (an actor cancelled past its shutdown deadline, metrics.csv rows missing).
     """
 
     baseline_val_accuracy: float | None = None
@@ -94,6 +95,7 @@ class GrowthFigures(Record, frozen=True):
     # Of parameters_added, those of the seeds fossilized into the host (None: not known, an earlier version's summary).
     parameters_fossilized: int | None = None
     vetoed_reasons: dict[str, int] = field(default_factory=dict)
+    end_notes: list[str] = field(default_factory=list)
 
 
 class RunSummary(Record, frozen=True):

@@ -24,6 +24,7 @@ from schemas.config import KasminaConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.kasmina import PrefetchSeed
+from schemas.nissa import SeedStageChanged
 from schemas.telemetry import TelemetryEvent
 from tests._kasmina_harness import running_kasmina
 
@@ -197,6 +198,9 @@ async def test_a_failed_preparation_is_reported_and_culls_the_seed(clock: Manual
         assert after.ops == (), "nothing was attached, so nothing is detached"
         assert (await h.stage("a")) is Stage.CULLED
         assert (await h.statistics()).preparation_failures == 1
+        # No gradient was ever judged: the reason names the preparation, not G1_GRADIENT_HEALTH.
+        culls = [e.reason for e in sink.of_type(SeedStageChanged) if e.to_stage is Stage.CULLED]
+        assert culls == ["preparation_failed:fetch_error"]
 
 
 @final

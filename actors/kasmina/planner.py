@@ -236,7 +236,9 @@ class BoundaryPlanner:
         self._seeds[prepared.seed_id].parameter_count = prepared.parameter_count
 
     def preparation_failed(self, seed_id: str, detail: str) -> None:
-        """A seed's module could not be prepared: G1 fails with ``fetch_error``; the seed is culled next boundary."""
+        """A seed's module could not be prepared: the seed is culled next boundary as ``preparation_failed:fetch_error``
+        (no gate judged it: it failed before G1 had a module to probe, and a G1_GRADIENT_HEALTH reason read as a seed
+        with bad gradients)."""
         seed = self._seeds[seed_id]
         self._event(
             "preparation_failed",
@@ -245,7 +247,7 @@ class BoundaryPlanner:
             slot=seed.slot,
             seed_id=seed_id,
         )
-        self._cull(seed.slot, "G1_GRADIENT_HEALTH:fetch_error")
+        self._cull(seed.slot, "preparation_failed:fetch_error")
 
     def finish(self, draft: Draft) -> BoundaryPlan:
         """The plan of a draft: attach placeholders become attach ops for the seeds that were prepared."""

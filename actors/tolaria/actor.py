@@ -56,9 +56,10 @@ class StartTraining(Message, frozen=True):
 
 
 class TrainingEnded(Message, frozen=True):
-    """From the trainer to the control actor: training is over, stop normally."""
+    """From the trainer (of incarnation ``incarnation``) to the control actor: training is over, stop normally."""
 
     status: str
+    incarnation: int
 
 
 ControlMessage = BoundaryPlan | TrainingEnded
@@ -238,6 +239,9 @@ class TolariaControl(Actor[ControlMessage]):
     ) -> None:
         super().__init__(inbox=(BoundaryPlan, TrainingEnded), capacity=capacity)
         self._cell = cell
+        # Built before its sibling trainer starts (one_for_all restarts both, control first): a TrainingEnded of a
+        # trainer that had started by now is an earlier incarnation's, left in the mailbox its path keeps.
+        self._born_after = cell.incarnations
         self._handoff = handoff
         self._on_applied = on_applied
 
@@ -256,6 +260,8 @@ class TolariaControl(Actor[ControlMessage]):
                 )
                 if late:
                     self._refuse(msg)
+            case TrainingEnded() if msg.incarnation <= self._born_after:
+                _log.warning("training_ended_dropped", incarnation=msg.incarnation, detail="an earlier trainer's")
             case TrainingEnded():
                 self.request_stop()
             case _:
@@ -377,8 +383,10 @@ class TolariaTrainer(Actor[StartTraining]):
             halt_reason=result.halt_reason,
         )
         control = self._control()
-        if control is not None and not control.stopping:
-            control.ref.tell_nowait(TrainingEnded(status=result.status))
+        # Only when training ended on its own (or the run asked): a trainer its supervisor stops has a sibling being
+        # stopped or restarted too, and a restarted control must not take this as its own end.
+        if not self.stopping and control is not None and not control.stopping:
+            control.ref.tell_nowait(TrainingEnded(status=result.status, incarnation=msg.incarnation))
         self.request_stop()
 
     async def _run_until_done(self, training: TrainingLoop) -> LoopResult:

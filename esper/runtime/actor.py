@@ -209,6 +209,12 @@ class Actor(Generic[M_contra]):
         self._handled = handled
         self._failed = failed
 
+    def _count_cancelled(self) -> None:
+        """Its supervisor cancelled it past its shutdown deadline (a handler that never returned): that is a failure of
+        this actor, counted as one, and it ends failed, not stopped."""
+        self._failed += 1
+        self._status = ActorStatus.FAILED
+
     def _request_stop(self) -> None:
         """Ask the loop to stop after the message it is handling; queued messages stay in the mailbox."""
         self._stop_requested = True

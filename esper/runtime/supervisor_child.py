@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, Never, final
 
 import structlog
 
+from esper.runtime.actor import Actor
 from esper.runtime.errors import ActorStopped, ChildStartFailed, UnrecoverableFailure, describe_error
 from esper.runtime.failure_trace import failure_traceback, user_frame
 from schemas.enums import ActorStatus
 from schemas.runtime import ChildFailed
 
 if TYPE_CHECKING:
-    from esper.runtime.actor import Actor
     from esper.runtime.clock import Clock
     from esper.runtime.mailbox import Mailbox
     from esper.runtime.supervisor import ChildSpec, Runtime, Supervisor
@@ -93,16 +93,29 @@ async def stop_children(rt: Runtime, supervisor: str, children: list[Child], *, 
             child.status = ActorStatus.STOPPING
             instance._request_stop()
             deadline_s = child.spec.shutdown_deadline_s
-            if not await wait_task(rt.clock, task, deadline_s):
+            cancelled = not await wait_task(rt.clock, task, deadline_s)
+            if cancelled:
                 emit_deadline_exceeded(rt, supervisor, child, deadline_s)
                 task.cancel()
                 await asyncio.wait((task,))
+                count_cancelled(rt, child)
             child.task = None
             if child.last_error is not None:
                 emit_failed(rt, supervisor, child, child.last_error)
-            child.status = ActorStatus.STOPPED
+            # A cancelled child ended failed: "stopped ... failed 0" hid a hung handler (and the work it never did).
+            child.status = ActorStatus.FAILED if cancelled else ActorStatus.STOPPED
         if for_good:
             close_for_good(rt, child)
+
+
+def count_cancelled(rt: Runtime, child: Child) -> None:
+    """Count the cancel of a child past its shutdown deadline as a failure of that actor (its failed count, kept
+    across its restarts); a nested supervisor keeps no count of its own."""
+    instance = child.instance
+    if isinstance(instance, Actor):
+        instance._count_cancelled()
+        state = instance.state()
+        rt.handled[child.path] = (state.handled, state.failed)
 
 
 def emit_deadline_exceeded(rt: Runtime, supervisor: str, child: Child, deadline_s: float) -> None:
