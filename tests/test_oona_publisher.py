@@ -44,6 +44,8 @@ class DownBus:
         self.answer = True
         self.entered = asyncio.Event()
         self.max_payload_bytes: int | None = None
+        self.broken: Exception | None = None  # raised by every publish: a bus failing otherwise than unavailable
+        self.attempts = 0
         self._released = asyncio.Event()
 
     def release(self, *, answer: bool) -> None:
@@ -63,6 +65,9 @@ class DownBus:
         message_type: BusMessageType,
         priority: MessagePriority = MessagePriority.NORMAL,
     ) -> PublishResult:
+        self.attempts += 1
+        if self.broken is not None:
+            raise self.broken
         if self.held:
             self.entered.set()
             await self._released.wait()
@@ -214,3 +219,32 @@ async def test_a_slow_bus_that_overflows_the_mailbox_is_said_once(clock: ManualC
     assert (held.losses.overflow, held.losses.unavailable, held.system.dead_letters) == (4, 0, 0)
     assert held.instances[0].published == 1 + 1 + 4 + 1 + 4  # the burst's 4 queued went out at the stop
     await held.bus.close()
+
+
+async def test_a_publish_failing_otherwise_than_unavailable_drops_the_event_and_never_crashes_the_publisher(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Only BusUnavailable and PayloadTooLarge were caught: any other exception from publish (a client bug, a
+    serialisation error) crashed the publisher at every event, and its restarts ended the run."""
+    bus = DownBus(clock)
+    bus.broken = RuntimeError("chaos: the client failed")
+    losses = BusLosses()
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(
+        ChildSpec(PUBLISHER, lambda: OonaPublisher(bus, clock=clock, sink=sink, breaker=BREAKER, losses=losses))
+    )
+    emit = BusSink(lambda: system.ref(PUBLISHER, OonaPublisher), losses).emit
+    with structlog.testing.capture_logs() as logs:
+        for n in range(10):
+            emit(event(f"told-{n}"))  # tells: a failure to handle one crashed the actor
+        async with asyncio.timeout(5):  # a crashed publisher waits on the (manual) clock's backoff: never answers
+            await system.ref(PUBLISHER, OonaPublisher).ask(event("barrier"), type(None))
+    [state] = system.snapshot()
+    assert state.restarts == 0
+    assert state.breaker is BreakerState.OPEN
+    assert bus.attempts == BREAKER.failure_threshold  # then the open breaker drops events without trying
+    assert losses.unavailable == 11
+    said = [(e["event"], e["log_level"], e.get("error")) for e in logs if e["event"].startswith("oona_")]
+    assert said == [("oona_bus_unavailable", "warning", "RuntimeError: chaos: the client failed")]
+    await system.stop()
+    await bus.close()

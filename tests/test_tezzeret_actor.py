@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from actors.tezzeret.actor import COMPILATION_FAILED, COMPILATION_TOTAL, Tezzeret
 from actors.tezzeret.spec import tezzeret_spec
@@ -15,6 +16,7 @@ from actors.urza.publish import UrzaArtifactSink
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import Catalogue, SlotShape, default_catalogue
 from esper.runtime.lanes import Lane
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.config import TezzeretConfig
 from schemas.domain_enums import TelemetryLevel
@@ -192,3 +194,64 @@ async def test_a_signature_without_kind_is_refused_in_the_result(
     assert (result.compiled, result.failed) == (0, 1)
     assert "must name its kind and features" in result.failures["<signatures>"]
     assert store.entries() == ()
+
+
+class CrashingSink:
+    """An artifact sink whose publish raises what no compile outcome covers: every compile crashes Tezzeret."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def publish(
+        self,
+        module: nn.Module,
+        *,
+        descriptor: BlueprintDescriptor,
+        slot: SlotShape,
+        params: Mapping[str, float],
+        report: ProbeReport,
+        guard_digest: str,
+    ) -> str:
+        self.calls += 1
+        raise RuntimeError("chaos: the compile crashed")
+
+    def mark_failed(self, blueprint_id: str, reason: str) -> None:
+        return None
+
+    def clear_failed(self, blueprint_id: str) -> None:
+        return None
+
+
+async def test_a_start_pass_that_crashed_tezzeret_is_not_queued_again_by_its_restarts(
+    lane: Lane, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """Every restart re-queued the start pass, so a compile that crashes every time crashed every incarnation, and the
+    restarts ended the run (with no epoch trained), although seeds are built from the catalogue without Tezzeret."""
+    crashing = CrashingSink()
+    spec = tezzeret_spec(
+        catalogue=_small_catalogue(),
+        slots=SLOTS,
+        artifacts=crashing,
+        io_lane=lane,
+        clock=clock,
+        sink=sink,
+        config=TezzeretConfig(),
+    )
+    system = ActorSystem(clock=clock, sink=sink)
+    unknown = CompileRequest(request_id="after-crash", issued_at=0.0, blueprint_ids=("BP404",))  # no compile job
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(30):
+            await system.start(Supervisor([spec], backoff_initial_s=0.0, backoff_max_s=0.0))
+            ref = system.ref("tezzeret", Tezzeret)
+            # Each ask is a barrier: queued behind the start pass (and, were it queued again, behind the next one).
+            first = await ref.ask(unknown, CompileResult)
+            second = await ref.ask(unknown, CompileResult)
+            await system.stop()
+    assert (first.failed, second.failed) == (1, 1)
+    assert crashing.calls == 1  # the start pass's first job crashed it, once
+    [state] = system.snapshot()
+    assert state.restarts == 1
+    skipped = [e for e in logs if e["event"] == "tezzeret_start_pass_skipped"]
+    assert len(skipped) == 1
+    assert skipped[0]["log_level"] == "warning"
+    assert "catalogue" in skipped[0]["detail"]

@@ -101,7 +101,8 @@ class OonaPublisher(Actor[Published]):
     """Publishes each event it is told on the bus; event loop only.
 
     The bus is for observers, so its server going away (Redis down or hung) must not stop training: a publish the
-    server does not answer is a failure of the ``oona.publish`` breaker and the event is dropped; while the breaker is
+    server does not answer, or that fails in any other way, is a failure of the ``oona.publish`` breaker and the
+    event is dropped; while the breaker is
     open events are dropped without trying, and after ``open_s`` a probe tries again. The outage is logged once when
     it starts (``oona_bus_unavailable``) and once when publishing works again (``oona_bus_restored``) or the run
     stops inside it (``oona_bus_unavailable_at_stop``), the last two with the count of every event lost since the
@@ -143,18 +144,21 @@ class OonaPublisher(Actor[Published]):
         topic, message_type, priority = route(msg)
         try:
             result = await self._bus.publish(topic, msg, message_type=message_type, priority=priority)
-        except BusUnavailable as err:
-            self._breaker.record_failure(type(err).__name__)
-            if self._outage_from is None:
-                self._outage_from = self._answered_total
-                _log.warning("oona_bus_unavailable", actor=PUBLISHER, error=str(err), dropping="until it answers")
-            self._losses.unavailable += 1
-            return
         except PayloadTooLarge as err:
             # Refused before reaching the server, so it says nothing of the server's health: a half-open probe's slot
             # is given back for the next event to try.
             self._breaker.release_probe()
             self._too_large(err)
+            return
+        except Exception as err:  # noqa: BLE001  # any failure to publish drops the event: observers never end a run
+            # Not only BusUnavailable: a bus that fails some other way every time crashed this actor each event, and
+            # its restarts ended the run (RestartIntensityExceeded) for the sake of observers.
+            self._breaker.record_failure(type(err).__name__)
+            if self._outage_from is None:
+                self._outage_from = self._answered_total
+                error = str(err) if isinstance(err, BusUnavailable) else f"{type(err).__name__}: {err}"
+                _log.warning("oona_bus_unavailable", actor=PUBLISHER, error=error, dropping="until it answers")
+            self._losses.unavailable += 1
             return
         self._breaker.record_success()
         self._answered()

@@ -9,8 +9,10 @@ each pass ends with a ``tezzeret.compilation.total`` TelemetryEvent; an ask gets
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, assert_never, final
 
+import structlog
 import torch
 
 from actors.tezzeret.compile import (
@@ -39,7 +41,14 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
 
-__all__ = ["COMPILATION_FAILED", "COMPILATION_TOTAL", "EAGER_FALLBACK", "START_REQUEST_PREFIX", "Tezzeret"]
+__all__ = [
+    "COMPILATION_FAILED",
+    "COMPILATION_TOTAL",
+    "EAGER_FALLBACK",
+    "START_REQUEST_PREFIX",
+    "StartPass",
+    "Tezzeret",
+]
 
 COMPILATION_TOTAL = "tezzeret.compilation.total"
 COMPILATION_FAILED = "tezzeret.compilation.failed"
@@ -52,6 +61,21 @@ _TORCH_DTYPES = {
     TensorDtype.BFLOAT16: torch.bfloat16,
     TensorDtype.FLOAT64: torch.float64,
 }
+
+
+_log = structlog.get_logger("actors.tezzeret")
+
+
+@final
+@dataclass(slots=True)
+class StartPass:
+    """The start-up pass across Tezzeret's incarnations (one per child spec): an incarnation that ended before its
+    pass did (a crash) leaves ``pending`` set, and the next one does not queue the pass again: a compile that crashes
+    every time would otherwise crash every incarnation and end the run, although Kasmina builds seeds from the
+    catalogue without Tezzeret's artifacts."""
+
+    pending: bool = False
+    skipped: bool = False
 
 
 def _slot(signature: SlotSignature) -> SlotShape:
@@ -84,6 +108,7 @@ class Tezzeret(Actor[CompileRequest]):
         build: BlueprintBuilder = build_blueprint,
         warm: Warmer = warm_compiled,
         capacity: int = 64,
+        start_pass: StartPass | None = None,
     ) -> None:
         """Args:
         catalogue: Karn's blueprints (esper.nn descriptors) to compile.
@@ -96,6 +121,7 @@ class Tezzeret(Actor[CompileRequest]):
         compile_at_start: queue a full pass in on_start (config ``tezzeret.compile_at_start``).
         build, warm: the blueprint builder and the CUDA cache warmer (tests inject broken ones).
         capacity: mailbox capacity.
+        start_pass: shared by the incarnations of one child (see StartPass); None: this instance's own.
         """
         super().__init__(inbox=(CompileRequest,), capacity=capacity)
         self._catalogue = catalogue
@@ -109,19 +135,35 @@ class Tezzeret(Actor[CompileRequest]):
         self._build = build
         self._warm = warm
         self._passes = itertools.count()
+        self._start_pass = start_pass if start_pass is not None else StartPass()
         self.compiled = 0
         self.failed = 0
 
     async def on_start(self) -> None:
         # Only queue the pass: returning at once lets the supervisor start the siblings (and training) now.
-        if self._compile_at_start:
-            request_id = f"{START_REQUEST_PREFIX}-{next(self._passes)}"
-            self.ref.tell_nowait(CompileRequest(request_id=request_id, issued_at=self._clock.now()))
+        if not self._compile_at_start:
+            return
+        start_pass = self._start_pass
+        if start_pass.pending:
+            if not start_pass.skipped:
+                start_pass.skipped = True
+                _log.warning(
+                    "tezzeret_start_pass_skipped",
+                    reason="the start-up compile pass crashed Tezzeret; it is not run again this run",
+                    detail="seeds are built from the catalogue without compiled artifacts",
+                )
+            return
+        start_pass.pending = True
+        request_id = f"{START_REQUEST_PREFIX}-{next(self._passes)}"
+        self.ref.tell_nowait(CompileRequest(request_id=request_id, issued_at=self._clock.now()))
 
     async def handle(self, msg: CompileRequest) -> CompileResult:
         match msg:
             case CompileRequest():
-                return await self._compile(msg)
+                result = await self._compile(msg)
+                if msg.request_id.startswith(START_REQUEST_PREFIX):
+                    self._start_pass.pending = False
+                return result
             case _:
                 assert_never(msg)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from actors.tezzeret.actor import Tezzeret
+from actors.tezzeret.actor import StartPass, Tezzeret
 from actors.tezzeret.compile import CompileSettings, warm_compiled
 from esper.nn.blueprints import build_blueprint
 from esper.runtime.supervisor import ChildSpec, RestartType
@@ -44,10 +44,12 @@ def tezzeret_spec(
 
     ``seed`` is the build seed of every compiled module (artifacts are content-addressed, so a fixed seed makes a
     repeated pass store nothing new). The torch.compile warm-up runs only when ``io_lane`` is on CUDA and
-    ``config.torch_compile`` is set. A restart re-queues the start-up pass (idempotent).
+    ``config.torch_compile`` is set. A restart re-queues the start-up pass (idempotent), unless the incarnation
+    before ended during it (a crash): then the pass is not run again (StartPass).
     """
     settings = CompileSettings.from_config(config, device=io_lane.device, seed=seed)
     frozen_slots = tuple(slots)
+    start_pass = StartPass()
     return ChildSpec(
         name,
         lambda: Tezzeret(
@@ -62,6 +64,7 @@ def tezzeret_spec(
             build=build,
             warm=warm,
             capacity=mailbox_capacity,
+            start_pass=start_pass,
         ),
         restart=restart,
         shutdown_deadline_s=shutdown_deadline_s,
