@@ -5,11 +5,11 @@ check and the step), the alpha advance and the step's timings. Lane-thread only.
 The forward is the model itself (eager, no autocast: the common case, called directly), or goes through autocast or
 ``torch.compile``; a compiled forward that fails at run time falls back to eager for the rest of the run.
 
-A compiled forward is compiled anew, with torch's compile caches reset, whenever a slot's mode, seed or blend spec has
-changed since the last step: dynamo (torch 2.13) guards the mode of only some slots of a host whose blocks share one
-class, so a graph traced before a lifecycle change of another slot would silently be reused. The reset is global to
-the process (a compiled Tamiyo policy in thread mode recompiles on its next call too); lifecycle changes are rare, and
-each one recompiled the host anyway.
+A compiled forward is compiled anew, with torch's compile caches reset, on every ``bind`` and whenever a slot's mode,
+seed or blend spec has changed since the last step: dynamo (torch 2.13) guards the mode of only some slots of a host
+whose blocks share one class, so a graph traced before a lifecycle change of another slot would silently be reused.
+The reset is global to the process (a compiled Tamiyo policy in thread mode recompiles on its next call too);
+lifecycle changes are rare, and each one recompiled the host anyway.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ class Stepper:
         self._move_batches = train.x.device != trainee.device or train.y.device != trainee.device
         self._direct_forward = trainee.autocast_dtype is None and not self._compile
         if self._compile:
+            # A rebuilt or restored model must not meet graphs traced for the one before it (the same guards apply).
+            torch.compiler.reset()
             self._compile_model()
 
     def _compile_model(self) -> None:
@@ -199,7 +201,9 @@ class Stepper:
             return self._run_forward(x)
         if self._compiled and _compiled_frames() != frames:
             # The forward that compiled (or recompiled) a graph: its wall time is mostly the compile.
-            _log.info("tolaria.compiled", seconds=round(time.perf_counter() - t0, 3), frames=_compiled_frames())
+            _log.info(
+                "tolaria.compiled", seconds=round(time.perf_counter() - t0, 3), compiled_frames=_compiled_frames()
+            )
         return out
 
     def _compile_fallback(self, err: Exception) -> None:
@@ -216,7 +220,7 @@ def _slot_signature(trainee: Trainee) -> tuple[object, ...]:
 
 
 def _compiled_frames() -> int:
-    """How many frames dynamo has compiled in this process (since its last reset)."""
+    """How many frames dynamo has compiled in this process (its reset leaves the count)."""
     return torch._dynamo.utils.counters["frames"]["ok"]
 
 
