@@ -4,6 +4,12 @@ check and the step), the alpha advance and the step's timings. Lane-thread only.
 
 The forward is the model itself (eager, no autocast: the common case, called directly), or goes through autocast or
 ``torch.compile``; a compiled forward that fails at run time falls back to eager for the rest of the run.
+
+A compiled forward is compiled anew, with torch's compile caches reset, on every ``bind`` and whenever a slot's mode,
+seed or blend spec has changed since the last step: dynamo (torch 2.13) guards the mode of only some slots of a host
+whose blocks share one class, so a graph traced before a lifecycle change of another slot would silently be reused.
+The reset is global to the process (a compiled Tamiyo policy in thread mode recompiles on its next call too);
+lifecycle changes are rare, and each one recompiled the host anyway.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class Stepper:
         self._tuner: StepTuner | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled = False
+        # What the compiled forward was traced against: each slot's seed module, mode and blend spec.
+        self._traced: tuple[object, ...] = ()
         # Eager, no autocast: the step calls the model itself instead of going through _run_forward.
         self._direct_forward = False
         # The training data lives elsewhere than the model: every batch is moved (else batches are used as given).
@@ -86,11 +94,19 @@ class Stepper:
         self._move_batches = train.x.device != trainee.device or train.y.device != trainee.device
         self._direct_forward = trainee.autocast_dtype is None and not self._compile
         if self._compile:
-            try:
-                self._forward = torch.compile(trainee.model)
-                self._compiled = True
-            except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
-                self._compile_fallback(err)
+            # A rebuilt or restored model must not meet graphs traced for the one before it (the same guards apply).
+            torch.compiler.reset()
+            self._compile_model()
+
+    def _compile_model(self) -> None:
+        trainee = self._trainee
+        assert trainee is not None
+        self._traced = _slot_signature(trainee)
+        try:
+            self._forward = torch.compile(trainee.model)
+            self._compiled = True
+        except Exception as err:  # noqa: BLE001  # fallback to eager is the documented behaviour
+            self._compile_fallback(err)
 
     def lr_factor(self, global_step: int) -> float:
         """The rate schedule's factor on the step of index ``global_step`` (1 without a schedule)."""
@@ -163,27 +179,70 @@ class Stepper:
         trainee = self._trainee
         assert forward is not None
         assert trainee is not None
+        if self._compiled:
+            if _slot_signature(trainee) != self._traced:
+                torch.compiler.reset()
+                self._compile_model()
+                return self._run_forward(x)
+            frames = _compiled_frames()
+            t0 = time.perf_counter()
         dtype = trainee.autocast_dtype
         try:
             if dtype is None:
-                return forward(x)
-            with torch.autocast(device_type=trainee.device.type, dtype=dtype):
-                return forward(x)
+                out = forward(x)
+            else:
+                with torch.autocast(device_type=trainee.device.type, dtype=dtype):
+                    out = forward(x)
         except Exception as err:
             if not self._compiled:
                 raise
             self._compile_fallback(err)
             return self._run_forward(x)
+        if self._compiled and _compiled_frames() != frames:
+            # The forward that compiled (or recompiled) a graph: its wall time is mostly the compile.
+            _log.info(
+                "tolaria.compiled", seconds=round(time.perf_counter() - t0, 3), compiled_frames=_compiled_frames()
+            )
+        return out
 
     def _compile_fallback(self, err: Exception) -> None:
         trainee = self._trainee
         assert trainee is not None
-        _log.warning(
-            "tolaria.compile_runtime_fallback", error=f"{type(err).__name__}: {err}"[:300], detail="eager from now"
-        )
+        _log.warning("tolaria.compile_runtime_fallback", error=_first_line(err), detail="eager from now")
         self._forward = trainee.model
         self._compiled = False
         self._direct_forward = trainee.autocast_dtype is None
+
+
+def _slot_signature(trainee: Trainee) -> tuple[object, ...]:
+    return tuple((id(slot.seed_module), slot.mode, id(slot.blend_spec)) for slot in trainee.slots.values())
+
+
+def _compiled_frames() -> int:
+    """How many frames dynamo has compiled in this process (its reset leaves the count)."""
+    # Imported here: dynamo takes about a second to import, which an eager run (the default) never needs.
+    import torch._dynamo.utils
+
+    return torch._dynamo.utils.counters["frames"]["ok"]
+
+
+def _first_line(err: Exception) -> str:
+    """The error's type and first line (torch appends paragraphs of debugging advice); a missing C++ compiler gets the
+    remedy."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    if "InvalidCxxCompiler" in text or any(type(e).__name__ == "InvalidCxxCompiler" for e in _chain(err)):
+        text += " (install g++ or set CXX)"
+    return text
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 @final
