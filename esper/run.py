@@ -61,7 +61,7 @@ from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, previous_run_id, written_by
 from esper.run_key import keep_run_key
-from esper.run_tree import build_tree, tolaria_deadline_s
+from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import read_gpus_once
@@ -314,12 +314,7 @@ async def _start_logged(
         # Before the run's config.toml is rewritten with the new settings: the user sees each one the resume changes.
         for change in await anyio.to_thread.run_sync(resume_changes, directory, resolved):
             sink.emit(change)
-    stuck_after_s = tolaria_deadline_s(resolved)
-    if hooks is not None and hooks.stuck_after_s is not None:
-        stuck_after_s = hooks.stuck_after_s
-    lanes = undo.lanes = Lanes(
-        resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads}, stuck_after_s=stuck_after_s
-    )
+    lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     rngs, matmul = process
     precision = await anyio.to_thread.run_sync(pick_precision, resolved.tolaria, lanes.device, matmul)
     parts = await assemble(
@@ -412,8 +407,6 @@ async def _start_logged(
         alerts_fired=lambda: dict(tally.alerts_fired),
         restore_process=functools.partial(_restore, rngs, matmul),
         settle=lanes.wait_closed,
-        stuck_after_s=stuck_after_s,
-        stuck_work=lanes,
         abandoned_once_settled=(parts.store,),
     )
 

@@ -21,14 +21,6 @@ if TYPE_CHECKING:
     from schemas.config import RunConfig
 
 
-def tolaria_deadline_s(config: RunConfig) -> float:
-    """How long Tolaria may take to stop (finish its step, write a checkpoint): the shutdown deadline, at least 30 s.
-
-    Also how long the end of a run waits for training or a lane job before giving up on it as stuck.
-    """
-    return max(config.weatherlight.shutdown_deadline_s, 30.0)
-
-
 def build_tree(
     config: RunConfig,
     *,
@@ -62,7 +54,7 @@ def build_tree(
             tolaria_spec(
                 config.tolaria,
                 tolaria,
-                shutdown_deadline_s=tolaria_deadline_s(config),
+                shutdown_deadline_s=max(deadline_s, 30.0),
                 max_restarts=config.weatherlight.restart_max,
                 window_s=config.weatherlight.restart_window_s,
                 max_without_progress=config.weatherlight.restart_max_without_progress,

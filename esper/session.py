@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import shlex
 import time
 from typing import TYPE_CHECKING, Protocol, final, get_args
@@ -64,14 +63,6 @@ class Closable(Protocol):
     async def aclose(self) -> None: ...
 
 
-class StuckWork(Protocol):
-    """Blocking work the run's end can give up on when it hangs (the lanes' running jobs)."""
-
-    def give_up(self, *, running_at_least_s: float) -> tuple[str, ...]: ...
-
-    def stuck(self) -> tuple[str, ...]: ...
-
-
 class Abandonable(Protocol):
     """A resource that can be let go of without awaiting, when the event loop is going away (the lanes)."""
 
@@ -105,8 +96,6 @@ class EsperSystem:
         restore_process: Callable[[], None] | None = None,
         settle: Callable[[], Awaitable[None]] | None = None,
         abandoned_once_settled: tuple[Abandonable, ...] = (),
-        stuck_after_s: float = math.inf,
-        stuck_work: StuckWork | None = None,
     ) -> None:
         """``stop_training`` asks the trainer to finish its step and checkpoint; ``drain`` then lets the controller
         handle what is queued before the actors stop; ``growth`` gives the summary's growth figures. ``started_s``
@@ -120,10 +109,7 @@ class EsperSystem:
         those states then).
         ``settle`` is what an abandoned run waits for before its last line (the lanes' threads ending: the trainer's
         step and checkpoint); ``abandoned_once_settled`` is closed after that wait (what the lanes' last jobs use:
-        Urza's store, closed at once, failed the io lane's job that was still writing to it).
-        ``stuck_after_s``: how long a stop waits for training to end, and then for the actors to stop, before it gives
-        up on ``stuck_work`` running that long (a hung step or fetch: its thread is left behind); the run then
-        ends failed, its error naming the job."""
+        Urza's store, closed at once, failed the io lane's job that was still writing to it)."""
         self.config = config
         self.run_id = run_id
         self.run_dir = run_dir
@@ -149,8 +135,6 @@ class EsperSystem:
         self._restore_process = restore_process
         self._settle = settle
         self._abandoned_once_settled = abandoned_once_settled
-        self._stuck_after_s = stuck_after_s
-        self._stuck_work = stuck_work
         # Watches for the loop going away under a run nobody waited for (asyncio.run returning after an exception
         # in the user's code): it then stops training and lets go of the threads, the log file and the claim.
         self._guard = asyncio.get_running_loop().create_task(self._guard_run(), name=f"esper-run-guard-{run_id}")
@@ -302,12 +286,6 @@ class EsperSystem:
             status = self._stop_status
         if figures is not None and figures.halted and status != "failed":
             status, error = "failed", f"emergency halt: {figures.halt_reason}"
-        stuck = self._stuck_work.stuck() if self._stuck_work is not None else ()
-        if stuck:
-            # Whatever else ended the run, a job left running is what the user must know first.
-            detail = "; ".join(stuck)
-            also = "" if error is None else f"; before that: {error}"
-            status, error = "failed", f"stuck: {detail}; the run gave up on it (its thread is left behind){also}"
         return await self._finish(status, error, trace)
 
     async def _wait_training(self) -> None:
@@ -317,22 +295,7 @@ class EsperSystem:
         if await self._training_or_tree(training) is None or self._stopped:
             return
         await self._drain_once()
-        await self._stop_actors()
-
-    async def _stop_actors(self) -> None:
-        """Stop the actors; every ``stuck_after_s`` it takes, give up on the lane jobs running that long (an actor
-        waiting for a hung blocking call never stops, nor does a supervisor that cancelled it)."""
-        stopping = asyncio.ensure_future(self._actors.stop())
-        while True:
-            await asyncio.wait((stopping,), timeout=None if self._stuck_work is None else self._deadline())
-            if stopping.done():
-                stopping.result()
-                return
-            assert self._stuck_work is not None
-            self._stuck_work.give_up(running_at_least_s=self._stuck_after_s)
-
-    def _deadline(self) -> float | None:
-        return None if math.isinf(self._stuck_after_s) else self._stuck_after_s
+        await self._actors.stop()
 
     async def _drain_once(self) -> None:
         """Let the controller handle what is queued, once however many callers end the run: a stop that joined a
@@ -369,10 +332,6 @@ class EsperSystem:
         ``status`` is how a stop before then is recorded: ``stopped``, ``interrupted`` or ``failed``; never
         ``completed``, which only training that finished says.
 
-        Training, then the actors' stop, are each waited for at most ``stuck_after_s``: past that a lane job still
-        running (a hung step or fetch) is given up on (``lane_job_stuck``, its thread left behind) and the run ends
-        ``failed``, its error naming the job.
-
         Raises:
             ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
         """
@@ -403,13 +362,9 @@ class EsperSystem:
         if training is not None and self._stop_training is not None:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
             self._stop_training()
-            # Bounded: a step that never returns (a hung forward or data read) must not hold the stop for good; the
-            # actors' stop then gives up on it.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._deadline()):
-                    await self._training_or_tree(training)
+            await self._training_or_tree(training)
             await self._drain_once()
-        await self._stop_actors()
+        await self._actors.stop()
         return await self.wait()
 
     async def _render_report(self, last_step: int | None) -> None:

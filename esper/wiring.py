@@ -99,8 +99,6 @@ class RunHooks:
             step's batch (benchmarks measure the model on a fixed probe set); must leave the model as it found it.
         tamiyo_policy: decides instead of the configured policy, on the policy lane, under the same deadline and
             breaker (e.g. a policy slower than an epoch); reported under ``tamiyo.policy``'s name.
-        stuck_after_s: how long the run's end waits for training or a lane job before giving up on it as stuck,
-            instead of Tolaria's shutdown deadline (at least 30 s).
     """
 
     crash_tamiyo_at_step: int | None = None
@@ -108,7 +106,6 @@ class RunHooks:
     packet_tap: Callable[[SystemStatePacket], None] | None = None
     step_probe: Callable[[int, nn.Module, TensorPair], None] | None = None
     tamiyo_policy: Policy | None = None
-    stuck_after_s: float | None = None
 
 
 @final

@@ -8,11 +8,10 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
-import structlog
 import torch
 from torch.cuda._utils import _get_device_index
 
-from esper.runtime.errors import LaneClosed, LaneJobEscaped, LaneJobStuck
+from esper.runtime.errors import LaneClosed, LaneJobEscaped
 from esper.runtime.lanes import Lane, Lanes, resolve_device
 
 if TYPE_CHECKING:
@@ -114,62 +113,6 @@ async def test_a_started_job_outlives_its_cancelled_caller_and_the_next_call_wai
         assert gate.finished.is_set()
     assert first.cancelled()
     assert lane.statistics().completed == 2
-
-
-async def test_a_cancelled_caller_gives_up_on_a_job_still_running_past_the_deadline() -> None:
-    """A hung blocking call (a fetch that never returns) held its cancelled caller, and so the supervisor's stop and
-    the run's end, for good. Past stuck_after_s the lane gives up on it: one error, the caller goes, the lane is
-    closed (so nothing overlaps the job), and its thread is left behind until the job returns."""
-    gate = Gate()
-    lane = Lane("io", "cpu", stuck_after_s=0.2)
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with asyncio.timeout(5):
-                first = asyncio.ensure_future(lane.run(gate, 1))
-                await gate.started.wait()
-                queued = asyncio.ensure_future(lane.run(len, "never runs"))
-                first.cancel()
-                with pytest.raises(LaneClosed, match=r"lane 'io' is closed: lane 'io' job Gate had run"):
-                    await queued
-                await lane.wait_closed()  # the thread is still in the job: the lane let go of it
-                with pytest.raises(LaneClosed, match="job Gate had run"):
-                    await lane.run(len, "refused")
-                await asyncio.wait((first,))
-        assert first.cancelled()
-        assert not gate.finished.is_set()
-        stuck = [e for e in logs if e["event"] == "lane_job_stuck"]
-        assert [(e["log_level"], e["lane"], e["job"]) for e in stuck] == [("error", "io", "Gate")]
-        assert stuck[0]["running_s"] >= 0.2
-        assert lane.stuck is not None
-        assert lane.stuck.startswith("lane 'io' job Gate had run")
-        assert lane.give_up() == lane.stuck  # idempotent: said once
-    finally:
-        gate.release.set()
-    thread = next(t for t in threading.enumerate() if t.ident == lane.thread_id)
-    await asyncio.to_thread(thread.join, 5)
-    assert not thread.is_alive()  # released, the job returned and the thread ended
-
-
-async def test_give_up_fails_the_caller_of_a_job_that_ran_long_enough_with_lane_job_stuck() -> None:
-    gate = Gate()
-    lanes = Lanes("cpu")
-    try:
-        async with asyncio.timeout(5):
-            running = asyncio.ensure_future(lanes.train.run(gate, 1))
-            await gate.started.wait()
-            assert lanes.give_up(running_at_least_s=60.0) == ()  # not running that long: left alone
-            assert not running.done()
-            [stuck] = lanes.give_up()
-            assert stuck.startswith("lane 'train' job Gate had run")
-            with pytest.raises(LaneJobStuck, match="gave up on it"):
-                await running
-            assert lanes.stuck() == (stuck,)
-            await lanes.aclose()  # returns although the train thread is still in the job
-    finally:
-        gate.release.set()
-    thread = next(t for t in threading.enumerate() if t.ident == lanes.train.thread_id)
-    await asyncio.to_thread(thread.join, 5)
-    assert not thread.is_alive()
 
 
 async def test_a_job_not_yet_started_is_dropped_when_its_caller_is_cancelled() -> None:

@@ -137,11 +137,6 @@ class LaneClosed(EsperError):
     """Raised when work is submitted to a lane after close()."""
 
 
-class LaneJobStuck(LaneClosed):
-    """A lane gave up on a job that did not return within its deadline after its caller was cancelled or its run
-    stopped: the job's caller gets this, the lane is closed (its thread, blocked in the job, is left behind)."""
-
-
 class LaneJobEscaped(EsperError):
     """A lane job raised KeyboardInterrupt or SystemExit (user code: a real Ctrl-C reaches the main thread, never a
     lane), or StopIteration or StopAsyncIteration (``next()`` on an exhausted iterator in a model's forward).

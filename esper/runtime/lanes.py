@@ -1,18 +1,16 @@
-"""Lanes: one worker thread each (its own CUDA stream on CUDA) that abandons started work only when it hangs."""
+"""Lanes: one dedicated worker thread each, with its own CUDA stream on CUDA, that never abandons started work."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, final
 
 import structlog
 import torch
 
-from esper.runtime.errors import LaneClosed, LaneJobEscaped, LaneJobStuck
+from esper.runtime.errors import LaneClosed, LaneJobEscaped
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -78,7 +76,7 @@ def resolve_device(spec: str | torch.device) -> torch.device:
 
 @final
 class _Job:
-    __slots__ = ("args", "fn", "future", "loop", "started_s", "state")
+    __slots__ = ("args", "fn", "future", "loop", "state")
 
     def __init__(
         self,
@@ -92,12 +90,6 @@ class _Job:
         self.loop = loop
         self.future = future
         self.state = _PENDING
-        self.started_s = 0.0  # time.monotonic() when the worker took it
-
-
-def _job_name(fn: Callable[..., object]) -> str:
-    inner = getattr(fn, "func", fn)  # a functools.partial names its function
-    return str(getattr(inner, "__qualname__", None) or type(inner).__name__)
 
 
 # KeyboardInterrupt and SystemExit, delivered as-is, stop the caller's event loop; a future refuses StopIteration and
@@ -110,14 +102,6 @@ def _escaped(lane: str, exc: BaseException) -> LaneJobEscaped:
     error = LaneJobEscaped(f"lane {lane!r}: the job raised {type(exc).__name__}{detail}")
     error.__cause__ = exc
     return error
-
-
-def _settle_stuck(future: asyncio.Future[Any], error: BaseException) -> None:
-    if future.done():
-        return
-    future.set_exception(error)
-    # Its caller may be gone (cancelled, then given up on): lane_job_stuck said it, asyncio must not say it again.
-    future.exception()
 
 
 def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
@@ -144,14 +128,7 @@ class Lane:
     ``run()`` and is a daemon, so a lane someone forgot to close cannot hang interpreter exit.
     """
 
-    def __init__(
-        self,
-        name: str,
-        device: torch.device | str = "cpu",
-        *,
-        num_threads: int | None = None,
-        stuck_after_s: float = math.inf,
-    ) -> None:
+    def __init__(self, name: str, device: torch.device | str = "cpu", *, num_threads: int | None = None) -> None:
         """Build a lane; no thread starts until the first run().
 
         On CUDA this creates the lane's stream, which initialises CUDA in the process if nothing has yet (a one-off
@@ -164,17 +141,12 @@ class Lane:
             num_threads: torch intra-op threads for jobs on this lane (>= 1); None takes the count of the thread
                 that builds the lane (torch's default, every core, unless OMP_NUM_THREADS or a torch.set_num_threads
                 there says otherwise).
-            stuck_after_s: how long a cancelled caller waits out its started job before the lane gives up on it
-                (see give_up); math.inf: for good.
 
         Raises:
-            ValueError: the device spec is invalid or unavailable, num_threads < 1 or stuck_after_s <= 0.
+            ValueError: the device spec is invalid or unavailable, or num_threads < 1.
         """
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-        if not stuck_after_s > 0:
-            raise ValueError(f"stuck_after_s must be > 0, got {stuck_after_s}")
-        self._stuck_after_s = stuck_after_s
         self._name = name
         self._device = resolve_device(device)
         self._stream: torch.cuda.Stream | None = None
@@ -195,9 +167,6 @@ class Lane:
         self._start_error: BaseException | None = None
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._running = False
-        self._current: _Job | None = None
-        # Set once the lane gave up on its running job: what the run's summary names.
-        self._stuck: str | None = None
         self._completed = 0
         self._failed = 0
         self._dropped = 0
@@ -228,11 +197,6 @@ class Lane:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def stuck(self) -> str | None:
-        """The job the lane gave up on (its lane, function and how long it had run), or None."""
-        return self._stuck
-
     def statistics(self) -> LaneStatistics:
         """Queue depth, whether a job is running, and counters; never blocks for longer than a lock handoff."""
         with self._cond:
@@ -258,13 +222,10 @@ class Lane:
         Cancellation: if fn has not started, the job is dropped and CancelledError propagates at once. If it has
         started, this waits (through further cancellations) until it has finished, stream included, and then
         re-raises CancelledError; so the next job on the lane cannot overlap it. An exception fn raised after its
-        caller was cancelled is logged (``lane_job_failed_after_cancel``), as nobody is left to receive it. A job
-        still running ``stuck_after_s`` after its caller was cancelled is given up on (see give_up): the lane is
-        closed, so no later job can overlap it either.
+        caller was cancelled is logged (``lane_job_failed_after_cancel``), as nobody is left to receive it.
 
         Raises:
             LaneClosed: the lane was closed before this call.
-            LaneJobStuck: the lane gave up on this job (give_up) before it returned.
             Exception: whatever fn raised (or a CUDA error from the stream), re-raised here.
         """
         loop = asyncio.get_running_loop()
@@ -272,8 +233,7 @@ class Lane:
         job = _Job(fn, args, loop, future)
         with self._cond:
             if self._closed:
-                stuck = "" if self._stuck is None else f": {self._stuck}"
-                raise LaneClosed(f"lane {self._name!r} is closed{stuck}{self._start_failure()}") from self._start_error
+                raise LaneClosed(f"lane {self._name!r} is closed{self._start_failure()}") from self._start_error
             self._queue.append(job)
             if self._thread is None:
                 self._start_thread()
@@ -291,64 +251,14 @@ class Lane:
 
     async def _wait_out(self, future: asyncio.Future[Any]) -> None:
         # The caller is already cancelled and re-raises once this returns; further cancels must not cut the wait
-        # short, or the next job could start on weights this one is still writing. Past stuck_after_s the lane
-        # gives up on the job, closing itself, so that nothing can start on those weights either.
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self._stuck_after_s
+        # short, or the next job could start on weights this one is still writing.
         while not future.done():
-            left = give_up_at - loop.time()
-            if left <= 0:
-                self.give_up()
-                break
             try:
-                await asyncio.wait((future,), timeout=None if math.isinf(left) else left)
+                await asyncio.wait((future,))
             except asyncio.CancelledError:
                 continue
-        if not future.done():
-            return  # a job given up on before the thread could deliver: its outcome has nobody to go to
         if not future.cancelled() and future.exception() is not None:
             self._log.warning("lane_job_failed_after_cancel", lane=self._name, error=repr(future.exception()))
-
-    def give_up(self, *, running_at_least_s: float = 0.0) -> str | None:
-        """Give up on the running job (a hung blocking call): its caller gets LaneJobStuck at once, the lane closes.
-
-        A job that has run less than ``running_at_least_s`` is left alone (None is returned).
-
-        Logs one error, ``lane_job_stuck`` (the lane, the job's function and how long it has run). Queued jobs fail
-        with LaneClosed, new ones are refused, and wait_closed() returns: the thread, blocked in the job, is left
-        behind (a daemon; Python cannot interrupt it) and exits if the job ever returns. Never blocks; idempotent.
-
-        Returns:
-            What the lane gave up on (also ``stuck``), or None when no job was running.
-        """
-        with self._cond:
-            if self._stuck is not None:
-                return self._stuck
-            job = self._current
-            if job is None or job.state != _RUNNING:
-                return None
-            running_s = round(time.monotonic() - job.started_s, 1)
-            if time.monotonic() - job.started_s < running_at_least_s:
-                return None
-            name = _job_name(job.fn)
-            self._stuck = f"lane {self._name!r} job {name} had run {running_s} s without returning"
-            self._closed = True
-            self._exited = True  # for wait_closed: the thread will not come back in any time that matters
-            orphans = list(self._queue)
-            self._queue.clear()
-            waiters, self._exit_waiters = self._exit_waiters, []
-            self._cond.notify_all()
-        self._log.error("lane_job_stuck", lane=self._name, job=name, running_s=running_s)
-        error = LaneJobStuck(f"{self._stuck}; gave up on it (its thread is left behind)")
-        try:
-            job.loop.call_soon_threadsafe(_settle_stuck, job.future, error)
-        except RuntimeError:
-            pass  # the caller's loop has closed: nobody is waiting for this job
-        for queued in orphans:
-            self._deliver(queued.loop, queued.future, None, LaneClosed(f"lane {self._name!r} is closed: {self._stuck}"))
-        for loop, future in waiters:
-            self._deliver(loop, future, None, None)
-        return self._stuck
 
     def close(self) -> None:
         """Refuse new work. Jobs already queued still run (their callers are waiting); the thread then exits.
@@ -417,8 +327,6 @@ class Lane:
                         return
                     job = self._queue.popleft()
                     job.state = _RUNNING
-                    job.started_s = time.monotonic()
-                    self._current = job
                     self._running = True
                 result: object = None
                 error: BaseException | None = None
@@ -430,15 +338,12 @@ class Lane:
                     error = exc
                 with self._cond:
                     job.state = _DONE
-                    self._current = None
                     self._running = False
                     if error is None:
                         self._completed += 1
                     else:
                         self._failed += 1
-                    given_up = self._stuck is not None
-                if not given_up:  # a job given up on returned at last: its caller has had LaneJobStuck already
-                    self._deliver(job.loop, job.future, result, error)
+                self._deliver(job.loop, job.future, result, error)
                 del job, result, error
         finally:
             self._finish()
@@ -504,23 +409,15 @@ class Lanes:
     host-to-device copies). On CUDA each has its own stream, so policy inference overlaps backprop.
     """
 
-    def __init__(
-        self,
-        device: str = "auto",
-        *,
-        num_threads: Mapping[LaneName, int | None] | None = None,
-        stuck_after_s: float = math.inf,
-    ) -> None:
+    def __init__(self, device: str = "auto", *, num_threads: Mapping[LaneName, int | None] | None = None) -> None:
         """Build the three lanes (their threads start at first use).
 
         Args:
             device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"`` (see resolve_device).
             num_threads: per-lane torch thread budgets overriding DEFAULT_NUM_THREADS.
-            stuck_after_s: each lane's (see Lane).
 
         Raises:
-            ValueError: the device is invalid or unavailable, a budget is < 1, a lane name is unknown, or
-                stuck_after_s <= 0.
+            ValueError: the device is invalid or unavailable, a budget is < 1, or a lane name is unknown.
         """
         budgets = dict(DEFAULT_NUM_THREADS)
         for name, budget in (num_threads or {}).items():
@@ -529,8 +426,7 @@ class Lanes:
             budgets[name] = budget
         self._device = resolve_device(device)
         self._lanes: dict[LaneName, Lane] = {
-            name: Lane(name, self._device, num_threads=budgets[name], stuck_after_s=stuck_after_s)
-            for name in LANE_NAMES
+            name: Lane(name, self._device, num_threads=budgets[name]) for name in LANE_NAMES
         }
 
     @property
@@ -555,17 +451,6 @@ class Lanes:
     def statistics(self) -> tuple[LaneStatistics, ...]:
         """Each lane's statistics, in LANE_NAMES order."""
         return tuple(lane.statistics() for lane in self._lanes.values())
-
-    def give_up(self, *, running_at_least_s: float = 0.0) -> tuple[str, ...]:
-        """Give up on every lane's job running at least that long (Lane.give_up); returns what the lanes have given up
-        on, in this call or before."""
-        for lane in self._lanes.values():
-            lane.give_up(running_at_least_s=running_at_least_s)
-        return self.stuck()
-
-    def stuck(self) -> tuple[str, ...]:
-        """What the lanes have given up on (Lane.stuck), in LANE_NAMES order; never blocks."""
-        return tuple(lane.stuck for lane in self._lanes.values() if lane.stuck is not None)
 
     def close(self) -> None:
         """Close every lane (non-blocking); queued jobs still run."""
