@@ -180,7 +180,7 @@ class Stepper:
         assert forward is not None
         assert trainee is not None
         if self._compiled:
-            if _slot_signature(trainee) != self._traced:
+            if not _same_signature(_slot_signature(trainee), self._traced):
                 torch.compiler.reset()
                 self._compile_model()
                 return self._run_forward(x)
@@ -215,7 +215,12 @@ class Stepper:
 
 
 def _slot_signature(trainee: Trainee) -> tuple[object, ...]:
-    return tuple((id(slot.seed_module), slot.mode, id(slot.blend_spec)) for slot in trainee.slots.values())
+    # The objects themselves, not their ids: a culled seed's freed address can be reused by the next one's module.
+    return tuple(item for slot in trainee.slots.values() for item in (slot.seed_module, slot.mode, slot.blend_spec))
+
+
+def _same_signature(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _compiled_frames() -> int:
