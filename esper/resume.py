@@ -189,6 +189,12 @@ def check_resumable(directory: Path, config: RunConfig) -> None:
             f"--resume {directory}: the run's config.toml cannot be read ({err}); it says which run this is, and a"
             " resume must train that run"
         ) from err
+    if config.run_id is not None and earlier.run_id is not None and config.run_id != earlier.run_id:
+        # Else the journal's commands, signed for the run's id, were refused as tampered with, blaming the journal.
+        raise ConfigError(
+            f"--resume {directory}: run_id is {config.run_id!r} here but the run's id is {earlier.run_id!r}; a resume"
+            " keeps the run's id (drop that setting)"
+        )
     refuse_edited(
         directory,
         earlier,

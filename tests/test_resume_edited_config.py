@@ -92,3 +92,19 @@ def test_a_run_records_its_keys_in_every_manifest_and_an_edit_is_refused(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"(tolaria.lr is 0.01 there but the run trained with {RunConfig().tolaria.lr!r}, as" in err
+
+
+def test_another_run_id_is_refused_naming_both_ids(tmp_path: Path) -> None:
+    """It was refused as a tampered journal ("restore the journal"), blaming a file nobody had touched."""
+    directory = tmp_path / "run"
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "config.toml").write_text(
+        dump_config(apply_overrides(RunConfig(), ["run_id='abc'"])), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_resumable(directory, apply_overrides(RunConfig(), ["run_id='zzz'"]))
+    assert str(refused.value) == (
+        f"--resume {directory}: run_id is 'zzz' here but the run's id is 'abc'; a resume keeps the run's id (drop that"
+        " setting)"
+    )
+    check_resumable(directory, RunConfig())  # unset: the run's own id, no refusal
