@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,13 +18,16 @@ def cancelled_note(actor: str) -> str:
 
 
 def written_epochs(metrics_csv: Path) -> set[int] | None:
-    """The epochs metrics.csv has a row for; None when the file is not there or cannot be read. Blocking (a small
+    """The epochs metrics.csv has a row for, read as ``esper.report`` reads it (a torn last row is no row, an earlier
+    version's 0-based epochs counted from 1); None when the file is not there or cannot be read. Blocking (a small
     file, read once as the run ends)."""
+    from esper.report import ReportInputError, read_metrics  # as the end's report render, only when a run ends
+
     try:
-        with metrics_csv.open(encoding="utf-8", newline="") as file:
-            return {int(row["epoch"]) for row in csv.DictReader(file) if (row.get("epoch") or "").isdigit()}
-    except (OSError, KeyError, ValueError, csv.Error):
+        rows = read_metrics(metrics_csv)
+    except ReportInputError:
         return None
+    return {int(epoch) for row in rows if (epoch := row.get("epoch")) is not None}
 
 
 def spans(numbers: Sequence[int]) -> str:
