@@ -60,6 +60,7 @@ import structlog
 from actors.tamiyo.controller import Controller, FallbackKind
 from actors.tamiyo.decide import Choice, Decider
 from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker
+from actors.tamiyo.late_job import LateJob
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import NO_OP
 from actors.tamiyo.state_journal import state_at
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
     from actors.tamiyo.horizon import GrowthCutoff
     from actors.tamiyo.outcomes import OutcomeSettings
     from actors.tamiyo.policy import BlueprintCandidate, Policy
-    from actors.tamiyo.policy import Decision as PolicyDecision
     from actors.tamiyo.risk import RiskThresholds, RiskVerdict
     from actors.tamiyo.state import TamiyoState
     from actors.tamiyo.state_journal import TamiyoStateJournal
@@ -193,9 +193,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._wal = wal
         self._state_journal = state_journal
         # The inference job of an earlier decision, past its deadline and still on the lane (see the module docstring).
-        self._late: asyncio.Task[PolicyDecision | Exception] | None = None
-        # The epoch end of the fallback's germination made while that job ran: the policy counts it once it has ended.
-        self._germinated_meanwhile: int | None = None
+        self._late = LateJob(self._c)
         self._start_state: TamiyoState | None = None
         # The epoch whose end (its first packet with a validation loss) was last seen: the skipped inference's NO_OP
         # names why only there, as the policies do, and is not_epoch_end elsewhere (the summary counts one per epoch).
@@ -260,7 +258,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
             case GetTamiyoStatistics():
                 return self.statistics(msg.request_id)
             case GetTamiyoState():
-                await self._wait_out_late()
+                await self._late.wait_out()
                 return self.export_state()
             case _:
                 assert_never(msg)
@@ -269,8 +267,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
     def on_abandon(self) -> None:
         """The task is cancelled under a run nobody stopped: close the WAL and stop the GNN worker process (killed
         outright while it is still starting: close would wait for its start-up)."""
-        if self._late is not None:
-            self._late.cancel()  # the lane drops it if it has not started, or waits it out
+        self._late.cancel()
         if self._wal is not None:
             self._wal.abandon()
         if isinstance(self._c.policy, PolicyWorker):
@@ -285,20 +282,19 @@ class TamiyoActor(Actor[TamiyoMessage]):
         is then the current one with the policy's part from before that job began (its result is discarded anyway).
         The state is handed over and the WAL and a worker closed whatever happens first."""
         try:
-            await self._wait_out_late()
+            await self._late.wait_out()
             if self.stopping and self._c.training_over:
                 await self._append(self._c.tracker.abort_all("end_of_run"))
             elif self.stopping and self._c.tracker.pending:
                 _log.info("tamiyo_outcomes_kept", pending=self._c.tracker.pending, detail="reported when resumed")
         finally:
-            late = self._late
-            if late is not None and not late.done():
+            if self._late.running:
                 _log.warning(
                     "tamiyo_stopped_before_late_inference",
                     actor=self.name,
                     detail="the policy's state is kept as it was before that inference began",
                 )
-                late.cancel()  # nobody takes its result now; the lane still waits out started work
+                self._late.cancel()
             try:
                 if self._on_stop_state is not None:
                     self._on_stop_state(self._c.export_state_before_inference())
@@ -355,7 +351,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
                     self._c.policy_name,
                     self._c.policy.version,
                 )
-            elif not await self._late_ended(started_s, tg):
+            elif not await self._late.ended_by(started_s + self._c.budget_s, tg):
                 choice = self._decider.busy(observation, packet)
             elif not self._c.breaker.allow():
                 choice = self._decider.fall_back(observation, "breaker_open", packet)
@@ -363,18 +359,19 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 # Not a task of the group: leaving it must not wait out a late job (the next decision waits for it,
                 # up to its own deadline).
                 job = asyncio.get_running_loop().create_task(self._decider.run_policy(observation))
-                self._late = job
+                self._late.task = job
                 choice = await self._decider.await_policy(job, observation, packet, started_s, tg)
                 if job.done():
-                    self._late = None
+                    self._late.task = None
             verdict = self._decider.judge(choice, observation)
-            if self._late is None:  # the policy's state is the event loop's again: before it counts a new germination
+            # Without a late job the policy's state is the event loop's again: before it counts a new germination.
+            if self._late.task is None:
                 self._c.fallback_uncounts_unmade()
             if verdict.decision.action is PolicyAction.GERMINATE:
                 if choice.proposer is self._c.policy:
                     self._c.fallback_counts_germination(packet.epoch)
                 else:
-                    self._count_germination(packet.epoch)
+                    self._late.count_germination(packet.epoch)
             command_id = command_id_for(self._c.run_id, packet.global_step)
             wire = self._decider.wire(packet, choice, verdict, command_id, started_s)
             # An epoch end's Decision leaves last, once the state after it is journaled (see the module docstring).
@@ -412,71 +409,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
         holds the policy's state)."""
         # Before the state journal: the state counts these reports, and a resume cuts the WAL to that count.
         await self._append(reports)
-        if self._late is not None and not self._late.done():
+        if self._late.running:
             # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
             # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
             _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
             return
         # A job that overran by a hair has returned by now: its state is the controller's again.
-        self._collect_late()
+        self._late.collect()
         # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
         await journal.append(packet.global_step, self.export_state())
-
-    async def _late_ended(self, started_s: float, tg: asyncio.TaskGroup) -> bool:
-        """Whether the lane is free for this decision's inference: an earlier decision's late job gets until this
-        decision's deadline to end (its result is discarded; an error it raised that a policy must not raise crashes
-        the actor, as it would have in time)."""
-        late = self._late
-        if late is None:
-            return True
-        if not late.done():
-            timer = tg.create_task(self._c.clock.sleep(started_s + self._c.budget_s - self._c.clock.now()))
-            await asyncio.wait((late, timer), return_when=asyncio.FIRST_COMPLETED)
-            timer.cancel()
-            if not late.done():
-                return False
-        self._collect_late()
-        return True
-
-    def _collect_late(self) -> None:
-        """Let go of a late job that has ended: its result is discarded; an error a policy must not raise crashes the
-        actor, as it would have in time."""
-        late, self._late = self._late, None
-        if late is not None:
-            self._discard(late.result())
-
-    async def _wait_out_late(self) -> None:
-        """Wait until a late job has ended (its result, or an error, is discarded): the policy's state is the lane's
-        until then. A cancel leaves the job in ``_late``."""
-        late = self._late
-        if late is None:
-            return
-        await asyncio.wait((late,))
-        self._late = None
-        if not late.cancelled() and late.exception() is not None:
-            _log.warning("tamiyo_late_inference_failed", error=f"{type(late.exception()).__name__}: {late.exception()}")
-            self._discard(None)
-        elif not late.cancelled():
-            self._discard(late.result())
-
-    def _discard(self, result: PolicyDecision | Exception | None) -> None:
-        """A late job's result, which the fallback's decision replaced: a germination in it was never made, and one the
-        fallback made meanwhile was (at that very epoch end, or a later one decided while the job still ran)."""
-        if result is not None and not isinstance(result, Exception):
-            self._c.withdraw(self._c.policy, result)
-        self._c.fallback_uncounts_unmade()  # the late decision settled the policy's last germination too
-        germinated, self._germinated_meanwhile = self._germinated_meanwhile, None
-        if germinated is not None:
-            self._c.count_germination(germinated)
-
-    def _count_germination(self, epoch: int) -> None:
-        """The fallback's germination is carried out in the policy's place: the policy counts it as its own, or its
-        cooldown would let it germinate again at the next epoch end; once its late job has ended (its state is the
-        lane's until then)."""
-        if self._late is not None:
-            self._germinated_meanwhile = epoch
-        else:
-            self._c.count_germination(epoch)
 
     async def _rewind(self, packet: SystemStatePacket) -> int | None:
         """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
@@ -490,7 +431,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         journal = self._state_journal
         if journal is None:
             return None
-        await self._wait_out_late()
+        await self._late.wait_out()
         entry = await anyio.to_thread.run_sync(state_at, journal.path, packet.global_step - 1)
         start = self._start_state
         if entry is not None and entry.state.policy == self._c.policy_name:
