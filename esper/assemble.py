@@ -47,7 +47,7 @@ from esper.runtime.handoff import Handoff
 from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint, warn_unreachable_strain
 from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
 from esper.version import esper_version
-from esper.wiring import Routes, RunHooks, RunTally, UrzaFirstSource, threadsafe
+from esper.wiring import Routes, RunHooks, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
 from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from actors.tolaria.actor import TolariaCell
     from actors.urza.store import UrzaStore
     from esper.nn.data import DataSplits
+    from esper.run_tally import RunTally
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lanes

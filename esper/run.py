@@ -61,6 +61,7 @@ from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, previous_run_id, written_by
 from esper.run_key import keep_run_key
+from esper.run_tally import RunTally
 from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
@@ -71,7 +72,7 @@ from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
 from esper.session_events import EventHub, FanoutSink
 from esper.start_undo import StartUndo, log_start_abandoned
 from esper.version import esper_version
-from esper.wiring import NissaForward, RunHooks, RunTally
+from esper.wiring import NissaForward, RunHooks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -10,9 +10,9 @@ from esper.log_events import StructlogSink
 from esper.logs import configure_logging, reset_logging
 from esper.report import read_run_events
 from esper.run_history import earlier_tally
+from esper.run_tally import RunTally
 from esper.runtime.emergency import RESTORED, EmergencyLadder
 from esper.runtime.emergency_tally import EmergencyTally, entry_transition
-from esper.wiring import RunTally
 from schemas.config import RunConfig
 from schemas.enums import EmergencyLevel
 from schemas.runtime import EmergencySignal

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from esper.run_history import earlier_tally
-from esper.wiring import RunTally
+from esper.run_tally import RunTally
 from schemas.config import RunConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent

@@ -10,8 +10,8 @@ import msgspec
 
 from actors.nissa.metrics import METRICS_COLUMNS
 from esper.run_history import earlier_tally
+from esper.run_tally import RunTally
 from esper.summary_table import growth_lines
-from esper.wiring import RunTally
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import pytest
 from actors.nissa.actor import ALERT_CLEARED, ALERT_FIRED
 from esper.decisions import Decision as Read
 from esper.report import ReportInputError, read_decisions
+from esper.run_tally import RunTally
 from esper.runtime.stage_refusals import Refusal, Transition
 from esper.summary_table import format_summary, growth_lines
-from esper.wiring import RunTally
 from schemas.boundary import BoundaryApplied, Decision, OpOutcome, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage

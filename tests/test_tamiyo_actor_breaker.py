@@ -16,8 +16,8 @@ from actors.tamiyo.outcomes import OutcomeState
 from actors.tamiyo.policy import BlueprintCandidate, Decision
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import read_entries
+from esper.run_tally import RunTally
 from esper.summary_table import growth_lines
-from esper.wiring import RunTally
 from schemas.config import BreakerConfig, TamiyoConfig
 from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage

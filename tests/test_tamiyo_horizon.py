@@ -13,8 +13,8 @@ from actors.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy
 from actors.tamiyo.horizon import GrowthCutoff, GrowthHorizon
 from actors.tamiyo.policy import Decision
 from esper.assemble_inputs import growth_horizon
+from esper.run_tally import RunTally
 from esper.summary_table import growth_lines
-from esper.wiring import RunTally
 from schemas.config import KasminaConfig, TamiyoConfig
 from schemas.domain_enums import PolicyAction
 from tests._tamiyo_harness import TamiyoHarness, packet
