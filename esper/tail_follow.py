@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_module
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import aiofiles
 import aiofiles.os
@@ -17,14 +17,21 @@ if TYPE_CHECKING:
 
     from aiofiles.threadpool.binary import AsyncBufferedReader
 
+MAX_LINE_BYTES: Final = 16 << 20
+"""The longest line a LineReader hands out; an event line is a few hundred bytes, a traceback's a few kilobytes."""
+SKIPPED_LINE: Final = "<line over the length limit skipped>"
+"""Handed out in place of a line longer than the limit: no JSON, so the tail counts it as a malformed line."""
+
 
 @final
 class LineReader:
     """Reads the complete lines of a file that may not exist yet, may grow, and may be truncated or replaced.
 
     A line is complete once its newline has been read; the bytes after the last newline wait in ``pending`` until the
-    rest arrives. When the file is truncated (shorter than what was read) or replaced (the path names another file),
-    the pending bytes are handed out as a final line of the old content and reading restarts at the new file's start.
+    rest arrives. A line longer than ``max_line_bytes`` is not held: its bytes are dropped as they arrive and it is
+    handed out as ``SKIPPED_LINE`` once its newline is read (``skipped`` counts these). When the file is truncated
+    (shorter than what was read) or replaced (the path names another file), the pending bytes are handed out as a
+    final line of the old content and reading restarts at the new file's start.
     Truncation followed by regrowth past the old size before the next read is not detectable, as with ``tail -F``.
 
     A pipe, a socket or a terminal (``/dev/stdin``) is a stream: it cannot be truncated or replaced, and its end is
@@ -36,9 +43,13 @@ class LineReader:
     blocks. Event-loop only; not thread-safe.
     """
 
-    def __init__(self, path: Path, *, chunk_bytes: int = 1 << 20, follow: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, chunk_bytes: int = 1 << 20, follow: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
+        if max_line_bytes <= 0:
+            raise ValueError(f"max_line_bytes must be > 0, got {max_line_bytes}")
         self.path = path
         """The file read; the caller may point it elsewhere while ``opened`` is False (the name became known)."""
         self._chunk_bytes = chunk_bytes
@@ -46,7 +57,15 @@ class LineReader:
         self._file: AsyncBufferedReader | None = None
         self._identity: tuple[int, int] | None = None
         self._position = 0
-        self._pending = b""
+        self._max_line_bytes = max_line_bytes
+        # The unfinished line as the chunks it arrived in: joined once when its newline comes, so a line spanning
+        # many chunks costs linear work (re-joining it per chunk was quadratic).
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._overlong = False
+        """Whether the unfinished line has passed ``max_line_bytes``: its bytes are dropped until its newline."""
+        self.skipped = 0
+        """Lines longer than ``max_line_bytes`` handed out as SKIPPED_LINE."""
         self.truncations = 0
         self.reopens = 0
         self.stream = False
@@ -62,12 +81,22 @@ class LineReader:
 
     @property
     def pending(self) -> bytes:
-        """Bytes read after the last newline: a line still being written."""
-        return self._pending
+        """Bytes read after the last newline and held: a line still being written (none once it is over the limit)."""
+        return b"".join(self._pending)
+
+    @property
+    def held_bytes(self) -> int:
+        """How many bytes of the unfinished line are held (at most ``max_line_bytes``)."""
+        return self._pending_bytes
 
     def take_pending(self) -> str | None:
         """Hand out the pending partial line (at the end of reading) and forget it; None if there is none."""
-        pending, self._pending = self._pending, b""
+        if self._overlong:
+            self._overlong = False
+            self.skipped += 1
+            return SKIPPED_LINE
+        pending = self.pending
+        self._pending, self._pending_bytes = [], 0
         return _decode(pending) if pending else None
 
     async def read_available(self, *, missing_ok: bool = True) -> list[str]:
@@ -169,9 +198,32 @@ class LineReader:
     def _split(self, data: bytes) -> list[str]:
         if not data:
             return []
-        parts = (self._pending + data).split(b"\n")
-        self._pending = parts.pop()
-        return [_decode(part) for part in parts]
+        parts = data.split(b"\n")
+        rest = parts.pop()
+        lines: list[str] = []
+        for index, part in enumerate(parts):
+            if index == 0 and (self._pending or self._overlong):
+                self._hold(part)
+                line = self.take_pending()
+                assert line is not None
+                lines.append(line)
+            elif len(part) > self._max_line_bytes:
+                self.skipped += 1
+                lines.append(SKIPPED_LINE)
+            else:
+                lines.append(_decode(part))
+        self._hold(rest)
+        return lines
+
+    def _hold(self, part: bytes) -> None:
+        """Add ``part`` to the unfinished line, dropping the line's bytes once it is longer than the limit."""
+        if self._overlong or not part:
+            return
+        if self._pending_bytes + len(part) > self._max_line_bytes:
+            self._pending, self._pending_bytes, self._overlong = [], 0, True
+            return
+        self._pending.append(part)
+        self._pending_bytes += len(part)
 
 
 class NotReadableError(OSError):

@@ -139,6 +139,27 @@ def test_the_last_boundary_step_is_read_from_the_files_end(tmp_path: Path, monke
     assert last_boundary_step(path) == 12
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 300, 1 << 18])
+def test_the_last_boundary_step_is_found_whatever_the_chunks_cut_and_behind_a_long_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Lines spanning many chunks (each boundary here, a long torn last line) are put together from their chunks."""
+    path = tmp_path / "journal.jsonl"
+    journal = BoundaryJournal(path)
+    journal.load()
+    for step in (4, 8):
+        journal.append(JournalBoundary(packet=make_packet(step)))
+    journal.append(_receipt(9))
+    journal.write_pending()
+    with path.open("ab") as file:
+        file.write(b'{"type": "JournalBoundary", "packet": {"global_step": 99, "x": "' + b"x" * 5000)  # torn
+    monkeypatch.setattr(journal_module, "_TAIL_CHUNK", chunk)
+    assert last_boundary_step(path) == 8
+    with path.open("ab") as file:
+        file.write(b"\n")  # the torn line, ended: still not an entry
+    assert last_boundary_step(path) == 8
+
+
 @pytest.mark.parametrize("with_file", [True, False])
 def test_batches_give_every_entry_in_order_a_few_at_a_time(tmp_path: Path, with_file: bool) -> None:
     """A replay reads the journal a batch at a time (decoded whole, a long run's journal held hundreds of MB)."""

@@ -234,26 +234,38 @@ def last_boundary_step(path: Path) -> int | None:
     without one. Blocking, read-only."""
     try:
         with path.open("rb") as file:
-            end = file.seek(0, 2)
-            tail = b""
-            while end > 0:
-                start = max(0, end - _TAIL_CHUNK)
-                file.seek(start)
-                tail = file.read(end - start) + tail
-                end = start
-                lines = tail.split(b"\n")
-                # The first line may be cut (unless the file's start was reached); the last may be torn.
-                for line in reversed(lines[1:] if end > 0 else lines):
-                    try:
-                        entry = _decoder.decode(line)
-                    except msgspec.DecodeError:
-                        continue
-                    if isinstance(entry, JournalBoundary):
-                        return entry.packet.global_step
-                tail = lines[0] if end > 0 else b""
+            for line in _lines_backwards(file):
+                try:
+                    entry = _decoder.decode(line)
+                except msgspec.DecodeError:
+                    continue  # the last line may be torn
+                if isinstance(entry, JournalBoundary):
+                    return entry.packet.global_step
     except FileNotFoundError:
         return None
     return None
+
+
+def _lines_backwards(file: BinaryIO) -> Iterator[bytes]:
+    """The file's lines, last first, read from its end in chunks."""
+    end = file.seek(0, 2)
+    # The line the last chunk read began inside, as its chunks (last first): joined once its start is read, so a line
+    # spanning many chunks costs linear work (prepending each chunk to it was quadratic).
+    cut: list[bytes] = []
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        file.seek(start)
+        chunk = file.read(end - start)
+        end = start
+        newline = chunk.find(b"\n") if start > 0 else -1
+        if start > 0 and newline == -1:
+            cut.append(chunk)
+            continue
+        lines = chunk[newline + 1 :].split(b"\n")
+        cut.append(lines.pop())
+        lines.append(b"".join(reversed(cut)))
+        cut = [chunk[:newline]] if start > 0 else []
+        yield from reversed(lines)
 
 
 def read_journal(path: Path) -> list[JournalEntry]:
