@@ -33,6 +33,7 @@ _ALERT: Final = "\x1b[31m"
 _BARE_VALUE: Final = re.compile(r"[\w.:/@+\-]+")
 _ACTOR_STATE_FIELDS: Final = frozenset(ActorState.__struct_fields__)
 _RUN_ID: Final = frozenset({"run_id"})
+_TAB: Final = "\t"
 
 
 @final
@@ -90,22 +91,30 @@ class EventFilter:
 
 
 def short_time(timestamp: str) -> str:
-    """``2025-01-02T03:04:05.678901Z`` as ``2025-01-02 03:04:05.678``; anything else unchanged."""
+    """``2025-01-02T03:04:05.678901Z`` as ``2025-01-02 03:04:05.678``; anything else unchanged but escaped."""
     if len(timestamp) >= 19 and timestamp[10] == "T":
-        return f"{timestamp[:10]} {timestamp[11:23].rstrip('Z')}"
-    return timestamp
+        return escaped(f"{timestamp[:10]} {timestamp[11:23].rstrip('Z')}")
+    return escaped(timestamp)
 
 
 def format_value(value: object) -> str:
-    """A value as the tail shows it: simple strings bare, other strings quoted, everything else as compact JSON."""
-    if isinstance(value, str):
-        return value if _BARE_VALUE.fullmatch(value) else msgspec.json.encode(value).decode()
-    return msgspec.json.encode(value).decode()
+    """A value as the tail shows it: simple strings bare, other strings quoted, everything else as compact JSON.
+
+    JSON leaves DEL, the C1 controls (``\\x9b`` starts a terminal sequence too) and U+2028 raw: they are escaped.
+    """
+    if isinstance(value, str) and _BARE_VALUE.fullmatch(value):
+        return escaped(value)
+    return escaped(msgspec.json.encode(value).decode())
 
 
-def _name(text: str) -> str:
-    """An event's or actor's name as shown: control characters escaped, so a log line cannot drive the terminal."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+def escaped(text: str, *, keep: str = "") -> str:
+    """``text`` with every non-printable character but those in ``keep`` escaped (ESC as ``\\x1b``), so what a log
+    line holds cannot drive the terminal it is shown on."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char in keep else char.encode("unicode_escape").decode("ascii") for char in text
+    )
 
 
 def _paint(text: str, code: str, color: bool) -> str:
@@ -121,17 +130,18 @@ def render_event(event: LogEvent, *, color: bool = False, omit: frozenset[str] =
     parts = [
         _paint(short_time(event.timestamp), _DIM, color),
         _paint(f"{event.level:<8}", _LEVEL_COLORS[event.level], color),
-        _paint(f"{_name(event.actor or '-'):<12}", _CYAN, color),
-        _paint(_name(event.event), _BOLD, color),
+        _paint(f"{escaped(event.actor or '-'):<12}", _CYAN, color),
+        _paint(escaped(event.event), _BOLD, color),
     ]
     trailer = ""
     for key, value in event.fields.items():
         if key in omit:
             continue
         if key in ("exception", "traceback") and isinstance(value, str):
-            trailer = "".join(f"\n    {line}" for line in value.splitlines())
+            # A traceback's tabs stay: they indent its lines, and move the cursor no further than the line's end.
+            trailer = "".join(f"\n    {escaped(line, keep=_TAB)}" for line in value.splitlines())
             continue
-        parts.append(f"{_paint(key, _DIM, color)}={format_value(value)}")
+        parts.append(f"{_paint(escaped(key), _DIM, color)}={format_value(value)}")
     return " ".join(parts) + trailer
 
 
@@ -174,7 +184,7 @@ class ActorStateTable:
             latency = "-" if state.last_latency_ms is None else f"{state.last_latency_ms:.2f}"
             rows.append(
                 (
-                    state.actor,
+                    escaped(state.actor),
                     state.status.value,
                     f"{state.mailbox_depth}/{state.mailbox_capacity}",
                     str(state.handled),
@@ -182,7 +192,7 @@ class ActorStateTable:
                     str(state.restarts),
                     "-" if state.breaker is None else state.breaker.value,
                     latency,
-                    short_time(timestamp)[11:] or timestamp,
+                    short_time(timestamp)[11:] or escaped(timestamp),
                 )
             )
             alert = set()
