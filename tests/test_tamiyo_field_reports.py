@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import zlib
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
+from actors.tamiyo import field_reports as field_reports_module
 from actors.tamiyo.field_reports import (
     HEADER,
     MAGIC,
     WAL_FILENAME,
     FieldReportWal,
+    WalScan,
     encode_frame,
     read_field_reports,
     scan_frames,
@@ -255,3 +260,49 @@ async def test_a_resume_warns_of_reports_missing_from_the_file(tmp_path: Path, l
             await again.open()
             await again.close()
     assert logs == []
+
+
+def _headers_each_claiming_the_rest(size: int) -> bytes:
+    """Frame headers back to back, each claiming the rest of the file as its payload, none with a good checksum."""
+    count = size // HEADER.size
+    return b"".join(HEADER.pack(MAGIC, (count - i - 1) * HEADER.size, 0) for i in range(count))  # CRC 0 never matches
+
+
+def test_a_crafted_file_costs_checksumming_linear_in_its_size_and_ends_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resyncing past each header would checksum the rest of the file per header (quadratic): the work done on
+    damaged frames is bounded, and past the bound the rest of the file is one corrupt stretch."""
+    checksummed: list[int] = []
+
+    def crc32(data: bytes | memoryview, start: int = 0) -> int:
+        checksummed.append(len(data))
+        return zlib.crc32(data, start)
+
+    monkeypatch.setattr(field_reports_module, "zlib", SimpleNamespace(crc32=crc32))
+    good = b"".join(encode_frame(report(i)) for i in range(3))
+    crafted = _headers_each_claiming_the_rest(64 * 1024)
+    data = good + crafted
+    scan = scan_frames(data)
+    assert scan.reports == tuple(report(i) for i in range(3))  # the records before the damage survive
+    assert (scan.corrupt, scan.torn, scan.good_end) == (1, 0, len(good))
+    assert scan.frame_ends[-1] == len(data)
+    assert not scan.exact
+    # The good frames once (at most the size), the damaged ones up to DAMAGED_CHECKSUM_FACTOR (2) times the size plus
+    # the one frame that went over (at most the size); each header here claims the rest, so unbounded it is quadratic.
+    assert sum(checksummed) <= 4 * len(data)
+
+
+async def test_reading_the_wal_scans_it_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / WAL_FILENAME
+    await write(path, [report(1)])
+    threads: list[int] = []
+    real = field_reports_module.scan_frames
+
+    def recording(data: bytes) -> WalScan:
+        threads.append(threading.get_ident())
+        return real(data)
+
+    monkeypatch.setattr(field_reports_module, "scan_frames", recording)
+    scan = await read_field_reports(path)
+    assert scan.reports == (report(1),)
+    assert threads
+    assert threading.get_ident() not in threads

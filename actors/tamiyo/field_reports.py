@@ -14,7 +14,10 @@ Recovery rule, applied by ``scan_frames`` from the start of the file:
     frame is never accepted by accident at a magic that happens to sit inside a payload;
   - bytes after the last good frame that form no good frame are a torn tail (a write cut short by a crash):
     counted once and ignored. ``FieldReportWal.open`` truncates them so later appends follow the good frames.
-So one damaged record costs only itself; records before and after it survive.
+So one damaged record costs only itself; records before and after it survive. The bytes checksummed for frames that
+turn out damaged are bounded (``DAMAGED_CHECKSUM_FACTOR`` times the file's size): a crafted file of headers each
+claiming the rest of the file would otherwise cost work quadratic in its size; past the bound, the rest of the file is
+one corrupt frame.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ MAGIC = b"\xe5FR1"
 HEADER = struct.Struct(">4sII")
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 WAL_FILENAME = "field_reports.wal"
+DAMAGED_CHECKSUM_FACTOR = 2
+"""A scan checksums at most this many times the file's size for frames that turn out damaged (good frames are free)."""
 
 _log = structlog.get_logger("actors.tamiyo")
 _ENCODER = msgspec.msgpack.Encoder()
@@ -82,7 +87,29 @@ class WalScan(Record, frozen=True):
     exact: bool = True
 
 
-def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
+@final
+class _ChecksumBudget:
+    """The bytes a scan may still checksum for frames that turn out damaged; spent, the scan stops."""
+
+    def __init__(self, size: int) -> None:
+        self.left = DAMAGED_CHECKSUM_FACTOR * size
+
+    def charge(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise _BudgetSpentError
+
+
+class _BudgetSpentError(Exception):
+    """Raised inside a scan once damaged frames have cost more checksumming than the budget allows."""
+
+
+def _checksum(data: memoryview, offset: int, end: int) -> int:
+    """The CRC32 of a frame's length field and payload (the frame starting at ``offset``, ending at ``end``)."""
+    return zlib.crc32(data[offset + 12 : end], zlib.crc32(data[offset + 4 : offset + 8]))
+
+
+def _frame_at(data: bytes, offset: int, budget: _ChecksumBudget) -> tuple[FieldReport | None, int, bool]:
     """Try the frame at ``offset``: (report or None, end offset, whether the frame runs past the end of data)."""
     end_header = offset + HEADER.size
     if end_header > len(data):
@@ -93,12 +120,15 @@ def _frame_at(data: bytes, offset: int) -> tuple[FieldReport | None, int, bool]:
     end = end_header + length
     if end > len(data):
         return None, len(data), True
-    if zlib.crc32(data[offset + 4 : offset + 8] + data[end_header:end]) != crc:
-        return None, end, False
-    try:
-        return _DECODER.decode(data[end_header:end]), end, False
-    except msgspec.DecodeError:
-        return None, end, False
+    report: FieldReport | None = None
+    if _checksum(memoryview(data), offset, end) == crc:
+        try:
+            report = _DECODER.decode(data[end_header:end])
+        except msgspec.DecodeError:
+            pass
+    if report is None:
+        budget.charge(length + 4)
+    return report, end, False
 
 
 def scan_frames(data: bytes) -> WalScan:
@@ -111,30 +141,37 @@ def scan_frames(data: bytes) -> WalScan:
     torn = 0
     offset = 0
     good_end = 0
-    while offset < len(data):
-        report, end, truncated = _frame_at(data, offset)
-        if report is not None:
-            reports.append(report)
-            ends.append(end)
-            frame_ends.append(end)
-            offset = good_end = end
-            continue
-        # Damage at ``offset``: look for the next frame that checks out. If there is none, what is left is a torn
-        # tail when it looks like the start of a frame cut short, and a corrupt frame otherwise.
-        resume = _next_good_frame(data, offset + 1)
-        if resume is None:
-            if truncated:
-                torn = 1
-            else:
-                corrupt += 1
-                frame_ends.append(len(data))
-                exact = exact and end == len(data) and end > offset
-            break
+    budget = _ChecksumBudget(len(data))
+    try:
+        while offset < len(data):
+            report, end, truncated = _frame_at(data, offset, budget)
+            if report is not None:
+                reports.append(report)
+                ends.append(end)
+                frame_ends.append(end)
+                offset = good_end = end
+                continue
+            # Damage at ``offset``: look for the next frame that checks out. If there is none, what is left is a torn
+            # tail when it looks like the start of a frame cut short, and a corrupt frame otherwise.
+            resume = _next_good_frame(data, offset + 1, budget)
+            if resume is None:
+                if truncated:
+                    torn = 1
+                else:
+                    corrupt += 1
+                    frame_ends.append(len(data))
+                    exact = exact and end == len(data) and end > offset
+                break
+            corrupt += 1
+            frame_ends.append(resume)
+            # One frame exactly when its header held (a bad checksum or payload) and the next good frame follows it.
+            exact = exact and end == resume and end > offset
+            offset = resume
+    except _BudgetSpentError:
+        # Damage this costly is no crash's torn write: the rest of the file counts as one corrupt stretch.
         corrupt += 1
-        frame_ends.append(resume)
-        # One frame exactly when its header held (a bad checksum or payload) and the next good frame follows it.
-        exact = exact and end == resume and end > offset
-        offset = resume
+        frame_ends.append(len(data))
+        exact = False
     return WalScan(
         reports=tuple(reports),
         corrupt=corrupt,
@@ -147,10 +184,10 @@ def scan_frames(data: bytes) -> WalScan:
     )
 
 
-def _next_good_frame(data: bytes, start: int) -> int | None:
+def _next_good_frame(data: bytes, start: int, budget: _ChecksumBudget) -> int | None:
     position = data.find(MAGIC, start)
     while position != -1:
-        report, _, _ = _frame_at(data, position)
+        report, _, _ = _frame_at(data, position, budget)
         if report is not None:
             return position
         position = data.find(MAGIC, position + 1)
@@ -158,13 +195,14 @@ def _next_good_frame(data: bytes, start: int) -> int | None:
 
 
 async def read_field_reports(path: Path) -> WalScan:
-    """Read and scan a WAL file; a missing file is an empty log. Reads through aiofiles' thread pool."""
+    """Read and scan a WAL file; a missing file is an empty log. Reads through aiofiles' thread pool and scans on a
+    worker thread: checksumming a large file must not block the event loop."""
     try:
         async with aiofiles.open(path, "rb") as file:
             data = await file.read()
     except FileNotFoundError:
         data = b""
-    return scan_frames(data)
+    return await asyncio.to_thread(scan_frames, data)
 
 
 class WalStatistics(Record, frozen=True):
