@@ -340,3 +340,26 @@ def test_one_argument_forwards_keep_their_signature_and_others_take_anything() -
     wrap(two, "")
     assert torch.equal(two(x, scale=2.0), plain_two)
     assert torch.equal(two(x, 2.0), plain_two)
+
+
+@pytest.mark.parametrize(
+    "argument", ["ref_attr", "base_forward", "_esper_slot_ref", "_esper_base_forward_x", "forward", "__builtins__"]
+)
+def test_a_one_argument_forward_works_whatever_its_argument_is_named(argument: str) -> None:
+    """The generated wrapper's own names once shared the argument's namespace: ``forward(self, ref_attr)`` raised a
+    KeyError as soon as its slot went live."""
+    namespace: dict[str, object] = {}
+    exec(f"def forward(self, {argument}):\n    return self.fc({argument})\n", namespace)  # the name is the case
+    named = type("Named", (nn.Module,), {"forward": namespace["forward"]})
+    torch.manual_seed(0)
+    module = named()
+    module.fc = nn.Linear(4, 4)
+    x = torch.randn(3, 4)
+    plain = module(x)
+    wrap(module, "")
+    seed = nn.Linear(4, 4)
+    find_slots(module)[""].attach(seed, SlotMode.FULL)
+    assert type(module).__name__ == "SlottedNamed"
+    assert list(inspect.signature(type(module).forward).parameters) == ["self", argument]
+    assert torch.equal(module(x), seed(plain))
+    assert torch.equal(module(**{argument: x}), seed(plain))

@@ -209,8 +209,11 @@ def _forward_of_one(base_forward: Callable[..., object], name: str) -> Callable[
     # costs about 1 us a call here (BENCHMARKS.md, dormant overhead), and the signature stays introspectable. The
     # argument keeps its name so a keyword call still works; ``name`` is a checked identifier. The class is swapped in
     # only while the slot is live, and a dormant slot's __call__ returns its input anyway, so there is no mode test.
-    source = f"def forward(self, {name}):\n    return self.__dict__[ref_attr](base_forward(self, {name}))\n"
-    namespace: dict[str, object] = {"base_forward": base_forward, "ref_attr": _REF_ATTR}
+    # The template's one other name is ``name`` with a prefix, so it can never be the argument's (an argument named
+    # ``ref_attr`` shadowed the template's own name of that spelling); the slot's key is a literal.
+    base = f"_esper_base_forward_{name}"
+    source = f"def forward(self, {name}):\n    return self.__dict__[{_REF_ATTR!r}]({base}(self, {name}))\n"
+    namespace: dict[str, object] = {base: base_forward}
     exec(source, namespace)  # fixed template; the one interpolated name passed str.isidentifier
     forward = namespace["forward"]
     assert callable(forward)
@@ -228,6 +231,6 @@ def _single_input_name(forward: Callable[..., object]) -> str | None:
     (parameter,) = parameters
     plain = parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and parameter.default is inspect.Parameter.empty
     name = parameter.name
-    if not plain or not name.isidentifier() or keyword.iskeyword(name) or name in {"self", "base_forward"}:
+    if not plain or not name.isidentifier() or keyword.iskeyword(name) or name == "self":
         return None
     return name
