@@ -15,6 +15,7 @@ import pytest
 from actors.kasmina.spec import lifecycle_settings
 from actors.nissa.csv_writer import header_line
 from actors.tolaria.checkpoint_codec import safetensors_bytes
+from actors.tolaria.data_cache import _digest as _cache_digest
 from esper.config import apply_overrides, dump_config
 from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
@@ -569,3 +570,36 @@ def test_a_damaged_header_of_the_newest_checkpoint_resumes_from_the_one_before(
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert summary.training is not None
     assert summary.training.resumed_from_step == int(previous.stem.removeprefix("step-"))
+
+
+def test_a_resume_over_a_changed_data_cache_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The data cache checks itself against a hash kept in the same file: labels shuffled and the hash recomputed
+    trained on silently, and a resume compared nothing for a built-in data set."""
+    cache = tmp_path / "cache"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[tolaria]\nepochs = 1\ndataset_samples = 600\ndata_cache_dir = "{cache}"\n'
+        f'[urza]\nroot = "{tmp_path / "urza"}"\n[logging]\nconsole = false\n',
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    record = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+    assert record["dataset"] == "mnist1d"
+    assert len(record["splits_sha256"]) == 64
+    # The same cache resumes.
+    assert main([str(config), "--set", "tolaria.epochs=2", "--resume", str(run_dir)]) == 0
+    [cached] = cache.glob("*.npz")
+    with np.load(cached, allow_pickle=False) as stored:
+        arrays = tuple(stored[name] for name in ("x_train", "y_train", "x_test", "y_test"))
+    shuffled = (arrays[0], np.random.default_rng(1).permutation(arrays[1]), arrays[2], arrays[3])
+    names = dict(zip(("x_train", "y_train", "x_test", "y_test"), shuffled, strict=True))
+    np.savez(cached, **names, sha256=np.array(_cache_digest(shuffled)))
+    capsys.readouterr()
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"--resume {run_dir}: the run trained on mnist1d data of SHA-256 {record['splits_sha256'][:12]}"
+    )
+    assert f"(was {cache} changed?); a resume continues the same training on the same data\n" in err
+    assert err.count("\n") == 1
