@@ -16,7 +16,7 @@ from actors.kasmina.journal import (
     iter_journal,
     last_boundary_step,
 )
-from actors.kasmina.journal_check import replay_refusal
+from actors.kasmina.journal_check import JournalVerdicts
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
 from actors.tolaria.checkpoints import (
@@ -37,12 +37,10 @@ from esper.runtime.errors import ConfigError
 from esper.runtime.signing import command_signature_valid
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from esper.run_key import RunKey
     from schemas.config import RunConfig, SecurityConfig
-    from schemas.control import AdaptationCommand
 
 _log = structlog.get_logger("esper.resume")
 
@@ -285,6 +283,7 @@ def check_resume_files(
         )
     journal = checkpoints / JOURNAL_FILENAME
     signed = None if key is None else functools.partial(command_signature_valid, keys={security.key_id: key.secret})
+    verdicts = None if signed is None else JournalVerdicts(run_id, signed)
     last: int | None = None
     try:
         for entry in iter_journal(journal):  # every line decodes (one at a time: it may be large)
@@ -299,7 +298,7 @@ def check_resume_files(
                         " rebuilt; restore the journal, or start a new run"
                     )
                 last = step
-                _check_journaled_command(directory, entry, run_id, key, signed, security.secret_env)
+                _check_journaled_command(directory, entry, key, verdicts, security.secret_env)
     except JournalCorrupt as err:
         raise ConfigError(
             f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"
@@ -316,9 +315,8 @@ def check_resume_files(
 def _check_journaled_command(
     directory: Path,
     entry: JournalBoundary,
-    run_id: str,
     key: RunKey | None,
-    signed: Callable[[AdaptationCommand], bool] | None,
+    verdicts: JournalVerdicts | None,
     secret_env: str,
 ) -> None:
     """Refuse the resume if the boundary's command would not be replayed (see check_resume_files).
@@ -328,7 +326,7 @@ def _check_journaled_command(
     """
     step = entry.packet.global_step
     where = f"--resume {directory}: checkpoints/{JOURNAL_FILENAME}: step {step}"
-    if signed is None or key is None:
+    if verdicts is None or key is None:
         if entry.command is None:
             return
         missing = (
@@ -344,7 +342,7 @@ def _check_journaled_command(
             f" if a version from before {KEY_FILE} was kept started it without {secret_env}, that version signed with"
             " a random key it never saved and no key can verify it: finish it with that version, or start a new run"
         )
-    refusal = replay_refusal(entry, run_id, signed)
+    refusal = verdicts.refusal(entry)
     if refusal is not None:
         raise ConfigError(
             f"{where}: {refusal} (the run's key: {key.origin}); replaying it would act on a command this run did not"
