@@ -15,6 +15,7 @@ from schemas.base import Record
 from schemas.run import RunSummary
 
 if TYPE_CHECKING:
+    from esper.nn.data import DataSplits
     from schemas.config import RunConfig, TolariaConfig
     from schemas.run import GrowthFigures
 
@@ -54,8 +55,9 @@ class RecordedBaseline(Record, frozen=True):
     val_accuracy: float
 
 
-def load_baseline(config: RunConfig) -> RecordedBaseline | None:
-    """Read ``nissa.baseline_run`` (a finished host-only run's directory); None when the key is unset.
+def load_baseline(config: RunConfig, data: DataSplits | None = None) -> RecordedBaseline | None:
+    """Read ``nissa.baseline_run`` (a finished host-only run's directory); None when the key is unset. ``data``: this
+    run's loaded splits, compared with the baseline's record of a built-in data set (see check_same_data).
 
     Blocks on file I/O: call it from a thread.
 
@@ -77,7 +79,7 @@ def load_baseline(config: RunConfig) -> RecordedBaseline | None:
         raise ConfigError(f"{where}: its config: {err}") from err
     _check_same_training(where, theirs.tolaria, config.tolaria)
     try:
-        check_same_data(directory, config.tolaria, where=where)
+        check_same_data(directory, config.tolaria, where=where, data=data)
     except OSError as err:
         raise ConfigError(f"{where}: cannot read tolaria.npz_path: {err.strerror or err}") from err
     path = directory / theirs.nissa.summary_json

@@ -1,4 +1,5 @@
-"""The user's data file's SHA-256, recorded when a run starts and checked by ``--resume`` (same config, same data)."""
+"""What a run trained on (an npz file's SHA-256, a built-in data set's loaded splits'), recorded when a run starts and
+checked by ``--resume`` and a baseline (same config, same data)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,45 @@ from esper.runtime.atomic_write import atomic_write_bytes
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
+    from esper.nn.data import DataSplits
     from schemas.config import TolariaConfig
 
 DATA_RECORD: Final = "data.json"
 _CHUNK: Final = 1 << 20
 
 
-class DataRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """What a run trained on, beyond its config: the npz file's digest (the built-in data sets are generated from
-    the config alone)."""
+class DataRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
+    """What a run trained on, beyond its config: the npz file's path and digest, or, for a built-in data set (made
+    from the config, but kept in a data cache anyone who can write it can change), the digest of the splits it loaded
+    (``splits_sha256``). A record an earlier version wrote has only the npz fields; it wrote none for a built-in set."""
 
-    npz_path: str
-    npz_sha256: str
+    npz_path: str | None = None
+    npz_sha256: str | None = None
+    dataset: str | None = None
+    splits_sha256: str | None = None
 
 
-def data_record(config: TolariaConfig) -> DataRecord | None:
-    """The record of ``config``'s data (None for the built-in data sets). Blocking: reads the whole file.
+def splits_sha256(data: DataSplits) -> str:
+    """The SHA-256 of every split's features and labels as loaded (dtype, shape and bytes). Blocking (CPU)."""
+    digest = hashlib.sha256()
+    for split, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
+        for part, tensor in (("x", pair.x), ("y", pair.y)):
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{split}.{part}:{array.dtype.str}:{array.shape}\n".encode())
+            digest.update(array.data)  # the buffer itself, not a copy of it
+    return digest.hexdigest()
+
+
+def data_record(config: TolariaConfig, data: DataSplits | None = None) -> DataRecord | None:
+    """The record of ``config``'s data: an npz file's digest; for a built-in data set the digest of ``data``, its
+    loaded splits (None without them). Blocking: reads the whole npz file, or hashes the splits.
 
     Raises:
         OSError: the file cannot be read.
     """
-    if config.dataset != "npz" or config.npz_path is None:
+    if config.dataset != "npz":
+        return None if data is None else DataRecord(dataset=config.dataset, splits_sha256=splits_sha256(data))
+    if config.npz_path is None:
         return None
     digest = hashlib.sha256()
     with Path(config.npz_path).expanduser().open("rb") as file:
@@ -41,13 +60,14 @@ def data_record(config: TolariaConfig) -> DataRecord | None:
     return DataRecord(npz_path=str(config.npz_path), npz_sha256=digest.hexdigest())
 
 
-def record_data(directory: Path, config: TolariaConfig) -> None:
-    """Write ``data.json`` for a new run (nothing for the built-in data sets). Blocking.
+def record_data(directory: Path, config: TolariaConfig, data: DataSplits | None = None) -> None:
+    """Write ``data.json`` for a new run (a built-in data set's needs its loaded splits, ``data``; without them
+    nothing is written). Blocking.
 
     Raises:
         ConfigError: the record cannot be written.
     """
-    record = data_record(config)
+    record = data_record(config, data)
     if record is None:
         return
     try:
@@ -56,37 +76,64 @@ def record_data(directory: Path, config: TolariaConfig) -> None:
         raise ConfigError(f"run directory {directory}: cannot write there: {err.strerror or err}") from err
 
 
-def check_same_data(directory: Path, config: TolariaConfig, *, where: str | None = None) -> None:
-    """Refuse a resume (or a baseline: ``where`` names the key and path) whose npz file is not the one the run in
-    ``directory`` trained on (same path or not: the bytes count). A run without a record (the built-in data sets)
-    passes. Blocking: hashes the file.
+def check_same_data(
+    directory: Path, config: TolariaConfig, *, where: str | None = None, data: DataSplits | None = None
+) -> None:
+    """Refuse a resume (or a baseline: ``where`` names the key and path) whose data is not the one the run in
+    ``directory`` trained on: an npz file's bytes (same path or not), or a built-in data set's splits as loaded here
+    (``data``: a data cache changed since, by hand or by someone who can write it, trained on silently). A run without
+    a record of a built-in data set (one an earlier version wrote) passes, as does one when ``data`` is None.
+    Blocking: hashes the file or the splits.
 
     Raises:
-        ConfigError: one line naming the file and both digests' prefixes, or the record that cannot be read.
+        ConfigError: one line naming the data and both digests' prefixes, or the record that cannot be read.
     """
     path = directory / DATA_RECORD
+    caller = where or f"--resume {directory}"
+    purpose = "a baseline must train on the same data" if where is not None else None
+    purpose = purpose or "a resume continues the same training on the same data"
     try:
         recorded = msgspec.json.decode(path.read_bytes(), type=DataRecord)
     except FileNotFoundError as err:
         if config.dataset != "npz":
-            return  # the built-in data sets are made from the config alone: nothing is recorded
+            return  # an earlier version recorded nothing of a built-in data set
         raise ConfigError(
-            f"{where or f'--resume {directory}'}: {path} is missing; it records the npz data the run trained on,"
-            " which this run must match"
+            f"{caller}: {path} is missing; it records the npz data the run trained on, which this run must match"
         ) from err
     except (OSError, msgspec.DecodeError) as err:
         # Damaged, it would have let a run continue on other data unnoticed.
         raise ConfigError(
-            f"{where or f'--resume {directory}'}: {path} cannot be read ({err}); it records the data the run trained"
-            " on, which this run must match"
+            f"{caller}: {path} cannot be read ({err}); it records the data the run trained on, which this run must"
+            " match"
         ) from err
+    if recorded.npz_sha256 is None:
+        _check_same_splits(caller, purpose, recorded, config, data)
+        return
     now = data_record(config)
-    if now is None or now.npz_sha256 != recorded.npz_sha256:
-        found = "no npz file" if now is None else f"SHA-256 {now.npz_sha256[:12]}..."
-        purpose = "a resume continues the same training on the same data"
-        if where is not None:
-            purpose = "a baseline must train on the same data"
+    now_sha256 = None if now is None else now.npz_sha256
+    if now_sha256 != recorded.npz_sha256:
+        found = "no npz file" if now_sha256 is None else f"SHA-256 {now_sha256[:12]}..."
         raise ConfigError(
-            f"{where or f'--resume {directory}'}: the run trained on {recorded.npz_path}"
+            f"{caller}: the run trained on {recorded.npz_path}"
             f" (SHA-256 {recorded.npz_sha256[:12]}...), and tolaria's data here has {found}; {purpose}"
+        )
+
+
+def _check_same_splits(
+    caller: str, purpose: str, recorded: DataRecord, config: TolariaConfig, data: DataSplits | None
+) -> None:
+    """Refuse a built-in data set whose loaded splits are not the recorded ones (see check_same_data)."""
+    if recorded.splits_sha256 is None or data is None:
+        return
+    if config.dataset != recorded.dataset:
+        raise ConfigError(
+            f"{caller}: the run trained on the {recorded.dataset} data set, and tolaria's data here is"
+            f" {config.dataset}; {purpose}"
+        )
+    now = splits_sha256(data)
+    if now != recorded.splits_sha256:
+        cache = f" (was {config.data_cache_dir} changed?)" if config.data_cache_dir else ""
+        raise ConfigError(
+            f"{caller}: the run trained on {recorded.dataset} data of SHA-256 {recorded.splits_sha256[:12]}..., and"
+            f" the data loaded here has SHA-256 {now[:12]}...{cache}; {purpose}"
         )

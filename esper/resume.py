@@ -16,7 +16,7 @@ from actors.kasmina.journal import (
     iter_journal,
     last_boundary_step,
 )
-from actors.kasmina.journal_check import replay_refusal
+from actors.kasmina.journal_check import JournalVerdicts
 from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
 from actors.tolaria.checkpoints import (
@@ -26,6 +26,7 @@ from actors.tolaria.checkpoints import (
     read_manifest,
     read_run_keys,
     read_written_by,
+    verified_newest_first,
 )
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.baseline import SAME_TRAINING
@@ -36,12 +37,10 @@ from esper.runtime.errors import ConfigError
 from esper.runtime.signing import command_signature_valid
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from esper.run_key import RunKey
     from schemas.config import RunConfig, SecurityConfig
-    from schemas.control import AdaptationCommand
 
 _log = structlog.get_logger("esper.resume")
 
@@ -284,6 +283,7 @@ def check_resume_files(
         )
     journal = checkpoints / JOURNAL_FILENAME
     signed = None if key is None else functools.partial(command_signature_valid, keys={security.key_id: key.secret})
+    verdicts = None if signed is None else JournalVerdicts(run_id, signed)
     last: int | None = None
     try:
         for entry in iter_journal(journal):  # every line decodes (one at a time: it may be large)
@@ -298,7 +298,7 @@ def check_resume_files(
                         " rebuilt; restore the journal, or start a new run"
                     )
                 last = step
-                _check_journaled_command(directory, entry, run_id, key, signed, security.secret_env)
+                _check_journaled_command(directory, entry, key, verdicts, security.secret_env)
     except JournalCorrupt as err:
         raise ConfigError(
             f"--resume {directory}: {err}, so the seeds' lifecycle cannot be rebuilt; nothing to resume from"
@@ -315,9 +315,8 @@ def check_resume_files(
 def _check_journaled_command(
     directory: Path,
     entry: JournalBoundary,
-    run_id: str,
     key: RunKey | None,
-    signed: Callable[[AdaptationCommand], bool] | None,
+    verdicts: JournalVerdicts | None,
     secret_env: str,
 ) -> None:
     """Refuse the resume if the boundary's command would not be replayed (see check_resume_files).
@@ -327,7 +326,7 @@ def _check_journaled_command(
     """
     step = entry.packet.global_step
     where = f"--resume {directory}: checkpoints/{JOURNAL_FILENAME}: step {step}"
-    if signed is None or key is None:
+    if verdicts is None or key is None:
         if entry.command is None:
             return
         missing = (
@@ -343,7 +342,7 @@ def _check_journaled_command(
             f" if a version from before {KEY_FILE} was kept started it without {secret_env}, that version signed with"
             " a random key it never saved and no key can verify it: finish it with that version, or start a new run"
         )
-    refusal = replay_refusal(entry, run_id, signed)
+    refusal = verdicts.refusal(entry)
     if refusal is not None:
         raise ConfigError(
             f"{where}: {refusal} (the run's key: {key.origin}); replaying it would act on a command this run did not"
@@ -417,20 +416,24 @@ SEED_KEY: Final = ".esper_slot.seed."  # a grafted seed's tensors: the graft log
 
 
 def check_checkpoint_fits(checkpoints: Path, host_tensors: dict[str, tuple[int, ...] | None], host_model: str) -> None:
-    """Refuse a resume whose newest checkpoint's host weights do not fit the host as it builds now (a user model
-    whose code or slot_targets changed): the load failed in the trainer and in each of its restarts. Blocking.
+    """Refuse a resume whose newest good checkpoint's host weights do not fit the host as it builds now (a user model
+    whose code or slot_targets changed): the load failed in the trainer and in each of its restarts. Only a checkpoint
+    that passes its size and SHA-256 is read, as the trainer loads only those: a damaged newest one's header made a
+    false "does not fit" of a run the trainer resumes from the one before. Blocking.
 
     Raises:
         ConfigError: one line naming the first tensor that differs.
     """
-    listed = read_manifest(checkpoints) if checkpoints.is_dir() else []
-    if not listed:
+    if not checkpoints.is_dir():
         return
-    path = checkpoints / listed[-1].file
+    info, data = next(verified_newest_first(checkpoints), (None, b""))
+    if info is None:
+        return  # none passes its checksum: the trainer's load says so
+    path = checkpoints / info.file
     try:
-        saved = {key: shape for key, shape in model_shapes(path).items() if SEED_KEY not in key}
-    except (CheckpointError, OSError):
-        return  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
+        saved = {key: shape for key, shape in model_shapes(data).items() if SEED_KEY not in key}
+    except CheckpointError:
+        return  # the trainer's load falls back to an older checkpoint, saying why
     if saved == host_tensors:
         return
     missing = sorted(saved.keys() - host_tensors.keys())
@@ -449,25 +452,29 @@ def check_checkpoint_fits(checkpoints: Path, host_tensors: dict[str, tuple[int, 
 
 
 def check_checkpoint_run(checkpoints: Path, run_id: str) -> None:
-    """Refuse a resume whose newest checkpoint another run wrote (copied in from another run directory): it was
-    continued without a word, another run's weights under this run's history. Checkpoints that do not say which run
-    wrote them (older ones) pass. Blocking: reads the newest checkpoint's header.
+    """Refuse a resume whose checkpoints another run wrote (copied in from another run directory): it was continued
+    without a word, another run's weights under this run's history. Checkpoints that do not say which run wrote them
+    (older ones) pass, and so do those that fail their size or SHA-256: the trainer never loads them (a damaged header
+    read as another run's refused a resume the trainer makes from the checkpoint before). Blocking: hashes each
+    listed checkpoint.
 
     Raises:
         ConfigError: one line naming the checkpoint and both runs.
     """
-    # Every listed one: the trainer falls back to an older checkpoint when the newest does not load, and a damaged
+    if not checkpoints.is_dir():
+        return
+    # Every good one: the trainer falls back to an older checkpoint when the newest does not decode, and a damaged
     # newest copy let another run's older checkpoint through.
-    for info in reversed(read_manifest(checkpoints) if checkpoints.is_dir() else []):
-        path = checkpoints / info.file
+    for info, data in verified_newest_first(checkpoints):
         try:
-            writer = checkpoint_run_id(path)
-        except (CheckpointError, OSError):
-            continue  # the trainer's load verifies the checksums and falls back to an older checkpoint, saying so
+            writer = checkpoint_run_id(data)
+        except CheckpointError:
+            continue  # the trainer's load falls back to an older checkpoint, saying why
         if writer is not None and writer != run_id:
             raise ConfigError(
-                f"--resume: the checkpoint {path} was written by run {writer!r}, not by this directory's run"
-                f" {run_id!r} (copied from another run directory?); resume that run from its own directory"
+                f"--resume: the checkpoint {checkpoints / info.file} was written by run {writer!r}, not by this"
+                f" directory's run {run_id!r} (copied from another run directory?); resume that run from its own"
+                " directory"
             )
 
 

@@ -10,7 +10,7 @@ from actors.kasmina.held_seeds import replay_holdings
 from actors.kasmina.journal import JOURNAL_FILENAME
 from actors.kasmina.preparation import ModuleCache, Preparer
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_graft_log
-from actors.tolaria.checkpoints import read_written_by
+from actors.tolaria.checkpoints import read_manifest, read_written_by, verified_checkpoint
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.handoff import Handoff
@@ -51,9 +51,8 @@ async def check_replayed_seeds(
     """
     checkpoints = run_dir / "checkpoints"
     checkpoint = checkpoints / f"step-{resume_step}.pt"
-    try:
-        graft = await anyio.to_thread.run_sync(checkpoint_graft_log, checkpoint)
-    except (CheckpointError, OSError):
+    graft = await anyio.to_thread.run_sync(_graft_log_at, checkpoints, resume_step)
+    if graft is None:
         return  # the trainer's load verifies the checkpoint and falls back to an older one, saying why
     clock = WallClock()
     handoff: Handoff[nn.Module] = Handoff()  # the replay's modules, dropped with it
@@ -72,6 +71,17 @@ async def check_replayed_seeds(
         return
     written = await anyio.to_thread.run_sync(read_written_by, checkpoints)
     raise ConfigError(seeds_refusal(run_dir, resume_step, problem, written))
+
+
+def _graft_log_at(checkpoints: Path, step: int) -> list[GraftEvent] | None:
+    """The graft log of the checkpoint of ``step`` when it is listed, passes its size and SHA-256 and decodes, else
+    None (a header is read only from verified bytes). Blocking."""
+    try:
+        info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
+        data = None if info is None else verified_checkpoint(checkpoints, info)
+        return None if data is None else checkpoint_graft_log(data)
+    except CheckpointError:
+        return None
 
 
 def seeds_refusal(run_dir: Path, resume_step: int, problem: str, written: str | None) -> str:

@@ -179,7 +179,7 @@ async def _start_claimed(
         run_id = resolved.run_id or earlier
     if resume is None:
         await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
-        await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria)
+        await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria, args.data)
     # Before the first command is signed: a resume verifies the journaled commands with this key.
     await anyio.to_thread.run_sync(keep_run_key, directory, key)
     logging = configure_logging(

@@ -261,7 +261,7 @@ async def checked_start(
             await anyio.to_thread.run_sync(check_bindable, host, port)
     except ConfigError as err:
         raise blamed(err, config, overrides or ()) from err
-    baseline = await anyio.to_thread.run_sync(load_baseline, resolved)
+    baseline = await anyio.to_thread.run_sync(load_baseline, resolved, data)
     if resume is not None:
         directory = Path(resume)
         await anyio.to_thread.run_sync(_check_resume_dir, directory)
@@ -308,7 +308,7 @@ async def checked_start(
         )
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
-        await anyio.to_thread.run_sync(check_same_data, directory, resolved.tolaria)
+        await anyio.to_thread.run_sync(functools.partial(check_same_data, directory, resolved.tolaria, data=data))
         # An earlier version trained an unset thread count on one thread: the resume keeps training on one.
         resolved = await anyio.to_thread.run_sync(threads_as_trained, directory, resolved)
         run_id: str | None = None  # the resumed run's own, read once the directory is claimed

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
-from actors.tolaria.checkpoints import MANIFEST, latest_good, read_manifest, read_written_by
+from actors.tolaria.checkpoints import MANIFEST, latest_good, read_manifest, read_written_by, verified_checkpoint
 from esper.logs import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import re_announced
@@ -228,11 +228,14 @@ def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
     file's header), else None: the reason the halt kept in that header, as the uninterrupted run's summary words it;
     for a checkpoint an earlier version wrote, the trainer's ``training_finished`` line for that step in
     events.jsonl, else its L4 emergency signal there, else a reason naming the step and L4 (a kill -9 can come before
-    either line). Blocking.
+    either line). Only a file that passes its size and SHA-256 is read (a damaged header could say anything). Blocking.
     """
+    data = verified_checkpoint(run_dir / "checkpoints", info)
+    if data is None:
+        return None  # the resume's own load skips it, saying why
     try:
-        counters = checkpoint_counters(run_dir / "checkpoints" / info.file)
-    except (CheckpointError, OSError):
+        counters = checkpoint_counters(data)
+    except CheckpointError:
         return None  # the resume's own load refuses it, saying why
     level = counters.get("emergency_level")
     if not isinstance(level, int) or level < EmergencyLevel.L4_HALT:

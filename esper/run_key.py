@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 KEY_FILE = "command.key"
 _KEY_BYTES = 32
+# The shortest secret the variable may hold: HMAC keys this short can be guessed offline from one signed command in
+# the journal (a 1-byte secret was accepted, 256 tries to forge any command).
+MIN_SECRET_BYTES = 16
 
 
 @final
@@ -44,12 +47,19 @@ def env_key(config: RunConfig) -> RunKey | None:
     """The key of the environment variable ``security.secret_env``, or None when it is unset or empty.
 
     Raises:
-        ConfigError: the variable is unset while weatherlight.require_secret is true.
+        ConfigError: the variable is unset while weatherlight.require_secret is true, or holds fewer than
+            MIN_SECRET_BYTES bytes (the line names the variable and the length, never the value).
     """
     name = config.security.secret_env
     value = os.environ.get(name)
     if value:
-        return RunKey(secret=value.encode("utf-8"), env=name, stored=False)
+        secret = value.encode("utf-8")
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"security.secret_env: the environment variable {name} holds {len(secret)} bytes, fewer than the"
+                f" {MIN_SECRET_BYTES} a command-signing key needs (use e.g. 32 random bytes, hex-encoded)"
+            )
+        return RunKey(secret=secret, env=name, stored=False)
     if config.weatherlight.require_secret:
         raise ConfigError(f"weatherlight.require_secret: the environment variable {name} is not set")
     return None

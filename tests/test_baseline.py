@@ -4,6 +4,7 @@ problem, and a run that grew nothing says why."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import pytest
 from esper.baseline import load_baseline, with_baseline
 from esper.config import dump_config, load_config
 from esper.data_fingerprint import record_data
+from esper.nn.data import load_dataset
 from esper.run import start
 from esper.runtime.errors import ConfigError
 from esper.summary_table import format_summary, growth_lines
@@ -195,6 +197,24 @@ def test_a_baseline_trained_on_the_same_npz_bytes_at_another_path_compares(tmp_p
     ours_npz.write_bytes(b"other arrays")
     with pytest.raises(ConfigError, match="a baseline must train on the same data"):
         load_baseline(comparing_with(directory, ours))
+
+
+def test_a_baseline_on_other_built_in_data_is_refused(tmp_path: Path) -> None:
+    """A built-in data set's record (the digest of the splits the baseline loaded) is compared with this run's:
+    the same config over a data cache changed since trained on other data."""
+    directory = write_run(tmp_path / "host", tolaria=TolariaConfig(dataset="digits"))
+    data = load_dataset("digits", samples=300)
+    record_data(directory, TolariaConfig(dataset="digits"), data)
+    config = comparing_with(directory, TolariaConfig(dataset="digits"))
+    assert load_baseline(config, data) is not None
+    labels = data.train.y.clone()
+    labels[:2] = labels[:2].flip(0) if labels[0] != labels[1] else (labels[:2] + 1) % data.num_classes
+    changed = dataclasses.replace(data, train=dataclasses.replace(data.train, y=labels))
+    with pytest.raises(ConfigError) as raised:
+        load_baseline(config, changed)
+    text = str(raised.value)
+    assert text.startswith(f"nissa.baseline_run: {directory}: the run trained on digits data of SHA-256 ")
+    assert text.endswith("a baseline must train on the same data")
 
 
 def test_a_damaged_summary_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
-from actors.kasmina.journal_check import replay_refusal
+from actors.kasmina.journal_check import JournalVerdicts, replay_refusal
 from esper.runtime.signing import command_signature_valid
 from schemas.domain_enums import CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
@@ -96,6 +96,48 @@ def test_a_journaled_verdict_must_be_the_one_verification_gives(entry: JournalBo
         assert found is not None
         assert found.endswith(said)
         assert entry.command is None or found.startswith(f"the germinate command {entry.command.command_id}: ")
+
+
+def test_a_command_accepted_twice_in_one_journal_is_refused() -> None:
+    """A NONCE_REPLAYED line (the same signed command arriving again) edited to accepted passed: each line was
+    checked alone, and its HMAC holds. Over one pass a command id, or a nonce, is accepted once."""
+    command = germinate(4)
+    verdicts = JournalVerdicts(RUN, signed)
+    assert verdicts.refusal(boundary(4, command, None)) is None
+    assert verdicts.refusal(boundary(4, command, R.NONCE_REPLAYED)) is None  # as recorded: a refusal
+    assert verdicts.refusal(boundary(4, command, None)) == (
+        f"the germinate command {command.command_id}: it was accepted at an earlier boundary (a command's nonce is"
+        " spent once accepted), but the journal records it accepted again"
+    )
+    # Each pass starts afresh (a rollback's replay reads the cut journal from its first line).
+    assert JournalVerdicts(RUN, signed).refusal(boundary(4, command, None)) is None
+    # The checks of a single line still come first.
+    forged = germinate(4, key=OTHER_KEY)
+    assert JournalVerdicts(RUN, signed).refusal(boundary(4, forged, None)) == refusal(boundary(4, forged, None))
+
+
+async def test_a_command_replayed_as_accepted_twice_stops_the_replay(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """The journal's line of an accepted germinate appears again, recorded accepted (an edited NONCE_REPLAYED line):
+    replayed, it would be planned twice."""
+    command = germinate(2)
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        await h.boundary(1)
+        await h.boundary(2, command)
+        await h.boundary(3)
+    path = tmp_path / JOURNAL_FILENAME
+    lines = path.read_bytes().splitlines(keepends=True)
+    [accepted] = [line for line in lines if command.command_id.encode() in line]
+    path.write_bytes(b"".join(line for kept in lines for line in ([kept, accepted] if kept == accepted else [kept])))
+    sink.events.clear()
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path, resume_step=3):
+        [failed] = sink.of_type(ChildFailed)
+        assert failed.error_type == "JournalTampered"
+        assert failed.error == (
+            f"{path}: step 2: the germinate command {command.command_id}: it was accepted at an earlier boundary (a"
+            " command's nonce is spent once accepted), but the journal records it accepted again"
+        )
 
 
 def test_a_tampered_field_of_a_signed_command_fails_its_signature() -> None:

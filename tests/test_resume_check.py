@@ -15,6 +15,7 @@ import pytest
 from actors.kasmina.spec import lifecycle_settings
 from actors.nissa.csv_writer import header_line
 from actors.tolaria.checkpoint_codec import safetensors_bytes
+from actors.tolaria.data_cache import _digest as _cache_digest
 from esper.config import apply_overrides, dump_config
 from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
@@ -349,10 +350,9 @@ def test_every_differing_key_is_named_at_once(tmp_path: Path) -> None:
     )
 
 
-def _trained_100_epochs(tmp_path: Path) -> Path:
-    """A run directory whose one good checkpoint, step-300.pt, ended epoch 100 (no summary.json)."""
+def _trained_100_epochs(tmp_path: Path, data: bytes = b"a checkpoint's bytes") -> Path:
+    """A run directory whose one good checkpoint, step-300.pt (``data``), ended epoch 100 (no summary.json)."""
     run_dir = _run_dir(tmp_path)
-    data = b"a checkpoint's bytes"
     (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
     entry = {
         "file": "step-300.pt",
@@ -468,13 +468,11 @@ def _halts_checkpoint(
 ) -> Path:
     """A run directory whose checkpoint step-300.pt (epoch 100) holds ``level`` (and ``halt_reason`` when given, as
     the halt's checkpoint keeps it) in its header, with ``events``."""
-    run_dir = _trained_100_epochs(tmp_path)
     counters: dict[str, object] = {"emergency_level": level}
     if halt_reason is not None:
         counters["halt_reason"] = halt_reason
     header = {"counters": counters}
-    data = safetensors_bytes([], {"esper": json.dumps(header)})
-    (run_dir / "checkpoints" / "step-300.pt").write_bytes(data)
+    run_dir = _trained_100_epochs(tmp_path, safetensors_bytes([], {"esper": json.dumps(header)}))
     lines = [json.dumps(event) for event in events]
     (run_dir / "events.jsonl").write_text("\n".join([*lines, '{"event": "training_fin']), "utf-8")  # torn at the end
     return run_dir
@@ -512,6 +510,19 @@ def test_the_reason_a_halts_checkpoint_keeps_is_the_one_a_finishing_resume_gives
     assert finishing_halt(_halts_checkpoint(tmp_path / "l3", 3, [], halt_reason=reason), 300, 100) is None
 
 
+def test_a_halt_is_read_only_from_a_checkpoint_that_passes_its_checksum(tmp_path: Path) -> None:
+    """checkpoint_halt read the header of a file that failed its SHA-256 (which the resume's load skips): an L3
+    checkpoint whose level byte was damaged to 4 finished the run as halted."""
+    run_dir = _halts_checkpoint(tmp_path, 3, [], halt_reason="a reason")
+    assert finishing_halt(run_dir, 300, 100) is None
+    checkpoint = run_dir / "checkpoints" / "step-300.pt"
+    data = checkpoint.read_bytes()
+    damaged = data.replace(b'emergency_level\\": 3', b'emergency_level\\": 4')
+    assert damaged != data
+    checkpoint.write_bytes(damaged)
+    assert finishing_halt(run_dir, 300, 100) is None
+
+
 def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tmp_path: Path) -> None:
     """The json module recursed once per "[" and ended the resume with a RecursionError traceback (exit 1)."""
     checkpoints = tmp_path / "checkpoints"
@@ -524,3 +535,71 @@ def test_a_manifest_nested_past_the_recursion_limit_is_an_unreadable_manifest(tm
         f"--resume {tmp_path}: {checkpoints / 'manifest.json'}: unreadable manifest: RecursionError: maximum recursion"
     )
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("what", "mark"),
+    [
+        # Another run's id: "the checkpoint ... was written by run '3026...'" (exit 2).
+        ("run id", b'run_id\\":\\"'),
+        # Another model: "it holds blocks.0.conv.weigh3, which the model no longer has" (exit 2).
+        ("model key", b"blocks.0.conv.weigh"),
+    ],
+)
+def test_a_damaged_header_of_the_newest_checkpoint_resumes_from_the_one_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str, mark: bytes
+) -> None:
+    """One byte changed in the newest checkpoint's header: the resume's checks read the header before its SHA-256 and
+    refused the run (another run's checkpoint, a model that no longer fits), where damage anywhere else in the file
+    was skipped as corrupt and the run resumed from the checkpoint before."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tolaria]\nepochs = 2\ndataset_samples = 600\n[urza]\nroot = "{tmp_path / "urza"}"\n')
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    manifest = json.loads((run_dir / "checkpoints" / "manifest.json").read_text(encoding="utf-8"))
+    previous, newest = (run_dir / "checkpoints" / e["file"] for e in manifest["checkpoints"][-2:])
+    data = bytearray(newest.read_bytes())
+    at = bytes(data).index(mark) + len(mark)  # in the header: the first occurrence
+    assert at < int.from_bytes(data[:8], "little"), what
+    data[at] = ord("3") if data[at] != ord("3") else ord("4")
+    newest.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("checkpoint_corrupt") == 1, said
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.training is not None
+    assert summary.training.resumed_from_step == int(previous.stem.removeprefix("step-"))
+
+
+def test_a_resume_over_a_changed_data_cache_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The data cache checks itself against a hash kept in the same file: labels shuffled and the hash recomputed
+    trained on silently, and a resume compared nothing for a built-in data set."""
+    cache = tmp_path / "cache"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[tolaria]\nepochs = 1\ndataset_samples = 600\ndata_cache_dir = "{cache}"\n'
+        f'[urza]\nroot = "{tmp_path / "urza"}"\n[logging]\nconsole = false\n',
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    record = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+    assert record["dataset"] == "mnist1d"
+    assert len(record["splits_sha256"]) == 64
+    # The same cache resumes.
+    assert main([str(config), "--set", "tolaria.epochs=2", "--resume", str(run_dir)]) == 0
+    [cached] = cache.glob("*.npz")
+    with np.load(cached, allow_pickle=False) as stored:
+        arrays = tuple(stored[name] for name in ("x_train", "y_train", "x_test", "y_test"))
+    shuffled = (arrays[0], np.random.default_rng(1).permutation(arrays[1]), arrays[2], arrays[3])
+    names = dict(zip(("x_train", "y_train", "x_test", "y_test"), shuffled, strict=True))
+    np.savez(cached, **names, sha256=np.array(_cache_digest(shuffled)))
+    capsys.readouterr()
+    assert main([str(config), "--set", "tolaria.epochs=3", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"--resume {run_dir}: the run trained on mnist1d data of SHA-256 {record['splits_sha256'][:12]}"
+    )
+    assert f"(was {cache} changed?); a resume continues the same training on the same data\n" in err
+    assert err.count("\n") == 1

@@ -136,6 +136,7 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "command.key",
         "config.toml",
+        "data.json",  # the built-in data set's digest, which a resume compares
         "events.jsonl",
         "run.lock",
     ]

@@ -68,15 +68,40 @@ def test_the_run_key_file_is_written_atomically_for_its_owner_alone_and_read_bac
 def test_a_key_from_the_environment_stays_out_of_the_run_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(ENV, "operator-secret")
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
     (tmp_path / KEY_FILE).write_bytes(b"k" * 32)  # an earlier attempt's, without the variable
     key = env_key(RunConfig())
     assert key is not None
-    assert (key.secret, key.env) == (b"operator-secret", ENV)
+    assert (key.secret, key.env) == (b"operator-secret-0123456789", ENV)
     keep_run_key(tmp_path, key)
     assert not (tmp_path / KEY_FILE).exists()
     monkeypatch.delenv(ENV)
     assert env_key(RunConfig()) is None
+
+
+def test_a_secret_shorter_than_16_bytes_is_refused_before_the_run_directory_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-byte secret was accepted: 256 tries forge any command from one signed line of the journal."""
+    monkeypatch.setenv(ENV, "x")
+    with pytest.raises(ConfigError) as refused:
+        env_key(RunConfig())
+    assert str(refused.value) == (
+        f"security.secret_env: the environment variable {ENV} holds 1 bytes, fewer than the 16 a command-signing key"
+        " needs (use e.g. 32 random bytes, hex-encoded)"
+    )
+    monkeypatch.setenv(ENV, "s3cr3t-of-15-by")  # its value is never said
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tolaria]\nepochs = 1\n[urza]\nroot = "{tmp_path / "urza"}"\n', encoding="utf-8")
+    assert main([str(config), "--run-dir", str(tmp_path / "run")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"{ENV} holds 15 bytes" in err
+    assert "s3cr3t" not in err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv(ENV, "é" * 8)  # bytes, not characters: 16 bytes of UTF-8
+    key = env_key(RunConfig())
+    assert key is not None
+    assert len(key.secret) == 16
 
 
 def test_a_key_file_that_holds_no_key_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -225,7 +250,7 @@ def test_a_forged_journal_is_refused_on_resume_and_the_kept_key_resumes_the_genu
 def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(ENV, "operator-secret")
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
     config = grown_config(tmp_path)
     run_dir = tmp_path / "run"
     assert main([str(config), "--run-dir", str(run_dir)]) == 0
@@ -241,7 +266,7 @@ def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_i
     assert err.count("\n") == 1
     assert err.startswith(f"--resume {run_dir}: checkpoints/{JOURNAL_FILENAME}: step {step} holds a signed command")
     assert f"no {KEY_FILE} in the run directory, {ENV} unset" in err
-    monkeypatch.setenv(ENV, "another-secret")
+    monkeypatch.setenv(ENV, "another-secret-0123456789")
     assert (
         main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
     )
@@ -249,7 +274,7 @@ def test_a_run_keyed_by_the_environment_resumes_with_it_and_is_refused_without_i
     assert f"step {step}: the {first.command.kind.value if first.command else ''} command" in err
     assert f"(the run's key: the environment variable {ENV})" in err
     assert f"give {ENV} the value the run started with" in err  # the likely cause, not a forged journal
-    monkeypatch.setenv(ENV, "operator-secret")
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
     assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
     assert not (run_dir / KEY_FILE).exists()
 
@@ -265,7 +290,7 @@ def test_a_run_that_kept_its_own_key_resumes_with_it_when_the_variable_is_set_si
     assert main([str(config), "--run-dir", str(run_dir)]) == 0
     key_bytes = (run_dir / KEY_FILE).read_bytes()
     assert _commands(run_dir)
-    monkeypatch.setenv(ENV, "operator-secret")
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
     assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
     assert (run_dir / KEY_FILE).read_bytes() == key_bytes  # the run keeps the key it started with
     commands = _commands(run_dir)

@@ -634,7 +634,7 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     assert last.global_step == result.figures.global_step
     # The halt's checkpoint keeps that reason: a resume that finishes the run killed before training_finished was
     # logged reads it there (the L4 signal words it otherwise).
-    assert checkpoint_counters(tmp_path / last.file)["halt_reason"] == result.halt_reason
+    assert checkpoint_counters((tmp_path / last.file).read_bytes())["halt_reason"] == result.halt_reason
 
 
 def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(
@@ -733,7 +733,7 @@ def test_a_full_restore_at_start_that_misses_its_deadline_halts_before_training(
     # The halt's checkpoint is the restored state, now at L4: a resume from it continues at L2.
     last = read_manifest(tmp_path)[-1]
     assert last.global_step == 21
-    assert checkpoint_counters(tmp_path / last.file)["emergency_level"] == int(EmergencyLevel.L4_HALT)
+    assert checkpoint_counters((tmp_path / last.file).read_bytes())["emergency_level"] == int(EmergencyLevel.L4_HALT)
 
 
 def test_an_exception_in_training_is_not_hidden_by_a_failed_checkpoint_write(data: DataSplits, tmp_path: Path) -> None:
@@ -760,7 +760,7 @@ def test_an_epoch_end_checkpoint_holds_the_emergency_state_its_verdict_left(data
     epoch's tick lost, the step down later than in the uninterrupted run)."""
     make_loop(config(epoch_budget_ms=1e-6, failed_epochs_to_halt=5), data, tmp_path).run()
     [first] = [info for info in read_manifest(tmp_path) if info.epoch == 1]  # written at epoch 1's end
-    counters = checkpoint_counters(tmp_path / first.file)
+    counters = checkpoint_counters((tmp_path / first.file).read_bytes())
     assert (counters["failed_epochs"], counters["failed_streak"]) == (1, 1)
     assert counters["emergency_level"] == int(EmergencyLevel.L2_ELEVATED)
 

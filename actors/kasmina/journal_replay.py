@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from actors.kasmina.journal import JournalBoundary, JournalReceipt, JournalValidation, entry_step
-from actors.kasmina.journal_check import JournalTampered, replay_refusal
+from actors.kasmina.journal_check import JournalTampered, JournalVerdicts
 from actors.kasmina.seed_preparing import PREPARATION_ERRORS
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class JournalReplay:
         # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
         candidates: list[tuple[int, int, BoundaryPlan]] = []
         replayed = 0
+        verdicts = JournalVerdicts(self._run_id, self._verifier.signature_valid)
         batches = journal.batches()
         try:
             while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
@@ -90,7 +91,7 @@ class JournalReplay:
                         case JournalValidation():
                             planner.record_validation(entry.report)
                         case JournalBoundary():
-                            plan = await self._replay_boundary(planner, entry, keep=cut is not None)
+                            plan = await self._replay_boundary(planner, entry, verdicts, keep=cut is not None)
                             if seen is not None:
                                 seen(plan)
                             effect = plan.decided_on_step + planner.lag_steps
@@ -108,15 +109,18 @@ class JournalReplay:
                 self.discard_handles(plan)
         return replayed, in_flight
 
-    async def _replay_boundary(self, planner: BoundaryPlanner, entry: JournalBoundary, *, keep: bool) -> BoundaryPlan:
+    async def _replay_boundary(
+        self, planner: BoundaryPlanner, entry: JournalBoundary, verdicts: JournalVerdicts, *, keep: bool
+    ) -> BoundaryPlan:
         """Plan a journaled boundary again, preparing its seeds again (their modules wait under the plan's handles
         until the caller keeps or discards them) unless the journal says their preparation failed.
 
         Raises:
             JournalTampered: the entry's command fails verification with the run's key, or its recorded verdict is
-                not what verification gives (a forged or altered line: replayed, it would act unsigned).
+                not what verification gives, or it was accepted at an earlier boundary of ``verdicts``' pass (a forged
+                or altered line: replayed, it would act unsigned, or twice).
         """
-        refusal = replay_refusal(entry, self._run_id, self._verifier.signature_valid)
+        refusal = verdicts.refusal(entry)
         if refusal is not None:
             where = self._journal.path or "the lifecycle journal"
             raise JournalTampered(f"{where}: step {entry.packet.global_step}: {refusal}")

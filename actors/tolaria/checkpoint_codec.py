@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 import msgspec
 import torch
@@ -25,9 +25,6 @@ from actors.tolaria.boundary import GraftEvent
 from actors.tolaria.checkpoint_check import state_problem
 from actors.tolaria.snapshots import TrainState
 from esper.runtime.errors import EsperError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -153,15 +150,15 @@ def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
     return state, tuple(str(p) for p in raw.get("pending_plans", []))
 
 
-def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
-    """Each model state entry in the checkpoint at ``path`` with its tensor's shape (None: not a tensor, a slot's extra
-    state), read from its header alone (no weights, no hash).
+def model_shapes(data: bytes) -> dict[str, tuple[int, ...] | None]:
+    """Each model state entry in the checkpoint ``data`` with its tensor's shape (None: not a tensor, a slot's extra
+    state), read from its header alone (no weights). ``data``: a file that passed its manifest's SHA-256 (see
+    checkpoints.verified_checkpoint): a header read before that check trusted what a damaged file says.
 
     Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
+        CheckpointError: the bytes are not a checkpoint.
     """
-    tree = _header_tree(path)
+    tree = _header_tree(data)
     try:
         model = tree["model"]
         return {
@@ -169,59 +166,56 @@ def model_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
             for key, value in model.items()
         }
     except (KeyError, TypeError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+        raise CheckpointError(f"not a checkpoint ({err})") from err
 
 
-def checkpoint_run_id(path: Path) -> str | None:
-    """The id of the run that wrote the checkpoint at ``path``, from its header alone; None for a checkpoint written
-    before they said (or one without it).
+def checkpoint_run_id(data: bytes) -> str | None:
+    """The id of the run that wrote the checkpoint ``data`` (verified bytes, see model_shapes), from its header alone;
+    None for a checkpoint written before they said (or one without it).
 
     Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
+        CheckpointError: the bytes are not a checkpoint.
     """
-    run_id = checkpoint_counters(path).get("run_id")
+    run_id = checkpoint_counters(data).get("run_id")
     return run_id if isinstance(run_id, str) else None
 
 
-def checkpoint_counters(path: Path) -> dict[str, object]:
-    """The counters of the checkpoint at ``path`` (Tolaria's and its emergency policy's), from its header alone.
+def checkpoint_counters(data: bytes) -> dict[str, object]:
+    """The counters of the checkpoint ``data`` (verified bytes, see model_shapes; Tolaria's and its emergency
+    policy's), from its header alone.
 
     Raises:
-        CheckpointError: the file is not a checkpoint.
-        OSError: it cannot be read.
+        CheckpointError: the bytes are not a checkpoint.
     """
-    tree = _header_tree(path)
+    tree = _header_tree(data)
     counters = tree.get("counters") if isinstance(tree, dict) else None
     return dict(counters) if isinstance(counters, dict) else {}
 
 
-def checkpoint_graft_log(path: Path) -> list[GraftEvent]:
-    """The graft log of the checkpoint at ``path`` (the seed ops applied up to its step), from its header alone.
+def checkpoint_graft_log(data: bytes) -> list[GraftEvent]:
+    """The graft log of the checkpoint ``data`` (verified bytes, see model_shapes; the seed ops applied up to its
+    step), from its header alone.
 
     Raises:
-        CheckpointError: the file is not a checkpoint, or its graft log does not decode.
-        OSError: it cannot be read.
+        CheckpointError: the bytes are not a checkpoint, or its graft log does not decode.
     """
-    tree = _header_tree(path)
+    tree = _header_tree(data)
     raw = tree.get("graft_log") if isinstance(tree, dict) else None
     try:
         return msgspec.convert(_unpack(raw, {}), list[GraftEvent])
     except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
-        raise CheckpointError(f"{path.name}: malformed graft log ({err})") from err
+        raise CheckpointError(f"malformed graft log ({err})") from err
 
 
-def _header_tree(path: Path) -> Any:
-    """The decoded JSON tree of a checkpoint's header (tensors as markers), without reading the weights."""
-    with path.open("rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        if not 0 < length <= _MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path.name}: not a checkpoint (header length {length})")
-        header = file.read(length)
+def _header_tree(data: bytes) -> Any:
+    """The decoded JSON tree of a checkpoint's header (tensors as markers), without decoding the weights."""
+    length = int.from_bytes(data[:8], "little")
+    if not 0 < length <= min(_MAX_HEADER_BYTES, len(data) - 8):
+        raise CheckpointError(f"not a checkpoint (header length {length})")
     try:
-        return msgspec.json.decode(msgspec.json.decode(header)["__metadata__"][_META_KEY])
+        return msgspec.json.decode(msgspec.json.decode(data[8 : 8 + length])["__metadata__"][_META_KEY])
     except (KeyError, TypeError, IndexError, AttributeError, msgspec.DecodeError) as err:
-        raise CheckpointError(f"{path.name}: not a checkpoint ({err})") from err
+        raise CheckpointError(f"not a checkpoint ({err})") from err
 
 
 @final

@@ -48,6 +48,8 @@ __all__ = [
     "read_manifest",
     "read_run_keys",
     "read_written_by",
+    "verified_checkpoint",
+    "verified_newest_first",
 ]
 
 MANIFEST = "manifest.json"
@@ -160,7 +162,7 @@ def load_latest(
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, data in _verified_newest_first(directory, said_from=checksums_said, at_most=at_most):
+    for info, data in verified_newest_first(directory, said_from=checksums_said, at_most=at_most):
         try:
             state, pending = decode_state(data)
         except CheckpointError as err:
@@ -199,7 +201,7 @@ def latest_good(directory: Path, *, quiet: bool = False) -> CheckpointInfo | Non
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    for info, _ in _verified_newest_first(directory, said_from=0 if quiet else None):
+    for info, _ in verified_newest_first(directory, said_from=0 if quiet else None):
         return info
     if read_manifest(directory):
         raise CheckpointError(
@@ -208,44 +210,62 @@ def latest_good(directory: Path, *, quiet: bool = False) -> CheckpointInfo | Non
     return None
 
 
-def _verified_newest_first(
-    directory: Path, *, said_from: int | None, at_most: int | None = None
+def verified_newest_first(
+    directory: Path, *, said_from: int | None = 0, at_most: int | None = None
 ) -> Iterator[tuple[CheckpointInfo, bytes]]:
     """Each listed checkpoint (of step ``at_most`` or earlier) whose file is a regular file of its listed size and
-    SHA-256, newest first; each other one skipped with a ``checkpoint_corrupt`` warning unless its step is
-    ``said_from`` or later (said already by the caller, or 0: a quiet lookup)."""
+    SHA-256, with its bytes, newest first; each other one skipped with a ``checkpoint_corrupt`` warning unless its step
+    is ``said_from`` or later (said already by the caller, or 0, the default: a quiet lookup, the trainer's load says
+    it). What a checkpoint's header says (its run, its shapes, its halt) is read from these bytes only: a damaged
+    header read unverified refused a resume the load would have made from an older checkpoint. Blocking.
+
+    Raises:
+        CheckpointError: the manifest cannot be read (read_manifest).
+    """
     for info in reversed(read_manifest(directory)):
         if at_most is not None and info.global_step > at_most:
             continue  # not hashed, nor said again by the restore's search for an older checkpoint
         # One corrupt file was said five times on a resume: once by each lookup and check that read it. An older one
         # than the caller's lookup reached is said, though: nothing else would.
         warn = _unsaid if said_from is not None and info.global_step >= said_from else _log.warning
-        path = directory / info.file
-        try:
-            size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
-            if size != info.size_bytes:
-                found = "not a regular file" if size is None else f"{size} bytes"
-                warn("checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes")
-                continue
-            data = path.read_bytes()
-        except OSError as err:
-            warn("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != info.sha256:
-            warn(
-                "checkpoint_corrupt",
-                file=str(path),
-                error=f"sha256 {digest[:12]} does not match the manifest's {info.sha256[:12]}",
-                size_bytes=len(data),
-                expected_size_bytes=info.size_bytes,
-            )
-            continue
-        yield info, data
+        data = _verified(directory, info, warn)
+        if data is not None:
+            yield info, data
+
+
+def verified_checkpoint(directory: Path, info: CheckpointInfo) -> bytes | None:
+    """The bytes of the checkpoint ``info`` names when its file passes its size and SHA-256, else None (quietly, see
+    verified_newest_first). Blocking."""
+    return _verified(directory, info, _unsaid)
+
+
+def _verified(directory: Path, info: CheckpointInfo, warn: Callable[..., None]) -> bytes | None:
+    path = directory / info.file
+    try:
+        size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
+        if size != info.size_bytes:
+            found = "not a regular file" if size is None else f"{size} bytes"
+            warn("checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes")
+            return None
+        data = path.read_bytes()
+    except OSError as err:
+        warn("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info.sha256:
+        warn(
+            "checkpoint_corrupt",
+            file=str(path),
+            error=f"sha256 {digest[:12]} does not match the manifest's {info.sha256[:12]}",
+            size_bytes=len(data),
+            expected_size_bytes=info.size_bytes,
+        )
+        return None
+    return data
 
 
 def _unsaid(event: str, **fields: object) -> None:
-    """A warning left unsaid (see _verified_newest_first's ``said_from``)."""
+    """A warning left unsaid (see verified_newest_first's ``said_from``)."""
 
 
 @final
