@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from actors.tolaria.build import PARAM_NAMES_KEY
+from esper.nn.slots import SeedSlot
 
 if TYPE_CHECKING:
     from actors.tolaria.build import Trainee
@@ -102,7 +103,9 @@ class CapturePlan:
         # state_dict order: each key is a pooled tensor (index into _tensors) or an extra state (index into _extras).
         self._model_keys: list[tuple[str, bool, int]] = []
         self._tensors: list[tuple[dict[str, torch.Tensor | None], str, torch.Tensor]] = []
-        self._extras: list[nn.Module] = []
+        # With whether the module's extra state comes fresh from each call (a SeedSlot's: new dicts and lists of plain
+        # values, nothing the slot keeps), so the capture takes it as it is instead of copying it again.
+        self._extras: list[tuple[nn.Module, bool]] = []
         # Per optimizer group: the group dict, its params list and that list's length.
         self._groups: list[tuple[dict[str, object], list[torch.Tensor], int]] = []
         # Per parameter with a state dict (possibly empty): the parameter, its name, the dict, the dict's length and the
@@ -133,7 +136,7 @@ class CapturePlan:
                 return None
             if attr == "_extra_state" and not isinstance(value, torch.Tensor):
                 plan._model_keys.append((key, False, len(plan._extras)))
-                plan._extras.append(module)
+                plan._extras.append((module, type(module) is SeedSlot))
                 continue
             holder: dict[str, torch.Tensor | None] | None = None
             if module._parameters.get(attr) is value:
@@ -212,8 +215,12 @@ class CapturePlan:
                 group, at = positions[index]
                 model_state[key] = views[group][at]
             else:
-                model_state[key], n = clone_tree(self._extras[index].get_extra_state())
-                extra_bytes += n
+                module, fresh = self._extras[index]
+                if fresh:
+                    model_state[key] = module.get_extra_state()
+                else:
+                    model_state[key], n = clone_tree(module.get_extra_state())
+                    extra_bytes += n
         groups: list[dict[str, object]] = []
         for group_dict, _, _ in self._groups:
             copied: dict[str, object] = {}

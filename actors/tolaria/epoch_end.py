@@ -121,6 +121,9 @@ class FiniteCheck:
         self._found = torch.zeros(1, device=device)
         self._one = torch.ones(1, device=device)
         self._fused = True
+        # On the CPU the flag is read through a NumPy view of its memory: no torch call (``item`` costs the step a
+        # dispatch, on caches the backward just used).
+        self._flag = self._found.numpy() if device.type == "cpu" else None
 
     def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
         """True when ``loss`` (0-d, detached) and every gradient of ``optimizer``'s parameters are finite."""
@@ -128,13 +131,17 @@ class FiniteCheck:
         tensors.append(loss)
         if self._fused:
             found = self._found
-            found.zero_()
             try:
                 torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._one)
             except (RuntimeError, NotImplementedError):
                 self._fused = False
             else:
-                return bool(found.item() == 0.0)
+                flag = self._flag
+                finite = bool(found.item() == 0.0) if flag is None else bool(flag[0] == 0.0)
+                if not finite:
+                    # The kernel only ever sets the flag, so it is zeroed after a hit instead of before every step.
+                    found.zero_()
+                return finite
         total = torch.nn.utils.get_total_norm(tensors, foreach=True)
         return bool(torch.isfinite(total))
 
