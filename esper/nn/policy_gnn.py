@@ -55,6 +55,11 @@ def _encoder(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.LayerNorm(hidden))
 
 
+def _dropout(x: Tensor, p: float) -> Tensor:
+    """``nn.Dropout(p)`` in training mode; nothing at all (not even the call) when ``p`` is 0."""
+    return F.dropout(x, p, training=True) if p > 0.0 else x
+
+
 def _forget_fused(module: nn.Module, _keys: object) -> None:
     assert isinstance(module, TamiyoGNN)
     module.forget_fused()
@@ -157,11 +162,14 @@ class TamiyoGNN(nn.Module):
         fused = self._fused_weights()
         # Every node type's rows in one tensor, so activations and residuals are one operation per layer.
         x = torch.cat(encoded)
+        # self.act / self.drop as functions: the module calls cost more than the kernels at a decision's sizes, and
+        # dropout is the identity in eval mode.
+        drop = self.drop.p if self.training else 0.0
         for sage_w in fused.sage:
-            x = self.drop(self.act(sage_fused(sage_w, lay, plan, x)) + x)
+            x = _dropout(F.gelu(sage_fused(sage_w, lay, plan, x)) + x, drop)
         for gat_w in fused.gat:
             out = gat_fused(gat_w, lay, plan, x, self.config.heads)
-            x = self.drop(self.act(out) + x) if out.shape == x.shape else self.act(out)
+            x = _dropout(F.gelu(out) + x, drop) if out.shape == x.shape else F.gelu(out)
         return heads_fused(fused.heads, plan.views(x, self.node_types), batch_dict)
 
     def forward_reference(
