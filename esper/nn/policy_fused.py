@@ -406,8 +406,16 @@ def heads_fused(w: _HeadWeights, h: Mapping[str, Tensor], batch_dict: Mapping[st
         params=torch.tanh(params),
         value=value.squeeze(-1),
         risk_logits=risk,
-        risk_score=torch.softmax(risk.float(), dim=-1)[:, list(HIGH_RISK_CLASSES)].sum(-1),
+        risk_score=torch.softmax(risk.float(), dim=-1)[:, _HIGH_RISK].sum(-1),
     )
+
+
+# The high-risk classes as a slice when they are consecutive (a view instead of building an index tensor).
+_HIGH_RISK: slice | list[int] = (
+    slice(HIGH_RISK_CLASSES[0], HIGH_RISK_CLASSES[-1] + 1)
+    if list(HIGH_RISK_CLASSES) == list(range(HIGH_RISK_CLASSES[0], HIGH_RISK_CLASSES[-1] + 1))
+    else list(HIGH_RISK_CLASSES)
+)
 
 
 def _relation_convs(hetero: HeteroConv, edge_types: tuple[EdgeType, ...]) -> list[Any]:
