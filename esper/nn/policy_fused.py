@@ -138,6 +138,10 @@ class GraphPlan:
     dst_src_node: Tensor
     dst_mode_row: Tensor
     dst_scale: Tensor
+    # What the attention layers derive from the structure: ``in_row`` expanded over the heads (the softmax groups'
+    # scatter index) and the src-mode edges' ``inv_k / heads``.
+    in_row_heads: Tensor
+    src_msg_scale: Tensor
 
     @classmethod
     def of(
@@ -147,9 +151,10 @@ class GraphPlan:
         edges: Tensor,
         sizes: Sequence[int],
         attr: Tensor,
+        heads: int,
     ) -> GraphPlan:
         """The plan of a graph whose edges, in ``layout.order``, are ``edges`` ``[2, E]`` (``sizes`` per relation) with
-        attributes ``attr`` ``[E, 3]`` in the dtype of the node features."""
+        attributes ``attr`` ``[E, 3]`` in the dtype of the node features, for attention layers of ``heads`` heads."""
         counts = dict(counts)
         node_off, _ = _offsets(layout, counts, {t: (0,) for t in layout.node_types})
         in_off, in_rows = _offsets(layout, counts, layout.in_rels)
@@ -207,6 +212,8 @@ class GraphPlan:
             dst_src_node=src_node[e:],
             dst_mode_row=mode_row[e:],
             dst_scale=edge_scale[e:],
+            in_row_heads=in_row.unsqueeze(-1).expand(-1, heads),
+            src_msg_scale=inv_k[:e] / heads,
         )
 
     def views(self, x: Tensor, node_types: Sequence[str]) -> dict[str, Tensor]:
@@ -263,6 +270,7 @@ class PlanCache:
         edge_index_dict: Mapping[EdgeType, Tensor],
         edge_attr_dict: Mapping[EdgeType, Tensor],
         dtype: torch.dtype,
+        heads: int,
     ) -> GraphPlan:
         indices = [edge_index_dict[layout.edge_types[r]] for r in layout.order]
         edges = torch.cat(indices, dim=1)
@@ -270,17 +278,24 @@ class PlanCache:
         sizes = [ei.shape[1] for ei in indices]
         if edges.device.type != "cpu":
             self.misses += 1
-            return GraphPlan.of(layout, counts, edges, sizes, attr)
+            return GraphPlan.of(layout, counts, edges, sizes, attr, heads)
         # A plan made under inference mode holds inference tensors, which autograd may not save: keyed apart.
         inference = torch.is_inference_mode_enabled()
-        key = (tuple(counts[t] for t in layout.node_types), tuple(sizes), dtype, inference, edges.numpy().tobytes())
+        key = (
+            tuple(counts[t] for t in layout.node_types),
+            tuple(sizes),
+            dtype,
+            heads,
+            inference,
+            edges.numpy().tobytes(),
+        )
         cached = self._entries.get(key)
         if cached is not None:
             self.hits += 1
             self._entries.move_to_end(key)
             return replace(cached, attr=attr)
         self.misses += 1
-        plan = GraphPlan.of(layout, counts, edges, sizes, attr)
+        plan = GraphPlan.of(layout, counts, edges, sizes, attr, heads)
         self._entries[key] = plan
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -469,18 +484,18 @@ def gat_fused(w: _GatWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tenso
             projs.append(proj.reshape(-1, heads, c))
     a_src, a_dst = torch.cat(srcs), torch.cat(dsts)
     p = torch.cat(projs) if projs else x_all.new_empty(0, heads, c)
-    a_edge = (plan.attr @ w.edge).view(-1, heads).index_select(0, plan.edge_rel_row)
+    a_edge = torch.mm(plan.attr, w.edge).view(-1, heads).index_select(0, plan.edge_rel_row)
     alpha = torch.nn.functional.leaky_relu(
         a_src.index_select(0, plan.out_row) + a_dst.index_select(0, plan.in_row) + a_edge, 0.2
     )
     # Softmax per (destination node, relation), as GATConv does per relation: shift by the detached group max.
-    index = plan.in_row.unsqueeze(-1).expand(-1, heads)
-    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce_(0, index, alpha.detach(), "amax", include_self=False)
+    shift = alpha.detach() if alpha.requires_grad else alpha
+    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce_(0, plan.in_row_heads, shift, "amax", include_self=False)
     ex = (alpha - top.index_select(0, plan.in_row)).exp()
     denom = alpha.new_zeros(plan.in_rows, heads).index_add_(0, plan.in_row, ex) + 1e-16
     alpha = ex / denom.index_select(0, plan.in_row)
     # Src mode: weight the source projections by attention, average the heads, scatter onto destination nodes.
-    msg = torch.bmm(alpha[:e].unsqueeze(1), p.index_select(0, plan.src_mode_row)).squeeze(1) * (plan.src_inv_k / heads)
+    msg = torch.bmm(alpha[:e].unsqueeze(1), p.index_select(0, plan.src_mode_row)).squeeze(1) * plan.src_msg_scale
     acc = x_all.new_zeros(x_all.shape[0], c).index_add_(0, plan.src_dst_node, msg)
     # Dst mode: attention-weighted sums of raw source features per (destination, relation, head), then project.
     z_msg = alpha[e:].unsqueeze(-1) * x_all.index_select(0, plan.dst_src_node).unsqueeze(1)

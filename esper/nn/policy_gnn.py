@@ -158,7 +158,7 @@ class TamiyoGNN(nn.Module):
         lay = self._layout
         encoded = [_encode(self.encoders[t], x_dict[t]) for t in self.node_types]
         counts = {t: x.shape[0] for t, x in zip(self.node_types, encoded, strict=True)}
-        plan = self._plans.plan(lay, counts, edge_index_dict, edge_attr_dict, encoded[0].dtype)
+        plan = self._plans.plan(lay, counts, edge_index_dict, edge_attr_dict, encoded[0].dtype, self.config.heads)
         fused = self._fused_weights()
         # Every node type's rows in one tensor, so activations and residuals are one operation per layer.
         x = torch.cat(encoded)
