@@ -25,9 +25,10 @@ from esper.nn.policy_contract import (
     EdgeType,
     PolicyOutput,
 )
+from esper.nn.weight_arena import pack
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from torch_geometric.nn import HeteroConv
 
@@ -383,6 +384,35 @@ class FusedWeights:
             bias = {t: torch.stack([convs[r].bias for r in rels]).mean(0) for t, rels in lay.in_rels.items()}
             gat.append(_GatWeights(node_w, agg_w, edge, bias, c))
         return cls(tuple(sage), tuple(gat), _head_weights(model))
+
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> FusedWeights:
+        """The same weights with every tensor replaced by ``fn(tensor)``, called in one fixed order (layer by layer)."""
+
+        def each(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: fn(v) for k, v in tensors.items()}
+
+        return FusedWeights(
+            sage=tuple(_SageWeights(each(w.node_w), each(w.agg_w), each(w.bias)) for w in self.sage),
+            gat=tuple(
+                _GatWeights(each(w.node_w), each(w.agg_w), fn(w.edge), each(w.bias), w.out_channels) for w in self.gat
+            ),
+            heads=_HeadWeights(fn(self.heads.graph_w), fn(self.heads.graph_b), each(self.heads.node_w)),
+        )
+
+    def packed(self) -> FusedWeights:
+        """The same values copied into one buffer of 2 MB pages (esper.nn.weight_arena); itself off the CPU."""
+        tensors: list[Tensor] = []
+
+        def collect(t: Tensor) -> Tensor:
+            tensors.append(t)
+            return t
+
+        self.map_tensors(collect)
+        copies = pack(tensors)
+        if copies is None:
+            return self
+        it = iter(copies)
+        return self.map_tensors(lambda _: next(it))
 
 
 def _head_weights(model: TamiyoGNN) -> _HeadWeights:
