@@ -146,21 +146,31 @@ def graph_inputs(observation: Observation) -> GraphInputs:
     return GraphInputs(metrics=metrics, layers=layers, seeds=seeds, blueprints=blueprints, timings=False)
 
 
-def _targets(observation: Observation, action: PolicyAction) -> frozenset[str]:
-    """The slots a seed-targeting action may act on."""
-    if action is PolicyAction.GERMINATE:
-        free = observation.free_slots()
-        return frozenset(s.slot for s in free if any(not bp.quarantine_only for bp in observation.fitting(s.slot)))
-    live = [s for s in observation.seeds if s.stage in LIVE_STAGES and s.seed_id is not None]
-    if action is PolicyAction.CULL:
-        return frozenset(s.slot for s in live)
-    if action is PolicyAction.FOSSILIZE:
-        return frozenset(s.slot for s in live if s.stage is SeedLifecycleStage.PROBATIONARY)
-    if action is PolicyAction.PAUSE:
-        return frozenset(s.slot for s in live if s.stage in _PAUSABLE and not s.paused)
-    if action is PolicyAction.RESUME:
-        return frozenset(s.slot for s in live if s.paused)
-    return frozenset()
+def _targets(observation: Observation) -> dict[PolicyAction, frozenset[str]]:
+    """The slots each action may act on (empty for the actions that target no seed), from one pass over the seeds."""
+    germinable = [bp for bp in observation.blueprints if not bp.quarantine_only]
+    germinate = frozenset(s.slot for s in observation.free_slots() if any(bp.fits(s.slot) for bp in germinable))
+    cull: list[str] = []
+    fossilize: list[str] = []
+    pause: list[str] = []
+    resume: list[str] = []
+    for s in observation.seeds:
+        if s.stage not in LIVE_STAGES or s.seed_id is None:
+            continue
+        cull.append(s.slot)
+        if s.stage is SeedLifecycleStage.PROBATIONARY:
+            fossilize.append(s.slot)
+        if s.paused:
+            resume.append(s.slot)
+        elif s.stage in _PAUSABLE:
+            pause.append(s.slot)
+    targets: dict[PolicyAction, frozenset[str]] = dict.fromkeys(_ACTIONS, frozenset())
+    targets[PolicyAction.GERMINATE] = germinate
+    targets[PolicyAction.CULL] = frozenset(cull)
+    targets[PolicyAction.FOSSILIZE] = frozenset(fossilize)
+    targets[PolicyAction.PAUSE] = frozenset(pause)
+    targets[PolicyAction.RESUME] = frozenset(resume)
+    return targets
 
 
 @final
@@ -266,7 +276,7 @@ class GnnPolicy(GnnPolicyBase):
             return msgspec.structs.replace(NO_OP, reason="no_blueprint")
         encoded = self._builder.build(graph_inputs(observation))
         slots = encoded.seed_slots
-        targets = {action: _targets(observation, action) for action in _ACTIONS}
+        targets = _targets(observation)
         allowed_bps = {bp.blueprint_id for bp in observation.blueprints if not bp.quarantine_only}
         blueprint_mask = [bp in allowed_bps for bp in encoded.blueprint_ids]
         mask = [True] * NUM_ACTIONS

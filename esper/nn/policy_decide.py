@@ -133,8 +133,9 @@ def decide(
         if sample:
             allowed = torch.tensor(action_mask, device=dev)
             masked = out.action_logits[0].float().masked_fill(~allowed, -math.inf)
-            parts.append(torch.multinomial(torch.log_softmax(masked, dim=-1).exp(), 1, generator=generator))
-        v = torch.cat([p.float() for p in parts]).cpu().tolist()
+            parts.append(torch.multinomial(torch.log_softmax(masked, dim=-1).exp(), 1, generator=generator).float())
+        # One cat (it promotes a bf16 part to fp32 exactly, as .float() would) and one copy to the host.
+        v = torch.cat(parts).float().cpu().tolist()
     logits = [x if ok else -math.inf for x, ok in zip(v[:NUM_ACTIONS], action_mask, strict=True)]
     if not all(math.isfinite(x) for x, ok in zip(logits, action_mask, strict=True) if ok):
         # A broken network: no action can be said to be the most likely, so the caller falls back.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
 import torch
@@ -25,9 +25,10 @@ from esper.nn.policy_contract import (
     EdgeType,
     PolicyOutput,
 )
+from esper.nn.weight_arena import pack
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from torch_geometric.nn import HeteroConv
 
@@ -138,6 +139,10 @@ class GraphPlan:
     dst_src_node: Tensor
     dst_mode_row: Tensor
     dst_scale: Tensor
+    # What the attention layers derive from the structure: ``in_row`` expanded over the heads (the softmax groups'
+    # scatter index) and the src-mode edges' ``inv_k / heads``.
+    in_row_heads: Tensor
+    src_msg_scale: Tensor
 
     @classmethod
     def of(
@@ -147,9 +152,10 @@ class GraphPlan:
         edges: Tensor,
         sizes: Sequence[int],
         attr: Tensor,
+        heads: int,
     ) -> GraphPlan:
         """The plan of a graph whose edges, in ``layout.order``, are ``edges`` ``[2, E]`` (``sizes`` per relation) with
-        attributes ``attr`` ``[E, 3]`` in the dtype of the node features."""
+        attributes ``attr`` ``[E, 3]`` in the dtype of the node features, for attention layers of ``heads`` heads."""
         counts = dict(counts)
         node_off, _ = _offsets(layout, counts, {t: (0,) for t in layout.node_types})
         in_off, in_rows = _offsets(layout, counts, layout.in_rels)
@@ -207,15 +213,38 @@ class GraphPlan:
             dst_src_node=src_node[e:],
             dst_mode_row=mode_row[e:],
             dst_scale=edge_scale[e:],
+            in_row_heads=in_row.unsqueeze(-1).expand(-1, heads),
+            src_msg_scale=inv_k[:e] / heads,
         )
 
     def views(self, x: Tensor, node_types: Sequence[str]) -> dict[str, Tensor]:
         """Each node type's rows of ``x``, a tensor over all nodes (types concatenated in layout order)."""
-        return {t: x[self.node_off[t] : self.node_off[t] + self.counts[t]] for t in node_types}
+        return dict(zip(node_types, self.split(x, node_types), strict=True))
+
+    def split(self, x: Tensor, node_types: Sequence[str]) -> tuple[Tensor, ...]:
+        """``views``' tensors in ``node_types`` order (the layout's): one split, not a slice per type."""
+        return x.split_with_sizes([self.counts[t] for t in node_types])
 
     def per_type_rows(self, values: Mapping[str, Tensor], node_types: Sequence[str]) -> Tensor:
         """``values[t]`` (one row) repeated over the nodes of type ``t``, for every type: ``[N, D]``."""
         return torch.cat([values[t].expand(self.counts[t], -1) for t in node_types])
+
+
+def _bias_rows(
+    cache: dict[tuple[object, ...], Tensor], bias: Mapping[str, Tensor], plan: GraphPlan, node_types: Sequence[str]
+) -> Tensor:
+    # The per-node bias rows depend only on the weights (the cache lives with them) and the node counts: built once
+    # per structure instead of five operations per layer and decision. Keyed on inference mode like the plans.
+    key = (tuple(plan.counts[t] for t in node_types), torch.is_inference_mode_enabled())
+    rows = cache.get(key)
+    if rows is None:
+        if len(cache) >= _BIAS_ROWS_KEPT:
+            cache.clear()
+        rows = cache[key] = plan.per_type_rows(bias, node_types)
+    return rows
+
+
+_BIAS_ROWS_KEPT = 8
 
 
 @final
@@ -242,6 +271,7 @@ class PlanCache:
         edge_index_dict: Mapping[EdgeType, Tensor],
         edge_attr_dict: Mapping[EdgeType, Tensor],
         dtype: torch.dtype,
+        heads: int,
     ) -> GraphPlan:
         indices = [edge_index_dict[layout.edge_types[r]] for r in layout.order]
         edges = torch.cat(indices, dim=1)
@@ -249,17 +279,24 @@ class PlanCache:
         sizes = [ei.shape[1] for ei in indices]
         if edges.device.type != "cpu":
             self.misses += 1
-            return GraphPlan.of(layout, counts, edges, sizes, attr)
+            return GraphPlan.of(layout, counts, edges, sizes, attr, heads)
         # A plan made under inference mode holds inference tensors, which autograd may not save: keyed apart.
         inference = torch.is_inference_mode_enabled()
-        key = (tuple(counts[t] for t in layout.node_types), tuple(sizes), dtype, inference, edges.numpy().tobytes())
+        key = (
+            tuple(counts[t] for t in layout.node_types),
+            tuple(sizes),
+            dtype,
+            heads,
+            inference,
+            edges.numpy().tobytes(),
+        )
         cached = self._entries.get(key)
         if cached is not None:
             self.hits += 1
             self._entries.move_to_end(key)
             return replace(cached, attr=attr)
         self.misses += 1
-        plan = GraphPlan.of(layout, counts, edges, sizes, attr)
+        plan = GraphPlan.of(layout, counts, edges, sizes, attr, heads)
         self._entries[key] = plan
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -271,6 +308,7 @@ class _SageWeights:
     node_w: dict[str, Tensor]  # [H, H + k_s * H]: the mean root weight, then W_l of each src-mode relation leaving t
     agg_w: dict[str, Tensor]  # [k_t * H, H]: W_l of each dst-mode relation entering t
     bias: dict[str, Tensor]  # [H], the mean of the entering relations' biases
+    bias_rows: dict[tuple[object, ...], Tensor] = field(default_factory=dict)  # per structure, see _bias_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +320,7 @@ class _GatWeights:
     edge: Tensor  # [3, R * heads]: lin_edge folded with att_edge
     bias: dict[str, Tensor]  # [C], the mean of the entering relations' biases
     out_channels: int
+    bias_rows: dict[tuple[object, ...], Tensor] = field(default_factory=dict)  # per structure, see _bias_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +385,35 @@ class FusedWeights:
             gat.append(_GatWeights(node_w, agg_w, edge, bias, c))
         return cls(tuple(sage), tuple(gat), _head_weights(model))
 
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> FusedWeights:
+        """The same weights with every tensor replaced by ``fn(tensor)``, called in one fixed order (layer by layer)."""
+
+        def each(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: fn(v) for k, v in tensors.items()}
+
+        return FusedWeights(
+            sage=tuple(_SageWeights(each(w.node_w), each(w.agg_w), each(w.bias)) for w in self.sage),
+            gat=tuple(
+                _GatWeights(each(w.node_w), each(w.agg_w), fn(w.edge), each(w.bias), w.out_channels) for w in self.gat
+            ),
+            heads=_HeadWeights(fn(self.heads.graph_w), fn(self.heads.graph_b), each(self.heads.node_w)),
+        )
+
+    def packed(self) -> FusedWeights:
+        """The same values copied into one buffer of 2 MB pages (esper.nn.weight_arena); itself off the CPU."""
+        tensors: list[Tensor] = []
+
+        def collect(t: Tensor) -> Tensor:
+            tensors.append(t)
+            return t
+
+        self.map_tensors(collect)
+        copies = pack(tensors)
+        if copies is None:
+            return self
+        it = iter(copies)
+        return self.map_tensors(lambda _: next(it))
+
 
 def _head_weights(model: TamiyoGNN) -> _HeadWeights:
     h2 = model.config.gat_hidden
@@ -383,8 +451,16 @@ def heads_fused(w: _HeadWeights, h: Mapping[str, Tensor], batch_dict: Mapping[st
         params=torch.tanh(params),
         value=value.squeeze(-1),
         risk_logits=risk,
-        risk_score=torch.softmax(risk.float(), dim=-1)[:, list(HIGH_RISK_CLASSES)].sum(-1),
+        risk_score=torch.softmax(risk.float(), dim=-1)[:, _HIGH_RISK].sum(-1),
     )
+
+
+# The high-risk classes as a slice when they are consecutive (a view instead of building an index tensor).
+_HIGH_RISK: slice | list[int] = (
+    slice(HIGH_RISK_CLASSES[0], HIGH_RISK_CLASSES[-1] + 1)
+    if list(HIGH_RISK_CLASSES) == list(range(HIGH_RISK_CLASSES[0], HIGH_RISK_CLASSES[-1] + 1))
+    else list(HIGH_RISK_CLASSES)
+)
 
 
 def _relation_convs(hetero: HeteroConv, edge_types: tuple[EdgeType, ...]) -> list[Any]:
@@ -400,52 +476,62 @@ def _rows(table: Tensor, off: int, n: int, k: int) -> Tensor:
 def sage_fused(w: _SageWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tensor) -> Tensor:
     """One hetero SAGE layer over ``x_all`` ``[N, H]`` (every node, types concatenated in layout order)."""
     dim = x_all.shape[1]
-    h = plan.views(x_all, lay.node_types)
-    y = {t: h[t] @ w.node_w[t] for t in lay.node_types}  # [N_t, H + k_src * H]: root term, src-mode projections
+    roots, projs = [], []
+    for t, h in zip(lay.node_types, plan.split(x_all, lay.node_types), strict=True):
+        y = torch.mm(h, w.node_w[t])  # [N_t, H + k_src * H]: root term, src-mode projections
+        if lay.src_rels[t]:
+            root, proj = y.split_with_sizes([dim, y.shape[1] - dim], dim=1)
+            roots.append(root)
+            projs.append(proj.reshape(-1, dim))
+        else:
+            roots.append(y)
     # Src mode: scatter the scaled projections of the sources onto their destination nodes.
-    proj = torch.cat([y[t][:, dim:].reshape(-1, dim) for t in lay.node_types])
     acc = x_all.new_zeros(x_all.shape).index_add_(
-        0, plan.src_dst_node, proj.index_select(0, plan.src_mode_row) * plan.src_scale
+        0, plan.src_dst_node, torch.cat(projs or [x_all[:0]]).index_select(0, plan.src_mode_row) * plan.src_scale
     )
     # Dst mode: mean-aggregate raw source features per (destination, relation), then project per type.
     agg = x_all.new_zeros(plan.dst_rows, dim).index_add_(
         0, plan.dst_mode_row, x_all.index_select(0, plan.dst_src_node) * plan.dst_scale
     )
-    root = torch.cat([y[t][:, :dim] for t in lay.node_types])
-    out = root + plan.per_type_rows(w.bias, lay.node_types) + acc
+    out = torch.cat(roots) + _bias_rows(w.bias_rows, w.bias, plan, lay.node_types) + acc
     for t, agg_w in w.agg_w.items():
         n, off = plan.counts[t], plan.node_off[t]
-        out[off : off + n] += _rows(agg, plan.dst_off[t], n, len(lay.dst_rels[t])) @ agg_w
+        out[off : off + n] += torch.mm(_rows(agg, plan.dst_off[t], n, len(lay.dst_rels[t])), agg_w)
     return out
 
 
 def gat_fused(w: _GatWeights, lay: RelationLayout, plan: GraphPlan, x_all: Tensor, heads: int) -> Tensor:
     """One hetero GAT layer over ``x_all`` ``[N, d_in]`` (all nodes, types in layout order) -> ``[N, C]``."""
     c, e = w.out_channels, plan.e_src
-    h = plan.views(x_all, lay.node_types)
-    y = {t: h[t] @ w.node_w[t] for t in lay.node_types}
-    cut = {t: (len(lay.out_rels[t]) * heads, (len(lay.out_rels[t]) + len(lay.in_rels[t])) * heads) for t in y}
-    a_src = torch.cat([y[t][:, : cut[t][0]].reshape(-1, heads) for t in lay.node_types])
-    a_dst = torch.cat([y[t][:, cut[t][0] : cut[t][1]].reshape(-1, heads) for t in lay.node_types])
-    p = torch.cat([y[t][:, cut[t][1] :].reshape(-1, heads, c) for t in lay.node_types])
-    a_edge = (plan.attr @ w.edge).view(-1, heads).index_select(0, plan.edge_rel_row)
+    srcs, dsts, projs = [], [], []
+    for t, h in zip(lay.node_types, plan.split(x_all, lay.node_types), strict=True):
+        y = torch.mm(h, w.node_w[t])
+        n_src, n_dst = len(lay.out_rels[t]) * heads, len(lay.in_rels[t]) * heads
+        a_s, a_d, proj = y.split_with_sizes([n_src, n_dst, y.shape[1] - n_src - n_dst], dim=1)
+        srcs.append(a_s.reshape(-1, heads))
+        dsts.append(a_d.reshape(-1, heads))
+        if lay.src_rels[t]:
+            projs.append(proj.reshape(-1, heads, c))
+    a_src, a_dst = torch.cat(srcs), torch.cat(dsts)
+    p = torch.cat(projs) if projs else x_all.new_empty(0, heads, c)
+    a_edge = torch.mm(plan.attr, w.edge).view(-1, heads).index_select(0, plan.edge_rel_row)
     alpha = torch.nn.functional.leaky_relu(
         a_src.index_select(0, plan.out_row) + a_dst.index_select(0, plan.in_row) + a_edge, 0.2
     )
     # Softmax per (destination node, relation), as GATConv does per relation: shift by the detached group max.
-    index = plan.in_row.unsqueeze(-1).expand(-1, heads)
-    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce_(0, index, alpha.detach(), "amax", include_self=False)
+    shift = alpha.detach() if alpha.requires_grad else alpha
+    top = alpha.new_zeros(plan.in_rows, heads).scatter_reduce_(0, plan.in_row_heads, shift, "amax", include_self=False)
     ex = (alpha - top.index_select(0, plan.in_row)).exp()
     denom = alpha.new_zeros(plan.in_rows, heads).index_add_(0, plan.in_row, ex) + 1e-16
     alpha = ex / denom.index_select(0, plan.in_row)
     # Src mode: weight the source projections by attention, average the heads, scatter onto destination nodes.
-    msg = torch.bmm(alpha[:e].unsqueeze(1), p.index_select(0, plan.src_mode_row)).squeeze(1) * (plan.src_inv_k / heads)
+    msg = torch.bmm(alpha[:e].unsqueeze(1), p.index_select(0, plan.src_mode_row)).squeeze(1) * plan.src_msg_scale
     acc = x_all.new_zeros(x_all.shape[0], c).index_add_(0, plan.src_dst_node, msg)
     # Dst mode: attention-weighted sums of raw source features per (destination, relation, head), then project.
     z_msg = alpha[e:].unsqueeze(-1) * x_all.index_select(0, plan.dst_src_node).unsqueeze(1)
     z = x_all.new_zeros(plan.dst_rows, heads, x_all.shape[1]).index_add_(0, plan.dst_mode_row, z_msg)
-    out = acc + plan.per_type_rows(w.bias, lay.node_types)
+    out = acc + _bias_rows(w.bias_rows, w.bias, plan, lay.node_types)
     for t, agg_w in w.agg_w.items():
         n, off = plan.counts[t], plan.node_off[t]
-        out[off : off + n] += _rows(z, plan.dst_off[t], n, len(lay.dst_rels[t])) @ agg_w
+        out[off : off + n] += torch.mm(_rows(z, plan.dst_off[t], n, len(lay.dst_rels[t])), agg_w)
     return out

@@ -55,19 +55,31 @@ def _encoder(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.LayerNorm(hidden))
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 def _forget_fused(module: nn.Module, _keys: object) -> None:
     assert isinstance(module, TamiyoGNN)
     module.forget_fused()
 
 
-def _encode(encoder: nn.Module, x: Tensor) -> Tensor:
-    """``encoder(x)`` for an ``_encoder`` Sequential, as three functional calls (the same kernels, without the
-    four module dispatches, a measurable share of a 4 ms decision)."""
+_EncoderArgs = tuple[Tensor, Tensor | None, tuple[int, ...], Tensor | None, Tensor | None, float]
+
+
+def _encoder_args(encoder: nn.Module) -> _EncoderArgs:
+    """What ``_encode`` needs of an ``_encoder`` Sequential: its linear's and its layer norm's parameters."""
     linear, _, norm = encoder.children()
     assert isinstance(linear, nn.Linear)
     assert isinstance(norm, nn.LayerNorm)
-    hidden = F.gelu(F.linear(x, linear.weight, linear.bias))
-    return F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return linear.weight, linear.bias, tuple(norm.normalized_shape), norm.weight, norm.bias, norm.eps
+
+
+def _encode(args: _EncoderArgs, x: Tensor) -> Tensor:
+    """``encoder(x)`` for an ``_encoder`` Sequential, as three functional calls (the same kernels, without the
+    four module dispatches and the module attribute reads, a measurable share of a 4 ms decision)."""
+    weight, bias, shape, norm_weight, norm_bias, eps = args
+    return F.layer_norm(F.gelu(F.linear(x, weight, bias)), shape, norm_weight, norm_bias, eps)
 
 
 @final
@@ -122,6 +134,7 @@ class TamiyoGNN(nn.Module):
         self._fused_cache: tuple[tuple[tuple[int, ...], tuple[int, ...]], FusedWeights] | None = None
         self._plans = PlanCache()
         self._param_list: tuple[nn.Parameter, ...] | None = None
+        self._encoder_args: dict[str, _EncoderArgs] | None = None
         # load_state_dict(assign=True) puts new Parameter objects in place: forget the ones being watched.
         self.register_load_state_dict_post_hook(_forget_fused)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
@@ -151,17 +164,23 @@ class TamiyoGNN(nn.Module):
             KeyError: a node type or edge type of the network is missing from the inputs.
         """
         lay = self._layout
-        encoded = [_encode(self.encoders[t], x_dict[t]) for t in self.node_types]
+        if self._encoder_args is None:
+            # The parameters themselves (in-place updates show through); replacing them calls forget_fused.
+            self._encoder_args = {t: _encoder_args(self.encoders[t]) for t in self.node_types}
+        encoded = [_encode(self._encoder_args[t], x_dict[t]) for t in self.node_types]
         counts = {t: x.shape[0] for t, x in zip(self.node_types, encoded, strict=True)}
-        plan = self._plans.plan(lay, counts, edge_index_dict, edge_attr_dict, encoded[0].dtype)
+        plan = self._plans.plan(lay, counts, edge_index_dict, edge_attr_dict, encoded[0].dtype, self.config.heads)
         fused = self._fused_weights()
         # Every node type's rows in one tensor, so activations and residuals are one operation per layer.
         x = torch.cat(encoded)
+        # self.act as the function it calls, and self.drop only in training (the identity in eval): the module calls
+        # cost more than the kernels at a decision's sizes.
+        drop = self.drop if self.training else _identity
         for sage_w in fused.sage:
-            x = self.drop(self.act(sage_fused(sage_w, lay, plan, x)) + x)
+            x = drop(F.gelu(sage_fused(sage_w, lay, plan, x)) + x)
         for gat_w in fused.gat:
             out = gat_fused(gat_w, lay, plan, x, self.config.heads)
-            x = self.drop(self.act(out) + x) if out.shape == x.shape else self.act(out)
+            x = drop(F.gelu(out) + x) if out.shape == x.shape else F.gelu(out)
         return heads_fused(fused.heads, plan.views(x, self.node_types), batch_dict)
 
     def forward_reference(
@@ -207,7 +226,7 @@ class TamiyoGNN(nn.Module):
         return self
 
     def forget_fused(self) -> None:
-        """Drop the fused weights and the list of watched parameters; the next inference rebuilds both.
+        """Drop the fused weights and the lists of watched and encoder parameters; the next inference rebuilds them.
 
         Inference notices every in-place change made to a parameter itself (an optimizer step, ``load_state_dict``,
         ``copy_`` under ``no_grad``) by its version counter, but not one made through ``param.data`` (for example a
@@ -216,6 +235,7 @@ class TamiyoGNN(nn.Module):
         """
         self._fused_cache = None
         self._param_list = None
+        self._encoder_args = None
 
     def _fused_weights(self) -> FusedWeights:
         # Concatenated weights are rebuilt when any parameter changed (optimizer step, load, move); with grad enabled
@@ -229,7 +249,8 @@ class TamiyoGNN(nn.Module):
         params = self._param_list
         key = (tuple(map(Tensor.data_ptr, params)), tuple(map(_version, params)))
         if self._fused_cache is None or self._fused_cache[0] != key:
-            self._fused_cache = (key, FusedWeights.of(self))
+            # Packed: the cached copies are read on every inference, through fewer TLB entries (weight_arena).
+            self._fused_cache = (key, FusedWeights.of(self).packed())
         return self._fused_cache[1]
 
     @staticmethod
