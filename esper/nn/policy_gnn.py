@@ -31,14 +31,13 @@ from esper.nn.policy_contract import (
 )
 from esper.nn.policy_fused import (
     FusedWeights,
-    PlanCache,
-    RelationLayout,
     gat_fused,
     heads_fused,
     ordered_unit_pair,
     sage_fused,
 )
 from esper.nn.policy_graph import EDGE_DIM, EDGE_TYPES, NODE_FEATURES
+from esper.nn.policy_plan import PlanCache, RelationLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
