@@ -151,6 +151,21 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
             "redis://me:s3cret@127.0.0.1:abc/0",
             "oona.redis_url: expected a port number from 0 to 65535 in 'redis://me:***@127.0.0.1:abc/0'",
         ),
+        # The client dropped a database path that is no number: the streams went to database 0, unsaid.
+        (
+            "redis://me:s3cret@127.0.0.1:6379/abc",
+            "oona.redis_url: expected a database number as the path, got 'abc' in 'redis://me:***@127.0.0.1:6379/abc'",
+        ),
+        # Query values the client refused only when it connected, after the run directory was made.
+        (
+            "redis://127.0.0.1:6379/0?db=abc",
+            "oona.redis_url: the Redis client refuses db='abc' in 'redis://127.0.0.1:6379/0?db=abc'",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?password=s3cret&socket_timeout=abc",
+            "oona.redis_url: the Redis client refuses socket_timeout='abc' in"
+            " 'redis://127.0.0.1:6379/0?password=***&socket_timeout=abc'",
+        ),
     ],
 )
 def test_a_redis_url_that_is_not_one_is_refused_before_the_run_directory_is_made(
