@@ -205,6 +205,24 @@ def test_the_redis_backend_without_its_package_is_refused_before_the_run_directo
     assert not (tmp_path / "r").exists()
 
 
+def test_gnn_weights_that_do_not_load_name_the_run_directory_they_leave(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused in one line, but command.key, config.toml, events.jsonl and run.lock were left in the run directory
+    unsaid (the Redis refusals say so): the weights' contents are checked only as Tamiyo loads them."""
+    bad = tmp_path / "w.safetensors"
+    bad.write_text("not a safetensors file")
+    toml = f'[tolaria]\nepochs = 1\n[tamiyo]\npolicy = "gnn"\ngnn_checkpoint = "{bad}"\n'
+    err = refused(tmp_path, capsys, toml).splitlines()[-1]  # after the run's header: the directory is made by then
+    assert err.startswith(f"{tmp_path / 'c.toml'}: tamiyo.gnn_checkpoint = '{bad}': not a safetensors file"), err
+    run_dir = tmp_path / "r"
+    assert err.endswith(
+        f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == ["command.key", "config.toml", "events.jsonl", "run.lock"]
+    claim_run_dir(run_dir, resume=False).release()  # as it says: a new run may reuse it
+
+
 def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
