@@ -476,6 +476,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
             **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
+            # The GNN's share of the inputs the state should carry; a policy that reports none (the fallback) adds none.
+            **({"feature_coverage": round(wire.feature_coverage, 4)} if wire.feature_coverage is not None else {}),
         )
         by_action = dict(self._c.counters.by_action)
         by_action[action] = by_action.get(action, 0) + 1
