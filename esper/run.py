@@ -40,7 +40,7 @@ from esper.baseline import with_baseline
 from esper.bus_resource import BusResource, bus_limits
 from esper.cli_process import drop_lost_streams, run_in_foreground, say
 from esper.config import dump_config
-from esper.console import Console
+from esper.console import LOG_LINES, Console
 from esper.data_fingerprint import record_data
 from esper.end_notes import end_notes
 from esper.log_events import StructlogSink
@@ -190,6 +190,7 @@ async def _start_claimed(
         console_level=console_level(resolved.logging.console_level),
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
+        console_lines=LOG_LINES if progress is not None else None,
         run_id=run_id,
     )
     undo = StartUndo()
