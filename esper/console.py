@@ -59,6 +59,7 @@ _SHOWN_EVENTS = {
     "esper.resume_setting_changed": "changed",  # a setting the resume's config changes from the run's config.toml
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
+    "tamiyo_gnn_worker_starting": "policy",  # its worker's torch import: seconds before the first epoch line
     "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides
     "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
     "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
