@@ -110,7 +110,7 @@ def _bus_unavailable(fields: Mapping[str, Any]) -> str:
 
 
 def _password_unneeded(fields: Mapping[str, Any]) -> str:
-    return f"  {'bus open':<12} {fields.get('url')}: {fields.get('detail')}"
+    return f"  bus password {fields.get('url')}: {fields.get('detail')}"
 
 
 def _breaker_transition(fields: Mapping[str, Any]) -> str | None:

@@ -319,6 +319,7 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
         ):
             reason = "3 consecutive failures, last: deadline_exceeded"
             sink.emit(BreakerTransition("tamiyo.inference", from_state, to_state, reason, at_s=11424.127))
+        log.warning("oona_redis_password_unneeded", url="redis://:***@127.0.0.1:6379/0", detail="no password asked")
         log.info("oona_bus_restored", actor="oona-publisher", dropped=3)  # no line of its own: structlog's as before
     finally:
         handle.release()
@@ -335,8 +336,9 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
         "  breaker open tamiyo.inference: 3 consecutive failures, last: deadline_exceeded",
     ]
     # Closed again: the progress console's "recovered" line says so (Console.emit), so not twice.
-    assert len(lines) == 7
-    assert "oona_bus_restored" in lines[6]
+    assert lines[6] == "  bus password redis://:***@127.0.0.1:6379/0: no password asked"
+    assert len(lines) == 8
+    assert "oona_bus_restored" in lines[7]
     assert "at_s" not in console.getvalue()
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [entry["event"] for entry in logged] == [
@@ -347,6 +349,7 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
         "oona_bus_unavailable",
         "breaker_transition",
         "breaker_transition",
+        "oona_redis_password_unneeded",
         "oona_bus_restored",
     ]
     assert logged[5]["at_s"] == 11424.127  # the file keeps every field
