@@ -564,22 +564,12 @@ async def test_a_hung_worker_is_reported_as_an_event_the_summary_counts(tmp_path
     assert note.endswith("tamiyo_gnn_worker_hung)")
 
 
-@final
-class _CoveragePolicy:
-    """A policy that reports the share of its inputs it was given, as the GNN does."""
-
-    version = "coverage-1"
-
-    def decide(self, observation: Observation) -> Decision:
-        return Decision(reason="covered", feature_coverage=0.8125)
-
-
 async def test_the_decision_line_carries_the_policys_feature_coverage(tmp_path: Path, sink: RecordingSink) -> None:
     """The GNN's coverage was only on Prometheus (tamiyo.gnn.feature_coverage): a user reading events.jsonl or the
     info console could not tell on how much of the state a decision rested. A policy that reports none (the
     heuristic, the fallback) adds no field."""
     with structlog.testing.capture_logs() as logs:
-        async with TamiyoHarness(tmp_path, sink, policy=_CoveragePolicy()) as h:
+        async with TamiyoHarness(tmp_path, sink, policy=CoveragePolicy([0.8125])) as h:
             await h.decide(packet(5, 0))
         (tmp_path / "heuristic").mkdir()
         async with TamiyoHarness(tmp_path / "heuristic", sink) as h:
