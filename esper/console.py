@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import TYPE_CHECKING, TextIO, final
+from typing import TYPE_CHECKING, Any, Final, TextIO, final
 
 from esper.console_stream import ConsoleStream
 from esper.terminal import plain_terminal, terminal_columns
@@ -24,9 +24,10 @@ from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from esper.logs import ConsoleLine
     from schemas.base import Message, Record
     from schemas.state import SystemStatePacket
 
@@ -58,6 +59,7 @@ _SHOWN_EVENTS = {
     "esper.resume_setting_changed": "changed",  # a setting the resume's config changes from the run's config.toml
     # The policy raised (its worker dead for good, say): the fallback decides; the breaker caps how often this shows.
     "inference_failed": "policy failed",
+    "tamiyo_gnn_worker_starting": "policy",  # its worker's torch import: seconds before the first epoch line
     "tamiyo_gnn_worker_ready": "policy back",  # after a worker restart: the fallback no longer decides
     "seed_op_retried": "took effect",  # a stage change the trainer refused (at L3), applied later
     "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
@@ -65,6 +67,71 @@ _SHOWN_EVENTS = {
     "metrics_endpoint_moved": "metrics moved",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
+
+
+def _worker_restarted(fields: Mapping[str, Any]) -> str:
+    code, restarts, most = fields.get("exit_code"), fields.get("restarts"), fields.get("max_restarts")
+    # A negative exit code is the signal that ended it (-9: killed, by the user or the kernel's OOM killer).
+    ended = f"was killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exited with code {code}"
+    count = f"restart {restarts} of {most}" if most is not None else f"restart {restarts}"
+    return (
+        f"  {'policy down':<12} the GNN worker {ended}: {count}, ready in a few seconds (it imports torch);"
+        " the fallback decides meanwhile"
+    )
+
+
+def _worker_hung(fields: Mapping[str, Any]) -> str:
+    silent, pid = fields.get("silent_s"), fields.get("pid")
+    if fields.get("starting"):
+        what = f"the restarted GNN worker was not ready within {silent} s"
+    else:
+        what = f"the GNN worker{f' (pid {pid})' if pid is not None else ''} did not answer within {silent} s"
+    return f"  {'policy hung':<12} {what}: killed, another is started"
+
+
+def _not_journaled(fields: Mapping[str, Any]) -> str:
+    step = fields.get("step")
+    where = f"step {step:>6}  " if isinstance(step, int) else ""
+    if fields.get("reason") == "policy_busy":
+        why = "the policy was still deciding an earlier packet"
+    else:
+        why = f"its journal could not be written ({fields.get('error')})"
+    return (
+        f"  {where}{'not saved':<12} the controller's state at this epoch end ({why}): a resume from here starts"
+        " from its previous saved state"
+    )
+
+
+def _bus_unavailable(fields: Mapping[str, Any]) -> str:
+    return (
+        f"  {'bus down':<12} {str(fields.get('error')).rstrip('.')}: events for observers are dropped until it"
+        " answers (training goes on)"
+    )
+
+
+def _password_unneeded(fields: Mapping[str, Any]) -> str:
+    return f"  bus password {fields.get('url')}: {fields.get('detail')}"
+
+
+def _breaker_transition(fields: Mapping[str, Any]) -> str | None:
+    name, reason, to_state = fields.get("breaker"), fields.get("reason"), fields.get("to_state")
+    if to_state == BreakerState.OPEN.value:
+        return f"  {'breaker open':<12} {name}: {reason}"
+    if to_state == BreakerState.HALF_OPEN.value:  # info level: shown with logging.console_level = "info"
+        return f"  {'probing':<12} {name}: its breaker lets one call through ({reason})"
+    return None  # closed again: the progress console's "recovered" line says so
+
+
+LOG_LINES: Final[Mapping[str, ConsoleLine]] = {
+    "tamiyo_gnn_worker_restarted": _worker_restarted,
+    "tamiyo_gnn_worker_hung": _worker_hung,
+    "tamiyo_state_not_journaled": _not_journaled,
+    "oona_bus_unavailable": _bus_unavailable,
+    "oona_redis_password_unneeded": _password_unneeded,
+    "breaker_transition": _breaker_transition,
+}
+"""Log events (not the typed events ``emit`` gets) the console shows as lines in its style rather than structlog's
+key=value lines (configure_logging's ``console_lines``): a breaker's monotonic ``at_s`` means nothing to a reader."""
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:

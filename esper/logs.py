@@ -17,6 +17,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, TextIO, cast, final
 
 import msgspec
@@ -241,6 +242,29 @@ class _ConsoleGate:
         return event_dict
 
 
+ConsoleLine = Callable[[Mapping[str, Any]], str | None]
+"""The console's line for one event's fields, or None to leave the event off the console."""
+
+
+@final
+class _ConsoleLines:
+    """The console's last processor: the events ``lines`` names become their function's line, the rest go to
+    ``renderer`` (structlog's readable key=value line)."""
+
+    def __init__(self, renderer: structlog.dev.ConsoleRenderer, lines: Mapping[str, ConsoleLine]) -> None:
+        self._renderer = renderer
+        self._lines = dict(lines)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        line = self._lines.get(str(event_dict.get("event")))
+        if line is None:
+            return self._renderer(logger, method_name, event_dict)
+        text = line(event_dict)
+        if text is None:
+            raise structlog.DropEvent
+        return text
+
+
 def _console_trim(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
     """Keep a failure's traceback (a few KB) off the console: its line names the user's frame (``user_frame``), and
     events.jsonl and ``esper.tail`` keep the frames."""
@@ -312,6 +336,7 @@ def configure_logging(
     colors: bool | None = None,
     cache_loggers: bool = False,
     console_omit: Collection[str] = (),
+    console_lines: Mapping[str, ConsoleLine] | None = None,
     run_id: str | None = None,
 ) -> LoggingHandle:
     """Configure structlog for the whole process; call once at start-up (tests call reset_logging() afterwards).
@@ -329,6 +354,9 @@ def configure_logging(
             cached logger ignores a later configure_logging(), which tests and re-configuration rely on.
         console_omit: event names the console leaves to another view (the progress console's lifecycle lines show
             the telemetry events that matter readably); the JSON file still gets them.
+        console_lines: event names the console shows as the line their function makes of the event's fields (in the
+            progress console's style) instead of a structured line, or not at all where it returns None (another
+            view shows it); the JSON file gets them as any other.
         run_id: the run the JSON file is for: each of its lines that names no run of its own carries it (this
             configuration's, so each run of a process that runs several in turn stamps its own).
 
@@ -379,9 +407,8 @@ def configure_logging(
         processors.append(_console_trim)
         use_colors = colors if colors is not None else stream.isatty() and not plain_terminal()
         # Plain tracebacks: the rich formatter prints local variables, and a run's secrets must never reach a log.
-        processors.append(
-            structlog.dev.ConsoleRenderer(colors=use_colors, exception_formatter=structlog.dev.plain_traceback)
-        )
+        renderer = structlog.dev.ConsoleRenderer(colors=use_colors, exception_formatter=structlog.dev.plain_traceback)
+        processors.append(_ConsoleLines(renderer, console_lines) if console_lines else renderer)
         logger_factory = structlog.WriteLoggerFactory(file=cast("TextIO", stream))
     else:
         # Nothing to render: hand the dict to a logger that returns it, cheaper than raising DropEvent per event.

@@ -40,7 +40,7 @@ from esper.baseline import with_baseline
 from esper.bus_resource import BusResource, bus_limits
 from esper.cli_process import drop_lost_streams, run_in_foreground, say
 from esper.config import dump_config
-from esper.console import Console
+from esper.console import LOG_LINES, Console
 from esper.data_fingerprint import record_data
 from esper.end_notes import end_notes
 from esper.log_events import StructlogSink
@@ -190,6 +190,7 @@ async def _start_claimed(
         console_level=console_level(resolved.logging.console_level),
         # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
         console_omit=("telemetry_event",) if progress is not None else (),
+        console_lines=LOG_LINES if progress is not None else None,
         run_id=run_id,
     )
     undo = StartUndo()
@@ -263,11 +264,7 @@ async def _start_logged(
             raise
         # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
         # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
-        # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
-        raise ConfigError(
-            f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {directory} (a new run may reuse"
-            " it) or remove it"
-        ) from err
+        raise _nothing_trained(err, directory) from err
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.
@@ -318,22 +315,29 @@ async def _start_logged(
     lanes = undo.lanes = Lanes(resolved.tolaria.device, num_threads={"train": resolved.tolaria.num_threads})
     rngs, matmul = process
     precision = await anyio.to_thread.run_sync(pick_precision, resolved.tolaria, lanes.device, matmul)
-    parts = await assemble(
-        resolved,
-        run_id=run_id,
-        run_dir=directory,
-        resume=resume is not None,
-        secret=args.key.secret,
-        lanes=lanes,
-        clock=clock,
-        sink=sink,
-        actors=actors,
-        tally=tally,
-        data=args.data,
-        # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
-        taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
-        hooks=hooks,
-    )
+    try:
+        parts = await assemble(
+            resolved,
+            run_id=run_id,
+            run_dir=directory,
+            resume=resume is not None,
+            secret=args.key.secret,
+            lanes=lanes,
+            clock=clock,
+            sink=sink,
+            actors=actors,
+            tally=tally,
+            data=args.data,
+            # State packets travel by direct routes, not the event sink: the bus gets them through a tap.
+            taps=(bus_sink.emit, screen.on_packet) if screen is not None else (bus_sink.emit,),
+            hooks=hooks,
+        )
+    except ConfigError as err:
+        # The weights' contents are checked as Tamiyo loads them (torch: seconds, not worth a start's check before
+        # the claim), so the directory is left as after a Redis refusal and named the same way.
+        if resume is not None or not str(err).startswith(_WEIGHTS_KEY):
+            raise
+        raise _nothing_trained(err, directory) from err
     store = undo.store = StoreCloser(parts.store)
     nissa_forward.bind(parts.routes)
     tree = build_tree(
@@ -409,6 +413,19 @@ async def _start_logged(
         restore_process=functools.partial(_restore, rngs, matmul),
         settle=lanes.wait_closed,
         abandoned_once_settled=(parts.store,),
+    )
+
+
+_WEIGHTS_KEY = "tamiyo.gnn_checkpoint"
+
+
+def _nothing_trained(err: ConfigError, directory: Path) -> ConfigError:
+    """``err`` refused a new run once its directory held this attempt's config and log alone: say so, and how to go
+    on (a new run there reuses it: claim_run_dir)."""
+    # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
+    return ConfigError(
+        f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {directory} (a new run may reuse"
+        " it) or remove it"
     )
 
 

@@ -33,6 +33,7 @@ from esper.run_key import RunKey, env_key, new_run_key, read_run_key
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from esper.start_checks import check_start
+from esper.tamiyo_resume import recorded_policy_version
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -260,6 +261,8 @@ async def checked_start(
             host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
             await anyio.to_thread.run_sync(check_bindable, host, port)
     except ConfigError as err:
+        if resume is not None and str(err).startswith("tamiyo.gnn_checkpoint"):
+            err = ConfigError(await anyio.to_thread.run_sync(_with_recorded_weights, str(err), Path(resume)))
         raise blamed(err, config, overrides or ()) from err
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved, data)
     if resume is not None:
@@ -323,6 +326,18 @@ async def checked_start(
     return StartArgs(
         config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
     )
+
+
+def _with_recorded_weights(message: str, directory: Path) -> str:
+    """A refused ``tamiyo.gnn_checkpoint`` of a resume (the file gone, say) with the weights the run decided with, so
+    the user knows which file to put back."""
+    version = recorded_policy_version(directory)
+    if version is None:
+        return message
+    if version.startswith("file-"):
+        sha = version.removeprefix("file-")
+        return f"{message}; the run decided with the file whose SHA-256 starts {sha} (policy version {version})"
+    return f"{message}; the run decided with policy version {version}, not a file's weights"
 
 
 def first_checkpoint_step(tolaria: TolariaConfig, data: DataSplits) -> int | None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, resume_state
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, read_entries, resume_state
 from actors.tamiyo.stop_state import STOP_STATE_FILENAME, StopStateDamaged, read_stop_state
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from esper.resume import resume_point
@@ -119,3 +119,21 @@ def resume_point_event(checkpoints: Path, step: int | None, epochs: int, halt: s
     return TelemetryEvent(
         name=RESUME_POINT, level=TelemetryLevel.INFO, description=f"continuing from step {step}{where}"
     )
+
+
+def recorded_policy_version(directory: Path) -> str | None:
+    """The policy version the run in ``directory`` last decided with, as its controller's state records it (for the
+    GNN with ``tamiyo.gnn_checkpoint``, ``file-`` and the file's SHA-256 prefix): the state saved at its last stop,
+    else its newest journaled state; None when neither can be read. Blocking."""
+    checkpoints = directory / "checkpoints"
+    try:
+        state = read_stop_state(checkpoints / TAMIYO_STATE_FILE)
+    except (StopStateDamaged, OSError):
+        state = None
+    if state is None:
+        try:
+            entries, _ = read_entries(checkpoints / STATE_JOURNAL_FILENAME)
+        except OSError:
+            entries = []
+        state = max(entries, key=lambda entry: entry.step).state if entries else None
+    return state.policy_version if state is not None else None

@@ -6,6 +6,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
+import structlog.testing
 
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
 from esper.runtime.bus_redis import RedisBus, schema_message_types
@@ -215,6 +217,25 @@ async def test_credentials_the_server_refuses_are_said_so_not_that_it_does_not_a
     with pytest.raises(ValueError, match=r"^the server refused the credentials: "):
         async with open_redis_bus("redis://nobody:wrong@127.0.0.1:6379/0", clock, prefix=prefix):
             pass
+
+
+async def test_a_password_the_server_never_asks_for_is_said_once(clock: ManualClock, prefix: str) -> None:
+    """The test server requires no password (the client fixture connects without one): a URL that gives one was
+    accepted silently, the client's HELLO AUTH succeeding for any password, so a user believed the streams protected."""
+    with structlog.testing.capture_logs() as logs:
+        async with open_redis_bus("redis://:s3cret@127.0.0.1:6379/0", clock, prefix=prefix):
+            pass
+        async with open_redis_bus("redis://default:s3cret@127.0.0.1:6379/0", clock, prefix=prefix):
+            pass
+        async with open_redis_bus(REDIS_URL, clock, prefix=prefix):  # no password: nothing to say
+            pass
+    warnings = [entry for entry in logs if entry["event"] == "oona_redis_password_unneeded"]
+    assert [(entry["log_level"], entry["url"]) for entry in warnings] == [
+        ("warning", "redis://:***@127.0.0.1:6379/0"),
+        ("warning", "redis://default:***@127.0.0.1:6379/0"),
+    ]
+    assert "requires none" in warnings[0]["detail"]
+    assert "s3cret" not in repr(logs)
 
 
 async def test_any_client_error_mid_run_is_the_bus_unavailable(

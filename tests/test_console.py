@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import msgspec
+import structlog
 
-from esper.console import Console, clock_time, progress_bar, stage_line
+from esper.console import LOG_LINES, Console, clock_time, progress_bar, stage_line
+from esper.log_events import StructlogSink
+from esper.logs import configure_logging
 from schemas.control import CommandResult
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
 from schemas.enums import BreakerState, SeedLifecycleStage
@@ -289,3 +293,63 @@ def test_a_breaker_closing_again_is_shown_as_its_opening_is() -> None:
     assert stream.getvalue().splitlines() == [
         "  recovered oona.publish: its breaker closed again (probe_succeeded 1/1)"
     ]
+
+
+def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_their_fields(tmp_path: Path) -> None:
+    """These printed as structlog's key=value lines among the progress lines (a breaker's with a monotonic at_s that
+    means nothing to a reader) while their counterparts ('policy back', 'recovered') had lines of their own."""
+    console = io.StringIO()
+    handle = configure_logging(tmp_path, console_stream=console, colors=False, console_lines=LOG_LINES)
+    try:
+        log = structlog.get_logger("test")
+        log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=-9, restarts=1, max_restarts=3)
+        log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=0.5, pid=14707)
+        log.warning("tamiyo_gnn_worker_hung", actor="tamiyo", silent_s=10.0, starting=True)
+        log.warning("tamiyo_state_not_journaled", step=80, reason="policy_busy")
+        log.warning(
+            "oona_bus_unavailable",
+            actor="oona-publisher",
+            error="the Redis server did not answer: ConnectionError: Connection closed by server.",
+            dropping="until it answers",
+        )
+        sink = StructlogSink()
+        for to_state, from_state in (
+            (BreakerState.OPEN, BreakerState.CLOSED),
+            (BreakerState.CLOSED, BreakerState.OPEN),
+        ):
+            reason = "3 consecutive failures, last: deadline_exceeded"
+            sink.emit(BreakerTransition("tamiyo.inference", from_state, to_state, reason, at_s=11424.127))
+        log.warning("oona_redis_password_unneeded", url="redis://:***@127.0.0.1:6379/0", detail="no password asked")
+        log.info("oona_bus_restored", actor="oona-publisher", dropped=3)  # no line of its own: structlog's as before
+    finally:
+        handle.release()
+    lines = console.getvalue().splitlines()
+    assert lines[:6] == [
+        "  policy down  the GNN worker was killed by signal 9: restart 1 of 3, ready in a few seconds (it imports"
+        " torch); the fallback decides meanwhile",
+        "  policy hung  the GNN worker (pid 14707) did not answer within 0.5 s: killed, another is started",
+        "  policy hung  the restarted GNN worker was not ready within 10.0 s: killed, another is started",
+        "  step     80  not saved    the controller's state at this epoch end (the policy was still deciding an"
+        " earlier packet): a resume from here starts from its previous saved state",
+        "  bus down     the Redis server did not answer: ConnectionError: Connection closed by server: events for"
+        " observers are dropped until it answers (training goes on)",
+        "  breaker open tamiyo.inference: 3 consecutive failures, last: deadline_exceeded",
+    ]
+    # Closed again: the progress console's "recovered" line says so (Console.emit), so not twice.
+    assert lines[6] == "  bus password redis://:***@127.0.0.1:6379/0: no password asked"
+    assert len(lines) == 8
+    assert "oona_bus_restored" in lines[7]
+    assert "at_s" not in console.getvalue()
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [entry["event"] for entry in logged] == [
+        "tamiyo_gnn_worker_restarted",
+        "tamiyo_gnn_worker_hung",
+        "tamiyo_gnn_worker_hung",
+        "tamiyo_state_not_journaled",
+        "oona_bus_unavailable",
+        "breaker_transition",
+        "breaker_transition",
+        "oona_redis_password_unneeded",
+        "oona_bus_restored",
+    ]
+    assert logged[5]["at_s"] == 11424.127  # the file keeps every field

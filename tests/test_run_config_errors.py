@@ -8,13 +8,20 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+import anyio
 import numpy as np
 import pytest
 import torch
 
+from actors.tamiyo.heuristic import HeuristicState
+from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
+from actors.tamiyo.stop_state import write_stop_state
 from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import claim_run_dir
+from esper.tamiyo_resume import TAMIYO_STATE_FILE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -152,6 +159,21 @@ def test_a_redis_server_that_does_not_answer(tmp_path: Path, capsys: pytest.Capt
             "redis://me:s3cret@127.0.0.1:abc/0",
             "oona.redis_url: expected a port number from 0 to 65535 in 'redis://me:***@127.0.0.1:abc/0'",
         ),
+        # The client dropped a database path that is no number: the streams went to database 0, unsaid.
+        (
+            "redis://me:s3cret@127.0.0.1:6379/abc",
+            "oona.redis_url: expected a database number as the path, got 'abc' in 'redis://me:***@127.0.0.1:6379/abc'",
+        ),
+        # Query values the client refused only when it connected, after the run directory was made.
+        (
+            "redis://127.0.0.1:6379/0?db=abc",
+            "oona.redis_url: the Redis client refuses db='abc' in 'redis://127.0.0.1:6379/0?db=abc'",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?password=s3cret&socket_timeout=abc",
+            "oona.redis_url: the Redis client refuses socket_timeout='abc' in"
+            " 'redis://127.0.0.1:6379/0?password=***&socket_timeout=abc'",
+        ),
     ],
 )
 def test_a_redis_url_that_is_not_one_is_refused_before_the_run_directory_is_made(
@@ -189,6 +211,55 @@ def test_the_redis_backend_without_its_package_is_refused_before_the_run_directo
     assert main([str(tmp_path / "c.toml"), *overrides]) == EXIT_CONFIG_ERROR
     assert capsys.readouterr().err == f'--set oona.backend="redis": {message}'
     assert not (tmp_path / "r").exists()
+
+
+def test_gnn_weights_that_do_not_load_name_the_run_directory_they_leave(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused in one line, but command.key, config.toml, events.jsonl and run.lock were left in the run directory
+    unsaid (the Redis refusals say so): the weights' contents are checked only as Tamiyo loads them."""
+    bad = tmp_path / "w.safetensors"
+    bad.write_text("not a safetensors file")
+    toml = f'[tolaria]\nepochs = 1\n[tamiyo]\npolicy = "gnn"\ngnn_checkpoint = "{bad}"\n'
+    err = refused(tmp_path, capsys, toml).splitlines()[-1]  # after the run's header: the directory is made by then
+    assert err.startswith(f"{tmp_path / 'c.toml'}: tamiyo.gnn_checkpoint = '{bad}': not a safetensors file"), err
+    run_dir = tmp_path / "r"
+    assert err.endswith(
+        f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == ["command.key", "config.toml", "events.jsonl", "run.lock"]
+    claim_run_dir(run_dir, resume=False).release()  # as it says: a new run may reuse it
+
+
+@pytest.mark.parametrize("saved_at", ["stop", "journal"])
+def test_a_resume_whose_gnn_weights_are_gone_names_the_weights_the_run_decided_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], saved_at: str
+) -> None:
+    """The refusal named the path alone: which file to put back (a sweep's weights all share one name) was in no
+    line of it. The controller's saved state records the file's SHA-256 prefix: the state saved at the last stop, or
+    the journal's newest entry after a kill."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = TamiyoState(
+        policy="gnn",
+        policy_version="file-99fd783d9c26",
+        fallback=HeuristicState(),
+        outcomes=OutcomeState(),
+        counters=TamiyoCounters(),
+        last_step=40,
+    )
+    if saved_at == "stop":
+        write_stop_state(checkpoints / TAMIYO_STATE_FILE, state)
+    else:
+        anyio.run(TamiyoStateJournal(checkpoints / STATE_JOURNAL_FILENAME).append, 40, state)
+    gone = tmp_path / "w.safetensors"
+    (tmp_path / "c.toml").write_text(f'[tamiyo]\npolicy = "gnn"\ngnn_checkpoint = "{gone}"\n')
+    assert main([str(tmp_path / "c.toml"), "--resume", str(tmp_path / "run")]) == EXIT_CONFIG_ERROR
+    one_line(
+        capsys.readouterr().err,
+        f"{tmp_path / 'c.toml'}: tamiyo.gnn_checkpoint = '{gone}': cannot read it: No such file or directory; the run"
+        " decided with the file whose SHA-256 starts 99fd783d9c26 (policy version file-99fd783d9c26)",
+    )
 
 
 def test_a_redis_url_the_client_refuses_only_when_used_names_the_run_directory(

@@ -562,3 +562,18 @@ async def test_a_hung_worker_is_reported_as_an_event_the_summary_counts(tmp_path
     [note] = [line for line in growth_lines(msgspec.structs.replace(growth, fallback_decisions=1)) if "note:" in line]
     assert "; the GNN worker hung 1 time and was restarted)" in note
     assert note.endswith("tamiyo_gnn_worker_hung)")
+
+
+async def test_the_decision_line_carries_the_policys_feature_coverage(tmp_path: Path, sink: RecordingSink) -> None:
+    """The GNN's coverage was only on Prometheus (tamiyo.gnn.feature_coverage): a user reading events.jsonl or the
+    info console could not tell on how much of the state a decision rested. A policy that reports none (the
+    heuristic, the fallback) adds no field."""
+    with structlog.testing.capture_logs() as logs:
+        async with TamiyoHarness(tmp_path, sink, policy=CoveragePolicy([0.8125])) as h:
+            await h.decide(packet(5, 0))
+        (tmp_path / "heuristic").mkdir()
+        async with TamiyoHarness(tmp_path / "heuristic", sink) as h:
+            await h.decide(packet(5, 0))
+    decided = [entry for entry in logs if entry["event"] == "tamiyo_decision"]
+    assert [entry.get("feature_coverage") for entry in decided] == [0.8125, None]
+    assert "feature_coverage" not in decided[1]

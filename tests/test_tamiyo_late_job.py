@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import threading
 from typing import TYPE_CHECKING, final
@@ -17,6 +18,7 @@ from actors.tamiyo.policy import Decision
 from actors.tamiyo.spec import tamiyo_spec
 from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import read_entries
+from esper.console import Console
 from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
 from esper.runtime.supervisor import ChildSpec, Supervisor
@@ -24,6 +26,7 @@ from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig, SecurityConfig, SimicConfig, TamiyoConfig
 from schemas.runtime import ChildFailed
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
+from schemas.telemetry import TelemetryEvent
 from tests._tamiyo_harness import BLUEPRINTS, KEY, KEY_ID, RUN_ID, WALL_START_S, packet
 from tests.test_kernel_support import Crash, ObservedClock, Probe, Recorder
 
@@ -294,3 +297,22 @@ async def test_every_epoch_end_is_journaled_when_an_overrun_has_returned_by_then
     assert stats.timeouts == 1
     assert not [e for e in logs if e["event"] == "tamiyo_state_not_journaled"]
     assert [entry.step for entry in read_entries(journal)[0]] == [10, 20, 30]
+
+
+async def test_a_worker_policy_says_it_is_starting_before_its_warm_up(tmp_path: Path, sink: RecordingSink) -> None:
+    """A GNN worker's start-up (its torch import: 6-10 s) showed nothing on the console after the run's header, as
+    if the run hung; a policy on the lane's own thread starts in milliseconds and says nothing."""
+    rig = Rig(tmp_path, sink)
+    await rig.system.start(rig.spec)
+    try:
+        [starting] = [event for event in sink.of_type(TelemetryEvent) if event.name == "tamiyo_gnn_worker_starting"]
+        assert starting.description == "starting the GNN policy worker (it imports torch: a few seconds)"
+        console = io.StringIO()
+        Console(console, epochs=3, interactive=False).emit(starting)
+        assert console.getvalue() == (
+            "  policy       starting the GNN policy worker (it imports torch: a few seconds)\n"
+        )
+    finally:
+        rig.policy.release()
+        await rig.system.stop()
+        await rig.lane.aclose()

@@ -68,6 +68,7 @@ from esper.runtime.actor import Actor
 from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.state import SystemStatePacket
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
+from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -206,6 +207,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
 
     async def on_start(self) -> None:
         if isinstance(self._c.policy, GnnPolicyBase):
+            if isinstance(self._c.policy, PolicyWorker):
+                # Its torch import took 6-10 s with nothing on the console: the run looked hung before its first epoch.
+                self._c.sink.emit(
+                    TelemetryEvent(
+                        name="tamiyo_gnn_worker_starting",
+                        level=TelemetryLevel.INFO,
+                        description="starting the GNN policy worker (it imports torch: a few seconds)",
+                    )
+                )
             # A worker builds its network (seconds) and any GNN builds its fused weights on its first inference
             # (tens of ms); doing both here keeps them out of the first decision's deadline.
             error = await self._warm_up(self._c.policy)
@@ -476,6 +486,8 @@ class TamiyoActor(Actor[TamiyoMessage]):
             risk_reason=wire.risk_reason,
             decision_ms=round(wire.decision_ms, 3),
             **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
+            # The GNN's share of the inputs the state should carry; a policy that reports none (the fallback) adds none.
+            **({"feature_coverage": round(wire.feature_coverage, 4)} if wire.feature_coverage is not None else {}),
         )
         by_action = dict(self._c.counters.by_action)
         by_action[action] = by_action.get(action, 0) + 1

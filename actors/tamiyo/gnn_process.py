@@ -303,7 +303,13 @@ class RemoteGnnPolicy(GnnPolicyBase, PolicyWorker):
         self._ready = False
         self._restarted_at = time.monotonic()
         self._pending = STATE.decode(self._state_raw)  # the new worker decides on from the last state it returned
-        _log.warning("tamiyo_gnn_worker_restarted", actor="tamiyo", exit_code=code, restarts=self.restarts)
+        _log.warning(
+            "tamiyo_gnn_worker_restarted",
+            actor="tamiyo",
+            exit_code=code,
+            restarts=self.restarts,
+            max_restarts=_MAX_RESTARTS,
+        )
 
     def _await_ready(self, timeout_s: float | None = None) -> None:
         """Wait for the worker's ready message: up to ``_READY_TIMEOUT_S`` (None), or ``timeout_s`` (decide's look at

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
 
 from esper.runtime.bus import ALL_TOPICS
 from esper.runtime.bus_redis import DEFAULT_MAX_PAYLOAD_BYTES, RedisBus, redacted
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 
     from esper.runtime.bus import BusLimits, Topic
     from esper.runtime.clock import Clock
+
+_log = structlog.get_logger("esper.runtime.bus_redis_open")
 
 DEFAULT_TIMEOUT_S = 1.0
 """How long a call waits for the server (connecting, or for its reply) before the call fails with BusUnavailable.
@@ -29,16 +33,41 @@ REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 
 def redis_url_problem(url: str) -> str | None:
-    """Why the Redis client would refuse ``url`` before connecting (its scheme, a port that is not a number), said
-    with any password masked; None if it would try it. Checked with the config, before the run directory is made."""
+    """Why the Redis client would refuse ``url`` before connecting or only when it connects (its scheme, a port that
+    is not a number, a database path that is not one, a query value its parser refuses), said with any password
+    masked; None if it would try it. Checked with the config, before the run directory is made."""
     scheme, separator, _ = url.partition("://")
     if not separator or scheme.lower() not in REDIS_SCHEMES:
         return f"expected a redis://, rediss:// or unix:// URL, got {redacted(url)!r}"
+    parts = urlsplit(url)
     if scheme.lower() != "unix":
         try:
-            urlsplit(url).port  # noqa: B018  # reading it is the check: it raises for a port that is no number
+            parts.port  # noqa: B018  # reading it is the check: it raises for a port that is no number
         except ValueError:
             return f"expected a port number from 0 to 65535 in {redacted(url)!r}"
+        database = unquote(parts.path).replace("/", "")
+        # The client drops a path that is no number and uses database 0: the streams went where nobody looked.
+        if database and not database.isdecimal():
+            return f"expected a database number as the path, got {database!r} in {redacted(url)!r}"
+    return _query_problem(url, parts.query)
+
+
+def _query_problem(url: str, query: str) -> str | None:
+    """The first query value the client's own URL parser refuses (it says so only when it connects, naming no value),
+    as ``key=value``; None without the redis package, which is refused on its own."""
+    try:
+        from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS  # the optional dependency, as below
+    except ImportError:
+        return None
+    for key, values in parse_qs(query).items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(key)
+        if parser is None or not values:
+            continue
+        try:
+            parser(values[0])  # the value the client takes: the first
+        except (TypeError, ValueError):
+            shown = "***" if key == "password" else values[0]
+            return f"the Redis client refuses {key}={shown!r} in {redacted(url)!r}"
     return None
 
 
@@ -79,6 +108,7 @@ async def open_redis_bus(
             raise ValueError(f"what answers there is not a Redis server ({type(err).__name__}: {err})") from err
         except TypeError as err:  # a query parameter the client does not know reaches its connection only now
             raise ValueError(f"the URL holds a setting the Redis client does not know ({err})") from err
+        await _warn_if_password_unneeded(client, url)
         bus = RedisBus(clock, client, prefix=prefix, topics=topics, limits=limits, max_payload_bytes=max_payload_bytes)
         try:
             yield bus
@@ -86,6 +116,34 @@ async def open_redis_bus(
             await bus.close()
     finally:
         await client.aclose()
+
+
+_NO_PASSWORD_SET: Final = ("without any password configured", "no password is set")
+"""How a server that requires no password answers AUTH <password> (Redis 6 and later, then earlier versions)."""
+
+
+async def _warn_if_password_unneeded(client: Redis, url: str) -> None:
+    """Say once (``oona_redis_password_unneeded``) that the URL's password was never asked for: the server accepts
+    any password for its default user when it has none (the client's HELLO AUTH succeeds), so a server meant to be
+    protected is not. Only a plain AUTH with the password alone tells, in one round trip."""
+    import redis.exceptions  # the optional dependency, as above
+
+    settings = client.connection_pool.connection_kwargs
+    password, username = settings.get("password"), settings.get("username")
+    if not password or username not in (None, "default"):
+        return  # a named user's password was checked by the connection's own AUTH
+    try:
+        await client.auth(password)
+    except redis.exceptions.AuthenticationError as err:
+        if any(marker in str(err) for marker in _NO_PASSWORD_SET):
+            _log.warning(
+                "oona_redis_password_unneeded",
+                url=redacted(url),
+                detail="the URL gives a password but the Redis server requires none: anyone who reaches it can read"
+                " and write the run's streams",
+            )
+    except redis.exceptions.RedisError:
+        pass  # the server answered the ping: whatever this is, the bus works, and this was only a courtesy
 
 
 def redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
