@@ -257,14 +257,11 @@ class BufferGuard:
     A training-mode forward updates buffers in place (BatchNorm's running statistics and batch count): a skipped
     non-finite step left NaN running statistics behind, and every later evaluation was NaN. The copy runs every step,
     so it is made cheap: the running statistics of torch's own norm layers are moved into one flat tensor per dtype
-    (each buffer a view of it, updated in place by the layer as before), and the flats of one device share one byte
-    storage, so a step copies them all with one ``copy_`` per device (a fused copy of the default host's nine separate
-    buffers cost the step about 1.5 %; one copy per dtype, float statistics and int64 batch counts, a dispatch more).
-    The flats alias the storage without being views of one tensor: each keeps its own autograd version counter, as a
-    flat of its own did (a view shares its base's, and the batch count's ``add_`` in the forward would bump the
-    version of the statistics the backward saved). Other persistent buffers (a user module's) are copied one by one: a
-    module may hold its own reference to them, so they are never moved. Nothing is copied for a model without
-    buffers. The layout follows the slots' seed modules (a graft can bring norm layers of its own).
+    (each buffer a view of it, updated in place by the layer as before), and a step copies those whole, one ``copy_``
+    per dtype (a fused copy of the default host's nine separate buffers cost the step about 1.5 %). Other persistent
+    buffers (a user module's) are copied one by one: a module may hold its own reference to them, so they are never
+    moved. Nothing is copied for a model without buffers. The layout follows the slots' seed modules (a graft can bring
+    norm layers of its own).
     """
 
     __slots__ = ("_copies", "_flats", "_signature", "_sources", "_trainee")
@@ -312,26 +309,12 @@ class BufferGuard:
                     self._sources.append(buffer)
         self._copies = [buffer.clone() for buffer in self._sources]
         self._flats = []
-        by_device: dict[torch.device, list[tuple[torch.dtype, list[tuple[nn.Module, str, torch.Tensor]]]]] = {}
         for (dtype, device), entries in by_dtype.items():
-            by_device.setdefault(device, []).append((dtype, entries))
-        for device, groups in by_device.items():
-            # Each dtype's flat starts on a multiple of 16 bytes of the shared storage (aligned for any element size).
-            starts: list[int] = []
-            size = 0
-            for dtype, entries in groups:
-                starts.append(size)
-                size += -(-sum(b.numel() for _, _, b in entries) * dtype.itemsize // 16) * 16
-            whole = torch.zeros(size, dtype=torch.uint8, device=device)
-            storage = whole.untyped_storage()
-            for (dtype, entries), start in zip(groups, starts, strict=True):
-                numel = sum(b.numel() for _, _, b in entries)
-                flat = torch.empty(0, dtype=dtype, device=device)
-                flat.set_(storage, start // dtype.itemsize, (numel,), (1,))
-                offset = 0
-                for module, name, buffer in entries:
-                    view = flat[offset : offset + buffer.numel()].view(buffer.shape)
-                    view.copy_(buffer)
-                    module._buffers[name] = view
-                    offset += buffer.numel()
-            self._flats.append((whole, whole.clone()))
+            flat = torch.empty(sum(b.numel() for _, _, b in entries), dtype=dtype, device=device)
+            offset = 0
+            for module, name, buffer in entries:
+                view = flat[offset : offset + buffer.numel()].view(buffer.shape)
+                view.copy_(buffer)
+                module._buffers[name] = view
+                offset += buffer.numel()
+            self._flats.append((flat, flat.clone()))
