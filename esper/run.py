@@ -60,7 +60,7 @@ from esper.run_args import (
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, previous_run_id, written_by
-from esper.run_key import keep_run_key
+from esper.run_key import MIN_SECRET_BYTES, keep_run_key, short_secret
 from esper.run_tally import RunTally
 from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
@@ -300,6 +300,14 @@ async def _start_logged(
                 now=esper_version(),
                 detail="the run continues under this version's rules",
             )
+    if resume is not None and short_secret(args.key):
+        # Taken, not refused: the run's journal is signed with it, and no other secret can finish the run.
+        _log.warning(
+            "run_secret_short",
+            env=args.key.env,
+            secret_bytes=len(args.key.secret),
+            detail=f"a new run needs at least {MIN_SECRET_BYTES} bytes; this run goes on with the one it started with",
+        )
     if resume is not None:
         swept = await anyio.to_thread.run_sync(sweep_partial_writes, directory)
         if swept:

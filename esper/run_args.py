@@ -166,7 +166,7 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
     wrote its summary)."""
     try:
         config = load_config(args.config, args.overrides, written=is_run_config(args.config, args.resume))
-        env_key(config)
+        env_key(config, resuming=args.resume is not None)
     except ConfigError as err:
         say(sys.stderr, f"{err}\n")
         return EXIT_CONFIG_ERROR
@@ -253,7 +253,7 @@ async def checked_start(
         resolved = absolute_paths(resolved)
     except ConfigError as err:
         raise blamed(err, config, overrides or ()) from err
-    key = env_key(resolved)
+    key = env_key(resolved, resuming=resume is not None)
     try:
         data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
         await anyio.to_thread.run_sync(check_start, resolved)

@@ -43,18 +43,20 @@ class RunKey:
         return f"the environment variable {self.env}" if self.env is not None else KEY_FILE
 
 
-def env_key(config: RunConfig) -> RunKey | None:
-    """The key of the environment variable ``security.secret_env``, or None when it is unset or empty.
+def env_key(config: RunConfig, *, resuming: bool = False) -> RunKey | None:
+    """The key of the environment variable ``security.secret_env``, or None when it is unset or empty. ``resuming``:
+    a shorter secret is taken (a run an earlier version started with one signed its journal with it: refused, the run
+    could be finished by no secret at all; the resume warns instead, see ``short_secret``).
 
     Raises:
-        ConfigError: the variable is unset while weatherlight.require_secret is true, or holds fewer than
-            MIN_SECRET_BYTES bytes (the line names the variable and the length, never the value).
+        ConfigError: the variable is unset while weatherlight.require_secret is true, or (for a new run) holds fewer
+            than MIN_SECRET_BYTES bytes (the line names the variable and the length, never the value).
     """
     name = config.security.secret_env
     value = os.environ.get(name)
     if value:
         secret = value.encode("utf-8")
-        if len(secret) < MIN_SECRET_BYTES:
+        if len(secret) < MIN_SECRET_BYTES and not resuming:
             raise ConfigError(
                 f"security.secret_env: the environment variable {name} holds {len(secret)} bytes, fewer than the"
                 f" {MIN_SECRET_BYTES} a command-signing key needs (use e.g. 32 random bytes, hex-encoded)"
@@ -63,6 +65,11 @@ def env_key(config: RunConfig) -> RunKey | None:
     if config.weatherlight.require_secret:
         raise ConfigError(f"weatherlight.require_secret: the environment variable {name} is not set")
     return None
+
+
+def short_secret(key: RunKey) -> bool:
+    """Whether ``key`` is an environment secret shorter than a new run may use (a resume takes one, with a warning)."""
+    return key.env is not None and len(key.secret) < MIN_SECRET_BYTES
 
 
 def new_run_key() -> RunKey:

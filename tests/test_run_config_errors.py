@@ -227,7 +227,8 @@ def test_gnn_weights_that_do_not_load_name_the_run_directory_they_leave(
     assert err.endswith(
         f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
     )
-    assert sorted(p.name for p in run_dir.iterdir()) == ["command.key", "config.toml", "data.json", "events.jsonl", "run.lock"]
+    left = ["command.key", "config.toml", "data.json", "events.jsonl", "run.lock"]
+    assert sorted(p.name for p in run_dir.iterdir()) == left
     claim_run_dir(run_dir, resume=False).release()  # as it says: a new run may reuse it
 
 

@@ -295,3 +295,25 @@ def test_a_run_that_kept_its_own_key_resumes_with_it_when_the_variable_is_set_si
     assert (run_dir / KEY_FILE).read_bytes() == key_bytes  # the run keeps the key it started with
     commands = _commands(run_dir)
     assert len(commands) > 1  # the resumed session signed more, and they verify with the same key
+
+
+def test_a_run_an_earlier_version_started_with_a_short_secret_resumes_with_it_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started with an 8-byte secret (earlier versions took one) signed its journal with it: refusing the secret
+    on --resume, while any other secret fails the journal's signatures, left the run with no way to finish."""
+    monkeypatch.setenv(ENV, "shortkey")
+    config = grown_config(tmp_path)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr("esper.run_key.MIN_SECRET_BYTES", 1)  # the earlier version's rule
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    assert _commands(run_dir)
+    monkeypatch.undo()
+    monkeypatch.setenv(ENV, "shortkey")
+    assert main([str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--resume", str(run_dir)]) == 0
+    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    [warning] = [line for line in lines if line.get("event") == "run_secret_short"]
+    assert (warning["env"], warning["secret_bytes"]) == (ENV, 8)
+    assert "shortkey" not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="holds 8 bytes"):
+        env_key(RunConfig())  # a new run is still refused it

@@ -229,8 +229,10 @@ class TamiyoGNN(nn.Module):
 
         Inference notices every in-place change made to a parameter itself (an optimizer step, ``load_state_dict``,
         ``copy_`` under ``no_grad``) by its version counter, but not one made through ``param.data`` (for example a
-        Polyak average written as ``p.data.mul_(tau)``): torch gives ``.data`` a version counter of its own. Call
-        this after such a change.
+        Polyak average written as ``p.data.mul_(tau)``): torch gives ``.data`` a version counter of its own. Nor does
+        it notice a submodule or a Parameter replaced by another object (``model.encoders["seed"] = ...``,
+        ``layer.weight = nn.Parameter(...)``): the watched lists hold the old ones. Call this after such a change
+        (``load_state_dict`` and ``.to()`` call it themselves).
         """
         self._fused_cache = None
         self._param_list = None
