@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from tests._redis_fixtures import CancelOnSend
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "### Watching the bus from another process"
 
@@ -62,8 +64,8 @@ async def test_the_readmes_observer_reads_a_runs_messages_and_the_keys_are_as_it
     assert await client.exists(f"{prefix}:oona.telemetry:stats") == 1
     assert {await client.ttl(key) async for key in client.scan_iter(match=f"{prefix}:*")} == {-1}
 
-    # The example as printed in the README, its print recorded; the last line it prints ends it. (Not a cancel:
-    # redis-py 8.2 swallows a cancel that lands during a call, so a watcher cancelled in its ack went on reading.)
+    # The example as printed in the README, its print recorded; the last line it prints ends it (a cancel ends it
+    # too: test_the_readmes_observer_ends_when_cancelled_even_as_its_ack_is_sent).
     printed: list[str] = []
 
     def record(*values: object, flush: bool = False) -> None:
@@ -88,3 +90,33 @@ async def test_the_readmes_observer_reads_a_runs_messages_and_the_keys_are_as_it
     assert [group["name"] for group in groups] == [b"readme-observer"]
     assert groups[0]["pending"] == 1  # the emergency lane is read first: the telemetry entry was never acked
     assert {await client.ttl(key) async for key in client.scan_iter(match=f"{prefix}:*")} == {-1}
+
+
+async def test_the_readmes_observer_ends_when_cancelled_even_as_its_ack_is_sent(
+    client: Redis, prefix: str, cancel_on_send: CancelOnSend
+) -> None:
+    """redis-py lost a cancel that arrived just after a command was sent (Python 3.11's wait_for): a watcher cancelled
+    in its ack went on reading for good. Here the cancel arrives as the ack after its one print is sent; the watcher
+    must end cancelled, not send another command (refused: WentOn)."""
+    async with open_redis_bus(REDIS_URL, MonotonicClock(), prefix=prefix) as run_bus:
+        message = TelemetryEvent(name="seed_op_failed", level=TelemetryLevel.WARNING, run_id="run-a")
+        topic, message_type, priority = route(message)
+        await run_bus.publish(topic, message, message_type=message_type, priority=priority)
+    printed: list[str] = []
+
+    def record(*values: object, flush: bool = False) -> None:
+        printed.append(" ".join(str(value) for value in values))
+        cancel_on_send.arm(refuse=True)  # the next command is the ack
+
+    namespace: dict[str, object] = {"__name__": "readme_example", "print": record}
+    exec(compile(readme_example(), str(README), "exec"), namespace)  # the README's own code
+    watch = namespace["watch"]
+    assert callable(watch)
+    start: Callable[[str, str, str], Coroutine[object, object, None]] = watch
+    task = asyncio.create_task(start(REDIS_URL, prefix, "readme-observer"))
+    await asyncio.wait((task,))
+    assert task.cancelled(), f"the watcher lost its cancel: {task.exception()!r}"
+    assert printed == ["oona.telemetry TelemetryEvent run-a"]
+    assert cancel_on_send.went_on == 0
+    groups = await client.xinfo_groups(f"{prefix}:oona.telemetry")
+    assert groups[0]["pending"] == 0  # the ack was sent, and the server took it

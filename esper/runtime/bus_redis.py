@@ -31,7 +31,7 @@ from esper.runtime.bus_redis_reply import (
     topic_statistics,
     zero_statistics,
 )
-from esper.runtime.bus_redis_scripts import RedisScripts
+from esper.runtime.bus_redis_scripts import RedisScripts, cancel_safe
 from esper.runtime.bus_waiters import delivered_group, wait_woken, wake
 from esper.runtime.errors import BusClosed, PayloadTooLarge, UnknownTopic
 from schemas.base import Message
@@ -76,6 +76,7 @@ class RedisBus:
 
     Cancellation: a cancelled wait leaves the bus unchanged. A receive cancelled while its script is in flight may
     have taken a message: it stays pending for that consumer and is claimed again after claim_idle_s (at least once).
+    A cancel the Redis client loses (see cancel_safe) raises CancelledError when the call's reply or failure comes.
     """
 
     def __init__(
@@ -351,15 +352,13 @@ class RedisBus:
         """Delete every key under this bus's prefix (allowed after close()); returns how many were deleted."""
         pattern = "".join(f"[{ch}]" if ch in "*?[]\\" else ch for ch in self._prefix) + ":*"
         deleted = 0
-        batch: list[bytes] = []
-        async for key in self._client.scan_iter(match=pattern, count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += await self._client.unlink(*batch)
-                batch.clear()
-        if batch:
-            deleted += await self._client.unlink(*batch)
-        return deleted
+        cursor = 0
+        while True:  # SCAN by hand, not scan_iter: each call goes through cancel_safe
+            cursor, keys = await cancel_safe(self._client.scan(cursor, match=pattern, count=500))
+            if keys:
+                deleted += await cancel_safe(self._client.unlink(*keys))
+            if not cursor:
+                return deleted
 
     # ------------------------------------------------------------------ helpers
 

@@ -10,6 +10,7 @@ import structlog
 
 from esper.runtime.bus import ALL_TOPICS
 from esper.runtime.bus_redis import DEFAULT_MAX_PAYLOAD_BYTES, RedisBus, redacted
+from esper.runtime.bus_redis_scripts import cancel_safe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -97,7 +98,7 @@ async def open_redis_bus(
     client = redis_client(url, timeout_s=timeout_s)  # ValueError: not a Redis URL
     try:
         try:
-            await client.ping()
+            await cancel_safe(client.ping())
         except redis.exceptions.AuthenticationError as err:  # a ConnectionError to the client, but the server answered
             raise ValueError(f"the server refused the credentials: {err}") from err
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
@@ -133,7 +134,7 @@ async def _warn_if_password_unneeded(client: Redis, url: str) -> None:
     if not password or username not in (None, "default"):
         return  # a named user's password was checked by the connection's own AUTH
     try:
-        await client.auth(password)
+        await cancel_safe(client.auth(password))
     except redis.exceptions.AuthenticationError as err:
         if any(marker in str(err) for marker in _NO_PASSWORD_SET):
             _log.warning(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 from esper.runtime.bus import Topic
 from esper.runtime.bus_redis_lua import ACK, BACKLOG, NACK, PUBLISH, STATS, SUBSCRIBE, TAKE, TRIM
@@ -11,13 +11,39 @@ from esper.runtime.bus_waiters import wake
 from esper.runtime.errors import BusUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Sequence
 
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
     from esper.runtime.bus import BusLimits
     from esper.runtime.clock import Clock
+
+T = TypeVar("T")
+
+
+async def cancel_safe(call: Awaitable[T]) -> T:
+    """Await one call of the Redis client; a cancel of this task that arrived meanwhile raises CancelledError even
+    when the client lost it.
+
+    redis-py sends each command under asyncio.wait_for(socket_timeout) (redis/asyncio/connection.py,
+    send_packed_command; redis_client always sets the timeout), and Python 3.11's wait_for returns the inner result
+    when its task is cancelled just after the send completed (CPython gh-86296, fixed in 3.12): the call then reads
+    its reply and returns as if nothing happened, and the loop that made it (an observer's consume, the publisher
+    emptying its queue at a stop past its deadline) goes on. A lost cancel leaves ``cancelling()`` raised, which is
+    what this checks, after a reply or a failure alike (a failure would otherwise be taken for an outage).
+    """
+    task = asyncio.current_task()
+    before = 0 if task is None else task.cancelling()
+    try:
+        result = await call
+    except Exception as err:
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError from err
+        raise
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
 
 
 @final
@@ -80,7 +106,8 @@ class RedisScripts:
         self._in_flight += 1
         try:
             now = repr(float(self._clock.now()))
-            return await self.by_name[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
+            call = self.by_name[name](keys=[], args=[*self._header[:2], now, *self._header[3:], *args])
+            return await cancel_safe(call)
         except self._refusing as err:
             raise BusUnavailable(f"the Redis server refused the call: {err}") from err
         except self._unreachable as err:
