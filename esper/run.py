@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import shlex
 import time
 from typing import TYPE_CHECKING, TextIO
 
@@ -432,8 +433,8 @@ def _nothing_trained(err: ConfigError, directory: Path) -> ConfigError:
     on (a new run there reuses it: claim_run_dir)."""
     # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
     return ConfigError(
-        f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {directory} (a new run may reuse"
-        " it) or remove it"
+        f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {shlex.quote(str(directory))} (a new"
+        " run may reuse it) or remove it"
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, iter_journal
 from actors.nissa.prometheus import check_bindable
 from actors.tolaria.build import batch_plan, check_config
 from actors.tolaria.checkpoints import CheckpointError
@@ -29,7 +30,7 @@ from esper.resume import check_checkpoint_run, check_resumable, check_resume_fil
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
-from esper.run_key import RunKey, env_key, new_run_key, read_run_key
+from esper.run_key import RunKey, env_key, new_run_key, read_run_key, short_secret
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from esper.start_checks import check_start
@@ -158,6 +159,13 @@ class StartArgs:
     directory: Path
     run_id: str | None
     data: DataSplits
+
+
+def _journaled_a_command(directory: Path) -> bool:
+    """Whether Kasmina's journal in ``directory`` holds a command (each one verified with the run's key before this).
+    Blocking: reads the journal."""
+    journal = directory / "checkpoints" / JOURNAL_FILENAME
+    return any(isinstance(entry, JournalBoundary) and entry.command is not None for entry in iter_journal(journal))
 
 
 def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
@@ -310,6 +318,14 @@ async def checked_start(
             first_checkpoint_step=first_checkpoint_step(resolved.tolaria, data),
         )
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
+        if (
+            key is not None
+            and short_secret(key)
+            and not await anyio.to_thread.run_sync(_journaled_a_command, directory)
+        ):
+            # Taken on a resume only because the run's commands were signed with it (verified just now): with none
+            # signed yet, a proper secret loses nothing, and the short one would sign every command from here.
+            env_key(resolved)  # raises the new run's refusal
         await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(functools.partial(check_same_data, directory, resolved.tolaria, data=data))
         # An earlier version trained an unset thread count on one thread: the resume keeps training on one.

@@ -317,3 +317,24 @@ def test_a_run_an_earlier_version_started_with_a_short_secret_resumes_with_it_an
     assert "shortkey" not in (run_dir / "events.jsonl").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match="holds 8 bytes"):
         env_key(RunConfig())  # a new run is still refused it
+
+
+def test_a_short_secret_cannot_slip_in_by_resuming_a_run_that_signed_nothing_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The resume's allowance for a short secret is for a run whose journal is signed with it: a run that signed no
+    command yet (started with a proper secret, or none) was resumed with a 5-byte one, which then signed every later
+    command."""
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
+    config = tiny_config(tmp_path, epochs=1)
+    run_dir = tmp_path / "run"
+    quiet = ["--set", "tamiyo.plateau_patience_epochs=100"]
+    assert main([str(config), *quiet, "--run-dir", str(run_dir)]) == 0
+    assert not _commands(run_dir)
+    capsys.readouterr()
+    monkeypatch.setenv(ENV, "short")
+    resumed = [str(config), *quiet, "--set", "tolaria.epochs=2", "--resume", str(run_dir)]
+    assert main(resumed) == EXIT_CONFIG_ERROR
+    assert f"{ENV} holds 5 bytes, fewer than the 16" in capsys.readouterr().err
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
+    assert main(resumed) == 0

@@ -47,10 +47,20 @@ def redis_url_problem(url: str) -> str | None:
         except ValueError:
             return f"expected a port number from 0 to 65535 in {redacted(url)!r}"
         database = unquote(parts.path).replace("/", "")
-        # The client drops a path that is no number and uses database 0: the streams went where nobody looked.
-        if database and not database.isdecimal():
+        # The client drops a path that int() refuses and uses database 0: the streams went where nobody looked. A
+        # ?db= in the query wins over the path, which the client then never reads.
+        if database and "db" not in parse_qs(parts.query) and not _is_int(database):
             return f"expected a database number as the path, got {database!r} in {redacted(url)!r}"
     return _query_problem(url, parts.query)
+
+
+def _is_int(text: str) -> bool:
+    """Whether ``int`` takes ``text``, as the client's parser of the path does."""
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _query_problem(url: str, query: str) -> str | None:
