@@ -71,7 +71,7 @@ _SHOWN_EVENTS = {
 
 def _worker_restarted(fields: Mapping[str, Any]) -> str:
     code, restarts, most = fields.get("exit_code"), fields.get("restarts"), fields.get("max_restarts")
-    # A negative exit code is the signal that ended it (-9: killed, by the user or the kernel's OOM killer).
+    # A negative exit code is the signal that ended it (-9: killed, by Esper after a hang, the user or the OOM killer).
     ended = f"was killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exited with code {code}"
     count = f"restart {restarts} of {most}" if most is not None else f"restart {restarts}"
     return (
@@ -86,7 +86,7 @@ def _worker_hung(fields: Mapping[str, Any]) -> str:
         what = f"the restarted GNN worker was not ready within {silent} s"
     else:
         what = f"the GNN worker{f' (pid {pid})' if pid is not None else ''} did not answer within {silent} s"
-    return f"  {'policy hung':<12} {what}: killed, another is started"
+    return f"  {'policy hung':<12} {what}: killed (a new one is started while its restarts last)"
 
 
 def _not_journaled(fields: Mapping[str, Any]) -> str:

@@ -327,8 +327,10 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
     assert lines[:6] == [
         "  policy down  the GNN worker was killed by signal 9: restart 1 of 3, ready in a few seconds (it imports"
         " torch); the fallback decides meanwhile",
-        "  policy hung  the GNN worker (pid 14707) did not answer within 0.5 s: killed, another is started",
-        "  policy hung  the restarted GNN worker was not ready within 10.0 s: killed, another is started",
+        "  policy hung  the GNN worker (pid 14707) did not answer within 0.5 s: killed (a new one is started while"
+        " its restarts last)",
+        "  policy hung  the restarted GNN worker was not ready within 10.0 s: killed (a new one is started while its"
+        " restarts last)",
         "  step     80  not saved    the controller's state at this epoch end (the policy was still deciding an"
         " earlier packet): a resume from here starts from its previous saved state",
         "  bus down     the Redis server did not answer: ConnectionError: Connection closed by server: events for"
