@@ -34,7 +34,7 @@ from esper.config import load_config
 from esper.config_checks import RUN_FILE_KEYS, dotted_value
 from esper.run_key import KEY_FILE
 from esper.runtime.errors import ConfigError
-from esper.runtime.signing import command_signature_valid
+from esper.runtime.signing import command_signature_valid, verdict_mac
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -282,8 +282,12 @@ def check_resume_files(
             " rebuilt; nothing to resume from"
         )
     journal = checkpoints / JOURNAL_FILENAME
-    signed = None if key is None else functools.partial(command_signature_valid, keys={security.key_id: key.secret})
-    verdicts = None if signed is None else JournalVerdicts(run_id, signed)
+    verdicts = None
+    if key is not None:
+        keys = {security.key_id: key.secret}
+        verdicts = JournalVerdicts(
+            run_id, functools.partial(command_signature_valid, keys=keys), functools.partial(verdict_mac, keys)
+        )
     last: int | None = None
     try:
         for entry in iter_journal(journal):  # every line decodes (one at a time: it may be large)

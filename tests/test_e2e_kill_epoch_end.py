@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
 from actors.tamiyo.field_reports import WAL_FILENAME, scan_frames
 from schemas.run import RunSummary
 from tests.test_e2e_run import assert_same_grown_weights, run_esper, tiny_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from schemas.reports import FieldReport
@@ -145,6 +147,35 @@ def test_a_kill_9_around_an_epoch_ends_decision_resumes_as_an_uninterrupted_run(
         assert [_report_key(r) for r in reports] == [_report_key(r) for r in _field_reports(reference_dir)]
 
 
+def test_a_run_whose_journal_an_earlier_version_wrote_without_macs_resumes_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Killed after the every_k graft at step 64 was journaled, its journal's verdict MACs removed (as an earlier
+    version wrote it), the run resumes from step 64 and ends as the uninterrupted run, bitwise, its journal still
+    without a MAC (a mixed one is refused)."""
+    config, env, sets = _setup(tmp_path, EVERY_K)
+    reference_dir = tmp_path / "uninterrupted"
+    run_esper(config, env, "--run-dir", str(reference_dir), *sets)
+    run_dir = tmp_path / "earlier"
+    journal = run_dir / "checkpoints" / JOURNAL_FILENAME
+
+    def strip_macs(_: Path) -> None:
+        lines = [msgspec.json.decode(raw) for raw in journal.read_bytes().splitlines()]
+        stripped = [line.pop("verdict_mac", None) for line in lines]
+        assert any(mac is not None for mac in stripped), "the journal must hold a command's MAC to be a real test"
+        journal.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in lines))
+
+    _kill_and_resume(config, env, sets, run_dir, "sent", 64, between=strip_macs)
+    summary = _summary(run_dir)
+    assert summary.status == "completed"
+    assert summary.training is not None
+    assert summary.training.resumed_from_step == 64
+    assert _commands_at(run_dir) == _commands_at(reference_dir)
+    assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=EPOCHS * STEPS_PER_EPOCH)
+    commands = [e for e in read_journal(journal) if isinstance(e, JournalBoundary) and e.command is not None]
+    assert all(e.verdict_mac is None for e in commands)
+
+
 def _setup(tmp_path: Path, policy: tuple[str, ...]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
     (tmp_path / "racehost.py").write_text(_RACE_HOST, encoding="utf-8")
     config = tiny_config(tmp_path, epochs=EPOCHS)
@@ -154,10 +185,16 @@ def _setup(tmp_path: Path, policy: tuple[str, ...]) -> tuple[Path, dict[str, str
 
 
 def _kill_and_resume(
-    config: Path, env: dict[str, str], sets: tuple[str, ...], run_dir: Path, at: str, step: int
+    config: Path,
+    env: dict[str, str],
+    sets: tuple[str, ...],
+    run_dir: Path,
+    at: str,
+    step: int,
+    between: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """A run into ``run_dir`` killed at ``at`` of the epoch end of ``step``, then resumed to its end; returns the
-    resumed session's events."""
+    """A run into ``run_dir`` killed at ``at`` of the epoch end of ``step``, then (after ``between`` is given the run
+    directory) resumed to its end; returns the resumed session's events."""
     killed = subprocess.run(
         [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *sets],
         capture_output=True,
@@ -168,6 +205,8 @@ def _kill_and_resume(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run_dir / "summary.json").exists()
+    if between is not None:
+        between(run_dir)
     before = len(_events(run_dir))
     run_esper(config, env, "--resume", str(run_dir), *sets)
     return _events(run_dir)[before:]

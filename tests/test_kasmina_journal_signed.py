@@ -9,7 +9,7 @@ import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
 from actors.kasmina.journal_check import JournalVerdicts, replay_refusal
-from esper.runtime.signing import command_signature_valid
+from esper.runtime.signing import command_signature_valid, verdict_mac
 from schemas.domain_enums import CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.runtime import ChildFailed
@@ -38,6 +38,10 @@ def boundary(step: int, command: AdaptationCommand | None, security: CommandReje
 
 def signed(command: AdaptationCommand) -> bool:
     return command_signature_valid(command, {KEY_ID: KEY})
+
+
+def seal(run_id: str, step: int, command: AdaptationCommand, verdict: CommandRejectReason | None) -> str | None:
+    return verdict_mac({KEY_ID: KEY}, run_id, step, command, verdict)
 
 
 def refusal(entry: JournalBoundary) -> str | None:
@@ -102,7 +106,7 @@ def test_a_command_accepted_twice_in_one_journal_is_refused() -> None:
     """A NONCE_REPLAYED line (the same signed command arriving again) edited to accepted passed: each line was
     checked alone, and its HMAC holds. Over one pass a command id, or a nonce, is accepted once."""
     command = germinate(4)
-    verdicts = JournalVerdicts(RUN, signed)
+    verdicts = JournalVerdicts(RUN, signed, seal)
     assert verdicts.refusal(boundary(4, command, None)) is None
     assert verdicts.refusal(boundary(4, command, R.NONCE_REPLAYED)) is None  # as recorded: a refusal
     assert verdicts.refusal(boundary(4, command, None)) == (
@@ -110,10 +114,10 @@ def test_a_command_accepted_twice_in_one_journal_is_refused() -> None:
         " spent once accepted), but the journal records it accepted again"
     )
     # Each pass starts afresh (a rollback's replay reads the cut journal from its first line).
-    assert JournalVerdicts(RUN, signed).refusal(boundary(4, command, None)) is None
+    assert JournalVerdicts(RUN, signed, seal).refusal(boundary(4, command, None)) is None
     # The checks of a single line still come first.
     forged = germinate(4, key=OTHER_KEY)
-    assert JournalVerdicts(RUN, signed).refusal(boundary(4, forged, None)) == refusal(boundary(4, forged, None))
+    assert JournalVerdicts(RUN, signed, seal).refusal(boundary(4, forged, None)) == refusal(boundary(4, forged, None))
 
 
 async def test_a_command_replayed_as_accepted_twice_stops_the_replay(

@@ -237,7 +237,12 @@ class KasminaActor(Actor[KasminaMessage]):
                 if not prepared.cache_hit:
                     self._fetch_metric(prepared, packet.global_step)
             plan = self._planner.finish(draft)
-            entry = JournalBoundary(packet=planner_view(packet), command=command, security=security, failed=failed)
+            mac = None
+            if command is not None and self._journal.sealed:
+                mac = self._verifier.verdict_mac(self._run_id, packet.global_step, command, security)
+            entry = JournalBoundary(
+                packet=planner_view(packet), command=command, security=security, failed=failed, verdict_mac=mac
+            )
             await self._journal_add(entry)
             await self._outlet(plan)
             self._plans_sent += 1

@@ -40,12 +40,18 @@ class JournalCorrupt(EsperError):
 
 
 class JournalBoundary(Message, frozen=True):
-    """One planned boundary: its packet, the command and verdict it was planned with, the failed preparations."""
+    """One planned boundary: its packet, the command and verdict it was planned with, the failed preparations.
+
+    ``verdict_mac``: with a command, the MAC of its verdict under the run's key (signing.verdict_mac), so a replay
+    can tell a verdict reached on arrival was not edited (journal_check); None on the lines of a journal an earlier
+    version began, which had none.
+    """
 
     packet: SystemStatePacket
     command: AdaptationCommand | None = None
     security: CommandRejectReason | None = None
     failed: dict[str, str] = msgspec.field(default_factory=dict)
+    verdict_mac: str | None = None
 
 
 class JournalReceipt(Message, frozen=True):
@@ -110,6 +116,7 @@ class BoundaryJournal:
         self._count = 0
         self._unwritten: list[bytes] = []
         self._loaded = path is None
+        self._sealed = True
 
     @property
     def path(self) -> Path | None:
@@ -118,6 +125,13 @@ class BoundaryJournal:
     @property
     def loaded(self) -> bool:
         return self._loaded
+
+    @property
+    def sealed(self) -> bool:
+        """Whether new boundaries carry their verdict's MAC: False once ``load`` found a command journaled without one
+        (an earlier version began the journal), which is continued so, as a journal whose lines mix MACs and none is
+        refused as tampered with."""
+        return self._sealed
 
     def __len__(self) -> int:
         return self._count
@@ -201,7 +215,12 @@ class BoundaryJournal:
             whole = _whole_lines_end(file)
             if whole != file.seek(0, 2):
                 file.truncate(whole)
-        self._count = sum(1 for _ in iter_journal(path))
+        count = 0
+        for entry in iter_journal(path):
+            count += 1
+            if isinstance(entry, JournalBoundary) and entry.command is not None and entry.verdict_mac is None:
+                self._sealed = False
+        self._count = count
 
     def write_pending(self) -> None:
         """Append the unwritten lines to the file. Blocking."""

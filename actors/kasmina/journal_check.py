@@ -9,15 +9,23 @@ whole journal (``JournalVerdicts``), a command (its id, its nonce) is accepted a
 nonce on acceptance, and a rollback cuts the journal and forgets the nonces decided after the cut together, so a
 second acceptance is an edit (a NONCE_REPLAYED line of an accepted command marked accepted).
 
-What is not caught: the verdicts that depend on when a command arrived (a stale or future issue time, a full nonce
-ledger) and a replayed nonce whose first acceptance is not in the journal were judged once, on arrival, and are not
-recorded in a form the replay can check: a line of a genuinely signed command refused for one of those reasons can be
-edited to accepted (or an accepted one to refused) by whoever can write the journal. The fields check is not run again
-on an accepted command: the journal writes a NaN as null, and the HMAC covers exactly those bytes.
+The verdicts that depend on when a command arrived (a stale or future issue time, a full nonce ledger, a replayed nonce
+whose first acceptance is not in the journal) were judged once, on arrival, and cannot be judged again: Kasmina
+journals each verdict with its MAC under the run's key (signing.verdict_mac, over the run id, the boundary's step, the
+command's id and signature and the verdict), and a line whose MAC does not verify (its verdict edited, or the MAC
+copied from another line, step or run) is refused. Over one pass the commands all carry a MAC or none do: a journal an
+earlier version began has none (Kasmina continues it so), and a MAC removed from some lines of a MAC'd journal is
+refused.
+
+What is not caught: a journal with every MAC removed passes for an earlier version's, and its arrival verdicts are then
+taken as recorded (an edit of one goes unseen); a verdict this run gave the same signed command at the same step before
+a rollback cut its line can be put back. The fields check is not run again on an accepted command: the journal writes a
+NaN as null, and the HMAC covers exactly those bytes.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING, Final, final
 
 from esper.runtime.errors import EsperError
@@ -29,6 +37,10 @@ if TYPE_CHECKING:
 
     from actors.kasmina.journal import JournalBoundary
     from schemas.control import AdaptationCommand
+
+    # The MAC of a verdict under the run's key (CommandVerifier.verdict_mac, or signing.verdict_mac with the key): run
+    # id, boundary step, command, verdict; None without a key.
+    VerdictSeal = Callable[[str, int, AdaptationCommand, CommandRejectReason | None], str | None]
 
 # The verifier's verdicts on a command's arrival (its nonce ledger, its clock), which a replay cannot judge again.
 ARRIVAL_VERDICTS: Final = frozenset(
@@ -52,7 +64,9 @@ def replay_refusal(entry: JournalBoundary, run_id: str, signed: Callable[[Adapta
     (CommandVerifier.signature_valid, or signing.command_signature_valid with the key)."""
     command, recorded = entry.command, entry.security
     if command is None:
-        return None if recorded is None else f"a verdict ({recorded.value}) is recorded without a command"
+        if recorded is not None:
+            return f"a verdict ({recorded.value}) is recorded without a command"
+        return None if entry.verdict_mac is None else "a verdict MAC is recorded without a command"
     step = entry.packet.global_step
     mismatch = command.training_run_id != run_id or command.decision_step != step
     if recorded is CommandRejectReason.DECISION_MISMATCH:
@@ -81,21 +95,27 @@ def replay_refusal(entry: JournalBoundary, run_id: str, signed: Callable[[Adapta
 
 @final
 class JournalVerdicts:
-    """``replay_refusal`` over one pass through a journal, in order, which also refuses a command accepted a second
-    time (by id or nonce: see the module's docstring). One per replay: a journal is checked from its first line."""
+    """``replay_refusal`` over one pass through a journal, in order, which also checks each command's verdict MAC
+    with ``seal`` and refuses a command accepted a second time (by id or nonce: see the module's docstring). One per
+    replay: a journal is checked from its first line."""
 
-    __slots__ = ("_ids", "_nonces", "_run_id", "_signed")
+    __slots__ = ("_first", "_ids", "_nonces", "_run_id", "_seal", "_signed")
 
-    def __init__(self, run_id: str, signed: Callable[[AdaptationCommand], bool]) -> None:
+    def __init__(self, run_id: str, signed: Callable[[AdaptationCommand], bool], seal: VerdictSeal) -> None:
         self._run_id = run_id
         self._signed = signed
+        self._seal = seal
         self._ids: set[str] = set()
         self._nonces: set[str] = set()
+        # The step of the pass's first command and whether it carried a MAC: every later one must be alike.
+        self._first: tuple[int, bool] | None = None
 
     def refusal(self, entry: JournalBoundary) -> str | None:
         """Why the boundary's command must not be replayed (see replay_refusal), or None."""
         refusal = replay_refusal(entry, self._run_id, self._signed)
         command = entry.command
+        if refusal is None and command is not None:
+            refusal = self._mac_refusal(entry, command)
         if refusal is not None or command is None or entry.security is not None:
             return refusal
         nonce = command.security.nonce
@@ -106,4 +126,25 @@ class JournalVerdicts:
             )
         self._ids.add(command.command_id)
         self._nonces.add(nonce)
+        return None
+
+    def _mac_refusal(self, entry: JournalBoundary, command: AdaptationCommand) -> str | None:
+        """Why the verdict MAC of a boundary's command does not vouch for its recorded verdict, or None. A pass's
+        commands all carry one (this version's journal) or none do (an earlier version's, continued so)."""
+        step, mac, recorded = entry.packet.global_step, entry.verdict_mac, entry.security
+        if self._first is None:
+            self._first = (step, mac is not None)
+        first_step, sealed = self._first
+        said = "accepted" if recorded is None else f"refused ({recorded.value})"
+        head = f"the {command.kind.value} command {command.command_id}: the journal records it {said}"
+        if mac is None:
+            if not sealed:
+                return None
+            return f"{head} without a verdict MAC, which the journal's commands carry from step {first_step} on"
+        if not sealed:
+            return f"{head} with a verdict MAC, but its command at step {first_step} carries none (a MAC removed)"
+        expected = self._seal(self._run_id, step, command, recorded)
+        # As bytes: compare_digest refuses a str holding anything but ASCII, and an edited line may hold anything.
+        if expected is None or not hmac.compare_digest(expected.encode(), mac.encode()):
+            return f"{head}, but its verdict MAC does not match that verdict at this run and step with the run's key"
         return None

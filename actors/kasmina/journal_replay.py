@@ -76,7 +76,7 @@ class JournalReplay:
         # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
         candidates: list[tuple[int, int, BoundaryPlan]] = []
         replayed = 0
-        verdicts = JournalVerdicts(self._run_id, self._verifier.signature_valid)
+        verdicts = JournalVerdicts(self._run_id, self._verifier.signature_valid, self._verifier.verdict_mac)
         batches = journal.batches()
         try:
             while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
@@ -117,8 +117,8 @@ class JournalReplay:
 
         Raises:
             JournalTampered: the entry's command fails verification with the run's key, or its recorded verdict is
-                not what verification gives, or it was accepted at an earlier boundary of ``verdicts``' pass (a forged
-                or altered line: replayed, it would act unsigned, or twice).
+                not what verification gives or not what its MAC vouches for, or it was accepted at an earlier boundary
+                of ``verdicts``' pass (a forged or altered line: replayed, it would act unsigned, or twice).
         """
         refusal = verdicts.refusal(entry)
         if refusal is not None:

@@ -85,6 +85,32 @@ def command_signature_valid(cmd: AdaptationCommand, keys: Mapping[str, bytes]) -
     return hmac.compare_digest(expected, cmd.security.signature)
 
 
+# Leads the verdict's canonical bytes: a JSON array, so they can equal no command's or update's (JSON objects) under
+# the same key.
+_VERDICT_DOMAIN = "esper.kasmina.verdict.v1"
+
+
+def canonical_verdict_bytes(
+    run_id: str, step: int, cmd: AdaptationCommand, verdict: CommandRejectReason | None
+) -> bytes:
+    """The bytes a journaled verdict's MAC covers: the run, the boundary's step, the command's id and signature (which
+    covers the rest of it) and the verdict ("accepted" for none)."""
+    said = "accepted" if verdict is None else verdict.value
+    return msgspec.json.encode([_VERDICT_DOMAIN, run_id, step, cmd.command_id, cmd.security.signature, said])
+
+
+def verdict_mac(
+    keys: Mapping[str, bytes], run_id: str, step: int, cmd: AdaptationCommand, verdict: CommandRejectReason | None
+) -> str | None:
+    """The hex HMAC-SHA256 of ``canonical_verdict_bytes`` under the run's key: Kasmina journals it with a verdict it
+    reached on arrival (a stale issue time, a spent nonce) so a replay can tell it was not edited. A run has one key;
+    with several the first key id in sorted order keys it (not the command's: a forged one names any). None without
+    a key."""
+    if not keys:
+        return None
+    return _hmac_hex(keys[min(keys)], canonical_verdict_bytes(run_id, step, cmd, verdict))
+
+
 def canonical_update_bytes(update: PolicyUpdate) -> bytes:
     """The bytes a PolicyUpdate's signature covers: sorted-key JSON with ``signature`` blanked."""
     return msgspec.json.encode(msgspec.structs.replace(update, signature=""), order="sorted")
@@ -290,6 +316,13 @@ class CommandVerifier:
         """Whether the command's HMAC matches its key id's key, check (2) alone: what a replay of a journaled command
         checks again. No ledger, no clock, no counters, no events."""
         return command_signature_valid(cmd, self._keys)
+
+    def verdict_mac(
+        self, run_id: str, step: int, cmd: AdaptationCommand, verdict: CommandRejectReason | None
+    ) -> str | None:
+        """The MAC of a verdict on ``cmd`` at the boundary of ``step`` under this verifier's key (see the module
+        function ``verdict_mac``); None without a key."""
+        return verdict_mac(self._keys, run_id, step, cmd, verdict)
 
     def _check(self, cmd: AdaptationCommand) -> CommandRejectReason | None:
         if missing_command_fields(cmd):
