@@ -12,27 +12,11 @@ import pytest
 from esper import tail_follow
 from esper.tail import main
 from esper.tail_follow import LineReader, follow_lines, read_lines_once
+from tests.test_logs_follow import GatedPoll
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
-
-
-class GatedPoll:
-    """A poll that parks the follower until the test calls release(); `idle` is set while it is parked."""
-
-    def __init__(self) -> None:
-        self.idle = asyncio.Event()
-        self._go = asyncio.Event()
-
-    async def __call__(self) -> None:
-        self.idle.set()
-        await self._go.wait()
-        self._go.clear()
-
-    def release(self) -> None:
-        self.idle.clear()
-        self._go.set()
 
 
 def event_line(event: str, **fields: object) -> str:

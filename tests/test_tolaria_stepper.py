@@ -21,9 +21,10 @@ from esper.runtime.events import RecordingSink
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-    from esper.nn.data import DataSplits
+    from actors.tolaria.build import Trainee
+    from esper.nn.data import DataSplits, TensorPair
 
 CONFIG = TolariaConfig(epochs=1, dataset_samples=600, batch_size=50)
 STEPS = 6
@@ -32,6 +33,17 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
     return load_data(CONFIG)
+
+
+def bound_stepper(
+    data: DataSplits,
+) -> tuple[Trainee, EmergencyPolicy, Stepper, IntervalStats, Iterator[tuple[int, TensorPair]]]:
+    """An eager stepper bound to a fresh trainee, with its policy, statistics and the epoch's batches."""
+    trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
+    policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
+    stepper = Stepper(compile=False, batch_hook=None, policy=policy)
+    stepper.bind(trainee, data.train, classes=data.num_classes)
+    return trainee, policy, stepper, IntervalStats(), iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
 
 
 def train(data: DataSplits, *, compile: bool) -> list[torch.Tensor]:
@@ -93,12 +105,7 @@ def test_a_working_compiled_forward_is_used(data: DataSplits, monkeypatch: pytes
 def test_a_skipped_non_finite_step_leaves_the_batchnorm_statistics_as_they_were(data: DataSplits) -> None:
     """The forward of a step that is then skipped had already updated BatchNorm's running statistics from the NaN
     batch: every later validation loss was NaN, for the rest of the run, while the run ended with exit 0."""
-    trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
-    policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
-    stepper = Stepper(compile=False, batch_hook=None, policy=policy)
-    stepper.bind(trainee, data.train, classes=data.num_classes)
-    stats = IntervalStats()
-    batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
+    trainee, policy, stepper, stats, batches = bound_stepper(data)
     _, batch = next(batches)
     assert stepper.step(batch, 0.0, stats, 0) is Action.CONTINUE
     before = {name: b.clone() for name, b in trainee.model.named_buffers() if "norm" in name}
@@ -120,12 +127,7 @@ def test_a_skipped_non_finite_step_leaves_the_batchnorm_statistics_as_they_were(
 def test_the_live_model_stays_saveable_while_the_buffers_are_guarded(data: DataSplits) -> None:
     """The guard moves the norm layers' statistics into flat tensors; one byte storage aliased as float and int64
     made ``torch.save`` of the live model's state (a user's hook, a host's own code) refuse it."""
-    trainee = build_trainee(CONFIG, data, (), torch.device("cpu"))
-    policy = EmergencyPolicy(CONFIG, run_id="t", clock=MonotonicClock(), sink=RecordingSink())
-    stepper = Stepper(compile=False, batch_hook=None, policy=policy)
-    stepper.bind(trainee, data.train, classes=data.num_classes)
-    stats = IntervalStats()
-    batches = iter_batches(data.train, batch_plan(CONFIG, data), 0, 0)
+    trainee, _, stepper, stats, batches = bound_stepper(data)
     _, batch = next(batches)
     assert stepper.step(batch, 0.0, stats, 0) is Action.CONTINUE
     buffer = io.BytesIO()
