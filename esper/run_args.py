@@ -30,7 +30,7 @@ from esper.resume import check_checkpoint_run, check_resumable, check_resume_fil
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
-from esper.run_key import RunKey, env_key, new_run_key, read_run_key, short_secret
+from esper.run_key import MIN_SECRET_BYTES, RunKey, env_key, new_run_key, read_run_key, short_secret
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from esper.start_checks import check_start
@@ -317,6 +317,9 @@ async def checked_start(
             security=resolved.security,
             first_checkpoint_step=first_checkpoint_step(resolved.tolaria, data),
         )
+        # The config's check first: a changed security.key_id or secret_env is that key's refusal, not a journal
+        # whose signatures "do not match" (blamed on a wrong secret or a forged journal).
+        await anyio.to_thread.run_sync(check_resumable, directory, resolved)
         await anyio.to_thread.run_sync(check_files, directory, resolved.nissa.metrics_csv)
         if (
             key is not None
@@ -325,8 +328,13 @@ async def checked_start(
         ):
             # Taken on a resume only because the run's commands were signed with it (verified just now): with none
             # signed yet, a proper secret loses nothing, and the short one would sign every command from here.
-            env_key(resolved)  # raises the new run's refusal
-        await anyio.to_thread.run_sync(check_resumable, directory, resolved)
+            try:
+                env_key(resolved)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"{err}; this run signed no command yet, so any secret of at least {MIN_SECRET_BYTES} bytes"
+                    " resumes it"
+                ) from err
         await anyio.to_thread.run_sync(functools.partial(check_same_data, directory, resolved.tolaria, data=data))
         # An earlier version trained an unset thread count on one thread: the resume keeps training on one.
         resolved = await anyio.to_thread.run_sync(threads_as_trained, directory, resolved)

@@ -19,6 +19,8 @@ pytest.importorskip("redis")
         ("redis://u:pw@h:6379/0", "redis://u:***@h:6379/0"),
         ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=***&db=1"),
         ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://ops@corp:s3cret@127.0.0.1:6399/0", "redis://ops@corp:***@127.0.0.1:6399/0"),  # "@" in the user
+        ("redis://127.0.0.1:6399/zz?client_name=me@lab", "redis://127.0.0.1:6399/zz?client_name=me@lab"),  # no password
     ],
 )
 def test_no_part_of_a_password_is_said(url: str, shown: str) -> None:

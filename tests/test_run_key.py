@@ -335,6 +335,26 @@ def test_a_short_secret_cannot_slip_in_by_resuming_a_run_that_signed_nothing_yet
     monkeypatch.setenv(ENV, "short")
     resumed = [str(config), *quiet, "--set", "tolaria.epochs=2", "--resume", str(run_dir)]
     assert main(resumed) == EXIT_CONFIG_ERROR
-    assert f"{ENV} holds 5 bytes, fewer than the 16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{ENV} holds 5 bytes, fewer than the 16" in err
+    assert err.rstrip().endswith("this run signed no command yet, so any secret of at least 16 bytes resumes it")
     monkeypatch.setenv(ENV, "operator-secret-0123456789")
     assert main(resumed) == 0
+
+
+def test_a_resume_with_another_key_id_is_refused_for_the_key_id_not_as_a_forged_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The journal's check ran before the config's: a changed security.key_id read as commands whose signatures do
+    not match, blaming the secret or the journal."""
+    monkeypatch.setenv(ENV, "operator-secret-0123456789")
+    config = grown_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--run-dir", str(run_dir)]) == 0
+    assert _commands(run_dir)
+    capsys.readouterr()
+    resumed = [str(config), "--set", f"tolaria.epochs={RESUMED_EPOCHS}", "--set", 'security.key_id="k2"']
+    assert main([*resumed, "--resume", str(run_dir)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert "security.key_id is 'default' in the run and 'k2' here" in err
+    assert "signature" not in err

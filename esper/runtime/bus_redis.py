@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_PAYLOAD_BYTES = 262144
 _log = structlog.get_logger("esper.runtime.bus_redis")
 
-# Up to the token's last "@": a password may hold "@" or "/" (urllib splits at the last "@"), and masking too much
-# is the safe side.
-_PASSWORD = re.compile(r"://([^/@\s:]*):[^\s]*@")
+# The userinfo runs to the last "@" before the query or fragment (urllib splits there): a user name or a password may
+# hold "@", a password "/".
+_PASSWORD = re.compile(r"://([^\s:/?#]*):[^\s?#]*@")
 _PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&\s#]*", re.IGNORECASE)  # redis-py reads ?password= too
 
 
