@@ -45,7 +45,8 @@ from esper.console import LOG_LINES, Console
 from esper.data_fingerprint import record_data
 from esper.end_notes import end_notes
 from esper.log_events import StructlogSink
-from esper.logs import check_log_file_free, configure_logging
+from esper.log_file import check_log_file_free
+from esper.logs import configure_logging
 from esper.resume_changes import resume_changes
 from esper.resume_rows import renumber_from_1
 from esper.run_args import (

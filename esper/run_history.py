@@ -8,7 +8,7 @@ import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
 from actors.tolaria.checkpoints import MANIFEST, latest_good, read_manifest, read_written_by, verified_checkpoint
-from esper.logs import LEVEL_NUMBERS
+from esper.log_levels import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import re_announced
 from esper.runtime.emergency_tally import EmergencyTally
