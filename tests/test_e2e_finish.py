@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from actors.tolaria.checkpoints import load_latest
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from schemas.run import RunSummary
 from tests.test_e2e_run import tiny_config
 

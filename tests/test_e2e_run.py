@@ -29,7 +29,7 @@ from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
 from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manifest
 from esper.nn.blueprints import SourcedModule
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from esper.run import start
 from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError
