@@ -8,7 +8,8 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
-from actors.tolaria.checkpoints import CheckpointError, latest_good, verified_newest_first
+from actors.tolaria.checkpoint_verify import latest_good, verified_newest_first
+from actors.tolaria.checkpoints import CheckpointError
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.runtime.errors import ConfigError
 
