@@ -37,7 +37,8 @@ from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from esper.assemble_inputs import candidates, evidence_cadence, growth_horizon, open_store, probe
 from esper.nn.blueprints import default_catalogue
-from esper.resume import check_checkpoint_fits, run_keys
+from esper.resume import run_keys
+from esper.resume_checkpoints import check_checkpoint_fits
 from esper.resume_rows import unwritten_epoch_ends
 from esper.resume_seeds import check_replayed_seeds
 from esper.run_history import finishing_halt, slot_transitions_at

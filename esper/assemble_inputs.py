@@ -20,7 +20,7 @@ from actors.tolaria.telemetry import layer_key
 from actors.tolaria.validation import validation_batch_count
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import param_count
-from esper.resume import SEED_KEY
+from esper.resume_checkpoints import SEED_KEY
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:

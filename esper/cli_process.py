@@ -42,6 +42,15 @@ def exit_on_signal(code: int) -> None:
         signal.signal(sig, leave)
 
 
+def hand_signals_to_the_run() -> None:
+    """Replace esper.run's import-time handlers (leave at once) with Python's defaults, which the run's loop takes
+    over."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def say(stream: TextIO | None, text: str) -> None:
     """Write to the console if it is still there: a closed pipe (``| head``) or terminal, or none at all (a process
     started with its standard streams closed), must not end the run."""

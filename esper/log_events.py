@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Final, final
 
 import msgspec
 
-from esper.logs import LEVEL_NUMBERS, RESERVED_KEYS, get_logger
+from esper.log_levels import LEVEL_NUMBERS, RESERVED_KEYS
+from esper.logs import get_logger
 from schemas.base import Message, Record
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, EmergencyLevel
@@ -17,7 +18,7 @@ from schemas.telemetry import TelemetryEvent
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from esper.logs import LogLevel
+    from esper.log_levels import LogLevel
 
 
 _CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

@@ -29,9 +29,10 @@ def unwritten_epoch_ends(
     handled its packet left no row, and the trainer, which continues after it, never sends that packet again.
 
     Kasmina's journal holds them: a resume continues from a checkpoint only once the journal holds the boundary of its
-    last packet (esper.resume.resume_point). ``written``: metrics.csv's rows, epoch to step, matched by step (a file an
-    earlier version wrote counts epochs from 0: by their numbers, its last row's epoch was written again); ``slots``:
-    the host's slots in order (the journal keeps the attached seeds' states only: the other slots were dormant).
+    last packet (esper.resume_checkpoints.resume_point). ``written``: metrics.csv's rows, epoch to step, matched by
+    step (a file an earlier version wrote counts epochs from 0: by their numbers, its last row's epoch was written
+    again); ``slots``: the host's slots in order (the journal keeps the attached seeds' states only: the other slots
+    were dormant).
     Blocking: reads the manifest, and the journal only when a row is missing.
 
     Raises:

@@ -10,7 +10,8 @@ from actors.kasmina.held_seeds import replay_holdings
 from actors.kasmina.journal import JOURNAL_FILENAME
 from actors.kasmina.preparation import ModuleCache, Preparer
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_graft_log
-from actors.tolaria.checkpoints import read_manifest, read_written_by, verified_checkpoint
+from actors.tolaria.checkpoint_verify import verified_checkpoint
+from actors.tolaria.checkpoints import read_manifest, read_written_by
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError
 from esper.runtime.handoff import Handoff

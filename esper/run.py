@@ -24,12 +24,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import shlex
 import time
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
-import msgspec
 import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, Published
@@ -37,17 +35,13 @@ from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.run_precision import Float32Matmul, pick_precision
 from esper.assemble import StoreCloser, assemble, drain_pipeline
-from esper.baseline import with_baseline
 from esper.bus_resource import BusResource, bus_limits
-from esper.cli_process import drop_lost_streams, run_in_foreground, say
+from esper.cli_process import drop_lost_streams, hand_signals_to_the_run, run_in_foreground, say
 from esper.config import dump_config
-from esper.console import LOG_LINES, Console
-from esper.data_fingerprint import record_data
-from esper.end_notes import end_notes
+from esper.console import Console
 from esper.log_events import StructlogSink
-from esper.logs import check_log_file_free, configure_logging
+from esper.log_file import check_log_file_free
 from esper.resume_changes import resume_changes
-from esper.resume_rows import renumber_from_1
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
     blamed,
@@ -55,13 +49,22 @@ from esper.run_args import (
     check_progress,
     checked_command_line,
     checked_start,
-    console_level,
     in_api_words,
 )
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
-from esper.run_history import earlier_tally, previous_run_id, written_by
-from esper.run_key import MIN_SECRET_BYTES, keep_run_key, short_secret
+from esper.run_history import earlier_tally, written_by
+from esper.run_start import (
+    WEIGHTS_KEY,
+    growth_figures,
+    nothing_trained,
+    preload_earlier,
+    prepare_run_dir,
+    renumber_metrics,
+    restore_process,
+    resume_notes,
+    start_logging,
+)
 from esper.run_tally import RunTally
 from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
@@ -84,7 +87,6 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef
     from schemas.config import RunConfig
-    from schemas.run import GrowthFigures, TrainingFigures
 
 _log = structlog.get_logger("esper.run")
 
@@ -174,26 +176,8 @@ async def _start_claimed(
     hooks: RunHooks | None,
     console: bool | None,
 ) -> EsperSystem:
-    resolved, directory, run_id, key = args.config, args.directory, args.run_id, args.key
-    if run_id is None:
-        earlier: str = await anyio.to_thread.run_sync(previous_run_id, directory)
-        run_id = resolved.run_id or earlier
-    if resume is None:
-        await anyio.to_thread.run_sync(write_run_config, directory, dump_config(resolved))
-        await anyio.to_thread.run_sync(record_data, directory, resolved.tolaria, args.data)
-    # Before the first command is signed: a resume verifies the journaled commands with this key.
-    await anyio.to_thread.run_sync(keep_run_key, directory, key)
-    logging = configure_logging(
-        directory,
-        level=resolved.logging.level,
-        console=resolved.logging.console if console is None else console,
-        json_file=resolved.logging.json_file,
-        console_level=console_level(resolved.logging.console_level),
-        # The progress lines show the telemetry events that change the run, readably; the rest stay in the file.
-        console_omit=("telemetry_event",) if progress is not None else (),
-        console_lines=LOG_LINES if progress is not None else None,
-        run_id=run_id,
-    )
+    run_id = await prepare_run_dir(args, resume=resume is not None)
+    logging = start_logging(args, run_id, console=console, progress=progress)
     undo = StartUndo()
     try:
         return await _start_logged(
@@ -230,26 +214,7 @@ async def _start_logged(
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
-        before = await anyio.to_thread.run_sync(earlier_tally, directory, resolved)
-        tally.preload(
-            before.stages,
-            before.epochs,
-            before.decisions,
-            before.slot_transitions,
-            emergencies=before.emergencies,
-            refusals=before.refusals,
-            incomplete=before.incomplete,
-            partial=before.partial,
-            alerts_fired=before.alerts_fired,
-        )
-        # On the console too: the summary's figures will leave this out.
-        for note in (*before.incomplete, *before.partial):
-            _log.warning("resume_history_incomplete", detail=note)
-        if before.metrics_problem is not None:
-            _log.warning(
-                "resume_metrics_unreadable",
-                detail=f"{before.metrics_problem}: the earlier epochs are read back from Kasmina's journal",
-            )
+        preload_earlier(tally, await anyio.to_thread.run_sync(earlier_tally, directory, resolved))
     # One console: a reader gone is noticed (console_lost) whoever writes to it first.
     shared = logging.console if progress is not None and progress is logging.console.inner else progress
     screen = Console(shared, epochs=resolved.tolaria.epochs) if shared is not None else None
@@ -265,7 +230,7 @@ async def _start_logged(
             raise
         # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
         # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
-        raise _nothing_trained(err, directory) from err
+        raise nothing_trained(err, directory) from err
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.
@@ -293,23 +258,7 @@ async def _start_logged(
     )
     log_cache_events(args.data.cache_events)  # the start's checks loaded the data before this run's log existed
     if resume is not None:
-        if written != esper_version():
-            # Once, so the user knows which rules the rest of the run is trained under.
-            _log.warning(
-                "resume_by_other_version",
-                written_by=written or "an earlier version (its checkpoints do not say which)",
-                now=esper_version(),
-                detail="the run continues under this version's rules",
-            )
-    if resume is not None and short_secret(args.key):
-        # Taken, not refused: the run's journal is signed with it, and no other secret can finish the run.
-        _log.warning(
-            "run_secret_short",
-            env=args.key.env,
-            secret_bytes=len(args.key.secret),
-            detail=f"a new run needs at least {MIN_SECRET_BYTES} bytes; this run goes on with the one it started with",
-        )
-    if resume is not None:
+        resume_notes(args, written)
         swept = await anyio.to_thread.run_sync(sweep_partial_writes, directory)
         if swept:
             _log.info("partial_writes_removed", files=[str(path.relative_to(directory)) for path in swept])
@@ -344,9 +293,9 @@ async def _start_logged(
     except ConfigError as err:
         # The weights' contents are checked as Tamiyo loads them (torch: seconds, not worth a start's check before
         # the claim), so the directory is left as after a Redis refusal and named the same way.
-        if resume is not None or not str(err).startswith(_WEIGHTS_KEY):
+        if resume is not None or not str(err).startswith(WEIGHTS_KEY):
             raise
-        raise _nothing_trained(err, directory) from err
+        raise nothing_trained(err, directory) from err
     store = undo.store = StoreCloser(parts.store)
     nissa_forward.bind(parts.routes)
     tree = build_tree(
@@ -362,13 +311,7 @@ async def _start_logged(
     undo.actors = actors
     if resume is not None:
         # After every refusal (a refused resume leaves the file as it was), before Nissa appends to it.
-        metrics = directory / resolved.nissa.metrics_csv
-        renumbered, dropped = await anyio.to_thread.run_sync(renumber_from_1, metrics)
-        if renumbered:
-            detail = "epochs counted from 1"
-            if dropped:
-                detail += "; a row repeating the last one's step (written again by an earlier version) removed"
-            _log.info("metrics_renumbered", file=str(metrics), rows=renumbered, dropped=dropped, detail=detail)
+        await renumber_metrics(directory / resolved.nissa.metrics_csv)
     await actors.start(tree)
     if resume is not None:
         # Only now: a resume refused or failed on the way (a bus that does not answer, a checkpoint that does not
@@ -383,23 +326,8 @@ async def _start_logged(
     _log.info("run_started", run_id=run_id, actors=len(actors.snapshot()), **precision)
     cell = parts.cell
     deadline_s = resolved.weatherlight.shutdown_deadline_s
-
-    def growth(figures: TrainingFigures | None) -> GrowthFigures:
-        # Called once the actors have stopped: every cancel is known and Nissa writes no more rows.
-        notes = end_notes(tally.cancelled, directory / resolved.nissa.metrics_csv, figures.epochs if figures else 0)
-        if figures is None:
-            return msgspec.structs.replace(with_baseline(tally.figures(0), baseline), end_notes=notes)
-        # Growth added what the controller grafted: the initial seeds are part of the host from step 0, as its
-        # baseline accuracy is (they stay in the training figures' seed parameters, which the benchmark's static
-        # arms count).
-        added = max(0, figures.seed_parameters - parts.initial_seed_parameters)
-        growth = msgspec.structs.replace(
-            with_baseline(tally.figures(added, figures.global_step), baseline), end_notes=notes
-        )
-        if figures.fossilized_parameters is None:
-            return growth
-        fossilized = max(0, figures.fossilized_parameters - parts.initial_seed_parameters)
-        return msgspec.structs.replace(growth, parameters_fossilized=fossilized)
+    metrics = directory / resolved.nissa.metrics_csv
+    growth = functools.partial(growth_figures, tally, metrics, baseline, parts.initial_seed_parameters)
 
     return EsperSystem(
         config=resolved,
@@ -419,28 +347,10 @@ async def _start_logged(
         abandonable=(lanes,),
         bus_dropped=lambda: bus_losses.total,
         alerts_fired=lambda: dict(tally.alerts_fired),
-        restore_process=functools.partial(_restore, rngs, matmul),
+        restore_process=functools.partial(restore_process, rngs, matmul),
         settle=lanes.wait_closed,
         abandoned_once_settled=(parts.store,),
     )
-
-
-_WEIGHTS_KEY = "tamiyo.gnn_checkpoint"
-
-
-def _nothing_trained(err: ConfigError, directory: Path) -> ConfigError:
-    """``err`` refused a new run once its directory held this attempt's config and log alone: say so, and how to go
-    on (a new run there reuses it: claim_run_dir)."""
-    # The client's message may end with a full stop of its own: ".; nothing" read as a typo.
-    return ConfigError(
-        f"{str(err).rstrip('.')}; nothing was trained: run again with --run-dir {shlex.quote(str(directory))} (a new"
-        " run may reuse it) or remove it"
-    )
-
-
-def _restore(rngs: GlobalRngs, matmul: Float32Matmul) -> None:
-    rngs.restore()
-    matmul.restore()
 
 
 def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
@@ -459,7 +369,7 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     if isinstance(config, int):
         return config
     if whole_process:
-        _hand_signals_to_the_run()
+        hand_signals_to_the_run()
     with contextlib.suppress(KeyboardInterrupt):
         try:
             return asyncio.run(
@@ -475,14 +385,6 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
             say(sys.stderr, f"the run could not start: {err}\n")
             return EXIT_FAILED
     return EXIT_INTERRUPTED
-
-
-def _hand_signals_to_the_run() -> None:
-    """Replace the import-time handlers (leave at once) with Python's defaults, which the run's loop takes over."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from esper.cli_process import say
 from esper.config import apply_overrides, load_config, parse_override, validate_config
 from esper.config_paths import absolute_paths
 from esper.data_fingerprint import check_same_data
-from esper.resume import check_checkpoint_run, check_resumable, check_resume_files, threads_as_trained
+from esper.resume import check_resumable, check_resume_files, threads_as_trained
+from esper.resume_checkpoints import check_checkpoint_run
 from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_dir_files, earlier_run_files
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id

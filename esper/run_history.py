@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
-from actors.tolaria.checkpoints import MANIFEST, latest_good, read_manifest, read_written_by, verified_checkpoint
-from esper.logs import LEVEL_NUMBERS
+from actors.tolaria.checkpoint_verify import latest_good, verified_checkpoint
+from actors.tolaria.checkpoints import MANIFEST, read_manifest, read_written_by
+from esper.log_levels import LEVEL_NUMBERS
 from esper.run_files import run_files
 from esper.runtime.emergency import re_announced
 from esper.runtime.emergency_tally import EmergencyTally

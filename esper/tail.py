@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
 
-from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
+from esper.log_levels import LEVEL_NUMBERS, LogLevel, parse_level
 from esper.run_files import run_files
 from esper.runtime.clock import MonotonicClock
 from esper.tail_follow import LineReader, follow_lines, read_lines_once

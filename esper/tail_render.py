@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import msgspec
 
-from esper.logs import LEVEL_NUMBERS, LogLevel, parse_level
+from esper.log_levels import LEVEL_NUMBERS, LogLevel, parse_level
 from schemas.enums import ActorStatus, BreakerState
 from schemas.runtime import ActorState
 

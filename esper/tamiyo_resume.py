@@ -9,7 +9,7 @@ import structlog
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, read_entries, resume_state
 from actors.tamiyo.stop_state import STOP_STATE_FILENAME, StopStateDamaged, read_stop_state
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from esper.run_history import summary_problem
 from esper.runtime.errors import ConfigError
 from schemas.domain_enums import TelemetryLevel

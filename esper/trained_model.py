@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import build_trainee, load_data
-from actors.tolaria.checkpoints import CheckpointError, load_latest, read_manifest
+from actors.tolaria.checkpoint_verify import load_latest
+from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths

@@ -95,7 +95,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import esper
-from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from esper.wiring import RunHooks
 from schemas.enums import SeedLifecycleStage
 

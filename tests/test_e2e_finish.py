@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from actors.tolaria.checkpoints import load_latest
-from esper.resume import resume_point
+from actors.tolaria.checkpoint_verify import load_latest
+from esper.resume_checkpoints import resume_point
 from schemas.run import RunSummary
 from tests.test_e2e_run import tiny_config
 

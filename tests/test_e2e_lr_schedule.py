@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from schemas.run import RunSummary
 from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper, tiny_config
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from esper import start
 from esper.wiring import RunHooks
 from tests.test_e2e_run import ReplaceNthFetch, tiny_config

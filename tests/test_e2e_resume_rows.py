@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from esper.report import read_run_events
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from schemas.run import RunSummary
 from tests.test_e2e_finish import esper_with_host
 from tests.test_e2e_run import tiny_config

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from actors.tamiyo.stop_state import read_stop_state
-from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from esper.report import read_run_events
 from esper.run import start
 from esper.wiring import RunHooks

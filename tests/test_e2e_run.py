@@ -27,9 +27,10 @@ from actors.kasmina.journal import JOURNAL_FILENAME, entry_step, read_journal
 from actors.kasmina.preparation import SeedSource
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, state_at
-from actors.tolaria.checkpoints import latest_good_step, load_latest, read_manifest
+from actors.tolaria.checkpoint_verify import latest_good_step, load_latest
+from actors.tolaria.checkpoints import read_manifest
 from esper.nn.blueprints import SourcedModule
-from esper.resume import resume_point
+from esper.resume_checkpoints import resume_point
 from esper.run import start
 from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError

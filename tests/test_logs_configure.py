@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from esper.log_events import StructlogSink, log_actor_state
+from esper.log_levels import parse_level
 from esper.logs import (
     LoggingHandle,
     bind_log_context,
     configure_logging,
     get_logger,
     log_context,
-    parse_level,
     reset_logging,
 )
 from schemas.domain_enums import TelemetryLevel

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import nbformat
 import pytest
 
-from esper.resume import check_resume_files, resume_point
+from esper.resume import check_resume_files
+from esper.resume_checkpoints import resume_point
 from esper.run_key import read_run_key
 from schemas.config import SecurityConfig
 from schemas.enums import ActorStatus

@@ -17,7 +17,8 @@ import pytest
 import esper
 from actors.tamiyo.actor import TamiyoActor
 from esper.config_paths import absolute_paths
-from esper.logs import LogFileInUse, reset_logging
+from esper.log_file import LogFileInUse
+from esper.logs import reset_logging
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.session import EsperSystem
 from esper.session_events import EventHub

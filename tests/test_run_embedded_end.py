@@ -20,7 +20,7 @@ import torch
 
 import esper
 from esper import run as esper_run
-from esper.logs import LogFileInUse, check_log_file_free
+from esper.log_file import LogFileInUse, check_log_file_free
 from esper.session import EsperSystem
 from tests.test_run_embedded import quiet_config
 

@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 import esper
-from esper.logs import LogFileInUse, configure_logging, reset_logging
+from esper.log_file import LogFileInUse
+from esper.logs import configure_logging, reset_logging
 from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:

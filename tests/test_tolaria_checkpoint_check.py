@@ -14,7 +14,8 @@ import structlog
 import torch
 
 from actors.tolaria.checkpoint_codec import CheckpointError, decode_state, encode_state
-from actors.tolaria.checkpoints import CheckpointWriter, latest_good, load_latest
+from actors.tolaria.checkpoint_verify import latest_good, load_latest
+from actors.tolaria.checkpoints import CheckpointWriter
 from actors.tolaria.restore_point import choose_restore
 from actors.tolaria.snapshots import TrainState, rng_state
 

@@ -9,7 +9,7 @@ import torch
 
 from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import build_trainee, load_data
-from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from actors.tolaria.host_model import TolariaConfigError
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions

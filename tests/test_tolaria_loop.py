@@ -17,7 +17,8 @@ from actors.kasmina.admission import blend_problem
 from actors.tolaria.boundary import BoundaryApplier
 from actors.tolaria.build import build_optimizer, build_trainee, check_config, load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters, decode_state
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, latest_good_step, load_latest, read_manifest
+from actors.tolaria.checkpoint_verify import latest_good_step, load_latest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
 from actors.tolaria.epoch_end import ModelOutputError
 from actors.tolaria.host_model import TolariaConfigError, build_host
 from actors.tolaria.loop import TrainingLoop

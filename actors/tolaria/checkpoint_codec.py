@@ -153,7 +153,7 @@ def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
 def model_shapes(data: bytes) -> dict[str, tuple[int, ...] | None]:
     """Each model state entry in the checkpoint ``data`` with its tensor's shape (None: not a tensor, a slot's extra
     state), read from its header alone (no weights). ``data``: a file that passed its manifest's SHA-256 (see
-    checkpoints.verified_checkpoint): a header read before that check trusted what a damaged file says.
+    checkpoint_verify.verified_checkpoint): a header read before that check trusted what a damaged file says.
 
     Raises:
         CheckpointError: the bytes are not a checkpoint.

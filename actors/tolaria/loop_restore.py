@@ -9,7 +9,7 @@ import msgspec
 import structlog
 
 from actors.tolaria.boundary import replay
-from actors.tolaria.checkpoints import load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from actors.tolaria.plans import release_modules
 from actors.tolaria.restore_point import choose_restore, journal_check
 from actors.tolaria.snapshots import TrainState, load_into

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Literal, final
 
 import structlog
 
-from actors.tolaria.checkpoints import CheckpointInfo, load_latest
+from actors.tolaria.checkpoint_verify import load_latest
 from actors.tolaria.plans import plans_covered
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from actors.tolaria.checkpoints import CheckpointInfo
     from actors.tolaria.snapshots import TrainState
 
 _log = structlog.get_logger("actors.tolaria")

@@ -37,7 +37,7 @@ Leaves that subsystems add next to their code (never a second root):
   (actors.kasmina.lifecycle_table), UrzaError > ArtifactFormatError,
   ArtifactNotFound, BlueprintUnavailable, BlobMissing, BlobUnreadable, ArtifactCorrupt, ArtifactQuarantined,
   ArtifactFailed, ModuleMismatch, FetchBudgetExceeded (actors.urza.artifact), MetricsFileError
-  (actors.nissa.csv_writer), ReportInputError (esper.report), LogFileInUse (esper.logs), JournalCorrupt
+  (actors.nissa.csv_writer), ReportInputError (esper.report), LogFileInUse (esper.log_file), JournalCorrupt
   (actors.kasmina.journal), JournalTampered (actors.kasmina.journal_check), PolicyRestarting (also RuntimeError;
   actors.tamiyo.gnn_state)
 esper.nn may not import this module (it is pure torch), so its misuse errors are plain ValueError subclasses:
