@@ -139,8 +139,10 @@ async def _start(
     resume: str | Path | None = None,
     progress: TextIO | None = None,
     hooks: RunHooks | None = None,
+    prechecked: bool = False,
 ) -> EsperSystem:
-    """``start`` in the command line's words (its refusals name --resume, --run-dir and --set)."""
+    """``start`` in the command line's words (its refusals name --resume, --run-dir and --set); ``prechecked``: see
+    checked_start."""
     check_progress(progress)
     check_log_file_free()  # before anything is read or made: a second live run in this process is refused
     # Before the checks, which build the model: the run seeds the process's global RNGs (and may turn TF32 on); the
@@ -148,7 +150,7 @@ async def _start(
     rngs = GlobalRngs()
     matmul = Float32Matmul()
     try:
-        args = await checked_start(config, run_dir, overrides, resume)
+        args = await checked_start(config, run_dir, overrides, resume, prechecked=prechecked)
         resolved, directory = args.config, args.directory
         files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
         claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)
@@ -374,7 +376,7 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         try:
             return asyncio.run(
                 run_in_foreground(
-                    lambda: _start(config, args.run_dir, resume=args.resume, progress=sys.stderr),
+                    lambda: _start(config, args.run_dir, resume=args.resume, progress=sys.stderr, prechecked=True),
                     whole_process=whole_process,
                 )
             )

@@ -238,8 +238,12 @@ async def checked_start(
     run_dir: str | Path | None,
     overrides: Sequence[str] | None,
     resume: str | Path | None,
+    *,
+    prechecked: bool = False,
 ) -> StartArgs:
     """The arguments of ``start`` resolved and checked, each refusal in the command line's words; writes nothing.
+    ``prechecked``: the command line's checks (checked_command_line) already found the resumed run's checkpoints its
+    own and not yet trained through, which hashes every checkpoint: not done twice.
 
     Raises:
         ConfigError: the config, an override, the host model or data, or the run to resume cannot be used.
@@ -291,17 +295,18 @@ async def checked_start(
                 f"--resume {directory}: no checkpoints directory to resume from (a run stopped while it started"
                 f" trains nothing: start it again with --run-dir {shlex.quote(str(directory))})"
             )
-        # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
-        await anyio.to_thread.run_sync(
-            lambda: check_checkpoint_run(directory / "checkpoints", previous_run_id(directory))
-        )
-        # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
-        try:
-            finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
-        except CheckpointError as err:
-            raise ConfigError(f"--resume {directory}: {err}") from err
-        if finished is not None:  # resuming would only rewrite its summary
-            raise ConfigError(finished)
+        if not prechecked:
+            # Before the already-trained notice: another run's checkpoints copied in were "already trained" (exit 0).
+            await anyio.to_thread.run_sync(
+                lambda: check_checkpoint_run(directory / "checkpoints", previous_run_id(directory))
+            )
+            # Read-only, before the claim, so a refused resume leaves the directory exactly as it was.
+            try:
+                finished = await anyio.to_thread.run_sync(already_trained, directory, resolved.tolaria.epochs)
+            except CheckpointError as err:
+                raise ConfigError(f"--resume {directory}: {err}") from err
+            if finished is not None:  # resuming would only rewrite its summary
+                raise ConfigError(finished)
         # A run keeps the key it signed its first commands with: one started without the variable kept its own key in
         # the directory, and a variable set since would make its genuine journal read as forged (and the file be
         # deleted when the journal held no command yet).
