@@ -32,6 +32,7 @@ from actors.tamiyo.stop_state import write_stop_state
 from actors.tezzeret.spec import tezzeret_spec
 from actors.tolaria.actor import TolariaWiring, new_cell
 from actors.tolaria.build import batch_plan
+from actors.tolaria.checkpoint_verify import DigestMemo
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
@@ -135,9 +136,11 @@ async def assemble(
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device, data)
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     warn_unreachable_strain(config, found.slots, found.gradient_layers)
+    # One hashing of each checkpoint for the checks below: the trainer's load hashes what it loads again.
+    memo = DigestMemo()
     if resume:
         await anyio.to_thread.run_sync(
-            check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model
+            check_checkpoint_fits, checkpoints, found.host_tensors, config.tolaria.host_model, memo
         )
     store = await anyio.to_thread.run_sync(open_store, config.urza.root)
     with contextlib.ExitStack() as on_failure:
@@ -149,7 +152,7 @@ async def assemble(
         state, state_source, resume_step = None, "fresh", None
         if resume:
             state, state_source, resume_step = await anyio.to_thread.run_sync(
-                tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1, config.tamiyo.policy
+                tamiyo_resume_state, checkpoints, config.tolaria.state_every_steps or 1, config.tamiyo.policy, memo
             )
         # A resumed controller is offered what the run offered at its first start: a blueprint another run marked
         # failed on the shared store since (its seeds are then built from the catalogue) or cleared since would make
@@ -195,6 +198,7 @@ async def assemble(
                 source=UrzaFirstSource(urza_source, lambda _event: None),  # its fallbacks are said by Kasmina's replay
                 secret=secret,
                 io_lane=lanes.io,
+                memo=memo,
             )
         slot_transitions = None
         halt = None

@@ -8,7 +8,7 @@ import structlog
 
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.tolaria.checkpoint_codec import checkpoint_run_id, model_shapes
-from actors.tolaria.checkpoint_verify import latest_good, verified_newest_first
+from actors.tolaria.checkpoint_verify import DigestMemo, latest_good, verified_newest_first
 from actors.tolaria.checkpoints import CheckpointError
 from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.runtime.errors import ConfigError
@@ -19,18 +19,19 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("esper.resume")
 
 
-def resume_point(checkpoints: Path) -> int | None:
+def resume_point(checkpoints: Path, memo: DigestMemo | None = None) -> int | None:
     """The step a resume continues from: the newest good checkpoint whose plans in flight were all decided at
     boundaries Kasmina's journal holds (the trainer's own rule at a restart, actors.tolaria.restore_point). A kill -9
     (or a machine crash: the journal is not fsynced) between a checkpoint and the journaling of its last boundaries
     left the trainer waiting for plans nobody could send again (a stall to its deadline, a missed plan, an
     emergency); an older checkpoint the journal covers resumes exactly. None when there is no checkpoint, or none the
-    journal covers (the run then starts over). Blocking (reads the journal's tail and decodes up to every checkpoint).
+    journal covers (the run then starts over). ``memo``: see DigestMemo. Blocking (reads the journal's tail and
+    decodes up to every checkpoint).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
     """
-    newest = latest_good(checkpoints)  # raises, naming the checksums, when none passes
+    newest = latest_good(checkpoints, memo=memo)  # raises, naming the checksums, when none passes
     if newest is None:
         return None
     journaled = last_boundary_step(checkpoints / JOURNAL_FILENAME)
@@ -43,6 +44,7 @@ def resume_point(checkpoints: Path) -> int | None:
         covered=journal_check(lambda: journaled),
         journal_known=True,
         checksums_said=newest.global_step,
+        memo=memo,
     )
     if point is None:
         # No checkpoint's plans are all in the journal (a kill -9 right after the first checkpoint): training starts
@@ -77,18 +79,23 @@ def resume_point(checkpoints: Path) -> int | None:
 SEED_KEY: Final = ".esper_slot.seed."  # a grafted seed's tensors: the graft log rebuilds them before the weights load
 
 
-def check_checkpoint_fits(checkpoints: Path, host_tensors: dict[str, tuple[int, ...] | None], host_model: str) -> None:
+def check_checkpoint_fits(
+    checkpoints: Path,
+    host_tensors: dict[str, tuple[int, ...] | None],
+    host_model: str,
+    memo: DigestMemo | None = None,
+) -> None:
     """Refuse a resume whose newest good checkpoint's host weights do not fit the host as it builds now (a user model
     whose code or slot_targets changed): the load failed in the trainer and in each of its restarts. Only a checkpoint
     that passes its size and SHA-256 is read, as the trainer loads only those: a damaged newest one's header made a
-    false "does not fit" of a run the trainer resumes from the one before. Blocking.
+    false "does not fit" of a run the trainer resumes from the one before. ``memo``: see DigestMemo. Blocking.
 
     Raises:
         ConfigError: one line naming the first tensor that differs.
     """
     if not checkpoints.is_dir():
         return
-    info, data = next(verified_newest_first(checkpoints), (None, b""))
+    info, data = next(verified_newest_first(checkpoints, memo=memo), (None, b""))
     if info is None:
         return  # none passes its checksum: the trainer's load says so
     path = checkpoints / info.file

@@ -10,7 +10,7 @@ from actors.kasmina.held_seeds import replay_holdings
 from actors.kasmina.journal import JOURNAL_FILENAME
 from actors.kasmina.preparation import ModuleCache, Preparer
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_graft_log
-from actors.tolaria.checkpoint_verify import verified_checkpoint
+from actors.tolaria.checkpoint_verify import DigestMemo, verified_checkpoint
 from actors.tolaria.checkpoints import read_manifest, read_written_by
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError
@@ -40,6 +40,7 @@ async def check_replayed_seeds(
     source: SeedSource,
     secret: bytes,
     io_lane: Lane,
+    memo: DigestMemo | None = None,
 ) -> None:
     """Refuse a resume whose journal, replayed up to the checkpoint it continues from, has other seeds in the slots
     than that checkpoint's graft log: a run an earlier version wrote under other lifecycle rules (a gate that timed out
@@ -49,10 +50,12 @@ async def check_replayed_seeds(
 
     Raises:
         ConfigError: one line naming the journal, the first differing slot and seed, and both versions.
+
+    ``memo``: the start's checks' (see actors.tolaria.checkpoint_verify.DigestMemo).
     """
     checkpoints = run_dir / "checkpoints"
     checkpoint = checkpoints / f"step-{resume_step}.pt"
-    graft = await anyio.to_thread.run_sync(_graft_log_at, checkpoints, resume_step)
+    graft = await anyio.to_thread.run_sync(_graft_log_at, checkpoints, resume_step, memo)
     if graft is None:
         return  # the trainer's load verifies the checkpoint and falls back to an older one, saying why
     clock = WallClock()
@@ -74,12 +77,12 @@ async def check_replayed_seeds(
     raise ConfigError(seeds_refusal(run_dir, resume_step, problem, written))
 
 
-def _graft_log_at(checkpoints: Path, step: int) -> list[GraftEvent] | None:
+def _graft_log_at(checkpoints: Path, step: int, memo: DigestMemo | None = None) -> list[GraftEvent] | None:
     """The graft log of the checkpoint of ``step`` when it is listed, passes its size and SHA-256 and decodes, else
     None (a header is read only from verified bytes). Blocking."""
     try:
         info = next((e for e in read_manifest(checkpoints) if e.global_step == step), None)
-        data = None if info is None else verified_checkpoint(checkpoints, info)
+        data = None if info is None else verified_checkpoint(checkpoints, info, memo=memo)
         return None if data is None else checkpoint_graft_log(data)
     except CheckpointError:
         return None

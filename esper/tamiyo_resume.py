@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from actors.tamiyo.state import TamiyoState
+    from actors.tolaria.checkpoint_verify import DigestMemo
 
 _log = structlog.get_logger("esper.tamiyo_resume")
 
@@ -45,11 +46,12 @@ def load_tamiyo_state(path: Path, policy: str) -> tuple[TamiyoState | None, str 
 
 
 def tamiyo_resume_state(
-    checkpoints: Path, first_packet: int, policy: str
+    checkpoints: Path, first_packet: int, policy: str, memo: DigestMemo | None = None
 ) -> tuple[TamiyoState | None, str, int | None]:
     """Tamiyo's state for a resume from the checkpoint Tolaria will load: (state, source, that checkpoint's step).
     ``first_packet`` is the step of the run's first state packet: a checkpoint before it leaves the controller
     nothing to restore. ``policy``: the run's tamiyo.policy, the only one whose state the controller takes.
+    ``memo``: the start's checks' (see actors.tolaria.checkpoint_verify.DigestMemo).
 
     Raises:
         ConfigError: checkpoints are listed but none passes its checksum, so there is nothing to resume from; or the
@@ -57,7 +59,7 @@ def tamiyo_resume_state(
             journal's state is of another policy.
     """
     try:
-        step = resume_point(checkpoints) if checkpoints.is_dir() else None
+        step = resume_point(checkpoints, memo) if checkpoints.is_dir() else None
     except CheckpointError as err:
         # Before any actor starts: otherwise the trainer fails to load, again at every restart.
         raise ConfigError(

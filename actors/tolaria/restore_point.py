@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, final
 
 import structlog
 
-from actors.tolaria.checkpoint_verify import load_latest
+from actors.tolaria.checkpoint_verify import DigestMemo, load_latest
 from actors.tolaria.plans import plans_covered
 
 if TYPE_CHECKING:
@@ -65,12 +65,14 @@ def choose_restore(
     covered: Callable[[TrainState], bool],
     journal_known: bool = False,
     checksums_said: int | None = None,
+    memo: DigestMemo | None = None,
 ) -> RestorePoint | None:
     """The newest covered state of ``snapshot`` and the checkpoints in ``directory`` (None: not read) of step
     ``at_most`` or earlier. With none covered: None when the journal is known (``journal_known``: training starts
     over), else the newest of them all. None also when there is nothing to continue from. ``checksums_said``: the
     step the caller's ``latest_good`` has just returned, having warned of the newer checkpoints that fail their
-    checksum (see load_latest); an older one the search reaches is said here. Blocking (reads checkpoints).
+    checksum (see load_latest); an older one the search reaches is said here. ``memo``: see DigestMemo (a start's
+    checks only). Blocking (reads checkpoints).
 
     Raises:
         CheckpointError: checkpoints are listed but none is usable.
@@ -79,11 +81,11 @@ def choose_restore(
     newest: RestorePoint | None = None
     if directory is not None and directory.is_dir():
         started = time.perf_counter()
-        found = load_latest(directory, at_most=at_most, checksums_said=checksums_said)
+        found = load_latest(directory, at_most=at_most, checksums_said=checksums_said, memo=memo)
         if found is not None:
             newest = RestorePoint("full", found[0], found[2], time.perf_counter() - started)
         while found is not None and not covered(found[0]) and found[2].global_step > 0:
-            found = load_latest(directory, at_most=found[2].global_step - 1, checksums_said=checksums_said)
+            found = load_latest(directory, at_most=found[2].global_step - 1, checksums_said=checksums_said, memo=memo)
         if found is not None and covered(found[0]):
             checkpoint = RestorePoint("full", found[0], found[2], time.perf_counter() - started)
     fast = RestorePoint("fast", snapshot) if snapshot is not None else None
