@@ -204,7 +204,7 @@ async def assemble(
         halt = None
         if resume:
             epochs = config.tolaria.epochs
-            halt = await anyio.to_thread.run_sync(finishing_halt, run_dir, resume_step, epochs)
+            halt = await anyio.to_thread.run_sync(finishing_halt, run_dir, resume_step, epochs, memo)
             sink.emit(await anyio.to_thread.run_sync(resume_point_event, checkpoints, resume_step, epochs, halt))
             if resume_step is not None:
                 lag = config.tolaria.command_lag_steps

@@ -112,10 +112,15 @@ def check_same_data(
     now = data_record(config)
     now_sha256 = None if now is None else now.npz_sha256
     if now_sha256 != recorded.npz_sha256:
-        found = "no npz file" if now_sha256 is None else f"SHA-256 {now_sha256[:12]}..."
+        if now is None:
+            found = f"tolaria.dataset = {config.dataset!r}"
+        elif now.npz_path == recorded.npz_path:
+            found = f"tolaria.npz_path = {str(now.npz_path)!r} is SHA-256 {str(now_sha256)[:12]}... now"
+        else:
+            found = f"tolaria.npz_path = {str(now.npz_path)!r} is SHA-256 {str(now_sha256)[:12]}..."
         raise ConfigError(
             f"{caller}: the run trained on {recorded.npz_path}"
-            f" (SHA-256 {recorded.npz_sha256[:12]}...), and tolaria's data here has {found}; {purpose}"
+            f" (SHA-256 {recorded.npz_sha256[:12]}...), and {found}; {purpose}"
         )
 
 

@@ -276,6 +276,9 @@ async def checked_start(
     except ConfigError as err:
         if resume is not None and str(err).startswith("tamiyo.gnn_checkpoint"):
             err = ConfigError(await anyio.to_thread.run_sync(_with_recorded_weights, str(err), Path(resume)))
+        elif resume is not None and re.match(r"tolaria\.npz_path = .*: file not found$", str(err)):
+            # The run's written config names the file where it was: a moved data set is named anew with --set.
+            err = ConfigError(f"{err} (moved? --set tolaria.npz_path=<its path now>; the resume checks its bytes)")
         raise blamed(err, config, overrides or ()) from err
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved, data)
     if resume is not None:

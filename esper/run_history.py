@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from actors.tolaria.checkpoint_codec import CheckpointError, checkpoint_counters
-from actors.tolaria.checkpoint_verify import latest_good, verified_checkpoint
+from actors.tolaria.checkpoint_verify import DigestMemo, latest_good, verified_checkpoint
 from actors.tolaria.checkpoints import MANIFEST, read_manifest, read_written_by
 from esper.log_levels import LEVEL_NUMBERS
 from esper.run_files import run_files
@@ -224,14 +224,15 @@ def _summary_of(run_dir: Path, info: CheckpointInfo) -> tuple[RunSummary | None,
     return summary, None
 
 
-def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
+def checkpoint_halt(run_dir: Path, info: CheckpointInfo, memo: DigestMemo | None = None) -> str | None:
     """Why the run halted, when the checkpoint ``info`` is one an L4 halt wrote (its emergency level, read from the
     file's header), else None: the reason the halt kept in that header, as the uninterrupted run's summary words it;
     for a checkpoint an earlier version wrote, the trainer's ``training_finished`` line for that step in
     events.jsonl, else its L4 emergency signal there, else a reason naming the step and L4 (a kill -9 can come before
-    either line). Only a file that passes its size and SHA-256 is read (a damaged header could say anything). Blocking.
+    either line). Only a file that passes its size and SHA-256 is read (a damaged header could say anything).
+    ``memo``: a start's checks' (see actors.tolaria.checkpoint_verify.DigestMemo). Blocking.
     """
-    data = verified_checkpoint(run_dir / "checkpoints", info)
+    data = verified_checkpoint(run_dir / "checkpoints", info, memo=memo)
     if data is None:
         return None  # the resume's own load skips it, saying why
     try:
@@ -274,15 +275,16 @@ def checkpoint_halt(run_dir: Path, info: CheckpointInfo) -> str | None:
     return f"an emergency halt (L4) at step {info.global_step}, its reason not in {events.name}"
 
 
-def finishing_halt(run_dir: Path, step: int | None, epochs: int) -> str | None:
+def finishing_halt(run_dir: Path, step: int | None, epochs: int, memo: DigestMemo | None = None) -> str | None:
     """Why the run halted, when a resume from the checkpoint at ``step`` only finishes the run (it ended the last of
-    ``epochs`` epochs) and an L4 halt wrote it (see checkpoint_halt); else None. Blocking."""
+    ``epochs`` epochs) and an L4 halt wrote it (see checkpoint_halt); else None. ``memo``: see checkpoint_halt.
+    Blocking."""
     if step is None:
         return None
     info = next((e for e in read_manifest(run_dir / "checkpoints") if e.global_step == step), None)
     if info is None or info.epoch < epochs or info.batch_index != 0:
         return None
-    return checkpoint_halt(run_dir, info)
+    return checkpoint_halt(run_dir, info, memo)
 
 
 def already_trained(run_dir: Path, epochs: int) -> str | None:

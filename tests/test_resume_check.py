@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
+import esper
 from actors.kasmina.spec import lifecycle_settings
 from actors.nissa.csv_writer import header_line
 from actors.tolaria.checkpoint_codec import safetensors_bytes
@@ -307,6 +308,14 @@ def test_a_resume_on_another_npz_file_is_refused(tmp_path: Path) -> None:
         check_same_data(run, tolaria)
     assert str(refused.value).startswith(f"--resume {run}: the run trained on {data} (SHA-256 ")
     assert str(refused.value).endswith("a resume continues the same training on the same data")
+    assert f"and tolaria.npz_path = '{data}' is SHA-256 " in str(refused.value), "the setting is named"
+    assert "... now;" in str(refused.value)
+    moved = tmp_path / "moved.npz"
+    data.rename(moved)
+    with pytest.raises(ConfigError) as refused:
+        check_same_data(run, TolariaConfig(dataset="npz", npz_path=str(moved)))
+    assert f"and tolaria.npz_path = '{moved}' is SHA-256 " in str(refused.value), "the file it reads is named"
+    data = moved.rename(data)
     (run / "data.json").write_text("garbage", encoding="utf-8")  # damaged: it must not wave other data through
     with pytest.raises(ConfigError, match=rf"^--resume {run}: {run / 'data.json'} cannot be read \("):
         check_same_data(run, tolaria)
@@ -603,3 +612,19 @@ def test_a_resume_over_a_changed_data_cache_is_refused(tmp_path: Path, capsys: p
     )
     assert f"(was {cache} changed?); a resume continues the same training on the same data\n" in err
     assert err.count("\n") == 1
+
+
+async def test_a_resume_whose_npz_file_moved_says_how_to_name_it_anew(tmp_path: Path) -> None:
+    """The run's written config names the file where it was: the refusal said only "file not found" (the API words
+    --set as overrides)."""
+    missing = tmp_path / "data.npz"
+    config = RunConfig(tolaria=TolariaConfig(dataset="npz", npz_path=str(missing)))
+    with pytest.raises(ConfigError) as refused:
+        await esper.start(config, resume=tmp_path)
+    assert str(refused.value) == (
+        f"tolaria.npz_path = {str(missing)!r}: file not found"
+        " (moved? overrides: tolaria.npz_path=<its path now>; the resume checks its bytes)"
+    )
+    with pytest.raises(ConfigError) as refused:
+        await esper.start(config, run_dir=tmp_path / "run")
+    assert str(refused.value) == f"tolaria.npz_path = {str(missing)!r}: file not found", "a new run has no earlier path"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import TYPE_CHECKING, final
 
 import structlog
@@ -145,12 +146,16 @@ def _verified(
     try:
         size = path.lstat().st_size if path.is_file() and not path.is_symlink() else None
         if size != info.size_bytes:
-            found = "not a regular file" if size is None else f"{size} bytes"
+            found = f"{size} bytes" if size is not None else _not_a_file(path)
             warn("checkpoint_corrupt", file=str(path), error=f"{found}, the manifest says {info.size_bytes} bytes")
             return None
         with path.open("rb") as file:
-            before = _identity(os.fstat(file.fileno()))
+            opened = os.fstat(file.fileno())
+            if not stat.S_ISREG(opened.st_mode):  # replaced since the check above
+                warn("checkpoint_corrupt", file=str(path), error="not a regular file")
+                return None
             data = file.read()
+            before = _identity(opened)
             unchanged = before == _identity(os.fstat(file.fileno()))
     except OSError as err:
         warn("checkpoint_corrupt", file=str(path), error=f"unreadable: {err}")
@@ -172,8 +177,12 @@ def _verified(
     return data
 
 
-def _identity(stat: os.stat_result) -> tuple[int, ...]:
-    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+def _not_a_file(path: Path) -> str:
+    return "not a regular file" if path.is_symlink() or path.exists() else "missing"
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def _unsaid(event: str, **fields: object) -> None:
