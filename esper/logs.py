@@ -23,6 +23,7 @@ import structlog
 
 from esper.console_stream import ConsoleStream
 from esper.log_file import _STAMP, _JsonLineWriter, check_log_file_free
+from esper.log_file import LogFileInUse as LogFileInUse  # README's import: it lived here before log_file.py
 from esper.log_levels import LEVEL_NUMBERS, is_record, parse_level
 from esper.terminal import plain_terminal
 

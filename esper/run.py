@@ -127,7 +127,8 @@ async def start(
     try:
         return await _start(config, run_dir, overrides, console=console, resume=resume, progress=progress, hooks=hooks)
     except ConfigError as err:
-        raise ConfigError(in_api_words(str(err))) from err
+        # From its cause, not from itself: the traceback showed the refusal twice, once in the command line's words.
+        raise ConfigError(in_api_words(str(err))) from err.__cause__
 
 
 async def _start(

@@ -34,7 +34,7 @@ from esper.run_history import already_trained, previous_run_id
 from esper.run_key import MIN_SECRET_BYTES, RunKey, env_key, new_run_key, read_run_key, short_secret
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
-from esper.start_checks import check_start
+from esper.start_checks import check_default_dtype, check_start
 from esper.tamiyo_resume import recorded_policy_version
 from schemas.config import RunConfig
 
@@ -265,8 +265,9 @@ async def checked_start(
     try:
         resolved = absolute_paths(resolved)
     except ConfigError as err:
-        raise blamed(err, config, overrides or ()) from err
+        raise blamed(err, config, overrides or ()) from err.__cause__  # the refusal once in a traceback
     key = env_key(resolved, resuming=resume is not None)
+    check_default_dtype()
     try:
         data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
         await anyio.to_thread.run_sync(check_start, resolved)
@@ -279,7 +280,7 @@ async def checked_start(
         elif resume is not None and re.match(r"tolaria\.npz_path = .*: file not found$", str(err)):
             # The run's written config names the file where it was: a moved data set is named anew with --set.
             err = ConfigError(f"{err} (moved? --set tolaria.npz_path=<its path now>; the resume checks its bytes)")
-        raise blamed(err, config, overrides or ()) from err
+        raise blamed(err, config, overrides or ()) from err.__cause__  # the refusal once in a traceback
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved, data)
     if resume is not None:
         directory = Path(resume)

@@ -336,7 +336,8 @@ class EsperSystem:
             ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
         """
         if status not in get_args(RunStatus):
-            raise ValueError(f"status: one of {', '.join(get_args(RunStatus))}, got {status!r}")
+            stops = ", ".join(name for name in get_args(RunStatus) if name != "completed")
+            raise ValueError(f"status: one of {stops}, got {status!r}")
         if status == "completed":
             # A stop mid-run recorded as completed (exit 0) would claim training that never happened.
             raise ValueError(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+import torch
 
 from actors.karn.catalogue import KarnCatalogue
 from esper.nn.blueprints import default_catalogue
@@ -39,6 +40,21 @@ def check_start(config: RunConfig) -> None:
     check_gnn_weights(config.tamiyo)
     check_metrics_host(config.nissa)
     check_redis_installed(config.oona)
+
+
+def check_default_dtype() -> None:
+    """Refuse a process whose torch default dtype is not float32 (a notebook's ``torch.set_default_dtype``): the host
+    was built in it and fed float32 data, and the probe's error blamed ``tolaria.host_model``.
+
+    Raises:
+        ConfigError: one line naming the dtype and how to set it back.
+    """
+    dtype = torch.get_default_dtype()
+    if dtype != torch.float32:
+        raise ConfigError(
+            f"torch's default dtype is {dtype} (torch.set_default_dtype): Esper builds its models in float32 and"
+            " trains them on float32 data; call torch.set_default_dtype(torch.float32) before starting a run"
+        )
 
 
 def check_redis_installed(oona: OonaConfig) -> None:
