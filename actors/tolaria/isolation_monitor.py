@@ -4,7 +4,9 @@ Runs on the train lane at a state packet (never inside a step). The probe (esper
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
 statistic and accumulates nothing into ``.grad``: training is bitwise the same with the monitor on or off. Violations
 are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations`` (and
-their sum, the session's total, in the packet's own); Kasmina charges every increase to the seed's isolation breaker.
+the session's total in the packet's own); Kasmina charges every increase to the seed's isolation breaker. The totals
+are part of the training state (``COUNTER`` in a capture's counters): a resume or rollback to a state takes back the
+totals the packet of its step reported, which Kasmina's journal, cut at that step, holds as each seed's charged count.
 
 The overlap of host and seed gradients is measured inside training itself: after each probe the monitor schedules
 the next step (``sketch_step``); the loop arms backward hooks on the host and live-seed parameters for that one step
@@ -16,8 +18,9 @@ cosine).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Annotated, final
 
+import msgspec
 import structlog
 
 from esper.nn.grad_sketch import GradientSketcher
@@ -26,7 +29,7 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import torch
 
@@ -39,6 +42,10 @@ _log = structlog.get_logger("actors.tolaria")
 MICRO_BATCH = 8
 EVENT = "isolation_violation"
 SKETCH_EVENT = "isolation_sketch"
+COUNTER = "isolation_violations"
+"""The capture counter holding each seed's total, as a JSON object of seed id -> violations."""
+
+SavedTotals = dict[str, Annotated[int, msgspec.Meta(ge=0)]]
 
 
 @final
@@ -146,6 +153,25 @@ class IsolationMonitor:
                 },
             )
         )
+
+
+def export_totals(trainee: Trainee) -> str:
+    """Each seed's total, as ``COUNTER`` holds it."""
+    return msgspec.json.encode(dict(sorted(trainee.isolation_violations.items()))).decode()
+
+
+def restore_totals(trainee: Trainee, counters: Mapping[str, object]) -> None:
+    """Take each seed's total back from a restored state's ``counters`` (a state written before they were saved has
+    none: every seed starts again at 0), keeping the session's total where it was: it counts what the monitor found
+    in this session, the rolled-away steps' violations included, and never falls.
+
+    Raises:
+        msgspec.ValidationError / msgspec.DecodeError: the counter is malformed (checkpoint_check refuses such a file).
+    """
+    saved = counters.get(COUNTER)
+    totals = msgspec.json.decode(saved, type=SavedTotals) if isinstance(saved, str) else {}
+    trainee.violations_offset += sum(totals.values()) - sum(trainee.isolation_violations.values())
+    trainee.isolation_violations = totals
 
 
 def micro_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor | None:
