@@ -16,7 +16,11 @@ import pytest
 from actors.tolaria.build import load_data
 from actors.tolaria.checkpoint_codec import checkpoint_counters
 from actors.tolaria.checkpoints import read_manifest
+from actors.tolaria.isolation_monitor import LAST_PROBE
+from actors.tolaria.loop import TrainingLoop
+from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
+from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.data import TensorPair
 from schemas.boundary import TrainingRestored
 from schemas.config import TolariaConfig
@@ -27,9 +31,9 @@ from tests.test_kasmina_lifecycle import attach_seed
 from tests.test_tolaria_loop import TINY, Box, config, make_loop
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
-    from actors.tolaria.loop import TrainingLoop
     from esper.nn.data import DataSplits
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
@@ -151,3 +155,60 @@ def test_a_state_written_before_the_totals_were_saved_restores_none_and_keeps_th
     assert model.session_violations() == 4
     model.isolation_violations["seed-2"] += 1  # the monitor counts one more
     assert model.session_violations() == 5
+
+
+def _probing_loop(
+    data: DataSplits, directory: Path, *, resume: bool, hook: Callable[[int, TensorPair], TensorPair] | None = None
+) -> TrainingLoop:
+    options = LoopOptions(
+        run_id="t",
+        checkpoint_dir=directory,
+        resume=resume,
+        resumed_run=resume,
+        batch_hook=hook,
+        isolation_probe_every_steps=10,
+    )
+    cfg = config()
+    snapshots = SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20))
+    return TrainingLoop(cfg, options, inbox=PlanInbox(), outbox=Box(), snapshots=snapshots, data=data)
+
+
+def _last_probes(directory: Path) -> dict[int, object]:
+    return {
+        info.global_step: checkpoint_counters((directory / info.file).read_bytes()).get(LAST_PROBE)
+        for info in read_manifest(directory)
+    }
+
+
+def test_a_resumed_run_probes_at_the_steps_the_uninterrupted_one_does(data: DataSplits, tmp_path: Path) -> None:
+    """The monitor probes at most once every 10 steps since its last probe (a packet every 4 steps and at each
+    epoch's end, 13 steps an epoch): the uninterrupted run at 4, 16, 26 and 36. Stopped in epoch 3 and resumed, it
+    had forgotten its last probe and probed at the resumed session's first packet, then at 39: a leaking seed's
+    violations were counted at other steps than the uninterrupted run's."""
+    straight = _probing_loop(data, tmp_path / "straight", resume=False)
+    assert straight.run().status == "completed"
+    assert _last_probes(tmp_path / "straight") == {13: 4, 26: 26, 39: 36}
+    stopping = PlanInbox()
+
+    def stop_in_epoch_3(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 27:
+            stopping.request_stop("test")
+        return batch
+
+    options = LoopOptions(
+        run_id="t", checkpoint_dir=tmp_path / "resumed", batch_hook=stop_in_epoch_3, isolation_probe_every_steps=10
+    )
+    cfg = config()
+    first = TrainingLoop(
+        cfg,
+        options,
+        inbox=stopping,
+        outbox=Box(),
+        snapshots=SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20)),
+        data=data,
+    )
+    assert first.run().status == "stopped"
+    assert _last_probes(tmp_path / "resumed")[26] == 26
+    resumed = _probing_loop(data, tmp_path / "resumed", resume=True)
+    assert resumed.run().status == "completed"
+    assert _last_probes(tmp_path / "resumed")[39] == 36

@@ -10,7 +10,7 @@ and the previous one is used.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import numpy as np
@@ -53,6 +53,7 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     epoch_figures: str | None = None
     halt_reason: str | None = None  # only in the checkpoint an L4 halt wrote
     isolation_violations: str | None = None  # each seed's total (isolation_monitor.COUNTER)
+    isolation_last_probe: Annotated[int, msgspec.Meta(ge=0)] | None = None  # isolation_monitor.LAST_PROBE
 
 
 _EpochFigures = tuple[float | None, float | None, float | None, float | None]

@@ -47,6 +47,11 @@ COUNTER = "isolation_violations"
 
 SavedTotals = dict[str, Annotated[int, msgspec.Meta(ge=0)]]
 
+LAST_PROBE = "isolation_last_probe"
+"""The capture counter holding the step of the monitor's last probe (absent: none yet). The monitor probes at most
+once every N steps since its last probe: a restored monitor that forgot it probed at the first packet, so a resumed
+run probed (and counted a leaking seed's violations) at other steps than the uninterrupted one."""
+
 
 @final
 class IsolationMonitor:
@@ -61,6 +66,17 @@ class IsolationMonitor:
         self.sketch_step = -1  # the global step whose backward is sketched next (-1: none scheduled)
         self._sketcher = GradientSketcher()
         self._sketched: tuple[int, dict[str, str]] | None = None  # (step, slot -> seed id) awaiting a read
+
+    @property
+    def last_probe_step(self) -> int | None:
+        """The step of the last probe (or of the last packet the interval let probe with nothing to probe)."""
+        return self._last_probe_step
+
+    def restore_schedule(self, counters: Mapping[str, object]) -> None:
+        """Take the last probe's step back from a restored state's ``counters`` (LAST_PROBE; absent in a state an
+        earlier version wrote: the next packet probes, as it did)."""
+        saved = counters.get(LAST_PROBE)
+        self._last_probe_step = saved if isinstance(saved, int) and not isinstance(saved, bool) else None
 
     def arm(self, trainee: Trainee, step: int) -> None:
         """Hook the host's and each live seed's parameters for the step about to run (called between steps)."""

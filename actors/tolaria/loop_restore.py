@@ -89,6 +89,7 @@ class Restorer:
         load_into(self._s.trainee, state)
         # Every tier, a rollback's too: Kasmina's journal, cut at this step, holds the totals its packet reported.
         restore_totals(self._s.trainee, state.counters)
+        self._s.isolation.restore_schedule(state.counters)
         self._s.pool_reserved = False
         self._s.planned_capture.forget()
         self._s.pos.global_step = state.global_step
