@@ -92,8 +92,9 @@ class SystemStatePacket(Message, frozen=True):
     which the metrics and the console report per epoch.
     ``loss_delta`` is the change of validation loss since the previous validation (None before the second one).
     Gradient norms are L2 norms keyed by layer name and seed id.
-    ``isolation_violations`` is the session's running total over every seed (it never falls within a session and
-    starts from 0 at a resume, like the other counters); each SeedState carries its own seed's share.
+    ``isolation_violations`` is the session's running total over every seed (a rollback does not lower it; it starts
+    from 0 at a resume or a restart of the trainer, like the other counters); each SeedState carries its own seed's
+    total since its graft, which goes on from the restored state's after a resume, restart or rollback.
     ``learning_rate`` is the host group's base rate (what boundary ops and the controller's tweak set);
     ``effective_learning_rate`` the rate the interval's last optimizer step used (the step of index ``global_step``
     - 1): the base times the rate schedule's factor at that step (the base without a schedule; None from an earlier

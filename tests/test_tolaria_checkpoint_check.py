@@ -74,6 +74,8 @@ MUTATIONS: list[tuple[str, Callable[[TrainState], None], str]] = [
     ("a-count-as-text", _set("counters", "skipped_steps", "many"), "counters: Expected `int | null`, got `str`"),
     ("nonfinite-window", _set("counters", "nonfinite_window", "3,x"), "counters.nonfinite_window: invalid literal"),
     ("epoch-figures", _set("counters", "epoch_figures", "[1.0]"), "counters: Expected `array` of length 4"),
+    ("isolation-totals", _set("counters", "isolation_violations", '{"s1": "x"}'), "counters: Expected `int`"),
+    ("isolation-negative", _set("counters", "isolation_violations", '{"s1": -1}'), "counters: Expected `int` >= 0"),
     ("paused-mode", _set("paused", "slot", "sideways"), "paused: slot 'slot' in mode 'sideways'"),
 ]
 

@@ -74,8 +74,9 @@ METRICS_COLUMNS: Final[tuple[str, ...]] = (
 """The metrics.csv header. test_loss / test_accuracy stay empty until the state packet carries test figures."""
 
 ISOLATION_VIOLATIONS: Final = "kasmina.isolation.violations_total"
-"""The gradient isolation violations the state packet counts (cumulative, hence a counter: the trainer counts from 0
-again when it starts, as every counter does after a --resume)."""
+"""The gradient isolation violations the state packet counts (cumulative, hence a counter: the session's total, which
+a rollback does not lower and which starts from 0 again after a --resume, as every counter does; each seed's own
+total, which Kasmina charges, goes on from the checkpoint's)."""
 
 _BREAKER_VALUES: Final = MappingProxyType(
     {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}

@@ -58,6 +58,9 @@ class Trainee:
     ``tolaria.initial_seeds`` attached before step 0 (the start of every graft log of this trainee);
     ``seed_lr_scale`` multiplies the host's learning rate for a grafted seed whose command names no rate;
     ``incubation_lr_scale`` multiplies a seed's rate while it is in TRAINING.
+    ``isolation_violations`` holds each seed's violations since it was grafted, those before the restored state
+    included (Kasmina charges each seed what its total rose by); ``violations_offset`` is what the packet's session
+    total leaves out of their sum (see ``session_violations``).
     """
 
     model: nn.Module
@@ -71,8 +74,13 @@ class Trainee:
     paused: dict[str, str] = field(default_factory=dict)
     initial_grafts: list[GraftEvent] = field(default_factory=list)
     isolation_violations: dict[str, int] = field(default_factory=dict)
+    violations_offset: int = 0
     seed_lr_scale: float = 1.0
     incubation_lr_scale: float = 1.0
+
+    def session_violations(self) -> int:
+        """The violations this incarnation's monitor counted, over every seed (the state packet's total)."""
+        return sum(self.isolation_violations.values()) - self.violations_offset
 
     def seed_parameters(self) -> dict[str, int]:
         """Parameter elements of each attached seed, by seed id."""

@@ -10,13 +10,14 @@ and the previous one is used.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import numpy as np
 import torch
 
 from actors.tolaria.cuda_rng import cuda_rng_problem
+from actors.tolaria.isolation_monitor import SavedTotals
 from actors.tolaria.telemetry import OpenStats
 from esper.nn.slots import SlotMode
 from schemas.enums import BreakerState, EmergencyLevel
@@ -51,6 +52,8 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     open_stats: str | None = None
     epoch_figures: str | None = None
     halt_reason: str | None = None  # only in the checkpoint an L4 halt wrote
+    isolation_violations: str | None = None  # each seed's total (isolation_monitor.COUNTER)
+    isolation_last_probe: Annotated[int, msgspec.Meta(ge=0)] | None = None  # isolation_monitor.LAST_PROBE
 
 
 _EpochFigures = tuple[float | None, float | None, float | None, float | None]
@@ -113,6 +116,8 @@ def _counters_problem(counters: Mapping[str, object]) -> str | None:
             msgspec.json.decode(typed.open_stats, type=tuple[OpenStats, OpenStats])
         if typed.epoch_figures is not None:
             msgspec.json.decode(typed.epoch_figures, type=_EpochFigures)
+        if typed.isolation_violations is not None:
+            msgspec.json.decode(typed.isolation_violations, type=SavedTotals)
         for step in typed.nonfinite_window.split(",") if typed.nonfinite_window else ():
             int(step)
     except (msgspec.ValidationError, msgspec.DecodeError) as err:

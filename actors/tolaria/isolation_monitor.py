@@ -4,7 +4,9 @@ Runs on the train lane at a state packet (never inside a step). The probe (esper
 a fixed micro-batch of validation data with the model in eval mode, so it consumes no RNG, moves no BatchNorm
 statistic and accumulates nothing into ``.grad``: training is bitwise the same with the monitor on or off. Violations
 are added to per-seed running totals, which the packet reports in each SeedState's ``isolation_violations`` (and
-their sum, the session's total, in the packet's own); Kasmina charges every increase to the seed's isolation breaker.
+the session's total in the packet's own); Kasmina charges every increase to the seed's isolation breaker. The totals
+are part of the training state (``COUNTER`` in a capture's counters): a resume or rollback to a state takes back the
+totals the packet of its step reported, which Kasmina's journal, cut at that step, holds as each seed's charged count.
 
 The overlap of host and seed gradients is measured inside training itself: after each probe the monitor schedules
 the next step (``sketch_step``); the loop arms backward hooks on the host and live-seed parameters for that one step
@@ -16,8 +18,9 @@ cosine).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Annotated, final
 
+import msgspec
 import structlog
 
 from esper.nn.grad_sketch import GradientSketcher
@@ -26,7 +29,7 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import torch
 
@@ -39,6 +42,15 @@ _log = structlog.get_logger("actors.tolaria")
 MICRO_BATCH = 8
 EVENT = "isolation_violation"
 SKETCH_EVENT = "isolation_sketch"
+COUNTER = "isolation_violations"
+"""The capture counter holding each seed's total, as a JSON object of seed id -> violations."""
+
+SavedTotals = dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+
+LAST_PROBE = "isolation_last_probe"
+"""The capture counter holding the step of the monitor's last probe (absent: none yet). The monitor probes at most
+once every N steps since its last probe: a restored monitor that forgot it probed at the first packet, so a resumed
+run probed (and counted a leaking seed's violations) at other steps than the uninterrupted one."""
 
 
 @final
@@ -54,6 +66,17 @@ class IsolationMonitor:
         self.sketch_step = -1  # the global step whose backward is sketched next (-1: none scheduled)
         self._sketcher = GradientSketcher()
         self._sketched: tuple[int, dict[str, str]] | None = None  # (step, slot -> seed id) awaiting a read
+
+    @property
+    def last_probe_step(self) -> int | None:
+        """The step of the last probe (or of the last packet the interval let probe with nothing to probe)."""
+        return self._last_probe_step
+
+    def restore_schedule(self, counters: Mapping[str, object]) -> None:
+        """Take the last probe's step back from a restored state's ``counters`` (LAST_PROBE; absent in a state an
+        earlier version wrote: the next packet probes, as it did)."""
+        saved = counters.get(LAST_PROBE)
+        self._last_probe_step = saved if isinstance(saved, int) and not isinstance(saved, bool) else None
 
     def arm(self, trainee: Trainee, step: int) -> None:
         """Hook the host's and each live seed's parameters for the step about to run (called between steps)."""
@@ -146,6 +169,25 @@ class IsolationMonitor:
                 },
             )
         )
+
+
+def export_totals(trainee: Trainee) -> str:
+    """Each seed's total, as ``COUNTER`` holds it."""
+    return msgspec.json.encode(dict(sorted(trainee.isolation_violations.items()))).decode()
+
+
+def restore_totals(trainee: Trainee, counters: Mapping[str, object]) -> None:
+    """Take each seed's total back from a restored state's ``counters`` (a state written before they were saved has
+    none: every seed starts again at 0), keeping the session's total where it was: it counts what the monitor found
+    in this session, the rolled-away steps' violations included, and never falls.
+
+    Raises:
+        msgspec.ValidationError / msgspec.DecodeError: the counter is malformed (checkpoint_check refuses such a file).
+    """
+    saved = counters.get(COUNTER)
+    totals = msgspec.json.decode(saved, type=SavedTotals) if isinstance(saved, str) else {}
+    trainee.violations_offset += sum(totals.values()) - sum(trainee.isolation_violations.values())
+    trainee.isolation_violations = totals
 
 
 def micro_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ import structlog
 
 from actors.tolaria.boundary import replay
 from actors.tolaria.checkpoint_verify import load_latest
+from actors.tolaria.isolation_monitor import restore_totals
 from actors.tolaria.plans import release_modules
 from actors.tolaria.restore_point import choose_restore, journal_check
 from actors.tolaria.snapshots import TrainState, load_into
@@ -86,6 +87,9 @@ class Restorer:
         assert applier is not None
         replay(applier, state.graft_log, state.seed_modules or None)
         load_into(self._s.trainee, state)
+        # Every tier, a rollback's too: Kasmina's journal, cut at this step, holds the totals its packet reported.
+        restore_totals(self._s.trainee, state.counters)
+        self._s.isolation.restore_schedule(state.counters)
         self._s.pool_reserved = False
         self._s.planned_capture.forget()
         self._s.pos.global_step = state.global_step

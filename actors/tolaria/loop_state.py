@@ -9,7 +9,7 @@ from actors.tolaria.build import Trainee, batch_plan, build_trainee
 from actors.tolaria.capture_plan import PlannedCapture
 from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.emergencies import EmergencyPolicy
-from actors.tolaria.isolation_monitor import IsolationMonitor, micro_batch
+from actors.tolaria.isolation_monitor import COUNTER, LAST_PROBE, IsolationMonitor, export_totals, micro_batch
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.run_counters import RunCounters
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture
@@ -111,7 +111,10 @@ class LoopState:
 
     def build(self) -> None:
         assert self.data is not None
+        counted = self._trainee.session_violations() if self._trainee is not None else 0
         trainee = build_trainee(self.config, self.data, self.options.slot_targets, self.options.device)
+        # A restore rebuilds the model: the session's isolation count goes on (restore_totals keeps it there).
+        trainee.violations_offset = -counted
         self._trainee = trainee
         self.applier = BoundaryApplier(trainee)
         self.packets = PacketBuilder(trainee)
@@ -135,7 +138,9 @@ class LoopState:
         run = self.run_counters.export(
             expected_plans=self.inbox.pending(), stalls=self.inbox.statistics(), open_stats=open_stats
         )
-        return {**self.policy.counters(), **run}
+        # Each seed's isolation total belongs to the state: a restore to it charges only the violations after it.
+        isolation = {COUNTER: export_totals(self.trainee), LAST_PROBE: self.isolation.last_probe_step}
+        return {**self.policy.counters(), **run, **isolation}
 
     def take_open_stats(self) -> tuple[IntervalStats, IntervalStats]:
         """(the epoch's sums, the interval's) to train on with: fresh, or those a restored checkpoint saved."""

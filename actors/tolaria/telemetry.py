@@ -345,7 +345,7 @@ class PacketBuilder:
             layer_gradient_norms=layers,
             seed_gradient_norms=seeds,
             seed_states=seed_states(trainee, seeds, lrs, seed_sizes),
-            isolation_violations=sum(trainee.isolation_violations.values()),
+            isolation_violations=trainee.session_violations(),
             emergency_level=emergency_level,
             learning_rate=host_lr,
             effective_learning_rate=None if host_lr is None else host_lr * lr_factor,
