@@ -122,7 +122,14 @@ def _breaker_transition(fields: Mapping[str, Any]) -> str | None:
     return None  # closed again: the progress console's "recovered" line says so
 
 
+def _shown_by_emit(_fields: Mapping[str, Any]) -> None:
+    """None: Console.emit shows this typed event as a line of its own (a raw line too printed it twice)."""
+
+
 LOG_LINES: Final[Mapping[str, ConsoleLine]] = {
+    # Console.emit formats every EmergencySignal ("emergency L2_ELEVATED: ...") and every ChildRestarted.
+    "emergency_signal": _shown_by_emit,
+    "child_restarted": _shown_by_emit,
     "tamiyo_gnn_worker_restarted": _worker_restarted,
     "tamiyo_gnn_worker_hung": _worker_hung,
     "tamiyo_state_not_journaled": _not_journaled,

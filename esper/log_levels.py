@@ -25,6 +25,7 @@ RECORD_EVENTS: Final = frozenset(
         "tamiyo_decision",
         "emergency_signal",
         "lifecycle_restored",
+        "tolaria_rolled_back",  # where a rollback went back to: report.png draws it
         "epoch_end",
         "run_starting",
         "run_started",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TextIO, final
 
 from esper.decisions import Decision, add_decision, decision_entry
 from esper.report_digest import summary_lines, trained_through
+from esper.report_emergency import Ladder
 from esper.report_entries import (
     SessionEnd,
     fired_alert,
@@ -65,6 +66,9 @@ class RunData:
     summary: dict[str, object] | None
     pauses: list[PauseEvent] = field(default_factory=list)
     live: bool = False  # a process's run still holds the directory (read mid-run)
+    # The emergency ladder's moves, rollbacks and halts (see Ladder), and its events as the summary counts them.
+    ladder: Ladder = field(default_factory=Ladder)
+    emergency_events: int = 0
     summary_problem: str | None = None  # why summary.json could not be read (a damaged one does not stop the report)
     summary_stale: str | None = None  # how summary.json came to be an earlier session's (see _summary_predates)
 
@@ -141,6 +145,7 @@ class RunEvents(NamedTuple):
     last_epoch_end: int | None = None  # the highest epoch (from 1) an epoch_end line names: how far the log reaches
     # The rule of each Nissa alert that fired (its alert_fired line), every session's, in file order.
     alerts_fired: tuple[str, ...] = ()
+    ladder: Ladder | None = None  # the emergency moves with their reasons, the rollbacks and halts (None: none read)
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -157,6 +162,7 @@ def read_run_events(path: Path) -> RunEvents:
     pauses: list[PauseEvent] = []
     decisions: list[Decision] = []
     emergencies = EmergencyTally()
+    ladder = Ladder()
     refusals = RefusalLog()
     sessions = 0
     last_session_end: SessionEnd | None = None
@@ -186,7 +192,9 @@ def read_run_events(path: Path) -> RunEvents:
                     pauses = [p for p in pauses if p != refused]
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
-                elif emergencies.add_entry(entry) or refusals.add_entry(entry):
+                elif emergencies.add_entry(entry):
+                    ladder.add_entry(entry)
+                elif refusals.add_entry(entry):
                     continue
                 elif (rule := fired_alert(entry)) is not None:
                     alerts.append(rule)
@@ -194,6 +202,8 @@ def read_run_events(path: Path) -> RunEvents:
                     events = [event for event in events if not restored.undoes(event.step)]
                     pauses = [p for p in pauses if not restored.undoes(p.step)]
                     refusals.restore(restored.step)
+                elif entry.get("event") in ("tolaria_rolled_back", "training_finished"):
+                    ladder.add_entry(entry)  # a rollback, or how a session's training ended (an L4 halt's reason)
                 elif entry.get("event") == "epoch_end":
                     if isinstance(epoch := entry.get("epoch"), int):
                         last_epoch_end = max(epoch, last_epoch_end or 0)
@@ -223,6 +233,7 @@ def read_run_events(path: Path) -> RunEvents:
         refusals.refusals(),
         last_epoch_end,
         tuple(alerts),
+        ladder,
     )
 
 
@@ -286,6 +297,8 @@ def load_run(run_dir: Path) -> RunData:
         pauses=found.pauses,
         summary_problem=problem,
         summary_stale=_summary_predates(summary, found) if summary is not None else None,
+        ladder=found.ladder or Ladder(),
+        emergency_events=found.emergencies.count,
     )
 
 
@@ -374,7 +387,12 @@ def render_report(data: RunData, *, last_step: int | None = None) -> Path:
     title = f"Esper run {data.run_dir.name}"
     shown = drawn(data, last_step)
     png = render_report_png(
-        curves_from(data.rows), shown.events, title=title, pauses=shown.pauses, timeline_note=shown.timeline_note
+        curves_from(data.rows),
+        shown.events,
+        title=title,
+        pauses=shown.pauses,
+        timeline_note=shown.timeline_note,
+        ladder=data.ladder,
     )
     path = data.run_dir / REPORT_PNG
     atomic_write_bytes(path, png, shared=True)

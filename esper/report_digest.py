@@ -1,4 +1,4 @@
-"""The report's printed digest of a run: its status, the last epoch's figures and the seeds' outcomes."""
+"""The report's printed digest of a run: its status, the last epoch's figures, the seeds' outcomes, its emergencies."""
 
 from __future__ import annotations
 
@@ -63,7 +63,18 @@ def summary_lines(data: RunData) -> list[str]:
         if unapplied:
             line += f" ({unapplied_note(unapplied, last_step)})"
         lines.append(line)
+    lines.append(emergency_line(data))
     return lines
+
+
+def emergency_line(data: RunData) -> str:
+    """``emergency events N, rollbacks M``, counted as the run's summary counts them (each move of the ladder once),
+    and the halt's step and reason when the run's last trained session ended in an L4 halt."""
+    ladder = data.ladder
+    line = f"emergency events {data.emergency_events}, rollbacks {len(ladder.rollbacks)}"
+    if (halt := ladder.last_halt) is not None:
+        line += f"; halted at step {halt.step}: {halt.reason or 'no reason given'}"
+    return line
 
 
 def trained_through(data: RunData) -> int | None:

@@ -20,6 +20,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from esper.report_labels import ellipsize, short_slot_names
+from esper.report_ladder import draw_bands, draw_ladder, label_ladder, ladder_steps, shows_ladder
+from esper.report_placement import plan_labels
 from esper.report_timeline import BLUEPRINT_WIDTH, SLOT_WIDTH, draw_timeline, label_seeds
 from schemas.enums import SeedLifecycleStage as Stage
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
     from matplotlib.axes import Axes
     from matplotlib.text import Text
+
+    from esper.report_emergency import Ladder
 
 MARKED_STAGES: Final[dict[Stage, tuple[str, str, Literal["-", "--", "-.", ":"]]]] = {
     Stage.GERMINATED: ("germinated", "#2171b5", "--"),
@@ -88,80 +92,6 @@ class Curves:
 
 def _finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(v) for v in values)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class LabelSpot:
-    """Where a marker's label goes: which of its texts, which row from the top, right of the marker or left of it."""
-
-    text: int
-    row: int
-    right: bool = True
-
-
-def plan_labels(
-    xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float], rows: int
-) -> list[LabelSpot | None]:
-    """A spot for each marker's label, or None where none fits (pixels).
-
-    ``widths[i]`` are marker i's texts' widths, the preferred first. Each label goes in the first row with room,
-    right of its marker or else left of it, within ``bounds``. The first texts are tried first; if that leaves any
-    marker without a label, the shorter texts alone are placed, then each widened to its first text where that still
-    fits; the plan that labels more markers wins (the first of equals).
-    """
-    if not widths:
-        return []
-    plans = [_plan(xs, widths, bounds, rows, texts=range(len(widths[0])))]
-    if None in plans[0] and len(widths[0]) > 1:
-        plans.append(_widened(_plan(xs, widths, bounds, rows, texts=range(1, len(widths[0]))), xs, widths, bounds))
-    return max(plans, key=lambda plan: sum(spot is not None for spot in plan))
-
-
-def _span(x: float, width: float, *, right: bool) -> tuple[float, float]:
-    return (x, x + width) if right else (x - width, x)
-
-
-def _free(span: tuple[float, float], bounds: tuple[float, float], taken: Sequence[tuple[float, float]]) -> bool:
-    inside = bounds[0] <= span[0] and span[1] <= bounds[1]
-    return inside and all(span[1] <= start or end <= span[0] for start, end in taken)
-
-
-def _plan(
-    xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float], rows: int, texts: range
-) -> list[LabelSpot | None]:
-    taken: list[list[tuple[float, float]]] = [[] for _ in range(rows)]
-    plan: list[LabelSpot | None] = []
-    for x, width_of in zip(xs, widths, strict=True):
-        plan.append(_spot(x, width_of, bounds, taken, texts))
-    return plan
-
-
-def _spot(
-    x: float, widths: Sequence[float], bounds: tuple[float, float], taken: list[list[tuple[float, float]]], texts: range
-) -> LabelSpot | None:
-    for text in texts:
-        for row, spans in enumerate(taken):
-            for right in (True, False):
-                if _free(span := _span(x, widths[text], right=right), bounds, spans):
-                    spans.append(span)
-                    return LabelSpot(text, row, right)
-    return None
-
-
-def _widened(
-    plan: list[LabelSpot | None], xs: Sequence[float], widths: Sequence[Sequence[float]], bounds: tuple[float, float]
-) -> list[LabelSpot | None]:
-    """Each placed label in its first text, in its row, where that overlaps no other label."""
-    spots = {i: spot for i, spot in enumerate(plan) if spot is not None}
-    spans = {i: _span(xs[i], widths[i][spot.text], right=spot.right) for i, spot in spots.items()}
-    for i, spot in spots.items():
-        others = [spans[j] for j, other in spots.items() if j != i and other.row == spot.row]
-        for right in (spot.right, not spot.right):
-            if _free(span := _span(xs[i], widths[i][0], right=right), bounds, others):
-                plan[i], spans[i] = LabelSpot(0, spot.row, right), span
-                break
-    return plan
 
 
 def _marker_labels(ax: Axes, events: Sequence[StageEvent], slots: Mapping[str, str], canvas: FigureCanvasAgg) -> None:
@@ -245,10 +175,12 @@ def render_report_png(
     title: str,
     pauses: Sequence[PauseEvent] = (),
     timeline_note: str = "",
+    ladder: Ladder | None = None,
 ) -> bytes:
     """The report as PNG bytes. Pure CPU work (a few hundred ms); call it from a thread or a script, not a loop."""
     buffer = io.BytesIO()
-    report_figure(curves, events, title=title, pauses=pauses, timeline_note=timeline_note).savefig(buffer, format="png")
+    figure = report_figure(curves, events, title=title, pauses=pauses, timeline_note=timeline_note, ladder=ladder)
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
@@ -259,16 +191,27 @@ def report_figure(
     title: str,
     pauses: Sequence[PauseEvent] = (),
     timeline_note: str = "",
+    ladder: Ladder | None = None,
 ) -> Figure:
     """The report's figure, laid out (render_report_png saves it); ``timeline_note`` follows the seed timeline's
-    title (what it leaves out). Pure CPU work, as that."""
+    title (what it leaves out). A run whose emergency ``ladder`` moved off L1, rolled back or halted gets its panel
+    above the seed timeline (see esper.report_ladder); the axes are loss, accuracy, timeline, then that panel. Pure
+    CPU work, as that."""
     figure = Figure(figsize=(12, 10), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(figure)
-    loss_ax, acc_ax, lane_ax = figure.subplots(3, 1, sharex=True, height_ratios=(3, 2, 2))
+    shown = ladder if shows_ladder(ladder) else None
+    grid = figure.add_gridspec(4 if shown else 3, 1, height_ratios=(3, 2, 1.2, 2) if shown else (3, 2, 2))
+    loss_ax = figure.add_subplot(grid[0])
+    acc_ax = figure.add_subplot(grid[1], sharex=loss_ax)
+    lane_ax = figure.add_subplot(grid[-1], sharex=loss_ax)
+    ladder_ax = figure.add_subplot(grid[2], sharex=loss_ax) if shown else None
+    for upper in (loss_ax, acc_ax, ladder_ax):
+        if upper is not None:
+            upper.tick_params(labelbottom=False)  # the timeline at the bottom names the steps
     figure.suptitle(title, fontsize=12)
 
     marked = sorted((e for e in events if e.to_stage in MARKED_STAGES), key=lambda e: e.step)
-    all_x = [x for x in (*curves.x, *(e.step for e in events)) if math.isfinite(x)]
+    all_x = [x for x in (*curves.x, *(e.step for e in events), *ladder_steps(shown)) if math.isfinite(x)]
     x_min = min(all_x, default=0.0)
     x_max = max(all_x, default=1.0)
     x_span = max(x_max - x_min, 1.0)
@@ -281,6 +224,8 @@ def report_figure(
     if _finite(curves.val_loss):
         loss_ax.plot(curves.x, curves.val_loss, marker="o", markersize=3, label="validation loss", color="#ff7f0e")
     loss_ax.set_ylabel("loss")
+    if shown is not None:
+        draw_bands(loss_ax, shown, x_max)
     _draw_markers(loss_ax, marked)
     labelled = marked if len(marked) <= _LABELLED_MARKERS else []
     if labelled:  # headroom above the curves for the marker labels
@@ -300,6 +245,8 @@ def report_figure(
             curves.x, curves.val_accuracy, marker="o", markersize=3, label="validation accuracy", color="#ff7f0e"
         )
     acc_ax.set_ylabel("accuracy")
+    if shown is not None:
+        draw_bands(acc_ax, shown, x_max)
     _draw_markers(acc_ax, marked)
     if acc_ax.get_legend_handles_labels()[0]:
         acc_ax.legend(loc="lower right", fontsize=8)
@@ -314,6 +261,10 @@ def report_figure(
     lane_ax.set_xlim(x_min - x_pad, x_max + x_pad)
     lane_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     lane_ax.grid(axis="x", alpha=0.3)
+    if ladder_ax is not None and shown is not None:
+        draw_ladder(ladder_ax, shown, x_min, x_max)
     _marker_labels(loss_ax, labelled, slots, canvas)
     label_seeds(lane_ax, rows)
+    if ladder_ax is not None and shown is not None:
+        label_ladder(ladder_ax, shown, canvas)
     return figure

@@ -14,9 +14,9 @@ from esper.log_events import StructlogSink
 from esper.logs import configure_logging
 from schemas.control import CommandResult
 from schemas.domain_enums import CommandKind, CommandRejectReason, TelemetryLevel
-from schemas.enums import BreakerState, SeedLifecycleStage
+from schemas.enums import BreakerState, EmergencyLevel, SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
-from schemas.runtime import BreakerTransition
+from schemas.runtime import BreakerTransition, ChildRestarted, EmergencySignal
 from schemas.telemetry import TelemetryEvent
 from tests.nissa_packets import packet
 
@@ -355,3 +355,39 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
         "oona_bus_restored",
     ]
     assert logged[5]["at_s"] == 11424.127  # the file keeps every field
+
+
+def test_an_emergency_or_a_restart_the_console_formats_is_not_also_printed_raw(tmp_path: Path) -> None:
+    """An emergency printed twice: structlog's ``emergency_signal ... monotonic_time_ms=...`` warning line, then the
+    console's ``emergency L2_ELEVATED: ...`` line. The file keeps the event with every field."""
+    stream = io.StringIO()
+    handle = configure_logging(
+        tmp_path, console_stream=stream, colors=False, console_level="info", console_lines=LOG_LINES
+    )
+    console = Console(stream, epochs=3, interactive=False)
+    try:
+        sink = StructlogSink()
+        for event in (
+            EmergencySignal(
+                level=EmergencyLevel.L2_ELEVATED,
+                previous=EmergencyLevel.L1_NOTICE,
+                reason="failed epoch: hook_budget",
+                origin="tolaria",
+                monotonic_time_ms=19985844.99,
+                run_id="rb",
+                step=420,
+                epoch=21,
+            ),
+            ChildRestarted(supervisor="root", child="nissa", restarts=1, backoff_s=0.1),
+        ):
+            sink.emit(event)
+            console.emit(event)
+    finally:
+        handle.release()
+    assert stream.getvalue().splitlines() == [
+        "  emergency L2_ELEVATED: failed epoch: hook_budget",
+        "  restarted nissa",
+    ]
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [entry["event"] for entry in logged] == ["emergency_signal", "child_restarted"]
+    assert logged[0]["monotonic_time_ms"] == 19985844.99

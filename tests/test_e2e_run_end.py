@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from esper.report_emergency import Ladder
     from esper.report_plot import Curves, PauseEvent, StageEvent
 
 # Whole runs: on a loaded 2-core machine one took over the 30 s default.
@@ -39,8 +40,11 @@ class _Renders:
             title: str,
             pauses: Sequence[PauseEvent] = (),
             timeline_note: str = "",
+            ladder: Ladder | None = None,
         ) -> bytes:
-            png = render_report_png(curves, events, title=title, pauses=pauses, timeline_note=timeline_note)
+            png = render_report_png(
+                curves, events, title=title, pauses=pauses, timeline_note=timeline_note, ladder=ladder
+            )
             self.drawn.append((list(events), timeline_note))
             self.done_at.append(time.time())
             return png

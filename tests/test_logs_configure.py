@@ -175,6 +175,20 @@ def test_a_level_above_info_keeps_where_the_metrics_endpoint_listens(tmp_path: P
         reset_logging()
 
 
+def test_a_level_above_warning_keeps_the_rollbacks_the_report_draws(tmp_path: Path) -> None:
+    """report.png draws each rollback where it went back to, from its tolaria_rolled_back warning: at
+    logging.level = "error" the file had none."""
+    logging = configure_logging(tmp_path, level="error", console_stream=io.StringIO())
+    try:
+        log = get_logger()
+        log.warning("tolaria_rolled_back", reason="failed epoch: hook_budget", step=440, rollbacks=1)
+        log.warning("epoch_failed", action="rollback", epoch=23)  # not read back: filtered as before
+        assert [line["event"] for line in read_lines(logging)] == ["tolaria_rolled_back"]
+    finally:
+        logging.close()
+        reset_logging()
+
+
 def test_close_stops_file_writes_and_is_idempotent(tmp_path: Path) -> None:
     console = io.StringIO()
     logging = configure_logging(tmp_path, console_stream=console, json_file="custom.jsonl")

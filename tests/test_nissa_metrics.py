@@ -17,6 +17,8 @@ from actors.nissa.metrics import (
     epoch_row,
 )
 from actors.nissa.prometheus import render_exposition
+from actors.oona.publisher import DEPTH_METRIC as OONA_DEPTH_METRIC
+from actors.tamiyo.conservative import GAUGE_NAME as CONSERVATIVE_GAUGE
 from esper.run_history import earlier_tally, slot_transitions_at
 from esper.runtime.stage_refusals import Transition
 from schemas.boundary import BoundaryApplied, OpOutcome
@@ -386,3 +388,33 @@ def test_the_exposition_types_and_describes_the_step_time_and_isolation_count() 
     [help_line] = [line for line in lines if line.startswith("# HELP esper_tolaria_training_latency_ms ")]
     assert "whole training step" in help_line
     assert "optimizer step time" not in help_line
+
+
+def test_every_metric_the_actors_report_in_telemetry_has_its_own_help() -> None:
+    """The decision latency, the kernel fetch latency and conservative mode were scraped as "Reported by tamiyo." /
+    "Reported by kasmina.": the HELP line said nothing of what they measure or in which unit."""
+    reported = {
+        "tamiyo": ("tamiyo.inference.latency_ms", "tamiyo.gnn.feature_coverage", CONSERVATIVE_GAUGE),
+        "kasmina": ("kasmina.kernel.fetch_latency_ms",),
+        "oona": (OONA_DEPTH_METRIC,),
+    }
+    aggregator = MetricsAggregator()
+    for source, names in reported.items():
+        points = tuple(MetricPoint(name=name, value=1.0) for name in names)
+        aggregator.observe_telemetry(TelemetryPacket(packet_id=source, source=source, issued_at=1.0, metrics=points))
+    aggregator.observe_telemetry(
+        TelemetryPacket(
+            packet_id="x", source="kasmina", issued_at=1.0, metrics=(MetricPoint(name="kasmina.unknown", value=1.0),)
+        )
+    )
+    helps = {sample.name: sample.help for sample in aggregator.registry.samples()}
+    for name in (name for names in reported.values() for name in names):
+        assert helps[name] == KNOWN_METRICS[name][1]
+        assert not helps[name].startswith("Reported by")
+    assert "milliseconds" in helps["tamiyo.inference.latency_ms"]
+    assert "milliseconds" in helps["kasmina.kernel.fetch_latency_ms"]
+    assert helps["kasmina.unknown"] == "Reported by kasmina."  # a name with no table entry keeps the generic text
+    exposition = render_exposition(aggregator.registry.samples())
+    assert f"# HELP esper_kasmina_kernel_fetch_latency_ms {KNOWN_METRICS['kasmina.kernel.fetch_latency_ms'][1]}" in (
+        exposition
+    )

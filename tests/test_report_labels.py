@@ -8,7 +8,8 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 
 from esper.report_labels import ellipsize, seed_tag, short_slot_names
-from esper.report_plot import Curves, LabelSpot, StageEvent, plan_labels, report_figure
+from esper.report_placement import LabelSpot, plan_labels
+from esper.report_plot import Curves, StageEvent, report_figure
 from esper.report_timeline import row_labels
 from schemas.enums import SeedLifecycleStage as Stage
 

@@ -110,6 +110,16 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "tolaria.boundary.stalls_total": ("counter", "Boundary plans that arrived late (a counted stall)."),
         "tolaria.boundary.ops_total": ("counter", "Seed ops applied at step boundaries, by kind and outcome."),
         "tamiyo.gnn.feature_coverage": ("gauge", "Share of the inputs the state should carry that the GNN was given."),
+        # Reported in telemetry packets: without an entry here their HELP was the generic "Reported by <source>."
+        "tamiyo.inference.latency_ms": (
+            "gauge",
+            "Time the controller took to decide on the last state packet, in milliseconds.",
+        ),
+        "tamiyo.conservative_mode": ("gauge", "1 while the controller is in conservative mode, else 0."),
+        "kasmina.kernel.fetch_latency_ms": (
+            "gauge",
+            "Time the last seed's module took to fetch from the seed source, in milliseconds (0 from the ready cache).",
+        ),
         "oona.queue.depth": ("gauge", "Messages waiting on the bus's deepest topic (retained or unacknowledged)."),
         "kasmina.seeds.active": ("gauge", "Seeds alive and not yet fossilized."),
         "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
@@ -127,7 +137,8 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "nissa.messages_total": ("counter", "Messages ingested, by type."),
     }
 )
-"""Kind and help text of every metric Nissa derives itself; metrics from telemetry packets default to gauges."""
+"""Kind and help text of every metric Nissa derives itself and of those the actors report in telemetry packets; a
+telemetry metric not named here is a gauge described as "Reported by <source>."."""
 
 Labels = tuple[tuple[str, str], ...]
 
