@@ -135,3 +135,32 @@ def test_a_resume_in_a_run_of_failed_epochs_opens_the_breaker_where_the_uninterr
     reopened.restore(resumed.counters())
     assert _breaker(reopened) is BreakerState.OPEN
     assert reopened.end_epoch(epoch_ms=0.0, hook_ms=0.0, missed_decisions=0).reason == "breaker_open"
+
+
+def test_a_halt_on_an_open_breaker_names_the_budget_failure_before_it_across_a_resume(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A resume that halted as "4 failed epochs in a row (the last: breaker_open)" named neither the hook time that
+    failed the epochs before it, nor the budget, nor the setting to raise."""
+    config = TolariaConfig()  # the default ladder and hook budget: a breaker opening at 3 failures, a halt at 3
+    budget = config.epoch_hook_budget_ms
+    first = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    for hook_ms in (61.49, 111.3):
+        verdict = first.end_epoch(epoch_ms=0.0, hook_ms=hook_ms, missed_decisions=0)
+        assert (verdict.reason, verdict.detail) == (
+            "hook_budget",
+            f"hook_ms {hook_ms:.1f} over tolaria.epoch_hook_budget_ms {budget}",
+        )
+    opened = first.end_epoch(epoch_ms=0.0, hook_ms=292.06, missed_decisions=0)
+    assert (opened.action, _breaker(first)) == (Action.ROLLBACK, BreakerState.OPEN)
+    cause = f"hook_budget, hook_ms 292.1 over tolaria.epoch_hook_budget_ms {budget}"
+    resumed = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    resumed.restore(first.counters())  # the checkpoint of the epoch that opened the breaker
+    halt = resumed.end_epoch(epoch_ms=0.0, hook_ms=1.0, missed_decisions=0)
+    assert (halt.reason, halt.action, halt.detail) == ("breaker_open", Action.HALT, f"after {cause}")
+    assert halt.halt_reason == f"4 failed epochs in a row (the last: breaker_open; the latest before it: {cause})"
+    # A clean epoch ends the streak, and its cause with it.
+    clean = EmergencyPolicy(config, run_id="r", clock=clock, sink=sink)
+    clean.end_epoch(epoch_ms=0.0, hook_ms=budget + 1, missed_decisions=0)
+    clean.end_epoch(epoch_ms=0.0, hook_ms=0.0, missed_decisions=0)
+    assert clean.counters()["failed_cause"] is None

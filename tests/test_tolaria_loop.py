@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import resource
 import time
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ from actors.tolaria.epoch_end import ModelOutputError
 from actors.tolaria.host_model import TolariaConfigError, build_host
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
+from actors.tolaria.loop_state import LoopState
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.blueprints import SlotShape
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from actors.tolaria.snapshots import TrainState
     from esper.nn.data import DataSplits
     from schemas.base import Message, Record
     from schemas.boundary import BoundaryApplied
@@ -365,6 +369,32 @@ def test_the_epoch_end_packet_carries_its_own_epochs_hook_time_and_emergency_lev
     ]
 
 
+def test_no_epoch_end_capture_pays_the_first_touch_of_its_pooled_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture's buffers are mapped by their first write: the pool reserved them (allocated, never written) after
+    the first step, so the first two epoch ends of any process (one per buffer set) paid the page faults of a copy of
+    the whole state inside the hook time. On a 10.7M-parameter model that put them over the 50 ms budget, and a
+    resume (the streak of 2 restored plus the new process's warm-up) halted where the uninterrupted run recovered.
+    Counted in page faults, not milliseconds: the machine's load does not move them."""
+    cfg = config(host_model="tests.tolaria_factories:ballast_mlp", epochs=3, snapshot_memory_cap_mb=256.0)
+    loop = make_loop(cfg, load_data(cfg))
+    ballast_pages = 10_000_000 * 4 // resource.getpagesize()
+    faults: list[int] = []
+    unpooled = LoopState.capture
+
+    def counting(state: LoopState, *, keep_modules: bool, pooled: bool = True) -> TrainState:
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        captured = unpooled(state, keep_modules=keep_modules, pooled=pooled)
+        if pooled:
+            faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+        return captured
+
+    monkeypatch.setattr(LoopState, "capture", counting)
+    assert loop.run().status == "completed"
+    assert len(faults) == 3  # one capture per epoch end serves the snapshot and the checkpoint
+    # Without the reservation's write each of the first two faulted in about every page of the ballast.
+    assert max(faults) < ballast_pages // 10, (faults, ballast_pages)
+
+
 def test_the_epoch_end_packet_carries_the_whole_epochs_timings_and_throughput(data: DataSplits) -> None:
     """metrics.csv's per-epoch timing columns came from the epoch's last interval (4 of its steps): five slow steps
     earlier in the epoch did not show, and slow last steps read as five times the epoch's mean."""
@@ -617,7 +647,14 @@ def test_epochs_that_keep_failing_climb_l2_l3_l4_with_the_default_ladder(data: D
         (EmergencyLevel.L3_CONSERVATIVE, EmergencyLevel.L4_HALT, "failed_epochs_streak: 4 failed epochs in a row"),
     ]
     assert result.figures.rollbacks == 1
-    assert result.halt_reason == "4 failed epochs in a row (the last: breaker_open)"
+    # The halt names the budget failure that opened the breaker, its figure and its setting (it said only
+    # "(the last: breaker_open)").
+    assert result.halt_reason is not None
+    assert re.fullmatch(
+        r"4 failed epochs in a row \(the last: breaker_open; the latest before it: epoch_budget, "
+        r"epoch_ms \d+\.\d over tolaria\.epoch_budget_ms 1e-06\)",
+        result.halt_reason,
+    ), result.halt_reason
     # The rollback went back to epoch 2's end and the halt came at the end of epoch 3 trained again.
     ends = [p.epoch for p in box.packets if p.epoch_progress == 1.0]
     assert ends == [0, 1, 2, 2]
@@ -628,14 +665,32 @@ def test_failed_epochs_in_a_row_halt_at_l4_with_a_checkpoint(data: DataSplits, t
     result: LoopResult = loop.run()
     assert result.status == "halted"
     assert result.figures.halted
-    # The halt's reason is the streak (it said only "epoch_budget", the last epoch's failure).
-    assert result.halt_reason == "2 failed epochs in a row (the last: epoch_budget)"
+    # The halt's reason is the streak (it said only "epoch_budget", the last epoch's failure), with the last
+    # epoch's figure and the setting it broke.
+    assert result.halt_reason is not None
+    assert re.fullmatch(
+        r"2 failed epochs in a row \(the last: epoch_budget, epoch_ms \d+\.\d over tolaria\.epoch_budget_ms 1e-06\)",
+        result.halt_reason,
+    ), result.halt_reason
     assert loop.policy.level is EmergencyLevel.L4_HALT
     last = read_manifest(tmp_path)[-1]
     assert last.global_step == result.figures.global_step
     # The halt's checkpoint keeps that reason: a resume that finishes the run killed before training_finished was
     # logged reads it there (the L4 signal words it otherwise).
     assert checkpoint_counters((tmp_path / last.file).read_bytes())["halt_reason"] == result.halt_reason
+
+
+def test_an_epoch_over_its_hook_budget_names_its_hook_time_the_budget_and_the_setting(data: DataSplits) -> None:
+    """The epoch_failed line and the halt's reason said only "hook_budget": not by how much, nor what to raise."""
+    cfg = config(epoch_hook_budget_ms=0.001, failed_epochs_to_halt=2)
+    loop = make_loop(cfg, data)
+    with structlog.testing.capture_logs() as logs:
+        result = loop.run()
+    assert result.status == "halted"
+    hooks = [f"hook_ms {ms:.1f} over tolaria.epoch_hook_budget_ms 0.001" for ms in loop.hook_ms_history]
+    failed = [(e["epoch"], e["reason"], e["action"], e["detail"]) for e in logs if e["event"] == "epoch_failed"]
+    assert failed == [(1, "hook_budget", "continue", hooks[0]), (2, "hook_budget", "halt", hooks[1])]
+    assert result.halt_reason == f"2 failed epochs in a row (the last: hook_budget, {hooks[1]})"
 
 
 def test_a_full_rollback_that_misses_its_deadline_halts_at_l4_with_a_checkpoint(

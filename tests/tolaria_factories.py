@@ -576,3 +576,11 @@ def one_layer_model() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
     model.slot_targets = ("1",)  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     return model
+
+
+def ballast_mlp() -> nn.Module:
+    """``tiny_mlp`` with a 40 MB buffer nothing reads: a capture as large as a big model's at a tiny model's step cost
+    (above glibc's largest mmap threshold, so each fresh capture buffer is new, untouched memory)."""
+    model = _mlp()
+    model.register_buffer("ballast", torch.zeros(10_000_000))
+    return model

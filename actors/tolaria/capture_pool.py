@@ -76,12 +76,16 @@ class CapturePool:
     def reserve(self, groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> int:
         """Allocate every buffer set ``groups``' layout will need, free, ahead of the captures; returns how many.
 
-        The first capture after a layout change otherwise pays the allocation inside the epoch-boundary stall.
+        The first capture after a layout change otherwise pays the allocation inside the epoch-boundary stall. The
+        buffers are written once here too: a fresh allocation's pages are mapped by the first write to each, and
+        for a large model that first touch (one set per capture, so the first ``max_sets`` captures of a process or
+        layout) cost more than the copy itself and put those epoch ends over their hook budget.
         """
         self._adopt(groups)
         added = 0
         while len(self._sets) < self._max_sets:
-            self._sets.append((_new_set(groups), weakref.ref(_Lease())))  # a reference to nothing: the set is free
+            fresh = _new_set(groups, touch=True)
+            self._sets.append((fresh, weakref.ref(_Lease())))  # a reference to nothing: the set is free
             self.allocated += 1
             added += 1
         return added
@@ -107,13 +111,19 @@ class CapturePool:
         return True
 
 
-def _new_set(groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]]) -> list[list[torch.Tensor]]:
-    return [_cut([source for _, _, source in entries]) for entries in groups.values()]
+def _new_set(
+    groups: Mapping[tuple[torch.dtype, torch.device], Sequence[Entry]], *, touch: bool = False
+) -> list[list[torch.Tensor]]:
+    return [_cut([source for _, _, source in entries], touch=touch) for entries in groups.values()]
 
 
-def _cut(sources: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _cut(sources: Sequence[torch.Tensor], *, touch: bool = False) -> list[torch.Tensor]:
     total = sum(s.numel() for s in sources)
     first = sources[0]
     flat = torch.empty(total, dtype=first.dtype, device=first.device)
+    if touch:
+        # Maps every page now, outside the epoch end (see CapturePool.reserve); a capture's own fresh set is not
+        # touched twice: its copy is the first write.
+        flat.zero_()
     views: list[torch.Tensor] = list(_unflatten_dense_tensors(flat, sources))  # type: ignore[no-untyped-call]
     return views

@@ -42,6 +42,7 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     nonfinite_window: str | None = None
     epoch_breaker_state: BreakerState | None = None
     epoch_breaker_failures: int | None = None
+    failed_cause: str | None = None
     rollbacks: int | None = None
     last_val_loss: float | None = None
     expected_plans: str | None = None

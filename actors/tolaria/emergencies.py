@@ -38,12 +38,14 @@ class Action(enum.Enum):
 @final
 @dataclass(frozen=True, slots=True)
 class EpochVerdict:
-    """The judgement of one epoch end: failed or not, the first reason that applies, and the action."""
+    """The judgement of one epoch end: failed or not, the first reason that applies, and the action. ``detail``:
+    the failure's figures and the setting they broke, e.g. ``hook_ms 61.5 over tolaria.epoch_hook_budget_ms 50.0``."""
 
     failed: bool
     reason: str | None
     action: Action
     halt_reason: str | None = None
+    detail: str | None = None
 
 
 @final
@@ -83,6 +85,9 @@ class EmergencyPolicy:
         self.failed_epochs = 0
         self.failed_streak = 0
         self.skipped_steps = 0
+        # The streak's latest failure other than breaker_open, with its figures: what an epoch failed only because
+        # the breaker is open, and the halt that ends the streak, name as the cause.
+        self.failed_cause: str | None = None
 
     @property
     def level(self) -> EmergencyLevel:
@@ -111,21 +116,29 @@ class EmergencyPolicy:
         """Judge an epoch end and escalate as REFERENCE.md section 6 prescribes."""
         config = self._config
         reason: str | None = None
+        detail: str | None = None
         # allow() turns an OPEN breaker whose open time has passed HALF_OPEN and makes this epoch its probe: without
         # it the breaker never half-opened, and every later epoch failed as breaker_open, within budget or not.
         if self.breaker.state is not BreakerState.CLOSED and not self.breaker.allow():
             reason = "breaker_open"
+            detail = None if self.failed_cause is None else f"after {self.failed_cause}"
         elif config.epoch_budget_ms is not None and epoch_ms > config.epoch_budget_ms:
             reason = "epoch_budget"
+            detail = f"epoch_ms {epoch_ms:.1f} over tolaria.epoch_budget_ms {config.epoch_budget_ms}"
         elif missed_decisions:
             reason = "decision_timeout"
+            detail = f"{missed_decisions} decision(s) missed tamiyo.decision_budget_ms"
         elif hook_ms > config.epoch_hook_budget_ms:
             reason = "hook_budget"
+            detail = f"hook_ms {hook_ms:.1f} over tolaria.epoch_hook_budget_ms {config.epoch_hook_budget_ms}"
         if reason is None:
             self.breaker.record_success()
             self.failed_streak = 0
+            self.failed_cause = None
             self.ladder.record_clean(1)
             return EpochVerdict(False, None, Action.CONTINUE)
+        if reason != "breaker_open":
+            self.failed_cause = f"{reason}, {detail}"
         self.failed_epochs += 1
         self.failed_streak += 1
         was_open = self.breaker.state is BreakerState.OPEN
@@ -142,13 +155,20 @@ class EmergencyPolicy:
                 EmergencyLevel.L4_HALT, f"failed_epochs_streak: {self.failed_streak} failed epochs in a row", ORIGIN
             )
             # The halt's reason is the streak, not its last epoch's failure (the summary said "emergency halt:
-            # epoch_budget" of a run the streak halted).
-            halt = f"{self.failed_streak} failed epochs in a row (the last: {reason})"
-            return EpochVerdict(True, reason, Action.HALT, halt_reason=halt)
+            # epoch_budget" of a run the streak halted), with the figures and setting of the streak's latest budget
+            # failure: the line said "(the last: breaker_open)" of a run its hook time halted, naming neither.
+            halt = f"{self.failed_streak} failed epochs in a row (the last: {reason}"
+            if reason != "breaker_open":
+                halt += f", {detail})"
+            elif self.failed_cause is not None:
+                halt += f"; the latest before it: {self.failed_cause})"
+            else:
+                halt += ")"
+            return EpochVerdict(True, reason, Action.HALT, halt_reason=halt, detail=detail)
         if self.breaker.state is BreakerState.OPEN:
             self.ladder.escalate(EmergencyLevel.L3_CONSERVATIVE, f"breaker_open after {reason}", ORIGIN)
-            return EpochVerdict(True, reason, Action.ROLLBACK)
-        return EpochVerdict(True, reason, Action.CONTINUE)
+            return EpochVerdict(True, reason, Action.ROLLBACK, detail=detail)
+        return EpochVerdict(True, reason, Action.CONTINUE, detail=detail)
 
     def restore_deadline_missed(self, restore_s: float) -> str:
         """A full restore slower than its deadline means L4 (never train on a half-restored model); returns the
@@ -177,6 +197,8 @@ class EmergencyPolicy:
             # rollback) at the epoch the uninterrupted run does (a fresh breaker let the streak halt first, at L2).
             "epoch_breaker_state": self.breaker.state.value,
             "epoch_breaker_failures": self.breaker.statistics().consecutive_failures,
+            # The streak's cause: a resumed run's halt names it as the uninterrupted run's does.
+            "failed_cause": self.failed_cause,
         }
 
     def restore(self, counters: dict[str, float | int | str | None], *, ended: bool = False) -> bool:
@@ -193,6 +215,8 @@ class EmergencyPolicy:
         self.failed_epochs = int(counters.get("failed_epochs") or 0)
         self.failed_streak = int(counters.get("failed_streak") or 0)
         self.skipped_steps = int(counters.get("skipped_steps") or 0)
+        cause = counters.get("failed_cause")
+        self.failed_cause = cause if isinstance(cause, str) and self.failed_streak else None
         window = counters.get("nonfinite_window")
         self._nonfinite = (
             deque(int(step) for step in window.split(",")) if isinstance(window, str) and window else deque()
@@ -200,6 +224,7 @@ class EmergencyPolicy:
         level = EmergencyLevel(int(counters.get("emergency_level") or 1))
         if level >= EmergencyLevel.L4_HALT and not ended:
             self.failed_streak = 0
+            self.failed_cause = None
             # A restore, not an escalation: the signal names L4 as the level before (an escalate named this fresh
             # ladder's L1) and is no new emergency event (the summary counted it as one).
             why = "resumed after an L4 halt, conservative until clean epochs"

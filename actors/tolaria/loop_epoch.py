@@ -134,7 +134,15 @@ class EpochCloser:
         )
         _log.info("epoch_end", **fields)
         if verdict.failed:
-            _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
+            # The figures and the setting they broke: the line named only the reason, and a user could not tell by
+            # how much, nor what to raise.
+            _log.warning(
+                "epoch_failed",
+                epoch=finished_epoch + 1,
+                reason=verdict.reason,
+                action=verdict.action.value,
+                detail=verdict.detail,
+            )
         if verdict.action is Action.ROLLBACK:
             # No loop guard here: failed epochs have their own end, the streak (failed_epochs_to_halt), and epochs
             # failed only because the breaker is still open go back to one state by design until it half-opens.
