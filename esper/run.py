@@ -233,7 +233,7 @@ async def _start_logged(
             raise
         # Known only by connecting, after the directory was made: it holds this attempt's config and log alone, which
         # a new run there reuses (claim_run_dir), so it is named rather than left behind unmentioned.
-        raise nothing_trained(err, directory) from err
+        raise nothing_trained(err, directory) from err.__cause__  # the refusal once in a traceback
 
     def publisher() -> ActorRef[Published] | None:
         # Resolved lazily: the publisher exists only once the tree runs, and events before that stay local.
@@ -298,7 +298,7 @@ async def _start_logged(
         # the claim), so the directory is left as after a Redis refusal and named the same way.
         if resume is not None or not str(err).startswith(WEIGHTS_KEY):
             raise
-        raise nothing_trained(err, directory) from err
+        raise nothing_trained(err, directory) from err.__cause__  # the refusal once in a traceback
     store = undo.store = StoreCloser(parts.store)
     nissa_forward.bind(parts.routes)
     tree = build_tree(

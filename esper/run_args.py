@@ -275,12 +275,14 @@ async def checked_start(
             host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
             await anyio.to_thread.run_sync(check_bindable, host, port)
     except ConfigError as err:
+        check_default_dtype()  # set by the user's model module as check_config imported it: that is the refusal
+        cause = err.__cause__
         if resume is not None and str(err).startswith("tamiyo.gnn_checkpoint"):
             err = ConfigError(await anyio.to_thread.run_sync(_with_recorded_weights, str(err), Path(resume)))
         elif resume is not None and re.match(r"tolaria\.npz_path = .*: file not found$", str(err)):
             # The run's written config names the file where it was: a moved data set is named anew with --set.
             err = ConfigError(f"{err} (moved? --set tolaria.npz_path=<its path now>; the resume checks its bytes)")
-        raise blamed(err, config, overrides or ()) from err.__cause__  # the refusal once in a traceback
+        raise blamed(err, config, overrides or ()) from cause  # the refusal once in a traceback
     baseline = await anyio.to_thread.run_sync(load_baseline, resolved, data)
     if resume is not None:
         directory = Path(resume)

@@ -8,6 +8,7 @@ seed that had some uncharged (its isolation breaker, the gate's evidence and Tam
 from __future__ import annotations
 
 import math
+import types
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,6 +23,7 @@ from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.nn.data import TensorPair
+from esper.nn.slots import SlotMode
 from schemas.boundary import TrainingRestored
 from schemas.config import TolariaConfig
 from schemas.enums import SeedLifecycleStage as Stage
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from actors.tolaria.build import Trainee
     from esper.nn.data import DataSplits
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
@@ -158,7 +161,12 @@ def test_a_state_written_before_the_totals_were_saved_restores_none_and_keeps_th
 
 
 def _probing_loop(
-    data: DataSplits, directory: Path, *, resume: bool, hook: Callable[[int, TensorPair], TensorPair] | None = None
+    data: DataSplits,
+    directory: Path,
+    *,
+    resume: bool,
+    hook: Callable[[int, TensorPair], TensorPair] | None = None,
+    inbox: PlanInbox | None = None,
 ) -> TrainingLoop:
     options = LoopOptions(
         run_id="t",
@@ -170,7 +178,7 @@ def _probing_loop(
     )
     cfg = config()
     snapshots = SnapshotStore(int(cfg.snapshot_memory_cap_mb * 2**20))
-    return TrainingLoop(cfg, options, inbox=PlanInbox(), outbox=Box(), snapshots=snapshots, data=data)
+    return TrainingLoop(cfg, options, inbox=inbox or PlanInbox(), outbox=Box(), snapshots=snapshots, data=data)
 
 
 def _last_probes(directory: Path) -> dict[int, object]:
@@ -212,3 +220,37 @@ def test_a_resumed_run_probes_at_the_steps_the_uninterrupted_one_does(data: Data
     resumed = _probing_loop(data, tmp_path / "resumed", resume=True)
     assert resumed.run().status == "completed"
     assert _last_probes(tmp_path / "resumed")[39] == 36
+
+
+def test_a_run_stopped_between_a_probe_and_its_sketch_resumes_to_sketch_that_step(
+    data: DataSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe with a live seed schedules a gradient sketch of the next step; a stop right after it (its checkpoint
+    the probe's step) resumed with no sketch scheduled: the uninterrupted run's isolation_sketch of that step was
+    never taken."""
+    from actors.tolaria import isolation_monitor
+
+    monkeypatch.setattr(isolation_monitor, "MONITORED_MODES", tuple(SlotMode))  # every slot counts as a live seed
+    isolated = types.SimpleNamespace(isolated=True, seed_id="seed-1")
+    monkeypatch.setattr(isolation_monitor, "probe_isolation", lambda model, forward, modes: [isolated])
+    armed: list[int] = []
+    arm = isolation_monitor.IsolationMonitor.arm
+
+    def noting(monitor: isolation_monitor.IsolationMonitor, trainee: Trainee, step: int) -> None:
+        armed.append(step)
+        arm(monitor, trainee, step)
+
+    monkeypatch.setattr(isolation_monitor.IsolationMonitor, "arm", noting)
+    assert _probing_loop(data, tmp_path / "straight", resume=False).run().status == "completed"
+    straight, armed[:] = list(armed), []
+    stopping = PlanInbox()
+
+    def stop_after_the_probe_at_16(attempt: int, batch: TensorPair) -> TensorPair:
+        if attempt == 15:
+            stopping.request_stop("test")
+        return batch
+
+    first = _probing_loop(data, tmp_path / "resumed", resume=False, hook=stop_after_the_probe_at_16, inbox=stopping)
+    assert first.run().status == "stopped"
+    assert _probing_loop(data, tmp_path / "resumed", resume=True).run().status == "completed"
+    assert armed == straight == [4, 16, 26, 36]

@@ -72,3 +72,25 @@ async def test_a_refusal_is_raised_once_with_the_users_own_error_as_its_cause(
         chain.append(cause)
         cause = cause.__cause__
     assert [str(link) for link in chain] == ["the user's factory failed"]
+
+
+async def test_a_model_module_that_sets_float64_as_it_is_imported_gets_the_dtype_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before the config's checks passed, the module's import set the dtype, and the probe's dtype error
+    blamed tolaria.host_model."""
+    module = types.ModuleType("esper_test_float64_factory")
+
+    def factory() -> torch.nn.Module:
+        torch.set_default_dtype(torch.float64)  # what its import would do, once the start imports it
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+
+    module.factory = factory  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    overrides = [f'tolaria.host_model="{module.__name__}:factory"', 'kasmina.slot_targets=["1"]']
+    try:
+        with pytest.raises(ConfigError, match=r"^torch's default dtype is torch.float64 \(torch.set_default_dtype\)"):
+            await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run", overrides=overrides)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert not (tmp_path / "run").exists()

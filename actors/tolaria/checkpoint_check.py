@@ -55,6 +55,7 @@ class _SavedCounters(msgspec.Struct, frozen=True):
     halt_reason: str | None = None  # only in the checkpoint an L4 halt wrote
     isolation_violations: str | None = None  # each seed's total (isolation_monitor.COUNTER)
     isolation_last_probe: Annotated[int, msgspec.Meta(ge=0)] | None = None  # isolation_monitor.LAST_PROBE
+    isolation_sketch_step: Annotated[int, msgspec.Meta(ge=-1)] | None = None  # isolation_monitor.SKETCH_STEP
 
 
 _EpochFigures = tuple[float | None, float | None, float | None, float | None]

@@ -52,6 +52,10 @@ LAST_PROBE = "isolation_last_probe"
 once every N steps since its last probe: a restored monitor that forgot it probed at the first packet, so a resumed
 run probed (and counted a leaking seed's violations) at other steps than the uninterrupted one."""
 
+SKETCH_STEP = "isolation_sketch_step"
+"""The capture counter holding the step a probe scheduled its gradient sketch for (-1: none): a state captured
+between a probe and the step it sketches resumes with that sketch still to take."""
+
 
 @final
 class IsolationMonitor:
@@ -73,10 +77,12 @@ class IsolationMonitor:
         return self._last_probe_step
 
     def restore_schedule(self, counters: Mapping[str, object]) -> None:
-        """Take the last probe's step back from a restored state's ``counters`` (LAST_PROBE; absent in a state an
-        earlier version wrote: the next packet probes, as it did)."""
+        """Take the last probe's step and the scheduled sketch's back from a restored state's ``counters``
+        (LAST_PROBE, SKETCH_STEP; absent in a state an earlier version wrote: the next packet probes, as it did)."""
         saved = counters.get(LAST_PROBE)
         self._last_probe_step = saved if isinstance(saved, int) and not isinstance(saved, bool) else None
+        sketch = counters.get(SKETCH_STEP)
+        self.sketch_step = sketch if isinstance(sketch, int) and not isinstance(sketch, bool) else -1
 
     def arm(self, trainee: Trainee, step: int) -> None:
         """Hook the host's and each live seed's parameters for the step about to run (called between steps)."""

@@ -9,7 +9,14 @@ from actors.tolaria.build import Trainee, batch_plan, build_trainee
 from actors.tolaria.capture_plan import PlannedCapture
 from actors.tolaria.capture_pool import CapturePool
 from actors.tolaria.emergencies import EmergencyPolicy
-from actors.tolaria.isolation_monitor import COUNTER, LAST_PROBE, IsolationMonitor, export_totals, micro_batch
+from actors.tolaria.isolation_monitor import (
+    COUNTER,
+    LAST_PROBE,
+    SKETCH_STEP,
+    IsolationMonitor,
+    export_totals,
+    micro_batch,
+)
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.run_counters import RunCounters
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture
@@ -139,7 +146,11 @@ class LoopState:
             expected_plans=self.inbox.pending(), stalls=self.inbox.statistics(), open_stats=open_stats
         )
         # Each seed's isolation total belongs to the state: a restore to it charges only the violations after it.
-        isolation = {COUNTER: export_totals(self.trainee), LAST_PROBE: self.isolation.last_probe_step}
+        isolation = {
+            COUNTER: export_totals(self.trainee),
+            LAST_PROBE: self.isolation.last_probe_step,
+            SKETCH_STEP: self.isolation.sketch_step,
+        }
         return {**self.policy.counters(), **run, **isolation}
 
     def take_open_stats(self) -> tuple[IntervalStats, IntervalStats]:
