@@ -280,8 +280,9 @@ class Console:
                     self._line(f"  step {step:>6}  rolled back  the seeds are as at step {step} again; {later} undone")
             case EmergencySignal(level=level, reason=reason):
                 self._line(f"  emergency {level.name}: {reason}")
-            case ChildRestarted(child=child):
-                self._line(f"  restarted {child}")
+            case ChildRestarted(child=child, restarts=restarts, backoff_s=backoff_s):
+                # The raw child_restarted line it replaces said how many restarts and how long the wait was.
+                self._line(f"  restarted {child} (restart {restarts}, backoff {round(backoff_s, 3):g} s)")
             case BreakerTransition(breaker=name, to_state=BreakerState.CLOSED, reason=reason) if (
                 event.from_state is not BreakerState.CLOSED
             ):

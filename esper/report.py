@@ -183,6 +183,7 @@ def read_run_events(path: Path) -> RunEvents:
                     continue  # a torn last line of a crashed run
                 if not isinstance(entry, dict):
                     continue
+                ladder.add_entry(entry)  # its moves, rollbacks and halts, and the restores and starts that undo them
                 if (event := stage_event(entry)) is not None:
                     events.append(event)
                 elif (pause := pause_event(entry)) is not None:
@@ -193,7 +194,7 @@ def read_run_events(path: Path) -> RunEvents:
                 elif (decision := decision_entry(entry)) is not None:
                     add_decision(decisions, decision)
                 elif emergencies.add_entry(entry):
-                    ladder.add_entry(entry)
+                    continue
                 elif refusals.add_entry(entry):
                     continue
                 elif (rule := fired_alert(entry)) is not None:
@@ -202,8 +203,6 @@ def read_run_events(path: Path) -> RunEvents:
                     events = [event for event in events if not restored.undoes(event.step)]
                     pauses = [p for p in pauses if not restored.undoes(p.step)]
                     refusals.restore(restored.step)
-                elif entry.get("event") in ("tolaria_rolled_back", "training_finished"):
-                    ladder.add_entry(entry)  # a rollback, or how a session's training ended (an L4 halt's reason)
                 elif entry.get("event") == "epoch_end":
                     if isinstance(epoch := entry.get("epoch"), int):
                         last_epoch_end = max(epoch, last_epoch_end or 0)

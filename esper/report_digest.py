@@ -68,20 +68,37 @@ def summary_lines(data: RunData) -> list[str]:
 
 
 def emergency_line(data: RunData) -> str:
-    """``emergency events N, rollbacks M``, counted as the run's summary counts them (each move of the ladder once),
-    and the halt's step and reason when the run's last trained session ended in an L4 halt."""
+    """``emergency events N, rollbacks M``, counted as the run's summary counts them (each move of the ladder once;
+    the rollbacks its last session's summary.json names, else those of the trained history: see rollbacks), and the
+    halt's step and reason when the run's last trained session ended in an L4 halt."""
     ladder = data.ladder
-    line = f"emergency events {data.emergency_events}, rollbacks {len(ladder.rollbacks)}"
+    line = f"emergency events {data.emergency_events}, rollbacks {rollbacks(data)}"
     if (halt := ladder.last_halt) is not None:
         line += f"; halted at step {halt.step}: {halt.reason or 'no reason given'}"
     return line
 
 
+def rollbacks(data: RunData) -> int:
+    """The run's rollbacks as its summary counts them (the trainer's counter, which a resume takes back from its
+    checkpoint): summary.json's ``training.rollbacks`` when it is the last session's, else the log's rollbacks that no
+    resume or restart went back over (see Ladder)."""
+    counted = _training(data).get("rollbacks")
+    if isinstance(counted, int) and not isinstance(counted, bool):
+        return counted
+    return len(data.ladder.rollbacks)
+
+
+def _training(data: RunData) -> dict[str, object]:
+    """The ``training`` section of the last session's summary.json ({} for a live run, or one whose summary.json is
+    an earlier session's, damaged or missing)."""
+    if data.live or data.summary_stale is not None or data.summary is None:
+        return {}
+    training = data.summary.get("training")
+    return training if isinstance(training, dict) else {}
+
+
 def trained_through(data: RunData) -> int | None:
     """The run's last trained step, from its last session's summary.json; None for a live run, or one whose
     summary.json is an earlier session's, damaged or missing (a killed run)."""
-    if data.live or data.summary_stale is not None:
-        return None
-    training = data.summary.get("training") if data.summary is not None else None
-    step = training.get("global_step") if isinstance(training, dict) else None
+    step = _training(data).get("global_step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -48,13 +48,13 @@ def shows_ladder(ladder: Ladder | None) -> bool:
     """Whether the run has anything for the ladder panel: a move off L1, a rollback or a halt."""
     if ladder is None:
         return False
-    moved = any(change.counted or change.level != 1 for change in ladder.changes)
-    return moved or bool(ladder.rollbacks or ladder.halts)
+    moved = ladder.moves or any(change.level != 1 for change in ladder.changes)
+    return bool(moved or ladder.rollbacks or ladder.halts)
 
 
 def level_spans(ladder: Ladder, end_step: float) -> list[tuple[float, float, int]]:
-    """(start, end, level) for each stretch the run spent above L1, the last one to ``end_step``; in file order (a
-    resumed session may go back to an earlier step: its stretch starts there)."""
+    """(start, end, level) for each stretch the run spent above L1, the last one to ``end_step``, in step order (a
+    restore took back what the steps it went back over had drawn: see Ladder)."""
     spans: list[tuple[float, float, int]] = []
     changes = ladder.changes
     for index, change in enumerate(changes):
@@ -113,7 +113,7 @@ def draw_ladder(ax: Axes, ladder: Ladder, start_step: float, end_step: float) ->
 
 def ladder_title(ladder: Ladder) -> str:
     """The panel's title: the emergency events, rollbacks, and the halt that ended the run (step and reason)."""
-    moves, rollbacks = len(ladder.events), len(ladder.rollbacks)
+    moves, rollbacks = ladder.moves, len(ladder.rollbacks)
     title = f"emergency level ({_count(moves, 'change')}, {_count(rollbacks, 'rollback')}"
     halt = ladder.last_halt
     return f"{title}; halted at step {halt.step}: {halt.reason or 'no reason given'})" if halt else f"{title})"

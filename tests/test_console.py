@@ -359,7 +359,8 @@ def test_the_runs_warnings_without_a_progress_line_get_one_and_the_file_keeps_th
 
 def test_an_emergency_or_a_restart_the_console_formats_is_not_also_printed_raw(tmp_path: Path) -> None:
     """An emergency printed twice: structlog's ``emergency_signal ... monotonic_time_ms=...`` warning line, then the
-    console's ``emergency L2_ELEVATED: ...`` line. The file keeps the event with every field."""
+    console's ``emergency L2_ELEVATED: ...`` line. The file keeps the event with every field; the restart's line keeps
+    the raw line's restart count and backoff (``restarted nissa`` alone lost them)."""
     stream = io.StringIO()
     handle = configure_logging(
         tmp_path, console_stream=stream, colors=False, console_level="info", console_lines=LOG_LINES
@@ -378,7 +379,7 @@ def test_an_emergency_or_a_restart_the_console_formats_is_not_also_printed_raw(t
                 step=420,
                 epoch=21,
             ),
-            ChildRestarted(supervisor="root", child="nissa", restarts=1, backoff_s=0.1),
+            ChildRestarted(supervisor="root", child="nissa", restarts=2, backoff_s=0.25),
         ):
             sink.emit(event)
             console.emit(event)
@@ -386,7 +387,7 @@ def test_an_emergency_or_a_restart_the_console_formats_is_not_also_printed_raw(t
         handle.release()
     assert stream.getvalue().splitlines() == [
         "  emergency L2_ELEVATED: failed epoch: hook_budget",
-        "  restarted nissa",
+        "  restarted nissa (restart 2, backoff 0.25 s)",
     ]
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [entry["event"] for entry in logged] == ["emergency_signal", "child_restarted"]

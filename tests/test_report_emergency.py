@@ -64,15 +64,18 @@ def _run(tmp_path: Path, extra: list[dict[str, object]]) -> RunData:
     return load_run(run)
 
 
+LADDER_LINES_CHANGES = [
+    LevelChange(80, 1, 2, "failed epoch: hook_budget"),
+    LevelChange(120, 2, 1, "clean dwell: 2 clean ticks over 0.147s"),
+    LevelChange(420, 1, 2, "failed epoch: hook_budget"),
+    LevelChange(460, 2, 3, "breaker_open after hook_budget"),
+    LevelChange(460, 3, 4, "failed_epochs_streak: 4 failed epochs in a row"),
+]
+
+
 def test_the_run_data_keep_every_level_change_with_its_reason_the_rollback_and_the_halt(tmp_path: Path) -> None:
     data = _run(tmp_path, LADDER_LINES)
-    assert data.ladder.changes == [
-        LevelChange(80, 1, 2, "failed epoch: hook_budget"),
-        LevelChange(120, 2, 1, "clean dwell: 2 clean ticks over 0.147s"),
-        LevelChange(420, 1, 2, "failed epoch: hook_budget"),
-        LevelChange(460, 2, 3, "breaker_open after hook_budget"),
-        LevelChange(460, 3, 4, "failed_epochs_streak: 4 failed epochs in a row"),
-    ]
+    assert data.ladder.changes == LADDER_LINES_CHANGES
     assert data.ladder.rollbacks == [Rollback(440, "failed epoch: hook_budget")]
     assert data.ladder.last_halt == Halt(460, "4 failed epochs in a row (the last: breaker_open)")
     assert data.emergency_events == 5
@@ -92,21 +95,27 @@ def test_the_digest_counts_emergency_events_and_rollbacks_and_names_the_halt(tmp
 
 
 def test_a_move_made_again_and_a_resumes_restored_level_are_no_new_events(tmp_path: Path) -> None:
-    """A session that trains a step again makes its move again (counted once, as the summary counts it); a resume
-    taking its saved level back sets the level the run trains at but is no event; a later session that completes
-    leaves the halt drawn but not the run's ending."""
+    """A session that trains a step again makes its move again (counted once, as the summary counts it, and drawn
+    where it made it again); a resume taking its saved level back sets the level the run trains at but is no event;
+    a later session that completes leaves the halt drawn but not the run's ending."""
+    started: dict[str, object] = {"event": "run_started", "run_id": "r"}
+    resumed_halt = [*LADDER_LINES, started, _signal(460, 4, 2, RESTORED), {"event": "lifecycle_restored", "step": 460}]
+    data = _run(tmp_path / "a", resumed_halt)
+    assert data.ladder.changes[-1] == LevelChange(460, 4, 2, RESTORED, counted=False)
+    assert data.ladder.moves == data.emergency_events == 5
     lines = [
-        *LADDER_LINES,
-        _signal(460, 4, 2, RESTORED),
+        *resumed_halt,
+        started,  # killed, then resumed from the checkpoint of step 400 (at L1): the rollback at 440 is gone over
+        {"event": "lifecycle_restored", "step": 400},
         _signal(420, 1, 2, "failed epoch: hook_budget"),
         {"event": "training_finished", "status": "completed", "global_step": 500},
     ]
-    data = _run(tmp_path, lines)
-    assert [change.counted for change in data.ladder.changes] == [True] * 5 + [False]
-    assert len(data.ladder.events) == data.emergency_events == 5
+    data = _run(tmp_path / "b", lines)
+    assert data.ladder.changes == LADDER_LINES_CHANGES[:3]
+    assert data.ladder.moves == data.emergency_events == 5
     assert data.ladder.last_halt is None
     assert data.ladder.halts == [Halt(460, "4 failed epochs in a row (the last: breaker_open)")]
-    assert summary_lines(data)[-1] == "emergency events 5, rollbacks 1"
+    assert summary_lines(data)[-1] == "emergency events 5, rollbacks 0"
 
 
 def _texts(ax: Axes) -> list[str]:
