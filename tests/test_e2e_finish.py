@@ -39,7 +39,6 @@ LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 # checkpoint, before the trainer's training_finished line.
 _KILLING_HOST = """
 import os
-import re
 import signal
 import threading
 from pathlib import Path

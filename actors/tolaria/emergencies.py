@@ -127,7 +127,8 @@ class EmergencyPolicy:
             detail = f"epoch_ms {epoch_ms:.1f} over tolaria.epoch_budget_ms {config.epoch_budget_ms}"
         elif missed_decisions:
             reason = "decision_timeout"
-            detail = f"{missed_decisions} decision(s) missed tamiyo.decision_budget_ms"
+            deadline_ms = config.decision_deadline_ms
+            detail = f"{missed_decisions} decision(s) missed tolaria.decision_deadline_ms {deadline_ms:g}"
         elif hook_ms > config.epoch_hook_budget_ms:
             reason = "hook_budget"
             detail = f"hook_ms {hook_ms:.1f} over tolaria.epoch_hook_budget_ms {config.epoch_hook_budget_ms}"

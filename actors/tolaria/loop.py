@@ -216,6 +216,10 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 item = next(batches, None)
                 if item is None:
+                    if not self._s.pool_reserved:  # a graft applied at the epoch's last step: no step follows it
+                        wall_s, cpu_s = self._reserve_pool()
+                        epoch_started += wall_s
+                        epoch_cpu_started += cpu_s
                     break  # a stop that came with the epoch's last step waits for its end: the packet needs the grads
                 if inbox.stop_requested:
                     self._s.open_stats = (epoch_stats, stats)
@@ -228,15 +232,11 @@ class TrainingLoop:
                 if sketched:
                     self._s.isolation.disarm()
                 if not self._s.pool_reserved:
-                    assert self._s.applier is not None
-                    log_length = len(self._s.applier.log)
-                    reserve_started, reserve_cpu_started = time.perf_counter(), time.thread_time()
-                    reserve_capture(self._s.trainee, self._s.capture_pool, self._s.planned_capture, log_length)
-                    self._s.pool_reserved = True
                     # A one-time warm-up (a large model's buffers take a fifth of a second to map), outside every
                     # budget: the hook's no longer pays it, and the epoch's time is its training's.
-                    epoch_started += time.perf_counter() - reserve_started
-                    epoch_cpu_started += time.thread_time() - reserve_cpu_started
+                    wall_s, cpu_s = self._reserve_pool()
+                    epoch_started += wall_s
+                    epoch_cpu_started += cpu_s
                 pos.batch_index = index + 1
                 pos.global_step += 1
                 if probe is not None and action is Action.CONTINUE:
@@ -265,6 +265,19 @@ class TrainingLoop:
             if outcome is not None:
                 return outcome
         return "completed", None
+
+    def _reserve_pool(self) -> tuple[float, float]:
+        """Have the capture pool allocate (and first touch) the buffers of the current layout; returns the seconds
+        it took, wall and thread CPU, for the caller to leave out of the epoch's time. Logged: a pause between steps
+        that no step, stall or epoch figure shows."""
+        assert self._s.applier is not None
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        sets = reserve_capture(self._s.trainee, self._s.capture_pool, self._s.planned_capture, len(self._s.applier.log))
+        self._s.pool_reserved = True
+        wall_s, cpu_s = time.perf_counter() - started, time.thread_time() - cpu_started
+        if sets:
+            _log.info("capture_reserved", step=self._s.pos.global_step, buffer_sets=sets, ms=round(wall_s * 1e3, 3))
+        return wall_s, cpu_s
 
     # ------------------------------------------------------------------ the end
 
