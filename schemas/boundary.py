@@ -120,8 +120,12 @@ class BoundaryApplied(Message, frozen=True):
 class TrainingRestored(Message, frozen=True):
     """Tolaria continues from the state it had after optimizer step ``step`` (``tier``: "fast" snapshot or "full"
     checkpoint, or "none" at step 0: a restart or resume found nothing to continue from and trains again from the
-    start); it again expects the plans decided up to ``step`` that take effect after it."""
+    start); it again expects the plans decided up to ``step`` that take effect after it, and those of ``unapplied``
+    (their decided_on_steps), which take effect at ``step`` itself: with command_lag_steps = 0 an epoch end's state is
+    captured before the plan decided on its own packet is applied at that step, so a receipt applied at ``step`` for
+    one of them came from a session that went on past the restored state."""
 
     run_id: str
     step: NonNegInt
     tier: str = "full"
+    unapplied: tuple[NonNegInt, ...] = ()

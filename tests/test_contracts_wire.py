@@ -600,7 +600,7 @@ EXAMPLES: dict[type[Message] | type[Record], Message | Record] = {
         alerts_fired={"training_latency_high": 2},
     ),
     GrowthFigures: GROWTH_FIGURES,
-    TrainingRestored: TrainingRestored(run_id="run-20250101-000000", step=620, tier="full"),
+    TrainingRestored: TrainingRestored(run_id="run-20250101-000000", step=620, tier="full", unapplied=(620,)),
     TrainingFigures: TRAINING_FIGURES,
     SeedStageChanged: SeedStageChanged(
         slot="features.3",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from actors.kasmina.journal import JOURNAL_FILENAME, JournalReceipt, read_journal
 from schemas.boundary import TrainingRestored
 from schemas.domain_enums import CommandKind, CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
@@ -106,6 +107,42 @@ async def test_a_plan_due_at_the_restored_step_is_resent_unless_a_receipt_says_i
         assert (resent.decided_on_step, resent.effect_step) == (3, 5), "only the plan still in flight"
         assert rebuilds(sink)[-1].endswith("1 plans sent again")
         assert h.plans.empty()
+
+
+async def test_a_lag_0_plan_applied_after_the_restored_states_capture_is_resent_and_its_receipt_dropped(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """With lag 0 an epoch end's state is captured before the plan decided on its own packet is applied at that very
+    step: a receipt applied at the restored step is then not the restored state's. The restore names that plan
+    (TrainingRestored.unapplied), so it is sent again (a kill -9 resume and a rollback to the epoch end missed it and
+    went into an emergency) and the journal keeps only the receipt of the application that stands."""
+    async with running_kasmina(clock, sink, lag=0, journal_dir=tmp_path) as h:
+        plan = await h.boundary(1, h.germinate(rank=2))
+        assert (plan.decided_on_step, plan.effect_step) == (1, 1)
+        await h.apply(plan)  # applied at 1, after the epoch end's capture
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="fast", unapplied=(1,)))
+        again = await h.next_plan()
+        assert (again.decided_on_step, again.effect_step, [op.kind for op in again.ops]) == (1, 1, ["attach"])
+        assert rebuilds(sink)[-1].endswith("1 plans sent again")
+        await h.apply(again)
+        # A restore of a state that had applied it (a stop's, after the plan came) names nothing: nothing is resent.
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="full"))
+        await h.statistics()  # the barrier: the restore is handled
+        assert rebuilds(sink)[-1].endswith("0 plans sent again")
+        assert h.plans.empty()
+    receipts = [e for e in read_journal(tmp_path / JOURNAL_FILENAME) if isinstance(e, JournalReceipt)]
+    assert [(e.receipt.decided_on_step, e.receipt.applied_step) for e in receipts] == [(1, 1)]
+    # A resume whose start's replay took that receipt for the checkpoint's replays again without it.
+    sink.events.clear()
+    async with running_kasmina(clock, sink, lag=0, journal_dir=tmp_path, resume_step=1) as h:
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=1, tier="full", unapplied=(1,)))
+        resent = await h.next_plan()
+        assert (resent.decided_on_step, resent.effect_step, [op.kind for op in resent.ops]) == (1, 1, ["attach"])
+        start, restore = rebuilds(sink)
+        assert "0 plans held for the restore" in start
+        assert restore.endswith("1 plans sent again")
+        assert len(h.handoff) == 1  # the resent attach's module only
+    assert not [e for e in read_journal(tmp_path / JOURNAL_FILENAME) if isinstance(e, JournalReceipt)]
 
 
 async def test_a_resume_replays_the_journal_once_when_the_restore_names_the_expected_step(

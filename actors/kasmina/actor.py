@@ -190,7 +190,7 @@ class KasminaActor(Actor[KasminaMessage]):
                 await self._journal_add(JournalValidation(report=msg))
             case TrainingRestored():
                 self._check_run(msg.run_id, "restore", msg.step)
-                await self._restored(msg.step)
+                await self._restored(msg.step, frozenset(msg.unapplied))
             case PrefetchSeed():
                 await self._prefetch(msg)
             case GetSeedStates():
@@ -278,13 +278,21 @@ class KasminaActor(Actor[KasminaMessage]):
         if self._journal.path is not None:
             await anyio.to_thread.run_sync(self._journal.write_pending)
 
-    async def _restored(self, step: int) -> None:
-        """Tolaria continues from ``step``: the planner goes back there and the plans in flight then are sent again.
-        Observers are told which of the transitions they heard are undone (LifecycleRestored), in order with them."""
+    async def _restored(self, step: int, unapplied: frozenset[int] = frozenset()) -> None:
+        """Tolaria continues from ``step``: the planner goes back there and the plans in flight then are sent again,
+        those of ``unapplied`` (decided_on_steps taking effect at ``step`` that the restored state has not applied)
+        among them whatever receipt the journal holds. Observers are told which of the transitions they heard are
+        undone (LifecycleRestored), in order with them."""
         held, self._held = self._held, None
-        if held is not None and held.step == step and held.journal_length == len(self._journal):
+        # A start's replay that took a receipt at the step for one of ``unapplied`` (lag 0, killed after an epoch
+        # end's checkpoint) does not serve: the replay again without that receipt sends its plan again.
+        if (
+            held is not None
+            and (held.step, held.journal_length) == (step, len(self._journal))
+            and not (held.applied_at_cut & unapplied)
+        ):
             # Nothing was journaled since the start's replay up to this very step: it stands; only the file is cut.
-            await anyio.to_thread.run_sync(self._journal.cut, step)
+            await anyio.to_thread.run_sync(self._journal.cut, step, unapplied)
             self._sink.emit(LifecycleRestored(run_id=self._run_id, step=step, lag_steps=self._planner.lag_steps))
             self._event(
                 "kasmina_restore_ready",
@@ -299,20 +307,25 @@ class KasminaActor(Actor[KasminaMessage]):
                 for op in plan.ops:
                     if op.handle is not None:
                         self._preparer.discard(op.handle)
-        await self._rebuild(step, restored=True)
+        await self._rebuild(step, restored=True, unapplied=unapplied)
 
-    async def _rebuild(self, cut: int | None, *, preview: bool = False, restored: bool = False) -> None:
+    async def _rebuild(
+        self, cut: int | None, *, preview: bool = False, restored: bool = False, unapplied: frozenset[int] = frozenset()
+    ) -> None:
         """Replace the planner by one rebuilt from the journal up to boundary ``cut`` (None: all of it), reporting
-        nothing; with a cut, send again the replayed plans that take effect after it (Tolaria expects them again).
+        nothing; with a cut, send again the replayed plans that take effect after it, and those of ``unapplied``
+        (Tolaria expects them again: their receipts at the cut are dropped with the entries after it).
         ``preview``: leave the file whole and hold those plans for the restore at ``cut`` (see ``_restored``);
         ``restored``: Tolaria restored that step, which LifecycleRestored tells the observers before the plans go."""
         journal = self._journal
         if cut is not None and not preview:
-            await anyio.to_thread.run_sync(journal.cut, cut)
+            await anyio.to_thread.run_sync(journal.cut, cut, unapplied)
         sink = MutableSink(self._planner_sink)
         sink.muted = True
         planner = self._make_planner(sink)
-        replayed, in_flight = await self._replay.replay(planner, cut, preview=preview)
+        replayed, in_flight, applied_at_cut = await self._replay.replay(
+            planner, cut, preview=preview, unapplied=unapplied
+        )
         sink.muted = False
         self._planner = planner
         self._inputs.keep_unplanned(cut, planner.last_step)
@@ -328,7 +341,9 @@ class KasminaActor(Actor[KasminaMessage]):
             f"{len(in_flight)} plans {'held for the restore' if preview else 'sent again'}",
         )
         if preview and cut is not None:
-            self._held = HeldReplay(step=cut, journal_length=len(journal), plans=tuple(in_flight))
+            self._held = HeldReplay(
+                step=cut, journal_length=len(journal), plans=tuple(in_flight), applied_at_cut=applied_at_cut
+            )
             return
         if restored and cut is not None:
             self._sink.emit(LifecycleRestored(run_id=self._run_id, step=cut, lag_steps=planner.lag_steps))

@@ -29,7 +29,7 @@ from schemas.kasmina import SeedValidationReport
 from schemas.state import StepTimings, SystemStatePacket
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Collection, Generator, Iterator
     from pathlib import Path
 
 JOURNAL_FILENAME = "kasmina_journal.jsonl"
@@ -101,6 +101,14 @@ def entry_step(entry: JournalEntry) -> int:
             return entry.receipt.applied_step
         case JournalValidation():
             return entry.report.step
+
+
+def kept_by_cut(entry: JournalEntry, step: int, unapplied: Collection[int] = ()) -> bool:
+    """Whether a cut at ``step`` keeps ``entry``: it describes ``step`` or earlier and is no receipt applied at ``step``
+    of a plan of ``unapplied`` (decided_on_steps the restored state still expects: TrainingRestored.unapplied)."""
+    if isinstance(entry, JournalReceipt) and entry.receipt.applied_step == step:
+        return entry.receipt.decided_on_step not in unapplied
+    return entry_step(entry) <= step
 
 
 @final
@@ -175,11 +183,12 @@ class BoundaryJournal:
         if batch:
             yield batch
 
-    def cut(self, step: int) -> int:
+    def cut(self, step: int, unapplied: Collection[int] = ()) -> int:
         """Drop every entry describing a step after ``step`` (a boundary, a receipt's applied step, a report's
-        step); returns how many were dropped. With a path the file is replaced atomically (blocking)."""
+        step) and the receipts applied at ``step`` of the plans of ``unapplied`` (see ``kept_by_cut``); returns how
+        many were dropped. With a path the file is replaced atomically (blocking)."""
         if self._path is None:
-            kept = [entry for entry in self._entries if entry_step(entry) <= step]
+            kept = [entry for entry in self._entries if kept_by_cut(entry, step, unapplied)]
             dropped = len(self._entries) - len(kept)
             self._entries = kept
             self._count = len(kept)
@@ -188,7 +197,7 @@ class BoundaryJournal:
         # A restart before the first boundary was written cuts a journal whose directory may not exist yet.
         self._path.parent.mkdir(parents=True, exist_ok=True)
         counts = [0, 0]  # kept, dropped: line by line, so a long journal is never held whole
-        atomic_write_chunks(self._path, _kept_lines(self._path, step, counts), shared=True)
+        atomic_write_chunks(self._path, _kept_lines(self._path, step, unapplied, counts), shared=True)
         self._count = counts[0]
         return counts[1]
 
@@ -327,10 +336,10 @@ def _lines(path: Path) -> Iterator[tuple[bytes, JournalEntry]]:
             yield (line if line.endswith(b"\n") else line + b"\n"), entry
 
 
-def _kept_lines(path: Path, step: int, counts: list[int]) -> Iterator[bytes]:
-    """The lines of the entries describing ``step`` or earlier; counts[0] and counts[1] count the kept and dropped."""
+def _kept_lines(path: Path, step: int, unapplied: Collection[int], counts: list[int]) -> Iterator[bytes]:
+    """The lines of the entries a cut at ``step`` keeps; counts[0] and counts[1] count the kept and dropped."""
     for line, entry in _lines(path):
-        if entry_step(entry) <= step:
+        if kept_by_cut(entry, step, unapplied):
             counts[0] += 1
             yield line
         else:

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from actors.kasmina.journal import JournalBoundary, JournalReceipt, JournalValidation, entry_step
+from actors.kasmina.journal import JournalBoundary, JournalReceipt, JournalValidation, kept_by_cut
 from actors.kasmina.journal_check import JournalTampered, JournalVerdicts
 from actors.kasmina.seed_preparing import PREPARATION_ERRORS
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection
 
     from actors.kasmina.journal import BoundaryJournal
     from actors.kasmina.planner import BoundaryPlanner
@@ -24,11 +24,14 @@ if TYPE_CHECKING:
 @final
 @dataclass(frozen=True, slots=True)
 class HeldReplay:
-    """A start's replay up to the step a resume restores: the journal's length then and the plans to send again."""
+    """A start's replay up to the step a resume restores: the journal's length then and the plans to send again;
+    ``applied_at_cut``: the decisions taking effect at that step that it took for applied by a receipt there (the
+    restore, if it still expects one of them, needs a replay without that receipt)."""
 
     step: int
     journal_length: int
     plans: tuple[BoundaryPlan, ...]
+    applied_at_cut: frozenset[int] = frozenset()
 
 
 @final
@@ -59,10 +62,13 @@ class JournalReplay:
         *,
         preview: bool,
         seen: Callable[[BoundaryPlan], None] | None = None,
-    ) -> tuple[int, list[BoundaryPlan]]:
-        """Feed ``planner`` the journal (with ``preview``, only its entries up to boundary ``cut``); returns how many
-        entries were replayed and, with a cut, the replayed plans in flight there (their modules kept under their
-        handles; every other replayed plan's are discarded). ``seen`` is given every replayed plan, in order.
+        unapplied: Collection[int] = (),
+    ) -> tuple[int, list[BoundaryPlan], frozenset[int]]:
+        """Feed ``planner`` the journal (with ``preview``, only the entries a cut at boundary ``cut`` keeps); returns
+        how many entries were replayed, with a cut the replayed plans in flight there (their modules kept under their
+        handles; every other replayed plan's are discarded) and the decisions taking effect at the cut taken for
+        applied there by a receipt. ``seen`` is given every replayed plan, in order. ``unapplied``: the decisions the
+        state restored at ``cut`` still expects (TrainingRestored.unapplied): in flight whatever the journal says.
 
         Raises:
             JournalTampered: a journaled command fails verification (see ``_replay_boundary``).
@@ -73,7 +79,8 @@ class JournalReplay:
         limit = cut if preview else None
         applied: set[int] = set()
         # Plans taking effect at or after the cut: in flight there unless applied at the cut itself (a stop that came
-        # while the trainer waited at that boundary for this very plan), which only a later receipt tells.
+        # while the trainer waited at that boundary for this very plan), which only a later receipt tells; and even
+        # then in flight if the restored state had not applied it (lag 0: an epoch end's capture comes before it).
         candidates: list[tuple[int, int, BoundaryPlan]] = []
         replayed = 0
         verdicts = JournalVerdicts(self._run_id, self._verifier.signature_valid, self._verifier.verdict_mac)
@@ -81,7 +88,7 @@ class JournalReplay:
         try:
             while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
                 for entry in batch:
-                    if limit is not None and entry_step(entry) > limit:
+                    if limit is not None and not kept_by_cut(entry, limit, unapplied):
                         continue
                     replayed += 1
                     match entry:
@@ -102,12 +109,14 @@ class JournalReplay:
         finally:
             batches.close()  # the file, if a failure (or a cancellation) ended the replay early
         in_flight: list[BoundaryPlan] = []
+        applied_at_cut: set[int] = set()
         for decided, effect, plan in candidates:
-            if (cut is not None and effect > cut) or decided not in applied:
+            if (cut is not None and effect > cut) or decided not in applied or decided in unapplied:
                 in_flight.append(plan)
             else:
+                applied_at_cut.add(decided)
                 self.discard_handles(plan)
-        return replayed, in_flight
+        return replayed, in_flight, frozenset(applied_at_cut)
 
     async def _replay_boundary(
         self, planner: BoundaryPlanner, entry: JournalBoundary, verdicts: JournalVerdicts, *, keep: bool

@@ -69,12 +69,19 @@ class Restorer:
         # Expect again the plans decided up to the restored step that take effect after it (the planner, told by
         # TrainingRestored, sends them again): a restored run applies them at the same steps as the first one.
         saved = state.counters.get("expected_plans")
+        step = self._s.pos.global_step
+        # The planner is told which of them take effect at the restored step itself (lag 0: an epoch end's own plan,
+        # applied after the capture): a receipt its journal holds for one is not this state's (TrainingRestored).
+        unapplied: list[int] = []
         if self._s.options.expects_plans and isinstance(saved, str):
             have = {decided for decided, _ in self._s.inbox.pending()}
             for decided, effect in msgspec.json.decode(saved, type=list[tuple[int, int]]):
-                if decided not in have and effect >= self._s.pos.global_step:
+                if decided not in have and effect >= step:
                     self._s.inbox.expect(decided, effect, resent=True)
-        self._s.outbox.event(TrainingRestored(run_id=self._s.options.run_id, step=self._s.pos.global_step, tier=tier))
+                if effect == step:
+                    unapplied.append(decided)
+        restored = TrainingRestored(run_id=self._s.options.run_id, step=step, tier=tier, unapplied=tuple(unapplied))
+        self._s.outbox.event(restored)
 
     def restore(self, state: TrainState, *, tier: str, extra_s: float = 0.0, counters: bool = True) -> str | None:
         """Load ``state`` (rebuilding the model and replaying its graft log); with ``counters``, its health counters
