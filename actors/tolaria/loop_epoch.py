@@ -134,7 +134,15 @@ class EpochCloser:
         )
         _log.info("epoch_end", **fields)
         if verdict.failed:
-            _log.warning("epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value)
+            detail: dict[str, object] = {}
+            if verdict.reason == "decision_timeout" and self._s.loop_silent_s > 0:
+                detail["detail"] = (
+                    f"the event loop ran nothing for {self._s.loop_silent_s:.1f} s"
+                    " (a blocking call in the notebook or the caller's code?)"
+                )
+            _log.warning(
+                "epoch_failed", epoch=finished_epoch + 1, reason=verdict.reason, action=verdict.action.value, **detail
+            )
         if verdict.action is Action.ROLLBACK:
             # No loop guard here: failed epochs have their own end, the streak (failed_epochs_to_halt), and epochs
             # failed only because the breaker is still open go back to one state by design until it half-opens.
@@ -149,5 +157,8 @@ class EpochCloser:
             if not self._s.snapshots.put(state):
                 _log.warning("snapshot_tier_disabled", reason=self._s.snapshots.disabled_reason)
         if writer is not None and due and state is not None:
+            # Not while the event loop is stopped: the planner's journal stands still, and this checkpoint's pruning
+            # could remove the last state it covers (a closed loop ends the run here, without it).
+            self._s.watch.hold()
             writer.submit(state)
         return None
