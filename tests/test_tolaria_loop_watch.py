@@ -220,15 +220,18 @@ def test_a_trainer_waits_while_its_loop_is_stopped_and_trains_on_once_it_runs(
 ) -> None:
     """A script between two run_until_complete calls: the trainer holds at its next checkpoint, then finishes."""
     loop_thread.start()
+    stopped = threading.Event()
 
     def stop_in_epoch_2(attempt: int, batch: TensorPair) -> TensorPair:
         if attempt == 16:
             loop_thread.stop()
+            stopped.set()
         return batch
 
     training = _training(data, tmp_path, loop_thread.loop, stop_in_epoch_2)
     result = in_thread(training.run)
-    assert loop_thread.posted.wait(WAIT_S)  # held at epoch 2's checkpoint
+    assert stopped.wait(WAIT_S)
+    assert loop_thread.posted.wait(WAIT_S)  # held at epoch 2's checkpoint (nothing else posts to the stopped loop)
     assert not result.done()
     # Epoch 1's may still be on its way to disk (the writer thread's), epoch 2's is not written.
     assert max(_steps(tmp_path), default=0) <= 13

@@ -34,7 +34,6 @@ class PlanExchange:
         # long as a full restore may take.
         config = self._s.config
         watch = self._s.watch
-        watch.post()
         due = self._s.inbox.take_due(
             pos.global_step,
             config.decision_deadline_ms / 1e3,

@@ -46,7 +46,10 @@ class LoopWatch:
             LoopGone: the loop is (or becomes) closed.
         """
         loop = self._loop
-        if loop is None or loop.is_running():
+        if loop is None:
+            return False
+        if loop.is_running():
+            self.post()  # a wait on the loop starts (or goes on): silent_s says whether the loop ran anything meanwhile
             return False
         ran = threading.Event()
         try:
@@ -60,8 +63,8 @@ class LoopWatch:
         return True
 
     def post(self) -> None:
-        """Post a marker the loop runs at its next iteration (a wait for a plan starts): ``silent_s`` measures from
-        the oldest one still waiting."""
+        """Post a marker the loop runs at its next iteration (``hold`` does, as a wait starts): ``silent_s`` measures
+        from the oldest one still waiting."""
         loop = self._loop
         if loop is None:
             return
