@@ -349,6 +349,7 @@ class TolariaTrainer(Actor[StartTraining]):
             halt_reason=wiring.halt_reason,
             run_keys=wiring.run_keys,
             written_by=wiring.written_by,
+            event_loop=loop,
         )
         release_modules(cell.inbox.reset(), wiring.handoff)
         if cell.run_stop is None:

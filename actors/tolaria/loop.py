@@ -207,6 +207,7 @@ class TrainingLoop:
             # A resume from a stop in mid-epoch carries on with the sums its checkpoint saved.
             epoch_stats, stats = self._s.take_open_stats()
             self._s.missed_this_epoch = 0
+            self._s.loop_silent_s = 0.0
             batches: Iterator[tuple[int, TensorPair]] = iter_batches(train, plan, pos.epoch, pos.batch_index)
             while True:
                 if inbox.has_due(pos.global_step):
@@ -253,6 +254,7 @@ class TrainingLoop:
                     epoch_started = time.perf_counter()
                     epoch_cpu_started = time.thread_time()
                     self._s.missed_this_epoch = 0
+                    self._s.loop_silent_s = 0.0
                     continue
                 if every and pos.global_step % every == 0 and pos.batch_index < num_batches:
                     epoch_stats.add_sums(stats)
@@ -289,6 +291,7 @@ class TrainingLoop:
         finishing = counters.resumed_from == self._s.pos.global_step
         finishing = finishing and (status == "completed" or self._s.restored_halt)
         if writer is not None and not finishing:
+            self._s.watch.hold()  # as at an epoch end's checkpoint (loop_epoch.py)
             state = self._s.capture(keep_modules=False)
             if status == "halted":
                 # A kill before training_finished is logged leaves the resume that finishes the run only this file

@@ -136,12 +136,18 @@ class EpochCloser:
         if verdict.failed:
             # The figures and the setting they broke: the line named only the reason, and a user could not tell by
             # how much, nor what to raise.
+            detail = verdict.detail
+            if verdict.reason == "decision_timeout" and self._s.loop_silent_s > 0:
+                detail = (
+                    f"{detail}; the event loop ran nothing for {self._s.loop_silent_s:.1f} s"
+                    " (a blocking call in the notebook or the caller's code?)"
+                )
             _log.warning(
                 "epoch_failed",
                 epoch=finished_epoch + 1,
                 reason=verdict.reason,
                 action=verdict.action.value,
-                detail=verdict.detail,
+                detail=detail,
             )
         if verdict.action is Action.ROLLBACK:
             # No loop guard here: failed epochs have their own end, the streak (failed_epochs_to_halt), and epochs
@@ -157,5 +163,8 @@ class EpochCloser:
             if not self._s.snapshots.put(state):
                 _log.warning("snapshot_tier_disabled", reason=self._s.snapshots.disabled_reason)
         if writer is not None and due and state is not None:
+            # Not while the event loop is stopped: the planner's journal stands still, and this checkpoint's pruning
+            # could remove the last state it covers (a closed loop ends the run here, without it).
+            self._s.watch.hold()
             writer.submit(state)
         return None

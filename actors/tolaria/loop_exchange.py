@@ -33,11 +33,13 @@ class PlanExchange:
         # A plan resent after a restore waits for the planner's journal replay, which grows with the run: it gets as
         # long as a full restore may take.
         config = self._s.config
+        watch = self._s.watch
         due = self._s.inbox.take_due(
             pos.global_step,
             config.decision_deadline_ms / 1e3,
             grace_s=config.rollback_full_deadline_s,
             stoppable=stoppable,
+            hold=watch.hold,
         )
         if due.stall_s > 0:
             _log.info("boundary_stall", step=pos.global_step, stall_ms=round(due.stall_s * 1e3, 3))
@@ -45,7 +47,16 @@ class PlanExchange:
             self._apply_plan(plan, due.stall_s)
         if due.missed:
             self._s.missed_this_epoch += len(due.missed)
-            _log.warning("plan_missed", step=pos.global_step, decided_on_steps=list(due.missed))
+            fields: dict[str, object] = {}
+            silent_s = watch.silent_s()
+            if silent_s >= config.decision_deadline_ms / 2e3:
+                # The planner never had a turn: the loop's own caller held it (the run's decisions change all the same).
+                self._s.loop_silent_s = max(self._s.loop_silent_s, silent_s)
+                fields["detail"] = (
+                    f"the event loop ran nothing for {silent_s:.1f} s"
+                    " (a blocking call in the notebook or the caller's code?)"
+                )
+            _log.warning("plan_missed", step=pos.global_step, decided_on_steps=list(due.missed), **fields)
 
     def _apply_plan(self, plan: BoundaryPlan, stall_s: float) -> None:
         applier = self._s.applier

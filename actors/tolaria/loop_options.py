@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, final
 import torch
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
@@ -48,6 +49,9 @@ class LoopOptions:
             run's config.toml with them); None: none recorded.
         written_by: the Esper version training (esper.version), recorded in every checkpoint manifest, so a resume
             by another version can say which rules the run continues under; None: not recorded.
+        event_loop: the event loop the trainer reports to (its packets, receipts, and so the planner's journal): while
+            it is stopped the loop waits at its next plan or checkpoint, and once it has closed it ends without
+            another checkpoint (see loop_watch.py); None: not watched.
     """
 
     run_id: str
@@ -65,6 +69,7 @@ class LoopOptions:
     halt_reason: str | None = None
     run_keys: Mapping[str, object] | None = None
     written_by: str | None = None
+    event_loop: asyncio.AbstractEventLoop | None = None
 
 
 @final

@@ -17,6 +17,7 @@ from actors.tolaria.isolation_monitor import (
     export_totals,
     micro_batch,
 )
+from actors.tolaria.loop_watch import LoopWatch
 from actors.tolaria.outbox import HeldOutbox, Outbox
 from actors.tolaria.run_counters import RunCounters
 from actors.tolaria.snapshots import SeedTemplates, SnapshotStore, TrainState, capture
@@ -67,6 +68,7 @@ class LoopState:
         self.options = options
         self.inbox = inbox
         self.outbox = HeldOutbox(outbox)
+        self.watch = LoopWatch(options.event_loop)
         self.snapshots = snapshots
         # Snapshot buffers reused while the state's layout holds: the epoch-boundary stall allocates nothing.
         self.capture_pool = CapturePool()
@@ -92,6 +94,8 @@ class LoopState:
         # (step, times in a row) of the state the last rollbacks went back to: a loop back to one state halts.
         self.rollback_target: tuple[int | None, int] = (None, 0)
         self.missed_this_epoch = 0
+        # The longest the event loop ran nothing before a plan of this epoch was missed (0.0: it was not the cause).
+        self.loop_silent_s = 0.0
         self.last_checkpoint: str | None = None
         # The restored checkpoint is the one an L4 halt wrote at the end of the run's last epoch (see Restorer.restore).
         self.restored_halt = False

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 
 _RECENT_PLANS = 64
+# How often a wait for a late plan looks whether the event loop that sends plans has stopped (see take_due's hold).
+_HOLD_POLL_S = 0.1
 
 
 class PlanInboxStatistics(Record, frozen=True):
@@ -208,7 +210,15 @@ class PlanInbox:
         with self._cond:
             return any(effect <= step for effect in self._state.expected.values())
 
-    def take_due(self, step: int, deadline_s: float, grace_s: float = 0.0, *, stoppable: bool = True) -> DuePlans:
+    def take_due(
+        self,
+        step: int,
+        deadline_s: float,
+        grace_s: float = 0.0,
+        *,
+        stoppable: bool = True,
+        hold: Callable[[], bool] | None = None,
+    ) -> DuePlans:
         """Remove and return every plan due at ``step``, waiting up to ``deadline_s`` for late ones (up to ``grace_s``
         when one of them is expected again after a restore).
 
@@ -216,6 +226,10 @@ class PlanInbox:
         up (``missed``); its plan, if it comes later, is dropped as late. A stop request ends the wait at once
         (unless ``stoppable`` is False: the boundary before an epoch end, which must run with its plans applied); the
         missing decisions then stay expected (a checkpoint keeps them).
+
+        ``hold``: called (outside the lock) as the wait starts and every ``_HOLD_POLL_S`` of it; it blocks while the
+        event loop that plans come from is stopped and returns True if it had to (the planner had no time: the wait
+        starts again), False if the loop was running. What it raises (the loop closed) propagates.
         """
         with self._cond:
             s = self._state
@@ -241,10 +255,13 @@ class PlanInbox:
                 while not (stoppable and s.stop_requested):
                     if all(d in s.received for d in due):
                         break
+                    if hold is not None and self._held(hold):
+                        end = time.perf_counter() + patience  # the planner could not run: its time starts now
+                        continue
                     remaining = end - time.perf_counter()
                     if remaining <= 0:
                         break
-                    self._cond.wait(remaining)
+                    self._cond.wait(remaining if hold is None else min(remaining, _HOLD_POLL_S))
                 stall_s = time.perf_counter() - started
                 s.stall_s_total += stall_s
                 s.waiting_for = None
@@ -267,6 +284,13 @@ class PlanInbox:
             s.applied += len(plans)
             s.missed += len(missed)
             return DuePlans(tuple(plans), tuple(missed), stall_s, stopped=stopped and len(plans) < len(due))
+
+    def _held(self, hold: Callable[[], bool]) -> bool:
+        self._cond.release()
+        try:
+            return hold()
+        finally:
+            self._cond.acquire()
 
     def pending(self) -> tuple[tuple[int, int], ...]:
         """Expected decisions not yet applied, as (decided_on_step, effect_step), for a checkpoint."""
