@@ -8,7 +8,6 @@ from actors.nissa.alerts import (
     DEFAULT_RULES,
     DEFAULT_SLOS,
     AlertEvaluator,
-    AlertNotice,
     AlertRule,
     SloObjective,
     SloTracker,
@@ -18,7 +17,7 @@ from esper.assemble import nissa_rules, nissa_slos
 from esper.config import apply_overrides
 from schemas.config import RunConfig
 from schemas.enums import EmergencyLevel, HealthStatus
-from schemas.nissa import ActiveAlert, SloStatus
+from schemas.nissa import ActiveAlert, AlertNotice, SloStatus
 
 LATENCY = "tolaria.training.latency_ms"
 
