@@ -21,7 +21,7 @@ from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import alert_rules
+from actors.nissa.alerts import alert_rules, slo_objectives
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from actors.nissa.alerts import AlertRule, SloObjective
     from actors.tamiyo.state import TamiyoState
     from actors.tolaria.actor import TolariaCell
     from actors.urza.store import UrzaStore
@@ -287,10 +288,9 @@ async def assemble(
                 missed=missed,
                 run_id=run_id,
                 shutdown_deadline_s=deadline_s,
-                rules=alert_rules(
-                    isolation_violations=config.kasmina.isolation_alert_violations,
-                    isolation_window_s=config.kasmina.isolation_alert_window_s,
-                ),
+                mailbox_capacity=capacity,
+                rules=nissa_rules(config),
+                slos=nissa_slos(config),
             ),
             nissa_tick_spec(tick, config.nissa, clock=clock, shutdown_deadline_s=deadline_s),
             tezzeret_spec(
@@ -374,6 +374,22 @@ async def assemble(
             host_parameters=found.host_parameters,
             initial_seed_parameters=found.initial_seed_parameters,
         )
+
+
+def nissa_rules(config: RunConfig) -> tuple[AlertRule, ...]:
+    """Nissa's alert table with the thresholds the config sets (the isolation keys, ``oona.queue_depth_high``)."""
+    return alert_rules(
+        isolation_violations=config.kasmina.isolation_alert_violations,
+        isolation_window_s=config.kasmina.isolation_alert_window_s,
+        queue_depth_high=config.oona.queue_depth_high,
+    )
+
+
+def nissa_slos(config: RunConfig) -> tuple[SloObjective, ...]:
+    """Nissa's SLOs at the budgets the config sets (``tamiyo.decision_budget_ms``, ``urza.fetch_budget_ms``)."""
+    return slo_objectives(
+        decision_budget_ms=config.tamiyo.decision_budget_ms, fetch_budget_ms=config.urza.fetch_budget_ms
+    )
 
 
 async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:

@@ -158,8 +158,8 @@ class Routes:
         await self._ref("kasmina", KasminaActor).tell(decision)
 
     def decision_latency(self, decision: Decision) -> None:
-        """Nissa's decision-latency gauge and SLO (the 45 ms budget); straight to Nissa, not logged: every decision
-        is already a ``tamiyo_decision`` line."""
+        """Nissa's decision-latency gauge and SLO (at tamiyo.decision_budget_ms); straight to Nissa, not logged:
+        every decision is already a ``tamiyo_decision`` line."""
         points = [MetricPoint(name="tamiyo.inference.latency_ms", value=decision.decision_ms, unit="ms")]
         if decision.feature_coverage is not None:  # the GNN's (the tamiyo_coverage_low alert reads it)
             points.append(MetricPoint(name="tamiyo.gnn.feature_coverage", value=decision.feature_coverage))

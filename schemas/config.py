@@ -36,6 +36,11 @@ MAX_MEGABYTES = 2.0**24
 """16 TiB: a memory budget above it is a typo (1e308 overflowed the byte count the run computes from it)."""
 MemoryCapMB = Annotated[float, Meta(ge=0.0, le=MAX_MEGABYTES)]
 MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
+MIN_MAILBOX_CAPACITY = 64
+"""The smallest ``weatherlight.mailbox_capacity``: the trainer's sends to Nissa and Kasmina do not wait, and a full
+mailbox loses them (at 1 or 2 Kasmina lost receipts and packets and the run's result changed); Kasmina's own mailbox
+is also never below what the command lag keeps in flight."""
+MailboxCapacity = Annotated[int, Meta(ge=MIN_MAILBOX_CAPACITY, le=2**63 - 1)]
 MAX_NUM_THREADS = 256
 """torch's intra-op threads: far more than any CPU's cores gains nothing, and 100000 crashed the process."""
 NumThreads = Annotated[int, Meta(ge=1, le=MAX_NUM_THREADS)]
@@ -363,13 +368,16 @@ class WeatherlightConfig(ConfigSection, frozen=True):
 
     restart_max: PosInt = 5
     restart_window_s: Seconds = 30.0
+    # Every actor's restarts but the trainer's, which restarts at once (a wait would only stall training).
     restart_backoff_initial_s: NonNegSeconds = 0.1
     restart_backoff_max_s: NonNegSeconds = 5.0
     # The trainer failing this many times in a row, none past the step of the failures before it, ends the run:
     # each restart replays the steps since the checkpoint to the same error, however slowly (the window never fills).
     restart_max_without_progress: PosInt = 3
+    # The trainer's is at least 30 s: its stop finishes the step and writes a checkpoint.
     shutdown_deadline_s: Seconds = 5.0
-    mailbox_capacity: PosInt = 1024
+    # Each actor's mailbox (Kasmina's never below what tolaria.command_lag_steps keeps in flight): memory, not results.
+    mailbox_capacity: MailboxCapacity = 1024
     # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs
     # Tamiyo's commands to Kasmina, which never leave the process (the bus, Redis too, carries unsigned telemetry only).
     require_secret: bool = False

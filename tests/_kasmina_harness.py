@@ -270,6 +270,7 @@ async def running_kasmina(
     resume_step: int | None = None,
     observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
     initial_seeds: Mapping[str, str] | None = None,
+    mailbox_capacity: int = 1024,
 ) -> AsyncIterator[Harness]:
     """A started ActorSystem running Kasmina alone, with a real io lane; stopped (and the lane closed) on exit."""
     async with Lane("io") as lane:
@@ -300,6 +301,7 @@ async def running_kasmina(
             resume=resume_step is not None,
             resume_step=resume_step,
             observer=observer,
+            mailbox_capacity=mailbox_capacity,
         )
         system = ActorSystem(clock=clock, sink=sink)
         await system.start(spec)

@@ -652,3 +652,13 @@ def test_prometheus_port_0_is_any_free_port(tmp_path: Path) -> None:
     assert config.nissa.prometheus_port == 0
     with pytest.raises(ConfigError, match=r"nissa\.prometheus_port: expected an integer between 0 and 65535, got -1$"):
         load_config(_write(tmp_path, "[nissa]\nprometheus_port = -1\n"), [])
+
+
+def test_a_mailbox_too_small_for_the_trainers_unwaited_sends_is_refused() -> None:
+    # At 1 or 2 the trainer's packets and receipts to Kasmina were lost to a full mailbox and the result changed.
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["weatherlight.mailbox_capacity=2"])
+    assert str(info.value) == (
+        "--set weatherlight.mailbox_capacity=2: weatherlight.mailbox_capacity: expected an integer >= 64, got 2"
+    )
+    assert apply_overrides(RunConfig(), ["weatherlight.mailbox_capacity=64"]).weatherlight.mailbox_capacity == 64

@@ -40,6 +40,25 @@ async def test_plans_follow_packet_order_when_decisions_come_first(clock: Manual
         assert h.plans.empty()
 
 
+async def test_a_small_mailbox_still_holds_what_the_lag_keeps_in_flight(
+    clock: ManualClock, sink: RecordingSink
+) -> None:
+    # weatherlight.mailbox_capacity = 2 used to be Kasmina's mailbox and its limit of packets waiting for decisions:
+    # the trainer's packets (sent without waiting, as its routes send them) were lost to a full mailbox, and the third
+    # waiting packet crashed Kasmina ("2 packets wait for their partner"), changing the run's result.
+    lag = 8
+    async with running_kasmina(clock, sink, lag=lag, mailbox_capacity=2) as h:
+        for step in range(1, lag + 2):
+            h.ref.tell_nowait(h.packet(step))
+        assert (await h.statistics()).pending_packets == lag + 1
+        for step in range(1, lag + 2):
+            await h.ref.tell(h.decision(step))
+        plans = [await h.next_plan() for _ in range(lag + 1)]
+        assert [p.decided_on_step for p in plans] == list(range(1, lag + 2))
+        stats = await h.statistics()
+        assert (stats.plans_sent, stats.pending_packets, stats.pending_decisions) == (lag + 1, 0, 0)
+
+
 async def test_without_a_controller_every_packet_is_a_no_op(clock: ManualClock, sink: RecordingSink) -> None:
     async with running_kasmina(clock, sink, has_controller=False) as h:
         for step in (0, 8, 16):

@@ -6,14 +6,18 @@ import pytest
 
 from actors.nissa.alerts import (
     DEFAULT_RULES,
+    DEFAULT_SLOS,
     AlertEvaluator,
     AlertRule,
     SloObjective,
     SloTracker,
     assess_health,
 )
+from esper.assemble import nissa_rules, nissa_slos
+from esper.config import apply_overrides
+from schemas.config import RunConfig
 from schemas.enums import EmergencyLevel, HealthStatus
-from schemas.nissa import ActiveAlert, SloStatus
+from schemas.nissa import ActiveAlert, AlertNotice, SloStatus
 
 LATENCY = "tolaria.training.latency_ms"
 
@@ -228,3 +232,29 @@ def test_health_levels(
     assert report.status is expected
     assert report.summary.startswith(expected.name)
     assert report.indicators["emergency_level"] == level.name
+
+
+def test_the_queue_alert_and_the_slos_follow_their_config_keys() -> None:
+    # A fixed 4000 never fired on a bus shedding at queue_depth_high=100; the SLOs measured 45 ms / 10 ms whatever
+    # budgets the run was given.
+    config = apply_overrides(
+        RunConfig(),
+        [
+            "oona.queue_depth_high=100",
+            "oona.queue_depth_recovery=50",
+            "tamiyo.decision_budget_ms=200",
+            "urza.fetch_budget_ms=25",
+        ],
+    )
+    evaluator = AlertEvaluator(nissa_rules(config))
+    fired = [n for index in range(2) for n in _observe_depth(evaluator, 150.0, float(index))]
+    assert ("oona_queue_depth", True) in [(n.rule, n.active) for n in fired]
+    objectives = {slo.name: slo.objective for slo in nissa_slos(config)}
+    assert objectives == {"epoch_hook_latency": 18.0, "tamiyo_decision_latency": 200.0, "kernel_fetch_latency": 25.0}
+    defaults = RunConfig()
+    assert (nissa_rules(defaults), nissa_slos(defaults)) == (DEFAULT_RULES, DEFAULT_SLOS)
+
+
+def _observe_depth(evaluator: AlertEvaluator, depth: float, now_s: float) -> list[AlertNotice]:
+    evaluator.observe("oona.queue.depth", depth, now_s)
+    return evaluator.evaluate(now_s, ["oona.queue.depth"])

@@ -252,6 +252,20 @@ def test_a_job_slower_than_the_timeout_fails(store: UrzaStore) -> None:
     assert "compile took 0.0123 s, over its 0.0001 s" in quick.failure
 
 
+def test_a_timeout_is_not_marked_in_the_shared_store(store: UrzaStore) -> None:
+    # The timeout is the run's setting, not the blueprint's fault: a mark in the store, which runs share, kept a
+    # later run with the default timeout from growing the blueprint at all.
+    ticks = itertools.count(step=0.0178)
+    job = CompileJob(default_catalogue().get("BP001"), SlotShape("flat", 5))
+    slow = run_job(job, UrzaArtifactSink(store), CompileSettings(timeout_s=1e-6), timer=lambda: next(ticks))
+    assert slow.failure is not None
+    assert "over its 1e-06 s" in slow.failure
+    assert store.blueprint_status("BP001") is None
+    later = run_job(job, UrzaArtifactSink(store), CompileSettings())
+    assert later.ok
+    assert later.artifact is not None
+
+
 def test_guard_digest_depends_on_the_slot_not_the_batch() -> None:
     flat = SlotShape("flat", 5)
     assert guard_digest(flat, (2, 5)) == guard_digest(flat, (9, 5))

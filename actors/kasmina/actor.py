@@ -24,7 +24,7 @@ from actors.kasmina.journal import (
     planner_view,
 )
 from actors.kasmina.journal_replay import HeldReplay, JournalReplay
-from actors.kasmina.pairing import BoundaryInputs
+from actors.kasmina.pairing import PENDING_FLOOR, BoundaryInputs
 from actors.kasmina.seed_preparing import PREPARATION_ERRORS, WaitingPreparer
 from esper.runtime.actor import Actor
 from esper.runtime.events import MutableSink
@@ -102,6 +102,7 @@ class KasminaActor(Actor[KasminaMessage]):
         journal: BoundaryJournal | None = None,
         observer: Callable[[SystemStatePacket], Awaitable[None]] | None = None,
         capacity: int = 1024,
+        pending: int = PENDING_FLOOR,
         clock: Clock | None = None,
         artifact_wait_s: float = 0.0,
         expected_restore: int | None = None,
@@ -118,7 +119,9 @@ class KasminaActor(Actor[KasminaMessage]):
         observer: receives each packet, in step order, once every earlier packet has been planned, with the seed
             states replaced by the lifecycle's view (stage, gates, embargo) as of that moment: the controller decides
             on exactly what the lifecycle knew, whatever the thread timing. None: nobody observes.
-        capacity: mailbox capacity; also the most packets or decisions kept waiting for their partner.
+        capacity: mailbox capacity.
+        pending: the most packets, or decisions, kept waiting for their partner (pairing.pending_limit; a full one
+            crashes the actor).
         clock / artifact_wait_s: a preparation whose module is NotYetAvailable (Tezzeret has not stored the
             artifact yet) is retried on this clock for up to this long before it fails; None or 0: it fails at once.
         expected_restore: the step Tolaria's coming TrainingRestored will name (a resume's checkpoint): the start's
@@ -135,7 +138,7 @@ class KasminaActor(Actor[KasminaMessage]):
         self._outlet = outlet
         self._sink = sink
         self._has_controller = has_controller
-        self._inputs = BoundaryInputs(observer=observer, capacity=capacity, event=self._event)
+        self._inputs = BoundaryInputs(observer=observer, capacity=pending, event=self._event)
         self._seen_prefetch: deque[str] = deque(maxlen=_SEEN_PREFETCHES)
         self._plans_sent = 0
         self._preparations = 0

@@ -6,7 +6,7 @@ the seed states as the lifecycle knows them then; its decision on a packet a res
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import msgspec
 
@@ -18,6 +18,31 @@ if TYPE_CHECKING:
     from actors.kasmina.planner import BoundaryPlanner
     from schemas.boundary import Decision
     from schemas.state import SeedState, SystemStatePacket
+
+
+PENDING_FLOOR: Final = 1024
+"""The least packets, or decisions, kept waiting for their partner, whatever the mailbox size."""
+
+
+def pending_limit(lag_steps: int) -> int:
+    """The most packets, or decisions, kept waiting for their partner under a command lag of ``lag_steps``.
+
+    Tolaria waits at step s + lag for the plan of step s, so at most one packet per step of the lag (one per step, an
+    epoch end's included) waits; the limit only catches a runaway. It was the mailbox capacity, so a small
+    ``weatherlight.mailbox_capacity`` (1 or 2) crashed Kasmina on the packets the lag keeps in flight and changed the
+    run's result.
+    """
+    return max(PENDING_FLOOR, 2 * (lag_steps + 2))
+
+
+def mailbox_floor(lag_steps: int) -> int:
+    """The least mailbox capacity Kasmina gets under a command lag of ``lag_steps``, whatever the configured one.
+
+    Tolaria's packets, receipts and validation reports reach Kasmina without waiting (a full mailbox loses them, and a
+    lost receipt or packet changes the lifecycle); Tolaria runs at most ``lag_steps`` steps ahead of the oldest plan it
+    waits for, sending at most a packet, a receipt and a validation report a step, plus a restore.
+    """
+    return 4 * (lag_steps + 2)
 
 
 @final
@@ -32,7 +57,8 @@ class BoundaryInputs:
         capacity: int,
         event: Callable[[str, TelemetryLevel, str], None],
     ) -> None:
-        """``capacity``: the most packets, or decisions, kept waiting; ``event`` reports a dropped input."""
+        """``capacity``: the most packets, or decisions, kept waiting (pending_limit, never the mailbox's);
+        ``event`` reports a dropped input."""
         self._observer = observer
         self._forwarded: int | None = None
         self._max_pending = capacity

@@ -12,6 +12,7 @@ from actors.kasmina.actor import KasminaActor
 from actors.kasmina.gates import GateSettings
 from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal
 from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings, StageDwell
+from actors.kasmina.pairing import mailbox_floor, pending_limit
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
 from esper.runtime.ref import ActorRef
@@ -213,7 +214,9 @@ def kasmina_spec(
             has_controller=has_controller,
             journal=journal,
             observer=observer,
-            capacity=mailbox_capacity,
+            # Never below what the lag keeps in flight: a mailbox's size may change memory, never the lifecycle.
+            capacity=max(mailbox_capacity, mailbox_floor(planner.lag_steps)),
+            pending=pending_limit(planner.lag_steps),
             clock=clock,
             artifact_wait_s=planner.config.artifact_wait_ms / 1e3,
             expected_restore=expected_restore,

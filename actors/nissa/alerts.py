@@ -94,14 +94,21 @@ DEFAULT_RULES: Final[tuple[AlertRule, ...]] = (
 """The alert table of REFERENCE.md section 9."""
 
 
-def alert_rules(*, isolation_violations: int = 3, isolation_window_s: float = 300.0) -> tuple[AlertRule, ...]:
-    """DEFAULT_RULES with the isolation rule's threshold and window as configured (``kasmina.isolation_alert_*``)."""
-    return tuple(
-        replace(rule, threshold=float(isolation_violations), window_s=isolation_window_s)
-        if rule.name == "kasmina_isolation_violation"
-        else rule
-        for rule in DEFAULT_RULES
-    )
+def alert_rules(
+    *, isolation_violations: int = 3, isolation_window_s: float = 300.0, queue_depth_high: int = 4000
+) -> tuple[AlertRule, ...]:
+    """DEFAULT_RULES with the isolation rule's threshold and window as configured (``kasmina.isolation_alert_*``) and
+    the queue-depth rule's threshold at ``oona.queue_depth_high`` (a fixed 4000 could never fire on a bus shedding at
+    a lower one)."""
+
+    def configured(rule: AlertRule) -> AlertRule:
+        if rule.name == "kasmina_isolation_violation":
+            return replace(rule, threshold=float(isolation_violations), window_s=isolation_window_s)
+        if rule.name == "oona_queue_depth":
+            return replace(rule, threshold=float(queue_depth_high))
+        return rule
+
+    return tuple(configured(rule) for rule in DEFAULT_RULES)
 
 
 @final
@@ -246,6 +253,13 @@ DEFAULT_SLOS: Final[tuple[SloObjective, ...]] = (
     SloObjective("kernel_fetch_latency", "kasmina.kernel.fetch_latency_ms", 10.0),
 )
 """Budgets of REFERENCE.md section 1: the 18 ms hook target, the 45 ms decision deadline, the 10 ms kernel fetch."""
+
+
+def slo_objectives(*, decision_budget_ms: float = 45.0, fetch_budget_ms: float = 10.0) -> tuple[SloObjective, ...]:
+    """DEFAULT_SLOS with the decision and kernel-fetch objectives at the configured budgets
+    (``tamiyo.decision_budget_ms``, ``urza.fetch_budget_ms``): the SLO measures what the run was told to meet."""
+    budgets = {"tamiyo_decision_latency": decision_budget_ms, "kernel_fetch_latency": fetch_budget_ms}
+    return tuple(replace(slo, objective=budgets[slo.name]) if slo.name in budgets else slo for slo in DEFAULT_SLOS)
 
 
 @final

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import DEFAULT_RULES
+from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
 from actors.nissa.csv_writer import RowBacklog
 from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from actors.nissa.alerts import AlertRule
+    from actors.nissa.alerts import AlertRule, SloObjective
     from actors.nissa.metrics import SlotTransition
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -35,6 +35,7 @@ def nissa_spec(
     shutdown_deadline_s: float = 5.0,
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
+    slos: Sequence[SloObjective] = DEFAULT_SLOS,
     transitions: Sequence[SlotTransition] | None = None,
     later_transitions: Callable[[], Sequence[SlotTransition]] | None = None,
     refusals: Callable[[], Sequence[Refusal]] | None = None,
@@ -65,6 +66,7 @@ def nissa_spec(
             started_s=started_s,
             capacity=mailbox_capacity,
             rules=rules,
+            slos=slos,
             backlog=backlog,
             transitions=first.pop() if first else later_transitions() if later_transitions is not None else None,
             refusals=refusals() if refusals is not None else (),

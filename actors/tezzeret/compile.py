@@ -108,7 +108,8 @@ them (and a module built from the catalogue when no artifact is usable gets the 
 class CompileSettings:
     """How a pass compiles: the device of the io lane, build seed, and the Tezzeret config knobs.
 
-    ``timeout_s`` is checked after a job (a lane never abandons running work): a job slower than it is a failure.
+    ``timeout_s`` is checked after a job (a lane never abandons running work): a job slower than it is a failure of
+    this pass, never marked in the shared store.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -268,7 +269,8 @@ def run_job(
     warm: Warmer = warm_compiled,
     timer: Callable[[], float] = time.perf_counter,
 ) -> CompileOutcome:
-    """Build, probe, (on CUDA, warm) and publish one job; a failure marks the blueprint failed with its reason.
+    """Build, probe, (on CUDA, warm) and publish one job; a failure marks the blueprint failed with its reason, a
+    timeout excepted (the run's setting, not the blueprint's fault: this pass reports it, the shared store keeps none).
 
     Runs on the io lane's thread and blocks. Never raises for a failure of the blueprint itself (bad params, a
     builder error, a failed probe, weights that cannot be encoded, a timeout): that is returned in the outcome.
@@ -314,8 +316,11 @@ def run_job(
     compile_ms = (timer() - start) * 1e3
     if failure is None and compile_ms > settings.timeout_s * 1e3:
         took_s = compile_ms / 1e3
+        # Not marked in the store: the timeout is this run's setting, not a fault of the blueprint, and the store is
+        # shared (a mark made under a tiny timeout kept every later run, default settings too, from growing it).
         failure = f"blueprint {descriptor.blueprint_id}: compile took {took_s:.3g} s, over its {settings.timeout_s:g} s"
-    if failure is not None:
+        artifact = None
+    elif failure is not None:
         artifact = None
         artifacts.mark_failed(descriptor.blueprint_id, failure)
     return CompileOutcome(

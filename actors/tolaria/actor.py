@@ -446,6 +446,9 @@ def tolaria_spec(
             strategy="one_for_all",
             max_restarts=max_restarts,
             window_s=window_s,
+            # No backoff, whatever weatherlight.restart_backoff_* say (README, "Stopping and resuming"): a restart
+            # replays the steps since the last snapshot, and a wait would only stall training; restart_max and
+            # restart_window_s (and restart_max_without_progress) bound the restarts instead.
             backoff_initial_s=0.0,
             backoff_max_s=1.0,
             name="tolaria",

@@ -127,8 +127,10 @@ class EmergencyPolicy:
             detail = f"epoch_ms {epoch_ms:.1f} over tolaria.epoch_budget_ms {config.epoch_budget_ms}"
         elif missed_decisions:
             reason = "decision_timeout"
+            # A plan late at its effect step: a slow controller or a message lost on the way (a route_dropped warning
+            # names it); tamiyo.decision_budget_ms, which the fallback decision enforces, was not what it missed.
             deadline_ms = config.decision_deadline_ms
-            detail = f"{missed_decisions} decision(s) missed tolaria.decision_deadline_ms {deadline_ms:g}"
+            detail = f"{missed_decisions} plan(s) missed tolaria.decision_deadline_ms {deadline_ms:g} (see plan_missed)"
         elif hook_ms > config.epoch_hook_budget_ms:
             reason = "hook_budget"
             detail = f"hook_ms {hook_ms:.1f} over tolaria.epoch_hook_budget_ms {config.epoch_hook_budget_ms}"
