@@ -781,3 +781,8 @@ def test_leyline_enum_numbers_are_kept() -> None:
     assert [v.name for v in FieldReportOutcome] == ["SUCCESS", "NEUTRAL", "REGRESSION", "ABORTED"]
     assert [(v.name, int(v)) for v in BlueprintTier] == [("SAFE", 1), ("EXPERIMENTAL", 2), ("HIGH_RISK", 3)]
     assert [(v.name, int(v)) for v in TelemetryLevel] == [("INFO", 1), ("WARNING", 2), ("ERROR", 3), ("CRITICAL", 4)]
+
+
+def test_a_training_restored_of_the_shape_before_unapplied_still_decodes() -> None:
+    old = b'{"type":"TrainingRestored","run_id":"r","step":620,"tier":"full"}'
+    assert msgspec.json.decode(old, type=TrainingRestored).unapplied == ()

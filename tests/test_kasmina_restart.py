@@ -145,6 +145,22 @@ async def test_a_lag_0_plan_applied_after_the_restored_states_capture_is_resent_
     assert not [e for e in read_journal(tmp_path / JOURNAL_FILENAME) if isinstance(e, JournalReceipt)]
 
 
+async def test_a_lag_2_plan_a_stop_cut_the_wait_for_is_resent_when_the_restore_names_it(
+    clock: ManualClock, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """Not lag 0 alone: a stop that cut the trainer's wait for a late plan short saves it expected at its own step;
+    resumed, the plan is applied there and journaled, and a kill -9 before the next checkpoint resumes from that stop
+    checkpoint again, naming the plan: the receipt of the killed session's application is not the state's."""
+    async with running_kasmina(clock, sink, lag=2, journal_dir=tmp_path) as h:
+        plan = await h.boundary(1, h.germinate(rank=2))
+        assert (plan.decided_on_step, plan.effect_step) == (1, 3)
+        await h.apply(plan)  # applied at 3 by the resumed session, which then died
+        await h.ref.tell(TrainingRestored(run_id=RUN, step=3, tier="full", unapplied=(1,)))
+        again = await h.next_plan()
+        assert (again.decided_on_step, again.effect_step, [op.kind for op in again.ops]) == (1, 3, ["attach"])
+        assert rebuilds(sink)[-1].endswith("1 plans sent again")
+
+
 async def test_a_resume_replays_the_journal_once_when_the_restore_names_the_expected_step(
     clock: ManualClock, sink: RecordingSink, tmp_path: Path
 ) -> None:
