@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from esper.config_toml import TomlValue
 
 _PATH_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_RULE = re.compile(r"(?P<key>\w+) \((?P<value>[^)]*)\) (?P<rest>.*)", re.DOTALL)
 _TOML_ERROR = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column \d+|end of document)\)$")
 
 
@@ -83,7 +84,7 @@ def translate(message: str, data: dict[str, TomlValue], source: str) -> str:
     segments = error_segments(message)
     dotted = dotted_path(segments) or "<top level>"
     if not (text.startswith("Expected") or text.startswith("Invalid enum value")):
-        return f"{source}: {dotted}: {text}"
+        return f"{source}: {_cross_field(text, segments) or f'{dotted}: {text}'}"
     info = _type_at(RUN_CONFIG_INFO, segments)
     expected = _describe(info)
     found, value = _value_at(data, segments)
@@ -97,6 +98,21 @@ def translate(message: str, data: dict[str, TomlValue], source: str) -> str:
         if number > bounded.le:
             expected += f" and at most {_number(bounded.le)} (about 31 years)"
     return f"{source}: {dotted}: expected {expected}, got {got}"
+
+
+def _cross_field(text: str, segments: list[str | int]) -> str | None:
+    """A table's rule between its keys, ``"warn (0.5) must not exceed veto (0.15)"`` at ``tamiyo``, led by the first key
+    and naming each in full (``tamiyo.warn: 0.5 must not exceed tamiyo.veto (0.15)``); None for another message."""
+    info = _strip_none(_type_at(RUN_CONFIG_INFO, segments))
+    rule = _RULE.fullmatch(text)
+    if not segments or not isinstance(info, mi.StructType) or rule is None:
+        return None
+    table = dotted_path(segments)
+    keys = {f.encode_name for f in info.fields}
+    if rule["key"] not in keys:
+        return None
+    rest = re.sub(r"(?<![\w.])\w+(?!\w)", lambda m: f"{table}.{m[0]}" if m[0] in keys else m[0], rule["rest"])
+    return f"{table}.{rule['key']}: {rule['value']} {rest}"
 
 
 def error_segments(message: str) -> list[str | int]:

@@ -111,7 +111,8 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
     """Log, as warnings the console shows, settings a run accepts but that defeat it: a command lag no shorter than
     the whole run (no decision of the controller can take effect: the run completed with nothing applied), a
     learning-rate warm-up longer than the run (the rate never reaches ``tolaria.lr``), a failed-epoch halt that
-    comes before Tolaria's breaker can open (the emergency ladder skips L3's rollback), and more training threads
+    comes before Tolaria's breaker can open (the emergency ladder skips L3's rollback), an artifact wait no shorter
+    than the decision deadline (the trainer gives up on the plan first), and more training threads
     than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
     has the first two too, which is why they are not refused. Once the run's logging is configured.
     """
@@ -150,6 +151,21 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
                 f"tolaria.failed_epochs_to_halt = {tolaria.failed_epochs_to_halt} is below"
                 f" tolaria.breaker.failure_threshold = {threshold}: epochs that keep failing halt the run (L4) before"
                 " the breaker opens, with no rollback (L3) first"
+            ),
+        )
+    wait_ms = config.kasmina.artifact_wait_ms
+    if wait_ms >= tolaria.decision_deadline_ms:
+        # A seed preparation waiting for its artifact outlasts the plan it belongs to: the trainer misses the plan
+        # (plan_missed) before the wait can end. A rule across sections, so said rather than refused, as the
+        # ladder's above is.
+        _log.warning(
+            "artifact_wait_outlasts_deadline",
+            artifact_wait_ms=wait_ms,
+            decision_deadline_ms=tolaria.decision_deadline_ms,
+            detail=(
+                f"kasmina.artifact_wait_ms = {wait_ms:g} is not below tolaria.decision_deadline_ms ="
+                f" {tolaria.decision_deadline_ms:g}: the trainer gives up on a plan (plan_missed) before its"
+                " seed's artifact wait ends"
             ),
         )
     if tolaria.num_threads is not None and cpus is not None and tolaria.num_threads > cpus:

@@ -227,12 +227,18 @@ class TamiyoConfig(ConfigSection, frozen=True):
 
     def __post_init__(self) -> None:
         if self.loss_spike_warn > self.loss_spike_veto:
-            raise ValueError(f"loss_spike_warn ({self.loss_spike_warn}) must not exceed loss_spike_veto")
+            raise ValueError(
+                f"loss_spike_warn ({self.loss_spike_warn}) must not exceed loss_spike_veto ({self.loss_spike_veto})"
+            )
         if self.policy_risk_elevated > self.policy_risk_critical:
-            raise ValueError(f"policy_risk_elevated ({self.policy_risk_elevated}) must not exceed policy_risk_critical")
+            raise ValueError(
+                f"policy_risk_elevated ({self.policy_risk_elevated}) must not exceed policy_risk_critical"
+                f" ({self.policy_risk_critical})"
+            )
         if self.blueprint_risk_downgrade > self.blueprint_risk_veto:
             raise ValueError(
                 f"blueprint_risk_downgrade ({self.blueprint_risk_downgrade}) must not exceed blueprint_risk_veto"
+                f" ({self.blueprint_risk_veto})"
             )
 
 
@@ -422,6 +428,7 @@ class RunConfig(ConfigSection, frozen=True):
 
 
 _NOT_BUILT = "Simic (policy learning) is not built yet"
+_PUBLISH_ONLY = "a run publishes on the bus and consumes nothing from it"
 _NO_CONFIDENCE_BLEND = "no policy blends a seed in CONFIDENCE mode, the only mode that reads it"
 INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (BreakerConfig, "half_open_probes"): "a breaker admits one probe at a time",
@@ -445,12 +452,19 @@ INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (TamiyoConfig, "field_report_publish_retries"): "field reports are written to field_reports.wal, not published",
     (TamiyoConfig, "field_report_backoff_s"): "field reports are written to field_reports.wal, not published",
     (TamiyoConfig, "policy_rollback_decisions"): f"policy updates are not applied ({_NOT_BUILT})",
+    (TamiyoConfig, "metadata_breaker"): (
+        "blueprint metadata comes from the in-process catalogue, which cannot fail: only tamiyo.inference_breaker trips"
+    ),
     (UrzaConfig, "catalog_records_cache"): "Urza caches ready modules only (urza.ready_cache_modules)",
     (TezzeretConfig, "max_retries"): "a failed compilation is not retried",
+    (TezzeretConfig, "breaker"): "each failed compilation marks its blueprint failed and is reported; no breaker",
     (KarnConfig, "allow_high_risk"): (
         "every HIGH_RISK blueprint (BP009-BP011) also requires a recorded approval, and this version records none"
     ),
-    (OonaConfig, "consume_breaker"): "a run publishes on the bus and consumes nothing from it",
+    (OonaConfig, "consume_breaker"): _PUBLISH_ONLY,
+    (OonaConfig, "claim_idle_s"): _PUBLISH_ONLY,
+    (OonaConfig, "claim_batch"): _PUBLISH_ONLY,
+    (OonaConfig, "dead_letter_attempts"): _PUBLISH_ONLY,
     (NissaConfig, "seed_event_queue"): "seed events reach Nissa through its mailbox (weatherlight.mailbox_capacity)",
     (SimicConfig, "enabled"): _NOT_BUILT,
     (SimicConfig, "lr"): _NOT_BUILT,

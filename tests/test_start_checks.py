@@ -201,3 +201,14 @@ async def test_a_run_on_a_host_whose_slots_cannot_be_strained_enough_starts_with
     tables = 'host_model = "tests.tolaria_factories:one_layer_model"\n[tamiyo]\ngerminate_min_constraint = 1.5'
     warned = await _warned_at_start(tmp_path, tables, "strain_unreachable")
     assert (warned["level"], warned["layers"], warned["slots"]) == ("warning", ["1"], 1)
+
+
+def test_an_artifact_wait_no_shorter_than_the_decision_deadline_is_said() -> None:
+    """kasmina.artifact_wait_ms = 5000 was accepted under a 1000 ms deadline: the trainer missed the plan first."""
+    [logged] = _warnings(["kasmina.artifact_wait_ms=1000"], steps_per_epoch=20, cpus=2)
+    assert (logged["event"], logged["log_level"]) == ("artifact_wait_outlasts_deadline", "warning")
+    assert logged["detail"] == (
+        "kasmina.artifact_wait_ms = 1000 is not below tolaria.decision_deadline_ms = 1000: the trainer gives up on a"
+        " plan (plan_missed) before its seed's artifact wait ends"
+    )
+    assert _warnings(["kasmina.artifact_wait_ms=999"], steps_per_epoch=20, cpus=2) == []
