@@ -403,7 +403,7 @@ def _rejected(reason: str, step: int, detail: str = "") -> TelemetryEvent:
     )
 
 
-def test_commands_kasmina_refused_show_once_per_reason_then_as_a_count_per_epoch() -> None:
+def test_commands_kasmina_refused_show_once_per_reason_then_as_a_count_each_time_it_doubles() -> None:
     """A nonce ledger too small refused 78 commands and a budget too small 24: the console said nothing at all."""
     console, stream = _console()
     for step in (10, 20, 30):
@@ -419,14 +419,21 @@ def test_commands_kasmina_refused_show_once_per_reason_then_as_a_count_per_epoch
     )
     console.on_packet(packet(40, epoch=0, val=0.9))
     console.on_packet(packet(80, epoch=1, val=0.9))  # nothing refused in this epoch: no count line
+    for step in (81, 82):
+        console.emit(_rejected("memory_budget_exceeded", step))
+    console.on_packet(packet(120, epoch=2, val=0.9))  # 5 refused: not yet twice the 3 told
+    console.emit(_rejected("memory_budget_exceeded", 121))
+    console.on_packet(packet(160, epoch=3, val=0.9))
     lines = stream.getvalue().splitlines()
     assert lines[0] == (
         "  step     10  rejected     command cmd-10 (germinate) rejected: memory_budget_exceeded: G0: memory_budget"
-        " (more for this reason: a count per epoch)"
+        " (repeats: a count each time it doubles)"
     )
     assert lines[1].startswith("  step     35  rejected     command cmd-35 (germinate) rejected: stale")
     assert lines[2] == "  ledger full  nonce ledger full of 1 fresh entries; refusing commands"
     assert lines[3].startswith("epoch   1/50 ")
-    assert lines[4] == "  epoch     1  rejected     2 more commands this epoch: memory_budget_exceeded"
-    assert lines[5].startswith("epoch   2/50 ")
-    assert len(lines) == 6
+    assert lines[4] == "  epoch     1  rejected     3 commands so far: memory_budget_exceeded"
+    assert [line[:12] for line in lines[5:7]] == ["epoch   2/50", "epoch   3/50"]
+    assert lines[7].startswith("epoch   4/50 ")
+    assert lines[8] == "  epoch     4  rejected     6 commands so far: memory_budget_exceeded"
+    assert len(lines) == 9
