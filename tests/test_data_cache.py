@@ -16,6 +16,7 @@ import pytest
 import structlog
 import torch
 
+from actors.tolaria import data_cache
 from actors.tolaria.build import load_data
 from actors.tolaria.data_cache import NpzArrayCache, log_cache_events
 from esper.config import load_config
@@ -219,9 +220,14 @@ def test_a_killed_writers_temp_file_is_swept_when_a_cache_opens_and_a_live_write
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "k.npz"])  # the write leaves no temp
 
 
-def test_generating_mnist1d_is_announced_before_it_starts_and_a_cached_load_is_not(tmp_path: Path) -> None:
+def test_generating_mnist1d_is_announced_before_it_starts_and_a_cached_load_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """200000 samples were 138 s of silence before the first console line (400,000,000 never ended)."""
     said: list[str] = []
+    load_data(TolariaConfig(dataset_samples=200, data_cache_dir=""), said.append)
+    assert said == []  # a second or less: not worth a line
+    monkeypatch.setattr(data_cache, "ANNOUNCED_FROM_SAMPLES", 200)
     config = TolariaConfig(dataset_samples=200, data_cache_dir=str(tmp_path / "cache"))
     load_data(config, said.append)
     assert said == [f"generating MNIST-1D: 200 samples, about 1 s (kept in {tmp_path / 'cache'} for later runs)"]
@@ -239,8 +245,11 @@ def test_a_data_set_size_past_the_bound_is_refused_in_one_line() -> None:
     assert load_config(None, ["tolaria.dataset_samples=1000000"]).tolaria.dataset_samples == 1_000_000
 
 
-async def test_a_run_says_it_is_generating_its_data_before_it_starts(tmp_path: Path) -> None:
+async def test_a_run_says_it_is_generating_its_data_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The start's checks load the data before the run's console has a line: the command line's stream is told."""
+    monkeypatch.setattr(data_cache, "ANNOUNCED_FROM_SAMPLES", 100)
     config = RunConfig(tolaria=TolariaConfig(dataset_samples=100, data_cache_dir=str(tmp_path / "cache")))
     stream = io.StringIO()
     await checked_start(config, tmp_path / "run", (), None, progress=stream)
