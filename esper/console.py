@@ -3,9 +3,10 @@ time left), one line per lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, a seed paused or resumed,
-emergencies, restarts, loss spikes, conservative mode, a seed operation the trainer refused). Writes to a text stream
-and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only the finished bar
-of each epoch is written.
+emergencies, restarts, loss spikes, conservative mode, a seed operation the trainer refused, a command Kasmina
+refused: the first for each reason, then its running count at an epoch end each time it has doubled). Writes to a
+text stream and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only the
+finished bar of each epoch is written.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ _SHOWN_EVENTS = {
     "metrics_endpoint_unavailable": "no metrics",  # the port was taken after the start's check
     # A restarted Nissa found the port it had taken meanwhile: the new URL follows (metrics_endpoint_listening).
     "metrics_endpoint_moved": "metrics moved",
+    # Once per episode: every command is refused until the ledger has room (command_rejected says each, folded).
+    "nonce_ledger_full": "ledger full",
 }
 """Telemetry events that change what the run does next (the risk engine pausing growth, an operation refused)."""
 
@@ -209,6 +212,11 @@ class Console:
         self._shown_steps: list[int] = []  # the steps of the lifecycle lines shown, for a rollback's line
         self._conservative = False  # conservative mode as the lines shown so far say (entered, not exited since)
         self._metrics_url: str | None = None  # the /metrics URL shown
+        # Commands refused, by reason, and the count last shown: the first of each is a line, then the count at an
+        # epoch end once it has doubled (a nonce ledger too small refused 78 commands, one CRITICAL line each in
+        # events.jsonl; 7 lines here, the summary has the total).
+        self._rejected: dict[str, int] = {}
+        self._rejected_told: dict[str, int] = {}
 
     def started(
         self, run_id: str, run_dir: Path, events_file: str, *, resume: bool, metrics_url: str | None = None
@@ -246,6 +254,10 @@ class Console:
         figures.append(timing)
         bar = f"{progress_bar(1.0)} " if self._interactive else ""
         self._line(f"epoch {epoch:>3}/{self._epochs} {bar}" + "  ".join(figures))
+        for reason, count in sorted(self._rejected.items()):
+            if count >= 2 * self._rejected_told[reason]:
+                self._rejected_told[reason] = count
+                self._line(f"  epoch {epoch:>5}  {'rejected':<12} {count} commands so far: {reason}")
 
     def _timing(self, done: float) -> str:
         """``[elapsed<left]`` as Lightning and tqdm show it: time since the run started, and the epochs still to go
@@ -299,6 +311,11 @@ class Console:
                 if url != self._metrics_url:
                     self._metrics_url = url
                     self._line(f"  metrics:  {url}")
+            case TelemetryEvent(name="command_rejected", attributes={"reason": str(reason)}):
+                self._rejected[reason] = self._rejected.get(reason, 0) + 1
+                if reason not in self._rejected_told:
+                    self._rejected_told[reason] = 1
+                    self._line(f"{event_line(event, 'rejected')} (repeats: a count each time it doubles)")
             case TelemetryEvent(name=name) if name in _SHOWN_EVENTS:
                 if name in {"conservative_entered", "conservative_exited"}:
                     self._conservative = name == "conservative_entered"

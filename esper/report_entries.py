@@ -79,6 +79,15 @@ def fired_alert(entry: dict[str, object]) -> str | None:
     return rule if isinstance(rule, str) else None
 
 
+def rejected_command(entry: dict[str, object]) -> str | None:
+    """Why Kasmina (or its verifier) refused a command, from its ``command_rejected`` telemetry line; else None."""
+    if entry.get("event") != "telemetry_event" or entry.get("name") != "command_rejected":
+        return None
+    attributes = entry.get("attributes")
+    reason = attributes.get("reason") if isinstance(attributes, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
 class Restored(NamedTuple):
     """A ``lifecycle_restored`` line: the lifecycle went back to the boundary of ``step`` (see LifecycleRestored)."""
 

@@ -151,7 +151,7 @@ async def _start(
     rngs = GlobalRngs()
     matmul = Float32Matmul()
     try:
-        args = await checked_start(config, run_dir, overrides, resume, prechecked=prechecked)
+        args = await checked_start(config, run_dir, overrides, resume, prechecked=prechecked, progress=progress)
         resolved, directory = args.config, args.directory
         files = RunFiles(resolved.logging.json_file, resolved.nissa.metrics_csv, resolved.nissa.summary_json)
         claim = functools.partial(claim_run_dir, directory, resume=resume is not None, files=files)

@@ -13,7 +13,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TextIO, final
 
 import anyio
 
@@ -240,10 +240,12 @@ async def checked_start(
     resume: str | Path | None,
     *,
     prechecked: bool = False,
+    progress: TextIO | None = None,
 ) -> StartArgs:
     """The arguments of ``start`` resolved and checked, each refusal in the command line's words; writes nothing.
     ``prechecked``: the command line's checks (checked_command_line) already found the resumed run's checkpoints its
-    own and not yet trained through, which hashes every checkpoint: not done twice.
+    own and not yet trained through, which hashes every checkpoint: not done twice. ``progress``: where a line says
+    a data set is being generated (minutes for a large one, before the run's console starts); None: nowhere.
 
     Raises:
         ConfigError: the config, an override, the host model or data, or the run to resume cannot be used.
@@ -269,7 +271,9 @@ async def checked_start(
     key = env_key(resolved, resuming=resume is not None)
     check_default_dtype()
     try:
-        data = await anyio.to_thread.run_sync(check_config, resolved.tolaria, resolved.kasmina.slot_targets)
+        announce = functools.partial(_say_line, progress) if progress is not None else None
+        check = functools.partial(check_config, resolved.tolaria, resolved.kasmina.slot_targets, announce)
+        data = await anyio.to_thread.run_sync(check)
         await anyio.to_thread.run_sync(check_start, resolved)
         if resolved.nissa.prometheus_port is not None:
             host, port = resolved.nissa.prometheus_host, resolved.nissa.prometheus_port
@@ -362,6 +366,10 @@ async def checked_start(
     return StartArgs(
         config=resolved, key=key or new_run_key(), baseline=baseline, directory=directory, run_id=run_id, data=data
     )
+
+
+def _say_line(stream: TextIO, line: str) -> None:
+    say(stream, f"{line}\n")
 
 
 def _with_recorded_weights(message: str, directory: Path) -> str:

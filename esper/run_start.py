@@ -54,6 +54,7 @@ def preload_earlier(tally: RunTally, before: EarlierTally) -> None:
         incomplete=before.incomplete,
         partial=before.partial,
         alerts_fired=before.alerts_fired,
+        rejected_commands=before.rejected_commands,
     )
     # On the console too: the summary's figures will leave this out.
     for note in (*before.incomplete, *before.partial):

@@ -63,6 +63,9 @@ class RunTally:
     alerts_fired: dict[str, int] = field(default_factory=dict)
     # The actors cancelled past their shutdown deadline, in order (their supervisors' ChildFailed events).
     cancelled: list[str] = field(default_factory=list)
+    # The commands Kasmina or its verifier refused, by reason (their command_rejected events), every session's: a
+    # germination refused reads as no growth at all, and the controller's reasons (cooldown) do not say why.
+    rejected_commands: dict[str, int] = field(default_factory=dict)
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -91,6 +94,8 @@ class RunTally:
                 self.worker_hangs += 1
             case TelemetryEvent(name=name, attributes={"rule": str(rule)}) if name == ALERT_FIRED:
                 self.alerts_fired[rule] = self.alerts_fired.get(rule, 0) + 1
+            case TelemetryEvent(name="command_rejected", attributes={"reason": str(reason)}):
+                self.rejected_commands[reason] = self.rejected_commands.get(reason, 0) + 1
             case _:
                 pass
 
@@ -106,11 +111,13 @@ class RunTally:
         incomplete: Sequence[str] = (),
         partial: Sequence[str] = (),
         alerts_fired: Sequence[str] = (),
+        rejected_commands: Sequence[str] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its slot transitions (what Nissa starts from, see
         slot_transitions_at), its emergency signals (the summary counts every session's, each move once) and the stage
-        ops the trainer refused (see RefusalLog), and the rule of each alert that fired; the resumed run's own traffic
+        ops the trainer refused (see RefusalLog), the rule of each alert that fired and the reason of each command
+        refused; the resumed run's own traffic
         then continues the tally.
         ``incomplete``: what the earlier sessions' files could not tell (the summary says so:
         GrowthFigures.earlier_incomplete); ``partial``: what they could not tell with their seed transitions whole
@@ -123,6 +130,7 @@ class RunTally:
         self.slot_transitions = list(slot_transitions or ())
         self.refusals = RefusalLog(refusals)
         self.alerts_fired = dict(Counter(alerts_fired))
+        self.rejected_commands = dict(Counter(rejected_commands))
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:
@@ -243,4 +251,5 @@ class RunTally:
             worker_hangs=self.worker_hangs,
             emergency_events=self.emergencies.count,
             earlier_incomplete=[*self.earlier_incomplete, *self.earlier_partial],
+            rejected_commands=dict(self.rejected_commands),
         )

@@ -131,6 +131,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         f"{'decision latency p50 / p95':<28}{_ms(growth.decision_p50_ms)} / {_ms(growth.decision_p95_ms)} "
         f"({growth.decisions} decisions{_fallback_share(growth)})",
         f"{'emergency events':<28}{growth.emergency_events}",
+        *_rejected_line(growth),
         *_timing_note(growth),
         *(f"earlier sessions' figures incomplete: {note}" for note in growth.earlier_incomplete),
         *(f"note: {note}" for note in growth.end_notes),
@@ -196,12 +197,22 @@ def _fallback_share(growth: GrowthFigures) -> str:
     return f", {growth.fallback_decisions} by the fallback" if growth.fallback_decisions else ""
 
 
+def _rejected_line(growth: GrowthFigures) -> list[str]:
+    if not growth.rejected_commands:
+        return []
+    counts = ", ".join(f"{r} {n}" for r, n in sorted(growth.rejected_commands.items(), key=lambda rn: (-rn[1], rn[0])))
+    return [f"{'commands rejected':<28}{counts} (by Kasmina; events.jsonl: command_rejected)"]
+
+
 def _why_idle(growth: GrowthFigures) -> str:
     reasons = _most(r for r in growth.no_op_reasons.items() if r[0] not in _ROUTINE_NO_OPS)
     # A germination the policy chose and the risk engine turned down is named by the risk engine's reason: the
     # policy's own (plateau) is not why nothing was grown.
     vetoed = _most(growth.vetoed_reasons.items())
-    parts = [f"the controller's reasons: {reasons}"] if reasons else []
+    # A germination Kasmina refused leaves the controller waiting out a cooldown: its refusal is the reason.
+    rejected = _most(growth.rejected_commands.items())
+    parts = [f"commands rejected: {rejected}"] if rejected else []
+    parts += [f"the controller's reasons: {reasons}"] if reasons else []
     parts += [f"vetoed: {vetoed}"] if vetoed else []
     return f" ({'; '.join(parts)})" if parts else ""
 

@@ -32,8 +32,16 @@ INITIAL_SEED_PREFIX = "initial-"
 """An initial seed's id is this prefix plus its slot's name: Tolaria attaches it under that id, Kasmina reports it."""
 RunSeed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 """NumPy's seed range: the seeds derived from it (x 1000 for initial seeds) must still fit torch's 64-bit seed."""
+MAX_DATASET_SAMPLES = 1_000_000
+"""250 times the default: MNIST-1D takes about 0.7 ms a sample to generate (12 minutes for this many), so more is a
+typo (400,000,000 would have generated for days before the first epoch)."""
+DatasetSamples = Annotated[int, Meta(ge=1, le=MAX_DATASET_SAMPLES)]
 MAX_MEGABYTES = 2.0**24
 """16 TiB: a memory budget above it is a typo (1e308 overflowed the byte count the run computes from it)."""
+# The alpha ramp's temperature, relative to a 20-step ramp (it scales with blend_ramp_steps). Above 3 the tanh ramp no
+# longer starts near 0 and ends near 1 (3.4% off at 3, 7.6% at 4, 47.5% at 100): alpha would jump to 1 at the end.
+MAX_BLEND_TEMPERATURE = 3.0
+BlendTemperature = Annotated[float, Meta(gt=0.0, le=MAX_BLEND_TEMPERATURE)]
 MemoryCapMB = Annotated[float, Meta(ge=0.0, le=MAX_MEGABYTES)]
 MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
 MIN_MAILBOX_CAPACITY = 64
@@ -67,7 +75,7 @@ class TolariaConfig(ConfigSection, frozen=True):
     epochs: PosInt = 10
     seed: RunSeed = 0
     dataset: Literal["mnist1d", "digits", "npz"] = "mnist1d"
-    dataset_samples: PosInt = 4000
+    dataset_samples: DatasetSamples = 4000
     npz_path: str | None = None
     validation_fraction: Fraction = 0.2
     batch_size: PosInt = 128
@@ -149,7 +157,7 @@ class KasminaConfig(ConfigSection, frozen=True):
     stage_min_dwell_steps: NonNegInt = 20
     probation_epochs: PosInt = 2
     blend_ramp_steps: PosInt = 20
-    blend_temperature: PosFloat = 2.0
+    blend_temperature: BlendTemperature = 2.0
     confidence_k: PosFloat = 4.0
     confidence_tau: float = 0.2
     alpha_hysteresis: UnitFloat = 0.02

@@ -73,6 +73,7 @@ class GrowthFigures(Record, frozen=True):
     phrase per file, what a resumed run's earlier sessions' files could not tell (an event log gone or cut short):
     the figures above then leave those out. ``end_notes`` says, one phrase each, what went wrong as this session
     ended that the figures do not show (an actor cancelled past its shutdown deadline, metrics.csv rows missing).
+    ``rejected_commands`` counts the commands Kasmina refused, by reason (``memory_budget_exceeded``, ``stale``).
     """
 
     baseline_val_accuracy: float | None = None
@@ -96,6 +97,9 @@ class GrowthFigures(Record, frozen=True):
     parameters_fossilized: int | None = None
     vetoed_reasons: dict[str, int] = field(default_factory=dict)
     end_notes: list[str] = field(default_factory=list)
+    # The commands Kasmina (or its command verifier) refused, by reason (command_rejected events, every session's):
+    # a refused germination grows nothing (an earlier version's summary has none).
+    rejected_commands: dict[str, int] = field(default_factory=dict)
 
 
 class RunSummary(Record, frozen=True):

@@ -392,3 +392,48 @@ def test_an_emergency_or_a_restart_the_console_formats_is_not_also_printed_raw(t
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [entry["event"] for entry in logged] == ["emergency_signal", "child_restarted"]
     assert logged[0]["monotonic_time_ms"] == 19985844.99
+
+
+def _rejected(reason: str, step: int, detail: str = "") -> TelemetryEvent:
+    return TelemetryEvent(
+        name="command_rejected",
+        level=TelemetryLevel.WARNING,
+        description=f"command cmd-{step} (germinate) rejected: {reason}{detail}",
+        attributes={"reason": reason, "command_id": f"cmd-{step}", "kind": "germinate", "step": step},
+    )
+
+
+def test_commands_kasmina_refused_show_once_per_reason_then_as_a_count_each_time_it_doubles() -> None:
+    """A nonce ledger too small refused 78 commands and a budget too small 24: the console said nothing at all."""
+    console, stream = _console()
+    for step in (10, 20, 30):
+        console.emit(_rejected("memory_budget_exceeded", step, ": G0: memory_budget"))
+    console.emit(_rejected("stale", 35))
+    console.emit(
+        TelemetryEvent(
+            name="nonce_ledger_full",
+            level=TelemetryLevel.CRITICAL,
+            description="nonce ledger full of 1 fresh entries; refusing commands",
+            attributes={"capacity": 1},
+        )
+    )
+    console.on_packet(packet(40, epoch=0, val=0.9))
+    console.on_packet(packet(80, epoch=1, val=0.9))  # nothing refused in this epoch: no count line
+    for step in (81, 82):
+        console.emit(_rejected("memory_budget_exceeded", step))
+    console.on_packet(packet(120, epoch=2, val=0.9))  # 5 refused: not yet twice the 3 told
+    console.emit(_rejected("memory_budget_exceeded", 121))
+    console.on_packet(packet(160, epoch=3, val=0.9))
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == (
+        "  step     10  rejected     command cmd-10 (germinate) rejected: memory_budget_exceeded: G0: memory_budget"
+        " (repeats: a count each time it doubles)"
+    )
+    assert lines[1].startswith("  step     35  rejected     command cmd-35 (germinate) rejected: stale")
+    assert lines[2] == "  ledger full  nonce ledger full of 1 fresh entries; refusing commands"
+    assert lines[3].startswith("epoch   1/50 ")
+    assert lines[4] == "  epoch     1  rejected     3 commands so far: memory_budget_exceeded"
+    assert [line[:12] for line in lines[5:7]] == ["epoch   2/50", "epoch   3/50"]
+    assert lines[7].startswith("epoch   4/50 ")
+    assert lines[8] == "  epoch     4  rejected     6 commands so far: memory_budget_exceeded"
+    assert len(lines) == 9

@@ -16,10 +16,14 @@ import pytest
 import structlog
 import torch
 
+from actors.tolaria import data_cache
 from actors.tolaria.build import load_data
 from actors.tolaria.data_cache import NpzArrayCache, log_cache_events
+from esper.config import load_config
+from esper.run_args import checked_start
 from esper.runtime.atomic_write import temp_prefix
-from schemas.config import TolariaConfig
+from esper.runtime.errors import ConfigError
+from schemas.config import RunConfig, TolariaConfig
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -214,3 +218,42 @@ def test_a_killed_writers_temp_file_is_swept_when_a_cache_opens_and_a_live_write
     assert [(e["event"], e["count"]) for e in _said(cache)] == [("data_cache_temp_files_removed", 1)]
     assert _equal(cache("k", Generator(_arrays())), _arrays())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "k.npz"])  # the write leaves no temp
+
+
+def test_generating_mnist1d_is_announced_before_it_starts_and_a_cached_load_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200000 samples were 138 s of silence before the first console line (400,000,000 never ended)."""
+    said: list[str] = []
+    load_data(TolariaConfig(dataset_samples=200, data_cache_dir=""), said.append)
+    assert said == []  # a second or less: not worth a line
+    monkeypatch.setattr(data_cache, "ANNOUNCED_FROM_SAMPLES", 200)
+    config = TolariaConfig(dataset_samples=200, data_cache_dir=str(tmp_path / "cache"))
+    load_data(config, said.append)
+    assert said == [f"generating MNIST-1D: 200 samples, about 1 s (kept in {tmp_path / 'cache'} for later runs)"]
+    load_data(config, said.append)  # read back from the cache: nothing to wait for
+    assert len(said) == 1
+    load_data(TolariaConfig(dataset_samples=200, data_cache_dir=""), said.append)
+    assert said[1] == "generating MNIST-1D: 200 samples, about 1 s (not kept: tolaria.data_cache_dir is off)"
+    load_data(TolariaConfig(dataset="digits", data_cache_dir=""), said.append)
+    assert len(said) == 2
+
+
+def test_a_data_set_size_past_the_bound_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"tolaria\.dataset_samples: expected an integer between 1 and 1000000"):
+        load_config(None, ["tolaria.dataset_samples=400000000"])
+    assert load_config(None, ["tolaria.dataset_samples=1000000"]).tolaria.dataset_samples == 1_000_000
+
+
+async def test_a_run_says_it_is_generating_its_data_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start's checks load the data before the run's console has a line: the command line's stream is told."""
+    monkeypatch.setattr(data_cache, "ANNOUNCED_FROM_SAMPLES", 100)
+    config = RunConfig(tolaria=TolariaConfig(dataset_samples=100, data_cache_dir=str(tmp_path / "cache")))
+    stream = io.StringIO()
+    await checked_start(config, tmp_path / "run", (), None, progress=stream)
+    assert stream.getvalue() == (
+        f"generating MNIST-1D: 100 samples, about 1 s (kept in {tmp_path / 'cache'} for later runs)\n"
+    )
+    await checked_start(config, tmp_path / "run", (), None)  # no stream: said nowhere, and not refused

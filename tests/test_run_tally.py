@@ -10,7 +10,7 @@ import pytest
 
 from actors.nissa.actor import ALERT_CLEARED, ALERT_FIRED
 from esper.decisions import Decision as Read
-from esper.report import ReportInputError, read_decisions
+from esper.report import ReportInputError, read_decisions, read_run_events
 from esper.run_tally import RunTally
 from esper.runtime.stage_refusals import Refusal, Transition
 from esper.summary_table import format_summary, growth_lines
@@ -465,3 +465,34 @@ def test_the_summary_counts_the_alerts_fired_by_rule() -> None:
     assert line == "alerts fired: slo_tamiyo_decision_latency 1, training_latency_high 2 (events.jsonl: alert_fired)"
     quiet = msgspec.structs.replace(summary, alerts_fired={})
     assert "alerts fired" not in format_summary(quiet)
+
+
+def test_commands_kasmina_refused_are_counted_by_reason_and_named_as_why_nothing_grew(tmp_path: Path) -> None:
+    """A memory budget too small refused 24 germinations: the summary said 'seeds by outcome none (the controller's
+    reasons: steady 22, cooldown 8, too_late 6)', the cooldown being the refused germinations', and summary.json did
+    not count them."""
+    path = tmp_path / "events.jsonl"
+    earlier = {"event": "telemetry_event", "name": "command_rejected", "attributes": {"reason": "stale"}}
+    path.write_text(json.dumps(earlier) + "\n", encoding="utf-8")
+    tally = RunTally()
+    tally.preload([], [], [Read(4, 1.0, "cooldown")], rejected_commands=read_run_events(path).rejected_commands)
+    for reason in ("memory_budget_exceeded", "memory_budget_exceeded", "nonce_ledger_full"):
+        tally.emit(TelemetryEvent(name="command_rejected", level=TelemetryLevel.WARNING, attributes={"reason": reason}))
+    figures = tally.figures(seed_parameters=0)
+    assert figures.rejected_commands == {"memory_budget_exceeded": 2, "nonce_ledger_full": 1, "stale": 1}
+    lines = growth_lines(figures)
+    seeds = next(line for line in lines if line.startswith("seeds by outcome"))
+    assert seeds.endswith(
+        "none (commands rejected: memory_budget_exceeded 2, nonce_ledger_full 1, stale 1;"
+        " the controller's reasons: cooldown 1)"
+    )
+    [rejected] = [line for line in lines if line.startswith("commands rejected")]
+    assert rejected.endswith(
+        "memory_budget_exceeded 2, nonce_ledger_full 1, stale 1 (by Kasmina; events.jsonl: command_rejected)"
+    )
+    decoded = msgspec.json.decode(msgspec.json.encode(figures))
+    assert decoded["rejected_commands"] == figures.rejected_commands
+    # An earlier version's summary.json, without the field, still reads.
+    del decoded["rejected_commands"]
+    assert msgspec.json.decode(msgspec.json.encode(decoded), type=GrowthFigures).rejected_commands == {}
+    assert not any(line.startswith("commands rejected") for line in growth_lines(GrowthFigures()))

@@ -122,13 +122,8 @@ def blend_spec(blend: BlendConfig | None) -> tuple[BlendSpec, AlphaSchedule]:
     )
     end = blend.window_end if blend.window_end > blend.window_start else 1.0
     start = blend.window_start if blend.window_start < end else 0.0
-    schedule = AlphaSchedule(
-        method=_SCHEDULES[blend.schedule],
-        total_steps=blend.ramp_steps,
-        temperature=blend.temperature,
-        start=start,
-        end=end,
-    )
+    # The configured temperature is relative to the ramp's length: the ramp's width scales with ramp_steps.
+    schedule = AlphaSchedule.for_ramp(_SCHEDULES[blend.schedule], blend.ramp_steps, blend.temperature, start, end)
     return spec, schedule
 
 

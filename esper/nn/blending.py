@@ -27,6 +27,7 @@ from torch import Tensor
 
 __all__ = [
     "MAX_CHANNEL_WEIGHTS",
+    "RAMP_REFERENCE_STEPS",
     "AlphaSchedule",
     "BlendMode",
     "BlendSpec",
@@ -34,11 +35,15 @@ __all__ = [
     "blend",
     "channel_alpha",
     "confidence_alpha",
+    "ramp_temperature",
     "sigmoid_ramp",
     "straight_through",
 ]
 
 MAX_CHANNEL_WEIGHTS = 64
+# A configured blend temperature is in steps for a ramp of this length and scales with the ramp, so the ramp's shape
+# (how near 0 it starts and 1 it ends) is the same for every ramp_steps and the 20-step default keeps its exact alphas.
+RAMP_REFERENCE_STEPS = 20
 
 
 class BlendMode(enum.Enum):
@@ -109,6 +114,15 @@ def sigmoid_ramp(step: float, total_steps: float, temperature: float) -> float:
     return 0.5 * (1.0 + math.tanh((step - total_steps / 2.0) / (2.0 * temperature)))
 
 
+def ramp_temperature(temperature: float, ramp_steps: int) -> float:
+    """The tanh width in steps of a ``ramp_steps``-step ramp whose ``temperature`` is relative to a 20-step ramp.
+
+    ``temperature * ramp_steps / 20``: exactly ``temperature`` for 20 steps, 10 for a 100-step ramp at the default
+    2.0, so a ramp starts near 0 and ends near 1 (0.0067 and 0.9933 at 2.0) whatever its length.
+    """
+    return temperature * ramp_steps / RAMP_REFERENCE_STEPS
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class AlphaSchedule:
@@ -118,6 +132,8 @@ class AlphaSchedule:
     from ``end * total_steps`` on it is exactly 1 (the snap). Inside, SIGMOID evaluates the tanh ramp centred on the
     window (``temperature`` in steps), LINEAR rises linearly and COSINE follows ``0.5 * (1 - cos(pi * p))``. With the
     defaults (SIGMOID, 20 steps, temperature 2, window [0, 1]) this is ``sigmoid_ramp`` snapped to 1 at step 20.
+    ``temperature`` here is in steps (what a checkpoint stores); ``for_ramp`` builds one from a configured,
+    ramp-relative temperature.
 
     Raises:
         ValueError: ``total_steps < 1``, a non-positive or non-finite temperature, or a window outside
@@ -137,6 +153,13 @@ class AlphaSchedule:
             raise ValueError(f"temperature: must be finite and > 0, got {self.temperature}")
         if not 0.0 <= self.start < self.end <= 1.0:
             raise ValueError(f"start/end: need 0 <= start < end <= 1, got {self.start}, {self.end}")
+
+    @classmethod
+    def for_ramp(
+        cls, method: ScheduleMethod, ramp_steps: int, temperature: float, start: float = 0.0, end: float = 1.0
+    ) -> AlphaSchedule:
+        """The schedule of a ``ramp_steps``-step ramp whose ``temperature`` is relative (see ``ramp_temperature``)."""
+        return cls(method, ramp_steps, ramp_temperature(temperature, ramp_steps), start, end)
 
     def value(self, step: int) -> float:
         """Alpha after ``step`` optimizer steps of blending (a plain float in [0, 1], exactly 1 once ramped)."""
