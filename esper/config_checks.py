@@ -14,12 +14,14 @@ from esper.runtime.bus_redis_open import redis_url_problem
 from schemas.base import ConfigSection
 from schemas.config import (
     INERT_KEYS,
+    MIN_MAILBOX_CAPACITY,
     KarnConfig,
     KasminaConfig,
     OonaConfig,
     RunConfig,
     TamiyoConfig,
     TolariaConfig,
+    WeatherlightConfig,
 )
 
 if TYPE_CHECKING:
@@ -124,6 +126,11 @@ def value_problems(section: ConfigSection, path: tuple[str, ...] = ()) -> Iterat
             f"names {', '.join(repr(b) for b in both)}, which {'.'.join((*path, 'include'))} names too: an excluded"
             " blueprint is never offered; name each blueprint in one of them",
         )
+    if isinstance(section, WeatherlightConfig) and section.mailbox_capacity < MIN_MAILBOX_CAPACITY:
+        # Not a bound of the type: a run an earlier version wrote with a smaller mailbox (accepted then, and covered
+        # now by Kasmina's own floor) is still resumed and read as a baseline.
+        capacity = section.mailbox_capacity
+        yield ".".join((*path, "mailbox_capacity")), f"expected an integer >= {MIN_MAILBOX_CAPACITY}, got {capacity}"
     yield from _scope_problems(section, path)
     if isinstance(section, OonaConfig) and section.backend == "redis":
         # Refused by the client only once the run directory was made, which then held a run that never began.

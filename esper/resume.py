@@ -25,16 +25,17 @@ from actors.tolaria.checkpoints import (
 )
 from esper.baseline import SAME_TRAINING
 from esper.config import load_config
-from esper.config_checks import RUN_FILE_KEYS, dotted_value
+from esper.config_checks import RUN_FILE_KEYS, as_acted_on, dotted_value
 from esper.run_key import KEY_FILE
 from esper.runtime.errors import ConfigError
 from esper.runtime.signing import command_signature_valid, verdict_mac
+from schemas.config import RunConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.run_key import RunKey
-    from schemas.config import RunConfig, SecurityConfig
+    from schemas.config import SecurityConfig
 
 # What the lifecycle planner is built with: a resume replays Kasmina's journal through a planner with the new config's
 # settings, so another dwell or gate threshold rebuilds a different past (a blending seed replayed back into TRAINING)
@@ -96,11 +97,30 @@ def edited_keys(directory: Path, earlier: RunConfig) -> list[str]:
     if recorded is None:
         return []
     now = run_keys(earlier)
-    return [
-        f"{dotted} is {now[dotted]!r} there but the run trained with {recorded[dotted]!r}"
-        for dotted in now
-        if dotted in recorded and recorded[dotted] != now[dotted]
-    ]
+    differing = [dotted for dotted in now if dotted in recorded and recorded[dotted] != now[dotted]]
+    if differing:
+        # ``earlier`` was read as acted on (as_acted_on): a value an earlier version accepted and acted on as another
+        # (a momentum no optimizer but SGD reads, a slot target named twice) was recorded as written. Read so too,
+        # it is the same run; the file was not edited, and no edit could have put the recorded value back.
+        acted_on = _recorded_as_acted_on(earlier, {dotted: recorded[dotted] for dotted in differing})
+        differing = [dotted for dotted in differing if acted_on is None or acted_on[dotted] != now[dotted]]
+    return [f"{dotted} is {now[dotted]!r} there but the run trained with {recorded[dotted]!r}" for dotted in differing]
+
+
+def _recorded_as_acted_on(config: RunConfig, recorded: dict[str, object]) -> dict[str, object] | None:
+    """run_keys of ``config`` with the ``recorded`` values put in and read as acted on; None when they do not make a
+    config this version reads."""
+    tree = msgspec.to_builtins(config)
+    for dotted, value in recorded.items():
+        *sections, key = dotted.split(".")
+        node = tree
+        for name in sections:
+            node = node.setdefault(name, {})  # a section all at its defaults may be left out
+        node[key] = value
+    try:
+        return run_keys(as_acted_on(msgspec.convert(tree, RunConfig)))
+    except (msgspec.ValidationError, KeyError, TypeError):
+        return None
 
 
 def refuse_edited(directory: Path, earlier: RunConfig, *, caller: str, advice: str) -> None:

@@ -47,8 +47,9 @@ MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
 MIN_MAILBOX_CAPACITY = 64
 """The smallest ``weatherlight.mailbox_capacity``: the trainer's sends to Nissa and Kasmina do not wait, and a full
 mailbox loses them (at 1 or 2 Kasmina lost receipts and packets and the run's result changed); Kasmina's own mailbox
-is also never below what the command lag keeps in flight."""
-MailboxCapacity = Annotated[int, Meta(ge=MIN_MAILBOX_CAPACITY, le=2**63 - 1)]
+is also never below what the command lag keeps in flight. Checked with the values a run cannot use
+(esper.config_checks), not by the type: a run directory an earlier version wrote with a smaller one is still read."""
+MailboxCapacity = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 MAX_NUM_THREADS = 256
 """torch's intra-op threads: far more than any CPU's cores gains nothing, and 100000 crashed the process."""
 NumThreads = Annotated[int, Meta(ge=1, le=MAX_NUM_THREADS)]

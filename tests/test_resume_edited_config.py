@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from actors.tolaria.checkpoints import read_run_keys
@@ -108,3 +109,28 @@ def test_another_run_id_is_refused_naming_both_ids(tmp_path: Path) -> None:
         " setting)"
     )
     check_resumable(directory, RunConfig())  # unset: the run's own id, no refusal
+
+
+def test_a_run_an_earlier_version_wrote_with_values_now_read_as_others_still_resumes(tmp_path: Path) -> None:
+    """Its manifest recorded what its config.toml says (a momentum AdamW never read, a slot target named twice, a
+    blueprint both included and excluded); this version reads that file as acted on, and compared with the record
+    the file looked edited: the resume was refused, and no edit could have put the recorded values back."""
+    raw = msgspec.convert(
+        {
+            "tolaria": {"momentum": 0.8},
+            "kasmina": {"slot_targets": ["blocks.0", "blocks.1", "blocks.0"]},
+            "karn": {"include": ["BP005", "BP007"], "exclude": ["BP007"]},
+        },
+        RunConfig,
+    )
+    directory = tmp_path / "run"
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "config.toml").write_text(dump_config(raw), encoding="utf-8")
+    manifest = {"schema_version": 2, "checkpoints": [], "graft_log": [], "run_keys": run_keys(raw)}
+    (directory / "checkpoints" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    written = load_config(directory / "config.toml", (), written=True)
+    assert written.tolaria.momentum == RunConfig().tolaria.momentum, "read as acted on"
+    check_resumable(directory, written)
+    _edit_lr(directory, "0.5")  # an edit is still one
+    with pytest.raises(ConfigError, match=r"tolaria.lr is 0.5 there but the run trained with"):
+        check_resumable(directory, written)

@@ -261,6 +261,9 @@ def test_a_timeout_is_not_marked_in_the_shared_store(store: UrzaStore) -> None:
     assert slow.failure is not None
     assert "over its 1e-06 s" in slow.failure
     assert store.blueprint_status("BP001") is None
+    # Nor stored: the timed-out compile was published before its check, reported as failed and served all the same.
+    assert slow.artifact is None
+    assert store.entries("BP001") == ()
     later = run_job(job, UrzaArtifactSink(store), CompileSettings())
     assert later.ok
     assert later.artifact is not None

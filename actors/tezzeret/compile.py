@@ -286,6 +286,7 @@ def run_job(
     artifact: str | None = None
     prewarm_ms = 0.0
     eager = False
+    timed_out = False
     try:
         params = validate_params(descriptor, job.params, fill_defaults=True)
         module = build(descriptor, slot, params, seed=settings.seed)
@@ -306,6 +307,15 @@ def run_job(
                         failure = f"blueprint {descriptor.blueprint_id}: torch.compile failed: {_one_line(err)}"
                     eager = True
                 prewarm_ms = (timer() - warm_start) * 1e3
+            built_s = timer() - start
+            if failure is None and built_s > settings.timeout_s:
+                # Before publishing: a compile this run's setting calls too slow is not served to its seeds (nor
+                # to later runs'), and not marked in the store either (the setting is this run's, not a fault of
+                # the blueprint, and the store is shared: a mark made under a tiny timeout kept every later run,
+                # default settings too, from growing it).
+                limit_s = settings.timeout_s
+                failure = f"blueprint {descriptor.blueprint_id}: compile took {built_s:.3g} s, over its {limit_s:g} s"
+                timed_out = True
             if failure is None:
                 try:
                     artifact = artifacts.publish(
@@ -314,13 +324,7 @@ def run_job(
                 except ValueError as err:
                     failure = f"blueprint {descriptor.blueprint_id}: artifact refused: {_one_line(err)}"
     compile_ms = (timer() - start) * 1e3
-    if failure is None and compile_ms > settings.timeout_s * 1e3:
-        took_s = compile_ms / 1e3
-        # Not marked in the store: the timeout is this run's setting, not a fault of the blueprint, and the store is
-        # shared (a mark made under a tiny timeout kept every later run, default settings too, from growing it).
-        failure = f"blueprint {descriptor.blueprint_id}: compile took {took_s:.3g} s, over its {settings.timeout_s:g} s"
-        artifact = None
-    elif failure is not None:
+    if failure is not None and not timed_out:
         artifact = None
         artifacts.mark_failed(descriptor.blueprint_id, failure)
     return CompileOutcome(
