@@ -57,3 +57,11 @@ def test_a_checkpointed_schedule_keeps_its_temperature_in_steps() -> None:
     assert schedule.temperature == 10.0
     old = AlphaSchedule(total_steps=100, temperature=2.0)
     assert old.value(40) < 0.01 < schedule.value(40)
+
+
+def test_every_temperature_is_kept_bitwise_at_the_default_ramp_length() -> None:
+    """temperature * 20 / 20 is not temperature for 34 of the two-decimal temperatures up to 3 (1.99, 0.46, ...)."""
+    from esper.nn.blending import ramp_temperature
+
+    temperatures = [round(hundredths / 100, 2) for hundredths in range(1, 301)]
+    assert [t for t in temperatures if ramp_temperature(t, 20) != t] == []

@@ -148,10 +148,12 @@ def test_a_late_plan_is_not_given_up_while_the_loop_that_sends_it_is_stopped(loo
     inbox = PlanInbox()
     inbox.expect(4, 8)
     watch = LoopWatch(loop_thread.loop)
-    due = in_thread(lambda: inbox.take_due(8, 0.001, hold=watch.hold))
-    assert loop_thread.posted.wait(WAIT_S)  # waiting on the stopped loop, far past its 1 ms deadline
+    due = in_thread(lambda: inbox.take_due(8, 0.05, hold=watch.hold))
+    assert loop_thread.posted.wait(WAIT_S)  # waiting on the stopped loop, past its deadline
+    # The planner's answer, queued while the loop is stopped: it runs in the loop's first pass once started (posted
+    # after the start, two cross-thread wake-ups had to land within the deadline, and on a loaded machine did not).
+    loop_thread.loop.call_soon_threadsafe(inbox.put, _plan(4, 8))
     loop_thread.start()
-    loop_thread.loop.call_soon_threadsafe(inbox.put, _plan(4, 8))  # the planner's answer, from the loop
     result = due.result(WAIT_S)
     assert [plan.decided_on_step for plan in result.plans] == [4]
     assert result.missed == ()
@@ -289,3 +291,27 @@ def test_a_plan_missed_while_the_loop_ran_says_nothing_of_the_loop(data: DataSpl
     missed = [entry for entry in logs if entry["event"] == "plan_missed"]
     assert [entry["decided_on_steps"] for entry in missed] == [[2]]
     assert "detail" not in missed[0]
+
+
+def test_a_plan_that_arrives_while_the_wait_lets_go_of_its_lock_is_taken_without_waiting() -> None:
+    """hold() runs outside the inbox's lock; a plan the running loop put meanwhile notified nobody, and the wait went
+    on to its next poll (up to 100 ms of stall with the plan already in)."""
+    inbox = PlanInbox()
+    inbox.expect(4, 8)
+
+    def answered_meanwhile() -> bool:
+        inbox.put(_plan(4, 8))
+        return False  # the loop runs
+
+    waits: list[float | None] = []
+    cond = inbox._cond
+    real_wait = cond.wait
+
+    def counting(timeout: float | None = None) -> bool:
+        waits.append(timeout)
+        return real_wait(timeout)
+
+    cond.wait = counting  # type: ignore[method-assign]
+    result = inbox.take_due(8, 5.0, hold=answered_meanwhile)
+    assert [plan.decided_on_step for plan in result.plans] == [4]
+    assert waits == []

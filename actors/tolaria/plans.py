@@ -258,6 +258,8 @@ class PlanInbox:
                     if hold is not None and self._held(hold):
                         end = time.perf_counter() + patience  # the planner could not run: its time starts now
                         continue
+                    if hold is not None and all(d in s.received for d in due):
+                        break  # arrived while the lock was let go for hold(): its notify found nobody waiting
                     remaining = end - time.perf_counter()
                     if remaining <= 0:
                         break

@@ -120,7 +120,9 @@ def ramp_temperature(temperature: float, ramp_steps: int) -> float:
     ``temperature * ramp_steps / 20``: exactly ``temperature`` for 20 steps, 10 for a 100-step ramp at the default
     2.0, so a ramp starts near 0 and ends near 1 (0.0067 and 0.9933 at 2.0) whatever its length.
     """
-    return temperature * ramp_steps / RAMP_REFERENCE_STEPS
+    # The ratio first: it is exactly 1.0 for 20 steps, so the default length keeps every temperature bitwise (times
+    # 20 then over 20 rounds some, e.g. 1.99, to another float and moved their alphas in the last bit).
+    return temperature * (ramp_steps / RAMP_REFERENCE_STEPS)
 
 
 @final
