@@ -147,8 +147,9 @@ class RunEvents(NamedTuple):
     # The rule of each Nissa alert that fired (its alert_fired line), every session's, in file order.
     alerts_fired: tuple[str, ...] = ()
     ladder: Ladder | None = None  # the emergency moves with their reasons, the rollbacks and halts (None: none read)
-    # The reason of each command Kasmina refused (its command_rejected line), every session's, in file order.
-    rejected_commands: tuple[str, ...] = ()
+    # The reason and id of each command Kasmina refused (its command_rejected line), every session's, in file order
+    # (a command refused again in the steps a resume trained again is in twice: RunTally counts it once).
+    rejected_commands: tuple[tuple[str, str], ...] = ()
 
 
 def read_run_events(path: Path) -> RunEvents:
@@ -174,7 +175,7 @@ def read_run_events(path: Path) -> RunEvents:
     last_session_after: str | None = None
     last_epoch_end: int | None = None
     alerts: list[str] = []
-    rejected: list[str] = []
+    rejected: list[tuple[str, str]] = []
     if path.exists() and not path.is_file():
         # logging.json_file may name a device (/dev/null, /dev/full): reading one would never end.
         raise ReportInputError(f"{path} is not a regular file")
@@ -203,8 +204,8 @@ def read_run_events(path: Path) -> RunEvents:
                     continue
                 elif (rule := fired_alert(entry)) is not None:
                     alerts.append(rule)
-                elif (reason := rejected_command(entry)) is not None:
-                    rejected.append(reason)
+                elif (rejection := rejected_command(entry)) is not None:
+                    rejected.append(rejection)
                 elif (restored := restored_point(entry)) is not None:  # a rollback's (see LifecycleRestored)
                     events = [event for event in events if not restored.undoes(event.step)]
                     pauses = [p for p in pauses if not restored.undoes(p.step)]

@@ -79,13 +79,16 @@ def fired_alert(entry: dict[str, object]) -> str | None:
     return rule if isinstance(rule, str) else None
 
 
-def rejected_command(entry: dict[str, object]) -> str | None:
-    """Why Kasmina (or its verifier) refused a command, from its ``command_rejected`` telemetry line; else None."""
+def rejected_command(entry: dict[str, object]) -> tuple[str, str] | None:
+    """Why Kasmina (or its verifier) refused a command and the command's id ("" when the line names none), from its
+    ``command_rejected`` telemetry line; else None."""
     if entry.get("event") != "telemetry_event" or entry.get("name") != "command_rejected":
         return None
     attributes = entry.get("attributes")
-    reason = attributes.get("reason") if isinstance(attributes, dict) else None
-    return reason if isinstance(reason, str) else None
+    if not isinstance(attributes, dict) or not isinstance(reason := attributes.get("reason"), str):
+        return None
+    command_id = attributes.get("command_id")
+    return reason, command_id if isinstance(command_id, str) else ""
 
 
 class Restored(NamedTuple):

@@ -98,8 +98,8 @@ class EarlierTally(NamedTuple):
     partial: tuple[str, ...] = ()
     # The rule of each Nissa alert the earlier sessions fired (their alert_fired lines), in file order.
     alerts_fired: tuple[str, ...] = ()
-    # The reason of each command Kasmina refused in the earlier sessions (their command_rejected lines).
-    rejected_commands: tuple[str, ...] = ()
+    # The reason and id of each command Kasmina refused in the earlier sessions (their command_rejected lines).
+    rejected_commands: tuple[tuple[str, str], ...] = ()
 
 
 _LOST = "the earlier sessions' decisions, seed transitions (the host-only baseline's epoch) and emergency events"

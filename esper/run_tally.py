@@ -66,6 +66,7 @@ class RunTally:
     # The commands Kasmina or its verifier refused, by reason (their command_rejected events), every session's: a
     # germination refused reads as no growth at all, and the controller's reasons (cooldown) do not say why.
     rejected_commands: dict[str, int] = field(default_factory=dict)
+    _rejected_ids: set[str] = field(default_factory=set)  # the commands counted there
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -94,10 +95,20 @@ class RunTally:
                 self.worker_hangs += 1
             case TelemetryEvent(name=name, attributes={"rule": str(rule)}) if name == ALERT_FIRED:
                 self.alerts_fired[rule] = self.alerts_fired.get(rule, 0) + 1
-            case TelemetryEvent(name="command_rejected", attributes={"reason": str(reason)}):
-                self.rejected_commands[reason] = self.rejected_commands.get(reason, 0) + 1
+            case TelemetryEvent(name="command_rejected", attributes={"reason": str(reason), **attributes}):
+                command_id = attributes.get("command_id")
+                self._count_rejected(reason, command_id if isinstance(command_id, str) else "")
             case _:
                 pass
+
+    def _count_rejected(self, reason: str, command_id: str) -> None:
+        # Once per command: its ids are reproducible, and the steps a resume, a restart or a rollback trains again
+        # refuse the same command again.
+        if command_id:
+            if command_id in self._rejected_ids:
+                return
+            self._rejected_ids.add(command_id)
+        self.rejected_commands[reason] = self.rejected_commands.get(reason, 0) + 1
 
     def preload(
         self,
@@ -111,7 +122,7 @@ class RunTally:
         incomplete: Sequence[str] = (),
         partial: Sequence[str] = (),
         alerts_fired: Sequence[str] = (),
-        rejected_commands: Sequence[str] = (),
+        rejected_commands: Sequence[tuple[str, str]] = (),
     ) -> None:
         """What an interrupted run already did (``--resume``): (seed id, stage, step) transitions in order,
         (epoch, step, validation accuracy) rows, its decisions and its slot transitions (what Nissa starts from, see
@@ -130,7 +141,10 @@ class RunTally:
         self.slot_transitions = list(slot_transitions or ())
         self.refusals = RefusalLog(refusals)
         self.alerts_fired = dict(Counter(alerts_fired))
-        self.rejected_commands = dict(Counter(rejected_commands))
+        self.rejected_commands = {}
+        self._rejected_ids = set()
+        for reason, command_id in rejected_commands:
+            self._count_rejected(reason, command_id)
         for seed_id, stage, step in stages:
             self.seed_transitions.append((seed_id, step, stage))
         for epoch, step, accuracy in epochs:

@@ -496,3 +496,21 @@ def test_commands_kasmina_refused_are_counted_by_reason_and_named_as_why_nothing
     del decoded["rejected_commands"]
     assert msgspec.json.decode(msgspec.json.encode(decoded), type=GrowthFigures).rejected_commands == {}
     assert not any(line.startswith("commands rejected") for line in growth_lines(GrowthFigures()))
+
+
+def test_a_command_refused_again_in_the_steps_a_resume_trained_again_is_counted_once(tmp_path: Path) -> None:
+    """A kill -9 after a refusal: the resume trained those steps again, the controller sent the same command (its id is
+    reproducible) and Kasmina refused it again: 13 rejections in a run whose uninterrupted twin had 12."""
+    path = tmp_path / "events.jsonl"
+    lines = [
+        {"event": "telemetry_event", "name": "command_rejected", "attributes": {"reason": "memory", "command_id": c}}
+        for c in ("a", "b")
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    tally = RunTally()
+    tally.preload([], [], [], rejected_commands=read_run_events(path).rejected_commands)
+    for command_id in ("b", "c", "c"):  # b refused again after the resume; c twice in this session (a rollback)
+        attributes: dict[str, str | int | float | bool] = {"reason": "memory", "command_id": command_id}
+        tally.emit(TelemetryEvent(name="command_rejected", level=TelemetryLevel.WARNING, attributes=attributes))
+    tally.emit(TelemetryEvent(name="command_rejected", level=TelemetryLevel.WARNING, attributes={"reason": "stale"}))
+    assert tally.figures(seed_parameters=0).rejected_commands == {"memory": 3, "stale": 1}
