@@ -94,7 +94,7 @@ def test_an_unreadable_stop_state_is_a_warning_and_no_state(tmp_path: Path) -> N
 def _checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> Path:
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    monkeypatch.setattr(esper.tamiyo_resume, "resume_point", lambda _: step)
+    monkeypatch.setattr(esper.tamiyo_resume, "resume_point", lambda _checkpoints, _memo=None: step)
     return checkpoints
 
 

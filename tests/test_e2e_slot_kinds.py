@@ -71,7 +71,7 @@ blend_ramp_steps = 1
 
 [tamiyo]
 policy = "{policy}"
-every_k_epochs = 1
+{"every_k_epochs = 1" if policy == "every_k" else ""}
 plateau_patience_epochs = 1
 plateau_min_delta = 100.0
 germinate_cooldown_epochs = 1
