@@ -243,7 +243,8 @@ def test_a_trainer_waits_while_its_loop_is_stopped_and_trains_on_once_it_runs(
 
 
 def test_a_plan_missed_while_the_loop_ran_nothing_says_so(data: DataSplits, loop_thread: LoopThread) -> None:
-    """A notebook cell that blocks (time.sleep) holds the loop: the planner never ran, and the warnings say so."""
+    """A notebook cell that blocks (a long computation) holds the loop: the planner never ran, and the warnings say
+    so."""
     loop_thread.start()
     release = threading.Event()
     blocking = threading.Event()

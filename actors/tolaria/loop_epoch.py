@@ -10,6 +10,7 @@ import structlog
 
 from actors.tolaria.emergencies import Action
 from actors.tolaria.epoch_end import epoch_fields, evaluate
+from actors.tolaria.loop_watch import silent_detail
 from actors.tolaria.validation import seed_validation
 
 if TYPE_CHECKING:
@@ -138,10 +139,7 @@ class EpochCloser:
             # how much, nor what to raise.
             detail = verdict.detail
             if verdict.reason == "decision_timeout" and self._s.loop_silent_s > 0:
-                detail = (
-                    f"{detail}; the event loop ran nothing for {self._s.loop_silent_s:.1f} s"
-                    " (a blocking call in the notebook or the caller's code?)"
-                )
+                detail = f"{detail}; {silent_detail(self._s.loop_silent_s)}"
             _log.warning(
                 "epoch_failed",
                 epoch=finished_epoch + 1,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, final
 
 import structlog
 
+from actors.tolaria.loop_watch import silent_detail
 from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome
 from schemas.enums import EmergencyLevel
 
@@ -52,10 +53,7 @@ class PlanExchange:
             if silent_s >= config.decision_deadline_ms / 2e3:
                 # The planner never had a turn: the loop's own caller held it (the run's decisions change all the same).
                 self._s.loop_silent_s = max(self._s.loop_silent_s, silent_s)
-                fields["detail"] = (
-                    f"the event loop ran nothing for {silent_s:.1f} s"
-                    " (a blocking call in the notebook or the caller's code?)"
-                )
+                fields["detail"] = silent_detail(silent_s)
             _log.warning("plan_missed", step=pos.global_step, decided_on_steps=list(due.missed), **fields)
 
     def _apply_plan(self, plan: BoundaryPlan, stall_s: float) -> None:

@@ -16,6 +16,11 @@ _CLOSED_POLL_S = 0.1
 _GONE = "the event loop the trainer reports to has closed: training ends without another checkpoint"
 
 
+def silent_detail(silent_s: float) -> str:
+    """Why a plan was missed when the loop ran nothing for ``silent_s``: the planner never had a turn."""
+    return f"the event loop ran nothing for {silent_s:.1f} s (a blocking call in the notebook or the caller's code?)"
+
+
 class LoopGone(RuntimeError):
     """The event loop the trainer reports to has closed: no plan, receipt or journal entry can follow."""
 
