@@ -382,6 +382,8 @@ def test_abort_start_kills_a_worker_still_starting_and_starts_no_other() -> None
 # A worker that writes its first decision's answer twice (frame 1 is its ready message), in the first process only.
 _DOUBLING_WORKER = """
 import os, sys
+from actors.tamiyo.gnn_worker_main import leave_out_unused
+leave_out_unused()
 from actors.tamiyo import gnn_worker
 
 class Doubling:

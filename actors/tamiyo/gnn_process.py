@@ -12,7 +12,7 @@ export_state / import_state answer locally and exactly, and a worker that dies l
 flight (the actor counts it as a failed inference and falls back). The parent does no tensor work per decision: its
 lane thread only encodes the observation and waits.
 
-The worker is ``python -m actors.tamiyo.gnn_worker`` (a fresh interpreter, so a user's unguarded script is never
+The worker is ``python -m actors.tamiyo.gnn_worker_main`` (a fresh interpreter, so a user's unguarded script is never
 imported again, as multiprocessing's spawn would). Wire: length-prefixed msgspec msgpack frames on its stdin and
 stdout (its own prints go to stderr); the weights go across once, in the first frame, as safetensors bytes whose
 SHA-256 the worker checks against the digest before building the policy. Nothing is pickled.
@@ -51,7 +51,7 @@ _MAX_RESTARTS = 3  # a worker that keeps dying (a crash on every input) is left 
 # A restarted worker imports torch and builds its network (seconds); one not ready after this is hung in its start-up
 # and is killed, so another is started at once (the fallback decides meanwhile, and says so).
 _RESTART_READY_S = 60.0
-_WORKER = "actors.tamiyo.gnn_worker"
+_WORKER = "actors.tamiyo.gnn_worker_main"
 _log = structlog.get_logger("actors.tamiyo")
 
 

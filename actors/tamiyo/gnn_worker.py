@@ -1,4 +1,4 @@
-"""The GNN policy's worker process (``python -m actors.tamiyo.gnn_worker``): builds the policy, answers decisions."""
+"""The GNN policy's worker process (started by gnn_worker_main): builds the policy, answers decisions."""
 
 from __future__ import annotations
 
@@ -67,12 +67,10 @@ def serve(source: IO[bytes], out: IO[bytes]) -> None:
         send(out, ENCODE.encode(answer))
 
 
-def _main() -> None:
+def run_worker() -> None:
+    """Serve on this process's stdin and stdout (stdout carries frames only; stray prints go to stderr)."""
     # Frames own the real stdout; anything else printed in this process goes to stderr instead of corrupting them.
     frames = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     serve(os.fdopen(0, "rb", buffering=0), frames)
 
-
-if __name__ == "__main__":
-    _main()
