@@ -19,7 +19,7 @@ from tests.far_budgets import far_budgets
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def write_config(tmp_path: Path, *, compile: bool) -> Path:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from schemas.run import RunSummary
 
 # Whole runs: on a loaded 2-core machine one took over the 30 s default.
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 # Every epoch of the tiny config takes far longer than this: each fails on its budget, deterministically.
 FAILING = ["tolaria.epoch_budget_ms=0.001"]

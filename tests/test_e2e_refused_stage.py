@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from schemas.run import RunSummary
 
 # Whole runs: on a loaded 2-core machine one took over the 30 s default.
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 HOST = 'tolaria.host_model="tests.tolaria_factories:nan_for_three_steps"'
 FOSSILIZED_SEED = "seed-host.blocks.2-32"  # its fossilize is planned for step 100 (decided at 96)

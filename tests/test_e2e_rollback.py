@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Whole runs (several in some tests): on a loaded 2-core machine one test took over the 30 s default.
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def test_a_rollback_takes_back_the_lifecycle_transitions_it_undid(tmp_path: Path) -> None:

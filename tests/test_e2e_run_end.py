@@ -73,6 +73,7 @@ async def test_the_runs_own_report_leaves_out_what_was_planned_after_its_last_st
     assert drawn(load_run(run_dir)) == (events, [], note)
 
 
+@pytest.mark.slow
 async def test_a_resumed_runs_own_report_leaves_out_what_was_planned_after_its_last_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

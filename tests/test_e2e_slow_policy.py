@@ -43,6 +43,7 @@ class StuckPolicy:
         return Decision(reason="stub")
 
 
+@pytest.mark.slow
 async def test_training_goes_on_while_the_policy_is_stuck_for_ten_epochs(tmp_path: Path) -> None:
     """A policy stuck past its deadline held the controller until it returned: every later plan was missed, three
     failed epochs halted the run at L4. The fallback now decides while it is stuck (the breaker opens after three

@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +31,7 @@ def test_importing_the_runtime_and_schemas_pulls_in_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_the_composition_root_loads_pyg_only_for_a_gnn_policy() -> None:
     """PyTorch Geometric costs seconds to import; a heuristic run (the default) never needs it."""
     code = (

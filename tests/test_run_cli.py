@@ -21,7 +21,7 @@ from esper.run import main
 from esper.run_args import EXIT_CONFIG_ERROR
 
 # real runs in subprocesses: a slow, loaded machine may need more than the default 30 s hang guard.
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -139,6 +139,7 @@ def _editable_import(cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_editable_probe_imports_esper_from_this_checkout(tmp_path: Path) -> None:
     result = _editable_import(tmp_path)
     assert result.returncode == 0, result.stderr

@@ -34,6 +34,7 @@ def _bench_module() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 async def test_the_benchmark_probe_sees_every_step_and_leaves_a_growing_run_bitwise_unchanged(tmp_path: Path) -> None:
     bench = _bench_module()
     config = tiny_config(tmp_path, epochs=8)  # long enough to grow seeds it could keep

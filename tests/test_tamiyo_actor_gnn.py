@@ -43,6 +43,7 @@ def small_policy(favour: PolicyAction | None = None) -> GnnPolicy:
 
 
 @pytest.mark.parametrize("where", ["process", "thread"])
+@pytest.mark.slow
 async def test_the_gnn_policy_decides_end_to_end_with_a_log_prob(
     tmp_path: Path, sink: RecordingSink, where: Literal["process", "thread"]
 ) -> None:
@@ -110,6 +111,7 @@ def test_gnn_state_round_trips_and_refuses_other_weights() -> None:
         other.import_state(state)
 
 
+@pytest.mark.slow
 async def test_a_resumed_gnn_actor_decides_like_an_uninterrupted_one(tmp_path: Path, sink: RecordingSink) -> None:
     config = TamiyoConfig(policy="gnn")
     packets = plateau_run(epochs=4)

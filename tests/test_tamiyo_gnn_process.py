@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from actors.tamiyo.policy import Observation
     from esper.nn.policy_gnn import TamiyoGNN
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SMALL = TamiyoGNNConfig(hidden=16, gat_hidden=8, heads=2, dropout=0.0)
 IDS = tuple(bp.blueprint_id for bp in BLUEPRINTS)

@@ -7,14 +7,14 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
+
 from actors.tamiyo.gnn_worker_main import UNUSED_PACKAGES
 from schemas.domain_enums import PolicyAction
 from tests.test_tamiyo_gnn_process import _local, _model, _observations, _remote
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 
 def _marking_package(tmp_path: Path, name: str) -> Path:
@@ -26,6 +26,7 @@ def _marking_package(tmp_path: Path, name: str) -> Path:
     return marker
 
 
+@pytest.mark.slow
 def test_the_worker_decides_without_importing_transformers_which_pyg_imports_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,6 +90,7 @@ def data() -> DataSplits:
     return load_data(CONFIG)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_every_slots_mode_changes_as_eager_does(
     data: DataSplits, monkeypatch: pytest.MonkeyPatch
 ) -> None:

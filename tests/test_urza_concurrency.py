@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Barrier, Event
 
 # real processes (spawn start-up dominates): a slow, loaded machine may need more than the default 30 s hang guard.
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 PUTS_PER_WORKER = 20
