@@ -73,4 +73,3 @@ def run_worker() -> None:
     frames = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     serve(os.fdopen(0, "rb", buffering=0), frames)
-
