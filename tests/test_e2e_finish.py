@@ -33,10 +33,12 @@ LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch
 # written just before the test split is scored, and no other eval-mode forward comes after it. With
 # KILL_BEFORE_SUMMARY set, the process is killed instead as it starts writing summary.json (a halted run scores no
 # test split: its end is the checkpoint, then the summary); with CTRL_C_AT_FORWARD=N, it gets SIGINT (Ctrl-C) at its
-# Nth forward in training mode. Without the variables it is the plain CNN, so the same host_model trains the reference
-# run and finishes the killed one. With KILL_AFTER_CHECKPOINT naming a checkpoint file, it is killed as soon as the
-# trainer has waited for that file to be written (and Kasmina's journal holds its boundary): an L4 halt's
-# checkpoint, before the trainer's training_finished line.
+# Nth forward in training mode. Without the variables it is the plain CNN, so the same host_model trains the halted
+# reference runs and finishes the killed ones (the uninterrupted reference run trains the built-in host, the same CNN,
+# in the test's process: imported there, this module would patch the classes it hooks for every later test). With
+# KILL_AFTER_CHECKPOINT naming a checkpoint file, it is killed as soon as the trainer has waited for that file to be
+# written (and Kasmina's journal holds its boundary): an L4 halt's checkpoint, before the trainer's training_finished
+# line.
 _KILLING_HOST = """
 import os
 import signal
@@ -134,10 +136,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_training_a_step(tmp_path: Path) -> None:
+async def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_training_a_step(
+    tmp_path: Path,
+) -> None:
     """--resume of it said "already trained" and pointed at esper.report: its test split, scored only after the last
     checkpoint, was never scored, and summary.json never written. It now loads that checkpoint, scores the test split
     and writes the summary (and report.png) an uninterrupted run writes, training nothing."""
+    from esper.run import start
+
     (tmp_path / "killinghost.py").write_text(_KILLING_HOST, encoding="utf-8")
     config = tiny_config(tmp_path, epochs=EPOCHS)
     paths = [str(tmp_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -162,8 +168,8 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume_without_tr
     manifest = (killed_dir / "checkpoints" / "manifest.json").read_bytes()
     events_before = len((killed_dir / "events.jsonl").read_text(encoding="utf-8").splitlines())
 
-    reference = _esper(config, env, "--run-dir", str(reference_dir))
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    reference = await (await start(config, reference_dir)).wait()
+    assert reference.status == "completed", reference.error
     finished = _esper(config, env, "--resume", str(killed_dir))
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert (

@@ -14,6 +14,7 @@ import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
 from actors.tamiyo.field_reports import WAL_FILENAME, scan_frames
+from esper.run import start
 from schemas.run import RunSummary
 from tests.test_e2e_run import assert_same_grown_weights, run_esper, tiny_config
 
@@ -32,7 +33,8 @@ STEPS_PER_EPOCH = 16  # tiny_config's
 # step KILL_STEP, once the trainer's checkpoint of that step is written (barriers on the threads that write it and
 # Kasmina's journal, no sleep): KILL_AT=sent right after Tamiyo's Decision has gone to Kasmina and Kasmina has
 # journaled its boundary; KILL_AT=journaled right after Tamiyo's state for that packet is in tamiyo_states.jsonl.
-# Without the variables it is the plain host, so the same host_model trains the reference run and the resume.
+# Without the variables it is the plain host, the same CNN as the built-in one that trains the reference run (in the
+# test's process: importing this module there would patch the classes for every later test), and it trains the resume.
 _RACE_HOST = """
 import asyncio
 import os
@@ -101,8 +103,8 @@ def factory():
 # every_k grafts at every other epoch end (32, 64, ...); the heuristic with a 3-epoch cooldown and no constraint
 # grafts at the first plateau (32), then waits. Resumed from their state of the epoch before, both grafted again an
 # epoch early (every_k at 80, the heuristic at 48, its cooldown forgotten).
-EVERY_K = ("--set", 'tamiyo.policy="every_k"', "--set", "tamiyo.every_k_epochs=2")
-HEURISTIC = ("--set", "tamiyo.germinate_cooldown_epochs=3", "--set", "tamiyo.germinate_min_constraint=0.0")
+EVERY_K = ('tamiyo.policy="every_k"', "tamiyo.every_k_epochs=2")
+HEURISTIC = ("tamiyo.germinate_cooldown_epochs=3", "tamiyo.germinate_min_constraint=0.0")
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,7 @@ HEURISTIC = ("--set", "tamiyo.germinate_cooldown_epochs=3", "--set", "tamiyo.ger
     [(EVERY_K, 64, ("sent", "journaled")), (HEURISTIC, 32, ("sent",))],
     ids=["every_k", "heuristic"],
 )
-def test_a_kill_9_around_an_epoch_ends_decision_resumes_as_an_uninterrupted_run(
+async def test_a_kill_9_around_an_epoch_ends_decision_resumes_as_an_uninterrupted_run(
     tmp_path: Path, policy: tuple[str, ...], step: int, kill_points: tuple[str, ...]
 ) -> None:
     """Killed once Kasmina journaled the command of the epoch end of ``step`` (and the trainer its checkpoint), the
@@ -120,8 +122,7 @@ def test_a_kill_9_around_an_epoch_ends_decision_resumes_as_an_uninterrupted_run(
     the same grafts at the same steps, bitwise-equal weights and the same field reports, none twice."""
     config, env, sets = _setup(tmp_path, policy)
     reference_dir = tmp_path / "uninterrupted"
-    run_esper(config, env, "--run-dir", str(reference_dir), *sets)
-    reference = _summary(reference_dir)
+    reference = await _uninterrupted(config, reference_dir, policy)
     assert (step, "germinate") in _commands_at(reference_dir), "the epoch end killed at must graft to be a real test"
     for at in kill_points:
         run_dir = tmp_path / at
@@ -147,7 +148,7 @@ def test_a_kill_9_around_an_epoch_ends_decision_resumes_as_an_uninterrupted_run(
         assert [_report_key(r) for r in reports] == [_report_key(r) for r in _field_reports(reference_dir)]
 
 
-def test_a_run_whose_journal_an_earlier_version_wrote_without_macs_resumes_as_an_uninterrupted_run(
+async def test_a_run_whose_journal_an_earlier_version_wrote_without_macs_resumes_as_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
     """Killed after the every_k graft at step 64 was journaled, its journal's verdict MACs removed (as an earlier
@@ -155,7 +156,7 @@ def test_a_run_whose_journal_an_earlier_version_wrote_without_macs_resumes_as_an
     without a MAC (a mixed one is refused)."""
     config, env, sets = _setup(tmp_path, EVERY_K)
     reference_dir = tmp_path / "uninterrupted"
-    run_esper(config, env, "--run-dir", str(reference_dir), *sets)
+    await _uninterrupted(config, reference_dir, EVERY_K)
     run_dir = tmp_path / "earlier"
     journal = run_dir / "checkpoints" / JOURNAL_FILENAME
 
@@ -181,7 +182,15 @@ def _setup(tmp_path: Path, policy: tuple[str, ...]) -> tuple[Path, dict[str, str
     config = tiny_config(tmp_path, epochs=EPOCHS)
     paths = [str(tmp_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
-    return config, env, ("--set", 'tolaria.host_model="racehost:factory"', *policy)
+    sets = ("--set", 'tolaria.host_model="racehost:factory"')
+    return config, env, sets + tuple(arg for override in policy for arg in ("--set", override))
+
+
+async def _uninterrupted(config: Path, run_dir: Path, policy: tuple[str, ...]) -> RunSummary:
+    """The run uninterrupted, in this process on the built-in host: it must complete. Returns its summary.json."""
+    summary = await (await start(config, run_dir, policy)).wait()
+    assert summary.status == "completed", summary.error
+    return _summary(run_dir)
 
 
 def _kill_and_resume(

@@ -29,7 +29,9 @@ KILL_STEP = 32  # the epoch end whose plan (decided on its own packet, lag 0) at
 
 # The built-in host, with the process killed (SIGKILL, as kill -9) once the trainer has written its checkpoint of
 # step KILL_STEP and Kasmina has journaled the receipt of the plan decided on that step's packet (barriers on the
-# threads that write them, no sleep). Without KILL_STEP it is the plain host, for the reference run and the resume.
+# threads that write them, no sleep). Without KILL_STEP it is the plain host, for the resume; the reference run trains
+# the same CNN as the built-in host, in the test's process (importing this module there would patch the classes for
+# every later test).
 _KILL_HOST = """
 import os
 import signal
@@ -78,7 +80,7 @@ def factory():
 """
 
 
-def test_a_lag_0_run_killed_after_applying_its_epoch_ends_plan_resumes_as_an_uninterrupted_run(
+async def test_a_lag_0_run_killed_after_applying_its_epoch_ends_plan_resumes_as_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
     """With command_lag_steps = 0 an epoch end's checkpoint is captured before the plan decided on its own packet is
@@ -95,16 +97,10 @@ def test_a_lag_0_run_killed_after_applying_its_epoch_ends_plan_resumes_as_an_uni
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
     sets = ("--set", 'tolaria.host_model="killhost:factory"')
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
-    run_esper(config, env, "--run-dir", str(reference_dir), *sets)
+    uninterrupted = await (await start(config, reference_dir)).wait()
+    assert uninterrupted.status == "completed", uninterrupted.error
 
-    killed = subprocess.run(
-        [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *sets],
-        capture_output=True,
-        text=True,
-        env={**env, "KILL_STEP": str(KILL_STEP)},
-        timeout=90,
-        check=False,
-    )
+    killed = _killed(config, run_dir, sets, {**env, "KILL_STEP": str(KILL_STEP)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     journal = run_dir / "checkpoints" / JOURNAL_FILENAME
     at_step = [
@@ -131,6 +127,20 @@ def test_a_lag_0_run_killed_after_applying_its_epoch_ends_plan_resumes_as_an_uni
         if isinstance(e, JournalReceipt)
     ]
     assert receipts == reference
+
+
+def _killed(
+    config: Path, run_dir: Path, sets: tuple[str, ...], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``python -m esper.run CONFIG --run-dir RUN_DIR SETS`` on ``env`` (KILL_STEP names where it is killed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir), *sets],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
 
 
 def _events(run_dir: Path) -> list[dict[str, Any]]:

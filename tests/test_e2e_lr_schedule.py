@@ -1,6 +1,6 @@
 """End to end: a growing run with a cosine schedule, warm-up and gradient clipping, killed mid-run (kill -9) and
-resumed, ends bitwise equal to the same run uninterrupted (the schedule is a function of the step: no state of its
-own to lose)."""
+resumed, ends bitwise equal to the same run uninterrupted, run in the test's process (the schedule is a function of
+the step: no state of its own to lose)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from esper.resume_checkpoints import resume_point
+from esper.run import start
 from schemas.run import RunSummary
 from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper, tiny_config
 
@@ -27,7 +28,7 @@ STEPS_PER_EPOCH = 16
 TUNING = 'lr = 0.003\nlr_schedule = "cosine"\nwarmup_steps = 20\nlr_min_factor = 0.1\ngrad_clip_norm = 1.0\n'
 
 
-def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equal_to_an_uninterrupted_run(
+async def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equal_to_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
     config = tiny_config(tmp_path, epochs=EPOCHS)
@@ -36,12 +37,7 @@ def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equal_to_a
     config.write_text(text.replace("lr = 0.003\n", TUNING), encoding="utf-8")
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
-        assert first.stderr is not None
-        read_until(first.stderr, "epoch   4/")
-        first.kill()  # SIGKILL: no graceful stop
-        first.communicate(timeout=60)
+    _kill_in_epoch_4([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env)
     step = resume_point(run_dir / "checkpoints")
     assert step is not None
     assert 0 < step < EPOCHS * STEPS_PER_EPOCH
@@ -58,6 +54,16 @@ def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equal_to_a
     assert (said[-1]["lr_min_factor"], said[-1]["grad_clip_norm"]) == (0.1, 1.0)
 
     reference_dir = tmp_path / "uninterrupted"
-    run_esper(config, env, "--run-dir", str(reference_dir))
+    reference = await (await start(config, reference_dir)).wait()
+    assert reference.status == "completed", reference.error
     # The run grows, so seed groups are scheduled and clipped too.
     assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=EPOCHS * STEPS_PER_EPOCH)
+
+
+def _kill_in_epoch_4(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command`` until it says epoch 4 has begun, then kill it (SIGKILL: no graceful stop)."""
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
+        assert first.stderr is not None
+        read_until(first.stderr, "epoch   4/")
+        first.kill()
+        first.communicate(timeout=60)

@@ -13,6 +13,7 @@ import pytest
 
 from esper.resume import threads_as_trained
 from esper.resume_changes import resume_changes
+from esper.run import start
 from esper.start_checks import available_cpus
 from schemas.config import RunConfig, TolariaConfig
 from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper, tiny_config
@@ -90,25 +91,33 @@ def test_an_earlier_versions_run_resumed_on_its_own_config_trains_on_one_thread(
     assert "num_threads = 1" in (run_dir / "config.toml").read_text(encoding="utf-8")
 
 
-def test_kill_9_then_resume_at_two_threads_ends_bitwise_equal_to_an_uninterrupted_run_at_two(tmp_path: Path) -> None:
+async def test_kill_9_then_resume_at_two_threads_ends_bitwise_equal_to_an_uninterrupted_run_at_two(
+    tmp_path: Path,
+) -> None:
     """The suite pins one torch thread (tests/conftest.py); this run sets two in its config, which the trainer's lane
-    takes over the environment's, and a resume after kill -9 still ends bitwise equal at that count."""
+    takes over the environment's (and over the test process's own, where the uninterrupted run trains), and a resume
+    after kill -9 still ends bitwise equal at that count."""
     config = grown_config(tmp_path)  # 4 epochs, every_k grafting from the first epoch end
     config.write_text(
         config.read_text(encoding="utf-8").replace("[tolaria]\n", "[tolaria]\nnum_threads = 2\n", 1), encoding="utf-8"
     )
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
+    _kill_in_epoch_3([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env)
+    run_esper(config, env, "--resume", str(run_dir))
+    reference_dir = tmp_path / "uninterrupted"
+    reference = await (await start(config, reference_dir)).wait()
+    assert reference.status == "completed", reference.error
+
+    assert _train_threads(run_dir) == [2, 2]
+    assert _train_threads(reference_dir) == [2]
+    assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=4 * 16)
+
+
+def _kill_in_epoch_3(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command`` until it says epoch 3 has begun, then kill it (SIGKILL: no graceful stop)."""
     with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
         assert first.stderr is not None
         read_until(first.stderr, "epoch   3/")
         first.kill()
         first.communicate(timeout=60)
-    run_esper(config, env, "--resume", str(run_dir))
-    reference_dir = tmp_path / "uninterrupted"
-    run_esper(config, env, "--run-dir", str(reference_dir))
-
-    assert _train_threads(run_dir) == [2, 2]
-    assert _train_threads(reference_dir) == [2]
-    assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=4 * 16)
