@@ -23,7 +23,7 @@ from tests.test_e2e_run import tiny_config
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 EPOCHS = 8  # long enough to grow: the controller grows only seeds it could keep before the run ends
 LAST_STEP = EPOCHS * 16  # tiny_config's 16 steps an epoch

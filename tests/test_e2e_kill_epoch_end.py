@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from schemas.reports import FieldReport
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 EPOCHS = 8
 STEPS_PER_EPOCH = 16  # tiny_config's

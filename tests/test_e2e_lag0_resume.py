@@ -21,7 +21,7 @@ from tests.tolaria_factories import NanForThreeSteps
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 EPOCHS = 8
 STEPS_PER_EPOCH = 16  # tiny_config's

@@ -21,7 +21,7 @@ from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper,
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 EPOCHS = 8  # long enough to grow: the controller grows only seeds it could keep before the run ends
 STEPS_PER_EPOCH = 16

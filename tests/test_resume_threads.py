@@ -22,7 +22,7 @@ from tests.test_run_key import grown_config
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _manifest(run_dir: Path, **extra: object) -> Path:
