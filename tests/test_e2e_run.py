@@ -350,14 +350,25 @@ def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> Ru
     return summary
 
 
-def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Path) -> None:
+async def resume_in_process(config: Path, run_dir: Path, overrides: tuple[str, ...] = ()) -> RunSummary:
+    """``--resume RUN_DIR`` in the test process (``resume_to_completion``'s checks, for a test that asserts nothing of
+    the resuming process itself); it must complete. Returns its summary as written to summary.json."""
+    finished = await (await start(config, overrides=overrides, resume=run_dir)).wait()
+    assert finished.status == "completed", finished.error
+    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
+    assert summary.status == "completed"
+    return summary
+
+
+async def test_resuming_a_completed_run_says_so_and_more_epochs_train_on(tmp_path: Path) -> None:
     """--resume of a run that trained every epoch touches nothing and says how to train further; with more epochs
     it continues from the last checkpoint, and no actor fails on the way (Kasmina used to crash sending rebuilt plans
     to a Tolaria that had already stopped)."""
     config = tiny_config(tmp_path, epochs=2)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run_esper(config, env, "--run-dir", str(run_dir))
+    # The run to resume, in the test process: the command line's resumes below are what the test checks.
+    assert (await (await start(config, run_dir)).wait()).status == "completed"
     files = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     notice = run_esper(config, env, "--resume", str(run_dir))
     assert "already trained 2 of tolaria.epochs = 2 epochs" in notice
@@ -404,17 +415,16 @@ async def test_a_halted_runs_resume_counts_every_sessions_emergencies(tmp_path: 
     assert resumed.growth.emergency_events == len(signals) - 1 > halted.growth.emergency_events
 
 
-def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
+async def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_path: Path) -> None:
     """The decisions on a finished run's last packets stay in flight (Kasmina's journal resends them): trained further
     with --resume, the run applies them at the same steps as a run that was this long from the start."""
     # Long enough to grow: the controller grows nothing it could not keep before the run ends (here, after the
     # end of its third epoch), and the 8-epoch run decides its last epochs as the 11-epoch run does (a NO_OP).
     config = tiny_config(tmp_path, epochs=8)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     extended, longer = tmp_path / "extended", tmp_path / "longer"
-    run_esper(config, env, "--run-dir", str(extended))
-    run_esper(config, env, "--resume", str(extended), "--set", "tolaria.epochs=11")
-    run_esper(config, env, "--run-dir", str(longer), "--set", "tolaria.epochs=11")
+    assert (await (await start(config, extended)).wait()).status == "completed"
+    await resume_in_process(config, extended, ("tolaria.epochs=11",))
+    assert (await (await start(config, longer, ["tolaria.epochs=11"])).wait()).status == "completed"
     grafts, tensors = _final_weights(extended)
     reference_grafts, reference = _final_weights(longer)
     assert grafts == reference_grafts
@@ -423,15 +433,16 @@ def test_a_finished_run_trained_further_ends_bitwise_equal_to_a_longer_run(tmp_p
     assert all(torch.equal(tensors[k], reference[k]) for k in reference)
 
 
-def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seeds_it_grew(tmp_path: Path) -> None:
+async def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seeds_it_grew(
+    tmp_path: Path,
+) -> None:
     """Another run on the shared store marked the blueprints this run grew failed (its compile timed out): the
     resume's replay lost those seeds from the lifecycle (a fossilized slot seen as dormant), and every later graft
     into their slots failed. The replay rebuilds them as they were (from the catalogue); what the resumed run grows
     next is offered from the store's standings at its start, as for any run."""
     config = tiny_config(tmp_path, epochs=8)  # long enough to grow what it could keep
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_dir = tmp_path / "run"
-    run_esper(config, env, "--run-dir", str(run_dir))
+    assert (await (await start(config, run_dir)).wait()).status == "completed"
     found = load_latest(run_dir / "checkpoints")
     assert found is not None
     before = [(e.kind, e.step, e.seed_id) for e in found[0].graft_log]
@@ -446,8 +457,7 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
             "INSERT OR REPLACE INTO blueprints VALUES (?, 'failed', 'compile took 2.0 s, over its 1.0 s', 0)",
             [(blueprint,) for blueprint in grown],
         )
-    resume = ("--resume", str(run_dir), "--set", "tolaria.epochs=12", "--set", "tezzeret.compile_at_start=false")
-    run_esper(config, env, *resume)
+    await resume_in_process(config, run_dir, ("tolaria.epochs=12", "tezzeret.compile_at_start=false"))
     found = load_latest(run_dir / "checkpoints")
     assert found is not None
     assert [(e.kind, e.step, e.seed_id) for e in found[0].graft_log][: len(before)] == before
@@ -461,18 +471,23 @@ def test_a_resume_after_the_store_marked_its_blueprints_failed_rebuilds_the_seed
     assert grown <= set(resumed)
 
 
-def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
+async def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, epochs=10)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
-        assert first.stderr is not None
-        # Wait on a fact: the console's line for the end of epoch 3 (after its checkpoint was handed over).
-        read_until(first.stderr, "epoch   3/")
-        first.send_signal(signal.SIGINT)
-        out, err = first.communicate(timeout=60)
-    assert first.returncode == 130, out
+
+    def interrupt_after_epoch_3() -> tuple[int, str, str]:
+        with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as first:
+            assert first.stderr is not None
+            # Wait on a fact: the console's line for the end of epoch 3 (after its checkpoint was handed over).
+            read_until(first.stderr, "epoch   3/")
+            first.send_signal(signal.SIGINT)
+            out, err = first.communicate(timeout=60)
+        return first.returncode, out, err
+
+    returncode, out, err = await asyncio.to_thread(interrupt_after_epoch_3)
+    assert returncode == 130, out
     assert "interrupted: finishing the step, writing a checkpoint" in err
     assert "interrupted in " in out.splitlines()[0]
     assert out.splitlines()[0].endswith("(exit 130)")
@@ -485,7 +500,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path: Path)
     assert 0 < stopped_at < 10 * 16
     assert (run_dir / "checkpoints" / "tamiyo_state.json").is_file()
 
-    summary = resume_to_completion(config, run_dir, env)
+    summary = await resume_in_process(config, run_dir)
     assert summary.run_id == interrupted.run_id
     assert summary.training is not None
     assert summary.training.resumed_from_step == stopped_at
@@ -531,7 +546,7 @@ def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkp
     assert summary.status == "completed"
 
 
-def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
+async def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
     """A terminal's Ctrl-C signals the whole process group, the GNN worker included: the run still stops in order
     (Tamiyo decides on what is queued, through its worker), with no traceback and no failed worker, and resumes."""
     config = tiny_config(tmp_path, epochs=6)
@@ -539,20 +554,25 @@ def test_a_terminal_ctrl_c_stops_a_gnn_run_cleanly_and_it_resumes(tmp_path: Path
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
-    with subprocess.Popen(
-        command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
-    ) as first:
-        assert first.stderr is not None
-        read_until(first.stderr, "epoch   2/")
-        os.killpg(first.pid, signal.SIGINT)
-        out, err = first.communicate(timeout=60)
-    assert first.returncode == 130, out + err
+
+    def interrupted_from_the_terminal() -> tuple[int, str, str]:
+        with subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+        ) as first:
+            assert first.stderr is not None
+            read_until(first.stderr, "epoch   2/")
+            os.killpg(first.pid, signal.SIGINT)
+            out, err = first.communicate(timeout=60)
+        return first.returncode, out, err
+
+    returncode, out, err = await asyncio.to_thread(interrupted_from_the_terminal)
+    assert returncode == 130, out + err
     assert "Traceback" not in err
     events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
     assert '"tamiyo_gnn_worker_failed"' not in events
     assert '"child_failed"' not in events
     assert (run_dir / "checkpoints" / "tamiyo_state.json").is_file()
-    summary = resume_to_completion(config, run_dir, env)
+    summary = await resume_in_process(config, run_dir)
     assert summary.training is not None
     assert summary.training.global_step == 6 * 16
 
@@ -587,7 +607,7 @@ def test_a_ctrl_c_while_the_actors_start_stops_them_before_their_lanes_close(tmp
     assert '"tolaria_restarted"' not in events
 
 
-def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(tmp_path: Path) -> None:
+async def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(tmp_path: Path) -> None:
     """The whole system (controller, lifecycle, trainer) after kill -9 mid-run: Tamiyo starts from its journaled
     state at the checkpoint, and the run ends with the same grafts at the same steps and bitwise-equal weights."""
     config = tiny_config(tmp_path, epochs=8)
@@ -595,11 +615,15 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     checkpoints = run_dir / "checkpoints"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
-        assert first.stderr is not None
-        read_until(first.stderr, "epoch   5/")
-        first.kill()  # SIGKILL: no graceful stop, no tamiyo_state.json
-        first.communicate(timeout=60)
+
+    def kill_after_epoch_5() -> None:
+        with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
+            assert first.stderr is not None
+            read_until(first.stderr, "epoch   5/")
+            first.kill()  # SIGKILL: no graceful stop, no tamiyo_state.json
+            first.communicate(timeout=60)
+
+    await asyncio.to_thread(kill_after_epoch_5)
     assert not (checkpoints / "tamiyo_state.json").exists()
     # The newest checkpoint whose plans in flight the lifecycle journal holds (the kill may land before Kasmina has
     # journaled the boundary of the newest one, on a loaded machine): the rule the resume itself follows.
@@ -608,7 +632,7 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     expected = state_at(checkpoints / STATE_JOURNAL_FILENAME, step)
     assert expected is not None  # epochs 1-4 ended long before the kill
 
-    summary = resume_to_completion(config, run_dir, env)
+    summary = await resume_in_process(config, run_dir)
     assert summary.training is not None
     assert summary.training.resumed_from_step == step
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -624,7 +648,7 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     assert bool(behind) == (expected.step != step)
 
     reference_dir = tmp_path / "uninterrupted"
-    run_esper(config, env, "--run-dir", str(reference_dir))
+    assert (await (await start(config, reference_dir)).wait()).status == "completed"
     assert_same_grown_weights(checkpoints, reference_dir / "checkpoints", steps=8 * 16)
     # The summary counts every decision of the run once: the killed session's up to the checkpoint (from its
     # tamiyo_decision lines), the resumed session's from there on.
@@ -640,15 +664,16 @@ def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing_run(t
     )
 
 
-def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_its_controller(tmp_path: Path) -> None:
+async def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_its_controller(
+    tmp_path: Path,
+) -> None:
     """A run killed before its first checkpoint leaves the controller's journals and no checkpoint: --resume trains
     again from step 0 and the controller starts over with it, ending as an uninterrupted run. (Kasmina replayed the
     dead session's journal, stood at its last boundary, refused every new packet, and the run halted on timeouts.)"""
     config = tiny_config(tmp_path, epochs=8)  # long enough to grow what it could keep
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sets = ("--set", "tolaria.checkpoint_every_epochs=0")
-    run_esper(config, env, "--run-dir", str(run_dir), *sets)
+    sets = ("tolaria.checkpoint_every_epochs=0",)
+    assert (await (await start(config, run_dir, sets)).wait()).status == "completed"
     reference_grafts, reference = _final_weights(run_dir)
     assert any(kind == "attach" for kind, _ in reference_grafts), "the run should grow to be a real test"
     checkpoints = run_dir / "checkpoints"
@@ -657,9 +682,7 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_step_0_with_it
         path.unlink(missing_ok=True)
     (run_dir / "summary.json").unlink()
     assert (checkpoints / "kasmina_journal.jsonl").stat().st_size > 0
-    run_esper(config, env, "--resume", str(run_dir), *sets)
-    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
-    assert summary.status == "completed"
+    summary = await resume_in_process(config, run_dir, sets)
     assert summary.growth is not None
     assert summary.growth.emergency_events == 0
     grafts, tensors = _final_weights(run_dir)
