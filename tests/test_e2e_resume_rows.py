@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import subprocess
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 EPOCHS = 4
 STEPS_PER_EPOCH = 16  # tiny_config's

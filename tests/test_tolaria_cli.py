@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+pytestmark = pytest.mark.slow
+
 # Wall-clock budgets far above any real time (tests/far_budgets.py): the runs compared bitwise must not differ by the
 # machine's load (a decision over its budget is the fallback's, a plan past its deadline fails the epoch).
 TINY_TOML = f"""
