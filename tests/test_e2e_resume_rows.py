@@ -41,26 +41,28 @@ MEASURED = (
 )
 
 # The built-in host, with a kill -9 in the window: with HOLD_ROW_AT_STEP set, Nissa never handles that step's
-# epoch-end packet (its metrics.csv row is never written), and the first forward (on the train lane) after the
-# manifest lists that step's checkpoint, once Kasmina's journal holds the step's boundary (else the resume would
-# go back to the checkpoint before, and train the epoch again), sends the process SIGKILL. Barriers, no sleeps.
-# Without the variable it is the plain CNN, the built-in host's model: the resume trains it, and the uninterrupted
-# reference run (in the test process, which must not import this module) the built-in host itself.
+# epoch-end packet (its metrics.csv row is never written), and the first forward (on the train lane) after the trainer
+# handed that step's checkpoint to its writer (the next epoch's first step, or the test split's scoring after the last
+# epoch) waits until the checkpoint is written and Kasmina's journal holds the step's boundary (else the resume would
+# go back to the checkpoint before, and train the epoch again), then sends the process SIGKILL: no later epoch can end
+# first, however slowly the writer runs. Barriers, no sleeps. Without the variable it is the plain CNN, the built-in
+# host's model: the resume trains it, and the uninterrupted reference run (in the test process, which must not import
+# this module) the built-in host itself.
 _HOLDING_HOST = """
 import asyncio
 import os
 import signal
 import threading
-from pathlib import Path
 
 from actors.kasmina.journal import BoundaryJournal, last_boundary_step
 from actors.nissa.actor import Nissa
+from actors.tolaria.checkpoints import CheckpointWriter
 from esper.nn.hosts import CNN1dHost
 from schemas.state import SystemStatePacket
 
 STEP = int(os.environ.get("HOLD_ROW_AT_STEP", "0"))
-MANIFEST = Path(os.environ.get("HOLD_RUN_DIR", "."), "checkpoints", "manifest.json")
 journaled = threading.Event()
+submitted = []
 
 if STEP:
     write_pending = BoundaryJournal.write_pending
@@ -70,6 +72,13 @@ if STEP:
         if self.path is not None and (last_boundary_step(self.path) or -1) >= STEP:
             journaled.set()
 
+    submit = CheckpointWriter.submit
+
+    def submit_then_tell(self, state):
+        submit(self, state)
+        if state.global_step == STEP:
+            submitted.append(self)
+
     handle = Nissa.handle
 
     async def hold_the_row(self, msg):
@@ -78,11 +87,13 @@ if STEP:
         return await handle(self, msg)
 
     BoundaryJournal.write_pending = journal_then_tell
+    CheckpointWriter.submit = submit_then_tell
     Nissa.handle = hold_the_row
 
 
 def kill_once_checkpointed(module, args):
-    if MANIFEST.exists() and f'"step-{STEP}.pt"' in MANIFEST.read_text(encoding="utf-8"):
+    if submitted:
+        submitted[0].wait_written()
         journaled.wait(60)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -141,7 +152,7 @@ def test_a_row_the_checkpoint_covers_is_written_by_the_resume(setup: _Setup, epo
     uninterrupted run's (but for the measured columns), and the killed session's own timings stand in the row."""
     step = epoch * STEPS_PER_EPOCH
     killed_dir = setup.base / f"killed-{epoch}"
-    held = {**setup.env, "HOLD_ROW_AT_STEP": str(step), "HOLD_RUN_DIR": str(killed_dir)}
+    held = {**setup.env, "HOLD_ROW_AT_STEP": str(step)}
 
     killed = _esper(setup.config, held, "--run-dir", str(killed_dir))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
