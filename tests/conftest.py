@@ -1,4 +1,4 @@
-"""Shared fixtures: a manual clock and a recording event sink, fresh for every test; logging reset after each."""
+"""Shared fixtures: a manual clock and an event sink per test; process-wide state reset after each; slow tests first."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def sink() -> RecordingSink:
 
 
 @pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    # structlog's configuration is process-wide; a test that configures it must not leak into the next.
+def _reset_process_wide_state() -> Iterator[None]:
+    # structlog's configuration is process-wide; a test that configures it must not leak into the next. So is torch's
+    # intra-op thread count, which a run started in the test process with tolaria.num_threads sets.
     yield
     reset_logging()
+    torch.set_num_threads(1)

@@ -347,17 +347,9 @@ def run_esper(config: Path, env: dict[str, str], *args: str) -> str:
     return done.stderr
 
 
-def resume_to_completion(config: Path, run_dir: Path, env: dict[str, str]) -> RunSummary:
-    """``--resume RUN_DIR`` in a subprocess; it must complete. Returns its summary."""
-    run_esper(config, env, "--resume", str(run_dir))
-    summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
-    assert summary.status == "completed"
-    return summary
-
-
 async def resume_in_process(config: Path, run_dir: Path, overrides: tuple[str, ...] = ()) -> RunSummary:
-    """``--resume RUN_DIR`` in the test process (``resume_to_completion``'s checks, for a test that asserts nothing of
-    the resuming process itself); it must complete. Returns its summary as written to summary.json."""
+    """``--resume RUN_DIR`` in the test process, for a test that asserts nothing of the resuming process itself; it
+    must complete, as must the summary.json it writes. Returns that summary."""
     finished = await (await start(config, overrides=overrides, resume=run_dir)).wait()
     assert finished.status == "completed", finished.error
     summary = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
