@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ import pytest
 from esper.resume_checkpoints import resume_point
 from esper.run import start
 from schemas.run import RunSummary
-from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper, tiny_config
+from tests.test_e2e_run import assert_same_grown_weights, kill_when_said, run_esper, tiny_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,7 +36,7 @@ async def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equa
     config.write_text(text.replace("lr = 0.003\n", TUNING), encoding="utf-8")
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _kill_in_epoch_4([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env)
+    kill_when_said([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env, "epoch   4/")
     step = resume_point(run_dir / "checkpoints")
     assert step is not None
     assert 0 < step < EPOCHS * STEPS_PER_EPOCH
@@ -58,12 +57,3 @@ async def test_kill_9_then_resume_with_a_schedule_and_clipping_ends_bitwise_equa
     assert reference.status == "completed", reference.error
     # The run grows, so seed groups are scheduled and clipped too.
     assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=EPOCHS * STEPS_PER_EPOCH)
-
-
-def _kill_in_epoch_4(command: list[str], env: dict[str, str]) -> None:
-    """Run ``command`` until it says epoch 4 has begun, then kill it (SIGKILL: no graceful stop)."""
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
-        assert first.stderr is not None
-        read_until(first.stderr, "epoch   4/")
-        first.kill()
-        first.communicate(timeout=60)

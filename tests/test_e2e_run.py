@@ -314,6 +314,16 @@ def read_until(stream: IO[str], prefix: str) -> None:
     raise AssertionError(f"the output ended without a line starting with {prefix!r}")
 
 
+def kill_when_said(command: list[str], env: dict[str, str], prefix: str) -> None:
+    """Run ``command`` until its stderr has a line starting with ``prefix`` (it must come), then kill it (SIGKILL: no
+    graceful stop, no tamiyo_state.json)."""
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
+        assert first.stderr is not None
+        read_until(first.stderr, prefix)
+        first.kill()
+        first.communicate(timeout=60)
+
+
 def assert_same_grown_weights(got_dir: Path, want_dir: Path, *, steps: int) -> None:
     """The newest checkpoints of two runs: both at ``steps``, the same grafts (the reference grew), every model
     tensor bitwise equal."""
@@ -613,14 +623,7 @@ async def test_kill_9_then_resume_ends_bitwise_equal_to_an_uninterrupted_growing
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)]
 
-    def kill_after_epoch_5() -> None:
-        with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
-            assert first.stderr is not None
-            read_until(first.stderr, "epoch   5/")
-            first.kill()  # SIGKILL: no graceful stop, no tamiyo_state.json
-            first.communicate(timeout=60)
-
-    await asyncio.to_thread(kill_after_epoch_5)
+    await asyncio.to_thread(kill_when_said, command, env, "epoch   5/")
     assert not (checkpoints / "tamiyo_state.json").exists()
     # The newest checkpoint whose plans in flight the lifecycle journal holds (the kill may land before Kasmina has
     # journaled the boundary of the newest one, on a loaded machine): the rule the resume itself follows.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from esper.resume_changes import resume_changes
 from esper.run import start
 from esper.start_checks import available_cpus
 from schemas.config import RunConfig, TolariaConfig
-from tests.test_e2e_run import assert_same_grown_weights, read_until, run_esper, tiny_config
+from tests.test_e2e_run import assert_same_grown_weights, kill_when_said, run_esper, tiny_config
 from tests.test_run_key import grown_config
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ async def test_kill_9_then_resume_at_two_threads_ends_bitwise_equal_to_an_uninte
     )
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    _kill_in_epoch_3([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env)
+    kill_when_said([sys.executable, "-m", "esper.run", str(config), "--run-dir", str(run_dir)], env, "epoch   3/")
     run_esper(config, env, "--resume", str(run_dir))
     reference_dir = tmp_path / "uninterrupted"
     reference = await (await start(config, reference_dir)).wait()
@@ -112,12 +111,3 @@ async def test_kill_9_then_resume_at_two_threads_ends_bitwise_equal_to_an_uninte
     assert _train_threads(run_dir) == [2, 2]
     assert _train_threads(reference_dir) == [2]
     assert_same_grown_weights(run_dir / "checkpoints", reference_dir / "checkpoints", steps=4 * 16)
-
-
-def _kill_in_epoch_3(command: list[str], env: dict[str, str]) -> None:
-    """Run ``command`` until it says epoch 3 has begun, then kill it (SIGKILL: no graceful stop)."""
-    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as first:
-        assert first.stderr is not None
-        read_until(first.stderr, "epoch   3/")
-        first.kill()
-        first.communicate(timeout=60)
