@@ -126,14 +126,59 @@ class LogFileInUse(EsperError):
         self.running = running
 
 
+@final
+class _StartReservation:
+    """A pass-through processor whose presence in the configuration says a run of this process is starting: it keeps
+    the log file's place across the awaits of the start's checks, before the run's own logging is configured."""
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        return event_dict
+
+
+@final
+class LogFileReservation:
+    """The place of a run that is starting, taken by ``reserve_log_file``; ``release`` gives it back (call it right
+    before configuring the run's logging, with no await between, or when the start fails before that)."""
+
+    def __init__(self) -> None:
+        self._was_configured = structlog.is_configured()
+        self._processor = _StartReservation()
+        structlog.configure(processors=[self._processor, *structlog.get_config()["processors"]])
+
+    def release(self) -> None:
+        processors = structlog.get_config()["processors"]
+        if not any(p is self._processor for p in processors):
+            return  # released already, or the configuration was replaced (a test's reset)
+        if self._was_configured:
+            structlog.configure(processors=[p for p in processors if p is not self._processor])
+        else:
+            structlog.reset_defaults()
+
+
+def reserve_log_file() -> LogFileReservation:
+    """check_log_file_free, then hold the place for this run: two starts awaited at once in one process both passed
+    the check before either logged, and the refused one left its run directory behind.
+
+    Raises:
+        LogFileInUse: another run in this process is going or starting.
+    """
+    check_log_file_free()
+    return LogFileReservation()
+
+
 def check_log_file_free() -> None:
     """Raise LogFileInUse while the current configuration writes an event file that has not been closed (a run in
-    this process is still going: its handle closes the file when the run ends).
+    this process is still going: its handle closes the file when the run ends) or another run is starting.
 
     Raises:
         LogFileInUse: naming the file.
     """
     for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, _StartReservation):
+            raise LogFileInUse(
+                "another run in this process is still starting; its events would mix with this run's: let its start"
+                " finish, then stop it (await system.stop()) or wait for it (await system.wait()) first"
+            )
         if isinstance(processor, _JsonLineWriter) and processor.is_open:
             running = processor.running
             if running is None:  # still starting: no handle exists yet

@@ -40,7 +40,7 @@ from esper.cli_process import drop_lost_streams, hand_signals_to_the_run, run_in
 from esper.config import dump_config
 from esper.console import Console
 from esper.log_events import StructlogSink
-from esper.log_file import check_log_file_free
+from esper.log_file import reserve_log_file
 from esper.resume_changes import resume_changes
 from esper.run_args import (
     EXIT_CONFIG_ERROR,
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from esper.log_file import LogFileReservation
     from esper.logs import LoggingHandle
     from esper.run_args import StartArgs
     from esper.runtime.events import EventSink
@@ -145,11 +146,13 @@ async def _start(
     """``start`` in the command line's words (its refusals name --resume, --run-dir and --set); ``prechecked``: see
     checked_start."""
     check_progress(progress)
-    check_log_file_free()  # before anything is read or made: a second live run in this process is refused
     # Before the checks, which build the model: the run seeds the process's global RNGs (and may turn TF32 on); the
     # caller's are given back when it ends (or fails to start).
     rngs = GlobalRngs()
     matmul = Float32Matmul()
+    # Before anything is read or made, and held until the run's logging takes over: a second run in this process,
+    # live or starting, is refused.
+    reservation = reserve_log_file()
     try:
         args = await checked_start(config, run_dir, overrides, resume, prechecked=prechecked, progress=progress)
         resolved, directory = args.config, args.directory
@@ -158,12 +161,20 @@ async def _start(
         run_lock = await anyio.to_thread.run_sync(claim)
         try:
             return await _start_claimed(
-                args, run_lock, (rngs, matmul), resume=resume, progress=progress, hooks=hooks, console=console
+                args,
+                run_lock,
+                (rngs, matmul),
+                reservation,
+                resume=resume,
+                progress=progress,
+                hooks=hooks,
+                console=console,
             )
         except BaseException:
             run_lock.release()
             raise
     except BaseException:
+        reservation.release()
         rngs.restore()  # after the failed start's threads have stopped: nothing of the run draws any more
         matmul.restore()
         raise
@@ -173,6 +184,7 @@ async def _start_claimed(
     args: StartArgs,
     run_lock: RunDirLock,
     process: tuple[GlobalRngs, Float32Matmul],
+    reservation: LogFileReservation,
     *,
     resume: str | Path | None,
     progress: TextIO | None,
@@ -180,6 +192,7 @@ async def _start_claimed(
     console: bool | None,
 ) -> EsperSystem:
     run_id = await prepare_run_dir(args, resume=resume is not None)
+    reservation.release()  # no await from here to the run's own logging, which takes the place over
     logging = start_logging(args, run_id, console=console, progress=progress)
     undo = StartUndo()
     try:

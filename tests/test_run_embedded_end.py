@@ -21,6 +21,7 @@ import torch
 import esper
 from esper import run as esper_run
 from esper.log_file import LogFileInUse, check_log_file_free
+from esper.runtime.errors import ConfigError
 from esper.session import EsperSystem
 from tests.test_run_embedded import quiet_config
 
@@ -312,3 +313,27 @@ def test_esper_start_rewinds_no_random_stream_once_the_run_module_is_imported(mo
     monkeypatch.setattr(random, "setstate", restored.append)
     assert esper.start is esper_run.start
     assert restored == []
+
+
+async def test_two_starts_awaited_at_once_start_one_run_and_the_other_leaves_no_directory(tmp_path: Path) -> None:
+    """Two starts awaited together (a notebook's gather) both passed the log-file check before either had logged:
+    the second was refused only at its logging, with its run directory already made, and left it behind."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    outcomes = await asyncio.gather(
+        esper.start(quiet_config(tmp_path), run_dir=first_dir),
+        esper.start(quiet_config(tmp_path), run_dir=second_dir),
+        return_exceptions=True,
+    )
+    started = [o for o in outcomes if isinstance(o, EsperSystem)]
+    refused = [o for o in outcomes if isinstance(o, LogFileInUse)]
+    assert (len(started), len(refused)) == (1, 1), outcomes
+    assert "another run in this process is still starting" in str(refused[0])
+    assert isinstance(outcomes[0], EsperSystem)  # the first to be awaited is the first to take the place
+    assert not second_dir.exists()
+    assert (await started[0].stop()).status == "stopped"
+    # The place is given back at the run's end, and after a start refused in its checks.
+    with pytest.raises(ConfigError):
+        await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "bad", overrides=["tolaria.epochs=0"])
+    assert _log_free()
+    following = await esper.start(quiet_config(tmp_path), run_dir=second_dir)
+    assert (await following.stop()).status == "stopped"
