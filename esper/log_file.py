@@ -13,9 +13,10 @@ from esper.log_levels import LEVEL_NUMBERS, LogLevel, is_record
 from esper.runtime.errors import EsperError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
-    from structlog.typing import EventDict, WrappedLogger
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
     from esper.console_stream import ConsoleStream
     from esper.session import EsperSystem
@@ -142,15 +143,17 @@ class LogFileReservation:
 
     def __init__(self) -> None:
         self._was_configured = structlog.is_configured()
-        self._processor = _StartReservation()
-        structlog.configure(processors=[self._processor, *structlog.get_config()["processors"]])
+        # The caller's own list object comes back, not a copy: a LoggingHandle (or a user) tells whether the
+        # configuration was replaced since by its identity.
+        self._saved: Iterable[Processor] = structlog.get_config()["processors"]
+        self._installed: list[Processor] = [_StartReservation(), *self._saved]
+        structlog.configure(processors=self._installed)
 
     def release(self) -> None:
-        processors = structlog.get_config()["processors"]
-        if not any(p is self._processor for p in processors):
-            return  # released already, or the configuration was replaced (a test's reset)
+        if structlog.get_config()["processors"] is not self._installed:
+            return  # released already, or the configuration was replaced since (a test's reset)
         if self._was_configured:
-            structlog.configure(processors=[p for p in processors if p is not self._processor])
+            structlog.configure(processors=self._saved)
         else:
             structlog.reset_defaults()
 
