@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from structlog.typing import Processor
+
     from schemas.run import RunSummary
 
 
@@ -342,7 +344,7 @@ async def test_two_starts_awaited_at_once_start_one_run_and_the_other_leaves_no_
 async def test_a_callers_own_structlog_configuration_comes_back_as_the_same_list(tmp_path: Path) -> None:
     """The start's reservation of the log file's place came off as a copy of the caller's processor list: equal, but
     not the list the caller configured, so a LoggingHandle that checks by identity no longer restored its own."""
-    processors = [structlog.processors.add_log_level, structlog.processors.JSONRenderer()]
+    processors: list[Processor] = [structlog.processors.add_log_level, structlog.processors.JSONRenderer()]
     structlog.configure(processors=processors)
     system = await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")
     assert (await system.stop()).status == "stopped"
