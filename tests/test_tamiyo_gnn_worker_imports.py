@@ -31,7 +31,7 @@ def test_the_worker_decides_without_importing_transformers_which_pyg_imports_els
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PyG's package import reached Hugging Face transformers (installed beside a user's models) in every worker start
-    and restart: about a third of the worker's start-up, for LLM helpers the policy never runs."""
+    and restart: about a fifth of the worker's start-up, for LLM helpers the policy never runs."""
     assert "transformers" in UNUSED_PACKAGES
     marker = _marking_package(tmp_path, "transformers")
     inherited = os.environ.get("PYTHONPATH")

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 # PyG's package import reaches its LLM helpers, which import Hugging Face transformers whenever it is installed: a
-# third of every worker start and restart (measured: 5.4 s of CPU down to 3.8 s), for code the policy never runs.
+# fifth of every worker start and restart (BENCHMARKS.md: about 1 s of its ~5 s), for code the policy never runs.
 # Only this process is spared it: the run's own process may hold a user's model built on transformers.
 UNUSED_PACKAGES = frozenset({"transformers"})
 
