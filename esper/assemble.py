@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from esper.run_tally import RunTally
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
-    from esper.runtime.lanes import Lanes
+    from esper.runtime.lane_set import Lanes
     from esper.runtime.supervisor import ChildSpec
     from esper.runtime.system import ActorSystem
     from schemas.boundary import BoundaryApplied, Decision
