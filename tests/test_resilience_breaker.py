@@ -11,9 +11,9 @@ import pytest
 from esper.runtime.breaker import (
     DEADLINE_EXCEEDED,
     PROBE_DEADLINE_EXCEEDED,
-    BreakerStatistics,
     CircuitBreaker,
 )
+from esper.runtime.breaker_statistics import BreakerStatistics
 from esper.runtime.errors import BreakerOpen, ProbeDeadlineExceeded
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, final
 
+from esper.runtime.breaker_guard import BreakerGuard
+from esper.runtime.breaker_statistics import BreakerStatistics
 from esper.runtime.errors import BreakerOpen, ProbeDeadlineExceeded
-from schemas.base import Record
 from schemas.config import BreakerConfig
 from schemas.enums import BreakerState
 from schemas.runtime import BreakerTransition
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
@@ -27,22 +27,6 @@ PROBE_DEADLINE_EXCEEDED = "probe_deadline_exceeded"
 _CLOSED = BreakerState.CLOSED
 _OPEN = BreakerState.OPEN
 _HALF_OPEN = BreakerState.HALF_OPEN
-
-
-class BreakerStatistics(Record, frozen=True):
-    """A breaker at one instant. Returned by CircuitBreaker.statistics(), which never blocks or changes state."""
-
-    name: str
-    state: BreakerState
-    consecutive_failures: int
-    half_open_successes: int
-    probe_in_flight: bool
-    time_until_half_open_s: float
-    allowed: int
-    refused: int
-    successes: int
-    failures: int
-    times_opened: int
 
 
 @final
@@ -411,40 +395,3 @@ class CircuitBreaker:
         if self._state is _OPEN:
             return f"breaker {self._name!r} is open; half-open in {self.time_until_half_open_s():.3f}s"
         return f"breaker {self._name!r} is half-open with its probe in flight"
-
-
-@final
-class BreakerGuard:
-    """What CircuitBreaker.guard() returns; see there. One use only."""
-
-    __slots__ = ("_breaker", "_generation")
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self._breaker = breaker
-        self._generation = -1
-
-    def __enter__(self) -> None:
-        self._breaker.acquire()
-        self._generation = self._breaker._generation
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        breaker = self._breaker
-        current = breaker._generation == self._generation
-        if not current:
-            return
-        if exc is None:
-            breaker.record_success()
-        elif isinstance(exc, Exception):
-            breaker.record_failure(type(exc).__name__)
-        else:
-            breaker.release_probe()
-
-    async def __aenter__(self) -> None:
-        self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
