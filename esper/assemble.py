@@ -68,10 +68,10 @@ if TYPE_CHECKING:
     from actors.urza.store import UrzaStore
     from esper.nn.data import DataSplits
     from esper.run_tally import RunTally
+    from esper.runtime.child_spec import ChildSpec
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lane_set import Lanes
-    from esper.runtime.supervisor import ChildSpec
     from esper.runtime.system import ActorSystem
     from schemas.boundary import BoundaryApplied, Decision
     from schemas.config import RunConfig

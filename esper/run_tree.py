@@ -8,7 +8,7 @@ from actors.oona.housekeeping import oona_spec
 from actors.oona.publisher import PUBLISHER, BusLosses, OonaPublisher
 from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.weatherlight.tree import build_root, state_reporter
-from esper.runtime.supervisor import ChildSpec
+from esper.runtime.child_spec import ChildSpec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

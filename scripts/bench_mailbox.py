@@ -13,9 +13,10 @@ import time
 from typing import assert_never, final
 
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import NullSink
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 

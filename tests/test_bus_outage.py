@@ -19,8 +19,8 @@ from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import Topic
 from esper.runtime.bus_redis import RedisBus
 from esper.runtime.bus_redis_open import open_redis_bus, redis_client
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import BusUnavailable
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig
 from schemas.domain_enums import TelemetryLevel

@@ -14,8 +14,8 @@ from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
 from esper.runtime.bus_redis import RedisBus, schema_message_types
 from esper.runtime.bus_redis_reply import ReplyError
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import BusUnavailable
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BreakerState, BusMessageType, EmergencyLevel, MessagePriority

@@ -23,8 +23,9 @@ from esper.logs import configure_logging, reset_logging
 from esper.run import main
 from esper.run_args import EXIT_OK
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import UnrecoverableFailure, unrecoverable_cause
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated

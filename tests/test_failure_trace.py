@@ -12,9 +12,10 @@ import pytest
 
 from esper.log_events import StructlogSink
 from esper.logs import configure_logging, reset_logging
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import RepeatedFailure
 from esper.runtime.failure_trace import TRACE_CHARS, failure_traceback, first_failure, located, user_frame
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from esper.tail_render import parse_line, render_event
 from schemas.runtime import ChildFailed

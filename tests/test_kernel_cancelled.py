@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, assert_never, final
 import pytest
 
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import StrayCancellation
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 from schemas.enums import ActorStatus

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from esper.runtime.child_spec import ChildSpec, RestartType
 from esper.runtime.errors import ActorStopped, MailboxFull, MessageTypeError, ReplyTypeError
-from esper.runtime.supervisor import ChildSpec, RestartType, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.enums import ActorStatus
 from schemas.runtime import ChildFailed, ChildRestarted

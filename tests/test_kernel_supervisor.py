@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, final
 import pytest
 
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec, RestartType
 from esper.runtime.errors import ActorStopped, ChildStartFailed, RepeatedFailure, RestartIntensityExceeded
-from esper.runtime.supervisor import ChildSpec, RestartType, Strategy, Supervisor
+from esper.runtime.supervisor import Strategy, Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.enums import ActorStatus
 from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated

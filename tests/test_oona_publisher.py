@@ -10,8 +10,8 @@ import structlog
 
 from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher
 from esper.runtime.bus_inproc import InProcessBus
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import BusUnavailable, PayloadTooLarge
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig
 from schemas.domain_enums import TelemetryLevel

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from actors.oona.publisher import PUBLISHER, OonaPublisher
 from esper.runtime.bus import Topic
 from esper.runtime.bus_redis_open import open_redis_bus
-from esper.runtime.supervisor import ChildSpec
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.domain_enums import TelemetryLevel
 from schemas.telemetry import TelemetryEvent

@@ -13,7 +13,8 @@ from esper.runtime.actor import Actor
 from esper.runtime.bus import BusLimits, PublishStatus, Topic
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import RedisBus
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.child_spec import ChildSpec
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 from schemas.domain_enums import TelemetryLevel

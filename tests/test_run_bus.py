@@ -14,9 +14,9 @@ from actors.oona.publisher import PUBLISHER, BusSink, OonaPublisher
 from esper.runtime.bus import Topic
 from esper.runtime.bus_inproc import InProcessBus
 from esper.runtime.bus_redis import RedisBus
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import RecordingSink
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from esper.session_events import FanoutSink
 from schemas.config import RunConfig

@@ -15,8 +15,9 @@ from esper.runtime.actor import Actor
 from esper.runtime.atomic_write import atomic_write_bytes, atomic_write_text
 from esper.runtime.bus import BusLimits, Topic
 from esper.runtime.bus_inproc import InProcessBus
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.events import RecordingSink
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from esper.runtime.ticker import Tick, Ticker
 from schemas.config import WeatherlightConfig

@@ -19,9 +19,10 @@ from actors.tamiyo.spec import tamiyo_spec
 from actors.tamiyo.state import TamiyoState
 from actors.tamiyo.state_journal import read_entries
 from esper.console import Console
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.config import BreakerConfig, SecurityConfig, SimicConfig, TamiyoConfig
 from schemas.runtime import ChildFailed

@@ -18,8 +18,9 @@ from actors.urza.spec import urza_spec
 from actors.urza.store import UrzaStore
 from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.lanes import Lane
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.config import UrzaConfig
 from schemas.domain_enums import KernelErrorReason, TelemetryLevel

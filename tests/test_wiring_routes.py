@@ -12,8 +12,9 @@ from torch import nn
 from actors.tolaria.actor import TolariaCell, TolariaControl
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.handoff import Handoff
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from esper.wiring import Routes
 from schemas.boundary import BoundaryApplied, BoundaryPlan, SeedOp

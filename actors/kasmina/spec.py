@@ -15,9 +15,9 @@ from actors.kasmina.lifecycle_settings import EvidenceCadence, LifecycleSettings
 from actors.kasmina.pairing import mailbox_floor, pending_limit
 from actors.kasmina.planner import BoundaryPlanner
 from actors.kasmina.preparation import DEFAULT_CACHE_CAPACITY, CatalogueSource, ModuleCache, Preparer
+from esper.runtime.child_spec import ChildSpec, RestartType
 from esper.runtime.ref import ActorRef
 from esper.runtime.signing import CommandVerifier
-from esper.runtime.supervisor import ChildSpec, RestartType
 from schemas.boundary import BoundaryPlan
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from actors.nissa.actor import Nissa
 from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
 from actors.nissa.csv_writer import RowBacklog
-from esper.runtime.supervisor import ChildSpec
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:

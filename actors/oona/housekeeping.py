@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import BusUnavailable
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:

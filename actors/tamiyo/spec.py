@@ -15,9 +15,9 @@ from actors.tamiyo.outcomes import OutcomeSettings
 from actors.tamiyo.risk import RiskThresholds
 from actors.tamiyo.state_journal import DEFAULT_KEEP, TamiyoStateJournal
 from esper.nn.policy_contract import TamiyoGNNConfig
+from esper.runtime.child_spec import ChildSpec, RestartType
 from esper.runtime.errors import ConfigError
 from esper.runtime.ref import ActorRef
-from esper.runtime.supervisor import ChildSpec, RestartType
 from schemas.boundary import Decision
 from schemas.control import BlendConfig
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from actors.tezzeret.actor import StartPass, Tezzeret
 from actors.tezzeret.compile import CompileSettings, warm_compiled
 from esper.nn.blueprints import build_blueprint
-from esper.runtime.supervisor import ChildSpec, RestartType
+from esper.runtime.child_spec import ChildSpec, RestartType
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -24,8 +24,9 @@ from actors.tolaria.loop_options import LoopOptions, LoopResult
 from actors.tolaria.plans import PlanInbox, release_modules
 from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import ActorError, MailboxError
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.supervisor import Supervisor
 from schemas.base import Message
 from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
 from schemas.kasmina import SeedValidationReport

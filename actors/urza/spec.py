@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actors.urza.actor import Urza
-from esper.runtime.supervisor import ChildSpec, RestartType
+from esper.runtime.child_spec import ChildSpec, RestartType
 
 if TYPE_CHECKING:
     from actors.urza.actor import UrzaReply

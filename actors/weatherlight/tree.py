@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from esper.runtime.supervisor import ChildSpec, Supervisor
+from esper.runtime.child_spec import ChildSpec
+from esper.runtime.supervisor import Supervisor
 from esper.runtime.ticker import Ticker
 
 if TYPE_CHECKING:

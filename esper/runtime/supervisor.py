@@ -1,11 +1,10 @@
-"""Supervisors: child specs, restart strategies, restart intensity with backoff, escalation, ordered shutdown."""
+"""Supervisors: restart strategies, restart intensity with backoff, escalation, ordered shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 from collections import deque
-from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Never, final
 
 import msgspec
@@ -21,7 +20,7 @@ from esper.runtime.errors import (
 )
 from esper.runtime.failure_trace import located
 from esper.runtime.mailbox import Mailbox
-from esper.runtime.ref import ActorRef, DeadLetters
+from esper.runtime.ref import ActorRef
 from esper.runtime.supervisor_child import (
     Child,
     close_for_good,
@@ -35,67 +34,14 @@ from schemas.enums import ActorStatus
 from schemas.runtime import ActorState, ChildRestarted, EscalationReason, SupervisorEscalated
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from esper.runtime.actor import Actor
-    from esper.runtime.clock import Clock
-    from esper.runtime.events import EventSink
-
-RestartType = Literal["permanent", "transient", "temporary"]
-"""permanent: always restarted; transient: restarted only after a failure; temporary: never restarted."""
+    from esper.runtime.child_spec import ChildSpec
+    from esper.runtime.tree_runtime import Runtime
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 """Which children restart when one fails: only it; all; it and every child started after it (Erlang semantics)."""
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ChildSpec:
-    """How a supervisor builds, restarts and stops one child.
-
-    Attributes:
-        name: unique among its siblings; no ``/`` (paths are ``parent/child``).
-        factory: builds a fresh incarnation (an Actor or a nested Supervisor) at every (re)start.
-        restart: see RestartType.
-        shutdown_deadline_s: how long a stop may take before the child's task is cancelled (math.inf: no limit).
-    """
-
-    name: str
-    factory: Callable[[], Actor[Never] | Supervisor]
-    _: KW_ONLY
-    restart: RestartType = "permanent"
-    shutdown_deadline_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"child name must be non-empty and contain no '/', got {self.name!r}")
-        if self.restart not in ("permanent", "transient", "temporary"):
-            raise ValueError(f"restart must be permanent, transient or temporary, got {self.restart!r}")
-        if not self.shutdown_deadline_s > 0:
-            raise ValueError(f"shutdown_deadline_s must be > 0, got {self.shutdown_deadline_s}")
-
-
-@final
-@dataclass(slots=True)
-class Runtime:
-    """What the ActorSystem hands down its tree: the clock, the event sink, dead letters and the ref registry.
-
-    Mailboxes and refs are kept here by path, so a ref stays valid across restarts of the actor or of any
-    supervisor above it.
-    """
-
-    clock: Clock
-    sink: EventSink
-    dead_letters: DeadLetters
-    mailboxes: dict[str, Mailbox[Any]] = field(default_factory=dict)
-    refs: dict[str, ActorRef[Any]] = field(default_factory=dict)
-    actor_types: dict[str, type[Actor[Any]]] = field(default_factory=dict)
-    # Restarts by path, kept across a supervisor's own restart (which builds its children anew): the counts say how
-    # often each actor was restarted in the run, not since its parent last gave up.
-    restarts: dict[str, int] = field(default_factory=dict)
-    # Messages handled and failed by path, as of the last incarnation that ended: the next one counts on from there,
-    # so a restarted actor's figures are the run's (a crashed one showed failed 0 and half its messages).
-    handled: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @final

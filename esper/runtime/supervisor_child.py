@@ -15,9 +15,11 @@ from schemas.enums import ActorStatus
 from schemas.runtime import ChildFailed
 
 if TYPE_CHECKING:
+    from esper.runtime.child_spec import ChildSpec
     from esper.runtime.clock import Clock
     from esper.runtime.mailbox import Mailbox
-    from esper.runtime.supervisor import ChildSpec, Runtime, Supervisor
+    from esper.runtime.supervisor import Supervisor
+    from esper.runtime.tree_runtime import Runtime
 
 _log = structlog.get_logger("esper.runtime")
 

@@ -11,10 +11,12 @@ import structlog
 
 from esper.runtime.errors import SupervisorGaveUp
 from esper.runtime.ref import DeadLetters
-from esper.runtime.supervisor import ChildSpec, Runtime, Supervisor
+from esper.runtime.supervisor import Supervisor
+from esper.runtime.tree_runtime import Runtime
 
 if TYPE_CHECKING:
     from esper.runtime.actor import Actor
+    from esper.runtime.child_spec import ChildSpec
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.ref import ActorRef

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import assert_type, final
 
 from esper.runtime.actor import Actor
+from esper.runtime.child_spec import ChildSpec
 from esper.runtime.clock import ManualClock
 from esper.runtime.events import RecordingSink
 from esper.runtime.mailbox import Mailbox
 from esper.runtime.ref import ActorRef
-from esper.runtime.supervisor import ChildSpec
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
 from schemas.runtime import ChildFailed, MailboxStatistics
