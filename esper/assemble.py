@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from esper.runtime.child_spec import ChildSpec
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
-    from esper.runtime.lane_set import Lanes
+    from esper.runtime.lanes import Lanes
     from esper.runtime.system import ActorSystem
     from schemas.boundary import BoundaryApplied, Decision
     from schemas.config import RunConfig

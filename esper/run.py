@@ -70,7 +70,7 @@ from esper.run_tree import build_tree
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.errors import ChildStartFailed, ConfigError
 from esper.runtime.gpu import read_gpus_once
-from esper.runtime.lane_set import Lanes
+from esper.runtime.lanes import Lanes
 from esper.runtime.system import ActorSystem
 from esper.session import EXIT_FAILED, EXIT_INTERRUPTED, EsperSystem
 from esper.session_events import EventHub, FanoutSink

@@ -10,7 +10,7 @@ import structlog
 if TYPE_CHECKING:
     from esper.assemble import StoreCloser
     from esper.bus_resource import BusResource
-    from esper.runtime.lane_set import Lanes
+    from esper.runtime.lanes import Lanes
     from esper.runtime.system import ActorSystem
 
 _log = structlog.get_logger("esper.run")

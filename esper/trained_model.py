@@ -15,7 +15,7 @@ from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths
 from esper.resume import read_run_config, refuse_edited
 from esper.runtime.errors import ConfigError
-from esper.runtime.lane_device import resolve_device
+from esper.runtime.lanes import resolve_device
 
 if TYPE_CHECKING:
     import os

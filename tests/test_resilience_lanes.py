@@ -12,9 +12,7 @@ import torch
 from torch.cuda._utils import _get_device_index
 
 from esper.runtime.errors import LaneClosed, LaneJobEscaped
-from esper.runtime.lane_device import resolve_device
-from esper.runtime.lane_set import Lanes
-from esper.runtime.lanes import Lane
+from esper.runtime.lanes import Lane, Lanes, resolve_device
 
 if TYPE_CHECKING:
     from collections.abc import Callable

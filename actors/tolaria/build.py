@@ -29,7 +29,7 @@ from esper.nn.data_batches import BatchPlan
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.precision import native_bf16
 from esper.nn.slots import SlotMode
-from esper.runtime.lane_device import resolve_device
+from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
 from schemas.config import initial_seed_id
 from schemas.control import BlendConfig

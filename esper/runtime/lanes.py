@@ -5,21 +5,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, final
 
 import structlog
 import torch
 
 from esper.runtime.errors import LaneClosed, LaneJobEscaped
-from esper.runtime.lane_device import resolve_device
 from schemas.base import Record
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+LaneName = Literal["train", "policy", "io"]
+LANE_NAMES: tuple[LaneName, ...] = ("train", "policy", "io")
+
+# train takes torch's default (all cores); inference and I/O must not compete with it for cores.
+DEFAULT_NUM_THREADS: Mapping[LaneName, int | None] = {"train": None, "policy": 1, "io": 1}
 
 _PENDING = 0
 _RUNNING = 1
@@ -38,6 +43,35 @@ class LaneStatistics(Record, frozen=True):
     failed: int
     dropped: int
     closed: bool
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"`` or ``"cuda[:n]"`` (or such a torch.device) into a concrete device.
+
+    ``"auto"`` is CUDA (the current device) if torch sees one, else CPU; an unindexed CUDA device is the current one.
+    May initialise CUDA; never call at import.
+
+    Raises:
+        ValueError: spec is none of those, or names a CUDA device that is not available.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)  # named in the errors as the config would spell it
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {spec!r}") from err
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {spec!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} needs CUDA, which torch reports as not available")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r} does not exist: torch sees {torch.cuda.device_count()} CUDA devices")
+    return torch.device("cuda", index)
 
 
 @final
@@ -367,3 +401,76 @@ class Lane:
             self._deliver(job.loop, job.future, None, error)
         for loop, future in waiters:
             self._deliver(loop, future, None, None)
+
+
+@final
+class Lanes:
+    """The default lanes of one device: ``train`` (Tolaria), ``policy`` (Tamiyo, Simic) and ``io`` (loads, compiles,
+    host-to-device copies). On CUDA each has its own stream, so policy inference overlaps backprop.
+    """
+
+    def __init__(self, device: str = "auto", *, num_threads: Mapping[LaneName, int | None] | None = None) -> None:
+        """Build the three lanes (their threads start at first use).
+
+        Args:
+            device: ``"auto"``, ``"cpu"`` or ``"cuda[:n]"`` (see resolve_device).
+            num_threads: per-lane torch thread budgets overriding DEFAULT_NUM_THREADS.
+
+        Raises:
+            ValueError: the device is invalid or unavailable, a budget is < 1, or a lane name is unknown.
+        """
+        budgets = dict(DEFAULT_NUM_THREADS)
+        for name, budget in (num_threads or {}).items():
+            if name not in LANE_NAMES:
+                raise ValueError(f"num_threads names unknown lane {name!r}; lanes are {', '.join(LANE_NAMES)}")
+            budgets[name] = budget
+        self._device = resolve_device(device)
+        self._lanes: dict[LaneName, Lane] = {
+            name: Lane(name, self._device, num_threads=budgets[name]) for name in LANE_NAMES
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def train(self) -> Lane:
+        return self._lanes["train"]
+
+    @property
+    def policy(self) -> Lane:
+        return self._lanes["policy"]
+
+    @property
+    def io(self) -> Lane:
+        return self._lanes["io"]
+
+    def __getitem__(self, name: LaneName) -> Lane:
+        return self._lanes[name]
+
+    def statistics(self) -> tuple[LaneStatistics, ...]:
+        """Each lane's statistics, in LANE_NAMES order."""
+        return tuple(lane.statistics() for lane in self._lanes.values())
+
+    def close(self) -> None:
+        """Close every lane (non-blocking); queued jobs still run."""
+        for lane in self._lanes.values():
+            lane.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until every lane's thread has exited."""
+        for lane in self._lanes.values():
+            await lane.wait_closed()
+
+    async def aclose(self) -> None:
+        """close(), then wait_closed()."""
+        self.close()
+        await self.wait_closed()
+
+    async def __aenter__(self) -> Lanes:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
