@@ -19,6 +19,14 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(130))
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hang-up must leave the run alone
         signal.signal(signal.SIGHUP, lambda _signum, _frame: os._exit(130))
+    # --help, a usage error and a config the run refuses (a mistyped key, a bad value, no such file) are answered
+    # before torch and the actors load (seconds): these imports are torch-free. main checks the config again (< 1 ms).
+    from esper.cli_process import drop_lost_streams
+    from esper.run_parser import EXIT_CONFIG_ERROR, build_parser, checked_config
+
+    if isinstance(checked_config(build_parser().parse_args()), int):
+        drop_lost_streams()
+        os._exit(EXIT_CONFIG_ERROR)
 
 import asyncio
 import contextlib
@@ -42,18 +50,11 @@ from esper.console import Console
 from esper.log_events import StructlogSink
 from esper.log_file import reserve_log_file
 from esper.resume_changes import resume_changes
-from esper.run_args import (
-    EXIT_CONFIG_ERROR,
-    blamed,
-    build_parser,
-    check_progress,
-    checked_command_line,
-    checked_start,
-    in_api_words,
-)
+from esper.run_args import blamed, check_progress, checked_command_line, checked_start, in_api_words
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config
 from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, written_by
+from esper.run_parser import EXIT_CONFIG_ERROR, build_parser
 from esper.run_start import (
     WEIGHTS_KEY,
     growth_figures,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import io
@@ -32,6 +31,7 @@ from esper.run_dir import check_not_in_use, check_not_the_run_config, check_run_
 from esper.run_files import run_files
 from esper.run_history import already_trained, previous_run_id
 from esper.run_key import MIN_SECRET_BYTES, RunKey, env_key, new_run_key, read_run_key, short_secret
+from esper.run_parser import EXIT_CONFIG_ERROR, EXIT_OK, checked_config, is_run_config
 from esper.runtime.bus_redis import redacted
 from esper.runtime.errors import ConfigError
 from esper.start_checks import check_default_dtype, check_start
@@ -39,13 +39,11 @@ from esper.tamiyo_resume import recorded_policy_version
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
 
     from esper.nn.data import DataSplits
     from schemas.config import TolariaConfig
-
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -106,40 +104,6 @@ def console_level(configured: str) -> str:
     return "warning" if configured == "auto" else configured
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m esper.run",
-        description="Run Esper: train a host model while the controller grows it, under a supervision tree.",
-    )
-    parser.add_argument("config", type=Path, help="the run configuration (TOML); every key has a default")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, read as a TOML value (e.g. tolaria.epochs=3, tamiyo.policy=gnn); repeatable",
-    )
-    # A resume continues the run in its own directory: a --run-dir beside it was silently ignored.
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--run-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="the run directory for config.toml, events.jsonl and summary.json (default: <runs_dir>/<run-id>, with"
-        " the config's runs_dir, runs unless set)",
-    )
-    where.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue an interrupted run from its last good checkpoint; the directory is reused, events appended",
-    )
-    return parser
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class StartArgs:
@@ -173,12 +137,9 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
     """The config the command line names, checked as far as it can be before the event loop starts; or the exit
     status to leave with, its one line said on stderr (a refusal, or a resume of a run that trained its epochs and
     wrote its summary)."""
-    try:
-        config = load_config(args.config, args.overrides, written=is_run_config(args.config, args.resume))
-        env_key(config, resuming=args.resume is not None)
-    except ConfigError as err:
-        say(sys.stderr, f"{err}\n")
-        return EXIT_CONFIG_ERROR
+    config = checked_config(args)
+    if isinstance(config, int):
+        return config
     if args.resume is None and args.run_dir is not None:
         try:
             check_not_the_run_config(args.config, args.run_dir)
@@ -201,18 +162,6 @@ def checked_command_line(args: argparse.Namespace) -> RunConfig | int:
             say(sys.stderr, f"{finished}\n")
             return EXIT_OK
     return config
-
-
-def is_run_config(config: str | os.PathLike[str], resume: str | os.PathLike[str] | None) -> bool:
-    """Whether ``config`` is the config.toml of the run ``resume`` continues (the file its end prints to resume with):
-    written by the version that ran it, it is read with a run directory's leniency (load_config's ``written``), so
-    a key that version wrote and this one no longer acts on does not refuse the resume it was told to use."""
-    if resume is None:
-        return False
-    try:
-        return Path(config).resolve() == (Path(resume) / "config.toml").resolve()
-    except (OSError, RuntimeError):  # a symlink loop: not the run's file, and load_config says what is wrong with it
-        return False
 
 
 def check_progress(progress: object) -> None:

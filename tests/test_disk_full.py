@@ -21,7 +21,7 @@ import esper.logs
 from actors.tolaria.checkpoints import CheckpointWriter
 from esper.logs import configure_logging, reset_logging
 from esper.run import main
-from esper.run_args import EXIT_OK
+from esper.run_parser import EXIT_OK
 from esper.runtime.actor import Actor
 from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import UnrecoverableFailure, unrecoverable_cause

@@ -21,8 +21,8 @@ from esper.config import apply_overrides, dump_config
 from esper.data_fingerprint import check_same_data, record_data
 from esper.resume import PLANNER_KEYS, check_resumable, check_resume_files
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_history import already_trained, finishing_halt
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError
 from schemas.config import KasminaConfig, RunConfig, SecurityConfig, TolariaConfig

@@ -12,7 +12,7 @@ from actors.tolaria.checkpoints import read_run_keys
 from esper.config import apply_overrides, dump_config, load_config
 from esper.resume import check_resumable, run_keys
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from esper.run import main, start
-from esper.run_args import EXIT_CONFIG_ERROR, EXIT_OK
+from esper.run_parser import EXIT_CONFIG_ERROR, EXIT_OK
 from esper.runtime.errors import ConfigError
 from tests.test_e2e_run import tiny_config
 

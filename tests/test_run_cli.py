@@ -18,7 +18,7 @@ import esper.run_args
 from actors.urza.store import UrzaStore
 from esper.config import load_config
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
+from esper.run_parser import EXIT_CONFIG_ERROR
 
 # real runs in subprocesses: a slow, loaded machine may need more than the default 30 s hang guard.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

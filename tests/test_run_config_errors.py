@@ -19,8 +19,8 @@ from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
 from actors.tamiyo.stop_state import write_stop_state
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import claim_run_dir
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.tamiyo_resume import TAMIYO_STATE_FILE
 
 if TYPE_CHECKING:

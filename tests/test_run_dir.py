@@ -17,8 +17,8 @@ import pytest
 from actors.nissa.metrics import METRICS_COLUMNS
 from esper.logs import reset_logging
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import LOCK_NAME, check_not_in_use, claim_run_dir, sweep_partial_writes, write_run_config
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 
 

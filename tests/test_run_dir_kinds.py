@@ -11,8 +11,8 @@ import pytest
 
 from esper.logs import configure_logging, reset_logging
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import claim_run_dir
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:

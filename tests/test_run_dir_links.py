@@ -9,10 +9,10 @@ import pytest
 import esper.run_dir
 from esper.logs import reset_logging
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_dir import LOCK_NAME, claim_run_dir
 from esper.run_files import RunFiles
 from esper.run_key import KEY_FILE
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:

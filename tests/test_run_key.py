@@ -13,8 +13,8 @@ import pytest
 from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journal
 from esper.resume import check_resume_files
 from esper.run import main
-from esper.run_args import EXIT_CONFIG_ERROR
 from esper.run_key import KEY_FILE, RunKey, env_key, keep_run_key, new_run_key, read_run_key
+from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig, SecurityConfig
 from tests._kasmina_harness import make_packet, signed_germinate
