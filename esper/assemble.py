@@ -21,7 +21,8 @@ from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import alert_rules, slo_objectives
+from actors.nissa.alerts import alert_rules
+from actors.nissa.slo import slo_objectives
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME
@@ -62,7 +63,8 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from actors.nissa.alerts import AlertRule, SloObjective
+    from actors.nissa.alerts import AlertRule
+    from actors.nissa.slo import SloObjective
     from actors.tamiyo.state import TamiyoState
     from actors.tolaria.actor import TolariaCell
     from actors.urza.store import UrzaStore
