@@ -10,7 +10,8 @@ import structlog
 
 from actors.nissa.alerts import DEFAULT_RULES, AlertEvaluator, assess_health
 from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
-from actors.nissa.metrics import RUN_INFO, MetricsAggregator
+from actors.nissa.metric_registry import RUN_INFO
+from actors.nissa.metrics import MetricsAggregator
 from actors.nissa.prometheus import MetricsServer, host_port
 from actors.nissa.slo import DAY_S, DEFAULT_SLOS, SloTracker
 from esper.runtime.actor import Actor

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal, final
 
-from actors.nissa.metrics import ISOLATION_VIOLATIONS
+from actors.nissa.metric_registry import ISOLATION_VIOLATIONS
 from schemas.enums import EmergencyLevel, HealthStatus
 from schemas.nissa import ActiveAlert, AlertNotice, HealthReport, SloStatus
 
