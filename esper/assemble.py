@@ -31,8 +31,9 @@ from actors.tamiyo.spec import tamiyo_spec
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep
 from actors.tamiyo.stop_state import write_stop_state
 from actors.tezzeret.spec import tezzeret_spec
-from actors.tolaria.actor import TolariaWiring, new_cell
+from actors.tolaria.actor import TolariaWiring
 from actors.tolaria.build import batch_plan
+from actors.tolaria.cell import new_cell
 from actors.tolaria.checkpoint_verify import DigestMemo
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from actors.nissa.alerts import AlertRule
     from actors.nissa.slo import SloObjective
     from actors.tamiyo.state import TamiyoState
-    from actors.tolaria.actor import TolariaCell
+    from actors.tolaria.cell import TolariaCell
     from actors.urza.store import UrzaStore
     from esper.nn.data import DataSplits
     from esper.run_tally import RunTally
