@@ -21,7 +21,8 @@ from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import alert_rules, slo_objectives
+from actors.nissa.alerts import alert_rules
+from actors.nissa.slo import slo_objectives
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
 from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME
@@ -30,8 +31,9 @@ from actors.tamiyo.spec import tamiyo_spec
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, entries_to_keep
 from actors.tamiyo.stop_state import write_stop_state
 from actors.tezzeret.spec import tezzeret_spec
-from actors.tolaria.actor import TolariaWiring, new_cell
+from actors.tolaria.actor import TolariaWiring
 from actors.tolaria.build import batch_plan
+from actors.tolaria.cell import new_cell
 from actors.tolaria.checkpoint_verify import DigestMemo
 from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
@@ -62,9 +64,10 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from actors.nissa.alerts import AlertRule, SloObjective
+    from actors.nissa.alerts import AlertRule
+    from actors.nissa.slo import SloObjective
     from actors.tamiyo.state import TamiyoState
-    from actors.tolaria.actor import TolariaCell
+    from actors.tolaria.cell import TolariaCell
     from actors.urza.store import UrzaStore
     from esper.nn.data import DataSplits
     from esper.run_tally import RunTally

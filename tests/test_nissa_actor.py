@@ -20,9 +20,10 @@ from actors.nissa.actor import (
     METRICS_ENDPOINT_UNAVAILABLE,
     Nissa,
 )
-from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
+from actors.nissa.alerts import DEFAULT_RULES
 from actors.nissa.csv_writer import MetricsCsvWriter
 from actors.nissa.prometheus import MetricsServer, host_port, render_exposition, summary_body
+from actors.nissa.slo import DEFAULT_SLOS
 from actors.nissa.spec import NISSA, nissa_spec, nissa_tick_spec
 from esper.runtime.events import NullSink
 from esper.runtime.stage_refusals import Transition

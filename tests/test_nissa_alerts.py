@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.nissa.alerts import (
-    DEFAULT_RULES,
-    DEFAULT_SLOS,
-    AlertEvaluator,
-    AlertRule,
-    SloObjective,
-    SloTracker,
-    assess_health,
-)
+from actors.nissa.alerts import DEFAULT_RULES, AlertEvaluator, AlertRule, assess_health
+from actors.nissa.slo import DEFAULT_SLOS, SloObjective, SloTracker
 from esper.assemble import nissa_rules, nissa_slos
 from esper.config import apply_overrides
 from schemas.config import RunConfig

@@ -8,14 +8,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from actors.nissa.metrics import (
-    COUNTERS_FROM_ZERO,
-    KNOWN_METRICS,
-    METRICS_COLUMNS,
-    MetricsAggregator,
-    MetricsRegistry,
-    epoch_row,
-)
+from actors.nissa.metric_registry import COUNTERS_FROM_ZERO, KNOWN_METRICS, MetricsRegistry
+from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator, epoch_row
 from actors.nissa.prometheus import render_exposition
 from actors.oona.publisher import DEPTH_METRIC as OONA_DEPTH_METRIC
 from actors.tamiyo.conservative import GAUGE_NAME as CONSERVATIVE_GAUGE

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from actors.tolaria.actor import TolariaCell, TolariaControl, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.actor import TolariaControl, TolariaWiring, tolaria_spec
 from actors.tolaria.boundary import RECIPE_ATTR
 from actors.tolaria.build import load_data
+from actors.tolaria.cell import TolariaCell, new_cell
 from esper.runtime.clock import MonotonicClock
 from esper.runtime.events import RecordingSink
 from esper.runtime.handoff import Handoff

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, final
 import msgspec
 import pytest
 
-from actors.tolaria.actor import TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.actor import TolariaWiring, tolaria_spec
 from actors.tolaria.build import load_data
+from actors.tolaria.cell import new_cell
 from actors.tolaria.failure_streak import FailureStreak, repeated_failure
 from actors.weatherlight.tree import build_root
 from esper.run import start

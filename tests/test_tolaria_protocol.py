@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from actors.tolaria.actor import TolariaControl, TolariaWiring, new_cell, tolaria_spec
+from actors.tolaria.actor import TolariaControl, TolariaWiring, tolaria_spec
 from actors.tolaria.boundary import INCUBATION_LR_KEY, RECIPE_ATTR, BoundaryApplier, replay
 from actors.tolaria.build import build_trainee, load_data
+from actors.tolaria.cell import new_cell
 from actors.tolaria.checkpoint_codec import decode_state, encode_state
 from actors.tolaria.snapshots import capture, load_into
 from esper.nn.blueprints import SlotShape, build_blueprint, default_catalogue

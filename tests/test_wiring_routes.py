@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import structlog
 from torch import nn
 
-from actors.tolaria.actor import TolariaCell, TolariaControl
+from actors.tolaria.actor import TolariaControl
+from actors.tolaria.cell import TolariaCell
 from actors.tolaria.plans import PlanInbox
 from actors.tolaria.snapshots import SnapshotStore
 from esper.runtime.child_spec import ChildSpec

@@ -7,31 +7,9 @@ events. Timers count optimizer steps and epochs, never seconds, so the same inpu
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import TYPE_CHECKING, final
 
-import msgspec
-
-from actors.kasmina.evidence import (
-    AttachmentEvidence,
-    EvidenceSnapshot,
-    GerminationRequest,
-    ResetEvidence,
-    SeedEvidence,
-    StepEvidence,
-    ValidationEvidence,
-)
-from actors.kasmina.gates import (
-    G0Context,
-    GateOutcome,
-    GateVerdict,
-    evaluate_g0,
-    evaluate_g1,
-    evaluate_g2,
-    evaluate_g3,
-    evaluate_g4,
-    evaluate_g5,
-)
+from actors.kasmina.gates import G0Context, GateOutcome, evaluate_g0
 from actors.kasmina.lifecycle_settings import LifecycleSettings
 from actors.kasmina.lifecycle_table import (
     SEED_STAGES,
@@ -47,38 +25,21 @@ from actors.kasmina.lifecycle_table import (
     new_slot_record,
     transition,
 )
+from actors.kasmina.slot_advance import SlotState, advance, new_evidence
 from schemas.enums import SeedLifecycleStage as Stage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from actors.kasmina.evidence import (
+        AttachmentEvidence,
+        EvidenceSnapshot,
+        GerminationRequest,
+        ResetEvidence,
+        StepEvidence,
+        ValidationEvidence,
+    )
     from actors.kasmina.lifecycle_table import TransitionEntry
-
-
-class _SlotState:
-    """The mutable bookkeeping SeedLifecycle keeps beside each frozen SlotRecord."""
-
-    def __init__(self, record: SlotRecord, evidence: SeedEvidence) -> None:
-        self.record = record
-        self.evidence = evidence
-        self.pending_germination: GerminationRequest | None = None
-        self.pending_cull: str | None = None
-        self.pending_withdrawal: str | None = None
-        self.fossilize_requested = False
-        self.retire_reason: str | None = None
-        self.reset: ResetEvidence | None = None
-        self.memory_bytes = 0
-        self.ramp_steps = 0
-
-
-_EXIT_STAGE: Mapping[Stage, Stage] = MappingProxyType(
-    {
-        Stage.GERMINATED: Stage.TRAINING,
-        Stage.TRAINING: Stage.BLENDING,
-        Stage.BLENDING: Stage.SHADOWING,
-        Stage.SHADOWING: Stage.PROBATIONARY,
-    }
-)
 
 
 @final
@@ -114,7 +75,7 @@ class SeedLifecycle:
         self._settings = settings if settings is not None else LifecycleSettings()
         self._step = step
         self._epoch = epoch
-        self._slots: dict[str, _SlotState] = {}
+        self._slots: dict[str, SlotState] = {}
         initial = dict(fossilized or {})
         unknown = sorted(set(initial) - set(slots))
         if unknown:
@@ -127,7 +88,7 @@ class SeedLifecycle:
             else:
                 boot = new_slot_record(name, step=step)
                 record = transition(boot, Stage.DORMANT, step=step, epoch=epoch, reason="boot")
-            self._slots[name] = _SlotState(record, self._new_evidence())
+            self._slots[name] = SlotState(record, new_evidence(self._settings))
         self._held: frozenset[str] = frozenset()
 
     @property
@@ -302,7 +263,7 @@ class SeedLifecycle:
         culls: list[CullRecord] = []
         for state in self._slots.values():
             before = len(state.record.history)
-            cull, evaluation = self._advance(state, step, epoch)
+            cull, evaluation = advance(state, self._settings, self._held, step, epoch)
             transitions.extend(state.record.history[before:])
             if evaluation is not None:
                 evaluations.append(evaluation)
@@ -312,135 +273,14 @@ class SeedLifecycle:
             step=step, epoch=epoch, transitions=tuple(transitions), evaluations=tuple(evaluations), culls=tuple(culls)
         )
 
-    def _advance(self, state: _SlotState, step: int, epoch: int) -> tuple[CullRecord | None, GateEvaluation | None]:
-        rec = state.record
-        stage = rec.stage
-        if state.pending_withdrawal is not None and stage is Stage.GERMINATED:
-            # Before a queued cull: the seed never reached the model, so it has nothing to be culled from.
-            self._withdraw_now(state, step, epoch, state.pending_withdrawal)
-            return None, None
-        if state.pending_cull is not None and stage in SEED_STAGES:
-            return self._cull_now(state, step, epoch, state.pending_cull), None
-        if rec.slot in self._held and stage in SEED_STAGES:
-            return None, None
-        dwell = self._settings.dwell.steps(stage)
-        in_stage = step - rec.entered_stage_step
-        if in_stage < dwell:
-            return None, None
-        if state.retire_reason is not None and stage in (Stage.DORMANT, Stage.FOSSILIZED):
-            self._move(state, Stage.TERMINATED, step, epoch, state.retire_reason)
-            state.retire_reason = None
-        elif stage is Stage.DORMANT and state.pending_germination is not None:
-            request = state.pending_germination
-            state.pending_germination = None
-            state.record = msgspec.structs.replace(
-                rec, seed_id=request.seed_id, blueprint_id=request.blueprint.blueprint_id
-            )
-            state.evidence = self._new_evidence()
-            state.ramp_steps = request.blend_ramp_steps
-            self._move(state, Stage.GERMINATED, step, epoch, "germinate")
-        elif stage in _EXIT_STAGE or (stage is Stage.PROBATIONARY and state.fossilize_requested):
-            outcome = self._judge(state)
-            settings = self._settings
-            wait = settings.evidence_wait_steps(stage, ramp_steps=state.ramp_steps)
-            patience = settings.gate_patience_steps + wait
-            if outcome.verdict is GateVerdict.PENDING and stage in _EXIT_STAGE and in_stage >= dwell + patience:
-                attrs = {**outcome.attributes, "steps_in_stage": float(in_stage)}
-                outcome = GateOutcome(
-                    gate=outcome.gate, verdict=GateVerdict.FAILED, reason=f"timeout:{outcome.reason}", attributes=attrs
-                )
-            evaluation = GateEvaluation(slot=rec.slot, seed_id=rec.seed_id, step=step, outcome=outcome)
-            if outcome.verdict is GateVerdict.FAILED:
-                return self._cull_now(state, step, epoch, f"{outcome.gate.name}:{outcome.reason}"), evaluation
-            if outcome.verdict is GateVerdict.PASSED:
-                self._move(state, _EXIT_STAGE.get(stage, Stage.FOSSILIZED), step, epoch, outcome.reason)
-            return None, evaluation
-        elif stage is Stage.CULLED:
-            self._move(state, Stage.EMBARGOED, step, epoch, "embargo")
-        elif stage is Stage.EMBARGOED:
-            assert rec.embargo_until_epoch is not None  # set by _cull_now, the only way into CULLED
-            if epoch >= rec.embargo_until_epoch:
-                state.evidence = self._new_evidence()
-                state.reset = None
-                self._move(state, Stage.RESETTING, step, epoch, "embargo_expired")
-        elif stage is Stage.RESETTING:
-            outcome = evaluate_g5(state.reset, state.evidence.snapshot())
-            evaluation = GateEvaluation(slot=rec.slot, seed_id=rec.seed_id, step=step, outcome=outcome)
-            if outcome.verdict is GateVerdict.FAILED:
-                # RESETTING has no edge to CULLED: the slot stays and waits for a fresh report of a clean slot.
-                state.reset = None
-            elif outcome.verdict is GateVerdict.PASSED:
-                self._move(state, Stage.DORMANT, step, epoch, "reset")
-                state.record = msgspec.structs.replace(state.record, seed_id=None, blueprint_id=None)
-                state.memory_bytes = 0
-                state.reset = None
-            return None, evaluation
-        return None, None
-
-    def _judge(self, state: _SlotState) -> GateOutcome:
-        stage = state.record.stage
-        gates = self._settings.gates
-        snapshot = state.evidence.snapshot()
-        if stage is Stage.GERMINATED:
-            return evaluate_g1(snapshot.attachment, gates)
-        if stage is Stage.TRAINING:
-            return evaluate_g2(snapshot, gates)
-        if stage is Stage.BLENDING:
-            return evaluate_g3(snapshot, gates)
-        return evaluate_g4(snapshot, gates, fossilize=stage is Stage.PROBATIONARY)
-
-    def _move(self, state: _SlotState, to_stage: Stage, step: int, epoch: int, reason: str) -> None:
-        state.record = transition(state.record, to_stage, step=step, epoch=epoch, reason=reason)
-        state.evidence.enter_stage()
-        if to_stage is Stage.FOSSILIZED:
-            # A fossilized seed is host weight now: it leaves the seed budgets.
-            state.memory_bytes = 0
-            state.fossilize_requested = False
-
-    def _withdraw_now(self, state: _SlotState, step: int, epoch: int, reason: str) -> None:
-        self._move(state, Stage.DORMANT, step, epoch, reason)
-        state.record = msgspec.structs.replace(state.record, seed_id=None, blueprint_id=None)
-        state.evidence = self._new_evidence()
-        state.pending_withdrawal = None
-        state.pending_cull = None
-        state.memory_bytes = 0
-        state.ramp_steps = 0
-
-    def _cull_now(self, state: _SlotState, step: int, epoch: int, reason: str) -> CullRecord:
-        rec = state.record
-        until = epoch + self._settings.embargo_epochs
-        cull = CullRecord(
-            slot=rec.slot,
-            seed_id=rec.seed_id,
-            stage=rec.stage,
-            reason=reason,
-            step=step,
-            epoch=epoch,
-            embargo_until_epoch=until,
-        )
-        self._move(state, Stage.CULLED, step, epoch, reason)
-        state.record = msgspec.structs.replace(state.record, embargo_until_epoch=until, last_cull=cull)
-        state.pending_cull = None
-        state.fossilize_requested = False
-        state.memory_bytes = 0
-        return cull
-
     # ------------------------------------------------------------ helpers
 
-    def _state(self, slot: str) -> _SlotState:
+    def _state(self, slot: str) -> SlotState:
         state = self._slots.get(slot)
         if state is None:
             raise UnknownSlot(f"unknown slot {slot!r}; known slots: {sorted(self._slots)}")
         return state
 
-    def _accepts(self, state: _SlotState, seed_id: str, step: int) -> bool:
+    def _accepts(self, state: SlotState, seed_id: str, step: int) -> bool:
         rec = state.record
         return rec.stage in SEED_STAGES and rec.seed_id == seed_id and step > rec.entered_stage_step
-
-    def _new_evidence(self) -> SeedEvidence:
-        g = self._settings.gates
-        return SeedEvidence(
-            stability_window_steps=g.stability_window_steps,
-            clamp_window_steps=g.clamp_window_steps,
-            validation_window_batches=g.validation_window_batches,
-        )

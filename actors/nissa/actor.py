@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Final, assert_never, final
 
 import structlog
 
-from actors.nissa.alerts import DAY_S, DEFAULT_RULES, DEFAULT_SLOS, AlertEvaluator, SloTracker, assess_health
+from actors.nissa.alerts import DEFAULT_RULES, AlertEvaluator, assess_health
 from actors.nissa.csv_writer import MetricsCsvWriter, RowBacklog
-from actors.nissa.metrics import RUN_INFO, MetricsAggregator
+from actors.nissa.metric_registry import RUN_INFO
+from actors.nissa.metrics import MetricsAggregator
 from actors.nissa.prometheus import MetricsServer, host_port
+from actors.nissa.slo import DAY_S, DEFAULT_SLOS, SloTracker
 from esper.runtime.actor import Actor
 from schemas.boundary import BoundaryApplied, TrainingRestored
 from schemas.domain_enums import TelemetryLevel
@@ -31,8 +33,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
-    from actors.nissa.alerts import AlertRule, SloObjective
+    from actors.nissa.alerts import AlertRule
     from actors.nissa.metrics import SlotTransition
+    from actors.nissa.slo import SloObjective
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.stage_refusals import Refusal

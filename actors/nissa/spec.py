@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import DEFAULT_RULES, DEFAULT_SLOS
+from actors.nissa.alerts import DEFAULT_RULES
 from actors.nissa.csv_writer import RowBacklog
+from actors.nissa.slo import DEFAULT_SLOS
 from esper.runtime.child_spec import ChildSpec
 from esper.runtime.ticker import Ticker
 
@@ -14,8 +15,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from actors.nissa.alerts import AlertRule, SloObjective
+    from actors.nissa.alerts import AlertRule
     from actors.nissa.metrics import SlotTransition
+    from actors.nissa.slo import SloObjective
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.stage_refusals import Refusal

@@ -43,8 +43,8 @@ Every hook runs on the event loop; the only blocking work (the policy's decide) 
 handling a packet (a packet of another run, a WAL write error) crashes the actor; the spec's state cell carries the
 controller state into the next incarnation.
 
-The controller state (what a TamiyoState holds) lives in controller.py and the steps of one decision in decide.py;
-this module runs them per packet, journals the state and rewinds it.
+The controller state (what a TamiyoState holds) lives in controller.py, the steps of one decision in decide.py, and
+the WAL, the state journal and the rewind in journaling.py; this module runs them per packet.
 """
 
 from __future__ import annotations
@@ -53,17 +53,18 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, assert_never, final
 
-import anyio
 import msgspec
 import structlog
 
 from actors.tamiyo.controller import Controller, FallbackKind
 from actors.tamiyo.decide import Choice, Decider
+from actors.tamiyo.decision_log import record_decision
 from actors.tamiyo.gnn_state import GnnPolicyBase, PolicyWorker
+from actors.tamiyo.journaling import Journaling
 from actors.tamiyo.late_job import LateJob
 from actors.tamiyo.observe import build_observation, has_candidate, no_candidate_reason
 from actors.tamiyo.policy import NO_OP
-from actors.tamiyo.state_journal import state_at
+from actors.tamiyo.warm_up import warm_up
 from esper.runtime.actor import Actor
 from schemas.domain_enums import PolicyAction, TelemetryLevel
 from schemas.state import SystemStatePacket
@@ -195,7 +196,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         self._state_journal = state_journal
         # The inference job of an earlier decision, past its deadline and still on the lane (see the module docstring).
         self._late = LateJob(self._c)
-        self._start_state: TamiyoState | None = None
+        self._journaling = Journaling(self._c, self._late, wal, state_journal)
         # The epoch whose end (its first packet with a validation loss) was last seen: the skipped inference's NO_OP
         # names why only there, as the policies do, and is not_epoch_end elsewhere (the summary counts one per epoch).
         self._epoch_opened: int | None = None
@@ -218,14 +219,14 @@ class TamiyoActor(Actor[TamiyoMessage]):
                 )
             # A worker builds its network (seconds) and any GNN builds its fused weights on its first inference
             # (tens of ms); doing both here keeps them out of the first decision's deadline.
-            error = await self._warm_up(self._c.policy)
+            error = await warm_up(self._c.policy, self._c.lane, self._stopping)
             if error is not None and self.stopping:
                 _log.info("tamiyo_gnn_worker_start_stopped", actor=self.name, detail=str(error))
             elif error is not None:
                 # Not fatal: every decision then fails into the fallback and the breaker, which telemetry shows.
                 _log.error("tamiyo_gnn_worker_failed", error=str(error))
         # What a rewind to before the first journaled epoch end goes back to (a restart of the trainer from step 0).
-        self._start_state = self.export_state()
+        self._journaling.start_state = self.export_state()
         if self._wal is not None:
             scan = await self._wal.open()
             if scan.corrupt or scan.torn:
@@ -236,30 +237,6 @@ class TamiyoActor(Actor[TamiyoMessage]):
                     torn_tail_bytes_cut=scan.size_bytes - scan.good_end if scan.torn else 0,
                     kept=len(scan.reports),
                 )
-
-    async def _warm_up(self, policy: GnnPolicyBase) -> RuntimeError | ArithmeticError | None:
-        """Run the policy's warm-up on the lane; what it raised, or None. A stop requested meanwhile, or a cancel
-        (a stop past the shutdown deadline), kills a worker process still starting, so the lane job ends at once: the
-        lane never abandons started work, and a worker stuck in its start-up held a Ctrl-C for the 120 s ready
-        timeout."""
-
-        async def run() -> RuntimeError | ArithmeticError | None:
-            try:
-                await self._c.lane.run(policy.warm_up)
-            except (RuntimeError, ArithmeticError) as err:
-                return err
-            return None
-
-        async with asyncio.TaskGroup() as tg:
-            job = tg.create_task(run())
-            stop = tg.create_task(self._stopping.wait())
-            try:
-                await asyncio.wait((job, stop), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not job.done() and isinstance(policy, PolicyWorker):
-                    policy.abort_start()
-                stop.cancel()
-        return job.result()
 
     async def handle(self, msg: TamiyoMessage) -> TamiyoStatistics | TamiyoState | None:
         match msg:
@@ -294,7 +271,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         try:
             await self._late.wait_out()
             if self.stopping and self._c.training_over:
-                await self._append(self._c.tracker.abort_all("end_of_run"))
+                await self._journaling.append(self._c.tracker.abort_all("end_of_run"))
             elif self.stopping and self._c.tracker.pending:
                 _log.info("tamiyo_outcomes_kept", pending=self._c.tracker.pending, detail="reported when resumed")
         finally:
@@ -344,7 +321,7 @@ class TamiyoActor(Actor[TamiyoMessage]):
         if self._c.tracker.is_rollback(packet):
             # Tamiyo is not told the trainer's restore point, only that it lies before this packet's step; the state
             # it went back to may be older (that epoch end not journaled: a late policy job; a mid-epoch restore).
-            state_step = await self._rewind(packet)
+            state_step = await self._journaling.rewind(packet)
             state = f" (controller state of step {state_step})" if state_step is not None else ""
             reports.extend(self._c.tracker.rollback(f"rollback before step {packet.global_step}{state}"))
             self._epoch_opened = None  # the restored epoch's end comes again, as it does to the rewound policy
@@ -388,15 +365,15 @@ class TamiyoActor(Actor[TamiyoMessage]):
             journal = self._state_journal if packet.validation_loss is not None else None
             if journal is None:
                 await self._outlet(wire)
-            self._record(packet, verdict, wire)
+            record_decision(self._c, self.name, packet, verdict, wire)
         self._decider.end_of_packet(packet)
         reports.extend(self._c.tracker.observe(packet, critical=_critical(verdict)))
         self._decider.open_window(packet, choice, verdict, command_id)
         if journal is None:
-            await self._append(reports)
+            await self._journaling.append(reports)
             return
         try:
-            await self._journal(journal, packet, reports)
+            await self._journaling.journal(journal, packet, reports)
         except Exception as error:
             # Sent all the same, then the crash (the supervisor restarts Tamiyo with this state, which counts the
             # decision): unsent, Kasmina would never journal this boundary, the trainer would miss its plan and its
@@ -411,98 +388,6 @@ class TamiyoActor(Actor[TamiyoMessage]):
             await self._outlet(wire)
             raise
         await self._outlet(wire)
-
-    async def _journal(
-        self, journal: TamiyoStateJournal, packet: SystemStatePacket, reports: list[FieldReport]
-    ) -> None:
-        """An epoch end's field reports to the WAL, then the state after it to the state journal (unless a late job
-        holds the policy's state)."""
-        # Before the state journal: the state counts these reports, and a resume cuts the WAL to that count.
-        await self._append(reports)
-        if self._late.running:
-            # The policy's state is the late job's until it ends: a resume or rewind to here goes back to the
-            # journal's previous entry instead (tamiyo_state_behind), rather than waiting for the policy.
-            _log.warning("tamiyo_state_not_journaled", step=packet.global_step, reason="policy_busy")
-            return
-        # A job that overran by a hair has returned by now: its state is the controller's again.
-        self._late.collect()
-        # Tolaria checkpoints right after an epoch-end packet: this is the state a resume from there needs.
-        await journal.append(packet.global_step, self.export_state())
-
-    async def _rewind(self, packet: SystemStatePacket) -> int | None:
-        """The trainer went back (a rollback or a restart of it) and the packet of ``step`` is the first after: the
-        controller goes back to the newest state it journaled before that step (the restored epoch end's), so it
-        decides the retrained epochs as a resume from there would (it decided the rerun's epoch end as already seen
-        (not_epoch_end), its windows and plateau counted the undone attempt, and the rerun's windows started from the
-        undone epoch's validation loss). The open windows (aborted next), field reports, report and rollback counts
-        and counters of the undone decisions stay: they happened. Returns the step of the state it went back to (the
-        trainer's restore point when that is a journaled epoch end, else an earlier step); None without a journal (no
-        run directory), where there is nothing to go back to."""
-        journal = self._state_journal
-        if journal is None:
-            return None
-        await self._late.wait_out()
-        entry = await anyio.to_thread.run_sync(state_at, journal.path, packet.global_step - 1)
-        start = self._start_state
-        if entry is not None and entry.state.policy == self._c.policy_name:
-            state, at = entry.state, entry.step
-        elif start is not None and (start.last_step is None or start.last_step < packet.global_step):
-            state, at = start, start.last_step or 0  # back before the first epoch end journaled: as it started
-        else:
-            return None
-        current = self.export_state()
-        # The open windows (aborted next) and the report and rollback counts stay: they happened. The latest step and
-        # validation loss are the restored epoch end's, as on a resume from there: the undone epoch's loss was where
-        # the rerun's windows started.
-        outcomes = msgspec.structs.replace(
-            state.outcomes,
-            windows=current.outcomes.windows,
-            reports=current.outcomes.reports,
-            rollbacks=current.outcomes.rollbacks,
-        )
-        self.import_state(msgspec.structs.replace(state, outcomes=outcomes, counters=current.counters))
-        self._c.emit(
-            "tamiyo_rewound",
-            TelemetryLevel.INFO,
-            f"controller state back to step {at}'s: the trainer went back before step {packet.global_step}",
-            packet,
-            state_step=at,
-        )
-        return at
-
-    def _record(self, packet: SystemStatePacket, verdict: RiskVerdict, wire: WireDecision) -> None:
-        action = verdict.decision.action.value
-        # One line per decision: the log tail shows what the controller does, and a resumed run's summary counts the
-        # interrupted session's decisions from it.
-        _log.info(
-            "tamiyo_decision",
-            actor=self.name,
-            step=packet.global_step,
-            action=action,
-            command=wire.command is not None,
-            policy=wire.policy,
-            reason=wire.reason,
-            proposed=wire.proposed,
-            risk_reason=wire.risk_reason,
-            decision_ms=round(wire.decision_ms, 3),
-            **({"fallback_reason": wire.fallback_reason} if wire.fallback_reason else {}),
-            # The GNN's share of the inputs the state should carry; a policy that reports none (the fallback) adds none.
-            **({"feature_coverage": round(wire.feature_coverage, 4)} if wire.feature_coverage is not None else {}),
-        )
-        by_action = dict(self._c.counters.by_action)
-        by_action[action] = by_action.get(action, 0) + 1
-        self._c.counters = msgspec.structs.replace(
-            self._c.counters, decisions=self._c.counters.decisions + 1, by_action=by_action
-        )
-        self._c.last_step = packet.global_step
-        self._c.training_over = packet.epoch_progress >= 1.0 and packet.epoch + 1 >= packet.epochs_total
-
-    async def _append(self, reports: list[FieldReport]) -> None:
-        if not reports:
-            return
-        if self._wal is not None:
-            await self._wal.append_many(reports)
-        self._c.count(field_reports=len(reports))
 
 
 def _critical(verdict: RiskVerdict) -> bool:

@@ -12,42 +12,38 @@ the fast snapshot and the finish signal. A restarted trainer resumes from the fa
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypeVar, assert_never, final
+from typing import TYPE_CHECKING, ClassVar, assert_never, final
 
 import structlog
 
-from actors.tolaria.failure_streak import FailureStreak, repeated_failure
+from actors.tolaria.failure_streak import repeated_failure
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions, LoopResult
-from actors.tolaria.plans import PlanInbox, release_modules
-from actors.tolaria.snapshots import SnapshotStore
+from actors.tolaria.loop_outbox import LoopOutbox
+from actors.tolaria.plans import release_modules
 from esper.runtime.actor import Actor
 from esper.runtime.child_spec import ChildSpec
-from esper.runtime.errors import ActorError, MailboxError
 from esper.runtime.supervisor import Supervisor
 from schemas.base import Message
-from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome, TrainingRestored
-from schemas.kasmina import SeedValidationReport
+from schemas.boundary import BoundaryApplied, BoundaryPlan, OpOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
 
     from torch import nn
 
+    from actors.tolaria.cell import TolariaCell
+    from actors.tolaria.loop_outbox import PlannerNote
     from esper.nn.data import DataSplits, TensorPair
     from esper.runtime.events import EventSink
     from esper.runtime.handoff import Handoff
     from esper.runtime.lanes import Lane
-    from schemas.base import Record
     from schemas.config import TolariaConfig
-    from schemas.run import TrainingFigures
     from schemas.state import SystemStatePacket
 
 _log = structlog.get_logger("actors.tolaria")
-
-T = TypeVar("T")
 
 
 class StartTraining(Message, frozen=True):
@@ -64,111 +60,6 @@ class TrainingEnded(Message, frozen=True):
 
 
 ControlMessage = BoundaryPlan | TrainingEnded
-
-PlannerNote = SeedValidationReport | TrainingRestored
-"""What the step loop tells the planner besides packets and receipts (in order with them)."""
-
-
-@final
-@dataclass(slots=True)
-class TolariaCell:
-    """State shared by the Tolaria actors and kept across their restarts; built once per run on the event loop.
-
-    ``finished`` is set (event loop) when training ends for good: completed, halted, or stopped because the run
-    asked (``request_run_stop``). A stop that only restarts Tolaria (its supervisor's) is not an end.
-    """
-
-    inbox: PlanInbox
-    snapshots: SnapshotStore
-    incarnations: int = 0
-    result: LoopResult | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    last_loop: TrainingLoop | None = None
-    run_stop: str | None = None
-    failures: FailureStreak = field(default_factory=FailureStreak)
-
-    def request_run_stop(self, reason: str) -> None:
-        """End training for good: the loop finishes its step, checkpoints and returns. Any thread."""
-        self.run_stop = reason
-        self.inbox.request_stop(reason)
-
-    @property
-    def figures(self) -> TrainingFigures | None:
-        return None if self.result is None else self.result.figures
-
-    @property
-    def ended(self) -> bool:
-        return self.finished.is_set()
-
-    async def wait_finished(self) -> TrainingFigures:
-        """Wait until training has ended and return its figures. Event loop only."""
-        await self.finished.wait()
-        assert self.result is not None
-        return self.result.figures
-
-
-def new_cell(config: TolariaConfig, *, on_wait: Callable[[int, tuple[int, ...]], None] | None = None) -> TolariaCell:
-    """A fresh cell: an empty plan inbox and a snapshot store with the configured memory cap."""
-    return TolariaCell(
-        inbox=PlanInbox(on_wait=on_wait),
-        snapshots=SnapshotStore(int(config.snapshot_memory_cap_mb * 1024 * 1024)),
-    )
-
-
-@final
-class LoopOutbox:
-    """The lane thread's way out: each call schedules delivery on the event loop and returns at once.
-
-    Subscribers (e.g. ``ref.tell_nowait`` of Tamiyo and Kasmina) run on the event loop and must not block; one that
-    raises (a full mailbox) loses that packet, which is counted and logged, never retried: training does not wait.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        subscribers: Sequence[Callable[[SystemStatePacket], None]],
-        on_applied: Callable[[BoundaryApplied], None] | None,
-        sink: EventSink,
-        to_planner: Callable[[PlannerNote], None] | None = None,
-    ) -> None:
-        self._loop = loop
-        self._subscribers = tuple(subscribers)
-        self._on_applied = on_applied
-        self._sink = sink
-        self._to_planner = to_planner
-        self.dropped = 0
-        self.packets = 0
-
-    def packet(self, packet: SystemStatePacket) -> None:
-        self._post(self._deliver_packet, packet)
-
-    def applied(self, receipt: BoundaryApplied) -> None:
-        if self._on_applied is not None:
-            self._post(self._on_applied, receipt)
-
-    def event(self, event: Message | Record) -> None:
-        # Validation evidence and restores are the planner's input (in order with packets); restores are logged too.
-        if isinstance(event, SeedValidationReport | TrainingRestored) and self._to_planner is not None:
-            self._post(self._to_planner, event)
-            if isinstance(event, SeedValidationReport):
-                return
-        self._post(self._sink.emit, event)
-
-    def _post(self, fn: Callable[[T], None], arg: T) -> None:
-        try:
-            self._loop.call_soon_threadsafe(fn, arg)
-        except RuntimeError:
-            self.dropped += 1  # the loop has closed: nobody is left to read it
-
-    def _deliver_packet(self, packet: SystemStatePacket) -> None:
-        self.packets += 1
-        for subscriber in self._subscribers:
-            try:
-                subscriber(packet)
-            except (MailboxError, ActorError) as err:  # a full or stopped subscriber loses it; training never waits
-                self.dropped += 1
-                _log.warning("state_packet_dropped", error=f"{type(err).__name__}: {err}")
 
 
 @final
