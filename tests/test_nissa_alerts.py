@@ -13,8 +13,8 @@ from actors.nissa.alerts import (
     SloTracker,
     assess_health,
 )
-from esper.assemble import nissa_rules, nissa_slos
 from esper.config import apply_overrides
+from esper.nissa_rules import nissa_rules, nissa_slos
 from schemas.config import RunConfig
 from schemas.enums import EmergencyLevel, HealthStatus
 from schemas.nissa import ActiveAlert, AlertNotice, SloStatus
