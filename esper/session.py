@@ -344,7 +344,8 @@ class EsperSystem:
         return await self.wait()
 
     async def _render_report(self, last_step: int | None) -> None:
-        from esper.report import ReportInputError, load_run, render_report  # matplotlib only when a report is due
+        from esper.report import load_run, render_report  # matplotlib only when a report is due
+        from esper.report_inputs import ReportInputError
 
         def render() -> None:
             # The last trained step given, not read: summary.json is written after the report (a new run has none yet,
