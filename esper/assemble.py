@@ -1,4 +1,4 @@
-"""Building a run's subsystems from its config: the child specs in start order, Tolaria's wiring, the pipeline drain.
+"""Building a run's subsystems from its config: the child specs in start order and Tolaria's wiring.
 
 Only esper.run calls ``assemble``; the routes between the actors are in esper.wiring.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
 import anyio
@@ -17,14 +16,10 @@ import structlog
 import torch
 
 from actors.karn.catalogue import KarnCatalogue, TierPolicy, read_standings
-from actors.kasmina.actor import KasminaActor
 from actors.kasmina.journal import JOURNAL_FILENAME, last_boundary_step
 from actors.kasmina.spec import PlannerArgs, kasmina_spec
 from actors.nissa.actor import Nissa
-from actors.nissa.alerts import alert_rules
-from actors.nissa.slo import slo_objectives
 from actors.nissa.spec import nissa_spec, nissa_tick_spec
-from actors.tamiyo.actor import TamiyoActor
 from actors.tamiyo.field_reports import WAL_FILENAME
 from actors.tamiyo.heuristic import HeuristicConfig
 from actors.tamiyo.spec import tamiyo_spec
@@ -39,6 +34,8 @@ from actors.urza.publish import UrzaArtifactSink
 from actors.urza.seed_source import UrzaSeedSource
 from actors.urza.spec import urza_spec
 from esper.assemble_inputs import candidates, evidence_cadence, growth_horizon, open_store, probe
+from esper.assembly import Assembly
+from esper.nissa_rules import nissa_rules, nissa_slos
 from esper.nn.blueprints import default_catalogue
 from esper.resume import run_keys
 from esper.resume_checkpoints import check_checkpoint_fits
@@ -54,9 +51,7 @@ from esper.version import esper_version
 from esper.wiring import Routes, RunHooks, UrzaFirstSource, threadsafe
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode
-from schemas.kasmina import GetKasminaStatistics, KasminaStatistics
 from schemas.nissa import EvaluateAlerts
-from schemas.tamiyo import GetTamiyoStatistics, TamiyoStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,14 +59,9 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from actors.nissa.alerts import AlertRule
-    from actors.nissa.slo import SloObjective
     from actors.tamiyo.state import TamiyoState
-    from actors.tolaria.cell import TolariaCell
-    from actors.urza.store import UrzaStore
     from esper.nn.data import DataSplits
     from esper.run_tally import RunTally
-    from esper.runtime.child_spec import ChildSpec
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lanes
@@ -81,32 +71,6 @@ if TYPE_CHECKING:
     from schemas.state import SystemStatePacket
 
 _log = structlog.get_logger("esper.assemble")
-
-
-@final
-class StoreCloser:
-    """Closes Urza's store after the tree has stopped (a session resource)."""
-
-    def __init__(self, store: UrzaStore) -> None:
-        self._store = store
-
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._store.close)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Assembly:
-    """A run's parts, ready for the tree: the subsystem specs in start order and Tolaria's wiring."""
-
-    subsystems: tuple[ChildSpec, ...]
-    tolaria: TolariaWiring
-    cell: TolariaCell
-    tally: RunTally
-    routes: Routes
-    store: UrzaStore
-    host_parameters: int
-    initial_seed_parameters: int  # in every packet's and the training figures' seed parameters; not grown
 
 
 async def assemble(
@@ -377,62 +341,6 @@ async def assemble(
             host_parameters=found.host_parameters,
             initial_seed_parameters=found.initial_seed_parameters,
         )
-
-
-def nissa_rules(config: RunConfig) -> tuple[AlertRule, ...]:
-    """Nissa's alert table with the thresholds the config sets (the isolation keys, ``oona.queue_depth_high``)."""
-    return alert_rules(
-        isolation_violations=config.kasmina.isolation_alert_violations,
-        isolation_window_s=config.kasmina.isolation_alert_window_s,
-        queue_depth_high=config.oona.queue_depth_high,
-    )
-
-
-def nissa_slos(config: RunConfig) -> tuple[SloObjective, ...]:
-    """Nissa's SLOs at the budgets the config sets (``tamiyo.decision_budget_ms``, ``urza.fetch_budget_ms``)."""
-    return slo_objectives(
-        decision_budget_ms=config.tamiyo.decision_budget_ms, fetch_budget_ms=config.urza.fetch_budget_ms
-    )
-
-
-async def drain_pipeline(actors: ActorSystem, deadline_s: float) -> None:
-    """Let Tamiyo and Kasmina handle everything queued, so that every packet the trainer sent before its checkpoint
-    is planned and journaled (a resume then resends its plan). An ask after the tells is a barrier; one round plans at
-    least one more packet (Kasmina shows Tamiyo the next packet only once the one before is planned), so the rounds go
-    on until Kasmina holds no packet or decision, or a round plans nothing (a packet whose decision will not come: the
-    rounds spun, hundreds of thousands of asks, until the deadline). Bounded by ``deadline_s``; an actor already gone
-    ends it."""
-    tamiyo = actors.ref("tamiyo", TamiyoActor)
-    kasmina = actors.ref("kasmina", KasminaActor)
-    planned: int | None = None
-    waiting, pending = "tamiyo", ""
-    try:
-        async with asyncio.timeout(deadline_s):
-            while True:
-                waiting = "tamiyo"
-                await tamiyo.ask(GetTamiyoStatistics(request_id="drain"), TamiyoStatistics)
-                waiting = "kasmina"
-                stats = await kasmina.ask(GetKasminaStatistics(request_id="drain"), KasminaStatistics)
-                pending = f"; kasmina last held {stats.pending_packets} packets and {stats.pending_decisions} decisions"
-                if not (stats.pending_packets or stats.pending_decisions):
-                    return
-                if stats.boundaries == planned:
-                    _log.warning(
-                        "pipeline_drain_incomplete",
-                        error=f"no progress: {stats.pending_packets} packets and {stats.pending_decisions} decisions"
-                        " wait for their partner",
-                    )
-                    return
-                planned = stats.boundaries
-    except TimeoutError:
-        # Its message is empty: say what the drain waited for, and how long.
-        error = (
-            f"TimeoutError: the packets queued before the stop were not all planned within {deadline_s} s "
-            f"(still waiting for {waiting} to answer its barrier{pending})"
-        )
-        _log.warning("pipeline_drain_incomplete", error=error)
-    except (EsperError, ValueError) as err:
-        _log.warning("pipeline_drain_incomplete", error=f"{type(err).__name__}: {err}")
 
 
 def _receipt(tally: RunTally, routes: Routes, receipt: BoundaryApplied) -> None:

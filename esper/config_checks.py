@@ -12,17 +12,10 @@ from esper.config_toml import format_value, plain
 from esper.run_key import KEY_FILE
 from esper.runtime.bus_redis_open import redis_url_problem
 from schemas.base import ConfigSection
-from schemas.config import (
-    INERT_KEYS,
-    MIN_MAILBOX_CAPACITY,
-    KarnConfig,
-    KasminaConfig,
-    OonaConfig,
-    RunConfig,
-    TamiyoConfig,
-    TolariaConfig,
-    WeatherlightConfig,
-)
+from schemas.config import KarnConfig, KasminaConfig, OonaConfig, RunConfig, TamiyoConfig, TolariaConfig
+from schemas.config_inert import INERT_KEYS
+from schemas.config_platform import WeatherlightConfig
+from schemas.config_types import MIN_MAILBOX_CAPACITY
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

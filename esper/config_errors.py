@@ -10,7 +10,8 @@ import msgspec.inspect as mi
 
 from esper.config_toml import format_string, format_value
 from esper.runtime.errors import ConfigError
-from schemas.config import MAX_SECONDS, RunConfig
+from schemas.config import RunConfig
+from schemas.config_types import MAX_SECONDS
 from schemas.constraints import INT64_MAX
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ def written_epochs(metrics_csv: Path) -> set[int] | None:
     """The epochs metrics.csv has a row for, read as ``esper.report`` reads it (a torn last row is no row, an earlier
     version's 0-based epochs counted from 1); None when the file is not there or cannot be read. Blocking (a small
     file, read once as the run ends)."""
-    from esper.report import ReportInputError, read_metrics  # as the end's report render, only when a run ends
+    from esper.report_inputs import ReportInputError, read_metrics  # as the end's report render, only when a run ends
 
     try:
         rows = read_metrics(metrics_csv)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from esper.run_key import RunKey
-    from schemas.config import SecurityConfig
+    from schemas.config_platform import SecurityConfig
 
 # What the lifecycle planner is built with: a resume replays Kasmina's journal through a planner with the new config's
 # settings, so another dwell or gate threshold rebuilds a different past (a blending seed replayed back into TRAINING)

@@ -42,13 +42,15 @@ from actors.oona.publisher import PUBLISHER, BusLosses, BusSink, OonaPublisher, 
 from actors.tolaria.data_cache import log_cache_events
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.run_precision import Float32Matmul, pick_precision
-from esper.assemble import StoreCloser, assemble, drain_pipeline
+from esper.assemble import assemble
+from esper.assembly import StoreCloser
 from esper.bus_resource import BusResource, bus_limits
 from esper.cli_process import drop_lost_streams, hand_signals_to_the_run, run_in_foreground, say
 from esper.config import dump_config
 from esper.console import Console
 from esper.log_events import StructlogSink
 from esper.log_file import reserve_log_file
+from esper.pipeline_drain import drain_pipeline
 from esper.resume_changes import resume_changes
 from esper.run_args import blamed, check_progress, checked_command_line, checked_start, in_api_words
 from esper.run_dir import RunDirLock, claim_run_dir, sweep_partial_writes, write_run_config

@@ -112,7 +112,11 @@ def earlier_tally(directory: Path, config: RunConfig) -> EarlierTally:
     epochs it lacks are read back from Kasmina's journal: esper.resume_rows). An event log missing, unreadable, or
     ending epochs before the newest checkpoint (cut short, or written above info by an earlier version, which left
     out the records) is named in ``incomplete``. Blocking."""
-    from esper.report import ReportInputError, read_metrics, read_run_events  # matplotlib is not needed to resume
+    from esper.report_inputs import (  # matplotlib is not needed to resume
+        ReportInputError,
+        read_metrics,
+        read_run_events,
+    )
 
     events = directory / config.logging.json_file
     incomplete: list[str] = []

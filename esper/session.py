@@ -7,7 +7,7 @@ import contextlib
 import functools
 import shlex
 import time
-from typing import TYPE_CHECKING, Protocol, final, get_args
+from typing import TYPE_CHECKING, final, get_args
 
 import anyio
 import msgspec
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from esper.run_dir import RunDirLock
     from esper.runtime.system import ActorSystem
     from esper.session_events import EventHub
+    from esper.session_parts import Abandonable, Closable, TrainingWatch
     from schemas.base import Message, Record
     from schemas.config import RunConfig
     from schemas.runtime import ActorState
@@ -41,32 +42,6 @@ _EXIT_CODES: dict[str, int] = {"failed": EXIT_FAILED, "interrupted": EXIT_INTERR
 _GUARDS: set[asyncio.Task[None]] = set()
 # How long an abandoned run waits for its trainer's last step and checkpoint before its log is handed back.
 _SETTLE_S = 60.0
-
-
-class TrainingWatch(Protocol):
-    """What the session needs of the trainer: its figures once training has ended (Tolaria's TolariaCell)."""
-
-    @property
-    def figures(self) -> TrainingFigures | None: ...
-
-    @property
-    def ended(self) -> bool:
-        """Training is over for good (completed, halted, or stopped on request)."""
-        ...
-
-    async def wait_finished(self) -> TrainingFigures: ...
-
-
-class Closable(Protocol):
-    """Something the session closes after the actors have stopped (the lanes)."""
-
-    async def aclose(self) -> None: ...
-
-
-class Abandonable(Protocol):
-    """A resource that can be let go of without awaiting, when the event loop is going away (the lanes)."""
-
-    def close(self) -> None: ...
 
 
 @final
@@ -369,7 +344,8 @@ class EsperSystem:
         return await self.wait()
 
     async def _render_report(self, last_step: int | None) -> None:
-        from esper.report import ReportInputError, load_run, render_report  # matplotlib only when a report is due
+        from esper.report import load_run, render_report  # matplotlib only when a report is due
+        from esper.report_inputs import ReportInputError
 
         def render() -> None:
             # The last trained step given, not read: summary.json is written after the report (a new run has none yet,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, final
 import structlog
 
 if TYPE_CHECKING:
-    from esper.assemble import StoreCloser
+    from esper.assembly import StoreCloser
     from esper.bus_resource import BusResource
     from esper.runtime.lanes import Lanes
     from esper.runtime.system import ActorSystem

@@ -7,52 +7,32 @@ them and a reload restores None. esper.config loads, overrides and dumps these S
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from msgspec import Meta, field
+from msgspec import field
 
 from schemas.base import ConfigSection
+from schemas.config_platform import LoggingConfig, SecurityConfig, WeatherlightConfig
+from schemas.config_types import (
+    BlendTemperature,
+    DatasetSamples,
+    Device,
+    Fraction,
+    HostModel,
+    InitialSeed,
+    MemoryBudgetMB,
+    MemoryCapMB,
+    Millis,
+    NonNegMillis,
+    NumThreads,
+    Port,
+    RunSeed,
+    Seconds,
+)
 from schemas.constraints import NonEmptyStr, NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat
 
-Device = Literal["auto", "cpu", "cuda"]
-Port = Annotated[int, Meta(ge=0, le=65535)]
-"""A TCP port to listen on; 0 is any free one (the one bound is logged)."""
-Fraction = Annotated[float, Meta(gt=0.0, lt=1.0)]
-MAX_SECONDS = 1e9
-"""The longest duration a key takes (about 31 years): a wait of 1e308 s overflowed the platform's clock at run time."""
-Seconds = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS)]
-Millis = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS * 1e3)]
-NonNegSeconds = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS)]
-NonNegMillis = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS * 1e3)]
-HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")]
-"""A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
-InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
-"""``"<slot>=<blueprint id>"``: a seed of that blueprint (default parameters) in the slot after module ``<slot>``."""
 INITIAL_SEED_PREFIX = "initial-"
 """An initial seed's id is this prefix plus its slot's name: Tolaria attaches it under that id, Kasmina reports it."""
-RunSeed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
-"""NumPy's seed range: the seeds derived from it (x 1000 for initial seeds) must still fit torch's 64-bit seed."""
-MAX_DATASET_SAMPLES = 1_000_000
-"""250 times the default: MNIST-1D takes about 0.7 ms a sample to generate (12 minutes for this many), so more is a
-typo (400,000,000 would have generated for days before the first epoch)."""
-DatasetSamples = Annotated[int, Meta(ge=1, le=MAX_DATASET_SAMPLES)]
-MAX_MEGABYTES = 2.0**24
-"""16 TiB: a memory budget above it is a typo (1e308 overflowed the byte count the run computes from it)."""
-# The alpha ramp's temperature, relative to a 20-step ramp (it scales with blend_ramp_steps). Above 3 the tanh ramp no
-# longer starts near 0 and ends near 1 (3.4% off at 3, 7.6% at 4, 47.5% at 100): alpha would jump to 1 at the end.
-MAX_BLEND_TEMPERATURE = 3.0
-BlendTemperature = Annotated[float, Meta(gt=0.0, le=MAX_BLEND_TEMPERATURE)]
-MemoryCapMB = Annotated[float, Meta(ge=0.0, le=MAX_MEGABYTES)]
-MemoryBudgetMB = Annotated[float, Meta(gt=0.0, le=MAX_MEGABYTES)]
-MIN_MAILBOX_CAPACITY = 64
-"""The smallest ``weatherlight.mailbox_capacity``: the trainer's sends to Nissa and Kasmina do not wait, and a full
-mailbox loses them (at 1 or 2 Kasmina lost receipts and packets and the run's result changed); Kasmina's own mailbox
-is also never below what the command lag keeps in flight. Checked with the values a run cannot use
-(esper.config_checks), not by the type: a run directory an earlier version wrote with a smaller one is still read."""
-MailboxCapacity = Annotated[int, Meta(ge=1, le=2**63 - 1)]
-MAX_NUM_THREADS = 256
-"""torch's intra-op threads: far more than any CPU's cores gains nothing, and 100000 crashed the process."""
-NumThreads = Annotated[int, Meta(ge=1, le=MAX_NUM_THREADS)]
 
 
 def initial_seed_id(slot: str) -> str:
@@ -358,65 +338,6 @@ class SimicConfig(ConfigSection, frozen=True):
     device: Device = "auto"
 
 
-class SecurityConfig(ConfigSection, frozen=True):
-    """Signing and replay protection for commands, envelopes, kernel messages and policy updates."""
-
-    secret_env: NonEmptyStr = "ESPER_LEYLINE_SECRET"
-    key_id: NonEmptyStr = "default"
-    command_freshness_s: Seconds = 60.0
-    future_skew_s: NonNegSeconds = 5.0
-    nonce_ttl_s: Seconds = 300.0
-    nonce_ledger_size: PosInt = 4096
-    nonce_purge_interval_s: Seconds = 30.0
-    kernel_freshness_s: Seconds = 60.0
-
-    def __post_init__(self) -> None:
-        if self.nonce_ttl_s <= self.command_freshness_s + self.future_skew_s:
-            raise ValueError(
-                f"nonce_ttl_s ({self.nonce_ttl_s}) must exceed command_freshness_s + future_skew_s "
-                f"({self.command_freshness_s + self.future_skew_s}), or a replay slips in after eviction"
-            )
-
-
-class WeatherlightConfig(ConfigSection, frozen=True):
-    """The root supervisor: restart intensity and backoff, shutdown deadline, mailbox sizes, state snapshots."""
-
-    restart_max: PosInt = 5
-    restart_window_s: Seconds = 30.0
-    # Every actor's restarts but the trainer's, which restarts at once (a wait would only stall training).
-    restart_backoff_initial_s: NonNegSeconds = 0.1
-    restart_backoff_max_s: NonNegSeconds = 5.0
-    # The trainer failing this many times in a row, none past the step of the failures before it, ends the run:
-    # each restart replays the steps since the checkpoint to the same error, however slowly (the window never fills).
-    restart_max_without_progress: PosInt = 3
-    # The trainer's is at least 30 s: its stop finishes the step and writes a checkpoint.
-    shutdown_deadline_s: Seconds = 5.0
-    # Each actor's mailbox (Kasmina's never below what tolaria.command_lag_steps keeps in flight): memory, not results.
-    mailbox_capacity: MailboxCapacity = 1024
-    # True: refuse to start without ESPER_LEYLINE_SECRET. False: without the variable a random per-run key signs
-    # Tamiyo's commands to Kasmina, which never leave the process (the bus, Redis too, carries unsigned telemetry only).
-    require_secret: bool = False
-
-    def __post_init__(self) -> None:
-        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
-            raise ValueError(
-                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must not be below restart_backoff_initial_s"
-                f" ({self.restart_backoff_initial_s})"
-            )
-
-
-class LoggingConfig(ConfigSection, frozen=True):
-    """The structlog pipeline: console output, the events.jsonl file and the actor-state interval."""
-
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    console: bool = True
-    # The lowest level logged to stderr; "auto" is warning (events.jsonl keeps every event at ``level``).
-    console_level: Literal["auto", "debug", "info", "warning", "error", "critical"] = "auto"
-    json_file: str = "events.jsonl"
-    state_interval_s: Seconds = 5.0
-    dead_letters_logged: NonNegInt = 10
-
-
 class RunConfig(ConfigSection, frozen=True):
     """The whole run: top-level keys plus one table per subsystem."""
 
@@ -434,69 +355,3 @@ class RunConfig(ConfigSection, frozen=True):
     security: SecurityConfig = field(default_factory=SecurityConfig)
     weatherlight: WeatherlightConfig = field(default_factory=WeatherlightConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-_NOT_BUILT = "Simic (policy learning) is not built yet"
-_PUBLISH_ONLY = "a run publishes on the bus and consumes nothing from it"
-_NO_CONFIDENCE_BLEND = "no policy blends a seed in CONFIDENCE mode, the only mode that reads it"
-INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
-    (BreakerConfig, "half_open_probes"): "a breaker admits one probe at a time",
-    (TolariaConfig, "epoch_hook_target_ms"): "the epoch hook is held to tolaria.epoch_hook_budget_ms only",
-    (TolariaConfig, "rollback_fast_target_ms"): "rollback times are measured and logged, not held to a target",
-    (KasminaConfig, "alpha_hysteresis"): "the alpha ramp has no hysteresis band",
-    (KasminaConfig, "confidence_k"): _NO_CONFIDENCE_BLEND,
-    (KasminaConfig, "confidence_tau"): _NO_CONFIDENCE_BLEND,
-    (KasminaConfig, "g4_max_step_latency_growth"): (
-        "G4 judges no step latency: step times are wall-clock, and a gate on them would make the lifecycle depend on"
-        " the machine's load"
-    ),
-    (KasminaConfig, "prefetch_timeout_ms"): "seed modules are fetched from Urza within urza.fetch_budget_ms",
-    (KasminaConfig, "allow_fallback_kernel"): "no fallback kernel is ever substituted for a blueprint's own",
-    (TamiyoConfig, "device"): "the policy runs on the trainer's device, tolaria.device (its own CUDA stream there)",
-    (TamiyoConfig, "decision_p95_target_ms"): "decision latency is reported in the summary, not held to a target",
-    (TamiyoConfig, "metadata_budget_ms"): "blueprint metadata comes from the in-process catalogue",
-    (TamiyoConfig, "max_activation_nodes"): "the policy graph has no activation nodes",
-    (TamiyoConfig, "max_parameter_nodes"): "the policy graph has no parameter nodes",
-    (TamiyoConfig, "field_report_retention_s"): "field reports stay in field_reports.wal for the run's life",
-    (TamiyoConfig, "field_report_publish_retries"): "field reports are written to field_reports.wal, not published",
-    (TamiyoConfig, "field_report_backoff_s"): "field reports are written to field_reports.wal, not published",
-    (TamiyoConfig, "policy_rollback_decisions"): f"policy updates are not applied ({_NOT_BUILT})",
-    (TamiyoConfig, "metadata_breaker"): (
-        "blueprint metadata comes from the in-process catalogue, which cannot fail: only tamiyo.inference_breaker trips"
-    ),
-    (UrzaConfig, "catalog_records_cache"): "Urza caches ready modules only (urza.ready_cache_modules)",
-    (TezzeretConfig, "max_retries"): "a failed compilation is not retried",
-    (TezzeretConfig, "breaker"): "each failed compilation marks its blueprint failed and is reported; no breaker",
-    (KarnConfig, "allow_high_risk"): (
-        "every HIGH_RISK blueprint (BP009-BP011) also requires a recorded approval, and this version records none"
-    ),
-    (OonaConfig, "consume_breaker"): _PUBLISH_ONLY,
-    (OonaConfig, "claim_idle_s"): _PUBLISH_ONLY,
-    (OonaConfig, "claim_batch"): _PUBLISH_ONLY,
-    (OonaConfig, "dead_letter_attempts"): _PUBLISH_ONLY,
-    (NissaConfig, "seed_event_queue"): "seed events reach Nissa through its mailbox (weatherlight.mailbox_capacity)",
-    (SimicConfig, "enabled"): _NOT_BUILT,
-    (SimicConfig, "lr"): _NOT_BUILT,
-    (SimicConfig, "grad_clip"): _NOT_BUILT,
-    (SimicConfig, "gamma"): _NOT_BUILT,
-    (SimicConfig, "gae_lambda"): _NOT_BUILT,
-    (SimicConfig, "clip_ratio"): _NOT_BUILT,
-    (SimicConfig, "entropy_coef"): _NOT_BUILT,
-    (SimicConfig, "value_coef"): _NOT_BUILT,
-    (SimicConfig, "ppo_epochs"): _NOT_BUILT,
-    (SimicConfig, "batch_size"): _NOT_BUILT,
-    (SimicConfig, "replay_capacity"): _NOT_BUILT,
-    (SimicConfig, "min_reports_to_train"): _NOT_BUILT,
-    (SimicConfig, "min_average_reward"): _NOT_BUILT,
-    (SimicConfig, "max_policy_loss"): _NOT_BUILT,
-    (SimicConfig, "max_value_loss"): _NOT_BUILT,
-    (SimicConfig, "max_param_loss"): _NOT_BUILT,
-    (SimicConfig, "min_entropy"): _NOT_BUILT,
-    (SimicConfig, "shadow_decisions"): _NOT_BUILT,
-    (SimicConfig, "device"): _NOT_BUILT,
-    (SecurityConfig, "nonce_purge_interval_s"): "the nonce ledger purges expired entries on every insert",
-    (SecurityConfig, "kernel_freshness_s"): "kernels travel as checksummed Urza artifacts, not as signed messages",
-}
-"""Keys the schema carries (REFERENCE.md's defaults) that this version does not act on, with the reason.
-esper.config refuses a config that sets one to anything but its default, since a setting
-that silently does nothing is worse than an error; a test keeps this table equal to the keys no code reads."""

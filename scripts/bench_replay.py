@@ -39,7 +39,8 @@ from esper.runtime.handoff import Handoff
 from esper.runtime.lanes import Lane
 from esper.runtime.system import ActorSystem
 from schemas.boundary import BoundaryApplied, BoundaryPlan
-from schemas.config import KasminaConfig, SecurityConfig
+from schemas.config import KasminaConfig
+from schemas.config_platform import SecurityConfig
 from schemas.state import StepTimings, SystemStatePacket
 
 RUN = "bench-replay"

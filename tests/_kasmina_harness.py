@@ -26,7 +26,8 @@ from esper.runtime.lanes import Lane
 from esper.runtime.signing import sign_command
 from esper.runtime.system import ActorSystem
 from schemas.boundary import BoundaryApplied, BoundaryPlan, Decision, OpOutcome
-from schemas.config import BreakerConfig, KasminaConfig, SecurityConfig
+from schemas.config import BreakerConfig, KasminaConfig
+from schemas.config_platform import SecurityConfig
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import CommandKind
 from schemas.enums import SeedLifecycleStage

@@ -15,7 +15,8 @@ from actors.tamiyo.state import TamiyoState
 from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
 from esper.runtime.system import ActorSystem
-from schemas.config import SecurityConfig, SimicConfig, TamiyoConfig
+from schemas.config import SimicConfig, TamiyoConfig
+from schemas.config_platform import SecurityConfig
 from schemas.domain_enums import CostTier
 from schemas.enums import EmergencyLevel, SeedLifecycleStage
 from schemas.state import LayerSummary, SeedState, StepTimings, SystemStatePacket

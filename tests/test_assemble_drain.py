@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast, final
 
 from structlog.testing import capture_logs
 
-from esper.assemble import drain_pipeline
+from esper.pipeline_drain import drain_pipeline
 
 if TYPE_CHECKING:
     from esper.runtime.system import ActorSystem

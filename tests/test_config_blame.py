@@ -9,7 +9,8 @@ import pytest
 import esper
 from esper.config import load_config
 from esper.runtime.errors import ConfigError
-from schemas.config import LoggingConfig, RunConfig
+from schemas.config import RunConfig
+from schemas.config_platform import LoggingConfig
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -16,7 +16,8 @@ from esper.config import apply_overrides, dump_config, parse_config
 from esper.config_checks import inert_settings
 from esper.runtime.errors import ConfigError
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, BreakerConfig, RunConfig
+from schemas.config import BreakerConfig, RunConfig
+from schemas.config_inert import INERT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from esper.report import read_run_events
+from esper.report_inputs import read_run_events
 from esper.resume_checkpoints import resume_point
 from esper.run import main
 from schemas.run import RunSummary

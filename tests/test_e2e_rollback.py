@@ -11,7 +11,7 @@ from torch import nn
 
 from actors.tamiyo.stop_state import read_stop_state
 from actors.tolaria.checkpoint_verify import load_latest
-from esper.report import read_run_events
+from esper.report_inputs import read_run_events
 from esper.run import start
 from esper.wiring import RunHooks
 from schemas.enums import EmergencyLevel

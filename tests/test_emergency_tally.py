@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from actors.nissa.metrics import METRICS_COLUMNS, MetricsAggregator
 from esper.log_events import StructlogSink
 from esper.logs import configure_logging, reset_logging
-from esper.report import read_run_events
+from esper.report_inputs import read_run_events
 from esper.run_history import earlier_tally
 from esper.run_tally import RunTally
 from esper.runtime.emergency import RESTORED, EmergencyLadder

@@ -12,7 +12,7 @@ from actors.kasmina.journal import JOURNAL_FILENAME, JournalBoundary, read_journ
 from esper.resume import check_resume_files
 from esper.run_key import RunKey
 from esper.runtime.errors import ConfigError
-from schemas.config import SecurityConfig
+from schemas.config_platform import SecurityConfig
 from schemas.domain_enums import CommandKind, CommandRejectReason
 from schemas.enums import SeedLifecycleStage as Stage
 from schemas.runtime import ChildFailed

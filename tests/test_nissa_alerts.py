@@ -6,8 +6,8 @@ import pytest
 
 from actors.nissa.alerts import DEFAULT_RULES, AlertEvaluator, AlertRule, assess_health
 from actors.nissa.slo import DEFAULT_SLOS, SloObjective, SloTracker
-from esper.assemble import nissa_rules, nissa_slos
 from esper.config import apply_overrides
+from esper.nissa_rules import nissa_rules, nissa_slos
 from schemas.config import RunConfig
 from schemas.enums import EmergencyLevel, HealthStatus
 from schemas.nissa import ActiveAlert, AlertNotice, SloStatus

@@ -16,7 +16,7 @@ import pytest
 from esper.resume import check_resume_files
 from esper.resume_checkpoints import resume_point
 from esper.run_key import read_run_key
-from schemas.config import SecurityConfig
+from schemas.config_platform import SecurityConfig
 from schemas.enums import ActorStatus
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from esper.config_checks import RUN_FILE_KEYS
 from esper.config_toml import format_value, plain
 from esper.resume import SAME_RUN
 from schemas.base import ConfigSection
-from schemas.config import INERT_KEYS, BreakerConfig, RunConfig
+from schemas.config import BreakerConfig, RunConfig
+from schemas.config_inert import INERT_KEYS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 _ROW = re.compile(r"^\| `(?P<key>[\w.]+)` \| (?P<default>[^|]*?) \| (?P<bounds>[^|]*?) \| (?P<text>.*) \|$", re.M)

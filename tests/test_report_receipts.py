@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 from matplotlib.collections import PolyCollection
 
-from esper.report import curves_from, drawn, load_run, read_stage_events
+from esper.report import curves_from, drawn, load_run
 from esper.report_digest import summary_lines
+from esper.report_inputs import read_stage_events
 from esper.report_plot import StageEvent, report_figure
 from esper.report_receipts import Refusal, RefusalLog, took_effect
 from esper.report_timeline import seed_lanes

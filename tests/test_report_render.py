@@ -8,17 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from esper.report import (
-    ReportInputError,
-    curves_from,
-    load_run,
-    read_metrics,
-    read_run_events,
-    read_stage_events,
-    render_report,
-)
+from esper.report import curves_from, load_run, render_report
 from esper.report_digest import summary_lines
 from esper.report_entries import parse_stage, pause_event, stage_event
+from esper.report_inputs import ReportInputError, read_metrics, read_run_events, read_stage_events
 from esper.report_plot import PauseEvent, StageEvent
 from esper.report_timeline import paused_spans, seed_lanes
 from esper.summary_table import seed_outcomes

@@ -25,7 +25,8 @@ from esper.run_history import already_trained, finishing_halt
 from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.emergency import RESTORED
 from esper.runtime.errors import ConfigError
-from schemas.config import KasminaConfig, RunConfig, SecurityConfig, TolariaConfig
+from schemas.config import KasminaConfig, RunConfig, TolariaConfig
+from schemas.config_platform import SecurityConfig
 from schemas.run import RunSummary, TrainingFigures
 
 if TYPE_CHECKING:

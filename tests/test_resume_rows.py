@@ -10,7 +10,7 @@ import pytest
 
 from actors.kasmina.journal import JOURNAL_FILENAME, BoundaryJournal, JournalBoundary, planner_view
 from actors.nissa.metrics import epoch_row
-from esper.report import read_metrics
+from esper.report_inputs import read_metrics
 from esper.resume_rows import renumber_from_1, unwritten_epoch_ends
 from esper.runtime.errors import ConfigError
 from schemas.enums import SeedLifecycleStage

@@ -16,7 +16,8 @@ from esper.run import main
 from esper.run_key import KEY_FILE, RunKey, env_key, keep_run_key, new_run_key, read_run_key
 from esper.run_parser import EXIT_CONFIG_ERROR
 from esper.runtime.errors import ConfigError
-from schemas.config import RunConfig, SecurityConfig
+from schemas.config import RunConfig
+from schemas.config_platform import SecurityConfig
 from tests._kasmina_harness import make_packet, signed_germinate
 from tests.test_e2e_run import tiny_config
 

@@ -10,7 +10,7 @@ import pytest
 
 from actors.nissa.actor import ALERT_CLEARED, ALERT_FIRED
 from esper.decisions import Decision as Read
-from esper.report import ReportInputError, read_decisions, read_run_events
+from esper.report_inputs import ReportInputError, read_decisions, read_run_events
 from esper.run_tally import RunTally
 from esper.runtime.stage_refusals import Refusal, Transition
 from esper.summary_table import format_summary, growth_lines

@@ -20,7 +20,7 @@ from esper.runtime.events import RecordingSink
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from esper.runtime.ticker import Tick, Ticker
-from schemas.config import WeatherlightConfig
+from schemas.config_platform import WeatherlightConfig
 from schemas.domain_enums import TelemetryLevel
 from schemas.enums import BusMessageType
 from schemas.runtime import ActorState

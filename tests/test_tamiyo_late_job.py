@@ -24,7 +24,8 @@ from esper.runtime.clock import ManualClock
 from esper.runtime.lanes import Lane
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
-from schemas.config import BreakerConfig, SecurityConfig, SimicConfig, TamiyoConfig
+from schemas.config import BreakerConfig, SimicConfig, TamiyoConfig
+from schemas.config_platform import SecurityConfig
 from schemas.runtime import ChildFailed
 from schemas.tamiyo import GetTamiyoState, GetTamiyoStatistics, TamiyoStatistics
 from schemas.telemetry import TelemetryEvent

@@ -20,7 +20,8 @@ from esper.runtime.errors import RepeatedFailure
 from esper.runtime.events import RecordingSink
 from esper.runtime.lanes import Lane
 from esper.runtime.system import ActorSystem
-from schemas.config import TolariaConfig, WeatherlightConfig
+from schemas.config import TolariaConfig
+from schemas.config_platform import WeatherlightConfig
 from schemas.run import RunSummary
 from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated
 from tests import tolaria_factories

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from esper.runtime.events import EventSink
     from esper.runtime.handoff import Handoff
     from esper.runtime.lanes import Lane
-    from schemas.config import KasminaConfig, SecurityConfig
+    from schemas.config import KasminaConfig
+    from schemas.config_platform import SecurityConfig
     from schemas.state import SystemStatePacket
 
 PlanOutlet: TypeAlias = Callable[[BoundaryPlan], Awaitable[None]]

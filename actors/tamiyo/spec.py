@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
     from esper.runtime.lanes import Lane
-    from schemas.config import SecurityConfig, SimicConfig, TamiyoConfig
+    from schemas.config import SimicConfig, TamiyoConfig
+    from schemas.config_platform import SecurityConfig
 
 _FILE_VERSION = "file-"  # a checkpoint file's policy version: this and the file's SHA-256 prefix
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from esper.runtime.clock import Clock
     from esper.runtime.events import EventSink
-    from schemas.config import WeatherlightConfig
+    from schemas.config_platform import WeatherlightConfig
     from schemas.runtime import ActorState
 
 SUBSYSTEM_ORDER = ("oona", "urza", "nissa", "tezzeret", "kasmina", "tamiyo", "tolaria")
