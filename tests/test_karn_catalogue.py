@@ -107,7 +107,7 @@ def test_include_and_exclude_filter_and_refuse_unknown_ids() -> None:
 
 
 def test_no_high_risk_blueprint_can_be_offered_without_an_approval_which_the_run_never_records() -> None:
-    """Why karn.allow_high_risk is refused as inert (schemas.config.INERT_KEYS): with it on, a run offers no
+    """Why karn.allow_high_risk is refused as inert (schemas.config_inert.INERT_KEYS): with it on, a run offers no
     HIGH_RISK blueprint still, for each requires an approval and the run records none (assemble gives no approvals)."""
     karn = KarnCatalogue.from_catalogue(default_catalogue())
     risky = TierPolicy.from_config(KarnConfig(allow_high_risk=True))
