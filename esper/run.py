@@ -22,9 +22,12 @@ if __name__ == "__main__":
     # --help, a usage error and a config the run refuses (a mistyped key, a bad value, no such file) are answered
     # before torch and the actors load (seconds): these imports are torch-free. main checks the config again (< 1 ms).
     from esper.cli_process import drop_lost_streams
-    from esper.run_parser import EXIT_CONFIG_ERROR, build_parser, checked_config
+    from esper.run_parser import EXIT_CONFIG_ERROR, build_parser, checked_config, readable_twice
 
-    if isinstance(checked_config(build_parser().parse_args()), int):
+    _args = build_parser().parse_args()
+    # A config read from a pipe (`/dev/stdin`, `<(...)`) is read once, by main: a second read found it empty, and the
+    # run went on with every key at its default.
+    if readable_twice(_args.config) and isinstance(checked_config(_args), int):
         drop_lost_streams()
         os._exit(EXIT_CONFIG_ERROR)
 

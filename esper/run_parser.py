@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,15 @@ def is_run_config(config: str | os.PathLike[str], resume: str | os.PathLike[str]
         return Path(config).resolve() == (Path(resume) / "config.toml").resolve()
     except (OSError, RuntimeError):  # a symlink loop: not the run's file, and load_config says what is wrong with it
         return False
+
+
+def readable_twice(config: Path) -> bool:
+    """Whether reading ``config`` again gives the same bytes: a regular file (or none: its check says so), not a pipe,
+    FIFO or device."""
+    try:
+        return stat.S_ISREG(config.stat().st_mode)
+    except OSError:
+        return True
 
 
 def checked_config(args: argparse.Namespace) -> RunConfig | int:

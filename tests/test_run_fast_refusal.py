@@ -89,3 +89,23 @@ def test_a_usage_error_answers_before_torch_loads(tmp_path: Path) -> None:
     assert status == EXIT_CONFIG_ERROR
     assert err.endswith("python -m esper.run: error: the following arguments are required: config\n"), err
     assert "torch" not in imported
+
+
+def test_a_config_read_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    """A second read of a pipe finds it empty: the run went on with every key at its default. This config names an
+    npz file that is not there, which only the full check after the imports refuses: so main read the piped text."""
+    env = {k: v for k, v in os.environ.items() if k != "ESPER_LEYLINE_SECRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    missing = tmp_path / "missing.npz"
+    done = subprocess.run(
+        [sys.executable, "-m", "esper.run", "/dev/stdin", "--run-dir", str(tmp_path / "r")],
+        input=f'[tolaria]\ndataset = "npz"\nnpz_path = "{missing}"\n',
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == EXIT_CONFIG_ERROR, done.stderr
+    assert f"tolaria.npz_path = '{missing}': file not found" in done.stderr
