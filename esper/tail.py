@@ -31,6 +31,11 @@ RUN_GONE = (
 
 
 @final
+class NoEventsError(Exception):
+    """The file's lines were read and not one was an Esper event: the tail was pointed at another file."""
+
+
+@final
 @dataclass(frozen=True, slots=True)
 class TailOptions:
     """What the command line asked for, already validated."""
@@ -62,34 +67,54 @@ def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
     out.flush()
 
 
+def _check_events(options: TailOptions, session: TailSession) -> None:
+    problem = session.no_events(options.path)
+    if problem is not None:
+        raise NoEventsError(problem)
+
+
 async def run_tail(
-    options: TailOptions, session: TailSession, out: TextIO, *, poll: Callable[[], Awaitable[None]] | None = None
+    options: TailOptions,
+    session: TailSession,
+    out: TextIO,
+    *,
+    poll: Callable[[], Awaitable[None]] | None = None,
+    err: TextIO | None = None,
 ) -> str | None:
     """Show the file on ``out`` as ``options`` ask; with ``follow`` it runs until the run has finished (the file's
     last line is its ``run_finished`` and no process holds its directory: see run_held), the run is gone (killed:
     see run_gone), a followed pipe ends, or it is cancelled.
 
     ``session`` keeps the counts, so a caller that cancels this (Ctrl-C) can still report them. ``poll`` replaces the
-    wait between looks at a growing file (default: sleep ``options.poll_interval_s``).
+    wait between looks at a growing file (default: sleep ``options.poll_interval_s``). ``err`` gets the one line
+    saying a followed file does not exist yet (default: not said).
 
     Returns:
-        RUN_GONE when following ended because the run is gone, else None.
+        RUN_GONE when the log has events but no run_finished at its end and the run is gone (killed), read once or
+        followed; else None.
 
     Raises:
         FileNotFoundError: the file does not exist and ``follow`` is off.
+        NoEventsError: the file holds lines and none is an event (read once, or followed to its current end).
         OSError: the file cannot be read.
     """
     async with LineReader(options.path, follow=options.follow) as reader:
         if not options.follow:
             async for batch in read_lines_once(reader):
                 _write(out, session.feed(batch))
+            _check_events(options, session)
+            # A killed run's log reads like a live one's: without this its --state table looked current.
+            if session.events and not session.finished and not reader.stream:
+                if await asyncio.to_thread(run_gone, reader.path.parent):
+                    session.mark_gone()
             if options.state:
                 _show_state(session, out, refresh=False)
-            return None
+            return RUN_GONE if session.gone else None
         clock = MonotonicClock()
         wait = poll if poll is not None else (lambda: clock.sleep(options.poll_interval_s))
         shown_version = -1
         gone = False
+        said_waiting = False
 
         def show_state() -> None:
             # Drawn once caught up with the file, not before its first read: a finished run's log showed the empty
@@ -100,7 +125,13 @@ async def run_tail(
                 shown_version = session.version
 
         async def look() -> None:
+            nonlocal said_waiting
             show_state()  # nothing new to read: the table as the file stands so far (empty before any actor_state)
+            if not reader.opened and not said_waiting and err is not None:
+                # Once: a mistyped run id waited forever without a word.
+                said_waiting = True
+                err.write(f"esper.tail: waiting for {reader.path} to appear\n")
+                err.flush()
             await wait()
             if options.run_dir is not None and not reader.opened:  # the run may have written its config.toml since
                 reader.path = options.run_dir / run_files(options.run_dir).events
@@ -113,13 +144,15 @@ async def run_tail(
                 # A --resume of a finished run holds its directory before it writes its first line: the old
                 # session's run_finished ends the log until then, and following must not end with it.
                 return not await asyncio.to_thread(run_held, reader.path.parent)
-            gone = await asyncio.to_thread(run_gone, reader.path.parent)
+            # Only a log with events: another file (metrics.csv) of a finished run is no killed run.
+            gone = session.events > 0 and await asyncio.to_thread(run_gone, reader.path.parent)
             return gone
 
         try:
             async for batch in follow_lines(reader, poll=look, stop=stop):
                 _write(out, session.feed(batch))
                 if reader.at_end:
+                    _check_events(options, session)  # before the table: a wrong file showed an empty one
                     show_state()
                 if session.finished and reader.at_end and reader.stream:
                     break  # the run has finished: following ends with it, as `docker logs -f` does (a file: stop())
@@ -127,8 +160,10 @@ async def run_tail(
             # A line still unterminated when following stops never completed: it counts as malformed.
             if reader.take_pending() is not None:
                 session.malformed += 1
+        if gone and not session.finished:
+            session.mark_gone()
         show_state()
-        return RUN_GONE if gone and not session.finished else None
+        return RUN_GONE if session.gone else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Show an Esper run's structured log (events.jsonl) readably: time, level, actor, event, key=value pairs. "
             "Lines that are not valid events are counted and skipped; the count is reported on stderr at the end."
         ),
-        epilog="Exit status: 0 on success (also after Ctrl-C with --follow), 2 if the file cannot be read.",
+        epilog="Exit status: 0 on success (also after Ctrl-C with --follow), 2 if the file cannot be read or holds "
+        "no Esper events.",
     )
     parser.add_argument(
         "path",
@@ -222,9 +258,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     )
     status = EXIT_OK
     try:
-        notice = asyncio.run(run_tail(options, session, out))
+        notice = asyncio.run(run_tail(options, session, out, err=err))
         if notice is not None:
             err.write(f"{notice}\n")
+    except NoEventsError as error:
+        err.write(f"{error}\n")
+        return EXIT_UNREADABLE  # the line counts the skipped lines: no summary after it
     except KeyboardInterrupt:
         pass  # Ctrl-C is how --follow ends; the summary below still runs.
     except FileNotFoundError:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final, final
 import msgspec
 
 from esper.log_levels import LEVEL_NUMBERS, LogLevel, parse_level
-from schemas.enums import ActorStatus, BreakerState
+from schemas.enums import ActorStatus, BreakerState, SeedLifecycleGate, SeedLifecycleStage
 from schemas.runtime import ActorState
 
 if TYPE_CHECKING:
@@ -34,6 +34,15 @@ _BARE_VALUE: Final = re.compile(r"[\w.:/@+\-]+")
 _ACTOR_STATE_FIELDS: Final = frozenset(ActorState.__struct_fields__)
 _RUN_ID: Final = frozenset({"run_id"})
 _TAB: Final = "\t"
+_SEED_EVENTS: Final = frozenset({"seed_stage", "seed_stage_changed", "seed_state", "gate_result"})
+"""The events whose stage and gate fields are the lifecycle's (a blueprint's ``stage`` is its maturity)."""
+_NAMED_FIELDS: Final[dict[str, type[SeedLifecycleStage | SeedLifecycleGate]]] = {
+    "stage": SeedLifecycleStage,
+    "from_stage": SeedLifecycleStage,
+    "to_stage": SeedLifecycleStage,
+    "gate": SeedLifecycleGate,
+    "last_gate": SeedLifecycleGate,
+}
 
 
 @final
@@ -91,10 +100,28 @@ class EventFilter:
 
 
 def short_time(timestamp: str) -> str:
-    """``2025-01-02T03:04:05.678901Z`` as ``2025-01-02 03:04:05.678``; anything else unchanged but escaped."""
+    """``2025-01-02T03:04:05.678901Z`` as ``2025-01-02 03:04:05.678Z`` (the ``Z``, UTC, kept: a reader in another
+    zone would take the bare time for local); anything else unchanged but escaped."""
     if len(timestamp) >= 19 and timestamp[10] == "T":
-        return escaped(f"{timestamp[:10]} {timestamp[11:23].rstrip('Z')}")
+        zone = "Z" if timestamp.endswith("Z") else ""
+        return escaped(f"{timestamp[:10]} {timestamp[11:23].rstrip('Z')}{zone}")
     return escaped(timestamp)
+
+
+def name_suffix(event: str, key: str, value: object) -> str:
+    """`` (germinated)`` after a lifecycle event's stage or gate number (``last_gate``'s nested ``gate`` too), so a
+    reader need not know the numbering; "" for anything else. The number itself stays shown: scripts grep it."""
+    kind = _NAMED_FIELDS.get(key)
+    if kind is None or event not in _SEED_EVENTS:
+        return ""
+    if key == "last_gate" and isinstance(value, dict):
+        value = value.get("gate")
+    if not isinstance(value, int) or isinstance(value, bool):
+        return ""
+    try:
+        return f" ({kind(value).name.lower()})"
+    except ValueError:
+        return ""
 
 
 def format_value(value: object) -> str:
@@ -141,7 +168,7 @@ def render_event(event: LogEvent, *, color: bool = False, omit: frozenset[str] =
             # A traceback's tabs stay: they indent its lines, and move the cursor no further than the line's end.
             trailer = "".join(f"\n    {escaped(line, keep=_TAB)}" for line in value.splitlines())
             continue
-        parts.append(f"{_paint(escaped(key), _DIM, color)}={format_value(value)}")
+        parts.append(f"{_paint(escaped(key), _DIM, color)}={format_value(value)}{name_suffix(event.event, key, value)}")
     return " ".join(parts) + trailer
 
 
@@ -174,8 +201,10 @@ class ActorStateTable:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def render(self, *, malformed: int = 0, color: bool = False) -> str:
-        """The table with a footer counting actors and skipped malformed lines. No trailing newline."""
+    def render(self, *, malformed: int = 0, color: bool = False, stale_as_of: str | None = None) -> str:
+        """The table with a footer counting actors and skipped malformed lines, and, when ``stale_as_of`` (the last
+        line's timestamp) is given, a last line saying the run is not running: the states are not live. No trailing
+        newline."""
         header = ("actor", "status", "mailbox", "handled", "failed", "restarts", "breaker", "latency_ms", "updated")
         rows: list[tuple[str, ...]] = []
         alerts: list[set[int]] = []
@@ -217,6 +246,9 @@ class ActorStateTable:
             lines.append("(no actor_state events yet)")
         noun = "actor" if len(rows) == 1 else "actors"
         lines.append(f"{len(rows)} {noun}, {malformed} malformed {'line' if malformed == 1 else 'lines'} skipped")
+        if stale_as_of is not None:
+            as_of = short_time(stale_as_of)[11:] or escaped(stale_as_of)
+            lines.append(_paint(f"the run is not running: states as of {as_of}", _ALERT, color))
         return "\n".join(lines)
 
 
@@ -234,6 +266,11 @@ class TailSession:
         self.color = color
         self.table = ActorStateTable()
         self.malformed = 0
+        self.events = 0
+        """Lines that parsed as events, shown or not: none among many lines means the file is not a run's log."""
+        self.last_timestamp: str | None = None
+        self.gone = False
+        """Whether the run is known to be no longer running (killed): the state view then says its states are old."""
         self.version = 0
         """Bumped whenever something the state view shows (a row or the malformed count) changes."""
         self.finished = False
@@ -250,6 +287,8 @@ class TailSession:
                 self.malformed += 1
                 self.version += 1
                 continue
+            self.events += 1
+            self.last_timestamp = event.timestamp
             self.finished = event.event == "run_finished"
             if self.state_mode:
                 self._observe_state(event)
@@ -272,8 +311,23 @@ class TailSession:
             self.table.update(state, event.timestamp)
             self.version += 1
 
+    def mark_gone(self) -> None:
+        """The run is no longer running: the state view says so from now on."""
+        if not self.gone:
+            self.gone = True
+            self.version += 1
+
     def render_state(self) -> str:
-        return self.table.render(malformed=self.malformed, color=self.color)
+        stale_as_of = (self.last_timestamp or "?") if self.gone else None
+        return self.table.render(malformed=self.malformed, color=self.color, stale_as_of=stale_as_of)
+
+    def no_events(self, path: object) -> str | None:
+        """The one line saying ``path`` is not an events file, when its lines were read and none was an event."""
+        if self.events or not self.malformed:
+            return None
+        noun = "line" if self.malformed == 1 else "lines"
+        skipped = f"{self.malformed} {noun} skipped"
+        return f"esper.tail: {escaped(str(path))} holds no Esper events ({skipped}): is it the run's events.jsonl?"
 
     def summary(self) -> str | None:
         """The end-of-run line for stderr, or None when nothing was skipped."""

@@ -95,9 +95,9 @@ def test_render_shows_time_level_actor_event_and_pairs() -> None:
     event = parse_line(line("kernel_ready", actor="urza", sha="ab12", note="two words", n=3, flag=True, none=None))
     assert event is not None
     text = TailSession(event_filter=EventFilter()).feed([line("x")])[0]
-    assert text.startswith("2026-01-02 12:00:00.123 info")
+    assert text.startswith("2026-01-02 12:00:00.123Z info")
     rendered = render_event(event)
-    assert rendered.split()[:5] == ["2026-01-02", "12:00:00.123", "info", "urza", "kernel_ready"]
+    assert rendered.split()[:5] == ["2026-01-02", "12:00:00.123Z", "info", "urza", "kernel_ready"]
     assert 'sha=ab12 note="two words" n=3 flag=true none=null' in rendered
     assert "\x1b[" not in rendered
     assert "\x1b[" in render_event(event, color=True)
@@ -200,8 +200,8 @@ def test_state_table_keeps_the_latest_state_per_actor() -> None:
         "latency_ms",
         "updated",
     ]
-    assert first.split() == ["kasmina", "running", "0/64", "3", "0", "0", "open", "2.50", "12:00:01.123"]
-    assert second.split() == ["tolaria", "running", "1/64", "42", "0", "2", "-", "12.25", "12:00:02.123"]
+    assert first.split() == ["kasmina", "running", "0/64", "3", "0", "0", "open", "2.50", "12:00:01.123Z"]
+    assert second.split() == ["tolaria", "running", "1/64", "42", "0", "2", "-", "12.25", "12:00:02.123Z"]
     assert footer == "2 actors, 2 malformed lines skipped"
 
 
