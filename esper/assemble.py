@@ -82,6 +82,7 @@ async def assemble(
     secret: bytes,
     lanes: Lanes,
     clock: Clock,
+    started_s: float,
     sink: EventSink,
     actors: ActorSystem,
     tally: RunTally,
@@ -92,7 +93,9 @@ async def assemble(
     """Build every subsystem of a run (blocking parts on worker threads) and the routes between them.
 
     ``sink`` is the run's sink (events.jsonl, the session's events, the tally); Nissa gets the events it consumes.
-    ``data`` is the data set the start's checks loaded; ``taps`` see every packet first (the console).
+    ``data`` is the data set the start's checks loaded; ``taps`` see every packet first (the console). ``started_s``:
+    the ``clock`` time the run's start began at, which the summary's duration counts from, and metrics.csv's
+    ``wall_time_s`` too.
 
     Raises:
         ConfigError: from building the host (the tolaria section names something unusable), or Urza's store cannot
@@ -249,6 +252,8 @@ async def assemble(
                 run_dir,
                 clock=clock,
                 sink=sink,
+                started_s=started_s,
+                resumed=resume,
                 transitions=slot_transitions,
                 later_transitions=tally.standing_slot_transitions,
                 refusals=tally.standing_refusals,

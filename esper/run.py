@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import time
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
@@ -232,7 +231,9 @@ async def _start_logged(
     for the caller to close if the start fails or is cancelled."""
     resolved, directory, baseline = args.config, args.directory, args.baseline
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    started_s = time.monotonic()  # the summary's duration covers assembly and start-up too, as the user waits
+    clock = MonotonicClock()
+    # The summary's duration and metrics.csv's wall_time_s count from here: start-up too, as the user waits.
+    started_s = clock.now()
     hub = EventHub()
     tally = RunTally()
     if resume is not None:
@@ -243,7 +244,6 @@ async def _start_logged(
     sinks: list[EventSink] = [StructlogSink(), hub, tally]
     if screen is not None:
         sinks.append(screen)
-    clock = MonotonicClock()
     bus_resource = undo.bus = BusResource()
     try:
         bus = await bus_resource.open(resolved, clock, bus_limits(resolved))
@@ -304,6 +304,7 @@ async def _start_logged(
             secret=args.key.secret,
             lanes=lanes,
             clock=clock,
+            started_s=started_s,
             sink=sink,
             actors=actors,
             tally=tally,

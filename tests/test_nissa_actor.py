@@ -295,6 +295,51 @@ async def test_a_resumed_runs_wall_time_goes_on_from_its_earlier_session(
     assert [float(row["wall_time_s"]) for row in rows] == [10.0, 12.0]
 
 
+async def _one_row(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink, *, started_s: float, resumed: bool = False
+) -> None:
+    """Start Nissa given the run's start (and whether it resumes), let 2 s pass, send an epoch end, await its row."""
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(
+        nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, started_s=started_s, resumed=resumed)
+    )
+    try:
+        clock.advance(2.0)
+        epoch = len(_epochs(tmp_path / "metrics.csv")) if (tmp_path / "metrics.csv").exists() else 0
+        await system.ref(NISSA, Nissa).tell(packet(32 * (epoch + 1), epoch=epoch, val=0.9))
+        await _ask(system.ref(NISSA, Nissa))
+    finally:
+        await system.stop()
+
+
+def _wall_times(path: Path) -> list[float]:
+    return [float(row["wall_time_s"]) for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines())]
+
+
+async def test_wall_time_counts_from_the_runs_start_not_from_when_nissa_was_built(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """wall_time_s counted from the moment the spec was built, seconds after the run's start that the summary's
+    duration_s counts from, so the last row fell seconds short of the run's duration."""
+    run_started = clock.now()
+    clock.advance(5.0)  # the run's start-up: the data, the model, the checks, before Nissa's spec is built
+    await _one_row(tmp_path, clock, sink, started_s=run_started)
+    assert _wall_times(tmp_path / "metrics.csv") == [7.0]
+
+
+async def test_a_resume_goes_on_from_the_last_row_even_when_its_start_up_outlasted_the_earlier_session(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A resume whose start-up took longer than the earlier session's last row counted its rows from its own start,
+    dropping the earlier sessions' time."""
+    await _one_row(tmp_path, clock, sink, started_s=clock.now())  # the earlier session's row: 2 s
+    clock.advance(100.0)  # the run was stopped for a while
+    resumed_at = clock.now()
+    clock.advance(10.0)  # the resumed session's start-up
+    await _one_row(tmp_path, clock, sink, started_s=resumed_at, resumed=True)
+    assert _wall_times(tmp_path / "metrics.csv") == [2.0, 14.0]  # 2 s earlier, then 10 s + 2 s of this session
+
+
 async def test_a_resumes_missed_epoch_ends_are_written_at_its_start_once(
     tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -384,6 +384,16 @@ def test_the_exposition_types_and_describes_the_step_time_and_isolation_count() 
     assert "optimizer step time" not in help_line
 
 
+def test_the_seed_stage_gauges_help_gives_every_stage_number() -> None:
+    """The gauge's HELP said "Lifecycle stage number" and nothing said which number is which stage."""
+    aggregator = MetricsAggregator()
+    aggregator.observe_state(packet(3, seeds=(seed("s1", SeedLifecycleStage.BLENDING),)), wall_time_s=1.0)
+    lines = render_exposition(aggregator.registry.samples()).splitlines()
+    [help_line] = [line for line in lines if line.startswith("# HELP esper_kasmina_seed_stage ")]
+    for stage in SeedLifecycleStage:
+        assert f"{stage.value} {stage.name.lower()}" in help_line
+
+
 def test_every_metric_the_actors_report_in_telemetry_has_its_own_help() -> None:
     """The decision latency, the kernel fetch latency and conservative mode were scraped as "Reported by tamiyo." /
     "Reported by kasmina.": the HELP line said nothing of what they measure or in which unit."""

@@ -98,6 +98,8 @@ class Nissa(Actor[NissaMessage]):
         clock: Clock,
         sink: EventSink,
         started_s: float,
+        continues: bool = False,
+        on_origin: Callable[[float], None] | None = None,
         rules: Sequence[AlertRule] = DEFAULT_RULES,
         slos: Sequence[SloObjective] = DEFAULT_SLOS,
         capacity: int = 1024,
@@ -115,6 +117,10 @@ class Nissa(Actor[NissaMessage]):
         clock: alert, SLO and wall-time arithmetic read it.
         sink: where alerts go.
         started_s: the clock time at which the run started (``wall_time_s`` of a row counts from it).
+        continues: a resumed run's first incarnation: its rows count on from metrics.csv's last ``wall_time_s`` (the
+            earlier sessions' time), this session's time since ``started_s`` added to it.
+        on_origin: told the clock time the rows count from once the file is read (``started_s``, or earlier for a
+            resumed run), for a restarted incarnation to count from.
         rules / slos: the alert table and SLOs (REFERENCE.md section 9 by default).
         capacity: mailbox capacity.
         backlog: the rows not yet written, kept by the spec across incarnations (None: this incarnation's own).
@@ -132,6 +138,8 @@ class Nissa(Actor[NissaMessage]):
         self._clock = clock
         self._sink = sink
         self._started_s = started_s
+        self._continues = continues
+        self._on_origin = on_origin
         self._csv = MetricsCsvWriter(run_dir / config.metrics_csv)
         self._backlog = RowBacklog() if backlog is None else backlog
         self._metrics = MetricsAggregator(transitions=transitions, refusals=refusals)
@@ -163,10 +171,14 @@ class Nissa(Actor[NissaMessage]):
         await self._write_backlog()
         self._metrics.last_epoch = None if written is None else written - 1
         earlier = self._csv.last_wall_time_s
-        if earlier is not None and earlier > self._clock.now() - self._started_s:
-            # A resumed run's wall_time_s goes on from its earlier sessions' instead of starting again at 0 (a
-            # restart within the run is already past it).
+        if earlier is not None and self._continues:
+            # A resumed run's wall_time_s goes on from its earlier sessions' instead of starting again at 0.
+            self._started_s -= earlier
+        elif earlier is not None and earlier > self._clock.now() - self._started_s:
+            # Never back: a row the column has is past this incarnation's count (an origin nobody moved).
             self._started_s = self._clock.now() - earlier
+        if self._on_origin is not None:
+            self._on_origin(self._started_s)
         # Epochs a resume continues after whose rows were never written (killed after their checkpoint, before
         # their packets reached this actor): their packets come from Kasmina's journal, not again from the trainer.
         for packet in self._backlog.take_missed():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, final
 
+from schemas.enums import SeedLifecycleStage
 from schemas.nissa import MetricKind, MetricSample
 
 if TYPE_CHECKING:
@@ -14,6 +15,9 @@ ISOLATION_VIOLATIONS: Final = "kasmina.isolation.violations_total"
 """The gradient isolation violations the state packet counts (cumulative, hence a counter: the session's total, which
 a rollback does not lower and which starts from 0 again after a --resume, as every counter does; each seed's own
 total, which Kasmina charges, goes on from the checkpoint's)."""
+
+STAGE_NUMBERS: Final = ", ".join(f"{stage.value} {stage.name.lower()}" for stage in SeedLifecycleStage)
+"""The stage numbers, as the gauge's HELP lists them (from the enum: they cannot drift apart)."""
 
 RUN_INFO: Final = "run.info"
 """Always 1, labelled with the run the endpoint serves (``run_id``, ``run_dir``), so scrapers of two runs can tell."""
@@ -56,7 +60,7 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "oona.queue.depth": ("gauge", "Messages waiting on the bus's deepest topic (retained or unacknowledged)."),
         "kasmina.seeds.active": ("gauge", "Seeds alive and not yet fossilized."),
         "kasmina.seeds.by_stage": ("gauge", "Seeds per lifecycle stage."),
-        "kasmina.seed.stage": ("gauge", "Lifecycle stage number of the seed in each slot."),
+        "kasmina.seed.stage": ("gauge", f"Lifecycle stage number of the seed in each slot: {STAGE_NUMBERS}."),
         "kasmina.seed.alpha": ("gauge", "Blend alpha of the seed in each slot."),
         ISOLATION_VIOLATIONS: ("counter", "Gradient isolation violations counted by the trainer so far."),
         "kasmina.seed.transitions_total": ("counter", "Seed lifecycle transitions that took effect, by target stage."),

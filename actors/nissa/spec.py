@@ -34,6 +34,8 @@ def nissa_spec(
     *,
     clock: Clock,
     sink: EventSink,
+    started_s: float | None = None,
+    resumed: bool = False,
     shutdown_deadline_s: float = 5.0,
     mailbox_capacity: int = 1024,
     rules: Sequence[AlertRule] = DEFAULT_RULES,
@@ -44,17 +46,22 @@ def nissa_spec(
     missed: Sequence[SystemStatePacket] = (),
     run_id: str = "",
 ) -> ChildSpec:
-    """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows
-    an earlier one crashed while writing; row wall times count from the clock time at which this spec was built (the
-    run's start), so they survive restarts. ``transitions``: the slot transitions the first incarnation starts
-    from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those of the run that
-    stand. ``refusals``: the stage ops the trainer refused that stand as each incarnation starts (a resume's earlier
-    sessions', the run's so far after a restart). ``missed``: the epoch-end packets of a resume's epochs whose
-    checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their rows.
-    With ``prometheus_port`` 0 a restarted incarnation binds the port its predecessor bound, so the URL the run
+    """The ``nissa`` child (permanent). Every incarnation resumes ``run_dir/metrics.csv`` and first writes the rows an
+    earlier one crashed while writing; row wall times count from ``started_s``, the clock time the run's start began at
+    (the summary's duration counts from it too; None: when this spec is built), so they survive restarts. ``resumed``:
+    the run goes on from earlier sessions, whose last row's wall time the first incarnation's rows count on from (this
+    session's time added to it, never the time between sessions). ``transitions``: the slot transitions the first
+    incarnation starts from (a resume's, its earlier sessions'); ``later_transitions``: a restarted incarnation's, those
+    of the run that stand. ``refusals``: the stage ops the trainer refused that stand as each incarnation starts (a
+    resume's earlier sessions', the run's so far after a restart). ``missed``: the epoch-end packets of a resume's
+    epochs whose checkpoint was written and whose rows were not (esper.resume_rows); the first incarnation writes their
+    rows. With ``prometheus_port`` 0 a restarted incarnation binds the port its predecessor bound, so the URL the run
     printed stays good (another free one, with a warning, if that port was taken meanwhile). ``run_id``: the run's id,
     which the endpoint's /metrics (``esper_run_info``) and /metrics/summary give."""
-    started_s = clock.now()
+    # The origin the rows count from: a resumed run's first incarnation moves it back by its earlier sessions' time,
+    # and every later incarnation (a restart) keeps the moved one.
+    origin = [clock.now() if started_s is None else started_s]
+    continues = [resumed]  # for the first incarnation alone
     backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
     bound: list[int] = []  # the endpoint's ports, in order: with port 0 a restart binds the last one again
@@ -65,7 +72,9 @@ def nissa_spec(
             run_dir,
             clock=clock,
             sink=sink,
-            started_s=started_s,
+            started_s=origin[-1],
+            continues=continues.pop() if continues else False,
+            on_origin=origin.append,
             capacity=mailbox_capacity,
             rules=rules,
             slos=slos,
