@@ -16,20 +16,28 @@ REPO = Path(__file__).resolve().parent.parent
 _IMPORT_LOG = "import time:"
 
 
-def run_logging_imports(*args: str, cwd: Path) -> tuple[int, str, str, set[str]]:
-    """Run the command line with its imports logged: its status, stdout, stderr without the import log, and the
-    top-level packages it imported."""
+def run_command(
+    *args: str, cwd: Path, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with this tree's esper first on the path and no run secret from the environment."""
     env = {k: v for k, v in os.environ.items() if k != "ESPER_LEYLINE_SECRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)  # this tree's esper
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "esper.run", *args],
+    return subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
+
+
+def run_logging_imports(*args: str, cwd: Path) -> tuple[int, str, str, set[str]]:
+    """Run the command line with its imports logged: its status, stdout, stderr without the import log, and the
+    top-level packages it imported."""
+    done = run_command("-X", "importtime", "-m", "esper.run", *args, cwd=cwd)
     said, imported = [], set()
     for line in done.stderr.splitlines(keepends=True):
         if line.startswith(_IMPORT_LOG):
@@ -94,18 +102,10 @@ def test_a_usage_error_answers_before_torch_loads(tmp_path: Path) -> None:
 def test_a_config_read_from_a_pipe_is_read_once(tmp_path: Path) -> None:
     """A second read of a pipe finds it empty: the run went on with every key at its default. This config names an
     npz file that is not there, which only the full check after the imports refuses: so main read the piped text."""
-    env = {k: v for k, v in os.environ.items() if k != "ESPER_LEYLINE_SECRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     missing = tmp_path / "missing.npz"
-    done = subprocess.run(
-        [sys.executable, "-m", "esper.run", "/dev/stdin", "--run-dir", str(tmp_path / "r")],
-        input=f'[tolaria]\ndataset = "npz"\nnpz_path = "{missing}"\n',
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    piped = f'[tolaria]\ndataset = "npz"\nnpz_path = "{missing}"\n'
+    done = run_command(
+        "-m", "esper.run", "/dev/stdin", "--run-dir", str(tmp_path / "r"), cwd=tmp_path, stdin=piped, timeout=120
     )
     assert done.returncode == EXIT_CONFIG_ERROR, done.stderr
     assert f"tolaria.npz_path = '{missing}': file not found" in done.stderr
