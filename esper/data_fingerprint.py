@@ -23,10 +23,14 @@ _CHUNK: Final = 1 << 20
 class DataRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
     """What a run trained on, beyond its config: the npz file's path and digest, or, for a built-in data set (made
     from the config, but kept in a data cache anyone who can write it can change), the digest of the splits it loaded
-    (``splits_sha256``). A record an earlier version wrote has only the npz fields; it wrote none for a built-in set."""
+    (``splits_sha256``). A record an earlier version wrote has only the npz fields; it wrote none for a built-in set.
+    An npz file's record also keeps one sample's shape and the class count (``input_shape``, ``num_classes``): the
+    model is rebuilt from them (esper.load_model) once the file is moved or changed; earlier versions kept neither."""
 
     npz_path: str | None = None
     npz_sha256: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
     dataset: str | None = None
     splits_sha256: str | None = None
 
@@ -43,8 +47,9 @@ def splits_sha256(data: DataSplits) -> str:
 
 
 def data_record(config: TolariaConfig, data: DataSplits | None = None) -> DataRecord | None:
-    """The record of ``config``'s data: an npz file's digest; for a built-in data set the digest of ``data``, its
-    loaded splits (None without them). Blocking: reads the whole npz file, or hashes the splits.
+    """The record of ``config``'s data: an npz file's digest (and, given its loaded splits, ``data``, their sample
+    shape and class count); for a built-in data set the digest of ``data``, its loaded splits (None without them).
+    Blocking: reads the whole npz file, or hashes the splits.
 
     Raises:
         OSError: the file cannot be read.
@@ -57,7 +62,14 @@ def data_record(config: TolariaConfig, data: DataSplits | None = None) -> DataRe
     with Path(config.npz_path).expanduser().open("rb") as file:
         while chunk := file.read(_CHUNK):
             digest.update(chunk)
-    return DataRecord(npz_path=str(config.npz_path), npz_sha256=digest.hexdigest())
+    if data is None:
+        return DataRecord(npz_path=str(config.npz_path), npz_sha256=digest.hexdigest())
+    return DataRecord(
+        npz_path=str(config.npz_path),
+        npz_sha256=digest.hexdigest(),
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+    )
 
 
 def record_data(directory: Path, config: TolariaConfig, data: DataSplits | None = None) -> None:

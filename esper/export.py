@@ -1,6 +1,6 @@
 """``python -m esper.export runs/<run-id> OUT.safetensors [--step N]``: a run's trained model's weights as a plain
-safetensors state_dict. Exit status 0 on success; 2 with a one-line error when the run or its checkpoint cannot be
-loaded or the file cannot be written.
+safetensors state_dict. Exit status 0 on success; 2 with a one-line error, nothing written, when the run or its
+checkpoint cannot be loaded, OUT is inside the run directory or exists (without ``--force``), or it cannot be written.
 """
 
 from __future__ import annotations
@@ -30,7 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="the run directory (runs/<run-id>)")
     parser.add_argument("out", type=Path, help="the safetensors file to write")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest good one)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never one inside the run)")
     return parser
+
+
+def refused_out(run_dir: Path, out: Path, *, force: bool) -> str | None:
+    """Why ``out`` must not be written (None: it may be): a file inside the run directory (symlinks resolved), whose
+    manifest, checkpoints or summary it would replace, can never be; an existing one only with ``force``."""
+    target = out.resolve()
+    if target.is_relative_to(run_dir.resolve()):
+        return f"{out} is inside the run directory {run_dir}: writing it would replace the run's own files"
+    if not force and (out.exists() or out.is_symlink()):
+        return f"{out} exists (--force replaces it)"
+    return None
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -39,6 +51,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     args = build_parser().parse_args(argv)
+    refusal = refused_out(args.run_dir, args.out, force=args.force)
+    if refusal is not None:
+        err.write(f"esper.export: {refusal}\n")
+        return EXIT_FAILED
     try:
         model = load_model(args.run_dir, step=args.step)
     except (ConfigError, CheckpointError) as error:
@@ -58,9 +74,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except OSError as error:
         err.write(f"esper.export: cannot write {args.out}: {error.strerror or error}\n")
         return EXIT_FAILED
+    # strict=False because the slots' control state (their _extra_state keys) is not in the file; the unexpected
+    # keys must still be checked: into the plain host model, without the grown seeds, the seeds' weights would be
+    # dropped silently and it would score otherwise.
     out.write(
-        f"wrote {args.out} ({len(tensors)} tensors): the state_dict of {call}, which rebuilds the grown model"
-        " (model.load_state_dict(safetensors.torch.load_file(...), strict=False) puts these weights back into it)\n"
+        f"wrote {args.out} ({len(tensors)} tensors): the state_dict of {call}, which rebuilds the grown model;"
+        " to put these weights back into that model, missing, unexpected = model.load_state_dict("
+        f"safetensors.torch.load_file({str(args.out)!r}), strict=False): unexpected must be empty and missing hold"
+        " only the slots' '...esper_slot._extra_state' keys (into any other model, such as the host without its"
+        " seeds, the weights do not fit)\n"
     )
     return EXIT_OK
 

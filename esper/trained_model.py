@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import warnings
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
+import torch
 
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.checkpoint_verify import load_latest
-from actors.tolaria.checkpoints import CheckpointError, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths
+from esper.data_fingerprint import DATA_RECORD, DataRecord, data_record
+from esper.nn.data import DataSplits, TensorPair
 from esper.resume import read_run_config, refuse_edited
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
@@ -20,12 +26,11 @@ from esper.runtime.lanes import resolve_device
 if TYPE_CHECKING:
     import os
 
-    import torch
     from torch import nn
 
     from actors.tolaria.checkpoints import CheckpointInfo
     from actors.tolaria.snapshots import TrainState
-    from schemas.config import RunConfig
+    from schemas.config import RunConfig, TolariaConfig
 
 __all__ = ["load_model"]
 
@@ -39,7 +44,9 @@ def load_model(
     ``module:factory``, which must import as it did for the run) is built and wrapped with its slots as the run built
     it, the checkpoint's graft log is replayed onto it (each grafted seed rebuilt from its blueprint) and its weights
     are loaded: the trainer's own restore, without the optimizer's use. The checkpoint's SHA-256 must match the
-    manifest (safetensors, nothing unpickled). Building the host needs the run's data set (its shapes).
+    manifest (safetensors, nothing unpickled). Building the host needs the run's data set's shapes: an npz file's
+    are taken from the file, or, once it is moved or changed, from the run's data.json (a run of an earlier version,
+    which did not record them there, needs the file as it was).
 
     The model computes what the trainer's evaluation computed at that step: a seed still training is invisible in
     the output (its slot passes the host's activation on), a blending one is mixed in at the alpha it had reached, one
@@ -56,11 +63,18 @@ def load_model(
 
     Raises:
         ConfigError: the directory or its config.toml cannot be read, or the host cannot be built from it (naming
-            the key).
+            the key), or its npz file was moved or changed and the run recorded no shapes (naming the file).
         CheckpointError: there is no checkpoint (of ``step``: the message lists the steps there are), none usable,
             or it does not fit the model; one line.
         ValueError: ``device`` names no available device.
+        TypeError: ``step`` is not an int.
     """
+    if step is not None:
+        given: object = step  # typed int, but a caller's may be anything
+        if isinstance(given, bool) or not isinstance(given, Integral):
+            # A str ("600", from argv) matched no checkpoint and was reported as a step that is not there.
+            raise TypeError(f"load_model: step must be an int (a checkpoint's global step) or None, got {given!r}")
+        step = int(given)
     directory = Path(run_dir)
     if not directory.is_dir():
         raise ConfigError(f"load_model: {directory}: not a run directory")
@@ -78,7 +92,7 @@ def load_model(
     # streams must go on as if nothing had been loaded.
     rngs = GlobalRngs()
     try:
-        return _rebuilt(config, state, target, directory / "checkpoints" / info.file)
+        return _rebuilt(config, _data(directory, config.tolaria), state, target, directory / "checkpoints" / info.file)
     finally:
         rngs.restore()
 
@@ -92,6 +106,13 @@ def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, Checkpoi
     listed = read_manifest(directory) if directory.is_dir() else []
     steps = ", ".join(str(info.global_step) for info in listed)
     if not listed:
+        files = sorted(path.name for path in directory.glob("step-*.pt"))
+        if files:
+            # --resume's wording: the files are there, but none is loaded without the manifest's SHA-256 of it.
+            raise CheckpointError(
+                f"load_model: {directory / MANIFEST} is missing or lists no checkpoint ({', '.join(files)} present,"
+                " but a checkpoint is loaded only once its SHA-256 matches the manifest)"
+            )
         raise CheckpointError(f"load_model: {directory}: no checkpoint listed (the run stopped before its first?)")
     if step is not None and step not in {info.global_step for info in listed}:
         raise CheckpointError(f"load_model: {directory}: no checkpoint of step {step} (its steps: {steps})")
@@ -110,14 +131,61 @@ def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, Checkpoi
     return state, info
 
 
-def _rebuilt(config: RunConfig, state: TrainState, device: torch.device, path: Path) -> nn.Module:
+def _data(directory: Path, config: TolariaConfig) -> DataSplits:
+    """What the host is built and probed with: the run's data set, or, for an npz file moved or changed since the
+    run (its SHA-256 is not data.json's), a stand-in of the sample shape and class count data.json records. Blocking:
+    loads the data set, or hashes the file.
+
+    Raises:
+        ConfigError: the file is moved or changed and data.json records no shapes (a run of an earlier version); or
+            the data set cannot be loaded.
+    """
+    record = _record(directory) if config.dataset == "npz" else None
+    if record is None or record.npz_sha256 is None:
+        return load_data(config)  # a generated data set, or no record to check the file against
+    try:
+        now = data_record(config)
+    except OSError as err:
+        found = f"{config.npz_path} cannot be read ({err.strerror or err})"
+    else:
+        if now is not None and now.npz_sha256 == record.npz_sha256:
+            return load_data(config)
+        found = f"{config.npz_path} is SHA-256 {str(None if now is None else now.npz_sha256)[:12]}... now"
+    if record.input_shape is None or record.num_classes is None:
+        # Probed with other data, the model's forward was blamed for the file's new shapes.
+        raise ConfigError(
+            f"load_model: the model's shapes come from its training data, {record.npz_path} (SHA-256"
+            f" {record.npz_sha256[:12]}...), and {found}; put that file back ({directory / DATA_RECORD} of this run"
+            " does not record the shapes)"
+        )
+    # Zeros of the recorded shape: the probe measures the slots' shapes only; every weight and buffer is the
+    # checkpoint's.
+    sample = TensorPair(torch.zeros((2, *record.input_shape)), torch.zeros(2, dtype=torch.int64))
+    return DataSplits(
+        train=sample,
+        val=sample,
+        test=sample,
+        num_classes=record.num_classes,
+        input_shape=tuple(record.input_shape),
+        name="npz",
+    )
+
+
+def _record(directory: Path) -> DataRecord | None:
+    """The run's data.json; None when it is missing or cannot be read (the data set is then loaded as it is)."""
+    try:
+        return msgspec.json.decode((directory / DATA_RECORD).read_bytes(), type=DataRecord)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def _rebuilt(config: RunConfig, data: DataSplits, state: TrainState, device: torch.device, path: Path) -> nn.Module:
     """The trainer's restore (build, replay the graft log, load) of ``state`` onto ``device``, in eval mode.
 
     Raises:
         ConfigError: the host cannot be built.
         CheckpointError: the graft log does not replay onto it or the weights do not fit it.
     """
-    data = load_data(config.tolaria)
     trainee = build_trainee(config.tolaria, data, config.kasmina.slot_targets, device)
     # Only the weights matter here: the CUDA generator's saved state would be put on the device (or warned about, for
     # a CPU run's checkpoint) for nothing.
