@@ -158,11 +158,12 @@ def _type_at(info: mi.Type, segments: list[str | int]) -> mi.Type:
 
 
 def _strip_none(info: mi.Type) -> mi.Type:
+    """The type without None (an optional key's) and without the Metadata a Meta(extra=...) wraps around it."""
     if isinstance(info, mi.UnionType):
         members = [t for t in info.types if not isinstance(t, mi.NoneType)]
         if len(members) == 1:
-            return members[0]
-    return info
+            info = members[0]
+    return info.type if isinstance(info, mi.Metadata) else info
 
 
 def _value_at(data: TomlValue, segments: list[str | int]) -> tuple[bool, TomlValue]:
@@ -181,6 +182,9 @@ def _describe(info: mi.Type) -> str:
     """Phrase a type and its constraints the way a user reads them: "an integer >= 1", 'one of "a", "b"'."""
     if isinstance(info, mi.UnionType):
         return " or ".join(_describe(t) for t in info.types if not isinstance(t, mi.NoneType))
+    if isinstance(info, mi.Metadata):  # a type's own words (Meta(extra={"expected": ...})): a pattern is no phrase
+        expected = (info.extra or {}).get("expected")
+        return expected if isinstance(expected, str) else _describe(info.type)
     if isinstance(info, mi.BoolType):
         return "true or false"
     if isinstance(info, mi.IntType):

@@ -112,8 +112,9 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
     the whole run (no decision of the controller can take effect: the run completed with nothing applied), a
     learning-rate warm-up longer than the run (the rate never reaches ``tolaria.lr``), a failed-epoch halt that
     comes before Tolaria's breaker can open (the emergency ladder skips L3's rollback), an artifact wait no shorter
-    than the decision deadline (the trainer gives up on the plan first), and more training threads
-    than the machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
+    than the decision deadline (the trainer gives up on the plan first), a host factory in ``__main__`` (no other
+    process can rebuild the model: load_model, export and --resume failed), and more training threads than the
+    machine has CPUs (64 threads on 2 cores made every epoch 37 times slower). A tiny smoke run (a few steps)
     has the first two too, which is why they are not refused. Once the run's logging is configured.
     """
     tolaria = config.tolaria
@@ -167,6 +168,15 @@ def warn_at_start(config: RunConfig, steps_per_epoch: int, cpus: int | None) -> 
                 f" {tolaria.decision_deadline_ms:g}: the trainer gives up on a plan (plan_missed) before its"
                 " seed's artifact wait ends"
             ),
+        )
+    if tolaria.host_model.startswith("__main__:"):
+        # Imported afresh in another process, __main__ is that process's script: the factory is not there.
+        _log.warning(
+            "host_factory_in_main",
+            host_model=tolaria.host_model,
+            detail=f"tolaria.host_model = {tolaria.host_model!r}: the factory lives in __main__ (this script or"
+            " notebook), so load_model, export and --resume from another process cannot rebuild the model: move it"
+            " to an importable module",
         )
     if tolaria.num_threads is not None and cpus is not None and tolaria.num_threads > cpus:
         _log.warning(

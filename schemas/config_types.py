@@ -16,7 +16,14 @@ Seconds = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS)]
 Millis = Annotated[float, Meta(gt=0.0, le=MAX_SECONDS * 1e3)]
 NonNegSeconds = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS)]
 NonNegMillis = Annotated[float, Meta(ge=0.0, le=MAX_SECONDS * 1e3)]
-HostModel = Annotated[str, Meta(pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")]
+HostModel = Annotated[
+    str,
+    # "expected": what a refusal says instead of the pattern (esper.config_errors), which read as a raw regex.
+    Meta(
+        pattern=r"^(cnn1d|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        extra={"expected": "cnn1d, mlp or package.module:factory"},
+    ),
+]
 """A built-in host ("cnn1d", "mlp") or a "package.module:factory" returning an nn.Module."""
 InitialSeed = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*=[A-Za-z_][\w.-]*$")]
 """``"<slot>=<blueprint id>"``: a seed of that blueprint (default parameters) in the slot after module ``<slot>``."""

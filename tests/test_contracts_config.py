@@ -136,6 +136,10 @@ def test_the_shipped_config_toml_loads() -> None:
             "config.toml: tamiyo.decision_budget_ms: expected a number > 0, got -5",
         ),
         ("[tolaria]\nepochs = 2.5\n", "config.toml: tolaria.epochs: expected an integer >= 1, got 2.5"),
+        (  # the pattern's own words, not its regex
+            '[tolaria]\nhost_model = "./mymodels:bn_drop"\n',
+            'config.toml: tolaria.host_model: expected cnn1d, mlp or package.module:factory, got "./mymodels:bn_drop"',
+        ),
         ('[security]\nkey_id = ""\n', 'config.toml: security.key_id: expected a non-empty string, got ""'),
         ("[tolaria]\ncompile = 1\n", "config.toml: tolaria.compile: expected true or false, got 1"),
         (
@@ -551,6 +555,9 @@ def test_a_number_given_to_a_string_key_says_how_to_quote_it() -> None:
     with pytest.raises(ConfigError) as info:  # a file's value is quoted in the file: no command-line hint
         parse_config("run_id = 123\n", "c.toml")
     assert str(info.value) == "c.toml: run_id: expected a string, got 123"
+    with pytest.raises(ConfigError) as info:  # a key with its own words (Meta extra) is still a string key
+        apply_overrides(RunConfig(), ["tolaria.host_model=123"])
+    assert str(info.value).endswith(", got 123 (a string: quote it, --set 'tolaria.host_model=\"123\"')")
 
 
 @pytest.mark.parametrize("item", [1, None, ("tolaria.epochs", 1)])

@@ -171,7 +171,7 @@ def test_x_arrays_of_a_float_and_an_integer_dtype_are_said_once(tmp_path: Path) 
     arrays = _good()
     arrays["x_train"] = arrays["x_train"].astype(np.float32) / 255
     path = _save(tmp_path / "mixed.npz", arrays)
-    [said] = load_dataset("npz", npz_path=path).cache_events
+    said, _classes = load_dataset("npz", npz_path=path).cache_events  # _good's labels 0, 2, 5 leave classes out
     assert (said.level, said.event) == ("warning", "npz_dtypes_differ")
     assert dict(said.fields) == {
         "npz_path": str(path),
@@ -180,8 +180,53 @@ def test_x_arrays_of_a_float_and_an_integer_dtype_are_said_once(tmp_path: Path) 
     }
     # Of one kind, the values mean the same once converted: nothing to say.
     arrays["x_test"] = arrays["x_test"].astype(np.float64) / 255
-    assert load_dataset("npz", npz_path=_save(tmp_path / "floats.npz", arrays)).cache_events == ()
-    assert load_dataset("npz", npz_path=_save(tmp_path / "ints.npz", _good())).cache_events == ()
+    for name, same in (("floats.npz", arrays), ("ints.npz", _good())):
+        events = load_dataset("npz", npz_path=_save(tmp_path / name, same)).cache_events
+        assert [e.event for e in events] == ["npz_classes_absent"]
+
+
+def _classes_said(tmp_path: Path, y_train: list[int], y_test: list[int]) -> dict[str, str | int] | None:
+    arrays = _good()
+    arrays["y_train"] = np.tile(np.array(y_train, dtype=np.int64), 30 // len(y_train))
+    arrays["y_test"] = np.array(y_test, dtype=np.int64)
+    events = load_dataset("npz", npz_path=_save(tmp_path / "labels.npz", arrays), layout="flat").cache_events
+    said = [e for e in events if e.event == "npz_classes_absent"]
+    if not said:
+        return None
+    [one] = said
+    assert one.level == "warning"
+    return dict(one.fields)
+
+
+def test_labels_from_1_to_k_are_said_with_the_class_0_they_leave_out(tmp_path: Path) -> None:
+    """Labels 1..4 built a 5-way model whose class 0 never trained, accepted silently."""
+    said = _classes_said(tmp_path, [1, 2, 3, 4, 1], [1, 2, 3, 4, 4, 1])
+    assert said is not None
+    assert (
+        said["detail"]
+        == "class 0 never appears in y_train (labels 1..4? class indices start at 0): the model still gets 5 outputs"
+    )
+    assert said["absent"] == 1
+
+
+def test_a_test_class_absent_from_training_is_said_with_its_test_samples(tmp_path: Path) -> None:
+    """y_test's class 2, never in y_train, was scored but could never be predicted right, silently."""
+    said = _classes_said(tmp_path, [0, 1, 3], [0, 1, 2, 3, 2, 2])
+    assert said is not None
+    assert said["detail"] == (
+        "class 2 never appears in y_train: the model still gets 4 outputs, and y_test's 3 samples of that class"
+        " cannot be learned"
+    )
+    several = _classes_said(tmp_path, [0, 2, 5], [0, 1, 2, 5, 5, 5])
+    assert several is not None
+    assert several["detail"] == (
+        "classes 1, 3, 4 never appear in y_train: the model still gets 6 outputs, and y_test's 1 sample of those"
+        " classes cannot be learned"
+    )
+
+
+def test_every_class_in_training_says_nothing(tmp_path: Path) -> None:
+    assert _classes_said(tmp_path, [0, 1, 2], [0, 1, 2, 2, 1, 0]) is None
 
 
 def test_missing_file(tmp_path: Path) -> None:

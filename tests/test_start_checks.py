@@ -58,6 +58,23 @@ def test_more_training_threads_than_cpus_is_said() -> None:
     assert _warnings([], steps_per_epoch=20, cpus=1) == []
 
 
+def test_a_host_factory_in_main_is_said() -> None:
+    """A notebook's ``__main__:make`` trained, but load_model, export and --resume from another process then failed
+    ("module '__main__' has no callable 'make'"), and nothing said so at the start."""
+    [logged] = _warnings(['tolaria.host_model="__main__:make"'], steps_per_epoch=20, cpus=2)
+    assert (logged["event"], logged["log_level"], logged["host_model"]) == (
+        "host_factory_in_main",
+        "warning",
+        "__main__:make",
+    )
+    assert logged["detail"] == (
+        "tolaria.host_model = '__main__:make': the factory lives in __main__ (this script or notebook), so load_model,"
+        " export and --resume from another process cannot rebuild the model: move it to an importable module"
+    )
+    assert _warnings(['tolaria.host_model="tests.tolaria_factories:tiny_mlp"'], steps_per_epoch=20, cpus=2) == []
+    assert _warnings(['tolaria.host_model="mymain:make"'], steps_per_epoch=20, cpus=2) == []
+
+
 def test_a_halt_before_the_epoch_breaker_can_open_is_said() -> None:
     """The emergency ladder climbs L2, L3 (the breaker opens: a rollback), L4; a streak that halts before the breaker
     can open skips L3, and nothing said so."""

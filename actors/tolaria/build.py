@@ -191,7 +191,7 @@ def check_config(
     # The data's real shapes: a built-in host too large for its samples, and a user model's lazy modules, are then
     # found here, before the run directory is claimed.
     host = build_host(config, splits.input_shape, splits.num_classes)
-    check_new_each_call(config, host)
+    check_new_each_call(config, host, splits.input_shape, splits.num_classes)
     slots = wrap_host(config, host, slot_targets)
     catalogue = default_catalogue()
     for index, spec in enumerate(config.initial_seeds):

@@ -1,11 +1,13 @@
 """The host model tolaria.host_model names, built on the CPU, and TolariaConfigError for a tolaria key that is unusable.
 
-A built-in host or a user's ``module:factory``; a user model's lazy modules get their parameters from one dry forward.
+A built-in host or a user's ``module:factory``, called with the data's ``input_shape=`` and ``num_classes=`` when its
+signature names them (or takes ``**kwargs``); a user model's lazy modules get their parameters from one dry forward.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ class TolariaConfigError(ConfigError):
     naming the config key and value."""
 
 
-def load_factory(spec: str) -> Callable[[], object]:
+def load_factory(spec: str) -> Callable[..., object]:
     """Import ``package.module:factory`` and return the factory.
 
     Raises:
@@ -63,15 +65,7 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     except ValueError as err:  # the data set does not suit the built-in host (too short a signal, one class)
         data = f"the {config.dataset} data set ({features} features a sample, {num_classes} classes)"
         raise TolariaConfigError(f"{who}: cannot be built for {data}: {err}") from err
-    factory = load_factory(config.host_model)
-    try:
-        model = factory()
-    except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
-        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r})") from err
-    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
-    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
-    except (Exception, KeyboardInterrupt) as err:
-        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}") from err
+    model = _call_factory(config.host_model, input_shape, num_classes)
     if not isinstance(model, nn.Module):
         raise TolariaConfigError(f"{who}: the factory returned {type(model).__name__}, not an nn.Module")
     _materialise_lazy(model, input_shape, who)
@@ -80,7 +74,9 @@ def build_host(config: TolariaConfig, input_shape: tuple[int, ...], num_classes:
     return model
 
 
-def check_new_each_call(config: TolariaConfig, first: nn.Module) -> None:
+def check_new_each_call(
+    config: TolariaConfig, first: nn.Module, input_shape: tuple[int, ...], num_classes: int
+) -> None:
     """Call a user's factory once more and refuse it when it hands back ``first``, the model its earlier call returned:
     the run builds the model again at its start and at every restart, rollback and resume, and a second build of the
     same object, its slots already wrapped in, failed ("already has a slot") once the run directory was made.
@@ -91,17 +87,62 @@ def check_new_each_call(config: TolariaConfig, first: nn.Module) -> None:
     if config.host_model in ("cnn1d", "mlp"):
         return
     who = f"tolaria.host_model = {config.host_model!r}"
-    try:
-        again = load_factory(config.host_model)()
-    except SystemExit as err:
-        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r}) on its second call") from err
-    except (Exception, KeyboardInterrupt) as err:  # see build_host: on a worker thread it is the user's code raising
-        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)} on its second call") from err
+    again = _call_factory(config.host_model, input_shape, num_classes, when=" on its second call")
     if again is first:
         raise TolariaConfigError(
             f"{who}: the factory returned the same model object on its second call; it must return a new model on"
             " each call (the run builds the model again at its start and at every restart, rollback and resume)"
         )
+
+
+def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[str, object]) -> dict[str, object]:
+    """The keyword arguments of ``offered`` (``input_shape``, ``num_classes``) that ``factory``'s signature names, or
+    all of them for one taking ``**kwargs``; none for a factory that takes none, or whose signature cannot be read.
+
+    Raises:
+        TolariaConfigError: the factory has a required parameter Esper does not give (a positional-only one too).
+    """
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: called as before, with nothing
+        return {}
+    named: dict[str, object] = {}
+    takes_any = False
+    required: list[str] = []
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            takes_any = True
+        elif parameter.kind is not inspect.Parameter.POSITIONAL_ONLY and parameter.name in offered:
+            named[parameter.name] = offered[parameter.name]
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and parameter.default is inspect.Parameter.empty:
+            required.append(parameter.name)
+    if required:
+        names = ", ".join(repr(name) for name in required)
+        given = " and ".join(f"{name}=" for name in offered)
+        raise TolariaConfigError(
+            f"tolaria.host_model = {spec!r}: the factory requires {names}, which Esper cannot give: it is called"
+            f" with {given} when it names them (give any other parameter a default)"
+        )
+    return dict(offered) if takes_any else named
+
+
+def _call_factory(spec: str, input_shape: tuple[int, ...], num_classes: int, when: str = "") -> object:
+    """Import the factory ``spec`` names and call it with the arguments its signature takes (factory_arguments).
+
+    Raises:
+        TolariaConfigError: it does not import, asks for a parameter Esper cannot give, or raises.
+    """
+    who = f"tolaria.host_model = {spec!r}"
+    factory = load_factory(spec)
+    arguments = factory_arguments(spec, factory, {"input_shape": input_shape, "num_classes": num_classes})
+    try:
+        return factory(**arguments)
+    except SystemExit as err:  # a factory that calls sys.exit() would end the run without a word
+        raise TolariaConfigError(f"{who}: the factory called exit({err.code!r}){when}") from err
+    # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
+    # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
+    except (Exception, KeyboardInterrupt) as err:
+        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}{when}") from err
 
 
 def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:

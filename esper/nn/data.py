@@ -13,7 +13,7 @@ import numpy.typing as npt
 import torch
 
 from esper.nn.data_npz import DatasetError as DatasetError
-from esper.nn.data_npz import load_npz
+from esper.nn.data_npz import NpzArrays, load_npz
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -141,7 +141,7 @@ def load_dataset(
         assert npz_path is not None  # _check_arguments guarantees it
         arrays = load_npz(npz_path)
         x_train, y_train, x_test, y_test = arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test
-        said = _dtypes_differ(npz_path, *arrays.x_dtypes)
+        said = (*_dtypes_differ(npz_path, *arrays.x_dtypes), *_classes_absent(npz_path, arrays))
     if layout == "flat":
         x_train = x_train.reshape(x_train.shape[0], -1)
         x_test = x_test.reshape(x_test.shape[0], -1)
@@ -177,6 +177,31 @@ def _dtypes_differ(path: str | Path, train: str, test: str) -> tuple[DeferredLog
         " may be on another scale than training; store them in one dtype"
     )
     return (DeferredLog("warning", "npz_dtypes_differ", (("npz_path", str(path)), ("detail", detail))),)
+
+
+_LISTED_CLASSES = 10  # a file missing hundreds of classes is told the first ten and how many
+
+
+def _classes_absent(path: str | Path, arrays: NpzArrays) -> tuple[DeferredLog, ...]:
+    """A warning naming the class indices below the largest training label that y_train never uses: labels 1..K (no
+    class 0) or a test class missing from training trained silently, with an output the model never learns."""
+    absent = arrays.absent_classes
+    if not absent:
+        return ()
+    outputs = int(arrays.y_train.max()) + 1
+    listed = ", ".join(str(c) for c in absent[:_LISTED_CLASSES])
+    if len(absent) > _LISTED_CLASSES:
+        listed += f", ... ({len(absent)} in all)"
+    hint = f" (labels 1..{outputs - 1}? class indices start at 0)" if absent == (0,) else ""
+    one = len(absent) == 1
+    said = f"class {listed} never appears" if one else f"classes {listed} never appear"
+    detail = f"{said} in y_train{hint}: the model still gets {outputs} outputs"
+    tested = int(np.isin(arrays.y_test, absent).sum())
+    if tested:  # a test class missing from training: its samples are scored but can never be predicted right
+        samples = "sample" if tested == 1 else "samples"
+        detail += f", and y_test's {tested} {samples} of {'that class' if one else 'those classes'} cannot be learned"
+    fields: tuple[tuple[str, str | int], ...] = (("npz_path", str(path)), ("absent", len(absent)), ("detail", detail))
+    return (DeferredLog("warning", "npz_classes_absent", fields),)
 
 
 def stratified_split(

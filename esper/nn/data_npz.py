@@ -46,6 +46,9 @@ class NpzArrays:
     y_test: npt.NDArray[np.int64]
     # The dtypes x_train and x_test were stored in, before float32 (a float and an integer one differ in scale).
     x_dtypes: tuple[str, str]
+    # The class indices below the largest training label that y_train never uses (accepted, but said: the model gets
+    # an output for each, and labels 1..K, or a test class missing from training, would otherwise pass silently).
+    absent_classes: tuple[int, ...] = ()
 
 
 _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM")  # a zip's local header, an empty zip, a bare .npy
@@ -91,17 +94,21 @@ def load_npz(path: str | Path) -> NpzArrays:
     y_test = _labels(file, "y_test", arrays["y_test"], x_test.shape[0])
     if x_train.shape[1:] != x_test.shape[1:]:
         raise _bad(file, f"x_train has feature shape {x_train.shape[1:]} but x_test has {x_test.shape[1:]}")
-    _check_classes(file, y_train, y_test)
+    absent = _check_classes(file, y_train, y_test)
     dtypes = (str(arrays["x_train"].dtype), str(arrays["x_test"].dtype))
-    return NpzArrays(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, x_dtypes=dtypes)
+    return NpzArrays(
+        x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, x_dtypes=dtypes, absent_classes=absent
+    )
 
 
-def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArray[np.int64]) -> None:
+def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArray[np.int64]) -> tuple[int, ...]:
     """Labels are class indices 0..K-1 (K = the largest training label + 1, the model's output width), most of them
     present in training: ids such as 0, 1000, 2000 would build a K-way head of classes never seen (or, for ids near
-    1e9, try to allocate gigabytes), and a test label past K could not be scored."""
+    1e9, try to allocate gigabytes), and a test label past K could not be scored. Returns the indices below K that
+    y_train never uses (a few are allowed: the caller says them)."""
     classes = int(y_train.max()) + 1
-    used = int(np.unique(y_train).size)
+    present = np.unique(y_train)
+    used = int(present.size)
     if used < 2:
         raise _bad(file, f"y_train has a single class ({classes - 1}); nothing to learn")
     if 2 * used < classes:
@@ -116,6 +123,7 @@ def _check_classes(file: Path, y_train: npt.NDArray[np.int64], y_test: npt.NDArr
             file,
             f"y_test has label {top} but y_train's labels end at {classes - 1}; a test class must appear in training",
         )
+    return tuple(int(c) for c in np.setdiff1d(np.arange(classes), present))
 
 
 def _read_arrays(file: Path, archive: np.lib.npyio.NpzFile) -> dict[str, npt.NDArray[np.generic]]:

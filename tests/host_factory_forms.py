@@ -1,0 +1,54 @@
+"""Host-model factories of each signature form, referenced as ``tests.host_factory_forms:<name>``; each records the
+keyword arguments it was called with in ``CALLS``."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+CALLS: dict[str, dict[str, object]] = {}
+
+
+def _mlp(input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Linear(16, num_classes))
+    model.slot_targets = ["1"]  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+    return model
+
+
+def no_arguments() -> nn.Module:
+    CALLS["no_arguments"] = {}
+    return _mlp()
+
+
+def shape_and_classes(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    CALLS["shape_and_classes"] = {"input_shape": input_shape, "num_classes": num_classes}
+    return _mlp(input_shape, num_classes)
+
+
+def classes_only(num_classes: int, width: int = 16) -> nn.Module:
+    CALLS["classes_only"] = {"num_classes": num_classes, "width": width}
+    return _mlp(num_classes=num_classes)
+
+
+def keyword_only(*, input_shape: tuple[int, ...]) -> nn.Module:
+    CALLS["keyword_only"] = {"input_shape": input_shape}
+    return _mlp(input_shape)
+
+
+def any_keywords(*args: object, **kwargs: object) -> nn.Module:
+    CALLS["any_keywords"] = {"args": args, **kwargs}
+    return _mlp()
+
+
+class Sized(nn.Sequential):
+    """A class as the factory: its __init__'s parameters are the signature."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Linear(16, num_classes))
+        self.slot_targets = ["1"]
+
+
+def needs_width(num_classes: int, width: int, depth: int) -> nn.Module:
+    """Asks for parameters Esper cannot give."""
+    raise AssertionError("never called")
