@@ -3,9 +3,14 @@ keyword arguments it was called with in ``CALLS``."""
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CALLS: dict[str, dict[str, object]] = {}
 
@@ -39,6 +44,28 @@ def keyword_only(*, input_shape: tuple[int, ...]) -> nn.Module:
 def any_keywords(*args: object, **kwargs: object) -> nn.Module:
     CALLS["any_keywords"] = {"args": args, **kwargs}
     return _mlp()
+
+
+def wrapped(factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
+    """A decorator whose wrapper takes anything and hands nothing on: Esper calls the wrapper."""
+
+    @functools.wraps(factory)
+    def wrapper(*args: object, **kwargs: object) -> nn.Module:
+        CALLS["decorated"] = {"args": args, **kwargs}
+        return factory()
+
+    return wrapper
+
+
+@wrapped
+def decorated(input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> nn.Module:
+    return _mlp(input_shape, num_classes)
+
+
+def forwarding(**overrides: object) -> nn.Module:
+    """Hands its keywords on to a constructor that takes none of Esper's: called with nothing, as always."""
+    CALLS["forwarding"] = dict(overrides)
+    return _mlp(**overrides)  # type: ignore[arg-type]  # overrides are the caller's: none here
 
 
 class Sized(nn.Sequential):

@@ -96,25 +96,25 @@ def check_new_each_call(
 
 
 def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[str, object]) -> dict[str, object]:
-    """The keyword arguments of ``offered`` (``input_shape``, ``num_classes``) that ``factory``'s signature names, or
-    all of them for one taking ``**kwargs``; none for a factory that takes none, or whose signature cannot be read.
+    """The keyword arguments of ``offered`` (``input_shape``, ``num_classes``) that ``factory``'s own signature names;
+    none for a factory that takes none, only ``**kwargs`` (it may hand them on to a constructor that takes neither,
+    as ``nn.Module.__init__`` does: such factories were always called with nothing), or whose signature cannot be
+    read. A decorated factory's signature is its wrapper's, the callable Esper calls.
 
     Raises:
         TolariaConfigError: the factory has a required parameter Esper does not give (a positional-only one too).
     """
     try:
-        parameters = inspect.signature(factory).parameters.values()
+        parameters = inspect.signature(factory, follow_wrapped=False).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature: called as before, with nothing
         return {}
     named: dict[str, object] = {}
-    takes_any = False
     required: list[str] = []
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     for parameter in parameters:
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            takes_any = True
-        elif parameter.kind is not inspect.Parameter.POSITIONAL_ONLY and parameter.name in offered:
+        if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY and parameter.name in offered:
             named[parameter.name] = offered[parameter.name]
-        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and parameter.default is inspect.Parameter.empty:
+        elif parameter.kind not in variadic and parameter.default is inspect.Parameter.empty:
             required.append(parameter.name)
     if required:
         names = ", ".join(repr(name) for name in required)
@@ -123,7 +123,7 @@ def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[s
             f"tolaria.host_model = {spec!r}: the factory requires {names}, which Esper cannot give: it is called"
             f" with {given} when it names them (give any other parameter a default)"
         )
-    return dict(offered) if takes_any else named
+    return named
 
 
 def _call_factory(spec: str, input_shape: tuple[int, ...], num_classes: int, when: str = "") -> object:
