@@ -6,6 +6,7 @@ checkpoint cannot be loaded, OUT is inside the run directory or exists (without 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
@@ -37,10 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 def refused_out(run_dir: Path, out: Path, *, force: bool) -> str | None:
     """Why ``out`` must not be written (None: it may be): a file inside the run directory (symlinks resolved), whose
     manifest, checkpoints or summary it would replace, can never be; an existing one only with ``force``."""
-    target = out.resolve()
-    if target.is_relative_to(run_dir.resolve()):
+    try:
+        # Resolved and as written: a checkpoints folder linked to another disk is the run's all the same.
+        inside = out.resolve().is_relative_to(run_dir.resolve())
+        inside = inside or Path(os.path.abspath(out)).is_relative_to(os.path.abspath(run_dir))
+        exists = out.exists() or out.is_symlink()
+    except (OSError, RuntimeError) as err:  # a symbolic link loop, a folder it may not look into
+        return f"{out}: cannot be checked ({err})"
+    if inside:
         return f"{out} is inside the run directory {run_dir}: writing it would replace the run's own files"
-    if not force and (out.exists() or out.is_symlink()):
+    if not force and exists:
         return f"{out} exists (--force replaces it)"
     return None
 

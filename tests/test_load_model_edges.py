@@ -194,6 +194,29 @@ def test_export_refuses_to_write_inside_the_run_even_with_force(npz_run: Path, t
     assert _run_files(run_dir) == before
 
 
+def test_export_refuses_a_path_inside_the_run_through_a_linked_folder(npz_run: Path, tmp_path: Path) -> None:
+    """A checkpoints folder moved to another disk and linked back: resolved, the path was outside the run."""
+    run_dir, _ = _copied(npz_run, tmp_path)
+    moved = tmp_path / "elsewhere"
+    (run_dir / "checkpoints").rename(moved)
+    (run_dir / "checkpoints").symlink_to(moved, target_is_directory=True)
+    before = _run_files(moved)
+    out_path = run_dir / "checkpoints" / read_manifest(moved)[-1].file
+    out, err = io.StringIO(), io.StringIO()
+    assert export_main([str(run_dir), str(out_path), "--force"], out=out, err=err) == 2
+    assert err.getvalue().startswith(f"esper.export: {out_path} is inside the run directory {run_dir}")
+    assert _run_files(moved) == before
+
+
+def test_export_says_a_symbolic_link_loop_in_one_line(npz_run: Path, tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    out, err = io.StringIO(), io.StringIO()
+    assert export_main([str(npz_run), str(loop / "model.safetensors")], out=out, err=err) == 2
+    assert err.getvalue().startswith(f"esper.export: {loop / 'model.safetensors'}: cannot be checked (")
+    assert err.getvalue().count("\n") == 1
+
+
 def test_export_refuses_an_existing_file_unless_forced(npz_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"someone's file")
