@@ -67,10 +67,26 @@ def _show_state(session: TailSession, out: TextIO, *, refresh: bool) -> None:
     out.flush()
 
 
-def _check_events(options: TailOptions, session: TailSession) -> None:
-    problem = session.no_events(options.path)
+def _check_events(path: Path, session: TailSession, *, pending: bool) -> None:
+    """Raise NoEventsError when ``path``'s lines were read and none was an event. ``pending``: the one skipped line
+    may be a first line a killed run left unterminated, which says nothing about the file."""
+    if pending and session.malformed == 1:
+        return
+    problem = session.no_events(path)
     if problem is not None:
         raise NoEventsError(problem)
+
+
+def _ends_unterminated(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (an unterminated last line); False if it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 async def run_tail(
@@ -102,9 +118,12 @@ async def run_tail(
         if not options.follow:
             async for batch in read_lines_once(reader):
                 _write(out, session.feed(batch))
-            _check_events(options, session)
-            # A killed run's log reads like a live one's: without this its --state table looked current.
-            if session.events and not session.finished and not reader.stream:
+            torn = not reader.stream and await asyncio.to_thread(_ends_unterminated, reader.path)
+            _check_events(reader.path, session, pending=torn)
+            # A killed run's log reads like a live one's (or is empty: killed before its first line): without this
+            # its --state table looked current.
+            a_log = session.events > 0 or session.malformed == (1 if torn else 0)
+            if a_log and not session.finished and not reader.stream:
                 if await asyncio.to_thread(run_gone, reader.path.parent):
                     session.mark_gone()
             if options.state:
@@ -144,15 +163,17 @@ async def run_tail(
                 # A --resume of a finished run holds its directory before it writes its first line: the old
                 # session's run_finished ends the log until then, and following must not end with it.
                 return not await asyncio.to_thread(run_held, reader.path.parent)
-            # Only a log with events: another file (metrics.csv) of a finished run is no killed run.
-            gone = session.events > 0 and await asyncio.to_thread(run_gone, reader.path.parent)
+            # Another file of a finished run (metrics.csv) never gets here: it is refused at its first end
+            # (_check_events). An empty log does: its run may have been killed before its first line.
+            gone = await asyncio.to_thread(run_gone, reader.path.parent)
             return gone
 
         try:
             async for batch in follow_lines(reader, poll=look, stop=stop):
                 _write(out, session.feed(batch))
                 if reader.at_end:
-                    _check_events(options, session)  # before the table: a wrong file showed an empty one
+                    # Before the table: a wrong file showed an empty one. An unterminated line is not read yet.
+                    _check_events(reader.path, session, pending=False)
                     show_state()
                 if session.finished and reader.at_end and reader.stream:
                     break  # the run has finished: following ends with it, as `docker logs -f` does (a file: stop())

@@ -147,3 +147,42 @@ def test_lifecycle_stage_and_gate_numbers_are_named_and_kept() -> None:
 def test_times_are_marked_utc() -> None:
     """events.jsonl's `Z` was dropped: a reader in another zone took the times for local ones."""
     assert _rendered("x").startswith("2026-01-02 12:00:00.123Z info")
+
+
+def _run_killed_before_its_first_line(directory: Path, text: str) -> Path:
+    claim_run_dir(directory, resume=True).release()
+    (directory / LOCK_NAME).write_text(NO_SUCH_PID, encoding="ascii")
+    log = directory / "events.jsonl"
+    log.write_text(text, encoding="utf-8")
+    return log
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_an_empty_log_of_a_killed_run_is_said_gone(tmp_path: Path, follow: bool) -> None:
+    """Killed after the log was made and before its first line (a Redis connect between them): followed, it waited
+    forever; read once, it said nothing."""
+    _run_killed_before_its_first_line(tmp_path, "")
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path), *(["--follow"] if follow else [])], out=out, err=err) == 0
+    assert err.getvalue() == f"{RUN_GONE}\n"
+
+
+def test_a_log_holding_only_a_torn_first_line_is_no_wrong_file(tmp_path: Path) -> None:
+    """A run killed while it wrote its first line was refused as "holds no Esper events: is it events.jsonl?"."""
+    _run_killed_before_its_first_line(tmp_path, '{"timestamp":"2026-12-07T19:3')
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 0
+    assert err.getvalue() == f"{RUN_GONE}\nesper.tail: 1 malformed line skipped\n"
+
+
+def test_a_wrong_file_is_named_as_the_run_configures_it(tmp_path: Path) -> None:
+    """Given the run directory, the line named events.jsonl where the run's config.toml names another log."""
+    claim_run_dir(tmp_path, resume=True).release()
+    (tmp_path / LOCK_NAME).write_text(NO_SUCH_PID, encoding="ascii")
+    (tmp_path / "config.toml").write_text('[logging]\njson_file = "ev.jsonl"\n', encoding="utf-8")
+    (tmp_path / "ev.jsonl").write_text("epoch,loss\n", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(tmp_path)], out=out, err=err) == 2
+    assert err.getvalue() == (
+        f"esper.tail: {tmp_path / 'ev.jsonl'} holds no Esper events (1 line skipped): is it the run's events.jsonl?\n"
+    )
