@@ -1,5 +1,6 @@
-"""Esper: morphogenetic training on an asyncio actor runtime. Exposes ``start``, ``load_model`` and ``__version__``
-lazily."""
+"""Esper: morphogenetic training on an asyncio actor runtime.
+
+Exposes ``start``, ``load_model`` and ``__version__`` lazily."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""A recorded host-only baseline (``nissa.baseline_run``): read, checked against this run's training setup, and
-turned into the summary's host-only figure."""
+"""A recorded host-only baseline (``nissa.baseline_run``) for the summary's host-only figure.
+
+It is read, checked against this run's training setup, and turned into the summary's host-only figure."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Oona's bus for one run, opened from the config: in-process by default, Redis Streams with ``oona.backend =
-"redis"`` (one-line errors naming the key, the password masked)."""
+"""Oona's bus for one run, opened from the config.
+
+In-process by default, Redis Streams with ``oona.backend = "redis"`` (one-line errors naming the key, the password
+masked)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""How ``python -m esper.run`` treats its signals and its terminal: the run in the foreground (a Ctrl-C stops it in
-order), which signals stop a run, writing to a console that may be gone, and leaving with the run's own status."""
+"""How ``python -m esper.run`` treats its signals and its terminal.
+
+The run in the foreground (a Ctrl-C stops it in order), which signals stop a run, writing to a console that may be gone,
+and leaving with the run's own status."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The run as a person watches it on a terminal: a header, a progress bar per epoch (with the time elapsed and the
-time left), one line per lifecycle event.
+"""The run as a person watches it on a terminal.
+
+A header, a progress bar per epoch (with the time elapsed and the time left), one line per lifecycle event.
 
 Fed on the event loop by the composition root: ``on_packet`` with every state packet (progress within the epoch, and
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, a seed paused or resumed,

@@ -1,5 +1,6 @@
-"""What a run trained on (an npz file's SHA-256, a built-in data set's loaded splits'), recorded when a run starts and
-checked by ``--resume`` and a baseline (same config, same data)."""
+"""What a run trained on (an npz file's SHA-256, a built-in data set's loaded splits').
+
+Recorded when a run starts and checked by ``--resume`` and a baseline (same config, same data)."""
 
 from __future__ import annotations
 

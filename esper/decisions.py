@@ -1,5 +1,6 @@
-"""The controller's decisions as a run's events.jsonl records them (``tamiyo_decision`` lines), each decided step
-counted once however often the run went back over it."""
+"""The controller's decisions as a run's events.jsonl records them (``tamiyo_decision`` lines).
+
+Each decided step is counted once however often the run went back over it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""``python -m esper.export runs/<run-id> OUT.safetensors [--step N]``: a run's trained model's weights as a plain
-safetensors state_dict. Exit status 0 on success; 2 with a one-line error, nothing written, when the run or its
-checkpoint cannot be loaded, OUT is inside the run directory or exists (without ``--force``), or it cannot be written.
+"""``python -m esper.export runs/<run-id> OUT.safetensors [--step N]``: a run's weights as safetensors.
+
+A run's trained model's weights as a plain safetensors state_dict. Exit status 0 on success; 2 with a one-line error,
+nothing written, when the run or its checkpoint cannot be loaded, OUT is inside the run directory or exists (without
+``--force``), or it cannot be written.
 """
 
 from __future__ import annotations

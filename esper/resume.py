@@ -1,5 +1,6 @@
-"""What ``--resume`` checks before it touches a run directory: the config still trains the same run, and the files
-that rebuild it are all there and its journaled commands verify."""
+"""What ``--resume`` checks before it touches a run directory.
+
+The config still trains the same run, and the files that rebuild it are all there and its journaled commands verify."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A resume's metrics.csv: the epoch ends its checkpoint covers and the file has no row for (read back from Kasmina's
-journal), and an earlier version's epochs counted from 0 renumbered."""
+"""A resume's metrics.csv: the epoch-end rows the file misses, and an earlier version's epochs renumbered.
+
+The epoch ends its checkpoint covers and the file has no row for (read back from Kasmina's journal), and an earlier
+version's epochs counted from 0 renumbered."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The run's events as a user reads them: the hub that fans them out to events() streams, and the sink that stamps
-and forwards them."""
+"""The run's events as a user reads them: the hub and the sink.
+
+The hub fans them out to events() streams, and the sink stamps and forwards them."""
 
 from __future__ import annotations
 

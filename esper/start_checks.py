@@ -1,5 +1,7 @@
-"""Settings that only the catalogue, the file system or the network can judge, checked before the run directory is
-made: each refusal one line led by the ``section.key = value`` at fault (esper.run names its file or ``--set``)."""
+"""Settings only the catalogue, the file system or the network can judge, checked before the run directory.
+
+They are checked before the run directory is made: each refusal one line led by the ``section.key = value`` at fault
+(esper.run names its file or ``--set``)."""
 
 from __future__ import annotations
 

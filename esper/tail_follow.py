@@ -1,5 +1,6 @@
-"""Reading a growing log file from coroutines: complete lines only, across late creation, truncation and rotation;
-a pipe or a terminal is read as a stream, to its end."""
+"""Reading a growing log file from coroutines: complete lines only, across late creation, truncation and rotation.
+
+A pipe or a terminal is read as a stream, to its end."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The test suite of esper, actors and schemas, with the harnesses and fakes its tests share."""

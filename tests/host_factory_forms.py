@@ -1,5 +1,6 @@
-"""Host-model factories of each signature form, referenced as ``tests.host_factory_forms:<name>``; each records the
-keyword arguments it was called with in ``CALLS``."""
+"""Host-model factories of each signature form, referenced as ``tests.host_factory_forms:<name>``.
+
+Each records the keyword arguments it was called with in ``CALLS``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Tamiyo's saved stop state on --resume: tamiyo_state.json carries its SHA-256; a damaged, truncated or unreadable
-file is a warning, and the journaled state (the one a kill leaves) is used instead, or a one-line error when there is
-none. An unreadable file used to end the resume with a traceback, and a flipped byte that left valid JSON was taken
-as the controller's state, silently."""
+"""Tamiyo's saved stop state on --resume: tamiyo_state.json carries its SHA-256.
+
+A damaged, truncated or unreadable file is a warning, and the journaled state (the one a kill leaves) is used instead,
+or a one-line error when there is none. An unreadable file used to end the resume with a traceback, and a flipped byte
+that left valid JSON was taken as the controller's state, silently."""
 
 from __future__ import annotations
 

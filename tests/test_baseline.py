@@ -1,6 +1,7 @@
-"""The summary's host-only comparison: a recorded baseline (nissa.baseline_run) from a real host-only run feeds a
-growing run's summary, every way a baseline can be unusable is refused with one line naming the key, the run and the
-problem, and a run that grew nothing says why."""
+"""The summary's host-only comparison, fed by a recorded baseline (nissa.baseline_run).
+
+A recorded baseline from a real host-only run feeds a growing run's summary, every way a baseline can be unusable is
+refused with one line naming the key, the run and the problem, and a run that grew nothing says why."""
 
 from __future__ import annotations
 

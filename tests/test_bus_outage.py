@@ -1,6 +1,7 @@
-"""A Redis server that goes away mid-run, on a real redis-server of the test's own: bus calls raise BusUnavailable, the
-publisher drops events behind its breaker instead of failing (which restarted every actor after it and ended the
-run), publishing resumes when the server is back, and housekeeping skips its tick."""
+"""A Redis server that goes away mid-run, on a real redis-server of the test's own.
+
+Bus calls raise BusUnavailable, the publisher drops events behind its breaker instead of failing (which restarted every
+actor after it and ended the run), publishing resumes when the server is back, and housekeeping skips its tick."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""A task cancelled while a Redis bus call is in flight ends cancelled, on the real server: redis-py lost a cancel that
-arrived just after a command was sent (Python 3.11's wait_for, CPython gh-86296), and the call returned as if nothing
-had happened, so an observer cancelled in its ack went on reading and a publisher cancelled at a stop's deadline went
-on publishing."""
+"""A task cancelled while a Redis bus call is in flight ends cancelled, on the real server.
+
+redis-py lost a cancel that arrived just after a command was sent (Python 3.11's wait_for, CPython gh-86296), and the
+call returned as if nothing had happened, so an observer cancelled in its ack went on reading and a publisher cancelled
+at a stop's deadline went on publishing."""
 
 from __future__ import annotations
 

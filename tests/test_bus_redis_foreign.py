@@ -1,6 +1,8 @@
-"""The Redis bus against values another process wrote under its keys: any Redis writer could end the run with one HSET
-(a counter that is no number cut the scripts' reply short, and the ValueError crashed the publisher until the
-restarts gave up); now such a value is repaired or passed over, and a reply the bus cannot read is an outage."""
+"""The Redis bus against values another process wrote under its keys.
+
+Any Redis writer could end the run with one HSET (a counter that is no number cut the scripts' reply short, and the
+ValueError crashed the publisher until the restarts gave up); now such a value is repaired or passed over, and a reply
+the bus cannot read is an outage."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Keys the schema carries but this version does not act on: listed with a reason, refused when set to anything but
-their default (a setting that silently does nothing misleads), and no other key goes unread by the code."""
+"""Keys the schema carries but this version does not act on.
+
+Listed with a reason, refused when set to anything but their default (a setting that silently does nothing misleads),
+and no other key goes unread by the code."""
 
 from __future__ import annotations
 

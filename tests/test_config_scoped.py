@@ -1,5 +1,7 @@
-"""Settings the schema's types admit but that the run would not act on as written: a key read only under another
-key's value, an empty path, a name given twice, a run file named as another file the run directory holds."""
+"""Settings the schema's types admit but that the run would not act on as written.
+
+A key read only under another key's value, an empty path, a name given twice, a run file named as another file the run
+directory holds."""
 
 from __future__ import annotations
 

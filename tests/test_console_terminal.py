@@ -1,5 +1,7 @@
-"""The console on the terminal it has: shell-quoted paths in its hints, no ANSI codes under NO_COLOR or TERM=dumb,
-and a progress line that fits the terminal's width."""
+"""The console on the terminal it has.
+
+Shell-quoted paths in its hints, no ANSI codes under NO_COLOR or TERM=dumb, and a progress line that fits the terminal's
+width."""
 
 from __future__ import annotations
 

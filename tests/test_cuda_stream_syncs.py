@@ -1,6 +1,8 @@
-"""The io lane's waits for its CUDA work (a blueprint's probe timings, Tezzeret's compile warm-up) wait for its own
-stream, never the whole device (ARCHITECTURE.md: an event or stream sync, not device-wide): a device-wide sync waited
-for the training step's kernels on the train lane's stream too. No GPU here: torch.cuda's calls are faked."""
+"""The io lane's waits for its CUDA work wait for its own stream, never the whole device.
+
+Its CUDA work: a blueprint's probe timings, Tezzeret's compile warm-up (ARCHITECTURE.md: an event or stream sync, not
+device-wide): a device-wide sync waited for the training step's kernels on the train lane's stream too. No GPU here:
+torch.cuda's calls are faked."""
 
 from __future__ import annotations
 

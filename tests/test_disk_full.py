@@ -1,6 +1,8 @@
-"""A full disk, on the real /dev/full: a supervisor escalates at once instead of restarting an actor whose writes
-will only fail again; the event log never raises into its caller and says once that it stopped; a torn last line is
-ended before new ones are appended; a failed checkpoint write stops the step loop at the next checkpoint."""
+"""A full disk, on the real /dev/full: supervisor, event log and step loop each end their writes as they should.
+
+A supervisor escalates at once instead of restarting an actor whose writes will only fail again; the event log never
+raises into its caller and says once that it stopped; a torn last line is ended before new ones are appended; a failed
+checkpoint write stops the step loop at the next checkpoint."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A whole compiled run with seeds growing in several slots trains as the eager run does, epoch by epoch: a lifecycle
-change in a slot after the first is traced anew (dynamo alone reused a graph traced before it, from epoch 4 here).
-torch.compile runs with the "aot_eager" backend (a test-only patch, no production setting): the stale graph is
+"""A whole compiled run with seeds growing in several slots trains as the eager run does, epoch by epoch.
+
+A lifecycle change in a slot after the first is traced anew (dynamo alone reused a graph traced before it, from epoch 4
+here). torch.compile runs with the "aot_eager" backend (a test-only patch, no production setting): the stale graph is
 dynamo's doing, and inductor takes seconds per recompile on a CPU (the same run under inductor matched eager within
 3.2e-7 per epoch, in about 30 s)."""
 

@@ -1,5 +1,6 @@
-"""A whole run with tolaria.initial_seeds: the controller grows only the free slot, and the summary counts the initial
-seeds with the host (its baseline) rather than as parameters added or culled seeds."""
+"""A whole run with tolaria.initial_seeds: the controller grows only the free slot.
+
+The summary counts the initial seeds with the host (its baseline) rather than as parameters added or culled seeds."""
 
 from __future__ import annotations
 

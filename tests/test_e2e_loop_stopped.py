@@ -1,5 +1,7 @@
-"""End to end: the event loop of a run stops mid-run (a Jupyter kernel between its shutdown request and its kill); a
-resume of what the kill leaves continues from the run's last checkpoint, not from step 0."""
+"""End to end: the event loop of a run stops mid-run; a resume continues from the run's last checkpoint.
+
+The loop stops as a Jupyter kernel's does between its shutdown request and its kill; a resume of what the kill leaves
+continues from the run's last checkpoint, not from step 0."""
 
 from __future__ import annotations
 

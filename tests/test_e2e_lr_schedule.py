@@ -1,6 +1,8 @@
-"""End to end: a growing run with a cosine schedule, warm-up and gradient clipping, killed mid-run (kill -9) and
-resumed, ends bitwise equal to the same run uninterrupted, run in the test's process (the schedule is a function of
-the step: no state of its own to lose)."""
+"""End to end: a growing run with a learning-rate schedule, killed and resumed, ends as if uninterrupted.
+
+A growing run with a cosine schedule, warm-up and gradient clipping, killed mid-run (kill -9) and resumed, ends bitwise
+equal to the same run uninterrupted, run in the test's process (the schedule is a function of the step: no state of its
+own to lose)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""A real run where a seed's blend spikes the validation loss: the risk engine pauses it, the heuristic culls it, and
-the culled module really leaves the model (it used to stay, refused as paused)."""
+"""A real run where a seed's blend spikes the validation loss: the risk engine pauses it, the heuristic culls it.
+
+The culled module really leaves the model (it used to stay, refused as paused)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A host with conv1d and flat slots: the candidates say which slots each blueprint fits and its size in each, and a
-run grows only blueprints that fit their slot (none is refused)."""
+"""A host with conv1d and flat slots: a run grows only blueprints that fit their slot.
+
+The candidates say which slots each blueprint fits and its size in each, and a run grows only blueprints that fit their
+slot (none is refused)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A run's tamiyo_state.json damaged between sessions: the resume warns and takes the journaled state, or stops in
-one line when there is none to take (a flipped byte that left valid JSON was the controller's state, silently)."""
+"""A run's tamiyo_state.json damaged between sessions: the resume warns and takes the journaled state.
+
+Or it stops in one line when there is none to take (a flipped byte that left valid JSON was the controller's state,
+silently)."""
 
 from __future__ import annotations
 

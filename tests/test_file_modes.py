@@ -1,5 +1,7 @@
-"""Files written atomically get the mode the umask gives a plain open() (a run directory or a shared urza.root others
-read), except the run's key and resolved config, which stay 0600. mkstemp's 0600 used to survive the rename for all.
+"""Files written atomically get the mode the umask gives a plain open(), but for the run's key and config.
+
+That mode is for a run directory or a shared urza.root others read; the run's key and resolved config stay 0600.
+mkstemp's 0600 used to survive the rename for all.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""A pending gate times out only after its evidence could have arrived: the command lag, a window of packets, the blend
-ramp, the epoch ends whose validation G4 judges; plus ``kasmina.gate_patience_steps``."""
+"""A pending gate times out only after its evidence could have arrived.
+
+The command lag, a window of packets, the blend ramp, the epoch ends whose validation G4 judges; plus
+``kasmina.gate_patience_steps``."""
 
 from __future__ import annotations
 

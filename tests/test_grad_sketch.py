@@ -1,5 +1,6 @@
-"""Gradient sketches: the backward hooks fold a real step's gradients into preallocated buffers, exactly as the offline
-projection does, change nothing about training, and stop when disarmed."""
+"""Gradient sketches: the backward hooks fold a real step's gradients into preallocated buffers.
+
+They do so exactly as the offline projection does, change nothing about training, and stop when disarmed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Kasmina's boundary journal: kept in its file (not in memory) when it has one, cut atomically, a torn last line cut
-off before the next append, a corrupt line in the middle refused; the memory-only journal behaves the same."""
+"""Kasmina's boundary journal, in its file or in memory: appends, cuts, torn and corrupt lines.
+
+Kept in its file (not in memory) when it has one, cut atomically, a torn last line cut off before the next append, a
+corrupt line in the middle refused; the memory-only journal behaves the same."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The boundary journal keeps only what the planner reads of a packet (planner_view), and a planner fed those views
-plans and reports exactly as one fed the full packets."""
+"""The boundary journal keeps only what the planner reads of a packet (planner_view).
+
+A planner fed those views plans and reports exactly as one fed the full packets."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""esper.load_model and esper.export at the edges: an npz file moved or changed since the run, a run's own files as
-export's output, a lost manifest, a step that is no int."""
+"""esper.load_model and esper.export at the edges.
+
+An npz file moved or changed since the run, a run's own files as export's output, a lost manifest, a step that is no
+int."""
 
 from __future__ import annotations
 

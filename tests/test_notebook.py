@@ -1,5 +1,6 @@
-"""examples/notebook.ipynb runs headless in a real kernel: it starts a run, shows actors and events, and stops it
-while it trains, leaving a checkpoint a resume continues from."""
+"""examples/notebook.ipynb runs headless in a real kernel.
+
+It starts a run, shows actors and events, and stops it while it trains, leaving a checkpoint a resume continues from."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The publisher cancelled at a stop while it publishes its queue (the stop's shutdown deadline) ends at once, on the
-real Redis server: redis-py lost a cancel that arrived just after a command was sent, and the publisher went on
-publishing every queued event, on a slow server long past the deadline, while the stop waited for it."""
+"""The publisher cancelled at a stop while it publishes its queue ends at once, on the real Redis server.
+
+The cancel is the stop's shutdown deadline. redis-py lost a cancel that arrived just after a command was sent, and the
+publisher went on publishing every queued event, on a slow server long past the deadline, while the stop waited for it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""README's configuration reference and resume rules follow the code: every schema key has its row, with its default
-and its inert mark, and the keys a resume refuses to change are named."""
+"""README's configuration reference and resume rules follow the code.
+
+Every schema key has its row, with its default and its inert mark, and the keys a resume refuses to change are named."""
 
 from __future__ import annotations
 

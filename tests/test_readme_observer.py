@@ -1,5 +1,7 @@
-"""README's observer example ("Watching the bus from another process") runs as written against the real Redis server,
-and what the section says of the keys holds: an observer in another process had only the sweeper's guesswork."""
+"""README's observer example ("Watching the bus from another process") runs as written.
+
+It runs against the real Redis server, and what the section says of the keys holds: an observer in another process had
+only the sweeper's guesswork."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""report.png's emergency panel draws the history a run trained through: a rollback, a resume or a restart to a step
-takes back what the steps after it had drawn, as metrics.csv's emergency_level has it."""
+"""report.png's emergency panel draws the history a run trained through.
+
+A rollback, a resume or a restart to a step takes back what the steps after it had drawn, as metrics.csv's
+emergency_level has it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""GPU telemetry lists the devices CUDA_VISIBLE_DEVICES lets torch see, numbered as torch numbers them (NVML lists
-every device in PCI order); what it cannot map lists every device with a note; a one-off reading shuts NVML down.
-pynvml is stood in for by a machine of three GPUs."""
+"""GPU telemetry lists the devices CUDA_VISIBLE_DEVICES lets torch see, numbered as torch numbers them.
+
+NVML lists every device in PCI order; what it cannot map lists every device with a note; a one-off reading shuts NVML
+down. pynvml is stood in for by a machine of three GPUs."""
 
 from __future__ import annotations
 

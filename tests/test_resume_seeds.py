@@ -1,5 +1,7 @@
-"""A resume whose journal, replayed under this version's rules, rebuilds other seeds than its checkpoint holds is
-refused; every manifest and run_starting line says which Esper wrote it, and a resume by another version says so."""
+"""A resume whose replayed journal rebuilds other seeds than its checkpoint holds is refused.
+
+The journal is replayed under this version's rules. Every manifest and run_starting line says which Esper wrote it, and
+a resume by another version says so."""
 
 from __future__ import annotations
 

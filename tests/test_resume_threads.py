@@ -1,5 +1,7 @@
-"""The trainer's torch thread count across resumes: an earlier version's unset count is kept at the one thread it
-trained on, and a run at two threads killed and resumed ends bitwise equal to an uninterrupted one at two threads."""
+"""The trainer's torch thread count across resumes.
+
+An earlier version's unset count is kept at the one thread it trained on, and a run at two threads killed and resumed
+ends bitwise equal to an uninterrupted one at two threads."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A resume given the run's own config.toml reads it as the run directory's file: a key an earlier version wrote there
-and this one does not act on is kept (as README promises), not refused; any other file with it still is."""
+"""A resume given the run's own config.toml reads it as the run directory's file.
+
+A key an earlier version wrote there and this one does not act on is kept (as README promises), not refused; any other
+file with it still is."""
 
 from __future__ import annotations
 

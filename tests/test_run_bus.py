@@ -1,5 +1,7 @@
-"""The run's events on Oona: the publisher routes them by topic and priority, and with oona.backend = "redis" an
-observer in another process (here: another bus object on the same stream prefix) follows a real run."""
+"""The run's events on Oona: routed by topic and priority, and followed over Redis from another process.
+
+The publisher routes them by topic and priority, and with oona.backend = "redis" an observer in another process (here:
+another bus object on the same stream prefix) follows a real run."""
 
 from __future__ import annotations
 

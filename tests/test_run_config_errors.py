@@ -1,5 +1,6 @@
-"""Config that cannot run: one line on stderr naming the key, exit status 2, and (where it can be checked before the
-run starts) no run directory left behind."""
+"""Config that cannot run: one line on stderr naming the key, exit status 2, no run directory left behind.
+
+No run directory is left behind where it can be checked before the run starts."""
 
 from __future__ import annotations
 

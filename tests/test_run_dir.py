@@ -1,5 +1,7 @@
-"""A run directory's claim: one run writes it at a time, a new run never writes over an earlier one, the lock dies with
-its process, and the command line and ``esper.start`` refuse in one line without touching what is there."""
+"""A run directory's claim: one run writes it at a time, a new run never writes over an earlier one.
+
+The lock dies with its process, and the command line and ``esper.start`` refuse in one line without touching what is
+there."""
 
 from __future__ import annotations
 

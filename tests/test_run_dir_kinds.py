@@ -1,5 +1,7 @@
-"""A run directory where a file the run reads or writes is a FIFO, a directory or another special file is refused in
-one line, before anything opens it (the open of a FIFO waited forever, deaf to Ctrl-C)."""
+"""A run's file that is a FIFO, a directory or another special file is refused in one line, before any open.
+
+That is a file in the run directory the run reads or writes, refused before anything opens it (the open of a FIFO waited
+forever, deaf to Ctrl-C)."""
 
 from __future__ import annotations
 

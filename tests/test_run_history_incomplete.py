@@ -1,5 +1,6 @@
-"""A resume whose earlier sessions' event log or metrics.csv is gone or cut short says what its summary misses, and
-one file lost does not cost the other's figures."""
+"""A resume whose earlier sessions' event log or metrics.csv is gone or cut short says what its summary misses.
+
+One file lost does not cost the other's figures."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A run's precision on a GPU: bf16 autocast and TF32 only where the GPU computes them (compute capability 8.0 or
-newer), a warning when bf16 is asked of one that emulates it, and torch's TF32 settings given back after the run.
+"""A run's precision on a GPU: bf16 autocast and TF32 only where the GPU computes them.
+
+That is compute capability 8.0 or newer; a warning when bf16 is asked of one that emulates it, and torch's TF32 settings
+given back after the run.
 
 No GPU here: torch.cuda's capability query is faked, and the run-level tests run on the CPU with the capability test
 of actors.tolaria.run_precision faked, so that the process-wide TF32 settings change as they would on an A100."""

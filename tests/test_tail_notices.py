@@ -1,5 +1,7 @@
-"""``esper.tail`` says what a user could not tell: a killed run read once, a file that is no run's log, a log not
-there yet, stage and gate numbers by name, and that its times are UTC.
+"""``esper.tail`` says what a user could not tell.
+
+A killed run read once, a file that is no run's log, a log not there yet, stage and gate numbers by name, and that its
+times are UTC.
 
 No test waits on time: the follower's poll is a gate the test opens, and `idle` says the follower has read everything.
 """

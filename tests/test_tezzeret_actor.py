@@ -1,5 +1,6 @@
-"""The Tezzeret actor: start-up compilation runs in the background, compile requests are answered, results and
-failures are reported as events."""
+"""The Tezzeret actor: start-up compilation runs in the background, compile requests are answered.
+
+Results and failures are reported as events."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Tezzeret's compile pipeline into a real Urza store: every family compiles, round-trips and is zero at birth;
-failures are per blueprint, recorded with their reason, and never replaced by another kernel."""
+"""Tezzeret's compile pipeline into a real Urza store.
+
+Every family compiles, round-trips and is zero at birth; failures are per blueprint, recorded with their reason, and
+never replaced by another kernel."""
 
 from __future__ import annotations
 

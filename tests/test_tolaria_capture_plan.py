@@ -1,5 +1,7 @@
-"""A planned capture (CapturePlan) gives exactly what the walking capture gives, and the plan is dropped whenever the
-layout may have changed: a graft-log entry, a replaced tensor, new optimizer state, a restore's new model."""
+"""A planned capture (CapturePlan) gives exactly what the walking capture gives, and is dropped when due.
+
+The plan is dropped whenever the layout may have changed: a graft-log entry, a replaced tensor, new optimizer state, a
+restore's new model."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The checkpoint writer thread reads a captured state only after an event recorded on the capturing stream after the
-capture has completed: at an epoch end and at the run's end (a stop or a halt writes the same way), with no host sync
-of the train stream in between. CUDA's stream and event are stood in for (no GPU here); the loop, capture and writer
-are the real ones."""
+"""The checkpoint writer thread reads a captured state only after the capture has completed on its stream.
+
+It waits for an event recorded on the capturing stream after the capture has completed: at an epoch end and at the run's
+end (a stop or a halt writes the same way), with no host sync of the train stream in between. CUDA's stream and event
+are stood in for (no GPU here); the loop, capture and writer are the real ones."""
 
 from __future__ import annotations
 

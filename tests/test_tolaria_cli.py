@@ -1,5 +1,6 @@
-"""The whole run from the command line: kill -9 and SIGINT mid-run, then --resume, end bitwise where an uninterrupted
-run ends."""
+"""The whole run from the command line, killed or interrupted and resumed.
+
+After kill -9 and SIGINT mid-run, then --resume, it ends bitwise where an uninterrupted run ends."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""A compiled forward follows every slot's lifecycle: a mode change in any slot (not only the first) is traced anew,
-so compiled training matches eager training step by step (dynamo alone guarded only blocks.0's mode and silently
-reused a graph traced with blocks.1 still in TRAINING). The compile uses dynamo's "eager" backend: the stale graph
-is dynamo's guards' doing, not the backend's, and inductor would take seconds per recompile on a CPU."""
+"""A compiled forward follows every slot's lifecycle: a mode change in any slot is traced anew.
+
+Any slot, not only the first, so compiled training matches eager training step by step (dynamo alone guarded only
+blocks.0's mode and silently reused a graph traced with blocks.1 still in TRAINING). The compile uses dynamo's "eager"
+backend: the stale graph is dynamo's guards' doing, not the backend's, and inductor would take seconds per recompile on
+a CPU."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""A checkpoint keeps the training device's CUDA RNG state only, and puts it back on the training device: a resume that
-sees fewer GPUs or numbers them otherwise neither crashes nor restores another GPU's state; an earlier version's list
-of every GPU's state still loads. torch.cuda is stood in for by CPU generators (torch's own get/set code runs)."""
+"""A checkpoint keeps the training device's CUDA RNG state only, and puts it back on the training device.
+
+A resume that sees fewer GPUs or numbers them otherwise neither crashes nor restores another GPU's state; an earlier
+version's list of every GPU's state still loads. torch.cuda is stood in for by CPU generators (torch's own get/set code
+runs)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Tolaria's emergency policy: an open epoch breaker half-opens after its open time, and a halted run's checkpoint
-resumes below L4 (but for one that ended the run's last epoch: there is nothing left to train)."""
+"""Tolaria's emergency policy: the epoch breaker's half-open, and where a halted run's checkpoint resumes.
+
+An open epoch breaker half-opens after its open time, and a halted run's checkpoint resumes below L4 (but for one that
+ended the run's last epoch: there is nothing left to train)."""
 
 from __future__ import annotations
 

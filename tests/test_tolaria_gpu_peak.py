@@ -1,5 +1,7 @@
-"""The state packets' GPU memory peak is the training job's, not the process's: torch keeps one peak per device for
-the process, so a notebook's second run reported the first run's peak. No GPU here: torch.cuda's calls are faked."""
+"""The state packets' GPU memory peak is the training job's, not the process's.
+
+torch keeps one peak per device for the process, so a notebook's second run reported the first run's peak. No GPU here:
+torch.cuda's calls are faked."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A user's host factory is called with the data's ``input_shape=`` and ``num_classes=`` when its signature names them,
-with nothing when it takes nothing or only ``*args``/``**kwargs``, and refused in one line when it asks for anything
-else."""
+"""A user's host factory is called with the data's ``input_shape=`` and ``num_classes=`` as it asks.
+
+With them when its signature names them, with nothing when it takes nothing or only ``*args``/``**kwargs``, and refused
+in one line when it asks for anything else."""
 
 from __future__ import annotations
 

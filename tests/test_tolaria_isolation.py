@@ -1,5 +1,6 @@
-"""Tolaria's isolation monitor: a leaking seed is counted in the packets and reported CRITICAL; probing a healthy seed
-changes nothing about training (bitwise)."""
+"""Tolaria's isolation monitor: a leaking seed is counted in the packets and reported CRITICAL.
+
+Probing a healthy seed changes nothing about training (bitwise)."""
 
 from __future__ import annotations
 

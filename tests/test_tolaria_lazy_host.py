@@ -1,5 +1,6 @@
-"""A user model with lazy modules (nn.LazyLinear, ...): materialised by one forward at every build, the same way each
-time, or refused in one line."""
+"""A user model with lazy modules (nn.LazyLinear, ...): materialised by one forward at every build.
+
+The same way each time, or refused in one line."""
 
 from __future__ import annotations
 

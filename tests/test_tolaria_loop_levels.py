@@ -1,5 +1,7 @@
-"""What each emergency level does to the step loop's plans: L1 (a skipped non-finite step) restarts the clean dwell,
-L2 refuses new grafts while other ops apply, L3 refuses every op but detach."""
+"""What each emergency level does to the step loop's plans.
+
+L1 (a skipped non-finite step) restarts the clean dwell, L2 refuses new grafts while other ops apply, L3 refuses every
+op but detach."""
 
 from __future__ import annotations
 

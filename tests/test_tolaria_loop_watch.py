@@ -1,5 +1,7 @@
-"""The trainer and the event loop it reports to: it waits while the loop is stopped, ends without another checkpoint
-once it has closed, and says when a plan was missed because the loop ran nothing."""
+"""The trainer and the event loop it reports to.
+
+It waits while the loop is stopped, ends without another checkpoint once it has closed, and says when a plan was missed
+because the loop ran nothing."""
 
 from __future__ import annotations
 

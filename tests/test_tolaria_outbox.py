@@ -1,5 +1,7 @@
-"""HeldOutbox: messages pass straight through, except across an epoch end, where they are kept and then sent in their
-order once the lane thread's own epoch-end work (validation evidence, packet, snapshot, verdict) is done."""
+"""HeldOutbox: messages pass straight through, except across an epoch end.
+
+Across an epoch end they are kept and then sent in their order once the lane thread's own epoch-end work (validation
+evidence, packet, snapshot, verdict) is done."""
 
 from __future__ import annotations
 

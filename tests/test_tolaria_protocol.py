@@ -1,5 +1,7 @@
-"""The step-boundary protocol through the real Tolaria actors: plans take effect at exactly effect_step, late plans
-stall the loop (counted) rather than shift, and SeedOps migrate optimizer groups as esper.nn.optim_migration says."""
+"""The step-boundary protocol through the real Tolaria actors.
+
+Plans take effect at exactly effect_step, late plans stall the loop (counted) rather than shift, and SeedOps migrate
+optimizer groups as esper.nn.optim_migration says."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""A seed module prepared on the io lane (its memory allocated on the io stream) and attached, trained and culled on
-the train lane is marked as used by the train lane's stream before that stream first touches it, so the caching
-allocator cannot hand its memory back to the io stream while the train stream's queued kernels still write it. The
-lanes, the preparer and the applier are the real ones (on a CPU); the train stream is stood in for."""
+"""A seed module prepared on the io lane is marked as used by the train lane's stream before that stream touches it.
+
+The module's memory is allocated on the io stream, and it is attached, trained and culled on the train lane; marked
+before the train lane's stream first touches it, its memory cannot be handed back to the io stream by the caching
+allocator while the train stream's queued kernels still write it. The lanes, the preparer and the applier are the real
+ones (on a CPU); the train stream is stood in for."""
 
 from __future__ import annotations
 

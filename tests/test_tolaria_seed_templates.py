@@ -1,5 +1,6 @@
-"""Fast snapshots keep one structural copy per live seed module (SeedTemplates), reused from capture to capture,
-never attached by a restore, so one snapshot restores any number of times to the captured weights."""
+"""Fast snapshots keep one structural copy per live seed module (SeedTemplates), reused from capture to capture.
+
+The copies are never attached by a restore, so one snapshot restores any number of times to the captured weights."""
 
 from __future__ import annotations
 

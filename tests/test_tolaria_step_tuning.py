@@ -1,6 +1,8 @@
-"""Tolaria's learning-rate schedule and gradient clipping in real training: each group's rate at a step is its own base
-rate (as boundary ops set it) times the schedule's factor, clipping bounds each group by its own norm (a seed's
-gradient never scales the host's update), the defaults change nothing, and a stopped run resumes bitwise."""
+"""Tolaria's learning-rate schedule and gradient clipping in real training.
+
+Each group's rate at a step is its own base rate (as boundary ops set it) times the schedule's factor, clipping bounds
+each group by its own norm (a seed's gradient never scales the host's update), the defaults change nothing, and a
+stopped run resumes bitwise."""
 
 from __future__ import annotations
 

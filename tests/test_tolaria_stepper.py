@@ -1,6 +1,8 @@
-"""Tolaria's step: with torch.compile on, a compile that fails at once or at run time falls back to eager and trains
-exactly as an eager step would (torch.compile itself is replaced here: its real failures depend on the toolchain); a
-skipped non-finite step leaves the model's buffers as they were."""
+"""Tolaria's step: a failed compile falls back to eager; a skipped non-finite step keeps the buffers.
+
+With torch.compile on, a compile that fails at once or at run time falls back to eager and trains exactly as an eager
+step would (torch.compile itself is replaced here: its real failures depend on the toolchain); a skipped non-finite step
+leaves the model's buffers as they were."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Counterfactual seed validation (actors.tolaria.validation) runs the model as training does: under the run's
-autocast, on channels_last images for a channels_last model."""
+"""Counterfactual seed validation (actors.tolaria.validation) runs the model as training does.
+
+Under the run's autocast, on channels_last images for a channels_last model."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The Urza actor: KernelReady for a compiled blueprint, precise KernelErrors (a flipped byte is checksum_mismatch and
-its blob is quarantined), replies to a reply-to ref, replays dropped, the fetch budget enforced."""
+"""The Urza actor: KernelReady for a compiled blueprint, precise KernelErrors, replies, replays, fetch budget.
+
+Precise KernelErrors (a flipped byte is checksum_mismatch and its blob is quarantined), replies to a reply-to ref,
+replays dropped, the fetch budget enforced."""
 
 from __future__ import annotations
 

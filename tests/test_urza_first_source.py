@@ -1,6 +1,7 @@
-"""Kasmina's seed source for a run (UrzaFirstSource): Urza's verified artifact, else the same blueprint built from the
-catalogue with a warning, whether no artifact is stored yet or the stored one cannot be served (its blob went bad on
-disk, its weights do not fit the builder, it does not decode)."""
+"""Kasmina's seed source for a run (UrzaFirstSource): Urza's verified artifact, else the catalogue's build.
+
+Else the same blueprint built from the catalogue with a warning, whether no artifact is stored yet or the stored one
+cannot be served (its blob went bad on disk, its weights do not fit the builder, it does not decode)."""
 
 from __future__ import annotations
 

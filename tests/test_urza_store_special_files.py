@@ -1,5 +1,7 @@
-"""Urza's store where a blob should be and something else is (a FIFO, a device, a directory): a corrupt blob,
-quarantined like a bad digest, and never opened (opening a FIFO blocked until a writer came: the run hung for good)."""
+"""Urza's store where a blob should be and something else is (a FIFO, a device, a directory).
+
+A corrupt blob, quarantined like a bad digest, and never opened (opening a FIFO blocked until a writer came: the run
+hung for good)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""esper.wiring.Routes and Tolaria's control: a plan for a Tolaria that has stopped is dropped and counted, never raised
-at Kasmina; a plan that missed its step is refused with a receipt."""
+"""esper.wiring.Routes and Tolaria's control.
+
+A plan for a Tolaria that has stopped is dropped and counted, never raised at Kasmina; a plan that missed its step is
+refused with a receipt."""
 
 from __future__ import annotations
 

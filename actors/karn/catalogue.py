@@ -1,5 +1,6 @@
-"""Karn's catalogue as the contracts see it: esper.nn descriptors translated to schemas.kernels records, with each
-blueprint's standing from Urza's store, tier rules, approvals, and the deterministic pick.
+"""Karn's catalogue as the contracts see it: esper.nn descriptors translated to schemas.kernels records.
+
+Each blueprint comes with its standing from Urza's store, tier rules, approvals, and the deterministic pick.
 
 Pure: a ``KarnCatalogue`` is an immutable snapshot. Reading standings from the store blocks (SQLite), so
 ``read_standings`` runs on a lane (or at start-up) and its result is applied with ``with_standings``; every query

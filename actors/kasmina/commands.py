@@ -1,5 +1,7 @@
-"""Kasmina's handling of one verified AdaptationCommand at a boundary: germinate, cull, cancel, fossilize, pause,
-resume and the optimizer tweak, each accepted (with the step it takes effect) or refused with a reason and a line.
+"""Kasmina's handling of one verified AdaptationCommand at a boundary.
+
+Germinate, cull, cancel, fossilize, pause, resume and the optimizer tweak, each accepted (with the step it takes effect)
+or refused with a reason and a line.
 
 The desk shares the planner's seed bookkeeping (the lifecycle and the seed, pending and ownership maps, the same
 objects) and counts what it accepted and refused; the planner runs it once per boundary, before the transitions.

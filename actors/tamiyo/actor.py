@@ -1,5 +1,7 @@
-"""The Tamiyo actor: one signed decision per state packet, under a deadline, a breaker, the risk engine and
-conservative mode, with a field report for every decision once its window closes.
+"""The Tamiyo actor: one signed decision per state packet.
+
+Each is made under a deadline, a breaker, the risk engine and conservative mode, with a field report for every decision
+once its window closes.
 
 Per SystemStatePacket of step s, in packet order (schemas/boundary.py):
 

@@ -1,6 +1,8 @@
-"""The every-K policy: the growth literature's periodic baseline, the next blueprint into the first free slot every K
-epochs. Acts on the same packets as the heuristic (actors.tamiyo.heuristic), and withdraws, counts and settles its
-grafts by the same rules (see that module's docstring)."""
+"""The every-K policy: the growth literature's periodic baseline.
+
+The next blueprint into the first free slot every K epochs. Acts on the same packets as the heuristic
+(actors.tamiyo.heuristic), and withdraws, counts and settles its grafts by the same rules (see that module's docstring).
+"""
 
 from __future__ import annotations
 

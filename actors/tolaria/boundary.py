@@ -1,5 +1,6 @@
-"""Applying SeedOps at a step boundary (attach, set_stage, fossilize, detach, pause, resume, scale_lr) and the graft
-log that lets a checkpoint replay them.
+"""Applying SeedOps at a step boundary, and the graft log that lets a checkpoint replay them.
+
+The ops: attach, set_stage, fossilize, detach, pause, resume and scale_lr.
 
 Lane-thread only, between steps. Each op either changes the model and optimizer completely or not at all, and after
 every structural change ``check_param_groups`` proves that no parameter trains twice and none is left out.

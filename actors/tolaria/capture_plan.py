@@ -1,5 +1,6 @@
-"""CapturePlan: where every tensor of the training state lives, found once per layout, so a capture copies them
-without walking the module tree.
+"""CapturePlan: where every tensor of the training state lives, found once per layout.
+
+A capture then copies them without walking the module tree.
 
 A capture by walking (``model.state_dict()``, the optimizer's groups and per-parameter state, a copier recording each
 tensor) spent most of the epoch-boundary stall in Python. The plan records, from one such walk, the dict and key

@@ -1,5 +1,7 @@
-"""The work the step loop does between two epochs: validation, the finite check and the output check it shares with
-every step, and the epoch's log record. Lane-thread only.
+"""The work the step loop does between two epochs: validation, the finite and output checks, the log record.
+
+Validation, the finite check and the output check it shares with every step, and the epoch's log record. Lane-thread
+only.
 
 What blocks the loop at an epoch end (the stall the benchmark reports) is kept to O(model size) copies: the packet
 reads the device once, the snapshot clones tensors, and the checkpoint is serialised and written on the writer

@@ -1,5 +1,7 @@
-"""Which saved state a starting (or restarting) trainer continues from: the newest of the fast snapshot and the
-checkpoints, among those whose plans in flight the planner's journal holds when that is known."""
+"""Which saved state a starting (or restarting) trainer continues from.
+
+The newest of the fast snapshot and the checkpoints, among those whose plans in flight the planner's journal holds when
+that is known."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A run's precision, picked once at its start: bf16 autocast and TF32 where the GPU computes them, and torch's
-process-wide TF32 settings put back at the run's end (a notebook runs several runs in one process)."""
+"""A run's precision, picked once at its start, and torch's TF32 settings put back at its end.
+
+bf16 autocast and TF32 where the GPU computes them; torch's process-wide TF32 settings are put back at the run's end (a
+notebook runs several runs in one process)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The optional parts of an optimizer step: the learning-rate schedule (warm-up, then constant, cosine or linear decay)
-and gradient clipping, each optimizer group by its own norm. Lane-thread only.
+"""The optional parts of an optimizer step: the learning-rate schedule and gradient clipping.
+
+The schedule is warm-up, then constant, cosine or linear decay; clipping takes each optimizer group by its own norm.
+Lane-thread only.
 
 The schedule is a pure function of the global step: a factor applied on top of each group's own rate for the
 optimizer step alone, so the rates boundary ops set (a seed's, the incubation scale, the controller's tweak), the

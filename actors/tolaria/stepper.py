@@ -1,6 +1,8 @@
-"""One training step of the host on a batch: forward, backward, the finite check, the optimizer step (or its skip,
-which puts the model's buffers back as they were; with a rate schedule or clipping configured, step_tuning.py does the
-check and the step), the alpha advance and the step's timings. Lane-thread only.
+"""One training step of the host on a batch. Lane-thread only.
+
+Forward, backward, the finite check, the optimizer step (or its skip, which puts the model's buffers back as they were;
+with a rate schedule or clipping configured, step_tuning.py does the check and the step), the alpha advance and the
+step's timings.
 
 The forward is the model itself (eager, no autocast: the common case, called directly), or goes through autocast or
 ``torch.compile``; a compiled forward that fails at run time falls back to eager for the rest of the run.

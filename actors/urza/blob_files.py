@@ -1,5 +1,6 @@
-"""Urza's blob directory: reading a blob safely and the directory fsync after a rename (the sweep of temp files dead
-writers left is esper.runtime.atomic_write's, shared with the other writers)."""
+"""Urza's blob directory: reading a blob safely and the directory fsync after a rename.
+
+The sweep of temp files dead writers left is esper.runtime.atomic_write's, shared with the other writers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""What Urza's store hands out: catalogue rows, blueprint standing, statistics, integrity reports, loaded artifacts,
-and the check that an artifact id is a SHA-256 (it becomes a file name)."""
+"""What Urza's store hands out, and the check that an artifact id is a SHA-256.
+
+Catalogue rows, blueprint standing, statistics, integrity reports and loaded artifacts; an artifact id is checked
+because it becomes a file name."""
 
 from __future__ import annotations
 

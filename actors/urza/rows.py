@@ -1,5 +1,7 @@
-"""How Urza's catalogue rows are read: text that is not UTF-8, columns of the wrong type, a row that does not match
-its own metadata or its blob (any may have rotted or been edited: SQLite enforces none of it)."""
+"""How Urza's catalogue rows are read, whatever rot or an edit left in them.
+
+Text that is not UTF-8, columns of the wrong type, a row that does not match its own metadata or its blob (any may have
+rotted or been edited: SQLite enforces none of it)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The graph side of the fused forward: which relation enters and leaves which node type (``RelationLayout``), one
-graph's edges flattened over all relations (``GraphPlan``), and the plans of the last few graph structures
-(``PlanCache``)."""
+"""The graph side of the fused forward: relation layouts, flattened graph plans and their cache.
+
+Which relation enters and leaves which node type (``RelationLayout``), one graph's edges flattened over all relations
+(``GraphPlan``), and the plans of the last few graph structures (``PlanCache``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename, directory fsync; never a torn file. Temp files
-carry their writer's pid, so the ones a killed writer left can be told from a live one's and swept."""
+"""Atomic file writes: temp file in the same directory, fsync, rename, directory fsync; never a torn file.
+
+Temp files carry their writer's pid, so the ones a killed writer left can be told from a live one's and swept."""
 
 from __future__ import annotations
 

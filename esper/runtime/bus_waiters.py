@@ -1,5 +1,7 @@
-"""What both bus backends share: waking the tasks that wait on one, a wait bounded by the injected clock, and the
-consumer group an envelope was delivered to."""
+"""What both bus backends share: waking waiting tasks, a clock-bounded wait, an envelope's consumer group.
+
+Waking the tasks that wait on one, a wait bounded by the injected clock, and the consumer group an envelope was
+delivered to."""
 
 from __future__ import annotations
 
