@@ -340,6 +340,27 @@ async def test_a_resume_goes_on_from_the_last_row_even_when_its_start_up_outlast
     assert _wall_times(tmp_path / "metrics.csv") == [2.0, 14.0]  # 2 s earlier, then 10 s + 2 s of this session
 
 
+async def test_a_resumes_nissa_restarted_before_it_read_the_file_still_goes_on_from_the_last_row(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """The first incarnation of a resume's Nissa took the "go on from the last row" with it when it was built: one
+    that crashed before reading metrics.csv left its restart counting from this session's start alone."""
+    await _one_row(tmp_path, clock, sink, started_s=clock.now())  # the earlier session's row: 2 s
+    clock.advance(100.0)
+    spec = nissa_spec(NissaConfig(), tmp_path, clock=clock, sink=sink, started_s=clock.now(), resumed=True)
+    spec.factory()  # an incarnation that crashed before it started: the supervisor builds the next
+    clock.advance(10.0)  # the session's time before the restart: longer than the earlier session's 2 s
+    system = ActorSystem(clock=clock, sink=sink)
+    await system.start(spec)
+    try:
+        clock.advance(2.0)
+        await system.ref(NISSA, Nissa).tell(packet(64, epoch=1, val=0.9))
+        await _ask(system.ref(NISSA, Nissa))
+    finally:
+        await system.stop()
+    assert _wall_times(tmp_path / "metrics.csv") == [2.0, 14.0]  # 2 s earlier, then 10 s + 2 s of this session
+
+
 async def test_a_resumes_missed_epoch_ends_are_written_at_its_start_once(
     tmp_path: Path, clock: ManualClock, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:

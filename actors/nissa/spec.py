@@ -61,7 +61,14 @@ def nissa_spec(
     # The origin the rows count from: a resumed run's first incarnation moves it back by its earlier sessions' time,
     # and every later incarnation (a restart) keeps the moved one.
     origin = [clock.now() if started_s is None else started_s]
-    continues = [resumed]  # for the first incarnation alone
+    # Until an incarnation has read metrics.csv and set the origin: one that crashed before (its file would not open)
+    # leaves the continuing to its restart.
+    continues = [resumed]
+
+    def origin_set(started: float) -> None:
+        origin.append(started)
+        continues.clear()
+
     backlog = RowBacklog(missed)  # rows an incarnation crashed while writing: the next one writes them
     first: list[Sequence[SlotTransition] | None] = [transitions]  # a resume's, for the first incarnation
     bound: list[int] = []  # the endpoint's ports, in order: with port 0 a restart binds the last one again
@@ -73,8 +80,8 @@ def nissa_spec(
             clock=clock,
             sink=sink,
             started_s=origin[-1],
-            continues=continues.pop() if continues else False,
-            on_origin=origin.append,
+            continues=continues[0] if continues else False,
+            on_origin=origin_set,
             capacity=mailbox_capacity,
             rules=rules,
             slos=slos,
