@@ -14,11 +14,13 @@ if TYPE_CHECKING:
 
 
 def nissa_rules(config: RunConfig) -> tuple[AlertRule, ...]:
-    """Nissa's alert table with the thresholds the config sets (the isolation keys, ``oona.queue_depth_high``)."""
+    """Nissa's alert table with the thresholds the config sets (the isolation keys, ``oona.queue_depth_high``,
+    ``nissa.training_latency_high_ms``)."""
     return alert_rules(
         isolation_violations=config.kasmina.isolation_alert_violations,
         isolation_window_s=config.kasmina.isolation_alert_window_s,
         queue_depth_high=config.oona.queue_depth_high,
+        training_latency_high_ms=config.nissa.training_latency_high_ms,
     )
 
 

@@ -308,6 +308,8 @@ class NissaConfig(ConfigSection, frozen=True):
     # Samples a window needs before its burn can fire an alert: one slow kernel fetch, a short run's only sample of
     # it, was a burn of 1.
     slo_min_samples: PosInt = 20
+    # The training_latency_high alert's step time: a fixed 18 ms flapped on ordinary conv models stepping 17-53 ms.
+    training_latency_high_ms: Millis = 18.0
     seed_event_queue: PosInt = 64
 
 

@@ -92,13 +92,20 @@ DEFAULT_RULES: Final[tuple[AlertRule, ...]] = (
 
 
 def alert_rules(
-    *, isolation_violations: int = 3, isolation_window_s: float = 300.0, queue_depth_high: int = 4000
+    *,
+    isolation_violations: int = 3,
+    isolation_window_s: float = 300.0,
+    queue_depth_high: int = 4000,
+    training_latency_high_ms: float = 18.0,
 ) -> tuple[AlertRule, ...]:
-    """DEFAULT_RULES with the isolation rule's threshold and window as configured (``kasmina.isolation_alert_*``) and
+    """DEFAULT_RULES with the isolation rule's threshold and window as configured (``kasmina.isolation_alert_*``),
     the queue-depth rule's threshold at ``oona.queue_depth_high`` (a fixed 4000 could never fire on a bus shedding at
-    a lower one)."""
+    a lower one) and the step-time rule's at ``nissa.training_latency_high_ms`` (a fixed 18 ms flapped on ordinary
+    conv models stepping 17-53 ms)."""
 
     def configured(rule: AlertRule) -> AlertRule:
+        if rule.name == "training_latency_high":
+            return replace(rule, threshold=training_latency_high_ms)
         if rule.name == "kasmina_isolation_violation":
             return replace(rule, threshold=float(isolation_violations), window_s=isolation_window_s)
         if rule.name == "oona_queue_depth":
