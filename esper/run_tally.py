@@ -12,7 +12,7 @@ from esper.decisions import add_decision, vetoed_by
 from esper.runtime.emergency_tally import EmergencyTally
 from esper.runtime.percentiles import nearest_rank
 from esper.runtime.stage_refusals import Refusal, RefusalLog, Transition, effect_step
-from esper.summary_table import seed_outcomes, unapplied_transitions
+from esper.summary_table import paused_outcomes, seed_outcomes, unapplied_transitions
 from schemas.boundary import FALLBACK_SUFFIX, TrainingRestored
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
@@ -67,6 +67,9 @@ class RunTally:
     # germination refused reads as no growth at all, and the controller's reasons (cooldown) do not say why.
     rejected_commands: dict[str, int] = field(default_factory=dict)
     _rejected_ids: set[str] = field(default_factory=set)  # the commands counted there
+    # The seeds the trainer held paused at the last state packet (its seed states): every_k never culls a seed the
+    # risk engine paused, and the summary's "probationary 4" did not say all four passed the host's output through.
+    paused_seeds: frozenset[str] = frozenset()
 
     def emit(self, event: Message | Record) -> None:
         match event:
@@ -166,6 +169,7 @@ class RunTally:
         self.refusals.receipt(receipt)
 
     def on_packet(self, packet: SystemStatePacket) -> None:
+        self.paused_seeds = frozenset(s.seed_id for s in packet.seed_states if s.paused and s.seed_id is not None)
         if packet.epoch_progress >= 1.0 and packet.validation_accuracy is not None:
             self.epoch_val_accuracy[packet.epoch + 1] = packet.validation_accuracy
             self.epoch_step[packet.epoch + 1] = packet.global_step
@@ -219,14 +223,12 @@ class RunTally:
         # Each transition where it took effect: a stage change the trainer refused (at L3) counts from the step its
         # op was applied, or not at all, as the report draws it (esper.report_receipts).
         refusals = self.refusals.refusals()
-        counts = seed_outcomes(
-            (
-                (seed_id, at, stage)
-                for seed_id, step, stage in self.seed_transitions
-                if (at := effect_step(seed_id, stage, step, refusals)) is not None
-            ),
-            last_step,
-        )
+        applied = [
+            (seed_id, at, stage)
+            for seed_id, step, stage in self.seed_transitions
+            if (at := effect_step(seed_id, stage, step, refusals)) is not None
+        ]
+        counts = seed_outcomes(applied, last_step)
         unapplied = unapplied_transitions(
             (
                 at
@@ -254,6 +256,7 @@ class RunTally:
             final_val_accuracy=final,
             parameters_added=seed_parameters,
             seeds=counts,
+            paused_seeds=paused_outcomes(applied, last_step, self.paused_seeds),
             unapplied_transitions=unapplied,
             no_op_reasons=no_op_reasons,
             vetoed_reasons=vetoed_reasons,

@@ -19,14 +19,46 @@ def seed_outcomes(transitions: Iterable[tuple[str, int, SeedLifecycleStage]], la
     at the run's last boundaries, never applied). ``last_step`` None: every transition counts. A seed whose last
     transition took its slot back to DORMANT is no outcome: its germination was withdrawn (the trainer refused its
     attach for the emergency level), so it never grew."""
+    return _by_stage(final_stages(transitions, last_step).values())
+
+
+def final_stages(
+    transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None
+) -> dict[str, SeedLifecycleStage]:
+    """Each seed's stage at the end of training (see seed_outcomes), by seed id; withdrawn germinations (back to
+    DORMANT) left out."""
     final: dict[str, SeedLifecycleStage] = {}
     for seed_id, step, stage in transitions:
         if last_step is None or step <= last_step:
             final[seed_id] = stage
+    return {seed_id: stage for seed_id, stage in final.items() if stage is not SeedLifecycleStage.DORMANT}
+
+
+def paused_outcomes(
+    transitions: Iterable[tuple[str, int, SeedLifecycleStage]], last_step: int | None, paused: Iterable[str]
+) -> dict[str, int]:
+    """Of the seeds seed_outcomes counts, those ``paused`` (seed ids) at the end, by the same stage name: a paused
+    seed passes the host's output through, so "probationary 4" read as four seeds at work when all four were held."""
+    final = final_stages(transitions, last_step)
+    return _by_stage(final[seed_id] for seed_id in set(paused) if final.get(seed_id) in _IN_THE_MODEL)
+
+
+# The stages a seed can be paused in: one culled (or its slot's later stages) is no longer in the model.
+_IN_THE_MODEL = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+    }
+)
+
+
+def _by_stage(stages: Iterable[SeedLifecycleStage]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for stage in final.values():
-        if stage is not SeedLifecycleStage.DORMANT:
-            counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
+    for stage in stages:
+        counts[stage.name.lower()] = counts.get(stage.name.lower(), 0) + 1
     return counts
 
 
@@ -116,7 +148,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
         "unknown": "unknown: the earlier sessions' event log was lost, and with it when the first seed trained",
     }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
-    seeds = ", ".join(f"{stage} {n}" for stage, n in sorted(growth.seeds.items())) or (
+    seeds = ", ".join(f"{stage} {n}{_paused(growth, stage)}" for stage, n in sorted(growth.seeds.items())) or (
         "none recorded (the earlier sessions' seed transitions were lost)"
         if growth.baseline_source == "unknown"
         else f"none{_why_idle(growth)}"
@@ -136,6 +168,11 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         *(f"earlier sessions' figures incomplete: {note}" for note in growth.earlier_incomplete),
         *(f"note: {note}" for note in growth.end_notes),
     ]
+
+
+def _paused(growth: GrowthFigures, stage: str) -> str:
+    paused = growth.paused_seeds.get(stage, 0)
+    return f" ({paused} paused)" if paused else ""
 
 
 def parameters_added(growth: GrowthFigures) -> str:

@@ -100,6 +100,9 @@ class GrowthFigures(Record, frozen=True):
     # The commands Kasmina (or its command verifier) refused, by reason (command_rejected events, every session's):
     # a refused germination grows nothing (an earlier version's summary has none).
     rejected_commands: dict[str, int] = field(default_factory=dict)
+    # Of ``seeds``, those the trainer held paused at the run's last state packet, by the same stage name: a paused
+    # seed passes the host's output through (an earlier version's summary has none).
+    paused_seeds: dict[str, int] = field(default_factory=dict)
 
 
 class RunSummary(Record, frozen=True):

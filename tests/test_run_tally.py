@@ -19,7 +19,9 @@ from schemas.domain_enums import TelemetryLevel
 from schemas.enums import SeedLifecycleStage
 from schemas.nissa import LifecycleRestored, SeedStageChanged
 from schemas.run import GrowthFigures, RunSummary, TrainingFigures
+from schemas.state import SeedState
 from schemas.telemetry import TelemetryEvent
+from tests.nissa_packets import packet
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -514,3 +516,31 @@ def test_a_command_refused_again_in_the_steps_a_resume_trained_again_is_counted_
         tally.emit(TelemetryEvent(name="command_rejected", level=TelemetryLevel.WARNING, attributes=attributes))
     tally.emit(TelemetryEvent(name="command_rejected", level=TelemetryLevel.WARNING, attributes={"reason": "stale"}))
     assert tally.figures(seed_parameters=0).rejected_commands == {"memory": 3, "stale": 1}
+
+
+def test_the_seeds_line_says_how_many_seeds_ended_paused() -> None:
+    """Under every_k, seeds paused for a loss spike stay paused (it never culls): the summary said "probationary 4"
+    although all four passed the host's output through."""
+    tally = RunTally()
+    for index, seed_id in enumerate("abcd"):
+        tally.emit(_stage(seed_id, SeedLifecycleStage.GERMINATED, 10 + index))
+        tally.emit(_stage(seed_id, SeedLifecycleStage.PROBATIONARY, 100 + index))
+    tally.emit(_stage("e", SeedLifecycleStage.GERMINATED, 20))
+    tally.emit(_stage("e", SeedLifecycleStage.CULLED, 40))
+
+    def held(seed_id: str, paused: bool) -> SeedState:
+        # The trainer's view: a probationary seed's slot reads as shadowing.
+        stage = SeedLifecycleStage.SHADOWING
+        return SeedState(slot=f"s.{seed_id}", stage=stage, layer_depth=1, seed_id=seed_id, paused=paused)
+
+    # A culled seed's id the packet still names paused (a cull planned after the packet) is no paused outcome.
+    seeds = (held("a", True), held("b", True), held("c", True), held("d", False), held("e", True))
+    tally.on_packet(packet(200, seeds=seeds))
+    ended = tally.figures(seed_parameters=400, last_step=200)
+    assert (ended.seeds, ended.paused_seeds) == ({"culled": 1, "probationary": 4}, {"probationary": 3})
+    assert "culled 1, probationary 4 (3 paused)" in "\n".join(growth_lines(ended, last_step=200))
+    # The last packet decides: the seeds resumed before the end are not called paused.
+    tally.on_packet(packet(210, seeds=tuple(held(seed_id, False) for seed_id in "abcd")))
+    resumed = tally.figures(seed_parameters=400, last_step=210)
+    assert resumed.paused_seeds == {}
+    assert "culled 1, probationary 4\n" in "\n".join(growth_lines(resumed, last_step=210)) + "\n"
