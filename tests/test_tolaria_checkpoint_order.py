@@ -15,7 +15,7 @@ import torch
 
 import actors.tolaria.cuda_streams as cuda_streams
 from actors.tolaria.build import load_data
-from actors.tolaria.checkpoint_codec import encode_state
+from actors.tolaria.checkpoint_codec import encode_state_chunks
 from actors.tolaria.loop import TrainingLoop
 from actors.tolaria.loop_options import LoopOptions
 from actors.tolaria.plans import PlanInbox
@@ -23,6 +23,7 @@ from actors.tolaria.snapshots import SnapshotStore, capture
 from schemas.config import TolariaConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from actors.tolaria.build import Trainee
@@ -84,12 +85,12 @@ def test_every_checkpoint_is_read_after_an_event_recorded_after_its_capture(
         journal.note("capture", id(state))
         return state
 
-    def noted_encode(state: TrainState) -> bytes:
-        journal.note("read", id(state))
-        return encode_state(state)
+    def noted_encode(state: TrainState) -> Iterator[memoryview]:
+        journal.note("read", id(state))  # the pieces it returns are read later, on the same thread
+        return encode_state_chunks(state)
 
     monkeypatch.setattr("actors.tolaria.loop_state.capture", noted_capture)
-    monkeypatch.setattr("actors.tolaria.checkpoints.encode_state", noted_encode)
+    monkeypatch.setattr("actors.tolaria.checkpoints.encode_state_chunks", noted_encode)
 
     config = TolariaConfig(epochs=2, dataset_samples=600, batch_size=50, state_every_steps=4)
     loop = TrainingLoop(

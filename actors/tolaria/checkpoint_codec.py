@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import torch
@@ -26,7 +26,11 @@ from actors.tolaria.checkpoint_check import state_problem
 from actors.tolaria.snapshots import TrainState
 from esper.runtime.errors import EsperError
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 __all__ = [
+    "CHUNK_BYTES",
     "SCHEMA_VERSION",
     "CheckpointError",
     "checkpoint_counters",
@@ -34,14 +38,19 @@ __all__ = [
     "checkpoint_run_id",
     "decode_state",
     "encode_state",
+    "encode_state_chunks",
     "model_shapes",
     "safetensors_bytes",
+    "safetensors_chunks",
 ]
 
 SCHEMA_VERSION = 2
 # The safetensors header's metadata entry holding everything but the tensors, as JSON.
 _META_KEY = "esper"
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
+# The largest piece a file is streamed in: each piece is one hash update and one file write, both of which release
+# the GIL only for their own duration, so none may keep the step loop waiting long.
+CHUNK_BYTES = 8 * 2**20
 
 # JSON markers for what JSON lacks. A marker is a one-key dict; a real dict that could be mistaken for one (a single
 # key starting with "__") or that has non-string keys is written as pairs under _DICT.
@@ -81,11 +90,20 @@ class CheckpointError(EsperError):
 
 
 def encode_state(state: TrainState) -> bytes:
-    """Serialise a TrainState (without its seed modules) to safetensors bytes; no pickle anywhere.
+    """The checkpoint of ``state`` as one bytes object: ``encode_state_chunks`` joined (tests and tools; the writer
+    streams the chunks instead)."""
+    return b"".join(encode_state_chunks(state))
+
+
+def encode_state_chunks(state: TrainState) -> Iterator[memoryview]:
+    """Serialise a TrainState (without its seed modules) to a safetensors file's bytes, in order, as pieces of at most
+    ``CHUNK_BYTES``; no pickle anywhere.
 
     The tensors' storages go in as a few flat tensors (the capture already packs them into one buffer per dtype).
     Everything else, with a reference (buffer, offset, shape) in place of each tensor, is the JSON string
-    ``__metadata__["esper"]`` of the safetensors header.
+    ``__metadata__["esper"]`` of the safetensors header. The header is built here, at once (so a state it cannot
+    store raises before anything is written); the tensors' pieces are views of their memory, not copies, read as the
+    iterator is consumed: the state must stay unchanged until then.
 
     Any thread: it only reads ``state``, whose tensors are private copies (the checkpoint writer thread calls it).
     The bodies of the plans received but not yet due are not written (earlier versions did, as ``pending_plans``): which
@@ -109,7 +127,7 @@ def encode_state(state: TrainState) -> bytes:
     packer = _TensorPacker()
     tree = packer.tree(payload)
     buffers = packer.buffers()  # fills in the references, so before the JSON
-    return safetensors_bytes(buffers, {_META_KEY: msgspec.json.encode(tree).decode()})
+    return safetensors_chunks(buffers, {_META_KEY: msgspec.json.encode(tree).decode()})
 
 
 def decode_state(data: bytes) -> tuple[TrainState, tuple[str, ...]]:
@@ -332,29 +350,47 @@ def _unpack(value: object, buffers: dict[str, torch.Tensor]) -> object:
 def safetensors_bytes(tensors: list[torch.Tensor], metadata: dict[str, str]) -> bytes:
     """A safetensors file of ``tensors`` (named by their index) with ``metadata``, as one bytes object.
 
+    Raises:
+        TypeError: a tensor's dtype has no safetensors name.
+    """
+    return b"".join(safetensors_chunks(tensors, metadata))
+
+
+def safetensors_chunks(tensors: list[torch.Tensor], metadata: dict[str, str]) -> Iterator[memoryview]:
+    """A safetensors file of ``tensors`` (named by their index) with ``metadata``, in pieces of at most
+    ``CHUNK_BYTES``.
+
     The layout safetensors' serializer writes (a little-endian header length, the JSON header padded with spaces to
     8 bytes, then each tensor's bytes in order), made without its per-call Python wrapping: this runs for every
-    checkpoint on the writer thread.
+    checkpoint on the writer thread. The header is made at once; each tensor's pieces are views of its memory (a
+    CPU tensor's own, a device tensor's host copy made when its turn comes), so no copy of the file is ever built:
+    joining or copying 50 MB holds the GIL throughout, and the step loop waited for it.
 
     Raises:
         TypeError: a tensor's dtype has no safetensors name.
     """
     header: dict[str, object] = {}
-    chunks: list[bytes] = []
     offset = 0
     for index, tensor in enumerate(tensors):
         name = _DTYPE_NAMES.get(tensor.dtype)
         if name is None:
             raise TypeError(f"checkpoint: cannot store a tensor of dtype {tensor.dtype}")
-        host = tensor.detach().to("cpu").contiguous()
-        data = host.reshape(-1).view(torch.uint8)
-        if sys.byteorder != "little" and host.element_size() > 1:
-            data = data.view(-1, host.element_size()).flip(1)  # safetensors stores little-endian
-        raw = data.numpy().tobytes()
-        header[str(index)] = {"dtype": name, "shape": list(host.shape), "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        chunks.append(raw)
+        size = tensor.numel() * tensor.element_size()
+        header[str(index)] = {"dtype": name, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
     header["__metadata__"] = metadata
     encoded = msgspec.json.encode(header)
     encoded += b" " * (-len(encoded) % 8)
-    return b"".join([len(encoded).to_bytes(8, "little"), encoded, *chunks])
+    return _file_chunks(len(encoded).to_bytes(8, "little") + encoded, tensors)
+
+
+def _file_chunks(head: bytes, tensors: list[torch.Tensor]) -> Iterator[memoryview]:
+    yield memoryview(head)
+    for tensor in tensors:
+        host = tensor.detach().to("cpu").contiguous()
+        data = host.reshape(-1).view(torch.uint8)
+        if sys.byteorder != "little" and host.element_size() > 1:
+            data = data.view(-1, host.element_size()).flip(1).reshape(-1)  # safetensors stores little-endian
+        view = data.numpy().data  # a memoryview of the tensor's own bytes
+        for start in range(0, view.nbytes, CHUNK_BYTES):
+            yield view[start : start + CHUNK_BYTES]

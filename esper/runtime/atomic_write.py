@@ -96,8 +96,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None
     atomic_write_chunks(path, (data,), shared=shared)
 
 
-def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, shared: bool = False) -> None:
-    """atomic_write_bytes for contents made as they are written (a file too large to hold in memory at once).
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview], *, shared: bool = False) -> None:
+    """atomic_write_bytes for contents made as they are written (a file too large to hold in memory at once; a
+    memoryview piece is written from its own memory, not copied).
 
     Raises:
         OSError: as atomic_write_bytes; and whatever ``chunks`` raises, with ``path`` unchanged.
