@@ -1,5 +1,6 @@
-"""Checkpoints are streamed: the file is written and hashed in pieces that view the tensors, never copied whole (a
-copy is made holding the GIL, and the step loop's epoch end waited for it), with exactly the bytes of the layout."""
+"""Checkpoints are streamed: written and hashed in pieces that view the tensors, with exactly the layout's bytes.
+
+The pieces are never copied whole (a copy is made holding the GIL, and the step loop's epoch end waited for it)."""
 
 from __future__ import annotations
 
