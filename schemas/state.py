@@ -99,6 +99,9 @@ class SystemStatePacket(Message, frozen=True):
     ``effective_learning_rate`` the rate the interval's last optimizer step used (the step of index ``global_step``
     - 1): the base times the rate schedule's factor at that step (the base without a schedule; None from an earlier
     version).
+    ``hook_latency_ms`` is the latest epoch end's whole time (the one metrics.csv reports); ``hook_capture_ms`` the
+    part of it spent copying the model and optimizer state, which the hook budget and the risk engine's hook veto do
+    not count (an O(model size) copy the run cannot skip): they judge ``hook_latency_ms - hook_capture_ms``.
     """
 
     run_id: str
@@ -132,3 +135,4 @@ class SystemStatePacket(Message, frozen=True):
     epoch_timings: StepTimings | None = None
     epoch_samples_per_s: NonNegFloat | None = None
     effective_learning_rate: float | None = None
+    hook_capture_ms: NonNegFloat = 0.0

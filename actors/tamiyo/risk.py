@@ -16,7 +16,7 @@ and conservative-mode requests it carries. Rules, in order (thresholds from Tami
      seed + conservative, whatever was proposed except a cull or pause (``loss_spike``); with no seed to blame (none
      shapes the host's output: actors.tamiyo.observe.implicated_seed) a plain veto to NO_OP + conservative, and a
      proposed NO_OP stands; > warn on GERMINATE: downgrade (``loss_warning``).
-  7. hook latency > budget: veto (``hook_budget``).
+  7. hook latency without its state copy > budget: veto (``hook_budget``).
   8. isolation violations > 0 on a live seed: veto growth (``isolation_violations``).
   9. step latency > budget: veto (``step_latency``); Kasmina apply/finalize > 30 ms on GERMINATE: downgrade
      (``kasmina_latency``).
@@ -103,7 +103,8 @@ class RiskContext(Record, frozen=True):
     Attributes:
         conservative: conservative mode is active.
         loss_delta: validation loss now minus at the previous validation (positive is worse); None before the second.
-        hook_latency_ms / step_latency_ms: the latest epoch-hook and optimizer-step latencies, in milliseconds.
+        hook_latency_ms / step_latency_ms: the latest epoch-hook and optimizer-step latencies, in milliseconds; the
+            hook's without its state copy (what tolaria.epoch_hook_budget_ms bounds too).
         isolation_violations: gradient-isolation violations charged to the seeds still live in the packet.
         inference_deadline_missed: the policy's inference overran its deadline (the decision is then a fallback).
         metadata_deadline_missed: the Urza metadata lookup overran; None when no lookup was made.
@@ -136,7 +137,9 @@ class RiskContext(Record, frozen=True):
         return cls(
             conservative=conservative,
             loss_delta=packet.loss_delta,
-            hook_latency_ms=packet.hook_latency_ms,
+            # The budgeted part: the state copy grows with the model and the hook budget does not count it (a large
+            # model's every packet was vetoed on it, for good).
+            hook_latency_ms=max(0.0, packet.hook_latency_ms - packet.hook_capture_ms),
             step_latency_ms=packet.timings.step_ms,
             isolation_violations=sum(s.isolation_violations for s in packet.seed_states if s.stage in _LIVE_STAGES),
         )

@@ -113,7 +113,9 @@ class EmergencyPolicy:
         return Action.CONTINUE
 
     def end_epoch(self, *, epoch_ms: float, hook_ms: float, missed_decisions: int) -> EpochVerdict:
-        """Judge an epoch end and escalate as REFERENCE.md section 6 prescribes."""
+        """Judge an epoch end and escalate as REFERENCE.md section 6 prescribes.
+
+        ``hook_ms``: the epoch end's time without its state copy (the part ``tolaria.epoch_hook_budget_ms`` bounds)."""
         config = self._config
         reason: str | None = None
         detail: str | None = None

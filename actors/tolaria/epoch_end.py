@@ -157,9 +157,11 @@ def epoch_fields(
     validation: tuple[float, float] | None,
     epoch_ms: float,
     hook_ms: float,
+    capture_ms: float,
     emergency_level: int,
 ) -> dict[str, object]:
-    """The ``epoch_end`` log record (``epoch`` counts from 1)."""
+    """The ``epoch_end`` log record (``epoch`` counts from 1): ``hook_ms`` the whole epoch end's time, ``capture_ms``
+    the part of it spent copying the state (which ``tolaria.epoch_hook_budget_ms`` does not bound)."""
     return {
         "epoch": epoch,
         "epochs": epochs,
@@ -170,5 +172,6 @@ def epoch_fields(
         "val_acc": None if validation is None else round(validation[1], 4),
         "epoch_s": round(epoch_ms / 1e3, 3),
         "hook_ms": round(hook_ms, 3),
+        "capture_ms": round(capture_ms, 3),
         "emergency_level": emergency_level,
     }

@@ -99,6 +99,11 @@ class TrainingLoop:
         return self._s.hook_ms_history
 
     @property
+    def capture_ms_history(self) -> list[float]:
+        """Each epoch end's state copy time, ms: part of its hook time the hook budget does not bound (for tests)."""
+        return self._s.capture_ms_history
+
+    @property
     def stall_ms_history(self) -> list[float]:
         """Each epoch end's stall, ms (for benchmarks and tests)."""
         return self._s.stall_ms_history

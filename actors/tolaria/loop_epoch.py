@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from actors.tolaria.loop_options import LoopStatus
     from actors.tolaria.loop_restore import Restorer
     from actors.tolaria.loop_state import LoopState
+    from actors.tolaria.snapshots import TrainState
     from actors.tolaria.telemetry import IntervalStats
 
 _log = structlog.get_logger("actors.tolaria")
@@ -97,15 +98,23 @@ class EpochCloser:
         last = pos.epoch >= config.epochs
         # One capture serves both tiers: its tensors are private copies that nobody changes afterwards, so the
         # fast tier keeps it and the writer thread serialises it concurrently.
+        # The copy is timed on its own: an O(model size) copy the run cannot skip, which the hook budget does not
+        # bound (a large model failed every epoch on it and halted a healthy run); hook_ms still includes it.
+        capture_started = time.perf_counter()
         state = self._s.capture(keep_modules=True) if self._s.snapshots.disabled_reason is None else None
         due = writer is not None and not last and config.checkpoint_every_epochs > 0
         due = due and pos.epoch % max(1, config.checkpoint_every_epochs) == 0
         if due and state is None:
             state = self._s.capture(keep_modules=False)
-        self._s.hook_ms = (time.perf_counter() - hook_started) * 1e3
+        hook_ended = time.perf_counter()
+        capture_ms = (hook_ended - capture_started) * 1e3 if state is not None else 0.0
+        self._s.hook_ms = (hook_ended - hook_started) * 1e3
+        self._s.capture_ms = capture_ms
         self._s.hook_ms_history.append(self._s.hook_ms)
+        self._s.capture_ms_history.append(capture_ms)
+        self._say_slow_copy(capture_ms, state, finished_epoch + 1)
         verdict = self._s.policy.end_epoch(
-            epoch_ms=epoch_ms, hook_ms=self._s.hook_ms, missed_decisions=self._s.missed_this_epoch
+            epoch_ms=epoch_ms, hook_ms=self._s.hook_ms - capture_ms, missed_decisions=self._s.missed_this_epoch
         )
         if state is not None:
             # Captured before the verdict (the stall's order): the state continues after it, with the level, streak
@@ -131,6 +140,7 @@ class EpochCloser:
             validation=val,
             epoch_ms=epoch_ms,
             hook_ms=self._s.hook_ms,
+            capture_ms=capture_ms,
             emergency_level=int(self._s.policy.level),
         )
         _log.info("epoch_end", **fields)
@@ -158,11 +168,29 @@ class EpochCloser:
         if verdict.action is Action.HALT:
             return "halted", verdict.halt_reason or verdict.reason
         if state is not None and self._s.snapshots.disabled_reason is None:
-            if not self._s.snapshots.put(state):
-                _log.warning("snapshot_tier_disabled", reason=self._s.snapshots.disabled_reason)
+            self._s.snapshots.put(state)  # a state over the cap disables the tier, and the store says so
         if writer is not None and due and state is not None:
             # Not while the event loop is stopped: the planner's journal stands still, and this checkpoint's pruning
             # could remove the last state it covers (a closed loop ends the run here, without it).
             self._s.watch.hold()
             writer.submit(state)
         return None
+
+    def _say_slow_copy(self, capture_ms: float, state: TrainState | None, epoch: int) -> None:
+        """Once a run, when the state copy alone took longer than the hook budget: the budget does not count it, but
+        every epoch end waits for it (a user seeing long epoch ends learns why, and that no failure follows)."""
+        budget = self._s.config.epoch_hook_budget_ms
+        if state is None or capture_ms <= budget or self._s.said_slow_copy:
+            return
+        self._s.said_slow_copy = True
+        megabytes = state.nbytes / 2**20
+        _log.warning(
+            "state_copy_over_hook_budget",
+            epoch=epoch,
+            capture_ms=round(capture_ms, 1),
+            megabytes=round(megabytes, 1),
+            detail=(
+                f"the state copy took {capture_ms:.1f} ms for {megabytes:.1f} MB at this epoch end; the hook budget"
+                f" (tolaria.epoch_hook_budget_ms {budget:g}) does not count it, but training waits for it"
+            ),
+        )

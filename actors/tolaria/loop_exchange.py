@@ -127,6 +127,7 @@ class PlanExchange:
             global_step=pos.global_step,
             epoch_progress=epoch_progress,
             hook_latency_ms=self._s.hook_ms,
+            hook_capture_ms=self._s.capture_ms,
             emergency_level=self._s.policy.level,
             validation=validation,
             loss_delta=loss_delta,

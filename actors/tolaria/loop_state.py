@@ -105,8 +105,12 @@ class LoopState:
         self.open_stats: tuple[IntervalStats, IntervalStats] | None = None
         self.restored_stats: tuple[OpenStats, OpenStats] | None = None
         self.hook_ms = 0.0
+        # The latest epoch end's state copy, part of hook_ms that tolaria.epoch_hook_budget_ms does not bound.
+        self.capture_ms = 0.0
+        self.said_slow_copy = False
         # Measurements for benchmarks and tests (one float per epoch or restore; never read by the loop itself).
         self.hook_ms_history: list[float] = []
+        self.capture_ms_history: list[float] = []
         self.stall_ms_history: list[float] = []
         self.restore_ms_history: list[tuple[str, float]] = []
         self._trainee: Trainee | None = None

@@ -9,12 +9,14 @@ state_copier.py's StateCopier; optimizer_state.py keys the optimizer's state by 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
 import numpy as np
+import structlog
 import torch
 
 from actors.tolaria.cuda_rng import cuda_rng_state, set_cuda_rng_state
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from actors.tolaria.capture_pool import CapturePool
 
 Counters = dict[str, float | int | str | None]
+
+_log = structlog.get_logger("actors.tolaria")
 
 
 @final
@@ -246,19 +250,35 @@ class SnapshotStore:
     def __init__(self, cap_bytes: int) -> None:
         self._cap_bytes = cap_bytes
         self._latest: TrainState | None = None
-        self.disabled_reason: str | None = None if cap_bytes > 0 else "snapshot_memory_cap_mb is 0"
+        self.disabled_reason: str | None = None if cap_bytes > 0 else "tolaria.snapshot_memory_cap_mb is 0"
 
     @property
     def latest(self) -> TrainState | None:
         return self._latest
 
     def put(self, state: TrainState) -> bool:
-        """Keep ``state`` as the rollback target; False (and the tier disabled) if it exceeds the cap."""
+        """Keep ``state`` as the rollback target; False (and the tier disabled) if it exceeds the cap.
+
+        The put that disables the tier says so, once a run, wherever it is called: the run's first snapshot (at its
+        start) turned the tier off silently, and the later line gave bytes and named no setting."""
         if self.disabled_reason is not None:
             return False
         if state.nbytes > self._cap_bytes:
-            self.disabled_reason = f"snapshot of {state.nbytes} bytes exceeds the cap of {self._cap_bytes} bytes"
+            size_mb, cap_mb = state.nbytes / 2**20, self._cap_bytes / 2**20
+            self.disabled_reason = (
+                f"the snapshot of {size_mb:.3g} MB exceeds tolaria.snapshot_memory_cap_mb {cap_mb:.3g}"
+            )
             self._latest = None
+            _log.warning(
+                "snapshot_tier_disabled",
+                reason=self.disabled_reason,
+                detail=(
+                    "the fast rollback tier is off for the rest of the run: a rollback (a failed epoch, non-finite"
+                    " steps) restores the newest checkpoint instead (slower, and further back; with none written, the"
+                    f" run halts); set tolaria.snapshot_memory_cap_mb above {math.ceil(size_mb)} to keep it (more: an"
+                    " epoch end's snapshot, with the optimizer's state and any seeds, can be larger than the start's)"
+                ),
+            )
             return False
         self._latest = state
         return True
