@@ -177,8 +177,9 @@ class EpochCloser:
         return None
 
     def _say_slow_copy(self, capture_ms: float, state: TrainState | None, epoch: int) -> None:
-        """Once a run, when the state copy alone took longer than the hook budget: the budget does not count it, but
-        every epoch end waits for it (a user seeing long epoch ends learns why, and that no failure follows)."""
+        """Once per start of the trainer, when the state copy alone took longer than the hook budget: the budget does
+        not count it, but every epoch end waits for it (a user seeing long epoch ends learns why, and that no failure
+        follows)."""
         budget = self._s.config.epoch_hook_budget_ms
         if state is None or capture_ms <= budget or self._s.said_slow_copy:
             return
