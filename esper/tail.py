@@ -77,6 +77,12 @@ def _check_events(path: Path, session: TailSession, *, pending: bool) -> None:
         raise NoEventsError(problem)
 
 
+def _is_runs_log(path: Path) -> bool:
+    """Whether ``path`` is the event log its directory's run writes (events.jsonl, or the name its config.toml gives):
+    only that file's emptiness or torn first line says something of the run."""
+    return path.name == run_files(path.parent).events
+
+
 def _ends_unterminated(path: Path) -> bool:
     """Whether the file's last byte is not a newline (an unterminated last line); False if it cannot be read."""
     try:
@@ -118,11 +124,12 @@ async def run_tail(
         if not options.follow:
             async for batch in read_lines_once(reader):
                 _write(out, session.feed(batch))
-            torn = not reader.stream and await asyncio.to_thread(_ends_unterminated, reader.path)
+            own_log = not reader.stream and await asyncio.to_thread(_is_runs_log, reader.path)
+            torn = own_log and await asyncio.to_thread(_ends_unterminated, reader.path)
             _check_events(reader.path, session, pending=torn)
             # A killed run's log reads like a live one's (or is empty: killed before its first line): without this
             # its --state table looked current.
-            a_log = session.events > 0 or session.malformed == (1 if torn else 0)
+            a_log = session.events > 0 or (own_log and session.malformed == (1 if torn else 0))
             if a_log and not session.finished and not reader.stream:
                 if await asyncio.to_thread(run_gone, reader.path.parent):
                     session.mark_gone()
@@ -163,9 +170,10 @@ async def run_tail(
                 # A --resume of a finished run holds its directory before it writes its first line: the old
                 # session's run_finished ends the log until then, and following must not end with it.
                 return not await asyncio.to_thread(run_held, reader.path.parent)
-            # Another file of a finished run (metrics.csv) never gets here: it is refused at its first end
-            # (_check_events). An empty log does: its run may have been killed before its first line.
-            gone = await asyncio.to_thread(run_gone, reader.path.parent)
+            # Another file of a finished run with lines (metrics.csv) never gets here: it is refused at its first end
+            # (_check_events). An empty run's log does: its run may have been killed before its first line.
+            a_log = session.events > 0 or await asyncio.to_thread(_is_runs_log, reader.path)
+            gone = a_log and await asyncio.to_thread(run_gone, reader.path.parent)
             return gone
 
         try:

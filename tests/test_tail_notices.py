@@ -188,3 +188,42 @@ def test_a_wrong_file_is_named_as_the_run_configures_it(tmp_path: Path) -> None:
     assert err.getvalue() == (
         f"esper.tail: {tmp_path / 'ev.jsonl'} holds no Esper events (1 line skipped): is it the run's events.jsonl?\n"
     )
+
+
+def test_another_empty_file_of_a_finished_run_is_no_killed_run(tmp_path: Path) -> None:
+    """Only the run's own log says something of the run by being empty."""
+    _run_killed_before_its_first_line(tmp_path, "")
+    notes = tmp_path / "notes.txt"
+    notes.touch()
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(notes)], out=out, err=err) == 0
+    assert err.getvalue() == ""
+
+
+async def test_another_empty_file_of_a_finished_run_is_followed_not_called_gone(tmp_path: Path) -> None:
+    _run_killed_before_its_first_line(tmp_path, "")
+    notes = tmp_path / "notes.txt"
+    notes.touch()
+    options = options_from_args(build_parser().parse_args([str(notes), "--follow"]), stdout_is_tty=False)
+    poll = GatedPoll()
+    async with asyncio.timeout(2):
+        session = TailSession(event_filter=EventFilter())
+        tail = asyncio.ensure_future(run_tail(options, session, io.StringIO(), poll=poll))
+        await poll.idle.wait()  # a gone run would have ended the tail before its first wait
+        poll.release()
+        await poll.idle.wait()  # and before its second
+        assert not tail.done()
+        tail.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tail
+
+
+def test_a_one_line_file_without_a_newline_that_is_no_log_is_refused(tmp_path: Path) -> None:
+    """The torn-first-line allowance is the run's log's alone: `{"a": 1}` with no newline was read as a torn log."""
+    other = tmp_path / "x.json"
+    other.write_text('{"a": 1}', encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(other)], out=out, err=err) == 2
+    assert err.getvalue() == (
+        f"esper.tail: {other} holds no Esper events (1 line skipped): is it the run's events.jsonl?\n"
+    )
