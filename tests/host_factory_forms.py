@@ -47,19 +47,19 @@ def any_keywords(*args: object, **kwargs: object) -> nn.Module:
     return _mlp()
 
 
-def wrapped(factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
-    """A decorator whose wrapper takes anything and hands nothing on: Esper calls the wrapper."""
+def passing_on(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A decorator (logging, registering) whose wrapper hands every argument on to the factory it wraps."""
 
     @functools.wraps(factory)
     def wrapper(*args: object, **kwargs: object) -> nn.Module:
-        CALLS["decorated"] = {"args": args, **kwargs}
-        return factory()
+        return factory(*args, **kwargs)
 
     return wrapper
 
 
-@wrapped
-def decorated(input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> nn.Module:
+@passing_on
+def decorated(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    CALLS["decorated"] = {"input_shape": input_shape, "num_classes": num_classes}
     return _mlp(input_shape, num_classes)
 
 

@@ -31,9 +31,9 @@ def _built(factory: str) -> dict[str, object]:
         ("classes_only", {"num_classes": 7, "width": 16}),  # a parameter with a default keeps it
         ("keyword_only", {"input_shape": SHAPE}),
         # Only **kwargs: it may hand them on to a constructor that takes neither (nn.Module's), as it was always
-        # called; a decorated factory's wrapper is what is called, whatever the function it wraps names.
+        # called. A decorated factory: what the function it wraps names (its wrapper hands them on).
         ("any_keywords", {"args": ()}),
-        ("decorated", {"args": ()}),
+        ("decorated", {"input_shape": SHAPE, "num_classes": 7}),
     ],
 )
 def test_a_factory_gets_the_arguments_its_signature_names(factory: str, called_with: dict[str, object]) -> None:

@@ -99,13 +99,14 @@ def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[s
     """The keyword arguments of ``offered`` (``input_shape``, ``num_classes``) that ``factory``'s own signature names;
     none for a factory that takes none, only ``**kwargs`` (it may hand them on to a constructor that takes neither,
     as ``nn.Module.__init__`` does: such factories were always called with nothing), or whose signature cannot be
-    read. A decorated factory's signature is its wrapper's, the callable Esper calls.
+    read. A decorated factory's signature is the function it wraps (``functools.wraps``): a decorator hands its
+    arguments on.
 
     Raises:
         TolariaConfigError: the factory has a required parameter Esper does not give (a positional-only one too).
     """
     try:
-        parameters = inspect.signature(factory, follow_wrapped=False).parameters.values()
+        parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature: called as before, with nothing
         return {}
     named: dict[str, object] = {}
