@@ -79,7 +79,11 @@ def _check_events(path: Path, session: TailSession, *, pending: bool) -> None:
 
 def _is_runs_log(path: Path) -> bool:
     """Whether ``path`` is the event log its directory's run writes (events.jsonl, or the name its config.toml gives):
-    only that file's emptiness or torn first line says something of the run."""
+    only that file's emptiness or torn first line says something of the run. A symbolic link is judged by its target."""
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError):  # a link loop: no run's log
+        return False
     return path.name == run_files(path.parent).events
 
 

@@ -63,6 +63,38 @@ def decorated(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return _mlp(input_shape, num_classes)
 
 
+def taking_nothing(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A decorator whose wrapper takes no argument at all: the factory it wraps is called with its defaults."""
+
+    @functools.wraps(factory)
+    def wrapper() -> nn.Module:
+        CALLS["decorated_taking_nothing"] = {}
+        return factory()
+
+    return wrapper
+
+
+@taking_nothing
+def decorated_taking_nothing(input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> nn.Module:
+    return _mlp(input_shape, num_classes)
+
+
+def filling_width(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A decorator that fills a parameter Esper does not give in itself."""
+
+    @functools.wraps(factory)
+    def wrapper(**kwargs: object) -> nn.Module:
+        return factory(width=16, **kwargs)
+
+    return wrapper
+
+
+@filling_width
+def decorated_filling_width(num_classes: int, width: int) -> nn.Module:
+    CALLS["decorated_filling_width"] = {"num_classes": num_classes, "width": width}
+    return _mlp(num_classes=num_classes)
+
+
 def forwarding(**overrides: object) -> nn.Module:
     """Hands its keywords on to a constructor that takes none of Esper's: called with nothing, as always."""
     CALLS["forwarding"] = dict(overrides)

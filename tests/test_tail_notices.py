@@ -227,3 +227,15 @@ def test_a_one_line_file_without_a_newline_that_is_no_log_is_refused(tmp_path: P
     assert err.getvalue() == (
         f"esper.tail: {other} holds no Esper events (1 line skipped): is it the run's events.jsonl?\n"
     )
+
+
+def test_a_link_to_a_killed_runs_log_holding_a_torn_first_line_is_no_wrong_file(tmp_path: Path) -> None:
+    """`latest.jsonl -> run/events.jsonl` was judged by the link's own name and folder: refused as no log."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _run_killed_before_its_first_line(run, '{"timestamp":"2026-12-07T19:3')
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(run / "events.jsonl")
+    out, err = io.StringIO(), io.StringIO()
+    assert main([str(link)], out=out, err=err) == 0
+    assert err.getvalue() == "esper.tail: 1 malformed line skipped\n"

@@ -34,6 +34,10 @@ def _built(factory: str) -> dict[str, object]:
         # called. A decorated factory: what the function it wraps names (its wrapper hands them on).
         ("any_keywords", {"args": ()}),
         ("decorated", {"input_shape": SHAPE, "num_classes": 7}),
+        # Its wrapper takes nothing: called with nothing, as always ("got an unexpected keyword argument").
+        ("decorated_taking_nothing", {}),
+        # Its decorator gives width itself: not refused in advance for it.
+        ("decorated_filling_width", {"num_classes": 7, "width": 16}),
     ],
 )
 def test_a_factory_gets_the_arguments_its_signature_names(factory: str, called_with: dict[str, object]) -> None:

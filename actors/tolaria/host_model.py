@@ -99,16 +99,19 @@ def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[s
     """The keyword arguments of ``offered`` (``input_shape``, ``num_classes``) that ``factory``'s own signature names;
     none for a factory that takes none, only ``**kwargs`` (it may hand them on to a constructor that takes neither,
     as ``nn.Module.__init__`` does: such factories were always called with nothing), or whose signature cannot be
-    read. A decorated factory's signature is the function it wraps (``functools.wraps``): a decorator hands its
-    arguments on.
+    read. A decorated factory (``functools.wraps``) gets what the function it wraps names, if its wrapper takes
+    them (a wrapper that takes nothing is called with nothing, as before), and is refused nothing in advance (its
+    decorator may fill a parameter in itself).
 
     Raises:
         TolariaConfigError: the factory has a required parameter Esper does not give (a positional-only one too).
     """
     try:
-        parameters = inspect.signature(factory).parameters.values()
+        wrapped = inspect.signature(factory)
+        own = inspect.signature(factory, follow_wrapped=False)
     except (TypeError, ValueError):  # a builtin or C callable without a signature: called as before, with nothing
         return {}
+    parameters = wrapped.parameters.values()
     named: dict[str, object] = {}
     required: list[str] = []
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -117,6 +120,12 @@ def factory_arguments(spec: str, factory: Callable[..., object], offered: dict[s
             named[parameter.name] = offered[parameter.name]
         elif parameter.kind not in variadic and parameter.default is inspect.Parameter.empty:
             required.append(parameter.name)
+    if own != wrapped:
+        try:
+            own.bind(**named)
+        except TypeError:
+            return {}
+        return named
     if required:
         names = ", ".join(repr(name) for name in required)
         given = " and ".join(f"{name}=" for name in offered)
