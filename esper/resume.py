@@ -20,6 +20,7 @@ from actors.nissa.csv_writer import MetricsFileError, check_existing
 from actors.tolaria.checkpoints import (
     MANIFEST,
     CheckpointError,
+    checkpoint_files,
     read_manifest,
     read_run_keys,
     read_written_by,
@@ -75,6 +76,14 @@ SAME_RUN: Final = (
     "security.key_id",
     "security.secret_env",
 )
+
+
+def manifest_lost(manifest: str, files: list[str]) -> str:
+    """Why checkpoint ``files`` a manifest does not list are not loaded (``manifest``: its path as said)."""
+    return (
+        f"{manifest} is missing or lists no checkpoint ({', '.join(files)} present, but a checkpoint is loaded only"
+        " once its SHA-256 matches the manifest)"
+    )
 
 
 def run_keys(config: RunConfig) -> dict[str, object]:
@@ -272,7 +281,7 @@ def check_resume_files(
     except CheckpointError as err:
         raise ConfigError(f"--resume {directory}: {err}") from err
     if not listed:
-        found = sorted(path.name for path in checkpoints.glob("step-*.pt"))
+        found = checkpoint_files(checkpoints)
         if not found:
             return  # stopped before its first checkpoint: the resume starts it over from step 0
         if _first_checkpoint_unlisted(found, checkpoints, first_checkpoint_step):
@@ -282,9 +291,8 @@ def check_resume_files(
             # lost when one checkpoint is kept) is refused: starting over would throw the run's progress away.
             return
         raise ConfigError(
-            f"--resume {directory}: checkpoints/{MANIFEST} is missing or lists no checkpoint ({', '.join(found)}"
-            " present, but a checkpoint is loaded only once its SHA-256 matches the manifest); nothing to resume from:"
-            " start a new run with another --run-dir"
+            f"--resume {directory}: {manifest_lost(f'checkpoints/{MANIFEST}', found)}; nothing to resume from: start a"
+            " new run with another --run-dir"
         )
     # Stopped before its first optimizer step (a Ctrl-C while the actors start): no packet was ever planned, so a
     # journal never written is an empty one.

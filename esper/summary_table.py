@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
-from schemas.enums import SeedLifecycleStage
+from schemas.enums import LIVE_STAGES, SeedLifecycleStage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -40,19 +40,7 @@ def paused_outcomes(
     """Of the seeds seed_outcomes counts, those ``paused`` (seed ids) at the end, by the same stage name: a paused
     seed passes the host's output through, so "probationary 4" read as four seeds at work when all four were held."""
     final = final_stages(transitions, last_step)
-    return _by_stage(final[seed_id] for seed_id in set(paused) if final.get(seed_id) in _IN_THE_MODEL)
-
-
-# The stages a seed can be paused in: one culled (or its slot's later stages) is no longer in the model.
-_IN_THE_MODEL = frozenset(
-    {
-        SeedLifecycleStage.GERMINATED,
-        SeedLifecycleStage.TRAINING,
-        SeedLifecycleStage.BLENDING,
-        SeedLifecycleStage.SHADOWING,
-        SeedLifecycleStage.PROBATIONARY,
-    }
-)
+    return _by_stage(final[seed_id] for seed_id in set(paused) if final.get(seed_id) in LIVE_STAGES)
 
 
 def _by_stage(stages: Iterable[SeedLifecycleStage]) -> dict[str, int]:

@@ -13,13 +13,13 @@ import torch
 from actors.tolaria.boundary import BoundaryApplier, replay
 from actors.tolaria.build import build_trainee, load_data
 from actors.tolaria.checkpoint_verify import load_latest
-from actors.tolaria.checkpoints import MANIFEST, CheckpointError, read_manifest
+from actors.tolaria.checkpoints import MANIFEST, CheckpointError, checkpoint_files, read_manifest
 from actors.tolaria.global_rngs import GlobalRngs
 from actors.tolaria.snapshots import load_into
 from esper.config_paths import absolute_paths
 from esper.data_fingerprint import DATA_RECORD, DataRecord, data_record
 from esper.nn.data import DataSplits, TensorPair
-from esper.resume import read_run_config, refuse_edited
+from esper.resume import manifest_lost, read_run_config, refuse_edited
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 
@@ -106,13 +106,9 @@ def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, Checkpoi
     listed = read_manifest(directory) if directory.is_dir() else []
     steps = ", ".join(str(info.global_step) for info in listed)
     if not listed:
-        files = sorted(path.name for path in directory.glob("step-*.pt"))
-        if files:
-            # --resume's wording: the files are there, but none is loaded without the manifest's SHA-256 of it.
-            raise CheckpointError(
-                f"load_model: {directory / MANIFEST} is missing or lists no checkpoint ({', '.join(files)} present,"
-                " but a checkpoint is loaded only once its SHA-256 matches the manifest)"
-            )
+        files = checkpoint_files(directory)
+        if files:  # --resume's wording: the files are there, but none is loaded without the manifest's SHA-256 of it
+            raise CheckpointError(f"load_model: {manifest_lost(str(directory / MANIFEST), files)}")
         raise CheckpointError(f"load_model: {directory}: no checkpoint listed (the run stopped before its first?)")
     if step is not None and step not in {info.global_step for info in listed}:
         raise CheckpointError(f"load_model: {directory}: no checkpoint of step {step} (its steps: {steps})")

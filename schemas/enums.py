@@ -22,6 +22,19 @@ class SeedLifecycleStage(enum.IntEnum):
     TERMINATED = 11
 
 
+LIVE_STAGES = frozenset(
+    {
+        SeedLifecycleStage.GERMINATED,
+        SeedLifecycleStage.TRAINING,
+        SeedLifecycleStage.BLENDING,
+        SeedLifecycleStage.SHADOWING,
+        SeedLifecycleStage.PROBATIONARY,
+    }
+)
+"""Stages of a seed still in the model and being judged: it counts against the live-seed budget, may be paused or
+culled; a fossilized or culled one is past them."""
+
+
 class SeedLifecycleGate(enum.IntEnum):
     """Gates G0-G5, each guarding one or more lifecycle transitions."""
 

@@ -30,7 +30,7 @@ import msgspec
 import torch
 
 from actors.tamiyo.gnn_state import GnnPolicyBase, GnnPolicyState
-from actors.tamiyo.policy import LIVE_STAGES, NO_OP, Decision
+from actors.tamiyo.policy import NO_OP, Decision
 from esper.nn.normaliser import EwmaNormaliser
 from esper.nn.policy_contract import ACTION_NAMES, ARCHITECTURE_VERSION, NUM_ACTIONS
 from esper.nn.policy_decide import decide
@@ -46,7 +46,7 @@ from esper.nn.policy_graph import (
 )
 from schemas.control import BlendConfig
 from schemas.domain_enums import BlendMode, CostTier, PolicyAction
-from schemas.enums import SeedLifecycleStage
+from schemas.enums import LIVE_STAGES, SeedLifecycleStage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

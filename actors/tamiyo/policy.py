@@ -9,20 +9,9 @@ import msgspec
 from schemas.base import Record
 from schemas.control import AdaptationCommand, BlendConfig, CommandSecurity
 from schemas.domain_enums import BlueprintTier, CommandKind, CostTier, PolicyAction
-from schemas.enums import MessagePriority, SeedLifecycleStage
+from schemas.enums import LIVE_STAGES, MessagePriority, SeedLifecycleStage
 from schemas.kernels import SlotKind
 from schemas.state import SeedState, SystemStatePacket
-
-LIVE_STAGES = frozenset(
-    {
-        SeedLifecycleStage.GERMINATED,
-        SeedLifecycleStage.TRAINING,
-        SeedLifecycleStage.BLENDING,
-        SeedLifecycleStage.SHADOWING,
-        SeedLifecycleStage.PROBATIONARY,
-    }
-)
-"""Stages of a seed that is still being judged: it counts against the live-seed budget and may be culled."""
 
 _ACTION_KIND = {
     PolicyAction.GERMINATE: CommandKind.GERMINATE,

@@ -41,7 +41,7 @@ import msgspec
 from actors.tamiyo.policy import NO_OP, Decision
 from schemas.base import Record
 from schemas.domain_enums import PolicyAction, TelemetryLevel
-from schemas.enums import MessagePriority, SeedLifecycleStage
+from schemas.enums import LIVE_STAGES, MessagePriority
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,15 +51,6 @@ if TYPE_CHECKING:
 
 # Rule 8 judges the seeds still in play: the packet's own count is the session's running total, so a seed the
 # isolation breaker has culled would otherwise veto growth for the rest of the run.
-_LIVE_STAGES = frozenset(
-    {
-        SeedLifecycleStage.GERMINATED,
-        SeedLifecycleStage.TRAINING,
-        SeedLifecycleStage.BLENDING,
-        SeedLifecycleStage.SHADOWING,
-        SeedLifecycleStage.PROBATIONARY,
-    }
-)
 
 
 class RiskEffect(enum.Enum):
@@ -141,7 +132,7 @@ class RiskContext(Record, frozen=True):
             # model's every packet was vetoed on it, for good).
             hook_latency_ms=max(0.0, packet.hook_latency_ms - packet.hook_capture_ms),
             step_latency_ms=packet.timings.step_ms,
-            isolation_violations=sum(s.isolation_violations for s in packet.seed_states if s.stage in _LIVE_STAGES),
+            isolation_violations=sum(s.isolation_violations for s in packet.seed_states if s.stage in LIVE_STAGES),
         )
 
 

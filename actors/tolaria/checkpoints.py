@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "CheckpointWriter",
+    "checkpoint_files",
     "read_manifest",
     "read_run_keys",
     "read_written_by",
@@ -53,6 +54,11 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 _log = structlog.get_logger("actors.tolaria")
+
+
+def checkpoint_files(directory: Path) -> list[str]:
+    """The names of the checkpoint files in ``directory``, sorted, whether its manifest lists them or not."""
+    return sorted(path.name for path in directory.glob("step-*.pt"))
 
 
 @final
