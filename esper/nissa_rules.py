@@ -25,7 +25,10 @@ def nissa_rules(config: RunConfig) -> tuple[AlertRule, ...]:
 
 
 def nissa_slos(config: RunConfig) -> tuple[SloObjective, ...]:
-    """Nissa's SLOs at the budgets the config sets (``tamiyo.decision_budget_ms``, ``urza.fetch_budget_ms``)."""
+    """Nissa's SLOs at the target and budgets the config sets (``tolaria.epoch_hook_target_ms``,
+    ``tamiyo.decision_budget_ms``, ``urza.fetch_budget_ms``)."""
     return slo_objectives(
-        decision_budget_ms=config.tamiyo.decision_budget_ms, fetch_budget_ms=config.urza.fetch_budget_ms
+        hook_target_ms=config.tolaria.epoch_hook_target_ms,
+        decision_budget_ms=config.tamiyo.decision_budget_ms,
+        fetch_budget_ms=config.urza.fetch_budget_ms,
     )

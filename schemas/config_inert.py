@@ -26,7 +26,6 @@ _PUBLISH_ONLY = "a run publishes on the bus and consumes nothing from it"
 _NO_CONFIDENCE_BLEND = "no policy blends a seed in CONFIDENCE mode, the only mode that reads it"
 INERT_KEYS: dict[tuple[type[ConfigSection], str], str] = {
     (BreakerConfig, "half_open_probes"): "a breaker admits one probe at a time",
-    (TolariaConfig, "epoch_hook_target_ms"): "the epoch hook is held to tolaria.epoch_hook_budget_ms only",
     (TolariaConfig, "rollback_fast_target_ms"): "rollback times are measured and logged, not held to a target",
     (KasminaConfig, "alpha_hysteresis"): "the alpha ramp has no hysteresis band",
     (KasminaConfig, "confidence_k"): _NO_CONFIDENCE_BLEND,

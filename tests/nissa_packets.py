@@ -19,6 +19,8 @@ def packet(
     seeds: tuple[SeedState, ...] = (),
     level: EmergencyLevel = EmergencyLevel.L1_NOTICE,
     isolation: int = 0,
+    hook_ms: float = 3.0,
+    capture_ms: float = 0.0,
 ) -> SystemStatePacket:
     """A packet at ``step``; ``val`` set makes it an epoch end (validation accuracy 0.5)."""
     return SystemStatePacket(
@@ -36,7 +38,8 @@ def packet(
         host_parameters=1000,
         seed_parameters=64 * len(seeds),
         samples_per_s=512.0,
-        hook_latency_ms=3.0,
+        hook_latency_ms=hook_ms,
+        hook_capture_ms=capture_ms,
         validation_loss=val,
         validation_accuracy=None if val is None else 0.5,
         seed_states=seeds,

@@ -576,6 +576,30 @@ async def test_the_epoch_hook_slo_counts_each_epoch_end_once(
         await system.stop()
 
 
+async def test_the_epoch_hook_slo_judges_the_hook_without_its_state_copy(
+    tmp_path: Path, clock: ManualClock, sink: RecordingSink
+) -> None:
+    """A large model's epoch ends spend hundreds of ms copying its state, which the hook budget does not count; the
+    SLO counted it and fired slo_epoch_hook_latency on every healthy epoch of such a run."""
+    system = await _start(NissaConfig(slo_min_samples=3), tmp_path, clock, sink)
+    try:
+        ref = system.ref(NISSA, Nissa)
+        for epoch in range(4):
+            await ref.tell(packet(epoch * 5 + 5, epoch=epoch, val=0.9, hook_ms=305.0, capture_ms=300.0))
+        snapshot = await _ask(ref)
+        [hook] = [slo for slo in snapshot.slos if slo.name == "epoch_hook_latency"]
+        assert hook.metric == "tolaria.epoch_hook.work_ms"
+        assert (hook.samples, hook.violations, hook.breached) == (4, 0, False)
+        values = {s.name: s.value for s in snapshot.metrics if not s.labels}
+        assert (values["tolaria.epoch_hook.latency_ms"], values["tolaria.epoch_hook.work_ms"]) == (305.0, 5.0)
+        for epoch in range(4, 8):  # the hook's own work over the target is still a violation
+            await ref.tell(packet(epoch * 5 + 5, epoch=epoch, val=0.9, hook_ms=330.0, capture_ms=300.0))
+        [hook] = [slo for slo in (await _ask(ref)).slos if slo.name == "epoch_hook_latency"]
+        assert (hook.violations, hook.breached) == (4, True)
+    finally:
+        await system.stop()
+
+
 async def test_the_tick_child_calls_its_function(clock: ManualClock) -> None:
     ticked = asyncio.Event()
 

@@ -237,13 +237,14 @@ def test_the_queue_alert_and_the_slos_follow_their_config_keys() -> None:
             "oona.queue_depth_recovery=50",
             "tamiyo.decision_budget_ms=200",
             "urza.fetch_budget_ms=25",
+            "tolaria.epoch_hook_target_ms=400",
         ],
     )
     evaluator = AlertEvaluator(nissa_rules(config))
     fired = [n for index in range(2) for n in _observe_depth(evaluator, 150.0, float(index))]
     assert ("oona_queue_depth", True) in [(n.rule, n.active) for n in fired]
     objectives = {slo.name: slo.objective for slo in nissa_slos(config)}
-    assert objectives == {"epoch_hook_latency": 18.0, "tamiyo_decision_latency": 200.0, "kernel_fetch_latency": 25.0}
+    assert objectives == {"epoch_hook_latency": 400.0, "tamiyo_decision_latency": 200.0, "kernel_fetch_latency": 25.0}
     defaults = RunConfig()
     assert (nissa_rules(defaults), nissa_slos(defaults)) == (DEFAULT_RULES, DEFAULT_SLOS)
 

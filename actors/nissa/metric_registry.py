@@ -35,6 +35,10 @@ KNOWN_METRICS: Final[Mapping[str, tuple[MetricKind, str]]] = MappingProxyType(
         "tolaria.validation.loss": ("gauge", "Validation loss at the last epoch end."),
         "tolaria.validation.accuracy": ("gauge", "Validation accuracy at the last epoch end."),
         "tolaria.epoch_hook.latency_ms": ("gauge", "Epoch-boundary hook latency in milliseconds."),
+        "tolaria.epoch_hook.work_ms": (
+            "gauge",
+            "Epoch-boundary hook latency in milliseconds without its copy of the model and optimizer state.",
+        ),
         "tolaria.epochs.total": ("counter", "Epoch ends observed."),
         "tolaria.epoch": ("gauge", "Current epoch."),
         "tolaria.global_step": ("gauge", "Current optimizer step."),

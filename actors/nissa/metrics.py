@@ -210,6 +210,8 @@ class MetricsAggregator:
         if packet.epoch_progress >= 1.0:
             # Once per epoch: every packet carries the last epoch end's hook time, and the SLO counts each update.
             updates["tolaria.epoch_hook.latency_ms"] = packet.hook_latency_ms
+            # What the hook budget and the SLO judge: the state copy grows with the model and cannot be skipped.
+            updates["tolaria.epoch_hook.work_ms"] = max(0.0, packet.hook_latency_ms - packet.hook_capture_ms)
         if packet.validation_loss is not None:
             updates["tolaria.validation.loss"] = packet.validation_loss
         if packet.validation_accuracy is not None:
