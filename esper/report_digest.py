@@ -6,10 +6,11 @@ import math
 from typing import TYPE_CHECKING
 
 from esper.run_files import SUMMARY_JSON
-from esper.summary_table import seed_outcomes, unapplied_note, unapplied_transitions
+from esper.summary_table import outcomes_text, paused_outcomes, seed_outcomes, unapplied_note, unapplied_transitions
 
 if TYPE_CHECKING:
     from esper.report import RunData
+    from esper.report_plot import PauseEvent
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -59,12 +60,22 @@ def summary_lines(data: RunData) -> list[str]:
     # Every transition, a slot's embargo and reset included: the run's summary and the timeline's title count them so.
     unapplied = unapplied_transitions((event.step for event in data.events), last_step)
     if counts:
-        line = f"seeds {sum(counts.values())}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        paused = paused_outcomes(transitions, last_step, paused_at_end(data.pauses, last_step))
+        line = f"seeds {sum(counts.values())}: " + outcomes_text(counts, paused)
         if unapplied:
             line += f" ({unapplied_note(unapplied, last_step)})"
         lines.append(line)
     lines.append(emergency_line(data))
     return lines
+
+
+def paused_at_end(pauses: list[PauseEvent], last_step: int | None) -> set[str]:
+    """The seeds whose last pause or resume that took effect by ``last_step`` (every one when None) was a pause."""
+    last: dict[str, bool] = {}
+    for pause in sorted(pauses, key=lambda p: p.step):
+        if last_step is None or pause.step <= last_step:
+            last[pause.seed_id] = not pause.resumed
+    return {seed_id for seed_id, paused in last.items() if paused}
 
 
 def emergency_line(data: RunData) -> str:

@@ -136,7 +136,7 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
         "recorded": f"run {growth.baseline_run}, host only, {growth.baseline_epoch} epochs",
         "unknown": "unknown: the earlier sessions' event log was lost, and with it when the first seed trained",
     }.get(growth.baseline_source, "no seed reached training" if growth.seeds else "no seed was grafted")
-    seeds = ", ".join(f"{stage} {n}{_paused(growth, stage)}" for stage, n in sorted(growth.seeds.items())) or (
+    seeds = outcomes_text(growth.seeds, growth.paused_seeds) or (
         "none recorded (the earlier sessions' seed transitions were lost)"
         if growth.baseline_source == "unknown"
         else f"none{_why_idle(growth)}"
@@ -158,9 +158,10 @@ def growth_lines(growth: GrowthFigures, *, last_step: int | None = None) -> list
     ]
 
 
-def _paused(growth: GrowthFigures, stage: str) -> str:
-    paused = growth.paused_seeds.get(stage, 0)
-    return f" ({paused} paused)" if paused else ""
+def outcomes_text(counts: dict[str, int], paused: dict[str, int]) -> str:
+    """``fossilized 1, probationary 2 (1 paused)``: seeds by final stage, with how many of each were held paused."""
+    held = {stage: f" ({n} paused)" for stage, n in paused.items() if n}
+    return ", ".join(f"{stage} {n}{held.get(stage, '')}" for stage, n in sorted(counts.items()))
 
 
 def parameters_added(growth: GrowthFigures) -> str:

@@ -225,6 +225,20 @@ def test_a_run_with_a_paused_seed_reads_the_pause_and_renders_it(tmp_path: Path)
     assert _png_size(render_report(data).read_bytes()) == (1200, 1000)
 
 
+def test_the_digest_says_which_live_seeds_ended_paused(tmp_path: Path) -> None:
+    """The run's own summary said "shadowing 1 (1 paused)"; the report's digest of the same run said "shadowing 1"."""
+    run = write_run(tmp_path / "run-q", summary=False)
+    lines = [_command_result("pause", 650, "seed-2"), _command_result("pause", 1500, "seed-3")]
+    with (run / "events.jsonl").open("a", encoding="utf-8") as events:
+        events.write("\n" + "".join(json.dumps(line) + "\n" for line in lines))
+    [seeds] = [line for line in summary_lines(load_run(run)) if line.startswith("seeds ")]
+    assert seeds == "seeds 3: culled 1, fossilized 1, shadowing 1 (1 paused)"  # seed-2 was culled while paused
+    with (run / "events.jsonl").open("a", encoding="utf-8") as events:
+        events.write(json.dumps(_command_result("resume", 1650, "seed-3")) + "\n")
+    [seeds] = [line for line in summary_lines(load_run(run)) if line.startswith("seeds ")]
+    assert seeds == "seeds 3: culled 1, fossilized 1, shadowing 1"
+
+
 def test_metrics_rows_longer_or_shorter_than_the_header_read_as_far_as_they_match(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,val_accuracy\n1,16,0.5,extra,cells\n2,32\n3,48,0.7\n", encoding="utf-8")
