@@ -44,9 +44,9 @@ def load_model(
     ``module:factory``, which must import as it did for the run) is built and wrapped with its slots as the run built
     it, the checkpoint's graft log is replayed onto it (each grafted seed rebuilt from its blueprint) and its weights
     are loaded: the trainer's own restore, without the optimizer's use. The checkpoint's SHA-256 must match the
-    manifest (safetensors, nothing unpickled). Building the host needs the run's data set's shapes: an npz file's
-    are taken from the file, or, once it is moved or changed, from the run's data.json (a run of an earlier version,
-    which did not record them there, needs the file as it was).
+    manifest (safetensors, nothing unpickled). Building the host needs the run's data set's shapes: an npz run's
+    are taken from its data.json, and the file is not read (a run of an earlier version, which did not record them
+    there, needs the file as it was).
 
     The model computes what the trainer's evaluation computed at that step: a seed still training is invisible in
     the output (its slot passes the host's activation on), a blending one is mixed in at the alpha it had reached, one
@@ -128,9 +128,10 @@ def _checkpoint(directory: Path, step: int | None) -> tuple[TrainState, Checkpoi
 
 
 def _data(directory: Path, config: TolariaConfig) -> DataSplits:
-    """What the host is built and probed with: the run's data set, or, for an npz file moved or changed since the
-    run (its SHA-256 is not data.json's), a stand-in of the sample shape and class count data.json records. Blocking:
-    loads the data set, or hashes the file.
+    """What the host is built and probed with: for an npz run whose data.json records the sample shape and class
+    count, a stand-in of those (the file is not read: it may be large, moved or changed since); else the run's data
+    set as it loads now, an npz file only while its SHA-256 is still data.json's. Blocking: loads the data set, or
+    hashes the file.
 
     Raises:
         ConfigError: the file is moved or changed and data.json records no shapes (a run of an earlier version); or
@@ -139,6 +140,18 @@ def _data(directory: Path, config: TolariaConfig) -> DataSplits:
     record = _record(directory) if config.dataset == "npz" else None
     if record is None or record.npz_sha256 is None:
         return load_data(config)  # a generated data set, or no record to check the file against
+    if record.input_shape is not None and record.num_classes is not None:
+        # Zeros of the recorded shape: the probe measures the slots' shapes only; every weight and buffer is the
+        # checkpoint's. Reading the file too (to hash it, then to load it) only told the same shapes.
+        sample = TensorPair(torch.zeros((2, *record.input_shape)), torch.zeros(2, dtype=torch.int64))
+        return DataSplits(
+            train=sample,
+            val=sample,
+            test=sample,
+            num_classes=record.num_classes,
+            input_shape=tuple(record.input_shape),
+            name="npz",
+        )
     try:
         now = data_record(config)
     except OSError as err:
@@ -147,23 +160,11 @@ def _data(directory: Path, config: TolariaConfig) -> DataSplits:
         if now is not None and now.npz_sha256 == record.npz_sha256:
             return load_data(config)
         found = f"{config.npz_path} is SHA-256 {str(None if now is None else now.npz_sha256)[:12]}... now"
-    if record.input_shape is None or record.num_classes is None:
-        # Probed with other data, the model's forward was blamed for the file's new shapes.
-        raise ConfigError(
-            f"load_model: the model's shapes come from its training data, {record.npz_path} (SHA-256"
-            f" {record.npz_sha256[:12]}...), and {found}; put that file back ({directory / DATA_RECORD} of this run"
-            " does not record the shapes)"
-        )
-    # Zeros of the recorded shape: the probe measures the slots' shapes only; every weight and buffer is the
-    # checkpoint's.
-    sample = TensorPair(torch.zeros((2, *record.input_shape)), torch.zeros(2, dtype=torch.int64))
-    return DataSplits(
-        train=sample,
-        val=sample,
-        test=sample,
-        num_classes=record.num_classes,
-        input_shape=tuple(record.input_shape),
-        name="npz",
+    # Probed with other data, the model's forward was blamed for the file's new shapes.
+    raise ConfigError(
+        f"load_model: the model's shapes come from its training data, {record.npz_path} (SHA-256"
+        f" {record.npz_sha256[:12]}...), and {found}; put that file back ({directory / DATA_RECORD} of this run"
+        " does not record the shapes)"
     )
 
 

@@ -9,7 +9,7 @@ import asyncio
 import io
 import json
 import shutil
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -22,9 +22,6 @@ from actors.tolaria.checkpoints import CheckpointError, read_manifest
 from esper.export import main as export_main
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,6 +112,26 @@ def test_a_model_whose_npz_file_was_moved_or_replaced_loads_from_the_recorded_sh
         got = _outputs(esper.load_model(run_dir))
     finally:
         shutil.move(kept, data)
+    assert torch.equal(got, expected)
+
+
+def test_a_model_whose_run_recorded_its_shapes_is_built_without_reading_the_npz_file(
+    npz_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_model read the training file twice (hashed it, then loaded it) only to learn the shapes data.json holds:
+    minutes of reading for a large data set."""
+    expected = _outputs(esper.load_model(npz_run))
+    opened: list[str] = []
+    real_open = Path.open
+
+    def watched(path: Path, *args: object, **kwargs: object) -> object:
+        opened.append(path.name)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]  # passed through as given
+
+    monkeypatch.setattr(Path, "open", watched)
+    monkeypatch.setattr(np, "load", lambda *_, **__: pytest.fail("np.load of the training file"))
+    got = _outputs(esper.load_model(npz_run))
+    assert "data.npz" not in opened
     assert torch.equal(got, expected)
 
 
