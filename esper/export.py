@@ -79,7 +79,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     }
     call = f"esper.load_model({str(args.run_dir)!r}{'' if args.step is None else f', step={args.step}'})"
     try:
-        atomic_write_bytes(args.out, save(tensors, metadata={"esper_model": call}), shared=True)
+        # Not replacing, unless forced, a file that appeared while the model loaded: the check above was seconds ago.
+        atomic_write_bytes(args.out, save(tensors, metadata={"esper_model": call}), shared=True, replace=args.force)
+    except FileExistsError:
+        err.write(f"esper.export: {args.out} exists (--force replaces it)\n")
+        return EXIT_FAILED
     except OSError as error:
         err.write(f"esper.export: cannot write {args.out}: {error.strerror or error}\n")
         return EXIT_FAILED

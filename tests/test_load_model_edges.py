@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import esper
 from actors.tolaria.checkpoints import CheckpointError, read_manifest
+from esper import export as export_module
 from esper.export import main as export_main
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
@@ -248,6 +249,25 @@ def test_export_refuses_an_existing_file_unless_forced(npz_run: Path, tmp_path: 
     assert set(load_file(str(target))) == {
         k for k, v in esper.load_model(npz_run).state_dict().items() if isinstance(v, torch.Tensor)
     }
+
+
+def test_export_keeps_a_file_that_appeared_while_the_model_loaded(
+    npz_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The existing-file check ran before the load, seconds before the write: a file made in between was replaced."""
+    target = tmp_path / "model.safetensors"
+
+    def load_while_someone_writes(run_dir: Path, *, step: int | None = None) -> torch.nn.Module:
+        model = esper.load_model(run_dir, step=step)
+        target.write_bytes(b"someone's file")
+        return model
+
+    monkeypatch.setattr(export_module, "load_model", load_while_someone_writes)
+    out, err = io.StringIO(), io.StringIO()
+    assert export_main([str(npz_run), str(target)], out=out, err=err) == 2
+    assert err.getvalue() == f"esper.export: {target} exists (--force replaces it)\n"
+    assert target.read_bytes() == b"someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left
 
 
 def test_exports_hint_loads_the_weights_back_as_it_says(npz_run: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Temp files carry their writer's pid, so the ones a killed writer left can be tol
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -81,22 +82,27 @@ def remove_dead_temp_files(directory: Path) -> int:
     return removed
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False, replace: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash at any point leaves either the old file or the new one.
 
     The file is readable by its owner only (mode 0600, as the temp file is made) unless ``shared``: then it gets the
     mode the umask gives any new file (0644 under umask 022), for outputs others may read (a shared ``urza.root``,
-    a run directory a team reads); keys and files that may hold a password stay private.
+    a run directory a team reads); keys and files that may hold a password stay private. With ``replace`` False an
+    existing ``path`` is left as it is (FileExistsError), checked by the rename itself: a file that appeared since the
+    caller last looked is not overwritten either.
 
     Blocking (disk I/O and fsync): call it from a lane or a worker thread, or at start-up before the loop is busy.
 
     Raises:
+        FileExistsError: ``replace`` is False and ``path`` exists; it is unchanged.
         OSError: the directory is not writable or the disk is full; ``path`` is then unchanged.
     """
-    atomic_write_chunks(path, (data,), shared=shared)
+    atomic_write_chunks(path, (data,), shared=shared, replace=replace)
 
 
-def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview], *, shared: bool = False) -> None:
+def atomic_write_chunks(
+    path: Path, chunks: Iterable[bytes | memoryview], *, shared: bool = False, replace: bool = True
+) -> None:
     """atomic_write_bytes for contents made as they are written (a file too large to hold in memory at once; a
     memoryview piece is written from its own memory, not copied).
 
@@ -119,16 +125,35 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview], *, sha
             with _naming(path):
                 tmp.flush()
                 os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
+        if replace:
+            os.replace(tmp_name, path)
+        else:
+            _link_new(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    if not replace:
+        Path(tmp_name).unlink(missing_ok=True)
     # The rename is durable only once the directory entry is on disk.
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _link_new(tmp_name: str, path: Path) -> None:
+    """Give the written temp file the name ``path`` unless something has it: a hard link fails on an existing name,
+    where a rename would replace it. A file system without hard links (vfat, some network mounts) gets a look and a
+    rename instead, which a file created in between would still lose to."""
+    try:
+        os.link(tmp_name, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp_name, path)
 
 
 @contextlib.contextmanager
