@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import stat
+import time
 from pathlib import Path
 from typing import final
 
@@ -31,6 +32,8 @@ RUN_FILES = ("checkpoints", "metrics.csv", "summary.json", "field_reports.wal", 
 # the run would write through (the pid into the lock's target, the event log appended to another file, checkpoints
 # and journals into another directory).
 _DEFAULT_FILES = RunFiles()
+_PROBE_PATIENCE_S = 0.1
+_PROBE_RETRY_S = 0.002
 _WRITTEN = (LOCK_NAME, KEY_FILE, "config.toml", "data.json", "field_reports.wal", "report.png", "checkpoints")
 
 
@@ -294,9 +297,19 @@ def check_not_in_use(directory: Path) -> None:
 
 
 def _lock_or_refuse(fd: int, directory: Path) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # A liveness probe (esper.tail, esper.report, another start's check) holds the lock for an instant; a claim that
+    # met one was refused as if a run held the directory. A run holds it for its life: tries over a tenth of a second
+    # tell the two apart.
+    deadline = time.monotonic() + _PROBE_PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(_PROBE_RETRY_S)
+                continue
+        else:
+            return
         holder = _holder(directory)
         by = f" (pid {holder})" if holder.isdigit() else ""
         raise ConfigError(

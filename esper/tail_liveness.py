@@ -18,7 +18,7 @@ def run_gone(directory: Path) -> bool:
     (a few system calls).
 
     The holder's pid, written in the file, answers first while that process lives: probing the lock itself takes it
-    for an instant, which a run claiming the directory at that instant would take for another run's.
+    for an instant, which a run claiming the directory at that instant has to wait out (see run_dir's claim).
     """
     try:
         holder = (directory / LOCK_NAME).read_bytes()[:32].decode("ascii", "replace").strip()
@@ -39,8 +39,9 @@ def run_held(directory: Path) -> bool:
     Blocking (a few system calls).
 
     Asked of the lock itself, not of the pid in run.lock: a notebook's run releases the directory when it ends and
-    its process lives on. A free lock is taken for an instant by the probe, which is why this is asked only once a
-    log ends with ``run_finished`` (once the lock is free, following ends, so that is its last probe).
+    its process lives on. A free lock is taken for an instant by the probe (a claim at that instant waits it out), and
+    this is asked only once a log ends with ``run_finished`` (once the lock is free, following ends, so that is its
+    last probe).
     """
     if not (directory / LOCK_NAME).exists():
         return False

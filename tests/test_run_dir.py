@@ -6,6 +6,7 @@ there."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -41,6 +42,32 @@ def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
     assert not lock.held
     again = claim_run_dir(directory, resume=True)
     again.release()
+
+
+def test_a_claim_that_meets_a_liveness_probes_instant_lock_takes_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """esper.tail and esper.report probe whether a run holds the directory by taking its lock for an instant; a
+    --resume that tried at that instant was refused as if another run were using the directory."""
+    claim_run_dir(tmp_path, resume=False).release()
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe's lock, held when the claim first tries
+    real_flock = fcntl.flock
+    refused: list[int] = []
+
+    def flock_while_probed(fd: int, operation: int) -> None:
+        try:
+            real_flock(fd, operation)
+        except BlockingIOError:
+            refused.append(fd)
+            os.close(probe)  # the probe ends, as it does a few system calls later
+            raise
+
+    monkeypatch.setattr(fcntl, "flock", flock_while_probed)
+    lock = claim_run_dir(tmp_path, resume=True)
+    assert lock.held
+    assert len(refused) == 1
+    lock.release()
 
 
 def test_deleting_run_lock_under_a_live_run_lets_no_second_run_in(tmp_path: Path) -> None:
