@@ -11,6 +11,7 @@ import msgspec
 
 from esper.config_checks import RUN_FILE_KEYS
 from esper.config_toml import format_value, plain
+from esper.nn.blueprints.registry import default_catalogue
 from esper.resume import SAME_RUN
 from schemas.base import ConfigSection
 from schemas.config import BreakerConfig, RunConfig
@@ -73,3 +74,15 @@ def test_the_resume_rules_name_every_key_a_resume_keeps_outside_training_and_the
     listed = [key for key in (*SAME_RUN, *RUN_FILE_KEYS) if key.split(".")[0] not in ("tolaria", "kasmina")]
     listed += [key for key in SAME_RUN if key in ("tolaria.command_lag_steps", "tolaria.state_every_steps")]
     assert sorted(set(listed) - named) == []
+
+
+def test_the_blueprint_table_lists_the_built_in_catalogue() -> None:
+    """A user could learn the blueprint ids only from an error message listing them."""
+    section = _section("Configuration reference")
+    karn = section[section.index("### `[karn]`") : section.index("### `[oona]`")]
+    rows = re.findall(r"^\| (BP\d+) \| (\w+) \| (\w+) \| (\w+) \| ([\w, ]+) \| (.*) \|$", karn, re.M)
+    expected = [
+        (d.blueprint_id, d.name, d.tier, d.cost_tier, ", ".join(s.kind for s in d.slot_signatures), d.description)
+        for d in default_catalogue()
+    ]
+    assert rows == expected
