@@ -41,3 +41,19 @@ def test_a_file_system_without_hard_links_still_gets_the_file_and_keeps_an_exist
     with pytest.raises(FileExistsError):
         atomic_write_bytes(target, b"second", replace=False)
     assert (target.read_bytes(), os.listdir(tmp_path)) == (b"first", ["model.safetensors"])
+
+
+def test_a_failing_link_on_a_file_system_with_hard_links_is_the_writes_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any failed link() was taken for a file system without hard links, and the write fell back to a look and a
+    rename, which a file made in between loses to."""
+
+    def disk_full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src, None, dst)
+
+    monkeypatch.setattr(os, "link", disk_full)
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(OSError, match="No space left on device"):
+        atomic_write_bytes(target, b"first", replace=False)
+    assert os.listdir(tmp_path) == []

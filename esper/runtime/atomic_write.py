@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 _PROC_STATUS = Path("/proc/self/status")
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 _TEMP_RE = re.compile(r"^\.tmp-(\d+)-")
 
 
@@ -148,9 +149,11 @@ def _link_new(tmp_name: str, path: Path) -> None:
     rename instead, which a file created in between would still lose to."""
     try:
         os.link(tmp_name, path)
-    except FileExistsError:
-        raise
-    except OSError:
+    except OSError as err:
+        # Only "no hard links here": a full disk, a quota or an I/O error is the write's failure, not a reason to
+        # take the weaker path.
+        if err.errno not in _NO_HARD_LINKS:
+            raise
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
         os.replace(tmp_name, path)
