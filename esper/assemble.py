@@ -45,7 +45,13 @@ from esper.run_history import finishing_halt, slot_transitions_at
 from esper.runtime.clock import WallClock
 from esper.runtime.errors import ConfigError, EsperError
 from esper.runtime.handoff import Handoff
-from esper.start_checks import available_cpus, warn_at_start, warn_no_blueprint, warn_unreachable_strain
+from esper.start_checks import (
+    available_cpus,
+    warn_at_start,
+    warn_gradientless_slots,
+    warn_no_blueprint,
+    warn_unreachable_strain,
+)
 from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
 from esper.version import esper_version
 from esper.wiring import Routes, RunHooks, UrzaFirstSource, threadsafe
@@ -107,6 +113,7 @@ async def assemble(
     found = await anyio.to_thread.run_sync(probe, config, lanes.train.device, data)
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     warn_unreachable_strain(config, found.slots, found.gradient_layers)
+    warn_gradientless_slots(config, found.slots, found.gradient_layers)
     # One hashing of each checkpoint for the checks below: the trainer's load hashes what it loads again.
     memo = DigestMemo()
     if resume:

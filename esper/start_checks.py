@@ -216,6 +216,33 @@ def warn_unreachable_strain(config: RunConfig, slots: Collection[str], layers: C
     )
 
 
+def warn_gradientless_slots(config: RunConfig, slots: Collection[str], layers: Collection[str]) -> None:
+    """Log a ``slots_never_strained`` warning naming the slot targets whose layer has no trainable parameter (an
+    activation, pooling or dropout module, a frozen layer: no gradient norm in the packets), when the heuristic grows
+    and another slot's layer has one: such a slot's strain is 0, below any positive
+    ``tamiyo.germinate_min_constraint``, so the heuristic never grows a seed there, which it did without a word.
+    every_k and the GNN do not weigh strain (the GNN's fallback, the heuristic, does), so they are not warned of."""
+    threshold = config.tamiyo.germinate_min_constraint
+    if config.tamiyo.policy != "heuristic" or config.kasmina.max_active_seeds == 0 or threshold <= 0.0:
+        return
+    unstrained = [slot for slot in slots if slot not in layers]
+    if not unstrained or len(unstrained) == len(slots):
+        return  # with no slot's layer reporting a gradient, no slot has a strain and the key is not applied
+    shown = ", ".join(repr(slot) for slot in unstrained)
+    many = len(unstrained) > 1
+    named = f"slot targets {shown} have" if many else f"slot target {shown} has"
+    _log.warning(
+        "slots_never_strained",
+        slots=unstrained,
+        germinate_min_constraint=threshold,
+        detail=f"{named} no gradient norm in the state packets (no trainable parameter of {'their' if many else 'its'}"
+        " own: an activation, pooling or dropout module, a frozen layer), so a strain of 0, below"
+        f" tamiyo.germinate_min_constraint = {threshold}:"
+        " the heuristic policy never grows a seed there (every_k and gnn do not weigh strain); target the layer with"
+        " parameters before it instead",
+    )
+
+
 def warn_no_blueprint(
     config: RunConfig, karn: KarnCatalogue, tiers: TierPolicy, kinds: Collection[SlotKind], catalogue: Catalogue
 ) -> None:

@@ -12,7 +12,7 @@ from esper.config import apply_overrides
 from esper.logs import reset_logging
 from esper.nn.blueprints import default_catalogue
 from esper.run import start
-from esper.start_checks import warn_at_start, warn_no_blueprint, warn_unreachable_strain
+from esper.start_checks import warn_at_start, warn_gradientless_slots, warn_no_blueprint, warn_unreachable_strain
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -218,6 +218,48 @@ async def test_a_run_on_a_host_whose_slots_cannot_be_strained_enough_starts_with
     tables = 'host_model = "tests.tolaria_factories:one_layer_model"\n[tamiyo]\ngerminate_min_constraint = 1.5'
     warned = await _warned_at_start(tmp_path, tables, "strain_unreachable")
     assert (warned["level"], warned["layers"], warned["slots"]) == ("warning", ["1"], 1)
+
+
+def _gradientless_warnings(overrides: list[str], slots: list[str], layers: list[str]) -> list[MutableMapping[str, Any]]:
+    reset_logging()
+    with capture_logs() as logs:
+        warn_gradientless_slots(apply_overrides(RunConfig(), overrides), slots, layers)
+    return logs
+
+
+def test_slots_whose_layer_has_no_gradient_are_named_for_the_heuristic() -> None:
+    """A slot after a ReLU (or a frozen layer) has a strain of 0 while another slot's layer has gradients, so the
+    heuristic filtered it out at every germination (germinate_min_constraint) and never grew there, without a word."""
+    [logged] = _gradientless_warnings([], ["l1", "r1", "r2"], ["l1", "out"])
+    assert (logged["event"], logged["log_level"]) == ("slots_never_strained", "warning")
+    assert (logged["slots"], logged["germinate_min_constraint"]) == (["r1", "r2"], 1.0)
+    assert logged["detail"] == (
+        "slot targets 'r1', 'r2' have no gradient norm in the state packets (no trainable parameter of their own: an"
+        " activation, pooling or dropout module, a frozen layer), so a strain of 0, below"
+        " tamiyo.germinate_min_constraint = 1.0: the heuristic policy never grows a seed there (every_k and gnn do"
+        " not weigh strain); target the layer with parameters before it instead"
+    )
+    [logged] = _gradientless_warnings(["tamiyo.germinate_min_constraint=0.05"], ["r1", "l3"], ["l1", "l3"])
+    assert logged["detail"].startswith("slot target 'r1' has no gradient norm in the state packets (no trainable")
+    assert "of its own" in logged["detail"]
+
+
+def test_no_gradientless_slot_warning_where_strain_is_not_what_decides() -> None:
+    assert _gradientless_warnings([], ["l1", "l2"], ["l1", "l2"]) == []  # every slot has a strain
+    # No slot's layer reports a gradient norm: no slot has a strain, and the heuristic applies no threshold.
+    assert _gradientless_warnings([], ["r1", "r2"], ["l1"]) == []
+    # A threshold of 0 keeps a slot of strain 0; every_k and the GNN do not weigh strain; no growth at all.
+    assert _gradientless_warnings(["tamiyo.germinate_min_constraint=0.0"], ["l1", "r1"], ["l1"]) == []
+    assert _gradientless_warnings(['tamiyo.policy="every_k"'], ["l1", "r1"], ["l1"]) == []
+    assert _gradientless_warnings(['tamiyo.policy="gnn"'], ["l1", "r1"], ["l1"]) == []
+    assert _gradientless_warnings(["kasmina.max_active_seeds=0"], ["l1", "r1"], ["l1"]) == []
+
+
+async def test_a_run_with_a_slot_after_a_relu_starts_with_the_warning(tmp_path: Path) -> None:
+    """The layers are those the state packets report: the ReLU's slot has none."""
+    tables = 'host_model = "tests.tolaria_factories:relu_slot_mlp"'
+    warned = await _warned_at_start(tmp_path, tables, "slots_never_strained")
+    assert (warned["level"], warned["slots"]) == ("warning", ["2"])
 
 
 def test_an_artifact_wait_no_shorter_than_the_decision_deadline_is_said() -> None:

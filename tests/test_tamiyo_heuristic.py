@@ -407,6 +407,31 @@ def test_every_k_policy_cadence_slots_and_blueprint_rotation() -> None:
     assert policy.decide(observe(9, 1.0, tuple(seeds))).reason == "no_free_slot"
 
 
+def test_every_k_fills_the_next_free_slot_in_the_model_s_order_not_by_name() -> None:
+    """On a 12-block host the slots went blocks.0, blocks.1, blocks.10, blocks.11 (name order); a slot's layer_depth is
+    its place in the model (module registration order), ties by name."""
+    names = [f"blocks.{i}" for i in range(12)]
+    states = {n: SeedState(slot=n, stage=SeedLifecycleStage.DORMANT, layer_depth=i) for i, n in enumerate(names)}
+    policy = EveryKPolicy(EveryKConfig(every_k_epochs=1, max_live_seeds=10))
+    targets: list[str | None] = []
+    for epoch in range(4):
+        decision = policy.decide(observe(epoch, 1.0, tuple(states[n] for n in sorted(names))))
+        targets.append(decision.target_slot)
+        slot = decision.target_slot or ""
+        sid = germinated_seed_id(slot, epoch * 10)
+        states[slot] = msgspec.structs.replace(states[slot], stage=SeedLifecycleStage.TRAINING, seed_id=sid)
+    assert targets == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+
+
+def test_every_k_takes_the_shallowest_free_slot_ties_by_name() -> None:
+    def first(*slots: tuple[str, int]) -> str | None:
+        seeds = tuple(SeedState(slot=n, stage=SeedLifecycleStage.DORMANT, layer_depth=d) for n, d in slots)
+        return EveryKPolicy(EveryKConfig(every_k_epochs=1)).decide(observe(0, 1.0, seeds)).target_slot
+
+    assert first(("a", 1), ("head", 0)) == "head"
+    assert first(("b", 0), ("a", 0)) == "a"
+
+
 @pytest.mark.parametrize(("k", "graft_epochs"), [(1, [1, 2, 3, 4, 5, 6]), (3, [3, 6]), (4, [4])])
 def test_every_k_grafts_at_the_ends_of_epochs_k_2k_3k(k: int, graft_epochs: list[int]) -> None:
     """Counted from the first epoch end seen, every graft came an epoch late: K=1 first grafted at the end of epoch 2,

@@ -578,6 +578,11 @@ def one_layer_model() -> nn.Module:
     return model
 
 
+def relu_slot_mlp() -> nn.Module:
+    """``tiny_mlp`` with a second slot after its ReLU, a module with no parameter: no gradient norm, no strain."""
+    return _mlp(slot_targets=("1", "2"))
+
+
 def ballast_mlp() -> nn.Module:
     """``tiny_mlp`` with a 40 MB buffer nothing reads: a capture as large as a big model's at a tiny model's step cost
     (above glibc's largest mmap threshold, so each fresh capture buffer is new, untouched memory)."""

@@ -1,7 +1,8 @@
 """The every-K policy: the growth literature's periodic baseline.
 
-The next blueprint into the first free slot every K epochs. Acts on the same packets as the heuristic
-(actors.tamiyo.heuristic), and withdraws, counts and settles its grafts by the same rules (see that module's docstring).
+The next blueprint into the first free slot (in the model's order) every K epochs. Acts on the same packets as the
+heuristic (actors.tamiyo.heuristic), and withdraws, counts and settles its grafts by the same rules (see that module's
+docstring).
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ class EveryKState(Record, frozen=True):
 @final
 class EveryKPolicy:
     """Graft the next blueprint (cycling through the candidates in the order given, passing over those that fit no
-    free slot) into the first free slot (by name) it fits every K epochs, within the seed and parameter budgets; never
-    culls or fossilizes. A baseline for growth schedules. The grafts are decided at the ends of epochs K, 2K, 3K ...
-    counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a graft is impossible when due, or is
-    withdrawn (vetoed by the risk engine), it tries again at the next epoch with the same blueprint, and the next one
-    is due K epochs after the graft made. So is a graft that did not take effect, which the packets after it show:
-    Kasmina refused the command (its seed never appears) or withdrew the germination (the trainer refused its attach
-    at an emergency level: the seed leaves its slot without leaving GERMINATED).
+    free slot) into the first free slot it fits in the model's order (``layer_depth``, ties by name) every K epochs,
+    within the seed and parameter budgets; never culls or fossilizes. A baseline for growth schedules. The grafts are
+    decided at the ends of epochs K, 2K, 3K ... counting from the run's start (packet epochs K - 1, 2K - 1, ...). If a
+    graft is impossible when due, or is withdrawn (vetoed by the risk engine), it tries again at the next epoch with
+    the same blueprint, and the next one is due K epochs after the graft made. So is a graft that did not take effect,
+    which the packets after it show: Kasmina refused the command (its seed never appears) or withdrew the germination
+    (the trainer refused its attach at an emergency level: the seed leaves its slot without leaving GERMINATED).
     """
 
     def __init__(
@@ -146,7 +147,9 @@ class EveryKPolicy:
             return msgspec.structs.replace(NO_OP, reason="seed_budget")
         if not cfg.horizon.judged_by(observation.packet):
             return msgspec.structs.replace(NO_OP, reason="too_late")
-        free = observation.free_slots()
+        # The next free slot in the model's order (a slot's depth is its place in it): by name, blocks.10 came
+        # before blocks.2.
+        free = tuple(sorted(observation.free_slots(), key=lambda s: (s.layer_depth, s.slot)))
         candidates = observation.blueprints
         if not free or not candidates:
             return msgspec.structs.replace(NO_OP, reason="no_free_slot" if not free else "no_blueprint")
