@@ -50,6 +50,7 @@ from esper.start_checks import (
     warn_at_start,
     warn_gradientless_slots,
     warn_no_blueprint,
+    warn_slot_targets_override,
     warn_unreachable_strain,
 )
 from esper.tamiyo_resume import TAMIYO_STATE_FILE, resume_point_event, tamiyo_resume_state
@@ -114,6 +115,7 @@ async def assemble(
     warn_at_start(config, batch_plan(config.tolaria, found.data).num_batches, available_cpus())
     warn_unreachable_strain(config, found.slots, found.gradient_layers)
     warn_gradientless_slots(config, found.slots, found.gradient_layers)
+    warn_slot_targets_override(config, found.slots, found.model_slot_targets)
     # One hashing of each checkpoint for the checks below: the trainer's load hashes what it loads again.
     memo = DigestMemo()
     if resume:

@@ -45,6 +45,8 @@ class Probe:
     host_tensors: dict[str, tuple[int, ...] | None]  # the wrapped host's state entries: tensor shapes, seeds aside
     # The layers the state packets report gradient norms for (a slot's strain is its layer's over their mean).
     gradient_layers: tuple[str, ...]
+    # The host's own ``slot_targets`` attribute (() without one), which a non-empty kasmina.slot_targets replaces.
+    model_slot_targets: tuple[str, ...] = ()
 
 
 def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
@@ -65,7 +67,13 @@ def probe(config: RunConfig, device: torch.device, data: DataSplits) -> Probe:
         gradient_layers=tuple(
             sorted({layer_key(n, tuple(trainee.slots)) for n, p in trainee.model.named_parameters() if p.requires_grad})
         ),
+        model_slot_targets=_own_targets(trainee.model),
     )
+
+
+def _own_targets(model: object) -> tuple[str, ...]:
+    own = getattr(model, "slot_targets", None)
+    return tuple(str(target) for target in own) if isinstance(own, tuple | list) else ()
 
 
 def evidence_cadence(tolaria: TolariaConfig, data: DataSplits) -> EvidenceCadence:

@@ -20,7 +20,7 @@ from esper.runtime.errors import ConfigError
 from schemas.domain_enums import BlueprintTier
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
 
     from actors.karn.catalogue import BlueprintEntry, TierPolicy
     from esper.nn.blueprints import Catalogue
@@ -240,6 +240,30 @@ def warn_gradientless_slots(config: RunConfig, slots: Collection[str], layers: C
         f" tamiyo.germinate_min_constraint = {threshold}:"
         " the heuristic policy never grows a seed there (every_k and gnn do not weigh strain); target the layer with"
         " parameters before it instead",
+    )
+
+
+def warn_slot_targets_override(config: RunConfig, slots: Collection[str], model_targets: Sequence[str]) -> None:
+    """Log a ``slot_targets_override`` warning when ``kasmina.slot_targets`` is set and the host also names its own
+    slots: its ``slot_targets`` attribute (``model_targets``), which the key replaces, or slots it came with (a
+    factory returning ``esper.nn.wrap(model, [...])``), which the key adds to. Either happened without a word."""
+    given = list(config.kasmina.slot_targets)
+    if not given:
+        return
+    parts: list[str] = []
+    if model_targets and list(model_targets) != given:
+        parts.append(f"replaces the model's own slot_targets {list(model_targets)!r}")
+    came_with = [slot for slot in slots if slot not in given]
+    if came_with:
+        parts.append(f"adds to the slots the model came with, {came_with!r}")
+    if not parts:
+        return
+    _log.warning(
+        "slot_targets_override",
+        slot_targets=given,
+        model_slot_targets=list(model_targets),
+        slots=list(slots),
+        detail=f"kasmina.slot_targets = {given!r} {' and '.join(parts)}: seeds may grow after {list(slots)!r}",
     )
 
 

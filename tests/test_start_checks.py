@@ -12,7 +12,13 @@ from esper.config import apply_overrides
 from esper.logs import reset_logging
 from esper.nn.blueprints import default_catalogue
 from esper.run import start
-from esper.start_checks import warn_at_start, warn_gradientless_slots, warn_no_blueprint, warn_unreachable_strain
+from esper.start_checks import (
+    warn_at_start,
+    warn_gradientless_slots,
+    warn_no_blueprint,
+    warn_slot_targets_override,
+    warn_unreachable_strain,
+)
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:
@@ -260,6 +266,40 @@ async def test_a_run_with_a_slot_after_a_relu_starts_with_the_warning(tmp_path: 
     tables = 'host_model = "tests.tolaria_factories:relu_slot_mlp"'
     warned = await _warned_at_start(tmp_path, tables, "slots_never_strained")
     assert (warned["level"], warned["slots"]) == ("warning", ["2"])
+
+
+def _override_warnings(targets: str, slots: list[str], own: tuple[str, ...]) -> list[MutableMapping[str, Any]]:
+    reset_logging()
+    with capture_logs() as logs:
+        warn_slot_targets_override(apply_overrides(RunConfig(), [f"kasmina.slot_targets={targets}"]), slots, own)
+    return logs
+
+
+def test_slot_targets_that_replace_or_add_to_the_models_own_are_said() -> None:
+    """kasmina.slot_targets silently replaced a model's own slot_targets, and silently added to the slots of a model
+    its factory had wrapped already."""
+    [replaced] = _override_warnings('["a"]', ["a"], ("bn", "out"))
+    assert (replaced["event"], replaced["log_level"]) == ("slot_targets_override", "warning")
+    assert replaced["detail"] == (
+        "kasmina.slot_targets = ['a'] replaces the model's own slot_targets ['bn', 'out']: seeds may grow after ['a']"
+    )
+    [added] = _override_warnings('["5"]', ["1", "3", "5"], ())
+    assert added["detail"] == (
+        "kasmina.slot_targets = ['5'] adds to the slots the model came with, ['1', '3']: seeds may grow after"
+        " ['1', '3', '5']"
+    )
+    assert _override_warnings('["a"]', ["a"], ("a",)) == []  # the same list: nothing replaced
+    assert _override_warnings('["a"]', ["a"], ()) == []
+    reset_logging()
+    with capture_logs() as logs:
+        warn_slot_targets_override(RunConfig(), ["bn"], ("bn",))  # the model's own, no key set
+    assert logs == []
+
+
+async def test_a_run_whose_config_replaces_the_models_slot_targets_starts_with_the_warning(tmp_path: Path) -> None:
+    tables = 'host_model = "tests.tolaria_factories:tiny_mlp"\n[kasmina]\nslot_targets = ["3"]'
+    warned = await _warned_at_start(tmp_path, tables, "slot_targets_override")
+    assert (warned["level"], warned["model_slot_targets"], warned["slots"]) == ("warning", ["1"], ["3"])
 
 
 def test_an_artifact_wait_no_shorter_than_the_decision_deadline_is_said() -> None:
