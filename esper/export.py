@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         for k, v in model.state_dict().items()
         if isinstance(v, torch.Tensor)
     }
-    call = f"esper.load_model({str(args.run_dir)!r}{'' if args.step is None else f', step={args.step}'})"
+    # Absolute: the hint, in the file's metadata and on the console, is used from other directories (a notebook's).
+    where = os.path.abspath(args.run_dir)
+    call = f"esper.load_model({where!r}{'' if args.step is None else f', step={args.step}'})"
     try:
         # Not replacing, unless forced, a file that appeared while the model loaded: the check above was seconds ago.
         atomic_write_bytes(args.out, save(tensors, metadata={"esper_model": call}), shared=True, replace=args.force)

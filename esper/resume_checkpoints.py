@@ -14,6 +14,7 @@ from actors.tolaria.restore_point import choose_restore, journal_check
 from esper.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 _log = structlog.get_logger("esper.resume")
@@ -105,19 +106,27 @@ def check_checkpoint_fits(
         return  # the trainer's load falls back to an older checkpoint, saying why
     if saved == host_tensors:
         return
-    missing = sorted(saved.keys() - host_tensors.keys())
-    extra = sorted(host_tensors.keys() - saved.keys())
-    if missing:
-        what = f"it holds {missing[0]}, which the model no longer has"
-    elif extra:
-        what = f"the model now has {extra[0]}, which it does not hold"
-    else:
-        key = next(k for k in sorted(saved) if saved[k] != host_tensors[k])
-        what = f"{key} is {_shape(saved[key])} there and {_shape(host_tensors[key])} in the model"
     raise ConfigError(
-        f"--resume: the checkpoint {path} does not fit tolaria.host_model = {host_model!r} as it builds now: {what}"
-        " (was the model's code or its slot targets changed? a resume continues the same model)"
+        f"--resume: the checkpoint {path} does not fit tolaria.host_model = {host_model!r} as it builds now:"
+        f" {misfit(saved, host_tensors)} ({MODEL_CHANGED} a resume continues the same model)"
     )
+
+
+MODEL_CHANGED: Final = "was the model's code or its slot targets changed?"
+
+
+def misfit(saved: Mapping[str, tuple[int, ...] | None], model: Mapping[str, tuple[int, ...] | None]) -> str:
+    """The first difference between a checkpoint's model entries and the model's (key -> tensor shape, None: not a
+    tensor), as --resume and load_model both say it: "it holds X, which the model no longer has", "the model now has
+    X, which it does not hold" or "X is [..] there and [..] in the model"; "" when they are the same."""
+    missing = sorted(saved.keys() - model.keys())
+    extra = sorted(model.keys() - saved.keys())
+    if missing:
+        return f"it holds {missing[0]}, which the model no longer has"
+    if extra:
+        return f"the model now has {extra[0]}, which it does not hold"
+    key = next((k for k in sorted(saved) if saved[k] != model[k]), None)
+    return "" if key is None else f"{key} is {_shape(saved[key])} there and {_shape(model[key])} in the model"
 
 
 def check_checkpoint_run(checkpoints: Path, run_id: str) -> None:

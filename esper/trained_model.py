@@ -20,11 +20,13 @@ from esper.config_paths import absolute_paths
 from esper.data_fingerprint import DATA_RECORD, DataRecord, data_record
 from esper.nn.data import DataSplits, TensorPair
 from esper.resume import manifest_lost, read_run_config, refuse_edited
+from esper.resume_checkpoints import MODEL_CHANGED, misfit
 from esper.runtime.errors import ConfigError
 from esper.runtime.lanes import resolve_device
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Mapping
 
     from torch import nn
 
@@ -65,7 +67,7 @@ def load_model(
         ConfigError: the directory or its config.toml cannot be read, or the host cannot be built from it (naming
             the key), or its npz file was moved or changed and the run recorded no shapes (naming the file).
         CheckpointError: there is no checkpoint (of ``step``: the message lists the steps there are), none usable,
-            or it does not fit the model; one line.
+            or it does not fit the model (naming the first entry that differs, as ``--resume`` does); one line.
         ValueError: ``device`` names no available device.
         TypeError: ``step`` is not an int.
     """
@@ -187,13 +189,28 @@ def _rebuilt(config: RunConfig, data: DataSplits, state: TrainState, device: tor
     # Only the weights matter here: the CUDA generator's saved state would be put on the device (or warned about, for
     # a CPU run's checkpoint) for nothing.
     state.rng.pop("cuda", None)
+    replayed = False
     try:
         replay(BoundaryApplier(trainee), state.graft_log)
+        replayed = True
         load_into(trainee, state)
     except (RuntimeError, ValueError, KeyError) as err:
+        # torch's load_state_dict error is a header line ("Error(s) in loading state_dict for M:") over the keys:
+        # the first line named none, so the entry that differs is named as --resume names it.
+        what = _misfit(state, trainee.model) if replayed else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = f"{what} ({MODEL_CHANGED} load_model builds it from its code as it is now)" if what else first
         raise CheckpointError(
             f"load_model: {path} does not fit tolaria.host_model = {config.tolaria.host_model!r} as it builds now:"
-            f" {first}"
+            f" {reason}"
         ) from err
     return trainee.model.eval()
+
+
+def _misfit(state: TrainState, model: nn.Module) -> str:
+    """The first entry in which the checkpoint's weights and the rebuilt model differ (resume_checkpoints.misfit)."""
+    return misfit(_shapes(state.model), _shapes(model.state_dict()))
+
+
+def _shapes(entries: Mapping[str, object]) -> dict[str, tuple[int, ...] | None]:
+    return {key: tuple(value.shape) if isinstance(value, torch.Tensor) else None for key, value in entries.items()}

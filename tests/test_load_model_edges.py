@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import esper
@@ -24,6 +25,7 @@ from esper import trained_model
 from esper.export import main as export_main
 from esper.runtime.errors import ConfigError
 from schemas.config import RunConfig
+from tests import tolaria_factories
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -294,3 +296,53 @@ def test_exports_hint_loads_the_weights_back_as_it_says(npz_run: Path, tmp_path:
     assert unexpected == []
     assert missing, "the slots' control state should be left out to be a real test"
     assert all(key.endswith("esper_slot._extra_state") for key in missing)
+
+
+def test_export_records_the_run_directory_absolute(
+    npz_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative run directory was recorded as given (esper.load_model('run')): the hint, in the file's metadata and
+    on the console, failed from any other directory."""
+    monkeypatch.chdir(npz_run.parent)
+    target = tmp_path / "model.safetensors"
+    out = io.StringIO()
+    assert export_main([npz_run.name, str(target)], out=out) == 0
+    call = f"esper.load_model({str(npz_run)!r})"
+    with safe_open(str(target), framework="pt") as saved:
+        assert saved.metadata() == {"esper_model": call}
+    assert f"the state_dict of {call}," in out.getvalue()
+
+
+def test_a_model_whose_code_changed_is_refused_naming_the_entry_as_resume_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first line of torch's load_state_dict error was kept ("Error(s) in loading state_dict for
+    Sequential:"): no key was named, where --resume names the one that differs."""
+    config = msgspec.convert(
+        {
+            "logging": {"console": False},
+            "runs_dir": str(tmp_path / "runs"),
+            "urza": {"root": str(tmp_path / "urza")},
+            "tolaria": {"epochs": 1, "dataset_samples": 500, "host_model": "tests.tolaria_factories:resizable_mlp"},
+        },
+        RunConfig,
+    )
+
+    async def run() -> None:
+        summary = await (await esper.start(config, run_dir=tmp_path / "run")).wait()
+        assert summary.status == "completed", summary.error
+
+    asyncio.run(run())
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_WIDTH", 24)
+    with pytest.raises(CheckpointError) as raised:
+        esper.load_model(tmp_path / "run")
+    message = str(raised.value)
+    assert "does not fit tolaria.host_model = 'tests.tolaria_factories:resizable_mlp' as it builds now" in message
+    assert "1.bias is [16] there and [24] in the model (was the model's code or its slot targets changed?" in message
+    assert "\n" not in message
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_WIDTH", 16)
+    monkeypatch.setattr(tolaria_factories, "RESIZABLE_SLOTS", ("3",))
+    err = io.StringIO()
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "model.safetensors")], err=err) == 2
+    assert "it holds 1.esper_slot._extra_state, which the model no longer has" in err.getvalue()
+    assert err.getvalue().count("\n") == 1

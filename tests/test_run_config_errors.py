@@ -5,6 +5,7 @@ No run directory is left behind where it can be checked before the run starts.""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from typing import TYPE_CHECKING
@@ -95,8 +96,10 @@ def test_a_factory_failing_on_its_second_call(tmp_path: Path, capsys: pytest.Cap
     one_line(
         err,
         f"{tmp_path / 'c.toml'}: tolaria.host_model = 'tests.tolaria_factories:once_only_mlp': the factory raised"
-        " RuntimeError: only one model per process on its second call",
+        " RuntimeError: only one model per process (at ",
     )
+    # Where in the user's code, as a failure mid-run says it: the message alone named no line of theirs.
+    assert re.search(r"\(at (.*/)?tests/tolaria_factories\.py:\d+ in once_only_mlp\) on its second call\n$", err), err
     assert not (tmp_path / "r").exists()
 
 
@@ -416,7 +419,8 @@ def test_a_factory_raising_keyboard_interrupt_is_refused_in_one_line(
     """It ended the run with exit 130 and not a word (the factory runs on a worker thread: no Ctrl-C raises there)."""
     host = "tests.tolaria_factories:interrupting_factory"
     err = refused(tmp_path, capsys, f'[tolaria]\nhost_model = "{host}"\n')
-    assert err == f"{tmp_path / 'c.toml'}: tolaria.host_model = {host!r}: the factory raised KeyboardInterrupt\n"
+    one_line(err, f"{tmp_path / 'c.toml'}: tolaria.host_model = {host!r}: the factory raised KeyboardInterrupt (at ")
+    assert re.search(r"tests/tolaria_factories\.py:\d+ in interrupting_factory\)\n$", err), err
     assert not (tmp_path / "r").exists()
 
 
@@ -436,7 +440,10 @@ def test_a_host_module_that_escapes_as_it_imports_is_refused_in_one_line(
     (tmp_path / f"{module}.py").write_text(f"{statement}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     err = refused(tmp_path, capsys, f'[tolaria]\nhost_model = "{module}:f"\n')
-    assert err == f"{tmp_path / 'c.toml'}: tolaria.host_model = '{module}:f': cannot import {module!r}: {detail}\n"
+    assert err == (
+        f"{tmp_path / 'c.toml'}: tolaria.host_model = '{module}:f': cannot import {module!r}: {detail}"
+        f" (at {tmp_path / module}.py:1 in <module>)\n"
+    )
     assert not (tmp_path / "r").exists()
 
 

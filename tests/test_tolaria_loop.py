@@ -925,7 +925,7 @@ def test_a_bad_user_model_is_a_one_line_config_error(spec: str, message: str) ->
             "cannot train on a batch of 1 (the last batch of an epoch; tolaria.drop_last = true skips it): ValueError",
         ),
         # User code, not a Ctrl-C: it ended the run as interrupted (exit 130, no word), or stopped a notebook's loop.
-        ("interrupt_in_training", "KeyboardInterrupt: boom from user forward"),
+        ("interrupt_in_training", "KeyboardInterrupt: boom from user forward (at "),
     ],
 )
 def test_a_model_that_cannot_train_is_refused_before_the_first_step(data: DataSplits, spec: str, message: str) -> None:
@@ -997,6 +997,8 @@ def test_a_channel_blend_kasmina_admits_on_a_sequence_slot_weighs_its_features(d
     ("factory", "target", "why"),
     [
         ("uncalled_slot_model", "spare", "the model's forward never calls it"),
+        # The probe's eval mode is said: a layer called only when self.training seemed called, and was refused.
+        ("training_only_slot_model", "spare", "the model's forward never calls it (probed in eval mode, model.eval())"),
         ("dict_slot_model", "inner", "it returns a dict, not a tensor"),
         ("rank1_slot_model", "inner", "it returns a tensor of rank 1 (a slot takes [batch, features]"),
         ("float64_slot_model", "inner", "it returns torch.float64 activations, and seeds are built in torch.float32"),
@@ -1143,7 +1145,10 @@ def test_a_forward_raising_systemexit_is_a_one_line_config_error() -> None:
     assert "the model's forward raised when probed with a batch of 2 of the mnist1d data set's samples" in str(
         info.value
     )
-    assert str(info.value).endswith("SystemExit: boom from user forward")
+    # Where in the user's code, as a failure mid-run says it: the message alone named no line of theirs.
+    assert re.search(
+        r"SystemExit: boom from user forward \(at (.*/)?tests/tolaria_factories\.py:\d+ in forward\)$", str(info.value)
+    )
 
 
 def test_a_checkpoint_no_manifest_names_is_removed_by_the_next_write(data: DataSplits, tmp_path: Path) -> None:

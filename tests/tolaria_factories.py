@@ -128,6 +128,21 @@ def uncalled_slot_model() -> nn.Module:
     return _Odd(nn.Identity(), ("spare",))
 
 
+class _TrainingOnly(_Odd):
+    """_Odd whose forward calls ``spare`` only in training mode (an auxiliary branch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = torch.relu(self.a(x.flatten(1)))
+        if self.training:
+            mid = mid + 0.1 * self.spare(mid)
+        return self.h(mid)  # type: ignore[no-any-return]
+
+
+def training_only_slot_model() -> nn.Module:
+    """A slot target the forward calls only when ``self.training``."""
+    return _TrainingOnly(nn.Identity(), ("spare",))
+
+
 def dict_slot_model() -> nn.Module:
     """A slot target returning a dict."""
     return _Odd(_AsDict(), ("inner",))

@@ -12,6 +12,7 @@ from actors.tolaria.host_model import TolariaConfigError
 from esper.nn.blueprints import SlotShape
 from esper.nn.slots import rebuild_problem
 from esper.nn.wrap import find_slots, wrap
+from esper.runtime.failure_trace import located
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -142,7 +143,7 @@ def fitting_shapes(
         # probe) was blamed on the samples' shape. The shape stays in the line: it is the likely cause of a mismatch.
         raise TolariaConfigError(
             f"{source}: the model's forward raised when probed with a batch of {len(sample)} of {data}:"
-            f" {type(err).__name__}: {err}"
+            f" {type(err).__name__}: {err}{located(err)}"
         ) from err
     expected = [len(sample), splits.num_classes]
     if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
@@ -153,7 +154,8 @@ def fitting_shapes(
         )
     shapes: dict[str, SlotShape] = {}
     for name in slots:
-        shape = measured.get(name, "the model's forward never calls it")
+        # The probe runs in eval mode: a layer the forward calls only under ``if self.training`` is never called.
+        shape = measured.get(name, "the model's forward never calls it (probed in eval mode, model.eval())")
         if isinstance(shape, str):
             raise TolariaConfigError(f"{source}: slot target {name!r} cannot hold a seed: {shape}")
         shapes[name] = shape
