@@ -244,14 +244,14 @@ def warn_gradientless_slots(config: RunConfig, slots: Collection[str], layers: C
 
 
 def warn_slot_targets_override(config: RunConfig, slots: Collection[str], model_targets: Sequence[str]) -> None:
-    """Log a ``slot_targets_override`` warning when ``kasmina.slot_targets`` is set and the host also names its own
-    slots: its ``slot_targets`` attribute (``model_targets``), which the key replaces, or slots it came with (a
+    """Log a ``slot_targets_override`` warning when ``kasmina.slot_targets`` is set and a user's host also names its
+    own slots: its ``slot_targets`` attribute (``model_targets``), which the key replaces, or slots it came with (a
     factory returning ``esper.nn.wrap(model, [...])``), which the key adds to. Either happened without a word."""
     given = list(config.kasmina.slot_targets)
-    if not given:
-        return
+    if not given or ":" not in config.tolaria.host_model:
+        return  # a built-in host's slots are chosen with this key, as README says: nothing of the user's is replaced
     parts: list[str] = []
-    if model_targets and list(model_targets) != given:
+    if model_targets and set(model_targets) != set(given):  # slots follow the model's order whatever the list's
         parts.append(f"replaces the model's own slot_targets {list(model_targets)!r}")
     came_with = [slot for slot in slots if slot not in given]
     if came_with:

@@ -14,7 +14,14 @@ from esper.log_events import StructlogSink
 from esper.logs import configure_logging, reset_logging
 from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import RepeatedFailure
-from esper.runtime.failure_trace import TRACE_CHARS, failure_traceback, first_failure, located, user_frame
+from esper.runtime.failure_trace import (
+    TRACE_CHARS,
+    failure_traceback,
+    first_failure,
+    located,
+    raised_in_one_line,
+    user_frame,
+)
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from esper.tail_render import parse_line, render_event
@@ -133,3 +140,29 @@ def test_a_child_failure_written_before_its_trace_was_recorded_still_decodes() -
 def test_located_names_the_same_frame_as_user_frame(depth: int) -> None:
     error = _caught(_raise, depth, "x")
     assert located(error) == f" (at {user_frame(error)})"
+
+
+def _raise_from(message: str) -> None:
+    try:
+        _raise(1, "the cause")
+    except RuntimeError as err:
+        raise ValueError(message) from err
+
+
+def test_a_users_error_is_said_in_one_line_where_their_own_raise_is() -> None:
+    """A factory's multi-line error (torch's state-dict mismatch, a user's own) put the location after its last line;
+    a user's ``raise ... from err`` was located at the cause's line, whose message the line did not show."""
+    said = raised_in_one_line(_caught(_raise_from, "bad input\n\texpected  something else"))
+    assert re.fullmatch(r"ValueError: bad input expected something else \(at " + HERE + r" in _raise_from\)", said)
+    assert raised_in_one_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+
+
+def test_an_installed_package_outside_the_interpreters_own_paths_is_not_the_users(tmp_path: Path) -> None:
+    """pip --user, Debian's dist-packages, a venv that sees the system's packages: torch there is no user code."""
+    package = tmp_path / "lib" / "python3" / "dist-packages" / "somelib"
+    package.mkdir(parents=True)
+    source = "def fail():\n    raise RuntimeError('inside the library')\n"
+    (package / "core.py").write_text(source, encoding="utf-8")
+    namespace: dict[str, object] = {}
+    exec(compile(source, str(package / "core.py"), "exec"), namespace)  # the library's frame names its file
+    assert re.fullmatch(HERE + " in _caught", user_frame(_caught(namespace["fail"])) or "")

@@ -268,10 +268,13 @@ async def test_a_run_with_a_slot_after_a_relu_starts_with_the_warning(tmp_path: 
     assert (warned["level"], warned["slots"]) == ("warning", ["2"])
 
 
-def _override_warnings(targets: str, slots: list[str], own: tuple[str, ...]) -> list[MutableMapping[str, Any]]:
+def _override_warnings(
+    targets: str, slots: list[str], own: tuple[str, ...], host: str = "mine:factory"
+) -> list[MutableMapping[str, Any]]:
     reset_logging()
+    config = apply_overrides(RunConfig(), [f"kasmina.slot_targets={targets}", f'tolaria.host_model="{host}"'])
     with capture_logs() as logs:
-        warn_slot_targets_override(apply_overrides(RunConfig(), [f"kasmina.slot_targets={targets}"]), slots, own)
+        warn_slot_targets_override(config, slots, own)
     return logs
 
 
@@ -289,6 +292,8 @@ def test_slot_targets_that_replace_or_add_to_the_models_own_are_said() -> None:
         " ['1', '3', '5']"
     )
     assert _override_warnings('["a"]', ["a"], ("a",)) == []  # the same list: nothing replaced
+    assert _override_warnings('["b", "a"]', ["a", "b"], ("a", "b")) == []  # slots follow the model's order anyway
+    assert _override_warnings('["blocks.1"]', ["blocks.1"], ("blocks.0", "blocks.1", "blocks.2"), "cnn1d") == []
     assert _override_warnings('["a"]', ["a"], ()) == []
     reset_logging()
     with capture_logs() as logs:

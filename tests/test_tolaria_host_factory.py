@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.tolaria.build import check_config
+from actors.tolaria.build import build_trainee, check_config
 from actors.tolaria.host_model import TolariaConfigError, build_host
 from schemas.config import TolariaConfig
 from tests.host_factory_forms import CALLS
@@ -73,3 +73,11 @@ def test_the_start_check_builds_a_factory_that_takes_arguments_twice() -> None:
     splits = check_config(config)
     assert CALLS["shape_and_classes"] == {"input_shape": (1, 8, 8), "num_classes": 10}
     assert splits.input_shape == (1, 8, 8)
+
+
+def test_a_factory_returning_its_model_wrapped_at_its_own_slot_targets_is_not_wrapped_twice() -> None:
+    """README says a factory may return an esper.nn.wrap'ed model; one whose slot_targets attribute names a module
+    it wrapped already was refused: "wrap: module '1' already has a slot"."""
+    config = TolariaConfig(host_model="tests.tolaria_factories:prewrapped_own_mlp", dataset="digits", epochs=1)
+    trainee = build_trainee(config, check_config(config), (), torch.device("cpu"))
+    assert list(trainee.slots) == ["1", "3"]

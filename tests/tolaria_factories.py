@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from esper.nn.hosts import CNN1dHost
+from esper.nn.wrap import wrap
 
 
 def _mlp(features: int = 40, classes: int = 10, slot_targets: object = ("1",)) -> nn.Module:
@@ -604,3 +605,9 @@ def ballast_mlp() -> nn.Module:
     model = _mlp()
     model.register_buffer("ballast", torch.zeros(10_000_000))
     return model
+
+
+def prewrapped_own_mlp() -> nn.Module:
+    """``tiny_mlp`` for digits' 64 features (its own ``slot_targets`` naming "1") returned already wrapped at "1" and
+    "3" by its factory."""
+    return wrap(_mlp(features=64), ["1", "3"])

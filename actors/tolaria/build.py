@@ -29,7 +29,7 @@ from esper.nn.data_batches import BatchPlan
 from esper.nn.optim_migration import GROUP_NAME_KEY
 from esper.nn.precision import native_bf16
 from esper.nn.slots import SlotMode
-from esper.runtime.failure_trace import located
+from esper.runtime.failure_trace import raised_in_one_line
 from esper.runtime.lanes import resolve_device
 from schemas.boundary import SeedOp
 from schemas.config import initial_seed_id
@@ -241,7 +241,7 @@ def _check_trains(
             hint = " in channels_last memory format (tolaria.channels_last = true: use .reshape in forward, or set"
             hint += " tolaria.channels_last = false)"
         raise TolariaConfigError(
-            f"{source}: the model cannot train on a batch of {count}{hint}: {type(err).__name__}: {err}{located(err)}"
+            f"{source}: the model cannot train on a batch of {count}{hint}: {raised_in_one_line(err)}"
         ) from err
 
 

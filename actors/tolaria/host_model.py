@@ -16,7 +16,7 @@ from torch import nn
 
 from esper.nn.hosts import CNN1dHost, MLPHost
 from esper.runtime.errors import ConfigError
-from esper.runtime.failure_trace import located
+from esper.runtime.failure_trace import raised_in_one_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -199,5 +199,4 @@ def _raised(err: BaseException) -> str:
     """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``), then where in the
     user's code it was raised (`` (at file:line in function)``, as a failure mid-run says it; none when no frame is
     the user's): the message alone ("mat1 and mat2 shapes cannot be multiplied") named no line of theirs."""
-    text = str(err)
-    return (f"{type(err).__name__}: {text}" if text else type(err).__name__) + located(err)
+    return raised_in_one_line(err)

@@ -12,7 +12,7 @@ from actors.tolaria.host_model import TolariaConfigError
 from esper.nn.blueprints import SlotShape
 from esper.nn.slots import rebuild_problem
 from esper.nn.wrap import find_slots, wrap
-from esper.runtime.failure_trace import located
+from esper.runtime.failure_trace import raised_in_one_line
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -143,7 +143,7 @@ def fitting_shapes(
         # probe) was blamed on the samples' shape. The shape stays in the line: it is the likely cause of a mismatch.
         raise TolariaConfigError(
             f"{source}: the model's forward raised when probed with a batch of {len(sample)} of {data}:"
-            f" {type(err).__name__}: {err}{located(err)}"
+            f" {raised_in_one_line(err)}"
         ) from err
     expected = [len(sample), splits.num_classes]
     if not isinstance(output, torch.Tensor) or list(output.shape) != expected:
@@ -183,8 +183,13 @@ def wrap_host(config: TolariaConfig, model: nn.Module, slot_targets: Sequence[st
         source = f"kasmina.slot_targets = {list(slot_targets)!r}" if slot_targets else model_source
         if any(not isinstance(t, str) or not t.strip() for t in targets):
             raise TolariaConfigError(f"{source}: expected non-empty module names, got {list(targets)!r}")
+        # A factory may return its model wrapped already (esper.nn.wrap), its own list naming the same modules:
+        # those have their slots and are not wrapped twice.
+        slotted = set(find_slots(model))
+        unslotted = [target for target in targets if target not in slotted]
         try:
-            wrap(model, list(targets))
+            if unslotted:
+                wrap(model, unslotted)
         except ValueError as err:
             raise TolariaConfigError(f"{source}: {err}") from err
     slots = dict(find_slots(model))

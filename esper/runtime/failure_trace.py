@@ -27,6 +27,7 @@ def _not_users() -> tuple[str, ...]:
 
 
 _NOT_USER: Final = _not_users()
+_INSTALLED: Final = frozenset({"site-packages", "dist-packages"})
 
 
 def first_failure(error: BaseException) -> BaseException:
@@ -56,11 +57,12 @@ def failure_traceback(error: BaseException) -> str | None:
     return text if len(text) <= TRACE_CHARS else "..." + text[-(TRACE_CHARS - 3) :]
 
 
-def user_frame(error: BaseException) -> str | None:
+def user_frame(error: BaseException, *, own: bool = False) -> str | None:
     """``file:line in function`` of the innermost frame of the first failure that lies in the user's own code (not
     in Esper, the standard library or an installed package); the file relative to the working directory when it is
-    under it. None when no frame is the user's."""
-    failure = first_failure(error)
+    under it. None when no frame is the user's. ``own``: of ``error``'s own traceback, not of the failure it was
+    raised from (the user's ``raise RuntimeError(...) from err`` is where their message comes from)."""
+    failure = innermost(error) if own else first_failure(error)
     frames = traceback.extract_tb(failure.__traceback__)
     frame = next(_users(reversed(frames)), None)
     if frame is None:
@@ -74,12 +76,26 @@ def located(error: BaseException) -> str:
     return "" if frame is None else f" (at {frame})"
 
 
+def raised_in_one_line(error: BaseException) -> str:
+    """``Type: message`` of an exception the user's code raised (the bare type when the message is empty), its
+    whitespace and line breaks run together (torch's state-dict errors and a user's own take several lines), then
+    where in their code it was raised (`` (at file:line in function)``, of its own traceback; none when no frame is
+    the user's)."""
+    text = " ".join(str(error).split())
+    head = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    frame = user_frame(error, own=True)
+    return head if frame is None else f"{head} (at {frame})"
+
+
 def _users(frames: Iterable[traceback.FrameSummary]) -> Iterator[traceback.FrameSummary]:
     for frame in frames:
         name = frame.filename
         if name.startswith("<"):
             continue  # <frozen importlib._bootstrap>, <string>: no file of the user's
-        if not (str(Path(name).resolve()) + os.sep).startswith(_NOT_USER):
+        resolved = Path(name).resolve()
+        # An installed package outside this interpreter's own paths (pip --user, Debian's dist-packages, a venv
+        # that sees the system's) is no more the user's code than torch in the venv.
+        if not (str(resolved) + os.sep).startswith(_NOT_USER) and not _INSTALLED.intersection(resolved.parts):
             yield frame
 
 
