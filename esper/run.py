@@ -60,6 +60,7 @@ from esper.run_files import RunFiles
 from esper.run_history import earlier_tally, written_by
 from esper.run_parser import EXIT_CONFIG_ERROR, build_parser
 from esper.run_start import (
+    STORE_KEY,
     WEIGHTS_KEY,
     growth_figures,
     nothing_trained,
@@ -315,8 +316,9 @@ async def _start_logged(
         )
     except ConfigError as err:
         # The weights' contents are checked as Tamiyo loads them (torch: seconds, not worth a start's check before
-        # the claim), so the directory is left as after a Redis refusal and named the same way.
-        if resume is not None or not str(err).startswith(WEIGHTS_KEY):
+        # the claim), and a catalogue's as the store opens, so the directory is left as after a Redis refusal and
+        # named the same way.
+        if resume is not None or not str(err).startswith((WEIGHTS_KEY, STORE_KEY)):
             raise
         raise nothing_trained(err, directory) from err.__cause__  # the refusal once in a traceback
     store = undo.store = StoreCloser(parts.store)

@@ -40,6 +40,9 @@ _log = structlog.get_logger("esper.run")
 
 WEIGHTS_KEY = "tamiyo.gnn_checkpoint"
 """The config field a refusal names when Tamiyo's weights cannot be loaded (a new run's start then trained nothing)."""
+STORE_KEY = "urza.root"
+"""The config field a refusal names when the artifact store cannot be opened (a damaged catalogue, known only as it
+opens: a new run's start then trained nothing)."""
 
 
 def preload_earlier(tally: RunTally, before: EarlierTally) -> None:

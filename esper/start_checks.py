@@ -24,22 +24,23 @@ if TYPE_CHECKING:
 
     from actors.karn.catalogue import BlueprintEntry, TierPolicy
     from esper.nn.blueprints import Catalogue
-    from schemas.config import KarnConfig, NissaConfig, OonaConfig, RunConfig, TamiyoConfig
+    from schemas.config import KarnConfig, NissaConfig, OonaConfig, RunConfig, TamiyoConfig, UrzaConfig
     from schemas.kernels import SlotKind
 
 _log = structlog.get_logger("esper.start")
 
 
 def check_start(config: RunConfig) -> None:
-    """Refuse blueprint ids the catalogue lacks, GNN weights that cannot be loaded, a metrics host that cannot be
-    listened on and the Redis bus without its package. Each failed only while the run assembled, after its directory
-    was made. Blocking (file I/O, name resolution).
+    """Refuse blueprint ids the catalogue lacks, GNN weights that cannot be loaded, an artifact store that cannot be
+    made or written, a metrics host that cannot be listened on and the Redis bus without its package. Each failed
+    only while the run assembled, after its directory was made. Blocking (file I/O, name resolution).
 
     Raises:
         ConfigError: one line naming the key and its value.
     """
     check_karn(config.karn)
     check_gnn_weights(config.tamiyo)
+    check_urza_root(config.urza)
     check_metrics_host(config.nissa)
     check_redis_installed(config.oona)
 
@@ -92,6 +93,43 @@ def check_gnn_weights(tamiyo: TamiyoConfig) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"{where}: cannot read it: {err.strerror or err}") from err
+
+
+def check_urza_root(urza: UrzaConfig) -> None:
+    """``urza.root`` is a directory the run can write, or can be made: the store opened only as the run assembled,
+    after the run directory was made, and a read-only one left that directory behind unnamed. Creates nothing (a
+    refused ``--resume`` leaves everything as it was); a damaged catalogue is still found as the store opens."""
+    root = Path(urza.root)
+    where = f"urza.root = {urza.root!r}"
+    existing = root
+    while not os.path.exists(existing) and existing.parent != existing:  # False where a parent may not be read
+        existing = existing.parent
+    if not existing.is_dir():
+        named = "is" if existing == root else f"is under {existing}, which is"
+        raise ConfigError(f"{where}: {named} a file, not a directory: point urza.root elsewhere")
+    # What the store writes in: the root (SQLite's journal beside the catalogue), and what it holds already.
+    parts = [root / "catalog.sqlite", root / "blobs", root / "quarantine"] if existing == root else []
+    for path in (existing, *(part for part in parts if part.exists())):
+        needed = os.W_OK | (os.X_OK if path.is_dir() else 0)
+        if os.access(path, needed):
+            continue
+        read_only = _read_only_mount(path)
+        why = "on a read-only file system" if read_only else "not writable"
+        if existing != root:
+            what = f"the store cannot be made in {existing}, which is {why}"
+        else:  # worded as the store's own refusal (open_store) is
+            what = "the store is not writable" + (f" ({path} is {why})" if read_only or path != root else "")
+        raise ConfigError(
+            f"{where}: {what}; a run stores its compiled blueprints there: make it writable or point urza.root"
+            " elsewhere"
+        )
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_metrics_host(nissa: NissaConfig) -> None:

@@ -12,29 +12,44 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, final
 
 import aiofiles
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 import esper.logs
+import esper.runtime.atomic_write
+from actors.kasmina.journal import BoundaryJournal, JournalReceipt
+from actors.tamiyo.field_reports import FieldReportWal
+from actors.tamiyo.heuristic import HeuristicState
+from actors.tamiyo.outcomes import OutcomeState
+from actors.tamiyo.state import TamiyoCounters, TamiyoState
+from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
 from actors.tolaria.checkpoints import CheckpointWriter
 from esper.logs import configure_logging, reset_logging
 from esper.run import main
 from esper.run_parser import EXIT_OK
 from esper.runtime.actor import Actor
+from esper.runtime.atomic_write import atomic_write_chunks
 from esper.runtime.child_spec import ChildSpec
 from esper.runtime.errors import UnrecoverableFailure, unrecoverable_cause
 from esper.runtime.supervisor import Supervisor
 from esper.runtime.system import ActorSystem
 from schemas.base import Message
+from schemas.boundary import BoundaryApplied
 from schemas.runtime import ChildFailed, ChildRestarted, SupervisorEscalated
 from tests.test_kernel_support import Get, Probe, Recorder
+from tests.test_tamiyo_field_reports import report
 from tests.test_tolaria_checkpoint_format import sample_state
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from esper.runtime.clock import ManualClock
     from esper.runtime.events import RecordingSink
 
@@ -233,3 +248,113 @@ def test_a_run_whose_event_log_fails_still_completes_with_one_notice(
     assert err.count("cannot write the event log") == 1
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["training"]["epochs"]) == ("completed", 2)
+
+
+def _temp_files_on_dev_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Atomic writes' temp files made as usual (then removed), but written to /dev/full: a write past the buffer fails
+    with ENOSPC, and so does the close's flush of what is still buffered."""
+    made = tempfile.mkstemp
+
+    def mkstemp(*, prefix: str, suffix: str, dir: Path) -> tuple[int, str]:  # tempfile's names
+        fd, name = made(prefix=prefix, suffix=suffix, dir=dir)
+        os.close(fd)
+        return os.open(FULL, os.O_WRONLY), name
+
+    monkeypatch.setattr(esper.runtime.atomic_write, "tempfile", SimpleNamespace(mkstemp=mkstemp))
+
+
+def _appends_on_dev_full(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """aiofiles' appends to ``path`` go to /dev/full; everything else as usual."""
+    opened: Callable[..., Any] = aiofiles.open
+
+    def redirected(file: Path, mode: str = "r", **kwargs: Any) -> Any:
+        return opened(FULL if file == path and "a" in mode else file, mode, **kwargs)
+
+    monkeypatch.setattr(aiofiles, "open", redirected)
+
+
+def test_a_write_of_small_pieces_that_does_not_fit_names_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write's error named the file, but the close then flushed the pieces still buffered, failed again and its
+    error (no file) replaced it: a checkpoint's write on a full disk said "No space left on device" alone."""
+    _temp_files_on_dev_full(monkeypatch)
+    target = tmp_path / "step-20.pt"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write_chunks(target, (bytes(100) for _ in range(1000)))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone
+
+
+def test_a_failed_checkpoint_write_logs_its_step_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_write_failed had only the error: not which step, and on a full disk not which file."""
+    _temp_files_on_dev_full(monkeypatch)
+    directory = tmp_path / "checkpoints"
+    writer = CheckpointWriter(directory, keep_last=2)
+    state = sample_state()
+    target = str(directory / f"step-{state.global_step}.pt")
+    try:
+        with capture_logs() as logs:
+            writer.submit(state)
+            writer.wait_written()  # the barrier: the writer thread has failed the write
+        with pytest.raises(OSError, match="No space left on device"):
+            writer.flush()
+    finally:
+        writer.close()
+    assert [entry for entry in logs if entry["event"] == "checkpoint_write_failed"] == [
+        {
+            "event": "checkpoint_write_failed",
+            "log_level": "error",
+            "step": state.global_step,
+            "file": target,
+            "error": f"OSError: [Errno {errno.ENOSPC}] No space left on device: '{target}'",
+        }
+    ]
+
+
+async def test_tamiyos_state_journal_on_a_full_disk_names_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's failure blamed Tamiyo (its journal's write failed first) with "No space left on device" alone."""
+    path = tmp_path / STATE_JOURNAL_FILENAME
+    _appends_on_dev_full(monkeypatch, path)
+    journal = TamiyoStateJournal(path)
+    state = TamiyoState(
+        policy="heuristic",
+        policy_version="heuristic-1",
+        fallback=HeuristicState(),
+        outcomes=OutcomeState(),
+        counters=TamiyoCounters(),
+        last_step=20,
+    )
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        await journal.append(20, state)
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))
+
+
+async def test_tamiyos_field_report_wal_on_a_full_disk_names_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append's flush and the close's (what the failed append left buffered) both failed naming no file."""
+    path = tmp_path / "field_reports.wal"
+    _appends_on_dev_full(monkeypatch, path)
+    wal = FieldReportWal(path, fsync=False)
+    await wal.open()
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        await wal.append(report(1))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))
+    with pytest.raises(OSError, match="No space left on device") as closing:
+        await wal.close()
+    assert (closing.value.errno, closing.value.filename) == (errno.ENOSPC, str(path))
+
+
+def test_kasminas_journal_on_a_full_disk_names_its_file(tmp_path: Path) -> None:
+    """Its close flushed the line and failed naming no file ("kasmina failed: No space left on device")."""
+    path = tmp_path / "kasmina_journal.jsonl"
+    path.symlink_to(FULL)
+    journal = BoundaryJournal(path)
+    applied = BoundaryApplied(run_id="r", decided_on_step=12, effect_step=20, applied_step=20)
+    journal.append(JournalReceipt(receipt=applied))
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        journal.write_pending()
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))

@@ -349,7 +349,7 @@ def test_a_ctrl_c_while_main_checks_a_resume_returns_130(tmp_path: Path, monkeyp
     ("damage", "message"),
     [
         ("catalogue", r"the catalogue .*catalog\.sqlite cannot be used \(file is not a database\); move it aside"),
-        ("file", r"the store cannot be opened: .*Not a directory"),
+        ("file", r"is a file, not a directory: point urza\.root elsewhere$"),  # checked before the run directory
     ],
 )
 def test_an_unusable_artifact_store_is_one_line_naming_urza_root(tmp_path: Path, damage: str, message: str) -> None:

@@ -5,8 +5,10 @@ No run directory is left behind where it can be checked before the run starts.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -20,10 +22,13 @@ from actors.tamiyo.outcomes import OutcomeState
 from actors.tamiyo.state import TamiyoCounters, TamiyoState
 from actors.tamiyo.state_journal import STATE_JOURNAL_FILENAME, TamiyoStateJournal
 from actors.tamiyo.stop_state import write_stop_state
+from actors.urza.store import UrzaStore
 from esper.run import main
 from esper.run_dir import claim_run_dir
 from esper.run_parser import EXIT_CONFIG_ERROR
+from esper.start_checks import check_urza_root
 from esper.tamiyo_resume import TAMIYO_STATE_FILE
+from schemas.config import UrzaConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -517,3 +522,83 @@ def test_a_value_set_in_an_inline_table_names_the_set_that_gave_it(
     assert main([str(tmp_path / "c.toml"), *sets, "--run-dir", str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
     one_line(capsys.readouterr().err, f"--set {override}: {start}")
     assert not (tmp_path / "r").exists()
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_artifact_store_that_cannot_be_made_is_refused_before_the_run_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """urza.root was opened only as the run assembled: the refusal came after the run directory was made, which was
+    left holding this attempt's files and was not named (a cron job left one a try). A path under a regular file
+    cannot be made, root or not; a resume refused for it leaves its run as it was."""
+    (tmp_path / "file").write_text("not a directory")
+    root = tmp_path / "file" / "urza"
+    err = refused(tmp_path, capsys, f'[tolaria]\nepochs = 1\n[urza]\nroot = "{root}"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: urza.root = '{root}': is under {tmp_path / 'file'}, which is a file, not a directory:"
+        " point urza.root elsewhere",
+    )
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "c.toml").write_text("[tolaria]\nepochs = 1\ndataset_samples = 500\n[logging]\nconsole = false\n")
+    run = tmp_path / "run"
+    assert main([str(tmp_path / "c.toml"), "--run-dir", str(run)]) == 0
+    before = _tree(run)
+    capsys.readouterr()
+    resumed = [str(run / "config.toml"), "--resume", str(run), "--set", "tolaria.epochs=2"]
+    assert main([*resumed, "--set", f'urza.root="{root}"']) == EXIT_CONFIG_ERROR
+    one_line(capsys.readouterr().err, f"--set urza.root=\"{root}\": urza.root = '{root}': is under ")
+    assert _tree(run) == before
+
+
+def test_an_artifact_store_on_a_read_only_file_system_is_refused_before_the_run_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The finding as found: a read-only mount (modes do not stop root; a read-only file system does)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mount)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for root, what in (
+            (mount / "u", f"the store cannot be made in {mount}, which is on a read-only file system"),
+            (mount, f"the store is not writable ({mount} is on a read-only file system)"),
+        ):
+            err = refused(tmp_path, capsys, f'[tolaria]\nepochs = 1\n[urza]\nroot = "{root}"\n')
+            one_line(
+                err,
+                f"{tmp_path / 'c.toml'}: urza.root = '{root}': {what}; a run stores its compiled blueprints there:"
+                " make it writable or point urza.root elsewhere",
+            )
+            assert not (tmp_path / "r").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_damaged_catalogue_names_the_run_directory_it_leaves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found only as the store opens, after the run directory was made: named, as a Redis refusal names it."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "catalog.sqlite").write_bytes(b"this is not a SQLite database, only some bytes long enough" * 4)
+    err = refused(tmp_path, capsys, f'[tolaria]\nepochs = 1\n[urza]\nroot = "{root}"\n').splitlines()[-1]
+    assert err.startswith(f"{tmp_path / 'c.toml'}: urza.root = '{root}': the catalogue "), err
+    run_dir = tmp_path / "r"
+    assert err.endswith(
+        f"; nothing was trained: run again with --run-dir {run_dir} (a new run may reuse it) or remove it"
+    )
+    claim_run_dir(run_dir, resume=False).release()  # as it says: a new run may reuse it
+
+
+def test_an_artifact_store_that_can_be_made_or_written_passes_its_check_and_nothing_is_made(tmp_path: Path) -> None:
+    check_urza_root(UrzaConfig(root=str(tmp_path / "new" / "urza")))
+    assert list(tmp_path.iterdir()) == []  # the store makes it as it opens, not the check
+    UrzaStore(tmp_path / "store").close()
+    check_urza_root(UrzaConfig(root=str(tmp_path / "store")))

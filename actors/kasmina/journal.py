@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, final
 
 import msgspec
 
-from esper.runtime.atomic_write import atomic_write_chunks
+from esper.runtime.atomic_write import atomic_write_chunks, named_os_errors
 from esper.runtime.errors import EsperError
 from schemas.base import Message
 from schemas.boundary import BoundaryApplied
@@ -238,7 +238,8 @@ class BoundaryJournal:
         data = b"".join(self._unwritten)
         self._unwritten.clear()
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._path.open("ab") as file:
+        # Named, the close too (it flushes): a full disk's write error says no file.
+        with named_os_errors(self._path), self._path.open("ab") as file:
             # No fsync: a process crash keeps the OS buffers; only a machine crash can lose the tail, which a resume
             # then plans again (the torn line is cut off on load).
             file.write(data)

@@ -32,6 +32,7 @@ import aiofiles
 import msgspec
 import structlog
 
+from esper.runtime.atomic_write import named_os_errors
 from esper.runtime.file_release import close_now
 from schemas.base import Record
 from schemas.reports import FieldReport
@@ -311,10 +312,11 @@ class FieldReportWal:
             file = self._file
             if file is None:
                 raise RuntimeError(f"field-report WAL {self._path} is not open")
-            await file.write(frames)
-            await file.flush()
-            if self._fsync:
-                await asyncio.to_thread(os.fsync, file.fileno())
+            with named_os_errors(self._path):  # a full disk's write error says no file
+                await file.write(frames)
+                await file.flush()
+                if self._fsync:
+                    await asyncio.to_thread(os.fsync, file.fileno())
             self._appended += len(encoded)
             self._bytes_written += len(frames)
 
@@ -323,7 +325,8 @@ class FieldReportWal:
         async with self._lock:
             file, self._file = self._file, None
             if file is not None:
-                await file.close()
+                with named_os_errors(self._path):  # it flushes what a failed write left buffered, failing again
+                    await file.close()
 
     def abandon(self) -> None:
         """Close the file without awaiting (the actor's task is being cancelled); a frame cut short is a torn tail

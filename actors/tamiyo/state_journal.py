@@ -25,7 +25,7 @@ import msgspec
 
 from actors.tamiyo import state_codec
 from actors.tamiyo.state import TamiyoState
-from esper.runtime.atomic_write import atomic_write_bytes
+from esper.runtime.atomic_write import atomic_write_bytes, named_os_errors
 from schemas.base import Record
 
 if TYPE_CHECKING:
@@ -123,8 +123,10 @@ class TamiyoStateJournal:
             entries, skipped = await anyio.to_thread.run_sync(read_entries, self._path)
             self._lines = len(entries) + skipped
             await anyio.to_thread.run_sync(lambda: self._path.parent.mkdir(parents=True, exist_ok=True))
-        async with aiofiles.open(self._path, "ab") as file:
-            await file.write(_line(StateEntry(step=step, state=state)))
+        # Named: a full disk's write error says no file, and the run's failure blamed Tamiyo without one.
+        with named_os_errors(self._path):
+            async with aiofiles.open(self._path, "ab") as file:
+                await file.write(_line(StateEntry(step=step, state=state)))
         self._lines += 1
         if self._lines >= 2 * self._keep:
             self._lines = await anyio.to_thread.run_sync(self._compact)

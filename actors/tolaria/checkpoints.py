@@ -250,7 +250,11 @@ class CheckpointWriter:
                     ready.synchronize()
                 self._write(state)
             except BaseException as err:  # noqa: BLE001  # handed to the next flush(), which re-raises it
-                _log.error("checkpoint_write_failed", error=f"{type(err).__name__}: {err}")
+                # The step and the file: the error alone ("No space left on device") said neither.
+                step = item[0].global_step if item is not None else None
+                named = err.filename if isinstance(err, OSError) else None
+                file = str(named) if named is not None else str(self._directory / f"step-{step}.pt")
+                _log.error("checkpoint_write_failed", step=step, file=file, error=f"{type(err).__name__}: {err}")
                 self._error = err
             finally:
                 self._queue.task_done()

@@ -114,18 +114,18 @@ def atomic_write_chunks(
     # The pid in the name tells a killed writer's leftover from a live writer's (remove_dead_temp_files).
     fd, tmp_name = tempfile.mkstemp(prefix=f"{temp_prefix()}{path.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as tmp:
+        # The close named too: after a failed write of small pieces it flushes what is still buffered, fails again,
+        # and its error (no file name) replaced the write's (a full disk said "No space left on device" alone).
+        with named_os_errors(path), os.fdopen(fd, "wb") as tmp:
             if shared:
                 # Best effort: a file system that refuses modes (some CIFS and vfat mounts) keeps its own, and the
                 # write must not fail for it.
                 with contextlib.suppress(OSError):
                     os.fchmod(tmp.fileno(), shared_file_mode())
             for chunk in chunks:
-                with _naming(path):
-                    tmp.write(chunk)
-            with _naming(path):
-                tmp.flush()
-                os.fsync(tmp.fileno())
+                tmp.write(chunk)
+            tmp.flush()
+            os.fsync(tmp.fileno())
         if replace:
             os.replace(tmp_name, path)
         else:
@@ -160,7 +160,7 @@ def _link_new(tmp_name: str, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
+def named_os_errors(path: Path) -> Iterator[None]:
     """An OSError without a file name, as a write's or an fsync's is (``No space left on device`` alone), raised again
     naming ``path``: the user must know which file did not fit (an open's or a rename's names one already)."""
     try:
