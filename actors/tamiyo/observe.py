@@ -48,8 +48,10 @@ def layer_gradient_norms(packet: SystemStatePacket) -> dict[int, float]:
 
 
 def mean_layer_norm(packet: SystemStatePacket, by_depth: Mapping[int, float]) -> float:
-    """The mean of the layers' gradient norms that ``slot_constraint`` divides by (0.0 with none)."""
-    norms = list(by_depth.values()) or [max(v, 0.0) for v in packet.layer_gradient_norms.values() if math.isfinite(v)]
+    """The mean of the layers' gradient norms that ``slot_constraint`` divides by (0.0 with none): every layer the
+    packet reports a norm for (Tolaria's summaries cover only the layers with slots, and a mean over those alone
+    would judge each slot against the others instead of against the whole host), else the summaries' own."""
+    norms = [max(v, 0.0) for v in packet.layer_gradient_norms.values() if math.isfinite(v)] or list(by_depth.values())
     return math.fsum(norms) / len(norms) if norms else 0.0
 
 

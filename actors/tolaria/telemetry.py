@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, final
 import msgspec
 import torch
 
+from actors.tolaria.layer_summaries import slot_layer_summaries
 from esper.nn.slots import SlotMode
 from esper.nn.wrap import SLOT_ATTR
 from schemas.enums import EmergencyLevel, SeedLifecycleStage
-from schemas.state import SeedState, StepTimings, SystemStatePacket
+from schemas.state import LayerSummary, SeedState, StepTimings, SystemStatePacket
 
 if TYPE_CHECKING:
     from actors.tolaria.build import Trainee
@@ -256,6 +257,7 @@ class PacketBuilder:
         self._trainee = trainee
         self._signature: tuple[object, ...] | None = None
         self._layout: _Layout = ([], [], {})
+        self._layers: tuple[LayerSummary, ...] = ()
 
     def _current_layout(self) -> _Layout:
         trainee = self._trainee
@@ -278,6 +280,7 @@ class PacketBuilder:
             params.append(p)
             keys.append((layer_key(name, slot_names), seed))
         self._layout = (params, keys, trainee.seed_parameters())
+        self._layers = slot_layer_summaries(trainee.model, trainee.slots)
         self._signature = signature
         return self._layout
 
@@ -344,6 +347,7 @@ class PacketBuilder:
             validation_accuracy=None if validation is None else min(1.0, max(0.0, validation[1])),
             loss_delta=loss_delta,
             gradient_norm=total,
+            layers=self._layers,
             layer_gradient_norms=layers,
             seed_gradient_norms=seeds,
             seed_states=seed_states(trainee, seeds, lrs, seed_sizes),

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor
 
-__all__ = ["SLOT_ATTR", "WrapTarget", "find_slots", "slot_path", "unwrap", "wrap"]
+__all__ = ["SLOT_ATTR", "WrapTarget", "find_slots", "host_class", "slot_path", "unwrap", "wrap"]
 
 SLOT_ATTR = "esper_slot"
 _REF_ATTR = "_esper_slot_ref"
@@ -177,6 +177,13 @@ def _insert(module: nn.Module, slot: SeedSlot) -> None:
     module.__dict__[_REF_ATTR] = slot
     module.__dict__[_BASE_ATTR] = type(module)
     slot.bind_host(module, _switch_class)
+
+
+def host_class(module: nn.Module) -> type[nn.Module]:
+    """The class ``module`` was built as: its own while no seed is live in its slot, and the one ``Slotted<Class>``
+    stands in for while one is."""
+    base = module.__dict__.get(_BASE_ATTR)
+    return base if isinstance(base, type) else type(module)
 
 
 def _switch_class(host: nn.Module, live: bool) -> None:
