@@ -13,6 +13,7 @@ import stat
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from esper.console_stream import drain_standard_consoles, write_shown
 from esper.session import EXIT_INTERRUPTED
 from esper.summary_table import format_summary
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 # Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# An exit "at once" still gives the console's queued lines this long to reach a reader that reads.
+EXIT_DRAIN_S = 0.5
 
 
 def handled_signals() -> tuple[signal.Signals, ...]:
@@ -38,6 +41,7 @@ def exit_on_signal(code: int) -> None:
     completed run as killed, 143)."""
 
     def leave(_signum: int, _frame: object) -> None:
+        drain_standard_consoles(EXIT_DRAIN_S)  # the summary may still be on its way to the reader
         os._exit(code)
 
     for sig in handled_signals():
@@ -59,7 +63,7 @@ def say(stream: TextIO | None, text: str) -> None:
     if stream is None:
         return
     with contextlib.suppress(OSError, ValueError):
-        stream.write(text)
+        write_shown(stream, text)  # a character its encoding lacks is escaped: the line is never lost for it
         stream.flush()
 
 
@@ -119,6 +123,7 @@ async def run_in_foreground(
             # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
             # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
             say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
+            drain_standard_consoles(EXIT_DRAIN_S)
             os._exit(EXIT_INTERRUPTED)
         interrupted.set()
         if not starting.done():

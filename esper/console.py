@@ -6,8 +6,8 @@ Fed on the event loop by the composition root: ``on_packet`` with every state pa
 the epoch's figures at its end) and ``emit`` with the run's events (lifecycle changes, a seed paused or resumed,
 emergencies, restarts, loss spikes, conservative mode, a seed operation the trainer refused, a command Kasmina
 refused: the first for each reason, then its running count at an epoch end each time it has doubled). Writes to a
-text stream and never blocks for longer than a terminal write; on a TTY the bar redraws in place, elsewhere only the
-finished bar of each epoch is written.
+text stream through a ConsoleStream, which never blocks (its reader may stall); on a TTY the bar redraws in place,
+elsewhere only the finished bar of each epoch is written.
 """
 
 from __future__ import annotations

@@ -1,75 +1,295 @@
-"""A console stream that outlives its reader: after a failed write (a closed pipe or terminal) output is dropped."""
+"""A console stream that never holds up the run: written by a thread of its own, dropped when its reader is gone."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
+import sys
 import threading
-from typing import TYPE_CHECKING, final
+import time
+from typing import TYPE_CHECKING, Final, final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import TextIO
 
-__all__ = ["ConsoleStream"]
+__all__ = ["DRAIN_S", "QUEUE_WRITES", "ConsoleStream", "drain_standard_consoles", "standard_consoles", "write_shown"]
+
+QUEUE_WRITES: Final = 4096
+"""Writes held for a reader that lags (a few hundred KB of lines); beyond, the newest are dropped."""
+DRAIN_S: Final = 2.0
+"""How long the end of a run waits for its last lines to reach a reader that lags; a stalled one never gets them."""
+_IDLE_S: Final = 5.0  # the writer thread ends after this long with nothing to write (the next write starts another)
+
+
+def write_shown(stream: TextIO | ConsoleStream, text: str) -> bool:
+    """``stream.write(text)``; where its encoding cannot show a character (PYTHONIOENCODING=ascii and a non-ASCII
+    path), the line is written with that character as a backslash escape, never lost (a strict stream raised, and
+    sys.stderr escapes unasked). Returns whether it was escaped."""
+    encoding = getattr(stream, "encoding", None)
+    if isinstance(encoding, str) and not isinstance(stream, ConsoleStream):  # that one escapes as it writes
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            return True
+        except LookupError:  # no codec of that name: the stream says what it does with the text
+            pass
+    stream.write(text)
+    return False
+
+
+def _escape_note(stream: TextIO, text: str) -> str:
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    lead = "" if text.endswith("\n") else "\n"
+    return (
+        f"{lead}(the console's encoding, {encoding}, cannot show some characters above: they are shown as backslash"
+        " escapes, so a path there is not the real one; PYTHONIOENCODING=utf-8 shows them)\n"
+    )
+
+
+@final
+class _Writer:
+    """The one writer of a stream: in the caller's thread for a stream with no file descriptor (a StringIO cannot
+    block), else through a bounded queue and a daemon thread, so a reader that stops reading (a full pipe) stalls
+    that thread alone."""
+
+    def __init__(self, inner: TextIO, *, queued: bool, capacity: int) -> None:
+        self.inner = inner
+        self._capacity = capacity
+        self.lost: BaseException | None = None
+        self.lost_listeners: list[Callable[[BaseException], None]] = []
+        self.drop_listeners: list[Callable[[int], None]] = []
+        self._queued = queued
+        self._cond = threading.Condition()  # an RLock: a signal handler that drains may run inside a write
+        self._items: collections.deque[str] = collections.deque()
+        self._busy = False  # the thread holds a batch it has not finished writing
+        self._thread: threading.Thread | None = None
+        self._dropped = 0  # writes dropped since the console last said so
+        self._dropped_total = 0
+        self._escaped = False
+
+    def write(self, text: str) -> None:
+        if self.lost is not None:
+            return
+        if not self._queued:
+            with self._cond:
+                self._write_through(text, flush=False)
+            return
+        first = False
+        with self._cond:
+            if len(self._items) >= self._capacity:
+                self._dropped += 1
+                self._dropped_total += 1
+                first = self._dropped_total == 1
+            else:
+                self._items.append(text)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="esper-console", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+        if first:
+            for listener in list(self.drop_listeners):
+                listener(self._capacity)
+
+    def flush(self) -> None:
+        if self.lost is None and not self._queued:
+            with self._cond:
+                self._flush_through()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every write so far to reach the stream; whether they all did (or it is lost)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (self._items or self._busy) and self.lost is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._items:
+                    self._cond.wait_for(lambda: bool(self._items), _IDLE_S)
+                if not self._items:
+                    self._thread = None  # idle: the next write starts another thread
+                    return
+                batch = "".join(self._items)
+                self._items.clear()
+                dropped, self._dropped = self._dropped, 0
+                self._busy = True
+            if dropped:  # each dropped while the queue was full: after every line it holds
+                batch += (
+                    f"[{dropped} console lines dropped: the console's reader lagged; events.jsonl has every event]\n"
+                )
+            self._write_through(batch, flush=True)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                if self.lost is not None:
+                    self._items.clear()
+                    self._thread = None
+                    return
+
+    def _write_through(self, text: str, *, flush: bool) -> None:
+        try:
+            if write_shown(self.inner, text) and not self._escaped:
+                self._escaped = True
+                self.inner.write(_escape_note(self.inner, text))
+            if flush:
+                self.inner.flush()
+        except (OSError, ValueError) as err:  # ValueError: the stream was closed under us
+            self._lose(err)
+
+    def _flush_through(self) -> None:
+        try:
+            self.inner.flush()
+        except (OSError, ValueError) as err:
+            self._lose(err)
+
+    def _lose(self, err: BaseException) -> None:
+        with self._cond:
+            if self.lost is not None:
+                return
+            self.lost = err
+            self._cond.notify_all()
+        for listener in list(self.lost_listeners):
+            listener(err)
+
+
+def _has_fd(stream: object) -> bool:
+    try:
+        return isinstance(stream.fileno(), int)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
 
 
 @final
 class ConsoleStream(io.TextIOBase):
-    """Writes through to ``inner`` until a write or flush fails, then drops every later write.
+    """Writes through to ``inner`` until a write or flush fails, then drops every later write; never blocks.
 
     The console is a view of the run, not part of it: ``python -m esper.run config.toml | head`` (the pipe's reader
     leaves: EPIPE), a terminal that closed (EIO) or a redirect onto a full disk must not stop training, and a logging
-    call must not raise into the actor that made it. ``on_lost`` is called once, with the error, from the write that
-    failed: it may record the loss elsewhere but must not log to this console (structlog holds its lock meanwhile).
+    call must not raise into the actor that made it. Neither may a reader that stops reading (a parent that never
+    reads its ``stderr=PIPE``, a stopped pager): on a file descriptor the lines go through a bounded queue to a thread
+    that writes them in order, and when the queue is full the newest are dropped (the console says how many once the
+    reader catches up).
+
+    ``on_lost`` is called once, with the error, when the stream is lost; ``on_dropped`` once, with the queue's size
+    (``capacity`` writes), at the first line dropped. Either may be called from the writer thread, or from the thread
+    whose write found the queue full: they may record it elsewhere but must not log to this console (structlog holds
+    its lock meanwhile).
+
+    A ConsoleStream made on another one shares its writer (one queue keeps their lines in order) and hears its loss.
     """
 
-    def __init__(self, inner: TextIO | None, on_lost: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: TextIO | ConsoleStream | None,
+        on_lost: Callable[[BaseException], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+        *,
+        capacity: int = QUEUE_WRITES,
+    ) -> None:
         super().__init__()
-        self._inner = inner if inner is not None else io.StringIO()
-        self._on_lost = on_lost
-        self._lock = threading.Lock()
-        # No stream at all (the process was started with it closed, sys.stderr None): lost from the start, unsaid.
-        self._lost: BaseException | None = None if inner is not None else OSError("no console stream")
+        self._inner: TextIO | ConsoleStream
+        self._writer: _Writer
+        if isinstance(inner, ConsoleStream):
+            self._inner = inner
+            self._writer = inner._writer
+        else:
+            self._inner = inner if inner is not None else io.StringIO()
+            self._writer = _Writer(self._inner, queued=inner is not None and _has_fd(inner), capacity=capacity)
+            if inner is None:
+                # No stream at all (the process was started with it closed, sys.stderr None): lost from the start,
+                # unsaid.
+                self._writer.lost = OSError("no console stream")
+        self._listening = (on_lost, on_dropped)
+        if on_lost is not None:
+            self._writer.lost_listeners.append(on_lost)
+        if on_dropped is not None:
+            self._writer.drop_listeners.append(on_dropped)
 
     @property
     def lost(self) -> BaseException | None:
         """The error that ended the console, or None while it works."""
-        return self._lost
+        return self._writer.lost
 
     @property
-    def inner(self) -> TextIO:
+    def inner(self) -> TextIO | ConsoleStream:
         return self._inner
 
+    @property
+    def owns_writer(self) -> bool:
+        """Whether this stream was made on a plain stream, not on another ConsoleStream (whose writer it shares)."""
+        return not isinstance(self._inner, ConsoleStream)
+
     def write(self, text: str) -> int:
-        if self._lost is None:
-            try:
-                self._inner.write(text)
-            except (OSError, ValueError) as err:  # ValueError: the stream was closed under us
-                self._lose(err)
+        self._writer.write(text)
         return len(text)
 
     def flush(self) -> None:
-        if self._lost is None:
-            try:
-                self._inner.flush()
-            except (OSError, ValueError) as err:
-                self._lose(err)
+        """Written through on a stream without a file descriptor; otherwise the writer thread flushes each batch."""
+        self._writer.flush()
+
+    def drain(self, timeout_s: float = DRAIN_S) -> bool:
+        """Wait up to ``timeout_s`` for the lines written so far to reach the stream; whether they all did."""
+        return self._writer.drain(timeout_s)
+
+    def forget_listeners(self) -> None:
+        """Stop calling this stream's ``on_lost`` and ``on_dropped`` (its run has ended; the writer may live on)."""
+        on_lost, on_dropped = self._listening
+        with contextlib.suppress(ValueError):
+            if on_lost is not None:
+                self._writer.lost_listeners.remove(on_lost)
+        with contextlib.suppress(ValueError):
+            if on_dropped is not None:
+                self._writer.drop_listeners.remove(on_dropped)
+
+    def fileno(self) -> int:
+        return self._writer.inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it a plain attribute
+        return str(getattr(self._writer.inner, "encoding", None) or "utf-8")
 
     def isatty(self) -> bool:
-        if self._lost is not None:
+        if self.lost is not None:
             return False
         try:
-            return self._inner.isatty()
+            return self._writer.inner.isatty()
         except (OSError, ValueError):
             return False
 
     def writable(self) -> bool:
         return True
 
-    def _lose(self, err: BaseException) -> None:
-        with self._lock:
-            if self._lost is not None:
-                return
-            self._lost = err
-        if self._on_lost is not None:
-            self._on_lost(err)
+
+@contextlib.contextmanager
+def standard_consoles(timeout_s: float = DRAIN_S) -> Iterator[None]:
+    """sys.stdout and sys.stderr as ConsoleStreams for the block (the command line's run): nothing written to them
+    blocks, and at the end their lines get ``timeout_s`` in all to reach their readers. A stream whose reader has
+    stalled stays a ConsoleStream: flushing the original would wait, for good, behind the write stuck in its thread."""
+    originals = (sys.stdout, sys.stderr)
+    consoles = tuple(ConsoleStream(stream) if stream is not None else None for stream in originals)
+    sys.stdout, sys.stderr = consoles
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + timeout_s
+        drained = [console is None or console.drain(max(0.0, deadline - time.monotonic())) for console in consoles]
+        if sys.stdout is consoles[0] and drained[0]:
+            sys.stdout = originals[0]
+        if sys.stderr is consoles[1] and drained[1]:
+            sys.stderr = originals[1]
+
+
+def drain_standard_consoles(timeout_s: float) -> None:
+    """Give the lines queued on sys.stdout and sys.stderr up to ``timeout_s`` in all, before an os._exit."""
+    deadline = time.monotonic() + timeout_s
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, ConsoleStream):
+            stream.drain(max(0.0, deadline - time.monotonic()))

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from esper.session import EsperSystem
 
 _CONSOLE_LOST: Final = "the console's reader is gone (a closed pipe or terminal): the run goes on, its console dropped"
+_CONSOLE_DROPPED: Final = (
+    "the console's reader stopped reading (a pipe nobody reads, a stopped pager): the run goes on, and console lines"
+    " are dropped while it lags; this file has every event"
+)
 
 
 def _open_for_lines(path: Path) -> IO[bytes]:
@@ -163,8 +167,12 @@ class LoggingHandle:
 
     def release(self) -> None:
         """Close the JSON file and give structlog back the configuration it had before configure_logging (the
-        defaults if it had none), unless someone configured it since. Safe to call twice."""
+        defaults if it had none), unless someone configured it since; the console's last lines get a bounded wait
+        (DRAIN_S) to reach their reader. Safe to call twice."""
         self.close()
+        self.console.forget_listeners()  # a loss or a drop from now on has no file to be noted in
+        if self.console.owns_writer:  # else the stream it was made on is drained by its owner (standard_consoles)
+            self.console.drain()
         installed, self._installed = self._installed, None
         if installed is None or structlog.get_config()["processors"] is not installed:
             return
@@ -235,7 +243,12 @@ def configure_logging(
         if writer is not None:
             writer.note("warning", "console_lost", error=f"{type(err).__name__}: {err}", detail=_CONSOLE_LOST)
 
-    stream = ConsoleStream(console_stream if console_stream is not None else sys.stderr, console_lost)
+    def console_dropped(queued: int) -> None:
+        if writer is not None:
+            writer.note("warning", "console_lines_dropped", queued=queued, detail=_CONSOLE_DROPPED)
+
+    given = console_stream if console_stream is not None else sys.stderr
+    stream = ConsoleStream(given, console_lost, console_dropped)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file

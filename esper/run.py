@@ -50,6 +50,7 @@ from esper.bus_resource import BusResource, bus_limits
 from esper.cli_process import drop_lost_streams, hand_signals_to_the_run, run_in_foreground, say
 from esper.config import dump_config
 from esper.console import Console
+from esper.console_stream import standard_consoles
 from esper.log_events import StructlogSink
 from esper.log_file import reserve_log_file
 from esper.pipeline_drain import drain_pipeline
@@ -384,6 +385,12 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     ``whole_process``: this is ``python -m esper.run``, so once the summary is out a signal may end the process
     with the run's status (never set when called from a test or another program).
     """
+    # Nothing the run writes to stdout or stderr may hold it up (a reader that stops reading): see ConsoleStream.
+    with standard_consoles():
+        return _main(argv, whole_process=whole_process)
+
+
+def _main(argv: Sequence[str] | None, *, whole_process: bool) -> int:
     args = build_parser().parse_args(argv)
     try:
         # Read-only (a resume's newest checkpoint is read and digested: seconds for a large one), so a Ctrl-C here
