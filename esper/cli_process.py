@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import sys
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from esper.console_stream import drain_standard_consoles, write_shown
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from esper.session import EsperSystem
     from schemas.run import RunSummary
 
-# Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output. SIGUSR1
+# is a scheduler's "checkpoint and stop, you will be requeued" (Slurm's --signal=USR1@N): by default it killed the run.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 # An exit "at once" still gives the console's queued lines this long to reach a reader that reads.
 EXIT_DRAIN_S = 0.5
 
@@ -53,6 +55,7 @@ def hand_signals_to_the_run() -> None:
     over."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
@@ -97,15 +100,33 @@ def detach_from_terminal() -> None:
                 os.dup2(null.fileno(), fd)
 
 
-async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> RunSummary:
+@dataclass
+class Interrupted:
+    """Whether a stop signal came, and the first one's name: summary.json tells a scheduler's stop from a Ctrl-C."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    name: str | None = None  # "SIGTERM", ...
+
+    def set(self, sig: signal.Signals) -> None:
+        if not self.event.is_set():
+            self.name = sig.name
+        self.event.set()
+
+
+def _again(sig: signal.Signals) -> str:
+    """How to end the process at once after ``sig``: any second stop signal does."""
+    return "Ctrl-C again" if sig is signal.SIGINT else f"{sig.name} again or Ctrl-C"
+
+
+async def run_until_done(system: EsperSystem, interrupted: Interrupted) -> RunSummary:
     """Wait for the run to end (training finished), or stop it gracefully once ``interrupted`` is set: Tolaria
     finishes its step and writes a checkpoint that ``--resume`` continues from."""
     async with asyncio.TaskGroup() as tg:
         finished = tg.create_task(system.wait())
-        interrupt = tg.create_task(interrupted.wait())
+        interrupt = tg.create_task(interrupted.event.wait())
         await asyncio.wait((finished, interrupt), return_when=asyncio.FIRST_COMPLETED)
         if not finished.done():
-            tg.create_task(system.stop(status="interrupted"))
+            tg.create_task(system.stop(status="interrupted", signal=interrupted.name))
         interrupt.cancel()
     return finished.result()
 
@@ -113,24 +134,25 @@ async def run_until_done(system: EsperSystem, interrupted: asyncio.Event) -> Run
 async def run_in_foreground(
     start: Callable[[], Coroutine[Any, Any, EsperSystem]], *, whole_process: bool = False
 ) -> int:
-    """The command line's run: started, waited for and its summary printed; a Ctrl-C, SIGTERM or hang-up stops it in
-    order, a second one at once. Returns the exit status. ``whole_process``: as ``esper.run.main``'s."""
-    interrupted = asyncio.Event()
+    """The command line's run: started, waited for and its summary printed; a Ctrl-C, SIGTERM, SIGUSR1 or hang-up
+    stops it in order, a second one at once. Returns the exit status. ``whole_process``: as ``esper.run.main``'s."""
+    interrupted = Interrupted()
     starting = asyncio.ensure_future(start())
 
-    def interrupt() -> None:
-        if interrupted.is_set():
+    def interrupt(sig: signal.Signals) -> None:
+        if interrupted.event.is_set():
             # A second Ctrl-C means now: every write that matters is atomic (temp file, fsync, rename), so what is on
             # disk is the last checkpoint, and --resume sweeps the temp file of one cut short.
             say(sys.stderr, "interrupted again: exiting at once; --resume continues from the last checkpoint\n")
             drain_standard_consoles(EXIT_DRAIN_S)
             os._exit(EXIT_INTERRUPTED)
-        interrupted.set()
+        interrupted.set(sig)
+        by, again = f"interrupted by {sig.name}", _again(sig)
         if not starting.done():
             # Loading the data, building the host, starting the actors: what has started is stopped in order, and a
             # step still running in a thread (a user's factory, the data set's generation) is left to the process's
             # exit; whatever it writes is written atomically, so nothing is left half-written.
-            say(sys.stderr, "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n")
+            say(sys.stderr, f"{by} while starting: stopping what has started ({again} to exit at once)\n")
             starting.cancel()
             return
         if not starting.cancelled() and starting.exception() is None and starting.result().training_ended:
@@ -138,25 +160,24 @@ async def run_in_foreground(
             # checkpoint promise was untrue, followed by "completed (exit 0)".
             say(
                 sys.stderr,
-                "interrupted: training has already ended and the run is finishing (its summary and report); it keeps"
-                " its status (Ctrl-C again to exit at once; --resume then finishes it)\n",
+                f"{by}: training has already ended and the run is finishing (its summary and report); it keeps"
+                f" its status ({again} to exit at once; --resume then finishes it)\n",
             )
             return
         say(
             sys.stderr,
-            "interrupted: finishing the step, writing a checkpoint, stopping the actors in order (Ctrl-C again to"
-            " exit at once)\n",
+            f"{by}: finishing the step, writing a checkpoint, stopping the actors in order ({again} to exit at once)\n",
         )
 
     def hang_up() -> None:
         # The terminal closed: whatever is still written to it would fail (EIO) and end the stop half-way.
         detach_from_terminal()
-        interrupt()
+        interrupt(signal.SIGHUP)
 
     # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        loop.add_signal_handler(sig, interrupt, sig)
     if signal.SIGHUP in handled_signals():
         loop.add_signal_handler(signal.SIGHUP, hang_up)
     try:

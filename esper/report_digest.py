@@ -17,6 +17,12 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _by(summary: dict[str, object]) -> str:
+    """The signal that interrupted the run, as " (by SIGTERM)", when summary.json names one."""
+    signal = summary.get("signal")
+    return f" (by {signal})" if isinstance(signal, str) else ""
+
+
 def summary_lines(data: RunData) -> list[str]:
     """The printed summary: run status from summary.json, final figures from metrics.csv, seed outcomes."""
     lines: list[str] = []
@@ -36,7 +42,7 @@ def summary_lines(data: RunData) -> list[str]:
         lines.append(f"run {data.run_dir.name}: no {SUMMARY_JSON} (the run did not finish cleanly)")
     else:
         lines.append(
-            f"run {summary.get('run_id', data.run_dir.name)}: status {summary.get('status', '?')}, "
+            f"run {summary.get('run_id', data.run_dir.name)}: status {summary.get('status', '?')}{_by(summary)}, "
             f"exit code {summary.get('exit_code', '?')}, {summary.get('duration_s', '?')} s, "
             f"dead letters {summary.get('dead_letters', '?')}"
         )

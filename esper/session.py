@@ -97,6 +97,7 @@ class EsperSystem:
         self._finishing: asyncio.Future[RunSummary] | None = None
         self._stopped = False
         self._stop_status: RunStatus = "stopped"
+        self._stop_signal: str | None = None
         self._training = training
         self._resources = resources
         self._stop_training = stop_training
@@ -240,6 +241,7 @@ class EsperSystem:
         status: RunStatus = "completed"
         error: str | None = None
         trace: str | None = None
+        by: str | None = None
         try:
             if self._training is not None and not self._stopped:
                 await self._wait_training()
@@ -258,10 +260,10 @@ class EsperSystem:
         figures = self._training.figures if self._training is not None else None
         if self._stopped and status != "failed" and not (figures is not None and figures.completed):
             # A stop that came as training finished on its own (its last step done) leaves the run completed.
-            status = self._stop_status
+            status, by = self._stop_status, self._stop_signal
         if figures is not None and figures.halted and status != "failed":
-            status, error = "failed", f"emergency halt: {figures.halt_reason}"
-        return await self._finish(status, error, trace)
+            status, error, by = "failed", f"emergency halt: {figures.halt_reason}", None
+        return await self._finish(status, error, trace, by)
 
     async def _wait_training(self) -> None:
         """Wait until training ends (then stop the other actors in order) or the tree stops on its own."""
@@ -298,14 +300,15 @@ class EsperSystem:
         with contextlib.suppress(SupervisorGaveUp):
             await self._actors.wait()
 
-    async def stop(self, *, status: RunStatus = "stopped") -> RunSummary:
+    async def stop(self, *, status: RunStatus = "stopped", signal: str | None = None) -> RunSummary:
         """Stop the run in order (actors stop in reverse start order within their deadlines) and return its summary.
 
         A run whose training has already ended on its own keeps the status it ended with (``completed`` or
         ``failed``): the stop only ends the rest of the run.
 
         ``status`` is how a stop before then is recorded: ``stopped``, ``interrupted`` or ``failed``; never
-        ``completed``, which only training that finished says.
+        ``completed``, which only training that finished says. ``signal``: the name of the signal that asked for the
+        stop (the command line's "SIGINT", "SIGTERM", "SIGHUP" or "SIGUSR1"), recorded with the status.
 
         Raises:
             ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
@@ -321,19 +324,19 @@ class EsperSystem:
             )
         self._ending += 1
         try:
-            return await self._stop_run(status)
+            return await self._stop_run(status, signal)
         finally:
             self._ending -= 1
             self._end_streams_if_unattended()  # cancelled: nobody ends the run after all, unless another call does
 
-    async def _stop_run(self, status: RunStatus) -> RunSummary:
+    async def _stop_run(self, status: RunStatus, signal: str | None) -> RunSummary:
         if self._finishing is not None:
             return await self._finished(self._finishing)
         training = self._training
         if training is not None and training.ended:
             return await self.wait()
         if not self._stopped:  # the first stop says how the run ended; a later one joins it
-            self._stop_status = status
+            self._stop_status, self._stop_signal = status, signal
         self._stopped = True
         if training is not None and self._stop_training is not None:
             # Tolaria first (it finishes its step and checkpoints), then the controller drains, then the tree stops.
@@ -344,26 +347,17 @@ class EsperSystem:
         return await self.wait()
 
     async def _render_report(self, last_step: int | None) -> None:
-        from esper.report import load_run, render_report  # matplotlib only when a report is due
-        from esper.report_inputs import ReportInputError
+        """The run's report.png (render_run_report); a method, where a test holds the run's end."""
+        await render_run_report(self.run_dir, last_step)
 
-        def render() -> None:
-            # The last trained step given, not read: summary.json is written after the report (a new run has none yet,
-            # a resumed run's is an earlier session's), and without it every transition planned after the last step
-            # was drawn.
-            render_report(load_run(self.run_dir), last_step=last_step)
-
-        try:
-            await anyio.to_thread.run_sync(render)
-        except (ReportInputError, OSError) as err:
-            _log.warning("report_not_rendered", error=f"{type(err).__name__}: {err}")
-
-    async def _finish(self, status: RunStatus, error: str | None, trace: str | None = None) -> RunSummary:
+    async def _finish(
+        self, status: RunStatus, error: str | None, trace: str | None = None, signal: str | None = None
+    ) -> RunSummary:
         # One summary however many callers end the run at once (a task waiting while another stops it): the first
         # writes it, the others await the same write. No caller gets it before the end is written (summary.json,
         # the log closed, the claim released): a next start in the process would find the log still in use.
         if self._finishing is None:
-            self._finishing = asyncio.ensure_future(self._finish_once(status, error, trace))
+            self._finishing = asyncio.ensure_future(self._finish_once(status, error, trace, signal))
         return await self._finished(self._finishing)
 
     @staticmethod
@@ -371,9 +365,11 @@ class EsperSystem:
         # Shielded, so a cancelled caller does not cut the write short for the others.
         return await asyncio.shield(finishing)
 
-    async def _finish_once(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
+    async def _finish_once(
+        self, status: RunStatus, error: str | None, trace: str | None, signal: str | None
+    ) -> RunSummary:
         try:
-            return await self._write_summary(status, error, trace)
+            return await self._write_summary(status, error, trace, signal)
         except BaseException:
             # Cut short before the log was released (a Ctrl-C, asyncio.run cancelling every task, a failing close):
             # the guard no longer abandons a run being finished, so this end must, or the log file and structlog
@@ -389,7 +385,9 @@ class EsperSystem:
             if self._restore_process is not None:
                 self._restore_process()
 
-    async def _write_summary(self, status: RunStatus, error: str | None, trace: str | None) -> RunSummary:
+    async def _write_summary(
+        self, status: RunStatus, error: str | None, trace: str | None, signal: str | None
+    ) -> RunSummary:
         actors = tuple(self._actors.snapshot())
         for state in actors:
             log_actor_state(_log, state)
@@ -417,6 +415,7 @@ class EsperSystem:
             error_traceback=trace,
             training=figures,
             growth=self._growth(figures) if self._growth is not None else None,
+            signal=signal,
         )
         path = self.run_dir / self.config.nissa.summary_json
         try:
@@ -428,10 +427,40 @@ class EsperSystem:
         except OSError as err:  # a full disk: the summary still reaches the caller and the console
             _log.error("summary_not_written", path=str(path), error=f"{type(err).__name__}: {err}")
         self._hub.close(last=summary)  # before the last line: its events_missed warnings must not follow it
-        _log.info("run_finished", run_id=self.run_id, status=status, duration_s=summary.duration_s, error=error)
+        _log.info(
+            "run_finished",
+            run_id=self.run_id,
+            status=status,
+            signal=signal,
+            duration_s=summary.duration_s,
+            error=error,
+        )
         with contextlib.suppress(OSError):
             self._logging.release()
         return summary
+
+
+async def render_run_report(run_dir: Path, last_step: int | None) -> None:
+    """Render the run's report.png on a worker thread; a run whose files cannot make one says so in a warning."""
+    problem = await anyio.to_thread.run_sync(_render_report, run_dir, last_step)
+    if problem is not None:
+        _log.warning("report_not_rendered", error=problem)
+
+
+def _render_report(run_dir: Path, last_step: int | None) -> str | None:
+    """Render the report; the reason it could not, or None. Blocking, the imports too: matplotlib's take half a
+    second, which held the event loop (a signal sent meanwhile waited)."""
+    from esper.report import load_run, render_report  # matplotlib only when a report is due
+    from esper.report_inputs import ReportInputError
+
+    try:
+        # The last trained step given, not read: summary.json is written after the report (a new run has none yet, a
+        # resumed run's is an earlier session's), and without it every transition planned after the last step was
+        # drawn.
+        render_report(load_run(run_dir), last_step=last_step)
+    except (ReportInputError, OSError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _close_abandoned(resources: tuple[Abandonable, ...]) -> None:

@@ -66,7 +66,8 @@ def unapplied_note(count: int, last_step: int | None) -> str:
 def format_summary(summary: RunSummary) -> str:
     """The end-of-run table shown on the console."""
     lines = [
-        f"run {summary.run_id}: {summary.status} in {summary.duration_s:.2f} s (exit {summary.exit_code})",
+        f"run {summary.run_id}: {summary.status}{_by(summary.signal)} in {summary.duration_s:.2f} s"
+        f" (exit {summary.exit_code})",
         f"run directory: {summary.run_dir}",
         f"{'actor':<16}{'status':<12}{'handled':>9}{'failed':>8}{'restarts':>10}",
     ]
@@ -111,6 +112,10 @@ def format_summary(summary: RunSummary) -> str:
         config, where = shlex.quote(f"{run_dir}/config.toml"), shlex.quote(str(run_dir))
         lines.append(f"continue it with: python -m esper.run {config} --resume {where}")
     return "\n".join(lines) + "\n"
+
+
+def _by(signal: str | None) -> str:
+    return "" if signal is None else f" by {signal}"
 
 
 def _pct(value: float | None) -> str:

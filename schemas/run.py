@@ -10,8 +10,8 @@ from schemas.base import Record
 from schemas.runtime import ActorState
 
 RunStatus = Literal["completed", "stopped", "interrupted", "failed"]
-"""completed: the run ended on its own; stopped: stop() was called; interrupted: SIGINT/SIGTERM; failed: the root
-supervisor gave up."""
+"""completed: the run ended on its own; stopped: stop() was called; interrupted: a stop signal (SIGINT, SIGTERM, SIGHUP
+or SIGUSR1: RunSummary.signal names it); failed: the root supervisor gave up."""
 
 
 class TrainingFigures(Record, frozen=True):
@@ -124,3 +124,6 @@ class RunSummary(Record, frozen=True):
     # Nissa's alerts that fired, by rule (an SLO's is slo_<name>), a resumed run's earlier sessions' included; a rule
     # that never fired is absent.
     alerts_fired: dict[str, int] = field(default_factory=dict)
+    # The signal that interrupted the run ("SIGINT": a Ctrl-C; "SIGTERM", "SIGHUP", "SIGUSR1"), with status
+    # "interrupted" (exit code 130 for each); None otherwise.
+    signal: str | None = None

@@ -24,6 +24,7 @@ class _Run:
         self.waiting = asyncio.Event()
         self.stopping = asyncio.Event()
         self.release = asyncio.Event()
+        self.stopped_by: str | None = None
 
     async def wait(self) -> RunSummary:
         self.waiting.set()
@@ -33,7 +34,8 @@ class _Run:
             dead_letters=0,
         )  # fmt: skip
 
-    async def stop(self, *, status: str = "stopped") -> RunSummary:
+    async def stop(self, *, status: str = "stopped", signal: str | None = None) -> RunSummary:
+        self.stopped_by = signal
         self.stopping.set()
         return await self.wait()
 
@@ -55,7 +57,31 @@ async def test_a_ctrl_c_says_what_it_does_to_the_run(capsys: pytest.CaptureFixtu
     assert await foreground == 0
     said = capsys.readouterr().err
     if training_ended:
-        assert said.startswith("interrupted: training has already ended and the run is finishing")
+        assert said.startswith("interrupted by SIGINT: training has already ended and the run is finishing")
         assert "checkpoint" not in said
     else:
-        assert said.startswith("interrupted: finishing the step, writing a checkpoint")
+        assert said.startswith("interrupted by SIGINT: finishing the step, writing a checkpoint")
+    assert "(Ctrl-C again to exit at once" in said
+
+
+async def test_a_schedulers_signal_is_named_on_the_console_and_in_the_stop(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every stop said "interrupted: ... (Ctrl-C again ...)" and was recorded as only "interrupted": a wrapper could
+    not tell a scheduler's SIGTERM from a user's Ctrl-C. (SIGUSR1 is sent to a real run in test_tolaria_cli.py: here,
+    unhandled, it would kill the test process.)"""
+    sig = signal.SIGTERM
+    run = _Run(training_ended=False)
+
+    async def start() -> EsperSystem:
+        return cast("EsperSystem", run)
+
+    foreground = asyncio.ensure_future(run_in_foreground(start))
+    await run.waiting.wait()
+    os.kill(os.getpid(), sig)
+    await run.stopping.wait()
+    run.release.set()
+    await foreground
+    assert run.stopped_by == sig.name
+    assert capsys.readouterr().err == (
+        f"interrupted by {sig.name}: finishing the step, writing a checkpoint, stopping the actors in order"
+        f" ({sig.name} again or Ctrl-C to exit at once)\n"
+    )

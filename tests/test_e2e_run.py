@@ -495,12 +495,13 @@ async def test_ctrl_c_writes_a_checkpoint_and_resume_completes_the_run(tmp_path:
 
     returncode, out, err = await asyncio.to_thread(interrupt_after_epoch_3)
     assert returncode == 130, out
-    assert "interrupted: finishing the step, writing a checkpoint" in err
-    assert "interrupted in " in out.splitlines()[0]
+    assert "interrupted by SIGINT: finishing the step, writing a checkpoint" in err
+    assert "interrupted by SIGINT in " in out.splitlines()[0]
     assert out.splitlines()[0].endswith("(exit 130)")
     assert out.splitlines()[-1] == f"continue it with: python -m esper.run {run_dir}/config.toml --resume {run_dir}"
     interrupted = msgspec.json.decode((run_dir / "summary.json").read_bytes(), type=RunSummary)
     assert interrupted.status == "interrupted"
+    assert interrupted.signal == "SIGINT"
     assert interrupted.exit_code == 130
     assert interrupted.training is not None
     stopped_at = interrupted.training.global_step
@@ -539,7 +540,7 @@ def test_a_second_ctrl_c_exits_at_once_and_resume_continues_from_the_last_checkp
         read_until(first.stderr, "host: blocked")
         first.send_signal(signal.SIGINT)
         # The first Ctrl-C was handled: the stop is under way, waiting for a step that never ends.
-        read_until(first.stderr, "interrupted: finishing the step")
+        read_until(first.stderr, "interrupted by SIGINT: finishing the step")
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=60)
     assert first.returncode == 130, err[-2000:]

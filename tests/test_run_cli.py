@@ -403,7 +403,7 @@ def test_ctrl_c_while_starting_is_heard_at_once_and_exits_130(tmp_path: Path) ->
         assert process.stderr.readline() == "factory: waiting\n"  # the barrier: the start-up step is under way
         process.send_signal(signal.SIGINT)
         assert process.stderr.readline() == (
-            "interrupted while starting: stopping what has started (Ctrl-C again to exit at once)\n"
+            "interrupted by SIGINT while starting: stopping what has started (Ctrl-C again to exit at once)\n"
         )
         # The factory may still hold the FIFO (the process is exiting) or be gone with it: released without
         # blocking either way (a blocking open here waited for good, by the race, once the process had exited).

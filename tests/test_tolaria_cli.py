@@ -4,6 +4,7 @@ After kill -9 and SIGINT mid-run, then --resume, it ends bitwise where an uninte
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import signal
@@ -152,6 +153,34 @@ def test_sigint_checkpoints_exits_130_and_resume_ends_bitwise_equal(
     assert '"interrupted"' in summary
     resume(workdir, run_dir)
     assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_schedulers_signal_stops_with_a_checkpoint_and_is_named(workdir: Path, sig: signal.Signals) -> None:
+    """SIGUSR1 (Slurm's --signal=USR1@N: "checkpoint and stop, you will be requeued") killed the run (exit 138, no
+    checkpoint of its last steps, no summary.json); and a SIGTERM was recorded as only "interrupted", as a Ctrl-C is:
+    a wrapper script could not tell a scheduler's stop from a user's."""
+    run_dir = workdir / f"stopped by {sig.name}"
+    process = start_run(workdir, run_dir)
+    try:
+        wait_for_line(process, "epoch_end")
+        process.send_signal(sig)
+        assert process.stderr is not None
+        rest = process.stderr.read()
+    finally:
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == EXIT_INTERRUPTED, rest[-2000:]
+    assert f"interrupted by {sig.name}: finishing the step, writing a checkpoint" in rest
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["signal"]) == ("interrupted", sig.name)
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["status"], last["signal"]) == ("run_finished", "interrupted", sig.name)
+    # The stop's own checkpoint: at the step the run stopped at, which is short of the end.
+    stopped_at = summary["training"]["global_step"]
+    assert read_manifest(run_dir / "checkpoints")[-1].global_step == stopped_at < 6 * 13
 
 
 @pytest.mark.timeout(120)
