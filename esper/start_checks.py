@@ -103,6 +103,12 @@ def check_urza_root(urza: UrzaConfig) -> None:
     where = f"urza.root = {urza.root!r}"
     existing = root
     while not os.path.exists(existing) and existing.parent != existing:  # False where a parent may not be read
+        if os.path.islink(existing):
+            # The store's mkdir fails on the link's name: "File exists" for a path the user sees as missing.
+            raise ConfigError(
+                f"{where}: {existing} is a symbolic link to {os.readlink(existing)}, which does not exist: make that"
+                " directory or point urza.root elsewhere"
+            )
         existing = existing.parent
     if not existing.is_dir():
         named = "is" if existing == root else f"is under {existing}, which is"

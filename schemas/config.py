@@ -274,7 +274,7 @@ class OonaConfig(ConfigSection, frozen=True):
     queue_depth_high: PosInt = 4000
     queue_depth_recovery: NonNegInt = 1000
     # Redis only: the in-process bus hands messages over without encoding them, so it has no payload to bound.
-    max_payload_bytes: PosInt = 262144
+    max_payload_bytes: PosInt = 1_048_576
     publish_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     consume_breaker: BreakerConfig = field(default_factory=BreakerConfig)
 

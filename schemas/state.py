@@ -70,8 +70,9 @@ class StepTimings(Record, frozen=True):
     step_ms: NonNegFloat
 
 
-class LayerSummary(Record, frozen=True):
-    """A host layer as the policy graph sees it (one ``layer`` node)."""
+class LayerSummary(Record, frozen=True, omit_defaults=True):
+    """A host layer as the policy graph sees it (one ``layer`` node). Fields at their defaults are not encoded: a
+    packet carries one summary per slot, and a wide host's packet must stay under ``oona.max_payload_bytes``."""
 
     name: str
     depth: NonNegInt

@@ -602,3 +602,19 @@ def test_an_artifact_store_that_can_be_made_or_written_passes_its_check_and_noth
     assert list(tmp_path.iterdir()) == []  # the store makes it as it opens, not the check
     UrzaStore(tmp_path / "store").close()
     check_urza_root(UrzaConfig(root=str(tmp_path / "store")))
+
+
+def test_an_artifact_store_at_a_dangling_link_is_refused_naming_the_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check walked up past a link to a missing directory; the store then failed with 'File exists' for a path
+    the user saw as missing, after the run directory was made."""
+    link = tmp_path / "store"
+    link.symlink_to(tmp_path / "gone")
+    err = refused(tmp_path, capsys, f'[tolaria]\nepochs = 1\n[urza]\nroot = "{link}"\n')
+    one_line(
+        err,
+        f"{tmp_path / 'c.toml'}: urza.root = '{link}': {link} is a symbolic link to {tmp_path / 'gone'}, which does"
+        " not exist: make that directory or point urza.root elsewhere",
+    )
+    assert not (tmp_path / "r").exists()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from actors.tamiyo.gnn_policy import graph_inputs, registries_for
 from actors.tamiyo.observe import layer_gradient_norms, mean_layer_norm, slot_constraint
 from actors.tamiyo.policy import BlueprintCandidate, Observation
 from actors.tolaria.build import Trainee, build_trainee, load_data
+from actors.tolaria.layer_summaries import slot_layer_summaries
 from actors.tolaria.telemetry import IntervalStats, PacketBuilder
 from esper.nn.policy_graph import PolicyGraphBuilder
+from esper.nn.wrap import find_slots, wrap
 from schemas.config import TolariaConfig
 from schemas.enums import EmergencyLevel
 from schemas.state import SystemStatePacket
@@ -83,3 +86,20 @@ def test_the_heuristics_strain_is_what_it_was_without_the_summaries() -> None:
         without = slot_constraint(state, bare, layer_gradient_norms(bare))
         assert with_summaries == without == packet.layer_gradient_norms[state.slot] / (sum(norms) / len(norms))
     assert mean_layer_norm(packet, layer_gradient_norms(packet)) == mean_layer_norm(bare, {})
+
+
+def test_every_dropout_kind_gives_its_rate_and_a_nested_slots_seed_is_not_the_outer_layers() -> None:
+    """Dropout1d/2d and AlphaDropout were summarised with no dropout (they do not derive from nn.Dropout); an outer
+    layer counted the seed of a slot nested inside it as its own parameters."""
+    model = nn.Sequential(
+        nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Dropout1d(0.3), nn.Dropout(0.2), nn.AlphaDropout(0.1)
+    )
+    slots = find_slots(wrap(model, ["0", "0.0", "1", "2", "3"]))
+    slots["0.0"].attach(nn.Linear(4, 4), seed_id="inner")
+    summaries = {layer.name: layer for layer in slot_layer_summaries(model, slots)}
+    assert [(summaries[n].layer_type, summaries[n].dropout) for n in ("1", "2", "3")] == [
+        ("dropout1d", 0.3),
+        ("dropout", 0.2),
+        ("alphadropout", 0.1),
+    ]
+    assert (summaries["0"].parameter_count, summaries["0.0"].parameter_count) == (20, 20)

@@ -26,7 +26,8 @@ def slot_layer_summaries(model: nn.Module, slots: Mapping[str, SeedSlot]) -> tup
     summaries: list[LayerSummary] = []
     for depth, name in enumerate(slots):
         module = model.get_submodule(name)
-        own = sum(p.numel() for key, p in module.named_parameters() if not key.startswith(f"{SLOT_ATTR}."))
+        # Not a seed's: under this slot, or under a slot nested deeper in the module ("0.esper_slot.seed.weight").
+        own = sum(p.numel() for key, p in module.named_parameters() if SLOT_ATTR not in key.split("."))
         kind = host_class(module)
         summaries.append(
             LayerSummary(
@@ -35,7 +36,8 @@ def slot_layer_summaries(model: nn.Module, slots: Mapping[str, SeedSlot]) -> tup
                 layer_type=kind.__name__.lower(),
                 parameter_count=own,
                 activation=kind.__name__.lower() if issubclass(kind, _ACTIVATIONS) else None,
-                dropout=float(module.p) if isinstance(module, nn.Dropout) else 0.0,
+                # Dropout1d/2d/3d and AlphaDropout share only this private base with nn.Dropout.
+                dropout=float(module.p) if isinstance(module, nn.modules.dropout._DropoutNd) else 0.0,
             )
         )
     return tuple(summaries)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from esper.runtime.clock import Clock
     from schemas.enums import BusMessageType
 
-DEFAULT_MAX_PAYLOAD_BYTES = 262144
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 _log = structlog.get_logger("esper.runtime.bus_redis")
 
 # The userinfo runs to the last "@" before the query or fragment (urllib splits there): a user name or a password may
