@@ -139,20 +139,25 @@ def test_sigint_checkpoints_exits_130_and_resume_ends_bitwise_equal(
 ) -> None:
     run_dir = workdir / "interrupted"
     process = start_run(workdir, run_dir)
-    try:
-        wait_for_line(process, "epoch_end")
-        process.send_signal(signal.SIGINT)
-        assert process.stderr is not None
-        rest = process.stderr.read()
-    finally:
-        process.wait(timeout=60)
-        if process.stderr is not None:
-            process.stderr.close()
+    rest = _stopped_after_an_epoch(process, signal.SIGINT)
     assert process.returncode == EXIT_INTERRUPTED, rest[-2000:]
     summary = (run_dir / "summary.json").read_text()
     assert '"interrupted"' in summary
     resume(workdir, run_dir)
     assert_bitwise(final_weights(run_dir), uninterrupted)
+
+
+def _stopped_after_an_epoch(process: subprocess.Popen[str], sig: signal.Signals) -> str:
+    """Send ``sig`` once the run's first epoch has ended; the rest of its stderr, once it has exited."""
+    try:
+        wait_for_line(process, "epoch_end")
+        process.send_signal(sig)
+        assert process.stderr is not None
+        return process.stderr.read()
+    finally:
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 @pytest.mark.timeout(120)
@@ -163,15 +168,7 @@ def test_a_schedulers_signal_stops_with_a_checkpoint_and_is_named(workdir: Path,
     a wrapper script could not tell a scheduler's stop from a user's."""
     run_dir = workdir / f"stopped by {sig.name}"
     process = start_run(workdir, run_dir)
-    try:
-        wait_for_line(process, "epoch_end")
-        process.send_signal(sig)
-        assert process.stderr is not None
-        rest = process.stderr.read()
-    finally:
-        process.wait(timeout=60)
-        if process.stderr is not None:
-            process.stderr.close()
+    rest = _stopped_after_an_epoch(process, sig)
     assert process.returncode == EXIT_INTERRUPTED, rest[-2000:]
     assert f"interrupted by {sig.name}: finishing the step, writing a checkpoint" in rest
     summary = json.loads((run_dir / "summary.json").read_text())
