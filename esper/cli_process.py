@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from esper.console_stream import drain_standard_consoles, write_shown
 from esper.session import EXIT_INTERRUPTED
+from esper.start_undo import stopped_by
 from esper.summary_table import format_summary
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from schemas.run import RunSummary
 
 # Each stops the run in order with a checkpoint; SIGHUP (the terminal closed) also drops the console's output. SIGUSR1
-# is a scheduler's "checkpoint and stop, you will be requeued" (Slurm's --signal=USR1@N): by default it killed the run.
+# is a scheduler's "checkpoint and stop, the time is nearly up" (Slurm's --signal=USR1@N): by default it killed the run.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 # An exit "at once" still gives the console's queued lines this long to reach a reader that reads.
 EXIT_DRAIN_S = 0.5
@@ -51,13 +52,10 @@ def exit_on_signal(code: int) -> None:
 
 
 def hand_signals_to_the_run() -> None:
-    """Replace esper.run's import-time handlers (leave at once) with Python's defaults, which the run's loop takes
-    over."""
+    """Replace esper.run's import-time Ctrl-C handler (leave at once) with Python's, which the run's loop takes over.
+    The others keep leaving at once (exit 130: nothing is written yet) until the loop installs its own: reset to
+    their defaults, a SIGTERM or SIGUSR1 in between killed the process (143, 138)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def say(stream: TextIO | None, text: str) -> None:
@@ -153,7 +151,7 @@ async def run_in_foreground(
             # step still running in a thread (a user's factory, the data set's generation) is left to the process's
             # exit; whatever it writes is written atomically, so nothing is left half-written.
             say(sys.stderr, f"{by} while starting: stopping what has started ({again} to exit at once)\n")
-            starting.cancel()
+            starting.cancel(msg=stopped_by(sig.name))
             return
         if not starting.cancelled() and starting.exception() is None and starting.result().training_ended:
             # Training already ended on its own: the stop changes nothing (the run stays completed), and the
@@ -176,6 +174,8 @@ async def run_in_foreground(
 
     # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
     loop = asyncio.get_running_loop()
+    # Given back once the run is over: a program calling esper.run.main keeps its own (a faulthandler on SIGUSR1).
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(sig, interrupt, sig)
     if signal.SIGHUP in handled_signals():
@@ -191,7 +191,10 @@ async def run_in_foreground(
         summary = await run_until_done(system, interrupted)
     finally:
         for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # leaves SIG_DFL
+            handler = previous[sig]
+            if handler is not None:  # None: set from outside Python, nothing to give back
+                signal.signal(sig, handler)
     if whole_process:
         exit_on_signal(summary.exit_code)
     say(sys.stdout, format_summary(summary))

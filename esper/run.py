@@ -19,7 +19,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(130))
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hang-up must leave the run alone
         signal.signal(signal.SIGHUP, lambda _signum, _frame: os._exit(130))
-    signal.signal(signal.SIGUSR1, lambda _signum, _frame: os._exit(130))  # a scheduler's "stop, you will be requeued"
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: os._exit(130))  # a scheduler's "stop, the time is nearly up"
     # --help, a usage error and a config the run refuses (a mistyped key, a bad value, no such file) are answered
     # before torch and the actors load (seconds): these imports are torch-free. main checks the config again (< 1 ms).
     from esper.cli_process import drop_lost_streams

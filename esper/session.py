@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import shlex
+import signal as signal_module
 import time
 from typing import TYPE_CHECKING, final, get_args
 
@@ -42,6 +43,9 @@ _EXIT_CODES: dict[str, int] = {"failed": EXIT_FAILED, "interrupted": EXIT_INTERR
 _GUARDS: set[asyncio.Task[None]] = set()
 # How long an abandoned run waits for its trainer's last step and checkpoint before its log is handed back.
 _SETTLE_S = 60.0
+
+
+_SIGNAL_NAMES = frozenset(sig.name for sig in signal_module.Signals)
 
 
 @final
@@ -311,11 +315,17 @@ class EsperSystem:
         stop (the command line's "SIGINT", "SIGTERM", "SIGHUP" or "SIGUSR1"), recorded with the status.
 
         Raises:
-            ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; the run goes on.
+            ValueError: ``status`` is not one of RunStatus's values, or is ``completed``; or ``signal`` is given with
+                another status than ``interrupted``, or names no signal; the run goes on.
         """
         if status not in get_args(RunStatus):
             stops = ", ".join(name for name in get_args(RunStatus) if name != "completed")
             raise ValueError(f"status: one of {stops}, got {status!r}")
+        if signal is not None and (status != "interrupted" or signal not in _SIGNAL_NAMES):
+            raise ValueError(
+                f"signal: a signal's name (such as 'SIGTERM') with status 'interrupted', got {signal!r} with status"
+                f" {status!r}"
+            )
         if status == "completed":
             # A stop mid-run recorded as completed (exit 0) would claim training that never happened.
             raise ValueError(

@@ -40,10 +40,22 @@ class StartUndo:
             await self.bus.aclose()
 
 
+_STOPPED_BY = "stopped by "
+
+
+def stopped_by(signal_name: str) -> str:
+    """The message a start is cancelled with when a stop signal came (``Task.cancel(msg=...)``): its
+    ``run_finished`` line names the signal, as a started run's summary does."""
+    return f"{_STOPPED_BY}{signal_name}"
+
+
 def log_start_abandoned(run_id: str, err: BaseException) -> None:
     """The ``run_finished`` line of a run that ended while starting (a Ctrl-C, a failure), so that the events file
-    ends as every run's does and ``esper.tail --follow`` stops."""
+    ends as every run's does and ``esper.tail --follow`` stops; ``signal`` names a stop signal's (see stopped_by),
+    the only record of it where no summary.json is written."""
     interrupted = isinstance(err, asyncio.CancelledError | KeyboardInterrupt)
     status = "interrupted" if interrupted else "failed"
     error = None if interrupted else f"{type(err).__name__}: {err}"
-    _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False)
+    said = str(err.args[0]) if isinstance(err, asyncio.CancelledError) and err.args else ""
+    signal = said.removeprefix(_STOPPED_BY) if said.startswith(_STOPPED_BY) else None
+    _log.info("run_finished", run_id=run_id, status=status, duration_s=None, error=error, started=False, signal=signal)

@@ -85,3 +85,25 @@ async def test_a_schedulers_signal_is_named_on_the_console_and_in_the_stop(capsy
         f"interrupted by {sig.name}: finishing the step, writing a checkpoint, stopping the actors in order"
         f" ({sig.name} again or Ctrl-C to exit at once)\n"
     )
+
+
+async def test_a_program_calling_the_command_line_gets_its_signal_handlers_back() -> None:
+    """esper.run.main() from another program left SIGTERM and SIGUSR1 at their defaults: a later SIGUSR1 (a
+    faulthandler's stack dump, say) killed that program."""
+
+    def mine(_signum: int, _frame: object) -> None:
+        """The calling program's own handler."""
+
+    async def refused() -> EsperSystem:
+        raise RuntimeError("refused to start")
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for sig in saved:
+            signal.signal(sig, mine)
+        with pytest.raises(RuntimeError, match="refused to start"):
+            await run_in_foreground(refused)
+        assert [signal.getsignal(sig) for sig in saved] == [mine, mine]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -421,6 +421,50 @@ def test_ctrl_c_while_starting_is_heard_at_once_and_exits_130(tmp_path: Path) ->
     assert out == ""
 
 
+# The same host, waiting at its third build instead: the run's own probe of the host, once its log is open (the
+# config check builds it twice, the second time to see it gets a new model).
+_SLOW_PROBED_FACTORY = _SLOW_FACTORY.replace("if not WAITED:", "CALLS.append(1)\n    if len(CALLS) == 3:").replace(
+    "WAITED = []", "WAITED = []\nCALLS = []"
+)
+
+
+def test_a_scheduler_stopping_a_run_while_it_starts_is_named_in_its_last_event(tmp_path: Path) -> None:
+    """Stopped while starting, a run writes no summary.json; its run_finished line, the only record, named no
+    signal, so a wrapper could not tell a scheduler's stop from a user's Ctrl-C there."""
+    (tmp_path / "slowhost.py").write_text(_SLOW_PROBED_FACTORY, encoding="utf-8")
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[tolaria]\nepochs = 1\nhost_model = "slowhost:factory"\n[logging]\nconsole = false\n', encoding="utf-8"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FACTORY_FIFO": str(fifo), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "esper.run", str(config), "--run-dir", str(tmp_path / "run")]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stderr is not None
+        # The barrier: the run's log is open (its "run <id> in <dir>" line comes first).
+        assert "factory: waiting\n" in iter(process.stderr.readline, "")
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr.readline().startswith("interrupted by SIGTERM while starting: ")
+        try:
+            release = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no reader left
+            release = None
+        if release is not None:
+            with contextlib.suppress(OSError):
+                os.write(release, b"go")
+            os.close(release)
+        process.communicate(timeout=60)
+    assert process.returncode == 130
+    last = json.loads((tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert (last["event"], last["status"], last["started"], last["signal"]) == (
+        "run_finished",
+        "interrupted",
+        False,
+        "SIGTERM",
+    )
+
+
 def test_a_signal_once_the_summary_prints_keeps_the_runs_own_exit_status(tmp_path: Path) -> None:
     """A scheduler's SIGTERM in the second between the summary and the process's end recorded a completed run as
     killed (143)."""

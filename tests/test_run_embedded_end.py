@@ -258,7 +258,12 @@ async def test_a_stop_cannot_record_a_run_as_completed(tmp_path: Path) -> None:
     system = await esper.start(config, run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match=r"^status: a stop is recorded as 'stopped', 'interrupted' or 'failed', got"):
         await system.stop(status="completed")
-    summary = await system.stop()  # the refused stop left the run going: this one ends it
+    # A signal names what interrupted the run: with another status, or a name no signal has, it was stored as given.
+    with pytest.raises(ValueError, match=r"^signal: a signal's name \(such as 'SIGTERM'\) with status 'interrupted'"):
+        await system.stop(signal="SIGTERM")
+    with pytest.raises(ValueError, match=r"^signal: .* got 'banana' with status 'interrupted'"):
+        await system.stop(status="interrupted", signal="banana")
+    summary = await system.stop()  # the refused stops left the run going: this one ends it
     assert (summary.status, summary.exit_code) == ("stopped", 0)
     assert summary.training is not None
     assert not summary.training.completed

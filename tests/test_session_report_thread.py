@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 import esper
 from esper.session import render_run_report
+from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,3 +52,16 @@ async def test_the_reports_import_and_render_run_on_a_worker_thread(
     assert spy.threads, "esper.report was not imported"
     assert threading.get_ident() not in spy.threads
     assert [log["event"] for log in logs] == ["report_not_rendered"]
+
+
+async def test_a_runs_end_imports_the_report_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a real run's end, not the helper alone: the run's end must go through it."""
+    spy = _ImportedOn("esper.report")
+    monkeypatch.delitem(sys.modules, "esper.report", raising=False)
+    monkeypatch.delattr(esper, "report", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [spy, *sys.meta_path])
+    summary = await (await esper.start(quiet_config(tmp_path), run_dir=tmp_path / "run")).wait()
+    assert summary.status == "completed", summary.error
+    assert spy.threads, "esper.report was not imported"
+    assert threading.get_ident() not in spy.threads
+    assert (tmp_path / "run" / "report.png").is_file()
