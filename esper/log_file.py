@@ -70,19 +70,28 @@ class _JsonLineWriter:
             # Format on a copy: the console renderer formats exc_info itself and warns if someone already has.
             ordered = dict(structlog.processors.format_exc_info(logger, method_name, ordered))
         line = _ENCODER.encode(ordered) + b"\n"
+        failed: OSError | None = None
         with self._lock:
             if not self._closed:
                 try:
                     self._stream.write(line)
                     self._stream.flush()
                 except OSError as err:
-                    self._fail(err)
+                    failed = err
+                    self._fail()
+        if failed is not None:
+            self._tell(failed)
         return event_dict
 
-    def _fail(self, err: OSError) -> None:
+    def _fail(self) -> None:
+        """Close the file for good (under the lock)."""
         self._closed = True
         with contextlib.suppress(OSError):  # closing flushes what is buffered, which fails the same way
             self._stream.close()
+
+    def _tell(self, err: OSError) -> None:
+        """Say on the console that the file failed. Never under the lock: the console's first line dropped calls
+        note() (console_lines_dropped) in this thread, which takes the lock again."""
         with contextlib.suppress(OSError, ValueError):
             self._notice.write(
                 f"{self._path}: cannot write the event log ({err.strerror or err}); later events reach the console"
@@ -104,13 +113,16 @@ class _JsonLineWriter:
 
     def close(self) -> None:
         self.running = None  # the run has ended: nothing to reach, and its object graph may be collected
+        failed: OSError | None = None
         with self._lock:
             if not self._closed:
                 self._closed = True
                 try:
                     self._stream.close()
                 except OSError as err:
-                    self._fail(err)
+                    failed = err
+        if failed is not None:
+            self._tell(failed)
 
 
 class LogFileInUse(EsperError):

@@ -40,6 +40,13 @@ _CONSOLE_DROPPED: Final = (
     "the console's reader stopped reading (a pipe nobody reads, a stopped pager): the run goes on, and console lines"
     " are dropped while it lags; this file has every event"
 )
+_STDOUT_LOST: Final = (
+    "standard output's reader is gone (a closed pipe or terminal): the run goes on, what is printed there dropped"
+)
+_STDOUT_DROPPED: Final = (
+    "standard output's reader stopped reading (a pipe nobody reads, a stopped pager): the run goes on, and lines"
+    " printed there are dropped while it lags"
+)
 
 
 def _open_for_lines(path: Path) -> IO[bytes]:
@@ -145,12 +152,15 @@ class LoggingHandle:
         console: ConsoleStream,
         *,
         previous: dict[str, Any] | None = None,
+        stdout: ConsoleStream | None = None,
     ) -> None:
-        """``previous``: structlog's configuration before configure_logging (None: it was not configured)."""
+        """``previous``: structlog's configuration before configure_logging (None: it was not configured).
+        ``stdout``: the stream on sys.stdout whose loss and drops the file notes, until release."""
         self.json_path = json_path
         self._writer = writer
         # The console stream, for others writing to the same terminal (the progress lines): its loss is noted once.
         self.console = console
+        self._stdout = stdout
         self._previous = previous
         # What configure_logging installed, until released: a configuration made since is someone else's to keep.
         self._installed: object = structlog.get_config()["processors"]
@@ -171,6 +181,8 @@ class LoggingHandle:
         (DRAIN_S) to reach their reader. Safe to call twice."""
         self.close()
         self.console.forget_listeners()  # a loss or a drop from now on has no file to be noted in
+        if self._stdout is not None:
+            self._stdout.forget_listeners()
         if self.console.owns_writer:  # else the stream it was made on is drained by its owner (standard_consoles)
             self.console.drain()
         installed, self._installed = self._installed, None
@@ -247,8 +259,22 @@ def configure_logging(
         if writer is not None:
             writer.note("warning", "console_lines_dropped", queued=queued, detail=_CONSOLE_DROPPED)
 
+    def stdout_lost(err: BaseException) -> None:
+        if writer is not None:
+            error = f"{type(err).__name__}: {err}"
+            writer.note("warning", "console_lost", stream="stdout", error=error, detail=_STDOUT_LOST)
+
+    def stdout_dropped(queued: int) -> None:
+        if writer is not None:
+            writer.note("warning", "console_lines_dropped", stream="stdout", queued=queued, detail=_STDOUT_DROPPED)
+
     given = console_stream if console_stream is not None else sys.stderr
     stream = ConsoleStream(given, console_lost, console_dropped)
+    # Under the command line stdout is queued too (the user's prints): its loss and drops are noted as well, unless
+    # it shares the console's writer (one terminal), whose notes cover both.
+    stdout: ConsoleStream | None = None
+    if isinstance(sys.stdout, ConsoleStream) and not sys.stdout.shares_writer_with(stream):
+        stdout = ConsoleStream(sys.stdout, stdout_lost, stdout_dropped)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file
@@ -287,7 +313,7 @@ def configure_logging(
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache_loggers,
     )
-    return LoggingHandle(json_path, writer, stream, previous=previous)
+    return LoggingHandle(json_path, writer, stream, previous=previous, stdout=stdout)
 
 
 def reset_logging() -> None:

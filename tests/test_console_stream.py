@@ -7,10 +7,14 @@ import fcntl
 import io
 import os
 import select
+import sys
 import threading
+from typing import Any
+
+import pytest
 
 from esper.cli_process import say
-from esper.console_stream import ConsoleStream
+from esper.console_stream import ConsoleStream, standard_consoles
 
 
 def test_a_write_to_a_pipe_whose_reader_left_is_dropped_and_reported_once() -> None:
@@ -93,3 +97,134 @@ def test_a_line_the_consoles_encoding_cannot_show_is_escaped_and_said_so_once() 
     summary = io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True)
     say(summary, "directory /tmp/\u00fcn\u00ef\n")
     assert summary.buffer.getvalue() == b"directory /tmp/\\xfcn\\xef\n"
+
+
+def test_bytes_are_refused_at_the_write_and_the_lines_after_still_reach_the_reader() -> None:
+    """``sys.stdout.write(b"...")`` (a user's mistake) returned as if written and killed the writer thread: every
+    later line was lost unsaid (the run's summary, exit 0) and the end's drain waited its full time."""
+    read_end, write_end = os.pipe()
+    inner = open(write_end, "w", encoding="utf-8")
+    stream = ConsoleStream(inner)
+    with pytest.raises(TypeError, match=r"^write\(\) argument must be str, not bytes$"):
+        stream.write(b"bytes\n")  # type: ignore[arg-type]
+    stream.write("after\n")
+    assert stream.drain(10)
+    assert stream.lost is None
+    inner.close()
+    with open(read_end, encoding="utf-8") as reader:
+        assert reader.read() == "after\n"
+
+
+def test_an_unexpected_error_in_the_writer_thread_loses_the_stream_said_rather_than_ending_the_thread_unsaid() -> None:
+    read_end, write_end = os.pipe()
+
+    class Faulty(io.TextIOWrapper):
+        def write(self, _text: str) -> int:
+            raise RuntimeError("a fault of the stream's own")
+
+    inner = Faulty(open(write_end, "wb"), encoding="utf-8")
+    lost: list[BaseException] = []
+    stream = ConsoleStream(inner, lost.append)
+    stream.write("line\n")
+    assert stream.drain(10)  # nothing left waiting on a thread that died
+    assert isinstance(stream.lost, RuntimeError)
+    assert lost == [stream.lost]
+    stream.write("dropped\n")  # a lost stream drops its lines without raising
+    assert stream.drain(10)
+    inner.close()
+    os.close(read_end)
+
+
+def test_what_a_console_stream_lacks_is_its_streams_own() -> None:
+    """User code calling ``sys.stdout.reconfigure(...)`` or ``sys.stdout.buffer.write(...)`` worked before
+    ``python -m esper.run`` made sys.stdout a ConsoleStream, then raised AttributeError."""
+    raw = io.BytesIO()
+    inner = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
+    stream: Any = ConsoleStream(inner)  # as user code sees sys.stdout: the type checker knows nothing of it
+    assert stream.buffer is raw
+    assert stream.errors == "replace"
+    stream.reconfigure(line_buffering=True)
+    assert stream.line_buffering
+    stream.buffer.write(b"raw\n")
+    assert raw.getvalue() == b"raw\n"
+    named: Any = ConsoleStream(open(os.devnull, "w", encoding="utf-8"))
+    assert (named.name, named.mode) == (os.devnull, "w")
+    named.close()
+    named.inner.close()
+    with pytest.raises(AttributeError):
+        stream.no_such_attribute  # noqa: B018 - the lookup is the test
+
+
+class _Recorder(io.TextIOWrapper):
+    """A stream on a real descriptor (so its ConsoleStream queues) that records its writes in ``log`` and whose
+    first write waits for ``go``: the other stream's lines are written meanwhile."""
+
+    def __init__(self, name: str, log: list[str], entered: threading.Event, go: threading.Event) -> None:
+        super().__init__(open(os.devnull, "wb"), encoding="utf-8")
+        self._name, self._log, self._entered, self._go = name, log, entered, go
+
+    def write(self, text: str) -> int:
+        if not self._entered.is_set():
+            self._entered.set()
+            assert self._go.wait(10)
+        self._log.append(f"{self._name}: {text}")
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.append(f"{self._name} flushed")
+
+
+def test_two_streams_on_one_file_write_in_the_order_their_lines_were_written() -> None:
+    """stdout and stderr on one terminal had a writer thread each: a stderr line could come before the stdout line
+    written ahead of it. Made ``writer_of`` the other, they share one queue, each flushed before the other's turn."""
+    log: list[str] = []
+    entered, go = threading.Event(), threading.Event()
+    out = ConsoleStream(_Recorder("out", log, entered, go))
+    err = ConsoleStream(_Recorder("err", log, entered, go), writer_of=out)
+    assert err.shares_writer_with(out)
+    out.write("one\n")
+    assert entered.wait(10)  # the writer thread is in the first write, waiting
+    err.write("two\n")
+    out.write("three\n")
+    out.write("four\n")
+    go.set()
+    assert err.drain(10)
+    assert log == [
+        "out: one\n",
+        "out flushed",
+        "err: two\n",
+        "err flushed",
+        "out: three\nfour\n",
+        "out flushed",
+    ]
+    for stream in (out, err):
+        stream.inner.close()
+
+
+def _standard() -> tuple[object, object]:
+    return sys.stdout, sys.stderr
+
+
+def test_standard_consoles_share_one_writer_exactly_when_stdout_and_stderr_are_one_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_end, write_end = os.pipe()
+    other_read, other_write = os.pipe()
+    one = open(write_end, "w", encoding="utf-8")
+    same = open(os.dup(write_end), "w", encoding="utf-8")  # another descriptor on that pipe, as 2>&1 makes
+    other = open(other_write, "w", encoding="utf-8")
+    for stdout, stderr, shared in ((one, same, True), (one, other, False)):
+        monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with standard_consoles():
+            assert isinstance(sys.stdout, ConsoleStream)
+            assert isinstance(sys.stderr, ConsoleStream)
+            assert sys.stdout.shares_writer_with(sys.stderr) is shared
+            sys.stdout.write("out\n")
+            sys.stderr.write("err\n")
+        assert _standard() == (stdout, stderr)  # drained, and given back
+    for stream in (one, same, other):
+        stream.close()
+    with open(read_end, encoding="utf-8") as reader, open(other_read, encoding="utf-8") as other_reader:
+        assert reader.read() == "out\nerr\nout\n"
+        assert other_reader.read() == "err\n"
