@@ -174,7 +174,8 @@ async def run_in_foreground(
 
     # Installed before the start, so a Ctrl-C while the data set loads is heard at once.
     loop = asyncio.get_running_loop()
-    # Given back once the run is over: a program calling esper.run.main keeps its own (a faulthandler on SIGUSR1).
+    # Given back once the run is over: a program calling esper.run.main keeps the handlers it set with signal.signal
+    # (one set from C, faulthandler.register's, reads as the default and must be registered again).
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(sig, interrupt, sig)

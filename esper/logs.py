@@ -279,6 +279,11 @@ def configure_logging(
         run_dir.mkdir(parents=True, exist_ok=True)
         json_path = run_dir / json_file
         writer = _JsonLineWriter(_open_for_lines(json_path), file_level, json_path, stream, run_id)
+        # A reader gone before the log opened (``| head -1`` that saw a start-up line) is noted all the same.
+        if given is not None and stream.lost is not None:
+            console_lost(stream.lost)
+        if stdout is not None and stdout.lost is not None:
+            stdout_lost(stdout.lost)
 
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -88,8 +88,8 @@ async def test_a_schedulers_signal_is_named_on_the_console_and_in_the_stop(capsy
 
 
 async def test_a_program_calling_the_command_line_gets_its_signal_handlers_back() -> None:
-    """esper.run.main() from another program left SIGTERM and SIGUSR1 at their defaults: a later SIGUSR1 (a
-    faulthandler's stack dump, say) killed that program."""
+    """esper.run.main() from another program left SIGTERM and SIGUSR1 at their defaults: a later SIGUSR1 killed that
+    program, whose own Python handler had been replaced."""
 
     def mine(_signum: int, _frame: object) -> None:
         """The calling program's own handler."""

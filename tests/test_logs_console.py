@@ -108,3 +108,31 @@ def test_a_failing_event_log_says_so_on_a_console_that_drops_without_deadlocking
     logging.join(10)  # a failure bound: the call returns at once
     assert not logging.is_alive(), "the failing event log deadlocked on its own lock"
     assert not log_file.is_open
+
+
+def test_a_stdout_whose_reader_left_before_the_log_opened_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``... | head -1`` that saw a start-up line: the reader was gone before the run's log opened, and events.jsonl
+    never said why the user's later prints went nowhere."""
+    read_end, write_end = os.pipe()
+    inner = open(write_end, "w", encoding="utf-8")  # closed below
+    stdout = ConsoleStream(inner)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    os.close(read_end)
+    stdout.write("a start-up line\n")
+    stdout.flush()
+    assert stdout.drain(10)
+    assert stdout.lost is not None  # the barrier: its writer found the reader gone
+    logging = configure_logging(tmp_path / "run", console_stream=io.StringIO())
+    try:
+        assert logging.json_path is not None
+        notes = [json.loads(line) for line in logging.json_path.read_text().splitlines()]
+        assert [(note["event"], note.get("stream"), note["error"]) for note in notes] == [
+            ("console_lost", "stdout", "BrokenPipeError: [Errno 32] Broken pipe")
+        ]
+    finally:
+        logging.release()
+        reset_logging()
+        with contextlib.suppress(BrokenPipeError):
+            inner.close()

@@ -368,6 +368,16 @@ def test_an_unusable_artifact_store_is_one_line_naming_urza_root(tmp_path: Path,
     assert re.search(message, last)
 
 
+def _communicated(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """The process's output once it has exited; killed first if it has not within a minute (its factory may still
+    wait on the FIFO), so no test leaves it running."""
+    try:
+        return process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
 # A user host whose first build (the config check, on a worker thread) waits until the test writes to a FIFO: a
 # start-up step that takes as long as the test wants, like a large data set's generation.
 _SLOW_FACTORY = """
@@ -415,7 +425,7 @@ def test_ctrl_c_while_starting_is_heard_at_once_and_exits_130(tmp_path: Path) ->
             with contextlib.suppress(OSError):  # the reader left meanwhile
                 os.write(release, b"go")
             os.close(release)
-        out, err = process.communicate(timeout=60)
+        out, err = _communicated(process)
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert out == ""
@@ -454,7 +464,7 @@ def test_a_scheduler_stopping_a_run_while_it_starts_is_named_in_its_last_event(t
             with contextlib.suppress(OSError):
                 os.write(release, b"go")
             os.close(release)
-        process.communicate(timeout=60)
+        _communicated(process)
     assert process.returncode == 130
     last = json.loads((tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()[-1])
     assert (last["event"], last["status"], last["started"], last["signal"]) == (
@@ -477,7 +487,7 @@ def test_a_signal_once_the_summary_prints_keeps_the_runs_own_exit_status(tmp_pat
         first = process.stdout.readline()  # the barrier: the summary is printing
         assert " completed in " in first, first
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
+        _communicated(process)
     assert process.returncode == 0
 
 

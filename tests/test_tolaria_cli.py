@@ -163,7 +163,7 @@ def _stopped_after_an_epoch(process: subprocess.Popen[str], sig: signal.Signals)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_schedulers_signal_stops_with_a_checkpoint_and_is_named(workdir: Path, sig: signal.Signals) -> None:
-    """SIGUSR1 (Slurm's --signal=USR1@N: "checkpoint and stop, you will be requeued") killed the run (exit 138, no
+    """SIGUSR1 (Slurm's --signal=USR1@N: "checkpoint and stop, the time is nearly up") killed the run (exit 138, no
     checkpoint of its last steps, no summary.json); and a SIGTERM was recorded as only "interrupted", as a Ctrl-C is:
     a wrapper script could not tell a scheduler's stop from a user's."""
     run_dir = workdir / f"stopped by {sig.name}"
