@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from structlog.testing import capture_logs
 
 import esper
-from esper.session import render_run_report
+from esper.run_report import render_run_report
 from tests.test_run_embedded import quiet_config
 
 if TYPE_CHECKING:
