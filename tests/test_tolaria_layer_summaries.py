@@ -32,10 +32,13 @@ def _trainee(host_model: str) -> tuple[Trainee, DataSplits]:
 def _packet(built: tuple[Trainee, DataSplits]) -> SystemStatePacket:
     trainee, data = built
     x, y = data.train.x[:8], data.train.y[:8]
-    loss = torch.nn.functional.cross_entropy(trainee.model(x), y)
+    logits = trainee.model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y)
     loss.backward()  # type: ignore[no-untyped-call]  # gradients for the packet's norms
+    stats = IntervalStats()
+    stats.add(loss.detach(), logits.detach(), y, len(y))  # the interval's losses: nothing the state lacks
     return PacketBuilder(trainee).build(
-        IntervalStats(),
+        stats,
         run_id="r",
         epoch=0,
         epochs_total=1,
@@ -64,6 +67,16 @@ def test_a_packet_summarises_each_slots_layer_at_its_seeds_depth() -> None:
     observation = Observation(packet=packet, blueprints=(BlueprintCandidate(blueprint_id="BP001"),))
     graph = PolicyGraphBuilder(registries_for(["BP001"])).build(graph_inputs(observation))
     assert graph.x_dict["layer"].shape[0] == min(len(packet.layers), 4)  # GraphCaps.max_layers, the default cap
+    # Nothing the state should carry is missing: no weight norm is sent, and each layer's norm is in the packet.
+    assert graph.feature_coverage == 1.0
+
+
+def test_an_activation_slots_layer_costs_the_graph_no_coverage() -> None:
+    """Its layer has no parameter, so no gradient norm to miss: counted missing (with the weight norm no packet
+    carries), a healthy run's coverage sat at 0.64-0.84, near the tamiyo_coverage_low alert's 0.7."""
+    packet = _packet(_trainee("tests.tolaria_factories:relu_slot_mlp"))
+    observation = Observation(packet=packet, blueprints=(BlueprintCandidate(blueprint_id="BP001"),))
+    assert PolicyGraphBuilder(registries_for(["BP001"])).build(graph_inputs(observation)).feature_coverage == 1.0
 
 
 def test_an_activation_slots_layer_says_so() -> None:
