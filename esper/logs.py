@@ -251,22 +251,25 @@ def configure_logging(
     writer: _JsonLineWriter | None = None
     json_path: Path | None = None
 
-    def console_lost(err: BaseException) -> None:
-        if writer is not None:
-            writer.note("warning", "console_lost", error=f"{type(err).__name__}: {err}", detail=_CONSOLE_LOST)
+    def notes(
+        named: dict[str, str], lost_detail: str, dropped_detail: str
+    ) -> tuple[Callable[[BaseException], None], Callable[[int], None]]:
+        """A console's loss and first drop, noted in the file once it is open (``named``: which stream, if not the
+        console's)."""
 
-    def console_dropped(queued: int) -> None:
-        if writer is not None:
-            writer.note("warning", "console_lines_dropped", queued=queued, detail=_CONSOLE_DROPPED)
+        def lost(err: BaseException) -> None:
+            if writer is not None:
+                error = f"{type(err).__name__}: {err}"
+                writer.note("warning", "console_lost", **named, error=error, detail=lost_detail)
 
-    def stdout_lost(err: BaseException) -> None:
-        if writer is not None:
-            error = f"{type(err).__name__}: {err}"
-            writer.note("warning", "console_lost", stream="stdout", error=error, detail=_STDOUT_LOST)
+        def dropped(queued: int) -> None:
+            if writer is not None:
+                writer.note("warning", "console_lines_dropped", **named, queued=queued, detail=dropped_detail)
 
-    def stdout_dropped(queued: int) -> None:
-        if writer is not None:
-            writer.note("warning", "console_lines_dropped", stream="stdout", queued=queued, detail=_STDOUT_DROPPED)
+        return lost, dropped
+
+    console_lost, console_dropped = notes({}, _CONSOLE_LOST, _CONSOLE_DROPPED)
+    stdout_lost, stdout_dropped = notes({"stream": "stdout"}, _STDOUT_LOST, _STDOUT_DROPPED)
 
     given = console_stream if console_stream is not None else sys.stderr
     stream = ConsoleStream(given, console_lost, console_dropped)

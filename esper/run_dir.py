@@ -304,18 +304,17 @@ def _lock_or_refuse(fd: int, directory: Path) -> None:
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(_PROBE_RETRY_S)
-                continue
-        else:
             return
-        holder = _holder(directory)
-        by = f" (pid {holder})" if holder.isdigit() else ""
-        raise ConfigError(
-            f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
-            f" --resume {directory}"
-        ) from None
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+        time.sleep(_PROBE_RETRY_S)
+    holder = _holder(directory)
+    by = f" (pid {holder})" if holder.isdigit() else ""
+    raise ConfigError(
+        f"run directory {directory}: another run is using it{by}; let it finish or stop it (Ctrl-C), then"
+        f" --resume {directory}"
+    ) from None
 
 
 def _holder(directory: Path) -> str:

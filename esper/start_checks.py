@@ -15,6 +15,7 @@ import structlog
 import torch
 
 from actors.karn.catalogue import KarnCatalogue
+from actors.tolaria.host_model import BUILT_IN_HOSTS
 from esper.nn.blueprints import default_catalogue
 from esper.runtime.errors import ConfigError
 from schemas.domain_enums import BlueprintTier
@@ -292,7 +293,7 @@ def warn_slot_targets_override(config: RunConfig, slots: Collection[str], model_
     own slots: its ``slot_targets`` attribute (``model_targets``), which the key replaces, or slots it came with (a
     factory returning ``esper.nn.wrap(model, [...])``), which the key adds to. Either happened without a word."""
     given = list(config.kasmina.slot_targets)
-    if not given or ":" not in config.tolaria.host_model:
+    if not given or config.tolaria.host_model in BUILT_IN_HOSTS:
         return  # a built-in host's slots are chosen with this key, as README says: nothing of the user's is replaced
     parts: list[str] = []
     if model_targets and set(model_targets) != set(given):  # slots follow the model's order whatever the list's

@@ -21,7 +21,7 @@ from torch import nn
 
 from actors.tolaria.boundary import BoundaryApplier, rebuild_seed
 from actors.tolaria.data_cache import NpzArrayCache, announced
-from actors.tolaria.host_model import TolariaConfigError, build_host, check_new_each_call
+from actors.tolaria.host_model import BUILT_IN_HOSTS, TolariaConfigError, build_host, check_new_each_call
 from actors.tolaria.host_slots import fitting_shapes, wrap_host
 from esper.nn.blueprints import SlotShape, default_catalogue
 from esper.nn.data import DatasetError, load_dataset
@@ -128,7 +128,7 @@ def emulated_bf16(config: TolariaConfig, device: torch.device) -> bool:
 
 def data_layout(config: TolariaConfig) -> Layout:
     """Built-in hosts take flat features; a user model receives each data set's native sample shape."""
-    return "flat" if config.host_model in ("cnn1d", "mlp") else "native"
+    return "flat" if config.host_model in BUILT_IN_HOSTS else "native"
 
 
 def load_data(config: TolariaConfig, announce: Callable[[str], None] | None = None) -> DataSplits:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from schemas.config import TolariaConfig
+
+BUILT_IN_HOSTS: Final = ("cnn1d", "mlp")
+"""The hosts ``tolaria.host_model`` names without a ``module:factory``; their slots are chosen by config alone."""
 
 
 class TolariaConfigError(ConfigError):
@@ -43,7 +46,7 @@ def load_factory(spec: str) -> Callable[..., object]:
     # Any import failure is the user's config problem, reported in one line; a module that calls sys.exit() or raises
     # KeyboardInterrupt as it imports (on a worker thread: not a Ctrl-C) would otherwise end the run without a word.
     except (Exception, KeyboardInterrupt, SystemExit) as err:
-        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {_raised(err)}") from err
+        raise TolariaConfigError(f"{who}: cannot import {module_name!r}: {raised_in_one_line(err)}") from err
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TolariaConfigError(f"{who}: module {module_name!r} has no callable {attr!r}")
@@ -85,7 +88,7 @@ def check_new_each_call(
     Raises:
         TolariaConfigError: the factory returned ``first`` again, or raised on its second call.
     """
-    if config.host_model in ("cnn1d", "mlp"):
+    if config.host_model in BUILT_IN_HOSTS:
         return
     who = f"tolaria.host_model = {config.host_model!r}"
     again = _call_factory(config.host_model, input_shape, num_classes, when=" on its second call")
@@ -153,7 +156,7 @@ def _call_factory(spec: str, input_shape: tuple[int, ...], num_classes: int, whe
     # KeyboardInterrupt too: this runs on a worker thread, where no signal arrives, so it is the user's code raising
     # it (it ended the run as if Ctrl-C had been pressed: exit 130, no word).
     except (Exception, KeyboardInterrupt) as err:
-        raise TolariaConfigError(f"{who}: the factory raised {_raised(err)}{when}") from err
+        raise TolariaConfigError(f"{who}: the factory raised {raised_in_one_line(err)}{when}") from err
 
 
 def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) -> None:
@@ -178,7 +181,7 @@ def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) 
     except (Exception, KeyboardInterrupt, SystemExit) as err:
         raise TolariaConfigError(
             f"{who}: the model's lazy modules could not be initialised by a forward on a batch of shape"
-            f" {list(batch.shape)}: {_raised(err)}"
+            f" {list(batch.shape)}: {raised_in_one_line(err)}"
         ) from err
     finally:
         model.train(was_training)
@@ -193,10 +196,3 @@ def _materialise_lazy(model: nn.Module, input_shape: tuple[int, ...], who: str) 
 def _lazy_tensors(model: nn.Module) -> list[str]:
     named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     return [name for name, tensor in named if nn.parameter.is_lazy(tensor)]
-
-
-def _raised(err: BaseException) -> str:
-    """``Type: message``, or the bare type when the message is empty (``raise KeyboardInterrupt``), then where in the
-    user's code it was raised (`` (at file:line in function)``, as a failure mid-run says it; none when no frame is
-    the user's): the message alone ("mat1 and mat2 shapes cannot be multiplied") named no line of theirs."""
-    return raised_in_one_line(err)
